@@ -1,0 +1,74 @@
+//! Invite codes: everything a new device needs to reach and trust the relay.
+
+use crate::identity::OrgDescriptor;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+const PREFIX: &str = "MUSTER1-";
+
+/// A single-use invitation for one user handle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InviteCode {
+    pub relay: String,
+    pub fingerprint: String,
+    pub org: OrgDescriptor,
+    pub user: String,
+    pub token: String,
+    pub expires_at: u64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum InviteError {
+    #[error("not a Muster invite code (it should start with {PREFIX})")]
+    WrongPrefix,
+    #[error("invite code is damaged: {0}")]
+    Damaged(&'static str),
+}
+
+impl InviteCode {
+    pub fn encode(&self) -> String {
+        let bytes = postcard::to_stdvec(self).expect("invite serialises");
+        format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes))
+    }
+
+    pub fn decode(code: &str) -> Result<Self, InviteError> {
+        let body = code
+            .trim()
+            .strip_prefix(PREFIX)
+            .ok_or(InviteError::WrongPrefix)?;
+        let bytes = URL_SAFE_NO_PAD
+            .decode(body)
+            .map_err(|_| InviteError::Damaged("not base64"))?;
+        postcard::from_bytes(&bytes).map_err(|_| InviteError::Damaged("contents do not decode"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invite_round_trips_and_rejects_garbage() {
+        let invite = InviteCode {
+            relay: "127.0.0.1:4433".into(),
+            fingerprint: "ab".repeat(32),
+            org: OrgDescriptor {
+                org_id: "o".into(),
+                name: "Acme".into(),
+                root_public_key: vec![1; 32],
+            },
+            user: "bob".into(),
+            token: "t".into(),
+            expires_at: 5,
+        };
+        assert_eq!(InviteCode::decode(&invite.encode()), Ok(invite.clone()));
+        assert_eq!(InviteCode::decode("hello"), Err(InviteError::WrongPrefix));
+        let mut damaged = invite.encode();
+        damaged.truncate(damaged.len() - 10);
+        assert!(matches!(
+            InviteCode::decode(&damaged),
+            Err(InviteError::Damaged(_))
+        ));
+    }
+}

@@ -1,0 +1,18 @@
+//! Muster's shared vocabulary: the organisation descriptor, identity certificates
+//! signed by the organisation root, invite codes, and the request/response frames the
+//! client and relay exchange. Pure data and pure functions: no I/O.
+
+pub mod identity;
+pub mod invite;
+pub mod wire;
+
+pub use identity::{
+    device_id_for, now_unix, validate_handle, CertError, Certificate, CertificateBody,
+    OrgDescriptor, OrgRootKey, Profile, Role,
+};
+pub use invite::{InviteCode, InviteError};
+pub use wire::{
+    decode, encode, AckItem, ClaimedKeyPackage, Delivery, ErrorCode, PendingEnrolment, Push,
+    RelayError, Request, Response, WireError, MAX_FRAME, MAX_MLS_MESSAGE,
+    auth_transcript, enrol_transcript,
+};

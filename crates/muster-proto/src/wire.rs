@@ -1,0 +1,285 @@
+//! Requests, responses and pushes exchanged over QUIC streams, and their framing.
+//!
+//! Every stream carries length-prefixed frames: a 4-byte big-endian length followed by a
+//! postcard-encoded message. A client opens one bidirectional stream per request; the
+//! relay opens unidirectional streams to push wake-ups.
+
+use crate::identity::{Certificate, OrgDescriptor, Profile};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+/// Largest frame either side accepts, in bytes.
+pub const MAX_FRAME: usize = 2 * 1024 * 1024;
+/// Largest MLS message (commit, welcome or application message) the relay stores, in bytes.
+pub const MAX_MLS_MESSAGE: usize = 1024 * 1024;
+
+/// A request from a device to the relay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Registers the organisation with a fresh relay using its bootstrap token.
+    Bootstrap {
+        token: String,
+        org: OrgDescriptor,
+        admin: Certificate,
+    },
+    /// Submits an enrolment request for the invite's user.
+    Enrol {
+        invite_token: String,
+        device_key: Vec<u8>,
+        profile: Profile,
+        /// Device signature over [`enrol_transcript`].
+        proof: Vec<u8>,
+    },
+    /// Starts device authentication; the relay answers with a challenge.
+    Hello { device_key: Vec<u8> },
+    /// Device signature over [`auth_transcript`].
+    Prove { signature: Vec<u8> },
+    MyCertificate,
+    CreateInvite {
+        user: String,
+        token_hash: Vec<u8>,
+        expires_at: u64,
+    },
+    ListPending,
+    Approve { certificate: Certificate },
+    Reject { device_id: String },
+    Directory,
+    UploadKeyPackages {
+        key_packages: Vec<Vec<u8>>,
+        last_resort: Option<Vec<u8>>,
+    },
+    KeyPackageCount,
+    ClaimKeyPackages { user: String },
+    /// Registers a new group from its creator's GroupInfo and ratchet tree (TLS encoded).
+    CreateGroup {
+        group_info: Vec<u8>,
+        ratchet_tree: Vec<u8>,
+    },
+    /// A commit (PublicMessage) for the group's current epoch, with its Welcome if it adds members.
+    Commit {
+        group_id: Vec<u8>,
+        commit: Vec<u8>,
+        welcome: Option<Vec<u8>>,
+    },
+    /// A standalone proposal (PublicMessage).
+    Propose { group_id: Vec<u8>, proposal: Vec<u8> },
+    /// An application message (PrivateMessage). `client_id` makes a resend idempotent.
+    Send {
+        group_id: Vec<u8>,
+        message: Vec<u8>,
+        client_id: Vec<u8>,
+    },
+    Fetch { limit: u32 },
+    Ack { items: Vec<AckItem> },
+}
+
+/// The relay's answer to one request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Ok,
+    Challenge {
+        nonce: Vec<u8>,
+    },
+    Authenticated {
+        device_id: String,
+        user: String,
+    },
+    Certificate(Certificate),
+    EnrolmentSubmitted {
+        device_id: String,
+    },
+    Pending(Vec<PendingEnrolment>),
+    Directory(Vec<Certificate>),
+    KeyPackageCount {
+        available: u32,
+        has_last_resort: bool,
+    },
+    KeyPackages(Vec<ClaimedKeyPackage>),
+    /// The message is durably stored at this sequence number in its group.
+    Stored {
+        seq: u64,
+    },
+    Deliveries(Vec<Delivery>),
+    Error(RelayError),
+}
+
+/// An enrolment request waiting for an admin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingEnrolment {
+    pub user: String,
+    pub device_id: String,
+    pub device_key: Vec<u8>,
+    pub profile: Profile,
+    pub requested_at: u64,
+}
+
+/// A KeyPackage handed out for one device of a user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimedKeyPackage {
+    pub device_id: String,
+    pub key_package: Vec<u8>,
+}
+
+/// Something waiting for a device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Delivery {
+    Welcome {
+        id: u64,
+        group_id: Vec<u8>,
+        welcome: Vec<u8>,
+    },
+    Group {
+        group_id: Vec<u8>,
+        seq: u64,
+        message: Vec<u8>,
+    },
+}
+
+/// Acknowledges that a delivery is safely stored on the device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AckItem {
+    Welcome { id: u64 },
+    Group { group_id: Vec<u8>, seq: u64 },
+}
+
+/// Sent by the relay on a unidirectional stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Push {
+    /// New deliveries are waiting: fetch.
+    Wake,
+}
+
+/// Why the relay refused a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    BadRequest,
+    Unauthenticated,
+    UnknownDevice,
+    EnrolmentPending,
+    EnrolmentRejected,
+    DeviceRevoked,
+    Forbidden,
+    InvalidToken,
+    TokenUsed,
+    TokenExpired,
+    OrgExists,
+    NoOrg,
+    UnknownGroup,
+    GroupExists,
+    NotMember,
+    /// The group has moved past the epoch the request was made for.
+    EpochMoved {
+        current: u64,
+    },
+    TooLarge,
+    InvalidMessage,
+    InvalidCertificate,
+    UnknownUser,
+    NoKeyPackages,
+    Internal,
+}
+
+/// A refusal with a human-readable reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct RelayError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl RelayError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Bytes a device signs to prove it holds its key on this connection.
+pub fn auth_transcript(relay_fingerprint: &str, nonce: &[u8]) -> Vec<u8> {
+    let mut out = b"muster-auth-v1\0".to_vec();
+    out.extend_from_slice(relay_fingerprint.as_bytes());
+    out.push(0);
+    out.extend_from_slice(nonce);
+    out
+}
+
+/// Bytes a joining device signs over its enrolment request.
+pub fn enrol_transcript(invite_token: &str, device_key: &[u8], profile: &Profile) -> Vec<u8> {
+    let mut out = b"muster-enrol-v1\0".to_vec();
+    out.extend(postcard::to_stdvec(&(invite_token, device_key, profile)).expect("serialises"));
+    out
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
+    TooLarge(usize),
+    #[error("frame does not decode: {0}")]
+    Malformed(String),
+}
+
+/// Encodes a message body (without the length prefix).
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, WireError> {
+    let bytes = postcard::to_stdvec(value).map_err(|e| WireError::Malformed(e.to_string()))?;
+    if bytes.len() > MAX_FRAME {
+        return Err(WireError::TooLarge(bytes.len()));
+    }
+    Ok(bytes)
+}
+
+/// Decodes a message body, refusing trailing bytes.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
+    if bytes.len() > MAX_FRAME {
+        return Err(WireError::TooLarge(bytes.len()));
+    }
+    let (value, rest) =
+        postcard::take_from_bytes(bytes).map_err(|e| WireError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(WireError::Malformed(format!(
+            "{} trailing bytes",
+            rest.len()
+        )));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip() {
+        let req = Request::Send {
+            group_id: vec![1, 2],
+            message: vec![3; 100],
+            client_id: vec![9; 16],
+        };
+        assert_eq!(decode::<Request>(&encode(&req).unwrap()).unwrap(), req);
+    }
+
+    #[test]
+    fn garbage_and_trailing_bytes_are_refused() {
+        assert!(decode::<Request>(&[0xff, 0xff, 0xff]).is_err());
+        let mut bytes = encode(&Request::Directory).unwrap();
+        bytes.push(0);
+        assert!(matches!(
+            decode::<Request>(&bytes),
+            Err(WireError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode::<Request>(&vec![0; MAX_FRAME + 1]),
+            Err(WireError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn transcripts_bind_their_inputs() {
+        assert_ne!(auth_transcript("a", &[1]), auth_transcript("b", &[1]));
+        let p = Profile::default();
+        assert_ne!(
+            enrol_transcript("t", &[1], &p),
+            enrol_transcript("t", &[2], &p)
+        );
+    }
+}
