@@ -1,0 +1,143 @@
+//! The client side of a relay connection: one request per bidirectional stream, and
+//! wake-up pushes on unidirectional streams.
+
+use crate::framing::{read_frame, write_frame, FrameError};
+use crate::tls::client_config;
+use muster_proto::{decode, encode, Push, RelayError, Request, Response};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("invalid relay address {0:?}: expected HOST:PORT")]
+    BadAddress(String),
+    #[error("relay certificate fingerprint is {seen}, but this device pins {expected}: refusing to connect")]
+    WrongFingerprint { expected: String, seen: String },
+    #[error("cannot reach the relay at {addr}: {reason}")]
+    Unreachable { addr: String, reason: String },
+    #[error("connection to the relay failed: {0}")]
+    Connection(String),
+    #[error("relay sent a malformed answer: {0}")]
+    Protocol(String),
+    #[error("relay refused: {0}")]
+    Refused(RelayError),
+}
+
+impl From<FrameError> for NetError {
+    fn from(e: FrameError) -> Self {
+        NetError::Connection(e.to_string())
+    }
+}
+
+/// A QUIC connection to the relay.
+pub struct RelayConnection {
+    endpoint: quinn::Endpoint,
+    connection: quinn::Connection,
+}
+
+impl RelayConnection {
+    /// Connects to `addr`, accepting only the certificate whose SHA-256 is `fingerprint`.
+    pub async fn connect(addr: &str, fingerprint: &str) -> Result<Self, NetError> {
+        let socket: SocketAddr = tokio::net::lookup_host(addr)
+            .await
+            .map_err(|_| NetError::BadAddress(addr.to_string()))?
+            .next()
+            .ok_or_else(|| NetError::BadAddress(addr.to_string()))?;
+        let (config, verifier) =
+            client_config(fingerprint).map_err(|e| NetError::Connection(e.to_string()))?;
+        let bind: SocketAddr = if socket.is_ipv6() {
+            "[::]:0".parse().expect("valid")
+        } else {
+            "0.0.0.0:0".parse().expect("valid")
+        };
+        let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| NetError::Unreachable {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+        })?;
+        endpoint.set_default_client_config(config);
+        let connecting = endpoint
+            .connect(socket, "muster-relay")
+            .map_err(|e| NetError::Connection(e.to_string()))?;
+        let result = tokio::time::timeout(Duration::from_secs(10), connecting).await;
+        let mismatch = || {
+            verifier
+                .mismatch
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+        };
+        match result {
+            Ok(Ok(connection)) => Ok(Self {
+                endpoint,
+                connection,
+            }),
+            Ok(Err(e)) => Err(match mismatch() {
+                Some(seen) => NetError::WrongFingerprint {
+                    expected: fingerprint.to_string(),
+                    seen,
+                },
+                None => NetError::Unreachable {
+                    addr: addr.to_string(),
+                    reason: e.to_string(),
+                },
+            }),
+            Err(_) => Err(NetError::Unreachable {
+                addr: addr.to_string(),
+                reason: "no answer within 10 seconds".into(),
+            }),
+        }
+    }
+
+    /// Sends one request on a new stream and waits for its answer.
+    /// A refusal comes back as `Err(NetError::Refused)`.
+    pub async fn request(&self, request: &Request) -> Result<Response, NetError> {
+        let (mut send, mut recv) = self
+            .connection
+            .open_bi()
+            .await
+            .map_err(|e| NetError::Connection(e.to_string()))?;
+        let body = encode(request).map_err(|e| NetError::Protocol(e.to_string()))?;
+        write_frame(&mut send, &body).await?;
+        let _ = send.finish();
+        let frame = read_frame(&mut recv)
+            .await?
+            .ok_or_else(|| NetError::Connection("relay closed the stream without answering".into()))?;
+        match decode::<Response>(&frame).map_err(|e| NetError::Protocol(e.to_string()))? {
+            Response::Error(e) => Err(NetError::Refused(e)),
+            other => Ok(other),
+        }
+    }
+
+    /// A cheap handle for waiting on pushes while requests go on elsewhere.
+    pub fn push_handle(&self) -> PushHandle {
+        PushHandle {
+            connection: self.connection.clone(),
+        }
+    }
+
+    /// Closes the connection and waits briefly for the close to reach the relay.
+    pub async fn close(self) {
+        self.connection.close(0u32.into(), b"bye");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}
+
+/// Receives pushes on a connection shared with a [`RelayConnection`].
+#[derive(Clone)]
+pub struct PushHandle {
+    connection: quinn::Connection,
+}
+
+impl PushHandle {
+    /// Waits for the next push; `None` once the connection is gone.
+    pub async fn next_push(&self) -> Option<Push> {
+        loop {
+            let mut recv = self.connection.accept_uni().await.ok()?;
+            if let Ok(Some(frame)) = read_frame(&mut recv).await {
+                if let Ok(push) = decode::<Push>(&frame) {
+                    return Some(push);
+                }
+            }
+        }
+    }
+}
