@@ -1,1 +1,17 @@
-//! placeholder
+//! The relay's delivery service as plain types and functions, with no sockets: who may
+//! enrol and post, per-group epoch ordering of commits, store-and-forward fan-out with
+//! per-device cursors, and the KeyPackage directory. The server binary feeds it decoded
+//! requests and sends back its answers and wake-ups.
+//!
+//! Handshake messages are tracked with openmls [`PublicGroup`](openmls::prelude::PublicGroup),
+//! so the relay validates commits and knows whom to route to without seeing content.
+
+mod connection;
+mod error;
+mod mls;
+mod relay;
+mod schema;
+
+pub use connection::ConnectionState;
+pub use error::StoreError;
+pub use relay::{Outcome, Relay, RelayStats, Session};

@@ -1,0 +1,1196 @@
+//! Request handling against the relay's SQLite store.
+
+use crate::error::{refuse, Failure, StoreError};
+use crate::mls::{certificate_of, JsonCodec, Storage};
+use crate::schema::SCHEMA;
+use muster_proto::{
+    auth_transcript, enrol_transcript, now_unix, validate_handle, AckItem, Certificate,
+    ClaimedKeyPackage, Delivery, ErrorCode, OrgDescriptor, PendingEnrolment, Profile, RelayError,
+    Request, Response, MAX_MLS_MESSAGE,
+};
+use openmls::prelude::tls_codec::Deserialize as _;
+use openmls::prelude::*;
+use openmls_rust_crypto::RustCrypto;
+use ring::signature::{UnparsedPublicKey, ED25519};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use std::collections::BTreeSet;
+use std::path::Path;
+
+/// An authenticated device on a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub device_id: String,
+    pub user: String,
+}
+
+/// The result of one request: the answer for the requester and the devices to wake.
+#[derive(Debug)]
+pub struct Outcome {
+    pub response: Response,
+    pub wake: BTreeSet<String>,
+}
+
+impl Outcome {
+    fn reply(response: Response) -> Self {
+        Self {
+            response,
+            wake: BTreeSet::new(),
+        }
+    }
+}
+
+/// Counts for operators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayStats {
+    pub devices: u64,
+    pub groups: u64,
+    pub stored_messages: u64,
+}
+
+const STATUS_PENDING: &str = "pending";
+const STATUS_APPROVED: &str = "approved";
+const STATUS_REJECTED: &str = "rejected";
+const STATUS_REVOKED: &str = "revoked";
+const KIND_APPLICATION: &str = "application";
+const KIND_COMMIT: &str = "commit";
+const KIND_PROPOSAL: &str = "proposal";
+const MAX_FETCH: u32 = 500;
+const MAX_KEY_PACKAGES_PER_UPLOAD: usize = 100;
+
+/// The relay's state: one SQLite database holding organisation, devices, groups and queues.
+pub struct Relay {
+    db: Connection,
+    crypto: RustCrypto,
+    fingerprint: String,
+}
+
+fn sha256(bytes: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .to_vec()
+}
+
+fn random_token() -> String {
+    let mut bytes = [0u8; 24];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .expect("system randomness available");
+    hex::encode(bytes)
+}
+
+fn parse_protocol_message(bytes: &[u8]) -> Result<ProtocolMessage, Failure> {
+    if bytes.len() > MAX_MLS_MESSAGE {
+        return Err(refuse(
+            ErrorCode::TooLarge,
+            format!(
+                "message of {} bytes exceeds the {MAX_MLS_MESSAGE}-byte limit",
+                bytes.len()
+            ),
+        ));
+    }
+    let message = MlsMessageIn::tls_deserialize_exact(bytes)
+        .map_err(|e| refuse(ErrorCode::InvalidMessage, format!("not an MLS message: {e}")))?;
+    message.try_into_protocol_message().map_err(|_| {
+        refuse(
+            ErrorCode::InvalidMessage,
+            "expected an MLS PublicMessage or PrivateMessage",
+        )
+    })
+}
+
+impl Relay {
+    /// Opens (creating if needed) the relay database at `path`.
+    pub fn open(path: &Path, fingerprint: String) -> Result<Self, StoreError> {
+        let db = Connection::open(path)?;
+        db.busy_timeout(std::time::Duration::from_secs(5))?;
+        // WAL with synchronous=FULL: a transaction acknowledged to a client survives power loss.
+        db.pragma_update(None, "journal_mode", "WAL")?;
+        db.pragma_update(None, "synchronous", "FULL")?;
+        db.pragma_update(None, "foreign_keys", "ON")?;
+        db.execute_batch(SCHEMA)?;
+        let mut db = db;
+        let mut storage = openmls_sqlite_storage::SqliteStorageProvider::<JsonCodec, _>::new(&mut db);
+        storage
+            .run_migrations()
+            .map_err(|e| StoreError::Migration(e.to_string()))?;
+        Ok(Self {
+            db,
+            crypto: RustCrypto::default(),
+            fingerprint,
+        })
+    }
+
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// Creates and stores a fresh single-use bootstrap token; valid until an organisation exists.
+    pub fn new_bootstrap_token(&self) -> Result<String, StoreError> {
+        let token = random_token();
+        self.db.execute(
+            "INSERT INTO bootstrap_tokens (token_hash, created_at) VALUES (?1, ?2)",
+            params![sha256(token.as_bytes()), now_unix() as i64],
+        )?;
+        Ok(token)
+    }
+
+    /// The registered organisation, if any.
+    pub fn org(&self) -> Result<Option<OrgDescriptor>, StoreError> {
+        load_org(&self.db)
+    }
+
+    pub fn stats(&self) -> Result<RelayStats, StoreError> {
+        let count = |sql: &str| -> Result<u64, StoreError> {
+            Ok(self.db.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64)
+        };
+        Ok(RelayStats {
+            devices: count("SELECT COUNT(*) FROM devices WHERE status = 'approved'")?,
+            groups: count("SELECT COUNT(*) FROM groups")?,
+            stored_messages: count("SELECT COUNT(*) FROM messages")?,
+        })
+    }
+
+    /// Issues a fresh challenge nonce for a device that says hello.
+    pub fn challenge(&self) -> Vec<u8> {
+        let mut nonce = vec![0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
+            .expect("system randomness available");
+        nonce
+    }
+
+    /// Checks a device's signature over the challenge and its enrolment status.
+    pub fn authenticate(
+        &self,
+        device_key: &[u8],
+        nonce: &[u8],
+        signature: &[u8],
+    ) -> Result<Session, RelayError> {
+        UnparsedPublicKey::new(&ED25519, device_key)
+            .verify(&auth_transcript(&self.fingerprint, nonce), signature)
+            .map_err(|_| {
+                RelayError::new(
+                    ErrorCode::Unauthenticated,
+                    "challenge signature does not verify for this device key",
+                )
+            })?;
+        let device_id = muster_proto::device_id_for(device_key);
+        let row: Option<(String, String)> = self
+            .db
+            .query_row(
+                "SELECT user, status FROM devices WHERE device_id = ?1",
+                [&device_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(|e| internal(e.into()))?;
+        let (user, status) = row.ok_or_else(|| {
+            RelayError::new(
+                ErrorCode::UnknownDevice,
+                "this device is not enrolled with the relay",
+            )
+        })?;
+        check_status(&status)?;
+        Ok(Session { device_id, user })
+    }
+
+    /// Whether a device may still use its session (it may have been revoked since).
+    pub fn session_active(&self, session: &Session) -> Result<(), RelayError> {
+        let status: Option<String> = self
+            .db
+            .query_row(
+                "SELECT status FROM devices WHERE device_id = ?1",
+                [&session.device_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| internal(e.into()))?;
+        match status {
+            Some(s) => check_status(&s),
+            None => Err(RelayError::new(ErrorCode::UnknownDevice, "unknown device")),
+        }
+    }
+
+    /// Handles a request that needs no authenticated session.
+    pub fn handle_anonymous(&mut self, request: Request) -> Outcome {
+        let result = match request {
+            Request::Bootstrap { token, org, admin } => self.bootstrap(&token, org, admin),
+            Request::Enrol {
+                invite_token,
+                device_key,
+                profile,
+                proof,
+            } => self.enrol(&invite_token, &device_key, profile, &proof),
+            _ => Err(refuse(
+                ErrorCode::Unauthenticated,
+                "authenticate the device before this request",
+            )),
+        };
+        finish(result)
+    }
+
+    /// Handles a request from an authenticated device.
+    pub fn handle(&mut self, session: &Session, request: Request) -> Outcome {
+        if let Err(e) = self.session_active(session) {
+            return Outcome::reply(Response::Error(e));
+        }
+        let result = match request {
+            Request::MyCertificate => self.my_certificate(session),
+            Request::CreateInvite {
+                user,
+                token_hash,
+                expires_at,
+            } => self.create_invite(session, &user, &token_hash, expires_at),
+            Request::ListPending => self.list_pending(session),
+            Request::Approve { certificate } => self.approve(session, certificate),
+            Request::Reject { device_id } => self.reject(session, &device_id),
+            Request::Directory => self.directory(),
+            Request::UploadKeyPackages {
+                key_packages,
+                last_resort,
+            } => self.upload_key_packages(session, key_packages, last_resort),
+            Request::KeyPackageCount => self.key_package_count(session),
+            Request::ClaimKeyPackages { user } => self.claim_key_packages(&user),
+            Request::CreateGroup {
+                group_info,
+                ratchet_tree,
+            } => self.create_group(session, &group_info, &ratchet_tree),
+            Request::Commit {
+                group_id,
+                commit,
+                welcome,
+            } => self.commit(session, &group_id, &commit, welcome.as_deref()),
+            Request::Propose { group_id, proposal } => {
+                self.propose(session, &group_id, &proposal)
+            }
+            Request::Send {
+                group_id,
+                message,
+                client_id,
+            } => self.send(session, &group_id, &message, &client_id),
+            Request::Fetch { limit } => self.fetch(session, limit),
+            Request::Ack { items } => self.ack(session, &items),
+            Request::Bootstrap { .. } | Request::Enrol { .. } => Err(refuse(
+                ErrorCode::BadRequest,
+                "this connection is already authenticated",
+            )),
+            Request::Hello { .. } | Request::Prove { .. } => Err(refuse(
+                ErrorCode::BadRequest,
+                "this connection is already authenticated",
+            )),
+        };
+        finish(result)
+    }
+
+    fn require_admin(&self, session: &Session) -> Result<(), Failure> {
+        let cert = self.certificate_of_device(&session.device_id)?;
+        if cert.is_some_and(|c| c.is_admin()) {
+            Ok(())
+        } else {
+            Err(refuse(
+                ErrorCode::Forbidden,
+                "only an organisation admin may do this",
+            ))
+        }
+    }
+
+    fn certificate_of_device(&self, device_id: &str) -> Result<Option<Certificate>, Failure> {
+        let bytes: Option<Option<Vec<u8>>> = self
+            .db
+            .query_row(
+                "SELECT certificate FROM devices WHERE device_id = ?1",
+                [device_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match bytes.flatten() {
+            Some(b) => Ok(Some(Certificate::from_bytes(&b).map_err(|_| {
+                Failure::Store(StoreError::Corrupt("stored certificate".into()))
+            })?)),
+            None => Ok(None),
+        }
+    }
+
+    fn require_org(&self) -> Result<OrgDescriptor, Failure> {
+        load_org(&self.db)?.ok_or_else(|| {
+            refuse(
+                ErrorCode::NoOrg,
+                "no organisation is registered on this relay yet",
+            )
+        })
+    }
+
+    fn bootstrap(
+        &mut self,
+        token: &str,
+        org: OrgDescriptor,
+        admin: Certificate,
+    ) -> Result<Outcome, Failure> {
+        let tx = self.db.transaction()?;
+        if load_org(&tx)?.is_some() {
+            return Err(refuse(
+                ErrorCode::OrgExists,
+                "an organisation is already registered on this relay",
+            ));
+        }
+        let found = tx.execute(
+            "DELETE FROM bootstrap_tokens WHERE token_hash = ?1",
+            [sha256(token.as_bytes())],
+        )?;
+        if found == 0 {
+            return Err(refuse(
+                ErrorCode::InvalidToken,
+                "bootstrap token is not valid (already used, or never issued by this relay)",
+            ));
+        }
+        if org.root_public_key.len() != 32 || org.name.trim().is_empty() {
+            return Err(refuse(
+                ErrorCode::BadRequest,
+                "organisation needs a name and an Ed25519 root key",
+            ));
+        }
+        admin
+            .verify(&org, now_unix())
+            .map_err(|e| refuse(ErrorCode::InvalidCertificate, e.to_string()))?;
+        if !admin.is_admin() {
+            return Err(refuse(
+                ErrorCode::InvalidCertificate,
+                "the first device must hold the admin role",
+            ));
+        }
+        let org_bytes = serde_json::to_vec(&org).expect("descriptor serialises");
+        tx.execute("DELETE FROM bootstrap_tokens", [])?;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('org', ?1)",
+            [org_bytes],
+        )?;
+        insert_device(
+            &tx,
+            &admin.body.user,
+            &admin.body.device_key,
+            &admin.body.profile,
+            STATUS_APPROVED,
+            Some(&admin),
+        )?;
+        tx.commit()?;
+        tracing::info!(org = %org.org_id, admin = %admin.body.user, "organisation registered");
+        Ok(Outcome::reply(Response::Ok))
+    }
+
+    fn enrol(
+        &mut self,
+        invite_token: &str,
+        device_key: &[u8],
+        profile: Profile,
+        proof: &[u8],
+    ) -> Result<Outcome, Failure> {
+        self.require_org()?;
+        UnparsedPublicKey::new(&ED25519, device_key)
+            .verify(&enrol_transcript(invite_token, device_key, &profile), proof)
+            .map_err(|_| {
+                refuse(
+                    ErrorCode::Unauthenticated,
+                    "enrolment proof does not verify for the device key",
+                )
+            })?;
+        if profile.display_name.trim().is_empty() || profile.display_name.len() > 100 {
+            return Err(refuse(
+                ErrorCode::BadRequest,
+                "display name must be 1-100 characters",
+            ));
+        }
+        let tx = self.db.transaction()?;
+        let invite: Option<(String, i64, Option<i64>)> = tx
+            .query_row(
+                "SELECT user, expires_at, used_at FROM invites WHERE token_hash = ?1",
+                [sha256(invite_token.as_bytes())],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let Some((user, expires_at, used_at)) = invite else {
+            return Err(refuse(
+                ErrorCode::InvalidToken,
+                "invite code is not known to this relay",
+            ));
+        };
+        if used_at.is_some() {
+            return Err(refuse(
+                ErrorCode::TokenUsed,
+                "invite code was already used",
+            ));
+        }
+        if (expires_at as u64) < now_unix() {
+            return Err(refuse(ErrorCode::TokenExpired, "invite code has expired"));
+        }
+        let device_id = muster_proto::device_id_for(device_key);
+        let exists: bool = tx
+            .query_row(
+                "SELECT 1 FROM devices WHERE device_id = ?1",
+                [&device_id],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if exists {
+            return Err(refuse(
+                ErrorCode::BadRequest,
+                "this device key is already enrolled",
+            ));
+        }
+        tx.execute(
+            "UPDATE invites SET used_at = ?2 WHERE token_hash = ?1",
+            params![sha256(invite_token.as_bytes()), now_unix() as i64],
+        )?;
+        insert_device(&tx, &user, device_key, &profile, STATUS_PENDING, None)?;
+        tx.commit()?;
+        tracing::info!(%user, %device_id, "enrolment requested");
+        Ok(Outcome::reply(Response::EnrolmentSubmitted { device_id }))
+    }
+
+    fn my_certificate(&self, session: &Session) -> Result<Outcome, Failure> {
+        let cert = self
+            .certificate_of_device(&session.device_id)?
+            .ok_or_else(|| refuse(ErrorCode::EnrolmentPending, "no certificate issued yet"))?;
+        Ok(Outcome::reply(Response::Certificate(cert)))
+    }
+
+    fn create_invite(
+        &mut self,
+        session: &Session,
+        user: &str,
+        token_hash: &[u8],
+        expires_at: u64,
+    ) -> Result<Outcome, Failure> {
+        self.require_admin(session)?;
+        validate_handle(user).map_err(|e| refuse(ErrorCode::BadRequest, e.to_string()))?;
+        if token_hash.len() != 32 {
+            return Err(refuse(ErrorCode::BadRequest, "token hash must be SHA-256"));
+        }
+        if expires_at <= now_unix() {
+            return Err(refuse(ErrorCode::BadRequest, "invite would already be expired"));
+        }
+        self.db.execute(
+            "INSERT INTO invites (token_hash, user, created_by, expires_at) VALUES (?1, ?2, ?3, ?4)",
+            params![token_hash, user, session.user, expires_at as i64],
+        )?;
+        Ok(Outcome::reply(Response::Ok))
+    }
+
+    fn list_pending(&self, session: &Session) -> Result<Outcome, Failure> {
+        self.require_admin(session)?;
+        let mut stmt = self.db.prepare(
+            "SELECT user, device_id, device_key, profile, requested_at FROM devices
+             WHERE status = 'pending' ORDER BY requested_at, device_id",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let pending = rows
+            .into_iter()
+            .map(
+                |(user, device_id, device_key, profile, requested_at)| PendingEnrolment {
+                    user,
+                    device_id,
+                    device_key,
+                    profile: serde_json::from_slice(&profile).unwrap_or_default(),
+                    requested_at: requested_at as u64,
+                },
+            )
+            .collect();
+        Ok(Outcome::reply(Response::Pending(pending)))
+    }
+
+    fn approve(&mut self, session: &Session, cert: Certificate) -> Result<Outcome, Failure> {
+        self.require_admin(session)?;
+        let org = self.require_org()?;
+        cert.verify(&org, now_unix())
+            .map_err(|e| refuse(ErrorCode::InvalidCertificate, e.to_string()))?;
+        let tx = self.db.transaction()?;
+        let row: Option<(String, Vec<u8>, String)> = tx
+            .query_row(
+                "SELECT user, device_key, status FROM devices WHERE device_id = ?1",
+                [&cert.body.device_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let Some((user, key, status)) = row else {
+            return Err(refuse(
+                ErrorCode::UnknownDevice,
+                "no enrolment request for this device",
+            ));
+        };
+        if status != STATUS_PENDING {
+            return Err(refuse(
+                ErrorCode::BadRequest,
+                format!("enrolment is not pending (it is {status})"),
+            ));
+        }
+        if user != cert.body.user || key != cert.body.device_key {
+            return Err(refuse(
+                ErrorCode::InvalidCertificate,
+                "certificate does not match the enrolment request",
+            ));
+        }
+        tx.execute(
+            "UPDATE devices SET status = 'approved', certificate = ?2, decided_at = ?3 WHERE device_id = ?1",
+            params![cert.body.device_id, cert.to_bytes(), now_unix() as i64],
+        )?;
+        tx.commit()?;
+        tracing::info!(user = %cert.body.user, device = %cert.body.device_id, "enrolment approved");
+        Ok(Outcome::reply(Response::Ok))
+    }
+
+    fn reject(&mut self, session: &Session, device_id: &str) -> Result<Outcome, Failure> {
+        self.require_admin(session)?;
+        let changed = self.db.execute(
+            "UPDATE devices SET status = 'rejected', decided_at = ?2 WHERE device_id = ?1 AND status = 'pending'",
+            params![device_id, now_unix() as i64],
+        )?;
+        if changed == 0 {
+            return Err(refuse(
+                ErrorCode::UnknownDevice,
+                "no pending enrolment request for this device",
+            ));
+        }
+        Ok(Outcome::reply(Response::Ok))
+    }
+
+    fn directory(&self) -> Result<Outcome, Failure> {
+        let mut stmt = self.db.prepare(
+            "SELECT certificate FROM devices WHERE status = 'approved' ORDER BY user, device_id",
+        )?;
+        let certs = stmt
+            .query_map([], |r| r.get::<_, Vec<u8>>(0))?
+            .collect::<Result<Vec<_>, _>>()?
+            .iter()
+            .filter_map(|b| Certificate::from_bytes(b).ok())
+            .collect();
+        Ok(Outcome::reply(Response::Directory(certs)))
+    }
+
+    fn validate_key_package(&self, session: &Session, bytes: &[u8]) -> Result<bool, Failure> {
+        let bad = |why: String| refuse(ErrorCode::InvalidMessage, format!("KeyPackage: {why}"));
+        let kp = KeyPackageIn::tls_deserialize_exact(bytes)
+            .map_err(|e| bad(e.to_string()))?
+            .validate(&self.crypto, ProtocolVersion::Mls10)
+            .map_err(|e| bad(e.to_string()))?;
+        let cert = certificate_of(kp.leaf_node().credential())
+            .ok_or_else(|| bad("credential carries no certificate".into()))?;
+        if cert.body.device_id != session.device_id
+            || kp.leaf_node().signature_key().as_slice() != cert.body.device_key.as_slice()
+        {
+            return Err(bad("it does not belong to this device".into()));
+        }
+        Ok(kp.last_resort())
+    }
+
+    fn upload_key_packages(
+        &mut self,
+        session: &Session,
+        key_packages: Vec<Vec<u8>>,
+        last_resort: Option<Vec<u8>>,
+    ) -> Result<Outcome, Failure> {
+        if key_packages.len() > MAX_KEY_PACKAGES_PER_UPLOAD {
+            return Err(refuse(
+                ErrorCode::TooLarge,
+                format!("at most {MAX_KEY_PACKAGES_PER_UPLOAD} KeyPackages per upload"),
+            ));
+        }
+        for kp in &key_packages {
+            self.validate_key_package(session, kp)?;
+        }
+        if let Some(kp) = &last_resort {
+            if !self.validate_key_package(session, kp)? {
+                return Err(refuse(
+                    ErrorCode::InvalidMessage,
+                    "last-resort KeyPackage is not marked as last resort",
+                ));
+            }
+        }
+        let tx = self.db.transaction()?;
+        for kp in &key_packages {
+            tx.execute(
+                "INSERT INTO key_packages (device_id, data, last_resort) VALUES (?1, ?2, 0)",
+                params![session.device_id, kp],
+            )?;
+        }
+        if let Some(kp) = &last_resort {
+            tx.execute(
+                "DELETE FROM key_packages WHERE device_id = ?1 AND last_resort = 1",
+                [&session.device_id],
+            )?;
+            tx.execute(
+                "INSERT INTO key_packages (device_id, data, last_resort) VALUES (?1, ?2, 1)",
+                params![session.device_id, kp],
+            )?;
+        }
+        tx.commit()?;
+        Ok(Outcome::reply(Response::Ok))
+    }
+
+    fn key_package_count(&self, session: &Session) -> Result<Outcome, Failure> {
+        let (available, last): (i64, i64) = self.db.query_row(
+            "SELECT COALESCE(SUM(last_resort = 0), 0), COALESCE(SUM(last_resort = 1), 0)
+             FROM key_packages WHERE device_id = ?1",
+            [&session.device_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok(Outcome::reply(Response::KeyPackageCount {
+            available: available as u32,
+            has_last_resort: last > 0,
+        }))
+    }
+
+    fn claim_key_packages(&mut self, user: &str) -> Result<Outcome, Failure> {
+        let tx = self.db.transaction()?;
+        let devices: Vec<String> = {
+            let mut stmt = tx.prepare(
+                "SELECT device_id FROM devices WHERE user = ?1 AND status = 'approved' ORDER BY device_id",
+            )?;
+            let rows = stmt
+                .query_map([user], |r| r.get(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows
+        };
+        if devices.is_empty() {
+            return Err(refuse(
+                ErrorCode::UnknownUser,
+                format!("no enrolled device for user {user:?}"),
+            ));
+        }
+        let mut claimed = Vec::new();
+        for device_id in devices {
+            let row: Option<(i64, Vec<u8>, bool)> = tx
+                .query_row(
+                    "SELECT id, data, last_resort FROM key_packages WHERE device_id = ?1
+                     ORDER BY last_resort, id LIMIT 1",
+                    [&device_id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            if let Some((id, data, last_resort)) = row {
+                if !last_resort {
+                    tx.execute("DELETE FROM key_packages WHERE id = ?1", [id])?;
+                }
+                claimed.push(ClaimedKeyPackage {
+                    device_id,
+                    key_package: data,
+                });
+            }
+        }
+        tx.commit()?;
+        if claimed.is_empty() {
+            return Err(refuse(
+                ErrorCode::NoKeyPackages,
+                format!("no device of {user:?} has a KeyPackage available"),
+            ));
+        }
+        Ok(Outcome::reply(Response::KeyPackages(claimed)))
+    }
+
+    /// Every leaf of a group must carry a valid certificate of an approved device.
+    fn roster_devices(
+        tx: &Transaction,
+        org: &OrgDescriptor,
+        group: &PublicGroup,
+    ) -> Result<BTreeSet<String>, Failure> {
+        let mut devices = BTreeSet::new();
+        for member in group.members() {
+            let cert = certificate_of(&member.credential).ok_or_else(|| {
+                refuse(
+                    ErrorCode::InvalidCertificate,
+                    "a member's credential carries no identity certificate",
+                )
+            })?;
+            cert.verify(org, now_unix()).map_err(|e| {
+                refuse(
+                    ErrorCode::InvalidCertificate,
+                    format!("member {}: {e}", cert.body.user),
+                )
+            })?;
+            if member.signature_key != cert.body.device_key {
+                return Err(refuse(
+                    ErrorCode::InvalidCertificate,
+                    format!("member {}: leaf key differs from certificate", cert.body.user),
+                ));
+            }
+            let status: Option<String> = tx
+                .query_row(
+                    "SELECT status FROM devices WHERE device_id = ?1",
+                    [&cert.body.device_id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if status.as_deref() != Some(STATUS_APPROVED) {
+                return Err(refuse(
+                    ErrorCode::InvalidCertificate,
+                    format!(
+                        "member {} device {} is not an enrolled device",
+                        cert.body.user, cert.body.device_id
+                    ),
+                ));
+            }
+            devices.insert(cert.body.device_id);
+        }
+        Ok(devices)
+    }
+
+    fn create_group(
+        &mut self,
+        session: &Session,
+        group_info: &[u8],
+        ratchet_tree: &[u8],
+    ) -> Result<Outcome, Failure> {
+        let org = self.require_org()?;
+        let bad = |why: String| refuse(ErrorCode::InvalidMessage, why);
+        let info = MlsMessageIn::tls_deserialize_exact(group_info)
+            .map_err(|e| bad(format!("GroupInfo: {e}")))?;
+        let MlsMessageBodyIn::GroupInfo(info) = info.extract() else {
+            return Err(bad("expected a GroupInfo message".into()));
+        };
+        let tree = RatchetTreeIn::tls_deserialize_exact(ratchet_tree)
+            .map_err(|e| bad(format!("ratchet tree: {e}")))?;
+        let group_id = info.group_id().as_slice().to_vec();
+        let tx = self.db.transaction()?;
+        let exists = tx
+            .query_row("SELECT 1 FROM groups WHERE group_id = ?1", [&group_id], |_| Ok(()))
+            .optional()?
+            .is_some();
+        if exists {
+            return Err(refuse(ErrorCode::GroupExists, "group id already registered"));
+        }
+        let storage: Storage = Storage::new(&tx);
+        let (group, _) =
+            PublicGroup::from_external(&self.crypto, &storage, tree, info, ProposalStore::new())
+                .map_err(|e| bad(format!("group state does not validate: {e}")))?;
+        let devices = Self::roster_devices(&tx, &org, &group)?;
+        if devices.len() != 1 || !devices.contains(&session.device_id) {
+            return Err(refuse(
+                ErrorCode::BadRequest,
+                "a new group must contain only its creator; add members with a commit",
+            ));
+        }
+        tx.execute(
+            "INSERT INTO groups (group_id, epoch, last_seq, created_by, created_at) VALUES (?1, ?2, 0, ?3, ?4)",
+            params![group_id, group.group_context().epoch().as_u64() as i64, session.device_id, now_unix() as i64],
+        )?;
+        tx.execute(
+            "INSERT INTO memberships (group_id, device_id, from_seq) VALUES (?1, ?2, 1)",
+            params![group_id, session.device_id],
+        )?;
+        tx.commit()?;
+        Ok(Outcome::reply(Response::Ok))
+    }
+
+    fn group_state(tx: &Transaction, group_id: &[u8]) -> Result<(u64, u64), Failure> {
+        tx.query_row(
+            "SELECT epoch, last_seq FROM groups WHERE group_id = ?1",
+            [group_id],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+        )
+        .optional()?
+        .ok_or_else(|| refuse(ErrorCode::UnknownGroup, "no such group on this relay"))
+    }
+
+    fn current_members(tx: &Transaction, group_id: &[u8]) -> Result<BTreeSet<String>, Failure> {
+        let mut stmt = tx.prepare(
+            "SELECT device_id FROM memberships WHERE group_id = ?1 AND to_seq IS NULL",
+        )?;
+        let rows = stmt
+            .query_map([group_id], |r| r.get(0))?
+            .collect::<Result<BTreeSet<String>, _>>()?;
+        Ok(rows)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn append(
+        tx: &Transaction,
+        group_id: &[u8],
+        seq: u64,
+        epoch: u64,
+        kind: &str,
+        sender: &str,
+        client_id: Option<&[u8]>,
+        data: &[u8],
+    ) -> Result<(), Failure> {
+        tx.execute(
+            "INSERT INTO messages (group_id, seq, epoch, kind, sender_device, client_id, data, stored_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![group_id, seq as i64, epoch as i64, kind, sender, client_id, data, now_unix() as i64],
+        )?;
+        tx.execute(
+            "UPDATE groups SET last_seq = ?2 WHERE group_id = ?1",
+            params![group_id, seq as i64],
+        )?;
+        Ok(())
+    }
+
+    fn check_epoch(message_epoch: u64, current: u64) -> Result<(), Failure> {
+        if message_epoch != current {
+            return Err(refuse(
+                ErrorCode::EpochMoved { current },
+                format!(
+                    "group is at epoch {current}, message was made for epoch {message_epoch}: sync and retry"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn sender_device(group: &PublicGroup, sender: &Sender) -> Option<String> {
+        match sender {
+            Sender::Member(index) => group
+                .leaf(*index)
+                .and_then(|leaf| certificate_of(leaf.credential()))
+                .map(|c| c.body.device_id),
+            _ => None,
+        }
+    }
+
+    fn commit(
+        &mut self,
+        session: &Session,
+        group_id: &[u8],
+        commit: &[u8],
+        welcome: Option<&[u8]>,
+    ) -> Result<Outcome, Failure> {
+        let org = self.require_org()?;
+        let message = parse_protocol_message(commit)?;
+        if let Some(w) = welcome {
+            if w.len() > MAX_MLS_MESSAGE {
+                return Err(refuse(ErrorCode::TooLarge, "Welcome exceeds the size limit"));
+            }
+            let parsed = MlsMessageIn::tls_deserialize_exact(w)
+                .map_err(|e| refuse(ErrorCode::InvalidMessage, format!("Welcome: {e}")))?;
+            if !matches!(parsed.extract(), MlsMessageBodyIn::Welcome(_)) {
+                return Err(refuse(ErrorCode::InvalidMessage, "expected a Welcome message"));
+            }
+        }
+        if message.group_id().as_slice() != group_id {
+            return Err(refuse(ErrorCode::BadRequest, "commit is for another group"));
+        }
+        if !matches!(message, ProtocolMessage::PublicMessage(_))
+            || message.content_type() != ContentType::Commit
+        {
+            return Err(refuse(
+                ErrorCode::InvalidMessage,
+                "commits must be MLS PublicMessages of content type commit",
+            ));
+        }
+        let tx = self.db.transaction()?;
+        let (epoch, last_seq) = Self::group_state(&tx, group_id)?;
+        Self::check_epoch(message.epoch().as_u64(), epoch)?;
+        let storage: Storage = Storage::new(&tx);
+        let mls_group_id = GroupId::from_slice(group_id);
+        let mut group = PublicGroup::load(&storage, &mls_group_id)
+            .map_err(|e| Failure::Store(StoreError::Sql(e)))?
+            .ok_or_else(|| Failure::Store(StoreError::Corrupt("group state missing".into())))?;
+        let processed = group
+            .process_message(&self.crypto, message)
+            .map_err(|e| refuse(ErrorCode::InvalidMessage, format!("commit rejected: {e}")))?;
+        if Self::sender_device(&group, processed.sender()).as_deref() != Some(&session.device_id) {
+            return Err(refuse(
+                ErrorCode::NotMember,
+                "commit must be sent by a member leaf belonging to this device",
+            ));
+        }
+        let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content() else {
+            return Err(refuse(ErrorCode::InvalidMessage, "not a commit"));
+        };
+        group
+            .merge_commit(&storage, *staged)
+            .map_err(|e| Failure::Store(StoreError::Corrupt(format!("merge commit: {e}"))))?;
+        let after = Self::roster_devices(&tx, &org, &group)?;
+        let before = Self::current_members(&tx, group_id)?;
+        let added: Vec<&String> = after.difference(&before).collect();
+        let removed: Vec<&String> = before.difference(&after).collect();
+        if !added.is_empty() && welcome.is_none() {
+            return Err(refuse(
+                ErrorCode::BadRequest,
+                "a commit that adds members must come with their Welcome",
+            ));
+        }
+        let seq = last_seq + 1;
+        Self::append(&tx, group_id, seq, epoch, KIND_COMMIT, &session.device_id, None, commit)?;
+        tx.execute(
+            "UPDATE groups SET epoch = ?2 WHERE group_id = ?1",
+            params![group_id, group.group_context().epoch().as_u64() as i64],
+        )?;
+        for device in &removed {
+            tx.execute(
+                "UPDATE memberships SET to_seq = ?3 WHERE group_id = ?1 AND device_id = ?2 AND to_seq IS NULL",
+                params![group_id, device, seq as i64],
+            )?;
+        }
+        for device in &added {
+            tx.execute(
+                "INSERT INTO memberships (group_id, device_id, from_seq) VALUES (?1, ?2, ?3)",
+                params![group_id, device, (seq + 1) as i64],
+            )?;
+            tx.execute(
+                "INSERT INTO welcomes (device_id, group_id, data, stored_at) VALUES (?1, ?2, ?3, ?4)",
+                params![device, group_id, welcome.unwrap_or_default(), now_unix() as i64],
+            )?;
+        }
+        tx.commit()?;
+        let mut wake: BTreeSet<String> = after.into_iter().chain(before).collect();
+        wake.remove(&session.device_id);
+        Ok(Outcome {
+            response: Response::Stored { seq },
+            wake,
+        })
+    }
+
+    fn propose(
+        &mut self,
+        session: &Session,
+        group_id: &[u8],
+        proposal: &[u8],
+    ) -> Result<Outcome, Failure> {
+        let message = parse_protocol_message(proposal)?;
+        if message.group_id().as_slice() != group_id
+            || !matches!(message, ProtocolMessage::PublicMessage(_))
+            || message.content_type() != ContentType::Proposal
+        {
+            return Err(refuse(
+                ErrorCode::InvalidMessage,
+                "proposals must be MLS PublicMessages of content type proposal for this group",
+            ));
+        }
+        let tx = self.db.transaction()?;
+        let (epoch, last_seq) = Self::group_state(&tx, group_id)?;
+        Self::check_epoch(message.epoch().as_u64(), epoch)?;
+        let storage: Storage = Storage::new(&tx);
+        let group = PublicGroup::load(&storage, &GroupId::from_slice(group_id))
+            .map_err(|e| Failure::Store(StoreError::Sql(e)))?
+            .ok_or_else(|| Failure::Store(StoreError::Corrupt("group state missing".into())))?;
+        let processed = group
+            .process_message(&self.crypto, message)
+            .map_err(|e| refuse(ErrorCode::InvalidMessage, format!("proposal rejected: {e}")))?;
+        if Self::sender_device(&group, processed.sender()).as_deref() != Some(&session.device_id) {
+            return Err(refuse(
+                ErrorCode::NotMember,
+                "proposal must be sent by a member leaf belonging to this device",
+            ));
+        }
+        let ProcessedMessageContent::ProposalMessage(queued) = processed.into_content() else {
+            return Err(refuse(ErrorCode::InvalidMessage, "not a proposal"));
+        };
+        let mut group = group;
+        group
+            .add_proposal(&storage, *queued)
+            .map_err(|e| Failure::Store(StoreError::Sql(e)))?;
+        let seq = last_seq + 1;
+        Self::append(&tx, group_id, seq, epoch, KIND_PROPOSAL, &session.device_id, None, proposal)?;
+        let mut wake = Self::current_members(&tx, group_id)?;
+        tx.commit()?;
+        wake.remove(&session.device_id);
+        Ok(Outcome {
+            response: Response::Stored { seq },
+            wake,
+        })
+    }
+
+    fn send(
+        &mut self,
+        session: &Session,
+        group_id: &[u8],
+        data: &[u8],
+        client_id: &[u8],
+    ) -> Result<Outcome, Failure> {
+        if client_id.is_empty() || client_id.len() > 64 {
+            return Err(refuse(ErrorCode::BadRequest, "client id must be 1-64 bytes"));
+        }
+        let message = parse_protocol_message(data)?;
+        if !matches!(message, ProtocolMessage::PrivateMessage(_))
+            || message.content_type() != ContentType::Application
+        {
+            return Err(refuse(
+                ErrorCode::InvalidMessage,
+                "application messages must be MLS PrivateMessages",
+            ));
+        }
+        if message.group_id().as_slice() != group_id {
+            return Err(refuse(ErrorCode::BadRequest, "message is for another group"));
+        }
+        let tx = self.db.transaction()?;
+        let existing: Option<i64> = tx
+            .query_row(
+                "SELECT seq FROM messages WHERE sender_device = ?1 AND client_id = ?2",
+                params![session.device_id, client_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(seq) = existing {
+            return Ok(Outcome::reply(Response::Stored { seq: seq as u64 }));
+        }
+        let (epoch, last_seq) = Self::group_state(&tx, group_id)?;
+        let members = Self::current_members(&tx, group_id)?;
+        if !members.contains(&session.device_id) {
+            return Err(refuse(
+                ErrorCode::NotMember,
+                "this device is not a member of the group",
+            ));
+        }
+        Self::check_epoch(message.epoch().as_u64(), epoch)?;
+        let seq = last_seq + 1;
+        Self::append(
+            &tx,
+            group_id,
+            seq,
+            epoch,
+            KIND_APPLICATION,
+            &session.device_id,
+            Some(client_id),
+            data,
+        )?;
+        tx.commit()?;
+        let mut wake = members;
+        wake.remove(&session.device_id);
+        Ok(Outcome {
+            response: Response::Stored { seq },
+            wake,
+        })
+    }
+
+    fn fetch(&self, session: &Session, limit: u32) -> Result<Outcome, Failure> {
+        let limit = limit.clamp(1, MAX_FETCH) as i64;
+        let mut deliveries = Vec::new();
+        let mut stmt = self.db.prepare(
+            "SELECT id, group_id, data FROM welcomes WHERE device_id = ?1 ORDER BY id LIMIT ?2",
+        )?;
+        for row in stmt.query_map(params![session.device_id, limit], |r| {
+            Ok(Delivery::Welcome {
+                id: r.get::<_, i64>(0)? as u64,
+                group_id: r.get(1)?,
+                welcome: r.get(2)?,
+            })
+        })? {
+            deliveries.push(row?);
+        }
+        let remaining = limit - deliveries.len() as i64;
+        if remaining > 0 {
+            let mut stmt = self.db.prepare(
+                "SELECT m.group_id, m.seq, m.data FROM messages m
+                 JOIN memberships ms ON ms.group_id = m.group_id AND ms.device_id = ?1
+                 LEFT JOIN cursors c ON c.device_id = ?1 AND c.group_id = m.group_id
+                 WHERE m.seq >= ms.from_seq AND (ms.to_seq IS NULL OR m.seq <= ms.to_seq)
+                   AND m.seq > COALESCE(c.acked_seq, 0)
+                   AND NOT (m.sender_device = ?1 AND m.kind = 'application')
+                 ORDER BY m.group_id, m.seq LIMIT ?2",
+            )?;
+            for row in stmt.query_map(params![session.device_id, remaining], |r| {
+                Ok(Delivery::Group {
+                    group_id: r.get(0)?,
+                    seq: r.get::<_, i64>(1)? as u64,
+                    message: r.get(2)?,
+                })
+            })? {
+                deliveries.push(row?);
+            }
+        }
+        Ok(Outcome::reply(Response::Deliveries(deliveries)))
+    }
+
+    fn ack(&mut self, session: &Session, items: &[AckItem]) -> Result<Outcome, Failure> {
+        if items.len() > MAX_FETCH as usize {
+            return Err(refuse(ErrorCode::TooLarge, "too many acknowledgements at once"));
+        }
+        let tx = self.db.transaction()?;
+        for item in items {
+            match item {
+                AckItem::Welcome { id } => {
+                    tx.execute(
+                        "DELETE FROM welcomes WHERE id = ?1 AND device_id = ?2",
+                        params![*id as i64, session.device_id],
+                    )?;
+                }
+                AckItem::Group { group_id, seq } => {
+                    tx.execute(
+                        "INSERT INTO cursors (device_id, group_id, acked_seq) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (device_id, group_id) DO UPDATE SET acked_seq = MAX(acked_seq, excluded.acked_seq)",
+                        params![session.device_id, group_id, (*seq).min(i64::MAX as u64) as i64],
+                    )?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(Outcome::reply(Response::Ok))
+    }
+}
+
+fn check_status(status: &str) -> Result<(), RelayError> {
+    match status {
+        STATUS_APPROVED => Ok(()),
+        STATUS_PENDING => Err(RelayError::new(
+            ErrorCode::EnrolmentPending,
+            "enrolment is waiting for an admin's approval",
+        )),
+        STATUS_REJECTED => Err(RelayError::new(
+            ErrorCode::EnrolmentRejected,
+            "enrolment was rejected by an admin",
+        )),
+        STATUS_REVOKED => Err(RelayError::new(
+            ErrorCode::DeviceRevoked,
+            "this device has been revoked",
+        )),
+        other => Err(RelayError::new(
+            ErrorCode::Internal,
+            format!("unknown device status {other}"),
+        )),
+    }
+}
+
+fn load_org(db: &Connection) -> Result<Option<OrgDescriptor>, StoreError> {
+    let bytes: Option<Vec<u8>> = db
+        .query_row("SELECT value FROM meta WHERE key = 'org'", [], |r| r.get(0))
+        .optional()?;
+    bytes
+        .map(|b| {
+            serde_json::from_slice(&b).map_err(|_| StoreError::Corrupt("org descriptor".into()))
+        })
+        .transpose()
+}
+
+fn insert_device(
+    tx: &Transaction,
+    user: &str,
+    device_key: &[u8],
+    profile: &Profile,
+    status: &str,
+    cert: Option<&Certificate>,
+) -> Result<(), Failure> {
+    tx.execute(
+        "INSERT INTO devices (device_id, user, device_key, status, profile, certificate, requested_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            muster_proto::device_id_for(device_key),
+            user,
+            device_key,
+            status,
+            serde_json::to_vec(profile).expect("profile serialises"),
+            cert.map(|c| c.to_bytes()),
+            now_unix() as i64
+        ],
+    )?;
+    Ok(())
+}
+
+fn internal(e: StoreError) -> RelayError {
+    tracing::error!(error = %e, "relay storage failure");
+    RelayError::new(ErrorCode::Internal, "relay storage failure")
+}
+
+fn finish(result: Result<Outcome, Failure>) -> Outcome {
+    match result {
+        Ok(outcome) => outcome,
+        Err(Failure::Refuse(e)) => Outcome::reply(Response::Error(e)),
+        Err(Failure::Store(e)) => Outcome::reply(Response::Error(internal(e))),
+    }
+}

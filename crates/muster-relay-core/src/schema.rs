@@ -1,0 +1,37 @@
+//! The relay's SQLite schema. Message rows hold only MLS ciphertext or handshake messages.
+
+pub(crate) const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS bootstrap_tokens (token_hash BLOB PRIMARY KEY, created_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS invites (
+    token_hash BLOB PRIMARY KEY, user TEXT NOT NULL, created_by TEXT NOT NULL,
+    expires_at INTEGER NOT NULL, used_at INTEGER);
+CREATE TABLE IF NOT EXISTS devices (
+    device_id TEXT PRIMARY KEY, user TEXT NOT NULL, device_key BLOB NOT NULL,
+    status TEXT NOT NULL, profile BLOB NOT NULL, certificate BLOB,
+    requested_at INTEGER NOT NULL, decided_at INTEGER);
+CREATE INDEX IF NOT EXISTS devices_user ON devices(user);
+CREATE TABLE IF NOT EXISTS key_packages (
+    id INTEGER PRIMARY KEY, device_id TEXT NOT NULL, data BLOB NOT NULL, last_resort INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS key_packages_device ON key_packages(device_id, last_resort);
+CREATE TABLE IF NOT EXISTS groups (
+    group_id BLOB PRIMARY KEY, epoch INTEGER NOT NULL, last_seq INTEGER NOT NULL,
+    created_by TEXT NOT NULL, created_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS memberships (
+    group_id BLOB NOT NULL, device_id TEXT NOT NULL, from_seq INTEGER NOT NULL, to_seq INTEGER);
+CREATE INDEX IF NOT EXISTS memberships_device ON memberships(device_id);
+CREATE INDEX IF NOT EXISTS memberships_group ON memberships(group_id);
+CREATE TABLE IF NOT EXISTS messages (
+    group_id BLOB NOT NULL, seq INTEGER NOT NULL, epoch INTEGER NOT NULL, kind TEXT NOT NULL,
+    sender_device TEXT NOT NULL, client_id BLOB, data BLOB NOT NULL, stored_at INTEGER NOT NULL,
+    PRIMARY KEY (group_id, seq));
+CREATE UNIQUE INDEX IF NOT EXISTS messages_client_id ON messages(sender_device, client_id)
+    WHERE client_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS welcomes (
+    id INTEGER PRIMARY KEY, device_id TEXT NOT NULL, group_id BLOB NOT NULL,
+    data BLOB NOT NULL, stored_at INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS welcomes_device ON welcomes(device_id);
+CREATE TABLE IF NOT EXISTS cursors (
+    device_id TEXT NOT NULL, group_id BLOB NOT NULL, acked_seq INTEGER NOT NULL,
+    PRIMARY KEY (device_id, group_id));
+"#;
