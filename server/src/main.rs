@@ -1,1 +1,72 @@
-fn main() {}
+//! `muster-relay`: the relay binary. Parses arguments, opens the data directory and
+//! runs the QUIC server around [`muster_relay_core::Relay`].
+
+mod server;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "muster-relay",
+    version,
+    about = "Muster relay: stores and forwards end-to-end encrypted group messages over QUIC",
+    long_about = "Muster relay: stores and forwards MLS-encrypted group messages over QUIC.\n\
+        It never sees message content; it validates handshakes, orders commits per group\n\
+        and keeps messages until every recipient device has acknowledged them."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the relay. The first start creates DATA with its database and TLS certificate.
+    Serve {
+        /// Data directory (SQLite database, TLS certificate and key).
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// UDP address to listen on.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:4433")]
+        listen: std::net::SocketAddr,
+    },
+    /// Print a fresh single-use bootstrap token for the organisation's first admin.
+    BootstrapToken {
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+    },
+    /// Print counts of devices, groups and stored messages.
+    Stats {
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MUSTER_LOG")
+                .unwrap_or_else(|_| "muster=info,muster_relay=info,muster_relay_core=info,warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { data, listen } => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(server::ServeError::from)
+            .and_then(|rt| rt.block_on(server::serve(data, listen))),
+        Command::BootstrapToken { data } => server::bootstrap_token(&data),
+        Command::Stats { data } => server::stats(&data),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("muster-relay: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! The QUIC edge of the relay: accepts connections, decodes frames, runs requests on the
+//! blocking relay core and pushes wake-ups to connected devices.
+
+use muster_net::{read_frame, write_frame, RelayIdentity};
+use muster_proto::{decode, encode, ErrorCode, Push, RelayError, Request, Response};
+use muster_relay_core::{ConnectionState, Relay, StoreError};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot use data directory: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("TLS configuration failed: {0}")]
+    Tls(String),
+    #[error("no relay data in {0}: run `muster-relay serve --data {0}` first")]
+    NoData(String),
+}
+
+const DB_FILE: &str = "relay.db";
+
+fn open_relay(data: &Path) -> Result<(Relay, RelayIdentity), ServeError> {
+    std::fs::create_dir_all(data)?;
+    let identity = RelayIdentity::load_or_create(data)?;
+    let relay = Relay::open(&data.join(DB_FILE), identity.fingerprint())?;
+    Ok((relay, identity))
+}
+
+fn open_existing(data: &Path) -> Result<Relay, ServeError> {
+    if !data.join(DB_FILE).exists() {
+        return Err(ServeError::NoData(data.display().to_string()));
+    }
+    Ok(open_relay(data)?.0)
+}
+
+pub fn bootstrap_token(data: &Path) -> Result<(), ServeError> {
+    let relay = open_existing(data)?;
+    if relay.org()?.is_some() {
+        eprintln!("muster-relay: note: an organisation is already registered; this token can no longer be used to create one");
+    }
+    println!("{}", relay.new_bootstrap_token()?);
+    Ok(())
+}
+
+pub fn stats(data: &Path) -> Result<(), ServeError> {
+    let relay = open_existing(data)?;
+    let stats = relay.stats()?;
+    let size = std::fs::metadata(data.join(DB_FILE))?.len();
+    println!("devices: {}", stats.devices);
+    println!("groups: {}", stats.groups);
+    println!("stored messages: {}", stats.stored_messages);
+    println!("database bytes: {size}");
+    Ok(())
+}
+
+/// Open connections of each authenticated device, for pushes.
+#[derive(Default)]
+struct Connected {
+    by_device: Mutex<HashMap<String, HashMap<u64, quinn::Connection>>>,
+}
+
+impl Connected {
+    fn add(&self, device: &str, id: u64, conn: quinn::Connection) {
+        let mut map = self.by_device.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(device.to_string()).or_default().insert(id, conn);
+    }
+
+    fn remove(&self, device: &str, id: u64) {
+        let mut map = self.by_device.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(conns) = map.get_mut(device) {
+            conns.remove(&id);
+            if conns.is_empty() {
+                map.remove(device);
+            }
+        }
+    }
+
+    fn wake<'a>(&self, devices: impl IntoIterator<Item = &'a String>) {
+        let map = self.by_device.lock().unwrap_or_else(|e| e.into_inner());
+        let frame = encode(&Push::Wake).expect("push encodes");
+        for device in devices {
+            for conn in map.get(device).into_iter().flat_map(|c| c.values()) {
+                let conn = conn.clone();
+                let frame = frame.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut send) = conn.open_uni().await {
+                        let _ = write_frame(&mut send, &frame).await;
+                        let _ = send.finish();
+                    }
+                });
+            }
+        }
+    }
+}
+
+struct Shared {
+    relay: Mutex<Relay>,
+    connected: Connected,
+    next_connection: AtomicU64,
+}
+
+pub async fn serve(data: PathBuf, listen: SocketAddr) -> Result<(), ServeError> {
+    let (relay, identity) = open_relay(&data)?;
+    let server_config = identity
+        .server_config()
+        .map_err(|e| ServeError::Tls(e.to_string()))?;
+    let endpoint = quinn::Endpoint::server(server_config, listen)?;
+    let local = endpoint.local_addr()?;
+    println!("muster-relay listening on {local}");
+    println!("data directory: {}", data.display());
+    println!("certificate fingerprint: {}", identity.fingerprint());
+    match relay.org()? {
+        None => println!("bootstrap token: {}", relay.new_bootstrap_token()?),
+        Some(org) => println!("organisation: {} ({})", org.name, org.org_id),
+    }
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let shared = Arc::new(Shared {
+        relay: Mutex::new(relay),
+        connected: Connected::default(),
+        next_connection: AtomicU64::new(1),
+    });
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    match incoming.await {
+                        Ok(conn) => handle_connection(shared, conn).await,
+                        Err(e) => tracing::debug!(error = %e, "handshake failed"),
+                    }
+                });
+            }
+            _ = &mut shutdown => {
+                tracing::info!("shutting down");
+                break;
+            }
+        }
+    }
+    endpoint.close(0u32.into(), b"relay shutting down");
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), endpoint.wait_idle()).await;
+    println!("muster-relay stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn handle_connection(shared: Arc<Shared>, conn: quinn::Connection) {
+    let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
+    let state = Arc::new(Mutex::new(ConnectionState::default()));
+    let registered: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        let shared = shared.clone();
+        let state = state.clone();
+        let registered = registered.clone();
+        let conn_for_push = conn.clone();
+        tokio::spawn(async move {
+            if let Err(e) =
+                handle_stream(&shared, &state, &registered, id, conn_for_push, send, recv).await
+            {
+                tracing::debug!(error = %e, "stream ended with an error");
+            }
+        });
+    }
+    let device = registered.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(device) = device {
+        shared.connected.remove(&device, id);
+    }
+}
+
+async fn handle_stream(
+    shared: &Arc<Shared>,
+    state: &Arc<Mutex<ConnectionState>>,
+    registered: &Arc<Mutex<Option<String>>>,
+    id: u64,
+    conn: quinn::Connection,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) -> Result<(), muster_net::FrameError> {
+    let response = match read_frame(&mut recv).await {
+        Ok(Some(frame)) => match decode::<Request>(&frame) {
+            Ok(request) => {
+                let shared2 = shared.clone();
+                let state2 = state.clone();
+                let outcome = tokio::task::spawn_blocking(move || {
+                    let mut relay = shared2.relay.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut state = state2.lock().unwrap_or_else(|e| e.into_inner());
+                    let outcome = state.on_request(&mut relay, request);
+                    (outcome, state.session().map(|s| s.device_id.clone()))
+                })
+                .await;
+                match outcome {
+                    Ok((outcome, device)) => {
+                        if let Some(device) = device {
+                            let mut reg = registered.lock().unwrap_or_else(|e| e.into_inner());
+                            if reg.is_none() {
+                                shared.connected.add(&device, id, conn);
+                                *reg = Some(device);
+                            }
+                        }
+                        shared.connected.wake(outcome.wake.iter());
+                        outcome.response
+                    }
+                    Err(_) => Response::Error(RelayError::new(
+                        ErrorCode::Internal,
+                        "request handler failed",
+                    )),
+                }
+            }
+            Err(e) => Response::Error(RelayError::new(
+                ErrorCode::BadRequest,
+                format!("malformed request frame: {e}"),
+            )),
+        },
+        Ok(None) => return Ok(()),
+        Err(e @ muster_net::FrameError::TooLarge(_)) => {
+            Response::Error(RelayError::new(ErrorCode::TooLarge, e.to_string()))
+        }
+        Err(e) => return Err(e),
+    };
+    let body = encode(&response).unwrap_or_else(|_| {
+        encode(&Response::Error(RelayError::new(
+            ErrorCode::Internal,
+            "response too large",
+        )))
+        .expect("error encodes")
+    });
+    write_frame(&mut send, &body).await?;
+    let _ = send.finish();
+    Ok(())
+}
