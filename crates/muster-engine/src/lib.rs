@@ -1,1 +1,17 @@
-//! placeholder
+//! The Muster client engine: one device's identity, its local SQLite store (openmls
+//! state next to conversations, messages, outbox and sync cursors) and every operation
+//! the command-line client offers. The CLI only parses arguments and prints.
+//!
+//! Inbound processing is plain functions over a database transaction; the relay
+//! connection is passed in by the caller.
+
+mod content;
+mod engine;
+mod error;
+mod provider;
+mod store;
+
+pub use content::{Body, Envelope};
+pub use engine::{Engine, GroupView, MessageView, PendingView, SyncReport};
+pub use error::EngineError;
+pub use muster_net::RelayConnection;

@@ -1,0 +1,1782 @@
+//! Device operations: enrolment, groups, sending, and sync.
+
+use crate::content::{Body, Envelope};
+use crate::error::{from_net, EngineError};
+use crate::provider::{JsonCodec, Provider};
+use crate::store::SCHEMA;
+use muster_net::RelayConnection;
+use muster_proto::{
+    auth_transcript, device_id_for, enrol_transcript, now_unix, validate_handle, AckItem,
+    Certificate, CertificateBody, Delivery, ErrorCode, InviteCode, OrgDescriptor, OrgRootKey,
+    PendingEnrolment, Profile, Request, Response, Role,
+};
+use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
+use openmls::prelude::*;
+use openmls_basic_credential::SignatureKeyPair;
+use openmls_traits::signatures::Signer as _;
+use openmls_rust_crypto::RustCrypto;
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+/// Past epochs whose secrets are kept, so messages sent just before a commit still decrypt.
+const MAX_PAST_EPOCHS: usize = 5;
+const KEY_PACKAGE_LOW_WATER: u32 = 5;
+const KEY_PACKAGE_BATCH: usize = 10;
+const MAX_COMMIT_ATTEMPTS: u32 = 8;
+const FETCH_BATCH: u32 = 200;
+const CERT_VALIDITY_SECS: u64 = 365 * 24 * 3600;
+/// Longest text message accepted for sending, in bytes.
+pub const MAX_TEXT_BYTES: usize = 64 * 1024;
+const DB_FILE: &str = "muster.db";
+
+const STATE_ACTIVE: &str = "active";
+const STATE_LEFT: &str = "left";
+const STATE_REMOVED: &str = "removed";
+
+/// A message as the user sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct MessageView {
+    pub id: String,
+    pub group: String,
+    pub group_id: String,
+    /// `text` or `system` (membership changes and notices).
+    pub kind: String,
+    pub sender: String,
+    pub sender_device: String,
+    pub text: String,
+    pub sent_at: String,
+    pub received_at: String,
+    /// `sending`, `sent`, `received`, or `failed`.
+    pub status: String,
+    #[serde(skip)]
+    pub local_seq: i64,
+}
+
+/// A group as the user sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupView {
+    pub name: String,
+    pub id: String,
+    pub members: Vec<String>,
+    pub epoch: u64,
+    /// `active`, `left` or `removed`.
+    pub state: String,
+}
+
+/// An enrolment request as an admin sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PendingView {
+    pub user: String,
+    pub device_id: String,
+    pub display_name: String,
+    pub title: Option<String>,
+    pub department: Option<String>,
+    pub requested_at: String,
+}
+
+/// What a sync did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct SyncReport {
+    pub received: usize,
+    pub joined_groups: Vec<String>,
+    pub sent: usize,
+    pub problems: Vec<String>,
+}
+
+struct DeviceRow {
+    relay: String,
+    fingerprint: String,
+    org: OrgDescriptor,
+    user: String,
+    device_id: String,
+    device_key: Vec<u8>,
+    certificate: Option<Certificate>,
+    root_key: Option<Vec<u8>>,
+}
+
+/// One device's engine over its home directory.
+pub struct Engine {
+    home: PathBuf,
+    db: Connection,
+    crypto: RustCrypto,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn rfc3339_ms(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut buf)
+        .expect("system randomness available");
+    hex::encode(buf)
+}
+
+fn sha256(bytes: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .to_vec()
+}
+
+fn create_config() -> MlsGroupCreateConfig {
+    MlsGroupCreateConfig::builder()
+        .ciphersuite(CIPHERSUITE)
+        .use_ratchet_tree_extension(true)
+        .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
+        .max_past_epochs(MAX_PAST_EPOCHS)
+        .build()
+}
+
+fn join_config() -> MlsGroupJoinConfig {
+    MlsGroupJoinConfig::builder()
+        .use_ratchet_tree_extension(true)
+        .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
+        .max_past_epochs(MAX_PAST_EPOCHS)
+        .build()
+}
+
+fn certificate_in(credential: &Credential) -> Option<Certificate> {
+    let basic = BasicCredential::try_from(credential.clone()).ok()?;
+    Certificate::from_bytes(basic.identity()).ok()
+}
+
+/// Checks that a member's credential carries a certificate signed by our org root for this key.
+fn verify_member(
+    org: &OrgDescriptor,
+    credential: &Credential,
+    signature_key: &[u8],
+) -> Result<Certificate, String> {
+    let cert = certificate_in(credential)
+        .ok_or_else(|| "credential carries no identity certificate".to_string())?;
+    cert.verify(org, now_unix())
+        .map_err(|e| format!("{} ({}): {e}", cert.body.user, cert.body.device_id))?;
+    if cert.body.device_key != signature_key {
+        return Err(format!(
+            "{}: leaf signature key differs from the certificate",
+            cert.body.user
+        ));
+    }
+    Ok(cert)
+}
+
+fn mls_bytes(message: &MlsMessageOut) -> Result<Vec<u8>, EngineError> {
+    message.tls_serialize_detached().map_err(EngineError::mls)
+}
+
+fn group_hex(group_id: &[u8]) -> String {
+    hex::encode(group_id)
+}
+
+impl Engine {
+    /// Opens (creating if needed) the device store in `home`.
+    pub fn open(home: &Path) -> Result<Self, EngineError> {
+        std::fs::create_dir_all(home)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o700));
+        }
+        let mut db = Connection::open(home.join(DB_FILE))?;
+        db.busy_timeout(std::time::Duration::from_secs(10))?;
+        db.pragma_update(None, "journal_mode", "WAL")?;
+        db.pragma_update(None, "synchronous", "FULL")?;
+        db.execute_batch(SCHEMA)?;
+        openmls_sqlite_storage::SqliteStorageProvider::<JsonCodec, _>::new(&mut db)
+            .run_migrations()
+            .map_err(|e| EngineError::Mls(format!("storage migration: {e}")))?;
+        Ok(Self {
+            home: home.to_path_buf(),
+            db,
+            crypto: RustCrypto::default(),
+        })
+    }
+
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    fn device_opt(&self) -> Result<Option<DeviceRow>, EngineError> {
+        let row = self
+            .db
+            .query_row(
+                "SELECT relay, fingerprint, org, user, device_id, device_key, certificate, root_key FROM device WHERE id = 1",
+                [],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, Vec<u8>>(5)?,
+                        r.get::<_, Option<Vec<u8>>>(6)?,
+                        r.get::<_, Option<Vec<u8>>>(7)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let Some((relay, fingerprint, org, user, device_id, device_key, cert, root_key)) = row
+        else {
+            return Ok(None);
+        };
+        let org: OrgDescriptor = serde_json::from_slice(&org)
+            .map_err(|_| EngineError::Invalid("stored organisation descriptor is damaged".into()))?;
+        let certificate = cert.map(|c| Certificate::from_bytes(&c)).transpose()?;
+        Ok(Some(DeviceRow {
+            relay,
+            fingerprint,
+            org,
+            user,
+            device_id,
+            device_key,
+            certificate,
+            root_key,
+        }))
+    }
+
+    fn device(&self) -> Result<DeviceRow, EngineError> {
+        self.device_opt()?.ok_or(EngineError::NotEnrolled)
+    }
+
+    fn signer(&self, device: &DeviceRow) -> Result<SignatureKeyPair, EngineError> {
+        let storage = crate::provider::Storage::new(&self.db);
+        SignatureKeyPair::read(&storage, &device.device_key, SignatureScheme::ED25519)
+            .ok_or_else(|| EngineError::Mls("device signing key is missing from the store".into()))
+    }
+
+    fn credential(device: &DeviceRow) -> Result<CredentialWithKey, EngineError> {
+        let cert = device
+            .certificate
+            .as_ref()
+            .ok_or(EngineError::AwaitingApproval)?;
+        Ok(CredentialWithKey {
+            credential: BasicCredential::new(cert.to_bytes()).into(),
+            signature_key: device.device_key.clone().into(),
+        })
+    }
+
+    fn new_signer(&self) -> Result<SignatureKeyPair, EngineError> {
+        let signer = SignatureKeyPair::new(SignatureScheme::ED25519).map_err(EngineError::mls)?;
+        signer
+            .store(&crate::provider::Storage::new(&self.db))
+            .map_err(EngineError::mls)?;
+        Ok(signer)
+    }
+
+    fn ensure_fresh_home(&self) -> Result<(), EngineError> {
+        if let Some(d) = self.device_opt()? {
+            return Err(EngineError::AlreadyEnrolled(format!(
+                "{} in {}",
+                d.user, d.org.name
+            )));
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn insert_device(
+        &self,
+        relay: &str,
+        fingerprint: &str,
+        org: &OrgDescriptor,
+        user: &str,
+        device_key: &[u8],
+        profile: &Profile,
+        cert: Option<&Certificate>,
+        root_key: Option<&[u8]>,
+    ) -> Result<(), EngineError> {
+        self.db.execute(
+            "INSERT INTO device (id, relay, fingerprint, org, user, device_id, device_key, profile, certificate, root_key, created_at)
+             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                relay,
+                fingerprint.to_ascii_lowercase(),
+                serde_json::to_vec(org).expect("org serialises"),
+                user,
+                device_id_for(device_key),
+                device_key,
+                serde_json::to_vec(profile).expect("profile serialises"),
+                cert.map(|c| c.to_bytes()),
+                root_key,
+                now_unix() as i64
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Creates the organisation: root key, this device as its first admin, registered with the relay.
+    pub async fn create_org(
+        &mut self,
+        relay: &str,
+        fingerprint: &str,
+        token: &str,
+        org_name: &str,
+        user: &str,
+        profile: Profile,
+    ) -> Result<(), EngineError> {
+        self.ensure_fresh_home()?;
+        validate_handle(user)?;
+        if org_name.trim().is_empty() {
+            return Err(EngineError::Invalid("organisation name must not be empty".into()));
+        }
+        let conn = RelayConnection::connect(relay, fingerprint).await?;
+        let root = OrgRootKey::generate();
+        let org = OrgDescriptor {
+            org_id: random_hex(16),
+            name: org_name.trim().to_string(),
+            root_public_key: root.public_key(),
+        };
+        let signer = self.new_signer()?;
+        let now = now_unix();
+        let cert = root.sign(CertificateBody {
+            org_id: org.org_id.clone(),
+            user: user.to_string(),
+            device_id: device_id_for(signer.public()),
+            device_key: signer.public().to_vec(),
+            profile: profile.clone(),
+            roles: vec![Role::Admin, Role::Member],
+            not_before: now.saturating_sub(300),
+            not_after: now + CERT_VALIDITY_SECS,
+        });
+        conn.request(&Request::Bootstrap {
+            token: token.trim().to_string(),
+            org: org.clone(),
+            admin: cert.clone(),
+        })
+        .await
+        .map_err(from_net)?;
+        self.insert_device(
+            relay,
+            fingerprint,
+            &org,
+            user,
+            signer.public(),
+            &profile,
+            Some(&cert),
+            Some(root.pkcs8()),
+        )?;
+        let session = self.authenticate(conn).await?;
+        session.close().await;
+        Ok(())
+    }
+
+    /// Submits an enrolment request with an invite code; an admin must approve it.
+    pub async fn join(&mut self, code: &str, profile: Profile) -> Result<String, EngineError> {
+        self.ensure_fresh_home()?;
+        let invite = InviteCode::decode(code)?;
+        if invite.expires_at < now_unix() {
+            return Err(EngineError::Invalid("this invite code has expired".into()));
+        }
+        if profile.display_name.trim().is_empty() {
+            return Err(EngineError::Invalid("display name must not be empty".into()));
+        }
+        let conn = RelayConnection::connect(&invite.relay, &invite.fingerprint).await?;
+        let signer = self.new_signer()?;
+        let proof = signer
+            .sign(&enrol_transcript(&invite.token, signer.public(), &profile))
+            .map_err(|e| EngineError::Mls(format!("signing failed: {e:?}")))?;
+        let response = conn
+            .request(&Request::Enrol {
+                invite_token: invite.token.clone(),
+                device_key: signer.public().to_vec(),
+                profile: profile.clone(),
+                proof,
+            })
+            .await
+            .map_err(from_net)?;
+        conn.close().await;
+        let Response::EnrolmentSubmitted { device_id } = response else {
+            return Err(EngineError::Invalid("unexpected answer to enrolment".into()));
+        };
+        self.insert_device(
+            &invite.relay,
+            &invite.fingerprint,
+            &invite.org,
+            &invite.user,
+            signer.public(),
+            &profile,
+            None,
+            None,
+        )?;
+        Ok(device_id)
+    }
+
+    /// The user handle and organisation name of this device, if set up.
+    pub fn whoami(&self) -> Result<(String, String, String), EngineError> {
+        let d = self.device()?;
+        Ok((d.user, d.device_id, d.org.name))
+    }
+
+    /// Connects and authenticates this device; picks up its certificate after approval
+    /// and keeps its KeyPackage supply topped up.
+    pub async fn connect(&mut self) -> Result<RelayConnection, EngineError> {
+        let device = self.device()?;
+        let conn = RelayConnection::connect(&device.relay, &device.fingerprint).await?;
+        self.authenticate(conn).await
+    }
+
+    async fn authenticate(&mut self, conn: RelayConnection) -> Result<RelayConnection, EngineError> {
+        let device = self.device()?;
+        let signer = self.signer(&device)?;
+        let nonce = match conn
+            .request(&Request::Hello {
+                device_key: device.device_key.clone(),
+            })
+            .await
+            .map_err(from_net)?
+        {
+            Response::Challenge { nonce } => nonce,
+            _ => return Err(EngineError::Invalid("relay did not send a challenge".into())),
+        };
+        let signature = signer
+            .sign(&auth_transcript(&device.fingerprint, &nonce))
+            .map_err(|e| EngineError::Mls(format!("signing failed: {e:?}")))?;
+        match conn.request(&Request::Prove { signature }).await {
+            Ok(_) => {}
+            Err(muster_net::NetError::Refused(e)) if e.code == ErrorCode::EnrolmentPending => {
+                return Err(EngineError::AwaitingApproval)
+            }
+            Err(e) => return Err(from_net(e)),
+        }
+        if device.certificate.is_none() {
+            let Response::Certificate(cert) = conn
+                .request(&Request::MyCertificate)
+                .await
+                .map_err(from_net)?
+            else {
+                return Err(EngineError::Invalid("relay did not send a certificate".into()));
+            };
+            cert.verify(&device.org, now_unix())?;
+            if cert.body.device_key != device.device_key || cert.body.user != device.user {
+                return Err(EngineError::Invalid(
+                    "relay returned a certificate for another device".into(),
+                ));
+            }
+            self.db.execute(
+                "UPDATE device SET certificate = ?1 WHERE id = 1",
+                [cert.to_bytes()],
+            )?;
+        }
+        self.ensure_key_packages(&conn).await?;
+        Ok(conn)
+    }
+
+    async fn ensure_key_packages(&mut self, conn: &RelayConnection) -> Result<(), EngineError> {
+        let Response::KeyPackageCount {
+            available,
+            has_last_resort,
+        } = conn
+            .request(&Request::KeyPackageCount)
+            .await
+            .map_err(from_net)?
+        else {
+            return Err(EngineError::Invalid("unexpected answer to KeyPackageCount".into()));
+        };
+        if available >= KEY_PACKAGE_LOW_WATER && has_last_resort {
+            return Ok(());
+        }
+        let device = self.device()?;
+        let signer = self.signer(&device)?;
+        let credential = Self::credential(&device)?;
+        let provider = Provider::new(&self.crypto, &self.db);
+        let make = |last_resort: bool| -> Result<Vec<u8>, EngineError> {
+            let mut builder = KeyPackage::builder();
+            if last_resort {
+                builder = builder.mark_as_last_resort();
+            }
+            let bundle = builder
+                .build(CIPHERSUITE, &provider, &signer, credential.clone())
+                .map_err(EngineError::mls)?;
+            bundle
+                .key_package()
+                .tls_serialize_detached()
+                .map_err(EngineError::mls)
+        };
+        let mut key_packages = Vec::new();
+        if available < KEY_PACKAGE_LOW_WATER {
+            for _ in 0..KEY_PACKAGE_BATCH {
+                key_packages.push(make(false)?);
+            }
+        }
+        let last_resort = if has_last_resort {
+            None
+        } else {
+            Some(make(true)?)
+        };
+        conn.request(&Request::UploadKeyPackages {
+            key_packages,
+            last_resort,
+        })
+        .await
+        .map_err(from_net)?;
+        Ok(())
+    }
+
+    fn root_key(device: &DeviceRow) -> Result<OrgRootKey, EngineError> {
+        let pkcs8 = device.root_key.as_ref().ok_or(EngineError::NotAdmin)?;
+        Ok(OrgRootKey::from_pkcs8(pkcs8)?)
+    }
+
+    /// Creates a single-use invite code for `user`, valid for `ttl_secs`.
+    pub async fn create_invite(
+        &mut self,
+        conn: &RelayConnection,
+        user: &str,
+        ttl_secs: u64,
+    ) -> Result<String, EngineError> {
+        validate_handle(user)?;
+        let device = self.device()?;
+        Self::root_key(&device)?;
+        let token = random_hex(24);
+        let expires_at = now_unix() + ttl_secs;
+        conn.request(&Request::CreateInvite {
+            user: user.to_string(),
+            token_hash: sha256(token.as_bytes()),
+            expires_at,
+        })
+        .await
+        .map_err(from_net)?;
+        Ok(InviteCode {
+            relay: device.relay,
+            fingerprint: device.fingerprint,
+            org: device.org,
+            user: user.to_string(),
+            token,
+            expires_at,
+        }
+        .encode())
+    }
+
+    async fn pending_raw(
+        &self,
+        conn: &RelayConnection,
+    ) -> Result<Vec<PendingEnrolment>, EngineError> {
+        match conn.request(&Request::ListPending).await.map_err(from_net)? {
+            Response::Pending(p) => Ok(p),
+            _ => Err(EngineError::Invalid("unexpected answer to ListPending".into())),
+        }
+    }
+
+    /// Enrolment requests waiting for an admin.
+    pub async fn pending(&self, conn: &RelayConnection) -> Result<Vec<PendingView>, EngineError> {
+        Ok(self
+            .pending_raw(conn)
+            .await?
+            .into_iter()
+            .map(|p| PendingView {
+                user: p.user,
+                device_id: p.device_id,
+                display_name: p.profile.display_name,
+                title: p.profile.title,
+                department: p.profile.department,
+                requested_at: rfc3339_ms(p.requested_at as i64 * 1000),
+            })
+            .collect())
+    }
+
+    async fn pending_for(
+        &self,
+        conn: &RelayConnection,
+        user: &str,
+        device: Option<&str>,
+    ) -> Result<PendingEnrolment, EngineError> {
+        let mut matching: Vec<PendingEnrolment> = self
+            .pending_raw(conn)
+            .await?
+            .into_iter()
+            .filter(|p| p.user == user && device.is_none_or(|d| p.device_id.starts_with(d)))
+            .collect();
+        match matching.len() {
+            0 => Err(EngineError::Invalid(format!(
+                "no pending enrolment request from {user:?}"
+            ))),
+            1 => Ok(matching.remove(0)),
+            _ => Err(EngineError::Invalid(format!(
+                "{user:?} has several pending devices ({}); name one with --device",
+                matching
+                    .iter()
+                    .map(|p| p.device_id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+
+    /// Signs the identity certificate of `user`'s pending device.
+    pub async fn approve(
+        &mut self,
+        conn: &RelayConnection,
+        user: &str,
+        device: Option<&str>,
+    ) -> Result<String, EngineError> {
+        let me = self.device()?;
+        let root = Self::root_key(&me)?;
+        let request = self.pending_for(conn, user, device).await?;
+        let now = now_unix();
+        let cert = root.sign(CertificateBody {
+            org_id: me.org.org_id.clone(),
+            user: request.user.clone(),
+            device_id: request.device_id.clone(),
+            device_key: request.device_key.clone(),
+            profile: request.profile.clone(),
+            roles: vec![Role::Member],
+            not_before: now.saturating_sub(300),
+            not_after: now + CERT_VALIDITY_SECS,
+        });
+        conn.request(&Request::Approve { certificate: cert })
+            .await
+            .map_err(from_net)?;
+        Ok(request.device_id)
+    }
+
+    /// Refuses `user`'s pending device.
+    pub async fn reject(
+        &mut self,
+        conn: &RelayConnection,
+        user: &str,
+        device: Option<&str>,
+    ) -> Result<String, EngineError> {
+        let request = self.pending_for(conn, user, device).await?;
+        conn.request(&Request::Reject {
+            device_id: request.device_id.clone(),
+        })
+        .await
+        .map_err(from_net)?;
+        Ok(request.device_id)
+    }
+
+    // ---- groups -------------------------------------------------------------------
+
+    /// Finds a group by name, or by (a prefix of) its hex id.
+    fn resolve_group(&self, name_or_id: &str) -> Result<(Vec<u8>, String, String), EngineError> {
+        let mut stmt = self
+            .db
+            .prepare("SELECT group_id, name, state FROM groups ORDER BY created_at")?;
+        let all = stmt
+            .query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<Vec<(Vec<u8>, String, String)>, _>>()?;
+        let by_name: Vec<_> = all.iter().filter(|g| g.1 == name_or_id).collect();
+        let active: Vec<_> = by_name.iter().filter(|g| g.2 == STATE_ACTIVE).collect();
+        let chosen = match (active.len(), by_name.len()) {
+            (1, _) => Some((*active[0]).clone()),
+            (0, 1) => Some(by_name[0].clone()),
+            (0, 0) => None,
+            _ => return Err(EngineError::AmbiguousGroup(name_or_id.to_string())),
+        };
+        if let Some(g) = chosen {
+            return Ok(g);
+        }
+        if name_or_id.len() >= 6 {
+            let by_id: Vec<_> = all
+                .iter()
+                .filter(|g| group_hex(&g.0).starts_with(&name_or_id.to_ascii_lowercase()))
+                .collect();
+            match by_id.len() {
+                1 => return Ok(by_id[0].clone()),
+                n if n > 1 => return Err(EngineError::AmbiguousGroup(name_or_id.to_string())),
+                _ => {}
+            }
+        }
+        Err(EngineError::UnknownGroup(name_or_id.to_string()))
+    }
+
+    fn active_group(&self, name_or_id: &str) -> Result<(Vec<u8>, String), EngineError> {
+        let (id, name, state) = self.resolve_group(name_or_id)?;
+        if state != STATE_ACTIVE {
+            return Err(EngineError::NotActive(name));
+        }
+        Ok((id, name))
+    }
+
+    /// Claims and checks KeyPackages for every enrolled device of each user.
+    async fn claim_key_packages(
+        &self,
+        conn: &RelayConnection,
+        users: &[String],
+    ) -> Result<Vec<(String, KeyPackage)>, EngineError> {
+        let device = self.device()?;
+        let mut out = Vec::new();
+        for user in users {
+            validate_handle(user)?;
+            let claimed = match conn
+                .request(&Request::ClaimKeyPackages { user: user.clone() })
+                .await
+                .map_err(from_net)?
+            {
+                Response::KeyPackages(k) => k,
+                _ => return Err(EngineError::Invalid("unexpected answer to ClaimKeyPackages".into())),
+            };
+            for c in claimed {
+                let kp = KeyPackageIn::tls_deserialize_exact(&c.key_package)
+                    .map_err(EngineError::mls)?
+                    .validate(&self.crypto, ProtocolVersion::Mls10)
+                    .map_err(|e| EngineError::Invalid(format!("KeyPackage of {user}: {e}")))?;
+                let cert = verify_member(
+                    &device.org,
+                    kp.leaf_node().credential(),
+                    kp.leaf_node().signature_key().as_slice(),
+                )
+                .map_err(|e| {
+                    EngineError::Invalid(format!("refusing KeyPackage offered for {user}: {e}"))
+                })?;
+                if &cert.body.user != user || cert.body.device_id != c.device_id {
+                    return Err(EngineError::Invalid(format!(
+                        "relay offered a KeyPackage of {} for {user}: refused",
+                        cert.body.user
+                    )));
+                }
+                out.push((cert.body.device_id, kp));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Creates a group named `name` and adds every enrolled device of `members`.
+    pub async fn create_group(
+        &mut self,
+        conn: &RelayConnection,
+        name: &str,
+        members: &[String],
+    ) -> Result<GroupView, EngineError> {
+        let name = name.trim();
+        if name.is_empty() || name.len() > 64 {
+            return Err(EngineError::Invalid("group name must be 1-64 characters".into()));
+        }
+        if self.resolve_group(name).is_ok_and(|g| g.2 == STATE_ACTIVE && g.1 == name) {
+            return Err(EngineError::GroupNameTaken(name.to_string()));
+        }
+        let device = self.device()?;
+        let signer = self.signer(&device)?;
+        let credential = Self::credential(&device)?;
+        let others: Vec<String> = members
+            .iter()
+            .map(|m| m.trim().to_string())
+            .filter(|m| !m.is_empty() && *m != device.user)
+            .collect();
+        // Check every member exists before creating anything.
+        let key_packages = self.claim_key_packages(conn, &others).await?;
+        let (group_id, group_info, tree) = {
+            let provider = Provider::new(&self.crypto, &self.db);
+            let group = MlsGroup::new(&provider, &signer, &create_config(), credential)
+                .map_err(EngineError::mls)?;
+            let info = group
+                .export_group_info(provider.crypto(), &signer, false)
+                .map_err(EngineError::mls)?;
+            (
+                group.group_id().as_slice().to_vec(),
+                mls_bytes(&info)?,
+                group
+                    .export_ratchet_tree()
+                    .tls_serialize_detached()
+                    .map_err(EngineError::mls)?,
+            )
+        };
+        conn.request(&Request::CreateGroup {
+            group_info,
+            ratchet_tree: tree,
+        })
+        .await
+        .map_err(from_net)?;
+        self.db.execute(
+            "INSERT INTO groups (group_id, name, state, created_at) VALUES (?1, ?2, 'active', ?3)",
+            params![group_id, name, now_ms()],
+        )?;
+        if !key_packages.is_empty() {
+            self.add_key_packages(conn, &group_id, key_packages).await?;
+        }
+        self.group_view(&group_id)
+    }
+
+    /// Adds every enrolled device of `user` to the group.
+    pub async fn add_member(
+        &mut self,
+        conn: &RelayConnection,
+        group: &str,
+        user: &str,
+    ) -> Result<GroupView, EngineError> {
+        let (group_id, _) = self.active_group(group)?;
+        let key_packages = self.claim_key_packages(conn, &[user.to_string()]).await?;
+        self.add_key_packages(conn, &group_id, key_packages).await?;
+        self.group_view(&group_id)
+    }
+
+    async fn add_key_packages(
+        &mut self,
+        conn: &RelayConnection,
+        group_id: &[u8],
+        key_packages: Vec<(String, KeyPackage)>,
+    ) -> Result<(), EngineError> {
+        let added = self
+            .run_commit(conn, group_id, |group, provider, signer| {
+                let present: Vec<String> = group
+                    .members()
+                    .filter_map(|m| certificate_in(&m.credential))
+                    .map(|c| c.body.device_id)
+                    .collect();
+                let fresh: Vec<KeyPackage> = key_packages
+                    .iter()
+                    .filter(|(device, _)| !present.contains(device))
+                    .map(|(_, kp)| kp.clone())
+                    .collect();
+                if fresh.is_empty() {
+                    return Ok(None);
+                }
+                let (commit, welcome, _) = group
+                    .add_members(provider, signer, &fresh)
+                    .map_err(EngineError::mls)?;
+                Ok(Some((commit, Some(welcome))))
+            })
+            .await?;
+        if added {
+            let name: String = self.db.query_row(
+                "SELECT name FROM groups WHERE group_id = ?1",
+                [group_id],
+                |r| r.get(0),
+            )?;
+            self.enqueue(group_id, Body::GroupMeta { name })?;
+            self.flush_outbox(conn, &mut SyncReport::default()).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes every device of `user` from the group.
+    pub async fn remove_member(
+        &mut self,
+        conn: &RelayConnection,
+        group: &str,
+        user: &str,
+    ) -> Result<GroupView, EngineError> {
+        let (group_id, name) = self.active_group(group)?;
+        let me = self.device()?;
+        if user == me.user {
+            return Err(EngineError::Invalid(
+                "to remove yourself, use `muster group leave`".into(),
+            ));
+        }
+        let view = self.group_view(&group_id)?;
+        if !view.members.iter().any(|m| m == user) {
+            return Err(EngineError::Invalid(format!("{user} is not a member of {name}")));
+        }
+        let user = user.to_string();
+        self.run_commit(conn, &group_id, |group, provider, signer| {
+            let leaves: Vec<LeafNodeIndex> = group
+                .members()
+                .filter(|m| certificate_in(&m.credential).is_some_and(|c| c.body.user == user))
+                .map(|m| m.index)
+                .collect();
+            if leaves.is_empty() {
+                return Ok(None);
+            }
+            let (commit, welcome, _) = group
+                .remove_members(provider, signer, &leaves)
+                .map_err(EngineError::mls)?;
+            Ok(Some((commit, welcome)))
+        })
+        .await?;
+        self.group_view(&group_id)
+    }
+
+    /// Leaves the group: proposes this device's removal, which the next member commits.
+    pub async fn leave_group(
+        &mut self,
+        conn: &RelayConnection,
+        group: &str,
+    ) -> Result<(), EngineError> {
+        let (group_id, _) = self.active_group(group)?;
+        let device = self.device()?;
+        let signer = self.signer(&device)?;
+        for _ in 0..MAX_COMMIT_ATTEMPTS {
+            self.fetch_and_process(conn, &mut SyncReport::default())
+                .await?;
+            let (_, _, state) = self.resolve_group(&group_hex(&group_id))?;
+            if state != STATE_ACTIVE {
+                return Ok(());
+            }
+            let proposal = {
+                let tx = self.db.transaction()?;
+                let provider = Provider::new(&self.crypto, &tx);
+                let mut group = load_group(&provider, &group_id)?;
+                if group.members().count() == 1 {
+                    drop(provider);
+                    tx.execute(
+                        "UPDATE groups SET state = ?2 WHERE group_id = ?1",
+                        params![group_id, STATE_LEFT],
+                    )?;
+                    tx.commit()?;
+                    return Ok(());
+                }
+                let message = group
+                    .leave_group(&provider, &signer)
+                    .map_err(EngineError::mls)?;
+                drop(provider);
+                tx.commit()?;
+                mls_bytes(&message)?
+            };
+            match conn
+                .request(&Request::Propose {
+                    group_id: group_id.clone(),
+                    proposal,
+                })
+                .await
+            {
+                Ok(Response::Stored { seq }) => {
+                    self.db.execute(
+                        "INSERT OR IGNORE INTO own_handshakes (group_id, seq) VALUES (?1, ?2)",
+                        params![group_id, seq as i64],
+                    )?;
+                    self.db.execute(
+                        "UPDATE groups SET state = ?2 WHERE group_id = ?1",
+                        params![group_id, STATE_LEFT],
+                    )?;
+                    self.system_notice(&group_id, "you left the group")?;
+                    return Ok(());
+                }
+                Ok(_) => return Err(EngineError::Invalid("unexpected answer to Propose".into())),
+                Err(muster_net::NetError::Refused(e))
+                    if matches!(e.code, ErrorCode::EpochMoved { .. }) =>
+                {
+                    self.clear_pending_proposals(&group_id)?;
+                    continue;
+                }
+                Err(e) => {
+                    self.clear_pending_proposals(&group_id)?;
+                    return Err(from_net(e));
+                }
+            }
+        }
+        Err(EngineError::TooManyRetries(MAX_COMMIT_ATTEMPTS))
+    }
+
+    fn clear_pending_proposals(&mut self, group_id: &[u8]) -> Result<(), EngineError> {
+        let provider = Provider::new(&self.crypto, &self.db);
+        let mut group = load_group(&provider, group_id)?;
+        group
+            .clear_pending_proposals(provider.storage())
+            .map_err(EngineError::mls)?;
+        Ok(())
+    }
+
+    /// Builds a commit with `build`, posts it, and retries after syncing when the
+    /// group's epoch moved. Returns whether a commit was made.
+    async fn run_commit<F>(
+        &mut self,
+        conn: &RelayConnection,
+        group_id: &[u8],
+        mut build: F,
+    ) -> Result<bool, EngineError>
+    where
+        F: FnMut(
+            &mut MlsGroup,
+            &Provider,
+            &SignatureKeyPair,
+        ) -> Result<Option<(MlsMessageOut, Option<MlsMessageOut>)>, EngineError>,
+    {
+        let device = self.device()?;
+        let signer = self.signer(&device)?;
+        for _ in 0..MAX_COMMIT_ATTEMPTS {
+            self.fetch_and_process(conn, &mut SyncReport::default())
+                .await?;
+            // Anything still pending after a full fetch was never stored by the relay.
+            self.drop_unsent_commit(group_id)?;
+            let (_, name, state) = self.resolve_group(&group_hex(group_id))?;
+            if state != STATE_ACTIVE {
+                return Err(EngineError::NotActive(name));
+            }
+            let (commit, welcome) = {
+                let tx = self.db.transaction()?;
+                let provider = Provider::new(&self.crypto, &tx);
+                let mut group = load_group(&provider, group_id)?;
+                let Some((commit, welcome)) = build(&mut group, &provider, &signer)? else {
+                    return Ok(false);
+                };
+                let commit = mls_bytes(&commit)?;
+                let welcome = welcome.as_ref().map(mls_bytes).transpose()?;
+                drop(provider);
+                tx.execute(
+                    "INSERT OR REPLACE INTO pending_commits (group_id, commit_hash) VALUES (?1, ?2)",
+                    params![group_id, sha256(&commit)],
+                )?;
+                tx.commit()?;
+                (commit, welcome)
+            };
+            let result = conn
+                .request(&Request::Commit {
+                    group_id: group_id.to_vec(),
+                    commit,
+                    welcome,
+                })
+                .await;
+            match result {
+                Ok(Response::Stored { seq }) => {
+                    let tx = self.db.transaction()?;
+                    let provider = Provider::new(&self.crypto, &tx);
+                    let mut group = load_group(&provider, group_id)?;
+                    let notice = describe_pending_commit(&group);
+                    group
+                        .merge_pending_commit(&provider)
+                        .map_err(EngineError::mls)?;
+                    drop(provider);
+                    tx.execute("DELETE FROM pending_commits WHERE group_id = ?1", [group_id])?;
+                    tx.execute(
+                        "INSERT OR IGNORE INTO own_handshakes (group_id, seq) VALUES (?1, ?2)",
+                        params![group_id, seq as i64],
+                    )?;
+                    if let Some(text) = notice {
+                        insert_system(&tx, group_id, &format!("you {text}"))?;
+                    }
+                    tx.commit()?;
+                    return Ok(true);
+                }
+                Ok(_) => return Err(EngineError::Invalid("unexpected answer to Commit".into())),
+                Err(muster_net::NetError::Refused(e))
+                    if matches!(e.code, ErrorCode::EpochMoved { .. }) =>
+                {
+                    self.drop_unsent_commit(group_id)?;
+                    continue;
+                }
+                Err(muster_net::NetError::Refused(e)) => {
+                    self.drop_unsent_commit(group_id)?;
+                    return Err(EngineError::Relay(e));
+                }
+                // The relay may or may not have stored it: the next sync tells.
+                Err(e) => return Err(EngineError::Net(e)),
+            }
+        }
+        Err(EngineError::TooManyRetries(MAX_COMMIT_ATTEMPTS))
+    }
+
+    fn drop_unsent_commit(&mut self, group_id: &[u8]) -> Result<(), EngineError> {
+        let tx = self.db.transaction()?;
+        let provider = Provider::new(&self.crypto, &tx);
+        if let Some(mut group) = MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))
+            .map_err(EngineError::mls)?
+        {
+            if group.pending_commit().is_some() {
+                group
+                    .clear_pending_commit(provider.storage())
+                    .map_err(EngineError::mls)?;
+            }
+        }
+        drop(provider);
+        tx.execute("DELETE FROM pending_commits WHERE group_id = ?1", [group_id])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn group_view(&self, group_id: &[u8]) -> Result<GroupView, EngineError> {
+        let (name, state): (String, String) = self.db.query_row(
+            "SELECT name, state FROM groups WHERE group_id = ?1",
+            [group_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let provider = Provider::new(&self.crypto, &self.db);
+        let group = MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))
+            .map_err(EngineError::mls)?;
+        let (members, epoch) = match &group {
+            Some(g) if state == STATE_ACTIVE => {
+                let mut users: Vec<String> = g
+                    .members()
+                    .filter_map(|m| certificate_in(&m.credential))
+                    .map(|c| c.body.user)
+                    .collect();
+                users.sort();
+                users.dedup();
+                (users, g.epoch().as_u64())
+            }
+            Some(g) => (Vec::new(), g.epoch().as_u64()),
+            None => (Vec::new(), 0),
+        };
+        Ok(GroupView {
+            name,
+            id: group_hex(group_id),
+            members,
+            epoch,
+            state,
+        })
+    }
+
+    /// Every group this device knows, oldest first.
+    pub fn groups(&self) -> Result<Vec<GroupView>, EngineError> {
+        let mut stmt = self
+            .db
+            .prepare("SELECT group_id FROM groups ORDER BY created_at, name")?;
+        let ids = stmt
+            .query_map([], |r| r.get::<_, Vec<u8>>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        ids.iter().map(|id| self.group_view(id)).collect()
+    }
+
+    // ---- messages -----------------------------------------------------------------
+
+    /// Encrypts `body` for the group and queues it in the outbox, in one transaction.
+    fn enqueue(&mut self, group_id: &[u8], body: Body) -> Result<String, EngineError> {
+        let device = self.device()?;
+        let signer = self.signer(&device)?;
+        let message_id = random_hex(16);
+        let envelope = Envelope::new(message_id.clone(), now_ms(), body);
+        let tx = self.db.transaction()?;
+        let provider = Provider::new(&self.crypto, &tx);
+        let mut group = load_group(&provider, group_id)?;
+        let ciphertext = group
+            .create_message(&provider, &signer, &envelope.to_bytes())
+            .map_err(EngineError::mls)?;
+        drop(provider);
+        let position: i64 = tx.query_row(
+            "SELECT COALESCE(MAX(position), 0) + 1 FROM outbox",
+            [],
+            |r| r.get(0),
+        )?;
+        tx.execute(
+            "INSERT INTO outbox (client_id, position, group_id, message_id, envelope, ciphertext) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![sha256(message_id.as_bytes())[..16].to_vec(), position, group_id, message_id, envelope.to_bytes(), mls_bytes(&ciphertext)?],
+        )?;
+        if let Body::Text { text } = &envelope.body {
+            tx.execute(
+                "INSERT INTO messages (id, group_id, kind, sender, sender_device, body, sent_at, received_at, status)
+                 VALUES (?1, ?2, 'text', ?3, ?4, ?5, ?6, ?6, 'sending')",
+                params![message_id, group_id, device.user, device.device_id, text, envelope.sent_at],
+            )?;
+        }
+        tx.commit()?;
+        Ok(message_id)
+    }
+
+    /// Sends a text message; returns once the relay has durably stored it.
+    pub async fn send_text(
+        &mut self,
+        conn: &RelayConnection,
+        group: &str,
+        text: &str,
+    ) -> Result<MessageView, EngineError> {
+        if text.trim().is_empty() {
+            return Err(EngineError::Invalid("message is empty".into()));
+        }
+        if text.len() > MAX_TEXT_BYTES {
+            return Err(EngineError::Invalid(format!(
+                "message is {} bytes; the limit is {MAX_TEXT_BYTES}",
+                text.len()
+            )));
+        }
+        let (group_id, _) = self.active_group(group)?;
+        let id = self.enqueue(
+            &group_id,
+            Body::Text {
+                text: text.to_string(),
+            },
+        )?;
+        let mut report = SyncReport::default();
+        self.flush_outbox(conn, &mut report).await?;
+        let view = self.message_by_id(&group_id, &id)?;
+        if view.status != "sent" {
+            return Err(EngineError::Invalid(format!(
+                "message was not delivered: {}",
+                report.problems.join("; ")
+            )));
+        }
+        Ok(view)
+    }
+
+    /// Re-encrypts an outbox entry for the group's current epoch.
+    fn reencrypt(&mut self, client_id: &[u8]) -> Result<(), EngineError> {
+        let device = self.device()?;
+        let signer = self.signer(&device)?;
+        let tx = self.db.transaction()?;
+        let (group_id, envelope): (Vec<u8>, Vec<u8>) = tx.query_row(
+            "SELECT group_id, envelope FROM outbox WHERE client_id = ?1",
+            [client_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let provider = Provider::new(&self.crypto, &tx);
+        let mut group = load_group(&provider, &group_id)?;
+        let ciphertext = group
+            .create_message(&provider, &signer, &envelope)
+            .map_err(EngineError::mls)?;
+        drop(provider);
+        tx.execute(
+            "UPDATE outbox SET ciphertext = ?2 WHERE client_id = ?1",
+            params![client_id, mls_bytes(&ciphertext)?],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Sends everything queued in the outbox, oldest first.
+    async fn flush_outbox(
+        &mut self,
+        conn: &RelayConnection,
+        report: &mut SyncReport,
+    ) -> Result<(), EngineError> {
+        loop {
+            let next: Option<(Vec<u8>, Vec<u8>, String, Vec<u8>)> = self
+                .db
+                .query_row(
+                    "SELECT client_id, group_id, message_id, ciphertext FROM outbox ORDER BY position LIMIT 1",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .optional()?;
+            let Some((client_id, group_id, message_id, ciphertext)) = next else {
+                return Ok(());
+            };
+            let mut ciphertext = ciphertext;
+            let mut attempts = 0;
+            loop {
+                attempts += 1;
+                let result = conn
+                    .request(&Request::Send {
+                        group_id: group_id.clone(),
+                        message: ciphertext.clone(),
+                        client_id: client_id.clone(),
+                    })
+                    .await;
+                match result {
+                    Ok(Response::Stored { seq }) => {
+                        let tx = self.db.transaction()?;
+                        tx.execute("DELETE FROM outbox WHERE client_id = ?1", [&client_id])?;
+                        tx.execute(
+                            "UPDATE messages SET status = 'sent', relay_seq = ?3 WHERE group_id = ?1 AND id = ?2",
+                            params![group_id, message_id, seq as i64],
+                        )?;
+                        tx.commit()?;
+                        report.sent += 1;
+                        break;
+                    }
+                    Err(muster_net::NetError::Refused(e))
+                        if matches!(e.code, ErrorCode::EpochMoved { .. })
+                            && attempts < MAX_COMMIT_ATTEMPTS =>
+                    {
+                        self.fetch_and_process(conn, report).await?;
+                        let still_active = self
+                            .resolve_group(&group_hex(&group_id))
+                            .is_ok_and(|g| g.2 == STATE_ACTIVE);
+                        if !still_active {
+                            self.fail_outbox(&client_id, &group_id, &message_id, "you are no longer in the group", report)?;
+                            break;
+                        }
+                        self.reencrypt(&client_id)?;
+                        ciphertext = self.db.query_row(
+                            "SELECT ciphertext FROM outbox WHERE client_id = ?1",
+                            [&client_id],
+                            |r| r.get(0),
+                        )?;
+                    }
+                    Err(muster_net::NetError::Refused(e)) => {
+                        self.fail_outbox(&client_id, &group_id, &message_id, &e.message, report)?;
+                        break;
+                    }
+                    Ok(_) => {
+                        return Err(EngineError::Invalid("unexpected answer to Send".into()))
+                    }
+                    Err(e) => return Err(EngineError::Net(e)),
+                }
+            }
+        }
+    }
+
+    fn fail_outbox(
+        &mut self,
+        client_id: &[u8],
+        group_id: &[u8],
+        message_id: &str,
+        why: &str,
+        report: &mut SyncReport,
+    ) -> Result<(), EngineError> {
+        let tx = self.db.transaction()?;
+        tx.execute("DELETE FROM outbox WHERE client_id = ?1", [client_id])?;
+        tx.execute(
+            "UPDATE messages SET status = 'failed' WHERE group_id = ?1 AND id = ?2",
+            params![group_id, message_id],
+        )?;
+        tx.commit()?;
+        report.problems.push(format!("message not sent: {why}"));
+        Ok(())
+    }
+
+    fn message_by_id(&self, group_id: &[u8], id: &str) -> Result<MessageView, EngineError> {
+        let rows = self.query_messages(
+            "WHERE m.group_id = ?1 AND m.id = ?2",
+            params![group_id, id],
+        )?;
+        rows.into_iter()
+            .next()
+            .ok_or_else(|| EngineError::Invalid(format!("no message {id}")))
+    }
+
+    fn query_messages(
+        &self,
+        filter: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<MessageView>, EngineError> {
+        let sql = format!(
+            "SELECT m.seq, m.id, g.name, m.group_id, m.kind, m.sender, m.sender_device, m.body, m.sent_at, m.received_at, m.status
+             FROM messages m JOIN groups g ON g.group_id = m.group_id {filter}"
+        );
+        let mut stmt = self.db.prepare(&sql)?;
+        let rows = stmt
+            .query_map(params, |r| {
+                Ok(MessageView {
+                    local_seq: r.get(0)?,
+                    id: r.get(1)?,
+                    group: r.get(2)?,
+                    group_id: group_hex(&r.get::<_, Vec<u8>>(3)?),
+                    kind: r.get(4)?,
+                    sender: r.get(5)?,
+                    sender_device: r.get(6)?,
+                    text: r.get(7)?,
+                    sent_at: rfc3339_ms(r.get(8)?),
+                    received_at: rfc3339_ms(r.get(9)?),
+                    status: r.get(10)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// The latest `limit` messages of a group, oldest first.
+    pub fn read(&self, group: &str, limit: usize) -> Result<Vec<MessageView>, EngineError> {
+        let (group_id, _, _) = self.resolve_group(group)?;
+        let mut rows = self.query_messages(
+            "WHERE m.group_id = ?1 ORDER BY m.seq DESC LIMIT ?2",
+            params![group_id, limit as i64],
+        )?;
+        rows.reverse();
+        Ok(rows)
+    }
+
+    /// Messages of a group stored after local position `after`, oldest first.
+    pub fn messages_after(&self, group: &str, after: i64) -> Result<Vec<MessageView>, EngineError> {
+        let (group_id, _, _) = self.resolve_group(group)?;
+        self.query_messages(
+            "WHERE m.group_id = ?1 AND m.seq > ?2 ORDER BY m.seq",
+            params![group_id, after],
+        )
+    }
+
+    fn system_notice(&self, group_id: &[u8], text: &str) -> Result<(), EngineError> {
+        insert_system(&self.db, group_id, text)
+    }
+
+    // ---- sync ---------------------------------------------------------------------
+
+    /// Fetches and processes everything waiting, sends the outbox, and commits
+    /// proposals other members made (such as someone leaving).
+    pub async fn sync(&mut self, conn: &RelayConnection) -> Result<SyncReport, EngineError> {
+        let mut report = SyncReport::default();
+        self.fetch_and_process(conn, &mut report).await?;
+        self.flush_outbox(conn, &mut report).await?;
+        self.commit_pending_proposals(conn, &mut report).await?;
+        Ok(report)
+    }
+
+    async fn commit_pending_proposals(
+        &mut self,
+        conn: &RelayConnection,
+        report: &mut SyncReport,
+    ) -> Result<(), EngineError> {
+        let groups: Vec<Vec<u8>> = {
+            let mut stmt = self
+                .db
+                .prepare("SELECT group_id FROM groups WHERE state = 'active'")?;
+            let rows = stmt
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows
+        };
+        for group_id in groups {
+            let has_pending = {
+                let provider = Provider::new(&self.crypto, &self.db);
+                load_group(&provider, &group_id)?.has_pending_proposals()
+            };
+            if !has_pending {
+                continue;
+            }
+            let result = self
+                .run_commit(conn, &group_id, |group, provider, signer| {
+                    if !group.has_pending_proposals() {
+                        return Ok(None);
+                    }
+                    let (commit, welcome, _) = group
+                        .commit_to_pending_proposals(provider, signer)
+                        .map_err(EngineError::mls)?;
+                    Ok(Some((commit, welcome)))
+                })
+                .await;
+            if let Err(e) = result {
+                report
+                    .problems
+                    .push(format!("could not commit pending proposals: {e}"));
+            }
+        }
+        Ok(())
+    }
+
+    async fn fetch_and_process(
+        &mut self,
+        conn: &RelayConnection,
+        report: &mut SyncReport,
+    ) -> Result<(), EngineError> {
+        loop {
+            let deliveries = match conn
+                .request(&Request::Fetch { limit: FETCH_BATCH })
+                .await
+                .map_err(from_net)?
+            {
+                Response::Deliveries(d) => d,
+                _ => return Err(EngineError::Invalid("unexpected answer to Fetch".into())),
+            };
+            if deliveries.is_empty() {
+                return Ok(());
+            }
+            let mut acks = Vec::with_capacity(deliveries.len());
+            for delivery in deliveries {
+                match delivery {
+                    Delivery::Welcome {
+                        id,
+                        group_id,
+                        welcome,
+                    } => {
+                        self.process_welcome(&group_id, &welcome, report)?;
+                        acks.push(AckItem::Welcome { id });
+                    }
+                    Delivery::Group {
+                        group_id,
+                        seq,
+                        message,
+                    } => {
+                        self.process_group_message(&group_id, seq, &message, report)?;
+                        acks.push(AckItem::Group { group_id, seq });
+                    }
+                }
+            }
+            conn.request(&Request::Ack { items: acks })
+                .await
+                .map_err(from_net)?;
+        }
+    }
+
+    fn process_welcome(
+        &mut self,
+        group_id: &[u8],
+        bytes: &[u8],
+        report: &mut SyncReport,
+    ) -> Result<(), EngineError> {
+        let device = self.device()?;
+        let tx = self.db.transaction()?;
+        let provider = Provider::new(&self.crypto, &tx);
+        let result = (|| -> Result<(MlsGroup, String), String> {
+            let message = MlsMessageIn::tls_deserialize_exact(bytes)
+                .map_err(|e| format!("Welcome does not decode: {e}"))?;
+            let MlsMessageBodyIn::Welcome(welcome) = message.extract() else {
+                return Err("expected a Welcome".into());
+            };
+            if let Some(old) = MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))
+                .map_err(|e| e.to_string())?
+            {
+                let mut old = old;
+                old.delete(provider.storage()).map_err(|e| e.to_string())?;
+            }
+            let staged = StagedWelcome::new_from_welcome(&provider, &join_config(), welcome, None)
+                .map_err(|e| format!("Welcome cannot be opened: {e}"))?;
+            for member in staged.members() {
+                verify_member(&device.org, &member.credential, &member.signature_key)
+                    .map_err(|e| format!("Welcome lists a member with an invalid identity: {e}"))?;
+            }
+            let adder = staged
+                .welcome_sender()
+                .ok()
+                .and_then(|leaf| certificate_in(leaf.credential()))
+                .map(|c| c.body.user)
+                .unwrap_or_else(|| "someone".into());
+            let group = staged
+                .into_group(&provider)
+                .map_err(|e| format!("Welcome cannot be joined: {e}"))?;
+            Ok((group, adder))
+        })();
+        drop(provider);
+        match result {
+            Ok((group, adder)) => {
+                let gid = group.group_id().as_slice().to_vec();
+                if gid != group_id {
+                    report
+                        .problems
+                        .push("rejected a Welcome whose group id differs from its envelope".into());
+                    return Ok(());
+                }
+                let placeholder = format!("group-{}", &group_hex(&gid)[..8]);
+                tx.execute(
+                    "INSERT INTO groups (group_id, name, state, created_at) VALUES (?1, ?2, 'active', ?3)
+                     ON CONFLICT (group_id) DO UPDATE SET state = 'active'",
+                    params![gid, placeholder, now_ms()],
+                )?;
+                insert_system(&tx, &gid, &format!("{adder} added you"))?;
+                tx.commit()?;
+                report.joined_groups.push(group_hex(&gid));
+            }
+            Err(why) => {
+                tracing::warn!(%why, "rejected Welcome");
+                report.problems.push(format!("rejected an invitation to a group: {why}"));
+            }
+        }
+        Ok(())
+    }
+
+    fn process_group_message(
+        &mut self,
+        group_id: &[u8],
+        seq: u64,
+        bytes: &[u8],
+        report: &mut SyncReport,
+    ) -> Result<(), EngineError> {
+        let device = self.device()?;
+        let tx = self.db.transaction()?;
+        let last: i64 = tx
+            .query_row(
+                "SELECT last_seq FROM cursors WHERE group_id = ?1",
+                [group_id],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0);
+        if seq as i64 <= last {
+            return Ok(());
+        }
+        tx.execute(
+            "INSERT INTO cursors (group_id, last_seq) VALUES (?1, ?2)
+             ON CONFLICT (group_id) DO UPDATE SET last_seq = excluded.last_seq",
+            params![group_id, seq as i64],
+        )?;
+        let own = tx.execute(
+            "DELETE FROM own_handshakes WHERE group_id = ?1 AND seq = ?2",
+            params![group_id, seq as i64],
+        )?;
+        let state: Option<String> = tx
+            .query_row(
+                "SELECT state FROM groups WHERE group_id = ?1",
+                [group_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if own > 0 || state.as_deref() != Some(STATE_ACTIVE) {
+            tx.commit()?;
+            return Ok(());
+        }
+        let pending_hash: Option<Vec<u8>> = tx
+            .query_row(
+                "SELECT commit_hash FROM pending_commits WHERE group_id = ?1",
+                [group_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let provider = Provider::new(&self.crypto, &tx);
+        let mut group = load_group(&provider, group_id)?;
+        let mut notices: Vec<String> = Vec::new();
+        let mut new_state: Option<&str> = None;
+        let mut stored_message: Option<(Envelope, Certificate)> = None;
+        if let Some(hash) = pending_hash {
+            if hash == sha256(bytes) {
+                // Our own commit, whose acceptance we did not hear about.
+                if let Some(text) = describe_pending_commit(&group) {
+                    notices.push(format!("you {text}"));
+                }
+                group
+                    .merge_pending_commit(&provider)
+                    .map_err(EngineError::mls)?;
+            } else {
+                group
+                    .clear_pending_commit(provider.storage())
+                    .map_err(EngineError::mls)?;
+            }
+            tx.execute("DELETE FROM pending_commits WHERE group_id = ?1", [group_id])?;
+            if hash == sha256(bytes) {
+                drop(provider);
+                for n in notices {
+                    insert_system(&tx, group_id, &n)?;
+                }
+                tx.commit()?;
+                return Ok(());
+            }
+        }
+        let outcome = (|| -> Result<(), String> {
+            let message = MlsMessageIn::tls_deserialize_exact(bytes)
+                .map_err(|e| format!("message does not decode: {e}"))?
+                .try_into_protocol_message()
+                .map_err(|e| format!("not a group message: {e}"))?;
+            let processed = group
+                .process_message(&provider, message)
+                .map_err(|e| format!("message cannot be processed: {e}"))?;
+            let sender_cert = certificate_in(processed.credential())
+                .ok_or_else(|| "sender has no identity certificate".to_string())?;
+            sender_cert
+                .verify(&device.org, now_unix())
+                .map_err(|e| format!("sender {}: {e}", sender_cert.body.user))?;
+            match processed.into_content() {
+                ProcessedMessageContent::ApplicationMessage(app) => {
+                    let envelope = Envelope::from_bytes(&app.into_bytes())
+                        .map_err(|e| format!("from {}: {e}", sender_cert.body.user))?;
+                    stored_message = Some((envelope, sender_cert));
+                }
+                ProcessedMessageContent::ProposalMessage(proposal) => {
+                    if let Proposal::Remove(remove) = proposal.proposal() {
+                        let who = group
+                            .member_at(remove.removed())
+                            .and_then(|m| certificate_in(&m.credential))
+                            .map(|c| c.body.user);
+                        if who.as_deref() == Some(sender_cert.body.user.as_str()) {
+                            notices.push(format!("{} is leaving the group", sender_cert.body.user));
+                        }
+                    }
+                    group
+                        .store_pending_proposal(provider.storage(), *proposal)
+                        .map_err(|e| e.to_string())?;
+                }
+                ProcessedMessageContent::StagedCommitMessage(staged) => {
+                    for add in staged.add_proposals() {
+                        let leaf = add.add_proposal().key_package().leaf_node();
+                        verify_member(&device.org, leaf.credential(), leaf.signature_key().as_slice())
+                            .map_err(|e| format!("commit by {} adds an unverifiable member: {e}", sender_cert.body.user))?;
+                    }
+                    if let Some(leaf) = staged.update_path_leaf_node() {
+                        verify_member(&device.org, leaf.credential(), leaf.signature_key().as_slice())
+                            .map_err(|e| format!("commit by {}: {e}", sender_cert.body.user))?;
+                    }
+                    let added: Vec<String> = staged
+                        .add_proposals()
+                        .filter_map(|a| certificate_in(a.add_proposal().key_package().leaf_node().credential()))
+                        .map(|c| c.body.user)
+                        .collect();
+                    let removed: Vec<String> = staged
+                        .remove_proposals()
+                        .filter_map(|r| group.member_at(r.remove_proposal().removed()))
+                        .filter_map(|m| certificate_in(&m.credential))
+                        .map(|c| c.body.user)
+                        .collect();
+                    let self_removed = staged.self_removed();
+                    group
+                        .merge_staged_commit(&provider, *staged)
+                        .map_err(|e| e.to_string())?;
+                    let actor = &sender_cert.body.user;
+                    for user in dedup(added) {
+                        notices.push(format!("{actor} added {user}"));
+                    }
+                    for user in dedup(removed) {
+                        if user == *actor {
+                            notices.push(format!("{user} left"));
+                        } else {
+                            notices.push(format!("{actor} removed {user}"));
+                        }
+                    }
+                    if self_removed || !group.is_active() {
+                        new_state = Some(STATE_REMOVED);
+                        notices.push("you are no longer a member of this group".into());
+                    }
+                }
+                _ => return Err("unsupported message type".into()),
+            }
+            Ok(())
+        })();
+        drop(provider);
+        if let Err(why) = outcome {
+            tracing::warn!(%why, "could not process a group message");
+            report.problems.push(why.clone());
+            notices.push(format!("a message could not be processed: {why}"));
+        }
+        if let Some((envelope, cert)) = stored_message {
+            report.received += 1;
+            match envelope.body {
+                Body::Text { text } => {
+                    tx.execute(
+                        "INSERT OR IGNORE INTO messages (id, group_id, kind, sender, sender_device, body, sent_at, received_at, relay_seq, status)
+                         VALUES (?1, ?2, 'text', ?3, ?4, ?5, ?6, ?7, ?8, 'received')",
+                        params![envelope.id, group_id, cert.body.user, cert.body.device_id, text, envelope.sent_at, now_ms(), seq as i64],
+                    )?;
+                }
+                Body::GroupMeta { name } => {
+                    let name: String = name.chars().take(64).collect();
+                    if !name.trim().is_empty() {
+                        tx.execute(
+                            "UPDATE groups SET name = ?2 WHERE group_id = ?1",
+                            params![group_id, name],
+                        )?;
+                    }
+                }
+            }
+        }
+        if let Some(state) = new_state {
+            tx.execute(
+                "UPDATE groups SET state = ?2 WHERE group_id = ?1",
+                params![group_id, state],
+            )?;
+        }
+        for n in notices {
+            insert_system(&tx, group_id, &n)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+fn dedup(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// "added bob" / "removed carol" for the pending commit, for the user's own timeline.
+fn describe_pending_commit(group: &MlsGroup) -> Option<String> {
+    let staged = group.pending_commit()?;
+    let added: Vec<String> = dedup(
+        staged
+            .add_proposals()
+            .filter_map(|a| certificate_in(a.add_proposal().key_package().leaf_node().credential()))
+            .map(|c| c.body.user)
+            .collect(),
+    );
+    let removed: Vec<String> = dedup(
+        staged
+            .remove_proposals()
+            .filter_map(|r| group.member_at(r.remove_proposal().removed()))
+            .filter_map(|m| certificate_in(&m.credential))
+            .map(|c| c.body.user)
+            .collect(),
+    );
+    let mut parts = Vec::new();
+    if !added.is_empty() {
+        parts.push(format!("added {}", added.join(", ")));
+    }
+    if !removed.is_empty() {
+        parts.push(format!("removed {}", removed.join(", ")));
+    }
+    (!parts.is_empty()).then(|| parts.join(" and "))
+}
+
+fn load_group(provider: &Provider, group_id: &[u8]) -> Result<MlsGroup, EngineError> {
+    MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))
+        .map_err(EngineError::mls)?
+        .ok_or_else(|| EngineError::Mls("group state is missing from the local store".into()))
+}
+
+fn insert_system(db: &Connection, group_id: &[u8], text: &str) -> Result<(), EngineError> {
+    let now = now_ms();
+    db.execute(
+        "INSERT INTO messages (id, group_id, kind, sender, sender_device, body, sent_at, received_at, status)
+         VALUES (?1, ?2, 'system', '', '', ?3, ?4, ?4, 'received')",
+        params![random_hex(16), group_id, text, now],
+    )?;
+    Ok(())
+}
+

@@ -1,0 +1,62 @@
+use muster_proto::{CertError, ErrorCode, InviteError, RelayError};
+
+/// Everything that can go wrong on the device.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("this device is not set up yet: run `muster org create` or `muster join CODE` first")]
+    NotEnrolled,
+    #[error("this home directory already holds a device ({0}); use another --home")]
+    AlreadyEnrolled(String),
+    #[error("enrolment is waiting for an admin's approval")]
+    AwaitingApproval,
+    #[error("{0}")]
+    Net(#[from] muster_net::NetError),
+    #[error("relay refused: {0}")]
+    Relay(RelayError),
+    #[error("invalid certificate: {0}")]
+    Certificate(#[from] CertError),
+    #[error("invite code: {0}")]
+    Invite(#[from] InviteError),
+    #[error("no group named {0:?} on this device (see `muster groups`)")]
+    UnknownGroup(String),
+    #[error("{0:?} names more than one group; use the group id instead")]
+    AmbiguousGroup(String),
+    #[error("you already have a group named {0:?}")]
+    GroupNameTaken(String),
+    #[error("you are no longer a member of group {0:?}")]
+    NotActive(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("only an admin device holding the organisation root key can do this")]
+    NotAdmin,
+    #[error("the group kept moving; gave up after {0} attempts")]
+    TooManyRetries(u32),
+    #[error("MLS error: {0}")]
+    Mls(String),
+    #[error("local database error: {0}")]
+    Store(#[from] rusqlite::Error),
+    #[error("local storage error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl EngineError {
+    pub(crate) fn mls(e: impl std::fmt::Display) -> Self {
+        EngineError::Mls(e.to_string())
+    }
+
+    /// The relay's refusal code, when the relay refused.
+    pub fn relay_code(&self) -> Option<&ErrorCode> {
+        match self {
+            EngineError::Relay(e) => Some(&e.code),
+            EngineError::Net(muster_net::NetError::Refused(e)) => Some(&e.code),
+            _ => None,
+        }
+    }
+}
+
+pub(crate) fn from_net(e: muster_net::NetError) -> EngineError {
+    match e {
+        muster_net::NetError::Refused(r) => EngineError::Relay(r),
+        other => EngineError::Net(other),
+    }
+}

@@ -1,0 +1,25 @@
+//! The device's own tables, beside openmls's.
+
+pub(crate) const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS device (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    relay TEXT NOT NULL, fingerprint TEXT NOT NULL, org BLOB NOT NULL,
+    user TEXT NOT NULL, device_id TEXT NOT NULL, device_key BLOB NOT NULL,
+    profile BLOB NOT NULL, certificate BLOB, root_key BLOB, created_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS groups (
+    group_id BLOB PRIMARY KEY, name TEXT NOT NULL, state TEXT NOT NULL, created_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS messages (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL, group_id BLOB NOT NULL, kind TEXT NOT NULL,
+    sender TEXT NOT NULL, sender_device TEXT NOT NULL, body TEXT NOT NULL,
+    sent_at INTEGER NOT NULL, received_at INTEGER NOT NULL,
+    relay_seq INTEGER, status TEXT NOT NULL,
+    UNIQUE (group_id, id));
+CREATE INDEX IF NOT EXISTS messages_group ON messages(group_id, seq);
+CREATE TABLE IF NOT EXISTS outbox (
+    client_id BLOB PRIMARY KEY, position INTEGER NOT NULL, group_id BLOB NOT NULL,
+    message_id TEXT NOT NULL, envelope BLOB NOT NULL, ciphertext BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS cursors (group_id BLOB PRIMARY KEY, last_seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS own_handshakes (group_id BLOB NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (group_id, seq));
+CREATE TABLE IF NOT EXISTS pending_commits (group_id BLOB PRIMARY KEY, commit_hash BLOB NOT NULL);
+"#;
