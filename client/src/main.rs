@@ -1,1 +1,485 @@
-fn main() {}
+//! `muster`: the command-line client. It parses arguments, calls the engine and prints
+//! (human text by default, one JSON object per line with `--json`).
+
+use clap::{Args, Parser, Subcommand};
+use muster_engine::{Engine, EngineError, GroupView, MessageView, RelayConnection};
+use muster_proto::Profile;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "muster",
+    version,
+    about = "Muster: end-to-end encrypted workplace messenger (command-line client)",
+    long_about = "Muster: end-to-end encrypted workplace messenger.\n\n\
+        Each device keeps its conversations in its own encrypted-group store under --home.\n\
+        Start with `muster org create` (first admin) or `muster join CODE` (everyone else)."
+)]
+struct Cli {
+    /// Device data directory [default: $XDG_DATA_HOME/muster or ~/.local/share/muster].
+    #[arg(long, global = true, env = "MUSTER_HOME", value_name = "DIR")]
+    home: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Organisation set-up.
+    #[command(subcommand)]
+    Org(OrgCommand),
+    /// (admin) Create a single-use invite code for a new user.
+    Invite {
+        /// The new user's handle (lowercase letters, digits, . _ -).
+        user: String,
+        /// How long the code stays valid, e.g. 30m, 12h, 7d.
+        #[arg(long, default_value = "7d", value_parser = parse_duration)]
+        ttl: u64,
+    },
+    /// Enrol this device with an invite code; an admin then approves it.
+    Join {
+        /// The invite code from your admin.
+        code: String,
+        /// Your name as colleagues will see it.
+        #[arg(long)]
+        display_name: String,
+        #[arg(long)]
+        title: Option<String>,
+        #[arg(long)]
+        department: Option<String>,
+    },
+    /// (admin) List enrolment requests waiting for approval.
+    Pending(JsonFlag),
+    /// (admin) Approve a user's enrolment request and sign their identity certificate.
+    Approve {
+        user: String,
+        /// Which device, when the user has several pending (device id or prefix).
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// (admin) Reject a user's enrolment request.
+    Reject {
+        user: String,
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// Group management.
+    #[command(subcommand)]
+    Group(GroupCommand),
+    /// List your groups with their members.
+    Groups(JsonFlag),
+    /// Send a message to a group (TEXT `-` reads it from standard input).
+    Send { group: String, text: String },
+    /// Fetch and process everything waiting on the relay, and send queued messages.
+    Sync(JsonFlag),
+    /// Show a group's messages, oldest first.
+    Read {
+        group: String,
+        /// How many of the latest messages to show.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Interactive chat: shows incoming messages live and sends each line you type.
+    Chat { group: String },
+    /// Show who this device is.
+    Whoami(JsonFlag),
+}
+
+#[derive(Args)]
+struct JsonFlag {
+    /// Print one JSON object per line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum OrgCommand {
+    /// Create the organisation: its root key, and this device as its first admin.
+    Create {
+        /// Relay address, HOST:PORT.
+        #[arg(long)]
+        relay: String,
+        /// The relay certificate's SHA-256 fingerprint, as printed by `muster-relay serve`.
+        #[arg(long)]
+        fingerprint: String,
+        /// The relay's bootstrap token.
+        #[arg(long)]
+        token: String,
+        /// Organisation name.
+        #[arg(long)]
+        name: String,
+        /// Your user handle.
+        #[arg(long)]
+        user: String,
+        /// Your display name [default: the handle].
+        #[arg(long)]
+        display_name: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum GroupCommand {
+    /// Create a group and add every enrolled device of the given users.
+    Create {
+        name: String,
+        /// Comma-separated user handles.
+        #[arg(long, value_delimiter = ',')]
+        members: Vec<String>,
+    },
+    /// Add a user (all their devices) to a group.
+    Add { group: String, user: String },
+    /// Remove a user (all their devices) from a group.
+    Remove { group: String, user: String },
+    /// Leave a group.
+    Leave { group: String },
+}
+
+fn parse_duration(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: use e.g. 30m, 12h, 7d"))?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" | "" => 86400,
+        _ => return Err(format!("invalid duration unit in {s:?}: use s, m, h or d")),
+    };
+    if n == 0 {
+        return Err("duration must be positive".into());
+    }
+    Ok(n * mult)
+}
+
+fn default_home() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("muster");
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/share/muster"),
+        None => PathBuf::from(".muster"),
+    }
+}
+
+fn print_json(value: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string(value).expect("values serialise")
+    );
+}
+
+fn print_message(m: &MessageView) {
+    let time = m.sent_at.get(11..19).unwrap_or(&m.sent_at);
+    if m.kind == "system" {
+        println!("[{time}] * {}", m.text);
+    } else {
+        let flag = match m.status.as_str() {
+            "sending" => " (sending)",
+            "failed" => " (not sent)",
+            _ => "",
+        };
+        println!("[{time}] {}: {}{flag}", m.sender, m.text);
+    }
+}
+
+fn print_group(g: &GroupView) {
+    let state = if g.state == "active" {
+        String::new()
+    } else {
+        format!(" [{}]", g.state)
+    };
+    println!(
+        "{}{state}  ({} members: {})  id {}  epoch {}",
+        g.name,
+        g.members.len(),
+        g.members.join(", "),
+        g.id,
+        g.epoch
+    );
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MUSTER_LOG")
+                .unwrap_or_else(|_| "error".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("muster: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("muster: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn connected(engine: &mut Engine) -> Result<RelayConnection, EngineError> {
+    engine.connect().await
+}
+
+async fn run(cli: Cli) -> Result<(), EngineError> {
+    let home = cli.home.unwrap_or_else(default_home);
+    let mut engine = Engine::open(&home)?;
+    match cli.command {
+        Command::Org(OrgCommand::Create {
+            relay,
+            fingerprint,
+            token,
+            name,
+            user,
+            display_name,
+        }) => {
+            let profile = Profile {
+                display_name: display_name.unwrap_or_else(|| user.clone()),
+                ..Default::default()
+            };
+            engine
+                .create_org(&relay, &fingerprint, &token, &name, &user, profile)
+                .await?;
+            println!("organisation {name:?} created; you are admin {user}");
+        }
+        Command::Invite { user, ttl } => {
+            let conn = connected(&mut engine).await?;
+            let code = engine.create_invite(&conn, &user, ttl).await?;
+            conn.close().await;
+            println!("{code}");
+        }
+        Command::Join {
+            code,
+            display_name,
+            title,
+            department,
+        } => {
+            let device = engine
+                .join(
+                    &code,
+                    Profile {
+                        display_name,
+                        title,
+                        department,
+                    },
+                )
+                .await?;
+            println!("enrolment request sent (device {device}); an admin must approve it");
+        }
+        Command::Pending(flag) => {
+            let conn = connected(&mut engine).await?;
+            let pending = engine.pending(&conn).await?;
+            conn.close().await;
+            for p in &pending {
+                if flag.json {
+                    print_json(p);
+                } else {
+                    let extra: Vec<&str> = [p.title.as_deref(), p.department.as_deref()]
+                        .into_iter()
+                        .flatten()
+                        .collect();
+                    println!(
+                        "{}  \"{}\"{}  device {}  requested {}",
+                        p.user,
+                        p.display_name,
+                        if extra.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({})", extra.join(", "))
+                        },
+                        p.device_id,
+                        p.requested_at
+                    );
+                }
+            }
+            if pending.is_empty() && !flag.json {
+                println!("no pending enrolment requests");
+            }
+        }
+        Command::Approve { user, device } => {
+            let conn = connected(&mut engine).await?;
+            let id = engine.approve(&conn, &user, device.as_deref()).await?;
+            conn.close().await;
+            println!("approved {user} (device {id})");
+        }
+        Command::Reject { user, device } => {
+            let conn = connected(&mut engine).await?;
+            let id = engine.reject(&conn, &user, device.as_deref()).await?;
+            conn.close().await;
+            println!("rejected {user} (device {id})");
+        }
+        Command::Group(cmd) => {
+            let conn = connected(&mut engine).await?;
+            let result = match cmd {
+                GroupCommand::Create { name, members } => {
+                    let g = engine.create_group(&conn, &name, &members).await?;
+                    print_group(&g);
+                    Ok(())
+                }
+                GroupCommand::Add { group, user } => {
+                    let g = engine.add_member(&conn, &group, &user).await?;
+                    print_group(&g);
+                    Ok(())
+                }
+                GroupCommand::Remove { group, user } => {
+                    let g = engine.remove_member(&conn, &group, &user).await?;
+                    print_group(&g);
+                    Ok(())
+                }
+                GroupCommand::Leave { group } => {
+                    engine.leave_group(&conn, &group).await?;
+                    println!("left {group}");
+                    Ok(())
+                }
+            };
+            conn.close().await;
+            return result;
+        }
+        Command::Groups(flag) => {
+            for g in engine.groups()? {
+                if flag.json {
+                    print_json(&g);
+                } else {
+                    print_group(&g);
+                }
+            }
+        }
+        Command::Send { group, text } => {
+            let text = if text == "-" {
+                let mut buf = String::new();
+                std::io::stdin().read_to_string(&mut buf)?;
+                buf.trim_end_matches('\n').to_string()
+            } else {
+                text
+            };
+            let conn = connected(&mut engine).await?;
+            let sent = engine.send_text(&conn, &group, &text).await;
+            conn.close().await;
+            let sent = sent?;
+            println!("sent {}", sent.id);
+        }
+        Command::Sync(flag) => {
+            let conn = connected(&mut engine).await?;
+            let report = engine.sync(&conn).await;
+            conn.close().await;
+            let report = report?;
+            if flag.json {
+                print_json(&report);
+            } else {
+                println!(
+                    "received {} message(s), joined {} group(s), sent {}",
+                    report.received,
+                    report.joined_groups.len(),
+                    report.sent
+                );
+                for p in &report.problems {
+                    println!("warning: {p}");
+                }
+            }
+        }
+        Command::Read { group, limit, json } => {
+            for m in engine.read(&group, limit)? {
+                if json {
+                    print_json(&m);
+                } else {
+                    print_message(&m);
+                }
+            }
+        }
+        Command::Chat { group } => chat(&mut engine, &group).await?,
+        Command::Whoami(flag) => {
+            let (user, device, org) = engine.whoami()?;
+            if flag.json {
+                print_json(&serde_json::json!({"user": user, "device_id": device, "org": org}));
+            } else {
+                println!("{user} (device {device}) in {org}");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn chat(engine: &mut Engine, group: &str) -> Result<(), EngineError> {
+    use tokio::io::AsyncBufReadExt;
+    let mut conn = engine.connect().await?;
+    let report = engine.sync(&conn).await?;
+    for p in &report.problems {
+        eprintln!("warning: {p}");
+    }
+    let mut last = 0;
+    for m in engine.read(group, 20)? {
+        print_message(&m);
+        last = last.max(m.local_seq);
+    }
+    println!(
+        "--- chatting in {group}: type a message and press Enter; /quit or Ctrl-D to leave ---"
+    );
+    let _ = std::io::stdout().flush();
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut push = conn.push_handle();
+    loop {
+        tokio::select! {
+            wake = push.next_push() => {
+                if wake.is_none() {
+                    eprintln!("connection to the relay lost; reconnecting");
+                    conn = reconnect(engine).await?;
+                    push = conn.push_handle();
+                }
+                let report = engine.sync(&conn).await?;
+                for p in &report.problems {
+                    eprintln!("warning: {p}");
+                }
+            }
+            line = lines.next_line() => {
+                let Some(line) = line? else { break };
+                let line = line.trim();
+                if line == "/quit" {
+                    break;
+                }
+                if !line.is_empty() {
+                    if let Err(e) = engine.send_text(&conn, group, line).await {
+                        eprintln!("not sent: {e}");
+                    }
+                }
+            }
+        }
+        for m in engine.messages_after(group, last)? {
+            print_message(&m);
+            last = last.max(m.local_seq);
+        }
+        let _ = std::io::stdout().flush();
+    }
+    conn.close().await;
+    Ok(())
+}
+
+async fn reconnect(engine: &mut Engine) -> Result<RelayConnection, EngineError> {
+    let mut delay = std::time::Duration::from_millis(200);
+    for _ in 0..10 {
+        match engine.connect().await {
+            Ok(conn) => return Ok(conn),
+            Err(EngineError::Net(_)) => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    engine.connect().await
+}

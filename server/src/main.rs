@@ -47,8 +47,9 @@ enum Command {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MUSTER_LOG")
-                .unwrap_or_else(|_| "muster=info,muster_relay=info,muster_relay_core=info,warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("MUSTER_LOG").unwrap_or_else(|_| {
+                "muster=info,muster_relay=info,muster_relay_core=info,warn".into()
+            }),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -20,9 +20,13 @@ pub struct Envelope {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Body {
-    Text { text: String },
+    Text {
+        text: String,
+    },
     /// The group's display name, sent after adding members so they learn it.
-    GroupMeta { name: String },
+    GroupMeta {
+        name: String,
+    },
 }
 
 impl Envelope {

@@ -13,8 +13,8 @@ use muster_proto::{
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::*;
 use openmls_basic_credential::SignatureKeyPair;
-use openmls_traits::signatures::Signer as _;
 use openmls_rust_crypto::RustCrypto;
+use openmls_traits::signatures::Signer as _;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -234,8 +234,9 @@ impl Engine {
         else {
             return Ok(None);
         };
-        let org: OrgDescriptor = serde_json::from_slice(&org)
-            .map_err(|_| EngineError::Invalid("stored organisation descriptor is damaged".into()))?;
+        let org: OrgDescriptor = serde_json::from_slice(&org).map_err(|_| {
+            EngineError::Invalid("stored organisation descriptor is damaged".into())
+        })?;
         let certificate = cert.map(|c| Certificate::from_bytes(&c)).transpose()?;
         Ok(Some(DeviceRow {
             relay,
@@ -332,7 +333,9 @@ impl Engine {
         self.ensure_fresh_home()?;
         validate_handle(user)?;
         if org_name.trim().is_empty() {
-            return Err(EngineError::Invalid("organisation name must not be empty".into()));
+            return Err(EngineError::Invalid(
+                "organisation name must not be empty".into(),
+            ));
         }
         let conn = RelayConnection::connect(relay, fingerprint).await?;
         let root = OrgRootKey::generate();
@@ -383,7 +386,9 @@ impl Engine {
             return Err(EngineError::Invalid("this invite code has expired".into()));
         }
         if profile.display_name.trim().is_empty() {
-            return Err(EngineError::Invalid("display name must not be empty".into()));
+            return Err(EngineError::Invalid(
+                "display name must not be empty".into(),
+            ));
         }
         let conn = RelayConnection::connect(&invite.relay, &invite.fingerprint).await?;
         let signer = self.new_signer()?;
@@ -401,7 +406,9 @@ impl Engine {
             .map_err(from_net)?;
         conn.close().await;
         let Response::EnrolmentSubmitted { device_id } = response else {
-            return Err(EngineError::Invalid("unexpected answer to enrolment".into()));
+            return Err(EngineError::Invalid(
+                "unexpected answer to enrolment".into(),
+            ));
         };
         self.insert_device(
             &invite.relay,
@@ -430,7 +437,10 @@ impl Engine {
         self.authenticate(conn).await
     }
 
-    async fn authenticate(&mut self, conn: RelayConnection) -> Result<RelayConnection, EngineError> {
+    async fn authenticate(
+        &mut self,
+        conn: RelayConnection,
+    ) -> Result<RelayConnection, EngineError> {
         let device = self.device()?;
         let signer = self.signer(&device)?;
         let nonce = match conn
@@ -441,7 +451,11 @@ impl Engine {
             .map_err(from_net)?
         {
             Response::Challenge { nonce } => nonce,
-            _ => return Err(EngineError::Invalid("relay did not send a challenge".into())),
+            _ => {
+                return Err(EngineError::Invalid(
+                    "relay did not send a challenge".into(),
+                ))
+            }
         };
         let signature = signer
             .sign(&auth_transcript(&device.fingerprint, &nonce))
@@ -459,7 +473,9 @@ impl Engine {
                 .await
                 .map_err(from_net)?
             else {
-                return Err(EngineError::Invalid("relay did not send a certificate".into()));
+                return Err(EngineError::Invalid(
+                    "relay did not send a certificate".into(),
+                ));
             };
             cert.verify(&device.org, now_unix())?;
             if cert.body.device_key != device.device_key || cert.body.user != device.user {
@@ -485,7 +501,9 @@ impl Engine {
             .await
             .map_err(from_net)?
         else {
-            return Err(EngineError::Invalid("unexpected answer to KeyPackageCount".into()));
+            return Err(EngineError::Invalid(
+                "unexpected answer to KeyPackageCount".into(),
+            ));
         };
         if available >= KEY_PACKAGE_LOW_WATER && has_last_resort {
             return Ok(());
@@ -495,7 +513,11 @@ impl Engine {
         let credential = Self::credential(&device)?;
         let provider = Provider::new(&self.crypto, &self.db);
         let make = |last_resort: bool| -> Result<Vec<u8>, EngineError> {
-            let mut builder = KeyPackage::builder();
+            let mut builder = KeyPackage::builder().leaf_node_capabilities(
+                Capabilities::builder()
+                    .extensions(vec![ExtensionType::LastResort])
+                    .build(),
+            );
             if last_resort {
                 builder = builder.mark_as_last_resort();
             }
@@ -566,9 +588,15 @@ impl Engine {
         &self,
         conn: &RelayConnection,
     ) -> Result<Vec<PendingEnrolment>, EngineError> {
-        match conn.request(&Request::ListPending).await.map_err(from_net)? {
+        match conn
+            .request(&Request::ListPending)
+            .await
+            .map_err(from_net)?
+        {
             Response::Pending(p) => Ok(p),
-            _ => Err(EngineError::Invalid("unexpected answer to ListPending".into())),
+            _ => Err(EngineError::Invalid(
+                "unexpected answer to ListPending".into(),
+            )),
         }
     }
 
@@ -719,7 +747,11 @@ impl Engine {
                 .map_err(from_net)?
             {
                 Response::KeyPackages(k) => k,
-                _ => return Err(EngineError::Invalid("unexpected answer to ClaimKeyPackages".into())),
+                _ => {
+                    return Err(EngineError::Invalid(
+                        "unexpected answer to ClaimKeyPackages".into(),
+                    ))
+                }
             };
             for c in claimed {
                 let kp = KeyPackageIn::tls_deserialize_exact(&c.key_package)
@@ -755,9 +787,14 @@ impl Engine {
     ) -> Result<GroupView, EngineError> {
         let name = name.trim();
         if name.is_empty() || name.len() > 64 {
-            return Err(EngineError::Invalid("group name must be 1-64 characters".into()));
+            return Err(EngineError::Invalid(
+                "group name must be 1-64 characters".into(),
+            ));
         }
-        if self.resolve_group(name).is_ok_and(|g| g.2 == STATE_ACTIVE && g.1 == name) {
+        if self
+            .resolve_group(name)
+            .is_ok_and(|g| g.2 == STATE_ACTIVE && g.1 == name)
+        {
             return Err(EngineError::GroupNameTaken(name.to_string()));
         }
         let device = self.device()?;
@@ -870,7 +907,9 @@ impl Engine {
         }
         let view = self.group_view(&group_id)?;
         if !view.members.iter().any(|m| m == user) {
-            return Err(EngineError::Invalid(format!("{user} is not a member of {name}")));
+            return Err(EngineError::Invalid(format!(
+                "{user} is not a member of {name}"
+            )));
         }
         let user = user.to_string();
         self.run_commit(conn, &group_id, |group, provider, signer| {
@@ -1031,7 +1070,10 @@ impl Engine {
                         .merge_pending_commit(&provider)
                         .map_err(EngineError::mls)?;
                     drop(provider);
-                    tx.execute("DELETE FROM pending_commits WHERE group_id = ?1", [group_id])?;
+                    tx.execute(
+                        "DELETE FROM pending_commits WHERE group_id = ?1",
+                        [group_id],
+                    )?;
                     tx.execute(
                         "INSERT OR IGNORE INTO own_handshakes (group_id, seq) VALUES (?1, ?2)",
                         params![group_id, seq as i64],
@@ -1073,7 +1115,10 @@ impl Engine {
             }
         }
         drop(provider);
-        tx.execute("DELETE FROM pending_commits WHERE group_id = ?1", [group_id])?;
+        tx.execute(
+            "DELETE FROM pending_commits WHERE group_id = ?1",
+            [group_id],
+        )?;
         tx.commit()?;
         Ok(())
     }
@@ -1265,7 +1310,13 @@ impl Engine {
                             .resolve_group(&group_hex(&group_id))
                             .is_ok_and(|g| g.2 == STATE_ACTIVE);
                         if !still_active {
-                            self.fail_outbox(&client_id, &group_id, &message_id, "you are no longer in the group", report)?;
+                            self.fail_outbox(
+                                &client_id,
+                                &group_id,
+                                &message_id,
+                                "you are no longer in the group",
+                                report,
+                            )?;
                             break;
                         }
                         self.reencrypt(&client_id)?;
@@ -1279,9 +1330,7 @@ impl Engine {
                         self.fail_outbox(&client_id, &group_id, &message_id, &e.message, report)?;
                         break;
                     }
-                    Ok(_) => {
-                        return Err(EngineError::Invalid("unexpected answer to Send".into()))
-                    }
+                    Ok(_) => return Err(EngineError::Invalid("unexpected answer to Send".into())),
                     Err(e) => return Err(EngineError::Net(e)),
                 }
             }
@@ -1308,10 +1357,8 @@ impl Engine {
     }
 
     fn message_by_id(&self, group_id: &[u8], id: &str) -> Result<MessageView, EngineError> {
-        let rows = self.query_messages(
-            "WHERE m.group_id = ?1 AND m.id = ?2",
-            params![group_id, id],
-        )?;
+        let rows =
+            self.query_messages("WHERE m.group_id = ?1 AND m.id = ?2", params![group_id, id])?;
         rows.into_iter()
             .next()
             .ok_or_else(|| EngineError::Invalid(format!("no message {id}")))
@@ -1529,7 +1576,9 @@ impl Engine {
             }
             Err(why) => {
                 tracing::warn!(%why, "rejected Welcome");
-                report.problems.push(format!("rejected an invitation to a group: {why}"));
+                report
+                    .problems
+                    .push(format!("rejected an invitation to a group: {why}"));
             }
         }
         Ok(())
@@ -1601,7 +1650,10 @@ impl Engine {
                     .clear_pending_commit(provider.storage())
                     .map_err(EngineError::mls)?;
             }
-            tx.execute("DELETE FROM pending_commits WHERE group_id = ?1", [group_id])?;
+            tx.execute(
+                "DELETE FROM pending_commits WHERE group_id = ?1",
+                [group_id],
+            )?;
             if hash == sha256(bytes) {
                 drop(provider);
                 for n in notices {
@@ -1647,16 +1699,31 @@ impl Engine {
                 ProcessedMessageContent::StagedCommitMessage(staged) => {
                     for add in staged.add_proposals() {
                         let leaf = add.add_proposal().key_package().leaf_node();
-                        verify_member(&device.org, leaf.credential(), leaf.signature_key().as_slice())
-                            .map_err(|e| format!("commit by {} adds an unverifiable member: {e}", sender_cert.body.user))?;
+                        verify_member(
+                            &device.org,
+                            leaf.credential(),
+                            leaf.signature_key().as_slice(),
+                        )
+                        .map_err(|e| {
+                            format!(
+                                "commit by {} adds an unverifiable member: {e}",
+                                sender_cert.body.user
+                            )
+                        })?;
                     }
                     if let Some(leaf) = staged.update_path_leaf_node() {
-                        verify_member(&device.org, leaf.credential(), leaf.signature_key().as_slice())
-                            .map_err(|e| format!("commit by {}: {e}", sender_cert.body.user))?;
+                        verify_member(
+                            &device.org,
+                            leaf.credential(),
+                            leaf.signature_key().as_slice(),
+                        )
+                        .map_err(|e| format!("commit by {}: {e}", sender_cert.body.user))?;
                     }
                     let added: Vec<String> = staged
                         .add_proposals()
-                        .filter_map(|a| certificate_in(a.add_proposal().key_package().leaf_node().credential()))
+                        .filter_map(|a| {
+                            certificate_in(a.add_proposal().key_package().leaf_node().credential())
+                        })
                         .map(|c| c.body.user)
                         .collect();
                     let removed: Vec<String> = staged
@@ -1779,4 +1846,3 @@ fn insert_system(db: &Connection, group_id: &[u8], text: &str) -> Result<(), Eng
     )?;
     Ok(())
 }
-

@@ -14,4 +14,5 @@ mod store;
 pub use content::{Body, Envelope};
 pub use engine::{Engine, GroupView, MessageView, PendingView, SyncReport};
 pub use error::EngineError;
+pub use muster_net::client::PushHandle;
 pub use muster_net::RelayConnection;

@@ -20,7 +20,8 @@ impl openmls_sqlite_storage::Codec for JsonCodec {
     }
 }
 
-pub(crate) type Storage<'a> = openmls_sqlite_storage::SqliteStorageProvider<JsonCodec, &'a Connection>;
+pub(crate) type Storage<'a> =
+    openmls_sqlite_storage::SqliteStorageProvider<JsonCodec, &'a Connection>;
 
 pub(crate) struct Provider<'a> {
     crypto: &'a RustCrypto,

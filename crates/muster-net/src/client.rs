@@ -99,9 +99,9 @@ impl RelayConnection {
         let body = encode(request).map_err(|e| NetError::Protocol(e.to_string()))?;
         write_frame(&mut send, &body).await?;
         let _ = send.finish();
-        let frame = read_frame(&mut recv)
-            .await?
-            .ok_or_else(|| NetError::Connection("relay closed the stream without answering".into()))?;
+        let frame = read_frame(&mut recv).await?.ok_or_else(|| {
+            NetError::Connection("relay closed the stream without answering".into())
+        })?;
         match decode::<Response>(&frame).map_err(|e| NetError::Protocol(e.to_string()))? {
             Response::Error(e) => Err(NetError::Refused(e)),
             other => Ok(other),

@@ -12,7 +12,7 @@ pub use identity::{
 };
 pub use invite::{InviteCode, InviteError};
 pub use wire::{
-    decode, encode, AckItem, ClaimedKeyPackage, Delivery, ErrorCode, PendingEnrolment, Push,
-    RelayError, Request, Response, WireError, MAX_FRAME, MAX_MLS_MESSAGE,
-    auth_transcript, enrol_transcript,
+    auth_transcript, decode, encode, enrol_transcript, AckItem, ClaimedKeyPackage, Delivery,
+    ErrorCode, PendingEnrolment, Push, RelayError, Request, Response, WireError, MAX_FRAME,
+    MAX_MLS_MESSAGE,
 };

@@ -30,9 +30,13 @@ pub enum Request {
         proof: Vec<u8>,
     },
     /// Starts device authentication; the relay answers with a challenge.
-    Hello { device_key: Vec<u8> },
+    Hello {
+        device_key: Vec<u8>,
+    },
     /// Device signature over [`auth_transcript`].
-    Prove { signature: Vec<u8> },
+    Prove {
+        signature: Vec<u8>,
+    },
     MyCertificate,
     CreateInvite {
         user: String,
@@ -40,15 +44,21 @@ pub enum Request {
         expires_at: u64,
     },
     ListPending,
-    Approve { certificate: Certificate },
-    Reject { device_id: String },
+    Approve {
+        certificate: Certificate,
+    },
+    Reject {
+        device_id: String,
+    },
     Directory,
     UploadKeyPackages {
         key_packages: Vec<Vec<u8>>,
         last_resort: Option<Vec<u8>>,
     },
     KeyPackageCount,
-    ClaimKeyPackages { user: String },
+    ClaimKeyPackages {
+        user: String,
+    },
     /// Registers a new group from its creator's GroupInfo and ratchet tree (TLS encoded).
     CreateGroup {
         group_info: Vec<u8>,
@@ -61,15 +71,22 @@ pub enum Request {
         welcome: Option<Vec<u8>>,
     },
     /// A standalone proposal (PublicMessage).
-    Propose { group_id: Vec<u8>, proposal: Vec<u8> },
+    Propose {
+        group_id: Vec<u8>,
+        proposal: Vec<u8>,
+    },
     /// An application message (PrivateMessage). `client_id` makes a resend idempotent.
     Send {
         group_id: Vec<u8>,
         message: Vec<u8>,
         client_id: Vec<u8>,
     },
-    Fetch { limit: u32 },
-    Ack { items: Vec<AckItem> },
+    Fetch {
+        limit: u32,
+    },
+    Ack {
+        items: Vec<AckItem>,
+    },
 }
 
 /// The relay's answer to one request.

@@ -87,8 +87,12 @@ fn parse_protocol_message(bytes: &[u8]) -> Result<ProtocolMessage, Failure> {
             ),
         ));
     }
-    let message = MlsMessageIn::tls_deserialize_exact(bytes)
-        .map_err(|e| refuse(ErrorCode::InvalidMessage, format!("not an MLS message: {e}")))?;
+    let message = MlsMessageIn::tls_deserialize_exact(bytes).map_err(|e| {
+        refuse(
+            ErrorCode::InvalidMessage,
+            format!("not an MLS message: {e}"),
+        )
+    })?;
     message.try_into_protocol_message().map_err(|_| {
         refuse(
             ErrorCode::InvalidMessage,
@@ -108,7 +112,8 @@ impl Relay {
         db.pragma_update(None, "foreign_keys", "ON")?;
         db.execute_batch(SCHEMA)?;
         let mut db = db;
-        let mut storage = openmls_sqlite_storage::SqliteStorageProvider::<JsonCodec, _>::new(&mut db);
+        let mut storage =
+            openmls_sqlite_storage::SqliteStorageProvider::<JsonCodec, _>::new(&mut db);
         storage
             .run_migrations()
             .map_err(|e| StoreError::Migration(e.to_string()))?;
@@ -258,9 +263,7 @@ impl Relay {
                 commit,
                 welcome,
             } => self.commit(session, &group_id, &commit, welcome.as_deref()),
-            Request::Propose { group_id, proposal } => {
-                self.propose(session, &group_id, &proposal)
-            }
+            Request::Propose { group_id, proposal } => self.propose(session, &group_id, &proposal),
             Request::Send {
                 group_id,
                 message,
@@ -412,10 +415,7 @@ impl Relay {
             ));
         };
         if used_at.is_some() {
-            return Err(refuse(
-                ErrorCode::TokenUsed,
-                "invite code was already used",
-            ));
+            return Err(refuse(ErrorCode::TokenUsed, "invite code was already used"));
         }
         if (expires_at as u64) < now_unix() {
             return Err(refuse(ErrorCode::TokenExpired, "invite code has expired"));
@@ -465,7 +465,10 @@ impl Relay {
             return Err(refuse(ErrorCode::BadRequest, "token hash must be SHA-256"));
         }
         if expires_at <= now_unix() {
-            return Err(refuse(ErrorCode::BadRequest, "invite would already be expired"));
+            return Err(refuse(
+                ErrorCode::BadRequest,
+                "invite would already be expired",
+            ));
         }
         self.db.execute(
             "INSERT INTO invites (token_hash, user, created_by, expires_at) VALUES (?1, ?2, ?3, ?4)",
@@ -717,7 +720,10 @@ impl Relay {
             if member.signature_key != cert.body.device_key {
                 return Err(refuse(
                     ErrorCode::InvalidCertificate,
-                    format!("member {}: leaf key differs from certificate", cert.body.user),
+                    format!(
+                        "member {}: leaf key differs from certificate",
+                        cert.body.user
+                    ),
                 ));
             }
             let status: Option<String> = tx
@@ -759,11 +765,18 @@ impl Relay {
         let group_id = info.group_id().as_slice().to_vec();
         let tx = self.db.transaction()?;
         let exists = tx
-            .query_row("SELECT 1 FROM groups WHERE group_id = ?1", [&group_id], |_| Ok(()))
+            .query_row(
+                "SELECT 1 FROM groups WHERE group_id = ?1",
+                [&group_id],
+                |_| Ok(()),
+            )
             .optional()?
             .is_some();
         if exists {
-            return Err(refuse(ErrorCode::GroupExists, "group id already registered"));
+            return Err(refuse(
+                ErrorCode::GroupExists,
+                "group id already registered",
+            ));
         }
         let storage: Storage = Storage::new(&tx);
         let (group, _) =
@@ -799,9 +812,8 @@ impl Relay {
     }
 
     fn current_members(tx: &Transaction, group_id: &[u8]) -> Result<BTreeSet<String>, Failure> {
-        let mut stmt = tx.prepare(
-            "SELECT device_id FROM memberships WHERE group_id = ?1 AND to_seq IS NULL",
-        )?;
+        let mut stmt =
+            tx.prepare("SELECT device_id FROM memberships WHERE group_id = ?1 AND to_seq IS NULL")?;
         let rows = stmt
             .query_map([group_id], |r| r.get(0))?
             .collect::<Result<BTreeSet<String>, _>>()?;
@@ -864,12 +876,18 @@ impl Relay {
         let message = parse_protocol_message(commit)?;
         if let Some(w) = welcome {
             if w.len() > MAX_MLS_MESSAGE {
-                return Err(refuse(ErrorCode::TooLarge, "Welcome exceeds the size limit"));
+                return Err(refuse(
+                    ErrorCode::TooLarge,
+                    "Welcome exceeds the size limit",
+                ));
             }
             let parsed = MlsMessageIn::tls_deserialize_exact(w)
                 .map_err(|e| refuse(ErrorCode::InvalidMessage, format!("Welcome: {e}")))?;
             if !matches!(parsed.extract(), MlsMessageBodyIn::Welcome(_)) {
-                return Err(refuse(ErrorCode::InvalidMessage, "expected a Welcome message"));
+                return Err(refuse(
+                    ErrorCode::InvalidMessage,
+                    "expected a Welcome message",
+                ));
             }
         }
         if message.group_id().as_slice() != group_id {
@@ -917,7 +935,16 @@ impl Relay {
             ));
         }
         let seq = last_seq + 1;
-        Self::append(&tx, group_id, seq, epoch, KIND_COMMIT, &session.device_id, None, commit)?;
+        Self::append(
+            &tx,
+            group_id,
+            seq,
+            epoch,
+            KIND_COMMIT,
+            &session.device_id,
+            None,
+            commit,
+        )?;
         tx.execute(
             "UPDATE groups SET epoch = ?2 WHERE group_id = ?1",
             params![group_id, group.group_context().epoch().as_u64() as i64],
@@ -987,7 +1014,16 @@ impl Relay {
             .add_proposal(&storage, *queued)
             .map_err(|e| Failure::Store(StoreError::Sql(e)))?;
         let seq = last_seq + 1;
-        Self::append(&tx, group_id, seq, epoch, KIND_PROPOSAL, &session.device_id, None, proposal)?;
+        Self::append(
+            &tx,
+            group_id,
+            seq,
+            epoch,
+            KIND_PROPOSAL,
+            &session.device_id,
+            None,
+            proposal,
+        )?;
         let mut wake = Self::current_members(&tx, group_id)?;
         tx.commit()?;
         wake.remove(&session.device_id);
@@ -1005,7 +1041,10 @@ impl Relay {
         client_id: &[u8],
     ) -> Result<Outcome, Failure> {
         if client_id.is_empty() || client_id.len() > 64 {
-            return Err(refuse(ErrorCode::BadRequest, "client id must be 1-64 bytes"));
+            return Err(refuse(
+                ErrorCode::BadRequest,
+                "client id must be 1-64 bytes",
+            ));
         }
         let message = parse_protocol_message(data)?;
         if !matches!(message, ProtocolMessage::PrivateMessage(_))
@@ -1017,7 +1056,10 @@ impl Relay {
             ));
         }
         if message.group_id().as_slice() != group_id {
-            return Err(refuse(ErrorCode::BadRequest, "message is for another group"));
+            return Err(refuse(
+                ErrorCode::BadRequest,
+                "message is for another group",
+            ));
         }
         let tx = self.db.transaction()?;
         let existing: Option<i64> = tx
@@ -1100,7 +1142,10 @@ impl Relay {
 
     fn ack(&mut self, session: &Session, items: &[AckItem]) -> Result<Outcome, Failure> {
         if items.len() > MAX_FETCH as usize {
-            return Err(refuse(ErrorCode::TooLarge, "too many acknowledgements at once"));
+            return Err(refuse(
+                ErrorCode::TooLarge,
+                "too many acknowledgements at once",
+            ));
         }
         let tx = self.db.transaction()?;
         for item in items {
