@@ -1,1 +1,6 @@
+//! End-to-end tests: a real relay process and real `muster` devices on loopback.
 
+mod delivery;
+mod enrolment;
+mod groups;
+mod hostile;

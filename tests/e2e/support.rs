@@ -1,1 +1,298 @@
+//! Helpers for end-to-end tests: run the real `muster-relay` and `muster` binaries on
+//! loopback, each device in its own temporary home, and wait on conditions with deadlines.
 
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary built next to this test executable.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` so the binaries are built",
+        path.display()
+    );
+    path
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> Self {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "muster-e2e-{}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed),
+            label
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        Self(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Polls `condition` until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running relay process.
+pub struct Relay {
+    pub data: PathBuf,
+    pub addr: String,
+    pub fingerprint: String,
+    pub bootstrap_token: Option<String>,
+    child: Option<Child>,
+}
+
+impl Relay {
+    /// Starts a relay on a free loopback port with a data directory inside `dir`.
+    pub fn start(dir: &TempDir) -> Self {
+        Self::start_at(dir.path().join("relay"), "127.0.0.1:0")
+    }
+
+    fn start_at(data: PathBuf, listen: &str) -> Self {
+        let mut child = Command::new(bin("muster-relay"))
+            .args(["serve", "--data"])
+            .arg(&data)
+            .args(["--listen", listen])
+            .env("MUSTER_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start muster-relay");
+        let stdout = child.stdout.take().expect("relay stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let (mut addr, mut fingerprint, mut token) = (None, None, None);
+        while addr.is_none()
+            || fingerprint.is_none()
+            || !(token.is_some() || Instant::now() > deadline)
+        {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = rx.recv_timeout(left.max(Duration::from_millis(1))) else {
+                break;
+            };
+            if let Some(a) = line.strip_prefix("muster-relay listening on ") {
+                addr = Some(a.trim().to_string());
+            } else if let Some(f) = line.strip_prefix("certificate fingerprint: ") {
+                fingerprint = Some(f.trim().to_string());
+            } else if let Some(t) = line.strip_prefix("bootstrap token: ") {
+                token = Some(t.trim().to_string());
+            } else if line.starts_with("organisation: ") {
+                break;
+            }
+        }
+        Self {
+            data,
+            addr: addr.expect("relay printed its address"),
+            fingerprint: fingerprint.expect("relay printed its fingerprint"),
+            bootstrap_token: token,
+            child: Some(child),
+        }
+    }
+
+    /// Kills the relay with SIGKILL (no clean shutdown).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills and restarts the relay on the same address and data directory.
+    pub fn restart(&mut self) {
+        self.kill();
+        let addr = self.addr.clone();
+        let data = self.data.clone();
+        *self = Self::start_at(data, &addr);
+    }
+
+    /// Runs `muster-relay` with other arguments against this relay's data directory.
+    pub fn admin(&self, args: &[&str]) -> Output {
+        Command::new(bin("muster-relay"))
+            .args(args)
+            .arg("--data")
+            .arg(&self.data)
+            .output()
+            .expect("run muster-relay")
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One device: a `muster` home directory.
+pub struct Device {
+    pub name: String,
+    pub home: PathBuf,
+}
+
+impl Device {
+    pub fn new(dir: &TempDir, name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            home: dir.path().join(name),
+        }
+    }
+
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(bin("muster"));
+        cmd.arg("--home").arg(&self.home);
+        cmd.env_remove("MUSTER_HOME");
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command()
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run muster")
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{}: `muster {}` failed: {}",
+            self.name,
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs a command that must fail; returns its stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            !out.status.success(),
+            "{}: `muster {}` should have failed but printed: {}",
+            self.name,
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// Runs a `--json` command and parses one object per line.
+    pub fn json(&self, args: &[&str]) -> Vec<Value> {
+        let mut full = args.to_vec();
+        full.push("--json");
+        self.ok(&full)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+            .collect()
+    }
+
+    /// Texts of the text messages in a group, oldest first.
+    pub fn texts(&self, group: &str) -> Vec<String> {
+        self.json(&["read", group, "--limit", "10000"])
+            .into_iter()
+            .filter(|m| m["kind"] == "text")
+            .map(|m| m["text"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    /// The member handles of a group as this device sees it.
+    pub fn members(&self, group: &str) -> Vec<String> {
+        self.group(group)["members"]
+            .as_array()
+            .expect("members array")
+            .iter()
+            .map(|m| m.as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    pub fn group(&self, group: &str) -> Value {
+        self.json(&["groups"])
+            .into_iter()
+            .find(|g| g["name"] == group)
+            .unwrap_or_else(|| panic!("{} has no group {group}", self.name))
+    }
+}
+
+/// A relay with an organisation and its first admin, `alice`.
+pub struct Org {
+    pub dir: TempDir,
+    pub relay: Relay,
+    pub admin: Device,
+}
+
+impl Org {
+    pub fn new(label: &str) -> Self {
+        let dir = TempDir::new(label);
+        let relay = Relay::start(&dir);
+        let admin = Device::new(&dir, "alice");
+        let token = relay
+            .bootstrap_token
+            .clone()
+            .expect("fresh relay prints a token");
+        admin.ok(&[
+            "org",
+            "create",
+            "--relay",
+            &relay.addr,
+            "--fingerprint",
+            &relay.fingerprint,
+            "--token",
+            &token,
+            "--name",
+            "Acme",
+            "--user",
+            "alice",
+        ]);
+        Self { dir, relay, admin }
+    }
+
+    /// Invites, enrols and approves a new user; returns their synced device.
+    pub fn enrol(&self, user: &str) -> Device {
+        let code = self.admin.ok(&["invite", user]).trim().to_string();
+        let device = Device::new(&self.dir, user);
+        device.ok(&["join", &code, "--display-name", &format!("{user} display")]);
+        self.admin.ok(&["approve", user]);
+        device.ok(&["sync"]);
+        device
+    }
+}

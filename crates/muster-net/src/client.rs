@@ -141,3 +141,10 @@ impl PushHandle {
         }
     }
 }
+
+impl RelayConnection {
+    /// The underlying QUIC connection, for tests that speak the protocol by hand.
+    pub fn raw(&self) -> &quinn::Connection {
+        &self.connection
+    }
+}

@@ -1,0 +1,119 @@
+use muster_e2e::{wait_until, Org};
+use std::io::{BufRead, BufReader, Write};
+use std::process::Stdio;
+use std::time::Duration;
+
+#[test]
+fn offline_member_gets_everything_once_in_order_across_relay_restart() {
+    let mut org = Org::new("offline");
+    let bob = org.enrol("bob");
+    org.admin
+        .ok(&["group", "create", "ops", "--members", "bob"]);
+    // Bob stays offline while alice sends.
+    let sent: Vec<String> = (1..=5).map(|i| format!("update {i}")).collect();
+    for text in &sent[..3] {
+        org.admin.ok(&["send", "ops", text]);
+    }
+    // The relay crashes and comes back: nothing acknowledged is lost.
+    org.relay.restart();
+    for text in &sent[3..] {
+        org.admin.ok(&["send", "ops", text]);
+    }
+    org.relay.restart();
+    bob.ok(&["sync"]);
+    assert_eq!(bob.texts("ops"), sent);
+    // Syncing again (and a fresh client process) adds no duplicates.
+    bob.ok(&["sync"]);
+    assert_eq!(bob.texts("ops"), sent);
+    // The relay's database never holds message text.
+    let db = std::fs::read(org.relay.data.join("relay.db")).unwrap();
+    let wal = std::fs::read(org.relay.data.join("relay.db-wal")).unwrap_or_default();
+    for text in &sent {
+        let needle = text.as_bytes();
+        assert!(
+            !db.windows(needle.len()).any(|w| w == needle),
+            "plaintext in relay db"
+        );
+        assert!(
+            !wal.windows(needle.len()).any(|w| w == needle),
+            "plaintext in relay wal"
+        );
+    }
+}
+
+#[test]
+fn stale_sender_resyncs_and_retries() {
+    let org = Org::new("stale");
+    let bob = org.enrol("bob");
+    let carol = org.enrol("carol");
+    org.admin
+        .ok(&["group", "create", "ops", "--members", "bob"]);
+    bob.ok(&["sync"]);
+    // The group moves on while bob is not looking.
+    org.admin.ok(&["group", "add", "ops", "carol"]);
+    // Bob's send is for an old epoch; his client catches up and re-encrypts.
+    bob.ok(&["send", "ops", "sent from an old epoch"]);
+    org.admin.ok(&["sync"]);
+    carol.ok(&["sync"]);
+    assert_eq!(org.admin.texts("ops"), ["sent from an old epoch"]);
+    assert_eq!(carol.texts("ops"), ["sent from an old epoch"]);
+}
+
+#[test]
+fn chat_shows_pushed_messages_live() {
+    let org = Org::new("chat");
+    let bob = org.enrol("bob");
+    org.admin
+        .ok(&["group", "create", "ops", "--members", "bob"]);
+    bob.ok(&["sync"]);
+    let mut chat = bob
+        .command()
+        .args(["chat", "ops"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = chat.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let wait_for = |needle: &str, seen: &mut Vec<String>| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !seen.iter().any(|l: &String| l.contains(needle)) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => seen.push(line),
+                Err(_) => panic!("chat never showed {needle:?}; saw {seen:?}"),
+            }
+        }
+    };
+    wait_for("--- chatting in ops", &mut seen);
+    // A message from alice appears without bob doing anything.
+    let started = std::time::Instant::now();
+    org.admin.ok(&["send", "ops", "live from alice"]);
+    wait_for("alice: live from alice", &mut seen);
+    eprintln!(
+        "push latency including alice's send: {:?}",
+        started.elapsed()
+    );
+    // A line bob types is sent.
+    let stdin = chat.stdin.as_mut().unwrap();
+    writeln!(stdin, "typed by bob").unwrap();
+    stdin.flush().unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "alice to receive bob's line",
+        || {
+            org.admin.ok(&["sync"]);
+            org.admin.texts("ops").contains(&"typed by bob".to_string())
+        },
+    );
+    writeln!(stdin, "/quit").unwrap();
+    let status = chat.wait().unwrap();
+    assert!(status.success());
+}

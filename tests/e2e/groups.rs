@@ -1,0 +1,122 @@
+use muster_e2e::Org;
+use std::thread;
+
+#[test]
+fn create_add_remove_leave() {
+    let org = Org::new("groups");
+    let alice = &org.admin;
+    let bob = org.enrol("bob");
+    let carol = org.enrol("carol");
+    let dave = org.enrol("dave");
+
+    alice.ok(&["group", "create", "ops", "--members", "bob,carol"]);
+    bob.ok(&["sync"]);
+    carol.ok(&["sync"]);
+    for d in [alice, &bob, &carol] {
+        assert_eq!(d.members("ops"), ["alice", "bob", "carol"], "{}", d.name);
+    }
+    let g = alice.group("ops");
+    assert!(g["id"].as_str().unwrap().len() == 32);
+    assert!(g["epoch"].as_u64().unwrap() >= 1);
+
+    // Messages in both directions.
+    alice.ok(&["send", "ops", "hello team"]);
+    bob.ok(&["sync"]);
+    bob.ok(&["send", "ops", "hi alice"]);
+    alice.ok(&["sync"]);
+    carol.ok(&["sync"]);
+    assert_eq!(carol.texts("ops"), ["hello team", "hi alice"]);
+    let read = alice.json(&["read", "ops"]);
+    let from_bob = read.iter().find(|m| m["text"] == "hi alice").unwrap();
+    assert_eq!(from_bob["sender"], "bob");
+    assert_eq!(from_bob["group"], "ops");
+    for field in ["id", "sender_device", "sent_at", "received_at"] {
+        assert!(
+            from_bob[field].as_str().is_some_and(|s| !s.is_empty()),
+            "{field}"
+        );
+    }
+
+    // Add dave: he sees later messages and the group's name.
+    alice.ok(&["group", "add", "ops", "dave"]);
+    dave.ok(&["sync"]);
+    assert_eq!(dave.members("ops"), ["alice", "bob", "carol", "dave"]);
+    alice.ok(&["send", "ops", "welcome dave"]);
+    dave.ok(&["sync"]);
+    assert_eq!(dave.texts("ops"), ["welcome dave"]);
+
+    // Remove carol: she learns it and cannot read what follows.
+    alice.ok(&["group", "remove", "ops", "carol"]);
+    carol.ok(&["sync"]);
+    assert_eq!(carol.group("ops")["state"], "removed");
+    alice.ok(&["send", "ops", "carol cannot see this"]);
+    carol.ok(&["sync"]);
+    assert!(!carol.texts("ops").iter().any(|t| t.contains("cannot see")));
+    let err = carol.fails(&["send", "ops", "still here?"]);
+    assert!(err.contains("no longer a member"), "{err}");
+    bob.ok(&["sync"]);
+    assert_eq!(bob.members("ops"), ["alice", "bob", "dave"]);
+
+    // Bob leaves; the next member to sync commits his removal.
+    bob.ok(&["group", "leave", "ops"]);
+    assert_eq!(bob.group("ops")["state"], "left");
+    alice.ok(&["sync"]);
+    assert_eq!(alice.members("ops"), ["alice", "dave"]);
+    dave.ok(&["sync"]);
+    assert_eq!(dave.members("ops"), ["alice", "dave"]);
+    alice.ok(&["send", "ops", "after bob left"]);
+    dave.ok(&["sync"]);
+    assert_eq!(dave.texts("ops").last().unwrap(), "after bob left");
+    bob.ok(&["sync"]);
+    assert!(!bob.texts("ops").iter().any(|t| t == "after bob left"));
+}
+
+#[test]
+fn concurrent_commits_do_not_fork() {
+    let org = Org::new("race");
+    let alice = &org.admin;
+    let bob = org.enrol("bob");
+    let carol = org.enrol("carol");
+    let dave = org.enrol("dave");
+    alice.ok(&["group", "create", "ops", "--members", "bob"]);
+    bob.ok(&["sync"]);
+
+    // Alice adds carol while bob adds dave, at the same moment, both at the same epoch.
+    let a = alice
+        .command()
+        .args(["group", "add", "ops", "carol"])
+        .output();
+    let (a, b) = thread::scope(|s| {
+        let b = s.spawn(|| bob.command().args(["group", "add", "ops", "dave"]).output());
+        (a, b.join().unwrap())
+    });
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
+
+    for d in [alice, &bob, &carol, &dave] {
+        d.ok(&["sync"]);
+    }
+    let epoch = alice.group("ops")["epoch"].clone();
+    for d in [alice, &bob, &carol, &dave] {
+        assert_eq!(
+            d.members("ops"),
+            ["alice", "bob", "carol", "dave"],
+            "{}",
+            d.name
+        );
+        assert_eq!(d.group("ops")["epoch"], epoch, "{} epoch", d.name);
+    }
+    // Everyone can still talk to everyone.
+    carol.ok(&["send", "ops", "from carol"]);
+    dave.ok(&["send", "ops", "from dave"]);
+    for d in [alice, &bob, &carol, &dave] {
+        d.ok(&["sync"]);
+        let texts = d.texts("ops");
+        assert!(
+            texts.contains(&"from carol".to_string()) && texts.contains(&"from dave".to_string()),
+            "{}: {texts:?}",
+            d.name
+        );
+    }
+}
