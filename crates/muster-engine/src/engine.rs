@@ -85,6 +85,9 @@ pub struct SyncReport {
     pub problems: Vec<String>,
 }
 
+/// client id, group id, message id, ciphertext
+type OutboxEntry = (Vec<u8>, Vec<u8>, String, Vec<u8>);
+
 struct DeviceRow {
     relay: String,
     fingerprint: String,
@@ -951,7 +954,6 @@ impl Engine {
                 let provider = Provider::new(&self.crypto, &tx);
                 let mut group = load_group(&provider, &group_id)?;
                 if group.members().count() == 1 {
-                    drop(provider);
                     tx.execute(
                         "UPDATE groups SET state = ?2 WHERE group_id = ?1",
                         params![group_id, STATE_LEFT],
@@ -962,7 +964,6 @@ impl Engine {
                 let message = group
                     .leave_group(&provider, &signer)
                     .map_err(EngineError::mls)?;
-                drop(provider);
                 tx.commit()?;
                 mls_bytes(&message)?
             };
@@ -1045,7 +1046,6 @@ impl Engine {
                 };
                 let commit = mls_bytes(&commit)?;
                 let welcome = welcome.as_ref().map(mls_bytes).transpose()?;
-                drop(provider);
                 tx.execute(
                     "INSERT OR REPLACE INTO pending_commits (group_id, commit_hash) VALUES (?1, ?2)",
                     params![group_id, sha256(&commit)],
@@ -1069,7 +1069,6 @@ impl Engine {
                     group
                         .merge_pending_commit(&provider)
                         .map_err(EngineError::mls)?;
-                    drop(provider);
                     tx.execute(
                         "DELETE FROM pending_commits WHERE group_id = ?1",
                         [group_id],
@@ -1114,7 +1113,6 @@ impl Engine {
                     .map_err(EngineError::mls)?;
             }
         }
-        drop(provider);
         tx.execute(
             "DELETE FROM pending_commits WHERE group_id = ?1",
             [group_id],
@@ -1180,7 +1178,6 @@ impl Engine {
         let ciphertext = group
             .create_message(&provider, &signer, &envelope.to_bytes())
             .map_err(EngineError::mls)?;
-        drop(provider);
         let position: i64 = tx.query_row(
             "SELECT COALESCE(MAX(position), 0) + 1 FROM outbox",
             [],
@@ -1251,7 +1248,6 @@ impl Engine {
         let ciphertext = group
             .create_message(&provider, &signer, &envelope)
             .map_err(EngineError::mls)?;
-        drop(provider);
         tx.execute(
             "UPDATE outbox SET ciphertext = ?2 WHERE client_id = ?1",
             params![client_id, mls_bytes(&ciphertext)?],
@@ -1267,7 +1263,7 @@ impl Engine {
         report: &mut SyncReport,
     ) -> Result<(), EngineError> {
         loop {
-            let next: Option<(Vec<u8>, Vec<u8>, String, Vec<u8>)> = self
+            let next: Option<OutboxEntry> = self
                 .db
                 .query_row(
                     "SELECT client_id, group_id, message_id, ciphertext FROM outbox ORDER BY position LIMIT 1",
@@ -1554,7 +1550,6 @@ impl Engine {
                 .map_err(|e| format!("Welcome cannot be joined: {e}"))?;
             Ok((group, adder))
         })();
-        drop(provider);
         match result {
             Ok((group, adder)) => {
                 let gid = group.group_id().as_slice().to_vec();
@@ -1655,7 +1650,6 @@ impl Engine {
                 [group_id],
             )?;
             if hash == sha256(bytes) {
-                drop(provider);
                 for n in notices {
                     insert_system(&tx, group_id, &n)?;
                 }
@@ -1756,7 +1750,6 @@ impl Engine {
             }
             Ok(())
         })();
-        drop(provider);
         if let Err(why) = outcome {
             tracing::warn!(%why, "could not process a group message");
             report.problems.push(why.clone());
