@@ -368,11 +368,25 @@ async fn run(cli: Cli) -> Result<(), EngineError> {
             } else {
                 text
             };
-            let conn = connected(&mut engine).await?;
-            let sent = engine.send_text(&conn, &group, &text).await;
-            conn.close().await;
-            let sent = sent?;
-            println!("sent {}", sent.id);
+            let queued = engine.queue_text(&group, &text)?;
+            let result = match connected(&mut engine).await {
+                Ok(conn) => {
+                    let sent = engine.deliver(&conn, &queued).await;
+                    conn.close().await;
+                    sent
+                }
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(sent) => println!("sent {}", sent.id),
+                Err(e @ (EngineError::Net(_) | EngineError::AwaitingApproval)) => {
+                    return Err(EngineError::Invalid(format!(
+                        "not sent yet ({e}); message {} stays in the outbox and goes out with the next `muster sync`",
+                        queued.id
+                    )))
+                }
+                Err(e) => return Err(e),
+            }
         }
         Command::Sync(flag) => {
             let conn = connected(&mut engine).await?;

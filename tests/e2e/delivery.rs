@@ -117,3 +117,51 @@ fn chat_shows_pushed_messages_live() {
     let status = chat.wait().unwrap();
     assert!(status.success());
 }
+
+#[test]
+fn message_sent_while_relay_is_down_goes_out_from_the_outbox_once() {
+    let mut org = Org::new("outbox");
+    let bob = org.enrol("bob");
+    org.admin
+        .ok(&["group", "create", "ops", "--members", "bob"]);
+    org.relay.kill();
+    let err = org.admin.fails(&["send", "ops", "written offline"]);
+    assert!(err.contains("outbox"), "{err}");
+    let mine = org.admin.json(&["read", "ops"]);
+    let queued = mine
+        .iter()
+        .find(|m| m["text"] == "written offline")
+        .unwrap();
+    assert_eq!(queued["status"], "sending");
+    org.relay.revive();
+    org.admin.ok(&["sync"]);
+    org.admin.ok(&["sync"]);
+    let mine = org.admin.json(&["read", "ops"]);
+    let sent = mine
+        .iter()
+        .find(|m| m["text"] == "written offline")
+        .unwrap();
+    assert_eq!(sent["status"], "sent");
+    bob.ok(&["sync"]);
+    assert_eq!(bob.texts("ops"), ["written offline"]);
+}
+
+#[test]
+fn adding_a_device_whose_key_packages_ran_out_uses_its_last_resort() {
+    let org = Org::new("keypackages");
+    let bob = org.enrol("bob");
+    // Bob stays offline, so he cannot top up his supply of 10 KeyPackages.
+    let groups: Vec<String> = (0..12).map(|i| format!("team{i}")).collect();
+    for g in &groups {
+        org.admin.ok(&["group", "create", g, "--members", "bob"]);
+    }
+    bob.ok(&["sync"]);
+    for g in &groups {
+        assert_eq!(bob.members(g), ["alice", "bob"], "{g}");
+        org.admin.ok(&["send", g, &format!("hello {g}")]);
+    }
+    bob.ok(&["sync"]);
+    for g in &groups {
+        assert_eq!(bob.texts(g), [format!("hello {g}")]);
+    }
+}

@@ -138,6 +138,11 @@ impl Relay {
     /// Kills and restarts the relay on the same address and data directory.
     pub fn restart(&mut self) {
         self.kill();
+        self.revive();
+    }
+
+    /// Starts a killed relay again on the same address and data directory.
+    pub fn revive(&mut self) {
         let addr = self.addr.clone();
         let data = self.data.clone();
         *self = Self::start_at(data, &addr);

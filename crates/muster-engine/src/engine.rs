@@ -76,6 +76,13 @@ pub struct PendingView {
     pub requested_at: String,
 }
 
+/// A message written to the outbox, not yet confirmed by the relay.
+#[derive(Debug, Clone)]
+pub struct QueuedMessage {
+    group_id: Vec<u8>,
+    pub id: String,
+}
+
 /// What a sync did.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct SyncReport {
@@ -1198,13 +1205,9 @@ impl Engine {
         Ok(message_id)
     }
 
-    /// Sends a text message; returns once the relay has durably stored it.
-    pub async fn send_text(
-        &mut self,
-        conn: &RelayConnection,
-        group: &str,
-        text: &str,
-    ) -> Result<MessageView, EngineError> {
+    /// Encrypts a text message into the outbox, without touching the network. It is
+    /// delivered by [`Engine::deliver`] or the next [`Engine::sync`], even after a crash.
+    pub fn queue_text(&mut self, group: &str, text: &str) -> Result<QueuedMessage, EngineError> {
         if text.trim().is_empty() {
             return Err(EngineError::Invalid("message is empty".into()));
         }
@@ -1221,9 +1224,18 @@ impl Engine {
                 text: text.to_string(),
             },
         )?;
+        Ok(QueuedMessage { group_id, id })
+    }
+
+    /// Sends the outbox up to and including `queued`; succeeds once the relay has durably stored it.
+    pub async fn deliver(
+        &mut self,
+        conn: &RelayConnection,
+        queued: &QueuedMessage,
+    ) -> Result<MessageView, EngineError> {
         let mut report = SyncReport::default();
         self.flush_outbox(conn, &mut report).await?;
-        let view = self.message_by_id(&group_id, &id)?;
+        let view = self.message_by_id(&queued.group_id, &queued.id)?;
         if view.status != "sent" {
             return Err(EngineError::Invalid(format!(
                 "message was not delivered: {}",
@@ -1231,6 +1243,17 @@ impl Engine {
             )));
         }
         Ok(view)
+    }
+
+    /// Queues and delivers a text message.
+    pub async fn send_text(
+        &mut self,
+        conn: &RelayConnection,
+        group: &str,
+        text: &str,
+    ) -> Result<MessageView, EngineError> {
+        let queued = self.queue_text(group, text)?;
+        self.deliver(conn, &queued).await
     }
 
     /// Re-encrypts an outbox entry for the group's current epoch.
