@@ -15,3 +15,6 @@ mod schema;
 pub use connection::ConnectionState;
 pub use error::StoreError;
 pub use relay::{Outcome, Relay, RelayStats, Session};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,628 @@
+//! The relay core driven directly, with real MLS clients in memory: no sockets.
+
+use crate::{Relay, Session};
+use muster_proto::{
+    auth_transcript, device_id_for, enrol_transcript, now_unix, AckItem, Certificate,
+    CertificateBody, Delivery, ErrorCode, OrgDescriptor, OrgRootKey, Profile, Request, Response,
+    Role,
+};
+use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
+use openmls::prelude::*;
+use openmls_basic_credential::SignatureKeyPair;
+use openmls_rust_crypto::OpenMlsRustCrypto;
+use openmls_traits::signatures::Signer as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+const SUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+
+struct TestDir(PathBuf);
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Device {
+    provider: OpenMlsRustCrypto,
+    signer: SignatureKeyPair,
+    cert: Certificate,
+    session: Session,
+}
+
+impl Device {
+    fn credential(&self) -> CredentialWithKey {
+        CredentialWithKey {
+            credential: BasicCredential::new(self.cert.to_bytes()).into(),
+            signature_key: self.signer.public().into(),
+        }
+    }
+
+    fn key_package(&self) -> Vec<u8> {
+        KeyPackage::builder()
+            .build(SUITE, &self.provider, &self.signer, self.credential())
+            .unwrap()
+            .key_package()
+            .tls_serialize_detached()
+            .unwrap()
+    }
+}
+
+struct World {
+    _dir: TestDir,
+    relay: Relay,
+    root: OrgRootKey,
+    org: OrgDescriptor,
+    admin: Device,
+}
+
+fn config() -> MlsGroupCreateConfig {
+    MlsGroupCreateConfig::builder()
+        .ciphersuite(SUITE)
+        .use_ratchet_tree_extension(true)
+        .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
+        .build()
+}
+
+fn bytes(m: &MlsMessageOut) -> Vec<u8> {
+    m.tls_serialize_detached().unwrap()
+}
+
+fn cert_for(
+    root: &OrgRootKey,
+    org: &OrgDescriptor,
+    user: &str,
+    key: &[u8],
+    admin: bool,
+) -> Certificate {
+    let now = now_unix();
+    root.sign(CertificateBody {
+        org_id: org.org_id.clone(),
+        user: user.into(),
+        device_id: device_id_for(key),
+        device_key: key.to_vec(),
+        profile: Profile {
+            display_name: user.into(),
+            ..Default::default()
+        },
+        roles: if admin {
+            vec![Role::Admin, Role::Member]
+        } else {
+            vec![Role::Member]
+        },
+        not_before: now - 10,
+        not_after: now + 3600,
+    })
+}
+
+fn login(relay: &Relay, signer: &SignatureKeyPair) -> Result<Session, muster_proto::RelayError> {
+    let nonce = relay.challenge();
+    let sig = signer
+        .sign(&auth_transcript(relay.fingerprint(), &nonce))
+        .unwrap();
+    relay.authenticate(signer.public(), &nonce, &sig)
+}
+
+fn ok(outcome: crate::Outcome) -> Response {
+    match outcome.response {
+        Response::Error(e) => panic!("refused: {e:?}"),
+        r => r,
+    }
+}
+
+fn refused(outcome: crate::Outcome) -> ErrorCode {
+    match outcome.response {
+        Response::Error(e) => e.code,
+        r => panic!("expected a refusal, got {r:?}"),
+    }
+}
+
+impl World {
+    fn new() -> Self {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "muster-relay-core-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut relay = Relay::open(&dir.join("relay.db"), "f".repeat(64)).unwrap();
+        let root = OrgRootKey::generate();
+        let org = OrgDescriptor {
+            org_id: "org1".into(),
+            name: "Acme".into(),
+            root_public_key: root.public_key(),
+        };
+        let signer = SignatureKeyPair::new(SignatureScheme::ED25519).unwrap();
+        let cert = cert_for(&root, &org, "alice", signer.public(), true);
+        let token = relay.new_bootstrap_token().unwrap();
+        ok(relay.handle_anonymous(Request::Bootstrap {
+            token,
+            org: org.clone(),
+            admin: cert.clone(),
+        }));
+        let session = login(&relay, &signer).unwrap();
+        let admin = Device {
+            provider: OpenMlsRustCrypto::default(),
+            signer,
+            cert,
+            session,
+        };
+        Self {
+            _dir: TestDir(dir),
+            relay,
+            root,
+            org,
+            admin,
+        }
+    }
+
+    /// Invites, enrols and approves a device for `user`, with KeyPackages uploaded.
+    fn enrol(&mut self, user: &str) -> Device {
+        let token = format!("invite-{user}");
+        let hash = ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+            .as_ref()
+            .to_vec();
+        ok(self.relay.handle(
+            &self.admin.session,
+            Request::CreateInvite {
+                user: user.into(),
+                token_hash: hash,
+                expires_at: now_unix() + 60,
+            },
+        ));
+        let signer = SignatureKeyPair::new(SignatureScheme::ED25519).unwrap();
+        let profile = Profile {
+            display_name: user.into(),
+            ..Default::default()
+        };
+        let proof = signer
+            .sign(&enrol_transcript(&token, signer.public(), &profile))
+            .unwrap();
+        ok(self.relay.handle_anonymous(Request::Enrol {
+            invite_token: token,
+            device_key: signer.public().to_vec(),
+            profile,
+            proof,
+        }));
+        assert_eq!(
+            login(&self.relay, &signer).unwrap_err().code,
+            ErrorCode::EnrolmentPending
+        );
+        let cert = cert_for(&self.root, &self.org, user, signer.public(), false);
+        ok(self.relay.handle(
+            &self.admin.session,
+            Request::Approve {
+                certificate: cert.clone(),
+            },
+        ));
+        let session = login(&self.relay, &signer).unwrap();
+        let device = Device {
+            provider: OpenMlsRustCrypto::default(),
+            signer,
+            cert,
+            session,
+        };
+        let kps = vec![device.key_package(), device.key_package()];
+        ok(self.relay.handle(
+            &device.session,
+            Request::UploadKeyPackages {
+                key_packages: kps,
+                last_resort: None,
+            },
+        ));
+        device
+    }
+
+    /// Alice creates a group on the relay and adds `members`; they join from their Welcomes.
+    fn group_with(&mut self, members: &[&Device]) -> (MlsGroup, Vec<MlsGroup>) {
+        let a = &self.admin;
+        let mut group = MlsGroup::new(&a.provider, &a.signer, &config(), a.credential()).unwrap();
+        let info = group
+            .export_group_info(a.provider.crypto(), &a.signer, false)
+            .unwrap();
+        ok(self.relay.handle(
+            &a.session,
+            Request::CreateGroup {
+                group_info: bytes(&info),
+                ratchet_tree: group
+                    .export_ratchet_tree()
+                    .tls_serialize_detached()
+                    .unwrap(),
+            },
+        ));
+        let mut kps = Vec::new();
+        for m in members {
+            let Response::KeyPackages(claimed) = ok(self.relay.handle(
+                &a.session,
+                Request::ClaimKeyPackages {
+                    user: m.cert.body.user.clone(),
+                },
+            )) else {
+                panic!()
+            };
+            for c in claimed {
+                kps.push(
+                    KeyPackageIn::tls_deserialize_exact(&c.key_package)
+                        .unwrap()
+                        .validate(a.provider.crypto(), ProtocolVersion::Mls10)
+                        .unwrap(),
+                );
+            }
+        }
+        let mut joined = Vec::new();
+        if !kps.is_empty() {
+            let (commit, welcome, _) = group.add_members(&a.provider, &a.signer, &kps).unwrap();
+            ok(self.relay.handle(
+                &a.session,
+                Request::Commit {
+                    group_id: group.group_id().as_slice().to_vec(),
+                    commit: bytes(&commit),
+                    welcome: Some(bytes(&welcome)),
+                },
+            ));
+            group.merge_pending_commit(&a.provider).unwrap();
+            for m in members {
+                let deliveries = fetch(&mut self.relay, &m.session);
+                let Some(Delivery::Welcome { welcome, .. }) = deliveries.first() else {
+                    panic!("{} got no Welcome: {deliveries:?}", m.cert.body.user)
+                };
+                let MlsMessageBodyIn::Welcome(w) = MlsMessageIn::tls_deserialize_exact(welcome)
+                    .unwrap()
+                    .extract()
+                else {
+                    panic!()
+                };
+                let joined_group = StagedWelcome::new_from_welcome(
+                    &m.provider,
+                    &MlsGroupJoinConfig::builder()
+                        .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
+                        .build(),
+                    w,
+                    None,
+                )
+                .unwrap()
+                .into_group(&m.provider)
+                .unwrap();
+                ack_all(&mut self.relay, &m.session, &deliveries);
+                joined.push(joined_group);
+            }
+        }
+        (group, joined)
+    }
+}
+
+fn fetch(relay: &mut Relay, session: &Session) -> Vec<Delivery> {
+    match ok(relay.handle(session, Request::Fetch { limit: 100 })) {
+        Response::Deliveries(d) => d,
+        r => panic!("{r:?}"),
+    }
+}
+
+fn ack_all(relay: &mut Relay, session: &Session, deliveries: &[Delivery]) {
+    let items = deliveries
+        .iter()
+        .map(|d| match d {
+            Delivery::Welcome { id, .. } => AckItem::Welcome { id: *id },
+            Delivery::Group { group_id, seq, .. } => AckItem::Group {
+                group_id: group_id.clone(),
+                seq: *seq,
+            },
+        })
+        .collect();
+    ok(relay.handle(session, Request::Ack { items }));
+}
+
+fn send(
+    relay: &mut Relay,
+    dev: &Device,
+    group: &mut MlsGroup,
+    text: &[u8],
+    client_id: &[u8],
+) -> crate::Outcome {
+    let msg = group
+        .create_message(&dev.provider, &dev.signer, text)
+        .unwrap();
+    relay.handle(
+        &dev.session,
+        Request::Send {
+            group_id: group.group_id().as_slice().to_vec(),
+            message: bytes(&msg),
+            client_id: client_id.to_vec(),
+        },
+    )
+}
+
+#[test]
+fn a_second_commit_for_the_same_epoch_is_refused_and_the_loser_catches_up() {
+    let mut w = World::new();
+    let bob = w.enrol("bob");
+    let (mut alice_group, mut joined) = w.group_with(&[&bob]);
+    let mut bob_group = joined.remove(0);
+    assert_eq!(alice_group.epoch(), bob_group.epoch());
+    let gid = alice_group.group_id().as_slice().to_vec();
+
+    let a_commit = alice_group
+        .self_update(
+            &w.admin.provider,
+            &w.admin.signer,
+            LeafNodeParameters::default(),
+        )
+        .unwrap();
+    let b_commit = bob_group
+        .self_update(&bob.provider, &bob.signer, LeafNodeParameters::default())
+        .unwrap();
+    let first = w.relay.handle(
+        &w.admin.session,
+        Request::Commit {
+            group_id: gid.clone(),
+            commit: bytes(a_commit.commit()),
+            welcome: None,
+        },
+    );
+    let wake = first.wake.clone();
+    assert!(matches!(ok(first), Response::Stored { .. }));
+    assert!(wake.contains(&bob.session.device_id), "bob is woken");
+    let second = w.relay.handle(
+        &bob.session,
+        Request::Commit {
+            group_id: gid.clone(),
+            commit: bytes(b_commit.commit()),
+            welcome: None,
+        },
+    );
+    let current = alice_group.epoch().as_u64() + 1;
+    assert_eq!(refused(second), ErrorCode::EpochMoved { current });
+    alice_group.merge_pending_commit(&w.admin.provider).unwrap();
+
+    // Bob drops his commit, processes the winner's, and both agree.
+    bob_group
+        .clear_pending_commit(bob.provider.storage())
+        .unwrap();
+    let deliveries = fetch(&mut w.relay, &bob.session);
+    assert_eq!(deliveries.len(), 1);
+    let Delivery::Group { message, .. } = &deliveries[0] else {
+        panic!()
+    };
+    let processed = bob_group
+        .process_message(
+            &bob.provider,
+            MlsMessageIn::tls_deserialize_exact(message)
+                .unwrap()
+                .try_into_protocol_message()
+                .unwrap(),
+        )
+        .unwrap();
+    let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content() else {
+        panic!()
+    };
+    bob_group
+        .merge_staged_commit(&bob.provider, *staged)
+        .unwrap();
+    ack_all(&mut w.relay, &bob.session, &deliveries);
+    assert_eq!(bob_group.epoch(), alice_group.epoch());
+    assert_eq!(
+        bob_group.epoch_authenticator().as_slice(),
+        alice_group.epoch_authenticator().as_slice()
+    );
+    // Bob can talk at the new epoch.
+    assert!(matches!(
+        ok(send(&mut w.relay, &bob, &mut bob_group, b"hi", b"m1")),
+        Response::Stored { .. }
+    ));
+}
+
+#[test]
+fn stale_application_messages_unknown_groups_and_garbage_are_refused() {
+    let mut w = World::new();
+    let bob = w.enrol("bob");
+    let (mut alice_group, mut joined) = w.group_with(&[&bob]);
+    let mut bob_group = joined.remove(0);
+    let gid = alice_group.group_id().as_slice().to_vec();
+    // Bob encrypts at the current epoch, then alice's commit moves the group on.
+    let stale = bob_group
+        .create_message(&bob.provider, &bob.signer, b"late")
+        .unwrap();
+    let c = alice_group
+        .self_update(
+            &w.admin.provider,
+            &w.admin.signer,
+            LeafNodeParameters::default(),
+        )
+        .unwrap();
+    ok(w.relay.handle(
+        &w.admin.session,
+        Request::Commit {
+            group_id: gid.clone(),
+            commit: bytes(c.commit()),
+            welcome: None,
+        },
+    ));
+    let out = w.relay.handle(
+        &bob.session,
+        Request::Send {
+            group_id: gid.clone(),
+            message: bytes(&stale),
+            client_id: b"x".to_vec(),
+        },
+    );
+    assert!(matches!(refused(out), ErrorCode::EpochMoved { .. }));
+
+    let garbage = w.relay.handle(
+        &bob.session,
+        Request::Send {
+            group_id: gid.clone(),
+            message: vec![1, 2, 3],
+            client_id: b"y".to_vec(),
+        },
+    );
+    assert_eq!(refused(garbage), ErrorCode::InvalidMessage);
+    let huge = w.relay.handle(
+        &bob.session,
+        Request::Send {
+            group_id: gid.clone(),
+            message: vec![0; muster_proto::MAX_MLS_MESSAGE + 1],
+            client_id: b"z".to_vec(),
+        },
+    );
+    assert_eq!(refused(huge), ErrorCode::TooLarge);
+
+    // A group the relay never heard of.
+    let a = &w.admin;
+    let mut unknown = MlsGroup::new(&a.provider, &a.signer, &config(), a.credential()).unwrap();
+    let c = unknown
+        .self_update(&a.provider, &a.signer, LeafNodeParameters::default())
+        .unwrap();
+    let out = w.relay.handle(
+        &a.session,
+        Request::Commit {
+            group_id: unknown.group_id().as_slice().to_vec(),
+            commit: bytes(c.commit()),
+            welcome: None,
+        },
+    );
+    assert_eq!(refused(out), ErrorCode::UnknownGroup);
+}
+
+#[test]
+fn non_members_cannot_post_and_resends_are_stored_once() {
+    let mut w = World::new();
+    let bob = w.enrol("bob");
+    let carol = w.enrol("carol");
+    let (mut alice_group, _) = w.group_with(&[&bob]);
+    let gid = alice_group.group_id().as_slice().to_vec();
+    let msg = alice_group
+        .create_message(&w.admin.provider, &w.admin.signer, b"secret")
+        .unwrap();
+    // Carol (enrolled, not a member) replays alice's ciphertext into the group.
+    let out = w.relay.handle(
+        &carol.session,
+        Request::Send {
+            group_id: gid.clone(),
+            message: bytes(&msg),
+            client_id: b"c1".to_vec(),
+        },
+    );
+    assert_eq!(refused(out), ErrorCode::NotMember);
+    // Alice's resend after a lost answer is stored once.
+    let send_once = |relay: &mut Relay| match ok(relay.handle(
+        &w.admin.session,
+        Request::Send {
+            group_id: gid.clone(),
+            message: bytes(&msg),
+            client_id: b"a1".to_vec(),
+        },
+    )) {
+        Response::Stored { seq } => seq,
+        r => panic!("{r:?}"),
+    };
+    let first = send_once(&mut w.relay);
+    let again = send_once(&mut w.relay);
+    assert_eq!(first, again);
+    // Bob receives it until he acknowledges it, then never again.
+    let d1 = fetch(&mut w.relay, &bob.session);
+    assert_eq!(d1.len(), 1);
+    assert_eq!(fetch(&mut w.relay, &bob.session), d1);
+    ack_all(&mut w.relay, &bob.session, &d1);
+    assert!(fetch(&mut w.relay, &bob.session).is_empty());
+    // Carol never sees the group's traffic.
+    assert!(fetch(&mut w.relay, &carol.session).is_empty());
+}
+
+#[test]
+fn a_member_with_a_certificate_from_another_root_cannot_be_added() {
+    let mut w = World::new();
+    let (mut group, _) = w.group_with(&[]);
+    // Mallory's certificate is signed by a root of her own making.
+    let other_root = OrgRootKey::generate();
+    let signer = SignatureKeyPair::new(SignatureScheme::ED25519).unwrap();
+    let mallory = Device {
+        provider: OpenMlsRustCrypto::default(),
+        cert: cert_for(&other_root, &w.org, "mallory", signer.public(), false),
+        signer,
+        session: w.admin.session.clone(),
+    };
+    let kp = KeyPackageIn::tls_deserialize_exact(&mallory.key_package())
+        .unwrap()
+        .validate(w.admin.provider.crypto(), ProtocolVersion::Mls10)
+        .unwrap();
+    let epoch = group.epoch();
+    let (commit, welcome, _) = group
+        .add_members(&w.admin.provider, &w.admin.signer, &[kp])
+        .unwrap();
+    let out = w.relay.handle(
+        &w.admin.session,
+        Request::Commit {
+            group_id: group.group_id().as_slice().to_vec(),
+            commit: bytes(&commit),
+            welcome: Some(bytes(&welcome)),
+        },
+    );
+    assert_eq!(refused(out), ErrorCode::InvalidCertificate);
+    // The group did not move: a valid commit for the same epoch is still accepted.
+    group
+        .clear_pending_commit(w.admin.provider.storage())
+        .unwrap();
+    assert_eq!(group.epoch(), epoch);
+    let c = group
+        .self_update(
+            &w.admin.provider,
+            &w.admin.signer,
+            LeafNodeParameters::default(),
+        )
+        .unwrap();
+    assert!(matches!(
+        ok(w.relay.handle(
+            &w.admin.session,
+            Request::Commit {
+                group_id: group.group_id().as_slice().to_vec(),
+                commit: bytes(c.commit()),
+                welcome: None,
+            },
+        )),
+        Response::Stored { .. }
+    ));
+}
+
+#[test]
+fn only_admins_invite_and_approve_and_devices_cannot_upload_foreign_key_packages() {
+    let mut w = World::new();
+    let bob = w.enrol("bob");
+    let carol = w.enrol("carol");
+    let out = w.relay.handle(
+        &bob.session,
+        Request::CreateInvite {
+            user: "eve".into(),
+            token_hash: vec![0; 32],
+            expires_at: now_unix() + 60,
+        },
+    );
+    assert_eq!(refused(out), ErrorCode::Forbidden);
+    assert_eq!(
+        refused(w.relay.handle(&bob.session, Request::ListPending)),
+        ErrorCode::Forbidden
+    );
+    // Bob uploads a KeyPackage that belongs to carol.
+    let out = w.relay.handle(
+        &bob.session,
+        Request::UploadKeyPackages {
+            key_packages: vec![carol.key_package()],
+            last_resort: None,
+        },
+    );
+    assert_eq!(refused(out), ErrorCode::InvalidMessage);
+    // A challenge signed for another relay does not authenticate here.
+    let nonce = w.relay.challenge();
+    let sig = bob
+        .signer
+        .sign(&auth_transcript("other-relay", &nonce))
+        .unwrap();
+    assert_eq!(
+        w.relay
+            .authenticate(bob.signer.public(), &nonce, &sig)
+            .unwrap_err()
+            .code,
+        ErrorCode::Unauthenticated
+    );
+}
