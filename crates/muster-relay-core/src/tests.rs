@@ -543,7 +543,7 @@ fn a_member_with_a_certificate_from_another_root_cannot_be_added() {
         signer,
         session: w.admin.session.clone(),
     };
-    let kp = KeyPackageIn::tls_deserialize_exact(&mallory.key_package())
+    let kp = KeyPackageIn::tls_deserialize_exact(mallory.key_package())
         .unwrap()
         .validate(w.admin.provider.crypto(), ProtocolVersion::Mls10)
         .unwrap();
