@@ -15,7 +15,7 @@ use openmls::prelude::*;
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_rust_crypto::RustCrypto;
 use openmls_traits::signatures::Signer as _;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -957,7 +957,9 @@ impl Engine {
                 return Ok(());
             }
             let proposal = {
-                let tx = self.db.transaction()?;
+                let tx = self
+                    .db
+                    .transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let provider = Provider::new(&self.crypto, &tx);
                 let mut group = load_group(&provider, &group_id)?;
                 if group.members().count() == 1 {
@@ -1045,7 +1047,9 @@ impl Engine {
                 return Err(EngineError::NotActive(name));
             }
             let (commit, welcome) = {
-                let tx = self.db.transaction()?;
+                let tx = self
+                    .db
+                    .transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let provider = Provider::new(&self.crypto, &tx);
                 let mut group = load_group(&provider, group_id)?;
                 let Some((commit, welcome)) = build(&mut group, &provider, &signer)? else {
@@ -1069,7 +1073,9 @@ impl Engine {
                 .await;
             match result {
                 Ok(Response::Stored { seq }) => {
-                    let tx = self.db.transaction()?;
+                    let tx = self
+                        .db
+                        .transaction_with_behavior(TransactionBehavior::Immediate)?;
                     let provider = Provider::new(&self.crypto, &tx);
                     let mut group = load_group(&provider, group_id)?;
                     let notice = describe_pending_commit(&group);
@@ -1109,7 +1115,9 @@ impl Engine {
     }
 
     fn drop_unsent_commit(&mut self, group_id: &[u8]) -> Result<(), EngineError> {
-        let tx = self.db.transaction()?;
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let provider = Provider::new(&self.crypto, &tx);
         if let Some(mut group) = MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))
             .map_err(EngineError::mls)?
@@ -1179,7 +1187,9 @@ impl Engine {
         let signer = self.signer(&device)?;
         let message_id = random_hex(16);
         let envelope = Envelope::new(message_id.clone(), now_ms(), body);
-        let tx = self.db.transaction()?;
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let provider = Provider::new(&self.crypto, &tx);
         let mut group = load_group(&provider, group_id)?;
         let ciphertext = group
@@ -1260,7 +1270,9 @@ impl Engine {
     fn reencrypt(&mut self, client_id: &[u8]) -> Result<(), EngineError> {
         let device = self.device()?;
         let signer = self.signer(&device)?;
-        let tx = self.db.transaction()?;
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let (group_id, envelope): (Vec<u8>, Vec<u8>) = tx.query_row(
             "SELECT group_id, envelope FROM outbox WHERE client_id = ?1",
             [client_id],
@@ -1310,7 +1322,9 @@ impl Engine {
                     .await;
                 match result {
                     Ok(Response::Stored { seq }) => {
-                        let tx = self.db.transaction()?;
+                        let tx = self
+                            .db
+                            .transaction_with_behavior(TransactionBehavior::Immediate)?;
                         tx.execute("DELETE FROM outbox WHERE client_id = ?1", [&client_id])?;
                         tx.execute(
                             "UPDATE messages SET status = 'sent', relay_seq = ?3 WHERE group_id = ?1 AND id = ?2",
@@ -1364,7 +1378,9 @@ impl Engine {
         why: &str,
         report: &mut SyncReport,
     ) -> Result<(), EngineError> {
-        let tx = self.db.transaction()?;
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute("DELETE FROM outbox WHERE client_id = ?1", [client_id])?;
         tx.execute(
             "UPDATE messages SET status = 'failed' WHERE group_id = ?1 AND id = ?2",
@@ -1542,7 +1558,9 @@ impl Engine {
         report: &mut SyncReport,
     ) -> Result<(), EngineError> {
         let device = self.device()?;
-        let tx = self.db.transaction()?;
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let provider = Provider::new(&self.crypto, &tx);
         let result = (|| -> Result<(MlsGroup, String), String> {
             let message = MlsMessageIn::tls_deserialize_exact(bytes)
@@ -1610,7 +1628,9 @@ impl Engine {
         report: &mut SyncReport,
     ) -> Result<(), EngineError> {
         let device = self.device()?;
-        let tx = self.db.transaction()?;
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let last: i64 = tx
             .query_row(
                 "SELECT last_seq FROM cursors WHERE group_id = ?1",

@@ -12,7 +12,7 @@ use openmls::prelude::tls_codec::Deserialize as _;
 use openmls::prelude::*;
 use openmls_rust_crypto::RustCrypto;
 use ring::signature::{UnparsedPublicKey, ED25519};
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use std::collections::BTreeSet;
 use std::path::Path;
 
@@ -327,7 +327,9 @@ impl Relay {
         org: OrgDescriptor,
         admin: Certificate,
     ) -> Result<Outcome, Failure> {
-        let tx = self.db.transaction()?;
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         if load_org(&tx)?.is_some() {
             return Err(refuse(
                 ErrorCode::OrgExists,
@@ -400,7 +402,9 @@ impl Relay {
                 "display name must be 1-100 characters",
             ));
         }
-        let tx = self.db.transaction()?;
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let invite: Option<(String, i64, Option<i64>)> = tx
             .query_row(
                 "SELECT user, expires_at, used_at FROM invites WHERE token_hash = ?1",
@@ -514,7 +518,9 @@ impl Relay {
         let org = self.require_org()?;
         cert.verify(&org, now_unix())
             .map_err(|e| refuse(ErrorCode::InvalidCertificate, e.to_string()))?;
-        let tx = self.db.transaction()?;
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let row: Option<(String, Vec<u8>, String)> = tx
             .query_row(
                 "SELECT user, device_key, status FROM devices WHERE device_id = ?1",
@@ -616,7 +622,9 @@ impl Relay {
                 ));
             }
         }
-        let tx = self.db.transaction()?;
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         for kp in &key_packages {
             tx.execute(
                 "INSERT INTO key_packages (device_id, data, last_resort) VALUES (?1, ?2, 0)",
@@ -651,7 +659,9 @@ impl Relay {
     }
 
     fn claim_key_packages(&mut self, user: &str) -> Result<Outcome, Failure> {
-        let tx = self.db.transaction()?;
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let devices: Vec<String> = {
             let mut stmt = tx.prepare(
                 "SELECT device_id FROM devices WHERE user = ?1 AND status = 'approved' ORDER BY device_id",
@@ -763,7 +773,9 @@ impl Relay {
         let tree = RatchetTreeIn::tls_deserialize_exact(ratchet_tree)
             .map_err(|e| bad(format!("ratchet tree: {e}")))?;
         let group_id = info.group_id().as_slice().to_vec();
-        let tx = self.db.transaction()?;
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let exists = tx
             .query_row(
                 "SELECT 1 FROM groups WHERE group_id = ?1",
@@ -901,7 +913,9 @@ impl Relay {
                 "commits must be MLS PublicMessages of content type commit",
             ));
         }
-        let tx = self.db.transaction()?;
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let (epoch, last_seq) = Self::group_state(&tx, group_id)?;
         Self::check_epoch(message.epoch().as_u64(), epoch)?;
         let storage: Storage = Storage::new(&tx);
@@ -990,7 +1004,9 @@ impl Relay {
                 "proposals must be MLS PublicMessages of content type proposal for this group",
             ));
         }
-        let tx = self.db.transaction()?;
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let (epoch, last_seq) = Self::group_state(&tx, group_id)?;
         Self::check_epoch(message.epoch().as_u64(), epoch)?;
         let storage: Storage = Storage::new(&tx);
@@ -1061,7 +1077,9 @@ impl Relay {
                 "message is for another group",
             ));
         }
-        let tx = self.db.transaction()?;
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let existing: Option<i64> = tx
             .query_row(
                 "SELECT seq FROM messages WHERE sender_device = ?1 AND client_id = ?2",
@@ -1147,7 +1165,9 @@ impl Relay {
                 "too many acknowledgements at once",
             ));
         }
-        let tx = self.db.transaction()?;
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         for item in items {
             match item {
                 AckItem::Welcome { id } => {
