@@ -877,6 +877,53 @@ impl Relay {
         }
     }
 
+    /// Checks a handshake message (commit or proposal) against the group's current state:
+    /// right group, PublicMessage of the expected content type, current epoch, valid
+    /// signature and membership, sent by a leaf of this device.
+    fn open_handshake(
+        tx: &Transaction,
+        crypto: &RustCrypto,
+        session: &Session,
+        group_id: &[u8],
+        message: ProtocolMessage,
+        expected: ContentType,
+    ) -> Result<(PublicGroup, ProcessedMessage, u64, u64), Failure> {
+        let kind = if expected == ContentType::Commit {
+            "commit"
+        } else {
+            "proposal"
+        };
+        if message.group_id().as_slice() != group_id {
+            return Err(refuse(
+                ErrorCode::BadRequest,
+                format!("{kind} is for another group"),
+            ));
+        }
+        if !matches!(message, ProtocolMessage::PublicMessage(_))
+            || message.content_type() != expected
+        {
+            return Err(refuse(
+                ErrorCode::InvalidMessage,
+                format!("a {kind} must be an MLS PublicMessage of content type {kind}"),
+            ));
+        }
+        let (epoch, last_seq) = Self::group_state(tx, group_id)?;
+        Self::check_epoch(message.epoch().as_u64(), epoch)?;
+        let group = PublicGroup::load(&Storage::new(tx), &GroupId::from_slice(group_id))
+            .map_err(|e| Failure::Store(StoreError::Sql(e)))?
+            .ok_or_else(|| Failure::Store(StoreError::Corrupt("group state missing".into())))?;
+        let processed = group
+            .process_message(crypto, message)
+            .map_err(|e| refuse(ErrorCode::InvalidMessage, format!("{kind} rejected: {e}")))?;
+        if Self::sender_device(&group, processed.sender()).as_deref() != Some(&session.device_id) {
+            return Err(refuse(
+                ErrorCode::NotMember,
+                format!("{kind} must be sent by a member leaf belonging to this device"),
+            ));
+        }
+        Ok((group, processed, epoch, last_seq))
+    }
+
     fn commit(
         &mut self,
         session: &Session,
@@ -902,41 +949,22 @@ impl Relay {
                 ));
             }
         }
-        if message.group_id().as_slice() != group_id {
-            return Err(refuse(ErrorCode::BadRequest, "commit is for another group"));
-        }
-        if !matches!(message, ProtocolMessage::PublicMessage(_))
-            || message.content_type() != ContentType::Commit
-        {
-            return Err(refuse(
-                ErrorCode::InvalidMessage,
-                "commits must be MLS PublicMessages of content type commit",
-            ));
-        }
         let tx = self
             .db
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (epoch, last_seq) = Self::group_state(&tx, group_id)?;
-        Self::check_epoch(message.epoch().as_u64(), epoch)?;
-        let storage: Storage = Storage::new(&tx);
-        let mls_group_id = GroupId::from_slice(group_id);
-        let mut group = PublicGroup::load(&storage, &mls_group_id)
-            .map_err(|e| Failure::Store(StoreError::Sql(e)))?
-            .ok_or_else(|| Failure::Store(StoreError::Corrupt("group state missing".into())))?;
-        let processed = group
-            .process_message(&self.crypto, message)
-            .map_err(|e| refuse(ErrorCode::InvalidMessage, format!("commit rejected: {e}")))?;
-        if Self::sender_device(&group, processed.sender()).as_deref() != Some(&session.device_id) {
-            return Err(refuse(
-                ErrorCode::NotMember,
-                "commit must be sent by a member leaf belonging to this device",
-            ));
-        }
+        let (mut group, processed, epoch, last_seq) = Self::open_handshake(
+            &tx,
+            &self.crypto,
+            session,
+            group_id,
+            message,
+            ContentType::Commit,
+        )?;
         let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content() else {
             return Err(refuse(ErrorCode::InvalidMessage, "not a commit"));
         };
         group
-            .merge_commit(&storage, *staged)
+            .merge_commit(&Storage::new(&tx), *staged)
             .map_err(|e| Failure::Store(StoreError::Corrupt(format!("merge commit: {e}"))))?;
         let after = Self::roster_devices(&tx, &org, &group)?;
         let before = Self::current_members(&tx, group_id)?;
@@ -995,39 +1023,22 @@ impl Relay {
         proposal: &[u8],
     ) -> Result<Outcome, Failure> {
         let message = parse_protocol_message(proposal)?;
-        if message.group_id().as_slice() != group_id
-            || !matches!(message, ProtocolMessage::PublicMessage(_))
-            || message.content_type() != ContentType::Proposal
-        {
-            return Err(refuse(
-                ErrorCode::InvalidMessage,
-                "proposals must be MLS PublicMessages of content type proposal for this group",
-            ));
-        }
         let tx = self
             .db
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (epoch, last_seq) = Self::group_state(&tx, group_id)?;
-        Self::check_epoch(message.epoch().as_u64(), epoch)?;
-        let storage: Storage = Storage::new(&tx);
-        let group = PublicGroup::load(&storage, &GroupId::from_slice(group_id))
-            .map_err(|e| Failure::Store(StoreError::Sql(e)))?
-            .ok_or_else(|| Failure::Store(StoreError::Corrupt("group state missing".into())))?;
-        let processed = group
-            .process_message(&self.crypto, message)
-            .map_err(|e| refuse(ErrorCode::InvalidMessage, format!("proposal rejected: {e}")))?;
-        if Self::sender_device(&group, processed.sender()).as_deref() != Some(&session.device_id) {
-            return Err(refuse(
-                ErrorCode::NotMember,
-                "proposal must be sent by a member leaf belonging to this device",
-            ));
-        }
+        let (mut group, processed, epoch, last_seq) = Self::open_handshake(
+            &tx,
+            &self.crypto,
+            session,
+            group_id,
+            message,
+            ContentType::Proposal,
+        )?;
         let ProcessedMessageContent::ProposalMessage(queued) = processed.into_content() else {
             return Err(refuse(ErrorCode::InvalidMessage, "not a proposal"));
         };
-        let mut group = group;
         group
-            .add_proposal(&storage, *queued)
+            .add_proposal(&Storage::new(&tx), *queued)
             .map_err(|e| Failure::Store(StoreError::Sql(e)))?;
         let seq = last_seq + 1;
         Self::append(
