@@ -165,3 +165,29 @@ fn adding_a_device_whose_key_packages_ran_out_uses_its_last_resort() {
         assert_eq!(bob.texts(g), [format!("hello {g}")]);
     }
 }
+
+#[test]
+fn ctrl_c_stops_the_relay_cleanly_and_a_restart_keeps_everything() {
+    let mut org = Org::new("ctrlc");
+    let bob = org.enrol("bob");
+    org.admin
+        .ok(&["group", "create", "ops", "--members", "bob"]);
+    org.admin.ok(&["send", "ops", "before the restart"]);
+    assert!(
+        org.relay.interrupt(),
+        "relay did not exit cleanly on SIGINT"
+    );
+    org.relay.revive();
+    assert!(
+        org.relay.bootstrap_token.is_none(),
+        "org survives the restart"
+    );
+    bob.ok(&["sync"]);
+    assert_eq!(bob.texts("ops"), ["before the restart"]);
+    bob.ok(&["send", "ops", "after the restart"]);
+    org.admin.ok(&["sync"]);
+    assert_eq!(
+        org.admin.texts("ops"),
+        ["before the restart", "after the restart"]
+    );
+}

@@ -135,6 +135,31 @@ impl Relay {
         }
     }
 
+    /// Interrupts the relay as Ctrl-C would and waits for it to exit; returns whether it
+    /// exited successfully.
+    pub fn interrupt(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        let sent = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(sent, "could not send SIGINT to the relay");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for relay") {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Kills and restarts the relay on the same address and data directory.
     pub fn restart(&mut self) {
         self.kill();
