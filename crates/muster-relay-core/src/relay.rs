@@ -55,6 +55,8 @@ const KIND_APPLICATION: &str = "application";
 const KIND_COMMIT: &str = "commit";
 const KIND_PROPOSAL: &str = "proposal";
 const MAX_FETCH: u32 = 500;
+/// Message bytes in one fetch answer; a single message (at most 1 MiB) always fits a frame.
+const FETCH_BYTES: usize = 1024 * 1024;
 const MAX_KEY_PACKAGES_PER_UPLOAD: usize = 100;
 
 /// The relay's state: one SQLite database holding organisation, devices, groups and queues.
@@ -1133,6 +1135,7 @@ impl Relay {
     fn fetch(&self, session: &Session, limit: u32) -> Result<Outcome, Failure> {
         let limit = limit.clamp(1, MAX_FETCH) as i64;
         let mut deliveries = Vec::new();
+        let mut budget = FetchBudget::default();
         let mut stmt = self.db.prepare(
             "SELECT id, group_id, data FROM welcomes WHERE device_id = ?1 ORDER BY id LIMIT ?2",
         )?;
@@ -1143,7 +1146,11 @@ impl Relay {
                 welcome: r.get(2)?,
             })
         })? {
-            deliveries.push(row?);
+            let delivery = row?;
+            if !budget.admit(&delivery) {
+                return Ok(Outcome::reply(Response::Deliveries(deliveries)));
+            }
+            deliveries.push(delivery);
         }
         let remaining = limit - deliveries.len() as i64;
         if remaining > 0 {
@@ -1163,7 +1170,11 @@ impl Relay {
                     message: r.get(2)?,
                 })
             })? {
-                deliveries.push(row?);
+                let delivery = row?;
+                if !budget.admit(&delivery) {
+                    break;
+                }
+                deliveries.push(delivery);
             }
         }
         Ok(Outcome::reply(Response::Deliveries(deliveries)))
@@ -1198,6 +1209,27 @@ impl Relay {
         }
         tx.commit()?;
         Ok(Outcome::reply(Response::Ok))
+    }
+}
+
+/// Keeps one fetch answer within a frame: at least one delivery, then up to
+/// [`FETCH_BYTES`] of message bytes.
+#[derive(Default)]
+struct FetchBudget {
+    used: usize,
+}
+
+impl FetchBudget {
+    fn admit(&mut self, delivery: &Delivery) -> bool {
+        let size = match delivery {
+            Delivery::Welcome { welcome, .. } => welcome.len(),
+            Delivery::Group { message, .. } => message.len(),
+        };
+        if self.used > 0 && self.used + size > FETCH_BYTES {
+            return false;
+        }
+        self.used += size.max(1);
+        true
     }
 }
 

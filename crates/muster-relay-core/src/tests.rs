@@ -626,3 +626,41 @@ fn only_admins_invite_and_approve_and_devices_cannot_upload_foreign_key_packages
         ErrorCode::Unauthenticated
     );
 }
+
+#[test]
+fn large_backlogs_are_fetched_in_frames_that_fit() {
+    let mut w = World::new();
+    let bob = w.enrol("bob");
+    let (mut group, _) = w.group_with(&[&bob]);
+    let big = vec![b'x'; 300 * 1024];
+    for i in 0..8u8 {
+        let dev = &w.admin;
+        let msg = group
+            .create_message(&dev.provider, &dev.signer, &big)
+            .unwrap();
+        ok(w.relay.handle(
+            &dev.session,
+            Request::Send {
+                group_id: group.group_id().as_slice().to_vec(),
+                message: bytes(&msg),
+                client_id: vec![i + 1],
+            },
+        ));
+    }
+    let mut total = 0;
+    loop {
+        let outcome = w.relay.handle(&bob.session, Request::Fetch { limit: 500 });
+        let encoded = muster_proto::encode(&outcome.response).expect("answer fits a frame");
+        assert!(encoded.len() <= muster_proto::MAX_FRAME);
+        let Response::Deliveries(d) = outcome.response else {
+            panic!()
+        };
+        if d.is_empty() {
+            break;
+        }
+        assert!(d.len() < 8, "backlog is split");
+        total += d.len();
+        ack_all(&mut w.relay, &bob.session, &d);
+    }
+    assert_eq!(total, 8);
+}
