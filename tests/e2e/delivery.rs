@@ -191,3 +191,25 @@ fn ctrl_c_stops_the_relay_cleanly_and_a_restart_keeps_everything() {
         ["before the restart", "after the restart"]
     );
 }
+
+#[test]
+fn send_reads_text_from_standard_input() {
+    let org = Org::new("stdin");
+    org.admin.ok(&["group", "create", "ops"]);
+    let mut child = org
+        .admin
+        .command()
+        .args(["send", "ops", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all("line one\nline two\n".as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(org.admin.texts("ops"), ["line one\nline two"]);
+}
