@@ -87,6 +87,23 @@ enum Command {
     Chat { group: String },
     /// Show who this device is.
     Whoami(JsonFlag),
+    /// List enrolled colleagues with their approved attributes and roles.
+    Directory(JsonFlag),
+    /// Administration.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Show the relay's audit log: metadata events only, never content.
+    Audit {
+        /// How many of the latest events to show.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -417,6 +434,48 @@ async fn run(cli: Cli) -> Result<(), EngineError> {
             }
         }
         Command::Chat { group } => chat(&mut engine, &group).await?,
+        Command::Directory(flag) => {
+            let conn = connected(&mut engine).await?;
+            let entries = engine.directory(&conn).await;
+            conn.close().await;
+            for e in entries? {
+                if flag.json {
+                    print_json(&e);
+                } else {
+                    let extra: Vec<&str> = [e.title.as_deref(), e.department.as_deref()]
+                        .into_iter()
+                        .flatten()
+                        .collect();
+                    println!(
+                        "{:<16} {}{}  [{}]",
+                        e.user,
+                        e.display_name,
+                        if extra.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({})", extra.join(", "))
+                        },
+                        e.roles.join(", ")
+                    );
+                }
+            }
+        }
+        Command::Admin(AdminCommand::Audit { limit, json }) => {
+            let conn = connected(&mut engine).await?;
+            let events = engine.audit(&conn, limit).await;
+            conn.close().await;
+            for e in events? {
+                if json {
+                    print_json(&e);
+                } else {
+                    let group = e.group.map(|g| format!(" in {g}")).unwrap_or_default();
+                    println!(
+                        "{}  {:<20} {} -> {}{group}",
+                        e.at, e.event, e.actor, e.subject
+                    );
+                }
+            }
+        }
         Command::Whoami(flag) => {
             let (user, device, org) = engine.whoami()?;
             if flag.json {

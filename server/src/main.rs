@@ -37,6 +37,17 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         data: PathBuf,
     },
+    /// Print the audit log: metadata events only (enrolments, logins, group changes), never content.
+    Audit {
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// How many of the latest events to show.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print one JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print counts of devices, groups and stored messages.
     Stats {
         #[arg(long, value_name = "DIR")]
@@ -62,6 +73,7 @@ fn main() -> ExitCode {
             .and_then(|rt| rt.block_on(server::serve(data, listen))),
         Command::BootstrapToken { data } => server::bootstrap_token(&data),
         Command::Stats { data } => server::stats(&data),
+        Command::Audit { data, limit, json } => server::audit(&data, limit, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -58,6 +58,37 @@ pub fn stats(data: &Path) -> Result<(), ServeError> {
     Ok(())
 }
 
+pub fn audit(data: &Path, limit: usize, json: bool) -> Result<(), ServeError> {
+    let relay = open_existing(data)?;
+    for e in relay.audit_events(limit)? {
+        let at = rfc3339(e.at);
+        let group = e.group.as_deref().map(hex::encode);
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "at": at, "event": e.event, "actor": e.actor,
+                    "subject": e.subject, "group": group,
+                })
+            );
+        } else {
+            let group = group.map(|g| format!(" group {g}")).unwrap_or_default();
+            println!("{at}  {:<20} {} -> {}{group}", e.event, e.actor, e.subject);
+        }
+    }
+    Ok(())
+}
+
+fn rfc3339(secs: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(secs as i64)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| secs.to_string())
+}
+
 /// Open connections of each authenticated device, for pushes.
 #[derive(Default)]
 struct Connected {

@@ -1,5 +1,6 @@
 //! End-to-end tests: a real relay process and real `muster` devices on loopback.
 
+mod admin;
 mod delivery;
 mod enrolment;
 mod groups;

@@ -83,6 +83,28 @@ pub struct QueuedMessage {
     pub id: String,
 }
 
+/// One audit log event as an admin sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditView {
+    pub at: String,
+    pub event: String,
+    pub actor: String,
+    pub subject: String,
+    /// The group's local name when this device knows it, else its hex id.
+    pub group: Option<String>,
+}
+
+/// A colleague in the organisation directory, from their signed certificates.
+#[derive(Debug, Clone, Serialize)]
+pub struct DirectoryEntry {
+    pub user: String,
+    pub display_name: String,
+    pub title: Option<String>,
+    pub department: Option<String>,
+    pub roles: Vec<String>,
+    pub devices: usize,
+}
+
 /// What a sync did.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct SyncReport {
@@ -696,6 +718,80 @@ impl Engine {
         .await
         .map_err(from_net)?;
         Ok(request.device_id)
+    }
+
+    /// (admin) The relay's latest audit events.
+    pub async fn audit(
+        &self,
+        conn: &RelayConnection,
+        limit: u32,
+    ) -> Result<Vec<AuditView>, EngineError> {
+        let Response::Audit(events) = conn
+            .request(&Request::Audit { limit })
+            .await
+            .map_err(from_net)?
+        else {
+            return Err(EngineError::Invalid("unexpected answer to Audit".into()));
+        };
+        Ok(events
+            .into_iter()
+            .map(|e| AuditView {
+                at: rfc3339_ms(e.at as i64 * 1000),
+                event: e.event,
+                actor: e.actor,
+                subject: e.subject,
+                group: e.group.map(|g| {
+                    self.db
+                        .query_row("SELECT name FROM groups WHERE group_id = ?1", [&g], |r| {
+                            r.get(0)
+                        })
+                        .unwrap_or_else(|_| group_hex(&g))
+                }),
+            })
+            .collect())
+    }
+
+    /// Enrolled colleagues, from certificates verified against the pinned organisation root.
+    pub async fn directory(
+        &self,
+        conn: &RelayConnection,
+    ) -> Result<Vec<DirectoryEntry>, EngineError> {
+        let device = self.device()?;
+        let Response::Directory(certs) =
+            conn.request(&Request::Directory).await.map_err(from_net)?
+        else {
+            return Err(EngineError::Invalid(
+                "unexpected answer to Directory".into(),
+            ));
+        };
+        let mut entries: Vec<DirectoryEntry> = Vec::new();
+        for cert in certs {
+            if let Err(e) = cert.verify(&device.org, now_unix()) {
+                tracing::warn!(user = %cert.body.user, error = %e, "skipping unverifiable directory entry");
+                continue;
+            }
+            let body = cert.body;
+            match entries.iter_mut().find(|e| e.user == body.user) {
+                Some(entry) => entry.devices += 1,
+                None => entries.push(DirectoryEntry {
+                    user: body.user,
+                    display_name: body.profile.display_name,
+                    title: body.profile.title,
+                    department: body.profile.department,
+                    roles: body
+                        .roles
+                        .iter()
+                        .map(|r| match r {
+                            Role::Admin => "admin".to_string(),
+                            Role::Member => "member".to_string(),
+                        })
+                        .collect(),
+                    devices: 1,
+                }),
+            }
+        }
+        entries.sort_by(|a, b| a.user.cmp(&b.user));
+        Ok(entries)
     }
 
     // ---- groups -------------------------------------------------------------------

@@ -12,7 +12,10 @@ mod provider;
 mod store;
 
 pub use content::{Body, Envelope};
-pub use engine::{Engine, GroupView, MessageView, PendingView, QueuedMessage, SyncReport};
+pub use engine::{
+    AuditView, DirectoryEntry, Engine, GroupView, MessageView, PendingView, QueuedMessage,
+    SyncReport,
+};
 pub use error::EngineError;
 pub use muster_net::client::PushHandle;
 pub use muster_net::RelayConnection;

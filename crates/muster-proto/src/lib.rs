@@ -12,7 +12,7 @@ pub use identity::{
 };
 pub use invite::{InviteCode, InviteError};
 pub use wire::{
-    auth_transcript, decode, encode, enrol_transcript, AckItem, ClaimedKeyPackage, Delivery,
-    ErrorCode, PendingEnrolment, Push, RelayError, Request, Response, WireError, MAX_FRAME,
-    MAX_MLS_MESSAGE,
+    auth_transcript, decode, encode, enrol_transcript, AckItem, AuditEvent, ClaimedKeyPackage,
+    Delivery, ErrorCode, PendingEnrolment, Push, RelayError, Request, Response, WireError,
+    MAX_FRAME, MAX_MLS_MESSAGE,
 };

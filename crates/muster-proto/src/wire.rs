@@ -87,6 +87,10 @@ pub enum Request {
     Ack {
         items: Vec<AckItem>,
     },
+    /// (admin) The latest metadata events of the relay's audit log.
+    Audit {
+        limit: u32,
+    },
 }
 
 /// The relay's answer to one request.
@@ -117,6 +121,23 @@ pub enum Response {
     },
     Deliveries(Vec<Delivery>),
     Error(RelayError),
+    Audit(Vec<AuditEvent>),
+}
+
+/// One metadata event in the relay's audit log. Never content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+    /// `org_registered`, `invite_created`, `enrolment_requested`, `enrolment_approved`,
+    /// `enrolment_rejected`, `login`, `group_created`, `member_added`, `member_removed`.
+    pub event: String,
+    /// The user handle that acted.
+    pub actor: String,
+    /// What it acted on: a user handle, a device id, or an organisation name.
+    pub subject: String,
+    /// The group concerned, if any.
+    pub group: Option<Vec<u8>>,
 }
 
 /// An enrolment request waiting for an admin.

@@ -4,7 +4,7 @@ use crate::error::{refuse, Failure, StoreError};
 use crate::mls::{certificate_of, JsonCodec, Storage};
 use crate::schema::SCHEMA;
 use muster_proto::{
-    auth_transcript, enrol_transcript, now_unix, validate_handle, AckItem, Certificate,
+    auth_transcript, enrol_transcript, now_unix, validate_handle, AckItem, AuditEvent, Certificate,
     ClaimedKeyPackage, Delivery, ErrorCode, OrgDescriptor, PendingEnrolment, Profile, RelayError,
     Request, Response, MAX_MLS_MESSAGE,
 };
@@ -156,6 +156,26 @@ impl Relay {
         })
     }
 
+    /// The latest `limit` audit events, oldest first.
+    pub fn audit_events(&self, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
+        let mut stmt = self.db.prepare(
+            "SELECT at, event, actor, subject, group_id FROM
+               (SELECT * FROM audit ORDER BY id DESC LIMIT ?1) ORDER BY id",
+        )?;
+        let events = stmt
+            .query_map([limit.min(100_000) as i64], |r| {
+                Ok(AuditEvent {
+                    at: r.get::<_, i64>(0)? as u64,
+                    event: r.get(1)?,
+                    actor: r.get(2)?,
+                    subject: r.get(3)?,
+                    group: r.get(4)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(events)
+    }
+
     /// Issues a fresh challenge nonce for a device that says hello.
     pub fn challenge(&self) -> Vec<u8> {
         let mut nonce = vec![0u8; 32];
@@ -196,6 +216,10 @@ impl Relay {
             )
         })?;
         check_status(&status)?;
+        record(&self.db, "login", &user, &device_id, None).map_err(|e| match e {
+            Failure::Store(e) => internal(e),
+            Failure::Refuse(e) => e,
+        })?;
         Ok(Session { device_id, user })
     }
 
@@ -273,6 +297,10 @@ impl Relay {
             } => self.send(session, &group_id, &message, &client_id),
             Request::Fetch { limit } => self.fetch(session, limit),
             Request::Ack { items } => self.ack(session, &items),
+            Request::Audit { limit } => self
+                .require_admin(session)
+                .and_then(|()| Ok(self.audit_events(limit as usize)?))
+                .map(|events| Outcome::reply(Response::Audit(events))),
             Request::Bootstrap { .. } | Request::Enrol { .. } => Err(refuse(
                 ErrorCode::BadRequest,
                 "this connection is already authenticated",
@@ -377,6 +405,7 @@ impl Relay {
             STATUS_APPROVED,
             Some(&admin),
         )?;
+        record(&tx, "org_registered", &admin.body.user, &org.name, None)?;
         tx.commit()?;
         tracing::info!(org = %org.org_id, admin = %admin.body.user, "organisation registered");
         Ok(Outcome::reply(Response::Ok))
@@ -446,6 +475,13 @@ impl Relay {
             params![sha256(invite_token.as_bytes()), now_unix() as i64],
         )?;
         insert_device(&tx, &user, device_key, &profile, STATUS_PENDING, None)?;
+        record(
+            &tx,
+            "enrolment_requested",
+            &user,
+            &format!("{user} ({device_id})"),
+            None,
+        )?;
         tx.commit()?;
         tracing::info!(%user, %device_id, "enrolment requested");
         Ok(Outcome::reply(Response::EnrolmentSubmitted { device_id }))
@@ -480,6 +516,7 @@ impl Relay {
             "INSERT INTO invites (token_hash, user, created_by, expires_at) VALUES (?1, ?2, ?3, ?4)",
             params![token_hash, user, session.user, expires_at as i64],
         )?;
+        record(&self.db, "invite_created", &session.user, user, None)?;
         Ok(Outcome::reply(Response::Ok))
     }
 
@@ -552,6 +589,13 @@ impl Relay {
             "UPDATE devices SET status = 'approved', certificate = ?2, decided_at = ?3 WHERE device_id = ?1",
             params![cert.body.device_id, cert.to_bytes(), now_unix() as i64],
         )?;
+        record(
+            &tx,
+            "enrolment_approved",
+            &session.user,
+            &format!("{} ({})", cert.body.user, cert.body.device_id),
+            None,
+        )?;
         tx.commit()?;
         tracing::info!(user = %cert.body.user, device = %cert.body.device_id, "enrolment approved");
         Ok(Outcome::reply(Response::Ok))
@@ -569,6 +613,13 @@ impl Relay {
                 "no pending enrolment request for this device",
             ));
         }
+        record(
+            &self.db,
+            "enrolment_rejected",
+            &session.user,
+            device_id,
+            None,
+        )?;
         Ok(Outcome::reply(Response::Ok))
     }
 
@@ -811,6 +862,13 @@ impl Relay {
             "INSERT INTO memberships (group_id, device_id, from_seq) VALUES (?1, ?2, 1)",
             params![group_id, session.device_id],
         )?;
+        record(
+            &tx,
+            "group_created",
+            &session.user,
+            &session.device_id,
+            Some(&group_id),
+        )?;
         tx.commit()?;
         Ok(Outcome::reply(Response::Ok))
     }
@@ -994,12 +1052,14 @@ impl Relay {
             params![group_id, group.group_context().epoch().as_u64() as i64],
         )?;
         for device in &removed {
+            record(&tx, "member_removed", &session.user, device, Some(group_id))?;
             tx.execute(
                 "UPDATE memberships SET to_seq = ?3 WHERE group_id = ?1 AND device_id = ?2 AND to_seq IS NULL",
                 params![group_id, device, seq as i64],
             )?;
         }
         for device in &added {
+            record(&tx, "member_added", &session.user, device, Some(group_id))?;
             tx.execute(
                 "INSERT INTO memberships (group_id, device_id, from_seq) VALUES (?1, ?2, ?3)",
                 params![group_id, device, (seq + 1) as i64],
@@ -1253,6 +1313,21 @@ fn check_status(status: &str) -> Result<(), RelayError> {
             format!("unknown device status {other}"),
         )),
     }
+}
+
+/// Appends a metadata event to the audit log.
+fn record(
+    db: &Connection,
+    event: &str,
+    actor: &str,
+    subject: &str,
+    group: Option<&[u8]>,
+) -> Result<(), Failure> {
+    db.execute(
+        "INSERT INTO audit (at, event, actor, subject, group_id) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![now_unix() as i64, event, actor, subject, group],
+    )?;
+    Ok(())
 }
 
 fn load_org(db: &Connection) -> Result<Option<OrgDescriptor>, StoreError> {

@@ -31,6 +31,9 @@ CREATE TABLE IF NOT EXISTS welcomes (
     id INTEGER PRIMARY KEY, device_id TEXT NOT NULL, group_id BLOB NOT NULL,
     data BLOB NOT NULL, stored_at INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS welcomes_device ON welcomes(device_id);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY, at INTEGER NOT NULL, event TEXT NOT NULL, actor TEXT NOT NULL,
+    subject TEXT NOT NULL, group_id BLOB);
 CREATE TABLE IF NOT EXISTS cursors (
     device_id TEXT NOT NULL, group_id BLOB NOT NULL, acked_seq INTEGER NOT NULL,
     PRIMARY KEY (device_id, group_id));
