@@ -96,6 +96,13 @@ enum Command {
 
 #[derive(Subcommand)]
 enum AdminCommand {
+    /// Revoke a user (all devices, or one): cut off at once and removed from every group.
+    Revoke {
+        user: String,
+        /// Only this device (device id or prefix).
+        #[arg(long)]
+        device: Option<String>,
+    },
     /// Show the relay's audit log: metadata events only, never content.
     Audit {
         /// How many of the latest events to show.
@@ -241,7 +248,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // A pending read of standard input (in `chat`) must not hold the process open.
+    runtime.shutdown_background();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("muster: {e}");
@@ -459,6 +469,17 @@ async fn run(cli: Cli) -> Result<(), EngineError> {
                     );
                 }
             }
+        }
+        Command::Admin(AdminCommand::Revoke { user, device }) => {
+            let conn = connected(&mut engine).await?;
+            let revoked = engine.revoke(&conn, &user, device.as_deref()).await;
+            conn.close().await;
+            let revoked = revoked?;
+            println!(
+                "revoked {user}: {} device(s): {}",
+                revoked.len(),
+                revoked.join(", ")
+            );
         }
         Command::Admin(AdminCommand::Audit { limit, json }) => {
             let conn = connected(&mut engine).await?;

@@ -111,6 +111,16 @@ impl Connected {
         }
     }
 
+    /// Closes every open connection of these devices at once.
+    fn disconnect<'a>(&self, devices: impl IntoIterator<Item = &'a String>) {
+        let mut map = self.by_device.lock().unwrap_or_else(|e| e.into_inner());
+        for device in devices {
+            for conn in map.remove(device).into_iter().flat_map(|c| c.into_values()) {
+                conn.close(2u32.into(), b"device revoked");
+            }
+        }
+    }
+
     fn wake<'a>(&self, devices: impl IntoIterator<Item = &'a String>) {
         let map = self.by_device.lock().unwrap_or_else(|e| e.into_inner());
         let frame = encode(&Push::Wake).expect("push encodes");
@@ -254,6 +264,7 @@ async fn handle_stream(
                                 *reg = Some(device);
                             }
                         }
+                        shared.connected.disconnect(outcome.disconnect.iter());
                         shared.connected.wake(outcome.wake.iter());
                         outcome.response
                     }

@@ -71,3 +71,121 @@ fn audit_log_records_metadata_and_never_content() {
     assert!(text.contains("enrolment_approved") && text.contains("member_added"));
     assert!(!text.contains("launch code"));
 }
+
+#[test]
+fn revoked_user_is_cut_off_at_once_and_removed_from_every_group_exactly_once() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    let org = Org::new("revoke");
+    let alice = &org.admin;
+    let bob = org.enrol("bob");
+    let carol = org.enrol("carol");
+    let dave = org.enrol("dave");
+    let bob_device = bob.json(&["whoami"])[0]["device_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    alice.ok(&["group", "create", "g1", "--members", "bob,carol"]);
+    // g2 has no admin in it: its members must act on the revocation themselves.
+    carol.ok(&["sync"]);
+    carol.ok(&["group", "create", "g2", "--members", "bob,dave"]);
+    for d in [&bob, &carol, &dave] {
+        d.ok(&["sync"]);
+    }
+    let g1 = alice.group("g1")["id"].as_str().unwrap().to_string();
+    let g2 = carol.group("g2")["id"].as_str().unwrap().to_string();
+
+    // Bob is connected, chatting.
+    let mut chat = bob
+        .command()
+        .args(["chat", "g1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = chat.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !rx
+        .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        .expect("chat started")
+        .contains("--- chatting in g1")
+    {}
+
+    // Timed from the start of the admin's command, which also commits bob's removal.
+    let revoked_at = Instant::now();
+    alice.ok(&["admin", "revoke", "bob"]);
+    let status = loop {
+        if let Some(status) = chat.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(5),
+            "bob's open chat was not cut off"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    eprintln!(
+        "bob's connected chat ended {:?} after the admin started the revocation",
+        revoked_at.elapsed()
+    );
+    assert!(!status.success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut chat.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("revoked"), "{stderr}");
+
+    // New connections are refused too.
+    let err = bob.fails(&["sync"]);
+    assert!(err.contains("revoked"), "{err}");
+
+    // Carol and dave act on the revocation at the same moment; one commit wins in g2.
+    std::thread::scope(|s| {
+        let c = s.spawn(|| carol.command().arg("sync").output().unwrap());
+        let d = s.spawn(|| dave.command().arg("sync").output().unwrap());
+        assert!(c.join().unwrap().status.success());
+        assert!(d.join().unwrap().status.success());
+    });
+    for d in [alice, &carol, &dave] {
+        d.ok(&["sync"]);
+    }
+    assert_eq!(alice.members("g1"), ["alice", "carol"]);
+    assert_eq!(carol.members("g1"), ["alice", "carol"]);
+    assert_eq!(carol.members("g2"), ["carol", "dave"]);
+    assert_eq!(dave.members("g2"), ["carol", "dave"]);
+
+    // Exactly one removal commit per group, per the relay's audit log.
+    let out = org.relay.admin(&["audit", "--json", "--limit", "10000"]);
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for g in [&g1, &g2] {
+        let removals = events
+            .iter()
+            .filter(|e| {
+                e["event"] == "member_removed" && e["subject"] == bob_device && e["group"] == *g
+            })
+            .count();
+        assert_eq!(removals, 1, "removal commits for bob in group {g}");
+    }
+    assert!(events.iter().any(|e| e["event"] == "device_revoked"));
+
+    // Conversation goes on without bob.
+    alice.ok(&["send", "g1", "after the revocation"]);
+    carol.ok(&["sync"]);
+    assert_eq!(carol.texts("g1"), ["after the revocation"]);
+
+    // Bad input: unknown users, and members trying to revoke.
+    let err = alice.fails(&["admin", "revoke", "nobody"]);
+    assert!(err.contains("no enrolled device"), "{err}");
+    let err = carol.fails(&["admin", "revoke", "dave"]);
+    assert!(err.contains("admin"), "{err}");
+}

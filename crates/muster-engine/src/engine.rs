@@ -8,7 +8,7 @@ use muster_net::RelayConnection;
 use muster_proto::{
     auth_transcript, device_id_for, enrol_transcript, now_unix, validate_handle, AckItem,
     Certificate, CertificateBody, Delivery, ErrorCode, InviteCode, OrgDescriptor, OrgRootKey,
-    PendingEnrolment, Profile, Request, Response, Role,
+    PendingEnrolment, Profile, Request, Response, RevocationBody, Role,
 };
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::*;
@@ -1556,9 +1556,172 @@ impl Engine {
     pub async fn sync(&mut self, conn: &RelayConnection) -> Result<SyncReport, EngineError> {
         let mut report = SyncReport::default();
         self.fetch_and_process(conn, &mut report).await?;
+        self.apply_revocations(conn, &mut report).await?;
         self.flush_outbox(conn, &mut report).await?;
         self.commit_pending_proposals(conn, &mut report).await?;
         Ok(report)
+    }
+
+    /// (admin) Revokes all of `user`'s devices, or the one named: the relay cuts them off
+    /// at once, and this device removes them from its groups. Returns the revoked device ids.
+    pub async fn revoke(
+        &mut self,
+        conn: &RelayConnection,
+        user: &str,
+        device: Option<&str>,
+    ) -> Result<Vec<String>, EngineError> {
+        let me = self.device()?;
+        let root = Self::root_key(&me)?;
+        let Response::Directory(certs) =
+            conn.request(&Request::Directory).await.map_err(from_net)?
+        else {
+            return Err(EngineError::Invalid(
+                "unexpected answer to Directory".into(),
+            ));
+        };
+        let device_ids: Vec<String> = certs
+            .into_iter()
+            .filter(|c| c.body.user == user)
+            .map(|c| c.body.device_id)
+            .filter(|d| device.is_none_or(|prefix| d.starts_with(prefix)))
+            .collect();
+        if device_ids.is_empty() {
+            return Err(EngineError::Invalid(match device {
+                Some(d) => format!("{user} has no enrolled device {d}"),
+                None => format!("no enrolled device of user {user:?}"),
+            }));
+        }
+        let revocation = root.sign_revocation(RevocationBody {
+            org_id: me.org.org_id.clone(),
+            user: user.to_string(),
+            device_ids: device_ids.clone(),
+            issued_at: now_unix(),
+        });
+        conn.request(&Request::Revoke { revocation })
+            .await
+            .map_err(from_net)?;
+        let report = self.sync(conn).await?;
+        if let Some(problem) = report.problems.first() {
+            return Err(EngineError::Invalid(format!(
+                "revoked, but removing from groups is incomplete: {problem}"
+            )));
+        }
+        Ok(device_ids)
+    }
+
+    /// Learns new revocations from the relay and removes revoked devices from every
+    /// group this device is in. The relay's epoch ordering keeps it to one commit per group.
+    async fn apply_revocations(
+        &mut self,
+        conn: &RelayConnection,
+        report: &mut SyncReport,
+    ) -> Result<(), EngineError> {
+        let org = self.device()?.org;
+        loop {
+            let since: i64 = self
+                .db
+                .query_row(
+                    "SELECT value FROM sync_state WHERE key = 'revocations'",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .unwrap_or(0);
+            let Response::Revocations(list) = conn
+                .request(&Request::Revocations {
+                    since: since as u64,
+                })
+                .await
+                .map_err(from_net)?
+            else {
+                return Err(EngineError::Invalid(
+                    "unexpected answer to Revocations".into(),
+                ));
+            };
+            if list.is_empty() {
+                break;
+            }
+            let tx = self
+                .db
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            for (position, revocation) in &list {
+                match revocation.verify(&org) {
+                    Ok(()) => {
+                        for device in &revocation.body.device_ids {
+                            tx.execute(
+                                "INSERT OR IGNORE INTO revoked_devices (device_id, user) VALUES (?1, ?2)",
+                                params![device, revocation.body.user],
+                            )?;
+                        }
+                    }
+                    Err(e) => report
+                        .problems
+                        .push(format!("ignored a revocation that does not verify: {e}")),
+                }
+                tx.execute(
+                    "INSERT INTO sync_state (key, value) VALUES ('revocations', ?1)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    [*position as i64],
+                )?;
+            }
+            tx.commit()?;
+        }
+        let revoked: Vec<String> = {
+            let mut stmt = self.db.prepare("SELECT device_id FROM revoked_devices")?;
+            let rows = stmt
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<Vec<String>, _>>()?;
+            rows
+        };
+        if revoked.is_empty() {
+            return Ok(());
+        }
+        let groups: Vec<Vec<u8>> = {
+            let mut stmt = self
+                .db
+                .prepare("SELECT group_id FROM groups WHERE state = 'active'")?;
+            let rows = stmt
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows
+        };
+        let revoked_leaves = |group: &MlsGroup| -> Vec<LeafNodeIndex> {
+            group
+                .members()
+                .filter(|m| {
+                    certificate_in(&m.credential)
+                        .is_some_and(|c| revoked.contains(&c.body.device_id))
+                })
+                .map(|m| m.index)
+                .collect()
+        };
+        for group_id in groups {
+            let affected = {
+                let provider = Provider::new(&self.crypto, &self.db);
+                !revoked_leaves(&load_group(&provider, &group_id)?).is_empty()
+            };
+            if !affected {
+                continue;
+            }
+            let result = self
+                .run_commit(conn, &group_id, |group, provider, signer| {
+                    let leaves = revoked_leaves(group);
+                    if leaves.is_empty() {
+                        return Ok(None);
+                    }
+                    let (commit, welcome, _) = group
+                        .remove_members(provider, signer, &leaves)
+                        .map_err(EngineError::mls)?;
+                    Ok(Some((commit, welcome)))
+                })
+                .await;
+            if let Err(e) = result {
+                report.problems.push(format!(
+                    "could not remove revoked devices from a group: {e}"
+                ));
+            }
+        }
+        Ok(())
     }
 
     async fn commit_pending_proposals(
@@ -1809,6 +1972,12 @@ impl Engine {
             sender_cert
                 .verify(&device.org, now_unix())
                 .map_err(|e| format!("sender {}: {e}", sender_cert.body.user))?;
+            if revoked_device(&tx, &sender_cert.body.device_id).map_err(|e| e.to_string())? {
+                return Err(format!(
+                    "dropped a message from revoked device {} of {}",
+                    sender_cert.body.device_id, sender_cert.body.user
+                ));
+            }
             match processed.into_content() {
                 ProcessedMessageContent::ApplicationMessage(app) => {
                     let envelope = Envelope::from_bytes(&app.into_bytes())
@@ -1961,6 +2130,17 @@ fn describe_pending_commit(group: &MlsGroup) -> Option<String> {
         parts.push(format!("removed {}", removed.join(", ")));
     }
     (!parts.is_empty()).then(|| parts.join(" and "))
+}
+
+fn revoked_device(db: &Connection, device_id: &str) -> Result<bool, EngineError> {
+    Ok(db
+        .query_row(
+            "SELECT 1 FROM revoked_devices WHERE device_id = ?1",
+            [device_id],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
 }
 
 fn load_group(provider: &Provider, group_id: &[u8]) -> Result<MlsGroup, EngineError> {

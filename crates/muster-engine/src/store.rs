@@ -21,5 +21,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     message_id TEXT NOT NULL, envelope BLOB NOT NULL, ciphertext BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS cursors (group_id BLOB PRIMARY KEY, last_seq INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS own_handshakes (group_id BLOB NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (group_id, seq));
+CREATE TABLE IF NOT EXISTS revoked_devices (device_id TEXT PRIMARY KEY, user TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sync_state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS pending_commits (group_id BLOB PRIMARY KEY, commit_hash BLOB NOT NULL);
 "#;

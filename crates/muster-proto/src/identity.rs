@@ -150,6 +150,41 @@ impl Certificate {
     }
 }
 
+const REVOCATION_CONTEXT: &[u8] = b"muster-revocation-v1\0";
+
+/// The signed content of a revocation: these devices of this user are cut off.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevocationBody {
+    pub org_id: String,
+    pub user: String,
+    pub device_ids: Vec<String>,
+    pub issued_at: u64,
+}
+
+/// An organisation-signed revocation of one or more devices.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    pub body: RevocationBody,
+    pub signature: Vec<u8>,
+}
+
+impl Revocation {
+    /// Checks the organisation root's signature.
+    pub fn verify(&self, org: &OrgDescriptor) -> Result<(), CertError> {
+        if self.body.org_id != org.org_id {
+            return Err(CertError::WrongOrg {
+                expected: org.org_id.clone(),
+                found: self.body.org_id.clone(),
+            });
+        }
+        let mut signed = REVOCATION_CONTEXT.to_vec();
+        signed.extend(postcard::to_stdvec(&self.body).expect("revocation serialises"));
+        UnparsedPublicKey::new(&ED25519, &org.root_public_key)
+            .verify(&signed, &self.signature)
+            .map_err(|_| CertError::BadSignature)
+    }
+}
+
 /// The organisation root signing key, held only by admin devices.
 pub struct OrgRootKey {
     pkcs8: Vec<u8>,
@@ -184,6 +219,13 @@ impl OrgRootKey {
     pub fn sign(&self, body: CertificateBody) -> Certificate {
         let signature = self.pair.sign(&signed_bytes(&body)).as_ref().to_vec();
         Certificate { body, signature }
+    }
+
+    pub fn sign_revocation(&self, body: RevocationBody) -> Revocation {
+        let mut signed = REVOCATION_CONTEXT.to_vec();
+        signed.extend(postcard::to_stdvec(&body).expect("revocation serialises"));
+        let signature = self.pair.sign(&signed).as_ref().to_vec();
+        Revocation { body, signature }
     }
 }
 
@@ -249,6 +291,21 @@ mod tests {
         ));
         cert.body.roles.push(Role::Admin);
         assert_eq!(cert.verify(&org, 150), Err(CertError::BadSignature));
+    }
+
+    #[test]
+    fn revocations_verify_only_under_the_org_root() {
+        let root = OrgRootKey::generate();
+        let org = org(&root);
+        let body = RevocationBody {
+            org_id: org.org_id.clone(),
+            user: "bob".into(),
+            device_ids: vec!["d1".into()],
+            issued_at: 5,
+        };
+        assert_eq!(root.sign_revocation(body.clone()).verify(&org), Ok(()));
+        let forged = OrgRootKey::generate().sign_revocation(body);
+        assert_eq!(forged.verify(&org), Err(CertError::BadSignature));
     }
 
     #[test]

@@ -8,7 +8,7 @@ pub mod wire;
 
 pub use identity::{
     device_id_for, now_unix, validate_handle, CertError, Certificate, CertificateBody,
-    OrgDescriptor, OrgRootKey, Profile, Role,
+    OrgDescriptor, OrgRootKey, Profile, Revocation, RevocationBody, Role,
 };
 pub use invite::{InviteCode, InviteError};
 pub use wire::{

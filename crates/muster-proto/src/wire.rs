@@ -4,7 +4,7 @@
 //! postcard-encoded message. A client opens one bidirectional stream per request; the
 //! relay opens unidirectional streams to push wake-ups.
 
-use crate::identity::{Certificate, OrgDescriptor, Profile};
+use crate::identity::{Certificate, OrgDescriptor, Profile, Revocation};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Largest frame either side accepts, in bytes.
@@ -91,6 +91,14 @@ pub enum Request {
     Audit {
         limit: u32,
     },
+    /// (admin) Cuts devices off: the relay enforces it at once.
+    Revoke {
+        revocation: Revocation,
+    },
+    /// Revocations issued after position `since`, for members to act on.
+    Revocations {
+        since: u64,
+    },
 }
 
 /// The relay's answer to one request.
@@ -122,6 +130,8 @@ pub enum Response {
     Deliveries(Vec<Delivery>),
     Error(RelayError),
     Audit(Vec<AuditEvent>),
+    /// Revocations with their positions, oldest first.
+    Revocations(Vec<(u64, Revocation)>),
 }
 
 /// One metadata event in the relay's audit log. Never content.

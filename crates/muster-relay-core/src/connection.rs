@@ -3,7 +3,6 @@
 
 use crate::relay::{Outcome, Relay, Session};
 use muster_proto::{ErrorCode, RelayError, Request, Response};
-use std::collections::BTreeSet;
 
 /// Where one connection stands in authentication.
 #[derive(Debug, Default)]
@@ -27,10 +26,7 @@ impl ConnectionState {
 
     /// Handles one request on this connection, moving through the handshake as needed.
     pub fn on_request(&mut self, relay: &mut Relay, request: Request) -> Outcome {
-        let reply = |response| Outcome {
-            response,
-            wake: BTreeSet::new(),
-        };
+        let reply = Outcome::reply;
         match (&*self, request) {
             (ConnectionState::Authenticated(session), request) => {
                 let session = session.clone();

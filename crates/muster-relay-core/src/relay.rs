@@ -6,7 +6,7 @@ use crate::schema::SCHEMA;
 use muster_proto::{
     auth_transcript, enrol_transcript, now_unix, validate_handle, AckItem, AuditEvent, Certificate,
     ClaimedKeyPackage, Delivery, ErrorCode, OrgDescriptor, PendingEnrolment, Profile, RelayError,
-    Request, Response, MAX_MLS_MESSAGE,
+    Request, Response, Revocation, MAX_MLS_MESSAGE,
 };
 use openmls::prelude::tls_codec::Deserialize as _;
 use openmls::prelude::*;
@@ -23,18 +23,29 @@ pub struct Session {
     pub user: String,
 }
 
-/// The result of one request: the answer for the requester and the devices to wake.
+/// The result of one request: the answer for the requester, the devices to wake, and
+/// the devices whose open connections must be closed now.
 #[derive(Debug)]
 pub struct Outcome {
     pub response: Response,
     pub wake: BTreeSet<String>,
+    pub disconnect: BTreeSet<String>,
 }
 
 impl Outcome {
-    fn reply(response: Response) -> Self {
+    pub(crate) fn reply(response: Response) -> Self {
         Self {
             response,
             wake: BTreeSet::new(),
+            disconnect: BTreeSet::new(),
+        }
+    }
+
+    fn with_wake(response: Response, wake: BTreeSet<String>) -> Self {
+        Self {
+            response,
+            wake,
+            disconnect: BTreeSet::new(),
         }
     }
 }
@@ -297,6 +308,8 @@ impl Relay {
             } => self.send(session, &group_id, &message, &client_id),
             Request::Fetch { limit } => self.fetch(session, limit),
             Request::Ack { items } => self.ack(session, &items),
+            Request::Revoke { revocation } => self.revoke(session, revocation),
+            Request::Revocations { since } => self.revocations(since),
             Request::Audit { limit } => self
                 .require_admin(session)
                 .and_then(|()| Ok(self.audit_events(limit as usize)?))
@@ -621,6 +634,98 @@ impl Relay {
             None,
         )?;
         Ok(Outcome::reply(Response::Ok))
+    }
+
+    fn revoke(&mut self, session: &Session, revocation: Revocation) -> Result<Outcome, Failure> {
+        self.require_admin(session)?;
+        let org = self.require_org()?;
+        revocation
+            .verify(&org)
+            .map_err(|e| refuse(ErrorCode::InvalidCertificate, format!("revocation: {e}")))?;
+        let body = &revocation.body;
+        if body.device_ids.is_empty() {
+            return Err(refuse(ErrorCode::BadRequest, "revocation names no device"));
+        }
+        if body.device_ids.contains(&session.device_id) {
+            return Err(refuse(
+                ErrorCode::BadRequest,
+                "an admin cannot revoke the device it is using",
+            ));
+        }
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut wake = BTreeSet::new();
+        for device in &body.device_ids {
+            let owner: Option<String> = tx
+                .query_row(
+                    "SELECT user FROM devices WHERE device_id = ?1",
+                    [device],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if owner.as_deref() != Some(body.user.as_str()) {
+                return Err(refuse(
+                    ErrorCode::UnknownDevice,
+                    format!("{} has no device {device}", body.user),
+                ));
+            }
+            tx.execute(
+                "UPDATE devices SET status = 'revoked', decided_at = ?2 WHERE device_id = ?1",
+                params![device, now_unix() as i64],
+            )?;
+            tx.execute("DELETE FROM key_packages WHERE device_id = ?1", [device])?;
+            record(
+                &tx,
+                "device_revoked",
+                &session.user,
+                &format!("{} ({device})", body.user),
+                None,
+            )?;
+            let mut stmt = tx.prepare(
+                "SELECT DISTINCT other.device_id FROM memberships mine
+                 JOIN memberships other ON other.group_id = mine.group_id AND other.to_seq IS NULL
+                 WHERE mine.device_id = ?1 AND mine.to_seq IS NULL",
+            )?;
+            for row in stmt.query_map([device], |r| r.get::<_, String>(0))? {
+                wake.insert(row?);
+            }
+        }
+        tx.execute(
+            "INSERT INTO revocations (user, data, at) VALUES (?1, ?2, ?3)",
+            params![
+                body.user,
+                serde_json::to_vec(&revocation).expect("serialises"),
+                now_unix() as i64
+            ],
+        )?;
+        tx.commit()?;
+        let disconnect: BTreeSet<String> = body.device_ids.iter().cloned().collect();
+        wake.retain(|d| !disconnect.contains(d));
+        tracing::info!(user = %body.user, devices = disconnect.len(), "devices revoked");
+        Ok(Outcome {
+            response: Response::Ok,
+            wake,
+            disconnect,
+        })
+    }
+
+    fn revocations(&self, since: u64) -> Result<Outcome, Failure> {
+        let mut stmt = self
+            .db
+            .prepare("SELECT id, data FROM revocations WHERE id > ?1 ORDER BY id LIMIT 500")?;
+        let rows = stmt
+            .query_map([since.min(i64::MAX as u64) as i64], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (id, data) in rows {
+            let revocation: Revocation = serde_json::from_slice(&data)
+                .map_err(|_| Failure::Store(StoreError::Corrupt("stored revocation".into())))?;
+            out.push((id, revocation));
+        }
+        Ok(Outcome::reply(Response::Revocations(out)))
     }
 
     fn directory(&self) -> Result<Outcome, Failure> {
@@ -1072,10 +1177,7 @@ impl Relay {
         tx.commit()?;
         let mut wake: BTreeSet<String> = after.into_iter().chain(before).collect();
         wake.remove(&session.device_id);
-        Ok(Outcome {
-            response: Response::Stored { seq },
-            wake,
-        })
+        Ok(Outcome::with_wake(Response::Stored { seq }, wake))
     }
 
     fn propose(
@@ -1116,10 +1218,7 @@ impl Relay {
         let mut wake = Self::current_members(&tx, group_id)?;
         tx.commit()?;
         wake.remove(&session.device_id);
-        Ok(Outcome {
-            response: Response::Stored { seq },
-            wake,
-        })
+        Ok(Outcome::with_wake(Response::Stored { seq }, wake))
     }
 
     fn send(
@@ -1186,10 +1285,7 @@ impl Relay {
         tx.commit()?;
         let mut wake = members;
         wake.remove(&session.device_id);
-        Ok(Outcome {
-            response: Response::Stored { seq },
-            wake,
-        })
+        Ok(Outcome::with_wake(Response::Stored { seq }, wake))
     }
 
     fn fetch(&self, session: &Session, limit: u32) -> Result<Outcome, Failure> {

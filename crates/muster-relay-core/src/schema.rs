@@ -34,6 +34,8 @@ CREATE INDEX IF NOT EXISTS welcomes_device ON welcomes(device_id);
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY, at INTEGER NOT NULL, event TEXT NOT NULL, actor TEXT NOT NULL,
     subject TEXT NOT NULL, group_id BLOB);
+CREATE TABLE IF NOT EXISTS revocations (
+    id INTEGER PRIMARY KEY, user TEXT NOT NULL, data BLOB NOT NULL, at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS cursors (
     device_id TEXT NOT NULL, group_id BLOB NOT NULL, acked_seq INTEGER NOT NULL,
     PRIMARY KEY (device_id, group_id));
