@@ -48,6 +48,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check that the relay serving DATA answers over QUIC (exit status 0 when healthy), for monitoring.
+    Health {
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// Address to probe [default: the address the relay last listened on].
+        #[arg(long, value_name = "ADDR")]
+        relay: Option<String>,
+    },
     /// Print counts of devices, groups and stored messages.
     Stats {
         #[arg(long, value_name = "DIR")]
@@ -73,6 +81,11 @@ fn main() -> ExitCode {
             .and_then(|rt| rt.block_on(server::serve(data, listen))),
         Command::BootstrapToken { data } => server::bootstrap_token(&data),
         Command::Stats { data } => server::stats(&data),
+        Command::Health { data, relay } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(server::ServeError::from)
+            .and_then(|rt| rt.block_on(server::health(&data, relay))),
         Command::Audit { data, limit, json } => server::audit(&data, limit, json),
     };
     match result {

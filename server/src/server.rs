@@ -20,9 +20,13 @@ pub enum ServeError {
     Tls(String),
     #[error("no relay data in {0}: run `muster-relay serve --data {0}` first")]
     NoData(String),
+    #[error("unhealthy: {0}")]
+    Unhealthy(String),
 }
 
 const DB_FILE: &str = "relay.db";
+/// Where `serve` records the address it listens on, for `health`.
+const ADDR_FILE: &str = "listen-addr";
 
 fn open_relay(data: &Path) -> Result<(Relay, RelayIdentity), ServeError> {
     std::fs::create_dir_all(data)?;
@@ -45,6 +49,43 @@ pub fn bootstrap_token(data: &Path) -> Result<(), ServeError> {
     }
     println!("{}", relay.new_bootstrap_token()?);
     Ok(())
+}
+
+pub async fn health(data: &Path, relay: Option<String>) -> Result<(), ServeError> {
+    let identity = RelayIdentity::load_or_create(data)?;
+    let addr = match relay {
+        Some(a) => a,
+        None => std::fs::read_to_string(data.join(ADDR_FILE))
+            .map_err(|_| ServeError::NoData(data.display().to_string()))?
+            .trim()
+            .to_string(),
+    };
+    let connect = muster_net::RelayConnection::connect(&addr, &identity.fingerprint());
+    let conn = tokio::time::timeout(std::time::Duration::from_secs(3), connect)
+        .await
+        .map_err(|_| ServeError::Unhealthy(format!("no answer from {addr} within 3 seconds")))?
+        .map_err(|e| ServeError::Unhealthy(e.to_string()))?;
+    let answer = conn.request(&Request::Health).await;
+    conn.close().await;
+    match answer {
+        Ok(Response::Health {
+            org_registered,
+            storage_ok: true,
+        }) => {
+            println!(
+                "healthy: relay at {addr} answers; organisation {}",
+                if org_registered {
+                    "registered"
+                } else {
+                    "not yet registered"
+                }
+            );
+            Ok(())
+        }
+        Ok(Response::Health { .. }) => Err(ServeError::Unhealthy("relay storage failing".into())),
+        Ok(_) => Err(ServeError::Unhealthy("unexpected answer".into())),
+        Err(e) => Err(ServeError::Unhealthy(e.to_string())),
+    }
 }
 
 pub fn stats(data: &Path) -> Result<(), ServeError> {
@@ -152,6 +193,7 @@ pub async fn serve(data: PathBuf, listen: SocketAddr) -> Result<(), ServeError> 
         .map_err(|e| ServeError::Tls(e.to_string()))?;
     let endpoint = quinn::Endpoint::server(server_config, listen)?;
     let local = endpoint.local_addr()?;
+    std::fs::write(data.join(ADDR_FILE), local.to_string())?;
     println!("muster-relay listening on {local}");
     println!("data directory: {}", data.display());
     println!("certificate fingerprint: {}", identity.fingerprint());

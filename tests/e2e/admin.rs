@@ -189,3 +189,29 @@ fn revoked_user_is_cut_off_at_once_and_removed_from_every_group_exactly_once() {
     let err = carol.fails(&["admin", "revoke", "dave"]);
     assert!(err.contains("admin"), "{err}");
 }
+
+#[test]
+fn operator_health_check_and_stats() {
+    let mut org = Org::new("health");
+    let bob = org.enrol("bob");
+    org.admin
+        .ok(&["group", "create", "ops", "--members", "bob"]);
+    org.admin.ok(&["send", "ops", "hi"]);
+    let out = org.relay.admin(&["health"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("healthy"));
+    let out = org.relay.admin(&["stats"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("devices: 2"), "{text}");
+    assert!(text.contains("groups: 1"), "{text}");
+    assert!(text.contains("database bytes:"), "{text}");
+    drop(bob);
+    org.relay.kill();
+    let out = org.relay.admin(&["health"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unhealthy"));
+}

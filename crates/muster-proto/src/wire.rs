@@ -99,6 +99,8 @@ pub enum Request {
     Revocations {
         since: u64,
     },
+    /// Liveness and readiness probe; needs no authentication.
+    Health,
 }
 
 /// The relay's answer to one request.
@@ -132,6 +134,12 @@ pub enum Response {
     Audit(Vec<AuditEvent>),
     /// Revocations with their positions, oldest first.
     Revocations(Vec<(u64, Revocation)>),
+    Health {
+        /// Whether an organisation is registered.
+        org_registered: bool,
+        /// Whether the database answered a query.
+        storage_ok: bool,
+    },
 }
 
 /// One metadata event in the relay's audit log. Never content.

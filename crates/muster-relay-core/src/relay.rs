@@ -167,6 +167,14 @@ impl Relay {
         })
     }
 
+    fn health(&self) -> Outcome {
+        let org = self.org();
+        Outcome::reply(Response::Health {
+            org_registered: matches!(org, Ok(Some(_))),
+            storage_ok: org.is_ok(),
+        })
+    }
+
     /// The latest `limit` audit events, oldest first.
     pub fn audit_events(&self, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
         let mut stmt = self.db.prepare(
@@ -261,6 +269,7 @@ impl Relay {
                 profile,
                 proof,
             } => self.enrol(&invite_token, &device_key, profile, &proof),
+            Request::Health => Ok(self.health()),
             _ => Err(refuse(
                 ErrorCode::Unauthenticated,
                 "authenticate the device before this request",
@@ -310,6 +319,7 @@ impl Relay {
             Request::Ack { items } => self.ack(session, &items),
             Request::Revoke { revocation } => self.revoke(session, revocation),
             Request::Revocations { since } => self.revocations(since),
+            Request::Health => Ok(self.health()),
             Request::Audit { limit } => self
                 .require_admin(session)
                 .and_then(|()| Ok(self.audit_events(limit as usize)?))
