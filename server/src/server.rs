@@ -60,7 +60,8 @@ pub async fn health(data: &Path, relay: Option<String>) -> Result<(), ServeError
             .trim()
             .to_string(),
     };
-    let connect = muster_net::RelayConnection::connect(&addr, &identity.fingerprint());
+    let fingerprint = identity.fingerprint();
+    let connect = muster_net::RelayConnection::connect(&addr, &fingerprint);
     let conn = tokio::time::timeout(std::time::Duration::from_secs(3), connect)
         .await
         .map_err(|_| ServeError::Unhealthy(format!("no answer from {addr} within 3 seconds")))?
