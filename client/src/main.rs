@@ -50,6 +50,16 @@ enum Command {
         #[arg(long)]
         department: Option<String>,
     },
+    /// Enrol this device as another device of an existing user, with a link code.
+    JoinDevice {
+        /// The link code from `muster device link` on one of your devices.
+        code: String,
+    },
+    /// Devices of this user.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// List this user's enrolled devices.
+    Devices(JsonFlag),
     /// (admin) List enrolment requests waiting for approval.
     Pending(JsonFlag),
     /// (admin) Approve a user's enrolment request and sign their identity certificate.
@@ -92,6 +102,16 @@ enum Command {
     /// Administration.
     #[command(subcommand)]
     Admin(AdminCommand),
+}
+
+#[derive(Subcommand)]
+enum DeviceCommand {
+    /// Print a single-use code that enrols another device of yours (an admin approves it).
+    Link {
+        /// How long the code stays valid, e.g. 10m, 1h.
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        ttl: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -309,6 +329,33 @@ async fn run(cli: Cli) -> Result<(), EngineError> {
                 .await?;
             println!("enrolment request sent (device {device}); an admin must approve it");
         }
+        Command::JoinDevice { code } => {
+            let device = engine.join_device(&code).await?;
+            println!("device link request sent (device {device}); an admin must approve it");
+        }
+        Command::Device(DeviceCommand::Link { ttl }) => {
+            let conn = connected(&mut engine).await?;
+            let code = engine.create_device_link(&conn, ttl).await;
+            conn.close().await;
+            println!("{}", code?);
+        }
+        Command::Devices(flag) => {
+            let conn = connected(&mut engine).await?;
+            let devices = engine.devices(&conn).await;
+            conn.close().await;
+            for d in devices? {
+                if flag.json {
+                    print_json(&d);
+                } else {
+                    println!(
+                        "{}{}  enrolled until {}",
+                        d.device_id,
+                        if d.this_device { " (this device)" } else { "" },
+                        d.enrolled_until
+                    );
+                }
+            }
+        }
         Command::Pending(flag) => {
             let conn = connected(&mut engine).await?;
             let pending = engine.pending(&conn).await?;
@@ -322,8 +369,9 @@ async fn run(cli: Cli) -> Result<(), EngineError> {
                         .flatten()
                         .collect();
                     println!(
-                        "{}  \"{}\"{}  device {}  requested {}",
+                        "{}{}  \"{}\"{}  device {}  requested {}",
                         p.user,
+                        if p.linked { " (new device)" } else { "" },
                         p.display_name,
                         if extra.is_empty() {
                             String::new()

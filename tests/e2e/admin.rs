@@ -215,3 +215,72 @@ fn operator_health_check_and_stats() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unhealthy"));
 }
+
+#[test]
+fn a_user_with_two_devices_sees_the_same_conversation_on_both() {
+    let org = Org::new("twodevices");
+    let alice = &org.admin;
+    let laptop = org.enrol("bob");
+    alice.ok(&["group", "create", "ops", "--members", "bob"]);
+    laptop.ok(&["sync"]);
+    alice.ok(&["send", "ops", "before the phone"]);
+
+    let code = laptop.ok(&["device", "link"]).trim().to_string();
+    let phone = Device::new(&org.dir, "bob-phone");
+    let err = phone.fails(&["join", &code, "--display-name", "x"]);
+    assert!(err.contains("join-device"), "{err}");
+    phone.ok(&["join-device", &code]);
+    let pending = alice.json(&["pending"]);
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0]["user"], "bob");
+    assert_eq!(pending[0]["linked"], true);
+    alice.ok(&["approve", "bob"]);
+    phone.ok(&["sync"]);
+    // The laptop adds its new sibling to every group it is in.
+    laptop.ok(&["sync"]);
+    phone.ok(&["sync"]);
+    assert_eq!(phone.members("ops"), ["alice", "bob"]);
+    let devices = phone.json(&["devices"]);
+    assert_eq!(devices.len(), 2);
+    assert_eq!(
+        devices.iter().filter(|d| d["this_device"] == true).count(),
+        1
+    );
+    // The phone carries bob's approved profile, not one it made up.
+    let dir = alice.json(&["directory"]);
+    let bob = dir.iter().find(|e| e["user"] == "bob").unwrap();
+    assert_eq!(bob["display_name"], "bob display");
+    assert_eq!(bob["devices"], 2);
+
+    alice.ok(&["send", "ops", "to both devices"]);
+    phone.ok(&["send", "ops", "from the phone"]);
+    for d in [&laptop, &phone] {
+        d.ok(&["sync"]);
+    }
+    alice.ok(&["sync"]);
+    assert_eq!(
+        laptop.texts("ops"),
+        ["before the phone", "to both devices", "from the phone"]
+    );
+    assert_eq!(phone.texts("ops"), ["to both devices", "from the phone"]);
+    let seen = alice.json(&["read", "ops"]);
+    let from_phone = seen.iter().find(|m| m["text"] == "from the phone").unwrap();
+    assert_eq!(from_phone["sender"], "bob");
+    let phone_id = devices.iter().find(|d| d["this_device"] == true).unwrap()["device_id"].clone();
+    assert_eq!(from_phone["sender_device"], phone_id);
+
+    // New groups include every device of each member.
+    alice.ok(&["group", "create", "g2", "--members", "bob"]);
+    laptop.ok(&["sync"]);
+    phone.ok(&["sync"]);
+    alice.ok(&["send", "g2", "hello g2"]);
+    laptop.ok(&["sync"]);
+    phone.ok(&["sync"]);
+    assert_eq!(laptop.texts("g2"), ["hello g2"]);
+    assert_eq!(phone.texts("g2"), ["hello g2"]);
+
+    // A link code is single use.
+    let tablet = Device::new(&org.dir, "bob-tablet");
+    let err = tablet.fails(&["join-device", &code]);
+    assert!(err.contains("already used"), "{err}");
+}

@@ -7,8 +7,8 @@ use crate::store::SCHEMA;
 use muster_net::RelayConnection;
 use muster_proto::{
     auth_transcript, device_id_for, enrol_transcript, now_unix, validate_handle, AckItem,
-    Certificate, CertificateBody, Delivery, ErrorCode, InviteCode, OrgDescriptor, OrgRootKey,
-    PendingEnrolment, Profile, Request, Response, RevocationBody, Role,
+    Certificate, CertificateBody, Delivery, ErrorCode, InviteCode, InvitePurpose, OrgDescriptor,
+    OrgRootKey, PendingEnrolment, Profile, Request, Response, RevocationBody, Role,
 };
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::*;
@@ -69,6 +69,8 @@ pub struct GroupView {
 #[derive(Debug, Clone, Serialize)]
 pub struct PendingView {
     pub user: String,
+    /// Another device of an already enrolled user.
+    pub linked: bool,
     pub device_id: String,
     pub display_name: String,
     pub title: Option<String>,
@@ -103,6 +105,15 @@ pub struct DirectoryEntry {
     pub department: Option<String>,
     pub roles: Vec<String>,
     pub devices: usize,
+}
+
+/// One of the user's enrolled devices.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceView {
+    pub device_id: String,
+    pub user: String,
+    pub this_device: bool,
+    pub enrolled_until: String,
 }
 
 /// What a sync did.
@@ -412,8 +423,33 @@ impl Engine {
 
     /// Submits an enrolment request with an invite code; an admin must approve it.
     pub async fn join(&mut self, code: &str, profile: Profile) -> Result<String, EngineError> {
-        self.ensure_fresh_home()?;
         let invite = InviteCode::decode(code)?;
+        if invite.purpose != InvitePurpose::NewUser {
+            return Err(EngineError::Invalid(
+                "this is a device link code: use `muster join-device CODE`".into(),
+            ));
+        }
+        self.enrol(invite, profile).await
+    }
+
+    /// Enrols this device as another device of an existing user, with a link code made on
+    /// one of their devices; an admin then approves it.
+    pub async fn join_device(&mut self, code: &str) -> Result<String, EngineError> {
+        let invite = InviteCode::decode(code)?;
+        if invite.purpose != InvitePurpose::LinkDevice {
+            return Err(EngineError::Invalid(
+                "this is an invite for a new user: use `muster join CODE`".into(),
+            ));
+        }
+        let profile = Profile {
+            display_name: invite.user.clone(),
+            ..Default::default()
+        };
+        self.enrol(invite, profile).await
+    }
+
+    async fn enrol(&mut self, invite: InviteCode, profile: Profile) -> Result<String, EngineError> {
+        self.ensure_fresh_home()?;
         if invite.expires_at < now_unix() {
             return Err(EngineError::Invalid("this invite code has expired".into()));
         }
@@ -606,6 +642,7 @@ impl Engine {
         .await
         .map_err(from_net)?;
         Ok(InviteCode {
+            purpose: InvitePurpose::NewUser,
             relay: device.relay,
             fingerprint: device.fingerprint,
             org: device.org,
@@ -640,6 +677,7 @@ impl Engine {
             .into_iter()
             .map(|p| PendingView {
                 user: p.user,
+                linked: p.linked,
                 device_id: p.device_id,
                 display_name: p.profile.display_name,
                 title: p.profile.title,
@@ -687,14 +725,24 @@ impl Engine {
         let me = self.device()?;
         let root = Self::root_key(&me)?;
         let request = self.pending_for(conn, user, device).await?;
+        // Another device of an enrolled user carries that user's approved profile and roles.
+        let existing = self
+            .certificates(conn)
+            .await?
+            .into_iter()
+            .find(|c| c.body.user == request.user);
+        let (profile, roles) = match existing {
+            Some(c) => (c.body.profile, c.body.roles),
+            None => (request.profile.clone(), vec![Role::Member]),
+        };
         let now = now_unix();
         let cert = root.sign(CertificateBody {
             org_id: me.org.org_id.clone(),
             user: request.user.clone(),
             device_id: request.device_id.clone(),
             device_key: request.device_key.clone(),
-            profile: request.profile.clone(),
-            roles: vec![Role::Member],
+            profile,
+            roles,
             not_before: now.saturating_sub(300),
             not_after: now + CERT_VALIDITY_SECS,
         });
@@ -751,12 +799,9 @@ impl Engine {
             .collect())
     }
 
-    /// Enrolled colleagues, from certificates verified against the pinned organisation root.
-    pub async fn directory(
-        &self,
-        conn: &RelayConnection,
-    ) -> Result<Vec<DirectoryEntry>, EngineError> {
-        let device = self.device()?;
+    /// Every enrolled device's certificate that verifies against the pinned organisation root.
+    async fn certificates(&self, conn: &RelayConnection) -> Result<Vec<Certificate>, EngineError> {
+        let org = self.device()?.org;
         let Response::Directory(certs) =
             conn.request(&Request::Directory).await.map_err(from_net)?
         else {
@@ -764,12 +809,127 @@ impl Engine {
                 "unexpected answer to Directory".into(),
             ));
         };
-        let mut entries: Vec<DirectoryEntry> = Vec::new();
-        for cert in certs {
-            if let Err(e) = cert.verify(&device.org, now_unix()) {
-                tracing::warn!(user = %cert.body.user, error = %e, "skipping unverifiable directory entry");
+        Ok(certs
+            .into_iter()
+            .filter(|c| match c.verify(&org, now_unix()) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(user = %c.body.user, error = %e, "skipping unverifiable certificate");
+                    false
+                }
+            })
+            .collect())
+    }
+
+    /// Creates a single-use code that enrols another device of this user.
+    pub async fn create_device_link(
+        &mut self,
+        conn: &RelayConnection,
+        ttl_secs: u64,
+    ) -> Result<String, EngineError> {
+        let device = self.device()?;
+        let token = random_hex(24);
+        let expires_at = now_unix() + ttl_secs;
+        conn.request(&Request::CreateLink {
+            token_hash: sha256(token.as_bytes()),
+            expires_at,
+        })
+        .await
+        .map_err(from_net)?;
+        Ok(InviteCode {
+            purpose: InvitePurpose::LinkDevice,
+            relay: device.relay,
+            fingerprint: device.fingerprint,
+            org: device.org,
+            user: device.user,
+            token,
+            expires_at,
+        }
+        .encode())
+    }
+
+    /// This user's enrolled devices.
+    pub async fn devices(&self, conn: &RelayConnection) -> Result<Vec<DeviceView>, EngineError> {
+        let me = self.device()?;
+        Ok(self
+            .certificates(conn)
+            .await?
+            .into_iter()
+            .filter(|c| c.body.user == me.user)
+            .map(|c| DeviceView {
+                this_device: c.body.device_id == me.device_id,
+                device_id: c.body.device_id,
+                user: c.body.user,
+                enrolled_until: rfc3339_ms(c.body.not_after as i64 * 1000),
+            })
+            .collect())
+    }
+
+    /// This user's other enrolled devices.
+    async fn my_other_devices(&self, conn: &RelayConnection) -> Result<Vec<String>, EngineError> {
+        let me = self.device()?;
+        let Response::Devices(mine) = conn.request(&Request::MyDevices).await.map_err(from_net)?
+        else {
+            return Err(EngineError::Invalid(
+                "unexpected answer to MyDevices".into(),
+            ));
+        };
+        Ok(mine.into_iter().filter(|d| *d != me.device_id).collect())
+    }
+
+    /// Adds this user's other devices to every group this device is in where they are missing.
+    async fn add_own_devices(
+        &mut self,
+        conn: &RelayConnection,
+        report: &mut SyncReport,
+    ) -> Result<(), EngineError> {
+        let others = self.my_other_devices(conn).await?;
+        if others.is_empty() {
+            return Ok(());
+        }
+        let user = self.device()?.user;
+        let groups: Vec<Vec<u8>> = {
+            let mut stmt = self
+                .db
+                .prepare("SELECT group_id FROM groups WHERE state = 'active'")?;
+            let rows = stmt
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows
+        };
+        for group_id in groups {
+            let missing: Vec<String> = {
+                let provider = Provider::new(&self.crypto, &self.db);
+                let present = device_ids_in(&load_group(&provider, &group_id)?);
+                others
+                    .iter()
+                    .filter(|d| !present.contains(d))
+                    .cloned()
+                    .collect()
+            };
+            if missing.is_empty() {
                 continue;
             }
+            let result = match self.claim_for(conn, &user, &missing).await {
+                Ok(kps) => self.add_key_packages(conn, &group_id, kps).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                report
+                    .problems
+                    .push(format!("could not add your other device to a group: {e}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Enrolled colleagues, from certificates verified against the pinned organisation root.
+    pub async fn directory(
+        &self,
+        conn: &RelayConnection,
+    ) -> Result<Vec<DirectoryEntry>, EngineError> {
+        let mut entries: Vec<DirectoryEntry> = Vec::new();
+        for cert in self.certificates(conn).await? {
             let body = cert.body;
             match entries.iter_mut().find(|e| e.user == body.user) {
                 Some(entry) => entry.devices += 1,
@@ -843,43 +1003,63 @@ impl Engine {
         conn: &RelayConnection,
         users: &[String],
     ) -> Result<Vec<(String, KeyPackage)>, EngineError> {
-        let device = self.device()?;
         let mut out = Vec::new();
         for user in users {
-            validate_handle(user)?;
-            let claimed = match conn
-                .request(&Request::ClaimKeyPackages { user: user.clone() })
-                .await
-                .map_err(from_net)?
-            {
-                Response::KeyPackages(k) => k,
-                _ => {
-                    return Err(EngineError::Invalid(
-                        "unexpected answer to ClaimKeyPackages".into(),
-                    ))
-                }
-            };
-            for c in claimed {
-                let kp = KeyPackageIn::tls_deserialize_exact(&c.key_package)
-                    .map_err(EngineError::mls)?
-                    .validate(&self.crypto, ProtocolVersion::Mls10)
-                    .map_err(|e| EngineError::Invalid(format!("KeyPackage of {user}: {e}")))?;
-                let cert = verify_member(
-                    &device.org,
-                    kp.leaf_node().credential(),
-                    kp.leaf_node().signature_key().as_slice(),
-                )
-                .map_err(|e| {
-                    EngineError::Invalid(format!("refusing KeyPackage offered for {user}: {e}"))
-                })?;
-                if &cert.body.user != user || cert.body.device_id != c.device_id {
-                    return Err(EngineError::Invalid(format!(
-                        "relay offered a KeyPackage of {} for {user}: refused",
-                        cert.body.user
-                    )));
-                }
-                out.push((cert.body.device_id, kp));
+            out.extend(self.claim_for(conn, user, &[]).await?);
+        }
+        Ok(out)
+    }
+
+    /// Claims and checks KeyPackages for `user`'s devices (only those in `only`, if any).
+    async fn claim_for(
+        &self,
+        conn: &RelayConnection,
+        user: &str,
+        only: &[String],
+    ) -> Result<Vec<(String, KeyPackage)>, EngineError> {
+        let device = self.device()?;
+        validate_handle(user)?;
+        let claimed = match conn
+            .request(&Request::ClaimKeyPackages {
+                user: user.to_string(),
+                only: only.to_vec(),
+            })
+            .await
+            .map_err(from_net)?
+        {
+            Response::KeyPackages(k) => k,
+            _ => {
+                return Err(EngineError::Invalid(
+                    "unexpected answer to ClaimKeyPackages".into(),
+                ))
             }
+        };
+        let mut out = Vec::new();
+        for c in claimed {
+            let kp = KeyPackageIn::tls_deserialize_exact(&c.key_package)
+                .map_err(EngineError::mls)?
+                .validate(&self.crypto, ProtocolVersion::Mls10)
+                .map_err(|e| EngineError::Invalid(format!("KeyPackage of {user}: {e}")))?;
+            let cert = verify_member(
+                &device.org,
+                kp.leaf_node().credential(),
+                kp.leaf_node().signature_key().as_slice(),
+            )
+            .map_err(|e| {
+                EngineError::Invalid(format!("refusing KeyPackage offered for {user}: {e}"))
+            })?;
+            if cert.body.user != user || cert.body.device_id != c.device_id {
+                return Err(EngineError::Invalid(format!(
+                    "relay offered a KeyPackage of {} for {user}: refused",
+                    cert.body.user
+                )));
+            }
+            if !only.is_empty() && !only.contains(&cert.body.device_id) {
+                return Err(EngineError::Invalid(format!(
+                    "relay offered a KeyPackage for an unrequested device of {user}: refused"
+                )));
+            }
+            out.push((cert.body.device_id, kp));
         }
         Ok(out)
     }
@@ -912,7 +1092,11 @@ impl Engine {
             .filter(|m| !m.is_empty() && *m != device.user)
             .collect();
         // Check every member exists before creating anything.
-        let key_packages = self.claim_key_packages(conn, &others).await?;
+        let mut key_packages = self.claim_key_packages(conn, &others).await?;
+        let mine = self.my_other_devices(conn).await?;
+        if !mine.is_empty() {
+            key_packages.extend(self.claim_for(conn, &device.user, &mine).await?);
+        }
         let (group_id, group_info, tree) = {
             let provider = Provider::new(&self.crypto, &self.db);
             let group = MlsGroup::new(&provider, &signer, &create_config(), credential)
@@ -1088,7 +1272,12 @@ impl Engine {
                         "UPDATE groups SET state = ?2 WHERE group_id = ?1",
                         params![group_id, STATE_LEFT],
                     )?;
-                    self.system_notice(&group_id, "you left the group")?;
+                    insert_system(
+                        &self.db,
+                        &group_id,
+                        "you left the group",
+                        Some(order_key(seq, 0)),
+                    )?;
                     return Ok(());
                 }
                 Ok(_) => return Err(EngineError::Invalid("unexpected answer to Propose".into())),
@@ -1187,7 +1376,12 @@ impl Engine {
                         params![group_id, seq as i64],
                     )?;
                     if let Some(text) = notice {
-                        insert_system(&tx, group_id, &format!("you {text}"))?;
+                        insert_system(
+                            &tx,
+                            group_id,
+                            &format!("you {text}"),
+                            Some(order_key(seq, 0)),
+                        )?;
                     }
                     tx.commit()?;
                     return Ok(true);
@@ -1423,8 +1617,8 @@ impl Engine {
                             .transaction_with_behavior(TransactionBehavior::Immediate)?;
                         tx.execute("DELETE FROM outbox WHERE client_id = ?1", [&client_id])?;
                         tx.execute(
-                            "UPDATE messages SET status = 'sent', relay_seq = ?3 WHERE group_id = ?1 AND id = ?2",
-                            params![group_id, message_id, seq as i64],
+                            "UPDATE messages SET status = 'sent', relay_seq = ?3, sort_key = ?4 WHERE group_id = ?1 AND id = ?2",
+                            params![group_id, message_id, seq as i64, order_key(seq, 0)],
                         )?;
                         tx.commit()?;
                         report.sent += 1;
@@ -1529,7 +1723,7 @@ impl Engine {
     pub fn read(&self, group: &str, limit: usize) -> Result<Vec<MessageView>, EngineError> {
         let (group_id, _, _) = self.resolve_group(group)?;
         let mut rows = self.query_messages(
-            "WHERE m.group_id = ?1 ORDER BY m.seq DESC LIMIT ?2",
+            "WHERE m.group_id = ?1 ORDER BY m.sort_key IS NULL DESC, m.sort_key DESC, m.seq DESC LIMIT ?2",
             params![group_id, limit as i64],
         )?;
         rows.reverse();
@@ -1540,13 +1734,9 @@ impl Engine {
     pub fn messages_after(&self, group: &str, after: i64) -> Result<Vec<MessageView>, EngineError> {
         let (group_id, _, _) = self.resolve_group(group)?;
         self.query_messages(
-            "WHERE m.group_id = ?1 AND m.seq > ?2 ORDER BY m.seq",
+            "WHERE m.group_id = ?1 AND m.seq > ?2 ORDER BY m.sort_key IS NULL, m.sort_key, m.seq",
             params![group_id, after],
         )
-    }
-
-    fn system_notice(&self, group_id: &[u8], text: &str) -> Result<(), EngineError> {
-        insert_system(&self.db, group_id, text)
     }
 
     // ---- sync ---------------------------------------------------------------------
@@ -1557,6 +1747,7 @@ impl Engine {
         let mut report = SyncReport::default();
         self.fetch_and_process(conn, &mut report).await?;
         self.apply_revocations(conn, &mut report).await?;
+        self.add_own_devices(conn, &mut report).await?;
         self.flush_outbox(conn, &mut report).await?;
         self.commit_pending_proposals(conn, &mut report).await?;
         Ok(report)
@@ -1865,7 +2056,7 @@ impl Engine {
                      ON CONFLICT (group_id) DO UPDATE SET state = 'active'",
                     params![gid, placeholder, now_ms()],
                 )?;
-                insert_system(&tx, &gid, &format!("{adder} added you"))?;
+                insert_system(&tx, &gid, &format!("{adder} added you"), Some(0))?;
                 tx.commit()?;
                 report.joined_groups.push(group_hex(&gid));
             }
@@ -1952,8 +2143,8 @@ impl Engine {
                 [group_id],
             )?;
             if hash == sha256(bytes) {
-                for n in notices {
-                    insert_system(&tx, group_id, &n)?;
+                for (i, n) in notices.iter().enumerate() {
+                    insert_system(&tx, group_id, n, Some(order_key(seq, i + 1)))?;
                 }
                 tx.commit()?;
                 return Ok(());
@@ -2068,9 +2259,9 @@ impl Engine {
             match envelope.body {
                 Body::Text { text } => {
                     tx.execute(
-                        "INSERT OR IGNORE INTO messages (id, group_id, kind, sender, sender_device, body, sent_at, received_at, relay_seq, status)
-                         VALUES (?1, ?2, 'text', ?3, ?4, ?5, ?6, ?7, ?8, 'received')",
-                        params![envelope.id, group_id, cert.body.user, cert.body.device_id, text, envelope.sent_at, now_ms(), seq as i64],
+                        "INSERT OR IGNORE INTO messages (id, group_id, kind, sender, sender_device, body, sent_at, received_at, relay_seq, status, sort_key)
+                         VALUES (?1, ?2, 'text', ?3, ?4, ?5, ?6, ?7, ?8, 'received', ?9)",
+                        params![envelope.id, group_id, cert.body.user, cert.body.device_id, text, envelope.sent_at, now_ms(), seq as i64, order_key(seq, 0)],
                     )?;
                 }
                 Body::GroupMeta { name } => {
@@ -2090,12 +2281,18 @@ impl Engine {
                 params![group_id, state],
             )?;
         }
-        for n in notices {
-            insert_system(&tx, group_id, &n)?;
+        for (i, n) in notices.iter().enumerate() {
+            insert_system(&tx, group_id, n, Some(order_key(seq, i + 1)))?;
         }
         tx.commit()?;
         Ok(())
     }
+}
+
+/// Messages sort by the relay's per-group sequence, so every device shows one order;
+/// notices caused by a message follow it. Not yet stored messages sort last.
+fn order_key(relay_seq: u64, within: usize) -> i64 {
+    (relay_seq as i64).saturating_mul(1000) + within.min(999) as i64
 }
 
 fn dedup(mut v: Vec<String>) -> Vec<String> {
@@ -2132,6 +2329,14 @@ fn describe_pending_commit(group: &MlsGroup) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join(" and "))
 }
 
+fn device_ids_in(group: &MlsGroup) -> Vec<String> {
+    group
+        .members()
+        .filter_map(|m| certificate_in(&m.credential))
+        .map(|c| c.body.device_id)
+        .collect()
+}
+
 fn revoked_device(db: &Connection, device_id: &str) -> Result<bool, EngineError> {
     Ok(db
         .query_row(
@@ -2149,12 +2354,17 @@ fn load_group(provider: &Provider, group_id: &[u8]) -> Result<MlsGroup, EngineEr
         .ok_or_else(|| EngineError::Mls("group state is missing from the local store".into()))
 }
 
-fn insert_system(db: &Connection, group_id: &[u8], text: &str) -> Result<(), EngineError> {
+fn insert_system(
+    db: &Connection,
+    group_id: &[u8],
+    text: &str,
+    order: Option<i64>,
+) -> Result<(), EngineError> {
     let now = now_ms();
     db.execute(
-        "INSERT INTO messages (id, group_id, kind, sender, sender_device, body, sent_at, received_at, status)
-         VALUES (?1, ?2, 'system', '', '', ?3, ?4, ?4, 'received')",
-        params![random_hex(16), group_id, text, now],
+        "INSERT INTO messages (id, group_id, kind, sender, sender_device, body, sent_at, received_at, status, sort_key)
+         VALUES (?1, ?2, 'system', '', '', ?3, ?4, ?4, 'received', ?5)",
+        params![random_hex(16), group_id, text, now, order],
     )?;
     Ok(())
 }

@@ -13,8 +13,8 @@ mod store;
 
 pub use content::{Body, Envelope};
 pub use engine::{
-    AuditView, DirectoryEntry, Engine, GroupView, MessageView, PendingView, QueuedMessage,
-    SyncReport,
+    AuditView, DeviceView, DirectoryEntry, Engine, GroupView, MessageView, PendingView,
+    QueuedMessage, SyncReport,
 };
 pub use error::EngineError;
 pub use muster_net::client::PushHandle;

@@ -14,8 +14,11 @@ CREATE TABLE IF NOT EXISTS messages (
     sender TEXT NOT NULL, sender_device TEXT NOT NULL, body TEXT NOT NULL,
     sent_at INTEGER NOT NULL, received_at INTEGER NOT NULL,
     relay_seq INTEGER, status TEXT NOT NULL,
+    -- display order: relay sequence x 1000 (+ n for notices); NULL until the relay stored it
+    sort_key INTEGER,
     UNIQUE (group_id, id));
 CREATE INDEX IF NOT EXISTS messages_group ON messages(group_id, seq);
+CREATE INDEX IF NOT EXISTS messages_order ON messages(group_id, sort_key);
 CREATE TABLE IF NOT EXISTS outbox (
     client_id BLOB PRIMARY KEY, position INTEGER NOT NULL, group_id BLOB NOT NULL,
     message_id TEXT NOT NULL, envelope BLOB NOT NULL, ciphertext BLOB NOT NULL);

@@ -10,12 +10,20 @@ const PREFIX: &str = "MUSTER1-";
 /// A single-use invitation for one user handle.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InviteCode {
+    pub purpose: InvitePurpose,
     pub relay: String,
     pub fingerprint: String,
     pub org: OrgDescriptor,
     pub user: String,
     pub token: String,
     pub expires_at: u64,
+}
+
+/// What a code enrols: a new user, or another device of an existing user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InvitePurpose {
+    NewUser,
+    LinkDevice,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -51,6 +59,7 @@ mod tests {
     #[test]
     fn invite_round_trips_and_rejects_garbage() {
         let invite = InviteCode {
+            purpose: InvitePurpose::NewUser,
             relay: "127.0.0.1:4433".into(),
             fingerprint: "ab".repeat(32),
             org: OrgDescriptor {

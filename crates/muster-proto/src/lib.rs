@@ -10,7 +10,7 @@ pub use identity::{
     device_id_for, now_unix, validate_handle, CertError, Certificate, CertificateBody,
     OrgDescriptor, OrgRootKey, Profile, Revocation, RevocationBody, Role,
 };
-pub use invite::{InviteCode, InviteError};
+pub use invite::{InviteCode, InviteError, InvitePurpose};
 pub use wire::{
     auth_transcript, decode, encode, enrol_transcript, AckItem, AuditEvent, ClaimedKeyPackage,
     Delivery, ErrorCode, PendingEnrolment, Push, RelayError, Request, Response, WireError,

@@ -56,9 +56,18 @@ pub enum Request {
         last_resort: Option<Vec<u8>>,
     },
     KeyPackageCount,
+    /// One KeyPackage for each enrolled device of `user` (only those listed in `only`, if any).
     ClaimKeyPackages {
         user: String,
+        only: Vec<String>,
     },
+    /// Creates a single-use code that enrols another device of this device's user.
+    CreateLink {
+        token_hash: Vec<u8>,
+        expires_at: u64,
+    },
+    /// The enrolled devices of this device's user.
+    MyDevices,
     /// Registers a new group from its creator's GroupInfo and ratchet tree (TLS encoded).
     CreateGroup {
         group_info: Vec<u8>,
@@ -134,6 +143,7 @@ pub enum Response {
     Audit(Vec<AuditEvent>),
     /// Revocations with their positions, oldest first.
     Revocations(Vec<(u64, Revocation)>),
+    Devices(Vec<String>),
     Health {
         /// Whether an organisation is registered.
         org_registered: bool,
@@ -162,6 +172,8 @@ pub struct AuditEvent {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingEnrolment {
     pub user: String,
+    /// Another device of an already enrolled user (from a link code).
+    pub linked: bool,
     pub device_id: String,
     pub device_key: Vec<u8>,
     pub profile: Profile,

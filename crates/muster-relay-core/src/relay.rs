@@ -299,7 +299,12 @@ impl Relay {
                 last_resort,
             } => self.upload_key_packages(session, key_packages, last_resort),
             Request::KeyPackageCount => self.key_package_count(session),
-            Request::ClaimKeyPackages { user } => self.claim_key_packages(&user),
+            Request::ClaimKeyPackages { user, only } => self.claim_key_packages(&user, &only),
+            Request::CreateLink {
+                token_hash,
+                expires_at,
+            } => self.create_link(session, &token_hash, expires_at),
+            Request::MyDevices => self.my_devices(session),
             Request::CreateGroup {
                 group_info,
                 ratchet_tree,
@@ -546,8 +551,9 @@ impl Relay {
     fn list_pending(&self, session: &Session) -> Result<Outcome, Failure> {
         self.require_admin(session)?;
         let mut stmt = self.db.prepare(
-            "SELECT user, device_id, device_key, profile, requested_at FROM devices
-             WHERE status = 'pending' ORDER BY requested_at, device_id",
+            "SELECT d.user, d.device_id, d.device_key, d.profile, d.requested_at,
+                    EXISTS (SELECT 1 FROM devices o WHERE o.user = d.user AND o.status = 'approved')
+             FROM devices d WHERE d.status = 'pending' ORDER BY d.requested_at, d.device_id",
         )?;
         let rows = stmt
             .query_map([], |r| {
@@ -557,14 +563,16 @@ impl Relay {
                     r.get::<_, Vec<u8>>(2)?,
                     r.get::<_, Vec<u8>>(3)?,
                     r.get::<_, i64>(4)?,
+                    r.get::<_, bool>(5)?,
                 ))
             })?
             .collect::<Result<Vec<_>, _>>()?;
         let pending = rows
             .into_iter()
             .map(
-                |(user, device_id, device_key, profile, requested_at)| PendingEnrolment {
+                |(user, device_id, device_key, profile, requested_at, linked)| PendingEnrolment {
                     user,
+                    linked,
                     device_id,
                     device_key,
                     profile: serde_json::from_slice(&profile).unwrap_or_default(),
@@ -826,7 +834,46 @@ impl Relay {
         }))
     }
 
-    fn claim_key_packages(&mut self, user: &str) -> Result<Outcome, Failure> {
+    fn create_link(
+        &mut self,
+        session: &Session,
+        token_hash: &[u8],
+        expires_at: u64,
+    ) -> Result<Outcome, Failure> {
+        if token_hash.len() != 32 {
+            return Err(refuse(ErrorCode::BadRequest, "token hash must be SHA-256"));
+        }
+        if expires_at <= now_unix() {
+            return Err(refuse(
+                ErrorCode::BadRequest,
+                "link code would already be expired",
+            ));
+        }
+        self.db.execute(
+            "INSERT INTO invites (token_hash, user, created_by, expires_at, kind) VALUES (?1, ?2, ?2, ?3, 'link')",
+            params![token_hash, session.user, expires_at as i64],
+        )?;
+        record(
+            &self.db,
+            "device_link_created",
+            &session.user,
+            &session.device_id,
+            None,
+        )?;
+        Ok(Outcome::reply(Response::Ok))
+    }
+
+    fn my_devices(&self, session: &Session) -> Result<Outcome, Failure> {
+        let mut stmt = self.db.prepare(
+            "SELECT device_id FROM devices WHERE user = ?1 AND status = 'approved' ORDER BY device_id",
+        )?;
+        let devices = stmt
+            .query_map([&session.user], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok(Outcome::reply(Response::Devices(devices)))
+    }
+
+    fn claim_key_packages(&mut self, user: &str, only: &[String]) -> Result<Outcome, Failure> {
         let tx = self
             .db
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -846,7 +893,10 @@ impl Relay {
             ));
         }
         let mut claimed = Vec::new();
-        for device_id in devices {
+        for device_id in devices
+            .into_iter()
+            .filter(|d| only.is_empty() || only.contains(d))
+        {
             let row: Option<(i64, Vec<u8>, bool)> = tx
                 .query_row(
                     "SELECT id, data, last_resort FROM key_packages WHERE device_id = ?1

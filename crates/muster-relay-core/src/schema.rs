@@ -5,7 +5,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS bootstrap_tokens (token_hash BLOB PRIMARY KEY, created_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS invites (
     token_hash BLOB PRIMARY KEY, user TEXT NOT NULL, created_by TEXT NOT NULL,
-    expires_at INTEGER NOT NULL, used_at INTEGER);
+    expires_at INTEGER NOT NULL, used_at INTEGER, kind TEXT NOT NULL DEFAULT 'user');
 CREATE TABLE IF NOT EXISTS devices (
     device_id TEXT PRIMARY KEY, user TEXT NOT NULL, device_key BLOB NOT NULL,
     status TEXT NOT NULL, profile BLOB NOT NULL, certificate BLOB,

@@ -238,6 +238,7 @@ impl World {
                 &a.session,
                 Request::ClaimKeyPackages {
                     user: m.cert.body.user.clone(),
+                    only: vec![],
                 },
             )) else {
                 panic!()
