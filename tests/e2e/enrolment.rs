@@ -43,9 +43,18 @@ fn invite_approve_and_reject() {
     let err = carol.fails(&["sync"]);
     assert!(err.contains("rejected"), "{err}");
 
-    // Only admins invite or approve.
-    let err = bob.fails(&["invite", "eve"]);
-    assert!(err.contains("admin"), "{err}");
+    // Only admins invite, list, approve or reject; the client refuses from bob's own certificate.
+    for args in [
+        &["invite", "eve"][..],
+        &["pending"][..],
+        &["approve", "carol"][..],
+        &["reject", "carol"][..],
+        &["admin", "revoke", "alice"][..],
+        &["admin", "audit"][..],
+    ] {
+        let err = bob.fails(args);
+        assert!(err.contains("no admin role"), "{args:?}: {err}");
+    }
 }
 
 #[test]

@@ -617,8 +617,17 @@ impl Engine {
         Ok(())
     }
 
+    /// Refuses locally, from this device's own signed certificate, what only admins may do.
+    fn require_admin(device: &DeviceRow) -> Result<(), EngineError> {
+        match &device.certificate {
+            Some(cert) if cert.is_admin() => Ok(()),
+            _ => Err(EngineError::NotAdmin),
+        }
+    }
+
     fn root_key(device: &DeviceRow) -> Result<OrgRootKey, EngineError> {
-        let pkcs8 = device.root_key.as_ref().ok_or(EngineError::NotAdmin)?;
+        Self::require_admin(device)?;
+        let pkcs8 = device.root_key.as_ref().ok_or(EngineError::NoRootKey)?;
         Ok(OrgRootKey::from_pkcs8(pkcs8)?)
     }
 
@@ -671,6 +680,7 @@ impl Engine {
 
     /// Enrolment requests waiting for an admin.
     pub async fn pending(&self, conn: &RelayConnection) -> Result<Vec<PendingView>, EngineError> {
+        Self::require_admin(&self.device()?)?;
         Ok(self
             .pending_raw(conn)
             .await?
@@ -759,6 +769,7 @@ impl Engine {
         user: &str,
         device: Option<&str>,
     ) -> Result<String, EngineError> {
+        Self::require_admin(&self.device()?)?;
         let request = self.pending_for(conn, user, device).await?;
         conn.request(&Request::Reject {
             device_id: request.device_id.clone(),
@@ -774,6 +785,7 @@ impl Engine {
         conn: &RelayConnection,
         limit: u32,
     ) -> Result<Vec<AuditView>, EngineError> {
+        Self::require_admin(&self.device()?)?;
         let Response::Audit(events) = conn
             .request(&Request::Audit { limit })
             .await

@@ -27,8 +27,10 @@ pub enum EngineError {
     NotActive(String),
     #[error("{0}")]
     Invalid(String),
-    #[error("only an admin device holding the organisation root key can do this")]
+    #[error("only an organisation admin can do this: your certificate has no admin role")]
     NotAdmin,
+    #[error("this device does not hold the organisation root key: use the admin device that created the organisation")]
+    NoRootKey,
     #[error("the group kept moving; gave up after {0} attempts")]
     TooManyRetries(u32),
     #[error("MLS error: {0}")]

@@ -604,6 +604,48 @@ fn only_admins_invite_and_approve_and_devices_cannot_upload_foreign_key_packages
         refused(w.relay.handle(&bob.session, Request::ListPending)),
         ErrorCode::Forbidden
     );
+    let approve = w.relay.handle(
+        &bob.session,
+        Request::Approve {
+            certificate: carol.cert.clone(),
+        },
+    );
+    assert_eq!(refused(approve), ErrorCode::Forbidden);
+    let reject = w.relay.handle(
+        &bob.session,
+        Request::Reject {
+            device_id: carol.session.device_id.clone(),
+        },
+    );
+    assert_eq!(refused(reject), ErrorCode::Forbidden);
+    // Even a genuine root-signed revocation is refused when a member relays it.
+    let revocation = w.root.sign_revocation(muster_proto::RevocationBody {
+        org_id: w.org.org_id.clone(),
+        user: "carol".into(),
+        device_ids: vec![carol.session.device_id.clone()],
+        issued_at: now_unix(),
+    });
+    let revoke = w.relay.handle(&bob.session, Request::Revoke { revocation });
+    assert_eq!(refused(revoke), ErrorCode::Forbidden);
+    assert_eq!(
+        refused(w.relay.handle(&bob.session, Request::Audit { limit: 10 })),
+        ErrorCode::Forbidden
+    );
+    // A revocation not signed by the org root is refused even from an admin.
+    let forged = OrgRootKey::generate().sign_revocation(muster_proto::RevocationBody {
+        org_id: w.org.org_id.clone(),
+        user: "carol".into(),
+        device_ids: vec![carol.session.device_id.clone()],
+        issued_at: now_unix(),
+    });
+    let out = w
+        .relay
+        .handle(&w.admin.session, Request::Revoke { revocation: forged });
+    assert_eq!(refused(out), ErrorCode::InvalidCertificate);
+    assert!(
+        login(&w.relay, &carol.signer).is_ok(),
+        "carol is still enrolled"
+    );
     // Bob uploads a KeyPackage that belongs to carol.
     let out = w.relay.handle(
         &bob.session,
