@@ -173,7 +173,12 @@ enum GroupCommand {
         /// Comma-separated user handles.
         #[arg(long, value_delimiter = ',')]
         members: Vec<String>,
+        /// (admin) Managed group: only admins add or remove people; members cannot leave or rename it.
+        #[arg(long)]
+        managed: bool,
     },
+    /// Rename a group for every member.
+    Rename { group: String, new_name: String },
     /// Add a user (all their devices) to a group.
     Add { group: String, user: String },
     /// Remove a user (all their devices) from a group.
@@ -233,11 +238,14 @@ fn print_message(m: &MessageView) {
 }
 
 fn print_group(g: &GroupView) {
-    let state = if g.state == "active" {
+    let mut state = if g.state == "active" {
         String::new()
     } else {
         format!(" [{}]", g.state)
     };
+    if g.managed {
+        state.push_str(" [managed]");
+    }
     println!(
         "{}{state}  ({} members: {})  id {}  epoch {}",
         g.name,
@@ -402,8 +410,12 @@ async fn run(cli: Cli) -> Result<(), EngineError> {
         Command::Group(cmd) => {
             let conn = connected(&mut engine).await?;
             let result = match cmd {
-                GroupCommand::Create { name, members } => {
-                    let g = engine.create_group(&conn, &name, &members).await?;
+                GroupCommand::Create {
+                    name,
+                    members,
+                    managed,
+                } => {
+                    let g = engine.create_group(&conn, &name, &members, managed).await?;
                     print_group(&g);
                     Ok(())
                 }
@@ -414,6 +426,11 @@ async fn run(cli: Cli) -> Result<(), EngineError> {
                 }
                 GroupCommand::Remove { group, user } => {
                     let g = engine.remove_member(&conn, &group, &user).await?;
+                    print_group(&g);
+                    Ok(())
+                }
+                GroupCommand::Rename { group, new_name } => {
+                    let g = engine.rename_group(&conn, &group, &new_name).await?;
                     print_group(&g);
                     Ok(())
                 }

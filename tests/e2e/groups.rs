@@ -120,3 +120,49 @@ fn concurrent_commits_do_not_fork() {
         );
     }
 }
+
+#[test]
+fn managed_groups_are_run_by_admins() {
+    let org = Org::new("managed");
+    let alice = &org.admin;
+    let bob = org.enrol("bob");
+    let carol = org.enrol("carol");
+    let dave = org.enrol("dave");
+    alice.ok(&["group", "create", "crisis", "--members", "bob,carol", "--managed"]);
+    bob.ok(&["sync"]);
+    carol.ok(&["sync"]);
+    assert_eq!(bob.group("crisis")["managed"], true);
+
+    // Members are refused by their own client.
+    let err = bob.fails(&["group", "add", "crisis", "dave"]);
+    assert!(err.contains("managed group"), "{err}");
+    let err = bob.fails(&["group", "remove", "crisis", "carol"]);
+    assert!(err.contains("managed group"), "{err}");
+    let err = bob.fails(&["group", "leave", "crisis"]);
+    assert!(err.contains("cannot leave"), "{err}");
+    let err = bob.fails(&["group", "rename", "crisis", "mine"]);
+    assert!(err.contains("managed group"), "{err}");
+    let err = bob.fails(&["group", "create", "own", "--managed"]);
+    assert!(err.contains("no admin role"), "{err}");
+
+    // The admin adds, renames and removes; everyone follows.
+    alice.ok(&["group", "add", "crisis", "dave"]);
+    alice.ok(&["group", "rename", "crisis", "incident-42"]);
+    alice.ok(&["group", "remove", "incident-42", "carol"]);
+    for d in [&bob, &dave] {
+        d.ok(&["sync"]);
+        assert_eq!(d.members("incident-42"), ["alice", "bob", "dave"], "{}", d.name);
+    }
+    carol.ok(&["sync"]);
+    assert_eq!(carol.group("incident-42")["state"], "removed");
+    bob.ok(&["send", "incident-42", "on site"]);
+    dave.ok(&["sync"]);
+    assert_eq!(dave.texts("incident-42"), ["on site"]);
+
+    // Ordinary groups stay open to members.
+    bob.ok(&["group", "create", "coffee", "--members", "carol"]);
+    bob.ok(&["group", "rename", "coffee", "tea"]);
+    carol.ok(&["sync"]);
+    assert_eq!(carol.group("tea")["managed"], false);
+    assert!(carol.texts("tea").is_empty());
+}

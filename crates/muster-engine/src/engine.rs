@@ -7,8 +7,9 @@ use crate::store::SCHEMA;
 use muster_net::RelayConnection;
 use muster_proto::{
     auth_transcript, device_id_for, enrol_transcript, now_unix, validate_handle, AckItem,
-    Certificate, CertificateBody, Delivery, ErrorCode, InviteCode, InvitePurpose, OrgDescriptor,
-    OrgRootKey, PendingEnrolment, Profile, Request, Response, RevocationBody, Role,
+    Certificate, CertificateBody, Delivery, ErrorCode, GroupPolicy, InviteCode, InvitePurpose,
+    OrgDescriptor, OrgRootKey, PendingEnrolment, Profile, Request, Response, RevocationBody, Role,
+    GROUP_POLICY_EXTENSION,
 };
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::*;
@@ -63,6 +64,8 @@ pub struct GroupView {
     pub epoch: u64,
     /// `active`, `left` or `removed`.
     pub state: String,
+    /// Only admins add or remove people; members cannot leave or rename it.
+    pub managed: bool,
 }
 
 /// An enrolment request as an admin sees it.
@@ -176,13 +179,39 @@ fn sha256(bytes: &[u8]) -> Vec<u8> {
         .to_vec()
 }
 
-fn create_config() -> MlsGroupCreateConfig {
-    MlsGroupCreateConfig::builder()
+/// What every Muster leaf supports beyond the defaults.
+fn leaf_capabilities() -> Capabilities {
+    Capabilities::builder()
+        .extensions(vec![
+            ExtensionType::LastResort,
+            ExtensionType::Unknown(GROUP_POLICY_EXTENSION),
+        ])
+        .build()
+}
+
+fn create_config(policy: GroupPolicy) -> Result<MlsGroupCreateConfig, EngineError> {
+    let policy = Extensions::single(Extension::Unknown(
+        GROUP_POLICY_EXTENSION,
+        UnknownExtension(policy.to_bytes()),
+    ))
+    .map_err(EngineError::mls)?;
+    Ok(MlsGroupCreateConfig::builder()
         .ciphersuite(CIPHERSUITE)
         .use_ratchet_tree_extension(true)
         .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
         .max_past_epochs(MAX_PAST_EPOCHS)
-        .build()
+        .capabilities(leaf_capabilities())
+        .with_group_context_extensions(policy)
+        .build())
+}
+
+fn policy_of(group: &MlsGroup) -> GroupPolicy {
+    GroupPolicy::from_extension(
+        group
+            .extensions()
+            .unknown(GROUP_POLICY_EXTENSION)
+            .map(|e| e.0.as_slice()),
+    )
 }
 
 fn join_config() -> MlsGroupJoinConfig {
@@ -581,11 +610,7 @@ impl Engine {
         let credential = Self::credential(&device)?;
         let provider = Provider::new(&self.crypto, &self.db);
         let make = |last_resort: bool| -> Result<Vec<u8>, EngineError> {
-            let mut builder = KeyPackage::builder().leaf_node_capabilities(
-                Capabilities::builder()
-                    .extensions(vec![ExtensionType::LastResort])
-                    .build(),
-            );
+            let mut builder = KeyPackage::builder().leaf_node_capabilities(leaf_capabilities());
             if last_resort {
                 builder = builder.mark_as_last_resort();
             }
@@ -1009,6 +1034,20 @@ impl Engine {
         Ok((id, name))
     }
 
+    /// Refuses a membership change or rename of a managed group unless this device is an admin's.
+    fn check_may_manage(&self, group_id: &[u8], what: &str) -> Result<(), EngineError> {
+        let provider = Provider::new(&self.crypto, &self.db);
+        if !policy_of(&load_group(&provider, group_id)?).managed {
+            return Ok(());
+        }
+        let device = self.device()?;
+        if device.certificate.as_ref().is_some_and(|c| c.is_admin()) {
+            Ok(())
+        } else {
+            Err(EngineError::Managed(what.to_string()))
+        }
+    }
+
     /// Claims and checks KeyPackages for every enrolled device of each user.
     async fn claim_key_packages(
         &self,
@@ -1082,7 +1121,12 @@ impl Engine {
         conn: &RelayConnection,
         name: &str,
         members: &[String],
+        managed: bool,
     ) -> Result<GroupView, EngineError> {
+        let policy = GroupPolicy { managed };
+        if managed {
+            Self::require_admin(&self.device()?)?;
+        }
         let name = name.trim();
         if name.is_empty() || name.len() > 64 {
             return Err(EngineError::Invalid(
@@ -1111,7 +1155,7 @@ impl Engine {
         }
         let (group_id, group_info, tree) = {
             let provider = Provider::new(&self.crypto, &self.db);
-            let group = MlsGroup::new(&provider, &signer, &create_config(), credential)
+            let group = MlsGroup::new(&provider, &signer, &create_config(policy)?, credential)
                 .map_err(EngineError::mls)?;
             let info = group
                 .export_group_info(provider.crypto(), &signer, false)
@@ -1149,6 +1193,7 @@ impl Engine {
         user: &str,
     ) -> Result<GroupView, EngineError> {
         let (group_id, _) = self.active_group(group)?;
+        self.check_may_manage(&group_id, "add people to it")?;
         let key_packages = self.claim_key_packages(conn, &[user.to_string()]).await?;
         self.add_key_packages(conn, &group_id, key_packages).await?;
         self.group_view(&group_id)
@@ -1201,6 +1246,7 @@ impl Engine {
         user: &str,
     ) -> Result<GroupView, EngineError> {
         let (group_id, name) = self.active_group(group)?;
+        self.check_may_manage(&group_id, "remove people from it")?;
         let me = self.device()?;
         if user == me.user {
             return Err(EngineError::Invalid(
@@ -1232,6 +1278,41 @@ impl Engine {
         self.group_view(&group_id)
     }
 
+    /// Renames the group for every member.
+    pub async fn rename_group(
+        &mut self,
+        conn: &RelayConnection,
+        group: &str,
+        new_name: &str,
+    ) -> Result<GroupView, EngineError> {
+        let (group_id, _) = self.active_group(group)?;
+        self.check_may_manage(&group_id, "rename it")?;
+        let new_name = new_name.trim();
+        if new_name.is_empty() || new_name.len() > 64 {
+            return Err(EngineError::Invalid(
+                "group name must be 1-64 characters".into(),
+            ));
+        }
+        if self
+            .resolve_group(new_name)
+            .is_ok_and(|g| g.2 == STATE_ACTIVE && g.1 == new_name && g.0 != group_id)
+        {
+            return Err(EngineError::GroupNameTaken(new_name.to_string()));
+        }
+        self.db.execute(
+            "UPDATE groups SET name = ?2 WHERE group_id = ?1",
+            params![group_id, new_name],
+        )?;
+        self.enqueue(
+            &group_id,
+            Body::GroupMeta {
+                name: new_name.to_string(),
+            },
+        )?;
+        self.flush_outbox(conn, &mut SyncReport::default()).await?;
+        self.group_view(&group_id)
+    }
+
     /// Leaves the group: proposes this device's removal, which the next member commits.
     pub async fn leave_group(
         &mut self,
@@ -1239,6 +1320,15 @@ impl Engine {
         group: &str,
     ) -> Result<(), EngineError> {
         let (group_id, _) = self.active_group(group)?;
+        {
+            let provider = Provider::new(&self.crypto, &self.db);
+            if policy_of(&load_group(&provider, &group_id)?).managed {
+                return Err(EngineError::Invalid(
+                    "this is a managed group: members cannot leave it; an admin removes people"
+                        .into(),
+                ));
+            }
+        }
         let device = self.device()?;
         let signer = self.signer(&device)?;
         for _ in 0..MAX_COMMIT_ATTEMPTS {
@@ -1467,6 +1557,7 @@ impl Engine {
             members,
             epoch,
             state,
+            managed: group.as_ref().is_some_and(|g| policy_of(g).managed),
         })
     }
 
@@ -1819,6 +1910,16 @@ impl Engine {
         conn: &RelayConnection,
         report: &mut SyncReport,
     ) -> Result<(), EngineError> {
+        self.learn_revocations(conn, report).await?;
+        self.remove_revoked_devices(conn, report).await
+    }
+
+    /// Fetches and stores revocations this device has not seen yet.
+    async fn learn_revocations(
+        &mut self,
+        conn: &RelayConnection,
+        report: &mut SyncReport,
+    ) -> Result<(), EngineError> {
         let org = self.device()?.org;
         loop {
             let since: i64 = self
@@ -1869,6 +1970,15 @@ impl Engine {
             }
             tx.commit()?;
         }
+        Ok(())
+    }
+
+    /// Removes every revoked device from each group this device is in.
+    async fn remove_revoked_devices(
+        &mut self,
+        conn: &RelayConnection,
+        report: &mut SyncReport,
+    ) -> Result<(), EngineError> {
         let revoked: Vec<String> = {
             let mut stmt = self.db.prepare("SELECT device_id FROM revoked_devices")?;
             let rows = stmt
@@ -1986,6 +2096,9 @@ impl Engine {
             if deliveries.is_empty() {
                 return Ok(());
             }
+            // Commits in this batch may remove devices revoked since the last look; learn
+            // of those revocations before judging the commits.
+            self.learn_revocations(conn, report).await?;
             let mut acks = Vec::with_capacity(deliveries.len());
             for delivery in deliveries {
                 match delivery {
@@ -2062,7 +2175,7 @@ impl Engine {
                         .push("rejected a Welcome whose group id differs from its envelope".into());
                     return Ok(());
                 }
-                let placeholder = format!("group-{}", &group_hex(&gid)[..8]);
+                let placeholder = placeholder_name(&gid);
                 tx.execute(
                     "INSERT INTO groups (group_id, name, state, created_at) VALUES (?1, ?2, 'active', ?3)
                      ON CONFLICT (group_id) DO UPDATE SET state = 'active'",
@@ -2133,6 +2246,7 @@ impl Engine {
             .optional()?;
         let provider = Provider::new(&self.crypto, &tx);
         let mut group = load_group(&provider, group_id)?;
+        let managed = policy_of(&group).managed;
         let mut notices: Vec<String> = Vec::new();
         let mut new_state: Option<&str> = None;
         let mut stored_message: Option<(Envelope, Certificate)> = None;
@@ -2202,6 +2316,37 @@ impl Engine {
                         .map_err(|e| e.to_string())?;
                 }
                 ProcessedMessageContent::StagedCommitMessage(staged) => {
+                    if managed && !sender_cert.is_admin() {
+                        let by = &sender_cert.body.user;
+                        let refused = || {
+                            format!("refused a change to this managed group by {by}, who is not an admin")
+                        };
+                        if staged.add_proposals().any(|a| {
+                            certificate_in(a.add_proposal().key_package().leaf_node().credential())
+                                .is_none_or(|c| c.body.user != *by)
+                        }) {
+                            return Err(refused());
+                        }
+                        for r in staged.remove_proposals() {
+                            let device = group
+                                .member_at(r.remove_proposal().removed())
+                                .and_then(|m| certificate_in(&m.credential))
+                                .map(|c| c.body.device_id);
+                            let revoked = match device {
+                                Some(d) => revoked_device(&tx, &d).map_err(|e| e.to_string())?,
+                                None => false,
+                            };
+                            if !revoked {
+                                return Err(refused());
+                            }
+                        }
+                        if staged
+                            .queued_proposals()
+                            .any(|p| matches!(p.proposal(), Proposal::GroupContextExtensions(_)))
+                        {
+                            return Err(refused());
+                        }
+                    }
                     for add in staged.add_proposals() {
                         let leaf = add.add_proposal().key_package().leaf_node();
                         verify_member(
@@ -2278,11 +2423,33 @@ impl Engine {
                 }
                 Body::GroupMeta { name } => {
                     let name: String = name.chars().take(64).collect();
-                    if !name.trim().is_empty() {
+                    let current: String = tx.query_row(
+                        "SELECT name FROM groups WHERE group_id = ?1",
+                        [group_id],
+                        |r| r.get(0),
+                    )?;
+                    let still_placeholder = current == placeholder_name(group_id);
+                    if name.trim().is_empty() || name == current {
+                    } else if managed && !cert.is_admin() && !still_placeholder {
+                        insert_system(
+                            &tx,
+                            group_id,
+                            &format!("ignored {}'s rename of this managed group", cert.body.user),
+                            Some(order_key(seq, 0)),
+                        )?;
+                    } else {
                         tx.execute(
                             "UPDATE groups SET name = ?2 WHERE group_id = ?1",
                             params![group_id, name],
                         )?;
+                        if !still_placeholder {
+                            insert_system(
+                                &tx,
+                                group_id,
+                                &format!("{} renamed the group to {name}", cert.body.user),
+                                Some(order_key(seq, 0)),
+                            )?;
+                        }
                     }
                 }
             }
@@ -2339,6 +2506,14 @@ fn describe_pending_commit(group: &MlsGroup) -> Option<String> {
         parts.push(format!("removed {}", removed.join(", ")));
     }
     (!parts.is_empty()).then(|| parts.join(" and "))
+}
+
+/// The name a group shows until a member tells this device its real name.
+fn placeholder_name(group_id: &[u8]) -> String {
+    format!(
+        "group-{}",
+        &group_hex(group_id)[..8.min(group_id.len() * 2)]
+    )
 }
 
 fn device_ids_in(group: &MlsGroup) -> Vec<String> {

@@ -31,6 +31,8 @@ pub enum EngineError {
     NotAdmin,
     #[error("this device does not hold the organisation root key: use the admin device that created the organisation")]
     NoRootKey,
+    #[error("this is a managed group: only an admin can {0}")]
+    Managed(String),
     #[error("the group kept moving; gave up after {0} attempts")]
     TooManyRetries(u32),
     #[error("MLS error: {0}")]

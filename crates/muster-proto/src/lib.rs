@@ -4,6 +4,7 @@
 
 pub mod identity;
 pub mod invite;
+pub mod policy;
 pub mod wire;
 
 pub use identity::{
@@ -11,6 +12,7 @@ pub use identity::{
     OrgDescriptor, OrgRootKey, Profile, Revocation, RevocationBody, Role,
 };
 pub use invite::{InviteCode, InviteError, InvitePurpose};
+pub use policy::{GroupPolicy, GROUP_POLICY_EXTENSION};
 pub use wire::{
     auth_transcript, decode, encode, enrol_transcript, AckItem, AuditEvent, ClaimedKeyPackage,
     Delivery, ErrorCode, PendingEnrolment, Push, RelayError, Request, Response, WireError,

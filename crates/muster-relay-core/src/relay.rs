@@ -5,8 +5,8 @@ use crate::mls::{certificate_of, JsonCodec, Storage};
 use crate::schema::SCHEMA;
 use muster_proto::{
     auth_transcript, enrol_transcript, now_unix, validate_handle, AckItem, AuditEvent, Certificate,
-    ClaimedKeyPackage, Delivery, ErrorCode, OrgDescriptor, PendingEnrolment, Profile, RelayError,
-    Request, Response, Revocation, MAX_MLS_MESSAGE,
+    ClaimedKeyPackage, Delivery, ErrorCode, GroupPolicy, OrgDescriptor, PendingEnrolment, Profile,
+    RelayError, Request, Response, Revocation, GROUP_POLICY_EXTENSION, MAX_MLS_MESSAGE,
 };
 use openmls::prelude::tls_codec::Deserialize as _;
 use openmls::prelude::*;
@@ -354,20 +354,7 @@ impl Relay {
     }
 
     fn certificate_of_device(&self, device_id: &str) -> Result<Option<Certificate>, Failure> {
-        let bytes: Option<Option<Vec<u8>>> = self
-            .db
-            .query_row(
-                "SELECT certificate FROM devices WHERE device_id = ?1",
-                [device_id],
-                |r| r.get(0),
-            )
-            .optional()?;
-        match bytes.flatten() {
-            Some(b) => Ok(Some(Certificate::from_bytes(&b).map_err(|_| {
-                Failure::Store(StoreError::Corrupt("stored certificate".into()))
-            })?)),
-            None => Ok(None),
-        }
+        device_certificate(&self.db, device_id)
     }
 
     fn require_org(&self) -> Result<OrgDescriptor, Failure> {
@@ -1013,6 +1000,12 @@ impl Relay {
             PublicGroup::from_external(&self.crypto, &storage, tree, info, ProposalStore::new())
                 .map_err(|e| bad(format!("group state does not validate: {e}")))?;
         let devices = Self::roster_devices(&tx, &org, &group)?;
+        if policy_of(&group).managed && !device_is_admin(&tx, &session.device_id)? {
+            return Err(refuse(
+                ErrorCode::Forbidden,
+                "only an organisation admin may create a managed group",
+            ));
+        }
         if devices.len() != 1 || !devices.contains(&session.device_id) {
             return Err(refuse(
                 ErrorCode::BadRequest,
@@ -1188,6 +1181,7 @@ impl Relay {
         let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content() else {
             return Err(refuse(ErrorCode::InvalidMessage, "not a commit"));
         };
+        let policy_before = policy_of(&group);
         group
             .merge_commit(&Storage::new(&tx), *staged)
             .map_err(|e| Failure::Store(StoreError::Corrupt(format!("merge commit: {e}"))))?;
@@ -1195,6 +1189,18 @@ impl Relay {
         let before = Self::current_members(&tx, group_id)?;
         let added: Vec<&String> = after.difference(&before).collect();
         let removed: Vec<&String> = before.difference(&after).collect();
+        let policy_after = policy_of(&group);
+        if (policy_before.managed || policy_after.managed)
+            && !device_is_admin(&tx, &session.device_id)?
+        {
+            Self::check_member_commit_in_managed_group(
+                &tx,
+                session,
+                &added,
+                &removed,
+                policy_before == policy_after,
+            )?;
+        }
         if !added.is_empty() && welcome.is_none() {
             return Err(refuse(
                 ErrorCode::BadRequest,
@@ -1240,6 +1246,51 @@ impl Relay {
         Ok(Outcome::with_wake(Response::Stored { seq }, wake))
     }
 
+    /// What a member who is not an admin may commit in a managed group: adding their own
+    /// user's other devices, and removing revoked devices. Nothing else.
+    fn check_member_commit_in_managed_group(
+        tx: &Transaction,
+        session: &Session,
+        added: &[&String],
+        removed: &[&String],
+        policy_unchanged: bool,
+    ) -> Result<(), Failure> {
+        let forbidden = || {
+            refuse(
+                ErrorCode::Forbidden,
+                "this is a managed group: only admins add or remove people or change its policy",
+            )
+        };
+        if !policy_unchanged {
+            return Err(forbidden());
+        }
+        for device in added {
+            let owner: Option<String> = tx
+                .query_row(
+                    "SELECT user FROM devices WHERE device_id = ?1",
+                    [device],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if owner.as_deref() != Some(session.user.as_str()) {
+                return Err(forbidden());
+            }
+        }
+        for device in removed {
+            let status: Option<String> = tx
+                .query_row(
+                    "SELECT status FROM devices WHERE device_id = ?1",
+                    [device],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if status.as_deref() != Some(STATUS_REVOKED) {
+                return Err(forbidden());
+            }
+        }
+        Ok(())
+    }
+
     fn propose(
         &mut self,
         session: &Session,
@@ -1258,6 +1309,12 @@ impl Relay {
             message,
             ContentType::Proposal,
         )?;
+        if policy_of(&group).managed && !device_is_admin(&tx, &session.device_id)? {
+            return Err(refuse(
+                ErrorCode::Forbidden,
+                "this is a managed group: members cannot leave it or propose changes",
+            ));
+        }
         let ProcessedMessageContent::ProposalMessage(queued) = processed.into_content() else {
             return Err(refuse(ErrorCode::InvalidMessage, "not a proposal"));
         };
@@ -1484,6 +1541,37 @@ fn record(
         params![now_unix() as i64, event, actor, subject, group],
     )?;
     Ok(())
+}
+
+fn device_certificate(db: &Connection, device_id: &str) -> Result<Option<Certificate>, Failure> {
+    let bytes: Option<Option<Vec<u8>>> = db
+        .query_row(
+            "SELECT certificate FROM devices WHERE device_id = ?1",
+            [device_id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match bytes.flatten() {
+        Some(b) => Ok(Some(Certificate::from_bytes(&b).map_err(|_| {
+            Failure::Store(StoreError::Corrupt("stored certificate".into()))
+        })?)),
+        None => Ok(None),
+    }
+}
+
+fn device_is_admin(db: &Connection, device_id: &str) -> Result<bool, Failure> {
+    Ok(device_certificate(db, device_id)?.is_some_and(|c| c.is_admin()))
+}
+
+/// The policy in a group's context.
+fn policy_of(group: &PublicGroup) -> GroupPolicy {
+    GroupPolicy::from_extension(
+        group
+            .group_context()
+            .extensions()
+            .unknown(GROUP_POLICY_EXTENSION)
+            .map(|e| e.0.as_slice()),
+    )
 }
 
 fn load_org(db: &Connection) -> Result<Option<OrgDescriptor>, StoreError> {

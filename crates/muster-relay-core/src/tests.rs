@@ -3,8 +3,8 @@
 use crate::{Relay, Session};
 use muster_proto::{
     auth_transcript, device_id_for, enrol_transcript, now_unix, AckItem, Certificate,
-    CertificateBody, Delivery, ErrorCode, OrgDescriptor, OrgRootKey, Profile, Request, Response,
-    Role,
+    CertificateBody, Delivery, ErrorCode, GroupPolicy, OrgDescriptor, OrgRootKey, Profile, Request,
+    Response, Role, GROUP_POLICY_EXTENSION,
 };
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::*;
@@ -41,6 +41,7 @@ impl Device {
 
     fn key_package(&self) -> Vec<u8> {
         KeyPackage::builder()
+            .leaf_node_capabilities(capabilities())
             .build(SUITE, &self.provider, &self.signer, self.credential())
             .unwrap()
             .key_package()
@@ -57,11 +58,29 @@ struct World {
     admin: Device,
 }
 
+fn capabilities() -> Capabilities {
+    Capabilities::builder()
+        .extensions(vec![ExtensionType::Unknown(GROUP_POLICY_EXTENSION)])
+        .build()
+}
+
 fn config() -> MlsGroupCreateConfig {
+    config_with(GroupPolicy::default())
+}
+
+fn config_with(policy: GroupPolicy) -> MlsGroupCreateConfig {
     MlsGroupCreateConfig::builder()
         .ciphersuite(SUITE)
         .use_ratchet_tree_extension(true)
         .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
+        .capabilities(capabilities())
+        .with_group_context_extensions(
+            Extensions::single(Extension::Unknown(
+                GROUP_POLICY_EXTENSION,
+                UnknownExtension(policy.to_bytes()),
+            ))
+            .unwrap(),
+        )
         .build()
 }
 
@@ -217,8 +236,17 @@ impl World {
 
     /// Alice creates a group on the relay and adds `members`; they join from their Welcomes.
     fn group_with(&mut self, members: &[&Device]) -> (MlsGroup, Vec<MlsGroup>) {
+        self.group_with_policy(members, GroupPolicy::default())
+    }
+
+    fn group_with_policy(
+        &mut self,
+        members: &[&Device],
+        policy: GroupPolicy,
+    ) -> (MlsGroup, Vec<MlsGroup>) {
         let a = &self.admin;
-        let mut group = MlsGroup::new(&a.provider, &a.signer, &config(), a.credential()).unwrap();
+        let mut group =
+            MlsGroup::new(&a.provider, &a.signer, &config_with(policy), a.credential()).unwrap();
         let info = group
             .export_group_info(a.provider.crypto(), &a.signer, false)
             .unwrap();
@@ -706,4 +734,103 @@ fn large_backlogs_are_fetched_in_frames_that_fit() {
         ack_all(&mut w.relay, &bob.session, &d);
     }
     assert_eq!(total, 8);
+}
+
+fn validated(dev: &Device, bytes: Vec<u8>) -> KeyPackage {
+    KeyPackageIn::tls_deserialize_exact(bytes)
+        .unwrap()
+        .validate(dev.provider.crypto(), ProtocolVersion::Mls10)
+        .unwrap()
+}
+
+#[test]
+fn in_a_managed_group_only_admins_change_membership() {
+    let mut w = World::new();
+    let bob = w.enrol("bob");
+    let carol = w.enrol("carol");
+    let (mut alice_group, mut joined) = w.group_with_policy(&[&bob], GroupPolicy { managed: true });
+    let mut bob_group = joined.remove(0);
+    let gid = alice_group.group_id().as_slice().to_vec();
+
+    // Bob (a member) tries to add carol.
+    let kp = validated(&bob, carol.key_package());
+    let (commit, welcome, _) = bob_group
+        .add_members(&bob.provider, &bob.signer, &[kp])
+        .unwrap();
+    let out = w.relay.handle(
+        &bob.session,
+        Request::Commit {
+            group_id: gid.clone(),
+            commit: bytes(&commit),
+            welcome: Some(bytes(&welcome)),
+        },
+    );
+    assert_eq!(refused(out), ErrorCode::Forbidden);
+    bob_group
+        .clear_pending_commit(bob.provider.storage())
+        .unwrap();
+
+    // Bob tries to remove alice, and to leave.
+    let (commit, _, _) = bob_group
+        .remove_members(&bob.provider, &bob.signer, &[alice_group.own_leaf_index()])
+        .unwrap();
+    let out = w.relay.handle(
+        &bob.session,
+        Request::Commit {
+            group_id: gid.clone(),
+            commit: bytes(&commit),
+            welcome: None,
+        },
+    );
+    assert_eq!(refused(out), ErrorCode::Forbidden);
+    bob_group
+        .clear_pending_commit(bob.provider.storage())
+        .unwrap();
+    let leave = bob_group.leave_group(&bob.provider, &bob.signer).unwrap();
+    let out = w.relay.handle(
+        &bob.session,
+        Request::Propose {
+            group_id: gid.clone(),
+            proposal: bytes(&leave),
+        },
+    );
+    assert_eq!(refused(out), ErrorCode::Forbidden);
+
+    // A member may not create a managed group at all.
+    let mut own = MlsGroup::new(
+        &bob.provider,
+        &bob.signer,
+        &config_with(GroupPolicy { managed: true }),
+        bob.credential(),
+    )
+    .unwrap();
+    let info = own
+        .export_group_info(bob.provider.crypto(), &bob.signer, false)
+        .unwrap();
+    let out = w.relay.handle(
+        &bob.session,
+        Request::CreateGroup {
+            group_info: bytes(&info),
+            ratchet_tree: own.export_ratchet_tree().tls_serialize_detached().unwrap(),
+        },
+    );
+    assert_eq!(refused(out), ErrorCode::Forbidden);
+    let _ = &mut own;
+
+    // The admin may.
+    let kp = validated(&w.admin, carol.key_package());
+    let (commit, welcome, _) = alice_group
+        .add_members(&w.admin.provider, &w.admin.signer, &[kp])
+        .unwrap();
+    assert!(matches!(
+        ok(w.relay.handle(
+            &w.admin.session,
+            Request::Commit {
+                group_id: gid,
+                commit: bytes(&commit),
+                welcome: Some(bytes(&welcome)),
+            },
+        )),
+        Response::Stored { .. }
+    ));
 }
