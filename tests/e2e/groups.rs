@@ -128,7 +128,14 @@ fn managed_groups_are_run_by_admins() {
     let bob = org.enrol("bob");
     let carol = org.enrol("carol");
     let dave = org.enrol("dave");
-    alice.ok(&["group", "create", "crisis", "--members", "bob,carol", "--managed"]);
+    alice.ok(&[
+        "group",
+        "create",
+        "crisis",
+        "--members",
+        "bob,carol",
+        "--managed",
+    ]);
     bob.ok(&["sync"]);
     carol.ok(&["sync"]);
     assert_eq!(bob.group("crisis")["managed"], true);
@@ -151,7 +158,12 @@ fn managed_groups_are_run_by_admins() {
     alice.ok(&["group", "remove", "incident-42", "carol"]);
     for d in [&bob, &dave] {
         d.ok(&["sync"]);
-        assert_eq!(d.members("incident-42"), ["alice", "bob", "dave"], "{}", d.name);
+        assert_eq!(
+            d.members("incident-42"),
+            ["alice", "bob", "dave"],
+            "{}",
+            d.name
+        );
     }
     carol.ok(&["sync"]);
     assert_eq!(carol.group("incident-42")["state"], "removed");
