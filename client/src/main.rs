@@ -102,6 +102,24 @@ enum Command {
     /// Administration.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Your profile as colleagues see it.
+    #[command(subcommand)]
+    Profile(ProfileCommand),
+}
+
+#[derive(Subcommand)]
+enum ProfileCommand {
+    /// Show your approved profile.
+    Show(JsonFlag),
+    /// Ask an admin to approve a new profile. Leave out --title or --department to stop revealing it.
+    Set {
+        #[arg(long)]
+        display_name: String,
+        #[arg(long)]
+        title: Option<String>,
+        #[arg(long)]
+        department: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -116,6 +134,12 @@ enum DeviceCommand {
 
 #[derive(Subcommand)]
 enum AdminCommand {
+    /// List profile changes waiting for approval.
+    Profiles(JsonFlag),
+    /// Approve a user's requested profile (new certificates for their devices).
+    ApproveProfile { user: String },
+    /// Refuse a user's requested profile.
+    RejectProfile { user: String },
     /// Revoke a user (all devices, or one): cut off at once and removed from every group.
     Revoke {
         user: String,
@@ -235,6 +259,13 @@ fn print_message(m: &MessageView) {
         };
         println!("[{time}] {}: {}{flag}", m.sender, m.text);
     }
+}
+
+fn describe_profile(p: &Profile) -> String {
+    let mut parts = vec![format!("\"{}\"", p.display_name)];
+    parts.extend(p.title.iter().map(|t| format!("title {t:?}")));
+    parts.extend(p.department.iter().map(|d| format!("department {d:?}")));
+    parts.join(", ")
 }
 
 fn print_group(g: &GroupView) {
@@ -545,6 +576,72 @@ async fn run(cli: Cli) -> Result<(), EngineError> {
                 revoked.len(),
                 revoked.join(", ")
             );
+        }
+        Command::Profile(ProfileCommand::Show(flag)) => {
+            let p = engine.profile()?;
+            if flag.json {
+                print_json(&serde_json::json!({
+                    "display_name": p.display_name, "title": p.title, "department": p.department,
+                }));
+            } else {
+                println!("display name: {}", p.display_name);
+                println!("title: {}", p.title.as_deref().unwrap_or("(not revealed)"));
+                println!(
+                    "department: {}",
+                    p.department.as_deref().unwrap_or("(not revealed)")
+                );
+            }
+        }
+        Command::Profile(ProfileCommand::Set {
+            display_name,
+            title,
+            department,
+        }) => {
+            let conn = connected(&mut engine).await?;
+            let result = engine
+                .request_profile(
+                    &conn,
+                    Profile {
+                        display_name,
+                        title,
+                        department,
+                    },
+                )
+                .await;
+            conn.close().await;
+            result?;
+            println!("profile change sent; colleagues see it once an admin approves it");
+        }
+        Command::Admin(AdminCommand::Profiles(flag)) => {
+            let conn = connected(&mut engine).await?;
+            let changes = engine.profile_changes(&conn).await;
+            conn.close().await;
+            for c in changes? {
+                if flag.json {
+                    print_json(&c);
+                } else {
+                    println!(
+                        "{}: {} -> {}",
+                        c.user,
+                        describe_profile(&c.current),
+                        describe_profile(&c.requested)
+                    );
+                }
+            }
+        }
+        Command::Admin(AdminCommand::ApproveProfile { user }) => {
+            let conn = connected(&mut engine).await?;
+            let result = engine.approve_profile(&conn, &user).await;
+            conn.close().await;
+            let p = result?;
+            println!("approved the new profile of {user} ({})", p.display_name);
+        }
+        Command::Admin(AdminCommand::RejectProfile { user }) => {
+            let conn = connected(&mut engine).await?;
+            let result = engine.reject_profile(&conn, &user).await;
+            conn.close().await;
+            result?;
+            println!("rejected the profile change of {user}");
         }
         Command::Admin(AdminCommand::Audit { limit, json }) => {
             let conn = connected(&mut engine).await?;

@@ -284,3 +284,59 @@ fn a_user_with_two_devices_sees_the_same_conversation_on_both() {
     let err = tablet.fails(&["join-device", &code]);
     assert!(err.contains("already used"), "{err}");
 }
+
+#[test]
+fn profile_changes_are_invisible_until_an_admin_approves_them() {
+    let org = Org::new("profile");
+    let alice = &org.admin;
+    let bob = org.enrol("bob");
+    let carol = org.enrol("carol");
+    let bob_in = |d: &Device| {
+        d.json(&["directory"])
+            .into_iter()
+            .find(|e| e["user"] == "bob")
+            .unwrap()
+    };
+    bob.ok(&[
+        "profile",
+        "set",
+        "--display-name",
+        "Robert B",
+        "--title",
+        "Shift lead",
+    ]);
+    assert_eq!(bob_in(&carol)["display_name"], "bob display");
+    assert_eq!(
+        bob.json(&["profile", "show"])[0]["display_name"],
+        "bob display"
+    );
+    let changes = alice.json(&["admin", "profiles"]);
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0]["requested"]["display_name"], "Robert B");
+    let err = bob.fails(&["admin", "approve-profile", "bob"]);
+    assert!(err.contains("no admin role"), "{err}");
+
+    alice.ok(&["admin", "approve-profile", "bob"]);
+    let seen = bob_in(&carol);
+    assert_eq!(seen["display_name"], "Robert B");
+    assert_eq!(seen["title"], "Shift lead");
+    bob.ok(&["sync"]);
+    assert_eq!(bob.json(&["profile", "show"])[0]["title"], "Shift lead");
+    assert!(alice.json(&["admin", "profiles"]).is_empty());
+
+    // Rejected changes never show; hiding an attribute is a change like any other.
+    bob.ok(&["profile", "set", "--display-name", "Bobby"]);
+    alice.ok(&["admin", "reject-profile", "bob"]);
+    assert_eq!(bob_in(&carol)["display_name"], "Robert B");
+    bob.ok(&["profile", "set", "--display-name", "Robert B"]);
+    alice.ok(&["admin", "approve-profile", "bob"]);
+    assert!(bob_in(&carol)["title"].is_null());
+    let err = alice.fails(&["admin", "approve-profile", "carol"]);
+    assert!(err.contains("no pending profile change"), "{err}");
+    // Groups keep working for bob after his certificate changed.
+    alice.ok(&["group", "create", "ops", "--members", "bob"]);
+    bob.ok(&["sync"]);
+    bob.ok(&["send", "ops", "new name, same me"]);
+    alice.ok(&["sync"]);
+    assert_eq!(alice.texts("ops"), ["new name, same me"]);
+}

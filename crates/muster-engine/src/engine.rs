@@ -8,8 +8,8 @@ use muster_net::RelayConnection;
 use muster_proto::{
     auth_transcript, device_id_for, enrol_transcript, now_unix, validate_handle, AckItem,
     Certificate, CertificateBody, Delivery, ErrorCode, GroupPolicy, InviteCode, InvitePurpose,
-    OrgDescriptor, OrgRootKey, PendingEnrolment, Profile, Request, Response, RevocationBody, Role,
-    GROUP_POLICY_EXTENSION,
+    OrgDescriptor, OrgRootKey, PendingEnrolment, Profile, ProfileChange, Request, Response,
+    RevocationBody, Role, GROUP_POLICY_EXTENSION,
 };
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::*;
@@ -564,7 +564,8 @@ impl Engine {
             }
             Err(e) => return Err(from_net(e)),
         }
-        if device.certificate.is_none() {
+        // Pick up the certificate after approval, or a newer one after a profile change.
+        {
             let Response::Certificate(cert) = conn
                 .request(&Request::MyCertificate)
                 .await
@@ -580,10 +581,16 @@ impl Engine {
                     "relay returned a certificate for another device".into(),
                 ));
             }
-            self.db.execute(
-                "UPDATE device SET certificate = ?1 WHERE id = 1",
-                [cert.to_bytes()],
-            )?;
+            let newer = device
+                .certificate
+                .as_ref()
+                .is_none_or(|old| *old != cert && cert.body.not_before >= old.body.not_before);
+            if newer {
+                self.db.execute(
+                    "UPDATE device SET certificate = ?1 WHERE id = 1",
+                    [cert.to_bytes()],
+                )?;
+            }
         }
         self.ensure_key_packages(&conn).await?;
         Ok(conn)
@@ -989,6 +996,97 @@ impl Engine {
         }
         entries.sort_by(|a, b| a.user.cmp(&b.user));
         Ok(entries)
+    }
+
+    /// This device's approved profile, from its certificate.
+    pub fn profile(&self) -> Result<Profile, EngineError> {
+        Ok(self
+            .device()?
+            .certificate
+            .ok_or(EngineError::AwaitingApproval)?
+            .body
+            .profile)
+    }
+
+    /// Asks an admin to approve a new profile; colleagues see it only after approval.
+    /// Leave `title` or `department` out to stop revealing it.
+    pub async fn request_profile(
+        &self,
+        conn: &RelayConnection,
+        profile: Profile,
+    ) -> Result<(), EngineError> {
+        conn.request(&Request::RequestProfileChange { profile })
+            .await
+            .map_err(from_net)?;
+        Ok(())
+    }
+
+    /// (admin) Profile changes waiting for approval.
+    pub async fn profile_changes(
+        &self,
+        conn: &RelayConnection,
+    ) -> Result<Vec<ProfileChange>, EngineError> {
+        Self::require_admin(&self.device()?)?;
+        match conn
+            .request(&Request::ListProfileChanges)
+            .await
+            .map_err(from_net)?
+        {
+            Response::ProfileChanges(c) => Ok(c),
+            _ => Err(EngineError::Invalid(
+                "unexpected answer to ListProfileChanges".into(),
+            )),
+        }
+    }
+
+    /// (admin) Approves `user`'s requested profile: new certificates for each of their devices.
+    pub async fn approve_profile(
+        &self,
+        conn: &RelayConnection,
+        user: &str,
+    ) -> Result<Profile, EngineError> {
+        let me = self.device()?;
+        let root = Self::root_key(&me)?;
+        let change = self
+            .profile_changes(conn)
+            .await?
+            .into_iter()
+            .find(|c| c.user == user)
+            .ok_or_else(|| EngineError::Invalid(format!("{user} has no pending profile change")))?;
+        let now = now_unix();
+        let certificates: Vec<Certificate> = self
+            .certificates(conn)
+            .await?
+            .into_iter()
+            .filter(|c| c.body.user == user)
+            .map(|c| {
+                root.sign(CertificateBody {
+                    profile: change.requested.clone(),
+                    not_before: now.saturating_sub(300).max(c.body.not_before),
+                    not_after: now + CERT_VALIDITY_SECS,
+                    ..c.body
+                })
+            })
+            .collect();
+        conn.request(&Request::ApproveProfileChange { certificates })
+            .await
+            .map_err(from_net)?;
+        Ok(change.requested)
+    }
+
+    /// (admin) Refuses `user`'s requested profile change.
+    pub async fn reject_profile(
+        &self,
+        conn: &RelayConnection,
+        user: &str,
+    ) -> Result<(), EngineError> {
+        Self::require_admin(&self.device()?)?;
+        conn.request(&Request::RejectProfileChange {
+            user: user.to_string(),
+        })
+        .await
+        .map_err(from_net)?;
+        Ok(())
     }
 
     // ---- groups -------------------------------------------------------------------

@@ -110,6 +110,20 @@ pub enum Request {
     },
     /// Liveness and readiness probe; needs no authentication.
     Health,
+    /// Asks an admin to approve a new profile for this device's user.
+    RequestProfileChange {
+        profile: Profile,
+    },
+    /// (admin) Profile changes waiting for approval.
+    ListProfileChanges,
+    /// (admin) New certificates, one per enrolled device of the user, carrying the requested profile.
+    ApproveProfileChange {
+        certificates: Vec<Certificate>,
+    },
+    /// (admin) Refuses a user's requested profile change.
+    RejectProfileChange {
+        user: String,
+    },
 }
 
 /// The relay's answer to one request.
@@ -144,6 +158,7 @@ pub enum Response {
     /// Revocations with their positions, oldest first.
     Revocations(Vec<(u64, Revocation)>),
     Devices(Vec<String>),
+    ProfileChanges(Vec<ProfileChange>),
     Health {
         /// Whether an organisation is registered.
         org_registered: bool,
@@ -177,6 +192,15 @@ pub struct PendingEnrolment {
     pub device_id: String,
     pub device_key: Vec<u8>,
     pub profile: Profile,
+    pub requested_at: u64,
+}
+
+/// A user's requested profile next to the approved one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileChange {
+    pub user: String,
+    pub current: Profile,
+    pub requested: Profile,
     pub requested_at: u64,
 }
 

@@ -6,7 +6,8 @@ use crate::schema::SCHEMA;
 use muster_proto::{
     auth_transcript, enrol_transcript, now_unix, validate_handle, AckItem, AuditEvent, Certificate,
     ClaimedKeyPackage, Delivery, ErrorCode, GroupPolicy, OrgDescriptor, PendingEnrolment, Profile,
-    RelayError, Request, Response, Revocation, GROUP_POLICY_EXTENSION, MAX_MLS_MESSAGE,
+    ProfileChange, RelayError, Request, Response, Revocation, GROUP_POLICY_EXTENSION,
+    MAX_MLS_MESSAGE,
 };
 use openmls::prelude::tls_codec::Deserialize as _;
 use openmls::prelude::*;
@@ -325,6 +326,14 @@ impl Relay {
             Request::Revoke { revocation } => self.revoke(session, revocation),
             Request::Revocations { since } => self.revocations(since),
             Request::Health => Ok(self.health()),
+            Request::RequestProfileChange { profile } => {
+                self.request_profile_change(session, profile)
+            }
+            Request::ListProfileChanges => self.list_profile_changes(session),
+            Request::ApproveProfileChange { certificates } => {
+                self.approve_profile_change(session, certificates)
+            }
+            Request::RejectProfileChange { user } => self.reject_profile_change(session, &user),
             Request::Audit { limit } => self
                 .require_admin(session)
                 .and_then(|()| Ok(self.audit_events(limit as usize)?))
@@ -442,12 +451,7 @@ impl Relay {
                     "enrolment proof does not verify for the device key",
                 )
             })?;
-        if profile.display_name.trim().is_empty() || profile.display_name.len() > 100 {
-            return Err(refuse(
-                ErrorCode::BadRequest,
-                "display name must be 1-100 characters",
-            ));
-        }
+        check_profile(&profile)?;
         let tx = self
             .db
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -731,6 +735,163 @@ impl Relay {
             out.push((id, revocation));
         }
         Ok(Outcome::reply(Response::Revocations(out)))
+    }
+
+    fn request_profile_change(
+        &mut self,
+        session: &Session,
+        profile: Profile,
+    ) -> Result<Outcome, Failure> {
+        check_profile(&profile)?;
+        self.db.execute(
+            "INSERT INTO profile_requests (user, profile, requested_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (user) DO UPDATE SET profile = excluded.profile, requested_at = excluded.requested_at",
+            params![
+                session.user,
+                serde_json::to_vec(&profile).expect("profile serialises"),
+                now_unix() as i64
+            ],
+        )?;
+        record(
+            &self.db,
+            "profile_change_requested",
+            &session.user,
+            &session.user,
+            None,
+        )?;
+        Ok(Outcome::reply(Response::Ok))
+    }
+
+    fn list_profile_changes(&self, session: &Session) -> Result<Outcome, Failure> {
+        self.require_admin(session)?;
+        let mut stmt = self.db.prepare(
+            "SELECT r.user, r.profile, r.requested_at,
+                    (SELECT d.certificate FROM devices d WHERE d.user = r.user AND d.status = 'approved' LIMIT 1)
+             FROM profile_requests r ORDER BY r.requested_at, r.user",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, Option<Vec<u8>>>(3)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let changes = rows
+            .into_iter()
+            .map(|(user, requested, at, cert)| ProfileChange {
+                user,
+                current: cert
+                    .and_then(|c| Certificate::from_bytes(&c).ok())
+                    .map(|c| c.body.profile)
+                    .unwrap_or_default(),
+                requested: serde_json::from_slice(&requested).unwrap_or_default(),
+                requested_at: at as u64,
+            })
+            .collect();
+        Ok(Outcome::reply(Response::ProfileChanges(changes)))
+    }
+
+    fn approve_profile_change(
+        &mut self,
+        session: &Session,
+        certificates: Vec<Certificate>,
+    ) -> Result<Outcome, Failure> {
+        self.require_admin(session)?;
+        let org = self.require_org()?;
+        let Some(user) = certificates.first().map(|c| c.body.user.clone()) else {
+            return Err(refuse(ErrorCode::BadRequest, "no certificates given"));
+        };
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let requested: Option<Vec<u8>> = tx
+            .query_row(
+                "SELECT profile FROM profile_requests WHERE user = ?1",
+                [&user],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let requested: Profile = requested
+            .and_then(|p| serde_json::from_slice(&p).ok())
+            .ok_or_else(|| {
+                refuse(
+                    ErrorCode::BadRequest,
+                    format!("{user} has no pending profile change"),
+                )
+            })?;
+        let devices: BTreeSet<String> = {
+            let mut stmt = tx
+                .prepare("SELECT device_id FROM devices WHERE user = ?1 AND status = 'approved'")?;
+            let rows = stmt
+                .query_map([&user], |r| r.get(0))?
+                .collect::<Result<BTreeSet<String>, _>>()?;
+            rows
+        };
+        let covered: BTreeSet<String> = certificates
+            .iter()
+            .map(|c| c.body.device_id.clone())
+            .collect();
+        if covered != devices {
+            return Err(refuse(
+                ErrorCode::InvalidCertificate,
+                format!(
+                    "expected one new certificate for each of {user}'s {} devices",
+                    devices.len()
+                ),
+            ));
+        }
+        for cert in &certificates {
+            cert.verify(&org, now_unix())
+                .map_err(|e| refuse(ErrorCode::InvalidCertificate, e.to_string()))?;
+            let old = device_certificate(&tx, &cert.body.device_id)?
+                .ok_or_else(|| refuse(ErrorCode::UnknownDevice, "device has no certificate"))?;
+            if cert.body.user != user
+                || cert.body.profile != requested
+                || cert.body.device_key != old.body.device_key
+                || cert.body.roles != old.body.roles
+            {
+                return Err(refuse(
+                    ErrorCode::InvalidCertificate,
+                    "certificate does not match the requested profile change",
+                ));
+            }
+            tx.execute(
+                "UPDATE devices SET certificate = ?2, profile = ?3 WHERE device_id = ?1",
+                params![
+                    cert.body.device_id,
+                    cert.to_bytes(),
+                    serde_json::to_vec(&requested).expect("profile serialises")
+                ],
+            )?;
+        }
+        tx.execute("DELETE FROM profile_requests WHERE user = ?1", [&user])?;
+        record(&tx, "profile_change_approved", &session.user, &user, None)?;
+        tx.commit()?;
+        Ok(Outcome::reply(Response::Ok))
+    }
+
+    fn reject_profile_change(&mut self, session: &Session, user: &str) -> Result<Outcome, Failure> {
+        self.require_admin(session)?;
+        let changed = self
+            .db
+            .execute("DELETE FROM profile_requests WHERE user = ?1", [user])?;
+        if changed == 0 {
+            return Err(refuse(
+                ErrorCode::BadRequest,
+                format!("{user} has no pending profile change"),
+            ));
+        }
+        record(
+            &self.db,
+            "profile_change_rejected",
+            &session.user,
+            user,
+            None,
+        )?;
+        Ok(Outcome::reply(Response::Ok))
     }
 
     fn directory(&self) -> Result<Outcome, Failure> {
@@ -1540,6 +1701,23 @@ fn record(
         "INSERT INTO audit (at, event, actor, subject, group_id) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![now_unix() as i64, event, actor, subject, group],
     )?;
+    Ok(())
+}
+
+fn check_profile(profile: &Profile) -> Result<(), Failure> {
+    let too_long = |v: &Option<String>| v.as_ref().is_some_and(|s| s.len() > 100);
+    if profile.display_name.trim().is_empty() || profile.display_name.len() > 100 {
+        return Err(refuse(
+            ErrorCode::BadRequest,
+            "display name must be 1-100 characters",
+        ));
+    }
+    if too_long(&profile.title) || too_long(&profile.department) {
+        return Err(refuse(
+            ErrorCode::BadRequest,
+            "title and department must be at most 100 characters",
+        ));
+    }
     Ok(())
 }
 

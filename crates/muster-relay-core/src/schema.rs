@@ -36,6 +36,8 @@ CREATE TABLE IF NOT EXISTS audit (
     subject TEXT NOT NULL, group_id BLOB);
 CREATE TABLE IF NOT EXISTS revocations (
     id INTEGER PRIMARY KEY, user TEXT NOT NULL, data BLOB NOT NULL, at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS profile_requests (
+    user TEXT PRIMARY KEY, profile BLOB NOT NULL, requested_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS cursors (
     device_id TEXT NOT NULL, group_id BLOB NOT NULL, acked_seq INTEGER NOT NULL,
     PRIMARY KEY (device_id, group_id));
