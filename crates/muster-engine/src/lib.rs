@@ -9,6 +9,7 @@ mod content;
 mod engine;
 mod error;
 mod provider;
+pub mod provision;
 mod store;
 
 pub use content::{Body, Envelope};

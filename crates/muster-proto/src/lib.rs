@@ -15,6 +15,6 @@ pub use invite::{InviteCode, InviteError, InvitePurpose};
 pub use policy::{GroupPolicy, GROUP_POLICY_EXTENSION};
 pub use wire::{
     auth_transcript, decode, encode, enrol_transcript, AckItem, AuditEvent, ClaimedKeyPackage,
-    Delivery, ErrorCode, PendingEnrolment, ProfileChange, Push, RelayError, Request, Response,
-    WireError, MAX_FRAME, MAX_MLS_MESSAGE,
+    Delivery, ErrorCode, OpenInvite, PendingEnrolment, ProfileChange, Push, RelayError, Request,
+    Response, WireError, MAX_FRAME, MAX_MLS_MESSAGE,
 };

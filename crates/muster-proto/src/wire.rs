@@ -124,6 +124,12 @@ pub enum Request {
     RejectProfileChange {
         user: String,
     },
+    /// (admin) Invites that are neither used nor expired.
+    ListInvites,
+    /// (admin) Replaces the certificates of all of a user's devices (new profile or roles).
+    ReissueCertificates {
+        certificates: Vec<Certificate>,
+    },
 }
 
 /// The relay's answer to one request.
@@ -159,6 +165,7 @@ pub enum Response {
     Revocations(Vec<(u64, Revocation)>),
     Devices(Vec<String>),
     ProfileChanges(Vec<ProfileChange>),
+    Invites(Vec<OpenInvite>),
     Health {
         /// Whether an organisation is registered.
         org_registered: bool,
@@ -202,6 +209,15 @@ pub struct ProfileChange {
     pub current: Profile,
     pub requested: Profile,
     pub requested_at: u64,
+}
+
+/// An invite not yet used and not expired.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenInvite {
+    pub user: String,
+    pub expires_at: u64,
+    /// Another device of an existing user (a link code) rather than a new user.
+    pub link: bool,
 }
 
 /// A KeyPackage handed out for one device of a user.

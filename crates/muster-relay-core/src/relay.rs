@@ -5,9 +5,9 @@ use crate::mls::{certificate_of, JsonCodec, Storage};
 use crate::schema::SCHEMA;
 use muster_proto::{
     auth_transcript, enrol_transcript, now_unix, validate_handle, AckItem, AuditEvent, Certificate,
-    ClaimedKeyPackage, Delivery, ErrorCode, GroupPolicy, OrgDescriptor, PendingEnrolment, Profile,
-    ProfileChange, RelayError, Request, Response, Revocation, GROUP_POLICY_EXTENSION,
-    MAX_MLS_MESSAGE,
+    ClaimedKeyPackage, Delivery, ErrorCode, GroupPolicy, OpenInvite, OrgDescriptor,
+    PendingEnrolment, Profile, ProfileChange, RelayError, Request, Response, Revocation,
+    GROUP_POLICY_EXTENSION, MAX_MLS_MESSAGE,
 };
 use openmls::prelude::tls_codec::Deserialize as _;
 use openmls::prelude::*;
@@ -334,6 +334,10 @@ impl Relay {
                 self.approve_profile_change(session, certificates)
             }
             Request::RejectProfileChange { user } => self.reject_profile_change(session, &user),
+            Request::ListInvites => self.list_invites(session),
+            Request::ReissueCertificates { certificates } => {
+                self.reissue_certificates(session, certificates)
+            }
             Request::Audit { limit } => self
                 .require_admin(session)
                 .and_then(|()| Ok(self.audit_events(limit as usize)?))
@@ -891,6 +895,84 @@ impl Relay {
             user,
             None,
         )?;
+        Ok(Outcome::reply(Response::Ok))
+    }
+
+    fn list_invites(&self, session: &Session) -> Result<Outcome, Failure> {
+        self.require_admin(session)?;
+        let mut stmt = self.db.prepare(
+            "SELECT user, expires_at, kind FROM invites
+             WHERE used_at IS NULL AND expires_at >= ?1 ORDER BY user, expires_at",
+        )?;
+        let invites = stmt
+            .query_map([now_unix() as i64], |r| {
+                Ok(OpenInvite {
+                    user: r.get(0)?,
+                    expires_at: r.get::<_, i64>(1)? as u64,
+                    link: r.get::<_, String>(2)? == "link",
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Outcome::reply(Response::Invites(invites)))
+    }
+
+    fn reissue_certificates(
+        &mut self,
+        session: &Session,
+        certificates: Vec<Certificate>,
+    ) -> Result<Outcome, Failure> {
+        self.require_admin(session)?;
+        let org = self.require_org()?;
+        let Some(user) = certificates.first().map(|c| c.body.user.clone()) else {
+            return Err(refuse(ErrorCode::BadRequest, "no certificates given"));
+        };
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let devices: BTreeSet<String> = {
+            let mut stmt = tx
+                .prepare("SELECT device_id FROM devices WHERE user = ?1 AND status = 'approved'")?;
+            let rows = stmt
+                .query_map([&user], |r| r.get(0))?
+                .collect::<Result<BTreeSet<String>, _>>()?;
+            rows
+        };
+        let covered: BTreeSet<String> = certificates
+            .iter()
+            .map(|c| c.body.device_id.clone())
+            .collect();
+        if devices.is_empty() || covered != devices {
+            return Err(refuse(
+                ErrorCode::InvalidCertificate,
+                format!(
+                    "expected one new certificate for each of {user}'s {} devices",
+                    devices.len()
+                ),
+            ));
+        }
+        for cert in &certificates {
+            cert.verify(&org, now_unix())
+                .map_err(|e| refuse(ErrorCode::InvalidCertificate, e.to_string()))?;
+            let old = device_certificate(&tx, &cert.body.device_id)?
+                .ok_or_else(|| refuse(ErrorCode::UnknownDevice, "device has no certificate"))?;
+            if cert.body.user != user || cert.body.device_key != old.body.device_key {
+                return Err(refuse(
+                    ErrorCode::InvalidCertificate,
+                    "a new certificate must keep the device's user and key",
+                ));
+            }
+            tx.execute(
+                "UPDATE devices SET certificate = ?2, profile = ?3 WHERE device_id = ?1",
+                params![
+                    cert.body.device_id,
+                    cert.to_bytes(),
+                    serde_json::to_vec(&cert.body.profile).expect("profile serialises")
+                ],
+            )?;
+        }
+        tx.execute("DELETE FROM profile_requests WHERE user = ?1", [&user])?;
+        record(&tx, "certificates_reissued", &session.user, &user, None)?;
+        tx.commit()?;
         Ok(Outcome::reply(Response::Ok))
     }
 
