@@ -134,6 +134,28 @@ enum DeviceCommand {
 
 #[derive(Subcommand)]
 enum AdminCommand {
+    /// Make the organisation match a TOML file of users and groups (idempotent).
+    ///
+    /// Invites users who are not enrolled, approves their pending enrolments with the
+    /// file's profile and roles, corrects the profile and roles of enrolled users, creates
+    /// groups and adds or removes members. Users and groups not in the file are left alone.
+    Apply {
+        /// The provisioning file ([[users]] with handle, display_name, title, department,
+        /// roles; [[groups]] with name, members, managed).
+        file: PathBuf,
+        /// Print the plan without changing anything.
+        #[arg(long)]
+        dry_run: bool,
+        /// Append new invite codes to this file (one "USER CODE" line each) instead of printing them.
+        #[arg(long, value_name = "FILE")]
+        invites_out: Option<PathBuf>,
+        /// How long new invite codes stay valid.
+        #[arg(long, default_value = "7d", value_parser = parse_duration)]
+        ttl: u64,
+        /// Print one JSON object per planned or applied step.
+        #[arg(long)]
+        json: bool,
+    },
     /// List profile changes waiting for approval.
     Profiles(JsonFlag),
     /// Approve a user's requested profile (new certificates for their devices).
@@ -643,6 +665,23 @@ async fn run(cli: Cli) -> Result<(), EngineError> {
             result?;
             println!("rejected the profile change of {user}");
         }
+        Command::Admin(AdminCommand::Apply {
+            file,
+            dry_run,
+            invites_out,
+            ttl,
+            json,
+        }) => {
+            admin_apply(
+                &mut engine,
+                &file,
+                dry_run,
+                invites_out.as_deref(),
+                ttl,
+                json,
+            )
+            .await?
+        }
         Command::Admin(AdminCommand::Audit { limit, json }) => {
             let conn = connected(&mut engine).await?;
             let events = engine.audit(&conn, limit).await;
@@ -669,6 +708,151 @@ async fn run(cli: Cli) -> Result<(), EngineError> {
         }
     }
     Ok(())
+}
+
+async fn admin_apply(
+    engine: &mut Engine,
+    file: &std::path::Path,
+    dry_run: bool,
+    invites_out: Option<&std::path::Path>,
+    ttl: u64,
+    json: bool,
+) -> Result<(), EngineError> {
+    use muster_engine::provision::{parse_spec, plan};
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| EngineError::Invalid(format!("cannot read {}: {e}", file.display())))?;
+    let spec =
+        parse_spec(&text).map_err(|e| EngineError::Invalid(format!("{}: {e}", file.display())))?;
+    let conn = connected(engine).await?;
+    let state = engine.provision_state(&conn).await?;
+    let (actions, problems) = plan(&spec, &state);
+    for p in &problems {
+        if json {
+            print_json(&serde_json::json!({"status": "problem", "error": p}));
+        } else {
+            eprintln!("cannot: {p}");
+        }
+    }
+    if dry_run || actions.is_empty() {
+        for a in &actions {
+            if json {
+                let mut v = serde_json::to_value(a).expect("action serialises");
+                v["status"] = "planned".into();
+                print_json(&v);
+            } else {
+                println!("would {a}");
+            }
+        }
+        if !json {
+            if actions.is_empty() {
+                println!("nothing to do: the organisation matches {}", file.display());
+            } else {
+                println!(
+                    "{} change(s) planned; run without --dry-run to apply",
+                    actions.len()
+                );
+            }
+        }
+        conn.close().await;
+        return if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(EngineError::Invalid(format!(
+                "{} problem(s) in the plan",
+                problems.len()
+            )))
+        };
+    }
+    let bar = indicatif::ProgressBar::new(actions.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {wide_msg}")
+            .expect("valid template"),
+    );
+    let mut invites = Vec::new();
+    let mut failures = Vec::new();
+    for action in &actions {
+        bar.set_message(action.to_string());
+        let result = engine.apply_action(&conn, &spec, action, ttl).await;
+        let mut record = serde_json::to_value(action).expect("action serialises");
+        match result {
+            Ok(code) => {
+                record["status"] = "done".into();
+                if let (Some(code), muster_engine::provision::Action::Invite { user }) =
+                    (code, action)
+                {
+                    invites.push((user.clone(), code));
+                }
+            }
+            Err(e) => {
+                record["status"] = "failed".into();
+                record["error"] = e.to_string().into();
+                bar.suspend(|| eprintln!("failed: {action}: {e}"));
+                failures.push(action.to_string());
+            }
+        }
+        if json {
+            bar.suspend(|| print_json(&record));
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    conn.close().await;
+    match invites_out {
+        Some(path) => {
+            use std::io::Write as _;
+            let mut options = std::fs::OpenOptions::new();
+            options.create(true).append(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                // Invite codes are secrets until used.
+                options.mode(0o600);
+            }
+            let mut out = options.open(path)?;
+            for (user, code) in &invites {
+                writeln!(out, "{user} {code}")?;
+            }
+            if !json && !invites.is_empty() {
+                println!(
+                    "{} invite code(s) written to {}",
+                    invites.len(),
+                    path.display()
+                );
+            }
+        }
+        None if !json => {
+            for (user, code) in &invites {
+                println!("invite {user}: {code}");
+            }
+        }
+        None => {}
+    }
+    let approved = actions
+        .iter()
+        .filter(|a| matches!(a, muster_engine::provision::Action::Approve { .. }))
+        .count();
+    if !json && approved > 0 {
+        println!(
+            "approved users are seated in their groups by the next apply, once their device has connected"
+        );
+    }
+    if !json {
+        println!(
+            "applied {} of {} change(s); {} failed",
+            actions.len() - failures.len(),
+            actions.len(),
+            failures.len()
+        );
+    }
+    if failures.is_empty() && problems.is_empty() {
+        Ok(())
+    } else {
+        Err(EngineError::Invalid(format!(
+            "{} step(s) failed and {} problem(s) in the plan",
+            failures.len(),
+            problems.len()
+        )))
+    }
 }
 
 async fn chat(engine: &mut Engine, group: &str) -> Result<(), EngineError> {

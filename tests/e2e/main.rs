@@ -5,3 +5,4 @@ mod delivery;
 mod enrolment;
 mod groups;
 mod hostile;
+mod provision;

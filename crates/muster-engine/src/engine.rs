@@ -3,6 +3,7 @@
 use crate::content::{Body, Envelope};
 use crate::error::{from_net, EngineError};
 use crate::provider::{JsonCodec, Provider};
+use crate::provision::{Action, OrgSpec, OrgState};
 use crate::store::SCHEMA;
 use muster_net::RelayConnection;
 use muster_proto::{
@@ -777,6 +778,18 @@ impl Engine {
             Some(c) => (c.body.profile, c.body.roles),
             None => (request.profile.clone(), vec![Role::Member]),
         };
+        Self::sign_and_approve(conn, &me, &root, &request, profile, roles).await?;
+        Ok(request.device_id)
+    }
+
+    async fn sign_and_approve(
+        conn: &RelayConnection,
+        me: &DeviceRow,
+        root: &OrgRootKey,
+        request: &PendingEnrolment,
+        profile: Profile,
+        roles: Vec<Role>,
+    ) -> Result<(), EngineError> {
         let now = now_unix();
         let cert = root.sign(CertificateBody {
             org_id: me.org.org_id.clone(),
@@ -791,7 +804,128 @@ impl Engine {
         conn.request(&Request::Approve { certificate: cert })
             .await
             .map_err(from_net)?;
-        Ok(request.device_id)
+        Ok(())
+    }
+
+    /// (admin) What the organisation looks like now, for provisioning.
+    pub async fn provision_state(
+        &mut self,
+        conn: &RelayConnection,
+    ) -> Result<OrgState, EngineError> {
+        let me = self.device()?;
+        Self::require_admin(&me)?;
+        self.sync(conn).await?;
+        let mut state = OrgState {
+            me: me.user.clone(),
+            ..Default::default()
+        };
+        for cert in self.certificates(conn).await? {
+            state
+                .enrolled
+                .entry(cert.body.user.clone())
+                .or_insert((cert.body.profile, cert.body.roles));
+        }
+        state.pending = self.pending_raw(conn).await?;
+        let Response::Invites(invites) = conn
+            .request(&Request::ListInvites)
+            .await
+            .map_err(from_net)?
+        else {
+            return Err(EngineError::Invalid(
+                "unexpected answer to ListInvites".into(),
+            ));
+        };
+        state.invited = invites
+            .into_iter()
+            .filter(|i| !i.link)
+            .map(|i| i.user)
+            .collect();
+        for g in self.groups()? {
+            if g.state == STATE_ACTIVE {
+                state
+                    .groups
+                    .insert(g.name, (g.members.into_iter().collect(), g.managed));
+            }
+        }
+        Ok(state)
+    }
+
+    /// (admin) Carries out one provisioning step; an invite returns its code.
+    pub async fn apply_action(
+        &mut self,
+        conn: &RelayConnection,
+        spec: &OrgSpec,
+        action: &Action,
+        invite_ttl_secs: u64,
+    ) -> Result<Option<String>, EngineError> {
+        let user_spec = |user: &str| {
+            spec.users
+                .iter()
+                .find(|u| u.handle == user)
+                .ok_or_else(|| EngineError::Invalid(format!("{user} is not in the file")))
+        };
+        match action {
+            Action::Invite { user } => {
+                Ok(Some(self.create_invite(conn, user, invite_ttl_secs).await?))
+            }
+            Action::Approve { user, device_id } => {
+                let wanted = user_spec(user)?;
+                let me = self.device()?;
+                let root = Self::root_key(&me)?;
+                let request = self.pending_for(conn, user, Some(device_id)).await?;
+                Self::sign_and_approve(
+                    conn,
+                    &me,
+                    &root,
+                    &request,
+                    wanted.profile(),
+                    wanted.roles(),
+                )
+                .await?;
+                Ok(None)
+            }
+            Action::UpdateCertificates { user } => {
+                let wanted = user_spec(user)?;
+                let me = self.device()?;
+                let root = Self::root_key(&me)?;
+                let now = now_unix();
+                let certificates: Vec<Certificate> = self
+                    .certificates(conn)
+                    .await?
+                    .into_iter()
+                    .filter(|c| c.body.user == *user)
+                    .map(|c| {
+                        root.sign(CertificateBody {
+                            profile: wanted.profile(),
+                            roles: wanted.roles(),
+                            not_before: now.saturating_sub(300).max(c.body.not_before),
+                            not_after: now + CERT_VALIDITY_SECS,
+                            ..c.body
+                        })
+                    })
+                    .collect();
+                conn.request(&Request::ReissueCertificates { certificates })
+                    .await
+                    .map_err(from_net)?;
+                Ok(None)
+            }
+            Action::CreateGroup {
+                group,
+                members,
+                managed,
+            } => {
+                self.create_group(conn, group, members, *managed).await?;
+                Ok(None)
+            }
+            Action::AddMember { group, user } => {
+                self.add_member(conn, group, user).await?;
+                Ok(None)
+            }
+            Action::RemoveMember { group, user } => {
+                self.remove_member(conn, group, user).await?;
+                Ok(None)
+            }
+        }
     }
 
     /// Refuses `user`'s pending device.
