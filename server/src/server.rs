@@ -92,10 +92,14 @@ pub async fn health(data: &Path, relay: Option<String>) -> Result<(), ServeError
 pub fn stats(data: &Path) -> Result<(), ServeError> {
     let relay = open_existing(data)?;
     let stats = relay.stats()?;
-    let size = std::fs::metadata(data.join(DB_FILE))?.len();
+    let wal = data.join(format!("{DB_FILE}-wal"));
+    let size = std::fs::metadata(data.join(DB_FILE))?.len()
+        + std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0);
     println!("devices: {}", stats.devices);
+    println!("pending enrolments: {}", stats.pending_enrolments);
     println!("groups: {}", stats.groups);
     println!("stored messages: {}", stats.stored_messages);
+    println!("queued deliveries: {}", stats.queued_deliveries);
     println!("database bytes: {size}");
     Ok(())
 }

@@ -208,6 +208,9 @@ fn operator_health_check_and_stats() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("devices: 2"), "{text}");
     assert!(text.contains("groups: 1"), "{text}");
+    // Queued: bob's Welcome, the group's name and alice's message for bob, and alice's own
+    // commit echoed back to her (she has not synced since).
+    assert!(text.contains("queued deliveries: 4"), "{text}");
     assert!(text.contains("database bytes:"), "{text}");
     drop(bob);
     org.relay.kill();

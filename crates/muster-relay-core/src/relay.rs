@@ -55,8 +55,11 @@ impl Outcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelayStats {
     pub devices: u64,
+    pub pending_enrolments: u64,
     pub groups: u64,
     pub stored_messages: u64,
+    /// Deliveries (message or Welcome to one device) not yet acknowledged.
+    pub queued_deliveries: u64,
 }
 
 const STATUS_PENDING: &str = "pending";
@@ -164,7 +167,17 @@ impl Relay {
         Ok(RelayStats {
             devices: count("SELECT COUNT(*) FROM devices WHERE status = 'approved'")?,
             groups: count("SELECT COUNT(*) FROM groups")?,
+            pending_enrolments: count("SELECT COUNT(*) FROM devices WHERE status = 'pending'")?,
             stored_messages: count("SELECT COUNT(*) FROM messages")?,
+            queued_deliveries: count(
+                "SELECT (SELECT COUNT(*) FROM welcomes) + (SELECT COUNT(*) FROM messages m
+                   JOIN memberships ms ON ms.group_id = m.group_id
+                   JOIN devices d ON d.device_id = ms.device_id AND d.status = 'approved'
+                   LEFT JOIN cursors c ON c.device_id = ms.device_id AND c.group_id = m.group_id
+                   WHERE m.seq >= ms.from_seq AND (ms.to_seq IS NULL OR m.seq <= ms.to_seq)
+                     AND m.seq > COALESCE(c.acked_seq, 0)
+                     AND NOT (m.sender_device = ms.device_id AND m.kind = 'application'))",
+            )?,
         })
     }
 
