@@ -124,6 +124,11 @@ enum ProfileCommand {
 
 #[derive(Subcommand)]
 enum DeviceCommand {
+    /// Approve your own new device (when the organisation's policy allows it).
+    Approve {
+        /// The new device's id, as `muster join-device` printed it there.
+        device_id: String,
+    },
     /// Print a single-use code that enrols another device of yours (an admin approves it).
     Link {
         /// How long the code stays valid, e.g. 10m, 1h.
@@ -134,6 +139,14 @@ enum DeviceCommand {
 
 #[derive(Subcommand)]
 enum AdminCommand {
+    /// Show or change the organisation policy (signed with the root key).
+    Policy {
+        /// Let users approve their own new devices (on, off).
+        #[arg(long, value_parser = parse_switch)]
+        device_self_approval: Option<bool>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Make the organisation match a TOML file of users and groups (idempotent).
     ///
     /// Invites users who are not enrolled, approves their pending enrolments with the
@@ -250,6 +263,14 @@ fn parse_duration(s: &str) -> Result<u64, String> {
         return Err("duration must be positive".into());
     }
     Ok(n * mult)
+}
+
+fn parse_switch(s: &str) -> Result<bool, String> {
+    match s {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => Err(format!("expected on or off, not {s:?}")),
+    }
 }
 
 fn default_home() -> PathBuf {
@@ -392,13 +413,22 @@ async fn run(cli: Cli) -> Result<(), EngineError> {
         }
         Command::JoinDevice { code } => {
             let device = engine.join_device(&code).await?;
-            println!("device link request sent (device {device}); an admin must approve it");
+            println!(
+                "device link request sent (device {device}); an admin must approve it, or, where the organisation allows it, you with `muster device approve {device}` on your other device"
+            );
         }
         Command::Device(DeviceCommand::Link { ttl }) => {
             let conn = connected(&mut engine).await?;
             let code = engine.create_device_link(&conn, ttl).await;
             conn.close().await;
             println!("{}", code?);
+        }
+        Command::Device(DeviceCommand::Approve { device_id }) => {
+            let conn = connected(&mut engine).await?;
+            let result = engine.confirm_device(&conn, &device_id).await;
+            conn.close().await;
+            result?;
+            println!("approved your new device {device_id}; it is enrolled once an admin device has issued its certificate");
         }
         Command::Devices(flag) => {
             let conn = connected(&mut engine).await?;
@@ -547,6 +577,9 @@ async fn run(cli: Cli) -> Result<(), EngineError> {
                     report.joined_groups.len(),
                     report.sent
                 );
+                for d in &report.approved_devices {
+                    println!("approved the new device of {d}, as its user asked");
+                }
                 for p in &report.problems {
                     println!("warning: {p}");
                 }
@@ -681,6 +714,32 @@ async fn run(cli: Cli) -> Result<(), EngineError> {
                 json,
             )
             .await?
+        }
+        Command::Admin(AdminCommand::Policy {
+            device_self_approval,
+            json,
+        }) => {
+            let conn = connected(&mut engine).await?;
+            let result = match device_self_approval {
+                Some(on) => engine.set_org_policy(&conn, on).await,
+                None => engine.org_policy(&conn).await,
+            };
+            conn.close().await;
+            let policy = result?;
+            if json {
+                print_json(
+                    &serde_json::json!({"device_self_approval": policy.device_self_approval}),
+                );
+            } else {
+                println!(
+                    "device self-approval: {}",
+                    if policy.device_self_approval {
+                        "on"
+                    } else {
+                        "off"
+                    }
+                );
+            }
         }
         Command::Admin(AdminCommand::Audit { limit, json }) => {
             let conn = connected(&mut engine).await?;

@@ -343,3 +343,49 @@ fn profile_changes_are_invisible_until_an_admin_approves_them() {
     alice.ok(&["sync"]);
     assert_eq!(alice.texts("ops"), ["new name, same me"]);
 }
+
+#[test]
+fn users_approve_their_own_new_devices_only_when_the_policy_allows() {
+    let org = Org::new("selfapprove");
+    let alice = &org.admin;
+    let laptop = org.enrol("bob");
+    alice.ok(&["group", "create", "ops", "--members", "bob"]);
+    laptop.ok(&["sync"]);
+
+    let code = laptop.ok(&["device", "link"]).trim().to_string();
+    let phone = Device::new(&org.dir, "bob-phone");
+    let out = phone.ok(&["join-device", &code]);
+    let phone_id = out
+        .split("(device ")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .unwrap()
+        .to_string();
+
+    // By default only admins approve devices.
+    assert_eq!(
+        alice.json(&["admin", "policy"])[0]["device_self_approval"],
+        false
+    );
+    let err = laptop.fails(&["device", "approve", &phone_id]);
+    assert!(err.contains("requires an admin"), "{err}");
+    let err = laptop.fails(&["admin", "policy", "--device-self-approval", "on"]);
+    assert!(err.contains("no admin role"), "{err}");
+
+    alice.ok(&["admin", "policy", "--device-self-approval", "on"]);
+    // Carol cannot approve bob's device; bob's laptop can.
+    let carol = org.enrol("carol");
+    let err = carol.fails(&["device", "approve", &phone_id]);
+    assert!(err.contains("no pending new device"), "{err}");
+    laptop.ok(&["device", "approve", &phone_id]);
+    // An admin device issues the certificate on its next sync.
+    let out = alice.ok(&["sync"]);
+    assert!(out.contains("approved the new device of bob"), "{out}");
+    phone.ok(&["sync"]);
+    laptop.ok(&["sync"]);
+    phone.ok(&["sync"]);
+    assert_eq!(phone.members("ops"), ["alice", "bob"]);
+    alice.ok(&["send", "ops", "for both of bob's devices"]);
+    phone.ok(&["sync"]);
+    assert_eq!(phone.texts("ops"), ["for both of bob's devices"]);
+}

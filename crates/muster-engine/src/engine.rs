@@ -9,8 +9,8 @@ use muster_net::RelayConnection;
 use muster_proto::{
     auth_transcript, device_id_for, enrol_transcript, now_unix, validate_handle, AckItem,
     Certificate, CertificateBody, Delivery, ErrorCode, GroupPolicy, InviteCode, InvitePurpose,
-    OrgDescriptor, OrgRootKey, PendingEnrolment, Profile, ProfileChange, Request, Response,
-    RevocationBody, Role, GROUP_POLICY_EXTENSION,
+    OrgDescriptor, OrgPolicyBody, OrgRootKey, PendingEnrolment, Profile, ProfileChange, Request,
+    Response, RevocationBody, Role, GROUP_POLICY_EXTENSION,
 };
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::*;
@@ -124,6 +124,8 @@ pub struct DeviceView {
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct SyncReport {
     pub received: usize,
+    /// New devices approved by their own user and certified by this admin device.
+    pub approved_devices: Vec<String>,
     pub joined_groups: Vec<String>,
     pub sent: usize,
     pub problems: Vec<String>,
@@ -804,6 +806,111 @@ impl Engine {
         conn.request(&Request::Approve { certificate: cert })
             .await
             .map_err(from_net)?;
+        Ok(())
+    }
+
+    /// The organisation policy in force, verified against the pinned root.
+    pub async fn org_policy(&self, conn: &RelayConnection) -> Result<OrgPolicyBody, EngineError> {
+        let org = self.device()?.org;
+        match conn
+            .request(&Request::GetOrgPolicy)
+            .await
+            .map_err(from_net)?
+        {
+            Response::OrgPolicy(Some(policy)) => {
+                policy.verify(&org)?;
+                Ok(policy.body)
+            }
+            Response::OrgPolicy(None) => Ok(OrgPolicyBody {
+                org_id: org.org_id,
+                ..Default::default()
+            }),
+            _ => Err(EngineError::Invalid(
+                "unexpected answer to GetOrgPolicy".into(),
+            )),
+        }
+    }
+
+    /// (admin) Publishes a new organisation policy, signed by the root key.
+    pub async fn set_org_policy(
+        &self,
+        conn: &RelayConnection,
+        device_self_approval: bool,
+    ) -> Result<OrgPolicyBody, EngineError> {
+        let me = self.device()?;
+        let root = Self::root_key(&me)?;
+        let policy = root.sign_policy(OrgPolicyBody {
+            org_id: me.org.org_id.clone(),
+            device_self_approval,
+            issued_at: now_unix(),
+        });
+        let body = policy.body.clone();
+        conn.request(&Request::SetOrgPolicy { policy })
+            .await
+            .map_err(from_net)?;
+        Ok(body)
+    }
+
+    /// Approves a pending new device of this user, where the organisation's policy allows
+    /// it; an admin device then issues its certificate.
+    pub async fn confirm_device(
+        &self,
+        conn: &RelayConnection,
+        device_id: &str,
+    ) -> Result<(), EngineError> {
+        conn.request(&Request::ConfirmDevice {
+            device_id: device_id.to_string(),
+        })
+        .await
+        .map_err(from_net)?;
+        Ok(())
+    }
+
+    /// On a device holding the root key: issues certificates for new devices that their
+    /// user's own enrolled device approved, when the signed policy allows self-approval.
+    async fn approve_confirmed_devices(
+        &mut self,
+        conn: &RelayConnection,
+        report: &mut SyncReport,
+    ) -> Result<(), EngineError> {
+        let me = self.device()?;
+        if me.root_key.is_none() || Self::require_admin(&me).is_err() {
+            return Ok(());
+        }
+        let confirmed: Vec<PendingEnrolment> = self
+            .pending_raw(conn)
+            .await?
+            .into_iter()
+            .filter(|p| p.linked && p.confirmed_by.is_some())
+            .collect();
+        if confirmed.is_empty() || !self.org_policy(conn).await?.device_self_approval {
+            return Ok(());
+        }
+        let root = Self::root_key(&me)?;
+        let certs = self.certificates(conn).await?;
+        for request in confirmed {
+            let by = request.confirmed_by.clone().unwrap_or_default();
+            let Some(sibling) = certs
+                .iter()
+                .find(|c| c.body.device_id == by && c.body.user == request.user)
+            else {
+                report.problems.push(format!(
+                    "not approving {}'s new device: the approving device is not theirs",
+                    request.user
+                ));
+                continue;
+            };
+            let (profile, roles) = (sibling.body.profile.clone(), sibling.body.roles.clone());
+            match Self::sign_and_approve(conn, &me, &root, &request, profile, roles).await {
+                Ok(()) => report
+                    .approved_devices
+                    .push(format!("{} ({})", request.user, request.device_id)),
+                Err(e) => report.problems.push(format!(
+                    "could not approve {}'s new device: {e}",
+                    request.user
+                )),
+            }
+        }
         Ok(())
     }
 
@@ -2082,6 +2189,7 @@ impl Engine {
         let mut report = SyncReport::default();
         self.fetch_and_process(conn, &mut report).await?;
         self.apply_revocations(conn, &mut report).await?;
+        self.approve_confirmed_devices(conn, &mut report).await?;
         self.add_own_devices(conn, &mut report).await?;
         self.flush_outbox(conn, &mut report).await?;
         self.commit_pending_proposals(conn, &mut report).await?;

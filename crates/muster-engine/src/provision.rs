@@ -393,6 +393,7 @@ managed = true
             pending: vec![PendingEnrolment {
                 user: "bob".into(),
                 linked: false,
+                confirmed_by: None,
                 device_id: "d1".into(),
                 device_key: vec![],
                 profile: Profile::default(),

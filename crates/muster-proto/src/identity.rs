@@ -185,6 +185,42 @@ impl Revocation {
     }
 }
 
+const POLICY_CONTEXT: &[u8] = b"muster-org-policy-v1\0";
+
+/// Organisation-wide rules, signed by the organisation root.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrgPolicyBody {
+    pub org_id: String,
+    /// A user's enrolled device may approve that user's new device (an admin device then
+    /// issues its certificate automatically).
+    pub device_self_approval: bool,
+    pub issued_at: u64,
+}
+
+/// A signed [`OrgPolicyBody`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrgPolicy {
+    pub body: OrgPolicyBody,
+    pub signature: Vec<u8>,
+}
+
+impl OrgPolicy {
+    /// Checks the organisation root's signature.
+    pub fn verify(&self, org: &OrgDescriptor) -> Result<(), CertError> {
+        if self.body.org_id != org.org_id {
+            return Err(CertError::WrongOrg {
+                expected: org.org_id.clone(),
+                found: self.body.org_id.clone(),
+            });
+        }
+        let mut signed = POLICY_CONTEXT.to_vec();
+        signed.extend(postcard::to_stdvec(&self.body).expect("policy serialises"));
+        UnparsedPublicKey::new(&ED25519, &org.root_public_key)
+            .verify(&signed, &self.signature)
+            .map_err(|_| CertError::BadSignature)
+    }
+}
+
 /// The organisation root signing key, held only by admin devices.
 pub struct OrgRootKey {
     pkcs8: Vec<u8>,
@@ -219,6 +255,13 @@ impl OrgRootKey {
     pub fn sign(&self, body: CertificateBody) -> Certificate {
         let signature = self.pair.sign(&signed_bytes(&body)).as_ref().to_vec();
         Certificate { body, signature }
+    }
+
+    pub fn sign_policy(&self, body: OrgPolicyBody) -> OrgPolicy {
+        let mut signed = POLICY_CONTEXT.to_vec();
+        signed.extend(postcard::to_stdvec(&body).expect("policy serialises"));
+        let signature = self.pair.sign(&signed).as_ref().to_vec();
+        OrgPolicy { body, signature }
     }
 
     pub fn sign_revocation(&self, body: RevocationBody) -> Revocation {

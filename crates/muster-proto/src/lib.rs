@@ -9,7 +9,7 @@ pub mod wire;
 
 pub use identity::{
     device_id_for, now_unix, validate_handle, CertError, Certificate, CertificateBody,
-    OrgDescriptor, OrgRootKey, Profile, Revocation, RevocationBody, Role,
+    OrgDescriptor, OrgPolicy, OrgPolicyBody, OrgRootKey, Profile, Revocation, RevocationBody, Role,
 };
 pub use invite::{InviteCode, InviteError, InvitePurpose};
 pub use policy::{GroupPolicy, GROUP_POLICY_EXTENSION};

@@ -4,7 +4,7 @@
 //! postcard-encoded message. A client opens one bidirectional stream per request; the
 //! relay opens unidirectional streams to push wake-ups.
 
-use crate::identity::{Certificate, OrgDescriptor, Profile, Revocation};
+use crate::identity::{Certificate, OrgDescriptor, OrgPolicy, Profile, Revocation};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Largest frame either side accepts, in bytes.
@@ -130,6 +130,16 @@ pub enum Request {
     ReissueCertificates {
         certificates: Vec<Certificate>,
     },
+    /// (admin) Publishes a new root-signed organisation policy.
+    SetOrgPolicy {
+        policy: OrgPolicy,
+    },
+    /// The current organisation policy, if an admin published one.
+    GetOrgPolicy,
+    /// Approves a pending new device of this device's own user (when the policy allows).
+    ConfirmDevice {
+        device_id: String,
+    },
 }
 
 /// The relay's answer to one request.
@@ -166,6 +176,7 @@ pub enum Response {
     Devices(Vec<String>),
     ProfileChanges(Vec<ProfileChange>),
     Invites(Vec<OpenInvite>),
+    OrgPolicy(Option<OrgPolicy>),
     Health {
         /// Whether an organisation is registered.
         org_registered: bool,
@@ -196,6 +207,8 @@ pub struct PendingEnrolment {
     pub user: String,
     /// Another device of an already enrolled user (from a link code).
     pub linked: bool,
+    /// The user's enrolled device that approved this new device, if any.
+    pub confirmed_by: Option<String>,
     pub device_id: String,
     pub device_key: Vec<u8>,
     pub profile: Profile,

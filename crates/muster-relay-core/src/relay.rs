@@ -5,7 +5,7 @@ use crate::mls::{certificate_of, JsonCodec, Storage};
 use crate::schema::SCHEMA;
 use muster_proto::{
     auth_transcript, enrol_transcript, now_unix, validate_handle, AckItem, AuditEvent, Certificate,
-    ClaimedKeyPackage, Delivery, ErrorCode, GroupPolicy, OpenInvite, OrgDescriptor,
+    ClaimedKeyPackage, Delivery, ErrorCode, GroupPolicy, OpenInvite, OrgDescriptor, OrgPolicy,
     PendingEnrolment, Profile, ProfileChange, RelayError, Request, Response, Revocation,
     GROUP_POLICY_EXTENSION, MAX_MLS_MESSAGE,
 };
@@ -348,6 +348,11 @@ impl Relay {
             }
             Request::RejectProfileChange { user } => self.reject_profile_change(session, &user),
             Request::ListInvites => self.list_invites(session),
+            Request::SetOrgPolicy { policy } => self.set_org_policy(session, policy),
+            Request::GetOrgPolicy => {
+                load_org_policy(&self.db).map(|p| Outcome::reply(Response::OrgPolicy(p)))
+            }
+            Request::ConfirmDevice { device_id } => self.confirm_device(session, &device_id),
             Request::ReissueCertificates { certificates } => {
                 self.reissue_certificates(session, certificates)
             }
@@ -560,7 +565,8 @@ impl Relay {
         self.require_admin(session)?;
         let mut stmt = self.db.prepare(
             "SELECT d.user, d.device_id, d.device_key, d.profile, d.requested_at,
-                    EXISTS (SELECT 1 FROM devices o WHERE o.user = d.user AND o.status = 'approved')
+                    EXISTS (SELECT 1 FROM devices o WHERE o.user = d.user AND o.status = 'approved'),
+                    d.confirmed_by
              FROM devices d WHERE d.status = 'pending' ORDER BY d.requested_at, d.device_id",
         )?;
         let rows = stmt
@@ -572,19 +578,23 @@ impl Relay {
                     r.get::<_, Vec<u8>>(3)?,
                     r.get::<_, i64>(4)?,
                     r.get::<_, bool>(5)?,
+                    r.get::<_, Option<String>>(6)?,
                 ))
             })?
             .collect::<Result<Vec<_>, _>>()?;
         let pending = rows
             .into_iter()
             .map(
-                |(user, device_id, device_key, profile, requested_at, linked)| PendingEnrolment {
-                    user,
-                    linked,
-                    device_id,
-                    device_key,
-                    profile: serde_json::from_slice(&profile).unwrap_or_default(),
-                    requested_at: requested_at as u64,
+                |(user, device_id, device_key, profile, requested_at, linked, confirmed_by)| {
+                    PendingEnrolment {
+                        user,
+                        linked,
+                        confirmed_by,
+                        device_id,
+                        device_key,
+                        profile: serde_json::from_slice(&profile).unwrap_or_default(),
+                        requested_at: requested_at as u64,
+                    }
                 },
             )
             .collect();
@@ -909,6 +919,80 @@ impl Relay {
             None,
         )?;
         Ok(Outcome::reply(Response::Ok))
+    }
+
+    fn set_org_policy(&mut self, session: &Session, policy: OrgPolicy) -> Result<Outcome, Failure> {
+        self.require_admin(session)?;
+        let org = self.require_org()?;
+        policy
+            .verify(&org)
+            .map_err(|e| refuse(ErrorCode::InvalidCertificate, format!("policy: {e}")))?;
+        if let Some(current) = load_org_policy(&self.db)? {
+            if policy.body.issued_at < current.body.issued_at {
+                return Err(refuse(
+                    ErrorCode::BadRequest,
+                    "policy is older than the one in force",
+                ));
+            }
+        }
+        self.db.execute(
+            "INSERT INTO meta (key, value) VALUES ('org_policy', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [serde_json::to_vec(&policy).expect("policy serialises")],
+        )?;
+        record(
+            &self.db,
+            "org_policy_changed",
+            &session.user,
+            &org.name,
+            None,
+        )?;
+        Ok(Outcome::reply(Response::Ok))
+    }
+
+    fn confirm_device(&mut self, session: &Session, device_id: &str) -> Result<Outcome, Failure> {
+        let org = self.require_org()?;
+        let allowed = load_org_policy(&self.db)?
+            .filter(|p| p.verify(&org).is_ok())
+            .is_some_and(|p| p.body.device_self_approval);
+        if !allowed {
+            return Err(refuse(
+                ErrorCode::Forbidden,
+                "the organisation's policy requires an admin to approve new devices",
+            ));
+        }
+        let changed = self.db.execute(
+            "UPDATE devices SET confirmed_by = ?3
+             WHERE device_id = ?1 AND user = ?2 AND status = 'pending' AND device_id != ?3",
+            params![device_id, session.user, session.device_id],
+        )?;
+        if changed == 0 {
+            return Err(refuse(
+                ErrorCode::UnknownDevice,
+                format!("{} has no pending new device {device_id}", session.user),
+            ));
+        }
+        record(
+            &self.db,
+            "device_confirmed",
+            &session.user,
+            &format!("{} ({device_id})", session.user),
+            None,
+        )?;
+        // Wake admin devices so one issues the certificate promptly.
+        let mut wake = BTreeSet::new();
+        let mut stmt = self.db.prepare(
+            "SELECT device_id, certificate FROM devices WHERE status = 'approved' AND certificate IS NOT NULL",
+        )?;
+        for row in stmt.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })? {
+            let (device, cert) = row?;
+            if Certificate::from_bytes(&cert).is_ok_and(|c| c.is_admin()) {
+                wake.insert(device);
+            }
+        }
+        Ok(Outcome::with_wake(Response::Ok, wake))
     }
 
     fn list_invites(&self, session: &Session) -> Result<Outcome, Failure> {
@@ -1845,6 +1929,20 @@ fn policy_of(group: &PublicGroup) -> GroupPolicy {
             .unknown(GROUP_POLICY_EXTENSION)
             .map(|e| e.0.as_slice()),
     )
+}
+
+fn load_org_policy(db: &Connection) -> Result<Option<OrgPolicy>, Failure> {
+    let bytes: Option<Vec<u8>> = db
+        .query_row("SELECT value FROM meta WHERE key = 'org_policy'", [], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    bytes
+        .map(|b| {
+            serde_json::from_slice(&b)
+                .map_err(|_| Failure::Store(StoreError::Corrupt("org policy".into())))
+        })
+        .transpose()
 }
 
 fn load_org(db: &Connection) -> Result<Option<OrgDescriptor>, StoreError> {

@@ -9,7 +9,7 @@ CREATE TABLE IF NOT EXISTS invites (
 CREATE TABLE IF NOT EXISTS devices (
     device_id TEXT PRIMARY KEY, user TEXT NOT NULL, device_key BLOB NOT NULL,
     status TEXT NOT NULL, profile BLOB NOT NULL, certificate BLOB,
-    requested_at INTEGER NOT NULL, decided_at INTEGER);
+    requested_at INTEGER NOT NULL, decided_at INTEGER, confirmed_by TEXT);
 CREATE INDEX IF NOT EXISTS devices_user ON devices(user);
 CREATE TABLE IF NOT EXISTS key_packages (
     id INTEGER PRIMARY KEY, device_id TEXT NOT NULL, data BLOB NOT NULL, last_resort INTEGER NOT NULL);
