@@ -1173,15 +1173,7 @@ impl Engine {
             return Ok(());
         }
         let user = self.device()?.user;
-        let groups: Vec<Vec<u8>> = {
-            let mut stmt = self
-                .db
-                .prepare("SELECT group_id FROM groups WHERE state = 'active'")?;
-            let rows = stmt
-                .query_map([], |r| r.get(0))?
-                .collect::<Result<Vec<_>, _>>()?;
-            rows
-        };
+        let groups = self.active_group_ids()?;
         for group_id in groups {
             let missing: Vec<String> = {
                 let provider = Provider::new(&self.crypto, &self.db);
@@ -1867,6 +1859,17 @@ impl Engine {
         Ok(())
     }
 
+    /// Ids of the groups this device is an active member of.
+    fn active_group_ids(&self) -> Result<Vec<Vec<u8>>, EngineError> {
+        let mut stmt = self
+            .db
+            .prepare("SELECT group_id FROM groups WHERE state = 'active'")?;
+        let ids = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ids)
+    }
+
     fn group_view(&self, group_id: &[u8]) -> Result<GroupView, EngineError> {
         let (name, state): (String, String) = self.db.query_row(
             "SELECT name, state FROM groups WHERE group_id = ?1",
@@ -2329,15 +2332,7 @@ impl Engine {
         if revoked.is_empty() {
             return Ok(());
         }
-        let groups: Vec<Vec<u8>> = {
-            let mut stmt = self
-                .db
-                .prepare("SELECT group_id FROM groups WHERE state = 'active'")?;
-            let rows = stmt
-                .query_map([], |r| r.get(0))?
-                .collect::<Result<Vec<_>, _>>()?;
-            rows
-        };
+        let groups = self.active_group_ids()?;
         let revoked_leaves = |group: &MlsGroup| -> Vec<LeafNodeIndex> {
             group
                 .members()
@@ -2382,15 +2377,7 @@ impl Engine {
         conn: &RelayConnection,
         report: &mut SyncReport,
     ) -> Result<(), EngineError> {
-        let groups: Vec<Vec<u8>> = {
-            let mut stmt = self
-                .db
-                .prepare("SELECT group_id FROM groups WHERE state = 'active'")?;
-            let rows = stmt
-                .query_map([], |r| r.get(0))?
-                .collect::<Result<Vec<_>, _>>()?;
-            rows
-        };
+        let groups = self.active_group_ids()?;
         for group_id in groups {
             let has_pending = {
                 let provider = Provider::new(&self.crypto, &self.db);

@@ -828,73 +828,30 @@ impl Relay {
     ) -> Result<Outcome, Failure> {
         self.require_admin(session)?;
         let org = self.require_org()?;
-        let Some(user) = certificates.first().map(|c| c.body.user.clone()) else {
-            return Err(refuse(ErrorCode::BadRequest, "no certificates given"));
-        };
         let tx = self
             .db
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let requested: Option<Vec<u8>> = tx
+        let user = certificates
+            .first()
+            .map(|c| c.body.user.clone())
+            .unwrap_or_default();
+        let requested: Profile = tx
             .query_row(
                 "SELECT profile FROM profile_requests WHERE user = ?1",
                 [&user],
-                |r| r.get(0),
+                |r| r.get::<_, Vec<u8>>(0),
             )
-            .optional()?;
-        let requested: Profile = requested
+            .optional()?
             .and_then(|p| serde_json::from_slice(&p).ok())
             .ok_or_else(|| {
                 refuse(
                     ErrorCode::BadRequest,
-                    format!("{user} has no pending profile change"),
+                    format!("{user:?} has no pending profile change"),
                 )
             })?;
-        let devices: BTreeSet<String> = {
-            let mut stmt = tx
-                .prepare("SELECT device_id FROM devices WHERE user = ?1 AND status = 'approved'")?;
-            let rows = stmt
-                .query_map([&user], |r| r.get(0))?
-                .collect::<Result<BTreeSet<String>, _>>()?;
-            rows
-        };
-        let covered: BTreeSet<String> = certificates
-            .iter()
-            .map(|c| c.body.device_id.clone())
-            .collect();
-        if covered != devices {
-            return Err(refuse(
-                ErrorCode::InvalidCertificate,
-                format!(
-                    "expected one new certificate for each of {user}'s {} devices",
-                    devices.len()
-                ),
-            ));
-        }
-        for cert in &certificates {
-            cert.verify(&org, now_unix())
-                .map_err(|e| refuse(ErrorCode::InvalidCertificate, e.to_string()))?;
-            let old = device_certificate(&tx, &cert.body.device_id)?
-                .ok_or_else(|| refuse(ErrorCode::UnknownDevice, "device has no certificate"))?;
-            if cert.body.user != user
-                || cert.body.profile != requested
-                || cert.body.device_key != old.body.device_key
-                || cert.body.roles != old.body.roles
-            {
-                return Err(refuse(
-                    ErrorCode::InvalidCertificate,
-                    "certificate does not match the requested profile change",
-                ));
-            }
-            tx.execute(
-                "UPDATE devices SET certificate = ?2, profile = ?3 WHERE device_id = ?1",
-                params![
-                    cert.body.device_id,
-                    cert.to_bytes(),
-                    serde_json::to_vec(&requested).expect("profile serialises")
-                ],
-            )?;
-        }
-        tx.execute("DELETE FROM profile_requests WHERE user = ?1", [&user])?;
+        replace_user_certificates(&tx, &org, &certificates, |new, old| {
+            new.body.profile == requested && new.body.roles == old.body.roles
+        })?;
         record(&tx, "profile_change_approved", &session.user, &user, None)?;
         tx.commit()?;
         Ok(Outcome::reply(Response::Ok))
@@ -1020,54 +977,10 @@ impl Relay {
     ) -> Result<Outcome, Failure> {
         self.require_admin(session)?;
         let org = self.require_org()?;
-        let Some(user) = certificates.first().map(|c| c.body.user.clone()) else {
-            return Err(refuse(ErrorCode::BadRequest, "no certificates given"));
-        };
         let tx = self
             .db
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let devices: BTreeSet<String> = {
-            let mut stmt = tx
-                .prepare("SELECT device_id FROM devices WHERE user = ?1 AND status = 'approved'")?;
-            let rows = stmt
-                .query_map([&user], |r| r.get(0))?
-                .collect::<Result<BTreeSet<String>, _>>()?;
-            rows
-        };
-        let covered: BTreeSet<String> = certificates
-            .iter()
-            .map(|c| c.body.device_id.clone())
-            .collect();
-        if devices.is_empty() || covered != devices {
-            return Err(refuse(
-                ErrorCode::InvalidCertificate,
-                format!(
-                    "expected one new certificate for each of {user}'s {} devices",
-                    devices.len()
-                ),
-            ));
-        }
-        for cert in &certificates {
-            cert.verify(&org, now_unix())
-                .map_err(|e| refuse(ErrorCode::InvalidCertificate, e.to_string()))?;
-            let old = device_certificate(&tx, &cert.body.device_id)?
-                .ok_or_else(|| refuse(ErrorCode::UnknownDevice, "device has no certificate"))?;
-            if cert.body.user != user || cert.body.device_key != old.body.device_key {
-                return Err(refuse(
-                    ErrorCode::InvalidCertificate,
-                    "a new certificate must keep the device's user and key",
-                ));
-            }
-            tx.execute(
-                "UPDATE devices SET certificate = ?2, profile = ?3 WHERE device_id = ?1",
-                params![
-                    cert.body.device_id,
-                    cert.to_bytes(),
-                    serde_json::to_vec(&cert.body.profile).expect("profile serialises")
-                ],
-            )?;
-        }
-        tx.execute("DELETE FROM profile_requests WHERE user = ?1", [&user])?;
+        let user = replace_user_certificates(&tx, &org, &certificates, |_, _| true)?;
         record(&tx, "certificates_reissued", &session.user, &user, None)?;
         tx.commit()?;
         Ok(Outcome::reply(Response::Ok))
@@ -1898,6 +1811,69 @@ fn check_profile(profile: &Profile) -> Result<(), Failure> {
         ));
     }
     Ok(())
+}
+
+/// Replaces the certificates of every approved device of one user, in `tx`. Each new
+/// certificate must verify, keep its device's user and key, and pass `acceptable(new, old)`.
+/// Any pending profile change of the user is settled by it. Returns the user.
+fn replace_user_certificates(
+    tx: &Transaction,
+    org: &OrgDescriptor,
+    certificates: &[Certificate],
+    acceptable: impl Fn(&Certificate, &Certificate) -> bool,
+) -> Result<String, Failure> {
+    let Some(user) = certificates.first().map(|c| c.body.user.clone()) else {
+        return Err(refuse(ErrorCode::BadRequest, "no certificates given"));
+    };
+    let devices: BTreeSet<String> = {
+        let mut stmt =
+            tx.prepare("SELECT device_id FROM devices WHERE user = ?1 AND status = 'approved'")?;
+        let rows = stmt
+            .query_map([&user], |r| r.get(0))?
+            .collect::<Result<BTreeSet<String>, _>>()?;
+        rows
+    };
+    let covered: BTreeSet<String> = certificates
+        .iter()
+        .map(|c| c.body.device_id.clone())
+        .collect();
+    if devices.is_empty() || covered != devices || covered.len() != certificates.len() {
+        return Err(refuse(
+            ErrorCode::InvalidCertificate,
+            format!(
+                "expected one new certificate for each of {user}'s {} devices",
+                devices.len()
+            ),
+        ));
+    }
+    for cert in certificates {
+        cert.verify(org, now_unix())
+            .map_err(|e| refuse(ErrorCode::InvalidCertificate, e.to_string()))?;
+        let old = device_certificate(tx, &cert.body.device_id)?
+            .ok_or_else(|| refuse(ErrorCode::UnknownDevice, "device has no certificate"))?;
+        if cert.body.user != user || cert.body.device_key != old.body.device_key {
+            return Err(refuse(
+                ErrorCode::InvalidCertificate,
+                "a new certificate must keep the device's user and key",
+            ));
+        }
+        if !acceptable(cert, &old) {
+            return Err(refuse(
+                ErrorCode::InvalidCertificate,
+                "certificate does not match the requested change",
+            ));
+        }
+        tx.execute(
+            "UPDATE devices SET certificate = ?2, profile = ?3 WHERE device_id = ?1",
+            params![
+                cert.body.device_id,
+                cert.to_bytes(),
+                serde_json::to_vec(&cert.body.profile).expect("profile serialises")
+            ],
+        )?;
+    }
+    tx.execute("DELETE FROM profile_requests WHERE user = ?1", [&user])?;
+    Ok(user)
 }
 
 fn device_certificate(db: &Connection, device_id: &str) -> Result<Option<Certificate>, Failure> {
