@@ -81,7 +81,26 @@ enum Command {
     /// List your groups with their members.
     Groups(JsonFlag),
     /// Send a message to a group (TEXT `-` reads it from standard input).
-    Send { group: String, text: String },
+    Send {
+        group: String,
+        /// The text, or `-` to read it from standard input. @handle mentions a member.
+        text: String,
+        /// Quote and answer this message (its id, or an id prefix of 6+ characters).
+        #[arg(long, value_name = "ID")]
+        reply_to: Option<String>,
+    },
+    /// Change the text of one of your messages, for everyone.
+    Edit { id: String, text: String },
+    /// Delete one of your messages from every member's device.
+    Delete { id: String },
+    /// React to a message with an emoji.
+    React {
+        id: String,
+        emoji: String,
+        /// Take the reaction back.
+        #[arg(long)]
+        remove: bool,
+    },
     /// Fetch and process everything waiting on the relay, and send queued messages.
     Sync(JsonFlag),
     /// Show a group's messages, oldest first.
@@ -294,14 +313,34 @@ fn print_message(m: &MessageView) {
     let time = m.sent_at.get(11..19).unwrap_or(&m.sent_at);
     if m.kind == "system" {
         println!("[{time}] * {}", m.text);
-    } else {
-        let flag = match m.status.as_str() {
-            "sending" => " (sending)",
-            "failed" => " (not sent)",
-            _ => "",
-        };
-        println!("[{time}] {}: {}{flag}", m.sender, m.text);
+        return;
     }
+    let short = m.id.get(..8).unwrap_or(&m.id);
+    if m.deleted {
+        println!("[{time}] {}: (message deleted)  #{short}", m.sender);
+        return;
+    }
+    let mut line = format!("[{time}] {}: ", m.sender);
+    if let Some(r) = &m.reply_to {
+        line.push_str(&format!("(reply to #{}) ", r.get(..8).unwrap_or(r)));
+    }
+    line.push_str(&m.text);
+    if m.edited {
+        line.push_str(" (edited)");
+    }
+    match m.status.as_str() {
+        "sending" => line.push_str(" (sending)"),
+        "failed" => line.push_str(" (not sent)"),
+        _ => {}
+    }
+    for (emoji, users) in &m.reactions {
+        line.push_str(&format!("  {emoji} {}", users.len()));
+    }
+    if m.audience > 0 && (m.status == "sent" || m.status == "sending") {
+        line.push_str(&format!("  read by {} of {}", m.read_by.len(), m.audience));
+    }
+    line.push_str(&format!("  #{short}"));
+    println!("{line}");
 }
 
 fn describe_profile(p: &Profile) -> String {
@@ -359,6 +398,30 @@ fn main() -> ExitCode {
             eprintln!("muster: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Sends what was just queued; when the relay cannot be reached it stays in the outbox.
+async fn deliver_queued(
+    engine: &mut Engine,
+    queued: &muster_engine::QueuedMessage,
+) -> Result<(), EngineError> {
+    let result = match connected(engine).await {
+        Ok(conn) => {
+            let sent = engine.deliver(&conn, queued).await;
+            conn.close().await;
+            sent
+        }
+        Err(e) => Err(e),
+    };
+    match result {
+        Err(e @ (EngineError::Net(_) | EngineError::AwaitingApproval)) => {
+            Err(EngineError::Invalid(format!(
+                "not sent yet ({e}); message {} stays in the outbox and goes out with the next `muster sync`",
+                queued.id
+            )))
+        }
+        other => other,
     }
 }
 
@@ -535,7 +598,11 @@ async fn run(cli: Cli) -> Result<(), EngineError> {
                 }
             }
         }
-        Command::Send { group, text } => {
+        Command::Send {
+            group,
+            text,
+            reply_to,
+        } => {
             let text = if text == "-" {
                 let mut buf = String::new();
                 std::io::stdin().read_to_string(&mut buf)?;
@@ -543,25 +610,27 @@ async fn run(cli: Cli) -> Result<(), EngineError> {
             } else {
                 text
             };
-            let queued = engine.queue_text(&group, &text)?;
-            let result = match connected(&mut engine).await {
-                Ok(conn) => {
-                    let sent = engine.deliver(&conn, &queued).await;
-                    conn.close().await;
-                    sent
-                }
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(sent) => println!("sent {}", sent.id),
-                Err(e @ (EngineError::Net(_) | EngineError::AwaitingApproval)) => {
-                    return Err(EngineError::Invalid(format!(
-                        "not sent yet ({e}); message {} stays in the outbox and goes out with the next `muster sync`",
-                        queued.id
-                    )))
-                }
-                Err(e) => return Err(e),
-            }
+            let queued = engine.queue_reply(&group, &text, reply_to.as_deref())?;
+            deliver_queued(&mut engine, &queued).await?;
+            println!("sent {}", queued.id);
+        }
+        Command::Edit { id, text } => {
+            let queued = engine.queue_edit(&id, &text)?;
+            deliver_queued(&mut engine, &queued).await?;
+            println!("edited {id}");
+        }
+        Command::Delete { id } => {
+            let queued = engine.queue_delete(&id)?;
+            deliver_queued(&mut engine, &queued).await?;
+            println!("deleted {id}");
+        }
+        Command::React { id, emoji, remove } => {
+            let queued = engine.queue_reaction(&id, &emoji, remove)?;
+            deliver_queued(&mut engine, &queued).await?;
+            println!(
+                "{} {emoji} on {id}",
+                if remove { "removed" } else { "reacted" }
+            );
         }
         Command::Sync(flag) => {
             let conn = connected(&mut engine).await?;
@@ -586,12 +655,17 @@ async fn run(cli: Cli) -> Result<(), EngineError> {
             }
         }
         Command::Read { group, limit, json } => {
-            for m in engine.read(&group, limit)? {
+            let shown = engine.read(&group, limit)?;
+            for m in &shown {
                 if json {
-                    print_json(&m);
+                    print_json(m);
                 } else {
-                    print_message(&m);
+                    print_message(m);
                 }
+            }
+            // Read receipts go out with the next sync or send.
+            if let Err(e) = engine.mark_read(&shown) {
+                eprintln!("note: read receipts not queued: {e}");
             }
         }
         Command::Chat { group } => chat(&mut engine, &group).await?,
@@ -958,9 +1032,21 @@ async fn chat(engine: &mut Engine, group: &str) -> Result<(), EngineError> {
                 }
             }
         }
-        for m in engine.messages_after(group, last)? {
-            print_message(&m);
+        let fresh = engine.messages_after(group, last)?;
+        for m in &fresh {
+            print_message(m);
             last = last.max(m.local_seq);
+        }
+        if fresh
+            .iter()
+            .any(|m| m.kind == "text" && m.status == "received")
+        {
+            match engine.mark_read(&fresh) {
+                Ok(()) => {
+                    engine.flush(&conn).await?;
+                }
+                Err(e) => eprintln!("note: read receipts not queued: {e}"),
+            }
         }
         let _ = std::io::stdout().flush();
     }

@@ -22,11 +22,59 @@ pub struct Envelope {
 pub enum Body {
     Text {
         text: String,
+        /// The id of the message this one replies to.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<String>,
+        /// User handles mentioned with @handle.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        mentions: Vec<String>,
     },
     /// The group's display name, sent after adding members so they learn it.
-    GroupMeta {
-        name: String,
+    GroupMeta { name: String },
+    /// The author replaces the text of one of their messages.
+    Edit { target: String, text: String },
+    /// The author withdraws one of their messages; every device deletes its content.
+    Delete { target: String },
+    Reaction {
+        target: String,
+        emoji: String,
+        #[serde(default)]
+        remove: bool,
     },
+    /// Delivery or read receipts for messages of others.
+    Receipt {
+        kind: ReceiptKind,
+        targets: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReceiptKind {
+    Delivered,
+    Read,
+}
+
+impl ReceiptKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReceiptKind::Delivered => "delivered",
+            ReceiptKind::Read => "read",
+        }
+    }
+}
+
+/// The handles mentioned as `@handle` in a text.
+pub fn mentions_in(text: &str) -> Vec<String> {
+    let mut found: Vec<String> = text
+        .split(|c: char| c.is_whitespace() || matches!(c, ',' | ';' | ':' | '!' | '?' | '(' | ')'))
+        .filter_map(|word| word.strip_prefix('@'))
+        .map(|h| h.trim_end_matches('.').to_string())
+        .filter(|h| muster_proto::validate_handle(h).is_ok())
+        .collect();
+    found.sort();
+    found.dedup();
+    found
 }
 
 impl Envelope {
@@ -59,11 +107,27 @@ mod tests {
 
     #[test]
     fn envelope_round_trips_and_rejects_unknown_versions() {
-        let e = Envelope::new("a".into(), 5, Body::Text { text: "hi".into() });
+        let e = Envelope::new(
+            "a".into(),
+            5,
+            Body::Text {
+                text: "hi".into(),
+                reply_to: None,
+                mentions: vec![],
+            },
+        );
         assert_eq!(Envelope::from_bytes(&e.to_bytes()).unwrap(), e);
         let mut future = e.clone();
         future.v = 99;
         assert!(Envelope::from_bytes(&future.to_bytes()).is_err());
         assert!(Envelope::from_bytes(b"{\"v\":1}").is_err());
+    }
+
+    #[test]
+    fn mentions_are_found_and_deduplicated() {
+        assert_eq!(
+            mentions_in("@bob and @carol, see @bob. mail x@y.z (@Dave)"),
+            vec!["bob".to_string(), "carol".to_string()]
+        );
     }
 }

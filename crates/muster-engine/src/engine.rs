@@ -1,6 +1,7 @@
 //! Device operations: enrolment, groups, sending, and sync.
 
-use crate::content::{Body, Envelope};
+use crate::content::{mentions_in, Body, Envelope, ReceiptKind};
+use crate::conversation::{self, insert_system, order_key, placeholder_name, Author, Origin};
 use crate::error::{from_net, EngineError};
 use crate::provider::{JsonCodec, Provider};
 use crate::provision::{Action, OrgSpec, OrgState};
@@ -52,6 +53,21 @@ pub struct MessageView {
     pub received_at: String,
     /// `sending`, `sent`, `received`, or `failed`.
     pub status: String,
+    /// The id of the message this one replies to.
+    pub reply_to: Option<String>,
+    pub mentions: Vec<String>,
+    /// The author changed the text after sending.
+    pub edited: bool,
+    /// The author deleted it; its content is gone from this device.
+    pub deleted: bool,
+    /// Emoji to the users who reacted with it.
+    pub reactions: std::collections::BTreeMap<String, Vec<String>>,
+    /// Members (other than the sender) who read it.
+    pub read_by: Vec<String>,
+    /// Members (other than the sender) whose device stored it.
+    pub delivered_to: Vec<String>,
+    /// Members other than the sender, for "read by N of M".
+    pub audience: usize,
     #[serde(skip)]
     pub local_seq: i64,
 }
@@ -152,7 +168,7 @@ pub struct Engine {
     crypto: RustCrypto,
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -169,7 +185,7 @@ fn rfc3339_ms(ms: i64) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
-fn random_hex(bytes: usize) -> String {
+pub(crate) fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut buf)
         .expect("system randomness available");
@@ -270,6 +286,8 @@ impl Engine {
         db.busy_timeout(std::time::Duration::from_secs(10))?;
         db.pragma_update(None, "journal_mode", "WAL")?;
         db.pragma_update(None, "synchronous", "FULL")?;
+        // Deleted content is overwritten, not left in free pages.
+        db.pragma_update(None, "secure_delete", "ON")?;
         db.execute_batch(SCHEMA)?;
         openmls_sqlite_storage::SqliteStorageProvider::<JsonCodec, _>::new(&mut db)
             .run_migrations()
@@ -1939,12 +1957,14 @@ impl Engine {
             "INSERT INTO outbox (client_id, position, group_id, message_id, envelope, ciphertext) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![sha256(message_id.as_bytes())[..16].to_vec(), position, group_id, message_id, envelope.to_bytes(), mls_bytes(&ciphertext)?],
         )?;
-        if let Body::Text { text } = &envelope.body {
-            tx.execute(
-                "INSERT INTO messages (id, group_id, kind, sender, sender_device, body, sent_at, received_at, status)
-                 VALUES (?1, ?2, 'text', ?3, ?4, ?5, ?6, ?6, 'sending')",
-                params![message_id, group_id, device.user, device.device_id, text, envelope.sent_at],
-            )?;
+        if !matches!(envelope.body, Body::Receipt { .. }) {
+            let admin = device.certificate.as_ref().is_some_and(|c| c.is_admin());
+            let author = Author {
+                user: &device.user,
+                device: &device.device_id,
+                admin,
+            };
+            conversation::apply(&tx, group_id, &envelope, &author, Origin::Own, false)?;
         }
         tx.commit()?;
         Ok(message_id)
@@ -1953,6 +1973,16 @@ impl Engine {
     /// Encrypts a text message into the outbox, without touching the network. It is
     /// delivered by [`Engine::deliver`] or the next [`Engine::sync`], even after a crash.
     pub fn queue_text(&mut self, group: &str, text: &str) -> Result<QueuedMessage, EngineError> {
+        self.queue_reply(group, text, None)
+    }
+
+    /// Like [`Engine::queue_text`], quoting message `reply_to` (an id or id prefix) of the same group.
+    pub fn queue_reply(
+        &mut self,
+        group: &str,
+        text: &str,
+        reply_to: Option<&str>,
+    ) -> Result<QueuedMessage, EngineError> {
         if text.trim().is_empty() {
             return Err(EngineError::Invalid("message is empty".into()));
         }
@@ -1963,13 +1993,223 @@ impl Engine {
             )));
         }
         let (group_id, _) = self.active_group(group)?;
+        let reply_to = match reply_to {
+            Some(target) => {
+                let (target_group, id) = self.find_message(target)?;
+                if target_group != group_id {
+                    return Err(EngineError::Invalid(format!(
+                        "message {target} is in another group"
+                    )));
+                }
+                Some(id)
+            }
+            None => None,
+        };
         let id = self.enqueue(
             &group_id,
             Body::Text {
                 text: text.to_string(),
+                reply_to,
+                mentions: mentions_in(text),
             },
         )?;
         Ok(QueuedMessage { group_id, id })
+    }
+
+    /// Finds a message by id or unique id prefix (at least 6 characters) in any group.
+    fn find_message(&self, id: &str) -> Result<(Vec<u8>, String), EngineError> {
+        let id = id.trim().to_ascii_lowercase();
+        if id.len() < 6 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(EngineError::Invalid(format!(
+                "{id:?} is not a message id (use at least 6 hex characters, as `read --json` shows)"
+            )));
+        }
+        let mut stmt = self.db.prepare(
+            "SELECT group_id, id FROM messages WHERE kind != 'system' AND id LIKE ?1 || '%' LIMIT 2",
+        )?;
+        let found = stmt
+            .query_map([&id], |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        match found.len() {
+            0 => Err(EngineError::Invalid(format!(
+                "no message {id} on this device"
+            ))),
+            1 => Ok(found.into_iter().next().expect("one")),
+            _ => Err(EngineError::Invalid(format!(
+                "{id} matches several messages; give more of the id"
+            ))),
+        }
+    }
+
+    /// Finds one of this user's own messages that still has content.
+    fn own_message(&self, id: &str) -> Result<(Vec<u8>, String), EngineError> {
+        let (group_id, id) = self.find_message(id)?;
+        let me = self.device()?;
+        let (sender, kind, deleted): (String, String, bool) = self.db.query_row(
+            "SELECT sender, kind, deleted FROM messages WHERE group_id = ?1 AND id = ?2",
+            params![group_id, id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        if sender != me.user || kind != "text" {
+            return Err(EngineError::Invalid(format!(
+                "message {id} is not yours: only its author can change it"
+            )));
+        }
+        if deleted {
+            return Err(EngineError::Invalid(format!("message {id} was deleted")));
+        }
+        let (_, name, state) = self.resolve_group(&group_hex(&group_id))?;
+        if state != STATE_ACTIVE {
+            return Err(EngineError::NotActive(name));
+        }
+        Ok((group_id, id))
+    }
+
+    /// Replaces the text of one of your messages for every member.
+    pub fn queue_edit(&mut self, id: &str, text: &str) -> Result<QueuedMessage, EngineError> {
+        if text.trim().is_empty() || text.len() > MAX_TEXT_BYTES {
+            return Err(EngineError::Invalid(format!(
+                "an edit must be 1 to {MAX_TEXT_BYTES} bytes"
+            )));
+        }
+        let (group_id, target) = self.own_message(id)?;
+        let id = self.enqueue(
+            &group_id,
+            Body::Edit {
+                target,
+                text: text.to_string(),
+            },
+        )?;
+        Ok(QueuedMessage { group_id, id })
+    }
+
+    /// Deletes one of your messages from every member's store.
+    pub fn queue_delete(&mut self, id: &str) -> Result<QueuedMessage, EngineError> {
+        let (group_id, target) = self.own_message(id)?;
+        let id = self.enqueue(&group_id, Body::Delete { target })?;
+        self.purge_deleted()?;
+        Ok(QueuedMessage { group_id, id })
+    }
+
+    /// Reacts to a message (or takes the reaction back).
+    pub fn queue_reaction(
+        &mut self,
+        id: &str,
+        emoji: &str,
+        remove: bool,
+    ) -> Result<QueuedMessage, EngineError> {
+        let emoji = emoji.trim();
+        if emoji.is_empty() || emoji.chars().count() > 8 {
+            return Err(EngineError::Invalid(
+                "a reaction is one emoji (at most 8 characters)".into(),
+            ));
+        }
+        let (group_id, target) = self.find_message(id)?;
+        let (_, name, state) = self.resolve_group(&group_hex(&group_id))?;
+        if state != STATE_ACTIVE {
+            return Err(EngineError::NotActive(name));
+        }
+        let id = self.enqueue(
+            &group_id,
+            Body::Reaction {
+                target,
+                emoji: emoji.to_string(),
+                remove,
+            },
+        )?;
+        Ok(QueuedMessage { group_id, id })
+    }
+
+    /// Queues read receipts for the given messages of others (and marks them read here).
+    pub fn mark_read(&mut self, messages: &[MessageView]) -> Result<(), EngineError> {
+        let mut by_group: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for m in messages {
+            by_group
+                .entry(m.group_id.clone())
+                .or_default()
+                .push(m.id.clone());
+        }
+        for (group_hex_id, ids) in by_group {
+            let group_id = hex::decode(&group_hex_id)
+                .map_err(|_| EngineError::Invalid("bad group id".into()))?;
+            self.queue_receipts(&group_id, ReceiptKind::Read, Some(&ids))?;
+        }
+        Ok(())
+    }
+
+    /// Queues one receipt message for the group covering the due messages (only `only`, if given).
+    fn queue_receipts(
+        &mut self,
+        group_id: &[u8],
+        kind: ReceiptKind,
+        only: Option<&[String]>,
+    ) -> Result<(), EngineError> {
+        let column = match kind {
+            ReceiptKind::Delivered => "delivered_receipt_due",
+            ReceiptKind::Read => "read_receipt_due",
+        };
+        let due: Vec<String> = {
+            let mut stmt = self.db.prepare(&format!(
+                "SELECT id FROM messages WHERE group_id = ?1 AND {column} = 1 ORDER BY seq"
+            ))?;
+            let rows = stmt
+                .query_map([group_id], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows
+        };
+        let targets: Vec<String> = due
+            .into_iter()
+            .filter(|id| only.is_none_or(|o| o.contains(id)))
+            .collect();
+        if targets.is_empty() {
+            return Ok(());
+        }
+        let (_, _, state) = self.resolve_group(&group_hex(group_id))?;
+        if state != STATE_ACTIVE {
+            return Ok(());
+        }
+        for chunk in targets.chunks(500) {
+            self.enqueue(
+                group_id,
+                Body::Receipt {
+                    kind,
+                    targets: chunk.to_vec(),
+                },
+            )?;
+            let tx = self
+                .db
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            for id in chunk {
+                tx.execute(
+                    &format!("UPDATE messages SET {column} = 0 WHERE group_id = ?1 AND id = ?2"),
+                    params![group_id, id],
+                )?;
+                if kind == ReceiptKind::Read {
+                    tx.execute(
+                        "UPDATE messages SET delivered_receipt_due = 0 WHERE group_id = ?1 AND id = ?2",
+                        params![group_id, id],
+                    )?;
+                }
+            }
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Sends everything in the outbox.
+    pub async fn flush(&mut self, conn: &RelayConnection) -> Result<SyncReport, EngineError> {
+        let mut report = SyncReport::default();
+        self.flush_outbox(conn, &mut report).await?;
+        Ok(report)
+    }
+
+    /// Rewrites the database so deleted message content leaves no copy in the write-ahead log.
+    fn purge_deleted(&self) -> Result<(), EngineError> {
+        self.db
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
     }
 
     /// Sends the outbox up to and including `queued`; succeeds once the relay has durably stored it.
@@ -1977,17 +2217,25 @@ impl Engine {
         &mut self,
         conn: &RelayConnection,
         queued: &QueuedMessage,
-    ) -> Result<MessageView, EngineError> {
+    ) -> Result<(), EngineError> {
         let mut report = SyncReport::default();
         self.flush_outbox(conn, &mut report).await?;
-        let view = self.message_by_id(&queued.group_id, &queued.id)?;
-        if view.status != "sent" {
+        let pending = self
+            .db
+            .query_row(
+                "SELECT 1 FROM outbox WHERE message_id = ?1",
+                [&queued.id],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if pending || !report.problems.is_empty() {
             return Err(EngineError::Invalid(format!(
                 "message was not delivered: {}",
                 report.problems.join("; ")
             )));
         }
-        Ok(view)
+        Ok(())
     }
 
     /// Queues and delivers a text message.
@@ -1998,7 +2246,8 @@ impl Engine {
         text: &str,
     ) -> Result<MessageView, EngineError> {
         let queued = self.queue_text(group, text)?;
-        self.deliver(conn, &queued).await
+        self.deliver(conn, &queued).await?;
+        self.message_by_id(&queued.group_id, &queued.id)
     }
 
     /// Re-encrypts an outbox entry for the group's current epoch.
@@ -2140,7 +2389,8 @@ impl Engine {
         params: impl rusqlite::Params,
     ) -> Result<Vec<MessageView>, EngineError> {
         let sql = format!(
-            "SELECT m.seq, m.id, g.name, m.group_id, m.kind, m.sender, m.sender_device, m.body, m.sent_at, m.received_at, m.status
+            "SELECT m.seq, m.id, g.name, m.group_id, m.kind, m.sender, m.sender_device, m.body, m.sent_at, m.received_at, m.status,
+                    m.reply_to, m.mentions, m.edited_at IS NOT NULL, m.deleted
              FROM messages m JOIN groups g ON g.group_id = m.group_id {filter}"
         );
         let mut stmt = self.db.prepare(&sql)?;
@@ -2158,9 +2408,37 @@ impl Engine {
                     sent_at: rfc3339_ms(r.get(8)?),
                     received_at: rfc3339_ms(r.get(9)?),
                     status: r.get(10)?,
+                    reply_to: r.get(11)?,
+                    mentions: serde_json::from_str(&r.get::<_, String>(12)?).unwrap_or_default(),
+                    edited: r.get(13)?,
+                    deleted: r.get(14)?,
+                    reactions: Default::default(),
+                    read_by: Vec::new(),
+                    delivered_to: Vec::new(),
+                    audience: 0,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
+        let mut rows = rows;
+        let mut audiences: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for m in rows.iter_mut().filter(|m| m.kind == "text") {
+            let group_id = hex::decode(&m.group_id).unwrap_or_default();
+            let d = conversation::decorations(&self.db, &group_id, &m.id)?;
+            m.reactions = d.reactions;
+            m.read_by = d.read_by;
+            m.delivered_to = d.delivered_to;
+            if !audiences.contains_key(&m.group_id) {
+                let members = self
+                    .group_view(&group_id)
+                    .map(|g| g.members)
+                    .unwrap_or_default();
+                audiences.insert(m.group_id.clone(), members);
+            }
+            m.audience = audiences[&m.group_id]
+                .iter()
+                .filter(|u| **u != m.sender)
+                .count();
+        }
         Ok(rows)
     }
 
@@ -2194,6 +2472,9 @@ impl Engine {
         self.apply_revocations(conn, &mut report).await?;
         self.approve_confirmed_devices(conn, &mut report).await?;
         self.add_own_devices(conn, &mut report).await?;
+        for group_id in self.active_group_ids()? {
+            self.queue_receipts(&group_id, ReceiptKind::Delivered, None)?;
+        }
         self.flush_outbox(conn, &mut report).await?;
         self.commit_pending_proposals(conn, &mut report).await?;
         Ok(report)
@@ -2576,7 +2857,8 @@ impl Engine {
         let managed = policy_of(&group).managed;
         let mut notices: Vec<String> = Vec::new();
         let mut new_state: Option<&str> = None;
-        let mut stored_message: Option<(Envelope, Certificate)> = None;
+        let mut received: Option<(Envelope, Certificate)> = None;
+        let mut purge = false;
         if let Some(hash) = pending_hash {
             if hash == sha256(bytes) {
                 // Our own commit, whose acceptance we did not hear about.
@@ -2626,7 +2908,7 @@ impl Engine {
                 ProcessedMessageContent::ApplicationMessage(app) => {
                     let envelope = Envelope::from_bytes(&app.into_bytes())
                         .map_err(|e| format!("from {}: {e}", sender_cert.body.user))?;
-                    stored_message = Some((envelope, sender_cert));
+                    received = Some((envelope, sender_cert));
                 }
                 ProcessedMessageContent::ProposalMessage(proposal) => {
                     if let Proposal::Remove(remove) = proposal.proposal() {
@@ -2738,48 +3020,20 @@ impl Engine {
             report.problems.push(why.clone());
             notices.push(format!("a message could not be processed: {why}"));
         }
-        if let Some((envelope, cert)) = stored_message {
-            report.received += 1;
-            match envelope.body {
-                Body::Text { text } => {
-                    tx.execute(
-                        "INSERT OR IGNORE INTO messages (id, group_id, kind, sender, sender_device, body, sent_at, received_at, relay_seq, status, sort_key)
-                         VALUES (?1, ?2, 'text', ?3, ?4, ?5, ?6, ?7, ?8, 'received', ?9)",
-                        params![envelope.id, group_id, cert.body.user, cert.body.device_id, text, envelope.sent_at, now_ms(), seq as i64, order_key(seq, 0)],
-                    )?;
-                }
-                Body::GroupMeta { name } => {
-                    let name: String = name.chars().take(64).collect();
-                    let current: String = tx.query_row(
-                        "SELECT name FROM groups WHERE group_id = ?1",
-                        [group_id],
-                        |r| r.get(0),
-                    )?;
-                    let still_placeholder = current == placeholder_name(group_id);
-                    if name.trim().is_empty() || name == current {
-                    } else if managed && !cert.is_admin() && !still_placeholder {
-                        insert_system(
-                            &tx,
-                            group_id,
-                            &format!("ignored {}'s rename of this managed group", cert.body.user),
-                            Some(order_key(seq, 0)),
-                        )?;
-                    } else {
-                        tx.execute(
-                            "UPDATE groups SET name = ?2 WHERE group_id = ?1",
-                            params![group_id, name],
-                        )?;
-                        if !still_placeholder {
-                            insert_system(
-                                &tx,
-                                group_id,
-                                &format!("{} renamed the group to {name}", cert.body.user),
-                                Some(order_key(seq, 0)),
-                            )?;
-                        }
-                    }
-                }
+        if let Some((envelope, cert)) = received {
+            let author = Author {
+                user: &cert.body.user,
+                device: &cert.body.device_id,
+                admin: cert.is_admin(),
+            };
+            let origin = Origin::Received {
+                seq,
+                at_ms: now_ms(),
+            };
+            if conversation::apply(&tx, group_id, &envelope, &author, origin, managed)? {
+                report.received += 1;
             }
+            purge = matches!(envelope.body, Body::Delete { .. });
         }
         if let Some(state) = new_state {
             tx.execute(
@@ -2791,14 +3045,11 @@ impl Engine {
             insert_system(&tx, group_id, n, Some(order_key(seq, i + 1)))?;
         }
         tx.commit()?;
+        if purge {
+            self.purge_deleted()?;
+        }
         Ok(())
     }
-}
-
-/// Messages sort by the relay's per-group sequence, so every device shows one order;
-/// notices caused by a message follow it. Not yet stored messages sort last.
-fn order_key(relay_seq: u64, within: usize) -> i64 {
-    (relay_seq as i64).saturating_mul(1000) + within.min(999) as i64
 }
 
 fn dedup(mut v: Vec<String>) -> Vec<String> {
@@ -2835,14 +3086,6 @@ fn describe_pending_commit(group: &MlsGroup) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join(" and "))
 }
 
-/// The name a group shows until a member tells this device its real name.
-fn placeholder_name(group_id: &[u8]) -> String {
-    format!(
-        "group-{}",
-        &group_hex(group_id)[..8.min(group_id.len() * 2)]
-    )
-}
-
 fn device_ids_in(group: &MlsGroup) -> Vec<String> {
     group
         .members()
@@ -2866,19 +3109,4 @@ fn load_group(provider: &Provider, group_id: &[u8]) -> Result<MlsGroup, EngineEr
     MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))
         .map_err(EngineError::mls)?
         .ok_or_else(|| EngineError::Mls("group state is missing from the local store".into()))
-}
-
-fn insert_system(
-    db: &Connection,
-    group_id: &[u8],
-    text: &str,
-    order: Option<i64>,
-) -> Result<(), EngineError> {
-    let now = now_ms();
-    db.execute(
-        "INSERT INTO messages (id, group_id, kind, sender, sender_device, body, sent_at, received_at, status, sort_key)
-         VALUES (?1, ?2, 'system', '', '', ?3, ?4, ?4, 'received', ?5)",
-        params![random_hex(16), group_id, text, now, order],
-    )?;
-    Ok(())
 }

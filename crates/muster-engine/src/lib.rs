@@ -6,6 +6,7 @@
 //! connection is passed in by the caller.
 
 mod content;
+mod conversation;
 mod engine;
 mod error;
 mod provider;

@@ -16,7 +16,20 @@ CREATE TABLE IF NOT EXISTS messages (
     relay_seq INTEGER, status TEXT NOT NULL,
     -- display order: relay sequence x 1000 (+ n for notices); NULL until the relay stored it
     sort_key INTEGER,
+    reply_to TEXT,
+    mentions TEXT NOT NULL DEFAULT '[]',
+    edited_at INTEGER,
+    deleted INTEGER NOT NULL DEFAULT 0,
+    -- receipts this device still owes the sender (received messages only)
+    delivered_receipt_due INTEGER NOT NULL DEFAULT 0,
+    read_receipt_due INTEGER NOT NULL DEFAULT 0,
     UNIQUE (group_id, id));
+CREATE TABLE IF NOT EXISTS reactions (
+    group_id BLOB NOT NULL, message_id TEXT NOT NULL, user TEXT NOT NULL, emoji TEXT NOT NULL,
+    PRIMARY KEY (group_id, message_id, user, emoji));
+CREATE TABLE IF NOT EXISTS receipts (
+    group_id BLOB NOT NULL, message_id TEXT NOT NULL, user TEXT NOT NULL, kind TEXT NOT NULL,
+    at INTEGER NOT NULL, PRIMARY KEY (group_id, message_id, user, kind));
 CREATE INDEX IF NOT EXISTS messages_group ON messages(group_id, seq);
 CREATE INDEX IF NOT EXISTS messages_order ON messages(group_id, sort_key);
 CREATE TABLE IF NOT EXISTS outbox (

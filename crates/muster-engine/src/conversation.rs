@@ -1,0 +1,264 @@
+//! How typed content changes the device's store: messages, replies, edits, deletes,
+//! reactions, receipts and group names. Plain functions over a connection or transaction,
+//! used for this device's own sends and for received messages alike.
+
+use crate::content::{Body, Envelope, ReceiptKind};
+use crate::error::EngineError;
+use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::BTreeMap;
+
+/// Who sent a message, from their verified certificate.
+pub(crate) struct Author<'a> {
+    pub user: &'a str,
+    pub device: &'a str,
+    pub admin: bool,
+}
+
+/// Whether the envelope is this device's own send or came from the relay at `seq`.
+#[derive(Clone, Copy)]
+pub(crate) enum Origin {
+    Own,
+    Received { seq: u64, at_ms: i64 },
+}
+
+/// Messages sort by the relay's per-group sequence, so every device shows one order;
+/// notices caused by a message follow it. Not yet stored messages sort last.
+pub(crate) fn order_key(relay_seq: u64, within: usize) -> i64 {
+    (relay_seq as i64).saturating_mul(1000) + within.min(999) as i64
+}
+
+/// The name a group shows until a member tells this device its real name.
+pub(crate) fn placeholder_name(group_id: &[u8]) -> String {
+    format!(
+        "group-{}",
+        &hex::encode(group_id)[..8.min(group_id.len() * 2)]
+    )
+}
+
+pub(crate) fn insert_system(
+    db: &Connection,
+    group_id: &[u8],
+    text: &str,
+    order: Option<i64>,
+) -> Result<(), EngineError> {
+    let now = crate::engine::now_ms();
+    db.execute(
+        "INSERT INTO messages (id, group_id, kind, sender, sender_device, body, sent_at, received_at, status, sort_key)
+         VALUES (?1, ?2, 'system', '', '', ?3, ?4, ?4, 'received', ?5)",
+        params![crate::engine::random_hex(16), group_id, text, now, order],
+    )?;
+    Ok(())
+}
+
+/// The author of a message in this group, if it exists and still has content.
+fn author_of(db: &Connection, group_id: &[u8], id: &str) -> Result<Option<String>, EngineError> {
+    Ok(db
+        .query_row(
+            "SELECT sender FROM messages WHERE group_id = ?1 AND id = ?2 AND kind = 'text' AND deleted = 0",
+            params![group_id, id],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// Applies one envelope to the store. Returns whether it was a message the user reads.
+pub(crate) fn apply(
+    db: &Connection,
+    group_id: &[u8],
+    envelope: &Envelope,
+    author: &Author,
+    origin: Origin,
+    managed: bool,
+) -> Result<bool, EngineError> {
+    let (status, relay_seq, sort_key, received_at, due) = match origin {
+        Origin::Own => ("sending", None, None, envelope.sent_at, 0),
+        Origin::Received { seq, at_ms } => (
+            "received",
+            Some(seq as i64),
+            Some(order_key(seq, 0)),
+            at_ms,
+            1,
+        ),
+    };
+    match &envelope.body {
+        Body::Text {
+            text,
+            reply_to,
+            mentions,
+        } => {
+            db.execute(
+                "INSERT OR IGNORE INTO messages (id, group_id, kind, sender, sender_device, body, sent_at, received_at,
+                     relay_seq, status, sort_key, reply_to, mentions, delivered_receipt_due, read_receipt_due)
+                 VALUES (?1, ?2, 'text', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13)",
+                params![
+                    envelope.id,
+                    group_id,
+                    author.user,
+                    author.device,
+                    text,
+                    envelope.sent_at,
+                    received_at,
+                    relay_seq,
+                    status,
+                    sort_key,
+                    reply_to,
+                    serde_json::to_string(mentions).expect("serialises"),
+                    due
+                ],
+            )?;
+            Ok(matches!(origin, Origin::Received { .. }))
+        }
+        Body::Edit { target, text } => {
+            if author_of(db, group_id, target)?.as_deref() == Some(author.user) {
+                db.execute(
+                    "UPDATE messages SET body = ?3, edited_at = ?4 WHERE group_id = ?1 AND id = ?2",
+                    params![group_id, target, text, envelope.sent_at],
+                )?;
+            } else {
+                tracing::warn!(%target, user = author.user, "ignored an edit of a message that is not theirs");
+            }
+            Ok(false)
+        }
+        Body::Delete { target } => {
+            if author_of(db, group_id, target)?.as_deref() == Some(author.user) {
+                db.execute(
+                    "UPDATE messages SET body = '', deleted = 1, reply_to = NULL, mentions = '[]',
+                         delivered_receipt_due = 0, read_receipt_due = 0
+                     WHERE group_id = ?1 AND id = ?2",
+                    params![group_id, target],
+                )?;
+                db.execute(
+                    "DELETE FROM reactions WHERE group_id = ?1 AND message_id = ?2",
+                    params![group_id, target],
+                )?;
+            } else {
+                tracing::warn!(%target, user = author.user, "ignored a delete of a message that is not theirs");
+            }
+            Ok(false)
+        }
+        Body::Reaction {
+            target,
+            emoji,
+            remove,
+        } => {
+            if author_of(db, group_id, target)?.is_some() {
+                if *remove {
+                    db.execute(
+                        "DELETE FROM reactions WHERE group_id = ?1 AND message_id = ?2 AND user = ?3 AND emoji = ?4",
+                        params![group_id, target, author.user, emoji],
+                    )?;
+                } else {
+                    db.execute(
+                        "INSERT OR IGNORE INTO reactions (group_id, message_id, user, emoji) VALUES (?1, ?2, ?3, ?4)",
+                        params![group_id, target, author.user, emoji],
+                    )?;
+                }
+            }
+            Ok(false)
+        }
+        Body::Receipt { kind, targets } => {
+            for target in targets.iter().take(10_000) {
+                let of_other = author_of(db, group_id, target)?.is_some_and(|a| a != author.user);
+                if of_other {
+                    db.execute(
+                        "INSERT OR IGNORE INTO receipts (group_id, message_id, user, kind, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        params![group_id, target, author.user, kind.as_str(), envelope.sent_at],
+                    )?;
+                    if *kind == ReceiptKind::Read {
+                        db.execute(
+                            "INSERT OR IGNORE INTO receipts (group_id, message_id, user, kind, at) VALUES (?1, ?2, ?3, 'delivered', ?4)",
+                            params![group_id, target, author.user, envelope.sent_at],
+                        )?;
+                    }
+                }
+            }
+            Ok(false)
+        }
+        Body::GroupMeta { name } => {
+            apply_group_name(db, group_id, name, author, origin, managed)?;
+            Ok(false)
+        }
+    }
+}
+
+fn apply_group_name(
+    db: &Connection,
+    group_id: &[u8],
+    name: &str,
+    author: &Author,
+    origin: Origin,
+    managed: bool,
+) -> Result<(), EngineError> {
+    let Origin::Received { seq, .. } = origin else {
+        return Ok(());
+    };
+    let name: String = name.chars().take(64).collect();
+    let current: String = db.query_row(
+        "SELECT name FROM groups WHERE group_id = ?1",
+        [group_id],
+        |r| r.get(0),
+    )?;
+    let still_placeholder = current == placeholder_name(group_id);
+    if name.trim().is_empty() || name == current {
+        return Ok(());
+    }
+    if managed && !author.admin && !still_placeholder {
+        return insert_system(
+            db,
+            group_id,
+            &format!("ignored {}'s rename of this managed group", author.user),
+            Some(order_key(seq, 0)),
+        );
+    }
+    db.execute(
+        "UPDATE groups SET name = ?2 WHERE group_id = ?1",
+        params![group_id, name],
+    )?;
+    if !still_placeholder {
+        insert_system(
+            db,
+            group_id,
+            &format!("{} renamed the group to {name}", author.user),
+            Some(order_key(seq, 0)),
+        )?;
+    }
+    Ok(())
+}
+
+/// Reactions and receipts of one message, for display.
+pub(crate) struct Decorations {
+    pub reactions: BTreeMap<String, Vec<String>>,
+    pub read_by: Vec<String>,
+    pub delivered_to: Vec<String>,
+}
+
+pub(crate) fn decorations(
+    db: &Connection,
+    group_id: &[u8],
+    id: &str,
+) -> Result<Decorations, EngineError> {
+    let mut reactions: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut stmt = db.prepare_cached(
+        "SELECT emoji, user FROM reactions WHERE group_id = ?1 AND message_id = ?2 ORDER BY emoji, user",
+    )?;
+    for row in stmt.query_map(params![group_id, id], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+    })? {
+        let (emoji, user) = row?;
+        reactions.entry(emoji).or_default().push(user);
+    }
+    let receipts = |kind: &str| -> Result<Vec<String>, EngineError> {
+        let mut stmt = db.prepare_cached(
+            "SELECT user FROM receipts WHERE group_id = ?1 AND message_id = ?2 AND kind = ?3 ORDER BY user",
+        )?;
+        let users = stmt
+            .query_map(params![group_id, id, kind], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok(users)
+    };
+    Ok(Decorations {
+        reactions,
+        read_by: receipts("read")?,
+        delivered_to: receipts("delivered")?,
+    })
+}

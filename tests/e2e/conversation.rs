@@ -1,0 +1,98 @@
+use muster_e2e::Org;
+use serde_json::Value;
+
+fn message<'a>(list: &'a [Value], text_or_id: &str) -> &'a Value {
+    list.iter()
+        .find(|m| m["id"] == text_or_id || m["text"] == text_or_id)
+        .unwrap_or_else(|| panic!("no message {text_or_id} in {list:?}"))
+}
+
+fn sent_id(out: &str) -> String {
+    out.trim()
+        .strip_prefix("sent ")
+        .expect("send prints the id")
+        .to_string()
+}
+
+fn file_contains(dir: &std::path::Path, needle: &str) -> bool {
+    std::fs::read_dir(dir).unwrap().any(|e| {
+        let bytes = std::fs::read(e.unwrap().path()).unwrap_or_default();
+        bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+    })
+}
+
+#[test]
+fn replies_edits_deletes_reactions_and_receipts_reach_an_offline_member_in_order() {
+    let org = Org::new("conversation");
+    let alice = &org.admin;
+    let bob = org.enrol("bob");
+    let carol = org.enrol("carol");
+    alice.ok(&["group", "create", "team", "--members", "bob,carol"]);
+    bob.ok(&["sync"]);
+    carol.ok(&["sync"]);
+    // Carol goes offline from here.
+
+    let briefing = sent_id(&alice.ok(&["send", "team", "briefing at 10 @bob"]));
+    let secret = sent_id(&alice.ok(&["send", "team", "WRONG-CHANNEL-MARKER-42"]));
+    bob.ok(&["sync"]);
+    bob.json(&["read", "team"]); // marks as read
+    let reply = sent_id(&bob.ok(&["send", "team", "on my way", "--reply-to", &briefing[..8]]));
+    bob.ok(&["react", &briefing, "👍"]);
+    alice.ok(&["edit", &briefing, "briefing at 11 @bob"]);
+    alice.ok(&["delete", &secret]);
+    let err = bob.fails(&["edit", &briefing, "hijack"]);
+    assert!(err.contains("not yours"), "{err}");
+    let err = bob.fails(&["delete", &briefing]);
+    assert!(err.contains("not yours"), "{err}");
+
+    // Alice sees bob's receipts and reaction.
+    alice.ok(&["sync"]);
+    let mine = alice.json(&["read", "team"]);
+    let b = message(&mine, &briefing);
+    assert_eq!(b["read_by"], serde_json::json!(["bob"]));
+    assert_eq!(b["reactions"]["👍"], serde_json::json!(["bob"]));
+    assert_eq!(b["edited"], true);
+    assert_eq!(b["mentions"], serde_json::json!(["bob"]));
+    assert_eq!(message(&mine, &reply)["reply_to"], briefing);
+
+    // Carol catches up: everything applies in order.
+    carol.ok(&["sync"]);
+    let seen = carol.json(&["read", "team"]);
+    let texts: Vec<&str> = seen
+        .iter()
+        .filter(|m| m["kind"] == "text")
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["briefing at 11 @bob", "", "on my way"]);
+    let b = message(&seen, &briefing);
+    assert_eq!(b["edited"], true);
+    assert_eq!(b["reactions"]["👍"], serde_json::json!(["bob"]));
+    let gone = message(&seen, &secret);
+    assert_eq!(gone["deleted"], true);
+    assert_eq!(message(&seen, &reply)["reply_to"], briefing);
+    carol.ok(&["sync"]); // sends the read receipts `read` queued
+
+    alice.ok(&["sync"]);
+    let mine = alice.json(&["read", "team"]);
+    let b = message(&mine, &briefing);
+    assert_eq!(b["read_by"], serde_json::json!(["bob", "carol"]));
+    assert_eq!(b["audience"], 2);
+    let human = alice.ok(&["read", "team"]);
+    assert!(human.contains("read by 2 of 2"), "{human}");
+    assert!(
+        human.contains("(edited)") && human.contains("(message deleted)"),
+        "{human}"
+    );
+
+    // The deleted text is gone from every store, and the relay never had any of it.
+    bob.ok(&["sync"]);
+    for d in [alice, &bob, &carol] {
+        assert!(
+            !file_contains(&d.home, "WRONG-CHANNEL-MARKER-42"),
+            "{} still has it",
+            d.name
+        );
+    }
+    assert!(!file_contains(&org.relay.data, "briefing at"));
+    assert!(!file_contains(&org.relay.data, "on my way"));
+}
