@@ -89,6 +89,38 @@ enum Command {
         #[arg(long, value_name = "ID")]
         reply_to: Option<String>,
     },
+    /// Send an urgent alert to a group.
+    Alert {
+        group: String,
+        text: String,
+        /// Ask every member to acknowledge it (`muster ack ID`); see `muster rollcall ID`.
+        #[arg(long)]
+        ack_required: bool,
+    },
+    /// Acknowledge an alert.
+    Ack { id: String },
+    /// Who has acknowledged an alert, and who has not.
+    Rollcall {
+        id: String,
+        /// Keep watching: reprint as acknowledgements arrive, until everyone has answered.
+        #[arg(long)]
+        watch: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Alerts still waiting for your acknowledgement.
+    Alerts(JsonFlag),
+    /// A group's situation board: shared status entries any member updates.
+    Board {
+        group: String,
+        #[command(subcommand)]
+        action: Option<BoardAction>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Local settings of this device.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Change the text of one of your messages, for everyone.
     Edit { id: String, text: String },
     /// Delete one of your messages from every member's device.
@@ -139,6 +171,23 @@ enum ProfileCommand {
         #[arg(long)]
         department: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum BoardAction {
+    /// Set an entry, e.g. `board ops set location "Pier 4"`.
+    Set { key: String, value: String },
+    /// Remove an entry.
+    Clear { key: String },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Show or set the command run for each notification (empty string to remove).
+    ///
+    /// It runs through `sh -c` with MUSTER_KIND (text or alert), MUSTER_GROUP,
+    /// MUSTER_SENDER, MUSTER_ID and MUSTER_TEXT in its environment.
+    NotifyCommand { command: Option<String> },
 }
 
 #[derive(Subcommand)]
@@ -320,7 +369,11 @@ fn print_message(m: &MessageView) {
         println!("[{time}] {}: (message deleted)  #{short}", m.sender);
         return;
     }
-    let mut line = format!("[{time}] {}: ", m.sender);
+    let mut line = if m.kind == "alert" {
+        format!("[{time}] 🚨 ALERT from {}: ", m.sender)
+    } else {
+        format!("[{time}] {}: ", m.sender)
+    };
     if let Some(r) = &m.reply_to {
         line.push_str(&format!("(reply to #{}) ", r.get(..8).unwrap_or(r)));
     }
@@ -335,6 +388,13 @@ fn print_message(m: &MessageView) {
     }
     for (emoji, users) in &m.reactions {
         line.push_str(&format!("  {emoji} {}", users.len()));
+    }
+    if m.ack_required {
+        line.push_str(&format!(
+            "  [acknowledged by {} of {}; `muster ack {short}`]",
+            m.acked_by.len(),
+            m.audience
+        ));
     }
     if m.audience > 0 && (m.status == "sent" || m.status == "sending") {
         line.push_str(&format!("  read by {} of {}", m.read_by.len(), m.audience));
@@ -399,6 +459,76 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+const NOTIFY_COMMAND: &str = "notify-command";
+
+/// Runs the user's notification command for each notification, without waiting for it.
+fn notify(engine: &Engine, notifications: &[muster_engine::Notification]) {
+    let Ok(Some(command)) = engine.setting(NOTIFY_COMMAND) else {
+        return;
+    };
+    for n in notifications {
+        let spawned = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&command)
+            .env("MUSTER_KIND", &n.kind)
+            .env("MUSTER_GROUP", &n.group)
+            .env("MUSTER_SENDER", &n.sender)
+            .env("MUSTER_ID", &n.id)
+            .env("MUSTER_TEXT", &n.text)
+            .stdin(std::process::Stdio::null())
+            .spawn();
+        match spawned {
+            // Reap it in the background so it never lingers as a zombie.
+            Ok(mut child) => {
+                std::thread::spawn(move || child.wait());
+            }
+            Err(e) => eprintln!("note: notify command failed to start: {e}"),
+        }
+    }
+}
+
+async fn rollcall(
+    engine: &mut Engine,
+    id: &str,
+    watch: bool,
+    json: bool,
+) -> Result<(), EngineError> {
+    let conn = connected(engine).await?;
+    let push = conn.push_handle();
+    let mut last_shown = None;
+    loop {
+        engine.sync(&conn).await?;
+        let r = engine.rollcall(id)?;
+        let summary = (r.acknowledged, r.members.len());
+        if last_shown != Some(summary) {
+            if json {
+                print_json(&r);
+            } else {
+                println!(
+                    "{} of {} acknowledged: {}",
+                    r.acknowledged,
+                    r.members.len(),
+                    r.alert.text
+                );
+                for m in &r.members {
+                    match &m.acked_at {
+                        Some(at) => println!("  ✓ {:<16} {at}", m.user),
+                        None => println!("  … {:<16} waiting", m.user),
+                    }
+                }
+            }
+            let _ = std::io::stdout().flush();
+            last_shown = Some(summary);
+        }
+        if !watch || r.acknowledged == r.members.len() {
+            break;
+        }
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(30), push.next_push()).await;
+    }
+    conn.close().await;
+    Ok(())
 }
 
 /// Sends what was just queued; when the relay cannot be reached it stays in the outbox.
@@ -614,6 +744,75 @@ async fn run(cli: Cli) -> Result<(), EngineError> {
             deliver_queued(&mut engine, &queued).await?;
             println!("sent {}", queued.id);
         }
+        Command::Alert {
+            group,
+            text,
+            ack_required,
+        } => {
+            let queued = engine.queue_alert(&group, &text, ack_required)?;
+            deliver_queued(&mut engine, &queued).await?;
+            println!("alert sent {}", queued.id);
+        }
+        Command::Ack { id } => {
+            let queued = engine.queue_ack(&id)?;
+            deliver_queued(&mut engine, &queued).await?;
+            println!("acknowledged {id}");
+        }
+        Command::Rollcall { id, watch, json } => rollcall(&mut engine, &id, watch, json).await?,
+        Command::Alerts(flag) => {
+            for m in engine.unacknowledged_alerts()? {
+                if flag.json {
+                    print_json(&m);
+                } else {
+                    print_message(&m);
+                }
+            }
+        }
+        Command::Board {
+            group,
+            action,
+            json,
+        } => {
+            let queued = match &action {
+                Some(BoardAction::Set { key, value }) => {
+                    Some(engine.queue_board_set(&group, key, value)?)
+                }
+                Some(BoardAction::Clear { key }) => Some(engine.queue_board_set(&group, key, "")?),
+                None => None,
+            };
+            if let Some(queued) = queued {
+                deliver_queued(&mut engine, &queued).await?;
+            }
+            for e in engine.board(&group)? {
+                if json {
+                    print_json(&e);
+                } else {
+                    println!(
+                        "{:<16} {}  ({}{})",
+                        e.key,
+                        e.value,
+                        e.author,
+                        if e.pending { ", not yet sent" } else { "" }
+                    );
+                }
+            }
+        }
+        Command::Config(ConfigCommand::NotifyCommand { command }) => match command {
+            Some(c) if c.trim().is_empty() => {
+                engine.set_setting(NOTIFY_COMMAND, None)?;
+                println!("notify command removed");
+            }
+            Some(c) => {
+                engine.set_setting(NOTIFY_COMMAND, Some(&c))?;
+                println!("notify command set");
+            }
+            None => println!(
+                "{}",
+                engine
+                    .setting(NOTIFY_COMMAND)?
+                    .unwrap_or_else(|| "(none)".into())
+            ),
+        },
         Command::Edit { id, text } => {
             let queued = engine.queue_edit(&id, &text)?;
             deliver_queued(&mut engine, &queued).await?;
@@ -637,6 +836,7 @@ async fn run(cli: Cli) -> Result<(), EngineError> {
             let report = engine.sync(&conn).await;
             conn.close().await;
             let report = report?;
+            notify(&engine, &report.notifications);
             if flag.json {
                 print_json(&report);
             } else {
@@ -1001,9 +1201,17 @@ async fn chat(engine: &mut Engine, group: &str) -> Result<(), EngineError> {
         last = last.max(m.local_seq);
     }
     println!(
-        "--- chatting in {group}: type a message and press Enter; /quit or Ctrl-D to leave ---"
+        "--- chatting in {group}: type a message and press Enter; /ack ID acknowledges an alert; /quit or Ctrl-D to leave ---"
     );
+    remind_unacknowledged(engine)?;
     let _ = std::io::stdout().flush();
+    let reminder_every = std::env::var("MUSTER_REMINDER_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60u64)
+        .max(1);
+    let mut reminder = tokio::time::interval(std::time::Duration::from_secs(reminder_every));
+    reminder.tick().await;
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut push = conn.push_handle();
     loop {
@@ -1015,9 +1223,17 @@ async fn chat(engine: &mut Engine, group: &str) -> Result<(), EngineError> {
                     push = conn.push_handle();
                 }
                 let report = engine.sync(&conn).await?;
+                notify(engine, &report.notifications);
                 for p in &report.problems {
                     eprintln!("warning: {p}");
                 }
+                // Urgent alerts from other groups come through here too.
+                for n in report.notifications.iter().filter(|n| n.kind == "alert" && n.group != group) {
+                    println!("🚨 ALERT in {} from {}: {}  #{}", n.group, n.sender, n.text, n.id.get(..8).unwrap_or(&n.id));
+                }
+            }
+            _ = reminder.tick() => {
+                remind_unacknowledged(engine)?;
             }
             line = lines.next_line() => {
                 let Some(line) = line? else { break };
@@ -1025,7 +1241,15 @@ async fn chat(engine: &mut Engine, group: &str) -> Result<(), EngineError> {
                 if line == "/quit" {
                     break;
                 }
-                if !line.is_empty() {
+                if let Some(id) = line.strip_prefix("/ack ") {
+                    match engine.queue_ack(id.trim()) {
+                        Ok(_) => {
+                            engine.flush(&conn).await?;
+                            println!("acknowledged {}", id.trim());
+                        }
+                        Err(e) => eprintln!("not acknowledged: {e}"),
+                    }
+                } else if !line.is_empty() {
                     if let Err(e) = engine.send_text(&conn, group, line).await {
                         eprintln!("not sent: {e}");
                     }
@@ -1039,7 +1263,7 @@ async fn chat(engine: &mut Engine, group: &str) -> Result<(), EngineError> {
         }
         if fresh
             .iter()
-            .any(|m| m.kind == "text" && m.status == "received")
+            .any(|m| m.kind != "system" && m.status == "received")
         {
             match engine.mark_read(&fresh) {
                 Ok(()) => {
@@ -1051,6 +1275,21 @@ async fn chat(engine: &mut Engine, group: &str) -> Result<(), EngineError> {
         let _ = std::io::stdout().flush();
     }
     conn.close().await;
+    Ok(())
+}
+
+/// Repeats every alert still waiting for this user's acknowledgement.
+fn remind_unacknowledged(engine: &Engine) -> Result<(), EngineError> {
+    for m in engine.unacknowledged_alerts()? {
+        println!(
+            "reminder: 🚨 {} in {} asks for your acknowledgement: {}  (/ack {})",
+            m.sender,
+            m.group,
+            m.text,
+            m.id.get(..8).unwrap_or(&m.id)
+        );
+    }
+    let _ = std::io::stdout().flush();
     Ok(())
 }
 

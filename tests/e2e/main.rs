@@ -2,6 +2,7 @@
 
 mod admin;
 mod conversation;
+mod crisis;
 mod delivery;
 mod enrolment;
 mod groups;

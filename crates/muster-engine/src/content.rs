@@ -46,6 +46,16 @@ pub enum Body {
         kind: ReceiptKind,
         targets: Vec<String>,
     },
+    /// An urgent message, optionally asking every member to acknowledge it.
+    Alert {
+        text: String,
+        #[serde(default)]
+        ack_required: bool,
+    },
+    /// Acknowledges an alert.
+    Ack { target: String },
+    /// Sets (or, with an empty value, clears) an entry of the group's situation board.
+    BoardSet { key: String, value: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -54,7 +54,7 @@ pub(crate) fn insert_system(
 fn author_of(db: &Connection, group_id: &[u8], id: &str) -> Result<Option<String>, EngineError> {
     Ok(db
         .query_row(
-            "SELECT sender FROM messages WHERE group_id = ?1 AND id = ?2 AND kind = 'text' AND deleted = 0",
+            "SELECT sender FROM messages WHERE group_id = ?1 AND id = ?2 AND kind IN ('text', 'alert') AND deleted = 0",
             params![group_id, id],
             |r| r.get(0),
         )
@@ -178,7 +178,110 @@ pub(crate) fn apply(
             apply_group_name(db, group_id, name, author, origin, managed)?;
             Ok(false)
         }
+        Body::Alert { text, ack_required } => {
+            db.execute(
+                "INSERT OR IGNORE INTO messages (id, group_id, kind, sender, sender_device, body, sent_at, received_at,
+                     relay_seq, status, sort_key, ack_required, delivered_receipt_due, read_receipt_due)
+                 VALUES (?1, ?2, 'alert', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12)",
+                params![
+                    envelope.id,
+                    group_id,
+                    author.user,
+                    author.device,
+                    text,
+                    envelope.sent_at,
+                    received_at,
+                    relay_seq,
+                    status,
+                    sort_key,
+                    ack_required,
+                    due
+                ],
+            )?;
+            Ok(matches!(origin, Origin::Received { .. }))
+        }
+        Body::Ack { target } => {
+            let alert_by: Option<String> = db
+                .query_row(
+                    "SELECT sender FROM messages WHERE group_id = ?1 AND id = ?2 AND kind = 'alert'",
+                    params![group_id, target],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if alert_by.is_some_and(|by| by != author.user) {
+                db.execute(
+                    "INSERT OR IGNORE INTO acks (group_id, message_id, user, at) VALUES (?1, ?2, ?3, ?4)",
+                    params![group_id, target, author.user, envelope.sent_at],
+                )?;
+            }
+            Ok(false)
+        }
+        Body::BoardSet { key, value } => {
+            let key: String = key.chars().take(64).collect();
+            let value: String = value.chars().take(1000).collect();
+            db.execute(
+                "INSERT OR IGNORE INTO board_log (group_id, message_id, key, value, author, at, seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![group_id, envelope.id, key, value, author.user, envelope.sent_at, relay_seq],
+            )?;
+            if let Origin::Received { seq, .. } = origin {
+                let shown = if value.is_empty() {
+                    format!("{} cleared board entry {key}", author.user)
+                } else {
+                    format!("{} set board {key}: {value}", author.user)
+                };
+                insert_system(db, group_id, &shown, Some(order_key(seq, 1)))?;
+            }
+            Ok(false)
+        }
     }
+}
+
+/// One entry of a group's situation board.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BoardEntry {
+    pub key: String,
+    pub value: String,
+    pub author: String,
+    /// Milliseconds since the Unix epoch, by the author's clock.
+    pub at_ms: i64,
+    /// This device's own update, not yet sequenced by the relay.
+    pub pending: bool,
+}
+
+/// The board: per key, the update the relay sequenced last; this device's own unsent
+/// update shows (as pending) until it is sequenced. Cleared entries are left out.
+pub(crate) fn board(db: &Connection, group_id: &[u8]) -> Result<Vec<BoardEntry>, EngineError> {
+    let mut stmt = db.prepare(
+        "SELECT key, value, author, at, seq FROM board_log WHERE group_id = ?1
+         ORDER BY key, seq IS NULL, seq, at",
+    )?;
+    let mut latest: BTreeMap<String, BoardEntry> = BTreeMap::new();
+    for row in stmt.query_map([group_id], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, i64>(3)?,
+            r.get::<_, Option<i64>>(4)?,
+        ))
+    })? {
+        let (key, value, author, at_ms, seq) = row?;
+        latest.insert(
+            key.clone(),
+            BoardEntry {
+                key,
+                value,
+                author,
+                at_ms,
+                pending: seq.is_none(),
+            },
+        );
+    }
+    Ok(latest
+        .into_values()
+        .filter(|e| !e.value.is_empty())
+        .collect())
 }
 
 fn apply_group_name(
@@ -227,6 +330,7 @@ fn apply_group_name(
 
 /// Reactions and receipts of one message, for display.
 pub(crate) struct Decorations {
+    pub acked_by: Vec<String>,
     pub reactions: BTreeMap<String, Vec<String>>,
     pub read_by: Vec<String>,
     pub delivered_to: Vec<String>,
@@ -256,7 +360,14 @@ pub(crate) fn decorations(
             .collect::<Result<Vec<String>, _>>()?;
         Ok(users)
     };
+    let mut stmt = db.prepare_cached(
+        "SELECT user FROM acks WHERE group_id = ?1 AND message_id = ?2 ORDER BY user",
+    )?;
+    let acked_by = stmt
+        .query_map(params![group_id, id], |r| r.get(0))?
+        .collect::<Result<Vec<String>, _>>()?;
     Ok(Decorations {
+        acked_by,
         reactions,
         read_by: receipts("read")?,
         delivered_to: receipts("delivered")?,

@@ -1,7 +1,9 @@
 //! Device operations: enrolment, groups, sending, and sync.
 
 use crate::content::{mentions_in, Body, Envelope, ReceiptKind};
-use crate::conversation::{self, insert_system, order_key, placeholder_name, Author, Origin};
+use crate::conversation::{
+    self, insert_system, order_key, placeholder_name, Author, BoardEntry, Origin,
+};
 use crate::error::{from_net, EngineError};
 use crate::provider::{JsonCodec, Provider};
 use crate::provision::{Action, OrgSpec, OrgState};
@@ -68,6 +70,10 @@ pub struct MessageView {
     pub delivered_to: Vec<String>,
     /// Members other than the sender, for "read by N of M".
     pub audience: usize,
+    /// An alert that asks every member to acknowledge it.
+    pub ack_required: bool,
+    /// Members who acknowledged this alert.
+    pub acked_by: Vec<String>,
     #[serde(skip)]
     pub local_seq: i64,
 }
@@ -136,10 +142,40 @@ pub struct DeviceView {
     pub enrolled_until: String,
 }
 
+/// One member's answer to an alert.
+#[derive(Debug, Clone, Serialize)]
+pub struct RollcallEntry {
+    pub user: String,
+    pub acked_at: Option<String>,
+}
+
+/// Who acknowledged an alert.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rollcall {
+    pub alert: MessageView,
+    pub acknowledged: usize,
+    pub members: Vec<RollcallEntry>,
+}
+
+/// Something that arrived and may deserve the user's attention.
+#[derive(Debug, Clone, Serialize)]
+pub struct Notification {
+    pub id: String,
+    pub group: String,
+    pub sender: String,
+    /// `text` or `alert`.
+    pub kind: String,
+    pub text: String,
+    pub mentions_me: bool,
+    pub ack_required: bool,
+}
+
 /// What a sync did.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct SyncReport {
     pub received: usize,
+    /// Messages and alerts that arrived, for notifications.
+    pub notifications: Vec<Notification>,
     /// New devices approved by their own user and certified by this admin device.
     pub approved_devices: Vec<String>,
     pub joined_groups: Vec<String>,
@@ -2122,6 +2158,174 @@ impl Engine {
         Ok(QueuedMessage { group_id, id })
     }
 
+    /// Queues an urgent alert for the group.
+    pub fn queue_alert(
+        &mut self,
+        group: &str,
+        text: &str,
+        ack_required: bool,
+    ) -> Result<QueuedMessage, EngineError> {
+        if text.trim().is_empty() || text.len() > MAX_TEXT_BYTES {
+            return Err(EngineError::Invalid(format!(
+                "an alert must be 1 to {MAX_TEXT_BYTES} bytes"
+            )));
+        }
+        let (group_id, _) = self.active_group(group)?;
+        let id = self.enqueue(
+            &group_id,
+            Body::Alert {
+                text: text.to_string(),
+                ack_required,
+            },
+        )?;
+        Ok(QueuedMessage { group_id, id })
+    }
+
+    /// Acknowledges an alert; the sender sees it in the roll-call.
+    pub fn queue_ack(&mut self, id: &str) -> Result<QueuedMessage, EngineError> {
+        let (group_id, target) = self.find_message(id)?;
+        let me = self.device()?;
+        let (kind, sender): (String, String) = self.db.query_row(
+            "SELECT kind, sender FROM messages WHERE group_id = ?1 AND id = ?2",
+            params![group_id, target],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        if kind != "alert" {
+            return Err(EngineError::Invalid(format!(
+                "message {target} is not an alert"
+            )));
+        }
+        if sender == me.user {
+            return Err(EngineError::Invalid("you sent this alert".into()));
+        }
+        let (_, name, state) = self.resolve_group(&group_hex(&group_id))?;
+        if state != STATE_ACTIVE {
+            return Err(EngineError::NotActive(name));
+        }
+        let id = self.enqueue(
+            &group_id,
+            Body::Ack {
+                target: target.clone(),
+            },
+        )?;
+        self.db.execute(
+            "INSERT OR IGNORE INTO acks (group_id, message_id, user, at) VALUES (?1, ?2, ?3, ?4)",
+            params![group_id, target, me.user, now_ms()],
+        )?;
+        Ok(QueuedMessage { group_id, id })
+    }
+
+    /// Who has and has not acknowledged an alert.
+    pub fn rollcall(&self, id: &str) -> Result<Rollcall, EngineError> {
+        let (group_id, target) = self.find_message(id)?;
+        let alert = self.message_by_id(&group_id, &target)?;
+        if alert.kind != "alert" {
+            return Err(EngineError::Invalid(format!(
+                "message {target} is not an alert"
+            )));
+        }
+        let acks: Vec<(String, i64)> = {
+            let mut stmt = self
+                .db
+                .prepare("SELECT user, at FROM acks WHERE group_id = ?1 AND message_id = ?2")?;
+            let rows = stmt
+                .query_map(params![group_id, target], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows
+        };
+        let members = self.group_view(&group_id)?.members;
+        let mut entries: Vec<RollcallEntry> = members
+            .into_iter()
+            .filter(|u| *u != alert.sender)
+            .map(|user| {
+                let at = acks
+                    .iter()
+                    .find(|(u, _)| *u == user)
+                    .map(|(_, at)| rfc3339_ms(*at));
+                RollcallEntry { user, acked_at: at }
+            })
+            .collect();
+        entries
+            .sort_by(|a, b| (a.acked_at.is_none(), &a.user).cmp(&(b.acked_at.is_none(), &b.user)));
+        Ok(Rollcall {
+            acknowledged: entries.iter().filter(|e| e.acked_at.is_some()).count(),
+            members: entries,
+            alert,
+        })
+    }
+
+    /// Alerts asking this user for an acknowledgement they have not given yet.
+    pub fn unacknowledged_alerts(&self) -> Result<Vec<MessageView>, EngineError> {
+        let me = self.device()?;
+        self.query_messages(
+            "WHERE m.kind = 'alert' AND m.ack_required = 1 AND m.deleted = 0 AND m.sender != ?1
+               AND g.state = 'active'
+               AND NOT EXISTS (SELECT 1 FROM acks a WHERE a.group_id = m.group_id AND a.message_id = m.id AND a.user = ?1)
+             ORDER BY m.seq",
+            params![me.user],
+        )
+    }
+
+    /// Sets (or, with an empty value, clears) an entry of the group's situation board.
+    pub fn queue_board_set(
+        &mut self,
+        group: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<QueuedMessage, EngineError> {
+        let key = key.trim();
+        if key.is_empty() || key.chars().count() > 64 {
+            return Err(EngineError::Invalid(
+                "a board key is 1-64 characters".into(),
+            ));
+        }
+        if value.chars().count() > 1000 {
+            return Err(EngineError::Invalid(
+                "a board value is at most 1000 characters".into(),
+            ));
+        }
+        let (group_id, _) = self.active_group(group)?;
+        let id = self.enqueue(
+            &group_id,
+            Body::BoardSet {
+                key: key.to_string(),
+                value: value.to_string(),
+            },
+        )?;
+        Ok(QueuedMessage { group_id, id })
+    }
+
+    /// A local setting of this device (such as `notify-command`).
+    pub fn setting(&self, key: &str) -> Result<Option<String>, EngineError> {
+        Ok(self
+            .db
+            .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    /// Sets (or, with `None`, removes) a local setting.
+    pub fn set_setting(&self, key: &str, value: Option<&str>) -> Result<(), EngineError> {
+        match value {
+            Some(v) => self.db.execute(
+                "INSERT INTO settings (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![key, v],
+            )?,
+            None => self
+                .db
+                .execute("DELETE FROM settings WHERE key = ?1", [key])?,
+        };
+        Ok(())
+    }
+
+    /// The group's situation board.
+    pub fn board(&self, group: &str) -> Result<Vec<BoardEntry>, EngineError> {
+        let (group_id, _, _) = self.resolve_group(group)?;
+        conversation::board(&self.db, &group_id)
+    }
+
     /// Queues read receipts for the given messages of others (and marks them read here).
     pub fn mark_read(&mut self, messages: &[MessageView]) -> Result<(), EngineError> {
         let mut by_group: std::collections::BTreeMap<String, Vec<String>> = Default::default();
@@ -2311,6 +2515,10 @@ impl Engine {
                             .transaction_with_behavior(TransactionBehavior::Immediate)?;
                         tx.execute("DELETE FROM outbox WHERE client_id = ?1", [&client_id])?;
                         tx.execute(
+                            "UPDATE board_log SET seq = ?3 WHERE group_id = ?1 AND message_id = ?2",
+                            params![group_id, message_id, seq as i64],
+                        )?;
+                        tx.execute(
                             "UPDATE messages SET status = 'sent', relay_seq = ?3, sort_key = ?4 WHERE group_id = ?1 AND id = ?2",
                             params![group_id, message_id, seq as i64, order_key(seq, 0)],
                         )?;
@@ -2390,7 +2598,7 @@ impl Engine {
     ) -> Result<Vec<MessageView>, EngineError> {
         let sql = format!(
             "SELECT m.seq, m.id, g.name, m.group_id, m.kind, m.sender, m.sender_device, m.body, m.sent_at, m.received_at, m.status,
-                    m.reply_to, m.mentions, m.edited_at IS NOT NULL, m.deleted
+                    m.reply_to, m.mentions, m.edited_at IS NOT NULL, m.deleted, m.ack_required
              FROM messages m JOIN groups g ON g.group_id = m.group_id {filter}"
         );
         let mut stmt = self.db.prepare(&sql)?;
@@ -2416,17 +2624,20 @@ impl Engine {
                     read_by: Vec::new(),
                     delivered_to: Vec::new(),
                     audience: 0,
+                    ack_required: r.get(15)?,
+                    acked_by: Vec::new(),
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
         let mut rows = rows;
         let mut audiences: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-        for m in rows.iter_mut().filter(|m| m.kind == "text") {
+        for m in rows.iter_mut().filter(|m| m.kind != "system") {
             let group_id = hex::decode(&m.group_id).unwrap_or_default();
             let d = conversation::decorations(&self.db, &group_id, &m.id)?;
             m.reactions = d.reactions;
             m.read_by = d.read_by;
             m.delivered_to = d.delivered_to;
+            m.acked_by = d.acked_by;
             if !audiences.contains_key(&m.group_id) {
                 let members = self
                     .group_view(&group_id)
@@ -3032,6 +3243,29 @@ impl Engine {
             };
             if conversation::apply(&tx, group_id, &envelope, &author, origin, managed)? {
                 report.received += 1;
+                let group: String = tx.query_row(
+                    "SELECT name FROM groups WHERE group_id = ?1",
+                    [group_id],
+                    |r| r.get(0),
+                )?;
+                let (kind, text, mentions_me, ack_required) = match &envelope.body {
+                    Body::Text { text, mentions, .. } => {
+                        ("text", text.clone(), mentions.contains(&device.user), false)
+                    }
+                    Body::Alert { text, ack_required } => {
+                        ("alert", text.clone(), false, *ack_required)
+                    }
+                    _ => ("text", String::new(), false, false),
+                };
+                report.notifications.push(Notification {
+                    id: envelope.id.clone(),
+                    group,
+                    sender: cert.body.user.clone(),
+                    kind: kind.into(),
+                    text,
+                    mentions_me,
+                    ack_required,
+                });
             }
             purge = matches!(envelope.body, Body::Delete { .. });
         }

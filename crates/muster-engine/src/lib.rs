@@ -6,7 +6,7 @@
 //! connection is passed in by the caller.
 
 mod content;
-mod conversation;
+pub mod conversation;
 mod engine;
 mod error;
 mod provider;
@@ -14,9 +14,10 @@ pub mod provision;
 mod store;
 
 pub use content::{Body, Envelope};
+pub use conversation::BoardEntry;
 pub use engine::{
-    AuditView, DeviceView, DirectoryEntry, Engine, GroupView, MessageView, PendingView,
-    QueuedMessage, SyncReport,
+    AuditView, DeviceView, DirectoryEntry, Engine, GroupView, MessageView, Notification,
+    PendingView, QueuedMessage, Rollcall, RollcallEntry, SyncReport,
 };
 pub use error::EngineError;
 pub use muster_net::client::PushHandle;

@@ -17,6 +17,7 @@ CREATE TABLE IF NOT EXISTS messages (
     -- display order: relay sequence x 1000 (+ n for notices); NULL until the relay stored it
     sort_key INTEGER,
     reply_to TEXT,
+    ack_required INTEGER NOT NULL DEFAULT 0,
     mentions TEXT NOT NULL DEFAULT '[]',
     edited_at INTEGER,
     deleted INTEGER NOT NULL DEFAULT 0,
@@ -27,6 +28,16 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE TABLE IF NOT EXISTS reactions (
     group_id BLOB NOT NULL, message_id TEXT NOT NULL, user TEXT NOT NULL, emoji TEXT NOT NULL,
     PRIMARY KEY (group_id, message_id, user, emoji));
+CREATE TABLE IF NOT EXISTS acks (
+    group_id BLOB NOT NULL, message_id TEXT NOT NULL, user TEXT NOT NULL, at INTEGER NOT NULL,
+    PRIMARY KEY (group_id, message_id, user));
+-- every board update; the board shows, per key, the one the relay sequenced last
+CREATE TABLE IF NOT EXISTS board_log (
+    group_id BLOB NOT NULL, message_id TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+    author TEXT NOT NULL, at INTEGER NOT NULL, seq INTEGER,
+    PRIMARY KEY (group_id, message_id));
+CREATE INDEX IF NOT EXISTS board_log_key ON board_log(group_id, key, seq);
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS receipts (
     group_id BLOB NOT NULL, message_id TEXT NOT NULL, user TEXT NOT NULL, kind TEXT NOT NULL,
     at INTEGER NOT NULL, PRIMARY KEY (group_id, message_id, user, kind));

@@ -1,0 +1,193 @@
+use muster_e2e::{wait_until, Org};
+use std::io::{BufRead, BufReader, Write};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+fn file_contains(dir: &std::path::Path, needle: &str) -> bool {
+    std::fs::read_dir(dir).unwrap().any(|e| {
+        let bytes = std::fs::read(e.unwrap().path()).unwrap_or_default();
+        bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+    })
+}
+
+#[test]
+fn alerts_are_surfaced_reminded_acknowledged_and_rolled_call() {
+    let mut org = Org::new("alerts");
+    let alice = &org.admin;
+    let bob = org.enrol("bob");
+    let carol = org.enrol("carol");
+    let dave = org.enrol("dave");
+    alice.ok(&[
+        "group",
+        "create",
+        "crisis",
+        "--members",
+        "bob,carol,dave",
+        "--managed",
+    ]);
+    for d in [&bob, &carol, &dave] {
+        d.ok(&["sync"]);
+    }
+    let hook_log = org.dir.path().join("bob-notifications.log");
+    bob.ok(&[
+        "config",
+        "notify-command",
+        &format!(
+            "echo \"$MUSTER_KIND|$MUSTER_GROUP|$MUSTER_TEXT\" >> {}",
+            hook_log.display()
+        ),
+    ]);
+
+    // Carol is chatting; reminders every second.
+    let mut chat = carol
+        .command()
+        .args(["chat", "crisis"])
+        .env("MUSTER_REMINDER_SECS", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = chat.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let wait_line = |needle: &str| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("chat never showed {needle:?}"));
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    };
+    wait_line("--- chatting in crisis");
+
+    let out = alice.ok(&[
+        "alert",
+        "crisis",
+        "EVACUATE-MARKER building B",
+        "--ack-required",
+    ]);
+    let id = out.trim().strip_prefix("alert sent ").unwrap().to_string();
+    wait_line("🚨 ALERT from alice: EVACUATE-MARKER building B");
+    // Until she answers, carol is reminded.
+    wait_line("reminder: 🚨 alice");
+    let stdin = chat.stdin.as_mut().unwrap();
+    writeln!(stdin, "/ack {}", &id[..8]).unwrap();
+    stdin.flush().unwrap();
+    wait_line("acknowledged");
+
+    // Bob's notification hook fires; he acknowledges from the command line.
+    bob.ok(&["sync"]);
+    let log = std::fs::read_to_string(&hook_log).unwrap();
+    assert!(
+        log.contains("alert|crisis|EVACUATE-MARKER building B"),
+        "{log}"
+    );
+    assert_eq!(bob.json(&["alerts"]).len(), 1);
+    bob.ok(&["ack", &id]);
+    assert!(bob.json(&["alerts"]).is_empty());
+
+    let roll = &alice.json(&["rollcall", &id])[0];
+    assert_eq!(roll["acknowledged"], 2);
+    let waiting: Vec<&str> = roll["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["acked_at"].is_null())
+        .map(|m| m["user"].as_str().unwrap())
+        .collect();
+    assert_eq!(waiting, ["dave"]);
+
+    // Dave acknowledges while the relay is down; it goes out when he reconnects,
+    // and alice's live roll-call completes.
+    dave.ok(&["sync"]);
+    org.relay.kill();
+    let err = dave.fails(&["ack", &id]);
+    assert!(err.contains("outbox"), "{err}");
+    org.relay.revive();
+    let mut watch = org
+        .admin
+        .command()
+        .args(["rollcall", &id, "--watch"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    dave.ok(&["sync"]);
+    wait_until(
+        Duration::from_secs(15),
+        "the watching roll-call to finish",
+        || watch.try_wait().unwrap().is_some(),
+    );
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut watch.stdout.take().unwrap(), &mut out).unwrap();
+    assert!(out.contains("3 of 3 acknowledged"), "{out}");
+
+    writeln!(chat.stdin.as_mut().unwrap(), "/quit").unwrap();
+    assert!(chat.wait().unwrap().success());
+    assert!(!file_contains(&org.relay.data, "EVACUATE-MARKER"));
+}
+
+#[test]
+fn the_situation_board_converges_after_concurrent_updates() {
+    let org = Org::new("board");
+    let alice = &org.admin;
+    let bob = org.enrol("bob");
+    let carol = org.enrol("carol");
+    alice.ok(&["group", "create", "ops", "--members", "bob,carol"]);
+    bob.ok(&["sync"]);
+    carol.ok(&["sync"]);
+    alice.ok(&["board", "ops", "set", "next briefing", "10:00"]);
+    // Bob and carol set the same key at the same moment, and other keys too.
+    std::thread::scope(|s| {
+        let b = s.spawn(|| {
+            bob.command()
+                .args(["board", "ops", "set", "location", "Pier-MARKER 4"])
+                .output()
+                .unwrap()
+        });
+        let c = s.spawn(|| {
+            carol
+                .command()
+                .args(["board", "ops", "set", "location", "Pier-MARKER 5"])
+                .output()
+                .unwrap()
+        });
+        assert!(b.join().unwrap().status.success());
+        assert!(c.join().unwrap().status.success());
+    });
+    carol.ok(&["board", "ops", "set", "casualties", "0"]);
+    bob.ok(&["board", "ops", "clear", "next briefing"]);
+    for d in [alice, &bob, &carol] {
+        d.ok(&["sync"]);
+    }
+    let boards: Vec<_> = [alice, &bob, &carol]
+        .iter()
+        .map(|d| {
+            d.json(&["board", "ops"])
+                .into_iter()
+                .map(|e| {
+                    (
+                        e["key"].clone(),
+                        e["value"].clone(),
+                        e["author"].clone(),
+                        e["pending"].clone(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(boards[0], boards[1]);
+    assert_eq!(boards[1], boards[2]);
+    let keys: Vec<&str> = boards[0].iter().map(|e| e.0.as_str().unwrap()).collect();
+    assert_eq!(keys, ["casualties", "location"]);
+    assert!(boards[0].iter().all(|e| e.3 == false));
+    assert!(!file_contains(&org.relay.data, "Pier-MARKER"));
+}
