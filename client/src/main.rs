@@ -108,6 +108,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Search this device's messages (full text; every word must match, as a prefix).
+    Search {
+        query: String,
+        /// Only in this group.
+        #[arg(long)]
+        group: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Alerts still waiting for your acknowledgement.
     Alerts(JsonFlag),
     /// A group's situation board: shared status entries any member updates.
@@ -759,6 +770,25 @@ async fn run(cli: Cli) -> Result<(), EngineError> {
             println!("acknowledged {id}");
         }
         Command::Rollcall { id, watch, json } => rollcall(&mut engine, &id, watch, json).await?,
+        Command::Search {
+            query,
+            group,
+            limit,
+            json,
+        } => {
+            let found = engine.search(&query, group.as_deref(), limit)?;
+            for m in &found {
+                if json {
+                    print_json(m);
+                } else {
+                    print!("{}: ", m.group);
+                    print_message(m);
+                }
+            }
+            if found.is_empty() && !json {
+                println!("no messages match {query:?}");
+            }
+        }
         Command::Alerts(flag) => {
             for m in engine.unacknowledged_alerts()? {
                 if flag.json {

@@ -96,3 +96,34 @@ fn replies_edits_deletes_reactions_and_receipts_reach_an_offline_member_in_order
     assert!(!file_contains(&org.relay.data, "briefing at"));
     assert!(!file_contains(&org.relay.data, "on my way"));
 }
+
+#[test]
+fn search_finds_current_text_only() {
+    let org = Org::new("search");
+    let alice = &org.admin;
+    let bob = org.enrol("bob");
+    alice.ok(&["group", "create", "ops", "--members", "bob"]);
+    alice.ok(&["group", "create", "other"]);
+    let generator = sent_id(&alice.ok(&["send", "ops", "the generator at Pier 4 is down"]));
+    alice.ok(&["send", "ops", "coffee is ready"]);
+    alice.ok(&["send", "other", "generator inventory done"]);
+    let typo = sent_id(&alice.ok(&["send", "ops", "evacuaton route north"]));
+    alice.ok(&["edit", &typo, "evacuation route south"]);
+    let gone = sent_id(&alice.ok(&["send", "ops", "classified generator codes"]));
+    alice.ok(&["delete", &gone]);
+
+    let hits = alice.json(&["search", "generator"]);
+    let texts: Vec<&str> = hits.iter().map(|m| m["text"].as_str().unwrap()).collect();
+    assert_eq!(texts.len(), 2, "{texts:?}");
+    assert!(texts.contains(&"the generator at Pier 4 is down"));
+    let hits = alice.json(&["search", "gener", "--group", "ops"]);
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0]["id"], generator);
+    assert!(alice.json(&["search", "evacuaton"]).is_empty());
+    assert_eq!(alice.json(&["search", "route south"]).len(), 1);
+    assert!(alice.json(&["search", "classified"]).is_empty());
+    // Search syntax characters are just text.
+    assert!(alice.json(&["search", "\"AND (NEAR*"]).is_empty());
+    bob.ok(&["sync"]);
+    assert_eq!(bob.json(&["search", "pier"]).len(), 1);
+}

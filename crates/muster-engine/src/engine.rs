@@ -325,6 +325,11 @@ impl Engine {
         // Deleted content is overwritten, not left in free pages.
         db.pragma_update(None, "secure_delete", "ON")?;
         db.execute_batch(SCHEMA)?;
+        // Deleted rows leave no trace in the full-text index either.
+        db.execute(
+            "INSERT INTO messages_fts (messages_fts, rank) VALUES ('secure-delete', 1)",
+            [],
+        )?;
         openmls_sqlite_storage::SqliteStorageProvider::<JsonCodec, _>::new(&mut db)
             .run_migrations()
             .map_err(|e| EngineError::Mls(format!("storage migration: {e}")))?;
@@ -2662,6 +2667,33 @@ impl Engine {
         )?;
         rows.reverse();
         Ok(rows)
+    }
+
+    /// Full-text search over this device's own messages, best matches first.
+    pub fn search(
+        &self,
+        query: &str,
+        group: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<MessageView>, EngineError> {
+        // Every word is matched literally (as a prefix), so user input is never FTS syntax.
+        let terms: Vec<String> = query
+            .split_whitespace()
+            .map(|w| format!("\"{}\"*", w.replace('"', "\"\"")))
+            .collect();
+        if terms.is_empty() {
+            return Err(EngineError::Invalid("search for at least one word".into()));
+        }
+        let fts_query = terms.join(" ");
+        let group_id = group
+            .map(|g| self.resolve_group(g).map(|g| g.0))
+            .transpose()?;
+        self.query_messages(
+            "JOIN messages_fts ON messages_fts.rowid = m.seq
+             WHERE messages_fts MATCH ?1 AND m.deleted = 0 AND (?2 IS NULL OR m.group_id = ?2)
+             ORDER BY bm25(messages_fts), m.seq DESC LIMIT ?3",
+            params![fts_query, group_id, limit as i64],
+        )
     }
 
     /// Messages of a group stored after local position `after`, oldest first.

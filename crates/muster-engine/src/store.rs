@@ -28,6 +28,22 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE TABLE IF NOT EXISTS reactions (
     group_id BLOB NOT NULL, message_id TEXT NOT NULL, user TEXT NOT NULL, emoji TEXT NOT NULL,
     PRIMARY KEY (group_id, message_id, user, emoji));
+-- full-text index of message bodies; deleted and expired content leaves it too
+CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts USING fts5(
+    body, content='messages', content_rowid='seq', tokenize='unicode61 remove_diacritics 2');
+CREATE TRIGGER IF NOT EXISTS messages_fts_insert AFTER INSERT ON messages
+    WHEN new.kind IN ('text', 'alert') BEGIN
+    INSERT INTO messages_fts (rowid, body) VALUES (new.seq, new.body);
+END;
+CREATE TRIGGER IF NOT EXISTS messages_fts_delete AFTER DELETE ON messages
+    WHEN old.kind IN ('text', 'alert') BEGIN
+    INSERT INTO messages_fts (messages_fts, rowid, body) VALUES ('delete', old.seq, old.body);
+END;
+CREATE TRIGGER IF NOT EXISTS messages_fts_update AFTER UPDATE OF body ON messages
+    WHEN old.kind IN ('text', 'alert') BEGIN
+    INSERT INTO messages_fts (messages_fts, rowid, body) VALUES ('delete', old.seq, old.body);
+    INSERT INTO messages_fts (rowid, body) VALUES (new.seq, new.body);
+END;
 CREATE TABLE IF NOT EXISTS acks (
     group_id BLOB NOT NULL, message_id TEXT NOT NULL, user TEXT NOT NULL, at INTEGER NOT NULL,
     PRIMARY KEY (group_id, message_id, user));
