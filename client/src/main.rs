@@ -315,6 +315,19 @@ enum GroupCommand {
         #[arg(long)]
         managed: bool,
     },
+    /// Show or set how long every member's device keeps the group's messages.
+    Policy {
+        group: String,
+        /// Keep messages this long (e.g. 30d), then delete them.
+        #[arg(long, value_parser = parse_duration, conflicts_with = "keep_forever")]
+        retain: Option<u64>,
+        /// Delete each message this long after it was sent (e.g. 1h).
+        #[arg(long, value_parser = parse_duration, conflicts_with = "keep_forever")]
+        disappear: Option<u64>,
+        /// Remove any limit.
+        #[arg(long)]
+        keep_forever: bool,
+    },
     /// Rename a group for every member.
     Rename { group: String, new_name: String },
     /// Add a user (all their devices) to a group.
@@ -714,6 +727,38 @@ async fn run(cli: Cli) -> Result<(), EngineError> {
                 GroupCommand::Remove { group, user } => {
                     let g = engine.remove_member(&conn, &group, &user).await?;
                     print_group(&g);
+                    Ok(())
+                }
+                GroupCommand::Policy {
+                    group,
+                    retain,
+                    disappear,
+                    keep_forever,
+                } => {
+                    if retain.is_some() || disappear.is_some() || keep_forever {
+                        let queued = engine.queue_retention(&group, retain, disappear)?;
+                        engine.deliver(&conn, &queued).await?;
+                    }
+                    let g = engine
+                        .groups()?
+                        .into_iter()
+                        .find(|g| g.name == group || g.id.starts_with(&group))
+                        .ok_or_else(|| EngineError::UnknownGroup(group.clone()))?;
+                    match (g.disappear_secs, g.retain_secs) {
+                        (Some(d), _) => println!(
+                            "{}: messages disappear {} after they are sent",
+                            g.name,
+                            muster_engine::describe_duration(d)
+                        ),
+                        (None, Some(r)) => println!(
+                            "{}: messages are kept for {}",
+                            g.name,
+                            muster_engine::describe_duration(r)
+                        ),
+                        (None, None) => {
+                            println!("{}: messages are kept with no time limit", g.name)
+                        }
+                    }
                     Ok(())
                 }
                 GroupCommand::Rename { group, new_name } => {

@@ -127,3 +127,59 @@ fn search_finds_current_text_only() {
     bob.ok(&["sync"]);
     assert_eq!(bob.json(&["search", "pier"]).len(), 1);
 }
+
+#[test]
+fn disappearing_messages_are_gone_from_every_store_after_their_time() {
+    let org = Org::new("disappear");
+    let alice = &org.admin;
+    let bob = org.enrol("bob");
+    let carol = org.enrol("carol");
+    alice.ok(&["group", "create", "ops", "--members", "bob,carol"]);
+    let out = alice.ok(&["group", "policy", "ops", "--disappear", "3s"]);
+    assert!(out.contains("disappear 3s"), "{out}");
+    bob.ok(&["sync"]);
+    carol.ok(&["sync"]);
+    assert_eq!(bob.group("ops")["disappear_secs"], 3);
+    let notices: Vec<String> = bob
+        .json(&["read", "ops"])
+        .into_iter()
+        .filter(|m| m["kind"] == "system")
+        .map(|m| m["text"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        notices
+            .iter()
+            .any(|n| n.contains("alice changed the policy: messages disappear 3s")),
+        "{notices:?}"
+    );
+
+    let sent = std::time::Instant::now();
+    alice.ok(&["send", "ops", "VANISH-MARKER meet at gate 3"]);
+    bob.ok(&["sync"]);
+    if sent.elapsed() < std::time::Duration::from_secs(3) {
+        assert_eq!(bob.texts("ops"), ["VANISH-MARKER meet at gate 3"]);
+    }
+    // Carol stays offline until after the message's time; it never lingers on her device.
+    muster_e2e::wait_until(
+        std::time::Duration::from_secs(20),
+        "the message to disappear",
+        || alice.texts("ops").is_empty() && bob.texts("ops").is_empty(),
+    );
+    carol.ok(&["sync"]);
+    assert!(carol.texts("ops").is_empty());
+    for d in [alice, &bob, &carol] {
+        assert!(
+            !file_contains(&d.home, "VANISH-MARKER"),
+            "{} still stores it",
+            d.name
+        );
+    }
+
+    // Retention instead of disappearing; managed groups leave it to admins.
+    alice.ok(&["group", "policy", "ops", "--retain", "30d"]);
+    assert_eq!(alice.group("ops")["retain_secs"], 2_592_000);
+    alice.ok(&["group", "create", "crisis", "--members", "bob", "--managed"]);
+    bob.ok(&["sync"]);
+    let err = bob.fails(&["group", "policy", "crisis", "--disappear", "1h"]);
+    assert!(err.contains("managed group"), "{err}");
+}

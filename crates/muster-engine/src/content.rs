@@ -56,6 +56,21 @@ pub enum Body {
     Ack { target: String },
     /// Sets (or, with an empty value, clears) an entry of the group's situation board.
     BoardSet { key: String, value: String },
+    /// How long members' devices keep the group's messages (`None`: no limit).
+    Retention {
+        retain_secs: Option<u64>,
+        disappear_secs: Option<u64>,
+    },
+}
+
+/// "90s", "15m", "1h", "30d": the largest whole unit.
+pub fn describe_duration(secs: u64) -> String {
+    for (unit, size) in [("d", 86_400), ("h", 3_600), ("m", 60)] {
+        if secs >= size && secs % size == 0 {
+            return format!("{}{unit}", secs / size);
+        }
+    }
+    format!("{secs}s")
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

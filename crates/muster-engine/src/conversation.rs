@@ -2,7 +2,7 @@
 //! reactions, receipts and group names. Plain functions over a connection or transaction,
 //! used for this device's own sends and for received messages alike.
 
-use crate::content::{Body, Envelope, ReceiptKind};
+use crate::content::{describe_duration, Body, Envelope, ReceiptKind};
 use crate::error::EngineError;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::BTreeMap;
@@ -216,6 +216,57 @@ pub(crate) fn apply(
             }
             Ok(false)
         }
+        Body::Retention {
+            retain_secs,
+            disappear_secs,
+        } => {
+            if managed && !author.admin {
+                if let Origin::Received { seq, .. } = origin {
+                    insert_system(
+                        db,
+                        group_id,
+                        &format!(
+                            "ignored {}'s retention change in this managed group",
+                            author.user
+                        ),
+                        Some(order_key(seq, 0)),
+                    )?;
+                }
+                return Ok(false);
+            }
+            db.execute(
+                "UPDATE groups SET retain_secs = ?2, disappear_secs = ?3 WHERE group_id = ?1",
+                params![
+                    group_id,
+                    retain_secs.map(|v| v as i64),
+                    disappear_secs.map(|v| v as i64)
+                ],
+            )?;
+            let order = match origin {
+                Origin::Received { seq, .. } => Some(order_key(seq, 0)),
+                Origin::Own => None,
+            };
+            let who = if matches!(origin, Origin::Own) {
+                "you"
+            } else {
+                author.user
+            };
+            let what = match (retain_secs, disappear_secs) {
+                (_, Some(d)) => format!(
+                    "messages disappear {} after they are sent",
+                    describe_duration(*d)
+                ),
+                (Some(r), None) => format!("devices keep messages for {}", describe_duration(*r)),
+                (None, None) => "devices keep messages with no time limit".to_string(),
+            };
+            insert_system(
+                db,
+                group_id,
+                &format!("{who} changed the policy: {what}"),
+                order,
+            )?;
+            Ok(false)
+        }
         Body::BoardSet { key, value } => {
             let key: String = key.chars().take(64).collect();
             let value: String = value.chars().take(1000).collect();
@@ -372,4 +423,30 @@ pub(crate) fn decorations(
         read_by: receipts("read")?,
         delivered_to: receipts("delivered")?,
     })
+}
+
+/// Deletes messages older than their group's retention or disappearing time (by the
+/// sender's clock) from this device, with their reactions, receipts and acknowledgements.
+/// Returns how many messages were deleted.
+pub(crate) fn enforce_retention(db: &Connection, now_ms: i64) -> Result<usize, EngineError> {
+    let deleted = db.execute(
+        "DELETE FROM messages WHERE kind != 'system' AND group_id IN (
+             SELECT group_id FROM groups WHERE COALESCE(disappear_secs, retain_secs) IS NOT NULL)
+           AND sent_at < ?1 - 1000 * (SELECT MIN(COALESCE(g.disappear_secs, g.retain_secs),
+                                                 COALESCE(g.retain_secs, g.disappear_secs))
+                                      FROM groups g WHERE g.group_id = messages.group_id)",
+        [now_ms],
+    )?;
+    if deleted > 0 {
+        for table in ["reactions", "receipts", "acks"] {
+            db.execute(
+                &format!(
+                    "DELETE FROM {table} WHERE NOT EXISTS (SELECT 1 FROM messages m
+                       WHERE m.group_id = {table}.group_id AND m.id = {table}.message_id)"
+                ),
+                [],
+            )?;
+        }
+    }
+    Ok(deleted)
 }

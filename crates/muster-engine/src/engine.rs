@@ -89,6 +89,10 @@ pub struct GroupView {
     pub state: String,
     /// Only admins add or remove people; members cannot leave or rename it.
     pub managed: bool,
+    /// Devices delete messages this long after they were sent.
+    pub disappear_secs: Option<u64>,
+    /// Devices keep messages this long.
+    pub retain_secs: Option<u64>,
 }
 
 /// An enrolment request as an admin sees it.
@@ -333,11 +337,13 @@ impl Engine {
         openmls_sqlite_storage::SqliteStorageProvider::<JsonCodec, _>::new(&mut db)
             .run_migrations()
             .map_err(|e| EngineError::Mls(format!("storage migration: {e}")))?;
-        Ok(Self {
+        let engine = Self {
             home: home.to_path_buf(),
             db,
             crypto: RustCrypto::default(),
-        })
+        };
+        engine.enforce_retention()?;
+        Ok(engine)
     }
 
     pub fn home(&self) -> &Path {
@@ -1930,11 +1936,12 @@ impl Engine {
     }
 
     fn group_view(&self, group_id: &[u8]) -> Result<GroupView, EngineError> {
-        let (name, state): (String, String) = self.db.query_row(
-            "SELECT name, state FROM groups WHERE group_id = ?1",
-            [group_id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
+        let (name, state, retain_secs, disappear_secs): (String, String, Option<i64>, Option<i64>) =
+            self.db.query_row(
+                "SELECT name, state, retain_secs, disappear_secs FROM groups WHERE group_id = ?1",
+                [group_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )?;
         let provider = Provider::new(&self.crypto, &self.db);
         let group = MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))
             .map_err(EngineError::mls)?;
@@ -1959,6 +1966,8 @@ impl Engine {
             epoch,
             state,
             managed: group.as_ref().is_some_and(|g| policy_of(g).managed),
+            disappear_secs: disappear_secs.map(|v| v as u64),
+            retain_secs: retain_secs.map(|v| v as u64),
         })
     }
 
@@ -2407,6 +2416,35 @@ impl Engine {
         Ok(())
     }
 
+    /// Deletes messages whose group's retention or disappearing time has passed.
+    pub fn enforce_retention(&self) -> Result<usize, EngineError> {
+        let deleted = conversation::enforce_retention(&self.db, now_ms())?;
+        if deleted > 0 {
+            self.purge_deleted()?;
+        }
+        Ok(deleted)
+    }
+
+    /// Sets how long every member's device keeps the group's messages: `disappear` after
+    /// they are sent, or `retain` for a period; neither means no limit.
+    pub fn queue_retention(
+        &mut self,
+        group: &str,
+        retain_secs: Option<u64>,
+        disappear_secs: Option<u64>,
+    ) -> Result<QueuedMessage, EngineError> {
+        let (group_id, _) = self.active_group(group)?;
+        self.check_may_manage(&group_id, "change how long messages are kept")?;
+        let id = self.enqueue(
+            &group_id,
+            Body::Retention {
+                retain_secs,
+                disappear_secs,
+            },
+        )?;
+        Ok(QueuedMessage { group_id, id })
+    }
+
     /// Sends everything in the outbox.
     pub async fn flush(&mut self, conn: &RelayConnection) -> Result<SyncReport, EngineError> {
         let mut report = SyncReport::default();
@@ -2712,6 +2750,7 @@ impl Engine {
     pub async fn sync(&mut self, conn: &RelayConnection) -> Result<SyncReport, EngineError> {
         let mut report = SyncReport::default();
         self.fetch_and_process(conn, &mut report).await?;
+        self.enforce_retention()?;
         self.apply_revocations(conn, &mut report).await?;
         self.approve_confirmed_devices(conn, &mut report).await?;
         self.add_own_devices(conn, &mut report).await?;

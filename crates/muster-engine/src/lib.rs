@@ -13,7 +13,7 @@ mod provider;
 pub mod provision;
 mod store;
 
-pub use content::{Body, Envelope};
+pub use content::{describe_duration, Body, Envelope};
 pub use conversation::BoardEntry;
 pub use engine::{
     AuditView, DeviceView, DirectoryEntry, Engine, GroupView, MessageView, Notification,

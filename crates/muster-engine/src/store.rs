@@ -7,7 +7,8 @@ CREATE TABLE IF NOT EXISTS device (
     user TEXT NOT NULL, device_id TEXT NOT NULL, device_key BLOB NOT NULL,
     profile BLOB NOT NULL, certificate BLOB, root_key BLOB, created_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS groups (
-    group_id BLOB PRIMARY KEY, name TEXT NOT NULL, state TEXT NOT NULL, created_at INTEGER NOT NULL);
+    group_id BLOB PRIMARY KEY, name TEXT NOT NULL, state TEXT NOT NULL, created_at INTEGER NOT NULL,
+    retain_secs INTEGER, disappear_secs INTEGER);
 CREATE TABLE IF NOT EXISTS messages (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL, group_id BLOB NOT NULL, kind TEXT NOT NULL,
