@@ -66,7 +66,7 @@ pub enum Body {
 /// "90s", "15m", "1h", "30d": the largest whole unit.
 pub fn describe_duration(secs: u64) -> String {
     for (unit, size) in [("d", 86_400), ("h", 3_600), ("m", 60)] {
-        if secs >= size && secs % size == 0 {
+        if secs >= size && secs.is_multiple_of(size) {
             return format!("{}{unit}", secs / size);
         }
     }
