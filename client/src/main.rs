@@ -98,7 +98,9 @@ enum Command {
         ack_required: bool,
     },
     /// Acknowledge an alert.
-    Ack { id: String },
+    Ack {
+        id: String,
+    },
     /// Who has acknowledged an alert, and who has not.
     Rollcall {
         id: String,
@@ -129,13 +131,42 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Mute a group (only urgent alerts notify) or, with --user, a person.
+    Mute {
+        target: String,
+        #[arg(long)]
+        user: bool,
+    },
+    /// Undo `mute`.
+    Unmute {
+        target: String,
+        #[arg(long)]
+        user: bool,
+    },
+    /// Keep a group at the top of `groups`.
+    Pin {
+        group: String,
+    },
+    Unpin {
+        group: String,
+    },
+    /// Which messages of a group notify you: all, mentions (and alerts), or alerts only.
+    NotifyLevel {
+        group: String,
+        level: String,
+    },
     /// Local settings of this device.
     #[command(subcommand)]
     Config(ConfigCommand),
     /// Change the text of one of your messages, for everyone.
-    Edit { id: String, text: String },
+    Edit {
+        id: String,
+        text: String,
+    },
     /// Delete one of your messages from every member's device.
-    Delete { id: String },
+    Delete {
+        id: String,
+    },
     /// React to a message with an emoji.
     React {
         id: String,
@@ -156,7 +187,9 @@ enum Command {
         json: bool,
     },
     /// Interactive chat: shows incoming messages live and sends each line you type.
-    Chat { group: String },
+    Chat {
+        group: String,
+    },
     /// Show who this device is.
     Whoami(JsonFlag),
     /// List enrolled colleagues with their approved attributes and roles.
@@ -443,6 +476,14 @@ fn print_group(g: &GroupView) {
     if g.managed {
         state.push_str(" [managed]");
     }
+    if g.pinned {
+        state.push_str(" [pinned]");
+    }
+    if g.muted {
+        state.push_str(" [muted]");
+    } else if g.notify_level != "all" {
+        state.push_str(&format!(" [notify: {}]", g.notify_level));
+    }
     println!(
         "{}{state}  ({} members: {})  id {}  epoch {}",
         g.name,
@@ -486,6 +527,18 @@ fn main() -> ExitCode {
 }
 
 const NOTIFY_COMMAND: &str = "notify-command";
+
+fn set_mute(engine: &Engine, target: &str, user: bool, muted: bool) -> Result<(), EngineError> {
+    let verb = if muted { "muted" } else { "unmuted" };
+    if user {
+        engine.set_user_muted(target, muted)?;
+        println!("{verb} {target}");
+    } else {
+        let g = engine.set_group_view(target, Some(muted), None, None)?;
+        println!("{verb} {}", g.name);
+    }
+    Ok(())
+}
 
 /// Runs the user's notification command for each notification, without waiting for it.
 fn notify(engine: &Engine, notifications: &[muster_engine::Notification]) {
@@ -871,6 +924,17 @@ async fn run(cli: Cli) -> Result<(), EngineError> {
                     );
                 }
             }
+        }
+        Command::Mute { target, user } => set_mute(&engine, &target, user, true)?,
+        Command::Unmute { target, user } => set_mute(&engine, &target, user, false)?,
+        Command::Pin { group } => {
+            print_group(&engine.set_group_view(&group, None, Some(true), None)?);
+        }
+        Command::Unpin { group } => {
+            print_group(&engine.set_group_view(&group, None, Some(false), None)?);
+        }
+        Command::NotifyLevel { group, level } => {
+            print_group(&engine.set_group_view(&group, None, None, Some(&level))?);
         }
         Command::Config(ConfigCommand::NotifyCommand { command }) => match command {
             Some(c) if c.trim().is_empty() => {

@@ -191,3 +191,69 @@ fn the_situation_board_converges_after_concurrent_updates() {
     assert!(boards[0].iter().all(|e| e.3 == false));
     assert!(!file_contains(&org.relay.data, "Pier-MARKER"));
 }
+
+#[test]
+fn personal_view_mutes_pins_and_notification_levels_but_alerts_always_come_through() {
+    let org = Org::new("view");
+    let alice = &org.admin;
+    let bob = org.enrol("bob");
+    let carol = org.enrol("carol");
+    alice.ok(&["group", "create", "ops", "--members", "bob,carol"]);
+    alice.ok(&["group", "create", "social", "--members", "bob"]);
+    bob.ok(&["sync"]);
+    carol.ok(&["sync"]);
+    let log = org.dir.path().join("bob-hook.log");
+    bob.ok(&[
+        "config",
+        "notify-command",
+        &format!("echo \"$MUSTER_KIND:$MUSTER_TEXT\" >> {}", log.display()),
+    ]);
+    let notified = |text: &str| {
+        // The hook runs in the background; give it a moment to write.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let seen = std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains(text);
+            if seen || Instant::now() > deadline {
+                return seen;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+
+    bob.ok(&["mute", "ops"]);
+    alice.ok(&["send", "ops", "muted chatter"]);
+    alice.ok(&["alert", "ops", "urgent even when muted"]);
+    bob.ok(&["sync"]);
+    assert!(notified("alert:urgent even when muted"));
+    assert!(!notified("muted chatter"));
+    assert_eq!(
+        bob.texts("ops"),
+        ["muted chatter"],
+        "muting hides nothing from the conversation"
+    );
+
+    bob.ok(&["unmute", "ops"]);
+    bob.ok(&["notify-level", "ops", "mentions"]);
+    alice.ok(&["send", "ops", "general note"]);
+    alice.ok(&["send", "ops", "@bob please check"]);
+    bob.ok(&["sync"]);
+    assert!(notified("text:@bob please check"));
+    assert!(!notified("general note"));
+
+    bob.ok(&["notify-level", "ops", "all"]);
+    bob.ok(&["mute", "--user", "carol"]);
+    carol.ok(&["send", "ops", "from muted carol"]);
+    alice.ok(&["send", "ops", "from alice"]);
+    bob.ok(&["sync"]);
+    assert!(notified("text:from alice"));
+    assert!(!notified("from muted carol"));
+
+    bob.ok(&["pin", "social"]);
+    let groups = bob.json(&["groups"]);
+    assert_eq!(groups[0]["name"], "social");
+    assert_eq!(groups[0]["pinned"], true);
+    let err = bob.fails(&["notify-level", "ops", "sometimes"]);
+    assert!(err.contains("use all, mentions or alerts"), "{err}");
+}

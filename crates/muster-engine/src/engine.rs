@@ -93,6 +93,11 @@ pub struct GroupView {
     pub disappear_secs: Option<u64>,
     /// Devices keep messages this long.
     pub retain_secs: Option<u64>,
+    /// This user muted the group: only urgent alerts notify.
+    pub muted: bool,
+    pub pinned: bool,
+    /// Which messages notify: `all`, `mentions` (and alerts) or `alerts`.
+    pub notify_level: String,
 }
 
 /// An enrolment request as an admin sees it.
@@ -1942,6 +1947,7 @@ impl Engine {
                 [group_id],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )?;
+        let view = view_of(&self.db, "group", &group_hex(group_id))?;
         let provider = Provider::new(&self.crypto, &self.db);
         let group = MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))
             .map_err(EngineError::mls)?;
@@ -1968,10 +1974,13 @@ impl Engine {
             managed: group.as_ref().is_some_and(|g| policy_of(g).managed),
             disappear_secs: disappear_secs.map(|v| v as u64),
             retain_secs: retain_secs.map(|v| v as u64),
+            muted: view.muted,
+            pinned: view.pinned,
+            notify_level: view.level,
         })
     }
 
-    /// Every group this device knows, oldest first.
+    /// Every group this device knows: pinned first, then oldest first.
     pub fn groups(&self) -> Result<Vec<GroupView>, EngineError> {
         let mut stmt = self
             .db
@@ -1979,7 +1988,63 @@ impl Engine {
         let ids = stmt
             .query_map([], |r| r.get::<_, Vec<u8>>(0))?
             .collect::<Result<Vec<_>, _>>()?;
-        ids.iter().map(|id| self.group_view(id)).collect()
+        let mut views = ids
+            .iter()
+            .map(|id| self.group_view(id))
+            .collect::<Result<Vec<_>, _>>()?;
+        views.sort_by_key(|g| !g.pinned);
+        Ok(views)
+    }
+
+    /// Changes this user's view of a group: mute, pin, notification level.
+    pub fn set_group_view(
+        &self,
+        group: &str,
+        muted: Option<bool>,
+        pinned: Option<bool>,
+        level: Option<&str>,
+    ) -> Result<GroupView, EngineError> {
+        if let Some(level) = level {
+            if !matches!(level, "all" | "mentions" | "alerts") {
+                return Err(EngineError::Invalid(format!(
+                    "notification level {level:?}: use all, mentions or alerts"
+                )));
+            }
+        }
+        let (group_id, _, _) = self.resolve_group(group)?;
+        let target = group_hex(&group_id);
+        self.db.execute(
+            "INSERT OR IGNORE INTO view_settings (scope, target) VALUES ('group', ?1)",
+            [&target],
+        )?;
+        self.db.execute(
+            "UPDATE view_settings SET muted = COALESCE(?2, muted), pinned = COALESCE(?3, pinned),
+                 level = COALESCE(?4, level) WHERE scope = 'group' AND target = ?1",
+            params![target, muted, pinned, level],
+        )?;
+        self.group_view(&group_id)
+    }
+
+    /// Mutes (or unmutes) a person: their messages no longer notify; their alerts still do.
+    pub fn set_user_muted(&self, user: &str, muted: bool) -> Result<(), EngineError> {
+        validate_handle(user)?;
+        self.db.execute(
+            "INSERT INTO view_settings (scope, target, muted) VALUES ('user', ?1, ?2)
+             ON CONFLICT (scope, target) DO UPDATE SET muted = excluded.muted",
+            params![user, muted],
+        )?;
+        Ok(())
+    }
+
+    /// People this user muted.
+    pub fn muted_users(&self) -> Result<Vec<String>, EngineError> {
+        let mut stmt = self.db.prepare(
+            "SELECT target FROM view_settings WHERE scope = 'user' AND muted = 1 ORDER BY target",
+        )?;
+        let users = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok(users)
     }
 
     // ---- messages -----------------------------------------------------------------
@@ -3328,7 +3393,7 @@ impl Engine {
                     }
                     _ => ("text", String::new(), false, false),
                 };
-                report.notifications.push(Notification {
+                let notification = Notification {
                     id: envelope.id.clone(),
                     group,
                     sender: cert.body.user.clone(),
@@ -3336,7 +3401,10 @@ impl Engine {
                     text,
                     mentions_me,
                     ack_required,
-                });
+                };
+                if should_notify(&tx, group_id, &notification)? {
+                    report.notifications.push(notification);
+                }
             }
             purge = matches!(envelope.body, Body::Delete { .. });
         }
@@ -3389,6 +3457,50 @@ fn describe_pending_commit(group: &MlsGroup) -> Option<String> {
         parts.push(format!("removed {}", removed.join(", ")));
     }
     (!parts.is_empty()).then(|| parts.join(" and "))
+}
+
+/// This user's view settings for a group or person.
+struct ViewSettings {
+    muted: bool,
+    pinned: bool,
+    level: String,
+}
+
+fn view_of(db: &Connection, scope: &str, target: &str) -> Result<ViewSettings, EngineError> {
+    Ok(db
+        .query_row(
+            "SELECT muted, pinned, level FROM view_settings WHERE scope = ?1 AND target = ?2",
+            params![scope, target],
+            |r| {
+                Ok(ViewSettings {
+                    muted: r.get(0)?,
+                    pinned: r.get(1)?,
+                    level: r.get(2)?,
+                })
+            },
+        )
+        .optional()?
+        .unwrap_or(ViewSettings {
+            muted: false,
+            pinned: false,
+            level: "all".into(),
+        }))
+}
+
+/// Urgent alerts always notify; other messages follow the group's level and mutes.
+fn should_notify(db: &Connection, group_id: &[u8], n: &Notification) -> Result<bool, EngineError> {
+    if n.kind == "alert" {
+        return Ok(true);
+    }
+    let group = view_of(db, "group", &group_hex(group_id))?;
+    if group.muted || view_of(db, "user", &n.sender)?.muted {
+        return Ok(false);
+    }
+    Ok(match group.level.as_str() {
+        "alerts" => false,
+        "mentions" => n.mentions_me,
+        _ => true,
+    })
 }
 
 fn device_ids_in(group: &MlsGroup) -> Vec<String> {

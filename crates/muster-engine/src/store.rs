@@ -54,6 +54,11 @@ CREATE TABLE IF NOT EXISTS board_log (
     author TEXT NOT NULL, at INTEGER NOT NULL, seq INTEGER,
     PRIMARY KEY (group_id, message_id));
 CREATE INDEX IF NOT EXISTS board_log_key ON board_log(group_id, key, seq);
+-- this user's own view: muted or pinned groups, muted people, notification levels
+CREATE TABLE IF NOT EXISTS view_settings (
+    scope TEXT NOT NULL, target TEXT NOT NULL, muted INTEGER NOT NULL DEFAULT 0,
+    pinned INTEGER NOT NULL DEFAULT 0, level TEXT NOT NULL DEFAULT 'all',
+    PRIMARY KEY (scope, target));
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS receipts (
     group_id BLOB NOT NULL, message_id TEXT NOT NULL, user TEXT NOT NULL, kind TEXT NOT NULL,
