@@ -84,7 +84,11 @@ enum Command {
     Send {
         group: String,
         /// The text, or `-` to read it from standard input. @handle mentions a member.
-        text: String,
+        /// With --file it is the caption (optional).
+        text: Option<String>,
+        /// Attach a file (encrypted on this device; at most 100 MiB).
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
         /// Quote and answer this message (its id, or an id prefix of 6+ characters).
         #[arg(long, value_name = "ID")]
         reply_to: Option<String>,
@@ -158,6 +162,13 @@ enum Command {
     /// Local settings of this device.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Download, verify and decrypt a message's attachment.
+    Fetch {
+        id: String,
+        /// Where to write it [default: its name, in the current directory].
+        #[arg(long, value_name = "PATH")]
+        out: Option<PathBuf>,
+    },
     /// Change the text of one of your messages, for everyone.
     Edit {
         id: String,
@@ -434,7 +445,15 @@ fn print_message(m: &MessageView) {
     if let Some(r) = &m.reply_to {
         line.push_str(&format!("(reply to #{}) ", r.get(..8).unwrap_or(r)));
     }
-    line.push_str(&m.text);
+    match &m.attachment {
+        Some(a) => {
+            line.push_str(&format!("📎 {} ({}, {} bytes)", a.name, a.mime, a.size));
+            if m.text != a.name {
+                line.push_str(&format!(" {}", m.text));
+            }
+        }
+        None => line.push_str(&m.text),
+    }
     if m.edited {
         line.push_str(" (edited)");
     }
@@ -840,8 +859,35 @@ async fn run(cli: Cli) -> Result<(), EngineError> {
         Command::Send {
             group,
             text,
+            file: Some(path),
             reply_to,
         } => {
+            if reply_to.is_some() {
+                return Err(EngineError::Invalid(
+                    "a reply cannot carry a file yet: send the file, then reply".into(),
+                ));
+            }
+            let conn = connected(&mut engine).await?;
+            let result = async {
+                let queued = engine
+                    .send_file(&conn, &group, &path, text.as_deref())
+                    .await?;
+                engine.deliver(&conn, &queued).await?;
+                Ok::<_, EngineError>(queued)
+            }
+            .await;
+            conn.close().await;
+            println!("sent {}", result?.id);
+        }
+        Command::Send {
+            group,
+            text,
+            file: None,
+            reply_to,
+        } => {
+            let text = text.ok_or_else(|| {
+                EngineError::Invalid("give the message text (or --file PATH)".into())
+            })?;
             let text = if text == "-" {
                 let mut buf = String::new();
                 std::io::stdin().read_to_string(&mut buf)?;
@@ -952,6 +998,12 @@ async fn run(cli: Cli) -> Result<(), EngineError> {
                     .unwrap_or_else(|| "(none)".into())
             ),
         },
+        Command::Fetch { id, out } => {
+            let conn = connected(&mut engine).await?;
+            let saved = engine.fetch_attachment(&conn, &id, out.as_deref()).await;
+            conn.close().await;
+            println!("saved {}", saved?.display());
+        }
         Command::Edit { id, text } => {
             let queued = engine.queue_edit(&id, &text)?;
             deliver_queued(&mut engine, &queued).await?;

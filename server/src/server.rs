@@ -100,6 +100,7 @@ pub fn stats(data: &Path) -> Result<(), ServeError> {
     println!("groups: {}", stats.groups);
     println!("stored messages: {}", stats.stored_messages);
     println!("queued deliveries: {}", stats.queued_deliveries);
+    println!("attachment bytes: {}", relay.blob_bytes()?);
     println!("database bytes: {size}");
     Ok(())
 }

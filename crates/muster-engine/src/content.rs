@@ -56,6 +56,12 @@ pub enum Body {
     Ack { target: String },
     /// Sets (or, with an empty value, clears) an entry of the group's situation board.
     BoardSet { key: String, value: String },
+    /// A file, encrypted on the sender's device and stored as a blob on the relay.
+    Attachment {
+        attachment: crate::attachments::AttachmentRef,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        caption: Option<String>,
+    },
     /// How long members' devices keep the group's messages (`None`: no limit).
     Retention {
         retain_secs: Option<u64>,

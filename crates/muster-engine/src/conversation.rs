@@ -54,7 +54,7 @@ pub(crate) fn insert_system(
 fn author_of(db: &Connection, group_id: &[u8], id: &str) -> Result<Option<String>, EngineError> {
     Ok(db
         .query_row(
-            "SELECT sender FROM messages WHERE group_id = ?1 AND id = ?2 AND kind IN ('text', 'alert') AND deleted = 0",
+            "SELECT sender FROM messages WHERE group_id = ?1 AND id = ?2 AND kind IN ('text', 'alert', 'attachment') AND deleted = 0",
             params![group_id, id],
             |r| r.get(0),
         )
@@ -123,7 +123,7 @@ pub(crate) fn apply(
             if author_of(db, group_id, target)?.as_deref() == Some(author.user) {
                 db.execute(
                     "UPDATE messages SET body = '', deleted = 1, reply_to = NULL, mentions = '[]',
-                         delivered_receipt_due = 0, read_receipt_due = 0
+                         attachment = NULL, delivered_receipt_due = 0, read_receipt_due = 0
                      WHERE group_id = ?1 AND id = ?2",
                     params![group_id, target],
                 )?;
@@ -195,6 +195,32 @@ pub(crate) fn apply(
                     status,
                     sort_key,
                     ack_required,
+                    due
+                ],
+            )?;
+            Ok(matches!(origin, Origin::Received { .. }))
+        }
+        Body::Attachment {
+            attachment,
+            caption,
+        } => {
+            let body = caption.clone().unwrap_or_else(|| attachment.name.clone());
+            db.execute(
+                "INSERT OR IGNORE INTO messages (id, group_id, kind, sender, sender_device, body, sent_at, received_at,
+                     relay_seq, status, sort_key, attachment, delivered_receipt_due, read_receipt_due)
+                 VALUES (?1, ?2, 'attachment', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12)",
+                params![
+                    envelope.id,
+                    group_id,
+                    author.user,
+                    author.device,
+                    body,
+                    envelope.sent_at,
+                    received_at,
+                    relay_seq,
+                    status,
+                    sort_key,
+                    serde_json::to_string(attachment).expect("serialises"),
                     due
                 ],
             )?;

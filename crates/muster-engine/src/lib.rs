@@ -5,6 +5,7 @@
 //! Inbound processing is plain functions over a database transaction; the relay
 //! connection is passed in by the caller.
 
+mod attachments;
 mod content;
 pub mod conversation;
 mod engine;
@@ -13,11 +14,12 @@ mod provider;
 pub mod provision;
 mod store;
 
+pub use attachments::{AttachmentError, AttachmentRef};
 pub use content::{describe_duration, Body, Envelope};
 pub use conversation::BoardEntry;
 pub use engine::{
-    AuditView, DeviceView, DirectoryEntry, Engine, GroupView, MessageView, Notification,
-    PendingView, QueuedMessage, Rollcall, RollcallEntry, SyncReport,
+    AttachmentView, AuditView, DeviceView, DirectoryEntry, Engine, GroupView, MessageView,
+    Notification, PendingView, QueuedMessage, Rollcall, RollcallEntry, SyncReport,
 };
 pub use error::EngineError;
 pub use muster_net::client::PushHandle;

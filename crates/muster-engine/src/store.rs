@@ -19,6 +19,9 @@ CREATE TABLE IF NOT EXISTS messages (
     sort_key INTEGER,
     reply_to TEXT,
     ack_required INTEGER NOT NULL DEFAULT 0,
+    -- an attachment's reference (JSON, with its key) and where this device saved it
+    attachment TEXT,
+    saved_to TEXT,
     mentions TEXT NOT NULL DEFAULT '[]',
     edited_at INTEGER,
     deleted INTEGER NOT NULL DEFAULT 0,
@@ -33,15 +36,15 @@ CREATE TABLE IF NOT EXISTS reactions (
 CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts USING fts5(
     body, content='messages', content_rowid='seq', tokenize='unicode61 remove_diacritics 2');
 CREATE TRIGGER IF NOT EXISTS messages_fts_insert AFTER INSERT ON messages
-    WHEN new.kind IN ('text', 'alert') BEGIN
+    WHEN new.kind IN ('text', 'alert', 'attachment') BEGIN
     INSERT INTO messages_fts (rowid, body) VALUES (new.seq, new.body);
 END;
 CREATE TRIGGER IF NOT EXISTS messages_fts_delete AFTER DELETE ON messages
-    WHEN old.kind IN ('text', 'alert') BEGIN
+    WHEN old.kind IN ('text', 'alert', 'attachment') BEGIN
     INSERT INTO messages_fts (messages_fts, rowid, body) VALUES ('delete', old.seq, old.body);
 END;
 CREATE TRIGGER IF NOT EXISTS messages_fts_update AFTER UPDATE OF body ON messages
-    WHEN old.kind IN ('text', 'alert') BEGIN
+    WHEN old.kind IN ('text', 'alert', 'attachment') BEGIN
     INSERT INTO messages_fts (messages_fts, rowid, body) VALUES ('delete', old.seq, old.body);
     INSERT INTO messages_fts (rowid, body) VALUES (new.seq, new.body);
 END;

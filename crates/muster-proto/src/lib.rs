@@ -14,7 +14,8 @@ pub use identity::{
 pub use invite::{InviteCode, InviteError, InvitePurpose};
 pub use policy::{GroupPolicy, GROUP_POLICY_EXTENSION};
 pub use wire::{
-    auth_transcript, decode, encode, enrol_transcript, AckItem, AuditEvent, ClaimedKeyPackage,
-    Delivery, ErrorCode, OpenInvite, PendingEnrolment, ProfileChange, Push, RelayError, Request,
-    Response, WireError, MAX_FRAME, MAX_MLS_MESSAGE,
+    auth_transcript, decode, encode, encrypted_size, enrol_transcript, AckItem, AuditEvent,
+    ClaimedKeyPackage, Delivery, ErrorCode, OpenInvite, PendingEnrolment, ProfileChange, Push,
+    RelayError, Request, Response, WireError, ATTACHMENT_CHUNK, ATTACHMENT_CHUNK_OVERHEAD,
+    BLOB_QUOTA_PER_DEVICE, MAX_ATTACHMENT, MAX_FRAME, MAX_MLS_MESSAGE,
 };

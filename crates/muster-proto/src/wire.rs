@@ -11,6 +11,20 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 pub const MAX_FRAME: usize = 2 * 1024 * 1024;
 /// Largest MLS message (commit, welcome or application message) the relay stores, in bytes.
 pub const MAX_MLS_MESSAGE: usize = 1024 * 1024;
+/// Largest attachment, in bytes of the original file.
+pub const MAX_ATTACHMENT: u64 = 100 * 1024 * 1024;
+/// Attachments are encrypted and moved in chunks of this many plaintext bytes.
+pub const ATTACHMENT_CHUNK: usize = 1024 * 1024;
+/// Bytes an encrypted chunk adds (the AEAD tag).
+pub const ATTACHMENT_CHUNK_OVERHEAD: usize = 16;
+/// Encrypted blob bytes one device may keep on the relay at once.
+pub const BLOB_QUOTA_PER_DEVICE: u64 = 1024 * 1024 * 1024;
+
+/// Encrypted size of an attachment of `plain` bytes.
+pub fn encrypted_size(plain: u64) -> u64 {
+    let chunks = plain.div_ceil(ATTACHMENT_CHUNK as u64).max(1);
+    plain + chunks * ATTACHMENT_CHUNK_OVERHEAD as u64
+}
 
 /// A request from a device to the relay.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,6 +154,30 @@ pub enum Request {
     ConfirmDevice {
         device_id: String,
     },
+    /// Writes one chunk of an encrypted attachment for the members of a group. The first
+    /// chunk (offset 0) announces the blob's total size.
+    BlobPut {
+        blob_id: String,
+        group_id: Vec<u8>,
+        total_size: u64,
+        offset: u64,
+        data: Vec<u8>,
+    },
+    /// Seals an uploaded blob after checking its size and SHA-256.
+    BlobComplete {
+        blob_id: String,
+        sha256: Vec<u8>,
+    },
+    /// Reads part of a blob (members of its group only).
+    BlobGet {
+        blob_id: String,
+        offset: u64,
+        max_len: u32,
+    },
+    /// This device has the blob; once every recipient has it, the relay deletes it.
+    BlobFetched {
+        blob_id: String,
+    },
 }
 
 /// The relay's answer to one request.
@@ -176,6 +214,10 @@ pub enum Response {
     Devices(Vec<String>),
     ProfileChanges(Vec<ProfileChange>),
     Invites(Vec<OpenInvite>),
+    BlobData {
+        data: Vec<u8>,
+        total_size: u64,
+    },
     OrgPolicy(Option<OrgPolicy>),
     Health {
         /// Whether an organisation is registered.
@@ -297,6 +339,8 @@ pub enum ErrorCode {
     UnknownUser,
     NoKeyPackages,
     Internal,
+    QuotaExceeded,
+    UnknownBlob,
 }
 
 /// A refusal with a human-readable reason.

@@ -6,12 +6,14 @@
 //! Handshake messages are tracked with openmls [`PublicGroup`](openmls::prelude::PublicGroup),
 //! so the relay validates commits and knows whom to route to without seeing content.
 
+mod blobs;
 mod connection;
 mod error;
 mod mls;
 mod relay;
 mod schema;
 
+pub use blobs::BLOB_RETENTION_SECS;
 pub use connection::ConnectionState;
 pub use error::StoreError;
 pub use relay::{Outcome, Relay, RelayStats, Session};

@@ -15,7 +15,7 @@ use openmls_rust_crypto::RustCrypto;
 use ring::signature::{UnparsedPublicKey, ED25519};
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// An authenticated device on a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +79,7 @@ pub struct Relay {
     db: Connection,
     crypto: RustCrypto,
     fingerprint: String,
+    blob_dir: PathBuf,
 }
 
 fn sha256(bytes: &[u8]) -> Vec<u8> {
@@ -134,15 +135,33 @@ impl Relay {
         storage
             .run_migrations()
             .map_err(|e| StoreError::Migration(e.to_string()))?;
+        let blob_dir = path
+            .parent()
+            .map(|p| p.join("blobs"))
+            .unwrap_or_else(|| PathBuf::from("blobs"));
         Ok(Self {
             db,
             crypto: RustCrypto::default(),
             fingerprint,
+            blob_dir,
         })
     }
 
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
+    }
+
+    pub(crate) fn db(&self) -> &Connection {
+        &self.db
+    }
+
+    pub(crate) fn db_mut(&mut self) -> &mut Connection {
+        &mut self.db
+    }
+
+    /// Where encrypted attachment blobs are kept.
+    pub fn blob_dir(&self) -> &Path {
+        &self.blob_dir
     }
 
     /// Creates and stores a fresh single-use bootstrap token; valid until an organisation exists.
@@ -353,6 +372,22 @@ impl Relay {
                 load_org_policy(&self.db).map(|p| Outcome::reply(Response::OrgPolicy(p)))
             }
             Request::ConfirmDevice { device_id } => self.confirm_device(session, &device_id),
+            Request::BlobPut {
+                blob_id,
+                group_id,
+                total_size,
+                offset,
+                data,
+            } => self.blob_put(session, &blob_id, &group_id, total_size, offset, &data),
+            Request::BlobComplete { blob_id, sha256 } => {
+                self.blob_complete(session, &blob_id, &sha256)
+            }
+            Request::BlobGet {
+                blob_id,
+                offset,
+                max_len,
+            } => self.blob_get(session, &blob_id, offset, max_len),
+            Request::BlobFetched { blob_id } => self.blob_fetched(session, &blob_id),
             Request::ReissueCertificates { certificates } => {
                 self.reissue_certificates(session, certificates)
             }

@@ -38,6 +38,13 @@ CREATE TABLE IF NOT EXISTS revocations (
     id INTEGER PRIMARY KEY, user TEXT NOT NULL, data BLOB NOT NULL, at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS profile_requests (
     user TEXT PRIMARY KEY, profile BLOB NOT NULL, requested_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS blobs (
+    blob_id TEXT PRIMARY KEY, uploader TEXT NOT NULL, group_id BLOB NOT NULL,
+    total_size INTEGER NOT NULL, received INTEGER NOT NULL, sha256 BLOB,
+    complete INTEGER NOT NULL, created_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS blob_recipients (
+    blob_id TEXT NOT NULL, device_id TEXT NOT NULL, fetched INTEGER NOT NULL,
+    PRIMARY KEY (blob_id, device_id));
 CREATE TABLE IF NOT EXISTS cursors (
     device_id TEXT NOT NULL, group_id BLOB NOT NULL, acked_seq INTEGER NOT NULL,
     PRIMARY KEY (device_id, group_id));

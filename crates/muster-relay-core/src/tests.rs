@@ -834,3 +834,86 @@ fn in_a_managed_group_only_admins_change_membership() {
         Response::Stored { .. }
     ));
 }
+
+#[test]
+fn blobs_are_for_group_members_within_the_size_limit() {
+    let mut w = World::new();
+    let bob = w.enrol("bob");
+    let carol = w.enrol("carol");
+    let (group, _) = w.group_with(&[&bob]);
+    let gid = group.group_id().as_slice().to_vec();
+    let put = |relay: &mut Relay, who: &Device, id: &str, total: u64, offset: u64, data: &[u8]| {
+        relay.handle(
+            &who.session,
+            Request::BlobPut {
+                blob_id: id.into(),
+                group_id: gid.clone(),
+                total_size: total,
+                offset,
+                data: data.to_vec(),
+            },
+        )
+    };
+    let id = "0123456789abcdef0123456789abcdef";
+    let too_big = muster_proto::encrypted_size(muster_proto::MAX_ATTACHMENT) + 1;
+    assert_eq!(
+        refused(put(&mut w.relay, &w.admin, id, too_big, 0, b"x")),
+        ErrorCode::TooLarge
+    );
+    assert_eq!(
+        refused(put(&mut w.relay, &carol, id, 10, 0, b"x")),
+        ErrorCode::NotMember
+    );
+    assert_eq!(
+        refused(put(&mut w.relay, &w.admin, "../etc", 10, 0, b"x")),
+        ErrorCode::BadRequest
+    );
+    ok(put(&mut w.relay, &w.admin, id, 10, 0, b"01234"));
+    assert_eq!(
+        refused(put(&mut w.relay, &w.admin, id, 10, 7, b"789")),
+        ErrorCode::BadRequest
+    );
+    ok(put(&mut w.relay, &w.admin, id, 10, 0, b"01234")); // a resent chunk is harmless
+    ok(put(&mut w.relay, &w.admin, id, 10, 5, b"56789"));
+    let wrong = w.relay.handle(
+        &w.admin.session,
+        Request::BlobComplete {
+            blob_id: id.into(),
+            sha256: vec![0; 32],
+        },
+    );
+    assert_eq!(refused(wrong), ErrorCode::InvalidMessage);
+    let digest = ring::digest::digest(&ring::digest::SHA256, b"0123456789");
+    ok(w.relay.handle(
+        &w.admin.session,
+        Request::BlobComplete {
+            blob_id: id.into(),
+            sha256: digest.as_ref().to_vec(),
+        },
+    ));
+    let get = |relay: &mut Relay, who: &Device| {
+        relay.handle(
+            &who.session,
+            Request::BlobGet {
+                blob_id: id.into(),
+                offset: 2,
+                max_len: 100,
+            },
+        )
+    };
+    assert_eq!(refused(get(&mut w.relay, &carol)), ErrorCode::Forbidden);
+    match ok(get(&mut w.relay, &bob)) {
+        Response::BlobData { data, total_size } => {
+            assert_eq!(data, b"23456789");
+            assert_eq!(total_size, 10);
+        }
+        r => panic!("{r:?}"),
+    }
+    ok(w.relay
+        .handle(&bob.session, Request::BlobFetched { blob_id: id.into() }));
+    assert_eq!(
+        refused(get(&mut w.relay, &bob)),
+        ErrorCode::UnknownBlob,
+        "deleted once fetched"
+    );
+}
