@@ -31,6 +31,9 @@ enum Command {
         /// UDP address to listen on.
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:4433")]
         listen: std::net::SocketAddr,
+        /// Encrypted attachment storage one device may use at once, in MiB.
+        #[arg(long, value_name = "MIB", default_value_t = 1024)]
+        blob_quota_mib: u64,
     },
     /// Print a fresh single-use bootstrap token for the organisation's first admin.
     BootstrapToken {
@@ -74,11 +77,15 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { data, listen } => tokio::runtime::Builder::new_multi_thread()
+        Command::Serve {
+            data,
+            listen,
+            blob_quota_mib,
+        } => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .map_err(server::ServeError::from)
-            .and_then(|rt| rt.block_on(server::serve(data, listen))),
+            .and_then(|rt| rt.block_on(server::serve(data, listen, blob_quota_mib * 1024 * 1024))),
         Command::BootstrapToken { data } => server::bootstrap_token(&data),
         Command::Stats { data } => server::stats(&data),
         Command::Health { data, relay } => tokio::runtime::Builder::new_current_thread()

@@ -192,8 +192,9 @@ struct Shared {
     next_connection: AtomicU64,
 }
 
-pub async fn serve(data: PathBuf, listen: SocketAddr) -> Result<(), ServeError> {
-    let (relay, identity) = open_relay(&data)?;
+pub async fn serve(data: PathBuf, listen: SocketAddr, blob_quota: u64) -> Result<(), ServeError> {
+    let (mut relay, identity) = open_relay(&data)?;
+    relay.set_blob_quota(blob_quota);
     let server_config = identity
         .server_config()
         .map_err(|e| ServeError::Tls(e.to_string()))?;

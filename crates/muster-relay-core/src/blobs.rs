@@ -6,7 +6,7 @@ use crate::error::{refuse, Failure, StoreError};
 use crate::relay::{Outcome, Relay, Session};
 use muster_proto::{
     encrypted_size, now_unix, ErrorCode, Response, ATTACHMENT_CHUNK, ATTACHMENT_CHUNK_OVERHEAD,
-    BLOB_QUOTA_PER_DEVICE, MAX_ATTACHMENT,
+    MAX_ATTACHMENT,
 };
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -178,13 +178,13 @@ impl Relay {
             [&session.device_id],
             |r| r.get(0),
         )?;
-        if used as u64 + total_size > BLOB_QUOTA_PER_DEVICE {
+        if used as u64 + total_size > self.blob_quota() {
             return Err(refuse(
                 ErrorCode::QuotaExceeded,
                 format!(
-                    "storage quota of {} MiB per device reached: {} MiB are waiting for recipients",
-                    BLOB_QUOTA_PER_DEVICE / (1024 * 1024),
-                    used as u64 / (1024 * 1024)
+                    "attachment storage quota of {} bytes per device reached: {} bytes are still waiting for recipients",
+                    self.blob_quota(),
+                    used
                 ),
             ));
         }

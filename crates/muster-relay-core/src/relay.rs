@@ -80,6 +80,7 @@ pub struct Relay {
     crypto: RustCrypto,
     fingerprint: String,
     blob_dir: PathBuf,
+    blob_quota: u64,
 }
 
 fn sha256(bytes: &[u8]) -> Vec<u8> {
@@ -144,6 +145,7 @@ impl Relay {
             crypto: RustCrypto::default(),
             fingerprint,
             blob_dir,
+            blob_quota: muster_proto::BLOB_QUOTA_PER_DEVICE,
         })
     }
 
@@ -157,6 +159,15 @@ impl Relay {
 
     pub(crate) fn db_mut(&mut self) -> &mut Connection {
         &mut self.db
+    }
+
+    /// Sets how many encrypted attachment bytes one device may keep on the relay at once.
+    pub fn set_blob_quota(&mut self, bytes: u64) {
+        self.blob_quota = bytes;
+    }
+
+    pub(crate) fn blob_quota(&self) -> u64 {
+        self.blob_quota
     }
 
     /// Where encrypted attachment blobs are kept.

@@ -916,4 +916,14 @@ fn blobs_are_for_group_members_within_the_size_limit() {
         ErrorCode::UnknownBlob,
         "deleted once fetched"
     );
+
+    // The per-device quota counts blobs still waiting for recipients.
+    w.relay.set_blob_quota(15);
+    let first = "11111111111111111111111111111111";
+    let second = "22222222222222222222222222222222";
+    ok(put(&mut w.relay, &w.admin, first, 10, 0, b"x"));
+    assert_eq!(
+        refused(put(&mut w.relay, &w.admin, second, 10, 0, b"x")),
+        ErrorCode::QuotaExceeded
+    );
 }
