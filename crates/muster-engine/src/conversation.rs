@@ -61,6 +61,88 @@ fn author_of(db: &Connection, group_id: &[u8], id: &str) -> Result<Option<String
         .optional()?)
 }
 
+/// Where a stored message sits: its status, relay sequence and display order.
+struct Placement {
+    status: &'static str,
+    relay_seq: Option<i64>,
+    sort_key: Option<i64>,
+    received_at: i64,
+    /// Receipts this device owes the sender (1 for received messages).
+    receipts_due: i64,
+    received: bool,
+}
+
+impl Placement {
+    fn of(envelope: &Envelope, origin: Origin) -> Self {
+        match origin {
+            Origin::Own => Self {
+                status: "sending",
+                relay_seq: None,
+                sort_key: None,
+                received_at: envelope.sent_at,
+                receipts_due: 0,
+                received: false,
+            },
+            Origin::Received { seq, at_ms } => Self {
+                status: "received",
+                relay_seq: Some(seq as i64),
+                sort_key: Some(order_key(seq, 0)),
+                received_at: at_ms,
+                receipts_due: 1,
+                received: true,
+            },
+        }
+    }
+}
+
+/// What only some kinds of message carry.
+#[derive(Default)]
+struct Extras<'a> {
+    reply_to: Option<&'a str>,
+    mentions: &'a [String],
+    ack_required: bool,
+    attachment: Option<String>,
+}
+
+/// Stores a message the user reads (text, alert or attachment). Returns whether it was received.
+#[allow(clippy::too_many_arguments)]
+fn insert_message(
+    db: &Connection,
+    group_id: &[u8],
+    envelope: &Envelope,
+    author: &Author,
+    placement: &Placement,
+    kind: &str,
+    body: &str,
+    extras: Extras,
+) -> Result<bool, EngineError> {
+    db.execute(
+        "INSERT OR IGNORE INTO messages (id, group_id, kind, sender, sender_device, body, sent_at, received_at,
+             relay_seq, status, sort_key, reply_to, mentions, ack_required, attachment,
+             delivered_receipt_due, read_receipt_due)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?16)",
+        params![
+            envelope.id,
+            group_id,
+            kind,
+            author.user,
+            author.device,
+            body,
+            envelope.sent_at,
+            placement.received_at,
+            placement.relay_seq,
+            placement.status,
+            placement.sort_key,
+            extras.reply_to,
+            serde_json::to_string(extras.mentions).expect("serialises"),
+            extras.ack_required,
+            extras.attachment,
+            placement.receipts_due
+        ],
+    )?;
+    Ok(placement.received)
+}
+
 /// Applies one envelope to the store. Returns whether it was a message the user reads.
 pub(crate) fn apply(
     db: &Connection,
@@ -70,44 +152,27 @@ pub(crate) fn apply(
     origin: Origin,
     managed: bool,
 ) -> Result<bool, EngineError> {
-    let (status, relay_seq, sort_key, received_at, due) = match origin {
-        Origin::Own => ("sending", None, None, envelope.sent_at, 0),
-        Origin::Received { seq, at_ms } => (
-            "received",
-            Some(seq as i64),
-            Some(order_key(seq, 0)),
-            at_ms,
-            1,
-        ),
-    };
+    let placement = Placement::of(envelope, origin);
+    let relay_seq = placement.relay_seq;
     match &envelope.body {
         Body::Text {
             text,
             reply_to,
             mentions,
-        } => {
-            db.execute(
-                "INSERT OR IGNORE INTO messages (id, group_id, kind, sender, sender_device, body, sent_at, received_at,
-                     relay_seq, status, sort_key, reply_to, mentions, delivered_receipt_due, read_receipt_due)
-                 VALUES (?1, ?2, 'text', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13)",
-                params![
-                    envelope.id,
-                    group_id,
-                    author.user,
-                    author.device,
-                    text,
-                    envelope.sent_at,
-                    received_at,
-                    relay_seq,
-                    status,
-                    sort_key,
-                    reply_to,
-                    serde_json::to_string(mentions).expect("serialises"),
-                    due
-                ],
-            )?;
-            Ok(matches!(origin, Origin::Received { .. }))
-        }
+        } => insert_message(
+            db,
+            group_id,
+            envelope,
+            author,
+            &placement,
+            "text",
+            text,
+            Extras {
+                reply_to: reply_to.as_deref(),
+                mentions,
+                ..Extras::default()
+            },
+        ),
         Body::Edit { target, text } => {
             if author_of(db, group_id, target)?.as_deref() == Some(author.user) {
                 db.execute(
@@ -178,54 +243,35 @@ pub(crate) fn apply(
             apply_group_name(db, group_id, name, author, origin, managed)?;
             Ok(false)
         }
-        Body::Alert { text, ack_required } => {
-            db.execute(
-                "INSERT OR IGNORE INTO messages (id, group_id, kind, sender, sender_device, body, sent_at, received_at,
-                     relay_seq, status, sort_key, ack_required, delivered_receipt_due, read_receipt_due)
-                 VALUES (?1, ?2, 'alert', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12)",
-                params![
-                    envelope.id,
-                    group_id,
-                    author.user,
-                    author.device,
-                    text,
-                    envelope.sent_at,
-                    received_at,
-                    relay_seq,
-                    status,
-                    sort_key,
-                    ack_required,
-                    due
-                ],
-            )?;
-            Ok(matches!(origin, Origin::Received { .. }))
-        }
+        Body::Alert { text, ack_required } => insert_message(
+            db,
+            group_id,
+            envelope,
+            author,
+            &placement,
+            "alert",
+            text,
+            Extras {
+                ack_required: *ack_required,
+                ..Extras::default()
+            },
+        ),
         Body::Attachment {
             attachment,
             caption,
-        } => {
-            let body = caption.clone().unwrap_or_else(|| attachment.name.clone());
-            db.execute(
-                "INSERT OR IGNORE INTO messages (id, group_id, kind, sender, sender_device, body, sent_at, received_at,
-                     relay_seq, status, sort_key, attachment, delivered_receipt_due, read_receipt_due)
-                 VALUES (?1, ?2, 'attachment', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12)",
-                params![
-                    envelope.id,
-                    group_id,
-                    author.user,
-                    author.device,
-                    body,
-                    envelope.sent_at,
-                    received_at,
-                    relay_seq,
-                    status,
-                    sort_key,
-                    serde_json::to_string(attachment).expect("serialises"),
-                    due
-                ],
-            )?;
-            Ok(matches!(origin, Origin::Received { .. }))
-        }
+        } => insert_message(
+            db,
+            group_id,
+            envelope,
+            author,
+            &placement,
+            "attachment",
+            caption.as_deref().unwrap_or(&attachment.name),
+            Extras {
+                attachment: Some(serde_json::to_string(attachment).expect("serialises")),
+                ..Extras::default()
+            },
+        ),
         Body::Ack { target } => {
             let alert_by: Option<String> = db
                 .query_row(
