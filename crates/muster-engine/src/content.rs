@@ -161,4 +161,23 @@ mod tests {
             vec!["bob".to_string(), "carol".to_string()]
         );
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_decrypted_payload_is_an_envelope_or_an_error(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048)
+        ) {
+            let _ = Envelope::from_bytes(&bytes);
+        }
+
+        #[test]
+        fn json_shaped_payloads_never_panic(text in "\\{\"v\":1,\"id\":\"[a-f0-9]{0,8}\",\"sent_at\":-?[0-9]{1,20},\"body\":\\{\"type\":\"[a-z_]{1,12}\".{0,80}\\}\\}") {
+            let _ = Envelope::from_bytes(text.as_bytes());
+        }
+
+        #[test]
+        fn mentions_never_panic(text in ".{0,300}") {
+            let _ = mentions_in(&text);
+        }
+    }
 }

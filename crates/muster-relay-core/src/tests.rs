@@ -927,3 +927,113 @@ fn blobs_are_for_group_members_within_the_size_limit() {
         ErrorCode::QuotaExceeded
     );
 }
+
+mod hostile_input {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(any::<u8>(), 0..max)
+    }
+
+    /// Requests whose payloads are attacker-chosen bytes the relay must parse.
+    fn hostile_request(group_id: Vec<u8>) -> impl Strategy<Value = Request> {
+        prop_oneof![
+            (bytes(2048), bytes(32)).prop_map({
+                let g = group_id.clone();
+                move |(message, client_id)| Request::Send {
+                    group_id: g.clone(),
+                    message,
+                    client_id,
+                }
+            }),
+            (bytes(2048), proptest::option::of(bytes(512))).prop_map({
+                let g = group_id.clone();
+                move |(commit, welcome)| Request::Commit {
+                    group_id: g.clone(),
+                    commit,
+                    welcome,
+                }
+            }),
+            bytes(2048).prop_map({
+                let g = group_id.clone();
+                move |proposal| Request::Propose {
+                    group_id: g.clone(),
+                    proposal,
+                }
+            }),
+            (bytes(2048), bytes(2048)).prop_map(|(group_info, ratchet_tree)| {
+                Request::CreateGroup {
+                    group_info,
+                    ratchet_tree,
+                }
+            }),
+            proptest::collection::vec(bytes(1024), 0..4).prop_map(|key_packages| {
+                Request::UploadKeyPackages {
+                    key_packages,
+                    last_resort: None,
+                }
+            }),
+            (bytes(64), any::<u64>(), any::<u32>()).prop_map(|(id, offset, max_len)| {
+                Request::BlobGet {
+                    blob_id: String::from_utf8_lossy(&id).into_owned(),
+                    offset,
+                    max_len,
+                }
+            }),
+            (bytes(64), bytes(128)).prop_map(|(user, token_hash)| Request::CreateInvite {
+                user: String::from_utf8_lossy(&user).into_owned(),
+                token_hash,
+                expires_at: u64::MAX,
+            }),
+            (bytes(64), bytes(64), bytes(128)).prop_map(|(token, device_key, proof)| {
+                Request::Enrol {
+                    invite_token: String::from_utf8_lossy(&token).into_owned(),
+                    device_key,
+                    profile: Profile::default(),
+                    proof,
+                }
+            }),
+            bytes(128).prop_map(|signature| Request::Prove { signature }),
+            (bytes(40), any::<u64>(), any::<u64>()).prop_map(|(group_id, seq, id)| Request::Ack {
+                items: vec![AckItem::Group { group_id, seq }, AckItem::Welcome { id },],
+            }),
+            any::<u32>().prop_map(|limit| Request::Fetch { limit }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// No input makes the relay panic, and members keep working afterwards.
+        #[test]
+        fn garbage_never_panics_the_relay_or_breaks_the_group(
+            inputs in proptest::collection::vec(hostile_request(vec![]), 1..6)
+        ) {
+            let mut w = World::new();
+            let bob = w.enrol("bob");
+            let (mut group, _) = w.group_with(&[&bob]);
+            let gid = group.group_id().as_slice().to_vec();
+            for request in inputs {
+                let request = match request {
+                    Request::Send { message, client_id, .. } => Request::Send { group_id: gid.clone(), message, client_id },
+                    Request::Commit { commit, welcome, .. } => Request::Commit { group_id: gid.clone(), commit, welcome },
+                    Request::Propose { proposal, .. } => Request::Propose { group_id: gid.clone(), proposal },
+                    other => other,
+                };
+                let _ = w.relay.handle(&bob.session, request.clone());
+                let _ = w.relay.handle_anonymous(request);
+            }
+            let id = crate::tests::tag();
+            let after = ok(send(&mut w.relay, &w.admin, &mut group, b"still here", &id));
+            let stored = matches!(after, Response::Stored { .. });
+            prop_assert!(stored, "the group stopped working");
+        }
+    }
+}
+
+/// A fresh client id for a test send.
+fn tag() -> Vec<u8> {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!("t{}", N.fetch_add(1, Ordering::Relaxed)).into_bytes()
+}
