@@ -25,6 +25,8 @@ pub enum ServeError {
 }
 
 const DB_FILE: &str = "relay.db";
+/// Open connections one device may hold at once.
+const MAX_CONNECTIONS_PER_DEVICE: usize = 16;
 /// Where `serve` records the address it listens on, for `health`.
 const ADDR_FILE: &str = "listen-addr";
 
@@ -143,9 +145,15 @@ struct Connected {
 }
 
 impl Connected {
-    fn add(&self, device: &str, id: u64, conn: quinn::Connection) {
+    /// Registers a device's connection; refuses one past the per-device limit.
+    fn add(&self, device: &str, id: u64, conn: quinn::Connection) -> bool {
         let mut map = self.by_device.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(device.to_string()).or_default().insert(id, conn);
+        let conns = map.entry(device.to_string()).or_default();
+        if conns.len() >= MAX_CONNECTIONS_PER_DEVICE {
+            return false;
+        }
+        conns.insert(id, conn);
+        true
     }
 
     fn remove(&self, device: &str, id: u64) {
@@ -309,7 +317,13 @@ async fn handle_stream(
                         if let Some(device) = device {
                             let mut reg = registered.lock().unwrap_or_else(|e| e.into_inner());
                             if reg.is_none() {
-                                shared.connected.add(&device, id, conn);
+                                if !shared.connected.add(&device, id, conn.clone()) {
+                                    conn.close(
+                                        3u32.into(),
+                                        b"too many connections from this device",
+                                    );
+                                    return Ok(());
+                                }
                                 *reg = Some(device);
                             }
                         }

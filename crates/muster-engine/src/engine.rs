@@ -2869,6 +2869,12 @@ impl Engine {
                             |r| r.get(0),
                         )?;
                     }
+                    Err(muster_net::NetError::Refused(e))
+                        if e.code == ErrorCode::RateLimited && attempts < MAX_COMMIT_ATTEMPTS =>
+                    {
+                        // The message stays queued; the relay asked us to slow down.
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
                     Err(muster_net::NetError::Refused(e)) => {
                         self.fail_outbox(&client_id, &group_id, &message_id, &e.message, report)?;
                         break;

@@ -341,6 +341,8 @@ pub enum ErrorCode {
     Internal,
     QuotaExceeded,
     UnknownBlob,
+    /// Too many requests from this device: wait and retry.
+    RateLimited,
 }
 
 /// A refusal with a human-readable reason.

@@ -9,6 +9,7 @@
 mod blobs;
 mod connection;
 mod error;
+mod limits;
 mod mls;
 mod relay;
 mod schema;
@@ -16,6 +17,7 @@ mod schema;
 pub use blobs::BLOB_RETENTION_SECS;
 pub use connection::ConnectionState;
 pub use error::StoreError;
+pub use limits::RateLimits;
 pub use relay::{Outcome, Relay, RelayStats, Session};
 
 #[cfg(test)]

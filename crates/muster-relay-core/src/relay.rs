@@ -81,6 +81,7 @@ pub struct Relay {
     fingerprint: String,
     blob_dir: PathBuf,
     blob_quota: u64,
+    limiter: crate::limits::Limiter,
 }
 
 fn sha256(bytes: &[u8]) -> Vec<u8> {
@@ -146,6 +147,7 @@ impl Relay {
             fingerprint,
             blob_dir,
             blob_quota: muster_proto::BLOB_QUOTA_PER_DEVICE,
+            limiter: Default::default(),
         })
     }
 
@@ -159,6 +161,11 @@ impl Relay {
 
     pub(crate) fn db_mut(&mut self) -> &mut Connection {
         &mut self.db
+    }
+
+    /// Sets how fast one device may send requests and store messages.
+    pub fn set_rate_limits(&mut self, limits: crate::limits::RateLimits) {
+        self.limiter.limits = limits;
     }
 
     /// Sets how many encrypted attachment bytes one device may keep on the relay at once.
@@ -324,8 +331,42 @@ impl Relay {
 
     /// Handles a request from an authenticated device.
     pub fn handle(&mut self, session: &Session, request: Request) -> Outcome {
+        self.handle_at(session, request, std::time::Instant::now())
+    }
+
+    /// Handles a request as of `now` (for the rate limits).
+    pub fn handle_at(
+        &mut self,
+        session: &Session,
+        request: Request,
+        now: std::time::Instant,
+    ) -> Outcome {
         if let Err(e) = self.session_active(session) {
             return Outcome::reply(Response::Error(e));
+        }
+        let posts = matches!(
+            request,
+            Request::Send { .. }
+                | Request::Commit { .. }
+                | Request::Propose { .. }
+                | Request::BlobPut { .. }
+        );
+        if let Err(limited) = self.limiter.admit(&session.device_id, posts, now) {
+            let limits = self.limiter.limits;
+            let message = match limited {
+                crate::limits::Limited::Posts => format!(
+                    "rate limit: at most {} messages per second per device (bursts of {}); wait and retry",
+                    limits.posts_per_sec, limits.post_burst
+                ),
+                crate::limits::Limited::Requests => format!(
+                    "rate limit: at most {} requests per second per device (bursts of {}); wait and retry",
+                    limits.requests_per_sec, limits.request_burst
+                ),
+            };
+            return Outcome::reply(Response::Error(RelayError::new(
+                ErrorCode::RateLimited,
+                message,
+            )));
         }
         let result = match request {
             Request::MyCertificate => self.my_certificate(session),

@@ -1037,3 +1037,76 @@ fn tag() -> Vec<u8> {
     static N: AtomicU64 = AtomicU64::new(0);
     format!("t{}", N.fetch_add(1, Ordering::Relaxed)).into_bytes()
 }
+
+#[test]
+fn a_flooding_device_is_slowed_down_and_others_are_unaffected() {
+    let mut w = World::new();
+    let bob = w.enrol("bob");
+    let (mut alice_group, mut joined) = w.group_with(&[&bob]);
+    let mut bob_group = joined.remove(0);
+    w.relay.set_rate_limits(crate::RateLimits {
+        requests_per_sec: 1000.0,
+        request_burst: 1000.0,
+        posts_per_sec: 5.0,
+        post_burst: 10.0,
+    });
+    let gid = bob_group.group_id().as_slice().to_vec();
+    let now = std::time::Instant::now();
+    let mut stored = 0;
+    let mut limited = 0;
+    for i in 0..30u32 {
+        let msg = bob_group
+            .create_message(&bob.provider, &bob.signer, b"spam")
+            .unwrap();
+        let out = w.relay.handle_at(
+            &bob.session,
+            Request::Send {
+                group_id: gid.clone(),
+                message: bytes(&msg),
+                client_id: format!("flood{i}").into_bytes(),
+            },
+            now,
+        );
+        match out.response {
+            Response::Stored { .. } => stored += 1,
+            Response::Error(e) => {
+                assert_eq!(e.code, ErrorCode::RateLimited);
+                assert!(e.message.contains("5 messages per second"), "{}", e.message);
+                limited += 1;
+            }
+            r => panic!("{r:?}"),
+        }
+    }
+    assert_eq!((stored, limited), (10, 20));
+    // Alice is not affected, and bob may go on a second later.
+    let msg = alice_group
+        .create_message(&w.admin.provider, &w.admin.signer, b"hello")
+        .unwrap();
+    assert!(matches!(
+        ok(w.relay.handle_at(
+            &w.admin.session,
+            Request::Send {
+                group_id: gid.clone(),
+                message: bytes(&msg),
+                client_id: b"a".to_vec(),
+            },
+            now,
+        )),
+        Response::Stored { .. }
+    ));
+    let msg = bob_group
+        .create_message(&bob.provider, &bob.signer, b"later")
+        .unwrap();
+    assert!(matches!(
+        ok(w.relay.handle_at(
+            &bob.session,
+            Request::Send {
+                group_id: gid,
+                message: bytes(&msg),
+                client_id: b"later".to_vec(),
+            },
+            now + std::time::Duration::from_secs(1),
+        )),
+        Response::Stored { .. }
+    ));
+}
