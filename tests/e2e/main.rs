@@ -6,6 +6,7 @@ mod conversation;
 mod crisis;
 mod delivery;
 mod enrolment;
+mod faults;
 mod groups;
 mod hostile;
 mod provision;
