@@ -9,4 +9,5 @@ mod enrolment;
 mod faults;
 mod groups;
 mod hostile;
+mod hostile_relay;
 mod provision;

@@ -1,0 +1,146 @@
+//! A hostile relay operator edits the relay's database between syncs. Every client must
+//! reject or detect each attack, and tell its user.
+
+use muster_e2e::{Device, Org};
+use rusqlite::{params, Connection};
+
+fn relay_db(org: &Org) -> Connection {
+    let db = Connection::open(org.relay.data.join("relay.db")).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+    db
+}
+
+fn device_id(d: &Device) -> String {
+    d.json(&["whoami"])[0]["device_id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn group_id(d: &Device, name: &str) -> Vec<u8> {
+    let hex_id = d.group(name)["id"].as_str().unwrap().to_string();
+    (0..hex_id.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex_id[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_substituted_key_package_is_refused() {
+    let org = Org::new("hostile-kp");
+    let bob = org.enrol("bob");
+    let carol = org.enrol("carol");
+    let (bob_id, carol_id) = (device_id(&bob), device_id(&carol));
+    // The operator hands out carol's KeyPackage when someone asks for bob's.
+    relay_db(&org)
+        .execute(
+            "UPDATE key_packages SET data = (SELECT data FROM key_packages WHERE device_id = ?2 LIMIT 1)
+             WHERE device_id = ?1",
+            params![bob_id, carol_id],
+        )
+        .unwrap();
+    let err = org
+        .admin
+        .fails(&["group", "create", "ops", "--members", "bob"]);
+    assert!(
+        err.contains("KeyPackage of carol for bob: refused"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_replayed_message_is_detected_and_not_stored_twice() {
+    let org = Org::new("hostile-replay");
+    let bob = org.enrol("bob");
+    org.admin
+        .ok(&["group", "create", "ops", "--members", "bob"]);
+    bob.ok(&["sync"]);
+    org.admin.ok(&["send", "ops", "transfer approved"]);
+    bob.ok(&["sync"]);
+    let gid = group_id(&org.admin, "ops");
+    let db = relay_db(&org);
+    let last: i64 = db
+        .query_row(
+            "SELECT last_seq FROM groups WHERE group_id = ?1",
+            [&gid],
+            |r| r.get(0),
+        )
+        .unwrap();
+    db.execute(
+        "INSERT INTO messages (group_id, seq, epoch, kind, sender_device, client_id, data, stored_at)
+         SELECT group_id, ?2, epoch, kind, sender_device, NULL, data, stored_at FROM messages
+         WHERE group_id = ?1 AND kind = 'application' AND sender_device = ?3 ORDER BY seq DESC LIMIT 1",
+        params![gid, last + 1, device_id(&org.admin)],
+    )
+    .unwrap();
+    db.execute(
+        "UPDATE groups SET last_seq = ?2 WHERE group_id = ?1",
+        params![gid, last + 1],
+    )
+    .unwrap();
+    let out = bob.ok(&["sync"]);
+    assert!(
+        out.contains("warning: message cannot be processed"),
+        "{out}"
+    );
+    assert_eq!(bob.texts("ops"), ["transfer approved"]);
+    let notices = bob.json(&["read", "ops"]);
+    assert!(notices.iter().any(|m| m["kind"] == "system"
+        && m["text"]
+            .as_str()
+            .unwrap()
+            .contains("could not be processed")));
+}
+
+#[test]
+fn a_dropped_commit_is_detected() {
+    let org = Org::new("hostile-drop");
+    let bob = org.enrol("bob");
+    let _carol = org.enrol("carol");
+    org.admin
+        .ok(&["group", "create", "ops", "--members", "bob"]);
+    bob.ok(&["sync"]);
+    org.admin.ok(&["group", "add", "ops", "carol"]);
+    // The operator withholds the commit from bob.
+    let gid = group_id(&org.admin, "ops");
+    relay_db(&org)
+        .execute(
+            "DELETE FROM messages WHERE group_id = ?1 AND kind = 'commit'
+             AND seq = (SELECT MAX(seq) FROM messages WHERE group_id = ?1 AND kind = 'commit')",
+            [&gid],
+        )
+        .unwrap();
+    org.admin.ok(&["send", "ops", "after the add"]);
+    let out = bob.ok(&["sync"]);
+    assert!(
+        out.contains("warning: message cannot be processed"),
+        "{out}"
+    );
+    assert!(!bob.texts("ops").contains(&"after the add".to_string()));
+}
+
+#[test]
+fn a_welcome_to_a_group_never_joined_is_rejected() {
+    let org = Org::new("hostile-welcome");
+    let bob = org.enrol("bob");
+    let carol = org.enrol("carol");
+    let (bob_id, carol_id) = (device_id(&bob), device_id(&carol));
+    org.admin
+        .ok(&["group", "create", "secret", "--members", "carol"]);
+    // The operator copies carol's Welcome to bob, who was never invited.
+    relay_db(&org)
+        .execute(
+            "INSERT INTO welcomes (device_id, group_id, data, stored_at)
+             SELECT ?1, group_id, data, stored_at FROM welcomes WHERE device_id = ?2",
+            params![bob_id, carol_id],
+        )
+        .unwrap();
+    let out = bob.ok(&["sync"]);
+    assert!(
+        out.contains("warning: rejected an invitation to a group"),
+        "{out}"
+    );
+    assert!(bob.json(&["groups"]).is_empty());
+    carol.ok(&["sync"]);
+    assert_eq!(carol.members("secret"), ["alice", "carol"]);
+}
