@@ -208,9 +208,9 @@ fn personal_view_mutes_pins_and_notification_levels_but_alerts_always_come_throu
         "notify-command",
         &format!("echo \"$MUSTER_KIND:$MUSTER_TEXT\" >> {}", log.display()),
     ]);
-    let notified = |text: &str| {
-        // The hook runs in the background; give it a moment to write.
-        let deadline = Instant::now() + Duration::from_secs(3);
+    let seen_within = |text: &str, wait: Duration| {
+        // The hook runs in the background; give it time to write.
+        let deadline = Instant::now() + wait;
         loop {
             let seen = std::fs::read_to_string(&log)
                 .unwrap_or_default()
@@ -221,13 +221,17 @@ fn personal_view_mutes_pins_and_notification_levels_but_alerts_always_come_throu
             std::thread::sleep(Duration::from_millis(20));
         }
     };
+    // Expected notifications may take a while on a loaded machine; each absent one is
+    // checked after the expected one from the same sync has arrived.
+    let notified = |text: &str| seen_within(text, Duration::from_secs(15));
+    let not_notified = |text: &str| !seen_within(text, Duration::from_millis(500));
 
     bob.ok(&["mute", "ops"]);
     alice.ok(&["send", "ops", "muted chatter"]);
     alice.ok(&["alert", "ops", "urgent even when muted"]);
     bob.ok(&["sync"]);
     assert!(notified("alert:urgent even when muted"));
-    assert!(!notified("muted chatter"));
+    assert!(not_notified("muted chatter"));
     assert_eq!(
         bob.texts("ops"),
         ["muted chatter"],
@@ -240,7 +244,7 @@ fn personal_view_mutes_pins_and_notification_levels_but_alerts_always_come_throu
     alice.ok(&["send", "ops", "@bob please check"]);
     bob.ok(&["sync"]);
     assert!(notified("text:@bob please check"));
-    assert!(!notified("general note"));
+    assert!(not_notified("general note"));
 
     bob.ok(&["notify-level", "ops", "all"]);
     bob.ok(&["mute", "--user", "carol"]);
@@ -248,7 +252,7 @@ fn personal_view_mutes_pins_and_notification_levels_but_alerts_always_come_throu
     alice.ok(&["send", "ops", "from alice"]);
     bob.ok(&["sync"]);
     assert!(notified("text:from alice"));
-    assert!(!notified("from muted carol"));
+    assert!(not_notified("from muted carol"));
 
     bob.ok(&["pin", "social"]);
     let groups = bob.json(&["groups"]);
