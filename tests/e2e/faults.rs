@@ -165,3 +165,58 @@ fn relay_and_client_crashes_lose_and_duplicate_nothing() {
         views[0].len()
     );
 }
+
+#[test]
+fn an_admin_killed_mid_commit_recovers_and_the_group_stays_consistent() {
+    let seed = seed();
+    eprintln!("fault seed {seed}");
+    let mut rng = Lcg(seed);
+    let org = Org::new("crash-commit");
+    let alice = &org.admin;
+    let bob = org.enrol("bob");
+    let others: Vec<Device> = (0..4).map(|i| org.enrol(&format!("extra{i}"))).collect();
+    alice.ok(&["group", "create", "g", "--members", "bob"]);
+    bob.ok(&["sync"]);
+    for (i, d) in others.iter().enumerate() {
+        // Kill alice's `group add` at a random moment: before, during or after the relay
+        // stored the commit.
+        let mut child = alice
+            .command()
+            .args(["group", "add", "g", &d.name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(10 + rng.next(250)));
+        let _ = child.kill();
+        let _ = child.wait();
+        alice.ok(&["sync"]);
+        if !alice.members("g").contains(&d.name) {
+            alice.ok(&["group", "add", "g", &d.name]);
+        }
+        bob.ok(&["sync"]);
+        d.ok(&["sync"]);
+        let expected = alice.members("g");
+        assert_eq!(
+            bob.members("g"),
+            expected,
+            "round {i}: bob disagrees with alice"
+        );
+        assert_eq!(d.members("g"), expected, "round {i}: {} disagrees", d.name);
+        assert_eq!(
+            bob.group("g")["epoch"],
+            alice.group("g")["epoch"],
+            "round {i}: epochs differ"
+        );
+    }
+    alice.ok(&["send", "g", "all aboard"]);
+    for d in others.iter().chain(std::iter::once(&bob)) {
+        d.ok(&["sync"]);
+        assert_eq!(
+            d.texts("g").last().map(String::as_str),
+            Some("all aboard"),
+            "{}",
+            d.name
+        );
+    }
+}

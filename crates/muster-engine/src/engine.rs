@@ -1643,12 +1643,7 @@ impl Engine {
             })
             .await?;
         if added {
-            let name: String = self.db.query_row(
-                "SELECT name FROM groups WHERE group_id = ?1",
-                [group_id],
-                |r| r.get(0),
-            )?;
-            self.enqueue(group_id, Body::GroupMeta { name })?;
+            // run_commit queued the group's name for the new members.
             self.flush_outbox(conn, &mut SyncReport::default()).await?;
         }
         Ok(())
@@ -1882,9 +1877,15 @@ impl Engine {
                     let provider = Provider::new(&self.crypto, &tx);
                     let mut group = load_group(&provider, group_id)?;
                     let notice = describe_pending_commit(&group);
+                    let adds = group
+                        .pending_commit()
+                        .is_some_and(|staged| staged.add_proposals().next().is_some());
                     group
                         .merge_pending_commit(&provider)
                         .map_err(EngineError::mls)?;
+                    if adds {
+                        queue_name_for_new_members(&provider, &mut group, &signer, &device)?;
+                    }
                     tx.execute(
                         "DELETE FROM pending_commits WHERE group_id = ?1",
                         [group_id],
@@ -2068,34 +2069,14 @@ impl Engine {
     fn enqueue(&mut self, group_id: &[u8], body: Body) -> Result<String, EngineError> {
         let device = self.device()?;
         let signer = self.signer(&device)?;
-        let message_id = random_hex(16);
-        let envelope = Envelope::new(message_id.clone(), now_ms(), body);
+        let envelope = Envelope::new(random_hex(16), now_ms(), body);
+        let message_id = envelope.id.clone();
         let tx = self
             .db
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let provider = Provider::new(&self.crypto, &tx);
         let mut group = load_group(&provider, group_id)?;
-        let ciphertext = group
-            .create_message(&provider, &signer, &envelope.to_bytes())
-            .map_err(EngineError::mls)?;
-        let position: i64 = tx.query_row(
-            "SELECT COALESCE(MAX(position), 0) + 1 FROM outbox",
-            [],
-            |r| r.get(0),
-        )?;
-        tx.execute(
-            "INSERT INTO outbox (client_id, position, group_id, message_id, envelope, ciphertext) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![sha256(message_id.as_bytes())[..16].to_vec(), position, group_id, message_id, envelope.to_bytes(), mls_bytes(&ciphertext)?],
-        )?;
-        if !matches!(envelope.body, Body::Receipt { .. }) {
-            let admin = device.certificate.as_ref().is_some_and(|c| c.is_admin());
-            let author = Author {
-                user: &device.user,
-                device: &device.device_id,
-                admin,
-            };
-            conversation::apply(&tx, group_id, &envelope, &author, Origin::Own, false)?;
-        }
+        queue_in(&provider, &mut group, &signer, &device, envelope)?;
         tx.commit()?;
         Ok(message_id)
     }
@@ -3391,6 +3372,7 @@ impl Engine {
         report: &mut SyncReport,
     ) -> Result<(), EngineError> {
         let device = self.device()?;
+        let signer = self.signer(&device)?;
         let tx = self
             .db
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -3445,9 +3427,15 @@ impl Engine {
                 if let Some(text) = describe_pending_commit(&group) {
                     notices.push(format!("you {text}"));
                 }
+                let adds = group
+                    .pending_commit()
+                    .is_some_and(|staged| staged.add_proposals().next().is_some());
                 group
                     .merge_pending_commit(&provider)
                     .map_err(EngineError::mls)?;
+                if adds {
+                    queue_name_for_new_members(&provider, &mut group, &signer, &device)?;
+                }
             } else {
                 group
                     .clear_pending_commit(provider.storage())
@@ -3734,6 +3722,57 @@ fn should_notify(db: &Connection, group_id: &[u8], n: &Notification) -> Result<b
         "mentions" => n.mentions_me,
         _ => true,
     })
+}
+
+/// Encrypts `envelope` for the group and puts it in the outbox, with its effect on this
+/// device's own store, all inside the caller's transaction.
+fn queue_in(
+    provider: &Provider,
+    group: &mut MlsGroup,
+    signer: &SignatureKeyPair,
+    device: &DeviceRow,
+    envelope: Envelope,
+) -> Result<(), EngineError> {
+    let db = provider.storage_connection();
+    let group_id = group.group_id().as_slice().to_vec();
+    let ciphertext = group
+        .create_message(provider, signer, &envelope.to_bytes())
+        .map_err(EngineError::mls)?;
+    let position: i64 = db.query_row(
+        "SELECT COALESCE(MAX(position), 0) + 1 FROM outbox",
+        [],
+        |r| r.get(0),
+    )?;
+    db.execute(
+        "INSERT INTO outbox (client_id, position, group_id, message_id, envelope, ciphertext) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![sha256(envelope.id.as_bytes())[..16].to_vec(), position, group_id, envelope.id, envelope.to_bytes(), mls_bytes(&ciphertext)?],
+    )?;
+    if !matches!(envelope.body, Body::Receipt { .. }) {
+        let author = Author {
+            user: &device.user,
+            device: &device.device_id,
+            admin: device.certificate.as_ref().is_some_and(|c| c.is_admin()),
+        };
+        conversation::apply(db, &group_id, &envelope, &author, Origin::Own, false)?;
+    }
+    Ok(())
+}
+
+/// After merging a commit that added members: tell them the group's name, in the same
+/// transaction, so a crash cannot leave them without it.
+fn queue_name_for_new_members(
+    provider: &Provider,
+    group: &mut MlsGroup,
+    signer: &SignatureKeyPair,
+    device: &DeviceRow,
+) -> Result<(), EngineError> {
+    let name: String = provider.storage_connection().query_row(
+        "SELECT name FROM groups WHERE group_id = ?1",
+        [group.group_id().as_slice()],
+        |r| r.get(0),
+    )?;
+    let envelope = Envelope::new(random_hex(16), now_ms(), Body::GroupMeta { name });
+    queue_in(provider, group, signer, device, envelope)
 }
 
 fn device_ids_in(group: &MlsGroup) -> Vec<String> {

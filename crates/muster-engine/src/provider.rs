@@ -26,6 +26,7 @@ pub(crate) type Storage<'a> =
 pub(crate) struct Provider<'a> {
     crypto: &'a RustCrypto,
     storage: Storage<'a>,
+    connection: &'a Connection,
 }
 
 impl<'a> Provider<'a> {
@@ -33,7 +34,13 @@ impl<'a> Provider<'a> {
         Self {
             crypto,
             storage: Storage::new(connection),
+            connection,
         }
+    }
+
+    /// The connection (or open transaction) the provider writes through.
+    pub(crate) fn storage_connection(&self) -> &'a Connection {
+        self.connection
     }
 }
 
