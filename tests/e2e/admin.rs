@@ -74,8 +74,6 @@ fn audit_log_records_metadata_and_never_content() {
 
 #[test]
 fn revoked_user_is_cut_off_at_once_and_removed_from_every_group_exactly_once() {
-    use std::io::{BufRead, BufReader};
-    use std::process::Stdio;
     use std::time::{Duration, Instant};
 
     let org = Org::new("revoke");
@@ -98,33 +96,14 @@ fn revoked_user_is_cut_off_at_once_and_removed_from_every_group_exactly_once() {
     let g2 = carol.group("g2")["id"].as_str().unwrap().to_string();
 
     // Bob is connected, chatting.
-    let mut chat = bob
-        .command()
-        .args(["chat", "g1"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let stdout = chat.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !rx
-        .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-        .expect("chat started")
-        .contains("--- chatting in g1")
-    {}
+    let mut chat = bob.chat("g1", &[]);
+    chat.wait_for("--- chatting in g1");
 
     // Timed from the start of the admin's command, which also commits bob's removal.
     let revoked_at = Instant::now();
     alice.ok(&["admin", "revoke", "bob"]);
     let status = loop {
-        if let Some(status) = chat.try_wait().unwrap() {
+        if let Some(status) = chat.child.try_wait().unwrap() {
             break status;
         }
         assert!(
@@ -138,8 +117,7 @@ fn revoked_user_is_cut_off_at_once_and_removed_from_every_group_exactly_once() {
         revoked_at.elapsed()
     );
     assert!(!status.success());
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut chat.stderr.take().unwrap(), &mut stderr).unwrap();
+    let stderr = chat.stderr();
     assert!(stderr.contains("revoked"), "{stderr}");
 
     // New connections are refused too.

@@ -1,4 +1,4 @@
-use muster_e2e::Org;
+use muster_e2e::{dir_contains, Org};
 
 fn pseudo_random_file(path: &std::path::Path, size: usize, marker: &[u8]) -> Vec<u8> {
     let mut data = Vec::with_capacity(size);
@@ -13,18 +13,6 @@ fn pseudo_random_file(path: &std::path::Path, size: usize, marker: &[u8]) -> Vec
     data[1000..1000 + marker.len()].copy_from_slice(marker);
     std::fs::write(path, &data).unwrap();
     data
-}
-
-fn contains(path: &std::path::Path, needle: &[u8]) -> bool {
-    std::fs::read_dir(path).into_iter().flatten().any(|e| {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            contains(&p, needle)
-        } else {
-            let bytes = std::fs::read(p).unwrap_or_default();
-            bytes.windows(needle.len()).any(|w| w == needle)
-        }
-    })
 }
 
 #[test]
@@ -48,8 +36,8 @@ fn a_20_mib_attachment_round_trips_bit_exactly_and_the_blob_is_deleted_after() {
     ]);
     let id = out.trim().strip_prefix("sent ").unwrap().to_string();
     // The relay holds only ciphertext.
-    assert!(!contains(&org.relay.data, marker));
-    assert!(!contains(&org.relay.data, b"site-plan"));
+    assert!(!dir_contains(&org.relay.data, marker));
+    assert!(!dir_contains(&org.relay.data, b"site-plan"));
 
     bob.ok(&["sync"]);
     let msgs = bob.json(&["read", "ops"]);

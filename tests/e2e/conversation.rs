@@ -1,4 +1,4 @@
-use muster_e2e::Org;
+use muster_e2e::{dir_contains, Org};
 use serde_json::Value;
 
 fn message<'a>(list: &'a [Value], text_or_id: &str) -> &'a Value {
@@ -12,13 +12,6 @@ fn sent_id(out: &str) -> String {
         .strip_prefix("sent ")
         .expect("send prints the id")
         .to_string()
-}
-
-fn file_contains(dir: &std::path::Path, needle: &str) -> bool {
-    std::fs::read_dir(dir).unwrap().any(|e| {
-        let bytes = std::fs::read(e.unwrap().path()).unwrap_or_default();
-        bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
-    })
 }
 
 #[test]
@@ -88,13 +81,13 @@ fn replies_edits_deletes_reactions_and_receipts_reach_an_offline_member_in_order
     bob.ok(&["sync"]);
     for d in [alice, &bob, &carol] {
         assert!(
-            !file_contains(&d.home, "WRONG-CHANNEL-MARKER-42"),
+            !dir_contains(&d.home, b"WRONG-CHANNEL-MARKER-42"),
             "{} still has it",
             d.name
         );
     }
-    assert!(!file_contains(&org.relay.data, "briefing at"));
-    assert!(!file_contains(&org.relay.data, "on my way"));
+    assert!(!dir_contains(&org.relay.data, b"briefing at"));
+    assert!(!dir_contains(&org.relay.data, b"on my way"));
 }
 
 #[test]
@@ -169,7 +162,7 @@ fn disappearing_messages_are_gone_from_every_store_after_their_time() {
     assert!(carol.texts("ops").is_empty());
     for d in [alice, &bob, &carol] {
         assert!(
-            !file_contains(&d.home, "VANISH-MARKER"),
+            !dir_contains(&d.home, b"VANISH-MARKER"),
             "{} still stores it",
             d.name
         );

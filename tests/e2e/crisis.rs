@@ -1,14 +1,7 @@
-use muster_e2e::{wait_until, Org};
-use std::io::{BufRead, BufReader, Write};
+use muster_e2e::{dir_contains, wait_until, Org};
+
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-
-fn file_contains(dir: &std::path::Path, needle: &str) -> bool {
-    std::fs::read_dir(dir).unwrap().any(|e| {
-        let bytes = std::fs::read(e.unwrap().path()).unwrap_or_default();
-        bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
-    })
-}
 
 #[test]
 fn alerts_are_surfaced_reminded_acknowledged_and_rolled_call() {
@@ -39,35 +32,8 @@ fn alerts_are_surfaced_reminded_acknowledged_and_rolled_call() {
     ]);
 
     // Carol is chatting; reminders every second.
-    let mut chat = carol
-        .command()
-        .args(["chat", "crisis"])
-        .env("MUSTER_REMINDER_SECS", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let stdout = chat.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let wait_line = |needle: &str| {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("chat never showed {needle:?}"));
-            if line.contains(needle) {
-                return line;
-            }
-        }
-    };
-    wait_line("--- chatting in crisis");
+    let mut chat = carol.chat("crisis", &[("MUSTER_REMINDER_SECS", "1")]);
+    chat.wait_for("--- chatting in crisis");
 
     let out = alice.ok(&[
         "alert",
@@ -76,13 +42,11 @@ fn alerts_are_surfaced_reminded_acknowledged_and_rolled_call() {
         "--ack-required",
     ]);
     let id = out.trim().strip_prefix("alert sent ").unwrap().to_string();
-    wait_line("🚨 ALERT from alice: EVACUATE-MARKER building B");
+    chat.wait_for("🚨 ALERT from alice: EVACUATE-MARKER building B");
     // Until she answers, carol is reminded.
-    wait_line("reminder: 🚨 alice");
-    let stdin = chat.stdin.as_mut().unwrap();
-    writeln!(stdin, "/ack {}", &id[..8]).unwrap();
-    stdin.flush().unwrap();
-    wait_line("acknowledged");
+    chat.wait_for("reminder: 🚨 alice");
+    chat.type_line(&format!("/ack {}", &id[..8]));
+    chat.wait_for("acknowledged");
 
     // Bob's notification hook fires; he acknowledges from the command line.
     bob.ok(&["sync"]);
@@ -130,9 +94,9 @@ fn alerts_are_surfaced_reminded_acknowledged_and_rolled_call() {
     std::io::Read::read_to_string(&mut watch.stdout.take().unwrap(), &mut out).unwrap();
     assert!(out.contains("3 of 3 acknowledged"), "{out}");
 
-    writeln!(chat.stdin.as_mut().unwrap(), "/quit").unwrap();
-    assert!(chat.wait().unwrap().success());
-    assert!(!file_contains(&org.relay.data, "EVACUATE-MARKER"));
+    chat.type_line("/quit");
+    assert!(chat.child.wait().unwrap().success());
+    assert!(!dir_contains(&org.relay.data, b"EVACUATE-MARKER"));
 }
 
 #[test]
@@ -189,7 +153,7 @@ fn the_situation_board_converges_after_concurrent_updates() {
     let keys: Vec<&str> = boards[0].iter().map(|e| e.0.as_str().unwrap()).collect();
     assert_eq!(keys, ["casualties", "location"]);
     assert!(boards[0].iter().all(|e| e.3 == false));
-    assert!(!file_contains(&org.relay.data, "Pier-MARKER"));
+    assert!(!dir_contains(&org.relay.data, b"Pier-MARKER"));
 }
 
 #[test]

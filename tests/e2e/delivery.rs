@@ -1,5 +1,5 @@
 use muster_e2e::{wait_until, Org};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -66,45 +66,18 @@ fn chat_shows_pushed_messages_live() {
     org.admin
         .ok(&["group", "create", "ops", "--members", "bob"]);
     bob.ok(&["sync"]);
-    let mut chat = bob
-        .command()
-        .args(["chat", "ops"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = chat.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut seen = Vec::new();
-    let wait_for = |needle: &str, seen: &mut Vec<String>| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !seen.iter().any(|l: &String| l.contains(needle)) {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => seen.push(line),
-                Err(_) => panic!("chat never showed {needle:?}; saw {seen:?}"),
-            }
-        }
-    };
-    wait_for("--- chatting in ops", &mut seen);
+    let mut chat = bob.chat("ops", &[]);
+    chat.wait_for("--- chatting in ops");
     // A message from alice appears without bob doing anything.
     let started = std::time::Instant::now();
     org.admin.ok(&["send", "ops", "live from alice"]);
-    wait_for("alice: live from alice", &mut seen);
+    chat.wait_for("alice: live from alice");
     eprintln!(
         "push latency including alice's send: {:?}",
         started.elapsed()
     );
     // A line bob types is sent.
-    let stdin = chat.stdin.as_mut().unwrap();
-    writeln!(stdin, "typed by bob").unwrap();
-    stdin.flush().unwrap();
+    chat.type_line("typed by bob");
     wait_until(
         Duration::from_secs(10),
         "alice to receive bob's line",
@@ -113,8 +86,8 @@ fn chat_shows_pushed_messages_live() {
             org.admin.texts("ops").contains(&"typed by bob".to_string())
         },
     );
-    writeln!(stdin, "/quit").unwrap();
-    let status = chat.wait().unwrap();
+    chat.type_line("/quit");
+    let status = chat.child.wait().unwrap();
     assert!(status.success());
 }
 

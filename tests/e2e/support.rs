@@ -326,3 +326,95 @@ impl Org {
         device
     }
 }
+
+/// A running `muster chat`, read line by line.
+pub struct Chat {
+    pub child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Device {
+    /// Starts `muster chat GROUP` with extra environment variables.
+    pub fn chat(&self, group: &str, env: &[(&str, &str)]) -> Chat {
+        let mut cmd = self.command();
+        cmd.args(["chat", group])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start muster chat");
+        let stdout = child.stdout.take().expect("chat stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Chat {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+        }
+    }
+}
+
+impl Chat {
+    /// Waits (up to 15 s) until a line containing `needle` has been shown; returns it.
+    pub fn wait_for(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
+                return line.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => panic!("chat never showed {needle:?}; it showed {:?}", self.seen),
+            }
+        }
+    }
+
+    /// Types a line, as the user would.
+    pub fn type_line(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().expect("chat stdin");
+        writeln!(stdin, "{line}").expect("write to chat");
+        stdin.flush().expect("flush chat input");
+    }
+
+    /// What the chat printed on standard error (read once it has exited).
+    pub fn stderr(&mut self) -> String {
+        let mut text = String::new();
+        if let Some(mut err) = self.child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut err, &mut text);
+        }
+        text
+    }
+}
+
+impl Drop for Chat {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Whether any file under `dir` (recursively) contains `needle`.
+pub fn dir_contains(dir: &Path, needle: &[u8]) -> bool {
+    std::fs::read_dir(dir).into_iter().flatten().any(|entry| {
+        let path = entry.expect("directory entry").path();
+        if path.is_dir() {
+            dir_contains(&path, needle)
+        } else {
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            bytes.windows(needle.len()).any(|w| w == needle)
+        }
+    })
+}
