@@ -419,6 +419,21 @@ fn default_home() -> PathBuf {
     }
 }
 
+/// Prints each item: one JSON object per line with `--json`, else as `human` says.
+fn print_listing<T: serde::Serialize>(
+    items: impl IntoIterator<Item = T>,
+    json: bool,
+    human: impl Fn(&T),
+) {
+    for item in items {
+        if json {
+            print_json(&item);
+        } else {
+            human(&item);
+        }
+    }
+}
+
 fn print_json(value: &impl serde::Serialize) {
     println!(
         "{}",
@@ -477,6 +492,16 @@ fn print_message(m: &MessageView) {
     }
     line.push_str(&format!("  #{short}"));
     println!("{line}");
+}
+
+/// " (Site lead, Works)" for whichever of the two a person reveals, or nothing.
+fn title_and_department(title: Option<&str>, department: Option<&str>) -> String {
+    let shown: Vec<&str> = [title, department].into_iter().flatten().collect();
+    if shown.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", shown.join(", "))
+    }
 }
 
 fn describe_profile(p: &Profile) -> String {
@@ -723,46 +748,30 @@ async fn run(cli: Cli) -> Result<(), EngineError> {
             let conn = connected(&mut engine).await?;
             let devices = engine.devices(&conn).await;
             conn.close().await;
-            for d in devices? {
-                if flag.json {
-                    print_json(&d);
-                } else {
-                    println!(
-                        "{}{}  enrolled until {}",
-                        d.device_id,
-                        if d.this_device { " (this device)" } else { "" },
-                        d.enrolled_until
-                    );
-                }
-            }
+            print_listing(devices?, flag.json, |d| {
+                println!(
+                    "{}{}  enrolled until {}",
+                    d.device_id,
+                    if d.this_device { " (this device)" } else { "" },
+                    d.enrolled_until
+                );
+            });
         }
         Command::Pending(flag) => {
             let conn = connected(&mut engine).await?;
             let pending = engine.pending(&conn).await?;
             conn.close().await;
-            for p in &pending {
-                if flag.json {
-                    print_json(p);
-                } else {
-                    let extra: Vec<&str> = [p.title.as_deref(), p.department.as_deref()]
-                        .into_iter()
-                        .flatten()
-                        .collect();
-                    println!(
-                        "{}{}  \"{}\"{}  device {}  requested {}",
-                        p.user,
-                        if p.linked { " (new device)" } else { "" },
-                        p.display_name,
-                        if extra.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" ({})", extra.join(", "))
-                        },
-                        p.device_id,
-                        p.requested_at
-                    );
-                }
-            }
+            print_listing(&pending, flag.json, |p| {
+                println!(
+                    "{}{}  \"{}\"{}  device {}  requested {}",
+                    p.user,
+                    if p.linked { " (new device)" } else { "" },
+                    p.display_name,
+                    title_and_department(p.title.as_deref(), p.department.as_deref()),
+                    p.device_id,
+                    p.requested_at
+                );
+            });
             if pending.is_empty() && !flag.json {
                 println!("no pending enrolment requests");
             }
@@ -848,13 +857,9 @@ async fn run(cli: Cli) -> Result<(), EngineError> {
             return result;
         }
         Command::Groups(flag) => {
-            for g in engine.groups()? {
-                if flag.json {
-                    print_json(&g);
-                } else {
-                    print_group(&g);
-                }
-            }
+            print_listing(engine.groups()?, flag.json, |g| {
+                print_group(g);
+            });
         }
         Command::Send {
             group,
@@ -921,26 +926,18 @@ async fn run(cli: Cli) -> Result<(), EngineError> {
             json,
         } => {
             let found = engine.search(&query, group.as_deref(), limit)?;
-            for m in &found {
-                if json {
-                    print_json(m);
-                } else {
-                    print!("{}: ", m.group);
-                    print_message(m);
-                }
-            }
+            print_listing(&found, json, |m| {
+                print!("{}: ", m.group);
+                print_message(m);
+            });
             if found.is_empty() && !json {
                 println!("no messages match {query:?}");
             }
         }
         Command::Alerts(flag) => {
-            for m in engine.unacknowledged_alerts()? {
-                if flag.json {
-                    print_json(&m);
-                } else {
-                    print_message(&m);
-                }
-            }
+            print_listing(engine.unacknowledged_alerts()?, flag.json, |m| {
+                print_message(m);
+            });
         }
         Command::Board {
             group,
@@ -957,19 +954,15 @@ async fn run(cli: Cli) -> Result<(), EngineError> {
             if let Some(queued) = queued {
                 deliver_queued(&mut engine, &queued).await?;
             }
-            for e in engine.board(&group)? {
-                if json {
-                    print_json(&e);
-                } else {
-                    println!(
-                        "{:<16} {}  ({}{})",
-                        e.key,
-                        e.value,
-                        e.author,
-                        if e.pending { ", not yet sent" } else { "" }
-                    );
-                }
-            }
+            print_listing(engine.board(&group)?, json, |e| {
+                println!(
+                    "{:<16} {}  ({}{})",
+                    e.key,
+                    e.value,
+                    e.author,
+                    if e.pending { ", not yet sent" } else { "" }
+                );
+            });
         }
         Command::Mute { target, user } => set_mute(&engine, &target, user, true)?,
         Command::Unmute { target, user } => set_mute(&engine, &target, user, false)?,
@@ -1047,13 +1040,9 @@ async fn run(cli: Cli) -> Result<(), EngineError> {
         }
         Command::Read { group, limit, json } => {
             let shown = engine.read(&group, limit)?;
-            for m in &shown {
-                if json {
-                    print_json(m);
-                } else {
-                    print_message(m);
-                }
-            }
+            print_listing(&shown, json, |m| {
+                print_message(m);
+            });
             // Read receipts go out with the next sync or send.
             if let Err(e) = engine.mark_read(&shown) {
                 eprintln!("note: read receipts not queued: {e}");
@@ -1064,27 +1053,15 @@ async fn run(cli: Cli) -> Result<(), EngineError> {
             let conn = connected(&mut engine).await?;
             let entries = engine.directory(&conn).await;
             conn.close().await;
-            for e in entries? {
-                if flag.json {
-                    print_json(&e);
-                } else {
-                    let extra: Vec<&str> = [e.title.as_deref(), e.department.as_deref()]
-                        .into_iter()
-                        .flatten()
-                        .collect();
-                    println!(
-                        "{:<16} {}{}  [{}]",
-                        e.user,
-                        e.display_name,
-                        if extra.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" ({})", extra.join(", "))
-                        },
-                        e.roles.join(", ")
-                    );
-                }
-            }
+            print_listing(entries?, flag.json, |e| {
+                println!(
+                    "{:<16} {}{}  [{}]",
+                    e.user,
+                    e.display_name,
+                    title_and_department(e.title.as_deref(), e.department.as_deref()),
+                    e.roles.join(", ")
+                );
+            });
         }
         Command::Admin(AdminCommand::Revoke { user, device }) => {
             let conn = connected(&mut engine).await?;
@@ -1136,18 +1113,14 @@ async fn run(cli: Cli) -> Result<(), EngineError> {
             let conn = connected(&mut engine).await?;
             let changes = engine.profile_changes(&conn).await;
             conn.close().await;
-            for c in changes? {
-                if flag.json {
-                    print_json(&c);
-                } else {
-                    println!(
-                        "{}: {} -> {}",
-                        c.user,
-                        describe_profile(&c.current),
-                        describe_profile(&c.requested)
-                    );
-                }
-            }
+            print_listing(changes?, flag.json, |c| {
+                println!(
+                    "{}: {} -> {}",
+                    c.user,
+                    describe_profile(&c.current),
+                    describe_profile(&c.requested)
+                );
+            });
         }
         Command::Admin(AdminCommand::ApproveProfile { user }) => {
             let conn = connected(&mut engine).await?;
@@ -1210,17 +1183,17 @@ async fn run(cli: Cli) -> Result<(), EngineError> {
             let conn = connected(&mut engine).await?;
             let events = engine.audit(&conn, limit).await;
             conn.close().await;
-            for e in events? {
-                if json {
-                    print_json(&e);
-                } else {
-                    let group = e.group.map(|g| format!(" in {g}")).unwrap_or_default();
-                    println!(
-                        "{}  {:<20} {} -> {}{group}",
-                        e.at, e.event, e.actor, e.subject
-                    );
-                }
-            }
+            print_listing(events?, json, |e| {
+                let group = e
+                    .group
+                    .as_ref()
+                    .map(|g| format!(" in {g}"))
+                    .unwrap_or_default();
+                println!(
+                    "{}  {:<20} {} -> {}{group}",
+                    e.at, e.event, e.actor, e.subject
+                );
+            });
         }
         Command::Whoami(flag) => {
             let (user, device, org) = engine.whoami()?;
