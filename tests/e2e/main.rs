@@ -10,4 +10,5 @@ mod faults;
 mod groups;
 mod hostile;
 mod hostile_relay;
+mod network;
 mod provision;

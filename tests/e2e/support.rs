@@ -70,17 +70,23 @@ pub struct Relay {
     pub addr: String,
     pub fingerprint: String,
     pub bootstrap_token: Option<String>,
+    netns: Option<String>,
     child: Option<Child>,
 }
 
 impl Relay {
     /// Starts a relay on a free loopback port with a data directory inside `dir`.
     pub fn start(dir: &TempDir) -> Self {
-        Self::start_at(dir.path().join("relay"), "127.0.0.1:0")
+        Self::start_at(dir.path().join("relay"), "127.0.0.1:0", None)
     }
 
-    fn start_at(data: PathBuf, listen: &str) -> Self {
-        let mut child = Command::new(bin("muster-relay"))
+    /// Starts a relay inside the network namespace `netns` (one the test created).
+    pub fn start_in_netns(dir: &TempDir, netns: &str, listen: &str) -> Self {
+        Self::start_at(dir.path().join("relay"), listen, Some(netns.to_string()))
+    }
+
+    fn start_at(data: PathBuf, listen: &str, netns: Option<String>) -> Self {
+        let mut child = in_netns(netns.as_deref(), bin("muster-relay"))
             .args(["serve", "--data"])
             .arg(&data)
             .args(["--listen", listen])
@@ -123,6 +129,7 @@ impl Relay {
             addr: addr.expect("relay printed its address"),
             fingerprint: fingerprint.expect("relay printed its fingerprint"),
             bootstrap_token: token,
+            netns,
             child: Some(child),
         }
     }
@@ -170,7 +177,8 @@ impl Relay {
     pub fn revive(&mut self) {
         let addr = self.addr.clone();
         let data = self.data.clone();
-        *self = Self::start_at(data, &addr);
+        let netns = self.netns.take();
+        *self = Self::start_at(data, &addr, netns);
     }
 
     /// Runs `muster-relay` with other arguments against this relay's data directory.
@@ -194,6 +202,20 @@ impl Drop for Relay {
 pub struct Device {
     pub name: String,
     pub home: PathBuf,
+    /// The network namespace its commands run in; `None` for the test's own.
+    pub netns: Option<String>,
+}
+
+/// A command for `program`, run inside `netns` when one is given.
+pub fn in_netns(netns: Option<&str>, program: PathBuf) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", ns]).arg(program);
+            cmd
+        }
+        None => Command::new(program),
+    }
 }
 
 impl Device {
@@ -201,11 +223,20 @@ impl Device {
         Self {
             name: name.to_string(),
             home: dir.path().join(name),
+            netns: None,
+        }
+    }
+
+    /// A device whose commands run inside the network namespace `netns`.
+    pub fn in_netns(dir: &TempDir, name: &str, netns: &str) -> Self {
+        Self {
+            netns: Some(netns.to_string()),
+            ..Self::new(dir, name)
         }
     }
 
     pub fn command(&self) -> Command {
-        let mut cmd = Command::new(bin("muster"));
+        let mut cmd = in_netns(self.netns.as_deref(), bin("muster"));
         cmd.arg("--home").arg(&self.home);
         cmd.env_remove("MUSTER_HOME");
         cmd
