@@ -34,6 +34,10 @@ enum Command {
         /// Encrypted attachment storage one device may use at once, in MiB.
         #[arg(long, value_name = "MIB", default_value_t = 1024)]
         blob_quota_mib: u64,
+        /// Message bytes one device may have waiting for recipients who have not fetched
+        /// them yet, in MiB.
+        #[arg(long, value_name = "MIB", default_value_t = 256)]
+        queue_quota_mib: u64,
     },
     /// Print a fresh single-use bootstrap token for the organisation's first admin.
     BootstrapToken {
@@ -81,11 +85,18 @@ fn main() -> ExitCode {
             data,
             listen,
             blob_quota_mib,
-        } => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .map_err(server::ServeError::from)
-            .and_then(|rt| rt.block_on(server::serve(data, listen, blob_quota_mib * 1024 * 1024))),
+            queue_quota_mib,
+        } => {
+            let quotas = server::Quotas {
+                blob_bytes: blob_quota_mib.saturating_mul(1024 * 1024),
+                queue_bytes: queue_quota_mib.saturating_mul(1024 * 1024),
+            };
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(server::ServeError::from)
+                .and_then(|rt| rt.block_on(server::serve(data, listen, quotas)))
+        }
         Command::BootstrapToken { data } => server::bootstrap_token(&data),
         Command::Stats { data } => server::stats(&data),
         Command::Health { data, relay } => tokio::runtime::Builder::new_current_thread()

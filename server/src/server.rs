@@ -200,9 +200,21 @@ struct Shared {
     next_connection: AtomicU64,
 }
 
-pub async fn serve(data: PathBuf, listen: SocketAddr, blob_quota: u64) -> Result<(), ServeError> {
+/// Per-device storage limits.
+pub struct Quotas {
+    /// Encrypted attachment bytes held at once.
+    pub blob_bytes: u64,
+    /// Message bytes waiting for recipients who have not fetched them yet.
+    pub queue_bytes: u64,
+}
+
+/// How often expired messages and blobs are collected.
+const HOUSEKEEPING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
+
+pub async fn serve(data: PathBuf, listen: SocketAddr, quotas: Quotas) -> Result<(), ServeError> {
     let (mut relay, identity) = open_relay(&data)?;
-    relay.set_blob_quota(blob_quota);
+    relay.set_blob_quota(quotas.blob_bytes);
+    relay.set_queue_quota(quotas.queue_bytes);
     let server_config = identity
         .server_config()
         .map_err(|e| ServeError::Tls(e.to_string()))?;
@@ -225,8 +237,17 @@ pub async fn serve(data: PathBuf, listen: SocketAddr, blob_quota: u64) -> Result
     });
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
+    let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
     loop {
         tokio::select! {
+            _ = housekeeping.tick() => {
+                let mut relay = shared.relay.lock().unwrap_or_else(|e| e.into_inner());
+                match relay.collect_expired() {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(messages = n, "deleted messages past their retention"),
+                    Err(e) => tracing::warn!(error = %e, "collecting expired messages failed"),
+                }
+            }
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
                 let shared = shared.clone();

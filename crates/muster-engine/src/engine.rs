@@ -2856,6 +2856,17 @@ impl Engine {
                         // The message stays queued; the relay asked us to slow down.
                         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                     }
+                    Err(muster_net::NetError::Refused(e)) if e.code == ErrorCode::QuotaExceeded => {
+                        // Everything queued stays, in order, until recipients catch up.
+                        let waiting: i64 =
+                            self.db
+                                .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))?;
+                        report.problems.push(format!(
+                            "{waiting} message(s) stay in the outbox: {}",
+                            e.message
+                        ));
+                        return Ok(());
+                    }
                     Err(muster_net::NetError::Refused(e)) => {
                         self.fail_outbox(&client_id, &group_id, &message_id, &e.message, report)?;
                         break;

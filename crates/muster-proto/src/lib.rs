@@ -17,5 +17,6 @@ pub use wire::{
     auth_transcript, decode, encode, encrypted_size, enrol_transcript, AckItem, AuditEvent,
     ClaimedKeyPackage, Delivery, ErrorCode, OpenInvite, PendingEnrolment, ProfileChange, Push,
     RelayError, Request, Response, WireError, ATTACHMENT_CHUNK, ATTACHMENT_CHUNK_OVERHEAD,
-    BLOB_QUOTA_PER_DEVICE, MAX_ATTACHMENT, MAX_FRAME, MAX_MLS_MESSAGE,
+    BLOB_QUOTA_PER_DEVICE, MAX_ATTACHMENT, MAX_FRAME, MAX_MLS_MESSAGE, MESSAGE_RETENTION_SECS,
+    QUEUE_QUOTA_PER_DEVICE,
 };

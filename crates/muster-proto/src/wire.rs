@@ -19,6 +19,11 @@ pub const ATTACHMENT_CHUNK: usize = 1024 * 1024;
 pub const ATTACHMENT_CHUNK_OVERHEAD: usize = 16;
 /// Encrypted blob bytes one device may keep on the relay at once.
 pub const BLOB_QUOTA_PER_DEVICE: u64 = 1024 * 1024 * 1024;
+/// Message bytes one device may have waiting on the relay for recipients who have not
+/// fetched them yet.
+pub const QUEUE_QUOTA_PER_DEVICE: u64 = 256 * 1024 * 1024;
+/// How long the relay keeps a message some recipient never fetched.
+pub const MESSAGE_RETENTION_SECS: u64 = 30 * 24 * 3600;
 
 /// Encrypted size of an attachment of `plain` bytes.
 pub fn encrypted_size(plain: u64) -> u64 {

@@ -81,6 +81,7 @@ pub struct Relay {
     fingerprint: String,
     blob_dir: PathBuf,
     blob_quota: u64,
+    queue_quota: u64,
     limiter: crate::limits::Limiter,
 }
 
@@ -147,6 +148,7 @@ impl Relay {
             fingerprint,
             blob_dir,
             blob_quota: muster_proto::BLOB_QUOTA_PER_DEVICE,
+            queue_quota: muster_proto::QUEUE_QUOTA_PER_DEVICE,
             limiter: Default::default(),
         })
     }
@@ -171,6 +173,84 @@ impl Relay {
     /// Sets how many encrypted attachment bytes one device may keep on the relay at once.
     pub fn set_blob_quota(&mut self, bytes: u64) {
         self.blob_quota = bytes;
+    }
+
+    /// Sets how many message bytes one device may have waiting on the relay for
+    /// recipients who have not fetched them yet.
+    pub fn set_queue_quota(&mut self, bytes: u64) {
+        self.queue_quota = bytes;
+    }
+
+    /// Deletes what waited past its retention: messages some recipient never fetched
+    /// (after [`muster_proto::MESSAGE_RETENTION_SECS`]), their resend records, and
+    /// expired or abandoned attachment blobs. Returns how many messages went.
+    pub fn collect_expired(&mut self) -> Result<usize, StoreError> {
+        self.collect_expired_blobs().map_err(|e| match e {
+            Failure::Store(e) => e,
+            Failure::Refuse(e) => StoreError::Corrupt(e.to_string()),
+        })?;
+        let cutoff = now_unix().saturating_sub(muster_proto::MESSAGE_RETENTION_SECS) as i64;
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        Self::release_queued(
+            &tx,
+            "SELECT sender_device, SUM(length(data)) FROM messages WHERE stored_at < ?1
+             GROUP BY sender_device",
+            params![cutoff],
+        )?;
+        let deleted = tx.execute("DELETE FROM messages WHERE stored_at < ?1", params![cutoff])?;
+        tx.execute("DELETE FROM sent_ids WHERE stored_at < ?1", params![cutoff])?;
+        tx.commit()?;
+        Ok(deleted)
+    }
+
+    /// Subtracts from each sender's queued bytes the sums that `select` returns.
+    fn release_queued(
+        tx: &Transaction,
+        select: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<(), rusqlite::Error> {
+        let sums: Vec<(String, i64)> = tx
+            .prepare(select)?
+            .query_map(params, |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        for (device, bytes) in sums {
+            tx.execute(
+                "UPDATE queued_bytes SET bytes = MAX(0, bytes - ?2) WHERE device_id = ?1",
+                params![device, bytes],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Deletes a group's messages that every device still in it (and every removed device
+    /// still owed messages) has acknowledged.
+    fn prune_delivered(tx: &Transaction, group_id: &[u8]) -> Result<(), Failure> {
+        let waiting: Option<i64> = tx.query_row(
+            "SELECT MIN(COALESCE(c.acked_seq, ms.from_seq - 1)) FROM memberships ms
+               JOIN devices d ON d.device_id = ms.device_id AND d.status = 'approved'
+               LEFT JOIN cursors c ON c.device_id = ms.device_id AND c.group_id = ms.group_id
+             WHERE ms.group_id = ?1
+               AND (ms.to_seq IS NULL OR COALESCE(c.acked_seq, ms.from_seq - 1) < ms.to_seq)",
+            params![group_id],
+            |r| r.get(0),
+        )?;
+        let delivered_up_to = match waiting {
+            Some(seq) => seq,
+            None => Self::group_state(tx, group_id)?.1 as i64,
+        };
+        Self::release_queued(
+            tx,
+            "SELECT sender_device, SUM(length(data)) FROM messages WHERE group_id = ?1 AND seq <= ?2
+             GROUP BY sender_device",
+            params![group_id, delivered_up_to],
+        )?;
+        tx.execute(
+            "DELETE FROM messages WHERE group_id = ?1 AND seq <= ?2",
+            params![group_id, delivered_up_to],
+        )?;
+        Ok(())
     }
 
     pub(crate) fn blob_quota(&self) -> u64 {
@@ -1410,6 +1490,17 @@ impl Relay {
             "UPDATE groups SET last_seq = ?2 WHERE group_id = ?1",
             params![group_id, seq as i64],
         )?;
+        tx.execute(
+            "INSERT INTO queued_bytes (device_id, bytes) VALUES (?1, ?2)
+             ON CONFLICT (device_id) DO UPDATE SET bytes = bytes + excluded.bytes",
+            params![sender, data.len() as i64],
+        )?;
+        if let Some(client_id) = client_id {
+            tx.execute(
+                "INSERT INTO sent_ids (sender_device, client_id, seq, stored_at) VALUES (?1, ?2, ?3, ?4)",
+                params![sender, client_id, seq as i64, now_unix() as i64],
+            )?;
+        }
         Ok(())
     }
 
@@ -1711,7 +1802,7 @@ impl Relay {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let existing: Option<i64> = tx
             .query_row(
-                "SELECT seq FROM messages WHERE sender_device = ?1 AND client_id = ?2",
+                "SELECT seq FROM sent_ids WHERE sender_device = ?1 AND client_id = ?2",
                 params![session.device_id, client_id],
                 |r| r.get(0),
             )
@@ -1728,6 +1819,24 @@ impl Relay {
             ));
         }
         Self::check_epoch(message.epoch().as_u64(), epoch)?;
+        let queued: i64 = tx
+            .query_row(
+                "SELECT bytes FROM queued_bytes WHERE device_id = ?1",
+                params![session.device_id],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0);
+        if queued as u64 + data.len() as u64 > self.queue_quota {
+            return Err(refuse(
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "{queued} bytes of this device's messages are still waiting on the relay for \
+                     recipients to fetch them (limit {}); they are released as recipients catch up",
+                    self.queue_quota
+                ),
+            ));
+        }
         let seq = last_seq + 1;
         Self::append(
             &tx,
@@ -1739,6 +1848,18 @@ impl Relay {
             Some(client_id),
             data,
         )?;
+        // A sender never receives its own application message, so a sender that had
+        // fetched everything before it is also done with it.
+        tx.execute(
+            "INSERT INTO cursors (device_id, group_id, acked_seq)
+               SELECT ?1, ?2, ?3 FROM memberships ms
+               LEFT JOIN cursors c ON c.device_id = ms.device_id AND c.group_id = ms.group_id
+               WHERE ms.device_id = ?1 AND ms.group_id = ?2 AND ms.to_seq IS NULL
+                 AND COALESCE(c.acked_seq, ms.from_seq - 1) >= ?4
+             ON CONFLICT (device_id, group_id) DO UPDATE SET acked_seq = MAX(acked_seq, excluded.acked_seq)",
+            params![session.device_id, group_id, seq as i64, last_seq as i64],
+        )?;
+        Self::prune_delivered(&tx, group_id)?;
         tx.commit()?;
         let mut wake = members;
         wake.remove(&session.device_id);
@@ -1803,6 +1924,7 @@ impl Relay {
         let tx = self
             .db
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut acked_groups = std::collections::BTreeSet::new();
         for item in items {
             match item {
                 AckItem::Welcome { id } => {
@@ -1817,8 +1939,12 @@ impl Relay {
                          ON CONFLICT (device_id, group_id) DO UPDATE SET acked_seq = MAX(acked_seq, excluded.acked_seq)",
                         params![session.device_id, group_id, (*seq).min(i64::MAX as u64) as i64],
                     )?;
+                    acked_groups.insert(group_id);
                 }
             }
+        }
+        for group_id in acked_groups {
+            Self::prune_delivered(&tx, group_id)?;
         }
         tx.commit()?;
         Ok(Outcome::reply(Response::Ok))

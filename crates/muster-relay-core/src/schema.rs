@@ -48,4 +48,14 @@ CREATE TABLE IF NOT EXISTS blob_recipients (
 CREATE TABLE IF NOT EXISTS cursors (
     device_id TEXT NOT NULL, group_id BLOB NOT NULL, acked_seq INTEGER NOT NULL,
     PRIMARY KEY (device_id, group_id));
+CREATE TABLE IF NOT EXISTS sent_ids (
+    sender_device TEXT NOT NULL, client_id BLOB NOT NULL, seq INTEGER NOT NULL,
+    stored_at INTEGER NOT NULL, PRIMARY KEY (sender_device, client_id));
+CREATE TABLE IF NOT EXISTS queued_bytes (device_id TEXT PRIMARY KEY, bytes INTEGER NOT NULL);
+-- Recomputed at every start, so the counters can never drift from the messages held.
+DELETE FROM queued_bytes;
+INSERT INTO queued_bytes (device_id, bytes)
+    SELECT sender_device, SUM(length(data)) FROM messages GROUP BY sender_device;
+INSERT OR IGNORE INTO sent_ids (sender_device, client_id, seq, stored_at)
+    SELECT sender_device, client_id, seq, stored_at FROM messages WHERE client_id IS NOT NULL;
 "#;

@@ -514,6 +514,118 @@ fn stale_application_messages_unknown_groups_and_garbage_are_refused() {
     assert_eq!(refused(out), ErrorCode::UnknownGroup);
 }
 
+fn queued_bytes(relay: &Relay, device: &Device) -> i64 {
+    relay
+        .db()
+        .query_row(
+            "SELECT COALESCE((SELECT bytes FROM queued_bytes WHERE device_id = ?1), 0)",
+            [&device.session.device_id],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+fn fetch_and_ack(relay: &mut Relay, device: &Device) -> usize {
+    let deliveries = fetch(relay, &device.session);
+    ack_all(relay, &device.session, &deliveries);
+    deliveries.len()
+}
+
+#[test]
+fn delivered_messages_are_pruned_and_each_device_has_a_queue_quota() {
+    let mut w = World::new();
+    let bob = w.enrol("bob");
+    let carol = w.enrol("carol");
+    let (mut alice_group, mut joined) = w.group_with(&[&bob, &carol]);
+    for device in [&w.admin, &bob, &carol] {
+        fetch_and_ack(&mut w.relay, device);
+    }
+    assert_eq!(w.relay.stats().unwrap().stored_messages, 0);
+
+    // Once every member has fetched a message, the relay no longer holds it; a late resend
+    // of it is still recognised and not stored twice.
+    let msg = alice_group
+        .create_message(&w.admin.provider, &w.admin.signer, b"one")
+        .unwrap();
+    let resend = |relay: &mut Relay| {
+        ok(relay.handle(
+            &w.admin.session,
+            Request::Send {
+                group_id: alice_group.group_id().as_slice().to_vec(),
+                message: bytes(&msg),
+                client_id: b"one".to_vec(),
+            },
+        ))
+    };
+    let first = resend(&mut w.relay);
+    assert!(queued_bytes(&w.relay, &w.admin) > 0);
+    assert_eq!(fetch_and_ack(&mut w.relay, &bob), 1);
+    assert_eq!(
+        w.relay.stats().unwrap().stored_messages,
+        1,
+        "carol has not fetched it"
+    );
+    assert_eq!(fetch_and_ack(&mut w.relay, &carol), 1);
+    assert_eq!(w.relay.stats().unwrap().stored_messages, 0);
+    assert_eq!(queued_bytes(&w.relay, &w.admin), 0);
+    assert_eq!(resend(&mut w.relay), first);
+    assert_eq!(w.relay.stats().unwrap().stored_messages, 0);
+
+    // Carol goes offline. Alice may queue only so much for her before being told to wait;
+    // bob is unaffected, and alice may send again once carol catches up.
+    let size = bytes(&msg).len() as u64;
+    w.relay.set_queue_quota(size * 5 / 2);
+    let mut stored = 0;
+    let refusal = loop {
+        let outcome = send(
+            &mut w.relay,
+            &w.admin,
+            &mut alice_group,
+            b"while carol is away",
+            format!("q{stored}").as_bytes(),
+        );
+        match outcome.response {
+            Response::Stored { .. } => stored += 1,
+            Response::Error(e) => break e,
+            r => panic!("{r:?}"),
+        }
+        assert!(stored < 10, "the queue quota never applied");
+    };
+    assert_eq!(refusal.code, ErrorCode::QuotaExceeded);
+    assert!(
+        refusal.message.contains("waiting on the relay"),
+        "{refusal:?}"
+    );
+    assert_eq!(stored, 2);
+    assert_eq!(fetch_and_ack(&mut w.relay, &bob), 2);
+    let bobs = send(&mut w.relay, &bob, &mut joined[0], b"bob here", b"b1");
+    assert!(matches!(bobs.response, Response::Stored { .. }));
+    assert_eq!(fetch_and_ack(&mut w.relay, &carol), 3);
+    assert_eq!(queued_bytes(&w.relay, &w.admin), 0);
+    let again = send(
+        &mut w.relay,
+        &w.admin,
+        &mut alice_group,
+        b"back",
+        b"q-again",
+    );
+    assert!(matches!(again.response, Response::Stored { .. }));
+
+    // A message nobody fetches for the whole retention period is deleted, and its bytes
+    // no longer count against the sender.
+    w.relay
+        .db()
+        .execute(
+            "UPDATE messages SET stored_at = stored_at - ?1",
+            [muster_proto::MESSAGE_RETENTION_SECS as i64 + 1],
+        )
+        .unwrap();
+    assert!(w.relay.stats().unwrap().stored_messages > 0);
+    assert!(w.relay.collect_expired().unwrap() > 0);
+    assert_eq!(w.relay.stats().unwrap().stored_messages, 0);
+    assert_eq!(queued_bytes(&w.relay, &w.admin), 0);
+}
+
 #[test]
 fn non_members_cannot_post_and_resends_are_stored_once() {
     let mut w = World::new();
