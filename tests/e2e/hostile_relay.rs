@@ -144,3 +144,98 @@ fn a_welcome_to_a_group_never_joined_is_rejected() {
     carol.ok(&["sync"]);
     assert_eq!(carol.members("secret"), ["alice", "carol"]);
 }
+
+/// The operator makes up an identity ("alice", admin, certified by a root key of its own
+/// that claims to be the organisation's), creates a group with it from a KeyPackage of
+/// bob's that the relay holds, and queues the Welcome for bob.
+#[test]
+fn a_forged_welcome_from_a_self_certified_member_is_rejected() {
+    use muster_proto::{
+        device_id_for, now_unix, CertificateBody, OrgDescriptor, OrgRootKey, Profile, Role,
+    };
+    use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
+    use openmls::prelude::*;
+    use openmls_basic_credential::SignatureKeyPair;
+    use openmls_rust_crypto::OpenMlsRustCrypto;
+
+    let org = Org::new("hostile-forged");
+    let bob = org.enrol("bob");
+    let bob_id = device_id(&bob);
+    let db = relay_db(&org);
+    let real_org: OrgDescriptor = serde_json::from_slice(
+        &db.query_row("SELECT value FROM meta WHERE key = 'org'", [], |r| {
+            r.get::<_, Vec<u8>>(0)
+        })
+        .unwrap(),
+    )
+    .unwrap();
+    let bobs_key_package: Vec<u8> = db
+        .query_row(
+            "SELECT data FROM key_packages WHERE device_id = ?1 LIMIT 1",
+            [&bob_id],
+            |r| r.get(0),
+        )
+        .unwrap();
+
+    let fake_root = OrgRootKey::generate();
+    let fake_org = OrgDescriptor {
+        root_public_key: fake_root.public_key(),
+        ..real_org
+    };
+    let suite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+    let provider = OpenMlsRustCrypto::default();
+    let signer = SignatureKeyPair::new(suite.signature_algorithm()).unwrap();
+    let now = now_unix();
+    let forged = fake_root.sign(CertificateBody {
+        org_id: fake_org.org_id.clone(),
+        user: "alice".into(),
+        device_id: device_id_for(signer.public()),
+        device_key: signer.public().to_vec(),
+        profile: Profile {
+            display_name: "alice display".into(),
+            ..Default::default()
+        },
+        roles: vec![Role::Admin, Role::Member],
+        not_before: now - 10,
+        not_after: now + 3600,
+    });
+    let credential = CredentialWithKey {
+        credential: BasicCredential::new(forged.to_bytes()).into(),
+        signature_key: signer.public().into(),
+    };
+    let config = MlsGroupCreateConfig::builder()
+        .ciphersuite(suite)
+        .use_ratchet_tree_extension(true)
+        .build();
+    let mut group = MlsGroup::new(&provider, &signer, &config, credential).unwrap();
+    let key_package = KeyPackageIn::tls_deserialize_exact(&bobs_key_package)
+        .unwrap()
+        .validate(provider.crypto(), ProtocolVersion::Mls10)
+        .unwrap();
+    let (_, welcome, _) = group
+        .add_members(&provider, &signer, &[key_package])
+        .unwrap();
+    db.execute(
+        "INSERT INTO welcomes (device_id, group_id, data, stored_at) VALUES (?1, ?2, ?3, ?4)",
+        params![
+            bob_id,
+            group.group_id().as_slice(),
+            welcome.tls_serialize_detached().unwrap(),
+            now as i64
+        ],
+    )
+    .unwrap();
+
+    let out = bob.ok(&["sync"]);
+    assert!(
+        out.contains("warning: rejected an invitation to a group")
+            && out.contains("signature does not verify against the organisation root key"),
+        "{out}"
+    );
+    assert!(bob.json(&["groups"]).is_empty());
+    // Bob still works with the real organisation.
+    org.admin
+        .ok(&["group", "create", "real", "--members", "bob"]);
+    bob.ok(&["sync"]);
+    assert_eq!(bob.members("real"), ["alice", "bob"]);
+}
