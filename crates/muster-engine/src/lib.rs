@@ -10,6 +10,8 @@ mod content;
 pub mod conversation;
 mod engine;
 mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod provider;
 pub mod provision;
 mod store;
