@@ -38,6 +38,13 @@ enum Command {
         /// them yet, in MiB.
         #[arg(long, value_name = "MIB", default_value_t = 256)]
         queue_quota_mib: u64,
+        /// Requests one device may make per second (bursts of ten times that).
+        #[arg(long, value_name = "N", default_value_t = 200.0)]
+        requests_per_sec: f64,
+        /// Messages, commits and attachment chunks one device may store per second
+        /// (bursts of ten times that).
+        #[arg(long, value_name = "N", default_value_t = 50.0)]
+        posts_per_sec: f64,
     },
     /// Print a fresh single-use bootstrap token for the organisation's first admin.
     BootstrapToken {
@@ -86,10 +93,18 @@ fn main() -> ExitCode {
             listen,
             blob_quota_mib,
             queue_quota_mib,
+            requests_per_sec,
+            posts_per_sec,
         } => {
             let quotas = server::Quotas {
                 blob_bytes: blob_quota_mib.saturating_mul(1024 * 1024),
                 queue_bytes: queue_quota_mib.saturating_mul(1024 * 1024),
+                rates: muster_relay_core::RateLimits {
+                    requests_per_sec,
+                    request_burst: requests_per_sec * 10.0,
+                    posts_per_sec,
+                    post_burst: posts_per_sec * 10.0,
+                },
             };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

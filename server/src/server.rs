@@ -7,7 +7,7 @@ use muster_relay_core::{ConnectionState, Relay, StoreError};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 #[derive(Debug, thiserror::Error)]
@@ -141,18 +141,25 @@ fn rfc3339(secs: u64) -> String {
 /// Open connections of each authenticated device, for pushes.
 #[derive(Default)]
 struct Connected {
-    by_device: Mutex<HashMap<String, HashMap<u64, quinn::Connection>>>,
+    by_device: Mutex<HashMap<String, HashMap<u64, Pushable>>>,
+}
+
+/// A connection the relay can wake, and whether a wake-up is already on its way that the
+/// device has not answered with a fetch yet: one is enough, however many messages arrive.
+struct Pushable {
+    conn: quinn::Connection,
+    woken: Arc<AtomicBool>,
 }
 
 impl Connected {
     /// Registers a device's connection; refuses one past the per-device limit.
-    fn add(&self, device: &str, id: u64, conn: quinn::Connection) -> bool {
+    fn add(&self, device: &str, id: u64, conn: quinn::Connection, woken: Arc<AtomicBool>) -> bool {
         let mut map = self.by_device.lock().unwrap_or_else(|e| e.into_inner());
         let conns = map.entry(device.to_string()).or_default();
         if conns.len() >= MAX_CONNECTIONS_PER_DEVICE {
             return false;
         }
-        conns.insert(id, conn);
+        conns.insert(id, Pushable { conn, woken });
         true
     }
 
@@ -170,8 +177,8 @@ impl Connected {
     fn disconnect<'a>(&self, devices: impl IntoIterator<Item = &'a String>) {
         let mut map = self.by_device.lock().unwrap_or_else(|e| e.into_inner());
         for device in devices {
-            for conn in map.remove(device).into_iter().flat_map(|c| c.into_values()) {
-                conn.close(2u32.into(), b"device revoked");
+            for pushable in map.remove(device).into_iter().flat_map(|c| c.into_values()) {
+                pushable.conn.close(2u32.into(), b"device revoked");
             }
         }
     }
@@ -180,8 +187,11 @@ impl Connected {
         let map = self.by_device.lock().unwrap_or_else(|e| e.into_inner());
         let frame = encode(&Push::Wake).expect("push encodes");
         for device in devices {
-            for conn in map.get(device).into_iter().flat_map(|c| c.values()) {
-                let conn = conn.clone();
+            for pushable in map.get(device).into_iter().flat_map(|c| c.values()) {
+                if pushable.woken.swap(true, Ordering::AcqRel) {
+                    continue;
+                }
+                let conn = pushable.conn.clone();
                 let frame = frame.clone();
                 tokio::spawn(async move {
                     if let Ok(mut send) = conn.open_uni().await {
@@ -200,12 +210,14 @@ struct Shared {
     next_connection: AtomicU64,
 }
 
-/// Per-device storage limits.
+/// Per-device storage and rate limits.
 pub struct Quotas {
     /// Encrypted attachment bytes held at once.
     pub blob_bytes: u64,
     /// Message bytes waiting for recipients who have not fetched them yet.
     pub queue_bytes: u64,
+    /// Per-device request and post rates.
+    pub rates: muster_relay_core::RateLimits,
 }
 
 /// How often expired messages and blobs are collected.
@@ -215,6 +227,7 @@ pub async fn serve(data: PathBuf, listen: SocketAddr, quotas: Quotas) -> Result<
     let (mut relay, identity) = open_relay(&data)?;
     relay.set_blob_quota(quotas.blob_bytes);
     relay.set_queue_quota(quotas.queue_bytes);
+    relay.set_rate_limits(quotas.rates);
     let server_config = identity
         .server_config()
         .map_err(|e| ServeError::Tls(e.to_string()))?;
@@ -293,15 +306,18 @@ async fn handle_connection(shared: Arc<Shared>, conn: quinn::Connection) {
     let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
     let state = Arc::new(Mutex::new(ConnectionState::default()));
     let registered: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+    let woken = Arc::new(AtomicBool::new(false));
     while let Ok((send, recv)) = conn.accept_bi().await {
         let shared = shared.clone();
-        let state = state.clone();
-        let registered = registered.clone();
-        let conn_for_push = conn.clone();
+        let connection = ConnectionContext {
+            id,
+            conn: conn.clone(),
+            state: state.clone(),
+            registered: registered.clone(),
+            woken: woken.clone(),
+        };
         tokio::spawn(async move {
-            if let Err(e) =
-                handle_stream(&shared, &state, &registered, id, conn_for_push, send, recv).await
-            {
+            if let Err(e) = handle_stream(&shared, &connection, send, recv).await {
                 tracing::debug!(error = %e, "stream ended with an error");
             }
         });
@@ -312,18 +328,38 @@ async fn handle_connection(shared: Arc<Shared>, conn: quinn::Connection) {
     }
 }
 
-async fn handle_stream(
-    shared: &Arc<Shared>,
-    state: &Arc<Mutex<ConnectionState>>,
-    registered: &Arc<Mutex<Option<String>>>,
+/// What every request stream of one connection shares.
+struct ConnectionContext {
     id: u64,
     conn: quinn::Connection,
+    state: Arc<Mutex<ConnectionState>>,
+    /// The device, once it authenticated and was registered for pushes.
+    registered: Arc<Mutex<Option<String>>>,
+    /// A wake-up was pushed that no fetch has answered yet.
+    woken: Arc<AtomicBool>,
+}
+
+async fn handle_stream(
+    shared: &Arc<Shared>,
+    connection: &ConnectionContext,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) -> Result<(), muster_net::FrameError> {
+    let ConnectionContext {
+        id,
+        conn,
+        state,
+        registered,
+        woken,
+    } = connection;
+    let id = *id;
     let response = match read_frame(&mut recv).await {
         Ok(Some(frame)) => match decode::<Request>(&frame) {
             Ok(request) => {
+                if matches!(request, Request::Fetch { .. }) {
+                    // Anything stored from here on is either in this fetch or wakes again.
+                    woken.store(false, Ordering::Release);
+                }
                 let shared2 = shared.clone();
                 let state2 = state.clone();
                 let outcome = tokio::task::spawn_blocking(move || {
@@ -338,7 +374,10 @@ async fn handle_stream(
                         if let Some(device) = device {
                             let mut reg = registered.lock().unwrap_or_else(|e| e.into_inner());
                             if reg.is_none() {
-                                if !shared.connected.add(&device, id, conn.clone()) {
+                                if !shared
+                                    .connected
+                                    .add(&device, id, conn.clone(), woken.clone())
+                                {
                                     conn.close(
                                         3u32.into(),
                                         b"too many connections from this device",

@@ -33,6 +33,10 @@ const KEY_PACKAGE_LOW_WATER: u32 = 5;
 const KEY_PACKAGE_BATCH: usize = 10;
 const MAX_COMMIT_ATTEMPTS: u32 = 8;
 const FETCH_BATCH: u32 = 200;
+/// Groups with more members than this batch their delivery receipts.
+const RECEIPT_BATCH_MEMBERS: usize = 20;
+/// How often a device sends delivery receipts into a large group.
+const RECEIPT_BATCH_INTERVAL_MS: i64 = 5_000;
 const CERT_VALIDITY_SECS: u64 = 365 * 24 * 3600;
 /// Longest text message accepted for sending, in bytes.
 pub const MAX_TEXT_BYTES: usize = 64 * 1024;
@@ -2644,6 +2648,9 @@ impl Engine {
         if state != STATE_ACTIVE {
             return Ok(());
         }
+        if kind == ReceiptKind::Delivered && !self.delivery_receipts_due_now(group_id)? {
+            return Ok(());
+        }
         for chunk in targets.chunks(500) {
             self.enqueue(
                 group_id,
@@ -2670,6 +2677,35 @@ impl Engine {
             tx.commit()?;
         }
         Ok(())
+    }
+
+    /// Whether delivery receipts for this group may go out now. Every receipt reaches every
+    /// member, so in a large group one per message per member would grow with the square
+    /// of its size: there each device sends them at most once per
+    /// [`RECEIPT_BATCH_INTERVAL_MS`], covering everything that arrived meanwhile.
+    fn delivery_receipts_due_now(&self, group_id: &[u8]) -> Result<bool, EngineError> {
+        let provider = Provider::new(&self.crypto, &self.db);
+        if load_group(&provider, group_id)?.members().count() <= RECEIPT_BATCH_MEMBERS {
+            return Ok(true);
+        }
+        let key = format!("delivery_receipts_at:{}", group_hex(group_id));
+        let last: i64 = self
+            .db
+            .query_row("SELECT value FROM sync_state WHERE key = ?1", [&key], |r| {
+                r.get(0)
+            })
+            .optional()?
+            .unwrap_or(0);
+        let now = now_ms();
+        if now.saturating_sub(last) < RECEIPT_BATCH_INTERVAL_MS {
+            return Ok(false);
+        }
+        self.db.execute(
+            "INSERT INTO sync_state (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![key, now],
+        )?;
+        Ok(true)
     }
 
     /// Deletes messages whose group's retention or disappearing time has passed.
@@ -2989,15 +3025,24 @@ impl Engine {
     /// The latest `limit` messages of a group, oldest first.
     pub fn read(&self, group: &str, limit: usize) -> Result<Vec<MessageView>, EngineError> {
         let (group_id, _, _) = self.resolve_group(group)?;
+        // Messages still on their way to the relay (no sort key yet) come last; each half
+        // is read newest first along an index, so the cost does not grow with history.
         let mut rows = self.query_messages(
-            "WHERE m.group_id = ?1 ORDER BY m.sort_key IS NULL DESC, m.sort_key DESC, m.seq DESC LIMIT ?2",
+            "WHERE m.group_id = ?1 AND m.sort_key IS NULL ORDER BY m.seq DESC LIMIT ?2",
             params![group_id, limit as i64],
         )?;
+        if rows.len() < limit {
+            rows.extend(self.query_messages(
+                "WHERE m.group_id = ?1 AND m.sort_key IS NOT NULL
+                 ORDER BY m.sort_key DESC, m.seq DESC LIMIT ?2",
+                params![group_id, (limit - rows.len()) as i64],
+            )?);
+        }
         rows.reverse();
         Ok(rows)
     }
 
-    /// Full-text search over this device's own messages, best matches first.
+    /// Full-text search over this device's own messages, newest first.
     pub fn search(
         &self,
         query: &str,
@@ -3019,7 +3064,7 @@ impl Engine {
         self.query_messages(
             "JOIN messages_fts ON messages_fts.rowid = m.seq
              WHERE messages_fts MATCH ?1 AND m.deleted = 0 AND (?2 IS NULL OR m.group_id = ?2)
-             ORDER BY bm25(messages_fts), m.seq DESC LIMIT ?3",
+             ORDER BY messages_fts.rowid DESC LIMIT ?3",
             params![fts_query, group_id, limit as i64],
         )
     }

@@ -68,6 +68,9 @@ CREATE TABLE IF NOT EXISTS receipts (
     at INTEGER NOT NULL, PRIMARY KEY (group_id, message_id, user, kind));
 CREATE INDEX IF NOT EXISTS messages_group ON messages(group_id, seq);
 CREATE INDEX IF NOT EXISTS messages_order ON messages(group_id, sort_key);
+-- receipts still owed are few; finding them must not scan a group's whole history
+CREATE INDEX IF NOT EXISTS messages_delivered_due ON messages(group_id) WHERE delivered_receipt_due = 1;
+CREATE INDEX IF NOT EXISTS messages_read_due ON messages(group_id) WHERE read_receipt_due = 1;
 CREATE TABLE IF NOT EXISTS outbox (
     client_id BLOB PRIMARY KEY, position INTEGER NOT NULL, group_id BLOB NOT NULL,
     message_id TEXT NOT NULL, envelope BLOB NOT NULL, ciphertext BLOB NOT NULL);

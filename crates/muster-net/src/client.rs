@@ -35,28 +35,42 @@ pub struct RelayConnection {
     connection: quinn::Connection,
 }
 
+async fn resolve(addr: &str) -> Result<SocketAddr, NetError> {
+    tokio::net::lookup_host(addr)
+        .await
+        .map_err(|_| NetError::BadAddress(addr.to_string()))?
+        .next()
+        .ok_or_else(|| NetError::BadAddress(addr.to_string()))
+}
+
 impl RelayConnection {
     /// Connects to `addr`, accepting only the certificate whose SHA-256 is `fingerprint`.
     pub async fn connect(addr: &str, fingerprint: &str) -> Result<Self, NetError> {
-        let socket: SocketAddr = tokio::net::lookup_host(addr)
-            .await
-            .map_err(|_| NetError::BadAddress(addr.to_string()))?
-            .next()
-            .ok_or_else(|| NetError::BadAddress(addr.to_string()))?;
-        let (config, verifier) =
-            client_config(fingerprint).map_err(|e| NetError::Connection(e.to_string()))?;
+        let socket = resolve(addr).await?;
         let bind: SocketAddr = if socket.is_ipv6() {
             "[::]:0".parse().expect("valid")
         } else {
             "0.0.0.0:0".parse().expect("valid")
         };
-        let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| NetError::Unreachable {
+        let endpoint = quinn::Endpoint::client(bind).map_err(|e| NetError::Unreachable {
             addr: addr.to_string(),
             reason: e.to_string(),
         })?;
-        endpoint.set_default_client_config(config);
+        Self::connect_via(endpoint, addr, fingerprint).await
+    }
+
+    /// Like [`connect`](Self::connect), over an existing client endpoint (one UDP socket
+    /// can carry many connections, as a load generator needs).
+    pub async fn connect_via(
+        endpoint: quinn::Endpoint,
+        addr: &str,
+        fingerprint: &str,
+    ) -> Result<Self, NetError> {
+        let socket = resolve(addr).await?;
+        let (config, verifier) =
+            client_config(fingerprint).map_err(|e| NetError::Connection(e.to_string()))?;
         let connecting = endpoint
-            .connect(socket, "muster-relay")
+            .connect_with(config, socket, "muster-relay")
             .map_err(|e| NetError::Connection(e.to_string()))?;
         let result = tokio::time::timeout(Duration::from_secs(10), connecting).await;
         let mismatch = || {

@@ -43,22 +43,27 @@ pub enum Request {
     /// Submits an enrolment request for the invite's user.
     Enrol {
         invite_token: String,
+        #[serde(with = "serde_bytes")]
         device_key: Vec<u8>,
         profile: Profile,
         /// Device signature over [`enrol_transcript`].
+        #[serde(with = "serde_bytes")]
         proof: Vec<u8>,
     },
     /// Starts device authentication; the relay answers with a challenge.
     Hello {
+        #[serde(with = "serde_bytes")]
         device_key: Vec<u8>,
     },
     /// Device signature over [`auth_transcript`].
     Prove {
+        #[serde(with = "serde_bytes")]
         signature: Vec<u8>,
     },
     MyCertificate,
     CreateInvite {
         user: String,
+        #[serde(with = "serde_bytes")]
         token_hash: Vec<u8>,
         expires_at: u64,
     },
@@ -72,6 +77,7 @@ pub enum Request {
     Directory,
     UploadKeyPackages {
         key_packages: Vec<Vec<u8>>,
+        #[serde(with = "serde_bytes")]
         last_resort: Option<Vec<u8>>,
     },
     KeyPackageCount,
@@ -82,6 +88,7 @@ pub enum Request {
     },
     /// Creates a single-use code that enrols another device of this device's user.
     CreateLink {
+        #[serde(with = "serde_bytes")]
         token_hash: Vec<u8>,
         expires_at: u64,
     },
@@ -89,24 +96,34 @@ pub enum Request {
     MyDevices,
     /// Registers a new group from its creator's GroupInfo and ratchet tree (TLS encoded).
     CreateGroup {
+        #[serde(with = "serde_bytes")]
         group_info: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         ratchet_tree: Vec<u8>,
     },
     /// A commit (PublicMessage) for the group's current epoch, with its Welcome if it adds members.
     Commit {
+        #[serde(with = "serde_bytes")]
         group_id: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         commit: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         welcome: Option<Vec<u8>>,
     },
     /// A standalone proposal (PublicMessage).
     Propose {
+        #[serde(with = "serde_bytes")]
         group_id: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         proposal: Vec<u8>,
     },
     /// An application message (PrivateMessage). `client_id` makes a resend idempotent.
     Send {
+        #[serde(with = "serde_bytes")]
         group_id: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         message: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         client_id: Vec<u8>,
     },
     Fetch {
@@ -163,14 +180,17 @@ pub enum Request {
     /// chunk (offset 0) announces the blob's total size.
     BlobPut {
         blob_id: String,
+        #[serde(with = "serde_bytes")]
         group_id: Vec<u8>,
         total_size: u64,
         offset: u64,
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     /// Seals an uploaded blob after checking its size and SHA-256.
     BlobComplete {
         blob_id: String,
+        #[serde(with = "serde_bytes")]
         sha256: Vec<u8>,
     },
     /// Reads part of a blob (members of its group only).
@@ -190,6 +210,7 @@ pub enum Request {
 pub enum Response {
     Ok,
     Challenge {
+        #[serde(with = "serde_bytes")]
         nonce: Vec<u8>,
     },
     Authenticated {
@@ -220,6 +241,7 @@ pub enum Response {
     ProfileChanges(Vec<ProfileChange>),
     Invites(Vec<OpenInvite>),
     BlobData {
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
         total_size: u64,
     },
@@ -245,6 +267,7 @@ pub struct AuditEvent {
     /// What it acted on: a user handle, a device id, or an organisation name.
     pub subject: String,
     /// The group concerned, if any.
+    #[serde(with = "serde_bytes")]
     pub group: Option<Vec<u8>>,
 }
 
@@ -257,6 +280,7 @@ pub struct PendingEnrolment {
     /// The user's enrolled device that approved this new device, if any.
     pub confirmed_by: Option<String>,
     pub device_id: String,
+    #[serde(with = "serde_bytes")]
     pub device_key: Vec<u8>,
     pub profile: Profile,
     pub requested_at: u64,
@@ -284,6 +308,7 @@ pub struct OpenInvite {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClaimedKeyPackage {
     pub device_id: String,
+    #[serde(with = "serde_bytes")]
     pub key_package: Vec<u8>,
 }
 
@@ -292,12 +317,16 @@ pub struct ClaimedKeyPackage {
 pub enum Delivery {
     Welcome {
         id: u64,
+        #[serde(with = "serde_bytes")]
         group_id: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         welcome: Vec<u8>,
     },
     Group {
+        #[serde(with = "serde_bytes")]
         group_id: Vec<u8>,
         seq: u64,
+        #[serde(with = "serde_bytes")]
         message: Vec<u8>,
     },
 }
@@ -305,8 +334,14 @@ pub enum Delivery {
 /// Acknowledges that a delivery is safely stored on the device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AckItem {
-    Welcome { id: u64 },
-    Group { group_id: Vec<u8>, seq: u64 },
+    Welcome {
+        id: u64,
+    },
+    Group {
+        #[serde(with = "serde_bytes")]
+        group_id: Vec<u8>,
+        seq: u64,
+    },
 }
 
 /// Sent by the relay on a unidirectional stream.
@@ -419,6 +454,21 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_fields_keep_the_wire_format_of_a_byte_sequence() {
+        // serde_bytes must not change what peers see: a varint length, then the bytes,
+        // exactly as postcard writes a sequence of u8.
+        let req = Request::Send {
+            group_id: vec![1, 2],
+            message: vec![3],
+            client_id: vec![4, 5, 6],
+        };
+        assert_eq!(encode(&req).unwrap(), [18, 2, 1, 2, 1, 3, 3, 4, 5, 6]);
+        let seq_of_u8 =
+            postcard::to_stdvec(&(18u8, vec![1u8, 2], vec![3u8], vec![4u8, 5, 6])).unwrap();
+        assert_eq!(encode(&req).unwrap(), seq_of_u8);
+    }
 
     #[test]
     fn requests_round_trip() {

@@ -98,6 +98,21 @@ fn random_token() -> String {
     hex::encode(bytes)
 }
 
+/// Runs a statement through the connection's prepared-statement cache.
+fn exec(db: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    db.prepare_cached(sql)?.execute(params)
+}
+
+/// Reads one row through the connection's prepared-statement cache.
+fn row<T>(
+    db: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    db.prepare_cached(sql)?.query_row(params, f)
+}
+
 fn parse_protocol_message(bytes: &[u8]) -> Result<ProtocolMessage, Failure> {
     if bytes.len() > MAX_MLS_MESSAGE {
         return Err(refuse(
@@ -131,6 +146,10 @@ impl Relay {
         db.pragma_update(None, "journal_mode", "WAL")?;
         db.pragma_update(None, "synchronous", "FULL")?;
         db.pragma_update(None, "foreign_keys", "ON")?;
+        // Hot pages stay in memory: 64 MiB of page cache, reads through a memory map.
+        db.pragma_update(None, "cache_size", -65536)?;
+        db.pragma_update(None, "mmap_size", 256 * 1024 * 1024)?;
+        db.set_prepared_statement_cache_capacity(128);
         db.execute_batch(SCHEMA)?;
         let mut db = db;
         let mut storage =
@@ -199,8 +218,16 @@ impl Relay {
              GROUP BY sender_device",
             params![cutoff],
         )?;
-        let deleted = tx.execute("DELETE FROM messages WHERE stored_at < ?1", params![cutoff])?;
-        tx.execute("DELETE FROM sent_ids WHERE stored_at < ?1", params![cutoff])?;
+        let deleted = exec(
+            &tx,
+            "DELETE FROM messages WHERE stored_at < ?1",
+            params![cutoff],
+        )?;
+        exec(
+            &tx,
+            "DELETE FROM sent_ids WHERE stored_at < ?1",
+            params![cutoff],
+        )?;
         tx.commit()?;
         Ok(deleted)
     }
@@ -212,11 +239,12 @@ impl Relay {
         params: impl rusqlite::Params,
     ) -> Result<(), rusqlite::Error> {
         let sums: Vec<(String, i64)> = tx
-            .prepare(select)?
+            .prepare_cached(select)?
             .query_map(params, |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
         for (device, bytes) in sums {
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE queued_bytes SET bytes = MAX(0, bytes - ?2) WHERE device_id = ?1",
                 params![device, bytes],
             )?;
@@ -227,7 +255,8 @@ impl Relay {
     /// Deletes a group's messages that every device still in it (and every removed device
     /// still owed messages) has acknowledged.
     fn prune_delivered(tx: &Transaction, group_id: &[u8]) -> Result<(), Failure> {
-        let waiting: Option<i64> = tx.query_row(
+        let waiting: Option<i64> = row(
+            tx,
             "SELECT MIN(COALESCE(c.acked_seq, ms.from_seq - 1)) FROM memberships ms
                JOIN devices d ON d.device_id = ms.device_id AND d.status = 'approved'
                LEFT JOIN cursors c ON c.device_id = ms.device_id AND c.group_id = ms.group_id
@@ -246,7 +275,8 @@ impl Relay {
              GROUP BY sender_device",
             params![group_id, delivered_up_to],
         )?;
-        tx.execute(
+        exec(
+            tx,
             "DELETE FROM messages WHERE group_id = ?1 AND seq <= ?2",
             params![group_id, delivered_up_to],
         )?;
@@ -265,7 +295,8 @@ impl Relay {
     /// Creates and stores a fresh single-use bootstrap token; valid until an organisation exists.
     pub fn new_bootstrap_token(&self) -> Result<String, StoreError> {
         let token = random_token();
-        self.db.execute(
+        exec(
+            &self.db,
             "INSERT INTO bootstrap_tokens (token_hash, created_at) VALUES (?1, ?2)",
             params![sha256(token.as_bytes()), now_unix() as i64],
         )?;
@@ -279,7 +310,7 @@ impl Relay {
 
     pub fn stats(&self) -> Result<RelayStats, StoreError> {
         let count = |sql: &str| -> Result<u64, StoreError> {
-            Ok(self.db.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64)
+            Ok(row(&self.db, sql, [], |r| r.get::<_, i64>(0))? as u64)
         };
         Ok(RelayStats {
             devices: count("SELECT COUNT(*) FROM devices WHERE status = 'approved'")?,
@@ -308,7 +339,7 @@ impl Relay {
 
     /// The latest `limit` audit events, oldest first.
     pub fn audit_events(&self, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
-        let mut stmt = self.db.prepare(
+        let mut stmt = self.db.prepare_cached(
             "SELECT at, event, actor, subject, group_id FROM
                (SELECT * FROM audit ORDER BY id DESC LIMIT ?1) ORDER BY id",
         )?;
@@ -350,15 +381,14 @@ impl Relay {
                 )
             })?;
         let device_id = muster_proto::device_id_for(device_key);
-        let row: Option<(String, String)> = self
-            .db
-            .query_row(
-                "SELECT user, status FROM devices WHERE device_id = ?1",
-                [&device_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .map_err(|e| internal(e.into()))?;
+        let row: Option<(String, String)> = row(
+            &self.db,
+            "SELECT user, status FROM devices WHERE device_id = ?1",
+            [&device_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(|e| internal(e.into()))?;
         let (user, status) = row.ok_or_else(|| {
             RelayError::new(
                 ErrorCode::UnknownDevice,
@@ -375,15 +405,14 @@ impl Relay {
 
     /// Whether a device may still use its session (it may have been revoked since).
     pub fn session_active(&self, session: &Session) -> Result<(), RelayError> {
-        let status: Option<String> = self
-            .db
-            .query_row(
-                "SELECT status FROM devices WHERE device_id = ?1",
-                [&session.device_id],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| internal(e.into()))?;
+        let status: Option<String> = row(
+            &self.db,
+            "SELECT status FROM devices WHERE device_id = ?1",
+            [&session.device_id],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(|e| internal(e.into()))?;
         match status {
             Some(s) => check_status(&s),
             None => Err(RelayError::new(ErrorCode::UnknownDevice, "unknown device")),
@@ -579,7 +608,8 @@ impl Relay {
                 "an organisation is already registered on this relay",
             ));
         }
-        let found = tx.execute(
+        let found = exec(
+            &tx,
             "DELETE FROM bootstrap_tokens WHERE token_hash = ?1",
             [sha256(token.as_bytes())],
         )?;
@@ -605,8 +635,9 @@ impl Relay {
             ));
         }
         let org_bytes = serde_json::to_vec(&org).expect("descriptor serialises");
-        tx.execute("DELETE FROM bootstrap_tokens", [])?;
-        tx.execute(
+        exec(&tx, "DELETE FROM bootstrap_tokens", [])?;
+        exec(
+            &tx,
             "INSERT INTO meta (key, value) VALUES ('org', ?1)",
             [org_bytes],
         )?;
@@ -644,13 +675,13 @@ impl Relay {
         let tx = self
             .db
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let invite: Option<(String, i64, Option<i64>)> = tx
-            .query_row(
-                "SELECT user, expires_at, used_at FROM invites WHERE token_hash = ?1",
-                [sha256(invite_token.as_bytes())],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?;
+        let invite: Option<(String, i64, Option<i64>)> = row(
+            &tx,
+            "SELECT user, expires_at, used_at FROM invites WHERE token_hash = ?1",
+            [sha256(invite_token.as_bytes())],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
         let Some((user, expires_at, used_at)) = invite else {
             return Err(refuse(
                 ErrorCode::InvalidToken,
@@ -664,21 +695,22 @@ impl Relay {
             return Err(refuse(ErrorCode::TokenExpired, "invite code has expired"));
         }
         let device_id = muster_proto::device_id_for(device_key);
-        let exists: bool = tx
-            .query_row(
-                "SELECT 1 FROM devices WHERE device_id = ?1",
-                [&device_id],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some();
+        let exists: bool = row(
+            &tx,
+            "SELECT 1 FROM devices WHERE device_id = ?1",
+            [&device_id],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some();
         if exists {
             return Err(refuse(
                 ErrorCode::BadRequest,
                 "this device key is already enrolled",
             ));
         }
-        tx.execute(
+        exec(
+            &tx,
             "UPDATE invites SET used_at = ?2 WHERE token_hash = ?1",
             params![sha256(invite_token.as_bytes()), now_unix() as i64],
         )?;
@@ -720,7 +752,7 @@ impl Relay {
                 "invite would already be expired",
             ));
         }
-        self.db.execute(
+        exec(&self.db,
             "INSERT INTO invites (token_hash, user, created_by, expires_at) VALUES (?1, ?2, ?3, ?4)",
             params![token_hash, user, session.user, expires_at as i64],
         )?;
@@ -730,7 +762,7 @@ impl Relay {
 
     fn list_pending(&self, session: &Session) -> Result<Outcome, Failure> {
         self.require_admin(session)?;
-        let mut stmt = self.db.prepare(
+        let mut stmt = self.db.prepare_cached(
             "SELECT d.user, d.device_id, d.device_key, d.profile, d.requested_at,
                     EXISTS (SELECT 1 FROM devices o WHERE o.user = d.user AND o.status = 'approved'),
                     d.confirmed_by
@@ -776,13 +808,13 @@ impl Relay {
         let tx = self
             .db
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let row: Option<(String, Vec<u8>, String)> = tx
-            .query_row(
-                "SELECT user, device_key, status FROM devices WHERE device_id = ?1",
-                [&cert.body.device_id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?;
+        let row: Option<(String, Vec<u8>, String)> = row(
+            &tx,
+            "SELECT user, device_key, status FROM devices WHERE device_id = ?1",
+            [&cert.body.device_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
         let Some((user, key, status)) = row else {
             return Err(refuse(
                 ErrorCode::UnknownDevice,
@@ -801,7 +833,7 @@ impl Relay {
                 "certificate does not match the enrolment request",
             ));
         }
-        tx.execute(
+        exec(&tx,
             "UPDATE devices SET status = 'approved', certificate = ?2, decided_at = ?3 WHERE device_id = ?1",
             params![cert.body.device_id, cert.to_bytes(), now_unix() as i64],
         )?;
@@ -819,7 +851,7 @@ impl Relay {
 
     fn reject(&mut self, session: &Session, device_id: &str) -> Result<Outcome, Failure> {
         self.require_admin(session)?;
-        let changed = self.db.execute(
+        let changed = exec(&self.db,
             "UPDATE devices SET status = 'rejected', decided_at = ?2 WHERE device_id = ?1 AND status = 'pending'",
             params![device_id, now_unix() as i64],
         )?;
@@ -860,24 +892,29 @@ impl Relay {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut wake = BTreeSet::new();
         for device in &body.device_ids {
-            let owner: Option<String> = tx
-                .query_row(
-                    "SELECT user FROM devices WHERE device_id = ?1",
-                    [device],
-                    |r| r.get(0),
-                )
-                .optional()?;
+            let owner: Option<String> = row(
+                &tx,
+                "SELECT user FROM devices WHERE device_id = ?1",
+                [device],
+                |r| r.get(0),
+            )
+            .optional()?;
             if owner.as_deref() != Some(body.user.as_str()) {
                 return Err(refuse(
                     ErrorCode::UnknownDevice,
                     format!("{} has no device {device}", body.user),
                 ));
             }
-            tx.execute(
+            exec(
+                &tx,
                 "UPDATE devices SET status = 'revoked', decided_at = ?2 WHERE device_id = ?1",
                 params![device, now_unix() as i64],
             )?;
-            tx.execute("DELETE FROM key_packages WHERE device_id = ?1", [device])?;
+            exec(
+                &tx,
+                "DELETE FROM key_packages WHERE device_id = ?1",
+                [device],
+            )?;
             record(
                 &tx,
                 "device_revoked",
@@ -885,7 +922,7 @@ impl Relay {
                 &format!("{} ({device})", body.user),
                 None,
             )?;
-            let mut stmt = tx.prepare(
+            let mut stmt = tx.prepare_cached(
                 "SELECT DISTINCT other.device_id FROM memberships mine
                  JOIN memberships other ON other.group_id = mine.group_id AND other.to_seq IS NULL
                  WHERE mine.device_id = ?1 AND mine.to_seq IS NULL",
@@ -894,7 +931,8 @@ impl Relay {
                 wake.insert(row?);
             }
         }
-        tx.execute(
+        exec(
+            &tx,
             "INSERT INTO revocations (user, data, at) VALUES (?1, ?2, ?3)",
             params![
                 body.user,
@@ -914,9 +952,9 @@ impl Relay {
     }
 
     fn revocations(&self, since: u64) -> Result<Outcome, Failure> {
-        let mut stmt = self
-            .db
-            .prepare("SELECT id, data FROM revocations WHERE id > ?1 ORDER BY id LIMIT 500")?;
+        let mut stmt = self.db.prepare_cached(
+            "SELECT id, data FROM revocations WHERE id > ?1 ORDER BY id LIMIT 500",
+        )?;
         let rows = stmt
             .query_map([since.min(i64::MAX as u64) as i64], |r| {
                 Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?))
@@ -937,7 +975,7 @@ impl Relay {
         profile: Profile,
     ) -> Result<Outcome, Failure> {
         check_profile(&profile)?;
-        self.db.execute(
+        exec(&self.db,
             "INSERT INTO profile_requests (user, profile, requested_at) VALUES (?1, ?2, ?3)
              ON CONFLICT (user) DO UPDATE SET profile = excluded.profile, requested_at = excluded.requested_at",
             params![
@@ -958,7 +996,7 @@ impl Relay {
 
     fn list_profile_changes(&self, session: &Session) -> Result<Outcome, Failure> {
         self.require_admin(session)?;
-        let mut stmt = self.db.prepare(
+        let mut stmt = self.db.prepare_cached(
             "SELECT r.user, r.profile, r.requested_at,
                     (SELECT d.certificate FROM devices d WHERE d.user = r.user AND d.status = 'approved' LIMIT 1)
              FROM profile_requests r ORDER BY r.requested_at, r.user",
@@ -1002,20 +1040,20 @@ impl Relay {
             .first()
             .map(|c| c.body.user.clone())
             .unwrap_or_default();
-        let requested: Profile = tx
-            .query_row(
-                "SELECT profile FROM profile_requests WHERE user = ?1",
-                [&user],
-                |r| r.get::<_, Vec<u8>>(0),
+        let requested: Profile = row(
+            &tx,
+            "SELECT profile FROM profile_requests WHERE user = ?1",
+            [&user],
+            |r| r.get::<_, Vec<u8>>(0),
+        )
+        .optional()?
+        .and_then(|p| serde_json::from_slice(&p).ok())
+        .ok_or_else(|| {
+            refuse(
+                ErrorCode::BadRequest,
+                format!("{user:?} has no pending profile change"),
             )
-            .optional()?
-            .and_then(|p| serde_json::from_slice(&p).ok())
-            .ok_or_else(|| {
-                refuse(
-                    ErrorCode::BadRequest,
-                    format!("{user:?} has no pending profile change"),
-                )
-            })?;
+        })?;
         replace_user_certificates(&tx, &org, &certificates, |new, old| {
             new.body.profile == requested && new.body.roles == old.body.roles
         })?;
@@ -1026,9 +1064,11 @@ impl Relay {
 
     fn reject_profile_change(&mut self, session: &Session, user: &str) -> Result<Outcome, Failure> {
         self.require_admin(session)?;
-        let changed = self
-            .db
-            .execute("DELETE FROM profile_requests WHERE user = ?1", [user])?;
+        let changed = exec(
+            &self.db,
+            "DELETE FROM profile_requests WHERE user = ?1",
+            [user],
+        )?;
         if changed == 0 {
             return Err(refuse(
                 ErrorCode::BadRequest,
@@ -1059,7 +1099,8 @@ impl Relay {
                 ));
             }
         }
-        self.db.execute(
+        exec(
+            &self.db,
             "INSERT INTO meta (key, value) VALUES ('org_policy', ?1)
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             [serde_json::to_vec(&policy).expect("policy serialises")],
@@ -1085,7 +1126,8 @@ impl Relay {
                 "the organisation's policy requires an admin to approve new devices",
             ));
         }
-        let changed = self.db.execute(
+        let changed = exec(
+            &self.db,
             "UPDATE devices SET confirmed_by = ?3
              WHERE device_id = ?1 AND user = ?2 AND status = 'pending' AND device_id != ?3",
             params![device_id, session.user, session.device_id],
@@ -1105,7 +1147,7 @@ impl Relay {
         )?;
         // Wake admin devices so one issues the certificate promptly.
         let mut wake = BTreeSet::new();
-        let mut stmt = self.db.prepare(
+        let mut stmt = self.db.prepare_cached(
             "SELECT device_id, certificate FROM devices WHERE status = 'approved' AND certificate IS NOT NULL",
         )?;
         for row in stmt.query_map([], |r| {
@@ -1121,7 +1163,7 @@ impl Relay {
 
     fn list_invites(&self, session: &Session) -> Result<Outcome, Failure> {
         self.require_admin(session)?;
-        let mut stmt = self.db.prepare(
+        let mut stmt = self.db.prepare_cached(
             "SELECT user, expires_at, kind FROM invites
              WHERE used_at IS NULL AND expires_at >= ?1 ORDER BY user, expires_at",
         )?;
@@ -1154,7 +1196,7 @@ impl Relay {
     }
 
     fn directory(&self) -> Result<Outcome, Failure> {
-        let mut stmt = self.db.prepare(
+        let mut stmt = self.db.prepare_cached(
             "SELECT certificate FROM devices WHERE status = 'approved' ORDER BY user, device_id",
         )?;
         let certs = stmt
@@ -1209,17 +1251,20 @@ impl Relay {
             .db
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         for kp in &key_packages {
-            tx.execute(
+            exec(
+                &tx,
                 "INSERT INTO key_packages (device_id, data, last_resort) VALUES (?1, ?2, 0)",
                 params![session.device_id, kp],
             )?;
         }
         if let Some(kp) = &last_resort {
-            tx.execute(
+            exec(
+                &tx,
                 "DELETE FROM key_packages WHERE device_id = ?1 AND last_resort = 1",
                 [&session.device_id],
             )?;
-            tx.execute(
+            exec(
+                &tx,
                 "INSERT INTO key_packages (device_id, data, last_resort) VALUES (?1, ?2, 1)",
                 params![session.device_id, kp],
             )?;
@@ -1229,7 +1274,8 @@ impl Relay {
     }
 
     fn key_package_count(&self, session: &Session) -> Result<Outcome, Failure> {
-        let (available, last): (i64, i64) = self.db.query_row(
+        let (available, last): (i64, i64) = row(
+            &self.db,
             "SELECT COALESCE(SUM(last_resort = 0), 0), COALESCE(SUM(last_resort = 1), 0)
              FROM key_packages WHERE device_id = ?1",
             [&session.device_id],
@@ -1256,7 +1302,7 @@ impl Relay {
                 "link code would already be expired",
             ));
         }
-        self.db.execute(
+        exec(&self.db,
             "INSERT INTO invites (token_hash, user, created_by, expires_at, kind) VALUES (?1, ?2, ?2, ?3, 'link')",
             params![token_hash, session.user, expires_at as i64],
         )?;
@@ -1271,7 +1317,7 @@ impl Relay {
     }
 
     fn my_devices(&self, session: &Session) -> Result<Outcome, Failure> {
-        let mut stmt = self.db.prepare(
+        let mut stmt = self.db.prepare_cached(
             "SELECT device_id FROM devices WHERE user = ?1 AND status = 'approved' ORDER BY device_id",
         )?;
         let devices = stmt
@@ -1285,7 +1331,7 @@ impl Relay {
             .db
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let devices: Vec<String> = {
-            let mut stmt = tx.prepare(
+            let mut stmt = tx.prepare_cached(
                 "SELECT device_id FROM devices WHERE user = ?1 AND status = 'approved' ORDER BY device_id",
             )?;
             let rows = stmt
@@ -1304,17 +1350,17 @@ impl Relay {
             .into_iter()
             .filter(|d| only.is_empty() || only.contains(d))
         {
-            let row: Option<(i64, Vec<u8>, bool)> = tx
-                .query_row(
-                    "SELECT id, data, last_resort FROM key_packages WHERE device_id = ?1
+            let row: Option<(i64, Vec<u8>, bool)> = row(
+                &tx,
+                "SELECT id, data, last_resort FROM key_packages WHERE device_id = ?1
                      ORDER BY last_resort, id LIMIT 1",
-                    [&device_id],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )
-                .optional()?;
+                [&device_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
             if let Some((id, data, last_resort)) = row {
                 if !last_resort {
-                    tx.execute("DELETE FROM key_packages WHERE id = ?1", [id])?;
+                    exec(&tx, "DELETE FROM key_packages WHERE id = ?1", [id])?;
                 }
                 claimed.push(ClaimedKeyPackage {
                     device_id,
@@ -1361,13 +1407,13 @@ impl Relay {
                     ),
                 ));
             }
-            let status: Option<String> = tx
-                .query_row(
-                    "SELECT status FROM devices WHERE device_id = ?1",
-                    [&cert.body.device_id],
-                    |r| r.get(0),
-                )
-                .optional()?;
+            let status: Option<String> = row(
+                tx,
+                "SELECT status FROM devices WHERE device_id = ?1",
+                [&cert.body.device_id],
+                |r| r.get(0),
+            )
+            .optional()?;
             if status.as_deref() != Some(STATUS_APPROVED) {
                 return Err(refuse(
                     ErrorCode::InvalidCertificate,
@@ -1401,14 +1447,14 @@ impl Relay {
         let tx = self
             .db
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let exists = tx
-            .query_row(
-                "SELECT 1 FROM groups WHERE group_id = ?1",
-                [&group_id],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some();
+        let exists = row(
+            &tx,
+            "SELECT 1 FROM groups WHERE group_id = ?1",
+            [&group_id],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some();
         if exists {
             return Err(refuse(
                 ErrorCode::GroupExists,
@@ -1432,11 +1478,12 @@ impl Relay {
                 "a new group must contain only its creator; add members with a commit",
             ));
         }
-        tx.execute(
+        exec(&tx,
             "INSERT INTO groups (group_id, epoch, last_seq, created_by, created_at) VALUES (?1, ?2, 0, ?3, ?4)",
             params![group_id, group.group_context().epoch().as_u64() as i64, session.device_id, now_unix() as i64],
         )?;
-        tx.execute(
+        exec(
+            &tx,
             "INSERT INTO memberships (group_id, device_id, from_seq) VALUES (?1, ?2, 1)",
             params![group_id, session.device_id],
         )?;
@@ -1452,7 +1499,8 @@ impl Relay {
     }
 
     fn group_state(tx: &Transaction, group_id: &[u8]) -> Result<(u64, u64), Failure> {
-        tx.query_row(
+        row(
+            tx,
             "SELECT epoch, last_seq FROM groups WHERE group_id = ?1",
             [group_id],
             |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
@@ -1462,8 +1510,9 @@ impl Relay {
     }
 
     fn current_members(tx: &Transaction, group_id: &[u8]) -> Result<BTreeSet<String>, Failure> {
-        let mut stmt =
-            tx.prepare("SELECT device_id FROM memberships WHERE group_id = ?1 AND to_seq IS NULL")?;
+        let mut stmt = tx.prepare_cached(
+            "SELECT device_id FROM memberships WHERE group_id = ?1 AND to_seq IS NULL",
+        )?;
         let rows = stmt
             .query_map([group_id], |r| r.get(0))?
             .collect::<Result<BTreeSet<String>, _>>()?;
@@ -1481,22 +1530,24 @@ impl Relay {
         client_id: Option<&[u8]>,
         data: &[u8],
     ) -> Result<(), Failure> {
-        tx.execute(
+        exec(tx,
             "INSERT INTO messages (group_id, seq, epoch, kind, sender_device, client_id, data, stored_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![group_id, seq as i64, epoch as i64, kind, sender, client_id, data, now_unix() as i64],
         )?;
-        tx.execute(
+        exec(
+            tx,
             "UPDATE groups SET last_seq = ?2 WHERE group_id = ?1",
             params![group_id, seq as i64],
         )?;
-        tx.execute(
+        exec(
+            tx,
             "INSERT INTO queued_bytes (device_id, bytes) VALUES (?1, ?2)
              ON CONFLICT (device_id) DO UPDATE SET bytes = bytes + excluded.bytes",
             params![sender, data.len() as i64],
         )?;
         if let Some(client_id) = client_id {
-            tx.execute(
+            exec(tx,
                 "INSERT INTO sent_ids (sender_device, client_id, seq, stored_at) VALUES (?1, ?2, ?3, ?4)",
                 params![sender, client_id, seq as i64, now_unix() as i64],
             )?;
@@ -1649,24 +1700,26 @@ impl Relay {
             None,
             commit,
         )?;
-        tx.execute(
+        exec(
+            &tx,
             "UPDATE groups SET epoch = ?2 WHERE group_id = ?1",
             params![group_id, group.group_context().epoch().as_u64() as i64],
         )?;
         for device in &removed {
             record(&tx, "member_removed", &session.user, device, Some(group_id))?;
-            tx.execute(
+            exec(&tx,
                 "UPDATE memberships SET to_seq = ?3 WHERE group_id = ?1 AND device_id = ?2 AND to_seq IS NULL",
                 params![group_id, device, seq as i64],
             )?;
         }
         for device in &added {
             record(&tx, "member_added", &session.user, device, Some(group_id))?;
-            tx.execute(
+            exec(
+                &tx,
                 "INSERT INTO memberships (group_id, device_id, from_seq) VALUES (?1, ?2, ?3)",
                 params![group_id, device, (seq + 1) as i64],
             )?;
-            tx.execute(
+            exec(&tx,
                 "INSERT INTO welcomes (device_id, group_id, data, stored_at) VALUES (?1, ?2, ?3, ?4)",
                 params![device, group_id, welcome.unwrap_or_default(), now_unix() as i64],
             )?;
@@ -1696,25 +1749,25 @@ impl Relay {
             return Err(forbidden());
         }
         for device in added {
-            let owner: Option<String> = tx
-                .query_row(
-                    "SELECT user FROM devices WHERE device_id = ?1",
-                    [device],
-                    |r| r.get(0),
-                )
-                .optional()?;
+            let owner: Option<String> = row(
+                tx,
+                "SELECT user FROM devices WHERE device_id = ?1",
+                [device],
+                |r| r.get(0),
+            )
+            .optional()?;
             if owner.as_deref() != Some(session.user.as_str()) {
                 return Err(forbidden());
             }
         }
         for device in removed {
-            let status: Option<String> = tx
-                .query_row(
-                    "SELECT status FROM devices WHERE device_id = ?1",
-                    [device],
-                    |r| r.get(0),
-                )
-                .optional()?;
+            let status: Option<String> = row(
+                tx,
+                "SELECT status FROM devices WHERE device_id = ?1",
+                [device],
+                |r| r.get(0),
+            )
+            .optional()?;
             if status.as_deref() != Some(STATUS_REVOKED) {
                 return Err(forbidden());
             }
@@ -1800,13 +1853,13 @@ impl Relay {
         let tx = self
             .db
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let existing: Option<i64> = tx
-            .query_row(
-                "SELECT seq FROM sent_ids WHERE sender_device = ?1 AND client_id = ?2",
-                params![session.device_id, client_id],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let existing: Option<i64> = row(
+            &tx,
+            "SELECT seq FROM sent_ids WHERE sender_device = ?1 AND client_id = ?2",
+            params![session.device_id, client_id],
+            |r| r.get(0),
+        )
+        .optional()?;
         if let Some(seq) = existing {
             return Ok(Outcome::reply(Response::Stored { seq: seq as u64 }));
         }
@@ -1819,14 +1872,14 @@ impl Relay {
             ));
         }
         Self::check_epoch(message.epoch().as_u64(), epoch)?;
-        let queued: i64 = tx
-            .query_row(
-                "SELECT bytes FROM queued_bytes WHERE device_id = ?1",
-                params![session.device_id],
-                |r| r.get(0),
-            )
-            .optional()?
-            .unwrap_or(0);
+        let queued: i64 = row(
+            &tx,
+            "SELECT bytes FROM queued_bytes WHERE device_id = ?1",
+            params![session.device_id],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0);
         if queued as u64 + data.len() as u64 > self.queue_quota {
             return Err(refuse(
                 ErrorCode::QuotaExceeded,
@@ -1850,7 +1903,7 @@ impl Relay {
         )?;
         // A sender never receives its own application message, so a sender that had
         // fetched everything before it is also done with it.
-        tx.execute(
+        exec(&tx,
             "INSERT INTO cursors (device_id, group_id, acked_seq)
                SELECT ?1, ?2, ?3 FROM memberships ms
                LEFT JOIN cursors c ON c.device_id = ms.device_id AND c.group_id = ms.group_id
@@ -1870,7 +1923,7 @@ impl Relay {
         let limit = limit.clamp(1, MAX_FETCH) as i64;
         let mut deliveries = Vec::new();
         let mut budget = FetchBudget::default();
-        let mut stmt = self.db.prepare(
+        let mut stmt = self.db.prepare_cached(
             "SELECT id, group_id, data FROM welcomes WHERE device_id = ?1 ORDER BY id LIMIT ?2",
         )?;
         for row in stmt.query_map(params![session.device_id, limit], |r| {
@@ -1888,7 +1941,7 @@ impl Relay {
         }
         let remaining = limit - deliveries.len() as i64;
         if remaining > 0 {
-            let mut stmt = self.db.prepare(
+            let mut stmt = self.db.prepare_cached(
                 "SELECT m.group_id, m.seq, m.data FROM messages m
                  JOIN memberships ms ON ms.group_id = m.group_id AND ms.device_id = ?1
                  LEFT JOIN cursors c ON c.device_id = ?1 AND c.group_id = m.group_id
@@ -1924,26 +1977,32 @@ impl Relay {
         let tx = self
             .db
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut acked_groups = std::collections::BTreeSet::new();
+        // A cursor is a high-water mark: only the highest acknowledged seq per group counts.
+        let mut acked_groups: std::collections::BTreeMap<&[u8], u64> = Default::default();
         for item in items {
             match item {
                 AckItem::Welcome { id } => {
-                    tx.execute(
+                    exec(
+                        &tx,
                         "DELETE FROM welcomes WHERE id = ?1 AND device_id = ?2",
                         params![*id as i64, session.device_id],
                     )?;
                 }
                 AckItem::Group { group_id, seq } => {
-                    tx.execute(
-                        "INSERT INTO cursors (device_id, group_id, acked_seq) VALUES (?1, ?2, ?3)
-                         ON CONFLICT (device_id, group_id) DO UPDATE SET acked_seq = MAX(acked_seq, excluded.acked_seq)",
-                        params![session.device_id, group_id, (*seq).min(i64::MAX as u64) as i64],
-                    )?;
-                    acked_groups.insert(group_id);
+                    let highest = acked_groups.entry(group_id.as_slice()).or_default();
+                    *highest = (*highest).max(*seq);
                 }
             }
         }
-        for group_id in acked_groups {
+        for (group_id, seq) in &acked_groups {
+            exec(
+                &tx,
+                "INSERT INTO cursors (device_id, group_id, acked_seq) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (device_id, group_id) DO UPDATE SET acked_seq = MAX(acked_seq, excluded.acked_seq)",
+                params![session.device_id, group_id, (*seq).min(i64::MAX as u64) as i64],
+            )?;
+        }
+        for group_id in acked_groups.keys() {
             Self::prune_delivered(&tx, group_id)?;
         }
         tx.commit()?;
@@ -2039,8 +2098,9 @@ fn replace_user_certificates(
         return Err(refuse(ErrorCode::BadRequest, "no certificates given"));
     };
     let devices: BTreeSet<String> = {
-        let mut stmt =
-            tx.prepare("SELECT device_id FROM devices WHERE user = ?1 AND status = 'approved'")?;
+        let mut stmt = tx.prepare_cached(
+            "SELECT device_id FROM devices WHERE user = ?1 AND status = 'approved'",
+        )?;
         let rows = stmt
             .query_map([&user], |r| r.get(0))?
             .collect::<Result<BTreeSet<String>, _>>()?;
@@ -2076,7 +2136,8 @@ fn replace_user_certificates(
                 "certificate does not match the requested change",
             ));
         }
-        tx.execute(
+        exec(
+            tx,
             "UPDATE devices SET certificate = ?2, profile = ?3 WHERE device_id = ?1",
             params![
                 cert.body.device_id,
@@ -2085,7 +2146,7 @@ fn replace_user_certificates(
             ],
         )?;
     }
-    tx.execute("DELETE FROM profile_requests WHERE user = ?1", [&user])?;
+    exec(tx, "DELETE FROM profile_requests WHERE user = ?1", [&user])?;
     Ok(user)
 }
 
@@ -2153,7 +2214,7 @@ fn insert_device(
     status: &str,
     cert: Option<&Certificate>,
 ) -> Result<(), Failure> {
-    tx.execute(
+    exec(tx,
         "INSERT INTO devices (device_id, user, device_key, status, profile, certificate, requested_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![

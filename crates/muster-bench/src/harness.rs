@@ -1,0 +1,238 @@
+//! What the network scenarios share: a real `muster-relay` process on a free loopback
+//! port, scratch directories, and an organisation of real client engines around it.
+
+use muster_engine::{Engine, EngineError, RelayConnection};
+use muster_proto::Profile;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("client engine: {0}")]
+    Engine(#[from] EngineError),
+    #[error("relay connection: {0}")]
+    Net(#[from] muster_net::NetError),
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// A directory under the system temp dir, removed on drop.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    pub fn new(label: &str) -> Result<Self, HarnessError> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "muster-bench-{}-{}-{label}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path)?;
+        Ok(Self(path))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A workspace binary built next to this one; built first when missing, so that
+/// `cargo run -p muster-bench` works from a clean checkout.
+pub fn sibling_binary(name: &str) -> Result<PathBuf, HarnessError> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .ok_or_else(|| HarnessError::Setup("benchmark executable has no directory".into()))?;
+    // Test executables live one level further down, in deps/.
+    let candidates = [dir.join(name), dir.join("..").join(name)];
+    if let Some(found) = candidates.iter().find(|p| p.exists()) {
+        return Ok(found.clone());
+    }
+    let release = dir.ends_with("release") || dir.ends_with("release/deps");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("muster-bench: building {name} first");
+    let mut build = Command::new(cargo);
+    build.args(["build", "-p", name]);
+    if release {
+        build.arg("--release");
+    }
+    let status = build.status()?;
+    match candidates.iter().find(|p| p.exists()) {
+        Some(found) if status.success() => Ok(found.clone()),
+        _ => Err(HarnessError::Setup(format!(
+            "{name} is not built and `cargo build -p {name}` failed"
+        ))),
+    }
+}
+
+/// A running relay process; killed on drop.
+pub struct RelayProcess {
+    child: Child,
+    pub addr: String,
+    pub fingerprint: String,
+    pub bootstrap_token: String,
+}
+
+impl RelayProcess {
+    /// Starts `muster-relay serve` on a free loopback port with its data in `data`, with
+    /// per-device rate limits lifted so the load generator is not throttled.
+    pub fn start(data: &Path) -> Result<Self, HarnessError> {
+        let mut child = Command::new(sibling_binary("muster-relay")?)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .args([
+                "--requests-per-sec",
+                "1000000",
+                "--posts-per-sec",
+                "1000000",
+            ])
+            .env("MUSTER_LOG", "error")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let (mut addr, mut fingerprint, mut token) = (None, None, None);
+        while addr.is_none() || fingerprint.is_none() || token.is_none() {
+            let Some(line) = lines.next().transpose()? else {
+                let _ = child.kill();
+                return Err(HarnessError::Setup(
+                    "muster-relay exited before it was ready".into(),
+                ));
+            };
+            if let Some(a) = line.strip_prefix("muster-relay listening on ") {
+                addr = Some(a.trim().to_string());
+            } else if let Some(f) = line.strip_prefix("certificate fingerprint: ") {
+                fingerprint = Some(f.trim().to_string());
+            } else if let Some(t) = line.strip_prefix("bootstrap token: ") {
+                token = Some(t.trim().to_string());
+            }
+        }
+        // Keep draining stdout so the relay never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+        Ok(Self {
+            child,
+            addr: addr.unwrap_or_default(),
+            fingerprint: fingerprint.unwrap_or_default(),
+            bootstrap_token: token.unwrap_or_default(),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Resident memory of a process, in bytes, from /proc.
+pub fn resident_bytes(pid: u32) -> Result<u64, HarnessError> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .ok_or_else(|| HarnessError::Setup(format!("no VmRSS for process {pid}")))
+}
+
+/// An organisation on a fresh relay: an admin device and enrolled members, each a real
+/// client engine with its own store.
+pub struct Org {
+    pub scratch: Scratch,
+    pub relay: RelayProcess,
+    pub admin: Engine,
+    pub admin_conn: RelayConnection,
+}
+
+fn profile(name: &str) -> Profile {
+    Profile {
+        display_name: name.to_string(),
+        ..Default::default()
+    }
+}
+
+impl Org {
+    /// Starts a relay and creates the organisation with its first admin, `admin`.
+    pub async fn create(label: &str) -> Result<Self, HarnessError> {
+        let scratch = Scratch::new(label)?;
+        let relay = RelayProcess::start(&scratch.path().join("relay"))?;
+        let mut admin = Engine::open(&scratch.path().join("admin"))?;
+        admin
+            .create_org(
+                &relay.addr,
+                &relay.fingerprint,
+                &relay.bootstrap_token,
+                "Bench Org",
+                "admin",
+                profile("Admin"),
+            )
+            .await?;
+        let admin_conn = admin.connect().await?;
+        Ok(Self {
+            scratch,
+            relay,
+            admin,
+            admin_conn,
+        })
+    }
+
+    /// Invites, enrols and approves a user with one device; returns its engine.
+    pub async fn enrol(&mut self, user: &str) -> Result<Engine, HarnessError> {
+        let code = self
+            .admin
+            .create_invite(&self.admin_conn, user, 3600)
+            .await?;
+        let mut engine = Engine::open(&self.scratch.path().join(user))?;
+        engine.join(&code, profile(user)).await?;
+        self.admin.approve(&self.admin_conn, user, None).await?;
+        // The first connection picks up the certificate and uploads KeyPackages.
+        engine.connect().await?.close().await;
+        Ok(engine)
+    }
+
+    /// Creates a group of the admin and `members`, and has every member join it; returns
+    /// the group's id (hex).
+    pub async fn group(
+        &mut self,
+        name: &str,
+        members: &mut [Engine],
+    ) -> Result<String, HarnessError> {
+        let users: Vec<String> = members
+            .iter()
+            .map(|e| e.whoami().map(|w| w.0))
+            .collect::<Result<_, _>>()?;
+        let group = self
+            .admin
+            .create_group(&self.admin_conn, name, &users, false)
+            .await?;
+        for engine in members.iter_mut() {
+            let conn = engine.connect().await?;
+            let report = engine.sync(&conn).await?;
+            conn.close().await;
+            if !report.joined_groups.contains(&group.id) {
+                return Err(HarnessError::Setup(format!(
+                    "a member did not join {name}: {}",
+                    report.problems.join("; ")
+                )));
+            }
+        }
+        Ok(group.id)
+    }
+}

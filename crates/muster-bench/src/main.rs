@@ -1,0 +1,154 @@
+//! `muster-bench SCENARIO [options] [--json]`: measures Muster and prints a table, or one
+//! JSON object of figures.
+
+mod connections;
+mod fanout;
+mod harness;
+mod mls;
+mod mosquitto;
+mod plot;
+mod publish;
+mod relay;
+mod report;
+mod store;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "muster-bench", about = "Muster benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+    /// Print one JSON object instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Cost of MLS operations by group size: create in one commit, add, remove, process
+    /// a commit, join from a Welcome, encrypt and decrypt 1 KiB.
+    Mls {
+        /// Group sizes, comma separated.
+        #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
+        sizes: Vec<usize>,
+    },
+    /// One group of real client engines: senders post at a set rate, every member syncs
+    /// on each wake-up; deliveries per second and send-to-store latency.
+    Fanout {
+        #[arg(long, default_value_t = 100)]
+        members: usize,
+        #[arg(long, default_value_t = 10)]
+        senders: usize,
+        /// Messages sent in total.
+        #[arg(long, default_value_t = 2000)]
+        messages: usize,
+        /// Bytes of text per message.
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+        /// Messages per second from all senders together (0: as fast as they can).
+        #[arg(long, default_value_t = 200.0)]
+        rate: f64,
+    },
+    /// The relay alone: pre-encrypted messages stored durably and forwarded to connected
+    /// devices; optionally the same load through a local Mosquitto.
+    Relay {
+        /// Receiving devices in the group, all connected.
+        #[arg(long, default_value_t = 100)]
+        members: usize,
+        /// Sending devices (group members too, not counted as receivers).
+        #[arg(long, default_value_t = 4)]
+        senders: usize,
+        /// Messages sent in total.
+        #[arg(long, default_value_t = 2000)]
+        messages: usize,
+        /// Bytes of text per message before encryption.
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+        /// Requests each sender keeps in flight.
+        #[arg(long, default_value_t = 16)]
+        window: usize,
+        /// Also run the load through a local Mosquitto broker: `mosquitto`.
+        #[arg(long, value_name = "BROKER", value_parser = ["mosquitto"])]
+        against: Option<String>,
+    },
+    /// A client store with many messages: open, latest 50 of a conversation, search.
+    Store {
+        #[arg(long, default_value_t = 1_000_000)]
+        messages: usize,
+    },
+    /// Runs every scenario across group sizes and writes BENCHMARKS.md with plots under
+    /// docs/bench/ (about ten minutes).
+    Report {
+        /// Where to write the Markdown; plots and raw figures go to docs/bench/ beside it.
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        out: std::path::PathBuf,
+    },
+    /// Authenticated idle devices connected at once: relay memory per connection.
+    Connections {
+        #[arg(long, default_value_t = 1000)]
+        devices: usize,
+    },
+}
+
+fn block_on(
+    scenario: impl std::future::Future<Output = Result<report::Report, harness::HarnessError>>,
+) -> Result<report::Report, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?
+        .block_on(scenario)
+        .map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.scenario {
+        Scenario::Mls { sizes } => mls::run(&sizes).map_err(|e| e.to_string()),
+        Scenario::Relay {
+            members,
+            senders,
+            messages,
+            size,
+            window,
+            against,
+        } => {
+            let load = relay::Load {
+                members,
+                senders,
+                messages,
+                size,
+                window,
+            };
+            block_on(relay::run(load, against.is_some()))
+        }
+        Scenario::Fanout {
+            members,
+            senders,
+            messages,
+            size,
+            rate,
+        } => block_on(fanout::run(fanout::Load {
+            members,
+            senders,
+            messages,
+            size,
+            rate,
+        })),
+        Scenario::Report { out } => block_on(publish::run(&out)),
+        Scenario::Store { messages } => store::run(messages).map_err(|e| e.to_string()),
+        Scenario::Connections { devices } => block_on(connections::run(devices)),
+    };
+    match result {
+        Ok(report) => {
+            report.print(cli.json);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("muster-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! `relay`: the relay alone. Senders post pre-encrypted MLS messages to one group; every
+//! receiving device is connected, fetches on each wake-up and acknowledges. With
+//! `--against mosquitto` the same pattern runs through a local Mosquitto broker with QoS 1
+//! and persistent sessions.
+
+use crate::harness::{HarnessError, Org};
+use crate::report::{ms, quantile, Report};
+use muster_engine::RelayConnection;
+use muster_proto::{AckItem, Delivery, Request, Response};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The shape of one run.
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    /// Receiving devices, all connected.
+    pub members: usize,
+    /// Sending devices (also group members, not counted as receivers).
+    pub senders: usize,
+    /// Messages sent in total.
+    pub messages: usize,
+    /// Bytes of text in each message before encryption.
+    pub size: usize,
+    /// Requests each sender keeps in flight.
+    pub window: usize,
+}
+
+/// How long a run may take before it is called stuck.
+const RUN_DEADLINE: Duration = Duration::from_secs(600);
+
+/// What one system did with the load.
+pub struct Outcome {
+    pub deliveries: usize,
+    pub elapsed: Duration,
+    /// Send call to the recipient holding the message, per delivery, in ms.
+    pub latencies_ms: Vec<f64>,
+}
+
+impl Outcome {
+    pub fn deliveries_per_s(&self) -> f64 {
+        self.deliveries as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    fn put(&mut self, report: &mut Report, prefix: &str) {
+        report.set(&format!("{prefix}deliveries"), self.deliveries);
+        report.set(
+            &format!("{prefix}deliveries_per_s"),
+            self.deliveries_per_s().round(),
+        );
+        report.set(&format!("{prefix}elapsed_ms"), ms(self.elapsed));
+        report.set(
+            &format!("{prefix}latency_p50_ms"),
+            quantile(&mut self.latencies_ms, 0.5),
+        );
+        report.set(
+            &format!("{prefix}latency_p99_ms"),
+            quantile(&mut self.latencies_ms, 0.99),
+        );
+    }
+}
+
+pub async fn run(load: Load, against_mosquitto: bool) -> Result<Report, HarnessError> {
+    let mut report = Report::new("relay");
+    report.set("members", load.members);
+    report.set("senders", load.senders);
+    report.set("messages", load.messages);
+    report.set("size", load.size);
+    report.set("window", load.window);
+    let (mut ours, payload_bytes) = muster(load).await?;
+    report.set("payload_bytes", payload_bytes);
+    report.set("durable_before_ack", true);
+    ours.put(&mut report, "");
+    if against_mosquitto {
+        let mut theirs = crate::mosquitto::run(load, payload_bytes).await?;
+        theirs.put(&mut report, "mosquitto_");
+        report.set(
+            "ratio",
+            (ours.deliveries_per_s() / theirs.deliveries_per_s().max(1e-9) * 1000.0).round()
+                / 1000.0,
+        );
+    }
+    Ok(report)
+}
+
+/// Text of `size` bytes that differs between messages.
+pub fn text_of(size: usize, index: usize) -> String {
+    let head = format!("m{index} ");
+    let mut text = head.clone();
+    let filler = "the quick brown fox jumps over the lazy dog ";
+    while text.len() < size.max(head.len()) {
+        text.push_str(filler);
+    }
+    text.truncate(size.max(head.len()));
+    text
+}
+
+/// One pre-encrypted message: its client id and MLS bytes.
+type Payload = (Vec<u8>, Vec<u8>);
+
+/// Runs the load through a real relay; returns what it did and the mean payload size.
+async fn muster(load: Load) -> Result<(Outcome, usize), HarnessError> {
+    let mut org = Org::create("relay").await?;
+    let senders = load.senders.max(1);
+    let mut engines = Vec::new();
+    for i in 1..senders {
+        engines.push(org.enrol(&format!("sender{i}")).await?);
+    }
+    for i in 0..load.members {
+        engines.push(org.enrol(&format!("member{i}")).await?);
+    }
+    let group = org.group("bench", &mut engines).await?;
+    let group_id = hex_decode(&group)?;
+
+    // Encrypt everything up front, through the real client (the admin is sender 0).
+    let mut payloads: Vec<Vec<Payload>> = vec![Vec::new(); senders];
+    for index in 0..load.messages {
+        let sender = index % senders;
+        let engine = if sender == 0 {
+            &mut org.admin
+        } else {
+            &mut engines[sender - 1]
+        };
+        engine.queue_text(&group, &text_of(load.size, index))?;
+    }
+    let mut total_bytes = 0;
+    for (sender, list) in payloads.iter_mut().enumerate() {
+        let home = if sender == 0 {
+            org.admin.home()
+        } else {
+            engines[sender - 1].home()
+        };
+        *list = outbox(home)?;
+        total_bytes += list.iter().map(|p| p.1.len()).sum::<usize>();
+    }
+    let payload_bytes = total_bytes / load.messages.max(1);
+
+    let mut sender_conns = vec![Arc::new(org.admin.connect().await?)];
+    for engine in engines.iter_mut().take(senders - 1) {
+        sender_conns.push(Arc::new(engine.connect().await?));
+    }
+    let mut receivers = Vec::new();
+    for engine in engines.iter_mut().skip(senders - 1) {
+        let conn = engine.connect().await?;
+        drain(&conn).await?;
+        receivers.push(conn);
+    }
+
+    if std::env::var_os("MUSTER_BENCH_TRACE").is_some() {
+        eprintln!("muster-bench: relay {} under load", org.relay.pid());
+    }
+    let start = Instant::now();
+    let receiving: Vec<_> = receivers
+        .into_iter()
+        .map(|conn| tokio::spawn(receive(conn, load.messages)))
+        .collect();
+    let sending: Vec<_> = sender_conns
+        .into_iter()
+        .zip(payloads)
+        .map(|(conn, list)| tokio::spawn(send_all(conn, group_id.clone(), list, load.window)))
+        .collect();
+    let mut sent_at = HashMap::new();
+    for task in sending {
+        sent_at.extend(join(task).await??);
+    }
+    let mut latencies_ms = Vec::new();
+    let mut end = start;
+    let mut deliveries = 0;
+    for task in receiving {
+        for (seq, at) in join(task).await?? {
+            let sent = sent_at.get(&seq).ok_or_else(|| {
+                HarnessError::Setup(format!("delivery of seq {seq}, which no sender sent"))
+            })?;
+            latencies_ms.push(ms(at.saturating_duration_since(*sent)));
+            end = end.max(at);
+            deliveries += 1;
+        }
+    }
+    Ok((
+        Outcome {
+            deliveries,
+            elapsed: end - start,
+            latencies_ms,
+        },
+        payload_bytes,
+    ))
+}
+
+async fn join<T>(task: tokio::task::JoinHandle<T>) -> Result<T, HarnessError> {
+    tokio::time::timeout(RUN_DEADLINE, task)
+        .await
+        .map_err(|_| HarnessError::Setup("the run did not finish within 10 minutes".into()))?
+        .map_err(|e| HarnessError::Setup(format!("a load task failed: {e}")))
+}
+
+fn hex_decode(hex: &str) -> Result<Vec<u8>, HarnessError> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("zz"), 16))
+        .collect::<Result<_, _>>()
+        .map_err(|_| HarnessError::Setup(format!("group id {hex:?} is not hex")))
+}
+
+/// The messages waiting in a device's outbox, in order.
+fn outbox(home: &std::path::Path) -> Result<Vec<Payload>, HarnessError> {
+    let db = rusqlite::Connection::open(home.join("muster.db"))
+        .map_err(|e| HarnessError::Setup(format!("cannot read the sender's outbox: {e}")))?;
+    let rows = db
+        .prepare("SELECT client_id, ciphertext FROM outbox ORDER BY position")
+        .and_then(|mut stmt| {
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<Vec<Payload>, _>>()
+        })
+        .map_err(|e| HarnessError::Setup(format!("cannot read the sender's outbox: {e}")))?;
+    Ok(rows)
+}
+
+/// Fetches and acknowledges until nothing is waiting.
+async fn drain(conn: &RelayConnection) -> Result<(), HarnessError> {
+    while !fetch_and_ack(conn).await?.is_empty() {}
+    Ok(())
+}
+
+/// One fetch, acknowledged at once; returns the group sequence numbers it brought.
+async fn fetch_and_ack(conn: &RelayConnection) -> Result<Vec<u64>, HarnessError> {
+    let Response::Deliveries(deliveries) = conn.request(&Request::Fetch { limit: 500 }).await?
+    else {
+        return Err(HarnessError::Setup("unexpected answer to Fetch".into()));
+    };
+    if deliveries.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut seqs = Vec::new();
+    let items = deliveries
+        .into_iter()
+        .map(|d| match d {
+            Delivery::Welcome { id, .. } => AckItem::Welcome { id },
+            Delivery::Group { group_id, seq, .. } => {
+                seqs.push(seq);
+                AckItem::Group { group_id, seq }
+            }
+        })
+        .collect();
+    conn.request(&Request::Ack { items }).await?;
+    // An empty list would read as "nothing waiting": report at least one entry.
+    if seqs.is_empty() {
+        seqs.push(0);
+    }
+    Ok(seqs)
+}
+
+/// A receiving device: fetches on every wake-up until it holds `expected` messages.
+async fn receive(
+    conn: RelayConnection,
+    expected: usize,
+) -> Result<Vec<(u64, Instant)>, HarnessError> {
+    let push = conn.push_handle();
+    let mut got = Vec::with_capacity(expected);
+    while got.len() < expected {
+        let seqs = fetch_and_ack(&conn).await?;
+        let now = Instant::now();
+        got.extend(seqs.into_iter().filter(|&s| s > 0).map(|s| (s, now)));
+        if got.len() < expected {
+            // A wake-up, or a periodic look in case one was missed.
+            let _ = tokio::time::timeout(Duration::from_millis(200), push.next_push()).await;
+        }
+    }
+    conn.close().await;
+    Ok(got)
+}
+
+/// A sending device: posts its payloads with `window` requests in flight; returns the
+/// relay sequence number and send time of each.
+async fn send_all(
+    conn: Arc<RelayConnection>,
+    group_id: Vec<u8>,
+    payloads: Vec<Payload>,
+    window: usize,
+) -> Result<Vec<(u64, Instant)>, HarnessError> {
+    let slots = Arc::new(tokio::sync::Semaphore::new(window.max(1)));
+    let mut tasks = Vec::with_capacity(payloads.len());
+    for (client_id, message) in payloads {
+        let permit = slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| HarnessError::Setup("send window closed".into()))?;
+        let conn = conn.clone();
+        let group_id = group_id.clone();
+        tasks.push(tokio::spawn(async move {
+            let at = Instant::now();
+            let answer = conn
+                .request(&Request::Send {
+                    group_id,
+                    message,
+                    client_id,
+                })
+                .await;
+            drop(permit);
+            match answer {
+                Ok(Response::Stored { seq }) => Ok((seq, at)),
+                Ok(_) => Err(HarnessError::Setup("unexpected answer to Send".into())),
+                Err(e) => Err(HarnessError::Net(e)),
+            }
+        }));
+    }
+    let mut sent = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        sent.push(join(task).await??);
+    }
+    Ok(sent)
+}

@@ -1,0 +1,139 @@
+//! Every scenario runs at tiny sizes and prints the figures it promises (correctness
+//! only: no figure is held to a speed here).
+
+use serde_json::Value;
+use std::process::Command;
+
+fn bench(args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_muster-bench"))
+        .args(args)
+        .arg("--json")
+        .output()
+        .expect("run muster-bench");
+    assert!(
+        out.status.success(),
+        "muster-bench {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "--json prints one object: {stdout}");
+    serde_json::from_str(lines[0]).expect("output is JSON")
+}
+
+fn number(v: &Value, name: &str) -> f64 {
+    v[name]
+        .as_f64()
+        .unwrap_or_else(|| panic!("figure {name} is missing or not a number in {v}"))
+}
+
+fn mosquitto_installed() -> bool {
+    ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .iter()
+        .any(|p| std::path::Path::new(p).exists())
+}
+
+#[test]
+fn relay_scenario_delivers_every_message_to_every_device_in_both_systems() {
+    let mut args = vec![
+        "relay",
+        "--members",
+        "3",
+        "--senders",
+        "2",
+        "--messages",
+        "7",
+        "--size",
+        "100",
+    ];
+    if mosquitto_installed() {
+        args.extend(["--against", "mosquitto"]);
+    } else {
+        eprintln!("SKIPPED the Mosquitto half: mosquitto is not installed");
+    }
+    let v = bench(&args);
+    assert_eq!(v["scenario"], "relay");
+    assert_eq!(number(&v, "deliveries"), 21.0, "7 messages x 3 devices");
+    assert!(number(&v, "deliveries_per_s") > 0.0);
+    assert!(number(&v, "latency_p99_ms") >= number(&v, "latency_p50_ms"));
+    assert!(
+        number(&v, "payload_bytes") > 100.0,
+        "encrypted is larger than the text"
+    );
+    assert_eq!(v["durable_before_ack"], true);
+    if mosquitto_installed() {
+        assert_eq!(number(&v, "mosquitto_deliveries"), 21.0);
+        assert!(number(&v, "mosquitto_deliveries_per_s") > 0.0);
+        let ratio = number(&v, "ratio");
+        let expected = number(&v, "deliveries_per_s") / number(&v, "mosquitto_deliveries_per_s");
+        assert!((ratio - expected).abs() < 0.01 + expected * 0.01);
+    }
+}
+
+#[test]
+fn fanout_scenario_writes_every_message_into_every_other_members_store() {
+    let v = bench(&[
+        "fanout",
+        "--members",
+        "3",
+        "--senders",
+        "2",
+        "--messages",
+        "6",
+        "--size",
+        "64",
+        "--rate",
+        "50",
+    ]);
+    assert_eq!(v["scenario"], "fanout");
+    // Each message reaches the two members who did not send it.
+    assert_eq!(number(&v, "deliveries"), 12.0);
+    for name in ["deliveries_per_s", "latency_p50_ms", "latency_p99_ms"] {
+        assert!(number(&v, name) > 0.0, "{name}");
+    }
+}
+
+#[test]
+fn mls_scenario_reports_every_operation_for_each_size() {
+    let v = bench(&["mls", "--sizes", "2,5"]);
+    let sizes = v["sizes"].as_array().expect("a row per size");
+    assert_eq!(sizes.len(), 2);
+    for (row, size) in sizes.iter().zip([2.0, 5.0]) {
+        assert_eq!(number(row, "size"), size);
+        for name in [
+            "create_ms",
+            "add_one_ms",
+            "remove_one_ms",
+            "process_add_ms",
+            "process_remove_ms",
+            "join_welcome_ms",
+            "encrypt_1k_us",
+            "decrypt_1k_us",
+            "welcome_bytes",
+            "add_commit_bytes",
+        ] {
+            assert!(number(row, name) > 0.0, "{name} for size {size}");
+        }
+    }
+}
+
+#[test]
+fn connections_scenario_keeps_every_device_connected() {
+    let v = bench(&["connections", "--devices", "6"]);
+    assert_eq!(number(&v, "connected"), 6.0);
+    assert!(number(&v, "relay_rss_after_bytes") > 0.0);
+    number(&v, "kib_per_connection");
+}
+
+#[test]
+fn store_scenario_reads_and_searches_a_filled_store() {
+    let v = bench(&["store", "--messages", "600"]);
+    assert_eq!(number(&v, "messages"), 600.0);
+    let matches = number(&v, "search_common_prefix_matches");
+    assert!(matches > 0.0, "the common word occurs");
+    assert_eq!(number(&v, "search_common_results"), matches.min(50.0));
+    for name in ["open_ms", "latest50_ms", "search_ms", "search_rare_ms"] {
+        assert!(number(&v, name) > 0.0, "{name}");
+    }
+}
