@@ -45,6 +45,11 @@ pub enum Body {
     Receipt {
         kind: ReceiptKind,
         targets: Vec<String>,
+        /// Who wrote the targets, in order: the first `count` targets are by `user`, and
+        /// so on. Only the author records receipts, so other members skip the rest
+        /// without looking anything up. Absent from older clients' receipts.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        authors: Vec<AuthorSpan>,
     },
     /// An urgent message, optionally asking every member to acknowledge it.
     Alert {
@@ -67,6 +72,34 @@ pub enum Body {
         retain_secs: Option<u64>,
         disappear_secs: Option<u64>,
     },
+}
+
+/// A run of consecutive receipt targets written by one user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthorSpan {
+    pub user: String,
+    pub count: usize,
+}
+
+/// The receipt targets written by `user`: all of them when the spans do not account for
+/// every target (an older client's receipt, or a malformed one).
+pub fn targets_by<'a>(targets: &'a [String], authors: &[AuthorSpan], user: &str) -> Vec<&'a str> {
+    if authors.iter().map(|a| a.count).sum::<usize>() != targets.len() {
+        return targets.iter().map(String::as_str).collect();
+    }
+    let mut start = 0;
+    let mut mine = Vec::new();
+    for span in authors {
+        if span.user == user {
+            mine.extend(
+                targets[start..start + span.count]
+                    .iter()
+                    .map(String::as_str),
+            );
+        }
+        start += span.count;
+    }
+    mine
 }
 
 /// "90s", "15m", "1h", "30d": the largest whole unit.
@@ -135,6 +168,22 @@ impl Envelope {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn receipt_targets_are_split_by_author_and_older_receipts_count_for_everyone() {
+        let targets: Vec<String> = ["a1", "a2", "b1", "a3"].map(String::from).to_vec();
+        let span = |user: &str, count| AuthorSpan {
+            user: user.into(),
+            count,
+        };
+        let authors = [span("alice", 2), span("bob", 1), span("alice", 1)];
+        assert_eq!(targets_by(&targets, &authors, "alice"), ["a1", "a2", "a3"]);
+        assert_eq!(targets_by(&targets, &authors, "bob"), ["b1"]);
+        assert!(targets_by(&targets, &authors, "carol").is_empty());
+        assert_eq!(targets_by(&targets, &[], "carol").len(), 4);
+        // Spans that do not add up are ignored rather than trusted.
+        assert_eq!(targets_by(&targets, &[span("bob", 9)], "alice").len(), 4);
+    }
 
     #[test]
     fn envelope_round_trips_and_rejects_unknown_versions() {

@@ -2,7 +2,7 @@
 //! reactions, receipts and group names. Plain functions over a connection or transaction,
 //! used for this device's own sends and for received messages alike.
 
-use crate::content::{describe_duration, Body, Envelope, ReceiptKind};
+use crate::content::{describe_duration, targets_by, Body, Envelope, ReceiptKind};
 use crate::error::EngineError;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::BTreeMap;
@@ -42,7 +42,7 @@ pub(crate) fn insert_system(
     order: Option<i64>,
 ) -> Result<(), EngineError> {
     let now = crate::engine::now_ms();
-    db.execute(
+    cached_execute(db,
         "INSERT INTO messages (id, group_id, kind, sender, sender_device, body, sent_at, received_at, status, sort_key)
          VALUES (?1, ?2, 'system', '', '', ?3, ?4, ?4, 'received', ?5)",
         params![crate::engine::random_hex(16), group_id, text, now, order],
@@ -50,15 +50,29 @@ pub(crate) fn insert_system(
     Ok(())
 }
 
+/// Runs a statement kept in the connection's statement cache: these run for every
+/// message received, and preparing them anew each time is a large share of the work.
+fn cached_execute(
+    db: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> rusqlite::Result<usize> {
+    db.prepare_cached(sql)?.execute(params)
+}
+
 /// The author of a message in this group, if it exists and still has content.
 fn author_of(db: &Connection, group_id: &[u8], id: &str) -> Result<Option<String>, EngineError> {
-    Ok(db
-        .query_row(
-            "SELECT sender FROM messages WHERE group_id = ?1 AND id = ?2 AND kind IN ('text', 'alert', 'attachment') AND deleted = 0",
-            params![group_id, id],
-            |r| r.get(0),
-        )
-        .optional()?)
+    let row: Option<(String, String, bool)> = db
+        .prepare_cached(
+            "SELECT sender, kind, deleted FROM messages WHERE group_id = ?1 AND id = ?2",
+        )?
+        .query_row(params![group_id, id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .optional()?;
+    Ok(row.and_then(|(sender, kind, deleted)| {
+        (!deleted && matches!(kind.as_str(), "text" | "alert" | "attachment")).then_some(sender)
+    }))
 }
 
 /// Where a stored message sits: its status, relay sequence and display order.
@@ -116,7 +130,7 @@ fn insert_message(
     body: &str,
     extras: Extras,
 ) -> Result<bool, EngineError> {
-    db.execute(
+    cached_execute(db,
         "INSERT OR IGNORE INTO messages (id, group_id, kind, sender, sender_device, body, sent_at, received_at,
              relay_seq, status, sort_key, reply_to, mentions, ack_required, attachment,
              delivered_receipt_due, read_receipt_due)
@@ -143,9 +157,11 @@ fn insert_message(
     Ok(placement.received)
 }
 
-/// Applies one envelope to the store. Returns whether it was a message the user reads.
+/// Applies one envelope to the store, on the device of `local_user`. Returns whether it
+/// was a message the user reads.
 pub(crate) fn apply(
     db: &Connection,
+    local_user: &str,
     group_id: &[u8],
     envelope: &Envelope,
     author: &Author,
@@ -175,7 +191,8 @@ pub(crate) fn apply(
         ),
         Body::Edit { target, text } => {
             if author_of(db, group_id, target)?.as_deref() == Some(author.user) {
-                db.execute(
+                cached_execute(
+                    db,
                     "UPDATE messages SET body = ?3, edited_at = ?4 WHERE group_id = ?1 AND id = ?2",
                     params![group_id, target, text, envelope.sent_at],
                 )?;
@@ -186,13 +203,15 @@ pub(crate) fn apply(
         }
         Body::Delete { target } => {
             if author_of(db, group_id, target)?.as_deref() == Some(author.user) {
-                db.execute(
+                cached_execute(
+                    db,
                     "UPDATE messages SET body = '', deleted = 1, reply_to = NULL, mentions = '[]',
                          attachment = NULL, delivered_receipt_due = 0, read_receipt_due = 0
                      WHERE group_id = ?1 AND id = ?2",
                     params![group_id, target],
                 )?;
-                db.execute(
+                cached_execute(
+                    db,
                     "DELETE FROM reactions WHERE group_id = ?1 AND message_id = ?2",
                     params![group_id, target],
                 )?;
@@ -208,12 +227,12 @@ pub(crate) fn apply(
         } => {
             if author_of(db, group_id, target)?.is_some() {
                 if *remove {
-                    db.execute(
+                    cached_execute(db,
                         "DELETE FROM reactions WHERE group_id = ?1 AND message_id = ?2 AND user = ?3 AND emoji = ?4",
                         params![group_id, target, author.user, emoji],
                     )?;
                 } else {
-                    db.execute(
+                    cached_execute(db,
                         "INSERT OR IGNORE INTO reactions (group_id, message_id, user, emoji) VALUES (?1, ?2, ?3, ?4)",
                         params![group_id, target, author.user, emoji],
                     )?;
@@ -221,19 +240,31 @@ pub(crate) fn apply(
             }
             Ok(false)
         }
-        Body::Receipt { kind, targets } => {
-            for target in targets.iter().take(10_000) {
-                let of_other = author_of(db, group_id, target)?.is_some_and(|a| a != author.user);
-                if of_other {
-                    db.execute(
+        Body::Receipt {
+            kind,
+            targets,
+            authors,
+        } => {
+            // Receipts reach the whole group, but only the author of a message learns who
+            // got and read it, as in other workplace messengers; other members skip them.
+            if author.user == local_user {
+                return Ok(false);
+            }
+            for target in targets_by(targets, authors, local_user)
+                .into_iter()
+                .take(10_000)
+            {
+                let mine = author_of(db, group_id, target)?.is_some_and(|a| a == local_user);
+                if mine {
+                    db.prepare_cached(
                         "INSERT OR IGNORE INTO receipts (group_id, message_id, user, kind, at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                        params![group_id, target, author.user, kind.as_str(), envelope.sent_at],
-                    )?;
+                    )?
+                    .execute(params![group_id, target, author.user, kind.as_str(), envelope.sent_at])?;
                     if *kind == ReceiptKind::Read {
-                        db.execute(
+                        db.prepare_cached(
                             "INSERT OR IGNORE INTO receipts (group_id, message_id, user, kind, at) VALUES (?1, ?2, ?3, 'delivered', ?4)",
-                            params![group_id, target, author.user, envelope.sent_at],
-                        )?;
+                        )?
+                        .execute(params![group_id, target, author.user, envelope.sent_at])?;
                     }
                 }
             }
@@ -281,7 +312,7 @@ pub(crate) fn apply(
                 )
                 .optional()?;
             if alert_by.is_some_and(|by| by != author.user) {
-                db.execute(
+                cached_execute(db,
                     "INSERT OR IGNORE INTO acks (group_id, message_id, user, at) VALUES (?1, ?2, ?3, ?4)",
                     params![group_id, target, author.user, envelope.sent_at],
                 )?;
@@ -306,7 +337,8 @@ pub(crate) fn apply(
                 }
                 return Ok(false);
             }
-            db.execute(
+            cached_execute(
+                db,
                 "UPDATE groups SET retain_secs = ?2, disappear_secs = ?3 WHERE group_id = ?1",
                 params![
                     group_id,
@@ -342,7 +374,7 @@ pub(crate) fn apply(
         Body::BoardSet { key, value } => {
             let key: String = key.chars().take(64).collect();
             let value: String = value.chars().take(1000).collect();
-            db.execute(
+            cached_execute(db,
                 "INSERT OR IGNORE INTO board_log (group_id, message_id, key, value, author, at, seq)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![group_id, envelope.id, key, value, author.user, envelope.sent_at, relay_seq],
@@ -436,7 +468,8 @@ fn apply_group_name(
             Some(order_key(seq, 0)),
         );
     }
-    db.execute(
+    cached_execute(
+        db,
         "UPDATE groups SET name = ?2 WHERE group_id = ?1",
         params![group_id, name],
     )?;
@@ -501,7 +534,8 @@ pub(crate) fn decorations(
 /// sender's clock) from this device, with their reactions, receipts and acknowledgements.
 /// Returns how many messages were deleted.
 pub(crate) fn enforce_retention(db: &Connection, now_ms: i64) -> Result<usize, EngineError> {
-    let deleted = db.execute(
+    let deleted = cached_execute(
+        db,
         "DELETE FROM messages WHERE kind != 'system' AND group_id IN (
              SELECT group_id FROM groups WHERE COALESCE(disappear_secs, retain_secs) IS NOT NULL)
            AND sent_at < ?1 - 1000 * (SELECT MIN(COALESCE(g.disappear_secs, g.retain_secs),
@@ -511,7 +545,8 @@ pub(crate) fn enforce_retention(db: &Connection, now_ms: i64) -> Result<usize, E
     )?;
     if deleted > 0 {
         for table in ["reactions", "receipts", "acks"] {
-            db.execute(
+            cached_execute(
+                db,
                 &format!(
                     "DELETE FROM {table} WHERE NOT EXISTS (SELECT 1 FROM messages m
                        WHERE m.group_id = {table}.group_id AND m.id = {table}.message_id)"

@@ -1,12 +1,12 @@
 //! Device operations: enrolment, groups, sending, and sync.
 
 use crate::attachments::{mime_for, AttachmentRef, ChunkCipher};
-use crate::content::{mentions_in, Body, Envelope, ReceiptKind};
+use crate::content::{mentions_in, AuthorSpan, Body, Envelope, ReceiptKind};
 use crate::conversation::{
     self, insert_system, order_key, placeholder_name, Author, BoardEntry, Origin,
 };
 use crate::error::{from_net, EngineError};
-use crate::provider::{JsonCodec, Provider};
+use crate::provider::{Provider, StoreCodec};
 use crate::provision::{Action, OrgSpec, OrgState};
 use crate::store::SCHEMA;
 use muster_net::RelayConnection;
@@ -24,6 +24,7 @@ use openmls_rust_crypto::RustCrypto;
 use openmls_traits::signatures::Signer as _;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
@@ -230,6 +231,10 @@ pub struct Engine {
     home: PathBuf,
     db: Connection,
     crypto: RustCrypto,
+    /// Members per group as last seen, for choosing how receipts go out; a stale count
+    /// only changes how receipts are batched.
+    member_counts: HashMap<Vec<u8>, usize>,
+    verified_certificates: VerifiedCertificates,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -348,6 +353,7 @@ impl Engine {
         }
         let mut db = Connection::open(home.join(DB_FILE))?;
         db.busy_timeout(std::time::Duration::from_secs(10))?;
+        db.set_prepared_statement_cache_capacity(128);
         db.pragma_update(None, "journal_mode", "WAL")?;
         db.pragma_update(None, "synchronous", "FULL")?;
         // Deleted content is overwritten, not left in free pages.
@@ -358,13 +364,15 @@ impl Engine {
             "INSERT INTO messages_fts (messages_fts, rank) VALUES ('secure-delete', 1)",
             [],
         )?;
-        openmls_sqlite_storage::SqliteStorageProvider::<JsonCodec, _>::new(&mut db)
+        openmls_sqlite_storage::SqliteStorageProvider::<StoreCodec, _>::new(&mut db)
             .run_migrations()
             .map_err(|e| EngineError::Mls(format!("storage migration: {e}")))?;
         let engine = Self {
             home: home.to_path_buf(),
             db,
             crypto: RustCrypto::default(),
+            member_counts: HashMap::new(),
+            verified_certificates: VerifiedCertificates::default(),
         };
         engine.enforce_retention()?;
         Ok(engine)
@@ -1837,6 +1845,7 @@ impl Engine {
             &SignatureKeyPair,
         ) -> Result<Option<(MlsMessageOut, Option<MlsMessageOut>)>, EngineError>,
     {
+        self.member_counts.remove(group_id);
         let device = self.device()?;
         let signer = self.signer(&device)?;
         for _ in 0..MAX_COMMIT_ATTEMPTS {
@@ -1880,16 +1889,7 @@ impl Engine {
                         .transaction_with_behavior(TransactionBehavior::Immediate)?;
                     let provider = Provider::new(&self.crypto, &tx);
                     let mut group = load_group(&provider, group_id)?;
-                    let notice = describe_pending_commit(&group);
-                    let adds = group
-                        .pending_commit()
-                        .is_some_and(|staged| staged.add_proposals().next().is_some());
-                    group
-                        .merge_pending_commit(&provider)
-                        .map_err(EngineError::mls)?;
-                    if adds {
-                        queue_name_for_new_members(&provider, &mut group, &signer, &device)?;
-                    }
+                    let notice = merge_own_commit(&provider, &mut group, &signer, &device)?;
                     tx.execute(
                         "DELETE FROM pending_commits WHERE group_id = ?1",
                         [group_id],
@@ -2628,18 +2628,22 @@ impl Engine {
             ReceiptKind::Delivered => "delivered_receipt_due",
             ReceiptKind::Read => "read_receipt_due",
         };
-        let due: Vec<String> = {
-            let mut stmt = self.db.prepare(&format!(
-                "SELECT id FROM messages WHERE group_id = ?1 AND {column} = 1 ORDER BY seq"
+        if kind == ReceiptKind::Delivered && self.delivery_receipts_held(group_id)? {
+            return Ok(());
+        }
+        // Grouped by author, so each author's share can be named in the receipt.
+        let due: Vec<(String, String)> = {
+            let mut stmt = self.db.prepare_cached(&format!(
+                "SELECT id, sender FROM messages WHERE group_id = ?1 AND {column} = 1 ORDER BY sender, seq"
             ))?;
             let rows = stmt
-                .query_map([group_id], |r| r.get::<_, String>(0))?
+                .query_map([group_id], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<Result<Vec<_>, _>>()?;
             rows
         };
-        let targets: Vec<String> = due
+        let targets: Vec<(String, String)> = due
             .into_iter()
-            .filter(|id| only.is_none_or(|o| o.contains(id)))
+            .filter(|(id, _)| only.is_none_or(|o| o.contains(id)))
             .collect();
         if targets.is_empty() {
             return Ok(());
@@ -2648,30 +2652,45 @@ impl Engine {
         if state != STATE_ACTIVE {
             return Ok(());
         }
-        if kind == ReceiptKind::Delivered && !self.delivery_receipts_due_now(group_id)? {
-            return Ok(());
+        if kind == ReceiptKind::Delivered {
+            self.db.execute(
+                "INSERT INTO sync_state (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![delivery_receipts_key(group_id), now_ms()],
+            )?;
         }
         for chunk in targets.chunks(500) {
+            let mut authors: Vec<AuthorSpan> = Vec::new();
+            for (_, sender) in chunk {
+                match authors.last_mut() {
+                    Some(span) if span.user == *sender => span.count += 1,
+                    _ => authors.push(AuthorSpan {
+                        user: sender.clone(),
+                        count: 1,
+                    }),
+                }
+            }
             self.enqueue(
                 group_id,
                 Body::Receipt {
                     kind,
-                    targets: chunk.to_vec(),
+                    targets: chunk.iter().map(|(id, _)| id.clone()).collect(),
+                    authors,
                 },
             )?;
             let tx = self
                 .db
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            for id in chunk {
-                tx.execute(
-                    &format!("UPDATE messages SET {column} = 0 WHERE group_id = ?1 AND id = ?2"),
-                    params![group_id, id],
-                )?;
+            for (id, _) in chunk {
+                tx.prepare_cached(&format!(
+                    "UPDATE messages SET {column} = 0 WHERE group_id = ?1 AND id = ?2"
+                ))?
+                .execute(params![group_id, id])?;
                 if kind == ReceiptKind::Read {
-                    tx.execute(
+                    tx.prepare_cached(
                         "UPDATE messages SET delivered_receipt_due = 0 WHERE group_id = ?1 AND id = ?2",
-                        params![group_id, id],
-                    )?;
+                    )?
+                    .execute(params![group_id, id])?;
                 }
             }
             tx.commit()?;
@@ -2679,33 +2698,30 @@ impl Engine {
         Ok(())
     }
 
-    /// Whether delivery receipts for this group may go out now. Every receipt reaches every
+    /// Whether delivery receipts for this group must wait. Every receipt reaches every
     /// member, so in a large group one per message per member would grow with the square
     /// of its size: there each device sends them at most once per
     /// [`RECEIPT_BATCH_INTERVAL_MS`], covering everything that arrived meanwhile.
-    fn delivery_receipts_due_now(&self, group_id: &[u8]) -> Result<bool, EngineError> {
-        let provider = Provider::new(&self.crypto, &self.db);
-        if load_group(&provider, group_id)?.members().count() <= RECEIPT_BATCH_MEMBERS {
-            return Ok(true);
-        }
-        let key = format!("delivery_receipts_at:{}", group_hex(group_id));
-        let last: i64 = self
-            .db
-            .query_row("SELECT value FROM sync_state WHERE key = ?1", [&key], |r| {
-                r.get(0)
-            })
-            .optional()?
-            .unwrap_or(0);
-        let now = now_ms();
-        if now.saturating_sub(last) < RECEIPT_BATCH_INTERVAL_MS {
+    fn delivery_receipts_held(&mut self, group_id: &[u8]) -> Result<bool, EngineError> {
+        let members = match self.member_counts.get(group_id) {
+            Some(&n) => n,
+            None => {
+                let provider = Provider::new(&self.crypto, &self.db);
+                let n = load_group(&provider, group_id)?.members().count();
+                self.member_counts.insert(group_id.to_vec(), n);
+                n
+            }
+        };
+        if members <= RECEIPT_BATCH_MEMBERS {
             return Ok(false);
         }
-        self.db.execute(
-            "INSERT INTO sync_state (key, value) VALUES (?1, ?2)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            params![key, now],
-        )?;
-        Ok(true)
+        let last: i64 = self
+            .db
+            .prepare_cached("SELECT value FROM sync_state WHERE key = ?1")?
+            .query_row([delivery_receipts_key(group_id)], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0);
+        Ok(now_ms().saturating_sub(last) < RECEIPT_BATCH_INTERVAL_MS)
     }
 
     /// Deletes messages whose group's retention or disappearing time has passed.
@@ -3275,6 +3291,16 @@ impl Engine {
         conn: &RelayConnection,
         report: &mut SyncReport,
     ) -> Result<(), EngineError> {
+        // Usually no group has any: skip reading every group's state to find that out.
+        // (openmls_sqlite_storage keeps queued proposals in this table.)
+        let any_queued: bool =
+            self.db
+                .query_row("SELECT EXISTS (SELECT 1 FROM openmls_proposals)", [], |r| {
+                    r.get(0)
+                })?;
+        if !any_queued {
+            return Ok(());
+        }
         let groups = self.active_group_ids()?;
         for group_id in groups {
             let has_pending = {
@@ -3321,385 +3347,491 @@ impl Engine {
             if deliveries.is_empty() {
                 return Ok(());
             }
+            let full_batch = deliveries.len() >= FETCH_BATCH as usize;
             // Commits in this batch may remove devices revoked since the last look; learn
             // of those revocations before judging the commits.
             self.learn_revocations(conn, report).await?;
-            let mut acks = Vec::with_capacity(deliveries.len());
-            for delivery in deliveries {
-                match delivery {
-                    Delivery::Welcome {
-                        id,
-                        group_id,
-                        welcome,
-                    } => {
-                        self.process_welcome(&group_id, &welcome, report)?;
-                        acks.push(AckItem::Welcome { id });
-                    }
-                    Delivery::Group {
-                        group_id,
-                        seq,
-                        message,
-                    } => {
-                        self.process_group_message(&group_id, seq, &message, report)?;
-                        acks.push(AckItem::Group { group_id, seq });
-                    }
-                }
-            }
+            let acks = self.process_batch(deliveries, report)?;
             conn.request(&Request::Ack { items: acks })
                 .await
                 .map_err(from_net)?;
+            // A shorter batch was everything waiting; whatever arrives later wakes us again.
+            if !full_batch {
+                return Ok(());
+            }
         }
     }
 
-    fn process_welcome(
+    /// Processes one fetched batch in a single store transaction (one disk flush), reading
+    /// each group's MLS state once. Returns the acknowledgements to send once it is stored.
+    fn process_batch(
         &mut self,
-        group_id: &[u8],
-        bytes: &[u8],
+        deliveries: Vec<Delivery>,
         report: &mut SyncReport,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Vec<AckItem>, EngineError> {
         let device = self.device()?;
-        let tx = self
+        let signer = self.signer(&device)?;
+        let mut acks = Vec::with_capacity(deliveries.len());
+        let mut loaded = LoadedGroups::new();
+        let mut purge = false;
+        let mut tx = self
             .db
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let provider = Provider::new(&self.crypto, &tx);
-        let result = (|| -> Result<(MlsGroup, String), String> {
-            let message = MlsMessageIn::tls_deserialize_exact(bytes)
-                .map_err(|e| format!("Welcome does not decode: {e}"))?;
-            let MlsMessageBodyIn::Welcome(welcome) = message.extract() else {
-                return Err("expected a Welcome".into());
-            };
-            if let Some(old) = MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))
-                .map_err(|e| e.to_string())?
-            {
-                let mut old = old;
-                old.delete(provider.storage()).map_err(|e| e.to_string())?;
-            }
-            let staged = StagedWelcome::new_from_welcome(&provider, &join_config(), welcome, None)
-                .map_err(|e| format!("Welcome cannot be opened: {e}"))?;
-            for member in staged.members() {
-                verify_member(&device.org, &member.credential, &member.signature_key)
-                    .map_err(|e| format!("Welcome lists a member with an invalid identity: {e}"))?;
-            }
-            let adder = staged
-                .welcome_sender()
-                .ok()
-                .and_then(|leaf| certificate_in(leaf.credential()))
-                .map(|c| c.body.user)
-                .unwrap_or_else(|| "someone".into());
-            let group = staged
-                .into_group(&provider)
-                .map_err(|e| format!("Welcome cannot be joined: {e}"))?;
-            Ok((group, adder))
-        })();
-        match result {
-            Ok((group, adder)) => {
-                let gid = group.group_id().as_slice().to_vec();
-                if gid != group_id {
-                    report
-                        .problems
-                        .push("rejected a Welcome whose group id differs from its envelope".into());
-                    return Ok(());
+        for delivery in deliveries {
+            match delivery {
+                Delivery::Welcome {
+                    id,
+                    group_id,
+                    welcome,
+                } => {
+                    loaded.remove(&group_id);
+                    process_welcome(&self.crypto, &mut tx, &device, &group_id, &welcome, report)?;
+                    acks.push(AckItem::Welcome { id });
                 }
-                let placeholder = placeholder_name(&gid);
-                tx.execute(
+                Delivery::Group {
+                    group_id,
+                    seq,
+                    message,
+                } => {
+                    let context = BatchContext {
+                        crypto: &self.crypto,
+                        tx: &tx,
+                        device: &device,
+                        signer: &signer,
+                    };
+                    purge |= process_group_message(
+                        &context,
+                        &mut loaded,
+                        &mut self.verified_certificates,
+                        &group_id,
+                        seq,
+                        &message,
+                        report,
+                    )?;
+                    acks.push(AckItem::Group { group_id, seq });
+                }
+            }
+        }
+        tx.commit()?;
+        for (group_id, group) in &loaded {
+            self.member_counts
+                .insert(group_id.clone(), group.members().count());
+        }
+        if purge {
+            self.purge_deleted()?;
+        }
+        Ok(acks)
+    }
+}
+
+/// Certificates whose organisation signature this device has already checked, so that
+/// each is verified once instead of on every message; dates are checked every time.
+#[derive(Default)]
+struct VerifiedCertificates(HashSet<Vec<u8>>);
+
+impl VerifiedCertificates {
+    fn verify(
+        &mut self,
+        cert: &Certificate,
+        org: &OrgDescriptor,
+        now: u64,
+    ) -> Result<(), muster_proto::identity::CertError> {
+        let key = sha256(&cert.to_bytes());
+        if !self.0.contains(&key) {
+            cert.verify_issuer(org)?;
+            self.0.insert(key);
+        }
+        cert.check_validity(now)
+    }
+}
+
+/// MLS groups read while processing one fetched batch, so that each is decoded from the
+/// store once per batch instead of once per message. Dropped when the batch ends.
+type LoadedGroups = HashMap<Vec<u8>, MlsGroup>;
+
+/// What processing one fetched batch shares: the open transaction and this device.
+struct BatchContext<'a> {
+    crypto: &'a RustCrypto,
+    tx: &'a Connection,
+    device: &'a DeviceRow,
+    signer: &'a SignatureKeyPair,
+}
+
+/// Joins the group a Welcome invites this device to, inside the batch's transaction; a
+/// rejected Welcome leaves nothing behind.
+fn process_welcome(
+    crypto: &RustCrypto,
+    batch: &mut rusqlite::Transaction<'_>,
+    device: &DeviceRow,
+    group_id: &[u8],
+    bytes: &[u8],
+    report: &mut SyncReport,
+) -> Result<(), EngineError> {
+    let tx = batch.savepoint()?;
+    let provider = Provider::new(crypto, &tx);
+    let result = (|| -> Result<(MlsGroup, String), String> {
+        let message = MlsMessageIn::tls_deserialize_exact(bytes)
+            .map_err(|e| format!("Welcome does not decode: {e}"))?;
+        let MlsMessageBodyIn::Welcome(welcome) = message.extract() else {
+            return Err("expected a Welcome".into());
+        };
+        if let Some(old) = MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))
+            .map_err(|e| e.to_string())?
+        {
+            let mut old = old;
+            old.delete(provider.storage()).map_err(|e| e.to_string())?;
+        }
+        let staged = StagedWelcome::new_from_welcome(&provider, &join_config(), welcome, None)
+            .map_err(|e| format!("Welcome cannot be opened: {e}"))?;
+        for member in staged.members() {
+            verify_member(&device.org, &member.credential, &member.signature_key)
+                .map_err(|e| format!("Welcome lists a member with an invalid identity: {e}"))?;
+        }
+        let adder = staged
+            .welcome_sender()
+            .ok()
+            .and_then(|leaf| certificate_in(leaf.credential()))
+            .map(|c| c.body.user)
+            .unwrap_or_else(|| "someone".into());
+        let group = staged
+            .into_group(&provider)
+            .map_err(|e| format!("Welcome cannot be joined: {e}"))?;
+        Ok((group, adder))
+    })();
+    match result {
+        Ok((group, adder)) => {
+            let gid = group.group_id().as_slice().to_vec();
+            if gid != group_id {
+                report
+                    .problems
+                    .push("rejected a Welcome whose group id differs from its envelope".into());
+                return Ok(());
+            }
+            let placeholder = placeholder_name(&gid);
+            tx.execute(
                     "INSERT INTO groups (group_id, name, state, created_at) VALUES (?1, ?2, 'active', ?3)
                      ON CONFLICT (group_id) DO UPDATE SET state = 'active'",
                     params![gid, placeholder, now_ms()],
                 )?;
-                insert_system(&tx, &gid, &format!("{adder} added you"), Some(0))?;
-                tx.commit()?;
-                report.joined_groups.push(group_hex(&gid));
-            }
-            Err(why) => {
-                tracing::warn!(%why, "rejected Welcome");
-                report
-                    .problems
-                    .push(format!("rejected an invitation to a group: {why}"));
-            }
+            insert_system(&tx, &gid, &format!("{adder} added you"), Some(0))?;
+            tx.commit()?;
+            report.joined_groups.push(group_hex(&gid));
         }
-        Ok(())
+        Err(why) => {
+            tracing::warn!(%why, "rejected Welcome");
+            report
+                .problems
+                .push(format!("rejected an invitation to a group: {why}"));
+        }
     }
+    Ok(())
+}
 
-    fn process_group_message(
-        &mut self,
-        group_id: &[u8],
-        seq: u64,
-        bytes: &[u8],
-        report: &mut SyncReport,
-    ) -> Result<(), EngineError> {
-        let device = self.device()?;
-        let signer = self.signer(&device)?;
-        let tx = self
-            .db
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let last: i64 = tx
-            .query_row(
-                "SELECT last_seq FROM cursors WHERE group_id = ?1",
-                [group_id],
-                |r| r.get(0),
-            )
-            .optional()?
-            .unwrap_or(0);
-        if seq as i64 <= last {
-            return Ok(());
+/// Processes one group message inside the batch's transaction. Returns whether it deleted
+/// content, so the batch ends with a checkpoint that scrubs it from the write-ahead log.
+fn process_group_message(
+    context: &BatchContext<'_>,
+    loaded: &mut LoadedGroups,
+    verified: &mut VerifiedCertificates,
+    group_id: &[u8],
+    seq: u64,
+    bytes: &[u8],
+    report: &mut SyncReport,
+) -> Result<bool, EngineError> {
+    let BatchContext {
+        crypto,
+        tx,
+        device,
+        signer,
+    } = *context;
+    let last: i64 = tx
+        .prepare_cached("SELECT last_seq FROM cursors WHERE group_id = ?1")?
+        .query_row([group_id], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0);
+    if seq as i64 <= last {
+        return Ok(false);
+    }
+    tx.prepare_cached(
+        "INSERT INTO cursors (group_id, last_seq) VALUES (?1, ?2)
+             ON CONFLICT (group_id) DO UPDATE SET last_seq = excluded.last_seq",
+    )?
+    .execute(params![group_id, seq as i64])?;
+    let own = tx
+        .prepare_cached("DELETE FROM own_handshakes WHERE group_id = ?1 AND seq = ?2")?
+        .execute(params![group_id, seq as i64])?;
+    let state: Option<String> = tx
+        .prepare_cached("SELECT state FROM groups WHERE group_id = ?1")?
+        .query_row([group_id], |r| r.get(0))
+        .optional()?;
+    if own > 0 || state.as_deref() != Some(STATE_ACTIVE) {
+        return Ok(false);
+    }
+    let pending_hash: Option<Vec<u8>> = tx
+        .query_row(
+            "SELECT commit_hash FROM pending_commits WHERE group_id = ?1",
+            [group_id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let provider = Provider::new(crypto, tx);
+    let mut group = match loaded.remove(group_id) {
+        Some(group) => group,
+        None => load_group(&provider, group_id)?,
+    };
+    let managed = policy_of(&group).managed;
+    let mut notices: Vec<String> = Vec::new();
+    let mut new_state: Option<&str> = None;
+    let mut received: Option<(Envelope, Certificate)> = None;
+    let mut purge = false;
+    if let Some(hash) = pending_hash {
+        if hash == sha256(bytes) {
+            // Our own commit, whose acceptance we did not hear about.
+            if let Some(text) = merge_own_commit(&provider, &mut group, signer, device)? {
+                notices.push(format!("you {text}"));
+            }
+        } else {
+            group
+                .clear_pending_commit(provider.storage())
+                .map_err(EngineError::mls)?;
         }
         tx.execute(
-            "INSERT INTO cursors (group_id, last_seq) VALUES (?1, ?2)
-             ON CONFLICT (group_id) DO UPDATE SET last_seq = excluded.last_seq",
-            params![group_id, seq as i64],
+            "DELETE FROM pending_commits WHERE group_id = ?1",
+            [group_id],
         )?;
-        let own = tx.execute(
-            "DELETE FROM own_handshakes WHERE group_id = ?1 AND seq = ?2",
-            params![group_id, seq as i64],
-        )?;
-        let state: Option<String> = tx
-            .query_row(
-                "SELECT state FROM groups WHERE group_id = ?1",
-                [group_id],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if own > 0 || state.as_deref() != Some(STATE_ACTIVE) {
-            tx.commit()?;
-            return Ok(());
+        if hash == sha256(bytes) {
+            for (i, n) in notices.iter().enumerate() {
+                insert_system(tx, group_id, n, Some(order_key(seq, i + 1)))?;
+            }
+            loaded.insert(group_id.to_vec(), group);
+            return Ok(false);
         }
-        let pending_hash: Option<Vec<u8>> = tx
-            .query_row(
-                "SELECT commit_hash FROM pending_commits WHERE group_id = ?1",
-                [group_id],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let provider = Provider::new(&self.crypto, &tx);
-        let mut group = load_group(&provider, group_id)?;
-        let managed = policy_of(&group).managed;
-        let mut notices: Vec<String> = Vec::new();
-        let mut new_state: Option<&str> = None;
-        let mut received: Option<(Envelope, Certificate)> = None;
-        let mut purge = false;
-        if let Some(hash) = pending_hash {
-            if hash == sha256(bytes) {
-                // Our own commit, whose acceptance we did not hear about.
-                if let Some(text) = describe_pending_commit(&group) {
-                    notices.push(format!("you {text}"));
-                }
-                let adds = group
-                    .pending_commit()
-                    .is_some_and(|staged| staged.add_proposals().next().is_some());
-                group
-                    .merge_pending_commit(&provider)
-                    .map_err(EngineError::mls)?;
-                if adds {
-                    queue_name_for_new_members(&provider, &mut group, &signer, &device)?;
-                }
-            } else {
-                group
-                    .clear_pending_commit(provider.storage())
-                    .map_err(EngineError::mls)?;
-            }
-            tx.execute(
-                "DELETE FROM pending_commits WHERE group_id = ?1",
-                [group_id],
-            )?;
-            if hash == sha256(bytes) {
-                for (i, n) in notices.iter().enumerate() {
-                    insert_system(&tx, group_id, n, Some(order_key(seq, i + 1)))?;
-                }
-                tx.commit()?;
-                return Ok(());
-            }
+    }
+    let outcome = (|| -> Result<(), String> {
+        let message = MlsMessageIn::tls_deserialize_exact(bytes)
+            .map_err(|e| format!("message does not decode: {e}"))?
+            .try_into_protocol_message()
+            .map_err(|e| format!("not a group message: {e}"))?;
+        let processed = group
+            .process_message(&provider, message)
+            .map_err(|e| format!("message cannot be processed: {e}"))?;
+        let sender_cert = certificate_in(processed.credential())
+            .ok_or_else(|| "sender has no identity certificate".to_string())?;
+        verified
+            .verify(&sender_cert, &device.org, now_unix())
+            .map_err(|e| format!("sender {}: {e}", sender_cert.body.user))?;
+        if revoked_device(tx, &sender_cert.body.device_id).map_err(|e| e.to_string())? {
+            return Err(format!(
+                "dropped a message from revoked device {} of {}",
+                sender_cert.body.device_id, sender_cert.body.user
+            ));
         }
-        let outcome = (|| -> Result<(), String> {
-            let message = MlsMessageIn::tls_deserialize_exact(bytes)
-                .map_err(|e| format!("message does not decode: {e}"))?
-                .try_into_protocol_message()
-                .map_err(|e| format!("not a group message: {e}"))?;
-            let processed = group
-                .process_message(&provider, message)
-                .map_err(|e| format!("message cannot be processed: {e}"))?;
-            let sender_cert = certificate_in(processed.credential())
-                .ok_or_else(|| "sender has no identity certificate".to_string())?;
-            sender_cert
-                .verify(&device.org, now_unix())
-                .map_err(|e| format!("sender {}: {e}", sender_cert.body.user))?;
-            if revoked_device(&tx, &sender_cert.body.device_id).map_err(|e| e.to_string())? {
-                return Err(format!(
-                    "dropped a message from revoked device {} of {}",
-                    sender_cert.body.device_id, sender_cert.body.user
-                ));
+        match processed.into_content() {
+            ProcessedMessageContent::ApplicationMessage(app) => {
+                let envelope = Envelope::from_bytes(&app.into_bytes())
+                    .map_err(|e| format!("from {}: {e}", sender_cert.body.user))?;
+                received = Some((envelope, sender_cert));
             }
-            match processed.into_content() {
-                ProcessedMessageContent::ApplicationMessage(app) => {
-                    let envelope = Envelope::from_bytes(&app.into_bytes())
-                        .map_err(|e| format!("from {}: {e}", sender_cert.body.user))?;
-                    received = Some((envelope, sender_cert));
+            ProcessedMessageContent::ProposalMessage(proposal) => {
+                if let Proposal::Remove(remove) = proposal.proposal() {
+                    let who = group
+                        .member_at(remove.removed())
+                        .and_then(|m| certificate_in(&m.credential))
+                        .map(|c| c.body.user);
+                    if who.as_deref() == Some(sender_cert.body.user.as_str()) {
+                        notices.push(format!("{} is leaving the group", sender_cert.body.user));
+                    }
                 }
-                ProcessedMessageContent::ProposalMessage(proposal) => {
-                    if let Proposal::Remove(remove) = proposal.proposal() {
-                        let who = group
-                            .member_at(remove.removed())
+                group
+                    .store_pending_proposal(provider.storage(), *proposal)
+                    .map_err(|e| e.to_string())?;
+            }
+            ProcessedMessageContent::StagedCommitMessage(staged) => {
+                if managed && !sender_cert.is_admin() {
+                    let by = &sender_cert.body.user;
+                    let refused = || {
+                        format!(
+                            "refused a change to this managed group by {by}, who is not an admin"
+                        )
+                    };
+                    if staged.add_proposals().any(|a| {
+                        certificate_in(a.add_proposal().key_package().leaf_node().credential())
+                            .is_none_or(|c| c.body.user != *by)
+                    }) {
+                        return Err(refused());
+                    }
+                    for r in staged.remove_proposals() {
+                        let device = group
+                            .member_at(r.remove_proposal().removed())
                             .and_then(|m| certificate_in(&m.credential))
-                            .map(|c| c.body.user);
-                        if who.as_deref() == Some(sender_cert.body.user.as_str()) {
-                            notices.push(format!("{} is leaving the group", sender_cert.body.user));
-                        }
-                    }
-                    group
-                        .store_pending_proposal(provider.storage(), *proposal)
-                        .map_err(|e| e.to_string())?;
-                }
-                ProcessedMessageContent::StagedCommitMessage(staged) => {
-                    if managed && !sender_cert.is_admin() {
-                        let by = &sender_cert.body.user;
-                        let refused = || {
-                            format!("refused a change to this managed group by {by}, who is not an admin")
+                            .map(|c| c.body.device_id);
+                        let revoked = match device {
+                            Some(d) => revoked_device(tx, &d).map_err(|e| e.to_string())?,
+                            None => false,
                         };
-                        if staged.add_proposals().any(|a| {
-                            certificate_in(a.add_proposal().key_package().leaf_node().credential())
-                                .is_none_or(|c| c.body.user != *by)
-                        }) {
-                            return Err(refused());
-                        }
-                        for r in staged.remove_proposals() {
-                            let device = group
-                                .member_at(r.remove_proposal().removed())
-                                .and_then(|m| certificate_in(&m.credential))
-                                .map(|c| c.body.device_id);
-                            let revoked = match device {
-                                Some(d) => revoked_device(&tx, &d).map_err(|e| e.to_string())?,
-                                None => false,
-                            };
-                            if !revoked {
-                                return Err(refused());
-                            }
-                        }
-                        if staged
-                            .queued_proposals()
-                            .any(|p| matches!(p.proposal(), Proposal::GroupContextExtensions(_)))
-                        {
+                        if !revoked {
                             return Err(refused());
                         }
                     }
-                    for add in staged.add_proposals() {
-                        let leaf = add.add_proposal().key_package().leaf_node();
-                        verify_member(
-                            &device.org,
-                            leaf.credential(),
-                            leaf.signature_key().as_slice(),
-                        )
-                        .map_err(|e| {
-                            format!(
-                                "commit by {} adds an unverifiable member: {e}",
-                                sender_cert.body.user
-                            )
-                        })?;
-                    }
-                    if let Some(leaf) = staged.update_path_leaf_node() {
-                        verify_member(
-                            &device.org,
-                            leaf.credential(),
-                            leaf.signature_key().as_slice(),
-                        )
-                        .map_err(|e| format!("commit by {}: {e}", sender_cert.body.user))?;
-                    }
-                    let added: Vec<String> = staged
-                        .add_proposals()
-                        .filter_map(|a| {
-                            certificate_in(a.add_proposal().key_package().leaf_node().credential())
-                        })
-                        .map(|c| c.body.user)
-                        .collect();
-                    let removed: Vec<String> = staged
-                        .remove_proposals()
-                        .filter_map(|r| group.member_at(r.remove_proposal().removed()))
-                        .filter_map(|m| certificate_in(&m.credential))
-                        .map(|c| c.body.user)
-                        .collect();
-                    let self_removed = staged.self_removed();
-                    group
-                        .merge_staged_commit(&provider, *staged)
-                        .map_err(|e| e.to_string())?;
-                    let actor = &sender_cert.body.user;
-                    for user in dedup(added) {
-                        notices.push(format!("{actor} added {user}"));
-                    }
-                    for user in dedup(removed) {
-                        if user == *actor {
-                            notices.push(format!("{user} left"));
-                        } else {
-                            notices.push(format!("{actor} removed {user}"));
-                        }
-                    }
-                    if self_removed || !group.is_active() {
-                        new_state = Some(STATE_REMOVED);
-                        notices.push("you are no longer a member of this group".into());
+                    if staged
+                        .queued_proposals()
+                        .any(|p| matches!(p.proposal(), Proposal::GroupContextExtensions(_)))
+                    {
+                        return Err(refused());
                     }
                 }
-                _ => return Err("unsupported message type".into()),
-            }
-            Ok(())
-        })();
-        if let Err(why) = outcome {
-            tracing::warn!(%why, "could not process a group message");
-            report.problems.push(why.clone());
-            notices.push(format!("a message could not be processed: {why}"));
-        }
-        if let Some((envelope, cert)) = received {
-            let author = Author {
-                user: &cert.body.user,
-                device: &cert.body.device_id,
-                admin: cert.is_admin(),
-            };
-            let origin = Origin::Received {
-                seq,
-                at_ms: now_ms(),
-            };
-            if conversation::apply(&tx, group_id, &envelope, &author, origin, managed)? {
-                report.received += 1;
-                let group: String = tx.query_row(
-                    "SELECT name FROM groups WHERE group_id = ?1",
-                    [group_id],
-                    |r| r.get(0),
-                )?;
-                let (kind, text, mentions_me, ack_required) = match &envelope.body {
-                    Body::Text { text, mentions, .. } => {
-                        ("text", text.clone(), mentions.contains(&device.user), false)
+                for add in staged.add_proposals() {
+                    let leaf = add.add_proposal().key_package().leaf_node();
+                    verify_member(
+                        &device.org,
+                        leaf.credential(),
+                        leaf.signature_key().as_slice(),
+                    )
+                    .map_err(|e| {
+                        format!(
+                            "commit by {} adds an unverifiable member: {e}",
+                            sender_cert.body.user
+                        )
+                    })?;
+                }
+                if let Some(leaf) = staged.update_path_leaf_node() {
+                    verify_member(
+                        &device.org,
+                        leaf.credential(),
+                        leaf.signature_key().as_slice(),
+                    )
+                    .map_err(|e| format!("commit by {}: {e}", sender_cert.body.user))?;
+                }
+                let added: Vec<String> = staged
+                    .add_proposals()
+                    .filter_map(|a| {
+                        certificate_in(a.add_proposal().key_package().leaf_node().credential())
+                    })
+                    .map(|c| c.body.user)
+                    .collect();
+                let removed: Vec<String> = staged
+                    .remove_proposals()
+                    .filter_map(|r| group.member_at(r.remove_proposal().removed()))
+                    .filter_map(|m| certificate_in(&m.credential))
+                    .map(|c| c.body.user)
+                    .collect();
+                let self_removed = staged.self_removed();
+                group
+                    .merge_staged_commit(&provider, *staged)
+                    .map_err(|e| e.to_string())?;
+                let actor = &sender_cert.body.user;
+                for user in dedup(added) {
+                    notices.push(format!("{actor} added {user}"));
+                }
+                for user in dedup(removed) {
+                    if user == *actor {
+                        notices.push(format!("{user} left"));
+                    } else {
+                        notices.push(format!("{actor} removed {user}"));
                     }
-                    Body::Alert { text, ack_required } => {
-                        ("alert", text.clone(), false, *ack_required)
-                    }
-                    _ => ("text", String::new(), false, false),
-                };
-                let notification = Notification {
-                    id: envelope.id.clone(),
-                    group,
-                    sender: cert.body.user.clone(),
-                    kind: kind.into(),
-                    text,
-                    mentions_me,
-                    ack_required,
-                };
-                if should_notify(&tx, group_id, &notification)? {
-                    report.notifications.push(notification);
+                }
+                if self_removed || !group.is_active() {
+                    new_state = Some(STATE_REMOVED);
+                    notices.push("you are no longer a member of this group".into());
                 }
             }
-            purge = matches!(envelope.body, Body::Delete { .. });
-        }
-        if let Some(state) = new_state {
-            tx.execute(
-                "UPDATE groups SET state = ?2 WHERE group_id = ?1",
-                params![group_id, state],
-            )?;
-        }
-        for (i, n) in notices.iter().enumerate() {
-            insert_system(&tx, group_id, n, Some(order_key(seq, i + 1)))?;
-        }
-        tx.commit()?;
-        if purge {
-            self.purge_deleted()?;
+            _ => return Err("unsupported message type".into()),
         }
         Ok(())
+    })();
+    if let Err(why) = &outcome {
+        tracing::warn!(%why, "could not process a group message");
+        report.problems.push(why.clone());
+        notices.push(format!("a message could not be processed: {why}"));
     }
+    if let Some((envelope, cert)) = received {
+        let author = Author {
+            user: &cert.body.user,
+            device: &cert.body.device_id,
+            admin: cert.is_admin(),
+        };
+        let origin = Origin::Received {
+            seq,
+            at_ms: now_ms(),
+        };
+        if conversation::apply(
+            tx,
+            &device.user,
+            group_id,
+            &envelope,
+            &author,
+            origin,
+            managed,
+        )? {
+            report.received += 1;
+            let group: String = tx.query_row(
+                "SELECT name FROM groups WHERE group_id = ?1",
+                [group_id],
+                |r| r.get(0),
+            )?;
+            let (kind, text, mentions_me, ack_required) = match &envelope.body {
+                Body::Text { text, mentions, .. } => {
+                    ("text", text.clone(), mentions.contains(&device.user), false)
+                }
+                Body::Alert { text, ack_required } => ("alert", text.clone(), false, *ack_required),
+                _ => ("text", String::new(), false, false),
+            };
+            let notification = Notification {
+                id: envelope.id.clone(),
+                group,
+                sender: cert.body.user.clone(),
+                kind: kind.into(),
+                text,
+                mentions_me,
+                ack_required,
+            };
+            if should_notify(tx, group_id, &notification)? {
+                report.notifications.push(notification);
+            }
+        }
+        purge = matches!(envelope.body, Body::Delete { .. });
+    }
+    if let Some(state) = new_state {
+        tx.execute(
+            "UPDATE groups SET state = ?2 WHERE group_id = ?1",
+            params![group_id, state],
+        )?;
+    }
+    for (i, n) in notices.iter().enumerate() {
+        insert_system(tx, group_id, n, Some(order_key(seq, i + 1)))?;
+    }
+    // A message that failed may have left the group object half-changed; the next one
+    // reads the group afresh from the store.
+    if outcome.is_ok() && new_state.is_none() {
+        loaded.insert(group_id.to_vec(), group);
+    }
+    Ok(purge)
+}
+
+/// Where the time of a group's last delivery receipts is kept.
+fn delivery_receipts_key(group_id: &[u8]) -> String {
+    format!("delivery_receipts_at:{}", group_hex(group_id))
+}
+
+/// Merges this device's own commit once the relay has sequenced it, and tells members it
+/// added the group's name. Returns what the commit did, for the notice.
+fn merge_own_commit(
+    provider: &Provider,
+    group: &mut MlsGroup,
+    signer: &SignatureKeyPair,
+    device: &DeviceRow,
+) -> Result<Option<String>, EngineError> {
+    let notice = describe_pending_commit(group);
+    let adds = group
+        .pending_commit()
+        .is_some_and(|staged| staged.add_proposals().next().is_some());
+    group
+        .merge_pending_commit(provider)
+        .map_err(EngineError::mls)?;
+    if adds {
+        queue_name_for_new_members(provider, group, signer, device)?;
+    }
+    Ok(notice)
 }
 
 fn dedup(mut v: Vec<String>) -> Vec<String> {
@@ -3809,7 +3941,15 @@ fn queue_in(
             device: &device.device_id,
             admin: device.certificate.as_ref().is_some_and(|c| c.is_admin()),
         };
-        conversation::apply(db, &group_id, &envelope, &author, Origin::Own, false)?;
+        conversation::apply(
+            db,
+            &device.user,
+            &group_id,
+            &envelope,
+            &author,
+            Origin::Own,
+            false,
+        )?;
     }
     Ok(())
 }

@@ -105,11 +105,12 @@ fn content(data: &[u8]) {
             },
         );
         let origin = Origin::Received { seq, at_ms: 1_000 };
-        conversation::apply(&db, GROUP, &text, author, origin, false).expect("seed message");
+        conversation::apply(&db, "alice", GROUP, &text, author, origin, false)
+            .expect("seed message");
     }
     for (seq, author, managed) in [(3, &bob, false), (4, &alice, true)] {
         let origin = Origin::Received { seq, at_ms: 2_000 };
-        let _ = conversation::apply(&db, GROUP, &envelope, author, origin, managed);
+        let _ = conversation::apply(&db, "alice", GROUP, &envelope, author, origin, managed);
     }
     let _ = conversation::board(&db, GROUP);
     for id in ["m1", "m2", envelope.id.as_str()] {

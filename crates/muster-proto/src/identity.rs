@@ -114,6 +114,13 @@ fn signed_bytes(body: &CertificateBody) -> Vec<u8> {
 impl Certificate {
     /// Verifies the certificate against the pinned organisation at time `now`.
     pub fn verify(&self, org: &OrgDescriptor, now: u64) -> Result<(), CertError> {
+        self.verify_issuer(org)?;
+        self.check_validity(now)
+    }
+
+    /// Checks everything about the certificate except its dates: the organisation, the
+    /// root signature, that the device id belongs to the key, and the handle.
+    pub fn verify_issuer(&self, org: &OrgDescriptor) -> Result<(), CertError> {
         if self.body.org_id != org.org_id {
             return Err(CertError::WrongOrg {
                 expected: org.org_id.clone(),
@@ -127,6 +134,11 @@ impl Certificate {
             return Err(CertError::DeviceIdMismatch);
         }
         validate_handle(&self.body.user)?;
+        Ok(())
+    }
+
+    /// Checks that `now` lies within the certificate's validity period.
+    pub fn check_validity(&self, now: u64) -> Result<(), CertError> {
         if now < self.body.not_before || now > self.body.not_after {
             return Err(CertError::Expired {
                 not_before: self.body.not_before,
