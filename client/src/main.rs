@@ -1,6 +1,8 @@
 //! `muster`: the command-line client. It parses arguments, calls the engine and prints
 //! (human text by default, one JSON object per line with `--json`).
 
+mod archive;
+
 use clap::{Args, Parser, Subcommand};
 use muster_engine::{Engine, EngineError, GroupView, MessageView, RelayConnection};
 use muster_proto::Profile;
@@ -68,6 +70,9 @@ enum Command {
         /// Which device, when the user has several pending (device id or prefix).
         #[arg(long)]
         device: Option<String>,
+        /// Make this device the organisation's compliance archive (archive role only).
+        #[arg(long)]
+        archive: bool,
     },
     /// (admin) Reject a user's enrolment request.
     Reject {
@@ -211,6 +216,9 @@ enum Command {
     /// Your profile as colleagues see it.
     #[command(subcommand)]
     Profile(ProfileCommand),
+    /// The organisation's compliance archive (run on the archive device).
+    #[command(subcommand)]
+    Archive(archive::ArchiveCommand),
 }
 
 #[derive(Subcommand)]
@@ -371,6 +379,13 @@ enum GroupCommand {
         /// Remove any limit.
         #[arg(long)]
         keep_forever: bool,
+        /// (admin) Archive the group: the organisation's compliance archive joins it and
+        /// keeps everything said there, visibly to every member.
+        #[arg(long, conflicts_with = "no_archived")]
+        archived: bool,
+        /// (admin) Stop archiving the group and remove the archive from it.
+        #[arg(long)]
+        no_archived: bool,
     },
     /// Rename a group for every member.
     Rename { group: String, new_name: String },
@@ -393,7 +408,13 @@ fn parse_duration(s: &str) -> Result<u64, String> {
         "m" => 60,
         "h" => 3600,
         "d" | "" => 86400,
-        _ => return Err(format!("invalid duration unit in {s:?}: use s, m, h or d")),
+        "w" => 7 * 86400,
+        "y" => 365 * 86400,
+        _ => {
+            return Err(format!(
+                "invalid duration unit in {s:?}: use s, m, h, d, w or y"
+            ))
+        }
     };
     if n == 0 {
         return Err("duration must be positive".into());
@@ -519,6 +540,9 @@ fn print_group(g: &GroupView) {
     };
     if g.managed {
         state.push_str(" [managed]");
+    }
+    if g.archived {
+        state.push_str(" [archived]");
     }
     if g.pinned {
         state.push_str(" [pinned]");
@@ -676,6 +700,22 @@ async fn deliver_queued(
     }
 }
 
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
 async fn connected(engine: &mut Engine) -> Result<RelayConnection, EngineError> {
     engine.connect().await
 }
@@ -776,11 +816,21 @@ async fn run(cli: Cli) -> Result<(), EngineError> {
                 println!("no pending enrolment requests");
             }
         }
-        Command::Approve { user, device } => {
+        Command::Approve {
+            user,
+            device,
+            archive,
+        } => {
             let conn = connected(&mut engine).await?;
-            let id = engine.approve(&conn, &user, device.as_deref()).await?;
+            let id = engine
+                .approve(&conn, &user, device.as_deref(), archive)
+                .await?;
             conn.close().await;
-            println!("approved {user} (device {id})");
+            if archive {
+                println!("approved {user} (device {id}) as the organisation's compliance archive");
+            } else {
+                println!("approved {user} (device {id})");
+            }
         }
         Command::Reject { user, device } => {
             let conn = connected(&mut engine).await?;
@@ -815,7 +865,12 @@ async fn run(cli: Cli) -> Result<(), EngineError> {
                     retain,
                     disappear,
                     keep_forever,
+                    archived,
+                    no_archived,
                 } => {
+                    if archived || no_archived {
+                        engine.set_group_policy(&conn, &group, archived).await?;
+                    }
                     if retain.is_some() || disappear.is_some() || keep_forever {
                         let queued = engine.queue_retention(&group, retain, disappear)?;
                         engine.deliver(&conn, &queued).await?;
@@ -839,6 +894,13 @@ async fn run(cli: Cli) -> Result<(), EngineError> {
                         (None, None) => {
                             println!("{}: messages are kept with no time limit", g.name)
                         }
+                    }
+                    if g.archived {
+                        println!(
+                            "{}: archived by the organisation's compliance archive ({})",
+                            g.name,
+                            g.archive_members.join(", ")
+                        );
                     }
                     Ok(())
                 }
@@ -1074,6 +1136,7 @@ async fn run(cli: Cli) -> Result<(), EngineError> {
                 revoked.join(", ")
             );
         }
+        Command::Archive(command) => archive::run(&mut engine, command).await?,
         Command::Profile(ProfileCommand::Show(flag)) => {
             let p = engine.profile()?;
             if flag.json {
@@ -1363,6 +1426,22 @@ async fn chat(engine: &mut Engine, group: &str) -> Result<(), EngineError> {
     for m in engine.read(group, 20)? {
         print_message(&m);
         last = last.max(m.local_seq);
+    }
+    if let Some(g) = engine
+        .groups()?
+        .into_iter()
+        .find(|g| g.name == group || g.id.starts_with(group))
+    {
+        if g.archived {
+            if g.archive_members.is_empty() {
+                println!("*** ARCHIVED GROUP WITHOUT ITS ARCHIVE: sending is blocked until an admin restores it ***");
+            } else {
+                println!(
+                    "*** ARCHIVED: everything said here is kept by the organisation's compliance archive ({}) ***",
+                    g.archive_members.join(", ")
+                );
+            }
+        }
     }
     println!(
         "--- chatting in {group}: type a message and press Enter; /ack ID acknowledges an alert; /quit or Ctrl-D to leave ---"

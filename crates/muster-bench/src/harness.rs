@@ -201,7 +201,9 @@ impl Org {
             .await?;
         let mut engine = Engine::open(&self.scratch.path().join(user))?;
         engine.join(&code, profile(user)).await?;
-        self.admin.approve(&self.admin_conn, user, None).await?;
+        self.admin
+            .approve(&self.admin_conn, user, None, false)
+            .await?;
         // The first connection picks up the certificate and uploads KeyPackages.
         engine.connect().await?.close().await;
         Ok(engine)

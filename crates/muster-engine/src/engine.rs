@@ -1,5 +1,6 @@
 //! Device operations: enrolment, groups, sending, and sync.
 
+use crate::archive::{self, ArchivedMessage};
 use crate::attachments::{mime_for, AttachmentRef, ChunkCipher};
 use crate::content::{mentions_in, AuthorSpan, Body, Envelope, ReceiptKind};
 use crate::conversation::{
@@ -109,6 +110,10 @@ pub struct GroupView {
     pub state: String,
     /// Only admins add or remove people; members cannot leave or rename it.
     pub managed: bool,
+    /// The organisation's compliance archive keeps everything said in this group.
+    pub archived: bool,
+    /// Members whose certificate carries the archive role (valid ones only).
+    pub archive_members: Vec<String>,
     /// Devices delete messages this long after they were sent.
     pub disappear_secs: Option<u64>,
     /// Devices keep messages this long.
@@ -334,6 +339,26 @@ fn verify_member(
     Ok(cert)
 }
 
+/// Users in the group whose device holds a valid, unrevoked archive certificate.
+fn archive_members(
+    group: &MlsGroup,
+    org: &OrgDescriptor,
+    db: &Connection,
+) -> Result<Vec<String>, EngineError> {
+    let mut users = Vec::new();
+    for member in group.members() {
+        let Ok(cert) = verify_member(org, &member.credential, &member.signature_key) else {
+            continue;
+        };
+        if cert.is_archive() && !revoked_device(db, &cert.body.device_id)? {
+            users.push(cert.body.user);
+        }
+    }
+    users.sort();
+    users.dedup();
+    Ok(users)
+}
+
 fn mls_bytes(message: &MlsMessageOut) -> Result<Vec<u8>, EngineError> {
     message.tls_serialize_detached().map_err(EngineError::mls)
 }
@@ -359,6 +384,7 @@ impl Engine {
         // Deleted content is overwritten, not left in free pages.
         db.pragma_update(None, "secure_delete", "ON")?;
         db.execute_batch(SCHEMA)?;
+        db.execute_batch(crate::archive::SCHEMA)?;
         // Deleted rows leave no trace in the full-text index either.
         db.execute(
             "INSERT INTO messages_fts (messages_fts, rank) VALUES ('secure-delete', 1)",
@@ -857,12 +883,14 @@ impl Engine {
         }
     }
 
-    /// Signs the identity certificate of `user`'s pending device.
+    /// Signs the identity certificate of `user`'s pending device. With `archive`, the
+    /// device becomes the organisation's compliance archive (archive role only).
     pub async fn approve(
         &mut self,
         conn: &RelayConnection,
         user: &str,
         device: Option<&str>,
+        archive: bool,
     ) -> Result<String, EngineError> {
         let me = self.device()?;
         let root = Self::root_key(&me)?;
@@ -874,7 +902,13 @@ impl Engine {
             .into_iter()
             .find(|c| c.body.user == request.user);
         let (profile, roles) = match existing {
+            Some(c) if archive && !c.is_archive() => {
+                return Err(EngineError::Invalid(format!(
+                    "{user} is an enrolled person; an archive needs an account of its own"
+                )))
+            }
             Some(c) => (c.body.profile, c.body.roles),
+            None if archive => (request.profile.clone(), vec![Role::Archive]),
             None => (request.profile.clone(), vec![Role::Member]),
         };
         Self::sign_and_approve(conn, &me, &root, &request, profile, roles).await?;
@@ -1318,6 +1352,7 @@ impl Engine {
                         .map(|r| match r {
                             Role::Admin => "admin".to_string(),
                             Role::Member => "member".to_string(),
+                            Role::Archive => "archive".to_string(),
                         })
                         .collect(),
                     devices: 1,
@@ -1551,7 +1586,10 @@ impl Engine {
         members: &[String],
         managed: bool,
     ) -> Result<GroupView, EngineError> {
-        let policy = GroupPolicy { managed };
+        let policy = GroupPolicy {
+            managed,
+            archived: false,
+        };
         if managed {
             Self::require_admin(&self.device()?)?;
         }
@@ -1682,6 +1720,11 @@ impl Engine {
                 "{user} is not a member of {name}"
             )));
         }
+        if view.archived && view.archive_members.iter().any(|m| m == user) {
+            return Err(EngineError::Invalid(format!(
+                "{user} is {name}'s compliance archive; turn archiving off first (`muster group policy {name} --no-archived`)"
+            )));
+        }
         let user = user.to_string();
         self.run_commit(conn, &group_id, |group, provider, signer| {
             let leaves: Vec<LeafNodeIndex> = group
@@ -1699,6 +1742,98 @@ impl Engine {
         })
         .await?;
         self.group_view(&group_id)
+    }
+
+    /// (admin) Turns the compliance archive on or off for a group. On: the organisation's
+    /// archive devices are added first, then the signed policy says `archived`, so no
+    /// member ever sees an archived group without its archive. Off: the policy changes
+    /// first, then the archive devices are removed.
+    pub async fn set_group_policy(
+        &mut self,
+        conn: &RelayConnection,
+        group: &str,
+        archived: bool,
+    ) -> Result<GroupView, EngineError> {
+        let me = self.device()?;
+        Self::require_admin(&me)?;
+        let (group_id, name) = self.active_group(group)?;
+        let archive_users: Vec<String> = {
+            let mut users: Vec<String> = self
+                .certificates(conn)
+                .await?
+                .into_iter()
+                .filter(|c| c.is_archive())
+                .map(|c| c.body.user)
+                .collect();
+            users.sort();
+            users.dedup();
+            users
+        };
+        if archived {
+            if archive_users.is_empty() {
+                return Err(EngineError::Invalid(
+                    "no archive device is enrolled: enrol one (`muster join` on the archive host) and approve it with `muster approve USER --archive`".into(),
+                ));
+            }
+            let key_packages = self.claim_key_packages(conn, &archive_users).await?;
+            self.add_key_packages(conn, &group_id, key_packages).await?;
+        }
+        let current = {
+            let provider = Provider::new(&self.crypto, &self.db);
+            policy_of(&load_group(&provider, &group_id)?)
+        };
+        if current.archived != archived {
+            let policy = GroupPolicy {
+                archived,
+                ..current
+            };
+            self.run_commit(conn, &group_id, |group, provider, signer| {
+                // openmls accepts a changed private extension only when the group
+                // requires every member to support it (all Muster leaves do).
+                let extensions = Extensions::from_vec(vec![
+                    Extension::RequiredCapabilities(RequiredCapabilitiesExtension::new(
+                        &[ExtensionType::Unknown(GROUP_POLICY_EXTENSION)],
+                        &[],
+                        &[],
+                    )),
+                    Extension::Unknown(GROUP_POLICY_EXTENSION, UnknownExtension(policy.to_bytes())),
+                ])
+                .map_err(EngineError::mls)?;
+                let (commit, welcome, _) = group
+                    .update_group_context_extensions(provider, extensions, signer)
+                    .map_err(EngineError::mls)?;
+                Ok(Some((commit, welcome)))
+            })
+            .await?;
+        }
+        if !archived {
+            let archive_set = archive_users.clone();
+            self.run_commit(conn, &group_id, |group, provider, signer| {
+                let leaves: Vec<LeafNodeIndex> = group
+                    .members()
+                    .filter(|m| {
+                        certificate_in(&m.credential)
+                            .is_some_and(|c| c.is_archive() && archive_set.contains(&c.body.user))
+                    })
+                    .map(|m| m.index)
+                    .collect();
+                if leaves.is_empty() {
+                    return Ok(None);
+                }
+                let (commit, welcome, _) = group
+                    .remove_members(provider, signer, &leaves)
+                    .map_err(EngineError::mls)?;
+                Ok(Some((commit, welcome)))
+            })
+            .await?;
+        }
+        let view = self.group_view(&group_id)?;
+        if archived && view.archive_members.is_empty() {
+            return Err(EngineError::Invalid(format!(
+                "{name} is archived, but no archive device could be added (has the archive device connected once, to publish its keys?)"
+            )));
+        }
+        Ok(view)
     }
 
     /// Renames the group for every member.
@@ -1985,6 +2120,10 @@ impl Engine {
             Some(g) => (Vec::new(), g.epoch().as_u64()),
             None => (Vec::new(), 0),
         };
+        let archive_members = match &group {
+            Some(g) if state == STATE_ACTIVE => archive_members(g, &self.device()?.org, &self.db)?,
+            _ => Vec::new(),
+        };
         Ok(GroupView {
             name,
             id: group_hex(group_id),
@@ -1992,6 +2131,8 @@ impl Engine {
             epoch,
             state,
             managed: group.as_ref().is_some_and(|g| policy_of(g).managed),
+            archived: group.as_ref().is_some_and(|g| policy_of(g).archived),
+            archive_members,
             disappear_secs: disappear_secs.map(|v| v as u64),
             retain_secs: retain_secs.map(|v| v as u64),
             muted: view.muted,
@@ -2065,6 +2206,157 @@ impl Engine {
             .query_map([], |r| r.get(0))?
             .collect::<Result<Vec<String>, _>>()?;
         Ok(users)
+    }
+
+    // ---- compliance archive ---------------------------------------------------------
+
+    fn require_archive(&self) -> Result<DeviceRow, EngineError> {
+        let device = self.device()?;
+        if !device.certificate.as_ref().is_some_and(|c| c.is_archive()) {
+            return Err(EngineError::Invalid(
+                "this device is not the organisation's archive: its certificate has no archive role".into(),
+            ));
+        }
+        Ok(device)
+    }
+
+    /// Whether this device is the organisation's compliance archive.
+    pub fn is_archive(&self) -> Result<bool, EngineError> {
+        Ok(self.require_archive().is_ok())
+    }
+
+    /// (archive) Checks the archive's hash chain and signed checkpoints.
+    pub fn archive_verify(&self) -> Result<archive::VerifyReport, EngineError> {
+        let device = self.require_archive()?;
+        archive::verify(&self.db, &device.device_key)
+    }
+
+    /// Appends a read of the archive to its access log, signed like every entry.
+    fn record_access(&mut self, action: &str, what: String) -> Result<(), EngineError> {
+        let device = self.require_archive()?;
+        let signer = self.signer(&device)?;
+        let who = std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .unwrap_or_else(|_| "unknown".into());
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let access = archive::AccessRecord {
+            who,
+            action: action.into(),
+            what,
+        };
+        archive::record_access(&tx, &access, now_ms())?;
+        archive::checkpoint(&tx, now_ms(), |p| {
+            signer
+                .sign(p)
+                .map_err(|e| EngineError::Mls(format!("{e:?}")))
+        })?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// (archive) The archived messages of one account, oldest first. The export is
+    /// recorded in the access log before anything is returned.
+    pub fn archive_export(
+        &mut self,
+        filter: &archive::ExportFilter,
+    ) -> Result<Vec<ArchivedMessage>, EngineError> {
+        self.require_archive()?;
+        let mut what = format!("messages of {}", filter.user);
+        if let Some(g) = &filter.group {
+            what.push_str(&format!(" in {g}"));
+        }
+        if let Some(from) = filter.from_ms {
+            what.push_str(&format!(" from {}", rfc3339_ms(from)));
+        }
+        if let Some(to) = filter.to_ms {
+            what.push_str(&format!(" to {}", rfc3339_ms(to)));
+        }
+        self.record_access("export", what)?;
+        archive::messages(&self.db, filter)
+    }
+
+    /// (archive) Draws `count` archived messages at random for a reviewer's spot check;
+    /// the same `seed` draws the same sample from the same archive. Recorded in the
+    /// access log.
+    pub fn archive_sample(
+        &mut self,
+        count: usize,
+        seed: Option<u64>,
+    ) -> Result<(u64, Vec<ArchivedMessage>), EngineError> {
+        self.require_archive()?;
+        let seed = match seed {
+            Some(s) => s,
+            None => {
+                let mut bytes = [0u8; 8];
+                ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+                    .map_err(|_| EngineError::Invalid("no randomness available".into()))?;
+                u64::from_le_bytes(bytes)
+            }
+        };
+        let mut seqs = archive::message_seqs(&self.db)?;
+        let total = seqs.len();
+        // Partial Fisher-Yates with splitmix64: reproducible from the seed alone.
+        let mut state = seed;
+        let mut next = || {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        };
+        let count = count.min(total);
+        for i in 0..count {
+            let j = i + (next() % (total - i) as u64) as usize;
+            seqs.swap(i, j);
+        }
+        let mut chosen = seqs[..count].to_vec();
+        chosen.sort_unstable();
+        self.record_access(
+            "sample",
+            format!("{count} of {total} messages, seed {seed}"),
+        )?;
+        let sample = chosen
+            .into_iter()
+            .map(|seq| archive::message_at(&self.db, seq))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((seed, sample))
+    }
+
+    /// (archive) Every export, sample, hold and release, oldest first, with its time.
+    pub fn archive_access_log(&self) -> Result<Vec<(i64, archive::AccessRecord)>, EngineError> {
+        self.require_archive()?;
+        archive::access_log(&self.db)
+    }
+
+    /// (archive) Puts `user` under legal hold, or releases them: held users' messages are
+    /// kept past the retention period. Recorded in the access log. Returns whether
+    /// anything changed.
+    pub fn archive_hold(&mut self, user: &str, held: bool) -> Result<bool, EngineError> {
+        self.require_archive()?;
+        validate_handle(user)?;
+        let changed = archive::set_hold(&self.db, user, held, now_ms())?;
+        if changed {
+            self.record_access(if held { "hold" } else { "release" }, user.to_string())?;
+        }
+        Ok(changed)
+    }
+
+    /// (archive) Users under legal hold, with when the hold began (ms since the epoch).
+    pub fn archive_holds(&self) -> Result<Vec<(String, i64)>, EngineError> {
+        self.require_archive()?;
+        archive::holds(&self.db)
+    }
+
+    /// (archive) Clears messages sent more than `retain_secs` ago, and those whose group's
+    /// disappearing-message time has run out, except those of users under legal hold.
+    /// Returns how many entries were cleared.
+    pub fn archive_prune(&mut self, retain_secs: Option<u64>) -> Result<usize, EngineError> {
+        self.require_archive()?;
+        let now = now_ms();
+        let cutoff = retain_secs.map(|r| now.saturating_sub((r as i64).saturating_mul(1000)));
+        archive::prune(&self.db, cutoff, now)
     }
 
     // ---- messages -----------------------------------------------------------------
@@ -2631,6 +2923,10 @@ impl Engine {
         if kind == ReceiptKind::Delivered && self.delivery_receipts_held(group_id)? {
             return Ok(());
         }
+        // The archive keeps what it receives but reads nothing: it sends no receipts.
+        if self.is_archive()? {
+            return Ok(());
+        }
         // Grouped by author, so each author's share can be named in the receipt.
         let due: Vec<(String, String)> = {
             let mut stmt = self.db.prepare_cached(&format!(
@@ -2670,14 +2966,19 @@ impl Engine {
                     }),
                 }
             }
-            self.enqueue(
+            let queued = self.enqueue(
                 group_id,
                 Body::Receipt {
                     kind,
                     targets: chunk.iter().map(|(id, _)| id.clone()).collect(),
                     authors,
                 },
-            )?;
+            );
+            match queued {
+                // Receipts wait, like everything else, until the archive is back.
+                Err(EngineError::ArchiveMissing(_)) => return Ok(()),
+                other => other?,
+            };
             let tx = self
                 .db
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -3412,6 +3713,13 @@ impl Engine {
                 }
             }
         }
+        if device.certificate.as_ref().is_some_and(|c| c.is_archive()) {
+            archive::checkpoint(&tx, now_ms(), |payload| {
+                signer
+                    .sign(payload)
+                    .map_err(|e| EngineError::Mls(format!("{e:?}")))
+            })?;
+        }
         tx.commit()?;
         for (group_id, group) in &loaded {
             self.member_counts
@@ -3579,7 +3887,8 @@ fn process_group_message(
         Some(group) => group,
         None => load_group(&provider, group_id)?,
     };
-    let managed = policy_of(&group).managed;
+    let policy = policy_of(&group);
+    let managed = policy.managed;
     let mut notices: Vec<String> = Vec::new();
     let mut new_state: Option<&str> = None;
     let mut received: Option<(Envelope, Certificate)> = None;
@@ -3673,11 +3982,32 @@ fn process_group_message(
                             return Err(refused());
                         }
                     }
-                    if staged
+                }
+                let by = &sender_cert.body.user;
+                if !sender_cert.is_admin()
+                    && staged
                         .queued_proposals()
                         .any(|p| matches!(p.proposal(), Proposal::GroupContextExtensions(_)))
-                    {
-                        return Err(refused());
+                {
+                    return Err(format!(
+                        "refused a change to this group's policy by {by}, who is not an admin"
+                    ));
+                }
+                if policy.archived {
+                    for r in staged.remove_proposals() {
+                        let removed = group
+                            .member_at(r.remove_proposal().removed())
+                            .and_then(|m| certificate_in(&m.credential));
+                        if let Some(cert) = removed {
+                            if cert.is_archive()
+                                && !revoked_device(tx, &cert.body.device_id)
+                                    .map_err(|e| e.to_string())?
+                            {
+                                return Err(format!(
+                                    "refused a commit by {by} that removes the compliance archive from an archived group; archiving must be turned off first"
+                                ));
+                            }
+                        }
                     }
                 }
                 for add in staged.add_proposals() {
@@ -3745,6 +4075,26 @@ fn process_group_message(
         notices.push(format!("a message could not be processed: {why}"));
     }
     if let Some((envelope, cert)) = received {
+        if policy.archived && device.certificate.as_ref().is_some_and(|c| c.is_archive()) {
+            let (name, disappear_secs): (String, Option<i64>) = tx
+                .prepare_cached("SELECT name, disappear_secs FROM groups WHERE group_id = ?1")?
+                .query_row([group_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let message = ArchivedMessage {
+                group_id: group_hex(group_id),
+                group: name,
+                relay_seq: seq,
+                sender: cert.body.user.clone(),
+                sender_device: cert.body.device_id.clone(),
+                sent_at: envelope.sent_at,
+                received_at: now_ms(),
+                id: envelope.id.clone(),
+                body: serde_json::to_value(&envelope.body)
+                    .map_err(|e| EngineError::Invalid(e.to_string()))?,
+            };
+            let expires_at = disappear_secs
+                .map(|secs| envelope.sent_at.saturating_add(secs.saturating_mul(1000)));
+            archive::record_message(tx, group_id, &message, expires_at, now_ms())?;
+        }
         let author = Author {
             user: &cert.body.user,
             device: &cert.body.device_id,
@@ -3923,6 +4273,9 @@ fn queue_in(
 ) -> Result<(), EngineError> {
     let db = provider.storage_connection();
     let group_id = group.group_id().as_slice().to_vec();
+    if policy_of(group).archived && archive_members(group, &device.org, db)?.is_empty() {
+        return Err(EngineError::ArchiveMissing(group_hex(&group_id)));
+    }
     let ciphertext = group
         .create_message(provider, signer, &envelope.to_bytes())
         .map_err(EngineError::mls)?;

@@ -33,6 +33,8 @@ pub enum EngineError {
     NoRootKey,
     #[error("this is a managed group: only an admin can {0}")]
     Managed(String),
+    #[error("group {0} is archived but has no valid archive member, so nothing can be sent to it until an admin restores the archive (`muster group policy NAME --archived`)")]
+    ArchiveMissing(String),
     #[error("the group kept moving; gave up after {0} attempts")]
     TooManyRetries(u32),
     #[error("MLS error: {0}")]

@@ -5,6 +5,7 @@
 //! Inbound processing is plain functions over a database transaction; the relay
 //! connection is passed in by the caller.
 
+pub mod archive;
 mod attachments;
 mod content;
 pub mod conversation;

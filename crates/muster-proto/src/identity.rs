@@ -75,6 +75,9 @@ pub struct OrgDescriptor {
 pub enum Role {
     Admin,
     Member,
+    /// The organisation's compliance archive: a headless device that keeps a copy of every
+    /// archived group's conversation. Members see it in the group.
+    Archive,
 }
 
 /// The attributes a user chose and an admin approves.
@@ -151,6 +154,10 @@ impl Certificate {
 
     pub fn is_admin(&self) -> bool {
         self.body.roles.contains(&Role::Admin)
+    }
+
+    pub fn is_archive(&self) -> bool {
+        self.body.roles.contains(&Role::Archive)
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {

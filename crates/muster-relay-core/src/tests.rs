@@ -860,7 +860,13 @@ fn in_a_managed_group_only_admins_change_membership() {
     let mut w = World::new();
     let bob = w.enrol("bob");
     let carol = w.enrol("carol");
-    let (mut alice_group, mut joined) = w.group_with_policy(&[&bob], GroupPolicy { managed: true });
+    let (mut alice_group, mut joined) = w.group_with_policy(
+        &[&bob],
+        GroupPolicy {
+            managed: true,
+            archived: false,
+        },
+    );
     let mut bob_group = joined.remove(0);
     let gid = alice_group.group_id().as_slice().to_vec();
 
@@ -912,7 +918,10 @@ fn in_a_managed_group_only_admins_change_membership() {
     let mut own = MlsGroup::new(
         &bob.provider,
         &bob.signer,
-        &config_with(GroupPolicy { managed: true }),
+        &config_with(GroupPolicy {
+            managed: true,
+            archived: false,
+        }),
         bob.credential(),
     )
     .unwrap();

@@ -1,0 +1,386 @@
+//! `muster archive ...`: the compliance archive device's commands.
+
+use clap::{Subcommand, ValueEnum};
+use muster_engine::archive::{AccessRecord, ArchivedMessage, ExportFilter};
+use muster_engine::{Engine, EngineError};
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Subcommand)]
+pub enum ArchiveCommand {
+    /// Run the archive: stay connected, process everything archived groups send, and
+    /// store it in the hash-chained archive. Stops on Ctrl-C or SIGTERM.
+    Serve {
+        /// Keep entries this long (e.g. 7y, 90d), then delete them, except those of users
+        /// under legal hold. Remembered for later runs.
+        #[arg(long, value_parser = crate::parse_duration)]
+        retain: Option<u64>,
+    },
+    /// Check every entry's hash chain and every signed checkpoint.
+    Verify {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write one account's archived messages to a file (recorded in the access log).
+    Export {
+        #[arg(long)]
+        user: String,
+        /// Only this group (name or id).
+        #[arg(long)]
+        group: Option<String>,
+        /// Sent at or after this time (RFC 3339, or a date like 2026-01-31).
+        #[arg(long, value_parser = parse_time)]
+        from: Option<i64>,
+        /// Sent before this time (RFC 3339, or a date).
+        #[arg(long, value_parser = parse_time)]
+        to: Option<i64>,
+        #[arg(long, value_enum)]
+        format: ExportFormat,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Draw a random sample of archived messages for a reviewer (recorded in the access log).
+    Sample {
+        #[arg(long)]
+        count: usize,
+        /// The same seed draws the same sample again.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Print who exported or sampled what, and every hold and release.
+    AccessLog {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a user under legal hold: their messages are kept past the retention period.
+    Hold { user: String },
+    /// Release a user's legal hold.
+    Release { user: String },
+    /// List users under legal hold.
+    Holds,
+    /// Delete entries past the retention period, or past their group's disappearing
+    /// time, now (except those of users under legal hold).
+    Prune {
+        /// Defaults to the period `serve --retain` remembered.
+        #[arg(long, value_parser = crate::parse_duration)]
+        retain: Option<u64>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ExportFormat {
+    /// One JSON object per line.
+    Jsonl,
+    /// RFC 5322 messages in one mbox file (`From ` separated), readable by mail tools.
+    Eml,
+}
+
+const RETAIN_SETTING: &str = "archive_retain_secs";
+/// How often `serve` applies retention and disappearing-message times.
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A time given on the command line, in milliseconds since the Unix epoch.
+fn parse_time(s: &str) -> Result<i64, String> {
+    use time::format_description::well_known::Rfc3339;
+    if let Ok(t) = time::OffsetDateTime::parse(s, &Rfc3339) {
+        return Ok((t.unix_timestamp_nanos() / 1_000_000) as i64);
+    }
+    let date_format = time::macros::format_description!("[year]-[month]-[day]");
+    time::Date::parse(s, &date_format)
+        .map(|d| d.midnight().assume_utc().unix_timestamp() * 1000)
+        .map_err(|_| {
+            format!(
+                "invalid time {s:?}: use RFC 3339 (2026-01-31T09:00:00Z) or a date (2026-01-31)"
+            )
+        })
+}
+
+fn rfc3339(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
+}
+
+pub async fn run(engine: &mut Engine, command: ArchiveCommand) -> Result<(), EngineError> {
+    if !engine.is_archive()? {
+        return Err(EngineError::Invalid(
+            "this device is not the organisation's archive: enrol it with `muster join` and have an admin run `muster approve USER --archive`".into(),
+        ));
+    }
+    match command {
+        ArchiveCommand::Serve { retain } => serve(engine, retain).await,
+        ArchiveCommand::Verify { json } => {
+            let report = engine.archive_verify()?;
+            if json {
+                println!("{}", serde_json::to_string(&report).expect("serialises"));
+            } else {
+                for p in &report.problems {
+                    println!("{p}");
+                }
+                println!(
+                    "{} entries ({} past retention), {} signed checkpoints: {}",
+                    report.entries,
+                    report.pruned,
+                    report.checkpoints,
+                    if report.problems.is_empty() {
+                        "intact"
+                    } else {
+                        "TAMPERED"
+                    }
+                );
+            }
+            if report.problems.is_empty() {
+                Ok(())
+            } else {
+                Err(EngineError::Invalid(format!(
+                    "archive verification failed: {} problem(s), first: {}",
+                    report.problems.len(),
+                    report.problems[0]
+                )))
+            }
+        }
+        ArchiveCommand::Export {
+            user,
+            group,
+            from,
+            to,
+            format,
+            out,
+        } => {
+            let filter = ExportFilter {
+                user,
+                group,
+                from_ms: from,
+                to_ms: to,
+            };
+            let messages = engine.archive_export(&filter)?;
+            write_export(&messages, format, &out)?;
+            eprintln!(
+                "exported {} message(s) of {} to {}",
+                messages.len(),
+                filter.user,
+                out.display()
+            );
+            Ok(())
+        }
+        ArchiveCommand::Sample { count, seed } => {
+            let (seed, sample) = engine.archive_sample(count, seed)?;
+            for m in &sample {
+                println!("{}", serde_json::to_string(m).expect("serialises"));
+            }
+            eprintln!("{} message(s) drawn with seed {seed}", sample.len());
+            Ok(())
+        }
+        ArchiveCommand::AccessLog { json } => {
+            for (at, AccessRecord { who, action, what }) in engine.archive_access_log()? {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"at": rfc3339(at), "who": who, "action": action, "what": what})
+                    );
+                } else {
+                    println!("{}  {who}  {action}  {what}", rfc3339(at));
+                }
+            }
+            Ok(())
+        }
+        ArchiveCommand::Hold { user } => {
+            let changed = engine.archive_hold(&user, true)?;
+            println!(
+                "{user} {}",
+                if changed {
+                    "is now under legal hold"
+                } else {
+                    "was already under legal hold"
+                }
+            );
+            Ok(())
+        }
+        ArchiveCommand::Release { user } => {
+            let changed = engine.archive_hold(&user, false)?;
+            println!(
+                "{user} {}",
+                if changed {
+                    "is released from legal hold"
+                } else {
+                    "was not under legal hold"
+                }
+            );
+            Ok(())
+        }
+        ArchiveCommand::Holds => {
+            for (user, since) in engine.archive_holds()? {
+                println!("{user}  since {}", rfc3339(since));
+            }
+            Ok(())
+        }
+        ArchiveCommand::Prune { retain } => {
+            let retain = match retain {
+                Some(r) => Some(r),
+                None => stored_retention(engine)?,
+            };
+            let cleared = engine.archive_prune(retain)?;
+            println!(
+                "deleted {cleared} entr{} past retention",
+                if cleared == 1 { "y" } else { "ies" }
+            );
+            Ok(())
+        }
+    }
+}
+
+fn stored_retention(engine: &Engine) -> Result<Option<u64>, EngineError> {
+    Ok(engine.setting(RETAIN_SETTING)?.and_then(|v| v.parse().ok()))
+}
+
+async fn serve(engine: &mut Engine, retain: Option<u64>) -> Result<(), EngineError> {
+    if let Some(r) = retain {
+        engine.set_setting(RETAIN_SETTING, Some(&r.to_string()))?;
+    }
+    let retain = stored_retention(engine)?;
+    let (user, device, _) = engine.whoami()?;
+    println!(
+        "archive {user} (device {device}) serving; retention: {}",
+        retain.map_or("none".to_string(), muster_engine::describe_duration)
+    );
+    let _ = std::io::stdout().flush();
+    let shutdown = crate::shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut next_prune = tokio::time::Instant::now();
+    let mut delay = std::time::Duration::from_millis(200);
+    loop {
+        let conn = tokio::select! {
+            conn = engine.connect() => conn,
+            _ = &mut shutdown => return Ok(()),
+        };
+        let conn = match conn {
+            Ok(conn) => conn,
+            Err(EngineError::Net(e)) => {
+                eprintln!("relay unreachable ({e}); retrying in {delay:?}");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = &mut shutdown => return Ok(()),
+                }
+                delay = (delay * 2).min(std::time::Duration::from_secs(30));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        delay = std::time::Duration::from_millis(200);
+        let push = conn.push_handle();
+        loop {
+            match engine.sync(&conn).await {
+                Ok(report) => {
+                    for p in &report.problems {
+                        eprintln!("warning: {p}");
+                    }
+                    for g in &report.joined_groups {
+                        println!("joined group {g}");
+                    }
+                    if report.received > 0 {
+                        println!("archived {} message(s)", report.received);
+                    }
+                    let _ = std::io::stdout().flush();
+                }
+                Err(EngineError::Net(e)) => {
+                    eprintln!("connection lost ({e}); reconnecting");
+                    break;
+                }
+                Err(e) => eprintln!("warning: sync failed: {e}"),
+            }
+            if tokio::time::Instant::now() >= next_prune {
+                match engine.archive_prune(retain) {
+                    Ok(0) => {}
+                    Ok(n) => println!("deleted {n} entries past retention"),
+                    Err(e) => eprintln!("warning: retention failed: {e}"),
+                }
+                next_prune = tokio::time::Instant::now() + PRUNE_EVERY;
+            }
+            tokio::select! {
+                wake = push.next_push() => {
+                    if wake.is_none() {
+                        eprintln!("connection to the relay lost; reconnecting");
+                        break;
+                    }
+                }
+                _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => {}
+                _ = &mut shutdown => {
+                    conn.close().await;
+                    println!("archive stopped");
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+fn write_export(
+    messages: &[ArchivedMessage],
+    format: ExportFormat,
+    out: &std::path::Path,
+) -> Result<(), EngineError> {
+    let file = std::fs::File::create(out)?;
+    let mut file = std::io::BufWriter::new(file);
+    let bar = indicatif::ProgressBar::new(messages.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("exporting {bar:40} {pos}/{len}")
+            .expect("valid template"),
+    );
+    if messages.len() < 1000 {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    for m in messages {
+        match format {
+            ExportFormat::Jsonl => {
+                serde_json::to_writer(&mut file, m).map_err(std::io::Error::other)?;
+                file.write_all(b"\n")?;
+            }
+            ExportFormat::Eml => write_eml(&mut file, m)?,
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    file.flush()?;
+    Ok(())
+}
+
+/// One archived message as an RFC 5322 message in an mbox.
+fn write_eml(out: &mut impl Write, m: &ArchivedMessage) -> std::io::Result<()> {
+    let kind = m.body["type"].as_str().unwrap_or("message");
+    let date = time::OffsetDateTime::from_unix_timestamp_nanos(m.sent_at as i128 * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc2822)
+                .ok()
+        })
+        .unwrap_or_default();
+    let text = m.body["text"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| serde_json::to_string_pretty(&m.body).unwrap_or_default());
+    let header = |s: &str| s.replace(['\r', '\n'], " ");
+    writeln!(out, "From {} {}", header(&m.sender), date)?;
+    write!(
+        out,
+        "From: {sender} <{sender}@muster>\r\nTo: {group} <{group_id}@muster>\r\nDate: {date}\r\nSubject: [{group}] {kind}\r\nMessage-ID: <{id}.{group_id}@muster>\r\nX-Muster-Device: {device}\r\nX-Muster-Relay-Seq: {seq}\r\nX-Muster-Received: {received}\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n",
+        sender = header(&m.sender),
+        group = header(&m.group),
+        group_id = m.group_id,
+        id = header(&m.id),
+        device = header(&m.sender_device),
+        seq = m.relay_seq,
+        received = rfc3339(m.received_at),
+    )?;
+    for line in text.lines() {
+        // mboxrd: lines that look like a separator are quoted.
+        if line.trim_start_matches('>').starts_with("From ") {
+            out.write_all(b">")?;
+        }
+        write!(out, "{line}\r\n")?;
+    }
+    out.write_all(b"\r\n")
+}

@@ -1,0 +1,616 @@
+//! The compliance archive's store: an append-only log in the archive device's database.
+//!
+//! Every entry is hash-chained to the one before: `hash = SHA-256(prev_hash ‖ seq ‖
+//! record_hash)`, where `record_hash` covers every field of the entry. After each batch
+//! the archive signs a checkpoint (its device key over the latest entry's hash), so an
+//! edit, a removal or a reordering anywhere breaks the chain or a signature. Retention
+//! clears an entry's fields but keeps its `record_hash`, so the chain stays checkable.
+
+use crate::error::EngineError;
+use ring::digest::{digest, SHA256};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+
+pub(crate) const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS archive_entries (
+    seq INTEGER PRIMARY KEY,
+    recorded_at INTEGER NOT NULL,
+    -- 'message' for what members said, 'access' for exports, samples, holds and releases
+    kind TEXT NOT NULL,
+    -- NULL once retention removed the entry's content; record_hash still covers it
+    record TEXT,
+    user TEXT,
+    group_id BLOB,
+    sent_at INTEGER,
+    -- when the group's disappearing-message time runs out for this entry
+    expires_at INTEGER,
+    record_hash BLOB NOT NULL,
+    prev_hash BLOB NOT NULL,
+    hash BLOB NOT NULL,
+    pruned_at INTEGER);
+CREATE INDEX IF NOT EXISTS archive_entries_user ON archive_entries(user, sent_at);
+CREATE INDEX IF NOT EXISTS archive_entries_expiry ON archive_entries(expires_at)
+    WHERE expires_at IS NOT NULL AND record IS NOT NULL;
+CREATE TABLE IF NOT EXISTS archive_checkpoints (
+    entry_seq INTEGER PRIMARY KEY,
+    hash BLOB NOT NULL,
+    signed_at INTEGER NOT NULL,
+    signature BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS archive_holds (
+    user TEXT PRIMARY KEY,
+    since INTEGER NOT NULL);
+"#;
+
+const GENESIS: [u8; 32] = [0; 32];
+const CHECKPOINT_CONTEXT: &[u8] = b"muster-archive-checkpoint-v1\0";
+
+/// One archived message, as its group's members received it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct ArchivedMessage {
+    /// The group's id (hex) and name when it was recorded.
+    pub group_id: String,
+    pub group: String,
+    /// The relay's sequence number in the group.
+    pub relay_seq: u64,
+    pub sender: String,
+    pub sender_device: String,
+    /// The sender's clock, milliseconds since the Unix epoch.
+    pub sent_at: i64,
+    /// When the archive received it, milliseconds since the Unix epoch.
+    pub received_at: i64,
+    /// The message id and its typed content (`text`, `edit`, `delete`, `alert`, `ack`,
+    /// `attachment`, ...), exactly as sent.
+    pub id: String,
+    pub body: serde_json::Value,
+}
+
+/// A read of the archive, recorded in the archive itself.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct AccessRecord {
+    /// Who ran it: the operating-system account on the archive host.
+    pub who: String,
+    /// `export`, `sample`, `hold` or `release`.
+    pub action: String,
+    /// What was asked for, e.g. the user, group and time range of an export.
+    pub what: String,
+}
+
+/// An entry as stored, for `verify`, exports and the access log.
+#[derive(Debug, Clone, Serialize)]
+pub struct ArchiveEntry {
+    pub seq: i64,
+    pub recorded_at: i64,
+    pub kind: String,
+    /// The entry's JSON; `None` once retention removed it.
+    pub record: Option<String>,
+}
+
+fn sha256(parts: &[&[u8]]) -> Vec<u8> {
+    let mut all = Vec::new();
+    for p in parts {
+        all.extend_from_slice(&(p.len() as u64).to_be_bytes());
+        all.extend_from_slice(p);
+    }
+    digest(&SHA256, &all).as_ref().to_vec()
+}
+
+fn record_hash(kind: &str, recorded_at: i64, record: &str) -> Vec<u8> {
+    sha256(&[
+        kind.as_bytes(),
+        &recorded_at.to_be_bytes(),
+        record.as_bytes(),
+    ])
+}
+
+fn chain_hash(prev: &[u8], seq: i64, record_hash: &[u8]) -> Vec<u8> {
+    sha256(&[prev, &seq.to_be_bytes(), record_hash])
+}
+
+fn checkpoint_payload(seq: i64, hash: &[u8]) -> Vec<u8> {
+    let mut payload = CHECKPOINT_CONTEXT.to_vec();
+    payload.extend_from_slice(&seq.to_be_bytes());
+    payload.extend_from_slice(hash);
+    payload
+}
+
+/// An entry about to be appended; the columns besides `record` serve lookups.
+struct NewEntry<'a> {
+    kind: &'a str,
+    record: &'a str,
+    user: Option<&'a str>,
+    group_id: Option<&'a [u8]>,
+    sent_at: Option<i64>,
+    expires_at: Option<i64>,
+}
+
+/// Appends one entry to the chain, inside the caller's transaction.
+fn append(db: &Connection, entry: NewEntry<'_>, now_ms: i64) -> Result<i64, EngineError> {
+    let NewEntry {
+        kind,
+        record,
+        user,
+        group_id,
+        sent_at,
+        expires_at,
+    } = entry;
+    let last: Option<(i64, Vec<u8>)> = db
+        .prepare_cached("SELECT seq, hash FROM archive_entries ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let (seq, prev) = match last {
+        Some((seq, hash)) => (seq + 1, hash),
+        None => (1, GENESIS.to_vec()),
+    };
+    let rh = record_hash(kind, now_ms, record);
+    let hash = chain_hash(&prev, seq, &rh);
+    db.prepare_cached(
+        "INSERT INTO archive_entries (seq, recorded_at, kind, record, user, group_id, sent_at, expires_at, record_hash, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?
+    .execute(params![seq, now_ms, kind, record, user, group_id, sent_at, expires_at, rh, prev, hash])?;
+    Ok(seq)
+}
+
+/// Records a message an archived group's member sent. `expires_at` is when the group's
+/// disappearing-message time runs out for it, if the group has one.
+pub(crate) fn record_message(
+    db: &Connection,
+    group_id: &[u8],
+    message: &ArchivedMessage,
+    expires_at: Option<i64>,
+    now_ms: i64,
+) -> Result<(), EngineError> {
+    let record = serde_json::to_string(message).expect("archive record serialises");
+    append(
+        db,
+        NewEntry {
+            kind: "message",
+            record: &record,
+            user: Some(&message.sender),
+            group_id: Some(group_id),
+            sent_at: Some(message.sent_at),
+            expires_at,
+        },
+        now_ms,
+    )?;
+    Ok(())
+}
+
+/// Records a read of the archive (or a hold), inside the caller's transaction.
+pub(crate) fn record_access(
+    db: &Connection,
+    access: &AccessRecord,
+    now_ms: i64,
+) -> Result<(), EngineError> {
+    let record = serde_json::to_string(access).expect("access record serialises");
+    let entry = NewEntry {
+        kind: "access",
+        record: &record,
+        user: None,
+        group_id: None,
+        sent_at: None,
+        expires_at: None,
+    };
+    append(db, entry, now_ms)?;
+    Ok(())
+}
+
+/// Signs the newest entry, if no checkpoint covers it yet. `sign` signs with the archive
+/// device's key.
+pub(crate) fn checkpoint(
+    db: &Connection,
+    now_ms: i64,
+    sign: impl FnOnce(&[u8]) -> Result<Vec<u8>, EngineError>,
+) -> Result<(), EngineError> {
+    let last: Option<(i64, Vec<u8>)> = db
+        .query_row(
+            "SELECT seq, hash FROM archive_entries ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let Some((seq, hash)) = last else {
+        return Ok(());
+    };
+    let signed: bool = db.query_row(
+        "SELECT EXISTS (SELECT 1 FROM archive_checkpoints WHERE entry_seq = ?1)",
+        [seq],
+        |r| r.get(0),
+    )?;
+    if signed {
+        return Ok(());
+    }
+    let signature = sign(&checkpoint_payload(seq, &hash))?;
+    db.execute(
+        "INSERT INTO archive_checkpoints (entry_seq, hash, signed_at, signature) VALUES (?1, ?2, ?3, ?4)",
+        params![seq, hash, now_ms, signature],
+    )?;
+    Ok(())
+}
+
+/// What `verify` found.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct VerifyReport {
+    pub entries: u64,
+    pub pruned: u64,
+    pub checkpoints: u64,
+    /// Every problem, naming the entry; empty when the archive is intact.
+    pub problems: Vec<String>,
+}
+
+/// Checks the whole chain and every checkpoint signature against `public_key` (the archive
+/// device's Ed25519 key).
+pub(crate) fn verify(db: &Connection, public_key: &[u8]) -> Result<VerifyReport, EngineError> {
+    let mut report = VerifyReport {
+        entries: 0,
+        pruned: 0,
+        checkpoints: 0,
+        problems: Vec::new(),
+    };
+    let mut stmt = db.prepare(
+        "SELECT seq, recorded_at, kind, record, record_hash, prev_hash, hash FROM archive_entries ORDER BY seq",
+    )?;
+    let mut rows = stmt.query([])?;
+    let mut expected_prev = GENESIS.to_vec();
+    let mut expected_seq = 1i64;
+    let mut hashes = std::collections::HashMap::new();
+    while let Some(row) = rows.next()? {
+        let seq: i64 = row.get(0)?;
+        let recorded_at: i64 = row.get(1)?;
+        let kind: String = row.get(2)?;
+        let record: Option<String> = row.get(3)?;
+        let rh: Vec<u8> = row.get(4)?;
+        let prev: Vec<u8> = row.get(5)?;
+        let hash: Vec<u8> = row.get(6)?;
+        report.entries += 1;
+        if seq != expected_seq {
+            report.problems.push(format!(
+                "entry {expected_seq}: missing (the next entry present is {seq})"
+            ));
+        }
+        if prev != expected_prev {
+            report.problems.push(format!(
+                "entry {seq}: does not follow the entry before it (removed, reordered or altered)"
+            ));
+        }
+        match &record {
+            Some(record) => {
+                if record_hash(&kind, recorded_at, record) != rh {
+                    report
+                        .problems
+                        .push(format!("entry {seq}: content was altered"));
+                }
+            }
+            None => report.pruned += 1,
+        }
+        if chain_hash(&prev, seq, &rh) != hash {
+            report
+                .problems
+                .push(format!("entry {seq}: its hash does not match its content"));
+        }
+        hashes.insert(seq, hash.clone());
+        expected_prev = hash;
+        expected_seq = seq + 1;
+    }
+    let key = ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public_key);
+    let mut stmt = db
+        .prepare("SELECT entry_seq, hash, signature FROM archive_checkpoints ORDER BY entry_seq")?;
+    let mut rows = stmt.query([])?;
+    let mut last_checkpoint = 0i64;
+    while let Some(row) = rows.next()? {
+        let seq: i64 = row.get(0)?;
+        let hash: Vec<u8> = row.get(1)?;
+        let signature: Vec<u8> = row.get(2)?;
+        report.checkpoints += 1;
+        last_checkpoint = seq;
+        if key
+            .verify(&checkpoint_payload(seq, &hash), &signature)
+            .is_err()
+        {
+            report.problems.push(format!(
+                "checkpoint at entry {seq}: signature does not verify"
+            ));
+        }
+        match hashes.get(&seq) {
+            Some(h) if *h == hash => {}
+            Some(_) => report.problems.push(format!(
+                "entry {seq}: differs from what checkpoint {seq} signed"
+            )),
+            None => report.problems.push(format!(
+                "entry {seq}: signed by a checkpoint but missing from the archive"
+            )),
+        }
+    }
+    if expected_seq - 1 > last_checkpoint && report.entries > 0 {
+        report.problems.push(format!(
+            "entries {}..{}: not covered by any signed checkpoint",
+            last_checkpoint + 1,
+            expected_seq - 1
+        ));
+    }
+    Ok(report)
+}
+
+/// Which entries an export asks for.
+#[derive(Debug, Clone, Default)]
+pub struct ExportFilter {
+    pub user: String,
+    /// Group id (hex) or name.
+    pub group: Option<String>,
+    /// Sent at or after / before, milliseconds since the Unix epoch.
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
+}
+
+/// The archived messages `filter` selects, oldest first.
+pub(crate) fn messages(
+    db: &Connection,
+    filter: &ExportFilter,
+) -> Result<Vec<ArchivedMessage>, EngineError> {
+    let mut stmt = db.prepare(
+        "SELECT record FROM archive_entries
+         WHERE kind = 'message' AND record IS NOT NULL AND user = ?1
+           AND sent_at >= ?2 AND sent_at < ?3
+         ORDER BY seq",
+    )?;
+    let rows = stmt.query_map(
+        params![
+            filter.user,
+            filter.from_ms.unwrap_or(i64::MIN),
+            filter.to_ms.unwrap_or(i64::MAX)
+        ],
+        |r| r.get::<_, String>(0),
+    )?;
+    let mut out = Vec::new();
+    for row in rows {
+        let message: ArchivedMessage = serde_json::from_str(&row?)
+            .map_err(|e| EngineError::Invalid(format!("archive entry does not decode: {e}")))?;
+        if filter
+            .group
+            .as_deref()
+            .is_none_or(|g| g == message.group || g == message.group_id)
+        {
+            out.push(message);
+        }
+    }
+    Ok(out)
+}
+
+/// Every live message entry, for sampling.
+pub(crate) fn message_seqs(db: &Connection) -> Result<Vec<i64>, EngineError> {
+    let mut stmt = db.prepare(
+        "SELECT seq FROM archive_entries WHERE kind = 'message' AND record IS NOT NULL ORDER BY seq",
+    )?;
+    let seqs = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<Vec<i64>, _>>()?;
+    Ok(seqs)
+}
+
+/// The archived message at `seq`.
+pub(crate) fn message_at(db: &Connection, seq: i64) -> Result<ArchivedMessage, EngineError> {
+    let record: String = db.query_row(
+        "SELECT record FROM archive_entries WHERE seq = ?1 AND kind = 'message' AND record IS NOT NULL",
+        [seq],
+        |r| r.get(0),
+    )?;
+    serde_json::from_str(&record)
+        .map_err(|e| EngineError::Invalid(format!("archive entry {seq} does not decode: {e}")))
+}
+
+/// The access log, oldest first.
+pub(crate) fn access_log(db: &Connection) -> Result<Vec<(i64, AccessRecord)>, EngineError> {
+    let mut stmt = db.prepare(
+        "SELECT recorded_at, record FROM archive_entries WHERE kind = 'access' AND record IS NOT NULL ORDER BY seq",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (at, record) = row?;
+        let access: AccessRecord = serde_json::from_str(&record)
+            .map_err(|e| EngineError::Invalid(format!("access log entry does not decode: {e}")))?;
+        out.push((at, access));
+    }
+    Ok(out)
+}
+
+/// Puts `user` under legal hold (or releases them).
+pub(crate) fn set_hold(
+    db: &Connection,
+    user: &str,
+    held: bool,
+    now_ms: i64,
+) -> Result<bool, EngineError> {
+    let changed = if held {
+        db.execute(
+            "INSERT OR IGNORE INTO archive_holds (user, since) VALUES (?1, ?2)",
+            params![user, now_ms],
+        )?
+    } else {
+        db.execute("DELETE FROM archive_holds WHERE user = ?1", [user])?
+    };
+    Ok(changed > 0)
+}
+
+/// Users under legal hold, with the time the hold began.
+pub(crate) fn holds(db: &Connection) -> Result<Vec<(String, i64)>, EngineError> {
+    let mut stmt = db.prepare("SELECT user, since FROM archive_holds ORDER BY user")?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// Clears the content of message entries sent before `cutoff_ms` (the archive's retention)
+/// or whose group's disappearing time has run out, except those of users under legal
+/// hold. The chain keeps each entry's hashes. Returns how many were cleared.
+pub(crate) fn prune(
+    db: &Connection,
+    cutoff_ms: Option<i64>,
+    now_ms: i64,
+) -> Result<usize, EngineError> {
+    Ok(db.execute(
+        "UPDATE archive_entries SET record = NULL, user = NULL, group_id = NULL, pruned_at = ?2
+         WHERE kind = 'message' AND record IS NOT NULL
+           AND (sent_at < ?1 OR expires_at < ?2)
+           AND user NOT IN (SELECT user FROM archive_holds)",
+        params![cutoff_ms.unwrap_or(i64::MIN), now_ms],
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ring::signature::{Ed25519KeyPair, KeyPair};
+
+    fn store() -> Connection {
+        let db = Connection::open_in_memory().unwrap();
+        db.execute_batch(SCHEMA).unwrap();
+        db
+    }
+
+    fn message(sender: &str, text: &str, sent_at: i64) -> ArchivedMessage {
+        ArchivedMessage {
+            group_id: "00aa".into(),
+            group: "ops".into(),
+            relay_seq: 1,
+            sender: sender.into(),
+            sender_device: "d1".into(),
+            sent_at,
+            received_at: sent_at + 5,
+            id: format!("{sender}-{sent_at}"),
+            body: serde_json::json!({"type": "text", "text": text}),
+        }
+    }
+
+    fn key() -> Ed25519KeyPair {
+        let rng = ring::rand::SystemRandom::new();
+        Ed25519KeyPair::from_pkcs8(Ed25519KeyPair::generate_pkcs8(&rng).unwrap().as_ref()).unwrap()
+    }
+
+    fn filled(key: &Ed25519KeyPair) -> Connection {
+        let db = store();
+        for (i, who) in ["alice", "bob", "alice", "carol"].iter().enumerate() {
+            let expires = (*who == "carol").then_some(2500);
+            record_message(
+                &db,
+                &[0, 0xaa],
+                &message(who, "hello", 1000 + i as i64),
+                expires,
+                2000,
+            )
+            .unwrap();
+            checkpoint(&db, 2000, |p| Ok(key.sign(p).as_ref().to_vec())).unwrap();
+        }
+        db
+    }
+
+    #[test]
+    fn an_untouched_archive_verifies() {
+        let key = key();
+        let db = filled(&key);
+        let report = verify(&db, key.public_key().as_ref()).unwrap();
+        assert_eq!(report.entries, 4);
+        assert_eq!(report.checkpoints, 4);
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+    }
+
+    #[test]
+    fn one_changed_byte_names_the_entry() {
+        let key = key();
+        let db = filled(&key);
+        db.execute(
+            "UPDATE archive_entries SET record = replace(record, 'hello', 'hellO') WHERE seq = 3",
+            [],
+        )
+        .unwrap();
+        let report = verify(&db, key.public_key().as_ref()).unwrap();
+        assert!(
+            report.problems.iter().any(|p| p.starts_with("entry 3:")),
+            "{:?}",
+            report.problems
+        );
+    }
+
+    #[test]
+    fn removed_and_reordered_entries_are_found() {
+        let key = key();
+        let db = filled(&key);
+        db.execute("DELETE FROM archive_entries WHERE seq = 2", [])
+            .unwrap();
+        let report = verify(&db, key.public_key().as_ref()).unwrap();
+        assert!(report.problems.iter().any(|p| p.contains("entry 2")));
+
+        let db = filled(&key);
+        db.execute_batch(
+            "UPDATE archive_entries SET seq = 100 WHERE seq = 2;
+             UPDATE archive_entries SET seq = 2 WHERE seq = 3;
+             UPDATE archive_entries SET seq = 3 WHERE seq = 100;",
+        )
+        .unwrap();
+        let report = verify(&db, key.public_key().as_ref()).unwrap();
+        assert!(!report.problems.is_empty());
+    }
+
+    #[test]
+    fn a_rewritten_chain_fails_the_signature() {
+        let key = key();
+        let db = filled(&key);
+        rewrite_last_entry(&db);
+        let report = verify(&db, key.public_key().as_ref()).unwrap();
+        assert_eq!(
+            report.problems,
+            ["checkpoint at entry 4: signature does not verify"]
+        );
+    }
+
+    /// Rewrites entry 4 and recomputes its hashes and checkpoint hash, as someone
+    /// without the archive's key would.
+    fn rewrite_last_entry(db: &Connection) {
+        let (recorded_at, prev): (i64, Vec<u8>) = db
+            .query_row(
+                "SELECT recorded_at, prev_hash FROM archive_entries WHERE seq = 4",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        let record = serde_json::to_string(&message("carol", "forged", 1003)).unwrap();
+        let rh = record_hash("message", recorded_at, &record);
+        let hash = chain_hash(&prev, 4, &rh);
+        db.execute(
+            "UPDATE archive_entries SET record = ?1, record_hash = ?2, hash = ?3 WHERE seq = 4",
+            params![record, rh, hash],
+        )
+        .unwrap();
+        db.execute(
+            "UPDATE archive_checkpoints SET hash = ?1 WHERE entry_seq = 4",
+            params![hash],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn retention_clears_old_entries_except_held_users_and_the_chain_still_verifies() {
+        let key = key();
+        let db = filled(&key);
+        set_hold(&db, "bob", true, 2000).unwrap();
+        let cleared = prune(&db, Some(1003), 2400).unwrap();
+        assert_eq!(
+            cleared, 2,
+            "alice's two old entries; bob is held, carol is recent"
+        );
+        let filter = |user: &str| ExportFilter {
+            user: user.into(),
+            ..ExportFilter::default()
+        };
+        assert!(messages(&db, &filter("alice")).unwrap().is_empty());
+        assert_eq!(messages(&db, &filter("bob")).unwrap().len(), 1);
+        assert_eq!(messages(&db, &filter("carol")).unwrap().len(), 1);
+        // Carol's group makes messages disappear at 2500; without a hold, so does her entry.
+        assert_eq!(prune(&db, None, 2600).unwrap(), 1);
+        assert!(messages(&db, &filter("carol")).unwrap().is_empty());
+        let report = verify(&db, key.public_key().as_ref()).unwrap();
+        assert_eq!(report.pruned, 3);
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+    }
+}

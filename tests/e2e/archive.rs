@@ -1,0 +1,275 @@
+//! The compliance archive: a visible, verifiable member of archived groups.
+
+use muster_e2e::*;
+use serde_json::Value;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+/// A running `muster archive serve`, stopped when dropped.
+struct ArchiveServer(Child);
+
+impl Drop for ArchiveServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Enrols `archive` as the organisation's archive device and starts serving it.
+fn archive_device(org: &Org) -> (Device, ArchiveServer) {
+    let code = org.admin.ok(&["invite", "archive"]).trim().to_string();
+    let archive = Device::new(&org.dir, "archive");
+    archive.ok(&["join", &code, "--display-name", "Compliance archive"]);
+    let approved = org.admin.ok(&["approve", "archive", "--archive"]);
+    assert!(approved.contains("compliance archive"), "{approved}");
+    archive.ok(&["sync"]);
+    let child = archive
+        .command()
+        .args(["archive", "serve", "--retain", "7y"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start archive serve");
+    (archive, ArchiveServer(child))
+}
+
+fn sent_id(out: &str) -> String {
+    out.trim()
+        .strip_prefix("sent ")
+        .expect("send prints the id")
+        .to_string()
+}
+
+/// The archive's export for `user`, as JSON lines.
+fn export(archive: &Device, dir: &TempDir, user: &str, extra: &[&str]) -> Vec<Value> {
+    let out = dir.path().join(format!("export-{user}.jsonl"));
+    let out_arg = out.to_str().expect("utf-8 path");
+    let mut args = vec![
+        "archive", "export", "--user", user, "--format", "jsonl", "--out", out_arg,
+    ];
+    args.extend_from_slice(extra);
+    archive.ok(&args);
+    std::fs::read_to_string(&out)
+        .expect("export file")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect()
+}
+
+fn bodies_of_type<'a>(entries: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    entries
+        .iter()
+        .filter(|e| e["body"]["type"] == kind)
+        .map(|e| &e["body"])
+        .collect()
+}
+
+#[test]
+fn an_archived_groups_history_reaches_the_archive_and_nothing_else_does() {
+    let org = Org::new("archive-history");
+    let bob = org.enrol("bob");
+    let (archive, _server) = archive_device(&org);
+    let alice = &org.admin;
+
+    alice.ok(&["group", "create", "finance", "--members", "bob"]);
+    let policy = alice.ok(&["group", "policy", "finance", "--archived"]);
+    assert!(policy.contains("archived by"), "{policy}");
+    alice.ok(&["group", "create", "lunch", "--members", "bob"]);
+
+    // Every member sees the archive: the flag and the member.
+    bob.ok(&["sync"]);
+    let seen = bob.group("finance");
+    assert_eq!(seen["archived"], true, "{seen}");
+    assert_eq!(seen["archive_members"], serde_json::json!(["archive"]));
+    assert!(bob.members("finance").contains(&"archive".to_string()));
+    assert_eq!(bob.group("lunch")["archived"], false);
+    assert!(bob.ok(&["groups"]).contains("[archived]"));
+
+    let first = sent_id(&alice.ok(&["send", "finance", "Q3 numbers are final"]));
+    let doomed = sent_id(&alice.ok(&["send", "finance", "wrong spreadsheet attached"]));
+    alice.ok(&["edit", &first, "Q3 numbers are final (revised)"]);
+    alice.ok(&["delete", &doomed]);
+    let alert = alice.ok(&["alert", "finance", "auditors arrive at 9", "--ack-required"]);
+    let alert = alert
+        .trim()
+        .strip_prefix("alert sent ")
+        .unwrap()
+        .to_string();
+    bob.ok(&["sync"]);
+    bob.ok(&["ack", &alert]);
+    bob.ok(&["send", "finance", "noted"]);
+    alice.ok(&["send", "lunch", "LUNCH-MARKER-77"]);
+
+    // The archive keeps each of alice's messages as sent, edits and deletes included.
+    let mut alices = Vec::new();
+    wait_until(
+        Duration::from_secs(30),
+        "the archive holds alice's history",
+        || {
+            alices = export(&archive, &org.dir, "alice", &[]);
+            alices.len() >= 5
+        },
+    );
+    let texts: Vec<&str> = bodies_of_type(&alices, "text")
+        .iter()
+        .map(|b| b["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        texts,
+        ["Q3 numbers are final", "wrong spreadsheet attached"]
+    );
+    assert_eq!(
+        bodies_of_type(&alices, "edit")[0]["text"],
+        "Q3 numbers are final (revised)"
+    );
+    assert_eq!(
+        bodies_of_type(&alices, "delete")[0]["target"],
+        doomed.as_str()
+    );
+    assert_eq!(
+        bodies_of_type(&alices, "alert")[0]["text"],
+        "auditors arrive at 9"
+    );
+    assert!(alices.iter().all(|e| e["group"] == "finance"));
+    assert!(alices.iter().all(|e| e["sender"] == "alice"));
+
+    let mut bobs = Vec::new();
+    wait_until(
+        Duration::from_secs(30),
+        "the archive holds bob's ack",
+        || {
+            bobs = export(&archive, &org.dir, "bob", &["--group", "finance"]);
+            !bodies_of_type(&bobs, "ack").is_empty() && !bodies_of_type(&bobs, "text").is_empty()
+        },
+    );
+    assert_eq!(bodies_of_type(&bobs, "ack")[0]["target"], alert.as_str());
+
+    // A group that is not archived never reaches the archive.
+    assert!(!dir_contains(&archive.home, b"LUNCH-MARKER-77"));
+    // The relay only ever held ciphertext.
+    assert!(!dir_contains(&org.relay.data, b"Q3 numbers are final"));
+    assert!(!dir_contains(&org.relay.data, b"auditors arrive"));
+
+    // The chain verifies, and every export is in the access log.
+    let verified = archive.ok(&["archive", "verify"]);
+    assert!(verified.contains("intact"), "{verified}");
+    let log = archive.json(&["archive", "access-log"]);
+    assert!(log
+        .iter()
+        .any(|e| e["action"] == "export"
+            && e["what"].as_str().unwrap().contains("messages of alice")));
+
+    // eml export of the same account.
+    let eml = org.dir.path().join("alice.mbox");
+    archive.ok(&[
+        "archive",
+        "export",
+        "--user",
+        "alice",
+        "--format",
+        "eml",
+        "--out",
+        eml.to_str().unwrap(),
+    ]);
+    let mbox = std::fs::read_to_string(&eml).unwrap();
+    assert!(mbox.contains("Subject: [finance] text"), "{mbox}");
+    assert!(mbox.contains("Q3 numbers are final"));
+
+    // A spot-check sample is reproducible from its seed, and logged.
+    let first_draw = archive.ok(&["archive", "sample", "--count", "3", "--seed", "42"]);
+    let second_draw = archive.ok(&["archive", "sample", "--count", "3", "--seed", "42"]);
+    assert_eq!(first_draw, second_draw);
+    assert_eq!(first_draw.lines().count(), 3);
+    let log = archive.ok(&["archive", "access-log"]);
+    assert!(log.contains("sample") && log.contains("seed 42"), "{log}");
+}
+
+#[test]
+fn members_refuse_to_send_once_the_archive_is_gone_and_cannot_remove_it() {
+    let org = Org::new("archive-missing");
+    let bob = org.enrol("bob");
+    let (_archive, _server) = archive_device(&org);
+    let alice = &org.admin;
+    alice.ok(&["group", "create", "desk", "--members", "bob"]);
+    alice.ok(&["group", "policy", "desk", "--archived"]);
+    bob.ok(&["sync"]);
+    bob.ok(&["send", "desk", "before"]);
+
+    // Removing the archive while the group is archived is refused.
+    let err = bob.fails(&["group", "remove", "desk", "archive"]);
+    assert!(err.contains("compliance archive"), "{err}");
+
+    // The archive device is revoked: it leaves every group, and nobody may send.
+    alice.ok(&["admin", "revoke", "archive"]);
+    alice.ok(&["sync"]);
+    bob.ok(&["sync"]);
+    let seen = bob.group("desk");
+    assert_eq!(seen["archived"], true);
+    assert_eq!(seen["archive_members"], serde_json::json!([]));
+    let err = bob.fails(&["send", "desk", "after"]);
+    assert!(err.contains("no valid archive member"), "{err}");
+    let err = alice.fails(&["send", "desk", "after"]);
+    assert!(err.contains("no valid archive member"), "{err}");
+
+    // Once an admin turns archiving off, the group is usable again.
+    alice.ok(&["group", "policy", "desk", "--no-archived"]);
+    bob.ok(&["sync"]);
+    assert_eq!(bob.group("desk")["archived"], false);
+    bob.ok(&["send", "desk", "after"]);
+}
+
+#[test]
+fn one_edited_byte_fails_verify_and_retention_spares_held_users() {
+    let org = Org::new("archive-tamper");
+    let bob = org.enrol("bob");
+    let (archive, server) = archive_device(&org);
+    let alice = &org.admin;
+    alice.ok(&["group", "create", "ops", "--members", "bob"]);
+    alice.ok(&["group", "policy", "ops", "--archived"]);
+    bob.ok(&["sync"]);
+    alice.ok(&["send", "ops", "alice-one"]);
+    bob.ok(&["send", "ops", "bob-one"]);
+    alice.ok(&["send", "ops", "alice-two"]);
+    wait_until(
+        Duration::from_secs(30),
+        "the archive holds all three",
+        || {
+            export(&archive, &org.dir, "alice", &[]).len() == 2
+                && export(&archive, &org.dir, "bob", &[]).len() == 1
+        },
+    );
+    drop(server);
+
+    // Retention: everything is older than 1 s, but bob is under legal hold.
+    archive.ok(&["archive", "hold", "bob"]);
+    let t0 = std::time::Instant::now();
+    wait_until(Duration::from_secs(5), "a second has passed", || {
+        t0.elapsed() > Duration::from_millis(1100)
+    });
+    let pruned = archive.ok(&["archive", "prune", "--retain", "1s"]);
+    assert!(pruned.contains("deleted 2 entries"), "{pruned}");
+    assert!(export(&archive, &org.dir, "alice", &[]).is_empty());
+    assert_eq!(export(&archive, &org.dir, "bob", &[]).len(), 1);
+    assert!(archive.ok(&["archive", "verify"]).contains("intact"));
+    let log = archive.ok(&["archive", "access-log"]);
+    assert!(log.contains("hold  bob"), "{log}");
+
+    // One byte of one entry changed on disk: verify fails and names the entry.
+    let db = rusqlite::Connection::open(archive.home.join("muster.db")).unwrap();
+    let seq: i64 = db
+        .query_row(
+            "SELECT seq FROM archive_entries WHERE record LIKE '%bob-one%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    db.execute(
+        "UPDATE archive_entries SET record = replace(record, 'bob-one', 'bob-One') WHERE seq = ?1",
+        [seq],
+    )
+    .unwrap();
+    drop(db);
+    let err = archive.fails(&["archive", "verify"]);
+    assert!(err.contains(&format!("entry {seq}")), "{err}");
+}
