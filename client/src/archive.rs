@@ -158,7 +158,7 @@ pub async fn run(engine: &mut Engine, command: ArchiveCommand) -> Result<(), Eng
                 to_ms: to,
             };
             let messages = engine.archive_export(&filter)?;
-            write_export(&messages, format, &out)?;
+            write_export(engine, &messages, format, &out)?;
             eprintln!(
                 "exported {} message(s) of {} to {}",
                 messages.len(),
@@ -292,6 +292,15 @@ async fn serve(engine: &mut Engine, retain: Option<u64>) -> Result<(), EngineErr
                 }
                 Err(e) => eprintln!("warning: sync failed: {e}"),
             }
+            let mut report = muster_engine::SyncReport::default();
+            match engine.archive_fetch_attachments(&conn, &mut report).await {
+                Ok(0) => {}
+                Ok(n) => println!("archived {n} attachment(s)"),
+                Err(e) => eprintln!("warning: archiving attachments failed: {e}"),
+            }
+            for p in &report.problems {
+                eprintln!("warning: {p}");
+            }
             if tokio::time::Instant::now() >= next_prune {
                 match engine.archive_prune(retain) {
                     Ok(0) => {}
@@ -318,11 +327,19 @@ async fn serve(engine: &mut Engine, retain: Option<u64>) -> Result<(), EngineErr
     }
 }
 
+/// Writes the export; attachments are decrypted into `<out>.files/`, each named by its
+/// message id and file name, and the JSON line names the file.
 fn write_export(
+    engine: &Engine,
     messages: &[ArchivedMessage],
     format: ExportFormat,
     out: &std::path::Path,
 ) -> Result<(), EngineError> {
+    let files_dir = {
+        let mut name = out.as_os_str().to_owned();
+        name.push(".files");
+        PathBuf::from(name)
+    };
     let file = std::fs::File::create(out)?;
     let mut file = std::io::BufWriter::new(file);
     let bar = indicatif::ProgressBar::new(messages.len() as u64);
@@ -334,12 +351,20 @@ fn write_export(
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     for m in messages {
+        let saved = match m.body["attachment"]["name"].as_str() {
+            Some(name) => Some(save_attachment(engine, m, name, &files_dir)?),
+            None => None,
+        };
         match format {
             ExportFormat::Jsonl => {
-                serde_json::to_writer(&mut file, m).map_err(std::io::Error::other)?;
+                let mut line = serde_json::to_value(m).expect("serialises");
+                if let Some(saved) = &saved {
+                    line["file"] = saved.display().to_string().into();
+                }
+                serde_json::to_writer(&mut file, &line).map_err(std::io::Error::other)?;
                 file.write_all(b"\n")?;
             }
-            ExportFormat::Eml => write_eml(&mut file, m)?,
+            ExportFormat::Eml => write_eml(&mut file, m, saved.as_deref())?,
         }
         bar.inc(1);
     }
@@ -348,8 +373,33 @@ fn write_export(
     Ok(())
 }
 
+/// Decrypts one archived attachment into the export's files directory.
+fn save_attachment(
+    engine: &Engine,
+    m: &ArchivedMessage,
+    name: &str,
+    dir: &std::path::Path,
+) -> Result<PathBuf, EngineError> {
+    std::fs::create_dir_all(dir)?;
+    // Never let a sender's file name pick a path outside the export directory.
+    let safe: String = std::path::Path::new(name)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| !n.is_empty() && n != "." && n != "..")
+        .unwrap_or_else(|| "attachment".into());
+    let path = dir.join(format!("{}-{safe}", m.id));
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
+    engine.archive_open_attachment(m, &mut file)?;
+    file.flush()?;
+    Ok(path)
+}
+
 /// One archived message as an RFC 5322 message in an mbox.
-fn write_eml(out: &mut impl Write, m: &ArchivedMessage) -> std::io::Result<()> {
+fn write_eml(
+    out: &mut impl Write,
+    m: &ArchivedMessage,
+    attachment: Option<&std::path::Path>,
+) -> std::io::Result<()> {
     let kind = m.body["type"].as_str().unwrap_or("message");
     let date = time::OffsetDateTime::from_unix_timestamp_nanos(m.sent_at as i128 * 1_000_000)
         .ok()
@@ -375,6 +425,10 @@ fn write_eml(out: &mut impl Write, m: &ArchivedMessage) -> std::io::Result<()> {
         seq = m.relay_seq,
         received = rfc3339(m.received_at),
     )?;
+    let text = match attachment {
+        Some(path) => format!("{text}\n\nAttachment saved as {}", path.display()),
+        None => text,
+    };
     for line in text.lines() {
         // mboxrd: lines that look like a separator are quoted.
         if line.trim_start_matches('>').starts_with("From ") {

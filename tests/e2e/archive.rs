@@ -99,6 +99,16 @@ fn an_archived_groups_history_reaches_the_archive_and_nothing_else_does() {
     bob.ok(&["sync"]);
     bob.ok(&["ack", &alert]);
     bob.ok(&["send", "finance", "noted"]);
+    let report = org.dir.path().join("q3-report.bin");
+    let report_bytes: Vec<u8> = (0..1_500_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&report, &report_bytes).unwrap();
+    bob.ok(&[
+        "send",
+        "finance",
+        "the full report",
+        "--file",
+        report.to_str().unwrap(),
+    ]);
     alice.ok(&["send", "lunch", "LUNCH-MARKER-77"]);
 
     // The archive keeps each of alice's messages as sent, edits and deletes included.
@@ -144,6 +154,17 @@ fn an_archived_groups_history_reaches_the_archive_and_nothing_else_does() {
         },
     );
     assert_eq!(bodies_of_type(&bobs, "ack")[0]["target"], alert.as_str());
+    // The attachment is in the archive, encrypted at rest, and exports as sent.
+    let exported = bobs.iter().find(|e| e["file"].is_string()).unwrap();
+    assert_eq!(exported["body"]["caption"], "the full report");
+    assert_eq!(
+        std::fs::read(exported["file"].as_str().unwrap()).unwrap(),
+        report_bytes
+    );
+    assert!(!dir_contains(
+        &archive.home.join("archive-blobs"),
+        &report_bytes[..64]
+    ));
 
     // A group that is not archived never reaches the archive.
     assert!(!dir_contains(&archive.home, b"LUNCH-MARKER-77"));

@@ -36,6 +36,12 @@ CREATE TABLE IF NOT EXISTS archive_checkpoints (
     hash BLOB NOT NULL,
     signed_at INTEGER NOT NULL,
     signature BLOB NOT NULL);
+-- attachments of archived messages: the relay's encrypted blob, kept under archive-blobs/
+CREATE TABLE IF NOT EXISTS archive_blobs (
+    blob_id TEXT PRIMARY KEY,
+    entry_seq INTEGER NOT NULL,
+    stored_at INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS archive_holds (
     user TEXT PRIMARY KEY,
     since INTEGER NOT NULL);
@@ -161,7 +167,7 @@ pub(crate) fn record_message(
     now_ms: i64,
 ) -> Result<(), EngineError> {
     let record = serde_json::to_string(message).expect("archive record serialises");
-    append(
+    let seq = append(
         db,
         NewEntry {
             kind: "message",
@@ -173,6 +179,62 @@ pub(crate) fn record_message(
         },
         now_ms,
     )?;
+    if let Some(blob_id) = message.body["attachment"]["blob_id"].as_str() {
+        db.prepare_cached(
+            "INSERT OR IGNORE INTO archive_blobs (blob_id, entry_seq) VALUES (?1, ?2)",
+        )?
+        .execute(params![blob_id, seq])?;
+    }
+    Ok(())
+}
+
+/// Attachments whose blob the archive has yet to download: blob id and entry.
+pub(crate) fn wanted_blobs(db: &Connection) -> Result<Vec<(String, i64)>, EngineError> {
+    let mut stmt = db.prepare(
+        "SELECT b.blob_id, b.entry_seq FROM archive_blobs b JOIN archive_entries e ON e.seq = b.entry_seq
+         WHERE b.stored_at IS NULL AND e.record IS NOT NULL AND b.attempts < 20 ORDER BY b.entry_seq",
+    )?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// Notes a blob as stored (or one more failed attempt).
+pub(crate) fn blob_done(
+    db: &Connection,
+    blob_id: &str,
+    stored: bool,
+    now_ms: i64,
+) -> Result<(), EngineError> {
+    if stored {
+        db.execute(
+            "UPDATE archive_blobs SET stored_at = ?2 WHERE blob_id = ?1",
+            params![blob_id, now_ms],
+        )?;
+    } else {
+        db.execute(
+            "UPDATE archive_blobs SET attempts = attempts + 1 WHERE blob_id = ?1",
+            [blob_id],
+        )?;
+    }
+    Ok(())
+}
+
+/// Blobs whose entries retention cleared: their files are deleted too.
+pub(crate) fn orphaned_blobs(db: &Connection) -> Result<Vec<String>, EngineError> {
+    let mut stmt = db.prepare(
+        "SELECT b.blob_id FROM archive_blobs b JOIN archive_entries e ON e.seq = b.entry_seq
+         WHERE e.record IS NULL",
+    )?;
+    let rows = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<Vec<String>, _>>()?;
+    Ok(rows)
+}
+
+pub(crate) fn forget_blob(db: &Connection, blob_id: &str) -> Result<(), EngineError> {
+    db.execute("DELETE FROM archive_blobs WHERE blob_id = ?1", [blob_id])?;
     Ok(())
 }
 

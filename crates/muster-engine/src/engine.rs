@@ -359,6 +359,67 @@ fn archive_members(
     Ok(users)
 }
 
+/// The attachment an archived message carries.
+fn archived_attachment(message: &ArchivedMessage) -> Result<AttachmentRef, EngineError> {
+    serde_json::from_value(message.body["attachment"].clone()).map_err(|e| {
+        EngineError::Invalid(format!(
+            "archived message {} has no attachment: {e}",
+            message.id
+        ))
+    })
+}
+
+/// The sizes of an attachment's encrypted chunks, in order.
+fn encrypted_chunk_lengths(size: u64) -> impl Iterator<Item = usize> {
+    let chunks = crate::attachments::chunk_count(size);
+    (0..chunks).map(move |index| {
+        let plain = if index + 1 == chunks {
+            size - index * ATTACHMENT_CHUNK as u64
+        } else {
+            ATTACHMENT_CHUNK as u64
+        };
+        plain as usize + ATTACHMENT_CHUNK_OVERHEAD
+    })
+}
+
+/// Decrypts a stored blob into `out`, failing unless every chunk authenticates and both
+/// the blob's and the file's SHA-256 match what the sender put in the message.
+fn open_archived_blob(
+    path: &Path,
+    attachment: &AttachmentRef,
+    out: &mut impl std::io::Write,
+) -> Result<(), EngineError> {
+    use std::io::Read as _;
+    let tampered =
+        || EngineError::Invalid(crate::attachments::AttachmentError::Tampered.to_string());
+    let key = hex::decode(&attachment.key)
+        .map_err(|_| EngineError::Invalid("bad attachment key".into()))?;
+    let cipher = ChunkCipher::new(&key, &attachment.blob_id, attachment.size)
+        .map_err(|e| EngineError::Invalid(e.to_string()))?;
+    let mut file = std::fs::File::open(path)?;
+    if file.metadata()?.len() != encrypted_size(attachment.size) {
+        return Err(tampered());
+    }
+    let mut plain_hash = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut blob_hash = ring::digest::Context::new(&ring::digest::SHA256);
+    for (index, len) in encrypted_chunk_lengths(attachment.size).enumerate() {
+        let mut data = vec![0u8; len];
+        file.read_exact(&mut data)?;
+        blob_hash.update(&data);
+        let plain = cipher
+            .open(index as u64, &data)
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        plain_hash.update(&plain);
+        out.write_all(&plain)?;
+    }
+    if hex::encode(blob_hash.finish().as_ref()) != attachment.blob_sha256
+        || hex::encode(plain_hash.finish().as_ref()) != attachment.sha256
+    {
+        return Err(tampered());
+    }
+    Ok(())
+}
+
 fn mls_bytes(message: &MlsMessageOut) -> Result<Vec<u8>, EngineError> {
     message.tls_serialize_detached().map_err(EngineError::mls)
 }
@@ -2322,6 +2383,108 @@ impl Engine {
             .map(|seq| archive::message_at(&self.db, seq))
             .collect::<Result<Vec<_>, _>>()?;
         Ok((seed, sample))
+    }
+
+    fn archive_blob_path(&self, blob_id: &str) -> Result<PathBuf, EngineError> {
+        if blob_id.is_empty() || !blob_id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(EngineError::Invalid(format!(
+                "archived attachment has a malformed blob id {blob_id:?}"
+            )));
+        }
+        Ok(self.home.join("archive-blobs").join(blob_id))
+    }
+
+    /// (archive) Downloads the blobs of archived attachments, checks them against the
+    /// hashes their senders signed into the message, and keeps them encrypted as the
+    /// relay held them (their keys live only in the hash-chained entries). Blobs of
+    /// entries retention cleared are deleted. Returns how many were stored; problems go
+    /// into `report`.
+    pub async fn archive_fetch_attachments(
+        &mut self,
+        conn: &RelayConnection,
+        report: &mut SyncReport,
+    ) -> Result<usize, EngineError> {
+        self.require_archive()?;
+        for blob_id in archive::orphaned_blobs(&self.db)? {
+            let path = self.archive_blob_path(&blob_id)?;
+            if path.exists() {
+                std::fs::remove_file(&path)?;
+            }
+            archive::forget_blob(&self.db, &blob_id)?;
+        }
+        let mut stored = 0;
+        for (blob_id, seq) in archive::wanted_blobs(&self.db)? {
+            let attachment = archived_attachment(&archive::message_at(&self.db, seq)?)?;
+            let target = self.archive_blob_path(&blob_id)?;
+            std::fs::create_dir_all(target.parent().expect("blob dir"))?;
+            let partial = target.with_extension("partial");
+            let result = async {
+                let mut file = std::fs::File::create(&partial)?;
+                let mut offset = 0u64;
+                for want in encrypted_chunk_lengths(attachment.size) {
+                    let Response::BlobData { data, .. } = conn
+                        .request(&Request::BlobGet {
+                            blob_id: blob_id.clone(),
+                            offset,
+                            max_len: want as u32,
+                        })
+                        .await
+                        .map_err(from_net)?
+                    else {
+                        return Err(EngineError::Invalid("unexpected answer to BlobGet".into()));
+                    };
+                    std::io::Write::write_all(&mut file, &data)?;
+                    offset += data.len() as u64;
+                    if data.len() != want {
+                        break;
+                    }
+                }
+                file.sync_all()?;
+                drop(file);
+                // Decrypting checks every chunk and both hashes.
+                open_archived_blob(&partial, &attachment, &mut std::io::sink())
+            }
+            .await;
+            match result {
+                Ok(()) => {
+                    std::fs::rename(&partial, &target)?;
+                    archive::blob_done(&self.db, &blob_id, true, now_ms())?;
+                    conn.request(&Request::BlobFetched {
+                        blob_id: blob_id.clone(),
+                    })
+                    .await
+                    .map_err(from_net)?;
+                    stored += 1;
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_file(&partial);
+                    archive::blob_done(&self.db, &blob_id, false, now_ms())?;
+                    report.problems.push(format!(
+                        "could not archive attachment {}: {e}",
+                        attachment.name
+                    ));
+                }
+            }
+        }
+        Ok(stored)
+    }
+
+    /// (archive) Decrypts an archived attachment into `out`, checking it on the way.
+    pub fn archive_open_attachment(
+        &self,
+        message: &ArchivedMessage,
+        out: &mut impl std::io::Write,
+    ) -> Result<(), EngineError> {
+        self.require_archive()?;
+        let attachment = archived_attachment(message)?;
+        let path = self.archive_blob_path(&attachment.blob_id)?;
+        if !path.exists() {
+            return Err(EngineError::Invalid(format!(
+                "attachment {} of message {} is not in the archive (yet)",
+                attachment.name, message.id
+            )));
+        }
+        open_archived_blob(&path, &attachment, out)
     }
 
     /// (archive) Every export, sample, hold and release, oldest first, with its time.
