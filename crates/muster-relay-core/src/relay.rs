@@ -1942,11 +1942,14 @@ impl Relay {
         let remaining = limit - deliveries.len() as i64;
         if remaining > 0 {
             let mut stmt = self.db.prepare_cached(
-                "SELECT m.group_id, m.seq, m.data FROM messages m
-                 JOIN memberships ms ON ms.group_id = m.group_id AND ms.device_id = ?1
-                 LEFT JOIN cursors c ON c.device_id = ?1 AND c.group_id = m.group_id
-                 WHERE m.seq >= ms.from_seq AND (ms.to_seq IS NULL OR m.seq <= ms.to_seq)
-                   AND m.seq > COALESCE(c.acked_seq, 0)
+                // Messages are read from past the device's cursor along the primary key
+                // (CROSS JOIN keeps that order), not from its membership start: the
+                // messages other members still hold back are never scanned.
+                "SELECT m.group_id, m.seq, m.data FROM memberships ms
+                 LEFT JOIN cursors c ON c.device_id = ms.device_id AND c.group_id = ms.group_id
+                 CROSS JOIN messages m ON m.group_id = ms.group_id
+                   AND m.seq > MAX(ms.from_seq - 1, COALESCE(c.acked_seq, 0))
+                 WHERE ms.device_id = ?1 AND (ms.to_seq IS NULL OR m.seq <= ms.to_seq)
                    AND NOT (m.sender_device = ?1 AND m.kind = 'application')
                  ORDER BY m.group_id, m.seq LIMIT ?2",
             )?;
