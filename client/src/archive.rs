@@ -2,7 +2,7 @@
 
 use clap::{Subcommand, ValueEnum};
 use muster_engine::archive::{AccessRecord, ArchivedMessage, ExportFilter};
-use muster_engine::{Engine, EngineError};
+use muster_engine::{rfc3339_ms as rfc3339, Engine, EngineError};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -93,16 +93,6 @@ fn parse_time(s: &str) -> Result<i64, String> {
                 "invalid time {s:?}: use RFC 3339 (2026-01-31T09:00:00Z) or a date (2026-01-31)"
             )
         })
-}
-
-fn rfc3339(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| ms.to_string())
 }
 
 pub async fn run(engine: &mut Engine, command: ArchiveCommand) -> Result<(), EngineError> {

@@ -423,20 +423,10 @@ fn a_modified_client_that_removes_the_archive_is_refused_by_everyone_else() {
     // Bob's modified client signs a commit removing the archive, from a copy of his state.
     let evil = org.dir.path().join("bob-evil.db");
     std::fs::copy(bob.home.join("muster.db"), &evil).unwrap();
-    let hex_id = alice.group("desk")["id"].as_str().unwrap().to_string();
-    let gid: Vec<u8> = (0..hex_id.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex_id[i..i + 2], 16).unwrap())
-        .collect();
+    let gid = group_id(alice, "desk");
     let (commit, epoch) = modified_client::commit_removing(&evil, &gid, "archive");
-    let bob_device = bob.json(&["whoami"])[0]["device_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let relay = rusqlite::Connection::open(org.relay.data.join("relay.db")).unwrap();
-    relay
-        .busy_timeout(std::time::Duration::from_secs(5))
-        .unwrap();
+    let bob_device = device_id(&bob);
+    let relay = relay_db(&org);
     let last: i64 = relay
         .query_row(
             "SELECT last_seq FROM groups WHERE group_id = ?1",

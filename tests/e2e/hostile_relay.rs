@@ -1,29 +1,8 @@
 //! A hostile relay operator edits the relay's database between syncs. Every client must
 //! reject or detect each attack, and tell its user.
 
-use muster_e2e::{Device, Org};
-use rusqlite::{params, Connection};
-
-fn relay_db(org: &Org) -> Connection {
-    let db = Connection::open(org.relay.data.join("relay.db")).unwrap();
-    db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
-    db
-}
-
-fn device_id(d: &Device) -> String {
-    d.json(&["whoami"])[0]["device_id"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
-fn group_id(d: &Device, name: &str) -> Vec<u8> {
-    let hex_id = d.group(name)["id"].as_str().unwrap().to_string();
-    (0..hex_id.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex_id[i..i + 2], 16).unwrap())
-        .collect()
-}
+use muster_e2e::{device_id, group_id, relay_db, Org};
+use rusqlite::params;
 
 #[test]
 fn a_substituted_key_package_is_refused() {

@@ -449,3 +449,27 @@ pub fn dir_contains(dir: &Path, needle: &[u8]) -> bool {
         }
     })
 }
+
+/// The relay's database, as a hostile operator would open it between syncs.
+pub fn relay_db(org: &Org) -> rusqlite::Connection {
+    let db = rusqlite::Connection::open(org.relay.data.join("relay.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    db
+}
+
+/// The device id of `d`.
+pub fn device_id(d: &Device) -> String {
+    d.json(&["whoami"])[0]["device_id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The id of group `name` as `d` knows it.
+pub fn group_id(d: &Device, name: &str) -> Vec<u8> {
+    let hex_id = d.group(name)["id"].as_str().unwrap().to_string();
+    (0..hex_id.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex_id[i..i + 2], 16).unwrap())
+        .collect()
+}

@@ -249,7 +249,8 @@ pub(crate) fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn rfc3339_ms(ms: i64) -> String {
+/// Milliseconds since the Unix epoch as RFC 3339 (UTC), or the number if out of range.
+pub fn rfc3339_ms(ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
         .ok()
         .and_then(|t| {
@@ -340,17 +341,30 @@ fn verify_member(
 }
 
 /// Users in the group whose device holds a valid, unrevoked archive certificate.
+/// The leaves of the members whose certificate matches.
+fn leaves_where(group: &MlsGroup, matches: impl Fn(&Certificate) -> bool) -> Vec<LeafNodeIndex> {
+    group
+        .members()
+        .filter(|m| certificate_in(&m.credential).is_some_and(|c| matches(&c)))
+        .map(|m| m.index)
+        .collect()
+}
+
 fn archive_members(
     group: &MlsGroup,
     org: &OrgDescriptor,
     db: &Connection,
 ) -> Result<Vec<String>, EngineError> {
     let mut users = Vec::new();
-    for member in group.members() {
+    // Only archive members' certificates are worth a signature check: this runs on every send.
+    for member in group
+        .members()
+        .filter(|m| certificate_in(&m.credential).is_some_and(|c| c.is_archive()))
+    {
         let Ok(cert) = verify_member(org, &member.credential, &member.signature_key) else {
             continue;
         };
-        if cert.is_archive() && !revoked_device(db, &cert.body.device_id)? {
+        if !revoked_device(db, &cert.body.device_id)? {
             users.push(cert.body.user);
         }
     }
@@ -1786,13 +1800,21 @@ impl Engine {
                 "{user} is {name}'s compliance archive; turn archiving off first (`muster group policy {name} --no-archived`)"
             )));
         }
-        let user = user.to_string();
-        self.run_commit(conn, &group_id, |group, provider, signer| {
-            let leaves: Vec<LeafNodeIndex> = group
-                .members()
-                .filter(|m| certificate_in(&m.credential).is_some_and(|c| c.body.user == user))
-                .map(|m| m.index)
-                .collect();
+        self.remove_members_where(conn, &group_id, |c| c.body.user == user)
+            .await?;
+        self.group_view(&group_id)
+    }
+
+    /// Commits the removal of every member whose certificate matches `leaving`; commits
+    /// nothing when none does. Returns whether a commit went out.
+    async fn remove_members_where(
+        &mut self,
+        conn: &RelayConnection,
+        group_id: &[u8],
+        leaving: impl Fn(&Certificate) -> bool,
+    ) -> Result<bool, EngineError> {
+        self.run_commit(conn, group_id, |group, provider, signer| {
+            let leaves = leaves_where(group, &leaving);
             if leaves.is_empty() {
                 return Ok(None);
             }
@@ -1801,8 +1823,7 @@ impl Engine {
                 .map_err(EngineError::mls)?;
             Ok(Some((commit, welcome)))
         })
-        .await?;
-        self.group_view(&group_id)
+        .await
     }
 
     /// (admin) Turns the compliance archive on or off for a group. On: the organisation's
@@ -1868,23 +1889,8 @@ impl Engine {
             .await?;
         }
         if !archived {
-            let archive_set = archive_users.clone();
-            self.run_commit(conn, &group_id, |group, provider, signer| {
-                let leaves: Vec<LeafNodeIndex> = group
-                    .members()
-                    .filter(|m| {
-                        certificate_in(&m.credential)
-                            .is_some_and(|c| c.is_archive() && archive_set.contains(&c.body.user))
-                    })
-                    .map(|m| m.index)
-                    .collect();
-                if leaves.is_empty() {
-                    return Ok(None);
-                }
-                let (commit, welcome, _) = group
-                    .remove_members(provider, signer, &leaves)
-                    .map_err(EngineError::mls)?;
-                Ok(Some((commit, welcome)))
+            self.remove_members_where(conn, &group_id, |c| {
+                c.is_archive() && archive_users.contains(&c.body.user)
             })
             .await?;
         }
@@ -3086,10 +3092,6 @@ impl Engine {
         if kind == ReceiptKind::Delivered && self.delivery_receipts_held(group_id)? {
             return Ok(());
         }
-        // The archive keeps what it receives but reads nothing: it sends no receipts.
-        if self.is_archive()? {
-            return Ok(());
-        }
         // Grouped by author, so each author's share can be named in the receipt.
         let due: Vec<(String, String)> = {
             let mut stmt = self.db.prepare_cached(&format!(
@@ -3104,7 +3106,8 @@ impl Engine {
             .into_iter()
             .filter(|(id, _)| only.is_none_or(|o| o.contains(id)))
             .collect();
-        if targets.is_empty() {
+        // The archive keeps what it receives but reads nothing: it sends no receipts.
+        if targets.is_empty() || self.is_archive()? {
             return Ok(());
         }
         let (_, _, state) = self.resolve_group(&group_hex(group_id))?;
@@ -3711,36 +3714,16 @@ impl Engine {
             return Ok(());
         }
         let groups = self.active_group_ids()?;
-        let revoked_leaves = |group: &MlsGroup| -> Vec<LeafNodeIndex> {
-            group
-                .members()
-                .filter(|m| {
-                    certificate_in(&m.credential)
-                        .is_some_and(|c| revoked.contains(&c.body.device_id))
-                })
-                .map(|m| m.index)
-                .collect()
-        };
+        let is_revoked = |c: &Certificate| revoked.contains(&c.body.device_id);
         for group_id in groups {
             let affected = {
                 let provider = Provider::new(&self.crypto, &self.db);
-                !revoked_leaves(&load_group(&provider, &group_id)?).is_empty()
+                !leaves_where(&load_group(&provider, &group_id)?, is_revoked).is_empty()
             };
             if !affected {
                 continue;
             }
-            let result = self
-                .run_commit(conn, &group_id, |group, provider, signer| {
-                    let leaves = revoked_leaves(group);
-                    if leaves.is_empty() {
-                        return Ok(None);
-                    }
-                    let (commit, welcome, _) = group
-                        .remove_members(provider, signer, &leaves)
-                        .map_err(EngineError::mls)?;
-                    Ok(Some((commit, welcome)))
-                })
-                .await;
+            let result = self.remove_members_where(conn, &group_id, is_revoked).await;
             if let Err(e) = result {
                 report.problems.push(format!(
                     "could not remove revoked devices from a group: {e}"

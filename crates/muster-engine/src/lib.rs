@@ -20,6 +20,7 @@ mod store;
 pub use attachments::{AttachmentError, AttachmentRef};
 pub use content::{describe_duration, Body, Envelope};
 pub use conversation::BoardEntry;
+pub use engine::rfc3339_ms;
 pub use engine::{
     AttachmentView, AuditView, DeviceView, DirectoryEntry, Engine, GroupView, MessageView,
     Notification, PendingView, QueuedMessage, Rollcall, RollcallEntry, SyncReport,
