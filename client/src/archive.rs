@@ -15,6 +15,11 @@ pub enum ArchiveCommand {
         /// under legal hold. Remembered for later runs.
         #[arg(long, value_parser = crate::parse_duration)]
         retain: Option<u64>,
+        /// Also delete entries once their group's disappearing-message time has passed
+        /// (counted from when the archive received them). Off by default: a group's
+        /// members choose that time, the organisation's retention does not. Remembered.
+        #[arg(long)]
+        honour_disappearing: bool,
     },
     /// Check every entry's hash chain and every signed checkpoint.
     Verify {
@@ -64,6 +69,9 @@ pub enum ArchiveCommand {
         /// Defaults to the period `serve --retain` remembered.
         #[arg(long, value_parser = crate::parse_duration)]
         retain: Option<u64>,
+        /// Also apply groups' disappearing times (default: as `serve` remembered).
+        #[arg(long)]
+        honour_disappearing: bool,
     },
 }
 
@@ -76,6 +84,7 @@ pub enum ExportFormat {
 }
 
 const RETAIN_SETTING: &str = "archive_retain_secs";
+const DISAPPEARING_SETTING: &str = "archive_honour_disappearing";
 /// How often `serve` applies retention and disappearing-message times.
 const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -102,11 +111,14 @@ pub async fn run(engine: &mut Engine, command: ArchiveCommand) -> Result<(), Eng
         ));
     }
     match command {
-        ArchiveCommand::Serve { retain } => serve(engine, retain).await,
+        ArchiveCommand::Serve {
+            retain,
+            honour_disappearing,
+        } => serve(engine, retain, honour_disappearing).await,
         ArchiveCommand::Verify { json } => {
             let report = engine.archive_verify()?;
             if json {
-                println!("{}", serde_json::to_string(&report).expect("serialises"));
+                crate::print_json(&report);
             } else {
                 for p in &report.problems {
                     println!("{p}");
@@ -160,7 +172,7 @@ pub async fn run(engine: &mut Engine, command: ArchiveCommand) -> Result<(), Eng
         ArchiveCommand::Sample { count, seed } => {
             let (seed, sample) = engine.archive_sample(count, seed)?;
             for m in &sample {
-                println!("{}", serde_json::to_string(m).expect("serialises"));
+                crate::print_json(m);
             }
             eprintln!("{} message(s) drawn with seed {seed}", sample.len());
             Ok(())
@@ -168,9 +180,8 @@ pub async fn run(engine: &mut Engine, command: ArchiveCommand) -> Result<(), Eng
         ArchiveCommand::AccessLog { json } => {
             for (at, AccessRecord { who, action, what }) in engine.archive_access_log()? {
                 if json {
-                    println!(
-                        "{}",
-                        serde_json::json!({"at": rfc3339(at), "who": who, "action": action, "what": what})
+                    crate::print_json(
+                        &serde_json::json!({"at": rfc3339(at), "who": who, "action": action, "what": what}),
                     );
                 } else {
                     println!("{}  {who}  {action}  {what}", rfc3339(at));
@@ -208,12 +219,16 @@ pub async fn run(engine: &mut Engine, command: ArchiveCommand) -> Result<(), Eng
             }
             Ok(())
         }
-        ArchiveCommand::Prune { retain } => {
+        ArchiveCommand::Prune {
+            retain,
+            honour_disappearing,
+        } => {
             let retain = match retain {
                 Some(r) => Some(r),
                 None => stored_retention(engine)?,
             };
-            let cleared = engine.archive_prune(retain)?;
+            let honour = honour_disappearing || honours_disappearing(engine)?;
+            let cleared = engine.archive_prune(retain, honour)?;
             println!(
                 "deleted {cleared} entr{} past retention",
                 if cleared == 1 { "y" } else { "ies" }
@@ -227,11 +242,23 @@ fn stored_retention(engine: &Engine) -> Result<Option<u64>, EngineError> {
     Ok(engine.setting(RETAIN_SETTING)?.and_then(|v| v.parse().ok()))
 }
 
-async fn serve(engine: &mut Engine, retain: Option<u64>) -> Result<(), EngineError> {
+fn honours_disappearing(engine: &Engine) -> Result<bool, EngineError> {
+    Ok(engine.setting(DISAPPEARING_SETTING)?.as_deref() == Some("on"))
+}
+
+async fn serve(
+    engine: &mut Engine,
+    retain: Option<u64>,
+    honour_disappearing: bool,
+) -> Result<(), EngineError> {
     if let Some(r) = retain {
         engine.set_setting(RETAIN_SETTING, Some(&r.to_string()))?;
     }
+    if honour_disappearing {
+        engine.set_setting(DISAPPEARING_SETTING, Some("on"))?;
+    }
     let retain = stored_retention(engine)?;
+    let honour_disappearing = honours_disappearing(engine)?;
     let (user, device, _) = engine.whoami()?;
     println!(
         "archive {user} (device {device}) serving; retention: {}",
@@ -292,7 +319,7 @@ async fn serve(engine: &mut Engine, retain: Option<u64>) -> Result<(), EngineErr
                 eprintln!("warning: {p}");
             }
             if tokio::time::Instant::now() >= next_prune {
-                match engine.archive_prune(retain) {
+                match engine.archive_prune(retain, honour_disappearing) {
                     Ok(0) => {}
                     Ok(n) => println!("deleted {n} entries past retention"),
                     Err(e) => eprintln!("warning: retention failed: {e}"),
@@ -340,9 +367,9 @@ fn write_export(
     if messages.len() < 1000 {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    for m in messages {
+    for (index, m) in messages.iter().enumerate() {
         let saved = match m.body["attachment"]["name"].as_str() {
-            Some(name) => Some(save_attachment(engine, m, name, &files_dir)?),
+            Some(name) => Some(save_attachment(engine, m, index + 1, name, &files_dir)?),
             None => None,
         };
         match format {
@@ -363,25 +390,36 @@ fn write_export(
     Ok(())
 }
 
-/// Decrypts one archived attachment into the export's files directory.
+/// Decrypts one archived attachment into the export's files directory, as
+/// `NNNNNN-name`: the number is its place in this export, and the name keeps only the
+/// sender's letters, digits, `.`, `-` and `_`, so nothing a sender chose picks the path.
 fn save_attachment(
     engine: &Engine,
     m: &ArchivedMessage,
+    index: usize,
     name: &str,
     dir: &std::path::Path,
 ) -> Result<PathBuf, EngineError> {
     std::fs::create_dir_all(dir)?;
-    // Never let a sender's file name pick a path outside the export directory.
-    let safe: String = std::path::Path::new(name)
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .filter(|n| !n.is_empty() && n != "." && n != "..")
-        .unwrap_or_else(|| "attachment".into());
-    let path = dir.join(format!("{}-{safe}", m.id));
+    let path = dir.join(format!("{index:06}-{}", safe_file_name(name)));
     let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
     engine.archive_open_attachment(m, &mut file)?;
     file.flush()?;
     Ok(path)
+}
+
+/// A sender's file name reduced to letters, digits, `.`, `-` and `_` (at most 100),
+/// never starting with a dot.
+fn safe_file_name(name: &str) -> String {
+    let kept: String = name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        .take(100)
+        .collect();
+    match kept.trim_start_matches('.') {
+        "" => "attachment".to_string(),
+        rest => rest.to_string(),
+    }
 }
 
 /// One archived message as an RFC 5322 message in an mbox.
@@ -427,4 +465,17 @@ fn write_eml(
         write!(out, "{line}\r\n")?;
     }
     out.write_all(b"\r\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::safe_file_name;
+
+    #[test]
+    fn sender_file_names_cannot_choose_a_path() {
+        assert_eq!(safe_file_name("plan.pdf"), "plan.pdf");
+        assert_eq!(safe_file_name("../../etc/passwd"), "etcpasswd");
+        assert_eq!(safe_file_name(".."), "attachment");
+        assert_eq!(safe_file_name("a/b\\c\u{e9}\n.txt"), "abc.txt");
+    }
 }

@@ -1,6 +1,22 @@
 //! `muster`: the command-line client. It parses arguments, calls the engine and prints
 //! (human text by default, one JSON object per line with `--json`).
 
+/// `println!` for human output: the whole line passes through [`terminal_safe`].
+macro_rules! println {
+    () => { std::println!() };
+    ($($arg:tt)*) => { std::println!("{}", $crate::terminal_safe(&format!($($arg)*))) };
+}
+
+/// `eprintln!` for warnings and errors, which quote what others sent, through [`terminal_safe`].
+macro_rules! eprintln {
+    ($($arg:tt)*) => { std::eprintln!("{}", $crate::terminal_safe(&format!($($arg)*))) };
+}
+
+/// `print!` for human output, through [`terminal_safe`].
+macro_rules! print {
+    ($($arg:tt)*) => { std::print!("{}", $crate::terminal_safe(&format!($($arg)*))) };
+}
+
 mod archive;
 
 use clap::{Args, Parser, Subcommand};
@@ -455,11 +471,36 @@ fn print_listing<T: serde::Serialize>(
     }
 }
 
-fn print_json(value: &impl serde::Serialize) {
-    println!(
+/// One JSON object on a line of its own (serde escapes every control character).
+pub(crate) fn print_json(value: &impl serde::Serialize) {
+    std::println!(
         "{}",
         serde_json::to_string(value).expect("values serialise")
     );
+}
+
+/// Text for a terminal: control characters (newlines, escape sequences, bidirectional
+/// overrides) that colleagues put into messages, names or profiles are shown escaped, so
+/// nobody can forge lines or recolour the screen.
+pub(crate) fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if unsafe_char(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 fn print_message(m: &MessageView) {
@@ -1549,4 +1590,18 @@ async fn reconnect(engine: &mut Engine) -> Result<RelayConnection, EngineError> 
         }
     }
     engine.connect().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::terminal_safe;
+
+    #[test]
+    fn control_characters_are_shown_escaped() {
+        assert_eq!(terminal_safe("plain text 👍"), "plain text 👍");
+        assert_eq!(
+            terminal_safe("a\nb\u{1b}[2Kc\u{202e}d\u{7f}"),
+            "a\\nb\\u{1b}[2Kc\\u{202e}d\\u{7f}"
+        );
+    }
 }

@@ -6,7 +6,7 @@ use std::process::{Child, Stdio};
 use std::time::Duration;
 
 /// A running `muster archive serve`, stopped when dropped.
-struct ArchiveServer(Child);
+pub(crate) struct ArchiveServer(Child);
 
 impl Drop for ArchiveServer {
     fn drop(&mut self) {
@@ -16,7 +16,7 @@ impl Drop for ArchiveServer {
 }
 
 /// Enrols `archive` as the organisation's archive device and starts serving it.
-fn archive_device(org: &Org) -> (Device, ArchiveServer) {
+pub(crate) fn archive_device(org: &Org) -> (Device, ArchiveServer) {
     let code = org.admin.ok(&["invite", "archive"]).trim().to_string();
     let archive = Device::new(&org.dir, "archive");
     archive.ok(&["join", &code, "--display-name", "Compliance archive"]);
@@ -42,7 +42,7 @@ fn sent_id(out: &str) -> String {
 }
 
 /// The archive's export for `user`, as JSON lines.
-fn export(archive: &Device, dir: &TempDir, user: &str, extra: &[&str]) -> Vec<Value> {
+pub(crate) fn export(archive: &Device, dir: &TempDir, user: &str, extra: &[&str]) -> Vec<Value> {
     let out = dir.path().join(format!("export-{user}.jsonl"));
     let out_arg = out.to_str().expect("utf-8 path");
     let mut args = vec![
@@ -295,119 +295,6 @@ fn one_edited_byte_fails_verify_and_retention_spares_held_users() {
     assert!(err.contains(&format!("entry {seq}")), "{err}");
 }
 
-/// A member's client modified to cut the archive out: it builds, from a copy of bob's own
-/// MLS state, a correctly signed commit removing the archive, and the relay operator
-/// slips it into the group. Every other member must refuse it.
-mod modified_client {
-    use openmls::prelude::tls_codec::Serialize as _;
-    use openmls::prelude::*;
-    use openmls_basic_credential::SignatureKeyPair;
-    use openmls_rust_crypto::RustCrypto;
-    use openmls_traits::OpenMlsProvider;
-    use rusqlite::Connection;
-
-    /// The device store's codec, as the engine writes it: JSON, or MessagePack after 0xFF.
-    #[derive(Default)]
-    struct StoreCodec;
-
-    #[derive(Debug)]
-    struct CodecError(String);
-
-    impl std::fmt::Display for CodecError {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str(&self.0)
-        }
-    }
-
-    impl std::error::Error for CodecError {}
-
-    impl openmls_sqlite_storage::Codec for StoreCodec {
-        type Error = CodecError;
-
-        fn to_vec<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Self::Error> {
-            let mut packed = vec![0xFF];
-            rmp_serde::encode::write_named(&mut packed, value)
-                .map_err(|e| CodecError(e.to_string()))?;
-            if packed.len() - 1 <= 512 {
-                return serde_json::to_vec(value).map_err(|e| CodecError(e.to_string()));
-            }
-            Ok(packed)
-        }
-
-        fn from_slice<T: serde::de::DeserializeOwned>(slice: &[u8]) -> Result<T, Self::Error> {
-            match slice.split_first() {
-                Some((0xFF, packed)) => {
-                    rmp_serde::from_slice(packed).map_err(|e| CodecError(e.to_string()))
-                }
-                _ => serde_json::from_slice(slice).map_err(|e| CodecError(e.to_string())),
-            }
-        }
-    }
-
-    struct Provider<'a> {
-        crypto: RustCrypto,
-        storage: openmls_sqlite_storage::SqliteStorageProvider<StoreCodec, &'a Connection>,
-    }
-
-    impl<'a> OpenMlsProvider for Provider<'a> {
-        type CryptoProvider = RustCrypto;
-        type RandProvider = RustCrypto;
-        type StorageProvider =
-            openmls_sqlite_storage::SqliteStorageProvider<StoreCodec, &'a Connection>;
-
-        fn storage(&self) -> &Self::StorageProvider {
-            &self.storage
-        }
-        fn crypto(&self) -> &Self::CryptoProvider {
-            &self.crypto
-        }
-        fn rand(&self) -> &Self::RandProvider {
-            &self.crypto
-        }
-    }
-
-    /// A signed commit by the device in `store` removing every leaf whose credential
-    /// names `victim`; returns it with the epoch it was made in.
-    pub fn commit_removing(
-        store: &std::path::Path,
-        group_id: &[u8],
-        victim: &str,
-    ) -> (Vec<u8>, u64) {
-        let db = Connection::open(store).unwrap();
-        let device_key: Vec<u8> = db
-            .query_row("SELECT device_key FROM device WHERE id = 1", [], |r| {
-                r.get(0)
-            })
-            .unwrap();
-        let provider = Provider {
-            crypto: RustCrypto::default(),
-            storage: openmls_sqlite_storage::SqliteStorageProvider::new(&db),
-        };
-        let signer =
-            SignatureKeyPair::read(provider.storage(), &device_key, SignatureScheme::ED25519)
-                .expect("bob's signing key");
-        let mut group = MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))
-            .unwrap()
-            .expect("bob's group state");
-        let epoch = group.epoch().as_u64();
-        let leaves: Vec<LeafNodeIndex> = group
-            .members()
-            .filter(|m| {
-                let identity = BasicCredential::try_from(m.credential.clone())
-                    .map(|c| c.identity().to_vec())
-                    .unwrap_or_default();
-                identity
-                    .windows(victim.len())
-                    .any(|w| w == victim.as_bytes())
-            })
-            .map(|m| m.index)
-            .collect();
-        assert!(!leaves.is_empty(), "{victim} is in the group");
-        let (commit, _, _) = group.remove_members(&provider, &signer, &leaves).unwrap();
-        (commit.tls_serialize_detached().unwrap(), epoch)
-    }
-}
-
 #[test]
 fn a_modified_client_that_removes_the_archive_is_refused_by_everyone_else() {
     let org = Org::new("archive-hostile");
@@ -420,34 +307,19 @@ fn a_modified_client_that_removes_the_archive_is_refused_by_everyone_else() {
     bob.ok(&["sync"]);
     carol.ok(&["sync"]);
 
-    // Bob's modified client signs a commit removing the archive, from a copy of his state.
-    let evil = org.dir.path().join("bob-evil.db");
-    std::fs::copy(bob.home.join("muster.db"), &evil).unwrap();
+    // Bob's modified client signs a commit removing the archive, from a copy of his
+    // state; the operator slips it into the group.
     let gid = group_id(alice, "desk");
-    let (commit, epoch) = modified_client::commit_removing(&evil, &gid, "archive");
-    let bob_device = device_id(&bob);
-    let relay = relay_db(&org);
-    let last: i64 = relay
-        .query_row(
-            "SELECT last_seq FROM groups WHERE group_id = ?1",
-            [&gid],
-            |r| r.get(0),
-        )
-        .unwrap();
-    relay
-        .execute(
-            "INSERT INTO messages (group_id, seq, epoch, kind, sender_device, client_id, data, stored_at)
-             VALUES (?1, ?2, ?3, 'commit', ?4, NULL, ?5, 0)",
-            rusqlite::params![gid, last + 1, epoch as i64, bob_device, commit],
-        )
-        .unwrap();
-    relay
-        .execute(
-            "UPDATE groups SET last_seq = ?2 WHERE group_id = ?1",
-            rusqlite::params![gid, last + 1],
-        )
-        .unwrap();
-    drop(relay);
+    let rogue = crate::rogue::Rogue::copy_of(&bob, org.dir.path());
+    let (commit, epoch) = rogue.commit(&gid, |group, provider, signer| {
+        let leaves: Vec<_> = group
+            .members()
+            .filter(|m| crate::rogue::names(&m.credential, "archive"))
+            .map(|m| m.index)
+            .collect();
+        group.remove_members(provider, signer, &leaves).unwrap().0
+    });
+    crate::rogue::inject(&org, &gid, "commit", &bob, &commit, epoch);
 
     for member in [alice, &carol] {
         let out = member.ok(&["sync"]);

@@ -218,3 +218,45 @@ fn a_forged_welcome_from_a_self_certified_member_is_rejected() {
     bob.ok(&["sync"]);
     assert_eq!(bob.members("real"), ["alice", "bob"]);
 }
+
+#[test]
+fn a_replayed_welcome_cannot_roll_a_device_back() {
+    let org = Org::new("hostile-rewelcome");
+    let bob = org.enrol("bob");
+    let _carol = org.enrol("carol");
+    let bob_id = device_id(&bob);
+    // The operator hands out bob's last-resort KeyPackage, which bob keeps after use.
+    relay_db(&org)
+        .execute(
+            "DELETE FROM key_packages WHERE device_id = ?1 AND last_resort = 0",
+            [&bob_id],
+        )
+        .unwrap();
+    org.admin
+        .ok(&["group", "create", "ops", "--members", "bob"]);
+    let old_welcome: Vec<u8> = relay_db(&org)
+        .query_row(
+            "SELECT data FROM welcomes WHERE device_id = ?1",
+            [&bob_id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    bob.ok(&["sync"]);
+    org.admin.ok(&["group", "add", "ops", "carol"]);
+    org.admin.ok(&["send", "ops", "before the replay"]);
+    bob.ok(&["sync"]);
+    // The operator hands bob his first Welcome again.
+    let gid = group_id(&org.admin, "ops");
+    relay_db(&org)
+        .execute(
+            "INSERT INTO welcomes (device_id, group_id, data, stored_at) VALUES (?1, ?2, ?3, 0)",
+            params![bob_id, gid, old_welcome],
+        )
+        .unwrap();
+    let out = bob.ok(&["sync"]);
+    assert!(out.contains("rejected an invitation"), "{out}");
+    org.admin.ok(&["send", "ops", "after the replay"]);
+    bob.ok(&["sync"]);
+    assert_eq!(bob.texts("ops"), ["before the replay", "after the replay"]);
+    assert_eq!(bob.members("ops"), ["alice", "bob", "carol"]);
+}

@@ -13,3 +13,5 @@ mod hostile;
 mod hostile_relay;
 mod network;
 mod provision;
+mod rogue;
+mod rogue_member;

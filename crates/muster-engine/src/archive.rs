@@ -28,7 +28,8 @@ CREATE TABLE IF NOT EXISTS archive_entries (
     prev_hash BLOB NOT NULL,
     hash BLOB NOT NULL,
     pruned_at INTEGER);
-CREATE INDEX IF NOT EXISTS archive_entries_user ON archive_entries(user, sent_at);
+DROP INDEX IF EXISTS archive_entries_user;
+CREATE INDEX IF NOT EXISTS archive_entries_user_received ON archive_entries(user, recorded_at);
 CREATE INDEX IF NOT EXISTS archive_entries_expiry ON archive_entries(expires_at)
     WHERE expires_at IS NOT NULL AND record IS NOT NULL;
 CREATE TABLE IF NOT EXISTS archive_checkpoints (
@@ -399,7 +400,7 @@ pub struct ExportFilter {
     pub user: String,
     /// Group id (hex) or name.
     pub group: Option<String>,
-    /// Sent at or after / before, milliseconds since the Unix epoch.
+    /// Received by the archive at or after / before, milliseconds since the Unix epoch.
     pub from_ms: Option<i64>,
     pub to_ms: Option<i64>,
 }
@@ -412,7 +413,7 @@ pub(crate) fn messages(
     let mut stmt = db.prepare(
         "SELECT record FROM archive_entries
          WHERE kind = 'message' AND record IS NOT NULL AND user = ?1
-           AND sent_at >= ?2 AND sent_at < ?3
+           AND recorded_at >= ?2 AND recorded_at < ?3
          ORDER BY seq",
     )?;
     let rows = stmt.query_map(
@@ -503,20 +504,23 @@ pub(crate) fn holds(db: &Connection) -> Result<Vec<(String, i64)>, EngineError> 
     Ok(rows)
 }
 
-/// Clears the content of message entries sent before `cutoff_ms` (the archive's retention)
-/// or whose group's disappearing time has run out, except those of users under legal
-/// hold. The chain keeps each entry's hashes. Returns how many were cleared.
+/// Clears the content of message entries the archive received before `cutoff_ms` (its
+/// retention) or, with `honour_disappearing`, whose group's disappearing time has run
+/// out, except those of users under legal hold. Only the archive's own receive time
+/// counts, never the sender's clock. The chain keeps each entry's hashes. Returns how
+/// many were cleared.
 pub(crate) fn prune(
     db: &Connection,
     cutoff_ms: Option<i64>,
+    honour_disappearing: bool,
     now_ms: i64,
 ) -> Result<usize, EngineError> {
     Ok(db.execute(
         "UPDATE archive_entries SET record = NULL, user = NULL, group_id = NULL, pruned_at = ?2
          WHERE kind = 'message' AND record IS NOT NULL
-           AND (sent_at < ?1 OR expires_at < ?2)
+           AND (recorded_at < ?1 OR (?3 AND expires_at < ?2))
            AND user NOT IN (SELECT user FROM archive_holds)",
-        params![cutoff_ms.unwrap_or(i64::MIN), now_ms],
+        params![cutoff_ms.unwrap_or(i64::MIN), now_ms, honour_disappearing],
     )?)
 }
 
@@ -554,12 +558,13 @@ mod tests {
         let db = store();
         for (i, who) in ["alice", "bob", "alice", "carol"].iter().enumerate() {
             let expires = (*who == "carol").then_some(2500);
+            // Each claims to be sent long ago; the archive received them at 1000 + i.
             record_message(
                 &db,
                 &[0, 0xaa],
-                &message(who, "hello", 1000 + i as i64),
+                &message(who, "hello", i as i64),
                 expires,
-                2000,
+                1000 + i as i64,
             )
             .unwrap();
             checkpoint(&db, 2000, |p| Ok(key.sign(p).as_ref().to_vec())).unwrap();
@@ -656,7 +661,7 @@ mod tests {
         let key = key();
         let db = filled(&key);
         set_hold(&db, "bob", true, 2000).unwrap();
-        let cleared = prune(&db, Some(1003), 2400).unwrap();
+        let cleared = prune(&db, Some(1003), false, 2400).unwrap();
         assert_eq!(
             cleared, 2,
             "alice's two old entries; bob is held, carol is recent"
@@ -668,8 +673,10 @@ mod tests {
         assert!(messages(&db, &filter("alice")).unwrap().is_empty());
         assert_eq!(messages(&db, &filter("bob")).unwrap().len(), 1);
         assert_eq!(messages(&db, &filter("carol")).unwrap().len(), 1);
-        // Carol's group makes messages disappear at 2500; without a hold, so does her entry.
-        assert_eq!(prune(&db, None, 2600).unwrap(), 1);
+        // Carol's group makes messages disappear at 2500: that erases her entry only
+        // where the organisation's retention says disappearing times apply.
+        assert_eq!(prune(&db, None, false, 2600).unwrap(), 0);
+        assert_eq!(prune(&db, None, true, 2600).unwrap(), 1);
         assert!(messages(&db, &filter("carol")).unwrap().is_empty());
         let report = verify(&db, key.public_key().as_ref()).unwrap();
         assert_eq!(report.pruned, 3);

@@ -161,8 +161,57 @@ impl Envelope {
         if envelope.v != CONTENT_VERSION {
             return Err(format!("unsupported content version {}", envelope.v));
         }
+        envelope.check_ids()?;
         Ok(envelope)
     }
+
+    /// Refuses ids a sender made up to reach beyond a lookup: every message id this
+    /// envelope names must look like one an honest client makes (see [`is_message_id`]),
+    /// and an attachment's blob id must be plain letters and digits.
+    fn check_ids(&self) -> Result<(), String> {
+        let bad = |what: &str, id: &str| {
+            Err(format!(
+                "{what} {:?} is not a message id (8-64 lowercase hex digits)",
+                id.chars().take(80).collect::<String>()
+            ))
+        };
+        if !is_message_id(&self.id) {
+            return bad("message id", &self.id);
+        }
+        let targets: Vec<&String> = match &self.body {
+            Body::Text { reply_to, .. } => reply_to.iter().collect(),
+            Body::Edit { target, .. }
+            | Body::Delete { target }
+            | Body::Reaction { target, .. }
+            | Body::Ack { target } => vec![target],
+            Body::Receipt { targets, .. } => targets.iter().collect(),
+            Body::Attachment { attachment, .. } => {
+                let blob = &attachment.blob_id;
+                if blob.is_empty()
+                    || blob.len() > 64
+                    || !blob.bytes().all(|b| b.is_ascii_alphanumeric())
+                {
+                    return Err("attachment blob id must be 1-64 letters and digits".into());
+                }
+                vec![]
+            }
+            Body::GroupMeta { .. }
+            | Body::Alert { .. }
+            | Body::BoardSet { .. }
+            | Body::Retention { .. } => vec![],
+        };
+        match targets.into_iter().find(|t| !is_message_id(t)) {
+            Some(t) => bad("referenced message id", t),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Whether `id` has the shape of a message id: 8 to 64 lowercase hexadecimal digits.
+/// Honest clients make 32; anything else is refused where content is decoded, so ids are
+/// safe to show, shorten and use in file names.
+pub fn is_message_id(id: &str) -> bool {
+    (8..=64).contains(&id.len()) && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 #[cfg(test)]
@@ -188,7 +237,7 @@ mod tests {
     #[test]
     fn envelope_round_trips_and_rejects_unknown_versions() {
         let e = Envelope::new(
-            "a".into(),
+            "0123abcd".into(),
             5,
             Body::Text {
                 text: "hi".into(),
@@ -201,6 +250,35 @@ mod tests {
         future.v = 99;
         assert!(Envelope::from_bytes(&future.to_bytes()).is_err());
         assert!(Envelope::from_bytes(b"{\"v\":1}").is_err());
+    }
+
+    #[test]
+    fn ids_that_are_not_hex_are_refused_where_content_is_decoded() {
+        let text = |id: &str, reply_to: Option<&str>| {
+            Envelope::new(
+                id.into(),
+                5,
+                Body::Text {
+                    text: "hi".into(),
+                    reply_to: reply_to.map(Into::into),
+                    mentions: vec![],
+                },
+            )
+            .to_bytes()
+        };
+        assert!(Envelope::from_bytes(&text("00112233aabbccdd", None)).is_ok());
+        for bad in [
+            "../../escaped",
+            "abcdef0\u{e9}",
+            "ABCDEF01",
+            "abc",
+            &"a".repeat(65),
+        ] {
+            let err = Envelope::from_bytes(&text(bad, None)).unwrap_err();
+            assert!(err.contains("not a message id"), "{bad}: {err}");
+        }
+        let err = Envelope::from_bytes(&text("00112233", Some("../x"))).unwrap_err();
+        assert!(err.contains("referenced message id"), "{err}");
     }
 
     #[test]

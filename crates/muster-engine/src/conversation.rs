@@ -41,13 +41,66 @@ pub(crate) fn insert_system(
     text: &str,
     order: Option<i64>,
 ) -> Result<(), EngineError> {
+    insert_notice(db, group_id, &crate::engine::random_hex(16), text, order)
+}
+
+/// A notice with a chosen id, so what caused it can remove it again.
+fn insert_notice(
+    db: &Connection,
+    group_id: &[u8],
+    id: &str,
+    text: &str,
+    order: Option<i64>,
+) -> Result<(), EngineError> {
     let now = crate::engine::now_ms();
     cached_execute(db,
-        "INSERT INTO messages (id, group_id, kind, sender, sender_device, body, sent_at, received_at, status, sort_key)
+        "INSERT OR IGNORE INTO messages (id, group_id, kind, sender, sender_device, body, sent_at, received_at, status, sort_key)
          VALUES (?1, ?2, 'system', '', '', ?3, ?4, ?4, 'received', ?5)",
-        params![crate::engine::random_hex(16), group_id, text, now, order],
+        params![id, group_id, text, now, order],
     )?;
     Ok(())
+}
+
+/// Once a board entry is cleared (by the update `clear_id`, sequenced by the relay), the
+/// values it held before are forgotten: their log rows and the notices that showed them.
+pub(crate) fn forget_cleared_board_values(
+    db: &Connection,
+    group_id: &[u8],
+    clear_id: &str,
+) -> Result<(), EngineError> {
+    let cleared: Option<(String, i64)> = db
+        .prepare_cached(
+            "SELECT key, seq FROM board_log WHERE group_id = ?1 AND message_id = ?2
+               AND value = '' AND seq IS NOT NULL",
+        )?
+        .query_row(params![group_id, clear_id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((key, seq)) = cleared else {
+        return Ok(());
+    };
+    cached_execute(
+        db,
+        "DELETE FROM messages WHERE group_id = ?1 AND kind = 'system' AND id IN (
+             SELECT message_id FROM board_log WHERE group_id = ?1 AND key = ?2 AND seq < ?3)",
+        params![group_id, key, seq],
+    )?;
+    cached_execute(
+        db,
+        "DELETE FROM board_log WHERE group_id = ?1 AND key = ?2 AND seq < ?3",
+        params![group_id, key, seq],
+    )?;
+    Ok(())
+}
+
+/// Paths of deleted attachments' saved copies, handed to the caller to remove once the
+/// deletion is stored.
+pub(crate) fn take_doomed_files(db: &Connection) -> Result<Vec<String>, EngineError> {
+    let paths = db
+        .prepare_cached("SELECT path FROM doomed_files")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<Vec<String>, _>>()?;
+    cached_execute(db, "DELETE FROM doomed_files", [])?;
+    Ok(paths)
 }
 
 /// Runs a statement kept in the connection's statement cache: these run for every
@@ -205,16 +258,25 @@ pub(crate) fn apply(
             if author_of(db, group_id, target)?.as_deref() == Some(author.user) {
                 cached_execute(
                     db,
-                    "UPDATE messages SET body = '', deleted = 1, reply_to = NULL, mentions = '[]',
-                         attachment = NULL, delivered_receipt_due = 0, read_receipt_due = 0
-                     WHERE group_id = ?1 AND id = ?2",
+                    "INSERT OR IGNORE INTO doomed_files (path)
+                     SELECT saved_to FROM messages WHERE group_id = ?1 AND id = ?2 AND saved_to IS NOT NULL",
                     params![group_id, target],
                 )?;
                 cached_execute(
                     db,
-                    "DELETE FROM reactions WHERE group_id = ?1 AND message_id = ?2",
+                    "UPDATE messages SET body = '', deleted = 1, reply_to = NULL, mentions = '[]',
+                         attachment = NULL, saved_to = NULL, ack_required = 0,
+                         delivered_receipt_due = 0, read_receipt_due = 0
+                     WHERE group_id = ?1 AND id = ?2",
                     params![group_id, target],
                 )?;
+                for table in ["reactions", "receipts", "acks"] {
+                    cached_execute(
+                        db,
+                        &format!("DELETE FROM {table} WHERE group_id = ?1 AND message_id = ?2"),
+                        params![group_id, target],
+                    )?;
+                }
             } else {
                 tracing::warn!(%target, user = author.user, "ignored a delete of a message that is not theirs");
             }
@@ -385,7 +447,8 @@ pub(crate) fn apply(
                 } else {
                     format!("{} set board {key}: {value}", author.user)
                 };
-                insert_system(db, group_id, &shown, Some(order_key(seq, 1)))?;
+                insert_notice(db, group_id, &envelope.id, &shown, Some(order_key(seq, 1)))?;
+                forget_cleared_board_values(db, group_id, &envelope.id)?;
             }
             Ok(false)
         }

@@ -2518,14 +2518,19 @@ impl Engine {
         archive::holds(&self.db)
     }
 
-    /// (archive) Clears messages sent more than `retain_secs` ago, and those whose group's
-    /// disappearing-message time has run out, except those of users under legal hold.
-    /// Returns how many entries were cleared.
-    pub fn archive_prune(&mut self, retain_secs: Option<u64>) -> Result<usize, EngineError> {
+    /// (archive) Clears messages the archive received more than `retain_secs` ago and,
+    /// when the organisation's retention says groups' disappearing times apply to the
+    /// archive too (`honour_disappearing`), those whose time has run out; never those of
+    /// users under legal hold. Returns how many entries were cleared.
+    pub fn archive_prune(
+        &mut self,
+        retain_secs: Option<u64>,
+        honour_disappearing: bool,
+    ) -> Result<usize, EngineError> {
         self.require_archive()?;
         let now = now_ms();
         let cutoff = retain_secs.map(|r| now.saturating_sub((r as i64).saturating_mul(1000)));
-        archive::prune(&self.db, cutoff, now)
+        archive::prune(&self.db, cutoff, honour_disappearing, now)
     }
 
     // ---- messages -----------------------------------------------------------------
@@ -2619,8 +2624,8 @@ impl Engine {
         }
     }
 
-    /// Finds one of this user's own messages that still has content.
-    fn own_message(&self, id: &str) -> Result<(Vec<u8>, String), EngineError> {
+    /// Finds one of this user's own messages of one of `kinds` that still has content.
+    fn own_message(&self, id: &str, kinds: &[&str]) -> Result<(Vec<u8>, String), EngineError> {
         let (group_id, id) = self.find_message(id)?;
         let me = self.device()?;
         let (sender, kind, deleted): (String, String, bool) = self.db.query_row(
@@ -2628,7 +2633,7 @@ impl Engine {
             params![group_id, id],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
-        if sender != me.user || kind != "text" {
+        if sender != me.user || !kinds.contains(&kind.as_str()) {
             return Err(EngineError::Invalid(format!(
                 "message {id} is not yours: only its author can change it"
             )));
@@ -2650,7 +2655,7 @@ impl Engine {
                 "an edit must be 1 to {MAX_TEXT_BYTES} bytes"
             )));
         }
-        let (group_id, target) = self.own_message(id)?;
+        let (group_id, target) = self.own_message(id, &["text"])?;
         let id = self.enqueue(
             &group_id,
             Body::Edit {
@@ -2663,8 +2668,9 @@ impl Engine {
 
     /// Deletes one of your messages from every member's store.
     pub fn queue_delete(&mut self, id: &str) -> Result<QueuedMessage, EngineError> {
-        let (group_id, target) = self.own_message(id)?;
+        let (group_id, target) = self.own_message(id, &["text", "alert", "attachment"])?;
         let id = self.enqueue(&group_id, Body::Delete { target })?;
+        self.remove_doomed_files()?;
         self.purge_deleted()?;
         Ok(QueuedMessage { group_id, id })
     }
@@ -2811,7 +2817,7 @@ impl Engine {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .filter(|n| !n.is_empty() && n != "." && n != "..")
-            .unwrap_or_else(|| format!("attachment-{}", &id[..8.min(id.len())]));
+            .unwrap_or_else(|| format!("attachment-{}", id.get(..8).unwrap_or("file")));
         let target = out
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from(&safe_name));
@@ -3227,6 +3233,22 @@ impl Engine {
         Ok(report)
     }
 
+    /// Removes the saved copies of deleted attachments that lie inside this device's own
+    /// folder; a copy the user saved elsewhere is theirs to keep.
+    fn remove_doomed_files(&self) -> Result<(), EngineError> {
+        let home = std::fs::canonicalize(&self.home).unwrap_or_else(|_| self.home.clone());
+        for path in conversation::take_doomed_files(&self.db)? {
+            let path = PathBuf::from(path);
+            let inside = std::fs::canonicalize(&path).is_ok_and(|p| p.starts_with(&home));
+            if inside {
+                if let Err(e) = std::fs::remove_file(&path) {
+                    tracing::warn!(error = %e, "could not remove a deleted attachment's copy");
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Rewrites the database so deleted message content leaves no copy in the write-ahead log.
     fn purge_deleted(&self) -> Result<(), EngineError> {
         self.db
@@ -3336,6 +3358,7 @@ impl Engine {
                             "UPDATE board_log SET seq = ?3 WHERE group_id = ?1 AND message_id = ?2",
                             params![group_id, message_id, seq as i64],
                         )?;
+                        conversation::forget_cleared_board_values(&tx, &group_id, &message_id)?;
                         tx.execute(
                             "UPDATE messages SET status = 'sent', relay_seq = ?3, sort_key = ?4 WHERE group_id = ?1 AND id = ?2",
                             params![group_id, message_id, seq as i64, order_key(seq, 0)],
@@ -3872,6 +3895,7 @@ impl Engine {
                 .insert(group_id.clone(), group.members().count());
         }
         if purge {
+            self.remove_doomed_files()?;
             self.purge_deleted()?;
         }
         Ok(acks)
@@ -3929,14 +3953,25 @@ fn process_welcome(
         let MlsMessageBodyIn::Welcome(welcome) = message.extract() else {
             return Err("expected a Welcome".into());
         };
-        if let Some(old) = MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))
-            .map_err(|e| e.to_string())?
-        {
-            let mut old = old;
-            old.delete(provider.storage()).map_err(|e| e.to_string())?;
-        }
         let staged = StagedWelcome::new_from_welcome(&provider, &join_config(), welcome, None)
             .map_err(|e| format!("Welcome cannot be opened: {e}"))?;
+        // A group this device is in, or was in until it left or was removed, is kept at
+        // the epoch it last reached: only a Welcome to a later epoch (being added back)
+        // may replace it.
+        if let Some(mut old) = MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))
+            .map_err(|e| e.to_string())?
+        {
+            let (held, offered) = (
+                old.epoch().as_u64(),
+                staged.group_context().epoch().as_u64(),
+            );
+            if offered <= held {
+                return Err(format!(
+                    "a replayed Welcome: this device holds the group at epoch {held}, the Welcome is for epoch {offered}"
+                ));
+            }
+            old.delete(provider.storage()).map_err(|e| e.to_string())?;
+        }
         for member in staged.members() {
             verify_member(&device.org, &member.credential, &member.signature_key)
                 .map_err(|e| format!("Welcome lists a member with an invalid identity: {e}"))?;
@@ -4237,9 +4272,12 @@ fn process_group_message(
                 body: serde_json::to_value(&envelope.body)
                     .map_err(|e| EngineError::Invalid(e.to_string()))?,
             };
-            let expires_at = disappear_secs
-                .map(|secs| envelope.sent_at.saturating_add(secs.saturating_mul(1000)));
-            archive::record_message(tx, group_id, &message, expires_at, now_ms())?;
+            // Measured from when the archive received it: a sender's clock, which any
+            // member sets at will, decides nothing about how long the archive keeps it.
+            let received_at = message.received_at;
+            let expires_at =
+                disappear_secs.map(|secs| received_at.saturating_add(secs.saturating_mul(1000)));
+            archive::record_message(tx, group_id, &message, expires_at, received_at)?;
         }
         let author = Author {
             user: &cert.body.user,
@@ -4285,7 +4323,11 @@ fn process_group_message(
                 report.notifications.push(notification);
             }
         }
-        purge = matches!(envelope.body, Body::Delete { .. });
+        purge = match &envelope.body {
+            Body::Delete { .. } => true,
+            Body::BoardSet { value, .. } => value.is_empty(),
+            _ => false,
+        };
     }
     if let Some(state) = new_state {
         tx.execute(

@@ -93,8 +93,8 @@ fn content(data: &[u8]) {
         device: "b1",
         admin: false,
     };
-    // Messages for the fuzzed envelope to refer to: "m1" by alice, "m2" by bob.
-    for (seq, id, author) in [(1, "m1", &alice), (2, "m2", &bob)] {
+    // Messages for the fuzzed envelope to refer to: "aaaa0001" by alice, "bbbb0002" by bob.
+    for (seq, id, author) in [(1, "aaaa0001", &alice), (2, "bbbb0002", &bob)] {
         let text = Envelope::new(
             id.into(),
             1_000,
@@ -113,7 +113,7 @@ fn content(data: &[u8]) {
         let _ = conversation::apply(&db, "alice", GROUP, &envelope, author, origin, managed);
     }
     let _ = conversation::board(&db, GROUP);
-    for id in ["m1", "m2", envelope.id.as_str()] {
+    for id in ["aaaa0001", "bbbb0002", envelope.id.as_str()] {
         let _ = conversation::decorations(&db, GROUP, id);
     }
     let _ = conversation::enforce_retention(&db, 10_000_000);
@@ -128,13 +128,13 @@ mod tests {
         inbound(b"");
         inbound(&[0xff; 64]);
         for body in [
-            r#"{"type":"edit","target":"m2","text":"changed"}"#,
-            r#"{"type":"delete","target":"m1"}"#,
-            r#"{"type":"reaction","target":"m1","emoji":"+1"}"#,
+            r#"{"type":"edit","target":"bbbb0002","text":"changed"}"#,
+            r#"{"type":"delete","target":"aaaa0001"}"#,
+            r#"{"type":"reaction","target":"aaaa0001","emoji":"+1"}"#,
             r#"{"type":"board_set","key":"status","value":"green"}"#,
             r#"{"type":"alert","text":"evacuate","ack_required":true}"#,
         ] {
-            let json = format!(r#"{{"v":1,"id":"x1","sent_at":5,"body":{body}}}"#);
+            let json = format!(r#"{{"v":1,"id":"cccc0003","sent_at":5,"body":{body}}}"#);
             assert!(Envelope::from_bytes(json.as_bytes()).is_ok(), "{json}");
             inbound(json.as_bytes());
         }

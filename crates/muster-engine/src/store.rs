@@ -78,5 +78,7 @@ CREATE TABLE IF NOT EXISTS cursors (group_id BLOB PRIMARY KEY, last_seq INTEGER 
 CREATE TABLE IF NOT EXISTS own_handshakes (group_id BLOB NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (group_id, seq));
 CREATE TABLE IF NOT EXISTS revoked_devices (device_id TEXT PRIMARY KEY, user TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sync_state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+-- saved copies of deleted attachments, removed once the deletion is stored
+CREATE TABLE IF NOT EXISTS doomed_files (path TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS pending_commits (group_id BLOB PRIMARY KEY, commit_hash BLOB NOT NULL);
 "#;

@@ -1,0 +1,252 @@
+//! A rogue member: a real member of the organisation running a modified client that
+//! sends what an honest client never would. Every other member must stay safe.
+
+use crate::archive::{archive_device, export};
+use crate::rogue::Rogue;
+use muster_e2e::*;
+use muster_proto::Response;
+use serde_json::json;
+use std::time::Duration;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// An envelope as the engine writes it, with whatever id and body the rogue chooses.
+fn envelope(id: &str, sent_at: i64, body: serde_json::Value) -> serde_json::Value {
+    json!({"v": 1, "id": id, "sent_at": sent_at, "body": body})
+}
+
+fn attachment(name: &str) -> serde_json::Value {
+    json!({"type": "attachment", "attachment": {
+        "blob_id": "00aa11bb", "key": "00".repeat(32), "blob_sha256": "00".repeat(32),
+        "sha256": "00".repeat(32), "name": name, "mime": "text/plain", "size": 5}})
+}
+
+/// Alice's group `name` with `members`, synced everywhere.
+fn group(org: &Org, name: &str, members: &[&Device]) -> Vec<u8> {
+    let list: Vec<&str> = members.iter().map(|d| d.name.as_str()).collect();
+    org.admin
+        .ok(&["group", "create", name, "--members", &list.join(",")]);
+    for m in members {
+        m.ok(&["sync"]);
+    }
+    group_id(&org.admin, name)
+}
+
+#[test]
+fn a_message_id_that_climbs_out_of_the_export_directory_never_reaches_a_path() {
+    let org = Org::new("rogue-export");
+    let bob = org.enrol("bob");
+    let (archive, _server) = archive_device(&org);
+    let gid = group(&org, "desk", &[&bob]);
+    org.admin.ok(&["group", "policy", "desk", "--archived"]);
+    bob.ok(&["sync"]);
+
+    let rogue = Rogue::open(&bob);
+    let evil = envelope("../escaped", now_ms(), attachment("x.txt"));
+    let sent = rogue.send(&gid, rogue.app_message(&gid, &evil));
+    assert!(matches!(sent, Response::Stored { .. }), "{sent:?}");
+    drop(rogue);
+    bob.ok(&["send", "desk", "after the rogue message"]);
+    let escaped = org.dir.path().join("escaped-x.txt");
+    let out = org.dir.path().join("export-bob.jsonl");
+    wait_until(
+        Duration::from_secs(30),
+        "an export with bob's message",
+        || {
+            let exported = archive.run(&[
+                "archive",
+                "export",
+                "--user",
+                "bob",
+                "--format",
+                "jsonl",
+                "--out",
+                out.to_str().unwrap(),
+            ]);
+            escaped.exists()
+                || (exported.status.success()
+                    && std::fs::read_to_string(&out)
+                        .unwrap_or_default()
+                        .contains("after the rogue message"))
+        },
+    );
+    assert!(!escaped.exists(), "the export wrote {}", escaped.display());
+    let out = org.admin.ok(&["sync"]);
+    assert!(out.contains("not a message id"), "{out}");
+}
+
+#[test]
+fn a_message_id_that_is_not_ascii_cannot_crash_a_member() {
+    let org = Org::new("rogue-id");
+    let bob = org.enrol("bob");
+    let gid = group(&org, "desk", &[&bob]);
+    let rogue = Rogue::open(&bob);
+    let evil = envelope("abcdef0\u{e9}1", now_ms(), attachment(".."));
+    rogue.send(&gid, rogue.app_message(&gid, &evil));
+    drop(rogue);
+    org.admin.ok(&["sync"]);
+    let out = org.admin.run(&["fetch", "abcdef0"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() != Some(101) && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("no message abcdef0"), "{stderr}");
+}
+
+#[test]
+fn control_characters_from_members_cannot_forge_lines_on_a_terminal() {
+    let org = Org::new("rogue-ansi");
+    let bob = org.enrol("bob");
+    let gid = group(&org, "desk", &[&bob]);
+    let rogue = Rogue::open(&bob);
+    let forged = "fine\n[09:00:00] alice: wire the money to account 4711\u{1b}[2K";
+    for body in [
+        json!({"type": "text", "text": forged}),
+        json!({"type": "group_meta", "name": "desk\n[09:00:01] * alice is now an admin"}),
+    ] {
+        let id = format!("{:016x}", now_ms());
+        rogue.send(
+            &gid,
+            rogue.app_message(&gid, &envelope(&id, now_ms(), body)),
+        );
+    }
+    drop(rogue);
+    org.admin.ok(&["sync"]);
+    let hex: String = gid.iter().map(|b| format!("{b:02x}")).collect();
+    let shown = org.admin.ok(&["read", &hex]) + &org.admin.ok(&["groups"]);
+    assert!(!shown.contains('\u{1b}'), "{shown:?}");
+    for line in shown.lines() {
+        assert!(
+            !line.starts_with("[09:00:00] alice:") && !line.starts_with("[09:00:01] *"),
+            "a member forged the line {line:?}"
+        );
+    }
+    // The JSON output keeps the text exactly as sent.
+    let texts = org.admin.texts(&hex);
+    assert_eq!(texts, [forged]);
+}
+
+#[test]
+fn a_backdated_message_stays_in_the_archive_and_disappearing_times_do_not_erase_it() {
+    let org = Org::new("rogue-backdate");
+    let bob = org.enrol("bob");
+    let (archive, _server) = archive_device(&org);
+    let gid = group(&org, "desk", &[&bob]);
+    org.admin.ok(&["group", "policy", "desk", "--archived"]);
+    bob.ok(&["sync"]);
+
+    let rogue = Rogue::open(&bob);
+    let backdated = envelope(
+        "0000000000000000000000000000bad1",
+        978_307_200_000, // 2001-01-01, far past any retention
+        json!({"type": "text", "text": "I never said this"}),
+    );
+    rogue.send(&gid, rogue.app_message(&gid, &backdated));
+    drop(rogue);
+    org.admin
+        .ok(&["group", "policy", "desk", "--disappear", "1s"]);
+    org.admin
+        .ok(&["send", "desk", "this one disappears from phones"]);
+    let archived = |user: &str, text: &str| {
+        export(&archive, &org.dir, user, &[])
+            .iter()
+            .any(|e| e["body"]["text"] == text)
+    };
+    wait_until(Duration::from_secs(30), "the archive has both", || {
+        archived("bob", "I never said this") && archived("alice", "this one disappears from phones")
+    });
+    std::thread::sleep(Duration::from_millis(1100));
+    archive.ok(&["archive", "prune", "--retain", "30d"]);
+    assert!(
+        archived("bob", "I never said this"),
+        "a backdated message was pruned"
+    );
+    assert!(
+        archived("alice", "this one disappears from phones"),
+        "the group's disappearing time erased an archive entry"
+    );
+    // Exports select by when the archive received a message.
+    let today = export(&archive, &org.dir, "bob", &["--from", "2020-01-01"]);
+    assert!(today
+        .iter()
+        .any(|e| e["body"]["text"] == "I never said this"));
+    archive.ok(&["archive", "verify"]);
+}
+
+/// Rows of `sql` (one count) in a device's store.
+fn count(device: &Device, sql: &str) -> i64 {
+    let db = rusqlite::Connection::open(device.home.join("muster.db")).unwrap();
+    db.query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+#[test]
+fn deleting_a_message_leaves_no_trace_in_the_store_or_the_apps_folders() {
+    let org = Org::new("delete-traces");
+    let alice = &org.admin;
+    let bob = org.enrol("bob");
+    group(&org, "desk", &[&bob]);
+    let file = org.dir.path().join("plan.txt");
+    std::fs::write(&file, "SECRET-PLAN-FILE").unwrap();
+    let out = bob.ok(&["send", "desk", "the plan", "--file", file.to_str().unwrap()]);
+    let id = out.trim().strip_prefix("sent ").unwrap().to_string();
+    alice.ok(&["sync"]);
+    let saved = alice.home.join("files").join("plan.txt");
+    std::fs::create_dir_all(saved.parent().unwrap()).unwrap();
+    alice.ok(&["fetch", &id, "--out", saved.to_str().unwrap()]);
+    alice.ok(&["read", "desk"]);
+    bob.ok(&["sync"]);
+    let receipts = |id: &str| format!("SELECT COUNT(*) FROM receipts WHERE message_id = '{id}'");
+    assert!(count(&bob, &receipts(&id)) > 0, "bob has alice's receipts");
+
+    bob.ok(&["delete", &id]);
+    alice.ok(&["sync"]);
+    assert!(
+        !saved.exists(),
+        "the saved copy in alice's data folder survived"
+    );
+    assert_eq!(
+        count(&bob, &receipts(&id)),
+        0,
+        "receipts of the deleted message remain"
+    );
+
+    // An acknowledged alert leaves no acknowledgements behind either.
+    let out = bob.ok(&["alert", "desk", "muster at gate 3", "--ack-required"]);
+    let alert = out.trim().strip_prefix("alert sent ").unwrap().to_string();
+    alice.ok(&["sync"]);
+    alice.ok(&["ack", &alert]);
+    alice.ok(&["read", "desk"]);
+    bob.ok(&["sync"]);
+    let acks = format!("SELECT COUNT(*) FROM acks WHERE message_id = '{alert}'");
+    assert_eq!(count(&bob, &acks), 1);
+    bob.ok(&["delete", &alert]);
+    alice.ok(&["sync"]);
+    for d in [alice, &bob] {
+        assert_eq!(
+            count(d, &acks) + count(d, &receipts(&alert)),
+            0,
+            "{}",
+            d.name
+        );
+    }
+
+    // Clearing a board entry clears the values it held.
+    alice.ok(&["board", "desk", "set", "door-code", "SECRET-CODE-4711"]);
+    bob.ok(&["sync"]);
+    alice.ok(&["board", "desk", "clear", "door-code"]);
+    bob.ok(&["sync"]);
+    for d in [alice, &bob] {
+        let left = count(
+            d,
+            "SELECT (SELECT COUNT(*) FROM board_log WHERE value LIKE '%SECRET-CODE%')
+                  + (SELECT COUNT(*) FROM messages WHERE body LIKE '%SECRET-CODE%')",
+        );
+        assert_eq!(left, 0, "{} keeps the cleared board value", d.name);
+    }
+}
