@@ -843,8 +843,13 @@ async fn run(cli: Cli) -> Result<(), EngineError> {
             let pending = engine.pending(&conn).await?;
             conn.close().await;
             print_listing(&pending, flag.json, |p| {
+                let proof = match (&p.code_from, &p.problem) {
+                    (Some(by), _) => format!("code from {by}"),
+                    (None, Some(why)) => format!("CANNOT BE APPROVED: {why}"),
+                    (None, None) => String::new(),
+                };
                 println!(
-                    "{}{}  \"{}\"{}  device {}  requested {}",
+                    "{}{}  \"{}\"{}  device {}  requested {}  {proof}",
                     p.user,
                     if p.linked { " (new device)" } else { "" },
                     p.display_name,
@@ -1218,8 +1223,13 @@ async fn run(cli: Cli) -> Result<(), EngineError> {
             let changes = engine.profile_changes(&conn).await;
             conn.close().await;
             print_listing(changes?, flag.json, |c| {
+                let check = match (&c.signed_by, &c.problem) {
+                    (Some(device), _) => format!("signed by their device {device}"),
+                    (None, Some(why)) => format!("CANNOT BE APPROVED: {why}"),
+                    (None, None) => String::new(),
+                };
                 println!(
-                    "{}: {} -> {}",
+                    "{}: {} -> {}  ({check})",
                     c.user,
                     describe_profile(&c.current),
                     describe_profile(&c.requested)
@@ -1263,23 +1273,28 @@ async fn run(cli: Cli) -> Result<(), EngineError> {
         }) => {
             let conn = connected(&mut engine).await?;
             let result = match device_self_approval {
-                Some(on) => engine.set_org_policy(&conn, on).await,
+                Some(on) => engine.set_org_policy(&conn, on).await.map(|p| (p, vec![])),
                 None => engine.org_policy(&conn).await,
             };
             conn.close().await;
-            let policy = result?;
+            let (policy, problems) = result?;
+            for p in &problems {
+                eprintln!("warning: {p}");
+            }
             if json {
-                print_json(
-                    &serde_json::json!({"device_self_approval": policy.device_self_approval}),
-                );
+                print_json(&serde_json::json!({
+                    "device_self_approval": policy.device_self_approval,
+                    "version": policy.version,
+                }));
             } else {
                 println!(
-                    "device self-approval: {}",
+                    "device self-approval: {} (policy version {})",
                     if policy.device_self_approval {
                         "on"
                     } else {
                         "off"
-                    }
+                    },
+                    policy.version
                 );
             }
         }

@@ -10,6 +10,7 @@ mod enrolment;
 mod faults;
 mod groups;
 mod hostile;
+mod hostile_enrolment;
 mod hostile_relay;
 mod network;
 mod provision;

@@ -250,3 +250,168 @@ fn deleting_a_message_leaves_no_trace_in_the_store_or_the_apps_folders() {
         assert_eq!(left, 0, "{} keeps the cleared board value", d.name);
     }
 }
+
+/// The certificate the relay holds for one of `user`'s devices.
+fn certificate_bytes(org: &Org, user: &str) -> Vec<u8> {
+    relay_db(org)
+        .query_row(
+            "SELECT certificate FROM devices WHERE user = ?1 AND status = 'approved' LIMIT 1",
+            [user],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+#[test]
+fn an_update_that_puts_on_another_members_certificate_is_refused() {
+    use openmls::prelude::*;
+    let org = Org::new("rogue-update");
+    let bob = org.enrol("bob");
+    let carol = org.enrol("carol");
+    let _dave = org.enrol("dave");
+    let gid = group(&org, "ops", &[&bob, &carol]);
+    // Bob's modified client proposes an Update whose leaf carries alice's (admin)
+    // certificate with bob's own key.
+    let alice_cert = certificate_bytes(&org, "alice");
+    let rogue = Rogue::copy_of(&bob, org.dir.path());
+    let bob_key = rogue.signer().public().to_vec();
+    let (proposal, epoch) = rogue.commit(&gid, |group, provider, signer| {
+        let params = LeafNodeParameters::builder()
+            .with_credential_with_key(CredentialWithKey {
+                credential: BasicCredential::new(alice_cert.clone()).into(),
+                signature_key: bob_key.clone().into(),
+            })
+            .build();
+        group
+            .propose_self_update(provider, signer, params)
+            .unwrap()
+            .0
+    });
+    let answer = rogue.request(muster_proto::Request::Propose {
+        group_id: gid.clone(),
+        proposal: proposal.clone(),
+    });
+    assert!(
+        matches!(&answer, Response::Error(e) if e.code == muster_proto::ErrorCode::Forbidden),
+        "the relay took it: {answer:?}"
+    );
+    // Slipped in by the operator instead, it is refused by every member.
+    crate::rogue::inject(&org, &gid, "proposal", &bob, &proposal, epoch);
+    let out = carol.ok(&["sync"]);
+    assert!(out.contains("refused a proposal by bob"), "{out}");
+    // It never wedges carol's own commits.
+    carol.ok(&["group", "add", "ops", "dave"]);
+    org.admin.ok(&["sync"]);
+    assert_eq!(org.admin.members("ops"), ["alice", "bob", "carol", "dave"]);
+}
+
+/// Group-context extensions that set `policy`, as an admin's client makes them.
+fn policy_extensions(
+    policy: muster_proto::GroupPolicy,
+) -> openmls::prelude::Extensions<openmls::prelude::GroupContext> {
+    use openmls::prelude::*;
+    Extensions::from_vec(vec![
+        Extension::RequiredCapabilities(RequiredCapabilitiesExtension::new(
+            &[ExtensionType::Unknown(muster_proto::GROUP_POLICY_EXTENSION)],
+            &[],
+            &[],
+        )),
+        Extension::Unknown(
+            muster_proto::GROUP_POLICY_EXTENSION,
+            UnknownExtension(policy.to_bytes()),
+        ),
+    ])
+    .unwrap()
+}
+
+#[test]
+fn an_admins_commit_cannot_launder_a_members_policy_proposal_and_every_change_is_shown() {
+    let org = Org::new("rogue-launder");
+    let alice = &org.admin;
+    let bob = org.enrol("bob");
+    let carol = org.enrol("carol");
+    let (_archive, _server) = archive_device(&org);
+    let gid = group(&org, "desk", &[&bob, &carol]);
+    alice.ok(&["group", "policy", "desk", "--archived"]);
+    for d in [&bob, &carol] {
+        d.ok(&["sync"]);
+        let shown = d.ok(&["read", "desk"]);
+        assert!(
+            shown.contains("alice turned on the compliance archive"),
+            "{}: {shown}",
+            d.name
+        );
+    }
+    // Bob's modified client proposes to turn archiving off, hoping alice's client
+    // commits it with her admin signature.
+    let rogue = Rogue::copy_of(&bob, org.dir.path());
+    let (proposal, epoch) = rogue.commit(&gid, |group, provider, signer| {
+        let off = muster_proto::GroupPolicy {
+            managed: false,
+            archived: false,
+        };
+        group
+            .propose_group_context_extensions(provider, policy_extensions(off), signer)
+            .unwrap()
+            .0
+    });
+    let answer = rogue.request(muster_proto::Request::Propose {
+        group_id: gid.clone(),
+        proposal: proposal.clone(),
+    });
+    assert!(
+        matches!(&answer, Response::Error(e) if e.message.contains("policy")),
+        "the relay took it: {answer:?}"
+    );
+    crate::rogue::inject(&org, &gid, "proposal", &bob, &proposal, epoch);
+    let out = alice.ok(&["sync"]);
+    assert!(out.contains("refused a proposal by bob"), "{out}");
+    for d in [alice, &carol] {
+        d.ok(&["sync"]);
+        assert_eq!(d.group("desk")["archived"], true, "{}", d.name);
+    }
+}
+
+#[test]
+fn a_commit_members_would_refuse_is_refused_by_the_relay_and_the_group_goes_on() {
+    let org = Org::new("rogue-commit");
+    let alice = &org.admin;
+    let bob = org.enrol("bob");
+    let carol = org.enrol("carol");
+    let (_archive, _server) = archive_device(&org);
+    let gid = group(&org, "desk", &[&bob, &carol]);
+    alice.ok(&["group", "policy", "desk", "--archived"]);
+    bob.ok(&["sync"]);
+    carol.ok(&["sync"]);
+    // Bob's modified client commits the archive's removal and sends it to the relay
+    // like any commit.
+    let rogue = Rogue::copy_of(&bob, org.dir.path());
+    let (commit, _) = rogue.commit(&gid, |group, provider, signer| {
+        let leaves: Vec<_> = group
+            .members()
+            .filter(|m| crate::rogue::names(&m.credential, "archive"))
+            .map(|m| m.index)
+            .collect();
+        group.remove_members(provider, signer, &leaves).unwrap().0
+    });
+    let answer = rogue.request(muster_proto::Request::Commit {
+        group_id: gid.clone(),
+        commit,
+        welcome: None,
+    });
+    assert!(
+        matches!(&answer, Response::Error(e) if e.message.contains("removes the compliance archive")),
+        "the relay took it: {answer:?}"
+    );
+    alice.ok(&["send", "desk", "still archived"]);
+    carol.ok(&["sync"]);
+    bob.ok(&["sync"]);
+    for d in [&bob, &carol] {
+        assert!(
+            d.texts("desk").contains(&"still archived".to_string()),
+            "{}",
+            d.name
+        );
+        assert_eq!(d.group("desk")["archive_members"], json!(["archive"]));
+    }
+}

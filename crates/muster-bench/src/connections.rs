@@ -9,8 +9,9 @@ use crate::harness::{resident_bytes, HarnessError, RelayProcess, Scratch};
 use crate::report::{ms, Report};
 use muster_engine::RelayConnection;
 use muster_proto::{
-    auth_transcript, device_id_for, enrol_transcript, now_unix, CertificateBody, OrgDescriptor,
-    OrgRootKey, Profile, Request, Response, Role,
+    auth_transcript, device_id_for, now_unix, Certificate, CertificateBody, CodeSecret,
+    EnrolmentGrant, EnrolmentRequest, GrantBody, InvitePurpose, OrgDescriptor, OrgRootKey, Profile,
+    Request, RequestBody, Response, Role,
 };
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use std::sync::Arc;
@@ -70,10 +71,13 @@ async fn authenticate(
     Ok(())
 }
 
-/// The organisation as its admin: the root key, the descriptor, an admin session.
+/// The organisation as its admin: the root key, the descriptor, the admin device's key
+/// and certificate (it signs invites), and an admin session.
 struct Admin {
     root: OrgRootKey,
     org: OrgDescriptor,
+    key: DeviceKey,
+    cert: Certificate,
     conn: RelayConnection,
 }
 
@@ -117,11 +121,17 @@ async fn bootstrap(relay: &RelayProcess) -> Result<Admin, HarnessError> {
     conn.request(&Request::Bootstrap {
         token: relay.bootstrap_token.clone(),
         org: org.clone(),
-        admin,
+        admin: admin.clone(),
     })
     .await?;
     authenticate(&conn, &key, &relay.fingerprint).await?;
-    Ok(Admin { root, org, conn })
+    Ok(Admin {
+        root,
+        org,
+        key,
+        cert: admin,
+        conn,
+    })
 }
 
 /// Invites, enrols and approves one device; returns its key.
@@ -130,32 +140,37 @@ async fn enrol(
     anonymous: &RelayConnection,
     user: String,
 ) -> Result<DeviceKey, HarnessError> {
-    let mut token = [0u8; 24];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut token)
-        .map_err(|_| HarnessError::Setup("no system randomness".into()))?;
-    let token = hex::encode(token);
-    admin
-        .conn
-        .request(&Request::CreateInvite {
-            user: user.clone(),
-            token_hash: sha256(token.as_bytes()),
-            expires_at: now_unix() + 3600,
-        })
-        .await?;
-    let key = DeviceKey::generate();
-    let profile = Profile {
-        display_name: user.clone(),
-        ..Default::default()
+    let secret = CodeSecret::generate();
+    let now = now_unix();
+    let grant = GrantBody {
+        org_id: admin.org.org_id.clone(),
+        purpose: InvitePurpose::NewUser,
+        user: user.clone(),
+        code_key: secret.public_key(),
+        issued_at: now,
+        expires_at: now + 3600,
     };
-    match anonymous
-        .request(&Request::Enrol {
-            invite_token: token.clone(),
-            device_key: key.public(),
-            proof: key.sign(&enrol_transcript(&token, &key.public(), &profile)),
-            profile,
-        })
-        .await?
-    {
+    let grant = EnrolmentGrant {
+        signature: admin.key.sign(&grant.to_be_signed()),
+        body: grant,
+        issuer: admin.cert.clone(),
+    };
+    admin.conn.request(&Request::CreateInvite { grant }).await?;
+    let key = DeviceKey::generate();
+    let body = RequestBody {
+        org_id: admin.org.org_id.clone(),
+        purpose: InvitePurpose::NewUser,
+        user: user.clone(),
+        device_key: key.public(),
+        profile: Profile {
+            display_name: user.clone(),
+            ..Default::default()
+        },
+        code_key: secret.public_key(),
+        requested_at: now,
+    };
+    let request = EnrolmentRequest::new(body, &secret, |m| key.sign(m));
+    match anonymous.request(&Request::Enrol { request }).await? {
         Response::EnrolmentSubmitted { .. } => {}
         other => return Err(unexpected("Enrol", other)),
     }

@@ -8,15 +8,13 @@ use crate::conversation::{
 };
 use crate::error::{from_net, EngineError};
 use crate::provider::{Provider, StoreCodec};
-use crate::provision::{Action, OrgSpec, OrgState};
 use crate::store::SCHEMA;
 use muster_net::RelayConnection;
 use muster_proto::{
-    auth_transcript, device_id_for, encrypted_size, enrol_transcript, now_unix, validate_handle,
-    AckItem, Certificate, CertificateBody, Delivery, ErrorCode, GroupPolicy, InviteCode,
-    InvitePurpose, OrgDescriptor, OrgPolicyBody, OrgRootKey, PendingEnrolment, Profile,
-    ProfileChange, Request, Response, RevocationBody, Role, ATTACHMENT_CHUNK,
-    ATTACHMENT_CHUNK_OVERHEAD, GROUP_POLICY_EXTENSION, MAX_ATTACHMENT,
+    auth_transcript, device_id_for, encrypted_size, now_unix, validate_handle, AckItem,
+    Certificate, CertificateBody, CodeSecret, Delivery, EnrolmentRequest, ErrorCode, GroupPolicy,
+    InviteCode, InvitePurpose, OrgDescriptor, OrgRootKey, Profile, Request, RequestBody, Response,
+    Role, ATTACHMENT_CHUNK, ATTACHMENT_CHUNK_OVERHEAD, GROUP_POLICY_EXTENSION, MAX_ATTACHMENT,
 };
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::*;
@@ -39,12 +37,12 @@ const FETCH_BATCH: u32 = 200;
 const RECEIPT_BATCH_MEMBERS: usize = 20;
 /// How often a device sends delivery receipts into a large group.
 const RECEIPT_BATCH_INTERVAL_MS: i64 = 5_000;
-const CERT_VALIDITY_SECS: u64 = 365 * 24 * 3600;
+pub(crate) const CERT_VALIDITY_SECS: u64 = 365 * 24 * 3600;
 /// Longest text message accepted for sending, in bytes.
 pub const MAX_TEXT_BYTES: usize = 64 * 1024;
 const DB_FILE: &str = "muster.db";
 
-const STATE_ACTIVE: &str = "active";
+pub(crate) const STATE_ACTIVE: &str = "active";
 const STATE_LEFT: &str = "left";
 const STATE_REMOVED: &str = "removed";
 
@@ -136,6 +134,10 @@ pub struct PendingView {
     pub title: Option<String>,
     pub department: Option<String>,
     pub requested_at: String,
+    /// Who made the code it was made with, when its proofs check out.
+    pub code_from: Option<String>,
+    /// Why it cannot be approved: its proofs do not check out.
+    pub problem: Option<String>,
 }
 
 /// A message written to the outbox, not yet confirmed by the relay.
@@ -220,21 +222,22 @@ pub struct SyncReport {
 /// client id, group id, message id, ciphertext
 type OutboxEntry = (Vec<u8>, Vec<u8>, String, Vec<u8>);
 
-struct DeviceRow {
-    relay: String,
-    fingerprint: String,
-    org: OrgDescriptor,
-    user: String,
-    device_id: String,
-    device_key: Vec<u8>,
-    certificate: Option<Certificate>,
-    root_key: Option<Vec<u8>>,
+/// This device as its store records it.
+pub(crate) struct DeviceRow {
+    pub(crate) relay: String,
+    pub(crate) fingerprint: String,
+    pub(crate) org: OrgDescriptor,
+    pub(crate) user: String,
+    pub(crate) device_id: String,
+    pub(crate) device_key: Vec<u8>,
+    pub(crate) certificate: Option<Certificate>,
+    pub(crate) root_key: Option<Vec<u8>>,
 }
 
 /// One device's engine over its home directory.
 pub struct Engine {
     home: PathBuf,
-    db: Connection,
+    pub(crate) db: Connection,
     crypto: RustCrypto,
     /// Members per group as last seen, for choosing how receipts go out; a stale count
     /// only changes how receipts are batched.
@@ -523,11 +526,11 @@ impl Engine {
         }))
     }
 
-    fn device(&self) -> Result<DeviceRow, EngineError> {
+    pub(crate) fn device(&self) -> Result<DeviceRow, EngineError> {
         self.device_opt()?.ok_or(EngineError::NotEnrolled)
     }
 
-    fn signer(&self, device: &DeviceRow) -> Result<SignatureKeyPair, EngineError> {
+    pub(crate) fn signer(&self, device: &DeviceRow) -> Result<SignatureKeyPair, EngineError> {
         let storage = crate::provider::Storage::new(&self.db);
         SignatureKeyPair::read(&storage, &device.device_key, SignatureScheme::ED25519)
             .ok_or_else(|| EngineError::Mls("device signing key is missing from the store".into()))
@@ -646,6 +649,7 @@ impl Engine {
             Some(&cert),
             Some(root.pkcs8()),
         )?;
+        self.record_issued(&[cert])?;
         let session = self.authenticate(conn).await?;
         session.close().await;
         Ok(())
@@ -688,18 +692,25 @@ impl Engine {
                 "display name must not be empty".into(),
             ));
         }
+        let secret = CodeSecret::from_hex(&invite.secret)
+            .map_err(|e| EngineError::Invalid(format!("invite code: {e}")))?;
         let conn = RelayConnection::connect(&invite.relay, &invite.fingerprint).await?;
         let signer = self.new_signer()?;
-        let proof = signer
-            .sign(&enrol_transcript(&invite.token, signer.public(), &profile))
+        let body = RequestBody {
+            org_id: invite.org.org_id.clone(),
+            purpose: invite.purpose,
+            user: invite.user.clone(),
+            device_key: signer.public().to_vec(),
+            profile: profile.clone(),
+            code_key: secret.public_key(),
+            requested_at: now_unix(),
+        };
+        let device_proof = signer
+            .sign(&body.device_signed())
             .map_err(|e| EngineError::Mls(format!("signing failed: {e:?}")))?;
+        let request = EnrolmentRequest::new(body, &secret, |_| device_proof);
         let response = conn
-            .request(&Request::Enrol {
-                invite_token: invite.token.clone(),
-                device_key: signer.public().to_vec(),
-                profile: profile.clone(),
-                proof,
-            })
+            .request(&Request::Enrol { request })
             .await
             .map_err(from_net)?;
         conn.close().await;
@@ -850,512 +861,6 @@ impl Engine {
         Ok(())
     }
 
-    /// Refuses locally, from this device's own signed certificate, what only admins may do.
-    fn require_admin(device: &DeviceRow) -> Result<(), EngineError> {
-        match &device.certificate {
-            Some(cert) if cert.is_admin() => Ok(()),
-            _ => Err(EngineError::NotAdmin),
-        }
-    }
-
-    fn root_key(device: &DeviceRow) -> Result<OrgRootKey, EngineError> {
-        Self::require_admin(device)?;
-        let pkcs8 = device.root_key.as_ref().ok_or(EngineError::NoRootKey)?;
-        Ok(OrgRootKey::from_pkcs8(pkcs8)?)
-    }
-
-    /// Creates a single-use invite code for `user`, valid for `ttl_secs`.
-    pub async fn create_invite(
-        &mut self,
-        conn: &RelayConnection,
-        user: &str,
-        ttl_secs: u64,
-    ) -> Result<String, EngineError> {
-        validate_handle(user)?;
-        let device = self.device()?;
-        Self::root_key(&device)?;
-        let token = random_hex(24);
-        let expires_at = now_unix() + ttl_secs;
-        conn.request(&Request::CreateInvite {
-            user: user.to_string(),
-            token_hash: sha256(token.as_bytes()),
-            expires_at,
-        })
-        .await
-        .map_err(from_net)?;
-        Ok(InviteCode {
-            purpose: InvitePurpose::NewUser,
-            relay: device.relay,
-            fingerprint: device.fingerprint,
-            org: device.org,
-            user: user.to_string(),
-            token,
-            expires_at,
-        }
-        .encode())
-    }
-
-    async fn pending_raw(
-        &self,
-        conn: &RelayConnection,
-    ) -> Result<Vec<PendingEnrolment>, EngineError> {
-        match conn
-            .request(&Request::ListPending)
-            .await
-            .map_err(from_net)?
-        {
-            Response::Pending(p) => Ok(p),
-            _ => Err(EngineError::Invalid(
-                "unexpected answer to ListPending".into(),
-            )),
-        }
-    }
-
-    /// Enrolment requests waiting for an admin.
-    pub async fn pending(&self, conn: &RelayConnection) -> Result<Vec<PendingView>, EngineError> {
-        Self::require_admin(&self.device()?)?;
-        Ok(self
-            .pending_raw(conn)
-            .await?
-            .into_iter()
-            .map(|p| PendingView {
-                user: p.user,
-                linked: p.linked,
-                device_id: p.device_id,
-                display_name: p.profile.display_name,
-                title: p.profile.title,
-                department: p.profile.department,
-                requested_at: rfc3339_ms(p.requested_at as i64 * 1000),
-            })
-            .collect())
-    }
-
-    async fn pending_for(
-        &self,
-        conn: &RelayConnection,
-        user: &str,
-        device: Option<&str>,
-    ) -> Result<PendingEnrolment, EngineError> {
-        let mut matching: Vec<PendingEnrolment> = self
-            .pending_raw(conn)
-            .await?
-            .into_iter()
-            .filter(|p| p.user == user && device.is_none_or(|d| p.device_id.starts_with(d)))
-            .collect();
-        match matching.len() {
-            0 => Err(EngineError::Invalid(format!(
-                "no pending enrolment request from {user:?}"
-            ))),
-            1 => Ok(matching.remove(0)),
-            _ => Err(EngineError::Invalid(format!(
-                "{user:?} has several pending devices ({}); name one with --device",
-                matching
-                    .iter()
-                    .map(|p| p.device_id.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))),
-        }
-    }
-
-    /// Signs the identity certificate of `user`'s pending device. With `archive`, the
-    /// device becomes the organisation's compliance archive (archive role only).
-    pub async fn approve(
-        &mut self,
-        conn: &RelayConnection,
-        user: &str,
-        device: Option<&str>,
-        archive: bool,
-    ) -> Result<String, EngineError> {
-        let me = self.device()?;
-        let root = Self::root_key(&me)?;
-        let request = self.pending_for(conn, user, device).await?;
-        // Another device of an enrolled user carries that user's approved profile and roles.
-        let existing = self
-            .certificates(conn)
-            .await?
-            .into_iter()
-            .find(|c| c.body.user == request.user);
-        let (profile, roles) = match existing {
-            Some(c) if archive && !c.is_archive() => {
-                return Err(EngineError::Invalid(format!(
-                    "{user} is an enrolled person; an archive needs an account of its own"
-                )))
-            }
-            Some(c) => (c.body.profile, c.body.roles),
-            None if archive => (request.profile.clone(), vec![Role::Archive]),
-            None => (request.profile.clone(), vec![Role::Member]),
-        };
-        Self::sign_and_approve(conn, &me, &root, &request, profile, roles).await?;
-        Ok(request.device_id)
-    }
-
-    async fn sign_and_approve(
-        conn: &RelayConnection,
-        me: &DeviceRow,
-        root: &OrgRootKey,
-        request: &PendingEnrolment,
-        profile: Profile,
-        roles: Vec<Role>,
-    ) -> Result<(), EngineError> {
-        let now = now_unix();
-        let cert = root.sign(CertificateBody {
-            org_id: me.org.org_id.clone(),
-            user: request.user.clone(),
-            device_id: request.device_id.clone(),
-            device_key: request.device_key.clone(),
-            profile,
-            roles,
-            not_before: now.saturating_sub(300),
-            not_after: now + CERT_VALIDITY_SECS,
-        });
-        conn.request(&Request::Approve { certificate: cert })
-            .await
-            .map_err(from_net)?;
-        Ok(())
-    }
-
-    /// The organisation policy in force, verified against the pinned root.
-    pub async fn org_policy(&self, conn: &RelayConnection) -> Result<OrgPolicyBody, EngineError> {
-        let org = self.device()?.org;
-        match conn
-            .request(&Request::GetOrgPolicy)
-            .await
-            .map_err(from_net)?
-        {
-            Response::OrgPolicy(Some(policy)) => {
-                policy.verify(&org)?;
-                Ok(policy.body)
-            }
-            Response::OrgPolicy(None) => Ok(OrgPolicyBody {
-                org_id: org.org_id,
-                ..Default::default()
-            }),
-            _ => Err(EngineError::Invalid(
-                "unexpected answer to GetOrgPolicy".into(),
-            )),
-        }
-    }
-
-    /// (admin) Publishes a new organisation policy, signed by the root key.
-    pub async fn set_org_policy(
-        &self,
-        conn: &RelayConnection,
-        device_self_approval: bool,
-    ) -> Result<OrgPolicyBody, EngineError> {
-        let me = self.device()?;
-        let root = Self::root_key(&me)?;
-        let policy = root.sign_policy(OrgPolicyBody {
-            org_id: me.org.org_id.clone(),
-            device_self_approval,
-            issued_at: now_unix(),
-        });
-        let body = policy.body.clone();
-        conn.request(&Request::SetOrgPolicy { policy })
-            .await
-            .map_err(from_net)?;
-        Ok(body)
-    }
-
-    /// Approves a pending new device of this user, where the organisation's policy allows
-    /// it; an admin device then issues its certificate.
-    pub async fn confirm_device(
-        &self,
-        conn: &RelayConnection,
-        device_id: &str,
-    ) -> Result<(), EngineError> {
-        conn.request(&Request::ConfirmDevice {
-            device_id: device_id.to_string(),
-        })
-        .await
-        .map_err(from_net)?;
-        Ok(())
-    }
-
-    /// On a device holding the root key: issues certificates for new devices that their
-    /// user's own enrolled device approved, when the signed policy allows self-approval.
-    async fn approve_confirmed_devices(
-        &mut self,
-        conn: &RelayConnection,
-        report: &mut SyncReport,
-    ) -> Result<(), EngineError> {
-        let me = self.device()?;
-        if me.root_key.is_none() || Self::require_admin(&me).is_err() {
-            return Ok(());
-        }
-        let confirmed: Vec<PendingEnrolment> = self
-            .pending_raw(conn)
-            .await?
-            .into_iter()
-            .filter(|p| p.linked && p.confirmed_by.is_some())
-            .collect();
-        if confirmed.is_empty() || !self.org_policy(conn).await?.device_self_approval {
-            return Ok(());
-        }
-        let root = Self::root_key(&me)?;
-        let certs = self.certificates(conn).await?;
-        for request in confirmed {
-            let by = request.confirmed_by.clone().unwrap_or_default();
-            let Some(sibling) = certs
-                .iter()
-                .find(|c| c.body.device_id == by && c.body.user == request.user)
-            else {
-                report.problems.push(format!(
-                    "not approving {}'s new device: the approving device is not theirs",
-                    request.user
-                ));
-                continue;
-            };
-            let (profile, roles) = (sibling.body.profile.clone(), sibling.body.roles.clone());
-            match Self::sign_and_approve(conn, &me, &root, &request, profile, roles).await {
-                Ok(()) => report
-                    .approved_devices
-                    .push(format!("{} ({})", request.user, request.device_id)),
-                Err(e) => report.problems.push(format!(
-                    "could not approve {}'s new device: {e}",
-                    request.user
-                )),
-            }
-        }
-        Ok(())
-    }
-
-    /// (admin) What the organisation looks like now, for provisioning.
-    pub async fn provision_state(
-        &mut self,
-        conn: &RelayConnection,
-    ) -> Result<OrgState, EngineError> {
-        let me = self.device()?;
-        Self::require_admin(&me)?;
-        self.sync(conn).await?;
-        let mut state = OrgState {
-            me: me.user.clone(),
-            ..Default::default()
-        };
-        for cert in self.certificates(conn).await? {
-            state
-                .enrolled
-                .entry(cert.body.user.clone())
-                .or_insert((cert.body.profile, cert.body.roles));
-        }
-        state.pending = self.pending_raw(conn).await?;
-        let Response::Invites(invites) = conn
-            .request(&Request::ListInvites)
-            .await
-            .map_err(from_net)?
-        else {
-            return Err(EngineError::Invalid(
-                "unexpected answer to ListInvites".into(),
-            ));
-        };
-        state.invited = invites
-            .into_iter()
-            .filter(|i| !i.link)
-            .map(|i| i.user)
-            .collect();
-        for g in self.groups()? {
-            if g.state == STATE_ACTIVE {
-                state
-                    .groups
-                    .insert(g.name, (g.members.into_iter().collect(), g.managed));
-            }
-        }
-        Ok(state)
-    }
-
-    /// (admin) Carries out one provisioning step; an invite returns its code.
-    pub async fn apply_action(
-        &mut self,
-        conn: &RelayConnection,
-        spec: &OrgSpec,
-        action: &Action,
-        invite_ttl_secs: u64,
-    ) -> Result<Option<String>, EngineError> {
-        let user_spec = |user: &str| {
-            spec.users
-                .iter()
-                .find(|u| u.handle == user)
-                .ok_or_else(|| EngineError::Invalid(format!("{user} is not in the file")))
-        };
-        match action {
-            Action::Invite { user } => {
-                Ok(Some(self.create_invite(conn, user, invite_ttl_secs).await?))
-            }
-            Action::Approve { user, device_id } => {
-                let wanted = user_spec(user)?;
-                let me = self.device()?;
-                let root = Self::root_key(&me)?;
-                let request = self.pending_for(conn, user, Some(device_id)).await?;
-                Self::sign_and_approve(
-                    conn,
-                    &me,
-                    &root,
-                    &request,
-                    wanted.profile(),
-                    wanted.roles(),
-                )
-                .await?;
-                Ok(None)
-            }
-            Action::UpdateCertificates { user } => {
-                let wanted = user_spec(user)?;
-                let me = self.device()?;
-                let root = Self::root_key(&me)?;
-                let now = now_unix();
-                let certificates: Vec<Certificate> = self
-                    .certificates(conn)
-                    .await?
-                    .into_iter()
-                    .filter(|c| c.body.user == *user)
-                    .map(|c| {
-                        root.sign(CertificateBody {
-                            profile: wanted.profile(),
-                            roles: wanted.roles(),
-                            not_before: now.saturating_sub(300).max(c.body.not_before),
-                            not_after: now + CERT_VALIDITY_SECS,
-                            ..c.body
-                        })
-                    })
-                    .collect();
-                conn.request(&Request::ReissueCertificates { certificates })
-                    .await
-                    .map_err(from_net)?;
-                Ok(None)
-            }
-            Action::CreateGroup {
-                group,
-                members,
-                managed,
-            } => {
-                self.create_group(conn, group, members, *managed).await?;
-                Ok(None)
-            }
-            Action::AddMember { group, user } => {
-                self.add_member(conn, group, user).await?;
-                Ok(None)
-            }
-            Action::RemoveMember { group, user } => {
-                self.remove_member(conn, group, user).await?;
-                Ok(None)
-            }
-        }
-    }
-
-    /// Refuses `user`'s pending device.
-    pub async fn reject(
-        &mut self,
-        conn: &RelayConnection,
-        user: &str,
-        device: Option<&str>,
-    ) -> Result<String, EngineError> {
-        Self::require_admin(&self.device()?)?;
-        let request = self.pending_for(conn, user, device).await?;
-        conn.request(&Request::Reject {
-            device_id: request.device_id.clone(),
-        })
-        .await
-        .map_err(from_net)?;
-        Ok(request.device_id)
-    }
-
-    /// (admin) The relay's latest audit events.
-    pub async fn audit(
-        &self,
-        conn: &RelayConnection,
-        limit: u32,
-    ) -> Result<Vec<AuditView>, EngineError> {
-        Self::require_admin(&self.device()?)?;
-        let Response::Audit(events) = conn
-            .request(&Request::Audit { limit })
-            .await
-            .map_err(from_net)?
-        else {
-            return Err(EngineError::Invalid("unexpected answer to Audit".into()));
-        };
-        Ok(events
-            .into_iter()
-            .map(|e| AuditView {
-                at: rfc3339_ms(e.at as i64 * 1000),
-                event: e.event,
-                actor: e.actor,
-                subject: e.subject,
-                group: e.group.map(|g| {
-                    self.db
-                        .query_row("SELECT name FROM groups WHERE group_id = ?1", [&g], |r| {
-                            r.get(0)
-                        })
-                        .unwrap_or_else(|_| group_hex(&g))
-                }),
-            })
-            .collect())
-    }
-
-    /// Every enrolled device's certificate that verifies against the pinned organisation root.
-    async fn certificates(&self, conn: &RelayConnection) -> Result<Vec<Certificate>, EngineError> {
-        let org = self.device()?.org;
-        let Response::Directory(certs) =
-            conn.request(&Request::Directory).await.map_err(from_net)?
-        else {
-            return Err(EngineError::Invalid(
-                "unexpected answer to Directory".into(),
-            ));
-        };
-        Ok(certs
-            .into_iter()
-            .filter(|c| match c.verify(&org, now_unix()) {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::warn!(user = %c.body.user, error = %e, "skipping unverifiable certificate");
-                    false
-                }
-            })
-            .collect())
-    }
-
-    /// Creates a single-use code that enrols another device of this user.
-    pub async fn create_device_link(
-        &mut self,
-        conn: &RelayConnection,
-        ttl_secs: u64,
-    ) -> Result<String, EngineError> {
-        let device = self.device()?;
-        let token = random_hex(24);
-        let expires_at = now_unix() + ttl_secs;
-        conn.request(&Request::CreateLink {
-            token_hash: sha256(token.as_bytes()),
-            expires_at,
-        })
-        .await
-        .map_err(from_net)?;
-        Ok(InviteCode {
-            purpose: InvitePurpose::LinkDevice,
-            relay: device.relay,
-            fingerprint: device.fingerprint,
-            org: device.org,
-            user: device.user,
-            token,
-            expires_at,
-        }
-        .encode())
-    }
-
-    /// This user's enrolled devices.
-    pub async fn devices(&self, conn: &RelayConnection) -> Result<Vec<DeviceView>, EngineError> {
-        let me = self.device()?;
-        Ok(self
-            .certificates(conn)
-            .await?
-            .into_iter()
-            .filter(|c| c.body.user == me.user)
-            .map(|c| DeviceView {
-                this_device: c.body.device_id == me.device_id,
-                device_id: c.body.device_id,
-                user: c.body.user,
-                enrolled_until: rfc3339_ms(c.body.not_after as i64 * 1000),
-            })
-            .collect())
-    }
-
     /// This user's other enrolled devices.
     async fn my_other_devices(&self, conn: &RelayConnection) -> Result<Vec<String>, EngineError> {
         let me = self.device()?;
@@ -1403,129 +908,6 @@ impl Engine {
                     .push(format!("could not add your other device to a group: {e}"));
             }
         }
-        Ok(())
-    }
-
-    /// Enrolled colleagues, from certificates verified against the pinned organisation root.
-    pub async fn directory(
-        &self,
-        conn: &RelayConnection,
-    ) -> Result<Vec<DirectoryEntry>, EngineError> {
-        let mut entries: Vec<DirectoryEntry> = Vec::new();
-        for cert in self.certificates(conn).await? {
-            let body = cert.body;
-            match entries.iter_mut().find(|e| e.user == body.user) {
-                Some(entry) => entry.devices += 1,
-                None => entries.push(DirectoryEntry {
-                    user: body.user,
-                    display_name: body.profile.display_name,
-                    title: body.profile.title,
-                    department: body.profile.department,
-                    roles: body
-                        .roles
-                        .iter()
-                        .map(|r| match r {
-                            Role::Admin => "admin".to_string(),
-                            Role::Member => "member".to_string(),
-                            Role::Archive => "archive".to_string(),
-                        })
-                        .collect(),
-                    devices: 1,
-                }),
-            }
-        }
-        entries.sort_by(|a, b| a.user.cmp(&b.user));
-        Ok(entries)
-    }
-
-    /// This device's approved profile, from its certificate.
-    pub fn profile(&self) -> Result<Profile, EngineError> {
-        Ok(self
-            .device()?
-            .certificate
-            .ok_or(EngineError::AwaitingApproval)?
-            .body
-            .profile)
-    }
-
-    /// Asks an admin to approve a new profile; colleagues see it only after approval.
-    /// Leave `title` or `department` out to stop revealing it.
-    pub async fn request_profile(
-        &self,
-        conn: &RelayConnection,
-        profile: Profile,
-    ) -> Result<(), EngineError> {
-        conn.request(&Request::RequestProfileChange { profile })
-            .await
-            .map_err(from_net)?;
-        Ok(())
-    }
-
-    /// (admin) Profile changes waiting for approval.
-    pub async fn profile_changes(
-        &self,
-        conn: &RelayConnection,
-    ) -> Result<Vec<ProfileChange>, EngineError> {
-        Self::require_admin(&self.device()?)?;
-        match conn
-            .request(&Request::ListProfileChanges)
-            .await
-            .map_err(from_net)?
-        {
-            Response::ProfileChanges(c) => Ok(c),
-            _ => Err(EngineError::Invalid(
-                "unexpected answer to ListProfileChanges".into(),
-            )),
-        }
-    }
-
-    /// (admin) Approves `user`'s requested profile: new certificates for each of their devices.
-    pub async fn approve_profile(
-        &self,
-        conn: &RelayConnection,
-        user: &str,
-    ) -> Result<Profile, EngineError> {
-        let me = self.device()?;
-        let root = Self::root_key(&me)?;
-        let change = self
-            .profile_changes(conn)
-            .await?
-            .into_iter()
-            .find(|c| c.user == user)
-            .ok_or_else(|| EngineError::Invalid(format!("{user} has no pending profile change")))?;
-        let now = now_unix();
-        let certificates: Vec<Certificate> = self
-            .certificates(conn)
-            .await?
-            .into_iter()
-            .filter(|c| c.body.user == user)
-            .map(|c| {
-                root.sign(CertificateBody {
-                    profile: change.requested.clone(),
-                    not_before: now.saturating_sub(300).max(c.body.not_before),
-                    not_after: now + CERT_VALIDITY_SECS,
-                    ..c.body
-                })
-            })
-            .collect();
-        conn.request(&Request::ApproveProfileChange { certificates })
-            .await
-            .map_err(from_net)?;
-        Ok(change.requested)
-    }
-
-    /// (admin) Refuses `user`'s requested profile change.
-    pub async fn reject_profile(
-        &self,
-        conn: &RelayConnection,
-        user: &str,
-    ) -> Result<(), EngineError> {
-        Self::require_admin(&self.device()?)?;
-        conn.request(&Request::RejectProfileChange {
-            user: user.to_string(),
-        })
-        .await
-        .map_err(from_net)?;
         Ok(())
     }
 
@@ -3603,53 +2985,6 @@ impl Engine {
         Ok(report)
     }
 
-    /// (admin) Revokes all of `user`'s devices, or the one named: the relay cuts them off
-    /// at once, and this device removes them from its groups. Returns the revoked device ids.
-    pub async fn revoke(
-        &mut self,
-        conn: &RelayConnection,
-        user: &str,
-        device: Option<&str>,
-    ) -> Result<Vec<String>, EngineError> {
-        let me = self.device()?;
-        let root = Self::root_key(&me)?;
-        let Response::Directory(certs) =
-            conn.request(&Request::Directory).await.map_err(from_net)?
-        else {
-            return Err(EngineError::Invalid(
-                "unexpected answer to Directory".into(),
-            ));
-        };
-        let device_ids: Vec<String> = certs
-            .into_iter()
-            .filter(|c| c.body.user == user)
-            .map(|c| c.body.device_id)
-            .filter(|d| device.is_none_or(|prefix| d.starts_with(prefix)))
-            .collect();
-        if device_ids.is_empty() {
-            return Err(EngineError::Invalid(match device {
-                Some(d) => format!("{user} has no enrolled device {d}"),
-                None => format!("no enrolled device of user {user:?}"),
-            }));
-        }
-        let revocation = root.sign_revocation(RevocationBody {
-            org_id: me.org.org_id.clone(),
-            user: user.to_string(),
-            device_ids: device_ids.clone(),
-            issued_at: now_unix(),
-        });
-        conn.request(&Request::Revoke { revocation })
-            .await
-            .map_err(from_net)?;
-        let report = self.sync(conn).await?;
-        if let Some(problem) = report.problems.first() {
-            return Err(EngineError::Invalid(format!(
-                "revoked, but removing from groups is incomplete: {problem}"
-            )));
-        }
-        Ok(device_ids)
-    }
-
     /// Learns new revocations from the relay and removes revoked devices from every
     /// group this device is in. The relay's epoch ordering keeps it to one commit per group.
     async fn apply_revocations(
@@ -3843,6 +3178,7 @@ impl Engine {
         let signer = self.signer(&device)?;
         let mut acks = Vec::with_capacity(deliveries.len());
         let mut loaded = LoadedGroups::new();
+        let revoked = revoked_devices(&self.db)?;
         let mut purge = false;
         let mut tx = self
             .db
@@ -3868,6 +3204,7 @@ impl Engine {
                         tx: &tx,
                         device: &device,
                         signer: &signer,
+                        revoked: &revoked,
                     };
                     purge |= process_group_message(
                         &context,
@@ -3933,6 +3270,8 @@ struct BatchContext<'a> {
     tx: &'a Connection,
     device: &'a DeviceRow,
     signer: &'a SignatureKeyPair,
+    /// Devices this device knows to be revoked.
+    revoked: &'a HashSet<String>,
 }
 
 /// Joins the group a Welcome invites this device to, inside the batch's transaction; a
@@ -4032,6 +3371,7 @@ fn process_group_message(
         tx,
         device,
         signer,
+        revoked,
     } = *context;
     let last: i64 = tx
         .prepare_cached("SELECT last_seq FROM cursors WHERE group_id = ?1")?
@@ -4110,12 +3450,30 @@ fn process_group_message(
         verified
             .verify(&sender_cert, &device.org, now_unix())
             .map_err(|e| format!("sender {}: {e}", sender_cert.body.user))?;
-        if revoked_device(tx, &sender_cert.body.device_id).map_err(|e| e.to_string())? {
+        // The certificate must name the key that signed: the sending leaf's own.
+        let sender_key = match processed.sender() {
+            Sender::Member(index) => group.member_at(*index).map(|m| m.signature_key),
+            _ => None,
+        };
+        if sender_key.as_deref() != Some(sender_cert.body.device_key.as_slice()) {
+            return Err(format!(
+                "dropped a message whose sender's certificate ({}) is not for the key that signed it",
+                sender_cert.body.user
+            ));
+        }
+        if revoked.contains(&sender_cert.body.device_id) {
             return Err(format!(
                 "dropped a message from revoked device {} of {}",
                 sender_cert.body.device_id, sender_cert.body.user
             ));
         }
+        let rules = muster_rules::Context {
+            org: &device.org,
+            now: now_unix(),
+            revoked: &|d: &str| revoked.contains(d),
+        };
+        let by = sender_cert.body.user.clone();
+        let sender = processed.sender().clone();
         match processed.into_content() {
             ProcessedMessageContent::ApplicationMessage(app) => {
                 let envelope = Envelope::from_bytes(&app.into_bytes())
@@ -4123,6 +3481,17 @@ fn process_group_message(
                 received = Some((envelope, sender_cert));
             }
             ProcessedMessageContent::ProposalMessage(proposal) => {
+                let members: Vec<Member> = group.members().collect();
+                // A proposal that breaks the rules is never stored, so no commit of
+                // this device carries it and it cannot wedge later commits.
+                muster_rules::check_proposal(
+                    &rules,
+                    &members,
+                    policy,
+                    &sender,
+                    proposal.proposal(),
+                )
+                .map_err(|e| format!("refused a proposal by {by}: {e}"))?;
                 if let Proposal::Remove(remove) = proposal.proposal() {
                     let who = group
                         .member_at(remove.removed())
@@ -4137,82 +3506,10 @@ fn process_group_message(
                     .map_err(|e| e.to_string())?;
             }
             ProcessedMessageContent::StagedCommitMessage(staged) => {
-                if managed && !sender_cert.is_admin() {
-                    let by = &sender_cert.body.user;
-                    let refused = || {
-                        format!(
-                            "refused a change to this managed group by {by}, who is not an admin"
-                        )
-                    };
-                    if staged.add_proposals().any(|a| {
-                        certificate_in(a.add_proposal().key_package().leaf_node().credential())
-                            .is_none_or(|c| c.body.user != *by)
-                    }) {
-                        return Err(refused());
-                    }
-                    for r in staged.remove_proposals() {
-                        let device = group
-                            .member_at(r.remove_proposal().removed())
-                            .and_then(|m| certificate_in(&m.credential))
-                            .map(|c| c.body.device_id);
-                        let revoked = match device {
-                            Some(d) => revoked_device(tx, &d).map_err(|e| e.to_string())?,
-                            None => false,
-                        };
-                        if !revoked {
-                            return Err(refused());
-                        }
-                    }
-                }
-                let by = &sender_cert.body.user;
-                if !sender_cert.is_admin()
-                    && staged
-                        .queued_proposals()
-                        .any(|p| matches!(p.proposal(), Proposal::GroupContextExtensions(_)))
-                {
-                    return Err(format!(
-                        "refused a change to this group's policy by {by}, who is not an admin"
-                    ));
-                }
-                if policy.archived {
-                    for r in staged.remove_proposals() {
-                        let removed = group
-                            .member_at(r.remove_proposal().removed())
-                            .and_then(|m| certificate_in(&m.credential));
-                        if let Some(cert) = removed {
-                            if cert.is_archive()
-                                && !revoked_device(tx, &cert.body.device_id)
-                                    .map_err(|e| e.to_string())?
-                            {
-                                return Err(format!(
-                                    "refused a commit by {by} that removes the compliance archive from an archived group; archiving must be turned off first"
-                                ));
-                            }
-                        }
-                    }
-                }
-                for add in staged.add_proposals() {
-                    let leaf = add.add_proposal().key_package().leaf_node();
-                    verify_member(
-                        &device.org,
-                        leaf.credential(),
-                        leaf.signature_key().as_slice(),
-                    )
-                    .map_err(|e| {
-                        format!(
-                            "commit by {} adds an unverifiable member: {e}",
-                            sender_cert.body.user
-                        )
-                    })?;
-                }
-                if let Some(leaf) = staged.update_path_leaf_node() {
-                    verify_member(
-                        &device.org,
-                        leaf.credential(),
-                        leaf.signature_key().as_slice(),
-                    )
-                    .map_err(|e| format!("commit by {}: {e}", sender_cert.body.user))?;
-                }
+                let members: Vec<Member> = group.members().collect();
+                muster_rules::check_commit(&rules, &members, policy, &sender, &staged)
+                    .map_err(|e| format!("refused a commit by {by}: {e}"))?;
+                let changed_policy = muster_rules::policy_change(policy, &staged);
                 let added: Vec<String> = staged
                     .add_proposals()
                     .filter_map(|a| {
@@ -4240,6 +3537,9 @@ fn process_group_message(
                     } else {
                         notices.push(format!("{actor} removed {user}"));
                     }
+                }
+                if let Some(after) = changed_policy {
+                    notices.extend(describe_policy_change(actor, policy, after));
                 }
                 if self_removed || !group.is_active() {
                     new_state = Some(STATE_REMOVED);
@@ -4520,7 +3820,36 @@ fn device_ids_in(group: &MlsGroup) -> Vec<String> {
         .collect()
 }
 
-fn revoked_device(db: &Connection, device_id: &str) -> Result<bool, EngineError> {
+/// Every device this device knows to be revoked.
+pub(crate) fn revoked_devices(db: &Connection) -> Result<HashSet<String>, EngineError> {
+    let ids = db
+        .prepare_cached("SELECT device_id FROM revoked_devices")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<HashSet<String>, _>>()?;
+    Ok(ids)
+}
+
+/// The notices a policy change shows every member.
+fn describe_policy_change(actor: &str, before: GroupPolicy, after: GroupPolicy) -> Vec<String> {
+    let mut notices = Vec::new();
+    if before.managed != after.managed {
+        notices.push(if after.managed {
+            format!("{actor} made this a managed group: only admins add or remove people")
+        } else {
+            format!("{actor} made this an open group: members add and remove people")
+        });
+    }
+    if before.archived != after.archived {
+        notices.push(if after.archived {
+            format!("{actor} turned on the compliance archive: everything said here is kept")
+        } else {
+            format!("{actor} turned off the compliance archive")
+        });
+    }
+    notices
+}
+
+pub(crate) fn revoked_device(db: &Connection, device_id: &str) -> Result<bool, EngineError> {
     Ok(db
         .query_row(
             "SELECT 1 FROM revoked_devices WHERE device_id = ?1",

@@ -5,6 +5,7 @@
 //! Inbound processing is plain functions over a database transaction; the relay
 //! connection is passed in by the caller.
 
+mod admin;
 pub mod archive;
 mod attachments;
 mod content;
@@ -17,6 +18,7 @@ mod provider;
 pub mod provision;
 mod store;
 
+pub use admin::ProfileChangeView;
 pub use attachments::{AttachmentError, AttachmentRef};
 pub use content::{describe_duration, Body, Envelope};
 pub use conversation::BoardEntry;

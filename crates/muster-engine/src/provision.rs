@@ -139,7 +139,10 @@ pub struct OrgState {
     pub me: String,
     /// Enrolled users with their approved profile and roles.
     pub enrolled: BTreeMap<String, (Profile, Vec<Role>)>,
+    /// Enrolment requests whose proofs this device checked.
     pub pending: Vec<PendingEnrolment>,
+    /// Enrolment requests it will not approve, and why.
+    pub unproven: Vec<String>,
     /// Users with an open invite.
     pub invited: BTreeSet<String>,
     /// This device's active groups by name: members and whether managed.
@@ -209,7 +212,11 @@ impl std::fmt::Display for Action {
 /// Users and groups not in the file are left alone; nobody is revoked.
 pub fn plan(spec: &OrgSpec, state: &OrgState) -> (Vec<Action>, Vec<String>) {
     let mut actions = Vec::new();
-    let mut problems = Vec::new();
+    let mut problems: Vec<String> = state
+        .unproven
+        .iter()
+        .map(|why| format!("not approving {why}"))
+        .collect();
     let known: BTreeSet<&str> = spec.users.iter().map(|u| u.handle.as_str()).collect();
     for user in &spec.users {
         let handle = &user.handle;
@@ -393,11 +400,13 @@ managed = true
             pending: vec![PendingEnrolment {
                 user: "bob".into(),
                 linked: false,
-                confirmed_by: None,
                 device_id: "d1".into(),
                 device_key: vec![],
                 profile: Profile::default(),
                 requested_at: 0,
+                grant: None,
+                request: None,
+                confirmation: None,
             }],
             ..Default::default()
         };

@@ -80,5 +80,21 @@ CREATE TABLE IF NOT EXISTS revoked_devices (device_id TEXT PRIMARY KEY, user TEX
 CREATE TABLE IF NOT EXISTS sync_state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 -- saved copies of deleted attachments, removed once the deletion is stored
 CREATE TABLE IF NOT EXISTS doomed_files (path TEXT PRIMARY KEY);
+-- certificates this device verified, the newest per device: who is enrolled, by this
+-- device's own knowledge (a relay listing can hide one, not make the device forget it)
+CREATE TABLE IF NOT EXISTS known_certificates (
+    device_id TEXT PRIMARY KEY, user TEXT NOT NULL, certificate BLOB NOT NULL,
+    not_before INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS known_certificates_user ON known_certificates(user);
+-- (admin) each user's profile and roles as this device last signed them
+CREATE TABLE IF NOT EXISTS org_records (
+    user TEXT PRIMARY KEY, profile BLOB NOT NULL, roles BLOB NOT NULL, updated_at INTEGER NOT NULL);
+-- (admin) codes whose enrolment this device approved: each code enrols one device
+CREATE TABLE IF NOT EXISTS used_codes (code_key BLOB PRIMARY KEY, device_id TEXT NOT NULL);
+-- (admin) the newest profile request approved per user, so an older one cannot be replayed
+CREATE TABLE IF NOT EXISTS profile_approvals (user TEXT PRIMARY KEY, requested_at INTEGER NOT NULL);
+-- the newest signed organisation policy seen; older versions are refused
+CREATE TABLE IF NOT EXISTS org_policy (
+    id INTEGER PRIMARY KEY CHECK (id = 1), policy BLOB NOT NULL, version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS pending_commits (group_id BLOB PRIMARY KEY, commit_hash BLOB NOT NULL);
 "#;

@@ -204,7 +204,8 @@ impl Revocation {
     }
 }
 
-const POLICY_CONTEXT: &[u8] = b"muster-org-policy-v1\0";
+/// Version 2 binds the policy's own version number (version 1 policies no longer verify).
+const POLICY_CONTEXT: &[u8] = b"muster-org-policy-v2\0";
 
 /// Organisation-wide rules, signed by the organisation root.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -214,6 +215,10 @@ pub struct OrgPolicyBody {
     /// issues its certificate automatically).
     pub device_self_approval: bool,
     pub issued_at: u64,
+    /// Increases with every policy published. Devices keep the highest they have seen
+    /// and refuse older ones, so a relay cannot replay a policy that was replaced.
+    #[serde(default)]
+    pub version: u64,
 }
 
 /// A signed [`OrgPolicyBody`].

@@ -5,9 +5,12 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-const PREFIX: &str = "MUSTER1-";
+const PREFIX: &str = "MUSTER2-";
+/// Codes made before enrolments carried proofs; they no longer work.
+const OLD_PREFIX: &str = "MUSTER1-";
 
-/// A single-use invitation for one user handle.
+/// A single-use invitation for one user handle. Its `secret` never reaches the relay: the
+/// joining device proves it holds it (see [`crate::enrolment`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InviteCode {
     pub purpose: InvitePurpose,
@@ -15,7 +18,8 @@ pub struct InviteCode {
     pub fingerprint: String,
     pub org: OrgDescriptor,
     pub user: String,
-    pub token: String,
+    /// The code's secret (hex), see [`crate::enrolment::CodeSecret`].
+    pub secret: String,
     pub expires_at: u64,
 }
 
@@ -32,6 +36,10 @@ pub enum InviteError {
     WrongPrefix,
     #[error("invite code is damaged: {0}")]
     Damaged(&'static str),
+    #[error(
+        "this code was made by an older version of Muster and no longer works: ask for a new one"
+    )]
+    Outdated,
 }
 
 impl InviteCode {
@@ -41,6 +49,9 @@ impl InviteCode {
     }
 
     pub fn decode(code: &str) -> Result<Self, InviteError> {
+        if code.trim().starts_with(OLD_PREFIX) {
+            return Err(InviteError::Outdated);
+        }
         let body = code
             .trim()
             .strip_prefix(PREFIX)
@@ -68,7 +79,7 @@ mod tests {
                 root_public_key: vec![1; 32],
             },
             user: "bob".into(),
-            token: "t".into(),
+            secret: "ab".repeat(32),
             expires_at: 5,
         };
         assert_eq!(InviteCode::decode(&invite.encode()), Ok(invite.clone()));

@@ -2,11 +2,16 @@
 //! signed by the organisation root, invite codes, and the request/response frames the
 //! client and relay exchange. Pure data and pure functions: no I/O.
 
+pub mod enrolment;
 pub mod identity;
 pub mod invite;
 pub mod policy;
 pub mod wire;
 
+pub use enrolment::{
+    verify_enrolment, CodeSecret, ConfirmationBody, DeviceConfirmation, EnrolmentGrant,
+    EnrolmentRequest, GrantBody, ProfileRequest, ProfileRequestBody, ProofError, RequestBody,
+};
 pub use identity::{
     device_id_for, now_unix, validate_handle, CertError, Certificate, CertificateBody,
     OrgDescriptor, OrgPolicy, OrgPolicyBody, OrgRootKey, Profile, Revocation, RevocationBody, Role,
@@ -14,9 +19,8 @@ pub use identity::{
 pub use invite::{InviteCode, InviteError, InvitePurpose};
 pub use policy::{GroupPolicy, GROUP_POLICY_EXTENSION};
 pub use wire::{
-    auth_transcript, decode, encode, encrypted_size, enrol_transcript, AckItem, AuditEvent,
-    ClaimedKeyPackage, Delivery, ErrorCode, OpenInvite, PendingEnrolment, ProfileChange, Push,
-    RelayError, Request, Response, WireError, ATTACHMENT_CHUNK, ATTACHMENT_CHUNK_OVERHEAD,
-    BLOB_QUOTA_PER_DEVICE, MAX_ATTACHMENT, MAX_FRAME, MAX_MLS_MESSAGE, MESSAGE_RETENTION_SECS,
-    QUEUE_QUOTA_PER_DEVICE,
+    auth_transcript, decode, encode, encrypted_size, AckItem, AuditEvent, ClaimedKeyPackage,
+    Delivery, ErrorCode, OpenInvite, PendingEnrolment, ProfileChange, Push, RelayError, Request,
+    Response, WireError, ATTACHMENT_CHUNK, ATTACHMENT_CHUNK_OVERHEAD, BLOB_QUOTA_PER_DEVICE,
+    MAX_ATTACHMENT, MAX_FRAME, MAX_MLS_MESSAGE, MESSAGE_RETENTION_SECS, QUEUE_QUOTA_PER_DEVICE,
 };

@@ -4,6 +4,7 @@
 //! postcard-encoded message. A client opens one bidirectional stream per request; the
 //! relay opens unidirectional streams to push wake-ups.
 
+use crate::enrolment::{DeviceConfirmation, EnrolmentGrant, EnrolmentRequest, ProfileRequest};
 use crate::identity::{Certificate, OrgDescriptor, OrgPolicy, Profile, Revocation};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
@@ -40,15 +41,9 @@ pub enum Request {
         org: OrgDescriptor,
         admin: Certificate,
     },
-    /// Submits an enrolment request for the invite's user.
+    /// Submits an enrolment request made with an invite or device-link code.
     Enrol {
-        invite_token: String,
-        #[serde(with = "serde_bytes")]
-        device_key: Vec<u8>,
-        profile: Profile,
-        /// Device signature over [`enrol_transcript`].
-        #[serde(with = "serde_bytes")]
-        proof: Vec<u8>,
+        request: EnrolmentRequest,
     },
     /// Starts device authentication; the relay answers with a challenge.
     Hello {
@@ -61,11 +56,9 @@ pub enum Request {
         signature: Vec<u8>,
     },
     MyCertificate,
+    /// (admin) Files an invite for a new user, as its grant signed by this device.
     CreateInvite {
-        user: String,
-        #[serde(with = "serde_bytes")]
-        token_hash: Vec<u8>,
-        expires_at: u64,
+        grant: EnrolmentGrant,
     },
     ListPending,
     Approve {
@@ -86,11 +79,9 @@ pub enum Request {
         user: String,
         only: Vec<String>,
     },
-    /// Creates a single-use code that enrols another device of this device's user.
+    /// Files a single-use code that enrols another device of this device's user.
     CreateLink {
-        #[serde(with = "serde_bytes")]
-        token_hash: Vec<u8>,
-        expires_at: u64,
+        grant: EnrolmentGrant,
     },
     /// The enrolled devices of this device's user.
     MyDevices,
@@ -146,9 +137,9 @@ pub enum Request {
     },
     /// Liveness and readiness probe; needs no authentication.
     Health,
-    /// Asks an admin to approve a new profile for this device's user.
+    /// Asks an admin to approve a new profile for this device's user (signed by this device).
     RequestProfileChange {
-        profile: Profile,
+        request: ProfileRequest,
     },
     /// (admin) Profile changes waiting for approval.
     ListProfileChanges,
@@ -172,9 +163,10 @@ pub enum Request {
     },
     /// The current organisation policy, if an admin published one.
     GetOrgPolicy,
-    /// Approves a pending new device of this device's own user (when the policy allows).
+    /// Approves a pending new device of this device's own user (when the policy allows),
+    /// signed by this device.
     ConfirmDevice {
-        device_id: String,
+        confirmation: DeviceConfirmation,
     },
     /// Writes one chunk of an encrypted attachment for the members of a group. The first
     /// chunk (offset 0) announces the blob's total size.
@@ -271,19 +263,24 @@ pub struct AuditEvent {
     pub group: Option<Vec<u8>>,
 }
 
-/// An enrolment request waiting for an admin.
+/// An enrolment request waiting for an admin, as the relay holds it. Only the signed
+/// parts count: an admin device checks `grant` and `request` before it signs anything.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingEnrolment {
     pub user: String,
     /// Another device of an already enrolled user (from a link code).
     pub linked: bool,
-    /// The user's enrolled device that approved this new device, if any.
-    pub confirmed_by: Option<String>,
     pub device_id: String,
     #[serde(with = "serde_bytes")]
     pub device_key: Vec<u8>,
     pub profile: Profile,
     pub requested_at: u64,
+    /// What the code's maker signed; absent for requests filed before proofs existed.
+    pub grant: Option<EnrolmentGrant>,
+    /// What the joining device signed with the code's secret and its own key.
+    pub request: Option<EnrolmentRequest>,
+    /// The user's enrolled device that approved this new device, if any.
+    pub confirmation: Option<DeviceConfirmation>,
 }
 
 /// A user's requested profile next to the approved one.
@@ -293,6 +290,8 @@ pub struct ProfileChange {
     pub current: Profile,
     pub requested: Profile,
     pub requested_at: u64,
+    /// The request as one of the user's devices signed it.
+    pub request: Option<ProfileRequest>,
 }
 
 /// An invite not yet used and not expired.
@@ -411,13 +410,6 @@ pub fn auth_transcript(relay_fingerprint: &str, nonce: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Bytes a joining device signs over its enrolment request.
-pub fn enrol_transcript(invite_token: &str, device_key: &[u8], profile: &Profile) -> Vec<u8> {
-    let mut out = b"muster-enrol-v1\0".to_vec();
-    out.extend(postcard::to_stdvec(&(invite_token, device_key, profile)).expect("serialises"));
-    out
-}
-
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum WireError {
     #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
@@ -498,10 +490,6 @@ mod tests {
     #[test]
     fn transcripts_bind_their_inputs() {
         assert_ne!(auth_transcript("a", &[1]), auth_transcript("b", &[1]));
-        let p = Profile::default();
-        assert_ne!(
-            enrol_transcript("t", &[1], &p),
-            enrol_transcript("t", &[2], &p)
-        );
+        assert_ne!(auth_transcript("a", &[1]), auth_transcript("a", &[2]));
     }
 }

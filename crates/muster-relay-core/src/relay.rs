@@ -4,9 +4,10 @@ use crate::error::{refuse, Failure, StoreError};
 use crate::mls::{certificate_of, JsonCodec, Storage};
 use crate::schema::SCHEMA;
 use muster_proto::{
-    auth_transcript, enrol_transcript, now_unix, validate_handle, AckItem, AuditEvent, Certificate,
-    ClaimedKeyPackage, Delivery, ErrorCode, GroupPolicy, OpenInvite, OrgDescriptor, OrgPolicy,
-    PendingEnrolment, Profile, ProfileChange, RelayError, Request, Response, Revocation,
+    auth_transcript, now_unix, validate_handle, AckItem, AuditEvent, Certificate,
+    ClaimedKeyPackage, Delivery, DeviceConfirmation, EnrolmentGrant, EnrolmentRequest, ErrorCode,
+    GroupPolicy, InvitePurpose, OpenInvite, OrgDescriptor, OrgPolicy, PendingEnrolment, Profile,
+    ProfileChange, ProfileRequest, RelayError, Request, Response, Revocation,
     GROUP_POLICY_EXTENSION, MAX_MLS_MESSAGE,
 };
 use openmls::prelude::tls_codec::Deserialize as _;
@@ -423,12 +424,7 @@ impl Relay {
     pub fn handle_anonymous(&mut self, request: Request) -> Outcome {
         let result = match request {
             Request::Bootstrap { token, org, admin } => self.bootstrap(&token, org, admin),
-            Request::Enrol {
-                invite_token,
-                device_key,
-                profile,
-                proof,
-            } => self.enrol(&invite_token, &device_key, profile, &proof),
+            Request::Enrol { request } => self.enrol(request),
             Request::Health => Ok(self.health()),
             _ => Err(refuse(
                 ErrorCode::Unauthenticated,
@@ -479,11 +475,7 @@ impl Relay {
         }
         let result = match request {
             Request::MyCertificate => self.my_certificate(session),
-            Request::CreateInvite {
-                user,
-                token_hash,
-                expires_at,
-            } => self.create_invite(session, &user, &token_hash, expires_at),
+            Request::CreateInvite { grant } => self.create_invite(session, grant),
             Request::ListPending => self.list_pending(session),
             Request::Approve { certificate } => self.approve(session, certificate),
             Request::Reject { device_id } => self.reject(session, &device_id),
@@ -494,10 +486,7 @@ impl Relay {
             } => self.upload_key_packages(session, key_packages, last_resort),
             Request::KeyPackageCount => self.key_package_count(session),
             Request::ClaimKeyPackages { user, only } => self.claim_key_packages(&user, &only),
-            Request::CreateLink {
-                token_hash,
-                expires_at,
-            } => self.create_link(session, &token_hash, expires_at),
+            Request::CreateLink { grant } => self.create_link(session, grant),
             Request::MyDevices => self.my_devices(session),
             Request::CreateGroup {
                 group_info,
@@ -519,8 +508,8 @@ impl Relay {
             Request::Revoke { revocation } => self.revoke(session, revocation),
             Request::Revocations { since } => self.revocations(since),
             Request::Health => Ok(self.health()),
-            Request::RequestProfileChange { profile } => {
-                self.request_profile_change(session, profile)
+            Request::RequestProfileChange { request } => {
+                self.request_profile_change(session, request)
             }
             Request::ListProfileChanges => self.list_profile_changes(session),
             Request::ApproveProfileChange { certificates } => {
@@ -532,7 +521,7 @@ impl Relay {
             Request::GetOrgPolicy => {
                 load_org_policy(&self.db).map(|p| Outcome::reply(Response::OrgPolicy(p)))
             }
-            Request::ConfirmDevice { device_id } => self.confirm_device(session, &device_id),
+            Request::ConfirmDevice { confirmation } => self.confirm_device(session, confirmation),
             Request::BlobPut {
                 blob_id,
                 group_id,
@@ -655,34 +644,28 @@ impl Relay {
         Ok(Outcome::reply(Response::Ok))
     }
 
-    fn enrol(
-        &mut self,
-        invite_token: &str,
-        device_key: &[u8],
-        profile: Profile,
-        proof: &[u8],
-    ) -> Result<Outcome, Failure> {
-        self.require_org()?;
-        UnparsedPublicKey::new(&ED25519, device_key)
-            .verify(&enrol_transcript(invite_token, device_key, &profile), proof)
-            .map_err(|_| {
-                refuse(
-                    ErrorCode::Unauthenticated,
-                    "enrolment proof does not verify for the device key",
-                )
-            })?;
-        check_profile(&profile)?;
+    fn enrol(&mut self, request: EnrolmentRequest) -> Result<Outcome, Failure> {
+        let org = self.require_org()?;
+        check_profile(&request.body.profile)?;
+        if request.body.device_key.len() != 32 {
+            return Err(refuse(
+                ErrorCode::BadRequest,
+                "device key must be an Ed25519 public key",
+            ));
+        }
+        let token_hash = sha256(&request.body.code_key);
         let tx = self
             .db
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let invite: Option<(String, i64, Option<i64>)> = row(
+        let invite: Option<(String, i64, Option<i64>, Vec<u8>)> = row(
             &tx,
-            "SELECT user, expires_at, used_at FROM invites WHERE token_hash = ?1",
-            [sha256(invite_token.as_bytes())],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            "SELECT i.user, i.expires_at, i.used_at, g.grant_data FROM invites i
+             JOIN invite_grants g ON g.token_hash = i.token_hash WHERE i.token_hash = ?1",
+            [&token_hash],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )
         .optional()?;
-        let Some((user, expires_at, used_at)) = invite else {
+        let Some((user, expires_at, used_at, grant)) = invite else {
             return Err(refuse(
                 ErrorCode::InvalidToken,
                 "invite code is not known to this relay",
@@ -694,7 +677,22 @@ impl Relay {
         if (expires_at as u64) < now_unix() {
             return Err(refuse(ErrorCode::TokenExpired, "invite code has expired"));
         }
-        let device_id = muster_proto::device_id_for(device_key);
+        let grant: EnrolmentGrant = serde_json::from_slice(&grant)
+            .map_err(|_| Failure::Store(StoreError::Corrupt("stored invite grant".into())))?;
+        // Admins check this again before they sign; checking here keeps junk out.
+        request.verify_against(&grant).map_err(|e| {
+            refuse(
+                ErrorCode::Unauthenticated,
+                format!("enrolment proof refused: {e}"),
+            )
+        })?;
+        if request.body.user != user || request.body.org_id != org.org_id {
+            return Err(refuse(
+                ErrorCode::BadRequest,
+                "enrolment does not match its invite",
+            ));
+        }
+        let device_id = request.device_id();
         let exists: bool = row(
             &tx,
             "SELECT 1 FROM devices WHERE device_id = ?1",
@@ -712,9 +710,25 @@ impl Relay {
         exec(
             &tx,
             "UPDATE invites SET used_at = ?2 WHERE token_hash = ?1",
-            params![sha256(invite_token.as_bytes()), now_unix() as i64],
+            params![token_hash, now_unix() as i64],
         )?;
-        insert_device(&tx, &user, device_key, &profile, STATUS_PENDING, None)?;
+        insert_device(
+            &tx,
+            &user,
+            &request.body.device_key,
+            &request.body.profile,
+            STATUS_PENDING,
+            None,
+        )?;
+        exec(
+            &tx,
+            "INSERT INTO enrolment_proofs (device_id, grant_data, request) VALUES (?1, ?2, ?3)",
+            params![
+                device_id,
+                serde_json::to_vec(&grant).expect("grant serialises"),
+                serde_json::to_vec(&request).expect("request serialises")
+            ],
+        )?;
         record(
             &tx,
             "enrolment_requested",
@@ -727,6 +741,63 @@ impl Relay {
         Ok(Outcome::reply(Response::EnrolmentSubmitted { device_id }))
     }
 
+    /// Files a code's grant after checking that this device made it, as it may.
+    fn file_grant(
+        &mut self,
+        session: &Session,
+        grant: &EnrolmentGrant,
+        purpose: InvitePurpose,
+    ) -> Result<(), Failure> {
+        let org = self.require_org()?;
+        grant
+            .verify(&org, now_unix())
+            .map_err(|e| refuse(ErrorCode::InvalidCertificate, format!("code: {e}")))?;
+        let body = &grant.body;
+        if grant.issuer.body.device_id != session.device_id || body.purpose != purpose {
+            return Err(refuse(
+                ErrorCode::BadRequest,
+                "a code must be signed by the device that files it",
+            ));
+        }
+        validate_handle(&body.user).map_err(|e| refuse(ErrorCode::BadRequest, e.to_string()))?;
+        if body.code_key.len() != 32 {
+            return Err(refuse(
+                ErrorCode::BadRequest,
+                "code key must be an Ed25519 public key",
+            ));
+        }
+        if body.expires_at <= now_unix() {
+            return Err(refuse(
+                ErrorCode::BadRequest,
+                "code would already be expired",
+            ));
+        }
+        let token_hash = sha256(&body.code_key);
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        exec(&tx,
+            "INSERT INTO invites (token_hash, user, created_by, expires_at, kind) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                token_hash,
+                body.user,
+                session.user,
+                body.expires_at as i64,
+                if purpose == InvitePurpose::LinkDevice { "link" } else { "user" }
+            ],
+        )?;
+        exec(
+            &tx,
+            "INSERT INTO invite_grants (token_hash, grant_data) VALUES (?1, ?2)",
+            params![
+                token_hash,
+                serde_json::to_vec(grant).expect("grant serialises")
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
     fn my_certificate(&self, session: &Session) -> Result<Outcome, Failure> {
         let cert = self
             .certificate_of_device(&session.device_id)?
@@ -737,26 +808,17 @@ impl Relay {
     fn create_invite(
         &mut self,
         session: &Session,
-        user: &str,
-        token_hash: &[u8],
-        expires_at: u64,
+        grant: EnrolmentGrant,
     ) -> Result<Outcome, Failure> {
         self.require_admin(session)?;
-        validate_handle(user).map_err(|e| refuse(ErrorCode::BadRequest, e.to_string()))?;
-        if token_hash.len() != 32 {
-            return Err(refuse(ErrorCode::BadRequest, "token hash must be SHA-256"));
-        }
-        if expires_at <= now_unix() {
-            return Err(refuse(
-                ErrorCode::BadRequest,
-                "invite would already be expired",
-            ));
-        }
-        exec(&self.db,
-            "INSERT INTO invites (token_hash, user, created_by, expires_at) VALUES (?1, ?2, ?3, ?4)",
-            params![token_hash, user, session.user, expires_at as i64],
+        self.file_grant(session, &grant, InvitePurpose::NewUser)?;
+        record(
+            &self.db,
+            "invite_created",
+            &session.user,
+            &grant.body.user,
+            None,
         )?;
-        record(&self.db, "invite_created", &session.user, user, None)?;
         Ok(Outcome::reply(Response::Ok))
     }
 
@@ -765,35 +827,48 @@ impl Relay {
         let mut stmt = self.db.prepare_cached(
             "SELECT d.user, d.device_id, d.device_key, d.profile, d.requested_at,
                     EXISTS (SELECT 1 FROM devices o WHERE o.user = d.user AND o.status = 'approved'),
-                    d.confirmed_by
-             FROM devices d WHERE d.status = 'pending' ORDER BY d.requested_at, d.device_id",
+                    p.grant_data, p.request, p.confirmation
+             FROM devices d LEFT JOIN enrolment_proofs p ON p.device_id = d.device_id
+             WHERE d.status = 'pending' ORDER BY d.requested_at, d.device_id",
         )?;
         let rows = stmt
             .query_map([], |r| {
                 Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, Vec<u8>>(2)?,
-                    r.get::<_, Vec<u8>>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, bool>(5)?,
-                    r.get::<_, Option<String>>(6)?,
+                    (
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                        r.get::<_, Vec<u8>>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, bool>(5)?,
+                    ),
+                    (
+                        r.get::<_, Option<Vec<u8>>>(6)?,
+                        r.get::<_, Option<Vec<u8>>>(7)?,
+                        r.get::<_, Option<Vec<u8>>>(8)?,
+                    ),
                 ))
             })?
             .collect::<Result<Vec<_>, _>>()?;
+        fn decode<T: serde::de::DeserializeOwned>(bytes: Option<Vec<u8>>) -> Option<T> {
+            bytes.and_then(|b| serde_json::from_slice(&b).ok())
+        }
         let pending = rows
             .into_iter()
             .map(
-                |(user, device_id, device_key, profile, requested_at, linked, confirmed_by)| {
-                    PendingEnrolment {
-                        user,
-                        linked,
-                        confirmed_by,
-                        device_id,
-                        device_key,
-                        profile: serde_json::from_slice(&profile).unwrap_or_default(),
-                        requested_at: requested_at as u64,
-                    }
+                |(
+                    (user, device_id, device_key, profile, requested_at, linked),
+                    (grant, request, confirmation),
+                )| PendingEnrolment {
+                    user,
+                    linked,
+                    device_id,
+                    device_key,
+                    profile: serde_json::from_slice(&profile).unwrap_or_default(),
+                    requested_at: requested_at as u64,
+                    grant: decode(grant),
+                    request: decode(request),
+                    confirmation: decode(confirmation),
                 },
             )
             .collect();
@@ -972,15 +1047,28 @@ impl Relay {
     fn request_profile_change(
         &mut self,
         session: &Session,
-        profile: Profile,
+        request: ProfileRequest,
     ) -> Result<Outcome, Failure> {
-        check_profile(&profile)?;
+        let org = self.require_org()?;
+        check_profile(&request.body.profile)?;
+        request.verify(&org, now_unix()).map_err(|e| {
+            refuse(
+                ErrorCode::InvalidCertificate,
+                format!("profile request: {e}"),
+            )
+        })?;
+        if request.requester.body.device_id != session.device_id {
+            return Err(refuse(
+                ErrorCode::BadRequest,
+                "a profile request must be signed by the device that sends it",
+            ));
+        }
         exec(&self.db,
             "INSERT INTO profile_requests (user, profile, requested_at) VALUES (?1, ?2, ?3)
              ON CONFLICT (user) DO UPDATE SET profile = excluded.profile, requested_at = excluded.requested_at",
             params![
                 session.user,
-                serde_json::to_vec(&profile).expect("profile serialises"),
+                serde_json::to_vec(&request).expect("request serialises"),
                 now_unix() as i64
             ],
         )?;
@@ -1013,14 +1101,18 @@ impl Relay {
             .collect::<Result<Vec<_>, _>>()?;
         let changes = rows
             .into_iter()
-            .map(|(user, requested, at, cert)| ProfileChange {
-                user,
-                current: cert
-                    .and_then(|c| Certificate::from_bytes(&c).ok())
-                    .map(|c| c.body.profile)
-                    .unwrap_or_default(),
-                requested: serde_json::from_slice(&requested).unwrap_or_default(),
-                requested_at: at as u64,
+            .filter_map(|(user, requested, at, cert)| {
+                let request: ProfileRequest = serde_json::from_slice(&requested).ok()?;
+                Some(ProfileChange {
+                    user,
+                    current: cert
+                        .and_then(|c| Certificate::from_bytes(&c).ok())
+                        .map(|c| c.body.profile)
+                        .unwrap_or_default(),
+                    requested: request.body.profile.clone(),
+                    requested_at: at as u64,
+                    request: Some(request),
+                })
             })
             .collect();
         Ok(Outcome::reply(Response::ProfileChanges(changes)))
@@ -1047,7 +1139,8 @@ impl Relay {
             |r| r.get::<_, Vec<u8>>(0),
         )
         .optional()?
-        .and_then(|p| serde_json::from_slice(&p).ok())
+        .and_then(|p| serde_json::from_slice::<ProfileRequest>(&p).ok())
+        .map(|r| r.body.profile)
         .ok_or_else(|| {
             refuse(
                 ErrorCode::BadRequest,
@@ -1091,11 +1184,14 @@ impl Relay {
         policy
             .verify(&org)
             .map_err(|e| refuse(ErrorCode::InvalidCertificate, format!("policy: {e}")))?;
-        if let Some(current) = load_org_policy(&self.db)? {
-            if policy.body.issued_at < current.body.issued_at {
+        if let Some(current) = load_org_policy(&self.db)?.filter(|p| p.verify(&org).is_ok()) {
+            if policy.body.version <= current.body.version {
                 return Err(refuse(
                     ErrorCode::BadRequest,
-                    "policy is older than the one in force",
+                    format!(
+                        "policy version {} is not newer than version {} in force",
+                        policy.body.version, current.body.version
+                    ),
                 ));
             }
         }
@@ -1115,7 +1211,11 @@ impl Relay {
         Ok(Outcome::reply(Response::Ok))
     }
 
-    fn confirm_device(&mut self, session: &Session, device_id: &str) -> Result<Outcome, Failure> {
+    fn confirm_device(
+        &mut self,
+        session: &Session,
+        confirmation: DeviceConfirmation,
+    ) -> Result<Outcome, Failure> {
         let org = self.require_org()?;
         let allowed = load_org_policy(&self.db)?
             .filter(|p| p.verify(&org).is_ok())
@@ -1126,11 +1226,28 @@ impl Relay {
                 "the organisation's policy requires an admin to approve new devices",
             ));
         }
+        let device_id = confirmation.body.device_id.clone();
+        if confirmation.confirmer.body.device_id != session.device_id
+            || confirmation.body.user != session.user
+        {
+            return Err(refuse(
+                ErrorCode::UnknownDevice,
+                format!("{} has no pending new device {device_id}", session.user),
+            ));
+        }
+        confirmation
+            .verify(&org, now_unix())
+            .map_err(|e| refuse(ErrorCode::InvalidCertificate, format!("confirmation: {e}")))?;
         let changed = exec(
             &self.db,
-            "UPDATE devices SET confirmed_by = ?3
-             WHERE device_id = ?1 AND user = ?2 AND status = 'pending' AND device_id != ?3",
-            params![device_id, session.user, session.device_id],
+            "UPDATE enrolment_proofs SET confirmation = ?3
+             WHERE device_id = ?1 AND device_id IN
+               (SELECT device_id FROM devices WHERE user = ?2 AND status = 'pending')",
+            params![
+                device_id,
+                session.user,
+                serde_json::to_vec(&confirmation).expect("confirmation serialises")
+            ],
         )?;
         if changed == 0 {
             return Err(refuse(
@@ -1290,22 +1407,15 @@ impl Relay {
     fn create_link(
         &mut self,
         session: &Session,
-        token_hash: &[u8],
-        expires_at: u64,
+        grant: EnrolmentGrant,
     ) -> Result<Outcome, Failure> {
-        if token_hash.len() != 32 {
-            return Err(refuse(ErrorCode::BadRequest, "token hash must be SHA-256"));
-        }
-        if expires_at <= now_unix() {
+        if grant.body.user != session.user {
             return Err(refuse(
-                ErrorCode::BadRequest,
-                "link code would already be expired",
+                ErrorCode::Forbidden,
+                "a link code enrols another device of your own user only",
             ));
         }
-        exec(&self.db,
-            "INSERT INTO invites (token_hash, user, created_by, expires_at, kind) VALUES (?1, ?2, ?2, ?3, 'link')",
-            params![token_hash, session.user, expires_at as i64],
-        )?;
+        self.file_grant(session, &grant, InvitePurpose::LinkDevice)?;
         record(
             &self.db,
             "device_link_created",
@@ -1392,7 +1502,10 @@ impl Relay {
                     "a member's credential carries no identity certificate",
                 )
             })?;
-            cert.verify(org, now_unix()).map_err(|e| {
+            // Dates are checked for the leaves a commit brings in (the shared rules do
+            // that); a member whose certificate ran out meanwhile must not block the
+            // commits that renew or remove it.
+            cert.verify_issuer(org).map_err(|e| {
                 refuse(
                     ErrorCode::InvalidCertificate,
                     format!("member {}: {e}", cert.body.user),
@@ -1660,10 +1773,21 @@ impl Relay {
             message,
             ContentType::Commit,
         )?;
+        let sender = processed.sender().clone();
         let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content() else {
             return Err(refuse(ErrorCode::InvalidMessage, "not a commit"));
         };
-        let policy_before = policy_of(&group);
+        // The same rules every member applies: a commit they would refuse is never
+        // sequenced, so it cannot leave them behind.
+        let members: Vec<Member> = group.members().collect();
+        let revoked = revoked_devices(&tx)?;
+        let rules = muster_rules::Context {
+            org: &org,
+            now: now_unix(),
+            revoked: &|d: &str| revoked.contains(d),
+        };
+        muster_rules::check_commit(&rules, &members, policy_of(&group), &sender, &staged)
+            .map_err(|e| refuse(ErrorCode::Forbidden, format!("commit refused: {e}")))?;
         group
             .merge_commit(&Storage::new(&tx), *staged)
             .map_err(|e| Failure::Store(StoreError::Corrupt(format!("merge commit: {e}"))))?;
@@ -1671,18 +1795,6 @@ impl Relay {
         let before = Self::current_members(&tx, group_id)?;
         let added: Vec<&String> = after.difference(&before).collect();
         let removed: Vec<&String> = before.difference(&after).collect();
-        let policy_after = policy_of(&group);
-        if (policy_before.managed || policy_after.managed)
-            && !device_is_admin(&tx, &session.device_id)?
-        {
-            Self::check_member_commit_in_managed_group(
-                &tx,
-                session,
-                &added,
-                &removed,
-                policy_before == policy_after,
-            )?;
-        }
         if !added.is_empty() && welcome.is_none() {
             return Err(refuse(
                 ErrorCode::BadRequest,
@@ -1730,51 +1842,6 @@ impl Relay {
         Ok(Outcome::with_wake(Response::Stored { seq }, wake))
     }
 
-    /// What a member who is not an admin may commit in a managed group: adding their own
-    /// user's other devices, and removing revoked devices. Nothing else.
-    fn check_member_commit_in_managed_group(
-        tx: &Transaction,
-        session: &Session,
-        added: &[&String],
-        removed: &[&String],
-        policy_unchanged: bool,
-    ) -> Result<(), Failure> {
-        let forbidden = || {
-            refuse(
-                ErrorCode::Forbidden,
-                "this is a managed group: only admins add or remove people or change its policy",
-            )
-        };
-        if !policy_unchanged {
-            return Err(forbidden());
-        }
-        for device in added {
-            let owner: Option<String> = row(
-                tx,
-                "SELECT user FROM devices WHERE device_id = ?1",
-                [device],
-                |r| r.get(0),
-            )
-            .optional()?;
-            if owner.as_deref() != Some(session.user.as_str()) {
-                return Err(forbidden());
-            }
-        }
-        for device in removed {
-            let status: Option<String> = row(
-                tx,
-                "SELECT status FROM devices WHERE device_id = ?1",
-                [device],
-                |r| r.get(0),
-            )
-            .optional()?;
-            if status.as_deref() != Some(STATUS_REVOKED) {
-                return Err(forbidden());
-            }
-        }
-        Ok(())
-    }
-
     fn propose(
         &mut self,
         session: &Session,
@@ -1793,15 +1860,31 @@ impl Relay {
             message,
             ContentType::Proposal,
         )?;
-        if policy_of(&group).managed && !device_is_admin(&tx, &session.device_id)? {
-            return Err(refuse(
-                ErrorCode::Forbidden,
-                "this is a managed group: members cannot leave it or propose changes",
-            ));
-        }
+        let sender = processed.sender().clone();
         let ProcessedMessageContent::ProposalMessage(queued) = processed.into_content() else {
             return Err(refuse(ErrorCode::InvalidMessage, "not a proposal"));
         };
+        let org = load_org(&tx)?.ok_or_else(|| {
+            refuse(
+                ErrorCode::NoOrg,
+                "no organisation is registered on this relay yet",
+            )
+        })?;
+        let members: Vec<Member> = group.members().collect();
+        let revoked = revoked_devices(&tx)?;
+        let rules = muster_rules::Context {
+            org: &org,
+            now: now_unix(),
+            revoked: &|d: &str| revoked.contains(d),
+        };
+        muster_rules::check_proposal(
+            &rules,
+            &members,
+            policy_of(&group),
+            &sender,
+            queued.proposal(),
+        )
+        .map_err(|e| refuse(ErrorCode::Forbidden, format!("proposal refused: {e}")))?;
         group
             .add_proposal(&Storage::new(&tx), *queued)
             .map_err(|e| Failure::Store(StoreError::Sql(e)))?;
@@ -2167,6 +2250,15 @@ fn device_certificate(db: &Connection, device_id: &str) -> Result<Option<Certifi
         })?)),
         None => Ok(None),
     }
+}
+
+/// Every device the organisation revoked.
+fn revoked_devices(db: &Connection) -> Result<std::collections::HashSet<String>, Failure> {
+    let ids = db
+        .prepare_cached("SELECT device_id FROM devices WHERE status = 'revoked'")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<std::collections::HashSet<String>, _>>()?;
+    Ok(ids)
 }
 
 fn device_is_admin(db: &Connection, device_id: &str) -> Result<bool, Failure> {

@@ -6,6 +6,10 @@ CREATE TABLE IF NOT EXISTS bootstrap_tokens (token_hash BLOB PRIMARY KEY, create
 CREATE TABLE IF NOT EXISTS invites (
     token_hash BLOB PRIMARY KEY, user TEXT NOT NULL, created_by TEXT NOT NULL,
     expires_at INTEGER NOT NULL, used_at INTEGER, kind TEXT NOT NULL DEFAULT 'user');
+-- what the maker of each code signed, and what each enrolling device signed
+CREATE TABLE IF NOT EXISTS invite_grants (token_hash BLOB PRIMARY KEY, grant_data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS enrolment_proofs (
+    device_id TEXT PRIMARY KEY, grant_data BLOB NOT NULL, request BLOB NOT NULL, confirmation BLOB);
 CREATE TABLE IF NOT EXISTS devices (
     device_id TEXT PRIMARY KEY, user TEXT NOT NULL, device_key BLOB NOT NULL,
     status TEXT NOT NULL, profile BLOB NOT NULL, certificate BLOB,

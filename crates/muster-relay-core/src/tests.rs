@@ -2,9 +2,10 @@
 
 use crate::{Relay, Session};
 use muster_proto::{
-    auth_transcript, device_id_for, enrol_transcript, now_unix, AckItem, Certificate,
-    CertificateBody, Delivery, ErrorCode, GroupPolicy, OrgDescriptor, OrgRootKey, Profile, Request,
-    Response, Role, GROUP_POLICY_EXTENSION,
+    auth_transcript, device_id_for, now_unix, AckItem, Certificate, CertificateBody, CodeSecret,
+    Delivery, EnrolmentGrant, EnrolmentRequest, ErrorCode, GrantBody, GroupPolicy, InvitePurpose,
+    OrgDescriptor, OrgRootKey, Profile, Request, RequestBody, Response, Role,
+    GROUP_POLICY_EXTENSION,
 };
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::*;
@@ -115,6 +116,54 @@ fn cert_for(
     })
 }
 
+/// A code for `user`, its grant signed by `issuer`.
+fn grant_by(
+    issuer: &Device,
+    org: &OrgDescriptor,
+    purpose: InvitePurpose,
+    user: &str,
+) -> (CodeSecret, EnrolmentGrant) {
+    let secret = CodeSecret::generate();
+    let now = now_unix();
+    let body = GrantBody {
+        org_id: org.org_id.clone(),
+        purpose,
+        user: user.into(),
+        code_key: secret.public_key(),
+        issued_at: now,
+        expires_at: now + 60,
+    };
+    let grant = EnrolmentGrant {
+        signature: issuer.signer.sign(&body.to_be_signed()).unwrap(),
+        body,
+        issuer: issuer.cert.clone(),
+    };
+    (secret, grant)
+}
+
+/// An enrolment request for `user` made with the code `secret` by the holder of `signer`.
+fn request_with(
+    secret: &CodeSecret,
+    org: &OrgDescriptor,
+    purpose: InvitePurpose,
+    user: &str,
+    signer: &SignatureKeyPair,
+) -> EnrolmentRequest {
+    let body = RequestBody {
+        org_id: org.org_id.clone(),
+        purpose,
+        user: user.into(),
+        device_key: signer.public().to_vec(),
+        profile: Profile {
+            display_name: user.into(),
+            ..Default::default()
+        },
+        code_key: secret.public_key(),
+        requested_at: now_unix(),
+    };
+    EnrolmentRequest::new(body, secret, |m| signer.sign(m).unwrap())
+}
+
 fn login(relay: &Relay, signer: &SignatureKeyPair) -> Result<Session, muster_proto::RelayError> {
     let nonce = relay.challenge();
     let sig = signer
@@ -179,32 +228,13 @@ impl World {
 
     /// Invites, enrols and approves a device for `user`, with KeyPackages uploaded.
     fn enrol(&mut self, user: &str) -> Device {
-        let token = format!("invite-{user}");
-        let hash = ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
-            .as_ref()
-            .to_vec();
-        ok(self.relay.handle(
-            &self.admin.session,
-            Request::CreateInvite {
-                user: user.into(),
-                token_hash: hash,
-                expires_at: now_unix() + 60,
-            },
-        ));
+        let (secret, grant) = grant_by(&self.admin, &self.org, InvitePurpose::NewUser, user);
+        ok(self
+            .relay
+            .handle(&self.admin.session, Request::CreateInvite { grant }));
         let signer = SignatureKeyPair::new(SignatureScheme::ED25519).unwrap();
-        let profile = Profile {
-            display_name: user.into(),
-            ..Default::default()
-        };
-        let proof = signer
-            .sign(&enrol_transcript(&token, signer.public(), &profile))
-            .unwrap();
-        ok(self.relay.handle_anonymous(Request::Enrol {
-            invite_token: token,
-            device_key: signer.public().to_vec(),
-            profile,
-            proof,
-        }));
+        let request = request_with(&secret, &self.org, InvitePurpose::NewUser, user, &signer);
+        ok(self.relay.handle_anonymous(Request::Enrol { request }));
         assert_eq!(
             login(&self.relay, &signer).unwrap_err().code,
             ErrorCode::EnrolmentPending
@@ -731,14 +761,14 @@ fn only_admins_invite_and_approve_and_devices_cannot_upload_foreign_key_packages
     let mut w = World::new();
     let bob = w.enrol("bob");
     let carol = w.enrol("carol");
-    let out = w.relay.handle(
-        &bob.session,
-        Request::CreateInvite {
-            user: "eve".into(),
-            token_hash: vec![0; 32],
-            expires_at: now_unix() + 60,
-        },
-    );
+    let (_, grant) = grant_by(&bob, &w.org, InvitePurpose::NewUser, "eve");
+    let out = w
+        .relay
+        .handle(&bob.session, Request::CreateInvite { grant });
+    assert_eq!(refused(out), ErrorCode::Forbidden);
+    // A member's own link code names only their own user.
+    let (_, grant) = grant_by(&bob, &w.org, InvitePurpose::LinkDevice, "carol");
+    let out = w.relay.handle(&bob.session, Request::CreateLink { grant });
     assert_eq!(refused(out), ErrorCode::Forbidden);
     assert_eq!(
         refused(w.relay.handle(&bob.session, Request::ListPending)),
@@ -1102,17 +1132,26 @@ mod hostile_input {
                     max_len,
                 }
             }),
-            (bytes(64), bytes(128)).prop_map(|(user, token_hash)| Request::CreateInvite {
-                user: String::from_utf8_lossy(&user).into_owned(),
-                token_hash,
-                expires_at: u64::MAX,
+            (bytes(64), bytes(64), bytes(128)).prop_map(|(user, code_key, signature)| {
+                Request::CreateInvite {
+                    grant: junk_grant(&user, code_key, signature),
+                }
             }),
-            (bytes(64), bytes(64), bytes(128)).prop_map(|(token, device_key, proof)| {
+            (bytes(64), bytes(64), bytes(128)).prop_map(|(user, device_key, proof)| {
                 Request::Enrol {
-                    invite_token: String::from_utf8_lossy(&token).into_owned(),
-                    device_key,
-                    profile: Profile::default(),
-                    proof,
+                    request: EnrolmentRequest {
+                        body: RequestBody {
+                            org_id: "org1".into(),
+                            purpose: InvitePurpose::NewUser,
+                            user: String::from_utf8_lossy(&user).into_owned(),
+                            device_key: device_key.clone(),
+                            profile: Profile::default(),
+                            code_key: device_key,
+                            requested_at: 0,
+                        },
+                        code_proof: proof.clone(),
+                        device_proof: proof,
+                    },
                 }
             }),
             bytes(128).prop_map(|signature| Request::Prove { signature }),
@@ -1121,6 +1160,35 @@ mod hostile_input {
             }),
             any::<u32>().prop_map(|limit| Request::Fetch { limit }),
         ]
+    }
+
+    /// A grant made of arbitrary bytes, signed by nobody the organisation knows.
+    fn junk_grant(user: &[u8], code_key: Vec<u8>, signature: Vec<u8>) -> EnrolmentGrant {
+        let user = String::from_utf8_lossy(user).into_owned();
+        EnrolmentGrant {
+            body: GrantBody {
+                org_id: "org1".into(),
+                purpose: InvitePurpose::NewUser,
+                user: user.clone(),
+                code_key: code_key.clone(),
+                issued_at: 0,
+                expires_at: u64::MAX,
+            },
+            issuer: Certificate {
+                body: CertificateBody {
+                    org_id: "org1".into(),
+                    user,
+                    device_id: String::new(),
+                    device_key: code_key,
+                    profile: Profile::default(),
+                    roles: vec![Role::Admin],
+                    not_before: 0,
+                    not_after: u64::MAX,
+                },
+                signature: signature.clone(),
+            },
+            signature,
+        }
     }
 
     proptest! {

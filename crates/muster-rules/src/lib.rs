@@ -1,0 +1,245 @@
+//! The rules every commit and proposal in a Muster group must follow, as pure functions
+//! that members' clients and the relay both run. One implementation on both sides means
+//! the relay never sequences a change that members will refuse (which would leave them
+//! behind for good), and members still refuse whatever a hostile relay slips in.
+//!
+//! The rules, for every proposal a commit carries and every standalone proposal:
+//! - its proposer is a member whose certificate verifies (organisation root, dates, the
+//!   leaf's own key, not revoked);
+//! - an added member's certificate verifies the same way;
+//! - an update keeps the leaf's user and device (a member cannot put on someone else's
+//!   certificate), and so does the committer's own new leaf;
+//! - only admins change the group context (its policy);
+//! - in a managed group only admins add or remove people; a member may add their own
+//!   other devices and remove revoked devices;
+//! - while a group is archived, nobody removes an unrevoked archive device;
+//! - nothing else (pre-shared keys, re-initialisation, external joins, custom proposals).
+
+use muster_proto::{Certificate, GroupPolicy, OrgDescriptor, GROUP_POLICY_EXTENSION};
+use openmls::prelude::*;
+
+/// What the checking device knows besides the group itself.
+pub struct Context<'a> {
+    pub org: &'a OrgDescriptor,
+    /// Seconds since the Unix epoch.
+    pub now: u64,
+    /// Whether a device (by id) is revoked, as far as the checking device knows.
+    pub revoked: &'a dyn Fn(&str) -> bool,
+}
+
+/// Why a commit or proposal is refused.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum Refusal {
+    #[error("{who} has no valid identity: {why}")]
+    Identity { who: String, why: String },
+    #[error("it comes from device {device} of {user}, which is revoked")]
+    Revoked { user: String, device: String },
+    #[error("it does not come from a member of the group")]
+    NotFromMember,
+    #[error("{by} may not {what} in this managed group: only an admin may")]
+    Managed { by: String, what: &'static str },
+    #[error("{by} may not change this group's policy: only an admin may")]
+    Policy { by: String },
+    #[error("{by}'s change removes the compliance archive from an archived group; archiving must be turned off first")]
+    ArchiveRemoval { by: String },
+    #[error("{by} tried to take over another identity: the leaf of {old} would carry the certificate of {new}")]
+    IdentityChange {
+        by: String,
+        old: String,
+        new: String,
+    },
+    #[error("it removes a member that is not in the group")]
+    NoSuchMember,
+    #[error("{0}: Muster groups do not use this kind of proposal")]
+    Unsupported(&'static str),
+}
+
+/// The identity certificate a credential carries, if it decodes (not yet verified).
+pub fn certificate_in(credential: &Credential) -> Option<Certificate> {
+    let basic = BasicCredential::try_from(credential.clone()).ok()?;
+    Certificate::from_bytes(basic.identity()).ok()
+}
+
+fn who(cert: &Certificate) -> String {
+    format!("{} ({})", cert.body.user, cert.body.device_id)
+}
+
+/// The certificate of a leaf, verified: signed by the organisation root, valid now,
+/// naming the leaf's own signature key, of a device that is not revoked.
+pub fn verified_certificate(
+    ctx: &Context<'_>,
+    credential: &Credential,
+    signature_key: &[u8],
+) -> Result<Certificate, Refusal> {
+    let cert = certificate_in(credential).ok_or_else(|| Refusal::Identity {
+        who: "a member".into(),
+        why: "its credential carries no identity certificate".into(),
+    })?;
+    cert.verify(ctx.org, ctx.now)
+        .map_err(|e| Refusal::Identity {
+            who: who(&cert),
+            why: e.to_string(),
+        })?;
+    if cert.body.device_key != signature_key {
+        return Err(Refusal::Identity {
+            who: who(&cert),
+            why: "the leaf's signature key is not the certificate's key".into(),
+        });
+    }
+    if (ctx.revoked)(&cert.body.device_id) {
+        return Err(Refusal::Revoked {
+            user: cert.body.user,
+            device: cert.body.device_id,
+        });
+    }
+    Ok(cert)
+}
+
+/// The verified certificate of the member who sent a message, proposal or commit.
+pub fn sender_certificate(
+    ctx: &Context<'_>,
+    members: &[Member],
+    sender: &Sender,
+) -> Result<Certificate, Refusal> {
+    let Sender::Member(index) = sender else {
+        return Err(Refusal::NotFromMember);
+    };
+    let member = members
+        .iter()
+        .find(|m| m.index == *index)
+        .ok_or(Refusal::NotFromMember)?;
+    verified_certificate(ctx, &member.credential, &member.signature_key)
+}
+
+/// The group policy a set of group-context extensions sets.
+pub fn policy_in(extensions: &Extensions<GroupContext>) -> GroupPolicy {
+    GroupPolicy::from_extension(
+        extensions
+            .unknown(GROUP_POLICY_EXTENSION)
+            .map(|e| e.0.as_slice()),
+    )
+}
+
+/// Checks that a leaf that replaces `old`'s keeps its user and device and verifies.
+fn check_same_identity(
+    ctx: &Context<'_>,
+    old: &Certificate,
+    leaf: &LeafNode,
+) -> Result<(), Refusal> {
+    let new = verified_certificate(ctx, leaf.credential(), leaf.signature_key().as_slice())?;
+    if new.body.user != old.body.user || new.body.device_id != old.body.device_id {
+        return Err(Refusal::IdentityChange {
+            by: old.body.user.clone(),
+            old: who(old),
+            new: who(&new),
+        });
+    }
+    Ok(())
+}
+
+/// Checks one proposal, made by the member whose verified certificate is `proposer`.
+fn check_one(
+    ctx: &Context<'_>,
+    members: &[Member],
+    policy: GroupPolicy,
+    proposer: &Certificate,
+    proposer_index: LeafNodeIndex,
+    proposal: &Proposal,
+) -> Result<(), Refusal> {
+    let by = &proposer.body.user;
+    let removal = |removed: LeafNodeIndex| -> Result<(), Refusal> {
+        let member = members
+            .iter()
+            .find(|m| m.index == removed)
+            .ok_or(Refusal::NoSuchMember)?;
+        let cert = certificate_in(&member.credential);
+        let revoked = cert
+            .as_ref()
+            .is_some_and(|c| (ctx.revoked)(&c.body.device_id));
+        if policy.managed && !proposer.is_admin() && !revoked {
+            return Err(Refusal::Managed {
+                by: by.clone(),
+                what: if removed == proposer_index {
+                    "leave"
+                } else {
+                    "remove people"
+                },
+            });
+        }
+        if policy.archived && cert.as_ref().is_some_and(|c| c.is_archive()) && !revoked {
+            return Err(Refusal::ArchiveRemoval { by: by.clone() });
+        }
+        Ok(())
+    };
+    match proposal {
+        Proposal::Add(add) => {
+            let leaf = add.key_package().leaf_node();
+            let added =
+                verified_certificate(ctx, leaf.credential(), leaf.signature_key().as_slice())?;
+            if policy.managed && !proposer.is_admin() && added.body.user != *by {
+                return Err(Refusal::Managed {
+                    by: by.clone(),
+                    what: "add people",
+                });
+            }
+            Ok(())
+        }
+        Proposal::Remove(remove) => removal(remove.removed()),
+        Proposal::SelfRemove => removal(proposer_index),
+        Proposal::Update(update) => check_same_identity(ctx, proposer, update.leaf_node()),
+        Proposal::GroupContextExtensions(_) if !proposer.is_admin() => {
+            Err(Refusal::Policy { by: by.clone() })
+        }
+        Proposal::GroupContextExtensions(_) => Ok(()),
+        Proposal::PreSharedKey(_) => Err(Refusal::Unsupported("a pre-shared key")),
+        Proposal::ReInit(_) => Err(Refusal::Unsupported("re-initialisation")),
+        Proposal::ExternalInit(_) => Err(Refusal::Unsupported("an external join")),
+        _ => Err(Refusal::Unsupported("a custom or extension proposal")),
+    }
+}
+
+/// Checks a standalone proposal sent by `sender` into a group with `members` (before any
+/// change) and `policy`.
+pub fn check_proposal(
+    ctx: &Context<'_>,
+    members: &[Member],
+    policy: GroupPolicy,
+    sender: &Sender,
+    proposal: &Proposal,
+) -> Result<(), Refusal> {
+    let proposer = sender_certificate(ctx, members, sender)?;
+    let Sender::Member(index) = sender else {
+        return Err(Refusal::NotFromMember);
+    };
+    check_one(ctx, members, policy, &proposer, *index, proposal)
+}
+
+/// Checks a commit by `committer` to a group with `members` (before the commit) and
+/// `policy` (before the commit): every proposal it carries, by value or by reference,
+/// against the member who proposed it, and the committer's own new leaf.
+pub fn check_commit(
+    ctx: &Context<'_>,
+    members: &[Member],
+    policy: GroupPolicy,
+    committer: &Sender,
+    staged: &StagedCommit,
+) -> Result<(), Refusal> {
+    let committer_cert = sender_certificate(ctx, members, committer)?;
+    for queued in staged.queued_proposals() {
+        check_proposal(ctx, members, policy, queued.sender(), queued.proposal())?;
+    }
+    if let Some(leaf) = staged.update_path_leaf_node() {
+        check_same_identity(ctx, &committer_cert, leaf)?;
+    }
+    Ok(())
+}
+
+/// What a commit changes in the group's policy, for the notice every member sees.
+pub fn policy_change(before: GroupPolicy, staged: &StagedCommit) -> Option<GroupPolicy> {
+    staged.queued_proposals().find_map(|q| match q.proposal() {
+        Proposal::GroupContextExtensions(gce) => {
+            Some(policy_in(gce.extensions())).filter(|after| *after != before)
+        }
+        _ => None,
+    })
+}
