@@ -260,3 +260,44 @@ fn a_replayed_welcome_cannot_roll_a_device_back() {
     assert_eq!(bob.texts("ops"), ["before the replay", "after the replay"]);
     assert_eq!(bob.members("ops"), ["alice", "bob", "carol"]);
 }
+
+#[test]
+fn withheld_and_reordered_messages_are_reported() {
+    let org = Org::new("hostile-withhold");
+    let bob = org.enrol("bob");
+    org.admin
+        .ok(&["group", "create", "ops", "--members", "bob"]);
+    bob.ok(&["sync"]);
+    for text in ["one", "two", "three"] {
+        org.admin.ok(&["send", "ops", text]);
+    }
+    // The operator drops "two" before bob fetches it.
+    let gid = group_id(&org.admin, "ops");
+    let alice_id = device_id(&org.admin);
+    let db = relay_db(&org);
+    let seqs: Vec<i64> = db
+        .prepare(
+            "SELECT seq FROM messages WHERE group_id = ?1 AND kind = 'application'
+             AND sender_device = ?2 ORDER BY seq",
+        )
+        .unwrap()
+        .query_map(params![gid, alice_id], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let two = seqs[seqs.len() - 2];
+    db.execute(
+        "DELETE FROM messages WHERE group_id = ?1 AND seq = ?2",
+        params![gid, two],
+    )
+    .unwrap();
+    drop(db);
+    let out = bob.ok(&["sync"]);
+    assert!(
+        out.contains("1 message from alice") && out.contains("withheld"),
+        "{out}"
+    );
+    assert_eq!(bob.texts("ops"), ["one", "three"]);
+    let shown = bob.ok(&["read", "ops"]);
+    assert!(shown.contains("never arrived"), "{shown}");
+}

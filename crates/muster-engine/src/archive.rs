@@ -189,6 +189,30 @@ pub(crate) fn record_message(
     Ok(())
 }
 
+/// Records that messages of an archived group were withheld or reordered on their way
+/// to the archive, so the gap itself is part of the signed record.
+pub(crate) fn record_gap(
+    db: &Connection,
+    group_id: &[u8],
+    what: &str,
+    now_ms: i64,
+) -> Result<(), EngineError> {
+    let record = serde_json::json!({"group_id": hex::encode(group_id), "gap": what}).to_string();
+    append(
+        db,
+        NewEntry {
+            kind: "gap",
+            record: &record,
+            user: None,
+            group_id: Some(group_id),
+            sent_at: None,
+            expires_at: None,
+        },
+        now_ms,
+    )?;
+    Ok(())
+}
+
 /// Attachments whose blob the archive has yet to download: blob id and entry.
 pub(crate) fn wanted_blobs(db: &Connection) -> Result<Vec<(String, i64)>, EngineError> {
     let mut stmt = db.prepare(

@@ -14,6 +14,11 @@ pub struct Envelope {
     /// Sender's clock, milliseconds since the Unix epoch.
     pub sent_at: i64,
     pub body: Body,
+    /// The sending device's count of its application messages to this group (1, 2, ...),
+    /// inside the encryption: a receiver that sees a number skipped knows the relay
+    /// withheld messages. Absent from older clients' messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<u64>,
 }
 
 /// The typed payload.
@@ -148,6 +153,7 @@ impl Envelope {
             id,
             sent_at,
             body,
+            n: None,
         }
     }
 

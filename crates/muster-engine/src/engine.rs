@@ -3413,6 +3413,7 @@ fn process_group_message(
     let mut notices: Vec<String> = Vec::new();
     let mut new_state: Option<&str> = None;
     let mut received: Option<(Envelope, Certificate)> = None;
+    let mut gap: Option<String> = None;
     let mut purge = false;
     if let Some(hash) = pending_hash {
         if hash == sha256(bytes) {
@@ -3478,6 +3479,8 @@ fn process_group_message(
             ProcessedMessageContent::ApplicationMessage(app) => {
                 let envelope = Envelope::from_bytes(&app.into_bytes())
                     .map_err(|e| format!("from {}: {e}", sender_cert.body.user))?;
+                gap = check_send_number(tx, group_id, &sender_cert, envelope.n)
+                    .map_err(|e| e.to_string())?;
                 received = Some((envelope, sender_cert));
             }
             ProcessedMessageContent::ProposalMessage(proposal) => {
@@ -3554,6 +3557,14 @@ fn process_group_message(
         tracing::warn!(%why, "could not process a group message");
         report.problems.push(why.clone());
         notices.push(format!("a message could not be processed: {why}"));
+    }
+    if let Some(gap) = gap {
+        tracing::warn!(%gap, "messages withheld or reordered");
+        report.problems.push(gap.clone());
+        if device.certificate.as_ref().is_some_and(|c| c.is_archive()) {
+            archive::record_gap(tx, group_id, &gap, now_ms())?;
+        }
+        notices.push(gap);
     }
     if let Some((envelope, cert)) = received {
         if policy.archived && device.certificate.as_ref().is_some_and(|c| c.is_archive()) {
@@ -3703,6 +3714,14 @@ fn describe_pending_commit(group: &MlsGroup) -> Option<String> {
     if !removed.is_empty() {
         parts.push(format!("removed {}", removed.join(", ")));
     }
+    let before = policy_of(group);
+    if let Some(after) = muster_rules::policy_change(before, staged) {
+        parts.extend(
+            describe_policy_change("", before, after)
+                .into_iter()
+                .map(|n| n.trim_start().to_string()),
+        );
+    }
     (!parts.is_empty()).then(|| parts.join(" and "))
 }
 
@@ -3757,13 +3776,14 @@ fn queue_in(
     group: &mut MlsGroup,
     signer: &SignatureKeyPair,
     device: &DeviceRow,
-    envelope: Envelope,
+    mut envelope: Envelope,
 ) -> Result<(), EngineError> {
     let db = provider.storage_connection();
     let group_id = group.group_id().as_slice().to_vec();
     if policy_of(group).archived && archive_members(group, &device.org, db)?.is_empty() {
         return Err(EngineError::ArchiveMissing(group_hex(&group_id)));
     }
+    envelope.n = Some(next_send_number(db, &group_id)?);
     let ciphertext = group
         .create_message(provider, signer, &envelope.to_bytes())
         .map_err(EngineError::mls)?;
@@ -3793,6 +3813,58 @@ fn queue_in(
         )?;
     }
     Ok(())
+}
+
+/// The next number this device gives its application messages to the group, counted in
+/// the same transaction that queues the message.
+fn next_send_number(db: &Connection, group_id: &[u8]) -> Result<u64, EngineError> {
+    let key = format!("sent_n:{}", group_hex(group_id));
+    let n: i64 = db
+        .prepare_cached(
+            "INSERT INTO sync_state (key, value) VALUES (?1, 1)
+             ON CONFLICT (key) DO UPDATE SET value = value + 1 RETURNING value",
+        )?
+        .query_row([key], |r| r.get(0))?;
+    Ok(n as u64)
+}
+
+/// Checks a sender's message number against the last one seen from that device in the
+/// group: a number skipped means the relay withheld messages, an old one that it
+/// reordered or replayed them. Returns what to tell the user, if anything.
+fn check_send_number(
+    db: &Connection,
+    group_id: &[u8],
+    sender: &Certificate,
+    n: Option<u64>,
+) -> Result<Option<String>, EngineError> {
+    let Some(n) = n else {
+        return Ok(None);
+    };
+    let last: Option<i64> = db
+        .prepare_cached("SELECT last_n FROM sender_numbers WHERE group_id = ?1 AND device_id = ?2")?
+        .query_row(params![group_id, sender.body.device_id], |r| r.get(0))
+        .optional()?;
+    db.prepare_cached(
+        "INSERT INTO sender_numbers (group_id, device_id, last_n) VALUES (?1, ?2, ?3)
+         ON CONFLICT (group_id, device_id) DO UPDATE SET last_n = MAX(last_n, excluded.last_n)",
+    )?
+    .execute(params![group_id, sender.body.device_id, n as i64])?;
+    let user = &sender.body.user;
+    Ok(match last.map(|l| l as u64) {
+        Some(last) if n > last + 1 => {
+            let missing = n - last - 1;
+            Some(format!(
+                "{missing} message{} from {user} (device {}) never arrived: the relay withheld {}",
+                if missing == 1 { "" } else { "s" },
+                sender.body.device_id,
+                if missing == 1 { "it" } else { "them" }
+            ))
+        }
+        Some(last) if n <= last => Some(format!(
+            "a message from {user} arrived out of order (number {n} after {last}): the relay reordered or replayed it"
+        )),
+        _ => None,
+    })
 }
 
 /// After merging a commit that added members: tell them the group's name, in the same

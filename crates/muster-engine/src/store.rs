@@ -96,5 +96,9 @@ CREATE TABLE IF NOT EXISTS profile_approvals (user TEXT PRIMARY KEY, requested_a
 -- the newest signed organisation policy seen; older versions are refused
 CREATE TABLE IF NOT EXISTS org_policy (
     id INTEGER PRIMARY KEY CHECK (id = 1), policy BLOB NOT NULL, version INTEGER NOT NULL);
+-- the highest message number seen from each sending device per group (gaps are reported)
+CREATE TABLE IF NOT EXISTS sender_numbers (
+    group_id BLOB NOT NULL, device_id TEXT NOT NULL, last_n INTEGER NOT NULL,
+    PRIMARY KEY (group_id, device_id));
 CREATE TABLE IF NOT EXISTS pending_commits (group_id BLOB PRIMARY KEY, commit_hash BLOB NOT NULL);
 "#;
