@@ -291,6 +291,10 @@ enum AdminCommand {
         /// Let users approve their own new devices (on, off).
         #[arg(long, value_parser = parse_switch)]
         device_self_approval: Option<bool>,
+        /// How long identity certificates stay valid (e.g. 30d); admin devices renew them
+        /// a third of the way in, and never renew a revoked device's.
+        #[arg(long, value_parser = parse_duration)]
+        certificate_lifetime: Option<u64>,
         #[arg(long)]
         json: bool,
     },
@@ -1269,12 +1273,17 @@ async fn run(cli: Cli) -> Result<(), EngineError> {
         }
         Command::Admin(AdminCommand::Policy {
             device_self_approval,
+            certificate_lifetime,
             json,
         }) => {
             let conn = connected(&mut engine).await?;
-            let result = match device_self_approval {
-                Some(on) => engine.set_org_policy(&conn, on).await.map(|p| (p, vec![])),
-                None => engine.org_policy(&conn).await,
+            let result = if device_self_approval.is_some() || certificate_lifetime.is_some() {
+                engine
+                    .set_org_policy(&conn, device_self_approval, certificate_lifetime)
+                    .await
+                    .map(|p| (p, vec![]))
+            } else {
+                engine.org_policy(&conn).await
             };
             conn.close().await;
             let (policy, problems) = result?;
@@ -1285,6 +1294,7 @@ async fn run(cli: Cli) -> Result<(), EngineError> {
                 print_json(&serde_json::json!({
                     "device_self_approval": policy.device_self_approval,
                     "version": policy.version,
+                    "certificate_lifetime_secs": policy.certificate_lifetime(),
                 }));
             } else {
                 println!(
@@ -1295,6 +1305,10 @@ async fn run(cli: Cli) -> Result<(), EngineError> {
                         "off"
                     },
                     policy.version
+                );
+                println!(
+                    "certificates valid for: {}",
+                    muster_engine::describe_duration(policy.certificate_lifetime())
                 );
             }
         }

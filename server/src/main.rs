@@ -45,6 +45,13 @@ enum Command {
         /// (bursts of ten times that).
         #[arg(long, value_name = "N", default_value_t = 50.0)]
         posts_per_sec: f64,
+        /// Connections from one source address that may be authenticating at once.
+        #[arg(long, value_name = "N", default_value_t = 32)]
+        unauthenticated_per_address: usize,
+        /// Requests before authentication (hello, proof, enrolment) one source address
+        /// may make per second (bursts of twice that); ten times as many in all.
+        #[arg(long, value_name = "N", default_value_t = 100.0)]
+        anonymous_per_sec: f64,
     },
     /// Print a fresh single-use bootstrap token for the organisation's first admin.
     BootstrapToken {
@@ -95,6 +102,8 @@ fn main() -> ExitCode {
             queue_quota_mib,
             requests_per_sec,
             posts_per_sec,
+            unauthenticated_per_address,
+            anonymous_per_sec,
         } => {
             let quotas = server::Quotas {
                 blob_bytes: blob_quota_mib.saturating_mul(1024 * 1024),
@@ -104,6 +113,12 @@ fn main() -> ExitCode {
                     request_burst: requests_per_sec * 10.0,
                     posts_per_sec,
                     post_burst: posts_per_sec * 10.0,
+                },
+                anonymous: muster_relay_core::AnonymousLimits {
+                    connections_per_address: unauthenticated_per_address,
+                    connections_total: unauthenticated_per_address.saturating_mul(32),
+                    requests_per_address: anonymous_per_sec,
+                    requests_total: anonymous_per_sec * 10.0,
                 },
             };
             tokio::runtime::Builder::new_multi_thread()

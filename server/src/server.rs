@@ -3,9 +3,9 @@
 
 use muster_net::{read_frame, write_frame, RelayIdentity};
 use muster_proto::{decode, encode, ErrorCode, Push, RelayError, Request, Response};
-use muster_relay_core::{ConnectionState, Relay, StoreError};
+use muster_relay_core::{Admission, AnonymousLimits, ConnectionState, Precheck, Relay, StoreError};
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,6 +29,11 @@ const DB_FILE: &str = "relay.db";
 const MAX_CONNECTIONS_PER_DEVICE: usize = 16;
 /// Where `serve` records the address it listens on, for `health`.
 const ADDR_FILE: &str = "listen-addr";
+/// A connection must authenticate within this time, or it is closed (an enrolment's
+/// connection is closed by its client right after).
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Anonymous requests one connection may make before it must authenticate.
+const MAX_ANONYMOUS_REQUESTS_PER_CONNECTION: u32 = 8;
 
 fn open_relay(data: &Path) -> Result<(Relay, RelayIdentity), ServeError> {
     std::fs::create_dir_all(data)?;
@@ -208,9 +213,12 @@ struct Shared {
     relay: Mutex<Relay>,
     connected: Connected,
     next_connection: AtomicU64,
+    /// Unauthenticated connections and anonymous requests, per source address.
+    admission: Mutex<Admission>,
+    fingerprint: String,
 }
 
-/// Per-device storage and rate limits.
+/// Per-device storage and rate limits, and what anonymous peers may do.
 pub struct Quotas {
     /// Encrypted attachment bytes held at once.
     pub blob_bytes: u64,
@@ -218,6 +226,8 @@ pub struct Quotas {
     pub queue_bytes: u64,
     /// Per-device request and post rates.
     pub rates: muster_relay_core::RateLimits,
+    /// Unauthenticated connections and anonymous request rates.
+    pub anonymous: AnonymousLimits,
 }
 
 /// How often expired messages and blobs are collected.
@@ -247,6 +257,8 @@ pub async fn serve(data: PathBuf, listen: SocketAddr, quotas: Quotas) -> Result<
         relay: Mutex::new(relay),
         connected: Connected::default(),
         next_connection: AtomicU64::new(1),
+        admission: Mutex::new(Admission::new(quotas.anonymous, std::time::Instant::now())),
+        fingerprint: identity.fingerprint(),
     });
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
@@ -263,11 +275,25 @@ pub async fn serve(data: PathBuf, listen: SocketAddr, quotas: Quotas) -> Result<
             }
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
+                let address = incoming.remote_address().ip();
+                let admitted = shared
+                    .admission
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .admit_connection(address, std::time::Instant::now());
+                if !admitted {
+                    // Refused before any TLS work is spent on it.
+                    incoming.refuse();
+                    continue;
+                }
                 let shared = shared.clone();
                 tokio::spawn(async move {
                     match incoming.await {
-                        Ok(conn) => handle_connection(shared, conn).await,
-                        Err(e) => tracing::debug!(error = %e, "handshake failed"),
+                        Ok(conn) => handle_connection(shared, conn, address).await,
+                        Err(e) => {
+                            release(&shared, address);
+                            tracing::debug!(error = %e, "handshake failed");
+                        }
                     }
                 });
             }
@@ -302,11 +328,39 @@ async fn shutdown_signal() {
     }
 }
 
-async fn handle_connection(shared: Arc<Shared>, conn: quinn::Connection) {
+/// An unauthenticated connection from `address` ended or authenticated.
+fn release(shared: &Shared, address: IpAddr) {
+    shared
+        .admission
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .release(address);
+}
+
+async fn handle_connection(shared: Arc<Shared>, conn: quinn::Connection, address: IpAddr) {
     let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
     let state = Arc::new(Mutex::new(ConnectionState::default()));
     let registered: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
     let woken = Arc::new(AtomicBool::new(false));
+    let anonymous = Arc::new(Mutex::new(AnonymousConnection {
+        address,
+        counted: true,
+        requests: 0,
+    }));
+    {
+        // A connection that has not authenticated in time is closed.
+        let (conn, registered) = (conn.clone(), registered.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(HANDSHAKE_TIMEOUT).await;
+            if registered
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_none()
+            {
+                conn.close(4u32.into(), b"authenticate within 10 seconds");
+            }
+        });
+    }
     while let Ok((send, recv)) = conn.accept_bi().await {
         let shared = shared.clone();
         let connection = ConnectionContext {
@@ -315,6 +369,7 @@ async fn handle_connection(shared: Arc<Shared>, conn: quinn::Connection) {
             state: state.clone(),
             registered: registered.clone(),
             woken: woken.clone(),
+            anonymous: anonymous.clone(),
         };
         tokio::spawn(async move {
             if let Err(e) = handle_stream(&shared, &connection, send, recv).await {
@@ -326,6 +381,20 @@ async fn handle_connection(shared: Arc<Shared>, conn: quinn::Connection) {
     if let Some(device) = device {
         shared.connected.remove(&device, id);
     }
+    let mut anonymous = anonymous.lock().unwrap_or_else(|e| e.into_inner());
+    if anonymous.counted {
+        anonymous.counted = false;
+        release(&shared, address);
+    }
+}
+
+/// A connection's standing before it authenticates.
+struct AnonymousConnection {
+    address: IpAddr,
+    /// It still counts against the unauthenticated-connection caps.
+    counted: bool,
+    /// Anonymous requests it made.
+    requests: u32,
 }
 
 /// What every request stream of one connection shares.
@@ -337,6 +406,7 @@ struct ConnectionContext {
     registered: Arc<Mutex<Option<String>>>,
     /// A wake-up was pushed that no fetch has answered yet.
     woken: Arc<AtomicBool>,
+    anonymous: Arc<Mutex<AnonymousConnection>>,
 }
 
 async fn handle_stream(
@@ -351,6 +421,7 @@ async fn handle_stream(
         state,
         registered,
         woken,
+        anonymous,
     } = connection;
     let id = *id;
     let response = match read_frame(&mut recv).await {
@@ -360,12 +431,38 @@ async fn handle_stream(
                     // Anything stored from here on is either in this fetch or wakes again.
                     woken.store(false, Ordering::Release);
                 }
+                if registered
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_none()
+                    && !admit_anonymous(shared, anonymous)
+                {
+                    let refusal = Response::Error(RelayError::new(
+                        ErrorCode::RateLimited,
+                        "too many requests before authentication from this address; try again later",
+                    ));
+                    write_frame(&mut send, &encode(&refusal).expect("error encodes")).await?;
+                    let _ = send.finish();
+                    conn.close(5u32.into(), b"too many anonymous requests");
+                    return Ok(());
+                }
+                // What needs no database is answered here, outside the relay's lock.
+                let precheck = state
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .answer_without_relay(request, &shared.fingerprint);
+                let request = match precheck {
+                    Precheck::Answered(outcome) => {
+                        return respond(&mut send, outcome.response).await;
+                    }
+                    Precheck::NeedsRelay(request) => request,
+                };
                 let shared2 = shared.clone();
                 let state2 = state.clone();
                 let outcome = tokio::task::spawn_blocking(move || {
                     let mut relay = shared2.relay.lock().unwrap_or_else(|e| e.into_inner());
                     let mut state = state2.lock().unwrap_or_else(|e| e.into_inner());
-                    let outcome = state.on_request(&mut relay, request);
+                    let outcome = state.on_prechecked(&mut relay, request);
                     (outcome, state.session().map(|s| s.device_id.clone()))
                 })
                 .await;
@@ -374,6 +471,12 @@ async fn handle_stream(
                         if let Some(device) = device {
                             let mut reg = registered.lock().unwrap_or_else(|e| e.into_inner());
                             if reg.is_none() {
+                                let mut anonymous =
+                                    anonymous.lock().unwrap_or_else(|e| e.into_inner());
+                                if anonymous.counted {
+                                    anonymous.counted = false;
+                                    release(shared, anonymous.address);
+                                }
                                 if !shared
                                     .connected
                                     .add(&device, id, conn.clone(), woken.clone())
@@ -408,6 +511,27 @@ async fn handle_stream(
         }
         Err(e) => return Err(e),
     };
+    respond(&mut send, response).await
+}
+
+/// Counts an anonymous request against its connection and its address.
+fn admit_anonymous(shared: &Shared, anonymous: &Mutex<AnonymousConnection>) -> bool {
+    let mut anonymous = anonymous.lock().unwrap_or_else(|e| e.into_inner());
+    anonymous.requests += 1;
+    if anonymous.requests > MAX_ANONYMOUS_REQUESTS_PER_CONNECTION {
+        return false;
+    }
+    shared
+        .admission
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .admit_request(anonymous.address, std::time::Instant::now())
+}
+
+async fn respond(
+    send: &mut quinn::SendStream,
+    response: Response,
+) -> Result<(), muster_net::FrameError> {
     let body = encode(&response).unwrap_or_else(|_| {
         encode(&Response::Error(RelayError::new(
             ErrorCode::Internal,
@@ -415,7 +539,7 @@ async fn handle_stream(
         )))
         .expect("error encodes")
     });
-    write_frame(&mut send, &body).await?;
+    write_frame(send, &body).await?;
     let _ = send.finish();
     Ok(())
 }

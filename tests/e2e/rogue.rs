@@ -259,3 +259,83 @@ pub fn names(credential: &Credential, user: &str) -> bool {
         .and_then(|c| muster_proto::Certificate::from_bytes(c.identity()).ok())
         .is_some_and(|c| c.body.user == user)
 }
+
+/// An authenticated connection of a rogue device, kept open across calls.
+pub struct Session<'a> {
+    rogue: &'a Rogue,
+    runtime: tokio::runtime::Runtime,
+    conn: muster_net::RelayConnection,
+    sent: usize,
+}
+
+impl Rogue {
+    /// Connects and authenticates as this device.
+    pub fn session(&self) -> Session<'_> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let conn = runtime.block_on(async {
+            let conn = muster_net::RelayConnection::connect(&self.relay, &self.fingerprint)
+                .await
+                .unwrap();
+            let Response::Challenge { nonce } = conn
+                .request(&Request::Hello {
+                    device_key: self.device_key.clone(),
+                })
+                .await
+                .unwrap()
+            else {
+                panic!("no challenge")
+            };
+            let signature = self
+                .signer()
+                .sign(&auth_transcript(&self.fingerprint, &nonce))
+                .unwrap();
+            conn.request(&Request::Prove { signature }).await.unwrap();
+            conn
+        });
+        Session {
+            rogue: self,
+            runtime,
+            conn,
+            sent: 0,
+        }
+    }
+}
+
+impl Session<'_> {
+    /// Encrypts `count` text messages for the group, then sends them one by one and
+    /// returns how long the relay took to answer each.
+    pub fn timed_sends(&mut self, group_id: &[u8], count: usize) -> Vec<std::time::Duration> {
+        let first = self.sent;
+        self.sent += count;
+        let messages: Vec<Vec<u8>> = (first..first + count)
+            .map(|i| {
+                let envelope = serde_json::json!({"v": 1, "id": format!("{:032x}", i + 1),
+                    "sent_at": 0, "body": {"type": "text", "text": format!("timed {i}")}});
+                self.rogue.app_message(group_id, &envelope)
+            })
+            .collect();
+        let conn = &self.conn;
+        self.runtime.block_on(async {
+            let mut times = Vec::new();
+            for (i, message) in messages.into_iter().enumerate() {
+                let started = std::time::Instant::now();
+                let answer = conn
+                    .request(&Request::Send {
+                        group_id: group_id.to_vec(),
+                        message,
+                        client_id: format!("timed-{}", first + i).into_bytes(),
+                    })
+                    .await;
+                assert!(
+                    matches!(answer, Ok(Response::Stored { .. })),
+                    "send failed: {answer:?}"
+                );
+                times.push(started.elapsed());
+            }
+            times
+        })
+    }
+}

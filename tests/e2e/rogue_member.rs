@@ -292,7 +292,7 @@ fn an_update_that_puts_on_another_members_certificate_is_refused() {
         proposal: proposal.clone(),
     });
     assert!(
-        matches!(&answer, Response::Error(e) if e.code == muster_proto::ErrorCode::Forbidden),
+        matches!(&answer, Response::Error(e) if e.code == muster_proto::ErrorCode::InvalidCertificate),
         "the relay took it: {answer:?}"
     );
     // Slipped in by the operator instead, it is refused by every member.

@@ -96,6 +96,10 @@ impl RelayProcess {
                 "1000000",
                 "--posts-per-sec",
                 "1000000",
+                "--unauthenticated-per-address",
+                "100000",
+                "--anonymous-per-sec",
+                "1000000",
             ])
             .env("MUSTER_LOG", "error")
             .stdout(Stdio::piped())

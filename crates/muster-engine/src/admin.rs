@@ -8,7 +8,7 @@
 
 use crate::engine::{
     now_ms, rfc3339_ms, AuditView, DeviceRow, DeviceView, DirectoryEntry, Engine, PendingView,
-    SyncReport, CERT_VALIDITY_SECS,
+    SyncReport,
 };
 use crate::error::{from_net, EngineError};
 use crate::provision::{Action, OrgSpec, OrgState};
@@ -17,7 +17,7 @@ use muster_proto::{
     now_unix, validate_handle, verify_enrolment, Certificate, CertificateBody, CodeSecret,
     ConfirmationBody, DeviceConfirmation, EnrolmentGrant, GrantBody, InviteCode, InvitePurpose,
     OrgPolicy, OrgPolicyBody, OrgRootKey, PendingEnrolment, Profile, ProfileRequest,
-    ProfileRequestBody, Request, Response, RevocationBody, Role,
+    ProfileRequestBody, Request, Response, RevocationBody, Role, DEFAULT_CERTIFICATE_LIFETIME_SECS,
 };
 use openmls_traits::signatures::Signer as _;
 use rusqlite::{params, OptionalExtension};
@@ -48,6 +48,9 @@ pub struct ProfileChangeView {
     /// Why the request cannot be approved, if it cannot.
     pub problem: Option<String>,
 }
+
+/// The shortest certificate lifetime an organisation may choose.
+const MIN_CERTIFICATE_LIFETIME_SECS: u64 = 10;
 
 fn to_json(value: &impl Serialize) -> Vec<u8> {
     serde_json::to_vec(value).expect("record serialises")
@@ -474,7 +477,7 @@ impl Engine {
             profile,
             roles,
             not_before: now.saturating_sub(300),
-            not_after: now + CERT_VALIDITY_SECS,
+            not_after: now + self.certificate_lifetime()?,
         });
         conn.request(&Request::Approve {
             certificate: cert.clone(),
@@ -587,16 +590,24 @@ impl Engine {
     pub async fn set_org_policy(
         &self,
         conn: &RelayConnection,
-        device_self_approval: bool,
+        device_self_approval: Option<bool>,
+        certificate_lifetime_secs: Option<u64>,
     ) -> Result<OrgPolicyBody, EngineError> {
         let me = self.device()?;
         let root = Self::root_key(&me)?;
         let current = self.newest_policy(conn, &mut Vec::new()).await?;
+        if certificate_lifetime_secs.is_some_and(|l| l < MIN_CERTIFICATE_LIFETIME_SECS) {
+            return Err(EngineError::Invalid(format!(
+                "certificates must stay valid at least {MIN_CERTIFICATE_LIFETIME_SECS} seconds"
+            )));
+        }
         let policy = root.sign_policy(OrgPolicyBody {
             org_id: me.org.org_id.clone(),
-            device_self_approval,
+            device_self_approval: device_self_approval.unwrap_or(current.device_self_approval),
             issued_at: now_unix(),
             version: current.version + 1,
+            certificate_lifetime_secs: certificate_lifetime_secs
+                .unwrap_or(current.certificate_lifetime_secs),
         });
         conn.request(&Request::SetOrgPolicy {
             policy: policy.clone(),
@@ -605,6 +616,69 @@ impl Engine {
         .map_err(from_net)?;
         self.store_policy(&policy)?;
         Ok(policy.body)
+    }
+
+    /// How long the certificates this device issues stay valid, by the newest policy it
+    /// has seen.
+    pub(crate) fn certificate_lifetime(&self) -> Result<u64, EngineError> {
+        Ok(self
+            .stored_policy()?
+            .map(|p| p.body.certificate_lifetime())
+            .unwrap_or(DEFAULT_CERTIFICATE_LIFETIME_SECS))
+    }
+
+    /// On a device holding the root key: renews, before they run out, the certificates
+    /// of every unrevoked device this device knows (a third of their lifetime into it),
+    /// with each user's profile and roles from its own record. A revoked device's
+    /// certificate is never renewed, so it stops being accepted within one lifetime
+    /// even by members from whom the relay hides the revocation.
+    pub(crate) async fn renew_certificates(
+        &mut self,
+        conn: &RelayConnection,
+        report: &mut SyncReport,
+    ) -> Result<(), EngineError> {
+        let me = self.device()?;
+        if me.root_key.is_none() || Self::require_admin(&me).is_err() {
+            return Ok(());
+        }
+        let lifetime = self.certificate_lifetime()?;
+        let due_by = now_unix() + lifetime * 2 / 3;
+        let mut due = Vec::new();
+        for user in self.known_users()? {
+            if self
+                .known_devices_of(&user)?
+                .iter()
+                .any(|c| c.body.not_after < due_by)
+            {
+                due.push(user);
+            }
+        }
+        if due.is_empty() {
+            return Ok(());
+        }
+        let root = Self::root_key(&me)?;
+        self.certificates(conn).await?;
+        for user in due {
+            let Some((profile, roles)) = self.record_of(&user)? else {
+                continue;
+            };
+            let result = async {
+                let certificates = self.reissue(&root, &user, &profile, &roles)?;
+                conn.request(&Request::ReissueCertificates {
+                    certificates: certificates.clone(),
+                })
+                .await
+                .map_err(from_net)?;
+                self.record_issued(&certificates)
+            }
+            .await;
+            if let Err(e) = result {
+                report
+                    .problems
+                    .push(format!("could not renew the certificates of {user}: {e}"));
+            }
+        }
+        Ok(())
     }
 
     /// Approves a pending new device of this user, where the organisation's policy allows
@@ -860,6 +934,7 @@ impl Engine {
         roles: &[Role],
     ) -> Result<Vec<Certificate>, EngineError> {
         let now = now_unix();
+        let lifetime = self.certificate_lifetime()?;
         let certificates: Vec<Certificate> = self
             .known_devices_of(user)?
             .into_iter()
@@ -868,7 +943,7 @@ impl Engine {
                     profile: profile.clone(),
                     roles: roles.to_vec(),
                     not_before: now.saturating_sub(300).max(c.body.not_before),
-                    not_after: now + CERT_VALIDITY_SECS,
+                    not_after: now + lifetime,
                     ..c.body
                 })
             })
@@ -1161,15 +1236,23 @@ impl Engine {
                 None => format!("no enrolled device of user {user:?}"),
             }));
         }
+        self.learn_revocations(conn, &mut SyncReport::default())
+            .await?;
         let revocation = root.sign_revocation(RevocationBody {
             org_id: me.org.org_id.clone(),
             user: user.to_string(),
             device_ids: device_ids.clone(),
             issued_at: now_unix(),
+            serial: self.last_revocation_serial()? + 1,
         });
+        let serial = revocation.body.serial;
         conn.request(&Request::Revoke { revocation })
             .await
             .map_err(from_net)?;
+        self.db.execute(
+            "INSERT OR IGNORE INTO revocation_serials (serial) VALUES (?1)",
+            [serial as i64],
+        )?;
         for id in &device_ids {
             self.db.execute(
                 "INSERT OR IGNORE INTO revoked_devices (device_id, user) VALUES (?1, ?2)",

@@ -37,7 +37,6 @@ const FETCH_BATCH: u32 = 200;
 const RECEIPT_BATCH_MEMBERS: usize = 20;
 /// How often a device sends delivery receipts into a large group.
 const RECEIPT_BATCH_INTERVAL_MS: i64 = 5_000;
-pub(crate) const CERT_VALIDITY_SECS: u64 = 365 * 24 * 3600;
 /// Longest text message accepted for sending, in bytes.
 pub const MAX_TEXT_BYTES: usize = 64 * 1024;
 const DB_FILE: &str = "muster.db";
@@ -343,6 +342,26 @@ fn verify_member(
     Ok(cert)
 }
 
+/// Checks that a member's credential carries a certificate the organisation root signed
+/// for this key, whatever its dates.
+fn roster_member(
+    org: &OrgDescriptor,
+    credential: &Credential,
+    signature_key: &[u8],
+) -> Result<Certificate, String> {
+    let cert = certificate_in(credential)
+        .ok_or_else(|| "credential carries no identity certificate".to_string())?;
+    cert.verify_issuer(org)
+        .map_err(|e| format!("{} ({}): {e}", cert.body.user, cert.body.device_id))?;
+    if cert.body.device_key != signature_key {
+        return Err(format!(
+            "{}: leaf signature key differs from the certificate",
+            cert.body.user
+        ));
+    }
+    Ok(cert)
+}
+
 /// Users in the group whose device holds a valid, unrevoked archive certificate.
 /// The leaves of the members whose certificate matches.
 fn leaves_where(group: &MlsGroup, matches: impl Fn(&Certificate) -> bool) -> Vec<LeafNodeIndex> {
@@ -630,7 +649,7 @@ impl Engine {
             profile: profile.clone(),
             roles: vec![Role::Admin, Role::Member],
             not_before: now.saturating_sub(300),
-            not_after: now + CERT_VALIDITY_SECS,
+            not_after: now + muster_proto::DEFAULT_CERTIFICATE_LIFETIME_SECS,
         });
         conn.request(&Request::Bootstrap {
             token: token.trim().to_string(),
@@ -787,7 +806,9 @@ impl Engine {
                     "relay did not send a certificate".into(),
                 ));
             };
-            cert.verify(&device.org, now_unix())?;
+            // A certificate that ran out still lets this device read: members refuse what
+            // it sends until an admin device renews it (see `check_own_certificate`).
+            cert.verify_issuer(&device.org)?;
             if cert.body.device_key != device.device_key || cert.body.user != device.user {
                 return Err(EngineError::Invalid(
                     "relay returned a certificate for another device".into(),
@@ -797,21 +818,36 @@ impl Engine {
                 .certificate
                 .as_ref()
                 .is_none_or(|old| *old != cert && cert.body.not_before >= old.body.not_before);
+            let renewed = newer && device.certificate.is_some();
             if newer {
                 self.db.execute(
                     "UPDATE device SET certificate = ?1 WHERE id = 1",
                     [cert.to_bytes()],
                 )?;
             }
+            if renewed {
+                // This device's leaves and KeyPackages still carry the old certificate.
+                self.db.execute(
+                    "INSERT INTO sync_state (key, value) VALUES ('leaf_update_due', 1)
+                     ON CONFLICT (key) DO UPDATE SET value = 1",
+                    [],
+                )?;
+            }
+            self.ensure_key_packages(&conn, renewed).await?;
         }
-        self.ensure_key_packages(&conn).await?;
         Ok(conn)
     }
 
-    async fn ensure_key_packages(&mut self, conn: &RelayConnection) -> Result<(), EngineError> {
+    /// Keeps KeyPackages on the relay; `replace` swaps them all for ones carrying this
+    /// device's current certificate.
+    async fn ensure_key_packages(
+        &mut self,
+        conn: &RelayConnection,
+        replace: bool,
+    ) -> Result<(), EngineError> {
         let Response::KeyPackageCount {
-            available,
-            has_last_resort,
+            mut available,
+            mut has_last_resort,
         } = conn
             .request(&Request::KeyPackageCount)
             .await
@@ -821,6 +857,9 @@ impl Engine {
                 "unexpected answer to KeyPackageCount".into(),
             ));
         };
+        if replace {
+            (available, has_last_resort) = (0, false);
+        }
         if available >= KEY_PACKAGE_LOW_WATER && has_last_resort {
             return Ok(());
         }
@@ -855,9 +894,75 @@ impl Engine {
         conn.request(&Request::UploadKeyPackages {
             key_packages,
             last_resort,
+            replace,
         })
         .await
         .map_err(from_net)?;
+        Ok(())
+    }
+
+    /// After this device's certificate was renewed: commits an update of its own leaf, with
+    /// the new certificate, in every group it is in, so members keep accepting it.
+    async fn update_own_leaves(
+        &mut self,
+        conn: &RelayConnection,
+        report: &mut SyncReport,
+    ) -> Result<(), EngineError> {
+        let due: Option<i64> = self
+            .db
+            .query_row(
+                "SELECT value FROM sync_state WHERE key = 'leaf_update_due'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if due != Some(1) {
+            return Ok(());
+        }
+        let device = self.device()?;
+        let credential = Self::credential(&device)?;
+        let mut complete = true;
+        for group_id in self.active_group_ids()? {
+            let stale = {
+                let provider = Provider::new(&self.crypto, &self.db);
+                load_group(&provider, &group_id)?
+                    .own_leaf_node()
+                    .is_some_and(|leaf| *leaf.credential() != credential.credential)
+            };
+            if !stale {
+                continue;
+            }
+            let result = self
+                .run_commit(conn, &group_id, |group, provider, signer| {
+                    let still_stale = group
+                        .own_leaf_node()
+                        .is_some_and(|leaf| *leaf.credential() != credential.credential);
+                    if !still_stale {
+                        return Ok(None);
+                    }
+                    let params = LeafNodeParameters::builder()
+                        .with_credential_with_key(credential.clone())
+                        .build();
+                    let (commit, welcome, _) = group
+                        .self_update(provider, signer, params)
+                        .map_err(EngineError::mls)?
+                        .into_messages();
+                    Ok(Some((commit, welcome)))
+                })
+                .await;
+            if let Err(e) = result {
+                complete = false;
+                report.problems.push(format!(
+                    "could not bring this device's renewed certificate into a group: {e}"
+                ));
+            }
+        }
+        if complete {
+            self.db.execute(
+                "UPDATE sync_state SET value = 0 WHERE key = 'leaf_update_due'",
+                [],
+            )?;
+        }
         Ok(())
     }
 
@@ -879,7 +984,13 @@ impl Engine {
         conn: &RelayConnection,
         report: &mut SyncReport,
     ) -> Result<(), EngineError> {
-        let others = self.my_other_devices(conn).await?;
+        let revoked = revoked_devices(&self.db)?;
+        let others: Vec<String> = self
+            .my_other_devices(conn)
+            .await?
+            .into_iter()
+            .filter(|d| !revoked.contains(d))
+            .collect();
         if others.is_empty() {
             return Ok(());
         }
@@ -1028,6 +1139,12 @@ impl Engine {
             if !only.is_empty() && !only.contains(&cert.body.device_id) {
                 return Err(EngineError::Invalid(format!(
                     "relay offered a KeyPackage for an unrequested device of {user}: refused"
+                )));
+            }
+            if revoked_device(&self.db, &cert.body.device_id)? {
+                return Err(EngineError::Invalid(format!(
+                    "relay offered a KeyPackage of revoked device {} of {user}: refused",
+                    cert.body.device_id
                 )));
             }
             out.push((cert.body.device_id, kp));
@@ -1920,6 +2037,14 @@ impl Engine {
     /// Encrypts `body` for the group and queues it in the outbox, in one transaction.
     fn enqueue(&mut self, group_id: &[u8], body: Body) -> Result<String, EngineError> {
         let device = self.device()?;
+        if let Some(cert) = &device.certificate {
+            cert.check_validity(now_unix()).map_err(|_| {
+                EngineError::Invalid(format!(
+                    "this device's certificate ran out at {}: members would refuse what it sends until an admin device renews it (it does when it next syncs)",
+                    rfc3339_ms(cert.body.not_after as i64 * 1000)
+                ))
+            })?;
+        }
         let signer = self.signer(&device)?;
         let envelope = Envelope::new(random_hex(16), now_ms(), body);
         let message_id = envelope.id.clone();
@@ -2975,6 +3100,8 @@ impl Engine {
         self.fetch_and_process(conn, &mut report).await?;
         self.enforce_retention()?;
         self.apply_revocations(conn, &mut report).await?;
+        self.renew_certificates(conn, &mut report).await?;
+        self.update_own_leaves(conn, &mut report).await?;
         self.approve_confirmed_devices(conn, &mut report).await?;
         self.add_own_devices(conn, &mut report).await?;
         for group_id in self.active_group_ids()? {
@@ -2993,11 +3120,48 @@ impl Engine {
         report: &mut SyncReport,
     ) -> Result<(), EngineError> {
         self.learn_revocations(conn, report).await?;
+        if let Some(gap) = self.withheld_revocations()? {
+            report.problems.push(gap);
+        }
         self.remove_revoked_devices(conn, report).await
     }
 
+    /// The organisation's revocations are numbered 1, 2, ...: a number this device never
+    /// received although a later one arrived was withheld by the relay.
+    fn withheld_revocations(&self) -> Result<Option<String>, EngineError> {
+        let seen: Vec<i64> = self
+            .db
+            .prepare_cached("SELECT serial FROM revocation_serials ORDER BY serial")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let Some(&last) = seen.last() else {
+            return Ok(None);
+        };
+        let missing: Vec<String> = (1..last)
+            .filter(|n| seen.binary_search(n).is_err())
+            .take(10)
+            .map(|n| n.to_string())
+            .collect();
+        Ok((!missing.is_empty()).then(|| {
+            format!(
+                "the relay withholds revocation number {} of the organisation's {last}: devices it cuts off may still be trusted here",
+                missing.join(", ")
+            )
+        }))
+    }
+
+    /// The highest revocation number this device has seen.
+    pub(crate) fn last_revocation_serial(&self) -> Result<u64, EngineError> {
+        let last: Option<i64> =
+            self.db
+                .query_row("SELECT MAX(serial) FROM revocation_serials", [], |r| {
+                    r.get(0)
+                })?;
+        Ok(last.unwrap_or(0) as u64)
+    }
+
     /// Fetches and stores revocations this device has not seen yet.
-    async fn learn_revocations(
+    pub(crate) async fn learn_revocations(
         &mut self,
         conn: &RelayConnection,
         report: &mut SyncReport,
@@ -3037,6 +3201,12 @@ impl Engine {
                             tx.execute(
                                 "INSERT OR IGNORE INTO revoked_devices (device_id, user) VALUES (?1, ?2)",
                                 params![device, revocation.body.user],
+                            )?;
+                        }
+                        if revocation.body.serial > 0 {
+                            tx.execute(
+                                "INSERT OR IGNORE INTO revocation_serials (serial) VALUES (?1)",
+                                [revocation.body.serial as i64],
                             )?;
                         }
                     }
@@ -3311,16 +3481,28 @@ fn process_welcome(
             }
             old.delete(provider.storage()).map_err(|e| e.to_string())?;
         }
+        // Every member must be certified by the organisation (a certificate that ran out
+        // since, of someone offline, is no reason to refuse the group).
         for member in staged.members() {
-            verify_member(&device.org, &member.credential, &member.signature_key)
+            roster_member(&device.org, &member.credential, &member.signature_key)
                 .map_err(|e| format!("Welcome lists a member with an invalid identity: {e}"))?;
         }
-        let adder = staged
+        let sender = staged
             .welcome_sender()
-            .ok()
-            .and_then(|leaf| certificate_in(leaf.credential()))
-            .map(|c| c.body.user)
-            .unwrap_or_else(|| "someone".into());
+            .map_err(|e| format!("Welcome has no sender: {e}"))?;
+        let adder = verify_member(
+            &device.org,
+            sender.credential(),
+            sender.signature_key().as_slice(),
+        )
+        .map_err(|e| format!("Welcome was sent by a member with an invalid identity: {e}"))?;
+        if revoked_device(&tx, &adder.body.device_id).map_err(|e| e.to_string())? {
+            return Err(format!(
+                "Welcome was sent by revoked device {} of {}",
+                adder.body.device_id, adder.body.user
+            ));
+        }
+        let adder = adder.body.user;
         let group = staged
             .into_group(&provider)
             .map_err(|e| format!("Welcome cannot be joined: {e}"))?;

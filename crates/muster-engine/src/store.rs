@@ -100,5 +100,7 @@ CREATE TABLE IF NOT EXISTS org_policy (
 CREATE TABLE IF NOT EXISTS sender_numbers (
     group_id BLOB NOT NULL, device_id TEXT NOT NULL, last_n INTEGER NOT NULL,
     PRIMARY KEY (group_id, device_id));
+-- the numbers of the organisation's revocations seen (a missing one was withheld)
+CREATE TABLE IF NOT EXISTS revocation_serials (serial INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS pending_commits (group_id BLOB PRIMARY KEY, commit_hash BLOB NOT NULL);
 "#;

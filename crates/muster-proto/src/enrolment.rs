@@ -229,6 +229,12 @@ impl EnrolmentRequest {
     /// Checks that this request was made with the secret of `grant`'s code, by the holder
     /// of the device key it names, for what the grant allows, before the grant expired.
     pub fn verify_against(&self, grant: &EnrolmentGrant) -> Result<(), ProofError> {
+        self.matches(grant)?;
+        self.verify_signatures()
+    }
+
+    /// Checks that the request names what `grant` allows (not its signatures).
+    pub fn matches(&self, grant: &EnrolmentGrant) -> Result<(), ProofError> {
         let (body, allowed) = (&self.body, &grant.body);
         if body.code_key != allowed.code_key {
             return Err(ProofError::Mismatch("code"));
@@ -245,8 +251,15 @@ impl EnrolmentRequest {
         if body.requested_at > allowed.expires_at {
             return Err(ProofError::Expired);
         }
+        Ok(())
+    }
+
+    /// Checks both signatures against the keys the request itself names: needs nothing
+    /// but the request, so a relay checks it before it touches its database.
+    pub fn verify_signatures(&self) -> Result<(), ProofError> {
+        let body = &self.body;
         check_signature(
-            &allowed.code_key,
+            &body.code_key,
             &body.code_signed(),
             &self.code_proof,
             "code",

@@ -170,6 +170,8 @@ impl Certificate {
 }
 
 const REVOCATION_CONTEXT: &[u8] = b"muster-revocation-v1\0";
+/// Version 2 binds the revocation's number in the organisation's sequence.
+const NUMBERED_REVOCATION_CONTEXT: &[u8] = b"muster-revocation-v2\0";
 
 /// The signed content of a revocation: these devices of this user are cut off.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,6 +180,42 @@ pub struct RevocationBody {
     pub user: String,
     pub device_ids: Vec<String>,
     pub issued_at: u64,
+    /// This revocation's place in the organisation's sequence (1, 2, ...), so a device
+    /// that sees number 3 without 2 knows one was withheld. 0 for revocations issued
+    /// before they were numbered.
+    #[serde(default)]
+    pub serial: u64,
+}
+
+/// A revocation body as signed before revocations were numbered.
+#[derive(Serialize)]
+struct UnnumberedRevocationBody<'a> {
+    org_id: &'a str,
+    user: &'a str,
+    device_ids: &'a [String],
+    issued_at: u64,
+}
+
+impl RevocationBody {
+    fn to_be_signed(&self) -> Vec<u8> {
+        let mut signed = NUMBERED_REVOCATION_CONTEXT.to_vec();
+        signed.extend(postcard::to_stdvec(self).expect("revocation serialises"));
+        signed
+    }
+
+    fn to_be_signed_unnumbered(&self) -> Vec<u8> {
+        let mut signed = REVOCATION_CONTEXT.to_vec();
+        signed.extend(
+            postcard::to_stdvec(&UnnumberedRevocationBody {
+                org_id: &self.org_id,
+                user: &self.user,
+                device_ids: &self.device_ids,
+                issued_at: self.issued_at,
+            })
+            .expect("revocation serialises"),
+        );
+        signed
+    }
 }
 
 /// An organisation-signed revocation of one or more devices.
@@ -196,10 +234,13 @@ impl Revocation {
                 found: self.body.org_id.clone(),
             });
         }
-        let mut signed = REVOCATION_CONTEXT.to_vec();
-        signed.extend(postcard::to_stdvec(&self.body).expect("revocation serialises"));
-        UnparsedPublicKey::new(&ED25519, &org.root_public_key)
-            .verify(&signed, &self.signature)
+        let root = UnparsedPublicKey::new(&ED25519, &org.root_public_key);
+        let signed = if self.body.serial == 0 {
+            self.body.to_be_signed_unnumbered()
+        } else {
+            self.body.to_be_signed()
+        };
+        root.verify(&signed, &self.signature)
             .map_err(|_| CertError::BadSignature)
     }
 }
@@ -219,6 +260,25 @@ pub struct OrgPolicyBody {
     /// and refuse older ones, so a relay cannot replay a policy that was replaced.
     #[serde(default)]
     pub version: u64,
+    /// How long the identity certificates admin devices issue stay valid, in seconds (0:
+    /// [`DEFAULT_CERTIFICATE_LIFETIME_SECS`]). Admin devices renew them before they run
+    /// out; a revoked device's certificate is not renewed, so it stops being accepted
+    /// within one lifetime even where the relay hides the revocation.
+    #[serde(default)]
+    pub certificate_lifetime_secs: u64,
+}
+
+/// How long identity certificates stay valid unless the organisation's policy says otherwise.
+pub const DEFAULT_CERTIFICATE_LIFETIME_SECS: u64 = 30 * 24 * 3600;
+
+impl OrgPolicyBody {
+    /// The lifetime of certificates issued under this policy, in seconds.
+    pub fn certificate_lifetime(&self) -> u64 {
+        match self.certificate_lifetime_secs {
+            0 => DEFAULT_CERTIFICATE_LIFETIME_SECS,
+            secs => secs,
+        }
+    }
 }
 
 /// A signed [`OrgPolicyBody`].
@@ -288,9 +348,13 @@ impl OrgRootKey {
         OrgPolicy { body, signature }
     }
 
+    /// Signs a revocation; a `serial` of 0 signs it in the old, unnumbered form.
     pub fn sign_revocation(&self, body: RevocationBody) -> Revocation {
-        let mut signed = REVOCATION_CONTEXT.to_vec();
-        signed.extend(postcard::to_stdvec(&body).expect("revocation serialises"));
+        let signed = if body.serial == 0 {
+            body.to_be_signed_unnumbered()
+        } else {
+            body.to_be_signed()
+        };
         let signature = self.pair.sign(&signed).as_ref().to_vec();
         Revocation { body, signature }
     }
@@ -369,8 +433,18 @@ mod tests {
             user: "bob".into(),
             device_ids: vec!["d1".into()],
             issued_at: 5,
+            serial: 1,
         };
         assert_eq!(root.sign_revocation(body.clone()).verify(&org), Ok(()));
+        // The number is signed: a relay cannot renumber a revocation.
+        let mut renumbered = root.sign_revocation(body.clone());
+        renumbered.body.serial = 2;
+        assert_eq!(renumbered.verify(&org), Err(CertError::BadSignature));
+        let unnumbered = RevocationBody {
+            serial: 0,
+            ..body.clone()
+        };
+        assert_eq!(root.sign_revocation(unnumbered).verify(&org), Ok(()));
         let forged = OrgRootKey::generate().sign_revocation(body);
         assert_eq!(forged.verify(&org), Err(CertError::BadSignature));
     }

@@ -15,6 +15,7 @@ pub use enrolment::{
 pub use identity::{
     device_id_for, now_unix, validate_handle, CertError, Certificate, CertificateBody,
     OrgDescriptor, OrgPolicy, OrgPolicyBody, OrgRootKey, Profile, Revocation, RevocationBody, Role,
+    DEFAULT_CERTIFICATE_LIFETIME_SECS,
 };
 pub use invite::{InviteCode, InviteError, InvitePurpose};
 pub use policy::{GroupPolicy, GROUP_POLICY_EXTENSION};

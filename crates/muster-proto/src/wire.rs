@@ -72,6 +72,9 @@ pub enum Request {
         key_packages: Vec<Vec<u8>>,
         #[serde(with = "serde_bytes")]
         last_resort: Option<Vec<u8>>,
+        /// Drop this device's KeyPackages on the relay first (its certificate was renewed,
+        /// so the old ones carry one that will run out).
+        replace: bool,
     },
     KeyPackageCount,
     /// One KeyPackage for each enrolled device of `user` (only those listed in `only`, if any).

@@ -6,6 +6,7 @@
 //! Handshake messages are tracked with openmls [`PublicGroup`](openmls::prelude::PublicGroup),
 //! so the relay validates commits and knows whom to route to without seeing content.
 
+mod admission;
 mod blobs;
 mod connection;
 mod error;
@@ -14,11 +15,12 @@ mod mls;
 mod relay;
 mod schema;
 
+pub use admission::{Admission, AnonymousLimits};
 pub use blobs::BLOB_RETENTION_SECS;
-pub use connection::ConnectionState;
+pub use connection::{ConnectionState, Precheck};
 pub use error::StoreError;
 pub use limits::RateLimits;
-pub use relay::{Outcome, Relay, RelayStats, Session};
+pub use relay::{challenge_nonce, verify_challenge, Outcome, Relay, RelayStats, Session};
 
 #[cfg(test)]
 mod tests;

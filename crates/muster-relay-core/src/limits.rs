@@ -26,22 +26,34 @@ impl Default for RateLimits {
 }
 
 #[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    last: Instant,
+pub(crate) struct Bucket {
+    pub(crate) tokens: f64,
+    pub(crate) last: Instant,
 }
 
 impl Bucket {
-    fn take(&mut self, now: Instant, rate: f64, burst: f64) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * rate).min(burst);
-        self.last = now;
+    pub(crate) fn full(burst: f64, now: Instant) -> Self {
+        Self {
+            tokens: burst,
+            last: now,
+        }
+    }
+
+    /// Refills the bucket for the time passed, then takes a token if there is one.
+    pub(crate) fn take(&mut self, now: Instant, rate: f64, burst: f64) -> bool {
+        self.refill(now, rate, burst);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
         } else {
             false
         }
+    }
+
+    pub(crate) fn refill(&mut self, now: Instant, rate: f64, burst: f64) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(burst);
+        self.last = now;
     }
 }
 
@@ -64,14 +76,8 @@ impl Limiter {
     pub(crate) fn admit(&mut self, device: &str, posts: bool, now: Instant) -> Result<(), Limited> {
         let limits = self.limits;
         let (requests, stored) = self.buckets.entry(device.to_string()).or_insert((
-            Bucket {
-                tokens: limits.request_burst,
-                last: now,
-            },
-            Bucket {
-                tokens: limits.post_burst,
-                last: now,
-            },
+            Bucket::full(limits.request_burst, now),
+            Bucket::full(limits.post_burst, now),
         ));
         if !requests.take(now, limits.requests_per_sec, limits.request_burst) {
             return Err(Limited::Requests);

@@ -360,10 +360,7 @@ impl Relay {
 
     /// Issues a fresh challenge nonce for a device that says hello.
     pub fn challenge(&self) -> Vec<u8> {
-        let mut nonce = vec![0u8; 32];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
-            .expect("system randomness available");
-        nonce
+        challenge_nonce()
     }
 
     /// Checks a device's signature over the challenge and its enrolment status.
@@ -373,14 +370,13 @@ impl Relay {
         nonce: &[u8],
         signature: &[u8],
     ) -> Result<Session, RelayError> {
-        UnparsedPublicKey::new(&ED25519, device_key)
-            .verify(&auth_transcript(&self.fingerprint, nonce), signature)
-            .map_err(|_| {
-                RelayError::new(
-                    ErrorCode::Unauthenticated,
-                    "challenge signature does not verify for this device key",
-                )
-            })?;
+        verify_challenge(&self.fingerprint, device_key, nonce, signature)?;
+        self.authenticate_proven(device_key)
+    }
+
+    /// The session of a device that has proved it holds `device_key` (see
+    /// [`verify_challenge`]), if its enrolment allows one.
+    pub fn authenticate_proven(&self, device_key: &[u8]) -> Result<Session, RelayError> {
         let device_id = muster_proto::device_id_for(device_key);
         let row: Option<(String, String)> = row(
             &self.db,
@@ -420,11 +416,25 @@ impl Relay {
         }
     }
 
+    /// Handles an enrolment whose signatures were already checked (see
+    /// [`muster_proto::EnrolmentRequest::verify_signatures`]).
+    pub fn enrol_prechecked(&mut self, request: EnrolmentRequest) -> Outcome {
+        finish(self.enrol(request))
+    }
+
     /// Handles a request that needs no authenticated session.
     pub fn handle_anonymous(&mut self, request: Request) -> Outcome {
         let result = match request {
             Request::Bootstrap { token, org, admin } => self.bootstrap(&token, org, admin),
-            Request::Enrol { request } => self.enrol(request),
+            Request::Enrol { request } => request
+                .verify_signatures()
+                .map_err(|e| {
+                    refuse(
+                        ErrorCode::Unauthenticated,
+                        format!("enrolment proof refused: {e}"),
+                    )
+                })
+                .and_then(|()| self.enrol(request)),
             Request::Health => Ok(self.health()),
             _ => Err(refuse(
                 ErrorCode::Unauthenticated,
@@ -483,7 +493,8 @@ impl Relay {
             Request::UploadKeyPackages {
                 key_packages,
                 last_resort,
-            } => self.upload_key_packages(session, key_packages, last_resort),
+                replace,
+            } => self.upload_key_packages(session, key_packages, last_resort, replace),
             Request::KeyPackageCount => self.key_package_count(session),
             Request::ClaimKeyPackages { user, only } => self.claim_key_packages(&user, &only),
             Request::CreateLink { grant } => self.create_link(session, grant),
@@ -679,8 +690,9 @@ impl Relay {
         }
         let grant: EnrolmentGrant = serde_json::from_slice(&grant)
             .map_err(|_| Failure::Store(StoreError::Corrupt("stored invite grant".into())))?;
-        // Admins check this again before they sign; checking here keeps junk out.
-        request.verify_against(&grant).map_err(|e| {
+        // Admins check this again before they sign; checking here keeps junk out. The
+        // signatures were checked before the request reached the relay's lock.
+        request.matches(&grant).map_err(|e| {
             refuse(
                 ErrorCode::Unauthenticated,
                 format!("enrolment proof refused: {e}"),
@@ -956,6 +968,16 @@ impl Relay {
         if body.device_ids.is_empty() {
             return Err(refuse(ErrorCode::BadRequest, "revocation names no device"));
         }
+        let expected = self.last_revocation_serial()? + 1;
+        if body.serial != expected {
+            return Err(refuse(
+                ErrorCode::BadRequest,
+                format!(
+                    "revocation number {} does not follow the organisation's sequence: the next is {expected}",
+                    body.serial
+                ),
+            ));
+        }
         if body.device_ids.contains(&session.device_id) {
             return Err(refuse(
                 ErrorCode::BadRequest,
@@ -1024,6 +1046,18 @@ impl Relay {
             wake,
             disconnect,
         })
+    }
+
+    /// The highest number in the organisation's sequence of revocations (0 for none).
+    fn last_revocation_serial(&self) -> Result<u64, Failure> {
+        let mut stmt = self.db.prepare_cached("SELECT data FROM revocations")?;
+        let mut last = 0;
+        for data in stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))? {
+            if let Ok(r) = serde_json::from_slice::<Revocation>(&data?) {
+                last = last.max(r.body.serial);
+            }
+        }
+        Ok(last)
     }
 
     fn revocations(&self, since: u64) -> Result<Outcome, Failure> {
@@ -1150,6 +1184,7 @@ impl Relay {
         replace_user_certificates(&tx, &org, &certificates, |new, old| {
             new.body.profile == requested && new.body.roles == old.body.roles
         })?;
+        exec(&tx, "DELETE FROM profile_requests WHERE user = ?1", [&user])?;
         record(&tx, "profile_change_approved", &session.user, &user, None)?;
         tx.commit()?;
         Ok(Outcome::reply(Response::Ok))
@@ -1306,7 +1341,20 @@ impl Relay {
         let tx = self
             .db
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let before = match certificates.first() {
+            Some(c) => device_certificate(&tx, &c.body.device_id)?,
+            None => None,
+        };
         let user = replace_user_certificates(&tx, &org, &certificates, |_, _| true)?;
+        // A new profile settles the user's pending request; a renewal keeps it waiting.
+        let renewal = before.is_some_and(|old| {
+            certificates
+                .iter()
+                .all(|c| c.body.profile == old.body.profile)
+        });
+        if !renewal {
+            exec(&tx, "DELETE FROM profile_requests WHERE user = ?1", [&user])?;
+        }
         record(&tx, "certificates_reissued", &session.user, &user, None)?;
         tx.commit()?;
         Ok(Outcome::reply(Response::Ok))
@@ -1346,6 +1394,7 @@ impl Relay {
         session: &Session,
         key_packages: Vec<Vec<u8>>,
         last_resort: Option<Vec<u8>>,
+        replace: bool,
     ) -> Result<Outcome, Failure> {
         if key_packages.len() > MAX_KEY_PACKAGES_PER_UPLOAD {
             return Err(refuse(
@@ -1367,6 +1416,13 @@ impl Relay {
         let tx = self
             .db
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if replace {
+            exec(
+                &tx,
+                "DELETE FROM key_packages WHERE device_id = ?1",
+                [&session.device_id],
+            )?;
+        }
         for kp in &key_packages {
             exec(
                 &tx,
@@ -1787,7 +1843,7 @@ impl Relay {
             revoked: &|d: &str| revoked.contains(d),
         };
         muster_rules::check_commit(&rules, &members, policy_of(&group), &sender, &staged)
-            .map_err(|e| refuse(ErrorCode::Forbidden, format!("commit refused: {e}")))?;
+            .map_err(|e| refuse(refusal_code(&e), format!("commit refused: {e}")))?;
         group
             .merge_commit(&Storage::new(&tx), *staged)
             .map_err(|e| Failure::Store(StoreError::Corrupt(format!("merge commit: {e}"))))?;
@@ -1884,7 +1940,7 @@ impl Relay {
             &sender,
             queued.proposal(),
         )
-        .map_err(|e| refuse(ErrorCode::Forbidden, format!("proposal refused: {e}")))?;
+        .map_err(|e| refuse(refusal_code(&e), format!("proposal refused: {e}")))?;
         group
             .add_proposal(&Storage::new(&tx), *queued)
             .map_err(|e| Failure::Store(StoreError::Sql(e)))?;
@@ -2117,6 +2173,32 @@ impl FetchBudget {
     }
 }
 
+/// A fresh 32-byte challenge for a device that says hello.
+pub fn challenge_nonce() -> Vec<u8> {
+    let mut nonce = vec![0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
+        .expect("system randomness available");
+    nonce
+}
+
+/// Checks a device's signature over the challenge of a relay with `fingerprint`: needs
+/// no database, so it runs before a request takes the relay's lock.
+pub fn verify_challenge(
+    fingerprint: &str,
+    device_key: &[u8],
+    nonce: &[u8],
+    signature: &[u8],
+) -> Result<(), RelayError> {
+    UnparsedPublicKey::new(&ED25519, device_key)
+        .verify(&auth_transcript(fingerprint, nonce), signature)
+        .map_err(|_| {
+            RelayError::new(
+                ErrorCode::Unauthenticated,
+                "challenge signature does not verify for this device key",
+            )
+        })
+}
+
 fn check_status(status: &str) -> Result<(), RelayError> {
     match status {
         STATUS_APPROVED => Ok(()),
@@ -2232,7 +2314,6 @@ fn replace_user_certificates(
             ],
         )?;
     }
-    exec(tx, "DELETE FROM profile_requests WHERE user = ?1", [&user])?;
     Ok(user)
 }
 
@@ -2249,6 +2330,17 @@ fn device_certificate(db: &Connection, device_id: &str) -> Result<Option<Certifi
             Failure::Store(StoreError::Corrupt("stored certificate".into()))
         })?)),
         None => Ok(None),
+    }
+}
+
+/// How the relay answers a change the group rules refuse: a bad identity is an invalid
+/// certificate, anything else is forbidden.
+fn refusal_code(refusal: &muster_rules::Refusal) -> ErrorCode {
+    match refusal {
+        muster_rules::Refusal::Identity { .. } | muster_rules::Refusal::Revoked { .. } => {
+            ErrorCode::InvalidCertificate
+        }
+        _ => ErrorCode::Forbidden,
     }
 }
 

@@ -259,6 +259,7 @@ impl World {
             Request::UploadKeyPackages {
                 key_packages: kps,
                 last_resort: None,
+                replace: false,
             },
         ));
         device
@@ -794,6 +795,7 @@ fn only_admins_invite_and_approve_and_devices_cannot_upload_foreign_key_packages
         user: "carol".into(),
         device_ids: vec![carol.session.device_id.clone()],
         issued_at: now_unix(),
+        serial: 1,
     });
     let revoke = w.relay.handle(&bob.session, Request::Revoke { revocation });
     assert_eq!(refused(revoke), ErrorCode::Forbidden);
@@ -807,6 +809,7 @@ fn only_admins_invite_and_approve_and_devices_cannot_upload_foreign_key_packages
         user: "carol".into(),
         device_ids: vec![carol.session.device_id.clone()],
         issued_at: now_unix(),
+        serial: 1,
     });
     let out = w
         .relay
@@ -822,6 +825,7 @@ fn only_admins_invite_and_approve_and_devices_cannot_upload_foreign_key_packages
         Request::UploadKeyPackages {
             key_packages: vec![carol.key_package()],
             last_resort: None,
+            replace: false,
         },
     );
     assert_eq!(refused(out), ErrorCode::InvalidMessage);
@@ -1123,6 +1127,7 @@ mod hostile_input {
                 Request::UploadKeyPackages {
                     key_packages,
                     last_resort: None,
+                    replace: false,
                 }
             }),
             (bytes(64), any::<u64>(), any::<u32>()).prop_map(|(id, offset, max_len)| {

@@ -224,7 +224,15 @@ pub fn check_commit(
     committer: &Sender,
     staged: &StagedCommit,
 ) -> Result<(), Refusal> {
-    let committer_cert = sender_certificate(ctx, members, committer)?;
+    let committer_cert = match sender_certificate(ctx, members, committer) {
+        Ok(cert) => cert,
+        // A member whose certificate ran out (it was offline while it was renewed) may
+        // still commit the renewal itself: its own leaf, with a valid certificate of the
+        // same device, and nothing it proposes.
+        Err(Refusal::Identity { who, why }) => renewing_committer(ctx, members, committer, staged)
+            .ok_or(Refusal::Identity { who, why })?,
+        Err(other) => return Err(other),
+    };
     for queued in staged.queued_proposals() {
         check_proposal(ctx, members, policy, queued.sender(), queued.proposal())?;
     }
@@ -232,6 +240,33 @@ pub fn check_commit(
         check_same_identity(ctx, &committer_cert, leaf)?;
     }
     Ok(())
+}
+
+/// The committer's certificate, when only its dates fail and the commit renews its leaf.
+fn renewing_committer(
+    ctx: &Context<'_>,
+    members: &[Member],
+    committer: &Sender,
+    staged: &StagedCommit,
+) -> Option<Certificate> {
+    let Sender::Member(index) = committer else {
+        return None;
+    };
+    let member = members.iter().find(|m| m.index == *index)?;
+    let cert = certificate_in(&member.credential)?;
+    cert.verify_issuer(ctx.org).ok()?;
+    if cert.body.device_key != member.signature_key.as_slice()
+        || (ctx.revoked)(&cert.body.device_id)
+    {
+        return None;
+    }
+    let own_proposals = staged
+        .queued_proposals()
+        .any(|q| matches!(q.sender(), Sender::Member(i) if i == index));
+    let renewed = staged
+        .update_path_leaf_node()
+        .is_some_and(|leaf| check_same_identity(ctx, &cert, leaf).is_ok());
+    (renewed && !own_proposals).then_some(cert)
 }
 
 /// What a commit changes in the group's policy, for the notice every member sees.

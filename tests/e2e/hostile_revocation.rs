@@ -1,0 +1,164 @@
+//! Revocation that does not depend on the relay: numbered revocations expose a withheld
+//! one, short-lived certificates that only admin devices renew cut a revoked device off
+//! even where the relay hides its revocation, and no revoked device enters a group.
+
+use muster_e2e::{device_id, relay_db, wait_until, Device, Org};
+use rusqlite::params;
+use std::time::Duration;
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[test]
+fn a_withheld_revocation_is_noticed() {
+    let org = Org::new("revoke-gap");
+    let carol = org.enrol("carol");
+    let _dave = org.enrol("dave");
+    let _erin = org.enrol("erin");
+    org.admin.ok(&["admin", "revoke", "dave"]);
+    org.admin.ok(&["admin", "revoke", "erin"]);
+    // The operator keeps the first revocation from carol.
+    relay_db(&org)
+        .execute(
+            "DELETE FROM revocations WHERE id = (SELECT MIN(id) FROM revocations)",
+            [],
+        )
+        .unwrap();
+    let out = carol.ok(&["sync"]);
+    assert!(out.contains("withholds revocation number 1"), "{out}");
+}
+
+#[test]
+fn a_revoked_device_cannot_be_added_again_whatever_the_relay_says() {
+    let org = Org::new("revoke-readd");
+    let carol = org.enrol("carol");
+    let dave = org.enrol("dave");
+    let dave_id = device_id(&dave);
+    let db = relay_db(&org);
+    let key_package: Vec<u8> = db
+        .query_row(
+            "SELECT data FROM key_packages WHERE device_id = ?1 LIMIT 1",
+            [&dave_id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    drop(db);
+    org.admin.ok(&["admin", "revoke", "dave"]);
+    carol.ok(&["sync"]);
+    // The operator brings dave back as if nothing happened.
+    let db = relay_db(&org);
+    db.execute(
+        "UPDATE devices SET status = 'approved' WHERE device_id = ?1",
+        [&dave_id],
+    )
+    .unwrap();
+    db.execute(
+        "INSERT INTO key_packages (device_id, data, last_resort) VALUES (?1, ?2, 0)",
+        params![dave_id, key_package],
+    )
+    .unwrap();
+    drop(db);
+    let err = carol.fails(&["group", "create", "side", "--members", "dave"]);
+    assert!(err.contains("revoked device"), "{err}");
+}
+
+#[test]
+fn certificates_are_short_lived_so_a_hidden_revocation_still_cuts_the_device_off() {
+    let org = Org::new("revoke-expiry");
+    let alice = &org.admin;
+    alice.ok(&["admin", "policy", "--certificate-lifetime", "15s"]);
+    let bob = org.enrol("bob");
+    let carol = org.enrol("carol");
+    let mallory = org.enrol("mallory");
+    carol.ok(&["group", "create", "side", "--members", "bob,mallory"]);
+    bob.ok(&["sync"]);
+    mallory.ok(&["sync"]);
+    mallory.ok(&["send", "side", "mallory before"]);
+    carol.ok(&["sync"]);
+    assert_eq!(carol.texts("side"), ["mallory before"]);
+
+    // Alice revokes mallory; the operator hides it from everyone else and lets mallory in.
+    alice.ok(&["admin", "revoke", "mallory"]);
+    let mallory_id = device_id_of(&mallory);
+    let db = relay_db(&org);
+    db.execute("DELETE FROM revocations", []).unwrap();
+    db.execute(
+        "UPDATE devices SET status = 'approved' WHERE device_id = ?1",
+        [&mallory_id],
+    )
+    .unwrap();
+    let expires: u64 = {
+        let cert: Vec<u8> = db
+            .query_row(
+                "SELECT certificate FROM devices WHERE device_id = ?1",
+                [&mallory_id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        muster_proto::Certificate::from_bytes(&cert)
+            .unwrap()
+            .body
+            .not_after
+    };
+    drop(db);
+
+    // Alice's device renews everyone else's certificates a third of the way in; bob and
+    // carol bring the renewed ones into their groups.
+    wait_until(Duration::from_secs(30), "renewed certificates", || {
+        alice.ok(&["sync"]);
+        ["bob", "carol"].iter().all(|u| {
+            relay_db(&org)
+                .query_row(
+                    "SELECT certificate FROM devices WHERE user = ?1",
+                    [u],
+                    |r| r.get::<_, Vec<u8>>(0),
+                )
+                .map(|c| {
+                    muster_proto::Certificate::from_bytes(&c)
+                        .unwrap()
+                        .body
+                        .not_after
+                        > expires
+                })
+                .unwrap_or(false)
+        })
+    });
+    bob.ok(&["sync"]);
+    carol.ok(&["sync"]);
+    bob.ok(&["sync"]);
+    mallory.ok(&["sync"]);
+    wait_until(
+        Duration::from_secs(30),
+        "mallory's certificate to run out",
+        || now() > expires + 1,
+    );
+    // Mallory's own client will not send with a certificate that ran out; a modified one does.
+    let err = mallory.fails(&["send", "side", "mallory after"]);
+    assert!(err.contains("ran out"), "{err}");
+    let gid = muster_e2e::group_id(&carol, "side");
+    let rogue = crate::rogue::Rogue::open(&mallory);
+    let envelope = serde_json::json!({"v": 1, "id": "00000000000000000000000000000a11",
+        "sent_at": now() * 1000, "body": {"type": "text", "text": "mallory after"}});
+    rogue.send(&gid, rogue.app_message(&gid, &envelope));
+    drop(rogue);
+    bob.ok(&["send", "side", "bob after"]);
+    let out = carol.ok(&["sync"]);
+    assert!(out.contains("not valid now"), "{out}");
+    assert_eq!(carol.texts("side"), ["mallory before", "bob after"]);
+    carol.ok(&["send", "side", "carol after"]);
+    bob.ok(&["sync"]);
+    assert!(bob.texts("side").contains(&"carol after".to_string()));
+}
+
+/// A device's id from its own store.
+fn device_id_of(d: &Device) -> String {
+    let db = rusqlite::Connection::open(d.home.join("muster.db")).unwrap();
+    db.query_row("SELECT device_id FROM device WHERE id = 1", [], |r| {
+        r.get(0)
+    })
+    .unwrap()
+}
