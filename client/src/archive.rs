@@ -1,7 +1,7 @@
 //! `muster archive ...`: the compliance archive device's commands.
 
 use clap::{Subcommand, ValueEnum};
-use muster_engine::archive::{AccessRecord, ArchivedMessage, ExportFilter};
+use muster_engine::archive::{AccessRecord, ArchivedMessage, ExportFilter, VerifyReport};
 use muster_engine::{rfc3339_ms as rfc3339, Engine, EngineError};
 use std::io::Write;
 use std::path::PathBuf;
@@ -21,10 +21,20 @@ pub enum ArchiveCommand {
         #[arg(long)]
         honour_disappearing: bool,
     },
-    /// Check every entry's hash chain and every signed checkpoint.
+    /// Check every entry's hash chain, every signed checkpoint, that every cleared entry
+    /// was lawfully cleared, and the checkpoints published on the relay.
     Verify {
+        /// Do not compare with the checkpoints published on the relay.
+        #[arg(long)]
+        offline: bool,
         #[arg(long)]
         json: bool,
+    },
+    /// Write the whole chain and its checkpoints for an admin's independent check
+    /// (`muster admin archive-check FILE`); recorded in the access log.
+    ExportChain {
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Write one account's archived messages to a file (recorded in the access log).
     Export {
@@ -115,35 +125,36 @@ pub async fn run(engine: &mut Engine, command: ArchiveCommand) -> Result<(), Eng
             retain,
             honour_disappearing,
         } => serve(engine, retain, honour_disappearing).await,
-        ArchiveCommand::Verify { json } => {
-            let report = engine.archive_verify()?;
-            if json {
-                crate::print_json(&report);
+        ArchiveCommand::Verify { offline, json } => {
+            let report = if offline {
+                engine.archive_verify(None).await?
             } else {
-                for p in &report.problems {
-                    println!("{p}");
-                }
-                println!(
-                    "{} entries ({} past retention), {} signed checkpoints: {}",
-                    report.entries,
-                    report.pruned,
-                    report.checkpoints,
-                    if report.problems.is_empty() {
-                        "intact"
-                    } else {
-                        "TAMPERED"
-                    }
-                );
-            }
-            if report.problems.is_empty() {
-                Ok(())
-            } else {
-                Err(EngineError::Invalid(format!(
-                    "archive verification failed: {} problem(s), first: {}",
-                    report.problems.len(),
-                    report.problems[0]
-                )))
-            }
+                let conn = engine.connect().await.map_err(|e| {
+                    EngineError::Invalid(format!(
+                        "cannot reach the relay to compare the checkpoints published there ({e}); `--offline` checks the archive alone"
+                    ))
+                })?;
+                let report = engine.archive_verify(Some(&conn)).await;
+                conn.close().await;
+                report?
+            };
+            print_report(&report, json)
+        }
+        ArchiveCommand::ExportChain { out } => {
+            let conn = engine.connect().await?;
+            let chain = engine.archive_chain(&conn).await;
+            conn.close().await;
+            let chain = chain?;
+            let file = std::fs::File::create(&out)?;
+            serde_json::to_writer(std::io::BufWriter::new(file), &chain)
+                .map_err(std::io::Error::other)?;
+            eprintln!(
+                "wrote {} entries and {} checkpoints to {}",
+                chain.entries.len(),
+                chain.checkpoints.len(),
+                out.display()
+            );
+            Ok(())
         }
         ArchiveCommand::Export {
             user,
@@ -159,7 +170,10 @@ pub async fn run(engine: &mut Engine, command: ArchiveCommand) -> Result<(), Eng
                 from_ms: from,
                 to_ms: to,
             };
-            let messages = engine.archive_export(&filter)?;
+            let conn = engine.connect().await?;
+            let messages = engine.archive_export(&conn, &filter).await;
+            conn.close().await;
+            let messages = messages?;
             write_export(engine, &messages, format, &out)?;
             eprintln!(
                 "exported {} message(s) of {} to {}",
@@ -170,7 +184,10 @@ pub async fn run(engine: &mut Engine, command: ArchiveCommand) -> Result<(), Eng
             Ok(())
         }
         ArchiveCommand::Sample { count, seed } => {
-            let (seed, sample) = engine.archive_sample(count, seed)?;
+            let conn = engine.connect().await?;
+            let sample = engine.archive_sample(&conn, count, seed).await;
+            conn.close().await;
+            let (seed, sample) = sample?;
             for m in &sample {
                 crate::print_json(m);
             }
@@ -190,7 +207,10 @@ pub async fn run(engine: &mut Engine, command: ArchiveCommand) -> Result<(), Eng
             Ok(())
         }
         ArchiveCommand::Hold { user } => {
-            let changed = engine.archive_hold(&user, true)?;
+            let conn = engine.connect().await?;
+            let changed = engine.archive_hold(&conn, &user, true).await;
+            conn.close().await;
+            let changed = changed?;
             println!(
                 "{user} {}",
                 if changed {
@@ -202,7 +222,10 @@ pub async fn run(engine: &mut Engine, command: ArchiveCommand) -> Result<(), Eng
             Ok(())
         }
         ArchiveCommand::Release { user } => {
-            let changed = engine.archive_hold(&user, false)?;
+            let conn = engine.connect().await?;
+            let changed = engine.archive_hold(&conn, &user, false).await;
+            conn.close().await;
+            let changed = changed?;
             println!(
                 "{user} {}",
                 if changed {
@@ -244,6 +267,38 @@ fn stored_retention(engine: &Engine) -> Result<Option<u64>, EngineError> {
 
 fn honours_disappearing(engine: &Engine) -> Result<bool, EngineError> {
     Ok(engine.setting(DISAPPEARING_SETTING)?.as_deref() == Some("on"))
+}
+
+/// Prints what `verify` found; fails when it found anything.
+pub(crate) fn print_report(report: &VerifyReport, json: bool) -> Result<(), EngineError> {
+    if json {
+        crate::print_json(report);
+    } else {
+        for p in &report.problems {
+            println!("{p}");
+        }
+        println!(
+            "{} entries ({} past retention), {} signed checkpoints, {} published checkpoints compared: {}",
+            report.entries,
+            report.pruned,
+            report.checkpoints,
+            report.published,
+            if report.problems.is_empty() {
+                "intact"
+            } else {
+                "TAMPERED"
+            }
+        );
+    }
+    if report.problems.is_empty() {
+        Ok(())
+    } else {
+        Err(EngineError::Invalid(format!(
+            "archive verification failed: {} problem(s), first: {}",
+            report.problems.len(),
+            report.problems[0]
+        )))
+    }
 }
 
 async fn serve(

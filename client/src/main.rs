@@ -333,6 +333,13 @@ enum AdminCommand {
         #[arg(long)]
         device: Option<String>,
     },
+    /// Check the compliance archive independently of its host: a chain it exported
+    /// (`muster archive export-chain`) against the checkpoints this device collected.
+    ArchiveCheck {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the relay's audit log: metadata events only, never content.
     Audit {
         /// How many of the latest events to show.
@@ -1311,6 +1318,22 @@ async fn run(cli: Cli) -> Result<(), EngineError> {
                     muster_engine::describe_duration(policy.certificate_lifetime())
                 );
             }
+        }
+        Command::Admin(AdminCommand::ArchiveCheck { file, json }) => {
+            let text = std::fs::read(&file).map_err(|e| {
+                EngineError::Invalid(format!("cannot read {}: {e}", file.display()))
+            })?;
+            let chain: muster_engine::archive::ExportedChain = serde_json::from_slice(&text)
+                .map_err(|e| {
+                    EngineError::Invalid(format!(
+                        "{} is not a chain from `muster archive export-chain`: {e}",
+                        file.display()
+                    ))
+                })?;
+            let conn = connected(&mut engine).await?;
+            let report = engine.archive_check(&conn, &chain).await;
+            conn.close().await;
+            archive::print_report(&report?, json)?;
         }
         Command::Admin(AdminCommand::Audit { limit, json }) => {
             let conn = connected(&mut engine).await?;

@@ -336,3 +336,137 @@ fn a_modified_client_that_removes_the_archive_is_refused_by_everyone_else() {
     carol.ok(&["sync"]);
     assert!(carol.texts("desk").contains(&"still archived".to_string()));
 }
+
+/// The archive host's own database, as whoever runs that host could edit it.
+fn archive_db(archive: &Device) -> rusqlite::Connection {
+    let db = rusqlite::Connection::open(archive.home.join("muster.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    db
+}
+
+/// An archived group with three of alice's messages archived and every checkpoint
+/// published on the relay; the archive server is stopped afterwards.
+fn archived_history(org: &Org) -> (Device, i64) {
+    let bob = org.enrol("bob");
+    let (archive, server) = archive_device(org);
+    org.admin
+        .ok(&["group", "create", "desk", "--members", "bob"]);
+    org.admin.ok(&["group", "policy", "desk", "--archived"]);
+    bob.ok(&["sync"]);
+    for text in ["first", "second", "third"] {
+        org.admin.ok(&["send", "desk", text]);
+    }
+    let last = || -> i64 {
+        archive_db(&archive)
+            .query_row(
+                "SELECT COALESCE(MAX(seq), 0) FROM archive_entries",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    wait_until(
+        Duration::from_secs(30),
+        "the archive to publish its history",
+        || {
+            let texts = archive_db(&archive)
+            .query_row(
+                "SELECT COUNT(*) FROM archive_entries WHERE kind = 'message' AND record LIKE '%third%'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap();
+            let published: i64 = relay_db(org)
+                .query_row(
+                    "SELECT COALESCE(MAX(entry_seq), 0) FROM archive_checkpoints",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            texts == 1 && published == last()
+        },
+    );
+    drop(server);
+    // Admin devices keep their own copy of what the archive published.
+    org.admin.ok(&["sync"]);
+    let last = last();
+    (archive, last)
+}
+
+#[test]
+fn entries_cut_off_the_archives_end_are_found_by_the_checkpoints_it_published() {
+    let org = Org::new("archive-tail");
+    let (archive, last) = archived_history(&org);
+    archive.ok(&["archive", "verify"]);
+    // Whoever runs the archive host deletes the newest entries and their checkpoints:
+    // what is left is a consistent, fully signed chain.
+    let db = archive_db(&archive);
+    db.execute("DELETE FROM archive_entries WHERE seq > ?1", [last - 2])
+        .unwrap();
+    db.execute(
+        "DELETE FROM archive_checkpoints WHERE entry_seq > ?1",
+        [last - 2],
+    )
+    .unwrap();
+    drop(db);
+    archive.ok(&["archive", "verify", "--offline"]);
+    let err = archive.fails(&["archive", "verify"]);
+    assert!(err.contains("removed from its end"), "{err}");
+}
+
+#[test]
+fn an_admin_checks_the_archive_against_the_checkpoints_it_collected() {
+    let org = Org::new("archive-check");
+    let (archive, _) = archived_history(&org);
+    let file = org.dir.path().join("chain.json");
+    archive.ok(&["archive", "export-chain", "--out", file.to_str().unwrap()]);
+    org.admin
+        .ok(&["admin", "archive-check", file.to_str().unwrap()]);
+    // The host hands over a chain with its end cut off (and the tail's checkpoints).
+    let mut chain: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let entries = chain["entries"].as_array_mut().unwrap();
+    let keep = entries.len() - 3;
+    entries.truncate(keep);
+    let kept_seq = entries.last().unwrap()["seq"].as_i64().unwrap();
+    chain["checkpoints"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|c| c["entry_seq"].as_i64().unwrap() <= kept_seq);
+    std::fs::write(&file, serde_json::to_vec(&chain).unwrap()).unwrap();
+    let err = org
+        .admin
+        .fails(&["admin", "archive-check", file.to_str().unwrap()]);
+    assert!(err.contains("removed from its end"), "{err}");
+}
+
+#[test]
+fn an_entry_cleared_outside_retention_fails_verify() {
+    let org = Org::new("archive-cleared");
+    let (archive, _) = archived_history(&org);
+    // The host clears a fresh message as if retention had: no prune allowed it.
+    let seq: i64 = archive_db(&archive)
+        .query_row(
+            "SELECT seq FROM archive_entries WHERE kind = 'message' AND record LIKE '%second%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    archive_db(&archive)
+        .execute(
+            "UPDATE archive_entries SET record = NULL, user = NULL, pruned_at = 1 WHERE seq = ?1",
+            [seq],
+        )
+        .unwrap();
+    let err = archive.fails(&["archive", "verify", "--offline"]);
+    assert!(
+        err.contains(&format!("entry {seq}")) && err.contains("no recorded prune"),
+        "{err}"
+    );
+    // A lawful prune (here: everything received over a second ago) still verifies.
+    std::thread::sleep(Duration::from_millis(1100));
+    let lawful = Org::new("archive-lawful");
+    let (archive, _) = archived_history(&lawful);
+    archive.ok(&["archive", "prune", "--retain", "1s"]);
+    archive.ok(&["archive", "verify", "--offline"]);
+}

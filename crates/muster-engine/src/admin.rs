@@ -1129,6 +1129,156 @@ impl Engine {
         Ok(())
     }
 
+    // ---- the compliance archive's published checkpoints ----------------------------------
+
+    /// On an admin device: keeps a copy of every checkpoint an archive published on the
+    /// relay whose signature verifies with that archive's certificate. An archive that
+    /// signs two different histories for one entry is reported.
+    pub(crate) async fn collect_archive_checkpoints(
+        &mut self,
+        conn: &RelayConnection,
+        report: &mut SyncReport,
+    ) -> Result<(), EngineError> {
+        if Self::require_admin(&self.device()?).is_err() {
+            return Ok(());
+        }
+        let since: i64 = self
+            .db
+            .query_row(
+                "SELECT value FROM sync_state WHERE key = 'archive_checkpoints'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0);
+        let Response::ArchiveCheckpoints(batch) = conn
+            .request(&Request::ArchiveCheckpoints {
+                since: since as u64,
+            })
+            .await
+            .map_err(from_net)?
+        else {
+            return Err(EngineError::Invalid(
+                "unexpected answer to ArchiveCheckpoints".into(),
+            ));
+        };
+        let Some(&(last, _)) = batch.last() else {
+            return Ok(());
+        };
+        let archives: std::collections::HashMap<String, Certificate> = self
+            .certificates(conn)
+            .await?
+            .into_iter()
+            .filter(|c| c.is_archive())
+            .map(|c| (c.body.device_id.clone(), c))
+            .collect();
+        for (_, checkpoint) in batch {
+            let Some(archive) = archives.get(&checkpoint.device_id) else {
+                continue;
+            };
+            let payload = muster_proto::archive_checkpoint_payload(
+                checkpoint.entry_seq as i64,
+                &checkpoint.hash,
+            );
+            let signed = ring::signature::UnparsedPublicKey::new(
+                &ring::signature::ED25519,
+                &archive.body.device_key,
+            )
+            .verify(&payload, &checkpoint.signature);
+            if signed.is_err() {
+                continue;
+            }
+            let held: Option<Vec<u8>> = self
+                .db
+                .query_row(
+                    "SELECT hash FROM archive_checkpoints_seen WHERE device_id = ?1 AND entry_seq = ?2",
+                    params![checkpoint.device_id, checkpoint.entry_seq as i64],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            match held {
+                Some(hash) if hash != checkpoint.hash => report.problems.push(format!(
+                    "the archive {} signed two different histories at entry {}",
+                    archive.body.user, checkpoint.entry_seq
+                )),
+                Some(_) => {}
+                None => {
+                    self.db.execute(
+                        "INSERT INTO archive_checkpoints_seen (device_id, entry_seq, hash, signed_at, signature)
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                        params![
+                            checkpoint.device_id,
+                            checkpoint.entry_seq as i64,
+                            checkpoint.hash,
+                            checkpoint.signed_at,
+                            checkpoint.signature
+                        ],
+                    )?;
+                }
+            }
+        }
+        self.db.execute(
+            "INSERT INTO sync_state (key, value) VALUES ('archive_checkpoints', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [last as i64],
+        )?;
+        Ok(())
+    }
+
+    /// (admin) Checks a chain the archive host exported (`muster archive export-chain`)
+    /// independently of that host: its links and hashes, its signatures with the key of
+    /// the archive's certificate, the lawfulness of every cleared entry, and every
+    /// checkpoint this admin device collected from the relay.
+    pub async fn archive_check(
+        &mut self,
+        conn: &RelayConnection,
+        chain: &crate::archive::ExportedChain,
+    ) -> Result<crate::archive::VerifyReport, EngineError> {
+        Self::require_admin(&self.device()?)?;
+        self.collect_archive_checkpoints(conn, &mut SyncReport::default())
+            .await?;
+        let archive = self
+            .known_certificate(&chain.device_id)?
+            .filter(|c| c.is_archive())
+            .ok_or_else(|| {
+                EngineError::Invalid(format!(
+                    "device {} is not an archive this device knows",
+                    chain.device_id
+                ))
+            })?;
+        let key = archive.body.device_key;
+        let mut report = crate::archive::verify_chain(&chain.entries, &chain.checkpoints, &key);
+        let mut stmt = self.db.prepare(
+            "SELECT entry_seq, hash, signed_at, signature FROM archive_checkpoints_seen
+             WHERE device_id = ?1 ORDER BY entry_seq",
+        )?;
+        let held = stmt
+            .query_map([&chain.device_id], |r| {
+                Ok(crate::archive::Checkpoint {
+                    entry_seq: r.get(0)?,
+                    hash: hex::encode(r.get::<_, Vec<u8>>(1)?),
+                    signed_at: r.get(2)?,
+                    signature: hex::encode(r.get::<_, Vec<u8>>(3)?),
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        crate::archive::compare_published(&mut report, &chain.entries, &held, &key);
+        Ok(report)
+    }
+
+    /// The newest certificate this device verified for `device_id`, if any.
+    fn known_certificate(&self, device_id: &str) -> Result<Option<Certificate>, EngineError> {
+        let bytes: Option<Vec<u8>> = self
+            .db
+            .query_row(
+                "SELECT certificate FROM known_certificates WHERE device_id = ?1",
+                [device_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(bytes.and_then(|b| Certificate::from_bytes(&b).ok()))
+    }
+
     // ---- directory, devices, audit, revocation ------------------------------------------
 
     /// This user's enrolled devices.

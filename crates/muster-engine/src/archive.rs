@@ -43,13 +43,14 @@ CREATE TABLE IF NOT EXISTS archive_blobs (
     entry_seq INTEGER NOT NULL,
     stored_at INTEGER,
     attempts INTEGER NOT NULL DEFAULT 0);
+-- checkpoints published outside the archive host (to the relay, where admins fetch them)
+CREATE TABLE IF NOT EXISTS archive_published (entry_seq INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS archive_holds (
     user TEXT PRIMARY KEY,
     since INTEGER NOT NULL);
 "#;
 
 const GENESIS: [u8; 32] = [0; 32];
-const CHECKPOINT_CONTEXT: &[u8] = b"muster-archive-checkpoint-v1\0";
 
 /// One archived message, as its group's members received it.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
@@ -114,10 +115,7 @@ fn chain_hash(prev: &[u8], seq: i64, record_hash: &[u8]) -> Vec<u8> {
 }
 
 fn checkpoint_payload(seq: i64, hash: &[u8]) -> Vec<u8> {
-    let mut payload = CHECKPOINT_CONTEXT.to_vec();
-    payload.extend_from_slice(&seq.to_be_bytes());
-    payload.extend_from_slice(hash);
-    payload
+    muster_proto::archive_checkpoint_payload(seq, hash)
 }
 
 /// An entry about to be appended; the columns besides `record` serve lookups.
@@ -321,34 +319,169 @@ pub struct VerifyReport {
     pub entries: u64,
     pub pruned: u64,
     pub checkpoints: u64,
+    /// Checkpoints published outside the archive host that were compared.
+    pub published: u64,
     /// Every problem, naming the entry; empty when the archive is intact.
     pub problems: Vec<String>,
 }
 
+/// One entry of the chain as exported for an independent check: everything its hashes
+/// cover, and the hashes.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct ChainEntry {
+    pub seq: i64,
+    pub recorded_at: i64,
+    pub kind: String,
+    /// The entry's JSON; `None` once retention cleared it.
+    pub record: Option<String>,
+    pub record_hash: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// The chain as `muster archive export-chain` writes it, for an admin's check.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct ExportedChain {
+    /// The archive device whose key signed the checkpoints.
+    pub device_id: String,
+    pub entries: Vec<ChainEntry>,
+    pub checkpoints: Vec<Checkpoint>,
+}
+
+/// A checkpoint: the archive device's signature over the hash of entry `entry_seq`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct Checkpoint {
+    pub entry_seq: i64,
+    pub hash: String,
+    pub signed_at: i64,
+    pub signature: String,
+}
+
+/// The whole chain, oldest first, and every checkpoint, for `archive export-chain`.
+pub(crate) fn chain(db: &Connection) -> Result<(Vec<ChainEntry>, Vec<Checkpoint>), EngineError> {
+    let mut stmt = db.prepare(
+        "SELECT seq, recorded_at, kind, record, record_hash, prev_hash, hash FROM archive_entries ORDER BY seq",
+    )?;
+    let entries = stmt
+        .query_map([], |r| {
+            Ok(ChainEntry {
+                seq: r.get(0)?,
+                recorded_at: r.get(1)?,
+                kind: r.get(2)?,
+                record: r.get(3)?,
+                record_hash: hex::encode(r.get::<_, Vec<u8>>(4)?),
+                prev_hash: hex::encode(r.get::<_, Vec<u8>>(5)?),
+                hash: hex::encode(r.get::<_, Vec<u8>>(6)?),
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((entries, checkpoints(db)?))
+}
+
+/// Every checkpoint the archive signed, oldest first.
+pub(crate) fn checkpoints(db: &Connection) -> Result<Vec<Checkpoint>, EngineError> {
+    let mut stmt = db.prepare(
+        "SELECT entry_seq, hash, signed_at, signature FROM archive_checkpoints ORDER BY entry_seq",
+    )?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok(Checkpoint {
+                entry_seq: r.get(0)?,
+                hash: hex::encode(r.get::<_, Vec<u8>>(1)?),
+                signed_at: r.get(2)?,
+                signature: hex::encode(r.get::<_, Vec<u8>>(3)?),
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// Checkpoints not yet published outside the archive host.
+pub(crate) fn unpublished(db: &Connection) -> Result<Vec<Checkpoint>, EngineError> {
+    Ok(checkpoints(db)?
+        .into_iter()
+        .filter(|c| {
+            !db.query_row(
+                "SELECT EXISTS (SELECT 1 FROM archive_published WHERE entry_seq = ?1)",
+                [c.entry_seq],
+                |r| r.get::<_, bool>(0),
+            )
+            .unwrap_or(false)
+        })
+        .collect())
+}
+
+pub(crate) fn mark_published(db: &Connection, entry_seq: i64) -> Result<(), EngineError> {
+    db.execute(
+        "INSERT OR IGNORE INTO archive_published (entry_seq) VALUES (?1)",
+        [entry_seq],
+    )?;
+    Ok(())
+}
+
 /// Checks the whole chain and every checkpoint signature against `public_key` (the archive
-/// device's Ed25519 key).
+/// device's Ed25519 key), and that every cleared entry was eligible to be cleared.
+#[cfg(test)]
 pub(crate) fn verify(db: &Connection, public_key: &[u8]) -> Result<VerifyReport, EngineError> {
+    let (entries, checkpoints) = chain(db)?;
+    Ok(verify_chain(&entries, &checkpoints, public_key))
+}
+
+fn unhex(text: &str) -> Vec<u8> {
+    hex::decode(text).unwrap_or_default()
+}
+
+/// What a prune entry cleared, and why.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+struct Cleared {
+    seq: i64,
+    user: Option<String>,
+    /// `retention` or `disappearing`.
+    reason: String,
+    expires_at: Option<i64>,
+}
+
+/// The record of one prune, chained like every entry.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+struct PruneRecord {
+    /// Entries received before this time (ms) were past retention; `None`: no retention.
+    cutoff_ms: Option<i64>,
+    honour_disappearing: bool,
+    at: i64,
+    cleared: Vec<Cleared>,
+}
+
+/// Checks a chain (from this archive's database or an exported copy): links, hashes,
+/// signed checkpoints, and that each cleared entry was cleared by a recorded prune that
+/// was allowed to clear it (past retention or, where honoured, its disappearing time, and
+/// its author not under legal hold then).
+pub fn verify_chain(
+    entries: &[ChainEntry],
+    checkpoints: &[Checkpoint],
+    public_key: &[u8],
+) -> VerifyReport {
     let mut report = VerifyReport {
         entries: 0,
         pruned: 0,
         checkpoints: 0,
+        published: 0,
         problems: Vec::new(),
     };
-    let mut stmt = db.prepare(
-        "SELECT seq, recorded_at, kind, record, record_hash, prev_hash, hash FROM archive_entries ORDER BY seq",
-    )?;
-    let mut rows = stmt.query([])?;
     let mut expected_prev = GENESIS.to_vec();
     let mut expected_seq = 1i64;
     let mut hashes = std::collections::HashMap::new();
-    while let Some(row) = rows.next()? {
-        let seq: i64 = row.get(0)?;
-        let recorded_at: i64 = row.get(1)?;
-        let kind: String = row.get(2)?;
-        let record: Option<String> = row.get(3)?;
-        let rh: Vec<u8> = row.get(4)?;
-        let prev: Vec<u8> = row.get(5)?;
-        let hash: Vec<u8> = row.get(6)?;
+    let mut held: std::collections::BTreeSet<String> = Default::default();
+    // Entries cleared by a prune: who the prune said wrote them, why, and who was held.
+    let mut cleared_by: std::collections::HashMap<i64, (Cleared, PruneRecord, bool)> =
+        Default::default();
+    let mut recorded: std::collections::HashMap<i64, i64> = Default::default();
+    for entry in entries {
+        let (seq, rh, prev, hash) = (
+            entry.seq,
+            unhex(&entry.record_hash),
+            unhex(&entry.prev_hash),
+            unhex(&entry.hash),
+        );
         report.entries += 1;
         if seq != expected_seq {
             report.problems.push(format!(
@@ -360,12 +493,36 @@ pub(crate) fn verify(db: &Connection, public_key: &[u8]) -> Result<VerifyReport,
                 "entry {seq}: does not follow the entry before it (removed, reordered or altered)"
             ));
         }
-        match &record {
+        match &entry.record {
             Some(record) => {
-                if record_hash(&kind, recorded_at, record) != rh {
+                if record_hash(&entry.kind, entry.recorded_at, record) != rh {
                     report
                         .problems
                         .push(format!("entry {seq}: content was altered"));
+                }
+                match entry.kind.as_str() {
+                    "access" => {
+                        if let Ok(access) = serde_json::from_str::<AccessRecord>(record) {
+                            match access.action.as_str() {
+                                "hold" => {
+                                    held.insert(access.what);
+                                }
+                                "release" => {
+                                    held.remove(&access.what);
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
+                    "prune" => {
+                        if let Ok(prune) = serde_json::from_str::<PruneRecord>(record) {
+                            for c in &prune.cleared {
+                                let was_held = c.user.as_ref().is_some_and(|u| held.contains(u));
+                                cleared_by.insert(c.seq, (c.clone(), prune.clone(), was_held));
+                            }
+                        }
+                    }
+                    _ => {}
                 }
             }
             None => report.pruned += 1,
@@ -375,23 +532,52 @@ pub(crate) fn verify(db: &Connection, public_key: &[u8]) -> Result<VerifyReport,
                 .problems
                 .push(format!("entry {seq}: its hash does not match its content"));
         }
+        recorded.insert(seq, entry.recorded_at);
         hashes.insert(seq, hash.clone());
         expected_prev = hash;
         expected_seq = seq + 1;
     }
+    for entry in entries.iter().filter(|e| e.record.is_none()) {
+        let seq = entry.seq;
+        let Some((cleared, prune, was_held)) = cleared_by.get(&seq) else {
+            report.problems.push(format!(
+                "entry {seq}: its content was removed, but no recorded prune cleared it"
+            ));
+            continue;
+        };
+        let eligible = match cleared.reason.as_str() {
+            "retention" => prune
+                .cutoff_ms
+                .is_some_and(|cutoff| entry.recorded_at < cutoff),
+            "disappearing" => {
+                prune.honour_disappearing && cleared.expires_at.is_some_and(|t| t <= prune.at)
+            }
+            _ => false,
+        };
+        if !eligible {
+            report.problems.push(format!(
+                "entry {seq}: cleared at {} although neither retention nor a disappearing time allowed it",
+                crate::engine::rfc3339_ms(prune.at)
+            ));
+        }
+        if *was_held {
+            report.problems.push(format!(
+                "entry {seq}: cleared at {} although its author was under legal hold",
+                crate::engine::rfc3339_ms(prune.at)
+            ));
+        }
+    }
     let key = ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public_key);
-    let mut stmt = db
-        .prepare("SELECT entry_seq, hash, signature FROM archive_checkpoints ORDER BY entry_seq")?;
-    let mut rows = stmt.query([])?;
     let mut last_checkpoint = 0i64;
-    while let Some(row) = rows.next()? {
-        let seq: i64 = row.get(0)?;
-        let hash: Vec<u8> = row.get(1)?;
-        let signature: Vec<u8> = row.get(2)?;
+    for checkpoint in checkpoints {
+        let (seq, hash) = (checkpoint.entry_seq, unhex(&checkpoint.hash));
         report.checkpoints += 1;
-        last_checkpoint = seq;
+        last_checkpoint = last_checkpoint.max(seq);
         if key
-            .verify(&checkpoint_payload(seq, &hash), &signature)
+            .verify(
+                &checkpoint_payload(seq, &hash),
+                &unhex(&checkpoint.signature),
+            )
             .is_err()
         {
             report.problems.push(format!(
@@ -415,7 +601,46 @@ pub(crate) fn verify(db: &Connection, public_key: &[u8]) -> Result<VerifyReport,
             expected_seq - 1
         ));
     }
-    Ok(report)
+    report
+}
+
+/// Compares a chain with checkpoints published outside the archive host (on the relay,
+/// and kept by admin devices): each must match the chain's entry, and the chain must
+/// reach the newest. Only checkpoints whose signature verifies with `public_key` count.
+pub fn compare_published(
+    report: &mut VerifyReport,
+    entries: &[ChainEntry],
+    published: &[Checkpoint],
+    public_key: &[u8],
+) {
+    let key = ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public_key);
+    let hashes: std::collections::HashMap<i64, &str> =
+        entries.iter().map(|e| (e.seq, e.hash.as_str())).collect();
+    let last = entries.last().map_or(0, |e| e.seq);
+    for checkpoint in published {
+        let seq = checkpoint.entry_seq;
+        let signed = key.verify(
+            &checkpoint_payload(seq, &unhex(&checkpoint.hash)),
+            &unhex(&checkpoint.signature),
+        );
+        if signed.is_err() {
+            continue;
+        }
+        report.published += 1;
+        let when = crate::engine::rfc3339_ms(checkpoint.signed_at);
+        match hashes.get(&seq) {
+            Some(hash) if *hash == checkpoint.hash => {}
+            Some(_) => report.problems.push(format!(
+                "entry {seq}: differs from the checkpoint the archive published at {when}: its history was rewritten"
+            )),
+            None if seq > last => report.problems.push(format!(
+                "entry {seq}: signed in a checkpoint published at {when}, but the archive ends at entry {last}: entries were removed from its end"
+            )),
+            None => report.problems.push(format!(
+                "entry {seq}: signed in a checkpoint published at {when}, but missing from the archive"
+            )),
+        }
+    }
 }
 
 /// Which entries an export asks for.
@@ -531,21 +756,70 @@ pub(crate) fn holds(db: &Connection) -> Result<Vec<(String, i64)>, EngineError> 
 /// Clears the content of message entries the archive received before `cutoff_ms` (its
 /// retention) or, with `honour_disappearing`, whose group's disappearing time has run
 /// out, except those of users under legal hold. Only the archive's own receive time
-/// counts, never the sender's clock. The chain keeps each entry's hashes. Returns how
-/// many were cleared.
+/// counts, never the sender's clock. A prune entry, chained like every other, records
+/// what was cleared and why, so `verify` can tell a lawful prune from a deletion; the
+/// chain keeps each cleared entry's hashes. Returns how many were cleared.
 pub(crate) fn prune(
     db: &Connection,
     cutoff_ms: Option<i64>,
     honour_disappearing: bool,
     now_ms: i64,
 ) -> Result<usize, EngineError> {
-    Ok(db.execute(
-        "UPDATE archive_entries SET record = NULL, user = NULL, group_id = NULL, pruned_at = ?2
+    let mut stmt = db.prepare(
+        "SELECT seq, user, expires_at, recorded_at < ?1 FROM archive_entries
          WHERE kind = 'message' AND record IS NOT NULL
            AND (recorded_at < ?1 OR (?3 AND expires_at < ?2))
-           AND user NOT IN (SELECT user FROM archive_holds)",
-        params![cutoff_ms.unwrap_or(i64::MIN), now_ms, honour_disappearing],
-    )?)
+           AND (user IS NULL OR user NOT IN (SELECT user FROM archive_holds))
+         ORDER BY seq",
+    )?;
+    let cleared = stmt
+        .query_map(
+            params![cutoff_ms.unwrap_or(i64::MIN), now_ms, honour_disappearing],
+            |r| {
+                Ok(Cleared {
+                    seq: r.get(0)?,
+                    user: r.get(1)?,
+                    expires_at: r.get(2)?,
+                    reason: if r.get::<_, bool>(3)? {
+                        "retention".into()
+                    } else {
+                        "disappearing".into()
+                    },
+                })
+            },
+        )?
+        .collect::<Result<Vec<_>, _>>()?;
+    if cleared.is_empty() {
+        return Ok(0);
+    }
+    for c in &cleared {
+        db.execute(
+            "UPDATE archive_entries SET record = NULL, user = NULL, group_id = NULL, pruned_at = ?2
+             WHERE seq = ?1",
+            params![c.seq, now_ms],
+        )?;
+    }
+    let count = cleared.len();
+    let record = serde_json::to_string(&PruneRecord {
+        cutoff_ms,
+        honour_disappearing,
+        at: now_ms,
+        cleared,
+    })
+    .expect("prune record serialises");
+    append(
+        db,
+        NewEntry {
+            kind: "prune",
+            record: &record,
+            user: None,
+            group_id: None,
+            sent_at: None,
+            expires_at: None,
+        },
+        now_ms,
+    )?;
+    Ok(count)
 }
 
 #[cfg(test)]
@@ -702,8 +976,81 @@ mod tests {
         assert_eq!(prune(&db, None, false, 2600).unwrap(), 0);
         assert_eq!(prune(&db, None, true, 2600).unwrap(), 1);
         assert!(messages(&db, &filter("carol")).unwrap().is_empty());
+        checkpoint(&db, 2600, |p| Ok(key.sign(p).as_ref().to_vec())).unwrap();
         let report = verify(&db, key.public_key().as_ref()).unwrap();
         assert_eq!(report.pruned, 3);
         assert!(report.problems.is_empty(), "{:?}", report.problems);
+    }
+
+    #[test]
+    fn an_entry_cleared_without_a_lawful_prune_is_named() {
+        let key = key();
+        let db = filled(&key);
+        // Someone with the database clears bob's entry by hand, and even signs anew.
+        db.execute("UPDATE archive_entries SET record = NULL WHERE seq = 2", [])
+            .unwrap();
+        let report = verify(&db, key.public_key().as_ref()).unwrap();
+        assert!(
+            report
+                .problems
+                .iter()
+                .any(|p| p.starts_with("entry 2:") && p.contains("no recorded prune")),
+            "{:?}",
+            report.problems
+        );
+        // A prune during a legal hold is named too.
+        let db = filled(&key);
+        record_access(
+            &db,
+            &AccessRecord {
+                who: "ops".into(),
+                action: "hold".into(),
+                what: "carol".into(),
+            },
+            2100,
+        )
+        .unwrap();
+        // The hold table was emptied behind the archive's back before the prune.
+        prune(&db, None, true, 2600).unwrap();
+        checkpoint(&db, 2600, |p| Ok(key.sign(p).as_ref().to_vec())).unwrap();
+        let report = verify(&db, key.public_key().as_ref()).unwrap();
+        assert!(
+            report.problems.iter().any(|p| p.contains("legal hold")),
+            "{:?}",
+            report.problems
+        );
+    }
+
+    #[test]
+    fn a_published_checkpoint_exposes_a_cut_off_end_and_a_rewritten_history() {
+        let key = key();
+        let db = filled(&key);
+        let published = checkpoints(&db).unwrap();
+        db.execute("DELETE FROM archive_entries WHERE seq = 4", [])
+            .unwrap();
+        db.execute("DELETE FROM archive_checkpoints WHERE entry_seq = 4", [])
+            .unwrap();
+        let (entries, own) = chain(&db).unwrap();
+        let mut report = verify_chain(&entries, &own, key.public_key().as_ref());
+        assert!(report.problems.is_empty(), "locally it looks intact");
+        compare_published(&mut report, &entries, &published, key.public_key().as_ref());
+        assert!(
+            report
+                .problems
+                .iter()
+                .any(|p| p.starts_with("entry 4:") && p.contains("removed from its end")),
+            "{:?}",
+            report.problems
+        );
+        // Checkpoints that do not verify with the archive's key are not evidence.
+        let other = self::key();
+        let mut report = verify_chain(&entries, &own, key.public_key().as_ref());
+        compare_published(
+            &mut report,
+            &entries,
+            &published,
+            other.public_key().as_ref(),
+        );
+        assert_eq!(report.published, 0);
     }
 }

@@ -7,6 +7,7 @@
 
 mod admin;
 pub mod archive;
+mod archiving;
 mod attachments;
 mod content;
 pub mod conversation;

@@ -102,5 +102,9 @@ CREATE TABLE IF NOT EXISTS sender_numbers (
     PRIMARY KEY (group_id, device_id));
 -- the numbers of the organisation's revocations seen (a missing one was withheld)
 CREATE TABLE IF NOT EXISTS revocation_serials (serial INTEGER PRIMARY KEY);
+-- (admin) checkpoints the compliance archive published, kept outside its host
+CREATE TABLE IF NOT EXISTS archive_checkpoints_seen (
+    device_id TEXT NOT NULL, entry_seq INTEGER NOT NULL, hash BLOB NOT NULL,
+    signed_at INTEGER NOT NULL, signature BLOB NOT NULL, PRIMARY KEY (device_id, entry_seq));
 CREATE TABLE IF NOT EXISTS pending_commits (group_id BLOB PRIMARY KEY, commit_hash BLOB NOT NULL);
 "#;

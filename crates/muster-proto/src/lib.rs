@@ -20,8 +20,9 @@ pub use identity::{
 pub use invite::{InviteCode, InviteError, InvitePurpose};
 pub use policy::{GroupPolicy, GROUP_POLICY_EXTENSION};
 pub use wire::{
-    auth_transcript, decode, encode, encrypted_size, AckItem, AuditEvent, ClaimedKeyPackage,
-    Delivery, ErrorCode, OpenInvite, PendingEnrolment, ProfileChange, Push, RelayError, Request,
-    Response, WireError, ATTACHMENT_CHUNK, ATTACHMENT_CHUNK_OVERHEAD, BLOB_QUOTA_PER_DEVICE,
-    MAX_ATTACHMENT, MAX_FRAME, MAX_MLS_MESSAGE, MESSAGE_RETENTION_SECS, QUEUE_QUOTA_PER_DEVICE,
+    archive_checkpoint_payload, auth_transcript, decode, encode, encrypted_size, AckItem,
+    AuditEvent, ClaimedKeyPackage, Delivery, ErrorCode, OpenInvite, PendingEnrolment,
+    ProfileChange, PublishedCheckpoint, Push, RelayError, Request, Response, WireError,
+    ATTACHMENT_CHUNK, ATTACHMENT_CHUNK_OVERHEAD, BLOB_QUOTA_PER_DEVICE, MAX_ATTACHMENT, MAX_FRAME,
+    MAX_MLS_MESSAGE, MESSAGE_RETENTION_SECS, QUEUE_QUOTA_PER_DEVICE,
 };

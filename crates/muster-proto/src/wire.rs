@@ -198,6 +198,15 @@ pub enum Request {
     BlobFetched {
         blob_id: String,
     },
+    /// (archive) Publishes a checkpoint the archive signed over its chain, so its history
+    /// is pinned outside its own host.
+    PublishCheckpoint {
+        checkpoint: PublishedCheckpoint,
+    },
+    /// (admin or archive) Published checkpoints after position `since`.
+    ArchiveCheckpoints {
+        since: u64,
+    },
 }
 
 /// The relay's answer to one request.
@@ -241,6 +250,8 @@ pub enum Response {
         total_size: u64,
     },
     OrgPolicy(Option<OrgPolicy>),
+    /// Published archive checkpoints with their positions, oldest first.
+    ArchiveCheckpoints(Vec<(u64, PublishedCheckpoint)>),
     Health {
         /// Whether an organisation is registered.
         org_registered: bool,
@@ -304,6 +315,28 @@ pub struct OpenInvite {
     pub expires_at: u64,
     /// Another device of an existing user (a link code) rather than a new user.
     pub link: bool,
+}
+
+/// A checkpoint of a compliance archive: its device's signature over the hash of one
+/// entry of its chain (see [`archive_checkpoint_payload`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedCheckpoint {
+    pub device_id: String,
+    pub entry_seq: u64,
+    #[serde(with = "serde_bytes")]
+    pub hash: Vec<u8>,
+    /// When the archive signed it, milliseconds since the Unix epoch.
+    pub signed_at: i64,
+    #[serde(with = "serde_bytes")]
+    pub signature: Vec<u8>,
+}
+
+/// The bytes an archive device signs for the checkpoint of entry `seq` with chain `hash`.
+pub fn archive_checkpoint_payload(seq: i64, hash: &[u8]) -> Vec<u8> {
+    let mut payload = b"muster-archive-checkpoint-v1\0".to_vec();
+    payload.extend_from_slice(&seq.to_be_bytes());
+    payload.extend_from_slice(hash);
+    payload
 }
 
 /// A KeyPackage handed out for one device of a user.

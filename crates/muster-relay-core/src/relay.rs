@@ -7,7 +7,7 @@ use muster_proto::{
     auth_transcript, now_unix, validate_handle, AckItem, AuditEvent, Certificate,
     ClaimedKeyPackage, Delivery, DeviceConfirmation, EnrolmentGrant, EnrolmentRequest, ErrorCode,
     GroupPolicy, InvitePurpose, OpenInvite, OrgDescriptor, OrgPolicy, PendingEnrolment, Profile,
-    ProfileChange, ProfileRequest, RelayError, Request, Response, Revocation,
+    ProfileChange, ProfileRequest, PublishedCheckpoint, RelayError, Request, Response, Revocation,
     GROUP_POLICY_EXTENSION, MAX_MLS_MESSAGE,
 };
 use openmls::prelude::tls_codec::Deserialize as _;
@@ -549,6 +549,10 @@ impl Relay {
                 max_len,
             } => self.blob_get(session, &blob_id, offset, max_len),
             Request::BlobFetched { blob_id } => self.blob_fetched(session, &blob_id),
+            Request::PublishCheckpoint { checkpoint } => {
+                self.publish_checkpoint(session, checkpoint)
+            }
+            Request::ArchiveCheckpoints { since } => self.archive_checkpoints(session, since),
             Request::ReissueCertificates { certificates } => {
                 self.reissue_certificates(session, certificates)
             }
@@ -1058,6 +1062,112 @@ impl Relay {
             }
         }
         Ok(last)
+    }
+
+    /// Keeps a checkpoint an archive device signed, so its history is pinned outside its
+    /// host; a second, different checkpoint for the same entry is refused (and audited).
+    fn publish_checkpoint(
+        &mut self,
+        session: &Session,
+        checkpoint: PublishedCheckpoint,
+    ) -> Result<Outcome, Failure> {
+        let cert = self
+            .certificate_of_device(&session.device_id)?
+            .filter(|c| c.is_archive())
+            .ok_or_else(|| {
+                refuse(
+                    ErrorCode::Forbidden,
+                    "only an archive device publishes checkpoints",
+                )
+            })?;
+        if checkpoint.device_id != session.device_id {
+            return Err(refuse(
+                ErrorCode::BadRequest,
+                "a checkpoint must be published by the archive that signed it",
+            ));
+        }
+        let seq = i64::try_from(checkpoint.entry_seq)
+            .map_err(|_| refuse(ErrorCode::BadRequest, "checkpoint entry out of range"))?;
+        UnparsedPublicKey::new(&ED25519, &cert.body.device_key)
+            .verify(
+                &muster_proto::archive_checkpoint_payload(seq, &checkpoint.hash),
+                &checkpoint.signature,
+            )
+            .map_err(|_| {
+                refuse(
+                    ErrorCode::InvalidCertificate,
+                    "checkpoint signature does not verify for this archive device",
+                )
+            })?;
+        let existing: Option<Vec<u8>> = row(
+            &self.db,
+            "SELECT hash FROM archive_checkpoints WHERE device_id = ?1 AND entry_seq = ?2",
+            params![session.device_id, seq],
+            |r| r.get(0),
+        )
+        .optional()?;
+        match existing {
+            Some(hash) if hash == checkpoint.hash => {}
+            Some(_) => {
+                record(
+                    &self.db,
+                    "archive_checkpoint_conflict",
+                    &session.user,
+                    &format!("entry {seq}"),
+                    None,
+                )?;
+                return Err(refuse(
+                    ErrorCode::Forbidden,
+                    format!("the archive already published a different checkpoint for entry {seq}"),
+                ));
+            }
+            None => {
+                exec(
+                    &self.db,
+                    "INSERT INTO archive_checkpoints (device_id, entry_seq, hash, signed_at, signature)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![
+                        session.device_id,
+                        seq,
+                        checkpoint.hash,
+                        checkpoint.signed_at,
+                        checkpoint.signature
+                    ],
+                )?;
+            }
+        }
+        Ok(Outcome::reply(Response::Ok))
+    }
+
+    fn archive_checkpoints(&self, session: &Session, since: u64) -> Result<Outcome, Failure> {
+        let allowed = self
+            .certificate_of_device(&session.device_id)?
+            .is_some_and(|c| c.is_admin() || c.is_archive());
+        if !allowed {
+            return Err(refuse(
+                ErrorCode::Forbidden,
+                "only admins and archive devices read archive checkpoints",
+            ));
+        }
+        let mut stmt = self.db.prepare_cached(
+            "SELECT id, device_id, entry_seq, hash, signed_at, signature FROM archive_checkpoints
+             WHERE id > ?1 ORDER BY id LIMIT 1000",
+        )?;
+        let rows = stmt
+            .query_map([since.min(i64::MAX as u64) as i64], |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    PublishedCheckpoint {
+                        device_id: r.get(1)?,
+                        entry_seq: r.get::<_, i64>(2)? as u64,
+                        hash: r.get(3)?,
+                        signed_at: r.get(4)?,
+                        signature: r.get(5)?,
+                    },
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Outcome::reply(Response::ArchiveCheckpoints(rows)))
     }
 
     fn revocations(&self, since: u64) -> Result<Outcome, Failure> {

@@ -10,6 +10,11 @@ CREATE TABLE IF NOT EXISTS invites (
 CREATE TABLE IF NOT EXISTS invite_grants (token_hash BLOB PRIMARY KEY, grant_data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS enrolment_proofs (
     device_id TEXT PRIMARY KEY, grant_data BLOB NOT NULL, request BLOB NOT NULL, confirmation BLOB);
+-- checkpoints compliance archives signed over their chains, kept outside their hosts
+CREATE TABLE IF NOT EXISTS archive_checkpoints (
+    id INTEGER PRIMARY KEY, device_id TEXT NOT NULL, entry_seq INTEGER NOT NULL,
+    hash BLOB NOT NULL, signed_at INTEGER NOT NULL, signature BLOB NOT NULL,
+    UNIQUE (device_id, entry_seq));
 CREATE TABLE IF NOT EXISTS devices (
     device_id TEXT PRIMARY KEY, user TEXT NOT NULL, device_key BLOB NOT NULL,
     status TEXT NOT NULL, profile BLOB NOT NULL, certificate BLOB,

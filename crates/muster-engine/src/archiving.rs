@@ -1,0 +1,449 @@
+//! The compliance archive device's operations: keeping what archived groups say,
+//! fetching their attachments, exports and samples recorded in its access log, retention
+//! and legal hold, and publishing its signed checkpoints outside its host.
+
+use crate::archive::{self, ArchivedMessage};
+use crate::attachments::{AttachmentRef, ChunkCipher};
+use crate::engine::{now_ms, rfc3339_ms, DeviceRow, Engine, SyncReport};
+use crate::error::{from_net, EngineError};
+use muster_net::RelayConnection;
+use muster_proto::{
+    encrypted_size, validate_handle, PublishedCheckpoint, Request, Response, ATTACHMENT_CHUNK,
+    ATTACHMENT_CHUNK_OVERHEAD,
+};
+use openmls_traits::signatures::Signer as _;
+use rusqlite::TransactionBehavior;
+use std::path::{Path, PathBuf};
+
+/// Every checkpoint published on the relay, with its position, oldest first.
+pub(crate) async fn published_checkpoints(
+    conn: &RelayConnection,
+) -> Result<Vec<(u64, PublishedCheckpoint)>, EngineError> {
+    let mut all = Vec::new();
+    let mut since = 0;
+    loop {
+        let Response::ArchiveCheckpoints(batch) = conn
+            .request(&Request::ArchiveCheckpoints { since })
+            .await
+            .map_err(from_net)?
+        else {
+            return Err(EngineError::Invalid(
+                "unexpected answer to ArchiveCheckpoints".into(),
+            ));
+        };
+        let Some(&(last, _)) = batch.last() else {
+            return Ok(all);
+        };
+        since = last;
+        all.extend(batch);
+    }
+}
+
+/// A published checkpoint in the archive's own form.
+pub(crate) fn as_checkpoint(c: &PublishedCheckpoint) -> archive::Checkpoint {
+    archive::Checkpoint {
+        entry_seq: c.entry_seq as i64,
+        hash: hex::encode(&c.hash),
+        signed_at: c.signed_at,
+        signature: hex::encode(&c.signature),
+    }
+}
+
+/// The attachment an archived message carries.
+fn archived_attachment(message: &ArchivedMessage) -> Result<AttachmentRef, EngineError> {
+    serde_json::from_value(message.body["attachment"].clone()).map_err(|e| {
+        EngineError::Invalid(format!(
+            "archived message {} has no attachment: {e}",
+            message.id
+        ))
+    })
+}
+
+/// The sizes of an attachment's encrypted chunks, in order.
+fn encrypted_chunk_lengths(size: u64) -> impl Iterator<Item = usize> {
+    let chunks = crate::attachments::chunk_count(size);
+    (0..chunks).map(move |index| {
+        let plain = if index + 1 == chunks {
+            size - index * ATTACHMENT_CHUNK as u64
+        } else {
+            ATTACHMENT_CHUNK as u64
+        };
+        plain as usize + ATTACHMENT_CHUNK_OVERHEAD
+    })
+}
+
+/// Decrypts a stored blob into `out`, failing unless every chunk authenticates and both
+/// the blob's and the file's SHA-256 match what the sender put in the message.
+fn open_archived_blob(
+    path: &Path,
+    attachment: &AttachmentRef,
+    out: &mut impl std::io::Write,
+) -> Result<(), EngineError> {
+    use std::io::Read as _;
+    let tampered =
+        || EngineError::Invalid(crate::attachments::AttachmentError::Tampered.to_string());
+    let key = hex::decode(&attachment.key)
+        .map_err(|_| EngineError::Invalid("bad attachment key".into()))?;
+    let cipher = ChunkCipher::new(&key, &attachment.blob_id, attachment.size)
+        .map_err(|e| EngineError::Invalid(e.to_string()))?;
+    let mut file = std::fs::File::open(path)?;
+    if file.metadata()?.len() != encrypted_size(attachment.size) {
+        return Err(tampered());
+    }
+    let mut plain_hash = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut blob_hash = ring::digest::Context::new(&ring::digest::SHA256);
+    for (index, len) in encrypted_chunk_lengths(attachment.size).enumerate() {
+        let mut data = vec![0u8; len];
+        file.read_exact(&mut data)?;
+        blob_hash.update(&data);
+        let plain = cipher
+            .open(index as u64, &data)
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        plain_hash.update(&plain);
+        out.write_all(&plain)?;
+    }
+    if hex::encode(blob_hash.finish().as_ref()) != attachment.blob_sha256
+        || hex::encode(plain_hash.finish().as_ref()) != attachment.sha256
+    {
+        return Err(tampered());
+    }
+    Ok(())
+}
+
+impl Engine {
+    pub(crate) fn require_archive(&self) -> Result<DeviceRow, EngineError> {
+        let device = self.device()?;
+        if !device.certificate.as_ref().is_some_and(|c| c.is_archive()) {
+            return Err(EngineError::Invalid(
+                "this device is not the organisation's archive: its certificate has no archive role".into(),
+            ));
+        }
+        Ok(device)
+    }
+
+    /// Whether this device is the organisation's compliance archive.
+    pub fn is_archive(&self) -> Result<bool, EngineError> {
+        Ok(self.require_archive().is_ok())
+    }
+
+    /// (archive) Checks the archive's hash chain, its signed checkpoints, that every
+    /// cleared entry was lawfully cleared and, given a relay connection, every checkpoint
+    /// the archive published there: an archive host cannot cut entries off its end or
+    /// rewrite its history without the published checkpoints showing it.
+    pub async fn archive_verify(
+        &self,
+        conn: Option<&RelayConnection>,
+    ) -> Result<archive::VerifyReport, EngineError> {
+        let device = self.require_archive()?;
+        let (entries, checkpoints) = archive::chain(&self.db)?;
+        let mut report = archive::verify_chain(&entries, &checkpoints, &device.device_key);
+        if let Some(conn) = conn {
+            let published: Vec<archive::Checkpoint> = published_checkpoints(conn)
+                .await?
+                .into_iter()
+                .filter(|(_, c)| c.device_id == device.device_id)
+                .map(|(_, c)| as_checkpoint(&c))
+                .collect();
+            archive::compare_published(&mut report, &entries, &published, &device.device_key);
+        }
+        Ok(report)
+    }
+
+    /// (archive) Publishes every checkpoint not yet published to the relay, where admin
+    /// devices collect them. Returns how many went out.
+    pub async fn archive_publish(&mut self, conn: &RelayConnection) -> Result<usize, EngineError> {
+        let device = self.require_archive()?;
+        let mut published = 0;
+        for c in archive::unpublished(&self.db)? {
+            conn.request(&Request::PublishCheckpoint {
+                checkpoint: PublishedCheckpoint {
+                    device_id: device.device_id.clone(),
+                    entry_seq: c.entry_seq as u64,
+                    hash: hex::decode(&c.hash).unwrap_or_default(),
+                    signed_at: c.signed_at,
+                    signature: hex::decode(&c.signature).unwrap_or_default(),
+                },
+            })
+            .await
+            .map_err(from_net)?;
+            archive::mark_published(&self.db, c.entry_seq)?;
+            published += 1;
+        }
+        Ok(published)
+    }
+
+    /// (archive) The whole chain and its checkpoints, for an admin's independent check
+    /// (`muster admin archive-check`). It holds every archived text, so it is recorded
+    /// in the access log, and the record published, before anything is returned.
+    pub async fn archive_chain(
+        &mut self,
+        conn: &RelayConnection,
+    ) -> Result<archive::ExportedChain, EngineError> {
+        let device = self.require_archive()?;
+        self.record_access("export-chain", "the whole chain".into())?;
+        self.archive_publish(conn).await?;
+        let (entries, checkpoints) = archive::chain(&self.db)?;
+        Ok(archive::ExportedChain {
+            device_id: device.device_id,
+            entries,
+            checkpoints,
+        })
+    }
+
+    /// Appends a read of the archive to its access log, signed like every entry.
+    fn record_access(&mut self, action: &str, what: String) -> Result<(), EngineError> {
+        let device = self.require_archive()?;
+        let signer = self.signer(&device)?;
+        let who = std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .unwrap_or_else(|_| "unknown".into());
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let access = archive::AccessRecord {
+            who,
+            action: action.into(),
+            what,
+        };
+        archive::record_access(&tx, &access, now_ms())?;
+        archive::checkpoint(&tx, now_ms(), |p| {
+            signer
+                .sign(p)
+                .map_err(|e| EngineError::Mls(format!("{e:?}")))
+        })?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// (archive) The archived messages of one account, oldest first. The export is
+    /// recorded in the access log, and the record published to the relay, before
+    /// anything is returned.
+    pub async fn archive_export(
+        &mut self,
+        conn: &RelayConnection,
+        filter: &archive::ExportFilter,
+    ) -> Result<Vec<ArchivedMessage>, EngineError> {
+        self.require_archive()?;
+        let mut what = format!("messages of {}", filter.user);
+        if let Some(g) = &filter.group {
+            what.push_str(&format!(" in {g}"));
+        }
+        if let Some(from) = filter.from_ms {
+            what.push_str(&format!(" from {}", rfc3339_ms(from)));
+        }
+        if let Some(to) = filter.to_ms {
+            what.push_str(&format!(" to {}", rfc3339_ms(to)));
+        }
+        self.record_access("export", what)?;
+        self.archive_publish(conn).await?;
+        archive::messages(&self.db, filter)
+    }
+
+    /// (archive) Draws `count` archived messages at random for a reviewer's spot check;
+    /// the same `seed` draws the same sample from the same archive. Recorded in the
+    /// access log.
+    pub async fn archive_sample(
+        &mut self,
+        conn: &RelayConnection,
+        count: usize,
+        seed: Option<u64>,
+    ) -> Result<(u64, Vec<ArchivedMessage>), EngineError> {
+        self.require_archive()?;
+        let seed = match seed {
+            Some(s) => s,
+            None => {
+                let mut bytes = [0u8; 8];
+                ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+                    .map_err(|_| EngineError::Invalid("no randomness available".into()))?;
+                u64::from_le_bytes(bytes)
+            }
+        };
+        let mut seqs = archive::message_seqs(&self.db)?;
+        let total = seqs.len();
+        // Partial Fisher-Yates with splitmix64: reproducible from the seed alone.
+        let mut state = seed;
+        let mut next = || {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        };
+        let count = count.min(total);
+        for i in 0..count {
+            let j = i + (next() % (total - i) as u64) as usize;
+            seqs.swap(i, j);
+        }
+        let mut chosen = seqs[..count].to_vec();
+        chosen.sort_unstable();
+        self.record_access(
+            "sample",
+            format!("{count} of {total} messages, seed {seed}"),
+        )?;
+        self.archive_publish(conn).await?;
+        let sample = chosen
+            .into_iter()
+            .map(|seq| archive::message_at(&self.db, seq))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((seed, sample))
+    }
+
+    fn archive_blob_path(&self, blob_id: &str) -> Result<PathBuf, EngineError> {
+        if blob_id.is_empty() || !blob_id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(EngineError::Invalid(format!(
+                "archived attachment has a malformed blob id {blob_id:?}"
+            )));
+        }
+        Ok(self.home().join("archive-blobs").join(blob_id))
+    }
+
+    /// (archive) Downloads the blobs of archived attachments, checks them against the
+    /// hashes their senders signed into the message, and keeps them encrypted as the
+    /// relay held them (their keys live only in the hash-chained entries). Blobs of
+    /// entries retention cleared are deleted. Returns how many were stored; problems go
+    /// into `report`.
+    pub async fn archive_fetch_attachments(
+        &mut self,
+        conn: &RelayConnection,
+        report: &mut SyncReport,
+    ) -> Result<usize, EngineError> {
+        self.require_archive()?;
+        for blob_id in archive::orphaned_blobs(&self.db)? {
+            let path = self.archive_blob_path(&blob_id)?;
+            if path.exists() {
+                std::fs::remove_file(&path)?;
+            }
+            archive::forget_blob(&self.db, &blob_id)?;
+        }
+        let mut stored = 0;
+        for (blob_id, seq) in archive::wanted_blobs(&self.db)? {
+            let attachment = archived_attachment(&archive::message_at(&self.db, seq)?)?;
+            let target = self.archive_blob_path(&blob_id)?;
+            std::fs::create_dir_all(target.parent().expect("blob dir"))?;
+            let partial = target.with_extension("partial");
+            let result = async {
+                let mut file = std::fs::File::create(&partial)?;
+                let mut offset = 0u64;
+                for want in encrypted_chunk_lengths(attachment.size) {
+                    let Response::BlobData { data, .. } = conn
+                        .request(&Request::BlobGet {
+                            blob_id: blob_id.clone(),
+                            offset,
+                            max_len: want as u32,
+                        })
+                        .await
+                        .map_err(from_net)?
+                    else {
+                        return Err(EngineError::Invalid("unexpected answer to BlobGet".into()));
+                    };
+                    std::io::Write::write_all(&mut file, &data)?;
+                    offset += data.len() as u64;
+                    if data.len() != want {
+                        break;
+                    }
+                }
+                file.sync_all()?;
+                drop(file);
+                // Decrypting checks every chunk and both hashes.
+                open_archived_blob(&partial, &attachment, &mut std::io::sink())
+            }
+            .await;
+            match result {
+                Ok(()) => {
+                    std::fs::rename(&partial, &target)?;
+                    archive::blob_done(&self.db, &blob_id, true, now_ms())?;
+                    conn.request(&Request::BlobFetched {
+                        blob_id: blob_id.clone(),
+                    })
+                    .await
+                    .map_err(from_net)?;
+                    stored += 1;
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_file(&partial);
+                    archive::blob_done(&self.db, &blob_id, false, now_ms())?;
+                    report.problems.push(format!(
+                        "could not archive attachment {}: {e}",
+                        attachment.name
+                    ));
+                }
+            }
+        }
+        Ok(stored)
+    }
+
+    /// (archive) Decrypts an archived attachment into `out`, checking it on the way.
+    pub fn archive_open_attachment(
+        &self,
+        message: &ArchivedMessage,
+        out: &mut impl std::io::Write,
+    ) -> Result<(), EngineError> {
+        self.require_archive()?;
+        let attachment = archived_attachment(message)?;
+        let path = self.archive_blob_path(&attachment.blob_id)?;
+        if !path.exists() {
+            return Err(EngineError::Invalid(format!(
+                "attachment {} of message {} is not in the archive (yet)",
+                attachment.name, message.id
+            )));
+        }
+        open_archived_blob(&path, &attachment, out)
+    }
+
+    /// (archive) Every export, sample, hold and release, oldest first, with its time.
+    pub fn archive_access_log(&self) -> Result<Vec<(i64, archive::AccessRecord)>, EngineError> {
+        self.require_archive()?;
+        archive::access_log(&self.db)
+    }
+
+    /// (archive) Puts `user` under legal hold, or releases them: held users' messages are
+    /// kept past the retention period. Recorded in the access log. Returns whether
+    /// anything changed.
+    pub async fn archive_hold(
+        &mut self,
+        conn: &RelayConnection,
+        user: &str,
+        held: bool,
+    ) -> Result<bool, EngineError> {
+        self.require_archive()?;
+        validate_handle(user)?;
+        let changed = archive::set_hold(&self.db, user, held, now_ms())?;
+        if changed {
+            self.record_access(if held { "hold" } else { "release" }, user.to_string())?;
+            self.archive_publish(conn).await?;
+        }
+        Ok(changed)
+    }
+
+    /// (archive) Users under legal hold, with when the hold began (ms since the epoch).
+    pub fn archive_holds(&self) -> Result<Vec<(String, i64)>, EngineError> {
+        self.require_archive()?;
+        archive::holds(&self.db)
+    }
+
+    /// (archive) Clears messages the archive received more than `retain_secs` ago and,
+    /// when the organisation's retention says groups' disappearing times apply to the
+    /// archive too (`honour_disappearing`), those whose time has run out; never those of
+    /// users under legal hold. Returns how many entries were cleared.
+    pub fn archive_prune(
+        &mut self,
+        retain_secs: Option<u64>,
+        honour_disappearing: bool,
+    ) -> Result<usize, EngineError> {
+        let device = self.require_archive()?;
+        let signer = self.signer(&device)?;
+        let now = now_ms();
+        let cutoff = retain_secs.map(|r| now.saturating_sub((r as i64).saturating_mul(1000)));
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let cleared = archive::prune(&tx, cutoff, honour_disappearing, now)?;
+        archive::checkpoint(&tx, now, |p| {
+            signer
+                .sign(p)
+                .map_err(|e| EngineError::Mls(format!("{e:?}")))
+        })?;
+        tx.commit()?;
+        Ok(cleared)
+    }
+}
