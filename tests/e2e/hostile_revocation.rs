@@ -162,3 +162,57 @@ fn device_id_of(d: &Device) -> String {
     })
     .unwrap()
 }
+
+#[test]
+fn a_member_who_refused_a_change_the_relay_accepted_rejoins_and_the_group_goes_on() {
+    let org = Org::new("revoke-rejoin");
+    let alice = &org.admin;
+    let bob = org.enrol("bob");
+    let carol = org.enrol("carol");
+    let xavier = org.enrol("xavier");
+    alice.ok(&[
+        "group",
+        "create",
+        "crisis",
+        "--members",
+        "bob,carol,xavier",
+        "--managed",
+    ]);
+    for d in [&bob, &carol, &xavier] {
+        d.ok(&["sync"]);
+    }
+    // Xavier is revoked (signed with alice's root, filed without her device acting on it),
+    // so bob, a member, may remove him from the managed group, and does.
+    let rogue_alice = crate::rogue::Rogue::copy_of(alice, org.dir.path());
+    let revocation = rogue_alice
+        .root_key()
+        .sign_revocation(muster_proto::RevocationBody {
+            org_id: rogue_alice.org().org_id,
+            user: "xavier".into(),
+            device_ids: vec![device_id(&xavier)],
+            issued_at: now(),
+            serial: 1,
+        });
+    let answer = rogue_alice.request(muster_proto::Request::Revoke { revocation });
+    assert!(matches!(answer, muster_proto::Response::Ok), "{answer:?}");
+    bob.ok(&["sync"]);
+    alice.ok(&["sync"]);
+    assert_eq!(alice.members("crisis"), ["alice", "bob", "carol"]);
+    // The operator keeps the revocation from carol: her client refuses bob's removal.
+    relay_db(&org)
+        .execute("DELETE FROM revocations", [])
+        .unwrap();
+    let out = carol.ok(&["sync"]);
+    assert!(out.contains("refused a commit by bob"), "{out}");
+    // Carol's device notices it is behind the group and rejoins; the group goes on.
+    assert!(out.contains("rejoined"), "{out}");
+    carol.ok(&["send", "crisis", "carol is back"]);
+    alice.ok(&["sync"]);
+    assert!(alice.texts("crisis").contains(&"carol is back".to_string()));
+    alice.ok(&["send", "crisis", "welcome back"]);
+    carol.ok(&["sync"]);
+    assert!(carol.texts("crisis").contains(&"welcome back".to_string()));
+    assert_eq!(carol.members("crisis"), ["alice", "bob", "carol"]);
+    bob.ok(&["sync"]);
+    assert!(bob.texts("crisis").contains(&"carol is back".to_string()));
+}

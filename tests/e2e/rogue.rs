@@ -339,3 +339,23 @@ impl Session<'_> {
         })
     }
 }
+
+impl Rogue {
+    /// The organisation root key, on the admin device that holds it.
+    pub fn root_key(&self) -> muster_proto::OrgRootKey {
+        let pkcs8: Vec<u8> = self
+            .db
+            .query_row("SELECT root_key FROM device WHERE id = 1", [], |r| r.get(0))
+            .unwrap();
+        muster_proto::OrgRootKey::from_pkcs8(&pkcs8).unwrap()
+    }
+
+    /// The organisation this device pinned.
+    pub fn org(&self) -> muster_proto::OrgDescriptor {
+        let org: Vec<u8> = self
+            .db
+            .query_row("SELECT org FROM device WHERE id = 1", [], |r| r.get(0))
+            .unwrap();
+        serde_json::from_slice(&org).unwrap()
+    }
+}

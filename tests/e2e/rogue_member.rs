@@ -398,6 +398,7 @@ fn a_commit_members_would_refuse_is_refused_by_the_relay_and_the_group_goes_on()
         group_id: gid.clone(),
         commit,
         welcome: None,
+        group_info: None,
     });
     assert!(
         matches!(&answer, Response::Error(e) if e.message.contains("removes the compliance archive")),

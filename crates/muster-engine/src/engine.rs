@@ -26,7 +26,8 @@ use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+pub(crate) const CIPHERSUITE: Ciphersuite =
+    Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
 /// Past epochs whose secrets are kept, so messages sent just before a commit still decrypt.
 const MAX_PAST_EPOCHS: usize = 5;
 const KEY_PACKAGE_LOW_WATER: u32 = 5;
@@ -218,6 +219,28 @@ pub struct SyncReport {
     pub problems: Vec<String>,
 }
 
+/// A commit built for the relay: the commit, the Welcome for members it adds, and the
+/// GroupInfo of the epoch it starts (what a member that fell behind rejoins from).
+pub(crate) struct CommitParts {
+    pub(crate) commit: MlsMessageOut,
+    pub(crate) welcome: Option<MlsMessageOut>,
+    pub(crate) group_info: Option<MlsMessageOut>,
+}
+
+impl CommitParts {
+    fn new(
+        commit: MlsMessageOut,
+        welcome: Option<MlsMessageOut>,
+        info: Option<openmls::messages::group_info::GroupInfo>,
+    ) -> Self {
+        Self {
+            commit,
+            welcome,
+            group_info: info.map(MlsMessageOut::from),
+        }
+    }
+}
+
 /// client id, group id, message id, ciphertext
 type OutboxEntry = (Vec<u8>, Vec<u8>, String, Vec<u8>);
 
@@ -276,7 +299,7 @@ fn sha256(bytes: &[u8]) -> Vec<u8> {
 }
 
 /// What every Muster leaf supports beyond the defaults.
-fn leaf_capabilities() -> Capabilities {
+pub(crate) fn leaf_capabilities() -> Capabilities {
     Capabilities::builder()
         .extensions(vec![
             ExtensionType::LastResort,
@@ -285,7 +308,7 @@ fn leaf_capabilities() -> Capabilities {
         .build()
 }
 
-fn create_config(policy: GroupPolicy) -> Result<MlsGroupCreateConfig, EngineError> {
+pub(crate) fn create_config(policy: GroupPolicy) -> Result<MlsGroupCreateConfig, EngineError> {
     let policy = Extensions::single(Extension::Unknown(
         GROUP_POLICY_EXTENSION,
         UnknownExtension(policy.to_bytes()),
@@ -310,7 +333,7 @@ fn policy_of(group: &MlsGroup) -> GroupPolicy {
     )
 }
 
-fn join_config() -> MlsGroupJoinConfig {
+pub(crate) fn join_config() -> MlsGroupJoinConfig {
     MlsGroupJoinConfig::builder()
         .use_ratchet_tree_extension(true)
         .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
@@ -882,11 +905,15 @@ impl Engine {
                     let params = LeafNodeParameters::builder()
                         .with_credential_with_key(credential.clone())
                         .build();
-                    let (commit, welcome, _) = group
+                    let (commit, welcome, info) = group
                         .self_update(provider, signer, params)
                         .map_err(EngineError::mls)?
                         .into_messages();
-                    Ok(Some((commit, welcome)))
+                    Ok(Some(CommitParts {
+                        commit,
+                        welcome,
+                        group_info: info,
+                    }))
                 })
                 .await;
             if let Err(e) = result {
@@ -1137,7 +1164,7 @@ impl Engine {
             let group = MlsGroup::new(&provider, &signer, &create_config(policy)?, credential)
                 .map_err(EngineError::mls)?;
             let info = group
-                .export_group_info(provider.crypto(), &signer, false)
+                .export_group_info(provider.crypto(), &signer, true)
                 .map_err(EngineError::mls)?;
             (
                 group.group_id().as_slice().to_vec(),
@@ -1199,10 +1226,10 @@ impl Engine {
                 if fresh.is_empty() {
                     return Ok(None);
                 }
-                let (commit, welcome, _) = group
+                let (commit, welcome, info) = group
                     .add_members(provider, signer, &fresh)
                     .map_err(EngineError::mls)?;
-                Ok(Some((commit, Some(welcome))))
+                Ok(Some(CommitParts::new(commit, Some(welcome), info)))
             })
             .await?;
         if added {
@@ -1256,10 +1283,10 @@ impl Engine {
             if leaves.is_empty() {
                 return Ok(None);
             }
-            let (commit, welcome, _) = group
+            let (commit, welcome, info) = group
                 .remove_members(provider, signer, &leaves)
                 .map_err(EngineError::mls)?;
-            Ok(Some((commit, welcome)))
+            Ok(Some(CommitParts::new(commit, welcome, info)))
         })
         .await
     }
@@ -1319,10 +1346,10 @@ impl Engine {
                     Extension::Unknown(GROUP_POLICY_EXTENSION, UnknownExtension(policy.to_bytes())),
                 ])
                 .map_err(EngineError::mls)?;
-                let (commit, welcome, _) = group
+                let (commit, welcome, info) = group
                     .update_group_context_extensions(provider, extensions, signer)
                     .map_err(EngineError::mls)?;
-                Ok(Some((commit, welcome)))
+                Ok(Some(CommitParts::new(commit, welcome, info)))
             })
             .await?;
         }
@@ -1483,7 +1510,7 @@ impl Engine {
             &mut MlsGroup,
             &Provider,
             &SignatureKeyPair,
-        ) -> Result<Option<(MlsMessageOut, Option<MlsMessageOut>)>, EngineError>,
+        ) -> Result<Option<CommitParts>, EngineError>,
     {
         self.member_counts.remove(group_id);
         let device = self.device()?;
@@ -1497,29 +1524,31 @@ impl Engine {
             if state != STATE_ACTIVE {
                 return Err(EngineError::NotActive(name));
             }
-            let (commit, welcome) = {
+            let (commit, welcome, group_info) = {
                 let tx = self
                     .db
                     .transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let provider = Provider::new(&self.crypto, &tx);
                 let mut group = load_group(&provider, group_id)?;
-                let Some((commit, welcome)) = build(&mut group, &provider, &signer)? else {
+                let Some(parts) = build(&mut group, &provider, &signer)? else {
                     return Ok(false);
                 };
-                let commit = mls_bytes(&commit)?;
-                let welcome = welcome.as_ref().map(mls_bytes).transpose()?;
+                let commit = mls_bytes(&parts.commit)?;
+                let welcome = parts.welcome.as_ref().map(mls_bytes).transpose()?;
+                let group_info = parts.group_info.as_ref().map(mls_bytes).transpose()?;
                 tx.execute(
                     "INSERT OR REPLACE INTO pending_commits (group_id, commit_hash) VALUES (?1, ?2)",
                     params![group_id, sha256(&commit)],
                 )?;
                 tx.commit()?;
-                (commit, welcome)
+                (commit, welcome, group_info)
             };
             let result = conn
                 .request(&Request::Commit {
                     group_id: group_id.to_vec(),
                     commit,
                     welcome,
+                    group_info,
                 })
                 .await;
             match result {
@@ -1554,6 +1583,12 @@ impl Engine {
                     if matches!(e.code, ErrorCode::EpochMoved { .. }) =>
                 {
                     self.drop_unsent_commit(group_id)?;
+                    if let ErrorCode::EpochMoved { current } = e.code {
+                        self.fetch_and_process(conn, &mut SyncReport::default())
+                            .await?;
+                        self.catch_up(conn, group_id, current, &mut SyncReport::default())
+                            .await?;
+                    }
                     continue;
                 }
                 Err(muster_net::NetError::Refused(e)) => {
@@ -1587,6 +1622,174 @@ impl Engine {
         )?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// When the relay's group is at `relay_epoch` and this device, having fetched all it
+    /// was sent, is still at an earlier one (it refused a commit the relay sequenced, or
+    /// missed one), rejoins the group.
+    async fn catch_up(
+        &mut self,
+        conn: &RelayConnection,
+        group_id: &[u8],
+        relay_epoch: u64,
+        report: &mut SyncReport,
+    ) -> Result<(), EngineError> {
+        let held = {
+            let provider = Provider::new(&self.crypto, &self.db);
+            load_group(&provider, group_id)?.epoch().as_u64()
+        };
+        if held < relay_epoch {
+            self.rejoin(conn, group_id, report).await?;
+        }
+        Ok(())
+    }
+
+    /// Rejoins the groups this device found itself behind in (see [`Self::rejoin`]).
+    async fn catch_up_groups(
+        &mut self,
+        conn: &RelayConnection,
+        report: &mut SyncReport,
+    ) -> Result<(), EngineError> {
+        let behind: Vec<Vec<u8>> = self
+            .db
+            .prepare("SELECT group_id FROM behind_groups")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for group_id in behind {
+            let active = self
+                .resolve_group(&group_hex(&group_id))
+                .is_ok_and(|g| g.2 == STATE_ACTIVE);
+            let result = match active {
+                true => self.rejoin(conn, &group_id, report).await,
+                false => Ok(false),
+            };
+            match result {
+                Ok(_) => {
+                    self.db
+                        .execute("DELETE FROM behind_groups WHERE group_id = ?1", [&group_id])?;
+                }
+                Err(e) => report.problems.push(format!(
+                    "could not rejoin a group this device fell behind in: {e}"
+                )),
+            }
+        }
+        Ok(())
+    }
+
+    /// Rejoins a group this device fell behind in, from the newest GroupInfo on the relay
+    /// (signed by the member who made that epoch): an external commit that replaces this
+    /// device's own old leaf, which members accept only for a device already in the group.
+    /// The roster it joins is checked like a Welcome's, and never an epoch older than the
+    /// one held. Returns whether it rejoined (false: it was not behind).
+    pub(crate) async fn rejoin(
+        &mut self,
+        conn: &RelayConnection,
+        group_id: &[u8],
+        report: &mut SyncReport,
+    ) -> Result<bool, EngineError> {
+        let device = self.device()?;
+        let signer = self.signer(&device)?;
+        let credential = Self::credential(&device)?;
+        let (bytes, relay_epoch) = match conn
+            .request(&Request::GroupInfo {
+                group_id: group_id.to_vec(),
+            })
+            .await
+            .map_err(from_net)?
+        {
+            Response::GroupInfo { group_info, epoch } => (group_info, epoch),
+            _ => {
+                return Err(EngineError::Invalid(
+                    "unexpected answer to GroupInfo".into(),
+                ))
+            }
+        };
+        let held = {
+            let provider = Provider::new(&self.crypto, &self.db);
+            load_group(&provider, group_id)?.epoch().as_u64()
+        };
+        if relay_epoch <= held {
+            return Ok(false);
+        }
+        let MlsMessageBodyIn::GroupInfo(info) = MlsMessageIn::tls_deserialize_exact(&bytes)
+            .map_err(EngineError::mls)?
+            .extract()
+        else {
+            return Err(EngineError::Invalid(
+                "the relay's GroupInfo is not one".into(),
+            ));
+        };
+        if info.group_id().as_slice() != group_id || info.group_context().epoch().as_u64() <= held {
+            return Err(EngineError::Invalid(
+                "the relay's GroupInfo is for another group or an older epoch".into(),
+            ));
+        }
+        let revoked = revoked_devices(&self.db)?;
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let provider = Provider::new(&self.crypto, &tx);
+        let (group, bundle) = MlsGroup::external_commit_builder()
+            .with_config(join_config())
+            .build_group(&provider, info, credential)
+            .map_err(EngineError::mls)?
+            .leaf_node_parameters(
+                LeafNodeParameters::builder()
+                    .with_capabilities(leaf_capabilities())
+                    .build(),
+            )
+            .load_psks(provider.storage())
+            .map_err(EngineError::mls)?
+            .build(provider.rand(), provider.crypto(), &signer, |_| true)
+            .map_err(EngineError::mls)?
+            .finalize(&provider)
+            .map_err(EngineError::mls)?;
+        for member in group.members() {
+            let cert = roster_member(&device.org, &member.credential, &member.signature_key)
+                .map_err(|e| {
+                    EngineError::Invalid(format!(
+                        "not rejoining a group with an invalid member: {e}"
+                    ))
+                })?;
+            if revoked.contains(&cert.body.device_id) {
+                return Err(EngineError::Invalid(format!(
+                    "not rejoining a group with revoked device {} of {}",
+                    cert.body.device_id, cert.body.user
+                )));
+            }
+        }
+        let (commit, _, group_info) = bundle.into_messages();
+        let answer = conn
+            .request(&Request::Commit {
+                group_id: group_id.to_vec(),
+                commit: mls_bytes(&commit)?,
+                welcome: None,
+                group_info: group_info.as_ref().map(mls_bytes).transpose()?,
+            })
+            .await;
+        match answer {
+            Ok(Response::Stored { seq }) => {
+                tx.execute(
+                    "INSERT OR IGNORE INTO own_handshakes (group_id, seq) VALUES (?1, ?2)",
+                    params![group_id, seq as i64],
+                )?;
+                insert_system(
+                    &tx,
+                    group_id,
+                    "this device had fallen behind the group (it refused or missed a change) and rejoined it; messages sent meanwhile are lost to it",
+                    Some(order_key(seq, 0)),
+                )?;
+                tx.commit()?;
+                self.member_counts.remove(group_id);
+                report.problems.push(format!(
+                    "rejoined group {} after falling behind",
+                    group_hex(group_id)
+                ));
+                Ok(true)
+            }
+            Ok(_) => Err(EngineError::Invalid("unexpected answer to Commit".into())),
+            Err(e) => Err(from_net(e)),
+        }
     }
 
     /// Ids of the groups this device is an active member of.
@@ -2560,6 +2763,9 @@ impl Engine {
                             && attempts < MAX_COMMIT_ATTEMPTS =>
                     {
                         self.fetch_and_process(conn, report).await?;
+                        if let ErrorCode::EpochMoved { current } = e.code {
+                            self.catch_up(conn, &group_id, current, report).await?;
+                        }
                         let still_active = self
                             .resolve_group(&group_hex(&group_id))
                             .is_ok_and(|g| g.2 == STATE_ACTIVE);
@@ -2779,6 +2985,7 @@ impl Engine {
     pub async fn sync(&mut self, conn: &RelayConnection) -> Result<SyncReport, EngineError> {
         let mut report = SyncReport::default();
         self.fetch_and_process(conn, &mut report).await?;
+        self.catch_up_groups(conn, &mut report).await?;
         self.enforce_retention()?;
         self.apply_revocations(conn, &mut report).await?;
         self.renew_certificates(conn, &mut report).await?;
@@ -2975,10 +3182,10 @@ impl Engine {
                     if !group.has_pending_proposals() {
                         return Ok(None);
                     }
-                    let (commit, welcome, _) = group
+                    let (commit, welcome, info) = group
                         .commit_to_pending_proposals(provider, signer)
                         .map_err(EngineError::mls)?;
-                    Ok(Some((commit, welcome)))
+                    Ok(Some(CommitParts::new(commit, welcome, info)))
                 })
                 .await;
             if let Err(e) = result {
@@ -3113,6 +3320,53 @@ impl VerifiedCertificates {
         }
         cert.check_validity(now)
     }
+}
+
+/// Processes one group message as the device `device` would receive it, inside `tx`,
+/// for the fuzz targets; returns what the device would report.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn receive_for_fuzzing(
+    crypto: &RustCrypto,
+    tx: &Connection,
+    device: &DeviceRow,
+    signer: &SignatureKeyPair,
+    group_id: &[u8],
+    seq: u64,
+    bytes: &[u8],
+) -> SyncReport {
+    let revoked = revoked_devices(tx).unwrap_or_default();
+    let context = BatchContext {
+        crypto,
+        tx,
+        device,
+        signer,
+        revoked: &revoked,
+    };
+    let mut report = SyncReport::default();
+    let _ = process_group_message(
+        &context,
+        &mut LoadedGroups::new(),
+        &mut VerifiedCertificates::default(),
+        group_id,
+        seq,
+        bytes,
+        &mut report,
+    );
+    report
+}
+
+/// Opens a Welcome as the device `device` would, inside `tx`, for the fuzz targets.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn welcome_for_fuzzing(
+    crypto: &RustCrypto,
+    tx: &mut rusqlite::Transaction<'_>,
+    device: &DeviceRow,
+    group_id: &[u8],
+    bytes: &[u8],
+) -> SyncReport {
+    let mut report = SyncReport::default();
+    let _ = process_welcome(crypto, tx, device, group_id, bytes, &mut report);
+    report
 }
 
 /// MLS groups read while processing one fetched batch, so that each is decoded from the
@@ -3305,11 +3559,16 @@ fn process_group_message(
             return Ok(false);
         }
     }
+    // A commit this device refuses at its own epoch, or anything from a later epoch, means
+    // it may be behind the group: the next sync checks, and rejoins if so.
+    let mut behind = false;
     let outcome = (|| -> Result<(), String> {
         let message = MlsMessageIn::tls_deserialize_exact(bytes)
             .map_err(|e| format!("message does not decode: {e}"))?
             .try_into_protocol_message()
             .map_err(|e| format!("not a group message: {e}"))?;
+        let (epoch, held) = (message.epoch().as_u64(), group.epoch().as_u64());
+        behind = epoch > held || (epoch == held && message.content_type() == ContentType::Commit);
         let processed = group
             .process_message(&provider, message)
             .map_err(|e| format!("message cannot be processed: {e}"))?;
@@ -3319,8 +3578,14 @@ fn process_group_message(
             .verify(&sender_cert, &device.org, now_unix())
             .map_err(|e| format!("sender {}: {e}", sender_cert.body.user))?;
         // The certificate must name the key that signed: the sending leaf's own.
-        let sender_key = match processed.sender() {
-            Sender::Member(index) => group.member_at(*index).map(|m| m.signature_key),
+        let sender_key = match (processed.sender(), processed.content()) {
+            (Sender::Member(index), _) => group.member_at(*index).map(|m| m.signature_key),
+            // A member rejoining signs with the leaf it brings.
+            (Sender::NewMemberCommit, ProcessedMessageContent::StagedCommitMessage(staged)) => {
+                staged
+                    .update_path_leaf_node()
+                    .map(|leaf| leaf.signature_key().as_slice().to_vec())
+            }
             _ => None,
         };
         if sender_key.as_deref() != Some(sender_cert.body.device_key.as_slice()) {
@@ -3398,14 +3663,20 @@ fn process_group_message(
                     .merge_staged_commit(&provider, *staged)
                     .map_err(|e| e.to_string())?;
                 let actor = &sender_cert.body.user;
-                for user in dedup(added) {
-                    notices.push(format!("{actor} added {user}"));
-                }
-                for user in dedup(removed) {
-                    if user == *actor {
-                        notices.push(format!("{user} left"));
-                    } else {
-                        notices.push(format!("{actor} removed {user}"));
+                if sender == Sender::NewMemberCommit {
+                    notices.push(format!(
+                        "a device of {actor} had fallen behind and rejoined the group"
+                    ));
+                } else {
+                    for user in dedup(added) {
+                        notices.push(format!("{actor} added {user}"));
+                    }
+                    for user in dedup(removed) {
+                        if user == *actor {
+                            notices.push(format!("{user} left"));
+                        } else {
+                            notices.push(format!("{actor} removed {user}"));
+                        }
                     }
                 }
                 if let Some(after) = changed_policy {
@@ -3424,6 +3695,10 @@ fn process_group_message(
         tracing::warn!(%why, "could not process a group message");
         report.problems.push(why.clone());
         notices.push(format!("a message could not be processed: {why}"));
+        if behind {
+            tx.prepare_cached("INSERT OR IGNORE INTO behind_groups (group_id) VALUES (?1)")?
+                .execute([group_id])?;
+        }
     }
     if let Some(gap) = gap {
         tracing::warn!(%gap, "messages withheld or reordered");

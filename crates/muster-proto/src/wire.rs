@@ -95,7 +95,9 @@ pub enum Request {
         #[serde(with = "serde_bytes")]
         ratchet_tree: Vec<u8>,
     },
-    /// A commit (PublicMessage) for the group's current epoch, with its Welcome if it adds members.
+    /// A commit (PublicMessage) for the group's current epoch, with its Welcome if it adds
+    /// members, and the GroupInfo of the epoch it starts (signed by the committer), which
+    /// a member that fell behind uses to rejoin.
     Commit {
         #[serde(with = "serde_bytes")]
         group_id: Vec<u8>,
@@ -103,6 +105,13 @@ pub enum Request {
         commit: Vec<u8>,
         #[serde(with = "serde_bytes")]
         welcome: Option<Vec<u8>>,
+        #[serde(with = "serde_bytes")]
+        group_info: Option<Vec<u8>>,
+    },
+    /// (member) The newest GroupInfo of a group this device is in.
+    GroupInfo {
+        #[serde(with = "serde_bytes")]
+        group_id: Vec<u8>,
     },
     /// A standalone proposal (PublicMessage).
     Propose {
@@ -250,6 +259,12 @@ pub enum Response {
         total_size: u64,
     },
     OrgPolicy(Option<OrgPolicy>),
+    /// A group's newest GroupInfo (TLS encoded) and the epoch it is for.
+    GroupInfo {
+        #[serde(with = "serde_bytes")]
+        group_info: Vec<u8>,
+        epoch: u64,
+    },
     /// Published archive checkpoints with their positions, oldest first.
     ArchiveCheckpoints(Vec<(u64, PublishedCheckpoint)>),
     Health {

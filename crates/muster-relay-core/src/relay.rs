@@ -507,7 +507,17 @@ impl Relay {
                 group_id,
                 commit,
                 welcome,
-            } => self.commit(session, &group_id, &commit, welcome.as_deref()),
+                group_info,
+            } => self
+                .commit(session, &group_id, &commit, welcome.as_deref())
+                .and_then(|outcome| {
+                    if let (Response::Stored { .. }, Some(info)) = (&outcome.response, &group_info)
+                    {
+                        self.keep_group_info(&group_id, info)?;
+                    }
+                    Ok(outcome)
+                }),
+            Request::GroupInfo { group_id } => self.group_info(session, &group_id),
             Request::Propose { group_id, proposal } => self.propose(session, &group_id, &proposal),
             Request::Send {
                 group_id,
@@ -1763,6 +1773,15 @@ impl Relay {
         )?;
         exec(
             &tx,
+            "INSERT OR REPLACE INTO group_infos (group_id, epoch, data) VALUES (?1, ?2, ?3)",
+            params![
+                group_id,
+                group.group_context().epoch().as_u64() as i64,
+                group_info
+            ],
+        )?;
+        exec(
+            &tx,
             "INSERT INTO memberships (group_id, device_id, from_seq) VALUES (?1, ?2, 1)",
             params![group_id, session.device_id],
         )?;
@@ -1775,6 +1794,73 @@ impl Relay {
         )?;
         tx.commit()?;
         Ok(Outcome::reply(Response::Ok))
+    }
+
+    /// Keeps a committer's GroupInfo when it is for the group's new epoch (members check
+    /// it themselves before they rejoin with it).
+    fn keep_group_info(&mut self, group_id: &[u8], bytes: &[u8]) -> Result<(), Failure> {
+        if bytes.len() > MAX_MLS_MESSAGE {
+            return Ok(());
+        }
+        let Ok(message) = MlsMessageIn::tls_deserialize_exact(bytes) else {
+            return Ok(());
+        };
+        let MlsMessageBodyIn::GroupInfo(info) = message.extract() else {
+            return Ok(());
+        };
+        let epoch: Option<i64> = row(
+            &self.db,
+            "SELECT epoch FROM groups WHERE group_id = ?1",
+            [group_id],
+            |r| r.get(0),
+        )
+        .optional()?;
+        if info.group_id().as_slice() != group_id
+            || epoch != Some(info.group_context().epoch().as_u64() as i64)
+        {
+            return Ok(());
+        }
+        exec(
+            &self.db,
+            "INSERT INTO group_infos (group_id, epoch, data) VALUES (?1, ?2, ?3)
+             ON CONFLICT (group_id) DO UPDATE SET epoch = excluded.epoch, data = excluded.data",
+            params![group_id, epoch, bytes],
+        )?;
+        Ok(())
+    }
+
+    fn group_info(&self, session: &Session, group_id: &[u8]) -> Result<Outcome, Failure> {
+        let member = row(
+            &self.db,
+            "SELECT 1 FROM memberships WHERE group_id = ?1 AND device_id = ?2 AND to_seq IS NULL",
+            params![group_id, session.device_id],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some();
+        if !member {
+            return Err(refuse(
+                ErrorCode::NotMember,
+                "this device is not a member of the group",
+            ));
+        }
+        let info: Option<(i64, Vec<u8>)> = row(
+            &self.db,
+            "SELECT epoch, data FROM group_infos WHERE group_id = ?1",
+            [group_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+        let (epoch, group_info) = info.ok_or_else(|| {
+            refuse(
+                ErrorCode::UnknownGroup,
+                "no GroupInfo of this group's current epoch is on the relay",
+            )
+        })?;
+        Ok(Outcome::reply(Response::GroupInfo {
+            group_info,
+            epoch: epoch as u64,
+        }))
     }
 
     fn group_state(tx: &Transaction, group_id: &[u8]) -> Result<(u64, u64), Failure> {
@@ -1894,7 +1980,17 @@ impl Relay {
         let processed = group
             .process_message(crypto, message)
             .map_err(|e| refuse(ErrorCode::InvalidMessage, format!("{kind} rejected: {e}")))?;
-        if Self::sender_device(&group, processed.sender()).as_deref() != Some(&session.device_id) {
+        // A member rejoining by external commit is named by the leaf it brings.
+        let sender = match (processed.sender(), processed.content()) {
+            (Sender::NewMemberCommit, ProcessedMessageContent::StagedCommitMessage(staged)) => {
+                staged
+                    .update_path_leaf_node()
+                    .and_then(|leaf| certificate_of(leaf.credential()))
+                    .map(|c| c.body.device_id)
+            }
+            (sender, _) => Self::sender_device(&group, sender),
+        };
+        if sender.as_deref() != Some(&session.device_id) {
             return Err(refuse(
                 ErrorCode::NotMember,
                 format!("{kind} must be sent by a member leaf belonging to this device"),

@@ -26,6 +26,9 @@ CREATE INDEX IF NOT EXISTS key_packages_device ON key_packages(device_id, last_r
 CREATE TABLE IF NOT EXISTS groups (
     group_id BLOB PRIMARY KEY, epoch INTEGER NOT NULL, last_seq INTEGER NOT NULL,
     created_by TEXT NOT NULL, created_at INTEGER NOT NULL);
+-- each group's newest GroupInfo, signed by the member who made its epoch
+CREATE TABLE IF NOT EXISTS group_infos (
+    group_id BLOB PRIMARY KEY, epoch INTEGER NOT NULL, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS memberships (
     group_id BLOB NOT NULL, device_id TEXT NOT NULL, from_seq INTEGER NOT NULL, to_seq INTEGER);
 CREATE INDEX IF NOT EXISTS memberships_device ON memberships(device_id);

@@ -320,6 +320,7 @@ impl World {
                     group_id: group.group_id().as_slice().to_vec(),
                     commit: bytes(&commit),
                     welcome: Some(bytes(&welcome)),
+                    group_info: None,
                 },
             ));
             group.merge_pending_commit(&a.provider).unwrap();
@@ -419,6 +420,7 @@ fn a_second_commit_for_the_same_epoch_is_refused_and_the_loser_catches_up() {
             group_id: gid.clone(),
             commit: bytes(a_commit.commit()),
             welcome: None,
+            group_info: None,
         },
     );
     let wake = first.wake.clone();
@@ -430,6 +432,7 @@ fn a_second_commit_for_the_same_epoch_is_refused_and_the_loser_catches_up() {
             group_id: gid.clone(),
             commit: bytes(b_commit.commit()),
             welcome: None,
+            group_info: None,
         },
     );
     let current = alice_group.epoch().as_u64() + 1;
@@ -497,6 +500,7 @@ fn stale_application_messages_unknown_groups_and_garbage_are_refused() {
             group_id: gid.clone(),
             commit: bytes(c.commit()),
             welcome: None,
+            group_info: None,
         },
     ));
     let out = w.relay.handle(
@@ -540,6 +544,7 @@ fn stale_application_messages_unknown_groups_and_garbage_are_refused() {
             group_id: unknown.group_id().as_slice().to_vec(),
             commit: bytes(c.commit()),
             welcome: None,
+            group_info: None,
         },
     );
     assert_eq!(refused(out), ErrorCode::UnknownGroup);
@@ -729,6 +734,7 @@ fn a_member_with_a_certificate_from_another_root_cannot_be_added() {
             group_id: group.group_id().as_slice().to_vec(),
             commit: bytes(&commit),
             welcome: Some(bytes(&welcome)),
+            group_info: None,
         },
     );
     assert_eq!(refused(out), ErrorCode::InvalidCertificate);
@@ -751,6 +757,7 @@ fn a_member_with_a_certificate_from_another_root_cannot_be_added() {
                 group_id: group.group_id().as_slice().to_vec(),
                 commit: bytes(c.commit()),
                 welcome: None,
+                group_info: None,
             },
         )),
         Response::Stored { .. }
@@ -915,6 +922,7 @@ fn in_a_managed_group_only_admins_change_membership() {
             group_id: gid.clone(),
             commit: bytes(&commit),
             welcome: Some(bytes(&welcome)),
+            group_info: None,
         },
     );
     assert_eq!(refused(out), ErrorCode::Forbidden);
@@ -932,6 +940,7 @@ fn in_a_managed_group_only_admins_change_membership() {
             group_id: gid.clone(),
             commit: bytes(&commit),
             welcome: None,
+            group_info: None,
         },
     );
     assert_eq!(refused(out), ErrorCode::Forbidden);
@@ -984,6 +993,7 @@ fn in_a_managed_group_only_admins_change_membership() {
                 group_id: gid,
                 commit: bytes(&commit),
                 welcome: Some(bytes(&welcome)),
+                group_info: None,
             },
         )),
         Response::Stored { .. }
@@ -1108,6 +1118,7 @@ mod hostile_input {
                     group_id: g.clone(),
                     commit,
                     welcome,
+                    group_info: None,
                 }
             }),
             bytes(2048).prop_map({
@@ -1211,7 +1222,7 @@ mod hostile_input {
             for request in inputs {
                 let request = match request {
                     Request::Send { message, client_id, .. } => Request::Send { group_id: gid.clone(), message, client_id },
-                    Request::Commit { commit, welcome, .. } => Request::Commit { group_id: gid.clone(), commit, welcome },
+                    Request::Commit { commit, welcome, group_info, .. } => Request::Commit { group_id: gid.clone(), commit, welcome, group_info },
                     Request::Propose { proposal, .. } => Request::Propose { group_id: gid.clone(), proposal },
                     other => other,
                 };

@@ -224,6 +224,9 @@ pub fn check_commit(
     committer: &Sender,
     staged: &StagedCommit,
 ) -> Result<(), Refusal> {
+    if *committer == Sender::NewMemberCommit {
+        return check_rejoin(ctx, members, staged);
+    }
     let committer_cert = match sender_certificate(ctx, members, committer) {
         Ok(cert) => cert,
         // A member whose certificate ran out (it was offline while it was renewed) may
@@ -238,6 +241,50 @@ pub fn check_commit(
     }
     if let Some(leaf) = staged.update_path_leaf_node() {
         check_same_identity(ctx, &committer_cert, leaf)?;
+    }
+    Ok(())
+}
+
+/// An external commit may only bring back a device that is in the group already (one
+/// that fell behind and rejoins from the group's newest GroupInfo): its new leaf must
+/// verify, and the commit must remove that same device's old leaf and do nothing else.
+fn check_rejoin(
+    ctx: &Context<'_>,
+    members: &[Member],
+    staged: &StagedCommit,
+) -> Result<(), Refusal> {
+    let leaf = staged
+        .update_path_leaf_node()
+        .ok_or(Refusal::Unsupported("an external join without a leaf"))?;
+    let new = verified_certificate(ctx, leaf.credential(), leaf.signature_key().as_slice())?;
+    let mut replaced_own_leaf = false;
+    for queued in staged.queued_proposals() {
+        match queued.proposal() {
+            Proposal::ExternalInit(_) => {}
+            Proposal::Remove(remove) => {
+                let old = members
+                    .iter()
+                    .find(|m| m.index == remove.removed())
+                    .and_then(|m| certificate_in(&m.credential))
+                    .ok_or(Refusal::NoSuchMember)?;
+                if old.body.device_id != new.body.device_id {
+                    return Err(Refusal::Unsupported(
+                        "an external join that removes someone else",
+                    ));
+                }
+                replaced_own_leaf = true;
+            }
+            _ => {
+                return Err(Refusal::Unsupported(
+                    "an external join that proposes changes",
+                ))
+            }
+        }
+    }
+    if !replaced_own_leaf {
+        return Err(Refusal::Unsupported(
+            "an external join of a device that is not in the group",
+        ));
     }
     Ok(())
 }
