@@ -497,7 +497,11 @@ fn proposal(
                 .map(|(m, _)| m)
         }
         _ => {
-            let cert = if choices.next().is_multiple_of(2) { own } else { other };
+            let cert = if choices.next().is_multiple_of(2) {
+                own
+            } else {
+                other
+            };
             group
                 .propose_self_update(
                     provider,

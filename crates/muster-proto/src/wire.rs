@@ -108,11 +108,6 @@ pub enum Request {
         #[serde(with = "serde_bytes")]
         group_info: Option<Vec<u8>>,
     },
-    /// (member) The newest GroupInfo of a group this device is in.
-    GroupInfo {
-        #[serde(with = "serde_bytes")]
-        group_id: Vec<u8>,
-    },
     /// A standalone proposal (PublicMessage).
     Propose {
         #[serde(with = "serde_bytes")]
@@ -216,6 +211,11 @@ pub enum Request {
     ArchiveCheckpoints {
         since: u64,
     },
+    /// (member) The newest GroupInfo of a group this device is in.
+    GroupInfo {
+        #[serde(with = "serde_bytes")]
+        group_id: Vec<u8>,
+    },
 }
 
 /// The relay's answer to one request.
@@ -259,6 +259,12 @@ pub enum Response {
         total_size: u64,
     },
     OrgPolicy(Option<OrgPolicy>),
+    Health {
+        /// Whether an organisation is registered.
+        org_registered: bool,
+        /// Whether the database answered a query.
+        storage_ok: bool,
+    },
     /// A group's newest GroupInfo (TLS encoded) and the epoch it is for.
     GroupInfo {
         #[serde(with = "serde_bytes")]
@@ -267,12 +273,6 @@ pub enum Response {
     },
     /// Published archive checkpoints with their positions, oldest first.
     ArchiveCheckpoints(Vec<(u64, PublishedCheckpoint)>),
-    Health {
-        /// Whether an organisation is registered.
-        org_registered: bool,
-        /// Whether the database answered a query.
-        storage_ok: bool,
-    },
 }
 
 /// One metadata event in the relay's audit log. Never content.
