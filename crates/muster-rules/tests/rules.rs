@@ -1,0 +1,428 @@
+//! The shared rules, checked against real MLS commits and proposals made by members of
+//! in-memory groups and processed by another member, as clients and the relay do.
+
+use muster_proto::{
+    device_id_for, now_unix, Certificate, CertificateBody, GroupPolicy, OrgDescriptor, OrgRootKey,
+    Profile, Role, GROUP_POLICY_EXTENSION,
+};
+use muster_rules::{check_commit, check_proposal, Context, Refusal};
+use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
+use openmls::prelude::*;
+use openmls_basic_credential::SignatureKeyPair;
+use openmls_rust_crypto::OpenMlsRustCrypto;
+
+const SUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+
+struct Member {
+    provider: OpenMlsRustCrypto,
+    signer: SignatureKeyPair,
+    cert: Certificate,
+}
+
+struct World {
+    root: OrgRootKey,
+    org: OrgDescriptor,
+}
+
+impl World {
+    fn new() -> Self {
+        let root = OrgRootKey::generate();
+        let org = OrgDescriptor {
+            org_id: "org".into(),
+            name: "Acme".into(),
+            root_public_key: root.public_key(),
+        };
+        Self { root, org }
+    }
+
+    fn member(&self, user: &str, roles: Vec<Role>) -> Member {
+        let signer = SignatureKeyPair::new(SignatureScheme::ED25519).unwrap();
+        let cert = self.cert(user, signer.public(), roles);
+        Member {
+            provider: OpenMlsRustCrypto::default(),
+            signer,
+            cert,
+        }
+    }
+
+    fn cert(&self, user: &str, key: &[u8], roles: Vec<Role>) -> Certificate {
+        let now = now_unix();
+        self.root.sign(CertificateBody {
+            org_id: self.org.org_id.clone(),
+            user: user.into(),
+            device_id: device_id_for(key),
+            device_key: key.to_vec(),
+            profile: Profile {
+                display_name: user.into(),
+                ..Default::default()
+            },
+            roles,
+            not_before: now - 60,
+            not_after: now + 3600,
+        })
+    }
+}
+
+impl Member {
+    fn credential(&self) -> CredentialWithKey {
+        with_cert(&self.cert, self.signer.public())
+    }
+
+    fn key_package(&self) -> KeyPackage {
+        KeyPackage::builder()
+            .leaf_node_capabilities(capabilities())
+            .build(SUITE, &self.provider, &self.signer, self.credential())
+            .unwrap()
+            .key_package()
+            .clone()
+    }
+}
+
+fn with_cert(cert: &Certificate, key: &[u8]) -> CredentialWithKey {
+    CredentialWithKey {
+        credential: BasicCredential::new(cert.to_bytes()).into(),
+        signature_key: key.to_vec().into(),
+    }
+}
+
+fn capabilities() -> Capabilities {
+    Capabilities::builder()
+        .extensions(vec![ExtensionType::Unknown(GROUP_POLICY_EXTENSION)])
+        .build()
+}
+
+fn policy_extensions(policy: GroupPolicy) -> Extensions<GroupContext> {
+    Extensions::from_vec(vec![
+        Extension::RequiredCapabilities(RequiredCapabilitiesExtension::new(
+            &[ExtensionType::Unknown(GROUP_POLICY_EXTENSION)],
+            &[],
+            &[],
+        )),
+        Extension::Unknown(GROUP_POLICY_EXTENSION, UnknownExtension(policy.to_bytes())),
+    ])
+    .unwrap()
+}
+
+/// A group of `creator` with `others`, each holding their own state.
+fn group(creator: &Member, others: &[&Member], policy: GroupPolicy) -> (MlsGroup, Vec<MlsGroup>) {
+    let config = MlsGroupCreateConfig::builder()
+        .ciphersuite(SUITE)
+        .use_ratchet_tree_extension(true)
+        .capabilities(capabilities())
+        .with_group_context_extensions(policy_extensions(policy))
+        .build();
+    let mut group = MlsGroup::new(
+        &creator.provider,
+        &creator.signer,
+        &config,
+        creator.credential(),
+    )
+    .unwrap();
+    let kps: Vec<KeyPackage> = others.iter().map(|m| m.key_package()).collect();
+    let (_, welcome, _) = group
+        .add_members(&creator.provider, &creator.signer, &kps)
+        .unwrap();
+    group.merge_pending_commit(&creator.provider).unwrap();
+    let bytes = welcome.tls_serialize_detached().unwrap();
+    let joined = others
+        .iter()
+        .map(|m| {
+            let MlsMessageBodyIn::Welcome(welcome) = MlsMessageIn::tls_deserialize_exact(&bytes)
+                .unwrap()
+                .extract()
+            else {
+                panic!("welcome")
+            };
+            StagedWelcome::new_from_welcome(
+                &m.provider,
+                &MlsGroupJoinConfig::builder()
+                    .use_ratchet_tree_extension(true)
+                    .build(),
+                welcome,
+                None,
+            )
+            .unwrap()
+            .into_group(&m.provider)
+            .unwrap()
+        })
+        .collect();
+    (group, joined)
+}
+
+/// `message` as the member owning `group` receives it, checked by the shared rules.
+fn judge(
+    world: &World,
+    receiver: &Member,
+    group: &mut MlsGroup,
+    bytes: Vec<u8>,
+    revoked: &[String],
+) -> Result<(), Refusal> {
+    let message = MlsMessageIn::tls_deserialize_exact(&bytes)
+        .unwrap()
+        .try_into_protocol_message()
+        .unwrap();
+    let members: Vec<Member_> = group.members().collect();
+    let policy = GroupPolicy::from_extension(
+        group
+            .extensions()
+            .unknown(GROUP_POLICY_EXTENSION)
+            .map(|e| e.0.as_slice()),
+    );
+    let processed = group.process_message(&receiver.provider, message).unwrap();
+    let is_revoked = |d: &str| revoked.iter().any(|r| r == d);
+    let ctx = Context {
+        org: &world.org,
+        now: now_unix(),
+        revoked: &is_revoked,
+    };
+    let sender = processed.sender().clone();
+    match processed.into_content() {
+        ProcessedMessageContent::StagedCommitMessage(staged) => {
+            check_commit(&ctx, &members, policy, &sender, &staged)
+        }
+        ProcessedMessageContent::ProposalMessage(proposal) => {
+            check_proposal(&ctx, &members, policy, &sender, proposal.proposal())
+        }
+        _ => panic!("expected a handshake"),
+    }
+}
+
+type Member_ = openmls::prelude::Member;
+
+fn bytes_of(message: &MlsMessageOut) -> Vec<u8> {
+    message.tls_serialize_detached().unwrap()
+}
+
+fn leaf_of(group: &MlsGroup, cert: &Certificate) -> LeafNodeIndex {
+    group
+        .members()
+        .find(|m| m.signature_key == cert.body.device_key)
+        .unwrap()
+        .index
+}
+
+#[test]
+fn in_a_managed_group_only_admins_add_and_remove_people() {
+    let w = World::new();
+    let alice = w.member("alice", vec![Role::Admin, Role::Member]);
+    let bob = w.member("bob", vec![Role::Member]);
+    let carol = w.member("carol", vec![Role::Member]);
+    let dave = w.member("dave", vec![Role::Member]);
+    let managed = GroupPolicy {
+        managed: true,
+        archived: false,
+    };
+    let (mut alices, mut joined) = group(&alice, &[&bob, &carol], managed);
+    let mut carols = joined.pop().unwrap();
+    let mut bobs = joined.pop().unwrap();
+    let (commit, _, _) = bobs
+        .add_members(&bob.provider, &bob.signer, &[dave.key_package()])
+        .unwrap();
+    assert!(matches!(
+        judge(&w, &carol, &mut carols, bytes_of(&commit), &[]),
+        Err(Refusal::Managed {
+            what: "add people",
+            ..
+        })
+    ));
+    bobs.clear_pending_commit(bob.provider.storage()).unwrap();
+    let leaf = leaf_of(&bobs, &carol.cert);
+    let (commit, _, _) = bobs
+        .remove_members(&bob.provider, &bob.signer, &[leaf])
+        .unwrap();
+    assert!(matches!(
+        judge(&w, &alice, &mut alices, bytes_of(&commit), &[]),
+        Err(Refusal::Managed {
+            what: "remove people",
+            ..
+        })
+    ));
+    bobs.clear_pending_commit(bob.provider.storage()).unwrap();
+    // Removing a revoked device is every member's duty.
+    let (commit, _, _) = bobs
+        .remove_members(&bob.provider, &bob.signer, &[leaf])
+        .unwrap();
+    assert_eq!(
+        judge(
+            &w,
+            &alice,
+            &mut alices,
+            bytes_of(&commit),
+            &[carol.cert.body.device_id.clone()]
+        ),
+        Ok(())
+    );
+}
+
+#[test]
+fn an_admins_commit_cannot_launder_a_members_policy_proposal() {
+    let w = World::new();
+    let alice = w.member("alice", vec![Role::Admin, Role::Member]);
+    let bob = w.member("bob", vec![Role::Member]);
+    let carol = w.member("carol", vec![Role::Member]);
+    let (mut alices, mut joined) = group(&alice, &[&bob, &carol], GroupPolicy::default());
+    let mut carols = joined.pop().unwrap();
+    let mut bobs = joined.pop().unwrap();
+    let managed = policy_extensions(GroupPolicy {
+        managed: true,
+        archived: false,
+    });
+    let (proposal, _) = bobs
+        .propose_group_context_extensions(&bob.provider, managed, &bob.signer)
+        .unwrap();
+    let bytes = proposal.tls_serialize_detached().unwrap();
+    // Alice's and carol's clients store it unchecked (as older clients did) and alice
+    // commits it: the commit is refused for bob's proposal, whoever commits it.
+    let message = MlsMessageIn::tls_deserialize_exact(&bytes)
+        .unwrap()
+        .try_into_protocol_message()
+        .unwrap();
+    let ProcessedMessageContent::ProposalMessage(queued) = alices
+        .process_message(&alice.provider, message)
+        .unwrap()
+        .into_content()
+    else {
+        panic!("proposal")
+    };
+    alices
+        .store_pending_proposal(alice.provider.storage(), *queued)
+        .unwrap();
+    let (commit, _, _) = alices
+        .commit_to_pending_proposals(&alice.provider, &alice.signer)
+        .unwrap();
+    let message = MlsMessageIn::tls_deserialize_exact(&bytes)
+        .unwrap()
+        .try_into_protocol_message()
+        .unwrap();
+    let ProcessedMessageContent::ProposalMessage(queued) = carols
+        .process_message(&carol.provider, message)
+        .unwrap()
+        .into_content()
+    else {
+        panic!("proposal")
+    };
+    carols
+        .store_pending_proposal(carol.provider.storage(), *queued)
+        .unwrap();
+    assert!(matches!(
+        judge(&w, &carol, &mut carols, bytes_of(&commit), &[]),
+        Err(Refusal::Policy { by }) if by == "bob"
+    ));
+}
+
+#[test]
+fn an_update_must_keep_its_leafs_identity_and_revoked_senders_are_refused() {
+    let w = World::new();
+    let alice = w.member("alice", vec![Role::Admin, Role::Member]);
+    let bob = w.member("bob", vec![Role::Member]);
+    let carol = w.member("carol", vec![Role::Member]);
+    let (_alices, mut joined) = group(&alice, &[&bob, &carol], GroupPolicy::default());
+    let mut carols = joined.pop().unwrap();
+    let mut bobs = joined.pop().unwrap();
+    // Alice's certificate on bob's key.
+    let params = LeafNodeParameters::builder()
+        .with_credential_with_key(with_cert(&alice.cert, bob.signer.public()))
+        .build();
+    let (proposal, _) = bobs
+        .propose_self_update(&bob.provider, &bob.signer, params)
+        .unwrap();
+    assert!(matches!(
+        judge(&w, &carol, &mut carols, bytes_of(&proposal), &[]),
+        Err(Refusal::Identity { .. })
+    ));
+    bobs.clear_pending_proposals(bob.provider.storage())
+        .unwrap();
+    // A certificate for bob's key naming another user, signed by the real root.
+    let other = w.cert("mallory", bob.signer.public(), vec![Role::Admin]);
+    let params = LeafNodeParameters::builder()
+        .with_credential_with_key(with_cert(&other, bob.signer.public()))
+        .build();
+    let (proposal, _) = bobs
+        .propose_self_update(&bob.provider, &bob.signer, params)
+        .unwrap();
+    assert!(matches!(
+        judge(&w, &carol, &mut carols, bytes_of(&proposal), &[]),
+        Err(Refusal::IdentityChange { .. })
+    ));
+    bobs.clear_pending_proposals(bob.provider.storage())
+        .unwrap();
+    // Anything from a revoked device is refused.
+    let leaf = leaf_of(&bobs, &carol.cert);
+    let (proposal, _) = bobs
+        .propose_remove_member(&bob.provider, &bob.signer, leaf)
+        .unwrap();
+    assert!(matches!(
+        judge(
+            &w,
+            &carol,
+            &mut carols,
+            bytes_of(&proposal),
+            &[bob.cert.body.device_id.clone()]
+        ),
+        Err(Refusal::Revoked { .. })
+    ));
+}
+
+#[test]
+fn the_archive_stays_while_archived_and_strangers_cannot_join_from_outside() {
+    let w = World::new();
+    let alice = w.member("alice", vec![Role::Admin, Role::Member]);
+    let bob = w.member("bob", vec![Role::Member]);
+    let archive = w.member("archive", vec![Role::Archive]);
+    let dave = w.member("dave", vec![Role::Member]);
+    let archived = GroupPolicy {
+        managed: false,
+        archived: true,
+    };
+    let (mut alices, mut joined) = group(&alice, &[&bob, &archive], archived);
+    joined.pop();
+    let mut bobs = joined.pop().unwrap();
+    let leaf = leaf_of(&bobs, &archive.cert);
+    let (commit, _, _) = bobs
+        .remove_members(&bob.provider, &bob.signer, &[leaf])
+        .unwrap();
+    assert!(matches!(
+        judge(&w, &alice, &mut alices, bytes_of(&commit), &[]),
+        Err(Refusal::ArchiveRemoval { .. })
+    ));
+    // Dave, never a member, joins by external commit from a GroupInfo.
+    let info = alices
+        .export_group_info(alice.provider.crypto(), &alice.signer, true)
+        .unwrap();
+    let MlsMessageBodyIn::GroupInfo(info) =
+        MlsMessageIn::tls_deserialize_exact(&info.tls_serialize_detached().unwrap())
+            .unwrap()
+            .extract()
+    else {
+        panic!("group info")
+    };
+    let (_, bundle) = MlsGroup::external_commit_builder()
+        .build_group(&dave.provider, info, dave.credential())
+        .unwrap()
+        .leaf_node_parameters(
+            LeafNodeParameters::builder()
+                .with_capabilities(capabilities())
+                .build(),
+        )
+        .load_psks(dave.provider.storage())
+        .unwrap()
+        .build(
+            dave.provider.rand(),
+            dave.provider.crypto(),
+            &dave.signer,
+            |_| true,
+        )
+        .unwrap()
+        .finalize(&dave.provider)
+        .unwrap();
+    assert!(matches!(
+        judge(
+            &w,
+            &alice,
+            &mut alices,
+            bytes_of(&bundle.into_messages().0),
+            &[]
+        ),
+        Err(Refusal::Unsupported(_))
+    ));
+}
