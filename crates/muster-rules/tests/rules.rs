@@ -248,7 +248,7 @@ fn in_a_managed_group_only_admins_add_and_remove_people() {
             &alice,
             &mut alices,
             bytes_of(&commit),
-            &[carol.cert.body.device_id.clone()]
+            std::slice::from_ref(&carol.cert.body.device_id)
         ),
         Ok(())
     );
@@ -357,7 +357,7 @@ fn an_update_must_keep_its_leafs_identity_and_revoked_senders_are_refused() {
             &carol,
             &mut carols,
             bytes_of(&proposal),
-            &[bob.cert.body.device_id.clone()]
+            std::slice::from_ref(&bob.cert.body.device_id)
         ),
         Err(Refusal::Revoked { .. })
     ));
@@ -390,7 +390,7 @@ fn the_archive_stays_while_archived_and_strangers_cannot_join_from_outside() {
         .export_group_info(alice.provider.crypto(), &alice.signer, true)
         .unwrap();
     let MlsMessageBodyIn::GroupInfo(info) =
-        MlsMessageIn::tls_deserialize_exact(&info.tls_serialize_detached().unwrap())
+        MlsMessageIn::tls_deserialize_exact(info.tls_serialize_detached().unwrap())
             .unwrap()
             .extract()
     else {
