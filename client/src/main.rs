@@ -446,7 +446,8 @@ fn parse_duration(s: &str) -> Result<u64, String> {
     if n == 0 {
         return Err("duration must be positive".into());
     }
-    Ok(n * mult)
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("duration {s:?} is too long"))
 }
 
 fn parse_switch(s: &str) -> Result<bool, String> {

@@ -32,6 +32,8 @@ const ADDR_FILE: &str = "listen-addr";
 /// A connection must authenticate within this time, or it is closed (an enrolment's
 /// connection is closed by its client right after).
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// A TLS handshake must finish within this time, or its slot is given back.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Anonymous requests one connection may make before it must authenticate.
 const MAX_ANONYMOUS_REQUESTS_PER_CONNECTION: u32 = 8;
 
@@ -275,6 +277,12 @@ pub async fn serve(data: PathBuf, listen: SocketAddr, quotas: Quotas) -> Result<
             }
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
+                // A peer first proves it receives at its address (a stateless QUIC Retry),
+                // so the caps below cannot be filled with forged source addresses.
+                if !incoming.remote_address_validated() {
+                    let _ = incoming.retry();
+                    continue;
+                }
                 let address = incoming.remote_address().ip();
                 let admitted = shared
                     .admission
@@ -288,11 +296,15 @@ pub async fn serve(data: PathBuf, listen: SocketAddr, quotas: Quotas) -> Result<
                 }
                 let shared = shared.clone();
                 tokio::spawn(async move {
-                    match incoming.await {
-                        Ok(conn) => handle_connection(shared, conn, address).await,
-                        Err(e) => {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, incoming).await {
+                        Ok(Ok(conn)) => handle_connection(shared, conn, address).await,
+                        Ok(Err(e)) => {
                             release(&shared, address);
                             tracing::debug!(error = %e, "handshake failed");
+                        }
+                        Err(_) => {
+                            release(&shared, address);
+                            tracing::debug!("handshake timed out");
                         }
                     }
                 });
@@ -435,7 +447,11 @@ async fn handle_stream(
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .is_none()
-                    && !admit_anonymous(shared, anonymous)
+                    && !admit_anonymous(
+                        shared,
+                        anonymous,
+                        matches!(request, Request::Hello { .. } | Request::Prove { .. }),
+                    )
                 {
                     let refusal = Response::Error(RelayError::new(
                         ErrorCode::RateLimited,
@@ -514,8 +530,9 @@ async fn handle_stream(
     respond(&mut send, response).await
 }
 
-/// Counts an anonymous request against its connection and its address.
-fn admit_anonymous(shared: &Shared, anonymous: &Mutex<AnonymousConnection>) -> bool {
+/// Counts an anonymous request against its connection and its address (and, unless it
+/// is a device logging in, against the total).
+fn admit_anonymous(shared: &Shared, anonymous: &Mutex<AnonymousConnection>, logs_in: bool) -> bool {
     let mut anonymous = anonymous.lock().unwrap_or_else(|e| e.into_inner());
     anonymous.requests += 1;
     if anonymous.requests > MAX_ANONYMOUS_REQUESTS_PER_CONNECTION {
@@ -525,7 +542,7 @@ fn admit_anonymous(shared: &Shared, anonymous: &Mutex<AnonymousConnection>) -> b
         .admission
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .admit_request(anonymous.address, std::time::Instant::now())
+        .admit_request(anonymous.address, logs_in, std::time::Instant::now())
 }
 
 async fn respond(

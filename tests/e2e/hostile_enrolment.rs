@@ -320,3 +320,104 @@ fn a_profile_request_is_approved_only_as_its_user_signed_it() {
     let entry = shown.iter().find(|e| e["user"] == "bob").unwrap();
     assert_ne!(entry["display_name"], "Bob the Director of Payments");
 }
+
+/// A demoted admin still holds a certificate with the admin role until it runs out; an
+/// invite made with it (filed by a relay that plays along) is refused by alice's device,
+/// which goes by its own record of who is an admin.
+#[test]
+fn an_invite_from_a_demoted_admin_is_refused() {
+    use muster_proto::{CodeSecret, GrantBody, InviteCode, InvitePurpose};
+    use openmls_traits::signatures::Signer as _;
+    let org = Org::new("enrol-demoted-invite");
+    let alice = &org.admin;
+    let as_admin = write(
+        &org,
+        "admin.toml",
+        "[[users]]\nhandle = \"carol\"\ndisplay_name = \"Carol\"\nroles = [\"admin\"]\n",
+    );
+    let invites = org.dir.path().join("invites.txt");
+    alice.ok(&[
+        "admin",
+        "apply",
+        &as_admin,
+        "--invites-out",
+        invites.to_str().unwrap(),
+    ]);
+    let code = std::fs::read_to_string(&invites).unwrap();
+    let code = code.split_whitespace().nth(1).unwrap().to_string();
+    let carol = Device::new(&org.dir, "carol");
+    carol.ok(&["join", &code, "--display-name", "Carol"]);
+    alice.ok(&["admin", "apply", &as_admin]);
+    carol.ok(&["sync"]);
+    let admin_cert = certificate_of(&org, &device_id(&carol)).unwrap();
+    assert!(admin_cert.is_admin());
+    let as_member = write(
+        &org,
+        "member.toml",
+        "[[users]]\nhandle = \"carol\"\ndisplay_name = \"Carol\"\n",
+    );
+    alice.ok(&["admin", "apply", &as_member]);
+
+    // Carol's modified client signs an invite for eve with her old admin certificate;
+    // the relay files it.
+    let rogue = crate::rogue::Rogue::copy_of(&carol, org.dir.path());
+    let secret = CodeSecret::generate();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let body = GrantBody {
+        org_id: rogue.org().org_id,
+        purpose: InvitePurpose::NewUser,
+        user: "eve".into(),
+        code_key: secret.public_key(),
+        issued_at: now,
+        expires_at: now + 3600,
+    };
+    let grant = muster_proto::EnrolmentGrant {
+        signature: rogue.signer().sign(&body.to_be_signed()).unwrap(),
+        body,
+        issuer: admin_cert,
+    };
+    let token_hash = ring::digest::digest(&ring::digest::SHA256, &grant.body.code_key)
+        .as_ref()
+        .to_vec();
+    let db = relay_db(&org);
+    db.execute(
+        "INSERT INTO invites (token_hash, user, created_by, expires_at, kind) VALUES (?1, 'eve', 'carol', ?2, 'user')",
+        params![token_hash, (now + 3600) as i64],
+    )
+    .unwrap();
+    db.execute(
+        "INSERT INTO invite_grants (token_hash, grant_data) VALUES (?1, ?2)",
+        params![token_hash, serde_json::to_vec(&grant).unwrap()],
+    )
+    .unwrap();
+    drop(db);
+    let (relay, fingerprint): (String, String) =
+        rusqlite::Connection::open(alice.home.join("muster.db"))
+            .unwrap()
+            .query_row(
+                "SELECT relay, fingerprint FROM device WHERE id = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+    let code = InviteCode {
+        purpose: InvitePurpose::NewUser,
+        relay,
+        fingerprint,
+        org: rogue.org(),
+        user: "eve".into(),
+        secret: secret.to_hex(),
+        expires_at: now + 3600,
+    }
+    .encode();
+    let eve = Device::new(&org.dir, "eve");
+    eve.ok(&["join", &code, "--display-name", "Eve"]);
+    let err = alice.fails(&["approve", "eve"]);
+    assert!(
+        err.contains("not an admin by this device's record"),
+        "{err}"
+    );
+}

@@ -301,3 +301,104 @@ fn withheld_and_reordered_messages_are_reported() {
     let shown = bob.ok(&["read", "ops"]);
     assert!(shown.contains("never arrived"), "{shown}");
 }
+
+/// The operator, helped by mallory (an enrolled colleague outside the group), builds a
+/// group of its own under the real group's id, at a later epoch, and tries to make bob's
+/// device "rejoin" it: bob's device refuses a GroupInfo that nobody in the group signed.
+#[test]
+fn a_forged_group_info_cannot_pull_a_member_into_a_copy_of_the_group() {
+    use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
+    use openmls::prelude::*;
+
+    let org = Org::new("hostile-groupinfo");
+    let bob = org.enrol("bob");
+    let mallory = org.enrol("mallory");
+    org.admin
+        .ok(&["group", "create", "ops", "--members", "bob"]);
+    bob.ok(&["sync"]);
+    let gid = group_id(&org.admin, "ops");
+    let rogue = crate::rogue::Rogue::copy_of(&mallory, org.dir.path());
+    let provider = rogue.provider();
+    let signer = rogue.signer();
+    let cert: Vec<u8> = relay_db(&org)
+        .query_row(
+            "SELECT certificate FROM devices WHERE user = 'mallory'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let credential = CredentialWithKey {
+        credential: BasicCredential::new(cert).into(),
+        signature_key: signer.public().into(),
+    };
+    let policy_ext = Extension::Unknown(
+        muster_proto::GROUP_POLICY_EXTENSION,
+        UnknownExtension(muster_proto::GroupPolicy::default().to_bytes()),
+    );
+    let config = MlsGroupCreateConfig::builder()
+        .ciphersuite(Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519)
+        .use_ratchet_tree_extension(true)
+        .capabilities(
+            Capabilities::builder()
+                .extensions(vec![
+                    ExtensionType::LastResort,
+                    ExtensionType::Unknown(muster_proto::GROUP_POLICY_EXTENSION),
+                ])
+                .build(),
+        )
+        .with_group_context_extensions(Extensions::single(policy_ext).unwrap())
+        .build();
+    let mut forged = MlsGroup::new_with_group_id(
+        &provider,
+        &signer,
+        &config,
+        GroupId::from_slice(&gid),
+        credential,
+    )
+    .unwrap();
+    let bobs_kp: Vec<u8> = relay_db(&org)
+        .query_row(
+            "SELECT data FROM key_packages WHERE device_id = ?1 LIMIT 1",
+            [device_id(&bob)],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let kp = KeyPackageIn::tls_deserialize_exact(&bobs_kp)
+        .unwrap()
+        .validate(provider.crypto(), ProtocolVersion::Mls10)
+        .unwrap();
+    forged.add_members(&provider, &signer, &[kp]).unwrap();
+    forged.merge_pending_commit(&provider).unwrap();
+    for _ in 0..3 {
+        forged
+            .self_update(&provider, &signer, LeafNodeParameters::default())
+            .unwrap();
+        forged.merge_pending_commit(&provider).unwrap();
+    }
+    let info = forged
+        .export_group_info(provider.crypto(), &signer, true)
+        .unwrap()
+        .tls_serialize_detached()
+        .unwrap();
+    let lure = forged
+        .create_message(&provider, &signer, b"{}")
+        .unwrap()
+        .tls_serialize_detached()
+        .unwrap();
+    let epoch = forged.epoch().as_u64();
+    let db = relay_db(&org);
+    db.execute(
+        "INSERT OR REPLACE INTO group_infos (group_id, epoch, data) VALUES (?1, ?2, ?3)",
+        params![gid, epoch as i64, info],
+    )
+    .unwrap();
+    drop(db);
+    // A message of the copy's later epoch makes bob's device think it fell behind.
+    crate::rogue::inject(&org, &gid, "application", &mallory, &lure, epoch);
+    let out = bob.ok(&["sync"]);
+    assert!(out.contains("not signed by anyone in the group"), "{out}");
+    org.admin.ok(&["send", "ops", "still the real group"]);
+    bob.ok(&["sync"]);
+    assert_eq!(bob.texts("ops"), ["still the real group"]);
+    assert_eq!(bob.members("ops"), ["alice", "bob"]);
+}

@@ -308,6 +308,20 @@ impl Engine {
                 grant.issuer.body.user
             ));
         }
+        // An invite counts only from someone who is an admin by this device's own record
+        // (not merely by a certificate they still hold from before a demotion).
+        if grant.body.purpose == InvitePurpose::NewUser {
+            let admin = self
+                .record_of(&grant.issuer.body.user)
+                .map_err(|e| e.to_string())?
+                .is_some_and(|(_, roles)| roles.contains(&Role::Admin));
+            if !admin {
+                return Err(format!(
+                    "its invite was made by {}, who is not an admin by this device's record",
+                    grant.issuer.body.user
+                ));
+            }
+        }
         Ok(ProvenEnrolment {
             user: request.body.user.clone(),
             device_id,
@@ -942,7 +956,8 @@ impl Engine {
                 root.sign(CertificateBody {
                     profile: profile.clone(),
                     roles: roles.to_vec(),
-                    not_before: now.saturating_sub(300).max(c.body.not_before),
+                    // Strictly later than the certificate it replaces, so devices take it.
+                    not_before: now.saturating_sub(300).max(c.body.not_before + 1),
                     not_after: now + lifetime,
                     ..c.body
                 })
@@ -1162,9 +1177,9 @@ impl Engine {
                 "unexpected answer to ArchiveCheckpoints".into(),
             ));
         };
-        let Some(&(last, _)) = batch.last() else {
+        if batch.is_empty() {
             return Ok(());
-        };
+        }
         let archives: std::collections::HashMap<String, Certificate> = self
             .certificates(conn)
             .await?
@@ -1172,9 +1187,16 @@ impl Engine {
             .filter(|c| c.is_archive())
             .map(|c| (c.body.device_id.clone(), c))
             .collect();
-        for (_, checkpoint) in batch {
+        // Only what was kept counts as collected: a checkpoint that cannot be checked now
+        // (its archive's certificate missing from the listing) is looked at again.
+        let mut collected = since as u64;
+        for (position, checkpoint) in batch {
             let Some(archive) = archives.get(&checkpoint.device_id) else {
-                continue;
+                report.problems.push(format!(
+                    "an archive checkpoint on the relay comes from device {}, whose archive certificate the relay does not list",
+                    checkpoint.device_id
+                ));
+                break;
             };
             let payload = muster_proto::archive_checkpoint_payload(
                 checkpoint.entry_seq as i64,
@@ -1186,7 +1208,11 @@ impl Engine {
             )
             .verify(&payload, &checkpoint.signature);
             if signed.is_err() {
-                continue;
+                report.problems.push(format!(
+                    "an archive checkpoint on the relay (entry {}) does not verify with the archive's key",
+                    checkpoint.entry_seq
+                ));
+                break;
             }
             let held: Option<Vec<u8>> = self
                 .db
@@ -1216,11 +1242,12 @@ impl Engine {
                     )?;
                 }
             }
+            collected = position;
         }
         self.db.execute(
             "INSERT INTO sync_state (key, value) VALUES ('archive_checkpoints', ?1)
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            [last as i64],
+            [collected as i64],
         )?;
         Ok(())
     }

@@ -539,6 +539,13 @@ pub fn verify_chain(
     }
     for entry in entries.iter().filter(|e| e.record.is_none()) {
         let seq = entry.seq;
+        if entry.kind != "message" {
+            report.problems.push(format!(
+                "entry {seq}: a {} record was cleared; only messages ever are",
+                entry.kind
+            ));
+            continue;
+        }
         let Some((cleared, prune, was_held)) = cleared_by.get(&seq) else {
             report.problems.push(format!(
                 "entry {seq}: its content was removed, but no recorded prune cleared it"

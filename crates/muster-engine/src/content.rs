@@ -2,6 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The longest retention or disappearing period a group may set: 100 years.
+pub const MAX_RETENTION_SECS: u64 = 100 * 365 * 86_400;
+
 /// Current content version.
 pub const CONTENT_VERSION: u16 = 1;
 
@@ -168,7 +171,33 @@ impl Envelope {
             return Err(format!("unsupported content version {}", envelope.v));
         }
         envelope.check_ids()?;
+        envelope.check_numbers()?;
         Ok(envelope)
+    }
+
+    /// Refuses numbers a sender chose to overflow a receiver's arithmetic: retention
+    /// periods beyond [`MAX_RETENTION_SECS`] and message numbers beyond `i64::MAX`.
+    fn check_numbers(&self) -> Result<(), String> {
+        if self.n.is_some_and(|n| n > i64::MAX as u64) {
+            return Err("message number out of range".into());
+        }
+        if let Body::Retention {
+            retain_secs,
+            disappear_secs,
+        } = &self.body
+        {
+            if [retain_secs, disappear_secs]
+                .into_iter()
+                .flatten()
+                .any(|s| *s == 0 || *s > MAX_RETENTION_SECS)
+            {
+                return Err(format!(
+                    "a retention period must be 1 second to {} days",
+                    MAX_RETENTION_SECS / 86_400
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Refuses ids a sender made up to reach beyond a lookup: every message id this
@@ -256,6 +285,28 @@ mod tests {
         future.v = 99;
         assert!(Envelope::from_bytes(&future.to_bytes()).is_err());
         assert!(Envelope::from_bytes(b"{\"v\":1}").is_err());
+    }
+
+    #[test]
+    fn retention_periods_and_message_numbers_that_would_overflow_are_refused() {
+        let retention = |secs: u64| {
+            Envelope::new(
+                "00112233".into(),
+                5,
+                Body::Retention {
+                    retain_secs: Some(secs),
+                    disappear_secs: None,
+                },
+            )
+            .to_bytes()
+        };
+        assert!(Envelope::from_bytes(&retention(30 * 86_400)).is_ok());
+        assert!(Envelope::from_bytes(&retention(9_223_372_036_854_806_400)).is_err());
+        assert!(Envelope::from_bytes(&retention(0)).is_err());
+        let mut numbered =
+            Envelope::new("00112233".into(), 5, Body::GroupMeta { name: "x".into() });
+        numbered.n = Some(u64::MAX);
+        assert!(Envelope::from_bytes(&numbered.to_bytes()).is_err());
     }
 
     #[test]

@@ -34,6 +34,8 @@ const KEY_PACKAGE_LOW_WATER: u32 = 5;
 const KEY_PACKAGE_BATCH: usize = 10;
 const MAX_COMMIT_ATTEMPTS: u32 = 8;
 const FETCH_BATCH: u32 = 200;
+/// How often, at least, groups are looked through for members whose certificate ran out.
+const LAPSE_CHECK_SECS: u64 = 600;
 /// Groups with more members than this batch their delivery receipts.
 const RECEIPT_BATCH_MEMBERS: usize = 20;
 /// How often a device sends delivery receipts into a large group.
@@ -363,6 +365,102 @@ fn verify_member(
         ));
     }
     Ok(cert)
+}
+
+/// What changed in a group between the state this device held and the one it catches up
+/// to (by rejoining, or by a Welcome that replaces a group it held), judged as one change
+/// made by `signer`, who must have been a member of the state held: the shared rules
+/// apply to the differences (who may add and remove people in a managed group, who may
+/// change the policy, the archive staying in an archived group), every member must be
+/// certified and unrevoked, and added members valid now. Returns a notice for each
+/// difference, for the user to see.
+fn catch_up_changes(
+    device: &DeviceRow,
+    held: &MlsGroup,
+    new: &MlsGroup,
+    signer: &Certificate,
+    revoked: &HashSet<String>,
+) -> Result<Vec<String>, String> {
+    let devices = |group: &MlsGroup| -> Result<HashMap<String, Certificate>, String> {
+        let mut out = HashMap::new();
+        for m in group.members() {
+            let cert = roster_member(&device.org, &m.credential, &m.signature_key)?;
+            if cert.body.device_id != device.device_id {
+                out.insert(cert.body.device_id.clone(), cert);
+            }
+        }
+        Ok(out)
+    };
+    let (before, after) = (devices(held)?, devices(new)?);
+    if !before.contains_key(&signer.body.device_id) {
+        return Err(format!(
+            "it was signed by {}, who was not in the group as this device knew it",
+            signer.body.user
+        ));
+    }
+    if revoked.contains(&signer.body.device_id) {
+        return Err(format!(
+            "it was signed by a revoked device of {}",
+            signer.body.user
+        ));
+    }
+    let (policy_before, policy_after) = (policy_of(held), policy_of(new));
+    let admin = signer.is_admin();
+    if policy_before != policy_after && !admin {
+        return Err(format!(
+            "{} changed the group's policy without being an admin",
+            signer.body.user
+        ));
+    }
+    let mut notices = Vec::new();
+    for (id, cert) in after.iter().filter(|(id, _)| !before.contains_key(*id)) {
+        cert.check_validity(now_unix())
+            .map_err(|e| format!("it adds {} ({id}): {e}", cert.body.user))?;
+        if revoked.contains(id) {
+            return Err(format!("it adds revoked device {id} of {}", cert.body.user));
+        }
+        if policy_before.managed && !admin && cert.body.user != signer.body.user {
+            return Err(format!(
+                "{} added {} to a managed group without being an admin",
+                signer.body.user, cert.body.user
+            ));
+        }
+        notices.push(format!(
+            "while this device was behind, {} joined",
+            cert.body.user
+        ));
+    }
+    for (id, cert) in before.iter().filter(|(id, _)| !after.contains_key(*id)) {
+        let was_revoked = revoked.contains(id);
+        if policy_before.managed && !admin && !was_revoked {
+            return Err(format!(
+                "{} removed {} from a managed group without being an admin",
+                signer.body.user, cert.body.user
+            ));
+        }
+        if cert.is_archive() && policy_after.archived && !was_revoked {
+            return Err("it removes the compliance archive from an archived group".into());
+        }
+        notices.push(format!(
+            "while this device was behind, {} left",
+            cert.body.user
+        ));
+    }
+    if policy_after.archived
+        && !after
+            .values()
+            .any(|c| c.is_archive() && !revoked.contains(&c.body.device_id))
+    {
+        return Err("it is an archived group without its archive".into());
+    }
+    if policy_before != policy_after {
+        notices.extend(describe_policy_change(
+            &signer.body.user,
+            policy_before,
+            policy_after,
+        ));
+    }
+    Ok(notices)
 }
 
 /// Checks that a member's credential carries a certificate the organisation root signed
@@ -776,10 +874,12 @@ impl Engine {
                     "relay returned a certificate for another device".into(),
                 ));
             }
+            // Only a later certificate replaces the one held: a relay cannot hand back an
+            // older one (say, from before a role was taken away).
             let newer = device
                 .certificate
                 .as_ref()
-                .is_none_or(|old| *old != cert && cert.body.not_before >= old.body.not_before);
+                .is_none_or(|old| *old != cert && cert.body.not_before > old.body.not_before);
             let renewed = newer && device.certificate.is_some();
             if newer {
                 self.db.execute(
@@ -1567,6 +1667,7 @@ impl Engine {
                         "INSERT OR IGNORE INTO own_handshakes (group_id, seq) VALUES (?1, ?2)",
                         params![group_id, seq as i64],
                     )?;
+                    lapse_check_due(&tx)?;
                     if let Some(text) = notice {
                         insert_system(
                             &tx,
@@ -1725,6 +1826,29 @@ impl Engine {
             ));
         }
         let revoked = revoked_devices(&self.db)?;
+        // Who signed it: it must be someone in the group as this device knew it.
+        let held_group = {
+            let provider = Provider::new(&self.crypto, &self.db);
+            load_group(&provider, group_id)?
+        };
+        let signer_cert = held_group
+            .members()
+            .find(|m| {
+                use openmls::ciphersuite::signable::Verifiable as _;
+                use openmls::ciphersuite::signature::OpenMlsSignaturePublicKey;
+                OpenMlsSignaturePublicKey::new(m.signature_key.clone().into(), SignatureScheme::ED25519)
+                    .is_ok_and(|key| info.clone().verify(&self.crypto, &key).is_ok())
+            })
+            .ok_or_else(|| {
+                EngineError::Invalid(
+                    "the relay's GroupInfo is not signed by anyone in the group as this device knew it"
+                        .into(),
+                )
+            })
+            .and_then(|m| {
+                verify_member(&device.org, &m.credential, &m.signature_key)
+                    .map_err(EngineError::Invalid)
+            })?;
         let tx = self
             .db
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -1744,20 +1868,8 @@ impl Engine {
             .map_err(EngineError::mls)?
             .finalize(&provider)
             .map_err(EngineError::mls)?;
-        for member in group.members() {
-            let cert = roster_member(&device.org, &member.credential, &member.signature_key)
-                .map_err(|e| {
-                    EngineError::Invalid(format!(
-                        "not rejoining a group with an invalid member: {e}"
-                    ))
-                })?;
-            if revoked.contains(&cert.body.device_id) {
-                return Err(EngineError::Invalid(format!(
-                    "not rejoining a group with revoked device {} of {}",
-                    cert.body.device_id, cert.body.user
-                )));
-            }
-        }
+        let changes = catch_up_changes(&device, &held_group, &group, &signer_cert, &revoked)
+            .map_err(|why| EngineError::Invalid(format!("not rejoining the group: {why}")))?;
         let (commit, _, group_info) = bundle.into_messages();
         let answer = conn
             .request(&Request::Commit {
@@ -1779,6 +1891,9 @@ impl Engine {
                     "this device had fallen behind the group (it refused or missed a change) and rejoined it; messages sent meanwhile are lost to it",
                     Some(order_key(seq, 0)),
                 )?;
+                for (i, change) in changes.iter().enumerate() {
+                    insert_system(&tx, group_id, change, Some(order_key(seq, i + 1)))?;
+                }
                 tx.commit()?;
                 self.member_counts.remove(group_id);
                 report.problems.push(format!(
@@ -2605,6 +2720,16 @@ impl Engine {
         retain_secs: Option<u64>,
         disappear_secs: Option<u64>,
     ) -> Result<QueuedMessage, EngineError> {
+        if [retain_secs, disappear_secs]
+            .into_iter()
+            .flatten()
+            .any(|s| s == 0 || s > crate::content::MAX_RETENTION_SECS)
+        {
+            return Err(EngineError::Invalid(format!(
+                "a retention period must be 1 second to {} days",
+                crate::content::MAX_RETENTION_SECS / 86_400
+            )));
+        }
         let (group_id, _) = self.active_group(group)?;
         self.check_may_manage(&group_id, "change how long messages are kept")?;
         let id = self.enqueue(
@@ -2985,6 +3110,8 @@ impl Engine {
     pub async fn sync(&mut self, conn: &RelayConnection) -> Result<SyncReport, EngineError> {
         let mut report = SyncReport::default();
         self.fetch_and_process(conn, &mut report).await?;
+        // Rejoining judges what changed meanwhile by the revocations known now.
+        self.learn_revocations(conn, &mut report).await?;
         self.catch_up_groups(conn, &mut report).await?;
         self.enforce_retention()?;
         self.apply_revocations(conn, &mut report).await?;
@@ -3123,13 +3250,8 @@ impl Engine {
         conn: &RelayConnection,
         report: &mut SyncReport,
     ) -> Result<(), EngineError> {
-        let revoked: Vec<String> = {
-            let mut stmt = self.db.prepare("SELECT device_id FROM revoked_devices")?;
-            let rows = stmt
-                .query_map([], |r| r.get(0))?
-                .collect::<Result<Vec<String>, _>>()?;
-            rows
-        };
+        let mut revoked: HashSet<String> = revoked_devices(&self.db)?;
+        revoked.extend(self.lapsed_devices(conn).await?);
         if revoked.is_empty() {
             return Ok(());
         }
@@ -3151,6 +3273,62 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Devices in this device's groups whose certificate ran out and that hold no valid
+    /// certificate any more (admin devices renew every device they have not revoked, so
+    /// these were revoked, or given up): they are removed like revoked ones, even where
+    /// the relay hides their revocation. The groups are looked at when the earliest
+    /// certificate among their members has run out, and at least every ten minutes.
+    async fn lapsed_devices(
+        &mut self,
+        conn: &RelayConnection,
+    ) -> Result<HashSet<String>, EngineError> {
+        let now = now_unix();
+        let next: i64 = self
+            .db
+            .query_row(
+                "SELECT value FROM sync_state WHERE key = 'next_lapse_check'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0);
+        if (now as i64) < next {
+            return Ok(HashSet::new());
+        }
+        let mut lapsed = HashSet::new();
+        let mut earliest = now + LAPSE_CHECK_SECS;
+        for group_id in self.active_group_ids()? {
+            let provider = Provider::new(&self.crypto, &self.db);
+            for member in load_group(&provider, &group_id)?.members() {
+                if let Some(cert) = certificate_in(&member.credential) {
+                    if cert.body.not_after < now {
+                        lapsed.insert(cert.body.device_id);
+                    } else {
+                        earliest = earliest.min(cert.body.not_after + 1);
+                    }
+                }
+            }
+        }
+        if !lapsed.is_empty() {
+            // A device whose renewed certificate is waiting for it is not lapsed.
+            let renewed: HashSet<String> = self
+                .certificates(conn)
+                .await?
+                .into_iter()
+                .filter(|c| c.check_validity(now).is_ok())
+                .map(|c| c.body.device_id)
+                .collect();
+            let me = self.device()?.device_id;
+            lapsed.retain(|d| !renewed.contains(d) && *d != me);
+        }
+        self.db.execute(
+            "INSERT INTO sync_state (key, value) VALUES ('next_lapse_check', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [earliest as i64],
+        )?;
+        Ok(lapsed)
     }
 
     async fn commit_pending_proposals(
@@ -3307,18 +3485,22 @@ impl Engine {
 struct VerifiedCertificates(HashSet<Vec<u8>>);
 
 impl VerifiedCertificates {
+    /// Checks the certificate's issuer (once) and, given a time, its dates.
     fn verify(
         &mut self,
         cert: &Certificate,
         org: &OrgDescriptor,
-        now: u64,
+        now: Option<u64>,
     ) -> Result<(), muster_proto::identity::CertError> {
         let key = sha256(&cert.to_bytes());
         if !self.0.contains(&key) {
             cert.verify_issuer(org)?;
             self.0.insert(key);
         }
-        cert.check_validity(now)
+        match now {
+            Some(now) => cert.check_validity(now),
+            None => Ok(()),
+        }
     }
 }
 
@@ -3395,7 +3577,7 @@ fn process_welcome(
 ) -> Result<(), EngineError> {
     let tx = batch.savepoint()?;
     let provider = Provider::new(crypto, &tx);
-    let result = (|| -> Result<(MlsGroup, String), String> {
+    let result = (|| -> Result<(MlsGroup, String, Vec<String>), String> {
         let message = MlsMessageIn::tls_deserialize_exact(bytes)
             .map_err(|e| format!("Welcome does not decode: {e}"))?;
         let MlsMessageBodyIn::Welcome(welcome) = message.extract() else {
@@ -3406,9 +3588,9 @@ fn process_welcome(
         // A group this device is in, or was in until it left or was removed, is kept at
         // the epoch it last reached: only a Welcome to a later epoch (being added back)
         // may replace it.
-        if let Some(mut old) = MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))
-            .map_err(|e| e.to_string())?
-        {
+        let mut held = MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))
+            .map_err(|e| e.to_string())?;
+        if let Some(old) = held.as_mut() {
             let (held, offered) = (
                 old.epoch().as_u64(),
                 staged.group_context().epoch().as_u64(),
@@ -3441,14 +3623,22 @@ fn process_welcome(
                 adder.body.device_id, adder.body.user
             ));
         }
-        let adder = adder.body.user;
         let group = staged
             .into_group(&provider)
             .map_err(|e| format!("Welcome cannot be joined: {e}"))?;
-        Ok((group, adder))
+        // Replacing a group this device held: what changed since must be a change its
+        // adder, a member then, was allowed to make.
+        let changes = match &held {
+            Some(held) => {
+                let revoked = revoked_devices(&tx).map_err(|e| e.to_string())?;
+                catch_up_changes(device, held, &group, &adder, &revoked)?
+            }
+            None => Vec::new(),
+        };
+        Ok((group, adder.body.user, changes))
     })();
     match result {
-        Ok((group, adder)) => {
+        Ok((group, adder, changes)) => {
             let gid = group.group_id().as_slice().to_vec();
             if gid != group_id {
                 report
@@ -3463,6 +3653,10 @@ fn process_welcome(
                     params![gid, placeholder, now_ms()],
                 )?;
             insert_system(&tx, &gid, &format!("{adder} added you"), Some(0))?;
+            lapse_check_due(&tx)?;
+            for change in &changes {
+                insert_system(&tx, &gid, change, Some(0))?;
+            }
             tx.commit()?;
             report.joined_groups.push(group_hex(&gid));
         }
@@ -3574,8 +3768,16 @@ fn process_group_message(
             .map_err(|e| format!("message cannot be processed: {e}"))?;
         let sender_cert = certificate_in(processed.credential())
             .ok_or_else(|| "sender has no identity certificate".to_string())?;
+        // A commit's sender is judged by the shared rules, which let a member whose
+        // certificate ran out commit its own renewal (as the relay does); everything
+        // else needs a certificate valid now.
+        let is_commit = matches!(
+            processed.content(),
+            ProcessedMessageContent::StagedCommitMessage(_)
+        );
+        let now = if is_commit { None } else { Some(now_unix()) };
         verified
-            .verify(&sender_cert, &device.org, now_unix())
+            .verify(&sender_cert, &device.org, now)
             .map_err(|e| format!("sender {}: {e}", sender_cert.body.user))?;
         // The certificate must name the key that signed: the sending leaf's own.
         let sender_key = match (processed.sender(), processed.content()) {
@@ -3662,6 +3864,7 @@ fn process_group_message(
                 group
                     .merge_staged_commit(&provider, *staged)
                     .map_err(|e| e.to_string())?;
+                lapse_check_due(tx).map_err(|e| e.to_string())?;
                 let actor = &sender_cert.body.user;
                 if sender == Sender::NewMemberCommit {
                     notices.push(format!(
@@ -3992,8 +4195,8 @@ fn check_send_number(
     )?
     .execute(params![group_id, sender.body.device_id, n as i64])?;
     let user = &sender.body.user;
-    Ok(match last.map(|l| l as u64) {
-        Some(last) if n > last + 1 => {
+    Ok(match last.map(|l| l.max(0) as u64) {
+        Some(last) if n > last.saturating_add(1) => {
             let missing = n - last - 1;
             Some(format!(
                 "{missing} message{} from {user} (device {}) never arrived: the relay withheld {}",
@@ -4032,6 +4235,13 @@ fn device_ids_in(group: &MlsGroup) -> Vec<String> {
         .filter_map(|m| certificate_in(&m.credential))
         .map(|c| c.body.device_id)
         .collect()
+}
+
+/// A group's members changed: look for lapsed certificates at the next sync.
+fn lapse_check_due(db: &Connection) -> Result<(), EngineError> {
+    db.prepare_cached("DELETE FROM sync_state WHERE key = 'next_lapse_check'")?
+        .execute([])?;
+    Ok(())
 }
 
 /// Every device this device knows to be revoked.

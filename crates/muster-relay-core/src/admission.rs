@@ -47,6 +47,22 @@ pub struct Admission {
 /// Addresses remembered at most; full buckets are forgotten beyond this.
 const MAX_ADDRESSES: usize = 10_000;
 
+/// Where a peer comes from, for the limits: its IPv4 address, or the /64 network of its
+/// IPv6 address (one site is handed a whole /64).
+fn source(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut octets = v6.octets();
+                octets[8..].fill(0);
+                IpAddr::V6(octets.into())
+            }
+        },
+        v4 => v4,
+    }
+}
+
 impl Admission {
     pub fn new(limits: AnonymousLimits, now: Instant) -> Self {
         Self {
@@ -75,6 +91,7 @@ impl Admission {
     /// Whether a new connection from `address` may start its handshake; if so it counts
     /// as unauthenticated until [`Self::release`].
     pub fn admit_connection(&mut self, address: IpAddr, now: Instant) -> bool {
+        let address = source(address);
         let (rate, burst) = (
             self.limits.requests_per_address,
             self.limits.requests_per_address * 2.0,
@@ -97,6 +114,7 @@ impl Admission {
 
     /// The connection from `address` authenticated or closed.
     pub fn release(&mut self, address: IpAddr) {
+        let address = source(address);
         if let Some(open) = self.open.get_mut(&address) {
             *open -= 1;
             if *open == 0 {
@@ -106,14 +124,20 @@ impl Admission {
         }
     }
 
-    /// Takes one anonymous request's worth from `address`'s rate and the total.
-    pub fn admit_request(&mut self, address: IpAddr, now: Instant) -> bool {
+    /// Takes one anonymous request's worth from `address`'s rate and, unless it is a
+    /// device logging in (`logs_in`: hello and proof), from the total, so that strangers
+    /// spending the total do not lock members out.
+    pub fn admit_request(&mut self, address: IpAddr, logs_in: bool, now: Instant) -> bool {
+        let address = source(address);
         let (rate, burst) = (
             self.limits.requests_per_address,
             self.limits.requests_per_address * 2.0,
         );
         if !self.bucket(address, now).take(now, rate, burst) {
             return false;
+        }
+        if logs_in {
+            return true;
         }
         let total_rate = self.limits.requests_total;
         self.total.take(now, total_rate, total_rate * 2.0)
@@ -159,20 +183,44 @@ mod tests {
         let x: IpAddr = "10.0.0.1".parse().unwrap();
         let y: IpAddr = "10.0.0.2".parse().unwrap();
         for _ in 0..10 {
-            assert!(a.admit_request(x, t0), "a burst of twice the rate");
+            assert!(a.admit_request(x, false, t0), "a burst of twice the rate");
         }
-        assert!(!a.admit_request(x, t0));
+        assert!(!a.admit_request(x, false, t0));
         assert!(
             !a.admit_connection(x, t0),
             "no new connection while it is spent"
         );
-        assert!(a.admit_request(y, t0), "other addresses go on");
+        assert!(a.admit_request(y, false, t0), "other addresses go on");
         let later = t0 + Duration::from_millis(400);
         assert!(a.admit_connection(x, later));
-        assert!(a.admit_request(x, later));
+        assert!(a.admit_request(x, false, later));
         // The total caps all addresses together (8/s, bursts of 16; 11 taken so far).
         let z: IpAddr = "10.0.0.3".parse().unwrap();
-        let taken = (0..10).filter(|_| a.admit_request(z, later)).count();
+        let taken = (0..10).filter(|_| a.admit_request(z, false, later)).count();
         assert!(taken < 10, "the total rate applies to everyone");
+    }
+
+    #[test]
+    fn logins_are_held_to_their_address_only_and_an_ipv6_site_counts_once() {
+        let t0 = Instant::now();
+        let mut a = Admission::new(limits(), t0);
+        for i in 10..14 {
+            let stranger: IpAddr = format!("10.0.1.{i}").parse().unwrap();
+            while a.admit_request(stranger, false, t0) {}
+        }
+        let member: IpAddr = "10.0.0.8".parse().unwrap();
+        assert!(!a.admit_request(member, false, t0), "the total is spent");
+        assert!(
+            a.admit_request(member, true, t0),
+            "a device logging in still gets in"
+        );
+        let first: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let second: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let elsewhere: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert!(a.admit_connection(first, t0));
+        assert!(a.admit_connection(second, t0));
+        assert!(!a.admit_connection(second, t0), "the same /64");
+        a.release(first);
+        assert!(a.admit_connection(elsewhere, t0));
     }
 }

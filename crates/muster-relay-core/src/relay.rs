@@ -508,15 +508,13 @@ impl Relay {
                 commit,
                 welcome,
                 group_info,
-            } => self
-                .commit(session, &group_id, &commit, welcome.as_deref())
-                .and_then(|outcome| {
-                    if let (Response::Stored { .. }, Some(info)) = (&outcome.response, &group_info)
-                    {
-                        self.keep_group_info(&group_id, info)?;
-                    }
-                    Ok(outcome)
-                }),
+            } => self.commit(
+                session,
+                &group_id,
+                &commit,
+                welcome.as_deref(),
+                group_info.as_deref(),
+            ),
             Request::GroupInfo { group_id } => self.group_info(session, &group_id),
             Request::Propose { group_id, proposal } => self.propose(session, &group_id, &proposal),
             Request::Send {
@@ -1771,15 +1769,17 @@ impl Relay {
             "INSERT INTO groups (group_id, epoch, last_seq, created_by, created_at) VALUES (?1, ?2, 0, ?3, ?4)",
             params![group_id, group.group_context().epoch().as_u64() as i64, session.device_id, now_unix() as i64],
         )?;
-        exec(
-            &tx,
-            "INSERT OR REPLACE INTO group_infos (group_id, epoch, data) VALUES (?1, ?2, ?3)",
-            params![
-                group_id,
-                group.group_context().epoch().as_u64() as i64,
-                group_info
-            ],
-        )?;
+        if Self::checked_group_info(&self.crypto, &group, group_info) {
+            exec(
+                &tx,
+                "INSERT OR REPLACE INTO group_infos (group_id, epoch, data) VALUES (?1, ?2, ?3)",
+                params![
+                    group_id,
+                    group.group_context().epoch().as_u64() as i64,
+                    group_info
+                ],
+            )?;
+        }
         exec(
             &tx,
             "INSERT INTO memberships (group_id, device_id, from_seq) VALUES (?1, ?2, 1)",
@@ -1796,37 +1796,27 @@ impl Relay {
         Ok(Outcome::reply(Response::Ok))
     }
 
-    /// Keeps a committer's GroupInfo when it is for the group's new epoch (members check
-    /// it themselves before they rejoin with it).
-    fn keep_group_info(&mut self, group_id: &[u8], bytes: &[u8]) -> Result<(), Failure> {
+    /// A committer's GroupInfo, when it describes exactly the epoch the relay just merged
+    /// (same group context: epoch, tree hash, transcript) and a member of it signed it.
+    fn checked_group_info(crypto: &RustCrypto, group: &PublicGroup, bytes: &[u8]) -> bool {
+        use openmls::ciphersuite::signable::Verifiable as _;
+        use openmls::ciphersuite::signature::OpenMlsSignaturePublicKey;
         if bytes.len() > MAX_MLS_MESSAGE {
-            return Ok(());
+            return false;
         }
         let Ok(message) = MlsMessageIn::tls_deserialize_exact(bytes) else {
-            return Ok(());
+            return false;
         };
         let MlsMessageBodyIn::GroupInfo(info) = message.extract() else {
-            return Ok(());
+            return false;
         };
-        let epoch: Option<i64> = row(
-            &self.db,
-            "SELECT epoch FROM groups WHERE group_id = ?1",
-            [group_id],
-            |r| r.get(0),
-        )
-        .optional()?;
-        if info.group_id().as_slice() != group_id
-            || epoch != Some(info.group_context().epoch().as_u64() as i64)
-        {
-            return Ok(());
+        if info.group_context() != group.group_context() {
+            return false;
         }
-        exec(
-            &self.db,
-            "INSERT INTO group_infos (group_id, epoch, data) VALUES (?1, ?2, ?3)
-             ON CONFLICT (group_id) DO UPDATE SET epoch = excluded.epoch, data = excluded.data",
-            params![group_id, epoch, bytes],
-        )?;
-        Ok(())
+        group.members().any(|member| {
+            OpenMlsSignaturePublicKey::new(member.signature_key.into(), SignatureScheme::ED25519)
+                .is_ok_and(|key| info.clone().verify(crypto, &key).is_ok())
+        })
     }
 
     fn group_info(&self, session: &Session, group_id: &[u8]) -> Result<Outcome, Failure> {
@@ -2005,6 +1995,7 @@ impl Relay {
         group_id: &[u8],
         commit: &[u8],
         welcome: Option<&[u8]>,
+        group_info: Option<&[u8]>,
     ) -> Result<Outcome, Failure> {
         let org = self.require_org()?;
         let message = parse_protocol_message(commit)?;
@@ -2079,6 +2070,21 @@ impl Relay {
             "UPDATE groups SET epoch = ?2 WHERE group_id = ?1",
             params![group_id, group.group_context().epoch().as_u64() as i64],
         )?;
+        // Kept only when it is the very epoch just merged, so a member that fell behind
+        // can rejoin from it; anything else is dropped (it would only mislead them).
+        if let Some(info) = group_info.filter(|i| Self::checked_group_info(&self.crypto, &group, i))
+        {
+            exec(
+                &tx,
+                "INSERT INTO group_infos (group_id, epoch, data) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (group_id) DO UPDATE SET epoch = excluded.epoch, data = excluded.data",
+                params![
+                    group_id,
+                    group.group_context().epoch().as_u64() as i64,
+                    info
+                ],
+            )?;
+        }
         for device in &removed {
             record(&tx, "member_removed", &session.user, device, Some(group_id))?;
             exec(&tx,

@@ -11,7 +11,7 @@
 //!   certificate), and so does the committer's own new leaf;
 //! - only admins change the group context (its policy);
 //! - in a managed group only admins add or remove people; a member may add their own
-//!   other devices and remove revoked devices;
+//!   other devices and remove revoked devices, or devices whose certificate ran out;
 //! - while a group is archived, nobody removes an unrevoked archive device;
 //! - nothing else (pre-shared keys, re-initialisation, external joins, custom proposals).
 
@@ -50,6 +50,8 @@ pub enum Refusal {
     },
     #[error("it removes a member that is not in the group")]
     NoSuchMember,
+    #[error("{by}'s update goes back to an older certificate of the same device")]
+    OlderCertificate { by: String },
     #[error("{0}: Muster groups do not use this kind of proposal")]
     Unsupported(&'static str),
 }
@@ -134,6 +136,13 @@ fn check_same_identity(
             new: who(&new),
         });
     }
+    // An update may renew a certificate, never go back to an older one (which might
+    // carry roles an admin has since taken away).
+    if new.body.not_before < old.body.not_before {
+        return Err(Refusal::OlderCertificate {
+            by: old.body.user.clone(),
+        });
+    }
     Ok(())
 }
 
@@ -153,9 +162,11 @@ fn check_one(
             .find(|m| m.index == removed)
             .ok_or(Refusal::NoSuchMember)?;
         let cert = certificate_in(&member.credential);
-        let revoked = cert
-            .as_ref()
-            .is_some_and(|c| (ctx.revoked)(&c.body.device_id));
+        // A revoked device, or one whose certificate ran out (admins renew every device
+        // they have not revoked), is every member's to remove.
+        let revoked = cert.as_ref().is_some_and(|c| {
+            (ctx.revoked)(&c.body.device_id) || c.check_validity(ctx.now).is_err()
+        });
         if policy.managed && !proposer.is_admin() && !revoked {
             return Err(Refusal::Managed {
                 by: by.clone(),

@@ -346,6 +346,24 @@ fn an_update_must_keep_its_leafs_identity_and_revoked_senders_are_refused() {
     ));
     bobs.clear_pending_proposals(bob.provider.storage())
         .unwrap();
+    // Bob's own older certificate (with the admin role he has since lost).
+    let mut older = w
+        .cert("bob", bob.signer.public(), vec![Role::Admin, Role::Member])
+        .body;
+    older.not_before -= 1000;
+    let older = w.root.sign(older);
+    let params = LeafNodeParameters::builder()
+        .with_credential_with_key(with_cert(&older, bob.signer.public()))
+        .build();
+    let (proposal, _) = bobs
+        .propose_self_update(&bob.provider, &bob.signer, params)
+        .unwrap();
+    assert!(matches!(
+        judge(&w, &carol, &mut carols, bytes_of(&proposal), &[]),
+        Err(Refusal::OlderCertificate { .. })
+    ));
+    bobs.clear_pending_proposals(bob.provider.storage())
+        .unwrap();
     // Anything from a revoked device is refused.
     let leaf = leaf_of(&bobs, &carol.cert);
     let (proposal, _) = bobs
