@@ -1180,20 +1180,25 @@ impl Engine {
         if batch.is_empty() {
             return Ok(());
         }
-        let archives: std::collections::HashMap<String, Certificate> = self
-            .certificates(conn)
-            .await?
-            .into_iter()
-            .filter(|c| c.is_archive())
-            .map(|c| (c.body.device_id.clone(), c))
-            .collect();
+        // Every archive certificate this device has verified, including those of archives
+        // revoked since: their checkpoints stay evidence.
+        self.certificates(conn).await?;
+        let mut archives: std::collections::HashMap<String, Certificate> = Default::default();
+        for (_, checkpoint) in &batch {
+            if let Some(cert) = self
+                .known_certificate(&checkpoint.device_id)?
+                .filter(|c| c.is_archive())
+            {
+                archives.insert(checkpoint.device_id.clone(), cert);
+            }
+        }
         // Only what was kept counts as collected: a checkpoint that cannot be checked now
         // (its archive's certificate missing from the listing) is looked at again.
         let mut collected = since as u64;
         for (position, checkpoint) in batch {
             let Some(archive) = archives.get(&checkpoint.device_id) else {
                 report.problems.push(format!(
-                    "an archive checkpoint on the relay comes from device {}, whose archive certificate the relay does not list",
+                    "an archive checkpoint on the relay comes from device {}, whose archive certificate this device never saw",
                     checkpoint.device_id
                 ));
                 break;
