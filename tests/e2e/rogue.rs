@@ -167,39 +167,20 @@ impl Rogue {
 
     /// Sends requests to the relay as this device, over one authenticated connection.
     pub fn requests(&self, requests: Vec<Request>) -> Vec<Response> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let conn = muster_net::RelayConnection::connect(&self.relay, &self.fingerprint)
-                .await
-                .unwrap();
-            let Response::Challenge { nonce } = conn
-                .request(&Request::Hello {
-                    device_key: self.device_key.clone(),
-                })
-                .await
-                .unwrap()
-            else {
-                panic!("no challenge")
-            };
-            let signature = self
-                .signer()
-                .sign(&auth_transcript(&self.fingerprint, &nonce))
-                .unwrap();
-            conn.request(&Request::Prove { signature }).await.unwrap();
+        let session = self.session();
+        let answers = session.runtime.block_on(async {
             let mut answers = Vec::new();
             for request in requests {
-                answers.push(match conn.request(&request).await {
+                answers.push(match session.conn.request(&request).await {
                     Ok(response) => response,
                     Err(muster_net::NetError::Refused(e)) => Response::Error(e),
                     Err(e) => panic!("request failed: {e}"),
                 });
             }
-            conn.close().await;
             answers
-        })
+        });
+        session.runtime.block_on(session.conn.close());
+        answers
     }
 
     /// Sends one request; returns the relay's answer (refusals as `Response::Error`).
