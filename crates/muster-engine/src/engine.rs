@@ -3626,9 +3626,19 @@ fn process_welcome(
         let group = staged
             .into_group(&provider)
             .map_err(|e| format!("Welcome cannot be joined: {e}"))?;
-        // Replacing a group this device held: what changed since must be a change its
-        // adder, a member then, was allowed to make.
-        let changes = match &held {
+        // Replacing a group this device is still in (it missed being removed and added
+        // again): what changed since must be a change its adder, a member then, was
+        // allowed to make. A device that had left or been removed simply joins anew.
+        let active: bool = tx
+            .query_row(
+                "SELECT state = 'active' FROM groups WHERE group_id = ?1",
+                [group_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| e.to_string())?
+            .unwrap_or(false);
+        let changes = match held.as_ref().filter(|_| active) {
             Some(held) => {
                 let revoked = revoked_devices(&tx).map_err(|e| e.to_string())?;
                 catch_up_changes(device, held, &group, &adder, &revoked)?
@@ -3647,9 +3657,12 @@ fn process_welcome(
                 return Ok(());
             }
             let placeholder = placeholder_name(&gid);
+            // A group joined anew goes by a placeholder until a member tells its name, so
+            // an old name cannot vouch for a group that is not the one it named.
             tx.execute(
                     "INSERT INTO groups (group_id, name, state, created_at) VALUES (?1, ?2, 'active', ?3)
-                     ON CONFLICT (group_id) DO UPDATE SET state = 'active'",
+                     ON CONFLICT (group_id) DO UPDATE SET name = CASE WHEN state = 'active' THEN name ELSE excluded.name END,
+                         state = 'active'",
                     params![gid, placeholder, now_ms()],
                 )?;
             insert_system(&tx, &gid, &format!("{adder} added you"), Some(0))?;

@@ -1769,7 +1769,8 @@ impl Relay {
             "INSERT INTO groups (group_id, epoch, last_seq, created_by, created_at) VALUES (?1, ?2, 0, ?3, ?4)",
             params![group_id, group.group_context().epoch().as_u64() as i64, session.device_id, now_unix() as i64],
         )?;
-        if Self::checked_group_info(&self.crypto, &group, group_info) {
+        let creator_key = Self::device_key(&tx, &session.device_id)?;
+        if Self::checked_group_info(&self.crypto, &group, group_info, &creator_key) {
             exec(
                 &tx,
                 "INSERT OR REPLACE INTO group_infos (group_id, epoch, data) VALUES (?1, ?2, ?3)",
@@ -1797,8 +1798,14 @@ impl Relay {
     }
 
     /// A committer's GroupInfo, when it describes exactly the epoch the relay just merged
-    /// (same group context: epoch, tree hash, transcript) and a member of it signed it.
-    fn checked_group_info(crypto: &RustCrypto, group: &PublicGroup, bytes: &[u8]) -> bool {
+    /// (same group context: epoch, tree hash, transcript) and the committing device, a
+    /// member of it, signed it with `signer_key`.
+    fn checked_group_info(
+        crypto: &RustCrypto,
+        group: &PublicGroup,
+        bytes: &[u8],
+        signer_key: &[u8],
+    ) -> bool {
         use openmls::ciphersuite::signable::Verifiable as _;
         use openmls::ciphersuite::signature::OpenMlsSignaturePublicKey;
         if bytes.len() > MAX_MLS_MESSAGE {
@@ -1813,10 +1820,19 @@ impl Relay {
         if info.group_context() != group.group_context() {
             return false;
         }
-        group.members().any(|member| {
-            OpenMlsSignaturePublicKey::new(member.signature_key.into(), SignatureScheme::ED25519)
-                .is_ok_and(|key| info.clone().verify(crypto, &key).is_ok())
-        })
+        group.members().any(|m| m.signature_key == signer_key)
+            && OpenMlsSignaturePublicKey::new(signer_key.to_vec().into(), SignatureScheme::ED25519)
+                .is_ok_and(|key| info.verify(crypto, &key).is_ok())
+    }
+
+    /// The signature key of a device the relay knows.
+    fn device_key(tx: &Connection, device_id: &str) -> Result<Vec<u8>, Failure> {
+        Ok(row(
+            tx,
+            "SELECT device_key FROM devices WHERE device_id = ?1",
+            [device_id],
+            |r| r.get(0),
+        )?)
     }
 
     fn group_info(&self, session: &Session, group_id: &[u8]) -> Result<Outcome, Failure> {
@@ -2072,7 +2088,9 @@ impl Relay {
         )?;
         // Kept only when it is the very epoch just merged, so a member that fell behind
         // can rejoin from it; anything else is dropped (it would only mislead them).
-        if let Some(info) = group_info.filter(|i| Self::checked_group_info(&self.crypto, &group, i))
+        let committer_key = Self::device_key(&tx, &session.device_id)?;
+        if let Some(info) =
+            group_info.filter(|i| Self::checked_group_info(&self.crypto, &group, i, &committer_key))
         {
             exec(
                 &tx,
