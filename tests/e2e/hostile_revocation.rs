@@ -91,7 +91,7 @@ fn certificates_are_short_lived_so_a_hidden_revocation_still_cuts_the_device_off
         [&mallory_id],
     )
     .unwrap();
-    let expires: u64 = {
+    let (expires, grace) = {
         let cert: Vec<u8> = db
             .query_row(
                 "SELECT certificate FROM devices WHERE device_id = ?1",
@@ -99,10 +99,8 @@ fn certificates_are_short_lived_so_a_hidden_revocation_still_cuts_the_device_off
                 |r| r.get(0),
             )
             .unwrap();
-        muster_proto::Certificate::from_bytes(&cert)
-            .unwrap()
-            .body
-            .not_after
+        let cert = muster_proto::Certificate::from_bytes(&cert).unwrap();
+        (cert.body.not_after, muster_rules::lapse_grace(&cert))
     };
     drop(db);
 
@@ -149,9 +147,15 @@ fn certificates_are_short_lived_so_a_hidden_revocation_still_cuts_the_device_off
     let out = carol.ok(&["sync"]);
     assert!(out.contains("not valid now"), "{out}");
     assert_eq!(carol.texts("side"), ["mallory before", "bob after"]);
-    // Nobody renews mallory's certificate, so her leaf is removed: what is said next is
-    // not encrypted for her.
-    assert_eq!(carol.members("side"), ["bob", "carol"]);
+    // Nobody renews mallory's certificate, so once the grace members give a certificate
+    // that ran out has passed, her leaf is removed: what is said next is not encrypted
+    // for her. (Alice's device keeps renewing everyone else's.)
+    wait_until(Duration::from_secs(60), "mallory's leaf removed", || {
+        alice.ok(&["sync"]);
+        bob.ok(&["sync"]);
+        carol.ok(&["sync"]);
+        now() > expires + grace + 1 && carol.members("side") == ["bob", "carol"]
+    });
     carol.ok(&["send", "side", "carol after"]);
     bob.ok(&["sync"]);
     assert!(bob.texts("side").contains(&"carol after".to_string()));
@@ -238,4 +242,56 @@ fn a_member_who_refused_a_change_the_relay_accepted_rejoins_and_the_group_goes_o
     assert_eq!(carol.members("crisis"), ["alice", "bob", "carol"]);
     bob.ok(&["sync"]);
     assert!(bob.texts("crisis").contains(&"carol is back".to_string()));
+}
+
+#[test]
+fn nothing_is_said_into_a_group_the_relay_keeps_a_revoked_device_in() {
+    let org = Org::new("revoke-stuck");
+    let bob = org.enrol("bob");
+    let carol = org.enrol("carol");
+    let mallory = org.enrol("mallory");
+    carol.ok(&["group", "create", "side", "--members", "bob,mallory"]);
+    bob.ok(&["sync"]);
+    mallory.ok(&["sync"]);
+    carol.ok(&["send", "side", "before"]);
+    mallory.ok(&["sync"]);
+    assert_eq!(mallory.texts("side"), ["before"]);
+
+    // Alice revokes mallory. The operator lets mallory keep reading and refuses every
+    // commit, so nobody can remove her leaf.
+    org.admin.ok(&["admin", "revoke", "mallory"]);
+    let mallory_id = device_id_of(&mallory);
+    let db = relay_db(&org);
+    db.execute(
+        "UPDATE devices SET status = 'approved' WHERE device_id = ?1",
+        [&mallory_id],
+    )
+    .unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER refuse_commits BEFORE INSERT ON messages WHEN NEW.kind = 'commit'
+         BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+    )
+    .unwrap();
+    drop(db);
+    let out = carol.ok(&["sync"]);
+    assert!(out.contains("could not remove revoked devices"), "{out}");
+    let err = carol.fails(&["send", "side", "after the revocation"]);
+    assert!(err.contains("still holds a device of mallory"), "{err}");
+    bob.ok(&["sync"]);
+    let err = bob.fails(&["send", "side", "bob after the revocation"]);
+    assert!(err.contains("still holds a device of mallory"), "{err}");
+    mallory.ok(&["sync"]);
+    assert_eq!(mallory.texts("side"), ["before"]);
+
+    // Once the relay lets the removal through, the group speaks again, without mallory.
+    relay_db(&org)
+        .execute_batch("DROP TRIGGER refuse_commits")
+        .unwrap();
+    carol.ok(&["sync"]);
+    assert_eq!(carol.members("side"), ["bob", "carol"]);
+    carol.ok(&["send", "side", "after the removal"]);
+    bob.ok(&["sync"]);
+    assert_eq!(bob.texts("side"), ["before", "after the removal"]);
+    let _ = mallory.run(&["sync"]);
+    assert_eq!(mallory.texts("side"), ["before"]);
 }

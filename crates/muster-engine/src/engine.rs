@@ -2654,7 +2654,9 @@ impl Engine {
             );
             match queued {
                 // Receipts wait, like everything else, until the archive is back.
-                Err(EngineError::ArchiveMissing(_)) => return Ok(()),
+                Err(EngineError::ArchiveMissing(_) | EngineError::UnremovedDevice { .. }) => {
+                    return Ok(())
+                }
                 other => other?,
             };
             let tx = self
@@ -2841,18 +2843,50 @@ impl Engine {
         conn: &RelayConnection,
         report: &mut SyncReport,
     ) -> Result<(), EngineError> {
+        // Groups whose messages wait: they hold a device still to be removed (what was
+        // queued before its revocation was known is not handed to it), or this device
+        // could not catch up with them. Other groups' messages go on.
+        let mut held_back: HashSet<Vec<u8>> = HashSet::new();
+        let mut cleared: HashSet<Vec<u8>> = HashSet::new();
+        let own_device = self.device()?.device_id;
         loop {
-            let next: Option<OutboxEntry> = self
-                .db
-                .query_row(
-                    "SELECT client_id, group_id, message_id, ciphertext FROM outbox ORDER BY position LIMIT 1",
-                    [],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-                )
-                .optional()?;
+            let next: Option<OutboxEntry> = {
+                let mut stmt = self.db.prepare_cached(
+                    "SELECT client_id, group_id, message_id, ciphertext FROM outbox ORDER BY position",
+                )?;
+                let mut rows = stmt.query([])?;
+                let mut found = None;
+                while let Some(r) = rows.next()? {
+                    let group_id: Vec<u8> = r.get(1)?;
+                    if !held_back.contains(&group_id) {
+                        found = Some((r.get(0)?, group_id, r.get(2)?, r.get(3)?));
+                        break;
+                    }
+                }
+                found
+            };
             let Some((client_id, group_id, message_id, ciphertext)) = next else {
                 return Ok(());
             };
+            let unremoved = match cleared.contains(&group_id) {
+                true => None,
+                false => {
+                    let provider = Provider::new(&self.crypto, &self.db);
+                    unremoved_device(&load_group(&provider, &group_id)?, &self.db, &own_device)?
+                }
+            };
+            cleared.insert(group_id.clone());
+            if let Some(user) = unremoved {
+                report.problems.push(
+                    EngineError::UnremovedDevice {
+                        group: self.group_label(&group_id),
+                        user,
+                    }
+                    .to_string(),
+                );
+                held_back.insert(group_id);
+                continue;
+            }
             let mut ciphertext = ciphertext;
             let mut attempts = 0;
             loop {
@@ -2889,7 +2923,20 @@ impl Engine {
                     {
                         self.fetch_and_process(conn, report).await?;
                         if let ErrorCode::EpochMoved { current } = e.code {
-                            self.catch_up(conn, &group_id, current, report).await?;
+                            // A group this device cannot catch up with keeps its messages
+                            // queued (the next sync tries again); the others still go.
+                            if let Err(e) = self.catch_up(conn, &group_id, current, report).await {
+                                report.problems.push(format!(
+                                    "messages to {} stay queued: could not catch up with the group: {e}",
+                                    self.group_label(&group_id)
+                                ));
+                                self.db.execute(
+                                    "INSERT OR IGNORE INTO behind_groups (group_id) VALUES (?1)",
+                                    [&group_id],
+                                )?;
+                                held_back.insert(group_id.clone());
+                                break;
+                            }
                         }
                         let still_active = self
                             .resolve_group(&group_hex(&group_id))
@@ -2937,6 +2984,10 @@ impl Engine {
                 }
             }
         }
+    }
+
+    fn group_label(&self, group_id: &[u8]) -> String {
+        group_label(&self.db, group_id)
     }
 
     fn fail_outbox(
@@ -3250,13 +3301,18 @@ impl Engine {
         conn: &RelayConnection,
         report: &mut SyncReport,
     ) -> Result<(), EngineError> {
-        let mut revoked: HashSet<String> = revoked_devices(&self.db)?;
-        revoked.extend(self.lapsed_devices(conn).await?);
-        if revoked.is_empty() {
+        let revoked: HashSet<String> = revoked_devices(&self.db)?;
+        self.lapse_check(conn).await?;
+        let lapsed = lapsed_devices(&self.db)?;
+        if revoked.is_empty() && lapsed.is_empty() {
             return Ok(());
         }
         let groups = self.active_group_ids()?;
-        let is_revoked = |c: &Certificate| revoked.contains(&c.body.device_id);
+        let now = now_unix();
+        let is_revoked = |c: &Certificate| {
+            revoked.contains(&c.body.device_id)
+                || (lapsed.contains(&c.body.device_id) && muster_rules::lapsed(c, now))
+        };
         for group_id in groups {
             let affected = {
                 let provider = Provider::new(&self.crypto, &self.db);
@@ -3275,15 +3331,13 @@ impl Engine {
         Ok(())
     }
 
-    /// Devices in this device's groups whose certificate ran out and that hold no valid
-    /// certificate any more (admin devices renew every device they have not revoked, so
-    /// these were revoked, or given up): they are removed like revoked ones, even where
-    /// the relay hides their revocation. The groups are looked at when the earliest
-    /// certificate among their members has run out, and at least every ten minutes.
-    async fn lapsed_devices(
-        &mut self,
-        conn: &RelayConnection,
-    ) -> Result<HashSet<String>, EngineError> {
+    /// Records the devices in this device's groups whose certificate ran out and that
+    /// hold no valid certificate any more (admin devices renew every device they have not
+    /// revoked, so these were revoked, or given up): they are removed like revoked ones,
+    /// even where the relay hides their revocation. The groups are looked at when the
+    /// earliest certificate among their members has run out, and at least every ten
+    /// minutes.
+    async fn lapse_check(&mut self, conn: &RelayConnection) -> Result<(), EngineError> {
         let now = now_unix();
         let next: i64 = self
             .db
@@ -3295,7 +3349,7 @@ impl Engine {
             .optional()?
             .unwrap_or(0);
         if (now as i64) < next {
-            return Ok(HashSet::new());
+            return Ok(());
         }
         let mut lapsed = HashSet::new();
         let mut earliest = now + LAPSE_CHECK_SECS;
@@ -3303,10 +3357,11 @@ impl Engine {
             let provider = Provider::new(&self.crypto, &self.db);
             for member in load_group(&provider, &group_id)?.members() {
                 if let Some(cert) = certificate_in(&member.credential) {
-                    if cert.body.not_after < now {
+                    if muster_rules::lapsed(&cert, now) {
                         lapsed.insert(cert.body.device_id);
                     } else {
-                        earliest = earliest.min(cert.body.not_after + 1);
+                        earliest = earliest
+                            .min(cert.body.not_after + muster_rules::lapse_grace(&cert) + 1);
                     }
                 }
             }
@@ -3323,12 +3378,21 @@ impl Engine {
             let me = self.device()?.device_id;
             lapsed.retain(|d| !renewed.contains(d) && *d != me);
         }
+        let tx = self.db.transaction()?;
+        tx.execute("DELETE FROM lapsed_devices", [])?;
+        for device_id in &lapsed {
+            tx.execute(
+                "INSERT INTO lapsed_devices (device_id) VALUES (?1)",
+                [device_id],
+            )?;
+        }
+        tx.commit()?;
         self.db.execute(
             "INSERT INTO sync_state (key, value) VALUES ('next_lapse_check', ?1)
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             [earliest as i64],
         )?;
-        Ok(lapsed)
+        Ok(())
     }
 
     async fn commit_pending_proposals(
@@ -3819,6 +3883,8 @@ fn process_group_message(
             org: &device.org,
             now: now_unix(),
             revoked: &|d: &str| revoked.contains(d),
+            // Members judge every commit alike, whatever renewals each has seen.
+            renewed: &|_: &str| false,
         };
         let by = sender_cert.body.user.clone();
         let sender = processed.sender().clone();
@@ -4134,6 +4200,35 @@ fn queue_in(
     group: &mut MlsGroup,
     signer: &SignatureKeyPair,
     device: &DeviceRow,
+    envelope: Envelope,
+) -> Result<(), EngineError> {
+    let db = provider.storage_connection();
+    let group_id = group.group_id().as_slice().to_vec();
+    if let Some(user) = unremoved_device(group, db, &device.device_id)? {
+        return Err(EngineError::UnremovedDevice {
+            group: group_label(db, &group_id),
+            user,
+        });
+    }
+    queue_unchecked(provider, group, signer, device, envelope)
+}
+
+/// A group's name for the user, or its id where this device has no name for it.
+fn group_label(db: &Connection, group_id: &[u8]) -> String {
+    db.query_row(
+        "SELECT name FROM groups WHERE group_id = ?1",
+        [group_id],
+        |r| r.get(0),
+    )
+    .unwrap_or_else(|_| group_hex(group_id))
+}
+
+/// `queue_in` without looking for devices still to be removed.
+fn queue_unchecked(
+    provider: &Provider,
+    group: &mut MlsGroup,
+    signer: &SignatureKeyPair,
+    device: &DeviceRow,
     mut envelope: Envelope,
 ) -> Result<(), EngineError> {
     let db = provider.storage_connection();
@@ -4239,7 +4334,34 @@ fn queue_name_for_new_members(
         |r| r.get(0),
     )?;
     let envelope = Envelope::new(random_hex(16), now_ms(), Body::GroupMeta { name });
-    queue_in(provider, group, signer, device, envelope)
+    // Every member already knows the name, including one still to be removed.
+    queue_unchecked(provider, group, signer, device, envelope)
+}
+
+/// The user owning a device in the group that this device knows to be revoked, or whose
+/// certificate lapsed with no renewal in sight. Such a device can still read whatever is
+/// sent to the group, so nothing is sent until it is removed: a relay that refuses the
+/// removal gets silence, not the group's messages.
+fn unremoved_device(
+    group: &MlsGroup,
+    db: &Connection,
+    own_device: &str,
+) -> Result<Option<String>, EngineError> {
+    let revoked = revoked_devices(db)?;
+    let lapsed = lapsed_devices(db)?;
+    if revoked.is_empty() && lapsed.is_empty() {
+        return Ok(None);
+    }
+    let now = now_unix();
+    Ok(group
+        .members()
+        .filter_map(|m| certificate_in(&m.credential))
+        .find(|c| {
+            let id = &c.body.device_id;
+            id != own_device
+                && (revoked.contains(id) || (lapsed.contains(id) && muster_rules::lapsed(c, now)))
+        })
+        .map(|c| c.body.user))
 }
 
 fn device_ids_in(group: &MlsGroup) -> Vec<String> {
@@ -4261,6 +4383,16 @@ fn lapse_check_due(db: &Connection) -> Result<(), EngineError> {
 pub(crate) fn revoked_devices(db: &Connection) -> Result<HashSet<String>, EngineError> {
     let ids = db
         .prepare_cached("SELECT device_id FROM revoked_devices")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<HashSet<String>, _>>()?;
+    Ok(ids)
+}
+
+/// Devices found lapsed at the last lapse check: removed from groups while the
+/// certificate in their leaf stays run out.
+fn lapsed_devices(db: &Connection) -> Result<HashSet<String>, EngineError> {
+    let ids = db
+        .prepare_cached("SELECT device_id FROM lapsed_devices")?
         .query_map([], |r| r.get(0))?
         .collect::<Result<HashSet<String>, _>>()?;
     Ok(ids)

@@ -35,6 +35,8 @@ pub enum EngineError {
     Managed(String),
     #[error("group {0} is archived but has no valid archive member, so nothing can be sent to it until an admin restores the archive (`muster group policy NAME --archived`)")]
     ArchiveMissing(String),
+    #[error("group {group} still holds a device of {user} that was revoked or whose certificate lapsed: nothing is sent to it until that device is removed (the next sync removes it; if this persists, the relay is refusing the removal)")]
+    UnremovedDevice { group: String, user: String },
     #[error("the group kept moving; gave up after {0} attempts")]
     TooManyRetries(u32),
     #[error("MLS error: {0}")]

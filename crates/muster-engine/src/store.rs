@@ -78,6 +78,8 @@ CREATE TABLE IF NOT EXISTS cursors (group_id BLOB PRIMARY KEY, last_seq INTEGER 
 CREATE TABLE IF NOT EXISTS own_handshakes (group_id BLOB NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (group_id, seq));
 CREATE TABLE IF NOT EXISTS revoked_devices (device_id TEXT PRIMARY KEY, user TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sync_state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+-- devices whose certificate ran out with no renewal in sight, found at the last lapse check
+CREATE TABLE IF NOT EXISTS lapsed_devices (device_id TEXT PRIMARY KEY);
 -- saved copies of deleted attachments, removed once the deletion is stored
 CREATE TABLE IF NOT EXISTS doomed_files (path TEXT PRIMARY KEY);
 -- certificates this device verified, the newest per device: who is enrolled, by this

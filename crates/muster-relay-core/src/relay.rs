@@ -2054,6 +2054,7 @@ impl Relay {
             org: &org,
             now: now_unix(),
             revoked: &|d: &str| revoked.contains(d),
+            renewed: &|d: &str| holds_valid_certificate(&tx, d),
         };
         muster_rules::check_commit(&rules, &members, policy_of(&group), &sender, &staged)
             .map_err(|e| refuse(refusal_code(&e), format!("commit refused: {e}")))?;
@@ -2162,6 +2163,7 @@ impl Relay {
             org: &org,
             now: now_unix(),
             revoked: &|d: &str| revoked.contains(d),
+            renewed: &|d: &str| holds_valid_certificate(&tx, d),
         };
         muster_rules::check_proposal(
             &rules,
@@ -2581,6 +2583,15 @@ fn revoked_devices(db: &Connection) -> Result<std::collections::HashSet<String>,
         .query_map([], |r| r.get(0))?
         .collect::<Result<std::collections::HashSet<String>, _>>()?;
     Ok(ids)
+}
+
+/// Whether the relay holds a certificate for the device valid now (an admin renewed it):
+/// the device's expiry is then no ground for a member to remove it.
+fn holds_valid_certificate(db: &Connection, device_id: &str) -> bool {
+    matches!(
+        device_certificate(db, device_id),
+        Ok(Some(cert)) if cert.check_validity(now_unix()).is_ok()
+    )
 }
 
 fn device_is_admin(db: &Connection, device_id: &str) -> Result<bool, Failure> {

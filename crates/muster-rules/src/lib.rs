@@ -25,6 +25,27 @@ pub struct Context<'a> {
     pub now: u64,
     /// Whether a device (by id) is revoked, as far as the checking device knows.
     pub revoked: &'a dyn Fn(&str) -> bool,
+    /// Whether the checker holds a currently valid certificate for a device (by id):
+    /// a device renewed but not yet updated is then not lapsed. Only the relay, which
+    /// decides what every member sees, answers anything but `false`: members must all
+    /// judge a commit alike.
+    pub renewed: &'a dyn Fn(&str) -> bool,
+}
+
+/// The longest a device stays a member after its certificate ran out before any member
+/// may remove it: clocks differ, and a renewal takes a sync to reach the device.
+pub const LAPSE_GRACE_SECS: u64 = 600;
+
+/// How long after `cert` ran out its device may be removed by any member: a tenth of the
+/// certificate's lifetime, at most [`LAPSE_GRACE_SECS`]. Everyone reads it from the
+/// certificate itself, so all judge a removal alike.
+pub fn lapse_grace(cert: &Certificate) -> u64 {
+    (cert.body.not_after.saturating_sub(cert.body.not_before) / 10).min(LAPSE_GRACE_SECS)
+}
+
+/// Whether a certificate ran out long enough ago that any member may remove its device.
+pub fn lapsed(cert: &Certificate, now: u64) -> bool {
+    cert.body.not_after.saturating_add(lapse_grace(cert)) < now
 }
 
 /// Why a commit or proposal is refused.
@@ -165,7 +186,8 @@ fn check_one(
         // A revoked device, or one whose certificate ran out (admins renew every device
         // they have not revoked), is every member's to remove.
         let revoked = cert.as_ref().is_some_and(|c| {
-            (ctx.revoked)(&c.body.device_id) || c.check_validity(ctx.now).is_err()
+            (ctx.revoked)(&c.body.device_id)
+                || (lapsed(c, ctx.now) && !(ctx.renewed)(&c.body.device_id))
         });
         if policy.managed && !proposer.is_admin() && !revoked {
             return Err(Refusal::Managed {

@@ -5,7 +5,7 @@ use muster_proto::{
     device_id_for, now_unix, Certificate, CertificateBody, GroupPolicy, OrgDescriptor, OrgRootKey,
     Profile, Role, GROUP_POLICY_EXTENSION,
 };
-use muster_rules::{check_commit, check_proposal, Context, Refusal};
+use muster_rules::{check_commit, check_proposal, Context, Refusal, LAPSE_GRACE_SECS};
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::*;
 use openmls_basic_credential::SignatureKeyPair;
@@ -36,8 +36,16 @@ impl World {
     }
 
     fn member(&self, user: &str, roles: Vec<Role>) -> Member {
+        self.member_until(user, roles, now_unix() + 100_000)
+    }
+
+    fn member_until(&self, user: &str, roles: Vec<Role>, not_after: u64) -> Member {
         let signer = SignatureKeyPair::new(SignatureScheme::ED25519).unwrap();
-        let cert = self.cert(user, signer.public(), roles);
+        let mut cert = self.cert(user, signer.public(), roles);
+        cert = self.root.sign(CertificateBody {
+            not_after,
+            ..cert.body
+        });
         Member {
             provider: OpenMlsRustCrypto::default(),
             signer,
@@ -157,6 +165,19 @@ fn judge(
     bytes: Vec<u8>,
     revoked: &[String],
 ) -> Result<(), Refusal> {
+    judge_at(world, receiver, group, bytes, revoked, now_unix(), &[])
+}
+
+/// `judge`, at time `now`, by a checker that holds valid certificates for `renewed`.
+fn judge_at(
+    world: &World,
+    receiver: &Member,
+    group: &mut MlsGroup,
+    bytes: Vec<u8>,
+    revoked: &[String],
+    now: u64,
+    renewed: &[String],
+) -> Result<(), Refusal> {
     let message = MlsMessageIn::tls_deserialize_exact(&bytes)
         .unwrap()
         .try_into_protocol_message()
@@ -170,10 +191,12 @@ fn judge(
     );
     let processed = group.process_message(&receiver.provider, message).unwrap();
     let is_revoked = |d: &str| revoked.iter().any(|r| r == d);
+    let is_renewed = |d: &str| renewed.iter().any(|r| r == d);
     let ctx = Context {
         org: &world.org,
-        now: now_unix(),
+        now,
         revoked: &is_revoked,
+        renewed: &is_renewed,
     };
     let sender = processed.sender().clone();
     match processed.into_content() {
@@ -252,6 +275,52 @@ fn in_a_managed_group_only_admins_add_and_remove_people() {
         ),
         Ok(())
     );
+}
+
+#[test]
+fn a_lapsed_device_is_every_members_to_remove_after_the_grace_unless_renewed() {
+    let w = World::new();
+    let alice = w.member("alice", vec![Role::Admin, Role::Member]);
+    let bob = w.member("bob", vec![Role::Member]);
+    // A lifetime long enough for the full grace.
+    let expires = now_unix() + 10 * LAPSE_GRACE_SECS;
+    let carol = w.member_until("carol", vec![Role::Member], expires);
+    assert_eq!(muster_rules::lapse_grace(&carol.cert), LAPSE_GRACE_SECS);
+    let managed = GroupPolicy {
+        managed: true,
+        archived: false,
+    };
+    let (mut alices, mut joined) = group(&alice, &[&bob, &carol], managed);
+    let mut bobs = joined.remove(0);
+    let leaf = leaf_of(&bobs, &carol.cert);
+    let carols_device = std::slice::from_ref(&carol.cert.body.device_id);
+    let mut at = |now: u64, renewed: &[String]| {
+        let (commit, _, _) = bobs
+            .remove_members(&bob.provider, &bob.signer, &[leaf])
+            .unwrap();
+        let verdict = judge_at(
+            &w,
+            &alice,
+            &mut alices,
+            bytes_of(&commit),
+            &[],
+            now,
+            renewed,
+        );
+        bobs.clear_pending_commit(bob.provider.storage()).unwrap();
+        verdict
+    };
+    // Within the grace after expiry, carol is still a member like any other.
+    assert!(matches!(
+        at(expires + LAPSE_GRACE_SECS - 5, &[]),
+        Err(Refusal::Managed { .. })
+    ));
+    assert_eq!(at(expires + LAPSE_GRACE_SECS + 5, &[]), Ok(()));
+    // A checker holding carol's renewed certificate refuses the removal.
+    assert!(matches!(
+        at(expires + LAPSE_GRACE_SECS + 5, carols_device),
+        Err(Refusal::Managed { .. })
+    ));
 }
 
 #[test]
