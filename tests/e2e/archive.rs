@@ -470,3 +470,56 @@ fn an_entry_cleared_outside_retention_fails_verify() {
     archive.ok(&["archive", "prune", "--retain", "1s"]);
     archive.ok(&["archive", "verify", "--offline"]);
 }
+
+#[test]
+fn made_up_checkpoints_on_the_relay_do_not_stop_an_admin_collecting_real_ones() {
+    let org = Org::new("archive-bogus-checkpoints");
+    let (archive, _) = archived_history(&org);
+    org.admin.ok(&["sync"]);
+    // The operator puts two made-up checkpoints next in line, before the archive's next
+    // real ones: one from a device nobody knows, one badly signed as the archive.
+    relay_db(&org)
+        .execute(
+            "INSERT INTO archive_checkpoints (device_id, entry_seq, hash, signed_at, signature)
+             VALUES ('feedfeedfeedfeedfeedfeedfeedfeed', 1, x'00', 0, x'00'),
+                    (?1, 999999, x'00', 0, x'00')",
+            [device_id(&archive)],
+        )
+        .unwrap();
+    for text in ["fourth", "fifth"] {
+        org.admin.ok(&["send", "desk", text]);
+    }
+    archive.ok(&["sync"]);
+    let out = org.admin.ok(&["sync"]);
+    assert!(
+        out.contains("never saw") && out.contains("does not verify with the archive's key"),
+        "{out}"
+    );
+    // The real checkpoints were still collected: a chain with its end cut off is caught.
+    let file = org.dir.path().join("chain.json");
+    archive.ok(&["archive", "export-chain", "--out", file.to_str().unwrap()]);
+    let mut chain: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    // Cut back to the checkpoint before the newest: locally the chain looks whole.
+    let mut signed: Vec<i64> = chain["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["entry_seq"].as_i64().unwrap())
+        .collect();
+    signed.sort();
+    let kept_seq = signed[signed.len() - 2];
+    chain["entries"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|e| e["seq"].as_i64().unwrap() <= kept_seq);
+    chain["checkpoints"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|c| c["entry_seq"].as_i64().unwrap() <= kept_seq);
+    std::fs::write(&file, serde_json::to_vec(&chain).unwrap()).unwrap();
+    let err = org
+        .admin
+        .fails(&["admin", "archive-check", file.to_str().unwrap()]);
+    assert!(err.contains("removed from its end"), "{err}");
+}

@@ -17,7 +17,8 @@ use muster_proto::{
     now_unix, validate_handle, verify_enrolment, Certificate, CertificateBody, CodeSecret,
     ConfirmationBody, DeviceConfirmation, EnrolmentGrant, GrantBody, InviteCode, InvitePurpose,
     OrgPolicy, OrgPolicyBody, OrgRootKey, PendingEnrolment, Profile, ProfileRequest,
-    ProfileRequestBody, Request, Response, RevocationBody, Role, DEFAULT_CERTIFICATE_LIFETIME_SECS,
+    ProfileRequestBody, PublishedCheckpoint, Request, Response, RevocationBody, Role,
+    DEFAULT_CERTIFICATE_LIFETIME_SECS,
 };
 use openmls_traits::signatures::Signer as _;
 use rusqlite::{params, OptionalExtension};
@@ -51,6 +52,8 @@ pub struct ProfileChangeView {
 
 /// The shortest certificate lifetime an organisation may choose.
 const MIN_CERTIFICATE_LIFETIME_SECS: u64 = 10;
+/// How many archive checkpoints that cannot be checked yet an admin device keeps.
+const MAX_PENDING_CHECKPOINTS: usize = 10_000;
 
 fn to_json(value: &impl Serialize) -> Vec<u8> {
     serde_json::to_vec(value).expect("record serialises")
@@ -1177,31 +1180,55 @@ impl Engine {
                 "unexpected answer to ArchiveCheckpoints".into(),
             ));
         };
-        if batch.is_empty() {
+        let mut candidates: Vec<PublishedCheckpoint> = self
+            .db
+            .prepare(
+                "SELECT device_id, entry_seq, hash, signed_at, signature FROM archive_checkpoints_pending",
+            )?
+            .query_map([], |r| {
+                Ok(PublishedCheckpoint {
+                    device_id: r.get(0)?,
+                    entry_seq: r.get::<_, i64>(1)? as u64,
+                    hash: r.get(2)?,
+                    signed_at: r.get(3)?,
+                    signature: r.get(4)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        if batch.is_empty() && candidates.is_empty() {
             return Ok(());
         }
+        let collected = batch.last().map_or(since as u64, |(position, _)| *position);
+        candidates.extend(batch.into_iter().map(|(_, checkpoint)| checkpoint));
         // Every archive certificate this device has verified, including those of archives
         // revoked since: their checkpoints stay evidence.
         self.certificates(conn).await?;
-        let mut archives: std::collections::HashMap<String, Certificate> = Default::default();
-        for (_, checkpoint) in &batch {
-            if let Some(cert) = self
-                .known_certificate(&checkpoint.device_id)?
-                .filter(|c| c.is_archive())
-            {
-                archives.insert(checkpoint.device_id.clone(), cert);
-            }
-        }
-        // Only what was kept counts as collected: a checkpoint that cannot be checked now
-        // (its archive's certificate missing from the listing) is looked at again.
-        let mut collected = since as u64;
-        for (position, checkpoint) in batch {
-            let Some(archive) = archives.get(&checkpoint.device_id) else {
-                report.problems.push(format!(
-                    "an archive checkpoint on the relay comes from device {}, whose archive certificate this device never saw",
-                    checkpoint.device_id
-                ));
-                break;
+        let tx = self.db.transaction()?;
+        tx.execute("DELETE FROM archive_checkpoints_pending", [])?;
+        // A checkpoint that cannot be checked yet (its archive's certificate not seen)
+        // waits here, up to a bound, so a relay cannot stall collection with made-up ones.
+        let (mut waiting, mut dropped) = (0usize, 0usize);
+        for checkpoint in candidates {
+            let archive = crate::engine::known_certificate(&tx, &checkpoint.device_id)?
+                .filter(|c| c.is_archive());
+            let Some(archive) = archive else {
+                if waiting < MAX_PENDING_CHECKPOINTS {
+                    tx.execute(
+                        "INSERT OR IGNORE INTO archive_checkpoints_pending (device_id, entry_seq, hash, signed_at, signature)
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                        params![
+                            checkpoint.device_id,
+                            checkpoint.entry_seq as i64,
+                            checkpoint.hash,
+                            checkpoint.signed_at,
+                            checkpoint.signature
+                        ],
+                    )?;
+                    waiting += 1;
+                } else {
+                    dropped += 1;
+                }
+                continue;
             };
             let payload = muster_proto::archive_checkpoint_payload(
                 checkpoint.entry_seq as i64,
@@ -1214,13 +1241,12 @@ impl Engine {
             .verify(&payload, &checkpoint.signature);
             if signed.is_err() {
                 report.problems.push(format!(
-                    "an archive checkpoint on the relay (entry {}) does not verify with the archive's key",
+                    "an archive checkpoint on the relay (entry {}) does not verify with the archive's key: ignored",
                     checkpoint.entry_seq
                 ));
-                break;
+                continue;
             }
-            let held: Option<Vec<u8>> = self
-                .db
+            let held: Option<Vec<u8>> = tx
                 .query_row(
                     "SELECT hash FROM archive_checkpoints_seen WHERE device_id = ?1 AND entry_seq = ?2",
                     params![checkpoint.device_id, checkpoint.entry_seq as i64],
@@ -1234,7 +1260,7 @@ impl Engine {
                 )),
                 Some(_) => {}
                 None => {
-                    self.db.execute(
+                    tx.execute(
                         "INSERT INTO archive_checkpoints_seen (device_id, entry_seq, hash, signed_at, signature)
                          VALUES (?1, ?2, ?3, ?4, ?5)",
                         params![
@@ -1247,13 +1273,23 @@ impl Engine {
                     )?;
                 }
             }
-            collected = position;
         }
-        self.db.execute(
+        if waiting > 0 {
+            report.problems.push(format!(
+                "{waiting} archive checkpoint(s) on the relay come from devices whose archive certificate this device never saw: they are checked once it does"
+            ));
+        }
+        if dropped > 0 {
+            report.problems.push(format!(
+                "{dropped} more such archive checkpoint(s) were dropped: the relay may be flooding this device with made-up ones"
+            ));
+        }
+        tx.execute(
             "INSERT INTO sync_state (key, value) VALUES ('archive_checkpoints', ?1)
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             [collected as i64],
         )?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -1300,15 +1336,7 @@ impl Engine {
 
     /// The newest certificate this device verified for `device_id`, if any.
     fn known_certificate(&self, device_id: &str) -> Result<Option<Certificate>, EngineError> {
-        let bytes: Option<Vec<u8>> = self
-            .db
-            .query_row(
-                "SELECT certificate FROM known_certificates WHERE device_id = ?1",
-                [device_id],
-                |r| r.get(0),
-            )
-            .optional()?;
-        Ok(bytes.and_then(|b| Certificate::from_bytes(&b).ok()))
+        crate::engine::known_certificate(&self.db, device_id)
     }
 
     // ---- directory, devices, audit, revocation ------------------------------------------

@@ -375,6 +375,7 @@ fn verify_member(
 /// certified and unrevoked, and added members valid now. Returns a notice for each
 /// difference, for the user to see.
 fn catch_up_changes(
+    db: &Connection,
     device: &DeviceRow,
     held: &MlsGroup,
     new: &MlsGroup,
@@ -398,6 +399,28 @@ fn catch_up_changes(
             signer.body.user
         ));
     }
+    // The signer may have been renewed since this device last saw it: its roles and
+    // dates are those of the newest certificate for its key that this device has.
+    let known = known_certificate(db, &signer.body.device_id).map_err(|e| e.to_string())?;
+    let newest = [
+        Some(signer),
+        before.get(&signer.body.device_id),
+        after.get(&signer.body.device_id),
+        known.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .filter(|c| c.body.device_key == signer.body.device_key && c.verify_issuer(&device.org).is_ok())
+    .max_by_key(|c| c.body.not_before)
+    .unwrap_or(signer);
+    newest.check_validity(now_unix()).map_err(|e| {
+        format!(
+            "it was signed by {}, whose certificate is not valid now: {e}",
+            signer.body.user
+        )
+    })?;
+    let signer = newest;
+    let now = now_unix();
     if revoked.contains(&signer.body.device_id) {
         return Err(format!(
             "it was signed by a revoked device of {}",
@@ -431,7 +454,8 @@ fn catch_up_changes(
         ));
     }
     for (id, cert) in before.iter().filter(|(id, _)| !after.contains_key(*id)) {
-        let was_revoked = revoked.contains(id);
+        // Like the shared rules: a lapsed device is every member's to remove.
+        let was_revoked = revoked.contains(id) || muster_rules::lapsed(cert, now);
         if policy_before.managed && !admin && !was_revoked {
             return Err(format!(
                 "{} removed {} from a managed group without being an admin",
@@ -1846,7 +1870,8 @@ impl Engine {
                 )
             })
             .and_then(|m| {
-                verify_member(&device.org, &m.credential, &m.signature_key)
+                // Its dates and roles are judged with its newest certificate, below.
+                roster_member(&device.org, &m.credential, &m.signature_key)
                     .map_err(EngineError::Invalid)
             })?;
         let tx = self
@@ -1868,8 +1893,9 @@ impl Engine {
             .map_err(EngineError::mls)?
             .finalize(&provider)
             .map_err(EngineError::mls)?;
-        let changes = catch_up_changes(&device, &held_group, &group, &signer_cert, &revoked)
-            .map_err(|why| EngineError::Invalid(format!("not rejoining the group: {why}")))?;
+        let changes =
+            catch_up_changes(&tx, &device, &held_group, &group, &signer_cert, &revoked)
+                .map_err(|why| EngineError::Invalid(format!("not rejoining the group: {why}")))?;
         let (commit, _, group_info) = bundle.into_messages();
         let answer = conn
             .request(&Request::Commit {
@@ -3705,7 +3731,7 @@ fn process_welcome(
         let changes = match held.as_ref().filter(|_| active) {
             Some(held) => {
                 let revoked = revoked_devices(&tx).map_err(|e| e.to_string())?;
-                catch_up_changes(device, held, &group, &adder, &revoked)?
+                catch_up_changes(&tx, device, held, &group, &adder, &revoked)?
             }
             None => Vec::new(),
         };
@@ -4377,6 +4403,18 @@ fn lapse_check_due(db: &Connection) -> Result<(), EngineError> {
     db.prepare_cached("DELETE FROM sync_state WHERE key = 'next_lapse_check'")?
         .execute([])?;
     Ok(())
+}
+
+/// The newest certificate this device verified for a device, if any.
+pub(crate) fn known_certificate(
+    db: &Connection,
+    device_id: &str,
+) -> Result<Option<Certificate>, EngineError> {
+    let bytes: Option<Vec<u8>> = db
+        .prepare_cached("SELECT certificate FROM known_certificates WHERE device_id = ?1")?
+        .query_row([device_id], |r| r.get(0))
+        .optional()?;
+    Ok(bytes.and_then(|b| Certificate::from_bytes(&b).ok()))
 }
 
 /// Every device this device knows to be revoked.

@@ -108,6 +108,10 @@ CREATE TABLE IF NOT EXISTS revocation_serials (serial INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS archive_checkpoints_seen (
     device_id TEXT NOT NULL, entry_seq INTEGER NOT NULL, hash BLOB NOT NULL,
     signed_at INTEGER NOT NULL, signature BLOB NOT NULL, PRIMARY KEY (device_id, entry_seq));
+-- (admin) checkpoints from devices whose archive certificate this device has not seen yet
+CREATE TABLE IF NOT EXISTS archive_checkpoints_pending (
+    device_id TEXT NOT NULL, entry_seq INTEGER NOT NULL, hash BLOB NOT NULL,
+    signed_at INTEGER NOT NULL, signature BLOB NOT NULL, PRIMARY KEY (device_id, entry_seq, hash));
 -- groups this device may have fallen behind in (it refused or missed a commit)
 CREATE TABLE IF NOT EXISTS behind_groups (group_id BLOB PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS pending_commits (group_id BLOB PRIMARY KEY, commit_hash BLOB NOT NULL);

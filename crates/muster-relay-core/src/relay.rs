@@ -2103,6 +2103,12 @@ impl Relay {
                     info
                 ],
             )?;
+        } else {
+            exec(
+                &tx,
+                "DELETE FROM group_infos WHERE group_id = ?1",
+                params![group_id],
+            )?;
         }
         for device in &removed {
             record(&tx, "member_removed", &session.user, device, Some(group_id))?;
