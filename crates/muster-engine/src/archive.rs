@@ -1,10 +1,13 @@
 //! The compliance archive's store: an append-only log in the archive device's database.
 //!
 //! Every entry is hash-chained to the one before: `hash = SHA-256(prev_hash ‖ seq ‖
-//! record_hash)`, where `record_hash` covers every field of the entry. After each batch
-//! the archive signs a checkpoint (its device key over the latest entry's hash), so an
-//! edit, a removal or a reordering anywhere breaks the chain or a signature. Retention
-//! clears an entry's fields but keeps its `record_hash`, so the chain stays checkable.
+//! record_hash)`, where `record_hash = SHA-256(kind ‖ recorded_at ‖ content_hash)` and
+//! `content_hash` covers the entry's record. After each batch the archive signs a
+//! checkpoint (its device key over the latest entry's hash), so an edit, a removal or a
+//! reordering anywhere breaks the chain or a signature. Retention clears an entry's
+//! record but keeps its `content_hash`, so a cleared entry's kind and time stay bound to
+//! the chain. (Entries written before content hashes existed hash the record directly;
+//! once cleared, only their place in the chain can be checked.)
 
 use crate::error::EngineError;
 use ring::digest::{digest, SHA256};
@@ -25,6 +28,8 @@ CREATE TABLE IF NOT EXISTS archive_entries (
     -- when the group's disappearing-message time runs out for this entry
     expires_at INTEGER,
     record_hash BLOB NOT NULL,
+    -- SHA-256 of the record, kept when retention clears it (NULL in entries from before)
+    content_hash BLOB,
     prev_hash BLOB NOT NULL,
     hash BLOB NOT NULL,
     pruned_at INTEGER);
@@ -49,6 +54,18 @@ CREATE TABLE IF NOT EXISTS archive_holds (
     user TEXT PRIMARY KEY,
     since INTEGER NOT NULL);
 "#;
+
+/// Creates the archive's tables, and adds what later versions need to older ones.
+pub(crate) fn migrate(db: &Connection) -> Result<(), EngineError> {
+    db.execute_batch(SCHEMA)?;
+    let has_content_hash = db
+        .prepare("SELECT 1 FROM pragma_table_info('archive_entries') WHERE name = 'content_hash'")?
+        .exists([])?;
+    if !has_content_hash {
+        db.execute_batch("ALTER TABLE archive_entries ADD COLUMN content_hash BLOB")?;
+    }
+    Ok(())
+}
 
 const GENESIS: [u8; 32] = [0; 32];
 
@@ -102,11 +119,25 @@ fn sha256(parts: &[&[u8]]) -> Vec<u8> {
     digest(&SHA256, &all).as_ref().to_vec()
 }
 
-fn record_hash(kind: &str, recorded_at: i64, record: &str) -> Vec<u8> {
+/// How entries written before content hashes existed are hashed.
+fn legacy_record_hash(kind: &str, recorded_at: i64, record: &str) -> Vec<u8> {
     sha256(&[
         kind.as_bytes(),
         &recorded_at.to_be_bytes(),
         record.as_bytes(),
+    ])
+}
+
+fn content_hash(record: &str) -> Vec<u8> {
+    sha256(&[b"muster archive record", record.as_bytes()])
+}
+
+fn record_hash(kind: &str, recorded_at: i64, content_hash: &[u8]) -> Vec<u8> {
+    sha256(&[
+        b"muster archive entry v2",
+        kind.as_bytes(),
+        &recorded_at.to_be_bytes(),
+        content_hash,
     ])
 }
 
@@ -146,13 +177,14 @@ fn append(db: &Connection, entry: NewEntry<'_>, now_ms: i64) -> Result<i64, Engi
         Some((seq, hash)) => (seq + 1, hash),
         None => (1, GENESIS.to_vec()),
     };
-    let rh = record_hash(kind, now_ms, record);
+    let ch = content_hash(record);
+    let rh = record_hash(kind, now_ms, &ch);
     let hash = chain_hash(&prev, seq, &rh);
     db.prepare_cached(
-        "INSERT INTO archive_entries (seq, recorded_at, kind, record, user, group_id, sent_at, expires_at, record_hash, prev_hash, hash)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        "INSERT INTO archive_entries (seq, recorded_at, kind, record, user, group_id, sent_at, expires_at, record_hash, content_hash, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?
-    .execute(params![seq, now_ms, kind, record, user, group_id, sent_at, expires_at, rh, prev, hash])?;
+    .execute(params![seq, now_ms, kind, record, user, group_id, sent_at, expires_at, rh, ch, prev, hash])?;
     Ok(seq)
 }
 
@@ -335,6 +367,9 @@ pub struct ChainEntry {
     /// The entry's JSON; `None` once retention cleared it.
     pub record: Option<String>,
     pub record_hash: String,
+    /// The record's own hash, kept when it is cleared (absent in entries from before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_hash: Option<String>,
     pub prev_hash: String,
     pub hash: String,
 }
@@ -360,7 +395,7 @@ pub struct Checkpoint {
 /// The whole chain, oldest first, and every checkpoint, for `archive export-chain`.
 pub(crate) fn chain(db: &Connection) -> Result<(Vec<ChainEntry>, Vec<Checkpoint>), EngineError> {
     let mut stmt = db.prepare(
-        "SELECT seq, recorded_at, kind, record, record_hash, prev_hash, hash FROM archive_entries ORDER BY seq",
+        "SELECT seq, recorded_at, kind, record, record_hash, prev_hash, hash, content_hash FROM archive_entries ORDER BY seq",
     )?;
     let entries = stmt
         .query_map([], |r| {
@@ -370,6 +405,7 @@ pub(crate) fn chain(db: &Connection) -> Result<(Vec<ChainEntry>, Vec<Checkpoint>
                 kind: r.get(2)?,
                 record: r.get(3)?,
                 record_hash: hex::encode(r.get::<_, Vec<u8>>(4)?),
+                content_hash: r.get::<_, Option<Vec<u8>>>(7)?.map(hex::encode),
                 prev_hash: hex::encode(r.get::<_, Vec<u8>>(5)?),
                 hash: hex::encode(r.get::<_, Vec<u8>>(6)?),
             })
@@ -475,6 +511,7 @@ pub fn verify_chain(
     let mut cleared_by: std::collections::HashMap<i64, (Cleared, PruneRecord, bool)> =
         Default::default();
     let mut recorded: std::collections::HashMap<i64, i64> = Default::default();
+    let mut seen_content_hash = false;
     for entry in entries {
         let (seq, rh, prev, hash) = (
             entry.seq,
@@ -493,9 +530,28 @@ pub fn verify_chain(
                 "entry {seq}: does not follow the entry before it (removed, reordered or altered)"
             ));
         }
+        let content = entry.content_hash.as_deref().map(unhex);
+        match &content {
+            Some(content) => {
+                if record_hash(&entry.kind, entry.recorded_at, content) != rh {
+                    report
+                        .problems
+                        .push(format!("entry {seq}: its kind or time was altered"));
+                }
+                seen_content_hash = true;
+            }
+            None if seen_content_hash => report.problems.push(format!(
+                "entry {seq}: written without a content hash after entries that had one (altered)"
+            )),
+            None => {}
+        }
         match &entry.record {
             Some(record) => {
-                if record_hash(&entry.kind, entry.recorded_at, record) != rh {
+                let altered = match &content {
+                    Some(content) => content_hash(record) != *content,
+                    None => legacy_record_hash(&entry.kind, entry.recorded_at, record) != rh,
+                };
+                if altered {
                     report
                         .problems
                         .push(format!("entry {seq}: content was altered"));
@@ -836,7 +892,7 @@ mod tests {
 
     fn store() -> Connection {
         let db = Connection::open_in_memory().unwrap();
-        db.execute_batch(SCHEMA).unwrap();
+        migrate(&db).unwrap();
         db
     }
 
@@ -947,11 +1003,12 @@ mod tests {
             )
             .unwrap();
         let record = serde_json::to_string(&message("carol", "forged", 1003)).unwrap();
-        let rh = record_hash("message", recorded_at, &record);
+        let ch = content_hash(&record);
+        let rh = record_hash("message", recorded_at, &ch);
         let hash = chain_hash(&prev, 4, &rh);
         db.execute(
-            "UPDATE archive_entries SET record = ?1, record_hash = ?2, hash = ?3 WHERE seq = 4",
-            params![record, rh, hash],
+            "UPDATE archive_entries SET record = ?1, record_hash = ?2, content_hash = ?3, hash = ?4 WHERE seq = 4",
+            params![record, rh, ch, hash],
         )
         .unwrap();
         db.execute(
@@ -959,6 +1016,55 @@ mod tests {
             params![hash],
         )
         .unwrap();
+    }
+
+    #[test]
+    fn a_cleared_entrys_kind_and_time_stay_bound_to_the_chain() {
+        let key = key();
+        let db = filled(&key);
+        prune(&db, Some(1003), false, 2400).unwrap();
+        checkpoint(&db, 2600, |p| Ok(key.sign(p).as_ref().to_vec())).unwrap();
+        let report = verify(&db, key.public_key().as_ref()).unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        let cleared: i64 = db
+            .query_row(
+                "SELECT MIN(seq) FROM archive_entries WHERE record IS NULL",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        // The host backdates a cleared entry, or relabels it, hoping to pass it off.
+        for tamper in [
+            "UPDATE archive_entries SET recorded_at = recorded_at - 1 WHERE seq = ?1",
+            "UPDATE archive_entries SET kind = 'access' WHERE seq = ?1",
+        ] {
+            let db = filled(&key);
+            prune(&db, Some(1003), false, 2400).unwrap();
+            checkpoint(&db, 2600, |p| Ok(key.sign(p).as_ref().to_vec())).unwrap();
+            db.execute(tamper, [cleared]).unwrap();
+            let report = verify(&db, key.public_key().as_ref()).unwrap();
+            assert!(
+                report
+                    .problems
+                    .iter()
+                    .any(|p| p.contains(&format!("entry {cleared}: its kind or time was altered"))),
+                "{tamper}: {:?}",
+                report.problems
+            );
+        }
+        // Stripping the content hash to pass an entry off as an older one is seen too.
+        let db = filled(&key);
+        db.execute(
+            "UPDATE archive_entries SET content_hash = NULL WHERE seq = 3",
+            [],
+        )
+        .unwrap();
+        let report = verify(&db, key.public_key().as_ref()).unwrap();
+        assert!(
+            report.problems.iter().any(|p| p.contains("entry 3")),
+            "{:?}",
+            report.problems
+        );
     }
 
     #[test]

@@ -565,7 +565,7 @@ impl Engine {
         // Deleted content is overwritten, not left in free pages.
         db.pragma_update(None, "secure_delete", "ON")?;
         db.execute_batch(SCHEMA)?;
-        db.execute_batch(crate::archive::SCHEMA)?;
+        crate::archive::migrate(&db)?;
         // Deleted rows leave no trace in the full-text index either.
         db.execute(
             "INSERT INTO messages_fts (messages_fts, rank) VALUES ('secure-delete', 1)",

@@ -107,6 +107,9 @@ impl Admission {
         {
             return false;
         }
+        // Opening a connection costs the relay a handshake: it is paid for like a request,
+        // so connections opened and dropped at once still run out of rate.
+        self.bucket(address, now).tokens -= 1.0;
         self.open.insert(address, open + 1);
         self.open_total += 1;
         true
@@ -198,6 +201,19 @@ mod tests {
         let z: IpAddr = "10.0.0.3".parse().unwrap();
         let taken = (0..10).filter(|_| a.admit_request(z, false, later)).count();
         assert!(taken < 10, "the total rate applies to everyone");
+    }
+
+    #[test]
+    fn connections_opened_and_dropped_at_once_spend_the_rate() {
+        let t0 = Instant::now();
+        let mut a = Admission::new(limits(), t0);
+        let x: IpAddr = "10.0.0.1".parse().unwrap();
+        for _ in 0..10 {
+            assert!(a.admit_connection(x, t0), "a burst of twice the rate");
+            a.release(x);
+        }
+        assert!(!a.admit_connection(x, t0));
+        assert!(a.admit_connection(x, t0 + std::time::Duration::from_secs(1)));
     }
 
     #[test]
