@@ -295,3 +295,53 @@ fn nothing_is_said_into_a_group_the_relay_keeps_a_revoked_device_in() {
     let _ = mallory.run(&["sync"]);
     assert_eq!(mallory.texts("side"), ["before"]);
 }
+
+#[test]
+fn a_message_queued_before_a_revocation_never_leaves_in_a_form_the_revoked_device_reads() {
+    let mut org = Org::new("revoke-queued");
+    let bob = org.enrol("bob");
+    let carol = org.enrol("carol");
+    let mallory = org.enrol("mallory");
+    carol.ok(&["group", "create", "side", "--members", "bob,mallory"]);
+    bob.ok(&["sync"]);
+    mallory.ok(&["sync"]);
+    // Carol writes while the relay is unreachable: the message is encrypted for the
+    // group as it is, mallory included, and waits in her outbox.
+    org.relay.kill();
+    let err = carol.fails(&["send", "side", "queued before the revocation"]);
+    assert!(err.contains("stays in the outbox"), "{err}");
+    org.relay.revive();
+    org.admin.ok(&["admin", "revoke", "mallory"]);
+
+    // The operator wants mallory to read it: it keeps her membership open, lets her in,
+    // and keeps the group's recorded epoch from moving, so a message made for the old
+    // epoch would be stored; it then hides the removal commit from her.
+    let mallory_id = device_id_of(&mallory);
+    let db = relay_db(&org);
+    db.execute(
+        "UPDATE devices SET status = 'approved' WHERE device_id = ?1",
+        [&mallory_id],
+    )
+    .unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER keep_epoch AFTER UPDATE OF epoch ON groups
+         BEGIN UPDATE groups SET epoch = OLD.epoch WHERE group_id = NEW.group_id; END;
+         CREATE TRIGGER keep_members BEFORE UPDATE OF to_seq ON memberships
+         WHEN NEW.to_seq IS NOT NULL BEGIN SELECT RAISE(IGNORE); END;",
+    )
+    .unwrap();
+    drop(db);
+    // Carol learns of the revocation, removes mallory, then her outbox goes out.
+    carol.ok(&["sync"]);
+    assert_eq!(carol.members("side"), ["bob", "carol"]);
+    relay_db(&org)
+        .execute("DELETE FROM messages WHERE kind = 'commit'", [])
+        .unwrap();
+    let _ = mallory.run(&["sync"]);
+    assert!(
+        !mallory
+            .texts("side")
+            .contains(&"queued before the revocation".to_string()),
+        "the revoked device read a message queued before its revocation"
+    );
+}

@@ -1180,7 +1180,7 @@ impl Engine {
                 "unexpected answer to ArchiveCheckpoints".into(),
             ));
         };
-        let mut candidates: Vec<PublishedCheckpoint> = self
+        let pending: Vec<PublishedCheckpoint> = self
             .db
             .prepare(
                 "SELECT device_id, entry_seq, hash, signed_at, signature FROM archive_checkpoints_pending",
@@ -1195,11 +1195,16 @@ impl Engine {
                 })
             })?
             .collect::<Result<_, _>>()?;
-        if batch.is_empty() && candidates.is_empty() {
+        if batch.is_empty() && pending.is_empty() {
             return Ok(());
         }
         let collected = batch.last().map_or(since as u64, |(position, _)| *position);
-        candidates.extend(batch.into_iter().map(|(_, checkpoint)| checkpoint));
+        // The newest first: made-up checkpoints set aside earlier cannot crowd them out.
+        let candidates: Vec<PublishedCheckpoint> = batch
+            .into_iter()
+            .map(|(_, checkpoint)| checkpoint)
+            .chain(pending)
+            .collect();
         // Every archive certificate this device has verified, including those of archives
         // revoked since: their checkpoints stay evidence.
         self.certificates(conn).await?;

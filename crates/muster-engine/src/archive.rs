@@ -63,9 +63,31 @@ pub(crate) fn migrate(db: &Connection) -> Result<(), EngineError> {
         .exists([])?;
     if !has_content_hash {
         db.execute_batch("ALTER TABLE archive_entries ADD COLUMN content_hash BLOB")?;
+        // The chain itself says from where on every entry has a content hash, so that
+        // stripping one cannot pass a newer entry off as an older one.
+        let entries: i64 =
+            db.query_row("SELECT COUNT(*) FROM archive_entries", [], |r| r.get(0))?;
+        if entries > 0 {
+            let record = serde_json::json!({ "content_hashes_from": entries + 1 }).to_string();
+            append(
+                db,
+                NewEntry {
+                    kind: FORMAT_KIND,
+                    record: &record,
+                    user: None,
+                    group_id: None,
+                    sent_at: None,
+                    expires_at: None,
+                },
+                crate::engine::now_ms(),
+            )?;
+        }
     }
     Ok(())
 }
+
+/// The kind of the entry an archive from before content hashes gets when it upgrades.
+const FORMAT_KIND: &str = "format";
 
 const GENESIS: [u8; 32] = [0; 32];
 
@@ -511,7 +533,12 @@ pub fn verify_chain(
     let mut cleared_by: std::collections::HashMap<i64, (Cleared, PruneRecord, bool)> =
         Default::default();
     let mut recorded: std::collections::HashMap<i64, i64> = Default::default();
-    let mut seen_content_hash = false;
+    // Entries may lack a content hash only before the entry that recorded the upgrade
+    // (a chain without one was written with content hashes from the start).
+    let hashed_from = entries
+        .iter()
+        .find(|e| e.kind == FORMAT_KIND)
+        .map_or(i64::MIN, |e| e.seq);
     for entry in entries {
         let (seq, rh, prev, hash) = (
             entry.seq,
@@ -532,16 +559,15 @@ pub fn verify_chain(
         }
         let content = entry.content_hash.as_deref().map(unhex);
         match &content {
-            Some(content) => {
-                if record_hash(&entry.kind, entry.recorded_at, content) != rh {
-                    report
-                        .problems
-                        .push(format!("entry {seq}: its kind or time was altered"));
-                }
-                seen_content_hash = true;
+            Some(content) if record_hash(&entry.kind, entry.recorded_at, content) != rh => {
+                report
+                    .problems
+                    .push(format!("entry {seq}: its kind or time was altered"));
             }
-            None if seen_content_hash => report.problems.push(format!(
-                "entry {seq}: written without a content hash after entries that had one (altered)"
+            Some(_) => {}
+            None if seq >= hashed_from => report.problems.push(format!(
+                "entry {seq}: has no content hash, which every entry of this chain from entry {} on has (altered)",
+                hashed_from.max(1)
             )),
             None => {}
         }
@@ -1019,6 +1045,48 @@ mod tests {
     }
 
     #[test]
+    fn an_archive_from_before_content_hashes_upgrades_and_cannot_be_downgraded() {
+        let key = key();
+        let db = store();
+        db.execute_batch("ALTER TABLE archive_entries DROP COLUMN content_hash")
+            .unwrap();
+        let mut prev = GENESIS.to_vec();
+        for seq in 1..=2i64 {
+            let record = serde_json::to_string(&message("alice", "old", seq)).unwrap();
+            let rh = legacy_record_hash("message", 1000 + seq, &record);
+            let hash = chain_hash(&prev, seq, &rh);
+            db.execute(
+                "INSERT INTO archive_entries (seq, recorded_at, kind, record, record_hash, prev_hash, hash)
+                 VALUES (?1, ?2, 'message', ?3, ?4, ?5, ?6)",
+                params![seq, 1000 + seq, record, rh, prev, hash],
+            )
+            .unwrap();
+            prev = hash;
+        }
+        migrate(&db).unwrap();
+        record_message(&db, &[0, 0xaa], &message("bob", "new", 3), None, 1100).unwrap();
+        checkpoint(&db, 2000, |p| Ok(key.sign(p).as_ref().to_vec())).unwrap();
+        let report = verify(&db, key.public_key().as_ref()).unwrap();
+        assert_eq!(report.entries, 4, "two old entries, the upgrade, one new");
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        // Stripping the new entry's content hash does not pass it off as an old one.
+        db.execute(
+            "UPDATE archive_entries SET content_hash = NULL WHERE seq = 4",
+            [],
+        )
+        .unwrap();
+        let report = verify(&db, key.public_key().as_ref()).unwrap();
+        assert!(
+            report
+                .problems
+                .iter()
+                .any(|p| p.contains("entry 4: has no content hash")),
+            "{:?}",
+            report.problems
+        );
+    }
+
+    #[test]
     fn a_cleared_entrys_kind_and_time_stay_bound_to_the_chain() {
         let key = key();
         let db = filled(&key);
@@ -1052,16 +1120,20 @@ mod tests {
                 report.problems
             );
         }
-        // Stripping the content hash to pass an entry off as an older one is seen too.
+        // Stripping the content hash to pass the oldest (cleared) entries off as entries
+        // from before content hashes is seen too.
         let db = filled(&key);
         db.execute(
-            "UPDATE archive_entries SET content_hash = NULL WHERE seq = 3",
+            "UPDATE archive_entries SET content_hash = NULL WHERE seq IN (1, 2)",
             [],
         )
         .unwrap();
         let report = verify(&db, key.public_key().as_ref()).unwrap();
         assert!(
-            report.problems.iter().any(|p| p.contains("entry 3")),
+            report
+                .problems
+                .iter()
+                .any(|p| p.contains("entry 1: has no content hash")),
             "{:?}",
             report.problems
         );

@@ -2817,7 +2817,17 @@ impl Engine {
             )
             .optional()?
             .is_some();
-        if pending || !report.problems.is_empty() {
+        // Problems with other queued messages or groups are not this message's.
+        let failed = self
+            .db
+            .query_row(
+                "SELECT status = 'failed' FROM messages WHERE group_id = ?1 AND id = ?2",
+                params![queued.group_id, queued.id],
+                |r| r.get::<_, bool>(0),
+            )
+            .optional()?
+            .unwrap_or(false);
+        if pending || failed {
             return Err(EngineError::Invalid(format!(
                 "message was not delivered: {}",
                 report.problems.join("; ")
@@ -2869,11 +2879,10 @@ impl Engine {
         conn: &RelayConnection,
         report: &mut SyncReport,
     ) -> Result<(), EngineError> {
-        // Groups whose messages wait: they hold a device still to be removed (what was
-        // queued before its revocation was known is not handed to it), or this device
-        // could not catch up with them. Other groups' messages go on.
+        // Groups whose messages wait: they hold a device still to be removed, or this
+        // device could not catch up with them. Other groups' messages go on.
         let mut held_back: HashSet<Vec<u8>> = HashSet::new();
-        let mut cleared: HashSet<Vec<u8>> = HashSet::new();
+        let mut groups: HashMap<Vec<u8>, OutboxGroup> = HashMap::new();
         let own_device = self.device()?.device_id;
         loop {
             let next: Option<OutboxEntry> = {
@@ -2894,26 +2903,49 @@ impl Engine {
             let Some((client_id, group_id, message_id, ciphertext)) = next else {
                 return Ok(());
             };
-            let unremoved = match cleared.contains(&group_id) {
-                true => None,
-                false => {
-                    let provider = Provider::new(&self.crypto, &self.db);
-                    unremoved_device(&load_group(&provider, &group_id)?, &self.db, &own_device)?
+            let group = match groups.get(&group_id) {
+                Some(group) => group.clone(),
+                None => {
+                    let group = self.outbox_group(&group_id, &own_device)?;
+                    groups.insert(group_id.clone(), group.clone());
+                    group
                 }
             };
-            cleared.insert(group_id.clone());
-            if let Some(user) = unremoved {
-                report.problems.push(
-                    EngineError::UnremovedDevice {
-                        group: self.group_label(&group_id),
-                        user,
-                    }
-                    .to_string(),
-                );
-                held_back.insert(group_id);
-                continue;
-            }
             let mut ciphertext = ciphertext;
+            match group {
+                OutboxGroup::Gone => {
+                    self.fail_outbox(
+                        &client_id,
+                        &group_id,
+                        &message_id,
+                        "you are no longer in the group",
+                        report,
+                    )?;
+                    continue;
+                }
+                OutboxGroup::HoldsUnremoved(user) => {
+                    report.problems.push(
+                        EngineError::UnremovedDevice {
+                            group: self.group_label(&group_id),
+                            user,
+                        }
+                        .to_string(),
+                    );
+                    held_back.insert(group_id);
+                    continue;
+                }
+                // Encrypted at an earlier epoch (queued before a removal, say): the bytes
+                // never leave in that form, where a removed device could read them.
+                OutboxGroup::Ready { epoch } if ciphertext_epoch(&ciphertext) != Some(epoch) => {
+                    self.reencrypt(&client_id)?;
+                    ciphertext = self.db.query_row(
+                        "SELECT ciphertext FROM outbox WHERE client_id = ?1",
+                        [&client_id],
+                        |r| r.get(0),
+                    )?;
+                }
+                OutboxGroup::Ready { .. } => {}
+            }
             let mut attempts = 0;
             loop {
                 attempts += 1;
@@ -2964,18 +2996,23 @@ impl Engine {
                                 break;
                             }
                         }
-                        let still_active = self
-                            .resolve_group(&group_hex(&group_id))
-                            .is_ok_and(|g| g.2 == STATE_ACTIVE);
-                        if !still_active {
-                            self.fail_outbox(
-                                &client_id,
-                                &group_id,
-                                &message_id,
-                                "you are no longer in the group",
-                                report,
-                            )?;
-                            break;
+                        // The group moved on: look at it afresh.
+                        let group = self.outbox_group(&group_id, &own_device)?;
+                        groups.insert(group_id.clone(), group.clone());
+                        match group {
+                            OutboxGroup::Gone => {
+                                self.fail_outbox(
+                                    &client_id,
+                                    &group_id,
+                                    &message_id,
+                                    "you are no longer in the group",
+                                    report,
+                                )?;
+                                break;
+                            }
+                            // Held back at the top of the outer loop.
+                            OutboxGroup::HoldsUnremoved(_) => break,
+                            OutboxGroup::Ready { .. } => {}
                         }
                         self.reencrypt(&client_id)?;
                         ciphertext = self.db.query_row(
@@ -3010,6 +3047,24 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Where messages queued for a group stand.
+    fn outbox_group(&self, group_id: &[u8], own_device: &str) -> Result<OutboxGroup, EngineError> {
+        let active = self
+            .resolve_group(&group_hex(group_id))
+            .is_ok_and(|g| g.2 == STATE_ACTIVE);
+        if !active {
+            return Ok(OutboxGroup::Gone);
+        }
+        let provider = Provider::new(&self.crypto, &self.db);
+        let group = load_group(&provider, group_id)?;
+        Ok(match unremoved_device(&group, &self.db, own_device)? {
+            Some(user) => OutboxGroup::HoldsUnremoved(user),
+            None => OutboxGroup::Ready {
+                epoch: group.epoch().as_u64(),
+            },
+        })
     }
 
     fn group_label(&self, group_id: &[u8]) -> String {
@@ -3352,6 +3407,8 @@ impl Engine {
                 report.problems.push(format!(
                     "could not remove revoked devices from a group: {e}"
                 ));
+                // A lapsed device may have been renewed meanwhile: look again next time.
+                lapse_check_due(&self.db)?;
             }
         }
         Ok(())
@@ -4237,6 +4294,26 @@ fn queue_in(
         });
     }
     queue_unchecked(provider, group, signer, device, envelope)
+}
+
+/// Where messages queued for a group stand, as the outbox sees it.
+#[derive(Debug, Clone)]
+enum OutboxGroup {
+    /// This device is no longer in it.
+    Gone,
+    /// It holds a device of this user that is revoked or lapsed.
+    HoldsUnremoved(String),
+    /// Messages may go, encrypted at this epoch.
+    Ready { epoch: u64 },
+}
+
+/// The epoch an encrypted group message was made at, if it decodes.
+fn ciphertext_epoch(bytes: &[u8]) -> Option<u64> {
+    MlsMessageIn::tls_deserialize_exact(bytes)
+        .ok()?
+        .try_into_protocol_message()
+        .ok()
+        .map(|m| m.epoch().as_u64())
 }
 
 /// A group's name for the user, or its id where this device has no name for it.
