@@ -2980,6 +2980,8 @@ impl Engine {
                             && attempts < MAX_COMMIT_ATTEMPTS =>
                     {
                         self.fetch_and_process(conn, report).await?;
+                        // Any group may have moved on (a removal, say): look at each afresh.
+                        groups.clear();
                         if let ErrorCode::EpochMoved { current } = e.code {
                             // A group this device cannot catch up with keeps its messages
                             // queued (the next sync tries again); the others still go.
