@@ -1,0 +1,367 @@
+//! Groups: creation, rosters, GroupInfos, epochs, and application messages sent into them.
+
+use super::*;
+
+impl Relay {
+    /// Every leaf of a group must carry a valid certificate of an approved device.
+    pub(super) fn roster_devices(
+        tx: &Transaction,
+        org: &OrgDescriptor,
+        group: &PublicGroup,
+    ) -> Result<BTreeSet<String>, Failure> {
+        let mut devices = BTreeSet::new();
+        for member in group.members() {
+            let cert = certificate_of(&member.credential).ok_or_else(|| {
+                refuse(
+                    ErrorCode::InvalidCertificate,
+                    "a member's credential carries no identity certificate",
+                )
+            })?;
+            // Dates are checked for the leaves a commit brings in (the shared rules do
+            // that); a member whose certificate ran out meanwhile must not block the
+            // commits that renew or remove it.
+            cert.verify_issuer(org).map_err(|e| {
+                refuse(
+                    ErrorCode::InvalidCertificate,
+                    format!("member {}: {e}", cert.body.user),
+                )
+            })?;
+            if member.signature_key != cert.body.device_key {
+                return Err(refuse(
+                    ErrorCode::InvalidCertificate,
+                    format!(
+                        "member {}: leaf key differs from certificate",
+                        cert.body.user
+                    ),
+                ));
+            }
+            let status: Option<String> = row(
+                tx,
+                "SELECT status FROM devices WHERE device_id = ?1",
+                [&cert.body.device_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+            if status.as_deref() != Some(STATUS_APPROVED) {
+                return Err(refuse(
+                    ErrorCode::InvalidCertificate,
+                    format!(
+                        "member {} device {} is not an enrolled device",
+                        cert.body.user, cert.body.device_id
+                    ),
+                ));
+            }
+            devices.insert(cert.body.device_id);
+        }
+        Ok(devices)
+    }
+
+    pub(super) fn create_group(
+        &mut self,
+        session: &Session,
+        group_info: &[u8],
+        ratchet_tree: &[u8],
+    ) -> Result<Outcome, Failure> {
+        let org = self.require_org()?;
+        let bad = |why: String| refuse(ErrorCode::InvalidMessage, why);
+        let info = MlsMessageIn::tls_deserialize_exact(group_info)
+            .map_err(|e| bad(format!("GroupInfo: {e}")))?;
+        let MlsMessageBodyIn::GroupInfo(info) = info.extract() else {
+            return Err(bad("expected a GroupInfo message".into()));
+        };
+        let tree = RatchetTreeIn::tls_deserialize_exact(ratchet_tree)
+            .map_err(|e| bad(format!("ratchet tree: {e}")))?;
+        let group_id = info.group_id().as_slice().to_vec();
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let exists = row(
+            &tx,
+            "SELECT 1 FROM groups WHERE group_id = ?1",
+            [&group_id],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some();
+        if exists {
+            return Err(refuse(
+                ErrorCode::GroupExists,
+                "group id already registered",
+            ));
+        }
+        let storage: Storage = Storage::new(&tx);
+        let (group, _) =
+            PublicGroup::from_external(&self.crypto, &storage, tree, info, ProposalStore::new())
+                .map_err(|e| bad(format!("group state does not validate: {e}")))?;
+        let devices = Self::roster_devices(&tx, &org, &group)?;
+        if policy_of(&group).managed && !device_is_admin(&tx, &session.device_id)? {
+            return Err(refuse(
+                ErrorCode::Forbidden,
+                "only an organisation admin may create a managed group",
+            ));
+        }
+        if devices.len() != 1 || !devices.contains(&session.device_id) {
+            return Err(refuse(
+                ErrorCode::BadRequest,
+                "a new group must contain only its creator; add members with a commit",
+            ));
+        }
+        exec(&tx,
+            "INSERT INTO groups (group_id, epoch, last_seq, created_by, created_at) VALUES (?1, ?2, 0, ?3, ?4)",
+            params![group_id, group.group_context().epoch().as_u64() as i64, session.device_id, now_unix() as i64],
+        )?;
+        let creator_key = Self::device_key(&tx, &session.device_id)?;
+        if Self::checked_group_info(&self.crypto, &group, group_info, &creator_key) {
+            exec(
+                &tx,
+                "INSERT OR REPLACE INTO group_infos (group_id, epoch, data) VALUES (?1, ?2, ?3)",
+                params![
+                    group_id,
+                    group.group_context().epoch().as_u64() as i64,
+                    group_info
+                ],
+            )?;
+        }
+        exec(
+            &tx,
+            "INSERT INTO memberships (group_id, device_id, from_seq) VALUES (?1, ?2, 1)",
+            params![group_id, session.device_id],
+        )?;
+        record(
+            &tx,
+            "group_created",
+            &session.user,
+            &session.device_id,
+            Some(&group_id),
+        )?;
+        tx.commit()?;
+        Ok(Outcome::reply(Response::Ok))
+    }
+
+    /// The signature key of a device the relay knows.
+    pub(super) fn device_key(tx: &Connection, device_id: &str) -> Result<Vec<u8>, Failure> {
+        Ok(row(
+            tx,
+            "SELECT device_key FROM devices WHERE device_id = ?1",
+            [device_id],
+            |r| r.get(0),
+        )?)
+    }
+
+    pub(super) fn group_info(
+        &self,
+        session: &Session,
+        group_id: &[u8],
+    ) -> Result<Outcome, Failure> {
+        let member = row(
+            &self.db,
+            "SELECT 1 FROM memberships WHERE group_id = ?1 AND device_id = ?2 AND to_seq IS NULL",
+            params![group_id, session.device_id],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some();
+        if !member {
+            return Err(refuse(
+                ErrorCode::NotMember,
+                "this device is not a member of the group",
+            ));
+        }
+        let info: Option<(i64, Vec<u8>)> = row(
+            &self.db,
+            "SELECT epoch, data FROM group_infos WHERE group_id = ?1",
+            [group_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+        let (epoch, group_info) = info.ok_or_else(|| {
+            refuse(
+                ErrorCode::UnknownGroup,
+                "no GroupInfo of this group's current epoch is on the relay",
+            )
+        })?;
+        Ok(Outcome::reply(Response::GroupInfo {
+            group_info,
+            epoch: epoch as u64,
+        }))
+    }
+
+    pub(super) fn group_state(tx: &Transaction, group_id: &[u8]) -> Result<(u64, u64), Failure> {
+        row(
+            tx,
+            "SELECT epoch, last_seq FROM groups WHERE group_id = ?1",
+            [group_id],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+        )
+        .optional()?
+        .ok_or_else(|| refuse(ErrorCode::UnknownGroup, "no such group on this relay"))
+    }
+
+    pub(super) fn current_members(
+        tx: &Transaction,
+        group_id: &[u8],
+    ) -> Result<BTreeSet<String>, Failure> {
+        let mut stmt = tx.prepare_cached(
+            "SELECT device_id FROM memberships WHERE group_id = ?1 AND to_seq IS NULL",
+        )?;
+        let rows = stmt
+            .query_map([group_id], |r| r.get(0))?
+            .collect::<Result<BTreeSet<String>, _>>()?;
+        Ok(rows)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn append(
+        tx: &Transaction,
+        group_id: &[u8],
+        seq: u64,
+        epoch: u64,
+        kind: &str,
+        sender: &str,
+        client_id: Option<&[u8]>,
+        data: &[u8],
+    ) -> Result<(), Failure> {
+        exec(tx,
+            "INSERT INTO messages (group_id, seq, epoch, kind, sender_device, client_id, data, stored_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![group_id, seq as i64, epoch as i64, kind, sender, client_id, data, now_unix() as i64],
+        )?;
+        exec(
+            tx,
+            "UPDATE groups SET last_seq = ?2 WHERE group_id = ?1",
+            params![group_id, seq as i64],
+        )?;
+        exec(
+            tx,
+            "INSERT INTO queued_bytes (device_id, bytes) VALUES (?1, ?2)
+             ON CONFLICT (device_id) DO UPDATE SET bytes = bytes + excluded.bytes",
+            params![sender, data.len() as i64],
+        )?;
+        if let Some(client_id) = client_id {
+            exec(tx,
+                "INSERT INTO sent_ids (sender_device, client_id, seq, stored_at) VALUES (?1, ?2, ?3, ?4)",
+                params![sender, client_id, seq as i64, now_unix() as i64],
+            )?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn check_epoch(message_epoch: u64, current: u64) -> Result<(), Failure> {
+        if message_epoch != current {
+            return Err(refuse(
+                ErrorCode::EpochMoved { current },
+                format!(
+                    "group is at epoch {current}, message was made for epoch {message_epoch}: sync and retry"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(super) fn sender_device(group: &PublicGroup, sender: &Sender) -> Option<String> {
+        match sender {
+            Sender::Member(index) => group
+                .leaf(*index)
+                .and_then(|leaf| certificate_of(leaf.credential()))
+                .map(|c| c.body.device_id),
+            _ => None,
+        }
+    }
+
+    pub(super) fn send(
+        &mut self,
+        session: &Session,
+        group_id: &[u8],
+        data: &[u8],
+        client_id: &[u8],
+    ) -> Result<Outcome, Failure> {
+        if client_id.is_empty() || client_id.len() > 64 {
+            return Err(refuse(
+                ErrorCode::BadRequest,
+                "client id must be 1-64 bytes",
+            ));
+        }
+        let message = parse_protocol_message(data)?;
+        if !matches!(message, ProtocolMessage::PrivateMessage(_))
+            || message.content_type() != ContentType::Application
+        {
+            return Err(refuse(
+                ErrorCode::InvalidMessage,
+                "application messages must be MLS PrivateMessages",
+            ));
+        }
+        if message.group_id().as_slice() != group_id {
+            return Err(refuse(
+                ErrorCode::BadRequest,
+                "message is for another group",
+            ));
+        }
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let existing: Option<i64> = row(
+            &tx,
+            "SELECT seq FROM sent_ids WHERE sender_device = ?1 AND client_id = ?2",
+            params![session.device_id, client_id],
+            |r| r.get(0),
+        )
+        .optional()?;
+        if let Some(seq) = existing {
+            return Ok(Outcome::reply(Response::Stored { seq: seq as u64 }));
+        }
+        let (epoch, last_seq) = Self::group_state(&tx, group_id)?;
+        let members = Self::current_members(&tx, group_id)?;
+        if !members.contains(&session.device_id) {
+            return Err(refuse(
+                ErrorCode::NotMember,
+                "this device is not a member of the group",
+            ));
+        }
+        Self::check_epoch(message.epoch().as_u64(), epoch)?;
+        let queued: i64 = row(
+            &tx,
+            "SELECT bytes FROM queued_bytes WHERE device_id = ?1",
+            params![session.device_id],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0);
+        if queued as u64 + data.len() as u64 > self.queue_quota {
+            return Err(refuse(
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "{queued} bytes of this device's messages are still waiting on the relay for \
+                     recipients to fetch them (limit {}); they are released as recipients catch up",
+                    self.queue_quota
+                ),
+            ));
+        }
+        let seq = last_seq + 1;
+        Self::append(
+            &tx,
+            group_id,
+            seq,
+            epoch,
+            KIND_APPLICATION,
+            &session.device_id,
+            Some(client_id),
+            data,
+        )?;
+        // A sender never receives its own application message, so a sender that had
+        // fetched everything before it is also done with it.
+        exec(&tx,
+            "INSERT INTO cursors (device_id, group_id, acked_seq)
+               SELECT ?1, ?2, ?3 FROM memberships ms
+               LEFT JOIN cursors c ON c.device_id = ms.device_id AND c.group_id = ms.group_id
+               WHERE ms.device_id = ?1 AND ms.group_id = ?2 AND ms.to_seq IS NULL
+                 AND COALESCE(c.acked_seq, ms.from_seq - 1) >= ?4
+             ON CONFLICT (device_id, group_id) DO UPDATE SET acked_seq = MAX(acked_seq, excluded.acked_seq)",
+            params![session.device_id, group_id, seq as i64, last_seq as i64],
+        )?;
+        Self::prune_delivered(&tx, group_id)?;
+        tx.commit()?;
+        let mut wake = members;
+        wake.remove(&session.device_id);
+        Ok(Outcome::with_wake(Response::Stored { seq }, wake))
+    }
+}

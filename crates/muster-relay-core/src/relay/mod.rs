@@ -1,0 +1,415 @@
+//! The relay: its store, and each request dispatched to the module of its concern (auth, enrolment, administration, directory, groups, handshakes, queue; blobs live in ../blobs.rs).
+
+use crate::error::{refuse, Failure, StoreError};
+use crate::mls::{certificate_of, JsonCodec, Storage};
+use crate::schema::SCHEMA;
+use muster_proto::{
+    auth_transcript, now_unix, validate_handle, AckItem, AuditEvent, Certificate,
+    ClaimedKeyPackage, Delivery, DeviceConfirmation, EnrolmentGrant, EnrolmentRequest, ErrorCode,
+    GroupPolicy, InvitePurpose, OpenInvite, OrgDescriptor, OrgPolicy, PendingEnrolment, Profile,
+    ProfileChange, ProfileRequest, PublishedCheckpoint, RelayError, Request, Response, Revocation,
+    GROUP_POLICY_EXTENSION, MAX_MLS_MESSAGE,
+};
+use openmls::prelude::tls_codec::Deserialize as _;
+use openmls::prelude::*;
+use openmls_rust_crypto::RustCrypto;
+use ring::signature::{UnparsedPublicKey, ED25519};
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+mod administration;
+mod auth;
+mod directory;
+mod enrolment;
+mod groups;
+mod handshakes;
+mod queue;
+mod store;
+
+pub use auth::{challenge_nonce, verify_challenge};
+use enrolment::*;
+use handshakes::*;
+use store::*;
+
+/// An authenticated device on a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub device_id: String,
+    pub user: String,
+}
+
+/// The result of one request: the answer for the requester, the devices to wake, and
+/// the devices whose open connections must be closed now.
+#[derive(Debug)]
+pub struct Outcome {
+    pub response: Response,
+    pub wake: BTreeSet<String>,
+    pub disconnect: BTreeSet<String>,
+}
+
+impl Outcome {
+    pub(crate) fn reply(response: Response) -> Self {
+        Self {
+            response,
+            wake: BTreeSet::new(),
+            disconnect: BTreeSet::new(),
+        }
+    }
+
+    fn with_wake(response: Response, wake: BTreeSet<String>) -> Self {
+        Self {
+            response,
+            wake,
+            disconnect: BTreeSet::new(),
+        }
+    }
+}
+
+/// Counts for operators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayStats {
+    pub devices: u64,
+    pub pending_enrolments: u64,
+    pub groups: u64,
+    pub stored_messages: u64,
+    /// Deliveries (message or Welcome to one device) not yet acknowledged.
+    pub queued_deliveries: u64,
+}
+
+const STATUS_PENDING: &str = "pending";
+const STATUS_APPROVED: &str = "approved";
+const STATUS_REJECTED: &str = "rejected";
+const STATUS_REVOKED: &str = "revoked";
+const KIND_APPLICATION: &str = "application";
+const KIND_COMMIT: &str = "commit";
+const KIND_PROPOSAL: &str = "proposal";
+const MAX_FETCH: u32 = 500;
+/// Message bytes in one fetch answer; a single message (at most 1 MiB) always fits a frame.
+const FETCH_BYTES: usize = 1024 * 1024;
+const MAX_KEY_PACKAGES_PER_UPLOAD: usize = 100;
+
+/// The relay's state: one SQLite database holding organisation, devices, groups and queues.
+pub struct Relay {
+    db: Connection,
+    crypto: RustCrypto,
+    fingerprint: String,
+    blob_dir: PathBuf,
+    blob_quota: u64,
+    queue_quota: u64,
+    limiter: crate::limits::Limiter,
+}
+
+impl Relay {
+    /// Opens (creating if needed) the relay database at `path`.
+    pub fn open(path: &Path, fingerprint: String) -> Result<Self, StoreError> {
+        let db = Connection::open(path)?;
+        db.busy_timeout(std::time::Duration::from_secs(5))?;
+        // WAL with synchronous=FULL: a transaction acknowledged to a client survives power loss.
+        db.pragma_update(None, "journal_mode", "WAL")?;
+        db.pragma_update(None, "synchronous", "FULL")?;
+        db.pragma_update(None, "foreign_keys", "ON")?;
+        // Hot pages stay in memory: 64 MiB of page cache, reads through a memory map.
+        db.pragma_update(None, "cache_size", -65536)?;
+        db.pragma_update(None, "mmap_size", 256 * 1024 * 1024)?;
+        db.set_prepared_statement_cache_capacity(128);
+        db.execute_batch(SCHEMA)?;
+        let mut db = db;
+        let mut storage =
+            openmls_sqlite_storage::SqliteStorageProvider::<JsonCodec, _>::new(&mut db);
+        storage
+            .run_migrations()
+            .map_err(|e| StoreError::Migration(e.to_string()))?;
+        let blob_dir = path
+            .parent()
+            .map(|p| p.join("blobs"))
+            .unwrap_or_else(|| PathBuf::from("blobs"));
+        Ok(Self {
+            db,
+            crypto: RustCrypto::default(),
+            fingerprint,
+            blob_dir,
+            blob_quota: muster_proto::BLOB_QUOTA_PER_DEVICE,
+            queue_quota: muster_proto::QUEUE_QUOTA_PER_DEVICE,
+            limiter: Default::default(),
+        })
+    }
+
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    pub(crate) fn db(&self) -> &Connection {
+        &self.db
+    }
+
+    pub(crate) fn db_mut(&mut self) -> &mut Connection {
+        &mut self.db
+    }
+
+    /// Sets how fast one device may send requests and store messages.
+    pub fn set_rate_limits(&mut self, limits: crate::limits::RateLimits) {
+        self.limiter.limits = limits;
+    }
+
+    /// Sets how many encrypted attachment bytes one device may keep on the relay at once.
+    pub fn set_blob_quota(&mut self, bytes: u64) {
+        self.blob_quota = bytes;
+    }
+
+    /// Sets how many message bytes one device may have waiting on the relay for
+    /// recipients who have not fetched them yet.
+    pub fn set_queue_quota(&mut self, bytes: u64) {
+        self.queue_quota = bytes;
+    }
+
+    pub(crate) fn blob_quota(&self) -> u64 {
+        self.blob_quota
+    }
+
+    /// Where encrypted attachment blobs are kept.
+    pub fn blob_dir(&self) -> &Path {
+        &self.blob_dir
+    }
+
+    /// Creates and stores a fresh single-use bootstrap token; valid until an organisation exists.
+    pub fn new_bootstrap_token(&self) -> Result<String, StoreError> {
+        let token = random_token();
+        exec(
+            &self.db,
+            "INSERT INTO bootstrap_tokens (token_hash, created_at) VALUES (?1, ?2)",
+            params![sha256(token.as_bytes()), now_unix() as i64],
+        )?;
+        Ok(token)
+    }
+
+    /// The registered organisation, if any.
+    pub fn org(&self) -> Result<Option<OrgDescriptor>, StoreError> {
+        load_org(&self.db)
+    }
+
+    pub fn stats(&self) -> Result<RelayStats, StoreError> {
+        let count = |sql: &str| -> Result<u64, StoreError> {
+            Ok(row(&self.db, sql, [], |r| r.get::<_, i64>(0))? as u64)
+        };
+        Ok(RelayStats {
+            devices: count("SELECT COUNT(*) FROM devices WHERE status = 'approved'")?,
+            groups: count("SELECT COUNT(*) FROM groups")?,
+            pending_enrolments: count("SELECT COUNT(*) FROM devices WHERE status = 'pending'")?,
+            stored_messages: count("SELECT COUNT(*) FROM messages")?,
+            queued_deliveries: count(
+                "SELECT (SELECT COUNT(*) FROM welcomes) + (SELECT COUNT(*) FROM messages m
+                   JOIN memberships ms ON ms.group_id = m.group_id
+                   JOIN devices d ON d.device_id = ms.device_id AND d.status = 'approved'
+                   LEFT JOIN cursors c ON c.device_id = ms.device_id AND c.group_id = m.group_id
+                   WHERE m.seq >= ms.from_seq AND (ms.to_seq IS NULL OR m.seq <= ms.to_seq)
+                     AND m.seq > COALESCE(c.acked_seq, 0)
+                     AND NOT (m.sender_device = ms.device_id AND m.kind = 'application'))",
+            )?,
+        })
+    }
+
+    fn health(&self) -> Outcome {
+        let org = self.org();
+        Outcome::reply(Response::Health {
+            org_registered: matches!(org, Ok(Some(_))),
+            storage_ok: org.is_ok(),
+        })
+    }
+
+    /// Handles a request that needs no authenticated session.
+    pub fn handle_anonymous(&mut self, request: Request) -> Outcome {
+        let result = match request {
+            Request::Bootstrap { token, org, admin } => self.bootstrap(&token, org, admin),
+            Request::Enrol { request } => request
+                .verify_signatures()
+                .map_err(|e| {
+                    refuse(
+                        ErrorCode::Unauthenticated,
+                        format!("enrolment proof refused: {e}"),
+                    )
+                })
+                .and_then(|()| self.enrol(request)),
+            Request::Health => Ok(self.health()),
+            _ => Err(refuse(
+                ErrorCode::Unauthenticated,
+                "authenticate the device before this request",
+            )),
+        };
+        finish(result)
+    }
+
+    /// Handles a request from an authenticated device.
+    pub fn handle(&mut self, session: &Session, request: Request) -> Outcome {
+        self.handle_at(session, request, std::time::Instant::now())
+    }
+
+    /// Handles a request as of `now` (for the rate limits).
+    pub fn handle_at(
+        &mut self,
+        session: &Session,
+        request: Request,
+        now: std::time::Instant,
+    ) -> Outcome {
+        if let Err(e) = self.session_active(session) {
+            return Outcome::reply(Response::Error(e));
+        }
+        let posts = matches!(
+            request,
+            Request::Send { .. }
+                | Request::Commit { .. }
+                | Request::Propose { .. }
+                | Request::BlobPut { .. }
+        );
+        if let Err(limited) = self.limiter.admit(&session.device_id, posts, now) {
+            let limits = self.limiter.limits;
+            let message = match limited {
+                crate::limits::Limited::Posts => format!(
+                    "rate limit: at most {} messages per second per device (bursts of {}); wait and retry",
+                    limits.posts_per_sec, limits.post_burst
+                ),
+                crate::limits::Limited::Requests => format!(
+                    "rate limit: at most {} requests per second per device (bursts of {}); wait and retry",
+                    limits.requests_per_sec, limits.request_burst
+                ),
+            };
+            return Outcome::reply(Response::Error(RelayError::new(
+                ErrorCode::RateLimited,
+                message,
+            )));
+        }
+        let result = match request {
+            Request::MyCertificate => self.my_certificate(session),
+            Request::CreateInvite { grant } => self.create_invite(session, grant),
+            Request::ListPending => self.list_pending(session),
+            Request::Approve { certificate } => self.approve(session, certificate),
+            Request::Reject { device_id } => self.reject(session, &device_id),
+            Request::Directory => self.directory(),
+            Request::UploadKeyPackages {
+                key_packages,
+                last_resort,
+                replace,
+            } => self.upload_key_packages(session, key_packages, last_resort, replace),
+            Request::KeyPackageCount => self.key_package_count(session),
+            Request::ClaimKeyPackages { user, only } => self.claim_key_packages(&user, &only),
+            Request::CreateLink { grant } => self.create_link(session, grant),
+            Request::MyDevices => self.my_devices(session),
+            Request::CreateGroup {
+                group_info,
+                ratchet_tree,
+            } => self.create_group(session, &group_info, &ratchet_tree),
+            Request::Commit {
+                group_id,
+                commit,
+                welcome,
+                group_info,
+            } => self.commit(
+                session,
+                &group_id,
+                &commit,
+                welcome.as_deref(),
+                group_info.as_deref(),
+            ),
+            Request::GroupInfo { group_id } => self.group_info(session, &group_id),
+            Request::Propose { group_id, proposal } => self.propose(session, &group_id, &proposal),
+            Request::Send {
+                group_id,
+                message,
+                client_id,
+            } => self.send(session, &group_id, &message, &client_id),
+            Request::Fetch { limit } => self.fetch(session, limit),
+            Request::Ack { items } => self.ack(session, &items),
+            Request::Revoke { revocation } => self.revoke(session, revocation),
+            Request::Revocations { since } => self.revocations(since),
+            Request::Health => Ok(self.health()),
+            Request::RequestProfileChange { request } => {
+                self.request_profile_change(session, request)
+            }
+            Request::ListProfileChanges => self.list_profile_changes(session),
+            Request::ApproveProfileChange { certificates } => {
+                self.approve_profile_change(session, certificates)
+            }
+            Request::RejectProfileChange { user } => self.reject_profile_change(session, &user),
+            Request::ListInvites => self.list_invites(session),
+            Request::SetOrgPolicy { policy } => self.set_org_policy(session, policy),
+            Request::GetOrgPolicy => {
+                load_org_policy(&self.db).map(|p| Outcome::reply(Response::OrgPolicy(p)))
+            }
+            Request::ConfirmDevice { confirmation } => self.confirm_device(session, confirmation),
+            Request::BlobPut {
+                blob_id,
+                group_id,
+                total_size,
+                offset,
+                data,
+            } => self.blob_put(session, &blob_id, &group_id, total_size, offset, &data),
+            Request::BlobComplete { blob_id, sha256 } => {
+                self.blob_complete(session, &blob_id, &sha256)
+            }
+            Request::BlobGet {
+                blob_id,
+                offset,
+                max_len,
+            } => self.blob_get(session, &blob_id, offset, max_len),
+            Request::BlobFetched { blob_id } => self.blob_fetched(session, &blob_id),
+            Request::PublishCheckpoint { checkpoint } => {
+                self.publish_checkpoint(session, checkpoint)
+            }
+            Request::ArchiveCheckpoints { since } => self.archive_checkpoints(session, since),
+            Request::ReissueCertificates { certificates } => {
+                self.reissue_certificates(session, certificates)
+            }
+            Request::Audit { limit } => self
+                .require_admin(session)
+                .and_then(|()| Ok(self.audit_events(limit as usize)?))
+                .map(|events| Outcome::reply(Response::Audit(events))),
+            Request::Bootstrap { .. } | Request::Enrol { .. } => Err(refuse(
+                ErrorCode::BadRequest,
+                "this connection is already authenticated",
+            )),
+            Request::Hello { .. } | Request::Prove { .. } => Err(refuse(
+                ErrorCode::BadRequest,
+                "this connection is already authenticated",
+            )),
+        };
+        finish(result)
+    }
+
+    fn require_admin(&self, session: &Session) -> Result<(), Failure> {
+        let cert = self.certificate_of_device(&session.device_id)?;
+        if cert.is_some_and(|c| c.is_admin()) {
+            Ok(())
+        } else {
+            Err(refuse(
+                ErrorCode::Forbidden,
+                "only an organisation admin may do this",
+            ))
+        }
+    }
+
+    fn certificate_of_device(&self, device_id: &str) -> Result<Option<Certificate>, Failure> {
+        device_certificate(&self.db, device_id)
+    }
+
+    fn require_org(&self) -> Result<OrgDescriptor, Failure> {
+        load_org(&self.db)?.ok_or_else(|| {
+            refuse(
+                ErrorCode::NoOrg,
+                "no organisation is registered on this relay yet",
+            )
+        })
+    }
+}
+
+fn internal(e: StoreError) -> RelayError {
+    tracing::error!(error = %e, "relay storage failure");
+    RelayError::new(ErrorCode::Internal, "relay storage failure")
+}
+
+fn finish(result: Result<Outcome, Failure>) -> Outcome {
+    match result {
+        Ok(outcome) => outcome,
+        Err(Failure::Refuse(e)) => Outcome::reply(Response::Error(e)),
+        Err(Failure::Store(e)) => Outcome::reply(Response::Error(internal(e))),
+    }
+}

@@ -1,0 +1,202 @@
+//! Each device's queue: fetching, acknowledging, and pruning what everyone has.
+
+use super::*;
+
+impl Relay {
+    /// Deletes what waited past its retention: messages some recipient never fetched
+    /// (after [`muster_proto::MESSAGE_RETENTION_SECS`]), their resend records, and
+    /// expired or abandoned attachment blobs. Returns how many messages went.
+    pub fn collect_expired(&mut self) -> Result<usize, StoreError> {
+        self.collect_expired_blobs().map_err(|e| match e {
+            Failure::Store(e) => e,
+            Failure::Refuse(e) => StoreError::Corrupt(e.to_string()),
+        })?;
+        let cutoff = now_unix().saturating_sub(muster_proto::MESSAGE_RETENTION_SECS) as i64;
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        Self::release_queued(
+            &tx,
+            "SELECT sender_device, SUM(length(data)) FROM messages WHERE stored_at < ?1
+             GROUP BY sender_device",
+            params![cutoff],
+        )?;
+        let deleted = exec(
+            &tx,
+            "DELETE FROM messages WHERE stored_at < ?1",
+            params![cutoff],
+        )?;
+        exec(
+            &tx,
+            "DELETE FROM sent_ids WHERE stored_at < ?1",
+            params![cutoff],
+        )?;
+        tx.commit()?;
+        Ok(deleted)
+    }
+
+    /// Subtracts from each sender's queued bytes the sums that `select` returns.
+    pub(super) fn release_queued(
+        tx: &Transaction,
+        select: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<(), rusqlite::Error> {
+        let sums: Vec<(String, i64)> = tx
+            .prepare_cached(select)?
+            .query_map(params, |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        for (device, bytes) in sums {
+            exec(
+                tx,
+                "UPDATE queued_bytes SET bytes = MAX(0, bytes - ?2) WHERE device_id = ?1",
+                params![device, bytes],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Deletes a group's messages that every device still in it (and every removed device
+    /// still owed messages) has acknowledged.
+    pub(super) fn prune_delivered(tx: &Transaction, group_id: &[u8]) -> Result<(), Failure> {
+        let waiting: Option<i64> = row(
+            tx,
+            "SELECT MIN(COALESCE(c.acked_seq, ms.from_seq - 1)) FROM memberships ms
+               JOIN devices d ON d.device_id = ms.device_id AND d.status = 'approved'
+               LEFT JOIN cursors c ON c.device_id = ms.device_id AND c.group_id = ms.group_id
+             WHERE ms.group_id = ?1
+               AND (ms.to_seq IS NULL OR COALESCE(c.acked_seq, ms.from_seq - 1) < ms.to_seq)",
+            params![group_id],
+            |r| r.get(0),
+        )?;
+        let delivered_up_to = match waiting {
+            Some(seq) => seq,
+            None => Self::group_state(tx, group_id)?.1 as i64,
+        };
+        Self::release_queued(
+            tx,
+            "SELECT sender_device, SUM(length(data)) FROM messages WHERE group_id = ?1 AND seq <= ?2
+             GROUP BY sender_device",
+            params![group_id, delivered_up_to],
+        )?;
+        exec(
+            tx,
+            "DELETE FROM messages WHERE group_id = ?1 AND seq <= ?2",
+            params![group_id, delivered_up_to],
+        )?;
+        Ok(())
+    }
+
+    pub(super) fn fetch(&self, session: &Session, limit: u32) -> Result<Outcome, Failure> {
+        let limit = limit.clamp(1, MAX_FETCH) as i64;
+        let mut deliveries = Vec::new();
+        let mut budget = FetchBudget::default();
+        let mut stmt = self.db.prepare_cached(
+            "SELECT id, group_id, data FROM welcomes WHERE device_id = ?1 ORDER BY id LIMIT ?2",
+        )?;
+        for row in stmt.query_map(params![session.device_id, limit], |r| {
+            Ok(Delivery::Welcome {
+                id: r.get::<_, i64>(0)? as u64,
+                group_id: r.get(1)?,
+                welcome: r.get(2)?,
+            })
+        })? {
+            let delivery = row?;
+            if !budget.admit(&delivery) {
+                return Ok(Outcome::reply(Response::Deliveries(deliveries)));
+            }
+            deliveries.push(delivery);
+        }
+        let remaining = limit - deliveries.len() as i64;
+        if remaining > 0 {
+            let mut stmt = self.db.prepare_cached(
+                // Messages are read from past the device's cursor along the primary key
+                // (CROSS JOIN keeps that order), not from its membership start: the
+                // messages other members still hold back are never scanned.
+                "SELECT m.group_id, m.seq, m.data FROM memberships ms
+                 LEFT JOIN cursors c ON c.device_id = ms.device_id AND c.group_id = ms.group_id
+                 CROSS JOIN messages m ON m.group_id = ms.group_id
+                   AND m.seq > MAX(ms.from_seq - 1, COALESCE(c.acked_seq, 0))
+                 WHERE ms.device_id = ?1 AND (ms.to_seq IS NULL OR m.seq <= ms.to_seq)
+                   AND NOT (m.sender_device = ?1 AND m.kind = 'application')
+                 ORDER BY m.group_id, m.seq LIMIT ?2",
+            )?;
+            for row in stmt.query_map(params![session.device_id, remaining], |r| {
+                Ok(Delivery::Group {
+                    group_id: r.get(0)?,
+                    seq: r.get::<_, i64>(1)? as u64,
+                    message: r.get(2)?,
+                })
+            })? {
+                let delivery = row?;
+                if !budget.admit(&delivery) {
+                    break;
+                }
+                deliveries.push(delivery);
+            }
+        }
+        Ok(Outcome::reply(Response::Deliveries(deliveries)))
+    }
+
+    pub(super) fn ack(&mut self, session: &Session, items: &[AckItem]) -> Result<Outcome, Failure> {
+        if items.len() > MAX_FETCH as usize {
+            return Err(refuse(
+                ErrorCode::TooLarge,
+                "too many acknowledgements at once",
+            ));
+        }
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // A cursor is a high-water mark: only the highest acknowledged seq per group counts.
+        let mut acked_groups: std::collections::BTreeMap<&[u8], u64> = Default::default();
+        for item in items {
+            match item {
+                AckItem::Welcome { id } => {
+                    exec(
+                        &tx,
+                        "DELETE FROM welcomes WHERE id = ?1 AND device_id = ?2",
+                        params![*id as i64, session.device_id],
+                    )?;
+                }
+                AckItem::Group { group_id, seq } => {
+                    let highest = acked_groups.entry(group_id.as_slice()).or_default();
+                    *highest = (*highest).max(*seq);
+                }
+            }
+        }
+        for (group_id, seq) in &acked_groups {
+            exec(
+                &tx,
+                "INSERT INTO cursors (device_id, group_id, acked_seq) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (device_id, group_id) DO UPDATE SET acked_seq = MAX(acked_seq, excluded.acked_seq)",
+                params![session.device_id, group_id, (*seq).min(i64::MAX as u64) as i64],
+            )?;
+        }
+        for group_id in acked_groups.keys() {
+            Self::prune_delivered(&tx, group_id)?;
+        }
+        tx.commit()?;
+        Ok(Outcome::reply(Response::Ok))
+    }
+}
+
+/// Keeps one fetch answer within a frame: at least one delivery, then up to
+/// [`FETCH_BYTES`] of message bytes.
+#[derive(Default)]
+pub(super) struct FetchBudget {
+    used: usize,
+}
+
+impl FetchBudget {
+    fn admit(&mut self, delivery: &Delivery) -> bool {
+        let size = match delivery {
+            Delivery::Welcome { welcome, .. } => welcome.len(),
+            Delivery::Group { message, .. } => message.len(),
+        };
+        if self.used > 0 && self.used + size > FETCH_BYTES {
+            return false;
+        }
+        self.used += size.max(1);
+        true
+    }
+}
