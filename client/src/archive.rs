@@ -127,14 +127,14 @@ pub async fn run(engine: &mut Engine, command: ArchiveCommand) -> Result<(), Eng
         } => serve(engine, retain, honour_disappearing).await,
         ArchiveCommand::Verify { offline, json } => {
             let report = if offline {
-                engine.archive_verify(None).await?
+                engine.archive_verify_offline()?
             } else {
                 let conn = engine.connect().await.map_err(|e| {
                     EngineError::Invalid(format!(
                         "cannot reach the relay to compare the checkpoints published there ({e}); `--offline` checks the archive alone"
                     ))
                 })?;
-                let report = engine.archive_verify(Some(&conn)).await;
+                let report = engine.archive_verify(&conn).await;
                 conn.close().await;
                 report?
             };
@@ -331,7 +331,7 @@ async fn serve(
         };
         let conn = match conn {
             Ok(conn) => conn,
-            Err(EngineError::Net(e)) => {
+            Err(EngineError::Link(e)) => {
                 eprintln!("relay unreachable ({e}); retrying in {delay:?}");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
@@ -358,7 +358,7 @@ async fn serve(
                     }
                     let _ = std::io::stdout().flush();
                 }
-                Err(EngineError::Net(e)) => {
+                Err(EngineError::Link(e)) => {
                     eprintln!("connection lost ({e}); reconnecting");
                     break;
                 }

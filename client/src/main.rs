@@ -743,7 +743,7 @@ async fn deliver_queued(
         Err(e) => Err(e),
     };
     match result {
-        Err(e @ (EngineError::Net(_) | EngineError::AwaitingApproval)) => {
+        Err(e @ (EngineError::Link(_) | EngineError::AwaitingApproval)) => {
             Err(EngineError::Invalid(format!(
                 "not sent yet ({e}); message {} stays in the outbox and goes out with the next `muster sync`",
                 queued.id
@@ -1635,7 +1635,7 @@ async fn reconnect(engine: &mut Engine) -> Result<RelayConnection, EngineError> 
     for _ in 0..10 {
         match engine.connect().await {
             Ok(conn) => return Ok(conn),
-            Err(EngineError::Net(_)) => {
+            Err(EngineError::Link(_)) => {
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(std::time::Duration::from_secs(5));
             }

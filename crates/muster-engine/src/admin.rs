@@ -10,9 +10,9 @@ use crate::engine::{
     now_ms, rfc3339_ms, AuditView, DeviceRow, DeviceView, DirectoryEntry, Engine, PendingView,
     SyncReport,
 };
-use crate::error::{from_net, EngineError};
+use crate::error::{from_link, EngineError};
+use crate::link::Link;
 use crate::provision::{Action, OrgSpec, OrgState};
-use muster_net::RelayConnection;
 use muster_proto::{
     now_unix, validate_handle, verify_enrolment, Certificate, CertificateBody, CodeSecret,
     ConfirmationBody, DeviceConfirmation, EnrolmentGrant, GrantBody, InviteCode, InvitePurpose,
@@ -188,11 +188,11 @@ impl Engine {
     /// root, as the relay lists them; each is remembered (see [`Self::remember_certificates`]).
     pub(crate) async fn certificates(
         &self,
-        conn: &RelayConnection,
+        conn: &impl Link,
     ) -> Result<Vec<Certificate>, EngineError> {
         let org = self.device()?.org;
         let Response::Directory(certs) =
-            conn.request(&Request::Directory).await.map_err(from_net)?
+            conn.request(&Request::Directory).await.map_err(from_link)?
         else {
             return Err(EngineError::Invalid(
                 "unexpected answer to Directory".into(),
@@ -217,7 +217,7 @@ impl Engine {
     /// Signs a grant for a fresh code secret and files it with the relay.
     async fn make_code(
         &self,
-        conn: &RelayConnection,
+        conn: &impl Link,
         purpose: InvitePurpose,
         user: &str,
         ttl_secs: u64,
@@ -247,7 +247,7 @@ impl Engine {
             InvitePurpose::NewUser => Request::CreateInvite { grant },
             InvitePurpose::LinkDevice => Request::CreateLink { grant },
         };
-        conn.request(&request).await.map_err(from_net)?;
+        conn.request(&request).await.map_err(from_link)?;
         Ok(InviteCode {
             purpose,
             relay: me.relay,
@@ -263,7 +263,7 @@ impl Engine {
     /// Creates a single-use invite code for `user`, valid for `ttl_secs`.
     pub async fn create_invite(
         &mut self,
-        conn: &RelayConnection,
+        conn: &impl Link,
         user: &str,
         ttl_secs: u64,
     ) -> Result<String, EngineError> {
@@ -276,7 +276,7 @@ impl Engine {
     /// Creates a single-use code that enrols another device of this user.
     pub async fn create_device_link(
         &mut self,
-        conn: &RelayConnection,
+        conn: &impl Link,
         ttl_secs: u64,
     ) -> Result<String, EngineError> {
         let user = self.device()?.user;
@@ -338,12 +338,12 @@ impl Engine {
 
     pub(crate) async fn pending_raw(
         &self,
-        conn: &RelayConnection,
+        conn: &impl Link,
     ) -> Result<Vec<PendingEnrolment>, EngineError> {
         match conn
             .request(&Request::ListPending)
             .await
-            .map_err(from_net)?
+            .map_err(from_link)?
         {
             Response::Pending(p) => Ok(p),
             _ => Err(EngineError::Invalid(
@@ -353,7 +353,7 @@ impl Engine {
     }
 
     /// Enrolment requests waiting for an admin, each with the check of its proofs.
-    pub async fn pending(&self, conn: &RelayConnection) -> Result<Vec<PendingView>, EngineError> {
+    pub async fn pending(&self, conn: &impl Link) -> Result<Vec<PendingView>, EngineError> {
         Self::require_admin(&self.device()?)?;
         Ok(self
             .pending_raw(conn)
@@ -382,7 +382,7 @@ impl Engine {
 
     async fn pending_for(
         &self,
-        conn: &RelayConnection,
+        conn: &impl Link,
         user: &str,
         device: Option<&str>,
     ) -> Result<PendingEnrolment, EngineError> {
@@ -425,7 +425,7 @@ impl Engine {
     /// organisation's compliance archive (archive role only).
     pub async fn approve(
         &mut self,
-        conn: &RelayConnection,
+        conn: &impl Link,
         user: &str,
         device: Option<&str>,
         archive: bool,
@@ -460,7 +460,7 @@ impl Engine {
     /// device: a second device with the same code is refused.
     async fn issue(
         &self,
-        conn: &RelayConnection,
+        conn: &impl Link,
         me: &DeviceRow,
         root: &OrgRootKey,
         proven: &ProvenEnrolment,
@@ -500,14 +500,14 @@ impl Engine {
             certificate: cert.clone(),
         })
         .await
-        .map_err(from_net)?;
+        .map_err(from_link)?;
         self.record_issued(&[cert])
     }
 
     /// Refuses `user`'s pending device.
     pub async fn reject(
         &mut self,
-        conn: &RelayConnection,
+        conn: &impl Link,
         user: &str,
         device: Option<&str>,
     ) -> Result<String, EngineError> {
@@ -517,7 +517,7 @@ impl Engine {
             device_id: request.device_id.clone(),
         })
         .await
-        .map_err(from_net)?;
+        .map_err(from_link)?;
         Ok(request.device_id)
     }
 
@@ -547,14 +547,14 @@ impl Engine {
     /// A relay that serves an older one than this device knows is reported in `problems`.
     async fn newest_policy(
         &self,
-        conn: &RelayConnection,
+        conn: &impl Link,
         problems: &mut Vec<String>,
     ) -> Result<OrgPolicyBody, EngineError> {
         let org = self.device()?.org;
         let served = match conn
             .request(&Request::GetOrgPolicy)
             .await
-            .map_err(from_net)?
+            .map_err(from_link)?
         {
             Response::OrgPolicy(p) => p,
             _ => {
@@ -595,7 +595,7 @@ impl Engine {
     /// older than the newest this device has seen; also why the relay's copy was not used.
     pub async fn org_policy(
         &self,
-        conn: &RelayConnection,
+        conn: &impl Link,
     ) -> Result<(OrgPolicyBody, Vec<String>), EngineError> {
         let mut problems = Vec::new();
         let policy = self.newest_policy(conn, &mut problems).await?;
@@ -606,7 +606,7 @@ impl Engine {
     /// above every one seen.
     pub async fn set_org_policy(
         &self,
-        conn: &RelayConnection,
+        conn: &impl Link,
         device_self_approval: Option<bool>,
         certificate_lifetime_secs: Option<u64>,
     ) -> Result<OrgPolicyBody, EngineError> {
@@ -630,7 +630,7 @@ impl Engine {
             policy: policy.clone(),
         })
         .await
-        .map_err(from_net)?;
+        .map_err(from_link)?;
         self.store_policy(&policy)?;
         Ok(policy.body)
     }
@@ -651,7 +651,7 @@ impl Engine {
     /// even by members from whom the relay hides the revocation.
     pub(crate) async fn renew_certificates(
         &mut self,
-        conn: &RelayConnection,
+        conn: &impl Link,
         report: &mut SyncReport,
     ) -> Result<(), EngineError> {
         let me = self.device()?;
@@ -685,7 +685,7 @@ impl Engine {
                     certificates: certificates.clone(),
                 })
                 .await
-                .map_err(from_net)?;
+                .map_err(from_link)?;
                 self.record_issued(&certificates)
             }
             .await;
@@ -703,7 +703,7 @@ impl Engine {
     /// certificate after checking that signature.
     pub async fn confirm_device(
         &self,
-        conn: &RelayConnection,
+        conn: &impl Link,
         device_id: &str,
     ) -> Result<(), EngineError> {
         let me = self.device()?;
@@ -724,7 +724,7 @@ impl Engine {
         };
         conn.request(&Request::ConfirmDevice { confirmation })
             .await
-            .map_err(from_net)?;
+            .map_err(from_link)?;
         Ok(())
     }
 
@@ -760,7 +760,7 @@ impl Engine {
     /// user's own enrolled device confirmed, when the newest signed policy allows it.
     pub(crate) async fn approve_confirmed_devices(
         &mut self,
-        conn: &RelayConnection,
+        conn: &impl Link,
         report: &mut SyncReport,
     ) -> Result<(), EngineError> {
         let me = self.device()?;
@@ -826,10 +826,7 @@ impl Engine {
     /// comes from certificates this device verified (the relay's listing can hide a
     /// user, not make this device forget one), and only enrolment requests whose proofs
     /// check out are offered for approval.
-    pub async fn provision_state(
-        &mut self,
-        conn: &RelayConnection,
-    ) -> Result<OrgState, EngineError> {
+    pub async fn provision_state(&mut self, conn: &impl Link) -> Result<OrgState, EngineError> {
         let me = self.device()?;
         Self::require_admin(&me)?;
         self.sync(conn).await?;
@@ -855,7 +852,7 @@ impl Engine {
         let Response::Invites(invites) = conn
             .request(&Request::ListInvites)
             .await
-            .map_err(from_net)?
+            .map_err(from_link)?
         else {
             return Err(EngineError::Invalid(
                 "unexpected answer to ListInvites".into(),
@@ -879,7 +876,7 @@ impl Engine {
     /// (admin) Carries out one provisioning step; an invite returns its code.
     pub async fn apply_action(
         &mut self,
-        conn: &RelayConnection,
+        conn: &impl Link,
         spec: &OrgSpec,
         action: &Action,
         invite_ttl_secs: u64,
@@ -918,7 +915,7 @@ impl Engine {
                     certificates: certificates.clone(),
                 })
                 .await
-                .map_err(from_net)?;
+                .map_err(from_link)?;
                 self.record_issued(&certificates)?;
                 Ok(None)
             }
@@ -990,7 +987,7 @@ impl Engine {
     /// only after approval. Leave `title` or `department` out to stop revealing it.
     pub async fn request_profile(
         &self,
-        conn: &RelayConnection,
+        conn: &impl Link,
         profile: Profile,
     ) -> Result<(), EngineError> {
         let me = self.device()?;
@@ -1011,7 +1008,7 @@ impl Engine {
         };
         conn.request(&Request::RequestProfileChange { request })
             .await
-            .map_err(from_net)?;
+            .map_err(from_link)?;
         Ok(())
     }
 
@@ -1054,13 +1051,13 @@ impl Engine {
     /// (admin) Profile changes waiting for approval, each with the check of its signature.
     pub async fn profile_changes(
         &self,
-        conn: &RelayConnection,
+        conn: &impl Link,
     ) -> Result<Vec<ProfileChangeView>, EngineError> {
         Self::require_admin(&self.device()?)?;
         let Response::ProfileChanges(changes) = conn
             .request(&Request::ListProfileChanges)
             .await
-            .map_err(from_net)?
+            .map_err(from_link)?
         else {
             return Err(EngineError::Invalid(
                 "unexpected answer to ListProfileChanges".into(),
@@ -1090,7 +1087,7 @@ impl Engine {
     /// certificates for each of their devices, with the roles of this device's record.
     pub async fn approve_profile(
         &self,
-        conn: &RelayConnection,
+        conn: &impl Link,
         user: &str,
     ) -> Result<Profile, EngineError> {
         let me = self.device()?;
@@ -1098,7 +1095,7 @@ impl Engine {
         let Response::ProfileChanges(changes) = conn
             .request(&Request::ListProfileChanges)
             .await
-            .map_err(from_net)?
+            .map_err(from_link)?
         else {
             return Err(EngineError::Invalid(
                 "unexpected answer to ListProfileChanges".into(),
@@ -1122,7 +1119,7 @@ impl Engine {
             certificates: certificates.clone(),
         })
         .await
-        .map_err(from_net)?;
+        .map_err(from_link)?;
         self.record_issued(&certificates)?;
         self.db.execute(
             "INSERT INTO profile_approvals (user, requested_at) VALUES (?1, ?2)
@@ -1133,17 +1130,13 @@ impl Engine {
     }
 
     /// (admin) Refuses `user`'s requested profile change.
-    pub async fn reject_profile(
-        &self,
-        conn: &RelayConnection,
-        user: &str,
-    ) -> Result<(), EngineError> {
+    pub async fn reject_profile(&self, conn: &impl Link, user: &str) -> Result<(), EngineError> {
         Self::require_admin(&self.device()?)?;
         conn.request(&Request::RejectProfileChange {
             user: user.to_string(),
         })
         .await
-        .map_err(from_net)?;
+        .map_err(from_link)?;
         Ok(())
     }
 
@@ -1154,7 +1147,7 @@ impl Engine {
     /// signs two different histories for one entry is reported.
     pub(crate) async fn collect_archive_checkpoints(
         &mut self,
-        conn: &RelayConnection,
+        conn: &impl Link,
         report: &mut SyncReport,
     ) -> Result<(), EngineError> {
         if Self::require_admin(&self.device()?).is_err() {
@@ -1174,7 +1167,7 @@ impl Engine {
                 since: since as u64,
             })
             .await
-            .map_err(from_net)?
+            .map_err(from_link)?
         else {
             return Err(EngineError::Invalid(
                 "unexpected answer to ArchiveCheckpoints".into(),
@@ -1304,7 +1297,7 @@ impl Engine {
     /// checkpoint this admin device collected from the relay.
     pub async fn archive_check(
         &mut self,
-        conn: &RelayConnection,
+        conn: &impl Link,
         chain: &crate::archive::ExportedChain,
     ) -> Result<crate::archive::VerifyReport, EngineError> {
         Self::require_admin(&self.device()?)?;
@@ -1347,7 +1340,7 @@ impl Engine {
     // ---- directory, devices, audit, revocation ------------------------------------------
 
     /// This user's enrolled devices.
-    pub async fn devices(&self, conn: &RelayConnection) -> Result<Vec<DeviceView>, EngineError> {
+    pub async fn devices(&self, conn: &impl Link) -> Result<Vec<DeviceView>, EngineError> {
         let me = self.device()?;
         Ok(self
             .certificates(conn)
@@ -1364,10 +1357,7 @@ impl Engine {
     }
 
     /// Enrolled colleagues, from certificates verified against the pinned organisation root.
-    pub async fn directory(
-        &self,
-        conn: &RelayConnection,
-    ) -> Result<Vec<DirectoryEntry>, EngineError> {
+    pub async fn directory(&self, conn: &impl Link) -> Result<Vec<DirectoryEntry>, EngineError> {
         let mut entries: Vec<DirectoryEntry> = Vec::new();
         for cert in self.certificates(conn).await? {
             let body = cert.body;
@@ -1396,16 +1386,12 @@ impl Engine {
     }
 
     /// (admin) The relay's latest audit events.
-    pub async fn audit(
-        &self,
-        conn: &RelayConnection,
-        limit: u32,
-    ) -> Result<Vec<AuditView>, EngineError> {
+    pub async fn audit(&self, conn: &impl Link, limit: u32) -> Result<Vec<AuditView>, EngineError> {
         Self::require_admin(&self.device()?)?;
         let Response::Audit(events) = conn
             .request(&Request::Audit { limit })
             .await
-            .map_err(from_net)?
+            .map_err(from_link)?
         else {
             return Err(EngineError::Invalid("unexpected answer to Audit".into()));
         };
@@ -1432,7 +1418,7 @@ impl Engine {
     /// this device verified, not whatever the relay lists. Returns the revoked device ids.
     pub async fn revoke(
         &mut self,
-        conn: &RelayConnection,
+        conn: &impl Link,
         user: &str,
         device: Option<&str>,
     ) -> Result<Vec<String>, EngineError> {
@@ -1463,7 +1449,7 @@ impl Engine {
         let serial = revocation.body.serial;
         conn.request(&Request::Revoke { revocation })
             .await
-            .map_err(from_net)?;
+            .map_err(from_link)?;
         self.db.execute(
             "INSERT OR IGNORE INTO revocation_serials (serial) VALUES (?1)",
             [serial as i64],

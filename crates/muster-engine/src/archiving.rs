@@ -5,8 +5,8 @@
 use crate::archive::{self, ArchivedMessage};
 use crate::attachments::{AttachmentRef, ChunkCipher};
 use crate::engine::{now_ms, rfc3339_ms, DeviceRow, Engine, SyncReport};
-use crate::error::{from_net, EngineError};
-use muster_net::RelayConnection;
+use crate::error::{from_link, EngineError};
+use crate::link::Link;
 use muster_proto::{
     encrypted_size, validate_handle, PublishedCheckpoint, Request, Response, ATTACHMENT_CHUNK,
     ATTACHMENT_CHUNK_OVERHEAD,
@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 /// Every checkpoint published on the relay, with its position, oldest first.
 pub(crate) async fn published_checkpoints(
-    conn: &RelayConnection,
+    conn: &impl Link,
 ) -> Result<Vec<(u64, PublishedCheckpoint)>, EngineError> {
     let mut all = Vec::new();
     let mut since = 0;
@@ -25,7 +25,7 @@ pub(crate) async fn published_checkpoints(
         let Response::ArchiveCheckpoints(batch) = conn
             .request(&Request::ArchiveCheckpoints { since })
             .await
-            .map_err(from_net)?
+            .map_err(from_link)?
         else {
             return Err(EngineError::Invalid(
                 "unexpected answer to ArchiveCheckpoints".into(),
@@ -126,32 +126,41 @@ impl Engine {
         Ok(self.require_archive().is_ok())
     }
 
-    /// (archive) Checks the archive's hash chain, its signed checkpoints, that every
-    /// cleared entry was lawfully cleared and, given a relay connection, every checkpoint
-    /// the archive published there: an archive host cannot cut entries off its end or
-    /// rewrite its history without the published checkpoints showing it.
+    /// (archive) Checks the archive's hash chain, its signed checkpoints, and that every
+    /// cleared entry was lawfully cleared, on this host alone.
+    pub fn archive_verify_offline(&self) -> Result<archive::VerifyReport, EngineError> {
+        let device = self.require_archive()?;
+        let (entries, checkpoints) = archive::chain(&self.db)?;
+        Ok(archive::verify_chain(
+            &entries,
+            &checkpoints,
+            &device.device_key,
+        ))
+    }
+
+    /// (archive) [`Self::archive_verify_offline`], and every checkpoint the archive
+    /// published on the relay: an archive host cannot cut entries off its end or rewrite
+    /// its history without the published checkpoints showing it.
     pub async fn archive_verify(
         &self,
-        conn: Option<&RelayConnection>,
+        conn: &impl Link,
     ) -> Result<archive::VerifyReport, EngineError> {
         let device = self.require_archive()?;
         let (entries, checkpoints) = archive::chain(&self.db)?;
         let mut report = archive::verify_chain(&entries, &checkpoints, &device.device_key);
-        if let Some(conn) = conn {
-            let published: Vec<archive::Checkpoint> = published_checkpoints(conn)
-                .await?
-                .into_iter()
-                .filter(|(_, c)| c.device_id == device.device_id)
-                .map(|(_, c)| as_checkpoint(&c))
-                .collect();
-            archive::compare_published(&mut report, &entries, &published, &device.device_key);
-        }
+        let published: Vec<archive::Checkpoint> = published_checkpoints(conn)
+            .await?
+            .into_iter()
+            .filter(|(_, c)| c.device_id == device.device_id)
+            .map(|(_, c)| as_checkpoint(&c))
+            .collect();
+        archive::compare_published(&mut report, &entries, &published, &device.device_key);
         Ok(report)
     }
 
     /// (archive) Publishes every checkpoint not yet published to the relay, where admin
     /// devices collect them. Returns how many went out.
-    pub async fn archive_publish(&mut self, conn: &RelayConnection) -> Result<usize, EngineError> {
+    pub async fn archive_publish(&mut self, conn: &impl Link) -> Result<usize, EngineError> {
         let device = self.require_archive()?;
         let mut published = 0;
         for c in archive::unpublished(&self.db)? {
@@ -165,7 +174,7 @@ impl Engine {
                 },
             })
             .await
-            .map_err(from_net)?;
+            .map_err(from_link)?;
             archive::mark_published(&self.db, c.entry_seq)?;
             published += 1;
         }
@@ -177,7 +186,7 @@ impl Engine {
     /// in the access log, and the record published, before anything is returned.
     pub async fn archive_chain(
         &mut self,
-        conn: &RelayConnection,
+        conn: &impl Link,
     ) -> Result<archive::ExportedChain, EngineError> {
         let device = self.require_archive()?;
         self.record_access("export-chain", "the whole chain".into())?;
@@ -220,7 +229,7 @@ impl Engine {
     /// anything is returned.
     pub async fn archive_export(
         &mut self,
-        conn: &RelayConnection,
+        conn: &impl Link,
         filter: &archive::ExportFilter,
     ) -> Result<Vec<ArchivedMessage>, EngineError> {
         self.require_archive()?;
@@ -244,7 +253,7 @@ impl Engine {
     /// access log.
     pub async fn archive_sample(
         &mut self,
-        conn: &RelayConnection,
+        conn: &impl Link,
         count: usize,
         seed: Option<u64>,
     ) -> Result<(u64, Vec<ArchivedMessage>), EngineError> {
@@ -304,7 +313,7 @@ impl Engine {
     /// into `report`.
     pub async fn archive_fetch_attachments(
         &mut self,
-        conn: &RelayConnection,
+        conn: &impl Link,
         report: &mut SyncReport,
     ) -> Result<usize, EngineError> {
         self.require_archive()?;
@@ -332,7 +341,7 @@ impl Engine {
                             max_len: want as u32,
                         })
                         .await
-                        .map_err(from_net)?
+                        .map_err(from_link)?
                     else {
                         return Err(EngineError::Invalid("unexpected answer to BlobGet".into()));
                     };
@@ -356,7 +365,7 @@ impl Engine {
                         blob_id: blob_id.clone(),
                     })
                     .await
-                    .map_err(from_net)?;
+                    .map_err(from_link)?;
                     stored += 1;
                 }
                 Err(e) => {
@@ -401,7 +410,7 @@ impl Engine {
     /// anything changed.
     pub async fn archive_hold(
         &mut self,
-        conn: &RelayConnection,
+        conn: &impl Link,
         user: &str,
         held: bool,
     ) -> Result<bool, EngineError> {

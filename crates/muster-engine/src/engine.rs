@@ -6,10 +6,10 @@ use crate::content::{mentions_in, AuthorSpan, Body, Envelope, ReceiptKind};
 use crate::conversation::{
     self, insert_system, order_key, placeholder_name, Author, BoardEntry, Origin,
 };
-use crate::error::{from_net, EngineError};
+use crate::error::{from_link, EngineError};
+use crate::link::{Link, LinkError};
 use crate::provider::{Provider, StoreCodec};
 use crate::store::SCHEMA;
-use muster_net::RelayConnection;
 use muster_proto::{
     auth_transcript, device_id_for, encrypted_size, now_unix, validate_handle, AckItem,
     Certificate, CertificateBody, CodeSecret, Delivery, EnrolmentRequest, ErrorCode, GroupPolicy,
@@ -716,7 +716,9 @@ impl Engine {
                 "organisation name must not be empty".into(),
             ));
         }
-        let conn = RelayConnection::connect(relay, fingerprint).await?;
+        let conn = muster_net::RelayConnection::connect(relay, fingerprint)
+            .await
+            .map_err(net_error)?;
         let root = OrgRootKey::generate();
         let org = OrgDescriptor {
             org_id: random_hex(16),
@@ -735,13 +737,16 @@ impl Engine {
             not_before: now.saturating_sub(300),
             not_after: now + muster_proto::DEFAULT_CERTIFICATE_LIFETIME_SECS,
         });
-        conn.request(&Request::Bootstrap {
-            token: token.trim().to_string(),
-            org: org.clone(),
-            admin: cert.clone(),
-        })
+        Link::request(
+            &conn,
+            &Request::Bootstrap {
+                token: token.trim().to_string(),
+                org: org.clone(),
+                admin: cert.clone(),
+            },
+        )
         .await
-        .map_err(from_net)?;
+        .map_err(from_link)?;
         self.insert_device(
             relay,
             fingerprint,
@@ -753,8 +758,8 @@ impl Engine {
             Some(root.pkcs8()),
         )?;
         self.record_issued(&[cert])?;
-        let session = self.authenticate(conn).await?;
-        session.close().await;
+        self.authenticate(&conn).await?;
+        conn.close().await;
         Ok(())
     }
 
@@ -797,7 +802,9 @@ impl Engine {
         }
         let secret = CodeSecret::from_hex(&invite.secret)
             .map_err(|e| EngineError::Invalid(format!("invite code: {e}")))?;
-        let conn = RelayConnection::connect(&invite.relay, &invite.fingerprint).await?;
+        let conn = muster_net::RelayConnection::connect(&invite.relay, &invite.fingerprint)
+            .await
+            .map_err(net_error)?;
         let signer = self.new_signer()?;
         let body = RequestBody {
             org_id: invite.org.org_id.clone(),
@@ -812,10 +819,9 @@ impl Engine {
             .sign(&body.device_signed())
             .map_err(|e| EngineError::Mls(format!("signing failed: {e:?}")))?;
         let request = EnrolmentRequest::new(body, &secret, |_| device_proof);
-        let response = conn
-            .request(&Request::Enrol { request })
+        let response = Link::request(&conn, &Request::Enrol { request })
             .await
-            .map_err(from_net)?;
+            .map_err(from_link)?;
         conn.close().await;
         let Response::EnrolmentSubmitted { device_id } = response else {
             return Err(EngineError::Invalid(
@@ -843,16 +849,16 @@ impl Engine {
 
     /// Connects and authenticates this device; picks up its certificate after approval
     /// and keeps its KeyPackage supply topped up.
-    pub async fn connect(&mut self) -> Result<RelayConnection, EngineError> {
+    pub async fn connect(&mut self) -> Result<muster_net::RelayConnection, EngineError> {
         let device = self.device()?;
-        let conn = RelayConnection::connect(&device.relay, &device.fingerprint).await?;
-        self.authenticate(conn).await
+        let conn = muster_net::RelayConnection::connect(&device.relay, &device.fingerprint)
+            .await
+            .map_err(net_error)?;
+        self.authenticate(&conn).await?;
+        Ok(conn)
     }
 
-    async fn authenticate(
-        &mut self,
-        conn: RelayConnection,
-    ) -> Result<RelayConnection, EngineError> {
+    async fn authenticate(&mut self, conn: &impl Link) -> Result<(), EngineError> {
         let device = self.device()?;
         let signer = self.signer(&device)?;
         let nonce = match conn
@@ -860,7 +866,7 @@ impl Engine {
                 device_key: device.device_key.clone(),
             })
             .await
-            .map_err(from_net)?
+            .map_err(from_link)?
         {
             Response::Challenge { nonce } => nonce,
             _ => {
@@ -874,17 +880,17 @@ impl Engine {
             .map_err(|e| EngineError::Mls(format!("signing failed: {e:?}")))?;
         match conn.request(&Request::Prove { signature }).await {
             Ok(_) => {}
-            Err(muster_net::NetError::Refused(e)) if e.code == ErrorCode::EnrolmentPending => {
+            Err(LinkError::Refused(e)) if e.code == ErrorCode::EnrolmentPending => {
                 return Err(EngineError::AwaitingApproval)
             }
-            Err(e) => return Err(from_net(e)),
+            Err(e) => return Err(from_link(e)),
         }
         // Pick up the certificate after approval, or a newer one after a profile change.
         {
             let Response::Certificate(cert) = conn
                 .request(&Request::MyCertificate)
                 .await
-                .map_err(from_net)?
+                .map_err(from_link)?
             else {
                 return Err(EngineError::Invalid(
                     "relay did not send a certificate".into(),
@@ -919,16 +925,16 @@ impl Engine {
                     [],
                 )?;
             }
-            self.ensure_key_packages(&conn, renewed).await?;
+            self.ensure_key_packages(conn, renewed).await?;
         }
-        Ok(conn)
+        Ok(())
     }
 
     /// Keeps KeyPackages on the relay; `replace` swaps them all for ones carrying this
     /// device's current certificate.
     async fn ensure_key_packages(
         &mut self,
-        conn: &RelayConnection,
+        conn: &impl Link,
         replace: bool,
     ) -> Result<(), EngineError> {
         let Response::KeyPackageCount {
@@ -937,7 +943,7 @@ impl Engine {
         } = conn
             .request(&Request::KeyPackageCount)
             .await
-            .map_err(from_net)?
+            .map_err(from_link)?
         else {
             return Err(EngineError::Invalid(
                 "unexpected answer to KeyPackageCount".into(),
@@ -983,7 +989,7 @@ impl Engine {
             replace,
         })
         .await
-        .map_err(from_net)?;
+        .map_err(from_link)?;
         Ok(())
     }
 
@@ -991,7 +997,7 @@ impl Engine {
     /// the new certificate, in every group it is in, so members keep accepting it.
     async fn update_own_leaves(
         &mut self,
-        conn: &RelayConnection,
+        conn: &impl Link,
         report: &mut SyncReport,
     ) -> Result<(), EngineError> {
         let due: Option<i64> = self
@@ -1057,9 +1063,9 @@ impl Engine {
     }
 
     /// This user's other enrolled devices.
-    async fn my_other_devices(&self, conn: &RelayConnection) -> Result<Vec<String>, EngineError> {
+    async fn my_other_devices(&self, conn: &impl Link) -> Result<Vec<String>, EngineError> {
         let me = self.device()?;
-        let Response::Devices(mine) = conn.request(&Request::MyDevices).await.map_err(from_net)?
+        let Response::Devices(mine) = conn.request(&Request::MyDevices).await.map_err(from_link)?
         else {
             return Err(EngineError::Invalid(
                 "unexpected answer to MyDevices".into(),
@@ -1071,7 +1077,7 @@ impl Engine {
     /// Adds this user's other devices to every group this device is in where they are missing.
     async fn add_own_devices(
         &mut self,
-        conn: &RelayConnection,
+        conn: &impl Link,
         report: &mut SyncReport,
     ) -> Result<(), EngineError> {
         let revoked = revoked_devices(&self.db)?;
@@ -1172,7 +1178,7 @@ impl Engine {
     /// Claims and checks KeyPackages for every enrolled device of each user.
     async fn claim_key_packages(
         &self,
-        conn: &RelayConnection,
+        conn: &impl Link,
         users: &[String],
     ) -> Result<Vec<(String, KeyPackage)>, EngineError> {
         let mut out = Vec::new();
@@ -1185,7 +1191,7 @@ impl Engine {
     /// Claims and checks KeyPackages for `user`'s devices (only those in `only`, if any).
     async fn claim_for(
         &self,
-        conn: &RelayConnection,
+        conn: &impl Link,
         user: &str,
         only: &[String],
     ) -> Result<Vec<(String, KeyPackage)>, EngineError> {
@@ -1197,7 +1203,7 @@ impl Engine {
                 only: only.to_vec(),
             })
             .await
-            .map_err(from_net)?
+            .map_err(from_link)?
         {
             Response::KeyPackages(k) => k,
             _ => {
@@ -1245,7 +1251,7 @@ impl Engine {
     /// Creates a group named `name` and adds every enrolled device of `members`.
     pub async fn create_group(
         &mut self,
-        conn: &RelayConnection,
+        conn: &impl Link,
         name: &str,
         members: &[String],
         managed: bool,
@@ -1304,7 +1310,7 @@ impl Engine {
             ratchet_tree: tree,
         })
         .await
-        .map_err(from_net)?;
+        .map_err(from_link)?;
         self.db.execute(
             "INSERT INTO groups (group_id, name, state, created_at) VALUES (?1, ?2, 'active', ?3)",
             params![group_id, name, now_ms()],
@@ -1318,7 +1324,7 @@ impl Engine {
     /// Adds every enrolled device of `user` to the group.
     pub async fn add_member(
         &mut self,
-        conn: &RelayConnection,
+        conn: &impl Link,
         group: &str,
         user: &str,
     ) -> Result<GroupView, EngineError> {
@@ -1331,7 +1337,7 @@ impl Engine {
 
     async fn add_key_packages(
         &mut self,
-        conn: &RelayConnection,
+        conn: &impl Link,
         group_id: &[u8],
         key_packages: Vec<(String, KeyPackage)>,
     ) -> Result<(), EngineError> {
@@ -1366,7 +1372,7 @@ impl Engine {
     /// Removes every device of `user` from the group.
     pub async fn remove_member(
         &mut self,
-        conn: &RelayConnection,
+        conn: &impl Link,
         group: &str,
         user: &str,
     ) -> Result<GroupView, EngineError> {
@@ -1398,7 +1404,7 @@ impl Engine {
     /// nothing when none does. Returns whether a commit went out.
     async fn remove_members_where(
         &mut self,
-        conn: &RelayConnection,
+        conn: &impl Link,
         group_id: &[u8],
         leaving: impl Fn(&Certificate) -> bool,
     ) -> Result<bool, EngineError> {
@@ -1421,7 +1427,7 @@ impl Engine {
     /// first, then the archive devices are removed.
     pub async fn set_group_policy(
         &mut self,
-        conn: &RelayConnection,
+        conn: &impl Link,
         group: &str,
         archived: bool,
     ) -> Result<GroupView, EngineError> {
@@ -1495,7 +1501,7 @@ impl Engine {
     /// Renames the group for every member.
     pub async fn rename_group(
         &mut self,
-        conn: &RelayConnection,
+        conn: &impl Link,
         group: &str,
         new_name: &str,
     ) -> Result<GroupView, EngineError> {
@@ -1528,11 +1534,7 @@ impl Engine {
     }
 
     /// Leaves the group: proposes this device's removal, which the next member commits.
-    pub async fn leave_group(
-        &mut self,
-        conn: &RelayConnection,
-        group: &str,
-    ) -> Result<(), EngineError> {
+    pub async fn leave_group(&mut self, conn: &impl Link, group: &str) -> Result<(), EngineError> {
         let (group_id, _) = self.active_group(group)?;
         {
             let provider = Provider::new(&self.crypto, &self.db);
@@ -1597,15 +1599,13 @@ impl Engine {
                     return Ok(());
                 }
                 Ok(_) => return Err(EngineError::Invalid("unexpected answer to Propose".into())),
-                Err(muster_net::NetError::Refused(e))
-                    if matches!(e.code, ErrorCode::EpochMoved { .. }) =>
-                {
+                Err(LinkError::Refused(e)) if matches!(e.code, ErrorCode::EpochMoved { .. }) => {
                     self.clear_pending_proposals(&group_id)?;
                     continue;
                 }
                 Err(e) => {
                     self.clear_pending_proposals(&group_id)?;
-                    return Err(from_net(e));
+                    return Err(from_link(e));
                 }
             }
         }
@@ -1625,7 +1625,7 @@ impl Engine {
     /// group's epoch moved. Returns whether a commit was made.
     async fn run_commit<F>(
         &mut self,
-        conn: &RelayConnection,
+        conn: &impl Link,
         group_id: &[u8],
         mut build: F,
     ) -> Result<bool, EngineError>
@@ -1704,9 +1704,7 @@ impl Engine {
                     return Ok(true);
                 }
                 Ok(_) => return Err(EngineError::Invalid("unexpected answer to Commit".into())),
-                Err(muster_net::NetError::Refused(e))
-                    if matches!(e.code, ErrorCode::EpochMoved { .. }) =>
-                {
+                Err(LinkError::Refused(e)) if matches!(e.code, ErrorCode::EpochMoved { .. }) => {
                     self.drop_unsent_commit(group_id)?;
                     if let ErrorCode::EpochMoved { current } = e.code {
                         self.fetch_and_process(conn, &mut SyncReport::default())
@@ -1716,12 +1714,12 @@ impl Engine {
                     }
                     continue;
                 }
-                Err(muster_net::NetError::Refused(e)) => {
+                Err(LinkError::Refused(e)) => {
                     self.drop_unsent_commit(group_id)?;
                     return Err(EngineError::Relay(e));
                 }
                 // The relay may or may not have stored it: the next sync tells.
-                Err(e) => return Err(EngineError::Net(e)),
+                Err(e) => return Err(EngineError::Link(e)),
             }
         }
         Err(EngineError::TooManyRetries(MAX_COMMIT_ATTEMPTS))
@@ -1754,7 +1752,7 @@ impl Engine {
     /// missed one), rejoins the group.
     async fn catch_up(
         &mut self,
-        conn: &RelayConnection,
+        conn: &impl Link,
         group_id: &[u8],
         relay_epoch: u64,
         report: &mut SyncReport,
@@ -1772,7 +1770,7 @@ impl Engine {
     /// Rejoins the groups this device found itself behind in (see [`Self::rejoin`]).
     async fn catch_up_groups(
         &mut self,
-        conn: &RelayConnection,
+        conn: &impl Link,
         report: &mut SyncReport,
     ) -> Result<(), EngineError> {
         let behind: Vec<Vec<u8>> = self
@@ -1808,7 +1806,7 @@ impl Engine {
     /// one held. Returns whether it rejoined (false: it was not behind).
     pub(crate) async fn rejoin(
         &mut self,
-        conn: &RelayConnection,
+        conn: &impl Link,
         group_id: &[u8],
         report: &mut SyncReport,
     ) -> Result<bool, EngineError> {
@@ -1820,7 +1818,7 @@ impl Engine {
                 group_id: group_id.to_vec(),
             })
             .await
-            .map_err(from_net)?
+            .map_err(from_link)?
         {
             Response::GroupInfo { group_info, epoch } => (group_info, epoch),
             _ => {
@@ -1929,7 +1927,7 @@ impl Engine {
                 Ok(true)
             }
             Ok(_) => Err(EngineError::Invalid("unexpected answer to Commit".into())),
-            Err(e) => Err(from_net(e)),
+            Err(e) => Err(from_link(e)),
         }
     }
 
@@ -2240,7 +2238,7 @@ impl Engine {
     /// queues the message that carries its key, hash, name, type and size to the group.
     pub async fn send_file(
         &mut self,
-        conn: &RelayConnection,
+        conn: &impl Link,
         group: &str,
         path: &Path,
         caption: Option<&str>,
@@ -2292,7 +2290,7 @@ impl Engine {
                 data: sealed.clone(),
             })
             .await
-            .map_err(from_net)?;
+            .map_err(from_link)?;
             offset += sealed.len() as u64;
         }
         if offset != total_size {
@@ -2306,7 +2304,7 @@ impl Engine {
             sha256: blob_sha256.as_ref().to_vec(),
         })
         .await
-        .map_err(from_net)?;
+        .map_err(from_link)?;
         let attachment = AttachmentRef {
             blob_id,
             key: hex::encode(key),
@@ -2330,7 +2328,7 @@ impl Engine {
     /// it and writes it to `out` (default: its name in the current directory). Returns the path.
     pub async fn fetch_attachment(
         &mut self,
-        conn: &RelayConnection,
+        conn: &impl Link,
         id: &str,
         out: Option<&Path>,
     ) -> Result<PathBuf, EngineError> {
@@ -2384,7 +2382,7 @@ impl Engine {
                         max_len: want as u32,
                     })
                     .await
-                    .map_err(from_net)?
+                    .map_err(from_link)?
                 else {
                     return Err(EngineError::Invalid("unexpected answer to BlobGet".into()));
                 };
@@ -2427,7 +2425,7 @@ impl Engine {
             blob_id: attachment.blob_id.clone(),
         })
         .await
-        .map_err(from_net)?;
+        .map_err(from_link)?;
         Ok(saved)
     }
 
@@ -2771,7 +2769,7 @@ impl Engine {
     }
 
     /// Sends everything in the outbox.
-    pub async fn flush(&mut self, conn: &RelayConnection) -> Result<SyncReport, EngineError> {
+    pub async fn flush(&mut self, conn: &impl Link) -> Result<SyncReport, EngineError> {
         let mut report = SyncReport::default();
         self.flush_outbox(conn, &mut report).await?;
         Ok(report)
@@ -2803,7 +2801,7 @@ impl Engine {
     /// Sends the outbox up to and including `queued`; succeeds once the relay has durably stored it.
     pub async fn deliver(
         &mut self,
-        conn: &RelayConnection,
+        conn: &impl Link,
         queued: &QueuedMessage,
     ) -> Result<(), EngineError> {
         let mut report = SyncReport::default();
@@ -2839,7 +2837,7 @@ impl Engine {
     /// Queues and delivers a text message.
     pub async fn send_text(
         &mut self,
-        conn: &RelayConnection,
+        conn: &impl Link,
         group: &str,
         text: &str,
     ) -> Result<MessageView, EngineError> {
@@ -2876,7 +2874,7 @@ impl Engine {
     /// Sends everything queued in the outbox, oldest first.
     async fn flush_outbox(
         &mut self,
-        conn: &RelayConnection,
+        conn: &impl Link,
         report: &mut SyncReport,
     ) -> Result<(), EngineError> {
         // Groups whose messages wait: they hold a device still to be removed, or this
@@ -2975,7 +2973,7 @@ impl Engine {
                         report.sent += 1;
                         break;
                     }
-                    Err(muster_net::NetError::Refused(e))
+                    Err(LinkError::Refused(e))
                         if matches!(e.code, ErrorCode::EpochMoved { .. })
                             && attempts < MAX_COMMIT_ATTEMPTS =>
                     {
@@ -3023,13 +3021,13 @@ impl Engine {
                             |r| r.get(0),
                         )?;
                     }
-                    Err(muster_net::NetError::Refused(e))
+                    Err(LinkError::Refused(e))
                         if e.code == ErrorCode::RateLimited && attempts < MAX_COMMIT_ATTEMPTS =>
                     {
                         // The message stays queued; the relay asked us to slow down.
-                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        conn.pause(std::time::Duration::from_secs(1)).await;
                     }
-                    Err(muster_net::NetError::Refused(e)) if e.code == ErrorCode::QuotaExceeded => {
+                    Err(LinkError::Refused(e)) if e.code == ErrorCode::QuotaExceeded => {
                         // Everything queued stays, in order, until recipients catch up.
                         let waiting: i64 =
                             self.db
@@ -3040,12 +3038,12 @@ impl Engine {
                         ));
                         return Ok(());
                     }
-                    Err(muster_net::NetError::Refused(e)) => {
+                    Err(LinkError::Refused(e)) => {
                         self.fail_outbox(&client_id, &group_id, &message_id, &e.message, report)?;
                         break;
                     }
                     Ok(_) => return Err(EngineError::Invalid("unexpected answer to Send".into())),
-                    Err(e) => return Err(EngineError::Net(e)),
+                    Err(e) => return Err(EngineError::Link(e)),
                 }
             }
         }
@@ -3241,7 +3239,7 @@ impl Engine {
 
     /// Fetches and processes everything waiting, sends the outbox, and commits
     /// proposals other members made (such as someone leaving).
-    pub async fn sync(&mut self, conn: &RelayConnection) -> Result<SyncReport, EngineError> {
+    pub async fn sync(&mut self, conn: &impl Link) -> Result<SyncReport, EngineError> {
         let mut report = SyncReport::default();
         self.fetch_and_process(conn, &mut report).await?;
         // Rejoining judges what changed meanwhile by the revocations known now.
@@ -3269,7 +3267,7 @@ impl Engine {
     /// group this device is in. The relay's epoch ordering keeps it to one commit per group.
     async fn apply_revocations(
         &mut self,
-        conn: &RelayConnection,
+        conn: &impl Link,
         report: &mut SyncReport,
     ) -> Result<(), EngineError> {
         self.learn_revocations(conn, report).await?;
@@ -3316,7 +3314,7 @@ impl Engine {
     /// Fetches and stores revocations this device has not seen yet.
     pub(crate) async fn learn_revocations(
         &mut self,
-        conn: &RelayConnection,
+        conn: &impl Link,
         report: &mut SyncReport,
     ) -> Result<(), EngineError> {
         let org = self.device()?.org;
@@ -3335,7 +3333,7 @@ impl Engine {
                     since: since as u64,
                 })
                 .await
-                .map_err(from_net)?
+                .map_err(from_link)?
             else {
                 return Err(EngineError::Invalid(
                     "unexpected answer to Revocations".into(),
@@ -3381,7 +3379,7 @@ impl Engine {
     /// Removes every revoked device from each group this device is in.
     async fn remove_revoked_devices(
         &mut self,
-        conn: &RelayConnection,
+        conn: &impl Link,
         report: &mut SyncReport,
     ) -> Result<(), EngineError> {
         let revoked: HashSet<String> = revoked_devices(&self.db)?;
@@ -3422,7 +3420,7 @@ impl Engine {
     /// even where the relay hides their revocation. The groups are looked at when the
     /// earliest certificate among their members has run out, and at least every ten
     /// minutes.
-    async fn lapse_check(&mut self, conn: &RelayConnection) -> Result<(), EngineError> {
+    async fn lapse_check(&mut self, conn: &impl Link) -> Result<(), EngineError> {
         let now = now_unix();
         let next: i64 = self
             .db
@@ -3482,7 +3480,7 @@ impl Engine {
 
     async fn commit_pending_proposals(
         &mut self,
-        conn: &RelayConnection,
+        conn: &impl Link,
         report: &mut SyncReport,
     ) -> Result<(), EngineError> {
         // Usually no group has any: skip reading every group's state to find that out.
@@ -3526,14 +3524,14 @@ impl Engine {
 
     async fn fetch_and_process(
         &mut self,
-        conn: &RelayConnection,
+        conn: &impl Link,
         report: &mut SyncReport,
     ) -> Result<(), EngineError> {
         loop {
             let deliveries = match conn
                 .request(&Request::Fetch { limit: FETCH_BATCH })
                 .await
-                .map_err(from_net)?
+                .map_err(from_link)?
             {
                 Response::Deliveries(d) => d,
                 _ => return Err(EngineError::Invalid("unexpected answer to Fetch".into())),
@@ -3548,7 +3546,7 @@ impl Engine {
             let acks = self.process_batch(deliveries, report)?;
             conn.request(&Request::Ack { items: acks })
                 .await
-                .map_err(from_net)?;
+                .map_err(from_link)?;
             // A shorter batch was everything waiting; whatever arrives later wakes us again.
             if !full_batch {
                 return Ok(());
@@ -4296,6 +4294,10 @@ fn queue_in(
         });
     }
     queue_unchecked(provider, group, signer, device, envelope)
+}
+
+fn net_error(e: muster_net::NetError) -> EngineError {
+    EngineError::Link(LinkError::Unavailable(e.to_string()))
 }
 
 /// Where messages queued for a group stand, as the outbox sees it.

@@ -10,7 +10,7 @@ pub enum EngineError {
     #[error("enrolment is waiting for an admin's approval")]
     AwaitingApproval,
     #[error("{0}")]
-    Net(#[from] muster_net::NetError),
+    Link(#[from] crate::link::LinkError),
     #[error("relay refused: {0}")]
     Relay(RelayError),
     #[error("invalid certificate: {0}")]
@@ -56,15 +56,15 @@ impl EngineError {
     pub fn relay_code(&self) -> Option<&ErrorCode> {
         match self {
             EngineError::Relay(e) => Some(&e.code),
-            EngineError::Net(muster_net::NetError::Refused(e)) => Some(&e.code),
+            EngineError::Link(crate::link::LinkError::Refused(e)) => Some(&e.code),
             _ => None,
         }
     }
 }
 
-pub(crate) fn from_net(e: muster_net::NetError) -> EngineError {
+pub(crate) fn from_link(e: crate::link::LinkError) -> EngineError {
     match e {
-        muster_net::NetError::Refused(r) => EngineError::Relay(r),
-        other => EngineError::Net(other),
+        crate::link::LinkError::Refused(r) => EngineError::Relay(r),
+        other => EngineError::Link(other),
     }
 }

@@ -15,6 +15,7 @@ mod engine;
 mod error;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+mod link;
 mod provider;
 pub mod provision;
 mod store;
@@ -29,5 +30,6 @@ pub use engine::{
     Notification, PendingView, QueuedMessage, Rollcall, RollcallEntry, SyncReport,
 };
 pub use error::EngineError;
+pub use link::{Link, LinkError};
 pub use muster_net::client::PushHandle;
 pub use muster_net::RelayConnection;

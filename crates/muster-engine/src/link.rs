@@ -1,0 +1,42 @@
+//! The engine's one view of the relay: something that answers requests. The driver
+//! implements it over a QUIC connection; the engine never opens one itself.
+
+use muster_proto::{RelayError, Request, Response};
+use std::future::Future;
+use std::time::Duration;
+
+/// A way to ask the relay something and wait for its answer.
+pub trait Link {
+    /// Sends `request` and waits for the relay's answer.
+    fn request(&self, request: &Request) -> impl Future<Output = Result<Response, LinkError>>;
+
+    /// Waits before trying again, when the relay asked this device to slow down.
+    fn pause(&self, duration: Duration) -> impl Future<Output = ()>;
+}
+
+/// Why a request got no answer, or a refusal.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LinkError {
+    /// The relay answered, refusing.
+    #[error("relay refused: {0}")]
+    Refused(RelayError),
+    /// No answer: the relay is unreachable, the connection failed, or its answer made no
+    /// sense. Whatever was being sent stays queued.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl Link for muster_net::RelayConnection {
+    async fn request(&self, request: &Request) -> Result<Response, LinkError> {
+        muster_net::RelayConnection::request(self, request)
+            .await
+            .map_err(|e| match e {
+                muster_net::NetError::Refused(r) => LinkError::Refused(r),
+                other => LinkError::Unavailable(other.to_string()),
+            })
+    }
+
+    async fn pause(&self, duration: Duration) {
+        tokio::time::sleep(duration).await
+    }
+}
