@@ -129,7 +129,7 @@ pub async fn run(engine: &mut Engine, command: ArchiveCommand) -> Result<(), Eng
             let report = if offline {
                 engine.archive_verify_offline()?
             } else {
-                let conn = engine.connect().await.map_err(|e| {
+                let conn = crate::connected(engine).await.map_err(|e| {
                     EngineError::Invalid(format!(
                         "cannot reach the relay to compare the checkpoints published there ({e}); `--offline` checks the archive alone"
                     ))
@@ -141,7 +141,7 @@ pub async fn run(engine: &mut Engine, command: ArchiveCommand) -> Result<(), Eng
             print_report(&report, json)
         }
         ArchiveCommand::ExportChain { out } => {
-            let conn = engine.connect().await?;
+            let conn = crate::connected(engine).await?;
             let chain = engine.archive_chain(&conn).await;
             conn.close().await;
             let chain = chain?;
@@ -170,7 +170,7 @@ pub async fn run(engine: &mut Engine, command: ArchiveCommand) -> Result<(), Eng
                 from_ms: from,
                 to_ms: to,
             };
-            let conn = engine.connect().await?;
+            let conn = crate::connected(engine).await?;
             let messages = engine.archive_export(&conn, &filter).await;
             conn.close().await;
             let messages = messages?;
@@ -184,7 +184,7 @@ pub async fn run(engine: &mut Engine, command: ArchiveCommand) -> Result<(), Eng
             Ok(())
         }
         ArchiveCommand::Sample { count, seed } => {
-            let conn = engine.connect().await?;
+            let conn = crate::connected(engine).await?;
             let sample = engine.archive_sample(&conn, count, seed).await;
             conn.close().await;
             let (seed, sample) = sample?;
@@ -207,7 +207,7 @@ pub async fn run(engine: &mut Engine, command: ArchiveCommand) -> Result<(), Eng
             Ok(())
         }
         ArchiveCommand::Hold { user } => {
-            let conn = engine.connect().await?;
+            let conn = crate::connected(engine).await?;
             let changed = engine.archive_hold(&conn, &user, true).await;
             conn.close().await;
             let changed = changed?;
@@ -222,7 +222,7 @@ pub async fn run(engine: &mut Engine, command: ArchiveCommand) -> Result<(), Eng
             Ok(())
         }
         ArchiveCommand::Release { user } => {
-            let conn = engine.connect().await?;
+            let conn = crate::connected(engine).await?;
             let changed = engine.archive_hold(&conn, &user, false).await;
             conn.close().await;
             let changed = changed?;
@@ -323,27 +323,27 @@ async fn serve(
     let shutdown = crate::shutdown_signal();
     tokio::pin!(shutdown);
     let mut next_prune = tokio::time::Instant::now();
-    let mut delay = std::time::Duration::from_millis(200);
+    let mut backoff = muster_driver::Backoff::default();
     loop {
         let conn = tokio::select! {
-            conn = engine.connect() => conn,
+            conn = crate::connected(engine) => conn,
             _ = &mut shutdown => return Ok(()),
         };
         let conn = match conn {
             Ok(conn) => conn,
             Err(EngineError::Link(e)) => {
+                let delay = backoff.next_delay();
                 eprintln!("relay unreachable ({e}); retrying in {delay:?}");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = &mut shutdown => return Ok(()),
                 }
-                delay = (delay * 2).min(std::time::Duration::from_secs(30));
                 continue;
             }
             Err(e) => return Err(e),
         };
-        delay = std::time::Duration::from_millis(200);
-        let push = conn.push_handle();
+        backoff.reset();
+        let wakeups = conn.wakeups();
         loop {
             match engine.sync(&conn).await {
                 Ok(report) => {
@@ -382,13 +382,12 @@ async fn serve(
                 next_prune = tokio::time::Instant::now() + PRUNE_EVERY;
             }
             tokio::select! {
-                wake = push.next_push() => {
-                    if wake.is_none() {
+                wake = wakeups.next(Some(std::time::Duration::from_secs(30))) => {
+                    if wake == muster_driver::Wake::Lost {
                         eprintln!("connection to the relay lost; reconnecting");
                         break;
                     }
                 }
-                _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => {}
                 _ = &mut shutdown => {
                     conn.close().await;
                     println!("archive stopped");

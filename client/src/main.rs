@@ -20,7 +20,8 @@ macro_rules! print {
 mod archive;
 
 use clap::{Args, Parser, Subcommand};
-use muster_engine::{Engine, EngineError, GroupView, MessageView, RelayConnection};
+use muster_driver::{Backoff, Connection, Wake};
+use muster_engine::{Engine, EngineError, GroupView, MessageView};
 use muster_proto::Profile;
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -694,7 +695,7 @@ async fn rollcall(
     json: bool,
 ) -> Result<(), EngineError> {
     let conn = connected(engine).await?;
-    let push = conn.push_handle();
+    let wakeups = conn.wakeups();
     let mut last_shown = None;
     loop {
         engine.sync(&conn).await?;
@@ -723,7 +724,7 @@ async fn rollcall(
         if !watch || r.acknowledged == r.members.len() {
             break;
         }
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(30), push.next_push()).await;
+        wakeups.next(Some(std::time::Duration::from_secs(30))).await;
     }
     conn.close().await;
     Ok(())
@@ -769,8 +770,8 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-async fn connected(engine: &mut Engine) -> Result<RelayConnection, EngineError> {
-    engine.connect().await
+async fn connected(engine: &mut Engine) -> Result<Connection, EngineError> {
+    muster_driver::connect(engine).await
 }
 
 async fn run(cli: Cli) -> Result<(), EngineError> {
@@ -789,9 +790,15 @@ async fn run(cli: Cli) -> Result<(), EngineError> {
                 display_name: display_name.unwrap_or_else(|| user.clone()),
                 ..Default::default()
             };
-            engine
-                .create_org(&relay, &fingerprint, &token, &name, &user, profile)
-                .await?;
+            let setup = muster_engine::NewOrg {
+                relay: &relay,
+                fingerprint: &fingerprint,
+                token: &token,
+                org_name: &name,
+                user: &user,
+                profile,
+            };
+            muster_driver::create_org(&mut engine, &setup).await?;
             println!("organisation {name:?} created; you are admin {user}");
         }
         Command::Invite { user, ttl } => {
@@ -806,20 +813,20 @@ async fn run(cli: Cli) -> Result<(), EngineError> {
             title,
             department,
         } => {
-            let device = engine
-                .join(
-                    &code,
-                    Profile {
-                        display_name,
-                        title,
-                        department,
-                    },
-                )
-                .await?;
+            let device = muster_driver::join(
+                &mut engine,
+                &code,
+                Profile {
+                    display_name,
+                    title,
+                    department,
+                },
+            )
+            .await?;
             println!("enrolment request sent (device {device}); an admin must approve it");
         }
         Command::JoinDevice { code } => {
-            let device = engine.join_device(&code).await?;
+            let device = muster_driver::join_device(&mut engine, &code).await?;
             println!(
                 "device link request sent (device {device}); an admin must approve it, or, where the organisation allows it, you with `muster device approve {device}` on your other device"
             );
@@ -1511,7 +1518,7 @@ async fn admin_apply(
 
 async fn chat(engine: &mut Engine, group: &str) -> Result<(), EngineError> {
     use tokio::io::AsyncBufReadExt;
-    let mut conn = engine.connect().await?;
+    let mut conn = connected(engine).await?;
     let report = engine.sync(&conn).await?;
     for p in &report.problems {
         eprintln!("warning: {p}");
@@ -1550,14 +1557,15 @@ async fn chat(engine: &mut Engine, group: &str) -> Result<(), EngineError> {
     let mut reminder = tokio::time::interval(std::time::Duration::from_secs(reminder_every));
     reminder.tick().await;
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-    let mut push = conn.push_handle();
+    let mut wakeups = conn.wakeups();
+    let mut backoff = Backoff::default();
     loop {
         tokio::select! {
-            wake = push.next_push() => {
-                if wake.is_none() {
+            wake = wakeups.next(None) => {
+                if wake == Wake::Lost {
                     eprintln!("connection to the relay lost; reconnecting");
-                    conn = reconnect(engine).await?;
-                    push = conn.push_handle();
+                    conn = muster_driver::reconnect(engine, &mut backoff, 11).await?;
+                    wakeups = conn.wakeups();
                 }
                 let report = engine.sync(&conn).await?;
                 notify(engine, &report.notifications);
@@ -1628,21 +1636,6 @@ fn remind_unacknowledged(engine: &Engine) -> Result<(), EngineError> {
     }
     let _ = std::io::stdout().flush();
     Ok(())
-}
-
-async fn reconnect(engine: &mut Engine) -> Result<RelayConnection, EngineError> {
-    let mut delay = std::time::Duration::from_millis(200);
-    for _ in 0..10 {
-        match engine.connect().await {
-            Ok(conn) => return Ok(conn),
-            Err(EngineError::Link(_)) => {
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(std::time::Duration::from_secs(5));
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    engine.connect().await
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 
 use crate::harness::{resident_bytes, HarnessError, RelayProcess, Scratch};
 use crate::report::{ms, Report};
-use muster_engine::RelayConnection;
+use muster_net::RelayConnection;
 use muster_proto::{
     auth_transcript, device_id_for, now_unix, Certificate, CertificateBody, CodeSecret,
     EnrolmentGrant, EnrolmentRequest, GrantBody, InvitePurpose, OrgDescriptor, OrgRootKey, Profile,

@@ -35,8 +35,8 @@ async fn member(
     size: usize,
     expected: usize,
 ) -> Result<(Sends, Arrivals), HarnessError> {
-    let conn = engine.connect().await?;
-    let push = conn.push_handle();
+    let conn = muster_driver::connect(&mut engine).await?;
+    let wakeups = conn.wakeups();
     let mut sends = Vec::with_capacity(schedule.len());
     let mut arrivals = Vec::with_capacity(expected);
     let mut schedule = schedule.into_iter().peekable();
@@ -64,7 +64,7 @@ async fn member(
             .map(|&(_, due)| due.saturating_duration_since(Instant::now()))
             .unwrap_or(Duration::from_millis(200))
             .min(Duration::from_millis(200));
-        let woken = tokio::time::timeout(wait, push.next_push()).await.is_ok();
+        let woken = wakeups.next(Some(wait)).await != muster_driver::Wake::TimedOut;
         if woken || schedule.peek().is_none() {
             let report = engine.sync(&conn).await?;
             let now = Instant::now();

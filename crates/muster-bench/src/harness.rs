@@ -1,7 +1,8 @@
 //! What the network scenarios share: a real `muster-relay` process on a free loopback
 //! port, scratch directories, and an organisation of real client engines around it.
 
-use muster_engine::{Engine, EngineError, RelayConnection};
+use muster_driver::Connection;
+use muster_engine::{Engine, EngineError, LinkError};
 use muster_proto::Profile;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -16,6 +17,8 @@ pub enum HarnessError {
     Engine(#[from] EngineError),
     #[error("relay connection: {0}")]
     Net(#[from] muster_net::NetError),
+    #[error("relay: {0}")]
+    Link(#[from] LinkError),
     #[error("{0}")]
     Setup(String),
 }
@@ -162,7 +165,7 @@ pub struct Org {
     pub scratch: Scratch,
     pub relay: RelayProcess,
     pub admin: Engine,
-    pub admin_conn: RelayConnection,
+    pub admin_conn: Connection,
 }
 
 fn profile(name: &str) -> Profile {
@@ -178,17 +181,16 @@ impl Org {
         let scratch = Scratch::new(label)?;
         let relay = RelayProcess::start(&scratch.path().join("relay"))?;
         let mut admin = Engine::open(&scratch.path().join("admin"))?;
-        admin
-            .create_org(
-                &relay.addr,
-                &relay.fingerprint,
-                &relay.bootstrap_token,
-                "Bench Org",
-                "admin",
-                profile("Admin"),
-            )
-            .await?;
-        let admin_conn = admin.connect().await?;
+        let setup = muster_engine::NewOrg {
+            relay: &relay.addr,
+            fingerprint: &relay.fingerprint,
+            token: &relay.bootstrap_token,
+            org_name: "Bench Org",
+            user: "admin",
+            profile: profile("Admin"),
+        };
+        muster_driver::create_org(&mut admin, &setup).await?;
+        let admin_conn = muster_driver::connect(&mut admin).await?;
         Ok(Self {
             scratch,
             relay,
@@ -204,12 +206,12 @@ impl Org {
             .create_invite(&self.admin_conn, user, 3600)
             .await?;
         let mut engine = Engine::open(&self.scratch.path().join(user))?;
-        engine.join(&code, profile(user)).await?;
+        muster_driver::join(&mut engine, &code, profile(user)).await?;
         self.admin
             .approve(&self.admin_conn, user, None, false)
             .await?;
         // The first connection picks up the certificate and uploads KeyPackages.
-        engine.connect().await?.close().await;
+        muster_driver::connect(&mut engine).await?.close().await;
         Ok(engine)
     }
 
@@ -229,7 +231,7 @@ impl Org {
             .create_group(&self.admin_conn, name, &users, false)
             .await?;
         for engine in members.iter_mut() {
-            let conn = engine.connect().await?;
+            let conn = muster_driver::connect(engine).await?;
             let report = engine.sync(&conn).await?;
             conn.close().await;
             if !report.joined_groups.contains(&group.id) {

@@ -5,7 +5,7 @@
 
 use crate::harness::{HarnessError, Org};
 use crate::report::{ms, quantile, Report};
-use muster_engine::RelayConnection;
+use muster_driver::Connection;
 use muster_proto::{AckItem, Delivery, Request, Response};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -135,13 +135,13 @@ async fn muster(load: Load) -> Result<(Outcome, usize), HarnessError> {
     }
     let payload_bytes = total_bytes / load.messages.max(1);
 
-    let mut sender_conns = vec![Arc::new(org.admin.connect().await?)];
+    let mut sender_conns = vec![Arc::new(muster_driver::connect(&mut org.admin).await?)];
     for engine in engines.iter_mut().take(senders - 1) {
-        sender_conns.push(Arc::new(engine.connect().await?));
+        sender_conns.push(Arc::new(muster_driver::connect(engine).await?));
     }
     let mut receivers = Vec::new();
     for engine in engines.iter_mut().skip(senders - 1) {
-        let conn = engine.connect().await?;
+        let conn = muster_driver::connect(engine).await?;
         drain(&conn).await?;
         receivers.push(conn);
     }
@@ -216,13 +216,13 @@ fn outbox(home: &std::path::Path) -> Result<Vec<Payload>, HarnessError> {
 }
 
 /// Fetches and acknowledges until nothing is waiting.
-async fn drain(conn: &RelayConnection) -> Result<(), HarnessError> {
+async fn drain(conn: &Connection) -> Result<(), HarnessError> {
     while !fetch_and_ack(conn).await?.is_empty() {}
     Ok(())
 }
 
 /// One fetch, acknowledged at once; returns the group sequence numbers it brought.
-async fn fetch_and_ack(conn: &RelayConnection) -> Result<Vec<u64>, HarnessError> {
+async fn fetch_and_ack(conn: &Connection) -> Result<Vec<u64>, HarnessError> {
     let Response::Deliveries(deliveries) = conn.request(&Request::Fetch { limit: 500 }).await?
     else {
         return Err(HarnessError::Setup("unexpected answer to Fetch".into()));
@@ -250,11 +250,8 @@ async fn fetch_and_ack(conn: &RelayConnection) -> Result<Vec<u64>, HarnessError>
 }
 
 /// A receiving device: fetches on every wake-up until it holds `expected` messages.
-async fn receive(
-    conn: RelayConnection,
-    expected: usize,
-) -> Result<Vec<(u64, Instant)>, HarnessError> {
-    let push = conn.push_handle();
+async fn receive(conn: Connection, expected: usize) -> Result<Vec<(u64, Instant)>, HarnessError> {
+    let wakeups = conn.wakeups();
     let mut got = Vec::with_capacity(expected);
     while got.len() < expected {
         let seqs = fetch_and_ack(&conn).await?;
@@ -262,7 +259,7 @@ async fn receive(
         got.extend(seqs.into_iter().filter(|&s| s > 0).map(|s| (s, now)));
         if got.len() < expected {
             // A wake-up, or a periodic look in case one was missed.
-            let _ = tokio::time::timeout(Duration::from_millis(200), push.next_push()).await;
+            wakeups.next(Some(Duration::from_millis(200))).await;
         }
     }
     conn.close().await;
@@ -272,7 +269,7 @@ async fn receive(
 /// A sending device: posts its payloads with `window` requests in flight; returns the
 /// relay sequence number and send time of each.
 async fn send_all(
-    conn: Arc<RelayConnection>,
+    conn: Arc<Connection>,
     group_id: Vec<u8>,
     payloads: Vec<Payload>,
     window: usize,
@@ -300,7 +297,7 @@ async fn send_all(
             match answer {
                 Ok(Response::Stored { seq }) => Ok((seq, at)),
                 Ok(_) => Err(HarnessError::Setup("unexpected answer to Send".into())),
-                Err(e) => Err(HarnessError::Net(e)),
+                Err(e) => Err(HarnessError::Link(e)),
             }
         }));
     }

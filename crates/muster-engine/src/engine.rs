@@ -149,6 +149,21 @@ pub struct QueuedMessage {
     pub id: String,
 }
 
+/// What creating an organisation needs: the relay, its bootstrap token, the
+/// organisation's name, and its first admin.
+#[derive(Debug, Clone)]
+pub struct NewOrg<'a> {
+    /// The relay's address (HOST:PORT) and certificate fingerprint.
+    pub relay: &'a str,
+    pub fingerprint: &'a str,
+    /// The one-time token the relay printed when it started.
+    pub token: &'a str,
+    pub org_name: &'a str,
+    /// The first admin's handle and profile.
+    pub user: &'a str,
+    pub profile: Profile,
+}
+
 /// One audit log event as an admin sees it.
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditView {
@@ -658,7 +673,8 @@ impl Engine {
         Ok(signer)
     }
 
-    fn ensure_fresh_home(&self) -> Result<(), EngineError> {
+    /// Fails if this home already holds a device.
+    pub fn ensure_fresh_home(&self) -> Result<(), EngineError> {
         if let Some(d) = self.device_opt()? {
             return Err(EngineError::AlreadyEnrolled(format!(
                 "{} in {}",
@@ -699,16 +715,22 @@ impl Engine {
         Ok(())
     }
 
-    /// Creates the organisation: root key, this device as its first admin, registered with the relay.
+    /// Creates the organisation: root key, this device as its first admin, registered with
+    /// the relay `conn` reaches (the one `setup` names).
     pub async fn create_org(
         &mut self,
-        relay: &str,
-        fingerprint: &str,
-        token: &str,
-        org_name: &str,
-        user: &str,
-        profile: Profile,
+        conn: &impl Link,
+        setup: &NewOrg<'_>,
     ) -> Result<(), EngineError> {
+        let NewOrg {
+            relay,
+            fingerprint,
+            token,
+            org_name,
+            user,
+            profile,
+        } = setup;
+        let profile = profile.clone();
         self.ensure_fresh_home()?;
         validate_handle(user)?;
         if org_name.trim().is_empty() {
@@ -716,9 +738,6 @@ impl Engine {
                 "organisation name must not be empty".into(),
             ));
         }
-        let conn = muster_net::RelayConnection::connect(relay, fingerprint)
-            .await
-            .map_err(net_error)?;
         let root = OrgRootKey::generate();
         let org = OrgDescriptor {
             org_id: random_hex(16),
@@ -738,7 +757,7 @@ impl Engine {
             not_after: now + muster_proto::DEFAULT_CERTIFICATE_LIFETIME_SECS,
         });
         Link::request(
-            &conn,
+            conn,
             &Request::Bootstrap {
                 token: token.trim().to_string(),
                 org: org.clone(),
@@ -758,43 +777,73 @@ impl Engine {
             Some(root.pkcs8()),
         )?;
         self.record_issued(&[cert])?;
-        self.authenticate(&conn).await?;
-        conn.close().await;
-        Ok(())
+        self.authenticate(conn).await
     }
 
-    /// Submits an enrolment request with an invite code; an admin must approve it.
-    pub async fn join(&mut self, code: &str, profile: Profile) -> Result<String, EngineError> {
-        let invite = InviteCode::decode(code)?;
+    /// Checks an invite code for a new user before anything is sent: the caller connects
+    /// to the relay it names and passes it to [`Self::join`].
+    pub fn new_user_invite(&self, code: &str) -> Result<InviteCode, EngineError> {
+        let invite = self.usable_invite(code)?;
         if invite.purpose != InvitePurpose::NewUser {
             return Err(EngineError::Invalid(
                 "this is a device link code: use `muster join-device CODE`".into(),
             ));
         }
-        self.enrol(invite, profile).await
+        Ok(invite)
     }
 
-    /// Enrols this device as another device of an existing user, with a link code made on
-    /// one of their devices; an admin then approves it.
-    pub async fn join_device(&mut self, code: &str) -> Result<String, EngineError> {
-        let invite = InviteCode::decode(code)?;
+    /// Checks a device link code, like [`Self::new_user_invite`], for [`Self::join_device`].
+    pub fn link_invite(&self, code: &str) -> Result<InviteCode, EngineError> {
+        let invite = self.usable_invite(code)?;
         if invite.purpose != InvitePurpose::LinkDevice {
             return Err(EngineError::Invalid(
                 "this is an invite for a new user: use `muster join CODE`".into(),
             ));
         }
-        let profile = Profile {
-            display_name: invite.user.clone(),
-            ..Default::default()
-        };
-        self.enrol(invite, profile).await
+        Ok(invite)
     }
 
-    async fn enrol(&mut self, invite: InviteCode, profile: Profile) -> Result<String, EngineError> {
+    fn usable_invite(&self, code: &str) -> Result<InviteCode, EngineError> {
+        let invite = InviteCode::decode(code)?;
         self.ensure_fresh_home()?;
         if invite.expires_at < now_unix() {
             return Err(EngineError::Invalid("this invite code has expired".into()));
         }
+        Ok(invite)
+    }
+
+    /// Submits an enrolment request with an invite code (from [`Self::new_user_invite`])
+    /// to the relay it names; an admin must approve it.
+    pub async fn join(
+        &mut self,
+        conn: &impl Link,
+        invite: InviteCode,
+        profile: Profile,
+    ) -> Result<String, EngineError> {
+        self.enrol(conn, invite, profile).await
+    }
+
+    /// Enrols this device as another device of an existing user, with a link code made on
+    /// one of their devices (from [`Self::link_invite`]); an admin then approves it.
+    pub async fn join_device(
+        &mut self,
+        conn: &impl Link,
+        invite: InviteCode,
+    ) -> Result<String, EngineError> {
+        let profile = Profile {
+            display_name: invite.user.clone(),
+            ..Default::default()
+        };
+        self.enrol(conn, invite, profile).await
+    }
+
+    async fn enrol(
+        &mut self,
+        conn: &impl Link,
+        invite: InviteCode,
+        profile: Profile,
+    ) -> Result<String, EngineError> {
+        self.ensure_fresh_home()?;
         if profile.display_name.trim().is_empty() {
             return Err(EngineError::Invalid(
                 "display name must not be empty".into(),
@@ -802,9 +851,6 @@ impl Engine {
         }
         let secret = CodeSecret::from_hex(&invite.secret)
             .map_err(|e| EngineError::Invalid(format!("invite code: {e}")))?;
-        let conn = muster_net::RelayConnection::connect(&invite.relay, &invite.fingerprint)
-            .await
-            .map_err(net_error)?;
         let signer = self.new_signer()?;
         let body = RequestBody {
             org_id: invite.org.org_id.clone(),
@@ -819,10 +865,10 @@ impl Engine {
             .sign(&body.device_signed())
             .map_err(|e| EngineError::Mls(format!("signing failed: {e:?}")))?;
         let request = EnrolmentRequest::new(body, &secret, |_| device_proof);
-        let response = Link::request(&conn, &Request::Enrol { request })
+        let response = conn
+            .request(&Request::Enrol { request })
             .await
             .map_err(from_link)?;
-        conn.close().await;
         let Response::EnrolmentSubmitted { device_id } = response else {
             return Err(EngineError::Invalid(
                 "unexpected answer to enrolment".into(),
@@ -847,18 +893,15 @@ impl Engine {
         Ok((d.user, d.device_id, d.org.name))
     }
 
-    /// Connects and authenticates this device; picks up its certificate after approval
-    /// and keeps its KeyPackage supply topped up.
-    pub async fn connect(&mut self) -> Result<muster_net::RelayConnection, EngineError> {
+    /// Where this device's relay is: its address and pinned certificate fingerprint.
+    pub fn relay(&self) -> Result<(String, String), EngineError> {
         let device = self.device()?;
-        let conn = muster_net::RelayConnection::connect(&device.relay, &device.fingerprint)
-            .await
-            .map_err(net_error)?;
-        self.authenticate(&conn).await?;
-        Ok(conn)
+        Ok((device.relay, device.fingerprint))
     }
 
-    async fn authenticate(&mut self, conn: &impl Link) -> Result<(), EngineError> {
+    /// Proves this device's key on a fresh connection to its relay; picks up its
+    /// certificate after approval and keeps its KeyPackage supply topped up.
+    pub async fn authenticate(&mut self, conn: &impl Link) -> Result<(), EngineError> {
         let device = self.device()?;
         let signer = self.signer(&device)?;
         let nonce = match conn
@@ -4294,10 +4337,6 @@ fn queue_in(
         });
     }
     queue_unchecked(provider, group, signer, device, envelope)
-}
-
-fn net_error(e: muster_net::NetError) -> EngineError {
-    EngineError::Link(LinkError::Unavailable(e.to_string()))
 }
 
 /// Where messages queued for a group stand, as the outbox sees it.

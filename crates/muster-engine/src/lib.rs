@@ -2,8 +2,9 @@
 //! state next to conversations, messages, outbox and sync cursors) and every operation
 //! the command-line client offers. The CLI only parses arguments and prints.
 //!
-//! Inbound processing is plain functions over a database transaction; the relay
-//! connection is passed in by the caller.
+//! It does no network I/O: everything it asks the relay goes through a [`Link`] the
+//! caller passes in (muster-driver provides one over QUIC). Inbound processing is plain
+//! functions over a database transaction.
 
 mod admin;
 pub mod archive;
@@ -26,10 +27,8 @@ pub use content::{describe_duration, Body, Envelope};
 pub use conversation::BoardEntry;
 pub use engine::rfc3339_ms;
 pub use engine::{
-    AttachmentView, AuditView, DeviceView, DirectoryEntry, Engine, GroupView, MessageView,
+    AttachmentView, AuditView, DeviceView, DirectoryEntry, Engine, GroupView, MessageView, NewOrg,
     Notification, PendingView, QueuedMessage, Rollcall, RollcallEntry, SyncReport,
 };
 pub use error::EngineError;
 pub use link::{Link, LinkError};
-pub use muster_net::client::PushHandle;
-pub use muster_net::RelayConnection;

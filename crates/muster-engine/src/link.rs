@@ -25,18 +25,3 @@ pub enum LinkError {
     #[error("{0}")]
     Unavailable(String),
 }
-
-impl Link for muster_net::RelayConnection {
-    async fn request(&self, request: &Request) -> Result<Response, LinkError> {
-        muster_net::RelayConnection::request(self, request)
-            .await
-            .map_err(|e| match e {
-                muster_net::NetError::Refused(r) => LinkError::Refused(r),
-                other => LinkError::Unavailable(other.to_string()),
-            })
-    }
-
-    async fn pause(&self, duration: Duration) {
-        tokio::time::sleep(duration).await
-    }
-}

@@ -1,0 +1,208 @@
+//! The network edge of a Muster client. The engine (muster-engine) never opens a
+//! connection: it asks the relay through a [`Link`]. This crate is the one place that
+//! connects to the relay over QUIC, proves the device's key, carries the engine's
+//! requests, waits for the relay's wake-ups and reconnects with one backoff policy.
+
+use muster_engine::{Engine, EngineError, Link, LinkError, NewOrg};
+use muster_net::client::PushHandle;
+use muster_net::{NetError, RelayConnection};
+use muster_proto::{Profile, Request, Response};
+use std::time::Duration;
+
+/// A QUIC connection to the relay, as the engine's [`Link`].
+pub struct Connection {
+    inner: RelayConnection,
+}
+
+impl Connection {
+    /// Connects to the relay at `addr` whose certificate has `fingerprint`, without
+    /// authenticating (enrolment and bootstrap happen before a device has an identity).
+    pub async fn open(addr: &str, fingerprint: &str) -> Result<Self, EngineError> {
+        let inner = RelayConnection::connect(addr, fingerprint)
+            .await
+            .map_err(|e| EngineError::Link(link_error(e)))?;
+        Ok(Self { inner })
+    }
+
+    /// Sends one request and waits for the relay's answer (the [`Link`] method, callable
+    /// from spawned tasks).
+    pub async fn request(&self, request: &Request) -> Result<Response, LinkError> {
+        self.inner.request(request).await.map_err(link_error)
+    }
+
+    /// A handle that waits for the relay's wake-ups while requests go on.
+    pub fn wakeups(&self) -> Wakeups {
+        Wakeups {
+            push: self.inner.push_handle(),
+        }
+    }
+
+    /// Closes the connection, telling the relay.
+    pub async fn close(self) {
+        self.inner.close().await
+    }
+}
+
+impl Link for Connection {
+    async fn request(&self, request: &Request) -> Result<Response, LinkError> {
+        Connection::request(self, request).await
+    }
+
+    async fn pause(&self, duration: Duration) {
+        tokio::time::sleep(duration).await
+    }
+}
+
+fn link_error(e: NetError) -> LinkError {
+    match e {
+        NetError::Refused(r) => LinkError::Refused(r),
+        other => LinkError::Unavailable(other.to_string()),
+    }
+}
+
+/// Waits for the relay to say something new is waiting.
+#[derive(Clone)]
+pub struct Wakeups {
+    push: PushHandle,
+}
+
+/// What waiting for a wake-up ended with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// The relay has something new for this device.
+    Pushed,
+    /// Nothing came within the time given.
+    TimedOut,
+    /// The connection is gone: reconnect.
+    Lost,
+}
+
+impl Wakeups {
+    /// Waits for the next wake-up, at most `limit` if given.
+    pub async fn next(&self, limit: Option<Duration>) -> Wake {
+        let push = self.push.next_push();
+        let pushed = match limit {
+            Some(limit) => match tokio::time::timeout(limit, push).await {
+                Ok(pushed) => pushed,
+                Err(_) => return Wake::TimedOut,
+            },
+            None => push.await,
+        };
+        match pushed {
+            Some(_) => Wake::Pushed,
+            None => Wake::Lost,
+        }
+    }
+}
+
+/// Connects this device to its relay and authenticates it.
+pub async fn connect(engine: &mut Engine) -> Result<Connection, EngineError> {
+    let (addr, fingerprint) = engine.relay()?;
+    let conn = Connection::open(&addr, &fingerprint).await?;
+    match engine.authenticate(&conn).await {
+        Ok(()) => Ok(conn),
+        Err(e) => {
+            conn.close().await;
+            Err(e)
+        }
+    }
+}
+
+/// How long to wait between attempts to reach the relay: doubling from 200 ms up to
+/// 5 s. Every client loop that reconnects uses it.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { next: Self::FIRST }
+    }
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(200);
+    const MOST: Duration = Duration::from_secs(5);
+
+    /// The wait before the next attempt; each call doubles the one after.
+    pub fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(Self::MOST);
+        delay
+    }
+
+    /// Starts again from the shortest wait, after a success.
+    pub fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
+/// Connects, and while the relay cannot be reached tries again with `backoff`, at most
+/// `attempts` times; any other error (a refusal, a device not yet approved) is returned
+/// at once.
+pub async fn reconnect(
+    engine: &mut Engine,
+    backoff: &mut Backoff,
+    attempts: u32,
+) -> Result<Connection, EngineError> {
+    let mut tried = 0;
+    loop {
+        tried += 1;
+        match connect(engine).await {
+            Ok(conn) => {
+                backoff.reset();
+                return Ok(conn);
+            }
+            Err(EngineError::Link(LinkError::Unavailable(_))) if tried < attempts => {
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Creates the organisation on the relay `setup` names (see [`Engine::create_org`]).
+pub async fn create_org(engine: &mut Engine, setup: &NewOrg<'_>) -> Result<(), EngineError> {
+    engine.ensure_fresh_home()?;
+    let conn = Connection::open(setup.relay, setup.fingerprint).await?;
+    let result = engine.create_org(&conn, setup).await;
+    conn.close().await;
+    result
+}
+
+/// Enrols a new user's device with an invite code (see [`Engine::join`]).
+pub async fn join(
+    engine: &mut Engine,
+    code: &str,
+    profile: Profile,
+) -> Result<String, EngineError> {
+    let invite = engine.new_user_invite(code)?;
+    let conn = Connection::open(&invite.relay, &invite.fingerprint).await?;
+    let result = engine.join(&conn, invite, profile).await;
+    conn.close().await;
+    result
+}
+
+/// Enrols another device of a user with a link code (see [`Engine::join_device`]).
+pub async fn join_device(engine: &mut Engine, code: &str) -> Result<String, EngineError> {
+    let invite = engine.link_invite(code)?;
+    let conn = Connection::open(&invite.relay, &invite.fingerprint).await?;
+    let result = engine.join_device(&conn, invite).await;
+    conn.close().await;
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backoff_doubles_up_to_its_ceiling_and_starts_over_after_a_success() {
+        let mut b = Backoff::default();
+        let waits: Vec<u64> = (0..7).map(|_| b.next_delay().as_millis() as u64).collect();
+        assert_eq!(waits, [200, 400, 800, 1600, 3200, 5000, 5000]);
+        b.reset();
+        assert_eq!(b.next_delay(), Duration::from_millis(200));
+    }
+}
