@@ -1,4 +1,5 @@
-//! Administration: revocations, profile changes, organisation policy, certificate renewals and archive checkpoints.
+//! Administration: revocations, profile changes, organisation policy, certificate renewals
+//! and archive checkpoints.
 
 use super::*;
 

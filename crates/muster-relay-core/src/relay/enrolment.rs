@@ -1,4 +1,5 @@
-//! Enrolment: the first admin's bootstrap, invites and links, requests, approval and rejection, self-approval.
+//! Enrolment: the first admin's bootstrap, invites and links, requests, approval and
+//! rejection, self-approval.
 
 use super::*;
 

@@ -1,4 +1,5 @@
-//! Commits and proposals: opened against the relay's public group state and checked by the shared rules.
+//! Commits and proposals: opened against the relay's public group state and checked by the
+//! shared rules.
 
 use super::*;
 

@@ -1,4 +1,6 @@
-//! The relay: its store, and each request dispatched to the module of its concern (auth, enrolment, administration, directory, groups, handshakes, queue; blobs live in ../blobs.rs).
+//! The relay: its store, and each request dispatched to the module of its concern (auth,
+//! enrolment, administration, directory, groups, handshakes, queue; blobs live in
+//! ../blobs.rs).
 
 use crate::error::{refuse, Failure, StoreError};
 use crate::mls::{certificate_of, JsonCodec, Storage};

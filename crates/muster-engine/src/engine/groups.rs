@@ -1,0 +1,509 @@
+//! Groups: names, creation, members added and removed, policy, renaming and leaving.
+
+use super::*;
+
+impl Engine {
+    /// Finds a group by name, or by (a prefix of) its hex id.
+    pub(super) fn resolve_group(
+        &self,
+        name_or_id: &str,
+    ) -> Result<(Vec<u8>, String, String), EngineError> {
+        let mut stmt = self
+            .db
+            .prepare("SELECT group_id, name, state FROM groups ORDER BY created_at")?;
+        let all = stmt
+            .query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<Vec<(Vec<u8>, String, String)>, _>>()?;
+        let by_name: Vec<_> = all.iter().filter(|g| g.1 == name_or_id).collect();
+        let active: Vec<_> = by_name.iter().filter(|g| g.2 == STATE_ACTIVE).collect();
+        let chosen = match (active.len(), by_name.len()) {
+            (1, _) => Some((*active[0]).clone()),
+            (0, 1) => Some(by_name[0].clone()),
+            (0, 0) => None,
+            _ => return Err(EngineError::AmbiguousGroup(name_or_id.to_string())),
+        };
+        if let Some(g) = chosen {
+            return Ok(g);
+        }
+        if name_or_id.len() >= 6 {
+            let by_id: Vec<_> = all
+                .iter()
+                .filter(|g| group_hex(&g.0).starts_with(&name_or_id.to_ascii_lowercase()))
+                .collect();
+            match by_id.len() {
+                1 => return Ok(by_id[0].clone()),
+                n if n > 1 => return Err(EngineError::AmbiguousGroup(name_or_id.to_string())),
+                _ => {}
+            }
+        }
+        Err(EngineError::UnknownGroup(name_or_id.to_string()))
+    }
+
+    pub(super) fn active_group(&self, name_or_id: &str) -> Result<(Vec<u8>, String), EngineError> {
+        let (id, name, state) = self.resolve_group(name_or_id)?;
+        if state != STATE_ACTIVE {
+            return Err(EngineError::NotActive(name));
+        }
+        Ok((id, name))
+    }
+
+    /// Refuses a membership change or rename of a managed group unless this device is an admin's.
+    pub(super) fn check_may_manage(&self, group_id: &[u8], what: &str) -> Result<(), EngineError> {
+        let provider = Provider::new(&self.crypto, &self.db);
+        if !policy_of(&load_group(&provider, group_id)?).managed {
+            return Ok(());
+        }
+        let device = self.device()?;
+        if device.certificate.as_ref().is_some_and(|c| c.is_admin()) {
+            Ok(())
+        } else {
+            Err(EngineError::Managed(what.to_string()))
+        }
+    }
+
+    /// Claims and checks KeyPackages for every enrolled device of each user.
+    pub(super) async fn claim_key_packages(
+        &self,
+        conn: &impl Link,
+        users: &[String],
+    ) -> Result<Vec<(String, KeyPackage)>, EngineError> {
+        let mut out = Vec::new();
+        for user in users {
+            out.extend(self.claim_for(conn, user, &[]).await?);
+        }
+        Ok(out)
+    }
+
+    /// Claims and checks KeyPackages for `user`'s devices (only those in `only`, if any).
+    pub(super) async fn claim_for(
+        &self,
+        conn: &impl Link,
+        user: &str,
+        only: &[String],
+    ) -> Result<Vec<(String, KeyPackage)>, EngineError> {
+        let device = self.device()?;
+        validate_handle(user)?;
+        let claimed = match conn
+            .request(&Request::ClaimKeyPackages {
+                user: user.to_string(),
+                only: only.to_vec(),
+            })
+            .await
+            .map_err(from_link)?
+        {
+            Response::KeyPackages(k) => k,
+            _ => {
+                return Err(EngineError::Invalid(
+                    "unexpected answer to ClaimKeyPackages".into(),
+                ))
+            }
+        };
+        let mut out = Vec::new();
+        for c in claimed {
+            let kp = KeyPackageIn::tls_deserialize_exact(&c.key_package)
+                .map_err(EngineError::mls)?
+                .validate(&self.crypto, ProtocolVersion::Mls10)
+                .map_err(|e| EngineError::Invalid(format!("KeyPackage of {user}: {e}")))?;
+            let cert = verify_member(
+                &device.org,
+                kp.leaf_node().credential(),
+                kp.leaf_node().signature_key().as_slice(),
+            )
+            .map_err(|e| {
+                EngineError::Invalid(format!("refusing KeyPackage offered for {user}: {e}"))
+            })?;
+            if cert.body.user != user || cert.body.device_id != c.device_id {
+                return Err(EngineError::Invalid(format!(
+                    "relay offered a KeyPackage of {} for {user}: refused",
+                    cert.body.user
+                )));
+            }
+            if !only.is_empty() && !only.contains(&cert.body.device_id) {
+                return Err(EngineError::Invalid(format!(
+                    "relay offered a KeyPackage for an unrequested device of {user}: refused"
+                )));
+            }
+            if revoked_device(&self.db, &cert.body.device_id)? {
+                return Err(EngineError::Invalid(format!(
+                    "relay offered a KeyPackage of revoked device {} of {user}: refused",
+                    cert.body.device_id
+                )));
+            }
+            out.push((cert.body.device_id, kp));
+        }
+        Ok(out)
+    }
+
+    /// Creates a group named `name` and adds every enrolled device of `members`.
+    pub async fn create_group(
+        &mut self,
+        conn: &impl Link,
+        name: &str,
+        members: &[String],
+        managed: bool,
+    ) -> Result<GroupView, EngineError> {
+        let policy = GroupPolicy {
+            managed,
+            archived: false,
+        };
+        if managed {
+            Self::require_admin(&self.device()?)?;
+        }
+        let name = name.trim();
+        if name.is_empty() || name.len() > 64 {
+            return Err(EngineError::Invalid(
+                "group name must be 1-64 characters".into(),
+            ));
+        }
+        if self
+            .resolve_group(name)
+            .is_ok_and(|g| g.2 == STATE_ACTIVE && g.1 == name)
+        {
+            return Err(EngineError::GroupNameTaken(name.to_string()));
+        }
+        let device = self.device()?;
+        let signer = self.signer(&device)?;
+        let credential = Self::credential(&device)?;
+        let others: Vec<String> = members
+            .iter()
+            .map(|m| m.trim().to_string())
+            .filter(|m| !m.is_empty() && *m != device.user)
+            .collect();
+        // Check every member exists before creating anything.
+        let mut key_packages = self.claim_key_packages(conn, &others).await?;
+        let mine = self.my_other_devices(conn).await?;
+        if !mine.is_empty() {
+            key_packages.extend(self.claim_for(conn, &device.user, &mine).await?);
+        }
+        let (group_id, group_info, tree) = {
+            let provider = Provider::new(&self.crypto, &self.db);
+            let group = MlsGroup::new(&provider, &signer, &create_config(policy)?, credential)
+                .map_err(EngineError::mls)?;
+            let info = group
+                .export_group_info(provider.crypto(), &signer, true)
+                .map_err(EngineError::mls)?;
+            (
+                group.group_id().as_slice().to_vec(),
+                mls_bytes(&info)?,
+                group
+                    .export_ratchet_tree()
+                    .tls_serialize_detached()
+                    .map_err(EngineError::mls)?,
+            )
+        };
+        conn.request(&Request::CreateGroup {
+            group_info,
+            ratchet_tree: tree,
+        })
+        .await
+        .map_err(from_link)?;
+        self.db.execute(
+            "INSERT INTO groups (group_id, name, state, created_at) VALUES (?1, ?2, 'active', ?3)",
+            params![group_id, name, now_ms()],
+        )?;
+        if !key_packages.is_empty() {
+            self.add_key_packages(conn, &group_id, key_packages).await?;
+        }
+        self.group_view(&group_id)
+    }
+
+    /// Adds every enrolled device of `user` to the group.
+    pub async fn add_member(
+        &mut self,
+        conn: &impl Link,
+        group: &str,
+        user: &str,
+    ) -> Result<GroupView, EngineError> {
+        let (group_id, _) = self.active_group(group)?;
+        self.check_may_manage(&group_id, "add people to it")?;
+        let key_packages = self.claim_key_packages(conn, &[user.to_string()]).await?;
+        self.add_key_packages(conn, &group_id, key_packages).await?;
+        self.group_view(&group_id)
+    }
+
+    pub(super) async fn add_key_packages(
+        &mut self,
+        conn: &impl Link,
+        group_id: &[u8],
+        key_packages: Vec<(String, KeyPackage)>,
+    ) -> Result<(), EngineError> {
+        let added = self
+            .run_commit(conn, group_id, |group, provider, signer| {
+                let present: Vec<String> = group
+                    .members()
+                    .filter_map(|m| certificate_in(&m.credential))
+                    .map(|c| c.body.device_id)
+                    .collect();
+                let fresh: Vec<KeyPackage> = key_packages
+                    .iter()
+                    .filter(|(device, _)| !present.contains(device))
+                    .map(|(_, kp)| kp.clone())
+                    .collect();
+                if fresh.is_empty() {
+                    return Ok(None);
+                }
+                let (commit, welcome, info) = group
+                    .add_members(provider, signer, &fresh)
+                    .map_err(EngineError::mls)?;
+                Ok(Some(CommitParts::new(commit, Some(welcome), info)))
+            })
+            .await?;
+        if added {
+            // run_commit queued the group's name for the new members.
+            self.flush_outbox(conn, &mut SyncReport::default()).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes every device of `user` from the group.
+    pub async fn remove_member(
+        &mut self,
+        conn: &impl Link,
+        group: &str,
+        user: &str,
+    ) -> Result<GroupView, EngineError> {
+        let (group_id, name) = self.active_group(group)?;
+        self.check_may_manage(&group_id, "remove people from it")?;
+        let me = self.device()?;
+        if user == me.user {
+            return Err(EngineError::Invalid(
+                "to remove yourself, use `muster group leave`".into(),
+            ));
+        }
+        let view = self.group_view(&group_id)?;
+        if !view.members.iter().any(|m| m == user) {
+            return Err(EngineError::Invalid(format!(
+                "{user} is not a member of {name}"
+            )));
+        }
+        if view.archived && view.archive_members.iter().any(|m| m == user) {
+            return Err(EngineError::Invalid(format!(
+                "{user} is {name}'s compliance archive; turn archiving off first (`muster group policy {name} --no-archived`)"
+            )));
+        }
+        self.remove_members_where(conn, &group_id, |c| c.body.user == user)
+            .await?;
+        self.group_view(&group_id)
+    }
+
+    /// Commits the removal of every member whose certificate matches `leaving`; commits
+    /// nothing when none does. Returns whether a commit went out.
+    pub(super) async fn remove_members_where(
+        &mut self,
+        conn: &impl Link,
+        group_id: &[u8],
+        leaving: impl Fn(&Certificate) -> bool,
+    ) -> Result<bool, EngineError> {
+        self.run_commit(conn, group_id, |group, provider, signer| {
+            let leaves = leaves_where(group, &leaving);
+            if leaves.is_empty() {
+                return Ok(None);
+            }
+            let (commit, welcome, info) = group
+                .remove_members(provider, signer, &leaves)
+                .map_err(EngineError::mls)?;
+            Ok(Some(CommitParts::new(commit, welcome, info)))
+        })
+        .await
+    }
+
+    /// (admin) Turns the compliance archive on or off for a group. On: the organisation's
+    /// archive devices are added first, then the signed policy says `archived`, so no
+    /// member ever sees an archived group without its archive. Off: the policy changes
+    /// first, then the archive devices are removed.
+    pub async fn set_group_policy(
+        &mut self,
+        conn: &impl Link,
+        group: &str,
+        archived: bool,
+    ) -> Result<GroupView, EngineError> {
+        let me = self.device()?;
+        Self::require_admin(&me)?;
+        let (group_id, name) = self.active_group(group)?;
+        let archive_users: Vec<String> = {
+            let mut users: Vec<String> = self
+                .certificates(conn)
+                .await?
+                .into_iter()
+                .filter(|c| c.is_archive())
+                .map(|c| c.body.user)
+                .collect();
+            users.sort();
+            users.dedup();
+            users
+        };
+        if archived {
+            if archive_users.is_empty() {
+                return Err(EngineError::Invalid(
+                    "no archive device is enrolled: enrol one (`muster join` on the archive host) and approve it with `muster approve USER --archive`".into(),
+                ));
+            }
+            let key_packages = self.claim_key_packages(conn, &archive_users).await?;
+            self.add_key_packages(conn, &group_id, key_packages).await?;
+        }
+        let current = {
+            let provider = Provider::new(&self.crypto, &self.db);
+            policy_of(&load_group(&provider, &group_id)?)
+        };
+        if current.archived != archived {
+            let policy = GroupPolicy {
+                archived,
+                ..current
+            };
+            self.run_commit(conn, &group_id, |group, provider, signer| {
+                // openmls accepts a changed private extension only when the group
+                // requires every member to support it (all Muster leaves do).
+                let extensions = Extensions::from_vec(vec![
+                    Extension::RequiredCapabilities(RequiredCapabilitiesExtension::new(
+                        &[ExtensionType::Unknown(GROUP_POLICY_EXTENSION)],
+                        &[],
+                        &[],
+                    )),
+                    Extension::Unknown(GROUP_POLICY_EXTENSION, UnknownExtension(policy.to_bytes())),
+                ])
+                .map_err(EngineError::mls)?;
+                let (commit, welcome, info) = group
+                    .update_group_context_extensions(provider, extensions, signer)
+                    .map_err(EngineError::mls)?;
+                Ok(Some(CommitParts::new(commit, welcome, info)))
+            })
+            .await?;
+        }
+        if !archived {
+            self.remove_members_where(conn, &group_id, |c| {
+                c.is_archive() && archive_users.contains(&c.body.user)
+            })
+            .await?;
+        }
+        let view = self.group_view(&group_id)?;
+        if archived && view.archive_members.is_empty() {
+            return Err(EngineError::Invalid(format!(
+                "{name} is archived, but no archive device could be added (has the archive device connected once, to publish its keys?)"
+            )));
+        }
+        Ok(view)
+    }
+
+    /// Renames the group for every member.
+    pub async fn rename_group(
+        &mut self,
+        conn: &impl Link,
+        group: &str,
+        new_name: &str,
+    ) -> Result<GroupView, EngineError> {
+        let (group_id, _) = self.active_group(group)?;
+        self.check_may_manage(&group_id, "rename it")?;
+        let new_name = new_name.trim();
+        if new_name.is_empty() || new_name.len() > 64 {
+            return Err(EngineError::Invalid(
+                "group name must be 1-64 characters".into(),
+            ));
+        }
+        if self
+            .resolve_group(new_name)
+            .is_ok_and(|g| g.2 == STATE_ACTIVE && g.1 == new_name && g.0 != group_id)
+        {
+            return Err(EngineError::GroupNameTaken(new_name.to_string()));
+        }
+        self.db.execute(
+            "UPDATE groups SET name = ?2 WHERE group_id = ?1",
+            params![group_id, new_name],
+        )?;
+        self.enqueue(
+            &group_id,
+            Body::GroupMeta {
+                name: new_name.to_string(),
+            },
+        )?;
+        self.flush_outbox(conn, &mut SyncReport::default()).await?;
+        self.group_view(&group_id)
+    }
+
+    /// Leaves the group: proposes this device's removal, which the next member commits.
+    pub async fn leave_group(&mut self, conn: &impl Link, group: &str) -> Result<(), EngineError> {
+        let (group_id, _) = self.active_group(group)?;
+        {
+            let provider = Provider::new(&self.crypto, &self.db);
+            if policy_of(&load_group(&provider, &group_id)?).managed {
+                return Err(EngineError::Invalid(
+                    "this is a managed group: members cannot leave it; an admin removes people"
+                        .into(),
+                ));
+            }
+        }
+        let device = self.device()?;
+        let signer = self.signer(&device)?;
+        for _ in 0..MAX_COMMIT_ATTEMPTS {
+            self.fetch_and_process(conn, &mut SyncReport::default())
+                .await?;
+            let (_, _, state) = self.resolve_group(&group_hex(&group_id))?;
+            if state != STATE_ACTIVE {
+                return Ok(());
+            }
+            let proposal = {
+                let tx = self
+                    .db
+                    .transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let provider = Provider::new(&self.crypto, &tx);
+                let mut group = load_group(&provider, &group_id)?;
+                if group.members().count() == 1 {
+                    tx.execute(
+                        "UPDATE groups SET state = ?2 WHERE group_id = ?1",
+                        params![group_id, STATE_LEFT],
+                    )?;
+                    tx.commit()?;
+                    return Ok(());
+                }
+                let message = group
+                    .leave_group(&provider, &signer)
+                    .map_err(EngineError::mls)?;
+                tx.commit()?;
+                mls_bytes(&message)?
+            };
+            match conn
+                .request(&Request::Propose {
+                    group_id: group_id.clone(),
+                    proposal,
+                })
+                .await
+            {
+                Ok(Response::Stored { seq }) => {
+                    self.db.execute(
+                        "INSERT OR IGNORE INTO own_handshakes (group_id, seq) VALUES (?1, ?2)",
+                        params![group_id, seq as i64],
+                    )?;
+                    self.db.execute(
+                        "UPDATE groups SET state = ?2 WHERE group_id = ?1",
+                        params![group_id, STATE_LEFT],
+                    )?;
+                    insert_system(
+                        &self.db,
+                        &group_id,
+                        "you left the group",
+                        Some(order_key(seq, 0)),
+                    )?;
+                    return Ok(());
+                }
+                Ok(_) => return Err(EngineError::Invalid("unexpected answer to Propose".into())),
+                Err(LinkError::Refused(e)) if matches!(e.code, ErrorCode::EpochMoved { .. }) => {
+                    self.clear_pending_proposals(&group_id)?;
+                    continue;
+                }
+                Err(e) => {
+                    self.clear_pending_proposals(&group_id)?;
+                    return Err(from_link(e));
+                }
+            }
+        }
+        Err(EngineError::TooManyRetries(MAX_COMMIT_ATTEMPTS))
+    }
+
+    pub(super) fn clear_pending_proposals(&mut self, group_id: &[u8]) -> Result<(), EngineError> {
+        let provider = Provider::new(&self.crypto, &self.db);
+        let mut group = load_group(&provider, group_id)?;
+        group
+            .clear_pending_proposals(provider.storage())
+            .map_err(EngineError::mls)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,557 @@
+//! Composing: every kind of message a user sends, encrypted into the outbox with its effect
+//! on this device's own store.
+
+use super::*;
+
+impl Engine {
+    /// Encrypts `body` for the group and queues it in the outbox, in one transaction.
+    pub(super) fn enqueue(&mut self, group_id: &[u8], body: Body) -> Result<String, EngineError> {
+        let device = self.device()?;
+        if let Some(cert) = &device.certificate {
+            cert.check_validity(now_unix()).map_err(|_| {
+                EngineError::Invalid(format!(
+                    "this device's certificate ran out at {}: members would refuse what it sends until an admin device renews it (it does when it next syncs)",
+                    rfc3339_ms(cert.body.not_after as i64 * 1000)
+                ))
+            })?;
+        }
+        let signer = self.signer(&device)?;
+        let envelope = Envelope::new(random_hex(16), now_ms(), body);
+        let message_id = envelope.id.clone();
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let provider = Provider::new(&self.crypto, &tx);
+        let mut group = load_group(&provider, group_id)?;
+        queue_in(&provider, &mut group, &signer, &device, envelope)?;
+        tx.commit()?;
+        Ok(message_id)
+    }
+
+    /// Encrypts a text message into the outbox, without touching the network. It is
+    /// delivered by [`Engine::deliver`] or the next [`Engine::sync`], even after a crash.
+    pub fn queue_text(&mut self, group: &str, text: &str) -> Result<QueuedMessage, EngineError> {
+        self.queue_reply(group, text, None)
+    }
+
+    /// Like [`Engine::queue_text`], quoting message `reply_to` (an id or id prefix) of the same group.
+    pub fn queue_reply(
+        &mut self,
+        group: &str,
+        text: &str,
+        reply_to: Option<&str>,
+    ) -> Result<QueuedMessage, EngineError> {
+        if text.trim().is_empty() {
+            return Err(EngineError::Invalid("message is empty".into()));
+        }
+        if text.len() > MAX_TEXT_BYTES {
+            return Err(EngineError::Invalid(format!(
+                "message is {} bytes; the limit is {MAX_TEXT_BYTES}",
+                text.len()
+            )));
+        }
+        let (group_id, _) = self.active_group(group)?;
+        let reply_to = match reply_to {
+            Some(target) => {
+                let (target_group, id) = self.find_message(target)?;
+                if target_group != group_id {
+                    return Err(EngineError::Invalid(format!(
+                        "message {target} is in another group"
+                    )));
+                }
+                Some(id)
+            }
+            None => None,
+        };
+        let id = self.enqueue(
+            &group_id,
+            Body::Text {
+                text: text.to_string(),
+                reply_to,
+                mentions: mentions_in(text),
+            },
+        )?;
+        Ok(QueuedMessage { group_id, id })
+    }
+
+    /// Finds a message by id or unique id prefix (at least 6 characters) in any group.
+    pub(super) fn find_message(&self, id: &str) -> Result<(Vec<u8>, String), EngineError> {
+        let id = id.trim().to_ascii_lowercase();
+        if id.len() < 6 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(EngineError::Invalid(format!(
+                "{id:?} is not a message id (use at least 6 hex characters, as `read --json` shows)"
+            )));
+        }
+        let mut stmt = self.db.prepare(
+            "SELECT group_id, id FROM messages WHERE kind != 'system' AND id LIKE ?1 || '%' LIMIT 2",
+        )?;
+        let found = stmt
+            .query_map([&id], |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        match found.len() {
+            0 => Err(EngineError::Invalid(format!(
+                "no message {id} on this device"
+            ))),
+            1 => Ok(found.into_iter().next().expect("one")),
+            _ => Err(EngineError::Invalid(format!(
+                "{id} matches several messages; give more of the id"
+            ))),
+        }
+    }
+
+    /// Finds one of this user's own messages of one of `kinds` that still has content.
+    pub(super) fn own_message(
+        &self,
+        id: &str,
+        kinds: &[&str],
+    ) -> Result<(Vec<u8>, String), EngineError> {
+        let (group_id, id) = self.find_message(id)?;
+        let me = self.device()?;
+        let (sender, kind, deleted): (String, String, bool) = self.db.query_row(
+            "SELECT sender, kind, deleted FROM messages WHERE group_id = ?1 AND id = ?2",
+            params![group_id, id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        if sender != me.user || !kinds.contains(&kind.as_str()) {
+            return Err(EngineError::Invalid(format!(
+                "message {id} is not yours: only its author can change it"
+            )));
+        }
+        if deleted {
+            return Err(EngineError::Invalid(format!("message {id} was deleted")));
+        }
+        let (_, name, state) = self.resolve_group(&group_hex(&group_id))?;
+        if state != STATE_ACTIVE {
+            return Err(EngineError::NotActive(name));
+        }
+        Ok((group_id, id))
+    }
+
+    /// Replaces the text of one of your messages for every member.
+    pub fn queue_edit(&mut self, id: &str, text: &str) -> Result<QueuedMessage, EngineError> {
+        if text.trim().is_empty() || text.len() > MAX_TEXT_BYTES {
+            return Err(EngineError::Invalid(format!(
+                "an edit must be 1 to {MAX_TEXT_BYTES} bytes"
+            )));
+        }
+        let (group_id, target) = self.own_message(id, &["text"])?;
+        let id = self.enqueue(
+            &group_id,
+            Body::Edit {
+                target,
+                text: text.to_string(),
+            },
+        )?;
+        Ok(QueuedMessage { group_id, id })
+    }
+
+    /// Deletes one of your messages from every member's store.
+    pub fn queue_delete(&mut self, id: &str) -> Result<QueuedMessage, EngineError> {
+        let (group_id, target) = self.own_message(id, &["text", "alert", "attachment"])?;
+        let id = self.enqueue(&group_id, Body::Delete { target })?;
+        self.remove_doomed_files()?;
+        self.purge_deleted()?;
+        Ok(QueuedMessage { group_id, id })
+    }
+
+    /// Reacts to a message (or takes the reaction back).
+    pub fn queue_reaction(
+        &mut self,
+        id: &str,
+        emoji: &str,
+        remove: bool,
+    ) -> Result<QueuedMessage, EngineError> {
+        let emoji = emoji.trim();
+        if emoji.is_empty() || emoji.chars().count() > 8 {
+            return Err(EngineError::Invalid(
+                "a reaction is one emoji (at most 8 characters)".into(),
+            ));
+        }
+        let (group_id, target) = self.find_message(id)?;
+        let (_, name, state) = self.resolve_group(&group_hex(&group_id))?;
+        if state != STATE_ACTIVE {
+            return Err(EngineError::NotActive(name));
+        }
+        let id = self.enqueue(
+            &group_id,
+            Body::Reaction {
+                target,
+                emoji: emoji.to_string(),
+                remove,
+            },
+        )?;
+        Ok(QueuedMessage { group_id, id })
+    }
+
+    /// Queues an urgent alert for the group.
+    pub fn queue_alert(
+        &mut self,
+        group: &str,
+        text: &str,
+        ack_required: bool,
+    ) -> Result<QueuedMessage, EngineError> {
+        if text.trim().is_empty() || text.len() > MAX_TEXT_BYTES {
+            return Err(EngineError::Invalid(format!(
+                "an alert must be 1 to {MAX_TEXT_BYTES} bytes"
+            )));
+        }
+        let (group_id, _) = self.active_group(group)?;
+        let id = self.enqueue(
+            &group_id,
+            Body::Alert {
+                text: text.to_string(),
+                ack_required,
+            },
+        )?;
+        Ok(QueuedMessage { group_id, id })
+    }
+
+    /// Acknowledges an alert; the sender sees it in the roll-call.
+    pub fn queue_ack(&mut self, id: &str) -> Result<QueuedMessage, EngineError> {
+        let (group_id, target) = self.find_message(id)?;
+        let me = self.device()?;
+        let (kind, sender): (String, String) = self.db.query_row(
+            "SELECT kind, sender FROM messages WHERE group_id = ?1 AND id = ?2",
+            params![group_id, target],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        if kind != "alert" {
+            return Err(EngineError::Invalid(format!(
+                "message {target} is not an alert"
+            )));
+        }
+        if sender == me.user {
+            return Err(EngineError::Invalid("you sent this alert".into()));
+        }
+        let (_, name, state) = self.resolve_group(&group_hex(&group_id))?;
+        if state != STATE_ACTIVE {
+            return Err(EngineError::NotActive(name));
+        }
+        let id = self.enqueue(
+            &group_id,
+            Body::Ack {
+                target: target.clone(),
+            },
+        )?;
+        self.db.execute(
+            "INSERT OR IGNORE INTO acks (group_id, message_id, user, at) VALUES (?1, ?2, ?3, ?4)",
+            params![group_id, target, me.user, now_ms()],
+        )?;
+        Ok(QueuedMessage { group_id, id })
+    }
+
+    /// Sets (or, with an empty value, clears) an entry of the group's situation board.
+    pub fn queue_board_set(
+        &mut self,
+        group: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<QueuedMessage, EngineError> {
+        let key = key.trim();
+        if key.is_empty() || key.chars().count() > 64 {
+            return Err(EngineError::Invalid(
+                "a board key is 1-64 characters".into(),
+            ));
+        }
+        if value.chars().count() > 1000 {
+            return Err(EngineError::Invalid(
+                "a board value is at most 1000 characters".into(),
+            ));
+        }
+        let (group_id, _) = self.active_group(group)?;
+        let id = self.enqueue(
+            &group_id,
+            Body::BoardSet {
+                key: key.to_string(),
+                value: value.to_string(),
+            },
+        )?;
+        Ok(QueuedMessage { group_id, id })
+    }
+
+    /// Queues read receipts for the given messages of others (and marks them read here).
+    pub fn mark_read(&mut self, messages: &[MessageView]) -> Result<(), EngineError> {
+        let mut by_group: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for m in messages {
+            by_group
+                .entry(m.group_id.clone())
+                .or_default()
+                .push(m.id.clone());
+        }
+        for (group_hex_id, ids) in by_group {
+            let group_id = hex::decode(&group_hex_id)
+                .map_err(|_| EngineError::Invalid("bad group id".into()))?;
+            self.queue_receipts(&group_id, ReceiptKind::Read, Some(&ids))?;
+        }
+        Ok(())
+    }
+
+    /// Queues one receipt message for the group covering the due messages (only `only`, if given).
+    pub(super) fn queue_receipts(
+        &mut self,
+        group_id: &[u8],
+        kind: ReceiptKind,
+        only: Option<&[String]>,
+    ) -> Result<(), EngineError> {
+        let column = match kind {
+            ReceiptKind::Delivered => "delivered_receipt_due",
+            ReceiptKind::Read => "read_receipt_due",
+        };
+        if kind == ReceiptKind::Delivered && self.delivery_receipts_held(group_id)? {
+            return Ok(());
+        }
+        // Grouped by author, so each author's share can be named in the receipt.
+        let due: Vec<(String, String)> = {
+            let mut stmt = self.db.prepare_cached(&format!(
+                "SELECT id, sender FROM messages WHERE group_id = ?1 AND {column} = 1 ORDER BY sender, seq"
+            ))?;
+            let rows = stmt
+                .query_map([group_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows
+        };
+        let targets: Vec<(String, String)> = due
+            .into_iter()
+            .filter(|(id, _)| only.is_none_or(|o| o.contains(id)))
+            .collect();
+        // The archive keeps what it receives but reads nothing: it sends no receipts.
+        if targets.is_empty() || self.is_archive()? {
+            return Ok(());
+        }
+        let (_, _, state) = self.resolve_group(&group_hex(group_id))?;
+        if state != STATE_ACTIVE {
+            return Ok(());
+        }
+        if kind == ReceiptKind::Delivered {
+            self.db.execute(
+                "INSERT INTO sync_state (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![delivery_receipts_key(group_id), now_ms()],
+            )?;
+        }
+        for chunk in targets.chunks(500) {
+            let mut authors: Vec<AuthorSpan> = Vec::new();
+            for (_, sender) in chunk {
+                match authors.last_mut() {
+                    Some(span) if span.user == *sender => span.count += 1,
+                    _ => authors.push(AuthorSpan {
+                        user: sender.clone(),
+                        count: 1,
+                    }),
+                }
+            }
+            let queued = self.enqueue(
+                group_id,
+                Body::Receipt {
+                    kind,
+                    targets: chunk.iter().map(|(id, _)| id.clone()).collect(),
+                    authors,
+                },
+            );
+            match queued {
+                // Receipts wait, like everything else, until the archive is back.
+                Err(EngineError::ArchiveMissing(_) | EngineError::UnremovedDevice { .. }) => {
+                    return Ok(())
+                }
+                other => other?,
+            };
+            let tx = self
+                .db
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            for (id, _) in chunk {
+                tx.prepare_cached(&format!(
+                    "UPDATE messages SET {column} = 0 WHERE group_id = ?1 AND id = ?2"
+                ))?
+                .execute(params![group_id, id])?;
+                if kind == ReceiptKind::Read {
+                    tx.prepare_cached(
+                        "UPDATE messages SET delivered_receipt_due = 0 WHERE group_id = ?1 AND id = ?2",
+                    )?
+                    .execute(params![group_id, id])?;
+                }
+            }
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Whether delivery receipts for this group must wait. Every receipt reaches every
+    /// member, so in a large group one per message per member would grow with the square
+    /// of its size: there each device sends them at most once per
+    /// [`RECEIPT_BATCH_INTERVAL_MS`], covering everything that arrived meanwhile.
+    pub(super) fn delivery_receipts_held(&mut self, group_id: &[u8]) -> Result<bool, EngineError> {
+        let members = match self.member_counts.get(group_id) {
+            Some(&n) => n,
+            None => {
+                let provider = Provider::new(&self.crypto, &self.db);
+                let n = load_group(&provider, group_id)?.members().count();
+                self.member_counts.insert(group_id.to_vec(), n);
+                n
+            }
+        };
+        if members <= RECEIPT_BATCH_MEMBERS {
+            return Ok(false);
+        }
+        let last: i64 = self
+            .db
+            .prepare_cached("SELECT value FROM sync_state WHERE key = ?1")?
+            .query_row([delivery_receipts_key(group_id)], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0);
+        Ok(now_ms().saturating_sub(last) < RECEIPT_BATCH_INTERVAL_MS)
+    }
+
+    /// Sets how long every member's device keeps the group's messages: `disappear` after
+    /// they are sent, or `retain` for a period; neither means no limit.
+    pub fn queue_retention(
+        &mut self,
+        group: &str,
+        retain_secs: Option<u64>,
+        disappear_secs: Option<u64>,
+    ) -> Result<QueuedMessage, EngineError> {
+        if [retain_secs, disappear_secs]
+            .into_iter()
+            .flatten()
+            .any(|s| s == 0 || s > crate::content::MAX_RETENTION_SECS)
+        {
+            return Err(EngineError::Invalid(format!(
+                "a retention period must be 1 second to {} days",
+                crate::content::MAX_RETENTION_SECS / 86_400
+            )));
+        }
+        let (group_id, _) = self.active_group(group)?;
+        self.check_may_manage(&group_id, "change how long messages are kept")?;
+        let id = self.enqueue(
+            &group_id,
+            Body::Retention {
+                retain_secs,
+                disappear_secs,
+            },
+        )?;
+        Ok(QueuedMessage { group_id, id })
+    }
+}
+
+/// Encrypts `envelope` for the group and puts it in the outbox, with its effect on this
+/// device's own store, all inside the caller's transaction.
+pub(super) fn queue_in(
+    provider: &Provider,
+    group: &mut MlsGroup,
+    signer: &SignatureKeyPair,
+    device: &DeviceRow,
+    envelope: Envelope,
+) -> Result<(), EngineError> {
+    let db = provider.storage_connection();
+    let group_id = group.group_id().as_slice().to_vec();
+    if let Some(user) = unremoved_device(group, db, &device.device_id)? {
+        return Err(EngineError::UnremovedDevice {
+            group: group_label(db, &group_id),
+            user,
+        });
+    }
+    queue_unchecked(provider, group, signer, device, envelope)
+}
+
+/// `queue_in` without looking for devices still to be removed.
+pub(super) fn queue_unchecked(
+    provider: &Provider,
+    group: &mut MlsGroup,
+    signer: &SignatureKeyPair,
+    device: &DeviceRow,
+    mut envelope: Envelope,
+) -> Result<(), EngineError> {
+    let db = provider.storage_connection();
+    let group_id = group.group_id().as_slice().to_vec();
+    if policy_of(group).archived && archive_members(group, &device.org, db)?.is_empty() {
+        return Err(EngineError::ArchiveMissing(group_hex(&group_id)));
+    }
+    envelope.n = Some(next_send_number(db, &group_id)?);
+    let ciphertext = group
+        .create_message(provider, signer, &envelope.to_bytes())
+        .map_err(EngineError::mls)?;
+    let position: i64 = db.query_row(
+        "SELECT COALESCE(MAX(position), 0) + 1 FROM outbox",
+        [],
+        |r| r.get(0),
+    )?;
+    db.execute(
+        "INSERT INTO outbox (client_id, position, group_id, message_id, envelope, ciphertext) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![sha256(envelope.id.as_bytes())[..16].to_vec(), position, group_id, envelope.id, envelope.to_bytes(), mls_bytes(&ciphertext)?],
+    )?;
+    if !matches!(envelope.body, Body::Receipt { .. }) {
+        let author = Author {
+            user: &device.user,
+            device: &device.device_id,
+            admin: device.certificate.as_ref().is_some_and(|c| c.is_admin()),
+        };
+        conversation::apply(
+            db,
+            &device.user,
+            &group_id,
+            &envelope,
+            &author,
+            Origin::Own,
+            false,
+        )?;
+    }
+    Ok(())
+}
+
+/// The next number this device gives its application messages to the group, counted in
+/// the same transaction that queues the message.
+pub(super) fn next_send_number(db: &Connection, group_id: &[u8]) -> Result<u64, EngineError> {
+    let key = format!("sent_n:{}", group_hex(group_id));
+    let n: i64 = db
+        .prepare_cached(
+            "INSERT INTO sync_state (key, value) VALUES (?1, 1)
+             ON CONFLICT (key) DO UPDATE SET value = value + 1 RETURNING value",
+        )?
+        .query_row([key], |r| r.get(0))?;
+    Ok(n as u64)
+}
+
+/// After merging a commit that added members: tell them the group's name, in the same
+/// transaction, so a crash cannot leave them without it.
+pub(super) fn queue_name_for_new_members(
+    provider: &Provider,
+    group: &mut MlsGroup,
+    signer: &SignatureKeyPair,
+    device: &DeviceRow,
+) -> Result<(), EngineError> {
+    let name: String = provider.storage_connection().query_row(
+        "SELECT name FROM groups WHERE group_id = ?1",
+        [group.group_id().as_slice()],
+        |r| r.get(0),
+    )?;
+    let envelope = Envelope::new(random_hex(16), now_ms(), Body::GroupMeta { name });
+    // Every member already knows the name, including one still to be removed.
+    queue_unchecked(provider, group, signer, device, envelope)
+}
+
+/// The user owning a device in the group that this device knows to be revoked, or whose
+/// certificate lapsed with no renewal in sight. Such a device can still read whatever is
+/// sent to the group, so nothing is sent until it is removed: a relay that refuses the
+/// removal gets silence, not the group's messages.
+pub(super) fn unremoved_device(
+    group: &MlsGroup,
+    db: &Connection,
+    own_device: &str,
+) -> Result<Option<String>, EngineError> {
+    let revoked = revoked_devices(db)?;
+    let lapsed = lapsed_devices(db)?;
+    if revoked.is_empty() && lapsed.is_empty() {
+        return Ok(None);
+    }
+    let now = now_unix();
+    Ok(group
+        .members()
+        .filter_map(|m| certificate_in(&m.credential))
+        .find(|c| {
+            let id = &c.body.device_id;
+            id != own_device
+                && (revoked.contains(id) || (lapsed.contains(id) && muster_rules::lapsed(c, now)))
+        })
+        .map(|c| c.body.user))
+}

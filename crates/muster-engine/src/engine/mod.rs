@@ -1,0 +1,469 @@
+//! The device engine: the `Engine` type, what it shows (views, reports) and helpers shared
+//! by the files alongside, each holding one concern: identity, groups, commits, messages,
+//! transfers, outbox, sync, inbound, views.
+
+use crate::archive::{self, ArchivedMessage};
+use crate::attachments::{mime_for, AttachmentRef, ChunkCipher};
+use crate::content::{mentions_in, AuthorSpan, Body, Envelope, ReceiptKind};
+use crate::conversation::{
+    self, insert_system, order_key, placeholder_name, Author, BoardEntry, Origin,
+};
+use crate::error::{from_link, EngineError};
+use crate::link::{Link, LinkError};
+use crate::provider::{Provider, StoreCodec};
+use crate::store::SCHEMA;
+use muster_proto::{
+    auth_transcript, device_id_for, encrypted_size, now_unix, validate_handle, AckItem,
+    Certificate, CertificateBody, CodeSecret, Delivery, EnrolmentRequest, ErrorCode, GroupPolicy,
+    InviteCode, InvitePurpose, OrgDescriptor, OrgRootKey, Profile, Request, RequestBody, Response,
+    Role, ATTACHMENT_CHUNK, ATTACHMENT_CHUNK_OVERHEAD, GROUP_POLICY_EXTENSION, MAX_ATTACHMENT,
+};
+use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
+use openmls::prelude::*;
+use openmls_basic_credential::SignatureKeyPair;
+use openmls_rust_crypto::RustCrypto;
+use openmls_traits::signatures::Signer as _;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+mod commits;
+mod groups;
+mod identity;
+mod inbound;
+mod messages;
+mod outbox;
+mod sync;
+mod transfers;
+mod views;
+
+use commits::*;
+pub(crate) use inbound::*;
+use messages::*;
+use outbox::*;
+pub(crate) use sync::*;
+use views::*;
+
+pub(crate) const CIPHERSUITE: Ciphersuite =
+    Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+/// Past epochs whose secrets are kept, so messages sent just before a commit still decrypt.
+const MAX_PAST_EPOCHS: usize = 5;
+const KEY_PACKAGE_LOW_WATER: u32 = 5;
+const KEY_PACKAGE_BATCH: usize = 10;
+const MAX_COMMIT_ATTEMPTS: u32 = 8;
+const FETCH_BATCH: u32 = 200;
+/// How often, at least, groups are looked through for members whose certificate ran out.
+const LAPSE_CHECK_SECS: u64 = 600;
+/// Groups with more members than this batch their delivery receipts.
+const RECEIPT_BATCH_MEMBERS: usize = 20;
+/// How often a device sends delivery receipts into a large group.
+const RECEIPT_BATCH_INTERVAL_MS: i64 = 5_000;
+/// Longest text message accepted for sending, in bytes.
+pub const MAX_TEXT_BYTES: usize = 64 * 1024;
+const DB_FILE: &str = "muster.db";
+
+pub(crate) const STATE_ACTIVE: &str = "active";
+const STATE_LEFT: &str = "left";
+const STATE_REMOVED: &str = "removed";
+
+/// A message as the user sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct MessageView {
+    pub id: String,
+    pub group: String,
+    pub group_id: String,
+    /// `text` or `system` (membership changes and notices).
+    pub kind: String,
+    pub sender: String,
+    pub sender_device: String,
+    pub text: String,
+    pub sent_at: String,
+    pub received_at: String,
+    /// `sending`, `sent`, `received`, or `failed`.
+    pub status: String,
+    /// The id of the message this one replies to.
+    pub reply_to: Option<String>,
+    pub mentions: Vec<String>,
+    /// The author changed the text after sending.
+    pub edited: bool,
+    /// The author deleted it; its content is gone from this device.
+    pub deleted: bool,
+    /// Emoji to the users who reacted with it.
+    pub reactions: std::collections::BTreeMap<String, Vec<String>>,
+    /// Members (other than the sender) who read it.
+    pub read_by: Vec<String>,
+    /// Members (other than the sender) whose device stored it.
+    pub delivered_to: Vec<String>,
+    /// Members other than the sender, for "read by N of M".
+    pub audience: usize,
+    /// An alert that asks every member to acknowledge it.
+    pub ack_required: bool,
+    /// Members who acknowledged this alert.
+    pub acked_by: Vec<String>,
+    /// A file attached to this message (fetch it with `fetch ID`).
+    pub attachment: Option<AttachmentView>,
+    #[serde(skip)]
+    pub local_seq: i64,
+}
+
+/// An attachment as the user sees it (never its key).
+#[derive(Debug, Clone, Serialize)]
+pub struct AttachmentView {
+    pub name: String,
+    pub mime: String,
+    pub size: u64,
+    pub sha256: String,
+    /// Where this device saved it, once fetched.
+    pub saved_to: Option<String>,
+}
+
+/// A group as the user sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupView {
+    pub name: String,
+    pub id: String,
+    pub members: Vec<String>,
+    pub epoch: u64,
+    /// `active`, `left` or `removed`.
+    pub state: String,
+    /// Only admins add or remove people; members cannot leave or rename it.
+    pub managed: bool,
+    /// The organisation's compliance archive keeps everything said in this group.
+    pub archived: bool,
+    /// Members whose certificate carries the archive role (valid ones only).
+    pub archive_members: Vec<String>,
+    /// Devices delete messages this long after they were sent.
+    pub disappear_secs: Option<u64>,
+    /// Devices keep messages this long.
+    pub retain_secs: Option<u64>,
+    /// This user muted the group: only urgent alerts notify.
+    pub muted: bool,
+    pub pinned: bool,
+    /// Which messages notify: `all`, `mentions` (and alerts) or `alerts`.
+    pub notify_level: String,
+}
+
+/// An enrolment request as an admin sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PendingView {
+    pub user: String,
+    /// Another device of an already enrolled user.
+    pub linked: bool,
+    pub device_id: String,
+    pub display_name: String,
+    pub title: Option<String>,
+    pub department: Option<String>,
+    pub requested_at: String,
+    /// Who made the code it was made with, when its proofs check out.
+    pub code_from: Option<String>,
+    /// Why it cannot be approved: its proofs do not check out.
+    pub problem: Option<String>,
+}
+
+/// A message written to the outbox, not yet confirmed by the relay.
+#[derive(Debug, Clone)]
+pub struct QueuedMessage {
+    group_id: Vec<u8>,
+    pub id: String,
+}
+
+/// What creating an organisation needs: the relay, its bootstrap token, the
+/// organisation's name, and its first admin.
+#[derive(Debug, Clone)]
+pub struct NewOrg<'a> {
+    /// The relay's address (HOST:PORT) and certificate fingerprint.
+    pub relay: &'a str,
+    pub fingerprint: &'a str,
+    /// The one-time token the relay printed when it started.
+    pub token: &'a str,
+    pub org_name: &'a str,
+    /// The first admin's handle and profile.
+    pub user: &'a str,
+    pub profile: Profile,
+}
+
+/// One audit log event as an admin sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditView {
+    pub at: String,
+    pub event: String,
+    pub actor: String,
+    pub subject: String,
+    /// The group's local name when this device knows it, else its hex id.
+    pub group: Option<String>,
+}
+
+/// A colleague in the organisation directory, from their signed certificates.
+#[derive(Debug, Clone, Serialize)]
+pub struct DirectoryEntry {
+    pub user: String,
+    pub display_name: String,
+    pub title: Option<String>,
+    pub department: Option<String>,
+    pub roles: Vec<String>,
+    pub devices: usize,
+}
+
+/// One of the user's enrolled devices.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceView {
+    pub device_id: String,
+    pub user: String,
+    pub this_device: bool,
+    pub enrolled_until: String,
+}
+
+/// One member's answer to an alert.
+#[derive(Debug, Clone, Serialize)]
+pub struct RollcallEntry {
+    pub user: String,
+    pub acked_at: Option<String>,
+}
+
+/// Who acknowledged an alert.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rollcall {
+    pub alert: MessageView,
+    pub acknowledged: usize,
+    pub members: Vec<RollcallEntry>,
+}
+
+/// Something that arrived and may deserve the user's attention.
+#[derive(Debug, Clone, Serialize)]
+pub struct Notification {
+    pub id: String,
+    pub group: String,
+    pub sender: String,
+    /// `text` or `alert`.
+    pub kind: String,
+    pub text: String,
+    pub mentions_me: bool,
+    pub ack_required: bool,
+}
+
+/// What a sync did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct SyncReport {
+    pub received: usize,
+    /// Messages and alerts that arrived, for notifications.
+    pub notifications: Vec<Notification>,
+    /// New devices approved by their own user and certified by this admin device.
+    pub approved_devices: Vec<String>,
+    pub joined_groups: Vec<String>,
+    pub sent: usize,
+    pub problems: Vec<String>,
+}
+
+/// A commit built for the relay: the commit, the Welcome for members it adds, and the
+/// GroupInfo of the epoch it starts (what a member that fell behind rejoins from).
+pub(crate) struct CommitParts {
+    pub(crate) commit: MlsMessageOut,
+    pub(crate) welcome: Option<MlsMessageOut>,
+    pub(crate) group_info: Option<MlsMessageOut>,
+}
+
+impl CommitParts {
+    fn new(
+        commit: MlsMessageOut,
+        welcome: Option<MlsMessageOut>,
+        info: Option<openmls::messages::group_info::GroupInfo>,
+    ) -> Self {
+        Self {
+            commit,
+            welcome,
+            group_info: info.map(MlsMessageOut::from),
+        }
+    }
+}
+
+/// This device as its store records it.
+pub(crate) struct DeviceRow {
+    pub(crate) relay: String,
+    pub(crate) fingerprint: String,
+    pub(crate) org: OrgDescriptor,
+    pub(crate) user: String,
+    pub(crate) device_id: String,
+    pub(crate) device_key: Vec<u8>,
+    pub(crate) certificate: Option<Certificate>,
+    pub(crate) root_key: Option<Vec<u8>>,
+}
+
+/// One device's engine over its home directory.
+pub struct Engine {
+    home: PathBuf,
+    pub(crate) db: Connection,
+    crypto: RustCrypto,
+    /// Members per group as last seen, for choosing how receipts go out; a stale count
+    /// only changes how receipts are batched.
+    member_counts: HashMap<Vec<u8>, usize>,
+    verified_certificates: VerifiedCertificates,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Milliseconds since the Unix epoch as RFC 3339 (UTC), or the number if out of range.
+pub fn rfc3339_ms(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
+}
+
+pub(crate) fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut buf)
+        .expect("system randomness available");
+    hex::encode(buf)
+}
+
+fn sha256(bytes: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .to_vec()
+}
+
+/// What every Muster leaf supports beyond the defaults.
+pub(crate) fn leaf_capabilities() -> Capabilities {
+    Capabilities::builder()
+        .extensions(vec![
+            ExtensionType::LastResort,
+            ExtensionType::Unknown(GROUP_POLICY_EXTENSION),
+        ])
+        .build()
+}
+
+pub(crate) fn create_config(policy: GroupPolicy) -> Result<MlsGroupCreateConfig, EngineError> {
+    let policy = Extensions::single(Extension::Unknown(
+        GROUP_POLICY_EXTENSION,
+        UnknownExtension(policy.to_bytes()),
+    ))
+    .map_err(EngineError::mls)?;
+    Ok(MlsGroupCreateConfig::builder()
+        .ciphersuite(CIPHERSUITE)
+        .use_ratchet_tree_extension(true)
+        .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
+        .max_past_epochs(MAX_PAST_EPOCHS)
+        .capabilities(leaf_capabilities())
+        .with_group_context_extensions(policy)
+        .build())
+}
+
+fn policy_of(group: &MlsGroup) -> GroupPolicy {
+    GroupPolicy::from_extension(
+        group
+            .extensions()
+            .unknown(GROUP_POLICY_EXTENSION)
+            .map(|e| e.0.as_slice()),
+    )
+}
+
+pub(crate) fn join_config() -> MlsGroupJoinConfig {
+    MlsGroupJoinConfig::builder()
+        .use_ratchet_tree_extension(true)
+        .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
+        .max_past_epochs(MAX_PAST_EPOCHS)
+        .build()
+}
+
+fn certificate_in(credential: &Credential) -> Option<Certificate> {
+    let basic = BasicCredential::try_from(credential.clone()).ok()?;
+    Certificate::from_bytes(basic.identity()).ok()
+}
+
+/// Users in the group whose device holds a valid, unrevoked archive certificate.
+/// The leaves of the members whose certificate matches.
+fn leaves_where(group: &MlsGroup, matches: impl Fn(&Certificate) -> bool) -> Vec<LeafNodeIndex> {
+    group
+        .members()
+        .filter(|m| certificate_in(&m.credential).is_some_and(|c| matches(&c)))
+        .map(|m| m.index)
+        .collect()
+}
+
+fn archive_members(
+    group: &MlsGroup,
+    org: &OrgDescriptor,
+    db: &Connection,
+) -> Result<Vec<String>, EngineError> {
+    let mut users = Vec::new();
+    // Only archive members' certificates are worth a signature check: this runs on every send.
+    for member in group
+        .members()
+        .filter(|m| certificate_in(&m.credential).is_some_and(|c| c.is_archive()))
+    {
+        let Ok(cert) = verify_member(org, &member.credential, &member.signature_key) else {
+            continue;
+        };
+        if !revoked_device(db, &cert.body.device_id)? {
+            users.push(cert.body.user);
+        }
+    }
+    users.sort();
+    users.dedup();
+    Ok(users)
+}
+
+fn mls_bytes(message: &MlsMessageOut) -> Result<Vec<u8>, EngineError> {
+    message.tls_serialize_detached().map_err(EngineError::mls)
+}
+
+fn group_hex(group_id: &[u8]) -> String {
+    hex::encode(group_id)
+}
+
+impl Engine {
+    /// Opens (creating if needed) the device store in `home`.
+    pub fn open(home: &Path) -> Result<Self, EngineError> {
+        std::fs::create_dir_all(home)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o700));
+        }
+        let mut db = Connection::open(home.join(DB_FILE))?;
+        db.busy_timeout(std::time::Duration::from_secs(10))?;
+        db.set_prepared_statement_cache_capacity(128);
+        db.pragma_update(None, "journal_mode", "WAL")?;
+        db.pragma_update(None, "synchronous", "FULL")?;
+        // Deleted content is overwritten, not left in free pages.
+        db.pragma_update(None, "secure_delete", "ON")?;
+        db.execute_batch(SCHEMA)?;
+        crate::archive::migrate(&db)?;
+        // Deleted rows leave no trace in the full-text index either.
+        db.execute(
+            "INSERT INTO messages_fts (messages_fts, rank) VALUES ('secure-delete', 1)",
+            [],
+        )?;
+        openmls_sqlite_storage::SqliteStorageProvider::<StoreCodec, _>::new(&mut db)
+            .run_migrations()
+            .map_err(|e| EngineError::Mls(format!("storage migration: {e}")))?;
+        let engine = Self {
+            home: home.to_path_buf(),
+            db,
+            crypto: RustCrypto::default(),
+            member_counts: HashMap::new(),
+            verified_certificates: VerifiedCertificates::default(),
+        };
+        engine.enforce_retention()?;
+        Ok(engine)
+    }
+
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+}
+
+fn load_group(provider: &Provider, group_id: &[u8]) -> Result<MlsGroup, EngineError> {
+    MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))
+        .map_err(EngineError::mls)?
+        .ok_or_else(|| EngineError::Mls("group state is missing from the local store".into()))
+}

@@ -1,0 +1,367 @@
+//! The outbox: sending what is queued in order, re-encrypting for the group's current
+//! epoch, holding back groups that still hold a device to remove.
+
+use super::*;
+
+impl Engine {
+    /// Sends everything in the outbox.
+    pub async fn flush(&mut self, conn: &impl Link) -> Result<SyncReport, EngineError> {
+        let mut report = SyncReport::default();
+        self.flush_outbox(conn, &mut report).await?;
+        Ok(report)
+    }
+
+    /// Removes the saved copies of deleted attachments that lie inside this device's own
+    /// folder; a copy the user saved elsewhere is theirs to keep.
+    pub(super) fn remove_doomed_files(&self) -> Result<(), EngineError> {
+        let home = std::fs::canonicalize(&self.home).unwrap_or_else(|_| self.home.clone());
+        for path in conversation::take_doomed_files(&self.db)? {
+            let path = PathBuf::from(path);
+            let inside = std::fs::canonicalize(&path).is_ok_and(|p| p.starts_with(&home));
+            if inside {
+                if let Err(e) = std::fs::remove_file(&path) {
+                    tracing::warn!(error = %e, "could not remove a deleted attachment's copy");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Rewrites the database so deleted message content leaves no copy in the write-ahead log.
+    pub(super) fn purge_deleted(&self) -> Result<(), EngineError> {
+        self.db
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    /// Sends the outbox up to and including `queued`; succeeds once the relay has durably stored it.
+    pub async fn deliver(
+        &mut self,
+        conn: &impl Link,
+        queued: &QueuedMessage,
+    ) -> Result<(), EngineError> {
+        let mut report = SyncReport::default();
+        self.flush_outbox(conn, &mut report).await?;
+        let pending = self
+            .db
+            .query_row(
+                "SELECT 1 FROM outbox WHERE message_id = ?1",
+                [&queued.id],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        // Problems with other queued messages or groups are not this message's.
+        let failed = self
+            .db
+            .query_row(
+                "SELECT status = 'failed' FROM messages WHERE group_id = ?1 AND id = ?2",
+                params![queued.group_id, queued.id],
+                |r| r.get::<_, bool>(0),
+            )
+            .optional()?
+            .unwrap_or(false);
+        if pending || failed {
+            return Err(EngineError::Invalid(format!(
+                "message was not delivered: {}",
+                report.problems.join("; ")
+            )));
+        }
+        Ok(())
+    }
+
+    /// Queues and delivers a text message.
+    pub async fn send_text(
+        &mut self,
+        conn: &impl Link,
+        group: &str,
+        text: &str,
+    ) -> Result<MessageView, EngineError> {
+        let queued = self.queue_text(group, text)?;
+        self.deliver(conn, &queued).await?;
+        self.message_by_id(&queued.group_id, &queued.id)
+    }
+
+    /// Re-encrypts an outbox entry for the group's current epoch.
+    pub(super) fn reencrypt(&mut self, client_id: &[u8]) -> Result<(), EngineError> {
+        let device = self.device()?;
+        let signer = self.signer(&device)?;
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (group_id, envelope): (Vec<u8>, Vec<u8>) = tx.query_row(
+            "SELECT group_id, envelope FROM outbox WHERE client_id = ?1",
+            [client_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let provider = Provider::new(&self.crypto, &tx);
+        let mut group = load_group(&provider, &group_id)?;
+        let ciphertext = group
+            .create_message(&provider, &signer, &envelope)
+            .map_err(EngineError::mls)?;
+        tx.execute(
+            "UPDATE outbox SET ciphertext = ?2 WHERE client_id = ?1",
+            params![client_id, mls_bytes(&ciphertext)?],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Sends everything queued in the outbox, oldest first.
+    pub(super) async fn flush_outbox(
+        &mut self,
+        conn: &impl Link,
+        report: &mut SyncReport,
+    ) -> Result<(), EngineError> {
+        // Groups whose messages wait: they hold a device still to be removed, or this
+        // device could not catch up with them. Other groups' messages go on.
+        let mut held_back: HashSet<Vec<u8>> = HashSet::new();
+        let mut groups: HashMap<Vec<u8>, OutboxGroup> = HashMap::new();
+        let own_device = self.device()?.device_id;
+        loop {
+            let next: Option<OutboxEntry> = {
+                let mut stmt = self.db.prepare_cached(
+                    "SELECT client_id, group_id, message_id, ciphertext FROM outbox ORDER BY position",
+                )?;
+                let mut rows = stmt.query([])?;
+                let mut found = None;
+                while let Some(r) = rows.next()? {
+                    let group_id: Vec<u8> = r.get(1)?;
+                    if !held_back.contains(&group_id) {
+                        found = Some((r.get(0)?, group_id, r.get(2)?, r.get(3)?));
+                        break;
+                    }
+                }
+                found
+            };
+            let Some((client_id, group_id, message_id, ciphertext)) = next else {
+                return Ok(());
+            };
+            let group = match groups.get(&group_id) {
+                Some(group) => group.clone(),
+                None => {
+                    let group = self.outbox_group(&group_id, &own_device)?;
+                    groups.insert(group_id.clone(), group.clone());
+                    group
+                }
+            };
+            let mut ciphertext = ciphertext;
+            match group {
+                OutboxGroup::Gone => {
+                    self.fail_outbox(
+                        &client_id,
+                        &group_id,
+                        &message_id,
+                        "you are no longer in the group",
+                        report,
+                    )?;
+                    continue;
+                }
+                OutboxGroup::HoldsUnremoved(user) => {
+                    report.problems.push(
+                        EngineError::UnremovedDevice {
+                            group: self.group_label(&group_id),
+                            user,
+                        }
+                        .to_string(),
+                    );
+                    held_back.insert(group_id);
+                    continue;
+                }
+                // Encrypted at an earlier epoch (queued before a removal, say): the bytes
+                // never leave in that form, where a removed device could read them.
+                OutboxGroup::Ready { epoch } if ciphertext_epoch(&ciphertext) != Some(epoch) => {
+                    self.reencrypt(&client_id)?;
+                    ciphertext = self.db.query_row(
+                        "SELECT ciphertext FROM outbox WHERE client_id = ?1",
+                        [&client_id],
+                        |r| r.get(0),
+                    )?;
+                }
+                OutboxGroup::Ready { .. } => {}
+            }
+            let mut attempts = 0;
+            loop {
+                attempts += 1;
+                let result = conn
+                    .request(&Request::Send {
+                        group_id: group_id.clone(),
+                        message: ciphertext.clone(),
+                        client_id: client_id.clone(),
+                    })
+                    .await;
+                match result {
+                    Ok(Response::Stored { seq }) => {
+                        let tx = self
+                            .db
+                            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+                        tx.execute("DELETE FROM outbox WHERE client_id = ?1", [&client_id])?;
+                        tx.execute(
+                            "UPDATE board_log SET seq = ?3 WHERE group_id = ?1 AND message_id = ?2",
+                            params![group_id, message_id, seq as i64],
+                        )?;
+                        conversation::forget_cleared_board_values(&tx, &group_id, &message_id)?;
+                        tx.execute(
+                            "UPDATE messages SET status = 'sent', relay_seq = ?3, sort_key = ?4 WHERE group_id = ?1 AND id = ?2",
+                            params![group_id, message_id, seq as i64, order_key(seq, 0)],
+                        )?;
+                        tx.commit()?;
+                        report.sent += 1;
+                        break;
+                    }
+                    Err(LinkError::Refused(e))
+                        if matches!(e.code, ErrorCode::EpochMoved { .. })
+                            && attempts < MAX_COMMIT_ATTEMPTS =>
+                    {
+                        self.fetch_and_process(conn, report).await?;
+                        // Any group may have moved on (a removal, say): look at each afresh.
+                        groups.clear();
+                        if let ErrorCode::EpochMoved { current } = e.code {
+                            // A group this device cannot catch up with keeps its messages
+                            // queued (the next sync tries again); the others still go.
+                            if let Err(e) = self.catch_up(conn, &group_id, current, report).await {
+                                report.problems.push(format!(
+                                    "messages to {} stay queued: could not catch up with the group: {e}",
+                                    self.group_label(&group_id)
+                                ));
+                                self.db.execute(
+                                    "INSERT OR IGNORE INTO behind_groups (group_id) VALUES (?1)",
+                                    [&group_id],
+                                )?;
+                                held_back.insert(group_id.clone());
+                                break;
+                            }
+                        }
+                        // The group moved on: look at it afresh.
+                        let group = self.outbox_group(&group_id, &own_device)?;
+                        groups.insert(group_id.clone(), group.clone());
+                        match group {
+                            OutboxGroup::Gone => {
+                                self.fail_outbox(
+                                    &client_id,
+                                    &group_id,
+                                    &message_id,
+                                    "you are no longer in the group",
+                                    report,
+                                )?;
+                                break;
+                            }
+                            // Held back at the top of the outer loop.
+                            OutboxGroup::HoldsUnremoved(_) => break,
+                            OutboxGroup::Ready { .. } => {}
+                        }
+                        self.reencrypt(&client_id)?;
+                        ciphertext = self.db.query_row(
+                            "SELECT ciphertext FROM outbox WHERE client_id = ?1",
+                            [&client_id],
+                            |r| r.get(0),
+                        )?;
+                    }
+                    Err(LinkError::Refused(e))
+                        if e.code == ErrorCode::RateLimited && attempts < MAX_COMMIT_ATTEMPTS =>
+                    {
+                        // The message stays queued; the relay asked us to slow down.
+                        conn.pause(std::time::Duration::from_secs(1)).await;
+                    }
+                    Err(LinkError::Refused(e)) if e.code == ErrorCode::QuotaExceeded => {
+                        // Everything queued stays, in order, until recipients catch up.
+                        let waiting: i64 =
+                            self.db
+                                .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))?;
+                        report.problems.push(format!(
+                            "{waiting} message(s) stay in the outbox: {}",
+                            e.message
+                        ));
+                        return Ok(());
+                    }
+                    Err(LinkError::Refused(e)) => {
+                        self.fail_outbox(&client_id, &group_id, &message_id, &e.message, report)?;
+                        break;
+                    }
+                    Ok(_) => return Err(EngineError::Invalid("unexpected answer to Send".into())),
+                    Err(e) => return Err(EngineError::Link(e)),
+                }
+            }
+        }
+    }
+
+    /// Where messages queued for a group stand.
+    pub(super) fn outbox_group(
+        &self,
+        group_id: &[u8],
+        own_device: &str,
+    ) -> Result<OutboxGroup, EngineError> {
+        let active = self
+            .resolve_group(&group_hex(group_id))
+            .is_ok_and(|g| g.2 == STATE_ACTIVE);
+        if !active {
+            return Ok(OutboxGroup::Gone);
+        }
+        let provider = Provider::new(&self.crypto, &self.db);
+        let group = load_group(&provider, group_id)?;
+        Ok(match unremoved_device(&group, &self.db, own_device)? {
+            Some(user) => OutboxGroup::HoldsUnremoved(user),
+            None => OutboxGroup::Ready {
+                epoch: group.epoch().as_u64(),
+            },
+        })
+    }
+
+    pub(super) fn group_label(&self, group_id: &[u8]) -> String {
+        group_label(&self.db, group_id)
+    }
+
+    pub(super) fn fail_outbox(
+        &mut self,
+        client_id: &[u8],
+        group_id: &[u8],
+        message_id: &str,
+        why: &str,
+        report: &mut SyncReport,
+    ) -> Result<(), EngineError> {
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute("DELETE FROM outbox WHERE client_id = ?1", [client_id])?;
+        tx.execute(
+            "UPDATE messages SET status = 'failed' WHERE group_id = ?1 AND id = ?2",
+            params![group_id, message_id],
+        )?;
+        tx.commit()?;
+        report.problems.push(format!("message not sent: {why}"));
+        Ok(())
+    }
+}
+
+/// client id, group id, message id, ciphertext
+pub(super) type OutboxEntry = (Vec<u8>, Vec<u8>, String, Vec<u8>);
+
+/// Where messages queued for a group stand, as the outbox sees it.
+#[derive(Debug, Clone)]
+pub(super) enum OutboxGroup {
+    /// This device is no longer in it.
+    Gone,
+    /// It holds a device of this user that is revoked or lapsed.
+    HoldsUnremoved(String),
+    /// Messages may go, encrypted at this epoch.
+    Ready { epoch: u64 },
+}
+
+/// The epoch an encrypted group message was made at, if it decodes.
+pub(super) fn ciphertext_epoch(bytes: &[u8]) -> Option<u64> {
+    MlsMessageIn::tls_deserialize_exact(bytes)
+        .ok()?
+        .try_into_protocol_message()
+        .ok()
+        .map(|m| m.epoch().as_u64())
+}
+
+/// A group's name for the user, or its id where this device has no name for it.
+pub(super) fn group_label(db: &Connection, group_id: &[u8]) -> String {
+    db.query_row(
+        "SELECT name FROM groups WHERE group_id = ?1",
+        [group_id],
+        |r| r.get(0),
+    )
+    .unwrap_or_else(|_| group_hex(group_id))
+}

@@ -1,0 +1,408 @@
+//! Syncing: fetching and processing what the relay holds, revocations and lapsed devices,
+//! and retention.
+
+use super::*;
+
+impl Engine {
+    /// Deletes messages whose group's retention or disappearing time has passed.
+    pub fn enforce_retention(&self) -> Result<usize, EngineError> {
+        let deleted = conversation::enforce_retention(&self.db, now_ms())?;
+        if deleted > 0 {
+            self.purge_deleted()?;
+        }
+        Ok(deleted)
+    }
+
+    /// Fetches and processes everything waiting, sends the outbox, and commits
+    /// proposals other members made (such as someone leaving).
+    pub async fn sync(&mut self, conn: &impl Link) -> Result<SyncReport, EngineError> {
+        let mut report = SyncReport::default();
+        self.fetch_and_process(conn, &mut report).await?;
+        // Rejoining judges what changed meanwhile by the revocations known now.
+        self.learn_revocations(conn, &mut report).await?;
+        self.catch_up_groups(conn, &mut report).await?;
+        self.enforce_retention()?;
+        self.apply_revocations(conn, &mut report).await?;
+        self.renew_certificates(conn, &mut report).await?;
+        self.update_own_leaves(conn, &mut report).await?;
+        self.approve_confirmed_devices(conn, &mut report).await?;
+        self.collect_archive_checkpoints(conn, &mut report).await?;
+        self.add_own_devices(conn, &mut report).await?;
+        for group_id in self.active_group_ids()? {
+            self.queue_receipts(&group_id, ReceiptKind::Delivered, None)?;
+        }
+        self.flush_outbox(conn, &mut report).await?;
+        self.commit_pending_proposals(conn, &mut report).await?;
+        if self.is_archive()? {
+            self.archive_publish(conn).await?;
+        }
+        Ok(report)
+    }
+
+    /// Learns new revocations from the relay and removes revoked devices from every
+    /// group this device is in. The relay's epoch ordering keeps it to one commit per group.
+    pub(super) async fn apply_revocations(
+        &mut self,
+        conn: &impl Link,
+        report: &mut SyncReport,
+    ) -> Result<(), EngineError> {
+        self.learn_revocations(conn, report).await?;
+        if let Some(gap) = self.withheld_revocations()? {
+            report.problems.push(gap);
+        }
+        self.remove_revoked_devices(conn, report).await
+    }
+
+    /// The organisation's revocations are numbered 1, 2, ...: a number this device never
+    /// received although a later one arrived was withheld by the relay.
+    pub(super) fn withheld_revocations(&self) -> Result<Option<String>, EngineError> {
+        let seen: Vec<i64> = self
+            .db
+            .prepare_cached("SELECT serial FROM revocation_serials ORDER BY serial")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let Some(&last) = seen.last() else {
+            return Ok(None);
+        };
+        let missing: Vec<String> = (1..last)
+            .filter(|n| seen.binary_search(n).is_err())
+            .take(10)
+            .map(|n| n.to_string())
+            .collect();
+        Ok((!missing.is_empty()).then(|| {
+            format!(
+                "the relay withholds revocation number {} of the organisation's {last}: devices it cuts off may still be trusted here",
+                missing.join(", ")
+            )
+        }))
+    }
+
+    /// The highest revocation number this device has seen.
+    pub(crate) fn last_revocation_serial(&self) -> Result<u64, EngineError> {
+        let last: Option<i64> =
+            self.db
+                .query_row("SELECT MAX(serial) FROM revocation_serials", [], |r| {
+                    r.get(0)
+                })?;
+        Ok(last.unwrap_or(0) as u64)
+    }
+
+    /// Fetches and stores revocations this device has not seen yet.
+    pub(crate) async fn learn_revocations(
+        &mut self,
+        conn: &impl Link,
+        report: &mut SyncReport,
+    ) -> Result<(), EngineError> {
+        let org = self.device()?.org;
+        loop {
+            let since: i64 = self
+                .db
+                .query_row(
+                    "SELECT value FROM sync_state WHERE key = 'revocations'",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .unwrap_or(0);
+            let Response::Revocations(list) = conn
+                .request(&Request::Revocations {
+                    since: since as u64,
+                })
+                .await
+                .map_err(from_link)?
+            else {
+                return Err(EngineError::Invalid(
+                    "unexpected answer to Revocations".into(),
+                ));
+            };
+            if list.is_empty() {
+                break;
+            }
+            let tx = self
+                .db
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            for (position, revocation) in &list {
+                match revocation.verify(&org) {
+                    Ok(()) => {
+                        for device in &revocation.body.device_ids {
+                            tx.execute(
+                                "INSERT OR IGNORE INTO revoked_devices (device_id, user) VALUES (?1, ?2)",
+                                params![device, revocation.body.user],
+                            )?;
+                        }
+                        if revocation.body.serial > 0 {
+                            tx.execute(
+                                "INSERT OR IGNORE INTO revocation_serials (serial) VALUES (?1)",
+                                [revocation.body.serial as i64],
+                            )?;
+                        }
+                    }
+                    Err(e) => report
+                        .problems
+                        .push(format!("ignored a revocation that does not verify: {e}")),
+                }
+                tx.execute(
+                    "INSERT INTO sync_state (key, value) VALUES ('revocations', ?1)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    [*position as i64],
+                )?;
+            }
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Removes every revoked device from each group this device is in.
+    pub(super) async fn remove_revoked_devices(
+        &mut self,
+        conn: &impl Link,
+        report: &mut SyncReport,
+    ) -> Result<(), EngineError> {
+        let revoked: HashSet<String> = revoked_devices(&self.db)?;
+        self.lapse_check(conn).await?;
+        let lapsed = lapsed_devices(&self.db)?;
+        if revoked.is_empty() && lapsed.is_empty() {
+            return Ok(());
+        }
+        let groups = self.active_group_ids()?;
+        let now = now_unix();
+        let is_revoked = |c: &Certificate| {
+            revoked.contains(&c.body.device_id)
+                || (lapsed.contains(&c.body.device_id) && muster_rules::lapsed(c, now))
+        };
+        for group_id in groups {
+            let affected = {
+                let provider = Provider::new(&self.crypto, &self.db);
+                !leaves_where(&load_group(&provider, &group_id)?, is_revoked).is_empty()
+            };
+            if !affected {
+                continue;
+            }
+            let result = self.remove_members_where(conn, &group_id, is_revoked).await;
+            if let Err(e) = result {
+                report.problems.push(format!(
+                    "could not remove revoked devices from a group: {e}"
+                ));
+                // A lapsed device may have been renewed meanwhile: look again next time.
+                lapse_check_due(&self.db)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the devices in this device's groups whose certificate ran out and that
+    /// hold no valid certificate any more (admin devices renew every device they have not
+    /// revoked, so these were revoked, or given up): they are removed like revoked ones,
+    /// even where the relay hides their revocation. The groups are looked at when the
+    /// earliest certificate among their members has run out, and at least every ten
+    /// minutes.
+    pub(super) async fn lapse_check(&mut self, conn: &impl Link) -> Result<(), EngineError> {
+        let now = now_unix();
+        let next: i64 = self
+            .db
+            .query_row(
+                "SELECT value FROM sync_state WHERE key = 'next_lapse_check'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0);
+        if (now as i64) < next {
+            return Ok(());
+        }
+        let mut lapsed = HashSet::new();
+        let mut earliest = now + LAPSE_CHECK_SECS;
+        for group_id in self.active_group_ids()? {
+            let provider = Provider::new(&self.crypto, &self.db);
+            for member in load_group(&provider, &group_id)?.members() {
+                if let Some(cert) = certificate_in(&member.credential) {
+                    if muster_rules::lapsed(&cert, now) {
+                        lapsed.insert(cert.body.device_id);
+                    } else {
+                        earliest = earliest
+                            .min(cert.body.not_after + muster_rules::lapse_grace(&cert) + 1);
+                    }
+                }
+            }
+        }
+        if !lapsed.is_empty() {
+            // A device whose renewed certificate is waiting for it is not lapsed.
+            let renewed: HashSet<String> = self
+                .certificates(conn)
+                .await?
+                .into_iter()
+                .filter(|c| c.check_validity(now).is_ok())
+                .map(|c| c.body.device_id)
+                .collect();
+            let me = self.device()?.device_id;
+            lapsed.retain(|d| !renewed.contains(d) && *d != me);
+        }
+        let tx = self.db.transaction()?;
+        tx.execute("DELETE FROM lapsed_devices", [])?;
+        for device_id in &lapsed {
+            tx.execute(
+                "INSERT INTO lapsed_devices (device_id) VALUES (?1)",
+                [device_id],
+            )?;
+        }
+        tx.commit()?;
+        self.db.execute(
+            "INSERT INTO sync_state (key, value) VALUES ('next_lapse_check', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [earliest as i64],
+        )?;
+        Ok(())
+    }
+
+    pub(super) async fn fetch_and_process(
+        &mut self,
+        conn: &impl Link,
+        report: &mut SyncReport,
+    ) -> Result<(), EngineError> {
+        loop {
+            let deliveries = match conn
+                .request(&Request::Fetch { limit: FETCH_BATCH })
+                .await
+                .map_err(from_link)?
+            {
+                Response::Deliveries(d) => d,
+                _ => return Err(EngineError::Invalid("unexpected answer to Fetch".into())),
+            };
+            if deliveries.is_empty() {
+                return Ok(());
+            }
+            let full_batch = deliveries.len() >= FETCH_BATCH as usize;
+            // Commits in this batch may remove devices revoked since the last look; learn
+            // of those revocations before judging the commits.
+            self.learn_revocations(conn, report).await?;
+            let acks = self.process_batch(deliveries, report)?;
+            conn.request(&Request::Ack { items: acks })
+                .await
+                .map_err(from_link)?;
+            // A shorter batch was everything waiting; whatever arrives later wakes us again.
+            if !full_batch {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Processes one fetched batch in a single store transaction (one disk flush), reading
+    /// each group's MLS state once. Returns the acknowledgements to send once it is stored.
+    pub(super) fn process_batch(
+        &mut self,
+        deliveries: Vec<Delivery>,
+        report: &mut SyncReport,
+    ) -> Result<Vec<AckItem>, EngineError> {
+        let device = self.device()?;
+        let signer = self.signer(&device)?;
+        let mut acks = Vec::with_capacity(deliveries.len());
+        let mut loaded = LoadedGroups::new();
+        let revoked = revoked_devices(&self.db)?;
+        let mut purge = false;
+        let mut tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for delivery in deliveries {
+            match delivery {
+                Delivery::Welcome {
+                    id,
+                    group_id,
+                    welcome,
+                } => {
+                    loaded.remove(&group_id);
+                    process_welcome(&self.crypto, &mut tx, &device, &group_id, &welcome, report)?;
+                    acks.push(AckItem::Welcome { id });
+                }
+                Delivery::Group {
+                    group_id,
+                    seq,
+                    message,
+                } => {
+                    let context = BatchContext {
+                        crypto: &self.crypto,
+                        tx: &tx,
+                        device: &device,
+                        signer: &signer,
+                        revoked: &revoked,
+                    };
+                    purge |= process_group_message(
+                        &context,
+                        &mut loaded,
+                        &mut self.verified_certificates,
+                        &group_id,
+                        seq,
+                        &message,
+                        report,
+                    )?;
+                    acks.push(AckItem::Group { group_id, seq });
+                }
+            }
+        }
+        if device.certificate.as_ref().is_some_and(|c| c.is_archive()) {
+            archive::checkpoint(&tx, now_ms(), |payload| {
+                signer
+                    .sign(payload)
+                    .map_err(|e| EngineError::Mls(format!("{e:?}")))
+            })?;
+        }
+        tx.commit()?;
+        for (group_id, group) in &loaded {
+            self.member_counts
+                .insert(group_id.clone(), group.members().count());
+        }
+        if purge {
+            self.remove_doomed_files()?;
+            self.purge_deleted()?;
+        }
+        Ok(acks)
+    }
+}
+
+/// A group's members changed: look for lapsed certificates at the next sync.
+pub(super) fn lapse_check_due(db: &Connection) -> Result<(), EngineError> {
+    db.prepare_cached("DELETE FROM sync_state WHERE key = 'next_lapse_check'")?
+        .execute([])?;
+    Ok(())
+}
+
+/// The newest certificate this device verified for a device, if any.
+pub(crate) fn known_certificate(
+    db: &Connection,
+    device_id: &str,
+) -> Result<Option<Certificate>, EngineError> {
+    let bytes: Option<Vec<u8>> = db
+        .prepare_cached("SELECT certificate FROM known_certificates WHERE device_id = ?1")?
+        .query_row([device_id], |r| r.get(0))
+        .optional()?;
+    Ok(bytes.and_then(|b| Certificate::from_bytes(&b).ok()))
+}
+
+/// Every device this device knows to be revoked.
+pub(crate) fn revoked_devices(db: &Connection) -> Result<HashSet<String>, EngineError> {
+    let ids = db
+        .prepare_cached("SELECT device_id FROM revoked_devices")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<HashSet<String>, _>>()?;
+    Ok(ids)
+}
+
+/// Devices found lapsed at the last lapse check: removed from groups while the
+/// certificate in their leaf stays run out.
+pub(super) fn lapsed_devices(db: &Connection) -> Result<HashSet<String>, EngineError> {
+    let ids = db
+        .prepare_cached("SELECT device_id FROM lapsed_devices")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<HashSet<String>, _>>()?;
+    Ok(ids)
+}
+
+pub(crate) fn revoked_device(db: &Connection, device_id: &str) -> Result<bool, EngineError> {
+    Ok(db
+        .query_row(
+            "SELECT 1 FROM revoked_devices WHERE device_id = ?1",
+            [device_id],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
+}

@@ -1,0 +1,200 @@
+//! Attachments: encrypting a file into relay blobs, and fetching and decrypting one.
+
+use super::*;
+
+impl Engine {
+    /// Encrypts a file with a fresh key, uploads the ciphertext to the relay in chunks, and
+    /// queues the message that carries its key, hash, name, type and size to the group.
+    pub async fn send_file(
+        &mut self,
+        conn: &impl Link,
+        group: &str,
+        path: &Path,
+        caption: Option<&str>,
+    ) -> Result<QueuedMessage, EngineError> {
+        use std::io::Read as _;
+        let (group_id, _) = self.active_group(group)?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| EngineError::Invalid(format!("{} is not a file", path.display())))?;
+        let mut file = std::fs::File::open(path)
+            .map_err(|e| EngineError::Invalid(format!("cannot read {}: {e}", path.display())))?;
+        let size = file.metadata()?.len();
+        if size > MAX_ATTACHMENT {
+            return Err(EngineError::Invalid(format!(
+                "{name} is {:.1} MiB; attachments are limited to {} MiB",
+                size as f64 / (1024.0 * 1024.0),
+                MAX_ATTACHMENT / (1024 * 1024)
+            )));
+        }
+        let mut key = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
+            .expect("system randomness available");
+        let blob_id = random_hex(16);
+        let cipher = ChunkCipher::new(&key, &blob_id, size)
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let total_size = encrypted_size(size);
+        let mut plain_hash = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut blob_hash = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut buf = vec![0u8; ATTACHMENT_CHUNK];
+        let mut offset = 0u64;
+        for index in 0..crate::attachments::chunk_count(size) {
+            let mut filled = 0;
+            while filled < buf.len() {
+                let n = file.read(&mut buf[filled..])?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            plain_hash.update(&buf[..filled]);
+            let sealed = cipher.seal(index, &buf[..filled]);
+            blob_hash.update(&sealed);
+            conn.request(&Request::BlobPut {
+                blob_id: blob_id.clone(),
+                group_id: group_id.clone(),
+                total_size,
+                offset,
+                data: sealed.clone(),
+            })
+            .await
+            .map_err(from_link)?;
+            offset += sealed.len() as u64;
+        }
+        if offset != total_size {
+            return Err(EngineError::Invalid(format!(
+                "{name} changed while it was being sent; try again"
+            )));
+        }
+        let blob_sha256 = blob_hash.finish();
+        conn.request(&Request::BlobComplete {
+            blob_id: blob_id.clone(),
+            sha256: blob_sha256.as_ref().to_vec(),
+        })
+        .await
+        .map_err(from_link)?;
+        let attachment = AttachmentRef {
+            blob_id,
+            key: hex::encode(key),
+            blob_sha256: hex::encode(blob_sha256.as_ref()),
+            sha256: hex::encode(plain_hash.finish().as_ref()),
+            mime: mime_for(&name).to_string(),
+            name,
+            size,
+        };
+        let id = self.enqueue(
+            &group_id,
+            Body::Attachment {
+                attachment,
+                caption: caption.map(str::to_string),
+            },
+        )?;
+        Ok(QueuedMessage { group_id, id })
+    }
+
+    /// Downloads an attachment, checks it against the hashes its message carries, decrypts
+    /// it and writes it to `out` (default: its name in the current directory). Returns the path.
+    pub async fn fetch_attachment(
+        &mut self,
+        conn: &impl Link,
+        id: &str,
+        out: Option<&Path>,
+    ) -> Result<PathBuf, EngineError> {
+        use std::io::Write as _;
+        let (group_id, id) = self.find_message(id)?;
+        let json: Option<String> = self.db.query_row(
+            "SELECT attachment FROM messages WHERE group_id = ?1 AND id = ?2",
+            params![group_id, id],
+            |r| r.get(0),
+        )?;
+        let attachment: AttachmentRef = json
+            .and_then(|j| serde_json::from_str(&j).ok())
+            .ok_or_else(|| EngineError::Invalid(format!("message {id} has no attachment")))?;
+        // Never let a sender's file name pick a path outside the current directory.
+        let safe_name = Path::new(&attachment.name)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .filter(|n| !n.is_empty() && n != "." && n != "..")
+            .unwrap_or_else(|| format!("attachment-{}", id.get(..8).unwrap_or("file")));
+        let target = out
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from(&safe_name));
+        if target.exists() {
+            return Err(EngineError::Invalid(format!(
+                "{} already exists; choose another --out",
+                target.display()
+            )));
+        }
+        let key = hex::decode(&attachment.key)
+            .map_err(|_| EngineError::Invalid("bad attachment key".into()))?;
+        let cipher = ChunkCipher::new(&key, &attachment.blob_id, attachment.size)
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let partial = target.with_extension("muster-partial");
+        let result = async {
+            let mut file = std::fs::File::create(&partial)?;
+            let mut plain_hash = ring::digest::Context::new(&ring::digest::SHA256);
+            let mut blob_hash = ring::digest::Context::new(&ring::digest::SHA256);
+            let chunks = crate::attachments::chunk_count(attachment.size);
+            let mut offset = 0u64;
+            for index in 0..chunks {
+                let plain_len = if index + 1 == chunks {
+                    attachment.size - index * ATTACHMENT_CHUNK as u64
+                } else {
+                    ATTACHMENT_CHUNK as u64
+                };
+                let want = plain_len as usize + ATTACHMENT_CHUNK_OVERHEAD;
+                let Response::BlobData { data, total_size } = conn
+                    .request(&Request::BlobGet {
+                        blob_id: attachment.blob_id.clone(),
+                        offset,
+                        max_len: want as u32,
+                    })
+                    .await
+                    .map_err(from_link)?
+                else {
+                    return Err(EngineError::Invalid("unexpected answer to BlobGet".into()));
+                };
+                if total_size != encrypted_size(attachment.size) || data.len() != want {
+                    return Err(EngineError::Invalid(
+                        crate::attachments::AttachmentError::Tampered.to_string(),
+                    ));
+                }
+                blob_hash.update(&data);
+                let plain = cipher
+                    .open(index, &data)
+                    .map_err(|e| EngineError::Invalid(e.to_string()))?;
+                plain_hash.update(&plain);
+                file.write_all(&plain)?;
+                offset += data.len() as u64;
+            }
+            if hex::encode(blob_hash.finish().as_ref()) != attachment.blob_sha256
+                || hex::encode(plain_hash.finish().as_ref()) != attachment.sha256
+            {
+                return Err(EngineError::Invalid(
+                    crate::attachments::AttachmentError::Tampered.to_string(),
+                ));
+            }
+            file.sync_all()?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
+        std::fs::rename(&partial, &target)?;
+        let saved = std::fs::canonicalize(&target).unwrap_or(target.clone());
+        self.db.execute(
+            "UPDATE messages SET saved_to = ?3 WHERE group_id = ?1 AND id = ?2",
+            params![group_id, id, saved.display().to_string()],
+        )?;
+        // Once every recipient has it, the relay deletes the blob.
+        conn.request(&Request::BlobFetched {
+            blob_id: attachment.blob_id.clone(),
+        })
+        .await
+        .map_err(from_link)?;
+        Ok(saved)
+    }
+}
