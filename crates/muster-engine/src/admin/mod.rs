@@ -1,0 +1,328 @@
+//! Enrolment, approval, profiles, organisation policy and revocation: what admin devices
+//! sign, and the proofs they check before signing anything the relay hands them.
+//!
+//! An admin device never trusts the relay's word for who is enrolled, what a user's roles
+//! are, or which key a request belongs to. It keeps its own record: every certificate it
+//! has verified (newest per device), the profile and roles it last signed for each user,
+//! the codes it has already used, and the newest organisation policy it has seen.
+
+use crate::engine::{
+    now_ms, rfc3339_ms, AuditView, DeviceRow, DeviceView, DirectoryEntry, Engine, PendingView,
+    SyncReport,
+};
+use crate::error::{from_link, EngineError};
+use crate::link::Link;
+use crate::provision::{Action, OrgSpec, OrgState};
+use muster_proto::{
+    now_unix, validate_handle, verify_enrolment, Certificate, CertificateBody, CodeSecret,
+    ConfirmationBody, DeviceConfirmation, EnrolmentGrant, GrantBody, InviteCode, InvitePurpose,
+    OrgPolicy, OrgPolicyBody, OrgRootKey, PendingEnrolment, Profile, ProfileRequest,
+    ProfileRequestBody, PublishedCheckpoint, Request, Response, RevocationBody, Role,
+    DEFAULT_CERTIFICATE_LIFETIME_SECS,
+};
+use openmls_traits::signatures::Signer as _;
+use rusqlite::{params, OptionalExtension};
+use serde::Serialize;
+mod checkpoints;
+mod enrolment;
+mod organisation;
+mod profiles;
+
+pub use profiles::ProfileChangeView;
+
+fn to_json(value: &impl Serialize) -> Vec<u8> {
+    serde_json::to_vec(value).expect("record serialises")
+}
+
+impl Engine {
+    /// Refuses locally, from this device's own signed certificate, what only admins may do.
+    pub(crate) fn require_admin(device: &DeviceRow) -> Result<(), EngineError> {
+        match &device.certificate {
+            Some(cert) if cert.is_admin() => Ok(()),
+            _ => Err(EngineError::NotAdmin),
+        }
+    }
+
+    pub(crate) fn root_key(device: &DeviceRow) -> Result<OrgRootKey, EngineError> {
+        Self::require_admin(device)?;
+        let pkcs8 = device.root_key.as_ref().ok_or(EngineError::NoRootKey)?;
+        Ok(OrgRootKey::from_pkcs8(pkcs8)?)
+    }
+
+    /// Signs `message` with this device's own key.
+    pub(crate) fn sign_as_device(
+        &self,
+        device: &DeviceRow,
+        message: &[u8],
+    ) -> Result<Vec<u8>, EngineError> {
+        self.signer(device)?
+            .sign(message)
+            .map_err(|e| EngineError::Mls(format!("signing failed: {e:?}")))
+    }
+
+    // ---- what this device knows for itself ---------------------------------------
+
+    /// Keeps the newest certificate of each device among `certs` (already verified).
+    pub(crate) fn remember_certificates(&self, certs: &[Certificate]) -> Result<(), EngineError> {
+        for cert in certs {
+            self.db
+                .prepare_cached(
+                    "INSERT INTO known_certificates (device_id, user, certificate, not_before)
+                     VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (device_id) DO UPDATE SET certificate = excluded.certificate,
+                         not_before = excluded.not_before
+                     WHERE excluded.not_before > known_certificates.not_before",
+                )?
+                .execute(params![
+                    cert.body.device_id,
+                    cert.body.user,
+                    cert.to_bytes(),
+                    cert.body.not_before as i64
+                ])?;
+        }
+        Ok(())
+    }
+
+    /// The newest certificates this device has verified of `user`'s unrevoked devices.
+    pub(crate) fn known_devices_of(&self, user: &str) -> Result<Vec<Certificate>, EngineError> {
+        let mut stmt = self.db.prepare_cached(
+            "SELECT certificate FROM known_certificates WHERE user = ?1
+               AND device_id NOT IN (SELECT device_id FROM revoked_devices) ORDER BY device_id",
+        )?;
+        let certs = stmt
+            .query_map([user], |r| r.get::<_, Vec<u8>>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(certs
+            .iter()
+            .filter_map(|c| Certificate::from_bytes(c).ok())
+            .collect())
+    }
+
+    /// Users with an unrevoked device this device knows of, or a record it signed.
+    fn known_users(&self) -> Result<Vec<String>, EngineError> {
+        let mut stmt = self.db.prepare(
+            "SELECT user FROM known_certificates
+               WHERE device_id NOT IN (SELECT device_id FROM revoked_devices)
+             UNION SELECT user FROM org_records ORDER BY 1",
+        )?;
+        let users = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok(users)
+    }
+
+    /// `user`'s approved profile and roles by this device's own record: what it last
+    /// signed for them, else their newest certificate it has verified. Never what the
+    /// relay lists now, which may be an old certificate of a demoted admin.
+    pub(crate) fn record_of(
+        &self,
+        user: &str,
+    ) -> Result<Option<(Profile, Vec<Role>)>, EngineError> {
+        let signed: Option<(Vec<u8>, Vec<u8>)> = self
+            .db
+            .query_row(
+                "SELECT profile, roles FROM org_records WHERE user = ?1",
+                [user],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        if let Some((profile, roles)) = signed {
+            let damaged =
+                || EngineError::Invalid(format!("this device's record of {user} is damaged"));
+            return Ok(Some((
+                serde_json::from_slice(&profile).map_err(|_| damaged())?,
+                serde_json::from_slice(&roles).map_err(|_| damaged())?,
+            )));
+        }
+        Ok(self
+            .known_devices_of(user)?
+            .into_iter()
+            .max_by_key(|c| c.body.not_before)
+            .map(|c| (c.body.profile, c.body.roles)))
+    }
+
+    fn set_record(&self, user: &str, profile: &Profile, roles: &[Role]) -> Result<(), EngineError> {
+        self.db.execute(
+            "INSERT INTO org_records (user, profile, roles, updated_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (user) DO UPDATE SET profile = excluded.profile, roles = excluded.roles,
+                 updated_at = excluded.updated_at",
+            params![user, to_json(profile), to_json(&roles), now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// Records what this device signed: the user's profile and roles and the certificates.
+    pub(crate) fn record_issued(&self, certs: &[Certificate]) -> Result<(), EngineError> {
+        if let Some(cert) = certs.first() {
+            self.set_record(&cert.body.user, &cert.body.profile, &cert.body.roles)?;
+        }
+        self.remember_certificates(certs)
+    }
+
+    /// Every enrolled device's certificate that verifies against the pinned organisation
+    /// root, as the relay lists them; each is remembered (see [`Self::remember_certificates`]).
+    pub(crate) async fn certificates(
+        &self,
+        conn: &impl Link,
+    ) -> Result<Vec<Certificate>, EngineError> {
+        let org = self.device()?.org;
+        let Response::Directory(certs) =
+            conn.request(&Request::Directory).await.map_err(from_link)?
+        else {
+            return Err(EngineError::Invalid(
+                "unexpected answer to Directory".into(),
+            ));
+        };
+        let certs: Vec<Certificate> = certs
+            .into_iter()
+            .filter(|c| match c.verify(&org, now_unix()) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(user = %c.body.user, error = %e, "skipping unverifiable certificate");
+                    false
+                }
+            })
+            .collect();
+        self.remember_certificates(&certs)?;
+        Ok(certs)
+    }
+
+    // ---- codes and enrolment -------------------------------------------------------
+
+    /// The newest certificate this device verified for `device_id`, if any.
+    fn known_certificate(&self, device_id: &str) -> Result<Option<Certificate>, EngineError> {
+        crate::engine::known_certificate(&self.db, device_id)
+    }
+
+    // ---- directory, devices, audit, revocation ------------------------------------------
+
+    /// This user's enrolled devices.
+    pub async fn devices(&self, conn: &impl Link) -> Result<Vec<DeviceView>, EngineError> {
+        let me = self.device()?;
+        Ok(self
+            .certificates(conn)
+            .await?
+            .into_iter()
+            .filter(|c| c.body.user == me.user)
+            .map(|c| DeviceView {
+                this_device: c.body.device_id == me.device_id,
+                device_id: c.body.device_id,
+                user: c.body.user,
+                enrolled_until: rfc3339_ms(c.body.not_after as i64 * 1000),
+            })
+            .collect())
+    }
+
+    /// Enrolled colleagues, from certificates verified against the pinned organisation root.
+    pub async fn directory(&self, conn: &impl Link) -> Result<Vec<DirectoryEntry>, EngineError> {
+        let mut entries: Vec<DirectoryEntry> = Vec::new();
+        for cert in self.certificates(conn).await? {
+            let body = cert.body;
+            match entries.iter_mut().find(|e| e.user == body.user) {
+                Some(entry) => entry.devices += 1,
+                None => entries.push(DirectoryEntry {
+                    user: body.user,
+                    display_name: body.profile.display_name,
+                    title: body.profile.title,
+                    department: body.profile.department,
+                    roles: body
+                        .roles
+                        .iter()
+                        .map(|r| match r {
+                            Role::Admin => "admin".to_string(),
+                            Role::Member => "member".to_string(),
+                            Role::Archive => "archive".to_string(),
+                        })
+                        .collect(),
+                    devices: 1,
+                }),
+            }
+        }
+        entries.sort_by(|a, b| a.user.cmp(&b.user));
+        Ok(entries)
+    }
+
+    /// (admin) The relay's latest audit events.
+    pub async fn audit(&self, conn: &impl Link, limit: u32) -> Result<Vec<AuditView>, EngineError> {
+        Self::require_admin(&self.device()?)?;
+        let Response::Audit(events) = conn
+            .request(&Request::Audit { limit })
+            .await
+            .map_err(from_link)?
+        else {
+            return Err(EngineError::Invalid("unexpected answer to Audit".into()));
+        };
+        Ok(events
+            .into_iter()
+            .map(|e| AuditView {
+                at: rfc3339_ms(e.at as i64 * 1000),
+                event: e.event,
+                actor: e.actor,
+                subject: e.subject,
+                group: e.group.map(|g| {
+                    self.db
+                        .query_row("SELECT name FROM groups WHERE group_id = ?1", [&g], |r| {
+                            r.get(0)
+                        })
+                        .unwrap_or_else(|_| hex::encode(&g))
+                }),
+            })
+            .collect())
+    }
+
+    /// (admin) Revokes all of `user`'s devices, or the one named: the relay cuts them off
+    /// at once, and this device removes them from its groups. The devices are the ones
+    /// this device verified, not whatever the relay lists. Returns the revoked device ids.
+    pub async fn revoke(
+        &mut self,
+        conn: &impl Link,
+        user: &str,
+        device: Option<&str>,
+    ) -> Result<Vec<String>, EngineError> {
+        let me = self.device()?;
+        let root = Self::root_key(&me)?;
+        self.certificates(conn).await?;
+        let device_ids: Vec<String> = self
+            .known_devices_of(user)?
+            .into_iter()
+            .map(|c| c.body.device_id)
+            .filter(|d| device.is_none_or(|prefix| d.starts_with(prefix)))
+            .collect();
+        if device_ids.is_empty() {
+            return Err(EngineError::Invalid(match device {
+                Some(d) => format!("{user} has no enrolled device {d}"),
+                None => format!("no enrolled device of user {user:?}"),
+            }));
+        }
+        self.learn_revocations(conn, &mut SyncReport::default())
+            .await?;
+        let revocation = root.sign_revocation(RevocationBody {
+            org_id: me.org.org_id.clone(),
+            user: user.to_string(),
+            device_ids: device_ids.clone(),
+            issued_at: now_unix(),
+            serial: self.last_revocation_serial()? + 1,
+        });
+        let serial = revocation.body.serial;
+        conn.request(&Request::Revoke { revocation })
+            .await
+            .map_err(from_link)?;
+        self.db.execute(
+            "INSERT OR IGNORE INTO revocation_serials (serial) VALUES (?1)",
+            [serial as i64],
+        )?;
+        for id in &device_ids {
+            self.db.execute(
+                "INSERT OR IGNORE INTO revoked_devices (device_id, user) VALUES (?1, ?2)",
+                params![id, user],
+            )?;
+        }
+        let report = self.sync(conn).await?;
+        if let Some(problem) = report.problems.first() {
+            return Err(EngineError::Invalid(format!(
+                "revoked, but removing from groups is incomplete: {problem}"
+            )));
+        }
+        Ok(device_ids)
+    }
+}

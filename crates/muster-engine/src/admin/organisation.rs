@@ -1,0 +1,335 @@
+//! The organisation's policy, certificate renewals and revocation, and provisioning from a
+//! file.
+
+use super::*;
+
+impl Engine {
+    pub(super) fn stored_policy(&self) -> Result<Option<OrgPolicy>, EngineError> {
+        let bytes: Option<Vec<u8>> = self
+            .db
+            .query_row("SELECT policy FROM org_policy WHERE id = 1", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(bytes.and_then(|b| serde_json::from_slice(&b).ok()))
+    }
+
+    pub(super) fn store_policy(&self, policy: &OrgPolicy) -> Result<(), EngineError> {
+        self.db.execute(
+            "INSERT INTO org_policy (id, policy, version) VALUES (1, ?1, ?2)
+             ON CONFLICT (id) DO UPDATE SET policy = excluded.policy, version = excluded.version
+             WHERE excluded.version > org_policy.version",
+            params![to_json(policy), policy.body.version as i64],
+        )?;
+        Ok(())
+    }
+
+    /// The organisation policy in force: the newest signed version this device has seen.
+    /// A relay that serves an older one than this device knows is reported in `problems`.
+    pub(super) async fn newest_policy(
+        &self,
+        conn: &impl Link,
+        problems: &mut Vec<String>,
+    ) -> Result<OrgPolicyBody, EngineError> {
+        let org = self.device()?.org;
+        let served = match conn
+            .request(&Request::GetOrgPolicy)
+            .await
+            .map_err(from_link)?
+        {
+            Response::OrgPolicy(p) => p,
+            _ => {
+                return Err(EngineError::Invalid(
+                    "unexpected answer to GetOrgPolicy".into(),
+                ))
+            }
+        };
+        if let Some(policy) = &served {
+            match policy.verify(&org) {
+                Ok(()) => self.store_policy(policy)?,
+                Err(e) => problems.push(format!(
+                    "ignored an organisation policy that does not verify: {e}"
+                )),
+            }
+        }
+        let newest = self.stored_policy()?;
+        let served_version = served
+            .filter(|p| p.verify(&org).is_ok())
+            .map(|p| p.body.version);
+        match &newest {
+            Some(known) if served_version.is_none_or(|v| v < known.body.version) => {
+                problems.push(format!(
+                    "the relay withholds or replays the organisation policy: it serves {}, this device has seen version {}",
+                    served_version.map_or("none".to_string(), |v| format!("version {v}")),
+                    known.body.version
+                ));
+            }
+            _ => {}
+        }
+        Ok(newest.map(|p| p.body).unwrap_or(OrgPolicyBody {
+            org_id: org.org_id,
+            ..Default::default()
+        }))
+    }
+
+    /// The organisation policy in force, verified against the pinned root and never
+    /// older than the newest this device has seen; also why the relay's copy was not used.
+    pub async fn org_policy(
+        &self,
+        conn: &impl Link,
+    ) -> Result<(OrgPolicyBody, Vec<String>), EngineError> {
+        let mut problems = Vec::new();
+        let policy = self.newest_policy(conn, &mut problems).await?;
+        Ok((policy, problems))
+    }
+
+    /// (admin) Publishes a new organisation policy, signed by the root key, with a version
+    /// above every one seen.
+    pub async fn set_org_policy(
+        &self,
+        conn: &impl Link,
+        device_self_approval: Option<bool>,
+        certificate_lifetime_secs: Option<u64>,
+    ) -> Result<OrgPolicyBody, EngineError> {
+        let me = self.device()?;
+        let root = Self::root_key(&me)?;
+        let current = self.newest_policy(conn, &mut Vec::new()).await?;
+        if certificate_lifetime_secs.is_some_and(|l| l < MIN_CERTIFICATE_LIFETIME_SECS) {
+            return Err(EngineError::Invalid(format!(
+                "certificates must stay valid at least {MIN_CERTIFICATE_LIFETIME_SECS} seconds"
+            )));
+        }
+        let policy = root.sign_policy(OrgPolicyBody {
+            org_id: me.org.org_id.clone(),
+            device_self_approval: device_self_approval.unwrap_or(current.device_self_approval),
+            issued_at: now_unix(),
+            version: current.version + 1,
+            certificate_lifetime_secs: certificate_lifetime_secs
+                .unwrap_or(current.certificate_lifetime_secs),
+        });
+        conn.request(&Request::SetOrgPolicy {
+            policy: policy.clone(),
+        })
+        .await
+        .map_err(from_link)?;
+        self.store_policy(&policy)?;
+        Ok(policy.body)
+    }
+
+    /// How long the certificates this device issues stay valid, by the newest policy it
+    /// has seen.
+    pub(crate) fn certificate_lifetime(&self) -> Result<u64, EngineError> {
+        Ok(self
+            .stored_policy()?
+            .map(|p| p.body.certificate_lifetime())
+            .unwrap_or(DEFAULT_CERTIFICATE_LIFETIME_SECS))
+    }
+
+    /// On a device holding the root key: renews, before they run out, the certificates
+    /// of every unrevoked device this device knows (a third of their lifetime into it),
+    /// with each user's profile and roles from its own record. A revoked device's
+    /// certificate is never renewed, so it stops being accepted within one lifetime
+    /// even by members from whom the relay hides the revocation.
+    pub(crate) async fn renew_certificates(
+        &mut self,
+        conn: &impl Link,
+        report: &mut SyncReport,
+    ) -> Result<(), EngineError> {
+        let me = self.device()?;
+        if me.root_key.is_none() || Self::require_admin(&me).is_err() {
+            return Ok(());
+        }
+        let lifetime = self.certificate_lifetime()?;
+        let due_by = now_unix() + lifetime * 2 / 3;
+        let mut due = Vec::new();
+        for user in self.known_users()? {
+            if self
+                .known_devices_of(&user)?
+                .iter()
+                .any(|c| c.body.not_after < due_by)
+            {
+                due.push(user);
+            }
+        }
+        if due.is_empty() {
+            return Ok(());
+        }
+        let root = Self::root_key(&me)?;
+        self.certificates(conn).await?;
+        for user in due {
+            let Some((profile, roles)) = self.record_of(&user)? else {
+                continue;
+            };
+            let result = async {
+                let certificates = self.reissue(&root, &user, &profile, &roles)?;
+                conn.request(&Request::ReissueCertificates {
+                    certificates: certificates.clone(),
+                })
+                .await
+                .map_err(from_link)?;
+                self.record_issued(&certificates)
+            }
+            .await;
+            if let Err(e) = result {
+                report
+                    .problems
+                    .push(format!("could not renew the certificates of {user}: {e}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// (admin) What the organisation looks like now, for provisioning. Who is enrolled
+    /// comes from certificates this device verified (the relay's listing can hide a
+    /// user, not make this device forget one), and only enrolment requests whose proofs
+    /// check out are offered for approval.
+    pub async fn provision_state(&mut self, conn: &impl Link) -> Result<OrgState, EngineError> {
+        let me = self.device()?;
+        Self::require_admin(&me)?;
+        self.sync(conn).await?;
+        let mut state = OrgState {
+            me: me.user.clone(),
+            ..Default::default()
+        };
+        self.certificates(conn).await?;
+        for user in self.known_users()? {
+            if let Some(record) = self.record_of(&user)? {
+                state.enrolled.insert(user, record);
+            }
+        }
+        for pending in self.pending_raw(conn).await? {
+            match self.prove_enrolment(&pending) {
+                Ok(_) => state.pending.push(pending),
+                Err(why) => state.unproven.push(format!(
+                    "{}'s enrolment request (device {}): {why}",
+                    pending.user, pending.device_id
+                )),
+            }
+        }
+        let Response::Invites(invites) = conn
+            .request(&Request::ListInvites)
+            .await
+            .map_err(from_link)?
+        else {
+            return Err(EngineError::Invalid(
+                "unexpected answer to ListInvites".into(),
+            ));
+        };
+        state.invited = invites
+            .into_iter()
+            .filter(|i| !i.link)
+            .map(|i| i.user)
+            .collect();
+        for g in self.groups()? {
+            if g.state == crate::engine::STATE_ACTIVE {
+                state
+                    .groups
+                    .insert(g.name, (g.members.into_iter().collect(), g.managed));
+            }
+        }
+        Ok(state)
+    }
+
+    /// (admin) Carries out one provisioning step; an invite returns its code.
+    pub async fn apply_action(
+        &mut self,
+        conn: &impl Link,
+        spec: &OrgSpec,
+        action: &Action,
+        invite_ttl_secs: u64,
+    ) -> Result<Option<String>, EngineError> {
+        let user_spec = |user: &str| {
+            spec.users
+                .iter()
+                .find(|u| u.handle == user)
+                .ok_or_else(|| EngineError::Invalid(format!("{user} is not in the file")))
+        };
+        match action {
+            Action::Invite { user } => {
+                Ok(Some(self.create_invite(conn, user, invite_ttl_secs).await?))
+            }
+            Action::Approve { user, device_id } => {
+                let wanted = user_spec(user)?;
+                let me = self.device()?;
+                let root = Self::root_key(&me)?;
+                let pending = self.pending_for(conn, user, Some(device_id)).await?;
+                let proven = self.proven(&pending)?;
+                if proven.purpose != InvitePurpose::NewUser {
+                    return Err(EngineError::Invalid(format!(
+                        "{user}'s device {device_id} was made with a device-link code; approve it with `muster approve`"
+                    )));
+                }
+                self.issue(conn, &me, &root, &proven, wanted.profile(), wanted.roles())
+                    .await?;
+                Ok(None)
+            }
+            Action::UpdateCertificates { user } => {
+                let wanted = user_spec(user)?;
+                let me = self.device()?;
+                let root = Self::root_key(&me)?;
+                let certificates = self.reissue(&root, user, &wanted.profile(), &wanted.roles())?;
+                conn.request(&Request::ReissueCertificates {
+                    certificates: certificates.clone(),
+                })
+                .await
+                .map_err(from_link)?;
+                self.record_issued(&certificates)?;
+                Ok(None)
+            }
+            Action::CreateGroup {
+                group,
+                members,
+                managed,
+            } => {
+                self.create_group(conn, group, members, *managed).await?;
+                Ok(None)
+            }
+            Action::AddMember { group, user } => {
+                self.add_member(conn, group, user).await?;
+                Ok(None)
+            }
+            Action::RemoveMember { group, user } => {
+                self.remove_member(conn, group, user).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// New certificates for each of `user`'s unrevoked devices this device knows, with
+    /// the given profile and roles and a fresh validity.
+    pub(super) fn reissue(
+        &self,
+        root: &OrgRootKey,
+        user: &str,
+        profile: &Profile,
+        roles: &[Role],
+    ) -> Result<Vec<Certificate>, EngineError> {
+        let now = now_unix();
+        let lifetime = self.certificate_lifetime()?;
+        let certificates: Vec<Certificate> = self
+            .known_devices_of(user)?
+            .into_iter()
+            .map(|c| {
+                root.sign(CertificateBody {
+                    profile: profile.clone(),
+                    roles: roles.to_vec(),
+                    // Strictly later than the certificate it replaces, so devices take it.
+                    not_before: now.saturating_sub(300).max(c.body.not_before + 1),
+                    not_after: now + lifetime,
+                    ..c.body
+                })
+            })
+            .collect();
+        if certificates.is_empty() {
+            return Err(EngineError::Invalid(format!(
+                "this device knows no enrolled device of {user}"
+            )));
+        }
+        Ok(certificates)
+    }
+
+    // ---- profiles ---------------------------------------------------------------------
+}
+
+/// The shortest certificate lifetime an organisation may choose.
+pub(super) const MIN_CERTIFICATE_LIFETIME_SECS: u64 = 10;
