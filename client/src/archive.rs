@@ -13,7 +13,7 @@ pub enum ArchiveCommand {
     Serve {
         /// Keep entries this long (e.g. 7y, 90d), then delete them, except those of users
         /// under legal hold. Remembered for later runs.
-        #[arg(long, value_parser = crate::parse_duration)]
+        #[arg(long, value_parser = crate::cli::parse_duration)]
         retain: Option<u64>,
         /// Also delete entries once their group's disappearing-message time has passed
         /// (counted from when the archive received them). Off by default: a group's
@@ -77,7 +77,7 @@ pub enum ArchiveCommand {
     /// time, now (except those of users under legal hold).
     Prune {
         /// Defaults to the period `serve --retain` remembered.
-        #[arg(long, value_parser = crate::parse_duration)]
+        #[arg(long, value_parser = crate::cli::parse_duration)]
         retain: Option<u64>,
         /// Also apply groups' disappearing times (default: as `serve` remembered).
         #[arg(long)]
@@ -320,7 +320,7 @@ async fn serve(
         retain.map_or("none".to_string(), muster_engine::describe_duration)
     );
     let _ = std::io::stdout().flush();
-    let shutdown = crate::shutdown_signal();
+    let shutdown = crate::live::shutdown_signal();
     tokio::pin!(shutdown);
     let mut next_prune = tokio::time::Instant::now();
     let mut backoff = muster_driver::Backoff::default();

@@ -39,7 +39,9 @@ mod transfers;
 mod views;
 
 use commits::*;
-pub(crate) use inbound::*;
+use inbound::*;
+#[cfg(feature = "fuzzing")]
+pub(crate) use inbound::{receive_for_fuzzing, welcome_for_fuzzing};
 use messages::*;
 use outbox::*;
 pub(crate) use sync::*;

@@ -1,0 +1,188 @@
+//! Commands that stay connected: `chat` and `rollcall --watch`, reconnecting through the
+//! driver, and the shutdown signal the archive service waits on.
+
+use crate::connected;
+use crate::print::*;
+use muster_driver::{Backoff, Wake};
+use muster_engine::{Engine, EngineError};
+use std::io::Write;
+
+pub(crate) async fn rollcall(
+    engine: &mut Engine,
+    id: &str,
+    watch: bool,
+    json: bool,
+) -> Result<(), EngineError> {
+    let conn = connected(engine).await?;
+    let wakeups = conn.wakeups();
+    let mut last_shown = None;
+    loop {
+        engine.sync(&conn).await?;
+        let r = engine.rollcall(id)?;
+        let summary = (r.acknowledged, r.members.len());
+        if last_shown != Some(summary) {
+            if json {
+                print_json(&r);
+            } else {
+                println!(
+                    "{} of {} acknowledged: {}",
+                    r.acknowledged,
+                    r.members.len(),
+                    r.alert.text
+                );
+                for m in &r.members {
+                    match &m.acked_at {
+                        Some(at) => println!("  ✓ {:<16} {at}", m.user),
+                        None => println!("  … {:<16} waiting", m.user),
+                    }
+                }
+            }
+            let _ = std::io::stdout().flush();
+            last_shown = Some(summary);
+        }
+        if !watch || r.acknowledged == r.members.len() {
+            break;
+        }
+        wakeups.next(Some(std::time::Duration::from_secs(30))).await;
+    }
+    conn.close().await;
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+pub(crate) async fn chat(engine: &mut Engine, group: &str) -> Result<(), EngineError> {
+    use tokio::io::AsyncBufReadExt;
+    let mut conn = connected(engine).await?;
+    let report = engine.sync(&conn).await?;
+    for p in &report.problems {
+        eprintln!("warning: {p}");
+    }
+    let mut last = 0;
+    for m in engine.read(group, 20)? {
+        print_message(&m);
+        last = last.max(m.local_seq);
+    }
+    if let Some(g) = engine
+        .groups()?
+        .into_iter()
+        .find(|g| g.name == group || g.id.starts_with(group))
+    {
+        if g.archived {
+            if g.archive_members.is_empty() {
+                println!("*** ARCHIVED GROUP WITHOUT ITS ARCHIVE: sending is blocked until an admin restores it ***");
+            } else {
+                println!(
+                    "*** ARCHIVED: everything said here is kept by the organisation's compliance archive ({}) ***",
+                    g.archive_members.join(", ")
+                );
+            }
+        }
+    }
+    println!(
+        "--- chatting in {group}: type a message and press Enter; /ack ID acknowledges an alert; /quit or Ctrl-D to leave ---"
+    );
+    remind_unacknowledged(engine)?;
+    let _ = std::io::stdout().flush();
+    let reminder_every = std::env::var("MUSTER_REMINDER_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60u64)
+        .max(1);
+    let mut reminder = tokio::time::interval(std::time::Duration::from_secs(reminder_every));
+    reminder.tick().await;
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut wakeups = conn.wakeups();
+    let mut backoff = Backoff::default();
+    loop {
+        tokio::select! {
+            wake = wakeups.next(None) => {
+                if wake == Wake::Lost {
+                    eprintln!("connection to the relay lost; reconnecting");
+                    conn = muster_driver::reconnect(engine, &mut backoff, 11).await?;
+                    wakeups = conn.wakeups();
+                }
+                let report = engine.sync(&conn).await?;
+                notify(engine, &report.notifications);
+                for p in &report.problems {
+                    eprintln!("warning: {p}");
+                }
+                // Urgent alerts from other groups come through here too.
+                for n in report.notifications.iter().filter(|n| n.kind == "alert" && n.group != group) {
+                    println!("🚨 ALERT in {} from {}: {}  #{}", n.group, n.sender, n.text, n.id.get(..8).unwrap_or(&n.id));
+                }
+            }
+            _ = reminder.tick() => {
+                remind_unacknowledged(engine)?;
+            }
+            line = lines.next_line() => {
+                let Some(line) = line? else { break };
+                let line = line.trim();
+                if line == "/quit" {
+                    break;
+                }
+                if let Some(id) = line.strip_prefix("/ack ") {
+                    match engine.queue_ack(id.trim()) {
+                        Ok(_) => {
+                            engine.flush(&conn).await?;
+                            println!("acknowledged {}", id.trim());
+                        }
+                        Err(e) => eprintln!("not acknowledged: {e}"),
+                    }
+                } else if !line.is_empty() {
+                    if let Err(e) = engine.send_text(&conn, group, line).await {
+                        eprintln!("not sent: {e}");
+                    }
+                }
+            }
+        }
+        let fresh = engine.messages_after(group, last)?;
+        for m in &fresh {
+            print_message(m);
+            last = last.max(m.local_seq);
+        }
+        if fresh
+            .iter()
+            .any(|m| m.kind != "system" && m.status == "received")
+        {
+            match engine.mark_read(&fresh) {
+                Ok(()) => {
+                    engine.flush(&conn).await?;
+                }
+                Err(e) => eprintln!("note: read receipts not queued: {e}"),
+            }
+        }
+        let _ = std::io::stdout().flush();
+    }
+    conn.close().await;
+    Ok(())
+}
+
+/// Repeats every alert still waiting for this user's acknowledgement.
+pub(crate) fn remind_unacknowledged(engine: &Engine) -> Result<(), EngineError> {
+    for m in engine.unacknowledged_alerts()? {
+        println!(
+            "reminder: 🚨 {} in {} asks for your acknowledgement: {}  (/ack {})",
+            m.sender,
+            m.group,
+            m.text,
+            m.id.get(..8).unwrap_or(&m.id)
+        );
+    }
+    let _ = std::io::stdout().flush();
+    Ok(())
+}

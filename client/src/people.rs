@@ -1,0 +1,468 @@
+//! Enrolment, devices, people, profiles and administration.
+
+use crate::cli::*;
+use crate::connected;
+use crate::print::*;
+use muster_engine::{Engine, EngineError};
+use muster_proto::Profile;
+
+/// Runs `command` if it is one of this module's; hands it back otherwise.
+pub(crate) async fn run(
+    engine: &mut Engine,
+    command: Command,
+) -> Result<Option<Command>, EngineError> {
+    match command {
+        Command::Org(OrgCommand::Create {
+            relay,
+            fingerprint,
+            token,
+            name,
+            user,
+            display_name,
+        }) => {
+            let profile = Profile {
+                display_name: display_name.unwrap_or_else(|| user.clone()),
+                ..Default::default()
+            };
+            let setup = muster_engine::NewOrg {
+                relay: &relay,
+                fingerprint: &fingerprint,
+                token: &token,
+                org_name: &name,
+                user: &user,
+                profile,
+            };
+            muster_driver::create_org(engine, &setup).await?;
+            println!("organisation {name:?} created; you are admin {user}");
+        }
+        Command::Invite { user, ttl } => {
+            let conn = connected(engine).await?;
+            let code = engine.create_invite(&conn, &user, ttl).await?;
+            conn.close().await;
+            println!("{code}");
+        }
+        Command::Join {
+            code,
+            display_name,
+            title,
+            department,
+        } => {
+            let device = muster_driver::join(
+                engine,
+                &code,
+                Profile {
+                    display_name,
+                    title,
+                    department,
+                },
+            )
+            .await?;
+            println!("enrolment request sent (device {device}); an admin must approve it");
+        }
+        Command::JoinDevice { code } => {
+            let device = muster_driver::join_device(engine, &code).await?;
+            println!(
+                "device link request sent (device {device}); an admin must approve it, or, where the organisation allows it, you with `muster device approve {device}` on your other device"
+            );
+        }
+        Command::Device(DeviceCommand::Link { ttl }) => {
+            let conn = connected(engine).await?;
+            let code = engine.create_device_link(&conn, ttl).await;
+            conn.close().await;
+            println!("{}", code?);
+        }
+        Command::Device(DeviceCommand::Approve { device_id }) => {
+            let conn = connected(engine).await?;
+            let result = engine.confirm_device(&conn, &device_id).await;
+            conn.close().await;
+            result?;
+            println!("approved your new device {device_id}; it is enrolled once an admin device has issued its certificate");
+        }
+        Command::Devices(flag) => {
+            let conn = connected(engine).await?;
+            let devices = engine.devices(&conn).await;
+            conn.close().await;
+            print_listing(devices?, flag.json, |d| {
+                println!(
+                    "{}{}  enrolled until {}",
+                    d.device_id,
+                    if d.this_device { " (this device)" } else { "" },
+                    d.enrolled_until
+                );
+            });
+        }
+        Command::Pending(flag) => {
+            let conn = connected(engine).await?;
+            let pending = engine.pending(&conn).await?;
+            conn.close().await;
+            print_listing(&pending, flag.json, |p| {
+                let proof = match (&p.code_from, &p.problem) {
+                    (Some(by), _) => format!("code from {by}"),
+                    (None, Some(why)) => format!("CANNOT BE APPROVED: {why}"),
+                    (None, None) => String::new(),
+                };
+                println!(
+                    "{}{}  \"{}\"{}  device {}  requested {}  {proof}",
+                    p.user,
+                    if p.linked { " (new device)" } else { "" },
+                    p.display_name,
+                    title_and_department(p.title.as_deref(), p.department.as_deref()),
+                    p.device_id,
+                    p.requested_at
+                );
+            });
+            if pending.is_empty() && !flag.json {
+                println!("no pending enrolment requests");
+            }
+        }
+        Command::Approve {
+            user,
+            device,
+            archive,
+        } => {
+            let conn = connected(engine).await?;
+            let id = engine
+                .approve(&conn, &user, device.as_deref(), archive)
+                .await?;
+            conn.close().await;
+            if archive {
+                println!("approved {user} (device {id}) as the organisation's compliance archive");
+            } else {
+                println!("approved {user} (device {id})");
+            }
+        }
+        Command::Reject { user, device } => {
+            let conn = connected(engine).await?;
+            let id = engine.reject(&conn, &user, device.as_deref()).await?;
+            conn.close().await;
+            println!("rejected {user} (device {id})");
+        }
+        Command::Directory(flag) => {
+            let conn = connected(engine).await?;
+            let entries = engine.directory(&conn).await;
+            conn.close().await;
+            print_listing(entries?, flag.json, |e| {
+                println!(
+                    "{:<16} {}{}  [{}]",
+                    e.user,
+                    e.display_name,
+                    title_and_department(e.title.as_deref(), e.department.as_deref()),
+                    e.roles.join(", ")
+                );
+            });
+        }
+        Command::Admin(AdminCommand::Revoke { user, device }) => {
+            let conn = connected(engine).await?;
+            let revoked = engine.revoke(&conn, &user, device.as_deref()).await;
+            conn.close().await;
+            let revoked = revoked?;
+            println!(
+                "revoked {user}: {} device(s): {}",
+                revoked.len(),
+                revoked.join(", ")
+            );
+        }
+        Command::Profile(ProfileCommand::Show(flag)) => {
+            let p = engine.profile()?;
+            if flag.json {
+                print_json(&serde_json::json!({
+                    "display_name": p.display_name, "title": p.title, "department": p.department,
+                }));
+            } else {
+                println!("display name: {}", p.display_name);
+                println!("title: {}", p.title.as_deref().unwrap_or("(not revealed)"));
+                println!(
+                    "department: {}",
+                    p.department.as_deref().unwrap_or("(not revealed)")
+                );
+            }
+        }
+        Command::Profile(ProfileCommand::Set {
+            display_name,
+            title,
+            department,
+        }) => {
+            let conn = connected(engine).await?;
+            let result = engine
+                .request_profile(
+                    &conn,
+                    Profile {
+                        display_name,
+                        title,
+                        department,
+                    },
+                )
+                .await;
+            conn.close().await;
+            result?;
+            println!("profile change sent; colleagues see it once an admin approves it");
+        }
+        Command::Admin(AdminCommand::Profiles(flag)) => {
+            let conn = connected(engine).await?;
+            let changes = engine.profile_changes(&conn).await;
+            conn.close().await;
+            print_listing(changes?, flag.json, |c| {
+                let check = match (&c.signed_by, &c.problem) {
+                    (Some(device), _) => format!("signed by their device {device}"),
+                    (None, Some(why)) => format!("CANNOT BE APPROVED: {why}"),
+                    (None, None) => String::new(),
+                };
+                println!(
+                    "{}: {} -> {}  ({check})",
+                    c.user,
+                    describe_profile(&c.current),
+                    describe_profile(&c.requested)
+                );
+            });
+        }
+        Command::Admin(AdminCommand::ApproveProfile { user }) => {
+            let conn = connected(engine).await?;
+            let result = engine.approve_profile(&conn, &user).await;
+            conn.close().await;
+            let p = result?;
+            println!("approved the new profile of {user} ({})", p.display_name);
+        }
+        Command::Admin(AdminCommand::RejectProfile { user }) => {
+            let conn = connected(engine).await?;
+            let result = engine.reject_profile(&conn, &user).await;
+            conn.close().await;
+            result?;
+            println!("rejected the profile change of {user}");
+        }
+        Command::Admin(AdminCommand::Apply {
+            file,
+            dry_run,
+            invites_out,
+            ttl,
+            json,
+        }) => admin_apply(engine, &file, dry_run, invites_out.as_deref(), ttl, json).await?,
+        Command::Admin(AdminCommand::Policy {
+            device_self_approval,
+            certificate_lifetime,
+            json,
+        }) => {
+            let conn = connected(engine).await?;
+            let result = if device_self_approval.is_some() || certificate_lifetime.is_some() {
+                engine
+                    .set_org_policy(&conn, device_self_approval, certificate_lifetime)
+                    .await
+                    .map(|p| (p, vec![]))
+            } else {
+                engine.org_policy(&conn).await
+            };
+            conn.close().await;
+            let (policy, problems) = result?;
+            for p in &problems {
+                eprintln!("warning: {p}");
+            }
+            if json {
+                print_json(&serde_json::json!({
+                    "device_self_approval": policy.device_self_approval,
+                    "version": policy.version,
+                    "certificate_lifetime_secs": policy.certificate_lifetime(),
+                }));
+            } else {
+                println!(
+                    "device self-approval: {} (policy version {})",
+                    if policy.device_self_approval {
+                        "on"
+                    } else {
+                        "off"
+                    },
+                    policy.version
+                );
+                println!(
+                    "certificates valid for: {}",
+                    muster_engine::describe_duration(policy.certificate_lifetime())
+                );
+            }
+        }
+        Command::Admin(AdminCommand::ArchiveCheck { file, json }) => {
+            let text = std::fs::read(&file).map_err(|e| {
+                EngineError::Invalid(format!("cannot read {}: {e}", file.display()))
+            })?;
+            let chain: muster_engine::archive::ExportedChain = serde_json::from_slice(&text)
+                .map_err(|e| {
+                    EngineError::Invalid(format!(
+                        "{} is not a chain from `muster archive export-chain`: {e}",
+                        file.display()
+                    ))
+                })?;
+            let conn = connected(engine).await?;
+            let report = engine.archive_check(&conn, &chain).await;
+            conn.close().await;
+            crate::archive::print_report(&report?, json)?;
+        }
+        Command::Admin(AdminCommand::Audit { limit, json }) => {
+            let conn = connected(engine).await?;
+            let events = engine.audit(&conn, limit).await;
+            conn.close().await;
+            print_listing(events?, json, |e| {
+                let group = e
+                    .group
+                    .as_ref()
+                    .map(|g| format!(" in {g}"))
+                    .unwrap_or_default();
+                println!(
+                    "{}  {:<20} {} -> {}{group}",
+                    e.at, e.event, e.actor, e.subject
+                );
+            });
+        }
+        Command::Whoami(flag) => {
+            let (user, device, org) = engine.whoami()?;
+            if flag.json {
+                print_json(&serde_json::json!({"user": user, "device_id": device, "org": org}));
+            } else {
+                println!("{user} (device {device}) in {org}");
+            }
+        }
+        other => return Ok(Some(other)),
+    }
+    Ok(None)
+}
+
+pub(crate) async fn admin_apply(
+    engine: &mut Engine,
+    file: &std::path::Path,
+    dry_run: bool,
+    invites_out: Option<&std::path::Path>,
+    ttl: u64,
+    json: bool,
+) -> Result<(), EngineError> {
+    use muster_engine::provision::{parse_spec, plan};
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| EngineError::Invalid(format!("cannot read {}: {e}", file.display())))?;
+    let spec =
+        parse_spec(&text).map_err(|e| EngineError::Invalid(format!("{}: {e}", file.display())))?;
+    let conn = connected(engine).await?;
+    let state = engine.provision_state(&conn).await?;
+    let (actions, problems) = plan(&spec, &state);
+    for p in &problems {
+        if json {
+            print_json(&serde_json::json!({"status": "problem", "error": p}));
+        } else {
+            eprintln!("cannot: {p}");
+        }
+    }
+    if dry_run || actions.is_empty() {
+        for a in &actions {
+            if json {
+                let mut v = serde_json::to_value(a).expect("action serialises");
+                v["status"] = "planned".into();
+                print_json(&v);
+            } else {
+                println!("would {a}");
+            }
+        }
+        if !json {
+            if actions.is_empty() {
+                println!("nothing to do: the organisation matches {}", file.display());
+            } else {
+                println!(
+                    "{} change(s) planned; run without --dry-run to apply",
+                    actions.len()
+                );
+            }
+        }
+        conn.close().await;
+        return if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(EngineError::Invalid(format!(
+                "{} problem(s) in the plan",
+                problems.len()
+            )))
+        };
+    }
+    let bar = indicatif::ProgressBar::new(actions.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {wide_msg}")
+            .expect("valid template"),
+    );
+    let mut invites = Vec::new();
+    let mut failures = Vec::new();
+    for action in &actions {
+        bar.set_message(action.to_string());
+        let result = engine.apply_action(&conn, &spec, action, ttl).await;
+        let mut record = serde_json::to_value(action).expect("action serialises");
+        match result {
+            Ok(code) => {
+                record["status"] = "done".into();
+                if let (Some(code), muster_engine::provision::Action::Invite { user }) =
+                    (code, action)
+                {
+                    invites.push((user.clone(), code));
+                }
+            }
+            Err(e) => {
+                record["status"] = "failed".into();
+                record["error"] = e.to_string().into();
+                bar.suspend(|| eprintln!("failed: {action}: {e}"));
+                failures.push(action.to_string());
+            }
+        }
+        if json {
+            bar.suspend(|| print_json(&record));
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    conn.close().await;
+    match invites_out {
+        Some(path) => {
+            use std::io::Write as _;
+            let mut options = std::fs::OpenOptions::new();
+            options.create(true).append(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                // Invite codes are secrets until used.
+                options.mode(0o600);
+            }
+            let mut out = options.open(path)?;
+            for (user, code) in &invites {
+                writeln!(out, "{user} {code}")?;
+            }
+            if !json && !invites.is_empty() {
+                println!(
+                    "{} invite code(s) written to {}",
+                    invites.len(),
+                    path.display()
+                );
+            }
+        }
+        None if !json => {
+            for (user, code) in &invites {
+                println!("invite {user}: {code}");
+            }
+        }
+        None => {}
+    }
+    let approved = actions
+        .iter()
+        .filter(|a| matches!(a, muster_engine::provision::Action::Approve { .. }))
+        .count();
+    if !json && approved > 0 {
+        println!(
+            "approved users are seated in their groups by the next apply, once their device has connected"
+        );
+    }
+    if !json {
+        println!(
+            "applied {} of {} change(s); {} failed",
+            actions.len() - failures.len(),
+            actions.len(),
+            failures.len()
+        );
+    }
+    if failures.is_empty() && problems.is_empty() {
+        Ok(())
+    } else {
+        Err(EngineError::Invalid(format!(
+            "{} step(s) failed and {} problem(s) in the plan",
+            failures.len(),
+            problems.len()
+        )))
+    }
+}
