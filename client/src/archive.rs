@@ -129,7 +129,7 @@ pub async fn run(engine: &mut Engine, command: ArchiveCommand) -> Result<(), Eng
             let report = if offline {
                 engine.archive_verify_offline()?
             } else {
-                let conn = crate::connected(engine).await.map_err(|e| {
+                let conn = muster_driver::connect(engine).await.map_err(|e| {
                     EngineError::Invalid(format!(
                         "cannot reach the relay to compare the checkpoints published there ({e}); `--offline` checks the archive alone"
                     ))
@@ -141,9 +141,10 @@ pub async fn run(engine: &mut Engine, command: ArchiveCommand) -> Result<(), Eng
             print_report(&report, json)
         }
         ArchiveCommand::ExportChain { out } => {
-            let conn = crate::connected(engine).await?;
-            let chain = engine.archive_chain(&conn).await;
-            conn.close().await;
+            let chain = crate::online(engine, async |engine, conn| {
+                engine.archive_chain(conn).await
+            })
+            .await;
             let chain = chain?;
             let file = std::fs::File::create(&out)?;
             serde_json::to_writer(std::io::BufWriter::new(file), &chain)
@@ -170,9 +171,10 @@ pub async fn run(engine: &mut Engine, command: ArchiveCommand) -> Result<(), Eng
                 from_ms: from,
                 to_ms: to,
             };
-            let conn = crate::connected(engine).await?;
-            let messages = engine.archive_export(&conn, &filter).await;
-            conn.close().await;
+            let messages = crate::online(engine, async |engine, conn| {
+                engine.archive_export(conn, &filter).await
+            })
+            .await;
             let messages = messages?;
             write_export(engine, &messages, format, &out)?;
             eprintln!(
@@ -184,9 +186,10 @@ pub async fn run(engine: &mut Engine, command: ArchiveCommand) -> Result<(), Eng
             Ok(())
         }
         ArchiveCommand::Sample { count, seed } => {
-            let conn = crate::connected(engine).await?;
-            let sample = engine.archive_sample(&conn, count, seed).await;
-            conn.close().await;
+            let sample = crate::online(engine, async |engine, conn| {
+                engine.archive_sample(conn, count, seed).await
+            })
+            .await;
             let (seed, sample) = sample?;
             for m in &sample {
                 crate::print_json(m);
@@ -207,9 +210,10 @@ pub async fn run(engine: &mut Engine, command: ArchiveCommand) -> Result<(), Eng
             Ok(())
         }
         ArchiveCommand::Hold { user } => {
-            let conn = crate::connected(engine).await?;
-            let changed = engine.archive_hold(&conn, &user, true).await;
-            conn.close().await;
+            let changed = crate::online(engine, async |engine, conn| {
+                engine.archive_hold(conn, &user, true).await
+            })
+            .await;
             let changed = changed?;
             println!(
                 "{user} {}",
@@ -222,9 +226,10 @@ pub async fn run(engine: &mut Engine, command: ArchiveCommand) -> Result<(), Eng
             Ok(())
         }
         ArchiveCommand::Release { user } => {
-            let conn = crate::connected(engine).await?;
-            let changed = engine.archive_hold(&conn, &user, false).await;
-            conn.close().await;
+            let changed = crate::online(engine, async |engine, conn| {
+                engine.archive_hold(conn, &user, false).await
+            })
+            .await;
             let changed = changed?;
             println!(
                 "{user} {}",
@@ -325,12 +330,13 @@ async fn serve(
     let mut next_prune = tokio::time::Instant::now();
     let mut backoff = muster_driver::Backoff::default();
     loop {
-        let conn = tokio::select! {
-            conn = crate::connected(engine) => conn,
+        // A service never gives up on its relay: it keeps trying, with the driver's backoff.
+        let session = tokio::select! {
+            session = muster_driver::Session::start(engine) => session,
             _ = &mut shutdown => return Ok(()),
         };
-        let conn = match conn {
-            Ok(conn) => conn,
+        let session = match session {
+            Ok(session) => session,
             Err(EngineError::Link(e)) => {
                 let delay = backoff.next_delay();
                 eprintln!("relay unreachable ({e}); retrying in {delay:?}");
@@ -343,9 +349,8 @@ async fn serve(
             Err(e) => return Err(e),
         };
         backoff.reset();
-        let wakeups = conn.wakeups();
         loop {
-            match engine.sync(&conn).await {
+            match engine.sync(session.link()).await {
                 Ok(report) => {
                     for p in &report.problems {
                         eprintln!("warning: {p}");
@@ -365,7 +370,10 @@ async fn serve(
                 Err(e) => eprintln!("warning: sync failed: {e}"),
             }
             let mut report = muster_engine::SyncReport::default();
-            match engine.archive_fetch_attachments(&conn, &mut report).await {
+            match engine
+                .archive_fetch_attachments(session.link(), &mut report)
+                .await
+            {
                 Ok(0) => {}
                 Ok(n) => println!("archived {n} attachment(s)"),
                 Err(e) => eprintln!("warning: archiving attachments failed: {e}"),
@@ -382,14 +390,14 @@ async fn serve(
                 next_prune = tokio::time::Instant::now() + PRUNE_EVERY;
             }
             tokio::select! {
-                wake = wakeups.next(Some(std::time::Duration::from_secs(30))) => {
+                wake = session.wake(Some(std::time::Duration::from_secs(30))) => {
                     if wake == muster_driver::Wake::Lost {
                         eprintln!("connection to the relay lost; reconnecting");
                         break;
                     }
                 }
                 _ = &mut shutdown => {
-                    conn.close().await;
+                    session.close().await;
                     println!("archive stopped");
                     return Ok(());
                 }

@@ -2,7 +2,7 @@
 
 use crate::cli::*;
 use crate::print::*;
-use crate::{connected, live};
+use crate::{live, online};
 use muster_engine::{Engine, EngineError};
 use std::io::Read;
 
@@ -13,24 +13,23 @@ pub(crate) async fn run(
 ) -> Result<Option<Command>, EngineError> {
     match command {
         Command::Group(cmd) => {
-            let conn = connected(engine).await?;
-            let result: Result<(), EngineError> = match cmd {
+            online(engine, async |engine, conn| match cmd {
                 GroupCommand::Create {
                     name,
                     members,
                     managed,
                 } => {
-                    let g = engine.create_group(&conn, &name, &members, managed).await?;
+                    let g = engine.create_group(conn, &name, &members, managed).await?;
                     print_group(&g);
                     Ok(())
                 }
                 GroupCommand::Add { group, user } => {
-                    let g = engine.add_member(&conn, &group, &user).await?;
+                    let g = engine.add_member(conn, &group, &user).await?;
                     print_group(&g);
                     Ok(())
                 }
                 GroupCommand::Remove { group, user } => {
-                    let g = engine.remove_member(&conn, &group, &user).await?;
+                    let g = engine.remove_member(conn, &group, &user).await?;
                     print_group(&g);
                     Ok(())
                 }
@@ -43,11 +42,11 @@ pub(crate) async fn run(
                     no_archived,
                 } => {
                     if archived || no_archived {
-                        engine.set_group_policy(&conn, &group, archived).await?;
+                        engine.set_group_policy(conn, &group, archived).await?;
                     }
                     if retain.is_some() || disappear.is_some() || keep_forever {
                         let queued = engine.queue_retention(&group, retain, disappear)?;
-                        engine.deliver(&conn, &queued).await?;
+                        engine.deliver(conn, &queued).await?;
                     }
                     let g = engine
                         .groups()?
@@ -79,18 +78,17 @@ pub(crate) async fn run(
                     Ok(())
                 }
                 GroupCommand::Rename { group, new_name } => {
-                    let g = engine.rename_group(&conn, &group, &new_name).await?;
+                    let g = engine.rename_group(conn, &group, &new_name).await?;
                     print_group(&g);
                     Ok(())
                 }
                 GroupCommand::Leave { group } => {
-                    engine.leave_group(&conn, &group).await?;
+                    engine.leave_group(conn, &group).await?;
                     println!("left {group}");
                     Ok(())
                 }
-            };
-            conn.close().await;
-            result?;
+            })
+            .await?;
         }
         Command::Groups(flag) => {
             print_listing(engine.groups()?, flag.json, |g| {
@@ -108,17 +106,15 @@ pub(crate) async fn run(
                     "a reply cannot carry a file yet: send the file, then reply".into(),
                 ));
             }
-            let conn = connected(engine).await?;
-            let result = async {
+            let queued = online(engine, async |engine, conn| {
                 let queued = engine
-                    .send_file(&conn, &group, &path, text.as_deref())
+                    .send_file(conn, &group, &path, text.as_deref())
                     .await?;
-                engine.deliver(&conn, &queued).await?;
-                Ok::<_, EngineError>(queued)
-            }
-            .await;
-            conn.close().await;
-            println!("sent {}", result?.id);
+                engine.deliver(conn, &queued).await?;
+                Ok(queued)
+            })
+            .await?;
+            println!("sent {}", queued.id);
         }
         Command::Send {
             group,
@@ -228,9 +224,10 @@ pub(crate) async fn run(
             ),
         },
         Command::Fetch { id, out } => {
-            let conn = connected(engine).await?;
-            let saved = engine.fetch_attachment(&conn, &id, out.as_deref()).await;
-            conn.close().await;
+            let saved = online(engine, async |engine, conn| {
+                engine.fetch_attachment(conn, &id, out.as_deref()).await
+            })
+            .await;
             println!("saved {}", saved?.display());
         }
         Command::Edit { id, text } => {
@@ -252,9 +249,7 @@ pub(crate) async fn run(
             );
         }
         Command::Sync(flag) => {
-            let conn = connected(engine).await?;
-            let report = engine.sync(&conn).await;
-            conn.close().await;
+            let report = online(engine, async |engine, conn| engine.sync(conn).await).await;
             let report = report?;
             notify(engine, &report.notifications);
             if flag.json {
@@ -312,14 +307,10 @@ pub(crate) async fn deliver_queued(
     engine: &mut Engine,
     queued: &muster_engine::QueuedMessage,
 ) -> Result<(), EngineError> {
-    let result = match connected(engine).await {
-        Ok(conn) => {
-            let sent = engine.deliver(&conn, queued).await;
-            conn.close().await;
-            sent
-        }
-        Err(e) => Err(e),
-    };
+    let result = online(engine, async |engine, conn| {
+        engine.deliver(conn, queued).await
+    })
+    .await;
     match result {
         Err(e @ (EngineError::Link(_) | EngineError::AwaitingApproval)) => {
             Err(EngineError::Invalid(format!(

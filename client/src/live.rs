@@ -1,9 +1,8 @@
 //! Commands that stay connected: `chat` and `rollcall --watch`, reconnecting through the
 //! driver, and the shutdown signal the archive service waits on.
 
-use crate::connected;
 use crate::print::*;
-use muster_driver::{Backoff, Wake};
+use muster_driver::{Session, Wake};
 use muster_engine::{Engine, EngineError};
 use std::io::Write;
 
@@ -13,11 +12,10 @@ pub(crate) async fn rollcall(
     watch: bool,
     json: bool,
 ) -> Result<(), EngineError> {
-    let conn = connected(engine).await?;
-    let wakeups = conn.wakeups();
+    let mut session = Session::start(engine).await?;
     let mut last_shown = None;
     loop {
-        engine.sync(&conn).await?;
+        session.sync(engine).await?;
         let r = engine.rollcall(id)?;
         let summary = (r.acknowledged, r.members.len());
         if last_shown != Some(summary) {
@@ -43,9 +41,9 @@ pub(crate) async fn rollcall(
         if !watch || r.acknowledged == r.members.len() {
             break;
         }
-        wakeups.next(Some(std::time::Duration::from_secs(30))).await;
+        session.wake(Some(std::time::Duration::from_secs(30))).await;
     }
-    conn.close().await;
+    session.close().await;
     Ok(())
 }
 
@@ -67,8 +65,8 @@ pub(crate) async fn shutdown_signal() {
 
 pub(crate) async fn chat(engine: &mut Engine, group: &str) -> Result<(), EngineError> {
     use tokio::io::AsyncBufReadExt;
-    let mut conn = connected(engine).await?;
-    let report = engine.sync(&conn).await?;
+    let mut session = Session::start(engine).await?;
+    let report = session.sync(engine).await?;
     for p in &report.problems {
         eprintln!("warning: {p}");
     }
@@ -106,17 +104,14 @@ pub(crate) async fn chat(engine: &mut Engine, group: &str) -> Result<(), EngineE
     let mut reminder = tokio::time::interval(std::time::Duration::from_secs(reminder_every));
     reminder.tick().await;
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-    let mut wakeups = conn.wakeups();
-    let mut backoff = Backoff::default();
     loop {
         tokio::select! {
-            wake = wakeups.next(None) => {
+            wake = session.wake(None) => {
                 if wake == Wake::Lost {
                     eprintln!("connection to the relay lost; reconnecting");
-                    conn = muster_driver::reconnect(engine, &mut backoff, 11).await?;
-                    wakeups = conn.wakeups();
+                    session.reconnect(engine).await?;
                 }
-                let report = engine.sync(&conn).await?;
+                let report = session.sync(engine).await?;
                 notify(engine, &report.notifications);
                 for p in &report.problems {
                     eprintln!("warning: {p}");
@@ -138,13 +133,13 @@ pub(crate) async fn chat(engine: &mut Engine, group: &str) -> Result<(), EngineE
                 if let Some(id) = line.strip_prefix("/ack ") {
                     match engine.queue_ack(id.trim()) {
                         Ok(_) => {
-                            engine.flush(&conn).await?;
+                            engine.flush(session.link()).await?;
                             println!("acknowledged {}", id.trim());
                         }
                         Err(e) => eprintln!("not acknowledged: {e}"),
                     }
                 } else if !line.is_empty() {
-                    if let Err(e) = engine.send_text(&conn, group, line).await {
+                    if let Err(e) = engine.send_text(session.link(), group, line).await {
                         eprintln!("not sent: {e}");
                     }
                 }
@@ -161,14 +156,14 @@ pub(crate) async fn chat(engine: &mut Engine, group: &str) -> Result<(), EngineE
         {
             match engine.mark_read(&fresh) {
                 Ok(()) => {
-                    engine.flush(&conn).await?;
+                    engine.flush(session.link()).await?;
                 }
                 Err(e) => eprintln!("note: read receipts not queued: {e}"),
             }
         }
         let _ = std::io::stdout().flush();
     }
-    conn.close().await;
+    session.close().await;
     Ok(())
 }
 

@@ -26,7 +26,7 @@ mod print;
 
 use clap::Parser;
 use cli::{default_home, Cli, Command};
-use muster_driver::Connection;
+pub(crate) use muster_driver::online;
 use muster_engine::{Engine, EngineError};
 pub(crate) use print::{print_json, terminal_safe};
 use std::process::ExitCode;
@@ -77,11 +77,6 @@ async fn run(cli: Cli) -> Result<(), EngineError> {
         None => Ok(()),
         Some(_) => unreachable!("every command is handled by the people or conversation module"),
     }
-}
-
-/// Connects this device to its relay: the one place the client does.
-pub(crate) async fn connected(engine: &mut Engine) -> Result<Connection, EngineError> {
-    muster_driver::connect(engine).await
 }
 
 #[cfg(test)]

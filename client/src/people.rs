@@ -1,8 +1,9 @@
 //! Enrolment, devices, people, profiles and administration.
 
 use crate::cli::*;
-use crate::connected;
+use crate::online;
 use crate::print::*;
+use muster_driver::Connection;
 use muster_engine::{Engine, EngineError};
 use muster_proto::Profile;
 
@@ -36,9 +37,10 @@ pub(crate) async fn run(
             println!("organisation {name:?} created; you are admin {user}");
         }
         Command::Invite { user, ttl } => {
-            let conn = connected(engine).await?;
-            let code = engine.create_invite(&conn, &user, ttl).await?;
-            conn.close().await;
+            let code = online(engine, async |engine, conn| {
+                engine.create_invite(conn, &user, ttl).await
+            })
+            .await?;
             println!("{code}");
         }
         Command::Join {
@@ -66,22 +68,22 @@ pub(crate) async fn run(
             );
         }
         Command::Device(DeviceCommand::Link { ttl }) => {
-            let conn = connected(engine).await?;
-            let code = engine.create_device_link(&conn, ttl).await;
-            conn.close().await;
+            let code = online(engine, async |engine, conn| {
+                engine.create_device_link(conn, ttl).await
+            })
+            .await;
             println!("{}", code?);
         }
         Command::Device(DeviceCommand::Approve { device_id }) => {
-            let conn = connected(engine).await?;
-            let result = engine.confirm_device(&conn, &device_id).await;
-            conn.close().await;
+            let result = online(engine, async |engine, conn| {
+                engine.confirm_device(conn, &device_id).await
+            })
+            .await;
             result?;
             println!("approved your new device {device_id}; it is enrolled once an admin device has issued its certificate");
         }
         Command::Devices(flag) => {
-            let conn = connected(engine).await?;
-            let devices = engine.devices(&conn).await;
-            conn.close().await;
+            let devices = online(engine, async |engine, conn| engine.devices(conn).await).await;
             print_listing(devices?, flag.json, |d| {
                 println!(
                     "{}{}  enrolled until {}",
@@ -92,9 +94,7 @@ pub(crate) async fn run(
             });
         }
         Command::Pending(flag) => {
-            let conn = connected(engine).await?;
-            let pending = engine.pending(&conn).await?;
-            conn.close().await;
+            let pending = online(engine, async |engine, conn| engine.pending(conn).await).await?;
             print_listing(&pending, flag.json, |p| {
                 let proof = match (&p.code_from, &p.problem) {
                     (Some(by), _) => format!("code from {by}"),
@@ -120,11 +120,12 @@ pub(crate) async fn run(
             device,
             archive,
         } => {
-            let conn = connected(engine).await?;
-            let id = engine
-                .approve(&conn, &user, device.as_deref(), archive)
-                .await?;
-            conn.close().await;
+            let id = online(engine, async |engine, conn| {
+                engine
+                    .approve(conn, &user, device.as_deref(), archive)
+                    .await
+            })
+            .await?;
             if archive {
                 println!("approved {user} (device {id}) as the organisation's compliance archive");
             } else {
@@ -132,15 +133,14 @@ pub(crate) async fn run(
             }
         }
         Command::Reject { user, device } => {
-            let conn = connected(engine).await?;
-            let id = engine.reject(&conn, &user, device.as_deref()).await?;
-            conn.close().await;
+            let id = online(engine, async |engine, conn| {
+                engine.reject(conn, &user, device.as_deref()).await
+            })
+            .await?;
             println!("rejected {user} (device {id})");
         }
         Command::Directory(flag) => {
-            let conn = connected(engine).await?;
-            let entries = engine.directory(&conn).await;
-            conn.close().await;
+            let entries = online(engine, async |engine, conn| engine.directory(conn).await).await;
             print_listing(entries?, flag.json, |e| {
                 println!(
                     "{:<16} {}{}  [{}]",
@@ -152,9 +152,10 @@ pub(crate) async fn run(
             });
         }
         Command::Admin(AdminCommand::Revoke { user, device }) => {
-            let conn = connected(engine).await?;
-            let revoked = engine.revoke(&conn, &user, device.as_deref()).await;
-            conn.close().await;
+            let revoked = online(engine, async |engine, conn| {
+                engine.revoke(conn, &user, device.as_deref()).await
+            })
+            .await;
             let revoked = revoked?;
             println!(
                 "revoked {user}: {} device(s): {}",
@@ -182,25 +183,27 @@ pub(crate) async fn run(
             title,
             department,
         }) => {
-            let conn = connected(engine).await?;
-            let result = engine
-                .request_profile(
-                    &conn,
-                    Profile {
-                        display_name,
-                        title,
-                        department,
-                    },
-                )
-                .await;
-            conn.close().await;
+            let result = online(engine, async |engine, conn| {
+                engine
+                    .request_profile(
+                        conn,
+                        Profile {
+                            display_name,
+                            title,
+                            department,
+                        },
+                    )
+                    .await
+            })
+            .await;
             result?;
             println!("profile change sent; colleagues see it once an admin approves it");
         }
         Command::Admin(AdminCommand::Profiles(flag)) => {
-            let conn = connected(engine).await?;
-            let changes = engine.profile_changes(&conn).await;
-            conn.close().await;
+            let changes = online(engine, async |engine, conn| {
+                engine.profile_changes(conn).await
+            })
+            .await;
             print_listing(changes?, flag.json, |c| {
                 let check = match (&c.signed_by, &c.problem) {
                     (Some(device), _) => format!("signed by their device {device}"),
@@ -216,16 +219,18 @@ pub(crate) async fn run(
             });
         }
         Command::Admin(AdminCommand::ApproveProfile { user }) => {
-            let conn = connected(engine).await?;
-            let result = engine.approve_profile(&conn, &user).await;
-            conn.close().await;
+            let result = online(engine, async |engine, conn| {
+                engine.approve_profile(conn, &user).await
+            })
+            .await;
             let p = result?;
             println!("approved the new profile of {user} ({})", p.display_name);
         }
         Command::Admin(AdminCommand::RejectProfile { user }) => {
-            let conn = connected(engine).await?;
-            let result = engine.reject_profile(&conn, &user).await;
-            conn.close().await;
+            let result = online(engine, async |engine, conn| {
+                engine.reject_profile(conn, &user).await
+            })
+            .await;
             result?;
             println!("rejected the profile change of {user}");
         }
@@ -241,17 +246,17 @@ pub(crate) async fn run(
             certificate_lifetime,
             json,
         }) => {
-            let conn = connected(engine).await?;
-            let result = if device_self_approval.is_some() || certificate_lifetime.is_some() {
-                engine
-                    .set_org_policy(&conn, device_self_approval, certificate_lifetime)
-                    .await
-                    .map(|p| (p, vec![]))
-            } else {
-                engine.org_policy(&conn).await
-            };
-            conn.close().await;
-            let (policy, problems) = result?;
+            let (policy, problems) = online(engine, async |engine, conn| {
+                if device_self_approval.is_some() || certificate_lifetime.is_some() {
+                    engine
+                        .set_org_policy(conn, device_self_approval, certificate_lifetime)
+                        .await
+                        .map(|p| (p, vec![]))
+                } else {
+                    engine.org_policy(conn).await
+                }
+            })
+            .await?;
             for p in &problems {
                 eprintln!("warning: {p}");
             }
@@ -288,15 +293,14 @@ pub(crate) async fn run(
                         file.display()
                     ))
                 })?;
-            let conn = connected(engine).await?;
-            let report = engine.archive_check(&conn, &chain).await;
-            conn.close().await;
+            let report = online(engine, async |engine, conn| {
+                engine.archive_check(conn, &chain).await
+            })
+            .await;
             crate::archive::print_report(&report?, json)?;
         }
         Command::Admin(AdminCommand::Audit { limit, json }) => {
-            let conn = connected(engine).await?;
-            let events = engine.audit(&conn, limit).await;
-            conn.close().await;
+            let events = online(engine, async |engine, conn| engine.audit(conn, limit).await).await;
             print_listing(events?, json, |e| {
                 let group = e
                     .group
@@ -330,14 +334,33 @@ pub(crate) async fn admin_apply(
     ttl: u64,
     json: bool,
 ) -> Result<(), EngineError> {
-    use muster_engine::provision::{parse_spec, plan};
+    use muster_engine::provision::parse_spec;
     let text = std::fs::read_to_string(file)
         .map_err(|e| EngineError::Invalid(format!("cannot read {}: {e}", file.display())))?;
     let spec =
         parse_spec(&text).map_err(|e| EngineError::Invalid(format!("{}: {e}", file.display())))?;
-    let conn = connected(engine).await?;
-    let state = engine.provision_state(&conn).await?;
-    let (actions, problems) = plan(&spec, &state);
+    online(engine, async |engine, conn| {
+        apply_spec(engine, conn, file, &spec, dry_run, invites_out, ttl, json).await
+    })
+    .await
+}
+
+/// Plans `spec` against the organisation as the relay shows it, and applies the plan
+/// unless `dry_run`.
+#[allow(clippy::too_many_arguments)]
+async fn apply_spec(
+    engine: &mut Engine,
+    conn: &Connection,
+    file: &std::path::Path,
+    spec: &muster_engine::provision::OrgSpec,
+    dry_run: bool,
+    invites_out: Option<&std::path::Path>,
+    ttl: u64,
+    json: bool,
+) -> Result<(), EngineError> {
+    use muster_engine::provision::plan;
+    let state = engine.provision_state(conn).await?;
+    let (actions, problems) = plan(spec, &state);
     for p in &problems {
         if json {
             print_json(&serde_json::json!({"status": "problem", "error": p}));
@@ -365,7 +388,6 @@ pub(crate) async fn admin_apply(
                 );
             }
         }
-        conn.close().await;
         return if problems.is_empty() {
             Ok(())
         } else {
@@ -384,7 +406,7 @@ pub(crate) async fn admin_apply(
     let mut failures = Vec::new();
     for action in &actions {
         bar.set_message(action.to_string());
-        let result = engine.apply_action(&conn, &spec, action, ttl).await;
+        let result = engine.apply_action(conn, spec, action, ttl).await;
         let mut record = serde_json::to_value(action).expect("action serialises");
         match result {
             Ok(code) => {
@@ -408,7 +430,6 @@ pub(crate) async fn admin_apply(
         bar.inc(1);
     }
     bar.finish_and_clear();
-    conn.close().await;
     match invites_out {
         Some(path) => {
             use std::io::Write as _;

@@ -35,8 +35,7 @@ async fn member(
     size: usize,
     expected: usize,
 ) -> Result<(Sends, Arrivals), HarnessError> {
-    let conn = muster_driver::connect(&mut engine).await?;
-    let wakeups = conn.wakeups();
+    let mut session = muster_driver::Session::start(&mut engine).await?;
     let mut sends = Vec::with_capacity(schedule.len());
     let mut arrivals = Vec::with_capacity(expected);
     let mut schedule = schedule.into_iter().peekable();
@@ -53,7 +52,7 @@ async fn member(
                 schedule.next();
                 let started = Instant::now();
                 let sent = engine
-                    .send_text(&conn, &group, &text_of(size, index))
+                    .send_text(session.link(), &group, &text_of(size, index))
                     .await?;
                 sends.push((sent.id, started));
                 continue;
@@ -64,14 +63,14 @@ async fn member(
             .map(|&(_, due)| due.saturating_duration_since(Instant::now()))
             .unwrap_or(Duration::from_millis(200))
             .min(Duration::from_millis(200));
-        let woken = wakeups.next(Some(wait)).await != muster_driver::Wake::TimedOut;
+        let woken = session.wake(Some(wait)).await != muster_driver::Wake::TimedOut;
         if woken || schedule.peek().is_none() {
-            let report = engine.sync(&conn).await?;
+            let report = session.sync(&mut engine).await?;
             let now = Instant::now();
             arrivals.extend(report.notifications.into_iter().map(|n| (n.id, now)));
         }
     }
-    conn.close().await;
+    session.close().await;
     Ok((sends, arrivals))
 }
 

@@ -231,9 +231,8 @@ impl Org {
             .create_group(&self.admin_conn, name, &users, false)
             .await?;
         for engine in members.iter_mut() {
-            let conn = muster_driver::connect(engine).await?;
-            let report = engine.sync(&conn).await?;
-            conn.close().await;
+            let report =
+                muster_driver::online(engine, async |engine, conn| engine.sync(conn).await).await?;
             if !report.joined_groups.contains(&group.id) {
                 return Err(HarnessError::Setup(format!(
                     "a member did not join {name}: {}",

@@ -3,7 +3,7 @@
 //! connects to the relay over QUIC, proves the device's key, carries the engine's
 //! requests, waits for the relay's wake-ups and reconnects with one backoff policy.
 
-use muster_engine::{Engine, EngineError, Link, LinkError, NewOrg};
+use muster_engine::{Engine, EngineError, Link, LinkError, NewOrg, SyncReport};
 use muster_net::client::PushHandle;
 use muster_net::{NetError, RelayConnection};
 use muster_proto::{Profile, Request, Response};
@@ -105,6 +105,77 @@ pub async fn connect(engine: &mut Engine) -> Result<Connection, EngineError> {
             conn.close().await;
             Err(e)
         }
+    }
+}
+
+/// Connects, runs `work` with the connection and closes it, whatever `work` returned: the
+/// way a one-shot command talks to the relay.
+pub async fn online<T>(
+    engine: &mut Engine,
+    work: impl AsyncFnOnce(&mut Engine, &Connection) -> Result<T, EngineError>,
+) -> Result<T, EngineError> {
+    let conn = connect(engine).await?;
+    let result = work(engine, &conn).await;
+    conn.close().await;
+    result
+}
+
+/// A device kept online while it runs: one connection, re-established with [`Backoff`]
+/// when lost. `chat`, `rollcall --watch`, `archive serve` and the bench's devices run on it.
+pub struct Session {
+    conn: Connection,
+    wakeups: Wakeups,
+    backoff: Backoff,
+}
+
+impl Session {
+    /// Attempts at reaching the relay again before giving up: about half a minute.
+    pub const RECONNECT_ATTEMPTS: u32 = 11;
+
+    /// Connects and authenticates; a relay that cannot be reached is reported at once.
+    pub async fn start(engine: &mut Engine) -> Result<Self, EngineError> {
+        let conn = connect(engine).await?;
+        Ok(Self {
+            wakeups: conn.wakeups(),
+            conn,
+            backoff: Backoff::default(),
+        })
+    }
+
+    /// The connection, for the engine's requests.
+    pub fn link(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Waits for the relay's next wake-up, at most `limit` if given. After
+    /// [`Wake::Lost`], [`Session::reconnect`] (or [`Session::sync`], which reconnects).
+    pub async fn wake(&self, limit: Option<Duration>) -> Wake {
+        self.wakeups.next(limit).await
+    }
+
+    /// Connects afresh, trying with the backoff for about half a minute.
+    pub async fn reconnect(&mut self, engine: &mut Engine) -> Result<(), EngineError> {
+        self.conn = reconnect(engine, &mut self.backoff, Self::RECONNECT_ATTEMPTS).await?;
+        self.wakeups = self.conn.wakeups();
+        Ok(())
+    }
+
+    /// Fetches and processes what waits for this device and sends what it queued; when
+    /// the connection turns out to be gone, reconnects and does it again.
+    pub async fn sync(&mut self, engine: &mut Engine) -> Result<SyncReport, EngineError> {
+        match engine.sync(&self.conn).await {
+            Err(EngineError::Link(LinkError::Unavailable(e))) => {
+                tracing::info!("connection lost ({e}); reconnecting");
+                self.reconnect(engine).await?;
+                engine.sync(&self.conn).await
+            }
+            other => other,
+        }
+    }
+
+    /// Closes the connection, telling the relay.
+    pub async fn close(self) {
+        self.conn.close().await
     }
 }
 
