@@ -369,16 +369,12 @@ async fn serve(
                 }
                 Err(e) => eprintln!("warning: sync failed: {e}"),
             }
-            let mut report = muster_engine::SyncReport::default();
-            match engine
-                .archive_fetch_attachments(session.link(), &mut report)
-                .await
-            {
+            match engine.archive_fetch_attachments(session.link()).await {
                 Ok(0) => {}
                 Ok(n) => println!("archived {n} attachment(s)"),
                 Err(e) => eprintln!("warning: archiving attachments failed: {e}"),
             }
-            for p in &report.problems {
+            for p in &engine.take_activity().problems {
                 eprintln!("warning: {p}");
             }
             if tokio::time::Instant::now() >= next_prune {

@@ -26,7 +26,7 @@ mod print;
 
 use clap::Parser;
 use cli::{default_home, Cli, Command};
-pub(crate) use muster_driver::online;
+use muster_driver::Connection;
 use muster_engine::{Engine, EngineError};
 pub(crate) use print::{print_json, terminal_safe};
 use std::process::ExitCode;
@@ -77,6 +77,21 @@ async fn run(cli: Cli) -> Result<(), EngineError> {
         None => Ok(()),
         Some(_) => unreachable!("every command is handled by the people or conversation module"),
     }
+}
+
+/// Runs a one-shot command on a connection to the relay, then tells the user what else
+/// happened on the way (messages that arrived, problems met while syncing or sending).
+pub(crate) async fn online<T>(
+    engine: &mut Engine,
+    work: impl AsyncFnOnce(&mut Engine, &Connection) -> Result<T, EngineError>,
+) -> Result<T, EngineError> {
+    let result = muster_driver::online(engine, work).await;
+    let activity = engine.take_activity();
+    print::notify(engine, &activity.notifications);
+    for p in &activity.problems {
+        eprintln!("warning: {p}");
+    }
+    result
 }
 
 #[cfg(test)]

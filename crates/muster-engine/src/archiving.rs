@@ -4,13 +4,10 @@
 
 use crate::archive::{self, ArchivedMessage};
 use crate::attachments::{AttachmentRef, ChunkCipher};
-use crate::engine::{now_ms, rfc3339_ms, DeviceRow, Engine, SyncReport};
+use crate::engine::{now_ms, rfc3339_ms, DeviceRow, Engine};
 use crate::error::{from_link, EngineError};
 use crate::link::Link;
-use muster_proto::{
-    encrypted_size, validate_handle, PublishedCheckpoint, Request, Response, ATTACHMENT_CHUNK,
-    ATTACHMENT_CHUNK_OVERHEAD,
-};
+use muster_proto::{encrypted_size, validate_handle, PublishedCheckpoint, Request, Response};
 use openmls_traits::signatures::Signer as _;
 use rusqlite::TransactionBehavior;
 use std::path::{Path, PathBuf};
@@ -22,15 +19,7 @@ pub(crate) async fn published_checkpoints(
     let mut all = Vec::new();
     let mut since = 0;
     loop {
-        let Response::ArchiveCheckpoints(batch) = conn
-            .request(&Request::ArchiveCheckpoints { since })
-            .await
-            .map_err(from_link)?
-        else {
-            return Err(EngineError::Invalid(
-                "unexpected answer to ArchiveCheckpoints".into(),
-            ));
-        };
+        let batch = ask!(conn, Request::ArchiveCheckpoints { since }, Response::ArchiveCheckpoints(batch) => batch);
         let Some(&(last, _)) = batch.last() else {
             return Ok(all);
         };
@@ -59,19 +48,6 @@ fn archived_attachment(message: &ArchivedMessage) -> Result<AttachmentRef, Engin
     })
 }
 
-/// The sizes of an attachment's encrypted chunks, in order.
-fn encrypted_chunk_lengths(size: u64) -> impl Iterator<Item = usize> {
-    let chunks = crate::attachments::chunk_count(size);
-    (0..chunks).map(move |index| {
-        let plain = if index + 1 == chunks {
-            size - index * ATTACHMENT_CHUNK as u64
-        } else {
-            ATTACHMENT_CHUNK as u64
-        };
-        plain as usize + ATTACHMENT_CHUNK_OVERHEAD
-    })
-}
-
 /// Decrypts a stored blob into `out`, failing unless every chunk authenticates and both
 /// the blob's and the file's SHA-256 match what the sender put in the message.
 fn open_archived_blob(
@@ -92,7 +68,7 @@ fn open_archived_blob(
     }
     let mut plain_hash = ring::digest::Context::new(&ring::digest::SHA256);
     let mut blob_hash = ring::digest::Context::new(&ring::digest::SHA256);
-    for (index, len) in encrypted_chunk_lengths(attachment.size).enumerate() {
+    for (index, len) in crate::attachments::encrypted_chunk_lengths(attachment.size).enumerate() {
         let mut data = vec![0u8; len];
         file.read_exact(&mut data)?;
         blob_hash.update(&data);
@@ -314,7 +290,6 @@ impl Engine {
     pub async fn archive_fetch_attachments(
         &mut self,
         conn: &impl Link,
-        report: &mut SyncReport,
     ) -> Result<usize, EngineError> {
         self.require_archive()?;
         for blob_id in archive::orphaned_blobs(&self.db)? {
@@ -332,25 +307,10 @@ impl Engine {
             let partial = target.with_extension("partial");
             let result = async {
                 let mut file = std::fs::File::create(&partial)?;
-                let mut offset = 0u64;
-                for want in encrypted_chunk_lengths(attachment.size) {
-                    let Response::BlobData { data, .. } = conn
-                        .request(&Request::BlobGet {
-                            blob_id: blob_id.clone(),
-                            offset,
-                            max_len: want as u32,
-                        })
-                        .await
-                        .map_err(from_link)?
-                    else {
-                        return Err(EngineError::Invalid("unexpected answer to BlobGet".into()));
-                    };
-                    std::io::Write::write_all(&mut file, &data)?;
-                    offset += data.len() as u64;
-                    if data.len() != want {
-                        break;
-                    }
-                }
+                crate::engine::download_blob(conn, &blob_id, attachment.size, |_, data| {
+                    Ok(std::io::Write::write_all(&mut file, data)?)
+                })
+                .await?;
                 file.sync_all()?;
                 drop(file);
                 // Decrypting checks every chunk and both hashes.
@@ -361,17 +321,13 @@ impl Engine {
                 Ok(()) => {
                     std::fs::rename(&partial, &target)?;
                     archive::blob_done(&self.db, &blob_id, true, now_ms())?;
-                    conn.request(&Request::BlobFetched {
-                        blob_id: blob_id.clone(),
-                    })
-                    .await
-                    .map_err(from_link)?;
+                    crate::engine::blob_fetched(conn, &blob_id).await?;
                     stored += 1;
                 }
                 Err(e) => {
                     let _ = std::fs::remove_file(&partial);
                     archive::blob_done(&self.db, &blob_id, false, now_ms())?;
-                    report.problems.push(format!(
+                    self.activity.problems.push(format!(
                         "could not archive attachment {}: {e}",
                         attachment.name
                     ));

@@ -30,6 +30,19 @@ pub enum AttachmentError {
     BadKey,
 }
 
+/// The sizes of an attachment's encrypted chunks, in order.
+pub(crate) fn encrypted_chunk_lengths(size: u64) -> impl Iterator<Item = usize> {
+    let chunks = crate::attachments::chunk_count(size);
+    (0..chunks).map(move |index| {
+        let plain = if index + 1 == chunks {
+            size - index * ATTACHMENT_CHUNK as u64
+        } else {
+            ATTACHMENT_CHUNK as u64
+        };
+        plain as usize + ATTACHMENT_CHUNK_OVERHEAD
+    })
+}
+
 pub(crate) fn chunk_count(size: u64) -> u64 {
     size.div_ceil(ATTACHMENT_CHUNK as u64).max(1)
 }

@@ -37,6 +37,8 @@ pub enum EngineError {
     ArchiveMissing(String),
     #[error("group {group} still holds a device of {user} that was revoked or whose certificate lapsed: nothing is sent to it until that device is removed (the next sync removes it; if this persists, the relay is refusing the removal)")]
     UnremovedDevice { group: String, user: String },
+    #[error("the relay gave an answer that does not fit a {0} request")]
+    UnexpectedAnswer(String),
     #[error("the group kept moving; gave up after {0} attempts")]
     TooManyRetries(u32),
     #[error("MLS error: {0}")]
@@ -67,4 +69,12 @@ pub(crate) fn from_link(e: crate::link::LinkError) -> EngineError {
         crate::link::LinkError::Refused(r) => EngineError::Relay(r),
         other => EngineError::Link(other),
     }
+}
+
+/// The error for an answer from the relay that does not fit `request`, naming only the
+/// request's kind (never its contents, which may hold secrets).
+pub(crate) fn unexpected_answer(request: &muster_proto::Request) -> EngineError {
+    let debug = format!("{request:?}");
+    let kind: String = debug.chars().take_while(|c| c.is_alphanumeric()).collect();
+    EngineError::UnexpectedAnswer(kind)
 }

@@ -6,6 +6,8 @@
 //! caller passes in (muster-driver provides one over QUIC). Inbound processing is plain
 //! functions over a database transaction.
 
+#[macro_use]
+mod link;
 mod admin;
 pub mod archive;
 mod archiving;
@@ -16,7 +18,6 @@ mod engine;
 mod error;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
-mod link;
 mod provider;
 pub mod provision;
 mod store;

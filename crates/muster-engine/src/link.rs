@@ -25,3 +25,21 @@ pub enum LinkError {
     #[error("{0}")]
     Unavailable(String),
 }
+
+/// Asks the relay through `link` and takes the answer apart with `pattern`: a refusal or a
+/// lost link becomes the engine's error, and any other answer is an
+/// `EngineError::UnexpectedAnswer` naming the request (built in one place,
+/// [`crate::error::unexpected_answer`]). Returns from the enclosing function on error.
+macro_rules! ask {
+    ($link:expr, $request:expr, $pattern:pat => $value:expr) => {{
+        let request = $request;
+        match $crate::link::Link::request($link, &request)
+            .await
+            .map_err($crate::error::from_link)?
+        {
+            $pattern => $value,
+            #[allow(unreachable_patterns)]
+            _ => return Err($crate::error::unexpected_answer(&request)),
+        }
+    }};
+}

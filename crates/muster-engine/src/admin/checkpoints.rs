@@ -10,7 +10,6 @@ impl Engine {
     pub(crate) async fn collect_archive_checkpoints(
         &mut self,
         conn: &impl Link,
-        report: &mut SyncReport,
     ) -> Result<(), EngineError> {
         if Self::require_admin(&self.device()?).is_err() {
             return Ok(());
@@ -24,17 +23,9 @@ impl Engine {
             )
             .optional()?
             .unwrap_or(0);
-        let Response::ArchiveCheckpoints(batch) = conn
-            .request(&Request::ArchiveCheckpoints {
+        let batch = ask!(conn, Request::ArchiveCheckpoints {
                 since: since as u64,
-            })
-            .await
-            .map_err(from_link)?
-        else {
-            return Err(EngineError::Invalid(
-                "unexpected answer to ArchiveCheckpoints".into(),
-            ));
-        };
+            }, Response::ArchiveCheckpoints(batch) => batch);
         let pending: Vec<PublishedCheckpoint> = self
             .db
             .prepare(
@@ -100,7 +91,7 @@ impl Engine {
             )
             .verify(&payload, &checkpoint.signature);
             if signed.is_err() {
-                report.problems.push(format!(
+                self.activity.problems.push(format!(
                     "an archive checkpoint on the relay (entry {}) does not verify with the archive's key: ignored",
                     checkpoint.entry_seq
                 ));
@@ -114,7 +105,7 @@ impl Engine {
                 )
                 .optional()?;
             match held {
-                Some(hash) if hash != checkpoint.hash => report.problems.push(format!(
+                Some(hash) if hash != checkpoint.hash => self.activity.problems.push(format!(
                     "the archive {} signed two different histories at entry {}",
                     archive.body.user, checkpoint.entry_seq
                 )),
@@ -135,12 +126,12 @@ impl Engine {
             }
         }
         if waiting > 0 {
-            report.problems.push(format!(
+            self.activity.problems.push(format!(
                 "{waiting} archive checkpoint(s) on the relay come from devices whose archive certificate this device never saw: they are checked once it does"
             ));
         }
         if dropped > 0 {
-            report.problems.push(format!(
+            self.activity.problems.push(format!(
                 "{dropped} more such archive checkpoint(s) were dropped: the relay may be flooding this device with made-up ones"
             ));
         }
@@ -163,8 +154,7 @@ impl Engine {
         chain: &crate::archive::ExportedChain,
     ) -> Result<crate::archive::VerifyReport, EngineError> {
         Self::require_admin(&self.device()?)?;
-        self.collect_archive_checkpoints(conn, &mut SyncReport::default())
-            .await?;
+        self.collect_archive_checkpoints(conn).await?;
         let archive = self
             .known_certificate(&chain.device_id)?
             .filter(|c| c.is_archive())

@@ -130,16 +130,7 @@ impl Engine {
         &self,
         conn: &impl Link,
     ) -> Result<Vec<PendingEnrolment>, EngineError> {
-        match conn
-            .request(&Request::ListPending)
-            .await
-            .map_err(from_link)?
-        {
-            Response::Pending(p) => Ok(p),
-            _ => Err(EngineError::Invalid(
-                "unexpected answer to ListPending".into(),
-            )),
-        }
+        Ok(ask!(conn, Request::ListPending, Response::Pending(p) => p))
     }
 
     /// Enrolment requests waiting for an admin, each with the check of its proofs.
@@ -278,17 +269,21 @@ impl Engine {
             "INSERT OR IGNORE INTO used_codes (code_key, device_id) VALUES (?1, ?2)",
             params![proven.code_key, proven.device_id],
         )?;
-        let now = now_unix();
-        let cert = root.sign(CertificateBody {
-            org_id: me.org.org_id.clone(),
-            user: proven.user.clone(),
-            device_id: proven.device_id.clone(),
-            device_key: proven.device_key.clone(),
-            profile,
-            roles,
-            not_before: now.saturating_sub(300),
-            not_after: now + self.certificate_lifetime()?,
-        });
+        let cert = sign_certificate(
+            root,
+            CertificateBody {
+                org_id: me.org.org_id.clone(),
+                user: proven.user.clone(),
+                device_id: proven.device_id.clone(),
+                device_key: proven.device_key.clone(),
+                profile,
+                roles,
+                not_before: 0,
+                not_after: 0,
+            },
+            self.certificate_lifetime()?,
+            None,
+        );
         conn.request(&Request::Approve {
             certificate: cert.clone(),
         })
@@ -379,7 +374,6 @@ impl Engine {
     pub(crate) async fn approve_confirmed_devices(
         &mut self,
         conn: &impl Link,
-        report: &mut SyncReport,
     ) -> Result<(), EngineError> {
         let me = self.device()?;
         if me.root_key.is_none() || Self::require_admin(&me).is_err() {
@@ -394,7 +388,9 @@ impl Engine {
         if confirmed.is_empty() {
             return Ok(());
         }
-        let policy = self.newest_policy(conn, &mut report.problems).await?;
+        let mut problems = Vec::new();
+        let policy = self.newest_policy(conn, &mut problems).await?;
+        self.activity.problems.append(&mut problems);
         if !policy.device_self_approval {
             return Ok(());
         }
@@ -404,7 +400,7 @@ impl Engine {
             let proven = match self.prove_enrolment(&pending) {
                 Ok(proven) => proven,
                 Err(why) => {
-                    report.problems.push(format!(
+                    self.activity.problems.push(format!(
                         "not approving {}'s new device {}: {why}",
                         pending.user, pending.device_id
                     ));
@@ -412,24 +408,25 @@ impl Engine {
                 }
             };
             if let Err(why) = self.check_confirmation(&pending, &proven) {
-                report.problems.push(format!(
+                self.activity.problems.push(format!(
                     "not approving {}'s new device {}: {why}",
                     pending.user, pending.device_id
                 ));
                 continue;
             }
             let Some((profile, roles)) = self.record_of(&proven.user)? else {
-                report.problems.push(format!(
+                self.activity.problems.push(format!(
                     "not approving {}'s new device: this device has no verified record of them",
                     proven.user
                 ));
                 continue;
             };
             match self.issue(conn, &me, &root, &proven, profile, roles).await {
-                Ok(()) => report
+                Ok(()) => self
+                    .activity
                     .approved_devices
                     .push(format!("{} ({})", proven.user, proven.device_id)),
-                Err(e) => report.problems.push(format!(
+                Err(e) => self.activity.problems.push(format!(
                     "could not approve {}'s new device: {e}",
                     proven.user
                 )),

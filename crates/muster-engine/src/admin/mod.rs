@@ -8,7 +8,6 @@
 
 use crate::engine::{
     now_ms, rfc3339_ms, AuditView, DeviceRow, DeviceView, DirectoryEntry, Engine, PendingView,
-    SyncReport,
 };
 use crate::error::{from_link, EngineError};
 use crate::link::Link;
@@ -29,6 +28,28 @@ mod organisation;
 mod profiles;
 
 pub use profiles::ProfileChangeView;
+
+/// How far back a new certificate's validity starts, for devices whose clocks run behind.
+const CLOCK_SKEW_SECS: u64 = 300;
+
+/// Signs `body` with the organisation root key, valid from now (allowing for clock skew)
+/// for `lifetime` seconds: the one place a certificate is issued. A certificate that
+/// `replaces` another starts strictly after it, so devices take the new one.
+pub(crate) fn sign_certificate(
+    root: &OrgRootKey,
+    body: CertificateBody,
+    lifetime: u64,
+    replaces: Option<&Certificate>,
+) -> Certificate {
+    let now = now_unix();
+    let earliest = now.saturating_sub(CLOCK_SKEW_SECS);
+    let not_before = replaces.map_or(earliest, |old| earliest.max(old.body.not_before + 1));
+    root.sign(CertificateBody {
+        not_before,
+        not_after: now + lifetime,
+        ..body
+    })
+}
 
 fn to_json(value: &impl Serialize) -> Vec<u8> {
     serde_json::to_vec(value).expect("record serialises")
@@ -166,13 +187,7 @@ impl Engine {
         conn: &impl Link,
     ) -> Result<Vec<Certificate>, EngineError> {
         let org = self.device()?.org;
-        let Response::Directory(certs) =
-            conn.request(&Request::Directory).await.map_err(from_link)?
-        else {
-            return Err(EngineError::Invalid(
-                "unexpected answer to Directory".into(),
-            ));
-        };
+        let certs = ask!(conn, Request::Directory, Response::Directory(certs) => certs);
         let certs: Vec<Certificate> = certs
             .into_iter()
             .filter(|c| match c.verify(&org, now_unix()) {
@@ -245,13 +260,7 @@ impl Engine {
     /// (admin) The relay's latest audit events.
     pub async fn audit(&self, conn: &impl Link, limit: u32) -> Result<Vec<AuditView>, EngineError> {
         Self::require_admin(&self.device()?)?;
-        let Response::Audit(events) = conn
-            .request(&Request::Audit { limit })
-            .await
-            .map_err(from_link)?
-        else {
-            return Err(EngineError::Invalid("unexpected answer to Audit".into()));
-        };
+        let events = ask!(conn, Request::Audit { limit }, Response::Audit(events) => events);
         Ok(events
             .into_iter()
             .map(|e| AuditView {
@@ -294,8 +303,7 @@ impl Engine {
                 None => format!("no enrolled device of user {user:?}"),
             }));
         }
-        self.learn_revocations(conn, &mut SyncReport::default())
-            .await?;
+        self.learn_revocations(conn).await?;
         let revocation = root.sign_revocation(RevocationBody {
             org_id: me.org.org_id.clone(),
             user: user.to_string(),
@@ -317,8 +325,8 @@ impl Engine {
                 params![id, user],
             )?;
         }
-        let report = self.sync(conn).await?;
-        if let Some(problem) = report.problems.first() {
+        self.sync_steps(conn).await?;
+        if let Some(problem) = self.activity.problems.first() {
             return Err(EngineError::Invalid(format!(
                 "revoked, but removing from groups is incomplete: {problem}"
             )));

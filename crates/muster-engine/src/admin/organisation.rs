@@ -32,18 +32,7 @@ impl Engine {
         problems: &mut Vec<String>,
     ) -> Result<OrgPolicyBody, EngineError> {
         let org = self.device()?.org;
-        let served = match conn
-            .request(&Request::GetOrgPolicy)
-            .await
-            .map_err(from_link)?
-        {
-            Response::OrgPolicy(p) => p,
-            _ => {
-                return Err(EngineError::Invalid(
-                    "unexpected answer to GetOrgPolicy".into(),
-                ))
-            }
-        };
+        let served = ask!(conn, Request::GetOrgPolicy, Response::OrgPolicy(p) => p);
         if let Some(policy) = &served {
             match policy.verify(&org) {
                 Ok(()) => self.store_policy(policy)?,
@@ -86,14 +75,16 @@ impl Engine {
     /// (admin) Publishes a new organisation policy, signed by the root key, with a version
     /// above every one seen.
     pub async fn set_org_policy(
-        &self,
+        &mut self,
         conn: &impl Link,
         device_self_approval: Option<bool>,
         certificate_lifetime_secs: Option<u64>,
     ) -> Result<OrgPolicyBody, EngineError> {
         let me = self.device()?;
         let root = Self::root_key(&me)?;
-        let current = self.newest_policy(conn, &mut Vec::new()).await?;
+        let mut problems = Vec::new();
+        let current = self.newest_policy(conn, &mut problems).await?;
+        self.activity.problems.append(&mut problems);
         if certificate_lifetime_secs.is_some_and(|l| l < MIN_CERTIFICATE_LIFETIME_SECS) {
             return Err(EngineError::Invalid(format!(
                 "certificates must stay valid at least {MIN_CERTIFICATE_LIFETIME_SECS} seconds"
@@ -130,11 +121,7 @@ impl Engine {
     /// with each user's profile and roles from its own record. A revoked device's
     /// certificate is never renewed, so it stops being accepted within one lifetime
     /// even by members from whom the relay hides the revocation.
-    pub(crate) async fn renew_certificates(
-        &mut self,
-        conn: &impl Link,
-        report: &mut SyncReport,
-    ) -> Result<(), EngineError> {
+    pub(crate) async fn renew_certificates(&mut self, conn: &impl Link) -> Result<(), EngineError> {
         let me = self.device()?;
         if me.root_key.is_none() || Self::require_admin(&me).is_err() {
             return Ok(());
@@ -171,7 +158,7 @@ impl Engine {
             }
             .await;
             if let Err(e) = result {
-                report
+                self.activity
                     .problems
                     .push(format!("could not renew the certificates of {user}: {e}"));
             }
@@ -206,15 +193,7 @@ impl Engine {
                 )),
             }
         }
-        let Response::Invites(invites) = conn
-            .request(&Request::ListInvites)
-            .await
-            .map_err(from_link)?
-        else {
-            return Err(EngineError::Invalid(
-                "unexpected answer to ListInvites".into(),
-            ));
-        };
+        let invites = ask!(conn, Request::ListInvites, Response::Invites(invites) => invites);
         state.invited = invites
             .into_iter()
             .filter(|i| !i.link)
@@ -304,20 +283,17 @@ impl Engine {
         profile: &Profile,
         roles: &[Role],
     ) -> Result<Vec<Certificate>, EngineError> {
-        let now = now_unix();
         let lifetime = self.certificate_lifetime()?;
         let certificates: Vec<Certificate> = self
             .known_devices_of(user)?
             .into_iter()
             .map(|c| {
-                root.sign(CertificateBody {
+                let body = CertificateBody {
                     profile: profile.clone(),
                     roles: roles.to_vec(),
-                    // Strictly later than the certificate it replaces, so devices take it.
-                    not_before: now.saturating_sub(300).max(c.body.not_before + 1),
-                    not_after: now + lifetime,
-                    ..c.body
-                })
+                    ..c.body.clone()
+                };
+                sign_certificate(root, body, lifetime, Some(&c))
             })
             .collect();
         if certificates.is_empty() {

@@ -84,15 +84,8 @@ impl Engine {
         conn: &impl Link,
     ) -> Result<Vec<ProfileChangeView>, EngineError> {
         Self::require_admin(&self.device()?)?;
-        let Response::ProfileChanges(changes) = conn
-            .request(&Request::ListProfileChanges)
-            .await
-            .map_err(from_link)?
-        else {
-            return Err(EngineError::Invalid(
-                "unexpected answer to ListProfileChanges".into(),
-            ));
-        };
+        let changes =
+            ask!(conn, Request::ListProfileChanges, Response::ProfileChanges(changes) => changes);
         Ok(changes
             .into_iter()
             .map(|c| {
@@ -122,15 +115,8 @@ impl Engine {
     ) -> Result<Profile, EngineError> {
         let me = self.device()?;
         let root = Self::root_key(&me)?;
-        let Response::ProfileChanges(changes) = conn
-            .request(&Request::ListProfileChanges)
-            .await
-            .map_err(from_link)?
-        else {
-            return Err(EngineError::Invalid(
-                "unexpected answer to ListProfileChanges".into(),
-            ));
-        };
+        let changes =
+            ask!(conn, Request::ListProfileChanges, Response::ProfileChanges(changes) => changes);
         let change = changes
             .into_iter()
             .find(|c| c.user == user)

@@ -3,6 +3,62 @@
 
 use super::*;
 
+/// What to do after the relay answered a commit, proposal or message posted into a group.
+#[derive(Debug, PartialEq)]
+pub(super) enum Next {
+    /// Stored, at this place in the group's order.
+    Done { seq: u64 },
+    /// The group moved on to `epoch`: fetch, catch up, prepare afresh and post again.
+    FetchThenRetry { epoch: u64 },
+    /// The relay asked this device to slow down: post again after the pause.
+    Wait(std::time::Duration),
+    /// Refused for good, or the group kept moving through every attempt: undo what was
+    /// prepared.
+    Stop(RelayError),
+}
+
+/// How long to wait when the relay says this device is sending too fast.
+const RATE_LIMIT_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The one reading of the relay's answer to something posted into a group, at `attempt`
+/// (from 1) of [`MAX_COMMIT_ATTEMPTS`]. A lost link or an answer that fits no post is an
+/// error: the relay may or may not have stored it, and the next sync tells.
+pub(super) fn on_response(
+    request: &Request,
+    answer: Result<Response, LinkError>,
+    attempt: u32,
+) -> Result<Next, EngineError> {
+    let retry = attempt < MAX_COMMIT_ATTEMPTS;
+    match answer {
+        Ok(Response::Stored { seq }) => Ok(Next::Done { seq }),
+        Ok(_) => Err(crate::error::unexpected_answer(request)),
+        Err(LinkError::Refused(e)) => Ok(match e.code {
+            ErrorCode::EpochMoved { current } if retry => Next::FetchThenRetry { epoch: current },
+            ErrorCode::RateLimited if retry => Next::Wait(RATE_LIMIT_PAUSE),
+            _ => Next::Stop(e),
+        }),
+        Err(e) => Err(EngineError::Link(e)),
+    }
+}
+
+/// Posts `request` into its group and reads the answer with [`on_response`].
+pub(super) async fn post(
+    conn: &impl Link,
+    request: &Request,
+    attempt: u32,
+) -> Result<Next, EngineError> {
+    on_response(request, conn.request(request).await, attempt)
+}
+
+/// The error for a post that was stopped: a group still moving after the last attempt is
+/// told apart from a refusal.
+pub(super) fn gave_up(refusal: RelayError) -> EngineError {
+    match refusal.code {
+        ErrorCode::EpochMoved { .. } => EngineError::TooManyRetries(MAX_COMMIT_ATTEMPTS),
+        _ => EngineError::Relay(refusal),
+    }
+}
+
 impl Engine {
     /// Builds a commit with `build`, posts it, and retries after syncing when the
     /// group's epoch moved. Returns whether a commit was made.
@@ -22,9 +78,8 @@ impl Engine {
         self.member_counts.remove(group_id);
         let device = self.device()?;
         let signer = self.signer(&device)?;
-        for _ in 0..MAX_COMMIT_ATTEMPTS {
-            self.fetch_and_process(conn, &mut SyncReport::default())
-                .await?;
+        for attempt in 1..=MAX_COMMIT_ATTEMPTS {
+            self.fetch_and_process(conn).await?;
             // Anything still pending after a full fetch was never stored by the relay.
             self.drop_unsent_commit(group_id)?;
             let (_, name, state) = self.resolve_group(&group_hex(group_id))?;
@@ -50,16 +105,15 @@ impl Engine {
                 tx.commit()?;
                 (commit, welcome, group_info)
             };
-            let result = conn
-                .request(&Request::Commit {
-                    group_id: group_id.to_vec(),
-                    commit,
-                    welcome,
-                    group_info,
-                })
-                .await;
-            match result {
-                Ok(Response::Stored { seq }) => {
+            let request = Request::Commit {
+                group_id: group_id.to_vec(),
+                commit,
+                welcome,
+                group_info,
+            };
+            // Anything but a refusal may or may not have been stored: the next sync tells.
+            match post(conn, &request, attempt).await? {
+                Next::Done { seq } => {
                     let tx = self
                         .db
                         .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -86,23 +140,19 @@ impl Engine {
                     tx.commit()?;
                     return Ok(true);
                 }
-                Ok(_) => return Err(EngineError::Invalid("unexpected answer to Commit".into())),
-                Err(LinkError::Refused(e)) if matches!(e.code, ErrorCode::EpochMoved { .. }) => {
+                Next::FetchThenRetry { epoch } => {
                     self.drop_unsent_commit(group_id)?;
-                    if let ErrorCode::EpochMoved { current } = e.code {
-                        self.fetch_and_process(conn, &mut SyncReport::default())
-                            .await?;
-                        self.catch_up(conn, group_id, current, &mut SyncReport::default())
-                            .await?;
-                    }
-                    continue;
+                    self.fetch_and_process(conn).await?;
+                    self.catch_up(conn, group_id, epoch).await?;
                 }
-                Err(LinkError::Refused(e)) => {
+                Next::Wait(pause) => {
                     self.drop_unsent_commit(group_id)?;
-                    return Err(EngineError::Relay(e));
+                    conn.pause(pause).await;
                 }
-                // The relay may or may not have stored it: the next sync tells.
-                Err(e) => return Err(EngineError::Link(e)),
+                Next::Stop(e) => {
+                    self.drop_unsent_commit(group_id)?;
+                    return Err(gave_up(e));
+                }
             }
         }
         Err(EngineError::TooManyRetries(MAX_COMMIT_ATTEMPTS))
@@ -138,24 +188,19 @@ impl Engine {
         conn: &impl Link,
         group_id: &[u8],
         relay_epoch: u64,
-        report: &mut SyncReport,
     ) -> Result<(), EngineError> {
         let held = {
             let provider = Provider::new(&self.crypto, &self.db);
             load_group(&provider, group_id)?.epoch().as_u64()
         };
         if held < relay_epoch {
-            self.rejoin(conn, group_id, report).await?;
+            self.rejoin(conn, group_id).await?;
         }
         Ok(())
     }
 
     /// Rejoins the groups this device found itself behind in (see [`Self::rejoin`]).
-    pub(super) async fn catch_up_groups(
-        &mut self,
-        conn: &impl Link,
-        report: &mut SyncReport,
-    ) -> Result<(), EngineError> {
+    pub(super) async fn catch_up_groups(&mut self, conn: &impl Link) -> Result<(), EngineError> {
         let behind: Vec<Vec<u8>> = self
             .db
             .prepare("SELECT group_id FROM behind_groups")?
@@ -166,7 +211,7 @@ impl Engine {
                 .resolve_group(&group_hex(&group_id))
                 .is_ok_and(|g| g.2 == STATE_ACTIVE);
             let result = match active {
-                true => self.rejoin(conn, &group_id, report).await,
+                true => self.rejoin(conn, &group_id).await,
                 false => Ok(false),
             };
             match result {
@@ -174,7 +219,7 @@ impl Engine {
                     self.db
                         .execute("DELETE FROM behind_groups WHERE group_id = ?1", [&group_id])?;
                 }
-                Err(e) => report.problems.push(format!(
+                Err(e) => self.activity.problems.push(format!(
                     "could not rejoin a group this device fell behind in: {e}"
                 )),
             }
@@ -191,25 +236,12 @@ impl Engine {
         &mut self,
         conn: &impl Link,
         group_id: &[u8],
-        report: &mut SyncReport,
     ) -> Result<bool, EngineError> {
         let device = self.device()?;
         let signer = self.signer(&device)?;
         let credential = Self::credential(&device)?;
-        let (bytes, relay_epoch) = match conn
-            .request(&Request::GroupInfo {
-                group_id: group_id.to_vec(),
-            })
-            .await
-            .map_err(from_link)?
-        {
-            Response::GroupInfo { group_info, epoch } => (group_info, epoch),
-            _ => {
-                return Err(EngineError::Invalid(
-                    "unexpected answer to GroupInfo".into(),
-                ))
-            }
-        };
+        let (bytes, relay_epoch) = ask!(conn, Request::GroupInfo { group_id: group_id.to_vec() },
+            Response::GroupInfo { group_info, epoch } => (group_info, epoch));
         let held = {
             let provider = Provider::new(&self.crypto, &self.db);
             load_group(&provider, group_id)?.epoch().as_u64()
@@ -278,16 +310,15 @@ impl Engine {
             catch_up_changes(&tx, &device, &held_group, &group, &signer_cert, &revoked)
                 .map_err(|why| EngineError::Invalid(format!("not rejoining the group: {why}")))?;
         let (commit, _, group_info) = bundle.into_messages();
-        let answer = conn
-            .request(&Request::Commit {
-                group_id: group_id.to_vec(),
-                commit: mls_bytes(&commit)?,
-                welcome: None,
-                group_info: group_info.as_ref().map(mls_bytes).transpose()?,
-            })
-            .await;
-        match answer {
-            Ok(Response::Stored { seq }) => {
+        let request = Request::Commit {
+            group_id: group_id.to_vec(),
+            commit: mls_bytes(&commit)?,
+            welcome: None,
+            group_info: group_info.as_ref().map(mls_bytes).transpose()?,
+        };
+        // One attempt: a group that moved on meanwhile is rejoined by the next sync.
+        match post(conn, &request, MAX_COMMIT_ATTEMPTS).await? {
+            Next::Done { seq } => {
                 tx.execute(
                     "INSERT OR IGNORE INTO own_handshakes (group_id, seq) VALUES (?1, ?2)",
                     params![group_id, seq as i64],
@@ -303,21 +334,22 @@ impl Engine {
                 }
                 tx.commit()?;
                 self.member_counts.remove(group_id);
-                report.problems.push(format!(
+                self.activity.problems.push(format!(
                     "rejoined group {} after falling behind",
                     group_hex(group_id)
                 ));
                 Ok(true)
             }
-            Ok(_) => Err(EngineError::Invalid("unexpected answer to Commit".into())),
-            Err(e) => Err(from_link(e)),
+            Next::Stop(e) => Err(EngineError::Relay(e)),
+            Next::FetchThenRetry { .. } | Next::Wait(_) => {
+                unreachable!("nothing is retried after the last attempt")
+            }
         }
     }
 
     pub(super) async fn commit_pending_proposals(
         &mut self,
         conn: &impl Link,
-        report: &mut SyncReport,
     ) -> Result<(), EngineError> {
         // Usually no group has any: skip reading every group's state to find that out.
         // (openmls_sqlite_storage keeps queued proposals in this table.)
@@ -350,7 +382,7 @@ impl Engine {
                 })
                 .await;
             if let Err(e) = result {
-                report
+                self.activity
                     .problems
                     .push(format!("could not commit pending proposals: {e}"));
             }
@@ -597,4 +629,55 @@ pub(super) fn describe_policy_change(
         });
     }
     notices
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(code: ErrorCode) -> Result<Response, LinkError> {
+        Err(LinkError::Refused(RelayError {
+            code,
+            message: "refused".into(),
+        }))
+    }
+
+    #[test]
+    fn every_answer_to_a_post_has_one_reading() {
+        let request = Request::Fetch { limit: 1 };
+        assert_eq!(
+            on_response(&request, Ok(Response::Stored { seq: 7 }), 1).unwrap(),
+            Next::Done { seq: 7 }
+        );
+        assert_eq!(
+            on_response(&request, refused(ErrorCode::EpochMoved { current: 4 }), 1).unwrap(),
+            Next::FetchThenRetry { epoch: 4 }
+        );
+        assert_eq!(
+            on_response(&request, refused(ErrorCode::RateLimited), 2).unwrap(),
+            Next::Wait(RATE_LIMIT_PAUSE)
+        );
+        let last = MAX_COMMIT_ATTEMPTS;
+        let Next::Stop(e) = on_response(
+            &request,
+            refused(ErrorCode::EpochMoved { current: 4 }),
+            last,
+        )
+        .unwrap() else {
+            panic!("the last attempt is not retried");
+        };
+        assert!(matches!(gave_up(e), EngineError::TooManyRetries(_)));
+        let Next::Stop(e) = on_response(&request, refused(ErrorCode::Forbidden), 1).unwrap() else {
+            panic!("a refusal stops");
+        };
+        assert!(matches!(gave_up(e), EngineError::Relay(_)));
+        assert!(matches!(
+            on_response(&request, Ok(Response::Ok), 1),
+            Err(EngineError::UnexpectedAnswer(kind)) if kind == "Fetch"
+        ));
+        assert!(matches!(
+            on_response(&request, Err(LinkError::Unavailable("gone".into())), 1),
+            Err(EngineError::Link(_))
+        ));
+    }
 }

@@ -83,21 +83,10 @@ impl Engine {
     ) -> Result<Vec<(String, KeyPackage)>, EngineError> {
         let device = self.device()?;
         validate_handle(user)?;
-        let claimed = match conn
-            .request(&Request::ClaimKeyPackages {
+        let claimed = ask!(conn, Request::ClaimKeyPackages {
                 user: user.to_string(),
                 only: only.to_vec(),
-            })
-            .await
-            .map_err(from_link)?
-        {
-            Response::KeyPackages(k) => k,
-            _ => {
-                return Err(EngineError::Invalid(
-                    "unexpected answer to ClaimKeyPackages".into(),
-                ))
-            }
-        };
+            }, Response::KeyPackages(k) => k);
         let mut out = Vec::new();
         for c in claimed {
             let kp = KeyPackageIn::tls_deserialize_exact(&c.key_package)
@@ -250,7 +239,7 @@ impl Engine {
             .await?;
         if added {
             // run_commit queued the group's name for the new members.
-            self.flush_outbox(conn, &mut SyncReport::default()).await?;
+            self.flush_outbox(conn).await?;
         }
         Ok(())
     }
@@ -415,7 +404,7 @@ impl Engine {
                 name: new_name.to_string(),
             },
         )?;
-        self.flush_outbox(conn, &mut SyncReport::default()).await?;
+        self.flush_outbox(conn).await?;
         self.group_view(&group_id)
     }
 
@@ -433,9 +422,8 @@ impl Engine {
         }
         let device = self.device()?;
         let signer = self.signer(&device)?;
-        for _ in 0..MAX_COMMIT_ATTEMPTS {
-            self.fetch_and_process(conn, &mut SyncReport::default())
-                .await?;
+        for attempt in 1..=MAX_COMMIT_ATTEMPTS {
+            self.fetch_and_process(conn).await?;
             let (_, _, state) = self.resolve_group(&group_hex(&group_id))?;
             if state != STATE_ACTIVE {
                 return Ok(());
@@ -460,14 +448,16 @@ impl Engine {
                 tx.commit()?;
                 mls_bytes(&message)?
             };
-            match conn
-                .request(&Request::Propose {
-                    group_id: group_id.clone(),
-                    proposal,
-                })
-                .await
-            {
-                Ok(Response::Stored { seq }) => {
+            let request = Request::Propose {
+                group_id: group_id.clone(),
+                proposal,
+            };
+            let next = post(conn, &request, attempt).await;
+            if !matches!(next, Ok(Next::Done { .. })) {
+                self.clear_pending_proposals(&group_id)?;
+            }
+            match next? {
+                Next::Done { seq } => {
                     self.db.execute(
                         "INSERT OR IGNORE INTO own_handshakes (group_id, seq) VALUES (?1, ?2)",
                         params![group_id, seq as i64],
@@ -484,15 +474,10 @@ impl Engine {
                     )?;
                     return Ok(());
                 }
-                Ok(_) => return Err(EngineError::Invalid("unexpected answer to Propose".into())),
-                Err(LinkError::Refused(e)) if matches!(e.code, ErrorCode::EpochMoved { .. }) => {
-                    self.clear_pending_proposals(&group_id)?;
-                    continue;
-                }
-                Err(e) => {
-                    self.clear_pending_proposals(&group_id)?;
-                    return Err(from_link(e));
-                }
+                // The fetch at the top of the loop catches up.
+                Next::FetchThenRetry { .. } => {}
+                Next::Wait(pause) => conn.pause(pause).await,
+                Next::Stop(e) => return Err(gave_up(e)),
             }
         }
         Err(EngineError::TooManyRetries(MAX_COMMIT_ATTEMPTS))

@@ -145,17 +145,21 @@ impl Engine {
             root_public_key: root.public_key(),
         };
         let signer = self.new_signer()?;
-        let now = now_unix();
-        let cert = root.sign(CertificateBody {
-            org_id: org.org_id.clone(),
-            user: user.to_string(),
-            device_id: device_id_for(signer.public()),
-            device_key: signer.public().to_vec(),
-            profile: profile.clone(),
-            roles: vec![Role::Admin, Role::Member],
-            not_before: now.saturating_sub(300),
-            not_after: now + muster_proto::DEFAULT_CERTIFICATE_LIFETIME_SECS,
-        });
+        let cert = crate::admin::sign_certificate(
+            &root,
+            CertificateBody {
+                org_id: org.org_id.clone(),
+                user: user.to_string(),
+                device_id: device_id_for(signer.public()),
+                device_key: signer.public().to_vec(),
+                profile: profile.clone(),
+                roles: vec![Role::Admin, Role::Member],
+                not_before: 0,
+                not_after: 0,
+            },
+            muster_proto::DEFAULT_CERTIFICATE_LIFETIME_SECS,
+            None,
+        );
         Link::request(
             conn,
             &Request::Bootstrap {
@@ -265,15 +269,8 @@ impl Engine {
             .sign(&body.device_signed())
             .map_err(|e| EngineError::Mls(format!("signing failed: {e:?}")))?;
         let request = EnrolmentRequest::new(body, &secret, |_| device_proof);
-        let response = conn
-            .request(&Request::Enrol { request })
-            .await
-            .map_err(from_link)?;
-        let Response::EnrolmentSubmitted { device_id } = response else {
-            return Err(EngineError::Invalid(
-                "unexpected answer to enrolment".into(),
-            ));
-        };
+        let device_id = ask!(conn, Request::Enrol { request },
+            Response::EnrolmentSubmitted { device_id } => device_id);
         self.insert_device(
             &invite.relay,
             &invite.fingerprint,
@@ -380,18 +377,10 @@ impl Engine {
         conn: &impl Link,
         replace: bool,
     ) -> Result<(), EngineError> {
-        let Response::KeyPackageCount {
-            mut available,
-            mut has_last_resort,
-        } = conn
-            .request(&Request::KeyPackageCount)
-            .await
-            .map_err(from_link)?
-        else {
-            return Err(EngineError::Invalid(
-                "unexpected answer to KeyPackageCount".into(),
-            ));
-        };
+        let (mut available, mut has_last_resort) = ask!(conn, Request::KeyPackageCount, Response::KeyPackageCount {
+            available,
+            has_last_resort,
+        } => (available, has_last_resort));
         if replace {
             (available, has_last_resort) = (0, false);
         }
@@ -438,11 +427,7 @@ impl Engine {
 
     /// After this device's certificate was renewed: commits an update of its own leaf, with
     /// the new certificate, in every group it is in, so members keep accepting it.
-    pub(super) async fn update_own_leaves(
-        &mut self,
-        conn: &impl Link,
-        report: &mut SyncReport,
-    ) -> Result<(), EngineError> {
+    pub(super) async fn update_own_leaves(&mut self, conn: &impl Link) -> Result<(), EngineError> {
         let due: Option<i64> = self
             .db
             .query_row(
@@ -491,7 +476,7 @@ impl Engine {
                 .await;
             if let Err(e) = result {
                 complete = false;
-                report.problems.push(format!(
+                self.activity.problems.push(format!(
                     "could not bring this device's renewed certificate into a group: {e}"
                 ));
             }
@@ -511,21 +496,12 @@ impl Engine {
         conn: &impl Link,
     ) -> Result<Vec<String>, EngineError> {
         let me = self.device()?;
-        let Response::Devices(mine) = conn.request(&Request::MyDevices).await.map_err(from_link)?
-        else {
-            return Err(EngineError::Invalid(
-                "unexpected answer to MyDevices".into(),
-            ));
-        };
+        let mine = ask!(conn, Request::MyDevices, Response::Devices(mine) => mine);
         Ok(mine.into_iter().filter(|d| *d != me.device_id).collect())
     }
 
     /// Adds this user's other devices to every group this device is in where they are missing.
-    pub(super) async fn add_own_devices(
-        &mut self,
-        conn: &impl Link,
-        report: &mut SyncReport,
-    ) -> Result<(), EngineError> {
+    pub(super) async fn add_own_devices(&mut self, conn: &impl Link) -> Result<(), EngineError> {
         let revoked = revoked_devices(&self.db)?;
         let others: Vec<String> = self
             .my_other_devices(conn)
@@ -556,7 +532,7 @@ impl Engine {
                 Err(e) => Err(e),
             };
             if let Err(e) = result {
-                report
+                self.activity
                     .problems
                     .push(format!("could not add your other device to a group: {e}"));
             }

@@ -15,8 +15,8 @@ use crate::store::SCHEMA;
 use muster_proto::{
     auth_transcript, device_id_for, encrypted_size, now_unix, validate_handle, AckItem,
     Certificate, CertificateBody, CodeSecret, Delivery, EnrolmentRequest, ErrorCode, GroupPolicy,
-    InviteCode, InvitePurpose, OrgDescriptor, OrgRootKey, Profile, Request, RequestBody, Response,
-    Role, ATTACHMENT_CHUNK, ATTACHMENT_CHUNK_OVERHEAD, GROUP_POLICY_EXTENSION, MAX_ATTACHMENT,
+    InviteCode, InvitePurpose, OrgDescriptor, OrgRootKey, Profile, RelayError, Request,
+    RequestBody, Response, Role, ATTACHMENT_CHUNK, GROUP_POLICY_EXTENSION, MAX_ATTACHMENT,
 };
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::*;
@@ -45,6 +45,7 @@ pub(crate) use inbound::{receive_for_fuzzing, welcome_for_fuzzing};
 use messages::*;
 use outbox::*;
 pub(crate) use sync::*;
+pub(crate) use transfers::{blob_fetched, download_blob};
 use views::*;
 
 pub(crate) const CIPHERSUITE: Ciphersuite =
@@ -244,7 +245,10 @@ pub struct Notification {
     pub ack_required: bool,
 }
 
-/// What a sync did.
+/// What happened on the device since the caller last asked ([`Engine::take_activity`];
+/// [`Engine::sync`] returns it too): every operation that talks to the relay may receive
+/// messages, join groups, certify devices or meet problems on the way, and none of it is
+/// dropped until the caller takes it.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct SyncReport {
     pub received: usize,
@@ -300,6 +304,8 @@ pub struct Engine {
     /// only changes how receipts are batched.
     member_counts: HashMap<Vec<u8>, usize>,
     verified_certificates: VerifiedCertificates,
+    /// What happened since the caller last took it.
+    pub(crate) activity: SyncReport,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -454,6 +460,7 @@ impl Engine {
             crypto: RustCrypto::default(),
             member_counts: HashMap::new(),
             verified_certificates: VerifiedCertificates::default(),
+            activity: SyncReport::default(),
         };
         engine.enforce_retention()?;
         Ok(engine)
@@ -461,6 +468,12 @@ impl Engine {
 
     pub fn home(&self) -> &Path {
         &self.home
+    }
+
+    /// Takes what happened since the last call: messages that arrived, groups joined,
+    /// devices certified and problems met, by any operation.
+    pub fn take_activity(&mut self) -> SyncReport {
+        std::mem::take(&mut self.activity)
     }
 }
 

@@ -4,11 +4,9 @@
 use super::*;
 
 impl Engine {
-    /// Sends everything in the outbox.
-    pub async fn flush(&mut self, conn: &impl Link) -> Result<SyncReport, EngineError> {
-        let mut report = SyncReport::default();
-        self.flush_outbox(conn, &mut report).await?;
-        Ok(report)
+    /// Sends everything in the outbox; what it met waits in [`Engine::take_activity`].
+    pub async fn flush(&mut self, conn: &impl Link) -> Result<(), EngineError> {
+        self.flush_outbox(conn).await
     }
 
     /// Removes the saved copies of deleted attachments that lie inside this device's own
@@ -40,8 +38,7 @@ impl Engine {
         conn: &impl Link,
         queued: &QueuedMessage,
     ) -> Result<(), EngineError> {
-        let mut report = SyncReport::default();
-        self.flush_outbox(conn, &mut report).await?;
+        self.flush_outbox(conn).await?;
         let pending = self
             .db
             .query_row(
@@ -64,7 +61,7 @@ impl Engine {
         if pending || failed {
             return Err(EngineError::Invalid(format!(
                 "message was not delivered: {}",
-                report.problems.join("; ")
+                self.activity.problems.join("; ")
             )));
         }
         Ok(())
@@ -108,11 +105,7 @@ impl Engine {
     }
 
     /// Sends everything queued in the outbox, oldest first.
-    pub(super) async fn flush_outbox(
-        &mut self,
-        conn: &impl Link,
-        report: &mut SyncReport,
-    ) -> Result<(), EngineError> {
+    pub(super) async fn flush_outbox(&mut self, conn: &impl Link) -> Result<(), EngineError> {
         // Groups whose messages wait: they hold a device still to be removed, or this
         // device could not catch up with them. Other groups' messages go on.
         let mut held_back: HashSet<Vec<u8>> = HashSet::new();
@@ -153,12 +146,11 @@ impl Engine {
                         &group_id,
                         &message_id,
                         "you are no longer in the group",
-                        report,
                     )?;
                     continue;
                 }
                 OutboxGroup::HoldsUnremoved(user) => {
-                    report.problems.push(
+                    self.activity.problems.push(
                         EngineError::UnremovedDevice {
                             group: self.group_label(&group_id),
                             user,
@@ -180,18 +172,16 @@ impl Engine {
                 }
                 OutboxGroup::Ready { .. } => {}
             }
-            let mut attempts = 0;
+            let mut attempt = 0;
             loop {
-                attempts += 1;
-                let result = conn
-                    .request(&Request::Send {
-                        group_id: group_id.clone(),
-                        message: ciphertext.clone(),
-                        client_id: client_id.clone(),
-                    })
-                    .await;
-                match result {
-                    Ok(Response::Stored { seq }) => {
+                attempt += 1;
+                let request = Request::Send {
+                    group_id: group_id.clone(),
+                    message: ciphertext.clone(),
+                    client_id: client_id.clone(),
+                };
+                match post(conn, &request, attempt).await? {
+                    Next::Done { seq } => {
                         let tx = self
                             .db
                             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -206,31 +196,26 @@ impl Engine {
                             params![group_id, message_id, seq as i64, order_key(seq, 0)],
                         )?;
                         tx.commit()?;
-                        report.sent += 1;
+                        self.activity.sent += 1;
                         break;
                     }
-                    Err(LinkError::Refused(e))
-                        if matches!(e.code, ErrorCode::EpochMoved { .. })
-                            && attempts < MAX_COMMIT_ATTEMPTS =>
-                    {
-                        self.fetch_and_process(conn, report).await?;
+                    Next::FetchThenRetry { epoch } => {
+                        self.fetch_and_process(conn).await?;
                         // Any group may have moved on (a removal, say): look at each afresh.
                         groups.clear();
-                        if let ErrorCode::EpochMoved { current } = e.code {
-                            // A group this device cannot catch up with keeps its messages
-                            // queued (the next sync tries again); the others still go.
-                            if let Err(e) = self.catch_up(conn, &group_id, current, report).await {
-                                report.problems.push(format!(
-                                    "messages to {} stay queued: could not catch up with the group: {e}",
-                                    self.group_label(&group_id)
-                                ));
-                                self.db.execute(
-                                    "INSERT OR IGNORE INTO behind_groups (group_id) VALUES (?1)",
-                                    [&group_id],
-                                )?;
-                                held_back.insert(group_id.clone());
-                                break;
-                            }
+                        // A group this device cannot catch up with keeps its messages
+                        // queued (the next sync tries again); the others still go.
+                        if let Err(e) = self.catch_up(conn, &group_id, epoch).await {
+                            self.activity.problems.push(format!(
+                                "messages to {} stay queued: could not catch up with the group: {e}",
+                                self.group_label(&group_id)
+                            ));
+                            self.db.execute(
+                                "INSERT OR IGNORE INTO behind_groups (group_id) VALUES (?1)",
+                                [&group_id],
+                            )?;
+                            held_back.insert(group_id.clone());
+                            break;
                         }
                         // The group moved on: look at it afresh.
                         let group = self.outbox_group(&group_id, &own_device)?;
@@ -242,7 +227,6 @@ impl Engine {
                                     &group_id,
                                     &message_id,
                                     "you are no longer in the group",
-                                    report,
                                 )?;
                                 break;
                             }
@@ -257,29 +241,23 @@ impl Engine {
                             |r| r.get(0),
                         )?;
                     }
-                    Err(LinkError::Refused(e))
-                        if e.code == ErrorCode::RateLimited && attempts < MAX_COMMIT_ATTEMPTS =>
-                    {
-                        // The message stays queued; the relay asked us to slow down.
-                        conn.pause(std::time::Duration::from_secs(1)).await;
-                    }
-                    Err(LinkError::Refused(e)) if e.code == ErrorCode::QuotaExceeded => {
+                    // The message stays queued; the relay asked us to slow down.
+                    Next::Wait(pause) => conn.pause(pause).await,
+                    Next::Stop(e) if e.code == ErrorCode::QuotaExceeded => {
                         // Everything queued stays, in order, until recipients catch up.
                         let waiting: i64 =
                             self.db
                                 .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))?;
-                        report.problems.push(format!(
+                        self.activity.problems.push(format!(
                             "{waiting} message(s) stay in the outbox: {}",
                             e.message
                         ));
                         return Ok(());
                     }
-                    Err(LinkError::Refused(e)) => {
-                        self.fail_outbox(&client_id, &group_id, &message_id, &e.message, report)?;
+                    Next::Stop(e) => {
+                        self.fail_outbox(&client_id, &group_id, &message_id, &e.message)?;
                         break;
                     }
-                    Ok(_) => return Err(EngineError::Invalid("unexpected answer to Send".into())),
-                    Err(e) => return Err(EngineError::Link(e)),
                 }
             }
         }
@@ -317,7 +295,6 @@ impl Engine {
         group_id: &[u8],
         message_id: &str,
         why: &str,
-        report: &mut SyncReport,
     ) -> Result<(), EngineError> {
         let tx = self
             .db
@@ -328,7 +305,9 @@ impl Engine {
             params![group_id, message_id],
         )?;
         tx.commit()?;
-        report.problems.push(format!("message not sent: {why}"));
+        self.activity
+            .problems
+            .push(format!("message not sent: {why}"));
         Ok(())
     }
 }

@@ -15,42 +15,44 @@ impl Engine {
 
     /// Fetches and processes everything waiting, sends the outbox, and commits
     /// proposals other members made (such as someone leaving).
+    /// Returns what happened since the activity was last taken, this sync included.
     pub async fn sync(&mut self, conn: &impl Link) -> Result<SyncReport, EngineError> {
-        let mut report = SyncReport::default();
-        self.fetch_and_process(conn, &mut report).await?;
+        self.sync_steps(conn).await?;
+        Ok(self.take_activity())
+    }
+
+    /// Everything [`Engine::sync`] does, leaving what happened in the activity.
+    pub(crate) async fn sync_steps(&mut self, conn: &impl Link) -> Result<(), EngineError> {
+        self.fetch_and_process(conn).await?;
         // Rejoining judges what changed meanwhile by the revocations known now.
-        self.learn_revocations(conn, &mut report).await?;
-        self.catch_up_groups(conn, &mut report).await?;
+        self.learn_revocations(conn).await?;
+        self.catch_up_groups(conn).await?;
         self.enforce_retention()?;
-        self.apply_revocations(conn, &mut report).await?;
-        self.renew_certificates(conn, &mut report).await?;
-        self.update_own_leaves(conn, &mut report).await?;
-        self.approve_confirmed_devices(conn, &mut report).await?;
-        self.collect_archive_checkpoints(conn, &mut report).await?;
-        self.add_own_devices(conn, &mut report).await?;
+        self.apply_revocations(conn).await?;
+        self.renew_certificates(conn).await?;
+        self.update_own_leaves(conn).await?;
+        self.approve_confirmed_devices(conn).await?;
+        self.collect_archive_checkpoints(conn).await?;
+        self.add_own_devices(conn).await?;
         for group_id in self.active_group_ids()? {
             self.queue_receipts(&group_id, ReceiptKind::Delivered, None)?;
         }
-        self.flush_outbox(conn, &mut report).await?;
-        self.commit_pending_proposals(conn, &mut report).await?;
+        self.flush_outbox(conn).await?;
+        self.commit_pending_proposals(conn).await?;
         if self.is_archive()? {
             self.archive_publish(conn).await?;
         }
-        Ok(report)
+        Ok(())
     }
 
     /// Learns new revocations from the relay and removes revoked devices from every
     /// group this device is in. The relay's epoch ordering keeps it to one commit per group.
-    pub(super) async fn apply_revocations(
-        &mut self,
-        conn: &impl Link,
-        report: &mut SyncReport,
-    ) -> Result<(), EngineError> {
-        self.learn_revocations(conn, report).await?;
+    pub(super) async fn apply_revocations(&mut self, conn: &impl Link) -> Result<(), EngineError> {
+        self.learn_revocations(conn).await?;
         if let Some(gap) = self.withheld_revocations()? {
-            report.problems.push(gap);
+            self.activity.problems.push(gap);
         }
-        self.remove_revoked_devices(conn, report).await
+        self.remove_revoked_devices(conn).await
     }
 
     /// The organisation's revocations are numbered 1, 2, ...: a number this device never
@@ -88,11 +90,7 @@ impl Engine {
     }
 
     /// Fetches and stores revocations this device has not seen yet.
-    pub(crate) async fn learn_revocations(
-        &mut self,
-        conn: &impl Link,
-        report: &mut SyncReport,
-    ) -> Result<(), EngineError> {
+    pub(crate) async fn learn_revocations(&mut self, conn: &impl Link) -> Result<(), EngineError> {
         let org = self.device()?.org;
         loop {
             let since: i64 = self
@@ -104,17 +102,9 @@ impl Engine {
                 )
                 .optional()?
                 .unwrap_or(0);
-            let Response::Revocations(list) = conn
-                .request(&Request::Revocations {
+            let list = ask!(conn, Request::Revocations {
                     since: since as u64,
-                })
-                .await
-                .map_err(from_link)?
-            else {
-                return Err(EngineError::Invalid(
-                    "unexpected answer to Revocations".into(),
-                ));
-            };
+                }, Response::Revocations(list) => list);
             if list.is_empty() {
                 break;
             }
@@ -137,7 +127,8 @@ impl Engine {
                             )?;
                         }
                     }
-                    Err(e) => report
+                    Err(e) => self
+                        .activity
                         .problems
                         .push(format!("ignored a revocation that does not verify: {e}")),
                 }
@@ -156,7 +147,6 @@ impl Engine {
     pub(super) async fn remove_revoked_devices(
         &mut self,
         conn: &impl Link,
-        report: &mut SyncReport,
     ) -> Result<(), EngineError> {
         let revoked: HashSet<String> = revoked_devices(&self.db)?;
         self.lapse_check(conn).await?;
@@ -180,7 +170,7 @@ impl Engine {
             }
             let result = self.remove_members_where(conn, &group_id, is_revoked).await;
             if let Err(e) = result {
-                report.problems.push(format!(
+                self.activity.problems.push(format!(
                     "could not remove revoked devices from a group: {e}"
                 ));
                 // A lapsed device may have been renewed meanwhile: look again next time.
@@ -254,28 +244,18 @@ impl Engine {
         Ok(())
     }
 
-    pub(super) async fn fetch_and_process(
-        &mut self,
-        conn: &impl Link,
-        report: &mut SyncReport,
-    ) -> Result<(), EngineError> {
+    pub(super) async fn fetch_and_process(&mut self, conn: &impl Link) -> Result<(), EngineError> {
         loop {
-            let deliveries = match conn
-                .request(&Request::Fetch { limit: FETCH_BATCH })
-                .await
-                .map_err(from_link)?
-            {
-                Response::Deliveries(d) => d,
-                _ => return Err(EngineError::Invalid("unexpected answer to Fetch".into())),
-            };
+            let deliveries =
+                ask!(conn, Request::Fetch { limit: FETCH_BATCH }, Response::Deliveries(d) => d);
             if deliveries.is_empty() {
                 return Ok(());
             }
             let full_batch = deliveries.len() >= FETCH_BATCH as usize;
             // Commits in this batch may remove devices revoked since the last look; learn
             // of those revocations before judging the commits.
-            self.learn_revocations(conn, report).await?;
-            let acks = self.process_batch(deliveries, report)?;
+            self.learn_revocations(conn).await?;
+            let acks = self.process_batch(deliveries)?;
             conn.request(&Request::Ack { items: acks })
                 .await
                 .map_err(from_link)?;
@@ -291,7 +271,6 @@ impl Engine {
     pub(super) fn process_batch(
         &mut self,
         deliveries: Vec<Delivery>,
-        report: &mut SyncReport,
     ) -> Result<Vec<AckItem>, EngineError> {
         let device = self.device()?;
         let signer = self.signer(&device)?;
@@ -310,7 +289,14 @@ impl Engine {
                     welcome,
                 } => {
                     loaded.remove(&group_id);
-                    process_welcome(&self.crypto, &mut tx, &device, &group_id, &welcome, report)?;
+                    process_welcome(
+                        &self.crypto,
+                        &mut tx,
+                        &device,
+                        &group_id,
+                        &welcome,
+                        &mut self.activity,
+                    )?;
                     acks.push(AckItem::Welcome { id });
                 }
                 Delivery::Group {
@@ -332,7 +318,7 @@ impl Engine {
                         &group_id,
                         seq,
                         &message,
-                        report,
+                        &mut self.activity,
                     )?;
                     acks.push(AckItem::Group { group_id, seq });
                 }

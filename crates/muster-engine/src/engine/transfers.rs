@@ -135,39 +135,16 @@ impl Engine {
             let mut file = std::fs::File::create(&partial)?;
             let mut plain_hash = ring::digest::Context::new(&ring::digest::SHA256);
             let mut blob_hash = ring::digest::Context::new(&ring::digest::SHA256);
-            let chunks = crate::attachments::chunk_count(attachment.size);
-            let mut offset = 0u64;
-            for index in 0..chunks {
-                let plain_len = if index + 1 == chunks {
-                    attachment.size - index * ATTACHMENT_CHUNK as u64
-                } else {
-                    ATTACHMENT_CHUNK as u64
-                };
-                let want = plain_len as usize + ATTACHMENT_CHUNK_OVERHEAD;
-                let Response::BlobData { data, total_size } = conn
-                    .request(&Request::BlobGet {
-                        blob_id: attachment.blob_id.clone(),
-                        offset,
-                        max_len: want as u32,
-                    })
-                    .await
-                    .map_err(from_link)?
-                else {
-                    return Err(EngineError::Invalid("unexpected answer to BlobGet".into()));
-                };
-                if total_size != encrypted_size(attachment.size) || data.len() != want {
-                    return Err(EngineError::Invalid(
-                        crate::attachments::AttachmentError::Tampered.to_string(),
-                    ));
-                }
-                blob_hash.update(&data);
+            download_blob(conn, &attachment.blob_id, attachment.size, |index, data| {
+                blob_hash.update(data);
                 let plain = cipher
-                    .open(index, &data)
+                    .open(index, data)
                     .map_err(|e| EngineError::Invalid(e.to_string()))?;
                 plain_hash.update(&plain);
                 file.write_all(&plain)?;
-                offset += data.len() as u64;
-            }
+                Ok(())
+            })
+            .await?;
             if hex::encode(blob_hash.finish().as_ref()) != attachment.blob_sha256
                 || hex::encode(plain_hash.finish().as_ref()) != attachment.sha256
             {
@@ -189,12 +166,43 @@ impl Engine {
             "UPDATE messages SET saved_to = ?3 WHERE group_id = ?1 AND id = ?2",
             params![group_id, id, saved.display().to_string()],
         )?;
-        // Once every recipient has it, the relay deletes the blob.
-        conn.request(&Request::BlobFetched {
-            blob_id: attachment.blob_id.clone(),
-        })
-        .await
-        .map_err(from_link)?;
+        blob_fetched(conn, &attachment.blob_id).await?;
         Ok(saved)
     }
+}
+
+/// Downloads the blob `blob_id` of an attachment of `size` bytes, one encrypted chunk per
+/// request, handing each chunk to `each` with its index: the one download loop, for
+/// members and the archive alike. A chunk of the wrong length, or a blob of the wrong
+/// total size, is refused as tampered before `each` sees it.
+pub(crate) async fn download_blob(
+    conn: &impl Link,
+    blob_id: &str,
+    size: u64,
+    mut each: impl FnMut(u64, &[u8]) -> Result<(), EngineError>,
+) -> Result<(), EngineError> {
+    let mut offset = 0u64;
+    for (index, want) in crate::attachments::encrypted_chunk_lengths(size).enumerate() {
+        let request = Request::BlobGet {
+            blob_id: blob_id.to_string(),
+            offset,
+            max_len: want as u32,
+        };
+        let (data, total_size) = ask!(conn, request,
+            Response::BlobData { data, total_size } => (data, total_size));
+        if total_size != encrypted_size(size) || data.len() != want {
+            return Err(EngineError::Invalid(
+                crate::attachments::AttachmentError::Tampered.to_string(),
+            ));
+        }
+        each(index as u64, &data)?;
+        offset += want as u64;
+    }
+    Ok(())
+}
+
+/// Tells the relay this device holds the blob; once every recipient does, it is deleted.
+pub(crate) async fn blob_fetched(conn: &impl Link, blob_id: &str) -> Result<(), EngineError> {
+    ask!(conn, Request::BlobFetched { blob_id: blob_id.to_string() }, Response::Ok => ());
+    Ok(())
 }
