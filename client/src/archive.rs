@@ -319,7 +319,11 @@ async fn serve(
     }
     let retain = stored_retention(engine)?;
     let honour_disappearing = honours_disappearing(engine)?;
-    let (user, device, _) = engine.whoami()?;
+    let muster_engine::Identity {
+        user,
+        device_id: device,
+        ..
+    } = engine.whoami()?;
     println!(
         "archive {user} (device {device}) serving; retention: {}",
         retain.map_or("none".to_string(), muster_engine::describe_duration)

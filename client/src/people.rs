@@ -314,11 +314,11 @@ pub(crate) async fn run(
             });
         }
         Command::Whoami(flag) => {
-            let (user, device, org) = engine.whoami()?;
+            let me = engine.whoami()?;
             if flag.json {
-                print_json(&serde_json::json!({"user": user, "device_id": device, "org": org}));
+                print_json(&me);
             } else {
-                println!("{user} (device {device}) in {org}");
+                println!("{} (device {}) in {}", me.user, me.device_id, me.org);
             }
         }
         other => return Ok(Some(other)),

@@ -124,7 +124,7 @@ pub(crate) fn describe_profile(p: &Profile) -> String {
 }
 
 pub(crate) fn print_group(g: &GroupView) {
-    let mut state = if g.state == "active" {
+    let mut state = if g.state == muster_engine::GroupState::Active {
         String::new()
     } else {
         format!(" [{}]", g.state)

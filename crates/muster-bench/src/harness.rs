@@ -224,7 +224,7 @@ impl Org {
     ) -> Result<String, HarnessError> {
         let users: Vec<String> = members
             .iter()
-            .map(|e| e.whoami().map(|w| w.0))
+            .map(|e| e.whoami().map(|w| w.user))
             .collect::<Result<_, _>>()?;
         let group = self
             .admin

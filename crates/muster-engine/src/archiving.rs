@@ -56,12 +56,10 @@ fn open_archived_blob(
     out: &mut impl std::io::Write,
 ) -> Result<(), EngineError> {
     use std::io::Read as _;
-    let tampered =
-        || EngineError::Invalid(crate::attachments::AttachmentError::Tampered.to_string());
-    let key = hex::decode(&attachment.key)
-        .map_err(|_| EngineError::Invalid("bad attachment key".into()))?;
-    let cipher = ChunkCipher::new(&key, &attachment.blob_id, attachment.size)
-        .map_err(|e| EngineError::Invalid(e.to_string()))?;
+    let tampered = || EngineError::Attachment(crate::attachments::AttachmentError::Tampered);
+    let key =
+        hex::decode(&attachment.key).map_err(|_| crate::attachments::AttachmentError::BadKey)?;
+    let cipher = ChunkCipher::new(&key, &attachment.blob_id, attachment.size)?;
     let mut file = std::fs::File::open(path)?;
     if file.metadata()?.len() != encrypted_size(attachment.size) {
         return Err(tampered());
@@ -72,9 +70,7 @@ fn open_archived_blob(
         let mut data = vec![0u8; len];
         file.read_exact(&mut data)?;
         blob_hash.update(&data);
-        let plain = cipher
-            .open(index as u64, &data)
-            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let plain = cipher.open(index as u64, &data)?;
         plain_hash.update(&plain);
         out.write_all(&plain)?;
     }

@@ -15,6 +15,8 @@ pub enum EngineError {
     Relay(RelayError),
     #[error("invalid certificate: {0}")]
     Certificate(#[from] CertError),
+    #[error("{0}")]
+    Attachment(#[from] crate::attachments::AttachmentError),
     #[error("invite code: {0}")]
     Invite(#[from] InviteError),
     #[error("no group named {0:?} on this device (see `muster groups`)")]

@@ -12,6 +12,7 @@
 
 use crate::content::{Body, Envelope};
 use crate::conversation::{self, Author, Origin};
+use crate::engine::GroupState;
 use crate::engine::{
     create_config, join_config, leaf_capabilities, receive_for_fuzzing, welcome_for_fuzzing,
     DeviceRow, SyncReport, CIPHERSUITE,
@@ -198,8 +199,8 @@ impl World {
                 party
                     .db
                     .execute(
-                        "INSERT INTO groups (group_id, name, state, created_at) VALUES (?1, ?2, 'active', 0)",
-                        params![gid, format!("g{i}")],
+                        "INSERT INTO groups (group_id, name, state, created_at) VALUES (?1, ?2, ?3, 0)",
+                        params![gid, format!("g{i}"), GroupState::Active],
                     )
                     .expect("group row");
             }
@@ -524,8 +525,8 @@ fn content(data: &[u8]) {
     let db = Connection::open_in_memory().expect("in-memory database");
     db.execute_batch(SCHEMA).expect("schema");
     db.execute(
-        "INSERT INTO groups (group_id, name, state, created_at) VALUES (?1, 'ops', 'active', 0)",
-        params![GROUP],
+        "INSERT INTO groups (group_id, name, state, created_at) VALUES (?1, 'ops', ?2, 0)",
+        params![GROUP, GroupState::Active],
     )
     .expect("group row");
     let alice = Author {

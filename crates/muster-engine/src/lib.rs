@@ -28,8 +28,9 @@ pub use content::{describe_duration, Body, Envelope};
 pub use conversation::BoardEntry;
 pub use engine::rfc3339_ms;
 pub use engine::{
-    AttachmentView, AuditView, DeviceView, DirectoryEntry, Engine, GroupView, MessageView, NewOrg,
-    Notification, PendingView, QueuedMessage, Rollcall, RollcallEntry, SyncReport,
+    AttachmentView, AuditView, DeviceView, DirectoryEntry, Engine, GroupState, GroupView, Identity,
+    MessageView, NewOrg, Notification, PendingView, QueuedMessage, Rollcall, RollcallEntry,
+    SyncReport,
 };
 pub use error::EngineError;
 pub use link::{Link, LinkError};

@@ -200,7 +200,7 @@ impl Engine {
             .map(|i| i.user)
             .collect();
         for g in self.groups()? {
-            if g.state == crate::engine::STATE_ACTIVE {
+            if g.state == crate::engine::GroupState::Active {
                 state
                     .groups
                     .insert(g.name, (g.members.into_iter().collect(), g.managed));

@@ -82,8 +82,8 @@ impl Engine {
             self.fetch_and_process(conn).await?;
             // Anything still pending after a full fetch was never stored by the relay.
             self.drop_unsent_commit(group_id)?;
-            let (_, name, state) = self.resolve_group(&group_hex(group_id))?;
-            if state != STATE_ACTIVE {
+            let KnownGroup { name, state, .. } = self.resolve_group(&group_hex(group_id))?;
+            if state != GroupState::Active {
                 return Err(EngineError::NotActive(name));
             }
             let (commit, welcome, group_info) = {
@@ -209,7 +209,7 @@ impl Engine {
         for group_id in behind {
             let active = self
                 .resolve_group(&group_hex(&group_id))
-                .is_ok_and(|g| g.2 == STATE_ACTIVE);
+                .is_ok_and(|g| g.state == GroupState::Active);
             let result = match active {
                 true => self.rejoin(conn, &group_id).await,
                 false => Ok(false),
@@ -397,10 +397,21 @@ pub(super) fn verify_member(
     credential: &Credential,
     signature_key: &[u8],
 ) -> Result<Certificate, String> {
+    leaf_certificate(credential, signature_key, |cert| {
+        cert.verify(org, now_unix())
+    })
+}
+
+/// The certificate in a leaf's credential, checked by `check` and bound to the leaf's
+/// signature key.
+fn leaf_certificate(
+    credential: &Credential,
+    signature_key: &[u8],
+    check: impl FnOnce(&Certificate) -> Result<(), muster_proto::CertError>,
+) -> Result<Certificate, String> {
     let cert = certificate_in(credential)
         .ok_or_else(|| "credential carries no identity certificate".to_string())?;
-    cert.verify(org, now_unix())
-        .map_err(|e| format!("{} ({}): {e}", cert.body.user, cert.body.device_id))?;
+    check(&cert).map_err(|e| format!("{} ({}): {e}", cert.body.user, cert.body.device_id))?;
     if cert.body.device_key != signature_key {
         return Err(format!(
             "{}: leaf signature key differs from the certificate",
@@ -537,17 +548,7 @@ pub(super) fn roster_member(
     credential: &Credential,
     signature_key: &[u8],
 ) -> Result<Certificate, String> {
-    let cert = certificate_in(credential)
-        .ok_or_else(|| "credential carries no identity certificate".to_string())?;
-    cert.verify_issuer(org)
-        .map_err(|e| format!("{} ({}): {e}", cert.body.user, cert.body.device_id))?;
-    if cert.body.device_key != signature_key {
-        return Err(format!(
-            "{}: leaf signature key differs from the certificate",
-            cert.body.user
-        ));
-    }
-    Ok(cert)
+    leaf_certificate(credential, signature_key, |cert| cert.verify_issuer(org))
 }
 
 /// Merges this device's own commit once the relay has sequenced it, and tells members it

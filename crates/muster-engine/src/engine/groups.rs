@@ -4,18 +4,24 @@ use super::*;
 
 impl Engine {
     /// Finds a group by name, or by (a prefix of) its hex id.
-    pub(super) fn resolve_group(
-        &self,
-        name_or_id: &str,
-    ) -> Result<(Vec<u8>, String, String), EngineError> {
+    pub(super) fn resolve_group(&self, name_or_id: &str) -> Result<KnownGroup, EngineError> {
         let mut stmt = self
             .db
             .prepare("SELECT group_id, name, state FROM groups ORDER BY created_at")?;
         let all = stmt
-            .query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get(1)?, r.get(2)?)))?
-            .collect::<Result<Vec<(Vec<u8>, String, String)>, _>>()?;
-        let by_name: Vec<_> = all.iter().filter(|g| g.1 == name_or_id).collect();
-        let active: Vec<_> = by_name.iter().filter(|g| g.2 == STATE_ACTIVE).collect();
+            .query_map([], |r| {
+                Ok(KnownGroup {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    state: r.get(2)?,
+                })
+            })?
+            .collect::<Result<Vec<KnownGroup>, _>>()?;
+        let by_name: Vec<_> = all.iter().filter(|g| g.name == name_or_id).collect();
+        let active: Vec<_> = by_name
+            .iter()
+            .filter(|g| g.state == GroupState::Active)
+            .collect();
         let chosen = match (active.len(), by_name.len()) {
             (1, _) => Some((*active[0]).clone()),
             (0, 1) => Some(by_name[0].clone()),
@@ -28,7 +34,7 @@ impl Engine {
         if name_or_id.len() >= 6 {
             let by_id: Vec<_> = all
                 .iter()
-                .filter(|g| group_hex(&g.0).starts_with(&name_or_id.to_ascii_lowercase()))
+                .filter(|g| group_hex(&g.id).starts_with(&name_or_id.to_ascii_lowercase()))
                 .collect();
             match by_id.len() {
                 1 => return Ok(by_id[0].clone()),
@@ -40,8 +46,8 @@ impl Engine {
     }
 
     pub(super) fn active_group(&self, name_or_id: &str) -> Result<(Vec<u8>, String), EngineError> {
-        let (id, name, state) = self.resolve_group(name_or_id)?;
-        if state != STATE_ACTIVE {
+        let KnownGroup { id, name, state } = self.resolve_group(name_or_id)?;
+        if state != GroupState::Active {
             return Err(EngineError::NotActive(name));
         }
         Ok((id, name))
@@ -146,7 +152,7 @@ impl Engine {
         }
         if self
             .resolve_group(name)
-            .is_ok_and(|g| g.2 == STATE_ACTIVE && g.1 == name)
+            .is_ok_and(|g| g.state == GroupState::Active && g.name == name)
         {
             return Err(EngineError::GroupNameTaken(name.to_string()));
         }
@@ -187,8 +193,8 @@ impl Engine {
         .await
         .map_err(from_link)?;
         self.db.execute(
-            "INSERT INTO groups (group_id, name, state, created_at) VALUES (?1, ?2, 'active', ?3)",
-            params![group_id, name, now_ms()],
+            "INSERT INTO groups (group_id, name, state, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![group_id, name, GroupState::Active, now_ms()],
         )?;
         if !key_packages.is_empty() {
             self.add_key_packages(conn, &group_id, key_packages).await?;
@@ -390,7 +396,7 @@ impl Engine {
         }
         if self
             .resolve_group(new_name)
-            .is_ok_and(|g| g.2 == STATE_ACTIVE && g.1 == new_name && g.0 != group_id)
+            .is_ok_and(|g| g.state == GroupState::Active && g.name == new_name && g.id != group_id)
         {
             return Err(EngineError::GroupNameTaken(new_name.to_string()));
         }
@@ -424,8 +430,8 @@ impl Engine {
         let signer = self.signer(&device)?;
         for attempt in 1..=MAX_COMMIT_ATTEMPTS {
             self.fetch_and_process(conn).await?;
-            let (_, _, state) = self.resolve_group(&group_hex(&group_id))?;
-            if state != STATE_ACTIVE {
+            let KnownGroup { state, .. } = self.resolve_group(&group_hex(&group_id))?;
+            if state != GroupState::Active {
                 return Ok(());
             }
             let proposal = {
@@ -437,7 +443,7 @@ impl Engine {
                 if group.members().count() == 1 {
                     tx.execute(
                         "UPDATE groups SET state = ?2 WHERE group_id = ?1",
-                        params![group_id, STATE_LEFT],
+                        params![group_id, GroupState::Left],
                     )?;
                     tx.commit()?;
                     return Ok(());
@@ -464,7 +470,7 @@ impl Engine {
                     )?;
                     self.db.execute(
                         "UPDATE groups SET state = ?2 WHERE group_id = ?1",
-                        params![group_id, STATE_LEFT],
+                        params![group_id, GroupState::Left],
                     )?;
                     insert_system(
                         &self.db,

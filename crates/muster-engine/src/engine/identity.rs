@@ -284,10 +284,14 @@ impl Engine {
         Ok(device_id)
     }
 
-    /// The user handle and organisation name of this device, if set up.
-    pub fn whoami(&self) -> Result<(String, String, String), EngineError> {
+    /// Who this device belongs to, if set up.
+    pub fn whoami(&self) -> Result<Identity, EngineError> {
         let d = self.device()?;
-        Ok((d.user, d.device_id, d.org.name))
+        Ok(Identity {
+            user: d.user,
+            device_id: d.device_id,
+            org: d.org.name,
+        })
     }
 
     /// Where this device's relay is: its address and pinned certificate fingerprint.

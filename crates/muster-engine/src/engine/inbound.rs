@@ -155,8 +155,8 @@ pub(super) fn process_welcome(
         // allowed to make. A device that had left or been removed simply joins anew.
         let active: bool = tx
             .query_row(
-                "SELECT state = 'active' FROM groups WHERE group_id = ?1",
-                [group_id],
+                "SELECT state = ?2 FROM groups WHERE group_id = ?1",
+                params![group_id, GroupState::Active],
                 |r| r.get(0),
             )
             .optional()
@@ -184,10 +184,10 @@ pub(super) fn process_welcome(
             // A group joined anew goes by a placeholder until a member tells its name, so
             // an old name cannot vouch for a group that is not the one it named.
             tx.execute(
-                    "INSERT INTO groups (group_id, name, state, created_at) VALUES (?1, ?2, 'active', ?3)
-                     ON CONFLICT (group_id) DO UPDATE SET name = CASE WHEN state = 'active' THEN name ELSE excluded.name END,
-                         state = 'active'",
-                    params![gid, placeholder, now_ms()],
+                    "INSERT INTO groups (group_id, name, state, created_at) VALUES (?1, ?2, ?4, ?3)
+                     ON CONFLICT (group_id) DO UPDATE SET name = CASE WHEN state = ?4 THEN name ELSE excluded.name END,
+                         state = ?4",
+                    params![gid, placeholder, now_ms(), GroupState::Active],
                 )?;
             insert_system(&tx, &gid, &format!("{adder} added you"), Some(0))?;
             lapse_check_due(&tx)?;
@@ -241,11 +241,11 @@ pub(super) fn process_group_message(
     let own = tx
         .prepare_cached("DELETE FROM own_handshakes WHERE group_id = ?1 AND seq = ?2")?
         .execute(params![group_id, seq as i64])?;
-    let state: Option<String> = tx
+    let state: Option<GroupState> = tx
         .prepare_cached("SELECT state FROM groups WHERE group_id = ?1")?
         .query_row([group_id], |r| r.get(0))
         .optional()?;
-    if own > 0 || state.as_deref() != Some(STATE_ACTIVE) {
+    if own > 0 || state != Some(GroupState::Active) {
         return Ok(false);
     }
     let pending_hash: Option<Vec<u8>> = tx
@@ -263,7 +263,7 @@ pub(super) fn process_group_message(
     let policy = policy_of(&group);
     let managed = policy.managed;
     let mut notices: Vec<String> = Vec::new();
-    let mut new_state: Option<&str> = None;
+    let mut new_state: Option<GroupState> = None;
     let mut received: Option<(Envelope, Certificate)> = None;
     let mut gap: Option<String> = None;
     let mut purge = false;
@@ -425,7 +425,7 @@ pub(super) fn process_group_message(
                     notices.extend(describe_policy_change(actor, policy, after));
                 }
                 if self_removed || !group.is_active() {
-                    new_state = Some(STATE_REMOVED);
+                    new_state = Some(GroupState::Removed);
                     notices.push("you are no longer a member of this group".into());
                 }
             }

@@ -122,8 +122,8 @@ impl Engine {
         if deleted {
             return Err(EngineError::Invalid(format!("message {id} was deleted")));
         }
-        let (_, name, state) = self.resolve_group(&group_hex(&group_id))?;
-        if state != STATE_ACTIVE {
+        let KnownGroup { name, state, .. } = self.resolve_group(&group_hex(&group_id))?;
+        if state != GroupState::Active {
             return Err(EngineError::NotActive(name));
         }
         Ok((group_id, id))
@@ -170,8 +170,8 @@ impl Engine {
             ));
         }
         let (group_id, target) = self.find_message(id)?;
-        let (_, name, state) = self.resolve_group(&group_hex(&group_id))?;
-        if state != STATE_ACTIVE {
+        let KnownGroup { name, state, .. } = self.resolve_group(&group_hex(&group_id))?;
+        if state != GroupState::Active {
             return Err(EngineError::NotActive(name));
         }
         let id = self.enqueue(
@@ -225,8 +225,8 @@ impl Engine {
         if sender == me.user {
             return Err(EngineError::Invalid("you sent this alert".into()));
         }
-        let (_, name, state) = self.resolve_group(&group_hex(&group_id))?;
-        if state != STATE_ACTIVE {
+        let KnownGroup { name, state, .. } = self.resolve_group(&group_hex(&group_id))?;
+        if state != GroupState::Active {
             return Err(EngineError::NotActive(name));
         }
         let id = self.enqueue(
@@ -320,8 +320,8 @@ impl Engine {
         if targets.is_empty() || self.is_archive()? {
             return Ok(());
         }
-        let (_, _, state) = self.resolve_group(&group_hex(group_id))?;
-        if state != STATE_ACTIVE {
+        let KnownGroup { state, .. } = self.resolve_group(&group_hex(group_id))?;
+        if state != GroupState::Active {
             return Ok(());
         }
         if kind == ReceiptKind::Delivered {

@@ -66,9 +66,71 @@ const RECEIPT_BATCH_INTERVAL_MS: i64 = 5_000;
 pub const MAX_TEXT_BYTES: usize = 64 * 1024;
 const DB_FILE: &str = "muster.db";
 
-pub(crate) const STATE_ACTIVE: &str = "active";
-const STATE_LEFT: &str = "left";
-const STATE_REMOVED: &str = "removed";
+/// Where this device stands in a group it knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupState {
+    /// A member: it reads and sends.
+    Active,
+    /// It left; the conversation stays readable.
+    Left,
+    /// Someone removed it; the conversation stays readable.
+    Removed,
+}
+
+impl GroupState {
+    /// The word stored and shown for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupState::Active => "active",
+            GroupState::Left => "left",
+            GroupState::Removed => "removed",
+        }
+    }
+}
+
+impl std::fmt::Display for GroupState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl rusqlite::types::ToSql for GroupState {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(self.as_str().into())
+    }
+}
+
+impl rusqlite::types::FromSql for GroupState {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        match value.as_str()? {
+            "active" => Ok(GroupState::Active),
+            "left" => Ok(GroupState::Left),
+            "removed" => Ok(GroupState::Removed),
+            other => Err(rusqlite::types::FromSqlError::Other(
+                format!("unknown group state {other:?}").into(),
+            )),
+        }
+    }
+}
+
+/// Who a device belongs to.
+#[derive(Debug, Clone, Serialize)]
+pub struct Identity {
+    /// The user's handle.
+    pub user: String,
+    pub device_id: String,
+    /// The organisation's name.
+    pub org: String,
+}
+
+/// A group this device knows, as found by name or id.
+#[derive(Debug, Clone)]
+pub(crate) struct KnownGroup {
+    pub(crate) id: Vec<u8>,
+    pub(crate) name: String,
+    pub(crate) state: GroupState,
+}
 
 /// A message as the user sees it.
 #[derive(Debug, Clone, Serialize)]
@@ -129,7 +191,7 @@ pub struct GroupView {
     pub members: Vec<String>,
     pub epoch: u64,
     /// `active`, `left` or `removed`.
-    pub state: String,
+    pub state: GroupState,
     /// Only admins add or remove people; members cannot leave or rename it.
     pub managed: bool,
     /// The organisation's compliance archive keeps everything said in this group.

@@ -110,6 +110,8 @@ impl Engine {
         // device could not catch up with them. Other groups' messages go on.
         let mut held_back: HashSet<Vec<u8>> = HashSet::new();
         let mut groups: HashMap<Vec<u8>, OutboxGroup> = HashMap::new();
+        // The message posted last that must go again, and how often it was tried.
+        let mut retrying: Option<(Vec<u8>, u32)> = None;
         let own_device = self.device()?.device_id;
         loop {
             let next: Option<OutboxEntry> = {
@@ -121,13 +123,24 @@ impl Engine {
                 while let Some(r) = rows.next()? {
                     let group_id: Vec<u8> = r.get(1)?;
                     if !held_back.contains(&group_id) {
-                        found = Some((r.get(0)?, group_id, r.get(2)?, r.get(3)?));
+                        found = Some(OutboxEntry {
+                            client_id: r.get(0)?,
+                            group_id,
+                            message_id: r.get(2)?,
+                            ciphertext: r.get(3)?,
+                        });
                         break;
                     }
                 }
                 found
             };
-            let Some((client_id, group_id, message_id, ciphertext)) = next else {
+            let Some(OutboxEntry {
+                client_id,
+                group_id,
+                message_id,
+                ciphertext,
+            }) = next
+            else {
                 return Ok(());
             };
             let group = match groups.get(&group_id) {
@@ -172,7 +185,10 @@ impl Engine {
                 }
                 OutboxGroup::Ready { .. } => {}
             }
-            let mut attempt = 0;
+            let mut attempt = match &retrying {
+                Some((id, tried)) if *id == client_id => *tried,
+                _ => 0,
+            };
             loop {
                 attempt += 1;
                 let request = Request::Send {
@@ -201,7 +217,8 @@ impl Engine {
                     }
                     Next::FetchThenRetry { epoch } => {
                         self.fetch_and_process(conn).await?;
-                        // Any group may have moved on (a removal, say): look at each afresh.
+                        // Any group may have moved on (a removal, say): each is looked at
+                        // afresh when its next message comes up, this one first.
                         groups.clear();
                         // A group this device cannot catch up with keeps its messages
                         // queued (the next sync tries again); the others still go.
@@ -215,31 +232,9 @@ impl Engine {
                                 [&group_id],
                             )?;
                             held_back.insert(group_id.clone());
-                            break;
                         }
-                        // The group moved on: look at it afresh.
-                        let group = self.outbox_group(&group_id, &own_device)?;
-                        groups.insert(group_id.clone(), group.clone());
-                        match group {
-                            OutboxGroup::Gone => {
-                                self.fail_outbox(
-                                    &client_id,
-                                    &group_id,
-                                    &message_id,
-                                    "you are no longer in the group",
-                                )?;
-                                break;
-                            }
-                            // Held back at the top of the outer loop.
-                            OutboxGroup::HoldsUnremoved(_) => break,
-                            OutboxGroup::Ready { .. } => {}
-                        }
-                        self.reencrypt(&client_id)?;
-                        ciphertext = self.db.query_row(
-                            "SELECT ciphertext FROM outbox WHERE client_id = ?1",
-                            [&client_id],
-                            |r| r.get(0),
-                        )?;
+                        retrying = Some((client_id.clone(), attempt));
+                        break;
                     }
                     // The message stays queued; the relay asked us to slow down.
                     Next::Wait(pause) => conn.pause(pause).await,
@@ -271,7 +266,7 @@ impl Engine {
     ) -> Result<OutboxGroup, EngineError> {
         let active = self
             .resolve_group(&group_hex(group_id))
-            .is_ok_and(|g| g.2 == STATE_ACTIVE);
+            .is_ok_and(|g| g.state == GroupState::Active);
         if !active {
             return Ok(OutboxGroup::Gone);
         }
@@ -312,8 +307,14 @@ impl Engine {
     }
 }
 
-/// client id, group id, message id, ciphertext
-pub(super) type OutboxEntry = (Vec<u8>, Vec<u8>, String, Vec<u8>);
+/// A message waiting in the outbox.
+pub(super) struct OutboxEntry {
+    /// The id the relay deduplicates retries by.
+    client_id: Vec<u8>,
+    group_id: Vec<u8>,
+    message_id: String,
+    ciphertext: Vec<u8>,
+}
 
 /// Where messages queued for a group stand, as the outbox sees it.
 #[derive(Debug, Clone)]

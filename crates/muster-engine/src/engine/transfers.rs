@@ -32,8 +32,7 @@ impl Engine {
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
             .expect("system randomness available");
         let blob_id = random_hex(16);
-        let cipher = ChunkCipher::new(&key, &blob_id, size)
-            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let cipher = ChunkCipher::new(&key, &blob_id, size)?;
         let total_size = encrypted_size(size);
         let mut plain_hash = ring::digest::Context::new(&ring::digest::SHA256);
         let mut blob_hash = ring::digest::Context::new(&ring::digest::SHA256);
@@ -127,9 +126,8 @@ impl Engine {
             )));
         }
         let key = hex::decode(&attachment.key)
-            .map_err(|_| EngineError::Invalid("bad attachment key".into()))?;
-        let cipher = ChunkCipher::new(&key, &attachment.blob_id, attachment.size)
-            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+            .map_err(|_| crate::attachments::AttachmentError::BadKey)?;
+        let cipher = ChunkCipher::new(&key, &attachment.blob_id, attachment.size)?;
         let partial = target.with_extension("muster-partial");
         let result = async {
             let mut file = std::fs::File::create(&partial)?;
@@ -137,9 +135,7 @@ impl Engine {
             let mut blob_hash = ring::digest::Context::new(&ring::digest::SHA256);
             download_blob(conn, &attachment.blob_id, attachment.size, |index, data| {
                 blob_hash.update(data);
-                let plain = cipher
-                    .open(index, data)
-                    .map_err(|e| EngineError::Invalid(e.to_string()))?;
+                let plain = cipher.open(index, data)?;
                 plain_hash.update(&plain);
                 file.write_all(&plain)?;
                 Ok(())
@@ -148,9 +144,7 @@ impl Engine {
             if hex::encode(blob_hash.finish().as_ref()) != attachment.blob_sha256
                 || hex::encode(plain_hash.finish().as_ref()) != attachment.sha256
             {
-                return Err(EngineError::Invalid(
-                    crate::attachments::AttachmentError::Tampered.to_string(),
-                ));
+                return Err(crate::attachments::AttachmentError::Tampered.into());
             }
             file.sync_all()?;
             Ok(())
@@ -191,9 +185,7 @@ pub(crate) async fn download_blob(
         let (data, total_size) = ask!(conn, request,
             Response::BlobData { data, total_size } => (data, total_size));
         if total_size != encrypted_size(size) || data.len() != want {
-            return Err(EngineError::Invalid(
-                crate::attachments::AttachmentError::Tampered.to_string(),
-            ));
+            return Err(crate::attachments::AttachmentError::Tampered.into());
         }
         each(index as u64, &data)?;
         offset += want as u64;

@@ -8,26 +8,30 @@ impl Engine {
     pub(super) fn active_group_ids(&self) -> Result<Vec<Vec<u8>>, EngineError> {
         let mut stmt = self
             .db
-            .prepare("SELECT group_id FROM groups WHERE state = 'active'")?;
+            .prepare("SELECT group_id FROM groups WHERE state = ?1")?;
         let ids = stmt
-            .query_map([], |r| r.get(0))?
+            .query_map([GroupState::Active], |r| r.get(0))?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(ids)
     }
 
     pub(super) fn group_view(&self, group_id: &[u8]) -> Result<GroupView, EngineError> {
-        let (name, state, retain_secs, disappear_secs): (String, String, Option<i64>, Option<i64>) =
-            self.db.query_row(
-                "SELECT name, state, retain_secs, disappear_secs FROM groups WHERE group_id = ?1",
-                [group_id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            )?;
+        let (name, state, retain_secs, disappear_secs): (
+            String,
+            GroupState,
+            Option<i64>,
+            Option<i64>,
+        ) = self.db.query_row(
+            "SELECT name, state, retain_secs, disappear_secs FROM groups WHERE group_id = ?1",
+            [group_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )?;
         let view = view_of(&self.db, "group", &group_hex(group_id))?;
         let provider = Provider::new(&self.crypto, &self.db);
         let group = MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))
             .map_err(EngineError::mls)?;
         let (members, epoch) = match &group {
-            Some(g) if state == STATE_ACTIVE => {
+            Some(g) if state == GroupState::Active => {
                 let mut users: Vec<String> = g
                     .members()
                     .filter_map(|m| certificate_in(&m.credential))
@@ -41,7 +45,9 @@ impl Engine {
             None => (Vec::new(), 0),
         };
         let archive_members = match &group {
-            Some(g) if state == STATE_ACTIVE => archive_members(g, &self.device()?.org, &self.db)?,
+            Some(g) if state == GroupState::Active => {
+                archive_members(g, &self.device()?.org, &self.db)?
+            }
             _ => Vec::new(),
         };
         Ok(GroupView {
@@ -92,7 +98,7 @@ impl Engine {
                 )));
             }
         }
-        let (group_id, _, _) = self.resolve_group(group)?;
+        let KnownGroup { id: group_id, .. } = self.resolve_group(group)?;
         let target = group_hex(&group_id);
         self.db.execute(
             "INSERT OR IGNORE INTO view_settings (scope, target) VALUES ('group', ?1)",
@@ -174,10 +180,10 @@ impl Engine {
         let me = self.device()?;
         self.query_messages(
             "WHERE m.kind = 'alert' AND m.ack_required = 1 AND m.deleted = 0 AND m.sender != ?1
-               AND g.state = 'active'
+               AND g.state = ?2
                AND NOT EXISTS (SELECT 1 FROM acks a WHERE a.group_id = m.group_id AND a.message_id = m.id AND a.user = ?1)
              ORDER BY m.seq",
-            params![me.user],
+            params![me.user, GroupState::Active],
         )
     }
 
@@ -208,7 +214,7 @@ impl Engine {
 
     /// The group's situation board.
     pub fn board(&self, group: &str) -> Result<Vec<BoardEntry>, EngineError> {
-        let (group_id, _, _) = self.resolve_group(group)?;
+        let KnownGroup { id: group_id, .. } = self.resolve_group(group)?;
         conversation::board(&self.db, &group_id)
     }
 
@@ -305,7 +311,7 @@ impl Engine {
 
     /// The latest `limit` messages of a group, oldest first.
     pub fn read(&self, group: &str, limit: usize) -> Result<Vec<MessageView>, EngineError> {
-        let (group_id, _, _) = self.resolve_group(group)?;
+        let KnownGroup { id: group_id, .. } = self.resolve_group(group)?;
         // Messages still on their way to the relay (no sort key yet) come last; each half
         // is read newest first along an index, so the cost does not grow with history.
         let mut rows = self.query_messages(
@@ -340,7 +346,7 @@ impl Engine {
         }
         let fts_query = terms.join(" ");
         let group_id = group
-            .map(|g| self.resolve_group(g).map(|g| g.0))
+            .map(|g| self.resolve_group(g).map(|g| g.id))
             .transpose()?;
         self.query_messages(
             "JOIN messages_fts ON messages_fts.rowid = m.seq
@@ -352,7 +358,7 @@ impl Engine {
 
     /// Messages of a group stored after local position `after`, oldest first.
     pub fn messages_after(&self, group: &str, after: i64) -> Result<Vec<MessageView>, EngineError> {
-        let (group_id, _, _) = self.resolve_group(group)?;
+        let KnownGroup { id: group_id, .. } = self.resolve_group(group)?;
         self.query_messages(
             "WHERE m.group_id = ?1 AND m.seq > ?2 ORDER BY m.sort_key IS NULL, m.sort_key, m.seq",
             params![group_id, after],
