@@ -1,6 +1,6 @@
 //! The device engine: the `Engine` type, what it shows (views, reports) and helpers shared
-//! by the files alongside, each holding one concern: identity, groups, commits, messages,
-//! transfers, outbox, sync, inbound, views.
+//! by the files alongside, each holding one concern: identity, groups, commits, posting,
+//! messages, transfers, outbox, sync, inbound, views.
 
 use crate::archive::{self, ArchivedMessage};
 use crate::attachments::{mime_for, AttachmentRef, ChunkCipher};
@@ -34,6 +34,7 @@ mod identity;
 mod inbound;
 mod messages;
 mod outbox;
+mod posting;
 mod sync;
 mod transfers;
 mod views;
@@ -44,6 +45,7 @@ use inbound::*;
 pub(crate) use inbound::{receive_for_fuzzing, welcome_for_fuzzing};
 use messages::*;
 use outbox::*;
+use posting::*;
 pub(crate) use sync::*;
 pub(crate) use transfers::{blob_fetched, download_blob};
 use views::*;
