@@ -76,7 +76,44 @@ pub(crate) fn from_link(e: crate::link::LinkError) -> EngineError {
 /// The error for an answer from the relay that does not fit `request`, naming only the
 /// request's kind (never its contents, which may hold secrets).
 pub(crate) fn unexpected_answer(request: &muster_proto::Request) -> EngineError {
-    let debug = format!("{request:?}");
-    let kind: String = debug.chars().take_while(|c| c.is_alphanumeric()).collect();
-    EngineError::UnexpectedAnswer(kind)
+    /// Keeps the leading name of what is written and stops the formatting after it, so
+    /// no field (a token, a key, a blob) is ever formatted.
+    struct LeadingName(String);
+    impl std::fmt::Write for LeadingName {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            let name: String = s.chars().take_while(|c| c.is_alphanumeric()).collect();
+            let complete = name.len() < s.len();
+            self.0.push_str(&name);
+            if complete {
+                Err(std::fmt::Error)
+            } else {
+                Ok(())
+            }
+        }
+    }
+    let mut kind = LeadingName(String::new());
+    let _ = std::fmt::write(&mut kind, format_args!("{request:?}"));
+    EngineError::UnexpectedAnswer(kind.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use muster_proto::Request;
+
+    #[test]
+    fn an_unexpected_answer_names_the_request_and_nothing_in_it() {
+        let named = |request: &Request| match unexpected_answer(request) {
+            EngineError::UnexpectedAnswer(kind) => kind,
+            other => panic!("not an unexpected answer: {other:?}"),
+        };
+        assert_eq!(named(&Request::ListPending), "ListPending");
+        let get = Request::BlobGet {
+            blob_id: "secret-blob".into(),
+            offset: 7,
+            max_len: 9,
+        };
+        assert_eq!(named(&get), "BlobGet");
+        assert!(!unexpected_answer(&get).to_string().contains("secret"));
+    }
 }

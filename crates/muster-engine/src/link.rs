@@ -43,3 +43,63 @@ macro_rules! ask {
         }
     }};
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Engine, EngineError};
+    use muster_proto::ErrorCode;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    /// A relay that gives one scripted answer to every request, at once.
+    struct Scripted(Result<Response, LinkError>);
+
+    impl Link for Scripted {
+        async fn request(&self, _: &Request) -> Result<Response, LinkError> {
+            self.0.clone()
+        }
+
+        async fn pause(&self, _: Duration) {}
+    }
+
+    /// Runs an engine operation against a scripted link: it never waits, so one poll ends it.
+    fn run<T>(operation: impl Future<Output = T>) -> T {
+        match pin!(operation).poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(value) => value,
+            Poll::Pending => panic!("a scripted link never makes the engine wait"),
+        }
+    }
+
+    #[test]
+    fn the_engine_runs_without_a_network_and_tells_a_refusal_from_a_wrong_or_missing_answer() {
+        let home = std::env::temp_dir().join(format!(
+            "muster-link-test-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let engine = Engine::open(&home).expect("engine opens");
+        let answer = |link: Scripted| run(engine.pending_raw(&link)).unwrap_err();
+        assert!(matches!(
+            answer(Scripted(Ok(Response::Ok))),
+            EngineError::UnexpectedAnswer(kind) if kind == "ListPending"
+        ));
+        let refusal = RelayError {
+            code: ErrorCode::Forbidden,
+            message: "no".into(),
+        };
+        assert!(matches!(
+            answer(Scripted(Err(LinkError::Refused(refusal)))),
+            EngineError::Relay(RelayError {
+                code: ErrorCode::Forbidden,
+                ..
+            })
+        ));
+        assert!(matches!(
+            answer(Scripted(Err(LinkError::Unavailable("gone".into())))),
+            EngineError::Link(LinkError::Unavailable(_))
+        ));
+        drop(engine);
+        let _ = std::fs::remove_dir_all(&home);
+    }
+}

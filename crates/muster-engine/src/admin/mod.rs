@@ -325,8 +325,9 @@ impl Engine {
                 params![id, user],
             )?;
         }
+        let earlier_problems = self.activity.problems.len();
         self.sync_steps(conn).await?;
-        if let Some(problem) = self.activity.problems.first() {
+        if let Some(problem) = self.activity.problems.get(earlier_problems) {
             return Err(EngineError::Invalid(format!(
                 "revoked, but removing from groups is incomplete: {problem}"
             )));

@@ -173,7 +173,7 @@ impl Engine {
     pub async fn provision_state(&mut self, conn: &impl Link) -> Result<OrgState, EngineError> {
         let me = self.device()?;
         Self::require_admin(&me)?;
-        self.sync(conn).await?;
+        self.sync_steps(conn).await?;
         let mut state = OrgState {
             me: me.user.clone(),
             ..Default::default()

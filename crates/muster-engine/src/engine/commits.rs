@@ -285,9 +285,10 @@ impl Engine {
                 Ok(true)
             }
             Next::Stop(e) => Err(EngineError::Relay(e)),
-            Next::FetchThenRetry { .. } | Next::Wait(_) => {
-                unreachable!("nothing is retried after the last attempt")
-            }
+            // Not retried here: the next sync tries again.
+            Next::FetchThenRetry { .. } | Next::Wait(_) => Err(EngineError::Invalid(
+                "the relay did not take the rejoining commit; the next sync tries again".into(),
+            )),
         }
     }
 

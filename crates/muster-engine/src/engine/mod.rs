@@ -325,6 +325,18 @@ pub struct SyncReport {
     pub problems: Vec<String>,
 }
 
+impl SyncReport {
+    /// Adds what `later` holds to this report.
+    pub(crate) fn merge(&mut self, later: SyncReport) {
+        self.received += later.received;
+        self.notifications.extend(later.notifications);
+        self.approved_devices.extend(later.approved_devices);
+        self.joined_groups.extend(later.joined_groups);
+        self.sent += later.sent;
+        self.problems.extend(later.problems);
+    }
+}
+
 /// A commit built for the relay: the commit, the Welcome for members it adds, and the
 /// GroupInfo of the epoch it starts (what a member that fell behind rejoins from).
 pub(crate) struct CommitParts {

@@ -38,6 +38,7 @@ impl Engine {
         conn: &impl Link,
         queued: &QueuedMessage,
     ) -> Result<(), EngineError> {
+        let earlier_problems = self.activity.problems.len();
         self.flush_outbox(conn).await?;
         let pending = self
             .db
@@ -61,7 +62,7 @@ impl Engine {
         if pending || failed {
             return Err(EngineError::Invalid(format!(
                 "message was not delivered: {}",
-                self.activity.problems.join("; ")
+                self.activity.problems[earlier_problems..].join("; ")
             )));
         }
         Ok(())

@@ -278,6 +278,9 @@ impl Engine {
         let mut loaded = LoadedGroups::new();
         let revoked = revoked_devices(&self.db)?;
         let mut purge = false;
+        // What the batch did counts only once it is stored: a batch rolled back is
+        // delivered again.
+        let mut batch = SyncReport::default();
         let mut tx = self
             .db
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -295,7 +298,7 @@ impl Engine {
                         &device,
                         &group_id,
                         &welcome,
-                        &mut self.activity,
+                        &mut batch,
                     )?;
                     acks.push(AckItem::Welcome { id });
                 }
@@ -318,7 +321,7 @@ impl Engine {
                         &group_id,
                         seq,
                         &message,
-                        &mut self.activity,
+                        &mut batch,
                     )?;
                     acks.push(AckItem::Group { group_id, seq });
                 }
@@ -332,6 +335,7 @@ impl Engine {
             })?;
         }
         tx.commit()?;
+        self.activity.merge(batch);
         for (group_id, group) in &loaded {
             self.member_counts
                 .insert(group_id.clone(), group.members().count());
