@@ -1,3 +1,5 @@
+//! Running an organisation: directory, audit log, revocation, health, multi-device and profile approval.
+
 use muster_e2e::{Device, Org};
 
 #[test]

@@ -1,3 +1,5 @@
+//! Attachments: large files round-trip, and oversized or tampered ones are refused.
+
 use muster_e2e::{dir_contains, Org};
 
 fn pseudo_random_file(path: &std::path::Path, size: usize, marker: &[u8]) -> Vec<u8> {

@@ -1,3 +1,5 @@
+//! Conversation features: replies, edits, deletes, reactions, receipts, search and disappearing messages.
+
 use muster_e2e::{dir_contains, Org};
 use serde_json::Value;
 

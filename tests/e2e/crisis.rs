@@ -1,3 +1,5 @@
+//! Crisis use: alerts with roll-call, the situation board and personal notification settings.
+
 use muster_e2e::{dir_contains, wait_until, Org};
 
 use std::process::Stdio;

@@ -1,3 +1,5 @@
+//! Delivery: store-and-forward across restarts, stale senders, live chat, the outbox and KeyPackages.
+
 use muster_e2e::{wait_until, Org};
 use std::io::Write;
 use std::process::Stdio;

@@ -1,3 +1,5 @@
+//! Enrolment: invites, approval and rejection, expiry, the bootstrap token and the pinned fingerprint.
+
 use muster_e2e::{Device, Org, Relay, TempDir};
 use std::time::Duration;
 

@@ -1,3 +1,5 @@
+//! Groups: membership changes, concurrent commits without forks and managed groups.
+
 use muster_e2e::Org;
 use std::thread;
 

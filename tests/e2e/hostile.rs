@@ -1,3 +1,5 @@
+//! Hostile input: replayed state, bad local input and malformed frames.
+
 use muster_e2e::{Device, Org};
 use muster_net::{read_frame, write_frame, RelayConnection};
 use muster_proto::{decode, ErrorCode, Request, Response};

@@ -1,3 +1,5 @@
+//! Bulk provisioning with `muster admin apply`.
+
 use muster_e2e::{Device, Org};
 use std::fmt::Write as _;
 

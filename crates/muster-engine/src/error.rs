@@ -1,3 +1,7 @@
+//! What can go wrong on a device, as one enum whose variants callers match on (a lost link,
+//! a refusal, a wrong answer, an unknown group, ...), and the one place an answer that
+//! fits no request becomes an error.
+
 use muster_proto::{CertError, ErrorCode, InviteError, RelayError};
 
 /// Everything that can go wrong on the device.

@@ -1,3 +1,5 @@
+//! Failures of the relay's own storage, kept apart from what a peer did wrong.
+
 use muster_proto::{ErrorCode, RelayError};
 
 /// A failure of the relay's own storage (never the peer's fault).
