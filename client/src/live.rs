@@ -15,7 +15,11 @@ pub(crate) async fn rollcall(
     let mut session = Session::start(engine).await?;
     let mut last_shown = None;
     loop {
-        session.sync(engine).await?;
+        let report = session.sync(engine).await?;
+        notify(engine, &report.notifications);
+        for p in &report.problems {
+            eprintln!("warning: {p}");
+        }
         let r = engine.rollcall(id)?;
         let summary = (r.acknowledged, r.members.len());
         if last_shown != Some(summary) {

@@ -158,21 +158,7 @@ impl Relay {
         total_size: u64,
     ) -> Result<BlobRow, Failure> {
         self.collect_expired_blobs()?;
-        let member = self
-            .db()
-            .query_row(
-                "SELECT 1 FROM memberships WHERE group_id = ?1 AND device_id = ?2 AND to_seq IS NULL",
-                params![group_id, session.device_id],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some();
-        if !member {
-            return Err(refuse(
-                ErrorCode::NotMember,
-                "this device is not a member of the group",
-            ));
-        }
+        crate::relay::require_member(self.db(), group_id, &session.device_id)?;
         let used: i64 = self.db().query_row(
             "SELECT COALESCE(SUM(total_size), 0) FROM blobs WHERE uploader = ?1",
             [&session.device_id],

@@ -153,20 +153,7 @@ impl Relay {
         session: &Session,
         group_id: &[u8],
     ) -> Result<Outcome, Failure> {
-        let member = row(
-            &self.db,
-            "SELECT 1 FROM memberships WHERE group_id = ?1 AND device_id = ?2 AND to_seq IS NULL",
-            params![group_id, session.device_id],
-            |_| Ok(()),
-        )
-        .optional()?
-        .is_some();
-        if !member {
-            return Err(refuse(
-                ErrorCode::NotMember,
-                "this device is not a member of the group",
-            ));
-        }
+        require_member(&self.db, group_id, &session.device_id)?;
         let info: Option<(i64, Vec<u8>)> = row(
             &self.db,
             "SELECT epoch, data FROM group_infos WHERE group_id = ?1",

@@ -133,15 +133,10 @@ impl Relay {
         // The same rules every member applies: a commit they would refuse is never
         // sequenced, so it cannot leave them behind.
         let members: Vec<Member> = group.members().collect();
-        let revoked = revoked_devices(&tx)?;
-        let rules = muster_rules::Context {
-            org: &org,
-            now: now_unix(),
-            revoked: &|d: &str| revoked.contains(d),
-            renewed: &|d: &str| holds_valid_certificate(&tx, d),
-        };
-        muster_rules::check_commit(&rules, &members, policy_of(&group), &sender, &staged)
-            .map_err(|e| refuse(refusal_code(&e), format!("commit refused: {e}")))?;
+        under_the_rules(&tx, &org, |rules| {
+            muster_rules::check_commit(rules, &members, policy_of(&group), &sender, &staged)
+        })?
+        .map_err(|e| refuse(refusal_code(&e), format!("commit refused: {e}")))?;
         group
             .merge_commit(&Storage::new(&tx), *staged)
             .map_err(|e| Failure::Store(StoreError::Corrupt(format!("merge commit: {e}"))))?;
@@ -248,20 +243,15 @@ impl Relay {
             )
         })?;
         let members: Vec<Member> = group.members().collect();
-        let revoked = revoked_devices(&tx)?;
-        let rules = muster_rules::Context {
-            org: &org,
-            now: now_unix(),
-            revoked: &|d: &str| revoked.contains(d),
-            renewed: &|d: &str| holds_valid_certificate(&tx, d),
-        };
-        muster_rules::check_proposal(
-            &rules,
-            &members,
-            policy_of(&group),
-            &sender,
-            queued.proposal(),
-        )
+        under_the_rules(&tx, &org, |rules| {
+            muster_rules::check_proposal(
+                rules,
+                &members,
+                policy_of(&group),
+                &sender,
+                queued.proposal(),
+            )
+        })?
         .map_err(|e| refuse(refusal_code(&e), format!("proposal refused: {e}")))?;
         group
             .add_proposal(&Storage::new(&tx), *queued)
@@ -296,6 +286,23 @@ pub(super) fn refusal_code(refusal: &muster_rules::Refusal) -> ErrorCode {
 }
 
 /// Every device the organisation revoked.
+/// Runs `check` with the shared group rules (muster-rules) as this relay knows the
+/// organisation now: its revocations and the certificates it holds.
+fn under_the_rules<T>(
+    db: &Connection,
+    org: &OrgDescriptor,
+    check: impl FnOnce(&muster_rules::Context) -> T,
+) -> Result<T, Failure> {
+    let revoked = revoked_devices(db)?;
+    let rules = muster_rules::Context {
+        org,
+        now: now_unix(),
+        revoked: &|d: &str| revoked.contains(d),
+        renewed: &|d: &str| holds_valid_certificate(db, d),
+    };
+    Ok(check(&rules))
+}
+
 pub(super) fn revoked_devices(
     db: &Connection,
 ) -> Result<std::collections::HashSet<String>, Failure> {

@@ -32,6 +32,7 @@ mod store;
 pub use auth::{challenge_nonce, verify_challenge};
 use enrolment::*;
 use handshakes::*;
+pub(crate) use store::require_member;
 use store::*;
 
 /// An authenticated device on a connection.

@@ -92,6 +92,29 @@ pub(super) fn device_certificate(
     }
 }
 
+/// Refuses a device that is not a current member of the group.
+pub(crate) fn require_member(
+    db: &Connection,
+    group_id: &[u8],
+    device_id: &str,
+) -> Result<(), Failure> {
+    let member = db
+        .prepare_cached(
+            "SELECT 1 FROM memberships WHERE group_id = ?1 AND device_id = ?2 AND to_seq IS NULL",
+        )?
+        .query_row(params![group_id, device_id], |_| Ok(()))
+        .optional()?
+        .is_some();
+    if member {
+        Ok(())
+    } else {
+        Err(refuse(
+            ErrorCode::NotMember,
+            "this device is not a member of the group",
+        ))
+    }
+}
+
 pub(super) fn device_is_admin(db: &Connection, device_id: &str) -> Result<bool, Failure> {
     Ok(device_certificate(db, device_id)?.is_some_and(|c| c.is_admin()))
 }
