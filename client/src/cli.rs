@@ -262,6 +262,20 @@ pub(crate) enum DeviceCommand {
 }
 
 #[derive(Subcommand)]
+pub(crate) enum RootCommand {
+    /// Write the organisation root key, sealed under a passphrase (Argon2id, then
+    /// ChaCha20-Poly1305), to a new file. The passphrase is asked for on the terminal, or
+    /// read as the first line of standard input.
+    Backup {
+        /// The file to create (it must not exist yet).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Install the organisation root key from a backup on this admin device.
+    Restore { file: PathBuf },
+}
+
+#[derive(Subcommand)]
 pub(crate) enum AdminCommand {
     /// Show or change the organisation policy (signed with the root key).
     Policy {
@@ -317,6 +331,9 @@ pub(crate) enum AdminCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Back up or restore the organisation root key (sealed under a passphrase).
+    #[command(subcommand)]
+    Root(RootCommand),
     /// Show the relay's audit log: metadata events only, never content.
     Audit {
         /// How many of the latest events to show.

@@ -299,6 +299,35 @@ pub(crate) async fn run(
             .await;
             crate::archive::print_report(&report?, json)?;
         }
+        Command::Admin(AdminCommand::Root(RootCommand::Backup { out })) => {
+            let passphrase = read_passphrase("passphrase for the backup: ", true)?;
+            let backup = engine.root_backup(&passphrase)?;
+            write_new_secret_file(
+                &out,
+                &serde_json::to_vec_pretty(&backup).expect("backup serialises"),
+            )?;
+            println!(
+                "wrote the sealed root key of {} to {}; keep it apart from this device, with its passphrase somewhere else",
+                backup.org_name,
+                out.display()
+            );
+        }
+        Command::Admin(AdminCommand::Root(RootCommand::Restore { file })) => {
+            let text = std::fs::read(&file).map_err(|e| {
+                EngineError::Invalid(format!("cannot read {}: {e}", file.display()))
+            })?;
+            let backup: muster_engine::RootBackup = serde_json::from_slice(&text)
+                .map_err(|_| muster_engine::RootBackupError::NotABackup)?;
+            let passphrase = read_passphrase("passphrase of the backup: ", false)?;
+            if engine.root_restore(&backup, &passphrase)? {
+                println!("this device now holds the root key of {}", backup.org_name);
+            } else {
+                println!(
+                    "this device already holds the root key of {}",
+                    backup.org_name
+                );
+            }
+        }
         Command::Admin(AdminCommand::Audit { limit, json }) => {
             let events = online(engine, async |engine, conn| engine.audit(conn, limit).await).await;
             print_listing(events?, json, |e| {
@@ -486,4 +515,44 @@ async fn apply_spec(
             problems.len()
         )))
     }
+}
+
+/// Reads a passphrase: from the terminal without echo (twice when `confirm`), or else the
+/// first line of standard input.
+fn read_passphrase(prompt: &str, confirm: bool) -> Result<String, EngineError> {
+    use std::io::IsTerminal as _;
+    if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password(prompt)?;
+        if confirm && rpassword::prompt_password("again: ")? != first {
+            return Err(EngineError::Invalid("the passphrases differ".into()));
+        }
+        return Ok(first);
+    }
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    let passphrase = line.trim_end_matches(['\n', '\r']).to_string();
+    if passphrase.is_empty() {
+        return Err(EngineError::Invalid(
+            "no passphrase on standard input".into(),
+        ));
+    }
+    Ok(passphrase)
+}
+
+/// Creates `path` readable by its owner only, refusing to replace an existing file.
+fn write_new_secret_file(path: &std::path::Path, bytes: &[u8]) -> Result<(), EngineError> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(path)
+        .map_err(|e| EngineError::Invalid(format!("cannot create {}: {e}", path.display())))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    Ok(())
 }

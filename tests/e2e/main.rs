@@ -18,3 +18,4 @@ mod network;
 mod provision;
 mod rogue;
 mod rogue_member;
+mod root_recovery;

@@ -19,6 +19,8 @@ pub enum EngineError {
     Relay(RelayError),
     #[error("invalid certificate: {0}")]
     Certificate(#[from] CertError),
+    #[error("root key backup: {0}")]
+    RootBackup(#[from] crate::admin::root_backup::RootBackupError),
     #[error("{0}")]
     Attachment(#[from] crate::attachments::AttachmentError),
     #[error("invite code: {0}")]

@@ -22,6 +22,7 @@ mod provider;
 pub mod provision;
 mod store;
 
+pub use admin::root_backup::{RootBackup, RootBackupError};
 pub use admin::ProfileChangeView;
 pub use attachments::{AttachmentError, AttachmentRef};
 pub use content::{describe_duration, Body, Envelope};

@@ -136,6 +136,7 @@ impl Engine {
     /// Enrolment requests waiting for an admin, each with the check of its proofs.
     pub async fn pending(&self, conn: &impl Link) -> Result<Vec<PendingView>, EngineError> {
         Self::require_admin(&self.device()?)?;
+        self.certificates(conn).await?;
         Ok(self
             .pending_raw(conn)
             .await?
@@ -216,10 +217,11 @@ impl Engine {
     ) -> Result<String, EngineError> {
         let me = self.device()?;
         let root = Self::root_key(&me)?;
+        // Refresh what this device knows, so a user enrolled elsewhere (or an admin whose
+        // invite this is) is recognised.
+        self.certificates(conn).await?;
         let pending = self.pending_for(conn, user, device).await?;
         let proven = self.proven(&pending)?;
-        // Refresh what this device knows, so a user enrolled elsewhere is recognised.
-        self.certificates(conn).await?;
         let (profile, roles) = match self.record_of(user)? {
             Some((_, roles)) if archive && !roles.contains(&Role::Archive) => {
                 return Err(EngineError::Invalid(format!(

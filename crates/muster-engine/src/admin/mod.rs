@@ -26,6 +26,7 @@ mod checkpoints;
 mod enrolment;
 mod organisation;
 mod profiles;
+pub mod root_backup;
 
 pub use profiles::ProfileChangeView;
 
@@ -68,6 +69,34 @@ impl Engine {
         Self::require_admin(device)?;
         let pkcs8 = device.root_key.as_ref().ok_or(EngineError::NoRootKey)?;
         Ok(OrgRootKey::from_pkcs8(pkcs8)?)
+    }
+
+    /// (admin, holding the root) The organisation root key sealed under `passphrase`, for
+    /// `muster admin root restore` on another admin device.
+    pub fn root_backup(&self, passphrase: &str) -> Result<root_backup::RootBackup, EngineError> {
+        let me = self.device()?;
+        let root = Self::root_key(&me)?;
+        Ok(root_backup::seal(&root, &me.org, passphrase)?)
+    }
+
+    /// (admin) Installs the organisation root key from a backup, so this admin device
+    /// can do what only the root can. Returns whether it was new to this device.
+    pub fn root_restore(
+        &mut self,
+        backup: &root_backup::RootBackup,
+        passphrase: &str,
+    ) -> Result<bool, EngineError> {
+        let me = self.device()?;
+        Self::require_admin(&me)?;
+        let root = root_backup::open(backup, &me.org, passphrase)?;
+        if me.root_key.is_some() {
+            return Ok(false);
+        }
+        self.db.execute(
+            "UPDATE device SET root_key = ?1 WHERE id = 1",
+            [root.pkcs8()],
+        )?;
+        Ok(true)
     }
 
     /// Signs `message` with this device's own key.

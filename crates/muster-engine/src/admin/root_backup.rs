@@ -1,0 +1,270 @@
+//! The organisation root key sealed under a passphrase (Argon2id, then ChaCha20-Poly1305),
+//! so that losing the admin laptop that holds it does not lose the organisation.
+
+use muster_proto::{OrgDescriptor, OrgRootKey};
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+
+/// What a backup file says it is.
+const FORMAT: &str = "muster-root-backup";
+const VERSION: u32 = 1;
+/// The shortest passphrase accepted for sealing.
+pub const MIN_PASSPHRASE_CHARS: usize = 12;
+/// Argon2id cost for new backups: 64 MiB, 3 passes, one lane (OWASP's first choice).
+const MEMORY_KIB: u32 = 64 * 1024;
+const ITERATIONS: u32 = 3;
+const PARALLELISM: u32 = 1;
+/// Costs above these are refused when opening, so a crafted file cannot exhaust memory.
+const MAX_MEMORY_KIB: u32 = 1024 * 1024;
+const MAX_ITERATIONS: u32 = 64;
+
+/// A sealed root key, as written to the backup file (JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootBackup {
+    pub format: String,
+    pub version: u32,
+    /// The organisation whose root this is; bound into the seal.
+    pub org_id: String,
+    pub org_name: String,
+    /// The root's public key (hex); bound into the seal and checked on opening.
+    pub root_public_key: String,
+    pub kdf: KdfParams,
+    /// ChaCha20-Poly1305 nonce (hex).
+    pub nonce: String,
+    /// The root key's PKCS#8 document, encrypted and authenticated (hex).
+    pub sealed: String,
+}
+
+/// How the sealing key is derived from the passphrase.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KdfParams {
+    /// Always `argon2id`.
+    pub algorithm: String,
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+    /// Random salt (hex).
+    pub salt: String,
+}
+
+/// Why a backup could not be made or opened.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RootBackupError {
+    #[error("the passphrase must be at least {MIN_PASSPHRASE_CHARS} characters")]
+    WeakPassphrase,
+    #[error("this is not a Muster root key backup (or a newer version of one)")]
+    NotABackup,
+    #[error("the backup is damaged: {0}")]
+    Damaged(String),
+    #[error("the backup's key derivation asks for more than this device allows")]
+    CostTooHigh,
+    #[error("this backup belongs to organisation {0:?}, not to this device's organisation")]
+    OtherOrganisation(String),
+    #[error("wrong passphrase, or the backup was altered")]
+    WrongPassphrase,
+    #[error("the backup holds a key that is not this organisation's root")]
+    NotThisRoot,
+}
+
+/// Seals `root` for `org` under `passphrase`.
+pub fn seal(
+    root: &OrgRootKey,
+    org: &OrgDescriptor,
+    passphrase: &str,
+) -> Result<RootBackup, RootBackupError> {
+    if passphrase.chars().count() < MIN_PASSPHRASE_CHARS {
+        return Err(RootBackupError::WeakPassphrase);
+    }
+    let rng = SystemRandom::new();
+    let mut salt = [0u8; 16];
+    let mut nonce = [0u8; NONCE_LEN];
+    rng.fill(&mut salt)
+        .and_then(|()| rng.fill(&mut nonce))
+        .expect("system randomness available");
+    let kdf = KdfParams {
+        algorithm: "argon2id".into(),
+        memory_kib: MEMORY_KIB,
+        iterations: ITERATIONS,
+        parallelism: PARALLELISM,
+        salt: hex::encode(salt),
+    };
+    let mut backup = RootBackup {
+        format: FORMAT.into(),
+        version: VERSION,
+        org_id: org.org_id.clone(),
+        org_name: org.name.clone(),
+        root_public_key: hex::encode(&org.root_public_key),
+        kdf,
+        nonce: hex::encode(nonce),
+        sealed: String::new(),
+    };
+    let key = sealing_key(&backup.kdf, passphrase)?;
+    let mut sealed = root.pkcs8().to_vec();
+    key.seal_in_place_append_tag(
+        Nonce::assume_unique_for_key(nonce),
+        Aad::from(bound_data(&backup)),
+        &mut sealed,
+    )
+    .map_err(|_| RootBackupError::Damaged("sealing failed".into()))?;
+    backup.sealed = hex::encode(sealed);
+    Ok(backup)
+}
+
+/// Opens `backup` for `org` with `passphrase`: the key inside must be `org`'s root.
+pub fn open(
+    backup: &RootBackup,
+    org: &OrgDescriptor,
+    passphrase: &str,
+) -> Result<OrgRootKey, RootBackupError> {
+    if backup.format != FORMAT || backup.version != VERSION || backup.kdf.algorithm != "argon2id" {
+        return Err(RootBackupError::NotABackup);
+    }
+    if backup.org_id != org.org_id || backup.root_public_key != hex::encode(&org.root_public_key) {
+        return Err(RootBackupError::OtherOrganisation(backup.org_name.clone()));
+    }
+    if backup.kdf.memory_kib > MAX_MEMORY_KIB || backup.kdf.iterations > MAX_ITERATIONS {
+        return Err(RootBackupError::CostTooHigh);
+    }
+    let nonce: [u8; NONCE_LEN] = decode(&backup.nonce, "nonce")?
+        .try_into()
+        .map_err(|_| RootBackupError::Damaged("the nonce has the wrong length".into()))?;
+    let mut sealed = decode(&backup.sealed, "sealed key")?;
+    let key = sealing_key(&backup.kdf, passphrase)?;
+    let pkcs8 = key
+        .open_in_place(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(bound_data(backup)),
+            &mut sealed,
+        )
+        .map_err(|_| RootBackupError::WrongPassphrase)?;
+    let root = OrgRootKey::from_pkcs8(pkcs8).map_err(|_| RootBackupError::NotThisRoot)?;
+    if root.public_key() != org.root_public_key {
+        return Err(RootBackupError::NotThisRoot);
+    }
+    Ok(root)
+}
+
+/// Everything the seal authenticates besides the key itself: the format, the
+/// organisation, the root's public key and the derivation's parameters.
+fn bound_data(backup: &RootBackup) -> Vec<u8> {
+    let kdf = &backup.kdf;
+    format!(
+        "{}\n{}\n{}\n{}\n{}\n{}:{}:{}:{}",
+        backup.format,
+        backup.version,
+        backup.org_id,
+        backup.root_public_key,
+        kdf.algorithm,
+        kdf.memory_kib,
+        kdf.iterations,
+        kdf.parallelism,
+        kdf.salt
+    )
+    .into_bytes()
+}
+
+fn sealing_key(kdf: &KdfParams, passphrase: &str) -> Result<LessSafeKey, RootBackupError> {
+    let salt = decode(&kdf.salt, "salt")?;
+    let params = argon2::Params::new(kdf.memory_kib, kdf.iterations, kdf.parallelism, Some(32))
+        .map_err(|e| RootBackupError::Damaged(format!("key derivation parameters: {e}")))?;
+    let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    let mut key = [0u8; 32];
+    argon
+        .hash_password_into(passphrase.as_bytes(), &salt, &mut key)
+        .map_err(|e| RootBackupError::Damaged(format!("key derivation: {e}")))?;
+    let unbound = UnboundKey::new(&CHACHA20_POLY1305, &key).expect("32-byte key");
+    Ok(LessSafeKey::new(unbound))
+}
+
+fn decode(text: &str, what: &str) -> Result<Vec<u8>, RootBackupError> {
+    hex::decode(text).map_err(|_| RootBackupError::Damaged(format!("the {what} is not hex")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn org_of(root: &OrgRootKey) -> OrgDescriptor {
+        OrgDescriptor {
+            org_id: "org-1".into(),
+            name: "Example".into(),
+            root_public_key: root.public_key(),
+        }
+    }
+
+    const PASSPHRASE: &str = "correct horse battery staple";
+
+    #[test]
+    fn a_sealed_root_opens_only_with_its_passphrase_for_its_organisation() {
+        let root = OrgRootKey::generate();
+        let org = org_of(&root);
+        let backup = seal(&root, &org, PASSPHRASE).unwrap();
+        assert!(!backup.sealed.contains(&hex::encode(root.pkcs8())));
+        let opened = open(&backup, &org, PASSPHRASE).unwrap();
+        assert_eq!(opened.public_key(), root.public_key());
+
+        assert_eq!(
+            open(&backup, &org, "correct horse battery stapler").unwrap_err(),
+            RootBackupError::WrongPassphrase
+        );
+        let other_root = OrgRootKey::generate();
+        let other = OrgDescriptor {
+            org_id: "org-2".into(),
+            ..org_of(&other_root)
+        };
+        assert!(matches!(
+            open(&backup, &other, PASSPHRASE),
+            Err(RootBackupError::OtherOrganisation(_))
+        ));
+        assert_eq!(
+            seal(&root, &org, "short").unwrap_err(),
+            RootBackupError::WeakPassphrase
+        );
+    }
+
+    #[test]
+    fn every_bound_field_and_the_key_itself_are_authenticated() {
+        let root = OrgRootKey::generate();
+        let org = org_of(&root);
+        let backup = seal(&root, &org, PASSPHRASE).unwrap();
+        let mut flipped = backup.clone();
+        let last = flipped.sealed.pop().unwrap();
+        flipped.sealed.push(if last == '0' { '1' } else { '0' });
+        assert_eq!(
+            open(&flipped, &org, PASSPHRASE).unwrap_err(),
+            RootBackupError::WrongPassphrase
+        );
+        let mut cheaper = backup.clone();
+        cheaper.kdf.iterations = 1;
+        assert_eq!(
+            open(&cheaper, &org, PASSPHRASE).unwrap_err(),
+            RootBackupError::WrongPassphrase
+        );
+        let mut costly = backup.clone();
+        costly.kdf.memory_kib = u32::MAX;
+        assert_eq!(
+            open(&costly, &org, PASSPHRASE).unwrap_err(),
+            RootBackupError::CostTooHigh
+        );
+        let mut renamed = backup;
+        renamed.format = "something-else".into();
+        assert_eq!(
+            open(&renamed, &org, PASSPHRASE).unwrap_err(),
+            RootBackupError::NotABackup
+        );
+    }
+
+    #[test]
+    fn a_different_key_sealed_for_the_organisation_is_refused() {
+        let root = OrgRootKey::generate();
+        let impostor = OrgRootKey::generate();
+        let org = org_of(&root);
+        // A backup of another key, relabelled as this organisation's root.
+        let backup = seal(&impostor, &org, PASSPHRASE).unwrap();
+        assert_eq!(
+            open(&backup, &org, PASSPHRASE).unwrap_err(),
+            RootBackupError::NotThisRoot
+        );
+    }
+}

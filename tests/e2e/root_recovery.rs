@@ -1,0 +1,148 @@
+//! Losing the admin laptop that holds the organisation root key: a sealed backup restores
+//! it on another admin's device, and nobody else can use it.
+
+use muster_e2e::{Device, Org};
+use std::io::Write as _;
+use std::process::{Output, Stdio};
+
+const PASSPHRASE: &str = "lighthouse keeper at dawn";
+
+/// Runs `muster ARGS` with `input` on standard input.
+fn with_input(device: &Device, args: &[&str], input: &str) -> Output {
+    let mut child = device
+        .command()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run muster");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write passphrase");
+    child.wait_with_output().expect("muster ends")
+}
+
+fn succeeded(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn failed(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "should have failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_sealed_root_backup_lets_another_admin_carry_on_after_the_first_laptop_is_lost() {
+    let org = Org::new("root-backup");
+    let alice = &org.admin;
+    let carol = org.enrol("carol");
+    let bob = org.enrol("bob");
+    let spec = org.dir.path().join("admins.toml");
+    std::fs::write(
+        &spec,
+        "[[users]]\nhandle = \"carol\"\ndisplay_name = \"carol display\"\nroles = [\"admin\"]\n",
+    )
+    .unwrap();
+    alice.ok(&["admin", "apply", &spec.display().to_string()]);
+    carol.ok(&["sync"]);
+    assert!(
+        carol
+            .fails(&["invite", "dave"])
+            .contains("does not hold the organisation root key"),
+        "an admin without the root key cannot enrol yet"
+    );
+
+    let backup = org.dir.path().join("root-backup.json");
+    let backup_arg = backup.display().to_string();
+    let weak = failed(&with_input(
+        alice,
+        &["admin", "root", "backup", "--out", &backup_arg],
+        "short\n",
+    ));
+    assert!(weak.contains("at least 12 characters"), "{weak}");
+    assert!(!backup.exists(), "nothing written for a refused passphrase");
+    succeeded(&with_input(
+        alice,
+        &["admin", "root", "backup", "--out", &backup_arg],
+        &format!("{PASSPHRASE}\n"),
+    ));
+    let sealed = std::fs::read_to_string(&backup).unwrap();
+    assert!(sealed.contains("argon2id"), "{sealed}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&backup).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the backup is readable by its owner only");
+    }
+    let again = failed(&with_input(
+        alice,
+        &["admin", "root", "backup", "--out", &backup_arg],
+        &format!("{PASSPHRASE}\n"),
+    ));
+    assert!(
+        again.contains("cannot create"),
+        "an existing file is kept: {again}"
+    );
+
+    // The laptop is lost.
+    std::fs::remove_dir_all(org.dir.path().join("alice")).unwrap();
+
+    let wrong = failed(&with_input(
+        &carol,
+        &["admin", "root", "restore", &backup_arg],
+        "lighthouse keeper at dusk\n",
+    ));
+    assert!(wrong.contains("wrong passphrase"), "{wrong}");
+    let member = failed(&with_input(
+        &bob,
+        &["admin", "root", "restore", &backup_arg],
+        &format!("{PASSPHRASE}\n"),
+    ));
+    assert!(member.contains("only an organisation admin"), "{member}");
+    let restored = succeeded(&with_input(
+        &carol,
+        &["admin", "root", "restore", &backup_arg],
+        &format!("{PASSPHRASE}\n"),
+    ));
+    assert!(
+        restored.contains("now holds the root key of Acme"),
+        "{restored}"
+    );
+
+    // Carol enrols a new colleague and makes them an admin, as only the root could.
+    let code = carol.ok(&["invite", "dave"]).trim().to_string();
+    let dave = Device::new(&org.dir, "dave");
+    dave.ok(&["join", &code, "--display-name", "Dave D"]);
+    carol.ok(&["approve", "dave"]);
+    dave.ok(&["sync"]);
+    let promote = org.dir.path().join("dave.toml");
+    std::fs::write(
+        &promote,
+        "[[users]]\nhandle = \"dave\"\ndisplay_name = \"Dave D\"\nroles = [\"admin\"]\n",
+    )
+    .unwrap();
+    carol.ok(&["admin", "apply", &promote.display().to_string()]);
+    dave.ok(&["sync"]);
+    let directory = bob.json(&["directory"]);
+    let dave_entry = directory
+        .iter()
+        .find(|e| e["user"] == "dave")
+        .expect("dave is in bob's directory");
+    assert!(
+        dave_entry.to_string().contains("admin"),
+        "dave is an admin, certified by the restored root: {dave_entry}"
+    );
+}
