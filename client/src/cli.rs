@@ -271,8 +271,27 @@ pub(crate) enum RootCommand {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Install the organisation root key from a backup on this admin device.
-    Restore { file: PathBuf },
+    /// Split the organisation root key among named admins: any THRESHOLD of their shares
+    /// restore it, fewer reveal nothing. Each share is sealed under its holder's
+    /// passphrase, asked for on the terminal (or one line each on standard input, in the
+    /// order the holders are named).
+    Split {
+        /// Shares needed to restore the root (at least 2).
+        #[arg(long)]
+        threshold: u8,
+        /// The admins who each get a share, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        holders: Vec<String>,
+        /// The folder to write `root-share-HOLDER.json` files into (created if missing).
+        #[arg(long)]
+        out_dir: PathBuf,
+    },
+    /// Install the organisation root key on this admin device, from a whole backup or from
+    /// enough shares of a split (each asks for its holder's passphrase).
+    Restore {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]

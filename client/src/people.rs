@@ -312,20 +312,65 @@ pub(crate) async fn run(
                 out.display()
             );
         }
-        Command::Admin(AdminCommand::Root(RootCommand::Restore { file })) => {
-            let text = std::fs::read(&file).map_err(|e| {
-                EngineError::Invalid(format!("cannot read {}: {e}", file.display()))
-            })?;
-            let backup: muster_engine::RootBackup = serde_json::from_slice(&text)
-                .map_err(|_| muster_engine::RootBackupError::NotABackup)?;
-            let passphrase = read_passphrase("passphrase of the backup: ", false)?;
-            if engine.root_restore(&backup, &passphrase)? {
-                println!("this device now holds the root key of {}", backup.org_name);
+        Command::Admin(AdminCommand::Root(RootCommand::Split {
+            threshold,
+            holders,
+            out_dir,
+        })) => {
+            let mut sealed_for = Vec::with_capacity(holders.len());
+            for holder in holders {
+                let passphrase =
+                    read_passphrase(&format!("passphrase for {holder}'s share: "), true)?;
+                sealed_for.push((holder, passphrase));
+            }
+            let shares = engine.root_split(threshold, &sealed_for)?;
+            std::fs::create_dir_all(&out_dir)?;
+            for (share, (holder, _)) in shares.iter().zip(&sealed_for) {
+                let path = out_dir.join(format!("root-share-{holder}.json"));
+                write_new_secret_file(
+                    &path,
+                    &serde_json::to_vec_pretty(share).expect("share serialises"),
+                )?;
+                println!("wrote {holder}'s share to {}", path.display());
+            }
+            println!(
+                "any {threshold} of the {} shares restore the root key; hand each to its holder",
+                shares.len()
+            );
+        }
+        Command::Admin(AdminCommand::Root(RootCommand::Restore { files })) => {
+            let mut backups = Vec::with_capacity(files.len());
+            for file in &files {
+                let text = std::fs::read(file).map_err(|e| {
+                    EngineError::Invalid(format!("cannot read {}: {e}", file.display()))
+                })?;
+                let backup: muster_engine::RootBackup = serde_json::from_slice(&text)
+                    .map_err(|_| muster_engine::RootBackupError::NotABackup)?;
+                backups.push(backup);
+            }
+            let org_name = backups[0].org_name.clone();
+            let installed = match backups.as_slice() {
+                [whole] if whole.share.is_none() => {
+                    let passphrase = read_passphrase("passphrase of the backup: ", false)?;
+                    engine.root_restore(whole, &passphrase)?
+                }
+                _ => {
+                    let mut with_passphrases = Vec::with_capacity(backups.len());
+                    for backup in backups {
+                        let holder = backup.share.as_ref().map_or("the backup".to_string(), |s| {
+                            format!("{}'s share", s.holder)
+                        });
+                        let passphrase =
+                            read_passphrase(&format!("passphrase for {holder}: "), false)?;
+                        with_passphrases.push((backup, passphrase));
+                    }
+                    engine.root_restore_shares(&with_passphrases)?
+                }
+            };
+            if installed {
+                println!("this device now holds the root key of {org_name}");
             } else {
-                println!(
-                    "this device already holds the root key of {}",
-                    backup.org_name
-                );
+                println!("this device already holds the root key of {org_name}");
             }
         }
         Command::Admin(AdminCommand::Audit { limit, json }) => {

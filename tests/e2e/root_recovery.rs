@@ -146,3 +146,121 @@ fn a_sealed_root_backup_lets_another_admin_carry_on_after_the_first_laptop_is_lo
         "dave is an admin, certified by the restored root: {dave_entry}"
     );
 }
+
+#[test]
+fn two_of_three_admins_restore_a_split_root_and_one_alone_cannot() {
+    let org = Org::new("root-split");
+    let alice = &org.admin;
+    let admins: Vec<Device> = ["carol", "dave", "erin"]
+        .iter()
+        .map(|u| org.enrol(u))
+        .collect();
+    let spec = org.dir.path().join("admins.toml");
+    let mut text = String::new();
+    for u in ["carol", "dave", "erin"] {
+        text.push_str(&format!(
+            "[[users]]\nhandle = \"{u}\"\ndisplay_name = \"{u} display\"\nroles = [\"admin\"]\n"
+        ));
+    }
+    std::fs::write(&spec, text).unwrap();
+    alice.ok(&["admin", "apply", &spec.display().to_string()]);
+    for admin in &admins {
+        admin.ok(&["sync"]);
+    }
+    let bob = org.enrol("bob");
+
+    let shares = org.dir.path().join("shares");
+    let shares_arg = shares.display().to_string();
+    let passphrases = "carol's own passphrase\ndave's own passphrase\nerin's own passphrase\n";
+    let not_admins = failed(&with_input(
+        alice,
+        &[
+            "admin",
+            "root",
+            "split",
+            "--threshold",
+            "2",
+            "--holders",
+            "carol,bob",
+            "--out-dir",
+            &shares_arg,
+        ],
+        passphrases,
+    ));
+    assert!(not_admins.contains("bob is not an admin"), "{not_admins}");
+    let made = succeeded(&with_input(
+        alice,
+        &[
+            "admin",
+            "root",
+            "split",
+            "--threshold",
+            "2",
+            "--holders",
+            "carol,dave,erin",
+            "--out-dir",
+            &shares_arg,
+        ],
+        passphrases,
+    ));
+    assert!(made.contains("any 2 of the 3 shares"), "{made}");
+    let share = |u: &str| {
+        shares
+            .join(format!("root-share-{u}.json"))
+            .display()
+            .to_string()
+    };
+
+    std::fs::remove_dir_all(org.dir.path().join("alice")).unwrap();
+    let carol = &admins[0];
+    let alone = failed(&with_input(
+        carol,
+        &["admin", "root", "restore", &share("carol")],
+        "carol's own passphrase\n",
+    ));
+    assert!(alone.contains("2 are needed"), "{alone}");
+    let wrong = failed(&with_input(
+        carol,
+        &["admin", "root", "restore", &share("carol"), &share("erin")],
+        "carol's own passphrase\ndave's own passphrase\n",
+    ));
+    assert!(
+        wrong.contains("wrong passphrase for erin's share"),
+        "{wrong}"
+    );
+    assert!(
+        carol.fails(&["invite", "frank"]).contains("root key"),
+        "nothing was installed by the failed attempts"
+    );
+    let restored = succeeded(&with_input(
+        carol,
+        &["admin", "root", "restore", &share("carol"), &share("dave")],
+        "carol's own passphrase\ndave's own passphrase\n",
+    ));
+    assert!(
+        restored.contains("now holds the root key of Acme"),
+        "{restored}"
+    );
+
+    // Carol approves a new admin with the restored root.
+    let code = carol.ok(&["invite", "frank"]).trim().to_string();
+    let frank = Device::new(&org.dir, "frank");
+    frank.ok(&["join", &code, "--display-name", "Frank F"]);
+    let promote = org.dir.path().join("frank.toml");
+    std::fs::write(
+        &promote,
+        "[[users]]\nhandle = \"frank\"\ndisplay_name = \"Frank F\"\nroles = [\"admin\"]\n",
+    )
+    .unwrap();
+    carol.ok(&["admin", "apply", &promote.display().to_string()]);
+    frank.ok(&["sync"]);
+    let frank_entry = bob
+        .json(&["directory"])
+        .into_iter()
+        .find(|e| e["user"] == "frank")
+        .expect("frank is in bob's directory");
+    assert!(
+        frank_entry.to_string().contains("admin"),
+        "frank is an admin: {frank_entry}"
+    );
+}

@@ -27,6 +27,7 @@ mod enrolment;
 mod organisation;
 mod profiles;
 pub mod root_backup;
+mod shamir;
 
 pub use profiles::ProfileChangeView;
 
@@ -79,6 +80,56 @@ impl Engine {
         Ok(root_backup::seal(&root, &me.org, passphrase)?)
     }
 
+    /// (admin, holding the root) The root split into one sealed share per `(admin,
+    /// passphrase)`, any `threshold` of which restore it. Every holder must be an admin by
+    /// this device's record.
+    pub fn root_split(
+        &self,
+        threshold: u8,
+        holders: &[(String, String)],
+    ) -> Result<Vec<root_backup::RootBackup>, EngineError> {
+        let me = self.device()?;
+        let root = Self::root_key(&me)?;
+        let mut seen = std::collections::HashSet::new();
+        for (holder, _) in holders {
+            if !seen.insert(holder) {
+                return Err(EngineError::Invalid(format!("{holder} is named twice")));
+            }
+            let admin = self
+                .record_of(holder)?
+                .is_some_and(|(_, roles)| roles.contains(&Role::Admin));
+            if !admin {
+                return Err(EngineError::Invalid(format!(
+                    "{holder} is not an admin by this device's record: shares go to admins only"
+                )));
+            }
+        }
+        Ok(root_backup::split(&root, &me.org, threshold, holders)?)
+    }
+
+    /// (admin) Installs the organisation root key restored from shares of one split, each
+    /// with its holder's passphrase. Returns whether it was new to this device.
+    pub fn root_restore_shares(
+        &mut self,
+        shares: &[(root_backup::RootBackup, String)],
+    ) -> Result<bool, EngineError> {
+        let me = self.device()?;
+        Self::require_admin(&me)?;
+        let root = root_backup::combine(shares, &me.org)?;
+        self.install_root(&me, &root)
+    }
+
+    fn install_root(&self, me: &DeviceRow, root: &OrgRootKey) -> Result<bool, EngineError> {
+        if me.root_key.is_some() {
+            return Ok(false);
+        }
+        self.db.execute(
+            "UPDATE device SET root_key = ?1 WHERE id = 1",
+            [root.pkcs8()],
+        )?;
+        Ok(true)
+    }
+
     /// (admin) Installs the organisation root key from a backup, so this admin device
     /// can do what only the root can. Returns whether it was new to this device.
     pub fn root_restore(
@@ -89,14 +140,7 @@ impl Engine {
         let me = self.device()?;
         Self::require_admin(&me)?;
         let root = root_backup::open(backup, &me.org, passphrase)?;
-        if me.root_key.is_some() {
-            return Ok(false);
-        }
-        self.db.execute(
-            "UPDATE device SET root_key = ?1 WHERE id = 1",
-            [root.pkcs8()],
-        )?;
-        Ok(true)
+        self.install_root(&me, &root)
     }
 
     /// Signs `message` with this device's own key.

@@ -1,6 +1,7 @@
 //! The organisation root key sealed under a passphrase (Argon2id, then ChaCha20-Poly1305),
 //! so that losing the admin laptop that holds it does not lose the organisation.
 
+use super::shamir;
 use muster_proto::{OrgDescriptor, OrgRootKey};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -29,11 +30,29 @@ pub struct RootBackup {
     pub org_name: String,
     /// The root's public key (hex); bound into the seal and checked on opening.
     pub root_public_key: String,
+    /// Set when this file holds one share of a split root rather than the whole key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<ShareInfo>,
     pub kdf: KdfParams,
     /// ChaCha20-Poly1305 nonce (hex).
     pub nonce: String,
     /// The root key's PKCS#8 document, encrypted and authenticated (hex).
     pub sealed: String,
+}
+
+/// Which share of a split root a file holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareInfo {
+    /// Random id of the split, so shares of different splits are never mixed.
+    pub split_id: String,
+    /// The admin this share was made for.
+    pub holder: String,
+    /// The share's x-coordinate, 1 to `count`.
+    pub index: u8,
+    /// Shares needed to restore the root.
+    pub threshold: u8,
+    /// Shares made.
+    pub count: u8,
 }
 
 /// How the sealing key is derived from the passphrase.
@@ -65,12 +84,28 @@ pub enum RootBackupError {
     WrongPassphrase,
     #[error("the backup holds a key that is not this organisation's root")]
     NotThisRoot,
+    #[error(
+        "this file holds one share of a split root: restore it together with the other shares"
+    )]
+    IsAShare,
+    #[error("{0}")]
+    Shares(String),
 }
 
 /// Seals `root` for `org` under `passphrase`.
 pub fn seal(
     root: &OrgRootKey,
     org: &OrgDescriptor,
+    passphrase: &str,
+) -> Result<RootBackup, RootBackupError> {
+    seal_payload(root.pkcs8(), org, None, passphrase)
+}
+
+/// Seals `payload` (the root's PKCS#8 document, or one share of it) for `org`.
+fn seal_payload(
+    payload: &[u8],
+    org: &OrgDescriptor,
+    share: Option<ShareInfo>,
     passphrase: &str,
 ) -> Result<RootBackup, RootBackupError> {
     if passphrase.chars().count() < MIN_PASSPHRASE_CHARS {
@@ -95,12 +130,13 @@ pub fn seal(
         org_id: org.org_id.clone(),
         org_name: org.name.clone(),
         root_public_key: hex::encode(&org.root_public_key),
+        share,
         kdf,
         nonce: hex::encode(nonce),
         sealed: String::new(),
     };
     let key = sealing_key(&backup.kdf, passphrase)?;
-    let mut sealed = root.pkcs8().to_vec();
+    let mut sealed = payload.to_vec();
     key.seal_in_place_append_tag(
         Nonce::assume_unique_for_key(nonce),
         Aad::from(bound_data(&backup)),
@@ -117,6 +153,119 @@ pub fn open(
     org: &OrgDescriptor,
     passphrase: &str,
 ) -> Result<OrgRootKey, RootBackupError> {
+    if backup.share.is_some() {
+        return Err(RootBackupError::IsAShare);
+    }
+    root_from(&open_payload(backup, org, passphrase)?, org)
+}
+
+/// Splits `root` into one share per holder, any `threshold` of which restore it and fewer
+/// reveal nothing (Shamir's scheme over GF(256)); each share is sealed under its holder's
+/// passphrase.
+pub fn split(
+    root: &OrgRootKey,
+    org: &OrgDescriptor,
+    threshold: u8,
+    holders: &[(String, String)],
+) -> Result<Vec<RootBackup>, RootBackupError> {
+    let count = u8::try_from(holders.len())
+        .map_err(|_| RootBackupError::Shares("at most 255 shares".into()))?;
+    if threshold < 2 || threshold > count {
+        return Err(RootBackupError::Shares(format!(
+            "the threshold must be at least 2 and at most the {count} holders"
+        )));
+    }
+    if holders
+        .iter()
+        .any(|(_, p)| p.chars().count() < MIN_PASSPHRASE_CHARS)
+    {
+        return Err(RootBackupError::WeakPassphrase);
+    }
+    let mut split_id = [0u8; 16];
+    SystemRandom::new()
+        .fill(&mut split_id)
+        .expect("system randomness available");
+    let split_id = hex::encode(split_id);
+    let shares = shamir::split(root.pkcs8(), threshold, count);
+    holders
+        .iter()
+        .zip(shares)
+        .enumerate()
+        .map(|(i, ((holder, passphrase), share))| {
+            let info = ShareInfo {
+                split_id: split_id.clone(),
+                holder: holder.clone(),
+                index: i as u8 + 1,
+                threshold,
+                count,
+            };
+            seal_payload(&share, org, Some(info), passphrase)
+        })
+        .collect()
+}
+
+/// Restores the root from shares of one split, each with its holder's passphrase.
+pub fn combine(
+    shares: &[(RootBackup, String)],
+    org: &OrgDescriptor,
+) -> Result<OrgRootKey, RootBackupError> {
+    let infos: Vec<&ShareInfo> = shares
+        .iter()
+        .map(|(b, _)| {
+            b.share.as_ref().ok_or(RootBackupError::Shares(
+                "a whole backup is restored on its own, not with shares".into(),
+            ))
+        })
+        .collect::<Result<_, _>>()?;
+    let Some(first) = infos.first() else {
+        return Err(RootBackupError::Shares("no shares given".into()));
+    };
+    if infos
+        .iter()
+        .any(|i| i.split_id != first.split_id || i.threshold != first.threshold)
+    {
+        return Err(RootBackupError::Shares(
+            "these shares come from different splits".into(),
+        ));
+    }
+    let mut indices: Vec<u8> = infos.iter().map(|i| i.index).collect();
+    indices.sort_unstable();
+    indices.dedup();
+    if indices.len() != infos.len() || indices.contains(&0) {
+        return Err(RootBackupError::Shares(
+            "the same share was given twice".into(),
+        ));
+    }
+    if infos.len() < first.threshold as usize {
+        return Err(RootBackupError::Shares(format!(
+            "{} of {} shares given: {} are needed",
+            infos.len(),
+            first.count,
+            first.threshold
+        )));
+    }
+    let mut points = Vec::with_capacity(shares.len());
+    for ((backup, passphrase), info) in shares.iter().zip(&infos) {
+        let y = open_payload(backup, org, passphrase).map_err(|e| match e {
+            RootBackupError::WrongPassphrase => RootBackupError::Shares(format!(
+                "wrong passphrase for {}'s share, or it was altered",
+                info.holder
+            )),
+            other => other,
+        })?;
+        points.push((info.index, y));
+    }
+    let secret = shamir::combine(&points)
+        .ok_or_else(|| RootBackupError::Shares("the shares do not fit together".into()))?;
+    root_from(&secret, org)
+}
+
+/// Opens the sealed payload of `backup`, after checking it belongs to `org`.
+fn open_payload(
+    backup: &RootBackup,
+    org: &OrgDescriptor,
+    passphrase: &str,
+) -> Result<Vec<u8>, RootBackupError> {
     if backup.format != FORMAT || backup.version != VERSION || backup.kdf.algorithm != "argon2id" {
         return Err(RootBackupError::NotABackup);
     }
@@ -131,13 +280,18 @@ pub fn open(
         .map_err(|_| RootBackupError::Damaged("the nonce has the wrong length".into()))?;
     let mut sealed = decode(&backup.sealed, "sealed key")?;
     let key = sealing_key(&backup.kdf, passphrase)?;
-    let pkcs8 = key
+    let payload = key
         .open_in_place(
             Nonce::assume_unique_for_key(nonce),
             Aad::from(bound_data(backup)),
             &mut sealed,
         )
         .map_err(|_| RootBackupError::WrongPassphrase)?;
+    Ok(payload.to_vec())
+}
+
+/// The root key in `pkcs8`, which must be `org`'s.
+fn root_from(pkcs8: &[u8], org: &OrgDescriptor) -> Result<OrgRootKey, RootBackupError> {
     let root = OrgRootKey::from_pkcs8(pkcs8).map_err(|_| RootBackupError::NotThisRoot)?;
     if root.public_key() != org.root_public_key {
         return Err(RootBackupError::NotThisRoot);
@@ -149,8 +303,14 @@ pub fn open(
 /// organisation, the root's public key and the derivation's parameters.
 fn bound_data(backup: &RootBackup) -> Vec<u8> {
     let kdf = &backup.kdf;
+    let share = backup.share.as_ref().map_or(String::from("whole"), |s| {
+        format!(
+            "share:{}:{}:{}:{}:{}",
+            s.split_id, s.holder, s.index, s.threshold, s.count
+        )
+    });
     format!(
-        "{}\n{}\n{}\n{}\n{}\n{}:{}:{}:{}",
+        "{}\n{}\n{}\n{}\n{}\n{}:{}:{}:{}\n{}",
         backup.format,
         backup.version,
         backup.org_id,
@@ -159,7 +319,8 @@ fn bound_data(backup: &RootBackup) -> Vec<u8> {
         kdf.memory_kib,
         kdf.iterations,
         kdf.parallelism,
-        kdf.salt
+        kdf.salt,
+        share
     )
     .into_bytes()
 }
@@ -266,5 +427,48 @@ mod tests {
             open(&backup, &org, PASSPHRASE).unwrap_err(),
             RootBackupError::NotThisRoot
         );
+    }
+
+    #[test]
+    fn two_of_three_shares_restore_the_root_and_one_does_not() {
+        let root = OrgRootKey::generate();
+        let org = org_of(&root);
+        let holders: Vec<(String, String)> = ["carol", "dave", "erin"]
+            .iter()
+            .map(|h| (h.to_string(), format!("{h}'s long passphrase")))
+            .collect();
+        let shares = split(&root, &org, 2, &holders).unwrap();
+        assert_eq!(shares.len(), 3);
+        let with = |i: usize| (shares[i].clone(), holders[i].1.clone());
+        for (a, b) in [(0, 1), (0, 2), (1, 2)] {
+            let restored = combine(&[with(a), with(b)], &org).unwrap();
+            assert_eq!(restored.public_key(), root.public_key());
+        }
+        assert!(matches!(
+            combine(&[with(1)], &org),
+            Err(RootBackupError::Shares(why)) if why.contains("2 are needed")
+        ));
+        assert!(matches!(
+            combine(&[with(0), with(0)], &org),
+            Err(RootBackupError::Shares(_))
+        ));
+        assert!(matches!(
+            combine(&[with(0), (shares[1].clone(), holders[0].1.clone())], &org),
+            Err(RootBackupError::Shares(why)) if why.contains("dave")
+        ));
+        assert_eq!(
+            open(&shares[0], &org, &holders[0].1).unwrap_err(),
+            RootBackupError::IsAShare
+        );
+        // A share relabelled with another index is refused by its seal.
+        let mut moved = shares[2].clone();
+        moved.share.as_mut().unwrap().index = 3 - 1;
+        assert!(combine(&[with(0), (moved, holders[2].1.clone())], &org).is_err());
+        // Shares of two different splits never mix.
+        let other = split(&root, &org, 2, &holders).unwrap();
+        assert!(matches!(
+            combine(&[with(0), (other[1].clone(), holders[1].1.clone())], &org),
+            Err(RootBackupError::Shares(why)) if why.contains("different splits")
+        ));
     }
 }
