@@ -19,3 +19,4 @@ mod provision;
 mod rogue;
 mod rogue_member;
 mod root_recovery;
+mod walkthrough;

@@ -1,0 +1,150 @@
+//! The README's walkthrough, run literally and in its order: every `muster` command in its
+//! code blocks, with only the relay's address, fingerprint and token, the invite code and
+//! the home folders put in.
+
+use muster_e2e::{bin, Relay, TempDir};
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+
+/// The commands of the walkthrough's code blocks, joined across `\` line breaks, without
+/// comments. The relay (`muster-relay serve`) and the build steps are the harness's.
+fn walkthrough_commands() -> Vec<String> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    let start = readme
+        .find("## Walkthrough")
+        .expect("README has a walkthrough");
+    let section = &readme[start..];
+    let end = section[3..].find("\n## ").map_or(section.len(), |i| i + 3);
+    let mut commands = Vec::new();
+    let mut pending = String::new();
+    for line in section[..end].lines() {
+        if !line.starts_with("    ") {
+            continue;
+        }
+        let text = line.trim();
+        let text = match text.find("  #") {
+            Some(i) => text[..i].trim_end(),
+            None => text,
+        };
+        if pending.is_empty() && !text.starts_with("muster ") {
+            continue;
+        }
+        match text.strip_suffix('\\') {
+            Some(head) => {
+                pending.push_str(head.trim_end());
+                pending.push(' ');
+            }
+            None => {
+                pending.push_str(text);
+                commands.push(std::mem::take(&mut pending));
+            }
+        }
+    }
+    commands
+}
+
+/// Splits a command line as a shell would for these simple commands (double quotes only).
+fn words(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut word = String::new();
+    let mut quoted = false;
+    let mut any = false;
+    for c in line.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                any = true;
+            }
+            ' ' if !quoted => {
+                if any {
+                    out.push(std::mem::take(&mut word));
+                    any = false;
+                }
+            }
+            c => {
+                word.push(c);
+                any = true;
+            }
+        }
+    }
+    if any {
+        out.push(word);
+    }
+    out
+}
+
+#[test]
+fn the_readme_walkthrough_works_as_written() {
+    let commands = walkthrough_commands();
+    assert!(
+        commands.len() >= 8 && commands.iter().any(|c| c.contains(" chat ")),
+        "the walkthrough's commands were found: {commands:?}"
+    );
+    let dir = TempDir::new("walkthrough");
+    let relay = Relay::start(&dir);
+    let token = relay.bootstrap_token.clone().expect("fresh relay token");
+    let mut invite_code = String::new();
+    let mut outputs = Vec::new();
+    for command in &commands {
+        let mut args = words(command);
+        assert_eq!(args.remove(0), "muster");
+        for arg in &mut args {
+            if let Some(home) = arg.strip_prefix("~/") {
+                *arg = dir.path().join(home).display().to_string();
+            }
+            *arg = match arg.as_str() {
+                "127.0.0.1:4433" => relay.addr.clone(),
+                "3f1c…e9" => relay.fingerprint.clone(),
+                "8d0a…41" => token.clone(),
+                "MUSTER2-…" => invite_code.clone(),
+                _ => arg.clone(),
+            };
+        }
+        let chat = args.iter().any(|a| a == "chat");
+        let mut child = Command::new(bin("muster"))
+            .args(&args)
+            .env_remove("MUSTER_HOME")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run muster");
+        // `chat` ends when its input does (Ctrl-D); the others read none.
+        let mut stdin = child.stdin.take().expect("stdin");
+        if chat {
+            stdin.write_all(b"/quit\n").expect("type into chat");
+        }
+        drop(stdin);
+        let out = child.wait_with_output().expect("muster ends");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "`{command}` failed: {}{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if args.get(2).map(String::as_str) == Some("invite") {
+            invite_code = stdout.trim().to_string();
+            assert!(invite_code.starts_with("MUSTER2-"), "{invite_code}");
+        }
+        outputs.push((command.clone(), stdout));
+    }
+    let read = outputs
+        .iter()
+        .find(|(c, _)| c.contains("~/bob read ops"))
+        .expect("bob reads ops");
+    assert!(
+        read.1.contains("Briefing at 10:00"),
+        "bob reads the briefing: {}",
+        read.1
+    );
+    let chat = outputs
+        .iter()
+        .find(|(c, _)| c.contains("~/bob chat ops"))
+        .expect("bob chats");
+    assert!(
+        chat.1.contains("Briefing at 10:00"),
+        "bob's chat shows the briefing: {}",
+        chat.1
+    );
+}
