@@ -323,12 +323,21 @@ pub(crate) async fn run(
                     read_passphrase(&format!("passphrase for {holder}'s share: "), true)?;
                 sealed_for.push((holder, passphrase));
             }
+            let paths: Vec<std::path::PathBuf> = sealed_for
+                .iter()
+                .map(|(holder, _)| out_dir.join(format!("root-share-{holder}.json")))
+                .collect();
+            if let Some(taken) = paths.iter().find(|p| p.exists()) {
+                return Err(EngineError::Invalid(format!(
+                    "{} already exists; choose another --out-dir",
+                    taken.display()
+                )));
+            }
             let shares = engine.root_split(threshold, &sealed_for)?;
             std::fs::create_dir_all(&out_dir)?;
-            for (share, (holder, _)) in shares.iter().zip(&sealed_for) {
-                let path = out_dir.join(format!("root-share-{holder}.json"));
+            for ((share, (holder, _)), path) in shares.iter().zip(&sealed_for).zip(&paths) {
                 write_new_secret_file(
-                    &path,
+                    path,
                     &serde_json::to_vec_pretty(share).expect("share serialises"),
                 )?;
                 println!("wrote {holder}'s share to {}", path.display());
@@ -348,7 +357,8 @@ pub(crate) async fn run(
                     .map_err(|_| muster_engine::RootBackupError::NotABackup)?;
                 backups.push(backup);
             }
-            let org_name = backups[0].org_name.clone();
+            // The organisation's name as this device pinned it, not as the file says.
+            let org_name = engine.whoami()?.org;
             let installed = match backups.as_slice() {
                 [whole] if whole.share.is_none() => {
                     let passphrase = read_passphrase("passphrase of the backup: ", false)?;
@@ -357,9 +367,15 @@ pub(crate) async fn run(
                 _ => {
                     let mut with_passphrases = Vec::with_capacity(backups.len());
                     for backup in backups {
-                        let holder = backup.share.as_ref().map_or("the backup".to_string(), |s| {
-                            format!("{}'s share", s.holder)
-                        });
+                        // Who a share is for is checked only once it opens: shown as a
+                        // handle, or not at all.
+                        let holder = match &backup.share {
+                            Some(s) if muster_proto::validate_handle(&s.holder).is_ok() => {
+                                format!("{}'s share (share {})", s.holder, s.index)
+                            }
+                            Some(s) => format!("share {}", s.index),
+                            None => "the backup".to_string(),
+                        };
                         let passphrase =
                             read_passphrase(&format!("passphrase for {holder}: "), false)?;
                         with_passphrases.push((backup, passphrase));

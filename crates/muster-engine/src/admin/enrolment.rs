@@ -416,9 +416,9 @@ impl Engine {
                 ));
                 continue;
             }
-            let Some((profile, roles)) = self.record_of(&proven.user)? else {
+            let Some((profile, roles)) = self.signed_record_of(&proven.user)? else {
                 self.activity.problems.push(format!(
-                    "not approving {}'s new device: this device has no verified record of them",
+                    "not approving {}'s new device: this device has not signed a record of them (an admin approves it with `muster approve`)",
                     proven.user
                 ));
                 continue;

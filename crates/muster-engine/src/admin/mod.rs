@@ -77,7 +77,12 @@ impl Engine {
     pub fn root_backup(&self, passphrase: &str) -> Result<root_backup::RootBackup, EngineError> {
         let me = self.device()?;
         let root = Self::root_key(&me)?;
-        Ok(root_backup::seal(&root, &me.org, passphrase)?)
+        Ok(root_backup::seal(
+            &root,
+            &self.authority()?,
+            &me.org,
+            passphrase,
+        )?)
     }
 
     /// (admin, holding the root) The root split into one sealed share per `(admin,
@@ -104,7 +109,13 @@ impl Engine {
                 )));
             }
         }
-        Ok(root_backup::split(&root, &me.org, threshold, holders)?)
+        Ok(root_backup::split(
+            &root,
+            &self.authority()?,
+            &me.org,
+            threshold,
+            holders,
+        )?)
     }
 
     /// (admin) Installs the organisation root key restored from shares of one split, each
@@ -115,19 +126,118 @@ impl Engine {
     ) -> Result<bool, EngineError> {
         let me = self.device()?;
         Self::require_admin(&me)?;
-        let root = root_backup::combine(shares, &me.org)?;
-        self.install_root(&me, &root)
+        let (root, authority) = root_backup::combine(shares, &me.org)?;
+        self.install_root(&me, &root, &authority)
     }
 
-    fn install_root(&self, me: &DeviceRow, root: &OrgRootKey) -> Result<bool, EngineError> {
-        if me.root_key.is_some() {
-            return Ok(false);
+    /// What this device knows as the root's holder, for a backup.
+    fn authority(&self) -> Result<root_backup::Authority, EngineError> {
+        let records = self
+            .db
+            .prepare("SELECT user, profile, roles, updated_at FROM org_records")?
+            .query_map([], |r| {
+                Ok(root_backup::AuthorityRecord {
+                    user: r.get(0)?,
+                    profile: String::from_utf8_lossy(&r.get::<_, Vec<u8>>(1)?).into_owned(),
+                    roles: String::from_utf8_lossy(&r.get::<_, Vec<u8>>(2)?).into_owned(),
+                    updated_at: r.get(3)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        let revoked = self
+            .db
+            .prepare("SELECT device_id, user FROM revoked_devices")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        let revocation_serials = self
+            .db
+            .prepare("SELECT serial FROM revocation_serials")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let used_codes = self
+            .db
+            .prepare("SELECT code_key, device_id FROM used_codes")?
+            .query_map([], |r| {
+                Ok((hex::encode(r.get::<_, Vec<u8>>(0)?), r.get(1)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        let policy: Option<Vec<u8>> = self
+            .db
+            .query_row("SELECT policy FROM org_policy WHERE id = 1", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(root_backup::Authority {
+            records,
+            revoked,
+            revocation_serials,
+            used_codes,
+            policy: policy.map(|p| String::from_utf8_lossy(&p).into_owned()),
+        })
+    }
+
+    /// Installs the root with what its holder knew: records this device has not signed
+    /// itself are taken from the backup, and revocations and used codes are added.
+    fn install_root(
+        &mut self,
+        me: &DeviceRow,
+        root: &OrgRootKey,
+        authority: &root_backup::Authority,
+    ) -> Result<bool, EngineError> {
+        let tx = self
+            .db
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        for r in &authority.records {
+            tx.execute(
+                "INSERT OR IGNORE INTO org_records (user, profile, roles, updated_at) VALUES (?1, ?2, ?3, ?4)",
+                params![r.user, r.profile.as_bytes(), r.roles.as_bytes(), r.updated_at],
+            )?;
         }
-        self.db.execute(
-            "UPDATE device SET root_key = ?1 WHERE id = 1",
-            [root.pkcs8()],
-        )?;
-        Ok(true)
+        for (device_id, user) in &authority.revoked {
+            tx.execute(
+                "INSERT OR IGNORE INTO revoked_devices (device_id, user) VALUES (?1, ?2)",
+                params![device_id, user],
+            )?;
+        }
+        for serial in &authority.revocation_serials {
+            tx.execute(
+                "INSERT OR IGNORE INTO revocation_serials (serial) VALUES (?1)",
+                [serial],
+            )?;
+        }
+        for (code_key, device_id) in &authority.used_codes {
+            if let Ok(key) = hex::decode(code_key) {
+                tx.execute(
+                    "INSERT OR IGNORE INTO used_codes (code_key, device_id) VALUES (?1, ?2)",
+                    params![key, device_id],
+                )?;
+            }
+        }
+        if let Some(policy) = authority
+            .policy
+            .as_deref()
+            .and_then(|p| serde_json::from_str::<muster_proto::OrgPolicy>(p).ok())
+            .filter(|p| p.verify(&me.org).is_ok())
+        {
+            tx.execute(
+                "INSERT INTO org_policy (id, policy, version) VALUES (1, ?1, ?2)
+                 ON CONFLICT (id) DO UPDATE SET policy = excluded.policy, version = excluded.version
+                 WHERE excluded.version > org_policy.version",
+                params![
+                    serde_json::to_vec(&policy).expect("policy serialises"),
+                    policy.body.version as i64
+                ],
+            )?;
+        }
+        let new = me.root_key.is_none();
+        if new {
+            tx.execute(
+                "UPDATE device SET root_key = ?1 WHERE id = 1",
+                [root.pkcs8()],
+            )?;
+        }
+        tx.commit()?;
+        Ok(new)
     }
 
     /// (admin) Installs the organisation root key from a backup, so this admin device
@@ -139,8 +249,8 @@ impl Engine {
     ) -> Result<bool, EngineError> {
         let me = self.device()?;
         Self::require_admin(&me)?;
-        let root = root_backup::open(backup, &me.org, passphrase)?;
-        self.install_root(&me, &root)
+        let (root, authority) = root_backup::open(backup, &me.org, passphrase)?;
+        self.install_root(&me, &root, &authority)
     }
 
     /// Signs `message` with this device's own key.
@@ -212,6 +322,26 @@ impl Engine {
         &self,
         user: &str,
     ) -> Result<Option<(Profile, Vec<Role>)>, EngineError> {
+        if let Some(record) = self.signed_record_of(user)? {
+            return Ok(Some(record));
+        }
+        let now = now_unix();
+        Ok(self
+            .known_devices_of(user)?
+            .into_iter()
+            .filter(|c| c.body.not_after > now)
+            .max_by_key(|c| c.body.not_before)
+            .map(|c| (c.body.profile, c.body.roles)))
+    }
+
+    /// `user`'s profile and roles as this device (or the root holder whose backup it
+    /// restored) last signed them. What this device signs on its own, unasked (renewals,
+    /// devices users approved themselves), comes from here only, never from certificates
+    /// the relay served.
+    pub(crate) fn signed_record_of(
+        &self,
+        user: &str,
+    ) -> Result<Option<(Profile, Vec<Role>)>, EngineError> {
         let signed: Option<(Vec<u8>, Vec<u8>)> = self
             .db
             .query_row(
@@ -228,11 +358,7 @@ impl Engine {
                 serde_json::from_slice(&roles).map_err(|_| damaged())?,
             )));
         }
-        Ok(self
-            .known_devices_of(user)?
-            .into_iter()
-            .max_by_key(|c| c.body.not_before)
-            .map(|c| (c.body.profile, c.body.roles)))
+        Ok(None)
     }
 
     fn set_record(&self, user: &str, profile: &Profile, roles: &[Role]) -> Result<(), EngineError> {

@@ -144,7 +144,7 @@ impl Engine {
         let root = Self::root_key(&me)?;
         self.certificates(conn).await?;
         for user in due {
-            let Some((profile, roles)) = self.record_of(&user)? else {
+            let Some((profile, roles)) = self.signed_record_of(&user)? else {
                 continue;
             };
             let result = async {

@@ -17,8 +17,9 @@ const MEMORY_KIB: u32 = 64 * 1024;
 const ITERATIONS: u32 = 3;
 const PARALLELISM: u32 = 1;
 /// Costs above these are refused when opening, so a crafted file cannot exhaust memory.
-const MAX_MEMORY_KIB: u32 = 1024 * 1024;
-const MAX_ITERATIONS: u32 = 64;
+const MAX_MEMORY_KIB: u32 = 256 * 1024;
+const MAX_ITERATIONS: u32 = 10;
+const MAX_PARALLELISM: u32 = 4;
 
 /// A sealed root key, as written to the backup file (JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +39,57 @@ pub struct RootBackup {
     pub nonce: String,
     /// The root key's PKCS#8 document, encrypted and authenticated (hex).
     pub sealed: String,
+}
+
+/// What the root's device knew when the backup was made, sealed with the key: without it,
+/// a restored root would sign from whatever the relay shows (an old certificate of a
+/// demoted admin, a device whose revocation it hides).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Authority {
+    /// Each user's profile and roles as last signed (JSON, as stored).
+    pub records: Vec<AuthorityRecord>,
+    /// Revoked devices, with their users.
+    pub revoked: Vec<(String, String)>,
+    /// Serial numbers of the revocations seen.
+    pub revocation_serials: Vec<i64>,
+    /// Codes already used, with the device each enrolled (hex key, device id).
+    pub used_codes: Vec<(String, String)>,
+    /// The newest signed organisation policy it held (JSON), checked again on restore.
+    #[serde(default)]
+    pub policy: Option<String>,
+}
+
+/// One user's record in an [`Authority`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthorityRecord {
+    pub user: String,
+    pub profile: String,
+    pub roles: String,
+    pub updated_at: i64,
+}
+
+/// What is sealed: the secret (the root's PKCS#8 document, or one share of it) and the
+/// authority.
+#[derive(Serialize, Deserialize)]
+struct Sealed {
+    secret: String,
+    authority: Authority,
+}
+
+impl Sealed {
+    fn encode(secret: &[u8], authority: &Authority) -> Vec<u8> {
+        serde_json::to_vec(&Sealed {
+            secret: hex::encode(secret),
+            authority: authority.clone(),
+        })
+        .expect("sealed payload serialises")
+    }
+
+    fn decode(bytes: &[u8]) -> Result<(Vec<u8>, Authority), RootBackupError> {
+        let sealed: Sealed = serde_json::from_slice(bytes)
+            .map_err(|_| RootBackupError::Damaged("the sealed contents do not decode".into()))?;
+        Ok((decode(&sealed.secret, "secret")?, sealed.authority))
+    }
 }
 
 /// Which share of a split root a file holds.
@@ -95,10 +147,16 @@ pub enum RootBackupError {
 /// Seals `root` for `org` under `passphrase`.
 pub fn seal(
     root: &OrgRootKey,
+    authority: &Authority,
     org: &OrgDescriptor,
     passphrase: &str,
 ) -> Result<RootBackup, RootBackupError> {
-    seal_payload(root.pkcs8(), org, None, passphrase)
+    seal_payload(
+        &Sealed::encode(root.pkcs8(), authority),
+        org,
+        None,
+        passphrase,
+    )
 }
 
 /// Seals `payload` (the root's PKCS#8 document, or one share of it) for `org`.
@@ -152,11 +210,12 @@ pub fn open(
     backup: &RootBackup,
     org: &OrgDescriptor,
     passphrase: &str,
-) -> Result<OrgRootKey, RootBackupError> {
+) -> Result<(OrgRootKey, Authority), RootBackupError> {
     if backup.share.is_some() {
         return Err(RootBackupError::IsAShare);
     }
-    root_from(&open_payload(backup, org, passphrase)?, org)
+    let (secret, authority) = Sealed::decode(&open_payload(backup, org, passphrase)?)?;
+    Ok((root_from(&secret, org)?, authority))
 }
 
 /// Splits `root` into one share per holder, any `threshold` of which restore it and fewer
@@ -164,6 +223,7 @@ pub fn open(
 /// passphrase.
 pub fn split(
     root: &OrgRootKey,
+    authority: &Authority,
     org: &OrgDescriptor,
     threshold: u8,
     holders: &[(String, String)],
@@ -199,7 +259,12 @@ pub fn split(
                 threshold,
                 count,
             };
-            seal_payload(&share, org, Some(info), passphrase)
+            seal_payload(
+                &Sealed::encode(&share, authority),
+                org,
+                Some(info),
+                passphrase,
+            )
         })
         .collect()
 }
@@ -208,7 +273,7 @@ pub fn split(
 pub fn combine(
     shares: &[(RootBackup, String)],
     org: &OrgDescriptor,
-) -> Result<OrgRootKey, RootBackupError> {
+) -> Result<(OrgRootKey, Authority), RootBackupError> {
     let infos: Vec<&ShareInfo> = shares
         .iter()
         .map(|(b, _)| {
@@ -245,19 +310,22 @@ pub fn combine(
         )));
     }
     let mut points = Vec::with_capacity(shares.len());
+    let mut authority = Authority::default();
     for ((backup, passphrase), info) in shares.iter().zip(&infos) {
-        let y = open_payload(backup, org, passphrase).map_err(|e| match e {
+        let payload = open_payload(backup, org, passphrase).map_err(|e| match e {
             RootBackupError::WrongPassphrase => RootBackupError::Shares(format!(
-                "wrong passphrase for {}'s share, or it was altered",
-                info.holder
+                "wrong passphrase for share {} of the split, or it was altered",
+                info.index
             )),
             other => other,
         })?;
+        let (y, sealed_authority) = Sealed::decode(&payload)?;
+        authority = sealed_authority;
         points.push((info.index, y));
     }
     let secret = shamir::combine(&points)
         .ok_or_else(|| RootBackupError::Shares("the shares do not fit together".into()))?;
-    root_from(&secret, org)
+    Ok((root_from(&secret, org)?, authority))
 }
 
 /// Opens the sealed payload of `backup`, after checking it belongs to `org`.
@@ -272,7 +340,10 @@ fn open_payload(
     if backup.org_id != org.org_id || backup.root_public_key != hex::encode(&org.root_public_key) {
         return Err(RootBackupError::OtherOrganisation(backup.org_name.clone()));
     }
-    if backup.kdf.memory_kib > MAX_MEMORY_KIB || backup.kdf.iterations > MAX_ITERATIONS {
+    if backup.kdf.memory_kib > MAX_MEMORY_KIB
+        || backup.kdf.iterations > MAX_ITERATIONS
+        || backup.kdf.parallelism > MAX_PARALLELISM
+    {
         return Err(RootBackupError::CostTooHigh);
     }
     let nonce: [u8; NONCE_LEN] = decode(&backup.nonce, "nonce")?
@@ -360,9 +431,9 @@ mod tests {
     fn a_sealed_root_opens_only_with_its_passphrase_for_its_organisation() {
         let root = OrgRootKey::generate();
         let org = org_of(&root);
-        let backup = seal(&root, &org, PASSPHRASE).unwrap();
+        let backup = seal(&root, &Authority::default(), &org, PASSPHRASE).unwrap();
         assert!(!backup.sealed.contains(&hex::encode(root.pkcs8())));
-        let opened = open(&backup, &org, PASSPHRASE).unwrap();
+        let (opened, _) = open(&backup, &org, PASSPHRASE).unwrap();
         assert_eq!(opened.public_key(), root.public_key());
 
         assert_eq!(
@@ -379,7 +450,7 @@ mod tests {
             Err(RootBackupError::OtherOrganisation(_))
         ));
         assert_eq!(
-            seal(&root, &org, "short").unwrap_err(),
+            seal(&root, &Authority::default(), &org, "short").unwrap_err(),
             RootBackupError::WeakPassphrase
         );
     }
@@ -388,7 +459,7 @@ mod tests {
     fn every_bound_field_and_the_key_itself_are_authenticated() {
         let root = OrgRootKey::generate();
         let org = org_of(&root);
-        let backup = seal(&root, &org, PASSPHRASE).unwrap();
+        let backup = seal(&root, &Authority::default(), &org, PASSPHRASE).unwrap();
         let mut flipped = backup.clone();
         let last = flipped.sealed.pop().unwrap();
         flipped.sealed.push(if last == '0' { '1' } else { '0' });
@@ -422,7 +493,7 @@ mod tests {
         let impostor = OrgRootKey::generate();
         let org = org_of(&root);
         // A backup of another key, relabelled as this organisation's root.
-        let backup = seal(&impostor, &org, PASSPHRASE).unwrap();
+        let backup = seal(&impostor, &Authority::default(), &org, PASSPHRASE).unwrap();
         assert_eq!(
             open(&backup, &org, PASSPHRASE).unwrap_err(),
             RootBackupError::NotThisRoot
@@ -437,11 +508,11 @@ mod tests {
             .iter()
             .map(|h| (h.to_string(), format!("{h}'s long passphrase")))
             .collect();
-        let shares = split(&root, &org, 2, &holders).unwrap();
+        let shares = split(&root, &Authority::default(), &org, 2, &holders).unwrap();
         assert_eq!(shares.len(), 3);
         let with = |i: usize| (shares[i].clone(), holders[i].1.clone());
         for (a, b) in [(0, 1), (0, 2), (1, 2)] {
-            let restored = combine(&[with(a), with(b)], &org).unwrap();
+            let (restored, _) = combine(&[with(a), with(b)], &org).unwrap();
             assert_eq!(restored.public_key(), root.public_key());
         }
         assert!(matches!(
@@ -454,7 +525,7 @@ mod tests {
         ));
         assert!(matches!(
             combine(&[with(0), (shares[1].clone(), holders[0].1.clone())], &org),
-            Err(RootBackupError::Shares(why)) if why.contains("dave")
+            Err(RootBackupError::Shares(why)) if why.contains("share 2")
         ));
         assert_eq!(
             open(&shares[0], &org, &holders[0].1).unwrap_err(),
@@ -465,10 +536,45 @@ mod tests {
         moved.share.as_mut().unwrap().index = 3 - 1;
         assert!(combine(&[with(0), (moved, holders[2].1.clone())], &org).is_err());
         // Shares of two different splits never mix.
-        let other = split(&root, &org, 2, &holders).unwrap();
+        let other = split(&root, &Authority::default(), &org, 2, &holders).unwrap();
         assert!(matches!(
             combine(&[with(0), (other[1].clone(), holders[1].1.clone())], &org),
             Err(RootBackupError::Shares(why)) if why.contains("different splits")
         ));
+    }
+
+    #[test]
+    fn what_the_root_holder_knew_travels_sealed_with_the_key() {
+        let root = OrgRootKey::generate();
+        let org = org_of(&root);
+        let authority = Authority {
+            records: vec![AuthorityRecord {
+                user: "mallory".into(),
+                profile: "{}".into(),
+                roles: "[\"Member\"]".into(),
+                updated_at: 7,
+            }],
+            revoked: vec![("dev-1".into(), "eve".into())],
+            revocation_serials: vec![1, 2],
+            used_codes: vec![("ab".into(), "dev-2".into())],
+            policy: None,
+        };
+        let backup = seal(&root, &authority, &org, PASSPHRASE).unwrap();
+        assert!(
+            !backup.sealed.is_empty()
+                && !serde_json::to_string(&backup).unwrap().contains("mallory")
+        );
+        assert_eq!(open(&backup, &org, PASSPHRASE).unwrap().1, authority);
+        let holders: Vec<(String, String)> = ["carol", "dave"]
+            .iter()
+            .map(|h| (h.to_string(), format!("{h}'s long passphrase")))
+            .collect();
+        let shares = split(&root, &authority, &org, 2, &holders).unwrap();
+        let given: Vec<(RootBackup, String)> = shares
+            .into_iter()
+            .zip(holders)
+            .map(|(s, (_, p))| (s, p))
+            .collect();
+        assert_eq!(combine(&given, &org).unwrap().1, authority);
     }
 }
