@@ -369,3 +369,51 @@ fn users_approve_their_own_new_devices_only_when_the_policy_allows() {
     phone.ok(&["sync"]);
     assert_eq!(phone.texts("ops"), ["for both of bob's devices"]);
 }
+
+#[test]
+fn an_approved_profile_change_reaches_every_group_on_every_device() {
+    let org = Org::new("profile-groups");
+    let alice = &org.admin;
+    let bob = org.enrol("bob");
+    let carol = org.enrol("carol");
+    alice.ok(&["group", "create", "ops", "--members", "bob,carol"]);
+    alice.ok(&["group", "create", "lunch", "--members", "bob"]);
+    bob.ok(&["sync"]);
+    carol.ok(&["sync"]);
+    let name_in = |d: &Device, group: &str| {
+        d.group(group)["member_names"]["bob"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(name_in(&carol, "ops"), "bob display");
+
+    bob.ok(&[
+        "profile",
+        "set",
+        "--display-name",
+        "Robert B",
+        "--title",
+        "Foreman",
+    ]);
+    alice.ok(&["admin", "approve-profile", "bob"]);
+    // Bob's device picks up its new certificate and updates its leaf in each group.
+    bob.ok(&["sync"]);
+    alice.ok(&["sync"]);
+    carol.ok(&["sync"]);
+    for (device, group) in [
+        (alice, "ops"),
+        (alice, "lunch"),
+        (&carol, "ops"),
+        (&bob, "ops"),
+        (&bob, "lunch"),
+    ] {
+        assert_eq!(
+            name_in(device, group),
+            "Robert B",
+            "{group} as {} sees it: {}",
+            device.home.display(),
+            device.group(group)
+        );
+    }
+}

@@ -191,6 +191,9 @@ pub struct GroupView {
     pub name: String,
     pub id: String,
     pub members: Vec<String>,
+    /// Each member's display name, from the newest certificate in their leaves: an
+    /// approved profile change shows here once their device updated its leaf.
+    pub member_names: std::collections::BTreeMap<String, String>,
     pub epoch: u64,
     /// `active`, `left` or `removed`.
     pub state: GroupState,

@@ -30,13 +30,18 @@ impl Engine {
         let provider = Provider::new(&self.crypto, &self.db);
         let group = MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))
             .map_err(EngineError::mls)?;
+        let mut member_names = std::collections::BTreeMap::new();
         let (members, epoch) = match &group {
             Some(g) if state == GroupState::Active => {
-                let mut users: Vec<String> = g
+                let mut certs: Vec<Certificate> = g
                     .members()
                     .filter_map(|m| certificate_in(&m.credential))
-                    .map(|c| c.body.user)
                     .collect();
+                certs.sort_by_key(|c| c.body.not_before);
+                for c in &certs {
+                    member_names.insert(c.body.user.clone(), c.body.profile.display_name.clone());
+                }
+                let mut users: Vec<String> = certs.into_iter().map(|c| c.body.user).collect();
                 users.sort();
                 users.dedup();
                 (users, g.epoch().as_u64())
@@ -54,6 +59,7 @@ impl Engine {
             name,
             id: group_hex(group_id),
             members,
+            member_names,
             epoch,
             state,
             managed: group.as_ref().is_some_and(|g| policy_of(g).managed),
