@@ -45,6 +45,11 @@ enum Command {
         /// (bursts of ten times that).
         #[arg(long, value_name = "N", default_value_t = 50.0)]
         posts_per_sec: f64,
+        /// How long, in seconds, a message waits for devices that have not fetched it
+        /// (checked at start and every ten minutes); a device away longer rejoins its
+        /// groups without what it missed.
+        #[arg(long, value_name = "SECS", default_value_t = muster_proto::MESSAGE_RETENTION_SECS)]
+        message_retention_secs: u64,
         /// Connections from one source address that may be authenticating at once.
         #[arg(long, value_name = "N", default_value_t = 32)]
         unauthenticated_per_address: usize,
@@ -104,6 +109,7 @@ fn main() -> ExitCode {
             posts_per_sec,
             unauthenticated_per_address,
             anonymous_per_sec,
+            message_retention_secs,
         } => {
             let quotas = server::Quotas {
                 blob_bytes: blob_quota_mib.saturating_mul(1024 * 1024),
@@ -120,6 +126,7 @@ fn main() -> ExitCode {
                     requests_per_address: anonymous_per_sec,
                     requests_total: anonymous_per_sec * 10.0,
                 },
+                message_retention_secs,
             };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -230,6 +230,8 @@ pub struct Quotas {
     pub rates: muster_relay_core::RateLimits,
     /// Unauthenticated connections and anonymous request rates.
     pub anonymous: AnonymousLimits,
+    /// How long a stored message waits for devices that have not fetched it.
+    pub message_retention_secs: u64,
 }
 
 /// How often expired messages and blobs are collected.
@@ -240,6 +242,7 @@ pub async fn serve(data: PathBuf, listen: SocketAddr, quotas: Quotas) -> Result<
     relay.set_blob_quota(quotas.blob_bytes);
     relay.set_queue_quota(quotas.queue_bytes);
     relay.set_rate_limits(quotas.rates);
+    relay.set_message_retention(quotas.message_retention_secs);
     let server_config = identity
         .server_config()
         .map_err(|e| ServeError::Tls(e.to_string()))?;

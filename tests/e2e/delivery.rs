@@ -188,3 +188,61 @@ fn send_reads_text_from_standard_input() {
     assert!(child.wait().unwrap().success());
     assert_eq!(org.admin.texts("ops"), ["line one\nline two"]);
 }
+
+#[test]
+fn a_device_away_longer_than_the_relay_keeps_messages_rejoins_on_its_own() {
+    let mut org = Org::new("away");
+    let alice = muster_e2e::Device::new(&org.dir, "alice");
+    let bob = org.enrol("bob");
+    let dan = org.enrol("dan");
+    let carol = org.enrol("carol");
+    alice.ok(&["group", "create", "ops", "--members", "bob,dan"]);
+    bob.ok(&["sync"]);
+    dan.ok(&["sync"]);
+    alice.ok(&["send", "ops", "before dan left"]);
+    dan.ok(&["sync"]);
+
+    // Dan is away: the group changes and talks on without him.
+    alice.ok(&["group", "add", "ops", "carol"]);
+    alice.ok(&["send", "ops", "while dan was away"]);
+    bob.ok(&["sync"]);
+    carol.ok(&["sync"]);
+    // The relay keeps messages one second; it drops what waited longer when it starts.
+    wait_until(
+        Duration::from_secs(30),
+        "the relay drops what dan missed",
+        || {
+            org.relay.restart_with(&["--message-retention-secs", "1"]);
+            muster_e2e::relay_db(&org)
+                .query_row("SELECT COUNT(*) FROM messages", [], |r| r.get::<_, i64>(0))
+                .unwrap()
+                == 0
+        },
+    );
+
+    alice.ok(&["send", "ops", "after the gap"]);
+    dan.ok(&["sync"]);
+    alice.ok(&["sync"]);
+    alice.ok(&["send", "ops", "welcome back"]);
+    wait_until(Duration::from_secs(30), "dan reads new messages", || {
+        dan.ok(&["sync"]);
+        dan.texts("ops").iter().any(|t| t == "welcome back")
+    });
+    let texts = dan.texts("ops");
+    assert!(texts.contains(&"before dan left".to_string()), "{texts:?}");
+    assert!(
+        !texts.contains(&"while dan was away".to_string()),
+        "what expired is gone: {texts:?}"
+    );
+    let notices: Vec<String> = dan
+        .json(&["read", "ops", "--limit", "100"])
+        .into_iter()
+        .filter(|m| m["kind"] == "system")
+        .map(|m| m["text"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        notices.iter().any(|n| n.contains("fallen behind")),
+        "dan is told history was missed: {notices:?}"
+    );
+    assert!(dan.members("ops").contains(&"carol".to_string()));
+}

@@ -77,19 +77,25 @@ pub struct Relay {
 impl Relay {
     /// Starts a relay on a free loopback port with a data directory inside `dir`.
     pub fn start(dir: &TempDir) -> Self {
-        Self::start_at(dir.path().join("relay"), "127.0.0.1:0", None)
+        Self::start_at(dir.path().join("relay"), "127.0.0.1:0", None, &[])
     }
 
     /// Starts a relay inside the network namespace `netns` (one the test created).
     pub fn start_in_netns(dir: &TempDir, netns: &str, listen: &str) -> Self {
-        Self::start_at(dir.path().join("relay"), listen, Some(netns.to_string()))
+        Self::start_at(
+            dir.path().join("relay"),
+            listen,
+            Some(netns.to_string()),
+            &[],
+        )
     }
 
-    fn start_at(data: PathBuf, listen: &str, netns: Option<String>) -> Self {
+    fn start_at(data: PathBuf, listen: &str, netns: Option<String>, extra: &[&str]) -> Self {
         let mut child = in_netns(netns.as_deref(), bin("muster-relay"))
             .args(["serve", "--data"])
             .arg(&data)
             .args(["--listen", listen])
+            .args(extra)
             .env("MUSTER_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -178,7 +184,17 @@ impl Relay {
         let addr = self.addr.clone();
         let data = self.data.clone();
         let netns = self.netns.take();
-        *self = Self::start_at(data, &addr, netns);
+        *self = Self::start_at(data, &addr, netns, &[]);
+    }
+
+    /// Kills and restarts the relay on the same address and data directory with more
+    /// `serve` options.
+    pub fn restart_with(&mut self, extra: &[&str]) {
+        self.kill();
+        let addr = self.addr.clone();
+        let data = self.data.clone();
+        let netns = self.netns.take();
+        *self = Self::start_at(data, &addr, netns, extra);
     }
 
     /// Runs `muster-relay` with other arguments against this relay's data directory.

@@ -100,6 +100,8 @@ pub struct Relay {
     blob_dir: PathBuf,
     blob_quota: u64,
     queue_quota: u64,
+    /// How long a stored message waits for devices that have not fetched it.
+    message_retention_secs: u64,
     limiter: crate::limits::Limiter,
 }
 
@@ -134,6 +136,7 @@ impl Relay {
             blob_dir,
             blob_quota: muster_proto::BLOB_QUOTA_PER_DEVICE,
             queue_quota: muster_proto::QUEUE_QUOTA_PER_DEVICE,
+            message_retention_secs: muster_proto::MESSAGE_RETENTION_SECS,
             limiter: Default::default(),
         })
     }
@@ -164,6 +167,11 @@ impl Relay {
     /// recipients who have not fetched them yet.
     pub fn set_queue_quota(&mut self, bytes: u64) {
         self.queue_quota = bytes;
+    }
+
+    /// Sets how long a stored message waits for devices that have not fetched it.
+    pub fn set_message_retention(&mut self, secs: u64) {
+        self.message_retention_secs = secs;
     }
 
     pub(crate) fn blob_quota(&self) -> u64 {

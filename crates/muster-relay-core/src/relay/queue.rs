@@ -4,14 +4,15 @@ use super::*;
 
 impl Relay {
     /// Deletes what waited past its retention: messages some recipient never fetched
-    /// (after [`muster_proto::MESSAGE_RETENTION_SECS`]), their resend records, and
+    /// (after the message retention, [`muster_proto::MESSAGE_RETENTION_SECS`] unless set
+    /// otherwise), their resend records, and
     /// expired or abandoned attachment blobs. Returns how many messages went.
     pub fn collect_expired(&mut self) -> Result<usize, StoreError> {
         self.collect_expired_blobs().map_err(|e| match e {
             Failure::Store(e) => e,
             Failure::Refuse(e) => StoreError::Corrupt(e.to_string()),
         })?;
-        let cutoff = now_unix().saturating_sub(muster_proto::MESSAGE_RETENTION_SECS) as i64;
+        let cutoff = now_unix().saturating_sub(self.message_retention_secs) as i64;
         let tx = self
             .db
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
