@@ -412,7 +412,9 @@ fn devices_behind_loss_delay_and_a_healing_partition_converge() {
     bea.ok(&["send", "ops", "all-clear"]);
     for d in members.iter().copied().chain([&ada]) {
         wait_until(Duration::from_secs(60), "all-clear everywhere", || {
-            d.ok(&["sync"]);
+            // A sync cut short (a connection lost while the machine is loaded) is tried
+            // again within the deadline; what counts is that the message arrives.
+            d.run(&["sync"]);
             d.texts("ops").last().map(String::as_str) == Some("all-clear")
         });
     }
