@@ -151,6 +151,12 @@ pub(crate) fn print_group(g: &GroupView) {
         g.id,
         g.epoch
     );
+    if !g.waiting.is_empty() {
+        println!(
+            "  waiting for {} (not online yet: added as soon as their device is)",
+            g.waiting.join(", ")
+        );
+    }
 }
 
 /// Runs the user's notification command for each notification, without waiting for it.

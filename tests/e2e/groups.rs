@@ -180,3 +180,45 @@ fn managed_groups_are_run_by_admins() {
     assert_eq!(carol.group("tea")["managed"], false);
     assert!(carol.texts("tea").is_empty());
 }
+
+#[test]
+fn people_added_before_they_were_ever_online_are_seated_once_they_are() {
+    let org = Org::new("pending-members");
+    let alice = &org.admin;
+    let carol = org.enrol("carol");
+    // Bob is approved but his device has not been online since.
+    let code = alice.ok(&["invite", "bob"]).trim().to_string();
+    let bob = muster_e2e::Device::new(&org.dir, "bob");
+    bob.ok(&["join", &code, "--display-name", "Bob B"]);
+    alice.ok(&["approve", "bob"]);
+
+    let created = alice.ok(&["group", "create", "ops", "--members", "bob,carol"]);
+    assert!(created.contains("waiting for bob"), "{created}");
+    alice.ok(&["group", "create", "lunch"]);
+    alice.ok(&["group", "add", "lunch", "bob"]);
+    let ops = alice.group("ops");
+    assert_eq!(ops["members"], serde_json::json!(["alice", "carol"]));
+    assert_eq!(ops["waiting"], serde_json::json!(["bob"]));
+    let typo = alice.fails(&["group", "add", "lunch", "bobb"]);
+    assert!(
+        typo.contains("bobb"),
+        "an unknown user is still an error: {typo}"
+    );
+
+    // Bob's device comes online once; alice's next sync seats him in both groups.
+    bob.ok(&["sync"]);
+    alice.ok(&["sync"]);
+    alice.ok(&["send", "ops", "welcome bob"]);
+    bob.ok(&["sync"]);
+    for group in ["ops", "lunch"] {
+        assert!(bob.members(group).contains(&"bob".to_string()), "{group}");
+        assert_eq!(
+            alice.group(group)["waiting"],
+            serde_json::json!([]),
+            "{group}"
+        );
+    }
+    assert!(bob.texts("ops").contains(&"welcome bob".to_string()));
+    carol.ok(&["sync"]);
+    assert!(carol.members("ops").contains(&"bob".to_string()));
+}

@@ -114,5 +114,10 @@ CREATE TABLE IF NOT EXISTS archive_checkpoints_pending (
     signed_at INTEGER NOT NULL, signature BLOB NOT NULL, PRIMARY KEY (device_id, entry_seq, hash));
 -- groups this device may have fallen behind in (it refused or missed a commit)
 CREATE TABLE IF NOT EXISTS behind_groups (group_id BLOB PRIMARY KEY);
+-- people added to a group before their device was ever online: seated by this device's
+-- next sync once their device has published KeyPackages
+CREATE TABLE IF NOT EXISTS pending_members (
+    group_id BLOB NOT NULL, user TEXT NOT NULL, since INTEGER NOT NULL,
+    PRIMARY KEY (group_id, user));
 CREATE TABLE IF NOT EXISTS pending_commits (group_id BLOB PRIMARY KEY, commit_hash BLOB NOT NULL);
 "#;

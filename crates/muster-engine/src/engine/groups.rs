@@ -164,8 +164,9 @@ impl Engine {
             .map(|m| m.trim().to_string())
             .filter(|m| !m.is_empty() && *m != device.user)
             .collect();
-        // Check every member exists before creating anything.
-        let mut key_packages = self.claim_key_packages(conn, &others).await?;
+        // Check every member exists before creating anything; someone whose device has
+        // not been online yet is added once it has.
+        let (mut key_packages, waiting) = self.claim_or_wait(conn, &others).await?;
         let mine = self.my_other_devices(conn).await?;
         if !mine.is_empty() {
             key_packages.extend(self.claim_for(conn, &device.user, &mine).await?);
@@ -196,10 +197,113 @@ impl Engine {
             "INSERT INTO groups (group_id, name, state, created_at) VALUES (?1, ?2, ?3, ?4)",
             params![group_id, name, GroupState::Active, now_ms()],
         )?;
+        for user in &waiting {
+            self.wait_for(&group_id, user)?;
+        }
         if !key_packages.is_empty() {
             self.add_key_packages(conn, &group_id, key_packages).await?;
         }
         self.group_view(&group_id)
+    }
+
+    /// Claims KeyPackages for each user; users known to the relay whose devices have none
+    /// yet (never online since their approval) are returned to wait instead.
+    async fn claim_or_wait(
+        &self,
+        conn: &impl Link,
+        users: &[String],
+    ) -> Result<(Vec<(String, KeyPackage)>, Vec<String>), EngineError> {
+        let mut claimed = Vec::new();
+        let mut waiting = Vec::new();
+        for user in users {
+            match self.claim_for(conn, user, &[]).await {
+                Ok(kps) => claimed.extend(kps),
+                Err(e) if e.relay_code() == Some(&ErrorCode::NoKeyPackages) => {
+                    waiting.push(user.clone())
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((claimed, waiting))
+    }
+
+    /// Records that `user` joins the group once their device is online.
+    fn wait_for(&self, group_id: &[u8], user: &str) -> Result<(), EngineError> {
+        let new = self.db.execute(
+            "INSERT OR IGNORE INTO pending_members (group_id, user, since) VALUES (?1, ?2, ?3)",
+            params![group_id, user, now_ms()],
+        )?;
+        if new > 0 {
+            insert_system(
+                &self.db,
+                group_id,
+                &format!(
+                    "{user} has not been online yet: they are added as soon as their device is"
+                ),
+                None,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Adds the people waiting to join groups this device may add them to, once their
+    /// devices have published KeyPackages.
+    pub(super) async fn seat_pending_members(
+        &mut self,
+        conn: &impl Link,
+    ) -> Result<(), EngineError> {
+        let pending: Vec<(Vec<u8>, String)> = self
+            .db
+            .prepare("SELECT group_id, user FROM pending_members ORDER BY since")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        for (group_id, user) in pending {
+            let forget = |db: &Connection| {
+                db.execute(
+                    "DELETE FROM pending_members WHERE group_id = ?1 AND user = ?2",
+                    params![group_id, user],
+                )
+            };
+            let active = self
+                .resolve_group(&group_hex(&group_id))
+                .is_ok_and(|g| g.state == GroupState::Active);
+            if !active
+                || self
+                    .check_may_manage(&group_id, "add people to it")
+                    .is_err()
+            {
+                forget(&self.db)?;
+                continue;
+            }
+            let seated = {
+                let provider = Provider::new(&self.crypto, &self.db);
+                load_group(&provider, &group_id)?
+                    .members()
+                    .filter_map(|m| certificate_in(&m.credential))
+                    .any(|c| c.body.user == user)
+            };
+            if seated {
+                forget(&self.db)?;
+                continue;
+            }
+            match self.claim_for(conn, &user, &[]).await {
+                Ok(kps) => match self.add_key_packages(conn, &group_id, kps).await {
+                    Ok(()) => {
+                        forget(&self.db)?;
+                    }
+                    Err(e) => self.activity.problems.push(format!(
+                        "could not add {user} to {}: {e}",
+                        self.group_label(&group_id)
+                    )),
+                },
+                Err(e) if e.relay_code() == Some(&ErrorCode::NoKeyPackages) => {}
+                Err(e) => self.activity.problems.push(format!(
+                    "could not add {user} to {}: {e}",
+                    self.group_label(&group_id)
+                )),
+            }
+        }
+        Ok(())
     }
 
     /// Adds every enrolled device of `user` to the group.
@@ -211,8 +315,13 @@ impl Engine {
     ) -> Result<GroupView, EngineError> {
         let (group_id, _) = self.active_group(group)?;
         self.check_may_manage(&group_id, "add people to it")?;
-        let key_packages = self.claim_key_packages(conn, &[user.to_string()]).await?;
-        self.add_key_packages(conn, &group_id, key_packages).await?;
+        let (key_packages, waiting) = self.claim_or_wait(conn, &[user.to_string()]).await?;
+        for user in &waiting {
+            self.wait_for(&group_id, user)?;
+        }
+        if !key_packages.is_empty() {
+            self.add_key_packages(conn, &group_id, key_packages).await?;
+        }
         self.group_view(&group_id)
     }
 

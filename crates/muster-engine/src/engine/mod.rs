@@ -194,6 +194,8 @@ pub struct GroupView {
     /// Each member's display name, from the newest certificate in their leaves: an
     /// approved profile change shows here once their device updated its leaf.
     pub member_names: std::collections::BTreeMap<String, String>,
+    /// People added before their device was ever online: added once it is.
+    pub waiting: Vec<String>,
     pub epoch: u64,
     /// `active`, `left` or `removed`.
     pub state: GroupState,

@@ -60,6 +60,11 @@ impl Engine {
             id: group_hex(group_id),
             members,
             member_names,
+            waiting: self
+                .db
+                .prepare("SELECT user FROM pending_members WHERE group_id = ?1 ORDER BY user")?
+                .query_map([group_id], |r| r.get(0))?
+                .collect::<Result<_, _>>()?,
             epoch,
             state,
             managed: group.as_ref().is_some_and(|g| policy_of(g).managed),
