@@ -199,6 +199,13 @@ fn people_added_before_they_were_ever_online_are_seated_once_they_are() {
     let ops = alice.group("ops");
     assert_eq!(ops["members"], serde_json::json!(["alice", "carol"]));
     assert_eq!(ops["waiting"], serde_json::json!(["bob"]));
+    alice.ok(&["group", "create", "changed-mind", "--members", "bob"]);
+    alice.ok(&["group", "remove", "changed-mind", "bob"]);
+    assert_eq!(
+        alice.group("changed-mind")["waiting"],
+        serde_json::json!([]),
+        "a waiting add is cancelled by removing them"
+    );
     let typo = alice.fails(&["group", "add", "lunch", "bobb"]);
     assert!(
         typo.contains("bobb"),
@@ -219,6 +226,12 @@ fn people_added_before_they_were_ever_online_are_seated_once_they_are() {
         );
     }
     assert!(bob.texts("ops").contains(&"welcome bob".to_string()));
+    assert!(
+        !bob.json(&["groups"])
+            .iter()
+            .any(|g| g["name"] == "changed-mind"),
+        "bob is not added where the add was cancelled"
+    );
     carol.ok(&["sync"]);
     assert!(carol.members("ops").contains(&"bob".to_string()));
 }

@@ -215,16 +215,35 @@ impl Engine {
     ) -> Result<(Vec<(String, KeyPackage)>, Vec<String>), EngineError> {
         let mut claimed = Vec::new();
         let mut waiting = Vec::new();
+        let mut refreshed = false;
         for user in users {
             match self.claim_for(conn, user, &[]).await {
                 Ok(kps) => claimed.extend(kps),
                 Err(e) if e.relay_code() == Some(&ErrorCode::NoKeyPackages) => {
+                    // Only someone this device knows to be enrolled waits; the relay's
+                    // word alone does not make a handle a person.
+                    if !refreshed {
+                        self.certificates(conn).await?;
+                        refreshed = true;
+                    }
+                    if !self.holds_valid_certificate_of(user)? {
+                        return Err(e);
+                    }
                     waiting.push(user.clone())
                 }
                 Err(e) => return Err(e),
             }
         }
         Ok((claimed, waiting))
+    }
+
+    /// Whether this device verified an unrevoked, unexpired certificate of `user`.
+    fn holds_valid_certificate_of(&self, user: &str) -> Result<bool, EngineError> {
+        let now = now_unix();
+        Ok(self
+            .known_devices_of(user)?
+            .iter()
+            .any(|c| c.body.not_before <= now && now < c.body.not_after))
     }
 
     /// Records that `user` joins the group once their device is online.
@@ -286,6 +305,16 @@ impl Engine {
                 forget(&self.db)?;
                 continue;
             }
+            if !self.holds_valid_certificate_of(&user)? {
+                forget(&self.db)?;
+                insert_system(
+                    &self.db,
+                    &group_id,
+                    &format!("no longer waiting to add {user}: they are not enrolled (revoked, or their certificate ran out)"),
+                    None,
+                )?;
+                continue;
+            }
             match self.claim_for(conn, &user, &[]).await {
                 Ok(kps) => match self.add_key_packages(conn, &group_id, kps).await {
                     Ok(()) => {
@@ -315,7 +344,22 @@ impl Engine {
     ) -> Result<GroupView, EngineError> {
         let (group_id, _) = self.active_group(group)?;
         self.check_may_manage(&group_id, "add people to it")?;
-        let (key_packages, waiting) = self.claim_or_wait(conn, &[user.to_string()]).await?;
+        let member = {
+            let provider = Provider::new(&self.crypto, &self.db);
+            load_group(&provider, &group_id)?
+                .members()
+                .filter_map(|m| certificate_in(&m.credential))
+                .any(|c| c.body.user == user)
+        };
+        // Someone already in the group (their other devices are added) never waits.
+        let (key_packages, waiting) = if member || user == self.device()?.user {
+            (
+                self.claim_key_packages(conn, &[user.to_string()]).await?,
+                Vec::new(),
+            )
+        } else {
+            self.claim_or_wait(conn, &[user.to_string()]).await?
+        };
         for user in &waiting {
             self.wait_for(&group_id, user)?;
         }
@@ -368,6 +412,19 @@ impl Engine {
     ) -> Result<GroupView, EngineError> {
         let (group_id, name) = self.active_group(group)?;
         self.check_may_manage(&group_id, "remove people from it")?;
+        let cancelled = self.db.execute(
+            "DELETE FROM pending_members WHERE group_id = ?1 AND user = ?2",
+            params![group_id, user],
+        )?;
+        if cancelled > 0 {
+            insert_system(
+                &self.db,
+                &group_id,
+                &format!("no longer waiting to add {user}"),
+                None,
+            )?;
+            return self.group_view(&group_id);
+        }
         let me = self.device()?;
         if user == me.user {
             return Err(EngineError::Invalid(

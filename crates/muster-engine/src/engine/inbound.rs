@@ -410,6 +410,15 @@ pub(super) fn process_group_message(
                         "a device of {actor} had fallen behind and rejoined the group"
                     ));
                 } else {
+                    // Someone else added or removed a person this device was waiting to
+                    // add: their decision stands, so this device stops waiting.
+                    for user in added.iter().chain(removed.iter()) {
+                        tx.prepare_cached(
+                            "DELETE FROM pending_members WHERE group_id = ?1 AND user = ?2",
+                        )
+                        .and_then(|mut s| s.execute(params![group_id, user]))
+                        .map_err(|e| e.to_string())?;
+                    }
                     for user in dedup(added) {
                         notices.push(format!("{actor} added {user}"));
                     }
