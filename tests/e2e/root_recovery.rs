@@ -26,6 +26,19 @@ fn with_input(device: &Device, args: &[&str], input: &str) -> Output {
     child.wait_with_output().expect("muster ends")
 }
 
+/// Has `by` apply a provisioning file giving each `(handle, display name, role)`.
+fn apply_roles(org: &Org, by: &Device, users: &[(&str, &str, &str)]) {
+    let text: String = users
+        .iter()
+        .map(|(handle, name, role)| {
+            format!("[[users]]\nhandle = \"{handle}\"\ndisplay_name = \"{name}\"\nroles = [\"{role}\"]\n")
+        })
+        .collect();
+    let spec = org.dir.path().join("roles.toml");
+    std::fs::write(&spec, text).unwrap();
+    by.ok(&["admin", "apply", &spec.display().to_string()]);
+}
+
 fn succeeded(out: &Output) -> String {
     assert!(
         out.status.success(),
@@ -50,13 +63,7 @@ fn a_sealed_root_backup_lets_another_admin_carry_on_after_the_first_laptop_is_lo
     let alice = &org.admin;
     let carol = org.enrol("carol");
     let bob = org.enrol("bob");
-    let spec = org.dir.path().join("admins.toml");
-    std::fs::write(
-        &spec,
-        "[[users]]\nhandle = \"carol\"\ndisplay_name = \"carol display\"\nroles = [\"admin\"]\n",
-    )
-    .unwrap();
-    alice.ok(&["admin", "apply", &spec.display().to_string()]);
+    apply_roles(&org, alice, &[("carol", "carol display", "admin")]);
     carol.ok(&["sync"]);
     assert!(
         carol
@@ -128,13 +135,7 @@ fn a_sealed_root_backup_lets_another_admin_carry_on_after_the_first_laptop_is_lo
     dave.ok(&["join", &code, "--display-name", "Dave D"]);
     carol.ok(&["approve", "dave"]);
     dave.ok(&["sync"]);
-    let promote = org.dir.path().join("dave.toml");
-    std::fs::write(
-        &promote,
-        "[[users]]\nhandle = \"dave\"\ndisplay_name = \"Dave D\"\nroles = [\"admin\"]\n",
-    )
-    .unwrap();
-    carol.ok(&["admin", "apply", &promote.display().to_string()]);
+    apply_roles(&org, &carol, &[("dave", "Dave D", "admin")]);
     dave.ok(&["sync"]);
     let directory = bob.json(&["directory"]);
     let dave_entry = directory
@@ -155,15 +156,15 @@ fn two_of_three_admins_restore_a_split_root_and_one_alone_cannot() {
         .iter()
         .map(|u| org.enrol(u))
         .collect();
-    let spec = org.dir.path().join("admins.toml");
-    let mut text = String::new();
-    for u in ["carol", "dave", "erin"] {
-        text.push_str(&format!(
-            "[[users]]\nhandle = \"{u}\"\ndisplay_name = \"{u} display\"\nroles = [\"admin\"]\n"
-        ));
-    }
-    std::fs::write(&spec, text).unwrap();
-    alice.ok(&["admin", "apply", &spec.display().to_string()]);
+    apply_roles(
+        &org,
+        alice,
+        &[
+            ("carol", "carol display", "admin"),
+            ("dave", "dave display", "admin"),
+            ("erin", "erin display", "admin"),
+        ],
+    );
     for admin in &admins {
         admin.ok(&["sync"]);
     }
@@ -243,13 +244,7 @@ fn two_of_three_admins_restore_a_split_root_and_one_alone_cannot() {
     let code = carol.ok(&["invite", "frank"]).trim().to_string();
     let frank = Device::new(&org.dir, "frank");
     frank.ok(&["join", &code, "--display-name", "Frank F"]);
-    let promote = org.dir.path().join("frank.toml");
-    std::fs::write(
-        &promote,
-        "[[users]]\nhandle = \"frank\"\ndisplay_name = \"Frank F\"\nroles = [\"admin\"]\n",
-    )
-    .unwrap();
-    carol.ok(&["admin", "apply", &promote.display().to_string()]);
+    apply_roles(&org, carol, &[("frank", "Frank F", "admin")]);
     frank.ok(&["sync"]);
     let frank_entry = bob
         .json(&["directory"])
@@ -282,15 +277,17 @@ fn a_restored_root_renews_from_the_lost_holders_record_not_from_what_the_relay_s
     alice.ok(&["admin", "policy", "--certificate-lifetime", "45s"]);
     let carol = org.enrol("carol");
     let mallory = org.enrol("mallory");
-    let spec = org.dir.path().join("admins.toml");
-    let roles = |mallory_role: &str| {
-        format!(
-            "[[users]]\nhandle = \"carol\"\ndisplay_name = \"carol display\"\nroles = [\"admin\"]\n\
-             [[users]]\nhandle = \"mallory\"\ndisplay_name = \"mallory display\"\nroles = [\"{mallory_role}\"]\n"
+    let roles = |mallory_role| {
+        apply_roles(
+            &org,
+            alice,
+            &[
+                ("carol", "carol display", "admin"),
+                ("mallory", "mallory display", mallory_role),
+            ],
         )
     };
-    std::fs::write(&spec, roles("admin")).unwrap();
-    alice.ok(&["admin", "apply", &spec.display().to_string()]);
+    roles("admin");
     carol.ok(&["sync"]);
     mallory.ok(&["sync"]);
     carol.ok(&["directory"]);
@@ -298,8 +295,7 @@ fn a_restored_root_renews_from_the_lost_holders_record_not_from_what_the_relay_s
     assert!(as_admin.is_admin());
 
     // Alice demotes mallory; the relay hides that from carol by serving the old certificate.
-    std::fs::write(&spec, roles("member")).unwrap();
-    alice.ok(&["admin", "apply", &spec.display().to_string()]);
+    roles("member");
     let demoted = relay_certificate(&org, "mallory");
     assert!(!demoted.is_admin());
     muster_e2e::relay_db(&org)

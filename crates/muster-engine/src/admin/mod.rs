@@ -161,18 +161,13 @@ impl Engine {
                 Ok((hex::encode(r.get::<_, Vec<u8>>(0)?), r.get(1)?))
             })?
             .collect::<Result<_, _>>()?;
-        let policy: Option<Vec<u8>> = self
-            .db
-            .query_row("SELECT policy FROM org_policy WHERE id = 1", [], |r| {
-                r.get(0)
-            })
-            .optional()?;
+        let policy = self.stored_policy()?;
         Ok(root_backup::Authority {
             records,
             revoked,
             revocation_serials,
             used_codes,
-            policy: policy.map(|p| String::from_utf8_lossy(&p).into_owned()),
+            policy: policy.map(|p| String::from_utf8_lossy(&to_json(&p)).into_owned()),
         })
     }
 
@@ -219,15 +214,7 @@ impl Engine {
             .and_then(|p| serde_json::from_str::<muster_proto::OrgPolicy>(p).ok())
             .filter(|p| p.verify(&me.org).is_ok())
         {
-            tx.execute(
-                "INSERT INTO org_policy (id, policy, version) VALUES (1, ?1, ?2)
-                 ON CONFLICT (id) DO UPDATE SET policy = excluded.policy, version = excluded.version
-                 WHERE excluded.version > org_policy.version",
-                params![
-                    serde_json::to_vec(&policy).expect("policy serialises"),
-                    policy.body.version as i64
-                ],
-            )?;
+            organisation::store_policy_in(&tx, &policy)?;
         }
         let new = me.root_key.is_none();
         if new {

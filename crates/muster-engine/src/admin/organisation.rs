@@ -15,13 +15,7 @@ impl Engine {
     }
 
     pub(super) fn store_policy(&self, policy: &OrgPolicy) -> Result<(), EngineError> {
-        self.db.execute(
-            "INSERT INTO org_policy (id, policy, version) VALUES (1, ?1, ?2)
-             ON CONFLICT (id) DO UPDATE SET policy = excluded.policy, version = excluded.version
-             WHERE excluded.version > org_policy.version",
-            params![to_json(policy), policy.body.version as i64],
-        )?;
-        Ok(())
+        store_policy_in(&self.db, policy)
     }
 
     /// The organisation policy in force: the newest signed version this device has seen.
@@ -309,3 +303,17 @@ impl Engine {
 
 /// The shortest certificate lifetime an organisation may choose.
 pub(super) const MIN_CERTIFICATE_LIFETIME_SECS: u64 = 10;
+
+/// Keeps `policy` in `db` if it is newer than the one held (the caller verified it).
+pub(super) fn store_policy_in(
+    db: &rusqlite::Connection,
+    policy: &OrgPolicy,
+) -> Result<(), EngineError> {
+    db.execute(
+        "INSERT INTO org_policy (id, policy, version) VALUES (1, ?1, ?2)
+         ON CONFLICT (id) DO UPDATE SET policy = excluded.policy, version = excluded.version
+         WHERE excluded.version > org_policy.version",
+        params![to_json(policy), policy.body.version as i64],
+    )?;
+    Ok(())
+}

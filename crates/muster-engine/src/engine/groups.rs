@@ -246,6 +246,15 @@ impl Engine {
             .any(|c| c.body.not_before <= now && now < c.body.not_after))
     }
 
+    /// Whether any device of `user` is in the group.
+    fn has_member(&self, group_id: &[u8], user: &str) -> Result<bool, EngineError> {
+        let provider = Provider::new(&self.crypto, &self.db);
+        Ok(load_group(&provider, group_id)?
+            .members()
+            .filter_map(|m| certificate_in(&m.credential))
+            .any(|c| c.body.user == user))
+    }
+
     /// Records that `user` joins the group once their device is online.
     fn wait_for(&self, group_id: &[u8], user: &str) -> Result<(), EngineError> {
         let new = self.db.execute(
@@ -294,14 +303,7 @@ impl Engine {
                 forget(&self.db)?;
                 continue;
             }
-            let seated = {
-                let provider = Provider::new(&self.crypto, &self.db);
-                load_group(&provider, &group_id)?
-                    .members()
-                    .filter_map(|m| certificate_in(&m.credential))
-                    .any(|c| c.body.user == user)
-            };
-            if seated {
+            if self.has_member(&group_id, &user)? {
                 forget(&self.db)?;
                 continue;
             }
@@ -344,15 +346,9 @@ impl Engine {
     ) -> Result<GroupView, EngineError> {
         let (group_id, _) = self.active_group(group)?;
         self.check_may_manage(&group_id, "add people to it")?;
-        let member = {
-            let provider = Provider::new(&self.crypto, &self.db);
-            load_group(&provider, &group_id)?
-                .members()
-                .filter_map(|m| certificate_in(&m.credential))
-                .any(|c| c.body.user == user)
-        };
         // Someone already in the group (their other devices are added) never waits.
-        let (key_packages, waiting) = if member || user == self.device()?.user {
+        let in_group = self.has_member(&group_id, user)? || user == self.device()?.user;
+        let (key_packages, waiting) = if in_group {
             (
                 self.claim_key_packages(conn, &[user.to_string()]).await?,
                 Vec::new(),
