@@ -3,6 +3,7 @@
 use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
 use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 const CERT_CONTEXT: &[u8] = b"muster-cert-v1\0";
@@ -60,6 +61,14 @@ pub enum CertError {
     InvalidHandle(String),
     #[error("invalid organisation root key")]
     BadRootKey,
+    #[error("an admin certificate must be signed by the organisation root, not by another admin")]
+    AdminNotFromRoot,
+    #[error("it was signed by {0}, whose certificate does not carry the admin role")]
+    IssuerNotAdmin(String),
+    #[error("the certificate of the admin device that signed it is not valid: {0}")]
+    Issuer(Box<CertError>),
+    #[error("it stays valid beyond the certificate of the admin device that signed it")]
+    OutlivesIssuer,
 }
 
 /// The pinned description of an organisation.
@@ -101,11 +110,23 @@ pub struct CertificateBody {
     pub not_after: u64,
 }
 
-/// An identity certificate: a body signed by the organisation root key.
+/// An identity certificate: a body signed by the organisation root key, or by an admin
+/// device whose own certificate the root signed (see [`Certificate::verify_issuer`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Certificate {
     pub body: CertificateBody,
     pub signature: Vec<u8>,
+    /// The certificate of the admin device that signed this one; `None` when the
+    /// organisation root signed it.
+    #[serde(default)]
+    pub issuer: Option<Box<Certificate>>,
+}
+
+/// A certificate as encoded before admin devices could issue them.
+#[derive(Deserialize)]
+struct RootOnlyCertificate {
+    body: CertificateBody,
+    signature: Vec<u8>,
 }
 
 fn signed_bytes(body: &CertificateBody) -> Vec<u8> {
@@ -114,6 +135,38 @@ fn signed_bytes(body: &CertificateBody) -> Vec<u8> {
     out
 }
 
+/// The bytes an admin device signs to issue `body` under its certificate `issuer`: the
+/// context, the digest of the issuer's certificate (so a signature cannot be moved to
+/// another certificate of the same key), then the body.
+pub fn signed_by_admin(context: &[u8], issuer: &Certificate, body: &impl Serialize) -> Vec<u8> {
+    let mut out = context.to_vec();
+    out.extend(issuer.digest());
+    out.extend(postcard::to_stdvec(body).expect("signed body serialises"));
+    out
+}
+
+/// Checks that `issuer` may sign for the organisation at `at`: a root-signed admin
+/// certificate valid then.
+fn check_admin_issuer(issuer: &Certificate, org: &OrgDescriptor, at: u64) -> Result<(), CertError> {
+    if !issuer.is_admin() {
+        return Err(CertError::IssuerNotAdmin(issuer.body.user.clone()));
+    }
+    if issuer.issuer.is_some() {
+        return Err(CertError::Issuer(Box::new(CertError::AdminNotFromRoot)));
+    }
+    issuer
+        .verify(org, at)
+        .map_err(|e| CertError::Issuer(Box::new(e)))
+}
+
+fn check_ed25519(key: &[u8], message: &[u8], signature: &[u8]) -> Result<(), CertError> {
+    UnparsedPublicKey::new(&ED25519, key)
+        .verify(message, signature)
+        .map_err(|_| CertError::BadSignature)
+}
+
+const ADMIN_CERT_CONTEXT: &[u8] = b"muster-cert-by-admin-v1\0";
+
 impl Certificate {
     /// Verifies the certificate against the pinned organisation at time `now`.
     pub fn verify(&self, org: &OrgDescriptor, now: u64) -> Result<(), CertError> {
@@ -121,8 +174,12 @@ impl Certificate {
         self.check_validity(now)
     }
 
-    /// Checks everything about the certificate except its dates: the organisation, the
-    /// root signature, that the device id belongs to the key, and the handle.
+    /// Checks everything about the certificate except its dates and revocations: the
+    /// organisation, the signature, that the device id belongs to the key, and the
+    /// handle. The signature is the root's, or that of an admin device whose certificate
+    /// the root signed, that was valid when this one starts and stays valid at least as
+    /// long; admin certificates themselves come from the root only. Whether the issuing
+    /// device was revoked is for [`RevocationList::covers`].
     pub fn verify_issuer(&self, org: &OrgDescriptor) -> Result<(), CertError> {
         if self.body.org_id != org.org_id {
             return Err(CertError::WrongOrg {
@@ -130,14 +187,60 @@ impl Certificate {
                 found: self.body.org_id.clone(),
             });
         }
-        UnparsedPublicKey::new(&ED25519, &org.root_public_key)
-            .verify(&signed_bytes(&self.body), &self.signature)
-            .map_err(|_| CertError::BadSignature)?;
+        match &self.issuer {
+            None => check_ed25519(
+                &org.root_public_key,
+                &signed_bytes(&self.body),
+                &self.signature,
+            )?,
+            Some(issuer) => {
+                if self.is_admin() {
+                    return Err(CertError::AdminNotFromRoot);
+                }
+                check_admin_issuer(issuer, org, self.body.not_before)?;
+                if self.body.not_after > issuer.body.not_after {
+                    return Err(CertError::OutlivesIssuer);
+                }
+                check_ed25519(
+                    &issuer.body.device_key,
+                    &signed_by_admin(ADMIN_CERT_CONTEXT, issuer, &self.body),
+                    &self.signature,
+                )?;
+            }
+        }
         if device_id_for(&self.body.device_key) != self.body.device_id {
             return Err(CertError::DeviceIdMismatch);
         }
         validate_handle(&self.body.user)?;
         Ok(())
+    }
+
+    /// Signs `body` as the admin device holding `issuer`, with `sign` (its device key).
+    /// The result verifies only if `issuer` is a root-signed admin certificate that
+    /// covers `body`'s validity and `body` grants no admin role.
+    pub fn issue_as_admin(
+        body: CertificateBody,
+        issuer: &Certificate,
+        sign: impl FnOnce(&[u8]) -> Vec<u8>,
+    ) -> Certificate {
+        let signature = sign(&signed_by_admin(ADMIN_CERT_CONTEXT, issuer, &body));
+        Certificate {
+            body,
+            signature,
+            issuer: Some(Box::new(issuer.clone())),
+        }
+    }
+
+    /// The device id of the admin device that issued this certificate (`None`: the root).
+    pub fn issuer_device(&self) -> Option<&str> {
+        self.issuer.as_deref().map(|i| i.body.device_id.as_str())
+    }
+
+    /// SHA-256 of the encoded certificate: what a revocation vouches for.
+    pub fn digest(&self) -> Vec<u8> {
+        ring::digest::digest(&ring::digest::SHA256, &self.to_bytes())
+            .as_ref()
+            .to_vec()
     }
 
     /// Checks that `now` lies within the certificate's validity period.
@@ -164,14 +267,27 @@ impl Certificate {
         postcard::to_stdvec(self).expect("certificate serialises")
     }
 
+    /// Decodes a certificate, including one stored before admin devices could issue them.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, CertError> {
-        postcard::from_bytes(bytes).map_err(|_| CertError::Malformed)
+        if let Ok(cert) = postcard::from_bytes(bytes) {
+            return Ok(cert);
+        }
+        let old: RootOnlyCertificate =
+            postcard::from_bytes(bytes).map_err(|_| CertError::Malformed)?;
+        Ok(Certificate {
+            body: old.body,
+            signature: old.signature,
+            issuer: None,
+        })
     }
 }
 
 const REVOCATION_CONTEXT: &[u8] = b"muster-revocation-v1\0";
 /// Version 2 binds the revocation's number in the organisation's sequence.
 const NUMBERED_REVOCATION_CONTEXT: &[u8] = b"muster-revocation-v2\0";
+/// Version 3 binds the certificates the revocation vouches for.
+const VOUCHING_REVOCATION_CONTEXT: &[u8] = b"muster-revocation-v3\0";
+const ADMIN_REVOCATION_CONTEXT: &[u8] = b"muster-revocation-by-admin-v1\0";
 
 /// The signed content of a revocation: these devices of this user are cut off.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,6 +301,11 @@ pub struct RevocationBody {
     /// before they were numbered.
     #[serde(default)]
     pub serial: u64,
+    /// When an admin device is revoked: the digests ([`Certificate::digest`]) of the
+    /// certificates it issued that the revoking admin knew of. They stay valid; anything
+    /// else signed by the revoked device is refused (see [`RevocationList::covers`]).
+    #[serde(default)]
+    pub vouched: Vec<Vec<u8>>,
 }
 
 /// A revocation body as signed before revocations were numbered.
@@ -196,10 +317,35 @@ struct UnnumberedRevocationBody<'a> {
     issued_at: u64,
 }
 
+/// A revocation body as signed before revocations vouched for certificates.
+#[derive(Serialize)]
+struct NumberedRevocationBody<'a> {
+    org_id: &'a str,
+    user: &'a str,
+    device_ids: &'a [String],
+    issued_at: u64,
+    serial: u64,
+}
+
 impl RevocationBody {
     fn to_be_signed(&self) -> Vec<u8> {
-        let mut signed = NUMBERED_REVOCATION_CONTEXT.to_vec();
+        let mut signed = VOUCHING_REVOCATION_CONTEXT.to_vec();
         signed.extend(postcard::to_stdvec(self).expect("revocation serialises"));
+        signed
+    }
+
+    fn to_be_signed_without_vouching(&self) -> Vec<u8> {
+        let mut signed = NUMBERED_REVOCATION_CONTEXT.to_vec();
+        signed.extend(
+            postcard::to_stdvec(&NumberedRevocationBody {
+                org_id: &self.org_id,
+                user: &self.user,
+                device_ids: &self.device_ids,
+                issued_at: self.issued_at,
+                serial: self.serial,
+            })
+            .expect("revocation serialises"),
+        );
         signed
     }
 
@@ -218,15 +364,35 @@ impl RevocationBody {
     }
 }
 
-/// An organisation-signed revocation of one or more devices.
+/// A revocation of one or more devices, signed by the organisation root or by an admin
+/// device whose certificate the root signed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Revocation {
     pub body: RevocationBody,
     pub signature: Vec<u8>,
+    /// The certificate of the admin device that signed it; `None` for the root.
+    #[serde(default)]
+    pub issuer: Option<Box<Certificate>>,
 }
 
 impl Revocation {
-    /// Checks the organisation root's signature.
+    /// Signs `body` as the admin device holding `issuer`, with `sign` (its device key).
+    pub fn issue_as_admin(
+        body: RevocationBody,
+        issuer: &Certificate,
+        sign: impl FnOnce(&[u8]) -> Vec<u8>,
+    ) -> Revocation {
+        let signature = sign(&signed_by_admin(ADMIN_REVOCATION_CONTEXT, issuer, &body));
+        Revocation {
+            body,
+            signature,
+            issuer: Some(Box::new(issuer.clone())),
+        }
+    }
+
+    /// Checks the signature: the organisation root's, or that of an admin device whose
+    /// root-signed certificate was valid when the revocation was issued. Whether that
+    /// device was itself revoked is for the caller's [`RevocationList`].
     pub fn verify(&self, org: &OrgDescriptor) -> Result<(), CertError> {
         if self.body.org_id != org.org_id {
             return Err(CertError::WrongOrg {
@@ -234,14 +400,91 @@ impl Revocation {
                 found: self.body.org_id.clone(),
             });
         }
-        let root = UnparsedPublicKey::new(&ED25519, &org.root_public_key);
-        let signed = if self.body.serial == 0 {
-            self.body.to_be_signed_unnumbered()
-        } else {
-            self.body.to_be_signed()
-        };
-        root.verify(&signed, &self.signature)
-            .map_err(|_| CertError::BadSignature)
+        if let Some(issuer) = &self.issuer {
+            if self.body.serial == 0 {
+                return Err(CertError::Malformed);
+            }
+            check_admin_issuer(issuer, org, self.body.issued_at)?;
+            return check_ed25519(
+                &issuer.body.device_key,
+                &signed_by_admin(ADMIN_REVOCATION_CONTEXT, issuer, &self.body),
+                &self.signature,
+            );
+        }
+        let root = &org.root_public_key;
+        if self.body.serial == 0 {
+            return check_ed25519(root, &self.body.to_be_signed_unnumbered(), &self.signature);
+        }
+        check_ed25519(root, &self.body.to_be_signed(), &self.signature).or_else(|e| {
+            if self.body.vouched.is_empty() {
+                check_ed25519(
+                    root,
+                    &self.body.to_be_signed_without_vouching(),
+                    &self.signature,
+                )
+            } else {
+                Err(e)
+            }
+        })
+    }
+}
+
+/// What a device knows of the organisation's revocations, for judging certificates:
+/// the revoked devices, and the certificates revoked admin devices issued that their
+/// revocation vouched for.
+#[derive(Debug, Clone, Default)]
+pub struct RevocationList {
+    devices: HashSet<String>,
+    vouched: HashSet<Vec<u8>>,
+}
+
+impl RevocationList {
+    /// Adds a revocation (already verified).
+    pub fn add(&mut self, revocation: &Revocation) {
+        self.devices
+            .extend(revocation.body.device_ids.iter().cloned());
+        self.vouched.extend(revocation.body.vouched.iter().cloned());
+    }
+
+    /// Adds a revoked device by id, with the certificates its revocation vouched for.
+    pub fn add_device(&mut self, device_id: String) {
+        self.devices.insert(device_id);
+    }
+
+    /// Adds a certificate digest a revocation vouched for.
+    pub fn add_vouched(&mut self, digest: Vec<u8>) {
+        self.vouched.insert(digest);
+    }
+
+    /// Whether the device with this id is revoked.
+    pub fn device_revoked(&self, device_id: &str) -> bool {
+        self.devices.contains(device_id)
+    }
+
+    /// Whether `cert` may no longer be used: its device is revoked, or it was issued by
+    /// an admin device that is revoked and its revocation does not vouch for it. A
+    /// revoked admin's signature is worthless from the moment its revocation is known,
+    /// whatever date it puts on what it signs.
+    pub fn covers(&self, cert: &Certificate) -> bool {
+        self.devices.contains(&cert.body.device_id)
+            || cert.issuer_device().is_some_and(|issuer| {
+                self.devices.contains(issuer) && !self.vouched.contains(&cert.digest())
+            })
+    }
+
+    /// Whether something signed by `issuer` (`None`: the root) may be used: the issuing
+    /// device is not revoked.
+    pub fn issuer_revoked(&self, issuer: Option<&Certificate>) -> bool {
+        issuer.is_some_and(|i| self.covers(i))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.devices.is_empty()
+    }
+
+    /// The revoked devices' ids.
+    pub fn devices(&self) -> impl Iterator<Item = &String> {
+        self.devices.iter()
     }
 }
 
@@ -281,15 +524,37 @@ impl OrgPolicyBody {
     }
 }
 
-/// A signed [`OrgPolicyBody`].
+const ADMIN_POLICY_CONTEXT: &[u8] = b"muster-org-policy-by-admin-v1\0";
+
+/// A signed [`OrgPolicyBody`]: by the organisation root, or by an admin device whose
+/// certificate the root signed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrgPolicy {
     pub body: OrgPolicyBody,
     pub signature: Vec<u8>,
+    /// The certificate of the admin device that signed it; `None` for the root.
+    #[serde(default)]
+    pub issuer: Option<Box<Certificate>>,
 }
 
 impl OrgPolicy {
-    /// Checks the organisation root's signature.
+    /// Signs `body` as the admin device holding `issuer`, with `sign` (its device key).
+    pub fn issue_as_admin(
+        body: OrgPolicyBody,
+        issuer: &Certificate,
+        sign: impl FnOnce(&[u8]) -> Vec<u8>,
+    ) -> OrgPolicy {
+        let signature = sign(&signed_by_admin(ADMIN_POLICY_CONTEXT, issuer, &body));
+        OrgPolicy {
+            body,
+            signature,
+            issuer: Some(Box::new(issuer.clone())),
+        }
+    }
+
+    /// Checks the signature: the organisation root's, or that of an admin device whose
+    /// root-signed certificate was valid when the policy was issued. Whether that device
+    /// was itself revoked is for the caller's [`RevocationList`].
     pub fn verify(&self, org: &OrgDescriptor) -> Result<(), CertError> {
         if self.body.org_id != org.org_id {
             return Err(CertError::WrongOrg {
@@ -297,11 +562,17 @@ impl OrgPolicy {
                 found: self.body.org_id.clone(),
             });
         }
+        if let Some(issuer) = &self.issuer {
+            check_admin_issuer(issuer, org, self.body.issued_at)?;
+            return check_ed25519(
+                &issuer.body.device_key,
+                &signed_by_admin(ADMIN_POLICY_CONTEXT, issuer, &self.body),
+                &self.signature,
+            );
+        }
         let mut signed = POLICY_CONTEXT.to_vec();
         signed.extend(postcard::to_stdvec(&self.body).expect("policy serialises"));
-        UnparsedPublicKey::new(&ED25519, &org.root_public_key)
-            .verify(&signed, &self.signature)
-            .map_err(|_| CertError::BadSignature)
+        check_ed25519(&org.root_public_key, &signed, &self.signature)
     }
 }
 
@@ -338,14 +609,22 @@ impl OrgRootKey {
 
     pub fn sign(&self, body: CertificateBody) -> Certificate {
         let signature = self.pair.sign(&signed_bytes(&body)).as_ref().to_vec();
-        Certificate { body, signature }
+        Certificate {
+            body,
+            signature,
+            issuer: None,
+        }
     }
 
     pub fn sign_policy(&self, body: OrgPolicyBody) -> OrgPolicy {
         let mut signed = POLICY_CONTEXT.to_vec();
         signed.extend(postcard::to_stdvec(&body).expect("policy serialises"));
         let signature = self.pair.sign(&signed).as_ref().to_vec();
-        OrgPolicy { body, signature }
+        OrgPolicy {
+            body,
+            signature,
+            issuer: None,
+        }
     }
 
     /// Signs a revocation; a `serial` of 0 signs it in the old, unnumbered form.
@@ -356,7 +635,11 @@ impl OrgRootKey {
             body.to_be_signed()
         };
         let signature = self.pair.sign(&signed).as_ref().to_vec();
-        Revocation { body, signature }
+        Revocation {
+            body,
+            signature,
+            issuer: None,
+        }
     }
 }
 
@@ -434,6 +717,7 @@ mod tests {
             device_ids: vec!["d1".into()],
             issued_at: 5,
             serial: 1,
+            vouched: Vec::new(),
         };
         assert_eq!(root.sign_revocation(body.clone()).verify(&org), Ok(()));
         // The number is signed: a relay cannot renumber a revocation.
@@ -447,6 +731,207 @@ mod tests {
         assert_eq!(root.sign_revocation(unnumbered).verify(&org), Ok(()));
         let forged = OrgRootKey::generate().sign_revocation(body);
         assert_eq!(forged.verify(&org), Err(CertError::BadSignature));
+    }
+
+    /// A device key pair and a root-signed admin certificate for it.
+    fn admin(root: &OrgRootKey, org: &OrgDescriptor, seed: u8) -> (Ed25519KeyPair, Certificate) {
+        let pair = Ed25519KeyPair::from_seed_unchecked(&[seed; 32]).unwrap();
+        let key = pair.public_key().as_ref().to_vec();
+        let cert = root.sign(CertificateBody {
+            user: format!("admin{seed}"),
+            roles: vec![Role::Admin],
+            not_before: 50,
+            not_after: 300,
+            ..body(org, &key)
+        });
+        (pair, cert)
+    }
+
+    fn sign_with(pair: &Ed25519KeyPair) -> impl FnOnce(&[u8]) -> Vec<u8> + '_ {
+        |m| pair.sign(m).as_ref().to_vec()
+    }
+
+    #[test]
+    fn an_admin_device_issues_member_certificates_that_chain_to_the_root() {
+        let root = OrgRootKey::generate();
+        let org = org(&root);
+        let (pair, carol) = admin(&root, &org, 3);
+        let bob = Certificate::issue_as_admin(body(&org, &[7; 32]), &carol, sign_with(&pair));
+        let bob = Certificate::from_bytes(&bob.to_bytes()).unwrap();
+        assert_eq!(bob.verify(&org, 150), Ok(()));
+        assert_eq!(bob.issuer_device(), Some(carol.body.device_id.as_str()));
+
+        let mut edited = bob.clone();
+        edited.body.profile.display_name = "Mallory".into();
+        assert_eq!(edited.verify(&org, 150), Err(CertError::BadSignature));
+
+        // Admin power comes from the root only: an admin cannot mint another admin.
+        let promoted = Certificate::issue_as_admin(
+            CertificateBody {
+                roles: vec![Role::Admin],
+                ..body(&org, &[7; 32])
+            },
+            &carol,
+            sign_with(&pair),
+        );
+        assert_eq!(promoted.verify(&org, 150), Err(CertError::AdminNotFromRoot));
+
+        // A member cannot issue, and nobody issues beyond their own certificate.
+        let member = root.sign(CertificateBody {
+            roles: vec![Role::Member],
+            ..carol.body.clone()
+        });
+        let by_member =
+            Certificate::issue_as_admin(body(&org, &[7; 32]), &member, sign_with(&pair));
+        assert!(matches!(
+            by_member.verify(&org, 150),
+            Err(CertError::IssuerNotAdmin(_))
+        ));
+        let long = Certificate::issue_as_admin(
+            CertificateBody {
+                not_after: 301,
+                ..body(&org, &[7; 32])
+            },
+            &carol,
+            sign_with(&pair),
+        );
+        assert_eq!(long.verify(&org, 150), Err(CertError::OutlivesIssuer));
+        let before = Certificate::issue_as_admin(
+            CertificateBody {
+                not_before: 40,
+                ..body(&org, &[7; 32])
+            },
+            &carol,
+            sign_with(&pair),
+        );
+        assert!(matches!(
+            before.verify(&org, 150),
+            Err(CertError::Issuer(_))
+        ));
+
+        // An issuer certified by another root, or by an admin, does not count.
+        let stranger_root = OrgRootKey::generate();
+        let (stranger_pair, stranger) = admin(&stranger_root, &org, 4);
+        let foreign =
+            Certificate::issue_as_admin(body(&org, &[7; 32]), &stranger, sign_with(&stranger_pair));
+        assert!(matches!(
+            foreign.verify(&org, 150),
+            Err(CertError::Issuer(_))
+        ));
+        let (dave_pair, dave) = admin(&root, &org, 5);
+        let mut chained_dave =
+            Certificate::issue_as_admin(dave.body.clone(), &carol, sign_with(&pair));
+        chained_dave.body.roles = vec![Role::Admin];
+        let chained =
+            Certificate::issue_as_admin(body(&org, &[7; 32]), &chained_dave, sign_with(&dave_pair));
+        assert!(matches!(
+            chained.verify(&org, 150),
+            Err(CertError::Issuer(_))
+        ));
+    }
+
+    #[test]
+    fn a_revoked_admins_certificates_stand_only_where_its_revocation_vouches_for_them() {
+        let root = OrgRootKey::generate();
+        let org = org(&root);
+        let (pair, carol) = admin(&root, &org, 3);
+        let bob = Certificate::issue_as_admin(body(&org, &[7; 32]), &carol, sign_with(&pair));
+        let mallory = Certificate::issue_as_admin(
+            CertificateBody {
+                user: "mallory".into(),
+                ..body(&org, &[8; 32])
+            },
+            &carol,
+            sign_with(&pair),
+        );
+        let rooted = root.sign(body(&org, &[9; 32]));
+        let mut list = RevocationList::default();
+        assert!(!list.covers(&bob) && !list.covers(&mallory));
+        list.add(&root.sign_revocation(RevocationBody {
+            org_id: org.org_id.clone(),
+            user: carol.body.user.clone(),
+            device_ids: vec![carol.body.device_id.clone()],
+            issued_at: 160,
+            serial: 1,
+            vouched: vec![bob.digest()],
+        }));
+        assert!(list.covers(&carol));
+        assert!(!list.covers(&bob), "vouched for by the revocation");
+        assert!(list.covers(&mallory), "not vouched for: refused");
+        assert!(!list.covers(&rooted));
+        assert!(list.issuer_revoked(Some(&carol)) && !list.issuer_revoked(None));
+    }
+
+    #[test]
+    fn admin_devices_sign_revocations_and_policies_that_verify_only_with_an_admin_issuer() {
+        let root = OrgRootKey::generate();
+        let org = org(&root);
+        let (pair, carol) = admin(&root, &org, 3);
+        let revocation = RevocationBody {
+            org_id: org.org_id.clone(),
+            user: "bob".into(),
+            device_ids: vec!["d1".into()],
+            issued_at: 150,
+            serial: 2,
+            vouched: vec![vec![1; 32]],
+        };
+        let signed = Revocation::issue_as_admin(revocation.clone(), &carol, sign_with(&pair));
+        assert_eq!(signed.verify(&org), Ok(()));
+        let mut widened = signed.clone();
+        widened.body.vouched.push(vec![2; 32]);
+        assert_eq!(widened.verify(&org), Err(CertError::BadSignature));
+        let late = Revocation::issue_as_admin(
+            RevocationBody {
+                issued_at: 400,
+                ..revocation.clone()
+            },
+            &carol,
+            sign_with(&pair),
+        );
+        assert!(matches!(late.verify(&org), Err(CertError::Issuer(_))));
+        let member_cert = root.sign(CertificateBody {
+            roles: vec![Role::Member],
+            ..carol.body.clone()
+        });
+        let by_member = Revocation::issue_as_admin(revocation, &member_cert, sign_with(&pair));
+        assert!(by_member.verify(&org).is_err());
+
+        let policy = OrgPolicyBody {
+            org_id: org.org_id.clone(),
+            issued_at: 150,
+            version: 3,
+            ..Default::default()
+        };
+        let signed = OrgPolicy::issue_as_admin(policy.clone(), &carol, sign_with(&pair));
+        assert_eq!(signed.verify(&org), Ok(()));
+        let mut bumped = signed;
+        bumped.body.version = 9;
+        assert_eq!(bumped.verify(&org), Err(CertError::BadSignature));
+        assert!(
+            OrgPolicy::issue_as_admin(policy, &member_cert, sign_with(&pair))
+                .verify(&org)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn certificates_stored_before_delegation_still_decode_and_verify() {
+        #[derive(Serialize)]
+        struct Old<'a> {
+            body: &'a CertificateBody,
+            signature: &'a [u8],
+        }
+        let root = OrgRootKey::generate();
+        let org = org(&root);
+        let cert = root.sign(body(&org, &[7; 32]));
+        let old = postcard::to_stdvec(&Old {
+            body: &cert.body,
+            signature: &cert.signature,
+        })
+        .unwrap();
+        let decoded = Certificate::from_bytes(&old).unwrap();
+        assert_eq!(decoded, cert);
+        assert_eq!(decoded.verify(&org, 150), Ok(()));
     }
 
     #[test]

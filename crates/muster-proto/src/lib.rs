@@ -13,9 +13,9 @@ pub use enrolment::{
     EnrolmentRequest, GrantBody, ProfileRequest, ProfileRequestBody, ProofError, RequestBody,
 };
 pub use identity::{
-    device_id_for, now_unix, validate_handle, CertError, Certificate, CertificateBody,
-    OrgDescriptor, OrgPolicy, OrgPolicyBody, OrgRootKey, Profile, Revocation, RevocationBody, Role,
-    DEFAULT_CERTIFICATE_LIFETIME_SECS,
+    device_id_for, now_unix, signed_by_admin, validate_handle, CertError, Certificate,
+    CertificateBody, OrgDescriptor, OrgPolicy, OrgPolicyBody, OrgRootKey, Profile, Revocation,
+    RevocationBody, RevocationList, Role, DEFAULT_CERTIFICATE_LIFETIME_SECS,
 };
 pub use invite::{InviteCode, InviteError, InvitePurpose};
 pub use policy::{GroupPolicy, GROUP_POLICY_EXTENSION};
