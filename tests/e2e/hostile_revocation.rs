@@ -200,6 +200,7 @@ fn a_member_who_refused_a_change_the_relay_accepted_rejoins_and_the_group_goes_o
             device_ids: vec![device_id(&xavier)],
             issued_at: now(),
             serial: 1,
+            vouched: Vec::new(),
         });
     let answer = rogue_alice.request(muster_proto::Request::Revoke { revocation });
     assert!(matches!(answer, muster_proto::Response::Ok), "{answer:?}");

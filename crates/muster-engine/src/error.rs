@@ -39,6 +39,8 @@ pub enum EngineError {
     NotAdmin,
     #[error("this device does not hold the organisation root key: use the admin device that created the organisation")]
     NoRootKey,
+    #[error("{0} would be an admin: admin certificates are signed by the organisation root key, which this device does not hold (restore it with `muster admin root restore`)")]
+    AdminNeedsRoot(String),
     #[error("this is a managed group: only an admin can {0}")]
     Managed(String),
     #[error("group {0} is archived but has no valid archive member, so nothing can be sent to it until an admin restores the archive (`muster group policy NAME --archived`)")]

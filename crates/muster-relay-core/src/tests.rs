@@ -803,6 +803,7 @@ fn only_admins_invite_and_approve_and_devices_cannot_upload_foreign_key_packages
         device_ids: vec![carol.session.device_id.clone()],
         issued_at: now_unix(),
         serial: 1,
+        vouched: Vec::new(),
     });
     let revoke = w.relay.handle(&bob.session, Request::Revoke { revocation });
     assert_eq!(refused(revoke), ErrorCode::Forbidden);
@@ -817,6 +818,7 @@ fn only_admins_invite_and_approve_and_devices_cannot_upload_foreign_key_packages
         device_ids: vec![carol.session.device_id.clone()],
         issued_at: now_unix(),
         serial: 1,
+        vouched: Vec::new(),
     });
     let out = w
         .relay
@@ -1202,6 +1204,7 @@ mod hostile_input {
                     not_after: u64::MAX,
                 },
                 signature: signature.clone(),
+                issuer: None,
             },
             signature,
         }

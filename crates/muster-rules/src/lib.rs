@@ -5,7 +5,7 @@
 //!
 //! The rules, for every proposal a commit carries and every standalone proposal:
 //! - its proposer is a member whose certificate verifies (organisation root, dates, the
-//!   leaf's own key, not revoked);
+//!   leaf's own key, not revoked, nor issued by a revoked admin device);
 //! - an added member's certificate verifies the same way;
 //! - an update keeps the leaf's user and device (a member cannot put on someone else's
 //!   certificate), and so does the committer's own new leaf;
@@ -23,8 +23,10 @@ pub struct Context<'a> {
     pub org: &'a OrgDescriptor,
     /// Seconds since the Unix epoch.
     pub now: u64,
-    /// Whether a device (by id) is revoked, as far as the checking device knows.
-    pub revoked: &'a dyn Fn(&str) -> bool,
+    /// Whether a certificate may no longer be used, as far as the checking device knows:
+    /// its device is revoked, or the admin device that issued it was revoked without
+    /// vouching for it ([`muster_proto::RevocationList::covers`]).
+    pub revoked: &'a dyn Fn(&Certificate) -> bool,
     /// Whether the checker holds a currently valid certificate for a device (by id):
     /// a device renewed but not yet updated is then not lapsed. Only the relay, which
     /// decides what every member sees, answers anything but `false`: members must all
@@ -109,7 +111,7 @@ pub fn verified_certificate(
             why: "the leaf's signature key is not the certificate's key".into(),
         });
     }
-    if (ctx.revoked)(&cert.body.device_id) {
+    if (ctx.revoked)(&cert) {
         return Err(Refusal::Revoked {
             user: cert.body.user,
             device: cert.body.device_id,
@@ -186,7 +188,7 @@ fn check_one(
         // A revoked device, or one whose certificate ran out (admins renew every device
         // they have not revoked), is every member's to remove.
         let revoked = cert.as_ref().is_some_and(|c| {
-            (ctx.revoked)(&c.body.device_id)
+            (ctx.revoked)(c)
                 || (lapsed(c, ctx.now) && !(ctx.renewed)(&c.body.device_id))
         });
         if policy.managed && !proposer.is_admin() && !revoked {
@@ -336,7 +338,7 @@ fn renewing_committer(
     let cert = certificate_in(&member.credential)?;
     cert.verify_issuer(ctx.org).ok()?;
     if cert.body.device_key != member.signature_key.as_slice()
-        || (ctx.revoked)(&cert.body.device_id)
+        || (ctx.revoked)(&cert)
     {
         return None;
     }

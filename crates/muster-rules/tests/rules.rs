@@ -190,7 +190,7 @@ fn judge_at(
             .map(|e| e.0.as_slice()),
     );
     let processed = group.process_message(&receiver.provider, message).unwrap();
-    let is_revoked = |d: &str| revoked.iter().any(|r| r == d);
+    let is_revoked = |c: &Certificate| revoked.contains(&c.body.device_id);
     let is_renewed = |d: &str| renewed.iter().any(|r| r == d);
     let ctx = Context {
         org: &world.org,

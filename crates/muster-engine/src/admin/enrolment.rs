@@ -58,7 +58,7 @@ impl Engine {
         ttl_secs: u64,
     ) -> Result<String, EngineError> {
         validate_handle(user)?;
-        Self::root_key(&self.device()?)?;
+        self.signing(&self.device()?)?;
         self.make_code(conn, InvitePurpose::NewUser, user, ttl_secs)
             .await
     }
@@ -93,7 +93,7 @@ impl Engine {
         {
             return Err("the relay lists it differently from what the device signed".into());
         }
-        if crate::engine::revoked_device(&self.db, &grant.issuer.body.device_id)
+        if crate::engine::certificate_revoked(&self.db, &grant.issuer)
             .map_err(|e| e.to_string())?
         {
             return Err(format!(
@@ -216,7 +216,7 @@ impl Engine {
         archive: bool,
     ) -> Result<String, EngineError> {
         let me = self.device()?;
-        let root = Self::root_key(&me)?;
+        let signing = self.signing(&me)?;
         // Refresh what this device knows, so a user enrolled elsewhere (or an admin whose
         // invite this is) is recognised.
         self.certificates(conn).await?;
@@ -237,7 +237,7 @@ impl Engine {
             None if archive => (proven.profile.clone(), vec![Role::Archive]),
             None => (proven.profile.clone(), vec![Role::Member]),
         };
-        self.issue(conn, &me, &root, &proven, profile, roles)
+        self.issue(conn, &me, &signing, &proven, profile, roles)
             .await?;
         Ok(proven.device_id)
     }
@@ -248,7 +248,7 @@ impl Engine {
         &self,
         conn: &impl Link,
         me: &DeviceRow,
-        root: &OrgRootKey,
+        signing: &Signing,
         proven: &ProvenEnrolment,
         profile: Profile,
         roles: Vec<Role>,
@@ -271,8 +271,7 @@ impl Engine {
             "INSERT OR IGNORE INTO used_codes (code_key, device_id) VALUES (?1, ?2)",
             params![proven.code_key, proven.device_id],
         )?;
-        let cert = sign_certificate(
-            root,
+        let cert = signing.certificate(
             CertificateBody {
                 org_id: me.org.org_id.clone(),
                 user: proven.user.clone(),
@@ -285,7 +284,7 @@ impl Engine {
             },
             self.certificate_lifetime()?,
             None,
-        );
+        )?;
         conn.request(&Request::Approve {
             certificate: cert.clone(),
         })
@@ -363,7 +362,7 @@ impl Engine {
         {
             return Err("its confirmation names another device".into());
         }
-        if crate::engine::revoked_device(&self.db, &confirmation.confirmer.body.device_id)
+        if crate::engine::certificate_revoked(&self.db, &confirmation.confirmer)
             .map_err(|e| e.to_string())?
         {
             return Err("it was confirmed by a revoked device".into());
@@ -396,7 +395,7 @@ impl Engine {
         if !policy.device_self_approval {
             return Ok(());
         }
-        let root = Self::root_key(&me)?;
+        let signing = self.signing(&me)?;
         self.certificates(conn).await?;
         for pending in confirmed {
             let proven = match self.prove_enrolment(&pending) {
@@ -423,7 +422,7 @@ impl Engine {
                 ));
                 continue;
             };
-            match self.issue(conn, &me, &root, &proven, profile, roles).await {
+            match self.issue(conn, &me, &signing, &proven, profile, roles).await {
                 Ok(()) => self
                     .activity
                     .approved_devices

@@ -16,9 +16,10 @@ use muster_proto::{
     now_unix, validate_handle, verify_enrolment, Certificate, CertificateBody, CodeSecret,
     ConfirmationBody, DeviceConfirmation, EnrolmentGrant, GrantBody, InviteCode, InvitePurpose,
     OrgPolicy, OrgPolicyBody, OrgRootKey, PendingEnrolment, Profile, ProfileRequest,
-    ProfileRequestBody, PublishedCheckpoint, Request, Response, RevocationBody, Role,
+    ProfileRequestBody, PublishedCheckpoint, Request, Response, Revocation, RevocationBody, Role,
     DEFAULT_CERTIFICATE_LIFETIME_SECS,
 };
+use openmls_basic_credential::SignatureKeyPair;
 use openmls_traits::signatures::Signer as _;
 use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
@@ -34,23 +35,87 @@ pub use profiles::ProfileChangeView;
 /// How far back a new certificate's validity starts, for devices whose clocks run behind.
 const CLOCK_SKEW_SECS: u64 = 300;
 
-/// Signs `body` with the organisation root key, valid from now (allowing for clock skew)
-/// for `lifetime` seconds: the one place a certificate is issued. A certificate that
-/// `replaces` another starts strictly after it, so devices take the new one.
-pub(crate) fn sign_certificate(
-    root: &OrgRootKey,
-    body: CertificateBody,
-    lifetime: u64,
-    replaces: Option<&Certificate>,
-) -> Certificate {
-    let now = now_unix();
-    let earliest = now.saturating_sub(CLOCK_SKEW_SECS);
-    let not_before = replaces.map_or(earliest, |old| earliest.max(old.body.not_before + 1));
-    root.sign(CertificateBody {
-        not_before,
-        not_after: now + lifetime,
-        ..body
-    })
+/// What an admin device signs with: the organisation root when it holds it, else its own
+/// device key under its root-signed admin certificate. The root alone makes admins.
+pub(crate) enum Signing {
+    Root(OrgRootKey),
+    Admin {
+        certificate: Certificate,
+        key: SignatureKeyPair,
+    },
+}
+
+impl Signing {
+    fn sign_with_device(key: &SignatureKeyPair) -> impl FnOnce(&[u8]) -> Vec<u8> + '_ {
+        // Ed25519 over bytes in memory does not fail.
+        |message| key.sign(message).expect("device key signs")
+    }
+
+    /// Signs `body`, valid from now (allowing for clock skew) for `lifetime` seconds, and
+    /// never beyond the issuing admin's own certificate: the one place a certificate is
+    /// issued. A certificate that `replaces` another starts strictly after it, so devices
+    /// take the new one.
+    pub(crate) fn certificate(
+        &self,
+        body: CertificateBody,
+        lifetime: u64,
+        replaces: Option<&Certificate>,
+    ) -> Result<Certificate, EngineError> {
+        let now = now_unix();
+        let earliest = now.saturating_sub(CLOCK_SKEW_SECS);
+        let not_before = replaces.map_or(earliest, |old| earliest.max(old.body.not_before + 1));
+        let body = CertificateBody {
+            not_before,
+            not_after: now + lifetime,
+            ..body
+        };
+        match self {
+            Signing::Root(root) => Ok(root.sign(body)),
+            Signing::Admin { certificate, key } => {
+                if body.roles.contains(&Role::Admin) {
+                    return Err(EngineError::AdminNeedsRoot(body.user));
+                }
+                let body = CertificateBody {
+                    not_before: body.not_before.max(certificate.body.not_before),
+                    not_after: body.not_after.min(certificate.body.not_after),
+                    ..body
+                };
+                if body.not_after <= now {
+                    return Err(EngineError::Invalid(
+                        "this device's own admin certificate has run out: an admin holding the organisation root renews it".into(),
+                    ));
+                }
+                Ok(Certificate::issue_as_admin(
+                    body,
+                    certificate,
+                    Self::sign_with_device(key),
+                ))
+            }
+        }
+    }
+
+    pub(crate) fn revocation(&self, body: RevocationBody) -> Revocation {
+        match self {
+            Signing::Root(root) => root.sign_revocation(body),
+            Signing::Admin { certificate, key } => {
+                Revocation::issue_as_admin(body, certificate, Self::sign_with_device(key))
+            }
+        }
+    }
+
+    pub(crate) fn policy(&self, body: OrgPolicyBody) -> OrgPolicy {
+        match self {
+            Signing::Root(root) => root.sign_policy(body),
+            Signing::Admin { certificate, key } => {
+                OrgPolicy::issue_as_admin(body, certificate, Self::sign_with_device(key))
+            }
+        }
+    }
+
+    /// Whether this is the organisation root (which alone makes and renews admins).
+    pub(crate) fn is_root(&self) -> bool {
+        matches!(self, Signing::Root(_))
+    }
 }
 
 fn to_json(value: &impl Serialize) -> Vec<u8> {
@@ -64,6 +129,28 @@ impl Engine {
             Some(cert) if cert.is_admin() => Ok(()),
             _ => Err(EngineError::NotAdmin),
         }
+    }
+
+    /// What this admin device signs with: the root if it holds it, else its own key under
+    /// its admin certificate, which must be root-signed, valid now and not revoked.
+    pub(crate) fn signing(&self, device: &DeviceRow) -> Result<Signing, EngineError> {
+        Self::require_admin(device)?;
+        if device.root_key.is_some() {
+            return Ok(Signing::Root(Self::root_key(device)?));
+        }
+        let certificate = device.certificate.clone().ok_or(EngineError::NotAdmin)?;
+        certificate
+            .verify(&device.org, now_unix())
+            .map_err(|e| EngineError::Invalid(format!("this device's admin certificate: {e}")))?;
+        if crate::engine::revocation_list(&self.db)?.covers(&certificate) {
+            return Err(EngineError::Invalid(
+                "this device's admin certificate was revoked".into(),
+            ));
+        }
+        Ok(Signing::Admin {
+            certificate,
+            key: self.signer(device)?,
+        })
     }
 
     pub(crate) fn root_key(device: &DeviceRow) -> Result<OrgRootKey, EngineError> {
@@ -274,6 +361,20 @@ impl Engine {
         Ok(())
     }
 
+    /// Every certificate this device has verified (the newest of each device).
+    fn all_known_certificates(&self) -> Result<Vec<Certificate>, EngineError> {
+        let mut stmt = self
+            .db
+            .prepare_cached("SELECT certificate FROM known_certificates")?;
+        let certs = stmt
+            .query_map([], |r| r.get::<_, Vec<u8>>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(certs
+            .iter()
+            .filter_map(|c| Certificate::from_bytes(c).ok())
+            .collect())
+    }
+
     /// The newest certificates this device has verified of `user`'s unrevoked devices.
     pub(crate) fn known_devices_of(&self, user: &str) -> Result<Vec<Certificate>, EngineError> {
         let mut stmt = self.db.prepare_cached(
@@ -475,8 +576,8 @@ impl Engine {
         device: Option<&str>,
     ) -> Result<Vec<String>, EngineError> {
         let me = self.device()?;
-        let root = Self::root_key(&me)?;
-        self.certificates(conn).await?;
+        let signing = self.signing(&me)?;
+        let listed = self.certificates(conn).await?;
         let device_ids: Vec<String> = self
             .known_devices_of(user)?
             .into_iter()
@@ -490,27 +591,34 @@ impl Engine {
             }));
         }
         self.learn_revocations(conn).await?;
-        let revocation = root.sign_revocation(RevocationBody {
+        // What a revoked admin device issued stays valid only where this revocation
+        // vouches for it: every such certificate this device can see.
+        let mut vouched: Vec<Vec<u8>> = listed
+            .into_iter()
+            .chain(self.certificates_in_groups()?)
+            .chain(self.all_known_certificates()?)
+            .filter(|c| {
+                c.issuer_device().is_some_and(|i| device_ids.iter().any(|d| d == i))
+                    && c.verify_issuer(&me.org).is_ok()
+            })
+            .map(|c| c.digest())
+            .collect();
+        vouched.sort();
+        vouched.dedup();
+        let revocation = signing.revocation(RevocationBody {
             org_id: me.org.org_id.clone(),
             user: user.to_string(),
             device_ids: device_ids.clone(),
             issued_at: now_unix(),
             serial: self.last_revocation_serial()? + 1,
+            vouched,
         });
-        let serial = revocation.body.serial;
-        conn.request(&Request::Revoke { revocation })
-            .await
+        conn.request(&Request::Revoke {
+            revocation: revocation.clone(),
+        })
+        .await
             .map_err(from_link)?;
-        self.db.execute(
-            "INSERT OR IGNORE INTO revocation_serials (serial) VALUES (?1)",
-            [serial as i64],
-        )?;
-        for id in &device_ids {
-            self.db.execute(
-                "INSERT OR IGNORE INTO revoked_devices (device_id, user) VALUES (?1, ?2)",
-                params![id, user],
-            )?;
-        }
+        crate::engine::store_revocation(&self.db, &revocation)?;
         let earlier_problems = self.activity.problems.len();
         self.sync_steps(conn).await?;
         if let Some(problem) = self.activity.problems.get(earlier_problems) {

@@ -75,7 +75,7 @@ impl Engine {
         certificate_lifetime_secs: Option<u64>,
     ) -> Result<OrgPolicyBody, EngineError> {
         let me = self.device()?;
-        let root = Self::root_key(&me)?;
+        let signing = self.signing(&me)?;
         let mut problems = Vec::new();
         let current = self.newest_policy(conn, &mut problems).await?;
         self.activity.problems.append(&mut problems);
@@ -84,7 +84,7 @@ impl Engine {
                 "certificates must stay valid at least {MIN_CERTIFICATE_LIFETIME_SECS} seconds"
             )));
         }
-        let policy = root.sign_policy(OrgPolicyBody {
+        let policy = signing.policy(OrgPolicyBody {
             org_id: me.org.org_id.clone(),
             device_self_approval: device_self_approval.unwrap_or(current.device_self_approval),
             issued_at: now_unix(),
@@ -110,18 +110,28 @@ impl Engine {
             .unwrap_or(DEFAULT_CERTIFICATE_LIFETIME_SECS))
     }
 
-    /// On a device holding the root key: renews, before they run out, the certificates
-    /// of every unrevoked device this device knows (a third of their lifetime into it),
-    /// with each user's profile and roles from its own record. A revoked device's
-    /// certificate is never renewed, so it stops being accepted within one lifetime
-    /// even by members from whom the relay hides the revocation.
+    /// On an admin device: renews, before they run out, the certificates of every
+    /// unrevoked device of the users this device has its own signed record of (a third of
+    /// their lifetime into it), with that record's profile and roles. Admins' own
+    /// certificates are renewed by a device holding the root. A revoked device's
+    /// certificate is never renewed, so it stops being accepted within one lifetime even
+    /// by members from whom the relay hides the revocation.
     pub(crate) async fn renew_certificates(&mut self, conn: &impl Link) -> Result<(), EngineError> {
         let me = self.device()?;
-        if me.root_key.is_none() || Self::require_admin(&me).is_err() {
+        if Self::require_admin(&me).is_err() {
             return Ok(());
         }
+        let Ok(signing) = self.signing(&me) else {
+            return Ok(());
+        };
         let lifetime = self.certificate_lifetime()?;
         let due_by = now_unix() + lifetime * 2 / 3;
+        if let Signing::Admin { certificate, .. } = &signing {
+            // What it issues ends with its own certificate: that is renewed first.
+            if certificate.body.not_after < due_by {
+                return Ok(());
+            }
+        }
         let mut due = Vec::new();
         for user in self.known_users()? {
             if self
@@ -135,14 +145,16 @@ impl Engine {
         if due.is_empty() {
             return Ok(());
         }
-        let root = Self::root_key(&me)?;
         self.certificates(conn).await?;
         for user in due {
             let Some((profile, roles)) = self.signed_record_of(&user)? else {
                 continue;
             };
+            if roles.contains(&Role::Admin) && !signing.is_root() {
+                continue;
+            }
             let result = async {
-                let certificates = self.reissue(&root, &user, &profile, &roles)?;
+                let certificates = self.reissue(&signing, &user, &profile, &roles)?;
                 conn.request(&Request::ReissueCertificates {
                     certificates: certificates.clone(),
                 })
@@ -224,7 +236,7 @@ impl Engine {
             Action::Approve { user, device_id } => {
                 let wanted = user_spec(user)?;
                 let me = self.device()?;
-                let root = Self::root_key(&me)?;
+                let signing = self.signing(&me)?;
                 let pending = self.pending_for(conn, user, Some(device_id)).await?;
                 let proven = self.proven(&pending)?;
                 if proven.purpose != InvitePurpose::NewUser {
@@ -232,15 +244,15 @@ impl Engine {
                         "{user}'s device {device_id} was made with a device-link code; approve it with `muster approve`"
                     )));
                 }
-                self.issue(conn, &me, &root, &proven, wanted.profile(), wanted.roles())
+                self.issue(conn, &me, &signing, &proven, wanted.profile(), wanted.roles())
                     .await?;
                 Ok(None)
             }
             Action::UpdateCertificates { user } => {
                 let wanted = user_spec(user)?;
                 let me = self.device()?;
-                let root = Self::root_key(&me)?;
-                let certificates = self.reissue(&root, user, &wanted.profile(), &wanted.roles())?;
+                let signing = self.signing(&me)?;
+                let certificates = self.reissue(&signing, user, &wanted.profile(), &wanted.roles())?;
                 conn.request(&Request::ReissueCertificates {
                     certificates: certificates.clone(),
                 })
@@ -272,7 +284,7 @@ impl Engine {
     /// the given profile and roles and a fresh validity.
     pub(super) fn reissue(
         &self,
-        root: &OrgRootKey,
+        signing: &Signing,
         user: &str,
         profile: &Profile,
         roles: &[Role],
@@ -287,9 +299,9 @@ impl Engine {
                     roles: roles.to_vec(),
                     ..c.body.clone()
                 };
-                sign_certificate(root, body, lifetime, Some(&c))
+                signing.certificate(body, lifetime, Some(&c))
             })
-            .collect();
+            .collect::<Result<_, _>>()?;
         if certificates.is_empty() {
             return Err(EngineError::Invalid(format!(
                 "this device knows no enrolled device of {user}"

@@ -56,8 +56,9 @@ impl Engine {
         if request.body.user != user {
             return Err(format!("it was signed for {}", request.body.user));
         }
-        let signer = &request.requester.body.device_id;
-        if crate::engine::revoked_device(&self.db, signer).map_err(|e| e.to_string())? {
+        if crate::engine::certificate_revoked(&self.db, &request.requester)
+            .map_err(|e| e.to_string())?
+        {
             return Err("it was signed by a revoked device".into());
         }
         let approved: Option<i64> = self
@@ -75,7 +76,7 @@ impl Engine {
                     .into(),
             );
         }
-        Ok(signer.clone())
+        Ok(request.requester.body.device_id.clone())
     }
 
     /// (admin) Profile changes waiting for approval, each with the check of its signature.
@@ -114,7 +115,7 @@ impl Engine {
         user: &str,
     ) -> Result<Profile, EngineError> {
         let me = self.device()?;
-        let root = Self::root_key(&me)?;
+        let signing = self.signing(&me)?;
         let changes =
             ask!(conn, Request::ListProfileChanges, Response::ProfileChanges(changes) => changes);
         let change = changes
@@ -130,7 +131,7 @@ impl Engine {
         let (_, roles) = self.record_of(user)?.ok_or_else(|| {
             EngineError::Invalid(format!("this device has no verified record of {user}"))
         })?;
-        let certificates = self.reissue(&root, user, &request.body.profile, &roles)?;
+        let certificates = self.reissue(&signing, user, &request.body.profile, &roles)?;
         conn.request(&Request::ApproveProfileChange {
             certificates: certificates.clone(),
         })

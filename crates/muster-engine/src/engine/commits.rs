@@ -206,7 +206,7 @@ impl Engine {
                 "the relay's GroupInfo is for another group or an older epoch".into(),
             ));
         }
-        let revoked = revoked_devices(&self.db)?;
+        let revoked = revocation_list(&self.db)?;
         // Who signed it: it must be someone in the group as this device knew it.
         let held_group = {
             let provider = Provider::new(&self.crypto, &self.db);
@@ -379,7 +379,7 @@ pub(super) fn catch_up_changes(
     held: &MlsGroup,
     new: &MlsGroup,
     signer: &Certificate,
-    revoked: &HashSet<String>,
+    revoked: &RevocationList,
 ) -> Result<Vec<String>, String> {
     let devices = |group: &MlsGroup| -> Result<HashMap<String, Certificate>, String> {
         let mut out = HashMap::new();
@@ -420,7 +420,7 @@ pub(super) fn catch_up_changes(
     })?;
     let signer = newest;
     let now = now_unix();
-    if revoked.contains(&signer.body.device_id) {
+    if revoked.covers(signer) {
         return Err(format!(
             "it was signed by a revoked device of {}",
             signer.body.user
@@ -438,7 +438,7 @@ pub(super) fn catch_up_changes(
     for (id, cert) in after.iter().filter(|(id, _)| !before.contains_key(*id)) {
         cert.check_validity(now_unix())
             .map_err(|e| format!("it adds {} ({id}): {e}", cert.body.user))?;
-        if revoked.contains(id) {
+        if revoked.covers(cert) {
             return Err(format!("it adds revoked device {id} of {}", cert.body.user));
         }
         if policy_before.managed && !admin && cert.body.user != signer.body.user {
@@ -452,9 +452,9 @@ pub(super) fn catch_up_changes(
             cert.body.user
         ));
     }
-    for (id, cert) in before.iter().filter(|(id, _)| !after.contains_key(*id)) {
+    for (_, cert) in before.iter().filter(|(id, _)| !after.contains_key(*id)) {
         // Like the shared rules: a lapsed device is every member's to remove.
-        let was_revoked = revoked.contains(id) || muster_rules::lapsed(cert, now);
+        let was_revoked = revoked.covers(cert) || muster_rules::lapsed(cert, now);
         if policy_before.managed && !admin && !was_revoked {
             return Err(format!(
                 "{} removed {} from a managed group without being an admin",
@@ -472,7 +472,7 @@ pub(super) fn catch_up_changes(
     if policy_after.archived
         && !after
             .values()
-            .any(|c| c.is_archive() && !revoked.contains(&c.body.device_id))
+            .any(|c| c.is_archive() && !revoked.covers(c))
     {
         return Err("it is an archived group without its archive".into());
     }

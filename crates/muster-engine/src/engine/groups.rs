@@ -118,7 +118,7 @@ impl Engine {
                     "relay offered a KeyPackage for an unrequested device of {user}: refused"
                 )));
             }
-            if revoked_device(&self.db, &cert.body.device_id)? {
+            if certificate_revoked(&self.db, &cert)? {
                 return Err(EngineError::Invalid(format!(
                     "relay offered a KeyPackage of revoked device {} of {user}: refused",
                     cert.body.device_id

@@ -145,8 +145,7 @@ impl Engine {
             root_public_key: root.public_key(),
         };
         let signer = self.new_signer()?;
-        let cert = crate::admin::sign_certificate(
-            &root,
+        let cert = crate::admin::Signing::Root(OrgRootKey::from_pkcs8(root.pkcs8())?).certificate(
             CertificateBody {
                 org_id: org.org_id.clone(),
                 user: user.to_string(),
@@ -159,7 +158,7 @@ impl Engine {
             },
             muster_proto::DEFAULT_CERTIFICATE_LIFETIME_SECS,
             None,
-        );
+        )?;
         Link::request(
             conn,
             &Request::Bootstrap {
@@ -506,12 +505,12 @@ impl Engine {
 
     /// Adds this user's other devices to every group this device is in where they are missing.
     pub(super) async fn add_own_devices(&mut self, conn: &impl Link) -> Result<(), EngineError> {
-        let revoked = revoked_devices(&self.db)?;
+        let revoked = revocation_list(&self.db)?;
         let others: Vec<String> = self
             .my_other_devices(conn)
             .await?
             .into_iter()
-            .filter(|d| !revoked.contains(d))
+            .filter(|d| !revoked.device_revoked(d))
             .collect();
         if others.is_empty() {
             return Ok(());

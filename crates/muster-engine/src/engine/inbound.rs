@@ -40,7 +40,7 @@ pub(crate) fn receive_for_fuzzing(
     seq: u64,
     bytes: &[u8],
 ) -> SyncReport {
-    let revoked = revoked_devices(tx).unwrap_or_default();
+    let revoked = revocation_list(tx).unwrap_or_default();
     let context = BatchContext {
         crypto,
         tx,
@@ -86,7 +86,7 @@ pub(super) struct BatchContext<'a> {
     pub(super) device: &'a DeviceRow,
     pub(super) signer: &'a SignatureKeyPair,
     /// Devices this device knows to be revoked.
-    pub(super) revoked: &'a HashSet<String>,
+    pub(super) revoked: &'a RevocationList,
 }
 
 /// Joins the group a Welcome invites this device to, inside the batch's transaction; a
@@ -141,7 +141,7 @@ pub(super) fn process_welcome(
             sender.signature_key().as_slice(),
         )
         .map_err(|e| format!("Welcome was sent by a member with an invalid identity: {e}"))?;
-        if revoked_device(&tx, &adder.body.device_id).map_err(|e| e.to_string())? {
+        if certificate_revoked(&tx, &adder).map_err(|e| e.to_string())? {
             return Err(format!(
                 "Welcome was sent by revoked device {} of {}",
                 adder.body.device_id, adder.body.user
@@ -164,7 +164,7 @@ pub(super) fn process_welcome(
             .unwrap_or(false);
         let changes = match held.as_ref().filter(|_| active) {
             Some(held) => {
-                let revoked = revoked_devices(&tx).map_err(|e| e.to_string())?;
+                let revoked = revocation_list(&tx).map_err(|e| e.to_string())?;
                 catch_up_changes(&tx, device, held, &group, &adder, &revoked)?
             }
             None => Vec::new(),
@@ -333,7 +333,7 @@ pub(super) fn process_group_message(
                 sender_cert.body.user
             ));
         }
-        if revoked.contains(&sender_cert.body.device_id) {
+        if revoked.covers(&sender_cert) {
             return Err(format!(
                 "dropped a message from revoked device {} of {}",
                 sender_cert.body.device_id, sender_cert.body.user
@@ -342,7 +342,7 @@ pub(super) fn process_group_message(
         let rules = muster_rules::Context {
             org: &device.org,
             now: now_unix(),
-            revoked: &|d: &str| revoked.contains(d),
+            revoked: &|c: &Certificate| revoked.covers(c),
             // Members judge every commit alike, whatever renewals each has seen.
             renewed: &|_: &str| false,
         };

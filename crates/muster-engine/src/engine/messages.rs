@@ -539,7 +539,7 @@ pub(super) fn unremoved_device(
     db: &Connection,
     own_device: &str,
 ) -> Result<Option<String>, EngineError> {
-    let revoked = revoked_devices(db)?;
+    let revoked = revocation_list(db)?;
     let lapsed = lapsed_devices(db)?;
     if revoked.is_empty() && lapsed.is_empty() {
         return Ok(None);
@@ -551,7 +551,7 @@ pub(super) fn unremoved_device(
         .find(|c| {
             let id = &c.body.device_id;
             id != own_device
-                && (revoked.contains(id) || (lapsed.contains(id) && muster_rules::lapsed(c, now)))
+                && (revoked.covers(c) || (lapsed.contains(id) && muster_rules::lapsed(c, now)))
         })
         .map(|c| c.body.user))
 }

@@ -15,7 +15,8 @@ use crate::store::SCHEMA;
 use muster_proto::{
     auth_transcript, device_id_for, encrypted_size, now_unix, validate_handle, AckItem,
     Certificate, CertificateBody, CodeSecret, Delivery, EnrolmentRequest, ErrorCode, GroupPolicy,
-    InviteCode, InvitePurpose, OrgDescriptor, OrgRootKey, Profile, RelayError, Request,
+    InviteCode, InvitePurpose, OrgDescriptor, OrgRootKey, Profile, RelayError, Request, Revocation,
+    RevocationList,
     RequestBody, Response, Role, ATTACHMENT_CHUNK, GROUP_POLICY_EXTENSION, MAX_ATTACHMENT,
 };
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
@@ -492,7 +493,7 @@ fn archive_members(
         let Ok(cert) = verify_member(org, &member.credential, &member.signature_key) else {
             continue;
         };
-        if !revoked_device(db, &cert.body.device_id)? {
+        if !certificate_revoked(db, &cert)? {
             users.push(cert.body.user);
         }
     }

@@ -114,20 +114,20 @@ impl Engine {
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
             for (position, revocation) in &list {
                 match revocation.verify(&org) {
-                    Ok(()) => {
-                        for device in &revocation.body.device_ids {
-                            tx.execute(
-                                "INSERT OR IGNORE INTO revoked_devices (device_id, user) VALUES (?1, ?2)",
-                                params![device, revocation.body.user],
-                            )?;
-                        }
-                        if revocation.body.serial > 0 {
-                            tx.execute(
-                                "INSERT OR IGNORE INTO revocation_serials (serial) VALUES (?1)",
-                                [revocation.body.serial as i64],
-                            )?;
-                        }
+                    // Signed by an admin device already revoked: worthless.
+                    Ok(())
+                        if revocation_list(&tx)?
+                            .issuer_revoked(revocation.issuer.as_deref()) =>
+                    {
+                        self.activity.problems.push(format!(
+                            "ignored a revocation signed by a revoked admin device of {}",
+                            revocation
+                                .issuer
+                                .as_ref()
+                                .map_or("?", |i| i.body.user.as_str())
+                        ))
                     }
+                    Ok(()) => store_revocation(&tx, revocation)?,
                     Err(e) => self
                         .activity
                         .problems
@@ -149,7 +149,7 @@ impl Engine {
         &mut self,
         conn: &impl Link,
     ) -> Result<(), EngineError> {
-        let revoked: HashSet<String> = revoked_devices(&self.db)?;
+        let revoked = revocation_list(&self.db)?;
         self.lapse_check(conn).await?;
         let lapsed = lapsed_devices(&self.db)?;
         if revoked.is_empty() && lapsed.is_empty() {
@@ -158,7 +158,7 @@ impl Engine {
         let groups = self.active_group_ids()?;
         let now = now_unix();
         let is_revoked = |c: &Certificate| {
-            revoked.contains(&c.body.device_id)
+            revoked.covers(c)
                 || (lapsed.contains(&c.body.device_id) && muster_rules::lapsed(c, now))
         };
         for group_id in groups {
@@ -277,7 +277,7 @@ impl Engine {
         let signer = self.signer(&device)?;
         let mut acks = Vec::with_capacity(deliveries.len());
         let mut loaded = LoadedGroups::new();
-        let revoked = revoked_devices(&self.db)?;
+        let revoked = revocation_list(&self.db)?;
         let mut purge = false;
         // What the batch did counts only once it is stored: a batch rolled back is
         // delivered again.
@@ -369,12 +369,41 @@ pub(crate) fn known_certificate(
 }
 
 /// Every device this device knows to be revoked.
-pub(crate) fn revoked_devices(db: &Connection) -> Result<HashSet<String>, EngineError> {
-    let ids = db
-        .prepare_cached("SELECT device_id FROM revoked_devices")?
-        .query_map([], |r| r.get(0))?
-        .collect::<Result<HashSet<String>, _>>()?;
-    Ok(ids)
+/// The organisation's revocations as this device knows them.
+pub(crate) fn revocation_list(db: &Connection) -> Result<RevocationList, EngineError> {
+    let mut list = RevocationList::default();
+    let mut devices = db.prepare_cached("SELECT device_id FROM revoked_devices")?;
+    for id in devices.query_map([], |r| r.get(0))? {
+        list.add_device(id?);
+    }
+    let mut vouched = db.prepare_cached("SELECT digest FROM vouched_certificates")?;
+    for digest in vouched.query_map([], |r| r.get(0))? {
+        list.add_vouched(digest?);
+    }
+    Ok(list)
+}
+
+/// Stores a verified revocation inside `tx`.
+pub(crate) fn store_revocation(tx: &Connection, revocation: &Revocation) -> Result<(), EngineError> {
+    for device in &revocation.body.device_ids {
+        tx.execute(
+            "INSERT OR IGNORE INTO revoked_devices (device_id, user) VALUES (?1, ?2)",
+            params![device, revocation.body.user],
+        )?;
+    }
+    for digest in &revocation.body.vouched {
+        tx.execute(
+            "INSERT OR IGNORE INTO vouched_certificates (digest) VALUES (?1)",
+            [digest],
+        )?;
+    }
+    if revocation.body.serial > 0 {
+        tx.execute(
+            "INSERT OR IGNORE INTO revocation_serials (serial) VALUES (?1)",
+            [revocation.body.serial as i64],
+        )?;
+    }
+    Ok(())
 }
 
 /// Devices found lapsed at the last lapse check: removed from groups while the
@@ -387,13 +416,8 @@ pub(super) fn lapsed_devices(db: &Connection) -> Result<HashSet<String>, EngineE
     Ok(ids)
 }
 
-pub(crate) fn revoked_device(db: &Connection, device_id: &str) -> Result<bool, EngineError> {
-    Ok(db
-        .query_row(
-            "SELECT 1 FROM revoked_devices WHERE device_id = ?1",
-            [device_id],
-            |_| Ok(()),
-        )
-        .optional()?
-        .is_some())
+/// Whether `cert` may no longer be used, by what this device knows of revocations
+/// ([`RevocationList::covers`]).
+pub(crate) fn certificate_revoked(db: &Connection, cert: &Certificate) -> Result<bool, EngineError> {
+    Ok(revocation_list(db)?.covers(cert))
 }

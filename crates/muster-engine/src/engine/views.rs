@@ -5,6 +5,20 @@ use super::*;
 
 impl Engine {
     /// Ids of the groups this device is an active member of.
+    /// The certificates in the leaves of every group this device is in.
+    pub(crate) fn certificates_in_groups(&self) -> Result<Vec<Certificate>, EngineError> {
+        let mut certs = Vec::new();
+        for group_id in self.active_group_ids()? {
+            let provider = Provider::new(&self.crypto, &self.db);
+            certs.extend(
+                load_group(&provider, &group_id)?
+                    .members()
+                    .filter_map(|m| certificate_in(&m.credential)),
+            );
+        }
+        Ok(certs)
+    }
+
     pub(super) fn active_group_ids(&self) -> Result<Vec<Vec<u8>>, EngineError> {
         let mut stmt = self
             .db

@@ -34,6 +34,7 @@ impl Relay {
         revocation
             .verify(&org)
             .map_err(|e| refuse(ErrorCode::InvalidCertificate, format!("revocation: {e}")))?;
+        refuse_revoked_issuer(&self.db, revocation.issuer.as_deref())?;
         let body = &revocation.body;
         if body.device_ids.is_empty() {
             return Err(refuse(ErrorCode::BadRequest, "revocation names no device"));
@@ -407,6 +408,7 @@ impl Relay {
         policy
             .verify(&org)
             .map_err(|e| refuse(ErrorCode::InvalidCertificate, format!("policy: {e}")))?;
+        refuse_revoked_issuer(&self.db, policy.issuer.as_deref())?;
         if let Some(current) = load_org_policy(&self.db)?.filter(|p| p.verify(&org).is_ok()) {
             if policy.body.version <= current.body.version {
                 return Err(refuse(
@@ -501,6 +503,7 @@ pub(super) fn replace_user_certificates(
     for cert in certificates {
         cert.verify(org, now_unix())
             .map_err(|e| refuse(ErrorCode::InvalidCertificate, e.to_string()))?;
+        refuse_revoked_issuer(tx, cert.issuer.as_deref())?;
         let old = device_certificate(tx, &cert.body.device_id)?
             .ok_or_else(|| refuse(ErrorCode::UnknownDevice, "device has no certificate"))?;
         if cert.body.user != user || cert.body.device_key != old.body.device_key {

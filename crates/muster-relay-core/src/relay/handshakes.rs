@@ -293,24 +293,47 @@ fn under_the_rules<T>(
     org: &OrgDescriptor,
     check: impl FnOnce(&muster_rules::Context) -> T,
 ) -> Result<T, Failure> {
-    let revoked = revoked_devices(db)?;
+    let revoked = revocation_list(db)?;
     let rules = muster_rules::Context {
         org,
         now: now_unix(),
-        revoked: &|d: &str| revoked.contains(d),
+        revoked: &|c: &Certificate| revoked.covers(c),
         renewed: &|d: &str| holds_valid_certificate(db, d),
     };
     Ok(check(&rules))
 }
 
-pub(super) fn revoked_devices(
+/// The organisation's revocations as this relay holds them: the revoked devices and the
+/// certificates of revoked admin devices their revocations vouched for.
+pub(super) fn revocation_list(db: &Connection) -> Result<RevocationList, Failure> {
+    let mut list = RevocationList::default();
+    let mut devices = db.prepare_cached("SELECT device_id FROM devices WHERE status = 'revoked'")?;
+    for id in devices.query_map([], |r| r.get(0))? {
+        list.add_device(id?);
+    }
+    let mut stored = db.prepare_cached("SELECT data FROM revocations")?;
+    for data in stored.query_map([], |r| r.get::<_, Vec<u8>>(0))? {
+        if let Ok(revocation) = serde_json::from_slice::<Revocation>(&data?) {
+            for digest in revocation.body.vouched {
+                list.add_vouched(digest);
+            }
+        }
+    }
+    Ok(list)
+}
+
+/// Refuses a certificate, revocation or policy signed by an admin device that is revoked.
+pub(super) fn refuse_revoked_issuer(
     db: &Connection,
-) -> Result<std::collections::HashSet<String>, Failure> {
-    let ids = db
-        .prepare_cached("SELECT device_id FROM devices WHERE status = 'revoked'")?
-        .query_map([], |r| r.get(0))?
-        .collect::<Result<std::collections::HashSet<String>, _>>()?;
-    Ok(ids)
+    issuer: Option<&Certificate>,
+) -> Result<(), Failure> {
+    if revocation_list(db)?.issuer_revoked(issuer) {
+        return Err(refuse(
+            ErrorCode::InvalidCertificate,
+            "it was signed by an admin device that is revoked",
+        ));
+    }
+    Ok(())
 }
 
 /// Whether the relay holds a certificate for the device valid now (an admin renewed it):
