@@ -296,7 +296,7 @@ pub(crate) enum RootCommand {
 
 #[derive(Subcommand)]
 pub(crate) enum AdminCommand {
-    /// Show or change the organisation policy (signed with the root key).
+    /// Show or change the organisation policy (signed by this admin device).
     Policy {
         /// Let users approve their own new devices (on, off).
         #[arg(long, value_parser = parse_switch)]

@@ -5,6 +5,7 @@ mod archive;
 mod attachments;
 mod conversation;
 mod crisis;
+mod delegation;
 mod delivery;
 mod enrolment;
 mod faults;

@@ -489,3 +489,53 @@ pub fn group_id(d: &Device, name: &str) -> Vec<u8> {
         .map(|i| u8::from_str_radix(&hex_id[i..i + 2], 16).unwrap())
         .collect()
 }
+
+/// Runs `muster ARGS` on `device` with `input` on standard input.
+pub fn with_input(device: &Device, args: &[&str], input: &str) -> Output {
+    use std::io::Write as _;
+    let mut child = device
+        .command()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run muster");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write to muster");
+    child.wait_with_output().expect("muster ends")
+}
+
+/// The provisioning file giving each `(handle, display name, role)`.
+pub fn roles_file(org: &Org, users: &[(&str, &str, &str)]) -> String {
+    let text: String = users
+        .iter()
+        .map(|(handle, name, role)| {
+            format!("[[users]]\nhandle = \"{handle}\"\ndisplay_name = \"{name}\"\nroles = [\"{role}\"]\n")
+        })
+        .collect();
+    let spec = org.dir.path().join("roles.toml");
+    std::fs::write(&spec, text).unwrap();
+    spec.display().to_string()
+}
+
+/// Has `by` apply a provisioning file giving each `(handle, display name, role)`.
+pub fn apply_roles(org: &Org, by: &Device, users: &[(&str, &str, &str)]) {
+    by.ok(&["admin", "apply", &roles_file(org, users)]);
+}
+
+/// The certificate the relay holds for `user`'s one device.
+pub fn relay_certificate(org: &Org, user: &str) -> muster_proto::Certificate {
+    let bytes: Vec<u8> = relay_db(org)
+        .query_row(
+            "SELECT certificate FROM devices WHERE user = ?1 AND certificate IS NOT NULL",
+            [user],
+            |r| r.get(0),
+        )
+        .unwrap();
+    muster_proto::Certificate::from_bytes(&bytes).unwrap()
+}

@@ -188,8 +188,7 @@ fn check_one(
         // A revoked device, or one whose certificate ran out (admins renew every device
         // they have not revoked), is every member's to remove.
         let revoked = cert.as_ref().is_some_and(|c| {
-            (ctx.revoked)(c)
-                || (lapsed(c, ctx.now) && !(ctx.renewed)(&c.body.device_id))
+            (ctx.revoked)(c) || (lapsed(c, ctx.now) && !(ctx.renewed)(&c.body.device_id))
         });
         if policy.managed && !proposer.is_admin() && !revoked {
             return Err(Refusal::Managed {
@@ -337,9 +336,7 @@ fn renewing_committer(
     let member = members.iter().find(|m| m.index == *index)?;
     let cert = certificate_in(&member.credential)?;
     cert.verify_issuer(ctx.org).ok()?;
-    if cert.body.device_key != member.signature_key.as_slice()
-        || (ctx.revoked)(&cert)
-    {
+    if cert.body.device_key != member.signature_key.as_slice() || (ctx.revoked)(&cert) {
         return None;
     }
     let own_proposals = staged

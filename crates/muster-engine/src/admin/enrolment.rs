@@ -93,9 +93,7 @@ impl Engine {
         {
             return Err("the relay lists it differently from what the device signed".into());
         }
-        if crate::engine::certificate_revoked(&self.db, &grant.issuer)
-            .map_err(|e| e.to_string())?
-        {
+        if crate::engine::certificate_revoked(&self.db, &grant.issuer).map_err(|e| e.to_string())? {
             return Err(format!(
                 "its code was made by a revoked device of {}",
                 grant.issuer.body.user
@@ -422,7 +420,10 @@ impl Engine {
                 ));
                 continue;
             };
-            match self.issue(conn, &me, &signing, &proven, profile, roles).await {
+            match self
+                .issue(conn, &me, &signing, &proven, profile, roles)
+                .await
+            {
                 Ok(()) => self
                     .activity
                     .approved_devices

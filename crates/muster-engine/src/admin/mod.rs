@@ -384,9 +384,11 @@ impl Engine {
         let certs = stmt
             .query_map([user], |r| r.get::<_, Vec<u8>>(0))?
             .collect::<Result<Vec<_>, _>>()?;
+        let revoked = crate::engine::revocation_list(&self.db)?;
         Ok(certs
             .iter()
             .filter_map(|c| Certificate::from_bytes(c).ok())
+            .filter(|c| !revoked.covers(c))
             .collect())
     }
 
@@ -468,17 +470,20 @@ impl Engine {
     }
 
     /// Every enrolled device's certificate that verifies against the pinned organisation
-    /// root, as the relay lists them; each is remembered (see [`Self::remember_certificates`]).
+    /// root and is not revoked (nor issued by a revoked admin device without its
+    /// revocation vouching for it), as the relay lists them; each is remembered (see
+    /// [`Self::remember_certificates`]).
     pub(crate) async fn certificates(
         &self,
         conn: &impl Link,
     ) -> Result<Vec<Certificate>, EngineError> {
         let org = self.device()?.org;
         let certs = ask!(conn, Request::Directory, Response::Directory(certs) => certs);
+        let revoked = crate::engine::revocation_list(&self.db)?;
         let certs: Vec<Certificate> = certs
             .into_iter()
             .filter(|c| match c.verify(&org, now_unix()) {
-                Ok(()) => true,
+                Ok(()) => !revoked.covers(c),
                 Err(e) => {
                     tracing::warn!(user = %c.body.user, error = %e, "skipping unverifiable certificate");
                     false
@@ -598,7 +603,8 @@ impl Engine {
             .chain(self.certificates_in_groups()?)
             .chain(self.all_known_certificates()?)
             .filter(|c| {
-                c.issuer_device().is_some_and(|i| device_ids.iter().any(|d| d == i))
+                c.issuer_device()
+                    .is_some_and(|i| device_ids.iter().any(|d| d == i))
                     && c.verify_issuer(&me.org).is_ok()
             })
             .map(|c| c.digest())
@@ -617,7 +623,7 @@ impl Engine {
             revocation: revocation.clone(),
         })
         .await
-            .map_err(from_link)?;
+        .map_err(from_link)?;
         crate::engine::store_revocation(&self.db, &revocation)?;
         let earlier_problems = self.activity.problems.len();
         self.sync_steps(conn).await?;

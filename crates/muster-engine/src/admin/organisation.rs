@@ -244,15 +244,23 @@ impl Engine {
                         "{user}'s device {device_id} was made with a device-link code; approve it with `muster approve`"
                     )));
                 }
-                self.issue(conn, &me, &signing, &proven, wanted.profile(), wanted.roles())
-                    .await?;
+                self.issue(
+                    conn,
+                    &me,
+                    &signing,
+                    &proven,
+                    wanted.profile(),
+                    wanted.roles(),
+                )
+                .await?;
                 Ok(None)
             }
             Action::UpdateCertificates { user } => {
                 let wanted = user_spec(user)?;
                 let me = self.device()?;
                 let signing = self.signing(&me)?;
-                let certificates = self.reissue(&signing, user, &wanted.profile(), &wanted.roles())?;
+                let certificates =
+                    self.reissue(&signing, user, &wanted.profile(), &wanted.roles())?;
                 conn.request(&Request::ReissueCertificates {
                     certificates: certificates.clone(),
                 })

@@ -469,11 +469,7 @@ pub(super) fn catch_up_changes(
             cert.body.user
         ));
     }
-    if policy_after.archived
-        && !after
-            .values()
-            .any(|c| c.is_archive() && !revoked.covers(c))
-    {
+    if policy_after.archived && !after.values().any(|c| c.is_archive() && !revoked.covers(c)) {
         return Err("it is an archived group without its archive".into());
     }
     if policy_before != policy_after {

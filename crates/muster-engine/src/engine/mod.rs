@@ -15,9 +15,9 @@ use crate::store::SCHEMA;
 use muster_proto::{
     auth_transcript, device_id_for, encrypted_size, now_unix, validate_handle, AckItem,
     Certificate, CertificateBody, CodeSecret, Delivery, EnrolmentRequest, ErrorCode, GroupPolicy,
-    InviteCode, InvitePurpose, OrgDescriptor, OrgRootKey, Profile, RelayError, Request, Revocation,
-    RevocationList,
-    RequestBody, Response, Role, ATTACHMENT_CHUNK, GROUP_POLICY_EXTENSION, MAX_ATTACHMENT,
+    InviteCode, InvitePurpose, OrgDescriptor, OrgRootKey, Profile, RelayError, Request,
+    RequestBody, Response, Revocation, RevocationList, Role, ATTACHMENT_CHUNK,
+    GROUP_POLICY_EXTENSION, MAX_ATTACHMENT,
 };
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::*;

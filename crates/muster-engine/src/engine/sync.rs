@@ -116,8 +116,7 @@ impl Engine {
                 match revocation.verify(&org) {
                     // Signed by an admin device already revoked: worthless.
                     Ok(())
-                        if revocation_list(&tx)?
-                            .issuer_revoked(revocation.issuer.as_deref()) =>
+                        if revocation_list(&tx)?.issuer_revoked(revocation.issuer.as_deref()) =>
                     {
                         self.activity.problems.push(format!(
                             "ignored a revocation signed by a revoked admin device of {}",
@@ -384,7 +383,10 @@ pub(crate) fn revocation_list(db: &Connection) -> Result<RevocationList, EngineE
 }
 
 /// Stores a verified revocation inside `tx`.
-pub(crate) fn store_revocation(tx: &Connection, revocation: &Revocation) -> Result<(), EngineError> {
+pub(crate) fn store_revocation(
+    tx: &Connection,
+    revocation: &Revocation,
+) -> Result<(), EngineError> {
     for device in &revocation.body.device_ids {
         tx.execute(
             "INSERT OR IGNORE INTO revoked_devices (device_id, user) VALUES (?1, ?2)",
@@ -418,6 +420,9 @@ pub(super) fn lapsed_devices(db: &Connection) -> Result<HashSet<String>, EngineE
 
 /// Whether `cert` may no longer be used, by what this device knows of revocations
 /// ([`RevocationList::covers`]).
-pub(crate) fn certificate_revoked(db: &Connection, cert: &Certificate) -> Result<bool, EngineError> {
+pub(crate) fn certificate_revoked(
+    db: &Connection,
+    cert: &Certificate,
+) -> Result<bool, EngineError> {
     Ok(revocation_list(db)?.covers(cert))
 }

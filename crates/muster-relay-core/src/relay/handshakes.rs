@@ -307,7 +307,8 @@ fn under_the_rules<T>(
 /// certificates of revoked admin devices their revocations vouched for.
 pub(super) fn revocation_list(db: &Connection) -> Result<RevocationList, Failure> {
     let mut list = RevocationList::default();
-    let mut devices = db.prepare_cached("SELECT device_id FROM devices WHERE status = 'revoked'")?;
+    let mut devices =
+        db.prepare_cached("SELECT device_id FROM devices WHERE status = 'revoked'")?;
     for id in devices.query_map([], |r| r.get(0))? {
         list.add_device(id?);
     }

@@ -10,8 +10,7 @@ use muster_proto::{
     ClaimedKeyPackage, Delivery, DeviceConfirmation, EnrolmentGrant, EnrolmentRequest, ErrorCode,
     GroupPolicy, InvitePurpose, OpenInvite, OrgDescriptor, OrgPolicy, PendingEnrolment, Profile,
     ProfileChange, ProfileRequest, PublishedCheckpoint, RelayError, Request, Response, Revocation,
-    RevocationList,
-    GROUP_POLICY_EXTENSION, MAX_MLS_MESSAGE,
+    RevocationList, GROUP_POLICY_EXTENSION, MAX_MLS_MESSAGE,
 };
 use openmls::prelude::tls_codec::Deserialize as _;
 use openmls::prelude::*;

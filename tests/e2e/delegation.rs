@@ -1,0 +1,148 @@
+//! Every admin device administers without the organisation root key: what it signs
+//! chains to the root through its own admin certificate, and a revoked admin's signature
+//! is worth nothing to any client that knows of the revocation, whatever the relay does.
+
+use muster_e2e::{apply_roles, device_id, relay_certificate, relay_db, roles_file, Device, Org};
+
+/// Enrols `user` through `admin`'s invite and approval.
+fn enrol_by(org: &Org, admin: &Device, user: &str) -> Device {
+    let code = admin.ok(&["invite", user]).trim().to_string();
+    let device = Device::new(&org.dir, user);
+    device.ok(&["join", &code, "--display-name", &format!("{user} display")]);
+    admin.ok(&["approve", user]);
+    device.ok(&["sync"]);
+    device
+}
+
+#[test]
+fn an_admin_who_never_held_the_root_key_enrols_revokes_provisions_and_sets_policy() {
+    let org = Org::new("delegation");
+    let alice = &org.admin;
+    let carol = org.enrol("carol");
+    let bob = org.enrol("bob");
+    let mallory = org.enrol("mallory");
+    apply_roles(&org, alice, &[("carol", "carol display", "admin")]);
+    carol.ok(&["sync"]);
+
+    // Carol's device invites and approves dave: his certificate chains through hers.
+    let dave = enrol_by(&org, &carol, "dave");
+    let cert = relay_certificate(&org, "dave");
+    assert_eq!(cert.issuer_device(), Some(device_id(&carol).as_str()));
+    assert!(cert.body.not_after <= relay_certificate(&org, "carol").body.not_after);
+
+    // Members take it: bob puts dave in a group and they talk.
+    bob.ok(&["group", "create", "ops", "--members", "dave,mallory"]);
+    dave.ok(&["sync"]);
+    mallory.ok(&["sync"]);
+    dave.ok(&["send", "ops", "dave here"]);
+    bob.ok(&["sync"]);
+    assert!(bob.texts("ops").contains(&"dave here".to_string()));
+
+    // Carol revokes mallory; bob's device removes her from the group.
+    carol.ok(&["admin", "revoke", "mallory"]);
+    bob.ok(&["sync"]);
+    assert!(!bob.members("ops").contains(&"mallory".to_string()));
+    assert!(mallory.fails(&["sync"]).contains("revoked"));
+
+    // Carol provisions from a file: invites erin, builds a group, then approves erin.
+    let spec = org.dir.path().join("crew.toml");
+    std::fs::write(
+        &spec,
+        "[[users]]\nhandle = \"erin\"\ndisplay_name = \"Erin E\"\n\n\
+         [[groups]]\nname = \"crew\"\nmembers = [\"carol\", \"bob\", \"dave\"]\n",
+    )
+    .unwrap();
+    let invites = org.dir.path().join("invites.txt");
+    let spec_arg = spec.display().to_string();
+    let invites_arg = invites.display().to_string();
+    carol.ok(&["admin", "apply", &spec_arg, "--invites-out", &invites_arg]);
+    let code = std::fs::read_to_string(&invites).unwrap();
+    let code = code.trim().split_once(' ').unwrap().1.to_string();
+    let erin = Device::new(&org.dir, "erin");
+    erin.ok(&["join", &code, "--display-name", "erin typed this"]);
+    carol.ok(&["admin", "apply", &spec_arg]);
+    erin.ok(&["sync"]);
+    let erin_entry = bob
+        .json(&["directory"])
+        .into_iter()
+        .find(|e| e["user"] == "erin")
+        .expect("erin is in bob's directory");
+    assert_eq!(erin_entry["display_name"], "Erin E", "{erin_entry}");
+    bob.ok(&["sync"]);
+    assert_eq!(bob.members("crew"), ["bob", "carol", "dave"]);
+
+    // Only the root makes admins.
+    let refused = carol.fails(&[
+        "admin",
+        "apply",
+        &roles_file(&org, &[("dave", "dave display", "admin")]),
+    ]);
+    assert!(refused.contains("organisation root key"), "{refused}");
+
+    // Carol's policy is the organisation's, for the root holder too.
+    carol.ok(&["admin", "policy", "--device-self-approval", "on"]);
+    let policy = alice.ok(&["admin", "policy"]);
+    assert!(policy.contains("on"), "{policy}");
+}
+
+#[test]
+fn a_revoked_admins_later_approvals_are_refused_by_every_client() {
+    let org = Org::new("revoked-admin");
+    let alice = &org.admin;
+    let carol = org.enrol("carol");
+    let bob = org.enrol("bob");
+    apply_roles(&org, alice, &[("carol", "carol display", "admin")]);
+    carol.ok(&["sync"]);
+    let dave = enrol_by(&org, &carol, "dave");
+    bob.ok(&["group", "create", "ops", "--members", "dave"]);
+    dave.ok(&["sync"]);
+
+    alice.ok(&["admin", "revoke", "carol"]);
+    bob.ok(&["sync"]);
+    dave.ok(&["sync"]);
+    // What carol issued before stands: her revocation vouches for dave's certificate.
+    bob.ok(&["send", "ops", "still with us, dave?"]);
+    dave.ok(&["sync"]);
+    assert!(dave
+        .texts("ops")
+        .contains(&"still with us, dave?".to_string()));
+    dave.ok(&["send", "ops", "yes"]);
+    bob.ok(&["sync"]);
+    assert!(bob.texts("ops").contains(&"yes".to_string()));
+    assert!(carol.fails(&["invite", "mallory"]).contains("revoked"));
+
+    // The operator brings carol back and hides her revocation; she enrols mallory.
+    let db = relay_db(&org);
+    db.execute(
+        "UPDATE devices SET status = 'approved' WHERE device_id = ?1",
+        [device_id(&carol)],
+    )
+    .unwrap();
+    db.execute("DELETE FROM revocations", []).unwrap();
+    drop(db);
+    let mallory = enrol_by(&org, &carol, "mallory");
+    assert_eq!(
+        relay_certificate(&org, "mallory").issuer_device(),
+        Some(device_id(&carol).as_str())
+    );
+
+    // Every client that learned of the revocation refuses her.
+    for (name, device) in [("alice", alice), ("bob", &bob), ("dave", &dave)] {
+        let err = device.fails(&[
+            "group",
+            "create",
+            &format!("with-{name}"),
+            "--members",
+            "mallory",
+        ]);
+        assert!(err.contains("revoked"), "{name}: {err}");
+        let directory = device.ok(&["directory"]);
+        assert!(!directory.contains("mallory"), "{name}: {directory}");
+    }
+    mallory.ok(&["group", "create", "trap", "--members", "bob"]);
+    bob.run(&["sync"]);
+    assert!(
+        bob.json(&["groups"]).iter().all(|g| g["name"] != "trap"),
+        "bob refuses a Welcome from mallory"
+    );
+}
