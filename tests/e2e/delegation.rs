@@ -146,3 +146,106 @@ fn a_revoked_admins_later_approvals_are_refused_by_every_client() {
         "bob refuses a Welcome from mallory"
     );
 }
+
+#[test]
+fn only_the_root_demotes_or_revokes_an_admin_whatever_another_admin_signs() {
+    let org = Org::new("admin-vs-admin");
+    let alice = &org.admin;
+    let carol = org.enrol("carol");
+    let dave = org.enrol("dave");
+    let bob = org.enrol("bob");
+    apply_roles(
+        &org,
+        alice,
+        &[
+            ("carol", "carol display", "admin"),
+            ("dave", "dave display", "admin"),
+        ],
+    );
+    carol.ok(&["sync"]);
+    dave.ok(&["sync"]);
+    bob.ok(&["group", "create", "ops", "--members", "dave"]);
+    dave.ok(&["sync"]);
+    let refused = carol.fails(&["admin", "revoke", "dave"]);
+    assert!(
+        refused.contains("only the organisation root key revokes"),
+        "{refused}"
+    );
+
+    // Carol signs a revocation of dave's device, and a member certificate for alice's,
+    // by hand; the relay refuses both.
+    let rogue = crate::rogue::Rogue::copy_of(&carol, org.dir.path());
+    let issuer = rogue.certificate();
+    let revocation = muster_proto::Revocation::issue_as_admin(
+        muster_proto::RevocationBody {
+            org_id: rogue.org().org_id,
+            user: "dave".into(),
+            device_ids: vec![device_id(&dave)],
+            issued_at: now(),
+            serial: 1,
+            vouched: Vec::new(),
+        },
+        &issuer,
+        |m| rogue.sign(m),
+    );
+    let answer = rogue.request(muster_proto::Request::Revoke {
+        revocation: revocation.clone(),
+    });
+    assert!(
+        format!("{answer:?}").contains("only the organisation root"),
+        "{answer:?}"
+    );
+    let alice_now = relay_certificate(&org, "alice");
+    let demoted = muster_proto::Certificate::issue_as_admin(
+        muster_proto::CertificateBody {
+            roles: vec![muster_proto::Role::Member],
+            not_before: (alice_now.body.not_before + 1).max(issuer.body.not_before),
+            not_after: issuer.body.not_after,
+            ..alice_now.body.clone()
+        },
+        &issuer,
+        |m| rogue.sign(m),
+    );
+    let answer = rogue.request(muster_proto::Request::ReissueCertificates {
+        certificates: vec![demoted.clone()],
+    });
+    assert!(
+        format!("{answer:?}").contains("only the organisation root"),
+        "{answer:?}"
+    );
+
+    // The operator files them anyway: no client takes them.
+    let db = relay_db(&org);
+    db.execute(
+        "INSERT INTO revocations (user, data, at) VALUES ('dave', ?1, 0)",
+        [serde_json::to_vec(&revocation).unwrap()],
+    )
+    .unwrap();
+    db.execute(
+        "UPDATE devices SET certificate = ?1 WHERE user = 'alice'",
+        [demoted.to_bytes()],
+    )
+    .unwrap();
+    drop(db);
+    let out = bob.ok(&["sync"]);
+    assert!(out.contains("ignored a revocation of admin dave"), "{out}");
+    dave.ok(&["send", "ops", "dave, still an admin"]);
+    bob.ok(&["sync"]);
+    assert!(bob
+        .texts("ops")
+        .contains(&"dave, still an admin".to_string()));
+    assert_eq!(bob.members("ops"), ["bob", "dave"]);
+    alice.run(&["sync"]);
+    let held = crate::rogue::Rogue::copy_of(alice, org.dir.path()).certificate();
+    assert!(
+        held.is_admin() && held.issuer.is_none(),
+        "alice's device keeps its root-signed admin certificate"
+    );
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}

@@ -331,6 +331,22 @@ impl Rogue {
         muster_proto::OrgRootKey::from_pkcs8(&pkcs8).unwrap()
     }
 
+    /// This device's own certificate, as it holds it.
+    pub fn certificate(&self) -> muster_proto::Certificate {
+        let bytes: Vec<u8> = self
+            .db
+            .query_row("SELECT certificate FROM device WHERE id = 1", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        muster_proto::Certificate::from_bytes(&bytes).unwrap()
+    }
+
+    /// Signs `message` with this device's own key.
+    pub fn sign(&self, message: &[u8]) -> Vec<u8> {
+        self.signer().sign(message).unwrap()
+    }
+
     /// The organisation this device pinned.
     pub fn org(&self) -> muster_proto::OrgDescriptor {
         let org: Vec<u8> = self

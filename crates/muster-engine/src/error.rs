@@ -41,6 +41,8 @@ pub enum EngineError {
     NoRootKey,
     #[error("{0} would be an admin: admin certificates are signed by the organisation root key, which this device does not hold (restore it with `muster admin root restore`)")]
     AdminNeedsRoot(String),
+    #[error("{0} is an admin: only the organisation root key revokes an admin's device, and this device does not hold it (restore it with `muster admin root restore`)")]
+    RevokeAdminNeedsRoot(String),
     #[error("this is a managed group: only an admin can {0}")]
     Managed(String),
     #[error("group {0} is archived but has no valid archive member, so nothing can be sent to it until an admin restores the archive (`muster group policy NAME --archived`)")]

@@ -77,8 +77,9 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE TABLE IF NOT EXISTS cursors (group_id BLOB PRIMARY KEY, last_seq INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS own_handshakes (group_id BLOB NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (group_id, seq));
 CREATE TABLE IF NOT EXISTS revoked_devices (device_id TEXT PRIMARY KEY, user TEXT NOT NULL);
--- certificates a revoked admin device issued that its revocation vouched for (their digests)
-CREATE TABLE IF NOT EXISTS vouched_certificates (digest BLOB PRIMARY KEY);
+-- certificates a revoked admin device (issuer) issued that its revocation vouched for
+CREATE TABLE IF NOT EXISTS vouched_certificates (issuer TEXT NOT NULL, digest BLOB NOT NULL,
+    PRIMARY KEY (issuer, digest));
 CREATE TABLE IF NOT EXISTS sync_state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 -- devices whose certificate ran out with no renewal in sight, found at the last lapse check
 CREATE TABLE IF NOT EXISTS lapsed_devices (device_id TEXT PRIMARY KEY);

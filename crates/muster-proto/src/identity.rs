@@ -3,7 +3,7 @@
 use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 const CERT_CONTEXT: &[u8] = b"muster-cert-v1\0";
@@ -69,6 +69,8 @@ pub enum CertError {
     Issuer(Box<CertError>),
     #[error("it stays valid beyond the certificate of the admin device that signed it")]
     OutlivesIssuer,
+    #[error("organisation policy out of bounds: {0}")]
+    PolicyOutOfBounds(&'static str),
 }
 
 /// The pinned description of an organisation.
@@ -119,7 +121,35 @@ pub struct Certificate {
     /// The certificate of the admin device that signed this one; `None` when the
     /// organisation root signed it.
     #[serde(default)]
-    pub issuer: Option<Box<Certificate>>,
+    pub issuer: Option<IssuerCertificate>,
+}
+
+/// The root-signed admin certificate carried by what an admin device signs. It has no
+/// issuer of its own, so a chain is one link long and its encoding cannot nest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuerCertificate {
+    pub body: CertificateBody,
+    pub signature: Vec<u8>,
+}
+
+impl IssuerCertificate {
+    /// The issuer's admin certificate as a root-signed [`Certificate`].
+    pub fn certificate(&self) -> Certificate {
+        Certificate {
+            body: self.body.clone(),
+            signature: self.signature.clone(),
+            issuer: None,
+        }
+    }
+
+    /// The certificate as carried: only a root-signed certificate can issue, so one with
+    /// an issuer of its own is carried without it and fails to verify as an issuer.
+    pub fn of(cert: &Certificate) -> Self {
+        IssuerCertificate {
+            body: cert.body.clone(),
+            signature: cert.signature.clone(),
+        }
+    }
 }
 
 /// A certificate as encoded before admin devices could issue them.
@@ -138,21 +168,27 @@ fn signed_bytes(body: &CertificateBody) -> Vec<u8> {
 /// The bytes an admin device signs to issue `body` under its certificate `issuer`: the
 /// context, the digest of the issuer's certificate (so a signature cannot be moved to
 /// another certificate of the same key), then the body.
-pub fn signed_by_admin(context: &[u8], issuer: &Certificate, body: &impl Serialize) -> Vec<u8> {
+pub fn signed_by_admin(
+    context: &[u8],
+    issuer: &IssuerCertificate,
+    body: &impl Serialize,
+) -> Vec<u8> {
     let mut out = context.to_vec();
-    out.extend(issuer.digest());
+    out.extend(issuer.certificate().digest());
     out.extend(postcard::to_stdvec(body).expect("signed body serialises"));
     out
 }
 
 /// Checks that `issuer` may sign for the organisation at `at`: a root-signed admin
 /// certificate valid then.
-fn check_admin_issuer(issuer: &Certificate, org: &OrgDescriptor, at: u64) -> Result<(), CertError> {
+fn check_admin_issuer(
+    issuer: &IssuerCertificate,
+    org: &OrgDescriptor,
+    at: u64,
+) -> Result<(), CertError> {
+    let issuer = issuer.certificate();
     if !issuer.is_admin() {
         return Err(CertError::IssuerNotAdmin(issuer.body.user.clone()));
-    }
-    if issuer.issuer.is_some() {
-        return Err(CertError::Issuer(Box::new(CertError::AdminNotFromRoot)));
     }
     issuer
         .verify(org, at)
@@ -223,17 +259,18 @@ impl Certificate {
         issuer: &Certificate,
         sign: impl FnOnce(&[u8]) -> Vec<u8>,
     ) -> Certificate {
-        let signature = sign(&signed_by_admin(ADMIN_CERT_CONTEXT, issuer, &body));
+        let issuer = IssuerCertificate::of(issuer);
+        let signature = sign(&signed_by_admin(ADMIN_CERT_CONTEXT, &issuer, &body));
         Certificate {
             body,
             signature,
-            issuer: Some(Box::new(issuer.clone())),
+            issuer: Some(issuer),
         }
     }
 
     /// The device id of the admin device that issued this certificate (`None`: the root).
     pub fn issuer_device(&self) -> Option<&str> {
-        self.issuer.as_deref().map(|i| i.body.device_id.as_str())
+        self.issuer.as_ref().map(|i| i.body.device_id.as_str())
     }
 
     /// SHA-256 of the encoded certificate: what a revocation vouches for.
@@ -372,7 +409,7 @@ pub struct Revocation {
     pub signature: Vec<u8>,
     /// The certificate of the admin device that signed it; `None` for the root.
     #[serde(default)]
-    pub issuer: Option<Box<Certificate>>,
+    pub issuer: Option<IssuerCertificate>,
 }
 
 impl Revocation {
@@ -382,11 +419,12 @@ impl Revocation {
         issuer: &Certificate,
         sign: impl FnOnce(&[u8]) -> Vec<u8>,
     ) -> Revocation {
-        let signature = sign(&signed_by_admin(ADMIN_REVOCATION_CONTEXT, issuer, &body));
+        let issuer = IssuerCertificate::of(issuer);
+        let signature = sign(&signed_by_admin(ADMIN_REVOCATION_CONTEXT, &issuer, &body));
         Revocation {
             body,
             signature,
-            issuer: Some(Box::new(issuer.clone())),
+            issuer: Some(issuer),
         }
     }
 
@@ -435,25 +473,30 @@ impl Revocation {
 #[derive(Debug, Clone, Default)]
 pub struct RevocationList {
     devices: HashSet<String>,
-    vouched: HashSet<Vec<u8>>,
+    /// For each revoked device, the digests its revocations vouched for.
+    vouched: HashMap<String, HashSet<Vec<u8>>>,
 }
 
 impl RevocationList {
-    /// Adds a revocation (already verified).
+    /// Adds a revocation (already verified): what it vouches for stands only for
+    /// certificates issued by the devices it names.
     pub fn add(&mut self, revocation: &Revocation) {
-        self.devices
-            .extend(revocation.body.device_ids.iter().cloned());
-        self.vouched.extend(revocation.body.vouched.iter().cloned());
+        for device in &revocation.body.device_ids {
+            self.devices.insert(device.clone());
+            for digest in &revocation.body.vouched {
+                self.add_vouched(device.clone(), digest.clone());
+            }
+        }
     }
 
-    /// Adds a revoked device by id, with the certificates its revocation vouched for.
+    /// Adds a revoked device by id.
     pub fn add_device(&mut self, device_id: String) {
         self.devices.insert(device_id);
     }
 
-    /// Adds a certificate digest a revocation vouched for.
-    pub fn add_vouched(&mut self, digest: Vec<u8>) {
-        self.vouched.insert(digest);
+    /// Adds a certificate digest that the revocation of `issuer` vouched for.
+    pub fn add_vouched(&mut self, issuer: String, digest: Vec<u8>) {
+        self.vouched.entry(issuer).or_default().insert(digest);
     }
 
     /// Whether the device with this id is revoked.
@@ -468,14 +511,18 @@ impl RevocationList {
     pub fn covers(&self, cert: &Certificate) -> bool {
         self.devices.contains(&cert.body.device_id)
             || cert.issuer_device().is_some_and(|issuer| {
-                self.devices.contains(issuer) && !self.vouched.contains(&cert.digest())
+                self.devices.contains(issuer)
+                    && !self
+                        .vouched
+                        .get(issuer)
+                        .is_some_and(|v| v.contains(&cert.digest()))
             })
     }
 
-    /// Whether something signed by `issuer` (`None`: the root) may be used: the issuing
-    /// device is not revoked.
-    pub fn issuer_revoked(&self, issuer: Option<&Certificate>) -> bool {
-        issuer.is_some_and(|i| self.covers(i))
+    /// Whether something signed by `issuer` (`None`: the root) may no longer be used:
+    /// the issuing admin device is revoked.
+    pub fn issuer_revoked(&self, issuer: Option<&IssuerCertificate>) -> bool {
+        issuer.is_some_and(|i| self.devices.contains(&i.body.device_id))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -511,10 +558,29 @@ pub struct OrgPolicyBody {
     pub certificate_lifetime_secs: u64,
 }
 
+/// The shortest certificate lifetime a policy may set, in seconds.
+pub const MIN_CERTIFICATE_LIFETIME_SECS: u64 = 10;
+
 /// How long identity certificates stay valid unless the organisation's policy says otherwise.
 pub const DEFAULT_CERTIFICATE_LIFETIME_SECS: u64 = 30 * 24 * 3600;
 
 impl OrgPolicyBody {
+    /// Checks what any signer could get wrong: a lifetime too short for devices to renew,
+    /// or a version so high that no policy could follow it.
+    pub fn check_bounds(&self) -> Result<(), CertError> {
+        if self.certificate_lifetime_secs != 0
+            && self.certificate_lifetime_secs < MIN_CERTIFICATE_LIFETIME_SECS
+        {
+            return Err(CertError::PolicyOutOfBounds(
+                "certificate lifetime too short",
+            ));
+        }
+        if self.version >= i64::MAX as u64 {
+            return Err(CertError::PolicyOutOfBounds("version too high"));
+        }
+        Ok(())
+    }
+
     /// The lifetime of certificates issued under this policy, in seconds.
     pub fn certificate_lifetime(&self) -> u64 {
         match self.certificate_lifetime_secs {
@@ -534,7 +600,7 @@ pub struct OrgPolicy {
     pub signature: Vec<u8>,
     /// The certificate of the admin device that signed it; `None` for the root.
     #[serde(default)]
-    pub issuer: Option<Box<Certificate>>,
+    pub issuer: Option<IssuerCertificate>,
 }
 
 impl OrgPolicy {
@@ -544,11 +610,12 @@ impl OrgPolicy {
         issuer: &Certificate,
         sign: impl FnOnce(&[u8]) -> Vec<u8>,
     ) -> OrgPolicy {
-        let signature = sign(&signed_by_admin(ADMIN_POLICY_CONTEXT, issuer, &body));
+        let issuer = IssuerCertificate::of(issuer);
+        let signature = sign(&signed_by_admin(ADMIN_POLICY_CONTEXT, &issuer, &body));
         OrgPolicy {
             body,
             signature,
-            issuer: Some(Box::new(issuer.clone())),
+            issuer: Some(issuer),
         }
     }
 
@@ -562,6 +629,7 @@ impl OrgPolicy {
                 found: self.body.org_id.clone(),
             });
         }
+        self.body.check_bounds()?;
         if let Some(issuer) = &self.issuer {
             check_admin_issuer(issuer, org, self.body.issued_at)?;
             return check_ed25519(
@@ -857,9 +925,24 @@ mod tests {
         }));
         assert!(list.covers(&carol));
         assert!(!list.covers(&bob), "vouched for by the revocation");
+        // Vouching counts only for what the revoked devices issued: a revocation of some
+        // other device cannot pre-vouch for certificates its issuer minted.
+        let mut other = RevocationList::default();
+        other.add(&root.sign_revocation(RevocationBody {
+            org_id: org.org_id.clone(),
+            user: "throwaway".into(),
+            device_ids: vec!["d9".into()],
+            issued_at: 150,
+            serial: 1,
+            vouched: vec![mallory.digest()],
+        }));
+        other.add_device(carol.body.device_id.clone());
+        assert!(other.covers(&mallory));
         assert!(list.covers(&mallory), "not vouched for: refused");
         assert!(!list.covers(&rooted));
-        assert!(list.issuer_revoked(Some(&carol)) && !list.issuer_revoked(None));
+        assert!(
+            list.issuer_revoked(Some(&IssuerCertificate::of(&carol))) && !list.issuer_revoked(None)
+        );
     }
 
     #[test]
@@ -908,10 +991,31 @@ mod tests {
         bumped.body.version = 9;
         assert_eq!(bumped.verify(&org), Err(CertError::BadSignature));
         assert!(
-            OrgPolicy::issue_as_admin(policy, &member_cert, sign_with(&pair))
+            OrgPolicy::issue_as_admin(policy.clone(), &member_cert, sign_with(&pair))
                 .verify(&org)
                 .is_err()
         );
+        // No signer can freeze the organisation with a version nothing can follow, or
+        // certificates too short-lived to renew.
+        for bad in [
+            OrgPolicyBody {
+                version: u64::MAX,
+                ..policy.clone()
+            },
+            OrgPolicyBody {
+                certificate_lifetime_secs: 1,
+                ..policy.clone()
+            },
+        ] {
+            assert!(matches!(
+                OrgPolicy::issue_as_admin(bad.clone(), &carol, sign_with(&pair)).verify(&org),
+                Err(CertError::PolicyOutOfBounds(_))
+            ));
+            assert!(matches!(
+                root.sign_policy(bad).verify(&org),
+                Err(CertError::PolicyOutOfBounds(_))
+            ));
+        }
     }
 
     #[test]

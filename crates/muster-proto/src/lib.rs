@@ -14,8 +14,9 @@ pub use enrolment::{
 };
 pub use identity::{
     device_id_for, now_unix, signed_by_admin, validate_handle, CertError, Certificate,
-    CertificateBody, OrgDescriptor, OrgPolicy, OrgPolicyBody, OrgRootKey, Profile, Revocation,
-    RevocationBody, RevocationList, Role, DEFAULT_CERTIFICATE_LIFETIME_SECS,
+    CertificateBody, IssuerCertificate, OrgDescriptor, OrgPolicy, OrgPolicyBody, OrgRootKey,
+    Profile, Revocation, RevocationBody, RevocationList, Role, DEFAULT_CERTIFICATE_LIFETIME_SECS,
+    MIN_CERTIFICATE_LIFETIME_SECS,
 };
 pub use invite::{InviteCode, InviteError, InvitePurpose};
 pub use policy::{GroupPolicy, GROUP_POLICY_EXTENSION};

@@ -40,7 +40,7 @@ const CLOCK_SKEW_SECS: u64 = 300;
 pub(crate) enum Signing {
     Root(OrgRootKey),
     Admin {
-        certificate: Certificate,
+        certificate: Box<Certificate>,
         key: SignatureKeyPair,
     },
 }
@@ -148,7 +148,7 @@ impl Engine {
             ));
         }
         Ok(Signing::Admin {
-            certificate,
+            certificate: Box::new(certificate),
             key: self.signer(device)?,
         })
     }
@@ -248,6 +248,13 @@ impl Engine {
                 Ok((hex::encode(r.get::<_, Vec<u8>>(0)?), r.get(1)?))
             })?
             .collect::<Result<_, _>>()?;
+        let vouched = self
+            .db
+            .prepare("SELECT issuer, digest FROM vouched_certificates")?
+            .query_map([], |r| {
+                Ok((r.get(0)?, hex::encode(r.get::<_, Vec<u8>>(1)?)))
+            })?
+            .collect::<Result<_, _>>()?;
         let policy = self.stored_policy()?;
         Ok(root_backup::Authority {
             records,
@@ -255,6 +262,7 @@ impl Engine {
             revocation_serials,
             used_codes,
             policy: policy.map(|p| String::from_utf8_lossy(&to_json(&p)).into_owned()),
+            vouched,
         })
     }
 
@@ -280,6 +288,14 @@ impl Engine {
                 "INSERT OR IGNORE INTO revoked_devices (device_id, user) VALUES (?1, ?2)",
                 params![device_id, user],
             )?;
+        }
+        for (issuer, digest) in &authority.vouched {
+            if let Ok(digest) = hex::decode(digest) {
+                tx.execute(
+                    "INSERT OR IGNORE INTO vouched_certificates (issuer, digest) VALUES (?1, ?2)",
+                    params![issuer, digest],
+                )?;
+            }
         }
         for serial in &authority.revocation_serials {
             tx.execute(
@@ -340,9 +356,17 @@ impl Engine {
 
     // ---- what this device knows for itself ---------------------------------------
 
-    /// Keeps the newest certificate of each device among `certs` (already verified).
+    /// Keeps the newest certificate of each device among `certs` (already verified). An
+    /// admin's certificate is replaced only by one the root signed, as the relay does.
     pub(crate) fn remember_certificates(&self, certs: &[Certificate]) -> Result<(), EngineError> {
         for cert in certs {
+            if cert.issuer.is_some()
+                && self
+                    .known_certificate(&cert.body.device_id)?
+                    .is_some_and(|known| known.is_admin())
+            {
+                continue;
+            }
             self.db
                 .prepare_cached(
                     "INSERT INTO known_certificates (device_id, user, certificate, not_before)
@@ -594,6 +618,14 @@ impl Engine {
                 Some(d) => format!("{user} has no enrolled device {d}"),
                 None => format!("no enrolled device of user {user:?}"),
             }));
+        }
+        if !signing.is_root()
+            && self
+                .known_devices_of(user)?
+                .iter()
+                .any(|c| c.is_admin() && device_ids.contains(&c.body.device_id))
+        {
+            return Err(EngineError::RevokeAdminNeedsRoot(user.to_string()));
         }
         self.learn_revocations(conn).await?;
         // What a revoked admin device issued stays valid only where this revocation

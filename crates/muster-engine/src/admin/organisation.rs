@@ -29,6 +29,14 @@ impl Engine {
         let served = ask!(conn, Request::GetOrgPolicy, Response::OrgPolicy(p) => p);
         if let Some(policy) = &served {
             match policy.verify(&org) {
+                Ok(())
+                    if crate::engine::revocation_list(&self.db)?
+                        .issuer_revoked(policy.issuer.as_ref()) =>
+                {
+                    problems.push(
+                        "ignored an organisation policy signed by a revoked admin device".into(),
+                    )
+                }
                 Ok(()) => self.store_policy(policy)?,
                 Err(e) => problems.push(format!(
                     "ignored an organisation policy that does not verify: {e}"
@@ -88,7 +96,9 @@ impl Engine {
             org_id: me.org.org_id.clone(),
             device_self_approval: device_self_approval.unwrap_or(current.device_self_approval),
             issued_at: now_unix(),
-            version: current.version + 1,
+            version: current.version.checked_add(1).ok_or_else(|| {
+                EngineError::Invalid("the organisation policy's version cannot go higher".into())
+            })?,
             certificate_lifetime_secs: certificate_lifetime_secs
                 .unwrap_or(current.certificate_lifetime_secs),
         });
@@ -147,7 +157,7 @@ impl Engine {
         }
         self.certificates(conn).await?;
         for user in due {
-            let Some((profile, roles)) = self.signed_record_of(&user)? else {
+            let Some((profile, roles)) = self.current_record_of(&user)? else {
                 continue;
             };
             if roles.contains(&Role::Admin) && !signing.is_root() {
@@ -170,6 +180,42 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// `user`'s profile and roles as this device signed them, unless another admin
+    /// device (or the root, held elsewhere) signed a certificate of theirs since: then
+    /// that newer one, which becomes this device's record. Renewals never undo a later
+    /// decision of another admin.
+    fn current_record_of(&self, user: &str) -> Result<Option<(Profile, Vec<Role>)>, EngineError> {
+        let Some(record) = self.signed_record_of(user)? else {
+            return Ok(None);
+        };
+        let recorded_at: i64 = self.db.query_row(
+            "SELECT updated_at FROM org_records WHERE user = ?1",
+            [user],
+            |r| r.get(0),
+        )?;
+        let me = self.device()?;
+        let signed_here = |c: &Certificate| match c.issuer_device() {
+            Some(issuer) => issuer == me.device_id,
+            None => me.root_key.is_some(),
+        };
+        let newest = self
+            .known_devices_of(user)?
+            .into_iter()
+            .max_by_key(|c| c.body.not_before);
+        match newest {
+            Some(c)
+                if !signed_here(&c)
+                    && ((c.body.not_before + CLOCK_SKEW_SECS) as i64).saturating_mul(1000)
+                        > recorded_at
+                    && (&c.body.profile, &c.body.roles) != (&record.0, &record.1) =>
+            {
+                self.set_record(user, &c.body.profile, &c.body.roles)?;
+                Ok(Some((c.body.profile, c.body.roles)))
+            }
+            _ => Ok(Some(record)),
+        }
     }
 
     /// (admin) What the organisation looks like now, for provisioning. Who is enrolled
@@ -321,14 +367,17 @@ impl Engine {
     // ---- profiles ---------------------------------------------------------------------
 }
 
-/// The shortest certificate lifetime an organisation may choose.
-pub(super) const MIN_CERTIFICATE_LIFETIME_SECS: u64 = 10;
+use muster_proto::MIN_CERTIFICATE_LIFETIME_SECS;
 
 /// Keeps `policy` in `db` if it is newer than the one held (the caller verified it).
 pub(super) fn store_policy_in(
     db: &rusqlite::Connection,
     policy: &OrgPolicy,
 ) -> Result<(), EngineError> {
+    // A policy signed by a revoked admin device is worthless, whatever its version.
+    if crate::engine::revocation_list(db)?.issuer_revoked(policy.issuer.as_ref()) {
+        return Ok(());
+    }
     db.execute(
         "INSERT INTO org_policy (id, policy, version) VALUES (1, ?1, ?2)
          ON CONFLICT (id) DO UPDATE SET policy = excluded.policy, version = excluded.version

@@ -57,6 +57,10 @@ pub struct Authority {
     /// The newest signed organisation policy it held (JSON), checked again on restore.
     #[serde(default)]
     pub policy: Option<String>,
+    /// Certificates revoked admin devices issued that their revocations vouched for:
+    /// (revoked device id, hex digest).
+    #[serde(default)]
+    pub vouched: Vec<(String, String)>,
 }
 
 /// One user's record in an [`Authority`].
@@ -558,6 +562,7 @@ mod tests {
             revocation_serials: vec![1, 2],
             used_codes: vec![("ab".into(), "dev-2".into())],
             policy: None,
+            vouched: vec![("dev-1".into(), "cd".into())],
         };
         let backup = seal(&root, &authority, &org, PASSPHRASE).unwrap();
         assert!(

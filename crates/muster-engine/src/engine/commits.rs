@@ -409,7 +409,11 @@ pub(super) fn catch_up_changes(
     ]
     .into_iter()
     .flatten()
-    .filter(|c| c.body.device_key == signer.body.device_key && c.verify_issuer(&device.org).is_ok())
+    .filter(|c| {
+        c.body.device_key == signer.body.device_key
+            && c.verify_issuer(&device.org).is_ok()
+            && !revoked.covers(c)
+    })
     .max_by_key(|c| c.body.not_before)
     .unwrap_or(signer);
     newest.check_validity(now_unix()).map_err(|e| {

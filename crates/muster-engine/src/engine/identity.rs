@@ -348,11 +348,16 @@ impl Engine {
                 ));
             }
             // Only a later certificate replaces the one held: a relay cannot hand back an
-            // older one (say, from before a role was taken away).
-            let newer = device
-                .certificate
-                .as_ref()
-                .is_none_or(|old| *old != cert && cert.body.not_before > old.body.not_before);
+            // older one (say, from before a role was taken away). It must not come from a
+            // revoked admin device, and an admin's certificate is replaced by the root
+            // only: another admin cannot take away the power to revoke it.
+            let revoked = revocation_list(&self.db)?;
+            let newer = !revoked.covers(&cert)
+                && device.certificate.as_ref().is_none_or(|old| {
+                    *old != cert
+                        && cert.body.not_before > old.body.not_before
+                        && !(old.is_admin() && cert.issuer.is_some())
+                });
             let renewed = newer && device.certificate.is_some();
             if newer {
                 self.db.execute(

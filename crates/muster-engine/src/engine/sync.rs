@@ -92,7 +92,8 @@ impl Engine {
 
     /// Fetches and stores revocations this device has not seen yet.
     pub(crate) async fn learn_revocations(&mut self, conn: &impl Link) -> Result<(), EngineError> {
-        let org = self.device()?.org;
+        let me = self.device()?;
+        let org = me.org.clone();
         loop {
             let since: i64 = self
                 .db
@@ -109,6 +110,18 @@ impl Engine {
             if list.is_empty() {
                 break;
             }
+            // Who is an admin, for revocations another admin signed: the certificates
+            // in this device's groups and the directory, as far as it knows them.
+            let mut admins = HashSet::new();
+            if list.iter().any(|(_, r)| r.issuer.is_some()) {
+                self.certificates(conn).await?;
+                admins.extend(
+                    self.certificates_in_groups()?
+                        .into_iter()
+                        .filter(|c| c.is_admin() && c.verify_issuer(&org).is_ok())
+                        .map(|c| c.body.device_id),
+                );
+            }
             let tx = self
                 .db
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -116,7 +129,7 @@ impl Engine {
                 match revocation.verify(&org) {
                     // Signed by an admin device already revoked: worthless.
                     Ok(())
-                        if revocation_list(&tx)?.issuer_revoked(revocation.issuer.as_deref()) =>
+                        if revocation_list(&tx)?.issuer_revoked(revocation.issuer.as_ref()) =>
                     {
                         self.activity.problems.push(format!(
                             "ignored a revocation signed by a revoked admin device of {}",
@@ -124,6 +137,16 @@ impl Engine {
                                 .issuer
                                 .as_ref()
                                 .map_or("?", |i| i.body.user.as_str())
+                        ))
+                    }
+                    // Only the root revokes an admin's device.
+                    Ok(())
+                        if revocation.issuer.is_some()
+                            && names_an_admin(&tx, &me, &admins, revocation)? =>
+                    {
+                        self.activity.problems.push(format!(
+                            "ignored a revocation of admin {} signed by another admin's device, not the organisation root",
+                            revocation.body.user
                         ))
                     }
                     Ok(()) => store_revocation(&tx, revocation)?,
@@ -367,7 +390,29 @@ pub(crate) fn known_certificate(
     Ok(bytes.and_then(|b| Certificate::from_bytes(&b).ok()))
 }
 
-/// Every device this device knows to be revoked.
+/// Whether `revocation` names a device this device knows as an admin's.
+fn names_an_admin(
+    db: &Connection,
+    me: &DeviceRow,
+    admins_in_groups: &HashSet<String>,
+    revocation: &Revocation,
+) -> Result<bool, EngineError> {
+    for device in &revocation.body.device_ids {
+        if admins_in_groups.contains(device) {
+            return Ok(true);
+        }
+        let cert = if *device == me.device_id {
+            me.certificate.clone()
+        } else {
+            known_certificate(db, device)?
+        };
+        if cert.is_some_and(|c| c.is_admin()) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// The organisation's revocations as this device knows them.
 pub(crate) fn revocation_list(db: &Connection) -> Result<RevocationList, EngineError> {
     let mut list = RevocationList::default();
@@ -375,9 +420,10 @@ pub(crate) fn revocation_list(db: &Connection) -> Result<RevocationList, EngineE
     for id in devices.query_map([], |r| r.get(0))? {
         list.add_device(id?);
     }
-    let mut vouched = db.prepare_cached("SELECT digest FROM vouched_certificates")?;
-    for digest in vouched.query_map([], |r| r.get(0))? {
-        list.add_vouched(digest?);
+    let mut vouched = db.prepare_cached("SELECT issuer, digest FROM vouched_certificates")?;
+    for row in vouched.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))? {
+        let (issuer, digest) = row?;
+        list.add_vouched(issuer, digest);
     }
     Ok(list)
 }
@@ -392,12 +438,12 @@ pub(crate) fn store_revocation(
             "INSERT OR IGNORE INTO revoked_devices (device_id, user) VALUES (?1, ?2)",
             params![device, revocation.body.user],
         )?;
-    }
-    for digest in &revocation.body.vouched {
-        tx.execute(
-            "INSERT OR IGNORE INTO vouched_certificates (digest) VALUES (?1)",
-            [digest],
-        )?;
+        for digest in &revocation.body.vouched {
+            tx.execute(
+                "INSERT OR IGNORE INTO vouched_certificates (issuer, digest) VALUES (?1, ?2)",
+                params![device, digest],
+            )?;
+        }
     }
     if revocation.body.serial > 0 {
         tx.execute(

@@ -34,7 +34,7 @@ impl Relay {
         revocation
             .verify(&org)
             .map_err(|e| refuse(ErrorCode::InvalidCertificate, format!("revocation: {e}")))?;
-        refuse_revoked_issuer(&self.db, revocation.issuer.as_deref())?;
+        refuse_revoked_issuer(&self.db, revocation.issuer.as_ref())?;
         let body = &revocation.body;
         if body.device_ids.is_empty() {
             return Err(refuse(ErrorCode::BadRequest, "revocation names no device"));
@@ -71,6 +71,14 @@ impl Relay {
                 return Err(refuse(
                     ErrorCode::UnknownDevice,
                     format!("{} has no device {device}", body.user),
+                ));
+            }
+            if revocation.issuer.is_some()
+                && device_certificate(&tx, device)?.is_some_and(|c| c.is_admin())
+            {
+                return Err(refuse(
+                    ErrorCode::Forbidden,
+                    "only the organisation root revokes an admin's device",
                 ));
             }
             exec(
@@ -408,13 +416,16 @@ impl Relay {
         policy
             .verify(&org)
             .map_err(|e| refuse(ErrorCode::InvalidCertificate, format!("policy: {e}")))?;
-        refuse_revoked_issuer(&self.db, policy.issuer.as_deref())?;
-        if let Some(current) = load_org_policy(&self.db)?.filter(|p| p.verify(&org).is_ok()) {
-            if policy.body.version <= current.body.version {
+        refuse_revoked_issuer(&self.db, policy.issuer.as_ref())?;
+        let revoked = revocation_list(&self.db)?;
+        let in_force = load_org_policy(&self.db)?
+            .filter(|p| p.verify(&org).is_ok() && !revoked.issuer_revoked(p.issuer.as_ref()));
+        if let Some(current) = in_force {
+            if policy.body.version != current.body.version + 1 {
                 return Err(refuse(
                     ErrorCode::BadRequest,
                     format!(
-                        "policy version {} is not newer than version {} in force",
+                        "policy version {} does not follow version {} in force",
                         policy.body.version, current.body.version
                     ),
                 ));
@@ -503,9 +514,15 @@ pub(super) fn replace_user_certificates(
     for cert in certificates {
         cert.verify(org, now_unix())
             .map_err(|e| refuse(ErrorCode::InvalidCertificate, e.to_string()))?;
-        refuse_revoked_issuer(tx, cert.issuer.as_deref())?;
+        refuse_revoked_issuer(tx, cert.issuer.as_ref())?;
         let old = device_certificate(tx, &cert.body.device_id)?
             .ok_or_else(|| refuse(ErrorCode::UnknownDevice, "device has no certificate"))?;
+        if cert.issuer.is_some() && old.is_admin() {
+            return Err(refuse(
+                ErrorCode::Forbidden,
+                "only the organisation root changes an admin's certificate",
+            ));
+        }
         if cert.body.user != user || cert.body.device_key != old.body.device_key {
             return Err(refuse(
                 ErrorCode::InvalidCertificate,

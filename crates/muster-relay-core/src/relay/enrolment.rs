@@ -313,7 +313,7 @@ impl Relay {
         let org = self.require_org()?;
         cert.verify(&org, now_unix())
             .map_err(|e| refuse(ErrorCode::InvalidCertificate, e.to_string()))?;
-        refuse_revoked_issuer(&self.db, cert.issuer.as_deref())?;
+        refuse_revoked_issuer(&self.db, cert.issuer.as_ref())?;
         let tx = self
             .db
             .transaction_with_behavior(TransactionBehavior::Immediate)?;

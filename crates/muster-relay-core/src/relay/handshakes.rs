@@ -315,8 +315,10 @@ pub(super) fn revocation_list(db: &Connection) -> Result<RevocationList, Failure
     let mut stored = db.prepare_cached("SELECT data FROM revocations")?;
     for data in stored.query_map([], |r| r.get::<_, Vec<u8>>(0))? {
         if let Ok(revocation) = serde_json::from_slice::<Revocation>(&data?) {
-            for digest in revocation.body.vouched {
-                list.add_vouched(digest);
+            for device in &revocation.body.device_ids {
+                for digest in &revocation.body.vouched {
+                    list.add_vouched(device.clone(), digest.clone());
+                }
             }
         }
     }
@@ -326,7 +328,7 @@ pub(super) fn revocation_list(db: &Connection) -> Result<RevocationList, Failure
 /// Refuses a certificate, revocation or policy signed by an admin device that is revoked.
 pub(super) fn refuse_revoked_issuer(
     db: &Connection,
-    issuer: Option<&Certificate>,
+    issuer: Option<&IssuerCertificate>,
 ) -> Result<(), Failure> {
     if revocation_list(db)?.issuer_revoked(issuer) {
         return Err(refuse(

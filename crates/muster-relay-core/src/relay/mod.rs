@@ -8,9 +8,9 @@ use crate::schema::SCHEMA;
 use muster_proto::{
     auth_transcript, now_unix, validate_handle, AckItem, AuditEvent, Certificate,
     ClaimedKeyPackage, Delivery, DeviceConfirmation, EnrolmentGrant, EnrolmentRequest, ErrorCode,
-    GroupPolicy, InvitePurpose, OpenInvite, OrgDescriptor, OrgPolicy, PendingEnrolment, Profile,
-    ProfileChange, ProfileRequest, PublishedCheckpoint, RelayError, Request, Response, Revocation,
-    RevocationList, GROUP_POLICY_EXTENSION, MAX_MLS_MESSAGE,
+    GroupPolicy, InvitePurpose, IssuerCertificate, OpenInvite, OrgDescriptor, OrgPolicy,
+    PendingEnrolment, Profile, ProfileChange, ProfileRequest, PublishedCheckpoint, RelayError,
+    Request, Response, Revocation, RevocationList, GROUP_POLICY_EXTENSION, MAX_MLS_MESSAGE,
 };
 use openmls::prelude::tls_codec::Deserialize as _;
 use openmls::prelude::*;
