@@ -19,7 +19,7 @@ pub use identity::{
     MIN_CERTIFICATE_LIFETIME_SECS,
 };
 pub use invite::{InviteCode, InviteError, InvitePurpose};
-pub use policy::{GroupPolicy, GROUP_POLICY_EXTENSION};
+pub use policy::{GroupPolicy, GROUP_POLICY_EXTENSION, MAX_PENDING_SEATS};
 pub use wire::{
     archive_checkpoint_payload, auth_transcript, decode, encode, encrypted_size, AckItem,
     AuditEvent, ClaimedKeyPackage, Delivery, ErrorCode, OpenInvite, PendingEnrolment,

@@ -211,11 +211,14 @@ pub enum Request {
     ArchiveCheckpoints {
         since: u64,
     },
-    /// (member) The newest GroupInfo of a group this device is in.
+    /// (member, or someone the group lists as waiting to join) The newest GroupInfo of a
+    /// group.
     GroupInfo {
         #[serde(with = "serde_bytes")]
         group_id: Vec<u8>,
     },
+    /// The groups whose context lists this device's user as waiting to join.
+    PendingSeats,
 }
 
 /// The relay's answer to one request.
@@ -273,6 +276,8 @@ pub enum Response {
     },
     /// Published archive checkpoints with their positions, oldest first.
     ArchiveCheckpoints(Vec<(u64, PublishedCheckpoint)>),
+    /// Ids of the groups waiting for this device's user.
+    PendingSeats(Vec<Vec<u8>>),
 }
 
 /// One metadata event in the relay's audit log. Never content.

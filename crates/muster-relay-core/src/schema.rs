@@ -29,6 +29,10 @@ CREATE TABLE IF NOT EXISTS groups (
 -- each group's newest GroupInfo, signed by the member who made its epoch
 CREATE TABLE IF NOT EXISTS group_infos (
     group_id BLOB PRIMARY KEY, epoch INTEGER NOT NULL, data BLOB NOT NULL);
+-- who each group's context lists as waiting to join (kept from the newest epoch)
+CREATE TABLE IF NOT EXISTS pending_seats (
+    group_id BLOB NOT NULL, user TEXT NOT NULL, PRIMARY KEY (group_id, user));
+CREATE INDEX IF NOT EXISTS pending_seats_user ON pending_seats(user);
 CREATE TABLE IF NOT EXISTS memberships (
     group_id BLOB NOT NULL, device_id TEXT NOT NULL, from_seq INTEGER NOT NULL, to_seq INTEGER);
 CREATE INDEX IF NOT EXISTS memberships_device ON memberships(device_id);

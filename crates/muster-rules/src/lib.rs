@@ -9,13 +9,20 @@
 //! - an added member's certificate verifies the same way;
 //! - an update keeps the leaf's user and device (a member cannot put on someone else's
 //!   certificate), and so does the committer's own new leaf;
-//! - only admins change the group context (its policy);
+//! - only admins change the group context (its policy), except the list of people
+//!   waiting to join, which whoever may add (or remove) a person may change for them;
 //! - in a managed group only admins add or remove people; a member may add their own
 //!   other devices and remove revoked devices, or devices whose certificate ran out;
 //! - while a group is archived, nobody removes an unrevoked archive device;
-//! - nothing else (pre-shared keys, re-initialisation, external joins, custom proposals).
+//! - an external join comes from a device already in the group replacing its own leaf,
+//!   or from a device of someone the group lists as waiting to join, and does nothing
+//!   else;
+//! - nothing else (pre-shared keys, re-initialisation, custom proposals).
 
-use muster_proto::{Certificate, GroupPolicy, OrgDescriptor, GROUP_POLICY_EXTENSION};
+use muster_proto::{
+    validate_handle, Certificate, GroupPolicy, OrgDescriptor, GROUP_POLICY_EXTENSION,
+    MAX_PENDING_SEATS,
+};
 use openmls::prelude::*;
 
 /// What the checking device knows besides the group itself.
@@ -145,6 +152,68 @@ pub fn policy_in(extensions: &Extensions<GroupContext>) -> GroupPolicy {
     )
 }
 
+/// The people a set of group-context extensions lists as waiting to join.
+pub fn pending_in(extensions: &Extensions<GroupContext>) -> Vec<String> {
+    GroupPolicy::pending_in(
+        extensions
+            .unknown(GROUP_POLICY_EXTENSION)
+            .map(|e| e.0.as_slice()),
+    )
+}
+
+/// Checks a change of the group context by `proposer`. An admin may change anything. A
+/// member may change only the list of people waiting to join, and only as they may add
+/// and remove people: in a managed group, only strike off people already in the group.
+fn check_context_change(
+    members: &[Member],
+    before: &Extensions<GroupContext>,
+    after: &Extensions<GroupContext>,
+    proposer: &Certificate,
+) -> Result<(), Refusal> {
+    let pending = pending_in(after);
+    if pending.len() > MAX_PENDING_SEATS || pending.iter().any(|u| validate_handle(u).is_err()) {
+        return Err(Refusal::Unsupported(
+            "a list of people waiting to join that is too long or names an invalid handle",
+        ));
+    }
+    if proposer.is_admin() {
+        return Ok(());
+    }
+    let by = &proposer.body.user;
+    let others = |e: &Extensions<GroupContext>| -> Vec<Extension> {
+        e.iter()
+            .filter(|x| x.extension_type() != ExtensionType::Unknown(GROUP_POLICY_EXTENSION))
+            .cloned()
+            .collect()
+    };
+    let policy = policy_in(before);
+    if policy_in(after) != policy || others(before) != others(after) {
+        return Err(Refusal::Policy { by: by.clone() });
+    }
+    let was = pending_in(before);
+    if policy.managed {
+        let in_group = |user: &String| {
+            members
+                .iter()
+                .filter_map(|m| certificate_in(&m.credential))
+                .any(|c| c.body.user == *user)
+        };
+        if pending.iter().any(|u| !was.contains(u)) {
+            return Err(Refusal::Managed {
+                by: by.clone(),
+                what: "add people",
+            });
+        }
+        if was.iter().any(|u| !pending.contains(u) && !in_group(u)) {
+            return Err(Refusal::Managed {
+                by: by.clone(),
+                what: "remove people",
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Checks that a leaf that replaces `old`'s keeps its user and device and verifies.
 fn check_same_identity(
     ctx: &Context<'_>,
@@ -173,12 +242,13 @@ fn check_same_identity(
 fn check_one(
     ctx: &Context<'_>,
     members: &[Member],
-    policy: GroupPolicy,
+    context: &Extensions<GroupContext>,
     proposer: &Certificate,
     proposer_index: LeafNodeIndex,
     proposal: &Proposal,
 ) -> Result<(), Refusal> {
     let by = &proposer.body.user;
+    let policy = policy_in(context);
     let removal = |removed: LeafNodeIndex| -> Result<(), Refusal> {
         let member = members
             .iter()
@@ -221,10 +291,9 @@ fn check_one(
         Proposal::Remove(remove) => removal(remove.removed()),
         Proposal::SelfRemove => removal(proposer_index),
         Proposal::Update(update) => check_same_identity(ctx, proposer, update.leaf_node()),
-        Proposal::GroupContextExtensions(_) if !proposer.is_admin() => {
-            Err(Refusal::Policy { by: by.clone() })
+        Proposal::GroupContextExtensions(change) => {
+            check_context_change(members, context, change.extensions(), proposer)
         }
-        Proposal::GroupContextExtensions(_) => Ok(()),
         Proposal::PreSharedKey(_) => Err(Refusal::Unsupported("a pre-shared key")),
         Proposal::ReInit(_) => Err(Refusal::Unsupported("re-initialisation")),
         Proposal::ExternalInit(_) => Err(Refusal::Unsupported("an external join")),
@@ -233,11 +302,11 @@ fn check_one(
 }
 
 /// Checks a standalone proposal sent by `sender` into a group with `members` (before any
-/// change) and `policy`.
+/// change) and group-context extensions `context` (its policy and who waits to join).
 pub fn check_proposal(
     ctx: &Context<'_>,
     members: &[Member],
-    policy: GroupPolicy,
+    context: &Extensions<GroupContext>,
     sender: &Sender,
     proposal: &Proposal,
 ) -> Result<(), Refusal> {
@@ -245,21 +314,21 @@ pub fn check_proposal(
     let Sender::Member(index) = sender else {
         return Err(Refusal::NotFromMember);
     };
-    check_one(ctx, members, policy, &proposer, *index, proposal)
+    check_one(ctx, members, context, &proposer, *index, proposal)
 }
 
-/// Checks a commit by `committer` to a group with `members` (before the commit) and
-/// `policy` (before the commit): every proposal it carries, by value or by reference,
-/// against the member who proposed it, and the committer's own new leaf.
+/// Checks a commit by `committer` to a group with `members` and group-context
+/// extensions `context` (both before the commit): every proposal it carries, by value
+/// or by reference, against the member who proposed it, and the committer's own new leaf.
 pub fn check_commit(
     ctx: &Context<'_>,
     members: &[Member],
-    policy: GroupPolicy,
+    context: &Extensions<GroupContext>,
     committer: &Sender,
     staged: &StagedCommit,
 ) -> Result<(), Refusal> {
     if *committer == Sender::NewMemberCommit {
-        return check_rejoin(ctx, members, staged);
+        return check_external_join(ctx, members, &pending_in(context), staged);
     }
     let committer_cert = match sender_certificate(ctx, members, committer) {
         Ok(cert) => cert,
@@ -271,7 +340,7 @@ pub fn check_commit(
         Err(other) => return Err(other),
     };
     for queued in staged.queued_proposals() {
-        check_proposal(ctx, members, policy, queued.sender(), queued.proposal())?;
+        check_proposal(ctx, members, context, queued.sender(), queued.proposal())?;
     }
     if let Some(leaf) = staged.update_path_leaf_node() {
         check_same_identity(ctx, &committer_cert, leaf)?;
@@ -279,12 +348,14 @@ pub fn check_commit(
     Ok(())
 }
 
-/// An external commit may only bring back a device that is in the group already (one
-/// that fell behind and rejoins from the group's newest GroupInfo): its new leaf must
-/// verify, and the commit must remove that same device's old leaf and do nothing else.
-fn check_rejoin(
+/// An external commit may bring back a device that is in the group already (one that
+/// fell behind and rejoins from the group's newest GroupInfo), removing that same
+/// device's old leaf, or bring in a device of someone the group lists as waiting to
+/// join. Its new leaf must verify, and it does nothing else.
+fn check_external_join(
     ctx: &Context<'_>,
     members: &[Member],
+    pending: &[String],
     staged: &StagedCommit,
 ) -> Result<(), Refusal> {
     let leaf = staged
@@ -315,9 +386,13 @@ fn check_rejoin(
             }
         }
     }
-    if !replaced_own_leaf {
+    let already_in = members
+        .iter()
+        .filter_map(|m| certificate_in(&m.credential))
+        .any(|c| c.body.device_id == new.body.device_id);
+    if !replaced_own_leaf && (already_in || !pending.contains(&new.body.user)) {
         return Err(Refusal::Unsupported(
-            "an external join of a device that is not in the group",
+            "an external join of a device that is not in the group and not waiting to join",
         ));
     }
     Ok(())

@@ -183,12 +183,7 @@ fn judge_at(
         .try_into_protocol_message()
         .unwrap();
     let members: Vec<Member_> = group.members().collect();
-    let policy = GroupPolicy::from_extension(
-        group
-            .extensions()
-            .unknown(GROUP_POLICY_EXTENSION)
-            .map(|e| e.0.as_slice()),
-    );
+    let context = group.extensions().clone();
     let processed = group.process_message(&receiver.provider, message).unwrap();
     let is_revoked = |c: &Certificate| revoked.contains(&c.body.device_id);
     let is_renewed = |d: &str| renewed.iter().any(|r| r == d);
@@ -201,10 +196,10 @@ fn judge_at(
     let sender = processed.sender().clone();
     match processed.into_content() {
         ProcessedMessageContent::StagedCommitMessage(staged) => {
-            check_commit(&ctx, &members, policy, &sender, &staged)
+            check_commit(&ctx, &members, &context, &sender, &staged)
         }
         ProcessedMessageContent::ProposalMessage(proposal) => {
-            check_proposal(&ctx, &members, policy, &sender, proposal.proposal())
+            check_proposal(&ctx, &members, &context, &sender, proposal.proposal())
         }
         _ => panic!("expected a handshake"),
     }

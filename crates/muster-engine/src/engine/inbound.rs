@@ -363,7 +363,7 @@ pub(super) fn process_group_message(
                 muster_rules::check_proposal(
                     &rules,
                     &members,
-                    policy,
+                    group.extensions(),
                     &sender,
                     proposal.proposal(),
                 )
@@ -383,7 +383,7 @@ pub(super) fn process_group_message(
             }
             ProcessedMessageContent::StagedCommitMessage(staged) => {
                 let members: Vec<Member> = group.members().collect();
-                muster_rules::check_commit(&rules, &members, policy, &sender, &staged)
+                muster_rules::check_commit(&rules, &members, group.extensions(), &sender, &staged)
                     .map_err(|e| format!("refused a commit by {by}: {e}"))?;
                 let changed_policy = muster_rules::policy_change(policy, &staged);
                 let added: Vec<String> = staged

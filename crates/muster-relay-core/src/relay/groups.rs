@@ -110,6 +110,7 @@ impl Relay {
             "INSERT INTO groups (group_id, epoch, last_seq, created_by, created_at) VALUES (?1, ?2, 0, ?3, ?4)",
             params![group_id, group.group_context().epoch().as_u64() as i64, session.device_id, now_unix() as i64],
         )?;
+        Self::record_pending_seats(&tx, &group_id, &group)?;
         let creator_key = Self::device_key(&tx, &session.device_id)?;
         if Self::checked_group_info(&self.crypto, &group, group_info, &creator_key) {
             exec(
@@ -148,12 +149,53 @@ impl Relay {
         )?)
     }
 
+    /// Keeps who the group's context lists as waiting to join, for [`Self::pending_seats`].
+    pub(super) fn record_pending_seats(
+        tx: &Connection,
+        group_id: &[u8],
+        group: &PublicGroup,
+    ) -> Result<(), Failure> {
+        exec(
+            tx,
+            "DELETE FROM pending_seats WHERE group_id = ?1",
+            params![group_id],
+        )?;
+        for user in muster_rules::pending_in(group.group_context().extensions()) {
+            exec(
+                tx,
+                "INSERT OR IGNORE INTO pending_seats (group_id, user) VALUES (?1, ?2)",
+                params![group_id, user],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The groups waiting for the session's user to join.
+    pub(super) fn pending_seats(&self, session: &Session) -> Result<Outcome, Failure> {
+        let groups = self
+            .db
+            .prepare_cached("SELECT group_id FROM pending_seats WHERE user = ?1 ORDER BY group_id")?
+            .query_map([&session.user], |r| r.get(0))?
+            .collect::<Result<Vec<Vec<u8>>, _>>()?;
+        Ok(Outcome::reply(Response::PendingSeats(groups)))
+    }
+
     pub(super) fn group_info(
         &self,
         session: &Session,
         group_id: &[u8],
     ) -> Result<Outcome, Failure> {
-        require_member(&self.db, group_id, &session.device_id)?;
+        let waiting = row(
+            &self.db,
+            "SELECT 1 FROM pending_seats WHERE group_id = ?1 AND user = ?2",
+            params![group_id, session.user],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some();
+        if !waiting {
+            require_member(&self.db, group_id, &session.device_id)?;
+        }
         let info: Option<(i64, Vec<u8>)> = row(
             &self.db,
             "SELECT epoch, data FROM group_infos WHERE group_id = ?1",

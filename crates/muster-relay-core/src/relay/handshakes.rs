@@ -134,7 +134,13 @@ impl Relay {
         // sequenced, so it cannot leave them behind.
         let members: Vec<Member> = group.members().collect();
         under_the_rules(&tx, &org, |rules| {
-            muster_rules::check_commit(rules, &members, policy_of(&group), &sender, &staged)
+            muster_rules::check_commit(
+                rules,
+                &members,
+                group.group_context().extensions(),
+                &sender,
+                &staged,
+            )
         })?
         .map_err(|e| refuse(refusal_code(&e), format!("commit refused: {e}")))?;
         group
@@ -144,7 +150,10 @@ impl Relay {
         let before = Self::current_members(&tx, group_id)?;
         let added: Vec<&String> = after.difference(&before).collect();
         let removed: Vec<&String> = before.difference(&after).collect();
-        if !added.is_empty() && welcome.is_none() {
+        // Someone waiting to join brings only their own device, by external commit.
+        let joined_on_their_own =
+            sender == Sender::NewMemberCommit && added == [&session.device_id];
+        if !added.is_empty() && welcome.is_none() && !joined_on_their_own {
             return Err(refuse(
                 ErrorCode::BadRequest,
                 "a commit that adds members must come with their Welcome",
@@ -203,11 +212,14 @@ impl Relay {
                 "INSERT INTO memberships (group_id, device_id, from_seq) VALUES (?1, ?2, ?3)",
                 params![group_id, device, (seq + 1) as i64],
             )?;
-            exec(&tx,
-                "INSERT INTO welcomes (device_id, group_id, data, stored_at) VALUES (?1, ?2, ?3, ?4)",
-                params![device, group_id, welcome.unwrap_or_default(), now_unix() as i64],
-            )?;
+            if let Some(welcome) = welcome {
+                exec(&tx,
+                    "INSERT INTO welcomes (device_id, group_id, data, stored_at) VALUES (?1, ?2, ?3, ?4)",
+                    params![device, group_id, welcome, now_unix() as i64],
+                )?;
+            }
         }
+        Self::record_pending_seats(&tx, group_id, &group)?;
         tx.commit()?;
         let mut wake: BTreeSet<String> = after.into_iter().chain(before).collect();
         wake.remove(&session.device_id);
@@ -247,7 +259,7 @@ impl Relay {
             muster_rules::check_proposal(
                 rules,
                 &members,
-                policy_of(&group),
+                group.group_context().extensions(),
                 &sender,
                 queued.proposal(),
             )

@@ -322,6 +322,7 @@ impl Relay {
                 group_info.as_deref(),
             ),
             Request::GroupInfo { group_id } => self.group_info(session, &group_id),
+            Request::PendingSeats => self.pending_seats(session),
             Request::Propose { group_id, proposal } => self.propose(session, &group_id, &proposal),
             Request::Send {
                 group_id,
