@@ -182,7 +182,7 @@ fn managed_groups_are_run_by_admins() {
 }
 
 #[test]
-fn people_added_before_they_were_ever_online_are_seated_once_they_are() {
+fn people_added_before_they_were_ever_online_join_on_their_own_when_they_first_connect() {
     let org = Org::new("pending-members");
     let alice = &org.admin;
     let carol = org.enrol("carol");
@@ -212,8 +212,31 @@ fn people_added_before_they_were_ever_online_are_seated_once_they_are() {
         "an unknown user is still an error: {typo}"
     );
 
-    // Bob's device comes online once; alice's next sync seats him in both groups.
-    bob.ok(&["sync"]);
+    // Every member sees who is waiting.
+    carol.ok(&["sync"]);
+    assert_eq!(carol.group("ops")["waiting"], serde_json::json!(["bob"]));
+
+    // Bob's device comes online once and joins both groups on its own: nobody else
+    // runs anything.
+    let joined = bob.ok(&["sync"]);
+    let groups = bob.json(&["groups"]);
+    assert_eq!(groups.len(), 2, "{joined}\n{groups:?}");
+    let mut rosters: Vec<serde_json::Value> = groups.iter().map(|g| g["members"].clone()).collect();
+    rosters.sort_by_key(|r| r.as_array().map_or(0, |a| a.len()));
+    assert_eq!(
+        rosters,
+        [
+            serde_json::json!(["alice", "bob"]),
+            serde_json::json!(["alice", "bob", "carol"])
+        ]
+    );
+    for group in &groups {
+        assert_eq!(group["waiting"], serde_json::json!([]), "{group}");
+    }
+    // Others see him join when they next look; alice's device tells him the names.
+    carol.ok(&["sync"]);
+    assert!(carol.members("ops").contains(&"bob".to_string()));
+    assert_eq!(carol.group("ops")["waiting"], serde_json::json!([]));
     alice.ok(&["sync"]);
     alice.ok(&["send", "ops", "welcome bob"]);
     bob.ok(&["sync"]);
@@ -232,6 +255,4 @@ fn people_added_before_they_were_ever_online_are_seated_once_they_are() {
             .any(|g| g["name"] == "changed-mind"),
         "bob is not added where the add was cancelled"
     );
-    carol.ok(&["sync"]);
-    assert!(carol.members("ops").contains(&"bob".to_string()));
 }

@@ -184,7 +184,7 @@ impl World {
             let mut group = MlsGroup::new_with_group_id(
                 &provider,
                 &admin.signer,
-                &create_config(policy).expect("config"),
+                &create_config(policy, &[]).expect("config"),
                 GroupId::from_slice(&gid),
                 admin.credential(),
             )

@@ -173,8 +173,13 @@ impl Engine {
         }
         let (group_id, group_info, tree) = {
             let provider = Provider::new(&self.crypto, &self.db);
-            let group = MlsGroup::new(&provider, &signer, &create_config(policy)?, credential)
-                .map_err(EngineError::mls)?;
+            let group = MlsGroup::new(
+                &provider,
+                &signer,
+                &create_config(policy, &waiting)?,
+                credential,
+            )
+            .map_err(EngineError::mls)?;
             let info = group
                 .export_group_info(provider.crypto(), &signer, true)
                 .map_err(EngineError::mls)?;
@@ -305,6 +310,8 @@ impl Engine {
             }
             if self.has_member(&group_id, &user)? {
                 forget(&self.db)?;
+                self.set_waiting(conn, &group_id, &[], std::slice::from_ref(&user))
+                    .await?;
                 continue;
             }
             if !self.holds_valid_certificate_of(&user)? {
@@ -321,6 +328,8 @@ impl Engine {
                 Ok(kps) => match self.add_key_packages(conn, &group_id, kps).await {
                     Ok(()) => {
                         forget(&self.db)?;
+                        self.set_waiting(conn, &group_id, &[], std::slice::from_ref(&user))
+                            .await?;
                     }
                     Err(e) => self.activity.problems.push(format!(
                         "could not add {user} to {}: {e}",
@@ -358,6 +367,9 @@ impl Engine {
         };
         for user in &waiting {
             self.wait_for(&group_id, user)?;
+        }
+        if !waiting.is_empty() {
+            self.set_waiting(conn, &group_id, &waiting, &[]).await?;
         }
         if !key_packages.is_empty() {
             self.add_key_packages(conn, &group_id, key_packages).await?;
@@ -412,7 +424,10 @@ impl Engine {
             "DELETE FROM pending_members WHERE group_id = ?1 AND user = ?2",
             params![group_id, user],
         )?;
-        if cancelled > 0 {
+        let listed = self
+            .set_waiting(conn, &group_id, &[], &[user.to_string()])
+            .await?;
+        if (cancelled > 0 || listed) && !self.has_member(&group_id, user)? {
             insert_system(
                 &self.db,
                 &group_id,
@@ -508,17 +523,7 @@ impl Engine {
                 ..current
             };
             self.run_commit(conn, &group_id, |group, provider, signer| {
-                // openmls accepts a changed private extension only when the group
-                // requires every member to support it (all Muster leaves do).
-                let extensions = Extensions::from_vec(vec![
-                    Extension::RequiredCapabilities(RequiredCapabilitiesExtension::new(
-                        &[ExtensionType::Unknown(GROUP_POLICY_EXTENSION)],
-                        &[],
-                        &[],
-                    )),
-                    Extension::Unknown(GROUP_POLICY_EXTENSION, UnknownExtension(policy.to_bytes())),
-                ])
-                .map_err(EngineError::mls)?;
+                let extensions = policy_extensions(policy, &waiting_in(group))?;
                 let (commit, welcome, info) = group
                     .update_group_context_extensions(provider, extensions, signer)
                     .map_err(EngineError::mls)?;

@@ -405,10 +405,38 @@ pub(super) fn process_group_message(
                     .map_err(|e| e.to_string())?;
                 lapse_check_due(tx).map_err(|e| e.to_string())?;
                 let actor = &sender_cert.body.user;
-                if sender == Sender::NewMemberCommit {
+                let was_in = members.iter().any(|m| {
+                    certificate_in(&m.credential)
+                        .is_some_and(|c| c.body.device_id == sender_cert.body.device_id)
+                });
+                if sender == Sender::NewMemberCommit && was_in {
                     notices.push(format!(
                         "a device of {actor} had fallen behind and rejoined the group"
                     ));
+                } else if sender == Sender::NewMemberCommit {
+                    notices.push(format!(
+                        "{actor} joined (added while their device was offline)"
+                    ));
+                    // The one who added them tells them the group's name; failing that,
+                    // the member at the first leaf.
+                    let added_here = tx
+                        .prepare_cached(
+                            "DELETE FROM pending_members WHERE group_id = ?1 AND user = ?2",
+                        )
+                        .and_then(|mut s| s.execute(params![group_id, actor]))
+                        .map_err(|e| e.to_string())?
+                        > 0;
+                    let first = group
+                        .members()
+                        .filter(|m| {
+                            certificate_in(&m.credential).is_some_and(|c| c.body.user != *actor)
+                        })
+                        .map(|m| m.index)
+                        .min();
+                    if added_here || first == Some(group.own_leaf_index()) {
+                        queue_name_for_new_members(&provider, &mut group, signer, device)
+                            .map_err(|e| e.to_string())?;
+                    }
                 } else {
                     // Someone else added or removed a person this device was waiting to
                     // add: their decision stands, so this device stops waiting.

@@ -39,6 +39,7 @@ mod posting;
 mod sync;
 mod transfers;
 mod views;
+mod waiting;
 
 use commits::*;
 use inbound::*;
@@ -50,6 +51,7 @@ use posting::*;
 pub(crate) use sync::*;
 pub(crate) use transfers::{blob_fetched, download_blob};
 use views::*;
+use waiting::*;
 
 pub(crate) const CIPHERSUITE: Ciphersuite =
     Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
@@ -431,12 +433,33 @@ pub(crate) fn leaf_capabilities() -> Capabilities {
         .build()
 }
 
-pub(crate) fn create_config(policy: GroupPolicy) -> Result<MlsGroupCreateConfig, EngineError> {
-    let policy = Extensions::single(Extension::Unknown(
-        GROUP_POLICY_EXTENSION,
-        UnknownExtension(policy.to_bytes()),
-    ))
-    .map_err(EngineError::mls)?;
+/// The group-context extensions for `policy` with `waiting` listed as waiting to join.
+/// openmls accepts a changed private extension only when the group requires every
+/// member to support it (all Muster leaves do).
+pub(crate) fn policy_extensions(
+    policy: GroupPolicy,
+    waiting: &[String],
+) -> Result<Extensions<GroupContext>, EngineError> {
+    Extensions::from_vec(vec![
+        Extension::RequiredCapabilities(RequiredCapabilitiesExtension::new(
+            &[ExtensionType::Unknown(GROUP_POLICY_EXTENSION)],
+            &[],
+            &[],
+        )),
+        Extension::Unknown(
+            GROUP_POLICY_EXTENSION,
+            UnknownExtension(policy.payload_with(waiting)),
+        ),
+    ])
+    .map_err(EngineError::mls)
+}
+
+/// A new group's configuration, with `waiting` listed as waiting to join.
+pub(crate) fn create_config(
+    policy: GroupPolicy,
+    waiting: &[String],
+) -> Result<MlsGroupCreateConfig, EngineError> {
+    let policy = policy_extensions(policy, waiting)?;
     Ok(MlsGroupCreateConfig::builder()
         .ciphersuite(CIPHERSUITE)
         .use_ratchet_tree_extension(true)

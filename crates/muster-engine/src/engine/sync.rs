@@ -27,6 +27,7 @@ impl Engine {
         // Rejoining judges what changed meanwhile by the revocations known now.
         self.learn_revocations(conn).await?;
         self.catch_up_groups(conn).await?;
+        self.join_waiting_groups(conn).await?;
         self.seat_pending_members(conn).await?;
         self.enforce_retention()?;
         self.apply_revocations(conn).await?;

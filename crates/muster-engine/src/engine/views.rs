@@ -69,16 +69,24 @@ impl Engine {
             }
             _ => Vec::new(),
         };
+        let waiting = {
+            let mut waiting: Vec<String> = self
+                .db
+                .prepare("SELECT user FROM pending_members WHERE group_id = ?1")?
+                .query_map([group_id], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            waiting.extend(group.as_ref().map(waiting_in).unwrap_or_default());
+            waiting.retain(|u| !members.contains(u));
+            waiting.sort();
+            waiting.dedup();
+            waiting
+        };
         Ok(GroupView {
             name,
             id: group_hex(group_id),
             members,
             member_names,
-            waiting: self
-                .db
-                .prepare("SELECT user FROM pending_members WHERE group_id = ?1 ORDER BY user")?
-                .query_map([group_id], |r| r.get(0))?
-                .collect::<Result<_, _>>()?,
+            waiting,
             epoch,
             state,
             managed: group.as_ref().is_some_and(|g| policy_of(g).managed),
