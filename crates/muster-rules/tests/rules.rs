@@ -100,24 +100,42 @@ fn capabilities() -> Capabilities {
 }
 
 fn policy_extensions(policy: GroupPolicy) -> Extensions<GroupContext> {
+    waiting_extensions(policy, &[])
+}
+
+/// The extensions of a group with `policy` that lists `waiting` as waiting to join.
+fn waiting_extensions(policy: GroupPolicy, waiting: &[&str]) -> Extensions<GroupContext> {
+    let waiting: Vec<String> = waiting.iter().map(|u| u.to_string()).collect();
     Extensions::from_vec(vec![
         Extension::RequiredCapabilities(RequiredCapabilitiesExtension::new(
             &[ExtensionType::Unknown(GROUP_POLICY_EXTENSION)],
             &[],
             &[],
         )),
-        Extension::Unknown(GROUP_POLICY_EXTENSION, UnknownExtension(policy.to_bytes())),
+        Extension::Unknown(
+            GROUP_POLICY_EXTENSION,
+            UnknownExtension(policy.payload_with(&waiting)),
+        ),
     ])
     .unwrap()
 }
 
 /// A group of `creator` with `others`, each holding their own state.
 fn group(creator: &Member, others: &[&Member], policy: GroupPolicy) -> (MlsGroup, Vec<MlsGroup>) {
+    group_with(creator, others, policy_extensions(policy))
+}
+
+/// A group of `creator` with `others` and the given context extensions.
+fn group_with(
+    creator: &Member,
+    others: &[&Member],
+    extensions: Extensions<GroupContext>,
+) -> (MlsGroup, Vec<MlsGroup>) {
     let config = MlsGroupCreateConfig::builder()
         .ciphersuite(SUITE)
         .use_ratchet_tree_extension(true)
         .capabilities(capabilities())
-        .with_group_context_extensions(policy_extensions(policy))
+        .with_group_context_extensions(extensions)
         .build();
     let mut group = MlsGroup::new(
         &creator.provider,
@@ -155,6 +173,40 @@ fn group(creator: &Member, others: &[&Member], policy: GroupPolicy) -> (MlsGroup
         })
         .collect();
     (group, joined)
+}
+
+/// An external commit by `joiner` into `group`, from a GroupInfo its member `by` signed.
+fn external_join(by: &Member, group: &MlsGroup, joiner: &Member) -> Vec<u8> {
+    let info = group
+        .export_group_info(by.provider.crypto(), &by.signer, true)
+        .unwrap();
+    let MlsMessageBodyIn::GroupInfo(info) =
+        MlsMessageIn::tls_deserialize_exact(info.tls_serialize_detached().unwrap())
+            .unwrap()
+            .extract()
+    else {
+        panic!("group info")
+    };
+    let (_, bundle) = MlsGroup::external_commit_builder()
+        .build_group(&joiner.provider, info, joiner.credential())
+        .unwrap()
+        .leaf_node_parameters(
+            LeafNodeParameters::builder()
+                .with_capabilities(capabilities())
+                .build(),
+        )
+        .load_psks(joiner.provider.storage())
+        .unwrap()
+        .build(
+            joiner.provider.rand(),
+            joiner.provider.crypto(),
+            &joiner.signer,
+            |_| true,
+        )
+        .unwrap()
+        .finalize(&joiner.provider)
+        .unwrap();
+    bytes_of(&bundle.into_messages().0)
 }
 
 /// `message` as the member owning `group` receives it, checked by the shared rules.
@@ -468,43 +520,93 @@ fn the_archive_stays_while_archived_and_strangers_cannot_join_from_outside() {
         Err(Refusal::ArchiveRemoval { .. })
     ));
     // Dave, never a member, joins by external commit from a GroupInfo.
-    let info = alices
-        .export_group_info(alice.provider.crypto(), &alice.signer, true)
-        .unwrap();
-    let MlsMessageBodyIn::GroupInfo(info) =
-        MlsMessageIn::tls_deserialize_exact(info.tls_serialize_detached().unwrap())
-            .unwrap()
-            .extract()
-    else {
-        panic!("group info")
-    };
-    let (_, bundle) = MlsGroup::external_commit_builder()
-        .build_group(&dave.provider, info, dave.credential())
-        .unwrap()
-        .leaf_node_parameters(
-            LeafNodeParameters::builder()
-                .with_capabilities(capabilities())
-                .build(),
-        )
-        .load_psks(dave.provider.storage())
-        .unwrap()
-        .build(
-            dave.provider.rand(),
-            dave.provider.crypto(),
-            &dave.signer,
-            |_| true,
-        )
-        .unwrap()
-        .finalize(&dave.provider)
-        .unwrap();
+    let by_dave = external_join(&alice, &alices, &dave);
     assert!(matches!(
-        judge(
-            &w,
-            &alice,
-            &mut alices,
-            bytes_of(&bundle.into_messages().0),
-            &[]
-        ),
+        judge(&w, &alice, &mut alices, by_dave, &[]),
         Err(Refusal::Unsupported(_))
     ));
+}
+
+#[test]
+fn people_waiting_to_join_come_in_from_outside_and_only_those_who_may_add_them_list_them() {
+    let w = World::new();
+    let alice = w.member("alice", vec![Role::Admin, Role::Member]);
+    let bob = w.member("bob", vec![Role::Member]);
+    let dave = w.member("dave", vec![Role::Member]);
+    let erin = w.member("erin", vec![Role::Member]);
+    let managed = GroupPolicy {
+        managed: true,
+        archived: false,
+    };
+    let (mut alices, mut joined) =
+        group_with(&alice, &[&bob], waiting_extensions(managed, &["dave"]));
+    let mut bobs = joined.pop().unwrap();
+
+    // Dave, waiting, joins on his own; erin, not waiting, cannot.
+    let by_dave = external_join(&bob, &bobs, &dave);
+    assert_eq!(judge(&w, &alice, &mut alices, by_dave, &[]), Ok(()));
+    let by_erin = external_join(&bob, &bobs, &erin);
+    assert!(matches!(
+        judge(&w, &alice, &mut alices, by_erin, &[]),
+        Err(Refusal::Unsupported(_))
+    ));
+
+    // In a managed group a member neither lists nor strikes off someone not yet in.
+    for (waiting, what) in [
+        (vec!["dave", "erin"], "add people"),
+        (vec![], "remove people"),
+    ] {
+        let (commit, _, _) = bobs
+            .update_group_context_extensions(
+                &bob.provider,
+                waiting_extensions(managed, &waiting),
+                &bob.signer,
+            )
+            .unwrap();
+        assert!(
+            matches!(
+                judge(&w, &alice, &mut alices, bytes_of(&commit), &[]),
+                Err(Refusal::Managed { what: w, .. }) if w == what
+            ),
+            "{what}"
+        );
+        bobs.clear_pending_commit(bob.provider.storage()).unwrap();
+    }
+    // Nor does the list open a back door to the policy.
+    let (commit, _, _) = bobs
+        .update_group_context_extensions(
+            &bob.provider,
+            waiting_extensions(GroupPolicy::default(), &["dave"]),
+            &bob.signer,
+        )
+        .unwrap();
+    assert!(matches!(
+        judge(&w, &alice, &mut alices, bytes_of(&commit), &[]),
+        Err(Refusal::Policy { .. })
+    ));
+    bobs.clear_pending_commit(bob.provider.storage()).unwrap();
+    // The admin may.
+    let (commit, _, _) = alices
+        .update_group_context_extensions(
+            &alice.provider,
+            waiting_extensions(managed, &["erin"]),
+            &alice.signer,
+        )
+        .unwrap();
+    assert_eq!(judge(&w, &bob, &mut bobs, bytes_of(&commit), &[]), Ok(()));
+
+    // In an open group any member lists someone, as they could add them.
+    let (mut open_alices, mut joined) = group(&alice, &[&bob], GroupPolicy::default());
+    let mut open_bobs = joined.pop().unwrap();
+    let (commit, _, _) = open_bobs
+        .update_group_context_extensions(
+            &bob.provider,
+            waiting_extensions(GroupPolicy::default(), &["erin"]),
+            &bob.signer,
+        )
+        .unwrap();
+    assert_eq!(
+        judge(&w, &alice, &mut open_alices, bytes_of(&commit), &[]),
+        Ok(())
+    );
 }
