@@ -49,7 +49,7 @@ fn an_admin_who_never_held_the_root_key_enrols_revokes_provisions_and_sets_polic
     std::fs::write(
         &spec,
         "[[users]]\nhandle = \"erin\"\ndisplay_name = \"Erin E\"\n\n\
-         [[groups]]\nname = \"crew\"\nmembers = [\"carol\", \"bob\", \"dave\"]\n",
+         [[groups]]\nname = \"crew\"\nmembers = [\"carol\", \"bob\", \"dave\", \"erin\"]\n",
     )
     .unwrap();
     let invites = org.dir.path().join("invites.txt");
@@ -68,8 +68,15 @@ fn an_admin_who_never_held_the_root_key_enrols_revokes_provisions_and_sets_polic
         .find(|e| e["user"] == "erin")
         .expect("erin is in bob's directory");
     assert_eq!(erin_entry["display_name"], "Erin E", "{erin_entry}");
+    // One run of apply was enough for erin's seat: her device joined on connecting.
+    let erins = erin.json(&["groups"]);
+    assert_eq!(erins.len(), 1, "{erins:?}");
+    assert_eq!(
+        erins[0]["members"],
+        serde_json::json!(["bob", "carol", "dave", "erin"])
+    );
     bob.ok(&["sync"]);
-    assert_eq!(bob.members("crew"), ["bob", "carol", "dave"]);
+    assert_eq!(bob.members("crew"), ["bob", "carol", "dave", "erin"]);
 
     // Only the root makes admins.
     let refused = carol.fails(&[

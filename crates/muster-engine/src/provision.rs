@@ -147,6 +147,8 @@ pub struct OrgState {
     pub invited: BTreeSet<String>,
     /// This device's active groups by name: members and whether managed.
     pub groups: BTreeMap<String, (BTreeSet<String>, bool)>,
+    /// Who each of those groups lists as waiting to join.
+    pub waiting: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// One step of a plan.
@@ -167,8 +169,17 @@ pub enum Action {
         group: String,
         members: Vec<String>,
         managed: bool,
+        /// People in the file not enrolled yet: their devices join once they connect.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        waiting: Vec<String>,
     },
     AddMember {
+        group: String,
+        user: String,
+    },
+    /// Lists someone not enrolled yet as waiting to join: their device joins once it
+    /// connects after their approval.
+    ListWaiting {
         group: String,
         user: String,
     },
@@ -192,17 +203,27 @@ impl std::fmt::Display for Action {
                 group,
                 members,
                 managed,
-            } => write!(
-                f,
-                "create {}group {group} with {}",
-                if *managed { "managed " } else { "" },
-                if members.is_empty() {
-                    "no one else yet".to_string()
-                } else {
-                    members.join(", ")
+                waiting,
+            } => {
+                write!(
+                    f,
+                    "create {}group {group} with {}",
+                    if *managed { "managed " } else { "" },
+                    if members.is_empty() {
+                        "no one else yet".to_string()
+                    } else {
+                        members.join(", ")
+                    }
+                )?;
+                if !waiting.is_empty() {
+                    write!(f, " ({} to join once enrolled)", waiting.join(", "))?;
                 }
-            ),
+                Ok(())
+            }
             Action::AddMember { group, user } => write!(f, "add {user} to {group}"),
+            Action::ListWaiting { group, user } => {
+                write!(f, "have {user} join {group} once enrolled")
+            }
             Action::RemoveMember { group, user } => write!(f, "remove {user} from {group}"),
         }
     }
@@ -243,13 +264,16 @@ pub fn plan(spec: &OrgSpec, state: &OrgState) -> (Vec<Action>, Vec<String>) {
     }
     for group in &spec.groups {
         let mut wanted = BTreeSet::new();
+        let mut to_wait = BTreeSet::new();
         for member in &group.members {
             if *member == state.me {
                 continue;
             }
             if state.enrolled.contains_key(member) {
                 wanted.insert(member.clone());
-            } else if !known.contains(member.as_str()) {
+            } else if known.contains(member.as_str()) {
+                to_wait.insert(member.clone());
+            } else {
                 problems.push(format!(
                     "group {}: unknown user {member:?} (not enrolled and not in the file)",
                     group.name
@@ -261,6 +285,7 @@ pub fn plan(spec: &OrgSpec, state: &OrgState) -> (Vec<Action>, Vec<String>) {
                 group: group.name.clone(),
                 members: wanted.into_iter().collect(),
                 managed: group.managed,
+                waiting: to_wait.into_iter().collect(),
             }),
             Some((present, managed)) => {
                 if *managed != group.managed {
@@ -272,6 +297,16 @@ pub fn plan(spec: &OrgSpec, state: &OrgState) -> (Vec<Action>, Vec<String>) {
                 }
                 for user in wanted.iter().filter(|u| !present.contains(*u)) {
                     actions.push(Action::AddMember {
+                        group: group.name.clone(),
+                        user: user.clone(),
+                    });
+                }
+                let listed = state.waiting.get(&group.name);
+                for user in to_wait
+                    .iter()
+                    .filter(|u| !present.contains(*u) && !listed.is_some_and(|l| l.contains(*u)))
+                {
+                    actions.push(Action::ListWaiting {
                         group: group.name.clone(),
                         user: user.clone(),
                     });
@@ -339,7 +374,8 @@ managed = true
                 Action::CreateGroup {
                     group: "ops".into(),
                     members: vec![],
-                    managed: true
+                    managed: true,
+                    waiting: vec!["bob".into(), "carol".into()],
                 },
             ]
         );
@@ -419,6 +455,24 @@ managed = true
             }
         );
         assert!(!actions.iter().any(|a| matches!(a, Action::Invite { .. })));
+        // An existing group lists whoever is not enrolled yet, once.
+        let state = OrgState {
+            groups: [("ops".to_string(), (["alice".to_string()].into(), true))].into(),
+            waiting: [("ops".to_string(), ["carol".to_string()].into())].into(),
+            ..state
+        };
+        let (actions, _) = plan(&spec, &state);
+        let listed: Vec<&Action> = actions
+            .iter()
+            .filter(|a| matches!(a, Action::ListWaiting { .. }))
+            .collect();
+        assert_eq!(
+            listed,
+            [&Action::ListWaiting {
+                group: "ops".into(),
+                user: "bob".into()
+            }]
+        );
     }
 
     #[test]

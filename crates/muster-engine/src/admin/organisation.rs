@@ -254,6 +254,9 @@ impl Engine {
         for g in self.groups()? {
             if g.state == crate::engine::GroupState::Active {
                 state
+                    .waiting
+                    .insert(g.name.clone(), g.waiting.into_iter().collect());
+                state
                     .groups
                     .insert(g.name, (g.members.into_iter().collect(), g.managed));
             }
@@ -319,8 +322,14 @@ impl Engine {
                 group,
                 members,
                 managed,
+                waiting,
             } => {
-                self.create_group(conn, group, members, *managed).await?;
+                self.create_group_waiting_for(conn, group, members, *managed, waiting)
+                    .await?;
+                Ok(None)
+            }
+            Action::ListWaiting { group, user } => {
+                self.list_waiting(conn, group, user).await?;
                 Ok(None)
             }
             Action::AddMember { group, user } => {

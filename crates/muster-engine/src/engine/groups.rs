@@ -137,6 +137,20 @@ impl Engine {
         members: &[String],
         managed: bool,
     ) -> Result<GroupView, EngineError> {
+        self.create_group_waiting_for(conn, name, members, managed, &[])
+            .await
+    }
+
+    /// [`Self::create_group`], also listing `not_enrolled` (people not enrolled yet) as
+    /// waiting to join.
+    pub async fn create_group_waiting_for(
+        &mut self,
+        conn: &impl Link,
+        name: &str,
+        members: &[String],
+        managed: bool,
+        not_enrolled: &[String],
+    ) -> Result<GroupView, EngineError> {
         let policy = GroupPolicy {
             managed,
             archived: false,
@@ -166,7 +180,11 @@ impl Engine {
             .collect();
         // Check every member exists before creating anything; someone whose device has
         // not been online yet is added once it has.
-        let (mut key_packages, waiting) = self.claim_or_wait(conn, &others).await?;
+        let (mut key_packages, mut waiting) = self.claim_or_wait(conn, &others).await?;
+        for user in not_enrolled {
+            validate_handle(user)?;
+            waiting.push(user.clone());
+        }
         let mine = self.my_other_devices(conn).await?;
         if !mine.is_empty() {
             key_packages.extend(self.claim_for(conn, &device.user, &mine).await?);
@@ -261,7 +279,7 @@ impl Engine {
     }
 
     /// Records that `user` joins the group once their device is online.
-    fn wait_for(&self, group_id: &[u8], user: &str) -> Result<(), EngineError> {
+    pub(super) fn wait_for(&self, group_id: &[u8], user: &str) -> Result<(), EngineError> {
         let new = self.db.execute(
             "INSERT OR IGNORE INTO pending_members (group_id, user, since) VALUES (?1, ?2, ?3)",
             params![group_id, user, now_ms()],

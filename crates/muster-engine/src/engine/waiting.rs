@@ -44,6 +44,22 @@ impl Engine {
         .await
     }
 
+    /// (admin apply) Lists `user`, not enrolled yet, as waiting to join the group.
+    pub async fn list_waiting(
+        &mut self,
+        conn: &impl Link,
+        group: &str,
+        user: &str,
+    ) -> Result<GroupView, EngineError> {
+        validate_handle(user)?;
+        let (group_id, _) = self.active_group(group)?;
+        self.check_may_manage(&group_id, "add people to it")?;
+        self.wait_for(&group_id, user)?;
+        self.set_waiting(conn, &group_id, &[user.to_string()], &[])
+            .await?;
+        self.group_view(&group_id)
+    }
+
     /// Joins every group that lists this device's user as waiting to join and that this
     /// device is not in, and strikes the user off the list of those it is in.
     pub(super) async fn join_waiting_groups(
