@@ -402,3 +402,29 @@ fn a_forged_group_info_cannot_pull_a_member_into_a_copy_of_the_group() {
     assert_eq!(bob.texts("ops"), ["still the real group"]);
     assert_eq!(bob.members("ops"), ["alice", "bob"]);
 }
+
+#[test]
+fn the_relay_cannot_seat_someone_a_group_never_listed_as_waiting() {
+    let org = Org::new("hostile-waiting");
+    let alice = &org.admin;
+    let bob = org.enrol("bob");
+    let mallory = org.enrol("mallory");
+    alice.ok(&["group", "create", "secret", "--members", "bob"]);
+    // The operator tells mallory's device that "secret" waits for her.
+    relay_db(&org)
+        .execute(
+            "INSERT INTO pending_seats (group_id, user) VALUES (?1, 'mallory')",
+            params![group_id(alice, "secret")],
+        )
+        .unwrap();
+    let out = mallory.run(&["sync"]);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("does not list mallory as waiting"), "{said}");
+    assert!(mallory.json(&["groups"]).is_empty());
+    bob.ok(&["sync"]);
+    assert_eq!(bob.members("secret"), ["alice", "bob"]);
+}
