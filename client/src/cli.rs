@@ -305,6 +305,10 @@ pub(crate) enum AdminCommand {
         /// a third of the way in, and never renew a revoked device's.
         #[arg(long, value_parser = parse_duration)]
         certificate_lifetime: Option<u64>,
+        /// A revoked device deletes its store once it learns, from the signed revocation,
+        /// that it was revoked (on, off).
+        #[arg(long, value_parser = parse_switch)]
+        wipe_on_revoke: Option<bool>,
         #[arg(long)]
         json: bool,
     },

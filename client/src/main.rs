@@ -66,14 +66,24 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<(), EngineError> {
     let home = cli.home.unwrap_or_else(default_home);
     let mut engine = Engine::open(&home)?;
-    let command = match cli.command {
-        Command::Archive(command) => return archive::run(&mut engine, command).await,
+    let result = run_command(&mut engine, cli.command).await;
+    if let Err(EngineError::DeviceRevoked { wipe: true, .. }) = &result {
+        // Proven by the signed revocation, and required by the organisation's policy.
+        drop(engine);
+        muster_engine::wipe_store(&home)?;
+    }
+    result
+}
+
+async fn run_command(engine: &mut Engine, command: Command) -> Result<(), EngineError> {
+    let command = match command {
+        Command::Archive(command) => return archive::run(engine, command).await,
         command => command,
     };
-    let Some(command) = people::run(&mut engine, command).await? else {
+    let Some(command) = people::run(engine, command).await? else {
         return Ok(());
     };
-    match conversation::run(&mut engine, command).await? {
+    match conversation::run(engine, command).await? {
         None => Ok(()),
         Some(_) => unreachable!("every command is handled by the people or conversation module"),
     }

@@ -244,12 +244,21 @@ pub(crate) async fn run(
         Command::Admin(AdminCommand::Policy {
             device_self_approval,
             certificate_lifetime,
+            wipe_on_revoke,
             json,
         }) => {
             let (policy, problems) = online(engine, async |engine, conn| {
-                if device_self_approval.is_some() || certificate_lifetime.is_some() {
+                if device_self_approval.is_some()
+                    || certificate_lifetime.is_some()
+                    || wipe_on_revoke.is_some()
+                {
                     engine
-                        .set_org_policy(conn, device_self_approval, certificate_lifetime)
+                        .set_org_policy(
+                            conn,
+                            device_self_approval,
+                            certificate_lifetime,
+                            wipe_on_revoke,
+                        )
                         .await
                         .map(|p| (p, vec![]))
                 } else {
@@ -265,6 +274,7 @@ pub(crate) async fn run(
                     "device_self_approval": policy.device_self_approval,
                     "version": policy.version,
                     "certificate_lifetime_secs": policy.certificate_lifetime(),
+                    "wipe_on_revoke": policy.wipe_on_revoke,
                 }));
             } else {
                 println!(
@@ -279,6 +289,10 @@ pub(crate) async fn run(
                 println!(
                     "certificates valid for: {}",
                     muster_engine::describe_duration(policy.certificate_lifetime())
+                );
+                println!(
+                    "revoked devices wipe their store: {}",
+                    if policy.wipe_on_revoke { "on" } else { "off" }
                 );
             }
         }

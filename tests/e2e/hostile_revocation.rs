@@ -346,3 +346,50 @@ fn a_message_queued_before_a_revocation_never_leaves_in_a_form_the_revoked_devic
         "the revoked device read a message queued before its revocation"
     );
 }
+
+#[test]
+fn a_revoked_device_wipes_its_store_only_on_a_signed_revocation_and_when_the_policy_says_so() {
+    let org = Org::new("revoke-wipe");
+    let alice = &org.admin;
+    let bob = org.enrol("bob");
+    let carol = org.enrol("carol");
+    let dave = org.enrol("dave");
+    alice.ok(&["group", "create", "ops", "--members", "bob,carol"]);
+    alice.ok(&["send", "ops", "wipe-marker-briefing"]);
+    for d in [&bob, &carol] {
+        d.ok(&["sync"]);
+        assert!(d.texts("ops").contains(&"wipe-marker-briefing".to_string()));
+    }
+    let store = |d: &muster_e2e::Device| d.home.join("muster.db");
+
+    // The policy is off: revoked carol is cut off but keeps her store.
+    alice.ok(&["admin", "revoke", "carol"]);
+    let err = carol.fails(&["sync"]);
+    assert!(err.contains("this device was revoked by"), "{err}");
+    assert!(!err.contains("deleted"), "{err}");
+    assert!(store(&carol).exists());
+
+    // The relay's word is not enough: a device it merely calls revoked deletes nothing.
+    let on = alice.ok(&["admin", "policy", "--wipe-on-revoke", "on"]);
+    assert!(on.contains("wipe their store: on"), "{on}");
+    bob.ok(&["sync"]);
+    relay_db(&org)
+        .execute(
+            "UPDATE devices SET status = 'revoked' WHERE device_id = ?1",
+            [device_id(&dave)],
+        )
+        .unwrap();
+    let err = dave.fails(&["sync"]);
+    assert!(err.contains("no revocation signed"), "{err}");
+    assert!(store(&dave).exists());
+
+    // With the policy on, a signed revocation has the device delete its store.
+    alice.ok(&["admin", "revoke", "bob"]);
+    let err = bob.fails(&["sync"]);
+    assert!(err.contains("its store was deleted"), "{err}");
+    assert!(!store(&bob).exists());
+    assert!(!muster_e2e::dir_contains(
+        &bob.home,
+        b"wipe-marker-briefing"
+    ));
+}

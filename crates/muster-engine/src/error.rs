@@ -43,6 +43,8 @@ pub enum EngineError {
     AdminNeedsRoot(String),
     #[error("{0} is an admin: only the organisation root key revokes an admin's device, and this device does not hold it (restore it with `muster admin root restore`)")]
     RevokeAdminNeedsRoot(String),
+    #[error("this device was revoked by {by}{}", if *.wipe { "; as the organisation's policy says, its store was deleted" } else { "" })]
+    DeviceRevoked { by: String, wipe: bool },
     #[error("this is a managed group: only an admin can {0}")]
     Managed(String),
     #[error("group {0} is archived but has no valid archive member, so nothing can be sent to it until an admin restores the archive (`muster group policy NAME --archived`)")]

@@ -537,6 +537,41 @@ impl RevocationList {
 
 /// Version 2 binds the policy's own version number (version 1 policies no longer verify).
 const POLICY_CONTEXT: &[u8] = b"muster-org-policy-v2\0";
+/// Version 3 binds `wipe_on_revoke` too.
+const WIPING_POLICY_CONTEXT: &[u8] = b"muster-org-policy-v3\0";
+
+/// A policy body as signed before `wipe_on_revoke` existed.
+#[derive(Serialize)]
+struct PolicyBodyV2<'a> {
+    org_id: &'a str,
+    device_self_approval: bool,
+    issued_at: u64,
+    version: u64,
+    certificate_lifetime_secs: u64,
+}
+
+impl OrgPolicyBody {
+    fn to_be_signed(&self) -> Vec<u8> {
+        let mut signed = WIPING_POLICY_CONTEXT.to_vec();
+        signed.extend(postcard::to_stdvec(self).expect("policy serialises"));
+        signed
+    }
+
+    fn to_be_signed_v2(&self) -> Vec<u8> {
+        let mut signed = POLICY_CONTEXT.to_vec();
+        signed.extend(
+            postcard::to_stdvec(&PolicyBodyV2 {
+                org_id: &self.org_id,
+                device_self_approval: self.device_self_approval,
+                issued_at: self.issued_at,
+                version: self.version,
+                certificate_lifetime_secs: self.certificate_lifetime_secs,
+            })
+            .expect("policy serialises"),
+        );
+        signed
+    }
+}
 
 /// Organisation-wide rules, signed by the organisation root.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -556,6 +591,10 @@ pub struct OrgPolicyBody {
     /// within one lifetime even where the relay hides the revocation.
     #[serde(default)]
     pub certificate_lifetime_secs: u64,
+    /// A device that learns of its own revocation (from the signed revocation, never from
+    /// the relay's word) deletes its store.
+    #[serde(default)]
+    pub wipe_on_revoke: bool,
 }
 
 /// The shortest certificate lifetime a policy may set, in seconds.
@@ -638,9 +677,14 @@ impl OrgPolicy {
                 &self.signature,
             );
         }
-        let mut signed = POLICY_CONTEXT.to_vec();
-        signed.extend(postcard::to_stdvec(&self.body).expect("policy serialises"));
-        check_ed25519(&org.root_public_key, &signed, &self.signature)
+        let root = &org.root_public_key;
+        check_ed25519(root, &self.body.to_be_signed(), &self.signature).or_else(|e| {
+            if self.body.wipe_on_revoke {
+                Err(e)
+            } else {
+                check_ed25519(root, &self.body.to_be_signed_v2(), &self.signature)
+            }
+        })
     }
 }
 
@@ -685,9 +729,7 @@ impl OrgRootKey {
     }
 
     pub fn sign_policy(&self, body: OrgPolicyBody) -> OrgPolicy {
-        let mut signed = POLICY_CONTEXT.to_vec();
-        signed.extend(postcard::to_stdvec(&body).expect("policy serialises"));
-        let signature = self.pair.sign(&signed).as_ref().to_vec();
+        let signature = self.pair.sign(&body.to_be_signed()).as_ref().to_vec();
         OrgPolicy {
             body,
             signature,
@@ -1016,6 +1058,35 @@ mod tests {
                 Err(CertError::PolicyOutOfBounds(_))
             ));
         }
+    }
+
+    #[test]
+    fn policies_signed_before_wipe_on_revoke_still_verify_and_the_flag_is_signed() {
+        let root = OrgRootKey::generate();
+        let org = org(&root);
+        let body = OrgPolicyBody {
+            org_id: org.org_id.clone(),
+            issued_at: 5,
+            version: 2,
+            ..Default::default()
+        };
+        let old = OrgPolicy {
+            signature: root.pair.sign(&body.to_be_signed_v2()).as_ref().to_vec(),
+            body: body.clone(),
+            issuer: None,
+        };
+        assert_eq!(old.verify(&org), Ok(()));
+        let mut wiping = old;
+        wiping.body.wipe_on_revoke = true;
+        assert_eq!(wiping.verify(&org), Err(CertError::BadSignature));
+        let signed = root.sign_policy(OrgPolicyBody {
+            wipe_on_revoke: true,
+            ..body
+        });
+        assert_eq!(signed.verify(&org), Ok(()));
+        let mut unwiped = signed;
+        unwiped.body.wipe_on_revoke = false;
+        assert_eq!(unwiped.verify(&org), Err(CertError::BadSignature));
     }
 
     #[test]

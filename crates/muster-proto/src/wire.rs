@@ -219,6 +219,9 @@ pub enum Request {
     },
     /// The groups whose context lists this device's user as waiting to join.
     PendingSeats,
+    /// (a device that proved its key and was refused as revoked) The signed revocation
+    /// naming it, and the organisation policy, so it can tell what to do.
+    MyRevocation,
 }
 
 /// The relay's answer to one request.
@@ -278,6 +281,11 @@ pub enum Response {
     ArchiveCheckpoints(Vec<(u64, PublishedCheckpoint)>),
     /// Ids of the groups waiting for this device's user.
     PendingSeats(Vec<Vec<u8>>),
+    /// The revocation naming the asking device, if the relay holds one, and the policy.
+    MyRevocation {
+        revocation: Option<Revocation>,
+        policy: Option<OrgPolicy>,
+    },
 }
 
 /// One metadata event in the relay's audit log. Never content.

@@ -18,6 +18,10 @@ pub enum ConnectionState {
         proved: bool,
     },
     Authenticated(Session),
+    /// The device proved its key but is revoked: it may only ask for its revocation.
+    Revoked {
+        device_id: String,
+    },
 }
 
 /// What an anonymous request needs next, after the checks made without the relay.
@@ -143,11 +147,20 @@ impl ConnectionState {
                         *self = ConnectionState::Authenticated(session);
                         reply(response)
                     }
+                    Err(e) if e.code == ErrorCode::DeviceRevoked => {
+                        *self = ConnectionState::Revoked {
+                            device_id: muster_proto::device_id_for(device_key),
+                        };
+                        reply(Response::Error(e))
+                    }
                     Err(e) => {
                         *self = ConnectionState::Anonymous;
                         reply(Response::Error(e))
                     }
                 }
+            }
+            (ConnectionState::Revoked { device_id }, Request::MyRevocation) => {
+                relay.revocation_of(device_id)
             }
             (_, Request::Prove { .. }) => reply(Response::Error(RelayError::new(
                 ErrorCode::BadRequest,

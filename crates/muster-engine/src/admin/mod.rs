@@ -659,7 +659,12 @@ impl Engine {
         crate::engine::store_revocation(&self.db, &revocation)?;
         let earlier_problems = self.activity.problems.len();
         self.sync_steps(conn).await?;
-        if let Some(problem) = self.activity.problems.get(earlier_problems) {
+        // Other problems of the sync (say, a message the revoked device sent just before,
+        // now dropped) are the user's to see, not a failure of the revocation.
+        if let Some(problem) = self.activity.problems[earlier_problems..]
+            .iter()
+            .find(|p| p.starts_with(crate::engine::REMOVAL_INCOMPLETE))
+        {
             return Err(EngineError::Invalid(format!(
                 "revoked, but removing from groups is incomplete: {problem}"
             )));

@@ -4,7 +4,7 @@
 use super::*;
 
 impl Engine {
-    pub(super) fn stored_policy(&self) -> Result<Option<OrgPolicy>, EngineError> {
+    pub(crate) fn stored_policy(&self) -> Result<Option<OrgPolicy>, EngineError> {
         let bytes: Option<Vec<u8>> = self
             .db
             .query_row("SELECT policy FROM org_policy WHERE id = 1", [], |r| {
@@ -81,6 +81,7 @@ impl Engine {
         conn: &impl Link,
         device_self_approval: Option<bool>,
         certificate_lifetime_secs: Option<u64>,
+        wipe_on_revoke: Option<bool>,
     ) -> Result<OrgPolicyBody, EngineError> {
         let me = self.device()?;
         let signing = self.signing(&me)?;
@@ -101,6 +102,7 @@ impl Engine {
             })?,
             certificate_lifetime_secs: certificate_lifetime_secs
                 .unwrap_or(current.certificate_lifetime_secs),
+            wipe_on_revoke: wipe_on_revoke.unwrap_or(current.wipe_on_revoke),
         });
         conn.request(&Request::SetOrgPolicy {
             policy: policy.clone(),

@@ -326,6 +326,9 @@ impl Engine {
             Err(LinkError::Refused(e)) if e.code == ErrorCode::EnrolmentPending => {
                 return Err(EngineError::AwaitingApproval)
             }
+            Err(LinkError::Refused(e)) if e.code == ErrorCode::DeviceRevoked => {
+                return Err(self.own_revocation(conn, &device).await)
+            }
             Err(e) => return Err(from_link(e)),
         }
         // Pick up the certificate after approval, or a newer one after a profile change.

@@ -71,6 +71,22 @@ const RECEIPT_BATCH_INTERVAL_MS: i64 = 5_000;
 pub const MAX_TEXT_BYTES: usize = 64 * 1024;
 const DB_FILE: &str = "muster.db";
 
+/// Deletes the store of the device in `home` (its database, with everything in it, and
+/// the archive's blobs), leaving anything else in the directory alone: what a revoked
+/// device does when the organisation's policy says so. The engine must be closed.
+pub fn wipe_store(home: &Path) -> Result<(), EngineError> {
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        match std::fs::remove_file(home.join(format!("{DB_FILE}{suffix}"))) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
+    }
+    match std::fs::remove_dir_all(home.join("archive-blobs")) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
 /// Where this device stands in a group it knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

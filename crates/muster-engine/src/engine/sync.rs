@@ -167,6 +167,52 @@ impl Engine {
         Ok(())
     }
 
+    /// Why this device, refused by the relay as revoked, is: the signed revocation naming
+    /// it, checked like any other, and whether the organisation's policy (the newest this
+    /// device knows) has it wipe its store. The relay's refusal alone proves nothing, so
+    /// without such a revocation nothing is to be deleted.
+    pub(super) async fn own_revocation(&mut self, conn: &impl Link, me: &DeviceRow) -> EngineError {
+        let unproven = || {
+            EngineError::Invalid(
+                "the relay refuses this device as revoked but shows no revocation signed by the organisation; nothing was deleted".into(),
+            )
+        };
+        let Ok(Response::MyRevocation { revocation, policy }) =
+            conn.request(&Request::MyRevocation).await
+        else {
+            return unproven();
+        };
+        let known = match revocation_list(&self.db) {
+            Ok(list) => list,
+            Err(e) => return e,
+        };
+        let Some(revocation) = revocation.filter(|r| {
+            r.verify(&me.org).is_ok()
+                && r.body.device_ids.contains(&me.device_id)
+                && !known.issuer_revoked(r.issuer.as_ref())
+                && !(r.issuer.is_some() && me.certificate.as_ref().is_some_and(|c| c.is_admin()))
+        }) else {
+            return unproven();
+        };
+        let served = policy
+            .filter(|p| p.verify(&me.org).is_ok() && !known.issuer_revoked(p.issuer.as_ref()));
+        let stored = match self.stored_policy() {
+            Ok(p) => p,
+            Err(e) => return e,
+        };
+        let newest = [served, stored]
+            .into_iter()
+            .flatten()
+            .max_by_key(|p| p.body.version);
+        EngineError::DeviceRevoked {
+            by: revocation
+                .issuer
+                .as_ref()
+                .map_or("the organisation root".to_string(), |i| i.body.user.clone()),
+            wipe: newest.is_some_and(|p| p.body.wipe_on_revoke),
+        }
+    }
+
     /// Removes every revoked device from each group this device is in.
     pub(super) async fn remove_revoked_devices(
         &mut self,
@@ -194,9 +240,9 @@ impl Engine {
             }
             let result = self.remove_members_where(conn, &group_id, is_revoked).await;
             if let Err(e) = result {
-                self.activity.problems.push(format!(
-                    "could not remove revoked devices from a group: {e}"
-                ));
+                self.activity
+                    .problems
+                    .push(format!("{REMOVAL_INCOMPLETE}: {e}"));
                 // A lapsed device may have been renewed meanwhile: look again next time.
                 lapse_check_due(&self.db)?;
             }
@@ -413,6 +459,9 @@ fn names_an_admin(
     }
     Ok(false)
 }
+
+/// How a problem removing revoked devices from a group begins.
+pub(crate) const REMOVAL_INCOMPLETE: &str = "could not remove revoked devices from a group";
 
 /// The organisation's revocations as this device knows them.
 pub(crate) fn revocation_list(db: &Connection) -> Result<RevocationList, EngineError> {

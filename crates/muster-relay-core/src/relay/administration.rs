@@ -127,6 +127,37 @@ impl Relay {
         })
     }
 
+    /// The signed revocation naming `device_id`, and the organisation policy: what a
+    /// revoked device that proved its key is told.
+    pub fn revocation_of(&self, device_id: &str) -> Outcome {
+        let answer = || -> Result<Response, Failure> {
+            let mut stmt = self
+                .db
+                .prepare_cached("SELECT data FROM revocations ORDER BY id")?;
+            let mut found = None;
+            for data in stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))? {
+                if let Ok(r) = serde_json::from_slice::<Revocation>(&data?) {
+                    if r.body.device_ids.iter().any(|d| d == device_id) {
+                        found = Some(r);
+                        break;
+                    }
+                }
+            }
+            Ok(Response::MyRevocation {
+                revocation: found,
+                policy: load_org_policy(&self.db)?,
+            })
+        };
+        match answer() {
+            Ok(response) => Outcome::reply(response),
+            Err(Failure::Refuse(e)) => Outcome::reply(Response::Error(e)),
+            Err(Failure::Store(e)) => Outcome::reply(Response::Error(RelayError::new(
+                ErrorCode::Internal,
+                format!("store: {e}"),
+            ))),
+        }
+    }
+
     /// The highest number in the organisation's sequence of revocations (0 for none).
     pub(super) fn last_revocation_serial(&self) -> Result<u64, Failure> {
         let mut stmt = self.db.prepare_cached("SELECT data FROM revocations")?;

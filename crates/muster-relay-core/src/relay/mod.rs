@@ -383,6 +383,9 @@ impl Relay {
                 ErrorCode::BadRequest,
                 "this connection is already authenticated",
             )),
+            Request::MyRevocation => {
+                Err(refuse(ErrorCode::BadRequest, "this device is not revoked"))
+            }
         };
         finish(result)
     }
