@@ -283,8 +283,8 @@ pub enum Response {
     PendingSeats(Vec<Vec<u8>>),
     /// The revocation naming the asking device, if the relay holds one, and the policy.
     MyRevocation {
-        revocation: Option<Revocation>,
-        policy: Option<OrgPolicy>,
+        revocation: Option<Box<Revocation>>,
+        policy: Option<Box<OrgPolicy>>,
     },
 }
 

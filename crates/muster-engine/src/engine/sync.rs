@@ -195,6 +195,7 @@ impl Engine {
             return unproven();
         };
         let served = policy
+            .map(|p| *p)
             .filter(|p| p.verify(&me.org).is_ok() && !known.issuer_revoked(p.issuer.as_ref()));
         let stored = match self.stored_policy() {
             Ok(p) => p,

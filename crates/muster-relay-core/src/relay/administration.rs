@@ -144,8 +144,8 @@ impl Relay {
                 }
             }
             Ok(Response::MyRevocation {
-                revocation: found,
-                policy: load_org_policy(&self.db)?,
+                revocation: found.map(Box::new),
+                policy: load_org_policy(&self.db)?.map(Box::new),
             })
         };
         match answer() {
