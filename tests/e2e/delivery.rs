@@ -241,8 +241,10 @@ fn a_device_away_longer_than_the_relay_keeps_messages_rejoins_on_its_own() {
         .map(|m| m["text"].as_str().unwrap_or_default().to_string())
         .collect();
     assert!(
-        notices.iter().any(|n| n.contains("fallen behind")),
-        "dan is told history was missed: {notices:?}"
+        notices
+            .iter()
+            .any(|n| n.contains("fallen behind") && n.contains("ago), is lost to it")),
+        "dan is told how much history was missed: {notices:?}"
     );
     assert!(dan.members("ops").contains(&"carol".to_string()));
 }

@@ -311,8 +311,13 @@ pub fn plan(spec: &OrgSpec, state: &OrgState) -> (Vec<Action>, Vec<String>) {
                         user: user.clone(),
                     });
                 }
+                let listed_only = listed
+                    .into_iter()
+                    .flatten()
+                    .filter(|u| !present.contains(*u));
                 for user in present
                     .iter()
+                    .chain(listed_only)
                     .filter(|u| **u != state.me && !group.members.contains(u))
                 {
                     actions.push(Action::RemoveMember {
@@ -458,7 +463,11 @@ managed = true
         // An existing group lists whoever is not enrolled yet, once.
         let state = OrgState {
             groups: [("ops".to_string(), (["alice".to_string()].into(), true))].into(),
-            waiting: [("ops".to_string(), ["carol".to_string()].into())].into(),
+            waiting: [(
+                "ops".to_string(),
+                ["carol".to_string(), "mallory".to_string()].into(),
+            )]
+            .into(),
             ..state
         };
         let (actions, _) = plan(&spec, &state);
@@ -473,6 +482,11 @@ managed = true
                 user: "bob".into()
             }]
         );
+        // Someone listed who is no longer in the file's group is struck off.
+        assert!(actions.contains(&Action::RemoveMember {
+            group: "ops".into(),
+            user: "mallory".into()
+        }));
     }
 
     #[test]

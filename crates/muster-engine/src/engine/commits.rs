@@ -267,10 +267,28 @@ impl Engine {
                     "INSERT OR IGNORE INTO own_handshakes (group_id, seq) VALUES (?1, ?2)",
                     params![group_id, seq as i64],
                 )?;
+                // How much history it missed: everything after the last message it has.
+                let last_heard: Option<i64> = tx.query_row(
+                    "SELECT MAX(sent_at) FROM messages WHERE group_id = ?1 AND kind != 'system'",
+                    [group_id],
+                    |r| r.get(0),
+                )?;
+                let missed = match last_heard {
+                    Some(at) => format!(
+                        "whatever was sent after the last message it holds, of {} ({} ago), is lost to it",
+                        rfc3339_ms(at),
+                        crate::content::describe_duration(
+                            (now_ms().saturating_sub(at) / 1000).max(0) as u64
+                        )
+                    ),
+                    None => "whatever was sent meanwhile is lost to it".to_string(),
+                };
                 insert_system(
                     &tx,
                     group_id,
-                    "this device had fallen behind the group (it refused or missed a change) and rejoined it; messages sent meanwhile are lost to it",
+                    &format!(
+                        "this device had fallen behind the group (it refused or missed a change) and rejoined it; {missed}"
+                    ),
                     Some(order_key(seq, 0)),
                 )?;
                 for (i, change) in changes.iter().enumerate() {

@@ -318,7 +318,13 @@ impl Engine {
             let active = self
                 .resolve_group(&group_hex(&group_id))
                 .is_ok_and(|g| g.state == GroupState::Active);
-            if !active
+            // Someone struck them off the group's list (their decision stands), or this
+            // device may no longer add them.
+            let still_listed = active && {
+                let provider = Provider::new(&self.crypto, &self.db);
+                waiting_in(&load_group(&provider, &group_id)?).contains(&user)
+            };
+            if !still_listed
                 || self
                     .check_may_manage(&group_id, "add people to it")
                     .is_err()

@@ -456,6 +456,15 @@ pub(crate) fn policy_extensions(
     policy: GroupPolicy,
     waiting: &[String],
 ) -> Result<Extensions<GroupContext>, EngineError> {
+    // Entries no rule would accept (a bad handle, beyond the limit) are dropped, so a
+    // list someone spoiled cannot block every later change of the group's context.
+    let waiting: Vec<String> = waiting
+        .iter()
+        .filter(|u| validate_handle(u).is_ok())
+        .take(muster_proto::MAX_PENDING_SEATS)
+        .cloned()
+        .collect();
+    let waiting = &waiting;
     Extensions::from_vec(vec![
         Extension::RequiredCapabilities(RequiredCapabilitiesExtension::new(
             &[ExtensionType::Unknown(GROUP_POLICY_EXTENSION)],

@@ -186,17 +186,26 @@ impl Engine {
             Ok(list) => list,
             Err(e) => return e,
         };
+        // What an admin device signed counts here only while its admin certificate is
+        // valid now: a revoked admin could otherwise backdate a revocation and a policy
+        // that a relay hiding its own revocation serves to make devices wipe themselves.
+        let now = now_unix();
+        let issuer_good = |issuer: Option<&muster_proto::IssuerCertificate>| {
+            issuer.is_none_or(|i| {
+                !known.issuer_revoked(Some(i)) && i.certificate().check_validity(now).is_ok()
+            })
+        };
         let Some(revocation) = revocation.filter(|r| {
             r.verify(&me.org).is_ok()
                 && r.body.device_ids.contains(&me.device_id)
-                && !known.issuer_revoked(r.issuer.as_ref())
+                && issuer_good(r.issuer.as_ref())
                 && !(r.issuer.is_some() && me.certificate.as_ref().is_some_and(|c| c.is_admin()))
         }) else {
             return unproven();
         };
         let served = policy
             .map(|p| *p)
-            .filter(|p| p.verify(&me.org).is_ok() && !known.issuer_revoked(p.issuer.as_ref()));
+            .filter(|p| p.verify(&me.org).is_ok() && issuer_good(p.issuer.as_ref()));
         let stored = match self.stored_policy() {
             Ok(p) => p,
             Err(e) => return e,
@@ -205,12 +214,14 @@ impl Engine {
             .into_iter()
             .flatten()
             .max_by_key(|p| p.body.version);
+        // The compliance archive keeps what it holds: no single admin erases it.
+        let archive = me.certificate.as_ref().is_some_and(|c| c.is_archive());
         EngineError::DeviceRevoked {
             by: revocation
                 .issuer
                 .as_ref()
                 .map_or("the organisation root".to_string(), |i| i.body.user.clone()),
-            wipe: newest.is_some_and(|p| p.body.wipe_on_revoke),
+            wipe: newest.is_some_and(|p| p.body.wipe_on_revoke) && !archive,
         }
     }
 

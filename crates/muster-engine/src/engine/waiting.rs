@@ -117,6 +117,7 @@ impl Engine {
             ));
         }
         let revoked = revocation_list(&self.db)?;
+        let signed_info = info.clone();
         let tx = self
             .db
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -151,6 +152,30 @@ impl Engine {
             if cert.body.device_id != device.device_id {
                 people.push(cert.body.user);
             }
+        }
+        // Whoever signed the GroupInfo must be a member valid now, not someone removed
+        // (or lapsed) who kept an old epoch the relay replays.
+        let signer_cert = group
+            .members()
+            .find(|m| {
+                use openmls::ciphersuite::signable::Verifiable as _;
+                use openmls::ciphersuite::signature::OpenMlsSignaturePublicKey;
+                OpenMlsSignaturePublicKey::new(
+                    m.signature_key.clone().into(),
+                    SignatureScheme::ED25519,
+                )
+                .is_ok_and(|key| signed_info.clone().verify(&self.crypto, &key).is_ok())
+            })
+            .ok_or_else(|| EngineError::Invalid("the GroupInfo is signed by no member".into()))
+            .and_then(|m| {
+                verify_member(&device.org, &m.credential, &m.signature_key)
+                    .map_err(|e| EngineError::Invalid(format!("the GroupInfo's signer: {e}")))
+            })?;
+        if revoked.covers(&signer_cert) {
+            return Err(EngineError::Invalid(format!(
+                "the GroupInfo was signed by revoked device {} of {}",
+                signer_cert.body.device_id, signer_cert.body.user
+            )));
         }
         if !waiting_in(&group).contains(&device.user) {
             return Err(EngineError::Invalid(format!(
@@ -187,8 +212,9 @@ impl Engine {
                     &tx,
                     group_id,
                     &format!(
-                        "you joined: you were added while your device was offline (with {}); messages from before are not readable here",
-                        people.join(", ")
+                        "you joined: you were added while your device was offline (with {}; {} let you in); messages from before are not readable here",
+                        people.join(", "),
+                        signer_cert.body.user
                     ),
                     Some(order_key(seq, 0)),
                 )?;

@@ -100,6 +100,14 @@ impl Relay {
                 "only an organisation admin may create a managed group",
             ));
         }
+        let waiting = muster_rules::pending_in(group.group_context().extensions());
+        if waiting.len() > muster_proto::MAX_PENDING_SEATS
+            || waiting.iter().any(|u| validate_handle(u).is_err())
+        {
+            return Err(bad(
+                "the list of people waiting to join is too long or names an invalid handle".into(),
+            ));
+        }
         if devices.len() != 1 || !devices.contains(&session.device_id) {
             return Err(refuse(
                 ErrorCode::BadRequest,
