@@ -1,4 +1,5 @@
-//! Losing the admin laptop that holds the organisation root key: a sealed backup restores
+//! An admin without the root key administers; losing the admin laptop that holds the
+//! organisation root key: a sealed backup restores
 //! it on another admin's device, and nobody else can use it.
 
 use muster_e2e::{apply_roles, relay_certificate, roles_file, with_input, Device, Org};
@@ -41,6 +42,22 @@ fn a_sealed_root_backup_lets_another_admin_carry_on_after_the_first_laptop_is_lo
         refused.contains("organisation root key"),
         "without the root, carol cannot make an admin: {refused}"
     );
+    // Everything else an admin does, carol's device does without the root: it invites
+    // and approves erin, revokes her, and applies a provisioning file.
+    let code = carol.ok(&["invite", "erin"]).trim().to_string();
+    let erin = Device::new(&org.dir, "erin");
+    erin.ok(&["join", &code, "--display-name", "Erin E"]);
+    carol.ok(&["approve", "erin"]);
+    erin.ok(&["sync"]);
+    carol.ok(&["admin", "revoke", "erin"]);
+    assert!(erin.fails(&["sync"]).contains("revoked"));
+    apply_roles(&org, &carol, &[("bob", "Bob Renamed", "member")]);
+    let bob_entry = bob
+        .json(&["directory"])
+        .into_iter()
+        .find(|e| e["user"] == "bob")
+        .unwrap();
+    assert_eq!(bob_entry["display_name"], "Bob Renamed");
 
     let backup = org.dir.path().join("root-backup.json");
     let backup_arg = backup.display().to_string();
