@@ -212,14 +212,7 @@ impl Engine {
             let provider = Provider::new(&self.crypto, &self.db);
             load_group(&provider, group_id)?
         };
-        let signer_cert = held_group
-            .members()
-            .find(|m| {
-                use openmls::ciphersuite::signable::Verifiable as _;
-                use openmls::ciphersuite::signature::OpenMlsSignaturePublicKey;
-                OpenMlsSignaturePublicKey::new(m.signature_key.clone().into(), SignatureScheme::ED25519)
-                    .is_ok_and(|key| info.clone().verify(&self.crypto, &key).is_ok())
-            })
+        let signer_cert = group_info_signer(&self.crypto, &info, held_group.members())
             .ok_or_else(|| {
                 EngineError::Invalid(
                     "the relay's GroupInfo is not signed by anyone in the group as this device knew it"
@@ -235,21 +228,7 @@ impl Engine {
             .db
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let provider = Provider::new(&self.crypto, &tx);
-        let (group, bundle) = MlsGroup::external_commit_builder()
-            .with_config(join_config())
-            .build_group(&provider, info, credential)
-            .map_err(EngineError::mls)?
-            .leaf_node_parameters(
-                LeafNodeParameters::builder()
-                    .with_capabilities(leaf_capabilities())
-                    .build(),
-            )
-            .load_psks(provider.storage())
-            .map_err(EngineError::mls)?
-            .build(provider.rand(), provider.crypto(), &signer, |_| true)
-            .map_err(EngineError::mls)?
-            .finalize(&provider)
-            .map_err(EngineError::mls)?;
+        let (group, bundle) = external_commit(&provider, info, credential, &signer)?;
         let changes =
             catch_up_changes(&tx, &device, &held_group, &group, &signer_cert, &revoked)
                 .map_err(|why| EngineError::Invalid(format!("not rejoining the group: {why}")))?;
@@ -352,6 +331,45 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// Joins (or rejoins) a group from its GroupInfo by an external commit with this
+/// device's credential; the returned group has the commit merged.
+pub(super) fn external_commit(
+    provider: &Provider,
+    info: openmls::messages::group_info::VerifiableGroupInfo,
+    credential: CredentialWithKey,
+    signer: &SignatureKeyPair,
+) -> Result<(MlsGroup, CommitMessageBundle), EngineError> {
+    MlsGroup::external_commit_builder()
+        .with_config(join_config())
+        .build_group(provider, info, credential)
+        .map_err(EngineError::mls)?
+        .leaf_node_parameters(
+            LeafNodeParameters::builder()
+                .with_capabilities(leaf_capabilities())
+                .build(),
+        )
+        .load_psks(provider.storage())
+        .map_err(EngineError::mls)?
+        .build(provider.rand(), provider.crypto(), signer, |_| true)
+        .map_err(EngineError::mls)?
+        .finalize(provider)
+        .map_err(EngineError::mls)
+}
+
+/// The member among `members` whose key signed `info`.
+pub(super) fn group_info_signer(
+    crypto: &RustCrypto,
+    info: &openmls::messages::group_info::VerifiableGroupInfo,
+    mut members: impl Iterator<Item = Member>,
+) -> Option<Member> {
+    use openmls::ciphersuite::signable::Verifiable as _;
+    use openmls::ciphersuite::signature::OpenMlsSignaturePublicKey;
+    members.find(|m| {
+        OpenMlsSignaturePublicKey::new(m.signature_key.clone().into(), SignatureScheme::ED25519)
+            .is_ok_and(|key| info.clone().verify(crypto, &key).is_ok())
+    })
 }
 
 /// Checks that a member's credential carries a certificate signed by our org root for this key.

@@ -122,21 +122,7 @@ impl Engine {
             .db
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let provider = Provider::new(&self.crypto, &tx);
-        let (group, bundle) = MlsGroup::external_commit_builder()
-            .with_config(join_config())
-            .build_group(&provider, info, credential)
-            .map_err(EngineError::mls)?
-            .leaf_node_parameters(
-                LeafNodeParameters::builder()
-                    .with_capabilities(leaf_capabilities())
-                    .build(),
-            )
-            .load_psks(provider.storage())
-            .map_err(EngineError::mls)?
-            .build(provider.rand(), provider.crypto(), &signer, |_| true)
-            .map_err(EngineError::mls)?
-            .finalize(&provider)
-            .map_err(EngineError::mls)?;
+        let (group, bundle) = external_commit(&provider, info, credential, &signer)?;
         let mut people = Vec::new();
         for member in group.members() {
             let cert = roster_member(&device.org, &member.credential, &member.signature_key)
@@ -155,17 +141,7 @@ impl Engine {
         }
         // Whoever signed the GroupInfo must be a member valid now, not someone removed
         // (or lapsed) who kept an old epoch the relay replays.
-        let signer_cert = group
-            .members()
-            .find(|m| {
-                use openmls::ciphersuite::signable::Verifiable as _;
-                use openmls::ciphersuite::signature::OpenMlsSignaturePublicKey;
-                OpenMlsSignaturePublicKey::new(
-                    m.signature_key.clone().into(),
-                    SignatureScheme::ED25519,
-                )
-                .is_ok_and(|key| signed_info.clone().verify(&self.crypto, &key).is_ok())
-            })
+        let signer_cert = group_info_signer(&self.crypto, &signed_info, group.members())
             .ok_or_else(|| EngineError::Invalid("the GroupInfo is signed by no member".into()))
             .and_then(|m| {
                 verify_member(&device.org, &m.credential, &m.signature_key)
