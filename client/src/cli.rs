@@ -199,6 +199,16 @@ pub(crate) enum Command {
     Chat {
         group: String,
     },
+    /// The graphical client: serves this device to your browser on this machine only,
+    /// and prints the link to open (good once).
+    Ui {
+        /// Loopback address to listen on (port 0: any free port).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+        /// Open the link in the default browser.
+        #[arg(long)]
+        open: bool,
+    },
     /// Show who this device is.
     Whoami(JsonFlag),
     /// List enrolled colleagues with their approved attributes and roles.

@@ -280,6 +280,7 @@ pub(crate) async fn run(
             }
         }
         Command::Chat { group } => live::chat(engine, &group).await?,
+        Command::Ui { listen, open } => live::ui(engine, listen, open).await?,
         other => return Ok(Some(other)),
     }
     Ok(None)

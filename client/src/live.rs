@@ -51,6 +51,32 @@ pub(crate) async fn rollcall(
     Ok(())
 }
 
+/// Serves the graphical client on `listen` (loopback only) until Ctrl-C or SIGTERM.
+pub(crate) async fn ui(
+    engine: &mut Engine,
+    listen: std::net::SocketAddr,
+    open: bool,
+) -> Result<(), EngineError> {
+    if !listen.ip().is_loopback() {
+        return Err(EngineError::Invalid(format!(
+            "{listen} is not a loopback address: the UI is served to this machine only"
+        )));
+    }
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let port = listener.local_addr()?.port();
+    let access = std::sync::Arc::new(muster_ui::Access::new(port));
+    let link = access.link();
+    println!("muster ui: open {link}");
+    println!("(the link works once; Ctrl-C stops the UI)");
+    let _ = std::io::stdout().flush();
+    if open {
+        if let Err(e) = std::process::Command::new("xdg-open").arg(&link).spawn() {
+            eprintln!("could not open a browser ({e}): open the link yourself");
+        }
+    }
+    muster_ui::serve(engine, listener, access, shutdown_signal()).await
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 pub(crate) async fn shutdown_signal() {
     #[cfg(unix)]

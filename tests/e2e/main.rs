@@ -20,4 +20,5 @@ mod provision;
 mod rogue;
 mod rogue_member;
 mod root_recovery;
+mod ui;
 mod walkthrough;

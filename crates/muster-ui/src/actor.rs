@@ -1,0 +1,123 @@
+//! The device's engine, kept online: one task owns it and its relay session, syncs on
+//! every wake-up, and serves the web server's requests one at a time, so the browser's
+//! actions and the relay's deliveries never touch the store at once. Every change is
+//! announced on the event channel for the pages to refetch.
+
+use muster_driver::{Session, Wake};
+use muster_engine::{Engine, EngineError, GroupView, Identity, MessageView};
+use serde::Serialize;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+/// How many messages of a conversation a page shows.
+const PAGE: usize = 200;
+
+/// The answer to a request, or why it failed (for the user).
+pub type Reply<T> = oneshot::Sender<Result<T, String>>;
+
+/// What a page asks of the engine.
+pub enum Command {
+    Overview(Reply<Overview>),
+    Messages {
+        group: String,
+        reply: Reply<Vec<MessageView>>,
+    },
+    Send {
+        group: String,
+        text: String,
+        reply: Reply<()>,
+    },
+}
+
+/// Who this device is and its groups.
+#[derive(Serialize)]
+pub struct Overview {
+    pub me: Identity,
+    pub groups: Vec<GroupView>,
+}
+
+/// An event for the pages: something changed, refetch.
+#[derive(Clone, Serialize)]
+pub struct Event {
+    pub kind: &'static str,
+}
+
+/// Runs the engine online until `commands` closes or `stop` resolves.
+pub async fn run(
+    engine: &mut Engine,
+    mut commands: mpsc::Receiver<Command>,
+    events: broadcast::Sender<Event>,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), EngineError> {
+    let mut session = Session::start(engine).await?;
+    sync(&mut session, engine, &events).await?;
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            command = commands.recv() => {
+                let Some(command) = command else { break };
+                handle(engine, &session, command, &events).await;
+            }
+            wake = session.wake(None) => {
+                if wake == Wake::Lost {
+                    session.reconnect(engine).await?;
+                }
+                sync(&mut session, engine, &events).await?;
+            }
+            _ = &mut stop => break,
+        }
+    }
+    session.close().await;
+    Ok(())
+}
+
+async fn sync(
+    session: &mut Session,
+    engine: &mut Engine,
+    events: &broadcast::Sender<Event>,
+) -> Result<(), EngineError> {
+    let report = session.sync(engine).await?;
+    if !report.problems.is_empty() {
+        tracing::debug!(problems = report.problems.len(), "sync met problems");
+    }
+    let _ = events.send(Event { kind: "changed" });
+    Ok(())
+}
+
+async fn handle(
+    engine: &mut Engine,
+    session: &Session,
+    command: Command,
+    events: &broadcast::Sender<Event>,
+) {
+    let text = |e: EngineError| e.to_string();
+    match command {
+        Command::Overview(reply) => {
+            let overview = engine.whoami().and_then(|me| {
+                Ok(Overview {
+                    me,
+                    groups: engine.groups()?,
+                })
+            });
+            let _ = reply.send(overview.map_err(text));
+        }
+        Command::Messages { group, reply } => {
+            let messages = engine.read(&group, PAGE);
+            if let Ok(shown) = &messages {
+                // What a page shows counts as read, as it does for `muster read`.
+                if engine.mark_read(shown).is_ok() {
+                    let _ = engine.flush(session.link()).await;
+                }
+            }
+            let _ = reply.send(messages.map_err(text));
+        }
+        Command::Send {
+            group,
+            text: body,
+            reply,
+        } => {
+            let sent = engine.send_text(session.link(), &group, &body).await;
+            let _ = reply.send(sent.map(|_| ()).map_err(text));
+            let _ = events.send(Event { kind: "changed" });
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Who may use the UI: only this machine's browser, holding the session the printed link
+//! gave it. The link's token is good once; it turns into an HttpOnly, SameSite=Strict
+//! cookie. Every request must name this server by a loopback Host (no DNS rebinding),
+//! and a request from a page must come from this origin (no cross-site requests).
+
+use ring::rand::{SecureRandom, SystemRandom};
+use std::sync::Mutex;
+
+/// The cookie that carries the browser's session.
+pub const SESSION_COOKIE: &str = "muster_session";
+
+/// What every response carries: nothing loads from anywhere but this server, and no page
+/// may frame it.
+pub const SECURITY_HEADERS: [(&str, &str); 5] = [
+    (
+        "content-security-policy",
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+         img-src 'self' data: blob:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    ),
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "no-referrer"),
+    ("x-frame-options", "DENY"),
+    ("cache-control", "no-store"),
+];
+
+fn random_hex() -> String {
+    let mut bytes = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("system randomness available");
+    hex::encode(bytes)
+}
+
+/// Compares secrets without leaking where they differ.
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// The UI server's secrets and the port it answers on.
+pub struct Access {
+    port: u16,
+    /// The link's one-time token; `None` once exchanged.
+    token: Mutex<Option<String>>,
+    session: String,
+}
+
+impl Access {
+    /// Fresh secrets for a server listening on `port`.
+    pub fn new(port: u16) -> Self {
+        Self {
+            port,
+            token: Mutex::new(Some(random_hex())),
+            session: random_hex(),
+        }
+    }
+
+    /// The link to open, carrying the one-time token.
+    pub fn link(&self) -> String {
+        let token = self.token.lock().expect("token lock").clone();
+        format!(
+            "http://127.0.0.1:{}/?token={}",
+            self.port,
+            token.unwrap_or_default()
+        )
+    }
+
+    /// Whether the Host header names this server on a loopback name.
+    pub fn host_allowed(&self, host: Option<&str>) -> bool {
+        let port = self.port;
+        host.is_some_and(|h| {
+            [
+                format!("127.0.0.1:{port}"),
+                format!("localhost:{port}"),
+                format!("[::1]:{port}"),
+            ]
+            .iter()
+            .any(|allowed| h.eq_ignore_ascii_case(allowed))
+        })
+    }
+
+    /// Whether a request's Origin is this server's own. Requests that change something
+    /// must carry one; a page elsewhere (or a sandboxed one, "null") never passes.
+    pub fn origin_allowed(&self, origin: Option<&str>, changes_state: bool) -> bool {
+        match origin {
+            None => !changes_state,
+            Some(o) => o
+                .strip_prefix("http://")
+                .is_some_and(|host| self.host_allowed(Some(host))),
+        }
+    }
+
+    /// Exchanges the link's token for the session, once.
+    pub fn exchange(&self, token: &str) -> Option<String> {
+        let mut held = self.token.lock().expect("token lock");
+        match held.as_deref() {
+            Some(t) if same_secret(t, token) => {
+                *held = None;
+                Some(self.session.clone())
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether a Cookie header carries the session.
+    pub fn has_session(&self, cookies: Option<&str>) -> bool {
+        cookies.is_some_and(|header| {
+            header.split(';').any(|pair| {
+                pair.trim()
+                    .strip_prefix(SESSION_COOKIE)
+                    .and_then(|rest| rest.strip_prefix('='))
+                    .is_some_and(|value| same_secret(value, &self.session))
+            })
+        })
+    }
+
+    /// The Set-Cookie value that hands the browser its session.
+    pub fn session_cookie(session: &str) -> String {
+        format!("{SESSION_COOKIE}={session}; HttpOnly; SameSite=Strict; Path=/")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_names_of_this_port_are_served() {
+        let access = Access::new(4100);
+        assert!(access.host_allowed(Some("127.0.0.1:4100")));
+        assert!(access.host_allowed(Some("localhost:4100")));
+        assert!(access.host_allowed(Some("[::1]:4100")));
+        for host in [
+            None,
+            Some("127.0.0.1:4101"),
+            Some("evil.example:4100"),
+            Some("127.0.0.1"),
+        ] {
+            assert!(!access.host_allowed(host), "{host:?}");
+        }
+    }
+
+    #[test]
+    fn changes_come_only_from_this_origin() {
+        let access = Access::new(4100);
+        assert!(access.origin_allowed(Some("http://127.0.0.1:4100"), true));
+        assert!(access.origin_allowed(None, false));
+        assert!(!access.origin_allowed(None, true));
+        for origin in [
+            "null",
+            "http://evil.example",
+            "https://127.0.0.1:4100",
+            "http://127.0.0.1:4100.evil",
+        ] {
+            assert!(!access.origin_allowed(Some(origin), false), "{origin}");
+        }
+    }
+
+    #[test]
+    fn the_token_is_good_once_and_the_session_only_in_its_cookie() {
+        let access = Access::new(4100);
+        let token = access.link().rsplit_once("token=").unwrap().1.to_string();
+        assert_eq!(access.exchange("wrong"), None);
+        let session = access.exchange(&token).expect("first exchange");
+        assert_eq!(access.exchange(&token), None, "a link works once");
+        assert!(access.has_session(Some(&format!("a=b; {SESSION_COOKIE}={session}"))));
+        assert!(!access.has_session(Some(&format!("{SESSION_COOKIE}=x{session}"))));
+        assert!(!access.has_session(Some("other=1")));
+        assert!(!access.has_session(None));
+        let cookie = Access::session_cookie(&session);
+        assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
+    }
+}

@@ -1,0 +1,39 @@
+//! `muster ui`: the device's engine kept online in one task, served to the user's own
+//! browser on loopback. The browser never talks to the relay and sees nothing the device
+//! would not show on its terminal; every trust check stays in the engine.
+
+mod actor;
+mod guard;
+mod server;
+
+pub use guard::Access;
+use muster_engine::{Engine, EngineError};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, mpsc};
+
+/// Serves the UI on `listener` (which must be on loopback) until `stop` resolves; the
+/// engine runs online meanwhile. `access` holds the link to print.
+pub async fn serve(
+    engine: &mut Engine,
+    listener: TcpListener,
+    access: Arc<Access>,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), EngineError> {
+    let (commands, inbox) = mpsc::channel(64);
+    let (events, _) = broadcast::channel(256);
+    let app = server::App {
+        access,
+        commands,
+        events: events.clone(),
+    };
+    let server = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, server::router(app)).await {
+            tracing::error!(error = %e, "the UI server stopped");
+        }
+    });
+    let result = actor::run(engine, inbox, events, stop).await;
+    // Open event streams never end on their own.
+    server.abort();
+    result
+}

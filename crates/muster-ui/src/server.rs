@@ -1,0 +1,178 @@
+//! The web server: the page and its assets (embedded), a JSON API over the engine task,
+//! and a Server-Sent Events stream of changes. Every request passes [`guard`] first.
+
+use crate::actor::{Command, Event, Reply};
+use crate::guard::{Access, SECURITY_HEADERS};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::{Stream, StreamExt as _};
+
+const INDEX: &str = include_str!("../assets/index.html");
+const SCRIPT: &str = include_str!("../assets/app.js");
+const STYLE: &str = include_str!("../assets/app.css");
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct App {
+    pub access: Arc<Access>,
+    pub commands: mpsc::Sender<Command>,
+    pub events: broadcast::Sender<Event>,
+}
+
+/// The routes, behind the guard.
+pub fn router(app: App) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/assets/app.js", get(script))
+        .route("/assets/app.css", get(style))
+        .route("/api/overview", get(overview))
+        .route("/api/groups/{group}/messages", get(messages).post(send))
+        .route("/api/events", get(events))
+        .layer(middleware::from_fn_with_state(app.clone(), guard))
+        .with_state(app)
+}
+
+fn refuse(status: StatusCode, why: &'static str) -> Response {
+    (status, why).into_response()
+}
+
+/// Checks the Host, the Origin and the session of every request (the one exception: the
+/// page itself, opened with the printed link's token), and adds the security headers.
+async fn guard(State(app): State<App>, request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    let mut response = if !app.access.host_allowed(text(header::HOST)) {
+        refuse(StatusCode::MISDIRECTED_REQUEST, "unknown host")
+    } else if !app.access.origin_allowed(
+        text(header::ORIGIN),
+        !matches!(*request.method(), Method::GET | Method::HEAD),
+    ) {
+        refuse(StatusCode::FORBIDDEN, "cross-origin request refused")
+    } else if request.uri().path() == "/"
+        && request
+            .uri()
+            .query()
+            .is_some_and(|q| q.starts_with("token="))
+        || app.access.has_session(text(header::COOKIE))
+    {
+        next.run(request).await
+    } else {
+        refuse(
+            StatusCode::UNAUTHORIZED,
+            "open the link `muster ui` printed to start a session",
+        )
+    };
+    for (name, value) in SECURITY_HEADERS {
+        response
+            .headers_mut()
+            .insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+async fn index(State(app): State<App>, Query(query): Query<HashMap<String, String>>) -> Response {
+    let Some(token) = query.get("token") else {
+        return Html(INDEX).into_response();
+    };
+    match app.access.exchange(token) {
+        Some(session) => (
+            StatusCode::SEE_OTHER,
+            [
+                (header::LOCATION, "/".to_string()),
+                (header::SET_COOKIE, Access::session_cookie(&session)),
+            ],
+        )
+            .into_response(),
+        None => refuse(
+            StatusCode::UNAUTHORIZED,
+            "this link was used already: restart `muster ui` for a new one",
+        ),
+    }
+}
+
+async fn script() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        SCRIPT,
+    )
+}
+
+async fn style() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE)
+}
+
+/// Sends `command` to the engine task and answers with its result as JSON.
+async fn ask<T: serde::Serialize>(
+    app: &App,
+    command: impl FnOnce(Reply<T>) -> Command,
+) -> Response {
+    let (reply, answer) = oneshot::channel();
+    if app.commands.send(command(reply)).await.is_err() {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the device is shutting down",
+        );
+    }
+    match answer.await {
+        Ok(Ok(value)) => Json(value).into_response(),
+        Ok(Err(why)) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(serde_json::json!({ "error": why })),
+        )
+            .into_response(),
+        Err(_) => refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the device is shutting down",
+        ),
+    }
+}
+
+async fn overview(State(app): State<App>) -> Response {
+    ask(&app, Command::Overview).await
+}
+
+async fn messages(State(app): State<App>, Path(group): Path<String>) -> Response {
+    ask(&app, |reply| Command::Messages { group, reply }).await
+}
+
+#[derive(Deserialize)]
+struct NewMessage {
+    text: String,
+}
+
+async fn send(
+    State(app): State<App>,
+    Path(group): Path<String>,
+    Json(message): Json<NewMessage>,
+) -> Response {
+    ask(&app, |reply| Command::Send {
+        group,
+        text: message.text,
+        reply,
+    })
+    .await
+}
+
+/// Every change, as it happens; a page that fell behind is told once to refetch.
+async fn events(State(app): State<App>) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let stream = BroadcastStream::new(app.events.subscribe()).map(|event| {
+        let kind = event.map_or("changed", |e| e.kind);
+        Ok(SseEvent::default().event(kind).data("{}"))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}

@@ -1,0 +1,239 @@
+//! `muster ui` as the browser and an attacker's page see it, over real HTTP: only this
+//! machine's browser holding the printed link's session gets anything, nothing crosses
+//! origins, and a message from a colleague reaches an open page live.
+
+use muster_e2e::{wait_until, Device, Org};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `muster ui` and the link it printed.
+struct Ui {
+    child: Child,
+    port: u16,
+    token: String,
+}
+
+impl Ui {
+    fn start(device: &Device) -> Self {
+        let mut child = device
+            .command()
+            .args(["ui", "--listen", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start muster ui");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let link = loop {
+            let line = lines.next().expect("muster ui prints its link").unwrap();
+            if let Some(link) = line.strip_prefix("muster ui: open ") {
+                break link.to_string();
+            }
+        };
+        let rest = link.strip_prefix("http://127.0.0.1:").unwrap();
+        let (port, token) = rest.split_once("/?token=").unwrap();
+        Self {
+            child,
+            port: port.parse().unwrap(),
+            token: token.to_string(),
+        }
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn origin(&self) -> String {
+        format!("http://{}", self.host())
+    }
+
+    /// One HTTP/1.1 request; returns the status, the headers (lowercased names) and the body.
+    fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut head = format!("{method} {path} HTTP/1.1\r\nconnection: close\r\n");
+        if !headers.iter().any(|(n, _)| *n == "host") {
+            head.push_str(&format!("host: {}\r\n", self.host()));
+        }
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if !body.is_empty() {
+            head.push_str(&format!(
+                "content-type: application/json\r\ncontent-length: {}\r\n",
+                body.len()
+            ));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(body.as_bytes()).unwrap();
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).unwrap();
+        Reply::parse(&String::from_utf8_lossy(&raw))
+    }
+}
+
+impl Drop for Ui {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn parse(raw: &str) -> Self {
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw, ""));
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .unwrap()
+            .split(' ')
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let headers = lines
+            .filter_map(|l| l.split_once(": "))
+            .map(|(n, v)| (n.to_ascii_lowercase(), v.to_string()))
+            .collect();
+        Self {
+            status,
+            headers,
+            body: body.to_string(),
+        }
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[test]
+fn only_the_browser_holding_the_link_gets_in_and_a_colleagues_message_arrives_live() {
+    let org = Org::new("ui-guard");
+    let alice = &org.admin;
+    let bob = org.enrol("bob");
+    alice.ok(&["group", "create", "ops", "--members", "bob"]);
+    bob.ok(&["sync"]);
+    let ui = Ui::start(alice);
+
+    // Nothing without the session, from a rebinding name, or with a used link.
+    assert_eq!(ui.request("GET", "/api/overview", &[], "").status, 401);
+    assert_eq!(ui.request("GET", "/", &[], "").status, 401);
+    let rebound = ui.request(
+        "GET",
+        "/",
+        &[("host", &format!("evil.example:{}", ui.port))],
+        "",
+    );
+    assert_eq!(rebound.status, 421);
+    let opened = ui.request("GET", &format!("/?token={}", ui.token), &[], "");
+    assert_eq!(opened.status, 303);
+    let cookie = opened
+        .header("set-cookie")
+        .expect("a session cookie")
+        .to_string();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let session = cookie.split(';').next().unwrap().to_string();
+    let again = ui.request("GET", &format!("/?token={}", ui.token), &[], "");
+    assert_eq!(again.status, 401, "the link works once");
+
+    // The page, with a policy that loads nothing from elsewhere.
+    let page = ui.request("GET", "/", &[("cookie", &session)], "");
+    assert_eq!(page.status, 200);
+    let csp = page.header("content-security-policy").unwrap();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
+        "{csp}"
+    );
+    let overview = ui.request("GET", "/api/overview", &[("cookie", &session)], "");
+    assert_eq!(overview.status, 200);
+    assert!(overview.body.contains("\"ops\""), "{}", overview.body);
+
+    // Sending needs this origin: another site's page cannot post, even with the cookie.
+    let body = r#"{"text":"hello from the browser"}"#;
+    let path = "/api/groups/ops/messages";
+    for origin in [None, Some("http://evil.example"), Some("null")] {
+        let mut headers = vec![("cookie", session.as_str())];
+        if let Some(o) = origin {
+            headers.push(("origin", o));
+        }
+        assert_eq!(
+            ui.request("POST", path, &headers, body).status,
+            403,
+            "{origin:?}"
+        );
+    }
+    let origin = ui.origin();
+    let sent = ui.request(
+        "POST",
+        path,
+        &[("cookie", &session), ("origin", &origin)],
+        body,
+    );
+    assert_eq!(sent.status, 200, "{}", sent.body);
+    bob.ok(&["sync"]);
+    assert!(bob
+        .texts("ops")
+        .contains(&"hello from the browser".to_string()));
+
+    // An open page hears of bob's reply as it arrives, and then reads it.
+    let mut stream = TcpStream::connect(("127.0.0.1", ui.port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /api/events HTTP/1.1\r\nhost: {}\r\ncookie: {session}\r\naccept: text/event-stream\r\n\r\n",
+        ui.host()
+    )
+    .unwrap();
+    let mut events = BufReader::new(stream);
+    let mut line = String::new();
+    while line != "\r\n" {
+        line.clear();
+        events.read_line(&mut line).unwrap();
+    }
+    bob.ok(&["send", "ops", "bob answers"]);
+    let sent_at = Instant::now();
+    loop {
+        line.clear();
+        assert!(
+            events.read_line(&mut line).unwrap() > 0,
+            "event stream ended"
+        );
+        if line.starts_with("event: changed") {
+            break;
+        }
+    }
+    let mut delay = sent_at.elapsed();
+    wait_until(
+        Duration::from_secs(20),
+        "the page reads bob's answer",
+        || {
+            let messages = ui.request("GET", path, &[("cookie", &session)], "");
+            delay = sent_at.elapsed();
+            messages.body.contains("bob answers")
+        },
+    );
+    println!(
+        "bob's message reached alice's page {} ms after his send returned",
+        delay.as_millis()
+    );
+}
