@@ -32,6 +32,8 @@ impl Ui {
                 break link.to_string();
             }
         };
+        // Keep reading, so the UI never writes into a closed pipe.
+        std::thread::spawn(move || lines.for_each(drop));
         let rest = link.strip_prefix("http://127.0.0.1:").unwrap();
         let (port, token) = rest.split_once("/?token=").unwrap();
         Self {
@@ -236,4 +238,51 @@ fn only_the_browser_holding_the_link_gets_in_and_a_colleagues_message_arrives_li
         "bob's message reached alice's page {} ms after his send returned",
         delay.as_millis()
     );
+}
+
+/// Why the browser tests cannot run here, if they cannot.
+fn browser_missing() -> Option<&'static str> {
+    if !std::path::Path::new("/usr/bin/chromium").exists() {
+        return Some("Debian's chromium is not installed (.ci/run installs it)");
+    }
+    let playwright = std::process::Command::new("python3")
+        .args(["-c", "import playwright"])
+        .output();
+    if !playwright.is_ok_and(|o| o.status.success()) {
+        return Some("Playwright for Python is not installed (.ci/run installs it)");
+    }
+    None
+}
+
+#[test]
+fn two_people_chat_in_their_browsers() {
+    if let Some(why) = browser_missing() {
+        println!("SKIPPED: {why}");
+        return;
+    }
+    let org = Org::new("ui-browser");
+    let alice = &org.admin;
+    let bob = org.enrol("bob");
+    alice.ok(&["group", "create", "ops", "--members", "bob"]);
+    bob.ok(&["sync"]);
+    let (alice_ui, bob_ui) = (Ui::start(alice), Ui::start(&bob));
+    let link = |ui: &Ui| format!("http://127.0.0.1:{}/?token={}", ui.port, ui.token);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/browser/chat.py");
+    // Kept after the test, to look at what users see.
+    let shots = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/ui-screenshots");
+    std::fs::create_dir_all(shots).unwrap();
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .args([&link(&alice_ui), &link(&bob_ui), "ops", shots])
+        .output()
+        .expect("run the browser test");
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "browser test failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(bob
+        .texts("ops")
+        .contains(&"hello bob, from the browser".to_string()));
 }

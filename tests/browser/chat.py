@@ -1,0 +1,67 @@
+"""Two people chat in their browsers, each on their own device's `muster ui`.
+
+Usage: chat.py ALICE_LINK BOB_LINK GROUP SCREENSHOT_DIR
+
+Drives Debian's Chromium with Playwright: both open the group, alice types, bob's page
+shows it without a reload (the delay is printed); text from others is shown as text,
+never as markup; the page fits a phone screen. Exits non-zero on any failure.
+"""
+
+import sys
+import time
+
+from playwright.sync_api import sync_playwright
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def open_group(page, link, group):
+    page.goto(link)
+    page.get_by_role("button", name=group).click()
+    page.locator("#compose").wait_for(state="visible")
+
+
+def main():
+    alice_link, bob_link, group, shots = sys.argv[1:5]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
+        alice = browser.new_context().new_page()
+        bob = browser.new_context(viewport={"width": 390, "height": 844}).new_page()
+        errors = []
+        for page in (alice, bob):
+            page.on("pageerror", lambda e: errors.append(str(e)))
+        open_group(alice, alice_link, group)
+        open_group(bob, bob_link, group)
+
+        started = time.monotonic()
+        alice.fill("#text", "hello bob, from the browser")
+        alice.press("#text", "Enter")
+        bob.locator("#messages").get_by_text("hello bob, from the browser").wait_for(timeout=10_000)
+        print(f"alice's message appeared in bob's browser after {(time.monotonic() - started) * 1000:.0f} ms")
+
+        hostile = '<img src=x onerror="document.title=\'pwned\'">'
+        bob.fill("#text", hostile)
+        bob.press("#text", "Enter")
+        alice.locator("#messages").get_by_text(hostile).wait_for(timeout=10_000)
+        assert alice.locator("#messages img").count() == 0, "markup from a colleague was rendered"
+        assert alice.title() != "pwned"
+
+        width = bob.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, f"the phone-sized page scrolls sideways ({width} px)"
+        alice.screenshot(path=f"{shots}/alice.png")
+        bob.screenshot(path=f"{shots}/bob-phone.png")
+        assert not errors, f"script errors: {errors}"
+        browser.close()
+
+
+if __name__ == "__main__":
+    main()
