@@ -55,6 +55,20 @@ def main():
         assert alice.locator("#messages img").count() == 0, "markup from a colleague was rendered"
         assert alice.title() != "pwned"
 
+        # An alert: a banner on bob's screen until he acknowledges it; alice's roll-call
+        # count follows live.
+        alice.check("#as-alert")
+        alice.fill("#text", "Evacuate building B")
+        alice.press("#text", "Enter")
+        banner = bob.locator("#alerts .alert").filter(has_text="Evacuate building B")
+        banner.wait_for(timeout=10_000)
+        alice.locator("#messages").get_by_text("acknowledged by 0 of 1").wait_for(timeout=10_000)
+        started = time.monotonic()
+        banner.get_by_role("button", name="Acknowledge").click()
+        banner.wait_for(state="detached", timeout=10_000)
+        alice.locator("#messages").get_by_text("acknowledged by 1 of 1").wait_for(timeout=10_000)
+        print(f"bob's acknowledgement reached alice's roll-call after {(time.monotonic() - started) * 1000:.0f} ms")
+
         width = bob.evaluate("document.documentElement.scrollWidth")
         assert width <= 390, f"the phone-sized page scrolls sideways ({width} px)"
         alice.screenshot(path=f"{shots}/alice.png")

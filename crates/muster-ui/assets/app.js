@@ -47,6 +47,29 @@ async function refreshGroups() {
   }
 }
 
+async function refreshAlerts() {
+  const alerts = await api("/api/alerts");
+  const box = document.getElementById("alerts");
+  box.replaceChildren();
+  for (const a of alerts) {
+    const row = el("div", undefined, "alert");
+    row.dataset.id = a.id;
+    row.append(el("strong", "ALERT"), el("span", a.group + " · " + a.sender + ":"), el("span", a.text, "text"));
+    const ack = el("button", "Acknowledge");
+    ack.addEventListener("click", async () => {
+      try {
+        await api("/api/alerts/" + encodeURIComponent(a.id) + "/ack", { method: "POST", body: "{}" });
+        await refresh();
+      } catch (e) {
+        status("not acknowledged: " + e.message);
+      }
+    });
+    row.append(ack);
+    box.append(row);
+  }
+  box.hidden = alerts.length === 0;
+}
+
 async function refreshMessages() {
   if (!state.group) return;
   const group = state.groups.find((g) => g.id === state.group);
@@ -60,8 +83,12 @@ async function refreshMessages() {
     if (m.kind === "system") {
       item.append(el("span", m.text, "system"));
     } else {
+      if (m.kind === "alert") item.append(el("span", "ALERT", "alert-tag"));
       item.append(el("span", m.sender, "who"), el("span", m.deleted ? "(deleted)" : m.text, "text"));
       item.append(el("span", m.sent_at.slice(11, 16), "when"));
+      if (m.ack_required) {
+        item.append(el("span", "acknowledged by " + m.acked_by.length + " of " + m.audience, "acks"));
+      }
     }
     list.append(item);
   }
@@ -79,6 +106,7 @@ async function openGroup(id) {
 async function refresh() {
   try {
     await refreshGroups();
+    await refreshAlerts();
     await refreshMessages();
     status("");
   } catch (e) {
@@ -92,12 +120,16 @@ document.addEventListener("DOMContentLoaded", () => {
     const input = document.getElementById("text");
     const text = input.value.trim();
     if (!text || !state.group) return;
+    const asAlert = document.getElementById("as-alert");
+    const path = "/api/groups/" + encodeURIComponent(state.group);
     input.value = "";
     try {
-      await api("/api/groups/" + encodeURIComponent(state.group) + "/messages", {
-        method: "POST",
-        body: JSON.stringify({ text }),
-      });
+      if (asAlert.checked) {
+        await api(path + "/alerts", { method: "POST", body: JSON.stringify({ text, ack_required: true }) });
+        asAlert.checked = false;
+      } else {
+        await api(path + "/messages", { method: "POST", body: JSON.stringify({ text }) });
+      }
       await refreshMessages();
     } catch (e) {
       input.value = text;

@@ -6,6 +6,7 @@
 use muster_driver::{Session, Wake};
 use muster_engine::{Engine, EngineError, GroupView, Identity, MessageView};
 use serde::Serialize;
+use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// How many messages of a conversation a page shows.
@@ -14,6 +15,9 @@ const PAGE: usize = 200;
 /// The answer to a request, or why it failed (for the user).
 pub type Reply<T> = oneshot::Sender<Result<T, String>>;
 
+/// Something a page has the engine do, answered as JSON.
+pub type Look = Box<dyn FnOnce(&mut Engine) -> Result<Value, EngineError> + Send>;
+
 /// What a page asks of the engine.
 pub enum Command {
     Overview(Reply<Overview>),
@@ -21,10 +25,16 @@ pub enum Command {
         group: String,
         reply: Reply<Vec<MessageView>>,
     },
-    Send {
-        group: String,
-        text: String,
-        reply: Reply<()>,
+    /// Reads something.
+    View {
+        look: Look,
+        reply: Reply<Value>,
+    },
+    /// Queues something to send (a message, an alert, an acknowledgement), then sends
+    /// the outbox.
+    Queue {
+        act: Look,
+        reply: Reply<Value>,
     },
 }
 
@@ -110,13 +120,18 @@ async fn handle(
             }
             let _ = reply.send(messages.map_err(text));
         }
-        Command::Send {
-            group,
-            text: body,
-            reply,
-        } => {
-            let sent = engine.send_text(session.link(), &group, &body).await;
-            let _ = reply.send(sent.map(|_| ()).map_err(text));
+        Command::View { look, reply } => {
+            let _ = reply.send(look(engine).map_err(text));
+        }
+        Command::Queue { act, reply } => {
+            let queued = act(engine);
+            if queued.is_ok() {
+                // What the relay does not take now stays queued for the next sync.
+                if let Err(e) = engine.flush(session.link()).await {
+                    tracing::debug!(error = %e, "outbox not sent yet");
+                }
+            }
+            let _ = reply.send(queued.map_err(text));
             let _ = events.send(Event { kind: "changed" });
         }
     }

@@ -1,15 +1,16 @@
 //! The web server: the page and its assets (embedded), a JSON API over the engine task,
 //! and a Server-Sent Events stream of changes. Every request passes [`guard`] first.
 
-use crate::actor::{Command, Event, Reply};
+use crate::actor::{Command, Event, Look, Reply};
 use crate::guard::{Access, SECURITY_HEADERS};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
+use muster_engine::Engine;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -38,6 +39,10 @@ pub fn router(app: App) -> Router {
         .route("/assets/app.css", get(style))
         .route("/api/overview", get(overview))
         .route("/api/groups/{group}/messages", get(messages).post(send))
+        .route("/api/groups/{group}/alerts", post(alert))
+        .route("/api/alerts", get(alerts))
+        .route("/api/alerts/{id}/ack", post(acknowledge))
+        .route("/api/rollcall/{id}", get(rollcall))
         .route("/api/events", get(events))
         .layer(middleware::from_fn_with_state(app.clone(), guard))
         .with_state(app)
@@ -150,6 +155,23 @@ async fn messages(State(app): State<App>, Path(group): Path<String>) -> Response
     ask(&app, |reply| Command::Messages { group, reply }).await
 }
 
+fn json<T: serde::Serialize>(value: T) -> serde_json::Value {
+    serde_json::to_value(value).unwrap_or_default()
+}
+
+/// A queued message as the page sees it: its id.
+fn queued(message: muster_engine::QueuedMessage) -> serde_json::Value {
+    serde_json::json!({ "id": message.id })
+}
+
+async fn view(app: &App, look: Look) -> Response {
+    ask(app, |reply| Command::View { look, reply }).await
+}
+
+async fn queue(app: &App, act: Look) -> Response {
+    ask(app, |reply| Command::Queue { act, reply }).await
+}
+
 #[derive(Deserialize)]
 struct NewMessage {
     text: String,
@@ -160,11 +182,51 @@ async fn send(
     Path(group): Path<String>,
     Json(message): Json<NewMessage>,
 ) -> Response {
-    ask(&app, |reply| Command::Send {
-        group,
-        text: message.text,
-        reply,
-    })
+    let act = move |engine: &mut Engine| engine.queue_text(&group, &message.text).map(queued);
+    queue(&app, Box::new(act)).await
+}
+
+#[derive(Deserialize)]
+struct NewAlert {
+    text: String,
+    #[serde(default)]
+    ack_required: bool,
+}
+
+async fn alert(
+    State(app): State<App>,
+    Path(group): Path<String>,
+    Json(alert): Json<NewAlert>,
+) -> Response {
+    let act = move |engine: &mut Engine| {
+        engine
+            .queue_alert(&group, &alert.text, alert.ack_required)
+            .map(queued)
+    };
+    queue(&app, Box::new(act)).await
+}
+
+async fn alerts(State(app): State<App>) -> Response {
+    view(
+        &app,
+        Box::new(|engine: &mut Engine| engine.unacknowledged_alerts().map(json)),
+    )
+    .await
+}
+
+async fn acknowledge(State(app): State<App>, Path(id): Path<String>) -> Response {
+    queue(
+        &app,
+        Box::new(move |engine: &mut Engine| engine.queue_ack(&id).map(queued)),
+    )
+    .await
+}
+
+async fn rollcall(State(app): State<App>, Path(id): Path<String>) -> Response {
+    view(
+        &app,
+        Box::new(move |engine: &mut Engine| engine.rollcall(&id).map(json)),
+    )
     .await
 }
 
