@@ -69,12 +69,45 @@ pub(crate) async fn ui(
     println!("muster ui: open {link}");
     println!("(the link works once; Ctrl-C stops the UI)");
     let _ = std::io::stdout().flush();
-    if open {
-        if let Err(e) = std::process::Command::new("xdg-open").arg(&link).spawn() {
-            eprintln!("could not open a browser ({e}): open the link yourself");
+    // The browser is handed a file only this user can read, which sends it on to the
+    // link: a link on a command line would show in the process list to every local user.
+    let opener = if open {
+        match open_in_browser(&link) {
+            Ok(file) => Some(file),
+            Err(e) => {
+                eprintln!("could not open a browser ({e}): open the link yourself");
+                None
+            }
         }
+    } else {
+        None
+    };
+    let result = muster_ui::serve(engine, listener, access, shutdown_signal()).await;
+    if let Some(file) = opener {
+        let _ = std::fs::remove_file(file);
     }
-    muster_ui::serve(engine, listener, access, shutdown_signal()).await
+    result
+}
+
+/// Writes a page readable by this user only that redirects to `link`, and opens it.
+fn open_in_browser(link: &str) -> std::io::Result<std::path::PathBuf> {
+    let mut name = [0u8; 8];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut name)?;
+    let path = std::env::temp_dir().join(format!(
+        "muster-ui-{}.html",
+        name.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    ));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&path)?;
+    write!(
+        file,
+        "<!doctype html><meta http-equiv=\"refresh\" content=\"0;url={link}\"><title>Muster</title>"
+    )?;
+    std::process::Command::new("xdg-open").arg(&path).spawn()?;
+    Ok(path)
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -1,6 +1,7 @@
-//! `muster ui` as the browser and an attacker's page see it, over real HTTP: only this
-//! machine's browser holding the printed link's session gets anything, nothing crosses
-//! origins, and a message from a colleague reaches an open page live.
+//! `muster ui` as the browser and an attacker's page see it, over real HTTP: only the tab
+//! that traded the printed link's token for a session gets anything, nothing crosses
+//! origins (other loopback ports included), and a colleague's message reaches an open
+//! page live.
 
 use muster_e2e::{wait_until, Device, Org};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -35,7 +36,7 @@ impl Ui {
         // Keep reading, so the UI never writes into a closed pipe.
         std::thread::spawn(move || lines.for_each(drop));
         let rest = link.strip_prefix("http://127.0.0.1:").unwrap();
-        let (port, token) = rest.split_once("/?token=").unwrap();
+        let (port, token) = rest.split_once("/#token=").unwrap();
         Self {
             child,
             port: port.parse().unwrap(),
@@ -124,7 +125,7 @@ impl Reply {
 }
 
 #[test]
-fn only_the_browser_holding_the_link_gets_in_and_a_colleagues_message_arrives_live() {
+fn only_the_tab_holding_the_link_gets_in_and_a_colleagues_message_arrives_live() {
     let org = Org::new("ui-guard");
     let alice = &org.admin;
     let bob = org.enrol("bob");
@@ -132,61 +133,74 @@ fn only_the_browser_holding_the_link_gets_in_and_a_colleagues_message_arrives_li
     bob.ok(&["sync"]);
     let ui = Ui::start(alice);
 
-    // Nothing without the session, from a rebinding name, or with a used link.
-    assert_eq!(ui.request("GET", "/api/overview", &[], "").status, 401);
-    assert_eq!(ui.request("GET", "/", &[], "").status, 401);
-    let rebound = ui.request(
-        "GET",
-        "/",
-        &[("host", &format!("evil.example:{}", ui.port))],
-        "",
-    );
-    assert_eq!(rebound.status, 421);
-    let opened = ui.request("GET", &format!("/?token={}", ui.token), &[], "");
-    assert_eq!(opened.status, 303);
-    let cookie = opened
-        .header("set-cookie")
-        .expect("a session cookie")
-        .to_string();
-    assert!(
-        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
-        "{cookie}"
-    );
-    let session = cookie.split(';').next().unwrap().to_string();
-    let again = ui.request("GET", &format!("/?token={}", ui.token), &[], "");
-    assert_eq!(again.status, 401, "the link works once");
-
-    // The page, with a policy that loads nothing from elsewhere.
-    let page = ui.request("GET", "/", &[("cookie", &session)], "");
+    // The page (which holds nothing), with a policy that loads nothing from elsewhere.
+    let page = ui.request("GET", "/", &[], "");
     assert_eq!(page.status, 200);
     let csp = page.header("content-security-policy").unwrap();
     assert!(
         csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
         "{csp}"
     );
-    let overview = ui.request("GET", "/api/overview", &[("cookie", &session)], "");
+    // Nothing else without the session, nothing for a rebinding name or from another
+    // origin (another loopback port included), and a link works once.
+    assert_eq!(ui.request("GET", "/api/overview", &[], "").status, 401);
+    let evil_host = format!("evil.example:{}", ui.port);
+    assert_eq!(
+        ui.request("GET", "/", &[("host", &evil_host)], "").status,
+        421
+    );
+    let origin = ui.origin();
+    let other_port = format!("http://127.0.0.1:{}", ui.port + 1);
+    let token = format!(r#"{{"token":"{}"}}"#, ui.token);
+    let stolen = ui.request("POST", "/api/session", &[("origin", &other_port)], &token);
+    assert_eq!(
+        stolen.status, 403,
+        "another local port's page cannot trade the token"
+    );
+    let opened = ui.request("POST", "/api/session", &[("origin", &origin)], &token);
+    assert_eq!(opened.status, 200, "{}", opened.body);
+    assert!(
+        opened.header("set-cookie").is_none(),
+        "no cookie: ports share cookies"
+    );
+    let session: serde_json::Value = serde_json::from_str(&opened.body).unwrap();
+    let bearer = format!("Bearer {}", session["session"].as_str().unwrap());
+    let again = ui.request("POST", "/api/session", &[("origin", &origin)], &token);
+    assert_eq!(again.status, 401, "the link works once");
+    let overview = ui.request("GET", "/api/overview", &[("authorization", &bearer)], "");
     assert_eq!(overview.status, 200);
     assert!(overview.body.contains("\"ops\""), "{}", overview.body);
+    let guessed = ui.request(
+        "GET",
+        "/api/overview",
+        &[("authorization", "Bearer 00")],
+        "",
+    );
+    assert_eq!(guessed.status, 401);
 
-    // Sending needs this origin: another site's page cannot post, even with the cookie.
+    // Sending needs this origin too, whatever else the request carries.
     let body = r#"{"text":"hello from the browser"}"#;
     let path = "/api/groups/ops/messages";
-    for origin in [None, Some("http://evil.example"), Some("null")] {
-        let mut headers = vec![("cookie", session.as_str())];
-        if let Some(o) = origin {
+    for bad in [
+        None,
+        Some("http://evil.example"),
+        Some("null"),
+        Some(other_port.as_str()),
+    ] {
+        let mut headers = vec![("authorization", bearer.as_str())];
+        if let Some(o) = bad {
             headers.push(("origin", o));
         }
         assert_eq!(
             ui.request("POST", path, &headers, body).status,
             403,
-            "{origin:?}"
+            "{bad:?}"
         );
     }
-    let origin = ui.origin();
     let sent = ui.request(
         "POST",
         path,
-        &[("cookie", &session), ("origin", &origin)],
+        &[("authorization", &bearer), ("origin", &origin)],
         body,
     );
     assert_eq!(sent.status, 200, "{}", sent.body);
@@ -202,7 +216,7 @@ fn only_the_browser_holding_the_link_gets_in_and_a_colleagues_message_arrives_li
         .unwrap();
     write!(
         stream,
-        "GET /api/events HTTP/1.1\r\nhost: {}\r\ncookie: {session}\r\naccept: text/event-stream\r\n\r\n",
+        "GET /api/events HTTP/1.1\r\nhost: {}\r\nauthorization: {bearer}\r\naccept: text/event-stream\r\n\r\n",
         ui.host()
     )
     .unwrap();
@@ -229,7 +243,7 @@ fn only_the_browser_holding_the_link_gets_in_and_a_colleagues_message_arrives_li
         Duration::from_secs(20),
         "the page reads bob's answer",
         || {
-            let messages = ui.request("GET", path, &[("cookie", &session)], "");
+            let messages = ui.request("GET", path, &[("authorization", &bearer)], "");
             delay = sent_at.elapsed();
             messages.body.contains("bob answers")
         },
@@ -266,7 +280,7 @@ fn two_people_chat_in_their_browsers() {
     alice.ok(&["group", "create", "ops", "--members", "bob"]);
     bob.ok(&["sync"]);
     let (alice_ui, bob_ui) = (Ui::start(alice), Ui::start(&bob));
-    let link = |ui: &Ui| format!("http://127.0.0.1:{}/?token={}", ui.port, ui.token);
+    let link = |ui: &Ui| format!("http://127.0.0.1:{}/#token={}", ui.port, ui.token);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/browser/chat.py");
     // Kept after the test, to look at what users see.
     let shots = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/ui-screenshots");

@@ -2,12 +2,28 @@
 // other people only ever reaches the page through textContent, never as markup.
 "use strict";
 
-const state = { group: null, groups: [] };
+const state = { group: null, groups: [], session: sessionStorage.getItem("muster-session") };
+
+// The printed link's token sits in the fragment: trade it once for this tab's session.
+async function startSession() {
+  const token = new URLSearchParams(location.hash.slice(1)).get("token");
+  history.replaceState(null, "", "/");
+  if (!token) return;
+  const response = await fetch("/api/session", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ token }),
+  });
+  if (response.ok) {
+    state.session = (await response.json()).session;
+    sessionStorage.setItem("muster-session", state.session);
+  }
+}
 
 async function api(path, options = {}) {
   const response = await fetch(path, {
-    credentials: "same-origin",
-    headers: { "content-type": "application/json" },
+    credentials: "omit",
+    headers: { "content-type": "application/json", authorization: "Bearer " + state.session },
     ...options,
   });
   if (!response.ok) {
@@ -38,6 +54,7 @@ async function refreshGroups() {
   for (const group of state.groups) {
     const item = el("li");
     const button = el("button", group.name);
+    if (group.archived) button.append(el("span", "archived", "tag"));
     button.dataset.group = group.id;
     if (group.unread > 0) button.append(el("span", String(group.unread), "badge"));
     button.setAttribute("aria-current", String(group.id === state.group));
@@ -74,6 +91,9 @@ async function refreshMessages() {
   if (!state.group) return;
   const group = state.groups.find((g) => g.id === state.group);
   document.getElementById("title").textContent = group ? group.name : "";
+  if (group && group.archived) {
+    document.getElementById("title").append(el("span", "archived: the organisation's compliance archive keeps everything said here", "tag"));
+  }
   const messages = await api("/api/groups/" + encodeURIComponent(state.group) + "/messages");
   const list = document.getElementById("messages");
   list.replaceChildren();
@@ -86,6 +106,8 @@ async function refreshMessages() {
       if (m.kind === "alert") item.append(el("span", "ALERT", "alert-tag"));
       item.append(el("span", m.sender, "who"), el("span", m.deleted ? "(deleted)" : m.text, "text"));
       item.append(el("span", m.sent_at.slice(11, 16), "when"));
+      if (m.edited && !m.deleted) item.append(el("span", "(edited)", "when"));
+      if (m.status === "failed") item.append(el("span", "not sent", "failed"));
       if (m.ack_required) {
         item.append(el("span", "acknowledged by " + m.acked_by.length + " of " + m.audience, "acks"));
       }
@@ -114,7 +136,42 @@ async function refresh() {
   }
 }
 
-document.addEventListener("DOMContentLoaded", () => {
+// The live stream of changes, read with fetch so it carries the session.
+async function listen() {
+  for (;;) {
+    try {
+      const response = await fetch("/api/events", {
+        credentials: "omit",
+        headers: { authorization: "Bearer " + state.session },
+      });
+      if (!response.ok) throw new Error(response.statusText);
+      status("");
+      const reader = response.body.getReader();
+      const decoder = new TextDecoder();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += decoder.decode(value, { stream: true });
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          const chunk = buffer.slice(0, end);
+          buffer = buffer.slice(end + 2);
+          if (chunk.includes("event: changed")) refresh();
+        }
+      }
+    } catch (_) { /* reconnect below */ }
+    status("reconnecting…");
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+  }
+}
+
+document.addEventListener("DOMContentLoaded", async () => {
+  await startSession();
+  if (!state.session) {
+    status("open the link `muster ui` printed to start");
+    return;
+  }
   document.getElementById("compose").addEventListener("submit", async (event) => {
     event.preventDefault();
     const input = document.getElementById("text");
@@ -136,9 +193,6 @@ document.addEventListener("DOMContentLoaded", () => {
       status("not sent: " + e.message);
     }
   });
-  const events = new EventSource("/api/events");
-  events.addEventListener("changed", refresh);
-  events.addEventListener("error", () => status("reconnecting…"));
-  events.addEventListener("open", () => status(""));
   refresh();
+  listen();
 });

@@ -1,13 +1,13 @@
-//! Who may use the UI: only this machine's browser, holding the session the printed link
-//! gave it. The link's token is good once; it turns into an HttpOnly, SameSite=Strict
-//! cookie. Every request must name this server by a loopback Host (no DNS rebinding),
-//! and a request from a page must come from this origin (no cross-site requests).
+//! Who may use the UI: only this machine's browser tab, holding the session the printed
+//! link gave it. The link carries a one-time token in its fragment (never sent to a
+//! server, never in a Referer); the page trades it for a session it keeps in the tab's
+//! sessionStorage and sends as a bearer token. No cookie: browsers share cookies between
+//! all ports of a host, so another local user's server on 127.0.0.1 could collect one.
+//! Every request must name this server by a loopback Host (no DNS rebinding), and a
+//! request from a page must come from this origin (no cross-site requests).
 
 use ring::rand::{SecureRandom, SystemRandom};
 use std::sync::Mutex;
-
-/// The cookie that carries the browser's session.
-pub const SESSION_COOKIE: &str = "muster_session";
 
 /// What every response carries: nothing loads from anywhere but this server, and no page
 /// may frame it.
@@ -58,11 +58,11 @@ impl Access {
         }
     }
 
-    /// The link to open, carrying the one-time token.
+    /// The link to open, carrying the one-time token in its fragment.
     pub fn link(&self) -> String {
         let token = self.token.lock().expect("token lock").clone();
         format!(
-            "http://127.0.0.1:{}/?token={}",
+            "http://127.0.0.1:{}/#token={}",
             self.port,
             token.unwrap_or_default()
         )
@@ -105,21 +105,11 @@ impl Access {
         }
     }
 
-    /// Whether a Cookie header carries the session.
-    pub fn has_session(&self, cookies: Option<&str>) -> bool {
-        cookies.is_some_and(|header| {
-            header.split(';').any(|pair| {
-                pair.trim()
-                    .strip_prefix(SESSION_COOKIE)
-                    .and_then(|rest| rest.strip_prefix('='))
-                    .is_some_and(|value| same_secret(value, &self.session))
-            })
-        })
-    }
-
-    /// The Set-Cookie value that hands the browser its session.
-    pub fn session_cookie(session: &str) -> String {
-        format!("{SESSION_COOKIE}={session}; HttpOnly; SameSite=Strict; Path=/")
+    /// Whether an Authorization header carries the session as a bearer token.
+    pub fn authorized(&self, authorization: Option<&str>) -> bool {
+        authorization
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .is_some_and(|value| same_secret(value, &self.session))
     }
 }
 
@@ -162,15 +152,14 @@ mod tests {
     #[test]
     fn the_token_is_good_once_and_the_session_only_in_its_cookie() {
         let access = Access::new(4100);
-        let token = access.link().rsplit_once("token=").unwrap().1.to_string();
+        let link = access.link();
+        let token = link.rsplit_once("/#token=").unwrap().1.to_string();
         assert_eq!(access.exchange("wrong"), None);
         let session = access.exchange(&token).expect("first exchange");
         assert_eq!(access.exchange(&token), None, "a link works once");
-        assert!(access.has_session(Some(&format!("a=b; {SESSION_COOKIE}={session}"))));
-        assert!(!access.has_session(Some(&format!("{SESSION_COOKIE}=x{session}"))));
-        assert!(!access.has_session(Some("other=1")));
-        assert!(!access.has_session(None));
-        let cookie = Access::session_cookie(&session);
-        assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
+        assert!(access.authorized(Some(&format!("Bearer {session}"))));
+        assert!(!access.authorized(Some(&format!("Bearer x{session}"))));
+        assert!(!access.authorized(Some(&session)));
+        assert!(!access.authorized(None));
     }
 }

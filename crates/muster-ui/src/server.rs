@@ -3,7 +3,7 @@
 
 use crate::actor::{Command, Event, Look, Reply};
 use crate::guard::{Access, SECURITY_HEADERS};
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -12,7 +12,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use muster_engine::Engine;
 use serde::Deserialize;
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -35,11 +34,16 @@ pub struct App {
 pub fn router(app: App) -> Router {
     Router::new()
         .route("/", get(index))
+        .route("/api/session", post(session))
         .route("/assets/app.js", get(script))
         .route("/assets/app.css", get(style))
         .route("/api/overview", get(overview))
         .route("/api/groups/{group}/messages", get(messages).post(send))
         .route("/api/groups/{group}/alerts", post(alert))
+        .route("/api/groups/{group}/board", get(board).post(set_board))
+        .route("/api/messages/{id}/edit", post(edit_message))
+        .route("/api/messages/{id}/delete", post(delete_message))
+        .route("/api/messages/{id}/react", post(react))
         .route("/api/alerts", get(alerts))
         .route("/api/alerts/{id}/ack", post(acknowledge))
         .route("/api/rollcall/{id}", get(rollcall))
@@ -52,8 +56,9 @@ fn refuse(status: StatusCode, why: &'static str) -> Response {
     (status, why).into_response()
 }
 
-/// Checks the Host, the Origin and the session of every request (the one exception: the
-/// page itself, opened with the printed link's token), and adds the security headers.
+/// Checks the Host and the Origin of every request and the session of every API call
+/// (the page, its assets and the token exchange are all that is served without one),
+/// and adds the security headers.
 async fn guard(State(app): State<App>, request: Request, next: Next) -> Response {
     let headers = request.headers();
     let text = |name| {
@@ -61,6 +66,8 @@ async fn guard(State(app): State<App>, request: Request, next: Next) -> Response
             .get(name)
             .and_then(|v: &HeaderValue| v.to_str().ok())
     };
+    let path = request.uri().path();
+    let public = path == "/" || path.starts_with("/assets/") || path == "/api/session";
     let mut response = if !app.access.host_allowed(text(header::HOST)) {
         refuse(StatusCode::MISDIRECTED_REQUEST, "unknown host")
     } else if !app.access.origin_allowed(
@@ -68,13 +75,7 @@ async fn guard(State(app): State<App>, request: Request, next: Next) -> Response
         !matches!(*request.method(), Method::GET | Method::HEAD),
     ) {
         refuse(StatusCode::FORBIDDEN, "cross-origin request refused")
-    } else if request.uri().path() == "/"
-        && request
-            .uri()
-            .query()
-            .is_some_and(|q| q.starts_with("token="))
-        || app.access.has_session(text(header::COOKIE))
-    {
+    } else if public || app.access.authorized(text(header::AUTHORIZATION)) {
         next.run(request).await
     } else {
         refuse(
@@ -90,19 +91,19 @@ async fn guard(State(app): State<App>, request: Request, next: Next) -> Response
     response
 }
 
-async fn index(State(app): State<App>, Query(query): Query<HashMap<String, String>>) -> Response {
-    let Some(token) = query.get("token") else {
-        return Html(INDEX).into_response();
-    };
-    match app.access.exchange(token) {
-        Some(session) => (
-            StatusCode::SEE_OTHER,
-            [
-                (header::LOCATION, "/".to_string()),
-                (header::SET_COOKIE, Access::session_cookie(&session)),
-            ],
-        )
-            .into_response(),
+async fn index() -> Html<&'static str> {
+    Html(INDEX)
+}
+
+#[derive(Deserialize)]
+struct Exchange {
+    token: String,
+}
+
+/// Trades the link's one-time token for the tab's session.
+async fn session(State(app): State<App>, Json(exchange): Json<Exchange>) -> Response {
+    match app.access.exchange(&exchange.token) {
+        Some(session) => Json(serde_json::json!({ "session": session })).into_response(),
         None => refuse(
             StatusCode::UNAUTHORIZED,
             "this link was used already: restart `muster ui` for a new one",
@@ -175,6 +176,9 @@ async fn queue(app: &App, act: Look) -> Response {
 #[derive(Deserialize)]
 struct NewMessage {
     text: String,
+    /// The id of the message this one replies to.
+    #[serde(default)]
+    reply_to: Option<String>,
 }
 
 async fn send(
@@ -182,7 +186,80 @@ async fn send(
     Path(group): Path<String>,
     Json(message): Json<NewMessage>,
 ) -> Response {
-    let act = move |engine: &mut Engine| engine.queue_text(&group, &message.text).map(queued);
+    let act = move |engine: &mut Engine| {
+        engine
+            .queue_reply(&group, &message.text, message.reply_to.as_deref())
+            .map(queued)
+    };
+    queue(&app, Box::new(act)).await
+}
+
+#[derive(Deserialize)]
+struct NewText {
+    text: String,
+}
+
+async fn edit_message(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    Json(edit): Json<NewText>,
+) -> Response {
+    let act = move |engine: &mut Engine| engine.queue_edit(&id, &edit.text).map(queued);
+    queue(&app, Box::new(act)).await
+}
+
+async fn delete_message(State(app): State<App>, Path(id): Path<String>) -> Response {
+    queue(
+        &app,
+        Box::new(move |engine: &mut Engine| engine.queue_delete(&id).map(queued)),
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+struct Reaction {
+    emoji: String,
+    #[serde(default)]
+    remove: bool,
+}
+
+async fn react(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    Json(reaction): Json<Reaction>,
+) -> Response {
+    let act = move |engine: &mut Engine| {
+        engine
+            .queue_reaction(&id, &reaction.emoji, reaction.remove)
+            .map(queued)
+    };
+    queue(&app, Box::new(act)).await
+}
+
+async fn board(State(app): State<App>, Path(group): Path<String>) -> Response {
+    view(
+        &app,
+        Box::new(move |engine: &mut Engine| engine.board(&group).map(json)),
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+struct BoardSet {
+    key: String,
+    value: String,
+}
+
+async fn set_board(
+    State(app): State<App>,
+    Path(group): Path<String>,
+    Json(entry): Json<BoardSet>,
+) -> Response {
+    let act = move |engine: &mut Engine| {
+        engine
+            .queue_board_set(&group, &entry.key, &entry.value)
+            .map(queued)
+    };
     queue(&app, Box::new(act)).await
 }
 
