@@ -48,6 +48,33 @@ def main():
         bob.locator("#messages").get_by_text("hello bob, from the browser").wait_for(timeout=10_000)
         print(f"alice's message appeared in bob's browser after {(time.monotonic() - started) * 1000:.0f} ms")
 
+        # Reply, react, edit and delete, each seen live in the other browser.
+        first = bob.locator("#messages li").filter(has_text="hello bob, from the browser")
+        first.get_by_role("button", name="Reply to alice").click()
+        bob.fill("#text", "on my way")
+        bob.press("#text", "Enter")
+        reply = alice.locator("#messages li").filter(has_text="on my way")
+        reply.get_by_text("↪ alice: hello bob, from the browser").wait_for(timeout=10_000)
+        reply.get_by_role("button", name="React 👍").click()
+        bob.locator("#messages li").filter(has_text="on my way").get_by_text("👍 alice").wait_for(timeout=10_000)
+        bob.locator("#messages li").filter(has_text="on my way").get_by_role("button", name="Edit your message").click()
+        bob.fill("#text", "on my way, five minutes")
+        bob.press("#text", "Enter")
+        edited = alice.locator("#messages li").filter(has_text="on my way, five minutes")
+        edited.get_by_text("(edited)").wait_for(timeout=10_000)
+        bob.locator("#messages li").filter(has_text="on my way, five minutes").get_by_role(
+            "button", name="Delete your message").click()
+        alice.locator("#messages li").filter(has_text="(deleted)").wait_for(timeout=10_000)
+        assert alice.locator("#messages").get_by_text("on my way, five minutes").count() == 0
+
+        # The situation board beside the conversation, with who set each entry.
+        alice.fill("#board-key", "location")
+        alice.fill("#board-value", "Pier 4")
+        alice.press("#board-value", "Enter")
+        entry = bob.locator("#board-entries dd").filter(has_text="Pier 4")
+        entry.wait_for(timeout=10_000)
+        assert "alice" in entry.inner_text()
+
         hostile = '<img src=x onerror="document.title=\'pwned\'">'
         bob.fill("#text", hostile)
         bob.press("#text", "Enter")

@@ -2,7 +2,14 @@
 // other people only ever reaches the page through textContent, never as markup.
 "use strict";
 
-const state = { group: null, groups: [], session: sessionStorage.getItem("muster-session") };
+const state = {
+  group: null,
+  groups: [],
+  me: null,
+  replyTo: null,
+  editing: null,
+  session: sessionStorage.getItem("muster-session"),
+};
 
 // The printed link's token sits in the fragment: trade it once for this tab's session.
 async function startSession() {
@@ -47,6 +54,7 @@ function status(text) {
 
 async function refreshGroups() {
   const overview = await api("/api/overview");
+  state.me = overview.me.user;
   document.getElementById("me").textContent = overview.me.user + " · " + overview.me.org;
   state.groups = overview.groups.filter((g) => g.state === "active");
   const list = document.getElementById("groups");
@@ -97,12 +105,15 @@ async function refreshMessages() {
   const messages = await api("/api/groups/" + encodeURIComponent(state.group) + "/messages");
   const list = document.getElementById("messages");
   list.replaceChildren();
+  const byId = new Map(messages.map((m) => [m.id, m]));
   for (const m of messages) {
     const item = el("li");
     item.dataset.id = m.id;
     if (m.kind === "system") {
       item.append(el("span", m.text, "system"));
     } else {
+      const quoted = m.reply_to && [...byId.values()].find((q) => q.id.startsWith(m.reply_to));
+      if (quoted) item.append(el("span", "↪ " + quoted.sender + ": " + (quoted.deleted ? "(deleted)" : quoted.text), "quote"));
       if (m.kind === "alert") item.append(el("span", "ALERT", "alert-tag"));
       item.append(el("span", m.sender, "who"), el("span", m.deleted ? "(deleted)" : m.text, "text"));
       item.append(el("span", m.sent_at.slice(11, 16), "when"));
@@ -111,10 +122,71 @@ async function refreshMessages() {
       if (m.ack_required) {
         item.append(el("span", "acknowledged by " + m.acked_by.length + " of " + m.audience, "acks"));
       }
+      const reactions = Object.entries(m.reactions || {});
+      if (reactions.length) {
+        item.append(el("span", reactions.map(([emoji, who]) => emoji + " " + who.join(", ")).join("  "), "reactions"));
+      }
+      if (!m.deleted) item.append(actions(m));
     }
     list.append(item);
   }
   list.scrollTop = list.scrollHeight;
+}
+
+function actions(m) {
+  const box = el("span", undefined, "actions");
+  const add = (label, name, run) => {
+    const button = el("button", label);
+    button.type = "button";
+    button.setAttribute("aria-label", name);
+    button.addEventListener("click", run);
+    box.append(button);
+  };
+  add("Reply", "Reply to " + m.sender, () => setContext("reply", m));
+  const mine = (m.reactions["👍"] || []).includes(state.me);
+  add("👍", mine ? "Take back 👍" : "React 👍", () =>
+    act("/api/messages/" + encodeURIComponent(m.id) + "/react", { emoji: "👍", remove: mine }));
+  if (m.sender === state.me) {
+    add("Edit", "Edit your message", () => setContext("edit", m));
+    add("Delete", "Delete your message", () => act("/api/messages/" + encodeURIComponent(m.id) + "/delete", {}));
+  }
+  return box;
+}
+
+function setContext(kind, m) {
+  state.replyTo = kind === "reply" ? m.id : null;
+  state.editing = kind === "edit" ? m.id : null;
+  const bar = document.getElementById("context");
+  bar.hidden = !m;
+  document.getElementById("context-text").textContent = m
+    ? (kind === "reply" ? "Replying to " + m.sender + ": " + m.text : "Editing your message")
+    : "";
+  const input = document.getElementById("text");
+  if (kind === "edit" && m) input.value = m.text;
+  input.focus();
+}
+
+async function act(path, body) {
+  try {
+    await api(path, { method: "POST", body: JSON.stringify(body) });
+    await refreshMessages();
+  } catch (e) {
+    status(e.message);
+  }
+}
+
+async function refreshBoard() {
+  const aside = document.getElementById("board");
+  aside.hidden = !state.group;
+  if (!state.group) return;
+  const entries = await api("/api/groups/" + encodeURIComponent(state.group) + "/board");
+  const list = document.getElementById("board-entries");
+  list.replaceChildren();
+  for (const e of entries) {
+    const value = el("dd", e.value);
+    value.append(el("span", e.author + ", " + new Date(e.at_ms).toLocaleString() + (e.pending ? " (sending)" : ""), "by"));
+    list.append(el("dt", e.key), value);
+  }
 }
 
 async function openGroup(id) {
@@ -122,6 +194,7 @@ async function openGroup(id) {
   document.getElementById("compose").hidden = false;
   await refreshGroups();
   await refreshMessages();
+  await refreshBoard();
   document.getElementById("text").focus();
 }
 
@@ -130,6 +203,7 @@ async function refresh() {
     await refreshGroups();
     await refreshAlerts();
     await refreshMessages();
+    await refreshBoard();
     status("");
   } catch (e) {
     status(e.message);
@@ -181,16 +255,37 @@ document.addEventListener("DOMContentLoaded", async () => {
     const path = "/api/groups/" + encodeURIComponent(state.group);
     input.value = "";
     try {
-      if (asAlert.checked) {
+      if (state.editing) {
+        await api("/api/messages/" + encodeURIComponent(state.editing) + "/edit", { method: "POST", body: JSON.stringify({ text }) });
+      } else if (asAlert.checked) {
         await api(path + "/alerts", { method: "POST", body: JSON.stringify({ text, ack_required: true }) });
         asAlert.checked = false;
       } else {
-        await api(path + "/messages", { method: "POST", body: JSON.stringify({ text }) });
+        await api(path + "/messages", { method: "POST", body: JSON.stringify({ text, reply_to: state.replyTo }) });
       }
+      setContext(null, null);
       await refreshMessages();
     } catch (e) {
       input.value = text;
       status("not sent: " + e.message);
+    }
+  });
+  document.getElementById("context-cancel").addEventListener("click", () => setContext(null, null));
+  document.getElementById("board-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const key = document.getElementById("board-key");
+    const value = document.getElementById("board-value");
+    if (!state.group || !key.value.trim()) return;
+    try {
+      await api("/api/groups/" + encodeURIComponent(state.group) + "/board", {
+        method: "POST",
+        body: JSON.stringify({ key: key.value, value: value.value }),
+      });
+      key.value = "";
+      value.value = "";
+      await refreshBoard();
+    } catch (e) {
+      status("not set: " + e.message);
     }
   });
   refresh();
