@@ -12,6 +12,15 @@ import time
 
 from playwright.sync_api import sync_playwright
 
+RECORD_NOTIFICATIONS = """
+window.__shown = [];
+window.Notification = class {
+  static permission = "granted";
+  static requestPermission() { return Promise.resolve("granted"); }
+  constructor(title, options) { window.__shown.push(title + " | " + (options && options.body)); }
+};
+"""
+
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -35,7 +44,11 @@ def main():
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
         alice = browser.new_context().new_page()
-        bob = browser.new_context(viewport={"width": 390, "height": 844}).new_page()
+        bob = browser.new_context(
+            viewport={"width": 390, "height": 844}, permissions=["notifications"]
+        ).new_page()
+        # Record the desktop notifications bob's page shows.
+        bob.add_init_script(RECORD_NOTIFICATIONS)
         errors = []
         for page in (alice, bob):
             page.on("pageerror", lambda e: errors.append(str(e)))
@@ -89,11 +102,17 @@ def main():
         alice.press("#text", "Enter")
         banner = bob.locator("#alerts .alert").filter(has_text="Evacuate building B")
         banner.wait_for(timeout=10_000)
-        alice.locator("#messages").get_by_text("acknowledged by 0 of 1").wait_for(timeout=10_000)
+        bob.wait_for_function(
+            "window.__shown.some(s => s.startsWith('ALERT in ops · alice') && s.includes('Evacuate building B'))",
+            timeout=10_000,
+        )
+        alice.locator("#messages").get_by_text("acknowledged by 0 of 1").click()
+        alice.locator(".rollcall").get_by_text("bob has not acknowledged yet").wait_for(timeout=10_000)
         started = time.monotonic()
         banner.get_by_role("button", name="Acknowledge").click()
         banner.wait_for(state="detached", timeout=10_000)
         alice.locator("#messages").get_by_text("acknowledged by 1 of 1").wait_for(timeout=10_000)
+        alice.locator(".rollcall").get_by_text("✓ bob acknowledged").wait_for(timeout=10_000)
         print(f"bob's acknowledgement reached alice's roll-call after {(time.monotonic() - started) * 1000:.0f} ms")
 
         width = bob.evaluate("document.documentElement.scrollWidth")

@@ -8,6 +8,7 @@ const state = {
   me: null,
   replyTo: null,
   editing: null,
+  rollcall: null,
   session: sessionStorage.getItem("muster-session"),
 };
 
@@ -102,9 +103,11 @@ async function refreshMessages() {
   if (group && group.archived) {
     document.getElementById("title").append(el("span", "archived: the organisation's compliance archive keeps everything said here", "tag"));
   }
+  // Refreshes overlap (the stream and the user both ask): only the newest is shown, and
+  // it is built aside and swapped in whole.
+  const generation = (state.generation = (state.generation || 0) + 1);
   const messages = await api("/api/groups/" + encodeURIComponent(state.group) + "/messages");
-  const list = document.getElementById("messages");
-  list.replaceChildren();
+  const list = document.createElement("ol");
   const byId = new Map(messages.map((m) => [m.id, m]));
   for (const m of messages) {
     const item = el("li");
@@ -120,7 +123,15 @@ async function refreshMessages() {
       if (m.edited && !m.deleted) item.append(el("span", "(edited)", "when"));
       if (m.status === "failed") item.append(el("span", "not sent", "failed"));
       if (m.ack_required) {
-        item.append(el("span", "acknowledged by " + m.acked_by.length + " of " + m.audience, "acks"));
+        const acks = el("button", "acknowledged by " + m.acked_by.length + " of " + m.audience, "acks");
+        acks.type = "button";
+        acks.setAttribute("aria-expanded", String(state.rollcall === m.id));
+        acks.addEventListener("click", () => {
+          state.rollcall = state.rollcall === m.id ? null : m.id;
+          refreshMessages();
+        });
+        item.append(acks);
+        if (state.rollcall === m.id) item.append(await rollcall(m.id));
       }
       const reactions = Object.entries(m.reactions || {});
       if (reactions.length) {
@@ -130,7 +141,21 @@ async function refreshMessages() {
     }
     list.append(item);
   }
-  list.scrollTop = list.scrollHeight;
+  if (generation !== state.generation) return;
+  const shown = document.getElementById("messages");
+  shown.replaceChildren(...list.childNodes);
+  shown.scrollTop = shown.scrollHeight;
+}
+
+// Who acknowledged an alert and who has not yet.
+async function rollcall(id) {
+  const r = await api("/api/rollcall/" + encodeURIComponent(id));
+  const list = el("ul", undefined, "rollcall");
+  for (const member of r.members) {
+    const done = member.acked_at !== null;
+    list.append(el("li", (done ? "✓ " : "… ") + member.user + (done ? " acknowledged" : " has not acknowledged yet"), done ? "acked" : "waiting"));
+  }
+  return list;
 }
 
 function actions(m) {
@@ -210,6 +235,14 @@ async function refresh() {
   }
 }
 
+// Desktop notifications, for what the user's settings let through (the engine decides:
+// mutes and notification levels apply, urgent alerts always come).
+function notify(n) {
+  if (!n || !("Notification" in window) || Notification.permission !== "granted") return;
+  const title = (n.kind === "alert" ? "ALERT in " : "") + n.group + " · " + n.sender;
+  new Notification(title, { body: n.text, tag: n.id, requireInteraction: n.kind === "alert" });
+}
+
 // The live stream of changes, read with fetch so it carries the session.
 async function listen() {
   for (;;) {
@@ -231,7 +264,9 @@ async function listen() {
         while ((end = buffer.indexOf("\n\n")) >= 0) {
           const chunk = buffer.slice(0, end);
           buffer = buffer.slice(end + 2);
-          if (chunk.includes("event: changed")) refresh();
+          const field = (name) => chunk.split("\n").find((l) => l.startsWith(name + ":"))?.slice(name.length + 1).trim();
+          if (field("event") === "changed") refresh();
+          if (field("event") === "notify") notify(JSON.parse(field("data") || "null"));
         }
       }
     } catch (_) { /* reconnect below */ }
@@ -271,6 +306,14 @@ document.addEventListener("DOMContentLoaded", async () => {
     }
   });
   document.getElementById("context-cancel").addEventListener("click", () => setContext(null, null));
+  const notifications = document.getElementById("notifications");
+  if ("Notification" in window && Notification.permission === "default") {
+    notifications.hidden = false;
+    notifications.addEventListener("click", async () => {
+      await Notification.requestPermission();
+      notifications.hidden = true;
+    });
+  }
   document.getElementById("board-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     const key = document.getElementById("board-key");

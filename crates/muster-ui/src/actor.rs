@@ -45,10 +45,22 @@ pub struct Overview {
     pub groups: Vec<GroupView>,
 }
 
-/// An event for the pages: something changed, refetch.
+/// An event for the pages: something changed (refetch), or something arrived that the
+/// user's notification settings let through (show it).
 #[derive(Clone, Serialize)]
 pub struct Event {
     pub kind: &'static str,
+    /// For `notify`: the [`muster_engine::Notification`].
+    pub data: Value,
+}
+
+impl Event {
+    fn changed() -> Self {
+        Self {
+            kind: "changed",
+            data: Value::Null,
+        }
+    }
 }
 
 /// Runs the engine online until `commands` closes or `stop` resolves.
@@ -89,7 +101,13 @@ async fn sync(
     if !report.problems.is_empty() {
         tracing::debug!(problems = report.problems.len(), "sync met problems");
     }
-    let _ = events.send(Event { kind: "changed" });
+    let _ = events.send(Event::changed());
+    for notification in report.notifications {
+        let _ = events.send(Event {
+            kind: "notify",
+            data: serde_json::to_value(notification).unwrap_or_default(),
+        });
+    }
     Ok(())
 }
 
@@ -132,7 +150,7 @@ async fn handle(
                 }
             }
             let _ = reply.send(queued.map_err(text));
-            let _ = events.send(Event { kind: "changed" });
+            let _ = events.send(Event::changed());
         }
     }
 }

@@ -310,8 +310,11 @@ async fn rollcall(State(app): State<App>, Path(id): Path<String>) -> Response {
 /// Every change, as it happens; a page that fell behind is told once to refetch.
 async fn events(State(app): State<App>) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let stream = BroadcastStream::new(app.events.subscribe()).map(|event| {
-        let kind = event.map_or("changed", |e| e.kind);
-        Ok(SseEvent::default().event(kind).data("{}"))
+        let (kind, data) = match event {
+            Ok(e) => (e.kind, e.data.to_string()),
+            Err(_) => ("changed", "null".to_string()),
+        };
+        Ok(SseEvent::default().event(kind).data(data))
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
