@@ -115,6 +115,14 @@ def main():
         alice.locator(".rollcall").get_by_text("✓ bob acknowledged").wait_for(timeout=10_000)
         print(f"bob's acknowledgement reached alice's roll-call after {(time.monotonic() - started) * 1000:.0f} ms")
 
+        # Search across groups, and the directory of colleagues.
+        alice.fill("#search-text", "hello bob")
+        alice.press("#search-text", "Enter")
+        alice.locator("#listing").get_by_role("button", name="alice: hello bob, from the browser").click()
+        alice.locator("#messages").get_by_text("Evacuate building B").wait_for(timeout=10_000)
+        alice.get_by_role("button", name="Directory").click()
+        alice.locator("#listing li").filter(has_text="@bob").get_by_text("bob display").wait_for(timeout=10_000)
+
         width = bob.evaluate("document.documentElement.scrollWidth")
         assert width <= 390, f"the phone-sized page scrolls sideways ({width} px)"
         alice.screenshot(path=f"{shots}/alice.png")

@@ -214,8 +214,54 @@ async function refreshBoard() {
   }
 }
 
+// Search results and the directory take the conversation's place.
+function showListing(title, rows) {
+  state.group = null;
+  document.getElementById("title").textContent = title;
+  document.getElementById("messages").hidden = true;
+  document.getElementById("compose").hidden = true;
+  document.getElementById("context").hidden = true;
+  document.getElementById("board").hidden = true;
+  const listing = document.getElementById("listing");
+  listing.hidden = false;
+  listing.replaceChildren(...rows);
+  if (!rows.length) listing.append(el("li", "nothing found"));
+}
+
+async function search(query) {
+  try {
+    const found = await api("/api/search?q=" + encodeURIComponent(query));
+    showListing("Search: " + query, found.map((m) => {
+      const row = el("li");
+      const open = el("button", m.sender + ": " + m.text);
+      open.addEventListener("click", () => openGroup(m.group_id));
+      row.append(open, el("span", m.group + " · " + m.sent_at.slice(0, 16).replace("T", " "), "meta"));
+      return row;
+    }));
+  } catch (e) {
+    status(e.message);
+  }
+}
+
+async function directory() {
+  try {
+    const people = await api("/api/directory");
+    showListing("Directory", people.map((p) => {
+      const row = el("li");
+      row.append(el("strong", p.display_name), el("span", " @" + p.user));
+      const about = [p.title, p.department, p.roles.join(", "), p.devices + " device(s)"].filter(Boolean);
+      row.append(el("span", about.join(" · "), "meta"));
+      return row;
+    }));
+  } catch (e) {
+    status(e.message);
+  }
+}
+
 async function openGroup(id) {
   state.group = id;
+  document.getElementById("listing").hidden = true;
+  document.getElementById("messages").hidden = false;
   document.getElementById("compose").hidden = false;
   await refreshGroups();
   await refreshMessages();
@@ -306,6 +352,12 @@ document.addEventListener("DOMContentLoaded", async () => {
     }
   });
   document.getElementById("context-cancel").addEventListener("click", () => setContext(null, null));
+  document.getElementById("show-directory").addEventListener("click", directory);
+  document.getElementById("search").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const query = document.getElementById("search-text").value.trim();
+    if (query) search(query);
+  });
   const notifications = document.getElementById("notifications");
   if ("Notification" in window && Notification.permission === "default") {
     notifications.hidden = false;

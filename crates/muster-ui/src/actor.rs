@@ -4,7 +4,7 @@
 //! announced on the event channel for the pages to refetch.
 
 use muster_driver::{Session, Wake};
-use muster_engine::{Engine, EngineError, GroupView, Identity, MessageView};
+use muster_engine::{DirectoryEntry, Engine, EngineError, GroupView, Identity, MessageView};
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -25,6 +25,8 @@ pub enum Command {
         group: String,
         reply: Reply<Vec<MessageView>>,
     },
+    /// Colleagues, from certificates the engine verified (asks the relay).
+    Directory(Reply<Vec<DirectoryEntry>>),
     /// Reads something.
     View {
         look: Look,
@@ -137,6 +139,9 @@ async fn handle(
                 }
             }
             let _ = reply.send(messages.map_err(text));
+        }
+        Command::Directory(reply) => {
+            let _ = reply.send(engine.directory(session.link()).await.map_err(text));
         }
         Command::View { look, reply } => {
             let _ = reply.send(look(engine).map_err(text));

@@ -3,7 +3,7 @@
 
 use crate::actor::{Command, Event, Look, Reply};
 use crate::guard::{Access, SECURITY_HEADERS};
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -45,6 +45,8 @@ pub fn router(app: App) -> Router {
         .route("/api/messages/{id}/delete", post(delete_message))
         .route("/api/messages/{id}/react", post(react))
         .route("/api/alerts", get(alerts))
+        .route("/api/directory", get(directory))
+        .route("/api/search", get(search))
         .route("/api/alerts/{id}/ack", post(acknowledge))
         .route("/api/rollcall/{id}", get(rollcall))
         .route("/api/events", get(events))
@@ -281,6 +283,21 @@ async fn alert(
             .map(queued)
     };
     queue(&app, Box::new(act)).await
+}
+
+async fn directory(State(app): State<App>) -> Response {
+    ask(&app, Command::Directory).await
+}
+
+#[derive(Deserialize)]
+struct SearchQuery {
+    q: String,
+}
+
+/// Full-text search across every group, in this device's store only.
+async fn search(State(app): State<App>, Query(query): Query<SearchQuery>) -> Response {
+    let act = move |engine: &mut Engine| engine.search(&query.q, None, 100).map(json);
+    view(&app, Box::new(act)).await
 }
 
 async fn alerts(State(app): State<App>) -> Response {
