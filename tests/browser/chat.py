@@ -95,6 +95,18 @@ def main():
         assert alice.locator("#messages img").count() == 0, "markup from a colleague was rendered"
         assert alice.title() != "pwned"
 
+        # Desktop notifications follow bob's own settings: once he mutes the group, an
+        # ordinary message stays quiet, while an alert (below) still notifies.
+        shown = lambda: bob.evaluate("window.__shown")
+        assert any("hello bob, from the browser" in n for n in shown()), shown()
+        bob.get_by_role("button", name="Mute").click()
+        bob.get_by_role("button", name="Unmute").wait_for(timeout=10_000)
+        bob.locator("nav").get_by_text("muted").wait_for(timeout=10_000)
+        alice.fill("#text", "quiet please")
+        alice.press("#text", "Enter")
+        bob.locator("#messages").get_by_text("quiet please").wait_for(timeout=10_000)
+        assert not any("quiet please" in n for n in shown()), shown()
+
         # An alert: a banner on bob's screen until he acknowledges it; alice's roll-call
         # count follows live.
         alice.check("#as-alert")

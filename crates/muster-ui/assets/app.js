@@ -62,8 +62,12 @@ async function refreshGroups() {
   list.replaceChildren();
   for (const group of state.groups) {
     const item = el("li");
-    const button = el("button", group.name);
+    const button = el("button", (group.pinned ? "📌 " : "") + group.name);
     if (group.archived) button.append(el("span", "archived", "tag"));
+    if (group.muted) {
+      button.classList.add("muted");
+      button.append(el("span", "muted", "tag"));
+    }
     button.dataset.group = group.id;
     if (group.unread > 0) button.append(el("span", String(group.unread), "badge"));
     button.setAttribute("aria-current", String(group.id === state.group));
@@ -100,6 +104,13 @@ async function refreshMessages() {
   if (!state.group) return;
   const group = state.groups.find((g) => g.id === state.group);
   document.getElementById("title").textContent = group ? group.name : "";
+  const settings = document.getElementById("group-view");
+  settings.hidden = !group;
+  if (group) {
+    document.getElementById("pin").textContent = group.pinned ? "Unpin" : "Pin";
+    document.getElementById("mute").textContent = group.muted ? "Unmute" : "Mute";
+    document.getElementById("level").value = group.notify_level;
+  }
   if (group && group.archived) {
     document.getElementById("title").append(el("span", "archived: the organisation's compliance archive keeps everything said here", "tag"));
   }
@@ -226,6 +237,7 @@ function showListing(title, rows) {
   listing.hidden = false;
   listing.replaceChildren(...rows);
   if (!rows.length) listing.append(el("li", "nothing found"));
+  document.getElementById("group-view").hidden = true;
 }
 
 async function search(query) {
@@ -353,6 +365,21 @@ document.addEventListener("DOMContentLoaded", async () => {
   });
   document.getElementById("context-cancel").addEventListener("click", () => setContext(null, null));
   document.getElementById("show-directory").addEventListener("click", directory);
+  const setView = async (change) => {
+    const group = state.groups.find((g) => g.id === state.group);
+    if (!group) return;
+    try {
+      await api("/api/groups/" + encodeURIComponent(group.id) + "/view", { method: "POST", body: JSON.stringify(change) });
+      await refresh();
+    } catch (e) {
+      status(e.message);
+    }
+  };
+  document.getElementById("pin").addEventListener("click", () =>
+    setView({ pinned: !state.groups.find((g) => g.id === state.group)?.pinned }));
+  document.getElementById("mute").addEventListener("click", () =>
+    setView({ muted: !state.groups.find((g) => g.id === state.group)?.muted }));
+  document.getElementById("level").addEventListener("change", (event) => setView({ notify_level: event.target.value }));
   document.getElementById("search").addEventListener("submit", (event) => {
     event.preventDefault();
     const query = document.getElementById("search-text").value.trim();

@@ -41,6 +41,7 @@ pub fn router(app: App) -> Router {
         .route("/api/groups/{group}/messages", get(messages).post(send))
         .route("/api/groups/{group}/alerts", post(alert))
         .route("/api/groups/{group}/board", get(board).post(set_board))
+        .route("/api/groups/{group}/view", post(set_view))
         .route("/api/messages/{id}/edit", post(edit_message))
         .route("/api/messages/{id}/delete", post(delete_message))
         .route("/api/messages/{id}/react", post(react))
@@ -283,6 +284,32 @@ async fn alert(
             .map(queued)
     };
     queue(&app, Box::new(act)).await
+}
+
+/// This user's own view of a group: muted, pinned, which messages notify.
+#[derive(Deserialize)]
+struct GroupViewChange {
+    muted: Option<bool>,
+    pinned: Option<bool>,
+    notify_level: Option<String>,
+}
+
+async fn set_view(
+    State(app): State<App>,
+    Path(group): Path<String>,
+    Json(change): Json<GroupViewChange>,
+) -> Response {
+    let act = move |engine: &mut Engine| {
+        engine
+            .set_group_view(
+                &group,
+                change.muted,
+                change.pinned,
+                change.notify_level.as_deref(),
+            )
+            .map(json)
+    };
+    view(&app, Box::new(act)).await
 }
 
 async fn directory(State(app): State<App>) -> Response {
