@@ -127,6 +127,18 @@ def main():
         alice.locator(".rollcall").get_by_text("✓ bob acknowledged").wait_for(timeout=10_000)
         print(f"bob's acknowledgement reached alice's roll-call after {(time.monotonic() - started) * 1000:.0f} ms")
 
+        # Unread counts: what arrives in a group bob is not looking at shows on it, until
+        # he opens it.
+        alice.locator("nav").get_by_role("button", name="lunch").click()
+        alice.fill("#text", "lunch at noon")
+        alice.press("#text", "Enter")
+        lunch = bob.locator("nav").get_by_role("button", name="lunch")
+        lunch.locator(".badge").filter(has_text="1").wait_for(timeout=10_000)
+        lunch.click()
+        bob.locator("#messages").get_by_text("lunch at noon").wait_for(timeout=10_000)
+        lunch.locator(".badge").wait_for(state="detached", timeout=10_000)
+        bob.locator("#messages .day").first.wait_for(timeout=10_000)
+
         # Search across groups, and the directory of colleagues.
         alice.fill("#search-text", "hello bob")
         alice.press("#search-text", "Enter")

@@ -278,6 +278,7 @@ fn two_people_chat_in_their_browsers() {
     let alice = &org.admin;
     let bob = org.enrol("bob");
     alice.ok(&["group", "create", "ops", "--members", "bob"]);
+    alice.ok(&["group", "create", "lunch", "--members", "bob"]);
     bob.ok(&["sync"]);
     let (alice_ui, bob_ui) = (Ui::start(alice), Ui::start(&bob));
     let link = |ui: &Ui| format!("http://127.0.0.1:{}/#token={}", ui.port, ui.token);

@@ -75,6 +75,7 @@ async function refreshGroups() {
     item.append(button);
     list.append(item);
   }
+  renderHeader();
 }
 
 async function refreshAlerts() {
@@ -100,7 +101,8 @@ async function refreshAlerts() {
   box.hidden = alerts.length === 0;
 }
 
-async function refreshMessages() {
+// The open group's name, markers and this user's settings for it.
+function renderHeader() {
   if (!state.group) return;
   const group = state.groups.find((g) => g.id === state.group);
   document.getElementById("title").textContent = group ? group.name : "";
@@ -114,13 +116,24 @@ async function refreshMessages() {
   if (group && group.archived) {
     document.getElementById("title").append(el("span", "archived: the organisation's compliance archive keeps everything said here", "tag"));
   }
+}
+
+async function refreshMessages() {
+  if (!state.group) return;
+  renderHeader();
   // Refreshes overlap (the stream and the user both ask): only the newest is shown, and
   // it is built aside and swapped in whole.
   const generation = (state.generation = (state.generation || 0) + 1);
   const messages = await api("/api/groups/" + encodeURIComponent(state.group) + "/messages");
   const list = document.createElement("ol");
   const byId = new Map(messages.map((m) => [m.id, m]));
+  let day = null;
   for (const m of messages) {
+    const on = new Date(m.sent_at).toLocaleDateString(undefined, { weekday: "long", year: "numeric", month: "long", day: "numeric" });
+    if (on !== day) {
+      day = on;
+      list.append(el("li", on, "day"));
+    }
     const item = el("li");
     item.dataset.id = m.id;
     if (m.kind === "system") {
@@ -277,15 +290,18 @@ async function openGroup(id) {
   document.getElementById("compose").hidden = false;
   await refreshGroups();
   await refreshMessages();
+  // Opening it read its messages: its unread count is gone.
+  await refreshGroups();
   await refreshBoard();
   document.getElementById("text").focus();
 }
 
 async function refresh() {
   try {
-    await refreshGroups();
+    // Messages first: showing them reads them, so the counts after are right.
     await refreshAlerts();
     await refreshMessages();
+    await refreshGroups();
     await refreshBoard();
     status("");
   } catch (e) {

@@ -233,6 +233,8 @@ pub struct GroupView {
     pub pinned: bool,
     /// Which messages notify: `all`, `mentions` (and alerts) or `alerts`.
     pub notify_level: String,
+    /// Messages from others this user has not read yet.
+    pub unread: usize,
 }
 
 /// An enrolment request as an admin sees it.

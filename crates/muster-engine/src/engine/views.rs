@@ -97,6 +97,11 @@ impl Engine {
             muted: view.muted,
             pinned: view.pinned,
             notify_level: view.level,
+            unread: self.db.query_row(
+                "SELECT COUNT(*) FROM messages WHERE group_id = ?1 AND read_receipt_due = 1",
+                [group_id],
+                |r| r.get::<_, i64>(0),
+            )? as usize,
         })
     }
 
