@@ -147,6 +147,17 @@ def main():
         alice.get_by_role("button", name="Directory").click()
         alice.locator("#listing li").filter(has_text="@bob").get_by_text("bob display").wait_for(timeout=10_000)
 
+        # My profile: a change goes to an admin; my devices, and a code to link another.
+        bob.get_by_role("button", name="Me").click()
+        bob.fill("#profile-title", "Site lead")
+        bob.get_by_role("button", name="Request this change").click()
+        bob.locator("#status").get_by_text("profile change sent").wait_for(timeout=10_000)
+        bob.locator("#listing").get_by_text("(this device)").wait_for(timeout=10_000)
+        bob.get_by_role("button", name="Link a new device").click()
+        code = bob.locator("#listing .code")
+        code.wait_for(timeout=10_000)
+        assert code.inner_text().startswith("MUSTER"), code.inner_text()
+
         width = bob.evaluate("document.documentElement.scrollWidth")
         assert width <= 390, f"the phone-sized page scrolls sideways ({width} px)"
         alice.screenshot(path=f"{shots}/alice.png")

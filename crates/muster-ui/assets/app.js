@@ -283,6 +283,67 @@ async function directory() {
   }
 }
 
+function field(label, id, value) {
+  const wrap = el("label", label);
+  const input = el("input");
+  input.id = id;
+  input.value = value || "";
+  input.maxLength = 100;
+  wrap.append(input);
+  return wrap;
+}
+
+// My profile (a change goes to an admin for approval) and my devices.
+async function showMe() {
+  try {
+    const [profile, devices] = await Promise.all([api("/api/me"), api("/api/devices")]);
+    const form = el("form");
+    form.append(
+      field("Display name", "profile-name", profile.display_name),
+      field("Title", "profile-title", profile.title),
+      field("Department", "profile-department", profile.department),
+    );
+    const submit = el("button", "Request this change");
+    submit.type = "submit";
+    form.append(submit);
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const value = (id) => document.getElementById(id).value;
+      try {
+        await api("/api/profile", {
+          method: "POST",
+          body: JSON.stringify({ display_name: value("profile-name"), title: value("profile-title"), department: value("profile-department") }),
+        });
+        status("profile change sent: colleagues see it once an admin approves it");
+      } catch (e) {
+        status("not sent: " + e.message);
+      }
+    });
+    const rows = [el("li"), ...devices.map((d) => {
+      const row = el("li", "device " + d.device_id + (d.this_device ? " (this device)" : ""));
+      row.append(el("span", "enrolled until " + d.enrolled_until, "meta"));
+      return row;
+    })];
+    rows[0].append(el("h2", "My profile"), form);
+    const link = el("li");
+    const make = el("button", "Link a new device");
+    make.type = "button";
+    make.addEventListener("click", async () => {
+      try {
+        const code = await api("/api/devices/link", { method: "POST", body: "{}" });
+        link.replaceChildren(el("span", "On the new device: muster join-device (valid one hour)", "meta"), el("span", code, "code"));
+      } catch (e) {
+        status(e.message);
+      }
+    });
+    link.append(make);
+    rows.push(link);
+    showListing("Me", rows);
+  } catch (e) {
+    status(e.message);
+  }
+}
+
 async function openGroup(id) {
   state.group = id;
   document.getElementById("listing").hidden = true;
@@ -381,6 +442,7 @@ document.addEventListener("DOMContentLoaded", async () => {
   });
   document.getElementById("context-cancel").addEventListener("click", () => setContext(null, null));
   document.getElementById("show-directory").addEventListener("click", directory);
+  document.getElementById("show-me").addEventListener("click", showMe);
   const setView = async (change) => {
     const group = state.groups.find((g) => g.id === state.group);
     if (!group) return;

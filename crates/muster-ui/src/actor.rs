@@ -4,7 +4,13 @@
 //! announced on the event channel for the pages to refetch.
 
 use muster_driver::{Session, Wake};
-use muster_engine::{DirectoryEntry, Engine, EngineError, GroupView, Identity, MessageView};
+use muster_engine::{
+    DeviceView, DirectoryEntry, Engine, EngineError, GroupView, Identity, MessageView,
+};
+use muster_proto::Profile;
+
+/// How long a device-link code made in the page stays valid, as `muster device link`.
+const LINK_CODE_SECS: u64 = 3600;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -27,6 +33,12 @@ pub enum Command {
     },
     /// Colleagues, from certificates the engine verified (asks the relay).
     Directory(Reply<Vec<DirectoryEntry>>),
+    /// This user's enrolled devices (asks the relay).
+    Devices(Reply<Vec<DeviceView>>),
+    /// A one-hour code that enrols another device of this user.
+    LinkDevice(Reply<String>),
+    /// Asks an admin to approve a new profile.
+    RequestProfile { profile: Profile, reply: Reply<()> },
     /// Reads something.
     View {
         look: Look,
@@ -142,6 +154,17 @@ async fn handle(
         }
         Command::Directory(reply) => {
             let _ = reply.send(engine.directory(session.link()).await.map_err(text));
+        }
+        Command::Devices(reply) => {
+            let _ = reply.send(engine.devices(session.link()).await.map_err(text));
+        }
+        Command::LinkDevice(reply) => {
+            let code = engine.create_device_link(session.link(), LINK_CODE_SECS).await;
+            let _ = reply.send(code.map_err(text));
+        }
+        Command::RequestProfile { profile, reply } => {
+            let sent = engine.request_profile(session.link(), profile).await;
+            let _ = reply.send(sent.map_err(text));
         }
         Command::View { look, reply } => {
             let _ = reply.send(look(engine).map_err(text));

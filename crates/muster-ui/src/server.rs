@@ -47,6 +47,10 @@ pub fn router(app: App) -> Router {
         .route("/api/messages/{id}/react", post(react))
         .route("/api/alerts", get(alerts))
         .route("/api/directory", get(directory))
+        .route("/api/me", get(me))
+        .route("/api/profile", post(request_profile))
+        .route("/api/devices", get(devices))
+        .route("/api/devices/link", post(link_device))
         .route("/api/search", get(search))
         .route("/api/alerts/{id}/ack", post(acknowledge))
         .route("/api/rollcall/{id}", get(rollcall))
@@ -310,6 +314,38 @@ async fn set_view(
             .map(json)
     };
     view(&app, Box::new(act)).await
+}
+
+/// This user's approved profile.
+async fn me(State(app): State<App>) -> Response {
+    view(&app, Box::new(|engine: &mut Engine| engine.profile().map(json))).await
+}
+
+#[derive(Deserialize)]
+struct ProfileRequest {
+    display_name: String,
+    #[serde(default)]
+    title: Option<String>,
+    #[serde(default)]
+    department: Option<String>,
+}
+
+async fn request_profile(State(app): State<App>, Json(request): Json<ProfileRequest>) -> Response {
+    let blank_is_none = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
+    let profile = muster_proto::Profile {
+        display_name: request.display_name,
+        title: blank_is_none(request.title),
+        department: blank_is_none(request.department),
+    };
+    ask(&app, |reply| Command::RequestProfile { profile, reply }).await
+}
+
+async fn devices(State(app): State<App>) -> Response {
+    ask(&app, Command::Devices).await
+}
+
+async fn link_device(State(app): State<App>) -> Response {
+    ask(&app, Command::LinkDevice).await
 }
 
 async fn directory(State(app): State<App>) -> Response {
