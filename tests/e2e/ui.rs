@@ -300,4 +300,11 @@ fn two_people_chat_in_their_browsers() {
     assert!(bob
         .texts("ops")
         .contains(&"hello bob, from the browser".to_string()));
+    // The profile change bob asked for in his browser waits for an admin, signed by his
+    // device.
+    let waiting = alice.ok(&["admin", "profiles"]);
+    assert!(
+        waiting.contains("bob") && waiting.contains("Site lead"),
+        "{waiting}"
+    );
 }

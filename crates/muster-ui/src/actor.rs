@@ -38,7 +38,10 @@ pub enum Command {
     /// A one-hour code that enrols another device of this user.
     LinkDevice(Reply<String>),
     /// Asks an admin to approve a new profile.
-    RequestProfile { profile: Profile, reply: Reply<()> },
+    RequestProfile {
+        profile: Profile,
+        reply: Reply<()>,
+    },
     /// Reads something.
     View {
         look: Look,
@@ -159,7 +162,9 @@ async fn handle(
             let _ = reply.send(engine.devices(session.link()).await.map_err(text));
         }
         Command::LinkDevice(reply) => {
-            let code = engine.create_device_link(session.link(), LINK_CODE_SECS).await;
+            let code = engine
+                .create_device_link(session.link(), LINK_CODE_SECS)
+                .await;
             let _ = reply.send(code.map_err(text));
         }
         Command::RequestProfile { profile, reply } => {

@@ -318,7 +318,11 @@ async fn set_view(
 
 /// This user's approved profile.
 async fn me(State(app): State<App>) -> Response {
-    view(&app, Box::new(|engine: &mut Engine| engine.profile().map(json))).await
+    view(
+        &app,
+        Box::new(|engine: &mut Engine| engine.profile().map(json)),
+    )
+    .await
 }
 
 #[derive(Deserialize)]
