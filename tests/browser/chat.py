@@ -1,12 +1,13 @@
 """Two people chat in their browsers, each on their own device's `muster ui`.
 
-Usage: chat.py ALICE_LINK BOB_LINK GROUP SCREENSHOT_DIR
+Usage: chat.py ALICE_LINK BOB_LINK GROUP SCREENSHOT_DIR MUSTER_BIN CAROL_HOME
 
 Drives Debian's Chromium with Playwright: both open the group, alice types, bob's page
 shows it without a reload (the delay is printed); text from others is shown as text,
 never as markup; the page fits a phone screen. Exits non-zero on any failure.
 """
 
+import subprocess
 import sys
 import time
 
@@ -33,6 +34,18 @@ CHROMIUM_FLAGS = [
 ]
 
 
+def until(read, done, seconds=20):
+    """Polls `read` until `done` holds of its value (the page's CSP forbids the
+    string evaluation Playwright's wait_for_function uses); returns the value."""
+    deadline = time.monotonic() + seconds
+    while True:
+        value = read()
+        if done(value):
+            return value
+        assert time.monotonic() < deadline, f"gave up waiting; last saw {value!r}"
+        time.sleep(0.05)
+
+
 def open_group(page, link, group):
     page.goto(link)
     page.get_by_role("button", name=group).click()
@@ -40,7 +53,8 @@ def open_group(page, link, group):
 
 
 def main():
-    alice_link, bob_link, group, shots = sys.argv[1:5]
+    alice_link, bob_link, group, shots, muster, carol_home = sys.argv[1:7]
+    carol = lambda *args: subprocess.run([muster, "--home", carol_home, *args], capture_output=True, text=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
         alice = browser.new_context().new_page()
@@ -114,10 +128,8 @@ def main():
         alice.press("#text", "Enter")
         banner = bob.locator("#alerts .alert").filter(has_text="Evacuate building B")
         banner.wait_for(timeout=10_000)
-        bob.wait_for_function(
-            "window.__shown.some(s => s.startsWith('ALERT in ops · alice') && s.includes('Evacuate building B'))",
-            timeout=10_000,
-        )
+        until(lambda: bob.evaluate("window.__shown"),
+              lambda shown: any(n.startswith("ALERT in ops · alice") and "Evacuate building B" in n for n in shown))
         alice.locator("#messages").get_by_text("acknowledged by 0 of 1").click()
         alice.locator(".rollcall").get_by_text("bob has not acknowledged yet").wait_for(timeout=10_000)
         started = time.monotonic()
@@ -151,12 +163,35 @@ def main():
         bob.get_by_role("button", name="Me").click()
         bob.fill("#profile-title", "Site lead")
         bob.get_by_role("button", name="Request this change").click()
-        bob.locator("#status").get_by_text("profile change sent").wait_for(timeout=10_000)
+        bob.locator("#listing").get_by_text("profile change sent").wait_for(timeout=10_000)
         bob.locator("#listing").get_by_text("(this device)").wait_for(timeout=10_000)
         bob.get_by_role("button", name="Link a new device").click()
         code = bob.locator("#listing .code")
         code.wait_for(timeout=10_000)
         assert code.inner_text().startswith("MUSTER"), code.inner_text()
+
+        # Admin, for admins only: alice invites carol, carol's own device joins with the
+        # code, alice approves her after this device checked her proofs, then revokes her.
+        assert bob.locator("#show-admin").is_hidden(), "bob is no admin"
+        alice.get_by_role("button", name="Admin").click()
+        alice.fill("#invite-user", "carol")
+        alice.get_by_role("button", name="Create invite").click()
+        invite = alice.locator("#listing .code")
+        invite.wait_for(timeout=10_000)
+        joined = carol("join", invite.inner_text(), "--display-name", "Carol C")
+        assert joined.returncode == 0, joined.stderr
+        alice.get_by_role("button", name="Admin").click()
+        waiting = alice.locator("#listing li").filter(has_text="@carol")
+        waiting.get_by_role("button", name="Approve").click()
+        alice.locator("#listing").get_by_text("approved carol").wait_for(timeout=10_000)
+        synced = carol("sync")
+        assert synced.returncode == 0, synced.stderr
+        alice.fill("#revoke-user", "carol")
+        alice.get_by_role("button", name="Revoke").click()
+        alice.get_by_role("button", name="Confirm: revoke carol").click()
+        alice.locator("#listing").get_by_text("revoked 1 device(s) of carol").wait_for(timeout=20_000)
+        refused = carol("sync")
+        assert refused.returncode != 0 and "revoked" in refused.stderr, refused.stderr
 
         width = bob.evaluate("document.documentElement.scrollWidth")
         assert width <= 390, f"the phone-sized page scrolls sideways ({width} px)"

@@ -289,6 +289,8 @@ fn two_people_chat_in_their_browsers() {
     let out = std::process::Command::new("python3")
         .arg(script)
         .args([&link(&alice_ui), &link(&bob_ui), "ops", shots])
+        .arg(muster_e2e::bin("muster"))
+        .arg(org.dir.path().join("carol"))
         .output()
         .expect("run the browser test");
     println!("{}", String::from_utf8_lossy(&out.stdout));

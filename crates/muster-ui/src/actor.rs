@@ -5,12 +5,14 @@
 
 use muster_driver::{Session, Wake};
 use muster_engine::{
-    DeviceView, DirectoryEntry, Engine, EngineError, GroupView, Identity, MessageView,
+    DeviceView, DirectoryEntry, Engine, EngineError, GroupView, Identity, MessageView, PendingView,
 };
 use muster_proto::Profile;
 
 /// How long a device-link code made in the page stays valid, as `muster device link`.
 const LINK_CODE_SECS: u64 = 3600;
+/// How long an invite made in the page stays valid, as `muster invite`.
+const INVITE_SECS: u64 = 7 * 24 * 3600;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -37,6 +39,25 @@ pub enum Command {
     Devices(Reply<Vec<DeviceView>>),
     /// A one-hour code that enrols another device of this user.
     LinkDevice(Reply<String>),
+    /// (admin) Enrolment requests waiting, with the check of their proofs.
+    Pending(Reply<Vec<PendingView>>),
+    /// (admin) Approves or rejects a waiting device.
+    Decide {
+        user: String,
+        device: String,
+        approve: bool,
+        reply: Reply<String>,
+    },
+    /// (admin) A single-use invite code for a new colleague (seven days).
+    Invite {
+        user: String,
+        reply: Reply<String>,
+    },
+    /// (admin) Revokes all of a user's devices.
+    Revoke {
+        user: String,
+        reply: Reply<Vec<String>>,
+    },
     /// Asks an admin to approve a new profile.
     RequestProfile {
         profile: Profile,
@@ -166,6 +187,35 @@ async fn handle(
                 .create_device_link(session.link(), LINK_CODE_SECS)
                 .await;
             let _ = reply.send(code.map_err(text));
+        }
+        Command::Pending(reply) => {
+            let _ = reply.send(engine.pending(session.link()).await.map_err(text));
+        }
+        Command::Decide {
+            user,
+            device,
+            approve,
+            reply,
+        } => {
+            let link = session.link();
+            let decided = if approve {
+                engine.approve(link, &user, Some(&device), false).await
+            } else {
+                engine.reject(link, &user, Some(&device)).await
+            };
+            let _ = reply.send(decided.map_err(text));
+            let _ = events.send(Event::changed());
+        }
+        Command::Invite { user, reply } => {
+            let code = engine
+                .create_invite(session.link(), &user, INVITE_SECS)
+                .await;
+            let _ = reply.send(code.map_err(text));
+        }
+        Command::Revoke { user, reply } => {
+            let revoked = engine.revoke(session.link(), &user, None).await;
+            let _ = reply.send(revoked.map_err(text));
+            let _ = events.send(Event::changed());
         }
         Command::RequestProfile { profile, reply } => {
             let sent = engine.request_profile(session.link(), profile).await;

@@ -48,6 +48,11 @@ pub fn router(app: App) -> Router {
         .route("/api/alerts", get(alerts))
         .route("/api/directory", get(directory))
         .route("/api/me", get(me))
+        .route("/api/admin/pending", get(pending))
+        .route("/api/admin/pending/{user}/{device}/approve", post(approve))
+        .route("/api/admin/pending/{user}/{device}/reject", post(reject))
+        .route("/api/admin/invites", post(invite))
+        .route("/api/admin/revoke/{user}", post(revoke))
         .route("/api/profile", post(request_profile))
         .route("/api/devices", get(devices))
         .route("/api/devices/link", post(link_device))
@@ -314,6 +319,45 @@ async fn set_view(
             .map(json)
     };
     view(&app, Box::new(act)).await
+}
+
+async fn pending(State(app): State<App>) -> Response {
+    ask(&app, Command::Pending).await
+}
+
+async fn decide(app: &App, user: String, device: String, approve: bool) -> Response {
+    ask(app, |reply| Command::Decide {
+        user,
+        device,
+        approve,
+        reply,
+    })
+    .await
+}
+
+async fn approve(State(app): State<App>, Path((user, device)): Path<(String, String)>) -> Response {
+    decide(&app, user, device, true).await
+}
+
+async fn reject(State(app): State<App>, Path((user, device)): Path<(String, String)>) -> Response {
+    decide(&app, user, device, false).await
+}
+
+#[derive(Deserialize)]
+struct NewInvite {
+    user: String,
+}
+
+async fn invite(State(app): State<App>, Json(invite): Json<NewInvite>) -> Response {
+    ask(&app, |reply| Command::Invite {
+        user: invite.user,
+        reply,
+    })
+    .await
+}
+
+async fn revoke(State(app): State<App>, Path(user): Path<String>) -> Response {
+    ask(&app, |reply| Command::Revoke { user, reply }).await
 }
 
 /// This user's approved profile.

@@ -287,6 +287,7 @@ impl Engine {
     pub fn whoami(&self) -> Result<Identity, EngineError> {
         let d = self.device()?;
         Ok(Identity {
+            admin: d.certificate.as_ref().is_some_and(|c| c.is_admin()),
             user: d.user,
             device_id: d.device_id,
             org: d.org.name,

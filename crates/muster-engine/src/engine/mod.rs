@@ -143,6 +143,8 @@ pub struct Identity {
     pub device_id: String,
     /// The organisation's name.
     pub org: String,
+    /// This device's certificate carries the admin role.
+    pub admin: bool,
 }
 
 /// A group this device knows, as found by name or id.
