@@ -310,3 +310,65 @@ fn two_people_chat_in_their_browsers() {
         "{waiting}"
     );
 }
+
+#[test]
+fn the_cli_and_the_ui_share_a_home_without_losing_or_repeating_anything() {
+    let org = Org::new("ui-and-cli");
+    let alice = &org.admin;
+    let bob = org.enrol("bob");
+    alice.ok(&["group", "create", "ops", "--members", "bob"]);
+    bob.ok(&["sync"]);
+    let ui = Ui::start(alice);
+    let token = format!(r#"{{"token":"{}"}}"#, ui.token);
+    let origin = ui.origin();
+    let opened = ui.request("POST", "/api/session", &[("origin", &origin)], &token);
+    let session: serde_json::Value = serde_json::from_str(&opened.body).unwrap();
+    let bearer = format!("Bearer {}", session["session"].as_str().unwrap());
+    let path = "/api/groups/ops/messages";
+
+    // While the UI holds the device online, the CLI syncs and sends on the same home,
+    // and the UI sends too.
+    let mut expected = Vec::new();
+    for i in 0..4 {
+        bob.ok(&["send", "ops", &format!("from bob {i}")]);
+        alice.ok(&["sync"]);
+        alice.ok(&["send", "ops", &format!("from the cli {i}")]);
+        let body = format!(r#"{{"text":"from the ui {i}"}}"#);
+        let sent = ui.request(
+            "POST",
+            path,
+            &[("authorization", &bearer), ("origin", &origin)],
+            &body,
+        );
+        assert_eq!(sent.status, 200, "{}", sent.body);
+        expected.extend([
+            format!("from bob {i}"),
+            format!("from the cli {i}"),
+            format!("from the ui {i}"),
+        ]);
+    }
+    let count = |texts: &[String], wanted: &str| texts.iter().filter(|t| *t == wanted).count();
+    wait_until(Duration::from_secs(30), "bob has everything", || {
+        bob.ok(&["sync"]);
+        let texts = bob.texts("ops");
+        expected.iter().all(|e| count(&texts, e) == 1)
+    });
+    let texts = bob.texts("ops");
+    for e in &expected {
+        assert_eq!(count(&texts, e), 1, "bob: {e} in {texts:?}");
+    }
+    wait_until(Duration::from_secs(30), "the UI shows everything", || {
+        let listed = ui.request("GET", path, &[("authorization", &bearer)], "");
+        let messages: Vec<serde_json::Value> =
+            serde_json::from_str(&listed.body).unwrap_or_default();
+        let texts: Vec<String> = messages
+            .iter()
+            .map(|m| m["text"].as_str().unwrap_or_default().to_string())
+            .collect();
+        expected.iter().all(|e| count(&texts, e) == 1)
+    });
+    let texts = alice.texts("ops");
+    for e in &expected {
+        assert_eq!(count(&texts, e), 1, "alice's store: {e} in {texts:?}");
+    }
+}
