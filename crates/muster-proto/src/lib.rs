@@ -5,7 +5,9 @@
 pub mod enrolment;
 pub mod identity;
 pub mod invite;
+pub mod org_policy;
 pub mod policy;
+pub mod revocation;
 pub mod wire;
 
 pub use enrolment::{
@@ -14,12 +16,14 @@ pub use enrolment::{
 };
 pub use identity::{
     device_id_for, now_unix, signed_by_admin, validate_handle, CertError, Certificate,
-    CertificateBody, IssuerCertificate, OrgDescriptor, OrgPolicy, OrgPolicyBody, OrgRootKey,
-    Profile, Revocation, RevocationBody, RevocationList, Role, DEFAULT_CERTIFICATE_LIFETIME_SECS,
-    MIN_CERTIFICATE_LIFETIME_SECS,
+    CertificateBody, IssuerCertificate, OrgDescriptor, OrgRootKey, Profile, Role,
 };
 pub use invite::{InviteCode, InviteError, InvitePurpose};
+pub use org_policy::{
+    OrgPolicy, OrgPolicyBody, DEFAULT_CERTIFICATE_LIFETIME_SECS, MIN_CERTIFICATE_LIFETIME_SECS,
+};
 pub use policy::{GroupPolicy, GROUP_POLICY_EXTENSION, MAX_PENDING_SEATS};
+pub use revocation::{Revocation, RevocationBody, RevocationList};
 pub use wire::{
     archive_checkpoint_payload, auth_transcript, decode, encode, encrypted_size, AckItem,
     AuditEvent, ClaimedKeyPackage, Delivery, ErrorCode, OpenInvite, PendingEnrolment,

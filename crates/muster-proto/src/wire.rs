@@ -5,7 +5,9 @@
 //! relay opens unidirectional streams to push wake-ups.
 
 use crate::enrolment::{DeviceConfirmation, EnrolmentGrant, EnrolmentRequest, ProfileRequest};
-use crate::identity::{Certificate, OrgDescriptor, OrgPolicy, Profile, Revocation};
+use crate::identity::{Certificate, OrgDescriptor, Profile};
+use crate::org_policy::OrgPolicy;
+use crate::revocation::Revocation;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Largest frame either side accepts, in bytes.
