@@ -274,12 +274,7 @@ fn profile_changes_are_invisible_until_an_admin_approves_them() {
     let alice = &org.admin;
     let bob = org.enrol("bob");
     let carol = org.enrol("carol");
-    let bob_in = |d: &Device| {
-        d.json(&["directory"])
-            .into_iter()
-            .find(|e| e["user"] == "bob")
-            .unwrap()
-    };
+    let bob_in = |d: &Device| d.directory_entry("bob");
     bob.ok(&[
         "profile",
         "set",

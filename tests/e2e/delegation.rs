@@ -62,11 +62,7 @@ fn an_admin_who_never_held_the_root_key_enrols_revokes_provisions_and_sets_polic
     erin.ok(&["join", &code, "--display-name", "erin typed this"]);
     carol.ok(&["admin", "apply", &spec_arg]);
     erin.ok(&["sync"]);
-    let erin_entry = bob
-        .json(&["directory"])
-        .into_iter()
-        .find(|e| e["user"] == "erin")
-        .expect("erin is in bob's directory");
+    let erin_entry = bob.directory_entry("erin");
     assert_eq!(erin_entry["display_name"], "Erin E", "{erin_entry}");
     // One run of apply was enough for erin's seat: her device joined on connecting.
     let erins = erin.json(&["groups"]);

@@ -52,11 +52,7 @@ fn a_sealed_root_backup_lets_another_admin_carry_on_after_the_first_laptop_is_lo
     carol.ok(&["admin", "revoke", "erin"]);
     assert!(erin.fails(&["sync"]).contains("revoked"));
     apply_roles(&org, &carol, &[("bob", "Bob Renamed", "member")]);
-    let bob_entry = bob
-        .json(&["directory"])
-        .into_iter()
-        .find(|e| e["user"] == "bob")
-        .unwrap();
+    let bob_entry = bob.directory_entry("bob");
     assert_eq!(bob_entry["display_name"], "Bob Renamed");
 
     let backup = org.dir.path().join("root-backup.json");
@@ -124,11 +120,7 @@ fn a_sealed_root_backup_lets_another_admin_carry_on_after_the_first_laptop_is_lo
     dave.ok(&["sync"]);
     apply_roles(&org, &carol, &[("dave", "Dave D", "admin")]);
     dave.ok(&["sync"]);
-    let directory = bob.json(&["directory"]);
-    let dave_entry = directory
-        .iter()
-        .find(|e| e["user"] == "dave")
-        .expect("dave is in bob's directory");
+    let dave_entry = bob.directory_entry("dave");
     assert!(
         dave_entry.to_string().contains("admin"),
         "dave is an admin, certified by the restored root: {dave_entry}"
@@ -238,11 +230,7 @@ fn two_of_three_admins_restore_a_split_root_and_one_alone_cannot() {
     frank.ok(&["join", &code, "--display-name", "Frank F"]);
     apply_roles(&org, carol, &[("frank", "Frank F", "admin")]);
     frank.ok(&["sync"]);
-    let frank_entry = bob
-        .json(&["directory"])
-        .into_iter()
-        .find(|e| e["user"] == "frank")
-        .expect("frank is in bob's directory");
+    let frank_entry = bob.directory_entry("frank");
     assert!(
         frank_entry.to_string().contains("admin"),
         "frank is an admin: {frank_entry}"

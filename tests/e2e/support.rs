@@ -322,6 +322,14 @@ impl Device {
             .collect()
     }
 
+    /// `user`'s entry in this device's directory.
+    pub fn directory_entry(&self, user: &str) -> Value {
+        self.json(&["directory"])
+            .into_iter()
+            .find(|e| e["user"] == user)
+            .unwrap_or_else(|| panic!("{user} is not in {}'s directory", self.name))
+    }
+
     pub fn group(&self, group: &str) -> Value {
         self.json(&["groups"])
             .into_iter()
