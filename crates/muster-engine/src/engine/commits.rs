@@ -232,61 +232,41 @@ impl Engine {
         let changes =
             catch_up_changes(&tx, &device, &held_group, &group, &signer_cert, &revoked)
                 .map_err(|why| EngineError::Invalid(format!("not rejoining the group: {why}")))?;
-        let (commit, _, group_info) = bundle.into_messages();
-        let request = Request::Commit {
-            group_id: group_id.to_vec(),
-            commit: mls_bytes(&commit)?,
-            welcome: None,
-            group_info: group_info.as_ref().map(mls_bytes).transpose()?,
+        let seq = post_external_commit(conn, &tx, group_id, bundle, "rejoining").await?;
+        // How much history it missed: everything after the last message it has.
+        let last_heard: Option<i64> = tx.query_row(
+            "SELECT MAX(sent_at) FROM messages WHERE group_id = ?1 AND kind != 'system'",
+            [group_id],
+            |r| r.get(0),
+        )?;
+        let missed = match last_heard {
+            Some(at) => format!(
+                "whatever was sent after the last message it holds, of {} ({} ago), is lost to it",
+                rfc3339_ms(at),
+                crate::content::describe_duration(
+                    (now_ms().saturating_sub(at) / 1000).max(0) as u64
+                )
+            ),
+            None => "whatever was sent meanwhile is lost to it".to_string(),
         };
-        // One attempt: a group that moved on meanwhile is rejoined by the next sync.
-        match post(conn, &request, MAX_COMMIT_ATTEMPTS).await? {
-            Next::Done { seq } => {
-                tx.execute(
-                    "INSERT OR IGNORE INTO own_handshakes (group_id, seq) VALUES (?1, ?2)",
-                    params![group_id, seq as i64],
-                )?;
-                // How much history it missed: everything after the last message it has.
-                let last_heard: Option<i64> = tx.query_row(
-                    "SELECT MAX(sent_at) FROM messages WHERE group_id = ?1 AND kind != 'system'",
-                    [group_id],
-                    |r| r.get(0),
-                )?;
-                let missed = match last_heard {
-                    Some(at) => format!(
-                        "whatever was sent after the last message it holds, of {} ({} ago), is lost to it",
-                        rfc3339_ms(at),
-                        crate::content::describe_duration(
-                            (now_ms().saturating_sub(at) / 1000).max(0) as u64
-                        )
-                    ),
-                    None => "whatever was sent meanwhile is lost to it".to_string(),
-                };
-                insert_system(
-                    &tx,
-                    group_id,
-                    &format!(
-                        "this device had fallen behind the group (it refused or missed a change) and rejoined it; {missed}"
-                    ),
-                    Some(order_key(seq, 0)),
-                )?;
-                for (i, change) in changes.iter().enumerate() {
-                    insert_system(&tx, group_id, change, Some(order_key(seq, i + 1)))?;
-                }
-                tx.commit()?;
-                self.member_counts.remove(group_id);
-                self.activity.problems.push(format!(
-                    "rejoined group {} after falling behind",
-                    group_hex(group_id)
-                ));
-                Ok(true)
-            }
-            Next::Stop(e) => Err(EngineError::Relay(e)),
-            // Not retried here: the next sync tries again.
-            Next::FetchThenRetry { .. } | Next::Wait(_) => Err(EngineError::Invalid(
-                "the relay did not take the rejoining commit; the next sync tries again".into(),
-            )),
+        insert_system(
+            &tx,
+            group_id,
+            &format!(
+                "this device had fallen behind the group (it refused or missed a change) and rejoined it; {missed}"
+            ),
+            Some(order_key(seq, 0)),
+        )?;
+        for (i, change) in changes.iter().enumerate() {
+            insert_system(&tx, group_id, change, Some(order_key(seq, i + 1)))?;
         }
+        tx.commit()?;
+        self.member_counts.remove(group_id);
+        self.activity.problems.push(format!(
+            "rejoined group {} after falling behind",
+            group_hex(group_id)
+        ));
+        Ok(true)
     }
 
     pub(super) async fn commit_pending_proposals(
@@ -356,6 +336,38 @@ pub(super) fn external_commit(
         .map_err(EngineError::mls)?
         .finalize(provider)
         .map_err(EngineError::mls)
+}
+
+/// Posts an external commit (joining or rejoining; `what` names it) and records it as
+/// this device's own, in `tx`; returns its place in the group's log. It is not retried
+/// after the group moved on: the next sync tries again.
+pub(super) async fn post_external_commit(
+    conn: &impl Link,
+    tx: &Connection,
+    group_id: &[u8],
+    bundle: CommitMessageBundle,
+    what: &str,
+) -> Result<u64, EngineError> {
+    let (commit, _, group_info) = bundle.into_messages();
+    let request = Request::Commit {
+        group_id: group_id.to_vec(),
+        commit: mls_bytes(&commit)?,
+        welcome: None,
+        group_info: group_info.as_ref().map(mls_bytes).transpose()?,
+    };
+    match post(conn, &request, MAX_COMMIT_ATTEMPTS).await? {
+        Next::Done { seq } => {
+            tx.execute(
+                "INSERT OR IGNORE INTO own_handshakes (group_id, seq) VALUES (?1, ?2)",
+                params![group_id, seq as i64],
+            )?;
+            Ok(seq)
+        }
+        Next::Stop(e) => Err(EngineError::Relay(e)),
+        Next::FetchThenRetry { .. } | Next::Wait(_) => Err(EngineError::Invalid(format!(
+            "the relay did not take the {what} commit; the next sync tries again"
+        ))),
+    }
 }
 
 /// The member among `members` whose key signed `info`.

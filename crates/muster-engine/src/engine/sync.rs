@@ -126,11 +126,12 @@ impl Engine {
             let tx = self
                 .db
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            // Read once, and kept up to date as this batch's revocations are stored.
+            let mut known = revocation_list(&tx)?;
             for (position, revocation) in &list {
                 match revocation.verify(&org) {
                     // Signed by an admin device already revoked: worthless.
-                    Ok(())
-                        if revocation_list(&tx)?.issuer_revoked(revocation.issuer.as_ref()) =>
+                    Ok(()) if known.issuer_revoked(revocation.issuer.as_ref()) =>
                     {
                         self.activity.problems.push(format!(
                             "ignored a revocation signed by a revoked admin device of {}",
@@ -150,7 +151,10 @@ impl Engine {
                             revocation.body.user
                         ))
                     }
-                    Ok(()) => store_revocation(&tx, revocation)?,
+                    Ok(()) => {
+                        store_revocation(&tx, revocation)?;
+                        known.add(revocation);
+                    }
                     Err(e) => self
                         .activity
                         .problems

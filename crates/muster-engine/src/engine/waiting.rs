@@ -159,53 +159,33 @@ impl Engine {
                 device.user
             )));
         }
-        let (commit, _, group_info) = bundle.into_messages();
-        let request = Request::Commit {
-            group_id: group_id.to_vec(),
-            commit: mls_bytes(&commit)?,
-            welcome: None,
-            group_info: group_info.as_ref().map(mls_bytes).transpose()?,
-        };
-        match post(conn, &request, MAX_COMMIT_ATTEMPTS).await? {
-            Next::Done { seq } => {
-                tx.execute(
-                    "INSERT OR IGNORE INTO own_handshakes (group_id, seq) VALUES (?1, ?2)",
-                    params![group_id, seq as i64],
-                )?;
-                tx.execute(
-                    "INSERT INTO groups (group_id, name, state, created_at) VALUES (?1, ?2, ?4, ?3)
-                     ON CONFLICT (group_id) DO UPDATE SET name = excluded.name, state = ?4",
-                    params![
-                        group_id,
-                        placeholder_name(group_id),
-                        now_ms(),
-                        GroupState::Active
-                    ],
-                )?;
-                people.sort();
-                people.dedup();
-                insert_system(
-                    &tx,
-                    group_id,
-                    &format!(
-                        "you joined: you were added while your device was offline (with {}; {} let you in); messages from before are not readable here",
-                        people.join(", "),
-                        signer_cert.body.user
-                    ),
-                    Some(order_key(seq, 0)),
-                )?;
-                lapse_check_due(&tx)?;
-                tx.commit()?;
-                self.member_counts.remove(group_id);
-                self.activity.joined_groups.push(group_hex(group_id));
-            }
-            Next::Stop(e) => return Err(EngineError::Relay(e)),
-            Next::FetchThenRetry { .. } | Next::Wait(_) => {
-                return Err(EngineError::Invalid(
-                    "the relay did not take the joining commit; the next sync tries again".into(),
-                ))
-            }
-        }
+        let seq = post_external_commit(conn, &tx, group_id, bundle, "joining").await?;
+        tx.execute(
+            "INSERT INTO groups (group_id, name, state, created_at) VALUES (?1, ?2, ?4, ?3)
+             ON CONFLICT (group_id) DO UPDATE SET name = excluded.name, state = ?4",
+            params![
+                group_id,
+                placeholder_name(group_id),
+                now_ms(),
+                GroupState::Active
+            ],
+        )?;
+        people.sort();
+        people.dedup();
+        insert_system(
+            &tx,
+            group_id,
+            &format!(
+                "you joined: you were added while your device was offline (with {}; {} let you in); messages from before are not readable here",
+                people.join(", "),
+                signer_cert.body.user
+            ),
+            Some(order_key(seq, 0)),
+        )?;
+        lapse_check_due(&tx)?;
+        tx.commit()?;
+        self.member_counts.remove(group_id);
+        self.activity.joined_groups.push(group_hex(group_id));
         // Struck off the list now that a device of this user is in; a failure here is
         // tidied up on a later sync.
         let me = device.user;
