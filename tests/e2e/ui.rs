@@ -312,6 +312,49 @@ fn two_people_chat_in_their_browsers() {
 }
 
 #[test]
+fn a_newcomer_joins_in_her_browser_is_let_in_live_and_files_travel() {
+    if let Some(why) = browser_missing() {
+        println!("SKIPPED: {why}");
+        return;
+    }
+    let org = Org::new("ui-newcomer");
+    let alice = &org.admin;
+    alice.ok(&["group", "create", "ops"]);
+    // Carol's device has never been set up: her UI starts on an empty home.
+    let carol = Device::new(&org.dir, "carol");
+    let (alice_ui, carol_ui) = (Ui::start(alice), Ui::start(&carol));
+    let link = |ui: &Ui| format!("http://127.0.0.1:{}/#token={}", ui.port, ui.token);
+    // A file of several chunks and an odd length, of bytes that are not text.
+    let file = org.dir.path().join("site-plan.bin");
+    let mut seed = 0x2545_f491_u32;
+    let content: Vec<u8> = (0..(3 * 1024 * 1024 + 12_345))
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed as u8
+        })
+        .collect();
+    std::fs::write(&file, &content).unwrap();
+    let shots = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/ui-screenshots");
+    std::fs::create_dir_all(shots).unwrap();
+    let out = std::process::Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/browser/newcomer.py"))
+        .args([&link(&alice_ui), &link(&carol_ui), "ops", shots])
+        .arg(muster_e2e::bin("muster"))
+        .arg(&alice.home)
+        .arg(&file)
+        .output()
+        .expect("run the browser test");
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "browser test failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn the_cli_and_the_ui_share_a_home_without_losing_or_repeating_anything() {
     let org = Org::new("ui-and-cli");
     let alice = &org.admin;

@@ -143,7 +143,9 @@ async function refreshMessages() {
       const quoted = m.reply_to && [...byId.values()].find((q) => q.id.startsWith(m.reply_to));
       if (quoted) item.append(el("span", "↪ " + quoted.sender + ": " + (quoted.deleted ? "(deleted)" : quoted.text), "quote"));
       if (m.kind === "alert") item.append(el("span", "ALERT", "alert-tag"));
-      item.append(el("span", m.sender, "who"), el("span", m.deleted ? "(deleted)" : m.text, "text"));
+      const caption = m.attachment && m.text === m.attachment.name ? "" : m.text;
+      item.append(el("span", m.sender, "who"), el("span", m.deleted ? "(deleted)" : caption, "text"));
+      if (m.attachment) item.append(attachmentView(m));
       item.append(el("span", m.sent_at.slice(11, 16), "when"));
       if (m.edited && !m.deleted) item.append(el("span", "(edited)", "when"));
       if (m.status === "failed") item.append(el("span", "not sent", "failed"));
@@ -458,8 +460,25 @@ async function openGroup(id) {
   document.getElementById("text").focus();
 }
 
+// The main screens, once this device is approved; offline, what is stored still shows.
+function showMain(status) {
+  state.enrolShown = null;
+  document.getElementById("enrol").hidden = true;
+  document.getElementById("main").hidden = false;
+  for (const id of ["search", "show-directory", "show-me"]) document.getElementById(id).hidden = false;
+  const offline = document.getElementById("offline");
+  offline.hidden = status.phase !== "offline";
+  offline.textContent = status.phase === "offline" ? "Offline: " + status.why + ". What you send waits and goes once the relay is back." : "";
+}
+
 async function refresh() {
   try {
+    const standing = await api("/api/status");
+    if (standing.phase !== "online" && standing.phase !== "offline") {
+      showEnrol(standing);
+      return;
+    }
+    showMain(standing);
     // Messages first: showing them reads them, so the counts after are right.
     await refreshAlerts();
     await refreshMessages();
@@ -477,6 +496,22 @@ function notify(n) {
   if (!n || !("Notification" in window) || Notification.permission !== "granted") return;
   const title = (n.kind === "alert" ? "ALERT in " : "") + n.group + " · " + n.sender;
   new Notification(title, { body: n.text, tag: n.id, requireInteraction: n.kind === "alert" });
+}
+
+// This device was revoked: nothing more can be done here.
+function showRevoked(revoked) {
+  document.getElementById("main").hidden = true;
+  document.getElementById("alerts").hidden = true;
+  document.getElementById("offline").hidden = true;
+  for (const id of ["search", "show-directory", "show-me", "show-admin"]) document.getElementById(id).hidden = true;
+  const screen = document.getElementById("enrol");
+  screen.hidden = false;
+  screen.replaceChildren(
+    el("h1", "This device was revoked"),
+    el("p", "Revoked by " + revoked.by + "." + (revoked.wipe ? " As your organisation requires, its messages and keys were erased from this device." : "")),
+    el("p", "Ask your admin if you need access again."),
+  );
+  status("");
 }
 
 // The live stream of changes, read with fetch so it carries the session.
@@ -503,6 +538,10 @@ async function listen() {
           const field = (name) => chunk.split("\n").find((l) => l.startsWith(name + ":"))?.slice(name.length + 1).trim();
           if (field("event") === "changed") refresh();
           if (field("event") === "notify") notify(JSON.parse(field("data") || "null"));
+          if (field("event") === "revoked") {
+            showRevoked(JSON.parse(field("data") || "{}"));
+            return;
+          }
         }
       }
     } catch (_) { /* reconnect below */ }

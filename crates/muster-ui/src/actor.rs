@@ -3,11 +3,12 @@
 //! actions and the relay's deliveries never touch the store at once. Every change is
 //! announced on the event channel for the pages to refetch.
 
-use muster_driver::{Session, Wake};
+use muster_driver::{Backoff, Connection, Session, Wake};
 use muster_engine::{
-    DeviceView, DirectoryEntry, Engine, EngineError, GroupView, Identity, MessageView, PendingView,
+    AttachmentView, DeviceView, DirectoryEntry, Engine, EngineError, GroupView, Identity, MessageView, PendingView,
 };
-use muster_proto::Profile;
+use muster_proto::{ErrorCode, Profile};
+use std::time::Duration;
 
 /// How long a device-link code made in the page stays valid, as `muster device link`.
 const LINK_CODE_SECS: u64 = 3600;
@@ -28,6 +29,15 @@ pub type Look = Box<dyn FnOnce(&mut Engine) -> Result<Value, EngineError> + Send
 
 /// What a page asks of the engine.
 pub enum Command {
+    /// Where this device stands (enrolling, waiting, online, offline).
+    Status(Reply<Status>),
+    /// Enrols this device: with an invite code and the profile to vet, or with a
+    /// device link code (no profile).
+    Join {
+        code: String,
+        profile: Option<Profile>,
+        reply: Reply<String>,
+    },
     Overview(Reply<Overview>),
     Messages {
         group: String,
@@ -57,6 +67,19 @@ pub enum Command {
     Revoke {
         user: String,
         reply: Reply<Vec<String>>,
+    },
+    /// Encrypts a file, uploads it to the relay and sends its message to a group.
+    Upload {
+        group: String,
+        name: String,
+        caption: Option<String>,
+        content: Vec<u8>,
+        reply: Reply<Value>,
+    },
+    /// Downloads, checks and decrypts a message's attachment.
+    Download {
+        id: String,
+        reply: Reply<(AttachmentView, Vec<u8>)>,
     },
     /// Asks an admin to approve a new profile.
     RequestProfile {
@@ -101,41 +124,189 @@ impl Event {
     }
 }
 
-/// Runs the engine online until `commands` closes or `stop` resolves.
+/// Where this device stands, for the page to pick its screen.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+pub enum Status {
+    /// No identity here yet: join with an invite code or a device link code.
+    Enrol,
+    /// Enrolled, waiting for an admin (or, for a linked device, the user) to approve it.
+    Waiting { user: String, device_id: String, org: String },
+    /// The enrolment was rejected: this home cannot be used again.
+    Rejected { user: String, why: String },
+    /// Approved, but the relay cannot be reached: what is stored can be read, what is
+    /// sent waits in the outbox.
+    Offline { why: String },
+    /// Online, with live delivery.
+    Online,
+}
+
+/// How often a waiting device asks whether it has been approved. The relay cannot tell
+/// a device it has never authenticated, so it asks.
+const APPROVAL_POLL: Duration = Duration::from_secs(2);
+
+/// The relay connection and what the page is told about it.
+struct Link {
+    session: Option<Session>,
+    status: Status,
+    backoff: Backoff,
+    next_attempt: Option<tokio::time::Instant>,
+}
+
+impl Link {
+    /// Tries to go online now; on failure, decides the status and when to try again.
+    async fn attempt(&mut self, engine: &mut Engine) -> Result<(), EngineError> {
+        let now = tokio::time::Instant::now();
+        match Session::start(engine).await {
+            Ok(session) => {
+                self.session = Some(session);
+                self.status = Status::Online;
+                self.backoff.reset();
+                self.next_attempt = None;
+            }
+            Err(EngineError::NotEnrolled) => {
+                self.status = Status::Enrol;
+                self.next_attempt = None;
+            }
+            Err(EngineError::AwaitingApproval) => {
+                let me = engine.whoami()?;
+                self.status = Status::Waiting {
+                    user: me.user,
+                    device_id: me.device_id,
+                    org: me.org,
+                };
+                self.next_attempt = Some(now + APPROVAL_POLL);
+            }
+            Err(EngineError::Relay(refusal)) if refusal.code == ErrorCode::EnrolmentRejected =>
+            {
+                self.status = Status::Rejected {
+                    user: engine.whoami()?.user,
+                    why: refusal.message,
+                };
+                self.next_attempt = None;
+            }
+            // Revoked (the caller wipes if the policy says so), or the store failed.
+            Err(e @ (EngineError::DeviceRevoked { .. } | EngineError::Store(_))) => return Err(e),
+            Err(e) => {
+                let me = engine.whoami()?;
+                let delay = if me.approved {
+                    self.status = Status::Offline { why: e.to_string() };
+                    self.backoff.next_delay()
+                } else {
+                    self.status = Status::Waiting {
+                        user: me.user,
+                        device_id: me.device_id,
+                        org: me.org,
+                    };
+                    APPROVAL_POLL
+                };
+                self.next_attempt = Some(now + delay);
+            }
+        }
+        Ok(())
+    }
+
+    /// The connection is gone for now: offline until the next attempt succeeds.
+    fn lost(&mut self, why: String) {
+        self.session = None;
+        self.status = Status::Offline { why };
+        self.next_attempt = Some(tokio::time::Instant::now() + self.backoff.next_delay());
+    }
+
+    async fn close(self) {
+        if let Some(session) = self.session {
+            session.close().await;
+        }
+    }
+}
+
+/// Runs the engine until `commands` closes or `stop` resolves: online when it can be,
+/// and meanwhile enrolling, waiting for approval or offline, as the page is told.
 pub async fn run(
     engine: &mut Engine,
     mut commands: mpsc::Receiver<Command>,
     events: broadcast::Sender<Event>,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), EngineError> {
-    let mut session = Session::start(engine).await?;
-    sync(&mut session, engine, &events).await?;
+    let mut link = Link {
+        session: None,
+        status: Status::Enrol,
+        backoff: Backoff::default(),
+        next_attempt: None,
+    };
+    link.attempt(engine).await?;
+    if link.session.is_some() {
+        sync(&mut link, engine, &events).await?;
+    }
     tokio::pin!(stop);
     loop {
+        let attempt_at = link.next_attempt;
+        let wake = async {
+            match (&link.session, attempt_at) {
+                (Some(session), _) => Some(session.wake(None).await),
+                (None, Some(at)) => {
+                    tokio::time::sleep_until(at).await;
+                    None
+                }
+                (None, None) => std::future::pending().await,
+            }
+        };
         tokio::select! {
             command = commands.recv() => {
                 let Some(command) = command else { break };
-                handle(engine, &session, command, &events).await;
-            }
-            wake = session.wake(None) => {
-                if wake == Wake::Lost {
-                    session.reconnect(engine).await?;
+                let was = link.status.clone();
+                handle(engine, &mut link, command, &events).await?;
+                if link.status != was {
+                    let _ = events.send(Event::changed());
                 }
-                sync(&mut session, engine, &events).await?;
+            }
+            woke = wake => {
+                let was = link.status.clone();
+                match woke {
+                    Some(Wake::Lost) => {
+                        if let Some(session) = link.session.as_mut() {
+                            match session.reconnect(engine).await {
+                                Ok(()) => sync(&mut link, engine, &events).await?,
+                                Err(EngineError::Link(e)) => link.lost(e.to_string()),
+                                Err(e) => return Err(e),
+                            }
+                        }
+                    }
+                    Some(_) => sync(&mut link, engine, &events).await?,
+                    None => {
+                        link.attempt(engine).await?;
+                        if link.session.is_some() {
+                            sync(&mut link, engine, &events).await?;
+                        }
+                    }
+                }
+                if link.status != was {
+                    let _ = events.send(Event::changed());
+                }
             }
             _ = &mut stop => break,
         }
     }
-    session.close().await;
+    link.close().await;
     Ok(())
 }
 
 async fn sync(
-    session: &mut Session,
+    link: &mut Link,
     engine: &mut Engine,
     events: &broadcast::Sender<Event>,
 ) -> Result<(), EngineError> {
-    let report = session.sync(engine).await?;
+    let Some(session) = link.session.as_mut() else {
+        return Ok(());
+    };
+    let report = match session.sync(engine).await {
+        Ok(report) => report,
+        Err(EngineError::Link(e)) => {
+            link.lost(e.to_string());
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
     if !report.problems.is_empty() {
         tracing::debug!(problems = report.problems.len(), "sync met problems");
     }
@@ -149,14 +320,47 @@ async fn sync(
     Ok(())
 }
 
+/// The relay connection for a command that needs one, or why there is none.
+fn connected(link: &Link) -> Result<&Connection, String> {
+    match (&link.session, &link.status) {
+        (Some(session), _) => Ok(session.link()),
+        (None, Status::Offline { why }) => Err(format!("the relay cannot be reached now ({why})")),
+        (None, _) => Err("this device is not enrolled yet".into()),
+    }
+}
+
 async fn handle(
     engine: &mut Engine,
-    session: &Session,
+    link: &mut Link,
     command: Command,
     events: &broadcast::Sender<Event>,
-) {
+) -> Result<(), EngineError> {
     let text = |e: EngineError| e.to_string();
+    let enrolled = matches!(link.status, Status::Online | Status::Offline { .. });
     match command {
+        Command::Status(reply) => {
+            let _ = reply.send(Ok(link.status.clone()));
+        }
+        Command::Join {
+            code,
+            profile,
+            reply,
+        } => {
+            if link.status != Status::Enrol {
+                let _ = reply.send(Err("this device is enrolled already".into()));
+                return Ok(());
+            }
+            let joined = match profile {
+                Some(profile) => muster_driver::join(engine, &code, profile).await,
+                None => muster_driver::join_device(engine, &code).await,
+            };
+            let _ = reply.send(joined.map_err(text));
+            link.attempt(engine).await?;
+        }
+        command if !enrolled => command.refuse(match &link.status {
+            Status::Rejected { why, .. } => format!("this device's enrolment was rejected: {why}"),
+            _ => "this device is not enrolled yet".into(),
+        }),
         Command::Overview(reply) => {
             let overview = engine.whoami().and_then(|me| {
                 Ok(Overview {
@@ -169,57 +373,15 @@ async fn handle(
         Command::Messages { group, reply } => {
             let messages = engine.read(&group, PAGE);
             if let Ok(shown) = &messages {
-                // What a page shows counts as read, as it does for `muster read`.
+                // What a page shows counts as read, as it does for `muster read`; the
+                // receipts go now, or with the next sync.
                 if engine.mark_read(shown).is_ok() {
-                    let _ = engine.flush(session.link()).await;
+                    if let Ok(conn) = connected(link) {
+                        let _ = engine.flush(conn).await;
+                    }
                 }
             }
             let _ = reply.send(messages.map_err(text));
-        }
-        Command::Directory(reply) => {
-            let _ = reply.send(engine.directory(session.link()).await.map_err(text));
-        }
-        Command::Devices(reply) => {
-            let _ = reply.send(engine.devices(session.link()).await.map_err(text));
-        }
-        Command::LinkDevice(reply) => {
-            let code = engine
-                .create_device_link(session.link(), LINK_CODE_SECS)
-                .await;
-            let _ = reply.send(code.map_err(text));
-        }
-        Command::Pending(reply) => {
-            let _ = reply.send(engine.pending(session.link()).await.map_err(text));
-        }
-        Command::Decide {
-            user,
-            device,
-            approve,
-            reply,
-        } => {
-            let link = session.link();
-            let decided = if approve {
-                engine.approve(link, &user, Some(&device), false).await
-            } else {
-                engine.reject(link, &user, Some(&device)).await
-            };
-            let _ = reply.send(decided.map_err(text));
-            let _ = events.send(Event::changed());
-        }
-        Command::Invite { user, reply } => {
-            let code = engine
-                .create_invite(session.link(), &user, INVITE_SECS)
-                .await;
-            let _ = reply.send(code.map_err(text));
-        }
-        Command::Revoke { user, reply } => {
-            let revoked = engine.revoke(session.link(), &user, None).await;
-            let _ = reply.send(revoked.map_err(text));
-            let _ = events.send(Event::changed());
-        }
-        Command::RequestProfile { profile, reply } => {
-            let sent = engine.request_profile(session.link(), profile).await;
-            let _ = reply.send(sent.map_err(text));
         }
         Command::View { look, reply } => {
             let _ = reply.send(look(engine).map_err(text));
@@ -228,12 +390,130 @@ async fn handle(
             let queued = act(engine);
             if queued.is_ok() {
                 // What the relay does not take now stays queued for the next sync.
-                if let Err(e) = engine.flush(session.link()).await {
-                    tracing::debug!(error = %e, "outbox not sent yet");
+                if let Ok(conn) = connected(link) {
+                    if let Err(e) = engine.flush(conn).await {
+                        tracing::debug!(error = %e, "outbox not sent yet");
+                    }
                 }
             }
             let _ = reply.send(queued.map_err(text));
             let _ = events.send(Event::changed());
+        }
+        command => {
+            let conn = match connected(link) {
+                Ok(conn) => conn,
+                Err(why) => {
+                    command.refuse(why);
+                    return Ok(());
+                }
+            };
+            online(engine, conn, command, events).await;
+        }
+    }
+    Ok(())
+}
+
+/// The commands that ask the relay.
+async fn online(
+    engine: &mut Engine,
+    conn: &Connection,
+    command: Command,
+    events: &broadcast::Sender<Event>,
+) {
+    let text = |e: EngineError| e.to_string();
+    match command {
+        Command::Directory(reply) => {
+            let _ = reply.send(engine.directory(conn).await.map_err(text));
+        }
+        Command::Devices(reply) => {
+            let _ = reply.send(engine.devices(conn).await.map_err(text));
+        }
+        Command::LinkDevice(reply) => {
+            let code = engine.create_device_link(conn, LINK_CODE_SECS).await;
+            let _ = reply.send(code.map_err(text));
+        }
+        Command::Pending(reply) => {
+            let _ = reply.send(engine.pending(conn).await.map_err(text));
+        }
+        Command::Decide {
+            user,
+            device,
+            approve,
+            reply,
+        } => {
+            let decided = if approve {
+                engine.approve(conn, &user, Some(&device), false).await
+            } else {
+                engine.reject(conn, &user, Some(&device)).await
+            };
+            let _ = reply.send(decided.map_err(text));
+            let _ = events.send(Event::changed());
+        }
+        Command::Invite { user, reply } => {
+            let code = engine.create_invite(conn, &user, INVITE_SECS).await;
+            let _ = reply.send(code.map_err(text));
+        }
+        Command::Revoke { user, reply } => {
+            let revoked = engine.revoke(conn, &user, None).await;
+            let _ = reply.send(revoked.map_err(text));
+            let _ = events.send(Event::changed());
+        }
+        Command::RequestProfile { profile, reply } => {
+            let sent = engine.request_profile(conn, profile).await;
+            let _ = reply.send(sent.map_err(text));
+        }
+        Command::Upload {
+            group,
+            name,
+            caption,
+            content,
+            reply,
+        } => {
+            let size = content.len() as u64;
+            let sent = engine
+                .send_attachment(
+                    conn,
+                    &group,
+                    &name,
+                    size,
+                    &mut content.as_slice(),
+                    caption.as_deref(),
+                )
+                .await;
+            if sent.is_ok() {
+                if let Err(e) = engine.flush(conn).await {
+                    tracing::debug!(error = %e, "outbox not sent yet");
+                }
+            }
+            let _ = reply.send(
+                sent.map(|m| serde_json::json!({ "id": m.id }))
+                    .map_err(text),
+            );
+            let _ = events.send(Event::changed());
+        }
+        Command::Download { id, reply } => {
+            let _ = reply.send(engine.download_attachment(conn, &id).await.map_err(text));
+        }
+        command => command.refuse("not a relay request".into()),
+    }
+}
+
+impl Command {
+    /// Answers the page that this command cannot be done now, and why.
+    fn refuse(self, why: String) {
+        match self {
+            Command::Status(reply) => drop(reply.send(Err(why))),
+            Command::Join { reply, .. } | Command::LinkDevice(reply) | Command::Decide { reply, .. } | Command::Invite { reply, .. } => drop(reply.send(Err(why))),
+            Command::Overview(reply) => drop(reply.send(Err(why))),
+            Command::Upload { reply, .. } => drop(reply.send(Err(why))),
+            Command::Download { reply, .. } => drop(reply.send(Err(why))),
+            Command::Messages { reply, .. } => drop(reply.send(Err(why))),
+            Command::Directory(reply) => drop(reply.send(Err(why))),
+            Command::Devices(reply) => drop(reply.send(Err(why))),
+            Command::Pending(reply) => drop(reply.send(Err(why))),
+            Command::Revoke { reply, .. } => drop(reply.send(Err(why))),
+            Command::RequestProfile { reply, .. } => drop(reply.send(Err(why))),
+            Command::View { reply, .. } | Command::Queue { reply, .. } => drop(reply.send(Err(why))),
         }
     }
 }

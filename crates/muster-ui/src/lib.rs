@@ -32,7 +32,15 @@ pub async fn serve(
             tracing::error!(error = %e, "the UI server stopped");
         }
     });
-    let result = actor::run(engine, inbox, events, stop).await;
+    let result = actor::run(engine, inbox, events.clone(), stop).await;
+    if let Err(EngineError::DeviceRevoked { by, wipe }) = &result {
+        // Open pages say so before the server goes (and, by policy, the store with it).
+        let _ = events.send(actor::Event {
+            kind: "revoked",
+            data: serde_json::json!({ "by": by, "wipe": wipe }),
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
     // Open event streams never end on their own.
     server.abort();
     result

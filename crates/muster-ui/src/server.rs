@@ -3,7 +3,7 @@
 
 use crate::actor::{Command, Event, Look, Reply};
 use crate::guard::{Access, SECURITY_HEADERS};
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -18,8 +18,13 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::{Stream, StreamExt as _};
 
+/// The largest upload taken: the largest attachment.
+const UPLOAD_LIMIT: usize = muster_proto::MAX_ATTACHMENT as usize;
+
 const INDEX: &str = include_str!("../assets/index.html");
 const SCRIPT: &str = include_str!("../assets/app.js");
+const ENROL_SCRIPT: &str = include_str!("../assets/enrol.js");
+const FILES_SCRIPT: &str = include_str!("../assets/files.js");
 const STYLE: &str = include_str!("../assets/app.css");
 
 /// What every handler shares.
@@ -35,13 +40,22 @@ pub fn router(app: App) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/api/session", post(session))
-        .route("/assets/app.js", get(script))
+        .route("/assets/app.js", get(|| script(SCRIPT)))
+        .route("/assets/enrol.js", get(|| script(ENROL_SCRIPT)))
+        .route("/assets/files.js", get(|| script(FILES_SCRIPT)))
         .route("/assets/app.css", get(style))
+        .route("/api/status", get(status))
+        .route("/api/join", post(join))
         .route("/api/overview", get(overview))
         .route("/api/groups/{group}/messages", get(messages).post(send))
         .route("/api/groups/{group}/alerts", post(alert))
         .route("/api/groups/{group}/board", get(board).post(set_board))
         .route("/api/groups/{group}/view", post(set_view))
+        .route(
+            "/api/groups/{group}/attachments",
+            post(upload).layer(DefaultBodyLimit::max(UPLOAD_LIMIT)),
+        )
+        .route("/api/messages/{id}/attachment", get(download))
         .route("/api/messages/{id}/edit", post(edit_message))
         .route("/api/messages/{id}/delete", post(delete_message))
         .route("/api/messages/{id}/react", post(react))
@@ -123,10 +137,10 @@ async fn session(State(app): State<App>, Json(exchange): Json<Exchange>) -> Resp
     }
 }
 
-async fn script() -> impl IntoResponse {
+async fn script(source: &'static str) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
-        SCRIPT,
+        source,
     )
 }
 
@@ -158,6 +172,30 @@ async fn ask<T: serde::Serialize>(
             "the device is shutting down",
         ),
     }
+}
+
+/// Where this device stands: the page picks the enrolment, waiting or main screen.
+async fn status(State(app): State<App>) -> Response {
+    ask(&app, Command::Status).await
+}
+
+#[derive(Deserialize)]
+struct JoinRequest {
+    code: String,
+    /// For a new user; absent when the code links another device of an existing user.
+    #[serde(default)]
+    profile: Option<ProfileRequest>,
+}
+
+/// Enrols this device with the code an admin (or the user's other device) handed over.
+async fn join(State(app): State<App>, Json(request): Json<JoinRequest>) -> Response {
+    let profile = request.profile.map(ProfileRequest::into_profile);
+    ask(&app, |reply| Command::Join {
+        code: request.code.trim().to_string(),
+        profile,
+        reply,
+    })
+    .await
 }
 
 async fn overview(State(app): State<App>) -> Response {
@@ -204,6 +242,56 @@ async fn send(
             .map(queued)
     };
     queue(&app, Box::new(act)).await
+}
+
+#[derive(Deserialize)]
+struct NewAttachment {
+    name: String,
+    #[serde(default)]
+    caption: Option<String>,
+}
+
+/// A file from the page (its bytes are the body; name and caption in the query).
+async fn upload(
+    State(app): State<App>,
+    Path(group): Path<String>,
+    Query(file): Query<NewAttachment>,
+    content: axum::body::Bytes,
+) -> Response {
+    let caption = file.caption.filter(|c| !c.trim().is_empty());
+    ask(&app, |reply| Command::Upload {
+        group,
+        name: file.name,
+        caption,
+        content: content.to_vec(),
+        reply,
+    })
+    .await
+}
+
+/// A message's attachment, checked and decrypted by this device, as a download: always
+/// as plain bytes, so a colleague's file is never rendered in the page's origin.
+async fn download(State(app): State<App>, Path(id): Path<String>) -> Response {
+    let (reply, answer) = oneshot::channel();
+    if app.commands.send(Command::Download { id, reply }).await.is_err() {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "the device is shutting down");
+    }
+    match answer.await {
+        Ok(Ok((_, content))) => (
+            [
+                (header::CONTENT_TYPE, "application/octet-stream"),
+                (header::CONTENT_DISPOSITION, "attachment"),
+            ],
+            content,
+        )
+            .into_response(),
+        Ok(Err(why)) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(serde_json::json!({ "error": why })),
+        )
+            .into_response(),
+        Err(_) => refuse(StatusCode::SERVICE_UNAVAILABLE, "the device is shutting down"),
+    }
 }
 
 #[derive(Deserialize)]
@@ -378,13 +466,19 @@ struct ProfileRequest {
     department: Option<String>,
 }
 
+impl ProfileRequest {
+    fn into_profile(self) -> muster_proto::Profile {
+        let blank_is_none = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
+        muster_proto::Profile {
+            display_name: self.display_name.trim().to_string(),
+            title: blank_is_none(self.title),
+            department: blank_is_none(self.department),
+        }
+    }
+}
+
 async fn request_profile(State(app): State<App>, Json(request): Json<ProfileRequest>) -> Response {
-    let blank_is_none = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
-    let profile = muster_proto::Profile {
-        display_name: request.display_name,
-        title: blank_is_none(request.title),
-        department: blank_is_none(request.department),
-    };
+    let profile = request.into_profile();
     ask(&app, |reply| Command::RequestProfile { profile, reply }).await
 }
 

@@ -288,6 +288,7 @@ impl Engine {
         let d = self.device()?;
         Ok(Identity {
             admin: d.certificate.as_ref().is_some_and(|c| c.is_admin()),
+            approved: d.certificate.is_some(),
             user: d.user,
             device_id: d.device_id,
             org: d.org.name,

@@ -145,6 +145,8 @@ pub struct Identity {
     pub org: String,
     /// This device's certificate carries the admin role.
     pub admin: bool,
+    /// An admin has approved this device (it holds its certificate).
+    pub approved: bool,
 }
 
 /// A group this device knows, as found by name or id.

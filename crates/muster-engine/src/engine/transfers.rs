@@ -12,8 +12,6 @@ impl Engine {
         path: &Path,
         caption: Option<&str>,
     ) -> Result<QueuedMessage, EngineError> {
-        use std::io::Read as _;
-        let (group_id, _) = self.active_group(group)?;
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -21,6 +19,27 @@ impl Engine {
         let mut file = std::fs::File::open(path)
             .map_err(|e| EngineError::Invalid(format!("cannot read {}: {e}", path.display())))?;
         let size = file.metadata()?.len();
+        self.send_attachment(conn, group, &name, size, &mut file, caption)
+            .await
+    }
+
+    /// [`Self::send_file`] for `size` bytes read from `content`, sent under `name` (its
+    /// last path component only).
+    pub async fn send_attachment(
+        &mut self,
+        conn: &impl Link,
+        group: &str,
+        name: &str,
+        size: u64,
+        content: &mut impl std::io::Read,
+        caption: Option<&str>,
+    ) -> Result<QueuedMessage, EngineError> {
+        let (group_id, _) = self.active_group(group)?;
+        let name = Path::new(name)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .filter(|n| !n.trim().is_empty())
+            .ok_or_else(|| EngineError::Invalid("the file has no name".into()))?;
         if size > MAX_ATTACHMENT {
             return Err(EngineError::Invalid(format!(
                 "{name} is {:.1} MiB; attachments are limited to {} MiB",
@@ -41,7 +60,7 @@ impl Engine {
         for index in 0..crate::attachments::chunk_count(size) {
             let mut filled = 0;
             while filled < buf.len() {
-                let n = file.read(&mut buf[filled..])?;
+                let n = content.read(&mut buf[filled..])?;
                 if n == 0 {
                     break;
                 }
@@ -100,16 +119,7 @@ impl Engine {
         id: &str,
         out: Option<&Path>,
     ) -> Result<PathBuf, EngineError> {
-        use std::io::Write as _;
-        let (group_id, id) = self.find_message(id)?;
-        let json: Option<String> = self.db.query_row(
-            "SELECT attachment FROM messages WHERE group_id = ?1 AND id = ?2",
-            params![group_id, id],
-            |r| r.get(0),
-        )?;
-        let attachment: AttachmentRef = json
-            .and_then(|j| serde_json::from_str(&j).ok())
-            .ok_or_else(|| EngineError::Invalid(format!("message {id} has no attachment")))?;
+        let (group_id, id, attachment) = self.attachment_of(id)?;
         // Never let a sender's file name pick a path outside the current directory.
         let safe_name = Path::new(&attachment.name)
             .file_name()
@@ -125,29 +135,12 @@ impl Engine {
                 target.display()
             )));
         }
-        let key = hex::decode(&attachment.key)
-            .map_err(|_| crate::attachments::AttachmentError::BadKey)?;
-        let cipher = ChunkCipher::new(&key, &attachment.blob_id, attachment.size)?;
         let partial = target.with_extension("muster-partial");
         let result = async {
             let mut file = std::fs::File::create(&partial)?;
-            let mut plain_hash = ring::digest::Context::new(&ring::digest::SHA256);
-            let mut blob_hash = ring::digest::Context::new(&ring::digest::SHA256);
-            download_blob(conn, &attachment.blob_id, attachment.size, |index, data| {
-                blob_hash.update(data);
-                let plain = cipher.open(index, data)?;
-                plain_hash.update(&plain);
-                file.write_all(&plain)?;
-                Ok(())
-            })
-            .await?;
-            if hex::encode(blob_hash.finish().as_ref()) != attachment.blob_sha256
-                || hex::encode(plain_hash.finish().as_ref()) != attachment.sha256
-            {
-                return Err(crate::attachments::AttachmentError::Tampered.into());
-            }
+            receive_attachment(conn, &attachment, &mut file).await?;
             file.sync_all()?;
-            Ok(())
+            Ok::<_, EngineError>(())
         }
         .await;
         if let Err(e) = result {
@@ -163,6 +156,69 @@ impl Engine {
         blob_fetched(conn, &attachment.blob_id).await?;
         Ok(saved)
     }
+
+    /// Downloads, checks and decrypts the attachment of message `id` into memory, for a
+    /// caller that hands it on (the browser): only a whole, untampered file is returned.
+    pub async fn download_attachment(
+        &mut self,
+        conn: &impl Link,
+        id: &str,
+    ) -> Result<(AttachmentView, Vec<u8>), EngineError> {
+        let (_, _, attachment) = self.attachment_of(id)?;
+        let mut content = Vec::new();
+        receive_attachment(conn, &attachment, &mut content).await?;
+        blob_fetched(conn, &attachment.blob_id).await?;
+        let view = AttachmentView {
+            name: attachment.name,
+            mime: attachment.mime,
+            size: attachment.size,
+            sha256: attachment.sha256,
+            saved_to: None,
+        };
+        Ok((view, content))
+    }
+
+    /// The attachment message `id` carries, with the message's group and full id.
+    fn attachment_of(&self, id: &str) -> Result<(Vec<u8>, String, AttachmentRef), EngineError> {
+        let (group_id, id) = self.find_message(id)?;
+        let json: Option<String> = self.db.query_row(
+            "SELECT attachment FROM messages WHERE group_id = ?1 AND id = ?2",
+            params![group_id, id],
+            |r| r.get(0),
+        )?;
+        let attachment: AttachmentRef = json
+            .and_then(|j| serde_json::from_str(&j).ok())
+            .ok_or_else(|| EngineError::Invalid(format!("message {id} has no attachment")))?;
+        Ok((group_id, id, attachment))
+    }
+}
+
+/// Downloads the blob of `attachment`, decrypting each chunk into `sink`, and checks the
+/// whole against the hashes its message carries.
+async fn receive_attachment(
+    conn: &impl Link,
+    attachment: &AttachmentRef,
+    sink: &mut impl std::io::Write,
+) -> Result<(), EngineError> {
+    let key =
+        hex::decode(&attachment.key).map_err(|_| crate::attachments::AttachmentError::BadKey)?;
+    let cipher = ChunkCipher::new(&key, &attachment.blob_id, attachment.size)?;
+    let mut plain_hash = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut blob_hash = ring::digest::Context::new(&ring::digest::SHA256);
+    download_blob(conn, &attachment.blob_id, attachment.size, |index, data| {
+        blob_hash.update(data);
+        let plain = cipher.open(index, data)?;
+        plain_hash.update(&plain);
+        sink.write_all(&plain)?;
+        Ok(())
+    })
+    .await?;
+    if hex::encode(blob_hash.finish().as_ref()) != attachment.blob_sha256
+        || hex::encode(plain_hash.finish().as_ref()) != attachment.sha256
+    {
+        return Err(crate::attachments::AttachmentError::Tampered.into());
+    }
+    Ok(())
 }
 
 /// Downloads the blob `blob_id` of an attachment of `size` bytes, one encrypted chunk per

@@ -1,0 +1,100 @@
+"""A newcomer sets up her device in the browser, is let in live, and files travel.
+
+Usage: newcomer.py ALICE_LINK CAROL_LINK GROUP SCREENSHOT_DIR MUSTER_BIN ALICE_HOME FILE
+
+Carol's `muster ui` runs on a fresh home: she joins with the invite alice made in her
+admin screen and waits; alice approves her there, and carol's page moves from "waiting"
+to her conversations on its own. Alice sends FILE to the group from her browser
+(progress shown) and carol downloads it: the bytes must be the same. Then alice revokes
+carol, and carol's page says so. Exits non-zero on any failure.
+"""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from playwright.sync_api import sync_playwright
+
+from chat import CHROMIUM_FLAGS
+
+
+def main():
+    alice_link, carol_link, group, shots, muster, alice_home, file = sys.argv[1:8]
+    alice_cli = lambda *args: subprocess.run([muster, "--home", alice_home, *args], capture_output=True, text=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
+        alice = browser.new_context().new_page()
+        carol = browser.new_context(viewport={"width": 390, "height": 844}, accept_downloads=True).new_page()
+        errors = []
+        for page in (alice, carol):
+            page.on("pageerror", lambda e: errors.append(str(e)))
+
+        # Carol's device has no identity yet: the page offers to join.
+        carol.goto(carol_link)
+        carol.get_by_role("heading", name="Set up this device").wait_for(timeout=10_000)
+        carol.screenshot(path=f"{shots}/enrol-phone.png")
+        alice.goto(alice_link)
+        alice.get_by_role("button", name="Admin").click()
+        alice.fill("#invite-user", "carol")
+        alice.get_by_role("button", name="Create invite").click()
+        invite = alice.locator("#listing .code")
+        invite.wait_for(timeout=10_000)
+        carol.fill("#join-code", invite.inner_text())
+        carol.fill("#join-name", "Carol Cruz")
+        carol.fill("#join-department", "Facilities")
+        carol.get_by_role("button", name="Send my request").click()
+        carol.get_by_role("heading", name="Waiting for approval").wait_for(timeout=10_000)
+        carol.screenshot(path=f"{shots}/waiting-phone.png")
+
+        # Alice sees the requested profile, checked by her device, and approves it; carol's
+        # page moves on by itself.
+        alice.get_by_role("button", name="Admin").click()
+        waiting = alice.locator("#listing li").filter(has_text="@carol")
+        waiting.get_by_text("Carol Cruz").wait_for(timeout=10_000)
+        waiting.get_by_text("Facilities").wait_for(timeout=10_000)
+        alice.screenshot(path=f"{shots}/admin.png")
+        started = time.monotonic()
+        waiting.get_by_role("button", name="Approve").click()
+        carol.locator("#main").wait_for(state="visible", timeout=20_000)
+        print(f"carol's page left 'waiting' {(time.monotonic() - started) * 1000:.0f} ms after alice approved")
+        assert carol.locator("#enrol").is_hidden()
+        # With the profile she asked for, as the directory shows it.
+        alice.get_by_role("button", name="Directory").click()
+        alice.locator("#listing li").filter(has_text="@carol").get_by_text("Facilities").wait_for(timeout=10_000)
+
+        # Added to the group (by alice's CLI on the same home as her UI), carol sees it live.
+        added = alice_cli("group", "add", group, "carol")
+        assert added.returncode == 0, added.stderr
+        carol.locator("nav").get_by_role("button", name=group).click(timeout=20_000)
+        carol.locator("#compose").wait_for(state="visible")
+
+        # A file from alice's browser, with progress, downloaded by carol: the same bytes.
+        alice.locator("nav").get_by_role("button", name=group).click()
+        alice.locator("#compose").wait_for(state="visible")
+        alice.set_input_files("#file", file)
+        name = Path(file).name
+        alice.locator("#upload-text").get_by_text("Sent " + name).wait_for(timeout=30_000)
+        row = carol.locator("#messages li").filter(has_text=name)
+        row.wait_for(timeout=20_000)
+        with carol.expect_download(timeout=30_000) as download:
+            row.get_by_role("button", name="Download " + name).click()
+        saved = Path(shots) / ("downloaded-" + name)
+        download.value.save_as(saved)
+        assert saved.read_bytes() == Path(file).read_bytes(), "the downloaded file differs"
+        saved.unlink()
+        print(f"carol downloaded {name} ({Path(file).stat().st_size} bytes), the same bytes alice sent")
+
+        # Revoked, carol's page says so.
+        alice.get_by_role("button", name="Admin").click()
+        alice.fill("#revoke-user", "carol")
+        alice.get_by_role("button", name="Revoke").click()
+        alice.get_by_role("button", name="Confirm: revoke carol").click()
+        alice.locator("#listing").get_by_text("revoked 1 device(s) of carol").wait_for(timeout=20_000)
+        carol.get_by_role("heading", name="This device was revoked").wait_for(timeout=20_000)
+        assert not errors, f"script errors: {errors}"
+        browser.close()
+
+
+if __name__ == "__main__":
+    main()
