@@ -19,6 +19,19 @@ from playwright.sync_api import sync_playwright
 from chat import CHROMIUM_FLAGS
 
 
+PROVISIONING = """
+[[users]]
+handle = "dana"
+display_name = "Dana Diaz"
+department = "Security"
+
+[[groups]]
+name = "night-shift"
+members = ["dana"]
+managed = true
+"""
+
+
 def main():
     alice_link, carol_link, group, shots, muster, alice_home, file = sys.argv[1:8]
     alice_cli = lambda *args: subprocess.run([muster, "--home", alice_home, *args], capture_output=True, text=True)
@@ -85,6 +98,47 @@ def main():
         saved.unlink()
         print(f"carol downloaded {name} ({Path(file).stat().st_size} bytes), the same bytes alice sent")
 
+        # Carol asks for a new title; alice approves it in her admin screen.
+        carol.get_by_role("button", name="Me").click()
+        carol.fill("#profile-title", "Duty officer")
+        carol.get_by_role("button", name="Request this change").click()
+        carol.locator("#listing").get_by_text("profile change sent").wait_for(timeout=10_000)
+        alice.get_by_role("button", name="Admin").click()
+        change = alice.locator("#listing li").filter(has_text="@carol").filter(has_text="Duty officer")
+        change.get_by_role("button", name="Approve profile").click()
+        alice.locator("#listing").get_by_text("approved the new profile of carol").wait_for(timeout=10_000)
+        alice.get_by_role("button", name="Directory").click()
+        alice.locator("#listing li").filter(has_text="@carol").get_by_text("Duty officer").wait_for(timeout=10_000)
+
+        # Provisioning from a file: the plan first, then applied with progress; the invite
+        # code it made is shown.
+        alice.get_by_role("button", name="Admin").click()
+        alice.get_by_role("tab", name="Provisioning").click()
+        alice.fill("#provision-text", PROVISIONING)
+        alice.get_by_role("button", name="Show the plan").click()
+        alice.locator(".plan").get_by_text("invite dana").wait_for(timeout=10_000)
+        alice.locator(".plan").get_by_text("create managed group night-shift").wait_for(timeout=10_000)
+        alice.get_by_role("button", name="Apply this plan").click()
+        alice.locator("#provision-outcome").get_by_text("applied: 2 of 2 step(s) done").wait_for(timeout=30_000)
+        code = alice.locator(".plan .code")
+        assert code.inner_text().startswith("MUSTER"), code.inner_text()
+        alice.screenshot(path=f"{shots}/provisioning.png")
+
+        # The groups tab shows it managed; alice adds carol to it there.
+        alice.get_by_role("tab", name="Groups").click()
+        night = alice.locator("#listing li[data-group]").filter(has_text="night-shift").filter(has_text="managed")
+        night.wait_for(timeout=10_000)
+        night.locator("input").fill("carol")
+        night.get_by_role("button", name="Add to night-shift").click()
+        alice.locator("#listing").get_by_text("added carol to night-shift").wait_for(timeout=20_000)
+        carol.locator("nav").get_by_role("button", name="night-shift").wait_for(timeout=20_000)
+
+        # The organisation policy: a revoked device now erases its store.
+        alice.get_by_role("tab", name="Policy").click()
+        alice.get_by_label("A revoked device erases its store").check()
+        alice.get_by_role("button", name="Sign and publish").click()
+        alice.locator("#listing").get_by_text("published version").wait_for(timeout=10_000)
+
         # Revoked, carol's page says so.
         alice.get_by_role("button", name="Admin").click()
         alice.fill("#revoke-user", "carol")
@@ -92,6 +146,13 @@ def main():
         alice.get_by_role("button", name="Confirm: revoke carol").click()
         alice.locator("#listing").get_by_text("revoked 1 device(s) of carol").wait_for(timeout=20_000)
         carol.get_by_role("heading", name="This device was revoked").wait_for(timeout=20_000)
+        carol.get_by_text("were erased from this device").wait_for(timeout=10_000)
+
+        # The audit log has it, and nothing anyone said.
+        alice.get_by_role("button", name="Admin").click()
+        alice.get_by_role("tab", name="Audit log").click()
+        alice.locator("#listing li").filter(has_text="carol").first.wait_for(timeout=10_000)
+        assert alice.locator("#listing").get_by_text("site-plan").count() == 0
         assert not errors, f"script errors: {errors}"
         browser.close()
 

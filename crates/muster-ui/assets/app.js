@@ -249,6 +249,7 @@ function showListing(title, rows) {
   document.getElementById("compose").hidden = true;
   document.getElementById("context").hidden = true;
   document.getElementById("board").hidden = true;
+  document.getElementById("upload").hidden = true;
   const listing = document.getElementById("listing");
   listing.hidden = false;
   listing.replaceChildren(...rows);
@@ -356,97 +357,6 @@ function button(label, run) {
   return b;
 }
 
-// Admin: invite, approve or reject waiting devices (their proofs checked by this
-// device), revoke.
-async function showAdmin() {
-  try {
-    const pending = await api("/api/admin/pending");
-    const invite = el("li");
-    const inviteForm = el("form");
-    inviteForm.append(field("Invite a colleague (handle)", "invite-user", ""));
-    const send = el("button", "Create invite");
-    send.type = "submit";
-    inviteForm.append(send);
-    const code = el("span", undefined, "code");
-    code.hidden = true;
-    inviteForm.addEventListener("submit", async (event) => {
-      event.preventDefault();
-      try {
-        const made = await api("/api/admin/invites", {
-          method: "POST",
-          body: JSON.stringify({ user: document.getElementById("invite-user").value.trim() }),
-        });
-        code.textContent = made;
-        code.hidden = false;
-      } catch (e) {
-        status("no invite: " + e.message);
-      }
-    });
-    invite.append(el("h2", "Invite"), inviteForm, code);
-    const rows = [invite];
-    if (state.adminNotice) {
-      const notice = el("li", state.adminNotice, "meta");
-      notice.setAttribute("role", "status");
-      rows.unshift(notice);
-      state.adminNotice = null;
-    }
-    for (const p of pending) {
-      const row = el("li");
-      row.dataset.user = p.user;
-      row.append(el("strong", p.display_name), el("span", " @" + p.user + (p.linked ? " (another device)" : "")));
-      const about = [p.title, p.department, "device " + p.device_id.slice(0, 12), p.code_from && "code from " + p.code_from].filter(Boolean);
-      row.append(el("span", about.join(" · "), "meta"));
-      if (p.problem) row.append(el("span", p.problem, "problem"));
-      const decide = (verb) => async () => {
-        try {
-          await api("/api/admin/pending/" + encodeURIComponent(p.user) + "/" + encodeURIComponent(p.device_id) + "/" + verb, { method: "POST", body: "{}" });
-          state.adminNotice = (verb === "approve" ? "approved " : "rejected ") + p.user;
-          await showAdmin();
-        } catch (e) {
-          status(e.message);
-        }
-      };
-      const actions = el("span", undefined, "row-actions");
-      if (!p.problem) actions.append(button("Approve", decide("approve")));
-      actions.append(button("Reject", decide("reject")));
-      row.append(actions);
-      rows.push(row);
-    }
-    if (!pending.length) rows.push(el("li", "no enrolment waiting"));
-    const revoke = el("li");
-    const revokeForm = el("form");
-    revokeForm.append(field("Revoke every device of (handle)", "revoke-user", ""));
-    const confirm = el("button", "Revoke");
-    confirm.type = "submit";
-    revokeForm.append(confirm);
-    const outcome = el("span", "", "meta");
-    outcome.setAttribute("role", "status");
-    revokeForm.addEventListener("submit", async (event) => {
-      event.preventDefault();
-      const user = document.getElementById("revoke-user").value.trim();
-      if (!user) return;
-      if (confirm.dataset.armed !== user) {
-        confirm.dataset.armed = user;
-        confirm.textContent = "Confirm: revoke " + user;
-        return;
-      }
-      try {
-        const devices = await api("/api/admin/revoke/" + encodeURIComponent(user), { method: "POST", body: "{}" });
-        outcome.textContent = "revoked " + devices.length + " device(s) of " + user;
-        confirm.dataset.armed = "";
-        confirm.textContent = "Revoke";
-      } catch (e) {
-        outcome.textContent = "not revoked: " + e.message;
-      }
-    });
-    revoke.append(el("h2", "Revoke"), revokeForm, outcome);
-    rows.push(revoke);
-    showListing("Admin", rows);
-  } catch (e) {
-    status(e.message);
-  }
-}
-
 async function openGroup(id) {
   state.group = id;
   document.getElementById("listing").hidden = true;
@@ -538,6 +448,7 @@ async function listen() {
           const field = (name) => chunk.split("\n").find((l) => l.startsWith(name + ":"))?.slice(name.length + 1).trim();
           if (field("event") === "changed") refresh();
           if (field("event") === "notify") notify(JSON.parse(field("data") || "null"));
+          if (field("event") === "progress" && state.onProgress) state.onProgress(JSON.parse(field("data") || "null"));
           if (field("event") === "revoked") {
             showRevoked(JSON.parse(field("data") || "{}"));
             return;
@@ -583,7 +494,7 @@ document.addEventListener("DOMContentLoaded", async () => {
   document.getElementById("context-cancel").addEventListener("click", () => setContext(null, null));
   document.getElementById("show-directory").addEventListener("click", directory);
   document.getElementById("show-me").addEventListener("click", showMe);
-  document.getElementById("show-admin").addEventListener("click", showAdmin);
+  document.getElementById("show-admin").addEventListener("click", () => showAdmin("People"));
   const setView = async (change) => {
     const group = state.groups.find((g) => g.id === state.group);
     if (!group) return;

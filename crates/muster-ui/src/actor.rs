@@ -4,10 +4,14 @@
 //! announced on the event channel for the pages to refetch.
 
 use muster_driver::{Backoff, Connection, Session, Wake};
+use muster_engine::provision::OrgSpec;
 use muster_engine::{
-    AttachmentView, DeviceView, DirectoryEntry, Engine, EngineError, GroupView, Identity, MessageView, PendingView,
+    AttachmentView, DeviceView, DirectoryEntry, Engine, EngineError, GroupView, Identity,
+    MessageView, PendingView,
 };
 use muster_proto::{ErrorCode, Profile};
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 /// How long a device-link code made in the page stays valid, as `muster device link`.
@@ -27,8 +31,29 @@ pub type Reply<T> = oneshot::Sender<Result<T, String>>;
 /// Something a page has the engine do, answered as JSON.
 pub type Look = Box<dyn FnOnce(&mut Engine) -> Result<Value, EngineError> + Send>;
 
+/// Something a page has the engine do with the relay, answered as JSON.
+pub type Work = Box<
+    dyn for<'a> FnOnce(
+            &'a mut Engine,
+            &'a Connection,
+        ) -> Pin<Box<dyn Future<Output = Result<Value, EngineError>> + 'a>>
+        + Send,
+>;
+
 /// What a page asks of the engine.
 pub enum Command {
+    /// Does something with the relay; a change is announced to the pages afterwards.
+    Online {
+        work: Work,
+        reply: Reply<Value>,
+    },
+    /// (admin) Plans a provisioning file against the organisation and, when `apply`,
+    /// carries the plan out step by step, announcing each as a `progress` event.
+    Provision {
+        spec: OrgSpec,
+        apply: bool,
+        reply: Reply<Value>,
+    },
     /// Where this device stands (enrolling, waiting, online, offline).
     Status(Reply<Status>),
     /// Enrols this device: with an invite code and the profile to vet, or with a
@@ -62,11 +87,6 @@ pub enum Command {
     Invite {
         user: String,
         reply: Reply<String>,
-    },
-    /// (admin) Revokes all of a user's devices.
-    Revoke {
-        user: String,
-        reply: Reply<Vec<String>>,
     },
     /// Encrypts a file, uploads it to the relay and sends its message to a group.
     Upload {
@@ -131,7 +151,11 @@ pub enum Status {
     /// No identity here yet: join with an invite code or a device link code.
     Enrol,
     /// Enrolled, waiting for an admin (or, for a linked device, the user) to approve it.
-    Waiting { user: String, device_id: String, org: String },
+    Waiting {
+        user: String,
+        device_id: String,
+        org: String,
+    },
     /// The enrolment was rejected: this home cannot be used again.
     Rejected { user: String, why: String },
     /// Approved, but the relay cannot be reached: what is stored can be read, what is
@@ -177,8 +201,7 @@ impl Link {
                 };
                 self.next_attempt = Some(now + APPROVAL_POLL);
             }
-            Err(EngineError::Relay(refusal)) if refusal.code == ErrorCode::EnrolmentRejected =>
-            {
+            Err(EngineError::Relay(refusal)) if refusal.code == ErrorCode::EnrolmentRejected => {
                 self.status = Status::Rejected {
                     user: engine.whoami()?.user,
                     why: refusal.message,
@@ -453,11 +476,6 @@ async fn online(
             let code = engine.create_invite(conn, &user, INVITE_SECS).await;
             let _ = reply.send(code.map_err(text));
         }
-        Command::Revoke { user, reply } => {
-            let revoked = engine.revoke(conn, &user, None).await;
-            let _ = reply.send(revoked.map_err(text));
-            let _ = events.send(Event::changed());
-        }
         Command::RequestProfile { profile, reply } => {
             let sent = engine.request_profile(conn, profile).await;
             let _ = reply.send(sent.map_err(text));
@@ -494,6 +512,15 @@ async fn online(
         Command::Download { id, reply } => {
             let _ = reply.send(engine.download_attachment(conn, &id).await.map_err(text));
         }
+        Command::Online { work, reply } => {
+            let _ = reply.send(work(engine, conn).await.map_err(text));
+            let _ = events.send(Event::changed());
+        }
+        Command::Provision { spec, apply, reply } => {
+            let outcome = crate::provision::run(engine, conn, &spec, apply, events).await;
+            let _ = reply.send(outcome.map_err(text));
+            let _ = events.send(Event::changed());
+        }
         command => command.refuse("not a relay request".into()),
     }
 }
@@ -503,17 +530,24 @@ impl Command {
     fn refuse(self, why: String) {
         match self {
             Command::Status(reply) => drop(reply.send(Err(why))),
-            Command::Join { reply, .. } | Command::LinkDevice(reply) | Command::Decide { reply, .. } | Command::Invite { reply, .. } => drop(reply.send(Err(why))),
+            Command::Join { reply, .. }
+            | Command::LinkDevice(reply)
+            | Command::Decide { reply, .. }
+            | Command::Invite { reply, .. } => drop(reply.send(Err(why))),
             Command::Overview(reply) => drop(reply.send(Err(why))),
             Command::Upload { reply, .. } => drop(reply.send(Err(why))),
+            Command::Online { reply, .. } | Command::Provision { reply, .. } => {
+                drop(reply.send(Err(why)))
+            }
             Command::Download { reply, .. } => drop(reply.send(Err(why))),
             Command::Messages { reply, .. } => drop(reply.send(Err(why))),
             Command::Directory(reply) => drop(reply.send(Err(why))),
             Command::Devices(reply) => drop(reply.send(Err(why))),
             Command::Pending(reply) => drop(reply.send(Err(why))),
-            Command::Revoke { reply, .. } => drop(reply.send(Err(why))),
             Command::RequestProfile { reply, .. } => drop(reply.send(Err(why))),
-            Command::View { reply, .. } | Command::Queue { reply, .. } => drop(reply.send(Err(why))),
+            Command::View { reply, .. } | Command::Queue { reply, .. } => {
+                drop(reply.send(Err(why)))
+            }
         }
     }
 }

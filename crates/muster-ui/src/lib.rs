@@ -3,7 +3,9 @@
 //! would not show on its terminal; every trust check stays in the engine.
 
 mod actor;
+mod admin;
 mod guard;
+mod provision;
 mod server;
 
 pub use guard::Access;

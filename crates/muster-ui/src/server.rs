@@ -25,6 +25,7 @@ const INDEX: &str = include_str!("../assets/index.html");
 const SCRIPT: &str = include_str!("../assets/app.js");
 const ENROL_SCRIPT: &str = include_str!("../assets/enrol.js");
 const FILES_SCRIPT: &str = include_str!("../assets/files.js");
+const ADMIN_SCRIPT: &str = include_str!("../assets/admin.js");
 const STYLE: &str = include_str!("../assets/app.css");
 
 /// What every handler shares.
@@ -43,6 +44,7 @@ pub fn router(app: App) -> Router {
         .route("/assets/app.js", get(|| script(SCRIPT)))
         .route("/assets/enrol.js", get(|| script(ENROL_SCRIPT)))
         .route("/assets/files.js", get(|| script(FILES_SCRIPT)))
+        .route("/assets/admin.js", get(|| script(ADMIN_SCRIPT)))
         .route("/assets/app.css", get(style))
         .route("/api/status", get(status))
         .route("/api/join", post(join))
@@ -62,11 +64,6 @@ pub fn router(app: App) -> Router {
         .route("/api/alerts", get(alerts))
         .route("/api/directory", get(directory))
         .route("/api/me", get(me))
-        .route("/api/admin/pending", get(pending))
-        .route("/api/admin/pending/{user}/{device}/approve", post(approve))
-        .route("/api/admin/pending/{user}/{device}/reject", post(reject))
-        .route("/api/admin/invites", post(invite))
-        .route("/api/admin/revoke/{user}", post(revoke))
         .route("/api/profile", post(request_profile))
         .route("/api/devices", get(devices))
         .route("/api/devices/link", post(link_device))
@@ -74,6 +71,7 @@ pub fn router(app: App) -> Router {
         .route("/api/alerts/{id}/ack", post(acknowledge))
         .route("/api/rollcall/{id}", get(rollcall))
         .route("/api/events", get(events))
+        .merge(crate::admin::routes())
         .layer(middleware::from_fn_with_state(app.clone(), guard))
         .with_state(app)
 }
@@ -149,7 +147,7 @@ async fn style() -> impl IntoResponse {
 }
 
 /// Sends `command` to the engine task and answers with its result as JSON.
-async fn ask<T: serde::Serialize>(
+pub(crate) async fn ask<T: serde::Serialize>(
     app: &App,
     command: impl FnOnce(Reply<T>) -> Command,
 ) -> Response {
@@ -162,11 +160,7 @@ async fn ask<T: serde::Serialize>(
     }
     match answer.await {
         Ok(Ok(value)) => Json(value).into_response(),
-        Ok(Err(why)) => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Json(serde_json::json!({ "error": why })),
-        )
-            .into_response(),
+        Ok(Err(why)) => unprocessable(why),
         Err(_) => refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             "the device is shutting down",
@@ -198,6 +192,15 @@ async fn join(State(app): State<App>, Json(request): Json<JoinRequest>) -> Respo
     .await
 }
 
+/// What the page is told when the engine could not do what it asked, and why.
+pub(crate) fn unprocessable(why: String) -> Response {
+    (
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Json(serde_json::json!({ "error": why })),
+    )
+        .into_response()
+}
+
 async fn overview(State(app): State<App>) -> Response {
     ask(&app, Command::Overview).await
 }
@@ -206,7 +209,7 @@ async fn messages(State(app): State<App>, Path(group): Path<String>) -> Response
     ask(&app, |reply| Command::Messages { group, reply }).await
 }
 
-fn json<T: serde::Serialize>(value: T) -> serde_json::Value {
+pub(crate) fn json<T: serde::Serialize>(value: T) -> serde_json::Value {
     serde_json::to_value(value).unwrap_or_default()
 }
 
@@ -273,8 +276,16 @@ async fn upload(
 /// as plain bytes, so a colleague's file is never rendered in the page's origin.
 async fn download(State(app): State<App>, Path(id): Path<String>) -> Response {
     let (reply, answer) = oneshot::channel();
-    if app.commands.send(Command::Download { id, reply }).await.is_err() {
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, "the device is shutting down");
+    if app
+        .commands
+        .send(Command::Download { id, reply })
+        .await
+        .is_err()
+    {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the device is shutting down",
+        );
     }
     match answer.await {
         Ok(Ok((_, content))) => (
@@ -285,12 +296,11 @@ async fn download(State(app): State<App>, Path(id): Path<String>) -> Response {
             content,
         )
             .into_response(),
-        Ok(Err(why)) => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Json(serde_json::json!({ "error": why })),
-        )
-            .into_response(),
-        Err(_) => refuse(StatusCode::SERVICE_UNAVAILABLE, "the device is shutting down"),
+        Ok(Err(why)) => unprocessable(why),
+        Err(_) => refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the device is shutting down",
+        ),
     }
 }
 
@@ -407,45 +417,6 @@ async fn set_view(
             .map(json)
     };
     view(&app, Box::new(act)).await
-}
-
-async fn pending(State(app): State<App>) -> Response {
-    ask(&app, Command::Pending).await
-}
-
-async fn decide(app: &App, user: String, device: String, approve: bool) -> Response {
-    ask(app, |reply| Command::Decide {
-        user,
-        device,
-        approve,
-        reply,
-    })
-    .await
-}
-
-async fn approve(State(app): State<App>, Path((user, device)): Path<(String, String)>) -> Response {
-    decide(&app, user, device, true).await
-}
-
-async fn reject(State(app): State<App>, Path((user, device)): Path<(String, String)>) -> Response {
-    decide(&app, user, device, false).await
-}
-
-#[derive(Deserialize)]
-struct NewInvite {
-    user: String,
-}
-
-async fn invite(State(app): State<App>, Json(invite): Json<NewInvite>) -> Response {
-    ask(&app, |reply| Command::Invite {
-        user: invite.user,
-        reply,
-    })
-    .await
-}
-
-async fn revoke(State(app): State<App>, Path(user): Path<String>) -> Response {
-    ask(&app, |reply| Command::Revoke { user, reply }).await
 }
 
 /// This user's approved profile.
