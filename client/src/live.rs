@@ -67,8 +67,23 @@ pub(crate) async fn ui(
     let access = std::sync::Arc::new(muster_ui::Access::new(port));
     let link = access.link();
     println!("muster ui: open {link}");
-    println!("(the link works once; Ctrl-C stops the UI)");
+    println!(
+        "(the link works once, within {} minutes; press Enter for a new one; Ctrl-C stops the UI)",
+        muster_ui::LINK_LIFETIME.as_secs() / 60
+    );
     let _ = std::io::stdout().flush();
+    // Enter prints a fresh link, for another browser or after the tab was closed.
+    let relink = {
+        let access = access.clone();
+        tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt;
+            let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+            while let Ok(Some(_)) = lines.next_line().await {
+                println!("muster ui: open {}", access.link());
+                let _ = std::io::stdout().flush();
+            }
+        })
+    };
     // The browser is handed a file only this user can read, which sends it on to the
     // link: a link on a command line would show in the process list to every local user.
     let opener = if open {
@@ -83,6 +98,7 @@ pub(crate) async fn ui(
         None
     };
     let result = muster_ui::serve(engine, listener, access, shutdown_signal()).await;
+    relink.abort();
     if let Some(file) = opener {
         let _ = std::fs::remove_file(file);
     }

@@ -172,6 +172,11 @@ async function refreshMessages() {
   const shown = document.getElementById("messages");
   shown.replaceChildren(...list.childNodes);
   shown.scrollTop = shown.scrollHeight;
+  // What the user has in front of them is read: not in a hidden tab.
+  const unread = messages.filter((m) => m.unread).map((m) => m.id);
+  if (unread.length && document.visibilityState === "visible") {
+    await api("/api/groups/" + encodeURIComponent(state.group) + "/read", { method: "POST", body: JSON.stringify({ ids: unread }) });
+  }
 }
 
 // Who acknowledged an alert and who has not yet.
@@ -539,6 +544,10 @@ document.addEventListener("DOMContentLoaded", async () => {
     } catch (e) {
       status("not set: " + e.message);
     }
+  });
+  // Coming back to the tab reads what arrived meanwhile.
+  document.addEventListener("visibilitychange", () => {
+    if (document.visibilityState === "visible" && state.group) refresh();
   });
   refresh();
   listen();

@@ -68,6 +68,12 @@ pub enum Command {
         group: String,
         reply: Reply<Vec<MessageView>>,
     },
+    /// The user has seen these messages of a group (read receipts go to their senders).
+    MarkRead {
+        group: String,
+        ids: Vec<String>,
+        reply: Reply<Value>,
+    },
     /// Colleagues, from certificates the engine verified (asks the relay).
     Directory(Reply<Vec<DirectoryEntry>>),
     /// This user's enrolled devices (asks the relay).
@@ -394,17 +400,26 @@ async fn handle(
             let _ = reply.send(overview.map_err(text));
         }
         Command::Messages { group, reply } => {
-            let messages = engine.read(&group, PAGE);
-            if let Ok(shown) = &messages {
-                // What a page shows counts as read, as it does for `muster read`; the
-                // receipts go now, or with the next sync.
-                if engine.mark_read(shown).is_ok() {
-                    if let Ok(conn) = connected(link) {
-                        let _ = engine.flush(conn).await;
+            let _ = reply.send(engine.read(&group, PAGE).map_err(text));
+        }
+        Command::MarkRead { group, ids, reply } => {
+            // Only messages the page showed: one that arrived since stays unread.
+            let marked = engine.read(&group, PAGE).and_then(|messages| {
+                let seen: Vec<MessageView> = messages
+                    .into_iter()
+                    .filter(|m| ids.contains(&m.id))
+                    .collect();
+                engine.mark_read(&seen)
+            });
+            if marked.is_ok() {
+                // The receipts go now, or with the next sync.
+                if let Ok(conn) = connected(link) {
+                    if let Err(e) = engine.flush(conn).await {
+                        tracing::debug!(error = %e, "receipts not sent yet");
                     }
                 }
             }
-            let _ = reply.send(messages.map_err(text));
+            let _ = reply.send(marked.map(|_| Value::Null).map_err(text));
         }
         Command::View { look, reply } => {
             let _ = reply.send(look(engine).map_err(text));
@@ -536,9 +551,9 @@ impl Command {
             | Command::Invite { reply, .. } => drop(reply.send(Err(why))),
             Command::Overview(reply) => drop(reply.send(Err(why))),
             Command::Upload { reply, .. } => drop(reply.send(Err(why))),
-            Command::Online { reply, .. } | Command::Provision { reply, .. } => {
-                drop(reply.send(Err(why)))
-            }
+            Command::Online { reply, .. }
+            | Command::Provision { reply, .. }
+            | Command::MarkRead { reply, .. } => drop(reply.send(Err(why))),
             Command::Download { reply, .. } => drop(reply.send(Err(why))),
             Command::Messages { reply, .. } => drop(reply.send(Err(why))),
             Command::Directory(reply) => drop(reply.send(Err(why))),

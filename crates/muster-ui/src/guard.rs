@@ -8,6 +8,7 @@
 
 use ring::rand::{SecureRandom, SystemRandom};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// What every response carries: nothing loads from anywhere but this server, and no page
 /// may frame it.
@@ -40,11 +41,15 @@ fn same_secret(a: &str, b: &str) -> bool {
             == 0
 }
 
+/// How long a printed link can be opened: a link left in a terminal's scrollback or a
+/// shell history stops working.
+pub const LINK_LIFETIME: Duration = Duration::from_secs(10 * 60);
+
 /// The UI server's secrets and the port it answers on.
 pub struct Access {
     port: u16,
-    /// The link's one-time token; `None` once exchanged.
-    token: Mutex<Option<String>>,
+    /// The newest link's one-time token and when it stops working; `None` once exchanged.
+    token: Mutex<Option<(String, Instant)>>,
     session: String,
 }
 
@@ -53,19 +58,18 @@ impl Access {
     pub fn new(port: u16) -> Self {
         Self {
             port,
-            token: Mutex::new(Some(random_hex())),
+            token: Mutex::new(None),
             session: random_hex(),
         }
     }
 
-    /// The link to open, carrying the one-time token in its fragment.
+    /// A new link to open, carrying a fresh one-time token in its fragment; any link
+    /// printed before stops working.
     pub fn link(&self) -> String {
-        let token = self.token.lock().expect("token lock").clone();
-        format!(
-            "http://127.0.0.1:{}/#token={}",
-            self.port,
-            token.unwrap_or_default()
-        )
+        let token = random_hex();
+        *self.token.lock().expect("token lock") =
+            Some((token.clone(), Instant::now() + LINK_LIFETIME));
+        format!("http://127.0.0.1:{}/#token={token}", self.port)
     }
 
     /// Whether the Host header names this server on a loopback name.
@@ -93,11 +97,15 @@ impl Access {
         }
     }
 
-    /// Exchanges the link's token for the session, once.
+    /// Exchanges the link's token for the session, once, before it runs out.
     pub fn exchange(&self, token: &str) -> Option<String> {
+        self.exchange_at(token, Instant::now())
+    }
+
+    fn exchange_at(&self, token: &str, now: Instant) -> Option<String> {
         let mut held = self.token.lock().expect("token lock");
-        match held.as_deref() {
-            Some(t) if same_secret(t, token) => {
+        match held.as_ref() {
+            Some((t, until)) if now < *until && same_secret(t, token) => {
                 *held = None;
                 Some(self.session.clone())
             }
@@ -150,7 +158,20 @@ mod tests {
     }
 
     #[test]
-    fn the_token_is_good_once_and_the_session_only_in_its_cookie() {
+    fn a_link_works_once_only_while_fresh_and_only_the_newest() {
+        let access = Access::new(4100);
+        let token = |link: String| link.rsplit_once("/#token=").unwrap().1.to_string();
+        let old = token(access.link());
+        let newest = token(access.link());
+        assert_eq!(access.exchange(&old), None, "a newer link replaces it");
+        let late = Instant::now() + LINK_LIFETIME + Duration::from_secs(1);
+        assert_eq!(access.exchange_at(&newest, late), None, "it ran out");
+        let fresh = token(access.link());
+        assert!(access.exchange(&fresh).is_some());
+    }
+
+    #[test]
+    fn the_token_is_good_once_and_the_session_travels_only_as_a_bearer() {
         let access = Access::new(4100);
         let link = access.link();
         let token = link.rsplit_once("/#token=").unwrap().1.to_string();

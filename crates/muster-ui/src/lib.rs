@@ -8,11 +8,14 @@ mod guard;
 mod provision;
 mod server;
 
-pub use guard::Access;
+pub use guard::{Access, LINK_LIFETIME};
 use muster_engine::{Engine, EngineError};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc};
+
+/// How many event streams (open tabs) may be open at once.
+const MAX_EVENT_STREAMS: usize = 16;
 
 /// Serves the UI on `listener` (which must be on loopback) until `stop` resolves; the
 /// engine runs online meanwhile. `access` holds the link to print.
@@ -26,6 +29,7 @@ pub async fn serve(
     let (events, _) = broadcast::channel(256);
     let app = server::App {
         access,
+        streams: Arc::new(tokio::sync::Semaphore::new(MAX_EVENT_STREAMS)),
         commands,
         events: events.clone(),
     };

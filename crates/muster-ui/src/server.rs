@@ -16,7 +16,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_stream::wrappers::BroadcastStream;
-use tokio_stream::{Stream, StreamExt as _};
+use tokio_stream::StreamExt as _;
 
 /// The largest upload taken: the largest attachment.
 const UPLOAD_LIMIT: usize = muster_proto::MAX_ATTACHMENT as usize;
@@ -32,6 +32,8 @@ const STYLE: &str = include_str!("../assets/app.css");
 #[derive(Clone)]
 pub struct App {
     pub access: Arc<Access>,
+    /// Open event streams: a page that leaks them cannot hold the server's tasks forever.
+    pub streams: Arc<tokio::sync::Semaphore>,
     pub commands: mpsc::Sender<Command>,
     pub events: broadcast::Sender<Event>,
 }
@@ -50,6 +52,7 @@ pub fn router(app: App) -> Router {
         .route("/api/join", post(join))
         .route("/api/overview", get(overview))
         .route("/api/groups/{group}/messages", get(messages).post(send))
+        .route("/api/groups/{group}/read", post(mark_read))
         .route("/api/groups/{group}/alerts", post(alert))
         .route("/api/groups/{group}/board", get(board).post(set_board))
         .route("/api/groups/{group}/view", post(set_view))
@@ -199,6 +202,26 @@ pub(crate) fn unprocessable(why: String) -> Response {
         Json(serde_json::json!({ "error": why })),
     )
         .into_response()
+}
+
+#[derive(Deserialize)]
+struct Seen {
+    /// The ids of the messages the page showed.
+    ids: Vec<String>,
+}
+
+/// The page showed these messages to the user: they are read.
+async fn mark_read(
+    State(app): State<App>,
+    Path(group): Path<String>,
+    Json(seen): Json<Seen>,
+) -> Response {
+    ask(&app, |reply| Command::MarkRead {
+        group,
+        ids: seen.ids,
+        reply,
+    })
+    .await
 }
 
 async fn overview(State(app): State<App>) -> Response {
@@ -501,13 +524,22 @@ async fn rollcall(State(app): State<App>, Path(id): Path<String>) -> Response {
 }
 
 /// Every change, as it happens; a page that fell behind is told once to refetch.
-async fn events(State(app): State<App>) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
-    let stream = BroadcastStream::new(app.events.subscribe()).map(|event| {
+async fn events(State(app): State<App>) -> Response {
+    let Ok(permit) = app.streams.clone().try_acquire_owned() else {
+        return refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many pages are open on this device's UI",
+        );
+    };
+    let stream = BroadcastStream::new(app.events.subscribe()).map(move |event| {
+        let _held = &permit;
         let (kind, data) = match event {
             Ok(e) => (e.kind, e.data.to_string()),
             Err(_) => ("changed", "null".to_string()),
         };
-        Ok(SseEvent::default().event(kind).data(data))
+        Ok::<_, Infallible>(SseEvent::default().event(kind).data(data))
     });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }

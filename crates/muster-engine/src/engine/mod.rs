@@ -191,6 +191,8 @@ pub struct MessageView {
     pub ack_required: bool,
     /// Members who acknowledged this alert.
     pub acked_by: Vec<String>,
+    /// Someone else's message this user has not read yet (its read receipt is due).
+    pub unread: bool,
     /// A file attached to this message (fetch it with `fetch ID`).
     pub attachment: Option<AttachmentView>,
     #[serde(skip)]

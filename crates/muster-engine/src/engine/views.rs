@@ -276,7 +276,7 @@ impl Engine {
         let sql = format!(
             "SELECT m.seq, m.id, g.name, m.group_id, m.kind, m.sender, m.sender_device, m.body, m.sent_at, m.received_at, m.status,
                     m.reply_to, m.mentions, m.edited_at IS NOT NULL, m.deleted, m.ack_required,
-                    m.attachment, m.saved_to
+                    m.attachment, m.saved_to, m.read_receipt_due
              FROM messages m JOIN groups g ON g.group_id = m.group_id {filter}"
         );
         let mut stmt = self.db.prepare(&sql)?;
@@ -304,6 +304,7 @@ impl Engine {
                     audience: 0,
                     ack_required: r.get(15)?,
                     acked_by: Vec::new(),
+                    unread: r.get(18)?,
                     attachment: r
                         .get::<_, Option<String>>(16)?
                         .and_then(|a| serde_json::from_str::<AttachmentRef>(&a).ok())
