@@ -84,6 +84,18 @@ def main():
         reply.get_by_text("↪ alice: hello bob, from the browser").wait_for(timeout=10_000)
         reply.get_by_role("button", name="React 👍").click()
         bob.locator("#messages li").filter(has_text="on my way").get_by_text("👍 alice").wait_for(timeout=10_000)
+        # Any of the other reactions, from the picker; and receipts on alice's own message.
+        mine = bob.locator("#messages li").filter(has_text="hello bob, from the browser").first
+        mine.get_by_role("button", name="More reactions").click()
+        mine.get_by_role("button", name="React ❤️").click()
+        greeting = alice.locator("#messages li").filter(has_text="hello bob, from the browser").first
+        greeting.get_by_text("❤️ bob").wait_for(timeout=10_000)
+        greeting.get_by_role("button", name="read by 1 of 1").click()
+        alice.locator(".rollcall").get_by_text("✓✓ bob read it").wait_for(timeout=10_000)
+        # A mention of bob stands out on his screen.
+        alice.fill("#text", "@bob can you check the gate?")
+        alice.press("#text", "Enter")
+        bob.locator("#messages li.mentions-me").filter(has_text="can you check the gate").wait_for(timeout=10_000)
         bob.locator("#messages li").filter(has_text="on my way").get_by_role("button", name="Edit your message").click()
         bob.fill("#text", "on my way, five minutes")
         bob.press("#text", "Enter")
@@ -102,12 +114,6 @@ def main():
         entry.wait_for(timeout=10_000)
         assert "alice" in entry.inner_text()
 
-        hostile = '<img src=x onerror="document.title=\'pwned\'">'
-        bob.fill("#text", hostile)
-        bob.press("#text", "Enter")
-        alice.locator("#messages").get_by_text(hostile).wait_for(timeout=10_000)
-        assert alice.locator("#messages img").count() == 0, "markup from a colleague was rendered"
-        assert alice.title() != "pwned"
 
         # Desktop notifications follow bob's own settings: once he mutes the group, an
         # ordinary message stays quiet, while an alert (below) still notifies.
@@ -128,6 +134,7 @@ def main():
         alice.press("#text", "Enter")
         banner = bob.locator("#alerts .alert").filter(has_text="Evacuate building B")
         banner.wait_for(timeout=10_000)
+        bob.screenshot(path=f"{shots}/alert-phone.png")
         until(lambda: bob.evaluate("window.__shown"),
               lambda shown: any(n.startswith("ALERT in ops · alice") and "Evacuate building B" in n for n in shown))
         alice.locator("#messages").get_by_text("acknowledged by 0 of 1").click()
@@ -138,6 +145,8 @@ def main():
         alice.locator("#messages").get_by_text("acknowledged by 1 of 1").wait_for(timeout=10_000)
         alice.locator(".rollcall").get_by_text("✓ bob acknowledged").wait_for(timeout=10_000)
         print(f"bob's acknowledgement reached alice's roll-call after {(time.monotonic() - started) * 1000:.0f} ms")
+        alice.screenshot(path=f"{shots}/conversation-desktop.png")
+        bob.screenshot(path=f"{shots}/conversation-phone.png")
 
         # Unread counts: what arrives in a group bob is not looking at shows on it, until
         # he opens it.
@@ -193,10 +202,20 @@ def main():
         refused = carol("sync")
         assert refused.returncode != 0 and "revoked" in refused.stderr, refused.stderr
 
+        # Text from colleagues is shown as text, never as markup.
+        alice.locator("nav").get_by_role("button", name=group).click()
+        bob.locator("nav").get_by_role("button", name=group).click()
+        hostile = '<img src=x onerror="document.title=\'pwned\'">'
+        bob.fill("#text", hostile)
+        bob.press("#text", "Enter")
+        alice.locator("#messages").get_by_text(hostile).wait_for(timeout=10_000)
+        assert alice.locator("#messages img").count() == 0, "markup from a colleague was rendered"
+        assert alice.title() != "pwned"
         width = bob.evaluate("document.documentElement.scrollWidth")
+        if width > 390:
+            wide = bob.evaluate("[...document.querySelectorAll('*')].filter(e => e.getBoundingClientRect().right > 390).map(e => e.tagName + '#' + e.id + '.' + e.className + ' ' + e.textContent.slice(0, 20) + ' ' + e.parentElement.className + ' ' + Math.round(e.getBoundingClientRect().right)).slice(0, 12)")
+            print("too wide:", wide)
         assert width <= 390, f"the phone-sized page scrolls sideways ({width} px)"
-        alice.screenshot(path=f"{shots}/alice.png")
-        bob.screenshot(path=f"{shots}/bob-phone.png")
         assert not errors, f"script errors: {errors}"
         browser.close()
 

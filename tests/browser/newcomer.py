@@ -66,7 +66,7 @@ def main():
         waiting = alice.locator("#listing li").filter(has_text="@carol")
         waiting.get_by_text("Carol Cruz").wait_for(timeout=10_000)
         waiting.get_by_text("Facilities").wait_for(timeout=10_000)
-        alice.screenshot(path=f"{shots}/admin.png")
+        alice.screenshot(path=f"{shots}/admin-desktop.png")
         started = time.monotonic()
         waiting.get_by_role("button", name="Approve").click()
         carol.locator("#main").wait_for(state="visible", timeout=20_000)
@@ -122,7 +122,7 @@ def main():
         alice.locator("#provision-outcome").get_by_text("applied: 2 of 2 step(s) done").wait_for(timeout=30_000)
         code = alice.locator(".plan .code")
         assert code.inner_text().startswith("MUSTER"), code.inner_text()
-        alice.screenshot(path=f"{shots}/provisioning.png")
+        alice.screenshot(path=f"{shots}/provisioning-desktop.png")
 
         # The groups tab shows it managed; alice adds carol to it there.
         alice.get_by_role("tab", name="Groups").click()

@@ -254,6 +254,18 @@ fn only_the_tab_holding_the_link_gets_in_and_a_colleagues_message_arrives_live()
     );
 }
 
+/// Where the browser tests put their screenshots: kept after the test, to look at what
+/// users see; with MUSTER_SCREENSHOTS=docs, the ones docs/ and the README show.
+fn screenshots() -> String {
+    let dir = if std::env::var("MUSTER_SCREENSHOTS").as_deref() == Ok("docs") {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/screenshots")
+    } else {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../target/ui-screenshots")
+    };
+    std::fs::create_dir_all(dir).unwrap();
+    dir.to_string()
+}
+
 /// Why the browser tests cannot run here, if they cannot.
 fn browser_missing() -> Option<&'static str> {
     if !std::path::Path::new("/usr/bin/chromium").exists() {
@@ -283,12 +295,10 @@ fn two_people_chat_in_their_browsers() {
     let (alice_ui, bob_ui) = (Ui::start(alice), Ui::start(&bob));
     let link = |ui: &Ui| format!("http://127.0.0.1:{}/#token={}", ui.port, ui.token);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/browser/chat.py");
-    // Kept after the test, to look at what users see.
-    let shots = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/ui-screenshots");
-    std::fs::create_dir_all(shots).unwrap();
+    let shots = screenshots();
     let out = std::process::Command::new("python3")
         .arg(script)
-        .args([&link(&alice_ui), &link(&bob_ui), "ops", shots])
+        .args([&link(&alice_ui), &link(&bob_ui), "ops", &shots])
         .arg(muster_e2e::bin("muster"))
         .arg(org.dir.path().join("carol"))
         .output()
@@ -336,11 +346,10 @@ fn a_newcomer_joins_in_her_browser_is_let_in_live_and_files_travel() {
         })
         .collect();
     std::fs::write(&file, &content).unwrap();
-    let shots = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/ui-screenshots");
-    std::fs::create_dir_all(shots).unwrap();
+    let shots = screenshots();
     let out = std::process::Command::new("python3")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/browser/newcomer.py"))
-        .args([&link(&alice_ui), &link(&carol_ui), "ops", shots])
+        .args([&link(&alice_ui), &link(&carol_ui), "ops", &shots])
         .arg(muster_e2e::bin("muster"))
         .arg(&alice.home)
         .arg(&file)

@@ -117,6 +117,11 @@ function renderHeader() {
   if (group && group.archived) {
     document.getElementById("title").append(el("span", "archived: the organisation's compliance archive keeps everything said here", "tag"));
   }
+  if (group && group.managed) document.getElementById("title").append(el("span", "managed: admins choose who is here", "tag"));
+  const days = (secs) => (secs >= 86400 ? Math.round(secs / 86400) + " d" : secs >= 3600 ? Math.round(secs / 3600) + " h" : secs + " s");
+  if (group && group.disappear_secs) document.getElementById("title").append(el("span", "messages disappear after " + days(group.disappear_secs), "tag"));
+  if (group && group.retain_secs) document.getElementById("title").append(el("span", "messages kept " + days(group.retain_secs), "tag"));
+  if (group) document.getElementById("title").append(el("span", group.members.length + " members", "count"));
 }
 
 async function refreshMessages() {
@@ -144,9 +149,13 @@ async function refreshMessages() {
       if (quoted) item.append(el("span", "↪ " + quoted.sender + ": " + (quoted.deleted ? "(deleted)" : quoted.text), "quote"));
       if (m.kind === "alert") item.append(el("span", "ALERT", "alert-tag"));
       const caption = m.attachment && m.text === m.attachment.name ? "" : m.text;
-      item.append(el("span", m.sender, "who"), el("span", m.deleted ? "(deleted)" : caption, "text"));
+      item.append(el("span", m.sender, "who"), withMentions(m.deleted ? "(deleted)" : caption));
+      if ((m.mentions || []).includes(state.me)) item.classList.add("mentions-me");
       if (m.attachment) item.append(attachmentView(m));
-      item.append(el("span", m.sent_at.slice(11, 16), "when"));
+      const at = el("time", new Date(m.sent_at).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }), "when");
+      at.dateTime = m.sent_at;
+      at.title = new Date(m.sent_at).toLocaleString();
+      item.append(at);
       if (m.edited && !m.deleted) item.append(el("span", "(edited)", "when"));
       if (m.status === "failed") item.append(el("span", "not sent", "failed"));
       if (m.ack_required) {
@@ -160,9 +169,21 @@ async function refreshMessages() {
         item.append(acks);
         if (state.rollcall === m.id) item.append(await rollcall(m.id));
       }
+      if (m.sender === state.me && !m.ack_required && !m.deleted && m.audience > 0 && m.status !== "failed") item.append(receipts(m));
+      if (state.receipts === m.id) item.append(receiptList(m));
       const reactions = Object.entries(m.reactions || {});
       if (reactions.length) {
-        item.append(el("span", reactions.map(([emoji, who]) => emoji + " " + who.join(", ")).join("  "), "reactions"));
+        const chips = el("span", undefined, "reactions");
+        for (const [emoji, who] of reactions) {
+          const mine = who.includes(state.me);
+          const chip = el("button", emoji + " " + who.join(", "), mine ? "chip mine" : "chip");
+          chip.type = "button";
+          chip.title = mine ? "Take back your " + emoji : "React " + emoji + " too";
+          chip.disabled = m.deleted;
+          chip.addEventListener("click", () => react(m, emoji, mine));
+          chips.append(chip);
+        }
+        item.append(chips);
       }
       if (!m.deleted) item.append(actions(m));
     }
@@ -177,6 +198,47 @@ async function refreshMessages() {
   if (unread.length && document.visibilityState === "visible") {
     await api("/api/groups/" + encodeURIComponent(state.group) + "/read", { method: "POST", body: JSON.stringify({ ids: unread }) });
   }
+}
+
+// A message's text, with @mentions of colleagues marked (all as text, never markup).
+function withMentions(text) {
+  const span = el("span", undefined, "text");
+  for (const part of text.split(/(@[a-z0-9._-]+)/)) {
+    if (!part) continue;
+    if (/^@[a-z0-9._-]+$/.test(part)) span.append(el("span", part, part.slice(1) === state.me ? "mention me" : "mention"));
+    else span.append(document.createTextNode(part));
+  }
+  return span;
+}
+
+// "read by 2 of 3" under the user's own message; a click lists who.
+function receipts(m) {
+  const pending = m.status === "queued" || m.status === "sending";
+  const label = pending ? "sending…" : m.read_by.length ? "read by " + m.read_by.length + " of " + m.audience
+    : m.delivered_to.length ? "delivered to " + m.delivered_to.length + " of " + m.audience : "sent";
+  const b = el("button", label, "acks");
+  b.type = "button";
+  b.setAttribute("aria-expanded", String(state.receipts === m.id));
+  b.addEventListener("click", () => {
+    state.receipts = state.receipts === m.id ? null : m.id;
+    refreshMessages();
+  });
+  return b;
+}
+
+function receiptList(m) {
+  const list = el("ul", undefined, "rollcall");
+  for (const who of m.read_by) list.append(el("li", "✓✓ " + who + " read it", "acked"));
+  for (const who of m.delivered_to.filter((w) => !m.read_by.includes(w))) list.append(el("li", "✓ " + who + " has it, not read yet", "waiting"));
+  const missing = m.audience - new Set([...m.read_by, ...m.delivered_to]).size;
+  if (missing > 0) list.append(el("li", missing + " member(s) not reached yet", "waiting"));
+  return list;
+}
+
+const REACTIONS = ["👍", "❤️", "😂", "😮", "✅", "👀"];
+
+function react(m, emoji, remove) {
+  return act("/api/messages/" + encodeURIComponent(m.id) + "/react", { emoji, remove });
 }
 
 // Who acknowledged an alert and who has not yet.
@@ -200,9 +262,26 @@ function actions(m) {
     box.append(button);
   };
   add("Reply", "Reply to " + m.sender, () => setContext("reply", m));
-  const mine = (m.reactions["👍"] || []).includes(state.me);
-  add("👍", mine ? "Take back 👍" : "React 👍", () =>
-    act("/api/messages/" + encodeURIComponent(m.id) + "/react", { emoji: "👍", remove: mine }));
+  const mine = (emoji) => (m.reactions[emoji] || []).includes(state.me);
+  add("👍", mine("👍") ? "Take back 👍" : "React 👍", () => react(m, "👍", mine("👍")));
+  const more = el("span", undefined, "more-reactions");
+  more.hidden = state.picking !== m.id;
+  for (const emoji of REACTIONS.slice(1)) {
+    const pick = el("button", emoji);
+    pick.type = "button";
+    pick.setAttribute("aria-label", (mine(emoji) ? "Take back " : "React ") + emoji);
+    pick.addEventListener("click", () => {
+      state.picking = null;
+      react(m, emoji, mine(emoji));
+    });
+    more.append(pick);
+  }
+  add("+", "More reactions", () => {
+    state.picking = state.picking === m.id ? null : m.id;
+    more.hidden = state.picking !== m.id;
+    if (!more.hidden) more.querySelector("button").focus();
+  });
+  box.append(more);
   if (m.sender === state.me) {
     add("Edit", "Edit your message", () => setContext("edit", m));
     add("Delete", "Delete your message", () => act("/api/messages/" + encodeURIComponent(m.id) + "/delete", {}));
@@ -497,6 +576,9 @@ document.addEventListener("DOMContentLoaded", async () => {
     }
   });
   document.getElementById("context-cancel").addEventListener("click", () => setContext(null, null));
+  document.getElementById("text").addEventListener("keydown", (event) => {
+    if (event.key === "Escape") setContext(null, null);
+  });
   document.getElementById("show-directory").addEventListener("click", directory);
   document.getElementById("show-me").addEventListener("click", showMe);
   document.getElementById("show-admin").addEventListener("click", () => showAdmin("People"));
