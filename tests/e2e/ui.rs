@@ -267,7 +267,7 @@ fn screenshots() -> String {
 }
 
 /// Why the browser tests cannot run here, if they cannot.
-fn browser_missing() -> Option<&'static str> {
+pub(crate) fn browser_missing() -> Option<&'static str> {
     if !std::path::Path::new("/usr/bin/chromium").exists() {
         return Some("Debian's chromium is not installed (.ci/run installs it)");
     }

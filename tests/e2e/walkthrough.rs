@@ -81,12 +81,24 @@ fn the_readme_walkthrough_works_as_written() {
         commands.len() >= 8 && commands.iter().any(|c| c.contains(" chat ")),
         "the walkthrough's commands were found: {commands:?}"
     );
+    if let Some(why) = crate::ui::browser_missing() {
+        // The walkthrough starts in the browser; the rest builds on what is done there.
+        println!("SKIPPED: {why}");
+        return;
+    }
     let dir = TempDir::new("walkthrough");
     let relay = Relay::start(&dir);
     let token = relay.bootstrap_token.clone().expect("fresh relay token");
     let mut invite_code = String::new();
     let mut outputs = Vec::new();
+    let mut uis: Vec<std::process::Child> = Vec::new();
+    let mut links = Vec::new();
+    let mut browser_steps_done = false;
     for command in &commands {
+        if !uis.is_empty() && !browser_steps_done && !command.ends_with(" ui") {
+            browser_steps(&links, &relay, &token);
+            browser_steps_done = true;
+        }
         let mut args = words(command);
         assert_eq!(args.remove(0), "muster");
         for arg in &mut args {
@@ -100,6 +112,12 @@ fn the_readme_walkthrough_works_as_written() {
                 "MUSTER2-…" => invite_code.clone(),
                 _ => arg.clone(),
             };
+        }
+        if args.last().map(String::as_str) == Some("ui") {
+            let (ui, link) = start_ui(&args);
+            uis.push(ui);
+            links.push(link);
+            continue;
         }
         let chat = args.iter().any(|a| a == "chat");
         let mut child = Command::new(bin("muster"))
@@ -129,22 +147,77 @@ fn the_readme_walkthrough_works_as_written() {
         }
         outputs.push((command.clone(), stdout));
     }
+    assert!(
+        browser_steps_done,
+        "the walkthrough opens the UI: {commands:?}"
+    );
     let read = outputs
         .iter()
-        .find(|(c, _)| c.contains("~/bob read ops"))
-        .expect("bob reads ops");
+        .find(|(c, _)| c.contains("~/carol read ops"))
+        .expect("carol reads ops");
     assert!(
-        read.1.contains("Briefing at 10:00"),
-        "bob reads the briefing: {}",
+        read.1.contains("Briefing moved to 10:30"),
+        "carol reads the briefing: {}",
         read.1
     );
     let chat = outputs
         .iter()
-        .find(|(c, _)| c.contains("~/bob chat ops"))
-        .expect("bob chats");
+        .find(|(c, _)| c.contains("~/carol chat ops"))
+        .expect("carol chats");
     assert!(
-        chat.1.contains("Briefing at 10:00"),
-        "bob's chat shows the briefing: {}",
+        chat.1.contains("Briefing moved to 10:30"),
+        "carol's chat shows the briefing: {}",
         chat.1
+    );
+    for mut ui in uis {
+        let _ = ui.kill();
+        let _ = ui.wait();
+    }
+}
+
+/// Starts `muster ui` as the walkthrough does; returns it and the link it printed.
+fn start_ui(args: &[String]) -> (std::process::Child, String) {
+    use std::io::BufRead as _;
+    let mut child = Command::new(bin("muster"))
+        .args(args)
+        .env_remove("MUSTER_HOME")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start muster ui");
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("ui stdout")).lines();
+    let link = loop {
+        let line = lines
+            .next()
+            .expect("muster ui prints a link")
+            .expect("read muster ui's output");
+        if let Some(link) = line.strip_prefix("muster ui: open ") {
+            break link.to_string();
+        }
+    };
+    // Keep reading, so the UI never writes into a closed pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, link)
+}
+
+/// The walkthrough's steps in the browser (creating the organisation, inviting bob, bob
+/// joining, alice approving, the group and the first message), as the README says them,
+/// in `tests/browser/walkthrough.py`.
+fn browser_steps(links: &[String], relay: &Relay, token: &str) {
+    let out = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/browser/walkthrough.py"
+        ))
+        .args(links)
+        .args([&relay.addr, &relay.fingerprint, token])
+        .output()
+        .expect("run the browser steps");
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "the walkthrough's browser steps failed: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

@@ -58,7 +58,7 @@ function showEnrol(status) {
     document.getElementById("me").textContent = "";
     screen.replaceChildren(
       el("h1", "Set up this device"),
-      el("p", "Your admin gives you an invite code. If you already use Muster on another device, make a link code there (Me → Link a new device)."),
+      el("p", "Your admin gives you an invite code. If you already use Muster on another device, make a link code there (Me → Link a new device). The first admin creates the organisation (at the bottom)."),
       ...enrolForm("Join your organisation", [
         labelled("Invite code", input("join-code", { required: true, max: 4000, multiline: true })),
         labelled("Your name as colleagues will see it", input("join-name", { required: true })),
@@ -76,6 +76,21 @@ function showEnrol(status) {
       ], "Link this device", () => api("/api/join", {
         method: "POST",
         body: JSON.stringify({ code: value("link-code") }),
+      })),
+      ...enrolForm("Create a new organisation", [
+        el("p", "For the first admin, on a relay nobody uses yet: `muster-relay serve` printed its address, certificate fingerprint and bootstrap token. This device will hold the organisation's root key: back it up afterwards (muster admin root backup).", "meta"),
+        labelled("Relay address (host:port)", input("org-relay", { required: true, max: 255 })),
+        labelled("Certificate fingerprint", input("org-fingerprint", { required: true, max: 200 })),
+        labelled("Bootstrap token", input("org-token", { required: true, max: 200 })),
+        labelled("Organisation name", input("org-name", { required: true })),
+        labelled("Your handle (lowercase letters, digits, . _ -)", input("org-user", { required: true, max: 64 })),
+        labelled("Display name (optional)", input("org-display-name")),
+      ], "Create the organisation", () => api("/api/org", {
+        method: "POST",
+        body: JSON.stringify({
+          relay: value("org-relay"), fingerprint: value("org-fingerprint"), token: value("org-token"),
+          name: value("org-name"), user: value("org-user"), display_name: value("org-display-name"),
+        }),
       })),
     );
   } else if (status.phase === "waiting") {

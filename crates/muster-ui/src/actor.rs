@@ -63,6 +63,12 @@ pub enum Command {
         profile: Option<Profile>,
         reply: Reply<String>,
     },
+    /// Creates the organisation on a fresh relay, with this device as its first admin
+    /// (holding the root key).
+    CreateOrg {
+        setup: OrgSetup,
+        reply: Reply<Value>,
+    },
     Overview(Reply<Overview>),
     Messages {
         group: String,
@@ -123,6 +129,16 @@ pub enum Command {
         act: Look,
         reply: Reply<Value>,
     },
+}
+
+/// What creating an organisation takes, as `muster org create`.
+pub struct OrgSetup {
+    pub relay: String,
+    pub fingerprint: String,
+    pub token: String,
+    pub org_name: String,
+    pub user: String,
+    pub profile: Profile,
 }
 
 /// Who this device is and its groups.
@@ -386,6 +402,26 @@ async fn handle(
             let _ = reply.send(joined.map_err(text));
             link.attempt(engine).await?;
         }
+        Command::CreateOrg { setup, reply } => {
+            if link.status != Status::Enrol {
+                let _ = reply.send(Err("this device is enrolled already".into()));
+                return Ok(());
+            }
+            let created = muster_driver::create_org(
+                engine,
+                &muster_engine::NewOrg {
+                    relay: &setup.relay,
+                    fingerprint: &setup.fingerprint,
+                    token: &setup.token,
+                    org_name: &setup.org_name,
+                    user: &setup.user,
+                    profile: setup.profile,
+                },
+            )
+            .await;
+            let _ = reply.send(created.map(|()| Value::Null).map_err(text));
+            link.attempt(engine).await?;
+        }
         command if !enrolled => command.refuse(match &link.status {
             Status::Rejected { why, .. } => format!("this device's enrolment was rejected: {why}"),
             _ => "this device is not enrolled yet".into(),
@@ -552,6 +588,7 @@ impl Command {
             Command::Overview(reply) => drop(reply.send(Err(why))),
             Command::Upload { reply, .. } => drop(reply.send(Err(why))),
             Command::Online { reply, .. }
+            | Command::CreateOrg { reply, .. }
             | Command::Provision { reply, .. }
             | Command::MarkRead { reply, .. } => drop(reply.send(Err(why))),
             Command::Download { reply, .. } => drop(reply.send(Err(why))),

@@ -50,6 +50,7 @@ pub fn router(app: App) -> Router {
         .route("/assets/app.css", get(style))
         .route("/api/status", get(status))
         .route("/api/join", post(join))
+        .route("/api/org", post(create_org))
         .route("/api/overview", get(overview))
         .route("/api/groups/{group}/messages", get(messages).post(send))
         .route("/api/groups/{group}/read", post(mark_read))
@@ -222,6 +223,38 @@ async fn mark_read(
         reply,
     })
     .await
+}
+
+#[derive(Deserialize)]
+struct NewOrganisation {
+    relay: String,
+    fingerprint: String,
+    token: String,
+    name: String,
+    user: String,
+    #[serde(default)]
+    display_name: String,
+}
+
+/// Creates the organisation on a fresh relay, this device its first admin.
+async fn create_org(State(app): State<App>, Json(org): Json<NewOrganisation>) -> Response {
+    let user = org.user.trim().to_string();
+    let display_name = match org.display_name.trim() {
+        "" => user.clone(),
+        name => name.to_string(),
+    };
+    let setup = crate::actor::OrgSetup {
+        relay: org.relay.trim().to_string(),
+        fingerprint: org.fingerprint.trim().to_string(),
+        token: org.token.trim().to_string(),
+        org_name: org.name.trim().to_string(),
+        user,
+        profile: muster_proto::Profile {
+            display_name,
+            ..Default::default()
+        },
+    };
+    ask(&app, |reply| Command::CreateOrg { setup, reply }).await
 }
 
 async fn overview(State(app): State<App>) -> Response {
