@@ -63,17 +63,24 @@ pub(crate) async fn ui(
         )));
     }
     let listener = tokio::net::TcpListener::bind(listen).await?;
-    let port = listener.local_addr()?.port();
-    let access = std::sync::Arc::new(muster_ui::Access::new(port));
+    let access = std::sync::Arc::new(muster_ui::Access::new(listener.local_addr()?));
     let link = access.link();
     println!("muster ui: open {link}");
+    let relink_on_enter = in_the_foreground();
     println!(
-        "(the link works once, within {} minutes; press Enter for a new one; Ctrl-C stops the UI)",
-        muster_ui::LINK_LIFETIME.as_secs() / 60
+        "(the link works once, within {} minutes;{} Ctrl-C stops the UI)",
+        muster_ui::LINK_LIFETIME.as_secs() / 60,
+        if relink_on_enter {
+            " press Enter for a new one;"
+        } else {
+            ""
+        }
     );
     let _ = std::io::stdout().flush();
-    // Enter prints a fresh link, for another browser or after the tab was closed.
-    let relink = {
+    // Enter prints a fresh link, for another tab or after the tab was closed. Only when
+    // started in the foreground of a terminal: a background job that read it would be
+    // stopped.
+    let relink = relink_on_enter.then(|| {
         let access = access.clone();
         tokio::spawn(async move {
             use tokio::io::AsyncBufReadExt;
@@ -83,7 +90,7 @@ pub(crate) async fn ui(
                 let _ = std::io::stdout().flush();
             }
         })
-    };
+    });
     // The browser is handed a file only this user can read, which sends it on to the
     // link: a link on a command line would show in the process list to every local user.
     let opener = if open {
@@ -98,11 +105,32 @@ pub(crate) async fn ui(
         None
     };
     let result = muster_ui::serve(engine, listener, access, shutdown_signal()).await;
-    relink.abort();
+    if let Some(relink) = relink {
+        relink.abort();
+    }
     if let Some(file) = opener {
         let _ = std::fs::remove_file(file);
     }
     result
+}
+
+/// Whether standard input is a terminal of which this process is in the foreground
+/// (Linux: from /proc; elsewhere never).
+fn in_the_foreground() -> bool {
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() {
+        return false;
+    }
+    // Fields 5 and 8 of /proc/self/stat: the process group and the terminal's
+    // foreground process group (after the name, which may hold spaces, in parentheses).
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return false;
+    };
+    let Some((_, after_name)) = stat.rsplit_once(')') else {
+        return false;
+    };
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    matches!((fields.get(2), fields.get(5)), (Some(group), Some(foreground)) if group == foreground)
 }
 
 /// Writes a page readable by this user only that redirects to `link`, and opens it.

@@ -416,3 +416,48 @@ fn a_commit_members_would_refuse_is_refused_by_the_relay_and_the_group_goes_on()
         assert_eq!(d.group("desk")["archive_members"], json!(["archive"]));
     }
 }
+
+#[test]
+fn a_member_cannot_hang_words_or_a_wall_of_reactions_under_a_message() {
+    let org = Org::new("rogue-reactions");
+    let bob = org.enrol("bob");
+    let gid = group(&org, "desk", &[&bob]);
+    org.admin.ok(&["send", "desk", "contract signed?"]);
+    bob.ok(&["sync"]);
+    let text = |d: &Device| {
+        d.json(&["read", "desk"])
+            .into_iter()
+            .find(|m| m["kind"] == "text")
+            .expect("the question")
+    };
+    let target = text(&bob)["id"].as_str().unwrap().to_string();
+    let rogue = Rogue::open(&bob);
+    let mut sent = vec!["approved by legal".to_string(), "ok\nno".to_string()];
+    sent.extend(
+        [
+            "👍", "❤️", "😂", "😮", "✅", "👀", "🔥", "🎉", "🙏", "💯", "🚀", "🤝",
+        ]
+        .map(str::to_string),
+    );
+    for (i, emoji) in sent.iter().enumerate() {
+        let body = json!({"type": "reaction", "target": target, "emoji": emoji});
+        let id = format!("{:015x}{i:x}", now_ms());
+        rogue.send(
+            &gid,
+            rogue.app_message(&gid, &envelope(&id, now_ms(), body)),
+        );
+    }
+    drop(rogue);
+    org.admin.ok(&["sync"]);
+    let message = text(&org.admin);
+    let reactions = message["reactions"].as_object().unwrap();
+    assert!(
+        !reactions.contains_key("approved by legal") && !reactions.contains_key("ok\nno"),
+        "{reactions:?}"
+    );
+    assert_eq!(
+        reactions.len(),
+        10,
+        "one member, at most ten: {reactions:?}"
+    );
+}

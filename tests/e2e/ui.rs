@@ -254,6 +254,71 @@ fn only_the_tab_holding_the_link_gets_in_and_a_colleagues_message_arrives_live()
     );
 }
 
+#[test]
+fn the_ui_outlives_its_relay_shows_what_it_stores_and_sends_what_waited() {
+    let mut org = Org::new("ui-offline");
+    let alice = &org.admin;
+    let bob = org.enrol("bob");
+    alice.ok(&["group", "create", "ops", "--members", "bob"]);
+    alice.ok(&["send", "ops", "before the outage"]);
+    bob.ok(&["sync"]);
+    let ui = Ui::start(alice);
+    let origin = ui.origin();
+    let token = format!(r#"{{"token":"{}"}}"#, ui.token);
+    let opened = ui.request("POST", "/api/session", &[("origin", &origin)], &token);
+    let session: serde_json::Value = serde_json::from_str(&opened.body).unwrap();
+    let bearer = format!("Bearer {}", session["session"].as_str().unwrap());
+    let phase = |ui: &Ui| {
+        let status = ui.request("GET", "/api/status", &[("authorization", &bearer)], "");
+        serde_json::from_str::<serde_json::Value>(&status.body).unwrap()["phase"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    wait_until(Duration::from_secs(20), "the UI is online", || {
+        phase(&ui) == "online"
+    });
+
+    // The relay goes away: the UI stays up, says it is offline, still shows what the
+    // device stores and takes a message to send later.
+    assert!(org.relay.interrupt(), "the relay stops cleanly");
+    wait_until(Duration::from_secs(60), "the UI says it is offline", || {
+        phase(&ui) == "offline"
+    });
+    let path = "/api/groups/ops/messages";
+    let stored = ui.request("GET", path, &[("authorization", &bearer)], "");
+    assert_eq!(stored.status, 200, "{}", stored.body);
+    assert!(stored.body.contains("before the outage"), "{}", stored.body);
+    let queued = ui.request(
+        "POST",
+        path,
+        &[("authorization", &bearer), ("origin", &origin)],
+        r#"{"text":"written while the relay was down"}"#,
+    );
+    assert_eq!(queued.status, 200, "{}", queued.body);
+    let directory = ui.request("GET", "/api/directory", &[("authorization", &bearer)], "");
+    assert_eq!(
+        directory.status, 422,
+        "what needs the relay says why it cannot"
+    );
+    assert!(
+        directory.body.contains("cannot be reached"),
+        "{}",
+        directory.body
+    );
+
+    // Back, the UI reconnects on its own and what waited goes out.
+    org.relay.revive();
+    wait_until(Duration::from_secs(60), "the UI is back online", || {
+        phase(&ui) == "online"
+    });
+    wait_until(Duration::from_secs(30), "bob gets what waited", || {
+        bob.ok(&["sync"]);
+        bob.texts("ops")
+            .contains(&"written while the relay was down".to_string())
+    });
+}
+
 /// Where the browser tests put their screenshots: kept after the test, to look at what
 /// users see; with MUSTER_SCREENSHOTS=docs, the ones docs/ and the README show.
 fn screenshots() -> String {

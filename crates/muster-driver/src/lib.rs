@@ -142,6 +142,15 @@ impl Session {
         })
     }
 
+    /// A session on a connection already authenticated (see [`connect`]).
+    pub fn resume(conn: Connection) -> Self {
+        Self {
+            wakeups: conn.wakeups(),
+            conn,
+            backoff: Backoff::default(),
+        }
+    }
+
     /// The connection, for the engine's requests.
     pub fn link(&self) -> &Connection {
         &self.conn

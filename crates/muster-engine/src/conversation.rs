@@ -103,6 +103,12 @@ pub(crate) fn take_doomed_files(db: &Connection) -> Result<Vec<String>, EngineEr
     Ok(paths)
 }
 
+/// The longest reaction kept: one emoji, with its modifiers.
+pub const MAX_REACTION_CHARS: usize = 8;
+
+/// How many different reactions one member may put on one message.
+const MAX_REACTIONS_PER_MEMBER: i64 = 10;
+
 /// Runs a statement kept in the connection's statement cache: these run for every
 /// message received, and preparing them anew each time is a large share of the work.
 fn cached_execute(
@@ -287,7 +293,17 @@ pub(crate) fn apply(
             emoji,
             remove,
         } => {
-            if author_of(db, group_id, target)?.is_some() {
+            let usable = !emoji.trim().is_empty()
+                && emoji.chars().count() <= MAX_REACTION_CHARS
+                && !emoji.chars().any(|c| c.is_control() || c.is_whitespace());
+            let held: i64 = db
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM reactions WHERE group_id = ?1 AND message_id = ?2 AND user = ?3",
+                )?
+                .query_row(params![group_id, target, author.user], |r| r.get(0))?;
+            if !*remove && (!usable || held >= MAX_REACTIONS_PER_MEMBER) {
+                tracing::warn!(%target, user = author.user, "ignored a reaction that is not one short emoji, or one too many");
+            } else if author_of(db, group_id, target)?.is_some() {
                 if *remove {
                     cached_execute(db,
                         "DELETE FROM reactions WHERE group_id = ?1 AND message_id = ?2 AND user = ?3 AND emoji = ?4",

@@ -494,6 +494,14 @@ function notify(n) {
 
 // This device was revoked: nothing more can be done here.
 function showRevoked(revoked) {
+  // Nothing of what the device showed stays in the page, nor the session in the tab.
+  sessionStorage.removeItem("muster-session");
+  state.session = null;
+  state.groups = [];
+  state.group = null;
+  for (const id of ["groups", "messages", "listing", "board-entries", "alerts", "title", "me", "context-text", "upload-text"]) {
+    document.getElementById(id).replaceChildren();
+  }
   document.getElementById("main").hidden = true;
   document.getElementById("alerts").hidden = true;
   document.getElementById("offline").hidden = true;

@@ -9,9 +9,16 @@ function sizeText(bytes) {
   return (bytes / (1024 * 1024)).toFixed(1) + " MiB";
 }
 
+// A sender's file name as a plain file name: no folders, no control or direction
+// characters (which could make "report\u202Efdp.exe" look like a PDF).
+function safeFileName(name) {
+  const bare = name.split(/[\\/]/).pop().replace(/[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g, "").trim();
+  return bare && bare !== "." && bare !== ".." ? bare : "attachment";
+}
+
 // The attachment of message `m`: its name, size and a Download button.
 function attachmentView(m) {
-  const a = m.attachment;
+  const a = { ...m.attachment, name: safeFileName(m.attachment.name) };
   const box = el("span", undefined, "file");
   box.append(el("span", "📎 " + a.name, "file-name"), el("span", sizeText(a.size), "when"));
   const get = el("button", "Download");

@@ -3,16 +3,16 @@
 //! actions and the relay's deliveries never touch the store at once. Every change is
 //! announced on the event channel for the pages to refetch.
 
-use muster_driver::{Backoff, Connection, Session, Wake};
+use crate::link::{fatal, Link, Status, Woke};
+use muster_driver::{Connection, Wake};
 use muster_engine::provision::OrgSpec;
 use muster_engine::{
     AttachmentView, DeviceView, DirectoryEntry, Engine, EngineError, GroupView, Identity,
     MessageView, PendingView,
 };
-use muster_proto::{ErrorCode, Profile};
+use muster_proto::Profile;
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Duration;
 
 /// How long a device-link code made in the page stays valid, as `muster device link`.
 const LINK_CODE_SECS: u64 = 3600;
@@ -105,7 +105,7 @@ pub enum Command {
         group: String,
         name: String,
         caption: Option<String>,
-        content: Vec<u8>,
+        content: axum::body::Bytes,
         reply: Reply<Value>,
     },
     /// Downloads, checks and decrypts a message's attachment.
@@ -166,105 +166,6 @@ impl Event {
     }
 }
 
-/// Where this device stands, for the page to pick its screen.
-#[derive(Serialize, Clone, Debug, PartialEq)]
-#[serde(tag = "phase", rename_all = "snake_case")]
-pub enum Status {
-    /// No identity here yet: join with an invite code or a device link code.
-    Enrol,
-    /// Enrolled, waiting for an admin (or, for a linked device, the user) to approve it.
-    Waiting {
-        user: String,
-        device_id: String,
-        org: String,
-    },
-    /// The enrolment was rejected: this home cannot be used again.
-    Rejected { user: String, why: String },
-    /// Approved, but the relay cannot be reached: what is stored can be read, what is
-    /// sent waits in the outbox.
-    Offline { why: String },
-    /// Online, with live delivery.
-    Online,
-}
-
-/// How often a waiting device asks whether it has been approved. The relay cannot tell
-/// a device it has never authenticated, so it asks.
-const APPROVAL_POLL: Duration = Duration::from_secs(2);
-
-/// The relay connection and what the page is told about it.
-struct Link {
-    session: Option<Session>,
-    status: Status,
-    backoff: Backoff,
-    next_attempt: Option<tokio::time::Instant>,
-}
-
-impl Link {
-    /// Tries to go online now; on failure, decides the status and when to try again.
-    async fn attempt(&mut self, engine: &mut Engine) -> Result<(), EngineError> {
-        let now = tokio::time::Instant::now();
-        match Session::start(engine).await {
-            Ok(session) => {
-                self.session = Some(session);
-                self.status = Status::Online;
-                self.backoff.reset();
-                self.next_attempt = None;
-            }
-            Err(EngineError::NotEnrolled) => {
-                self.status = Status::Enrol;
-                self.next_attempt = None;
-            }
-            Err(EngineError::AwaitingApproval) => {
-                let me = engine.whoami()?;
-                self.status = Status::Waiting {
-                    user: me.user,
-                    device_id: me.device_id,
-                    org: me.org,
-                };
-                self.next_attempt = Some(now + APPROVAL_POLL);
-            }
-            Err(EngineError::Relay(refusal)) if refusal.code == ErrorCode::EnrolmentRejected => {
-                self.status = Status::Rejected {
-                    user: engine.whoami()?.user,
-                    why: refusal.message,
-                };
-                self.next_attempt = None;
-            }
-            // Revoked (the caller wipes if the policy says so), or the store failed.
-            Err(e @ (EngineError::DeviceRevoked { .. } | EngineError::Store(_))) => return Err(e),
-            Err(e) => {
-                let me = engine.whoami()?;
-                let delay = if me.approved {
-                    self.status = Status::Offline { why: e.to_string() };
-                    self.backoff.next_delay()
-                } else {
-                    self.status = Status::Waiting {
-                        user: me.user,
-                        device_id: me.device_id,
-                        org: me.org,
-                    };
-                    APPROVAL_POLL
-                };
-                self.next_attempt = Some(now + delay);
-            }
-        }
-        Ok(())
-    }
-
-    /// The connection is gone for now: offline until the next attempt succeeds.
-    fn lost(&mut self, why: String) {
-        self.session = None;
-        self.status = Status::Offline { why };
-        self.next_attempt = Some(tokio::time::Instant::now() + self.backoff.next_delay());
-    }
-
-    async fn close(self) {
-        if let Some(session) = self.session {
-            session.close().await;
-        }
-    }
-}
-
 /// Runs the engine until `commands` closes or `stop` resolves: online when it can be,
 /// and meanwhile enrolling, waiting for approval or offline, as the page is told.
 pub async fn run(
@@ -273,29 +174,9 @@ pub async fn run(
     events: broadcast::Sender<Event>,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), EngineError> {
-    let mut link = Link {
-        session: None,
-        status: Status::Enrol,
-        backoff: Backoff::default(),
-        next_attempt: None,
-    };
-    link.attempt(engine).await?;
-    if link.session.is_some() {
-        sync(&mut link, engine, &events).await?;
-    }
+    let mut link = Link::new(engine)?;
     tokio::pin!(stop);
     loop {
-        let attempt_at = link.next_attempt;
-        let wake = async {
-            match (&link.session, attempt_at) {
-                (Some(session), _) => Some(session.wake(None).await),
-                (None, Some(at)) => {
-                    tokio::time::sleep_until(at).await;
-                    None
-                }
-                (None, None) => std::future::pending().await,
-            }
-        };
         tokio::select! {
             command = commands.recv() => {
                 let Some(command) = command else { break };
@@ -305,21 +186,14 @@ pub async fn run(
                     let _ = events.send(Event::changed());
                 }
             }
-            woke = wake => {
+            woke = link.next() => {
                 let was = link.status.clone();
                 match woke {
-                    Some(Wake::Lost) => {
-                        if let Some(session) = link.session.as_mut() {
-                            match session.reconnect(engine).await {
-                                Ok(()) => sync(&mut link, engine, &events).await?,
-                                Err(EngineError::Link(e)) => link.lost(e.to_string()),
-                                Err(e) => return Err(e),
-                            }
-                        }
-                    }
-                    Some(_) => sync(&mut link, engine, &events).await?,
-                    None => {
-                        link.attempt(engine).await?;
+                    Woke::Relay(Wake::Lost) => link.lost("the connection to the relay was lost".into()),
+                    Woke::Relay(_) => sync(&mut link, engine, &events).await?,
+                    Woke::TimeToConnect => link.start_opening(engine)?,
+                    Woke::Opened(opened) => {
+                        link.opened(engine, opened).await?;
                         if link.session.is_some() {
                             sync(&mut link, engine, &events).await?;
                         }
@@ -341,17 +215,20 @@ async fn sync(
     engine: &mut Engine,
     events: &broadcast::Sender<Event>,
 ) -> Result<(), EngineError> {
-    let Some(session) = link.session.as_mut() else {
+    let Some(session) = link.session.as_ref() else {
         return Ok(());
     };
-    let report = match session.sync(engine).await {
+    let report = match engine.sync(session.link()).await {
         Ok(report) => report,
-        Err(EngineError::Link(e)) => {
+        Err(e) if fatal(&e) => return Err(e),
+        // A relay that fails, refuses or answers nonsense leaves this device offline
+        // (reading what it stores) until a later connection works.
+        Err(e) => {
             link.lost(e.to_string());
             return Ok(());
         }
-        Err(e) => return Err(e),
     };
+    link.synced();
     if !report.problems.is_empty() {
         tracing::debug!(problems = report.problems.len(), "sync met problems");
     }
@@ -400,7 +277,7 @@ async fn handle(
                 None => muster_driver::join_device(engine, &code).await,
             };
             let _ = reply.send(joined.map_err(text));
-            link.attempt(engine).await?;
+            link.connect_now();
         }
         Command::CreateOrg { setup, reply } => {
             if link.status != Status::Enrol {
@@ -420,7 +297,7 @@ async fn handle(
             )
             .await;
             let _ = reply.send(created.map(|()| Value::Null).map_err(text));
-            link.attempt(engine).await?;
+            link.connect_now();
         }
         command if !enrolled => command.refuse(match &link.status {
             Status::Rejected { why, .. } => format!("this device's enrolment was rejected: {why}"),
@@ -462,13 +339,19 @@ async fn handle(
         }
         Command::Queue { act, reply } => {
             let queued = act(engine);
+            let mut gone = None;
             if queued.is_ok() {
                 // What the relay does not take now stays queued for the next sync.
                 if let Ok(conn) = connected(link) {
-                    if let Err(e) = engine.flush(conn).await {
-                        tracing::debug!(error = %e, "outbox not sent yet");
+                    match engine.flush(conn).await {
+                        Err(EngineError::Link(e)) => gone = Some(e.to_string()),
+                        Err(e) => tracing::debug!(error = %e, "outbox not sent yet"),
+                        Ok(_) => {}
                     }
                 }
+            }
+            if let Some(why) = gone {
+                link.lost(why);
             }
             let _ = reply.send(queued.map_err(text));
             let _ = events.send(Event::changed());
@@ -545,7 +428,7 @@ async fn online(
                     &group,
                     &name,
                     size,
-                    &mut content.as_slice(),
+                    &mut content.as_ref(),
                     caption.as_deref(),
                 )
                 .await;

@@ -7,6 +7,7 @@
 //! request from a page must come from this origin (no cross-site requests).
 
 use ring::rand::{SecureRandom, SystemRandom};
+use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,7 @@ pub const SECURITY_HEADERS: [(&str, &str); 5] = [
     (
         "content-security-policy",
         "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
-         img-src 'self' data: blob:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+         img-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
     ),
     ("x-content-type-options", "nosniff"),
     ("referrer-policy", "no-referrer"),
@@ -45,21 +46,26 @@ fn same_secret(a: &str, b: &str) -> bool {
 /// shell history stops working.
 pub const LINK_LIFETIME: Duration = Duration::from_secs(10 * 60);
 
-/// The UI server's secrets and the port it answers on.
+/// How many tabs may hold a session at once; the oldest is dropped beyond that.
+const MAX_SESSIONS: usize = 16;
+
+/// The UI server's secrets and the address it answers on.
 pub struct Access {
-    port: u16,
+    /// `host:port` as the link names it: the only Host and Origin served.
+    authority: String,
     /// The newest link's one-time token and when it stops working; `None` once exchanged.
     token: Mutex<Option<(String, Instant)>>,
-    session: String,
+    /// One per traded link, newest last.
+    sessions: Mutex<Vec<String>>,
 }
 
 impl Access {
-    /// Fresh secrets for a server listening on `port`.
-    pub fn new(port: u16) -> Self {
+    /// Fresh secrets for a server listening on `addr` (a loopback address).
+    pub fn new(addr: SocketAddr) -> Self {
         Self {
-            port,
+            authority: addr.to_string(),
             token: Mutex::new(None),
-            session: random_hex(),
+            sessions: Mutex::new(Vec::new()),
         }
     }
 
@@ -69,21 +75,12 @@ impl Access {
         let token = random_hex();
         *self.token.lock().expect("token lock") =
             Some((token.clone(), Instant::now() + LINK_LIFETIME));
-        format!("http://127.0.0.1:{}/#token={token}", self.port)
+        format!("http://{}/#token={token}", self.authority)
     }
 
-    /// Whether the Host header names this server on a loopback name.
+    /// Whether the Host header names this server exactly as its link does.
     pub fn host_allowed(&self, host: Option<&str>) -> bool {
-        let port = self.port;
-        host.is_some_and(|h| {
-            [
-                format!("127.0.0.1:{port}"),
-                format!("localhost:{port}"),
-                format!("[::1]:{port}"),
-            ]
-            .iter()
-            .any(|allowed| h.eq_ignore_ascii_case(allowed))
-        })
+        host.is_some_and(|h| h.eq_ignore_ascii_case(&self.authority))
     }
 
     /// Whether a request's Origin is this server's own. Requests that change something
@@ -97,7 +94,7 @@ impl Access {
         }
     }
 
-    /// Exchanges the link's token for the session, once, before it runs out.
+    /// Exchanges the link's token for a session of its own, once, before it runs out.
     pub fn exchange(&self, token: &str) -> Option<String> {
         self.exchange_at(token, Instant::now())
     }
@@ -107,17 +104,28 @@ impl Access {
         match held.as_ref() {
             Some((t, until)) if now < *until && same_secret(t, token) => {
                 *held = None;
-                Some(self.session.clone())
+                let session = random_hex();
+                let mut sessions = self.sessions.lock().expect("sessions lock");
+                if sessions.len() == MAX_SESSIONS {
+                    sessions.remove(0);
+                }
+                sessions.push(session.clone());
+                Some(session)
             }
             _ => None,
         }
     }
 
-    /// Whether an Authorization header carries the session as a bearer token.
+    /// Whether an Authorization header carries a session as a bearer token.
     pub fn authorized(&self, authorization: Option<&str>) -> bool {
-        authorization
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .is_some_and(|value| same_secret(value, &self.session))
+        let Some(value) = authorization.and_then(|h| h.strip_prefix("Bearer ")) else {
+            return false;
+        };
+        let sessions = self.sessions.lock().expect("sessions lock");
+        // Every session is compared, so the time taken says nothing about which matched.
+        sessions
+            .iter()
+            .fold(false, |found, s| same_secret(value, s) | found)
     }
 }
 
@@ -125,14 +133,18 @@ impl Access {
 mod tests {
     use super::*;
 
+    fn local(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
     #[test]
     fn only_loopback_names_of_this_port_are_served() {
-        let access = Access::new(4100);
+        let access = Access::new(local(4100));
         assert!(access.host_allowed(Some("127.0.0.1:4100")));
-        assert!(access.host_allowed(Some("localhost:4100")));
-        assert!(access.host_allowed(Some("[::1]:4100")));
         for host in [
             None,
+            Some("localhost:4100"),
+            Some("[::1]:4100"),
             Some("127.0.0.1:4101"),
             Some("evil.example:4100"),
             Some("127.0.0.1"),
@@ -143,7 +155,7 @@ mod tests {
 
     #[test]
     fn changes_come_only_from_this_origin() {
-        let access = Access::new(4100);
+        let access = Access::new(local(4100));
         assert!(access.origin_allowed(Some("http://127.0.0.1:4100"), true));
         assert!(access.origin_allowed(None, false));
         assert!(!access.origin_allowed(None, true));
@@ -159,7 +171,7 @@ mod tests {
 
     #[test]
     fn a_link_works_once_only_while_fresh_and_only_the_newest() {
-        let access = Access::new(4100);
+        let access = Access::new(local(4100));
         let token = |link: String| link.rsplit_once("/#token=").unwrap().1.to_string();
         let old = token(access.link());
         let newest = token(access.link());
@@ -172,12 +184,16 @@ mod tests {
 
     #[test]
     fn the_token_is_good_once_and_the_session_travels_only_as_a_bearer() {
-        let access = Access::new(4100);
+        let access = Access::new(local(4100));
         let link = access.link();
         let token = link.rsplit_once("/#token=").unwrap().1.to_string();
         assert_eq!(access.exchange("wrong"), None);
         let session = access.exchange(&token).expect("first exchange");
         assert_eq!(access.exchange(&token), None, "a link works once");
+        let other_tab = access.link().rsplit_once("/#token=").unwrap().1.to_string();
+        let other = access.exchange(&other_tab).expect("a second tab");
+        assert_ne!(other, session, "each tab has its own session");
+        assert!(access.authorized(Some(&format!("Bearer {other}"))));
         assert!(access.authorized(Some(&format!("Bearer {session}"))));
         assert!(!access.authorized(Some(&format!("Bearer x{session}"))));
         assert!(!access.authorized(Some(&session)));

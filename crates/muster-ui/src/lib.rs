@@ -5,6 +5,7 @@
 mod actor;
 mod admin;
 mod guard;
+mod link;
 mod provision;
 mod server;
 

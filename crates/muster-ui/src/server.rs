@@ -38,6 +38,18 @@ pub struct App {
     pub events: broadcast::Sender<Event>,
 }
 
+/// What is served without a session: the page, its assets and the token exchange.
+const PUBLIC_PATHS: [&str; 8] = [
+    "/",
+    "/api/session",
+    "/assets/app.css",
+    "/assets/app.js",
+    "/assets/enrol.js",
+    "/assets/files.js",
+    "/assets/admin.js",
+    "/favicon.ico",
+];
+
 /// The routes, behind the guard.
 pub fn router(app: App) -> Router {
     Router::new()
@@ -95,7 +107,7 @@ async fn guard(State(app): State<App>, request: Request, next: Next) -> Response
             .and_then(|v: &HeaderValue| v.to_str().ok())
     };
     let path = request.uri().path();
-    let public = path == "/" || path.starts_with("/assets/") || path == "/api/session";
+    let public = PUBLIC_PATHS.contains(&path);
     let mut response = if !app.access.host_allowed(text(header::HOST)) {
         refuse(StatusCode::MISDIRECTED_REQUEST, "unknown host")
     } else if !app.access.origin_allowed(
@@ -322,7 +334,7 @@ async fn upload(
         group,
         name: file.name,
         caption,
-        content: content.to_vec(),
+        content,
         reply,
     })
     .await

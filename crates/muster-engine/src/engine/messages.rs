@@ -164,9 +164,12 @@ impl Engine {
         remove: bool,
     ) -> Result<QueuedMessage, EngineError> {
         let emoji = emoji.trim();
-        if emoji.is_empty() || emoji.chars().count() > 8 {
+        if emoji.is_empty()
+            || emoji.chars().count() > crate::conversation::MAX_REACTION_CHARS
+            || emoji.chars().any(|c| c.is_control() || c.is_whitespace())
+        {
             return Err(EngineError::Invalid(
-                "a reaction is one emoji (at most 8 characters)".into(),
+                "a reaction is one emoji (at most 8 characters, no spaces)".into(),
             ));
         }
         let (group_id, target) = self.find_message(id)?;

@@ -165,7 +165,11 @@ impl Engine {
         id: &str,
     ) -> Result<(AttachmentView, Vec<u8>), EngineError> {
         let (_, _, attachment) = self.attachment_of(id)?;
-        let mut content = Vec::new();
+        // The size comes from the sender: never hold more than any attachment may be.
+        if attachment.size > MAX_ATTACHMENT {
+            return Err(crate::attachments::AttachmentError::Tampered.into());
+        }
+        let mut content = Vec::with_capacity(attachment.size as usize);
         receive_attachment(conn, &attachment, &mut content).await?;
         blob_fetched(conn, &attachment.blob_id).await?;
         let view = AttachmentView {
