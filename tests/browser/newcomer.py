@@ -1,6 +1,7 @@
 """A newcomer sets up her device in the browser, is let in live, and files travel.
 
 Usage: newcomer.py ALICE_LINK CAROL_LINK GROUP SCREENSHOT_DIR MUSTER_BIN ALICE_HOME FILE
+                   CAROL_SECOND_DEVICE_LINK
 
 Carol's `muster ui` runs on a fresh home: she joins with the invite alice made in her
 admin screen and waits; alice approves her there, and carol's page moves from "waiting"
@@ -33,7 +34,7 @@ managed = true
 
 
 def main():
-    alice_link, carol_link, group, shots, muster, alice_home, file = sys.argv[1:8]
+    alice_link, carol_link, group, shots, muster, alice_home, file, second_link = sys.argv[1:9]
     alice_cli = lambda *args: subprocess.run([muster, "--home", alice_home, *args], capture_output=True, text=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
@@ -136,16 +137,38 @@ def main():
         # The organisation policy: a revoked device now erases its store.
         alice.get_by_role("tab", name="Policy").click()
         alice.get_by_label("A revoked device erases its store").check()
+        alice.get_by_label("People may approve their own new devices").check()
         alice.get_by_role("button", name="Sign and publish").click()
         alice.locator("#listing").get_by_text("published version").wait_for(timeout=10_000)
+
+        # Carol adds a second device in its own browser with a link code from her first,
+        # and approves it there herself; an admin device issues its certificate.
+        carol.get_by_role("button", name="Me").click()
+        carol.get_by_role("button", name="Link a new device").click()
+        link_code = carol.locator("#listing .code")
+        link_code.wait_for(timeout=10_000)
+        second = browser.new_context().new_page()
+        second.on("pageerror", lambda e: errors.append(str(e)))
+        second.goto(second_link)
+        second.fill("#link-code", link_code.inner_text())
+        second.get_by_role("button", name="Link this device").click()
+        second.get_by_role("heading", name="Waiting for approval").wait_for(timeout=10_000)
+        new_device = second.locator("#enrol .device").inner_text()
+        carol.fill("#approve-device", new_device)
+        carol.get_by_role("button", name="Approve my device").click()
+        carol.locator("#listing").get_by_text("approved your new device").wait_for(timeout=10_000)
+        second.locator("#main").wait_for(state="visible", timeout=30_000)
+        second.locator("nav").get_by_role("button", name=group).wait_for(timeout=30_000)
+        print("carol's second device, approved by carol herself, is in")
 
         # Revoked, carol's page says so.
         alice.get_by_role("button", name="Admin").click()
         alice.fill("#revoke-user", "carol")
         alice.get_by_role("button", name="Revoke").click()
         alice.get_by_role("button", name="Confirm: revoke carol").click()
-        alice.locator("#listing").get_by_text("revoked 1 device(s) of carol").wait_for(timeout=20_000)
-        carol.get_by_role("heading", name="This device was revoked").wait_for(timeout=20_000)
+        alice.locator("#listing").get_by_text("revoked 2 device(s) of carol").wait_for(timeout=20_000)
+        for page in (carol, second):
+            page.get_by_role("heading", name="This device was revoked").wait_for(timeout=20_000)
         carol.get_by_text("were erased from this device").wait_for(timeout=10_000)
 
         # The audit log has it, and nothing anyone said.

@@ -398,6 +398,9 @@ fn a_newcomer_joins_in_her_browser_is_let_in_live_and_files_travel() {
     // Carol's device has never been set up: her UI starts on an empty home.
     let carol = Device::new(&org.dir, "carol");
     let (alice_ui, carol_ui) = (Ui::start(alice), Ui::start(&carol));
+    // Her second device, set up later in the test with a link code from her first.
+    let carol_phone = Device::new(&org.dir, "carol-phone");
+    let second_ui = Ui::start(&carol_phone);
     let link = |ui: &Ui| format!("http://127.0.0.1:{}/#token={}", ui.port, ui.token);
     // A file of several chunks and an odd length, of bytes that are not text.
     let file = org.dir.path().join("site-plan.bin");
@@ -418,6 +421,7 @@ fn a_newcomer_joins_in_her_browser_is_let_in_live_and_files_travel() {
         .arg(muster_e2e::bin("muster"))
         .arg(&alice.home)
         .arg(&file)
+        .arg(link(&second_ui))
         .output()
         .expect("run the browser test");
     println!("{}", String::from_utf8_lossy(&out.stdout));

@@ -428,6 +428,32 @@ async function showMe() {
     });
     link.append(make);
     rows.push(link);
+    const approve = el("li");
+    const approveForm = el("form");
+    const approveLabel = el("label", "Approve a new device of mine (the id its page shows)");
+    const approveId = el("input");
+    approveId.id = "approve-device";
+    approveId.maxLength = 64;
+    approveId.autocomplete = "off";
+    approveLabel.append(approveId);
+    const approveButton = el("button", "Approve my device");
+    approveButton.type = "submit";
+    const approved = el("span", "", "meta");
+    approved.setAttribute("role", "status");
+    approveForm.append(approveLabel, approveButton, approved);
+    approveForm.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const id = approveId.value.trim();
+      if (!id) return;
+      try {
+        await api("/api/devices/" + encodeURIComponent(id) + "/approve", { method: "POST", body: "{}" });
+        approved.textContent = "approved your new device " + id + ": it is enrolled once an admin device has issued its certificate";
+      } catch (e) {
+        approved.textContent = "not approved: " + e.message;
+      }
+    });
+    approve.append(approveForm);
+    rows.push(approve);
     showListing("Me", rows);
   } catch (e) {
     status(e.message);

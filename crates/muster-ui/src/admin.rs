@@ -32,6 +32,7 @@ pub fn routes() -> Router<App> {
         )
         .route("/api/admin/provision/plan", post(plan))
         .route("/api/admin/provision/apply", post(apply))
+        .route("/api/devices/{device}/approve", post(approve_my_device))
 }
 
 /// Runs `work` with the relay and answers with what it returns.
@@ -228,6 +229,21 @@ async fn remove_member(
 ) -> Response {
     let work: Work = Box::new(move |engine, conn| {
         Box::pin(async move { engine.remove_member(conn, &group, &user).await.map(json) })
+    });
+    online(&app, work).await
+}
+
+/// Approves a new device of this user (where the organisation's policy lets people
+/// approve their own): this device signs the confirmation, an admin device issues the
+/// certificate. Not an admin action, but a relay one like them.
+async fn approve_my_device(State(app): State<App>, Path(device): Path<String>) -> Response {
+    let work: Work = Box::new(move |engine, conn| {
+        Box::pin(async move {
+            engine
+                .confirm_device(conn, device.trim())
+                .await
+                .map(|()| serde_json::Value::Null)
+        })
     });
     online(&app, work).await
 }

@@ -41,6 +41,10 @@ const APPROVAL_POLL: Duration = Duration::from_secs(2);
 /// afresh: a relay that accepts and drops at once is retried ever more slowly.
 const STABLE: Duration = Duration::from_secs(30);
 
+/// How often an online device syncs without being woken, in case a wake-up was missed
+/// (renewals and catching up need no push).
+const RESYNC: Duration = Duration::from_secs(300);
+
 /// What woke the UI's loop.
 pub enum Woke {
     /// The relay has something, or the connection is gone.
@@ -108,7 +112,7 @@ impl Link {
     /// open one.
     pub async fn next(&mut self) -> Woke {
         if let Some(session) = &self.session {
-            return Woke::Relay(session.wake(None).await);
+            return Woke::Relay(session.wake(Some(RESYNC)).await);
         }
         if let Some(opening) = self.opening.as_mut() {
             let opened = opening

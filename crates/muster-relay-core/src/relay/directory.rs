@@ -63,6 +63,23 @@ impl Relay {
         let tx = self
             .db
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let held: i64 = row(
+            &tx,
+            "SELECT COUNT(*) FROM key_packages WHERE device_id = ?1",
+            [&session.device_id],
+            |r| r.get(0),
+        )?;
+        // A device with no KeyPackages here is new (or was used up): the user's other
+        // devices are woken to add it to their groups.
+        let mut wake = BTreeSet::new();
+        if held == 0 {
+            let mut stmt = tx.prepare_cached(
+                "SELECT device_id FROM devices WHERE user = ?1 AND status = 'approved' AND device_id != ?2",
+            )?;
+            for device in stmt.query_map(params![session.user, session.device_id], |r| r.get(0))? {
+                wake.insert(device?);
+            }
+        }
         if replace {
             exec(
                 &tx,
@@ -90,7 +107,7 @@ impl Relay {
             )?;
         }
         tx.commit()?;
-        Ok(Outcome::reply(Response::Ok))
+        Ok(Outcome::with_wake(Response::Ok, wake))
     }
 
     pub(super) fn key_package_count(&self, session: &Session) -> Result<Outcome, Failure> {
