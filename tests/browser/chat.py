@@ -93,7 +93,11 @@ def main():
         greeting.get_by_role("button", name="read by 1 of 1").click()
         alice.locator(".rollcall").get_by_text("✓✓ bob read it").wait_for(timeout=10_000)
         # A mention of bob stands out on his screen.
-        alice.fill("#text", "@bob can you check the gate?")
+        alice.locator("#text").press_sequentially("@bo")
+        alice.locator("#mention-suggestions").get_by_text("@bob · bob display").wait_for(timeout=10_000)
+        alice.press("#text", "Tab")
+        alice.locator("#text").press_sequentially("can you check the gate?")
+        assert alice.input_value("#text") == "@bob can you check the gate?", alice.input_value("#text")
         alice.press("#text", "Enter")
         bob.locator("#messages li.mentions-me").filter(has_text="can you check the gate").wait_for(timeout=10_000)
         bob.locator("#messages li").filter(has_text="on my way").get_by_role("button", name="Edit your message").click()

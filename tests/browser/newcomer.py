@@ -99,6 +99,22 @@ def main():
         saved.unlink()
         print(f"carol downloaded {name} ({Path(file).stat().st_size} bytes), the same bytes alice sent")
 
+        # A file dropped on the conversation travels the same way.
+        dropped = alice.evaluate_handle(
+            "() => { const d = new DataTransfer();"
+            " d.items.add(new File(['notes from the site walk'], 'site-notes.txt', { type: 'text/plain' }));"
+            " return d; }")
+        alice.dispatch_event("#conversation", "dragover", {"dataTransfer": dropped})
+        alice.dispatch_event("#conversation", "drop", {"dataTransfer": dropped})
+        alice.locator("#upload-text").get_by_text("Sent site-notes.txt").wait_for(timeout=30_000)
+        row = carol.locator("#messages li").filter(has_text="site-notes.txt")
+        with carol.expect_download(timeout=30_000) as download:
+            row.get_by_role("button", name="Download site-notes.txt").click(timeout=20_000)
+        notes = Path(shots) / "downloaded-site-notes.txt"
+        download.value.save_as(notes)
+        assert notes.read_text() == "notes from the site walk", notes.read_text()
+        notes.unlink()
+
         # Carol asks for a new title; alice approves it in her admin screen.
         carol.get_by_role("button", name="Me").click()
         carol.fill("#profile-title", "Duty officer")

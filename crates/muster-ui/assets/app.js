@@ -200,6 +200,35 @@ async function refreshMessages() {
   }
 }
 
+// While the word being typed starts with @, the group's members whose handle or name
+// starts with the rest; a click (or Tab, for the first) completes it.
+function suggestMentions() {
+  const input = document.getElementById("text");
+  const box = document.getElementById("mention-suggestions");
+  const group = state.groups.find((g) => g.id === state.group);
+  const typed = input.value.slice(0, input.selectionStart).match(/(?:^|\s)@([a-z0-9._-]*)$/i);
+  box.replaceChildren();
+  box.hidden = true;
+  if (!typed || !group) return;
+  const prefix = typed[1].toLowerCase();
+  const matches = group.members.filter((m) => m !== state.me
+    && (m.startsWith(prefix) || (group.member_names[m] || "").toLowerCase().startsWith(prefix))).slice(0, 5);
+  for (const m of matches) {
+    const pick = el("button", "@" + m + (group.member_names[m] ? " · " + group.member_names[m] : ""));
+    pick.type = "button";
+    pick.setAttribute("role", "option");
+    pick.addEventListener("click", () => {
+      const before = input.value.slice(0, input.selectionStart - prefix.length);
+      input.value = before + m + " " + input.value.slice(input.selectionStart);
+      input.selectionStart = input.selectionEnd = before.length + m.length + 1;
+      box.hidden = true;
+      input.focus();
+    });
+    box.append(pick);
+  }
+  box.hidden = matches.length === 0;
+}
+
 // A message's text, with @mentions of colleagues marked (all as text, never markup).
 function withMentions(text) {
   const span = el("span", undefined, "text");
@@ -290,6 +319,7 @@ function actions(m) {
 }
 
 function setContext(kind, m) {
+  document.getElementById("mention-suggestions").hidden = true;
   state.replyTo = kind === "reply" ? m.id : null;
   state.editing = kind === "edit" ? m.id : null;
   const bar = document.getElementById("context");
@@ -334,6 +364,7 @@ function showListing(title, rows) {
   document.getElementById("context").hidden = true;
   document.getElementById("board").hidden = true;
   document.getElementById("upload").hidden = true;
+  document.getElementById("mention-suggestions").hidden = true;
   const listing = document.getElementById("listing");
   listing.hidden = false;
   listing.replaceChildren(...rows);
@@ -612,7 +643,13 @@ document.addEventListener("DOMContentLoaded", async () => {
   document.getElementById("context-cancel").addEventListener("click", () => setContext(null, null));
   document.getElementById("text").addEventListener("keydown", (event) => {
     if (event.key === "Escape") setContext(null, null);
+    const first = document.querySelector("#mention-suggestions button");
+    if (event.key === "Tab" && first && !document.getElementById("mention-suggestions").hidden) {
+      event.preventDefault();
+      first.click();
+    }
   });
+  document.getElementById("text").addEventListener("input", suggestMentions);
   document.getElementById("show-directory").addEventListener("click", directory);
   document.getElementById("show-me").addEventListener("click", showMe);
   document.getElementById("show-admin").addEventListener("click", () => showAdmin("People"));
