@@ -19,6 +19,7 @@ window.Notification = class {
   static permission = "granted";
   static requestPermission() { return Promise.resolve("granted"); }
   constructor(title, options) { window.__shown.push(title + " | " + (options && options.body)); }
+  close() {}
 };
 """
 

@@ -186,6 +186,8 @@ def main():
         for page in (carol, second):
             page.get_by_role("heading", name="This device was revoked").wait_for(timeout=20_000)
         carol.get_by_text("were erased from this device").wait_for(timeout=10_000)
+        shown = carol.locator("body").inner_text()
+        assert "site-plan" not in shown and "night-shift" not in shown, f"the revoked page still shows: {shown}"
 
         # The audit log has it, and nothing anyone said.
         alice.get_by_role("button", name="Admin").click()

@@ -12,22 +12,36 @@ use std::time::Duration;
 /// A QUIC connection to the relay, as the engine's [`Link`].
 pub struct Connection {
     inner: RelayConnection,
+    answer_within: Duration,
 }
 
 impl Connection {
+    /// How long an answer may take: a relay that holds a request open (its keep-alives
+    /// keep the connection up) is treated as unreachable, so no caller waits forever.
+    pub const ANSWER_WITHIN: Duration = Duration::from_secs(45);
+
     /// Connects to the relay at `addr` whose certificate has `fingerprint`, without
     /// authenticating (enrolment and bootstrap happen before a device has an identity).
     pub async fn open(addr: &str, fingerprint: &str) -> Result<Self, EngineError> {
         let inner = RelayConnection::connect(addr, fingerprint)
             .await
             .map_err(|e| EngineError::Link(link_error(e)))?;
-        Ok(Self { inner })
+        Ok(Self {
+            inner,
+            answer_within: Self::ANSWER_WITHIN,
+        })
     }
 
     /// Sends one request and waits for the relay's answer (the [`Link`] method, callable
     /// from spawned tasks).
     pub async fn request(&self, request: &Request) -> Result<Response, LinkError> {
-        self.inner.request(request).await.map_err(link_error)
+        match tokio::time::timeout(self.answer_within, self.inner.request(request)).await {
+            Ok(answer) => answer.map_err(link_error),
+            Err(_) => Err(LinkError::Unavailable(format!(
+                "the relay did not answer within {} s",
+                self.answer_within.as_secs()
+            ))),
+        }
     }
 
     /// A handle that waits for the relay's wake-ups while requests go on.
@@ -276,6 +290,57 @@ pub async fn join_device(engine: &mut Engine, code: &str) -> Result<String, Engi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A "relay" that completes the QUIC handshake and takes requests but never answers.
+    async fn silent_relay() -> (quinn::Endpoint, String, String) {
+        let dir = std::env::temp_dir().join(format!(
+            "muster-driver-silent-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let identity = muster_net::tls::RelayIdentity::load_or_create(&dir).unwrap();
+        let endpoint = quinn::Endpoint::server(
+            identity.server_config().unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .unwrap();
+        let addr = endpoint.local_addr().unwrap().to_string();
+        let server = endpoint.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = server.accept().await {
+                tokio::spawn(async move {
+                    let Ok(conn) = incoming.await else { return };
+                    let mut held = Vec::new();
+                    // Takes every request stream and keeps it open, unanswered.
+                    while let Ok(stream) = conn.accept_bi().await {
+                        held.push(stream);
+                    }
+                });
+            }
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+        (endpoint, addr, identity.fingerprint())
+    }
+
+    #[tokio::test]
+    async fn a_relay_that_never_answers_counts_as_unreachable() {
+        let (_relay, addr, fingerprint) = silent_relay().await;
+        let mut conn = Connection::open(&addr, &fingerprint).await.unwrap();
+        conn.answer_within = Duration::from_millis(500);
+        let started = std::time::Instant::now();
+        let answer = tokio::time::timeout(
+            Duration::from_secs(10),
+            conn.request(&Request::MyCertificate),
+        )
+        .await
+        .expect("the request ends on its own");
+        assert!(
+            matches!(answer, Err(LinkError::Unavailable(ref why)) if why.contains("did not answer")),
+            "{answer:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
 
     #[test]
     fn the_backoff_doubles_up_to_its_ceiling_and_starts_over_after_a_success() {

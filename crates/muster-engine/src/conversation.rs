@@ -103,11 +103,30 @@ pub(crate) fn take_doomed_files(db: &Connection) -> Result<Vec<String>, EngineEr
     Ok(paths)
 }
 
-/// The longest reaction kept: one emoji, with its modifiers.
-pub const MAX_REACTION_CHARS: usize = 8;
+/// The longest reaction kept: one emoji, with its modifiers and joiners (a family with
+/// skin tones runs to 11).
+pub const MAX_REACTION_CHARS: usize = 16;
 
 /// How many different reactions one member may put on one message.
-const MAX_REACTIONS_PER_MEMBER: i64 = 10;
+pub const MAX_REACTIONS_PER_MEMBER: i64 = 10;
+
+/// Whether `emoji` can be a reaction: short, with no letters, spaces, control characters
+/// or invisible formatting (direction marks, zero-width spaces) other than the joiner
+/// emoji sequences use. Senders and receivers apply the same rule.
+pub fn usable_reaction(emoji: &str) -> bool {
+    let invisible = |c: char| {
+        matches!(
+            c,
+            '\u{061c}' | '\u{200b}' | '\u{200c}' | '\u{200e}' | '\u{200f}' | '\u{feff}'
+        ) || ('\u{202a}'..='\u{202e}').contains(&c)
+            || ('\u{2060}'..='\u{2069}').contains(&c)
+    };
+    !emoji.is_empty()
+        && emoji.chars().count() <= MAX_REACTION_CHARS
+        && !emoji
+            .chars()
+            .any(|c| c.is_alphabetic() || c.is_control() || c.is_whitespace() || invisible(c))
+}
 
 /// Runs a statement kept in the connection's statement cache: these run for every
 /// message received, and preparing them anew each time is a large share of the work.
@@ -293,9 +312,7 @@ pub(crate) fn apply(
             emoji,
             remove,
         } => {
-            let usable = !emoji.trim().is_empty()
-                && emoji.chars().count() <= MAX_REACTION_CHARS
-                && !emoji.chars().any(|c| c.is_control() || c.is_whitespace());
+            let usable = usable_reaction(emoji);
             let held: i64 = db
                 .prepare_cached(
                     "SELECT COUNT(*) FROM reactions WHERE group_id = ?1 AND message_id = ?2 AND user = ?3",
@@ -635,4 +652,29 @@ pub(crate) fn enforce_retention(db: &Connection, now_ms: i64) -> Result<usize, E
         }
     }
     Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::usable_reaction;
+
+    #[test]
+    fn a_reaction_is_an_emoji_not_words_or_invisible_marks() {
+        for ok in ["👍", "❤️", "👨‍👩‍👧‍👦", "👍🏽", "1️⃣", "🇩🇪", "✅"]
+        {
+            assert!(usable_reaction(ok), "{ok:?}");
+        }
+        for bad in [
+            "",
+            "ok",
+            "fired",
+            "👍 👍",
+            "\u{202e}👍",
+            "👍\u{200b}",
+            "a\nb",
+            "👍👍👍👍👍👍👍👍👍👍👍👍👍👍👍👍👍",
+        ] {
+            assert!(!usable_reaction(bad), "{bad:?}");
+        }
+    }
 }

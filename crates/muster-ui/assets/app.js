@@ -34,6 +34,10 @@ async function api(path, options = {}) {
     headers: { "content-type": "application/json", authorization: "Bearer " + state.session },
     ...options,
   });
+  if (response.status === 401 && state.session) {
+    showEnded();
+    throw new Error("this page's session ended");
+  }
   if (!response.ok) {
     let why = response.statusText;
     try { why = (await response.json()).error || why; } catch (_) { /* not JSON */ }
@@ -546,25 +550,45 @@ async function refresh() {
 function notify(n) {
   if (!n || !("Notification" in window) || Notification.permission !== "granted") return;
   const title = (n.kind === "alert" ? "ALERT in " : "") + n.group + " · " + n.sender;
-  new Notification(title, { body: n.text, tag: n.id, requireInteraction: n.kind === "alert" });
+  state.shown = state.shown || [];
+  state.shown.push(new Notification(title, { body: n.text, tag: n.id, requireInteraction: n.kind === "alert" }));
+  if (state.shown.length > 50) state.shown.shift();
 }
 
-// This device was revoked: nothing more can be done here.
-function showRevoked(revoked) {
-  // Nothing of what the device showed stays in the page, nor the session in the tab.
+// Nothing of what the device showed stays in the page (nor its notifications), nor the
+// session in the tab.
+function clearPage() {
   sessionStorage.removeItem("muster-session");
   state.session = null;
   state.groups = [];
   state.group = null;
-  for (const id of ["groups", "messages", "listing", "board-entries", "alerts", "title", "me", "context-text", "upload-text"]) {
+  for (const id of ["groups", "messages", "listing", "board-entries", "alerts", "title", "me", "context-text", "upload-text", "mention-suggestions"]) {
     document.getElementById(id).replaceChildren();
   }
+  for (const id of ["text", "search-text", "board-key", "board-value"]) document.getElementById(id).value = "";
+  for (const n of state.shown || []) n.close();
+  state.shown = [];
+}
+
+// The page lost its device's UI (it stopped, or the session is no longer known).
+function showEnded() {
+  showRevoked(null);
+  document.getElementById("enrol").replaceChildren(
+    el("h1", "This page is closed"),
+    el("p", "muster ui stopped on this device, or this tab's session ended. Open the link it prints (run it again, or press Enter in its terminal)."),
+  );
+}
+
+// This device was revoked: nothing more can be done here.
+function showRevoked(revoked) {
+  clearPage();
   document.getElementById("main").hidden = true;
   document.getElementById("alerts").hidden = true;
   document.getElementById("offline").hidden = true;
   for (const id of ["search", "show-directory", "show-me", "show-admin"]) document.getElementById(id).hidden = true;
   const screen = document.getElementById("enrol");
   screen.hidden = false;
+  if (!revoked) return;
   screen.replaceChildren(
     el("h1", "This device was revoked"),
     el("p", "Revoked by " + revoked.by + "." + (revoked.wipe ? " As your organisation requires, its messages and keys were erased from this device." : "")),
@@ -575,13 +599,19 @@ function showRevoked(revoked) {
 
 // The live stream of changes, read with fetch so it carries the session.
 async function listen() {
+  let failures = 0;
   for (;;) {
     try {
       const response = await fetch("/api/events", {
         credentials: "omit",
         headers: { authorization: "Bearer " + state.session },
       });
+      if (response.status === 401) {
+        showEnded();
+        return;
+      }
       if (!response.ok) throw new Error(response.statusText);
+      failures = 0;
       status("");
       const reader = response.body.getReader();
       const decoder = new TextDecoder();
@@ -605,6 +635,11 @@ async function listen() {
         }
       }
     } catch (_) { /* reconnect below */ }
+    // The device's UI is gone (stopped, or revoked and wiped): show nothing it held.
+    if (++failures >= 5) {
+      showEnded();
+      return;
+    }
     status("reconnecting…");
     await new Promise((resolve) => setTimeout(resolve, 1000));
   }

@@ -12,7 +12,9 @@ function sizeText(bytes) {
 // A sender's file name as a plain file name: no folders, no control or direction
 // characters (which could make "report\u202Efdp.exe" look like a PDF).
 function safeFileName(name) {
-  const bare = name.split(/[\\/]/).pop().replace(/[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g, "").trim();
+  const bare = name.split(/[\\/]/).pop()
+    .replace(/[\u0000-\u001f\u007f-\u009f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]/g, "")
+    .replace(/\s+/g, " ").trim();
   return bare && bare !== "." && bare !== ".." ? bare : "attachment";
 }
 

@@ -215,16 +215,22 @@ async fn sync(
     engine: &mut Engine,
     events: &broadcast::Sender<Event>,
 ) -> Result<(), EngineError> {
+    link.syncing();
     let Some(session) = link.session.as_ref() else {
         return Ok(());
     };
     let report = match engine.sync(session.link()).await {
         Ok(report) => report,
         Err(e) if fatal(&e) => return Err(e),
-        // A relay that fails, refuses or answers nonsense leaves this device offline
-        // (reading what it stores) until a later connection works.
-        Err(e) => {
+        // The connection failed: offline (reading what it stores) until a later one works.
+        Err(EngineError::Link(e)) => {
             link.lost(e.to_string());
+            return Ok(());
+        }
+        // A step that failed (a refusal, an answer that makes no sense, a group that cannot
+        // be processed yet) is tried again at the next wake-up; the connection stays.
+        Err(e) => {
+            tracing::warn!(error = %e, "sync failed; trying again at the next wake-up");
             return Ok(());
         }
     };

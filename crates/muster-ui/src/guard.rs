@@ -78,9 +78,16 @@ impl Access {
         format!("http://{}/#token={token}", self.authority)
     }
 
-    /// Whether the Host header names this server exactly as its link does.
+    /// Whether the Host header names this server exactly as its link does (browsers
+    /// leave out port 80).
     pub fn host_allowed(&self, host: Option<&str>) -> bool {
-        host.is_some_and(|h| h.eq_ignore_ascii_case(&self.authority))
+        host.is_some_and(|h| {
+            h.eq_ignore_ascii_case(&self.authority)
+                || self
+                    .authority
+                    .strip_suffix(":80")
+                    .is_some_and(|bare| h.eq_ignore_ascii_case(bare))
+        })
     }
 
     /// Whether a request's Origin is this server's own. Requests that change something

@@ -69,6 +69,8 @@ pub struct Link {
     next_attempt: Option<Instant>,
     opening: Option<JoinHandle<Result<Connection, EngineError>>>,
     online_since: Option<Instant>,
+    /// When an online device syncs next without being woken.
+    resync_at: Instant,
 }
 
 impl Link {
@@ -81,6 +83,7 @@ impl Link {
             next_attempt: None,
             opening: None,
             online_since: None,
+            resync_at: Instant::now() + RESYNC,
         };
         match engine.whoami() {
             Err(EngineError::NotEnrolled) => {}
@@ -112,7 +115,8 @@ impl Link {
     /// open one.
     pub async fn next(&mut self) -> Woke {
         if let Some(session) = &self.session {
-            return Woke::Relay(session.wake(Some(RESYNC)).await);
+            let left = self.resync_at.saturating_duration_since(Instant::now());
+            return Woke::Relay(session.wake(Some(left)).await);
         }
         if let Some(opening) = self.opening.as_mut() {
             let opened = opening
@@ -158,7 +162,8 @@ impl Link {
             Ok(conn) => match engine.authenticate(&conn).await {
                 Ok(()) => Ok(conn),
                 Err(e) => {
-                    conn.close().await;
+                    // Closing must not hold up the page either.
+                    tokio::spawn(conn.close());
                     Err(e)
                 }
             },
@@ -210,6 +215,11 @@ impl Link {
             }
         }
         Ok(())
+    }
+
+    /// A sync starts: the next unwoken one is due a while after it, whatever its outcome.
+    pub fn syncing(&mut self) {
+        self.resync_at = Instant::now() + RESYNC;
     }
 
     /// A sync went through: the connection works.

@@ -164,15 +164,27 @@ impl Engine {
         remove: bool,
     ) -> Result<QueuedMessage, EngineError> {
         let emoji = emoji.trim();
-        if emoji.is_empty()
-            || emoji.chars().count() > crate::conversation::MAX_REACTION_CHARS
-            || emoji.chars().any(|c| c.is_control() || c.is_whitespace())
-        {
-            return Err(EngineError::Invalid(
-                "a reaction is one emoji (at most 8 characters, no spaces)".into(),
-            ));
+        if !crate::conversation::usable_reaction(emoji) {
+            return Err(EngineError::Invalid(format!(
+                "a reaction is one emoji (at most {} characters, no letters or spaces)",
+                crate::conversation::MAX_REACTION_CHARS
+            )));
         }
         let (group_id, target) = self.find_message(id)?;
+        if !remove {
+            let me = self.device()?.user;
+            let (held, this_one): (i64, i64) = self.db.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(emoji = ?4), 0) FROM reactions
+                 WHERE group_id = ?1 AND message_id = ?2 AND user = ?3",
+                params![group_id, target, me, emoji],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            if this_one == 0 && held >= crate::conversation::MAX_REACTIONS_PER_MEMBER {
+                return Err(EngineError::Invalid(format!(
+                    "you have {held} reactions on this message already; take one back first"
+                )));
+            }
+        }
         let KnownGroup { name, state, .. } = self.resolve_group(&group_hex(&group_id))?;
         if state != GroupState::Active {
             return Err(EngineError::NotActive(name));

@@ -60,19 +60,21 @@ impl Relay {
                 ));
             }
         }
-        let tx = self
-            .db
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let held: i64 = row(
-            &tx,
+            &self.db,
             "SELECT COUNT(*) FROM key_packages WHERE device_id = ?1",
             [&session.device_id],
             |r| r.get(0),
         )?;
         // A device with no KeyPackages here is new (or was used up): the user's other
         // devices are woken to add it to their groups.
+        let wake_siblings =
+            held == 0 && !key_packages.is_empty() && self.may_wake_siblings(&session.device_id);
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut wake = BTreeSet::new();
-        if held == 0 {
+        if wake_siblings {
             let mut stmt = tx.prepare_cached(
                 "SELECT device_id FROM devices WHERE user = ?1 AND status = 'approved' AND device_id != ?2",
             )?;
@@ -108,6 +110,23 @@ impl Relay {
         }
         tx.commit()?;
         Ok(Outcome::with_wake(Response::Ok, wake))
+    }
+
+    /// Whether `device`'s new KeyPackages may wake its user's other devices now.
+    fn may_wake_siblings(&mut self, device: &str) -> bool {
+        const EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+        let now = std::time::Instant::now();
+        if self.sibling_wakes.len() > 10_000 {
+            self.sibling_wakes
+                .retain(|_, at| now.duration_since(*at) < EVERY);
+        }
+        match self.sibling_wakes.get(device) {
+            Some(at) if now.duration_since(*at) < EVERY => false,
+            _ => {
+                self.sibling_wakes.insert(device.to_string(), now);
+                true
+            }
+        }
     }
 
     pub(super) fn key_package_count(&self, session: &Session) -> Result<Outcome, Failure> {

@@ -103,6 +103,9 @@ pub struct Relay {
     /// How long a stored message waits for devices that have not fetched it.
     message_retention_secs: u64,
     limiter: crate::limits::Limiter,
+    /// When each device last had its user's other devices woken by a first upload of
+    /// KeyPackages: at most once a minute, so a device cannot keep them busy.
+    sibling_wakes: std::collections::HashMap<String, std::time::Instant>,
 }
 
 impl Relay {
@@ -138,6 +141,7 @@ impl Relay {
             queue_quota: muster_proto::QUEUE_QUOTA_PER_DEVICE,
             message_retention_secs: muster_proto::MESSAGE_RETENTION_SECS,
             limiter: Default::default(),
+            sibling_wakes: Default::default(),
         })
     }
 
