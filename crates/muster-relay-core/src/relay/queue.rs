@@ -145,6 +145,17 @@ impl Relay {
                 "too many acknowledgements at once",
             ));
         }
+        // An acknowledgement need not reach the disk before its answer: one lost in a
+        // power cut only brings those messages again, and devices skip what they hold.
+        // In WAL mode the database stays consistent, and the next message stored
+        // (synchronous=FULL) makes the acknowledgement durable too.
+        self.db.pragma_update(None, "synchronous", "NORMAL")?;
+        let outcome = self.move_cursors(session, items);
+        self.db.pragma_update(None, "synchronous", "FULL")?;
+        outcome
+    }
+
+    fn move_cursors(&mut self, session: &Session, items: &[AckItem]) -> Result<Outcome, Failure> {
         let tx = self
             .db
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
