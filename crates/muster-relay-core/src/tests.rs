@@ -1318,3 +1318,33 @@ fn a_flooding_device_is_slowed_down_and_others_are_unaffected() {
         Response::Stored { .. }
     ));
 }
+
+#[test]
+fn a_message_is_pruned_once_everyone_has_it_whoever_held_the_group_back() {
+    let mut w = World::new();
+    let bob = w.enrol("bob");
+    let carol = w.enrol("carol");
+    let (mut alice_group, mut joined) = w.group_with(&[&bob, &carol]);
+    for device in [&w.admin, &bob, &carol] {
+        fetch_and_ack(&mut w.relay, device);
+    }
+    let stored = |w: &World| w.relay.stats().unwrap().stored_messages;
+    // Bob holds the group back; alice acknowledging moves nothing.
+    send(&mut w.relay, &w.admin, &mut alice_group, b"one", b"a1");
+    assert_eq!(fetch_and_ack(&mut w.relay, &carol), 1);
+    assert_eq!(stored(&w), 1);
+    assert_eq!(fetch_and_ack(&mut w.relay, &bob), 1);
+    assert_eq!(stored(&w), 0);
+    // Carol, caught up, sends: she is done with her own message at once, and it goes
+    // when the last of the others has it, in either order.
+    send(&mut w.relay, &carol, &mut joined[1], b"two", b"c1");
+    assert_eq!(fetch_and_ack(&mut w.relay, &w.admin), 1);
+    assert_eq!(stored(&w), 1, "bob has not fetched it");
+    assert_eq!(fetch_and_ack(&mut w.relay, &bob), 1);
+    assert_eq!(stored(&w), 0);
+    send(&mut w.relay, &carol, &mut joined[1], b"three", b"c2");
+    assert_eq!(fetch_and_ack(&mut w.relay, &bob), 1);
+    assert_eq!(stored(&w), 1, "alice has not fetched it");
+    assert_eq!(fetch_and_ack(&mut w.relay, &w.admin), 1);
+    assert_eq!(stored(&w), 0);
+}

@@ -385,7 +385,14 @@ impl Relay {
             data,
         )?;
         // A sender never receives its own application message, so a sender that had
-        // fetched everything before it is also done with it.
+        // fetched everything before it is also done with it. If it was the one holding
+        // the group's mark back, the mark is worked out again at the next acknowledgement.
+        let before = Self::acked_up_to(&tx, &session.device_id, group_id)?;
+        if let (Some(before), Some(mark)) = (before, self.delivered_marks.get(group_id)) {
+            if before <= *mark {
+                self.delivered_marks.remove(group_id);
+            }
+        }
         exec(&tx,
             "INSERT INTO cursors (device_id, group_id, acked_seq)
                SELECT ?1, ?2, ?3 FROM memberships ms
@@ -395,7 +402,6 @@ impl Relay {
              ON CONFLICT (device_id, group_id) DO UPDATE SET acked_seq = MAX(acked_seq, excluded.acked_seq)",
             params![session.device_id, group_id, seq as i64, last_seq as i64],
         )?;
-        Self::prune_delivered(&tx, group_id)?;
         tx.commit()?;
         let mut wake = members;
         wake.remove(&session.device_id);

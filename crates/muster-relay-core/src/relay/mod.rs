@@ -106,6 +106,10 @@ pub struct Relay {
     /// When each device last had its user's other devices woken by a first upload of
     /// KeyPackages: at most once a minute, so a device cannot keep them busy.
     sibling_wakes: std::collections::HashMap<String, std::time::Instant>,
+    /// Each group's delivered-up-to mark as last computed: an acknowledgement from a
+    /// device ahead of it cannot move it, so only the device holding it back prunes.
+    /// Forgotten whenever membership or devices may have changed.
+    delivered_marks: std::collections::HashMap<Vec<u8>, i64>,
 }
 
 impl Relay {
@@ -142,6 +146,7 @@ impl Relay {
             message_retention_secs: muster_proto::MESSAGE_RETENTION_SECS,
             limiter: Default::default(),
             sibling_wakes: Default::default(),
+            delivered_marks: Default::default(),
         })
     }
 
@@ -292,6 +297,13 @@ impl Relay {
                 ErrorCode::RateLimited,
                 message,
             )));
+        }
+        if !matches!(
+            request,
+            Request::Send { .. } | Request::Fetch { .. } | Request::Ack { .. }
+        ) {
+            // Anything else may change who is in a group or which devices count.
+            self.delivered_marks.clear();
         }
         let result = match request {
             Request::MyCertificate => self.my_certificate(session),

@@ -58,7 +58,7 @@ impl Relay {
 
     /// Deletes a group's messages that every device still in it (and every removed device
     /// still owed messages) has acknowledged.
-    pub(super) fn prune_delivered(tx: &Transaction, group_id: &[u8]) -> Result<(), Failure> {
+    pub(super) fn prune_delivered(tx: &Transaction, group_id: &[u8]) -> Result<i64, Failure> {
         let waiting: Option<i64> = row(
             tx,
             "SELECT MIN(COALESCE(c.acked_seq, ms.from_seq - 1)) FROM memberships ms
@@ -84,7 +84,23 @@ impl Relay {
             "DELETE FROM messages WHERE group_id = ?1 AND seq <= ?2",
             params![group_id, delivered_up_to],
         )?;
-        Ok(())
+        Ok(delivered_up_to)
+    }
+
+    /// How far `device` had acknowledged `group_id` (the lowest over its memberships).
+    pub(super) fn acked_up_to(
+        tx: &Transaction,
+        device: &str,
+        group_id: &[u8],
+    ) -> Result<Option<i64>, Failure> {
+        Ok(row(
+            tx,
+            "SELECT MIN(COALESCE(c.acked_seq, ms.from_seq - 1)) FROM memberships ms
+               LEFT JOIN cursors c ON c.device_id = ms.device_id AND c.group_id = ms.group_id
+             WHERE ms.device_id = ?1 AND ms.group_id = ?2",
+            params![device, group_id],
+            |r| r.get(0),
+        )?)
     }
 
     pub(super) fn fetch(&self, session: &Session, limit: u32) -> Result<Outcome, Failure> {
@@ -176,6 +192,15 @@ impl Relay {
                 }
             }
         }
+        // Only a device that was holding a group's mark back can move it.
+        let mut holders = Vec::new();
+        for group_id in acked_groups.keys() {
+            let before = Self::acked_up_to(&tx, &session.device_id, group_id)?;
+            let mark = self.delivered_marks.get(*group_id);
+            if mark.is_none_or(|mark| before.is_none_or(|before| before <= *mark)) {
+                holders.push(group_id.to_vec());
+            }
+        }
         for (group_id, seq) in &acked_groups {
             exec(
                 &tx,
@@ -184,10 +209,13 @@ impl Relay {
                 params![session.device_id, group_id, (*seq).min(i64::MAX as u64) as i64],
             )?;
         }
-        for group_id in acked_groups.keys() {
-            Self::prune_delivered(&tx, group_id)?;
+        let mut marks = Vec::with_capacity(holders.len());
+        for group_id in holders {
+            let mark = Self::prune_delivered(&tx, &group_id)?;
+            marks.push((group_id, mark));
         }
         tx.commit()?;
+        self.delivered_marks.extend(marks);
         Ok(Outcome::reply(Response::Ok))
     }
 }
