@@ -403,6 +403,15 @@ impl Relay {
             params![session.device_id, group_id, seq as i64, last_seq as i64],
         )?;
         tx.commit()?;
+        self.recent.push(
+            group_id,
+            recent::Entry {
+                seq,
+                sender: session.device_id.as_str().into(),
+                application: true,
+                data: data.into(),
+            },
+        );
         let mut wake = members;
         wake.remove(&session.device_id);
         Ok(Outcome::with_wake(Response::Stored { seq }, wake))

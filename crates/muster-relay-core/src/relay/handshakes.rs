@@ -160,6 +160,8 @@ impl Relay {
             ));
         }
         let seq = last_seq + 1;
+        // Handshakes are not kept in the recent log: the group's log starts again after.
+        self.recent.forget(group_id);
         Self::append(
             &tx,
             group_id,
@@ -269,6 +271,8 @@ impl Relay {
             .add_proposal(&Storage::new(&tx), *queued)
             .map_err(|e| Failure::Store(StoreError::Sql(e)))?;
         let seq = last_seq + 1;
+        // Handshakes are not kept in the recent log: the group's log starts again after.
+        self.recent.forget(group_id);
         Self::append(
             &tx,
             group_id,

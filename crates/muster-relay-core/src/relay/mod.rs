@@ -27,6 +27,7 @@ mod enrolment;
 mod groups;
 mod handshakes;
 mod queue;
+mod recent;
 mod store;
 
 pub use auth::{challenge_nonce, verify_challenge};
@@ -110,6 +111,8 @@ pub struct Relay {
     /// device ahead of it cannot move it, so only the device holding it back prunes.
     /// Forgotten whenever membership or devices may have changed.
     delivered_marks: std::collections::HashMap<Vec<u8>, i64>,
+    /// Each group's latest messages, for fetches that need not read SQLite.
+    recent: recent::RecentLogs,
 }
 
 impl Relay {
@@ -147,6 +150,7 @@ impl Relay {
             limiter: Default::default(),
             sibling_wakes: Default::default(),
             delivered_marks: Default::default(),
+            recent: Default::default(),
         })
     }
 
