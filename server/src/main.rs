@@ -2,6 +2,7 @@
 //! runs the QUIC server around [`muster_relay_core::Relay`].
 
 mod server;
+mod worker;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

@@ -212,7 +212,9 @@ impl Connected {
 }
 
 struct Shared {
-    relay: Mutex<Relay>,
+    relay: Arc<Mutex<Relay>>,
+    /// Requests for the worker thread, which handles them in group commits.
+    jobs: std::sync::mpsc::Sender<crate::worker::Job>,
     connected: Connected,
     next_connection: AtomicU64,
     /// Unauthenticated connections and anonymous requests, per source address.
@@ -258,8 +260,10 @@ pub async fn serve(data: PathBuf, listen: SocketAddr, quotas: Quotas) -> Result<
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();
+    let relay = Arc::new(Mutex::new(relay));
     let shared = Arc::new(Shared {
-        relay: Mutex::new(relay),
+        jobs: crate::worker::start(relay.clone()),
+        relay,
         connected: Connected::default(),
         next_connection: AtomicU64::new(1),
         admission: Mutex::new(Admission::new(quotas.anonymous, std::time::Instant::now())),
@@ -476,15 +480,16 @@ async fn handle_stream(
                     }
                     Precheck::NeedsRelay(request) => request,
                 };
-                let shared2 = shared.clone();
-                let state2 = state.clone();
-                let outcome = tokio::task::spawn_blocking(move || {
-                    let mut relay = shared2.relay.lock().unwrap_or_else(|e| e.into_inner());
-                    let mut state = state2.lock().unwrap_or_else(|e| e.into_inner());
-                    let outcome = state.on_prechecked(&mut relay, request);
-                    (outcome, state.session().map(|s| s.device_id.clone()))
-                })
-                .await;
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                let job = crate::worker::Job {
+                    state: state.clone(),
+                    request,
+                    reply,
+                };
+                let outcome = match shared.jobs.send(job) {
+                    Ok(()) => answer.await.map_err(|_| ()),
+                    Err(_) => Err(()),
+                };
                 match outcome {
                     Ok((outcome, device)) => {
                         if let Some(device) = device {

@@ -113,6 +113,12 @@ pub struct Relay {
     delivered_marks: std::collections::HashMap<Vec<u8>, i64>,
     /// Each group's latest messages, for fetches that need not read SQLite.
     recent: recent::RecentLogs,
+    /// Inside a group commit: transactions commit without an fsync until
+    /// [`Relay::end_group_commit`] makes all of them durable at once.
+    grouped: Option<u64>,
+    /// SQLite's count of changes made by other connections, as last seen: when it moves
+    /// (an operator or a tool edited the database), what is kept in memory is forgotten.
+    data_version: i64,
 }
 
 impl Relay {
@@ -151,7 +157,33 @@ impl Relay {
             sibling_wakes: Default::default(),
             delivered_marks: Default::default(),
             recent: Default::default(),
+            grouped: None,
+            data_version: 0,
         })
+    }
+
+    /// Starts a group commit: the requests handled until [`Relay::end_group_commit`]
+    /// commit without waiting for the disk. Their answers must not leave before that.
+    pub fn begin_group_commit(&mut self) -> Result<(), StoreError> {
+        self.db.pragma_update(None, "synchronous", "NORMAL")?;
+        self.grouped = Some(self.db.total_changes());
+        Ok(())
+    }
+
+    /// Makes everything committed since [`Relay::begin_group_commit`] durable with one
+    /// fsync of the write-ahead log (a last small transaction with `synchronous=FULL`
+    /// syncs every frame before it). Only then may the answers go out.
+    pub fn end_group_commit(&mut self) -> Result<(), StoreError> {
+        let started = self.grouped.take();
+        self.db.pragma_update(None, "synchronous", "FULL")?;
+        if started.is_some_and(|changes| self.db.total_changes() != changes) {
+            self.db.execute(
+                "INSERT INTO meta (key, value) VALUES ('durability_barrier', 1)
+                 ON CONFLICT (key) DO UPDATE SET value = value + 1",
+                [],
+            )?;
+        }
+        Ok(())
     }
 
     pub fn fingerprint(&self) -> &str {
@@ -301,6 +333,20 @@ impl Relay {
                 ErrorCode::RateLimited,
                 message,
             )));
+        }
+        match self
+            .db
+            .prepare_cached("PRAGMA data_version")
+            .and_then(|mut q| q.query_row([], |r| r.get::<_, i64>(0)))
+        {
+            Ok(version) if version == self.data_version => {}
+            Ok(version) => {
+                // Someone else changed the database: memory must not answer for it.
+                self.data_version = version;
+                self.recent.clear();
+                self.delivered_marks.clear();
+            }
+            Err(e) => return finish(Err(e.into())),
         }
         if !matches!(
             request,
