@@ -1348,3 +1348,58 @@ fn a_message_is_pruned_once_everyone_has_it_whoever_held_the_group_back() {
     assert_eq!(fetch_and_ack(&mut w.relay, &w.admin), 1);
     assert_eq!(stored(&w), 0);
 }
+
+#[test]
+fn a_group_commit_syncs_once_for_what_it_stored_and_not_for_acknowledgements() {
+    let mut w = World::new();
+    let bob = w.enrol("bob");
+    let (mut alice_group, _) = w.group_with(&[&bob]);
+    fetch_and_ack(&mut w.relay, &bob);
+    let barriers = |relay: &Relay| -> i64 {
+        relay
+            .db()
+            .query_row(
+                "SELECT COALESCE((SELECT value FROM meta WHERE key = 'durability_barrier'), 0)",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    let synchronous = |relay: &Relay| -> i64 {
+        relay
+            .db()
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(synchronous(&w.relay), 2, "FULL outside group commits");
+    let before = barriers(&w.relay);
+    w.relay.begin_group_commit().unwrap();
+    assert_eq!(
+        synchronous(&w.relay),
+        1,
+        "NORMAL inside: no fsync per transaction"
+    );
+    for i in 0..3 {
+        let outcome = send(
+            &mut w.relay,
+            &w.admin,
+            &mut alice_group,
+            b"grouped",
+            format!("g{i}").as_bytes(),
+        );
+        assert!(matches!(outcome.response, Response::Stored { .. }));
+    }
+    w.relay.end_group_commit().unwrap();
+    assert_eq!(synchronous(&w.relay), 2);
+    assert_eq!(
+        barriers(&w.relay),
+        before + 1,
+        "one sync for three messages"
+    );
+    // Acknowledgements alone need no sync.
+    w.relay.begin_group_commit().unwrap();
+    assert_eq!(fetch_and_ack(&mut w.relay, &bob), 3);
+    w.relay.end_group_commit().unwrap();
+    assert_eq!(barriers(&w.relay), before + 1);
+    assert_eq!(synchronous(&w.relay), 2);
+}
