@@ -137,7 +137,7 @@ async fn bootstrap(relay: &RelayProcess) -> Result<Admin, HarnessError> {
 /// Invites, enrols and approves one device; returns its key.
 async fn enrol(
     admin: &Admin,
-    anonymous: &RelayConnection,
+    relay: &RelayProcess,
     user: String,
 ) -> Result<DeviceKey, HarnessError> {
     let secret = CodeSecret::generate();
@@ -170,7 +170,12 @@ async fn enrol(
         requested_at: now,
     };
     let request = EnrolmentRequest::new(body, &secret, |m| key.sign(m));
-    match anonymous.request(&Request::Enrol { request }).await? {
+    // The relay answers only a few requests on a connection that has not logged in: each
+    // enrolment comes on its own, as it does from a real device.
+    let anonymous = RelayConnection::connect(&relay.addr, &relay.fingerprint).await?;
+    let answer = anonymous.request(&Request::Enrol { request }).await;
+    anonymous.close().await;
+    match answer? {
         Response::EnrolmentSubmitted { .. } => {}
         other => return Err(unexpected("Enrol", other)),
     }
@@ -233,11 +238,10 @@ pub async fn run(devices: usize) -> Result<Report, HarnessError> {
     let scratch = Scratch::new("connections")?;
     let relay = RelayProcess::start(&scratch.path().join("relay"))?;
     let admin = bootstrap(&relay).await?;
-    let anonymous = RelayConnection::connect(&relay.addr, &relay.fingerprint).await?;
     let enrol_started = Instant::now();
     let keys = bounded(
         (0..devices)
-            .map(|i| enrol(&admin, &anonymous, format!("device{i}")))
+            .map(|i| enrol(&admin, &relay, format!("device{i}")))
             .collect(),
     )
     .await?;
@@ -297,6 +301,5 @@ pub async fn run(devices: usize) -> Result<Report, HarnessError> {
         (per_connection / 1024.0 * 10.0).round() / 10.0,
     );
     drop(connections);
-    drop(anonymous);
     Ok(report)
 }
