@@ -20,6 +20,9 @@ use std::time::Instant;
 /// Devices enrolled or connected at once.
 const CONCURRENCY: usize = 64;
 
+/// Enrolments sent on one anonymous connection: what the relay answers before login.
+const ENROLMENTS_PER_CONNECTION: usize = 8;
+
 /// A device key of the bench's own.
 struct DeviceKey(Ed25519KeyPair);
 
@@ -137,7 +140,7 @@ async fn bootstrap(relay: &RelayProcess) -> Result<Admin, HarnessError> {
 /// Invites, enrols and approves one device; returns its key.
 async fn enrol(
     admin: &Admin,
-    relay: &RelayProcess,
+    anonymous: &RelayConnection,
     user: String,
 ) -> Result<DeviceKey, HarnessError> {
     let secret = CodeSecret::generate();
@@ -170,12 +173,7 @@ async fn enrol(
         requested_at: now,
     };
     let request = EnrolmentRequest::new(body, &secret, |m| key.sign(m));
-    // The relay answers only a few requests on a connection that has not logged in: each
-    // enrolment comes on its own, as it does from a real device.
-    let anonymous = RelayConnection::connect(&relay.addr, &relay.fingerprint).await?;
-    let answer = anonymous.request(&Request::Enrol { request }).await;
-    anonymous.close().await;
-    match answer? {
+    match anonymous.request(&Request::Enrol { request }).await? {
         Response::EnrolmentSubmitted { .. } => {}
         other => return Err(unexpected("Enrol", other)),
     }
@@ -239,12 +237,35 @@ pub async fn run(devices: usize) -> Result<Report, HarnessError> {
     let relay = RelayProcess::start(&scratch.path().join("relay"))?;
     let admin = bootstrap(&relay).await?;
     let enrol_started = Instant::now();
-    let keys = bounded(
-        (0..devices)
-            .map(|i| enrol(&admin, &relay, format!("device{i}")))
+    // The relay answers only a few requests on a connection that has not logged in
+    // (eight): each anonymous connection enrols that many devices, one after another.
+    let batches: Vec<Vec<usize>> = (0..devices)
+        .collect::<Vec<_>>()
+        .chunks(ENROLMENTS_PER_CONNECTION)
+        .map(<[usize]>::to_vec)
+        .collect();
+    let keys: Vec<DeviceKey> = bounded(
+        batches
+            .into_iter()
+            .map(|batch| {
+                let (admin, relay) = (&admin, &relay);
+                async move {
+                    let anonymous =
+                        RelayConnection::connect(&relay.addr, &relay.fingerprint).await?;
+                    let mut keys = Vec::with_capacity(batch.len());
+                    for i in batch {
+                        keys.push(enrol(admin, &anonymous, format!("device{i}")).await?);
+                    }
+                    anonymous.close().await;
+                    Ok(keys)
+                }
+            })
             .collect(),
     )
-    .await?;
+    .await?
+    .into_iter()
+    .flatten()
+    .collect();
     let enrol_time = enrol_started.elapsed();
 
     let before = resident_bytes(relay.pid())?;
