@@ -39,7 +39,17 @@ fn run(relay: &Mutex<Relay>, waiting: &mpsc::Receiver<Job>) {
             }
         }
         let mut relay = relay.lock().unwrap_or_else(|e| e.into_inner());
-        let grouped = relay.begin_group_commit();
+        if let Err(e) = relay.begin_group_commit() {
+            // Nothing is run that could not be answered truthfully.
+            drop(relay);
+            tracing::error!(error = %e, "could not start a group commit");
+            for job in batch {
+                let _ = job
+                    .reply
+                    .send((failed("the relay could not store this; try again"), None));
+            }
+            continue;
+        }
         let answered: Vec<_> = batch
             .into_iter()
             .map(|job| {
@@ -56,7 +66,7 @@ fn run(relay: &Mutex<Relay>, waiting: &mpsc::Receiver<Job>) {
                 (job.reply, outcome, device)
             })
             .collect();
-        let durable = grouped.and_then(|()| relay.end_group_commit());
+        let durable = relay.end_group_commit();
         drop(relay);
         if let Err(e) = &durable {
             tracing::error!(error = %e, "could not make a group commit durable");

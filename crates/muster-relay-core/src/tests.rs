@@ -1403,3 +1403,22 @@ fn a_group_commit_syncs_once_for_what_it_stored_and_not_for_acknowledgements() {
     assert_eq!(barriers(&w.relay), before + 1);
     assert_eq!(synchronous(&w.relay), 2);
 }
+
+#[test]
+fn a_message_nobody_else_waits_for_is_not_kept() {
+    let mut w = World::new();
+    let (mut alone, _) = w.group_with(&[]);
+    fetch_and_ack(&mut w.relay, &w.admin);
+    for i in 0..3 {
+        let outcome = send(
+            &mut w.relay,
+            &w.admin,
+            &mut alone,
+            b"note to self",
+            format!("n{i}").as_bytes(),
+        );
+        assert!(matches!(outcome.response, Response::Stored { .. }));
+        assert_eq!(w.relay.stats().unwrap().stored_messages, 0, "send {i}");
+    }
+    assert_eq!(queued_bytes(&w.relay, &w.admin), 0);
+}

@@ -388,11 +388,10 @@ impl Relay {
         // fetched everything before it is also done with it. If it was the one holding
         // the group's mark back, the mark is worked out again at the next acknowledgement.
         let before = Self::acked_up_to(&tx, &session.device_id, group_id)?;
-        if let (Some(before), Some(mark)) = (before, self.delivered_marks.get(group_id)) {
-            if before <= *mark {
-                self.delivered_marks.remove(group_id);
-            }
-        }
+        let holding_back = match (before, self.delivered_marks.get(group_id)) {
+            (Some(before), Some(mark)) => before <= *mark,
+            _ => true,
+        };
         exec(&tx,
             "INSERT INTO cursors (device_id, group_id, acked_seq)
                SELECT ?1, ?2, ?3 FROM memberships ms
@@ -402,6 +401,13 @@ impl Relay {
              ON CONFLICT (device_id, group_id) DO UPDATE SET acked_seq = MAX(acked_seq, excluded.acked_seq)",
             params![session.device_id, group_id, seq as i64, last_seq as i64],
         )?;
+        // A sender that was holding the group back may have been the last one waiting
+        // (alone in the group, or the others gone): it prunes as an acknowledgement would.
+        let mark = if holding_back {
+            Some(Self::prune_delivered(&tx, group_id)?)
+        } else {
+            None
+        };
         tx.commit()?;
         self.recent.push(
             group_id,
@@ -412,6 +418,10 @@ impl Relay {
                 data: data.into(),
             },
         );
+        if let Some(mark) = mark {
+            self.recent.delivered(group_id, mark.max(0) as u64);
+            self.delivered_marks.insert(group_id.to_vec(), mark);
+        }
         let mut wake = members;
         wake.remove(&session.device_id);
         Ok(Outcome::with_wake(Response::Stored { seq }, wake))

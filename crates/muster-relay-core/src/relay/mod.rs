@@ -116,6 +116,8 @@ pub struct Relay {
     /// Inside a group commit: transactions commit without an fsync until
     /// [`Relay::end_group_commit`] makes all of them durable at once.
     grouped: Option<u64>,
+    /// A group commit's sync failed: the next one syncs whatever it holds.
+    unsynced: bool,
     /// SQLite's count of changes made by other connections, as last seen: when it moves
     /// (an operator or a tool edited the database), what is kept in memory is forgotten.
     data_version: i64,
@@ -141,6 +143,13 @@ impl Relay {
         storage
             .run_migrations()
             .map_err(|e| StoreError::Migration(e.to_string()))?;
+        // A relay stopped in the middle of a group commit left transactions that may not
+        // be on disk yet; they are made durable before anything is answered from them.
+        db.execute(
+            "INSERT INTO meta (key, value) VALUES ('durability_barrier', 1)
+             ON CONFLICT (key) DO UPDATE SET value = value + 1",
+            [],
+        )?;
         let blob_dir = path
             .parent()
             .map(|p| p.join("blobs"))
@@ -158,6 +167,7 @@ impl Relay {
             delivered_marks: Default::default(),
             recent: Default::default(),
             grouped: None,
+            unsynced: false,
             data_version: 0,
         })
     }
@@ -176,13 +186,24 @@ impl Relay {
     pub fn end_group_commit(&mut self) -> Result<(), StoreError> {
         let started = self.grouped.take();
         self.db.pragma_update(None, "synchronous", "FULL")?;
-        if started.is_some_and(|changes| self.db.total_changes() != changes) {
-            self.db.execute(
-                "INSERT INTO meta (key, value) VALUES ('durability_barrier', 1)
-                 ON CONFLICT (key) DO UPDATE SET value = value + 1",
-                [],
-            )?;
+        if self.unsynced || started.is_some_and(|changes| self.db.total_changes() != changes) {
+            // Until one succeeds, every group commit syncs: what an earlier one committed
+            // is visible (a resend is answered from it) but maybe not yet on disk.
+            self.unsynced = true;
+            self.sync_barrier()?;
+            self.unsynced = false;
         }
+        Ok(())
+    }
+
+    /// A small write committed with `synchronous=FULL`: its fsync of the write-ahead log
+    /// makes every transaction committed before it durable.
+    fn sync_barrier(&self) -> Result<(), StoreError> {
+        self.db.execute(
+            "INSERT INTO meta (key, value) VALUES ('durability_barrier', 1)
+             ON CONFLICT (key) DO UPDATE SET value = value + 1",
+            [],
+        )?;
         Ok(())
     }
 
