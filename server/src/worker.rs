@@ -60,6 +60,7 @@ fn run(relay: &Mutex<Relay>, waiting: &mpsc::Receiver<Job>) {
                 }));
                 let outcome = handled.unwrap_or_else(|_| {
                     tracing::error!("a request handler panicked");
+                    relay.forget_memory();
                     failed("request handler failed")
                 });
                 let device = state.session().map(|s| s.device_id.clone());

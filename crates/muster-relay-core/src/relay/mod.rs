@@ -172,6 +172,13 @@ impl Relay {
         })
     }
 
+    /// Forgets what is kept in memory beside the database (recent messages, delivered
+    /// marks): after a request failed halfway, they are rebuilt from SQLite.
+    pub fn forget_memory(&mut self) {
+        self.recent.clear();
+        self.delivered_marks.clear();
+    }
+
     /// Starts a group commit: the requests handled until [`Relay::end_group_commit`]
     /// commit without waiting for the disk. Their answers must not leave before that.
     pub fn begin_group_commit(&mut self) -> Result<(), StoreError> {
