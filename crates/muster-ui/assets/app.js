@@ -579,15 +579,21 @@ function showEnded() {
   );
 }
 
+// Hides the main screens and the header's buttons; returns the full-page section shown
+// instead (setting up, waiting, revoked, closed).
+function showFullScreen() {
+  for (const id of ["main", "alerts", "offline", "search", "show-directory", "show-me", "show-admin"]) {
+    document.getElementById(id).hidden = true;
+  }
+  const screen = document.getElementById("enrol");
+  screen.hidden = false;
+  return screen;
+}
+
 // This device was revoked: nothing more can be done here.
 function showRevoked(revoked) {
   clearPage();
-  document.getElementById("main").hidden = true;
-  document.getElementById("alerts").hidden = true;
-  document.getElementById("offline").hidden = true;
-  for (const id of ["search", "show-directory", "show-me", "show-admin"]) document.getElementById(id).hidden = true;
-  const screen = document.getElementById("enrol");
-  screen.hidden = false;
+  const screen = showFullScreen();
   if (!revoked) return;
   screen.replaceChildren(
     el("h1", "This device was revoked"),

@@ -44,12 +44,7 @@ function enrolForm(title, fields, submitLabel, send) {
 // The enrolment screens, for a device that is not approved yet.
 function showEnrol(status) {
   const key = JSON.stringify(status);
-  document.getElementById("main").hidden = true;
-  document.getElementById("alerts").hidden = true;
-  document.getElementById("offline").hidden = true;
-  for (const id of ["search", "show-directory", "show-me", "show-admin"]) document.getElementById(id).hidden = true;
-  const screen = document.getElementById("enrol");
-  screen.hidden = false;
+  const screen = showFullScreen();
   // The same screen stays as it is (with what the user typed) until the status changes.
   if (state.enrolShown === key) return;
   state.enrolShown = key;

@@ -33,6 +33,16 @@ pub enum Status {
     Online,
 }
 
+impl Status {
+    fn waiting(me: muster_engine::Identity) -> Self {
+        Status::Waiting {
+            user: me.user,
+            device_id: me.device_id,
+            org: me.org,
+        }
+    }
+}
+
 /// How often a waiting device asks whether it has been approved: the relay cannot tell
 /// a device it has never authenticated, so it asks.
 const APPROVAL_POLL: Duration = Duration::from_secs(2);
@@ -95,11 +105,7 @@ impl Link {
                 link.connect_now();
             }
             Ok(me) => {
-                link.status = Status::Waiting {
-                    user: me.user,
-                    device_id: me.device_id,
-                    org: me.org,
-                };
+                link.status = Status::waiting(me);
                 link.connect_now();
             }
         }
@@ -206,11 +212,7 @@ impl Link {
                 };
             }
             _ => {
-                self.status = Status::Waiting {
-                    user: me.user,
-                    device_id: me.device_id,
-                    org: me.org,
-                };
+                self.status = Status::waiting(me);
                 self.next_attempt = Some(Instant::now() + APPROVAL_POLL);
             }
         }

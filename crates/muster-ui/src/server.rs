@@ -167,6 +167,16 @@ pub(crate) async fn ask<T: serde::Serialize>(
     app: &App,
     command: impl FnOnce(Reply<T>) -> Command,
 ) -> Response {
+    answer(app, command, |value| Json(value).into_response()).await
+}
+
+/// Sends `command` to the engine task and answers with `respond` of its result, or with
+/// why there is none.
+async fn answer<T>(
+    app: &App,
+    command: impl FnOnce(Reply<T>) -> Command,
+    respond: impl FnOnce(T) -> Response,
+) -> Response {
     let (reply, answer) = oneshot::channel();
     if app.commands.send(command(reply)).await.is_err() {
         return refuse(
@@ -175,7 +185,7 @@ pub(crate) async fn ask<T: serde::Serialize>(
         );
     }
     match answer.await {
-        Ok(Ok(value)) => Json(value).into_response(),
+        Ok(Ok(value)) => respond(value),
         Ok(Err(why)) => unprocessable(why),
         Err(_) => refuse(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -343,33 +353,18 @@ async fn upload(
 /// A message's attachment, checked and decrypted by this device, as a download: always
 /// as plain bytes, so a colleague's file is never rendered in the page's origin.
 async fn download(State(app): State<App>, Path(id): Path<String>) -> Response {
-    let (reply, answer) = oneshot::channel();
-    if app
-        .commands
-        .send(Command::Download { id, reply })
-        .await
-        .is_err()
-    {
-        return refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the device is shutting down",
-        );
-    }
-    match answer.await {
-        Ok(Ok((_, content))) => (
+    let command = |reply| Command::Download { id, reply };
+    answer(&app, command, |(_, content)| {
+        (
             [
                 (header::CONTENT_TYPE, "application/octet-stream"),
                 (header::CONTENT_DISPOSITION, "attachment"),
             ],
             content,
         )
-            .into_response(),
-        Ok(Err(why)) => unprocessable(why),
-        Err(_) => refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the device is shutting down",
-        ),
-    }
+            .into_response()
+    })
+    .await
 }
 
 #[derive(Deserialize)]

@@ -145,11 +145,7 @@ impl Relay {
             .map_err(|e| StoreError::Migration(e.to_string()))?;
         // A relay stopped in the middle of a group commit left transactions that may not
         // be on disk yet; they are made durable before anything is answered from them.
-        db.execute(
-            "INSERT INTO meta (key, value) VALUES ('durability_barrier', 1)
-             ON CONFLICT (key) DO UPDATE SET value = value + 1",
-            [],
-        )?;
+        Self::sync_barrier(&db)?;
         let blob_dir = path
             .parent()
             .map(|p| p.join("blobs"))
@@ -197,7 +193,7 @@ impl Relay {
             // Until one succeeds, every group commit syncs: what an earlier one committed
             // is visible (a resend is answered from it) but maybe not yet on disk.
             self.unsynced = true;
-            self.sync_barrier()?;
+            Self::sync_barrier(&self.db)?;
             self.unsynced = false;
         }
         Ok(())
@@ -205,8 +201,8 @@ impl Relay {
 
     /// A small write committed with `synchronous=FULL`: its fsync of the write-ahead log
     /// makes every transaction committed before it durable.
-    fn sync_barrier(&self) -> Result<(), StoreError> {
-        self.db.execute(
+    fn sync_barrier(db: &Connection) -> Result<(), StoreError> {
+        db.execute(
             "INSERT INTO meta (key, value) VALUES ('durability_barrier', 1)
              ON CONFLICT (key) DO UPDATE SET value = value + 1",
             [],
