@@ -140,10 +140,31 @@ impl Rogue {
     }
 
     /// Encrypts `envelope` (any JSON, valid or not) as an application message of the group.
+    /// An object without a message number gets the device's next one, as a client's would.
     pub fn app_message(&self, group_id: &[u8], envelope: &serde_json::Value) -> Vec<u8> {
+        let mut envelope = envelope.clone();
+        if let Some(fields) = envelope.as_object_mut().filter(|f| !f.contains_key("n")) {
+            let key = format!(
+                "sent_n:{}",
+                group_id
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            );
+            let n: i64 = self
+                .db
+                .query_row(
+                    "INSERT INTO sync_state (key, value) VALUES (?1, 1)
+                     ON CONFLICT (key) DO UPDATE SET value = value + 1 RETURNING value",
+                    [key],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            fields.insert("n".into(), n.into());
+        }
         let provider = self.provider();
         let mut group = self.group(group_id);
-        let bytes = serde_json::to_vec(envelope).unwrap();
+        let bytes = serde_json::to_vec(&envelope).unwrap();
         group
             .create_message(&provider, &self.signer(), &bytes)
             .unwrap()

@@ -461,3 +461,44 @@ fn a_member_cannot_hang_words_or_a_wall_of_reactions_under_a_message() {
         "one member, at most ten: {reactions:?}"
     );
 }
+
+#[test]
+fn a_text_sent_to_some_members_alone_is_dropped_by_them() {
+    let org = Org::new("rogue-directed");
+    let bob = org.enrol("bob");
+    let carol = org.enrol("carol");
+    let gid = group(&org, "desk", &[&bob, &carol]);
+    let rogue = Rogue::open(&bob);
+    // Bob tells alice something carol never sees, sent as receipts are: to alice alone,
+    // without a number, so carol could not tell it was kept from her.
+    let mut unnumbered = envelope(
+        "0123456789abcdef",
+        now_ms(),
+        json!({"type": "text", "text": "ONLY-FOR-ALICE-51"}),
+    );
+    unnumbered["n"] = serde_json::Value::Null;
+    let message = rogue.app_message(&gid, &unnumbered);
+    let answer = rogue.request(muster_proto::Request::SendTo {
+        group_id: gid.clone(),
+        message,
+        client_id: b"directed-text".to_vec(),
+        to: vec!["alice".into()],
+    });
+    assert!(matches!(answer, Response::Stored { .. }), "{answer:?}");
+    drop(rogue);
+    let out = org.admin.run(&["sync"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stderr.contains("without its number") || stdout.contains("without its number"),
+        "{stdout} {stderr}"
+    );
+    let hex: String = gid.iter().map(|b| format!("{b:02x}")).collect();
+    assert!(
+        !org.admin
+            .texts(&hex)
+            .iter()
+            .any(|t| t.contains("ONLY-FOR-ALICE-51")),
+        "alice shows a text carol never got"
+    );
+}

@@ -73,7 +73,9 @@ CREATE INDEX IF NOT EXISTS messages_delivered_due ON messages(group_id) WHERE de
 CREATE INDEX IF NOT EXISTS messages_read_due ON messages(group_id) WHERE read_receipt_due = 1;
 CREATE TABLE IF NOT EXISTS outbox (
     client_id BLOB PRIMARY KEY, position INTEGER NOT NULL, group_id BLOB NOT NULL,
-    message_id TEXT NOT NULL, envelope BLOB NOT NULL, ciphertext BLOB NOT NULL);
+    message_id TEXT NOT NULL, envelope BLOB NOT NULL, ciphertext BLOB NOT NULL,
+    -- the users it goes to, one per line (receipts); NULL for the whole group
+    audience TEXT);
 CREATE TABLE IF NOT EXISTS cursors (group_id BLOB PRIMARY KEY, last_seq INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS own_handshakes (group_id BLOB NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (group_id, seq));
 CREATE TABLE IF NOT EXISTS revoked_devices (device_id TEXT PRIMARY KEY, user TEXT NOT NULL);
@@ -124,3 +126,14 @@ CREATE TABLE IF NOT EXISTS pending_members (
     PRIMARY KEY (group_id, user));
 CREATE TABLE IF NOT EXISTS pending_commits (group_id BLOB PRIMARY KEY, commit_hash BLOB NOT NULL);
 "#;
+
+/// Adds what later versions need to a store made by an older version.
+pub(crate) fn migrate(db: &rusqlite::Connection) -> rusqlite::Result<()> {
+    let has_audience = db
+        .prepare("SELECT 1 FROM pragma_table_info('outbox') WHERE name = 'audience'")?
+        .exists([])?;
+    if !has_audience {
+        db.execute_batch("ALTER TABLE outbox ADD COLUMN audience TEXT")?;
+    }
+    Ok(())
+}

@@ -29,5 +29,5 @@ pub use wire::{
     AuditEvent, ClaimedKeyPackage, Delivery, ErrorCode, OpenInvite, PendingEnrolment,
     ProfileChange, PublishedCheckpoint, Push, RelayError, Request, Response, WireError,
     ATTACHMENT_CHUNK, ATTACHMENT_CHUNK_OVERHEAD, BLOB_QUOTA_PER_DEVICE, MAX_ATTACHMENT, MAX_FRAME,
-    MAX_MLS_MESSAGE, MESSAGE_RETENTION_SECS, QUEUE_QUOTA_PER_DEVICE,
+    MAX_MLS_MESSAGE, MAX_RECIPIENT_USERS, MESSAGE_RETENTION_SECS, QUEUE_QUOTA_PER_DEVICE,
 };

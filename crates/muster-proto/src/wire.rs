@@ -224,7 +224,22 @@ pub enum Request {
     /// (a device that proved its key and was refused as revoked) The signed revocation
     /// naming it, and the organisation policy, so it can tell what to do.
     MyRevocation,
+    /// Like `Send`, for the devices of the users named in `to` only (a receipt, which
+    /// only its messages' authors use). The message is still encrypted for the whole
+    /// group; the others never fetch it.
+    SendTo {
+        #[serde(with = "serde_bytes")]
+        group_id: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        message: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        client_id: Vec<u8>,
+        to: Vec<String>,
+    },
 }
+
+/// The most users one `SendTo` may name.
+pub const MAX_RECIPIENT_USERS: usize = 256;
 
 /// The relay's answer to one request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

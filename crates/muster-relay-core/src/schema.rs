@@ -40,6 +40,8 @@ CREATE INDEX IF NOT EXISTS memberships_group ON memberships(group_id);
 CREATE TABLE IF NOT EXISTS messages (
     group_id BLOB NOT NULL, seq INTEGER NOT NULL, epoch INTEGER NOT NULL, kind TEXT NOT NULL,
     sender_device TEXT NOT NULL, client_id BLOB, data BLOB NOT NULL, stored_at INTEGER NOT NULL,
+    -- the users it is for, as "\nalice\nbob\n"; NULL for every member
+    audience TEXT,
     PRIMARY KEY (group_id, seq));
 CREATE UNIQUE INDEX IF NOT EXISTS messages_client_id ON messages(sender_device, client_id)
     WHERE client_id IS NOT NULL;
@@ -75,3 +77,30 @@ INSERT INTO queued_bytes (device_id, bytes)
 INSERT OR IGNORE INTO sent_ids (sender_device, client_id, seq, stored_at)
     SELECT sender_device, client_id, seq, stored_at FROM messages WHERE client_id IS NOT NULL;
 "#;
+
+/// Adds what later versions need to a database made by an older relay.
+pub(crate) fn migrate(db: &rusqlite::Connection) -> rusqlite::Result<()> {
+    let has_audience = db
+        .prepare("SELECT 1 FROM pragma_table_info('messages') WHERE name = 'audience'")?
+        .exists([])?;
+    if !has_audience {
+        db.execute_batch("ALTER TABLE messages ADD COLUMN audience TEXT")?;
+    }
+    Ok(())
+}
+
+/// How a message's audience is stored: each user between newlines, so that one user is
+/// found with `instr(audience, "\n" || user || "\n")` (handles hold no newline).
+pub(crate) fn audience_text(users: &[String]) -> String {
+    let mut text = String::from("\n");
+    for user in users {
+        text.push_str(user);
+        text.push('\n');
+    }
+    text
+}
+
+/// What `instr` looks for in an audience to find `user`.
+pub(crate) fn audience_needle(user: &str) -> String {
+    format!("\n{user}\n")
+}

@@ -1422,3 +1422,5 @@ fn a_message_nobody_else_waits_for_is_not_kept() {
     }
     assert_eq!(queued_bytes(&w.relay, &w.admin), 0);
 }
+
+mod audience;

@@ -352,6 +352,14 @@ pub(super) fn process_group_message(
             ProcessedMessageContent::ApplicationMessage(app) => {
                 let envelope = Envelope::from_bytes(&app.into_bytes())
                     .map_err(|e| format!("from {}: {e}", sender_cert.body.user))?;
+                // Only receipts go to some members alone, so only they may come without
+                // a number: anything else unnumbered may have been kept from the others.
+                if envelope.n.is_none() && !matches!(envelope.body, Body::Receipt { .. }) {
+                    return Err(format!(
+                        "dropped a message from {} that came without its number, as only receipts may (it may not have reached every member)",
+                        sender_cert.body.user
+                    ));
+                }
                 gap = check_send_number(tx, group_id, &sender_cert, envelope.n)
                     .map_err(|e| e.to_string())?;
                 received = Some((envelope, sender_cert));

@@ -479,10 +479,19 @@ pub(super) fn queue_unchecked(
 ) -> Result<(), EngineError> {
     let db = provider.storage_connection();
     let group_id = group.group_id().as_slice().to_vec();
-    if policy_of(group).archived && archive_members(group, &device.org, db)?.is_empty() {
-        return Err(EngineError::ArchiveMissing(group_hex(&group_id)));
+    let archivists = if policy_of(group).archived {
+        let archivists = archive_members(group, &device.org, db)?;
+        if archivists.is_empty() {
+            return Err(EngineError::ArchiveMissing(group_hex(&group_id)));
+        }
+        archivists
+    } else {
+        Vec::new()
+    };
+    let audience = directed::directed_audience(db, &group_id, &envelope, &device.user, archivists)?;
+    if audience.is_none() {
+        envelope.n = Some(next_send_number(db, &group_id)?);
     }
-    envelope.n = Some(next_send_number(db, &group_id)?);
     let ciphertext = group
         .create_message(provider, signer, &envelope.to_bytes())
         .map_err(EngineError::mls)?;
@@ -492,8 +501,8 @@ pub(super) fn queue_unchecked(
         |r| r.get(0),
     )?;
     db.execute(
-        "INSERT INTO outbox (client_id, position, group_id, message_id, envelope, ciphertext) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![sha256(envelope.id.as_bytes())[..16].to_vec(), position, group_id, envelope.id, envelope.to_bytes(), mls_bytes(&ciphertext)?],
+        "INSERT INTO outbox (client_id, position, group_id, message_id, envelope, ciphertext, audience) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![sha256(envelope.id.as_bytes())[..16].to_vec(), position, group_id, envelope.id, envelope.to_bytes(), mls_bytes(&ciphertext)?, audience.map(|users| users.join("\n"))],
     )?;
     if !matches!(envelope.body, Body::Receipt { .. }) {
         let author = Author {

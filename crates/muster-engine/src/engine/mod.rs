@@ -30,6 +30,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 mod commits;
+mod directed;
 mod groups;
 mod identity;
 mod inbound;
@@ -583,6 +584,7 @@ impl Engine {
         // Deleted content is overwritten, not left in free pages.
         db.pragma_update(None, "secure_delete", "ON")?;
         db.execute_batch(SCHEMA)?;
+        crate::store::migrate(&db)?;
         crate::archive::migrate(&db)?;
         // Deleted rows leave no trace in the full-text index either.
         db.execute(

@@ -117,7 +117,7 @@ impl Engine {
         loop {
             let next: Option<OutboxEntry> = {
                 let mut stmt = self.db.prepare_cached(
-                    "SELECT client_id, group_id, message_id, ciphertext FROM outbox ORDER BY position",
+                    "SELECT client_id, group_id, message_id, ciphertext, audience FROM outbox ORDER BY position",
                 )?;
                 let mut rows = stmt.query([])?;
                 let mut found = None;
@@ -129,6 +129,7 @@ impl Engine {
                             group_id,
                             message_id: r.get(2)?,
                             ciphertext: r.get(3)?,
+                            audience: r.get(4)?,
                         });
                         break;
                     }
@@ -140,6 +141,7 @@ impl Engine {
                 group_id,
                 message_id,
                 ciphertext,
+                audience,
             }) = next
             else {
                 return Ok(());
@@ -192,10 +194,18 @@ impl Engine {
             };
             loop {
                 attempt += 1;
-                let request = Request::Send {
-                    group_id: group_id.clone(),
-                    message: ciphertext.clone(),
-                    client_id: client_id.clone(),
+                let request = match &audience {
+                    None => Request::Send {
+                        group_id: group_id.clone(),
+                        message: ciphertext.clone(),
+                        client_id: client_id.clone(),
+                    },
+                    Some(users) => Request::SendTo {
+                        group_id: group_id.clone(),
+                        message: ciphertext.clone(),
+                        client_id: client_id.clone(),
+                        to: users.split('\n').map(str::to_string).collect(),
+                    },
                 };
                 match post(conn, &request, attempt).await? {
                     Next::Done { seq } => {
@@ -315,6 +325,8 @@ pub(super) struct OutboxEntry {
     group_id: Vec<u8>,
     message_id: String,
     ciphertext: Vec<u8>,
+    /// The users it is for, one per line; `None` for the whole group.
+    audience: Option<String>,
 }
 
 /// Where messages queued for a group stand, as the outbox sees it.

@@ -1,6 +1,7 @@
 //! Groups: creation, rosters, GroupInfos, epochs, and application messages sent into them.
 
 use super::*;
+use crate::schema::audience_text;
 
 impl Relay {
     /// Every leaf of a group must carry a valid certificate of an approved device.
@@ -247,6 +248,25 @@ impl Relay {
         Ok(rows)
     }
 
+    /// The devices among `members` whose users are named in `users`.
+    fn devices_of_users(
+        tx: &Transaction,
+        members: &BTreeSet<String>,
+        users: &[String],
+    ) -> Result<BTreeSet<String>, Failure> {
+        let mut stmt = tx.prepare_cached("SELECT device_id FROM devices WHERE user = ?1")?;
+        let mut devices = BTreeSet::new();
+        for user in users {
+            for device in stmt.query_map([user], |r| r.get::<_, String>(0))? {
+                let device = device?;
+                if members.contains(&device) {
+                    devices.insert(device);
+                }
+            }
+        }
+        Ok(devices)
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(super) fn append(
         tx: &Transaction,
@@ -257,11 +277,12 @@ impl Relay {
         sender: &str,
         client_id: Option<&[u8]>,
         data: &[u8],
+        audience: Option<&str>,
     ) -> Result<(), Failure> {
         exec(tx,
-            "INSERT INTO messages (group_id, seq, epoch, kind, sender_device, client_id, data, stored_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![group_id, seq as i64, epoch as i64, kind, sender, client_id, data, now_unix() as i64],
+            "INSERT INTO messages (group_id, seq, epoch, kind, sender_device, client_id, data, stored_at, audience)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![group_id, seq as i64, epoch as i64, kind, sender, client_id, data, now_unix() as i64, audience],
         )?;
         exec(
             tx,
@@ -311,7 +332,22 @@ impl Relay {
         group_id: &[u8],
         data: &[u8],
         client_id: &[u8],
+        to: Option<&[String]>,
     ) -> Result<Outcome, Failure> {
+        if let Some(to) = to {
+            if to.is_empty() || to.len() > MAX_RECIPIENT_USERS {
+                return Err(refuse(
+                    ErrorCode::BadRequest,
+                    format!("a message must name 1-{MAX_RECIPIENT_USERS} recipient users"),
+                ));
+            }
+            if let Some(bad) = to.iter().find(|user| validate_handle(user).is_err()) {
+                return Err(refuse(
+                    ErrorCode::BadRequest,
+                    format!("recipient {bad:?} is not a user handle"),
+                ));
+            }
+        }
         if client_id.is_empty() || client_id.len() > 64 {
             return Err(refuse(
                 ErrorCode::BadRequest,
@@ -374,6 +410,7 @@ impl Relay {
             ));
         }
         let seq = last_seq + 1;
+        let audience = to.map(audience_text);
         Self::append(
             &tx,
             group_id,
@@ -383,7 +420,12 @@ impl Relay {
             &session.device_id,
             Some(client_id),
             data,
+            audience.as_deref(),
         )?;
+        let mut wake = match to {
+            None => members,
+            Some(to) => Self::devices_of_users(&tx, &members, to)?,
+        };
         // A sender never receives its own application message, so a sender that had
         // fetched everything before it is also done with it. If it was the one holding
         // the group's mark back, the mark is worked out again at the next acknowledgement.
@@ -416,13 +458,13 @@ impl Relay {
                 sender: session.device_id.as_str().into(),
                 application: true,
                 data: data.into(),
+                audience: audience.map(Into::into),
             },
         );
         if let Some(mark) = mark {
             self.recent.delivered(group_id, mark.max(0) as u64);
             self.delivered_marks.insert(group_id.to_vec(), mark);
         }
-        let mut wake = members;
         wake.remove(&session.device_id);
         Ok(Outcome::with_wake(Response::Stored { seq }, wake))
     }

@@ -171,6 +171,7 @@ impl Relay {
             &session.device_id,
             None,
             commit,
+            None,
         )?;
         exec(
             &tx,
@@ -282,6 +283,7 @@ impl Relay {
             &session.device_id,
             None,
             proposal,
+            None,
         )?;
         let mut wake = Self::current_members(&tx, group_id)?;
         tx.commit()?;

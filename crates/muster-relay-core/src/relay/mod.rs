@@ -11,6 +11,7 @@ use muster_proto::{
     GroupPolicy, InvitePurpose, IssuerCertificate, OpenInvite, OrgDescriptor, OrgPolicy,
     PendingEnrolment, Profile, ProfileChange, ProfileRequest, PublishedCheckpoint, RelayError,
     Request, Response, Revocation, RevocationList, GROUP_POLICY_EXTENSION, MAX_MLS_MESSAGE,
+    MAX_RECIPIENT_USERS,
 };
 use openmls::prelude::tls_codec::Deserialize as _;
 use openmls::prelude::*;
@@ -137,6 +138,7 @@ impl Relay {
         db.pragma_update(None, "mmap_size", 256 * 1024 * 1024)?;
         db.set_prepared_statement_cache_capacity(128);
         db.execute_batch(SCHEMA)?;
+        crate::schema::migrate(&db)?;
         let mut db = db;
         let mut storage =
             openmls_sqlite_storage::SqliteStorageProvider::<JsonCodec, _>::new(&mut db);
@@ -284,7 +286,8 @@ impl Relay {
                    LEFT JOIN cursors c ON c.device_id = ms.device_id AND c.group_id = m.group_id
                    WHERE m.seq >= ms.from_seq AND (ms.to_seq IS NULL OR m.seq <= ms.to_seq)
                      AND m.seq > COALESCE(c.acked_seq, 0)
-                     AND NOT (m.sender_device = ms.device_id AND m.kind = 'application'))",
+                     AND NOT (m.sender_device = ms.device_id AND m.kind = 'application')
+                     AND (m.audience IS NULL OR instr(m.audience, char(10) || d.user || char(10)) > 0))",
             )?,
         })
     }
@@ -337,6 +340,7 @@ impl Relay {
         let posts = matches!(
             request,
             Request::Send { .. }
+                | Request::SendTo { .. }
                 | Request::Commit { .. }
                 | Request::Propose { .. }
                 | Request::BlobPut { .. }
@@ -374,7 +378,10 @@ impl Relay {
         }
         if !matches!(
             request,
-            Request::Send { .. } | Request::Fetch { .. } | Request::Ack { .. }
+            Request::Send { .. }
+                | Request::SendTo { .. }
+                | Request::Fetch { .. }
+                | Request::Ack { .. }
         ) {
             // Anything else may change who is in a group or which devices count.
             self.delivered_marks.clear();
@@ -418,7 +425,13 @@ impl Relay {
                 group_id,
                 message,
                 client_id,
-            } => self.send(session, &group_id, &message, &client_id),
+            } => self.send(session, &group_id, &message, &client_id, None),
+            Request::SendTo {
+                group_id,
+                message,
+                client_id,
+                to,
+            } => self.send(session, &group_id, &message, &client_id, Some(&to)),
             Request::Fetch { limit } => self.fetch(session, limit),
             Request::Ack { items } => self.ack(session, &items),
             Request::Revoke { revocation } => self.revoke(session, revocation),

@@ -1,6 +1,7 @@
 //! Each device's queue: fetching, acknowledging, and pruning what everyone has.
 
 use super::*;
+use crate::schema::audience_needle;
 
 impl Relay {
     /// Deletes what waited past its retention: messages some recipient never fetched
@@ -164,9 +165,11 @@ impl Relay {
                    AND m.seq > MAX(ms.from_seq - 1, COALESCE(c.acked_seq, 0))
                  WHERE ms.device_id = ?1 AND (ms.to_seq IS NULL OR m.seq <= ms.to_seq)
                    AND NOT (m.sender_device = ?1 AND m.kind = 'application')
+                   AND (m.audience IS NULL OR instr(m.audience, ?3) > 0)
                  ORDER BY m.group_id, m.seq LIMIT ?2",
             )?;
-            for row in stmt.query_map(params![session.device_id, remaining], |r| {
+            let needle = audience_needle(&session.user);
+            for row in stmt.query_map(params![session.device_id, remaining, needle], |r| {
                 Ok(Delivery::Group {
                     group_id: r.get(0)?,
                     seq: r.get::<_, i64>(1)? as u64,
@@ -228,12 +231,13 @@ impl Relay {
             }
         }
         let mut taken = 0;
+        let needle = audience_needle(&session.user);
         'groups: for (group_id, log, after, end) in wanted {
             for entry in log.after(after) {
                 if entry.seq > end || taken == limit {
                     break;
                 }
-                if entry.application && *entry.sender == *session.device_id {
+                if !entry.is_for(&session.device_id, &needle) {
                     continue;
                 }
                 let delivery = Delivery::Group {
@@ -296,6 +300,15 @@ impl Relay {
                     let highest = acked_groups.entry(group_id.as_slice()).or_default();
                     *highest = (*highest).max(*seq);
                 }
+            }
+        }
+        // Messages right after that are for other members only (receipts) count as
+        // acknowledged too, or they would hold the group's mark back until this device
+        // next gets something.
+        let needle = audience_needle(&session.user);
+        for (group_id, seq) in acked_groups.iter_mut() {
+            if let Some(log) = self.recent.get(group_id) {
+                *seq = log.nothing_for_after(*seq, &session.device_id, &needle);
             }
         }
         // Only a device that was holding a group's mark back can move it.

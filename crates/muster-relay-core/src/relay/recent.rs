@@ -18,6 +18,16 @@ pub(super) struct Entry {
     pub sender: Arc<str>,
     pub application: bool,
     pub data: Arc<[u8]>,
+    /// The users it is for, as stored ([`crate::schema::audience_text`]); `None` for all.
+    pub audience: Option<Arc<str>>,
+}
+
+impl Entry {
+    /// Whether a fetch by `device` of `user` gets this message.
+    pub fn is_for(&self, device: &str, needle: &str) -> bool {
+        !(self.application && *self.sender == *device)
+            && self.audience.as_deref().is_none_or(|a| a.contains(needle))
+    }
 }
 
 /// A group's messages from `first_seq` to its newest, without a gap.
@@ -39,6 +49,23 @@ impl GroupLog {
             (Some(first), Some(_)) => first <= after + 1,
             _ => false,
         }
+    }
+
+    /// The highest seq from `after` on up to which nothing is for `device` (of the user
+    /// `needle` finds), as far as this log holds: a device that has everything up to
+    /// `after` has everything up to it.
+    pub fn nothing_for_after(&self, after: u64, device: &str, needle: &str) -> u64 {
+        if !self.covers_after(after) {
+            return after;
+        }
+        let mut upto = after;
+        for entry in self.after(after) {
+            if entry.is_for(device, needle) {
+                break;
+            }
+            upto = entry.seq;
+        }
+        upto
     }
 
     /// The messages after `after`, oldest first.
@@ -131,6 +158,7 @@ mod tests {
             sender: Arc::from("d"),
             application: true,
             data: Arc::from(vec![seq as u8; 10]),
+            audience: None,
         }
     }
 
