@@ -142,6 +142,16 @@ impl Rogue {
     /// Encrypts `envelope` (any JSON, valid or not) as an application message of the group.
     /// An object without a message number gets the device's next one, as a client's would.
     pub fn app_message(&self, group_id: &[u8], envelope: &serde_json::Value) -> Vec<u8> {
+        self.app_message_with_aad(group_id, envelope, Vec::new())
+    }
+
+    /// [`Rogue::app_message`] with `aad` as the message's authenticated data.
+    pub fn app_message_with_aad(
+        &self,
+        group_id: &[u8],
+        envelope: &serde_json::Value,
+        aad: Vec<u8>,
+    ) -> Vec<u8> {
         let mut envelope = envelope.clone();
         if let Some(fields) = envelope.as_object_mut().filter(|f| !f.contains_key("n")) {
             let key = format!(
@@ -164,6 +174,7 @@ impl Rogue {
         }
         let provider = self.provider();
         let mut group = self.group(group_id);
+        group.set_aad(aad);
         let bytes = serde_json::to_vec(&envelope).unwrap();
         group
             .create_message(&provider, &self.signer(), &bytes)

@@ -1,7 +1,9 @@
-//! `fanout`: one group of real client engines (each with its own store, real MLS
-//! encryption and decryption) on a real relay. Senders post text at a set rate; every
+//! `fanout --all-real`: one group of real client engines (each with its own store, real
+//! MLS encryption and decryption) on a real relay. Senders post text at a set rate; every
 //! member syncs on each wake-up, as `muster chat` does, and the bench notes when each
-//! message was written into each recipient's store.
+//! message was written into each recipient's store. On one machine this measures its
+//! capacity (every member's decryption and store writes share its cores); what one user
+//! feels is `fanout` without `--all-real` ([`crate::fanout_one`]).
 
 use crate::harness::{HarnessError, Org};
 use crate::relay::text_of;
@@ -19,6 +21,8 @@ pub struct Load {
     pub size: usize,
     /// Messages per second offered by all senders together; 0 sends as fast as possible.
     pub rate: f64,
+    /// Every member a real client engine (capacity), instead of one.
+    pub all_real: bool,
 }
 
 /// What a member saw: message id and when it was in the store.
@@ -28,7 +32,7 @@ type Sends = Vec<(String, Instant)>;
 
 /// One member's run: sends its share (if a sender) on schedule, and syncs on every
 /// wake-up until it holds every message the others sent.
-async fn member(
+pub async fn member(
     mut engine: Engine,
     group: String,
     schedule: Vec<(usize, Instant)>,
@@ -75,6 +79,9 @@ async fn member(
 }
 
 pub async fn run(load: Load) -> Result<Report, HarnessError> {
+    if !load.all_real {
+        return crate::fanout_one::run(load).await;
+    }
     let members = load.members.max(2);
     let senders = load.senders.clamp(1, members);
     let mut org = Org::create("fanout").await?;
@@ -172,6 +179,7 @@ pub async fn run(load: Load) -> Result<Report, HarnessError> {
     }
     let elapsed = end.saturating_duration_since(start);
     let mut report = Report::new("fanout");
+    report.set("mode", "all-real");
     report.set("members", members);
     report.set("senders", senders);
     report.set("messages", load.messages);

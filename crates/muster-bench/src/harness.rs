@@ -222,10 +222,22 @@ impl Org {
         name: &str,
         members: &mut [Engine],
     ) -> Result<String, HarnessError> {
-        let users: Vec<String> = members
+        self.group_with_others(name, members, &[]).await
+    }
+
+    /// Like [`Org::group`], with `others` (users whose devices never process the Welcome:
+    /// protocol-level devices) in the group too.
+    pub async fn group_with_others(
+        &mut self,
+        name: &str,
+        members: &mut [Engine],
+        others: &[String],
+    ) -> Result<String, HarnessError> {
+        let mut users: Vec<String> = members
             .iter()
             .map(|e| e.whoami().map(|w| w.user))
             .collect::<Result<_, _>>()?;
+        users.extend_from_slice(others);
         let group = self
             .admin
             .create_group(&self.admin_conn, name, &users, false)

@@ -3,10 +3,12 @@
 
 mod connections;
 mod fanout;
+mod fanout_one;
 mod harness;
 mod mls;
 mod mosquitto;
 mod plot;
+mod protocol;
 mod publish;
 mod relay;
 mod report;
@@ -34,8 +36,9 @@ enum Scenario {
         #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
         sizes: Vec<usize>,
     },
-    /// One group of real client engines: senders post at a set rate, every member syncs
-    /// on each wake-up; deliveries per second and send-to-store latency.
+    /// One group: senders post at a set rate and one real client engine syncs on each
+    /// wake-up while the other members fetch at the protocol level; that device's
+    /// send-to-store latency. With --all-real every member is a real engine (capacity).
     Fanout {
         #[arg(long, default_value_t = 100)]
         members: usize,
@@ -50,6 +53,9 @@ enum Scenario {
         /// Messages per second from all senders together (0: as fast as they can).
         #[arg(long, default_value_t = 200.0)]
         rate: f64,
+        /// Every member a real client engine with its own store (capacity on this machine).
+        #[arg(long)]
+        all_real: bool,
     },
     /// The relay alone: pre-encrypted messages stored durably and forwarded to connected
     /// devices; optionally the same load through a local Mosquitto.
@@ -130,12 +136,14 @@ fn main() -> ExitCode {
             messages,
             size,
             rate,
+            all_real,
         } => block_on(fanout::run(fanout::Load {
             members,
             senders,
             messages,
             size,
             rate,
+            all_real,
         })),
         Scenario::Report { out } => block_on(publish::run(&out)),
         Scenario::Store { messages } => store::run(messages).map_err(|e| e.to_string()),

@@ -58,6 +58,7 @@ async fn measure() -> Result<Run, HarnessError> {
                 messages: 400,
                 size: 1024,
                 rate: 200.0,
+                all_real: true,
             })
             .await?,
         );

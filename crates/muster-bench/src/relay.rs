@@ -4,9 +4,10 @@
 //! and persistent sessions.
 
 use crate::harness::{HarnessError, Org};
+use crate::protocol::{drain, receive};
 use crate::report::{ms, quantile, Report};
 use muster_driver::Connection;
-use muster_proto::{AckItem, Delivery, Request, Response};
+use muster_proto::{Request, Response};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -96,7 +97,7 @@ pub fn text_of(size: usize, index: usize) -> String {
 }
 
 /// One pre-encrypted message: its client id and MLS bytes.
-type Payload = (Vec<u8>, Vec<u8>);
+pub type Payload = (Vec<u8>, Vec<u8>);
 
 /// Runs the load through a real relay; returns what it did and the mean payload size.
 async fn muster(load: Load) -> Result<(Outcome, usize), HarnessError> {
@@ -186,14 +187,14 @@ async fn muster(load: Load) -> Result<(Outcome, usize), HarnessError> {
     ))
 }
 
-async fn join<T>(task: tokio::task::JoinHandle<T>) -> Result<T, HarnessError> {
+pub async fn join<T>(task: tokio::task::JoinHandle<T>) -> Result<T, HarnessError> {
     tokio::time::timeout(RUN_DEADLINE, task)
         .await
         .map_err(|_| HarnessError::Setup("the run did not finish within 10 minutes".into()))?
         .map_err(|e| HarnessError::Setup(format!("a load task failed: {e}")))
 }
 
-fn hex_decode(hex: &str) -> Result<Vec<u8>, HarnessError> {
+pub fn hex_decode(hex: &str) -> Result<Vec<u8>, HarnessError> {
     (0..hex.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("zz"), 16))
@@ -202,7 +203,7 @@ fn hex_decode(hex: &str) -> Result<Vec<u8>, HarnessError> {
 }
 
 /// The messages waiting in a device's outbox, in order.
-fn outbox(home: &std::path::Path) -> Result<Vec<Payload>, HarnessError> {
+pub fn outbox(home: &std::path::Path) -> Result<Vec<Payload>, HarnessError> {
     let db = rusqlite::Connection::open(home.join("muster.db"))
         .map_err(|e| HarnessError::Setup(format!("cannot read the sender's outbox: {e}")))?;
     let rows = db
@@ -215,60 +216,9 @@ fn outbox(home: &std::path::Path) -> Result<Vec<Payload>, HarnessError> {
     Ok(rows)
 }
 
-/// Fetches and acknowledges until nothing is waiting.
-async fn drain(conn: &Connection) -> Result<(), HarnessError> {
-    while !fetch_and_ack(conn).await?.is_empty() {}
-    Ok(())
-}
-
-/// One fetch, acknowledged at once; returns the group sequence numbers it brought.
-async fn fetch_and_ack(conn: &Connection) -> Result<Vec<u64>, HarnessError> {
-    let Response::Deliveries(deliveries) = conn.request(&Request::Fetch { limit: 500 }).await?
-    else {
-        return Err(HarnessError::Setup("unexpected answer to Fetch".into()));
-    };
-    if deliveries.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut seqs = Vec::new();
-    let items = deliveries
-        .into_iter()
-        .map(|d| match d {
-            Delivery::Welcome { id, .. } => AckItem::Welcome { id },
-            Delivery::Group { group_id, seq, .. } => {
-                seqs.push(seq);
-                AckItem::Group { group_id, seq }
-            }
-        })
-        .collect();
-    conn.request(&Request::Ack { items }).await?;
-    // An empty list would read as "nothing waiting": report at least one entry.
-    if seqs.is_empty() {
-        seqs.push(0);
-    }
-    Ok(seqs)
-}
-
-/// A receiving device: fetches on every wake-up until it holds `expected` messages.
-async fn receive(conn: Connection, expected: usize) -> Result<Vec<(u64, Instant)>, HarnessError> {
-    let wakeups = conn.wakeups();
-    let mut got = Vec::with_capacity(expected);
-    while got.len() < expected {
-        let seqs = fetch_and_ack(&conn).await?;
-        let now = Instant::now();
-        got.extend(seqs.into_iter().filter(|&s| s > 0).map(|s| (s, now)));
-        if got.len() < expected {
-            // A wake-up, or a periodic look in case one was missed.
-            wakeups.next(Some(Duration::from_millis(200))).await;
-        }
-    }
-    conn.close().await;
-    Ok(got)
-}
-
 /// A sending device: posts its payloads with `window` requests in flight; returns the
 /// relay sequence number and send time of each.
-async fn send_all(
+pub async fn send_all(
     conn: Arc<Connection>,
     group_id: Vec<u8>,
     payloads: Vec<Payload>,

@@ -25,9 +25,10 @@ pub use org_policy::{
 pub use policy::{GroupPolicy, GROUP_POLICY_EXTENSION, MAX_PENDING_SEATS};
 pub use revocation::{Revocation, RevocationBody, RevocationList};
 pub use wire::{
-    archive_checkpoint_payload, auth_transcript, decode, encode, encrypted_size, AckItem,
-    AuditEvent, ClaimedKeyPackage, Delivery, ErrorCode, OpenInvite, PendingEnrolment,
-    ProfileChange, PublishedCheckpoint, Push, RelayError, Request, Response, WireError,
-    ATTACHMENT_CHUNK, ATTACHMENT_CHUNK_OVERHEAD, BLOB_QUOTA_PER_DEVICE, MAX_ATTACHMENT, MAX_FRAME,
-    MAX_MLS_MESSAGE, MAX_RECIPIENT_USERS, MESSAGE_RETENTION_SECS, QUEUE_QUOTA_PER_DEVICE,
+    archive_checkpoint_payload, auth_transcript, decode, directed_aad, directed_users, encode,
+    encrypted_size, AckItem, AuditEvent, ClaimedKeyPackage, Delivery, ErrorCode, OpenInvite,
+    PendingEnrolment, ProfileChange, PublishedCheckpoint, Push, RelayError, Request, Response,
+    WireError, ATTACHMENT_CHUNK, ATTACHMENT_CHUNK_OVERHEAD, BLOB_QUOTA_PER_DEVICE, MAX_ATTACHMENT,
+    MAX_FRAME, MAX_MLS_MESSAGE, MAX_RECIPIENT_USERS, MESSAGE_RETENTION_SECS,
+    QUEUE_QUOTA_PER_DEVICE,
 };

@@ -241,6 +241,40 @@ pub enum Request {
 /// The most users one `SendTo` may name.
 pub const MAX_RECIPIENT_USERS: usize = 256;
 
+/// What starts the MLS authenticated data of a message for some members only.
+const DIRECTED_MARK: &[u8] = b"muster-to\n";
+
+/// The authenticated data (MLS AAD, readable by the relay, bound to the message by its
+/// sender's signature) of a message for `users` only: the relay routes a `SendTo` only
+/// when its `to` is exactly this list, and members treat the message accordingly.
+pub fn directed_aad(users: &[String]) -> Vec<u8> {
+    let mut aad = DIRECTED_MARK.to_vec();
+    aad.extend_from_slice(users.join("\n").as_bytes());
+    aad
+}
+
+/// The users a message's authenticated data directs it to: `Ok(None)` for a message to
+/// the whole group (no authenticated data), an error for anything else.
+pub fn directed_users(aad: &[u8]) -> Result<Option<Vec<String>>, String> {
+    if aad.is_empty() {
+        return Ok(None);
+    }
+    let list = aad
+        .strip_prefix(DIRECTED_MARK)
+        .and_then(|rest| std::str::from_utf8(rest).ok())
+        .ok_or("the message carries authenticated data Muster does not use")?;
+    let users: Vec<String> = list.split('\n').map(str::to_string).collect();
+    if users.len() > MAX_RECIPIENT_USERS
+        || users.iter().any(|u| crate::validate_handle(u).is_err())
+        || users.windows(2).any(|pair| pair[0] >= pair[1])
+    {
+        return Err(format!(
+            "a message's recipients must be 1-{MAX_RECIPIENT_USERS} user handles, sorted and distinct"
+        ));
+    }
+    Ok(Some(users))
+}
+
 /// The relay's answer to one request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
@@ -527,6 +561,22 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directed_mark_names_sorted_distinct_handles_and_nothing_else_passes() {
+        let users = vec!["alice".to_string(), "bob".to_string()];
+        assert_eq!(directed_users(&directed_aad(&users)).unwrap(), Some(users));
+        assert_eq!(directed_users(b"").unwrap(), None);
+        for bad in [
+            &b"something else"[..],
+            b"muster-to\n",
+            b"muster-to\nbob\nalice",
+            b"muster-to\nalice\nalice",
+            b"muster-to\nAlice",
+        ] {
+            assert!(directed_users(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn byte_fields_keep_the_wire_format_of_a_byte_sequence() {

@@ -70,10 +70,15 @@ CREATE TABLE IF NOT EXISTS sent_ids (
     sender_device TEXT NOT NULL, client_id BLOB NOT NULL, seq INTEGER NOT NULL,
     stored_at INTEGER NOT NULL, PRIMARY KEY (sender_device, client_id));
 CREATE TABLE IF NOT EXISTS queued_bytes (device_id TEXT PRIMARY KEY, bytes INTEGER NOT NULL);
--- Recomputed at every start, so the counters can never drift from the messages held.
+"#;
+
+/// Run at every start after [`migrate`], so the counters can never drift from the messages
+/// held. A message counts with its audience, which its sender chose too.
+const RECOUNT: &str = r#"
 DELETE FROM queued_bytes;
 INSERT INTO queued_bytes (device_id, bytes)
-    SELECT sender_device, SUM(length(data)) FROM messages GROUP BY sender_device;
+    SELECT sender_device, SUM(length(data) + COALESCE(length(audience), 0)) FROM messages
+    GROUP BY sender_device;
 INSERT OR IGNORE INTO sent_ids (sender_device, client_id, seq, stored_at)
     SELECT sender_device, client_id, seq, stored_at FROM messages WHERE client_id IS NOT NULL;
 "#;
@@ -86,7 +91,7 @@ pub(crate) fn migrate(db: &rusqlite::Connection) -> rusqlite::Result<()> {
     if !has_audience {
         db.execute_batch("ALTER TABLE messages ADD COLUMN audience TEXT")?;
     }
-    Ok(())
+    db.execute_batch(RECOUNT)
 }
 
 /// How a message's audience is stored: each user between newlines, so that one user is

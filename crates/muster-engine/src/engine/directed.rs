@@ -6,13 +6,34 @@ use super::*;
 /// to all. Each such message uses up a step of this device's MLS sender ratchet that the
 /// other members never see, and openmls lets a receiver skip at most 1,000 steps at once
 /// (`SenderRatchetConfiguration::maximum_forward_distance`); a message to everyone lets
-/// them all catch up.
-pub(crate) const MAX_DIRECTED_RUN: i64 = 500;
+/// them all catch up. Kept well below, so that several of those lost on the way (failed,
+/// or withheld by the relay) still leave the others able to read this device.
+pub(crate) const MAX_DIRECTED_RUN: i64 = 100;
 
-/// The users a message goes to when not the whole group: a receipt goes to the authors of
-/// the messages it covers (only they use it) and to the group's archives, unless this
-/// device's run of such messages is at [`MAX_DIRECTED_RUN`]. Such a message carries no
-/// number ([`Envelope::n`]), since most members never see it; anything else does.
+/// Who a receipt is for: the authors of the messages it covers (only they use it) and the
+/// group's archives, never the sender's own user. Empty for anything else.
+pub(super) fn receipt_audience(
+    envelope: &Envelope,
+    own_user: &str,
+    archivists: Vec<String>,
+) -> Vec<String> {
+    let Body::Receipt { authors, .. } = &envelope.body else {
+        return Vec::new();
+    };
+    let mut users: Vec<String> = authors
+        .iter()
+        .map(|span| span.user.clone())
+        .chain(archivists)
+        .filter(|user| user != own_user)
+        .collect();
+    users.sort();
+    users.dedup();
+    users
+}
+
+/// The users a message goes to when not the whole group ([`receipt_audience`]), unless
+/// this device's run of such messages is at [`MAX_DIRECTED_RUN`]. Such a message carries
+/// no number ([`Envelope::n`]), since most members never see it; anything else does.
 pub(super) fn directed_audience(
     db: &Connection,
     group_id: &[u8],
@@ -21,17 +42,7 @@ pub(super) fn directed_audience(
     archivists: Vec<String>,
 ) -> Result<Option<Vec<String>>, EngineError> {
     let key = format!("directed_run:{}", group_hex(group_id));
-    let mut users = match &envelope.body {
-        Body::Receipt { authors, .. } => authors
-            .iter()
-            .map(|span| span.user.clone())
-            .chain(archivists)
-            .filter(|user| user != own_user)
-            .collect::<Vec<_>>(),
-        _ => Vec::new(),
-    };
-    users.sort();
-    users.dedup();
+    let users = receipt_audience(envelope, own_user, archivists);
     let run: i64 = db
         .prepare_cached("SELECT value FROM sync_state WHERE key = ?1")?
         .query_row([&key], |r| r.get(0))
@@ -53,6 +64,28 @@ pub(super) fn directed_audience(
     )?
     .execute([&key])?;
     Ok(Some(users))
+}
+
+/// What members accept of a message's routing: one to the whole group carries its
+/// sender's number; one bound to some users only is a receipt without a number, and in
+/// an archived group names its archives. Anything else may have been kept from some
+/// members, or from the archive.
+pub(super) fn check_routing(
+    aad: &[u8],
+    envelope: &Envelope,
+    archivists: impl FnOnce() -> Result<Vec<String>, String>,
+) -> Result<(), String> {
+    match muster_proto::directed_users(aad)? {
+        None if envelope.n.is_none() => Err("it came without its number".into()),
+        None => Ok(()),
+        Some(_) if !matches!(envelope.body, Body::Receipt { .. }) || envelope.n.is_some() => {
+            Err("it went to some members only, as only receipts may".into())
+        }
+        Some(users) => match archivists()?.iter().find(|a| !users.contains(a)) {
+            Some(archive) => Err(format!("it was kept from the archive {archive}")),
+            None => Ok(()),
+        },
+    }
 }
 
 #[cfg(test)]
@@ -130,5 +163,63 @@ mod tests {
             audience(&receipt(&["alice"]), Vec::new()).is_some(),
             "a new run"
         );
+    }
+
+    #[test]
+    fn only_unnumbered_receipts_that_name_the_archives_go_to_some_members() {
+        let to = |users: &[&str]| {
+            muster_proto::directed_aad(&users.iter().map(|u| u.to_string()).collect::<Vec<_>>())
+        };
+        let none = || Ok(Vec::new());
+        let vault = || Ok(vec!["vault".to_string()]);
+        let mut numbered = receipt(&["alice"]);
+        numbered.n = Some(3);
+        let mut text = Envelope::new(
+            random_hex(16),
+            now_ms(),
+            Body::Text {
+                text: "hi".into(),
+                reply_to: None,
+                mentions: Vec::new(),
+            },
+        );
+        let unnumbered_text = text.clone();
+        text.n = Some(4);
+        assert!(check_routing(b"", &text, none).is_ok());
+        assert!(check_routing(b"", &numbered, none).is_ok());
+        assert!(check_routing(&to(&["alice"]), &receipt(&["alice"]), none).is_ok());
+        assert!(check_routing(&to(&["alice", "vault"]), &receipt(&["alice"]), vault).is_ok());
+        for (aad, envelope, why) in [
+            (to(&["alice"]), &text, "a numbered text bound to alice"),
+            (
+                to(&["alice"]),
+                &unnumbered_text,
+                "an unnumbered text bound to alice",
+            ),
+            (
+                to(&["alice"]),
+                &numbered,
+                "a numbered receipt bound to alice",
+            ),
+            (
+                Vec::new(),
+                &unnumbered_text,
+                "an unnumbered text to everyone",
+            ),
+            (
+                Vec::new(),
+                &receipt(&["alice"]),
+                "an unnumbered receipt to everyone",
+            ),
+            (
+                b"junk".to_vec(),
+                &text,
+                "authenticated data Muster does not use",
+            ),
+        ] {
+            assert!(check_routing(&aad, envelope, none).is_err(), "{why}");
+        }
+        let kept = check_routing(&to(&["alice"]), &receipt(&["alice"]), vault).unwrap_err();
+        assert!(kept.contains("vault"), "{kept}");
     }
 }

@@ -348,18 +348,18 @@ pub(super) fn process_group_message(
         };
         let by = sender_cert.body.user.clone();
         let sender = processed.sender().clone();
+        let aad = processed.aad().to_vec();
         match processed.into_content() {
             ProcessedMessageContent::ApplicationMessage(app) => {
                 let envelope = Envelope::from_bytes(&app.into_bytes())
                     .map_err(|e| format!("from {}: {e}", sender_cert.body.user))?;
-                // Only receipts go to some members alone, so only they may come without
-                // a number: anything else unnumbered may have been kept from the others.
-                if envelope.n.is_none() && !matches!(envelope.body, Body::Receipt { .. }) {
-                    return Err(format!(
-                        "dropped a message from {} that came without its number, as only receipts may (it may not have reached every member)",
-                        sender_cert.body.user
-                    ));
-                }
+                directed::check_routing(&aad, &envelope, || {
+                    if !policy.archived {
+                        return Ok(Vec::new());
+                    }
+                    archive_members(&group, &device.org, tx).map_err(|e| e.to_string())
+                })
+                .map_err(|why| format!("dropped a message from {by}: {why}"))?;
                 gap = check_send_number(tx, group_id, &sender_cert, envelope.n)
                     .map_err(|e| e.to_string())?;
                 received = Some((envelope, sender_cert));

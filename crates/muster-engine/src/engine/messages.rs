@@ -489,8 +489,9 @@ pub(super) fn queue_unchecked(
         Vec::new()
     };
     let audience = directed::directed_audience(db, &group_id, &envelope, &device.user, archivists)?;
-    if audience.is_none() {
-        envelope.n = Some(next_send_number(db, &group_id)?);
+    match &audience {
+        Some(users) => group.set_aad(muster_proto::directed_aad(users)),
+        None => envelope.n = Some(next_send_number(db, &group_id)?),
     }
     let ciphertext = group
         .create_message(provider, signer, &envelope.to_bytes())

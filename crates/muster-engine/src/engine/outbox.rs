@@ -87,19 +87,42 @@ impl Engine {
         let tx = self
             .db
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (group_id, envelope): (Vec<u8>, Vec<u8>) = tx.query_row(
-            "SELECT group_id, envelope FROM outbox WHERE client_id = ?1",
+        let (group_id, envelope, audience): (Vec<u8>, Vec<u8>, Option<String>) = tx.query_row(
+            "SELECT group_id, envelope, audience FROM outbox WHERE client_id = ?1",
             [client_id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
         let provider = Provider::new(&self.crypto, &tx);
         let mut group = load_group(&provider, &group_id)?;
+        // A receipt goes to the group's archives as they are now (the group may have been
+        // archived since it was queued).
+        let audience = match audience {
+            Some(queued) => {
+                let parsed = Envelope::from_bytes(&envelope).map_err(EngineError::Invalid)?;
+                let archivists = if policy_of(&group).archived {
+                    archive_members(&group, &device.org, &tx)?
+                } else {
+                    Vec::new()
+                };
+                let users = directed::receipt_audience(&parsed, &device.user, archivists);
+                if users.is_empty() {
+                    Some(queued)
+                } else {
+                    Some(users.join("\n"))
+                }
+            }
+            None => None,
+        };
+        if let Some(users) = &audience {
+            let users: Vec<String> = users.split('\n').map(str::to_string).collect();
+            group.set_aad(muster_proto::directed_aad(&users));
+        }
         let ciphertext = group
             .create_message(&provider, &signer, &envelope)
             .map_err(EngineError::mls)?;
         tx.execute(
-            "UPDATE outbox SET ciphertext = ?2 WHERE client_id = ?1",
-            params![client_id, mls_bytes(&ciphertext)?],
+            "UPDATE outbox SET ciphertext = ?2, audience = ?3 WHERE client_id = ?1",
+            params![client_id, mls_bytes(&ciphertext)?, audience],
         )?;
         tx.commit()?;
         Ok(())

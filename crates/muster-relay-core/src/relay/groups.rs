@@ -293,7 +293,7 @@ impl Relay {
             tx,
             "INSERT INTO queued_bytes (device_id, bytes) VALUES (?1, ?2)
              ON CONFLICT (device_id) DO UPDATE SET bytes = bytes + excluded.bytes",
-            params![sender, data.len() as i64],
+            params![sender, (data.len() + audience.map_or(0, str::len)) as i64],
         )?;
         if let Some(client_id) = client_id {
             exec(tx,
@@ -334,20 +334,6 @@ impl Relay {
         client_id: &[u8],
         to: Option<&[String]>,
     ) -> Result<Outcome, Failure> {
-        if let Some(to) = to {
-            if to.is_empty() || to.len() > MAX_RECIPIENT_USERS {
-                return Err(refuse(
-                    ErrorCode::BadRequest,
-                    format!("a message must name 1-{MAX_RECIPIENT_USERS} recipient users"),
-                ));
-            }
-            if let Some(bad) = to.iter().find(|user| validate_handle(user).is_err()) {
-                return Err(refuse(
-                    ErrorCode::BadRequest,
-                    format!("recipient {bad:?} is not a user handle"),
-                ));
-            }
-        }
         if client_id.is_empty() || client_id.len() > 64 {
             return Err(refuse(
                 ErrorCode::BadRequest,
@@ -362,6 +348,18 @@ impl Relay {
                 ErrorCode::InvalidMessage,
                 "application messages must be MLS PrivateMessages",
             ));
+        }
+        // Only a message its sender bound to these recipients goes to them alone, so a
+        // member cannot quietly keep from the others what it says.
+        if let ProtocolMessage::PrivateMessage(private) = &message {
+            let bound =
+                directed_users(private.aad()).map_err(|e| refuse(ErrorCode::BadRequest, e))?;
+            if bound.as_deref() != to {
+                return Err(refuse(
+                    ErrorCode::BadRequest,
+                    "a message goes to the recipients its sender bound into it, and only then",
+                ));
+            }
         }
         if message.group_id().as_slice() != group_id {
             return Err(refuse(

@@ -6,12 +6,11 @@ use crate::error::{refuse, Failure, StoreError};
 use crate::mls::{certificate_of, JsonCodec, Storage};
 use crate::schema::SCHEMA;
 use muster_proto::{
-    auth_transcript, now_unix, validate_handle, AckItem, AuditEvent, Certificate,
+    auth_transcript, directed_users, now_unix, validate_handle, AckItem, AuditEvent, Certificate,
     ClaimedKeyPackage, Delivery, DeviceConfirmation, EnrolmentGrant, EnrolmentRequest, ErrorCode,
     GroupPolicy, InvitePurpose, IssuerCertificate, OpenInvite, OrgDescriptor, OrgPolicy,
     PendingEnrolment, Profile, ProfileChange, ProfileRequest, PublishedCheckpoint, RelayError,
     Request, Response, Revocation, RevocationList, GROUP_POLICY_EXTENSION, MAX_MLS_MESSAGE,
-    MAX_RECIPIENT_USERS,
 };
 use openmls::prelude::tls_codec::Deserialize as _;
 use openmls::prelude::*;

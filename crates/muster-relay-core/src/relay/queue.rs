@@ -19,7 +19,7 @@ impl Relay {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         Self::release_queued(
             &tx,
-            "SELECT sender_device, SUM(length(data)) FROM messages WHERE stored_at < ?1
+            "SELECT sender_device, SUM(length(data) + COALESCE(length(audience), 0)) FROM messages WHERE stored_at < ?1
              GROUP BY sender_device",
             params![cutoff],
         )?;
@@ -77,7 +77,7 @@ impl Relay {
         };
         Self::release_queued(
             tx,
-            "SELECT sender_device, SUM(length(data)) FROM messages WHERE group_id = ?1 AND seq <= ?2
+            "SELECT sender_device, SUM(length(data) + COALESCE(length(audience), 0)) FROM messages WHERE group_id = ?1 AND seq <= ?2
              GROUP BY sender_device",
             params![group_id, delivered_up_to],
         )?;
@@ -307,9 +307,15 @@ impl Relay {
         // next gets something.
         let needle = audience_needle(&session.user);
         for (group_id, seq) in acked_groups.iter_mut() {
-            if let Some(log) = self.recent.get(group_id) {
-                *seq = log.nothing_for_after(*seq, &session.device_id, &needle);
-            }
+            *seq = (*seq).min(i64::MAX as u64);
+            let from_memory = self
+                .recent
+                .get(group_id)
+                .and_then(|log| log.nothing_for_after(*seq, &session.device_id, &needle));
+            *seq = match from_memory {
+                Some(upto) => upto,
+                None => Self::nothing_stored_for_after(&tx, group_id, *seq, session, &needle)?,
+            };
         }
         // Only a device that was holding a group's mark back can move it.
         let mut holders = Vec::new();
@@ -339,6 +345,41 @@ impl Relay {
         }
         self.delivered_marks.extend(marks);
         Ok(Outcome::reply(Response::Ok))
+    }
+}
+
+impl Relay {
+    /// [`recent::GroupLog::nothing_for_after`], read from SQLite.
+    fn nothing_stored_for_after(
+        tx: &Transaction,
+        group_id: &[u8],
+        after: u64,
+        session: &Session,
+        needle: &str,
+    ) -> Result<u64, Failure> {
+        let next: Option<i64> = row(
+            tx,
+            "SELECT seq FROM messages WHERE group_id = ?1 AND seq > ?2
+               AND NOT (sender_device = ?3 AND kind = 'application')
+               AND (audience IS NULL OR instr(audience, ?4) > 0)
+             ORDER BY seq LIMIT 1",
+            params![group_id, after as i64, session.device_id, needle],
+            |r| r.get(0),
+        )
+        .optional()?;
+        Ok(match next {
+            Some(next) => (next.max(1) as u64 - 1).max(after),
+            None => {
+                let last: Option<i64> = row(
+                    tx,
+                    "SELECT last_seq FROM groups WHERE group_id = ?1",
+                    params![group_id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+                last.map_or(after, |last| after.max(last.max(0) as u64))
+            }
+        })
     }
 }
 

@@ -22,7 +22,16 @@ pub(super) struct Entry {
     pub audience: Option<Arc<str>>,
 }
 
+/// What an entry costs besides its message and audience: its fields, the queue slot and
+/// the allocations' headers.
+const ENTRY_OVERHEAD: usize = 96;
+
 impl Entry {
+    /// The memory this entry holds, as counted against the limits.
+    fn cost(&self) -> usize {
+        self.data.len() + self.audience.as_deref().map_or(0, str::len) + ENTRY_OVERHEAD
+    }
+
     /// Whether a fetch by `device` of `user` gets this message.
     pub fn is_for(&self, device: &str, needle: &str) -> bool {
         !(self.application && *self.sender == *device)
@@ -46,17 +55,17 @@ impl GroupLog {
     /// Whether every message after `after` (up to the newest) is here.
     pub fn covers_after(&self, after: u64) -> bool {
         match (self.first_seq(), self.entries.back()) {
-            (Some(first), Some(_)) => first <= after + 1,
+            (Some(first), Some(_)) => first <= after.saturating_add(1),
             _ => false,
         }
     }
 
     /// The highest seq from `after` on up to which nothing is for `device` (of the user
-    /// `needle` finds), as far as this log holds: a device that has everything up to
-    /// `after` has everything up to it.
-    pub fn nothing_for_after(&self, after: u64, device: &str, needle: &str) -> u64 {
+    /// `needle` finds): a device that has everything up to `after` has everything up to
+    /// it. `None` when this log does not hold what follows `after`.
+    pub fn nothing_for_after(&self, after: u64, device: &str, needle: &str) -> Option<u64> {
         if !self.covers_after(after) {
-            return after;
+            return None;
         }
         let mut upto = after;
         for entry in self.after(after) {
@@ -65,14 +74,14 @@ impl GroupLog {
             }
             upto = entry.seq;
         }
-        upto
+        Some(upto)
     }
 
     /// The messages after `after`, oldest first.
     pub fn after(&self, after: u64) -> impl Iterator<Item = &Entry> {
         let start = match self.first_seq() {
-            Some(first) if after + 1 > first => {
-                ((after + 1 - first) as usize).min(self.entries.len())
+            Some(first) if after.saturating_add(1) > first => {
+                ((after.saturating_add(1) - first) as usize).min(self.entries.len())
             }
             _ => 0,
         };
@@ -92,7 +101,8 @@ impl RecentLogs {
     /// Records a message just committed as `seq`, the group's newest. A gap (a message
     /// stored without passing here) starts the log afresh.
     pub fn push(&mut self, group_id: &[u8], entry: Entry) {
-        if self.total + entry.data.len() > MAX_TOTAL_BYTES {
+        let cost = entry.cost();
+        if self.total + cost > MAX_TOTAL_BYTES {
             self.clear();
         }
         let log = self.groups.entry(group_id.to_vec()).or_default();
@@ -104,13 +114,13 @@ impl RecentLogs {
             self.total -= log.bytes;
             *log = GroupLog::default();
         }
-        log.bytes += entry.data.len();
-        self.total += entry.data.len();
+        log.bytes += cost;
+        self.total += cost;
         log.entries.push_back(entry);
         while log.entries.len() > MAX_ENTRIES || log.bytes > MAX_BYTES {
             if let Some(old) = log.entries.pop_front() {
-                log.bytes -= old.data.len();
-                self.total -= old.data.len();
+                log.bytes -= old.cost();
+                self.total -= old.cost();
             }
         }
     }
@@ -133,8 +143,8 @@ impl RecentLogs {
         if let Some(log) = self.groups.get_mut(group_id) {
             while log.entries.front().is_some_and(|e| e.seq <= seq) {
                 if let Some(old) = log.entries.pop_front() {
-                    log.bytes -= old.data.len();
-                    self.total -= old.data.len();
+                    log.bytes -= old.cost();
+                    self.total -= old.cost();
                 }
             }
             if log.entries.is_empty() {
