@@ -218,7 +218,7 @@ pub(crate) async fn chat(engine: &mut Engine, group: &str) -> Result<(), EngineE
                     eprintln!("connection to the relay lost; reconnecting");
                     session.reconnect(engine).await?;
                 }
-                let report = session.sync(engine).await?;
+                let report = session.on_wake(engine).await?;
                 notify(engine, &report.notifications);
                 for p in &report.problems {
                     eprintln!("warning: {p}");

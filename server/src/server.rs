@@ -190,12 +190,22 @@ impl Connected {
         }
     }
 
+    /// Tells these devices that deliveries wait (once until they fetch).
     fn wake<'a>(&self, devices: impl IntoIterator<Item = &'a String>) {
+        self.push(devices, &Push::Wake);
+    }
+
+    /// Tells these devices that something other than deliveries changed.
+    fn changed<'a>(&self, devices: impl IntoIterator<Item = &'a String>) {
+        self.push(devices, &Push::Changed);
+    }
+
+    fn push<'a>(&self, devices: impl IntoIterator<Item = &'a String>, push: &Push) {
         let map = self.by_device.lock().unwrap_or_else(|e| e.into_inner());
-        let frame = encode(&Push::Wake).expect("push encodes");
+        let frame = encode(push).expect("push encodes");
         for device in devices {
             for pushable in map.get(device).into_iter().flat_map(|c| c.values()) {
-                if pushable.woken.swap(true, Ordering::AcqRel) {
+                if *push == Push::Wake && pushable.woken.swap(true, Ordering::AcqRel) {
                     continue;
                 }
                 let conn = pushable.conn.clone();
@@ -516,6 +526,7 @@ async fn handle_stream(
                         }
                         shared.connected.disconnect(outcome.disconnect.iter());
                         shared.connected.wake(outcome.wake.iter());
+                        shared.connected.changed(outcome.changed.iter());
                         outcome.response
                     }
                     Err(_) => Response::Error(RelayError::new(

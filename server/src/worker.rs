@@ -87,6 +87,7 @@ fn failed(why: &str) -> Outcome {
     Outcome {
         response: Response::Error(RelayError::new(ErrorCode::Internal, why)),
         wake: Default::default(),
+        changed: Default::default(),
         disconnect: Default::default(),
     }
 }

@@ -69,7 +69,7 @@ pub async fn member(
             .min(Duration::from_millis(200));
         let woken = session.wake(Some(wait)).await != muster_driver::Wake::TimedOut;
         if woken || schedule.peek().is_none() {
-            let report = session.sync(&mut engine).await?;
+            let report = session.on_wake(&mut engine).await?;
             let now = Instant::now();
             arrivals.extend(report.notifications.into_iter().map(|n| (n.id, now)));
         }

@@ -6,7 +6,7 @@
 use muster_engine::{Engine, EngineError, Link, LinkError, NewOrg, SyncReport};
 use muster_net::client::PushHandle;
 use muster_net::{NetError, RelayConnection};
-use muster_proto::{Profile, Request, Response};
+use muster_proto::{Profile, Push, Request, Response};
 use std::time::Duration;
 
 /// A QUIC connection to the relay, as the engine's [`Link`].
@@ -48,6 +48,7 @@ impl Connection {
     pub fn wakeups(&self) -> Wakeups {
         Wakeups {
             push: self.inner.push_handle(),
+            changed: Default::default(),
         }
     }
 
@@ -78,6 +79,8 @@ fn link_error(e: NetError) -> LinkError {
 #[derive(Clone)]
 pub struct Wakeups {
     push: PushHandle,
+    /// The relay said something other than deliveries changed since the last look.
+    changed: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What waiting for a wake-up ended with.
@@ -103,9 +106,21 @@ impl Wakeups {
             None => push.await,
         };
         match pushed {
-            Some(_) => Wake::Pushed,
+            Some(Push::Changed) => {
+                self.changed
+                    .store(true, std::sync::atomic::Ordering::Release);
+                Wake::Pushed
+            }
+            Some(Push::Wake) => Wake::Pushed,
             None => Wake::Lost,
         }
+    }
+
+    /// Whether the relay said since the last call that something other than deliveries
+    /// changed (so a whole sync is due).
+    pub fn take_changed(&self) -> bool {
+        self.changed
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
     }
 }
 
@@ -187,6 +202,27 @@ impl Session {
     /// the connection turns out to be gone, reconnects and does it again.
     pub async fn sync(&mut self, engine: &mut Engine) -> Result<SyncReport, EngineError> {
         match engine.sync(&self.conn).await {
+            Err(EngineError::Link(LinkError::Unavailable(e))) => {
+                tracing::info!("connection lost ({e}); reconnecting");
+                self.reconnect(engine).await?;
+                engine.sync(&self.conn).await
+            }
+            other => other,
+        }
+    }
+
+    /// Whether the relay said something other than deliveries changed since the last
+    /// call ([`Session::on_wake`] asks for itself).
+    pub fn take_changed(&self) -> bool {
+        self.wakeups.take_changed()
+    }
+
+    /// What to run at each wake-up ([`Engine::sync_on_wake`]: the messages at once, the
+    /// rest of a sync when the relay says something else changed, and now and then);
+    /// reconnects like [`Session::sync`].
+    pub async fn on_wake(&mut self, engine: &mut Engine) -> Result<SyncReport, EngineError> {
+        let changed = self.take_changed();
+        match engine.sync_on_wake(&self.conn, changed).await {
             Err(EngineError::Link(LinkError::Unavailable(e))) => {
                 tracing::info!("connection lost ({e}); reconnecting");
                 self.reconnect(engine).await?;

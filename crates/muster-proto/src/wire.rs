@@ -463,6 +463,9 @@ pub enum AckItem {
 pub enum Push {
     /// New deliveries are waiting: fetch.
     Wake,
+    /// Something other than deliveries changed for this device (an enrolment to vet, a
+    /// revocation, a device of its user): sync whole. Older clients ignore it.
+    Changed,
 }
 
 /// Why the relay refused a request.

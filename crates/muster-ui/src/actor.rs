@@ -190,12 +190,13 @@ pub async fn run(
                 let was = link.status.clone();
                 match woke {
                     Woke::Relay(Wake::Lost) => link.lost("the connection to the relay was lost".into()),
-                    Woke::Relay(_) => sync(&mut link, engine, &events).await?,
+                    Woke::Relay(Wake::Pushed) => sync(&mut link, engine, &events, true).await?,
+                    Woke::Relay(_) => sync(&mut link, engine, &events, false).await?,
                     Woke::TimeToConnect => link.start_opening(engine)?,
                     Woke::Opened(opened) => {
                         link.opened(engine, opened).await?;
                         if link.session.is_some() {
-                            sync(&mut link, engine, &events).await?;
+                            sync(&mut link, engine, &events, false).await?;
                         }
                     }
                 }
@@ -210,16 +211,26 @@ pub async fn run(
     Ok(())
 }
 
+/// Syncs with the relay: as a wake-up needs ([`Engine::sync_on_wake`]) when `woken`,
+/// else whole.
 async fn sync(
     link: &mut Link,
     engine: &mut Engine,
     events: &broadcast::Sender<Event>,
+    woken: bool,
 ) -> Result<(), EngineError> {
     link.syncing();
     let Some(session) = link.session.as_ref() else {
         return Ok(());
     };
-    let report = match engine.sync(session.link()).await {
+    let synced = if woken {
+        engine
+            .sync_on_wake(session.link(), session.take_changed())
+            .await
+    } else {
+        engine.sync(session.link()).await
+    };
+    let report = match synced {
         Ok(report) => report,
         Err(e) if fatal(&e) => return Err(e),
         // The connection failed: offline (reading what it stores) until a later one works.

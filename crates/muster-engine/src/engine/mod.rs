@@ -349,6 +349,8 @@ pub struct Notification {
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct SyncReport {
     pub received: usize,
+    /// Deliveries (group messages and Welcomes) fetched from the relay.
+    pub fetched: usize,
     /// Messages and alerts that arrived, for notifications.
     pub notifications: Vec<Notification>,
     /// New devices approved by their own user and certified by this admin device.
@@ -360,8 +362,9 @@ pub struct SyncReport {
 
 impl SyncReport {
     /// Adds what `later` holds to this report.
-    pub(crate) fn merge(&mut self, later: SyncReport) {
+    pub fn merge(&mut self, later: SyncReport) {
         self.received += later.received;
+        self.fetched += later.fetched;
         self.notifications.extend(later.notifications);
         self.approved_devices.extend(later.approved_devices);
         self.joined_groups.extend(later.joined_groups);
@@ -415,6 +418,8 @@ pub struct Engine {
     verified_certificates: VerifiedCertificates,
     /// What happened since the caller last took it.
     pub(crate) activity: SyncReport,
+    /// When [`Engine::sync`] last ran whole, for [`Engine::sync_on_wake`].
+    last_full_sync: Option<std::time::Instant>,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -601,6 +606,7 @@ impl Engine {
             member_counts: HashMap::new(),
             verified_certificates: VerifiedCertificates::default(),
             activity: SyncReport::default(),
+            last_full_sync: None,
         };
         engine.enforce_retention()?;
         Ok(engine)

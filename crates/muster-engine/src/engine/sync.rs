@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// How often a live device runs the whole [`Engine::sync`] at least, however busy.
+pub const FULL_SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl Engine {
     /// Deletes messages whose group's retention or disappearing time has passed.
     pub fn enforce_retention(&self) -> Result<usize, EngineError> {
@@ -18,7 +21,42 @@ impl Engine {
     /// Returns what happened since the activity was last taken, this sync included.
     pub async fn sync(&mut self, conn: &impl Link) -> Result<SyncReport, EngineError> {
         self.sync_steps(conn).await?;
+        self.last_full_sync = Some(std::time::Instant::now());
         Ok(self.take_activity())
+    }
+
+    /// What a wake-up needs while messages come: fetches and processes what waits,
+    /// queues delivery receipts and sends the outbox. The rest of [`Engine::sync`]
+    /// (revocations, renewals, rejoining, own devices) is left to it.
+    pub async fn receive(&mut self, conn: &impl Link) -> Result<SyncReport, EngineError> {
+        self.fetch_and_process(conn).await?;
+        for group_id in self.active_group_ids()? {
+            self.queue_receipts(&group_id, ReceiptKind::Delivered, None)?;
+        }
+        self.flush_outbox(conn).await?;
+        Ok(self.take_activity())
+    }
+
+    /// What a live device runs at each wake-up of the relay: [`Engine::receive`] while
+    /// wake-ups bring deliveries, and the whole [`Engine::sync`] when the relay said
+    /// something else `changed` (a revocation, a device to approve), when one brings none,
+    /// or when the last whole one is [`FULL_SYNC_EVERY`] old.
+    pub async fn sync_on_wake(
+        &mut self,
+        conn: &impl Link,
+        changed: bool,
+    ) -> Result<SyncReport, EngineError> {
+        let recent = self
+            .last_full_sync
+            .is_some_and(|at| at.elapsed() < FULL_SYNC_EVERY);
+        if changed || !recent {
+            return self.sync(conn).await;
+        }
+        let mut report = self.receive(conn).await?;
+        if report.fetched == 0 {
+            report.merge(self.sync(conn).await?);
+        }
+        Ok(report)
     }
 
     /// Everything [`Engine::sync`] does, leaving what happened in the activity.
@@ -338,9 +376,19 @@ impl Engine {
                 return Ok(());
             }
             let full_batch = deliveries.len() >= FETCH_BATCH as usize;
-            // Commits in this batch may remove devices revoked since the last look; learn
-            // of those revocations before judging the commits.
-            self.learn_revocations(conn).await?;
+            self.activity.fetched += deliveries.len();
+            // Commits and Welcomes in this batch may remove or add devices revoked since
+            // the last look: learn of those revocations before judging them. A batch of
+            // application messages (MLS PrivateMessages: wire format 2, after the 2-byte
+            // version) needs no round trip: the relay refuses a revoked device's messages
+            // from the moment of its revocation, and what it sent before counts.
+            let handshakes = deliveries.iter().any(|d| match d {
+                Delivery::Welcome { .. } => true,
+                Delivery::Group { message, .. } => message.get(2..4) != Some(&[0, 2]),
+            });
+            if handshakes {
+                self.learn_revocations(conn).await?;
+            }
             let acks = self.process_batch(deliveries)?;
             conn.request(&Request::Ack { items: acks })
                 .await

@@ -121,9 +121,9 @@ impl Relay {
         wake.retain(|d| !disconnect.contains(d));
         tracing::info!(user = %body.user, devices = disconnect.len(), "devices revoked");
         Ok(Outcome {
-            response: Response::Ok,
-            wake,
+            changed: wake,
             disconnect,
+            ..Outcome::reply(Response::Ok)
         })
     }
 

@@ -109,7 +109,7 @@ impl Relay {
             )?;
         }
         tx.commit()?;
-        Ok(Outcome::with_wake(Response::Ok, wake))
+        Ok(Outcome::with_changed(Response::Ok, wake))
     }
 
     /// Whether `device`'s new KeyPackages may wake its user's other devices now.

@@ -448,7 +448,7 @@ impl Relay {
                 wake.insert(device);
             }
         }
-        Ok(Outcome::with_wake(Response::Ok, wake))
+        Ok(Outcome::with_changed(Response::Ok, wake))
     }
 
     pub(super) fn list_invites(&self, session: &Session) -> Result<Outcome, Failure> {

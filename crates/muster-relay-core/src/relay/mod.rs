@@ -43,12 +43,14 @@ pub struct Session {
     pub user: String,
 }
 
-/// The result of one request: the answer for the requester, the devices to wake, and
-/// the devices whose open connections must be closed now.
+/// The result of one request: the answer for the requester, the devices to wake for new
+/// deliveries, the devices to tell that something else changed, and the devices whose
+/// open connections must be closed now.
 #[derive(Debug)]
 pub struct Outcome {
     pub response: Response,
     pub wake: BTreeSet<String>,
+    pub changed: BTreeSet<String>,
     pub disconnect: BTreeSet<String>,
 }
 
@@ -57,15 +59,22 @@ impl Outcome {
         Self {
             response,
             wake: BTreeSet::new(),
+            changed: BTreeSet::new(),
             disconnect: BTreeSet::new(),
         }
     }
 
     fn with_wake(response: Response, wake: BTreeSet<String>) -> Self {
         Self {
-            response,
             wake,
-            disconnect: BTreeSet::new(),
+            ..Self::reply(response)
+        }
+    }
+
+    fn with_changed(response: Response, changed: BTreeSet<String>) -> Self {
+        Self {
+            changed,
+            ..Self::reply(response)
         }
     }
 }
