@@ -28,8 +28,13 @@ pub struct Scratch(PathBuf);
 
 impl Scratch {
     pub fn new(label: &str) -> Result<Self, HarnessError> {
+        Self::new_in(&std::env::temp_dir(), label)
+    }
+
+    /// A scratch directory under `parent`.
+    pub fn new_in(parent: &Path, label: &str) -> Result<Self, HarnessError> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let path = std::env::temp_dir().join(format!(
+        let path = parent.join(format!(
             "muster-bench-{}-{}-{label}",
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
@@ -201,11 +206,17 @@ impl Org {
 
     /// Invites, enrols and approves a user with one device; returns its engine.
     pub async fn enrol(&mut self, user: &str) -> Result<Engine, HarnessError> {
+        let dir = self.scratch.path().to_path_buf();
+        self.enrol_in(&dir, user).await
+    }
+
+    /// [`Org::enrol`] with the device's store under `dir`.
+    pub async fn enrol_in(&mut self, dir: &Path, user: &str) -> Result<Engine, HarnessError> {
         let code = self
             .admin
             .create_invite(&self.admin_conn, user, 3600)
             .await?;
-        let mut engine = Engine::open(&self.scratch.path().join(user))?;
+        let mut engine = Engine::open(&dir.join(user))?;
         muster_driver::join(&mut engine, &code, profile(user)).await?;
         self.admin
             .approve(&self.admin_conn, user, None, false)

@@ -5,6 +5,7 @@ mod connections;
 mod fanout;
 mod fanout_one;
 mod harness;
+mod ingest;
 mod mls;
 mod mosquitto;
 mod plot;
@@ -79,6 +80,20 @@ enum Scenario {
         #[arg(long, value_name = "BROKER", value_parser = ["mosquitto"])]
         against: Option<String>,
     },
+    /// One real client engine catching up a backlog in a group: messages per second into
+    /// its store.
+    Ingest {
+        #[arg(long, default_value_t = 100)]
+        members: usize,
+        #[arg(long, default_value_t = 100_000)]
+        messages: usize,
+        /// Bytes of text per message.
+        #[arg(long, default_value_t = 256)]
+        size: usize,
+        /// Devices whose messages make up the backlog.
+        #[arg(long, default_value_t = 8)]
+        senders: usize,
+    },
     /// A client store with many messages: open, latest 50 of a conversation, search.
     Store {
         #[arg(long, default_value_t = 1_000_000)]
@@ -144,6 +159,17 @@ fn main() -> ExitCode {
             size,
             rate,
             all_real,
+        })),
+        Scenario::Ingest {
+            members,
+            messages,
+            size,
+            senders,
+        } => block_on(ingest::run(ingest::Load {
+            members,
+            messages,
+            size,
+            senders,
         })),
         Scenario::Report { out } => block_on(publish::run(&out)),
         Scenario::Store { messages } => store::run(messages).map_err(|e| e.to_string()),

@@ -278,10 +278,8 @@ pub(super) fn process_group_message(
                 .clear_pending_commit(provider.storage())
                 .map_err(EngineError::mls)?;
         }
-        tx.execute(
-            "DELETE FROM pending_commits WHERE group_id = ?1",
-            [group_id],
-        )?;
+        tx.prepare_cached("DELETE FROM pending_commits WHERE group_id = ?1")?
+            .execute([group_id])?;
         if hash == sha256(bytes) {
             for (i, n) in notices.iter().enumerate() {
                 insert_system(tx, group_id, n, Some(order_key(seq, i + 1)))?;
@@ -538,11 +536,9 @@ pub(super) fn process_group_message(
             managed,
         )? {
             report.received += 1;
-            let group: String = tx.query_row(
-                "SELECT name FROM groups WHERE group_id = ?1",
-                [group_id],
-                |r| r.get(0),
-            )?;
+            let group: String = tx
+                .prepare_cached("SELECT name FROM groups WHERE group_id = ?1")?
+                .query_row([group_id], |r| r.get(0))?;
             let (kind, text, mentions_me, ack_required) = match &envelope.body {
                 Body::Text { text, mentions, .. } => {
                     ("text", text.clone(), mentions.contains(&device.user), false)

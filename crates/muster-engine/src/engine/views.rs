@@ -420,17 +420,16 @@ pub(super) fn view_of(
     target: &str,
 ) -> Result<ViewSettings, EngineError> {
     Ok(db
-        .query_row(
+        .prepare_cached(
             "SELECT muted, pinned, level FROM view_settings WHERE scope = ?1 AND target = ?2",
-            params![scope, target],
-            |r| {
-                Ok(ViewSettings {
-                    muted: r.get(0)?,
-                    pinned: r.get(1)?,
-                    level: r.get(2)?,
-                })
-            },
-        )
+        )?
+        .query_row(params![scope, target], |r| {
+            Ok(ViewSettings {
+                muted: r.get(0)?,
+                pinned: r.get(1)?,
+                level: r.get(2)?,
+            })
+        })
         .optional()?
         .unwrap_or(ViewSettings {
             muted: false,
