@@ -11,6 +11,7 @@ mod mosquitto;
 mod plot;
 mod protocol;
 mod publish;
+mod receipts;
 mod relay;
 mod report;
 mod store;
@@ -94,6 +95,13 @@ enum Scenario {
         #[arg(long, default_value_t = 8)]
         senders: usize,
     },
+    /// Receipts in a group where every member reads every text: relay deliveries per text.
+    Receipts {
+        #[arg(long, default_value_t = 100)]
+        members: usize,
+        #[arg(long, default_value_t = 10)]
+        texts: usize,
+    },
     /// A client store with many messages: open, latest 50 of a conversation, search.
     Store {
         #[arg(long, default_value_t = 1_000_000)]
@@ -171,6 +179,9 @@ fn main() -> ExitCode {
             size,
             senders,
         })),
+        Scenario::Receipts { members, texts } => {
+            block_on(receipts::run(receipts::Load { members, texts }))
+        }
         Scenario::Report { out } => block_on(publish::run(&out)),
         Scenario::Store { messages } => store::run(messages).map_err(|e| e.to_string()),
         Scenario::Connections { devices } => block_on(connections::run(devices)),
