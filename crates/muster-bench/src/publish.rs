@@ -426,16 +426,14 @@ fn markdown(run: &Run) -> String {
         },
         works_10000,
     );
-    let kib = run
-        .connections
-        .number("kib_per_connection")
-        .unwrap_or(f64::MAX);
+    let kib = measured(&run.connections, "kib_per_connection");
     target(
         &mut out,
         "`connections --devices 10000`",
         "< 100 KiB per idle connection",
-        format!("{kib:.1} KiB"),
-        kib < 100.0,
+        kib.as_ref()
+            .map_or_else(|e| e.clone(), |kib| format!("{kib:.1} KiB")),
+        kib.is_ok_and(|kib| kib < 100.0),
     );
     let latest = run.store.number("latest50_ms").unwrap_or(f64::MAX);
     let search = run.store.number("search_ms").unwrap_or(f64::MAX);

@@ -1424,3 +1424,4 @@ fn a_message_nobody_else_waits_for_is_not_kept() {
 }
 
 mod audience;
+mod changes;
