@@ -72,9 +72,34 @@ fn relay_scenario_delivers_every_message_to_every_device_in_both_systems() {
 }
 
 #[test]
-fn fanout_scenario_writes_every_message_into_every_other_members_store() {
+fn fanout_scenario_writes_every_message_into_the_real_members_store() {
     let v = bench(&[
         "fanout",
+        "--members",
+        "5",
+        "--senders",
+        "2",
+        "--messages",
+        "6",
+        "--size",
+        "64",
+        "--rate",
+        "50",
+    ]);
+    assert_eq!(v["scenario"], "fanout");
+    assert_eq!(number(&v, "received"), 6.0, "every message in the one real store");
+    // The two protocol-level members fetch every message too.
+    assert_eq!(number(&v, "others_fetched"), 12.0);
+    for name in ["latency_p50_ms", "latency_p99_ms"] {
+        assert!(number(&v, name) > 0.0, "{name}");
+    }
+}
+
+#[test]
+fn fanout_all_real_writes_every_message_into_every_other_members_store() {
+    let v = bench(&[
+        "fanout",
+        "--all-real",
         "--members",
         "3",
         "--senders",
@@ -92,6 +117,33 @@ fn fanout_scenario_writes_every_message_into_every_other_members_store() {
     for name in ["deliveries_per_s", "latency_p50_ms", "latency_p99_ms"] {
         assert!(number(&v, name) > 0.0, "{name}");
     }
+}
+
+#[test]
+fn ingest_scenario_brings_the_whole_backlog_into_the_store() {
+    let v = bench(&[
+        "ingest",
+        "--members",
+        "5",
+        "--messages",
+        "40",
+        "--senders",
+        "2",
+    ]);
+    assert_eq!(number(&v, "received"), 40.0);
+    assert!(number(&v, "messages_per_s") > 0.0);
+}
+
+#[test]
+fn receipts_scenario_counts_text_and_receipt_deliveries() {
+    let v = bench(&["receipts", "--members", "3", "--texts", "2"]);
+    assert_eq!(number(&v, "text_deliveries_per_text"), 2.0, "two readers");
+    // Each reader's receipts go to the author alone.
+    assert_eq!(
+        number(&v, "receipt_deliveries_per_text"),
+        number(&v, "receipts_sent_per_text")
+    );
+    assert!(number(&v, "receipts_sent_per_text") >= 2.0, "each reader reads");
 }
 
 #[test]
