@@ -87,7 +87,11 @@ fn fanout_scenario_writes_every_message_into_the_real_members_store() {
         "50",
     ]);
     assert_eq!(v["scenario"], "fanout");
-    assert_eq!(number(&v, "received"), 6.0, "every message in the one real store");
+    assert_eq!(
+        number(&v, "received"),
+        6.0,
+        "every message in the one real store"
+    );
     // The two protocol-level members fetch every message too.
     assert_eq!(number(&v, "others_fetched"), 12.0);
     for name in ["latency_p50_ms", "latency_p99_ms"] {
@@ -143,7 +147,10 @@ fn receipts_scenario_counts_text_and_receipt_deliveries() {
         number(&v, "receipt_deliveries_per_text"),
         number(&v, "receipts_sent_per_text")
     );
-    assert!(number(&v, "receipts_sent_per_text") >= 2.0, "each reader reads");
+    assert!(
+        number(&v, "receipts_sent_per_text") >= 2.0,
+        "each reader reads"
+    );
 }
 
 #[test]
