@@ -214,11 +214,14 @@ pub(crate) async fn chat(engine: &mut Engine, group: &str) -> Result<(), EngineE
     loop {
         tokio::select! {
             wake = session.wake(None) => {
-                if wake == Wake::Lost {
+                // After a reconnection, whatever was said meanwhile is unknown: a whole sync.
+                let report = if wake == Wake::Lost {
                     eprintln!("connection to the relay lost; reconnecting");
                     session.reconnect(engine).await?;
-                }
-                let report = session.on_wake(engine).await?;
+                    session.sync(engine).await?
+                } else {
+                    session.on_wake(engine).await?
+                };
                 notify(engine, &report.notifications);
                 for p in &report.problems {
                     eprintln!("warning: {p}");

@@ -527,6 +527,9 @@ async fn handle_stream(
                         shared.connected.disconnect(outcome.disconnect.iter());
                         shared.connected.wake(outcome.wake.iter());
                         shared.connected.changed(outcome.changed.iter());
+                        // Older devices ignore `Changed`; a wake-up that finds nothing to
+                        // fetch has them (and newer ones) sync whole all the same.
+                        shared.connected.wake(outcome.changed.iter());
                         outcome.response
                     }
                     Err(_) => Response::Error(RelayError::new(

@@ -122,6 +122,12 @@ impl Wakeups {
         self.changed
             .swap(false, std::sync::atomic::Ordering::AcqRel)
     }
+
+    /// Keeps a change for the next look (the sync it called for failed).
+    pub fn keep_changed(&self) {
+        self.changed
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
 }
 
 /// Connects this device to its relay and authenticates it.
@@ -217,6 +223,11 @@ impl Session {
         self.wakeups.take_changed()
     }
 
+    /// Keeps a change for the next wake-up (the sync it called for failed).
+    pub fn keep_changed(&self) {
+        self.wakeups.keep_changed()
+    }
+
     /// What to run at each wake-up ([`Engine::sync_on_wake`]: the messages at once, the
     /// rest of a sync when the relay says something else changed, and now and then);
     /// reconnects like [`Session::sync`].
@@ -227,6 +238,12 @@ impl Session {
                 tracing::info!("connection lost ({e}); reconnecting");
                 self.reconnect(engine).await?;
                 engine.sync(&self.conn).await
+            }
+            Err(e) => {
+                if changed {
+                    self.wakeups.keep_changed();
+                }
+                Err(e)
             }
             other => other,
         }

@@ -223,13 +223,15 @@ async fn sync(
     let Some(session) = link.session.as_ref() else {
         return Ok(());
     };
+    let changed = woken && session.take_changed();
     let synced = if woken {
-        engine
-            .sync_on_wake(session.link(), session.take_changed())
-            .await
+        engine.sync_on_wake(session.link(), changed).await
     } else {
         engine.sync(session.link()).await
     };
+    if synced.is_err() && changed {
+        session.keep_changed();
+    }
     let report = match synced {
         Ok(report) => report,
         Err(e) if fatal(&e) => return Err(e),

@@ -296,6 +296,13 @@ pub(super) fn process_group_message(
             .map_err(|e| format!("message does not decode: {e}"))?
             .try_into_protocol_message()
             .map_err(|e| format!("not a group message: {e}"))?;
+        // Commits and proposals travel as public messages, where the relay checks them
+        // and where they wait for this device's look at the revocations.
+        if matches!(message, ProtocolMessage::PrivateMessage(_))
+            && message.content_type() != ContentType::Application
+        {
+            return Err("dropped a commit or proposal sent encrypted".into());
+        }
         let (epoch, held) = (message.epoch().as_u64(), group.epoch().as_u64());
         behind = epoch > held || (epoch == held && message.content_type() == ContentType::Commit);
         let processed = group

@@ -130,21 +130,24 @@ impl Engine {
     }
 
     /// Fetches and stores revocations this device has not seen yet.
+    /// The position of the last revocation this device learned.
+    fn revocations_seen(&self) -> Result<u64, EngineError> {
+        let since: i64 = self
+            .db
+            .prepare_cached("SELECT value FROM sync_state WHERE key = 'revocations'")?
+            .query_row([], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0);
+        Ok(since.max(0) as u64)
+    }
+
     pub(crate) async fn learn_revocations(&mut self, conn: &impl Link) -> Result<(), EngineError> {
         let me = self.device()?;
         let org = me.org.clone();
         loop {
-            let since: i64 = self
-                .db
-                .query_row(
-                    "SELECT value FROM sync_state WHERE key = 'revocations'",
-                    [],
-                    |r| r.get(0),
-                )
-                .optional()?
-                .unwrap_or(0);
+            let since = self.revocations_seen()?;
             let list = ask!(conn, Request::Revocations {
-                    since: since as u64,
+                    since,
                 }, Response::Revocations(list) => list);
             if list.is_empty() {
                 break;
@@ -370,23 +373,29 @@ impl Engine {
 
     pub(super) async fn fetch_and_process(&mut self, conn: &impl Link) -> Result<(), EngineError> {
         loop {
-            let deliveries =
-                ask!(conn, Request::Fetch { limit: FETCH_BATCH }, Response::Deliveries(d) => d);
+            // Senders revoked since the last look (directly, or through the admin device
+            // that certified them) must be known before their messages are judged. The
+            // relay is asked for new revocations together with the batch, so the answer
+            // costs no extra round trip; only when there are some does the device stop to
+            // learn them.
+            let since = self.revocations_seen()?;
+            let fetch = Request::Fetch { limit: FETCH_BATCH };
+            let revocations = Request::Revocations { since };
+            let (fetched, news) = both(conn.request(&fetch), conn.request(&revocations)).await;
+            let deliveries = match fetched.map_err(from_link)? {
+                Response::Deliveries(d) => d,
+                _ => return Err(crate::error::unexpected_answer(&fetch)),
+            };
+            let any_news = match news.map_err(from_link)? {
+                Response::Revocations(list) => !list.is_empty(),
+                _ => return Err(crate::error::unexpected_answer(&revocations)),
+            };
             if deliveries.is_empty() {
                 return Ok(());
             }
             let full_batch = deliveries.len() >= FETCH_BATCH as usize;
             self.activity.fetched += deliveries.len();
-            // Commits and Welcomes in this batch may remove or add devices revoked since
-            // the last look: learn of those revocations before judging them. A batch of
-            // application messages (MLS PrivateMessages: wire format 2, after the 2-byte
-            // version) needs no round trip: the relay refuses a revoked device's messages
-            // from the moment of its revocation, and what it sent before counts.
-            let handshakes = deliveries.iter().any(|d| match d {
-                Delivery::Welcome { .. } => true,
-                Delivery::Group { message, .. } => message.get(2..4) != Some(&[0, 2]),
-            });
-            if handshakes {
+            if any_news {
                 self.learn_revocations(conn).await?;
             }
             let acks = self.process_batch(deliveries)?;
@@ -585,4 +594,34 @@ pub(crate) fn certificate_revoked(
     cert: &Certificate,
 ) -> Result<bool, EngineError> {
     Ok(revocation_list(db)?.covers(cert))
+}
+
+/// Runs two requests at once and waits for both (no runtime needed: the link's futures
+/// are polled in turn).
+async fn both<A: std::future::Future, B: std::future::Future>(
+    a: A,
+    b: B,
+) -> (A::Output, B::Output) {
+    let (mut a, mut b) = (std::pin::pin!(a), std::pin::pin!(b));
+    let (mut first, mut second) = (None, None);
+    std::future::poll_fn(|cx| {
+        if first.is_none() {
+            if let std::task::Poll::Ready(out) = a.as_mut().poll(cx) {
+                first = Some(out);
+            }
+        }
+        if second.is_none() {
+            if let std::task::Poll::Ready(out) = b.as_mut().poll(cx) {
+                second = Some(out);
+            }
+        }
+        match (first.take(), second.take()) {
+            (Some(x), Some(y)) => std::task::Poll::Ready((x, y)),
+            (x, y) => {
+                (first, second) = (x, y);
+                std::task::Poll::Pending
+            }
+        }
+    })
+    .await
 }
