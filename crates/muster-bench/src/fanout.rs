@@ -78,6 +78,25 @@ pub async fn member(
     Ok((sends, arrivals))
 }
 
+/// Each arrival's time since its message was sent, in ms, and when the last one arrived
+/// (`start` if none did).
+pub fn latencies(
+    arrivals: &[(String, Instant)],
+    sent_at: &HashMap<String, Instant>,
+    start: Instant,
+) -> Result<(Vec<f64>, Instant), HarnessError> {
+    let mut latencies = Vec::with_capacity(arrivals.len());
+    let mut end = start;
+    for (id, at) in arrivals {
+        let sent = sent_at
+            .get(id)
+            .ok_or_else(|| HarnessError::Setup(format!("message {id} arrived but was not sent")))?;
+        latencies.push(ms(at.saturating_duration_since(*sent)));
+        end = end.max(*at);
+    }
+    Ok((latencies, end))
+}
+
 pub async fn run(load: Load) -> Result<Report, HarnessError> {
     if !load.all_real {
         return crate::fanout_one::run(load).await;
@@ -168,15 +187,7 @@ pub async fn run(load: Load) -> Result<Report, HarnessError> {
             arrivals.extend(got);
         }
     }
-    let mut latencies = Vec::with_capacity(arrivals.len());
-    let mut end = start;
-    for (id, at) in &arrivals {
-        let sent = sent_at
-            .get(id)
-            .ok_or_else(|| HarnessError::Setup(format!("message {id} arrived but was not sent")))?;
-        latencies.push(ms(at.saturating_duration_since(*sent)));
-        end = end.max(*at);
-    }
+    let (mut latencies, end) = latencies(&arrivals, &sent_at, start)?;
     let elapsed = end.saturating_duration_since(start);
     let mut report = Report::new("fanout");
     report.set("mode", "all-real");

@@ -5,44 +5,16 @@
 //! real engines at a set rate. The figure is the relay plus one client, as a user on
 //! their own device sees it: from the send request to the message in that user's store.
 
-use crate::fanout::{member, Load};
+use crate::fanout::{latencies, member, Load};
 use crate::harness::{HarnessError, Org};
 use crate::protocol::{drain, follow};
-use crate::relay::{hex_decode, join, text_of};
+use crate::relay::{hex_decode, join, queued, text_of, Queued};
 use crate::report::{ms, quantile, Report};
 use muster_proto::{Request, Response};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// One message encrypted beforehand: its id, client id and MLS bytes.
-struct Prepared {
-    id: String,
-    client_id: Vec<u8>,
-    message: Vec<u8>,
-}
-
-/// The messages waiting in a device's outbox, in order.
-fn prepared(home: &std::path::Path) -> Result<Vec<Prepared>, HarnessError> {
-    let failed = |e: rusqlite::Error| HarnessError::Setup(format!("cannot read an outbox: {e}"));
-    let db = rusqlite::Connection::open(home.join("muster.db")).map_err(failed)?;
-    let mut stmt = db
-        .prepare("SELECT message_id, client_id, ciphertext FROM outbox ORDER BY position")
-        .map_err(failed)?;
-    let rows = stmt
-        .query_map([], |r| {
-            Ok(Prepared {
-                id: r.get(0)?,
-                client_id: r.get(1)?,
-                message: r.get(2)?,
-            })
-        })
-        .map_err(failed)?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(failed)?;
-    Ok(rows)
-}
 
 pub async fn run(load: Load) -> Result<Report, HarnessError> {
     let members = load.members.max(3);
@@ -75,9 +47,9 @@ pub async fn run(load: Load) -> Result<Report, HarnessError> {
         };
         engine.queue_text(&group, &text_of(load.size, index))?;
     }
-    let mut outboxes = vec![prepared(org.admin.home())?];
+    let mut outboxes = vec![queued(org.admin.home())?];
     for engine in &real {
-        outboxes.push(prepared(engine.home())?);
+        outboxes.push(queued(engine.home())?);
     }
 
     // Every other device is connected and has fetched what waited (its Welcome).
@@ -122,7 +94,7 @@ pub async fn run(load: Load) -> Result<Report, HarnessError> {
     } else {
         Duration::ZERO
     };
-    let mut schedule: Vec<(usize, Prepared)> = Vec::with_capacity(load.messages);
+    let mut schedule: Vec<(usize, Queued)> = Vec::with_capacity(load.messages);
     for (sender, list) in outboxes.into_iter().enumerate() {
         for (k, prepared) in list.into_iter().enumerate() {
             schedule.push((k * senders + sender, prepared));
@@ -177,15 +149,7 @@ pub async fn run(load: Load) -> Result<Report, HarnessError> {
         }
     }
 
-    let mut latencies = Vec::with_capacity(arrivals.len());
-    let mut end = start;
-    for (id, at) in &arrivals {
-        let sent = sent_at
-            .get(id)
-            .ok_or_else(|| HarnessError::Setup(format!("message {id} arrived but was not sent")))?;
-        latencies.push(ms(at.saturating_duration_since(*sent)));
-        end = end.max(*at);
-    }
+    let (mut latencies, end) = latencies(&arrivals, &sent_at, start)?;
     let mut report = Report::new("fanout");
     report.set("mode", "one real engine");
     report.set("members", members);

@@ -202,18 +202,40 @@ pub fn hex_decode(hex: &str) -> Result<Vec<u8>, HarnessError> {
         .map_err(|_| HarnessError::Setup(format!("group id {hex:?} is not hex")))
 }
 
+/// One message waiting in a device's outbox: its id, client id and MLS bytes.
+pub struct Queued {
+    pub id: String,
+    pub client_id: Vec<u8>,
+    pub message: Vec<u8>,
+}
+
 /// The messages waiting in a device's outbox, in order.
-pub fn outbox(home: &std::path::Path) -> Result<Vec<Payload>, HarnessError> {
-    let db = rusqlite::Connection::open(home.join("muster.db"))
-        .map_err(|e| HarnessError::Setup(format!("cannot read the sender's outbox: {e}")))?;
-    let rows = db
-        .prepare("SELECT client_id, ciphertext FROM outbox ORDER BY position")
-        .and_then(|mut stmt| {
-            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<Result<Vec<Payload>, _>>()
+pub fn queued(home: &std::path::Path) -> Result<Vec<Queued>, HarnessError> {
+    let failed = |e: rusqlite::Error| HarnessError::Setup(format!("cannot read an outbox: {e}"));
+    let db = rusqlite::Connection::open(home.join("muster.db")).map_err(failed)?;
+    let mut stmt = db
+        .prepare("SELECT message_id, client_id, ciphertext FROM outbox ORDER BY position")
+        .map_err(failed)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok(Queued {
+                id: r.get(0)?,
+                client_id: r.get(1)?,
+                message: r.get(2)?,
+            })
         })
-        .map_err(|e| HarnessError::Setup(format!("cannot read the sender's outbox: {e}")))?;
+        .map_err(failed)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(failed)?;
     Ok(rows)
+}
+
+/// [`queued`] as the payloads [`send_all`] posts.
+pub fn outbox(home: &std::path::Path) -> Result<Vec<Payload>, HarnessError> {
+    Ok(queued(home)?
+        .into_iter()
+        .map(|q| (q.client_id, q.message))
+        .collect())
 }
 
 /// A sending device: posts its payloads with `window` requests in flight; returns the

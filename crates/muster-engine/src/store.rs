@@ -129,11 +129,24 @@ CREATE TABLE IF NOT EXISTS pending_commits (group_id BLOB PRIMARY KEY, commit_ha
 
 /// Adds what later versions need to a store made by an older version.
 pub(crate) fn migrate(db: &rusqlite::Connection) -> rusqlite::Result<()> {
-    let has_audience = db
-        .prepare("SELECT 1 FROM pragma_table_info('outbox') WHERE name = 'audience'")?
-        .exists([])?;
-    if !has_audience {
-        db.execute_batch("ALTER TABLE outbox ADD COLUMN audience TEXT")?;
-    }
+    add_column(db, "outbox", "audience", "TEXT")?;
     Ok(())
+}
+
+/// Adds `column` to `table` unless it is there; says whether it was added.
+pub(crate) fn add_column(
+    db: &rusqlite::Connection,
+    table: &str,
+    column: &str,
+    declaration: &str,
+) -> rusqlite::Result<bool> {
+    let present = db
+        .prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?
+        .exists([table, column])?;
+    if !present {
+        db.execute_batch(&format!(
+            "ALTER TABLE {table} ADD COLUMN {column} {declaration}"
+        ))?;
+    }
+    Ok(!present)
 }

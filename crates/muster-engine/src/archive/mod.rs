@@ -64,11 +64,7 @@ CREATE TABLE IF NOT EXISTS archive_holds (
 /// Creates the archive's tables, and adds what later versions need to older ones.
 pub(crate) fn migrate(db: &Connection) -> Result<(), EngineError> {
     db.execute_batch(SCHEMA)?;
-    let has_content_hash = db
-        .prepare("SELECT 1 FROM pragma_table_info('archive_entries') WHERE name = 'content_hash'")?
-        .exists([])?;
-    if !has_content_hash {
-        db.execute_batch("ALTER TABLE archive_entries ADD COLUMN content_hash BLOB")?;
+    if crate::store::add_column(db, "archive_entries", "content_hash", "BLOB")? {
         // The chain itself says from where on every entry has a content hash, so that
         // stripping one cannot pass a newer entry off as an older one.
         let entries: i64 =

@@ -10,6 +10,29 @@ use super::*;
 /// or withheld by the relay) still leave the others able to read this device.
 pub(crate) const MAX_DIRECTED_RUN: i64 = 100;
 
+/// The users of the group's archives when it is archived (else none).
+pub(super) fn group_archivists(
+    group: &MlsGroup,
+    org: &OrgDescriptor,
+    db: &Connection,
+) -> Result<Vec<String>, EngineError> {
+    if policy_of(group).archived {
+        archive_members(group, org, db)
+    } else {
+        Ok(Vec::new())
+    }
+}
+
+/// How an outbox row keeps a message's audience: one user per line.
+pub(super) fn audience_column(users: &[String]) -> String {
+    users.join("\n")
+}
+
+/// The users an outbox row's audience names.
+pub(super) fn audience_users(column: &str) -> Vec<String> {
+    column.split('\n').map(str::to_string).collect()
+}
+
 /// Who a receipt is for: the authors of the messages it covers (only they use it) and the
 /// group's archives, never the sender's own user. Empty for anything else.
 pub(super) fn receipt_audience(
@@ -111,6 +134,18 @@ mod tests {
         )
     }
 
+    fn text() -> Envelope {
+        Envelope::new(
+            random_hex(16),
+            now_ms(),
+            Body::Text {
+                text: "hi".into(),
+                reply_to: None,
+                mentions: Vec::new(),
+            },
+        )
+    }
+
     #[test]
     fn receipts_go_to_their_authors_until_a_run_must_end_for_everyone() {
         // The run must end while every receiver can still skip it.
@@ -133,15 +168,7 @@ mod tests {
             Some(vec!["alice".into(), "carol".into(), "vault".into()]),
             "each author once, the archive too, never the sender"
         );
-        let text = Envelope::new(
-            random_hex(16),
-            now_ms(),
-            Body::Text {
-                text: "hi".into(),
-                reply_to: None,
-                mentions: Vec::new(),
-            },
-        );
+        let text = text();
         assert_eq!(audience(&text, Vec::new()), None);
         assert_eq!(
             audience(&receipt(&["bob"]), Vec::new()),
@@ -174,15 +201,7 @@ mod tests {
         let vault = || Ok(vec!["vault".to_string()]);
         let mut numbered = receipt(&["alice"]);
         numbered.n = Some(3);
-        let mut text = Envelope::new(
-            random_hex(16),
-            now_ms(),
-            Body::Text {
-                text: "hi".into(),
-                reply_to: None,
-                mentions: Vec::new(),
-            },
-        );
+        let mut text = text();
         let unnumbered_text = text.clone();
         text.n = Some(4);
         assert!(check_routing(b"", &text, none).is_ok());

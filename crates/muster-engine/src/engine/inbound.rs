@@ -359,10 +359,7 @@ pub(super) fn process_group_message(
                 let envelope = Envelope::from_bytes(&app.into_bytes())
                     .map_err(|e| format!("from {}: {e}", sender_cert.body.user))?;
                 directed::check_routing(&aad, &envelope, || {
-                    if !policy.archived {
-                        return Ok(Vec::new());
-                    }
-                    archive_members(&group, &device.org, tx).map_err(|e| e.to_string())
+                    directed::group_archivists(&group, &device.org, tx).map_err(|e| e.to_string())
                 })
                 .map_err(|why| format!("dropped a message from {by}: {why}"))?;
                 gap = check_send_number(tx, group_id, &sender_cert, envelope.n)

@@ -479,15 +479,10 @@ pub(super) fn queue_unchecked(
 ) -> Result<(), EngineError> {
     let db = provider.storage_connection();
     let group_id = group.group_id().as_slice().to_vec();
-    let archivists = if policy_of(group).archived {
-        let archivists = archive_members(group, &device.org, db)?;
-        if archivists.is_empty() {
-            return Err(EngineError::ArchiveMissing(group_hex(&group_id)));
-        }
-        archivists
-    } else {
-        Vec::new()
-    };
+    let archivists = directed::group_archivists(group, &device.org, db)?;
+    if policy_of(group).archived && archivists.is_empty() {
+        return Err(EngineError::ArchiveMissing(group_hex(&group_id)));
+    }
     let audience = directed::directed_audience(db, &group_id, &envelope, &device.user, archivists)?;
     match &audience {
         Some(users) => group.set_aad(muster_proto::directed_aad(users)),
@@ -503,7 +498,7 @@ pub(super) fn queue_unchecked(
     )?;
     db.execute(
         "INSERT INTO outbox (client_id, position, group_id, message_id, envelope, ciphertext, audience) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![sha256(envelope.id.as_bytes())[..16].to_vec(), position, group_id, envelope.id, envelope.to_bytes(), mls_bytes(&ciphertext)?, audience.map(|users| users.join("\n"))],
+        params![sha256(envelope.id.as_bytes())[..16].to_vec(), position, group_id, envelope.id, envelope.to_bytes(), mls_bytes(&ciphertext)?, audience.as_deref().map(directed::audience_column)],
     )?;
     if !matches!(envelope.body, Body::Receipt { .. }) {
         let author = Author {

@@ -99,30 +99,29 @@ impl Engine {
         let audience = match audience {
             Some(queued) => {
                 let parsed = Envelope::from_bytes(&envelope).map_err(EngineError::Invalid)?;
-                let archivists = if policy_of(&group).archived {
-                    archive_members(&group, &device.org, &tx)?
-                } else {
-                    Vec::new()
-                };
+                let archivists = directed::group_archivists(&group, &device.org, &tx)?;
                 let users = directed::receipt_audience(&parsed, &device.user, archivists);
-                if users.is_empty() {
-                    Some(queued)
+                Some(if users.is_empty() {
+                    directed::audience_users(&queued)
                 } else {
-                    Some(users.join("\n"))
-                }
+                    users
+                })
             }
             None => None,
         };
         if let Some(users) = &audience {
-            let users: Vec<String> = users.split('\n').map(str::to_string).collect();
-            group.set_aad(muster_proto::directed_aad(&users));
+            group.set_aad(muster_proto::directed_aad(users));
         }
         let ciphertext = group
             .create_message(&provider, &signer, &envelope)
             .map_err(EngineError::mls)?;
         tx.execute(
             "UPDATE outbox SET ciphertext = ?2, audience = ?3 WHERE client_id = ?1",
-            params![client_id, mls_bytes(&ciphertext)?, audience],
+            params![
+                client_id,
+                mls_bytes(&ciphertext)?,
+                audience.as_deref().map(directed::audience_column)
+            ],
         )?;
         tx.commit()?;
         Ok(())
@@ -227,7 +226,7 @@ impl Engine {
                         group_id: group_id.clone(),
                         message: ciphertext.clone(),
                         client_id: client_id.clone(),
-                        to: users.split('\n').map(str::to_string).collect(),
+                        to: directed::audience_users(users),
                     },
                 };
                 match post(conn, &request, attempt).await? {
