@@ -11,7 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const FLOOD_CONNECTIONS: usize = 200;
-const TIMED_SENDS: usize = 60;
+/// Sends timed in each round, with the flood paused and then running.
+const SENDS_PER_ROUND: usize = 10;
+/// Rounds alternate quiet and flooded sends, so load from tests running alongside
+/// weighs on both figures alike.
+const ROUNDS: usize = 6;
 
 fn median(mut times: Vec<Duration>) -> Duration {
     times.sort();
@@ -39,14 +43,23 @@ fn junk_enrolment(org_id: &str) -> Request {
     Request::Enrol { request }
 }
 
+/// Whether the flood runs, is paused or is over, and how many requests it sent.
+#[derive(Default)]
+struct FloodControl {
+    stop: AtomicBool,
+    paused: AtomicBool,
+    /// Requests on their way to the relay right now.
+    in_flight: AtomicU64,
+    sent: AtomicU64,
+}
+
 /// Runs `connections` anonymous connections, each sending `request` as fast as the relay
-/// answers, reconnecting after a short pause when it is turned away, until `stop`.
+/// answers, reconnecting after a short pause when it is turned away, until stopped.
 fn flood(
     addr: String,
     fingerprint: String,
     request: Request,
-    stop: Arc<AtomicBool>,
-    sent: Arc<AtomicU64>,
+    control: Arc<FloodControl>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -60,9 +73,17 @@ fn flood(
             for _ in 0..FLOOD_CONNECTIONS {
                 let (endpoint, addr, fingerprint) =
                     (endpoint.clone(), addr.clone(), fingerprint.clone());
-                let (request, stop, sent) = (request.clone(), stop.clone(), sent.clone());
+                let (request, control) = (request.clone(), control.clone());
                 tasks.push(tokio::spawn(async move {
-                    while !stop.load(Ordering::Relaxed) {
+                    let paused = || async {
+                        while control.paused.load(Ordering::Relaxed)
+                            && !control.stop.load(Ordering::Relaxed)
+                        {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                    };
+                    while !control.stop.load(Ordering::Relaxed) {
+                        paused().await;
                         let conn = muster_net::RelayConnection::connect_via(
                             endpoint.clone(),
                             &addr,
@@ -74,11 +95,13 @@ fn flood(
                             tokio::time::sleep(Duration::from_millis(500)).await;
                             continue;
                         };
-                        while !stop.load(Ordering::Relaxed) {
-                            sent.fetch_add(1, Ordering::Relaxed);
-                            if let Err(muster_net::NetError::Connection(_)) =
-                                conn.request(&request).await
-                            {
+                        while !control.stop.load(Ordering::Relaxed) {
+                            paused().await;
+                            control.in_flight.fetch_add(1, Ordering::SeqCst);
+                            control.sent.fetch_add(1, Ordering::Relaxed);
+                            let answer = conn.request(&request).await;
+                            control.in_flight.fetch_sub(1, Ordering::SeqCst);
+                            if let Err(muster_net::NetError::Connection(_)) = answer {
                                 break;
                             }
                         }
@@ -105,27 +128,33 @@ fn an_enrolment_flood_from_200_connections_leaves_a_members_send_latency_within_
     let rogue = Rogue::open(&bob);
     let mut session = rogue.session();
     session.timed_sends(&gid, 5); // warm up
-    let mut normal_times = session.timed_sends(&gid, TIMED_SENDS);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let sent = Arc::new(AtomicU64::new(0));
+    let control = Arc::new(FloodControl::default());
+    control.paused.store(true, Ordering::Relaxed);
     let flooder = flood(
         org.relay.addr.clone(),
         org.relay.fingerprint.clone(),
         junk_enrolment("any organisation"),
-        stop.clone(),
-        sent.clone(),
+        control.clone(),
     );
-    muster_e2e::wait_until(Duration::from_secs(30), "the flood to start", || {
-        sent.load(Ordering::Relaxed) >= FLOOD_CONNECTIONS as u64
-    });
-    let during = median(session.timed_sends(&gid, TIMED_SENDS));
-    let flood_requests = sent.load(Ordering::Relaxed);
-    stop.store(true, Ordering::Relaxed);
+    let (mut normal_times, mut flood_times) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        control.paused.store(true, Ordering::Relaxed);
+        muster_e2e::wait_until(Duration::from_secs(30), "the flood to pause", || {
+            control.in_flight.load(Ordering::SeqCst) == 0
+        });
+        normal_times.extend(session.timed_sends(&gid, SENDS_PER_ROUND));
+        let before = control.sent.load(Ordering::Relaxed);
+        control.paused.store(false, Ordering::Relaxed);
+        muster_e2e::wait_until(Duration::from_secs(30), "the flood to run", || {
+            control.sent.load(Ordering::Relaxed) >= before + FLOOD_CONNECTIONS as u64
+        });
+        flood_times.extend(session.timed_sends(&gid, SENDS_PER_ROUND));
+    }
+    let flood_requests = control.sent.load(Ordering::Relaxed);
+    control.stop.store(true, Ordering::Relaxed);
     flooder.join().unwrap();
-    // Normal is measured before and after the flood, on the same connection.
-    normal_times.extend(session.timed_sends(&gid, TIMED_SENDS));
-    let normal = median(normal_times);
+    let (normal, during) = (median(normal_times), median(flood_times));
     drop(session);
     drop(rogue);
     eprintln!(

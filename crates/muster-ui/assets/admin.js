@@ -47,6 +47,7 @@ const value = (id) => document.getElementById(id).value.trim();
 const post = (path, body) => api(path, { method: "POST", body: JSON.stringify(body || {}) });
 
 async function showAdmin(tab) {
+  const view = navigate();
   state.adminTab = tab || state.adminTab || "People";
   const tabs = el("li", undefined, "tabs");
   tabs.setAttribute("role", "tablist");
@@ -64,6 +65,7 @@ async function showAdmin(tab) {
       Policy: adminPolicy,
       "Audit log": adminAudit,
     }[state.adminTab]();
+    if (superseded(view)) return;
     if (state.adminNotice) {
       const notice = el("li", state.adminNotice, "meta");
       notice.setAttribute("role", "status");
@@ -72,6 +74,7 @@ async function showAdmin(tab) {
     }
     showListing("Admin · " + state.adminTab, [tabs, ...rows]);
   } catch (e) {
+    if (superseded(view)) return;
     showListing("Admin · " + state.adminTab, [tabs, el("li", e.message, "problem")]);
   }
 }

@@ -10,7 +10,16 @@ const state = {
   editing: null,
   rollcall: null,
   session: sessionStorage.getItem("muster-session"),
+  navigation: 0,
 };
+
+// Every change of screen takes a number: a screen whose data arrives after a later change
+// is dropped rather than shown over it.
+function navigate() {
+  state.navigation += 1;
+  return state.navigation;
+}
+const superseded = (view) => view !== state.navigation;
 
 // The printed link's token sits in the fragment: trade it once for this tab's session.
 async function startSession() {
@@ -377,8 +386,10 @@ function showListing(title, rows) {
 }
 
 async function search(query) {
+  const view = navigate();
   try {
     const found = await api("/api/search?q=" + encodeURIComponent(query));
+    if (superseded(view)) return;
     showListing("Search: " + query, found.map((m) => {
       const row = el("li");
       const open = el("button", m.sender + ": " + m.text);
@@ -392,8 +403,10 @@ async function search(query) {
 }
 
 async function directory() {
+  const view = navigate();
   try {
     const people = await api("/api/directory");
+    if (superseded(view)) return;
     showListing("Directory", people.map((p) => {
       const row = el("li");
       row.append(el("strong", p.display_name), el("span", " @" + p.user));
@@ -418,6 +431,7 @@ function field(label, id, value) {
 
 // My profile (a change goes to an admin for approval) and my devices.
 async function showMe() {
+  const view = navigate();
   try {
     const [profile, devices] = await Promise.all([api("/api/me"), api("/api/devices")]);
     const form = el("form");
@@ -489,6 +503,7 @@ async function showMe() {
     });
     approve.append(approveForm);
     rows.push(approve);
+    if (superseded(view)) return;
     showListing("Me", rows);
   } catch (e) {
     status(e.message);
@@ -503,6 +518,7 @@ function button(label, run) {
 }
 
 async function openGroup(id) {
+  navigate();
   state.group = id;
   document.getElementById("listing").hidden = true;
   document.getElementById("messages").hidden = false;
