@@ -258,7 +258,7 @@ pub async fn serve(data: PathBuf, listen: SocketAddr, quotas: Quotas) -> Result<
     let server_config = identity
         .server_config()
         .map_err(|e| ServeError::Tls(e.to_string()))?;
-    let endpoint = quinn::Endpoint::server(server_config, listen)?;
+    let endpoint = muster_net::endpoint_for_many(listen, Some(server_config))?;
     let local = endpoint.local_addr()?;
     std::fs::write(data.join(ADDR_FILE), local.to_string())?;
     println!("muster-relay listening on {local}");
@@ -297,6 +297,7 @@ pub async fn serve(data: PathBuf, listen: SocketAddr, quotas: Quotas) -> Result<
                 // A peer first proves it receives at its address (a stateless QUIC Retry),
                 // so the caps below cannot be filled with forged source addresses.
                 if !incoming.remote_address_validated() {
+                    tracing::trace!(peer = %incoming.remote_address(), "asked to prove its address");
                     let _ = incoming.retry();
                     continue;
                 }
@@ -308,6 +309,7 @@ pub async fn serve(data: PathBuf, listen: SocketAddr, quotas: Quotas) -> Result<
                     .admit_connection(address, std::time::Instant::now());
                 if !admitted {
                     // Refused before any TLS work is spent on it.
+                    tracing::debug!(%address, "refused a connection: too many unauthenticated from this address");
                     incoming.refuse();
                     continue;
                 }

@@ -269,7 +269,8 @@ pub async fn run(devices: usize) -> Result<Report, HarnessError> {
     let enrol_time = enrol_started.elapsed();
 
     let before = resident_bytes(relay.pid())?;
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("valid address"))?;
+    let endpoint =
+        muster_net::endpoint_for_many("127.0.0.1:0".parse().expect("valid address"), None)?;
     let endpoint = Arc::new(endpoint);
     let connect_started = Instant::now();
     let connections = bounded(

@@ -109,7 +109,11 @@ impl RelayProcess {
                 "--anonymous-per-sec",
                 "1000000",
             ])
-            .env("MUSTER_LOG", "error")
+            // MUSTER_BENCH_RELAY_LOG (a tracing filter) looks inside a run that fails.
+            .env(
+                "MUSTER_LOG",
+                std::env::var("MUSTER_BENCH_RELAY_LOG").unwrap_or_else(|_| "error".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()?;

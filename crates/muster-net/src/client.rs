@@ -29,6 +29,10 @@ impl From<FrameError> for NetError {
     }
 }
 
+/// How long connecting may take in all before the relay counts as unreachable.
+const CONNECT_WITHIN: Duration = Duration::from_secs(10);
+const NO_ANSWER: &str = "no answer within 10 seconds";
+
 /// A QUIC connection to the relay.
 pub struct RelayConnection {
     endpoint: quinn::Endpoint,
@@ -67,12 +71,38 @@ impl RelayConnection {
         fingerprint: &str,
     ) -> Result<Self, NetError> {
         let socket = resolve(addr).await?;
+        let deadline = tokio::time::Instant::now() + CONNECT_WITHIN;
+        // A handshake that stalls is tried once more on a fresh connection: under a burst of
+        // connections, about one in a few thousand handshakes through the relay's address
+        // check (a QUIC Retry) never completes, while a new attempt does at once.
+        let first = tokio::time::Instant::now() + CONNECT_WITHIN / 2;
+        match Self::attempt(&endpoint, socket, addr, fingerprint, first).await {
+            Err(NetError::Unreachable { reason, .. }) if reason == NO_ANSWER => {
+                tracing::debug!(%addr, "handshake stalled; trying again");
+                Self::attempt(&endpoint, socket, addr, fingerprint, deadline).await
+            }
+            other => other,
+        }
+        .map(|connection| Self {
+            endpoint,
+            connection,
+        })
+    }
+
+    /// One QUIC and TLS handshake with the relay, given up at `deadline`.
+    async fn attempt(
+        endpoint: &quinn::Endpoint,
+        socket: SocketAddr,
+        addr: &str,
+        fingerprint: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<quinn::Connection, NetError> {
         let (config, verifier) =
             client_config(fingerprint).map_err(|e| NetError::Connection(e.to_string()))?;
         let connecting = endpoint
             .connect_with(config, socket, "muster-relay")
             .map_err(|e| NetError::Connection(e.to_string()))?;
-        let result = tokio::time::timeout(Duration::from_secs(10), connecting).await;
+        let result = tokio::time::timeout_at(deadline, connecting).await;
         let mismatch = || {
             verifier
                 .mismatch
@@ -81,10 +111,7 @@ impl RelayConnection {
                 .clone()
         };
         match result {
-            Ok(Ok(connection)) => Ok(Self {
-                endpoint,
-                connection,
-            }),
+            Ok(Ok(connection)) => Ok(connection),
             Ok(Err(e)) => Err(match mismatch() {
                 Some(seen) => NetError::WrongFingerprint {
                     expected: fingerprint.to_string(),
@@ -97,7 +124,7 @@ impl RelayConnection {
             }),
             Err(_) => Err(NetError::Unreachable {
                 addr: addr.to_string(),
-                reason: "no answer within 10 seconds".into(),
+                reason: NO_ANSWER.into(),
             }),
         }
     }
