@@ -45,9 +45,12 @@ pub(crate) async fn rollcall(
         if !watch || r.acknowledged == r.members.len() {
             break;
         }
-        session.wake(Some(std::time::Duration::from_secs(30))).await;
+        let receipts_due = engine.delivery_receipts_due_in()?;
+        let limit = std::time::Duration::from_secs(30)
+            .min(receipts_due.unwrap_or(std::time::Duration::MAX));
+        session.wake(Some(limit)).await;
     }
-    session.close().await;
+    session.finish(engine).await;
     Ok(())
 }
 
@@ -212,8 +215,10 @@ pub(crate) async fn chat(engine: &mut Engine, group: &str) -> Result<(), EngineE
     reminder.tick().await;
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     loop {
+        // Held delivery receipts go out when they fall due, even while nothing arrives.
+        let receipts_due = engine.delivery_receipts_due_in()?;
         tokio::select! {
-            wake = session.wake(None) => {
+            wake = session.wake(receipts_due) => {
                 // After a reconnection, whatever was said meanwhile is unknown: a whole sync.
                 let report = if wake == Wake::Lost {
                     eprintln!("connection to the relay lost; reconnecting");
@@ -273,7 +278,7 @@ pub(crate) async fn chat(engine: &mut Engine, group: &str) -> Result<(), EngineE
         }
         let _ = std::io::stdout().flush();
     }
-    session.close().await;
+    session.finish(engine).await;
     Ok(())
 }
 

@@ -151,8 +151,19 @@ pub async fn online<T>(
 ) -> Result<T, EngineError> {
     let conn = connect(engine).await?;
     let result = work(engine, &conn).await;
+    if result.is_ok() {
+        send_held_receipts(engine, &conn).await;
+    }
     conn.close().await;
     result
+}
+
+/// Sends the delivery receipts a device held back, before it goes offline; one that
+/// cannot go now stays owed for the next time.
+async fn send_held_receipts(engine: &mut Engine, conn: &Connection) {
+    if let Err(e) = engine.send_held_receipts(conn).await {
+        tracing::debug!(error = %e, "held delivery receipts stay queued");
+    }
 }
 
 /// A device kept online while it runs: one connection, re-established with [`Backoff`]
@@ -252,6 +263,12 @@ impl Session {
     /// Closes the connection, telling the relay.
     pub async fn close(self) {
         self.conn.close().await
+    }
+
+    /// Sends the delivery receipts held back (the device goes offline), then closes.
+    pub async fn finish(self, engine: &mut Engine) {
+        send_held_receipts(engine, &self.conn).await;
+        self.close().await
     }
 }
 

@@ -207,6 +207,11 @@ pub async fn run(
             _ = &mut stop => break,
         }
     }
+    if let Some(session) = &link.session {
+        if let Err(e) = engine.send_held_receipts(session.link()).await {
+            tracing::debug!(error = %e, "held delivery receipts stay queued");
+        }
+    }
     link.close().await;
     Ok(())
 }
@@ -248,6 +253,10 @@ async fn sync(
         }
     };
     link.synced();
+    // Held delivery receipts go out when they fall due, even while nothing arrives.
+    if let Some(due) = engine.delivery_receipts_due_in()? {
+        link.sync_by(tokio::time::Instant::now() + due);
+    }
     if !report.problems.is_empty() {
         tracing::debug!(problems = report.problems.len(), "sync met problems");
     }

@@ -224,6 +224,11 @@ impl Link {
         self.resync_at = Instant::now() + RESYNC;
     }
 
+    /// The next unwoken sync runs by `at` at the latest.
+    pub fn sync_by(&mut self, at: Instant) {
+        self.resync_at = self.resync_at.min(at);
+    }
+
     /// A sync went through: the connection works.
     pub fn synced(&mut self) {
         if self

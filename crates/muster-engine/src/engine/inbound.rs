@@ -587,10 +587,6 @@ pub(super) fn process_group_message(
 }
 
 /// Where the time of a group's last delivery receipts is kept.
-pub(super) fn delivery_receipts_key(group_id: &[u8]) -> String {
-    format!("delivery_receipts_at:{}", group_hex(group_id))
-}
-
 pub(super) fn dedup(mut v: Vec<String>) -> Vec<String> {
     v.sort();
     v.dedup();

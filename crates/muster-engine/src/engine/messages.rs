@@ -314,7 +314,7 @@ impl Engine {
             ReceiptKind::Delivered => "delivered_receipt_due",
             ReceiptKind::Read => "read_receipt_due",
         };
-        if kind == ReceiptKind::Delivered && self.delivery_receipts_held(group_id)? {
+        if kind == ReceiptKind::Delivered && self.delivery_receipts_held(group_id, now_ms())? {
             return Ok(());
         }
         // Grouped by author, so each author's share can be named in the receipt.
@@ -338,13 +338,6 @@ impl Engine {
         let KnownGroup { state, .. } = self.resolve_group(&group_hex(group_id))?;
         if state != GroupState::Active {
             return Ok(());
-        }
-        if kind == ReceiptKind::Delivered {
-            self.db.execute(
-                "INSERT INTO sync_state (key, value) VALUES (?1, ?2)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                params![delivery_receipts_key(group_id), now_ms()],
-            )?;
         }
         for chunk in targets.chunks(500) {
             let mut authors: Vec<AuthorSpan> = Vec::new();
@@ -390,32 +383,6 @@ impl Engine {
             tx.commit()?;
         }
         Ok(())
-    }
-
-    /// Whether delivery receipts for this group must wait. Every receipt reaches every
-    /// member, so in a large group one per message per member would grow with the square
-    /// of its size: there each device sends them at most once per
-    /// [`RECEIPT_BATCH_INTERVAL_MS`], covering everything that arrived meanwhile.
-    pub(super) fn delivery_receipts_held(&mut self, group_id: &[u8]) -> Result<bool, EngineError> {
-        let members = match self.member_counts.get(group_id) {
-            Some(&n) => n,
-            None => {
-                let provider = Provider::new(&self.crypto, &self.db);
-                let n = load_group(&provider, group_id)?.members().count();
-                self.member_counts.insert(group_id.to_vec(), n);
-                n
-            }
-        };
-        if members <= RECEIPT_BATCH_MEMBERS {
-            return Ok(false);
-        }
-        let last: i64 = self
-            .db
-            .prepare_cached("SELECT value FROM sync_state WHERE key = ?1")?
-            .query_row([delivery_receipts_key(group_id)], |r| r.get(0))
-            .optional()?
-            .unwrap_or(0);
-        Ok(now_ms().saturating_sub(last) < RECEIPT_BATCH_INTERVAL_MS)
     }
 
     /// Sets how long every member's device keeps the group's messages: `disappear` after

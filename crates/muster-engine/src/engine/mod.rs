@@ -30,6 +30,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 mod commits;
+mod delivery;
 mod directed;
 mod groups;
 mod identity;
@@ -64,10 +65,6 @@ const MAX_COMMIT_ATTEMPTS: u32 = 8;
 const FETCH_BATCH: u32 = 200;
 /// How often, at least, groups are looked through for members whose certificate ran out.
 const LAPSE_CHECK_SECS: u64 = 600;
-/// Groups with more members than this batch their delivery receipts.
-const RECEIPT_BATCH_MEMBERS: usize = 20;
-/// How often a device sends delivery receipts into a large group.
-const RECEIPT_BATCH_INTERVAL_MS: i64 = 5_000;
 /// Longest text message accepted for sending, in bytes.
 pub const MAX_TEXT_BYTES: usize = 64 * 1024;
 const DB_FILE: &str = "muster.db";
@@ -415,6 +412,10 @@ pub struct Engine {
     /// Members per group as last seen, for choosing how receipts go out; a stale count
     /// only changes how receipts are batched.
     member_counts: HashMap<Vec<u8>, usize>,
+    /// When delivery receipts were last queued (ms), for [`Engine::delivery_receipts_due_in`].
+    receipts_checked_at: i64,
+    /// Delivery receipts go out now, held or not.
+    flushing_held_receipts: bool,
     verified_certificates: VerifiedCertificates,
     /// What happened since the caller last took it.
     pub(crate) activity: SyncReport,
@@ -604,6 +605,8 @@ impl Engine {
             db,
             crypto: RustCrypto::default(),
             member_counts: HashMap::new(),
+            receipts_checked_at: 0,
+            flushing_held_receipts: false,
             verified_certificates: VerifiedCertificates::default(),
             activity: SyncReport::default(),
             last_full_sync: None,

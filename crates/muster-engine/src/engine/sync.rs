@@ -30,9 +30,7 @@ impl Engine {
     /// (revocations, renewals, rejoining, own devices) is left to it.
     pub async fn receive(&mut self, conn: &impl Link) -> Result<SyncReport, EngineError> {
         self.fetch_and_process(conn).await?;
-        for group_id in self.active_group_ids()? {
-            self.queue_receipts(&group_id, ReceiptKind::Delivered, None)?;
-        }
+        self.queue_delivery_receipts()?;
         self.flush_outbox(conn).await?;
         Ok(self.take_activity())
     }
@@ -74,9 +72,7 @@ impl Engine {
         self.approve_confirmed_devices(conn).await?;
         self.collect_archive_checkpoints(conn).await?;
         self.add_own_devices(conn).await?;
-        for group_id in self.active_group_ids()? {
-            self.queue_receipts(&group_id, ReceiptKind::Delivered, None)?;
-        }
+        self.queue_delivery_receipts()?;
         self.flush_outbox(conn).await?;
         self.commit_pending_proposals(conn).await?;
         if self.is_archive()? {
