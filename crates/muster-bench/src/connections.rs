@@ -20,6 +20,13 @@ use std::time::Instant;
 /// Devices enrolled or connected at once.
 const CONCURRENCY: usize = 64;
 
+async fn bounded<T, F>(jobs: Vec<F>) -> Result<Vec<T>, HarnessError>
+where
+    F: std::future::Future<Output = Result<T, HarnessError>>,
+{
+    crate::harness::bounded(CONCURRENCY, jobs).await
+}
+
 /// Enrolments sent on one anonymous connection: what the relay answers before login.
 const ENROLMENTS_PER_CONNECTION: usize = 8;
 
@@ -188,48 +195,6 @@ async fn enrol(
         .request(&Request::Approve { certificate })
         .await?;
     Ok(key)
-}
-
-/// Runs `jobs` with at most [`CONCURRENCY`] at once, keeping their results in order.
-async fn bounded<T, F>(jobs: Vec<F>) -> Result<Vec<T>, HarnessError>
-where
-    F: std::future::Future<Output = Result<T, HarnessError>>,
-{
-    let mut out = Vec::with_capacity(jobs.len());
-    let mut jobs = jobs.into_iter();
-    loop {
-        let batch: Vec<F> = jobs.by_ref().take(CONCURRENCY).collect();
-        if batch.is_empty() {
-            return Ok(out);
-        }
-        for result in join_all(batch).await {
-            out.push(result?);
-        }
-    }
-}
-
-/// Polls every future to completion on the current task.
-async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
-    let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
-    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
-            if output.is_none() {
-                match future.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => *output = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    outputs.into_iter().flatten().collect()
 }
 
 pub async fn run(devices: usize) -> Result<Report, HarnessError> {

@@ -104,10 +104,8 @@ pub async fn run(load: Load) -> Result<Report, HarnessError> {
     let members = load.members.max(2);
     let senders = load.senders.clamp(1, members);
     let mut org = Org::create("fanout").await?;
-    let mut engines = Vec::new();
-    for i in 1..members {
-        engines.push(org.enrol(&format!("member{i}")).await?);
-    }
+    let users: Vec<String> = (1..members).map(|i| format!("member{i}")).collect();
+    let mut engines = org.enrol_many(&users).await?;
     let group = org.group("fanout", &mut engines).await?;
     let Org {
         scratch,

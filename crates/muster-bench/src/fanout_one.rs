@@ -26,11 +26,10 @@ pub async fn run(load: Load) -> Result<Report, HarnessError> {
         real.push(org.enrol(&format!("sender{i}")).await?);
     }
     real.push(org.enrol("observer").await?);
-    let mut quiet = Vec::new();
-    for i in 0..members - senders - 1 {
-        quiet.push(org.enrol(&format!("member{i}")).await?);
-    }
-    let quiet_users: Vec<String> = (0..quiet.len()).map(|i| format!("member{i}")).collect();
+    let quiet_users: Vec<String> = (0..members - senders - 1)
+        .map(|i| format!("member{i}"))
+        .collect();
+    let quiet = org.enrol_many(&quiet_users).await?;
     let group = org
         .group_with_others("fanout", &mut real, &quiet_users)
         .await?;

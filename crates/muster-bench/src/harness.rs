@@ -168,6 +168,9 @@ pub fn resident_bytes(pid: u32) -> Result<u64, HarnessError> {
         .ok_or_else(|| HarnessError::Setup(format!("no VmRSS for process {pid}")))
 }
 
+/// Devices [`Org::enrol_many`] enrols at once.
+const ENROL_CONCURRENCY: usize = 32;
+
 /// An organisation on a fresh relay: an admin device and enrolled members, each a real
 /// client engine with its own store.
 pub struct Org {
@@ -230,6 +233,52 @@ impl Org {
         Ok(engine)
     }
 
+    /// [`Org::enrol`] for many users, their stores under the scratch directory: the admin
+    /// invites and approves one after another while the devices' own round trips overlap.
+    pub async fn enrol_many(&mut self, users: &[String]) -> Result<Vec<Engine>, HarnessError> {
+        let dir = self.scratch.path().to_path_buf();
+        let mut codes = Vec::with_capacity(users.len());
+        for user in users {
+            codes.push(
+                self.admin
+                    .create_invite(&self.admin_conn, user, 3600)
+                    .await?,
+            );
+        }
+        let dir = &dir;
+        let mut engines = bounded(
+            ENROL_CONCURRENCY,
+            users
+                .iter()
+                .zip(codes)
+                .map(|(user, code)| async move {
+                    let mut engine = Engine::open(&dir.join(user))?;
+                    muster_driver::join(&mut engine, &code, profile(user)).await?;
+                    Ok(engine)
+                })
+                .collect(),
+        )
+        .await?;
+        for user in users {
+            self.admin
+                .approve(&self.admin_conn, user, None, false)
+                .await?;
+        }
+        // The first connection picks up the certificate and uploads KeyPackages.
+        bounded(
+            ENROL_CONCURRENCY,
+            engines
+                .iter_mut()
+                .map(|engine| async move {
+                    muster_driver::connect(engine).await?.close().await;
+                    Ok(())
+                })
+                .collect(),
+        )
+        .await?;
+        Ok(engines)
+    }
+
     /// Creates a group of the admin and `members`, and has every member join it; returns
     /// the group's id (hex).
     pub async fn group(
@@ -269,4 +318,47 @@ impl Org {
         }
         Ok(group.id)
     }
+}
+
+/// Runs `jobs` at most `limit` at a time on the current task, keeping their results in
+/// order: their round trips to the relay overlap.
+pub async fn bounded<T, F>(limit: usize, jobs: Vec<F>) -> Result<Vec<T>, HarnessError>
+where
+    F: std::future::Future<Output = Result<T, HarnessError>>,
+{
+    let mut out = Vec::with_capacity(jobs.len());
+    let mut jobs = jobs.into_iter();
+    loop {
+        let batch: Vec<F> = jobs.by_ref().take(limit.max(1)).collect();
+        if batch.is_empty() {
+            return Ok(out);
+        }
+        for result in join_all(batch).await {
+            out.push(result?);
+        }
+    }
+}
+
+/// Polls every future to completion on the current task.
+async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *output = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
 }

@@ -36,10 +36,8 @@ pub async fn run(load: Load) -> Result<Report, HarnessError> {
     let quiet: Vec<String> = (0..members - senders - 2)
         .map(|i| format!("member{i}"))
         .collect();
-    for user in &quiet {
-        // Enrolled (with KeyPackages) and then away for the whole run.
-        org.enrol(user).await?;
-    }
+    // Enrolled (with KeyPackages) and then away for the whole run.
+    org.enrol_many(&quiet).await?;
     let group = org.group_with_others("ingest", &mut real, &quiet).await?;
     let mut reader = real.pop().expect("the reader was enrolled");
     let group_id = hex_decode(&group)?;

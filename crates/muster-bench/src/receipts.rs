@@ -18,10 +18,8 @@ pub struct Load {
 pub async fn run(load: Load) -> Result<Report, HarnessError> {
     let members = load.members.max(2);
     let mut org = Org::create("receipts").await?;
-    let mut readers: Vec<Engine> = Vec::new();
-    for i in 1..members {
-        readers.push(org.enrol(&format!("member{i}")).await?);
-    }
+    let users: Vec<String> = (1..members).map(|i| format!("member{i}")).collect();
+    let mut readers: Vec<Engine> = org.enrol_many(&users).await?;
     let group = org.group("receipts", &mut readers).await?;
     let mut conns: Vec<Connection> = Vec::new();
     for engine in readers.iter_mut() {

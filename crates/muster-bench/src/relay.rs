@@ -107,10 +107,13 @@ async fn muster(load: Load) -> Result<(Outcome, usize), HarnessError> {
     for i in 1..senders {
         engines.push(org.enrol(&format!("sender{i}")).await?);
     }
-    for i in 0..load.members {
-        engines.push(org.enrol(&format!("member{i}")).await?);
-    }
-    let group = org.group("bench", &mut engines).await?;
+    // Receivers only fetch and acknowledge: they never process the Welcome.
+    let receiver_users: Vec<String> = (0..load.members).map(|i| format!("member{i}")).collect();
+    let receivers = org.enrol_many(&receiver_users).await?;
+    let group = org
+        .group_with_others("bench", &mut engines, &receiver_users)
+        .await?;
+    engines.extend(receivers);
     let group_id = hex_decode(&group)?;
 
     // Encrypt everything up front, through the real client (the admin is sender 0).

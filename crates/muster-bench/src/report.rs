@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 pub type Row = Vec<(String, Value)>;
 
 /// One scenario's figures: named values, and optionally rows of a table.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Report {
     pub scenario: &'static str,
     pub figures: Row,
