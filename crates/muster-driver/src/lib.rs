@@ -151,7 +151,7 @@ pub async fn online<T>(
 ) -> Result<T, EngineError> {
     let conn = connect(engine).await?;
     let result = work(engine, &conn).await;
-    if result.is_ok() {
+    if !matches!(result, Err(EngineError::Link(_))) {
         send_held_receipts(engine, &conn).await;
     }
     conn.close().await;

@@ -31,7 +31,20 @@ impl From<FrameError> for NetError {
 
 /// How long connecting may take in all before the relay counts as unreachable.
 const CONNECT_WITHIN: Duration = Duration::from_secs(10);
-const NO_ANSWER: &str = "no answer within 10 seconds";
+
+fn no_answer(addr: &str) -> NetError {
+    NetError::Unreachable {
+        addr: addr.to_string(),
+        reason: "no answer within 10 seconds".into(),
+    }
+}
+
+/// How one handshake attempt ended.
+enum Handshake {
+    Done(quinn::Connection),
+    /// The relay had not answered anything by the time given.
+    Unanswered,
+}
 
 /// A QUIC connection to the relay.
 pub struct RelayConnection {
@@ -72,36 +85,60 @@ impl RelayConnection {
     ) -> Result<Self, NetError> {
         let socket = resolve(addr).await?;
         let deadline = tokio::time::Instant::now() + CONNECT_WITHIN;
-        // A handshake that stalls is tried once more on a fresh connection: under a burst of
-        // connections, about one in a few thousand handshakes through the relay's address
-        // check (a QUIC Retry) never completes, while a new attempt does at once.
-        let first = tokio::time::Instant::now() + CONNECT_WITHIN / 2;
-        match Self::attempt(&endpoint, socket, addr, fingerprint, first).await {
-            Err(NetError::Unreachable { reason, .. }) if reason == NO_ANSWER => {
-                tracing::debug!(%addr, "handshake stalled; trying again");
-                Self::attempt(&endpoint, socket, addr, fingerprint, deadline).await
+        // A handshake the relay has not answered at all within half the time is tried once
+        // more on a fresh connection: under a burst of connections, about one in a few
+        // thousand handshakes through the relay's address check (a QUIC Retry) never gets
+        // an answer, while a new attempt does at once. One that is answered, however
+        // slowly, is waited for.
+        let unanswered_by = tokio::time::Instant::now() + CONNECT_WITHIN / 2;
+        let first = Self::attempt(
+            &endpoint,
+            socket,
+            addr,
+            fingerprint,
+            Some(unanswered_by),
+            deadline,
+        );
+        let connection = match first.await? {
+            Handshake::Done(connection) => connection,
+            Handshake::Unanswered => {
+                tracing::debug!(%addr, "no answer to the handshake yet; trying again");
+                match Self::attempt(&endpoint, socket, addr, fingerprint, None, deadline).await? {
+                    Handshake::Done(connection) => connection,
+                    Handshake::Unanswered => return Err(no_answer(addr)),
+                }
             }
-            other => other,
-        }
-        .map(|connection| Self {
+        };
+        Ok(Self {
             endpoint,
             connection,
         })
     }
 
-    /// One QUIC and TLS handshake with the relay, given up at `deadline`.
+    /// One QUIC and TLS handshake with the relay, given up at `deadline`, or at
+    /// `unanswered_by` if the relay has not answered anything by then.
     async fn attempt(
         endpoint: &quinn::Endpoint,
         socket: SocketAddr,
         addr: &str,
         fingerprint: &str,
+        unanswered_by: Option<tokio::time::Instant>,
         deadline: tokio::time::Instant,
-    ) -> Result<quinn::Connection, NetError> {
+    ) -> Result<Handshake, NetError> {
         let (config, verifier) =
             client_config(fingerprint).map_err(|e| NetError::Connection(e.to_string()))?;
-        let connecting = endpoint
+        let mut connecting = endpoint
             .connect_with(config, socket, "muster-relay")
             .map_err(|e| NetError::Connection(e.to_string()))?;
+        if let Some(by) = unanswered_by {
+            // The relay's first flight of the handshake brings its handshake data.
+            if tokio::time::timeout_at(by, connecting.handshake_data())
+                .await
+                .is_err()
+            {
+                return Ok(Handshake::Unanswered);
+            }
+        }
         let result = tokio::time::timeout_at(deadline, connecting).await;
         let mismatch = || {
             verifier
@@ -111,7 +148,7 @@ impl RelayConnection {
                 .clone()
         };
         match result {
-            Ok(Ok(connection)) => Ok(connection),
+            Ok(Ok(connection)) => Ok(Handshake::Done(connection)),
             Ok(Err(e)) => Err(match mismatch() {
                 Some(seen) => NetError::WrongFingerprint {
                     expected: fingerprint.to_string(),
@@ -122,10 +159,7 @@ impl RelayConnection {
                     reason: e.to_string(),
                 },
             }),
-            Err(_) => Err(NetError::Unreachable {
-                addr: addr.to_string(),
-                reason: NO_ANSWER.into(),
-            }),
+            Err(_) => Err(no_answer(addr)),
         }
     }
 

@@ -58,17 +58,20 @@ fn forwarder_losing_the_first_handshake(
     (addr, swallowed)
 }
 
-#[tokio::test]
-async fn a_handshake_that_gets_no_answer_is_tried_again_and_connects() {
-    let dir = std::env::temp_dir().join(format!("muster-net-stall-{}", std::process::id()));
+/// A relay endpoint with a fresh identity in a scratch directory named `label`,
+/// accepting every connection; returns its identity and address.
+fn relay(label: &str) -> (RelayIdentity, std::net::SocketAddr) {
+    let dir = std::env::temp_dir().join(format!("muster-net-{label}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let identity = RelayIdentity::load_or_create(&dir).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
     let server = quinn::Endpoint::server(
         identity.server_config().unwrap(),
         "127.0.0.1:0".parse().unwrap(),
     )
     .unwrap();
-    let server_addr = server.local_addr().unwrap();
+    let addr = server.local_addr().unwrap();
     tokio::spawn(async move {
         while let Some(incoming) = server.accept().await {
             tokio::spawn(async move {
@@ -78,6 +81,12 @@ async fn a_handshake_that_gets_no_answer_is_tried_again_and_connects() {
             });
         }
     });
+    (identity, addr)
+}
+
+#[tokio::test]
+async fn a_handshake_that_gets_no_answer_is_tried_again_and_connects() {
+    let (identity, server_addr) = relay("stall");
     let (addr, swallowed) = forwarder_losing_the_first_handshake(server_addr);
 
     let conn = RelayConnection::connect(&addr, &identity.fingerprint()).await;
@@ -91,5 +100,19 @@ async fn a_handshake_that_gets_no_answer_is_tried_again_and_connects() {
         swallowed.load(Ordering::Relaxed) > 0,
         "the first handshake was lost"
     );
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn the_second_attempt_still_refuses_a_relay_with_another_certificate() {
+    let (pinned, _) = relay("pinned");
+    let (_, impostor_addr) = relay("impostor");
+    let (addr, _) = forwarder_losing_the_first_handshake(impostor_addr);
+
+    let conn = RelayConnection::connect(&addr, &pinned.fingerprint()).await;
+
+    assert!(
+        matches!(conn, Err(muster_net::NetError::WrongFingerprint { .. })),
+        "the impostor is refused: {:?}",
+        conn.err()
+    );
 }

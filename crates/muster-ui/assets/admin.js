@@ -79,16 +79,18 @@ async function showAdmin(tab) {
   }
 }
 
-// Runs an admin action, then shows the tab again with `notice` on top.
+// Runs an admin action, then shows the tab again with `notice` on top (unless the user
+// went elsewhere meanwhile: the notice waits for the next visit).
 function decided(notice, run) {
   return async () => {
+    const view = state.navigation;
     try {
       await run();
       state.adminNotice = notice;
     } catch (e) {
       state.adminNotice = "not done: " + e.message;
     }
-    await showAdmin();
+    if (!superseded(view)) await showAdmin();
   };
 }
 
@@ -197,9 +199,10 @@ async function adminGroups() {
     const addId = "add-" + g.id;
     row.append(members, adminForm([["Add (handle)", addId, { maxLength: 64 }]], "Add to " + g.name, async () => {
       const user = value(addId);
+      const view = state.navigation;
       await post("/api/groups/" + encodeURIComponent(g.id) + "/members", { user });
       state.adminNotice = "added " + user + " to " + g.name;
-      await showAdmin();
+      if (!superseded(view)) await showAdmin();
     }));
     rows.push(row);
   }

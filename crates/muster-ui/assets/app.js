@@ -143,7 +143,8 @@ async function refreshMessages() {
   // Refreshes overlap (the stream and the user both ask): only the newest is shown, and
   // it is built aside and swapped in whole.
   const generation = (state.generation = (state.generation || 0) + 1);
-  const messages = await api("/api/groups/" + encodeURIComponent(state.group) + "/messages");
+  const group = state.group;
+  const messages = await api("/api/groups/" + encodeURIComponent(group) + "/messages");
   const list = document.createElement("ol");
   const byId = new Map(messages.map((m) => [m.id, m]));
   let day = null;
@@ -202,14 +203,15 @@ async function refreshMessages() {
     }
     list.append(item);
   }
-  if (generation !== state.generation) return;
+  // Another refresh, or another screen, came meanwhile.
+  if (generation !== state.generation || group !== state.group) return;
   const shown = document.getElementById("messages");
   shown.replaceChildren(...list.childNodes);
   shown.scrollTop = shown.scrollHeight;
   // What the user has in front of them is read: not in a hidden tab.
   const unread = messages.filter((m) => m.unread).map((m) => m.id);
   if (unread.length && document.visibilityState === "visible") {
-    await api("/api/groups/" + encodeURIComponent(state.group) + "/read", { method: "POST", body: JSON.stringify({ ids: unread }) });
+    await api("/api/groups/" + encodeURIComponent(group) + "/read", { method: "POST", body: JSON.stringify({ ids: unread }) });
   }
 }
 

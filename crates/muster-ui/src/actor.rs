@@ -237,6 +237,12 @@ async fn sync(
     if synced.is_err() && changed {
         session.keep_changed();
     }
+    // Held delivery receipts go out when they fall due, even while nothing arrives.
+    match engine.delivery_receipts_due_in() {
+        Ok(Some(due)) => link.sync_by(tokio::time::Instant::now() + due),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot tell when held delivery receipts fall due"),
+    }
     let report = match synced {
         Ok(report) => report,
         Err(e) if fatal(&e) => return Err(e),
@@ -253,10 +259,6 @@ async fn sync(
         }
     };
     link.synced();
-    // Held delivery receipts go out when they fall due, even while nothing arrives.
-    if let Some(due) = engine.delivery_receipts_due_in()? {
-        link.sync_by(tokio::time::Instant::now() + due);
-    }
     if !report.problems.is_empty() {
         tracing::debug!(problems = report.problems.len(), "sync met problems");
     }

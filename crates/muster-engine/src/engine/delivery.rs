@@ -44,9 +44,10 @@ impl Engine {
         if self.flushing_held_receipts || self.member_count(group_id)? <= RECEIPT_HOLD_MEMBERS {
             return Ok(false);
         }
+        // A clock stepped back leaves nothing held for longer than the hold.
         Ok(self
             .oldest_owed_delivery(group_id)?
-            .is_some_and(|oldest| now.saturating_sub(oldest) < RECEIPT_HOLD_MS))
+            .is_some_and(|oldest| (0..RECEIPT_HOLD_MS).contains(&now.saturating_sub(oldest))))
     }
 
     /// Queues the delivery receipts every active group owes now (those held back stay
@@ -67,14 +68,21 @@ impl Engine {
         let owed: Vec<(Vec<u8>, i64)> = self
             .db
             .prepare_cached(
-                "SELECT group_id, MIN(received_at) FROM messages WHERE delivered_receipt_due = 1 GROUP BY group_id",
+                "SELECT m.group_id, MIN(m.received_at) FROM messages m
+                   JOIN groups g ON g.group_id = m.group_id AND g.state = ?1
+                 WHERE m.delivered_receipt_due = 1 GROUP BY m.group_id",
             )?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .query_map([GroupState::Active], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
         let now = now_ms();
         let mut soonest: Option<i64> = None;
         for (group_id, oldest) in owed {
-            let due = oldest.saturating_add(RECEIPT_HOLD_MS);
+            // After the clock stepped back, owed receipts are not held (see above).
+            let due = if oldest > now {
+                now
+            } else {
+                oldest.saturating_add(RECEIPT_HOLD_MS)
+            };
             if due <= self.receipts_checked_at
                 || self.member_count(&group_id)? <= RECEIPT_HOLD_MEMBERS
             {
@@ -89,6 +97,15 @@ impl Engine {
     /// Sends every delivery receipt owed, held ones included: the device is about to go
     /// offline (a one-shot command ends).
     pub async fn send_held_receipts(&mut self, conn: &impl Link) -> Result<(), EngineError> {
+        let owed: bool = self
+            .db
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM messages WHERE delivered_receipt_due = 1)",
+            )?
+            .query_row([], |r| r.get(0))?;
+        if !owed {
+            return Ok(());
+        }
         self.flushing_held_receipts = true;
         let queued = self.queue_delivery_receipts();
         self.flushing_held_receipts = false;
