@@ -45,7 +45,7 @@ pub(crate) async fn rollcall(
         if !watch || r.acknowledged == r.members.len() {
             break;
         }
-        let receipts_due = receipts_due_in(engine);
+        let receipts_due = muster_driver::receipts_due_in(engine);
         let limit = std::time::Duration::from_secs(30)
             .min(receipts_due.unwrap_or(std::time::Duration::MAX));
         session.wake(Some(limit)).await;
@@ -216,7 +216,7 @@ pub(crate) async fn chat(engine: &mut Engine, group: &str) -> Result<(), EngineE
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     loop {
         // Held delivery receipts go out when they fall due, even while nothing arrives.
-        let receipts_due = receipts_due_in(engine);
+        let receipts_due = muster_driver::receipts_due_in(engine);
         tokio::select! {
             wake = session.wake(receipts_due) => {
                 // After a reconnection, whatever was said meanwhile is unknown: a whole sync.
@@ -280,15 +280,6 @@ pub(crate) async fn chat(engine: &mut Engine, group: &str) -> Result<(), EngineE
     }
     session.finish(engine).await;
     Ok(())
-}
-
-/// When held delivery receipts fall due; a store that cannot say is left to the next
-/// wake-up rather than ending the session.
-fn receipts_due_in(engine: &mut Engine) -> Option<std::time::Duration> {
-    engine.delivery_receipts_due_in().unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "cannot tell when held delivery receipts fall due");
-        None
-    })
 }
 
 /// Repeats every alert still waiting for this user's acknowledgement.

@@ -45,6 +45,20 @@ fn harness(e: impl std::fmt::Display) -> HarnessError {
     HarnessError::Setup(e.to_string())
 }
 
+/// `fanout` with one real engine: 10 senders post `messages` texts of 1 KiB at `rate`.
+async fn one_real_engine(members: usize, messages: usize, rate: f64) -> Report {
+    eprintln!("muster-bench report: fanout, one real engine in {members}");
+    let load = fanout::Load {
+        members,
+        senders: 10,
+        messages,
+        size: 1024,
+        rate,
+        all_real: false,
+    };
+    attempt("fanout", fanout::run(load).await)
+}
+
 async fn measure() -> Result<Run, HarnessError> {
     eprintln!("muster-bench report: mls");
     let mls = mls::run(&[10, 100, 1000, 10000]).map_err(harness)?;
@@ -63,32 +77,8 @@ async fn measure() -> Result<Run, HarnessError> {
         let against_mosquitto = members <= 100;
         relay_runs.push(attempt("relay", relay::run(load, against_mosquitto).await));
     }
-    eprintln!("muster-bench report: fanout, one real engine in 100");
-    let felt = attempt(
-        "fanout",
-        fanout::run(fanout::Load {
-            members: 100,
-            senders: 10,
-            messages: 2000,
-            size: 1024,
-            rate: 200.0,
-            all_real: false,
-        })
-        .await,
-    );
-    eprintln!("muster-bench report: fanout, one real engine in 1000");
-    let felt_1000 = attempt(
-        "fanout",
-        fanout::run(fanout::Load {
-            members: 1000,
-            senders: 10,
-            messages: 1000,
-            size: 1024,
-            rate: 50.0,
-            all_real: false,
-        })
-        .await,
-    );
+    let felt = one_real_engine(100, 2000, 200.0).await;
+    let felt_1000 = one_real_engine(1000, 1000, 50.0).await;
     for members in FANOUT_MEMBERS {
         eprintln!("muster-bench report: fanout --all-real, {members} members");
         let load = fanout::Load {

@@ -158,9 +158,19 @@ pub async fn online<T>(
     result
 }
 
+/// When the delivery receipts a live device holds fall due
+/// ([`Engine::delivery_receipts_due_in`]); a store that cannot say leaves them to the next
+/// wake-up rather than ending the session.
+pub fn receipts_due_in(engine: &mut Engine) -> Option<Duration> {
+    engine.delivery_receipts_due_in().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot tell when held delivery receipts fall due");
+        None
+    })
+}
+
 /// Sends the delivery receipts a device held back, before it goes offline; one that
 /// cannot go now stays owed for the next time.
-async fn send_held_receipts(engine: &mut Engine, conn: &Connection) {
+pub async fn send_held_receipts(engine: &mut Engine, conn: &Connection) {
     if let Err(e) = engine.send_held_receipts(conn).await {
         tracing::debug!(error = %e, "held delivery receipts stay queued");
     }

@@ -172,6 +172,18 @@ fn login(relay: &Relay, signer: &SignatureKeyPair) -> Result<Session, muster_pro
     relay.authenticate(signer.public(), &nonce, &sig)
 }
 
+/// The first revocation of `device`, `user`'s, in `w`'s organisation (to be signed).
+fn revoking(w: &World, user: &str, device: &Device) -> muster_proto::RevocationBody {
+    muster_proto::RevocationBody {
+        org_id: w.org.org_id.clone(),
+        user: user.into(),
+        device_ids: vec![device.session.device_id.clone()],
+        issued_at: now_unix(),
+        serial: 1,
+        vouched: Vec::new(),
+    }
+}
+
 fn ok(outcome: crate::Outcome) -> Response {
     match outcome.response {
         Response::Error(e) => panic!("refused: {e:?}"),
@@ -797,14 +809,7 @@ fn only_admins_invite_and_approve_and_devices_cannot_upload_foreign_key_packages
     );
     assert_eq!(refused(reject), ErrorCode::Forbidden);
     // Even a genuine root-signed revocation is refused when a member relays it.
-    let revocation = w.root.sign_revocation(muster_proto::RevocationBody {
-        org_id: w.org.org_id.clone(),
-        user: "carol".into(),
-        device_ids: vec![carol.session.device_id.clone()],
-        issued_at: now_unix(),
-        serial: 1,
-        vouched: Vec::new(),
-    });
+    let revocation = w.root.sign_revocation(revoking(&w, "carol", &carol));
     let revoke = w.relay.handle(&bob.session, Request::Revoke { revocation });
     assert_eq!(refused(revoke), ErrorCode::Forbidden);
     assert_eq!(
@@ -812,14 +817,7 @@ fn only_admins_invite_and_approve_and_devices_cannot_upload_foreign_key_packages
         ErrorCode::Forbidden
     );
     // A revocation not signed by the org root is refused even from an admin.
-    let forged = OrgRootKey::generate().sign_revocation(muster_proto::RevocationBody {
-        org_id: w.org.org_id.clone(),
-        user: "carol".into(),
-        device_ids: vec![carol.session.device_id.clone()],
-        issued_at: now_unix(),
-        serial: 1,
-        vouched: Vec::new(),
-    });
+    let forged = OrgRootKey::generate().sign_revocation(revoking(&w, "carol", &carol));
     let out = w
         .relay
         .handle(&w.admin.session, Request::Revoke { revocation: forged });

@@ -208,9 +208,7 @@ pub async fn run(
         }
     }
     if let Some(session) = &link.session {
-        if let Err(e) = engine.send_held_receipts(session.link()).await {
-            tracing::debug!(error = %e, "held delivery receipts stay queued");
-        }
+        muster_driver::send_held_receipts(engine, session.link()).await;
     }
     link.close().await;
     Ok(())
@@ -238,10 +236,8 @@ async fn sync(
         session.keep_changed();
     }
     // Held delivery receipts go out when they fall due, even while nothing arrives.
-    match engine.delivery_receipts_due_in() {
-        Ok(Some(due)) => link.sync_by(tokio::time::Instant::now() + due),
-        Ok(None) => {}
-        Err(e) => tracing::warn!(error = %e, "cannot tell when held delivery receipts fall due"),
+    if let Some(due) = muster_driver::receipts_due_in(engine) {
+        link.sync_by(tokio::time::Instant::now() + due);
     }
     let report = match synced {
         Ok(report) => report,

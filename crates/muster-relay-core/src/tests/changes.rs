@@ -9,14 +9,7 @@ fn a_revocation_tells_the_other_devices_something_changed_and_cuts_the_revoked_o
     let bob = w.enrol("bob");
     let carol = w.enrol("carol");
     let _group = w.group_with(&[&bob, &carol]);
-    let revocation = w.root.sign_revocation(muster_proto::RevocationBody {
-        org_id: w.org.org_id.clone(),
-        user: "carol".into(),
-        device_ids: vec![carol.session.device_id.clone()],
-        issued_at: now_unix(),
-        serial: 1,
-        vouched: Vec::new(),
-    });
+    let revocation = w.root.sign_revocation(revoking(&w, "carol", &carol));
     let outcome = w
         .relay
         .handle(&w.admin.session, Request::Revoke { revocation });
