@@ -1,6 +1,7 @@
 //! `muster-bench SCENARIO [options] [--json]`: measures Muster and prints a table, or one
 //! JSON object of figures.
 
+mod biggroup;
 mod connections;
 mod fanout;
 mod fanout_one;
@@ -15,6 +16,7 @@ mod receipts;
 mod relay;
 mod report;
 mod store;
+mod wire_org;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -119,6 +121,18 @@ enum Scenario {
         #[arg(long, default_value_t = 1000)]
         devices: usize,
     },
+    /// A group grown to `members` through the relay, then one added, one removed and one
+    /// message to all.
+    Biggroup {
+        #[arg(long, default_value_t = 10_000)]
+        members: usize,
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+        /// Group size past which Welcomes leave the ratchet tree out (the client's
+        /// default when not given).
+        #[arg(long)]
+        tree_inline_max: Option<usize>,
+    },
 }
 
 fn block_on(
@@ -185,6 +199,15 @@ fn main() -> ExitCode {
         Scenario::Report { out } => block_on(publish::run(&out)),
         Scenario::Store { messages } => store::run(messages).map_err(|e| e.to_string()),
         Scenario::Connections { devices } => block_on(connections::run(devices)),
+        Scenario::Biggroup {
+            members,
+            batch,
+            tree_inline_max,
+        } => block_on(biggroup::run(biggroup::Load {
+            members,
+            batch,
+            tree_inline_max,
+        })),
     };
     match result {
         Ok(report) => {

@@ -27,7 +27,7 @@ pub use admin::ProfileChangeView;
 pub use attachments::{AttachmentError, AttachmentRef};
 pub use content::{describe_duration, Body, Envelope};
 pub use conversation::BoardEntry;
-pub use engine::{rfc3339_ms, wipe_store};
+pub use engine::{leaf_capabilities, rfc3339_ms, wipe_store, CIPHERSUITE};
 pub use engine::{
     AttachmentView, AuditView, DeviceView, DirectoryEntry, Engine, GroupState, GroupView, Identity,
     MessageView, NewOrg, Notification, PendingView, QueuedMessage, Rollcall, RollcallEntry,

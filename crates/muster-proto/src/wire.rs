@@ -236,7 +236,24 @@ pub enum Request {
         client_id: Vec<u8>,
         to: Vec<String>,
     },
+    /// (a device holding a Welcome to the group at `epoch`, or a member or someone waiting
+    /// to join, for the current epoch) Part of the group's ratchet tree at `epoch`, TLS
+    /// encoded, from byte `offset`. A large group's Welcomes and GroupInfos leave the tree
+    /// out; the joiner checks the tree against the tree hash in the signed GroupInfo.
+    RatchetTree {
+        #[serde(with = "serde_bytes")]
+        group_id: Vec<u8>,
+        epoch: u64,
+        offset: u64,
+    },
 }
+
+/// The most bytes of a ratchet tree one `RatchetTree` answer carries.
+pub const RATCHET_TREE_CHUNK: usize = 1024 * 1024;
+
+/// Groups with more members than this leave the ratchet tree out of their Welcomes and
+/// GroupInfos (about 400 bytes a member): joiners fetch it from the relay instead.
+pub const TREE_IN_WELCOME_MAX_MEMBERS: usize = 1000;
 
 /// The most users one `SendTo` may name.
 pub const MAX_RECIPIENT_USERS: usize = 256;
@@ -336,6 +353,12 @@ pub enum Response {
     MyRevocation {
         revocation: Option<Box<Revocation>>,
         policy: Option<Box<OrgPolicy>>,
+    },
+    /// Bytes of a ratchet tree from the asked offset, and the tree's whole length.
+    RatchetTree {
+        total: u64,
+        #[serde(with = "serde_bytes")]
+        chunk: Vec<u8>,
     },
 }
 

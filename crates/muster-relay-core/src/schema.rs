@@ -47,8 +47,14 @@ CREATE UNIQUE INDEX IF NOT EXISTS messages_client_id ON messages(sender_device, 
     WHERE client_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS welcomes (
     id INTEGER PRIMARY KEY, device_id TEXT NOT NULL, group_id BLOB NOT NULL,
-    data BLOB NOT NULL, stored_at INTEGER NOT NULL);
+    data BLOB NOT NULL, stored_at INTEGER NOT NULL,
+    -- the epoch it joins; NULL in Welcomes stored before trees were kept
+    epoch INTEGER);
 CREATE INDEX IF NOT EXISTS welcomes_device ON welcomes(device_id);
+-- a group's ratchet tree (TLS encoded) at an epoch a Welcome or GroupInfo leads to
+CREATE TABLE IF NOT EXISTS group_trees (
+    group_id BLOB NOT NULL, epoch INTEGER NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (group_id, epoch));
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY, at INTEGER NOT NULL, event TEXT NOT NULL, actor TEXT NOT NULL,
     subject TEXT NOT NULL, group_id BLOB);
@@ -90,6 +96,12 @@ pub(crate) fn migrate(db: &rusqlite::Connection) -> rusqlite::Result<()> {
         .exists([])?;
     if !has_audience {
         db.execute_batch("ALTER TABLE messages ADD COLUMN audience TEXT")?;
+    }
+    let has_welcome_epoch = db
+        .prepare("SELECT 1 FROM pragma_table_info('welcomes') WHERE name = 'epoch'")?
+        .exists([])?;
+    if !has_welcome_epoch {
+        db.execute_batch("ALTER TABLE welcomes ADD COLUMN epoch INTEGER")?;
     }
     db.execute_batch(RECOUNT)
 }

@@ -70,9 +70,14 @@ fn config() -> MlsGroupCreateConfig {
 }
 
 fn config_with(policy: GroupPolicy) -> MlsGroupCreateConfig {
+    config_with_tree(policy, true)
+}
+
+/// A group's configuration, with or without the ratchet tree in its Welcomes.
+fn config_with_tree(policy: GroupPolicy, inline: bool) -> MlsGroupCreateConfig {
     MlsGroupCreateConfig::builder()
         .ciphersuite(SUITE)
-        .use_ratchet_tree_extension(true)
+        .use_ratchet_tree_extension(inline)
         .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
         .capabilities(capabilities())
         .with_group_context_extensions(
@@ -287,9 +292,15 @@ impl World {
         members: &[&Device],
         policy: GroupPolicy,
     ) -> (MlsGroup, Vec<MlsGroup>) {
+        let mut group = self.new_group(&config_with(policy));
+        let joined = self.add_and_join(&mut group, members, false);
+        (group, joined)
+    }
+
+    /// Alice creates a group on the relay.
+    fn new_group(&mut self, config: &MlsGroupCreateConfig) -> MlsGroup {
         let a = &self.admin;
-        let mut group =
-            MlsGroup::new(&a.provider, &a.signer, &config_with(policy), a.credential()).unwrap();
+        let group = MlsGroup::new(&a.provider, &a.signer, config, a.credential()).unwrap();
         let info = group
             .export_group_info(a.provider.crypto(), &a.signer, false)
             .unwrap();
@@ -303,10 +314,15 @@ impl World {
                     .unwrap(),
             },
         ));
+        group
+    }
+
+    /// KeyPackages of every device of `members`, claimed by alice.
+    fn claim(&mut self, members: &[&Device]) -> Vec<KeyPackage> {
         let mut kps = Vec::new();
         for m in members {
             let Response::KeyPackages(claimed) = ok(self.relay.handle(
-                &a.session,
+                &self.admin.session,
                 Request::ClaimKeyPackages {
                     user: m.cert.body.user.clone(),
                     only: vec![],
@@ -318,51 +334,109 @@ impl World {
                 kps.push(
                     KeyPackageIn::tls_deserialize_exact(&c.key_package)
                         .unwrap()
-                        .validate(a.provider.crypto(), ProtocolVersion::Mls10)
+                        .validate(self.admin.provider.crypto(), ProtocolVersion::Mls10)
                         .unwrap(),
                 );
             }
         }
+        kps
+    }
+
+    /// Alice adds `members` in one commit; they join from their Welcomes (with the tree
+    /// from the relay when `tree_from_relay`: the group leaves it out of Welcomes).
+    fn add_and_join(
+        &mut self,
+        group: &mut MlsGroup,
+        members: &[&Device],
+        tree_from_relay: bool,
+    ) -> Vec<MlsGroup> {
+        let kps = self.claim(members);
         let mut joined = Vec::new();
-        if !kps.is_empty() {
-            let (commit, welcome, _) = group.add_members(&a.provider, &a.signer, &kps).unwrap();
-            ok(self.relay.handle(
-                &a.session,
-                Request::Commit {
-                    group_id: group.group_id().as_slice().to_vec(),
-                    commit: bytes(&commit),
-                    welcome: Some(bytes(&welcome)),
-                    group_info: None,
-                },
-            ));
-            group.merge_pending_commit(&a.provider).unwrap();
-            for m in members {
-                let deliveries = fetch(&mut self.relay, &m.session);
-                let Some(Delivery::Welcome { welcome, .. }) = deliveries.first() else {
-                    panic!("{} got no Welcome: {deliveries:?}", m.cert.body.user)
-                };
-                let MlsMessageBodyIn::Welcome(w) = MlsMessageIn::tls_deserialize_exact(welcome)
-                    .unwrap()
-                    .extract()
-                else {
-                    panic!()
-                };
-                let joined_group = StagedWelcome::new_from_welcome(
-                    &m.provider,
-                    &MlsGroupJoinConfig::builder()
-                        .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
-                        .build(),
-                    w,
-                    None,
+        if kps.is_empty() {
+            return joined;
+        }
+        let a = &self.admin;
+        let (commit, welcome, _) = group.add_members(&a.provider, &a.signer, &kps).unwrap();
+        ok(self.relay.handle(
+            &a.session,
+            Request::Commit {
+                group_id: group.group_id().as_slice().to_vec(),
+                commit: bytes(&commit),
+                welcome: Some(bytes(&welcome)),
+                group_info: None,
+            },
+        ));
+        group.merge_pending_commit(&a.provider).unwrap();
+        for m in members {
+            let deliveries = fetch(&mut self.relay, &m.session);
+            let Some(Delivery::Welcome { welcome, .. }) = deliveries.first() else {
+                panic!("{} got no Welcome: {deliveries:?}", m.cert.body.user)
+            };
+            let tree = tree_from_relay.then(|| {
+                ratchet_tree(
+                    &mut self.relay,
+                    &m.session,
+                    group.group_id().as_slice(),
+                    group.epoch().as_u64(),
                 )
                 .unwrap()
-                .into_group(&m.provider)
-                .unwrap();
-                ack_all(&mut self.relay, &m.session, &deliveries);
-                joined.push(joined_group);
-            }
+            });
+            joined.push(join_from(m, welcome, tree.as_deref()).unwrap());
+            ack_all(&mut self.relay, &m.session, &deliveries);
         }
-        (group, joined)
+        joined
+    }
+}
+
+/// `m` joins from a Welcome, with `tree` when it leaves the tree out.
+fn join_from(m: &Device, welcome: &[u8], tree: Option<&[u8]>) -> Result<MlsGroup, String> {
+    let MlsMessageBodyIn::Welcome(w) = MlsMessageIn::tls_deserialize_exact(welcome)
+        .unwrap()
+        .extract()
+    else {
+        panic!()
+    };
+    let tree = tree.map(|t| RatchetTreeIn::tls_deserialize_exact(t).unwrap());
+    StagedWelcome::new_from_welcome(
+        &m.provider,
+        &MlsGroupJoinConfig::builder()
+            .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
+            .build(),
+        w,
+        tree,
+    )
+    .map_err(|e| e.to_string())?
+    .into_group(&m.provider)
+    .map_err(|e| e.to_string())
+}
+
+/// The group's ratchet tree at `epoch`, as the relay serves it to `session`.
+fn ratchet_tree(
+    relay: &mut Relay,
+    session: &Session,
+    group_id: &[u8],
+    epoch: u64,
+) -> Result<Vec<u8>, ErrorCode> {
+    let mut tree = Vec::new();
+    loop {
+        let outcome = relay.handle(
+            session,
+            Request::RatchetTree {
+                group_id: group_id.to_vec(),
+                epoch,
+                offset: tree.len() as u64,
+            },
+        );
+        match outcome.response {
+            Response::RatchetTree { total, chunk } => {
+                tree.extend(chunk);
+                if tree.len() as u64 >= total {
+                    return Ok(tree);
+                }
+            }
+            Response::Error(e) => return Err(e.code),
+            r => panic!("{r:?}"),
+        }
     }
 }
 
@@ -1423,3 +1497,4 @@ fn a_message_nobody_else_waits_for_is_not_kept() {
 
 mod audience;
 mod changes;
+mod trees;

@@ -36,8 +36,27 @@ impl Engine {
                     .transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let provider = Provider::new(&self.crypto, &tx);
                 let mut group = load_group(&provider, group_id)?;
-                let Some(parts) = build(&mut group, &provider, &signer)? else {
-                    return Ok(false);
+                // A large group's tree travels apart from its Welcome; a commit whose
+                // Welcome or GroupInfo would still be too large is built again without it.
+                let mut inline = group.members().count() <= self.tree_inline_max;
+                let parts = loop {
+                    let config = join_config_with_tree(inline);
+                    if group.configuration() != &config {
+                        group
+                            .set_configuration(provider.storage(), &config)
+                            .map_err(EngineError::mls)?;
+                    }
+                    let Some(parts) = build(&mut group, &provider, &signer)? else {
+                        return Ok(false);
+                    };
+                    if inline && parts.too_large() {
+                        group
+                            .clear_pending_commit(provider.storage())
+                            .map_err(EngineError::mls)?;
+                        inline = false;
+                        continue;
+                    }
+                    break parts;
                 };
                 let commit = mls_bytes(&parts.commit)?;
                 let welcome = parts.welcome.as_ref().map(mls_bytes).transpose()?;

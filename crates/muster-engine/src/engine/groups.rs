@@ -271,11 +271,17 @@ impl Engine {
 
     /// Whether any device of `user` is in the group.
     fn has_member(&self, group_id: &[u8], user: &str) -> Result<bool, EngineError> {
+        Ok(self.member_users(group_id)?.contains(user))
+    }
+
+    /// The users with a device in the group.
+    fn member_users(&self, group_id: &[u8]) -> Result<HashSet<String>, EngineError> {
         let provider = Provider::new(&self.crypto, &self.db);
         Ok(load_group(&provider, group_id)?
             .members()
             .filter_map(|m| certificate_in(&m.credential))
-            .any(|c| c.body.user == user))
+            .map(|c| c.body.user)
+            .collect())
     }
 
     /// Records that `user` joins the group once their device is online.
@@ -377,18 +383,32 @@ impl Engine {
         group: &str,
         user: &str,
     ) -> Result<GroupView, EngineError> {
+        self.add_members(conn, group, &[user.to_string()]).await
+    }
+
+    /// Adds every enrolled device of each of `users` to the group, in one commit.
+    pub async fn add_members(
+        &mut self,
+        conn: &impl Link,
+        group: &str,
+        users: &[String],
+    ) -> Result<GroupView, EngineError> {
         let (group_id, _) = self.active_group(group)?;
         self.check_may_manage(&group_id, "add people to it")?;
         // Someone already in the group (their other devices are added) never waits.
-        let in_group = self.has_member(&group_id, user)? || user == self.device()?.user;
-        let (key_packages, waiting) = if in_group {
-            (
-                self.claim_key_packages(conn, &[user.to_string()]).await?,
-                Vec::new(),
-            )
+        let present = self.member_users(&group_id)?;
+        let me = self.device()?.user;
+        let (in_group, others): (Vec<String>, Vec<String>) = users
+            .iter()
+            .cloned()
+            .partition(|u| present.contains(u) || *u == me);
+        let mut key_packages = if in_group.is_empty() {
+            Vec::new()
         } else {
-            self.claim_or_wait(conn, &[user.to_string()]).await?
+            self.claim_key_packages(conn, &in_group).await?
         };
+        let (claimed, waiting) = self.claim_or_wait(conn, &others).await?;
+        key_packages.extend(claimed);
         for user in &waiting {
             self.wait_for(&group_id, user)?;
         }
@@ -409,7 +429,7 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let added = self
             .run_commit(conn, group_id, |group, provider, signer| {
-                let present: Vec<String> = group
+                let present: HashSet<String> = group
                     .members()
                     .filter_map(|m| certificate_in(&m.credential))
                     .map(|c| c.body.device_id)

@@ -71,7 +71,7 @@ pub(crate) fn welcome_for_fuzzing(
     bytes: &[u8],
 ) -> SyncReport {
     let mut report = SyncReport::default();
-    let _ = process_welcome(crypto, tx, device, group_id, bytes, &mut report);
+    let _ = process_welcome(crypto, tx, device, group_id, bytes, None, &mut report);
     report
 }
 
@@ -97,6 +97,7 @@ pub(super) fn process_welcome(
     device: &DeviceRow,
     group_id: &[u8],
     bytes: &[u8],
+    tree: Option<&[u8]>,
     report: &mut SyncReport,
 ) -> Result<(), EngineError> {
     let tx = batch.savepoint()?;
@@ -107,7 +108,13 @@ pub(super) fn process_welcome(
         let MlsMessageBodyIn::Welcome(welcome) = message.extract() else {
             return Err("expected a Welcome".into());
         };
-        let staged = StagedWelcome::new_from_welcome(&provider, &join_config(), welcome, None)
+        // A large group's tree comes from the relay; openmls checks it against the tree
+        // hash in the GroupInfo the adder signed.
+        let tree = tree
+            .map(RatchetTreeIn::tls_deserialize_exact)
+            .transpose()
+            .map_err(|e| format!("the relay's ratchet tree does not decode: {e}"))?;
+        let staged = StagedWelcome::new_from_welcome(&provider, &join_config(), welcome, tree)
             .map_err(|e| format!("Welcome cannot be opened: {e}"))?;
         // A group this device is in, or was in until it left or was removed, is kept at
         // the epoch it last reached: only a Welcome to a later epoch (being added back)

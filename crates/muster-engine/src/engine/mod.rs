@@ -40,6 +40,7 @@ mod outbox;
 mod posting;
 mod sync;
 mod transfers;
+mod trees;
 mod views;
 mod waiting;
 
@@ -55,8 +56,8 @@ pub(crate) use transfers::{blob_fetched, download_blob};
 use views::*;
 use waiting::*;
 
-pub(crate) const CIPHERSUITE: Ciphersuite =
-    Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+/// The MLS ciphersuite of every Muster group.
+pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
 /// Past epochs whose secrets are kept, so messages sent just before a commit still decrypt.
 const MAX_PAST_EPOCHS: usize = 5;
 const KEY_PACKAGE_LOW_WATER: u32 = 5;
@@ -390,6 +391,15 @@ impl CommitParts {
             group_info: info.map(MlsMessageOut::from),
         }
     }
+
+    /// Whether the Welcome or GroupInfo is over what the relay stores.
+    fn too_large(&self) -> bool {
+        let over = |m: &Option<MlsMessageOut>| {
+            m.as_ref()
+                .map(|m| m.tls_serialized_len() > muster_proto::MAX_MLS_MESSAGE)
+        };
+        over(&self.welcome) == Some(true) || over(&self.group_info) == Some(true)
+    }
 }
 
 /// This device as its store records it.
@@ -412,6 +422,9 @@ pub struct Engine {
     /// Members per group as last seen, for choosing how receipts go out; a stale count
     /// only changes how receipts are batched.
     member_counts: HashMap<Vec<u8>, usize>,
+    /// Groups up to this many members carry their ratchet tree in Welcomes and GroupInfos
+    /// (about 400 bytes a member); past it, joiners fetch the tree from the relay.
+    tree_inline_max: usize,
     /// When delivery receipts were last queued (ms), for [`Engine::delivery_receipts_due_in`].
     receipts_checked_at: i64,
     /// Delivery receipts go out now, held or not.
@@ -455,7 +468,7 @@ fn sha256(bytes: &[u8]) -> Vec<u8> {
 }
 
 /// What every Muster leaf supports beyond the defaults.
-pub(crate) fn leaf_capabilities() -> Capabilities {
+pub fn leaf_capabilities() -> Capabilities {
     Capabilities::builder()
         .extensions(vec![
             ExtensionType::LastResort,
@@ -520,8 +533,14 @@ fn policy_of(group: &MlsGroup) -> GroupPolicy {
 }
 
 pub(crate) fn join_config() -> MlsGroupJoinConfig {
+    join_config_with_tree(true)
+}
+
+/// A group's configuration, carrying the ratchet tree in its Welcomes and GroupInfos or
+/// (a large group) leaving it for joiners to fetch from the relay.
+pub(crate) fn join_config_with_tree(inline: bool) -> MlsGroupJoinConfig {
     MlsGroupJoinConfig::builder()
-        .use_ratchet_tree_extension(true)
+        .use_ratchet_tree_extension(inline)
         .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
         .max_past_epochs(MAX_PAST_EPOCHS)
         .build()
@@ -605,6 +624,7 @@ impl Engine {
             db,
             crypto: RustCrypto::default(),
             member_counts: HashMap::new(),
+            tree_inline_max: muster_proto::TREE_IN_WELCOME_MAX_MEMBERS,
             receipts_checked_at: 0,
             flushing_held_receipts: false,
             verified_certificates: VerifiedCertificates::default(),
@@ -613,6 +633,14 @@ impl Engine {
         };
         engine.enforce_retention()?;
         Ok(engine)
+    }
+
+    /// Sets the group size past which this device's commits leave the ratchet tree out of
+    /// Welcomes and GroupInfos (joiners then fetch it from the relay). The default,
+    /// [`muster_proto::TREE_IN_WELCOME_MAX_MEMBERS`], keeps a Welcome well under the
+    /// relay's size limit; a lower one exercises the fetched tree with small groups.
+    pub fn set_tree_inline_max(&mut self, members: usize) {
+        self.tree_inline_max = members;
     }
 
     pub fn home(&self) -> &Path {

@@ -394,7 +394,8 @@ impl Engine {
             if any_news {
                 self.learn_revocations(conn).await?;
             }
-            let acks = self.process_batch(deliveries)?;
+            let trees = self.welcome_trees(conn, &deliveries).await?;
+            let acks = self.process_batch(deliveries, &trees)?;
             conn.request(&Request::Ack { items: acks })
                 .await
                 .map_err(from_link)?;
@@ -410,6 +411,7 @@ impl Engine {
     pub(super) fn process_batch(
         &mut self,
         deliveries: Vec<Delivery>,
+        trees: &HashMap<u64, Vec<u8>>,
     ) -> Result<Vec<AckItem>, EngineError> {
         let device = self.device()?;
         let signer = self.signer(&device)?;
@@ -437,6 +439,7 @@ impl Engine {
                         &device,
                         &group_id,
                         &welcome,
+                        trees.get(&id).map(Vec::as_slice),
                         &mut batch,
                     )?;
                     acks.push(AckItem::Welcome { id });

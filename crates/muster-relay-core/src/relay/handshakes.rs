@@ -1,6 +1,7 @@
 //! Commits and proposals: opened against the relay's public group state and checked by the
 //! shared rules.
 
+use super::trees::{group_info_has_tree, WelcomeCutter};
 use super::*;
 
 impl Relay {
@@ -143,6 +144,15 @@ impl Relay {
             )
         })?
         .map_err(|e| refuse(refusal_code(&e), format!("commit refused: {e}")))?;
+        let cutter = welcome.and_then(|w| {
+            WelcomeCutter::new(
+                &self.crypto,
+                w,
+                staged
+                    .add_proposals()
+                    .map(|add| add.add_proposal().key_package().clone()),
+            )
+        });
         group
             .merge_commit(&Storage::new(&tx), *staged)
             .map_err(|e| Failure::Store(StoreError::Corrupt(format!("merge commit: {e}"))))?;
@@ -181,9 +191,14 @@ impl Relay {
         // Kept only when it is the very epoch just merged, so a member that fell behind
         // can rejoin from it; anything else is dropped (it would only mislead them).
         let committer_key = Self::device_key(&tx, &session.device_id)?;
-        if let Some(info) =
-            group_info.filter(|i| Self::checked_group_info(&self.crypto, &group, i, &committer_key))
-        {
+        let new_epoch = group.group_context().epoch().as_u64() as i64;
+        let group_info = group_info
+            .filter(|i| Self::checked_group_info(&self.crypto, &group, i, &committer_key));
+        // Joiners of a large group find the tree here, not in the Welcome or GroupInfo.
+        if welcome.is_some() || group_info.is_some_and(|i| !group_info_has_tree(i)) {
+            Self::keep_tree(&tx, group_id, &group)?;
+        }
+        if let Some(info) = group_info {
             exec(
                 &tx,
                 "INSERT INTO group_infos (group_id, epoch, data) VALUES (?1, ?2, ?3)
@@ -216,12 +231,17 @@ impl Relay {
                 params![group_id, device, (seq + 1) as i64],
             )?;
             if let Some(welcome) = welcome {
+                let own = match &cutter {
+                    Some(cutter) => cutter.for_device(device),
+                    None => welcome.to_vec(),
+                };
                 exec(&tx,
-                    "INSERT INTO welcomes (device_id, group_id, data, stored_at) VALUES (?1, ?2, ?3, ?4)",
-                    params![device, group_id, welcome, now_unix() as i64],
+                    "INSERT INTO welcomes (device_id, group_id, data, stored_at, epoch) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![device, group_id, own, now_unix() as i64, new_epoch],
                 )?;
             }
         }
+        Self::prune_trees(&tx, group_id)?;
         Self::record_pending_seats(&tx, group_id, &group)?;
         tx.commit()?;
         let mut wake: BTreeSet<String> = after.into_iter().chain(before).collect();

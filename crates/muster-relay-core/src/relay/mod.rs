@@ -29,6 +29,7 @@ mod handshakes;
 mod queue;
 mod recent;
 mod store;
+mod trees;
 
 pub use auth::{challenge_nonce, verify_challenge};
 use enrolment::*;
@@ -428,6 +429,11 @@ impl Relay {
             ),
             Request::GroupInfo { group_id } => self.group_info(session, &group_id),
             Request::PendingSeats => self.pending_seats(session),
+            Request::RatchetTree {
+                group_id,
+                epoch,
+                offset,
+            } => self.ratchet_tree(session, &group_id, epoch, offset),
             Request::Propose { group_id, proposal } => self.propose(session, &group_id, &proposal),
             Request::Send {
                 group_id,

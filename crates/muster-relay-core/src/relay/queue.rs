@@ -287,20 +287,27 @@ impl Relay {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         // A cursor is a high-water mark: only the highest acknowledged seq per group counts.
         let mut acked_groups: std::collections::BTreeMap<&[u8], u64> = Default::default();
+        let mut welcomed_groups = BTreeSet::new();
         for item in items {
             match item {
                 AckItem::Welcome { id } => {
-                    exec(
+                    let group: Option<Vec<u8>> = row(
                         &tx,
-                        "DELETE FROM welcomes WHERE id = ?1 AND device_id = ?2",
+                        "DELETE FROM welcomes WHERE id = ?1 AND device_id = ?2 RETURNING group_id",
                         params![*id as i64, session.device_id],
-                    )?;
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                    welcomed_groups.extend(group);
                 }
                 AckItem::Group { group_id, seq } => {
                     let highest = acked_groups.entry(group_id.as_slice()).or_default();
                     *highest = (*highest).max(*seq);
                 }
             }
+        }
+        for group_id in &welcomed_groups {
+            Self::prune_trees(&tx, group_id)?;
         }
         // Messages right after that are for other members only (receipts) count as
         // acknowledged too, or they would hold the group's mark back until this device
