@@ -31,9 +31,9 @@ pub struct Load {
     pub members: usize,
     /// Members added per commit while growing.
     pub batch: usize,
-    /// The group size past which the committer leaves the tree out of Welcomes (the
-    /// client's default when not given).
-    pub tree_inline_max: Option<usize>,
+    /// The group size past which the committer handles the group as large (the client's
+    /// default when not given).
+    pub large_group_past: Option<usize>,
 }
 
 impl openmls_traits::signatures::Signer for DeviceKey {
@@ -239,8 +239,8 @@ pub async fn run(load: Load) -> Result<Report, HarnessError> {
     let admin = bootstrap(&relay).await?;
     let mut committer = engine_member(&admin, &relay, scratch.path(), "committer").await?;
     let mut joiner = engine_member(&admin, &relay, scratch.path(), "joiner").await?;
-    if let Some(max) = load.tree_inline_max {
-        committer.set_tree_inline_max(max);
+    if let Some(max) = load.large_group_past {
+        committer.set_large_group_past(max);
     }
     let enrol_started = Instant::now();
     let others = protocol_members(&admin, &relay, members - 1).await?;

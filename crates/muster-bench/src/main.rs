@@ -128,10 +128,11 @@ enum Scenario {
         members: usize,
         #[arg(long, default_value_t = 500)]
         batch: usize,
-        /// Group size past which Welcomes leave the ratchet tree out (the client's
-        /// default when not given).
+        /// Group size past which the committer handles the group as large: Welcomes
+        /// without the ratchet tree, adds without a path update (the client's default
+        /// when not given).
         #[arg(long)]
-        tree_inline_max: Option<usize>,
+        large_group_past: Option<usize>,
     },
 }
 
@@ -202,11 +203,11 @@ fn main() -> ExitCode {
         Scenario::Biggroup {
             members,
             batch,
-            tree_inline_max,
+            large_group_past,
         } => block_on(biggroup::run(biggroup::Load {
             members,
             batch,
-            tree_inline_max,
+            large_group_past,
         })),
     };
     match result {

@@ -103,6 +103,9 @@ pub(crate) fn migrate(db: &rusqlite::Connection) -> rusqlite::Result<()> {
     if !has_welcome_epoch {
         db.execute_batch("ALTER TABLE welcomes ADD COLUMN epoch INTEGER")?;
     }
+    db.execute_batch(
+        "CREATE INDEX IF NOT EXISTS welcomes_group_epoch ON welcomes(group_id, epoch)",
+    )?;
     db.execute_batch(RECOUNT)
 }
 

@@ -30,7 +30,9 @@ impl Engine {
             if state != GroupState::Active {
                 return Err(EngineError::NotActive(name));
             }
-            let (commit, welcome, group_info) = {
+            // The group as the commit left it, merged once the relay stores the commit
+            // (not read from the store again: a large group takes long to decode).
+            let (commit, welcome, group_info, mut built) = {
                 let tx = self
                     .db
                     .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -38,7 +40,7 @@ impl Engine {
                 let mut group = load_group(&provider, group_id)?;
                 // A large group's tree travels apart from its Welcome; a commit whose
                 // Welcome or GroupInfo would still be too large is built again without it.
-                let mut inline = group.members().count() <= self.tree_inline_max;
+                let mut inline = group.members().count() <= self.large_group_past;
                 let parts = loop {
                     let config = join_config_with_tree(inline);
                     if group.configuration() != &config {
@@ -66,7 +68,7 @@ impl Engine {
                     params![group_id, sha256(&commit)],
                 )?;
                 tx.commit()?;
-                (commit, welcome, group_info)
+                (commit, welcome, group_info, group)
             };
             let request = Request::Commit {
                 group_id: group_id.to_vec(),
@@ -81,8 +83,7 @@ impl Engine {
                         .db
                         .transaction_with_behavior(TransactionBehavior::Immediate)?;
                     let provider = Provider::new(&self.crypto, &tx);
-                    let mut group = load_group(&provider, group_id)?;
-                    let notice = merge_own_commit(&provider, &mut group, &signer, &device)?;
+                    let notice = merge_own_commit(&provider, &mut built, &signer, &device)?;
                     tx.execute(
                         "DELETE FROM pending_commits WHERE group_id = ?1",
                         [group_id],

@@ -427,6 +427,7 @@ impl Engine {
         group_id: &[u8],
         key_packages: Vec<(String, KeyPackage)>,
     ) -> Result<(), EngineError> {
+        let large_past = self.large_group_past;
         let added = self
             .run_commit(conn, group_id, |group, provider, signer| {
                 let present: HashSet<String> = group
@@ -442,9 +443,13 @@ impl Engine {
                 if fresh.is_empty() {
                     return Ok(None);
                 }
-                let (commit, welcome, info) = group
-                    .add_members(provider, signer, &fresh)
-                    .map_err(EngineError::mls)?;
+                // In a large group a path would be encrypted to nearly every member.
+                let (commit, welcome, info) = if present.len() > large_past {
+                    group.add_members_without_update(provider, signer, &fresh)
+                } else {
+                    group.add_members(provider, signer, &fresh)
+                }
+                .map_err(EngineError::mls)?;
                 Ok(Some(CommitParts::new(commit, Some(welcome), info)))
             })
             .await?;

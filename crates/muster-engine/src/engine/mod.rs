@@ -422,9 +422,10 @@ pub struct Engine {
     /// Members per group as last seen, for choosing how receipts go out; a stale count
     /// only changes how receipts are batched.
     member_counts: HashMap<Vec<u8>, usize>,
-    /// Groups up to this many members carry their ratchet tree in Welcomes and GroupInfos
-    /// (about 400 bytes a member); past it, joiners fetch the tree from the relay.
-    tree_inline_max: usize,
+    /// Groups with more members than this are handled as large: their Welcomes and
+    /// GroupInfos leave the ratchet tree out (joiners fetch it from the relay), and adding
+    /// people does not also renew the adder's keys along its path.
+    large_group_past: usize,
     /// When delivery receipts were last queued (ms), for [`Engine::delivery_receipts_due_in`].
     receipts_checked_at: i64,
     /// Delivery receipts go out now, held or not.
@@ -624,7 +625,7 @@ impl Engine {
             db,
             crypto: RustCrypto::default(),
             member_counts: HashMap::new(),
-            tree_inline_max: muster_proto::TREE_IN_WELCOME_MAX_MEMBERS,
+            large_group_past: muster_proto::TREE_IN_WELCOME_MAX_MEMBERS,
             receipts_checked_at: 0,
             flushing_held_receipts: false,
             verified_certificates: VerifiedCertificates::default(),
@@ -635,12 +636,13 @@ impl Engine {
         Ok(engine)
     }
 
-    /// Sets the group size past which this device's commits leave the ratchet tree out of
-    /// Welcomes and GroupInfos (joiners then fetch it from the relay). The default,
-    /// [`muster_proto::TREE_IN_WELCOME_MAX_MEMBERS`], keeps a Welcome well under the
-    /// relay's size limit; a lower one exercises the fetched tree with small groups.
-    pub fn set_tree_inline_max(&mut self, members: usize) {
-        self.tree_inline_max = members;
+    /// Sets the group size past which this device handles a group as large (see
+    /// [`muster_proto::TREE_IN_WELCOME_MAX_MEMBERS`], the default): its commits leave the
+    /// ratchet tree out of Welcomes and GroupInfos, and add people without renewing the
+    /// adder's path, whose cost grows with the group. A lower figure exercises both with
+    /// small groups.
+    pub fn set_large_group_past(&mut self, members: usize) {
+        self.large_group_past = members;
     }
 
     pub fn home(&self) -> &Path {

@@ -55,7 +55,6 @@ impl Engine {
             .map(|opened| opened.unverified_group_info().clone())
             .filter(|info| info.extensions().ratchet_tree().is_none())
             .map(|info| info.group_context().epoch().as_u64());
-        drop(provider);
         tx.rollback()?;
         Ok(epoch)
     }

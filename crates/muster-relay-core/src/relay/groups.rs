@@ -9,6 +9,7 @@ impl Relay {
         tx: &Transaction,
         org: &OrgDescriptor,
         group: &PublicGroup,
+        verified: &mut VerifiedCredentials,
     ) -> Result<BTreeSet<String>, Failure> {
         let mut devices = BTreeSet::new();
         for member in group.members() {
@@ -21,12 +22,14 @@ impl Relay {
             // Dates are checked for the leaves a commit brings in (the shared rules do
             // that); a member whose certificate ran out meanwhile must not block the
             // commits that renew or remove it.
-            cert.verify_issuer(org).map_err(|e| {
-                refuse(
-                    ErrorCode::InvalidCertificate,
-                    format!("member {}: {e}", cert.body.user),
-                )
-            })?;
+            verified
+                .check(org, &member.credential, &cert)
+                .map_err(|e| {
+                    refuse(
+                        ErrorCode::InvalidCertificate,
+                        format!("member {}: {e}", cert.body.user),
+                    )
+                })?;
             if member.signature_key != cert.body.device_key {
                 return Err(refuse(
                     ErrorCode::InvalidCertificate,
@@ -94,7 +97,7 @@ impl Relay {
         let (group, _) =
             PublicGroup::from_external(&self.crypto, &storage, tree, info, ProposalStore::new())
                 .map_err(|e| bad(format!("group state does not validate: {e}")))?;
-        let devices = Self::roster_devices(&tx, &org, &group)?;
+        let devices = Self::roster_devices(&tx, &org, &group, &mut self.verified_credentials)?;
         if policy_of(&group).managed && !device_is_admin(&tx, &session.device_id)? {
             return Err(refuse(
                 ErrorCode::Forbidden,
@@ -465,5 +468,34 @@ impl Relay {
         }
         wake.remove(&session.device_id);
         Ok(Outcome::with_wake(Response::Stored { seq }, wake))
+    }
+}
+
+/// Credentials whose certificate was issued by the organisation, as verified before: the
+/// signature check is the same every time, so a large group's roster costs a lookup per
+/// member. Dates and revocation are not part of it; they are checked every time.
+#[derive(Default)]
+pub(super) struct VerifiedCredentials(std::collections::HashSet<Vec<u8>>);
+
+/// Credentials remembered at most; the set starts again past this.
+const MAX_VERIFIED_CREDENTIALS: usize = 200_000;
+
+impl VerifiedCredentials {
+    pub(super) fn check(
+        &mut self,
+        org: &OrgDescriptor,
+        credential: &Credential,
+        cert: &muster_proto::Certificate,
+    ) -> Result<(), muster_proto::CertError> {
+        let key = credential.serialized_content().to_vec();
+        if self.0.contains(&key) {
+            return Ok(());
+        }
+        cert.verify_issuer(org)?;
+        if self.0.len() >= MAX_VERIFIED_CREDENTIALS {
+            self.0.clear();
+        }
+        self.0.insert(key);
+        Ok(())
     }
 }

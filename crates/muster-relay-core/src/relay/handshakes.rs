@@ -156,7 +156,7 @@ impl Relay {
         group
             .merge_commit(&Storage::new(&tx), *staged)
             .map_err(|e| Failure::Store(StoreError::Corrupt(format!("merge commit: {e}"))))?;
-        let after = Self::roster_devices(&tx, &org, &group)?;
+        let after = Self::roster_devices(&tx, &org, &group, &mut self.verified_credentials)?;
         let before = Self::current_members(&tx, group_id)?;
         let added: Vec<&String> = after.difference(&before).collect();
         let removed: Vec<&String> = before.difference(&after).collect();

@@ -3,7 +3,7 @@
 //! ../blobs.rs).
 
 use crate::error::{refuse, Failure, StoreError};
-use crate::mls::{certificate_of, JsonCodec, Storage};
+use crate::mls::{certificate_of, Storage};
 use crate::schema::SCHEMA;
 use muster_proto::{
     auth_transcript, directed_users, now_unix, validate_handle, AckItem, AuditEvent, Certificate,
@@ -123,6 +123,9 @@ pub struct Relay {
     delivered_marks: std::collections::HashMap<Vec<u8>, i64>,
     /// Each group's latest messages, for fetches that need not read SQLite.
     recent: recent::RecentLogs,
+    /// Member credentials whose certificate signatures verified, so that a commit to a
+    /// large group checks only the leaves it brings.
+    verified_credentials: groups::VerifiedCredentials,
     /// Inside a group commit: transactions commit without an fsync until
     /// [`Relay::end_group_commit`] makes all of them durable at once.
     grouped: Option<u64>,
@@ -149,8 +152,10 @@ impl Relay {
         db.execute_batch(SCHEMA)?;
         crate::schema::migrate(&db)?;
         let mut db = db;
-        let mut storage =
-            openmls_sqlite_storage::SqliteStorageProvider::<JsonCodec, _>::new(&mut db);
+        let mut storage = openmls_sqlite_storage::SqliteStorageProvider::<
+            muster_mls_store::StoreCodec,
+            _,
+        >::new(&mut db);
         storage
             .run_migrations()
             .map_err(|e| StoreError::Migration(e.to_string()))?;
@@ -173,6 +178,7 @@ impl Relay {
             sibling_wakes: Default::default(),
             delivered_marks: Default::default(),
             recent: Default::default(),
+            verified_credentials: Default::default(),
             grouped: None,
             unsynced: false,
             data_version: 0,
