@@ -12,43 +12,8 @@ use openmls_traits::signatures::Signer as _;
 use openmls_traits::OpenMlsProvider;
 use rusqlite::Connection;
 
-/// The device store's codec, as the engine writes it: JSON, or MessagePack after 0xFF.
-#[derive(Default)]
-pub struct StoreCodec;
-
-#[derive(Debug)]
-pub struct CodecError(String);
-
-impl std::fmt::Display for CodecError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for CodecError {}
-
-impl openmls_sqlite_storage::Codec for StoreCodec {
-    type Error = CodecError;
-
-    fn to_vec<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Self::Error> {
-        let mut packed = vec![0xFF];
-        rmp_serde::encode::write_named(&mut packed, value)
-            .map_err(|e| CodecError(e.to_string()))?;
-        if packed.len() - 1 <= 512 {
-            return serde_json::to_vec(value).map_err(|e| CodecError(e.to_string()));
-        }
-        Ok(packed)
-    }
-
-    fn from_slice<T: serde::de::DeserializeOwned>(slice: &[u8]) -> Result<T, Self::Error> {
-        match slice.split_first() {
-            Some((0xFF, packed)) => {
-                rmp_serde::from_slice(packed).map_err(|e| CodecError(e.to_string()))
-            }
-            _ => serde_json::from_slice(slice).map_err(|e| CodecError(e.to_string())),
-        }
-    }
-}
+/// The device store's codec, as the engine writes it.
+pub use muster_mls_store::StoreCodec;
 
 pub struct Provider<'a> {
     crypto: RustCrypto,
