@@ -204,7 +204,8 @@ impl RelayDb {
     }
 }
 
-/// Syncs `engine` until `done` holds for what it reports, within `limit`.
+/// Syncs `engine` until `done` holds for what it reports, within `limit`; a problem the
+/// sync reports (a Welcome it could not open) ends it at once.
 async fn sync_until(
     engine: &mut Engine,
     conn: &muster_driver::Connection,
@@ -212,18 +213,18 @@ async fn sync_until(
     mut done: impl FnMut(&Engine, &muster_engine::SyncReport) -> bool,
 ) -> Result<(), HarnessError> {
     let deadline = Instant::now() + limit;
-    let mut problems = Vec::new();
     loop {
         let report = engine.sync(conn).await?;
-        problems.extend(report.problems.iter().cloned());
+        if !report.problems.is_empty() {
+            return Err(HarnessError::Setup(report.problems.join("; ")));
+        }
         if done(engine, &report) {
             return Ok(());
         }
         if Instant::now() > deadline {
             return Err(HarnessError::Setup(format!(
-                "not done within {} s: {}",
-                limit.as_secs(),
-                problems.join("; ")
+                "not done within {} s",
+                limit.as_secs()
             )));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -196,3 +196,44 @@ fn store_scenario_reads_and_searches_a_filled_store() {
         assert!(number(&v, name) > 0.0, "{name}");
     }
 }
+
+#[test]
+fn biggroup_scenario_grows_the_group_and_the_joiner_fetches_the_tree_the_welcome_leaves_out() {
+    // Handled as large past 5 members: Welcomes without the tree, adds without a path.
+    let v = bench(&[
+        "biggroup",
+        "--members",
+        "30",
+        "--batch",
+        "10",
+        "--large-group-past",
+        "5",
+    ]);
+    assert_eq!(number(&v, "members"), 30.0);
+    // Added one, removed one: the joiner sees the whole group.
+    assert_eq!(number(&v, "joiner_sees_members"), 30.0);
+    let tree = number(&v, "tree_bytes");
+    assert!(tree > 0.0);
+    assert!(number(&v, "add_welcome_bytes") < tree, "{v}");
+    assert!(number(&v, "batch_welcome_bytes") < tree, "{v}");
+    assert!(
+        number(&v, "add_commit_bytes") < number(&v, "remove_commit_bytes"),
+        "an add renews no path, a remove does: {v}"
+    );
+    for name in [
+        "add_one_ms",
+        "join_ms",
+        "remove_one_ms",
+        "message_to_joiner_ms",
+    ] {
+        assert!(number(&v, name) > 0.0, "{name}");
+    }
+
+    // A small group's Welcome carries the tree.
+    let v = bench(&["biggroup", "--members", "8", "--batch", "4"]);
+    assert_eq!(number(&v, "joiner_sees_members"), 8.0);
+    assert!(
+        number(&v, "add_welcome_bytes") > number(&v, "tree_bytes"),
+        "{v}"
+    );
+}
