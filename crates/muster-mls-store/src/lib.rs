@@ -1,18 +1,22 @@
 //! How Muster keeps openmls state in SQLite: the codec shared by devices and the relay.
 
 /// Serialises openmls state in a Muster SQLite database (a device's or the relay's).
-/// Values up to [`PACKED_ABOVE`] bytes, every lookup key among them, are JSON as they
-/// always were, so keys written by earlier versions still match. Larger values (ratchet and secret trees, rewritten for every
-/// message) are postcard behind [`COMPACT_MARK`], a byte no JSON text starts with: about
-/// as small as the bytes themselves, and read many times quicker than JSON's arrays of
-/// numbers (a 10,000-member group loaded in a third of MessagePack's time). MessagePack
-/// (behind [`PACKED_MARK`], written by earlier device versions) and JSON still read.
+///
+/// Lookup keys are found by their encoding, so a value is encoded exactly as earlier
+/// versions did unless it is large: up to [`PACKED_ABOVE`] bytes of MessagePack it is
+/// JSON, and below [`COMPACT_FROM`] bytes it is MessagePack behind [`PACKED_MARK`] (a byte
+/// no JSON text starts with). Larger values (a group's ratchet tree, its secret tree,
+/// rewritten for every message) are postcard behind [`COMPACT_MARK`]: about as small as
+/// the bytes themselves, and read several times quicker than MessagePack's numbers (a
+/// 10,000-member group loads in a third of the time). All three read back.
 #[derive(Default)]
 pub struct StoreCodec;
 
 const PACKED_MARK: u8 = 0xFF;
 const COMPACT_MARK: u8 = 0xFE;
 const PACKED_ABOVE: usize = 512;
+/// Values this large are never lookup keys (group ids are at most a few dozen bytes).
+const COMPACT_FROM: usize = 4096;
 
 /// Why openmls state could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +25,8 @@ pub enum StoreCodecError {
     Json(#[from] serde_json::Error),
     #[error("postcard: {0}")]
     Compact(#[from] postcard::Error),
+    #[error("MessagePack encoding: {0}")]
+    Encode(#[from] rmp_serde::encode::Error),
     #[error("MessagePack decoding: {0}")]
     Decode(#[from] rmp_serde::decode::Error),
 }
@@ -30,10 +36,15 @@ impl openmls_sqlite_storage::Codec for StoreCodec {
 
     fn to_vec<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Self::Error> {
         let compact = postcard::to_extend(value, vec![COMPACT_MARK])?;
-        if compact.len() - 1 <= PACKED_ABOVE {
+        if compact.len() - 1 >= COMPACT_FROM {
+            return Ok(compact);
+        }
+        let mut packed = vec![PACKED_MARK];
+        rmp_serde::encode::write_named(&mut packed, value)?;
+        if packed.len() - 1 <= PACKED_ABOVE {
             return Ok(serde_json::to_vec(value)?);
         }
-        Ok(compact)
+        Ok(packed)
     }
 
     fn from_slice<T: serde::de::DeserializeOwned>(slice: &[u8]) -> Result<T, Self::Error> {
@@ -66,14 +77,27 @@ mod tests {
     }
 
     #[test]
-    fn large_values_are_packed_and_read_back() {
+    fn middling_values_are_messagepack_as_before_so_long_keys_still_match() {
         let tree = Tree {
-            leaves: (0..50u8).map(|i| vec![i; 64]).collect(),
+            leaves: (0..40u8).map(|i| vec![i; 64]).collect(),
+            epoch: 9,
+        };
+        let bytes = StoreCodec::to_vec(&tree).unwrap();
+        let mut before = vec![PACKED_MARK];
+        rmp_serde::encode::write_named(&mut before, &tree).unwrap();
+        assert_eq!(bytes, before);
+        assert_eq!(StoreCodec::from_slice::<Tree>(&bytes).unwrap(), tree);
+    }
+
+    #[test]
+    fn large_values_are_compact_and_read_back() {
+        let tree = Tree {
+            leaves: (0..100u8).map(|i| vec![i; 64]).collect(),
             epoch: 9,
         };
         let bytes = StoreCodec::to_vec(&tree).unwrap();
         assert_eq!(bytes[0], COMPACT_MARK);
-        assert!(bytes.len() < serde_json::to_vec(&tree).unwrap().len() / 2);
+        assert!(bytes.len() < 100 * 64 + 200);
         assert_eq!(StoreCodec::from_slice::<Tree>(&bytes).unwrap(), tree);
     }
 

@@ -29,6 +29,6 @@ pub use wire::{
     encrypted_size, AckItem, AuditEvent, ClaimedKeyPackage, Delivery, ErrorCode, OpenInvite,
     PendingEnrolment, ProfileChange, PublishedCheckpoint, Push, RelayError, Request, Response,
     WireError, ATTACHMENT_CHUNK, ATTACHMENT_CHUNK_OVERHEAD, BLOB_QUOTA_PER_DEVICE, MAX_ATTACHMENT,
-    MAX_FRAME, MAX_MLS_MESSAGE, MAX_RECIPIENT_USERS, MESSAGE_RETENTION_SECS,
+    MAX_FRAME, MAX_GROUP_ID, MAX_MLS_MESSAGE, MAX_RECIPIENT_USERS, MESSAGE_RETENTION_SECS,
     QUEUE_QUOTA_PER_DEVICE, RATCHET_TREE_CHUNK, TREE_IN_WELCOME_MAX_MEMBERS,
 };

@@ -248,6 +248,9 @@ pub enum Request {
     },
 }
 
+/// The longest group id a relay registers or a device joins (clients make 16 bytes).
+pub const MAX_GROUP_ID: usize = 64;
+
 /// The most bytes of a ratchet tree one `RatchetTree` answer carries.
 pub const RATCHET_TREE_CHUNK: usize = 1024 * 1024;
 

@@ -32,7 +32,7 @@ impl Engine {
             }
             // The group as the commit left it, merged once the relay stores the commit
             // (not read from the store again: a large group takes long to decode).
-            let (commit, welcome, group_info, mut built) = {
+            let (commit, welcome, group_info, built, built_at) = {
                 let tx = self
                     .db
                     .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -68,7 +68,7 @@ impl Engine {
                     params![group_id, sha256(&commit)],
                 )?;
                 tx.commit()?;
-                (commit, welcome, group_info, group)
+                (commit, welcome, group_info, group, store_version(&self.db)?)
             };
             let request = Request::Commit {
                 group_id: group_id.to_vec(),
@@ -83,7 +83,14 @@ impl Engine {
                         .db
                         .transaction_with_behavior(TransactionBehavior::Immediate)?;
                     let provider = Provider::new(&self.crypto, &tx);
-                    let notice = merge_own_commit(&provider, &mut built, &signer, &device)?;
+                    // Another process on this store (the UI beside a command) may have
+                    // written since: then the group is read again.
+                    let mut group = if store_version(&tx)? == built_at {
+                        built
+                    } else {
+                        load_group(&provider, group_id)?
+                    };
+                    let notice = merge_own_commit(&provider, &mut group, &signer, &device)?;
                     tx.execute(
                         "DELETE FROM pending_commits WHERE group_id = ?1",
                         [group_id],
@@ -643,4 +650,10 @@ pub(super) fn describe_policy_change(
         });
     }
     notices
+}
+
+/// SQLite's count of changes other connections committed to the store: unchanged means
+/// nothing but this connection wrote since it was read.
+fn store_version(db: &Connection) -> Result<i64, EngineError> {
+    Ok(db.query_row("PRAGMA data_version", [], |r| r.get(0))?)
 }

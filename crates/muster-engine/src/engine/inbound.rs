@@ -108,6 +108,12 @@ pub(super) fn process_welcome(
         let MlsMessageBodyIn::Welcome(welcome) = message.extract() else {
             return Err("expected a Welcome".into());
         };
+        if group_id.len() > muster_proto::MAX_GROUP_ID {
+            return Err(format!(
+                "a Welcome to a group id over {} bytes",
+                muster_proto::MAX_GROUP_ID
+            ));
+        }
         // A large group's tree comes from the relay; openmls checks it against the tree
         // hash in the GroupInfo the adder signed.
         let tree = tree

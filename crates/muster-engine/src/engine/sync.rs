@@ -395,12 +395,16 @@ impl Engine {
                 self.learn_revocations(conn).await?;
             }
             let trees = self.welcome_trees(conn, &deliveries).await?;
-            let acks = self.process_batch(deliveries, &trees)?;
+            let deliveries: Vec<Delivery> =
+                deliveries.into_iter().filter(|d| !trees.holds(d)).collect();
+            let acks = self.process_batch(deliveries, &trees.trees)?;
             conn.request(&Request::Ack { items: acks })
                 .await
                 .map_err(from_link)?;
             // A shorter batch was everything waiting; whatever arrives later wakes us again.
-            if !full_batch {
+            // Welcomes left for the next batch come at once; one whose tree could not be
+            // had waits for the next sync.
+            if trees.failed || (!full_batch && trees.waiting.is_empty()) {
                 return Ok(());
             }
         }

@@ -3,19 +3,46 @@
 //! GroupInfo the adder signed, and refuses the Welcome otherwise.
 
 use super::*;
+use muster_proto::RATCHET_TREE_CHUNK;
 
 /// The largest ratchet tree this device fetches (about 80,000 members).
 const MAX_RATCHET_TREE: u64 = 32 * 1024 * 1024;
 
+/// The trees a fetched batch's Welcomes need, and the groups whose deliveries wait.
+#[derive(Default)]
+pub(super) struct WelcomeTrees {
+    /// Trees fetched from the relay, by Welcome id.
+    pub(super) trees: HashMap<u64, Vec<u8>>,
+    /// Groups whose Welcome waits for its tree: neither it nor the group's messages in
+    /// the batch are processed or acknowledged, so they come again.
+    pub(super) waiting: HashSet<Vec<u8>>,
+    /// Whether a fetch failed (the next sync tries again) rather than only being left for
+    /// the next batch.
+    pub(super) failed: bool,
+}
+
+impl WelcomeTrees {
+    /// Whether a delivery waits for a later batch or sync.
+    pub(super) fn holds(&self, delivery: &Delivery) -> bool {
+        match delivery {
+            Delivery::Welcome { group_id, .. } | Delivery::Group { group_id, .. } => {
+                self.waiting.contains(group_id)
+            }
+        }
+    }
+}
+
 impl Engine {
-    /// The trees the batch's Welcomes leave out, by Welcome id. A tree the relay does not
-    /// have is left missing: the Welcome is then refused with the reason.
+    /// Fetches the tree of the batch's first Welcome that leaves it out; later ones wait
+    /// for the next batch, so at most one tree is held at a time. A Welcome whose tree
+    /// could not be had waits too (with its group's messages), unacknowledged: it is
+    /// tried again rather than lost.
     pub(super) async fn welcome_trees(
         &mut self,
         conn: &impl Link,
         deliveries: &[Delivery],
-    ) -> Result<HashMap<u64, Vec<u8>>, EngineError> {
-        let mut trees = HashMap::new();
+    ) -> Result<WelcomeTrees, EngineError> {
+        let mut out = WelcomeTrees::default();
         for delivery in deliveries {
             let Delivery::Welcome {
                 id,
@@ -25,18 +52,32 @@ impl Engine {
             else {
                 continue;
             };
+            if out.waiting.contains(group_id) {
+                continue;
+            }
             let Some(epoch) = self.epoch_of_treeless_welcome(welcome)? else {
                 continue;
             };
+            if !out.trees.is_empty() || out.failed {
+                out.waiting.insert(group_id.clone());
+                continue;
+            }
             match fetch_ratchet_tree(conn, group_id, epoch).await {
                 Ok(tree) => {
-                    trees.insert(*id, tree);
+                    out.trees.insert(*id, tree);
                 }
-                Err(EngineError::Relay(_)) | Err(EngineError::Invalid(_)) => {}
+                Err(e @ (EngineError::Relay(_) | EngineError::Invalid(_))) => {
+                    self.activity.problems.push(format!(
+                        "a Welcome to {} waits for the group's ratchet tree: {e}",
+                        self.group_label(group_id)
+                    ));
+                    out.waiting.insert(group_id.clone());
+                    out.failed = true;
+                }
                 Err(e) => return Err(e),
             }
         }
-        Ok(trees)
+        Ok(out)
     }
 
     /// The epoch a Welcome joins, when it leaves the ratchet tree out. Opening it takes the
@@ -78,7 +119,11 @@ pub(crate) async fn fetch_ratchet_tree(
                 "the relay offered a ratchet tree of {total} bytes, over the {MAX_RATCHET_TREE}-byte limit"
             )));
         }
-        if chunk.is_empty() || tree.len() as u64 + chunk.len() as u64 > total {
+        // Every chunk but the last is whole: a relay cannot drag a fetch out byte by byte.
+        let expected = total
+            .checked_sub(tree.len() as u64)
+            .map(|left| left.min(RATCHET_TREE_CHUNK as u64));
+        if total == 0 || expected != Some(chunk.len() as u64) {
             return Err(EngineError::Invalid(
                 "the relay's ratchet tree chunks do not add up to its length".into(),
             ));

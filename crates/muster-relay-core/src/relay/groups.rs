@@ -76,6 +76,12 @@ impl Relay {
         let tree = RatchetTreeIn::tls_deserialize_exact(ratchet_tree)
             .map_err(|e| bad(format!("ratchet tree: {e}")))?;
         let group_id = info.group_id().as_slice().to_vec();
+        if group_id.len() > muster_proto::MAX_GROUP_ID {
+            return Err(bad(format!(
+                "a group id may be at most {} bytes",
+                muster_proto::MAX_GROUP_ID
+            )));
+        }
         let tx = self
             .db
             .transaction_with_behavior(TransactionBehavior::Immediate)?;

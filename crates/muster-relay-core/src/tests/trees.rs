@@ -127,3 +127,31 @@ fn a_joiner_with_the_right_tree_joins_a_group_that_moved_on() {
     let joined = w.add_and_join(&mut group, &[&dave], true);
     assert_eq!(joined[0].epoch(), group.epoch());
 }
+
+#[test]
+fn a_group_id_longer_than_any_client_makes_is_refused() {
+    let mut w = World::new();
+    let a = &w.admin;
+    let group = MlsGroup::new_with_group_id(
+        &a.provider,
+        &a.signer,
+        &config(),
+        GroupId::from_slice(&[7; muster_proto::MAX_GROUP_ID + 1]),
+        a.credential(),
+    )
+    .unwrap();
+    let info = group
+        .export_group_info(a.provider.crypto(), &a.signer, false)
+        .unwrap();
+    let outcome = w.relay.handle(
+        &a.session,
+        Request::CreateGroup {
+            group_info: bytes(&info),
+            ratchet_tree: group
+                .export_ratchet_tree()
+                .tls_serialize_detached()
+                .unwrap(),
+        },
+    );
+    assert_eq!(refused(outcome), ErrorCode::InvalidMessage);
+}
