@@ -36,7 +36,7 @@ impl openmls_sqlite_storage::Codec for StoreCodec {
 
     fn to_vec<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Self::Error> {
         let compact = postcard::to_extend(value, vec![COMPACT_MARK])?;
-        if compact.len() - 1 >= COMPACT_FROM {
+        if compact.len() > COMPACT_FROM {
             return Ok(compact);
         }
         let mut packed = vec![PACKED_MARK];
