@@ -91,6 +91,8 @@ impl Relay {
                 "DELETE FROM key_packages WHERE device_id = ?1",
                 [device],
             )?;
+            // Welcomes it never took would only keep their trees.
+            exec(&tx, "DELETE FROM welcomes WHERE device_id = ?1", [device])?;
             record(
                 &tx,
                 "device_revoked",
@@ -116,6 +118,7 @@ impl Relay {
                 now_unix() as i64
             ],
         )?;
+        Self::prune_all_trees(&tx)?;
         tx.commit()?;
         let disconnect: BTreeSet<String> = body.device_ids.iter().cloned().collect();
         wake.retain(|d| !disconnect.contains(d));

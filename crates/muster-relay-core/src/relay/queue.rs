@@ -6,8 +6,8 @@ use crate::schema::audience_needle;
 impl Relay {
     /// Deletes what waited past its retention: messages some recipient never fetched
     /// (after the message retention, [`muster_proto::MESSAGE_RETENTION_SECS`] unless set
-    /// otherwise), their resend records, and
-    /// expired or abandoned attachment blobs. Returns how many messages went.
+    /// otherwise), their resend records, Welcomes never taken and the ratchet trees they
+    /// kept, and expired or abandoned attachment blobs. Returns how many messages went.
     pub fn collect_expired(&mut self) -> Result<usize, StoreError> {
         self.collect_expired_blobs().map_err(|e| match e {
             Failure::Store(e) => e,
@@ -33,6 +33,13 @@ impl Relay {
             "DELETE FROM sent_ids WHERE stored_at < ?1",
             params![cutoff],
         )?;
+        // A Welcome nobody took within the retention goes too, and the trees only it kept.
+        exec(
+            &tx,
+            "DELETE FROM welcomes WHERE stored_at < ?1",
+            params![cutoff],
+        )?;
+        Self::prune_all_trees(&tx)?;
         tx.commit()?;
         self.recent.clear();
         Ok(deleted)

@@ -126,6 +126,18 @@ impl Relay {
         Ok(())
     }
 
+    /// [`Self::prune_trees`] for every group, once Welcomes expired or were dropped.
+    pub(super) fn prune_all_trees(tx: &Connection) -> rusqlite::Result<()> {
+        tx.execute(
+            "DELETE FROM group_trees
+             WHERE epoch < COALESCE((SELECT epoch FROM groups g WHERE g.group_id = group_trees.group_id), epoch + 1)
+               AND NOT EXISTS (SELECT 1 FROM welcomes w
+                               WHERE w.group_id = group_trees.group_id AND w.epoch = group_trees.epoch)",
+            [],
+        )?;
+        Ok(())
+    }
+
     /// Part of a group's ratchet tree at `epoch`: for a device holding a Welcome to that
     /// epoch, or for the current epoch to a member or someone waiting to join.
     pub(super) fn ratchet_tree(

@@ -155,3 +155,48 @@ fn a_group_id_longer_than_any_client_makes_is_refused() {
     );
     assert_eq!(refused(outcome), ErrorCode::InvalidMessage);
 }
+
+/// How many ratchet trees the relay keeps.
+fn kept_trees(w: &World) -> i64 {
+    w.relay
+        .db()
+        .query_row("SELECT COUNT(*) FROM group_trees", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[test]
+fn a_welcome_never_taken_expires_with_its_tree_and_a_revoked_devices_go_at_once() {
+    let mut w = World::new();
+    let (bob, carol, dave) = (w.enrol("bob"), w.enrol("carol"), w.enrol("dave"));
+    let mut group = w.new_group(&config_with_tree(GroupPolicy::default(), false));
+    add(&mut w, &mut group, &[&bob]);
+    add(&mut w, &mut group, &[&carol]);
+    add(&mut w, &mut group, &[&dave]);
+    // Bob's and carol's epochs are behind: their trees are kept for their Welcomes alone.
+    assert_eq!(kept_trees(&w), 3);
+
+    // Carol is revoked: her Welcome and the tree only it kept go with her.
+    let revocation = w.root.sign_revocation(revoking(&w, "carol", &carol));
+    ok(w.relay
+        .handle(&w.admin.session, Request::Revoke { revocation }));
+    assert_eq!(kept_trees(&w), 2);
+
+    // Bob never comes: past the retention his Welcome and its tree go too; the current
+    // epoch's tree (dave's) stays.
+    w.relay
+        .db()
+        .execute(
+            "UPDATE welcomes SET stored_at = stored_at - ?1 WHERE device_id = ?2",
+            rusqlite::params![
+                muster_proto::MESSAGE_RETENTION_SECS as i64 + 1,
+                bob.session.device_id
+            ],
+        )
+        .unwrap();
+    w.relay.collect_expired().unwrap();
+    assert_eq!(kept_trees(&w), 1);
+    assert!(!fetch(&mut w.relay, &bob.session)
+        .iter()
+        .any(|d| matches!(d, Delivery::Welcome { .. })));
+    assert!(!welcome_of(&fetch(&mut w.relay, &dave.session)).is_empty());
+}
