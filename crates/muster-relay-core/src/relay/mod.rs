@@ -358,6 +358,7 @@ impl Relay {
                 | Request::SendTo { .. }
                 | Request::Commit { .. }
                 | Request::Propose { .. }
+                | Request::RatchetTree { .. }
                 | Request::BlobPut { .. }
         );
         if let Err(limited) = self.limiter.admit(&session.device_id, posts, now) {

@@ -185,15 +185,14 @@ impl Relay {
         }
         let offset = i64::try_from(offset)
             .map_err(|_| refuse(ErrorCode::BadRequest, "offset out of range"))?;
-        let found: Option<(i64, Vec<u8>)> = row(
+        let found: Option<(i64, i64)> = row(
             &self.db,
-            "SELECT length(data), substr(data, ?3 + 1, ?4) FROM group_trees
-             WHERE group_id = ?1 AND epoch = ?2",
-            params![group_id, epoch, offset, RATCHET_TREE_CHUNK as i64],
+            "SELECT rowid, length(data) FROM group_trees WHERE group_id = ?1 AND epoch = ?2",
+            params![group_id, epoch],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?;
-        let (total, chunk) = found.ok_or_else(|| {
+        let (row_id, total) = found.ok_or_else(|| {
             refuse(
                 ErrorCode::UnknownGroup,
                 format!("no ratchet tree of this group at epoch {epoch} is on the relay"),
@@ -202,6 +201,11 @@ impl Relay {
         if offset > total {
             return Err(refuse(ErrorCode::BadRequest, "offset past the tree's end"));
         }
+        // Only the chunk asked for is read, not the whole tree.
+        let mut chunk = vec![0; (total - offset).min(RATCHET_TREE_CHUNK as i64) as usize];
+        self.db
+            .blob_open(rusqlite::MAIN_DB, "group_trees", "data", row_id, true)?
+            .read_at_exact(&mut chunk, offset as usize)?;
         Ok(Outcome::reply(Response::RatchetTree {
             total: total as u64,
             chunk,

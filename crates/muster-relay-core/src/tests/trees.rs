@@ -200,3 +200,27 @@ fn a_welcome_never_taken_expires_with_its_tree_and_a_revoked_devices_go_at_once(
         .any(|d| matches!(d, Delivery::Welcome { .. })));
     assert!(!welcome_of(&fetch(&mut w.relay, &dave.session)).is_empty());
 }
+
+#[test]
+fn a_tree_larger_than_one_answer_comes_whole_in_chunks() {
+    let mut w = World::new();
+    let bob = w.enrol("bob");
+    let mut group = w.new_group(&config_with_tree(GroupPolicy::default(), false));
+    let gid = group.group_id().as_slice().to_vec();
+    add(&mut w, &mut group, &[&bob]);
+    let epoch = group.epoch().as_u64();
+    let big: Vec<u8> = (0..muster_proto::RATCHET_TREE_CHUNK * 5 / 2)
+        .map(|i| (i % 251) as u8)
+        .collect();
+    w.relay
+        .db()
+        .execute(
+            "UPDATE group_trees SET data = ?2 WHERE group_id = ?1",
+            rusqlite::params![gid, big],
+        )
+        .unwrap();
+    assert_eq!(
+        ratchet_tree(&mut w.relay, &bob.session, &gid, epoch).unwrap(),
+        big
+    );
+}
