@@ -91,22 +91,28 @@ INSERT OR IGNORE INTO sent_ids (sender_device, client_id, seq, stored_at)
 
 /// Adds what later versions need to a database made by an older relay.
 pub(crate) fn migrate(db: &rusqlite::Connection) -> rusqlite::Result<()> {
-    let has_audience = db
-        .prepare("SELECT 1 FROM pragma_table_info('messages') WHERE name = 'audience'")?
-        .exists([])?;
-    if !has_audience {
-        db.execute_batch("ALTER TABLE messages ADD COLUMN audience TEXT")?;
-    }
-    let has_welcome_epoch = db
-        .prepare("SELECT 1 FROM pragma_table_info('welcomes') WHERE name = 'epoch'")?
-        .exists([])?;
-    if !has_welcome_epoch {
-        db.execute_batch("ALTER TABLE welcomes ADD COLUMN epoch INTEGER")?;
-    }
+    add_column(db, "messages", "audience", "TEXT")?;
+    add_column(db, "welcomes", "epoch", "INTEGER")?;
     db.execute_batch(
         "CREATE INDEX IF NOT EXISTS welcomes_group_epoch ON welcomes(group_id, epoch)",
     )?;
     db.execute_batch(RECOUNT)
+}
+
+/// Adds `column` to `table` unless the table has it already.
+fn add_column(
+    db: &rusqlite::Connection,
+    table: &str,
+    column: &str,
+    kind: &str,
+) -> rusqlite::Result<()> {
+    let has = db
+        .prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?
+        .exists([table, column])?;
+    if !has {
+        db.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))?;
+    }
+    Ok(())
 }
 
 /// How a message's audience is stored: each user between newlines, so that one user is

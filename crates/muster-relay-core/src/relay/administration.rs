@@ -118,7 +118,7 @@ impl Relay {
                 now_unix() as i64
             ],
         )?;
-        Self::prune_all_trees(&tx)?;
+        Self::prune_trees(&tx, None)?;
         tx.commit()?;
         let disconnect: BTreeSet<String> = body.device_ids.iter().cloned().collect();
         wake.retain(|d| !disconnect.contains(d));

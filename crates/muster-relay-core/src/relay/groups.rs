@@ -198,11 +198,13 @@ impl Relay {
         Ok(Outcome::reply(Response::PendingSeats(groups)))
     }
 
-    pub(super) fn group_info(
+    /// Refuses a device that is neither a member of the group nor someone it lists as
+    /// waiting to join.
+    pub(super) fn require_member_or_waiting(
         &self,
         session: &Session,
         group_id: &[u8],
-    ) -> Result<Outcome, Failure> {
+    ) -> Result<(), Failure> {
         let waiting = row(
             &self.db,
             "SELECT 1 FROM pending_seats WHERE group_id = ?1 AND user = ?2",
@@ -214,6 +216,15 @@ impl Relay {
         if !waiting {
             require_member(&self.db, group_id, &session.device_id)?;
         }
+        Ok(())
+    }
+
+    pub(super) fn group_info(
+        &self,
+        session: &Session,
+        group_id: &[u8],
+    ) -> Result<Outcome, Failure> {
+        self.require_member_or_waiting(session, group_id)?;
         let info: Option<(i64, Vec<u8>)> = row(
             &self.db,
             "SELECT epoch, data FROM group_infos WHERE group_id = ?1",

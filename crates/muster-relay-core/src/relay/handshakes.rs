@@ -241,7 +241,7 @@ impl Relay {
                 )?;
             }
         }
-        Self::prune_trees(&tx, group_id)?;
+        Self::prune_trees(&tx, Some(group_id))?;
         Self::record_pending_seats(&tx, group_id, &group)?;
         tx.commit()?;
         let mut wake: BTreeSet<String> = after.into_iter().chain(before).collect();

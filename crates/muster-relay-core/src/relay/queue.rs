@@ -39,7 +39,7 @@ impl Relay {
             "DELETE FROM welcomes WHERE stored_at < ?1",
             params![cutoff],
         )?;
-        Self::prune_all_trees(&tx)?;
+        Self::prune_trees(&tx, None)?;
         tx.commit()?;
         self.recent.clear();
         Ok(deleted)
@@ -314,7 +314,7 @@ impl Relay {
             }
         }
         for group_id in &welcomed_groups {
-            Self::prune_trees(&tx, group_id)?;
+            Self::prune_trees(&tx, Some(group_id))?;
         }
         // Messages right after that are for other members only (receipts) count as
         // acknowledged too, or they would hold the group's mark back until this device

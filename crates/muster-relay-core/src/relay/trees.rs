@@ -113,27 +113,16 @@ impl Relay {
         Ok(())
     }
 
-    /// Drops the group's trees that no Welcome waits on, except the current epoch's.
-    pub(super) fn prune_trees(tx: &Connection, group_id: &[u8]) -> Result<(), Failure> {
-        exec(
-            tx,
-            "DELETE FROM group_trees WHERE group_id = ?1
-               AND epoch < (SELECT epoch FROM groups WHERE group_id = ?1)
-               AND NOT EXISTS (SELECT 1 FROM welcomes w
-                               WHERE w.group_id = group_trees.group_id AND w.epoch = group_trees.epoch)",
-            params![group_id],
-        )?;
-        Ok(())
-    }
-
-    /// [`Self::prune_trees`] for every group, once Welcomes expired or were dropped.
-    pub(super) fn prune_all_trees(tx: &Connection) -> rusqlite::Result<()> {
+    /// Drops the trees that no Welcome waits on, except each group's current one: of
+    /// `group` alone, or of every group (`None`) once Welcomes expired or were dropped.
+    pub(super) fn prune_trees(tx: &Connection, group: Option<&[u8]>) -> rusqlite::Result<()> {
         tx.execute(
             "DELETE FROM group_trees
-             WHERE epoch < COALESCE((SELECT epoch FROM groups g WHERE g.group_id = group_trees.group_id), epoch + 1)
+             WHERE (?1 IS NULL OR group_id = ?1)
+               AND epoch < COALESCE((SELECT epoch FROM groups g WHERE g.group_id = group_trees.group_id), epoch + 1)
                AND NOT EXISTS (SELECT 1 FROM welcomes w
                                WHERE w.group_id = group_trees.group_id AND w.epoch = group_trees.epoch)",
-            [],
+            params![group],
         )?;
         Ok(())
     }
@@ -171,17 +160,7 @@ impl Relay {
                     "only the group's current tree, or the tree of a Welcome this device holds, is served",
                 ));
             }
-            let waiting = row(
-                &self.db,
-                "SELECT 1 FROM pending_seats WHERE group_id = ?1 AND user = ?2",
-                params![group_id, session.user],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some();
-            if !waiting {
-                require_member(&self.db, group_id, &session.device_id)?;
-            }
+            self.require_member_or_waiting(session, group_id)?;
         }
         let offset = i64::try_from(offset)
             .map_err(|_| refuse(ErrorCode::BadRequest, "offset out of range"))?;
