@@ -40,6 +40,20 @@ impl Device {
         }
     }
 
+    /// The request that registers `group`, made by this device, with the relay.
+    fn create_group_request(&self, group: &MlsGroup) -> Request {
+        let info = group
+            .export_group_info(self.provider.crypto(), &self.signer, false)
+            .unwrap();
+        Request::CreateGroup {
+            group_info: bytes(&info),
+            ratchet_tree: group
+                .export_ratchet_tree()
+                .tls_serialize_detached()
+                .unwrap(),
+        }
+    }
+
     fn key_package(&self) -> Vec<u8> {
         KeyPackage::builder()
             .leaf_node_capabilities(capabilities())
@@ -301,19 +315,9 @@ impl World {
     fn new_group(&mut self, config: &MlsGroupCreateConfig) -> MlsGroup {
         let a = &self.admin;
         let group = MlsGroup::new(&a.provider, &a.signer, config, a.credential()).unwrap();
-        let info = group
-            .export_group_info(a.provider.crypto(), &a.signer, false)
-            .unwrap();
-        ok(self.relay.handle(
-            &a.session,
-            Request::CreateGroup {
-                group_info: bytes(&info),
-                ratchet_tree: group
-                    .export_ratchet_tree()
-                    .tls_serialize_detached()
-                    .unwrap(),
-            },
-        ));
+        ok(self
+            .relay
+            .handle(&a.session, a.create_group_request(&group)));
         group
     }
 
@@ -1042,16 +1046,7 @@ fn in_a_managed_group_only_admins_change_membership() {
         bob.credential(),
     )
     .unwrap();
-    let info = own
-        .export_group_info(bob.provider.crypto(), &bob.signer, false)
-        .unwrap();
-    let out = w.relay.handle(
-        &bob.session,
-        Request::CreateGroup {
-            group_info: bytes(&info),
-            ratchet_tree: own.export_ratchet_tree().tls_serialize_detached().unwrap(),
-        },
-    );
+    let out = w.relay.handle(&bob.session, bob.create_group_request(&own));
     assert_eq!(refused(out), ErrorCode::Forbidden);
     let _ = &mut own;
 

@@ -58,16 +58,27 @@ fn each_added_device_gets_a_welcome_with_only_its_own_secrets() {
     assert_ne!(seen[0], seen[1]);
 }
 
+/// A group whose Welcomes leave the tree out: alice adds `first`, then `second` before
+/// `first` fetches its Welcome. Returns the group, its id and the epoch `first` joins.
+fn moved_on_before_first_joined(
+    w: &mut World,
+    first: &Device,
+    second: &Device,
+) -> (MlsGroup, Vec<u8>, u64) {
+    let mut group = w.new_group(&config_with_tree(GroupPolicy::default(), false));
+    let gid = group.group_id().as_slice().to_vec();
+    add(w, &mut group, &[first]);
+    let first_epoch = group.epoch().as_u64();
+    add(w, &mut group, &[second]);
+    (group, gid, first_epoch)
+}
+
 #[test]
 fn a_welcome_without_the_tree_is_joined_with_the_tree_the_relay_kept_for_its_epoch() {
     let mut w = World::new();
     let (bob, carol, dave) = (w.enrol("bob"), w.enrol("carol"), w.enrol("dave"));
-    let mut group = w.new_group(&config_with_tree(GroupPolicy::default(), false));
-    let gid = group.group_id().as_slice().to_vec();
-    add(&mut w, &mut group, &[&bob]);
-    let bob_epoch = group.epoch().as_u64();
     // The group moves on before bob fetches his Welcome: his epoch's tree is still kept.
-    add(&mut w, &mut group, &[&carol]);
+    let (group, gid, bob_epoch) = moved_on_before_first_joined(&mut w, &bob, &carol);
     let carol_epoch = group.epoch().as_u64();
     let bob_welcome = welcome_of(&fetch(&mut w.relay, &bob.session));
 
@@ -115,11 +126,7 @@ fn a_welcome_without_the_tree_is_joined_with_the_tree_the_relay_kept_for_its_epo
 fn a_joiner_with_the_right_tree_joins_a_group_that_moved_on() {
     let mut w = World::new();
     let (bob, carol, dave) = (w.enrol("bob"), w.enrol("carol"), w.enrol("dave"));
-    let mut group = w.new_group(&config_with_tree(GroupPolicy::default(), false));
-    let gid = group.group_id().as_slice().to_vec();
-    add(&mut w, &mut group, &[&bob]);
-    let bob_epoch = group.epoch().as_u64();
-    add(&mut w, &mut group, &[&carol]);
+    let (mut group, gid, bob_epoch) = moved_on_before_first_joined(&mut w, &bob, &carol);
     let deliveries = fetch(&mut w.relay, &bob.session);
     let tree = ratchet_tree(&mut w.relay, &bob.session, &gid, bob_epoch).unwrap();
     let joined = join_from(&bob, &welcome_of(&deliveries), Some(&tree)).unwrap();
@@ -140,19 +147,7 @@ fn a_group_id_longer_than_any_client_makes_is_refused() {
         a.credential(),
     )
     .unwrap();
-    let info = group
-        .export_group_info(a.provider.crypto(), &a.signer, false)
-        .unwrap();
-    let outcome = w.relay.handle(
-        &a.session,
-        Request::CreateGroup {
-            group_info: bytes(&info),
-            ratchet_tree: group
-                .export_ratchet_tree()
-                .tls_serialize_detached()
-                .unwrap(),
-        },
-    );
+    let outcome = w.relay.handle(&a.session, a.create_group_request(&group));
     assert_eq!(refused(outcome), ErrorCode::InvalidMessage);
 }
 
