@@ -10,8 +10,9 @@
 
 use crate::harness::{bounded, resident_bytes, HarnessError, RelayProcess, Scratch};
 use crate::report::{ms, Report};
-use crate::wire_org::ENROLMENTS_PER_CONNECTION;
-use crate::wire_org::{authenticate, bootstrap, enrol, unexpected, Admin, DeviceKey};
+use crate::wire_org::{
+    authenticate, bootstrap, enrol_many, unexpected, Admin, DeviceKey, Enrolled, CONCURRENCY,
+};
 use muster_engine::Engine;
 use muster_net::RelayConnection;
 use muster_proto::{Certificate, Request, Response};
@@ -22,9 +23,6 @@ use rusqlite::OptionalExtension as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Devices enrolled or connected at once.
-const CONCURRENCY: usize = 64;
 
 pub struct Load {
     /// Members the group is grown to (the committer and protocol-level devices).
@@ -73,29 +71,7 @@ async fn protocol_members(
     relay: &RelayProcess,
     count: usize,
 ) -> Result<Vec<String>, HarnessError> {
-    let batches: Vec<Vec<usize>> = (0..count)
-        .collect::<Vec<_>>()
-        .chunks(ENROLMENTS_PER_CONNECTION)
-        .map(<[usize]>::to_vec)
-        .collect();
-    let enrolled = bounded(
-        CONCURRENCY,
-        batches
-            .into_iter()
-            .map(|batch| async move {
-                let anonymous = RelayConnection::connect(&relay.addr, &relay.fingerprint).await?;
-                let mut devices = Vec::with_capacity(batch.len());
-                for i in batch {
-                    let user = format!("member{i}");
-                    let (key, cert) = enrol(admin, &anonymous, user.clone()).await?;
-                    devices.push((user, key, cert));
-                }
-                anonymous.close().await;
-                Ok(devices)
-            })
-            .collect(),
-    )
-    .await?;
+    let enrolled = enrol_many(admin, relay, "member", count).await?;
     let provider = Arc::new(OpenMlsRustCrypto::default());
     let endpoint =
         muster_net::endpoint_for_many("127.0.0.1:0".parse().expect("valid address"), None)?;
@@ -103,8 +79,7 @@ async fn protocol_members(
         CONCURRENCY,
         enrolled
             .into_iter()
-            .flatten()
-            .map(|(user, key, cert)| {
+            .map(|Enrolled { user, key, cert }| {
                 let (endpoint, provider) = (endpoint.clone(), provider.clone());
                 async move {
                     let conn =

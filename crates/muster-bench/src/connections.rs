@@ -7,16 +7,11 @@
 
 use crate::harness::{resident_bytes, HarnessError, RelayProcess, Scratch};
 use crate::report::{ms, Report};
-use crate::wire_org::{
-    authenticate, bootstrap, enrol, unexpected, DeviceKey, ENROLMENTS_PER_CONNECTION,
-};
+use crate::wire_org::{authenticate, bootstrap, enrol_many, unexpected, DeviceKey, CONCURRENCY};
 use muster_net::RelayConnection;
 use muster_proto::{Request, Response};
 use std::sync::Arc;
 use std::time::Instant;
-
-/// Devices enrolled or connected at once.
-const CONCURRENCY: usize = 64;
 
 async fn bounded<T, F>(jobs: Vec<F>) -> Result<Vec<T>, HarnessError>
 where
@@ -30,35 +25,11 @@ pub async fn run(devices: usize) -> Result<Report, HarnessError> {
     let relay = RelayProcess::start(&scratch.path().join("relay"))?;
     let admin = bootstrap(&relay).await?;
     let enrol_started = Instant::now();
-    // The relay answers only a few requests on a connection that has not logged in
-    // (eight): each anonymous connection enrols that many devices, one after another.
-    let batches: Vec<Vec<usize>> = (0..devices)
-        .collect::<Vec<_>>()
-        .chunks(ENROLMENTS_PER_CONNECTION)
-        .map(<[usize]>::to_vec)
+    let keys: Vec<DeviceKey> = enrol_many(&admin, &relay, "device", devices)
+        .await?
+        .into_iter()
+        .map(|d| d.key)
         .collect();
-    let keys: Vec<DeviceKey> = bounded(
-        batches
-            .into_iter()
-            .map(|batch| {
-                let (admin, relay) = (&admin, &relay);
-                async move {
-                    let anonymous =
-                        RelayConnection::connect(&relay.addr, &relay.fingerprint).await?;
-                    let mut keys = Vec::with_capacity(batch.len());
-                    for i in batch {
-                        keys.push(enrol(admin, &anonymous, format!("device{i}")).await?.0);
-                    }
-                    anonymous.close().await;
-                    Ok(keys)
-                }
-            })
-            .collect(),
-    )
-    .await?
-    .into_iter()
-    .flatten()
-    .collect();
     let enrol_time = enrol_started.elapsed();
 
     let before = resident_bytes(relay.pid())?;

@@ -13,7 +13,10 @@ use muster_proto::{
 use ring::signature::{Ed25519KeyPair, KeyPair};
 
 /// Enrolments sent on one anonymous connection: what the relay answers before login.
-pub const ENROLMENTS_PER_CONNECTION: usize = 8;
+const ENROLMENTS_PER_CONNECTION: usize = 8;
+
+/// Devices enrolled or connected at once.
+pub const CONCURRENCY: usize = 64;
 
 /// A device key of the bench's own.
 pub struct DeviceKey(Ed25519KeyPair);
@@ -189,7 +192,7 @@ impl Admin {
 }
 
 /// Invites, enrols and approves one device; returns its key and certificate.
-pub async fn enrol(
+async fn enrol(
     admin: &Admin,
     anonymous: &RelayConnection,
     user: String,
@@ -226,4 +229,46 @@ pub async fn enrol(
         })
         .await?;
     Ok((key, certificate))
+}
+
+/// A device the bench enrolled and approved.
+pub struct Enrolled {
+    pub user: String,
+    pub key: DeviceKey,
+    pub cert: Certificate,
+}
+
+/// Enrols and approves `count` devices of users `{prefix}0`, `{prefix}1`, ... The relay
+/// answers only a few requests on a connection that has not logged in, so each anonymous
+/// connection enrols that many, one after another, and several connections go at once.
+pub async fn enrol_many(
+    admin: &Admin,
+    relay: &RelayProcess,
+    prefix: &str,
+    count: usize,
+) -> Result<Vec<Enrolled>, HarnessError> {
+    let batches: Vec<Vec<usize>> = (0..count)
+        .collect::<Vec<_>>()
+        .chunks(ENROLMENTS_PER_CONNECTION)
+        .map(<[usize]>::to_vec)
+        .collect();
+    let enrolled = crate::harness::bounded(
+        CONCURRENCY,
+        batches
+            .into_iter()
+            .map(|batch| async move {
+                let anonymous = RelayConnection::connect(&relay.addr, &relay.fingerprint).await?;
+                let mut devices = Vec::with_capacity(batch.len());
+                for i in batch {
+                    let user = format!("{prefix}{i}");
+                    let (key, cert) = enrol(admin, &anonymous, user.clone()).await?;
+                    devices.push(Enrolled { user, key, cert });
+                }
+                anonymous.close().await;
+                Ok(devices)
+            })
+            .collect(),
+    )
+    .await?;
+    Ok(enrolled.into_iter().flatten().collect())
 }

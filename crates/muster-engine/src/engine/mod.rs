@@ -396,9 +396,9 @@ impl CommitParts {
     fn too_large(&self) -> bool {
         let over = |m: &Option<MlsMessageOut>| {
             m.as_ref()
-                .map(|m| m.tls_serialized_len() > muster_proto::MAX_MLS_MESSAGE)
+                .is_some_and(|m| m.tls_serialized_len() > muster_proto::MAX_MLS_MESSAGE)
         };
-        over(&self.welcome) == Some(true) || over(&self.group_info) == Some(true)
+        over(&self.welcome) || over(&self.group_info)
     }
 }
 

@@ -102,7 +102,7 @@ impl Engine {
 }
 
 /// A group's ratchet tree at `epoch` (TLS encoded), in chunks from the relay.
-pub(crate) async fn fetch_ratchet_tree(
+async fn fetch_ratchet_tree(
     conn: &impl Link,
     group_id: &[u8],
     epoch: u64,
