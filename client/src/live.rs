@@ -176,6 +176,7 @@ pub(crate) async fn shutdown_signal() {
 pub(crate) async fn chat(engine: &mut Engine, group: &str) -> Result<(), EngineError> {
     use tokio::io::AsyncBufReadExt;
     let mut session = Session::start(engine).await?;
+    session.subscribe().await;
     let report = session.sync(engine).await?;
     for p in &report.problems {
         eprintln!("warning: {p}");

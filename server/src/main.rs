@@ -1,6 +1,7 @@
 //! `muster-relay`: the relay binary. Parses arguments, opens the data directory and
 //! runs the QUIC server around [`muster_relay_core::Relay`].
 
+mod pushes;
 mod server;
 mod worker;
 

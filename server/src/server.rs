@@ -2,13 +2,17 @@
 //! blocking relay core and pushes wake-ups to connected devices.
 
 use muster_net::{read_frame, write_frame, RelayIdentity};
+use muster_proto::Delivery;
 use muster_proto::{decode, encode, ErrorCode, Push, RelayError, Request, Response};
-use muster_relay_core::{Admission, AnonymousLimits, ConnectionState, Precheck, Relay, StoreError};
-use std::collections::HashMap;
+use muster_relay_core::{
+    Admission, AnonymousLimits, ConnectionState, Precheck, PushRoute, Relay, Routed, StoreError,
+    StoredMessage,
+};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -147,27 +151,73 @@ fn rfc3339(secs: u64) -> String {
 
 /// Open connections of each authenticated device, for pushes.
 #[derive(Default)]
-struct Connected {
+pub(crate) struct Connected {
     by_device: Mutex<HashMap<String, HashMap<u64, Pushable>>>,
 }
 
 /// A connection the relay can wake, and whether a wake-up is already on its way that the
 /// device has not answered with a fetch yet: one is enough, however many messages arrive.
+/// A subscribed one has its messages pushed when its route allows.
+#[derive(Clone)]
 struct Pushable {
     conn: quinn::Connection,
     woken: Arc<AtomicBool>,
+    route: Arc<Mutex<PushRoute>>,
+    pusher: Arc<OnceLock<crate::pushes::Pusher>>,
 }
 
 impl Connected {
     /// Registers a device's connection; refuses one past the per-device limit.
-    fn add(&self, device: &str, id: u64, conn: quinn::Connection, woken: Arc<AtomicBool>) -> bool {
+    fn add(&self, device: &str, id: u64, pushable: Pushable) -> bool {
         let mut map = self.by_device.lock().unwrap_or_else(|e| e.into_inner());
         let conns = map.entry(device.to_string()).or_default();
         if conns.len() >= MAX_CONNECTIONS_PER_DEVICE {
             return false;
         }
-        conns.insert(id, Pushable { conn, woken });
+        conns.insert(id, pushable);
         true
+    }
+
+    /// Routes a stored message to every connection of the group's devices (see
+    /// [`PushRoute::route`]): pushes it where it is the next message, and returns the
+    /// connections that need no wake-up for it. `receivers` are the devices it is for.
+    pub(crate) fn route(
+        &self,
+        stored: &StoredMessage,
+        receivers: &BTreeSet<String>,
+        revocations: u64,
+    ) -> HashSet<u64> {
+        let map = self.by_device.lock().unwrap_or_else(|e| e.into_inner());
+        let mut handled = HashSet::new();
+        for device in &stored.members {
+            let receives = receivers.contains(device);
+            for (id, pushable) in map.get(device).into_iter().flatten() {
+                let mut route = pushable.route.lock().unwrap_or_else(|e| e.into_inner());
+                match route.route(&stored.group_id, stored.seq, receives) {
+                    Routed::Nothing => {
+                        handled.insert(*id);
+                    }
+                    Routed::Push => {
+                        let delivery = Delivery::Group {
+                            group_id: stored.group_id.clone(),
+                            seq: stored.seq,
+                            message: stored.message.to_vec(),
+                        };
+                        let offered = pushable
+                            .pusher
+                            .get()
+                            .is_some_and(|pusher| pusher.offer(delivery, revocations));
+                        if offered {
+                            handled.insert(*id);
+                        } else {
+                            route.lose();
+                        }
+                    }
+                    Routed::Wake => {}
+                }
+            }
+        }
+        handled
     }
 
     fn remove(&self, device: &str, id: u64) {
@@ -190,21 +240,30 @@ impl Connected {
         }
     }
 
-    /// Tells these devices that deliveries wait (once until they fetch).
-    fn wake<'a>(&self, devices: impl IntoIterator<Item = &'a String>) {
-        self.push(devices, &Push::Wake);
+    /// Tells these devices that deliveries wait (once until they fetch), except on the
+    /// connections in `handled`.
+    fn wake<'a>(&self, devices: impl IntoIterator<Item = &'a String>, handled: &HashSet<u64>) {
+        self.push(devices, &Push::Wake, handled);
     }
 
     /// Tells these devices that something other than deliveries changed.
     fn changed<'a>(&self, devices: impl IntoIterator<Item = &'a String>) {
-        self.push(devices, &Push::Changed);
+        self.push(devices, &Push::Changed, &HashSet::new());
     }
 
-    fn push<'a>(&self, devices: impl IntoIterator<Item = &'a String>, push: &Push) {
+    fn push<'a>(
+        &self,
+        devices: impl IntoIterator<Item = &'a String>,
+        push: &Push,
+        handled: &HashSet<u64>,
+    ) {
         let map = self.by_device.lock().unwrap_or_else(|e| e.into_inner());
         let frame = encode(push).expect("push encodes");
         for device in devices {
-            for pushable in map.get(device).into_iter().flat_map(|c| c.values()) {
+            for (id, pushable) in map.get(device).into_iter().flatten() {
+                if handled.contains(id) {
+                    continue;
+                }
                 if *push == Push::Wake && pushable.woken.swap(true, Ordering::AcqRel) {
                     continue;
                 }
@@ -225,7 +284,7 @@ struct Shared {
     relay: Arc<Mutex<Relay>>,
     /// Requests for the worker thread, which handles them in group commits.
     jobs: std::sync::mpsc::Sender<crate::worker::Job>,
-    connected: Connected,
+    connected: Arc<Connected>,
     next_connection: AtomicU64,
     /// Unauthenticated connections and anonymous requests, per source address.
     admission: Mutex<Admission>,
@@ -271,10 +330,11 @@ pub async fn serve(data: PathBuf, listen: SocketAddr, quotas: Quotas) -> Result<
     use std::io::Write;
     let _ = std::io::stdout().flush();
     let relay = Arc::new(Mutex::new(relay));
+    let connected = Arc::new(Connected::default());
     let shared = Arc::new(Shared {
-        jobs: crate::worker::start(relay.clone()),
+        jobs: crate::worker::start(relay.clone(), connected.clone()),
         relay,
-        connected: Connected::default(),
+        connected,
         next_connection: AtomicU64::new(1),
         admission: Mutex::new(Admission::new(quotas.anonymous, std::time::Instant::now())),
         fingerprint: identity.fingerprint(),
@@ -372,7 +432,12 @@ async fn handle_connection(shared: Arc<Shared>, conn: quinn::Connection, address
     let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
     let state = Arc::new(Mutex::new(ConnectionState::default()));
     let registered: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
-    let woken = Arc::new(AtomicBool::new(false));
+    let pushable = Pushable {
+        conn: conn.clone(),
+        woken: Arc::new(AtomicBool::new(false)),
+        route: Default::default(),
+        pusher: Default::default(),
+    };
     let anonymous = Arc::new(Mutex::new(AnonymousConnection {
         address,
         counted: true,
@@ -396,10 +461,9 @@ async fn handle_connection(shared: Arc<Shared>, conn: quinn::Connection, address
         let shared = shared.clone();
         let connection = ConnectionContext {
             id,
-            conn: conn.clone(),
             state: state.clone(),
             registered: registered.clone(),
-            woken: woken.clone(),
+            pushable: pushable.clone(),
             anonymous: anonymous.clone(),
         };
         tokio::spawn(async move {
@@ -431,12 +495,11 @@ struct AnonymousConnection {
 /// What every request stream of one connection shares.
 struct ConnectionContext {
     id: u64,
-    conn: quinn::Connection,
     state: Arc<Mutex<ConnectionState>>,
     /// The device, once it authenticated and was registered for pushes.
     registered: Arc<Mutex<Option<String>>>,
-    /// A wake-up was pushed that no fetch has answered yet.
-    woken: Arc<AtomicBool>,
+    /// The connection, as wake-ups and pushes reach it.
+    pushable: Pushable,
     anonymous: Arc<Mutex<AnonymousConnection>>,
 }
 
@@ -448,13 +511,12 @@ async fn handle_stream(
 ) -> Result<(), muster_net::FrameError> {
     let ConnectionContext {
         id,
-        conn,
         state,
         registered,
-        woken,
+        pushable,
         anonymous,
     } = connection;
-    let id = *id;
+    let (id, conn, woken) = (*id, &pushable.conn, &pushable.woken);
     let response = match read_frame(&mut recv).await {
         Ok(Some(frame)) => match decode::<Request>(&frame) {
             Ok(request) => {
@@ -492,9 +554,16 @@ async fn handle_stream(
                     }
                     Precheck::NeedsRelay(request) => request,
                 };
+                if matches!(request, Request::Subscribe) {
+                    // Ready before the relay can route anything to it.
+                    pushable
+                        .pusher
+                        .get_or_init(|| crate::pushes::Pusher::start(conn.clone()));
+                }
                 let (reply, answer) = tokio::sync::oneshot::channel();
                 let job = crate::worker::Job {
                     state: state.clone(),
+                    route: pushable.route.clone(),
                     request,
                     reply,
                 };
@@ -503,7 +572,7 @@ async fn handle_stream(
                     Err(_) => Err(()),
                 };
                 match outcome {
-                    Ok((outcome, device)) => {
+                    Ok((outcome, device, handled)) => {
                         if let Some(device) = device {
                             let mut reg = registered.lock().unwrap_or_else(|e| e.into_inner());
                             if reg.is_none() {
@@ -513,10 +582,7 @@ async fn handle_stream(
                                     anonymous.counted = false;
                                     release(shared, anonymous.address);
                                 }
-                                if !shared
-                                    .connected
-                                    .add(&device, id, conn.clone(), woken.clone())
-                                {
+                                if !shared.connected.add(&device, id, pushable.clone()) {
                                     conn.close(
                                         3u32.into(),
                                         b"too many connections from this device",
@@ -527,11 +593,13 @@ async fn handle_stream(
                             }
                         }
                         shared.connected.disconnect(outcome.disconnect.iter());
-                        shared.connected.wake(outcome.wake.iter());
+                        shared.connected.wake(outcome.wake.iter(), &handled);
                         shared.connected.changed(outcome.changed.iter());
                         // Older devices ignore `Changed`; a wake-up that finds nothing to
                         // fetch has them (and newer ones) sync whole all the same.
-                        shared.connected.wake(outcome.changed.iter());
+                        shared
+                            .connected
+                            .wake(outcome.changed.iter(), &HashSet::new());
                         outcome.response
                     }
                     Err(_) => Response::Error(RelayError::new(

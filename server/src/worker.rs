@@ -3,8 +3,10 @@
 //! waiting for the disk) and makes them durable together with one fsync; only then do
 //! their answers leave, so a message is still on disk before its sender hears "stored".
 
+use crate::server::Connected;
 use muster_proto::{ErrorCode, RelayError, Request, Response};
-use muster_relay_core::{ConnectionState, Outcome, Relay};
+use muster_relay_core::{ConnectionState, Outcome, PushRoute, Relay};
+use std::collections::HashSet;
 use std::sync::{mpsc, Arc, Mutex};
 use tokio::sync::oneshot;
 
@@ -14,22 +16,28 @@ const MAX_BATCH: usize = 256;
 /// A request for the worker, with its connection's state and where its answer goes.
 pub struct Job {
     pub state: Arc<Mutex<ConnectionState>>,
+    /// The connection's standing for pushes.
+    pub route: Arc<Mutex<PushRoute>>,
     pub request: Request,
-    /// The outcome, and the device the connection is now authenticated as.
-    pub reply: oneshot::Sender<(Outcome, Option<String>)>,
+    pub reply: oneshot::Sender<Answer>,
 }
 
-/// Starts the worker on its own thread; it ends when every sender is gone.
-pub fn start(relay: Arc<Mutex<Relay>>) -> mpsc::Sender<Job> {
+/// The outcome, the device the connection is now authenticated as, and the connections
+/// that need no wake-up for the message it stored (it was pushed to them).
+pub type Answer = (Outcome, Option<String>, HashSet<u64>);
+
+/// Starts the worker on its own thread; it ends when every sender is gone. After each
+/// group commit it routes the messages stored to the `connected` devices, in order.
+pub fn start(relay: Arc<Mutex<Relay>>, connected: Arc<Connected>) -> mpsc::Sender<Job> {
     let (jobs, waiting) = mpsc::channel::<Job>();
     std::thread::Builder::new()
         .name("relay-worker".into())
-        .spawn(move || run(&relay, &waiting))
+        .spawn(move || run(&relay, &connected, &waiting))
         .expect("start the relay's worker thread");
     jobs
 }
 
-fn run(relay: &Mutex<Relay>, waiting: &mpsc::Receiver<Job>) {
+fn run(relay: &Mutex<Relay>, connected: &Connected, waiting: &mpsc::Receiver<Job>) {
     while let Ok(first) = waiting.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -44,9 +52,11 @@ fn run(relay: &Mutex<Relay>, waiting: &mpsc::Receiver<Job>) {
             drop(relay);
             tracing::error!(error = %e, "could not start a group commit");
             for job in batch {
-                let _ = job
-                    .reply
-                    .send((failed("the relay could not store this; try again"), None));
+                let _ = job.reply.send((
+                    failed("the relay could not store this; try again"),
+                    None,
+                    HashSet::new(),
+                ));
             }
             continue;
         }
@@ -58,29 +68,58 @@ fn run(relay: &Mutex<Relay>, waiting: &mpsc::Receiver<Job>) {
                 let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     state.on_prechecked(&mut relay, job.request)
                 }));
-                let outcome = handled.unwrap_or_else(|_| {
+                let mut outcome = handled.unwrap_or_else(|_| {
                     tracing::error!("a request handler panicked");
                     relay.forget_memory();
                     failed("request handler failed")
                 });
+                if let Some(change) = outcome.stream.take() {
+                    lock(&job.route).apply(change);
+                }
                 let device = state.session().map(|s| s.device_id.clone());
-                (job.reply, outcome, device)
+                (job.reply, job.route, outcome, device)
             })
             .collect();
         let durable = relay.end_group_commit();
+        // Pushes carry where the revocations stood once the messages were stored.
+        let revocations = match durable {
+            Ok(()) if answered.iter().any(|a| a.2.stored.is_some()) => {
+                relay.revocations_position().ok()
+            }
+            _ => None,
+        };
         drop(relay);
         if let Err(e) = &durable {
             tracing::error!(error = %e, "could not make a group commit durable");
         }
-        for (reply, outcome, device) in answered {
-            let outcome = match &durable {
-                Ok(()) => outcome,
-                // Nothing may be called stored that is not known to be on disk.
-                Err(_) => failed("the relay could not store this; try again"),
+        for (reply, route, outcome, device) in answered {
+            let (outcome, handled) = match &durable {
+                Ok(()) => {
+                    let handled = match (&outcome.stored, revocations) {
+                        (Some(stored), Some(revocations)) => {
+                            connected.route(stored, &outcome.wake, revocations)
+                        }
+                        _ => HashSet::new(),
+                    };
+                    (outcome, handled)
+                }
+                // Nothing may be called stored that is not known to be on disk, and a
+                // fetch whose answer fails leaves nothing handed over.
+                Err(_) => {
+                    lock(&route).lose();
+                    (
+                        failed("the relay could not store this; try again"),
+                        HashSet::new(),
+                    )
+                }
             };
-            let _ = reply.send((outcome, device));
+            let _ = reply.send((outcome, device, handled));
         }
     }
+}
+
+fn lock(route: &Mutex<PushRoute>) -> std::sync::MutexGuard<'_, PushRoute> {
+    route.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn failed(why: &str) -> Outcome {
@@ -89,5 +128,7 @@ fn failed(why: &str) -> Outcome {
         wake: Default::default(),
         changed: Default::default(),
         disconnect: Default::default(),
+        stored: None,
+        stream: None,
     }
 }

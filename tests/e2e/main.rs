@@ -17,6 +17,7 @@ mod hostile_relay;
 mod hostile_revocation;
 mod network;
 mod provision;
+mod push;
 mod receipts;
 mod rogue;
 mod rogue_member;

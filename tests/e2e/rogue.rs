@@ -283,6 +283,16 @@ impl Rogue {
 }
 
 impl Session<'_> {
+    /// The authenticated connection, for a test that speaks the protocol by hand.
+    pub fn connection(&self) -> &muster_net::RelayConnection {
+        &self.conn
+    }
+
+    /// Runs `work` on this session's runtime.
+    pub fn run<T>(&self, work: impl std::future::Future<Output = T>) -> T {
+        self.runtime.block_on(work)
+    }
+
     /// Encrypts `count` text messages for the group, then sends them one by one and
     /// returns how long the relay took to answer each.
     pub fn timed_sends(&mut self, group_id: &[u8], count: usize) -> Vec<std::time::Duration> {

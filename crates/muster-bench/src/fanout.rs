@@ -40,6 +40,7 @@ pub async fn member(
     expected: usize,
 ) -> Result<(Sends, Arrivals), HarnessError> {
     let mut session = muster_driver::Session::start(&mut engine).await?;
+    session.subscribe().await;
     let mut sends = Vec::with_capacity(schedule.len());
     let mut arrivals = Vec::with_capacity(expected);
     let mut schedule = schedule.into_iter().peekable();

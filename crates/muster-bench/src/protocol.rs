@@ -4,8 +4,9 @@
 //! client engine.
 
 use crate::harness::HarnessError;
-use muster_driver::Connection;
+use muster_driver::{Connection, Wake};
 use muster_proto::{AckItem, Delivery, Request, Response};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,40 +45,95 @@ pub async fn fetch_and_ack(conn: &Connection) -> Result<Vec<u64>, HarnessError> 
     Ok(seqs)
 }
 
-/// A device that fetches on every wake-up until it holds `expected` group messages;
-/// returns each one's sequence number and when it had it.
+/// Acknowledges messages the relay pushed; returns their sequence numbers.
+async fn ack_pushed(
+    conn: &Connection,
+    deliveries: Vec<Delivery>,
+) -> Result<Vec<u64>, HarnessError> {
+    let mut seqs = Vec::with_capacity(deliveries.len());
+    let items = deliveries
+        .into_iter()
+        .filter_map(|d| match d {
+            Delivery::Group { group_id, seq, .. } => {
+                seqs.push(seq);
+                Some(AckItem::Group { group_id, seq })
+            }
+            Delivery::Welcome { .. } => None,
+        })
+        .collect();
+    conn.request(&Request::Ack { items }).await?;
+    Ok(seqs)
+}
+
+/// A connected device as a real client runs one: it asks the relay to push its messages,
+/// fetches whenever woken (and at first, which lets the pushes start), and acknowledges
+/// everything it gets. Each call of `took` gets the group sequence numbers that came,
+/// duplicates included; it returns true to stop.
+async fn run_device(
+    conn: &Connection,
+    idle_look: Duration,
+    mut took: impl FnMut(Vec<u64>) -> bool,
+) -> Result<(), HarnessError> {
+    let wakeups = conn.wakeups();
+    match conn.request(&Request::Subscribe).await? {
+        Response::Ok => {}
+        other => {
+            return Err(HarnessError::Setup(format!(
+                "unexpected answer to Subscribe: {other:?}"
+            )))
+        }
+    }
+    let mut fetch = true;
+    loop {
+        if fetch {
+            let seqs = fetch_and_ack(conn).await?;
+            if took(seqs.into_iter().filter(|&s| s > 0).collect()) {
+                return Ok(());
+            }
+        }
+        // A wake-up or pushed messages, or a periodic look in case a wake-up was missed.
+        fetch = match wakeups.next(Some(idle_look)).await {
+            Wake::Pushed => {
+                let pushed = wakeups.take_pushed();
+                if !pushed.deliveries.is_empty() && took(ack_pushed(conn, pushed.deliveries).await?)
+                {
+                    return Ok(());
+                }
+                pushed.fetch
+            }
+            Wake::TimedOut => true,
+            Wake::Lost => return Err(HarnessError::Setup("a device lost its connection".into())),
+        };
+    }
+}
+
+/// A device that takes its messages as a connected client does until it holds `expected`
+/// group messages; returns each one's sequence number and when it first had it.
 pub async fn receive(
     conn: Connection,
     expected: usize,
 ) -> Result<Vec<(u64, Instant)>, HarnessError> {
-    let wakeups = conn.wakeups();
-    let mut got = Vec::with_capacity(expected);
-    while got.len() < expected {
-        let seqs = fetch_and_ack(&conn).await?;
+    let mut got = HashMap::with_capacity(expected);
+    run_device(&conn, Duration::from_millis(200), |seqs| {
         let now = Instant::now();
-        got.extend(seqs.into_iter().filter(|&s| s > 0).map(|s| (s, now)));
-        if got.len() < expected {
-            // A wake-up, or a periodic look in case one was missed.
-            wakeups.next(Some(Duration::from_millis(200))).await;
+        for seq in seqs {
+            got.entry(seq).or_insert(now);
         }
-    }
+        got.len() >= expected
+    })
+    .await?;
     conn.close().await;
-    Ok(got)
+    Ok(got.into_iter().collect())
 }
 
-/// A device that fetches on every wake-up until `stop` is set; returns how many group
-/// messages it fetched.
+/// A device that takes its messages as a connected client does until `stop` is set;
+/// returns how many group messages it had.
 pub async fn follow(conn: Arc<Connection>, stop: Arc<AtomicBool>) -> Result<usize, HarnessError> {
-    let wakeups = conn.wakeups();
-    let mut fetched = 0;
-    loop {
-        let seqs = fetch_and_ack(&conn).await?;
-        fetched += seqs.iter().filter(|&&s| s > 0).count();
-        if stop.load(Ordering::Relaxed) {
-            return Ok(fetched);
-        }
-        if seqs.is_empty() {
-            wakeups.next(Some(Duration::from_millis(100))).await;
-        }
-    }
+    let mut got = HashSet::new();
+    run_device(&conn, Duration::from_millis(100), |seqs| {
+        got.extend(seqs);
+        stop.load(Ordering::Relaxed)
+    })
+    .await?;
+    Ok(got.len())
 }

@@ -6,7 +6,7 @@
 use muster_engine::{Engine, EngineError, Link, LinkError, NewOrg, SyncReport};
 use muster_net::client::PushHandle;
 use muster_net::{NetError, RelayConnection};
-use muster_proto::{Profile, Push, Request, Response};
+use muster_proto::{Delivery, Profile, Push, Request, Response};
 use std::time::Duration;
 
 /// A QUIC connection to the relay, as the engine's [`Link`].
@@ -49,6 +49,7 @@ impl Connection {
         Wakeups {
             push: self.inner.push_handle(),
             changed: Default::default(),
+            pushed: Default::default(),
         }
     }
 
@@ -81,6 +82,18 @@ pub struct Wakeups {
     push: PushHandle,
     /// The relay said something other than deliveries changed since the last look.
     changed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Group messages the relay pushed, not yet taken.
+    pushed: std::sync::Arc<std::sync::Mutex<Pushed>>,
+}
+
+/// Group messages the relay pushed ([`Push::Deliveries`]), in the order they came, and
+/// the newest revocation position they were stamped with; and whether it also woke the
+/// device to fetch (something it did not push: a Welcome, a commit).
+#[derive(Debug, Default)]
+pub struct Pushed {
+    pub deliveries: Vec<Delivery>,
+    pub revocations: u64,
+    pub fetch: bool,
 }
 
 /// What waiting for a wake-up ended with.
@@ -111,9 +124,26 @@ impl Wakeups {
                     .store(true, std::sync::atomic::Ordering::Release);
                 Wake::Pushed
             }
-            Some(Push::Wake) => Wake::Pushed,
+            Some(Push::Wake) => {
+                self.pushed.lock().unwrap_or_else(|e| e.into_inner()).fetch = true;
+                Wake::Pushed
+            }
+            Some(Push::Deliveries {
+                deliveries,
+                revocations,
+            }) => {
+                let mut pushed = self.pushed.lock().unwrap_or_else(|e| e.into_inner());
+                pushed.deliveries.extend(deliveries);
+                pushed.revocations = pushed.revocations.max(revocations);
+                Wake::Pushed
+            }
             None => Wake::Lost,
         }
+    }
+
+    /// The group messages pushed since the last call.
+    pub fn take_pushed(&self) -> Pushed {
+        std::mem::take(&mut *self.pushed.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Whether the relay said since the last call that something other than deliveries
@@ -178,10 +208,14 @@ pub async fn send_held_receipts(engine: &mut Engine, conn: &Connection) {
 
 /// A device kept online while it runs: one connection, re-established with [`Backoff`]
 /// when lost. `chat`, `rollcall --watch`, `archive serve` and the bench's devices run on it.
+///
+/// A session that [`subscribed`](Session::subscribe) has the relay push its group messages
+/// as they are stored (see [`Engine::sync_pushed`]).
 pub struct Session {
     conn: Connection,
     wakeups: Wakeups,
     backoff: Backoff,
+    subscribed: bool,
 }
 
 impl Session {
@@ -191,11 +225,7 @@ impl Session {
     /// Connects and authenticates; a relay that cannot be reached is reported at once.
     pub async fn start(engine: &mut Engine) -> Result<Self, EngineError> {
         let conn = connect(engine).await?;
-        Ok(Self {
-            wakeups: conn.wakeups(),
-            conn,
-            backoff: Backoff::default(),
-        })
+        Ok(Self::resume(conn))
     }
 
     /// A session on a connection already authenticated (see [`connect`]).
@@ -204,7 +234,19 @@ impl Session {
             wakeups: conn.wakeups(),
             conn,
             backoff: Backoff::default(),
+            subscribed: false,
         }
+    }
+
+    /// Asks the relay to push this device's group messages rather than wake it to fetch
+    /// them ([`Request::Subscribe`]), now and after every reconnection; false when the
+    /// relay does not offer it (the session goes on with wake-ups) or cannot be reached.
+    pub async fn subscribe(&mut self) -> bool {
+        self.subscribed = matches!(
+            self.conn.request(&Request::Subscribe).await,
+            Ok(Response::Ok)
+        );
+        self.subscribed
     }
 
     /// The connection, for the engine's requests.
@@ -222,20 +264,61 @@ impl Session {
     pub async fn reconnect(&mut self, engine: &mut Engine) -> Result<(), EngineError> {
         self.conn = reconnect(engine, &mut self.backoff, Self::RECONNECT_ATTEMPTS).await?;
         self.wakeups = self.conn.wakeups();
+        if self.subscribed {
+            self.subscribe().await;
+        }
         Ok(())
     }
 
     /// Fetches and processes what waits for this device and sends what it queued; when
     /// the connection turns out to be gone, reconnects and does it again.
     pub async fn sync(&mut self, engine: &mut Engine) -> Result<SyncReport, EngineError> {
-        match engine.sync(&self.conn).await {
+        match self.step(engine, false).await {
             Err(EngineError::Link(LinkError::Unavailable(e))) => {
                 tracing::info!("connection lost ({e}); reconnecting");
                 self.reconnect(engine).await?;
-                engine.sync(&self.conn).await
+                self.step(engine, false).await
             }
             other => other,
         }
+    }
+
+    /// One sync without reconnecting: whole, or as a wake-up needs when `woken`
+    /// ([`Engine::sync_on_wake`]), then what the relay pushed meanwhile, in order; or, when
+    /// only pushed messages came, those alone ([`Engine::sync_pushed`]).
+    pub async fn step(
+        &mut self,
+        engine: &mut Engine,
+        woken: bool,
+    ) -> Result<SyncReport, EngineError> {
+        let changed = woken && self.take_changed();
+        let pushed = self.wakeups.take_pushed();
+        let result = if woken && !pushed.fetch && !pushed.deliveries.is_empty() {
+            engine
+                .sync_pushed(&self.conn, pushed.deliveries, pushed.revocations, changed)
+                .await
+        } else {
+            let synced = if woken {
+                engine.sync_on_wake(&self.conn, changed).await
+            } else {
+                engine.sync(&self.conn).await
+            };
+            match synced {
+                // What was pushed meanwhile either came in that fetch too or follows it.
+                Ok(mut report) if !pushed.deliveries.is_empty() => engine
+                    .sync_pushed(&self.conn, pushed.deliveries, pushed.revocations, false)
+                    .await
+                    .map(|rest| {
+                        report.merge(rest);
+                        report
+                    }),
+                other => other,
+            }
+        };
+        if result.is_err() && changed {
+            self.wakeups.keep_changed();
+        }
+        result
     }
 
     /// Whether the relay said something other than deliveries changed since the last
@@ -253,18 +336,11 @@ impl Session {
     /// rest of a sync when the relay says something else changed, and now and then);
     /// reconnects like [`Session::sync`].
     pub async fn on_wake(&mut self, engine: &mut Engine) -> Result<SyncReport, EngineError> {
-        let changed = self.take_changed();
-        match engine.sync_on_wake(&self.conn, changed).await {
+        match self.step(engine, true).await {
             Err(EngineError::Link(LinkError::Unavailable(e))) => {
                 tracing::info!("connection lost ({e}); reconnecting");
                 self.reconnect(engine).await?;
-                engine.sync(&self.conn).await
-            }
-            Err(e) => {
-                if changed {
-                    self.wakeups.keep_changed();
-                }
-                Err(e)
+                self.step(engine, false).await
             }
             other => other,
         }

@@ -50,6 +50,8 @@ enum Handshake {
 pub struct RelayConnection {
     endpoint: quinn::Endpoint,
     connection: quinn::Connection,
+    /// Where the relay's pushes arrive, once something asked for them.
+    pushes: std::sync::OnceLock<PushHandle>,
 }
 
 async fn resolve(addr: &str) -> Result<SocketAddr, NetError> {
@@ -112,6 +114,7 @@ impl RelayConnection {
         Ok(Self {
             endpoint,
             connection,
+            pushes: Default::default(),
         })
     }
 
@@ -183,11 +186,12 @@ impl RelayConnection {
         }
     }
 
-    /// A cheap handle for waiting on pushes while requests go on elsewhere.
+    /// A cheap handle for waiting on pushes while requests go on elsewhere. The first
+    /// call starts reading them: every stream the relay opens, each frame in order.
     pub fn push_handle(&self) -> PushHandle {
-        PushHandle {
-            connection: self.connection.clone(),
-        }
+        self.pushes
+            .get_or_init(|| PushHandle::start(self.connection.clone()))
+            .clone()
     }
 
     /// Closes the connection and waits briefly for the close to reach the relay.
@@ -197,23 +201,46 @@ impl RelayConnection {
     }
 }
 
+/// Pushes read ahead and not yet taken, at most: past them the relay's streams wait,
+/// and a relay that cannot push falls back to wake-ups.
+const PUSHES_AHEAD: usize = 64;
+
 /// Receives pushes on a connection shared with a [`RelayConnection`].
 #[derive(Clone)]
 pub struct PushHandle {
-    connection: quinn::Connection,
+    pushes: std::sync::Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Push>>>,
 }
 
 impl PushHandle {
+    fn start(connection: quinn::Connection) -> Self {
+        let (arrived, pushes) = tokio::sync::mpsc::channel(PUSHES_AHEAD);
+        tokio::spawn(async move {
+            while let Ok(mut recv) = connection.accept_uni().await {
+                let arrived = arrived.clone();
+                // Each stream is read whole, frame after frame: the relay's pushed
+                // deliveries come on one stream, in order.
+                tokio::spawn(async move {
+                    while let Ok(Some(frame)) = read_frame(&mut recv).await {
+                        // A frame that does not decode ends its stream: what follows it
+                        // must not be taken without it.
+                        let Ok(push) = decode::<Push>(&frame) else {
+                            return;
+                        };
+                        if arrived.send(push).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            pushes: std::sync::Arc::new(tokio::sync::Mutex::new(pushes)),
+        }
+    }
+
     /// Waits for the next push; `None` once the connection is gone.
     pub async fn next_push(&self) -> Option<Push> {
-        loop {
-            let mut recv = self.connection.accept_uni().await.ok()?;
-            if let Ok(Some(frame)) = read_frame(&mut recv).await {
-                if let Ok(push) = decode::<Push>(&frame) {
-                    return Some(push);
-                }
-            }
-        }
+        self.pushes.lock().await.recv().await
     }
 }
 

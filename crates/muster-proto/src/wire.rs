@@ -246,6 +246,12 @@ pub enum Request {
         epoch: u64,
         offset: u64,
     },
+    /// Asks the relay to push this connection's group messages as they are stored
+    /// ([`Push::Deliveries`]) rather than wake it to fetch them. The relay pushes a group's
+    /// messages only once a complete fetch has handed this connection everything before
+    /// them; until then, and whenever it cannot keep up, it wakes as before. A relay that
+    /// does not know this request refuses it, and the device goes on fetching.
+    Subscribe,
 }
 
 /// The longest group id a relay registers or a device joins (clients make 16 bytes).
@@ -492,6 +498,15 @@ pub enum Push {
     /// Something other than deliveries changed for this device (an enrolment to vet, a
     /// revocation, a device of its user): sync whole. Older clients ignore it.
     Changed,
+    /// Group messages for a connection that subscribed ([`Request::Subscribe`]), in the
+    /// order they were stored, each one the next for this device in its group after what
+    /// the connection was already handed. They travel on one stream per connection, which
+    /// keeps that order. `revocations` is the newest revocation number when they were
+    /// sent: a device that has seen fewer learns them before judging these messages.
+    Deliveries {
+        deliveries: Vec<Delivery>,
+        revocations: u64,
+    },
 }
 
 /// Why the relay refused a request.

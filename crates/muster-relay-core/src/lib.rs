@@ -12,6 +12,7 @@ mod connection;
 mod error;
 mod limits;
 mod mls;
+mod push;
 mod relay;
 mod schema;
 
@@ -20,6 +21,7 @@ pub use blobs::BLOB_RETENTION_SECS;
 pub use connection::{ConnectionState, Precheck};
 pub use error::StoreError;
 pub use limits::RateLimits;
+pub use push::{PushRoute, Routed, StoredMessage, StreamChange};
 pub use relay::{challenge_nonce, verify_challenge, Outcome, Relay, RelayStats, Session};
 
 #[cfg(test)]

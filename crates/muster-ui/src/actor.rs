@@ -223,18 +223,10 @@ async fn sync(
     woken: bool,
 ) -> Result<(), EngineError> {
     link.syncing();
-    let Some(session) = link.session.as_ref() else {
+    let Some(session) = link.session.as_mut() else {
         return Ok(());
     };
-    let changed = woken && session.take_changed();
-    let synced = if woken {
-        engine.sync_on_wake(session.link(), changed).await
-    } else {
-        engine.sync(session.link()).await
-    };
-    if synced.is_err() && changed {
-        session.keep_changed();
-    }
+    let synced = session.step(engine, woken).await;
     // Held delivery receipts go out when they fall due, even while nothing arrives.
     if let Some(due) = muster_driver::receipts_due_in(engine) {
         link.sync_by(tokio::time::Instant::now() + due);

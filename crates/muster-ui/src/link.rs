@@ -177,7 +177,9 @@ impl Link {
         };
         match authenticated {
             Ok(conn) => {
-                self.session = Some(Session::resume(conn));
+                let mut session = Session::resume(conn);
+                session.subscribe().await;
+                self.session = Some(session);
                 self.status = Status::Online;
                 self.online_since = Some(Instant::now());
                 Ok(())

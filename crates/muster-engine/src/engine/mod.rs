@@ -435,6 +435,9 @@ pub struct Engine {
     pub(crate) activity: SyncReport,
     /// When [`Engine::sync`] last ran whole, for [`Engine::sync_on_wake`].
     last_full_sync: Option<std::time::Instant>,
+    /// The relay handed this device messages it has not processed (a fetch or pushed
+    /// messages failed part-way): pushed messages wait for a fetch that brings them.
+    unprocessed_handover: bool,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -631,6 +634,7 @@ impl Engine {
             verified_certificates: VerifiedCertificates::default(),
             activity: SyncReport::default(),
             last_full_sync: None,
+            unprocessed_handover: false,
         };
         engine.enforce_retention()?;
         Ok(engine)

@@ -57,6 +57,71 @@ impl Engine {
         Ok(report)
     }
 
+    /// What a live device runs with group messages the relay pushed
+    /// ([`muster_proto::Push::Deliveries`]), in the order they came: [`Engine::receive`]
+    /// with the pushed messages in place of a fetch, after the whole [`Engine::sync`] when
+    /// the relay said something else `changed` or the last whole one is
+    /// [`FULL_SYNC_EVERY`] old. `revocations` is where the relay's revocations stood: the
+    /// device learns the ones it has not seen before judging the messages. A device takes
+    /// pushes only after a fetch on the same connection succeeded (the relay pushes what
+    /// follows what that fetch handed over).
+    pub async fn sync_pushed(
+        &mut self,
+        conn: &impl Link,
+        pushed: Vec<Delivery>,
+        revocations: u64,
+        changed: bool,
+    ) -> Result<SyncReport, EngineError> {
+        let recent = self
+            .last_full_sync
+            .is_some_and(|at| at.elapsed() < FULL_SYNC_EVERY);
+        if changed || !recent {
+            self.sync_steps(conn).await?;
+            self.last_full_sync = Some(std::time::Instant::now());
+        }
+        if revocations > self.revocations_seen()? {
+            self.learn_revocations(conn).await?;
+        }
+        if self.unprocessed_handover {
+            // Something the relay handed over before these was not processed: they may
+            // follow it, so it is fetched again first.
+            self.fetch_and_process(conn).await?;
+        }
+        // A message for a group this device has not joined yet (its Welcome is held until
+        // its tree can be fetched) is left for a fetch, which brings the Welcome first.
+        let mut known = Vec::with_capacity(pushed.len());
+        let mut unknown = false;
+        for delivery in pushed {
+            let joined = match &delivery {
+                Delivery::Group { group_id, .. } => self
+                    .db
+                    .prepare_cached("SELECT 1 FROM groups WHERE group_id = ?1")?
+                    .exists([group_id])?,
+                Delivery::Welcome { .. } => false,
+            };
+            if joined {
+                known.push(delivery);
+            } else {
+                unknown = true;
+            }
+        }
+        if !known.is_empty() {
+            self.unprocessed_handover = true;
+            self.activity.fetched += known.len();
+            let acks = self.process_batch(known, &HashMap::new())?;
+            self.unprocessed_handover = false;
+            conn.request(&Request::Ack { items: acks })
+                .await
+                .map_err(from_link)?;
+        }
+        if unknown {
+            self.fetch_and_process(conn).await?;
+        }
+        self.queue_delivery_receipts()?;
+        self.flush_outbox(conn).await?;
+        Ok(self.take_activity())
+    }
+
     /// Everything [`Engine::sync`] does, leaving what happened in the activity.
     pub(crate) async fn sync_steps(&mut self, conn: &impl Link) -> Result<(), EngineError> {
         self.fetch_and_process(conn).await?;
@@ -367,7 +432,16 @@ impl Engine {
         Ok(())
     }
 
+    /// Fetches and processes until nothing waits. Until it succeeds, the relay has handed
+    /// over messages this device has not processed ([`Engine::sync_pushed`] waits on it).
     pub(super) async fn fetch_and_process(&mut self, conn: &impl Link) -> Result<(), EngineError> {
+        self.unprocessed_handover = true;
+        self.fetch_batches(conn).await?;
+        self.unprocessed_handover = false;
+        Ok(())
+    }
+
+    async fn fetch_batches(&mut self, conn: &impl Link) -> Result<(), EngineError> {
         loop {
             // Senders revoked since the last look (directly, or through the admin device
             // that certified them) must be known before their messages are judged. The

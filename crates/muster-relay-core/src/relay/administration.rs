@@ -161,6 +161,16 @@ impl Relay {
         }
     }
 
+    /// Where the relay's list of revocations ends: what [`Request::Revocations`] counts
+    /// `since` from.
+    pub fn revocations_position(&self) -> Result<u64, StoreError> {
+        let last: i64 = self
+            .db
+            .prepare_cached("SELECT COALESCE(MAX(id), 0) FROM revocations")?
+            .query_row([], |r| r.get(0))?;
+        Ok(last.max(0) as u64)
+    }
+
     /// The highest number in the organisation's sequence of revocations (0 for none).
     pub(super) fn last_revocation_serial(&self) -> Result<u64, Failure> {
         let mut stmt = self.db.prepare_cached("SELECT data FROM revocations")?;

@@ -441,7 +441,7 @@ impl Relay {
             audience.as_deref(),
         )?;
         let mut wake = match to {
-            None => members,
+            None => members.clone(),
             Some(to) => Self::devices_of_users(&tx, &members, to)?,
         };
         // A sender never receives its own application message, so a sender that had
@@ -469,13 +469,14 @@ impl Relay {
             None
         };
         tx.commit()?;
+        let data: std::sync::Arc<[u8]> = data.into();
         self.recent.push(
             group_id,
             recent::Entry {
                 seq,
                 sender: session.device_id.as_str().into(),
                 application: true,
-                data: data.into(),
+                data: data.clone(),
                 audience: audience.map(Into::into),
             },
         );
@@ -484,7 +485,15 @@ impl Relay {
             self.delivered_marks.insert(group_id.to_vec(), mark);
         }
         wake.remove(&session.device_id);
-        Ok(Outcome::with_wake(Response::Stored { seq }, wake))
+        Ok(Outcome {
+            stored: Some(crate::push::StoredMessage {
+                group_id: group_id.to_vec(),
+                seq,
+                message: data,
+                members,
+            }),
+            ..Outcome::with_wake(Response::Stored { seq }, wake)
+        })
     }
 }
 

@@ -46,13 +46,17 @@ pub struct Session {
 
 /// The result of one request: the answer for the requester, the devices to wake for new
 /// deliveries, the devices to tell that something else changed, and the devices whose
-/// open connections must be closed now.
+/// open connections must be closed now; for pushes, the application message stored and
+/// what the request did to its own connection's pushes.
 #[derive(Debug)]
 pub struct Outcome {
     pub response: Response,
     pub wake: BTreeSet<String>,
     pub changed: BTreeSet<String>,
     pub disconnect: BTreeSet<String>,
+    /// The application message stored, which the devices in `wake` receive.
+    pub stored: Option<crate::push::StoredMessage>,
+    pub stream: Option<crate::push::StreamChange>,
 }
 
 impl Outcome {
@@ -62,6 +66,8 @@ impl Outcome {
             wake: BTreeSet::new(),
             changed: BTreeSet::new(),
             disconnect: BTreeSet::new(),
+            stored: None,
+            stream: None,
         }
     }
 
@@ -398,6 +404,7 @@ impl Relay {
                 | Request::SendTo { .. }
                 | Request::Fetch { .. }
                 | Request::Ack { .. }
+                | Request::Subscribe
         ) {
             // Anything else may change who is in a group or which devices count.
             self.delivered_marks.clear();
@@ -455,6 +462,10 @@ impl Relay {
             } => self.send(session, &group_id, &message, &client_id, Some(&to)),
             Request::Fetch { limit } => self.fetch(session, limit),
             Request::Ack { items } => self.ack(session, &items),
+            Request::Subscribe => Ok(Outcome {
+                stream: Some(crate::push::StreamChange::Subscribe),
+                ..Outcome::reply(Response::Ok)
+            }),
             Request::Revoke { revocation } => self.revoke(session, revocation),
             Request::Revocations { since } => self.revocations(since),
             Request::Health => Ok(self.health()),

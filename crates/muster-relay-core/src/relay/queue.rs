@@ -128,14 +128,21 @@ impl Relay {
         })? {
             let delivery = row?;
             if !budget.admit(&delivery) {
-                return Ok(Outcome::reply(Response::Deliveries(deliveries)));
+                return Ok(fetched(deliveries, None));
             }
             deliveries.push(delivery);
         }
+        let memberships = self.memberships(&session.device_id)?;
         let remaining = limit - deliveries.len() as i64;
         if remaining > 0 {
             let (before, budget_before) = (deliveries.len(), budget.clone());
-            if self.fetch_recent(session, remaining as usize, &mut budget, &mut deliveries)? {
+            if self.fetch_recent(
+                session,
+                &memberships,
+                remaining as usize,
+                &mut budget,
+                &mut deliveries,
+            ) {
                 // Every test run checks the logs against the durable record.
                 #[cfg(debug_assertions)]
                 {
@@ -146,11 +153,35 @@ impl Relay {
                 }
                 #[cfg(not(debug_assertions))]
                 let _ = (before, budget_before);
-                return Ok(Outcome::reply(Response::Deliveries(deliveries)));
+            } else {
+                self.fetch_stored(session, remaining, &mut budget, &mut deliveries)?;
             }
-            self.fetch_stored(session, remaining, &mut budget, &mut deliveries)?;
         }
-        Ok(Outcome::reply(Response::Deliveries(deliveries)))
+        let complete = !budget.refused && (deliveries.len() as i64) < limit;
+        let positions = complete.then(|| Membership::positions(&memberships));
+        Ok(fetched(deliveries, positions))
+    }
+
+    /// The device's memberships, ordered by group, with how far each was acknowledged.
+    fn memberships(&self, device_id: &str) -> Result<Vec<Membership>, Failure> {
+        let mut stmt = self.db.prepare_cached(
+            "SELECT ms.group_id, MAX(ms.from_seq - 1, COALESCE(c.acked_seq, 0)), ms.to_seq, g.last_seq
+             FROM memberships ms
+             JOIN groups g ON g.group_id = ms.group_id
+             LEFT JOIN cursors c ON c.device_id = ms.device_id AND c.group_id = ms.group_id
+             WHERE ms.device_id = ?1 ORDER BY ms.group_id",
+        )?;
+        let rows = stmt
+            .query_map([device_id], |r| {
+                Ok(Membership {
+                    group_id: r.get(0)?,
+                    after: r.get::<_, i64>(1)?.max(0) as u64,
+                    to_seq: r.get::<_, Option<i64>>(2)?.map(|to| to.max(0) as u64),
+                    last_seq: r.get::<_, i64>(3)?.max(0) as u64,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
     }
 
     /// A fetch's group messages, read from SQLite.
@@ -199,42 +230,28 @@ impl Relay {
     fn fetch_recent(
         &self,
         session: &Session,
+        memberships: &[Membership],
         limit: usize,
         budget: &mut FetchBudget,
         deliveries: &mut Vec<Delivery>,
-    ) -> Result<bool, Failure> {
-        let mut stmt = self.db.prepare_cached(
-            "SELECT ms.group_id, MAX(ms.from_seq - 1, COALESCE(c.acked_seq, 0)), ms.to_seq, g.last_seq
-             FROM memberships ms
-             JOIN groups g ON g.group_id = ms.group_id
-             LEFT JOIN cursors c ON c.device_id = ms.device_id AND c.group_id = ms.group_id
-             WHERE ms.device_id = ?1 ORDER BY ms.group_id",
-        )?;
-        let rows = stmt
-            .query_map([&session.device_id], |r| {
-                Ok((
-                    r.get::<_, Vec<u8>>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, Option<i64>>(2)?,
-                    r.get::<_, i64>(3)?,
-                ))
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
+    ) -> bool {
         // Every group with something to fetch must be held whole, and each group must be
         // one membership (a device added again has two, which the SQL query handles).
         let mut wanted = Vec::new();
-        for (i, (group_id, after, to_seq, last_seq)) in rows.iter().enumerate() {
-            if i > 0 && rows[i - 1].0 == *group_id {
-                return Ok(false);
+        for (i, membership) in memberships.iter().enumerate() {
+            if i > 0 && memberships[i - 1].group_id == membership.group_id {
+                return false;
             }
-            let after = (*after).max(0) as u64;
-            let end = to_seq.map_or(*last_seq, |to| to.min(*last_seq)).max(0) as u64;
+            let after = membership.after;
+            let end = membership.end();
             if end <= after {
                 continue;
             }
-            match self.recent.get(group_id) {
-                Some(log) if log.covers_after(after) => wanted.push((group_id, log, after, end)),
-                _ => return Ok(false),
+            match self.recent.get(&membership.group_id) {
+                Some(log) if log.covers_after(after) => {
+                    wanted.push((&membership.group_id, log, after, end))
+                }
+                _ => return false,
             }
         }
         let mut taken = 0;
@@ -259,7 +276,7 @@ impl Relay {
                 taken += 1;
             }
         }
-        Ok(true)
+        true
     }
 
     pub(super) fn ack(&mut self, session: &Session, items: &[AckItem]) -> Result<Outcome, Failure> {
@@ -402,6 +419,8 @@ impl Relay {
 #[derive(Default, Clone)]
 pub(super) struct FetchBudget {
     used: usize,
+    /// A delivery was left for a later fetch.
+    refused: bool,
 }
 
 impl FetchBudget {
@@ -411,9 +430,53 @@ impl FetchBudget {
             Delivery::Group { message, .. } => message.len(),
         };
         if self.used > 0 && self.used + size > FETCH_BYTES {
+            self.refused = true;
             return false;
         }
         self.used += size.max(1);
         true
+    }
+}
+
+/// One of a device's memberships of a group, as a fetch sees it.
+struct Membership {
+    group_id: Vec<u8>,
+    /// What the device already has: acknowledged, or before it joined.
+    after: u64,
+    to_seq: Option<u64>,
+    last_seq: u64,
+}
+
+impl Membership {
+    /// The last message of the group this membership gets.
+    fn end(&self) -> u64 {
+        self.to_seq
+            .map_or(self.last_seq, |to| to.min(self.last_seq))
+    }
+
+    /// After a complete fetch: each group the device is in now, once, with the seq up to
+    /// which it was handed everything.
+    fn positions(memberships: &[Membership]) -> Vec<(Vec<u8>, u64)> {
+        // A device added to a group again has two memberships of it: it fetches that
+        // group before any push.
+        memberships
+            .chunk_by(|a, b| a.group_id == b.group_id)
+            .filter_map(|chunk| match chunk {
+                [m] if m.to_seq.is_none() => Some((m.group_id.clone(), m.last_seq)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// A fetch's answer, and what it did to the connection's pushes: positions when it
+/// handed over everything waiting.
+fn fetched(deliveries: Vec<Delivery>, positions: Option<Vec<(Vec<u8>, u64)>>) -> Outcome {
+    Outcome {
+        stream: Some(match positions {
+            Some(positions) => crate::push::StreamChange::Synced(positions),
+            None => crate::push::StreamChange::Unsynced,
+        }),
+        ..Outcome::reply(Response::Deliveries(deliveries))
     }
 }
