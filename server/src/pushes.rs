@@ -3,13 +3,15 @@
 
 use muster_net::write_frame;
 use muster_proto::{encode, Delivery, Push};
+use muster_relay_core::StoredMessage;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
 /// Message bytes queued for one connection at most: past it the connection is woken to
-/// fetch instead, so a device that does not read cannot make the relay hold its messages.
-const MAX_QUEUED_BYTES: usize = 4 * 1024 * 1024;
+/// fetch instead, so a device that does not keep up cannot make the relay hold its
+/// messages, and under load deliveries go in large fetches rather than a queue that grows.
+const MAX_QUEUED_BYTES: usize = 256 * 1024;
 /// Message bytes gathered into one push frame, besides its first message (at most 1 MiB):
 /// the frame stays under the frame limit.
 const FRAME_BYTES: usize = 512 * 1024;
@@ -18,7 +20,7 @@ const DELIVERY_OVERHEAD: usize = 64;
 
 /// The queue of one connection's pushes.
 pub struct Pusher {
-    queue: mpsc::UnboundedSender<(Delivery, u64)>,
+    queue: mpsc::UnboundedSender<(Arc<StoredMessage>, u64)>,
     queued_bytes: Arc<AtomicUsize>,
 }
 
@@ -34,12 +36,14 @@ impl Pusher {
         }
     }
 
-    /// Queues a delivery, stamped with the relay's revocation position; false when the
-    /// connection is gone or too far behind, and it must be woken to fetch instead.
-    pub fn offer(&self, delivery: Delivery, revocations: u64) -> bool {
-        let cost = cost(&delivery);
+    /// Queues a stored message, stamped with the relay's revocation position; false when
+    /// the connection is gone or too far behind, and it must be woken to fetch instead.
+    pub fn offer(&self, stored: &Arc<StoredMessage>, revocations: u64) -> bool {
+        let cost = cost(stored);
         let queued = self.queued_bytes.fetch_add(cost, Ordering::AcqRel);
-        if queued + cost > MAX_QUEUED_BYTES || self.queue.send((delivery, revocations)).is_err() {
+        if queued + cost > MAX_QUEUED_BYTES
+            || self.queue.send((stored.clone(), revocations)).is_err()
+        {
             self.queued_bytes.fetch_sub(cost, Ordering::AcqRel);
             return false;
         }
@@ -47,12 +51,16 @@ impl Pusher {
     }
 }
 
-fn cost(delivery: &Delivery) -> usize {
-    DELIVERY_OVERHEAD
-        + match delivery {
-            Delivery::Group { message, .. } => message.len(),
-            Delivery::Welcome { welcome, .. } => welcome.len(),
-        }
+fn cost(stored: &StoredMessage) -> usize {
+    DELIVERY_OVERHEAD + stored.message.len()
+}
+
+fn delivery(stored: &StoredMessage) -> Delivery {
+    Delivery::Group {
+        group_id: stored.group_id.clone(),
+        seq: stored.seq,
+        message: stored.message.to_vec(),
+    }
 }
 
 /// Writes what is queued, as many deliveries per frame as are waiting, on one stream.
@@ -60,20 +68,20 @@ fn cost(delivery: &Delivery) -> usize {
 /// messages that follow ones it never got.
 async fn write_pushes(
     conn: quinn::Connection,
-    mut waiting: mpsc::UnboundedReceiver<(Delivery, u64)>,
+    mut waiting: mpsc::UnboundedReceiver<(Arc<StoredMessage>, u64)>,
     queued_bytes: Arc<AtomicUsize>,
 ) {
     let mut stream = None;
     while let Some((first, mut revocations)) = waiting.recv().await {
         let mut bytes = cost(&first);
-        let mut deliveries = vec![first];
+        let mut deliveries = vec![delivery(&first)];
         while bytes < FRAME_BYTES {
             let Ok((next, stamp)) = waiting.try_recv() else {
                 break;
             };
             bytes += cost(&next);
             revocations = revocations.max(stamp);
-            deliveries.push(next);
+            deliveries.push(delivery(&next));
         }
         let frame = encode(&Push::Deliveries {
             deliveries,

@@ -2,7 +2,6 @@
 //! blocking relay core and pushes wake-ups to connected devices.
 
 use muster_net::{read_frame, write_frame, RelayIdentity};
-use muster_proto::Delivery;
 use muster_proto::{decode, encode, ErrorCode, Push, RelayError, Request, Response};
 use muster_relay_core::{
     Admission, AnonymousLimits, ConnectionState, Precheck, PushRoute, Relay, Routed, StoreError,
@@ -183,7 +182,7 @@ impl Connected {
     /// connections that need no wake-up for it. `receivers` are the devices it is for.
     pub(crate) fn route(
         &self,
-        stored: &StoredMessage,
+        stored: &Arc<StoredMessage>,
         receivers: &BTreeSet<String>,
         revocations: u64,
     ) -> HashSet<u64> {
@@ -198,15 +197,10 @@ impl Connected {
                         handled.insert(*id);
                     }
                     Routed::Push => {
-                        let delivery = Delivery::Group {
-                            group_id: stored.group_id.clone(),
-                            seq: stored.seq,
-                            message: stored.message.to_vec(),
-                        };
                         let offered = pushable
                             .pusher
                             .get()
-                            .is_some_and(|pusher| pusher.offer(delivery, revocations));
+                            .is_some_and(|pusher| pusher.offer(stored, revocations));
                         if offered {
                             handled.insert(*id);
                         } else {

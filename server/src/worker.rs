@@ -92,12 +92,12 @@ fn run(relay: &Mutex<Relay>, connected: &Connected, waiting: &mpsc::Receiver<Job
         if let Err(e) = &durable {
             tracing::error!(error = %e, "could not make a group commit durable");
         }
-        for (reply, route, outcome, device) in answered {
+        for (reply, route, mut outcome, device) in answered {
             let (outcome, handled) = match &durable {
                 Ok(()) => {
-                    let handled = match (&outcome.stored, revocations) {
+                    let handled = match (outcome.stored.take(), revocations) {
                         (Some(stored), Some(revocations)) => {
-                            connected.route(stored, &outcome.wake, revocations)
+                            connected.route(&Arc::new(stored), &outcome.wake, revocations)
                         }
                         _ => HashSet::new(),
                     };

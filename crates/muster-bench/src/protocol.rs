@@ -5,6 +5,7 @@
 
 use crate::harness::HarnessError;
 use muster_driver::{Connection, Wake};
+use muster_engine::HeldAcks;
 use muster_proto::{AckItem, Delivery, Request, Response};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,29 +46,20 @@ pub async fn fetch_and_ack(conn: &Connection) -> Result<Vec<u64>, HarnessError> 
     Ok(seqs)
 }
 
-/// Acknowledges messages the relay pushed; returns their sequence numbers.
-async fn ack_pushed(
-    conn: &Connection,
-    deliveries: Vec<Delivery>,
-) -> Result<Vec<u64>, HarnessError> {
-    let mut seqs = Vec::with_capacity(deliveries.len());
-    let items = deliveries
+/// The acknowledgements of messages the relay pushed, and their sequence numbers.
+fn acks_for(deliveries: Vec<Delivery>) -> (Vec<AckItem>, Vec<u64>) {
+    deliveries
         .into_iter()
         .filter_map(|d| match d {
-            Delivery::Group { group_id, seq, .. } => {
-                seqs.push(seq);
-                Some(AckItem::Group { group_id, seq })
-            }
+            Delivery::Group { group_id, seq, .. } => Some((AckItem::Group { group_id, seq }, seq)),
             Delivery::Welcome { .. } => None,
         })
-        .collect();
-    conn.request(&Request::Ack { items }).await?;
-    Ok(seqs)
+        .unzip()
 }
 
 /// A connected device as a real client runs one: it asks the relay to push its messages,
 /// fetches whenever woken (and at first, which lets the pushes start), and acknowledges
-/// everything it gets. Each call of `took` gets the group sequence numbers that came,
+/// everything it gets (pushed messages together, as [`HeldAcks`] holds them). Each call of `took` gets the group sequence numbers that came,
 /// duplicates included; it returns true to stop.
 async fn run_device(
     conn: &Connection,
@@ -84,8 +76,13 @@ async fn run_device(
         }
     }
     let mut fetch = true;
+    let mut held = HeldAcks::default();
     loop {
         if fetch {
+            let items = held.take();
+            if !items.is_empty() {
+                conn.request(&Request::Ack { items }).await?;
+            }
             let seqs = fetch_and_ack(conn).await?;
             if took(seqs.into_iter().filter(|&s| s > 0).collect()) {
                 return Ok(());
@@ -95,8 +92,13 @@ async fn run_device(
         fetch = match wakeups.next(Some(idle_look)).await {
             Wake::Pushed => {
                 let pushed = wakeups.take_pushed();
-                if !pushed.deliveries.is_empty() && took(ack_pushed(conn, pushed.deliveries).await?)
-                {
+                let (items, seqs) = acks_for(pushed.deliveries);
+                let now = Instant::now();
+                held.hold(items, now);
+                if held.due(now) {
+                    conn.request(&Request::Ack { items: held.take() }).await?;
+                }
+                if !seqs.is_empty() && took(seqs) {
                     return Ok(());
                 }
                 pushed.fetch

@@ -118,26 +118,35 @@ impl Wakeups {
             },
             None => push.await,
         };
-        match pushed {
-            Some(Push::Changed) => {
+        let Some(first) = pushed else {
+            return Wake::Lost;
+        };
+        // Whatever else has arrived is taken too, so that one sync handles it all.
+        let mut next = Some(first);
+        while let Some(push) = next {
+            self.note(push);
+            next = self.push.try_next_push();
+        }
+        Wake::Pushed
+    }
+
+    fn note(&self, push: Push) {
+        match push {
+            Push::Changed => {
                 self.changed
                     .store(true, std::sync::atomic::Ordering::Release);
-                Wake::Pushed
             }
-            Some(Push::Wake) => {
+            Push::Wake => {
                 self.pushed.lock().unwrap_or_else(|e| e.into_inner()).fetch = true;
-                Wake::Pushed
             }
-            Some(Push::Deliveries {
+            Push::Deliveries {
                 deliveries,
                 revocations,
-            }) => {
+            } => {
                 let mut pushed = self.pushed.lock().unwrap_or_else(|e| e.into_inner());
                 pushed.deliveries.extend(deliveries);
                 pushed.revocations = pushed.revocations.max(revocations);
-                Wake::Pushed
             }
-            None => Wake::Lost,
         }
     }
 
@@ -203,6 +212,9 @@ pub fn receipts_due_in(engine: &mut Engine) -> Option<Duration> {
 pub async fn send_held_receipts(engine: &mut Engine, conn: &Connection) {
     if let Err(e) = engine.send_held_receipts(conn).await {
         tracing::debug!(error = %e, "held delivery receipts stay queued");
+    }
+    if let Err(e) = engine.send_held_acks(conn).await {
+        tracing::debug!(error = %e, "held acknowledgements not sent; the relay delivers those messages again");
     }
 }
 

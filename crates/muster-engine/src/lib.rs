@@ -6,6 +6,7 @@
 //! caller passes in (muster-driver provides one over QUIC). Inbound processing is plain
 //! functions over a database transaction.
 
+mod acks;
 #[macro_use]
 mod link;
 mod admin;
@@ -22,6 +23,7 @@ mod provider;
 pub mod provision;
 mod store;
 
+pub use acks::HeldAcks;
 pub use admin::root_backup::{RootBackup, RootBackupError};
 pub use admin::ProfileChangeView;
 pub use attachments::{AttachmentError, AttachmentRef};

@@ -203,7 +203,7 @@ impl RelayConnection {
 
 /// Pushes read ahead and not yet taken, at most: past them the relay's streams wait,
 /// and a relay that cannot push falls back to wake-ups.
-const PUSHES_AHEAD: usize = 64;
+const PUSHES_AHEAD: usize = 16;
 
 /// Receives pushes on a connection shared with a [`RelayConnection`].
 #[derive(Clone)]
@@ -241,6 +241,11 @@ impl PushHandle {
     /// Waits for the next push; `None` once the connection is gone.
     pub async fn next_push(&self) -> Option<Push> {
         self.pushes.lock().await.recv().await
+    }
+
+    /// The next push if one has arrived, without waiting.
+    pub fn try_next_push(&self) -> Option<Push> {
+        self.pushes.try_lock().ok()?.try_recv().ok()
     }
 }
 

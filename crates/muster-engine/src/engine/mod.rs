@@ -438,6 +438,8 @@ pub struct Engine {
     /// The relay handed this device messages it has not processed (a fetch or pushed
     /// messages failed part-way): pushed messages wait for a fetch that brings them.
     unprocessed_handover: bool,
+    /// Acknowledgements of pushed messages, sent together.
+    held_acks: crate::HeldAcks,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -635,6 +637,7 @@ impl Engine {
             activity: SyncReport::default(),
             last_full_sync: None,
             unprocessed_handover: false,
+            held_acks: Default::default(),
         };
         engine.enforce_retention()?;
         Ok(engine)

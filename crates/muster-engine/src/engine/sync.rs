@@ -110,9 +110,11 @@ impl Engine {
             self.activity.fetched += known.len();
             let acks = self.process_batch(known, &HashMap::new())?;
             self.unprocessed_handover = false;
-            conn.request(&Request::Ack { items: acks })
-                .await
-                .map_err(from_link)?;
+            let now = std::time::Instant::now();
+            self.held_acks.hold(acks, now);
+            if self.held_acks.due(now) {
+                self.send_held_acks(conn).await?;
+            }
         }
         if unknown {
             self.fetch_and_process(conn).await?;
@@ -120,6 +122,18 @@ impl Engine {
         self.queue_delivery_receipts()?;
         self.flush_outbox(conn).await?;
         Ok(self.take_activity())
+    }
+
+    /// Sends the acknowledgements of pushed messages held back (see [`crate::HeldAcks`]):
+    /// when they fall due, with the next fetch, and before the device goes offline.
+    pub async fn send_held_acks(&mut self, conn: &impl Link) -> Result<(), EngineError> {
+        let items = self.held_acks.take();
+        if !items.is_empty() {
+            conn.request(&Request::Ack { items })
+                .await
+                .map_err(from_link)?;
+        }
+        Ok(())
     }
 
     /// Everything [`Engine::sync`] does, leaving what happened in the activity.
@@ -461,7 +475,7 @@ impl Engine {
                 _ => return Err(crate::error::unexpected_answer(&revocations)),
             };
             if deliveries.is_empty() {
-                return Ok(());
+                return self.send_held_acks(conn).await;
             }
             let full_batch = deliveries.len() >= FETCH_BATCH as usize;
             self.activity.fetched += deliveries.len();
@@ -471,7 +485,8 @@ impl Engine {
             let trees = self.welcome_trees(conn, &deliveries).await?;
             let deliveries: Vec<Delivery> =
                 deliveries.into_iter().filter(|d| !trees.holds(d)).collect();
-            let acks = self.process_batch(deliveries, &trees.trees)?;
+            let mut acks = self.process_batch(deliveries, &trees.trees)?;
+            acks.extend(self.held_acks.take());
             conn.request(&Request::Ack { items: acks })
                 .await
                 .map_err(from_link)?;

@@ -464,7 +464,7 @@ impl Relay {
         // A sender that was holding the group back may have been the last one waiting
         // (alone in the group, or the others gone): it prunes as an acknowledgement would.
         let mark = if holding_back {
-            Some(Self::prune_delivered(&tx, group_id)?)
+            Some(Self::prune_delivered(&tx, group_id)?.0)
         } else {
             None
         };

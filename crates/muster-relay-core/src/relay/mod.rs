@@ -127,6 +127,8 @@ pub struct Relay {
     /// device ahead of it cannot move it, so only the device holding it back prunes.
     /// Forgotten whenever membership or devices may have changed.
     delivered_marks: std::collections::HashMap<Vec<u8>, i64>,
+    /// What each group's next pruning may wait for ([`queue::PruneDebt`]).
+    prune_debts: std::collections::HashMap<Vec<u8>, queue::PruneDebt>,
     /// Each group's latest messages, for fetches that need not read SQLite.
     recent: recent::RecentLogs,
     /// Member credentials whose certificate signatures verified, so that a commit to a
@@ -183,6 +185,7 @@ impl Relay {
             limiter: Default::default(),
             sibling_wakes: Default::default(),
             delivered_marks: Default::default(),
+            prune_debts: Default::default(),
             recent: Default::default(),
             verified_credentials: Default::default(),
             grouped: None,

@@ -66,17 +66,21 @@ impl Relay {
     }
 
     /// Deletes a group's messages that every device still in it (and every removed device
-    /// still owed messages) has acknowledged.
-    pub(super) fn prune_delivered(tx: &Transaction, group_id: &[u8]) -> Result<i64, Failure> {
-        let waiting: Option<i64> = row(
+    /// still owed messages) has acknowledged. Returns the mark they were deleted up to,
+    /// and how many memberships it looked at (what the next one will cost).
+    pub(super) fn prune_delivered(
+        tx: &Transaction,
+        group_id: &[u8],
+    ) -> Result<(i64, u64), Failure> {
+        let (waiting, looked_at): (Option<i64>, i64) = row(
             tx,
-            "SELECT MIN(COALESCE(c.acked_seq, ms.from_seq - 1)) FROM memberships ms
+            "SELECT MIN(COALESCE(c.acked_seq, ms.from_seq - 1)), COUNT(*) FROM memberships ms
                JOIN devices d ON d.device_id = ms.device_id AND d.status = 'approved'
                LEFT JOIN cursors c ON c.device_id = ms.device_id AND c.group_id = ms.group_id
              WHERE ms.group_id = ?1
                AND (ms.to_seq IS NULL OR COALESCE(c.acked_seq, ms.from_seq - 1) < ms.to_seq)",
             params![group_id],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         let delivered_up_to = match waiting {
             Some(seq) => seq,
@@ -93,7 +97,7 @@ impl Relay {
             "DELETE FROM messages WHERE group_id = ?1 AND seq <= ?2",
             params![group_id, delivered_up_to],
         )?;
-        Ok(delivered_up_to)
+        Ok((delivered_up_to, looked_at.max(0) as u64))
     }
 
     /// How far `device` had acknowledged `group_id` (the lowest over its memberships).
@@ -365,16 +369,27 @@ impl Relay {
                 params![session.device_id, group_id, (*seq).min(i64::MAX as u64) as i64],
             )?;
         }
+        // Pruning reads every membership of the group; in a large group where everyone
+        // acknowledges, it runs once per so many acknowledgements (a sixteenth of its
+        // members), so that an acknowledgement costs about sixteen rows however large the
+        // group. What waits longer is only deleted later.
         let mut marks = Vec::with_capacity(holders.len());
         for group_id in holders {
-            let mark = Self::prune_delivered(&tx, &group_id)?;
-            marks.push((group_id, mark));
+            let debt = self.prune_debts.entry(group_id.clone()).or_default();
+            debt.acks += 1;
+            if debt.acks * PRUNE_ROWS_PER_ACK < debt.rows {
+                continue;
+            }
+            let (mark, rows) = Self::prune_delivered(&tx, &group_id)?;
+            marks.push((group_id, mark, rows));
         }
         tx.commit()?;
-        for (group_id, mark) in &marks {
-            self.recent.delivered(group_id, (*mark).max(0) as u64);
+        for (group_id, mark, rows) in marks {
+            self.recent.delivered(&group_id, mark.max(0) as u64);
+            self.prune_debts
+                .insert(group_id.clone(), PruneDebt { acks: 0, rows });
+            self.delivered_marks.insert(group_id, mark);
         }
-        self.delivered_marks.extend(marks);
         Ok(Outcome::reply(Response::Ok))
     }
 }
@@ -412,6 +427,16 @@ impl Relay {
             }
         })
     }
+}
+
+/// Membership rows a group's pruning may read per acknowledgement, amortised.
+const PRUNE_ROWS_PER_ACK: u64 = 16;
+
+/// Acknowledgements since a group was last pruned, and how many memberships that read.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct PruneDebt {
+    acks: u64,
+    rows: u64,
 }
 
 /// Keeps one fetch answer within a frame: at least one delivery, then up to
