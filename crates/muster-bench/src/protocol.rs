@@ -1,5 +1,5 @@
-//! Devices at the protocol level: authenticated connections that fetch what the relay
-//! holds for them and acknowledge it, without MLS or a store. They stand for the members
+//! Devices at the protocol level: authenticated connections that take what the relay
+//! pushes or holds for them and acknowledge it, without MLS or a store. They stand for the members
 //! of a group who are elsewhere, so that one machine can run a large group around one real
 //! client engine.
 

@@ -489,8 +489,8 @@ fn markdown(run: &Run) -> String {
     out.push_str(
         "4 senders post 2,000 pre-encrypted MLS messages (20,000 for 100 members; 1 KiB of \
          text each) with 16 \
-         requests in flight each; every receiving device is connected, fetches on each \
-         wake-up and acknowledges. Our relay commits each message to SQLite (WAL, \
+         requests in flight each; every receiving device is connected, takes the messages \
+         the relay pushes (fetching when woken instead) and acknowledges them together. Our relay commits each message to SQLite (WAL, \
          `synchronous=FULL`) before it answers the sender. Mosquitto gets the same pattern \
          over MQTT: QoS 1, persistent sessions (`clean_session=false`), persistence on, the \
          same payload size and 16 messages in flight; note that Mosquitto acknowledges a \
@@ -517,7 +517,8 @@ fn markdown(run: &Run) -> String {
     out.push_str(
         "One real client engine (its own SQLite store with `synchronous=FULL`, real MLS, \
          receipts) in a group whose other members are protocol-level devices on the same \
-         relay (they authenticate, fetch on each wake-up and acknowledge); 10 senders post \
+         relay (they authenticate, take pushed messages, fetch when woken and acknowledge \
+         together, as the real client does); 10 senders post \
          texts of 1 KiB, encrypted beforehand by real engines, at the offered rate. Latency \
          runs from the send request to the message in that one device's store.\n\n",
     );

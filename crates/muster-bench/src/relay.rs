@@ -1,5 +1,6 @@
 //! `relay`: the relay alone. Senders post pre-encrypted MLS messages to one group; every
-//! receiving device is connected, fetches on each wake-up and acknowledges. With
+//! receiving device is connected, takes what the relay pushes (fetching when woken) and
+//! acknowledges. With
 //! `--against mosquitto` the same pattern runs through a local Mosquitto broker with QoS 1
 //! and persistent sessions.
 
