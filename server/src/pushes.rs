@@ -18,9 +18,27 @@ const FRAME_BYTES: usize = 512 * 1024;
 /// What a queued delivery costs besides its message.
 const DELIVERY_OVERHEAD: usize = 64;
 
+/// A message as it waits in push queues: one copy shared by every connection's queue,
+/// without the group's member list.
+pub struct Queued {
+    group_id: Vec<u8>,
+    seq: u64,
+    message: Arc<[u8]>,
+}
+
+impl Queued {
+    pub fn of(stored: &StoredMessage) -> Arc<Self> {
+        Arc::new(Self {
+            group_id: stored.group_id.clone(),
+            seq: stored.seq,
+            message: stored.message.clone(),
+        })
+    }
+}
+
 /// The queue of one connection's pushes.
 pub struct Pusher {
-    queue: mpsc::UnboundedSender<(Arc<StoredMessage>, u64)>,
+    queue: mpsc::UnboundedSender<(Arc<Queued>, u64)>,
     queued_bytes: Arc<AtomicUsize>,
 }
 
@@ -38,11 +56,11 @@ impl Pusher {
 
     /// Queues a stored message, stamped with the relay's revocation position; false when
     /// the connection is gone or too far behind, and it must be woken to fetch instead.
-    pub fn offer(&self, stored: &Arc<StoredMessage>, revocations: u64) -> bool {
-        let cost = cost(stored);
+    pub fn offer(&self, message: &Arc<Queued>, revocations: u64) -> bool {
+        let cost = cost(message);
         let queued = self.queued_bytes.fetch_add(cost, Ordering::AcqRel);
         if queued + cost > MAX_QUEUED_BYTES
-            || self.queue.send((stored.clone(), revocations)).is_err()
+            || self.queue.send((message.clone(), revocations)).is_err()
         {
             self.queued_bytes.fetch_sub(cost, Ordering::AcqRel);
             return false;
@@ -51,15 +69,15 @@ impl Pusher {
     }
 }
 
-fn cost(stored: &StoredMessage) -> usize {
-    DELIVERY_OVERHEAD + stored.message.len()
+fn cost(queued: &Queued) -> usize {
+    DELIVERY_OVERHEAD + queued.group_id.len() + queued.message.len()
 }
 
-fn delivery(stored: &StoredMessage) -> Delivery {
+fn delivery(queued: &Queued) -> Delivery {
     Delivery::Group {
-        group_id: stored.group_id.clone(),
-        seq: stored.seq,
-        message: stored.message.to_vec(),
+        group_id: queued.group_id.clone(),
+        seq: queued.seq,
+        message: queued.message.to_vec(),
     }
 }
 
@@ -68,7 +86,7 @@ fn delivery(stored: &StoredMessage) -> Delivery {
 /// messages that follow ones it never got.
 async fn write_pushes(
     conn: quinn::Connection,
-    mut waiting: mpsc::UnboundedReceiver<(Arc<StoredMessage>, u64)>,
+    mut waiting: mpsc::UnboundedReceiver<(Arc<Queued>, u64)>,
     queued_bytes: Arc<AtomicUsize>,
 ) {
     let mut stream = None;

@@ -182,12 +182,13 @@ impl Connected {
     /// connections that need no wake-up for it. `receivers` are the devices it is for.
     pub(crate) fn route(
         &self,
-        stored: &Arc<StoredMessage>,
+        stored: &StoredMessage,
         receivers: &BTreeSet<String>,
         revocations: u64,
     ) -> HashSet<u64> {
         let map = self.by_device.lock().unwrap_or_else(|e| e.into_inner());
         let mut handled = HashSet::new();
+        let queued = crate::pushes::Queued::of(stored);
         for device in &stored.members {
             let receives = receivers.contains(device);
             for (id, pushable) in map.get(device).into_iter().flatten() {
@@ -200,7 +201,7 @@ impl Connected {
                         let offered = pushable
                             .pusher
                             .get()
-                            .is_some_and(|pusher| pusher.offer(stored, revocations));
+                            .is_some_and(|pusher| pusher.offer(&queued, revocations));
                         if offered {
                             handled.insert(*id);
                         } else {
@@ -225,7 +226,7 @@ impl Connected {
     }
 
     /// Closes every open connection of these devices at once.
-    fn disconnect<'a>(&self, devices: impl IntoIterator<Item = &'a String>) {
+    pub(crate) fn disconnect<'a>(&self, devices: impl IntoIterator<Item = &'a String>) {
         let mut map = self.by_device.lock().unwrap_or_else(|e| e.into_inner());
         for device in devices {
             for pushable in map.remove(device).into_iter().flat_map(|c| c.into_values()) {
@@ -548,12 +549,7 @@ async fn handle_stream(
                     }
                     Precheck::NeedsRelay(request) => request,
                 };
-                if matches!(request, Request::Subscribe) {
-                    // Ready before the relay can route anything to it.
-                    pushable
-                        .pusher
-                        .get_or_init(|| crate::pushes::Pusher::start(conn.clone()));
-                }
+                let subscribing = matches!(request, Request::Subscribe);
                 let (reply, answer) = tokio::sync::oneshot::channel();
                 let job = crate::worker::Job {
                     state: state.clone(),
@@ -567,6 +563,12 @@ async fn handle_stream(
                 };
                 match outcome {
                     Ok((outcome, device, handled)) => {
+                        if subscribing && outcome.response == Response::Ok {
+                            // Until it exists, what would be pushed wakes the device instead.
+                            pushable
+                                .pusher
+                                .get_or_init(|| crate::pushes::Pusher::start(conn.clone()));
+                        }
                         if let Some(device) = device {
                             let mut reg = registered.lock().unwrap_or_else(|e| e.into_inner());
                             if reg.is_none() {

@@ -92,12 +92,17 @@ fn run(relay: &Mutex<Relay>, connected: &Connected, waiting: &mpsc::Receiver<Job
         if let Err(e) = &durable {
             tracing::error!(error = %e, "could not make a group commit durable");
         }
+        // Revoked devices are cut off before anything is routed, whether or not the group
+        // commit reached the disk: their revocation may be in the database all the same.
+        for answer in &answered {
+            connected.disconnect(answer.2.disconnect.iter());
+        }
         for (reply, route, mut outcome, device) in answered {
             let (outcome, handled) = match &durable {
                 Ok(()) => {
                     let handled = match (outcome.stored.take(), revocations) {
                         (Some(stored), Some(revocations)) => {
-                            connected.route(&Arc::new(stored), &outcome.wake, revocations)
+                            connected.route(&stored, &outcome.wake, revocations)
                         }
                         _ => HashSet::new(),
                     };
@@ -108,7 +113,10 @@ fn run(relay: &Mutex<Relay>, connected: &Connected, waiting: &mpsc::Receiver<Job
                 Err(_) => {
                     lock(&route).lose();
                     (
-                        failed("the relay could not store this; try again"),
+                        Outcome {
+                            disconnect: outcome.disconnect,
+                            ..failed("the relay could not store this; try again")
+                        },
                         HashSet::new(),
                     )
                 }

@@ -108,6 +108,9 @@ pub enum Wake {
 }
 
 impl Wakeups {
+    /// Pushes taken together at most by one wake-up.
+    const PUSHES_PER_WAKE: usize = 64;
+
     /// Waits for the next wake-up, at most `limit` if given.
     pub async fn next(&self, limit: Option<Duration>) -> Wake {
         let push = self.push.next_push();
@@ -121,11 +124,14 @@ impl Wakeups {
         let Some(first) = pushed else {
             return Wake::Lost;
         };
-        // Whatever else has arrived is taken too, so that one sync handles it all.
-        let mut next = Some(first);
-        while let Some(push) = next {
-            self.note(push);
-            next = self.push.try_next_push();
+        // Whatever else has arrived is taken too (up to a bound), so that one sync handles
+        // it all.
+        self.note(first);
+        for _ in 1..Self::PUSHES_PER_WAKE {
+            match self.push.try_next_push() {
+                Some(push) => self.note(push),
+                None => break,
+            }
         }
         Wake::Pushed
     }
@@ -197,14 +203,19 @@ pub async fn online<T>(
     result
 }
 
-/// When the delivery receipts a live device holds fall due
-/// ([`Engine::delivery_receipts_due_in`]); a store that cannot say leaves them to the next
-/// wake-up rather than ending the session.
+/// When the delivery receipts ([`Engine::delivery_receipts_due_in`]) or acknowledgements
+/// ([`Engine::held_acks_due_in`]) a live device holds fall due; a store that cannot say
+/// leaves the receipts to the next wake-up rather than ending the session.
 pub fn receipts_due_in(engine: &mut Engine) -> Option<Duration> {
-    engine.delivery_receipts_due_in().unwrap_or_else(|e| {
+    let receipts = engine.delivery_receipts_due_in().unwrap_or_else(|e| {
         tracing::warn!(error = %e, "cannot tell when held delivery receipts fall due");
         None
-    })
+    });
+    // Held acknowledgements of pushed messages fall due the same way.
+    match (receipts, engine.held_acks_due_in()) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// Sends the delivery receipts a device held back, before it goes offline; one that

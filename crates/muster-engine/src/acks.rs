@@ -40,6 +40,12 @@ impl HeldAcks {
             .is_some_and(|since| now.saturating_duration_since(since) >= Self::HOLD)
     }
 
+    /// How long until the oldest held one falls due by `now`; `None` when none is held.
+    pub fn due_in(&self, now: Instant) -> Option<Duration> {
+        self.since
+            .map(|since| (since + Self::HOLD).saturating_duration_since(now))
+    }
+
     /// Takes everything held, to send now.
     pub fn take(&mut self) -> Vec<AckItem> {
         self.since = None;
@@ -62,6 +68,7 @@ mod tests {
         let start = Instant::now();
         let mut held = HeldAcks::default();
         assert!(!held.due(start + HeldAcks::HOLD));
+        assert_eq!(held.due_in(start), None);
         let group = |g: u8, seq| AckItem::Group {
             group_id: vec![g],
             seq,
@@ -72,6 +79,10 @@ mod tests {
             start,
         );
         assert!(!held.due(start + HeldAcks::HOLD / 2));
+        assert_eq!(
+            held.due_in(start + HeldAcks::HOLD / 2),
+            Some(HeldAcks::HOLD / 2)
+        );
         assert!(held.due(start + HeldAcks::HOLD));
         assert_eq!(
             held.take(),

@@ -72,17 +72,23 @@ impl Engine {
         revocations: u64,
         changed: bool,
     ) -> Result<SyncReport, EngineError> {
+        // From here until they are processed (or a fetch brought them), these messages are
+        // handed over but not stored: whatever the relay pushes after them must wait, also
+        // if this call fails before it gets to them.
+        let behind = std::mem::replace(&mut self.unprocessed_handover, true);
         let recent = self
             .last_full_sync
             .is_some_and(|at| at.elapsed() < FULL_SYNC_EVERY);
+        let mut fetched = false;
         if changed || !recent {
             self.sync_steps(conn).await?;
             self.last_full_sync = Some(std::time::Instant::now());
+            fetched = true;
         }
         if revocations > self.revocations_seen()? {
             self.learn_revocations(conn).await?;
         }
-        if self.unprocessed_handover {
+        if behind && !fetched {
             // Something the relay handed over before these was not processed: they may
             // follow it, so it is fetched again first.
             self.fetch_and_process(conn).await?;
@@ -105,23 +111,28 @@ impl Engine {
                 unknown = true;
             }
         }
+        self.unprocessed_handover = true;
         if !known.is_empty() {
-            self.unprocessed_handover = true;
             self.activity.fetched += known.len();
             let acks = self.process_batch(known, &HashMap::new())?;
-            self.unprocessed_handover = false;
-            let now = std::time::Instant::now();
-            self.held_acks.hold(acks, now);
-            if self.held_acks.due(now) {
-                self.send_held_acks(conn).await?;
-            }
+            self.held_acks.hold(acks, std::time::Instant::now());
         }
         if unknown {
             self.fetch_and_process(conn).await?;
         }
+        self.unprocessed_handover = false;
+        if self.held_acks.due(std::time::Instant::now()) {
+            self.send_held_acks(conn).await?;
+        }
         self.queue_delivery_receipts()?;
         self.flush_outbox(conn).await?;
         Ok(self.take_activity())
+    }
+
+    /// When the acknowledgements of pushed messages held back fall due, if any: a live
+    /// device wakes then to send them ([`Engine::send_held_acks`], or any sync).
+    pub fn held_acks_due_in(&self) -> Option<std::time::Duration> {
+        self.held_acks.due_in(std::time::Instant::now())
     }
 
     /// Sends the acknowledgements of pushed messages held back (see [`crate::HeldAcks`]):
