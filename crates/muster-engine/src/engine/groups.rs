@@ -491,13 +491,26 @@ impl Engine {
                 "to remove yourself, use `muster group leave`".into(),
             ));
         }
-        let view = self.group_view(&group_id)?;
-        if !view.members.iter().any(|m| m == user) {
+        // One look at the group (a large one takes long to decode) for both checks.
+        let (member, archive) = {
+            let provider = Provider::new(&self.crypto, &self.db);
+            let group = load_group(&provider, &group_id)?;
+            let member = group
+                .members()
+                .any(|m| certificate_in(&m.credential).is_some_and(|c| c.body.user == user));
+            let archive = member
+                && policy_of(&group).archived
+                && archive_members(&group, &me.org, &self.db)?
+                    .iter()
+                    .any(|m| m == user);
+            (member, archive)
+        };
+        if !member {
             return Err(EngineError::Invalid(format!(
                 "{user} is not a member of {name}"
             )));
         }
-        if view.archived && view.archive_members.iter().any(|m| m == user) {
+        if archive {
             return Err(EngineError::Invalid(format!(
                 "{user} is {name}'s compliance archive; turn archiving off first (`muster group policy {name} --no-archived`)"
             )));
