@@ -56,7 +56,12 @@ impl Engine {
     /// Refuses a membership change or rename of a managed group unless this device is an admin's.
     pub(super) fn check_may_manage(&self, group_id: &[u8], what: &str) -> Result<(), EngineError> {
         let provider = Provider::new(&self.crypto, &self.db);
-        if !policy_of(&load_group(&provider, group_id)?).managed {
+        self.check_may_manage_group(&load_group(&provider, group_id)?, what)
+    }
+
+    /// [`Self::check_may_manage`] for a group already loaded.
+    fn check_may_manage_group(&self, group: &MlsGroup, what: &str) -> Result<(), EngineError> {
+        if !policy_of(group).managed {
             return Ok(());
         }
         let device = self.device()?;
@@ -468,14 +473,34 @@ impl Engine {
         user: &str,
     ) -> Result<GroupView, EngineError> {
         let (group_id, name) = self.active_group(group)?;
-        self.check_may_manage(&group_id, "remove people from it")?;
+        let me = self.device()?;
+        // One look at the group (a large one takes long to decode) for every check.
+        let (member, archive, waiting) = {
+            let provider = Provider::new(&self.crypto, &self.db);
+            let group = load_group(&provider, &group_id)?;
+            self.check_may_manage_group(&group, "remove people from it")?;
+            let member = group
+                .members()
+                .any(|m| certificate_in(&m.credential).is_some_and(|c| c.body.user == user));
+            let archive = member
+                && policy_of(&group).archived
+                && archive_members(&group, &me.org, &self.db)?
+                    .iter()
+                    .any(|m| m == user);
+            (
+                member,
+                archive,
+                waiting_in(&group).iter().any(|u| u == user),
+            )
+        };
         let cancelled = self.db.execute(
             "DELETE FROM pending_members WHERE group_id = ?1 AND user = ?2",
             params![group_id, user],
         )?;
-        let listed = self
-            .set_waiting(conn, &group_id, &[], &[user.to_string()])
-            .await?;
+        let listed = waiting
+            && self
+                .set_waiting(conn, &group_id, &[], &[user.to_string()])
+                .await?;
         if (cancelled > 0 || listed) && !self.has_member(&group_id, user)? {
             insert_system(
                 &self.db,
@@ -485,26 +510,11 @@ impl Engine {
             )?;
             return self.group_view(&group_id);
         }
-        let me = self.device()?;
         if user == me.user {
             return Err(EngineError::Invalid(
                 "to remove yourself, use `muster group leave`".into(),
             ));
         }
-        // One look at the group (a large one takes long to decode) for both checks.
-        let (member, archive) = {
-            let provider = Provider::new(&self.crypto, &self.db);
-            let group = load_group(&provider, &group_id)?;
-            let member = group
-                .members()
-                .any(|m| certificate_in(&m.credential).is_some_and(|c| c.body.user == user));
-            let archive = member
-                && policy_of(&group).archived
-                && archive_members(&group, &me.org, &self.db)?
-                    .iter()
-                    .any(|m| m == user);
-            (member, archive)
-        };
         if !member {
             return Err(EngineError::Invalid(format!(
                 "{user} is not a member of {name}"
