@@ -5,7 +5,7 @@
 use crate::rogue::Rogue;
 use muster_e2e::{group_id, Org};
 use muster_net::RelayConnection;
-use muster_proto::{AckItem, Delivery, Push, Request, Response};
+use muster_proto::{Delivery, Push, Request, Response};
 use std::time::Duration;
 
 async fn next_push(conn: &RelayConnection) -> Push {
@@ -23,16 +23,7 @@ async fn fetch(conn: &RelayConnection) -> Vec<Delivery> {
 }
 
 async fn ack(conn: &RelayConnection, deliveries: &[Delivery]) {
-    let items = deliveries
-        .iter()
-        .map(|d| match d {
-            Delivery::Welcome { id, .. } => AckItem::Welcome { id: *id },
-            Delivery::Group { group_id, seq, .. } => AckItem::Group {
-                group_id: group_id.clone(),
-                seq: *seq,
-            },
-        })
-        .collect();
+    let items = deliveries.iter().map(Delivery::ack).collect();
     assert_eq!(
         conn.request(&Request::Ack { items }).await.unwrap(),
         Response::Ok

@@ -28,18 +28,12 @@ pub async fn fetch_and_ack(conn: &Connection) -> Result<Vec<u64>, HarnessError> 
     if deliveries.is_empty() {
         return Ok(Vec::new());
     }
-    let mut seqs = Vec::new();
-    let items = deliveries
-        .into_iter()
+    let items = deliveries.iter().map(Delivery::ack).collect();
+    let seqs = deliveries
+        .iter()
         .map(|d| match d {
-            Delivery::Welcome { id, .. } => {
-                seqs.push(0);
-                AckItem::Welcome { id }
-            }
-            Delivery::Group { group_id, seq, .. } => {
-                seqs.push(seq);
-                AckItem::Group { group_id, seq }
-            }
+            Delivery::Welcome { .. } => 0,
+            Delivery::Group { seq, .. } => *seq,
         })
         .collect();
     conn.request(&Request::Ack { items }).await?;

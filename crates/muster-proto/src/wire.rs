@@ -478,6 +478,19 @@ pub enum Delivery {
 }
 
 /// Acknowledges that a delivery is safely stored on the device.
+impl Delivery {
+    /// The acknowledgement that tells the relay this delivery is stored.
+    pub fn ack(&self) -> AckItem {
+        match self {
+            Delivery::Welcome { id, .. } => AckItem::Welcome { id: *id },
+            Delivery::Group { group_id, seq, .. } => AckItem::Group {
+                group_id: group_id.clone(),
+                seq: *seq,
+            },
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AckItem {
     Welcome {

@@ -54,11 +54,6 @@ pub struct PushRoute {
 }
 
 impl PushRoute {
-    /// Whether the connection asked for pushes.
-    pub fn subscribed(&self) -> bool {
-        self.subscribed
-    }
-
     /// Takes in what one of the connection's own requests did.
     pub fn apply(&mut self, change: StreamChange) {
         match change {

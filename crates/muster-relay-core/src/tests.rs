@@ -452,16 +452,7 @@ fn fetch(relay: &mut Relay, session: &Session) -> Vec<Delivery> {
 }
 
 fn ack_all(relay: &mut Relay, session: &Session, deliveries: &[Delivery]) {
-    let items = deliveries
-        .iter()
-        .map(|d| match d {
-            Delivery::Welcome { id, .. } => AckItem::Welcome { id: *id },
-            Delivery::Group { group_id, seq, .. } => AckItem::Group {
-                group_id: group_id.clone(),
-                seq: *seq,
-            },
-        })
-        .collect();
+    let items = deliveries.iter().map(Delivery::ack).collect();
     ok(relay.handle(session, Request::Ack { items }));
 }
 

@@ -44,10 +44,7 @@ impl Engine {
         conn: &impl Link,
         changed: bool,
     ) -> Result<SyncReport, EngineError> {
-        let recent = self
-            .last_full_sync
-            .is_some_and(|at| at.elapsed() < FULL_SYNC_EVERY);
-        if changed || !recent {
+        if self.full_sync_due(changed) {
             return self.sync(conn).await;
         }
         let mut report = self.receive(conn).await?;
@@ -62,9 +59,9 @@ impl Engine {
     /// with the pushed messages in place of a fetch, after the whole [`Engine::sync`] when
     /// the relay said something else `changed` or the last whole one is
     /// [`FULL_SYNC_EVERY`] old. `revocations` is where the relay's revocations stood: the
-    /// device learns the ones it has not seen before judging the messages. A device takes
-    /// pushes only after a fetch on the same connection succeeded (the relay pushes what
-    /// follows what that fetch handed over).
+    /// device learns the ones it has not seen before judging the messages. The relay
+    /// pushes what follows what it handed over before; when some of that was not
+    /// processed (a fetch or an earlier push failed part-way), it is fetched again first.
     pub async fn sync_pushed(
         &mut self,
         conn: &impl Link,
@@ -76,11 +73,8 @@ impl Engine {
         // handed over but not stored: whatever the relay pushes after them must wait, also
         // if this call fails before it gets to them.
         let behind = std::mem::replace(&mut self.unprocessed_handover, true);
-        let recent = self
-            .last_full_sync
-            .is_some_and(|at| at.elapsed() < FULL_SYNC_EVERY);
         let mut fetched = false;
-        if changed || !recent {
+        if self.full_sync_due(changed) {
             self.sync_steps(conn).await?;
             self.last_full_sync = Some(std::time::Instant::now());
             fetched = true;
@@ -127,6 +121,15 @@ impl Engine {
         self.queue_delivery_receipts()?;
         self.flush_outbox(conn).await?;
         Ok(self.take_activity())
+    }
+
+    /// Whether a wake-up runs the whole [`Engine::sync`]: when the relay said something
+    /// else `changed`, or the last whole one is [`FULL_SYNC_EVERY`] old.
+    fn full_sync_due(&self, changed: bool) -> bool {
+        changed
+            || self
+                .last_full_sync
+                .is_none_or(|at| at.elapsed() >= FULL_SYNC_EVERY)
     }
 
     /// When the acknowledgements of pushed messages held back fall due, if any: a live

@@ -136,30 +136,31 @@ impl Relay {
             }
             deliveries.push(delivery);
         }
-        let memberships = self.memberships(&session.device_id)?;
         let remaining = limit - deliveries.len() as i64;
-        if remaining > 0 {
-            let (before, budget_before) = (deliveries.len(), budget.clone());
-            if self.fetch_recent(
-                session,
-                &memberships,
-                remaining as usize,
-                &mut budget,
-                &mut deliveries,
-            ) {
-                // Every test run checks the logs against the durable record.
-                #[cfg(debug_assertions)]
-                {
-                    let mut stored = deliveries[..before].to_vec();
-                    let mut budget = budget_before;
-                    self.fetch_stored(session, remaining, &mut budget, &mut stored)?;
-                    assert_eq!(stored, deliveries, "the recent log differs from SQLite");
-                }
-                #[cfg(not(debug_assertions))]
-                let _ = (before, budget_before);
-            } else {
-                self.fetch_stored(session, remaining, &mut budget, &mut deliveries)?;
+        if remaining == 0 {
+            return Ok(fetched(deliveries, None));
+        }
+        let memberships = self.memberships(&session.device_id)?;
+        let (before, budget_before) = (deliveries.len(), budget.clone());
+        if self.fetch_recent(
+            session,
+            &memberships,
+            remaining as usize,
+            &mut budget,
+            &mut deliveries,
+        ) {
+            // Every test run checks the logs against the durable record.
+            #[cfg(debug_assertions)]
+            {
+                let mut stored = deliveries[..before].to_vec();
+                let mut budget = budget_before;
+                self.fetch_stored(session, remaining, &mut budget, &mut stored)?;
+                assert_eq!(stored, deliveries, "the recent log differs from SQLite");
             }
+            #[cfg(not(debug_assertions))]
+            let _ = (before, budget_before);
+        } else {
+            self.fetch_stored(session, remaining, &mut budget, &mut deliveries)?;
         }
         let complete = !budget.refused && (deliveries.len() as i64) < limit;
         let positions = complete.then(|| Membership::positions(&memberships));
