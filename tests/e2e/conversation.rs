@@ -119,8 +119,18 @@ fn search_finds_current_text_only() {
     assert!(alice.json(&["search", "classified"]).is_empty());
     // Search syntax characters are just text.
     assert!(alice.json(&["search", "\"AND (NEAR*"]).is_empty());
+    // Bob takes all of it in one batch, which indexes its texts at its end: as they stand
+    // after the edit and the deletion it brought too.
     bob.ok(&["sync"]);
     assert_eq!(bob.json(&["search", "pier"]).len(), 1);
+    assert_eq!(bob.json(&["search", "generator"]).len(), 1);
+    assert!(bob.json(&["search", "evacuaton"]).is_empty());
+    assert_eq!(bob.json(&["search", "route south"]).len(), 1);
+    assert!(bob.json(&["search", "classified"]).is_empty());
+    // And what comes in later batches is indexed too.
+    alice.ok(&["send", "ops", "pier 5 flooded"]);
+    bob.ok(&["sync"]);
+    assert_eq!(bob.json(&["search", "pier"]).len(), 2);
 }
 
 #[test]

@@ -117,6 +117,18 @@ impl Rogue {
         envelope: &serde_json::Value,
         aad: Vec<u8>,
     ) -> Vec<u8> {
+        self.app_message_signed_by(group_id, envelope, aad, &self.signer())
+    }
+
+    /// [`Rogue::app_message_with_aad`] signed by `signer`, which need not be the key in
+    /// the device's leaf.
+    pub fn app_message_signed_by(
+        &self,
+        group_id: &[u8],
+        envelope: &serde_json::Value,
+        aad: Vec<u8>,
+        signer: &SignatureKeyPair,
+    ) -> Vec<u8> {
         let mut envelope = envelope.clone();
         if let Some(fields) = envelope.as_object_mut().filter(|f| !f.contains_key("n")) {
             let key = format!(
@@ -142,7 +154,7 @@ impl Rogue {
         group.set_aad(aad);
         let bytes = serde_json::to_vec(&envelope).unwrap();
         group
-            .create_message(&provider, &self.signer(), &bytes)
+            .create_message(&provider, signer, &bytes)
             .unwrap()
             .tls_serialize_detached()
             .unwrap()

@@ -520,3 +520,56 @@ fn a_text_sent_to_some_members_alone_is_dropped_by_them() {
         "alice shows a text carol never got"
     );
 }
+
+#[test]
+fn a_forged_signature_in_a_long_backlog_is_refused_and_the_rest_is_stored() {
+    let org = Org::new("rogue-backlog");
+    let bob = org.enrol("bob");
+    let carol = org.enrol("carol");
+    let gid = group(&org, "desk", &[&bob, &carol]);
+    let hex: String = gid.iter().map(|b| format!("{b:02x}")).collect();
+    // While carol is away, bob's modified client sends 41 texts; the middle one is signed
+    // by a key that is not the one in his leaf. Carol takes them in as one batch, long
+    // enough that its signatures are checked on a second thread.
+    let rogue = Rogue::open(&bob);
+    let stranger =
+        openmls_basic_credential::SignatureKeyPair::new(openmls::prelude::SignatureScheme::ED25519)
+            .unwrap();
+    for i in 0..41 {
+        let text = if i == 20 {
+            "FORGED-BACKLOG-TEXT".to_string()
+        } else {
+            format!("backlog text number {i}")
+        };
+        let body = envelope(
+            &format!("{:016x}", 0xb0_0000 + i),
+            now_ms(),
+            json!({"type": "text", "text": text}),
+        );
+        let message = if i == 20 {
+            rogue.app_message_signed_by(&gid, &body, Vec::new(), &stranger)
+        } else {
+            rogue.app_message(&gid, &body)
+        };
+        let answer = rogue.send(&gid, message);
+        assert!(matches!(answer, Response::Stored { .. }), "{answer:?}");
+    }
+    drop(rogue);
+    let out = carol.run(&["sync"]);
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("cannot be processed"), "{said}");
+    let texts = carol.texts(&hex);
+    assert!(
+        !texts.iter().any(|t| t.contains("FORGED")),
+        "carol stored a text whose signature does not verify: {texts:?}"
+    );
+    let backlog = texts
+        .iter()
+        .filter(|t| t.starts_with("backlog text"))
+        .count();
+    assert_eq!(backlog, 40, "{texts:?}");
+    // Indexed for search at the batch's end, the forged one not.
+    assert_eq!(carol.json(&["search", "backlog"]).len(), 40);
+    assert!(carol.json(&["search", "forged"]).is_empty());
+}

@@ -21,6 +21,7 @@ mod error;
 pub mod fuzzing;
 mod provider;
 pub mod provision;
+mod signatures;
 mod store;
 
 pub use acks::HeldAcks;

@@ -35,16 +35,23 @@ CREATE TABLE IF NOT EXISTS reactions (
 -- full-text index of message bodies; deleted and expired content leaves it too
 CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts USING fts5(
     body, content='messages', content_rowid='seq', tokenize='unicode61 remove_diacritics 2');
-CREATE TRIGGER IF NOT EXISTS messages_fts_insert AFTER INSERT ON messages
-    WHEN new.kind IN ('text', 'alert', 'attachment') BEGIN
+-- A batch of fetched messages indexes the ones it stores at its end, in one statement:
+-- FTS5 writes its pending entries out at every statement that opens a savepoint, which
+-- each insert firing a trigger into it does. While 'fts_unindexed_above' is set in
+-- sync_state (only inside that batch's transaction), rows above it are left alone.
+CREATE TRIGGER IF NOT EXISTS messages_fts_insert_v2 AFTER INSERT ON messages
+    WHEN new.kind IN ('text', 'alert', 'attachment') AND new.seq <= ifnull(
+        (SELECT value FROM sync_state WHERE key = 'fts_unindexed_above'), new.seq) BEGIN
     INSERT INTO messages_fts (rowid, body) VALUES (new.seq, new.body);
 END;
-CREATE TRIGGER IF NOT EXISTS messages_fts_delete AFTER DELETE ON messages
-    WHEN old.kind IN ('text', 'alert', 'attachment') BEGIN
+CREATE TRIGGER IF NOT EXISTS messages_fts_delete_v2 AFTER DELETE ON messages
+    WHEN old.kind IN ('text', 'alert', 'attachment') AND old.seq <= ifnull(
+        (SELECT value FROM sync_state WHERE key = 'fts_unindexed_above'), old.seq) BEGIN
     INSERT INTO messages_fts (messages_fts, rowid, body) VALUES ('delete', old.seq, old.body);
 END;
-CREATE TRIGGER IF NOT EXISTS messages_fts_update AFTER UPDATE OF body ON messages
-    WHEN old.kind IN ('text', 'alert', 'attachment') BEGIN
+CREATE TRIGGER IF NOT EXISTS messages_fts_update_v2 AFTER UPDATE OF body ON messages
+    WHEN old.kind IN ('text', 'alert', 'attachment') AND old.seq <= ifnull(
+        (SELECT value FROM sync_state WHERE key = 'fts_unindexed_above'), old.seq) BEGIN
     INSERT INTO messages_fts (messages_fts, rowid, body) VALUES ('delete', old.seq, old.body);
     INSERT INTO messages_fts (rowid, body) VALUES (new.seq, new.body);
 END;
@@ -130,6 +137,39 @@ CREATE TABLE IF NOT EXISTS pending_commits (group_id BLOB PRIMARY KEY, commit_ha
 /// Adds what later versions need to a store made by an older version.
 pub(crate) fn migrate(db: &rusqlite::Connection) -> rusqlite::Result<()> {
     add_column(db, "outbox", "audience", "TEXT")?;
+    // Replaced by the _v2 triggers, which let a batch index its messages at its end.
+    db.execute_batch(
+        "DROP TRIGGER IF EXISTS messages_fts_insert;
+         DROP TRIGGER IF EXISTS messages_fts_delete;
+         DROP TRIGGER IF EXISTS messages_fts_update;",
+    )?;
+    Ok(())
+}
+
+/// Leaves the messages stored from now on in `tx` out of the full-text index until
+/// [`index_deferred`]; returns the last message already indexed.
+pub(crate) fn defer_indexing(tx: &rusqlite::Connection) -> rusqlite::Result<i64> {
+    let above: i64 = tx
+        .prepare_cached("SELECT ifnull(MAX(seq), 0) FROM messages")?
+        .query_row([], |r| r.get(0))?;
+    tx.prepare_cached(
+        "INSERT INTO sync_state (key, value) VALUES ('fts_unindexed_above', ?1)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute([above])?;
+    Ok(above)
+}
+
+/// Indexes, in one statement, the messages stored since [`defer_indexing`] returned
+/// `above` (as they stand now: edited, or gone), and indexes each one as it comes again.
+pub(crate) fn index_deferred(tx: &rusqlite::Connection, above: i64) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO messages_fts (rowid, body) SELECT seq, body FROM messages
+         WHERE seq > ?1 AND kind IN ('text', 'alert', 'attachment')",
+    )?
+    .execute([above])?;
+    tx.prepare_cached("DELETE FROM sync_state WHERE key = 'fts_unindexed_above'")?
+        .execute([])?;
     Ok(())
 }
 

@@ -1,4 +1,9 @@
-//! How Muster keeps openmls state in SQLite: the codec shared by devices and the relay.
+//! How Muster keeps openmls state in SQLite: the codec shared by devices and the relay,
+//! and the storage provider devices use.
+
+mod batched;
+
+pub use batched::{BatchedSecrets, Storage};
 
 /// Serialises openmls state in a Muster SQLite database (a device's or the relay's).
 ///
@@ -31,11 +36,17 @@ pub enum StoreCodecError {
     Decode(#[from] rmp_serde::decode::Error),
 }
 
+/// The compact encoding ([`COMPACT_MARK`] and postcard), for values that are never lookup
+/// keys.
+fn compact<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreCodecError> {
+    Ok(postcard::to_extend(value, vec![COMPACT_MARK])?)
+}
+
 impl openmls_sqlite_storage::Codec for StoreCodec {
     type Error = StoreCodecError;
 
     fn to_vec<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Self::Error> {
-        let compact = postcard::to_extend(value, vec![COMPACT_MARK])?;
+        let compact = compact(value)?;
         if compact.len() > COMPACT_FROM {
             return Ok(compact);
         }

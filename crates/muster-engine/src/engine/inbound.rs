@@ -41,15 +41,20 @@ pub(crate) fn receive_for_fuzzing(
     bytes: &[u8],
 ) -> SyncReport {
     let revoked = revocation_list(tx).unwrap_or_default();
+    let batch = Batch {
+        secrets: Default::default(),
+        signatures: None,
+    };
     let context = BatchContext {
         crypto,
         tx,
         device,
         signer,
         revoked: &revoked,
+        batch: &batch,
     };
     let mut report = SyncReport::default();
-    let _ = process_group_message(
+    let processed = process_group_message(
         &context,
         &mut LoadedGroups::new(),
         &mut VerifiedCertificates::default(),
@@ -58,6 +63,9 @@ pub(crate) fn receive_for_fuzzing(
         bytes,
         &mut report,
     );
+    if processed.is_ok() {
+        let _ = batch.secrets.flush(tx);
+    }
     report
 }
 
@@ -87,6 +95,8 @@ pub(super) struct BatchContext<'a> {
     pub(super) signer: &'a SignatureKeyPair,
     /// Devices this device knows to be revoked.
     pub(super) revoked: &'a RevocationList,
+    /// Message secrets and signature checks the batch settles before it commits.
+    pub(super) batch: &'a Batch,
 }
 
 /// Joins the group a Welcome invites this device to, inside the batch's transaction; a
@@ -237,6 +247,7 @@ pub(super) fn process_group_message(
         device,
         signer,
         revoked,
+        batch,
     } = *context;
     let last: i64 = tx
         .prepare_cached("SELECT last_seq FROM cursors WHERE group_id = ?1")?
@@ -262,13 +273,10 @@ pub(super) fn process_group_message(
         return Ok(false);
     }
     let pending_hash: Option<Vec<u8>> = tx
-        .query_row(
-            "SELECT commit_hash FROM pending_commits WHERE group_id = ?1",
-            [group_id],
-            |r| r.get(0),
-        )
+        .prepare_cached("SELECT commit_hash FROM pending_commits WHERE group_id = ?1")?
+        .query_row([group_id], |r| r.get(0))
         .optional()?;
-    let provider = Provider::new(crypto, tx);
+    let provider = Provider::batched(crypto, tx, batch);
     let mut group = match loaded.remove(group_id) {
         Some(group) => group,
         None => load_group(&provider, group_id)?,

@@ -10,7 +10,8 @@ use crate::conversation::{
 };
 use crate::error::{from_link, EngineError};
 use crate::link::{Link, LinkError};
-use crate::provider::{Provider, StoreCodec};
+use crate::provider::{Batch, BatchedSecrets, Provider, StoreCodec};
+use crate::signatures::{DeferredSignatures, DEFER_FROM};
 use crate::store::SCHEMA;
 use muster_proto::{
     auth_transcript, device_id_for, encrypted_size, now_unix, validate_handle, AckItem,
@@ -614,6 +615,9 @@ impl Engine {
         db.pragma_update(None, "synchronous", "FULL")?;
         // Deleted content is overwritten, not left in free pages.
         db.pragma_update(None, "secure_delete", "ON")?;
+        // Statement journals (copies of the pages a statement changes, message text
+        // among them) stay in memory instead of temporary files on disk.
+        db.pragma_update(None, "temp_store", "MEMORY")?;
         db.execute_batch(SCHEMA)?;
         crate::store::migrate(&db)?;
         crate::archive::migrate(&db)?;

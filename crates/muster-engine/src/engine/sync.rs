@@ -514,12 +514,49 @@ impl Engine {
     }
 
     /// Processes one fetched batch in a single store transaction (one disk flush), reading
-    /// each group's MLS state once. Returns the acknowledgements to send once it is stored.
+    /// each group's MLS state once and writing its message secrets once. Returns the
+    /// acknowledgements to send once it is stored.
+    ///
+    /// A long batch checks its senders' signatures on a second thread while it goes on
+    /// (see [`crate::signatures`]). Should one of them not hold, nothing of that pass is
+    /// stored and the batch is processed again checking each signature in place, so the
+    /// forged message is refused as any other would be.
     pub(super) fn process_batch(
         &mut self,
         deliveries: Vec<Delivery>,
         trees: &HashMap<u64, Vec<u8>>,
     ) -> Result<Vec<AckItem>, EngineError> {
+        if deliveries.len() >= DEFER_FROM {
+            if let Ok(signatures) = DeferredSignatures::start() {
+                let batch = Batch {
+                    secrets: BatchedSecrets::default(),
+                    signatures: Some(signatures),
+                };
+                if let Some(acks) = self.process_batch_with(deliveries.clone(), trees, batch)? {
+                    return Ok(acks);
+                }
+                tracing::warn!(
+                    "a fetched batch holds a signature that does not verify: processing it again"
+                );
+            }
+        }
+        let batch = Batch {
+            secrets: BatchedSecrets::default(),
+            signatures: None,
+        };
+        Ok(self
+            .process_batch_with(deliveries, trees, batch)?
+            .unwrap_or_default())
+    }
+
+    /// [`Engine::process_batch`] in one pass: `None` (and nothing stored) when a
+    /// signature the batch deferred did not hold.
+    fn process_batch_with(
+        &mut self,
+        deliveries: Vec<Delivery>,
+        trees: &HashMap<u64, Vec<u8>>,
+        batch: Batch,
+    ) -> Result<Option<Vec<AckItem>>, EngineError> {
         let device = self.device()?;
         let signer = self.signer(&device)?;
         let mut acks = Vec::with_capacity(deliveries.len());
@@ -528,10 +565,11 @@ impl Engine {
         let mut purge = false;
         // What the batch did counts only once it is stored: a batch rolled back is
         // delivered again.
-        let mut batch = SyncReport::default();
+        let mut report = SyncReport::default();
         let mut tx = self
             .db
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let indexed_up_to = crate::store::defer_indexing(&tx)?;
         for delivery in deliveries {
             match delivery {
                 Delivery::Welcome {
@@ -540,6 +578,8 @@ impl Engine {
                     welcome,
                 } => {
                     loaded.remove(&group_id);
+                    // The Welcome's group state is written as it is opened.
+                    batch.secrets.flush(&tx)?;
                     process_welcome(
                         &self.crypto,
                         &mut tx,
@@ -547,7 +587,7 @@ impl Engine {
                         &group_id,
                         &welcome,
                         trees.get(&id).map(Vec::as_slice),
-                        &mut batch,
+                        &mut report,
                     )?;
                     acks.push(AckItem::Welcome { id });
                 }
@@ -562,6 +602,7 @@ impl Engine {
                         device: &device,
                         signer: &signer,
                         revoked: &revoked,
+                        batch: &batch,
                     };
                     purge |= process_group_message(
                         &context,
@@ -570,7 +611,7 @@ impl Engine {
                         &group_id,
                         seq,
                         &message,
-                        &mut batch,
+                        &mut report,
                     )?;
                     acks.push(AckItem::Group { group_id, seq });
                 }
@@ -583,8 +624,15 @@ impl Engine {
                     .map_err(|e| EngineError::Mls(format!("{e:?}")))
             })?;
         }
+        crate::store::index_deferred(&tx, indexed_up_to)?;
+        batch.secrets.flush(&tx)?;
+        if let Some(signatures) = batch.signatures {
+            if !signatures.all_valid() {
+                return Ok(None);
+            }
+        }
         tx.commit()?;
-        self.activity.merge(batch);
+        self.activity.merge(report);
         for (group_id, group) in &loaded {
             self.member_counts
                 .insert(group_id.clone(), group.members().count());
@@ -593,7 +641,7 @@ impl Engine {
             self.remove_doomed_files()?;
             self.purge_deleted()?;
         }
-        Ok(acks)
+        Ok(Some(acks))
     }
 }
 
