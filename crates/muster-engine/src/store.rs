@@ -35,26 +35,6 @@ CREATE TABLE IF NOT EXISTS reactions (
 -- full-text index of message bodies; deleted and expired content leaves it too
 CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts USING fts5(
     body, content='messages', content_rowid='seq', tokenize='unicode61 remove_diacritics 2');
--- A batch of fetched messages indexes the ones it stores at its end, in one statement:
--- FTS5 writes its pending entries out at every statement that opens a savepoint, which
--- each insert firing a trigger into it does. While 'fts_unindexed_above' is set in
--- sync_state (only inside that batch's transaction), rows above it are left alone.
-CREATE TRIGGER IF NOT EXISTS messages_fts_insert_v2 AFTER INSERT ON messages
-    WHEN new.kind IN ('text', 'alert', 'attachment') AND new.seq <= ifnull(
-        (SELECT value FROM sync_state WHERE key = 'fts_unindexed_above'), new.seq) BEGIN
-    INSERT INTO messages_fts (rowid, body) VALUES (new.seq, new.body);
-END;
-CREATE TRIGGER IF NOT EXISTS messages_fts_delete_v2 AFTER DELETE ON messages
-    WHEN old.kind IN ('text', 'alert', 'attachment') AND old.seq <= ifnull(
-        (SELECT value FROM sync_state WHERE key = 'fts_unindexed_above'), old.seq) BEGIN
-    INSERT INTO messages_fts (messages_fts, rowid, body) VALUES ('delete', old.seq, old.body);
-END;
-CREATE TRIGGER IF NOT EXISTS messages_fts_update_v2 AFTER UPDATE OF body ON messages
-    WHEN old.kind IN ('text', 'alert', 'attachment') AND old.seq <= ifnull(
-        (SELECT value FROM sync_state WHERE key = 'fts_unindexed_above'), old.seq) BEGIN
-    INSERT INTO messages_fts (messages_fts, rowid, body) VALUES ('delete', old.seq, old.body);
-    INSERT INTO messages_fts (rowid, body) VALUES (new.seq, new.body);
-END;
 CREATE TABLE IF NOT EXISTS acks (
     group_id BLOB NOT NULL, message_id TEXT NOT NULL, user TEXT NOT NULL, at INTEGER NOT NULL,
     PRIMARY KEY (group_id, message_id, user));
@@ -134,15 +114,51 @@ CREATE TABLE IF NOT EXISTS pending_members (
 CREATE TABLE IF NOT EXISTS pending_commits (group_id BLOB PRIMARY KEY, commit_hash BLOB NOT NULL);
 "#;
 
+use rusqlite::OptionalExtension;
+
+/// The full-text index follows the messages table through these triggers.
+const FTS_TRIGGERS: &str = r#"
+-- A batch of fetched messages indexes the ones it stores at its end, in one statement:
+-- FTS5 writes its pending entries out at every statement that opens a savepoint, which
+-- each insert firing a trigger into it does. While 'fts_unindexed_above' is set in
+-- sync_state (only inside that batch's transaction), rows above it are left alone.
+CREATE TRIGGER IF NOT EXISTS messages_fts_insert AFTER INSERT ON messages
+    WHEN new.kind IN ('text', 'alert', 'attachment') AND new.seq <= ifnull(
+        (SELECT value FROM sync_state WHERE key = 'fts_unindexed_above'), new.seq) BEGIN
+    INSERT INTO messages_fts (rowid, body) VALUES (new.seq, new.body);
+END;
+CREATE TRIGGER IF NOT EXISTS messages_fts_delete AFTER DELETE ON messages
+    WHEN old.kind IN ('text', 'alert', 'attachment') AND old.seq <= ifnull(
+        (SELECT value FROM sync_state WHERE key = 'fts_unindexed_above'), old.seq) BEGIN
+    INSERT INTO messages_fts (messages_fts, rowid, body) VALUES ('delete', old.seq, old.body);
+END;
+CREATE TRIGGER IF NOT EXISTS messages_fts_update AFTER UPDATE OF body ON messages
+    WHEN old.kind IN ('text', 'alert', 'attachment') AND old.seq <= ifnull(
+        (SELECT value FROM sync_state WHERE key = 'fts_unindexed_above'), old.seq) BEGIN
+    INSERT INTO messages_fts (messages_fts, rowid, body) VALUES ('delete', old.seq, old.body);
+    INSERT INTO messages_fts (rowid, body) VALUES (new.seq, new.body);
+END;
+"#;
+
 /// Adds what later versions need to a store made by an older version.
 pub(crate) fn migrate(db: &rusqlite::Connection) -> rusqlite::Result<()> {
     add_column(db, "outbox", "audience", "TEXT")?;
-    // Replaced by the _v2 triggers, which let a batch index its messages at its end.
-    db.execute_batch(
-        "DROP TRIGGER IF EXISTS messages_fts_insert;
-         DROP TRIGGER IF EXISTS messages_fts_delete;
-         DROP TRIGGER IF EXISTS messages_fts_update;",
-    )?;
+    // Triggers from before batches indexed their messages at their end are replaced.
+    // They keep their names, so an older version opening the store finds them there and
+    // does not add its own beside them.
+    let current: bool = db
+        .prepare("SELECT sql LIKE '%fts_unindexed_above%' FROM sqlite_master WHERE type = 'trigger' AND name = 'messages_fts_insert'")?
+        .query_row([], |r| r.get(0))
+        .optional()?
+        .unwrap_or(false);
+    if !current {
+        db.execute_batch(
+            "DROP TRIGGER IF EXISTS messages_fts_insert;
+             DROP TRIGGER IF EXISTS messages_fts_delete;
+             DROP TRIGGER IF EXISTS messages_fts_update;",
+        )?;
+        db.execute_batch(FTS_TRIGGERS)?;
+    }
     Ok(())
 }
 
@@ -189,4 +205,93 @@ pub(crate) fn add_column(
         ))?;
     }
     Ok(!present)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The index triggers of stores made before batches indexed their messages at the end.
+    const OLD_TRIGGERS: &str = r#"
+CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages
+    WHEN new.kind IN ('text', 'alert', 'attachment') BEGIN
+    INSERT INTO messages_fts (rowid, body) VALUES (new.seq, new.body);
+END;
+CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages
+    WHEN old.kind IN ('text', 'alert', 'attachment') BEGIN
+    INSERT INTO messages_fts (messages_fts, rowid, body) VALUES ('delete', old.seq, old.body);
+END;
+"#;
+
+    fn triggers(db: &rusqlite::Connection) -> Vec<(String, bool)> {
+        db.prepare(
+            "SELECT name, sql LIKE '%fts_unindexed_above%' FROM sqlite_master
+             WHERE type = 'trigger' ORDER BY name",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0).unwrap(), r.get(1).unwrap())))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+    }
+
+    fn search(db: &rusqlite::Connection, word: &str) -> i64 {
+        db.query_row(
+            "SELECT COUNT(*) FROM messages_fts WHERE messages_fts MATCH ?1",
+            [word],
+            |r| r.get(0),
+        )
+        .unwrap()
+    }
+
+    fn insert(db: &rusqlite::Connection, id: &str, body: &str) {
+        db.execute(
+            "INSERT INTO messages (id, group_id, kind, sender, sender_device, body, sent_at,
+                 received_at, status) VALUES (?1, x'01', 'text', 'bob', 'd', ?2, 0, 0, 'received')",
+            [id, body],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn old_index_triggers_are_replaced_under_their_names_and_batches_index_at_their_end() {
+        let db = rusqlite::Connection::open_in_memory().unwrap();
+        db.execute_batch(SCHEMA).unwrap();
+        db.execute_batch(OLD_TRIGGERS).unwrap();
+        insert(&db, "a", "flooding at the pier");
+        migrate(&db).unwrap();
+        let expected: Vec<(String, bool)> = ["delete", "insert", "update"]
+            .iter()
+            .map(|t| (format!("messages_fts_{t}"), true))
+            .collect();
+        assert_eq!(triggers(&db), expected);
+        migrate(&db).unwrap();
+        assert_eq!(triggers(&db), expected);
+        assert_eq!(search(&db, "pier"), 1);
+
+        // Inside a batch, rows are indexed at its end as they stand then.
+        let above = defer_indexing(&db).unwrap();
+        insert(&db, "b", "pier two is closed");
+        insert(&db, "c", "pier three");
+        assert_eq!(search(&db, "pier"), 1);
+        db.execute(
+            "UPDATE messages SET body = 'road closed' WHERE id = 'b'",
+            [],
+        )
+        .unwrap();
+        db.execute("UPDATE messages SET body = 'harbour' WHERE id = 'a'", [])
+            .unwrap();
+        index_deferred(&db, above).unwrap();
+        assert_eq!(search(&db, "pier"), 1);
+        assert_eq!(search(&db, "road"), 1);
+        assert_eq!(search(&db, "harbour"), 1);
+        db.execute(
+            "INSERT INTO messages_fts (messages_fts) VALUES ('integrity-check')",
+            [],
+        )
+        .unwrap();
+        // And after it, as they come.
+        insert(&db, "d", "pier four");
+        assert_eq!(search(&db, "pier"), 2);
+    }
 }

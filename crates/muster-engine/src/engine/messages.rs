@@ -6,6 +6,19 @@ use super::*;
 impl Engine {
     /// Encrypts `body` for the group and queues it in the outbox, in one transaction.
     pub(super) fn enqueue(&mut self, group_id: &[u8], body: Body) -> Result<String, EngineError> {
+        let mut ids = self.enqueue_all(group_id, vec![body], |_, _| Ok(()))?;
+        Ok(ids.pop().unwrap_or_default())
+    }
+
+    /// Encrypts each of `bodies` into the outbox in one transaction, reading the group
+    /// once; `with_each(tx, i)` stores what goes with the `i`th in the same transaction.
+    /// Returns their message ids.
+    pub(super) fn enqueue_all(
+        &mut self,
+        group_id: &[u8],
+        bodies: Vec<Body>,
+        mut with_each: impl FnMut(&Connection, usize) -> Result<(), EngineError>,
+    ) -> Result<Vec<String>, EngineError> {
         let device = self.device()?;
         if let Some(cert) = &device.certificate {
             cert.check_validity(now_unix()).map_err(|_| {
@@ -16,16 +29,20 @@ impl Engine {
             })?;
         }
         let signer = self.signer(&device)?;
-        let envelope = Envelope::new(random_hex(16), now_ms(), body);
-        let message_id = envelope.id.clone();
         let tx = self
             .db
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let provider = Provider::new(&self.crypto, &tx);
         let mut group = load_group(&provider, group_id)?;
-        queue_in(&provider, &mut group, &signer, &device, envelope)?;
+        let mut ids = Vec::with_capacity(bodies.len());
+        for (i, body) in bodies.into_iter().enumerate() {
+            let envelope = Envelope::new(random_hex(16), now_ms(), body);
+            ids.push(envelope.id.clone());
+            queue_in(&provider, &mut group, &signer, &device, envelope)?;
+            with_each(&tx, i)?;
+        }
         tx.commit()?;
-        Ok(message_id)
+        Ok(ids)
     }
 
     /// Encrypts a text message into the outbox, without touching the network. It is
@@ -318,18 +335,24 @@ impl Engine {
             return Ok(());
         }
         // Grouped by author, so each author's share can be named in the receipt.
-        let due: Vec<(String, String)> = {
+        let due: Vec<Owed> = {
             let mut stmt = self.db.prepare_cached(&format!(
-                "SELECT id, sender FROM messages WHERE group_id = ?1 AND {column} = 1 ORDER BY sender, seq"
+                "SELECT id, sender, seq FROM messages WHERE group_id = ?1 AND {column} = 1 ORDER BY sender, seq"
             ))?;
             let rows = stmt
-                .query_map([group_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .query_map([group_id], |r| {
+                    Ok(Owed {
+                        id: r.get(0)?,
+                        sender: r.get(1)?,
+                        seq: r.get(2)?,
+                    })
+                })?
                 .collect::<Result<Vec<_>, _>>()?;
             rows
         };
-        let targets: Vec<(String, String)> = due
+        let targets: Vec<Owed> = due
             .into_iter()
-            .filter(|(id, _)| only.is_none_or(|o| o.contains(id)))
+            .filter(|owed| only.is_none_or(|o| o.contains(&owed.id)))
             .collect();
         // The archive keeps what it receives but reads nothing: it sends no receipts.
         if targets.is_empty() || self.is_archive()? {
@@ -339,50 +362,46 @@ impl Engine {
         if state != GroupState::Active {
             return Ok(());
         }
-        for chunk in targets.chunks(500) {
-            let mut authors: Vec<AuthorSpan> = Vec::new();
-            for (_, sender) in chunk {
-                match authors.last_mut() {
-                    Some(span) if span.user == *sender => span.count += 1,
-                    _ => authors.push(AuthorSpan {
-                        user: sender.clone(),
-                        count: 1,
-                    }),
+        let chunks: Vec<&[Owed]> = targets.chunks(500).collect();
+        let receipts = chunks
+            .iter()
+            .map(|chunk| {
+                let mut authors: Vec<AuthorSpan> = Vec::new();
+                for owed in chunk.iter() {
+                    match authors.last_mut() {
+                        Some(span) if span.user == owed.sender => span.count += 1,
+                        _ => authors.push(AuthorSpan {
+                            user: owed.sender.clone(),
+                            count: 1,
+                        }),
+                    }
                 }
-            }
-            let queued = self.enqueue(
-                group_id,
                 Body::Receipt {
                     kind,
-                    targets: chunk.iter().map(|(id, _)| id.clone()).collect(),
+                    targets: chunk.iter().map(|owed| owed.id.clone()).collect(),
                     authors,
-                },
-            );
-            match queued {
-                // Receipts wait, like everything else, until the archive is back.
-                Err(EngineError::ArchiveMissing(_) | EngineError::UnremovedDevice { .. }) => {
-                    return Ok(())
                 }
-                other => other?,
-            };
-            let tx = self
-                .db
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            for (id, _) in chunk {
-                tx.prepare_cached(&format!(
-                    "UPDATE messages SET {column} = 0 WHERE group_id = ?1 AND id = ?2"
-                ))?
-                .execute(params![group_id, id])?;
+            })
+            .collect();
+        // Each receipt and the messages it covers no longer owing one are stored together.
+        let queued = self.enqueue_all(group_id, receipts, |tx, i| {
+            let mut settle =
+                tx.prepare_cached(&format!("UPDATE messages SET {column} = 0 WHERE seq = ?1"))?;
+            let mut settle_delivered =
+                tx.prepare_cached("UPDATE messages SET delivered_receipt_due = 0 WHERE seq = ?1")?;
+            for owed in chunks[i] {
+                settle.execute([owed.seq])?;
                 if kind == ReceiptKind::Read {
-                    tx.prepare_cached(
-                        "UPDATE messages SET delivered_receipt_due = 0 WHERE group_id = ?1 AND id = ?2",
-                    )?
-                    .execute(params![group_id, id])?;
+                    settle_delivered.execute([owed.seq])?;
                 }
             }
-            tx.commit()?;
+            Ok(())
+        });
+        match queued {
+            // Receipts wait, like everything else, until the archive is back.
+            Err(EngineError::ArchiveMissing(_) | EngineError::UnremovedDevice { .. }) => Ok(()),
+            other => other.map(drop),
         }
-        Ok(())
     }
 
     /// Sets how long every member's device keeps the group's messages: `disappear` after
@@ -541,4 +560,11 @@ pub(super) fn unremoved_device(
                 && (revoked.covers(c) || (lapsed.contains(id) && muster_rules::lapsed(c, now)))
         })
         .map(|c| c.body.user))
+}
+
+/// A received message still owed a receipt.
+struct Owed {
+    id: String,
+    sender: String,
+    seq: i64,
 }

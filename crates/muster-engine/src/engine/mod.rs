@@ -441,6 +441,9 @@ pub struct Engine {
     unprocessed_handover: bool,
     /// Acknowledgements of pushed messages, sent together.
     held_acks: crate::HeldAcks,
+    /// Until when batches check every signature in place: a batch held a forged one
+    /// (see [`crate::signatures`]), so the next ones may too.
+    strict_signatures_until: Option<std::time::Instant>,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -641,6 +644,7 @@ impl Engine {
             activity: SyncReport::default(),
             last_full_sync: None,
             unprocessed_handover: false,
+            strict_signatures_until: None,
             held_acks: Default::default(),
         };
         engine.enforce_retention()?;

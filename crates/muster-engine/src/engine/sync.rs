@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// How long batches check every signature in place after one held a forgery.
+const STRICT_AFTER_FORGERY: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// How often a live device runs the whole [`Engine::sync`] at least, however busy.
 pub const FULL_SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -526,18 +529,26 @@ impl Engine {
         deliveries: Vec<Delivery>,
         trees: &HashMap<u64, Vec<u8>>,
     ) -> Result<Vec<AckItem>, EngineError> {
-        if deliveries.len() >= DEFER_FROM {
+        let now = std::time::Instant::now();
+        let strict = self
+            .strict_signatures_until
+            .is_some_and(|until| now < until);
+        if deliveries.len() >= DEFER_FROM && !strict {
             if let Ok(signatures) = DeferredSignatures::start() {
                 let batch = Batch {
                     secrets: BatchedSecrets::default(),
                     signatures: Some(signatures),
                 };
-                if let Some(acks) = self.process_batch_with(deliveries.clone(), trees, batch)? {
+                // Whatever went wrong in that pass (also an error a forged message might
+                // have caused), the batch is processed again checking in place.
+                if let Ok(Some(acks)) = self.process_batch_with(deliveries.clone(), trees, batch) {
                     return Ok(acks);
                 }
                 tracing::warn!(
-                    "a fetched batch holds a signature that does not verify: processing it again"
+                    "a fetched batch did not go through with its signatures checked on the side: processing it again"
                 );
+                // A forged message makes a batch cost two passes: not again and again.
+                self.strict_signatures_until = Some(now + STRICT_AFTER_FORGERY);
             }
         }
         let batch = Batch {
