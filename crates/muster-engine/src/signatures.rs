@@ -5,10 +5,12 @@
 //! must go in order) and storing. While a batch is processed in one transaction, the
 //! [`BatchCrypto`] provider answers openmls's signature checks at once and queues them on
 //! [`DeferredSignatures`], whose thread checks them exactly as openmls's own provider does
-//! while the batch goes on. The batch may only commit when every one of them held
-//! ([`DeferredSignatures::all_valid`]); when one did not, the caller rolls the whole
-//! batch back and processes it again with every signature checked in place, so a forged
-//! message is refused exactly as it always was and nothing it caused is ever stored.
+//! (`verify_strict`, each key decoded once per batch) while the batch goes on; at its
+//! end the batch's own thread takes a share of what is left. The batch may only commit
+//! when every one of them held ([`DeferredSignatures::all_valid`]); when one did not, the
+//! caller rolls the whole batch back and processes it again with every signature checked
+//! in place, so a forged message is refused exactly as it always was and nothing it
+//! caused is ever stored.
 
 use openmls_rust_crypto::RustCrypto;
 use openmls_traits::crypto::OpenMlsCrypto;
@@ -16,7 +18,10 @@ use openmls_traits::types::{
     AeadType, Ciphersuite, CryptoError, ExporterSecret, HashType, HpkeCiphertext, HpkeConfig,
     HpkeKeyPair, KemOutput, SignatureScheme,
 };
-use std::sync::mpsc;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use tls_codec::SecretVLBytes;
 
 /// Batches at least this long check their signatures on a second thread; a shorter one
@@ -24,61 +29,125 @@ use tls_codec::SecretVLBytes;
 pub(crate) const DEFER_FROM: usize = 16;
 
 struct Check {
-    scheme: SignatureScheme,
     data: Vec<u8>,
     key: Vec<u8>,
     signature: Vec<u8>,
 }
 
+/// The checks waiting, shared by the checking thread and, at the end, the batch's own.
+struct Queue {
+    checks: VecDeque<Check>,
+    /// Nothing more comes: whoever takes the last check is done.
+    closed: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    more: Condvar,
+    forged: AtomicBool,
+}
+
+impl Shared {
+    /// The next check; waits for one unless `wait` is false or the queue is closed.
+    fn next(&self, wait: bool) -> Option<Check> {
+        let mut queue = self.queue.lock().ok()?;
+        loop {
+            if let Some(check) = queue.checks.pop_front() {
+                return Some(check);
+            }
+            if queue.closed || !wait {
+                return None;
+            }
+            queue = self.more.wait(queue).ok()?;
+        }
+    }
+
+    /// Checks until nothing is left (waiting for more while the queue is open if `wait`).
+    fn work(&self, wait: bool) {
+        let mut keys = Keys::default();
+        while let Some(check) = self.next(wait) {
+            if !self.forged.load(Ordering::Relaxed) && !keys.verify(&check) {
+                self.forged.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Ed25519 public keys already decoded (a point decompression each), by their bytes.
+#[derive(Default)]
+struct Keys(HashMap<[u8; 32], ed25519_dalek::VerifyingKey>);
+
+impl Keys {
+    /// What openmls_rust_crypto's `verify_signature` answers for Ed25519, with the key
+    /// decoded once per batch instead of once per message.
+    fn verify(&mut self, check: &Check) -> bool {
+        let Ok(bytes) = <[u8; 32]>::try_from(check.key.as_slice()) else {
+            return false;
+        };
+        let Ok(signature) = ed25519_dalek::Signature::from_slice(&check.signature) else {
+            return false;
+        };
+        let key = match self.0.entry(bytes) {
+            Entry::Occupied(known) => known.into_mut(),
+            Entry::Vacant(new) => match ed25519_dalek::VerifyingKey::from_bytes(&bytes) {
+                Ok(key) => new.insert(key),
+                Err(_) => return false,
+            },
+        };
+        key.verify_strict(&check.data, &signature).is_ok()
+    }
+}
+
 /// Signature checks running on their own thread for one batch.
 pub(crate) struct DeferredSignatures {
-    queue: mpsc::Sender<Check>,
-    worker: std::thread::JoinHandle<bool>,
+    shared: Arc<Shared>,
+    worker: std::thread::JoinHandle<()>,
 }
 
 impl DeferredSignatures {
     /// Starts the checking thread.
     pub(crate) fn start() -> std::io::Result<Self> {
-        let (queue, checks) = mpsc::channel::<Check>();
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                checks: VecDeque::new(),
+                closed: false,
+            }),
+            more: Condvar::new(),
+            forged: AtomicBool::new(false),
+        });
+        let theirs = shared.clone();
         let worker = std::thread::Builder::new()
-            .name("signature checks".into())
-            .spawn(move || {
-                let crypto = RustCrypto::default();
-                // Everything queued is received (the queue never fills), but once one
-                // failed the rest need no checking.
-                let mut valid = true;
-                for check in checks {
-                    valid = valid
-                        && crypto
-                            .verify_signature(
-                                check.scheme,
-                                &check.data,
-                                &check.key,
-                                &check.signature,
-                            )
-                            .is_ok();
-                }
-                valid
-            })?;
-        Ok(Self { queue, worker })
+            .name("signature check".into())
+            .spawn(move || theirs.work(true))?;
+        Ok(Self { shared, worker })
     }
 
-    /// Queues one check; false when the thread is gone (the caller checks in place).
-    fn defer(&self, scheme: SignatureScheme, data: &[u8], key: &[u8], signature: &[u8]) -> bool {
-        self.queue
-            .send(Check {
-                scheme,
-                data: data.to_vec(),
-                key: key.to_vec(),
-                signature: signature.to_vec(),
-            })
-            .is_ok()
+    /// Queues one Ed25519 check; false when that cannot be done (the caller checks in
+    /// place).
+    fn defer(&self, data: &[u8], key: &[u8], signature: &[u8]) -> bool {
+        let Ok(mut queue) = self.shared.queue.lock() else {
+            return false;
+        };
+        queue.checks.push_back(Check {
+            data: data.to_vec(),
+            key: key.to_vec(),
+            signature: signature.to_vec(),
+        });
+        self.shared.more.notify_one();
+        true
     }
 
-    /// Waits for every queued check: true only when each one held.
+    /// Waits for every queued check, taking a share of those left: true only when each
+    /// one held.
     pub(crate) fn all_valid(self) -> bool {
-        drop(self.queue);
-        self.worker.join().unwrap_or(false)
+        let Ok(mut queue) = self.shared.queue.lock() else {
+            return false;
+        };
+        queue.closed = true;
+        drop(queue);
+        self.shared.more.notify_all();
+        self.shared.work(false);
+        self.worker.join().is_ok() && !self.shared.forged.load(Ordering::Relaxed)
     }
 }
 
@@ -105,7 +174,7 @@ impl OpenMlsCrypto for BatchCrypto<'_> {
     ) -> Result<(), CryptoError> {
         match self.deferred {
             Some(deferred)
-                if alg == SignatureScheme::ED25519 && deferred.defer(alg, data, pk, signature) =>
+                if alg == SignatureScheme::ED25519 && deferred.defer(data, pk, signature) =>
             {
                 Ok(())
             }
@@ -285,6 +354,26 @@ mod tests {
             .verify_signature(SignatureScheme::ED25519, b"hellO", &key, &signature)
             .is_ok());
         assert!(!forged.all_valid());
+
+        // A key of the wrong length, and the identity point as a key with a signature any
+        // message satisfies without strict checking: refused like openmls refuses them.
+        let short = DeferredSignatures::start().expect("started");
+        BatchCrypto::new(&rust, Some(&short))
+            .verify_signature(SignatureScheme::ED25519, b"hello", &key[..31], &signature)
+            .expect("answered at once");
+        assert!(!short.all_valid());
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let mut weak = [0u8; 64];
+        weak[0] = 1;
+        assert!(rust
+            .verify_signature(SignatureScheme::ED25519, b"hello", &identity, &weak)
+            .is_err());
+        let small = DeferredSignatures::start().expect("started");
+        BatchCrypto::new(&rust, Some(&small))
+            .verify_signature(SignatureScheme::ED25519, b"hello", &identity, &weak)
+            .expect("answered at once");
+        assert!(!small.all_valid());
 
         // Without deferral a forgery is refused in place.
         let strict = BatchCrypto::new(&rust, None);

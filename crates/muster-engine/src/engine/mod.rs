@@ -621,6 +621,9 @@ impl Engine {
         // Statement journals (copies of the pages a statement changes, message text
         // among them) stay in memory instead of temporary files on disk.
         db.pragma_update(None, "temp_store", "MEMORY")?;
+        // A long history's indexes stay in memory while a backlog comes in (SQLite's
+        // default is 2 MiB; this is the most it takes, for a store that large).
+        db.pragma_update(None, "cache_size", -32_768)?;
         db.execute_batch(SCHEMA)?;
         crate::store::migrate(&db)?;
         crate::archive::migrate(&db)?;
