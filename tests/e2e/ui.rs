@@ -204,10 +204,16 @@ fn only_the_tab_holding_the_link_gets_in_and_a_colleagues_message_arrives_live()
         body,
     );
     assert_eq!(sent.status, 200, "{}", sent.body);
-    bob.ok(&["sync"]);
-    assert!(bob
-        .texts("ops")
-        .contains(&"hello from the browser".to_string()));
+    // Queued in the UI's outbox; its device sends it on its own time.
+    wait_until(
+        Duration::from_secs(30),
+        "bob to receive the text sent from the browser",
+        || {
+            bob.ok(&["sync"]);
+            bob.texts("ops")
+                .contains(&"hello from the browser".to_string())
+        },
+    );
 
     // An open page hears of bob's reply as it arrives, and then reads it.
     let mut stream = TcpStream::connect(("127.0.0.1", ui.port)).unwrap();
