@@ -41,11 +41,6 @@ impl BatchedSecrets {
         }
         Ok(())
     }
-
-    /// Whether some group's message secrets wait to be flushed.
-    pub fn is_empty(&self) -> bool {
-        self.newest.borrow().is_empty()
-    }
 }
 
 fn conversion(e: StoreCodecError) -> rusqlite::Error {
