@@ -149,6 +149,14 @@ fn block_on(
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // MUSTER_BENCH_LOG (a tracing filter) shows the bench's own side, QUIC included.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("MUSTER_BENCH_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let result = match cli.scenario {
         Scenario::Mls { sizes } => mls::run(&sizes).map_err(|e| e.to_string()),
         Scenario::Relay {

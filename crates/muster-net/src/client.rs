@@ -88,10 +88,10 @@ impl RelayConnection {
         let socket = resolve(addr).await?;
         let deadline = tokio::time::Instant::now() + CONNECT_WITHIN;
         // A handshake the relay has not answered at all within half the time is tried once
-        // more on a fresh connection: under a burst of connections, about one in a few
-        // thousand handshakes through the relay's address check (a QUIC Retry) never gets
-        // an answer, while a new attempt does at once. One that is answered, however
-        // slowly, is waited for.
+        // more on a fresh connection. A relay on quinn's default connection IDs reuses a
+        // live ID in its address check (a QUIC Retry) about once in a few hundred
+        // handshakes when thousands of devices are connected, and never answers those (see
+        // `socket.rs`); a new attempt gets a new ID. One that is answered, however slowly, is waited for.
         let unanswered_by = tokio::time::Instant::now() + CONNECT_WITHIN / 2;
         let first = Self::attempt(
             &endpoint,
