@@ -211,6 +211,12 @@ pub(crate) enum Command {
     },
     /// Show who this device is.
     Whoami(JsonFlag),
+    /// Show the relays this device talks to, or set them (when the organisation adds a
+    /// relay on the same database): HOST:PORT,HOST:PORT, tried in turn.
+    Relays {
+        #[arg(long, value_name = "LIST")]
+        set: Option<String>,
+    },
     /// List enrolled colleagues with their approved attributes and roles.
     Directory(JsonFlag),
     /// Administration.
@@ -388,7 +394,8 @@ pub(crate) struct JsonFlag {
 pub(crate) enum OrgCommand {
     /// Create the organisation: its root key, and this device as its first admin.
     Create {
-        /// Relay address, HOST:PORT.
+        /// Relay address, HOST:PORT; several relays sharing one database as a list,
+        /// HOST:PORT,HOST:PORT (devices fail over to the next when one does not answer).
         #[arg(long)]
         relay: String,
         /// The relay certificate's SHA-256 fingerprint, as printed by `muster-relay serve`.

@@ -417,6 +417,16 @@ pub(crate) async fn run(
                 );
             });
         }
+        Command::Relays { set } => {
+            if let Some(list) = set {
+                engine.set_relays(&list)?;
+            }
+            let (relays, fingerprint) = engine.relay()?;
+            for relay in relays.split(',') {
+                println!("{relay}");
+            }
+            println!("certificate fingerprint: {fingerprint}");
+        }
         Command::Whoami(flag) => {
             let me = engine.whoami()?;
             if flag.json {

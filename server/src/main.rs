@@ -1,6 +1,7 @@
 //! `muster-relay`: the relay binary. Parses arguments, opens the data directory and
 //! runs the QUIC server around [`muster_relay_core::Relay`].
 
+mod cluster;
 mod pushes;
 mod server;
 mod worker;
@@ -30,6 +31,14 @@ enum Command {
         /// Data directory (SQLite database, TLS certificate and key).
         #[arg(long, value_name = "DIR")]
         data: PathBuf,
+        /// A PostgreSQL database shared by several relays (postgres://USER@HOST/DB)
+        /// instead of the SQLite file in DATA.
+        #[arg(long, value_name = "URL")]
+        database: Option<String>,
+        /// Where encrypted attachments are kept [default: DATA/blobs]; relays sharing a
+        /// database must all reach the same directory.
+        #[arg(long, value_name = "DIR")]
+        blobs: Option<PathBuf>,
         /// UDP address to listen on.
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:4433")]
         listen: std::net::SocketAddr,
@@ -64,11 +73,20 @@ enum Command {
     BootstrapToken {
         #[arg(long, value_name = "DIR")]
         data: PathBuf,
+        /// A PostgreSQL database shared by several relays (postgres://USER@HOST/DB)
+        /// instead of the SQLite file in DATA.
+        #[arg(long, value_name = "URL")]
+        database: Option<String>,
     },
     /// Print the audit log: metadata events only (enrolments, logins, group changes), never content.
     Audit {
         #[arg(long, value_name = "DIR")]
         data: PathBuf,
+        /// A PostgreSQL database shared by several relays (postgres://USER@HOST/DB)
+        /// instead of the SQLite file in DATA.
+        #[arg(long, value_name = "URL")]
+        database: Option<String>,
+
         /// How many of the latest events to show.
         #[arg(long, default_value_t = 100)]
         limit: usize,
@@ -88,6 +106,24 @@ enum Command {
     Stats {
         #[arg(long, value_name = "DIR")]
         data: PathBuf,
+        /// A PostgreSQL database shared by several relays (postgres://USER@HOST/DB)
+        /// instead of the SQLite file in DATA.
+        #[arg(long, value_name = "URL")]
+        database: Option<String>,
+    },
+    /// Copy a stopped relay's SQLite data (and its TLS identity, so devices keep their
+    /// pin) into an empty PostgreSQL database, for several relays to share.
+    Migrate {
+        /// The old relay's data directory.
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+        /// The PostgreSQL database (postgres://USER@HOST/DB).
+        #[arg(long, value_name = "URL")]
+        to: String,
+        /// Where the relays on the database keep attachments [default: FROM/blobs, left
+        /// in place]; the old relay's attachments are copied there.
+        #[arg(long, value_name = "DIR")]
+        blobs: Option<PathBuf>,
     },
 }
 
@@ -104,6 +140,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve {
             data,
+            database,
+            blobs,
             listen,
             blob_quota_mib,
             queue_quota_mib,
@@ -134,16 +172,31 @@ fn main() -> ExitCode {
                 .enable_all()
                 .build()
                 .map_err(server::ServeError::from)
-                .and_then(|rt| rt.block_on(server::serve(data, listen, quotas)))
+                .and_then(|rt| {
+                    let place = cluster::Place {
+                        data,
+                        database,
+                        blobs,
+                    };
+                    rt.block_on(server::serve(place, listen, quotas))
+                })
         }
-        Command::BootstrapToken { data } => server::bootstrap_token(&data),
-        Command::Stats { data } => server::stats(&data),
+        Command::BootstrapToken { data, database } => {
+            server::bootstrap_token(&cluster::Place::of(data, database))
+        }
+        Command::Stats { data, database } => server::stats(&cluster::Place::of(data, database)),
+        Command::Migrate { from, to, blobs } => cluster::migrate(&from, &to, blobs),
         Command::Health { data, relay } => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(server::ServeError::from)
             .and_then(|rt| rt.block_on(server::health(&data, relay))),
-        Command::Audit { data, limit, json } => server::audit(&data, limit, json),
+        Command::Audit {
+            data,
+            database,
+            limit,
+            json,
+        } => server::audit(&cluster::Place::of(data, database), limit, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,7 @@
 //! The QUIC edge of the relay: accepts connections, decodes frames, runs requests on the
 //! blocking relay core and pushes wake-ups to connected devices.
 
+use crate::cluster::Place;
 use muster_net::{read_frame, write_frame, RelayIdentity};
 use muster_proto::{decode, encode, ErrorCode, Push, RelayError, Request, Response};
 use muster_relay_core::{
@@ -9,7 +10,7 @@ use muster_relay_core::{
 };
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -27,7 +28,7 @@ pub enum ServeError {
     Unhealthy(String),
 }
 
-const DB_FILE: &str = "relay.db";
+pub(crate) const DB_FILE: &str = "relay.db";
 /// Open connections one device may hold at once.
 const MAX_CONNECTIONS_PER_DEVICE: usize = 16;
 /// Where `serve` records the address it listens on, for `health`.
@@ -40,22 +41,26 @@ const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 /// Anonymous requests one connection may make before it must authenticate.
 const MAX_ANONYMOUS_REQUESTS_PER_CONNECTION: u32 = 8;
 
-fn open_relay(data: &Path) -> Result<(Relay, RelayIdentity), ServeError> {
+fn open_relay(place: &Place) -> Result<(Relay, RelayIdentity), ServeError> {
+    if let Some(url) = &place.database {
+        return crate::cluster::open_shared(&place.data, url, place.blobs.clone());
+    }
+    let data = &place.data;
     std::fs::create_dir_all(data)?;
     let identity = RelayIdentity::load_or_create(data)?;
     let relay = Relay::open(&data.join(DB_FILE), identity.fingerprint())?;
     Ok((relay, identity))
 }
 
-fn open_existing(data: &Path) -> Result<Relay, ServeError> {
-    if !data.join(DB_FILE).exists() {
-        return Err(ServeError::NoData(data.display().to_string()));
+fn open_existing(place: &Place) -> Result<Relay, ServeError> {
+    if place.database.is_none() && !place.data.join(DB_FILE).exists() {
+        return Err(ServeError::NoData(place.data.display().to_string()));
     }
-    Ok(open_relay(data)?.0)
+    Ok(open_relay(place)?.0)
 }
 
-pub fn bootstrap_token(data: &Path) -> Result<(), ServeError> {
-    let relay = open_existing(data)?;
+pub fn bootstrap_token(place: &Place) -> Result<(), ServeError> {
+    let relay = open_existing(place)?;
     if relay.org()?.is_some() {
         eprintln!("muster-relay: note: an organisation is already registered; this token can no longer be used to create one");
     }
@@ -101,24 +106,29 @@ pub async fn health(data: &Path, relay: Option<String>) -> Result<(), ServeError
     }
 }
 
-pub fn stats(data: &Path) -> Result<(), ServeError> {
-    let relay = open_existing(data)?;
+pub fn stats(place: &Place) -> Result<(), ServeError> {
+    let relay = open_existing(place)?;
     let stats = relay.stats()?;
-    let wal = data.join(format!("{DB_FILE}-wal"));
-    let size = std::fs::metadata(data.join(DB_FILE))?.len()
-        + std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0);
     println!("devices: {}", stats.devices);
     println!("pending enrolments: {}", stats.pending_enrolments);
     println!("groups: {}", stats.groups);
     println!("stored messages: {}", stats.stored_messages);
     println!("queued deliveries: {}", stats.queued_deliveries);
     println!("attachment bytes: {}", relay.blob_bytes()?);
-    println!("database bytes: {size}");
+    if place.database.is_some() {
+        println!("database: PostgreSQL, shared by the organisation's relays");
+    } else {
+        let data = &place.data;
+        let wal = data.join(format!("{DB_FILE}-wal"));
+        let size = std::fs::metadata(data.join(DB_FILE))?.len()
+            + std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0);
+        println!("database bytes: {size}");
+    }
     Ok(())
 }
 
-pub fn audit(data: &Path, limit: usize, json: bool) -> Result<(), ServeError> {
-    let relay = open_existing(data)?;
+pub fn audit(place: &Place, limit: usize, json: bool) -> Result<(), ServeError> {
+    let relay = open_existing(place)?;
     for e in relay.audit_events(limit)? {
         let at = rfc3339(e.at);
         let group = e.group.as_deref().map(hex::encode);
@@ -237,12 +247,16 @@ impl Connected {
 
     /// Tells these devices that deliveries wait (once until they fetch), except on the
     /// connections in `handled`.
-    fn wake<'a>(&self, devices: impl IntoIterator<Item = &'a String>, handled: &HashSet<u64>) {
+    pub(crate) fn wake<'a>(
+        &self,
+        devices: impl IntoIterator<Item = &'a String>,
+        handled: &HashSet<u64>,
+    ) {
         self.push(devices, &Push::Wake, handled);
     }
 
     /// Tells these devices that something other than deliveries changed.
-    fn changed<'a>(&self, devices: impl IntoIterator<Item = &'a String>) {
+    pub(crate) fn changed<'a>(&self, devices: impl IntoIterator<Item = &'a String>) {
         self.push(devices, &Push::Changed, &HashSet::new());
     }
 
@@ -303,8 +317,11 @@ pub struct Quotas {
 /// How often expired messages and blobs are collected.
 const HOUSEKEEPING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
 
-pub async fn serve(data: PathBuf, listen: SocketAddr, quotas: Quotas) -> Result<(), ServeError> {
-    let (mut relay, identity) = open_relay(&data)?;
+pub async fn serve(place: Place, listen: SocketAddr, quotas: Quotas) -> Result<(), ServeError> {
+    let data = place.data.clone();
+    // The PostgreSQL client blocks on a runtime of its own, so database work started from
+    // this runtime's threads runs outside it.
+    let (mut relay, identity) = tokio::task::block_in_place(|| open_relay(&place))?;
     relay.set_blob_quota(quotas.blob_bytes);
     relay.set_queue_quota(quotas.queue_bytes);
     relay.set_rate_limits(quotas.rates);
@@ -317,15 +334,30 @@ pub async fn serve(data: PathBuf, listen: SocketAddr, quotas: Quotas) -> Result<
     std::fs::write(data.join(ADDR_FILE), local.to_string())?;
     println!("muster-relay listening on {local}");
     println!("data directory: {}", data.display());
-    println!("certificate fingerprint: {}", identity.fingerprint());
-    match relay.org()? {
-        None => println!("bootstrap token: {}", relay.new_bootstrap_token()?),
-        Some(org) => println!("organisation: {} ({})", org.name, org.org_id),
+    if place.database.is_some() {
+        println!("database: PostgreSQL, shared with the organisation's other relays");
     }
+    println!("certificate fingerprint: {}", identity.fingerprint());
+    tokio::task::block_in_place(|| -> Result<(), ServeError> {
+        match relay.org()? {
+            None => println!("bootstrap token: {}", relay.new_bootstrap_token()?),
+            Some(org) => println!("organisation: {} ({})", org.name, org.org_id),
+        }
+        Ok(())
+    })?;
     use std::io::Write;
     let _ = std::io::stdout().flush();
+    let origin = relay.origin().to_string();
     let relay = Arc::new(Mutex::new(relay));
     let connected = Arc::new(Connected::default());
+    if let Some(url) = &place.database {
+        crate::cluster::follow_others(
+            url.clone(),
+            origin,
+            connected.clone(),
+            tokio::runtime::Handle::current(),
+        );
+    }
     let shared = Arc::new(Shared {
         jobs: crate::worker::start(relay.clone(), connected.clone()),
         relay,
@@ -340,8 +372,10 @@ pub async fn serve(data: PathBuf, listen: SocketAddr, quotas: Quotas) -> Result<
     loop {
         tokio::select! {
             _ = housekeeping.tick() => {
-                let mut relay = shared.relay.lock().unwrap_or_else(|e| e.into_inner());
-                match relay.collect_expired() {
+                let collected = tokio::task::block_in_place(|| {
+                    shared.relay.lock().unwrap_or_else(|e| e.into_inner()).collect_expired()
+                });
+                match collected {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(messages = n, "deleted messages past their retention"),
                     Err(e) => tracing::warn!(error = %e, "collecting expired messages failed"),

@@ -5,7 +5,7 @@
 
 use crate::server::Connected;
 use muster_proto::{ErrorCode, RelayError, Request, Response};
-use muster_relay_core::{ConnectionState, Outcome, PushRoute, Relay};
+use muster_relay_core::{Announcement, ConnectionState, Outcome, PushRoute, Relay};
 use std::collections::HashSet;
 use std::sync::{mpsc, Arc, Mutex};
 use tokio::sync::oneshot;
@@ -88,6 +88,20 @@ fn run(relay: &Mutex<Relay>, connected: &Connected, waiting: &mpsc::Receiver<Job
             }
             _ => None,
         };
+        if durable.is_ok() && relay.is_postgres() {
+            // Devices connected to the other relays of the database hear of it too.
+            let mut announcement = Announcement::default();
+            for (_, _, outcome, _) in &answered {
+                announcement.wake.extend(outcome.wake.iter().cloned());
+                announcement.changed.extend(outcome.changed.iter().cloned());
+                announcement
+                    .disconnect
+                    .extend(outcome.disconnect.iter().cloned());
+            }
+            if let Err(e) = relay.announce(announcement) {
+                tracing::warn!(error = %e, "could not tell the other relays");
+            }
+        }
         drop(relay);
         if let Err(e) = &durable {
             tracing::error!(error = %e, "could not make a group commit durable");

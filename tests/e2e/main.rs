@@ -22,5 +22,6 @@ mod receipts;
 mod rogue;
 mod rogue_member;
 mod root_recovery;
+mod several_relays;
 mod ui;
 mod walkthrough;

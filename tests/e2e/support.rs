@@ -80,6 +80,12 @@ impl Relay {
         Self::start_at(dir.path().join("relay"), "127.0.0.1:0", None, &[])
     }
 
+    /// Starts a relay on a free loopback port with data directory `data` and more `serve`
+    /// options (a shared database, say).
+    pub fn start_with(data: PathBuf, extra: &[&str]) -> Self {
+        Self::start_at(data, "127.0.0.1:0", None, extra)
+    }
+
     /// Starts a relay inside the network namespace `netns` (one the test created).
     pub fn start_in_netns(dir: &TempDir, netns: &str, listen: &str) -> Self {
         Self::start_at(

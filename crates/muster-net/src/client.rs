@@ -62,9 +62,75 @@ async fn resolve(addr: &str) -> Result<SocketAddr, NetError> {
         .ok_or_else(|| NetError::BadAddress(addr.to_string()))
 }
 
+/// How long one of several relays may take to complete a handshake before the next is tried.
+const FAILOVER_AFTER: Duration = Duration::from_secs(3);
+
+/// For each list of relay addresses, the one that last answered: later connections try
+/// it first, so a relay that is down costs its [`FAILOVER_AFTER`] once, not every time.
+static ANSWERED_LAST: std::sync::Mutex<Option<std::collections::HashMap<String, usize>>> =
+    std::sync::Mutex::new(None);
+
+/// The addresses in a relay list: `HOST:PORT` or `HOST:PORT,HOST:PORT,...`.
+pub fn relay_addresses(list: &str) -> Vec<&str> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .collect()
+}
+
 impl RelayConnection {
     /// Connects to `addr`, accepting only the certificate whose SHA-256 is `fingerprint`.
+    /// `addr` may list several relays that share one database and one certificate
+    /// (`a:4433,b:4433`): each is tried in turn, starting with the one that answered
+    /// last, and one that has not completed its handshake within [`FAILOVER_AFTER`] is
+    /// passed over.
     pub async fn connect(addr: &str, fingerprint: &str) -> Result<Self, NetError> {
+        let candidates = relay_addresses(addr);
+        if candidates.len() <= 1 {
+            return Self::connect_one(candidates.first().copied().unwrap_or(addr), fingerprint)
+                .await;
+        }
+        let remembered = || {
+            ANSWERED_LAST
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .and_then(|m| m.get(addr).copied())
+                .unwrap_or(0)
+        };
+        let first = remembered() % candidates.len();
+        let mut failure = NetError::BadAddress(addr.to_string());
+        for i in 0..candidates.len() {
+            let index = (first + i) % candidates.len();
+            let candidate = candidates[index];
+            match tokio::time::timeout(FAILOVER_AFTER, Self::connect_one(candidate, fingerprint))
+                .await
+            {
+                Ok(Ok(connection)) => {
+                    if index != first {
+                        tracing::info!(relay = candidate, "failed over to another relay");
+                    }
+                    ANSWERED_LAST
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_or_insert_with(Default::default)
+                        .insert(addr.to_string(), index);
+                    return Ok(connection);
+                }
+                Ok(Err(e)) => failure = e,
+                Err(_) => {
+                    failure = NetError::Unreachable {
+                        addr: candidate.to_string(),
+                        reason: format!("no answer within {} seconds", FAILOVER_AFTER.as_secs()),
+                    }
+                }
+            }
+            tracing::debug!(relay = candidate, error = %failure, "relay did not answer; trying the next");
+        }
+        Err(failure)
+    }
+
+    async fn connect_one(addr: &str, fingerprint: &str) -> Result<Self, NetError> {
         let socket = resolve(addr).await?;
         let bind: SocketAddr = if socket.is_ipv6() {
             "[::]:0".parse().expect("valid")

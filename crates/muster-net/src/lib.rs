@@ -7,7 +7,7 @@ pub mod framing;
 pub mod socket;
 pub mod tls;
 
-pub use client::{NetError, RelayConnection};
+pub use client::{relay_addresses, NetError, RelayConnection};
 pub use framing::{read_frame, write_frame, FrameError};
 pub use socket::endpoint_for_many;
 pub use tls::{fingerprint, RelayIdentity, ALPN};

@@ -51,6 +51,23 @@ impl RelayIdentity {
         fingerprint(&self.cert_der)
     }
 
+    /// An identity from its DER certificate and PKCS#8 key (several relays share one).
+    pub fn from_parts(cert_der: Vec<u8>, key_der: Vec<u8>) -> Self {
+        Self { cert_der, key_der }
+    }
+
+    /// The PKCS#8 private key, to share with the other relays of one database.
+    pub fn key_der(&self) -> &[u8] {
+        &self.key_der
+    }
+
+    /// Writes this identity to `dir` (the key readable by its owner only), replacing the
+    /// one there: `load_or_create` then returns it.
+    pub fn save(&self, dir: &Path) -> std::io::Result<()> {
+        write_private(&dir.join("relay-key.der"), &self.key_der)?;
+        std::fs::write(dir.join("relay-cert.der"), &self.cert_der)
+    }
+
     /// A QUIC server configuration presenting this identity.
     pub fn server_config(&self) -> Result<quinn::ServerConfig, rustls::Error> {
         let mut tls = rustls::ServerConfig::builder_with_provider(provider())

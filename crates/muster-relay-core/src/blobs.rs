@@ -2,13 +2,13 @@
 //! every recipient device has fetched them or the retention period ends. The relay never
 //! holds a key: blobs are ciphertext made on the sending device.
 
+use crate::db::{params, OptionalExtension};
 use crate::error::{refuse, Failure, StoreError};
 use crate::relay::{Outcome, Relay, Session};
 use muster_proto::{
     encrypted_size, now_unix, ErrorCode, Response, ATTACHMENT_CHUNK, ATTACHMENT_CHUNK_OVERHEAD,
     MAX_ATTACHMENT,
 };
-use rusqlite::{params, OptionalExtension, TransactionBehavior};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
@@ -160,7 +160,7 @@ impl Relay {
         self.collect_expired_blobs()?;
         crate::relay::require_member(self.db(), group_id, &session.device_id)?;
         let used: i64 = self.db().query_row(
-            "SELECT COALESCE(SUM(total_size), 0) FROM blobs WHERE uploader = ?1",
+            "SELECT CAST(COALESCE(SUM(total_size), 0) AS BIGINT) FROM blobs WHERE uploader = ?1",
             [&session.device_id],
             |r| r.get(0),
         )?;
@@ -231,9 +231,7 @@ impl Relay {
                 "blob does not match its SHA-256",
             ));
         }
-        let tx = self
-            .db_mut()
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.db_mut().transaction()?;
         tx.execute(
             "UPDATE blobs SET complete = 1, sha256 = ?2 WHERE blob_id = ?1",
             params![blob_id, sha256],
@@ -341,16 +339,14 @@ impl Relay {
                 "SELECT blob_id FROM blobs WHERE (complete = 1 AND created_at < ?1)
                                             OR (complete = 0 AND created_at < ?2)",
             )?;
-            let rows = stmt
-                .query_map(
-                    params![
-                        now - BLOB_RETENTION_SECS as i64,
-                        now - UNFINISHED_UPLOAD_SECS as i64
-                    ],
-                    |r| r.get(0),
-                )?
-                .collect::<Result<Vec<String>, _>>()?;
-            rows
+            stmt.query_map(
+                params![
+                    now - BLOB_RETENTION_SECS as i64,
+                    now - UNFINISHED_UPLOAD_SECS as i64
+                ],
+                |r| r.get(0),
+            )?
+            .collect::<Result<Vec<String>, _>>()?
         };
         for blob in &expired {
             self.delete_blob(blob)?;
@@ -360,10 +356,10 @@ impl Relay {
 
     /// Encrypted bytes this relay holds in blobs.
     pub fn blob_bytes(&self) -> Result<u64, StoreError> {
-        Ok(self
-            .db()
-            .query_row("SELECT COALESCE(SUM(received), 0) FROM blobs", [], |r| {
-                r.get::<_, i64>(0)
-            })? as u64)
+        Ok(self.db().query_row(
+            "SELECT CAST(COALESCE(SUM(received), 0) AS BIGINT) FROM blobs",
+            (),
+            |r| r.get::<_, i64>(0),
+        )? as u64)
     }
 }

@@ -1,10 +1,13 @@
 //! Failures of the relay's own storage, kept apart from what a peer did wrong.
 
+use crate::db::DbError;
 use muster_proto::{ErrorCode, RelayError};
 
 /// A failure of the relay's own storage (never the peer's fault).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] DbError),
     #[error("database error: {0}")]
     Sql(#[from] rusqlite::Error),
     #[error("database migration failed: {0}")]
@@ -23,6 +26,12 @@ pub(crate) enum Failure {
 impl From<StoreError> for Failure {
     fn from(e: StoreError) -> Self {
         Failure::Store(e)
+    }
+}
+
+impl From<DbError> for Failure {
+    fn from(e: DbError) -> Self {
+        Failure::Store(e.into())
     }
 }
 

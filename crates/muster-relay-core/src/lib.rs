@@ -8,9 +8,12 @@
 
 mod admission;
 mod blobs;
+mod cluster;
 mod connection;
+pub mod db;
 mod error;
 mod limits;
+pub mod migrate;
 mod mls;
 mod push;
 mod relay;
@@ -18,7 +21,9 @@ mod schema;
 
 pub use admission::{Admission, AnonymousLimits};
 pub use blobs::BLOB_RETENTION_SECS;
+pub use cluster::{Announcement, Announcements};
 pub use connection::{ConnectionState, Precheck};
+pub use db::DbError;
 pub use error::StoreError;
 pub use limits::RateLimits;
 pub use push::{PushRoute, Routed, StoredMessage, StreamChange};

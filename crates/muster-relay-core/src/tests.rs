@@ -17,6 +17,37 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 const SUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
 
+/// Set to `postgres` (by [`the_suite_passes_on_postgres`]) to run the suite on PostgreSQL.
+const BACKEND_VARIABLE: &str = "MUSTER_RELAY_TEST_BACKEND";
+
+/// The whole suite again, each relay on its own schema of the test PostgreSQL.
+#[test]
+fn the_suite_passes_on_postgres() {
+    if std::env::var(BACKEND_VARIABLE).is_ok() {
+        return;
+    }
+    if crate::db::postgres::testing::server().is_none() {
+        eprintln!("{}", crate::db::postgres::testing::MISSING);
+        return;
+    }
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--skip", "db::", "--skip", "the_suite_passes_on_postgres"])
+        .env(BACKEND_VARIABLE, "postgres")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let summary = stdout.lines().rfind(|l| l.starts_with("test result:"));
+    eprintln!(
+        "relay-core suite on PostgreSQL: {}",
+        summary.unwrap_or("no summary")
+    );
+    assert!(
+        output.status.success(),
+        "the relay-core suite failed on PostgreSQL:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 struct TestDir(PathBuf);
 
 impl Drop for TestDir {
@@ -226,7 +257,18 @@ impl World {
             N.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut relay = Relay::open(&dir.join("relay.db"), "f".repeat(64)).unwrap();
+        let mut relay = if std::env::var(BACKEND_VARIABLE).as_deref() == Ok("postgres") {
+            let schema = format!(
+                "suite_{}_{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            );
+            let url = crate::db::postgres::testing::fresh_schema(&schema)
+                .expect("MUSTER_TEST_POSTGRES names the server");
+            Relay::open_postgres(&url, "f".repeat(64), dir.join("blobs")).unwrap()
+        } else {
+            Relay::open(&dir.join("relay.db"), "f".repeat(64)).unwrap()
+        };
         let root = OrgRootKey::generate();
         let org = OrgDescriptor {
             org_id: "org1".into(),
@@ -1414,20 +1456,33 @@ fn a_group_commit_syncs_once_for_what_it_stored_and_not_for_acknowledgements() {
     let (mut alice_group, _) = w.group_with(&[&bob]);
     fetch_and_ack(&mut w.relay, &bob);
     let barriers = |relay: &Relay| -> i64 {
-        relay
-            .db()
-            .query_row(
-                "SELECT COALESCE((SELECT value FROM meta WHERE key = 'durability_barrier'), 0)",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap()
+        let sql = if relay.is_postgres() {
+            "SELECT COALESCE((SELECT value FROM durability_barrier WHERE id = 1), 0)"
+        } else {
+            "SELECT COALESCE((SELECT value FROM meta WHERE key = 'durability_barrier'), 0)"
+        };
+        relay.db().query_row(sql, (), |r| r.get(0)).unwrap()
     };
+    // 2 when every commit waits for the disk, 1 when it does not.
     let synchronous = |relay: &Relay| -> i64 {
-        relay
-            .db()
-            .query_row("PRAGMA synchronous", [], |r| r.get(0))
-            .unwrap()
+        if relay.is_postgres() {
+            let setting: String = relay
+                .db()
+                .query_row("SELECT current_setting('synchronous_commit')", (), |r| {
+                    r.get(0)
+                })
+                .unwrap();
+            if setting == "on" {
+                2
+            } else {
+                1
+            }
+        } else {
+            relay
+                .db()
+                .query_row("PRAGMA synchronous", (), |r| r.get(0))
+                .unwrap()
+        }
     };
     assert_eq!(synchronous(&w.relay), 2, "FULL outside group commits");
     let before = barriers(&w.relay);
@@ -1483,4 +1538,5 @@ fn a_message_nobody_else_waits_for_is_not_kept() {
 
 mod audience;
 mod changes;
+mod migrate;
 mod trees;

@@ -301,6 +301,33 @@ impl Engine {
         Ok((device.relay, device.fingerprint))
     }
 
+    /// Replaces the relays this device talks to with `list` (`HOST:PORT,HOST:PORT`): they
+    /// must share one database and so present the pinned certificate, which stays.
+    pub fn set_relays(&mut self, list: &str) -> Result<(), EngineError> {
+        self.device()?;
+        let addresses: Vec<&str> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .collect();
+        if addresses.is_empty() {
+            return Err(EngineError::Invalid("no relay address given".into()));
+        }
+        for address in &addresses {
+            let port = address.rsplit_once(':').map(|(_, p)| p);
+            if port.is_none_or(|p| p.parse::<u16>().is_err()) {
+                return Err(EngineError::Invalid(format!(
+                    "relay address {address:?} is not HOST:PORT"
+                )));
+            }
+        }
+        self.db.execute(
+            "UPDATE device SET relay = ?1 WHERE id = 1",
+            [addresses.join(",")],
+        )?;
+        Ok(())
+    }
+
     /// Proves this device's key on a fresh connection to its relay; picks up its
     /// certificate after approval and keeps its KeyPackage supply topped up.
     pub async fn authenticate(&mut self, conn: &impl Link) -> Result<(), EngineError> {

@@ -55,9 +55,7 @@ impl Relay {
                 "an admin cannot revoke the device it is using",
             ));
         }
-        let tx = self
-            .db
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.db.transaction()?;
         let mut wake = BTreeSet::new();
         for device in &body.device_ids {
             let owner: Option<String> = row(
@@ -138,7 +136,7 @@ impl Relay {
                 .db
                 .prepare_cached("SELECT data FROM revocations ORDER BY id")?;
             let mut found = None;
-            for data in stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))? {
+            for data in stmt.query_map((), |r| r.get::<_, Vec<u8>>(0))? {
                 if let Ok(r) = serde_json::from_slice::<Revocation>(&data?) {
                     if r.body.device_ids.iter().any(|d| d == device_id) {
                         found = Some(r);
@@ -167,7 +165,7 @@ impl Relay {
         let last: i64 = self
             .db
             .prepare_cached("SELECT COALESCE(MAX(id), 0) FROM revocations")?
-            .query_row([], |r| r.get(0))?;
+            .query_row((), |r| r.get(0))?;
         Ok(last.max(0) as u64)
     }
 
@@ -175,7 +173,7 @@ impl Relay {
     pub(super) fn last_revocation_serial(&self) -> Result<u64, Failure> {
         let mut stmt = self.db.prepare_cached("SELECT data FROM revocations")?;
         let mut last = 0;
-        for data in stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))? {
+        for data in stmt.query_map((), |r| r.get::<_, Vec<u8>>(0))? {
             if let Ok(r) = serde_json::from_slice::<Revocation>(&data?) {
                 last = last.max(r.body.serial);
             }
@@ -357,7 +355,7 @@ impl Relay {
              FROM profile_requests r ORDER BY r.requested_at, r.user",
         )?;
         let rows = stmt
-            .query_map([], |r| {
+            .query_map((), |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, Vec<u8>>(1)?,
@@ -392,9 +390,7 @@ impl Relay {
     ) -> Result<Outcome, Failure> {
         self.require_admin(session)?;
         let org = self.require_org()?;
-        let tx = self
-            .db
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.db.transaction()?;
         let user = certificates
             .first()
             .map(|c| c.body.user.clone())
@@ -498,9 +494,7 @@ impl Relay {
     ) -> Result<Outcome, Failure> {
         self.require_admin(session)?;
         let org = self.require_org()?;
-        let tx = self
-            .db
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.db.transaction()?;
         let before = match certificates.first() {
             Some(c) => device_certificate(&tx, &c.body.device_id)?,
             None => None,
@@ -537,10 +531,8 @@ pub(super) fn replace_user_certificates(
         let mut stmt = tx.prepare_cached(
             "SELECT device_id FROM devices WHERE user = ?1 AND status = 'approved'",
         )?;
-        let rows = stmt
-            .query_map([&user], |r| r.get(0))?
-            .collect::<Result<BTreeSet<String>, _>>()?;
-        rows
+        stmt.query_map([&user], |r| r.get(0))?
+            .collect::<Result<BTreeSet<String>, _>>()?
     };
     let covered: BTreeSet<String> = certificates
         .iter()

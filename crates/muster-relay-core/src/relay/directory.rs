@@ -8,7 +8,7 @@ impl Relay {
             "SELECT certificate FROM devices WHERE status = 'approved' ORDER BY user, device_id",
         )?;
         let certs = stmt
-            .query_map([], |r| r.get::<_, Vec<u8>>(0))?
+            .query_map((), |r| r.get::<_, Vec<u8>>(0))?
             .collect::<Result<Vec<_>, _>>()?
             .iter()
             .filter_map(|b| Certificate::from_bytes(b).ok())
@@ -70,9 +70,7 @@ impl Relay {
         // devices are woken to add it to their groups.
         let wake_siblings =
             held == 0 && !key_packages.is_empty() && self.may_wake_siblings(&session.device_id);
-        let tx = self
-            .db
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.db.transaction()?;
         let mut wake = BTreeSet::new();
         if wake_siblings {
             let mut stmt = tx.prepare_cached(
@@ -132,7 +130,8 @@ impl Relay {
     pub(super) fn key_package_count(&self, session: &Session) -> Result<Outcome, Failure> {
         let (available, last): (i64, i64) = row(
             &self.db,
-            "SELECT COALESCE(SUM(last_resort = 0), 0), COALESCE(SUM(last_resort = 1), 0)
+            "SELECT CAST(COALESCE(SUM(CASE WHEN last_resort = 0 THEN 1 ELSE 0 END), 0) AS BIGINT),
+                    CAST(COALESCE(SUM(CASE WHEN last_resort = 1 THEN 1 ELSE 0 END), 0) AS BIGINT)
              FROM key_packages WHERE device_id = ?1",
             [&session.device_id],
             |r| Ok((r.get(0)?, r.get(1)?)),
@@ -158,17 +157,13 @@ impl Relay {
         user: &str,
         only: &[String],
     ) -> Result<Outcome, Failure> {
-        let tx = self
-            .db
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.db.transaction()?;
         let devices: Vec<String> = {
             let mut stmt = tx.prepare_cached(
                 "SELECT device_id FROM devices WHERE user = ?1 AND status = 'approved' ORDER BY device_id",
             )?;
-            let rows = stmt
-                .query_map([user], |r| r.get(0))?
-                .collect::<Result<Vec<_>, _>>()?;
-            rows
+            stmt.query_map([user], |r| r.get(0))?
+                .collect::<Result<Vec<_>, _>>()?
         };
         if devices.is_empty() {
             return Err(refuse(

@@ -16,9 +16,7 @@ impl Relay {
         org: OrgDescriptor,
         admin: Certificate,
     ) -> Result<Outcome, Failure> {
-        let tx = self
-            .db
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.db.transaction()?;
         if load_org(&tx)?.is_some() {
             return Err(refuse(
                 ErrorCode::OrgExists,
@@ -52,7 +50,7 @@ impl Relay {
             ));
         }
         let org_bytes = serde_json::to_vec(&org).expect("descriptor serialises");
-        exec(&tx, "DELETE FROM bootstrap_tokens", [])?;
+        exec(&tx, "DELETE FROM bootstrap_tokens", ())?;
         exec(
             &tx,
             "INSERT INTO meta (key, value) VALUES ('org', ?1)",
@@ -82,9 +80,7 @@ impl Relay {
             ));
         }
         let token_hash = sha256(&request.body.code_key);
-        let tx = self
-            .db
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.db.transaction()?;
         let invite: Option<(String, i64, Option<i64>, Vec<u8>)> = row(
             &tx,
             "SELECT i.user, i.expires_at, i.used_at, g.grant_data FROM invites i
@@ -202,9 +198,7 @@ impl Relay {
             ));
         }
         let token_hash = sha256(&body.code_key);
-        let tx = self
-            .db
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.db.transaction()?;
         exec(&tx,
             "INSERT INTO invites (token_hash, user, created_by, expires_at, kind) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![
@@ -261,7 +255,7 @@ impl Relay {
              WHERE d.status = 'pending' ORDER BY d.requested_at, d.device_id",
         )?;
         let rows = stmt
-            .query_map([], |r| {
+            .query_map((), |r| {
                 Ok((
                     (
                         r.get::<_, String>(0)?,
@@ -314,9 +308,7 @@ impl Relay {
         cert.verify(&org, now_unix())
             .map_err(|e| refuse(ErrorCode::InvalidCertificate, e.to_string()))?;
         refuse_revoked_issuer(&self.db, cert.issuer.as_ref())?;
-        let tx = self
-            .db
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.db.transaction()?;
         let row: Option<(String, Vec<u8>, String)> = row(
             &tx,
             "SELECT user, device_key, status FROM devices WHERE device_id = ?1",
@@ -440,7 +432,7 @@ impl Relay {
         let mut stmt = self.db.prepare_cached(
             "SELECT device_id, certificate FROM devices WHERE status = 'approved' AND certificate IS NOT NULL",
         )?;
-        for row in stmt.query_map([], |r| {
+        for row in stmt.query_map((), |r| {
             Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
         })? {
             let (device, cert) = row?;

@@ -82,9 +82,7 @@ impl Relay {
                 muster_proto::MAX_GROUP_ID
             )));
         }
-        let tx = self
-            .db
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.db.transaction()?;
         let exists = row(
             &tx,
             "SELECT 1 FROM groups WHERE group_id = ?1",
@@ -133,7 +131,8 @@ impl Relay {
         if Self::checked_group_info(&self.crypto, &group, group_info, &creator_key) {
             exec(
                 &tx,
-                "INSERT OR REPLACE INTO group_infos (group_id, epoch, data) VALUES (?1, ?2, ?3)",
+                "INSERT INTO group_infos (group_id, epoch, data) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (group_id) DO UPDATE SET epoch = excluded.epoch, data = excluded.data",
                 params![
                     group_id,
                     group.group_context().epoch().as_u64() as i64,
@@ -158,7 +157,7 @@ impl Relay {
     }
 
     /// The signature key of a device the relay knows.
-    pub(super) fn device_key(tx: &Connection, device_id: &str) -> Result<Vec<u8>, Failure> {
+    pub(super) fn device_key(tx: &Db, device_id: &str) -> Result<Vec<u8>, Failure> {
         Ok(row(
             tx,
             "SELECT device_key FROM devices WHERE device_id = ?1",
@@ -169,7 +168,7 @@ impl Relay {
 
     /// Keeps who the group's context lists as waiting to join, for [`Self::pending_seats`].
     pub(super) fn record_pending_seats(
-        tx: &Connection,
+        tx: &Db,
         group_id: &[u8],
         group: &PublicGroup,
     ) -> Result<(), Failure> {
@@ -181,7 +180,7 @@ impl Relay {
         for user in muster_rules::pending_in(group.group_context().extensions()) {
             exec(
                 tx,
-                "INSERT OR IGNORE INTO pending_seats (group_id, user) VALUES (?1, ?2)",
+                "INSERT INTO pending_seats (group_id, user) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
                 params![group_id, user],
             )?;
         }
@@ -312,7 +311,7 @@ impl Relay {
         exec(
             tx,
             "INSERT INTO queued_bytes (device_id, bytes) VALUES (?1, ?2)
-             ON CONFLICT (device_id) DO UPDATE SET bytes = bytes + excluded.bytes",
+             ON CONFLICT (device_id) DO UPDATE SET bytes = queued_bytes.bytes + excluded.bytes",
             params![sender, (data.len() + audience.map_or(0, str::len)) as i64],
         )?;
         if let Some(client_id) = client_id {
@@ -387,9 +386,7 @@ impl Relay {
                 "message is for another group",
             ));
         }
-        let tx = self
-            .db
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.db.transaction()?;
         let existing: Option<i64> = row(
             &tx,
             "SELECT seq FROM sent_ids WHERE sender_device = ?1 AND client_id = ?2",
@@ -458,7 +455,7 @@ impl Relay {
                LEFT JOIN cursors c ON c.device_id = ms.device_id AND c.group_id = ms.group_id
                WHERE ms.device_id = ?1 AND ms.group_id = ?2 AND ms.to_seq IS NULL
                  AND COALESCE(c.acked_seq, ms.from_seq - 1) >= ?4
-             ON CONFLICT (device_id, group_id) DO UPDATE SET acked_seq = MAX(acked_seq, excluded.acked_seq)",
+             ON CONFLICT (device_id, group_id) DO UPDATE SET acked_seq = MAX(cursors.acked_seq, excluded.acked_seq)",
             params![session.device_id, group_id, seq as i64, last_seq as i64],
         )?;
         // A sender that was holding the group back may have been the last one waiting

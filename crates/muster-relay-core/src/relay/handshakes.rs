@@ -66,7 +66,7 @@ impl Relay {
         let (epoch, last_seq) = Self::group_state(tx, group_id)?;
         Self::check_epoch(message.epoch().as_u64(), epoch)?;
         let group = PublicGroup::load(&Storage::new(tx), &GroupId::from_slice(group_id))
-            .map_err(|e| Failure::Store(StoreError::Sql(e)))?
+            .map_err(|e| Failure::Store(StoreError::Db(e)))?
             .ok_or_else(|| Failure::Store(StoreError::Corrupt("group state missing".into())))?;
         let processed = group
             .process_message(crypto, message)
@@ -116,9 +116,7 @@ impl Relay {
                 ));
             }
         }
-        let tx = self
-            .db
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.db.transaction()?;
         let (mut group, processed, epoch, last_seq) = Self::open_handshake(
             &tx,
             &self.crypto,
@@ -256,9 +254,7 @@ impl Relay {
         proposal: &[u8],
     ) -> Result<Outcome, Failure> {
         let message = parse_protocol_message(proposal)?;
-        let tx = self
-            .db
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.db.transaction()?;
         let (mut group, processed, epoch, last_seq) = Self::open_handshake(
             &tx,
             &self.crypto,
@@ -290,7 +286,7 @@ impl Relay {
         .map_err(|e| refuse(refusal_code(&e), format!("proposal refused: {e}")))?;
         group
             .add_proposal(&Storage::new(&tx), *queued)
-            .map_err(|e| Failure::Store(StoreError::Sql(e)))?;
+            .map_err(|e| Failure::Store(StoreError::Db(e)))?;
         let seq = last_seq + 1;
         // Handshakes are not kept in the recent log: the group's log starts again after.
         self.recent.forget(group_id);
@@ -327,7 +323,7 @@ pub(super) fn refusal_code(refusal: &muster_rules::Refusal) -> ErrorCode {
 /// Runs `check` with the shared group rules (muster-rules) as this relay knows the
 /// organisation now: its revocations and the certificates it holds.
 fn under_the_rules<T>(
-    db: &Connection,
+    db: &Db,
     org: &OrgDescriptor,
     check: impl FnOnce(&muster_rules::Context) -> T,
 ) -> Result<T, Failure> {
@@ -343,15 +339,15 @@ fn under_the_rules<T>(
 
 /// The organisation's revocations as this relay holds them: the revoked devices and the
 /// certificates of revoked admin devices their revocations vouched for.
-pub(super) fn revocation_list(db: &Connection) -> Result<RevocationList, Failure> {
+pub(super) fn revocation_list(db: &Db) -> Result<RevocationList, Failure> {
     let mut list = RevocationList::default();
     let mut devices =
         db.prepare_cached("SELECT device_id FROM devices WHERE status = 'revoked'")?;
-    for id in devices.query_map([], |r| r.get(0))? {
+    for id in devices.query_map((), |r| r.get(0))? {
         list.add_device(id?);
     }
     let mut stored = db.prepare_cached("SELECT data FROM revocations")?;
-    for data in stored.query_map([], |r| r.get::<_, Vec<u8>>(0))? {
+    for data in stored.query_map((), |r| r.get::<_, Vec<u8>>(0))? {
         if let Ok(revocation) = serde_json::from_slice::<Revocation>(&data?) {
             for device in &revocation.body.device_ids {
                 for digest in &revocation.body.vouched {
@@ -365,7 +361,7 @@ pub(super) fn revocation_list(db: &Connection) -> Result<RevocationList, Failure
 
 /// Refuses a certificate, revocation or policy signed by an admin device that is revoked.
 pub(super) fn refuse_revoked_issuer(
-    db: &Connection,
+    db: &Db,
     issuer: Option<&IssuerCertificate>,
 ) -> Result<(), Failure> {
     if revocation_list(db)?.issuer_revoked(issuer) {
@@ -379,7 +375,7 @@ pub(super) fn refuse_revoked_issuer(
 
 /// Whether the relay holds a certificate for the device valid now (an admin renewed it):
 /// the device's expiry is then no ground for a member to remove it.
-pub(super) fn holds_valid_certificate(db: &Connection, device_id: &str) -> bool {
+pub(super) fn holds_valid_certificate(db: &Db, device_id: &str) -> bool {
     matches!(
         device_certificate(db, device_id),
         Ok(Some(cert)) if cert.check_validity(now_unix()).is_ok()

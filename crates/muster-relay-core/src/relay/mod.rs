@@ -2,6 +2,8 @@
 //! enrolment, administration, directory, groups, handshakes, queue; blobs live in
 //! ../blobs.rs).
 
+use crate::db::sqlite::SqliteBackend;
+use crate::db::{params, Db, DbError, OptionalExtension, Params, Transaction};
 use crate::error::{refuse, Failure, StoreError};
 use crate::mls::{certificate_of, Storage};
 use crate::schema::SCHEMA;
@@ -16,7 +18,6 @@ use openmls::prelude::tls_codec::Deserialize as _;
 use openmls::prelude::*;
 use openmls_rust_crypto::RustCrypto;
 use ring::signature::{UnparsedPublicKey, ED25519};
-use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -109,11 +110,13 @@ const MAX_FETCH: u32 = 500;
 const FETCH_BYTES: usize = 1024 * 1024;
 const MAX_KEY_PACKAGES_PER_UPLOAD: usize = 100;
 
-/// The relay's state: one SQLite database holding organisation, devices, groups and queues.
+/// The relay's state: one database (SQLite, or PostgreSQL shared by several relays) holding organisation, devices, groups and queues.
 pub struct Relay {
-    db: Connection,
+    db: Db,
     crypto: RustCrypto,
     fingerprint: String,
+    /// This relay among those sharing its database, for their announcements.
+    origin: String,
     blob_dir: PathBuf,
     blob_quota: u64,
     queue_quota: u64,
@@ -139,45 +142,57 @@ pub struct Relay {
     grouped: Option<u64>,
     /// A group commit's sync failed: the next one syncs whatever it holds.
     unsynced: bool,
-    /// SQLite's count of changes made by other connections, as last seen: when it moves
-    /// (an operator or a tool edited the database), what is kept in memory is forgotten.
-    data_version: i64,
 }
 
 impl Relay {
-    /// Opens (creating if needed) the relay database at `path`.
+    /// Opens (creating if needed) the relay's SQLite database at `path`; attachments are
+    /// kept in `blobs` beside it.
     pub fn open(path: &Path, fingerprint: String) -> Result<Self, StoreError> {
-        let db = Connection::open(path)?;
-        db.busy_timeout(std::time::Duration::from_secs(5))?;
-        // WAL with synchronous=FULL: a transaction acknowledged to a client survives power loss.
-        db.pragma_update(None, "journal_mode", "WAL")?;
-        db.pragma_update(None, "synchronous", "FULL")?;
-        db.pragma_update(None, "foreign_keys", "ON")?;
-        // Hot pages stay in memory: 64 MiB of page cache, reads through a memory map.
-        db.pragma_update(None, "cache_size", -65536)?;
-        db.pragma_update(None, "mmap_size", 256 * 1024 * 1024)?;
-        db.set_prepared_statement_cache_capacity(128);
-        db.execute_batch(SCHEMA)?;
-        crate::schema::migrate(&db)?;
-        let mut db = db;
-        let mut storage = openmls_sqlite_storage::SqliteStorageProvider::<
-            muster_mls_store::StoreCodec,
-            _,
-        >::new(&mut db);
-        storage
-            .run_migrations()
-            .map_err(|e| StoreError::Migration(e.to_string()))?;
+        let mut backend = SqliteBackend::open(path)?;
+        let connection = backend.connection_mut();
+        connection.execute_batch(SCHEMA)?;
+        crate::schema::migrate(connection)?;
+        openmls_sqlite_storage::SqliteStorageProvider::<muster_mls_store::StoreCodec, _>::new(
+            connection,
+        )
+        .run_migrations()
+        .map_err(|e| StoreError::Migration(e.to_string()))?;
+        let db = Db::new(Box::new(backend));
         // A relay stopped in the middle of a group commit left transactions that may not
         // be on disk yet; they are made durable before anything is answered from them.
-        Self::sync_barrier(&db)?;
+        db.end_grouped(true)?;
         let blob_dir = path
             .parent()
             .map(|p| p.join("blobs"))
             .unwrap_or_else(|| PathBuf::from("blobs"));
-        Ok(Self {
+        Ok(Self::with_db(db, fingerprint, blob_dir))
+    }
+
+    /// Opens the relay's state in the PostgreSQL database at `url` (creating its tables
+    /// if needed), shared with any other relay of the organisation; attachments are kept
+    /// in `blob_dir`, which every relay must reach.
+    pub fn open_postgres(
+        url: &str,
+        fingerprint: String,
+        blob_dir: PathBuf,
+    ) -> Result<Self, StoreError> {
+        let db = Db::new(Box::new(crate::db::postgres::PostgresBackend::connect(
+            url,
+        )?));
+        {
+            let tx = db.transaction()?;
+            tx.execute_batch(&crate::schema::postgres_schema())?;
+            tx.commit()?;
+        }
+        Ok(Self::with_db(db, fingerprint, blob_dir))
+    }
+
+    fn with_db(db: Db, fingerprint: String, blob_dir: PathBuf) -> Self {
+        Self {
             db,
             crypto: RustCrypto::default(),
             fingerprint,
+            origin: random_token(),
             blob_dir,
             blob_quota: muster_proto::BLOB_QUOTA_PER_DEVICE,
             queue_quota: muster_proto::QUEUE_QUOTA_PER_DEVICE,
@@ -190,8 +205,12 @@ impl Relay {
             verified_credentials: Default::default(),
             grouped: None,
             unsynced: false,
-            data_version: 0,
-        })
+        }
+    }
+
+    /// Whether the relay's state is in PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        self.db.is_postgres()
     }
 
     /// Forgets what is kept in memory beside the database (recent messages, delivered
@@ -204,7 +223,7 @@ impl Relay {
     /// Starts a group commit: the requests handled until [`Relay::end_group_commit`]
     /// commit without waiting for the disk. Their answers must not leave before that.
     pub fn begin_group_commit(&mut self) -> Result<(), StoreError> {
-        self.db.pragma_update(None, "synchronous", "NORMAL")?;
+        self.db.begin_grouped()?;
         self.grouped = Some(self.db.total_changes());
         Ok(())
     }
@@ -214,37 +233,36 @@ impl Relay {
     /// syncs every frame before it). Only then may the answers go out.
     pub fn end_group_commit(&mut self) -> Result<(), StoreError> {
         let started = self.grouped.take();
-        self.db.pragma_update(None, "synchronous", "FULL")?;
-        if self.unsynced || started.is_some_and(|changes| self.db.total_changes() != changes) {
-            // Until one succeeds, every group commit syncs: what an earlier one committed
-            // is visible (a resend is answered from it) but maybe not yet on disk.
-            self.unsynced = true;
-            Self::sync_barrier(&self.db)?;
-            self.unsynced = false;
-        }
+        let sync =
+            self.unsynced || started.is_some_and(|changes| self.db.total_changes() != changes);
+        // Until one succeeds, every group commit syncs: what an earlier one committed
+        // is visible (a resend is answered from it) but maybe not yet on disk.
+        self.unsynced |= sync;
+        self.db.end_grouped(sync)?;
+        self.unsynced = false;
         Ok(())
     }
 
-    /// A small write committed with `synchronous=FULL`: its fsync of the write-ahead log
-    /// makes every transaction committed before it durable.
-    fn sync_barrier(db: &Connection) -> Result<(), StoreError> {
-        db.execute(
-            "INSERT INTO meta (key, value) VALUES ('durability_barrier', 1)
-             ON CONFLICT (key) DO UPDATE SET value = value + 1",
-            [],
-        )?;
-        Ok(())
+    /// Sets the certificate fingerprint clients pin (a relay of a shared database learns
+    /// it from the database after opening it).
+    pub fn set_fingerprint(&mut self, fingerprint: String) {
+        self.fingerprint = fingerprint;
+    }
+
+    /// This relay's name among those sharing its database.
+    pub fn origin(&self) -> &str {
+        &self.origin
     }
 
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
     }
 
-    pub(crate) fn db(&self) -> &Connection {
+    pub(crate) fn db(&self) -> &Db {
         &self.db
     }
 
-    pub(crate) fn db_mut(&mut self) -> &mut Connection {
+    pub(crate) fn db_mut(&mut self) -> &mut Db {
         &mut self.db
     }
 
@@ -296,7 +314,7 @@ impl Relay {
 
     pub fn stats(&self) -> Result<RelayStats, StoreError> {
         let count = |sql: &str| -> Result<u64, StoreError> {
-            Ok(row(&self.db, sql, [], |r| r.get::<_, i64>(0))? as u64)
+            Ok(row(&self.db, sql, (), |r| r.get::<_, i64>(0))? as u64)
         };
         Ok(RelayStats {
             devices: count("SELECT COUNT(*) FROM devices WHERE status = 'approved'")?,
@@ -387,15 +405,10 @@ impl Relay {
                 message,
             )));
         }
-        match self
-            .db
-            .prepare_cached("PRAGMA data_version")
-            .and_then(|mut q| q.query_row([], |r| r.get::<_, i64>(0)))
-        {
-            Ok(version) if version == self.data_version => {}
-            Ok(version) => {
+        match self.db.changed_elsewhere() {
+            Ok(false) => {}
+            Ok(true) => {
                 // Someone else changed the database: memory must not answer for it.
-                self.data_version = version;
                 self.recent.clear();
                 self.delivered_marks.clear();
             }
@@ -556,6 +569,8 @@ impl Relay {
 
 fn internal(e: StoreError) -> RelayError {
     tracing::error!(error = %e, "relay storage failure");
+    #[cfg(test)]
+    eprintln!("relay storage failure: {e}");
     RelayError::new(ErrorCode::Internal, "relay storage failure")
 }
 

@@ -14,12 +14,10 @@ impl Relay {
             Failure::Refuse(e) => StoreError::Corrupt(e.to_string()),
         })?;
         let cutoff = now_unix().saturating_sub(self.message_retention_secs) as i64;
-        let tx = self
-            .db
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.db.transaction()?;
         Self::release_queued(
             &tx,
-            "SELECT sender_device, SUM(length(data) + COALESCE(length(audience), 0)) FROM messages WHERE stored_at < ?1
+            "SELECT sender_device, CAST(SUM(length(data) + COALESCE(length(audience), 0)) AS BIGINT) FROM messages WHERE stored_at < ?1
              GROUP BY sender_device",
             params![cutoff],
         )?;
@@ -49,8 +47,8 @@ impl Relay {
     pub(super) fn release_queued(
         tx: &Transaction,
         select: &str,
-        params: impl rusqlite::Params,
-    ) -> Result<(), rusqlite::Error> {
+        params: impl Params,
+    ) -> Result<(), DbError> {
         let sums: Vec<(String, i64)> = tx
             .prepare_cached(select)?
             .query_map(params, |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -88,7 +86,7 @@ impl Relay {
         };
         Self::release_queued(
             tx,
-            "SELECT sender_device, SUM(length(data) + COALESCE(length(audience), 0)) FROM messages WHERE group_id = ?1 AND seq <= ?2
+            "SELECT sender_device, CAST(SUM(length(data) + COALESCE(length(audience), 0)) AS BIGINT) FROM messages WHERE group_id = ?1 AND seq <= ?2
              GROUP BY sender_device",
             params![group_id, delivered_up_to],
         )?;
@@ -304,16 +302,14 @@ impl Relay {
             self.grouped = self.grouped.map(|baseline| baseline + acked);
             return outcome;
         }
-        self.db.pragma_update(None, "synchronous", "NORMAL")?;
+        self.db.begin_grouped()?;
         let outcome = self.move_cursors(session, items);
-        self.db.pragma_update(None, "synchronous", "FULL")?;
+        self.db.end_grouped(false)?;
         outcome
     }
 
     fn move_cursors(&mut self, session: &Session, items: &[AckItem]) -> Result<Outcome, Failure> {
-        let tx = self
-            .db
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.db.transaction()?;
         // A cursor is a high-water mark: only the highest acknowledged seq per group counts.
         let mut acked_groups: std::collections::BTreeMap<&[u8], u64> = Default::default();
         let mut welcomed_groups = BTreeSet::new();
@@ -366,7 +362,7 @@ impl Relay {
             exec(
                 &tx,
                 "INSERT INTO cursors (device_id, group_id, acked_seq) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (device_id, group_id) DO UPDATE SET acked_seq = MAX(acked_seq, excluded.acked_seq)",
+                 ON CONFLICT (device_id, group_id) DO UPDATE SET acked_seq = MAX(cursors.acked_seq, excluded.acked_seq)",
                 params![session.device_id, group_id, (*seq).min(i64::MAX as u64) as i64],
             )?;
         }

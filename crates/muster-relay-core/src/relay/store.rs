@@ -16,21 +16,17 @@ pub(super) fn random_token() -> String {
 }
 
 /// Runs a statement through the connection's prepared-statement cache.
-pub(super) fn exec(
-    db: &Connection,
-    sql: &str,
-    params: impl rusqlite::Params,
-) -> rusqlite::Result<usize> {
+pub(super) fn exec(db: &Db, sql: &str, params: impl Params) -> Result<usize, DbError> {
     db.prepare_cached(sql)?.execute(params)
 }
 
 /// Reads one row through the connection's prepared-statement cache.
 pub(super) fn row<T>(
-    db: &Connection,
+    db: &Db,
     sql: &str,
-    params: impl rusqlite::Params,
-    f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
-) -> rusqlite::Result<T> {
+    params: impl Params,
+    f: impl FnOnce(&crate::db::Row) -> Result<T, DbError>,
+) -> Result<T, DbError> {
     db.prepare_cached(sql)?.query_row(params, f)
 }
 
@@ -60,7 +56,7 @@ pub(super) fn parse_protocol_message(bytes: &[u8]) -> Result<ProtocolMessage, Fa
 
 /// Appends a metadata event to the audit log.
 pub(super) fn record(
-    db: &Connection,
+    db: &Db,
     event: &str,
     actor: &str,
     subject: &str,
@@ -73,10 +69,7 @@ pub(super) fn record(
     Ok(())
 }
 
-pub(super) fn device_certificate(
-    db: &Connection,
-    device_id: &str,
-) -> Result<Option<Certificate>, Failure> {
+pub(super) fn device_certificate(db: &Db, device_id: &str) -> Result<Option<Certificate>, Failure> {
     let bytes: Option<Option<Vec<u8>>> = db
         .query_row(
             "SELECT certificate FROM devices WHERE device_id = ?1",
@@ -93,11 +86,7 @@ pub(super) fn device_certificate(
 }
 
 /// Refuses a device that is not a current member of the group.
-pub(crate) fn require_member(
-    db: &Connection,
-    group_id: &[u8],
-    device_id: &str,
-) -> Result<(), Failure> {
+pub(crate) fn require_member(db: &Db, group_id: &[u8], device_id: &str) -> Result<(), Failure> {
     let member = db
         .prepare_cached(
             "SELECT 1 FROM memberships WHERE group_id = ?1 AND device_id = ?2 AND to_seq IS NULL",
@@ -115,13 +104,13 @@ pub(crate) fn require_member(
     }
 }
 
-pub(super) fn device_is_admin(db: &Connection, device_id: &str) -> Result<bool, Failure> {
+pub(super) fn device_is_admin(db: &Db, device_id: &str) -> Result<bool, Failure> {
     Ok(device_certificate(db, device_id)?.is_some_and(|c| c.is_admin()))
 }
 
-pub(super) fn load_org_policy(db: &Connection) -> Result<Option<OrgPolicy>, Failure> {
+pub(super) fn load_org_policy(db: &Db) -> Result<Option<OrgPolicy>, Failure> {
     let bytes: Option<Vec<u8>> = db
-        .query_row("SELECT value FROM meta WHERE key = 'org_policy'", [], |r| {
+        .query_row("SELECT value FROM meta WHERE key = 'org_policy'", (), |r| {
             r.get(0)
         })
         .optional()?;
@@ -133,9 +122,9 @@ pub(super) fn load_org_policy(db: &Connection) -> Result<Option<OrgPolicy>, Fail
         .transpose()
 }
 
-pub(super) fn load_org(db: &Connection) -> Result<Option<OrgDescriptor>, StoreError> {
+pub(super) fn load_org(db: &Db) -> Result<Option<OrgDescriptor>, StoreError> {
     let bytes: Option<Vec<u8>> = db
-        .query_row("SELECT value FROM meta WHERE key = 'org'", [], |r| r.get(0))
+        .query_row("SELECT value FROM meta WHERE key = 'org'", (), |r| r.get(0))
         .optional()?;
     bytes
         .map(|b| {

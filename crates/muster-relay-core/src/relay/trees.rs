@@ -103,7 +103,8 @@ impl Relay {
             .map_err(|e| Failure::Store(StoreError::Corrupt(format!("ratchet tree: {e}"))))?;
         exec(
             tx,
-            "INSERT OR REPLACE INTO group_trees (group_id, epoch, data) VALUES (?1, ?2, ?3)",
+            "INSERT INTO group_trees (group_id, epoch, data) VALUES (?1, ?2, ?3)
+             ON CONFLICT (group_id, epoch) DO UPDATE SET data = excluded.data",
             params![
                 group_id,
                 group.group_context().epoch().as_u64() as i64,
@@ -115,10 +116,10 @@ impl Relay {
 
     /// Drops the trees that no Welcome waits on, except each group's current one: of
     /// `group` alone, or of every group (`None`) once Welcomes expired or were dropped.
-    pub(super) fn prune_trees(tx: &Connection, group: Option<&[u8]>) -> rusqlite::Result<()> {
+    pub(super) fn prune_trees(tx: &Db, group: Option<&[u8]>) -> Result<(), DbError> {
         tx.execute(
             "DELETE FROM group_trees
-             WHERE (?1 IS NULL OR group_id = ?1)
+             WHERE (group_id = ?1 OR ?1 IS NULL)
                AND epoch < COALESCE((SELECT epoch FROM groups g WHERE g.group_id = group_trees.group_id), epoch + 1)
                AND NOT EXISTS (SELECT 1 FROM welcomes w
                                WHERE w.group_id = group_trees.group_id AND w.epoch = group_trees.epoch)",
@@ -164,14 +165,14 @@ impl Relay {
         }
         let offset = i64::try_from(offset)
             .map_err(|_| refuse(ErrorCode::BadRequest, "offset out of range"))?;
-        let found: Option<(i64, i64)> = row(
+        let total: Option<i64> = row(
             &self.db,
-            "SELECT rowid, length(data) FROM group_trees WHERE group_id = ?1 AND epoch = ?2",
+            "SELECT length(data) FROM group_trees WHERE group_id = ?1 AND epoch = ?2",
             params![group_id, epoch],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| r.get(0),
         )
         .optional()?;
-        let (row_id, total) = found.ok_or_else(|| {
+        let total = total.ok_or_else(|| {
             refuse(
                 ErrorCode::UnknownGroup,
                 format!("no ratchet tree of this group at epoch {epoch} is on the relay"),
@@ -180,15 +181,49 @@ impl Relay {
         if offset > total {
             return Err(refuse(ErrorCode::BadRequest, "offset past the tree's end"));
         }
-        // Only the chunk asked for is read, not the whole tree.
-        let mut chunk = vec![0; (total - offset).min(RATCHET_TREE_CHUNK as i64) as usize];
-        self.db
-            .blob_open(rusqlite::MAIN_DB, "group_trees", "data", row_id, true)?
-            .read_at_exact(&mut chunk, offset as usize)?;
+        let length = (total - offset).min(RATCHET_TREE_CHUNK as i64);
+        let chunk = self.tree_chunk(group_id, epoch, offset, length)?;
         Ok(Outcome::reply(Response::RatchetTree {
             total: total as u64,
             chunk,
         }))
+    }
+}
+
+impl Relay {
+    /// `length` bytes of a kept tree from `offset`: on SQLite only those bytes are read;
+    /// on PostgreSQL the server cuts them out (it reads the stored value to do so).
+    fn tree_chunk(
+        &self,
+        group_id: &[u8],
+        epoch: i64,
+        offset: i64,
+        length: i64,
+    ) -> Result<Vec<u8>, Failure> {
+        let incremental = self
+            .db
+            .with_sqlite(|connection| -> Result<Vec<u8>, Failure> {
+                let row_id: i64 = connection.query_row(
+                    "SELECT rowid FROM group_trees WHERE group_id = ?1 AND epoch = ?2",
+                    rusqlite::params![group_id, epoch],
+                    |r| r.get(0),
+                )?;
+                let mut chunk = vec![0; length as usize];
+                connection
+                    .blob_open(rusqlite::MAIN_DB, "group_trees", "data", row_id, true)?
+                    .read_at_exact(&mut chunk, offset as usize)
+                    .map_err(|e| Failure::Store(StoreError::Corrupt(format!("kept tree: {e}"))))?;
+                Ok(chunk)
+            });
+        match incremental {
+            Some(chunk) => chunk,
+            None => Ok(row(
+                &self.db,
+                "SELECT substr(data, ?3, ?4) FROM group_trees WHERE group_id = ?1 AND epoch = ?2",
+                params![group_id, epoch, offset + 1, length],
+                |r| r.get(0),
+            )?),
+        }
     }
 }
 

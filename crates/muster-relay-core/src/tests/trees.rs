@@ -155,7 +155,7 @@ fn a_group_id_longer_than_any_client_makes_is_refused() {
 fn kept_trees(w: &World) -> i64 {
     w.relay
         .db()
-        .query_row("SELECT COUNT(*) FROM group_trees", [], |r| r.get(0))
+        .query_row("SELECT COUNT(*) FROM group_trees", (), |r| r.get(0))
         .unwrap()
 }
 
@@ -182,7 +182,7 @@ fn a_welcome_never_taken_expires_with_its_tree_and_a_revoked_devices_go_at_once(
         .db()
         .execute(
             "UPDATE welcomes SET stored_at = stored_at - ?1 WHERE device_id = ?2",
-            rusqlite::params![
+            crate::db::params![
                 muster_proto::MESSAGE_RETENTION_SECS as i64 + 1,
                 bob.session.device_id
             ],
@@ -211,7 +211,7 @@ fn a_tree_larger_than_one_answer_comes_whole_in_chunks() {
         .db()
         .execute(
             "UPDATE group_trees SET data = ?2 WHERE group_id = ?1",
-            rusqlite::params![gid, big],
+            crate::db::params![gid, big],
         )
         .unwrap();
     assert_eq!(

@@ -1,0 +1,235 @@
+//! The PostgreSQL backend: several relays in front of one database.
+//!
+//! Writers are serialised across every relay by a transaction-scoped advisory lock
+//! ([`WRITER_LOCK`]), taken by each write transaction before it reads anything: the
+//! relay's rules (a commit must name the group's current epoch, a sequence number is the
+//! last one plus one) read state and then write it, and the lock gives them the same
+//! single-writer world SQLite's `BEGIN IMMEDIATE` gives one relay. Of two commits for the
+//! same epoch arriving at two relays at once, the second to get the lock sees the first
+//! one's new epoch and is refused. A per-group lock would let unrelated groups write in
+//! parallel, but requests touch several groups and devices at once (a revocation, a
+//! membership change), so one lock is the simple rule that cannot deadlock.
+
+use super::{dialect, Backend, DbError, Row, Value};
+use bytes::BytesMut;
+use postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+use std::collections::HashMap;
+
+/// The advisory lock every write transaction holds ("muster" and 1).
+pub const WRITER_LOCK: i64 = 0x6d75_7374_6572_0001;
+
+/// One connection to the shared database.
+pub struct PostgresBackend {
+    client: postgres::Client,
+    statements: HashMap<String, postgres::Statement>,
+    grouped: bool,
+}
+
+impl PostgresBackend {
+    /// Connects to `url` (`postgres://user@host:port/db` or key=value settings).
+    pub fn connect(url: &str) -> Result<Self, DbError> {
+        let client = postgres::Client::connect(url, postgres::NoTls)?;
+        Ok(Self {
+            client,
+            statements: HashMap::new(),
+            grouped: false,
+        })
+    }
+
+    fn statement(&mut self, sql: &str) -> Result<postgres::Statement, DbError> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let translated = dialect::to_postgres(sql);
+        let statement = self
+            .client
+            .prepare(&translated)
+            .map_err(|e| DbError::Prepare {
+                sql: translated,
+                detail: super::postgres_detail(&e),
+            })?;
+        if self.statements.len() >= 512 {
+            self.statements.clear();
+        }
+        self.statements.insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+
+    fn durability_barrier(&mut self) -> Result<(), DbError> {
+        self.client.batch_execute(
+            "INSERT INTO durability_barrier (id, value) VALUES (1, 1)
+             ON CONFLICT (id) DO UPDATE SET value = durability_barrier.value + 1",
+        )?;
+        Ok(())
+    }
+}
+
+/// A value bound as the type PostgreSQL inferred for its parameter.
+#[derive(Debug)]
+struct Bind<'a>(&'a Value<'a>);
+
+impl ToSql for Bind<'_> {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self.0 {
+            Value::Null => Ok(IsNull::Yes),
+            Value::Integer(i) => match *ty {
+                Type::INT8 => i.to_sql(ty, out),
+                Type::INT4 => i32::try_from(*i)?.to_sql(ty, out),
+                Type::INT2 => i16::try_from(*i)?.to_sql(ty, out),
+                Type::BOOL => (*i != 0).to_sql(ty, out),
+                Type::TEXT | Type::VARCHAR => i.to_string().as_str().to_sql(ty, out),
+                _ => Err(format!("an integer cannot be bound as {ty}").into()),
+            },
+            Value::Text(t) => match *ty {
+                Type::BYTEA => t.as_bytes().to_sql(ty, out),
+                _ => t.as_ref().to_sql(ty, out),
+            },
+            Value::Blob(b) => match *ty {
+                Type::BYTEA => b.as_ref().to_sql(ty, out),
+                _ => Err(format!("a blob cannot be bound as {ty}").into()),
+            },
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
+}
+
+fn read(row: &postgres::Row, i: usize) -> Result<Value<'static>, DbError> {
+    let ty = row.columns()[i].type_().clone();
+    let value = match ty {
+        Type::INT8 => row.try_get::<_, Option<i64>>(i)?.map(Value::Integer),
+        Type::INT4 => row
+            .try_get::<_, Option<i32>>(i)?
+            .map(|v| Value::Integer(v.into())),
+        Type::INT2 => row
+            .try_get::<_, Option<i16>>(i)?
+            .map(|v| Value::Integer(v.into())),
+        Type::BOOL => row
+            .try_get::<_, Option<bool>>(i)?
+            .map(|v| Value::Integer(v.into())),
+        Type::BYTEA => row
+            .try_get::<_, Option<Vec<u8>>>(i)?
+            .map(|v| Value::Blob(v.into())),
+        Type::TEXT | Type::VARCHAR | Type::NAME | Type::BPCHAR => row
+            .try_get::<_, Option<String>>(i)?
+            .map(|v| Value::Text(v.into())),
+        _ => {
+            return Err(DbError::Unsupported(
+                "a column type other than integer, boolean, text or bytea",
+            ))
+        }
+    };
+    Ok(value.unwrap_or(Value::Null))
+}
+
+impl Backend for PostgresBackend {
+    fn execute(&mut self, sql: &str, params: &[Value<'_>]) -> Result<u64, DbError> {
+        let statement = self.statement(sql)?;
+        let binds: Vec<Bind<'_>> = params.iter().map(Bind).collect();
+        let refs: Vec<&(dyn ToSql + Sync)> = binds.iter().map(|b| b as _).collect();
+        Ok(self.client.execute(&statement, &refs)?)
+    }
+
+    fn query(&mut self, sql: &str, params: &[Value<'_>]) -> Result<Vec<Row>, DbError> {
+        let statement = self.statement(sql)?;
+        let binds: Vec<Bind<'_>> = params.iter().map(Bind).collect();
+        let refs: Vec<&(dyn ToSql + Sync)> = binds.iter().map(|b| b as _).collect();
+        self.client
+            .query(&statement, &refs)?
+            .iter()
+            .map(|row| {
+                (0..row.len())
+                    .map(|i| read(row, i))
+                    .collect::<Result<_, _>>()
+                    .map(Row::new)
+            })
+            .collect()
+    }
+
+    fn execute_batch(&mut self, sql: &str) -> Result<(), DbError> {
+        Ok(self.client.batch_execute(&dialect::to_postgres(sql))?)
+    }
+
+    fn begin_write(&mut self) -> Result<(), DbError> {
+        self.client.batch_execute(&format!(
+            "BEGIN; SELECT pg_advisory_xact_lock({WRITER_LOCK})"
+        ))?;
+        Ok(())
+    }
+
+    fn commit(&mut self) -> Result<(), DbError> {
+        Ok(self.client.batch_execute("COMMIT")?)
+    }
+
+    fn rollback(&mut self) -> Result<(), DbError> {
+        Ok(self.client.batch_execute("ROLLBACK")?)
+    }
+
+    fn begin_grouped(&mut self) -> Result<(), DbError> {
+        self.client.batch_execute("SET synchronous_commit = off")?;
+        self.grouped = true;
+        Ok(())
+    }
+
+    fn end_grouped(&mut self, sync: bool) -> Result<(), DbError> {
+        self.client.batch_execute("SET synchronous_commit = on")?;
+        self.grouped = false;
+        if sync {
+            // A commit that waits for its WAL flush makes every earlier commit durable.
+            self.durability_barrier()?;
+        }
+        Ok(())
+    }
+
+    fn changed_elsewhere(&mut self) -> Result<bool, DbError> {
+        // Other relays write all the time; what is kept in memory is read again.
+        Ok(true)
+    }
+
+    fn is_postgres(&self) -> bool {
+        true
+    }
+}
+
+/// A throwaway database for tests: `MUSTER_TEST_POSTGRES` names a server (set by
+/// `tests/with-postgres`); each test gets its own schema in it.
+#[cfg(any(test, feature = "testing"))]
+pub mod testing {
+    /// Why a PostgreSQL test did not run.
+    pub const MISSING: &str =
+        "SKIPPED: MUSTER_TEST_POSTGRES is not set (run the tests through tests/with-postgres)";
+
+    /// The server's URL, if tests may use one.
+    pub fn server() -> Option<String> {
+        std::env::var("MUSTER_TEST_POSTGRES")
+            .ok()
+            .filter(|s| !s.is_empty())
+    }
+
+    /// A URL whose connections use schema `name`, emptied first.
+    pub fn fresh_schema(name: &str) -> Option<String> {
+        let server = server()?;
+        let mut client = postgres::Client::connect(&server, postgres::NoTls)
+            .unwrap_or_else(|e| panic!("cannot reach the test PostgreSQL at {server}: {e}"));
+        client
+            .batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name}"
+            ))
+            .expect("create a test schema");
+        Some(same_schema(&server, name))
+    }
+
+    /// A URL whose connections use schema `name` as it is.
+    pub fn same_schema(server: &str, name: &str) -> String {
+        let separator = if server.contains('?') { '&' } else { '?' };
+        format!("{server}{separator}options=-csearch_path%3D{name}")
+    }
+}

@@ -1,0 +1,141 @@
+//! Several relays on one PostgreSQL database: opening a relay there with the shared TLS
+//! identity, and acting on what the other relays announce.
+
+use crate::server::{Connected, ServeError};
+use muster_net::RelayIdentity;
+use muster_relay_core::{Announcements, Relay};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Where a relay keeps its state.
+#[derive(Debug, Clone)]
+pub struct Place {
+    /// The data directory: TLS identity, listen address, and (on SQLite) the database.
+    pub data: PathBuf,
+    /// A PostgreSQL URL shared with other relays, instead of the SQLite file.
+    pub database: Option<String>,
+    /// Where encrypted attachments are kept; every relay of a shared database must reach
+    /// the same directory (a shared mount). Defaults to `DATA/blobs`.
+    pub blobs: Option<PathBuf>,
+}
+
+impl Place {
+    pub fn of(data: PathBuf, database: Option<String>) -> Self {
+        Self {
+            data,
+            database,
+            blobs: None,
+        }
+    }
+}
+
+/// `muster-relay migrate`: the relay in `from` (stopped) into the database at `url`.
+pub fn migrate(from: &Path, url: &str, blobs: Option<PathBuf>) -> Result<(), ServeError> {
+    let database = from.join(crate::server::DB_FILE);
+    if !database.exists() {
+        return Err(ServeError::NoData(from.display().to_string()));
+    }
+    let identity = RelayIdentity::load_or_create(from)?;
+    let blob_dir = blobs.clone().unwrap_or_else(|| from.join("blobs"));
+    let migrated = muster_relay_core::migrate::sqlite_to_postgres(
+        &database,
+        url,
+        blob_dir.clone(),
+        &identity.cert_der,
+        identity.key_der(),
+    )?;
+    for (table, rows) in &migrated.tables {
+        println!("{table}: {rows} rows");
+    }
+    let mut files = 0;
+    if blob_dir != from.join("blobs") && from.join("blobs").is_dir() {
+        std::fs::create_dir_all(&blob_dir)?;
+        for entry in std::fs::read_dir(from.join("blobs"))? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                std::fs::copy(entry.path(), blob_dir.join(entry.file_name()))?;
+                files += 1;
+            }
+        }
+    }
+    println!("attachment files copied: {files}");
+    println!("certificate fingerprint: {}", identity.fingerprint());
+    println!(
+        "done: start each relay with `muster-relay serve --data DIR --database {}`",
+        redact(url)
+    );
+    Ok(())
+}
+
+/// A database URL without its password, for printing.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Opens the relay on the shared database at `url`: its tables are created by the first
+/// relay, and so is the TLS identity every relay presents (kept in the database and
+/// written into `data`, so `health` and clients pin one fingerprint).
+pub fn open_shared(
+    data: &Path,
+    url: &str,
+    blobs: Option<PathBuf>,
+) -> Result<(Relay, RelayIdentity), ServeError> {
+    std::fs::create_dir_all(data)?;
+    let local = RelayIdentity::load_or_create(data)?;
+    let blob_dir = blobs.unwrap_or_else(|| data.join("blobs"));
+    let mut relay = Relay::open_postgres(url, String::new(), blob_dir)?;
+    let (cert, key) = relay.shared_identity(&local.cert_der, local.key_der())?;
+    let identity = RelayIdentity::from_parts(cert, key);
+    if identity.cert_der != local.cert_der {
+        identity.save(data)?;
+    }
+    relay.set_fingerprint(identity.fingerprint());
+    Ok((relay, identity))
+}
+
+/// Listens, on a thread of its own, for what the other relays of the database at `url`
+/// announce, and wakes, tells or cuts off the devices connected here. A lost database
+/// connection is listened again after a second.
+pub fn follow_others(
+    url: String,
+    origin: String,
+    connected: Arc<Connected>,
+    runtime: tokio::runtime::Handle,
+) {
+    let run = move || loop {
+        match Announcements::listen(&url, &origin) {
+            Ok(mut announcements) => loop {
+                match announcements.wait() {
+                    Ok(announcement) => {
+                        let _inside = runtime.enter();
+                        connected.disconnect(announcement.disconnect.iter());
+                        connected.changed(announcement.changed.iter());
+                        connected.wake(announcement.wake.iter(), &HashSet::new());
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "lost the other relays' announcements; listening again");
+                        break;
+                    }
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for the other relays' announcements")
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    };
+    std::thread::Builder::new()
+        .name("relay-announcements".into())
+        .spawn(run)
+        .expect("start the announcements thread");
+}
