@@ -7,6 +7,7 @@ use muster_relay_core::{Announcements, Relay};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Where a relay keeps its state.
 #[derive(Debug, Clone)]
@@ -70,7 +71,7 @@ pub fn migrate(from: &Path, url: &str, blobs: Option<PathBuf>) -> Result<(), Ser
 
 /// A database URL without its password, for printing.
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let url = match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let credentials = &url[scheme + 3..at];
             match credentials.split_once(':') {
@@ -79,7 +80,29 @@ pub fn redact(url: &str) -> String {
             }
         }
         _ => url.to_string(),
+    };
+    // `password=...` as a key=value setting or a URL parameter.
+    let mut out = String::with_capacity(url.len());
+    let mut rest = url.as_str();
+    while let Some(found) = rest.to_ascii_lowercase().find("password") {
+        let after = &rest[found + "password".len()..];
+        let Some(value) = after.trim_start().strip_prefix('=') else {
+            out.push_str(&rest[..found + "password".len()]);
+            rest = after;
+            continue;
+        };
+        let value = value.trim_start();
+        let end = if let Some(quoted) = value.strip_prefix('\'') {
+            quoted.find('\'').map_or(value.len(), |i| i + 2)
+        } else {
+            value.find([' ', '&']).unwrap_or(value.len())
+        };
+        out.push_str(&rest[..found]);
+        out.push_str("password=***");
+        rest = &value[end..];
     }
+    out.push_str(rest);
+    out
 }
 
 /// Opens the relay on the shared database at `url`: its tables are created by the first
@@ -103,6 +126,36 @@ pub fn open_shared(
     Ok((relay, identity))
 }
 
+/// How often a relay of a shared database looks for revocations made through the others,
+/// whatever their announcements say: the longest a revoked device stays connected here
+/// when an announcement is lost.
+const REVOCATION_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Closes the connections of devices revoked since `followed` (the first call only
+/// notes where the revocations stand: a device revoked before this relay listened is
+/// refused when it authenticates).
+fn cut_off_revoked(
+    announcements: &mut Announcements,
+    followed: &mut Option<i64>,
+    connected: &Connected,
+) -> Result<(), muster_relay_core::StoreError> {
+    match *followed {
+        None => *followed = Some(announcements.revocation_position()?),
+        Some(position) => {
+            let (now, revoked) = announcements.revoked_after(position)?;
+            if !revoked.is_empty() {
+                tracing::info!(
+                    devices = revoked.len(),
+                    "devices revoked through another relay"
+                );
+                connected.disconnect(revoked.iter());
+            }
+            *followed = Some(now);
+        }
+    }
+    Ok(())
+}
+
 /// Listens, on a thread of its own, for what the other relays of the database at `url`
 /// announce, and wakes, tells or cuts off the devices connected here. A lost database
 /// connection is listened again after a second.
@@ -112,30 +165,95 @@ pub fn follow_others(
     connected: Arc<Connected>,
     runtime: tokio::runtime::Handle,
 ) {
-    let run = move || loop {
-        match Announcements::listen(&url, &origin) {
-            Ok(mut announcements) => loop {
-                match announcements.wait() {
-                    Ok(announcement) => {
-                        let _inside = runtime.enter();
-                        connected.disconnect(announcement.disconnect.iter());
+    // Listening, and noting where the revocations stand, before any device connects.
+    let first = tokio::task::block_in_place(|| {
+        let mut announcements = Announcements::listen(&url, &origin)?;
+        let position = announcements.revocation_position()?;
+        Ok::<_, muster_relay_core::StoreError>((announcements, position))
+    });
+    let (mut listening, mut followed) = match first {
+        Ok((announcements, position)) => (Some(announcements), Some(position)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for the other relays' announcements");
+            (None, None)
+        }
+    };
+    let run = move || {
+        // `followed`: revocations this relay has cut off devices for; kept across
+        // reconnections, so none made while the connection was down is missed.
+        let mut next_check = Instant::now();
+        loop {
+            let listened = listening
+                .take()
+                .map_or_else(|| Announcements::listen(&url, &origin), Ok);
+            match listened {
+                Ok(mut announcements) => loop {
+                    let until_check = next_check.saturating_duration_since(Instant::now());
+                    let heard = match announcements.wait(until_check) {
+                        Ok(heard) => heard,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "lost the other relays' announcements; listening again");
+                            break;
+                        }
+                    };
+                    let _inside = runtime.enter();
+                    if let Some(announcement) = &heard {
                         connected.changed(announcement.changed.iter());
                         connected.wake(announcement.wake.iter(), &HashSet::new());
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "lost the other relays' announcements; listening again");
-                        break;
+                    // Every second, and at once when another relay says it revoked
+                    // devices, the database says which.
+                    let told = heard.is_some_and(|a| !a.disconnect.is_empty());
+                    if told || Instant::now() >= next_check || followed.is_none() {
+                        next_check = Instant::now() + REVOCATION_CHECK_EVERY;
+                        if let Err(e) =
+                            cut_off_revoked(&mut announcements, &mut followed, &connected)
+                        {
+                            tracing::warn!(error = %e, "cannot read the revocations; listening again");
+                            break;
+                        }
                     }
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for the other relays' announcements")
                 }
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for the other relays' announcements")
             }
+            std::thread::sleep(std::time::Duration::from_secs(1));
         }
-        std::thread::sleep(std::time::Duration::from_secs(1));
     };
     std::thread::Builder::new()
         .name("relay-announcements".into())
         .spawn(run)
         .expect("start the announcements thread");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_never_reach_the_log_in_any_form_of_url() {
+        for (url, shown) in [
+            (
+                "postgres://muster:s3cret@db/muster",
+                "postgres://muster:***@db/muster",
+            ),
+            (
+                "postgres://muster@db/muster?password=s3cret&sslmode=require",
+                "postgres://muster@db/muster?password=***&sslmode=require",
+            ),
+            (
+                "host=db user=muster password=s3cret dbname=muster",
+                "host=db user=muster password=*** dbname=muster",
+            ),
+            (
+                "host=db password = 'two words' user=muster",
+                "host=db password=*** user=muster",
+            ),
+            ("postgres://muster@db/muster", "postgres://muster@db/muster"),
+        ] {
+            assert_eq!(redact(url), shown);
+            assert!(!redact(url).contains("s3cret") && !redact(url).contains("two words"));
+        }
+    }
 }

@@ -32,8 +32,16 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         data: PathBuf,
         /// A PostgreSQL database shared by several relays (postgres://USER@HOST/DB)
-        /// instead of the SQLite file in DATA.
-        #[arg(long, value_name = "URL")]
+        /// instead of the SQLite file in DATA; from MUSTER_DATABASE when not given, which
+        /// keeps a password out of the process list. A database on another machine is
+        /// reached only over TLS: add sslmode=require and set PGSSLROOTCERT to the PEM
+        /// file of the CA that signed the server's certificate.
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "MUSTER_DATABASE",
+            hide_env_values = true
+        )]
         database: Option<String>,
         /// Where encrypted attachments are kept [default: DATA/blobs]; relays sharing a
         /// database must all reach the same directory.
@@ -74,8 +82,16 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         data: PathBuf,
         /// A PostgreSQL database shared by several relays (postgres://USER@HOST/DB)
-        /// instead of the SQLite file in DATA.
-        #[arg(long, value_name = "URL")]
+        /// instead of the SQLite file in DATA; from MUSTER_DATABASE when not given, which
+        /// keeps a password out of the process list. A database on another machine is
+        /// reached only over TLS: add sslmode=require and set PGSSLROOTCERT to the PEM
+        /// file of the CA that signed the server's certificate.
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "MUSTER_DATABASE",
+            hide_env_values = true
+        )]
         database: Option<String>,
     },
     /// Print the audit log: metadata events only (enrolments, logins, group changes), never content.
@@ -83,8 +99,16 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         data: PathBuf,
         /// A PostgreSQL database shared by several relays (postgres://USER@HOST/DB)
-        /// instead of the SQLite file in DATA.
-        #[arg(long, value_name = "URL")]
+        /// instead of the SQLite file in DATA; from MUSTER_DATABASE when not given, which
+        /// keeps a password out of the process list. A database on another machine is
+        /// reached only over TLS: add sslmode=require and set PGSSLROOTCERT to the PEM
+        /// file of the CA that signed the server's certificate.
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "MUSTER_DATABASE",
+            hide_env_values = true
+        )]
         database: Option<String>,
 
         /// How many of the latest events to show.
@@ -107,8 +131,16 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         data: PathBuf,
         /// A PostgreSQL database shared by several relays (postgres://USER@HOST/DB)
-        /// instead of the SQLite file in DATA.
-        #[arg(long, value_name = "URL")]
+        /// instead of the SQLite file in DATA; from MUSTER_DATABASE when not given, which
+        /// keeps a password out of the process list. A database on another machine is
+        /// reached only over TLS: add sslmode=require and set PGSSLROOTCERT to the PEM
+        /// file of the CA that signed the server's certificate.
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "MUSTER_DATABASE",
+            hide_env_values = true
+        )]
         database: Option<String>,
     },
     /// Copy a stopped relay's SQLite data (and its TLS identity, so devices keep their

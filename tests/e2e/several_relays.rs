@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 /// Two relays on one fresh database, and alice's organisation created through the first.
 struct Cluster {
     dir: TempDir,
+    /// The shared database (this test's schema).
+    url: String,
+    schema: String,
     a: Relay,
     b: Relay,
     alice: Device,
@@ -55,7 +58,34 @@ impl Cluster {
             "--user",
             "alice",
         ]);
-        Some(Self { dir, a, b, alice })
+        Some(Self {
+            dir,
+            url,
+            schema: name.to_string(),
+            a,
+            b,
+            alice,
+        })
+    }
+
+    /// Runs `sql` on the shared database, as anyone allowed to use it could.
+    fn run_sql(&self, sql: &str) {
+        let mut client = muster_relay_core::db::pg_connect::client(&self.url)
+            .expect("connect to the test database");
+        client
+            .batch_execute(sql)
+            .expect("run SQL on the test database");
+    }
+
+    /// Ends the connections on which the relays listen for each other's announcements
+    /// (as a database restart or a network hiccup would).
+    fn cut_the_listeners(&self) {
+        self.run_sql(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = '{} ({})'",
+            muster_relay_core::LISTENER_NAME,
+            self.schema
+        ));
     }
 
     /// Enrols `user`, whose device then talks to `relays` only.
@@ -198,6 +228,87 @@ fn a_device_revoked_through_one_relay_is_cut_off_on_the_other_at_once() {
         started.elapsed()
     );
     bob.fails(&["sync"]);
+}
+
+#[test]
+fn a_revocation_whose_announcement_was_lost_still_cuts_the_device_off_on_the_other_relay() {
+    let Some(cluster) = Cluster::start("e2e_lost_announcement") else {
+        return;
+    };
+    let bob = cluster.enrol("bob", &cluster.b.addr);
+    cluster
+        .alice
+        .ok(&["group", "create", "ops", "--members", "bob"]);
+    bob.ok(&["sync"]);
+    let mut chat = bob.chat("ops", &[]);
+    chat.wait_for("--- chatting in ops");
+    // The listening connections are cut again and again while alice revokes bob through
+    // relay A, so relay B cannot hear A's announcement of it.
+    let cutting = std::sync::atomic::AtomicBool::new(true);
+    thread::scope(|scope| {
+        scope.spawn(|| {
+            while cutting.load(std::sync::atomic::Ordering::SeqCst) {
+                cluster.cut_the_listeners();
+                thread::sleep(Duration::from_millis(20));
+            }
+        });
+        cluster.alice.ok(&["admin", "revoke", "bob"]);
+        // The announcement leaves relay A just before its answer to alice.
+        thread::sleep(Duration::from_millis(200));
+        cutting.store(false, std::sync::atomic::Ordering::SeqCst);
+    });
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(15);
+    while chat.child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "bob's chat on relay B kept running after a revocation whose announcement B missed"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "bob's chat on relay B ended {:?} after the listeners were let be",
+        started.elapsed()
+    );
+    bob.fails(&["sync"]);
+}
+
+#[test]
+fn a_notification_anyone_on_the_database_can_send_does_not_cut_a_member_off() {
+    let Some(cluster) = Cluster::start("e2e_forged_notice") else {
+        return;
+    };
+    let bob = cluster.enrol("bob", &cluster.b.addr);
+    cluster
+        .alice
+        .ok(&["group", "create", "ops", "--members", "bob"]);
+    bob.ok(&["sync"]);
+    // Two connections of bob's device to relay B: a chat, and one that only waits.
+    let mut chat = bob.chat("ops", &[]);
+    chat.wait_for("--- chatting in ops");
+    let rogue = crate::rogue::Rogue::open(&bob);
+    let waiting = rogue.session();
+    let forged = serde_json::json!({
+        "origin": "someone else",
+        "wake": [],
+        "changed": [],
+        "disconnect": [muster_e2e::device_id(&bob)],
+    });
+    cluster.run_sql(&format!("SELECT pg_notify('muster_relay', '{forged}')"));
+    // Relay B reads its notifications in order: once alice's message reaches the chat,
+    // the forged one was handled.
+    cluster.alice.ok(&["send", "ops", "still here?"]);
+    chat.wait_for("still here?");
+    let answer = waiting.run(
+        waiting
+            .connection()
+            .request(&muster_proto::Request::MyRevocation),
+    );
+    // "This device is not revoked": an answer, on a connection still open.
+    assert!(
+        !matches!(answer, Err(muster_net::NetError::Connection(_))),
+        "relay B closed bob's connection on a forged notification: {answer:?}"
+    );
 }
 
 #[test]

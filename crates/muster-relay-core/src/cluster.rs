@@ -6,11 +6,15 @@
 use crate::db::{params, DbError, OptionalExtension};
 use crate::error::StoreError;
 use crate::relay::Relay;
+use muster_proto::Revocation;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
 
 /// The notification channel the relays of one database share.
 const CHANNEL: &str = "muster_relay";
+/// The application name of each relay's listening connection, followed by its schema.
+pub const LISTENER_NAME: &str = "muster-relay announcements";
 /// PostgreSQL refuses payloads of 8,000 bytes or more; announcements are split below it.
 const MAX_PAYLOAD: usize = 7_000;
 
@@ -127,9 +131,13 @@ pub struct Announcements {
 impl Announcements {
     /// Listens on the database at `url`, skipping what the relay named `origin` announced.
     pub fn listen(url: &str, origin: &str) -> Result<Self, StoreError> {
-        let mut client = postgres::Client::connect(url, postgres::NoTls).map_err(DbError::from)?;
+        let mut client = crate::db::pg_connect::client(url)?;
+        // Named, so an operator (or a test) tells it apart in pg_stat_activity.
         client
-            .batch_execute(&format!("LISTEN {CHANNEL}"))
+            .batch_execute(&format!(
+                "LISTEN {CHANNEL}; SELECT set_config('application_name', \
+                 '{LISTENER_NAME} (' || current_schema() || ')', false)"
+            ))
             .map_err(DbError::from)?;
         Ok(Self {
             client,
@@ -137,25 +145,72 @@ impl Announcements {
         })
     }
 
-    /// Waits for the next announcement from another relay. An error means the database
-    /// connection is gone: the caller listens again (and devices may have missed wake-ups,
-    /// which their periodic sync makes up for).
-    pub fn wait(&mut self) -> Result<Announcement, StoreError> {
+    /// Waits up to `timeout` for the next announcement from another relay. An error
+    /// means the database connection is gone: the caller listens again (and devices may
+    /// have missed wake-ups, which their periodic sync makes up for).
+    pub fn wait(&mut self, timeout: Duration) -> Result<Option<Announcement>, StoreError> {
+        use postgres::fallible_iterator::FallibleIterator as _;
+        let deadline = Instant::now() + timeout;
         loop {
-            let mut notifications = self.client.notifications();
-            let mut waiting = notifications.blocking_iter();
-            use postgres::fallible_iterator::FallibleIterator as _;
-            let Some(notification) = waiting.next().map_err(DbError::from)? else {
-                return Err(StoreError::Corrupt(
-                    "the database closed the notification connection".into(),
-                ));
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            let next = self
+                .client
+                .notifications()
+                .timeout_iter(left)
+                .next()
+                .map_err(DbError::from)?;
+            let Some(notification) = next else {
+                if self.client.is_closed() {
+                    return Err(StoreError::Corrupt(
+                        "the database closed the notification connection".into(),
+                    ));
+                }
+                return Ok(None);
             };
             match serde_json::from_str::<Announcement>(notification.payload()) {
-                Ok(announcement) if announcement.origin != self.origin => return Ok(announcement),
+                Ok(announcement) if announcement.origin != self.origin => {
+                    return Ok(Some(announcement))
+                }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "an announcement that does not decode"),
             }
         }
+    }
+
+    /// Where the organisation's revocations stand now.
+    pub fn revocation_position(&mut self) -> Result<i64, StoreError> {
+        let row = self
+            .client
+            .query_one("SELECT COALESCE(MAX(id), 0)::BIGINT FROM revocations", &[])
+            .map_err(DbError::from)?;
+        Ok(row.get(0))
+    }
+
+    /// The devices revoked after `position`, and the position after them. Devices are
+    /// cut off on what the database holds, never on an announcement's word: anyone
+    /// who may use the database can send a notification.
+    pub fn revoked_after(&mut self, position: i64) -> Result<(i64, BTreeSet<String>), StoreError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT id, data FROM revocations WHERE id > $1 ORDER BY id",
+                &[&position],
+            )
+            .map_err(DbError::from)?;
+        let mut revoked = BTreeSet::new();
+        let mut last = position;
+        for row in rows {
+            last = row.get(0);
+            let data: Vec<u8> = row.get(1);
+            match serde_json::from_slice::<Revocation>(&data) {
+                Ok(revocation) => revoked.extend(revocation.body.device_ids),
+                Err(e) => tracing::warn!(error = %e, "a stored revocation that does not decode"),
+            }
+        }
+        Ok((last, revoked))
     }
 }
 

@@ -1466,12 +1466,14 @@ fn a_group_commit_syncs_once_for_what_it_stored_and_not_for_acknowledgements() {
     // 2 when every commit waits for the disk, 1 when it does not.
     let synchronous = |relay: &Relay| -> i64 {
         if relay.is_postgres() {
-            let setting: String = relay
-                .db()
+            // Set for each write transaction, so read inside one.
+            let tx = relay.db().transaction().unwrap();
+            let setting: String = tx
                 .query_row("SELECT current_setting('synchronous_commit')", (), |r| {
                     r.get(0)
                 })
                 .unwrap();
+            drop(tx);
             if setting == "on" {
                 2
             } else {

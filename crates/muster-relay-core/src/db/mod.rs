@@ -6,6 +6,7 @@
 //! neither backend's types leak into the relay.
 
 pub(crate) mod dialect;
+pub mod pg_connect;
 pub mod postgres;
 pub(crate) mod sqlite;
 mod value;
@@ -46,6 +47,8 @@ pub enum DbError {
     Unsupported(&'static str),
     #[error("stored MLS state does not decode: {0}")]
     Codec(String),
+    #[error("database connection: {0}")]
+    Link(String),
 }
 
 /// The server's own words for a failed statement, which `postgres::Error` keeps inside.
@@ -227,10 +230,13 @@ pub struct Transaction<'a> {
 }
 
 impl Transaction<'_> {
+    /// Commits; when that fails the transaction is rolled back as it is dropped, so the
+    /// connection is ready for the next one.
     pub fn commit(mut self) -> Result<(), DbError> {
+        self.db.backend.borrow_mut().commit()?;
         self.done = true;
         self.db.in_transaction.set(false);
-        self.db.backend.borrow_mut().commit()
+        Ok(())
     }
 }
 

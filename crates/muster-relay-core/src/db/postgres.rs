@@ -20,23 +20,41 @@ pub const WRITER_LOCK: i64 = 0x6d75_7374_6572_0001;
 
 /// One connection to the shared database.
 pub struct PostgresBackend {
+    url: String,
     client: postgres::Client,
     statements: HashMap<String, postgres::Statement>,
+    /// Inside a group commit: transactions commit without waiting for their WAL flush.
     grouped: bool,
+    in_transaction: bool,
 }
 
 impl PostgresBackend {
     /// Connects to `url` (`postgres://user@host:port/db` or key=value settings).
     pub fn connect(url: &str) -> Result<Self, DbError> {
-        let client = postgres::Client::connect(url, postgres::NoTls)?;
+        let client = super::pg_connect::client(url)?;
         Ok(Self {
+            url: url.to_owned(),
             client,
             statements: HashMap::new(),
             grouped: false,
+            in_transaction: false,
         })
     }
 
+    /// After the server restarted or the link broke, a new connection, between
+    /// transactions (one that broke inside a transaction fails it, and the next starts
+    /// afresh).
+    fn reconnect_if_lost(&mut self) -> Result<(), DbError> {
+        if self.client.is_closed() && !self.in_transaction {
+            tracing::warn!("the database connection was lost; connecting again");
+            self.client = super::pg_connect::client(&self.url)?;
+            self.statements.clear();
+        }
+        Ok(())
+    }
+
     fn statement(&mut self, sql: &str) -> Result<postgres::Statement, DbError> {
+        self.reconnect_if_lost()?;
         if let Some(statement) = self.statements.get(sql) {
             return Ok(statement.clone());
         }
@@ -155,32 +173,52 @@ impl Backend for PostgresBackend {
     }
 
     fn execute_batch(&mut self, sql: &str) -> Result<(), DbError> {
+        self.reconnect_if_lost()?;
         Ok(self.client.batch_execute(&dialect::to_postgres(sql))?)
     }
 
     fn begin_write(&mut self) -> Result<(), DbError> {
-        self.client.batch_execute(&format!(
-            "BEGIN; SELECT pg_advisory_xact_lock({WRITER_LOCK})"
-        ))?;
+        self.reconnect_if_lost()?;
+        // Inside a group commit the flush is left to the barrier that ends it; `LOCAL`
+        // keeps that from outliving the transaction.
+        let relaxed = if self.grouped {
+            "SET LOCAL synchronous_commit = off;"
+        } else {
+            ""
+        };
+        self.client.batch_execute("BEGIN")?;
+        self.in_transaction = true;
+        let locked = self.client.batch_execute(&format!(
+            "{relaxed} SELECT pg_advisory_xact_lock({WRITER_LOCK})"
+        ));
+        if let Err(e) = locked {
+            self.rollback()?;
+            return Err(e.into());
+        }
         Ok(())
     }
 
     fn commit(&mut self) -> Result<(), DbError> {
-        Ok(self.client.batch_execute("COMMIT")?)
+        self.client.batch_execute("COMMIT")?;
+        self.in_transaction = false;
+        Ok(())
     }
 
     fn rollback(&mut self) -> Result<(), DbError> {
+        self.in_transaction = false;
+        if self.client.is_closed() {
+            // The server rolled it back as the connection ended.
+            return Ok(());
+        }
         Ok(self.client.batch_execute("ROLLBACK")?)
     }
 
     fn begin_grouped(&mut self) -> Result<(), DbError> {
-        self.client.batch_execute("SET synchronous_commit = off")?;
         self.grouped = true;
         Ok(())
     }
 
     fn end_grouped(&mut self, sync: bool) -> Result<(), DbError> {
-        self.client.batch_execute("SET synchronous_commit = on")?;
         self.grouped = false;
         if sync {
             // A commit that waits for its WAL flush makes every earlier commit durable.
@@ -217,7 +255,7 @@ pub mod testing {
     /// A URL whose connections use schema `name`, emptied first.
     pub fn fresh_schema(name: &str) -> Option<String> {
         let server = server()?;
-        let mut client = postgres::Client::connect(&server, postgres::NoTls)
+        let mut client = crate::db::pg_connect::client(&server)
             .unwrap_or_else(|e| panic!("cannot reach the test PostgreSQL at {server}: {e}"));
         client
             .batch_execute(&format!(

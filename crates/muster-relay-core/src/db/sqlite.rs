@@ -111,6 +111,10 @@ impl Backend for SqliteBackend {
     }
 
     fn rollback(&mut self) -> Result<(), DbError> {
+        if self.connection.is_autocommit() {
+            // A failed COMMIT may have rolled back already.
+            return Ok(());
+        }
         Ok(self.connection.execute_batch("ROLLBACK")?)
     }
 

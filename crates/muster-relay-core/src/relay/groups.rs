@@ -395,6 +395,9 @@ impl Relay {
         )
         .optional()?;
         if let Some(seq) = existing {
+            // What it was stored by may not be flushed yet (another relay's group commit,
+            // or this one's that failed to sync): this answer waits for a sync.
+            self.unsynced = true;
             return Ok(Outcome::reply(Response::Stored { seq: seq as u64 }));
         }
         let (epoch, last_seq) = Self::group_state(&tx, group_id)?;
