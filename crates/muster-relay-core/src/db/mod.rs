@@ -55,7 +55,17 @@ pub enum DbError {
 pub(crate) fn postgres_detail(error: &::postgres::Error) -> String {
     match error.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => error.to_string(),
+        None => {
+            // The cause (a certificate refused, a connection reset) is in the source chain.
+            let mut detail = error.to_string();
+            let mut source = std::error::Error::source(error);
+            while let Some(cause) = source {
+                detail.push_str(": ");
+                detail.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            detail
+        }
     }
 }
 

@@ -24,12 +24,16 @@ enum Link {
     Tls(PathBuf),
 }
 
-/// A connection to the database at `url`.
+/// A connection to the database at `url`, with the CA named by [`CA_VARIABLE`].
 pub fn client(url: &str) -> Result<postgres::Client, DbError> {
+    client_with(url, std::env::var_os(CA_VARIABLE).map(PathBuf::from))
+}
+
+/// A connection to the database at `url`, over TLS checked against `ca` if it asks.
+pub fn client_with(url: &str, ca: Option<PathBuf>) -> Result<postgres::Client, DbError> {
     let config: postgres::Config = url
         .parse()
         .map_err(|e| DbError::Link(format!("the database URL does not parse: {e}")))?;
-    let ca = std::env::var_os(CA_VARIABLE).map(PathBuf::from);
     match plan(&config, ca)? {
         Link::Local => Ok(config.connect(postgres::NoTls)?),
         Link::Tls(ca) => Ok(config.connect(tls(&ca)?)?),
@@ -145,6 +149,32 @@ mod tests {
         );
         let refused = plan_for(url, None).unwrap_err().to_string();
         assert!(refused.contains(CA_VARIABLE), "{refused}");
+    }
+
+    #[test]
+    fn a_tls_link_is_checked_against_the_ca_and_the_host_name() {
+        let (Some(server), Some(ca), Some(other_ca)) = (
+            crate::db::postgres::testing::server(),
+            std::env::var_os("MUSTER_TEST_POSTGRES_CA").map(PathBuf::from),
+            std::env::var_os("MUSTER_TEST_POSTGRES_OTHER_CA").map(PathBuf::from),
+        ) else {
+            eprintln!("SKIPPED: no PostgreSQL with TLS (run the tests through tests/with-postgres)");
+            return;
+        };
+        let tls_url = format!("{server}?sslmode=require");
+        let mut client = client_with(&tls_url, Some(ca.clone())).unwrap();
+        let encrypted: bool = client
+            .query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+            .unwrap()
+            .get(0);
+        assert!(encrypted, "the link is not encrypted");
+        let refused = client_with(&tls_url, Some(other_ca)).err().unwrap();
+        assert!(refused.to_string().to_lowercase().contains("certificate"), "{refused}");
+        // The certificate names 127.0.0.1 only.
+        let by_name = tls_url.replace("127.0.0.1", "localhost");
+        assert_ne!(by_name, tls_url);
+        let refused = client_with(&by_name, Some(ca)).err().unwrap();
+        assert!(refused.to_string().to_lowercase().contains("certificate"), "{refused}");
     }
 
     #[test]
