@@ -52,8 +52,17 @@ fn open_relay(place: &Place) -> Result<(Relay, RelayIdentity), ServeError> {
     Ok((relay, identity))
 }
 
+/// The relay's state for a command that serves nothing (stats, audit, a bootstrap token):
+/// on a shared database neither the data directory nor the TLS identity is touched.
 fn open_existing(place: &Place) -> Result<Relay, ServeError> {
-    if place.database.is_none() && !place.data.join(DB_FILE).exists() {
+    if let Some(url) = &place.database {
+        let blobs = place
+            .blobs
+            .clone()
+            .unwrap_or_else(|| place.data.join("blobs"));
+        return Ok(Relay::open_postgres(url, String::new(), blobs)?);
+    }
+    if !place.data.join(DB_FILE).exists() {
         return Err(ServeError::NoData(place.data.display().to_string()));
     }
     Ok(open_relay(place)?.0)

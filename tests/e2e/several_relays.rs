@@ -140,6 +140,18 @@ fn a_message_sent_through_one_relay_appears_live_in_a_chat_on_the_other() {
                 .contains(&"through relay B".to_string())
         },
     );
+    // An operator reads the shared database's figures from a machine that runs no relay:
+    // the URL from the environment, and nothing written where --data points.
+    let elsewhere = cluster.dir.path().join("operator-laptop");
+    let out = std::process::Command::new(muster_e2e::bin("muster-relay"))
+        .args(["stats", "--data"])
+        .arg(&elsewhere)
+        .env("MUSTER_DATABASE", &cluster.url)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("devices: 2"), "{text}");
+    assert!(!elsewhere.exists(), "stats wrote into its --data directory");
 }
 
 #[test]
