@@ -150,7 +150,10 @@ fn a_message_sent_through_one_relay_appears_live_in_a_chat_on_the_other() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && text.contains("devices: 2"), "{text}");
+    assert!(
+        out.status.success() && text.contains("devices: 2"),
+        "{text}"
+    );
     assert!(!elsewhere.exists(), "stats wrote into its --data directory");
 }
 

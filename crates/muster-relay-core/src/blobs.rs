@@ -159,7 +159,10 @@ impl Relay {
     ) -> Result<BlobRow, Failure> {
         self.collect_expired_blobs()?;
         crate::relay::require_member(self.db(), group_id, &session.device_id)?;
-        let used: i64 = self.db().query_row(
+        // Counted and claimed under the writer's lock: uploads through two relays of one
+        // database cannot both fit in what is left.
+        let tx = self.db().transaction()?;
+        let used: i64 = tx.query_row(
             "SELECT CAST(COALESCE(SUM(total_size), 0) AS BIGINT) FROM blobs WHERE uploader = ?1",
             [&session.device_id],
             |r| r.get(0),
@@ -176,11 +179,12 @@ impl Relay {
         }
         std::fs::create_dir_all(self.blob_dir()).map_err(io)?;
         std::fs::File::create(self.blob_path(blob_id)).map_err(io)?;
-        self.db().execute(
+        tx.execute(
             "INSERT INTO blobs (blob_id, uploader, group_id, total_size, received, complete, created_at)
              VALUES (?1, ?2, ?3, ?4, 0, 0, ?5)",
             params![blob_id, session.device_id, group_id, total_size as i64, now_unix() as i64],
         )?;
+        tx.commit()?;
         Ok(BlobRow {
             uploader: session.device_id.clone(),
             group_id: group_id.to_vec(),

@@ -158,23 +158,34 @@ mod tests {
             std::env::var_os("MUSTER_TEST_POSTGRES_CA").map(PathBuf::from),
             std::env::var_os("MUSTER_TEST_POSTGRES_OTHER_CA").map(PathBuf::from),
         ) else {
-            eprintln!("SKIPPED: no PostgreSQL with TLS (run the tests through tests/with-postgres)");
+            eprintln!(
+                "SKIPPED: no PostgreSQL with TLS (run the tests through tests/with-postgres)"
+            );
             return;
         };
         let tls_url = format!("{server}?sslmode=require");
         let mut client = client_with(&tls_url, Some(ca.clone())).unwrap();
         let encrypted: bool = client
-            .query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
             .unwrap()
             .get(0);
         assert!(encrypted, "the link is not encrypted");
         let refused = client_with(&tls_url, Some(other_ca)).err().unwrap();
-        assert!(refused.to_string().to_lowercase().contains("certificate"), "{refused}");
+        assert!(
+            refused.to_string().to_lowercase().contains("certificate"),
+            "{refused}"
+        );
         // The certificate names 127.0.0.1 only.
         let by_name = tls_url.replace("127.0.0.1", "localhost");
         assert_ne!(by_name, tls_url);
         let refused = client_with(&by_name, Some(ca)).err().unwrap();
-        assert!(refused.to_string().to_lowercase().contains("certificate"), "{refused}");
+        assert!(
+            refused.to_string().to_lowercase().contains("certificate"),
+            "{refused}"
+        );
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub struct PostgresBackend {
     /// Inside a group commit: transactions commit without waiting for their WAL flush.
     grouped: bool,
     in_transaction: bool,
+    /// The connection failed and did not answer a check: replaced between transactions.
+    broken: bool,
 }
 
 impl PostgresBackend {
@@ -38,6 +40,7 @@ impl PostgresBackend {
             statements: HashMap::new(),
             grouped: false,
             in_transaction: false,
+            broken: false,
         })
     }
 
@@ -45,12 +48,35 @@ impl PostgresBackend {
     /// transactions (one that broke inside a transaction fails it, and the next starts
     /// afresh).
     fn reconnect_if_lost(&mut self) -> Result<(), DbError> {
-        if self.client.is_closed() && !self.in_transaction {
+        if (self.broken || self.client.is_closed()) && !self.in_transaction {
             tracing::warn!("the database connection was lost; connecting again");
             self.client = super::pg_connect::client(&self.url)?;
             self.statements.clear();
+            self.broken = false;
         }
         Ok(())
+    }
+
+    /// `result`, noting a connection that no longer answers.
+    fn checked<T>(&mut self, result: Result<T, postgres::Error>) -> Result<T, DbError> {
+        result.map_err(|e| {
+            let severe = e.as_db_error().is_none_or(|db| {
+                matches!(
+                    db.parsed_severity(),
+                    Some(postgres::error::Severity::Fatal | postgres::error::Severity::Panic)
+                )
+            });
+            if e.is_closed()
+                || (severe
+                    && self
+                        .client
+                        .is_valid(std::time::Duration::from_secs(2))
+                        .is_err())
+            {
+                self.broken = true;
+            }
+            e.into()
+        })
     }
 
     fn statement(&mut self, sql: &str) -> Result<postgres::Statement, DbError> {
@@ -59,13 +85,17 @@ impl PostgresBackend {
             return Ok(statement.clone());
         }
         let translated = dialect::to_postgres(sql);
-        let statement = self
-            .client
-            .prepare(&translated)
-            .map_err(|e| DbError::Prepare {
-                sql: translated,
-                detail: super::postgres_detail(&e),
-            })?;
+        let prepared = self.client.prepare(&translated);
+        let statement = match self.checked(prepared) {
+            Ok(statement) => statement,
+            Err(DbError::Postgres(e)) => {
+                return Err(DbError::Prepare {
+                    sql: translated,
+                    detail: super::postgres_detail(&e),
+                })
+            }
+            Err(e) => return Err(e),
+        };
         if self.statements.len() >= 512 {
             self.statements.clear();
         }
@@ -74,10 +104,11 @@ impl PostgresBackend {
     }
 
     fn durability_barrier(&mut self) -> Result<(), DbError> {
-        self.client.batch_execute(
+        let done = self.client.batch_execute(
             "INSERT INTO durability_barrier (id, value) VALUES (1, 1)
              ON CONFLICT (id) DO UPDATE SET value = durability_barrier.value + 1",
-        )?;
+        );
+        self.checked(done)?;
         Ok(())
     }
 }
@@ -104,7 +135,10 @@ impl ToSql for Bind<'_> {
             },
             Value::Text(t) => match *ty {
                 Type::BYTEA => t.as_bytes().to_sql(ty, out),
-                _ => t.as_ref().to_sql(ty, out),
+                Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN => {
+                    t.as_ref().to_sql(ty, out)
+                }
+                _ => Err(format!("text cannot be bound as {ty}").into()),
             },
             Value::Blob(b) => match *ty {
                 Type::BYTEA => b.as_ref().to_sql(ty, out),
@@ -153,15 +187,16 @@ impl Backend for PostgresBackend {
         let statement = self.statement(sql)?;
         let binds: Vec<Bind<'_>> = params.iter().map(Bind).collect();
         let refs: Vec<&(dyn ToSql + Sync)> = binds.iter().map(|b| b as _).collect();
-        Ok(self.client.execute(&statement, &refs)?)
+        let done = self.client.execute(&statement, &refs);
+        self.checked(done)
     }
 
     fn query(&mut self, sql: &str, params: &[Value<'_>]) -> Result<Vec<Row>, DbError> {
         let statement = self.statement(sql)?;
         let binds: Vec<Bind<'_>> = params.iter().map(Bind).collect();
         let refs: Vec<&(dyn ToSql + Sync)> = binds.iter().map(|b| b as _).collect();
-        self.client
-            .query(&statement, &refs)?
+        let rows = self.client.query(&statement, &refs);
+        self.checked(rows)?
             .iter()
             .map(|row| {
                 (0..row.len())
@@ -174,7 +209,8 @@ impl Backend for PostgresBackend {
 
     fn execute_batch(&mut self, sql: &str) -> Result<(), DbError> {
         self.reconnect_if_lost()?;
-        Ok(self.client.batch_execute(&dialect::to_postgres(sql))?)
+        let done = self.client.batch_execute(&dialect::to_postgres(sql));
+        self.checked(done)
     }
 
     fn begin_write(&mut self) -> Result<(), DbError> {
@@ -186,31 +222,34 @@ impl Backend for PostgresBackend {
         } else {
             ""
         };
-        self.client.batch_execute("BEGIN")?;
+        let begun = self.client.batch_execute("BEGIN");
+        self.checked(begun)?;
         self.in_transaction = true;
         let locked = self.client.batch_execute(&format!(
             "{relaxed} SELECT pg_advisory_xact_lock({WRITER_LOCK})"
         ));
-        if let Err(e) = locked {
+        if let Err(e) = self.checked(locked) {
             self.rollback()?;
-            return Err(e.into());
+            return Err(e);
         }
         Ok(())
     }
 
     fn commit(&mut self) -> Result<(), DbError> {
-        self.client.batch_execute("COMMIT")?;
+        let committed = self.client.batch_execute("COMMIT");
+        self.checked(committed)?;
         self.in_transaction = false;
         Ok(())
     }
 
     fn rollback(&mut self) -> Result<(), DbError> {
         self.in_transaction = false;
-        if self.client.is_closed() {
+        if self.broken || self.client.is_closed() {
             // The server rolled it back as the connection ended.
             return Ok(());
         }
-        Ok(self.client.batch_execute("ROLLBACK")?)
+        let done = self.client.batch_execute("ROLLBACK");
+        self.checked(done)
     }
 
     fn begin_grouped(&mut self) -> Result<(), DbError> {

@@ -131,3 +131,79 @@ fn write_transactions_on_postgres_are_serialised_across_connections() {
         .unwrap();
     assert_eq!(n, 100, "lost updates: write transactions interleaved");
 }
+
+#[test]
+fn text_is_never_bound_where_postgres_expects_a_number() {
+    let Some(db) = postgres("db_text_as_number") else {
+        return;
+    };
+    let refused = db
+        .execute("INSERT INTO t (id, n) VALUES (?1, ?2)", params![1i64, "12"])
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("text cannot be bound"),
+        "{refused}"
+    );
+}
+
+#[test]
+fn a_commit_that_fails_is_rolled_back_and_the_next_transaction_starts() {
+    let sqlite = sqlite();
+    sqlite
+        .execute_batch(
+            "PRAGMA foreign_keys = ON;
+             CREATE TABLE parent (id INTEGER PRIMARY KEY);
+             CREATE TABLE child (id INTEGER PRIMARY KEY,
+                 parent INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)",
+        )
+        .unwrap();
+    let postgres = postgres("db_failed_commit");
+    if let Some(db) = &postgres {
+        db.execute_batch(
+            "CREATE TABLE parent (id BIGINT PRIMARY KEY);
+             CREATE TABLE child (id BIGINT PRIMARY KEY,
+                 parent BIGINT REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)",
+        )
+        .unwrap();
+    }
+    for db in std::iter::once(&sqlite).chain(&postgres) {
+        let tx = db.transaction().unwrap();
+        tx.execute("INSERT INTO child (id, parent) VALUES (1, 99)", ())
+            .unwrap();
+        assert!(tx.commit().is_err(), "a dangling reference was committed");
+        let tx = db
+            .transaction()
+            .expect("a new transaction after a failed commit");
+        tx.execute("INSERT INTO parent (id) VALUES (99)", ())
+            .unwrap();
+        tx.execute("INSERT INTO child (id, parent) VALUES (2, 99)", ())
+            .unwrap();
+        tx.commit().unwrap();
+        let children: i64 = db
+            .query_row("SELECT COUNT(*) FROM child", (), |r| r.get(0))
+            .unwrap();
+        assert_eq!(children, 1, "only the second transaction's child is kept");
+    }
+}
+
+#[test]
+fn a_postgres_connection_the_server_ended_is_opened_again() {
+    let Some(db) = postgres("db_reconnect") else {
+        return;
+    };
+    let pid: i64 = db
+        .query_row("SELECT pg_backend_pid()::BIGINT", (), |r| r.get(0))
+        .unwrap();
+    let mut other = super::pg_connect::client(&testing::server().unwrap()).unwrap();
+    other
+        .execute("SELECT pg_terminate_backend($1::BIGINT::INT)", &[&pid])
+        .unwrap();
+    // The first statement finds the connection gone; the next runs on a new one.
+    let _: Result<i64, _> = db.query_row("SELECT 1::BIGINT", (), |r| r.get(0));
+    let pid_now: i64 = db
+        .query_row("SELECT pg_backend_pid()::BIGINT", (), |r| r.get(0))
+        .expect("a new connection");
+    assert_ne!(pid_now, pid);
+    db.execute("INSERT INTO t (id, n) VALUES (?1, ?2)", params![1i64, 2i64])
+        .expect("the schema is the same on the new connection");
+}

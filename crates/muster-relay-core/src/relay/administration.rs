@@ -34,11 +34,14 @@ impl Relay {
         revocation
             .verify(&org)
             .map_err(|e| refuse(ErrorCode::InvalidCertificate, format!("revocation: {e}")))?;
-        refuse_revoked_issuer(&self.db, revocation.issuer.as_ref())?;
         let body = &revocation.body;
         if body.device_ids.is_empty() {
             return Err(refuse(ErrorCode::BadRequest, "revocation names no device"));
         }
+        // Checked under the writer's lock: two relays of one database cannot both take
+        // the same number, nor accept a revocation signed by an admin revoked meanwhile.
+        let tx = self.db.transaction()?;
+        refuse_revoked_issuer(&tx, revocation.issuer.as_ref())?;
         let expected = self.last_revocation_serial()? + 1;
         if body.serial != expected {
             return Err(refuse(
@@ -55,7 +58,6 @@ impl Relay {
                 "an admin cannot revoke the device it is using",
             ));
         }
-        let tx = self.db.transaction()?;
         let mut wake = BTreeSet::new();
         for device in &body.device_ids {
             let owner: Option<String> = row(
