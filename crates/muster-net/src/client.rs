@@ -117,7 +117,14 @@ impl RelayConnection {
                         .insert(addr.to_string(), index);
                     return Ok(connection);
                 }
-                Ok(Err(e)) => failure = e,
+                Ok(Err(e)) => {
+                    if matches!(e, NetError::WrongFingerprint { .. }) {
+                        // Not a relay of this organisation: an attacker, or a mistake in
+                        // the list.
+                        tracing::warn!(relay = candidate, error = %e, "a listed relay presents another certificate");
+                    }
+                    failure = e
+                }
                 Err(_) => {
                     failure = NetError::Unreachable {
                         addr: candidate.to_string(),
@@ -126,6 +133,13 @@ impl RelayConnection {
                 }
             }
             tracing::debug!(relay = candidate, error = %failure, "relay did not answer; trying the next");
+        }
+        // None completed a handshake in the short time: the one that answered last is
+        // given the whole time, with its retry of a handshake that went unanswered.
+        if matches!(failure, NetError::Unreachable { .. }) {
+            if let Ok(connection) = Self::connect_one(candidates[first], fingerprint).await {
+                return Ok(connection);
+            }
         }
         Err(failure)
     }
