@@ -113,6 +113,7 @@ pub async fn run(load: Load) -> Result<Report, HarnessError> {
         relay,
         admin,
         admin_conn,
+        ..
     } = org;
     admin_conn.close().await;
     engines.insert(0, admin);

@@ -96,9 +96,15 @@ impl RelayProcess {
     /// Starts `muster-relay serve` on a free loopback port with its data in `data`, with
     /// per-device rate limits lifted so the load generator is not throttled.
     pub fn start(data: &Path) -> Result<Self, HarnessError> {
+        Self::start_with(data, &[])
+    }
+
+    /// [`RelayProcess::start`] with more `serve` options (a shared database, say).
+    pub fn start_with(data: &Path, extra: &[&str]) -> Result<Self, HarnessError> {
         let mut child = Command::new(sibling_binary("muster-relay")?)
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(data)
+            .args(extra)
             .args([
                 "--requests-per-sec",
                 "1000000",
@@ -176,6 +182,8 @@ const ENROL_CONCURRENCY: usize = 32;
 pub struct Org {
     pub scratch: Scratch,
     pub relay: RelayProcess,
+    /// More relays on the same shared database, if any.
+    pub others: Vec<RelayProcess>,
     pub admin: Engine,
     pub admin_conn: Connection,
 }
@@ -188,10 +196,32 @@ fn profile(name: &str) -> Profile {
 }
 
 impl Org {
+    /// The address of relay `index` (counting around all of them).
+    pub fn relay_addr(&self, index: usize) -> &str {
+        let all = 1 + self.others.len();
+        match index % all {
+            0 => &self.relay.addr,
+            i => &self.others[i - 1].addr,
+        }
+    }
+
     /// Starts a relay and creates the organisation with its first admin, `admin`.
     pub async fn create(label: &str) -> Result<Self, HarnessError> {
+        Self::create_on(label, &[], 1).await
+    }
+
+    /// [`Org::create`] on `relays` relays started with `serve` options `extra` (the same
+    /// shared database for each, when there are several).
+    pub async fn create_on(
+        label: &str,
+        extra: &[&str],
+        relays: usize,
+    ) -> Result<Self, HarnessError> {
         let scratch = Scratch::new(label)?;
-        let relay = RelayProcess::start(&scratch.path().join("relay"))?;
+        let relay = RelayProcess::start_with(&scratch.path().join("relay"), extra)?;
+        let others = (1..relays.max(1))
+            .map(|i| RelayProcess::start_with(&scratch.path().join(format!("relay{i}")), extra))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut admin = Engine::open(&scratch.path().join("admin"))?;
         let setup = muster_engine::NewOrg {
             relay: &relay.addr,
@@ -206,6 +236,7 @@ impl Org {
         Ok(Self {
             scratch,
             relay,
+            others,
             admin,
             admin_conn,
         })

@@ -82,6 +82,17 @@ enum Scenario {
         /// Also run the load through a local Mosquitto broker: `mosquitto`.
         #[arg(long, value_name = "BROKER", value_parser = ["mosquitto"])]
         against: Option<String>,
+        /// Where the relays keep their state: `sqlite` (one relay) or `postgres` (the
+        /// database given with --database, shared by --relays relays).
+        #[arg(long, default_value = "sqlite", value_parser = ["sqlite", "postgres"])]
+        backend: String,
+        /// The PostgreSQL server for --backend postgres (its schema muster_bench is
+        /// emptied and used).
+        #[arg(long, value_name = "URL", env = "MUSTER_DATABASE", hide_env_values = true)]
+        database: Option<String>,
+        /// Relays on the shared database; devices are spread over them.
+        #[arg(long, default_value_t = 1)]
+        relays: usize,
     },
     /// One real client engine catching up a backlog in a group: messages per second into
     /// its store.
@@ -166,6 +177,9 @@ fn main() -> ExitCode {
             size,
             window,
             against,
+            backend,
+            database,
+            relays,
         } => {
             let load = relay::Load {
                 members,
@@ -174,7 +188,20 @@ fn main() -> ExitCode {
                 size,
                 window,
             };
-            block_on(relay::run(load, against.is_some()))
+            let backend = match (backend.as_str(), database) {
+                ("postgres", Some(url)) => relay::Backend::postgres(&url, relays),
+                ("postgres", None) => Err(harness::HarnessError::Setup(
+                    "--backend postgres needs --database URL (or MUSTER_DATABASE)".into(),
+                )),
+                (_, _) if relays > 1 => Err(harness::HarnessError::Setup(
+                    "several relays share a PostgreSQL database: add --backend postgres".into(),
+                )),
+                _ => Ok(relay::Backend::default()),
+            };
+            match backend {
+                Ok(backend) => block_on(relay::run(load, against.is_some(), backend)),
+                Err(e) => Err(e.to_string()),
+            }
         }
         Scenario::Fanout {
             members,

@@ -28,6 +28,54 @@ pub struct Load {
     pub window: usize,
 }
 
+/// Where the relays keep their state: each its own SQLite file (one relay), or one
+/// PostgreSQL database shared by `relays` relays.
+#[derive(Debug, Clone, Default)]
+pub struct Backend {
+    /// A PostgreSQL URL whose schema `muster_bench` is emptied and used; `None`: SQLite.
+    pub database: Option<String>,
+    /// Relays started on the shared database; devices are spread over them.
+    pub relays: usize,
+}
+
+/// The schema a PostgreSQL run uses, emptied first.
+const BENCH_SCHEMA: &str = "muster_bench";
+
+impl Backend {
+    /// A PostgreSQL backend on `server` with `relays` relays, its schema emptied now.
+    pub fn postgres(server: &str, relays: usize) -> Result<Self, HarnessError> {
+        let mut client = muster_relay_core::db::pg_connect::client(server)
+            .map_err(|e| HarnessError::Setup(format!("PostgreSQL at {server}: {e}")))?;
+        client
+            .batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS {BENCH_SCHEMA} CASCADE; CREATE SCHEMA {BENCH_SCHEMA}"
+            ))
+            .map_err(|e| HarnessError::Setup(format!("cannot make a schema for the run: {e}")))?;
+        let separator = if server.contains('?') { '&' } else { '?' };
+        Ok(Self {
+            database: Some(format!(
+                "{server}{separator}options=-csearch_path%3D{BENCH_SCHEMA}"
+            )),
+            relays: relays.max(1),
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        if self.database.is_some() {
+            "postgres"
+        } else {
+            "sqlite"
+        }
+    }
+
+    fn serve_options(&self) -> Vec<&str> {
+        match &self.database {
+            Some(url) => vec!["--database", url],
+            None => Vec::new(),
+        }
+    }
+}
+
 /// How long a run may take before it is called stuck.
 const RUN_DEADLINE: Duration = Duration::from_secs(600);
 
@@ -62,14 +110,20 @@ impl Outcome {
     }
 }
 
-pub async fn run(load: Load, against_mosquitto: bool) -> Result<Report, HarnessError> {
+pub async fn run(
+    load: Load,
+    against_mosquitto: bool,
+    backend: Backend,
+) -> Result<Report, HarnessError> {
     let mut report = Report::new("relay");
+    report.set("backend", backend.name());
+    report.set("relays", backend.relays.max(1));
     report.set("members", load.members);
     report.set("senders", load.senders);
     report.set("messages", load.messages);
     report.set("size", load.size);
     report.set("window", load.window);
-    let (mut ours, payload_bytes) = muster(load).await?;
+    let (mut ours, payload_bytes) = muster(load, &backend).await?;
     report.set("payload_bytes", payload_bytes);
     report.set("durable_before_ack", true);
     ours.put(&mut report, "");
@@ -101,16 +155,22 @@ pub fn text_of(size: usize, index: usize) -> String {
 pub type Payload = (Vec<u8>, Vec<u8>);
 
 /// Runs the load through a real relay; returns what it did and the mean payload size.
-async fn muster(load: Load) -> Result<(Outcome, usize), HarnessError> {
-    let mut org = Org::create("relay").await?;
+async fn muster(load: Load, backend: &Backend) -> Result<(Outcome, usize), HarnessError> {
+    let mut org = Org::create_on("relay", &backend.serve_options(), backend.relays).await?;
     let senders = load.senders.max(1);
     let mut engines = Vec::new();
     for i in 1..senders {
-        engines.push(org.enrol(&format!("sender{i}")).await?);
+        let mut engine = org.enrol(&format!("sender{i}")).await?;
+        // Senders and receivers alike are spread over the relays.
+        engine.set_relays(org.relay_addr(i))?;
+        engines.push(engine);
     }
     // Receivers only fetch and acknowledge: they never process the Welcome.
     let receiver_users: Vec<String> = (0..load.members).map(|i| format!("member{i}")).collect();
-    let receivers = org.enrol_many(&receiver_users).await?;
+    let mut receivers = org.enrol_many(&receiver_users).await?;
+    for (i, engine) in receivers.iter_mut().enumerate() {
+        engine.set_relays(org.relay_addr(senders + i))?;
+    }
     let group = org
         .group_with_others("bench", &mut engines, &receiver_users)
         .await?;
