@@ -7,7 +7,6 @@ use muster_relay_core::{Announcements, Relay};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
 
 /// Where a relay keeps its state.
 #[derive(Debug, Clone)]
@@ -126,100 +125,46 @@ pub fn open_shared(
     Ok((relay, identity))
 }
 
-/// How often a relay of a shared database looks for revocations made through the others,
-/// whatever their announcements say: the longest a revoked device stays connected here
-/// when an announcement is lost.
-const REVOCATION_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Closes the connections of devices revoked since `followed` (the first call only
-/// notes where the revocations stand: a device revoked before this relay listened is
-/// refused when it authenticates).
-fn cut_off_revoked(
-    announcements: &mut Announcements,
-    followed: &mut Option<i64>,
-    connected: &Connected,
-) -> Result<(), muster_relay_core::StoreError> {
-    match *followed {
-        None => *followed = Some(announcements.revocation_position()?),
-        Some(position) => {
-            let (now, revoked) = announcements.revoked_after(position)?;
-            if !revoked.is_empty() {
-                tracing::info!(
-                    devices = revoked.len(),
-                    "devices revoked through another relay"
-                );
-                connected.disconnect(revoked.iter());
-            }
-            *followed = Some(now);
-        }
-    }
-    Ok(())
-}
-
 /// Listens, on a thread of its own, for what the other relays of the database at `url`
-/// announce, and wakes, tells or cuts off the devices connected here. A lost database
-/// connection is listened again after a second.
+/// announce, and wakes or tells the devices connected here; devices another relay says
+/// it revoked are cut off once the database confirms it. A lost database connection is
+/// listened again after a second (the worker's own check every second cuts off what an
+/// announcement lost meanwhile would have).
 pub fn follow_others(
     url: String,
     origin: String,
     connected: Arc<Connected>,
     runtime: tokio::runtime::Handle,
 ) {
-    // Listening, and noting where the revocations stand, before any device connects.
-    let first = tokio::task::block_in_place(|| {
-        let mut announcements = Announcements::listen(&url, &origin)?;
-        let position = announcements.revocation_position()?;
-        Ok::<_, muster_relay_core::StoreError>((announcements, position))
-    });
-    let (mut listening, mut followed) = match first {
-        Ok((announcements, position)) => (Some(announcements), Some(position)),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for the other relays' announcements");
-            (None, None)
-        }
-    };
-    let run = move || {
-        // `followed`: revocations this relay has cut off devices for; kept across
-        // reconnections, so none made while the connection was down is missed.
-        let mut next_check = Instant::now();
-        loop {
-            let listened = listening
-                .take()
-                .map_or_else(|| Announcements::listen(&url, &origin), Ok);
-            match listened {
-                Ok(mut announcements) => loop {
-                    let until_check = next_check.saturating_duration_since(Instant::now());
-                    let heard = match announcements.wait(until_check) {
-                        Ok(heard) => heard,
+    let run = move || loop {
+        match Announcements::listen(&url, &origin) {
+            Ok(mut announcements) => loop {
+                let announcement = match announcements.wait(std::time::Duration::from_secs(60)) {
+                    Ok(Some(announcement)) => announcement,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "lost the other relays' announcements; listening again");
+                        break;
+                    }
+                };
+                let _inside = runtime.enter();
+                if !announcement.disconnect.is_empty() {
+                    match announcements.revoked_among(&announcement.disconnect) {
+                        Ok(revoked) => connected.disconnect(revoked.iter()),
                         Err(e) => {
-                            tracing::warn!(error = %e, "lost the other relays' announcements; listening again");
-                            break;
-                        }
-                    };
-                    let _inside = runtime.enter();
-                    if let Some(announcement) = &heard {
-                        connected.changed(announcement.changed.iter());
-                        connected.wake(announcement.wake.iter(), &HashSet::new());
-                    }
-                    // Every second, and at once when another relay says it revoked
-                    // devices, the database says which.
-                    let told = heard.is_some_and(|a| !a.disconnect.is_empty());
-                    if told || Instant::now() >= next_check || followed.is_none() {
-                        next_check = Instant::now() + REVOCATION_CHECK_EVERY;
-                        if let Err(e) =
-                            cut_off_revoked(&mut announcements, &mut followed, &connected)
-                        {
-                            tracing::warn!(error = %e, "cannot read the revocations; listening again");
+                            tracing::warn!(error = %e, "cannot check the revocations; listening again");
                             break;
                         }
                     }
-                },
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for the other relays' announcements")
                 }
+                connected.changed(announcement.changed.iter());
+                connected.wake(announcement.wake.iter(), &HashSet::new());
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for the other relays' announcements")
             }
-            std::thread::sleep(std::time::Duration::from_secs(1));
         }
+        std::thread::sleep(std::time::Duration::from_secs(1));
     };
     std::thread::Builder::new()
         .name("relay-announcements".into())

@@ -245,6 +245,12 @@ impl Connected {
     }
 
     /// Closes every open connection of these devices at once.
+    /// The devices connected now.
+    pub(crate) fn devices(&self) -> Vec<String> {
+        let map = self.by_device.lock().unwrap_or_else(|e| e.into_inner());
+        map.keys().cloned().collect()
+    }
+
     pub(crate) fn disconnect<'a>(&self, devices: impl IntoIterator<Item = &'a String>) {
         let mut map = self.by_device.lock().unwrap_or_else(|e| e.into_inner());
         for device in devices {

@@ -8,6 +8,7 @@ use muster_proto::{ErrorCode, RelayError, Request, Response};
 use muster_relay_core::{Announcement, ConnectionState, Outcome, PushRoute, Relay};
 use std::collections::HashSet;
 use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// The most requests handled in one group commit.
@@ -37,8 +38,27 @@ pub fn start(relay: Arc<Mutex<Relay>>, connected: Arc<Connected>) -> mpsc::Sende
     jobs
 }
 
+/// How often a relay of a shared database checks that no device connected to it has
+/// been revoked (through another relay): the longest such a device stays connected when
+/// the other relay's announcement is lost.
+const REVOCATION_CHECK_EVERY: Duration = Duration::from_secs(1);
+
 fn run(relay: &Mutex<Relay>, connected: &Connected, waiting: &mpsc::Receiver<Job>) {
-    while let Ok(first) = waiting.recv() {
+    let mut next_check = Instant::now() + REVOCATION_CHECK_EVERY;
+    loop {
+        let first = match waiting.recv_timeout(next_check.saturating_duration_since(Instant::now()))
+        {
+            Ok(job) => Some(job),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        if Instant::now() >= next_check {
+            next_check = Instant::now() + REVOCATION_CHECK_EVERY;
+            cut_off_revoked(relay, connected);
+        }
+        let Some(first) = first else {
+            continue;
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match waiting.try_recv() {
@@ -137,6 +157,28 @@ fn run(relay: &Mutex<Relay>, connected: &Connected, waiting: &mpsc::Receiver<Job
             };
             let _ = reply.send((outcome, device, handled));
         }
+    }
+}
+
+/// On a shared database, closes the connections of devices revoked through another relay
+/// (on this relay's own connection to the database, the one the pushes depend on).
+fn cut_off_revoked(relay: &Mutex<Relay>, connected: &Connected) {
+    let relay = relay.lock().unwrap_or_else(|e| e.into_inner());
+    if !relay.is_postgres() {
+        return;
+    }
+    let devices = connected.devices();
+    match relay.revoked_among(&devices) {
+        Ok(revoked) if !revoked.is_empty() => {
+            drop(relay);
+            tracing::info!(
+                devices = revoked.len(),
+                "devices revoked through another relay cut off"
+            );
+            connected.disconnect(revoked.iter());
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot check for revoked devices"),
     }
 }
 

@@ -88,7 +88,12 @@ enum Scenario {
         backend: String,
         /// The PostgreSQL server for --backend postgres (its schema muster_bench is
         /// emptied and used).
-        #[arg(long, value_name = "URL", env = "MUSTER_DATABASE", hide_env_values = true)]
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "MUSTER_DATABASE",
+            hide_env_values = true
+        )]
         database: Option<String>,
         /// Relays on the shared database; devices are spread over them.
         #[arg(long, default_value_t = 1)]

@@ -77,7 +77,10 @@ async fn measure() -> Result<Run, HarnessError> {
         };
         // Mosquitto is the yardstick up to 100 members; at 1,000 the figure stands alone.
         let against_mosquitto = members <= 100;
-        relay_runs.push(attempt("relay", relay::run(load, against_mosquitto, relay::Backend::default()).await));
+        relay_runs.push(attempt(
+            "relay",
+            relay::run(load, against_mosquitto, relay::Backend::default()).await,
+        ));
     }
     let felt = one_real_engine(100, 2000, 200.0).await;
     let felt_1000 = one_real_engine(1000, 1000, 50.0).await;

@@ -6,7 +6,6 @@
 use crate::db::{params, DbError, OptionalExtension};
 use crate::error::StoreError;
 use crate::relay::Relay;
-use muster_proto::Revocation;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -112,11 +111,9 @@ impl Relay {
         }
         announcement.origin = self.origin().to_string();
         for payload in announcement.payloads() {
-            self.db().query_row(
-                "SELECT pg_notify(?1, ?2)",
-                params![CHANNEL, payload],
-                |_| Ok(()),
-            )?;
+            // pg_notify returns void, which no row reader takes: run, not read.
+            self.db()
+                .execute("SELECT pg_notify(?1, ?2)", params![CHANNEL, payload])?;
         }
         Ok(())
     }
@@ -180,37 +177,22 @@ impl Announcements {
         }
     }
 
-    /// Where the organisation's revocations stand now.
-    pub fn revocation_position(&mut self) -> Result<i64, StoreError> {
-        let row = self
-            .client
-            .query_one("SELECT COALESCE(MAX(id), 0)::BIGINT FROM revocations", &[])
-            .map_err(DbError::from)?;
-        Ok(row.get(0))
-    }
-
-    /// The devices revoked after `position`, and the position after them. Devices are
-    /// cut off on what the database holds, never on an announcement's word: anyone
-    /// who may use the database can send a notification.
-    pub fn revoked_after(&mut self, position: i64) -> Result<(i64, BTreeSet<String>), StoreError> {
+    /// Which of `devices` the database holds as revoked. Devices are cut off on what the
+    /// database holds, never on an announcement's word: anyone who may use the database
+    /// can send a notification.
+    pub fn revoked_among(
+        &mut self,
+        devices: &BTreeSet<String>,
+    ) -> Result<BTreeSet<String>, StoreError> {
+        let devices: Vec<&str> = devices.iter().map(String::as_str).collect();
         let rows = self
             .client
             .query(
-                "SELECT id, data FROM revocations WHERE id > $1 ORDER BY id",
-                &[&position],
+                "SELECT device_id FROM devices WHERE status = 'revoked' AND device_id = ANY($1)",
+                &[&devices],
             )
             .map_err(DbError::from)?;
-        let mut revoked = BTreeSet::new();
-        let mut last = position;
-        for row in rows {
-            last = row.get(0);
-            let data: Vec<u8> = row.get(1);
-            match serde_json::from_slice::<Revocation>(&data) {
-                Ok(revocation) => revoked.extend(revocation.body.device_ids),
-                Err(e) => tracing::warn!(error = %e, "a stored revocation that does not decode"),
-            }
-        }
-        Ok((last, revoked))
+        Ok(rows.iter().map(|row| row.get(0)).collect())
     }
 }
 

@@ -111,6 +111,9 @@ CREATE TABLE IF NOT EXISTS openmls_proposals (
     provider_version BIGINT NOT NULL, group_id BYTEA NOT NULL, proposal_ref BYTEA NOT NULL,
     proposal BYTEA NOT NULL, PRIMARY KEY (group_id, proposal_ref));
 CREATE TABLE IF NOT EXISTS durability_barrier (id BIGINT PRIMARY KEY, value BIGINT NOT NULL);
+-- one row, locked by every write transaction: the writers' lock across relays
+CREATE TABLE IF NOT EXISTS writer_lock (id BIGINT PRIMARY KEY);
+INSERT INTO writer_lock (id) VALUES (1) ON CONFLICT (id) DO NOTHING;
 -- the TLS certificate and key every relay of this database presents
 CREATE TABLE IF NOT EXISTS relay_identity (
     id BIGINT PRIMARY KEY, certificate BYTEA NOT NULL, private_key BYTEA NOT NULL);

@@ -1511,11 +1511,13 @@ fn a_group_commit_syncs_once_for_what_it_stored_and_not_for_acknowledgements() {
         before + 1,
         "one sync for three messages"
     );
-    // Acknowledgements alone need no sync.
+    // Acknowledgements alone need no sync on SQLite. On a shared database every group
+    // commit syncs: its fetches may hand out what another relay has not flushed yet.
     w.relay.begin_group_commit().unwrap();
     assert_eq!(fetch_and_ack(&mut w.relay, &bob), 3);
     w.relay.end_group_commit().unwrap();
-    assert_eq!(barriers(&w.relay), before + 1);
+    let expected = if w.relay.is_postgres() { 2 } else { 1 };
+    assert_eq!(barriers(&w.relay), before + expected);
     assert_eq!(synchronous(&w.relay), 2);
 }
 

@@ -11,9 +11,13 @@ use rustls::pki_types::CertificateDer;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The environment variable naming the CA certificate (PEM) the server's must chain to.
 pub const CA_VARIABLE: &str = "PGSSLROOTCERT";
+
+/// How long a connection may take to open, or a link stay silent, before it is given up.
+const LINK_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How a connection to the database is made.
 #[derive(Debug, PartialEq)]
@@ -31,9 +35,21 @@ pub fn client(url: &str) -> Result<postgres::Client, DbError> {
 
 /// A connection to the database at `url`, over TLS checked against `ca` if it asks.
 pub fn client_with(url: &str, ca: Option<PathBuf>) -> Result<postgres::Client, DbError> {
-    let config: postgres::Config = url
+    let mut config: postgres::Config = url
         .parse()
         .map_err(|e| DbError::Link(format!("the database URL does not parse: {e}")))?;
+    // A link that goes silent (a dropped route, a partition) is given up within about
+    // half a minute, not TCP's two hours, so the server ends the transaction and frees
+    // the writer's lock a stuck relay held. Settings in the URL are kept.
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(LINK_TIMEOUT);
+    }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(LINK_TIMEOUT);
+    }
+    if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+        config.keepalives_idle(LINK_TIMEOUT);
+    }
     match plan(&config, ca)? {
         Link::Local => Ok(config.connect(postgres::NoTls)?),
         Link::Tls(ca) => Ok(config.connect(tls(&ca)?)?),

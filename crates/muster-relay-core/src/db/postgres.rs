@@ -1,22 +1,31 @@
 //! The PostgreSQL backend: several relays in front of one database.
 //!
-//! Writers are serialised across every relay by a transaction-scoped advisory lock
-//! ([`WRITER_LOCK`]), taken by each write transaction before it reads anything: the
-//! relay's rules (a commit must name the group's current epoch, a sequence number is the
-//! last one plus one) read state and then write it, and the lock gives them the same
-//! single-writer world SQLite's `BEGIN IMMEDIATE` gives one relay. Of two commits for the
-//! same epoch arriving at two relays at once, the second to get the lock sees the first
-//! one's new epoch and is refused. A per-group lock would let unrelated groups write in
-//! parallel, but requests touch several groups and devices at once (a revocation, a
-//! membership change), so one lock is the simple rule that cannot deadlock.
+//! Writers are serialised across every relay by a lock on the one row of `writer_lock`,
+//! taken by each write transaction before it reads anything: the relay's rules (a commit
+//! must name the group's current epoch, a sequence number is the last one plus one) read
+//! state and then write it, and the lock gives them the same single-writer world
+//! SQLite's `BEGIN IMMEDIATE` gives one relay. Of two commits for the same epoch arriving
+//! at two relays at once, the second to get the lock sees the first one's new epoch and
+//! is refused. A per-group lock would let unrelated groups write in parallel, but
+//! requests touch several groups and devices at once (a revocation, a membership
+//! change), so one lock is the simple rule that cannot deadlock. It is a row lock in a
+//! table of the relays' own, not an advisory lock, because locking a row takes the right
+//! to update the table and any role may take any advisory lock; and every wait for it is
+//! bounded ([`SESSION_SETTINGS`]).
 
 use super::{dialect, Backend, DbError, Row, Value};
 use bytes::BytesMut;
 use postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use std::collections::HashMap;
 
-/// The advisory lock every write transaction holds ("muster" and 1).
-pub const WRITER_LOCK: i64 = 0x6d75_7374_6572_0001;
+/// Takes the writers' lock; it returns the row, or nothing if the table lost it.
+const TAKE_WRITER_LOCK: &str = "SELECT id FROM writer_lock WHERE id = 1 FOR UPDATE";
+
+/// Set on every connection: a writer waits for the lock 20 seconds at most (the request
+/// fails and is tried again), and a transaction left idle (its relay stuck or cut off)
+/// is ended by the server after 60, which frees the lock.
+const SESSION_SETTINGS: &str =
+    "SET lock_timeout = '20s'; SET idle_in_transaction_session_timeout = '60s'";
 
 /// One connection to the shared database.
 pub struct PostgresBackend {
@@ -28,12 +37,17 @@ pub struct PostgresBackend {
     in_transaction: bool,
     /// The connection failed and did not answer a check: replaced between transactions.
     broken: bool,
+    /// A transaction was committed in this group commit and not flushed yet.
+    unflushed: bool,
+    /// The connection was replaced with commits of this group commit unflushed: they may
+    /// be lost, so the group commit fails.
+    lost_unflushed: bool,
 }
 
 impl PostgresBackend {
     /// Connects to `url` (`postgres://user@host:port/db` or key=value settings).
     pub fn connect(url: &str) -> Result<Self, DbError> {
-        let client = super::pg_connect::client(url)?;
+        let client = Self::open(url)?;
         Ok(Self {
             url: url.to_owned(),
             client,
@@ -41,7 +55,15 @@ impl PostgresBackend {
             grouped: false,
             in_transaction: false,
             broken: false,
+            unflushed: false,
+            lost_unflushed: false,
         })
+    }
+
+    fn open(url: &str) -> Result<postgres::Client, DbError> {
+        let mut client = super::pg_connect::client(url)?;
+        client.batch_execute(SESSION_SETTINGS)?;
+        Ok(client)
     }
 
     /// After the server restarted or the link broke, a new connection, between
@@ -50,9 +72,10 @@ impl PostgresBackend {
     fn reconnect_if_lost(&mut self) -> Result<(), DbError> {
         if (self.broken || self.client.is_closed()) && !self.in_transaction {
             tracing::warn!("the database connection was lost; connecting again");
-            self.client = super::pg_connect::client(&self.url)?;
+            self.client = Self::open(&self.url)?;
             self.statements.clear();
             self.broken = false;
+            self.lost_unflushed |= std::mem::take(&mut self.unflushed);
         }
         Ok(())
     }
@@ -104,11 +127,19 @@ impl PostgresBackend {
     }
 
     fn durability_barrier(&mut self) -> Result<(), DbError> {
+        // `on` whatever the role, the database or the URL set: this is the flush.
         let done = self.client.batch_execute(
-            "INSERT INTO durability_barrier (id, value) VALUES (1, 1)
-             ON CONFLICT (id) DO UPDATE SET value = durability_barrier.value + 1",
+            "BEGIN; SET LOCAL synchronous_commit = on;
+             INSERT INTO durability_barrier (id, value) VALUES (1, 1)
+             ON CONFLICT (id) DO UPDATE SET value = durability_barrier.value + 1;
+             COMMIT",
         );
-        self.checked(done)?;
+        if let Err(e) = self.checked(done) {
+            if !self.broken {
+                let _ = self.client.batch_execute("ROLLBACK");
+            }
+            return Err(e);
+        }
         Ok(())
     }
 }
@@ -217,18 +248,23 @@ impl Backend for PostgresBackend {
         self.reconnect_if_lost()?;
         // Inside a group commit the flush is left to the barrier that ends it; `LOCAL`
         // keeps that from outliving the transaction.
-        let relaxed = if self.grouped {
-            "SET LOCAL synchronous_commit = off;"
+        let begin = if self.grouped {
+            "BEGIN; SET LOCAL synchronous_commit = off"
         } else {
-            ""
+            "BEGIN"
         };
-        let begun = self.client.batch_execute("BEGIN");
-        self.checked(begun)?;
         self.in_transaction = true;
-        let locked = self.client.batch_execute(&format!(
-            "{relaxed} SELECT pg_advisory_xact_lock({WRITER_LOCK})"
-        ));
-        if let Err(e) = self.checked(locked) {
+        let locked = match self.client.batch_execute(begin) {
+            Ok(()) => self.client.query(TAKE_WRITER_LOCK, &[]),
+            Err(e) => Err(e),
+        };
+        let locked = self.checked(locked).and_then(|rows| match rows.len() {
+            1 => Ok(()),
+            _ => Err(DbError::Link(
+                "the database has no writer_lock row: the relays' tables were altered".into(),
+            )),
+        });
+        if let Err(e) = locked {
             self.rollback()?;
             return Err(e);
         }
@@ -239,6 +275,7 @@ impl Backend for PostgresBackend {
         let committed = self.client.batch_execute("COMMIT");
         self.checked(committed)?;
         self.in_transaction = false;
+        self.unflushed |= self.grouped;
         Ok(())
     }
 
@@ -259,7 +296,16 @@ impl Backend for PostgresBackend {
 
     fn end_grouped(&mut self, sync: bool) -> Result<(), DbError> {
         self.grouped = false;
-        if sync {
+        if std::mem::take(&mut self.lost_unflushed) {
+            self.unflushed = false;
+            return Err(DbError::Link(
+                "the connection to the database was lost before this group commit was \
+                 flushed; what it stored may be lost"
+                    .into(),
+            ));
+        }
+        if sync || self.unflushed {
+            self.unflushed = false;
             // A commit that waits for its WAL flush makes every earlier commit durable.
             self.durability_barrier()?;
         }

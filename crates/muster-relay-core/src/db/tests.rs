@@ -5,7 +5,8 @@ use super::*;
 const TABLE: &str = "CREATE TABLE t (id INTEGER PRIMARY KEY, user TEXT, data BLOB, n INTEGER)";
 const PG_TABLE: &str =
     "CREATE TABLE t (id BIGINT PRIMARY KEY, \"user\" TEXT, data BYTEA, n BIGINT);
-    CREATE TABLE durability_barrier (id BIGINT PRIMARY KEY, value BIGINT NOT NULL)";
+    CREATE TABLE durability_barrier (id BIGINT PRIMARY KEY, value BIGINT NOT NULL);
+    CREATE TABLE writer_lock (id BIGINT PRIMARY KEY); INSERT INTO writer_lock VALUES (1)";
 
 fn sqlite() -> Db {
     let backend = SqliteBackend::with_connection(rusqlite::Connection::open_in_memory().unwrap());
@@ -206,4 +207,86 @@ fn a_postgres_connection_the_server_ended_is_opened_again() {
     assert_ne!(pid_now, pid);
     db.execute("INSERT INTO t (id, n) VALUES (?1, ?2)", params![1i64, 2i64])
         .expect("the schema is the same on the new connection");
+}
+
+#[test]
+fn a_group_commit_whose_connection_was_replaced_before_its_flush_fails() {
+    let Some(db) = postgres("db_lost_group") else {
+        return;
+    };
+    db.begin_grouped().unwrap();
+    let tx = db.transaction().unwrap();
+    tx.execute("INSERT INTO t (id, n) VALUES (1, 1)", ())
+        .unwrap();
+    tx.commit().unwrap();
+    let pid: i64 = db
+        .query_row("SELECT pg_backend_pid()::BIGINT", (), |r| r.get(0))
+        .unwrap();
+    let mut other = super::pg_connect::client(&testing::server().unwrap()).unwrap();
+    other
+        .execute("SELECT pg_terminate_backend($1::BIGINT::INT)", &[&pid])
+        .unwrap();
+    let _: Result<i64, _> = db.query_row("SELECT 1::BIGINT", (), |r| r.get(0));
+    // The next request of the group runs on a new connection, which cannot flush what
+    // the old one committed.
+    let tx = db.transaction().expect("a transaction on a new connection");
+    tx.execute("INSERT INTO t (id, n) VALUES (2, 2)", ())
+        .unwrap();
+    tx.commit().unwrap();
+    let failed = db.end_grouped(true).unwrap_err();
+    assert!(failed.to_string().contains("lost"), "{failed}");
+    db.begin_grouped().unwrap();
+    db.end_grouped(true).expect("the next group commit goes on");
+}
+
+#[test]
+fn a_role_without_rights_to_the_tables_cannot_hold_the_writers_back() {
+    let Some(db) = postgres("db_intruder") else {
+        return;
+    };
+    let server = testing::server().unwrap();
+    let mut admin = super::pg_connect::client(&server).unwrap();
+    admin
+        .batch_execute(
+            "DO $$ BEGIN CREATE ROLE intruder LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+             GRANT USAGE ON SCHEMA db_intruder TO intruder",
+        )
+        .unwrap();
+    let (scheme, rest) = server.split_once("://").unwrap();
+    let host = rest.split_once('@').map_or(rest, |(_, host)| host);
+    let as_intruder = format!("{scheme}://intruder@{host}");
+    let mut intruder =
+        super::pg_connect::client(&testing::same_schema(&as_intruder, "db_intruder")).unwrap();
+    let who: String = intruder
+        .query_one("SELECT current_user::TEXT", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(who, "intruder");
+    // The advisory lock relays once took, and the row they take now.
+    intruder
+        .batch_execute("SELECT pg_advisory_lock(7887400049205215233)")
+        .unwrap();
+    intruder.batch_execute("BEGIN").unwrap();
+    let refused = intruder
+        .batch_execute("SELECT id FROM writer_lock WHERE id = 1 FOR UPDATE")
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("permission denied")
+            || format!("{refused:?}").contains("42501"),
+        "{refused:?}"
+    );
+    let (done, finished) = std::sync::mpsc::channel();
+    let url = testing::same_schema(&server, "db_intruder");
+    std::thread::spawn(move || {
+        let db = Db::new(Box::new(PostgresBackend::connect(&url).unwrap()));
+        let tx = db.transaction().unwrap();
+        tx.execute("INSERT INTO t (id, n) VALUES (1, 1)", ())
+            .unwrap();
+        let _ = done.send(tx.commit().is_ok());
+    });
+    let committed = finished
+        .recv_timeout(std::time::Duration::from_secs(15))
+        .expect("a relay's write waited on a lock another role held");
+    assert!(committed);
+    drop(db);
 }

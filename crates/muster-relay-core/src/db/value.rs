@@ -121,6 +121,12 @@ impl<T: ToValue, const N: usize> Params for [T; N] {
     }
 }
 
+impl<T: ToValue> Params for Vec<T> {
+    fn values(&self) -> Vec<Value<'_>> {
+        self.iter().map(ToValue::to_value).collect()
+    }
+}
+
 /// One result row.
 #[derive(Debug, Clone)]
 pub struct Row {

@@ -171,6 +171,30 @@ impl Relay {
         Ok(last.max(0) as u64)
     }
 
+    /// Which of `devices` are revoked.
+    pub fn revoked_among(&self, devices: &[String]) -> Result<Vec<String>, StoreError> {
+        // A fixed number of parameters (padded with an id no device has), so one prepared
+        // statement serves every chunk.
+        const CHUNK: usize = 128;
+        let sql = format!(
+            "SELECT device_id FROM devices WHERE status = 'revoked' AND device_id IN ({})",
+            (1..=CHUNK)
+                .map(|i| format!("?{i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let mut revoked = Vec::new();
+        for chunk in devices.chunks(CHUNK) {
+            let mut ids: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            ids.resize(CHUNK, "");
+            let mut stmt = self.db.prepare_cached(&sql)?;
+            for row in stmt.query_map(ids, |r| r.get::<_, String>(0))? {
+                revoked.push(row?);
+            }
+        }
+        Ok(revoked)
+    }
+
     /// The highest number in the organisation's sequence of revocations (0 for none).
     pub(super) fn last_revocation_serial(&self) -> Result<u64, Failure> {
         let mut stmt = self.db.prepare_cached("SELECT data FROM revocations")?;

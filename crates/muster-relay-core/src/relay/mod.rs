@@ -87,6 +87,10 @@ impl Outcome {
     }
 }
 
+/// The advisory lock ("muster" and 2) a relay takes while it creates the tables of a
+/// shared database.
+const SCHEMA_LOCK: i64 = 0x6d75_7374_6572_0002;
+
 /// Counts for operators.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelayStats {
@@ -179,10 +183,16 @@ impl Relay {
         let db = Db::new(Box::new(crate::db::postgres::PostgresBackend::connect(
             url,
         )?));
-        {
-            let tx = db.transaction()?;
-            tx.execute_batch(&crate::schema::postgres_schema())?;
-            tx.commit()?;
+        // The tables (the writers' lock among them) are made under an advisory lock, so
+        // relays starting together do not race to create them; waiting for it is bounded
+        // by the connection's lock timeout.
+        let created = db.execute_batch(&format!(
+            "BEGIN; SELECT pg_advisory_xact_lock({SCHEMA_LOCK}); {}; COMMIT",
+            crate::schema::postgres_schema()
+        ));
+        if let Err(e) = created {
+            let _ = db.execute_batch("ROLLBACK");
+            return Err(e.into());
         }
         Ok(Self::with_db(db, fingerprint, blob_dir))
     }
@@ -233,8 +243,12 @@ impl Relay {
     /// syncs every frame before it). Only then may the answers go out.
     pub fn end_group_commit(&mut self) -> Result<(), StoreError> {
         let started = self.grouped.take();
-        let sync =
-            self.unsynced || started.is_some_and(|changes| self.db.total_changes() != changes);
+        // On a shared database every answer waits for a flush, even one that wrote
+        // nothing: it may hand out what another relay committed and has not flushed yet
+        // (a fetch of a new epoch's commit), which a crash of the database would undo.
+        let sync = self.unsynced
+            || (started.is_some() && self.is_postgres())
+            || started.is_some_and(|changes| self.db.total_changes() != changes);
         // Until one succeeds, every group commit syncs: what an earlier one committed
         // is visible (a resend is answered from it) but maybe not yet on disk.
         self.unsynced |= sync;
