@@ -3,7 +3,7 @@
 
 use crate::server::{Connected, ServeError};
 use muster_net::RelayIdentity;
-use muster_relay_core::{Announcements, Relay};
+use muster_relay_core::{AnnouncementKey, Announcements, Relay};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -92,7 +92,16 @@ pub fn redact(url: &str) -> String {
         };
         let value = value.trim_start();
         let end = if let Some(quoted) = value.strip_prefix('\'') {
-            quoted.find('\'').map_or(value.len(), |i| i + 2)
+            // Up to the closing quote; `\'` and `\\` inside are escapes.
+            let mut escaped = false;
+            quoted
+                .char_indices()
+                .find(|&(_, c)| {
+                    let closes = c == '\'' && !escaped;
+                    escaped = c == '\\' && !escaped;
+                    closes
+                })
+                .map_or(value.len(), |(i, _)| i + 2)
         } else {
             value.find([' ', '&']).unwrap_or(value.len())
         };
@@ -122,6 +131,7 @@ pub fn open_shared(
         identity.save(data)?;
     }
     relay.set_fingerprint(identity.fingerprint());
+    relay.set_announcement_key(AnnouncementKey::from_relay_key(identity.key_der()));
     Ok((relay, identity))
 }
 
@@ -133,11 +143,12 @@ pub fn open_shared(
 pub fn follow_others(
     url: String,
     origin: String,
+    key: AnnouncementKey,
     connected: Arc<Connected>,
     runtime: tokio::runtime::Handle,
 ) {
     let run = move || loop {
-        match Announcements::listen(&url, &origin) {
+        match Announcements::listen(&url, &origin, key.clone()) {
             Ok(mut announcements) => loop {
                 let announcement = match announcements.wait(std::time::Duration::from_secs(60)) {
                     Ok(Some(announcement)) => announcement,
@@ -193,6 +204,10 @@ mod tests {
             ),
             (
                 "host=db password = 'two words' user=muster",
+                "host=db password=*** user=muster",
+            ),
+            (
+                r"host=db password='s3cret\' two words\\' user=muster",
                 "host=db password=*** user=muster",
             ),
             ("postgres://muster@db/muster", "postgres://muster@db/muster"),

@@ -149,8 +149,14 @@ enum Command {
         /// The old relay's data directory.
         #[arg(long, value_name = "DIR")]
         from: PathBuf,
-        /// The PostgreSQL database (postgres://USER@HOST/DB).
-        #[arg(long, value_name = "URL")]
+        /// The PostgreSQL database (postgres://USER@HOST/DB); from MUSTER_DATABASE when
+        /// not given.
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "MUSTER_DATABASE",
+            hide_env_values = true
+        )]
         to: String,
         /// Where the relays on the database keep attachments [default: FROM/blobs, left
         /// in place]; the old relay's attachments are copied there.

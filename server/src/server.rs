@@ -369,6 +369,7 @@ pub async fn serve(place: Place, listen: SocketAddr, quotas: Quotas) -> Result<(
         crate::cluster::follow_others(
             url.clone(),
             origin,
+            muster_relay_core::AnnouncementKey::from_relay_key(identity.key_der()),
             connected.clone(),
             tokio::runtime::Handle::current(),
         );

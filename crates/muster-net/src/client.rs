@@ -100,6 +100,7 @@ impl RelayConnection {
         };
         let first = remembered() % candidates.len();
         let mut failure = NetError::BadAddress(addr.to_string());
+        let mut slow = None;
         for i in 0..candidates.len() {
             let index = (first + i) % candidates.len();
             let candidate = candidates[index];
@@ -126,6 +127,7 @@ impl RelayConnection {
                     failure = e
                 }
                 Err(_) => {
+                    slow.get_or_insert(candidate);
                     failure = NetError::Unreachable {
                         addr: candidate.to_string(),
                         reason: format!("no answer within {} seconds", FAILOVER_AFTER.as_secs()),
@@ -134,10 +136,11 @@ impl RelayConnection {
             }
             tracing::debug!(relay = candidate, error = %failure, "relay did not answer; trying the next");
         }
-        // None completed a handshake in the short time: the one that answered last is
-        // given the whole time, with its retry of a handshake that went unanswered.
-        if matches!(failure, NetError::Unreachable { .. }) {
-            if let Ok(connection) = Self::connect_one(candidates[first], fingerprint).await {
+        // None completed a handshake in the short time: the first that was merely slow
+        // (the one that answered last, if it was) is given the whole time, with its
+        // retry of a handshake that went unanswered.
+        if let Some(slow) = slow {
+            if let Ok(connection) = Self::connect_one(slow, fingerprint).await {
                 return Ok(connection);
             }
         }

@@ -177,13 +177,25 @@ impl Relay {
                 ),
             ));
         }
-        std::fs::create_dir_all(self.blob_dir()).map_err(io)?;
-        std::fs::File::create(self.blob_path(blob_id)).map_err(io)?;
+        // Another relay of the database may have started this blob meanwhile: its row
+        // stands, and its file is never truncated.
+        let started_elsewhere = tx
+            .prepare_cached("SELECT 1 FROM blobs WHERE blob_id = ?1")?
+            .exists([blob_id])?;
+        if started_elsewhere {
+            drop(tx);
+            return self.blob_row(blob_id)?.ok_or_else(|| {
+                refuse(ErrorCode::UnknownBlob, "no upload of this blob in progress")
+            });
+        }
         tx.execute(
             "INSERT INTO blobs (blob_id, uploader, group_id, total_size, received, complete, created_at)
              VALUES (?1, ?2, ?3, ?4, 0, 0, ?5)",
             params![blob_id, session.device_id, group_id, total_size as i64, now_unix() as i64],
         )?;
+        std::fs::create_dir_all(self.blob_dir()).map_err(io)?;
+        // A file left by an upload whose row is gone (expired) is replaced.
+        std::fs::File::create(self.blob_path(blob_id)).map_err(io)?;
         tx.commit()?;
         Ok(BlobRow {
             uploader: session.device_id.clone(),

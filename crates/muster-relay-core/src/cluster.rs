@@ -1,7 +1,9 @@
 //! Several relays in front of one PostgreSQL database: one TLS identity for all of them,
 //! and what one relay's requests did, told to the others through PostgreSQL's
 //! LISTEN/NOTIFY (no other broker), so that a device connected anywhere is woken, told of
-//! changes or cut off at once.
+//! changes or cut off at once. Announcements are sealed with a key derived from the TLS
+//! private key the relays share: a role that may LISTEN on the database learns nothing
+//! of who is woken, and one that may NOTIFY cannot make one.
 
 use crate::db::{params, DbError, OptionalExtension};
 use crate::error::StoreError;
@@ -14,8 +16,75 @@ use std::time::{Duration, Instant};
 const CHANNEL: &str = "muster_relay";
 /// The application name of each relay's listening connection, followed by its schema.
 pub const LISTENER_NAME: &str = "muster-relay announcements";
-/// PostgreSQL refuses payloads of 8,000 bytes or more; announcements are split below it.
-const MAX_PAYLOAD: usize = 7_000;
+/// PostgreSQL refuses payloads of 8,000 bytes or more; announcements are split so that
+/// each part, sealed and in hex, stays below it.
+const MAX_PAYLOAD: usize = 3_400;
+/// An announcement older than this is dropped (a replay).
+const MAX_AGE_MS: u64 = 60_000;
+
+/// The key that seals announcements, derived from the TLS private key every relay of a
+/// database shares: only the relays can read or make one.
+#[derive(Clone)]
+pub struct AnnouncementKey(std::sync::Arc<ring::aead::LessSafeKey>);
+
+impl AnnouncementKey {
+    pub fn from_relay_key(private_key_der: &[u8]) -> Self {
+        let salt = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"muster relay announcements v1");
+        let prk = salt.extract(private_key_der);
+        let okm = prk
+            .expand(&[b"seal"], &ring::aead::AES_256_GCM)
+            .expect("32 bytes fit HKDF-SHA256");
+        Self(std::sync::Arc::new(ring::aead::LessSafeKey::new(
+            ring::aead::UnboundKey::from(okm),
+        )))
+    }
+
+    /// `plaintext` sealed under a fresh nonce, in hex.
+    fn seal(&self, plaintext: &[u8]) -> String {
+        use ring::rand::SecureRandom as _;
+        let mut nonce = [0u8; ring::aead::NONCE_LEN];
+        ring::rand::SystemRandom::new()
+            .fill(&mut nonce)
+            .expect("the system's random source works");
+        let mut sealed = plaintext.to_vec();
+        self.0
+            .seal_in_place_append_tag(
+                ring::aead::Nonce::assume_unique_for_key(nonce),
+                ring::aead::Aad::from(CHANNEL.as_bytes()),
+                &mut sealed,
+            )
+            .expect("an announcement fits AES-GCM");
+        let mut out = nonce.to_vec();
+        out.extend(sealed);
+        hex::encode(out)
+    }
+
+    /// What `payload` says, if a holder of this key sealed it.
+    fn open(&self, payload: &str) -> Option<Vec<u8>> {
+        let bytes = hex::decode(payload).ok()?;
+        if bytes.len() < ring::aead::NONCE_LEN {
+            return None;
+        }
+        let (nonce, sealed) = bytes.split_at(ring::aead::NONCE_LEN);
+        let nonce = ring::aead::Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut sealed = sealed.to_vec();
+        let plain = self
+            .0
+            .open_in_place(
+                nonce,
+                ring::aead::Aad::from(CHANNEL.as_bytes()),
+                &mut sealed,
+            )
+            .ok()?;
+        Some(plain.to_vec())
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// What one relay's group commit did that devices connected to other relays must feel.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,6 +97,9 @@ pub struct Announcement {
     pub changed: BTreeSet<String>,
     /// Devices whose connections must be closed now (revoked).
     pub disconnect: BTreeSet<String>,
+    /// When it was sent (Unix milliseconds): an old one is a replay.
+    #[serde(default)]
+    pub sent_at_ms: u64,
 }
 
 impl Announcement {
@@ -35,11 +107,12 @@ impl Announcement {
         self.wake.is_empty() && self.changed.is_empty() && self.disconnect.is_empty()
     }
 
-    /// The announcement as payloads that each fit one notification.
+    /// The announcement as plaintexts that each fit one notification once sealed.
     fn payloads(&self) -> Vec<String> {
         let mut out = Vec::new();
         let mut part = Announcement {
             origin: self.origin.clone(),
+            sent_at_ms: self.sent_at_ms,
             ..Default::default()
         };
         let mut size = 0;
@@ -50,6 +123,7 @@ impl Announcement {
                     out.push(serde_json::to_string(&part).expect("announcement encodes"));
                     part = Announcement {
                         origin: self.origin.clone(),
+                        sent_at_ms: self.sent_at_ms,
                         ..Default::default()
                     };
                     size = 0;
@@ -109,8 +183,15 @@ impl Relay {
         if !self.is_postgres() || announcement.is_empty() {
             return Ok(());
         }
+        let Some(key) = self.announcement_key() else {
+            return Err(StoreError::Corrupt(
+                "no key to seal announcements to the other relays".into(),
+            ));
+        };
         announcement.origin = self.origin().to_string();
+        announcement.sent_at_ms = now_ms();
         for payload in announcement.payloads() {
+            let payload = key.seal(payload.as_bytes());
             // pg_notify returns void, which no row reader takes: run, not read.
             self.db()
                 .execute("SELECT pg_notify(?1, ?2)", params![CHANNEL, payload])?;
@@ -123,11 +204,12 @@ impl Relay {
 pub struct Announcements {
     client: postgres::Client,
     origin: String,
+    key: AnnouncementKey,
 }
 
 impl Announcements {
     /// Listens on the database at `url`, skipping what the relay named `origin` announced.
-    pub fn listen(url: &str, origin: &str) -> Result<Self, StoreError> {
+    pub fn listen(url: &str, origin: &str, key: AnnouncementKey) -> Result<Self, StoreError> {
         let mut client = crate::db::pg_connect::client(url)?;
         // Named, so an operator (or a test) tells it apart in pg_stat_activity.
         client
@@ -139,6 +221,7 @@ impl Announcements {
         Ok(Self {
             client,
             origin: origin.to_string(),
+            key,
         })
     }
 
@@ -167,8 +250,17 @@ impl Announcements {
                 }
                 return Ok(None);
             };
-            match serde_json::from_str::<Announcement>(notification.payload()) {
-                Ok(announcement) if announcement.origin != self.origin => {
+            // Notifications not sealed by a relay are dropped without a word each (anyone
+            // allowed to use the database can send them, as many as they like).
+            let Some(plain) = self.key.open(notification.payload()) else {
+                tracing::debug!("a notification no relay sealed");
+                continue;
+            };
+            match serde_json::from_slice::<Announcement>(&plain) {
+                Ok(announcement)
+                    if announcement.origin != self.origin
+                        && now_ms().abs_diff(announcement.sent_at_ms) <= MAX_AGE_MS =>
+                {
                     return Ok(Some(announcement))
                 }
                 Ok(_) => {}
@@ -208,20 +300,47 @@ mod tests {
             wake: devices.clone(),
             changed: devices.iter().take(10).cloned().collect(),
             disconnect: devices.iter().take(1).cloned().collect(),
+            sent_at_ms: 1,
         };
+        let key = AnnouncementKey::from_relay_key(b"a relay's private key");
         let payloads = announcement.payloads();
         assert!(payloads.len() > 1);
         let mut joined = Announcement {
             origin: "relay-a".into(),
+            sent_at_ms: 1,
             ..Default::default()
         };
         for payload in &payloads {
-            assert!(payload.len() < 8000, "{}", payload.len());
-            let part: Announcement = serde_json::from_str(payload).unwrap();
+            let sealed = key.seal(payload.as_bytes());
+            assert!(sealed.len() < 8000, "{}", sealed.len());
+            let part: Announcement = serde_json::from_slice(&key.open(&sealed).unwrap()).unwrap();
             joined.wake.extend(part.wake);
             joined.changed.extend(part.changed);
             joined.disconnect.extend(part.disconnect);
         }
         assert_eq!(joined, announcement);
+    }
+
+    #[test]
+    fn only_a_holder_of_the_relays_key_reads_or_makes_an_announcement() {
+        let key = AnnouncementKey::from_relay_key(b"the relays' private key");
+        let sealed = key.seal(br#"{"origin":"a","wake":["bob"]}"#);
+        assert!(
+            !sealed.contains("bob")
+                && !hex::decode(&sealed)
+                    .unwrap()
+                    .windows(3)
+                    .any(|w| w == b"bob")
+        );
+        assert!(key.open(&sealed).is_some());
+        let other = AnnouncementKey::from_relay_key(b"another key");
+        assert!(other.open(&sealed).is_none(), "opened under another key");
+        let mut tampered = hex::decode(&sealed).unwrap();
+        *tampered.last_mut().unwrap() ^= 1;
+        assert!(
+            key.open(&hex::encode(tampered)).is_none(),
+            "a changed payload opened"
+        );
+        assert!(key.open(r#"{"origin":"x","disconnect":["bob"]}"#).is_none());
     }
 }

@@ -21,7 +21,7 @@ mod schema;
 
 pub use admission::{Admission, AnonymousLimits};
 pub use blobs::BLOB_RETENTION_SECS;
-pub use cluster::{Announcement, Announcements, LISTENER_NAME};
+pub use cluster::{Announcement, AnnouncementKey, Announcements, LISTENER_NAME};
 pub use connection::{ConnectionState, Precheck};
 pub use db::DbError;
 pub use error::StoreError;

@@ -121,6 +121,7 @@ pub struct Relay {
     fingerprint: String,
     /// This relay among those sharing its database, for their announcements.
     origin: String,
+    announcement_key: Option<crate::cluster::AnnouncementKey>,
     blob_dir: PathBuf,
     blob_quota: u64,
     queue_quota: u64,
@@ -203,6 +204,7 @@ impl Relay {
             crypto: RustCrypto::default(),
             fingerprint,
             origin: random_token(),
+            announcement_key: None,
             blob_dir,
             blob_quota: muster_proto::BLOB_QUOTA_PER_DEVICE,
             queue_quota: muster_proto::QUEUE_QUOTA_PER_DEVICE,
@@ -264,6 +266,16 @@ impl Relay {
     }
 
     /// This relay's name among those sharing its database.
+    /// Sets the key announcements to the other relays of a shared database are sealed
+    /// with (see [`crate::AnnouncementKey`]).
+    pub fn set_announcement_key(&mut self, key: crate::cluster::AnnouncementKey) {
+        self.announcement_key = Some(key);
+    }
+
+    pub(crate) fn announcement_key(&self) -> Option<&crate::cluster::AnnouncementKey> {
+        self.announcement_key.as_ref()
+    }
+
     pub fn origin(&self) -> &str {
         &self.origin
     }
