@@ -60,7 +60,7 @@ fn open_existing(place: &Place) -> Result<Relay, ServeError> {
             .blobs
             .clone()
             .unwrap_or_else(|| place.data.join("blobs"));
-        return Ok(Relay::open_postgres(url, String::new(), blobs)?);
+        return Ok(Relay::attach_postgres(url, blobs)?);
     }
     if !place.data.join(DB_FILE).exists() {
         return Err(ServeError::NoData(place.data.display().to_string()));

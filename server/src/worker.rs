@@ -45,6 +45,7 @@ const REVOCATION_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 fn run(relay: &Mutex<Relay>, connected: &Connected, waiting: &mpsc::Receiver<Job>) {
     let mut next_check = Instant::now() + REVOCATION_CHECK_EVERY;
+    let mut revocations = RevocationWatch::default();
     loop {
         let first = match waiting.recv_timeout(next_check.saturating_duration_since(Instant::now()))
         {
@@ -54,7 +55,7 @@ fn run(relay: &Mutex<Relay>, connected: &Connected, waiting: &mpsc::Receiver<Job
         };
         if Instant::now() >= next_check {
             next_check = Instant::now() + REVOCATION_CHECK_EVERY;
-            cut_off_revoked(relay, connected);
+            revocations.cut_off_revoked(relay, connected);
         }
         let Some(first) = first else {
             continue;
@@ -160,25 +161,52 @@ fn run(relay: &Mutex<Relay>, connected: &Connected, waiting: &mpsc::Receiver<Job
     }
 }
 
-/// On a shared database, closes the connections of devices revoked through another relay
-/// (on this relay's own connection to the database, the one the pushes depend on).
-fn cut_off_revoked(relay: &Mutex<Relay>, connected: &Connected) {
-    let relay = relay.lock().unwrap_or_else(|e| e.into_inner());
-    if !relay.is_postgres() {
-        return;
-    }
-    let devices = connected.devices();
-    match relay.revoked_among(&devices) {
-        Ok(revoked) if !revoked.is_empty() => {
-            drop(relay);
-            tracing::info!(
-                devices = revoked.len(),
-                "devices revoked through another relay cut off"
-            );
-            connected.disconnect(revoked.iter());
+/// Where the organisation's revocations stood at the last check, and how many checks of
+/// the connected devices are still due for its last move.
+#[derive(Default)]
+struct RevocationWatch {
+    position: Option<u64>,
+    scans_due: u8,
+}
+
+impl RevocationWatch {
+    /// On a shared database, closes the connections of devices revoked through another
+    /// relay (on this relay's own connection to the database, the one pushes depend on).
+    /// The connected devices are looked up only when the revocations moved, and once
+    /// more a second later for a device that was registering meanwhile.
+    fn cut_off_revoked(&mut self, relay: &Mutex<Relay>, connected: &Connected) {
+        let relay = relay.lock().unwrap_or_else(|e| e.into_inner());
+        if !relay.is_postgres() {
+            return;
         }
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "cannot check for revoked devices"),
+        match relay.revocations_position() {
+            Ok(position) if Some(position) != self.position => {
+                self.position = Some(position);
+                self.scans_due = 2;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot check for revoked devices");
+                return;
+            }
+        }
+        if self.scans_due == 0 {
+            return;
+        }
+        match relay.revoked_among(&connected.devices()) {
+            Ok(revoked) => {
+                self.scans_due -= 1;
+                drop(relay);
+                if !revoked.is_empty() {
+                    tracing::info!(
+                        devices = revoked.len(),
+                        "devices revoked through another relay cut off"
+                    );
+                    connected.disconnect(revoked.iter());
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot check for revoked devices"),
+        }
     }
 }
 

@@ -19,8 +19,9 @@ pub const LISTENER_NAME: &str = "muster-relay announcements";
 /// PostgreSQL refuses payloads of 8,000 bytes or more; announcements are split so that
 /// each part, sealed and in hex, stays below it.
 const MAX_PAYLOAD: usize = 3_400;
-/// An announcement older than this is dropped (a replay).
-const MAX_AGE_MS: u64 = 60_000;
+/// An announcement older than this is dropped; within it, one heard before is (a replay
+/// by someone who listens and notifies). Relays' clocks must agree within it.
+const MAX_AGE_MS: u64 = 300_000;
 
 /// The key that seals announcements, derived from the TLS private key every relay of a
 /// database shares: only the relays can read or make one.
@@ -59,14 +60,15 @@ impl AnnouncementKey {
         hex::encode(out)
     }
 
-    /// What `payload` says, if a holder of this key sealed it.
-    fn open(&self, payload: &str) -> Option<Vec<u8>> {
+    /// What `payload` says and its nonce, if a holder of this key sealed it.
+    fn open(&self, payload: &str) -> Option<(Vec<u8>, [u8; ring::aead::NONCE_LEN])> {
         let bytes = hex::decode(payload).ok()?;
         if bytes.len() < ring::aead::NONCE_LEN {
             return None;
         }
-        let (nonce, sealed) = bytes.split_at(ring::aead::NONCE_LEN);
-        let nonce = ring::aead::Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let (nonce_bytes, sealed) = bytes.split_at(ring::aead::NONCE_LEN);
+        let nonce_bytes: [u8; ring::aead::NONCE_LEN] = nonce_bytes.try_into().ok()?;
+        let nonce = ring::aead::Nonce::assume_unique_for_key(nonce_bytes);
         let mut sealed = sealed.to_vec();
         let plain = self
             .0
@@ -76,7 +78,7 @@ impl AnnouncementKey {
                 &mut sealed,
             )
             .ok()?;
-        Some(plain.to_vec())
+        Some((plain.to_vec(), nonce_bytes))
     }
 }
 
@@ -205,6 +207,10 @@ pub struct Announcements {
     client: postgres::Client,
     origin: String,
     key: AnnouncementKey,
+    /// Nonces of the announcements taken, with when they were sent: each is taken once.
+    heard: std::collections::HashMap<[u8; ring::aead::NONCE_LEN], u64>,
+    /// When an announcement was last dropped for its age (warned about once a minute).
+    warned_of_age: Option<Instant>,
 }
 
 impl Announcements {
@@ -222,6 +228,8 @@ impl Announcements {
             client,
             origin: origin.to_string(),
             key,
+            heard: Default::default(),
+            warned_of_age: None,
         })
     }
 
@@ -252,19 +260,40 @@ impl Announcements {
             };
             // Notifications not sealed by a relay are dropped without a word each (anyone
             // allowed to use the database can send them, as many as they like).
-            let Some(plain) = self.key.open(notification.payload()) else {
+            let Some((plain, nonce)) = self.key.open(notification.payload()) else {
                 tracing::debug!("a notification no relay sealed");
                 continue;
             };
-            match serde_json::from_slice::<Announcement>(&plain) {
-                Ok(announcement)
-                    if announcement.origin != self.origin
-                        && now_ms().abs_diff(announcement.sent_at_ms) <= MAX_AGE_MS =>
-                {
-                    return Ok(Some(announcement))
+            let announcement = match serde_json::from_slice::<Announcement>(&plain) {
+                Ok(announcement) => announcement,
+                Err(e) => {
+                    tracing::warn!(error = %e, "an announcement that does not decode");
+                    continue;
                 }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "an announcement that does not decode"),
+            };
+            let now = now_ms();
+            if now.abs_diff(announcement.sent_at_ms) > MAX_AGE_MS {
+                if self
+                    .warned_of_age
+                    .is_none_or(|at| at.elapsed() > Duration::from_secs(60))
+                {
+                    self.warned_of_age = Some(Instant::now());
+                    tracing::warn!(
+                        skew_ms = now as i64 - announcement.sent_at_ms as i64,
+                        "an announcement from another relay dated too far from this clock: \
+                         the relays' clocks disagree, or it is a replay"
+                    );
+                }
+                continue;
+            }
+            self.heard
+                .retain(|_, sent| now.abs_diff(*sent) <= MAX_AGE_MS);
+            if self.heard.insert(nonce, announcement.sent_at_ms).is_some() {
+                tracing::debug!("an announcement heard before (a replay)");
+                continue;
+            }
+            if announcement.origin != self.origin {
+                return Ok(Some(announcement));
             }
         }
     }
@@ -313,12 +342,53 @@ mod tests {
         for payload in &payloads {
             let sealed = key.seal(payload.as_bytes());
             assert!(sealed.len() < 8000, "{}", sealed.len());
-            let part: Announcement = serde_json::from_slice(&key.open(&sealed).unwrap()).unwrap();
+            let part: Announcement = serde_json::from_slice(&key.open(&sealed).unwrap().0).unwrap();
             joined.wake.extend(part.wake);
             joined.changed.extend(part.changed);
             joined.disconnect.extend(part.disconnect);
         }
         assert_eq!(joined, announcement);
+    }
+
+    #[test]
+    fn an_announcement_is_taken_once_and_a_replay_is_dropped() {
+        use postgres::fallible_iterator::FallibleIterator as _;
+        let Some(url) = crate::db::postgres::testing::fresh_schema("cluster_replay") else {
+            eprintln!("{}", crate::db::postgres::testing::MISSING);
+            return;
+        };
+        let key = AnnouncementKey::from_relay_key(b"the relays' private key");
+        let mut relay =
+            Relay::open_postgres(&url, "f".repeat(64), std::env::temp_dir().join("blobs")).unwrap();
+        relay.set_announcement_key(key.clone());
+        let mut other = Announcements::listen(&url, "another relay", key).unwrap();
+        let mut eavesdropper = crate::db::pg_connect::client(&url).unwrap();
+        eavesdropper.batch_execute("LISTEN muster_relay").unwrap();
+        let wake = |device: &str| Announcement {
+            wake: [device.to_string()].into(),
+            ..Default::default()
+        };
+        relay.announce(wake("bob")).unwrap();
+        let heard = other.wait(Duration::from_secs(5)).unwrap().unwrap();
+        assert!(heard.wake.contains("bob"));
+        let mut notifications = eavesdropper.notifications();
+        let captured = notifications
+            .timeout_iter(Duration::from_secs(5))
+            .next()
+            .unwrap()
+            .unwrap()
+            .payload()
+            .to_string();
+        let mut sender = crate::db::pg_connect::client(&url).unwrap();
+        sender
+            .execute("SELECT pg_notify('muster_relay', $1)", &[&captured])
+            .unwrap();
+        relay.announce(wake("carol")).unwrap();
+        let next = other.wait(Duration::from_secs(5)).unwrap().unwrap();
+        assert!(
+            next.wake.contains("carol"),
+            "the replay was taken: {next:?}"
+        );
     }
 
     #[test]

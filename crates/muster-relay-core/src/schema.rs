@@ -116,9 +116,17 @@ CREATE TABLE IF NOT EXISTS writer_lock (id BIGINT PRIMARY KEY);
 INSERT INTO writer_lock (id) VALUES (1) ON CONFLICT (id) DO NOTHING;
 -- the TLS certificate and key every relay of this database presents
 CREATE TABLE IF NOT EXISTS relay_identity (
-    id BIGINT PRIMARY KEY, certificate BYTEA NOT NULL, private_key BYTEA NOT NULL);
-{RECOUNT}"
+    id BIGINT PRIMARY KEY, certificate BYTEA NOT NULL, private_key BYTEA NOT NULL);"
     )
+}
+
+/// The tables [`postgres_schema`] makes, each of which the relays' role must own.
+pub(crate) fn postgres_tables() -> Vec<String> {
+    postgres_schema()
+        .split("CREATE TABLE IF NOT EXISTS ")
+        .skip(1)
+        .filter_map(|rest| rest.split([' ', '(']).next().map(str::to_owned))
+        .collect()
 }
 
 /// Adds what later versions need to a database made by an older relay.

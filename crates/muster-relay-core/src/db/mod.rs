@@ -69,6 +69,16 @@ pub(crate) fn postgres_detail(error: &::postgres::Error) -> String {
     }
 }
 
+/// Whether `error` is PostgreSQL refusing a table, index or row that another relay
+/// creating the same tables at the same moment made first (or a deadlock between them).
+pub(crate) fn is_creation_race(error: &DbError) -> bool {
+    let DbError::Postgres(e) = error else {
+        return false;
+    };
+    e.as_db_error()
+        .is_some_and(|db| matches!(db.code().code(), "42P07" | "23505" | "40P01" | "42710"))
+}
+
 /// What a database must do for the relay.
 pub trait Backend: Send {
     /// The number of rows changed.

@@ -75,7 +75,9 @@ impl PostgresBackend {
             self.client = Self::open(&self.url)?;
             self.statements.clear();
             self.broken = false;
-            self.lost_unflushed |= std::mem::take(&mut self.unflushed);
+            // Inside a group commit even a request that wrote nothing may have read
+            // another relay's unflushed commit, which the server's restart may have undone.
+            self.lost_unflushed |= std::mem::take(&mut self.unflushed) || self.grouped;
         }
         Ok(())
     }
@@ -129,7 +131,7 @@ impl PostgresBackend {
     fn durability_barrier(&mut self) -> Result<(), DbError> {
         // `on` whatever the role, the database or the URL set: this is the flush.
         let done = self.client.batch_execute(
-            "BEGIN; SET LOCAL synchronous_commit = on;
+            "BEGIN; SET LOCAL synchronous_commit = on; SET LOCAL statement_timeout = '30s';
              INSERT INTO durability_barrier (id, value) VALUES (1, 1)
              ON CONFLICT (id) DO UPDATE SET value = durability_barrier.value + 1;
              COMMIT",

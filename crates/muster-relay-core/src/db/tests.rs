@@ -290,3 +290,47 @@ fn a_role_without_rights_to_the_tables_cannot_hold_the_writers_back() {
     assert!(committed);
     drop(db);
 }
+
+#[test]
+fn relays_refuse_tables_another_role_made_and_start_whatever_advisory_locks_are_held() {
+    let Some(url) = testing::fresh_schema("db_squatted") else {
+        eprintln!("{}", testing::MISSING);
+        return;
+    };
+    let blobs = std::env::temp_dir().join("muster-squatted-blobs");
+    let server = testing::server().unwrap();
+    let mut admin = super::pg_connect::client(&server).unwrap();
+    admin
+        .batch_execute(
+            "DO $$ BEGIN CREATE ROLE squatter; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+             CREATE TABLE db_squatted.writer_lock (id BIGINT PRIMARY KEY);
+             ALTER TABLE db_squatted.writer_lock OWNER TO squatter",
+        )
+        .unwrap();
+    let refused = crate::Relay::open_postgres(&url, String::new(), blobs.clone())
+        .err()
+        .expect("a relay took a table another role made");
+    assert!(
+        refused
+            .to_string()
+            .contains("writer_lock (owned by squatter)"),
+        "{refused}"
+    );
+    admin
+        .batch_execute("DROP TABLE db_squatted.writer_lock")
+        .unwrap();
+    crate::Relay::open_postgres(&url, String::new(), blobs.clone()).unwrap();
+    // Every advisory lock a relay ever used, held by someone else.
+    admin
+        .batch_execute(
+            "SELECT pg_advisory_lock(7887400049205215233), pg_advisory_lock(7887400049205215234)",
+        )
+        .unwrap();
+    let (done, opened) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(crate::Relay::open_postgres(&url, String::new(), blobs).is_ok());
+    });
+    assert!(opened
+        .recv_timeout(std::time::Duration::from_secs(15))
+        .expect("a relay's start waited on an advisory lock"));
+}

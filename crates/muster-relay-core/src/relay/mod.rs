@@ -87,9 +87,78 @@ impl Outcome {
     }
 }
 
-/// The advisory lock ("muster" and 2) a relay takes while it creates the tables of a
-/// shared database.
-const SCHEMA_LOCK: i64 = 0x6d75_7374_6572_0002;
+/// Makes the tables of a shared database, or adds what this version needs to them, and
+/// checks that the relays' role owns every one (a table someone else made first could
+/// carry their triggers, or be locked or emptied by them); then recounts the queues
+/// under the writers' lock. Relays starting together may race to create a table; the
+/// loser tries again.
+fn prepare_postgres(db: &Db) -> Result<(), StoreError> {
+    refuse_tables_of_others(db)?;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        // Once the lock's table exists, the relays take turns (a lock no other role can
+        // take, unlike an advisory lock).
+        let locked = db.query_row("SELECT to_regclass('writer_lock') IS NOT NULL", (), |r| {
+            r.get::<_, bool>(0)
+        })?;
+        let tx = if locked {
+            Some(db.transaction()?)
+        } else {
+            db.execute_batch("BEGIN")?;
+            None
+        };
+        let made = db.execute_batch(&crate::schema::postgres_schema());
+        let made = match (made, tx) {
+            (Ok(()), Some(tx)) => tx.commit(),
+            (Ok(()), None) => db.execute_batch("COMMIT"),
+            (Err(e), tx) => {
+                if tx.is_none() {
+                    let _ = db.execute_batch("ROLLBACK");
+                }
+                Err(e)
+            }
+        };
+        match made {
+            Ok(()) => break,
+            Err(e) if attempt < 5 && crate::db::is_creation_race(&e) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    refuse_tables_of_others(db)?;
+    let tx = db.transaction()?;
+    tx.execute_batch(crate::schema::RECOUNT)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Refuses a relay table, if it exists, that the relays' role does not own.
+fn refuse_tables_of_others(db: &Db) -> Result<(), StoreError> {
+    let tables = crate::schema::postgres_tables();
+    let mut foreign = Vec::new();
+    for table in &tables {
+        let owner: Option<String> = db
+            .query_row(
+                "SELECT pg_get_userbyid(relowner)::TEXT FROM pg_class \
+                 WHERE oid = to_regclass(?1) AND pg_get_userbyid(relowner) <> current_user",
+                [table.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(owner) = owner {
+            foreign.push(format!("{table} (owned by {owner})"));
+        }
+    }
+    if !foreign.is_empty() {
+        return Err(StoreError::Corrupt(format!(
+            "tables of the relays are owned by another role, which could read or block what \
+             the relays store: {}; give the relays a schema of their own that only their role \
+             may create in",
+            foreign.join(", ")
+        )));
+    }
+    Ok(())
+}
 
 /// Counts for operators.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,6 +245,23 @@ impl Relay {
     /// Opens the relay's state in the PostgreSQL database at `url` (creating its tables
     /// if needed), shared with any other relay of the organisation; attachments are kept
     /// in `blob_dir`, which every relay must reach.
+    /// The relay state in a shared database some relay has already set up, for a command
+    /// that serves nothing (stats, audit, a bootstrap token): no table is made or changed.
+    pub fn attach_postgres(url: &str, blob_dir: PathBuf) -> Result<Self, StoreError> {
+        let db = Db::new(Box::new(crate::db::postgres::PostgresBackend::connect(
+            url,
+        )?));
+        let set_up = db.query_row("SELECT to_regclass('writer_lock') IS NOT NULL", (), |r| {
+            r.get::<_, bool>(0)
+        })?;
+        if !set_up {
+            return Err(StoreError::Corrupt(
+                "no relay has set up this database yet: start a relay on it first".into(),
+            ));
+        }
+        Ok(Self::with_db(db, String::new(), blob_dir))
+    }
+
     pub fn open_postgres(
         url: &str,
         fingerprint: String,
@@ -184,17 +270,7 @@ impl Relay {
         let db = Db::new(Box::new(crate::db::postgres::PostgresBackend::connect(
             url,
         )?));
-        // The tables (the writers' lock among them) are made under an advisory lock, so
-        // relays starting together do not race to create them; waiting for it is bounded
-        // by the connection's lock timeout.
-        let created = db.execute_batch(&format!(
-            "BEGIN; SELECT pg_advisory_xact_lock({SCHEMA_LOCK}); {}; COMMIT",
-            crate::schema::postgres_schema()
-        ));
-        if let Err(e) = created {
-            let _ = db.execute_batch("ROLLBACK");
-            return Err(e.into());
-        }
+        prepare_postgres(&db)?;
         Ok(Self::with_db(db, fingerprint, blob_dir))
     }
 
