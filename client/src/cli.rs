@@ -16,12 +16,29 @@ pub(crate) struct Cli {
     /// Device data directory [default: $XDG_DATA_HOME/muster or ~/.local/share/muster].
     #[arg(long, global = true, env = "MUSTER_HOME", value_name = "DIR")]
     pub(crate) home: Option<PathBuf>,
+    /// A file holding the key that encrypts this device's store (made, readable by its
+    /// owner only, when it does not exist yet); for servers such as the archive host.
+    /// MUSTER_PASSPHRASE, when set, is used instead.
+    #[arg(long, global = true, env = "MUSTER_KEY_FILE", value_name = "FILE")]
+    pub(crate) key_file: Option<PathBuf>,
     #[command(subcommand)]
     pub(crate) command: Command,
 }
 
+/// The device store's encryption.
+#[derive(Subcommand)]
+pub(crate) enum StoreCommand {
+    /// How this device's store is protected.
+    Status,
+    /// Encrypt a plaintext store now, with MUSTER_PASSPHRASE or --key-file.
+    Encrypt,
+}
+
 #[derive(Subcommand)]
 pub(crate) enum Command {
+    /// The device store's encryption: `status`, `encrypt`.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Organisation set-up.
     #[command(subcommand)]
     Org(OrgCommand),

@@ -23,6 +23,7 @@ mod conversation;
 mod live;
 mod people;
 mod print;
+mod store_key;
 
 use clap::Parser;
 use cli::{default_home, Cli, Command};
@@ -65,7 +66,11 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<(), EngineError> {
     let home = cli.home.unwrap_or_else(default_home);
-    let mut engine = Engine::open(&home)?;
+    if let Command::Store(command) = &cli.command {
+        return store_command(&home, cli.key_file.as_deref(), command);
+    }
+    let key = store_key::resolve(&home, cli.key_file.as_deref())?;
+    let mut engine = Engine::open_with_key(&home, key.as_ref())?;
     let result = run_command(&mut engine, cli.command).await;
     if let Err(EngineError::DeviceRevoked { wipe: true, .. }) = &result {
         // Proven by the signed revocation, and required by the organisation's policy.
@@ -73,6 +78,29 @@ async fn run(cli: Cli) -> Result<(), EngineError> {
         muster_engine::wipe_store(&home)?;
     }
     result
+}
+
+fn store_command(
+    home: &std::path::Path,
+    key_file: Option<&std::path::Path>,
+    command: &cli::StoreCommand,
+) -> Result<(), EngineError> {
+    match command {
+        cli::StoreCommand::Status => {
+            println!("{}", store_key::status(home)?);
+            Ok(())
+        }
+        cli::StoreCommand::Encrypt => {
+            let key = store_key::resolve(home, key_file)?.ok_or_else(|| {
+                EngineError::Invalid(
+                    "give MUSTER_PASSPHRASE or --key-file to encrypt the store with".into(),
+                )
+            })?;
+            drop(Engine::open_with_key(home, Some(&key))?);
+            println!("{}", store_key::status(home)?);
+            Ok(())
+        }
+    }
 }
 
 async fn run_command(engine: &mut Engine, command: Command) -> Result<(), EngineError> {

@@ -23,5 +23,6 @@ mod rogue;
 mod rogue_member;
 mod root_recovery;
 mod several_relays;
+mod store_encryption;
 mod ui;
 mod walkthrough;

@@ -226,6 +226,8 @@ pub struct Device {
     pub home: PathBuf,
     /// The network namespace its commands run in; `None` for the test's own.
     pub netns: Option<String>,
+    /// Environment variables its commands get (a store passphrase, say).
+    pub env: Vec<(String, String)>,
 }
 
 /// A command for `program`, run inside `netns` when one is given.
@@ -246,7 +248,15 @@ impl Device {
             name: name.to_string(),
             home: dir.path().join(name),
             netns: None,
+            env: Vec::new(),
         }
+    }
+
+    /// This device with `name` set to `value` in its commands' environment.
+    pub fn with_env(mut self, name: &str, value: &str) -> Self {
+        self.env.retain(|(n, _)| n != name);
+        self.env.push((name.to_string(), value.to_string()));
+        self
     }
 
     /// A device whose commands run inside the network namespace `netns`.
@@ -260,7 +270,10 @@ impl Device {
     pub fn command(&self) -> Command {
         let mut cmd = in_netns(self.netns.as_deref(), bin("muster"));
         cmd.arg("--home").arg(&self.home);
-        cmd.env_remove("MUSTER_HOME");
+        for inherited in ["MUSTER_HOME", "MUSTER_PASSPHRASE", "MUSTER_KEY_FILE"] {
+            cmd.env_remove(inherited);
+        }
+        cmd.envs(self.env.iter().map(|(n, v)| (n, v)));
         cmd
     }
 

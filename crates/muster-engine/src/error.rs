@@ -7,6 +7,14 @@ use muster_proto::{CertError, ErrorCode, InviteError, RelayError};
 /// Everything that can go wrong on the device.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
+    #[error(
+        "this device's store is encrypted: give its passphrase (MUSTER_PASSPHRASE) or key file"
+    )]
+    StoreLocked,
+    #[error("wrong passphrase or key for this device's store (nothing was changed)")]
+    WrongStoreKey,
+    #[error("store key: {0}")]
+    StoreKey(#[from] muster_keystore::KeyError),
     #[error("this device is not set up yet: run `muster org create` or `muster join CODE` first")]
     NotEnrolled,
     #[error("this home directory already holds a device ({0}); use another --home")]

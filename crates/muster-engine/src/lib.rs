@@ -23,6 +23,7 @@ mod provider;
 pub mod provision;
 mod signatures;
 mod store;
+pub mod store_crypt;
 
 pub use acks::HeldAcks;
 pub use admin::root_backup::{RootBackup, RootBackupError};

@@ -603,15 +603,25 @@ fn group_hex(group_id: &[u8]) -> String {
 }
 
 impl Engine {
-    /// Opens (creating if needed) the device store in `home`.
+    /// Opens (creating if needed) the device store in `home`, unencrypted.
     pub fn open(home: &Path) -> Result<Self, EngineError> {
+        Self::open_with_key(home, None)
+    }
+
+    /// Opens (creating if needed) the device store in `home`, encrypted with `key` when
+    /// one is given. A store kept in plaintext by an earlier version is encrypted in place
+    /// the first time a key is given (see [`crate::store_crypt`]).
+    pub fn open_with_key(
+        home: &Path,
+        key: Option<&muster_keystore::StoreKey>,
+    ) -> Result<Self, EngineError> {
         std::fs::create_dir_all(home)?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o700));
         }
-        let mut db = Connection::open(home.join(DB_FILE))?;
+        let mut db = crate::store_crypt::open(&home.join(DB_FILE), key)?;
         db.busy_timeout(std::time::Duration::from_secs(10))?;
         db.set_prepared_statement_cache_capacity(128);
         db.pragma_update(None, "journal_mode", "WAL")?;
