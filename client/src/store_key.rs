@@ -17,6 +17,7 @@ const STORE_FILE: &str = "muster.db";
 pub(crate) fn resolve(
     home: &Path,
     key_file: Option<&Path>,
+    passphrase: Option<&str>,
 ) -> Result<Option<StoreKey>, EngineError> {
     std::fs::create_dir_all(home)?;
     #[cfg(unix)]
@@ -32,21 +33,33 @@ pub(crate) fn resolve(
             muster_keystore::PARAMS_FILE
         ))
     };
-    let passphrase = std::env::var(PASSPHRASE_VARIABLE)
-        .ok()
-        .filter(|p| !p.is_empty())
-        .map(zeroize::Zeroizing::new);
+    if params.as_ref().is_some_and(|p| p.encrypted) && state != StoreState::Encrypted {
+        {
+            return Err(EngineError::Invalid(format!(
+                "this device's store was encrypted ({} says so), but the store now in {} is {}: \
+                 refusing to use it (someone replaced it; remove {} only to start afresh)",
+                muster_keystore::PARAMS_FILE,
+                home.display(),
+                if state == StoreState::Absent {
+                    "missing"
+                } else {
+                    "not encrypted"
+                },
+                muster_keystore::PARAMS_FILE,
+            )));
+        }
+    }
     if let Some(passphrase) = passphrase {
         return match params {
-            Some(p) if p.protection == Protection::Passphrase => Ok(Some(p.derive(&passphrase)?)),
+            Some(p) if p.protection == Protection::Passphrase => Ok(Some(p.derive(passphrase)?)),
             Some(_) => Err(EngineError::Invalid(format!(
                 "this device's store is protected by a key file, not a passphrase: unset {PASSPHRASE_VARIABLE} and give --key-file"
             ))),
             None if state == StoreState::Encrypted => Err(missing_params()),
             None => {
-                check_new_passphrase(&passphrase)?;
+                check_new_passphrase(passphrase)?;
                 let params = KeyParams::new_passphrase();
-                let key = params.derive(&passphrase)?;
+                let key = params.derive(passphrase)?;
                 params.save(home)?;
                 Ok(Some(key))
             }
@@ -57,11 +70,11 @@ pub(crate) fn resolve(
             Some(p) if p.protection == Protection::Passphrase => Err(EngineError::Invalid(
                 format!("this device's store is protected by a passphrase: give it in {PASSPHRASE_VARIABLE} (or on the terminal), not a key file"),
             )),
-            Some(_) => Ok(Some(KeyFile::load(key_file)?)),
+            Some(_) => Ok(Some(KeyFile::load(key_file, home)?)),
             None if state == StoreState::Encrypted => Err(missing_params()),
             None => {
                 let key = if key_file.exists() {
-                    KeyFile::load(key_file)?
+                    KeyFile::load(key_file, home)?
                 } else {
                     KeyFile::create(key_file)?
                 };
@@ -111,4 +124,27 @@ pub(crate) fn status(home: &Path) -> Result<String, EngineError> {
             muster_keystore::PARAMS_FILE
         ),
     })
+}
+
+/// Records that the store in `home` is encrypted, once it has been opened with its key.
+pub(crate) fn mark_encrypted(home: &Path) -> Result<(), EngineError> {
+    if let Some(mut params) = KeyParams::load(home)? {
+        if !params.encrypted {
+            params.encrypted = true;
+            params.save(home)?;
+        }
+    }
+    Ok(())
+}
+
+/// The passphrase in [`PASSPHRASE_VARIABLE`], taken out of the environment (before any
+/// thread starts) so no program this one starts inherits it.
+pub(crate) fn take_passphrase() -> Option<zeroize::Zeroizing<String>> {
+    let passphrase = std::env::var(PASSPHRASE_VARIABLE)
+        .ok()
+        .filter(|p| !p.is_empty())
+        .map(zeroize::Zeroizing::new);
+    // Called first thing in `main`, while the process has one thread.
+    std::env::remove_var(PASSPHRASE_VARIABLE);
+    passphrase
 }

@@ -61,6 +61,26 @@ fn a_conversation_leaves_nothing_readable_in_an_encrypted_home_and_a_wrong_passp
     assert!(bob
         .texts("pier-four-response")
         .contains(&"bob's reply in plaintext nowhere".to_string()));
+
+    // A plaintext store put in its place (keeping the key parameters) is refused, not
+    // adopted and encrypted under bob's passphrase.
+    let planted = rusqlite::Connection::open(org.dir.path().join("planted.db")).unwrap();
+    planted
+        .execute_batch("CREATE TABLE device (id INTEGER PRIMARY KEY)")
+        .unwrap();
+    drop(planted);
+    std::fs::rename(
+        bob.home.join("muster.db"),
+        org.dir.path().join("bob-real.db"),
+    )
+    .unwrap();
+    std::fs::copy(
+        org.dir.path().join("planted.db"),
+        bob.home.join("muster.db"),
+    )
+    .unwrap();
+    let refused = bob.fails(&["groups"]);
+    assert!(refused.contains("refusing to use it"), "{refused}");
 }
 
 #[test]
@@ -82,7 +102,14 @@ fn a_plaintext_store_is_encrypted_with_a_key_file_and_keeps_every_message() {
     let before = bob.texts("night-shift");
 
     let key_file = org.dir.path().join("bob-store.key");
+    // Not under a process that has the store open.
+    let mut chat = bob.chat("night-shift", &[]);
+    chat.wait_for("--- chatting in night-shift");
     let bob = bob.with_env("MUSTER_KEY_FILE", key_file.to_str().unwrap());
+    let refused = bob.fails(&["store", "encrypt"]);
+    assert!(refused.contains("another muster process"), "{refused}");
+    let _ = chat.child.kill();
+    let _ = chat.child.wait();
     let status = bob.ok(&["store", "encrypt"]);
     assert!(status.contains("key file"), "{status}");
     assert_eq!(

@@ -40,32 +40,70 @@ pub fn state(path: &Path) -> Result<StoreState, EngineError> {
     }
 }
 
+/// A shared lock on the store's lock file, held while the store is open: the store is
+/// encrypted in place only under the exclusive lock, so never under a process using it.
+#[derive(Debug)]
+pub struct StoreLock(#[allow(dead_code)] std::fs::File);
+
 /// Opens the store at `path`: with `key`, encrypted (creating it encrypted, or encrypting a
 /// plaintext one first); without, plaintext only.
-pub fn open(path: &Path, key: Option<&StoreKey>) -> Result<Connection, EngineError> {
+pub fn open(path: &Path, key: Option<&StoreKey>) -> Result<(Connection, StoreLock), EngineError> {
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        // Encrypting in place would replace the link and leave the plaintext it names.
+        return Err(EngineError::Invalid(format!(
+            "{} is a symbolic link: a device store must be a file in its home directory",
+            path.display()
+        )));
+    }
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(sidecar(path, ".lock"))?;
     let state = state(path)?;
     let Some(key) = key else {
         if state == StoreState::Encrypted {
             return Err(EngineError::StoreLocked);
         }
-        return Ok(Connection::open(path)?);
+        lock.lock_shared()?;
+        // It may have been encrypted while this process waited for the lock.
+        if self::state(path)? == StoreState::Encrypted {
+            return Err(EngineError::StoreLocked);
+        }
+        return Ok((Connection::open(path)?, StoreLock(lock)));
     };
     if state == StoreState::Plaintext {
-        encrypt_in_place(path, key)?;
+        match lock.try_lock() {
+            Ok(()) => {
+                // Another process may have encrypted it meanwhile.
+                if self::state(path)? == StoreState::Plaintext {
+                    encrypt_in_place(path, key)?;
+                }
+                lock.unlock()?;
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                // In use: wait for whoever is encrypting it, then look again.
+                lock.lock_shared()?;
+                if self::state(path)? == StoreState::Plaintext {
+                    return Err(EngineError::Invalid(
+                        "another muster process has this device's store open: stop it (chat, \
+                         ui, archive serve), then encrypt the store"
+                            .into(),
+                    ));
+                }
+                lock.unlock()?;
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+        }
     }
+    lock.lock_shared()?;
     let db = Connection::open(path)?;
     apply_key(&db, key)?;
     match readable(&db) {
-        Ok(()) => Ok(db),
+        Ok(()) => Ok((db, StoreLock(lock))),
         Err(e) if not_a_database(&e) => Err(EngineError::WrongStoreKey),
         Err(e) => Err(e.into()),
     }
-}
-
-/// Re-encrypts the open store under `new` (`PRAGMA rekey`).
-pub fn rekey(db: &Connection, new: &StoreKey) -> Result<(), EngineError> {
-    db.pragma_update(None, "rekey", new.sqlcipher_pragma().as_str())?;
-    Ok(())
 }
 
 fn apply_key(db: &Connection, key: &StoreKey) -> Result<(), EngineError> {
@@ -73,6 +111,8 @@ fn apply_key(db: &Connection, key: &StoreKey) -> Result<(), EngineError> {
     // stderr as well.
     db.pragma_update(None, "cipher_log_level", "NONE")?;
     db.pragma_update(None, "key", key.sqlcipher_pragma().as_str())?;
+    // SQLCipher wipes the memory it frees (keys, decrypted pages).
+    db.pragma_update(None, "cipher_memory_security", "ON")?;
     Ok(())
 }
 
@@ -103,7 +143,12 @@ fn encrypt_in_place(path: &Path, key: &StoreKey) -> Result<(), EngineError> {
     {
         let plain = Connection::open(path)?;
         // Everything in the log goes into the file first.
-        plain.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        let busy: i64 = plain.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        if busy != 0 {
+            return Err(EngineError::Invalid(
+                "the store's log could not be emptied (another process is using it)".into(),
+            ));
+        }
         let version: i64 = plain.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         plain.execute(
             "ATTACH DATABASE ?1 AS encrypted KEY ?2",
@@ -179,7 +224,7 @@ mod tests {
         let path = dir.join("muster.db");
         let key = StoreKey::generate();
         {
-            let db = open(&path, Some(&key)).unwrap();
+            let (db, _lock) = open(&path, Some(&key)).unwrap();
             fill(&db);
         }
         assert_eq!(state(&path).unwrap(), StoreState::Encrypted);
@@ -198,7 +243,7 @@ mod tests {
             before,
             "a failed open changed the store"
         );
-        assert_eq!(count(&open(&path, Some(&key)).unwrap()), 50);
+        assert_eq!(count(&open(&path, Some(&key)).unwrap().0), 50);
     }
 
     #[test]
@@ -206,13 +251,13 @@ mod tests {
         let dir = scratch("migrate");
         let path = dir.join("muster.db");
         {
-            let db = open(&path, None).unwrap();
+            let (db, _lock) = open(&path, None).unwrap();
             fill(&db);
             db.execute_batch("PRAGMA user_version = 7").unwrap();
             assert!(!found_in(&dir, SECRET.as_bytes()).is_empty());
         }
         let key = StoreKey::generate();
-        let db = open(&path, Some(&key)).unwrap();
+        let (db, _lock) = open(&path, Some(&key)).unwrap();
         assert_eq!(count(&db), 50);
         let version: i64 = db
             .query_row("PRAGMA user_version", [], |r| r.get(0))
@@ -225,22 +270,5 @@ mod tests {
             "plaintext left in the home directory"
         );
         assert!(!sidecar(&path, ".encrypting").exists());
-    }
-
-    #[test]
-    fn rekeying_moves_the_store_to_the_new_key() {
-        let dir = scratch("rekey");
-        let path = dir.join("muster.db");
-        let (old, new) = (StoreKey::generate(), StoreKey::generate());
-        {
-            let db = open(&path, Some(&old)).unwrap();
-            fill(&db);
-            rekey(&db, &new).unwrap();
-        }
-        assert!(matches!(
-            open(&path, Some(&old)),
-            Err(EngineError::WrongStoreKey)
-        ));
-        assert_eq!(count(&open(&path, Some(&new)).unwrap()), 50);
     }
 }

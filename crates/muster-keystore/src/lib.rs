@@ -56,7 +56,8 @@ impl StoreKey {
 
     /// The value of SQLCipher's `PRAGMA key` for this raw key (no second derivation).
     pub fn sqlcipher_pragma(&self) -> zeroize::Zeroizing<String> {
-        zeroize::Zeroizing::new(format!("x'{}'", hex::encode(self.0)))
+        let hex = zeroize::Zeroizing::new(hex::encode(self.0));
+        zeroize::Zeroizing::new(format!("x'{}'", hex.as_str()))
     }
 
     pub fn as_bytes(&self) -> &[u8; KEY_BYTES] {
@@ -88,6 +89,10 @@ impl std::fmt::Display for Protection {
 pub struct KeyParams {
     pub version: u32,
     pub protection: Protection,
+    /// The store has been encrypted: a plaintext or missing store beside these parameters
+    /// was put there by someone else and is refused.
+    #[serde(default)]
+    pub encrypted: bool,
     /// Argon2id's cost and salt (hex), for a passphrase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub argon2id: Option<Argon2idParams>,
@@ -141,6 +146,7 @@ impl KeyParams {
         Self {
             version: 1,
             protection: Protection::Passphrase,
+            encrypted: false,
             argon2id: Some(Argon2idParams {
                 memory_kib: MEMORY_KIB,
                 iterations: ITERATIONS,
@@ -154,6 +160,7 @@ impl KeyParams {
         Self {
             version: 1,
             protection: Protection::KeyFile,
+            encrypted: false,
             argon2id: None,
         }
     }
@@ -188,11 +195,23 @@ impl KeyParams {
         let path = home.join(PARAMS_FILE);
         let partial = home.join(format!("{PARAMS_FILE}.new"));
         let text = serde_json::to_string_pretty(self).expect("parameters encode");
-        std::fs::write(&partial, text).map_err(io(&partial))?;
-        std::fs::File::open(&partial)
-            .and_then(|f| f.sync_all())
+        // Whatever stands at the temporary name (a planted link) is removed, not followed.
+        match std::fs::remove_file(&partial) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&partial)(e)),
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&partial)
             .map_err(io(&partial))?;
-        std::fs::rename(&partial, &path).map_err(io(&path))
+        use std::io::Write as _;
+        file.write_all(text.as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(io(&partial))?;
+        std::fs::rename(&partial, &path).map_err(io(&path))?;
+        sync_dir(home)
     }
 
     /// The key `passphrase` gives under these parameters.
@@ -210,7 +229,15 @@ impl KeyParams {
                 "the key derivation asks for more than this device allows".into(),
             ));
         }
+        // Never less than a new store gets: a tampered file must not make the owner's
+        // passphrase cheap to guess.
+        if kdf.memory_kib < MEMORY_KIB || kdf.iterations < ITERATIONS || kdf.parallelism < 1 {
+            return Err(bad("the key derivation is weaker than Muster allows".into()));
+        }
         let salt = hex::decode(&kdf.salt).map_err(|_| bad("the salt is not hex".into()))?;
+        if salt.len() < 16 {
+            return Err(bad("the salt is shorter than 16 bytes".into()));
+        }
         let params = argon2::Params::new(
             kdf.memory_kib,
             kdf.iterations,
@@ -229,6 +256,16 @@ impl KeyParams {
     }
 }
 
+/// Linux's `O_NOFOLLOW`: opening a symbolic link fails.
+#[cfg(unix)]
+const O_NOFOLLOW: i32 = 0o400_000;
+
+fn sync_dir(dir: &Path) -> Result<(), KeyError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))
+}
+
 /// Refuses a passphrase too short for a new store.
 pub fn check_new_passphrase(passphrase: &str) -> Result<(), KeyError> {
     if passphrase.chars().count() < MIN_PASSPHRASE_CHARS {
@@ -241,20 +278,48 @@ pub fn check_new_passphrase(passphrase: &str) -> Result<(), KeyError> {
 pub struct KeyFile;
 
 impl KeyFile {
-    /// Reads the key in `path`, refusing a file others may read.
-    pub fn load(path: &Path) -> Result<StoreKey, KeyError> {
+    /// Reads the key in `path`, refusing a link, a file others may read, and a file that
+    /// belongs to another user than `owner_of`'s (the home directory it protects).
+    pub fn load(path: &Path, owner_of: &Path) -> Result<StoreKey, KeyError> {
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true);
         #[cfg(unix)]
         {
-            use std::os::unix::fs::PermissionsExt as _;
-            let mode = std::fs::metadata(path)
-                .map_err(io(path))?
-                .permissions()
-                .mode();
-            if mode & 0o077 != 0 {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            options.custom_flags(O_NOFOLLOW);
+        }
+        let mut file = options.open(path).map_err(|e| {
+            if path.is_symlink() {
+                KeyError::NotAKeyFile {
+                    path: path.to_path_buf(),
+                    reason: "it is a symbolic link".into(),
+                }
+            } else {
+                io(path)(e)
+            }
+        })?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt as _;
+            // The file as opened, not whatever the name points to by now.
+            let opened = file.metadata().map_err(io(path))?;
+            if opened.mode() & 0o077 != 0 {
                 return Err(KeyError::KeyFileOpen(path.to_path_buf()));
             }
+            let owner = std::fs::metadata(owner_of).map_err(io(owner_of))?.uid();
+            if opened.uid() != owner {
+                return Err(KeyError::NotAKeyFile {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "it belongs to another user than the one who owns {}",
+                        owner_of.display()
+                    ),
+                });
+            }
         }
-        let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(io(path))?);
+        let mut text = zeroize::Zeroizing::new(String::new());
+        use std::io::Read as _;
+        file.read_to_string(&mut text).map_err(io(path))?;
         let not_a_key = |reason: &str| KeyError::NotAKeyFile {
             path: path.to_path_buf(),
             reason: reason.into(),
@@ -287,6 +352,10 @@ impl KeyFile {
         file.write_all(text.as_bytes())
             .and_then(|()| file.sync_all())
             .map_err(io(path))?;
+        // The key's name is durable before anything is encrypted with it.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            sync_dir(dir)?;
+        }
         Ok(key)
     }
 }
@@ -343,6 +412,14 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("more than"));
+        let mut cheap = KeyParams::new_passphrase();
+        cheap.argon2id.as_mut().unwrap().memory_kib = 8;
+        let refused = cheap.derive("correct horse battery").unwrap_err();
+        assert!(refused.to_string().contains("weaker"), "{refused}");
+        let mut short_salt = KeyParams::new_passphrase();
+        short_salt.argon2id.as_mut().unwrap().salt = "00".into();
+        let refused = short_salt.derive("correct horse battery").unwrap_err();
+        assert!(refused.to_string().contains("salt"), "{refused}");
         let mut newer = KeyParams::key_file();
         newer.version = 2;
         newer.save(&home).unwrap();
@@ -362,7 +439,7 @@ mod tests {
         let home = scratch("key-file");
         let path = home.join("store.key");
         let key = KeyFile::create(&path).unwrap();
-        assert_eq!(KeyFile::load(&path).unwrap(), key);
+        assert_eq!(KeyFile::load(&path, &home).unwrap(), key);
         assert!(
             KeyFile::create(&path).is_err(),
             "an existing key file was replaced"
@@ -374,13 +451,17 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600);
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
             assert!(matches!(
-                KeyFile::load(&path),
+                KeyFile::load(&path, &home),
                 Err(KeyError::KeyFileOpen(_))
             ));
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            let link = home.join("link.key");
+            std::os::unix::fs::symlink(&path, &link).unwrap();
+            let refused = KeyFile::load(&link, &home).unwrap_err().to_string();
+            assert!(refused.contains("symbolic link"), "{refused}");
         }
         std::fs::write(&path, "not a key\n").unwrap();
-        assert!(KeyFile::load(&path)
+        assert!(KeyFile::load(&path, &home)
             .unwrap_err()
             .to_string()
             .contains("not hex"));

@@ -419,6 +419,9 @@ pub(crate) struct DeviceRow {
 pub struct Engine {
     home: PathBuf,
     pub(crate) db: Connection,
+    /// Held (shared) while the store is open, so it is never encrypted in place under a
+    /// process using it.
+    _store_lock: crate::store_crypt::StoreLock,
     crypto: RustCrypto,
     /// Members per group as last seen, for choosing how receipts go out; a stale count
     /// only changes how receipts are batched.
@@ -621,7 +624,7 @@ impl Engine {
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o700));
         }
-        let mut db = crate::store_crypt::open(&home.join(DB_FILE), key)?;
+        let (mut db, store_lock) = crate::store_crypt::open(&home.join(DB_FILE), key)?;
         db.busy_timeout(std::time::Duration::from_secs(10))?;
         db.set_prepared_statement_cache_capacity(128);
         db.pragma_update(None, "journal_mode", "WAL")?;
@@ -659,6 +662,7 @@ impl Engine {
             unprocessed_handover: false,
             strict_signatures_until: None,
             held_acks: Default::default(),
+            _store_lock: store_lock,
         };
         engine.enforce_retention()?;
         Ok(engine)
