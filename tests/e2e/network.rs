@@ -368,7 +368,28 @@ fn devices_behind_loss_delay_and_a_healing_partition_converge() {
         s.spawn(|| talk(&site_b_devices, "partitioned", 1));
         s.spawn(|| {
             talk(&site_a_devices[1..], "partitioned", 2);
-            alice.ok(&["group", "add", "ops", "ada"]);
+            // Over a lossy link a connection can be lost under the command; alice does
+            // what a person would: looks whether ada is in, and tries again if not.
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                let out = alice.run(&["group", "add", "ops", "ada"]);
+                if out.status.success() {
+                    break;
+                }
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                assert!(
+                    stderr.contains("connection") || stderr.contains("reach the relay"),
+                    "alice could not add ada: {stderr}"
+                );
+                let _ = alice.run(&["sync"]);
+                if alice.members("ops").iter().any(|m| m.starts_with("ada")) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "alice could not add ada within 120 s: {stderr}"
+                );
+            }
             talk(&site_a_devices[..1], "partitioned", 2);
         });
     });
