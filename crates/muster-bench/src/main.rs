@@ -124,6 +124,9 @@ enum Scenario {
     Store {
         #[arg(long, default_value_t = 1_000_000)]
         messages: usize,
+        /// The store encrypted with SQLCipher under a random key.
+        #[arg(long)]
+        encrypted: bool,
     },
     /// Runs every scenario across group sizes and writes BENCHMARKS.md with plots under
     /// docs/bench/ (about ten minutes).
@@ -238,7 +241,10 @@ fn main() -> ExitCode {
             block_on(receipts::run(receipts::Load { members, texts }))
         }
         Scenario::Report { out } => block_on(publish::run(&out)),
-        Scenario::Store { messages } => store::run(messages).map_err(|e| e.to_string()),
+        Scenario::Store {
+            messages,
+            encrypted,
+        } => store::run(messages, encrypted).map_err(|e| e.to_string()),
         Scenario::Connections { devices } => block_on(connections::run(devices)),
         Scenario::Biggroup {
             members,

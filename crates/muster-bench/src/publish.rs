@@ -126,7 +126,7 @@ async fn measure() -> Result<Run, HarnessError> {
     };
     let biggroup = attempt("biggroup", biggroup::run(big).await);
     eprintln!("muster-bench report: store");
-    let store = tokio::task::spawn_blocking(|| store::run(1_000_000))
+    let store = tokio::task::spawn_blocking(|| store::run(1_000_000, false))
         .await
         .map_err(harness)??;
     Ok(Run {

@@ -6,6 +6,7 @@
 use crate::harness::{HarnessError, Scratch};
 use crate::report::{ms, quantile, Report};
 use muster_engine::Engine;
+use muster_keystore::StoreKey;
 use std::time::Instant;
 
 /// Conversations the messages are spread over; the first holds half of them.
@@ -58,9 +59,13 @@ fn sentence(rng: &mut Rng) -> String {
 }
 
 /// Fills the store at `home` with `messages` messages; returns the group names.
-fn fill(home: &std::path::Path, messages: usize) -> Result<Vec<String>, HarnessError> {
+fn fill(
+    home: &std::path::Path,
+    messages: usize,
+    key: Option<&StoreKey>,
+) -> Result<Vec<String>, HarnessError> {
     let store = |e: rusqlite::Error| HarnessError::Setup(format!("filling the store: {e}"));
-    let mut db = rusqlite::Connection::open(home.join("muster.db")).map_err(store)?;
+    let mut db = open_raw(home, key).map_err(store)?;
     // Generation only: the engine itself always writes with synchronous=FULL.
     db.pragma_update(None, "synchronous", "OFF")
         .map_err(store)?;
@@ -110,6 +115,18 @@ fn fill(home: &std::path::Path, messages: usize) -> Result<Vec<String>, HarnessE
     Ok(names)
 }
 
+/// The store's database opened directly (with its key, when encrypted).
+fn open_raw(
+    home: &std::path::Path,
+    key: Option<&StoreKey>,
+) -> rusqlite::Result<rusqlite::Connection> {
+    let db = rusqlite::Connection::open(home.join("muster.db"))?;
+    if let Some(key) = key {
+        db.pragma_update(None, "key", key.sqlcipher_pragma().as_str())?;
+    }
+    Ok(db)
+}
+
 /// The median time of `runs` calls of `f`, which must succeed each time.
 fn median<T>(
     runs: usize,
@@ -126,17 +143,21 @@ fn median<T>(
     Ok((quantile(&mut times, 0.5), value))
 }
 
-pub fn run(messages: usize) -> Result<Report, HarnessError> {
+/// Runs the scenario on a store of `messages` messages, encrypted (SQLCipher) when
+/// `encrypted`.
+pub fn run(messages: usize, encrypted: bool) -> Result<Report, HarnessError> {
     let scratch = Scratch::new("store")?;
     let home = scratch.path().join("device");
-    drop(Engine::open(&home)?);
+    let key = encrypted.then(StoreKey::generate);
+    let key = key.as_ref();
+    drop(Engine::open_with_key(&home, key)?);
     let started = Instant::now();
-    let groups = fill(&home, messages)?;
+    let groups = fill(&home, messages, key)?;
     let fill_time = started.elapsed();
     let size = std::fs::metadata(home.join("muster.db"))?.len()
         + std::fs::metadata(home.join("muster.db-wal")).map_or(0, |m| m.len());
 
-    let (open_ms, engine) = median(5, || Ok(Engine::open(&home)?))?;
+    let (open_ms, engine) = median(5, || Ok(Engine::open_with_key(&home, key)?))?;
     let busiest = &groups[0];
     let (latest_ms, latest) = median(21, || Ok(engine.read(busiest, 50)?))?;
     if latest.len() != 50.min(messages) && messages >= 100 {
@@ -157,7 +178,7 @@ pub fn run(messages: usize) -> Result<Report, HarnessError> {
         Ok(engine.search(&common, Some(busiest.as_str()), 50)?)
     })?;
     let matching = |w: &str| -> Result<i64, HarnessError> {
-        rusqlite::Connection::open(home.join("muster.db"))
+        open_raw(&home, key)
             .and_then(|db| {
                 db.query_row(
                     "SELECT count(*) FROM messages_fts WHERE messages_fts MATCH ?1",
@@ -170,6 +191,7 @@ pub fn run(messages: usize) -> Result<Report, HarnessError> {
 
     let mut report = Report::new("store");
     report.set("messages", messages);
+    report.set("encrypted", encrypted);
     report.set("conversations", GROUPS);
     report.set("store_bytes", size);
     report.set("fill_ms", ms(fill_time));

@@ -198,6 +198,14 @@ fn store_scenario_reads_and_searches_a_filled_store() {
 }
 
 #[test]
+fn store_scenario_runs_on_an_encrypted_store_too() {
+    let v = bench(&["store", "--messages", "600", "--encrypted"]);
+    assert_eq!(v["encrypted"], serde_json::Value::Bool(true));
+    assert!(number(&v, "search_common_prefix_matches") > 0.0);
+    assert!(number(&v, "open_ms") > 0.0);
+}
+
+#[test]
 fn biggroup_scenario_grows_the_group_and_the_joiner_fetches_the_tree_the_welcome_leaves_out() {
     // Handled as large past 5 members: Welcomes without the tree, adds without a path.
     let v = bench(&[

@@ -111,8 +111,9 @@ fn apply_key(db: &Connection, key: &StoreKey) -> Result<(), EngineError> {
     // stderr as well.
     db.pragma_update(None, "cipher_log_level", "NONE")?;
     db.pragma_update(None, "key", key.sqlcipher_pragma().as_str())?;
-    // SQLCipher wipes the memory it frees (keys, decrypted pages).
-    db.pragma_update(None, "cipher_memory_security", "ON")?;
+    // Not `cipher_memory_security`: wiping all freed memory is process-wide and made
+    // the store 10-200x slower (muster-bench store, BENCHMARKS.md), against an attacker
+    // who can read this process's memory and so holds the key anyway.
     Ok(())
 }
 
