@@ -100,6 +100,22 @@ impl Cluster {
     }
 }
 
+/// Waits up to 15 s for `chat` to end; returns its exit status and how long it took.
+fn chat_ends_within_15_s(
+    chat: &mut muster_e2e::Chat,
+    what: &str,
+) -> (std::process::ExitStatus, Duration) {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(15);
+    loop {
+        if let Some(status) = chat.child.try_wait().unwrap() {
+            return (status, started.elapsed());
+        }
+        assert!(Instant::now() < deadline, "{what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn a_message_sent_through_one_relay_appears_live_in_a_chat_on_the_other() {
     let Some(cluster) = Cluster::start("e2e_live") else {
@@ -227,17 +243,10 @@ fn a_device_revoked_through_one_relay_is_cut_off_on_the_other_at_once() {
     chat.wait_for("--- chatting in ops");
     let started = Instant::now();
     cluster.alice.ok(&["admin", "revoke", "bob"]);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = chat.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "bob's chat on relay B kept running after his revocation through relay A"
-        );
-        thread::sleep(Duration::from_millis(20));
-    };
+    let (status, _) = chat_ends_within_15_s(
+        &mut chat,
+        "bob's chat on relay B kept running after his revocation through relay A",
+    );
     eprintln!(
         "revoked through relay A, bob's chat on relay B ended {:?} later ({status})",
         started.elapsed()
@@ -272,19 +281,11 @@ fn a_revocation_whose_announcement_was_lost_still_cuts_the_device_off_on_the_oth
         thread::sleep(Duration::from_millis(200));
         cutting.store(false, std::sync::atomic::Ordering::SeqCst);
     });
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(15);
-    while chat.child.try_wait().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "bob's chat on relay B kept running after a revocation whose announcement B missed"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
-    eprintln!(
-        "bob's chat on relay B ended {:?} after the listeners were let be",
-        started.elapsed()
+    let (_, took) = chat_ends_within_15_s(
+        &mut chat,
+        "bob's chat on relay B kept running after a revocation whose announcement B missed",
     );
+    eprintln!("bob's chat on relay B ended {took:?} after the listeners were let be");
     bob.fails(&["sync"]);
 }
 

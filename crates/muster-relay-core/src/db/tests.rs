@@ -187,11 +187,9 @@ fn a_commit_that_fails_is_rolled_back_and_the_next_transaction_starts() {
     }
 }
 
-#[test]
-fn a_postgres_connection_the_server_ended_is_opened_again() {
-    let Some(db) = postgres("db_reconnect") else {
-        return;
-    };
+/// Has the server end `db`'s connection, and runs one statement that finds it gone (the
+/// next runs on a new connection); returns the ended connection's process id.
+fn end_connection_from_the_server(db: &Db) -> i64 {
     let pid: i64 = db
         .query_row("SELECT pg_backend_pid()::BIGINT", (), |r| r.get(0))
         .unwrap();
@@ -199,8 +197,16 @@ fn a_postgres_connection_the_server_ended_is_opened_again() {
     other
         .execute("SELECT pg_terminate_backend($1::BIGINT::INT)", &[&pid])
         .unwrap();
-    // The first statement finds the connection gone; the next runs on a new one.
     let _: Result<i64, _> = db.query_row("SELECT 1::BIGINT", (), |r| r.get(0));
+    pid
+}
+
+#[test]
+fn a_postgres_connection_the_server_ended_is_opened_again() {
+    let Some(db) = postgres("db_reconnect") else {
+        return;
+    };
+    let pid = end_connection_from_the_server(&db);
     let pid_now: i64 = db
         .query_row("SELECT pg_backend_pid()::BIGINT", (), |r| r.get(0))
         .expect("a new connection");
@@ -219,14 +225,7 @@ fn a_group_commit_whose_connection_was_replaced_before_its_flush_fails() {
     tx.execute("INSERT INTO t (id, n) VALUES (1, 1)", ())
         .unwrap();
     tx.commit().unwrap();
-    let pid: i64 = db
-        .query_row("SELECT pg_backend_pid()::BIGINT", (), |r| r.get(0))
-        .unwrap();
-    let mut other = super::pg_connect::client(&testing::server().unwrap()).unwrap();
-    other
-        .execute("SELECT pg_terminate_backend($1::BIGINT::INT)", &[&pid])
-        .unwrap();
-    let _: Result<i64, _> = db.query_row("SELECT 1::BIGINT", (), |r| r.get(0));
+    end_connection_from_the_server(&db);
     // The next request of the group runs on a new connection, which cannot flush what
     // the old one committed.
     let tx = db.transaction().expect("a transaction on a new connection");

@@ -99,10 +99,7 @@ fn prepare_postgres(db: &Db) -> Result<(), StoreError> {
         attempt += 1;
         // Once the lock's table exists, the relays take turns (a lock no other role can
         // take, unlike an advisory lock).
-        let locked = db.query_row("SELECT to_regclass('writer_lock') IS NOT NULL", (), |r| {
-            r.get::<_, bool>(0)
-        })?;
-        let tx = if locked {
+        let tx = if has_writer_lock(db)? {
             Some(db.transaction()?)
         } else {
             db.execute_batch("BEGIN")?;
@@ -130,6 +127,15 @@ fn prepare_postgres(db: &Db) -> Result<(), StoreError> {
     tx.execute_batch(crate::schema::RECOUNT)?;
     tx.commit()?;
     Ok(())
+}
+
+/// Whether a relay has made the tables of this shared database (`writer_lock` among them).
+fn has_writer_lock(db: &Db) -> Result<bool, StoreError> {
+    Ok(
+        db.query_row("SELECT to_regclass('writer_lock') IS NOT NULL", (), |r| {
+            r.get::<_, bool>(0)
+        })?,
+    )
 }
 
 /// Refuses a relay table, if it exists, that the relays' role does not own.
@@ -251,10 +257,7 @@ impl Relay {
         let db = Db::new(Box::new(crate::db::postgres::PostgresBackend::connect(
             url,
         )?));
-        let set_up = db.query_row("SELECT to_regclass('writer_lock') IS NOT NULL", (), |r| {
-            r.get::<_, bool>(0)
-        })?;
-        if !set_up {
+        if !has_writer_lock(&db)? {
             return Err(StoreError::Corrupt(
                 "no relay has set up this database yet: start a relay on it first".into(),
             ));
