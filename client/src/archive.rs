@@ -2,12 +2,21 @@
 
 use clap::{Subcommand, ValueEnum};
 use muster_engine::archive::{AccessRecord, ArchivedMessage, ExportFilter, VerifyReport};
-use muster_engine::{rfc3339_ms as rfc3339, Engine, EngineError};
+use muster_engine::{legal, rfc3339_ms as rfc3339, ArchiveRead, Engine, EngineError};
 use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(Subcommand)]
 pub enum ArchiveCommand {
+    #[command(flatten)]
+    Host(HostCommand),
+    #[command(flatten)]
+    Officers(OfficerCommand),
+}
+
+/// What the archive device itself runs.
+#[derive(Subcommand)]
+pub enum HostCommand {
     /// Run the archive: stay connected, process everything archived groups send, and
     /// store it in the hash-chained archive. Stops on Ctrl-C or SIGTERM.
     Serve {
@@ -53,6 +62,10 @@ pub enum ArchiveCommand {
         format: ExportFormat,
         #[arg(long)]
         out: PathBuf,
+        /// A legal officer's approval (from `muster archive approve`); as many as the
+        /// organisation's threshold. Without them, a sealed archive writes a request.
+        #[arg(long = "approval", value_name = "FILE")]
+        approvals: Vec<PathBuf>,
     },
     /// Draw a random sample of archived messages for a reviewer (recorded in the access log).
     Sample {
@@ -61,6 +74,9 @@ pub enum ArchiveCommand {
         /// The same seed draws the same sample again.
         #[arg(long)]
         seed: Option<u64>,
+        /// A legal officer's approval, as for `export`.
+        #[arg(long = "approval", value_name = "FILE")]
+        approvals: Vec<PathBuf>,
     },
     /// Print who exported or sampled what, and every hold and release.
     AccessLog {
@@ -82,6 +98,35 @@ pub enum ArchiveCommand {
         /// Also apply groups' disappearing times (default: as `serve` remembered).
         #[arg(long)]
         honour_disappearing: bool,
+    },
+}
+
+/// What legal officers and the admin who appoints them run on their own devices.
+#[derive(Subcommand)]
+pub enum OfficerCommand {
+    /// (admin) Appoint the legal officers who alone can read the archive: makes their key,
+    /// publishes it in the organisation policy, writes each officer's sealed share to
+    /// DIR/officer-share-USER.json and prints the code that opens it (hand each file and
+    /// its code to its officer by different ways).
+    AppointOfficers {
+        /// The officers' handles.
+        #[arg(long, value_delimiter = ',', required = true)]
+        officers: Vec<String>,
+        /// How many of them must approve each export or sample.
+        #[arg(long)]
+        threshold: u8,
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// (legal officer) Keep your share of the officers' key on this device; the code is
+    /// read from MUSTER_SHARE_CODE or asked on the terminal.
+    ImportShare { file: PathBuf },
+    /// (legal officer) Approve the archive's request to read, on your own device: checks
+    /// who asks and for what, and writes your approval for the archive.
+    Approve {
+        request: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
     },
 }
 
@@ -114,18 +159,127 @@ fn parse_time(s: &str) -> Result<i64, String> {
         })
 }
 
+/// Reads a JSON file someone handed over, naming it in the error.
+fn read_json<T: serde::de::DeserializeOwned>(
+    path: &std::path::Path,
+    what: &str,
+) -> Result<T, EngineError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| EngineError::Invalid(format!("{}: {e}", path.display())))?;
+    serde_json::from_str(&text)
+        .map_err(|e| EngineError::Invalid(format!("{} is not {what}: {e}", path.display())))
+}
+
+fn write_json(path: &std::path::Path, value: &impl serde::Serialize) -> Result<(), EngineError> {
+    let text = serde_json::to_string_pretty(value).map_err(std::io::Error::other)?;
+    std::fs::write(path, text).map_err(|e| EngineError::Invalid(format!("{}: {e}", path.display())))
+}
+
+fn read_approvals(files: &[PathBuf]) -> Result<Vec<legal::Approval>, EngineError> {
+    files
+        .iter()
+        .map(|f| read_json(f, "a legal officer's approval"))
+        .collect()
+}
+
+/// Writes the request a sealed archive needs approved, and says what to do with it.
+fn needs_approval(engine: &Engine, request: &legal::ApprovalRequest) -> EngineError {
+    let file = PathBuf::from(format!("archive-request-{}.json", request.id));
+    if let Err(e) = write_json(&file, request) {
+        return e;
+    }
+    let readers = engine
+        .legal_officers()
+        .ok()
+        .flatten()
+        .map(|o| o.describe())
+        .unwrap_or_default();
+    EngineError::Invalid(format!(
+        "this archive is sealed ({readers}): nothing was read. The request is in {}; each \
+         approving officer runs `muster archive approve {} --out approval-NAME.json` on their \
+         own device; then run this command again with --approval FILE for each approval",
+        file.display(),
+        file.display()
+    ))
+}
+
+async fn officer_command(engine: &mut Engine, command: OfficerCommand) -> Result<(), EngineError> {
+    match command {
+        OfficerCommand::AppointOfficers {
+            officers,
+            threshold,
+            out,
+        } => {
+            std::fs::create_dir_all(&out)?;
+            let ceremony = crate::online(engine, async |engine, conn| {
+                engine
+                    .appoint_legal_officers(conn, threshold, &officers)
+                    .await
+            })
+            .await?;
+            println!(
+                "the archive is now {} (key {})",
+                ceremony.officers.describe(),
+                ceremony.officers.key_id
+            );
+            for (file, code) in &ceremony.shares {
+                let path = out.join(format!("officer-share-{}.json", file.officer));
+                write_json(&path, file)?;
+                println!("{}: share in {}, code {code}", file.officer, path.display());
+            }
+            Ok(())
+        }
+        OfficerCommand::ImportShare { file } => {
+            let share: legal::ShareFile = read_json(&file, "a legal officer's share file")?;
+            let code = match std::env::var("MUSTER_SHARE_CODE") {
+                Ok(code) if !code.is_empty() => zeroize::Zeroizing::new(code),
+                _ => zeroize::Zeroizing::new(rpassword::prompt_password("share code: ")?),
+            };
+            engine.import_officer_share(&share, &code)?;
+            println!(
+                "this device now holds {}'s share of the officers' key {}; {} may now be deleted",
+                share.officer,
+                share.key_id,
+                file.display()
+            );
+            Ok(())
+        }
+        OfficerCommand::Approve { request, out } => {
+            let request: legal::ApprovalRequest =
+                read_json(&request, "a request from the archive")?;
+            let approval = crate::online(engine, async |engine, conn| {
+                engine.approve_archive_request(conn, &request).await
+            })
+            .await?;
+            write_json(&out, &approval)?;
+            println!(
+                "approved {} ({}) for the archive {}: hand {} to the archive's operator",
+                request.action,
+                request.what,
+                request.archive.body.user,
+                out.display()
+            );
+            Ok(())
+        }
+    }
+}
+
 pub async fn run(engine: &mut Engine, command: ArchiveCommand) -> Result<(), EngineError> {
+    let command = match command {
+        ArchiveCommand::Officers(command) => return officer_command(engine, command).await,
+        ArchiveCommand::Host(command) => command,
+    };
     if !engine.is_archive()? {
         return Err(EngineError::Invalid(
             "this device is not the organisation's archive: enrol it with `muster join` and have an admin run `muster approve USER --archive`".into(),
         ));
     }
     match command {
-        ArchiveCommand::Serve {
+        HostCommand::Serve {
             retain,
             honour_disappearing,
         } => serve(engine, retain, honour_disappearing).await,
-        ArchiveCommand::Verify { offline, json } => {
+        HostCommand::Verify { offline, json } => {
             let report = if offline {
                 engine.archive_verify_offline()?
             } else {
@@ -140,7 +294,7 @@ pub async fn run(engine: &mut Engine, command: ArchiveCommand) -> Result<(), Eng
             };
             print_report(&report, json)
         }
-        ArchiveCommand::ExportChain { out } => {
+        HostCommand::ExportChain { out } => {
             let chain = crate::online(engine, async |engine, conn| {
                 engine.archive_chain(conn).await
             })
@@ -157,14 +311,16 @@ pub async fn run(engine: &mut Engine, command: ArchiveCommand) -> Result<(), Eng
             );
             Ok(())
         }
-        ArchiveCommand::Export {
+        HostCommand::Export {
             user,
             group,
             from,
             to,
             format,
             out,
+            approvals,
         } => {
+            let approvals = read_approvals(&approvals)?;
             let filter = ExportFilter {
                 user,
                 group,
@@ -172,10 +328,15 @@ pub async fn run(engine: &mut Engine, command: ArchiveCommand) -> Result<(), Eng
                 to_ms: to,
             };
             let messages = crate::online(engine, async |engine, conn| {
-                engine.archive_export(conn, &filter).await
+                engine.archive_export(conn, &filter, &approvals).await
             })
             .await;
-            let messages = messages?;
+            let messages = match messages? {
+                ArchiveRead::Done(messages) => messages,
+                ArchiveRead::NeedsApproval(request) => {
+                    return Err(needs_approval(engine, &request))
+                }
+            };
             write_export(engine, &messages, format, &out)?;
             eprintln!(
                 "exported {} message(s) of {} to {}",
@@ -185,31 +346,56 @@ pub async fn run(engine: &mut Engine, command: ArchiveCommand) -> Result<(), Eng
             );
             Ok(())
         }
-        ArchiveCommand::Sample { count, seed } => {
+        HostCommand::Sample {
+            count,
+            seed,
+            approvals,
+        } => {
+            let approvals = read_approvals(&approvals)?;
             let sample = crate::online(engine, async |engine, conn| {
-                engine.archive_sample(conn, count, seed).await
+                engine.archive_sample(conn, count, seed, &approvals).await
             })
             .await;
-            let (seed, sample) = sample?;
+            let (seed, sample) = match sample? {
+                ArchiveRead::Done(drawn) => drawn,
+                ArchiveRead::NeedsApproval(request) => {
+                    return Err(needs_approval(engine, &request))
+                }
+            };
             for m in &sample {
                 crate::print_json(m);
             }
             eprintln!("{} message(s) drawn with seed {seed}", sample.len());
             Ok(())
         }
-        ArchiveCommand::AccessLog { json } => {
-            for (at, AccessRecord { who, action, what }) in engine.archive_access_log()? {
+        HostCommand::AccessLog { json } => {
+            for (
+                at,
+                AccessRecord {
+                    who,
+                    action,
+                    what,
+                    approved_by,
+                },
+            ) in engine.archive_access_log()?
+            {
                 if json {
                     crate::print_json(
-                        &serde_json::json!({"at": rfc3339(at), "who": who, "action": action, "what": what}),
+                        &serde_json::json!({"at": rfc3339(at), "who": who, "action": action, "what": what, "approved_by": approved_by}),
                     );
-                } else {
+                } else if approved_by.is_empty() {
                     println!("{}  {who}  {action}  {what}", rfc3339(at));
+                } else {
+                    println!(
+                        "{}  {who}  {action}  {what}  approved by {}",
+                        rfc3339(at),
+                        approved_by.join(", ")
+                    );
                 }
             }
             Ok(())
         }
-        ArchiveCommand::Hold { user } => {
+        HostCommand::Hold { user } => {
             let changed = crate::online(engine, async |engine, conn| {
                 engine.archive_hold(conn, &user, true).await
             })
@@ -225,7 +411,7 @@ pub async fn run(engine: &mut Engine, command: ArchiveCommand) -> Result<(), Eng
             );
             Ok(())
         }
-        ArchiveCommand::Release { user } => {
+        HostCommand::Release { user } => {
             let changed = crate::online(engine, async |engine, conn| {
                 engine.archive_hold(conn, &user, false).await
             })
@@ -241,13 +427,13 @@ pub async fn run(engine: &mut Engine, command: ArchiveCommand) -> Result<(), Eng
             );
             Ok(())
         }
-        ArchiveCommand::Holds => {
+        HostCommand::Holds => {
             for (user, since) in engine.archive_holds()? {
                 println!("{user}  since {}", rfc3339(since));
             }
             Ok(())
         }
-        ArchiveCommand::Prune {
+        HostCommand::Prune {
             retain,
             honour_disappearing,
         } => {

@@ -30,13 +30,20 @@ pub(crate) struct Cli {
 pub(crate) enum StoreCommand {
     /// How this device's store is protected.
     Status,
-    /// Encrypt a plaintext store now, with MUSTER_PASSPHRASE or --key-file.
+    /// Encrypt a plaintext store from an earlier version now (any command does it too).
     Encrypt,
+    /// Change the store's key: to a new passphrase (MUSTER_NEW_PASSPHRASE, or asked on the
+    /// terminal), or with --new-key-file to a new key file.
+    Rekey {
+        /// Move the key to this new file (made readable by its owner only).
+        #[arg(long, value_name = "FILE")]
+        new_key_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
 pub(crate) enum Command {
-    /// The device store's encryption: `status`, `encrypt`.
+    /// The device store's encryption: `status`, `encrypt`, `rekey`.
     #[command(subcommand)]
     Store(StoreCommand),
     /// Organisation set-up.

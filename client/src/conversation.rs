@@ -70,9 +70,10 @@ pub(crate) async fn run(
                     }
                     if g.archived {
                         println!(
-                            "{}: archived by the organisation's compliance archive ({})",
+                            "{}: archived by the organisation's compliance archive ({}), {}",
                             g.name,
-                            g.archive_members.join(", ")
+                            g.archive_members.join(", "),
+                            g.archive_readable_by
                         );
                     }
                     Ok(())

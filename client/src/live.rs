@@ -196,8 +196,9 @@ pub(crate) async fn chat(engine: &mut Engine, group: &str) -> Result<(), EngineE
                 println!("*** ARCHIVED GROUP WITHOUT ITS ARCHIVE: sending is blocked until an admin restores it ***");
             } else {
                 println!(
-                    "*** ARCHIVED: everything said here is kept by the organisation's compliance archive ({}) ***",
-                    g.archive_members.join(", ")
+                    "*** ARCHIVED: everything said here is kept by the organisation's compliance archive ({}), {} ***",
+                    g.archive_members.join(", "),
+                    g.archive_readable_by
                 );
             }
         }

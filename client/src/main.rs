@@ -40,7 +40,8 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let passphrase = store_key::take_passphrase();
+    let passphrase = store_key::take_passphrase(muster_keystore::PASSPHRASE_VARIABLE);
+    let new_passphrase = store_key::take_passphrase(store_key::NEW_PASSPHRASE_VARIABLE);
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -53,7 +54,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(run(cli, passphrase.as_deref().map(String::as_str)));
+    let result = runtime.block_on(run(
+        cli,
+        passphrase.as_deref().map(String::as_str),
+        new_passphrase.as_deref().map(String::as_str),
+    ));
     // A pending read of standard input (in `chat`) must not hold the process open.
     runtime.shutdown_background();
     match result {
@@ -65,16 +70,25 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli, passphrase: Option<&str>) -> Result<(), EngineError> {
+async fn run(
+    cli: Cli,
+    passphrase: Option<&str>,
+    new_passphrase: Option<&str>,
+) -> Result<(), EngineError> {
     let home = cli.home.unwrap_or_else(default_home);
     if let Command::Store(command) = &cli.command {
-        return store_command(&home, cli.key_file.as_deref(), passphrase, command);
+        return store_command(
+            &home,
+            cli.key_file.as_deref(),
+            passphrase,
+            new_passphrase,
+            command,
+        );
     }
     let key = store_key::resolve(&home, cli.key_file.as_deref(), passphrase)?;
-    let mut engine = Engine::open_with_key(&home, key.as_ref())?;
-    if key.is_some() {
-        store_key::mark_encrypted(&home)?;
-    }
+    let mut engine = Engine::open_with_key(&home, Some(&key))?;
+    drop(key);
+    store_key::mark_encrypted(&home)?;
     let result = run_command(&mut engine, cli.command).await;
     if let Err(EngineError::DeviceRevoked { wipe: true, .. }) = &result {
         // Proven by the signed revocation, and required by the organisation's policy.
@@ -88,6 +102,7 @@ fn store_command(
     home: &std::path::Path,
     key_file: Option<&std::path::Path>,
     passphrase: Option<&str>,
+    new_passphrase: Option<&str>,
     command: &cli::StoreCommand,
 ) -> Result<(), EngineError> {
     match command {
@@ -96,13 +111,18 @@ fn store_command(
             Ok(())
         }
         cli::StoreCommand::Encrypt => {
-            let key = store_key::resolve(home, key_file, passphrase)?.ok_or_else(|| {
-                EngineError::Invalid(
-                    "give MUSTER_PASSPHRASE or --key-file to encrypt the store with".into(),
-                )
-            })?;
+            let key = store_key::resolve(home, key_file, passphrase)?;
             drop(Engine::open_with_key(home, Some(&key))?);
             store_key::mark_encrypted(home)?;
+            println!("{}", store_key::status(home)?);
+            Ok(())
+        }
+        cli::StoreCommand::Rekey { new_key_file } => {
+            let to = match new_key_file {
+                Some(file) => store_key::NewProtection::KeyFile(file.clone()),
+                None => store_key::NewProtection::Passphrase(new_passphrase),
+            };
+            store_key::rekey(home, key_file, passphrase, to)?;
             println!("{}", store_key::status(home)?);
             Ok(())
         }

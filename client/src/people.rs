@@ -258,6 +258,7 @@ pub(crate) async fn run(
                             device_self_approval,
                             certificate_lifetime,
                             wipe_on_revoke,
+                            None,
                         )
                         .await
                         .map(|p| (p, vec![]))

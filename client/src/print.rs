@@ -157,6 +157,9 @@ pub(crate) fn print_group(g: &GroupView) {
             g.waiting.join(", ")
         );
     }
+    if g.archived {
+        println!("  archived: {}", g.archive_readable_by);
+    }
 }
 
 /// Runs the user's notification command for each notification, without waiting for it.

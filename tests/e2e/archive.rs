@@ -277,7 +277,7 @@ fn one_edited_byte_fails_verify_and_retention_spares_held_users() {
     assert!(log.contains("hold  bob"), "{log}");
 
     // One byte of one entry changed on disk: verify fails and names the entry.
-    let db = rusqlite::Connection::open(archive.home.join("muster.db")).unwrap();
+    let db = archive.open_store();
     let seq: i64 = db
         .query_row(
             "SELECT seq FROM archive_entries WHERE record LIKE '%bob-one%'",
@@ -339,7 +339,7 @@ fn a_modified_client_that_removes_the_archive_is_refused_by_everyone_else() {
 
 /// The archive host's own database, as whoever runs that host could edit it.
 fn archive_db(archive: &Device) -> rusqlite::Connection {
-    let db = rusqlite::Connection::open(archive.home.join("muster.db")).unwrap();
+    let db = archive.open_store();
     db.busy_timeout(Duration::from_secs(5)).unwrap();
     db
 }

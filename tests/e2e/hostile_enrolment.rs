@@ -282,7 +282,7 @@ fn a_demoted_admins_old_certificate_brings_no_role_back() {
 
 /// The device id of a device that is not approved yet (so `whoami` cannot ask the relay).
 fn device_id_for_home(d: &Device) -> String {
-    let db = rusqlite::Connection::open(d.home.join("muster.db")).unwrap();
+    let db = d.open_store();
     db.query_row("SELECT device_id FROM device WHERE id = 1", [], |r| {
         r.get(0)
     })
@@ -394,15 +394,14 @@ fn an_invite_from_a_demoted_admin_is_refused() {
     )
     .unwrap();
     drop(db);
-    let (relay, fingerprint): (String, String) =
-        rusqlite::Connection::open(alice.home.join("muster.db"))
-            .unwrap()
-            .query_row(
-                "SELECT relay, fingerprint FROM device WHERE id = 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .unwrap();
+    let (relay, fingerprint): (String, String) = alice
+        .open_store()
+        .query_row(
+            "SELECT relay, fingerprint FROM device WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
     let code = InviteCode {
         purpose: InvitePurpose::NewUser,
         relay,

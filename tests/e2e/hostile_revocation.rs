@@ -164,7 +164,7 @@ fn certificates_are_short_lived_so_a_hidden_revocation_still_cuts_the_device_off
 
 /// A device's id from its own store.
 fn device_id_of(d: &Device) -> String {
-    let db = rusqlite::Connection::open(d.home.join("muster.db")).unwrap();
+    let db = d.open_store();
     db.query_row("SELECT device_id FROM device WHERE id = 1", [], |r| {
         r.get(0)
     })

@@ -132,7 +132,8 @@ fn a_device_never_takes_a_pushed_message_past_one_it_failed_to_store() {
         .enable_all()
         .build()
         .unwrap();
-    let mut engine = muster_engine::Engine::open(&bob.home).unwrap();
+    let mut engine =
+        muster_engine::Engine::open_with_key(&bob.home, Some(&bob.store_key())).unwrap();
     let mut session = runtime
         .block_on(muster_driver::Session::start(&mut engine))
         .unwrap();
@@ -140,7 +141,7 @@ fn a_device_never_takes_a_pushed_message_past_one_it_failed_to_store() {
     runtime.block_on(session.sync(&mut engine)).unwrap();
 
     // Bob's store refuses one message, as a full disk would.
-    let store = rusqlite::Connection::open(bob.home.join("muster.db")).unwrap();
+    let store = bob.open_store();
     store
         .execute_batch(
             "CREATE TRIGGER refuse_poison BEFORE INSERT ON messages WHEN NEW.body LIKE '%poison%'

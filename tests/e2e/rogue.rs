@@ -49,7 +49,7 @@ pub struct Rogue {
 impl Rogue {
     /// Takes over the store of `device` itself (its state moves on as the rogue acts).
     pub fn open(device: &Device) -> Self {
-        Self::open_store(&device.home.join("muster.db"))
+        Self::open_store(&device.home.join("muster.db"), &device.store_key())
     }
 
     /// Works on a copy of `device`'s store, leaving the device itself untouched.
@@ -62,11 +62,11 @@ impl Rogue {
                 std::fs::copy(&wal, dir.join(format!("{}-rogue.db{suffix}", device.name))).unwrap();
             }
         }
-        Self::open_store(&copy)
+        Self::open_store(&copy, &device.store_key())
     }
 
-    fn open_store(path: &std::path::Path) -> Self {
-        let db = Connection::open(path).unwrap();
+    fn open_store(path: &std::path::Path, key: &muster_keystore::StoreKey) -> Self {
+        let db = muster_e2e::open_encrypted(path, key);
         let (device_key, relay, fingerprint): (Vec<u8>, String, String) = db
             .query_row(
                 "SELECT device_key, relay, fingerprint FROM device WHERE id = 1",

@@ -181,7 +181,7 @@ fn a_backdated_message_stays_in_the_archive_and_disappearing_times_do_not_erase_
 
 /// Rows of `sql` (one count) in a device's store.
 fn count(device: &Device, sql: &str) -> i64 {
-    let db = rusqlite::Connection::open(device.home.join("muster.db")).unwrap();
+    let db = device.open_store();
     db.query_row(sql, [], |r| r.get(0)).unwrap()
 }
 

@@ -1,17 +1,50 @@
 //! Device stores encrypted at rest: nothing a conversation leaves in a home directory
-//! reads in plaintext, a wrong passphrase changes nothing, and a plaintext store from an
-//! earlier version is encrypted in place with nothing lost.
+//! reads in plaintext, a wrong passphrase changes nothing, the key can be changed, and a
+//! plaintext store from an earlier version is encrypted in place with nothing lost.
 
 use muster_e2e::{dir_contains, Device, Org};
 
 const PASSPHRASE: &str = "correct horse battery staple";
+const NEW_PASSPHRASE: &str = "tide tables for the night shift";
+
+/// A decrypted copy of `device`'s store, outside its home: what the needles would be
+/// found in, were the store readable (so the greps below can fail).
+fn decrypted_copy(
+    org: &Org,
+    device: &Device,
+    key: &muster_keystore::StoreKey,
+) -> std::path::PathBuf {
+    let plain = org.dir.path().join(format!("{}-decrypted.db", device.name));
+    let _ = std::fs::remove_file(&plain);
+    let db = muster_e2e::open_encrypted(&device.home.join("muster.db"), key);
+    db.execute(
+        "ATTACH DATABASE ?1 AS plain KEY ''",
+        [plain.to_string_lossy()],
+    )
+    .unwrap();
+    db.query_row("SELECT sqlcipher_export('plain')", [], |_| Ok(()))
+        .unwrap();
+    db.execute_batch("DETACH DATABASE plain").unwrap();
+    plain
+}
+
+fn file_contains(path: &std::path::Path, needle: &[u8]) -> bool {
+    std::fs::read(path)
+        .unwrap()
+        .windows(needle.len())
+        .any(|w| w == needle)
+}
 
 #[test]
 fn a_conversation_leaves_nothing_readable_in_an_encrypted_home_and_a_wrong_passphrase_changes_nothing(
 ) {
     let org = Org::new("store_encrypted");
     let code = org.admin.ok(&["invite", "bob"]).trim().to_string();
-    let bob = Device::new(&org.dir, "bob").with_env("MUSTER_PASSPHRASE", PASSPHRASE);
+    // Nothing to encrypt with, and no terminal to ask on: refused, not kept readable.
+    let keyless = Device::new(&org.dir, "bob").without_key_file();
+    let refused = keyless.fails(&["join", &code, "--display-name", "Bob"]);
+    assert!(refused.contains("no key was given"), "{refused}");
+    let bob = keyless.with_env("MUSTER_PASSPHRASE", PASSPHRASE);
     bob.ok(&["join", &code, "--display-name", "Bob"]);
     org.admin.ok(&["approve", "bob"]);
     bob.ok(&["sync"]);
@@ -34,25 +67,60 @@ fn a_conversation_leaves_nothing_readable_in_an_encrypted_home_and_a_wrong_passp
         status.contains("encrypted") && status.contains("passphrase"),
         "{status}"
     );
-    for needle in [
-        "the gate code is 7741-alpha",
-        "bob's reply in plaintext nowhere",
-        "pier-four-response",
-    ] {
+    let needles: [&[u8]; 3] = [
+        b"the gate code is 7741-alpha",
+        b"bob's reply in plaintext nowhere",
+        b"pier-four-response",
+    ];
+    for home in [&bob.home, &org.admin.home] {
+        for needle in needles {
+            assert!(
+                !dir_contains(home, needle),
+                "{:?} readable in {}",
+                String::from_utf8_lossy(needle),
+                home.display()
+            );
+        }
+    }
+    // The admin's device, keyed by a key file: its signing key and its store key appear
+    // nowhere in its home either, while a decrypted copy holds all of them.
+    let admin_key = org.admin.store_key();
+    let signing_key: Vec<u8> = org
+        .admin
+        .open_store()
+        .query_row("SELECT device_key FROM device WHERE id = 1", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let key_hex = hex::encode(admin_key.as_bytes());
+    let plain = decrypted_copy(&org, &org.admin, &admin_key);
+    for needle in needles.iter().copied().chain([signing_key.as_slice()]) {
         assert!(
-            !dir_contains(&bob.home, needle.as_bytes()),
-            "{needle:?} readable in bob's home directory"
+            file_contains(&plain, needle),
+            "the decrypted copy lacks a needle"
+        );
+        assert!(
+            !dir_contains(&org.admin.home, needle),
+            "a needle in the admin's home"
         );
     }
-    // The admin's store, given no key, is readable: the test would see the same text.
-    assert!(dir_contains(&org.admin.home, b"pier-four-response"));
+    assert!(!dir_contains(&org.admin.home, admin_key.as_bytes()));
+    assert!(!dir_contains(&org.admin.home, key_hex.as_bytes()));
 
     let store = std::fs::read(bob.home.join("muster.db")).unwrap();
-    let wrong = Device::new(&org.dir, "bob").with_env("MUSTER_PASSPHRASE", "not the passphrase");
+    let wrong = bob
+        .clone()
+        .with_env("MUSTER_PASSPHRASE", "not the passphrase");
     let refused = wrong.fails(&["sync"]);
     assert!(refused.contains("wrong passphrase"), "{refused}");
-    let locked = Device::new(&org.dir, "bob").fails(&["groups"]);
+    let locked = Device::new(&org.dir, "bob")
+        .without_key_file()
+        .fails(&["groups"]);
     assert!(locked.contains("MUSTER_PASSPHRASE"), "{locked}");
+    let wrong_rekey = wrong
+        .with_env("MUSTER_NEW_PASSPHRASE", NEW_PASSPHRASE)
+        .fails(&["store", "rekey"]);
+    assert!(wrong_rekey.contains("wrong passphrase"), "{wrong_rekey}");
     assert_eq!(
         std::fs::read(bob.home.join("muster.db")).unwrap(),
         store,
@@ -62,8 +130,37 @@ fn a_conversation_leaves_nothing_readable_in_an_encrypted_home_and_a_wrong_passp
         .texts("pier-four-response")
         .contains(&"bob's reply in plaintext nowhere".to_string()));
 
+    // A new passphrase: the old one no longer opens the store; everything is kept.
+    let before = bob.texts("pier-four-response");
+    let status = bob
+        .clone()
+        .with_env("MUSTER_NEW_PASSPHRASE", NEW_PASSPHRASE)
+        .ok(&["store", "rekey"]);
+    assert!(status.contains("passphrase"), "{status}");
+    let refused = bob.fails(&["groups"]);
+    assert!(refused.contains("wrong passphrase"), "{refused}");
+    let bob = bob.with_env("MUSTER_PASSPHRASE", NEW_PASSPHRASE);
+    assert_eq!(bob.texts("pier-four-response"), before);
+    // Then to a key file, for a device that runs unattended.
+    let key_file = org.dir.path().join("keys").join("bob-moved.key");
+    let status = bob.ok(&[
+        "store",
+        "rekey",
+        "--new-key-file",
+        key_file.to_str().unwrap(),
+    ]);
+    assert!(status.contains("key file"), "{status}");
+    let bob = bob
+        .without_key_file()
+        .with_env("MUSTER_PASSPHRASE", "")
+        .with_env("MUSTER_KEY_FILE", key_file.to_str().unwrap());
+    assert_eq!(bob.texts("pier-four-response"), before);
+    for needle in needles {
+        assert!(!dir_contains(&bob.home, needle));
+    }
+
     // A plaintext store put in its place (keeping the key parameters) is refused, not
-    // adopted and encrypted under bob's passphrase.
+    // adopted and encrypted under bob's key.
     let planted = rusqlite::Connection::open(org.dir.path().join("planted.db")).unwrap();
     planted
         .execute_batch("CREATE TABLE device (id INTEGER PRIMARY KEY)")
@@ -84,7 +181,7 @@ fn a_conversation_leaves_nothing_readable_in_an_encrypted_home_and_a_wrong_passp
 }
 
 #[test]
-fn a_plaintext_store_is_encrypted_with_a_key_file_and_keeps_every_message() {
+fn a_plaintext_store_from_the_previous_version_is_encrypted_in_place_and_keeps_every_message() {
     let org = Org::new("store_migrated");
     let bob = org.enrol("bob");
     org.admin
@@ -95,27 +192,52 @@ fn a_plaintext_store_is_encrypted_with_a_key_file_and_keeps_every_message() {
             .ok(&["send", "night-shift", &format!("handover note {i}")]);
     }
     bob.ok(&["sync"]);
+    let before = bob.texts("night-shift");
+    let groups_before = bob.ok(&["groups"]);
+
+    // The previous version kept the same store in plaintext, with no key parameters.
+    let plain = decrypted_copy(&org, &bob, &bob.store_key());
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(bob.home.join(format!("muster.db{suffix}")));
+    }
+    std::fs::rename(&plain, bob.home.join("muster.db")).unwrap();
+    std::fs::remove_file(bob.home.join("muster.key.json")).unwrap();
+    let key_file = std::path::PathBuf::from(bob.env_var("MUSTER_KEY_FILE").unwrap());
+    std::fs::remove_file(&key_file).unwrap();
     assert!(
         dir_contains(&bob.home, b"handover note 3"),
         "the old store was plaintext"
     );
-    let before = bob.texts("night-shift");
+    let status = bob.ok(&["store", "status"]);
+    assert!(status.contains("not encrypted yet"), "{status}");
 
-    let key_file = org.dir.path().join("bob-store.key");
-    // Not under a process that has the store open.
-    let mut chat = bob.chat("night-shift", &[]);
-    chat.wait_for("--- chatting in night-shift");
-    let bob = bob.with_env("MUSTER_KEY_FILE", key_file.to_str().unwrap());
-    let refused = bob.fails(&["store", "encrypt"]);
+    // Not while another muster process has it open (it holds the lock file shared).
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(bob.home.join("muster.db.lock"))
+        .unwrap();
+    lock.lock_shared().unwrap();
+    let refused = bob.fails(&["groups"]);
     assert!(refused.contains("another muster process"), "{refused}");
-    let _ = chat.child.kill();
-    let _ = chat.child.wait();
-    let status = bob.ok(&["store", "encrypt"]);
-    assert!(status.contains("key file"), "{status}");
+    assert!(
+        dir_contains(&bob.home, b"handover note 3"),
+        "changed while in use"
+    );
+    lock.unlock().unwrap();
+
+    // The first command of the new version encrypts it, with everything kept.
+    assert_eq!(bob.ok(&["groups"]), groups_before);
     assert_eq!(
         bob.texts("night-shift"),
         before,
         "messages lost in the move"
+    );
+    let status = bob.ok(&["store", "status"]);
+    assert!(
+        status.contains("encrypted") && status.contains("key file"),
+        "{status}"
     );
     assert!(
         !dir_contains(&bob.home, b"handover note"),

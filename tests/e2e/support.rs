@@ -220,7 +220,21 @@ impl Drop for Relay {
     }
 }
 
+/// The SQLCipher store at `path`, opened with `key`.
+pub fn open_encrypted(
+    path: &std::path::Path,
+    key: &muster_keystore::StoreKey,
+) -> rusqlite::Connection {
+    let db = rusqlite::Connection::open(path).expect("open store");
+    db.pragma_update(None, "key", key.sqlcipher_pragma().as_str())
+        .expect("store key");
+    db.busy_timeout(std::time::Duration::from_secs(10))
+        .expect("busy timeout");
+    db
+}
+
 /// One device: a `muster` home directory.
+#[derive(Clone)]
 pub struct Device {
     pub name: String,
     pub home: PathBuf,
@@ -243,13 +257,51 @@ pub fn in_netns(netns: Option<&str>, program: PathBuf) -> Command {
 }
 
 impl Device {
+    /// A device whose store is encrypted with a key file of its own, kept outside its
+    /// home (as a server's would be).
     pub fn new(dir: &TempDir, name: &str) -> Self {
+        let keys = dir.path().join("keys");
+        std::fs::create_dir_all(&keys).expect("key directory");
+        let key_file = keys.join(format!("{name}.key"));
         Self {
             name: name.to_string(),
             home: dir.path().join(name),
             netns: None,
-            env: Vec::new(),
+            env: vec![(
+                "MUSTER_KEY_FILE".to_string(),
+                key_file.display().to_string(),
+            )],
         }
+    }
+
+    /// This device without a key file: its store's key comes from whatever else its
+    /// environment gives (a passphrase, say).
+    pub fn without_key_file(mut self) -> Self {
+        self.env.retain(|(n, _)| n != "MUSTER_KEY_FILE");
+        self
+    }
+
+    /// The value of `name` in this device's commands' environment.
+    pub fn env_var(&self, name: &str) -> Option<&str> {
+        self.env
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The key this device's store is encrypted with, from its key file.
+    pub fn store_key(&self) -> muster_keystore::StoreKey {
+        let file = self
+            .env_var("MUSTER_KEY_FILE")
+            .expect("the device's store has a key file");
+        muster_keystore::KeyFile::load(std::path::Path::new(file), &self.home)
+            .expect("the device's key file")
+    }
+
+    /// This device's store opened directly, as a test looking inside it (or an attacker
+    /// holding its key) would.
+    pub fn open_store(&self) -> rusqlite::Connection {
+        open_encrypted(&self.home.join("muster.db"), &self.store_key())
     }
 
     /// This device with `name` set to `value` in its commands' environment.

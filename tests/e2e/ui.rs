@@ -372,6 +372,12 @@ fn two_people_chat_in_their_browsers() {
         .args([&link(&alice_ui), &link(&bob_ui), "ops", &shots])
         .arg(muster_e2e::bin("muster"))
         .arg(org.dir.path().join("carol"))
+        .env(
+            "MUSTER_KEY_FILE",
+            Device::new(&org.dir, "carol")
+                .env_var("MUSTER_KEY_FILE")
+                .unwrap(),
+        )
         .output()
         .expect("run the browser test");
     println!("{}", String::from_utf8_lossy(&out.stdout));
@@ -426,6 +432,7 @@ fn a_newcomer_joins_in_her_browser_is_let_in_live_and_files_travel() {
         .args([&link(&alice_ui), &link(&carol_ui), "ops", &shots])
         .arg(muster_e2e::bin("muster"))
         .arg(&alice.home)
+        .env("MUSTER_KEY_FILE", alice.env_var("MUSTER_KEY_FILE").unwrap())
         .arg(&file)
         .arg(link(&second_ui))
         .output()

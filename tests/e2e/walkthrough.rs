@@ -27,6 +27,10 @@ fn walkthrough_commands() -> Vec<String> {
             Some(i) => text[..i].trim_end(),
             None => text,
         };
+        if text.starts_with("export MUSTER_PASSPHRASE=") {
+            commands.push(text.to_string());
+            continue;
+        }
         if pending.is_empty() && !text.starts_with("muster ") {
             continue;
         }
@@ -94,7 +98,12 @@ fn the_readme_walkthrough_works_as_written() {
     let mut uis: Vec<std::process::Child> = Vec::new();
     let mut links = Vec::new();
     let mut browser_steps_done = false;
+    let mut passphrase = None;
     for command in &commands {
+        if let Some(value) = command.strip_prefix("export MUSTER_PASSPHRASE=") {
+            passphrase = Some(value.trim_matches('\'').to_string());
+            continue;
+        }
         if !uis.is_empty() && !browser_steps_done && !command.ends_with(" ui") {
             browser_steps(&links, &relay, &token);
             browser_steps_done = true;
@@ -113,8 +122,11 @@ fn the_readme_walkthrough_works_as_written() {
                 _ => arg.clone(),
             };
         }
+        let passphrase = passphrase
+            .clone()
+            .expect("the walkthrough sets MUSTER_PASSPHRASE before its first command");
         if args.last().map(String::as_str) == Some("ui") {
-            let (ui, link) = start_ui(&args);
+            let (ui, link) = start_ui(&args, &passphrase);
             uis.push(ui);
             links.push(link);
             continue;
@@ -123,6 +135,8 @@ fn the_readme_walkthrough_works_as_written() {
         let mut child = Command::new(bin("muster"))
             .args(&args)
             .env_remove("MUSTER_HOME")
+            .env_remove("MUSTER_KEY_FILE")
+            .env("MUSTER_PASSPHRASE", &passphrase)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -176,11 +190,13 @@ fn the_readme_walkthrough_works_as_written() {
 }
 
 /// Starts `muster ui` as the walkthrough does; returns it and the link it printed.
-fn start_ui(args: &[String]) -> (std::process::Child, String) {
+fn start_ui(args: &[String], passphrase: &str) -> (std::process::Child, String) {
     use std::io::BufRead as _;
     let mut child = Command::new(bin("muster"))
         .args(args)
         .env_remove("MUSTER_HOME")
+        .env_remove("MUSTER_KEY_FILE")
+        .env("MUSTER_PASSPHRASE", passphrase)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -6,9 +6,11 @@ use crate::archive::{self, ArchivedMessage};
 use crate::attachments::{AttachmentRef, ChunkCipher};
 use crate::engine::{now_ms, rfc3339_ms, DeviceRow, Engine};
 use crate::error::{from_link, EngineError};
+use crate::legal;
 use crate::link::Link;
 use muster_proto::{encrypted_size, validate_handle, PublishedCheckpoint, Request, Response};
 use openmls_traits::signatures::Signer as _;
+use rusqlite::OptionalExtension as _;
 use rusqlite::TransactionBehavior;
 use std::path::{Path, PathBuf};
 
@@ -80,6 +82,30 @@ fn open_archived_blob(
         return Err(tampered());
     }
     Ok(())
+}
+
+/// What a read of the archive gives: the result, or the request its legal officers must
+/// approve first.
+pub enum ArchiveRead<T> {
+    Done(T),
+    NeedsApproval(legal::ApprovalRequest),
+}
+
+enum Unsealed {
+    NeedsApproval(legal::ApprovalRequest),
+    /// The officers' key for a sealed archive; `None` where nothing is sealed.
+    Open(Option<legal::OfficersKey>),
+}
+
+/// Opens stored records with `key`; without one, a sealed record is refused.
+fn opener(key: Option<&legal::OfficersKey>) -> impl Fn(&str) -> Result<String, EngineError> + '_ {
+    move |record: &str| match key {
+        Some(key) => key.open(record),
+        None if legal::SealedRecord::parse(record).is_some() => Err(EngineError::Invalid(
+            "this archive entry is sealed to the legal officers: their approvals are needed".into(),
+        )),
+        None => Ok(record.to_string()),
+    }
 }
 
 impl Engine {
@@ -173,6 +199,15 @@ impl Engine {
 
     /// Appends a read of the archive to its access log, signed like every entry.
     fn record_access(&mut self, action: &str, what: String) -> Result<(), EngineError> {
+        self.record_approved_access(action, what, Vec::new())
+    }
+
+    fn record_approved_access(
+        &mut self,
+        action: &str,
+        what: String,
+        approved_by: Vec<String>,
+    ) -> Result<(), EngineError> {
         let device = self.require_archive()?;
         let signer = self.signer(&device)?;
         let who = std::env::var("USER")
@@ -185,6 +220,7 @@ impl Engine {
             who,
             action: action.into(),
             what,
+            approved_by,
         };
         archive::record_access(&tx, &access, now_ms())?;
         archive::checkpoint(&tx, now_ms(), |p| {
@@ -196,14 +232,110 @@ impl Engine {
         Ok(())
     }
 
+    /// (archive) Unseals for one read: with no approvals, the pending request for
+    /// `action` on `what` (made and kept if there is none yet); with approvals, the
+    /// officers' key restored from them, once they are for this very read (the request is
+    /// then used up). An archive whose organisation has no legal officers reads as before.
+    fn unseal_for(
+        &mut self,
+        action: &str,
+        what: &str,
+        approvals: &[legal::Approval],
+    ) -> Result<Unsealed, EngineError> {
+        let device = self.require_archive()?;
+        let Some(officers) = legal::stored_officers(&self.db)? else {
+            return Ok(Unsealed::Open(None));
+        };
+        if approvals.is_empty() {
+            let pending: Vec<String> = self
+                .db
+                .prepare("SELECT request FROM archive_requests")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            for text in pending {
+                if let Ok(request) = serde_json::from_str::<legal::ApprovalRequest>(&text) {
+                    if request.action == action
+                        && request.what == what
+                        && request.key_id == officers.key_id
+                    {
+                        return Ok(Unsealed::NeedsApproval(request));
+                    }
+                }
+            }
+            let certificate = device
+                .certificate
+                .clone()
+                .ok_or_else(|| EngineError::Invalid("this device has no certificate yet".into()))?;
+            let signer = self.signer(&device)?;
+            let made = legal::new_request(
+                &device.org.org_id,
+                &certificate,
+                &officers,
+                action,
+                what,
+                now_ms(),
+                |p| {
+                    signer
+                        .sign(p)
+                        .map_err(|e| EngineError::Mls(format!("{e:?}")))
+                },
+            )?;
+            self.db.execute(
+                "INSERT INTO archive_requests (id, request, private_key) VALUES (?1, ?2, ?3)",
+                rusqlite::params![
+                    made.request.id,
+                    serde_json::to_string(&made.request).expect("request serialises"),
+                    made.private_key.as_slice()
+                ],
+            )?;
+            return Ok(Unsealed::NeedsApproval(made.request));
+        }
+        let request_id = &approvals[0].request_id;
+        let stored: Option<(String, zeroize::Zeroizing<Vec<u8>>)> = self
+            .db
+            .query_row(
+                "SELECT request, private_key FROM archive_requests WHERE id = ?1",
+                [request_id],
+                |r| Ok((r.get(0)?, zeroize::Zeroizing::new(r.get::<_, Vec<u8>>(1)?))),
+            )
+            .optional()?;
+        let Some((text, private_key)) = stored else {
+            return Err(EngineError::Invalid(format!(
+                "no pending request {request_id}: it was used or never made here; run the \
+                 command without approvals for a new one"
+            )));
+        };
+        let request: legal::ApprovalRequest = serde_json::from_str(&text)
+            .map_err(|e| EngineError::Invalid(format!("stored request {request_id}: {e}")))?;
+        if request.action != action || request.what != what {
+            return Err(EngineError::Invalid(format!(
+                "the approvals are for another read ({} {}), not this one ({action} {what})",
+                request.action, request.what
+            )));
+        }
+        let key = legal::restore(
+            &request,
+            &private_key,
+            approvals,
+            &officers,
+            &device.org,
+            &crate::engine::revocation_list(&self.db)?,
+            muster_proto::now_unix(),
+        )?;
+        self.db
+            .execute("DELETE FROM archive_requests WHERE id = ?1", [request_id])?;
+        Ok(Unsealed::Open(Some(key)))
+    }
+
     /// (archive) The archived messages of one account, oldest first. The export is
     /// recorded in the access log, and the record published to the relay, before
-    /// anything is returned.
+    /// anything is returned. A sealed archive needs its legal officers' approvals.
     pub async fn archive_export(
         &mut self,
         conn: &impl Link,
         filter: &archive::ExportFilter,
-    ) -> Result<Vec<ArchivedMessage>, EngineError> {
+        approvals: &[legal::Approval],
+    ) -> Result<ArchiveRead<Vec<ArchivedMessage>>, EngineError> {
         self.require_archive()?;
         let mut what = format!("messages of {}", filter.user);
         if let Some(g) = &filter.group {
@@ -215,20 +347,33 @@ impl Engine {
         if let Some(to) = filter.to_ms {
             what.push_str(&format!(" to {}", rfc3339_ms(to)));
         }
-        self.record_access("export", what)?;
+        let key = match self.unseal_for("export", &what, approvals)? {
+            Unsealed::NeedsApproval(request) => return Ok(ArchiveRead::NeedsApproval(request)),
+            Unsealed::Open(key) => key,
+        };
+        let approved_by = key
+            .as_ref()
+            .map(|k| k.approved_by.clone())
+            .unwrap_or_default();
+        self.record_approved_access("export", what, approved_by)?;
         self.archive_publish(conn).await?;
-        archive::messages(&self.db, filter)
+        let open = opener(key.as_ref());
+        Ok(ArchiveRead::Done(archive::messages(
+            &self.db, filter, &open,
+        )?))
     }
 
     /// (archive) Draws `count` archived messages at random for a reviewer's spot check;
     /// the same `seed` draws the same sample from the same archive. Recorded in the
-    /// access log.
+    /// access log. A sealed archive needs its legal officers' approvals, and then the seed
+    /// is part of what they approve.
     pub async fn archive_sample(
         &mut self,
         conn: &impl Link,
         count: usize,
         seed: Option<u64>,
-    ) -> Result<(u64, Vec<ArchivedMessage>), EngineError> {
+        approvals: &[legal::Approval],
+    ) -> Result<ArchiveRead<(u64, Vec<ArchivedMessage>)>, EngineError> {
         self.require_archive()?;
         let seed = match seed {
             Some(s) => s,
@@ -257,16 +402,23 @@ impl Engine {
         }
         let mut chosen = seqs[..count].to_vec();
         chosen.sort_unstable();
-        self.record_access(
-            "sample",
-            format!("{count} of {total} messages, seed {seed}"),
-        )?;
+        let what = format!("{count} of {total} messages, seed {seed}");
+        let key = match self.unseal_for("sample", &what, approvals)? {
+            Unsealed::NeedsApproval(request) => return Ok(ArchiveRead::NeedsApproval(request)),
+            Unsealed::Open(key) => key,
+        };
+        let approved_by = key
+            .as_ref()
+            .map(|k| k.approved_by.clone())
+            .unwrap_or_default();
+        self.record_approved_access("sample", what, approved_by)?;
         self.archive_publish(conn).await?;
+        let open = opener(key.as_ref());
         let sample = chosen
             .into_iter()
-            .map(|seq| archive::message_at(&self.db, seq))
+            .map(|seq| archive::message_at(&self.db, seq, &open))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok((seed, sample))
+        Ok(ArchiveRead::Done((seed, sample)))
     }
 
     fn archive_blob_path(&self, blob_id: &str) -> Result<PathBuf, EngineError> {
@@ -296,21 +448,52 @@ impl Engine {
             archive::forget_blob(&self.db, &blob_id)?;
         }
         let mut stored = 0;
-        for (blob_id, seq) in archive::wanted_blobs(&self.db)? {
-            let attachment = archived_attachment(&archive::message_at(&self.db, seq)?)?;
+        let plaintext_only = opener(None);
+        for wanted in archive::wanted_blobs(&self.db)? {
+            let blob_id = wanted.blob_id.clone();
+            // Size and blob hash from outside the seal; entries from before carry them only
+            // inside their (plaintext) record.
+            let (size, blob_sha256, attachment) = match (wanted.size, wanted.blob_sha256.clone()) {
+                (Some(size), Some(hash)) => (size, hash, None),
+                _ => {
+                    let attachment = archived_attachment(&archive::message_at(
+                        &self.db,
+                        wanted.entry_seq,
+                        &plaintext_only,
+                    )?)?;
+                    (
+                        attachment.size,
+                        attachment.blob_sha256.clone(),
+                        Some(attachment),
+                    )
+                }
+            };
             let target = self.archive_blob_path(&blob_id)?;
             std::fs::create_dir_all(target.parent().expect("blob dir"))?;
             let partial = target.with_extension("partial");
             let result = async {
                 let mut file = std::fs::File::create(&partial)?;
-                crate::engine::download_blob(conn, &blob_id, attachment.size, |_, data| {
+                let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+                crate::engine::download_blob(conn, &blob_id, size, |_, data| {
+                    hash.update(data);
                     Ok(std::io::Write::write_all(&mut file, data)?)
                 })
                 .await?;
                 file.sync_all()?;
                 drop(file);
-                // Decrypting checks every chunk and both hashes.
-                open_archived_blob(&partial, &attachment, &mut std::io::sink())
+                // The encrypted blob is the one its sender hashed; where the record is
+                // readable, decrypting checks every chunk and the file's hash too.
+                if hex::encode(hash.finish().as_ref()) != blob_sha256 {
+                    return Err(EngineError::Attachment(
+                        crate::attachments::AttachmentError::Tampered,
+                    ));
+                }
+                match &attachment {
+                    Some(attachment) => {
+                        open_archived_blob(&partial, attachment, &mut std::io::sink())
+                    }
+                    None => Ok(()),
+                }
             }
             .await;
             match result {
@@ -323,10 +506,9 @@ impl Engine {
                 Err(e) => {
                     let _ = std::fs::remove_file(&partial);
                     archive::blob_done(&self.db, &blob_id, false, now_ms())?;
-                    self.activity.problems.push(format!(
-                        "could not archive attachment {}: {e}",
-                        attachment.name
-                    ));
+                    self.activity
+                        .problems
+                        .push(format!("could not archive attachment {blob_id}: {e}"));
                 }
             }
         }

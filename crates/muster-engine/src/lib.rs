@@ -19,6 +19,8 @@ mod engine;
 mod error;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+pub mod legal;
+mod officers;
 mod provider;
 pub mod provision;
 mod signatures;
@@ -28,6 +30,7 @@ pub mod store_crypt;
 pub use acks::HeldAcks;
 pub use admin::root_backup::{RootBackup, RootBackupError};
 pub use admin::ProfileChangeView;
+pub use archiving::ArchiveRead;
 pub use attachments::{AttachmentError, AttachmentRef};
 pub use content::{describe_duration, Body, Envelope};
 pub use conversation::BoardEntry;

@@ -106,6 +106,70 @@ pub fn open(path: &Path, key: Option<&StoreKey>) -> Result<(Connection, StoreLoc
     }
 }
 
+/// Whether `key` opens the encrypted store at `path` (nothing is changed either way).
+pub fn key_opens(path: &Path, key: &StoreKey) -> Result<bool, EngineError> {
+    let db = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    apply_key(&db, key)?;
+    match readable(&db) {
+        Ok(()) => Ok(true),
+        Err(e) if not_a_database(&e) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Re-encrypts the store at `path` from `old` to `new`, while no other process has it
+/// open. SQLCipher rewrites every page in one transaction under a rollback journal, so a
+/// crash leaves the store whole under one key or the other.
+pub fn rekey(path: &Path, old: &StoreKey, new: &StoreKey) -> Result<(), EngineError> {
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(sidecar(path, ".lock"))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(EngineError::Invalid(
+                "another muster process has this device's store open: stop it (chat, ui, \
+                 archive serve), then change the key"
+                    .into(),
+            ))
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+    }
+    let db = Connection::open(path)?;
+    apply_key(&db, old)?;
+    match readable(&db) {
+        Ok(()) => {}
+        Err(e) if not_a_database(&e) => return Err(EngineError::WrongStoreKey),
+        Err(e) => return Err(e.into()),
+    }
+    let busy: i64 = db.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+    if busy != 0 {
+        return Err(EngineError::Invalid(
+            "the store's log could not be emptied (another process is using it)".into(),
+        ));
+    }
+    let mode: String = db.query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("delete") {
+        return Err(EngineError::Invalid(format!(
+            "the store's journal could not be switched for the change of key (it stayed {mode})"
+        )));
+    }
+    db.pragma_update(None, "rekey", new.sqlcipher_pragma().as_str())?;
+    readable(&db)?;
+    db.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))?;
+    drop(db);
+    if !key_opens(path, new)? {
+        return Err(EngineError::Invalid(
+            "the store did not take its new key; it is still under the old one".into(),
+        ));
+    }
+    lock.unlock()?;
+    tracing::info!("the device store's key was changed");
+    Ok(())
+}
+
 fn apply_key(db: &Connection, key: &StoreKey) -> Result<(), EngineError> {
     // A wrong key is reported as an error here; SQLCipher's own log would print it to
     // stderr as well.
@@ -271,5 +335,47 @@ mod tests {
             "plaintext left in the home directory"
         );
         assert!(!sidecar(&path, ".encrypting").exists());
+    }
+
+    #[test]
+    fn a_rekeyed_store_opens_only_with_its_new_key_and_keeps_everything() {
+        let dir = scratch("rekey");
+        let path = dir.join("muster.db");
+        let old = StoreKey::generate();
+        {
+            let (db, _lock) = open(&path, Some(&old)).unwrap();
+            fill(&db);
+        }
+        let new = StoreKey::generate();
+        let before = std::fs::read(&path).unwrap();
+        assert!(matches!(
+            rekey(&path, &StoreKey::generate(), &new),
+            Err(EngineError::WrongStoreKey)
+        ));
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            before,
+            "a refused rekey changed the store"
+        );
+        {
+            let (_db, _lock) = open(&path, Some(&old)).unwrap();
+            let refused = rekey(&path, &old, &new).unwrap_err();
+            assert!(refused.to_string().contains("open"), "{refused}");
+        }
+        rekey(&path, &old, &new).unwrap();
+        assert!(!key_opens(&path, &old).unwrap());
+        assert!(key_opens(&path, &new).unwrap());
+        assert!(matches!(
+            open(&path, Some(&old)),
+            Err(EngineError::WrongStoreKey)
+        ));
+        let (db, _lock) = open(&path, Some(&new)).unwrap();
+        assert_eq!(count(&db), 50);
+        let mode: String = db
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        drop(db);
+        assert!(found_in(&dir, SECRET.as_bytes()).is_empty());
     }
 }

@@ -96,6 +96,10 @@ pub struct KeyParams {
     /// Argon2id's cost and salt (hex), for a passphrase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub argon2id: Option<Argon2idParams>,
+    /// A change of key under way (`muster store rekey`): until it is recorded as done, the
+    /// store is under either these parameters or the pending ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<Box<KeyParams>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,7 +123,10 @@ pub enum KeyError {
     NotAKeyFile { path: PathBuf, reason: String },
     #[error("{path}: {reason}")]
     BadParams { path: PathBuf, reason: String },
-    #[error("the store is protected by {needs}, and none was given")]
+    #[error(
+        "the store is protected by {needs}, and none was given (a passphrase in MUSTER_PASSPHRASE \
+         or on a terminal; a key file with --key-file or MUSTER_KEY_FILE)"
+    )]
     NoKey { needs: Protection },
     #[error("{path}: {source}")]
     Io {
@@ -153,6 +160,7 @@ impl KeyParams {
                 parallelism: PARALLELISM,
                 salt: hex::encode(salt),
             }),
+            pending: None,
         }
     }
 
@@ -162,6 +170,7 @@ impl KeyParams {
             protection: Protection::KeyFile,
             encrypted: false,
             argon2id: None,
+            pending: None,
         }
     }
 

@@ -194,6 +194,15 @@ pub(crate) fn check_admin_issuer(
         .map_err(|e| CertError::Issuer(Box::new(e)))
 }
 
+/// Checks a device's Ed25519 signature over `message`.
+pub fn verify_device_signature(
+    key: &[u8],
+    message: &[u8],
+    signature: &[u8],
+) -> Result<(), CertError> {
+    check_ed25519(key, message, signature)
+}
+
 pub(crate) fn check_ed25519(key: &[u8], message: &[u8], signature: &[u8]) -> Result<(), CertError> {
     UnparsedPublicKey::new(&ED25519, key)
         .verify(message, signature)

@@ -15,12 +15,13 @@ pub use enrolment::{
     EnrolmentRequest, GrantBody, ProfileRequest, ProfileRequestBody, ProofError, RequestBody,
 };
 pub use identity::{
-    device_id_for, now_unix, signed_by_admin, validate_handle, CertError, Certificate,
-    CertificateBody, IssuerCertificate, OrgDescriptor, OrgRootKey, Profile, Role,
+    device_id_for, now_unix, signed_by_admin, validate_handle, verify_device_signature, CertError,
+    Certificate, CertificateBody, IssuerCertificate, OrgDescriptor, OrgRootKey, Profile, Role,
 };
 pub use invite::{InviteCode, InviteError, InvitePurpose};
 pub use org_policy::{
-    OrgPolicy, OrgPolicyBody, DEFAULT_CERTIFICATE_LIFETIME_SECS, MIN_CERTIFICATE_LIFETIME_SECS,
+    LegalOfficers, OrgPolicy, OrgPolicyBody, DEFAULT_CERTIFICATE_LIFETIME_SECS,
+    MIN_CERTIFICATE_LIFETIME_SECS,
 };
 pub use policy::{GroupPolicy, GROUP_POLICY_EXTENSION, MAX_PENDING_SEATS};
 pub use revocation::{Revocation, RevocationBody, RevocationList};

@@ -11,6 +11,58 @@ use serde::{Deserialize, Serialize};
 const POLICY_CONTEXT: &[u8] = b"muster-org-policy-v2\0";
 /// Version 3 binds `wipe_on_revoke` too.
 const WIPING_POLICY_CONTEXT: &[u8] = b"muster-org-policy-v3\0";
+/// Version 4 binds the legal officers who alone can read the archive.
+const OFFICERS_POLICY_CONTEXT: &[u8] = b"muster-org-policy-v4\0";
+
+/// A policy body as signed before legal officers existed.
+#[derive(Serialize)]
+struct PolicyBodyV3<'a> {
+    org_id: &'a str,
+    device_self_approval: bool,
+    issued_at: u64,
+    version: u64,
+    certificate_lifetime_secs: u64,
+    wipe_on_revoke: bool,
+}
+
+impl<'a> PolicyBodyV3<'a> {
+    fn of(body: &'a OrgPolicyBody) -> Self {
+        Self {
+            org_id: &body.org_id,
+            device_self_approval: body.device_self_approval,
+            issued_at: body.issued_at,
+            version: body.version,
+            certificate_lifetime_secs: body.certificate_lifetime_secs,
+            wipe_on_revoke: body.wipe_on_revoke,
+        }
+    }
+}
+
+/// The organisation's legal officers: archive entries are sealed (HPKE) to `public_key`,
+/// whose private half exists only as `threshold`-of-`officers.len()` Shamir shares held by
+/// the named officers, so the archive's own host cannot read what it keeps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LegalOfficers {
+    /// X25519 public key (HPKE: DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305).
+    pub public_key: Vec<u8>,
+    pub threshold: u8,
+    /// The officers' handles, in share order (share i belongs to officers[i-1]).
+    pub officers: Vec<String>,
+    /// Identifies this key among those the organisation has had.
+    pub key_id: String,
+}
+
+impl LegalOfficers {
+    /// "readable only by 2 of 3 legal officers (ann, carl, dora)".
+    pub fn describe(&self) -> String {
+        format!(
+            "readable only by {} of {} legal officers ({})",
+            self.threshold,
+            self.officers.len(),
+            self.officers.join(", ")
+        )
+    }
+}
 
 /// A policy body as signed before `wipe_on_revoke` existed.
 #[derive(Serialize)]
@@ -24,8 +76,14 @@ struct PolicyBodyV2<'a> {
 
 impl OrgPolicyBody {
     fn to_be_signed(&self) -> Vec<u8> {
-        let mut signed = WIPING_POLICY_CONTEXT.to_vec();
+        let mut signed = OFFICERS_POLICY_CONTEXT.to_vec();
         signed.extend(postcard::to_stdvec(self).expect("policy serialises"));
+        signed
+    }
+
+    fn to_be_signed_v3(&self) -> Vec<u8> {
+        let mut signed = WIPING_POLICY_CONTEXT.to_vec();
+        signed.extend(postcard::to_stdvec(&PolicyBodyV3::of(self)).expect("policy serialises"));
         signed
     }
 
@@ -67,6 +125,9 @@ pub struct OrgPolicyBody {
     /// the relay's word) deletes its store.
     #[serde(default)]
     pub wipe_on_revoke: bool,
+    /// Who alone can read the compliance archive; `None`: its host can.
+    #[serde(default)]
+    pub legal_officers: Option<LegalOfficers>,
 }
 
 /// The shortest certificate lifetime a policy may set, in seconds.
@@ -102,6 +163,7 @@ impl OrgPolicyBody {
 }
 
 const ADMIN_POLICY_CONTEXT: &[u8] = b"muster-org-policy-by-admin-v1\0";
+const ADMIN_OFFICERS_POLICY_CONTEXT: &[u8] = b"muster-org-policy-by-admin-v2\0";
 
 /// A signed [`OrgPolicyBody`]: by the organisation root, or by an admin device whose
 /// certificate the root signed.
@@ -122,7 +184,11 @@ impl OrgPolicy {
         sign: impl FnOnce(&[u8]) -> Vec<u8>,
     ) -> OrgPolicy {
         let issuer = IssuerCertificate::of(issuer);
-        let signature = sign(&signed_by_admin(ADMIN_POLICY_CONTEXT, &issuer, &body));
+        let signature = sign(&signed_by_admin(
+            ADMIN_OFFICERS_POLICY_CONTEXT,
+            &issuer,
+            &body,
+        ));
         OrgPolicy {
             body,
             signature,
@@ -143,20 +209,40 @@ impl OrgPolicy {
         self.body.check_bounds()?;
         if let Some(issuer) = &self.issuer {
             check_admin_issuer(issuer, org, self.body.issued_at)?;
+            let key = &issuer.body.device_key;
             return check_ed25519(
-                &issuer.body.device_key,
-                &signed_by_admin(ADMIN_POLICY_CONTEXT, issuer, &self.body),
+                key,
+                &signed_by_admin(ADMIN_OFFICERS_POLICY_CONTEXT, issuer, &self.body),
                 &self.signature,
-            );
+            )
+            .or_else(|e| {
+                // Signed before legal officers existed: only a policy without them.
+                if self.body.legal_officers.is_some() {
+                    return Err(e);
+                }
+                check_ed25519(
+                    key,
+                    &signed_by_admin(ADMIN_POLICY_CONTEXT, issuer, &PolicyBodyV3::of(&self.body)),
+                    &self.signature,
+                )
+            });
         }
         let root = &org.root_public_key;
-        check_ed25519(root, &self.body.to_be_signed(), &self.signature).or_else(|e| {
-            if self.body.wipe_on_revoke {
-                Err(e)
-            } else {
-                check_ed25519(root, &self.body.to_be_signed_v2(), &self.signature)
-            }
-        })
+        check_ed25519(root, &self.body.to_be_signed(), &self.signature)
+            .or_else(|e| {
+                if self.body.legal_officers.is_some() {
+                    Err(e)
+                } else {
+                    check_ed25519(root, &self.body.to_be_signed_v3(), &self.signature)
+                }
+            })
+            .or_else(|e| {
+                if self.body.wipe_on_revoke || self.body.legal_officers.is_some() {
+                    Err(e)
+                } else {
+                    check_ed25519(root, &self.body.to_be_signed_v2(), &self.signature)
+                }
+            })
     }
 }
 

@@ -148,6 +148,7 @@ async fn set_policy(State(app): State<App>, Json(change): Json<PolicyChange>) ->
                     change.device_self_approval,
                     change.certificate_lifetime_secs,
                     change.wipe_on_revoke,
+                    None,
                 )
                 .await?;
             Ok(serde_json::json!({ "policy": policy, "problems": [] }))

@@ -30,6 +30,16 @@ mod profiles;
 pub mod root_backup;
 mod shamir;
 
+/// Splits `secret` into `count` Shamir shares, `threshold` of which restore it.
+pub(crate) fn shamir_split(secret: &[u8], threshold: u8, count: u8) -> Vec<Vec<u8>> {
+    shamir::split(secret, threshold, count)
+}
+
+/// Restores a secret from Shamir shares `(x, bytes)`.
+pub(crate) fn shamir_combine(shares: &[(u8, Vec<u8>)]) -> Option<Vec<u8>> {
+    shamir::combine(shares)
+}
+
 pub use profiles::ProfileChangeView;
 
 /// How far back a new certificate's validity starts, for devices whose clocks run behind.

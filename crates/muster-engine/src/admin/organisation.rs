@@ -82,6 +82,7 @@ impl Engine {
         device_self_approval: Option<bool>,
         certificate_lifetime_secs: Option<u64>,
         wipe_on_revoke: Option<bool>,
+        legal_officers: Option<muster_proto::LegalOfficers>,
     ) -> Result<OrgPolicyBody, EngineError> {
         let me = self.device()?;
         let signing = self.signing(&me)?;
@@ -103,6 +104,7 @@ impl Engine {
             certificate_lifetime_secs: certificate_lifetime_secs
                 .unwrap_or(current.certificate_lifetime_secs),
             wipe_on_revoke: wipe_on_revoke.unwrap_or(current.wipe_on_revoke),
+            legal_officers: legal_officers.or(current.legal_officers),
         });
         conn.request(&Request::SetOrgPolicy {
             policy: policy.clone(),

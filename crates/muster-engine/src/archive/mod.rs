@@ -59,11 +59,26 @@ CREATE TABLE IF NOT EXISTS archive_published (entry_seq INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS archive_holds (
     user TEXT PRIMARY KEY,
     since INTEGER NOT NULL);
+-- requests to read a sealed archive, waiting for legal officers' approvals; the private
+-- key opens the approvals of that one request and is deleted with it
+CREATE TABLE IF NOT EXISTS archive_requests (
+    id TEXT PRIMARY KEY,
+    request TEXT NOT NULL,
+    private_key BLOB NOT NULL);
+-- on a legal officer's device: its share of the officers' key
+CREATE TABLE IF NOT EXISTS officer_shares (
+    key_id TEXT PRIMARY KEY,
+    idx INTEGER NOT NULL,
+    share BLOB NOT NULL);
 "#;
 
 /// Creates the archive's tables, and adds what later versions need to older ones.
 pub(crate) fn migrate(db: &Connection) -> Result<(), EngineError> {
     db.execute_batch(SCHEMA)?;
+    // What fetching an attachment of a sealed entry needs, outside the seal: the blob's
+    // size and the hash of its encrypted form (neither says anything of its content).
+    crate::store::add_column(db, "archive_blobs", "size", "INTEGER")?;
+    crate::store::add_column(db, "archive_blobs", "blob_sha256", "TEXT")?;
     if crate::store::add_column(db, "archive_entries", "content_hash", "BLOB")? {
         // The chain itself says from where on every entry has a content hash, so that
         // stripping one cannot pass a newer entry off as an older one.
@@ -122,6 +137,9 @@ pub struct AccessRecord {
     pub action: String,
     /// What was asked for, e.g. the user, group and time range of an export.
     pub what: String,
+    /// The legal officers whose approvals opened a sealed archive for it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approved_by: Vec<String>,
 }
 
 /// An entry as stored, for `verify`, exports and the access log.
@@ -214,14 +232,20 @@ fn append(db: &Connection, entry: NewEntry<'_>, now_ms: i64) -> Result<i64, Engi
 
 /// Records a message an archived group's member sent. `expires_at` is when the group's
 /// disappearing-message time runs out for it, if the group has one.
+/// With `officers`, the record is sealed to their key before it is stored.
 pub(crate) fn record_message(
     db: &Connection,
     group_id: &[u8],
     message: &ArchivedMessage,
     expires_at: Option<i64>,
     now_ms: i64,
+    officers: Option<&muster_proto::LegalOfficers>,
 ) -> Result<(), EngineError> {
     let record = serde_json::to_string(message).expect("archive record serialises");
+    let record = match officers {
+        Some(officers) => crate::legal::seal_record(officers, &record)?,
+        None => record,
+    };
     let seq = append(
         db,
         NewEntry {
@@ -234,11 +258,18 @@ pub(crate) fn record_message(
         },
         now_ms,
     )?;
-    if let Some(blob_id) = message.body["attachment"]["blob_id"].as_str() {
+    let attachment = &message.body["attachment"];
+    if let Some(blob_id) = attachment["blob_id"].as_str() {
         db.prepare_cached(
-            "INSERT OR IGNORE INTO archive_blobs (blob_id, entry_seq) VALUES (?1, ?2)",
+            "INSERT OR IGNORE INTO archive_blobs (blob_id, entry_seq, size, blob_sha256)
+             VALUES (?1, ?2, ?3, ?4)",
         )?
-        .execute(params![blob_id, seq])?;
+        .execute(params![
+            blob_id,
+            seq,
+            attachment["size"].as_u64().map(|s| s as i64),
+            attachment["blob_sha256"].as_str()
+        ])?;
     }
     Ok(())
 }

@@ -3,14 +3,32 @@
 
 use super::*;
 
-/// Attachments whose blob the archive has yet to download: blob id and entry.
-pub(crate) fn wanted_blobs(db: &Connection) -> Result<Vec<(String, i64)>, EngineError> {
+/// An attachment whose blob the archive has yet to download.
+pub(crate) struct WantedBlob {
+    pub(crate) blob_id: String,
+    pub(crate) entry_seq: i64,
+    /// Size and hash of the encrypted blob, kept outside the entry's seal (absent for
+    /// entries from before).
+    pub(crate) size: Option<u64>,
+    pub(crate) blob_sha256: Option<String>,
+}
+
+/// Attachments whose blob the archive has yet to download.
+pub(crate) fn wanted_blobs(db: &Connection) -> Result<Vec<WantedBlob>, EngineError> {
     let mut stmt = db.prepare(
-        "SELECT b.blob_id, b.entry_seq FROM archive_blobs b JOIN archive_entries e ON e.seq = b.entry_seq
+        "SELECT b.blob_id, b.entry_seq, b.size, b.blob_sha256 FROM archive_blobs b
+         JOIN archive_entries e ON e.seq = b.entry_seq
          WHERE b.stored_at IS NULL AND e.record IS NOT NULL AND b.attempts < 20 ORDER BY b.entry_seq",
     )?;
     let rows = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .query_map([], |r| {
+            Ok(WantedBlob {
+                blob_id: r.get(0)?,
+                entry_seq: r.get(1)?,
+                size: r.get::<_, Option<i64>>(2)?.map(|s| s as u64),
+                blob_sha256: r.get(3)?,
+            })
+        })?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
 }
@@ -64,10 +82,14 @@ pub struct ExportFilter {
     pub to_ms: Option<i64>,
 }
 
+/// Opens a stored record: unseals it, or fails where the archive cannot.
+pub(crate) type Opener<'a> = &'a dyn Fn(&str) -> Result<String, EngineError>;
+
 /// The archived messages `filter` selects, oldest first.
 pub(crate) fn messages(
     db: &Connection,
     filter: &ExportFilter,
+    open: Opener<'_>,
 ) -> Result<Vec<ArchivedMessage>, EngineError> {
     let mut stmt = db.prepare(
         "SELECT record FROM archive_entries
@@ -85,7 +107,7 @@ pub(crate) fn messages(
     )?;
     let mut out = Vec::new();
     for row in rows {
-        let message: ArchivedMessage = serde_json::from_str(&row?)
+        let message: ArchivedMessage = serde_json::from_str(&open(&row?)?)
             .map_err(|e| EngineError::Invalid(format!("archive entry does not decode: {e}")))?;
         if filter
             .group
@@ -110,13 +132,17 @@ pub(crate) fn message_seqs(db: &Connection) -> Result<Vec<i64>, EngineError> {
 }
 
 /// The archived message at `seq`.
-pub(crate) fn message_at(db: &Connection, seq: i64) -> Result<ArchivedMessage, EngineError> {
+pub(crate) fn message_at(
+    db: &Connection,
+    seq: i64,
+    open: Opener<'_>,
+) -> Result<ArchivedMessage, EngineError> {
     let record: String = db.query_row(
         "SELECT record FROM archive_entries WHERE seq = ?1 AND kind = 'message' AND record IS NOT NULL",
         [seq],
         |r| r.get(0),
     )?;
-    serde_json::from_str(&record)
+    serde_json::from_str(&open(&record)?)
         .map_err(|e| EngineError::Invalid(format!("archive entry {seq} does not decode: {e}")))
 }
 

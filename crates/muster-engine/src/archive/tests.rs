@@ -1,6 +1,10 @@
 //! Unit tests of the archive's chain, retention, holds, exports and checks.
 
 use super::*;
+
+fn plain(record: &str) -> Result<String, EngineError> {
+    Ok(record.to_string())
+}
 use ring::signature::{Ed25519KeyPair, KeyPair};
 
 fn store() -> Connection {
@@ -39,6 +43,7 @@ fn filled(key: &Ed25519KeyPair) -> Connection {
             &message(who, "hello", i as i64),
             expires,
             1000 + i as i64,
+            None,
         )
         .unwrap();
         checkpoint(&db, 2000, |p| Ok(key.sign(p).as_ref().to_vec())).unwrap();
@@ -151,7 +156,7 @@ fn an_archive_from_before_content_hashes_upgrades_and_cannot_be_downgraded() {
         prev = hash;
     }
     migrate(&db).unwrap();
-    record_message(&db, &[0, 0xaa], &message("bob", "new", 3), None, 1100).unwrap();
+    record_message(&db, &[0, 0xaa], &message("bob", "new", 3), None, 1100, None).unwrap();
     checkpoint(&db, 2000, |p| Ok(key.sign(p).as_ref().to_vec())).unwrap();
     let report = verify(&db, key.public_key().as_ref()).unwrap();
     assert_eq!(report.entries, 4, "two old entries, the upgrade, one new");
@@ -240,14 +245,14 @@ fn retention_clears_old_entries_except_held_users_and_the_chain_still_verifies()
         user: user.into(),
         ..ExportFilter::default()
     };
-    assert!(messages(&db, &filter("alice")).unwrap().is_empty());
-    assert_eq!(messages(&db, &filter("bob")).unwrap().len(), 1);
-    assert_eq!(messages(&db, &filter("carol")).unwrap().len(), 1);
+    assert!(messages(&db, &filter("alice"), &plain).unwrap().is_empty());
+    assert_eq!(messages(&db, &filter("bob"), &plain).unwrap().len(), 1);
+    assert_eq!(messages(&db, &filter("carol"), &plain).unwrap().len(), 1);
     // Carol's group makes messages disappear at 2500: that erases her entry only
     // where the organisation's retention says disappearing times apply.
     assert_eq!(prune(&db, None, false, 2600).unwrap(), 0);
     assert_eq!(prune(&db, None, true, 2600).unwrap(), 1);
-    assert!(messages(&db, &filter("carol")).unwrap().is_empty());
+    assert!(messages(&db, &filter("carol"), &plain).unwrap().is_empty());
     checkpoint(&db, 2600, |p| Ok(key.sign(p).as_ref().to_vec())).unwrap();
     let report = verify(&db, key.public_key().as_ref()).unwrap();
     assert_eq!(report.pruned, 3);
@@ -275,6 +280,7 @@ fn an_entry_cleared_without_a_lawful_prune_is_named() {
     record_access(
         &db,
         &AccessRecord {
+            approved_by: Vec::new(),
             who: "ops".into(),
             action: "hold".into(),
             what: "carol".into(),

@@ -519,7 +519,11 @@ pub(super) fn process_group_message(
         notices.push(gap);
     }
     if let Some((envelope, cert)) = received {
+        // An archive sealing to legal officers keeps nothing it could read itself.
+        let mut sealed_archive = false;
         if policy.archived && device.certificate.as_ref().is_some_and(|c| c.is_archive()) {
+            let officers = crate::legal::stored_officers(tx)?;
+            sealed_archive = officers.is_some();
             let (name, disappear_secs): (String, Option<i64>) = tx
                 .prepare_cached("SELECT name, disappear_secs FROM groups WHERE group_id = ?1")?
                 .query_row([group_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
@@ -540,7 +544,14 @@ pub(super) fn process_group_message(
             let received_at = message.received_at;
             let expires_at =
                 disappear_secs.map(|secs| received_at.saturating_add(secs.saturating_mul(1000)));
-            archive::record_message(tx, group_id, &message, expires_at, received_at)?;
+            archive::record_message(
+                tx,
+                group_id,
+                &message,
+                expires_at,
+                received_at,
+                officers.as_ref(),
+            )?;
         }
         let author = Author {
             user: &cert.body.user,
@@ -551,15 +562,17 @@ pub(super) fn process_group_message(
             seq,
             at_ms: now_ms(),
         };
-        if conversation::apply(
-            tx,
-            &device.user,
-            group_id,
-            &envelope,
-            &author,
-            origin,
-            managed,
-        )? {
+        if !sealed_archive
+            && conversation::apply(
+                tx,
+                &device.user,
+                group_id,
+                &envelope,
+                &author,
+                origin,
+                managed,
+            )?
+        {
             report.received += 1;
             let group: String = tx
                 .prepare_cached("SELECT name FROM groups WHERE group_id = ?1")?

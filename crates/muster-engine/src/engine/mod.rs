@@ -75,8 +75,14 @@ const DB_FILE: &str = "muster.db";
 /// the archive's blobs), leaving anything else in the directory alone: what a revoked
 /// device does when the organisation's policy says so. The engine must be closed.
 pub fn wipe_store(home: &Path) -> Result<(), EngineError> {
-    for suffix in ["", "-wal", "-shm", "-journal"] {
-        match std::fs::remove_file(home.join(format!("{DB_FILE}{suffix}"))) {
+    let store_files =
+        ["", "-wal", "-shm", "-journal"].map(|suffix| home.join(format!("{DB_FILE}{suffix}")));
+    // How the store's key was made goes with it: the home may enrol afresh.
+    for file in store_files
+        .iter()
+        .chain([&home.join(muster_keystore::PARAMS_FILE)])
+    {
+        match std::fs::remove_file(file) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
             _ => {}
         }
@@ -230,6 +236,9 @@ pub struct GroupView {
     pub archived: bool,
     /// Members whose certificate carries the archive role (valid ones only).
     pub archive_members: Vec<String>,
+    /// Who can read what the archive keeps: "readable only by 2 of 3 legal officers
+    /// (...)", or its host where the organisation has none.
+    pub archive_readable_by: String,
     /// Devices delete messages this long after they were sent.
     pub disappear_secs: Option<u64>,
     /// Devices keep messages this long.

@@ -91,6 +91,9 @@ impl Engine {
             state,
             managed: group.as_ref().is_some_and(|g| policy_of(g).managed),
             archived: group.as_ref().is_some_and(|g| policy_of(g).archived),
+            archive_readable_by: crate::legal::stored_officers(&self.db)?
+                .map(|o| o.describe())
+                .unwrap_or_else(|| "readable by the archive's host".into()),
             archive_members,
             disappear_secs: disappear_secs.map(|v| v as u64),
             retain_secs: retain_secs.map(|v| v as u64),
