@@ -15,6 +15,7 @@ mod hostile;
 mod hostile_enrolment;
 mod hostile_relay;
 mod hostile_revocation;
+mod legal_officers;
 mod network;
 mod provision;
 mod push;

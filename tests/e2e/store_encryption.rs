@@ -82,6 +82,7 @@ fn a_conversation_leaves_nothing_readable_in_an_encrypted_home_and_a_wrong_passp
             );
         }
     }
+    org.admin.ok(&["sync"]);
     // The admin's device, keyed by a key file: its signing key and its store key appear
     // nowhere in its home either, while a decrypted copy holds all of them.
     let admin_key = org.admin.store_key();
@@ -97,7 +98,8 @@ fn a_conversation_leaves_nothing_readable_in_an_encrypted_home_and_a_wrong_passp
     for needle in needles.iter().copied().chain([signing_key.as_slice()]) {
         assert!(
             file_contains(&plain, needle),
-            "the decrypted copy lacks a needle"
+            "the decrypted copy lacks {:?}",
+            String::from_utf8_lossy(needle)
         );
         assert!(
             !dir_contains(&org.admin.home, needle),

@@ -88,11 +88,11 @@ fn open_archived_blob(
 /// approve first.
 pub enum ArchiveRead<T> {
     Done(T),
-    NeedsApproval(legal::ApprovalRequest),
+    NeedsApproval(Box<legal::ApprovalRequest>),
 }
 
 enum Unsealed {
-    NeedsApproval(legal::ApprovalRequest),
+    NeedsApproval(Box<legal::ApprovalRequest>),
     /// The officers' key for a sealed archive; `None` where nothing is sealed.
     Open(Option<legal::OfficersKey>),
 }
@@ -258,7 +258,7 @@ impl Engine {
                         && request.what == what
                         && request.key_id == officers.key_id
                     {
-                        return Ok(Unsealed::NeedsApproval(request));
+                        return Ok(Unsealed::NeedsApproval(Box::new(request)));
                     }
                 }
             }
@@ -288,7 +288,7 @@ impl Engine {
                     made.private_key.as_slice()
                 ],
             )?;
-            return Ok(Unsealed::NeedsApproval(made.request));
+            return Ok(Unsealed::NeedsApproval(Box::new(made.request)));
         }
         let request_id = &approvals[0].request_id;
         let stored: Option<(String, zeroize::Zeroizing<Vec<u8>>)> = self

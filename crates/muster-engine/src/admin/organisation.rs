@@ -20,7 +20,7 @@ impl Engine {
 
     /// The organisation policy in force: the newest signed version this device has seen.
     /// A relay that serves an older one than this device knows is reported in `problems`.
-    pub(super) async fn newest_policy(
+    pub(crate) async fn newest_policy(
         &self,
         conn: &impl Link,
         problems: &mut Vec<String>,

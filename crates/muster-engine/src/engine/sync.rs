@@ -155,6 +155,11 @@ impl Engine {
 
     /// Everything [`Engine::sync`] does, leaving what happened in the activity.
     pub(crate) async fn sync_steps(&mut self, conn: &impl Link) -> Result<(), EngineError> {
+        // The newest signed policy first: an archive seals to the legal officers it names
+        // from this sync on, and members see who can read the archive.
+        let mut problems = Vec::new();
+        self.newest_policy(conn, &mut problems).await?;
+        self.activity.problems.append(&mut problems);
         self.fetch_and_process(conn).await?;
         // Rejoining judges what changed meanwhile by the revocations known now.
         self.learn_revocations(conn).await?;
