@@ -85,6 +85,13 @@ async fn run(
             command,
         );
     }
+    if !sets_up_a_device(&cli.command)
+        && muster_engine::store_crypt::state(&home.join("muster.db"))?
+            == muster_engine::store_crypt::StoreState::Absent
+    {
+        // Nothing to open: say so rather than ask for a key to a store that is not there.
+        return Err(EngineError::NotEnrolled);
+    }
     let key = store_key::resolve(&home, cli.key_file.as_deref(), passphrase)?;
     let mut engine = Engine::open_with_key(&home, Some(&key))?;
     drop(key);
@@ -96,6 +103,14 @@ async fn run(
         muster_engine::wipe_store(&home)?;
     }
     result
+}
+
+/// Whether `command` may begin on an empty home (and so make its store).
+fn sets_up_a_device(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Org(_) | Command::Join { .. } | Command::JoinDevice { .. } | Command::Ui { .. }
+    )
 }
 
 fn store_command(

@@ -179,6 +179,19 @@ const ENROL_CONCURRENCY: usize = 32;
 
 /// An organisation on a fresh relay: an admin device and enrolled members, each a real
 /// client engine with its own store.
+/// Whether the device stores the harness opens are encrypted (SQLCipher, a fresh random
+/// key each), as every real device's is; off unless a scenario's `--encrypted` asks.
+pub static ENCRYPTED_STORES: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Opens (creating) the device store in `home`, encrypted when [`ENCRYPTED_STORES`] says so.
+pub fn open_engine(home: &Path) -> Result<Engine, HarnessError> {
+    let key = ENCRYPTED_STORES
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .then(muster_keystore::StoreKey::generate);
+    Ok(Engine::open_with_key(home, key.as_ref())?)
+}
+
 pub struct Org {
     pub scratch: Scratch,
     pub relay: RelayProcess,
@@ -222,7 +235,7 @@ impl Org {
         let others = (1..relays.max(1))
             .map(|i| RelayProcess::start_with(&scratch.path().join(format!("relay{i}")), extra))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut admin = Engine::open(&scratch.path().join("admin"))?;
+        let mut admin = open_engine(&scratch.path().join("admin"))?;
         let setup = muster_engine::NewOrg {
             relay: &relay.addr,
             fingerprint: &relay.fingerprint,
@@ -254,7 +267,7 @@ impl Org {
             .admin
             .create_invite(&self.admin_conn, user, 3600)
             .await?;
-        let mut engine = Engine::open(&dir.join(user))?;
+        let mut engine = open_engine(&dir.join(user))?;
         muster_driver::join(&mut engine, &code, profile(user)).await?;
         self.admin
             .approve(&self.admin_conn, user, None, false)
@@ -283,7 +296,7 @@ impl Org {
                 .iter()
                 .zip(codes)
                 .map(|(user, code)| async move {
-                    let mut engine = Engine::open(&dir.join(user))?;
+                    let mut engine = open_engine(&dir.join(user))?;
                     muster_driver::join(&mut engine, &code, profile(user)).await?;
                     Ok(engine)
                 })

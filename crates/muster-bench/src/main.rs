@@ -60,6 +60,9 @@ enum Scenario {
         /// Every member a real client engine with its own store (capacity on this machine).
         #[arg(long)]
         all_real: bool,
+        /// The real clients' stores encrypted (SQLCipher), as every device's is.
+        #[arg(long)]
+        encrypted: bool,
     },
     /// The relay alone: pre-encrypted messages stored durably and forwarded to connected
     /// devices; optionally the same load through a local Mosquitto.
@@ -218,14 +221,18 @@ fn main() -> ExitCode {
             size,
             rate,
             all_real,
-        } => block_on(fanout::run(fanout::Load {
-            members,
-            senders,
-            messages,
-            size,
-            rate,
-            all_real,
-        })),
+            encrypted,
+        } => {
+            harness::ENCRYPTED_STORES.store(encrypted, std::sync::atomic::Ordering::Relaxed);
+            block_on(fanout::run(fanout::Load {
+                members,
+                senders,
+                messages,
+                size,
+                rate,
+                all_real,
+            }))
+        }
         Scenario::Ingest {
             members,
             messages,
