@@ -468,6 +468,12 @@ pub(crate) fn print_report(report: &VerifyReport, json: bool) -> Result<(), Engi
         for p in &report.problems {
             println!("{p}");
         }
+        if report.sealed + report.readable_by_host > 0 {
+            println!(
+                "{} message entries sealed to the legal officers, {} readable by this host",
+                report.sealed, report.readable_by_host
+            );
+        }
         println!(
             "{} entries ({} past retention), {} signed checkpoints, {} published checkpoints compared: {}",
             report.entries,

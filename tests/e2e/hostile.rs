@@ -20,7 +20,9 @@ fn removed_member_replaying_old_state_is_refused() {
         .ok(&["group", "create", "ops", "--members", "bob"]);
     bob.ok(&["sync"]);
     // Keep a copy of bob's device as it was while still a member.
-    let stale = Device::new(&org.dir, "bob-stale");
+    // (The copy opens with bob's key, as a copy of his device would.)
+    let stale = Device::new(&org.dir, "bob-stale")
+        .with_env("MUSTER_KEY_FILE", bob.env_var("MUSTER_KEY_FILE").unwrap());
     copy_dir(&bob.home, &stale.home);
     org.admin.ok(&["group", "remove", "ops", "bob"]);
     let err = stale.fails(&["send", "ops", "let me in"]);

@@ -247,6 +247,21 @@ impl Engine {
             return Ok(Unsealed::Open(None));
         };
         if approvals.is_empty() {
+            let stale: Vec<(String, String)> = self
+                .db
+                .prepare("SELECT id, request FROM archive_requests")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            for (id, text) in stale {
+                let expired = serde_json::from_str::<legal::ApprovalRequest>(&text)
+                    .map_or(true, |r| {
+                        now_ms() - r.created_at > legal::REQUEST_LIFETIME_MS
+                    });
+                if expired {
+                    self.db
+                        .execute("DELETE FROM archive_requests WHERE id = ?1", [id])?;
+                }
+            }
             let pending: Vec<String> = self
                 .db
                 .prepare("SELECT request FROM archive_requests")?
@@ -375,6 +390,12 @@ impl Engine {
         approvals: &[legal::Approval],
     ) -> Result<ArchiveRead<(u64, Vec<ArchivedMessage>)>, EngineError> {
         self.require_archive()?;
+        if seed.is_none() && legal::stored_officers(&self.db)?.is_some() {
+            return Err(EngineError::Invalid(
+                "a sample of a sealed archive needs --seed: the legal officers approve that draw"
+                    .into(),
+            ));
+        }
         let seed = match seed {
             Some(s) => s,
             None => {
@@ -402,8 +423,9 @@ impl Engine {
         }
         let mut chosen = seqs[..count].to_vec();
         chosen.sort_unstable();
+        let asked = format!("{count} messages drawn with seed {seed}");
         let what = format!("{count} of {total} messages, seed {seed}");
-        let key = match self.unseal_for("sample", &what, approvals)? {
+        let key = match self.unseal_for("sample", &asked, approvals)? {
             Unsealed::NeedsApproval(request) => return Ok(ArchiveRead::NeedsApproval(request)),
             Unsealed::Open(key) => key,
         };

@@ -32,6 +32,10 @@ const HPKE: HpkeConfig = HpkeConfig(
 const RECORD_INFO: &[u8] = b"muster archive record v1";
 const APPROVAL_INFO: &[u8] = b"muster archive approval v1";
 const SHARE_FORMAT: &str = "muster-officer-share";
+/// How long a request may wait for its approvals; the archive forgets older ones.
+pub const REQUEST_LIFETIME_MS: i64 = 7 * 24 * 3600 * 1000;
+/// How far ahead of an officer's clock a request's time may be.
+const CLOCK_SKEW_MS: i64 = 5 * 60 * 1000;
 const REQUEST_FORMAT: &str = "muster-archive-request";
 const APPROVAL_FORMAT: &str = "muster-archive-approval";
 
@@ -229,8 +233,7 @@ pub fn new_officers_key(
         .derive_hpke_keypair(HPKE, ikm.as_slice())
         .map_err(|e| EngineError::Invalid(format!("making the officers' key: {e:?}")))?;
     let private = Zeroizing::new(pair.private.to_vec());
-    let key_id =
-        hex::encode(&ring::digest::digest(&ring::digest::SHA256, &pair.public).as_ref()[..8]);
+    let key_id = LegalOfficers::key_id_of(&pair.public);
     let parts = crate::admin::shamir_split(&private, threshold, count);
     let mut shares = Vec::new();
     for (i, (officer, part)) in officers.iter().zip(parts).enumerate() {
@@ -381,6 +384,14 @@ impl ApprovalRequest {
             &signature,
         )
         .map_err(|_| EngineError::Invalid("the request's signature does not verify".into()))?;
+        let age_ms = (now_secs as i64).saturating_mul(1000) - self.created_at;
+        if !(-CLOCK_SKEW_MS..=REQUEST_LIFETIME_MS).contains(&age_ms) {
+            return Err(EngineError::Invalid(format!(
+                "the request was made {} ago: requests are approved within {} days of being made",
+                crate::describe_duration((age_ms.max(0) / 1000) as u64),
+                REQUEST_LIFETIME_MS / 86_400_000
+            )));
+        }
         if self.key_id != officers.key_id {
             return Err(EngineError::Invalid(format!(
                 "the request asks for officers' key {}, but the organisation's is {}",

@@ -32,7 +32,9 @@ pub fn state(path: &Path) -> Result<StoreState, EngineError> {
     if !path.exists() {
         return Ok(StoreState::Absent);
     }
-    let db = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    // Read-write (never creating): a change of key cut short leaves a rollback journal
+    // that only a writer can roll back.
+    let db = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)?;
     match readable(&db) {
         Ok(()) => Ok(StoreState::Plaintext),
         Err(e) if not_a_database(&e) => Ok(StoreState::Encrypted),
@@ -108,7 +110,7 @@ pub fn open(path: &Path, key: Option<&StoreKey>) -> Result<(Connection, StoreLoc
 
 /// Whether `key` opens the encrypted store at `path` (nothing is changed either way).
 pub fn key_opens(path: &Path, key: &StoreKey) -> Result<bool, EngineError> {
-    let db = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let db = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)?;
     apply_key(&db, key)?;
     match readable(&db) {
         Ok(()) => Ok(true),

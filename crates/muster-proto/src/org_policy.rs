@@ -53,6 +53,34 @@ pub struct LegalOfficers {
 }
 
 impl LegalOfficers {
+    /// Checks what any signer could get wrong: a threshold outside 1..=n, a name twice, a
+    /// key that is not an X25519 public key, or an id that is not the key's.
+    pub fn check(&self) -> Result<(), CertError> {
+        let count = self.officers.len();
+        if count == 0 || count > 255 || self.threshold == 0 || usize::from(self.threshold) > count {
+            return Err(CertError::PolicyOutOfBounds(
+                "legal officers' threshold out of range",
+            ));
+        }
+        let mut names: Vec<&String> = self.officers.iter().collect();
+        names.sort();
+        names.dedup();
+        if names.len() != count {
+            return Err(CertError::PolicyOutOfBounds("a legal officer named twice"));
+        }
+        if self.public_key.len() != 32 || self.key_id != Self::key_id_of(&self.public_key) {
+            return Err(CertError::PolicyOutOfBounds(
+                "legal officers' key malformed",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The id of an officers' public key: the first 8 bytes of its SHA-256, hex.
+    pub fn key_id_of(public_key: &[u8]) -> String {
+        hex::encode(&ring::digest::digest(&ring::digest::SHA256, public_key).as_ref()[..8])
+    }
+
     /// "readable only by 2 of 3 legal officers (ann, carl, dora)".
     pub fn describe(&self) -> String {
         format!(
@@ -149,6 +177,9 @@ impl OrgPolicyBody {
         }
         if self.version >= i64::MAX as u64 {
             return Err(CertError::PolicyOutOfBounds("version too high"));
+        }
+        if let Some(officers) = &self.legal_officers {
+            officers.check()?;
         }
         Ok(())
     }

@@ -37,6 +37,16 @@ impl Engine {
                         "ignored an organisation policy signed by a revoked admin device".into(),
                     )
                 }
+                Ok(())
+                    if policy.body.legal_officers.is_none()
+                        && crate::legal::stored_officers(&self.db)?.is_some() =>
+                {
+                    problems.push(
+                        "ignored an organisation policy that drops the legal officers the \
+                         archive is sealed to"
+                            .into(),
+                    )
+                }
                 Ok(()) => self.store_policy(policy)?,
                 Err(e) => problems.push(format!(
                     "ignored an organisation policy that does not verify: {e}"
@@ -389,6 +399,13 @@ pub(super) fn store_policy_in(
 ) -> Result<(), EngineError> {
     // A policy signed by a revoked admin device is worthless, whatever its version.
     if crate::engine::revocation_list(db)?.issuer_revoked(policy.issuer.as_ref()) {
+        return Ok(());
+    }
+    // Once the archive is sealed to legal officers, a policy without them is refused: a
+    // relay could otherwise have an admin device that never saw them sign them away.
+    let held_officers = crate::legal::stored_officers(db)?.is_some();
+    if held_officers && policy.body.legal_officers.is_none() {
+        tracing::warn!("ignored an organisation policy that drops the legal officers");
         return Ok(());
     }
     db.execute(

@@ -41,6 +41,12 @@ pub(crate) fn checkpoint(
 pub struct VerifyReport {
     pub entries: u64,
     pub pruned: u64,
+    /// Message entries sealed to legal officers, and those its host can read (kept
+    /// before the organisation had officers, or while the archive did not know of them).
+    #[serde(default)]
+    pub sealed: u64,
+    #[serde(default)]
+    pub readable_by_host: u64,
     pub checkpoints: u64,
     /// Checkpoints published outside the archive host that were compared.
     pub published: u64,
@@ -170,6 +176,8 @@ pub fn verify_chain(
     let mut report = VerifyReport {
         entries: 0,
         pruned: 0,
+        sealed: 0,
+        readable_by_host: 0,
         checkpoints: 0,
         published: 0,
         problems: Vec::new(),
@@ -230,6 +238,13 @@ pub fn verify_chain(
                     report
                         .problems
                         .push(format!("entry {seq}: content was altered"));
+                }
+                if entry.kind == "message" {
+                    if crate::legal::SealedRecord::parse(record).is_some() {
+                        report.sealed += 1;
+                    } else {
+                        report.readable_by_host += 1;
+                    }
                 }
                 match entry.kind.as_str() {
                     "access" => {

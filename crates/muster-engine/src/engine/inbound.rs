@@ -519,11 +519,16 @@ pub(super) fn process_group_message(
         notices.push(gap);
     }
     if let Some((envelope, cert)) = received {
-        // An archive sealing to legal officers keeps nothing it could read itself.
-        let mut sealed_archive = false;
-        if policy.archived && device.certificate.as_ref().is_some_and(|c| c.is_archive()) {
-            let officers = crate::legal::stored_officers(tx)?;
-            sealed_archive = officers.is_some();
+        // An archive sealing to legal officers keeps nothing it could read itself, in
+        // archived groups or not (a group it was just added to is archived one commit later).
+        let is_archive = device.certificate.as_ref().is_some_and(|c| c.is_archive());
+        let officers = if is_archive {
+            crate::legal::stored_officers(tx)?
+        } else {
+            None
+        };
+        let sealed_archive = officers.is_some();
+        if policy.archived && is_archive {
             let (name, disappear_secs): (String, Option<i64>) = tx
                 .prepare_cached("SELECT name, disappear_secs FROM groups WHERE group_id = ?1")?
                 .query_row([group_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
