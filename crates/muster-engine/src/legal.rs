@@ -609,6 +609,53 @@ pub fn restore(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use muster_proto::{OrgPolicyBody, OrgRootKey};
+
+    #[test]
+    fn a_newer_policy_that_drops_the_legal_officers_is_not_kept() {
+        let home =
+            std::env::temp_dir().join(format!("muster-legal-policy-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&home);
+        let engine = crate::Engine::open(&home).unwrap();
+        let root = OrgRootKey::generate();
+        let officers = new_officers_key("org1", 1, &["ann".to_string()])
+            .unwrap()
+            .officers;
+        let policy = |version, legal_officers| {
+            root.sign_policy(OrgPolicyBody {
+                org_id: "org1".into(),
+                version,
+                legal_officers,
+                ..Default::default()
+            })
+        };
+        crate::admin::store_policy_in(&engine.db, &policy(1, Some(officers.clone()))).unwrap();
+        crate::admin::store_policy_in(&engine.db, &policy(2, None)).unwrap();
+        assert_eq!(stored_officers(&engine.db).unwrap(), Some(officers.clone()));
+        let mut next = officers.clone();
+        next.officers = vec!["bo".into()];
+        crate::admin::store_policy_in(&engine.db, &policy(3, Some(next.clone()))).unwrap();
+        assert_eq!(stored_officers(&engine.db).unwrap(), Some(next));
+        drop(engine);
+        let _ = std::fs::remove_dir_all(&home);
+    }
+
+    #[test]
+    fn officers_with_a_bad_threshold_a_name_twice_or_a_foreign_key_id_are_refused() {
+        let names = ["ann".to_string(), "bo".into()];
+        let good = new_officers_key("org1", 2, &names).unwrap().officers;
+        good.check().unwrap();
+        let mut high = good.clone();
+        high.threshold = 3;
+        assert!(high.check().is_err());
+        let mut twice = good.clone();
+        twice.officers = vec!["ann".into(), "ann".into()];
+        assert!(twice.check().is_err());
+        let mut foreign = good.clone();
+        foreign.key_id = "0011223344556677".into();
+        assert!(foreign.check().is_err());
+        assert!(new_officers_key("org1", 0, &names).is_err());
+    }
 
     #[test]
     fn a_sealed_record_opens_only_with_the_restored_key_and_shares_open_only_with_their_code() {

@@ -393,7 +393,7 @@ impl Engine {
 use muster_proto::MIN_CERTIFICATE_LIFETIME_SECS;
 
 /// Keeps `policy` in `db` if it is newer than the one held (the caller verified it).
-pub(super) fn store_policy_in(
+pub(crate) fn store_policy_in(
     db: &rusqlite::Connection,
     policy: &OrgPolicy,
 ) -> Result<(), EngineError> {
