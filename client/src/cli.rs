@@ -33,11 +33,14 @@ pub(crate) enum StoreCommand {
     /// Encrypt a plaintext store from an earlier version now (any command does it too).
     Encrypt,
     /// Change the store's key: to a new passphrase (MUSTER_NEW_PASSPHRASE, or asked on the
-    /// terminal), or with --new-key-file to a new key file.
+    /// terminal), with --new-key-file to a new key file, or with --to-keyring to the OS keyring.
     Rekey {
         /// Move the key to this new file (made readable by its owner only).
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", conflicts_with = "to_keyring")]
         new_key_file: Option<PathBuf>,
+        /// Move the key to the operating system's keyring (Secret Service, Keychain).
+        #[arg(long)]
+        to_keyring: bool,
     },
 }
 

@@ -132,10 +132,14 @@ fn store_command(
             println!("{}", store_key::status(home)?);
             Ok(())
         }
-        cli::StoreCommand::Rekey { new_key_file } => {
-            let to = match new_key_file {
-                Some(file) => store_key::NewProtection::KeyFile(file.clone()),
-                None => store_key::NewProtection::Passphrase(new_passphrase),
+        cli::StoreCommand::Rekey {
+            new_key_file,
+            to_keyring,
+        } => {
+            let to = match (new_key_file, to_keyring) {
+                (Some(file), _) => store_key::NewProtection::KeyFile(file.clone()),
+                (None, true) => store_key::NewProtection::Keyring,
+                (None, false) => store_key::NewProtection::Passphrase(new_passphrase),
             };
             store_key::rekey(home, key_file, passphrase, to)?;
             println!("{}", store_key::status(home)?);

@@ -1,6 +1,7 @@
 //! Which key opens this device's store. Every store is encrypted; its key comes from, in
 //! this order: a passphrase in `MUSTER_PASSPHRASE` (through Argon2id), a key file named by
-//! `--key-file` (or `MUSTER_KEY_FILE`), or a passphrase typed at a prompt on the terminal.
+//! `--key-file` (or `MUSTER_KEY_FILE`), the operating system's keyring (a new store's key is
+//! kept there when one answers), or a passphrase typed at a prompt on the terminal.
 //! A store an earlier version kept in plaintext is encrypted in place the first time it is
 //! opened with one of them. Programs that run for a while (`chat`, `ui`, `archive serve`)
 //! ask once and hold the store open.
@@ -22,6 +23,8 @@ pub(crate) const NEW_PASSPHRASE_VARIABLE: &str = "MUSTER_NEW_PASSPHRASE";
 enum Secret<'a> {
     Passphrase(Zeroizing<String>),
     KeyFile(&'a Path),
+    /// Nothing given: the key is in the OS keyring.
+    Keyring,
 }
 
 impl Secret<'_> {
@@ -29,6 +32,7 @@ impl Secret<'_> {
         match self {
             Secret::Passphrase(_) => Protection::Passphrase,
             Secret::KeyFile(_) => Protection::KeyFile,
+            Secret::Keyring => Protection::Keyring,
         }
     }
 
@@ -37,6 +41,12 @@ impl Secret<'_> {
         match (self, params.protection) {
             (Secret::Passphrase(p), Protection::Passphrase) => Ok(params.derive(p)?),
             (Secret::KeyFile(path), Protection::KeyFile) => Ok(KeyFile::load(path, home)?),
+            (Secret::Keyring, Protection::Keyring) => Ok(params.keyring_key()?),
+            (_, Protection::Keyring) => Err(EngineError::Invalid(format!(
+                "this device's store keeps its key in the operating system's keyring: unset \
+                 {PASSPHRASE_VARIABLE} and give no key file"
+            ))),
+            (Secret::Keyring, needs) => Err(muster_keystore::KeyError::NoKey { needs }.into()),
             (Secret::KeyFile(_), Protection::Passphrase) => Err(EngineError::Invalid(format!(
                 "this device's store is protected by a passphrase: give it in \
                  {PASSPHRASE_VARIABLE} (or on the terminal), not a key file"
@@ -125,6 +135,7 @@ pub(crate) fn resolve(
     let secret = match (passphrase, key_file, params.protection) {
         (Some(p), _, _) => Secret::Passphrase(Zeroizing::new(p.to_string())),
         (None, Some(file), _) => Secret::KeyFile(file),
+        (None, None, Protection::Keyring) => Secret::Keyring,
         (None, None, Protection::Passphrase) if on_terminal() => Secret::Passphrase(
             Zeroizing::new(rpassword::prompt_password("store passphrase: ")?),
         ),
@@ -181,6 +192,12 @@ fn protect_new(
         KeyParams::key_file().save(home)?;
         return Ok(key);
     }
+    // The OS keyring, where there is one that answers.
+    let keyring = KeyParams::new_keyring();
+    if let Ok((params, key)) = keyring {
+        params.save(home)?;
+        return Ok(key);
+    }
     if on_terminal() {
         let what = if state == StoreState::Plaintext {
             "this device's store (kept unencrypted by an earlier version; it is encrypted now)"
@@ -193,10 +210,11 @@ fn protect_new(
         params.save(home)?;
         return Ok(key);
     }
+    let no_keyring = keyring.err().map(|e| e.to_string()).unwrap_or_default();
     Err(EngineError::Invalid(format!(
         "this device's store is kept encrypted, and no key was given: set {PASSPHRASE_VARIABLE}, \
          give --key-file FILE (or MUSTER_KEY_FILE; a new file is made, readable by you only), \
-         or run on a terminal to choose a passphrase"
+         run on a terminal to choose a passphrase, or in a session with a keyring ({no_keyring})"
     )))
 }
 
@@ -206,6 +224,8 @@ pub(crate) enum NewProtection<'a> {
     Passphrase(Option<&'a str>),
     /// A new key file at this path (which must not exist yet).
     KeyFile(PathBuf),
+    /// A new key kept in the OS keyring.
+    Keyring,
 }
 
 /// Changes the key of the encrypted store in `home` (`muster store rekey`). The new
@@ -253,6 +273,7 @@ pub(crate) fn rekey(
             }
             (KeyParams::key_file(), KeyFile::create(&file)?)
         }
+        NewProtection::Keyring => KeyParams::new_keyring()?,
     };
     next.encrypted = true;
     let mut current = KeyParams::load(home)?.ok_or_else(missing_params)?;
@@ -260,6 +281,14 @@ pub(crate) fn rekey(
     current.save(home)?;
     store_crypt::rekey(&path, &old, &new)?;
     next.save(home)?;
+    // The old key in the keyring opens nothing now.
+    if let Some(entry) = current.keyring_entry.as_deref() {
+        if next.keyring_entry.as_deref() != Some(entry) {
+            if let Err(e) = muster_keystore::os_keyring::remove(entry) {
+                eprintln!("warning: the old key is still in the keyring: {e}");
+            }
+        }
+    }
     Ok(())
 }
 
@@ -284,6 +313,10 @@ pub(crate) fn status(home: &Path) -> Result<String, EngineError> {
                 Protection::KeyFile => {
                     "a copy of the store is useless without the key file; whoever reads the \
                      key file reads the store"
+                }
+                Protection::Keyring => {
+                    "a copy of the home directory is useless without your keyring; programs \
+                     running as you while it is unlocked can read the key"
                 }
             };
             format!(

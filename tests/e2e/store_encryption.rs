@@ -266,3 +266,127 @@ fn a_plaintext_store_from_the_previous_version_is_encrypted_in_place_and_keeps_e
         assert!(refused.contains("chmod 600"), "{refused}");
     }
 }
+
+/// A private D-Bus session with an unlocked GNOME keyring, stopped when dropped.
+struct KeyringSession {
+    address: String,
+    bus_pid: u32,
+    _dir: muster_e2e::TempDir,
+}
+
+impl KeyringSession {
+    /// `None` where Debian's dbus-daemon or gnome-keyring is not installed.
+    fn start() -> Option<Self> {
+        use std::process::{Command, Stdio};
+        for program in ["/usr/bin/dbus-daemon", "/usr/bin/gnome-keyring-daemon"] {
+            if !std::path::Path::new(program).exists() {
+                println!("SKIPPED: {program} is not installed");
+                return None;
+            }
+        }
+        let dir = muster_e2e::TempDir::new("keyring-session");
+        let runtime = dir.path().join("run");
+        std::fs::create_dir_all(&runtime).unwrap();
+        let envs = [
+            ("HOME", dir.path().to_path_buf()),
+            ("XDG_RUNTIME_DIR", runtime),
+            ("XDG_DATA_HOME", dir.path().join("data")),
+        ];
+        let bus = Command::new("/usr/bin/dbus-daemon")
+            .args(["--session", "--fork", "--print-address=1", "--print-pid=1"])
+            .envs(envs.iter().map(|(k, v)| (k, v)))
+            .stderr(Stdio::null())
+            .output()
+            .expect("start dbus-daemon");
+        let printed = String::from_utf8_lossy(&bus.stdout).into_owned();
+        let mut lines = printed.lines();
+        let address = lines.next().expect("bus address").to_string();
+        let bus_pid: u32 = lines.next().expect("bus pid").trim().parse().unwrap();
+        let mut keyring = Command::new("/usr/bin/gnome-keyring-daemon")
+            .args(["--components=secrets", "--daemonize", "--unlock"])
+            .envs(envs.iter().map(|(k, v)| (k, v)))
+            .env("DBUS_SESSION_BUS_ADDRESS", &address)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start gnome-keyring-daemon");
+        use std::io::Write as _;
+        keyring
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"login keyring password")
+            .unwrap();
+        keyring.wait().unwrap();
+        Some(Self {
+            address,
+            bus_pid,
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for KeyringSession {
+    fn drop(&mut self) {
+        // The keyring daemon leaves with its bus.
+        let _ = std::process::Command::new("kill")
+            .arg(self.bus_pid.to_string())
+            .status();
+    }
+}
+
+#[test]
+fn a_new_store_keeps_its_key_in_the_os_keyring_where_one_answers() {
+    let Some(session) = KeyringSession::start() else {
+        return;
+    };
+    let org = Org::new("store_keyring");
+    let code = org.admin.ok(&["invite", "bob"]).trim().to_string();
+    let bob = Device::new(&org.dir, "bob")
+        .without_key_file()
+        .with_env("DBUS_SESSION_BUS_ADDRESS", &session.address);
+    bob.ok(&["join", &code, "--display-name", "Bob"]);
+    org.admin.ok(&["approve", "bob"]);
+    bob.ok(&["sync"]);
+    org.admin
+        .ok(&["group", "create", "keyring-room", "--members", "bob"]);
+    org.admin
+        .ok(&["send", "keyring-room", "kept under the login keyring"]);
+    bob.ok(&["sync"]);
+    assert!(bob
+        .texts("keyring-room")
+        .contains(&"kept under the login keyring".to_string()));
+    let status = bob.ok(&["store", "status"]);
+    assert!(status.contains("keyring"), "{status}");
+    for needle in [&b"kept under the login keyring"[..], b"keyring-room"] {
+        assert!(!dir_contains(&bob.home, needle));
+    }
+
+    // Away from the session that holds the keyring, the store does not open.
+    let store = std::fs::read(bob.home.join("muster.db")).unwrap();
+    let elsewhere = bob
+        .clone()
+        .with_env("DBUS_SESSION_BUS_ADDRESS", "unix:path=/nonexistent/bus");
+    let refused = elsewhere.fails(&["groups"]);
+    assert!(refused.contains("keyring"), "{refused}");
+    assert_eq!(std::fs::read(bob.home.join("muster.db")).unwrap(), store);
+
+    // The key moves to a key file and back into the keyring, with everything kept.
+    let key_file = org.dir.path().join("keys").join("bob-from-keyring.key");
+    let moved = bob.ok(&[
+        "store",
+        "rekey",
+        "--new-key-file",
+        key_file.to_str().unwrap(),
+    ]);
+    assert!(moved.contains("key file"), "{moved}");
+    let by_file = bob
+        .clone()
+        .with_env("MUSTER_KEY_FILE", key_file.to_str().unwrap());
+    let back = by_file.ok(&["store", "rekey", "--to-keyring"]);
+    assert!(back.contains("keyring"), "{back}");
+    assert!(bob
+        .texts("keyring-room")
+        .contains(&"kept under the login keyring".to_string()));
+}

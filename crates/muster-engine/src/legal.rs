@@ -613,8 +613,7 @@ mod tests {
 
     #[test]
     fn a_newer_policy_that_drops_the_legal_officers_is_not_kept() {
-        let home =
-            std::env::temp_dir().join(format!("muster-legal-policy-{}", std::process::id()));
+        let home = std::env::temp_dir().join(format!("muster-legal-policy-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&home);
         let engine = crate::Engine::open(&home).unwrap();
         let root = OrgRootKey::generate();

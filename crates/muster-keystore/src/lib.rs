@@ -13,6 +13,8 @@
 //!   the store without the key file), but anyone who can read the key file can read the
 //!   store; for servers, kept on another volume or a secrets mount.
 
+pub mod os_keyring;
+
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use zeroize::{Zeroize, ZeroizeOnDrop};
@@ -73,6 +75,8 @@ pub enum Protection {
     Passphrase,
     /// Read from a key file.
     KeyFile,
+    /// Kept in the operating system's keyring.
+    Keyring,
 }
 
 impl std::fmt::Display for Protection {
@@ -80,6 +84,7 @@ impl std::fmt::Display for Protection {
         f.write_str(match self {
             Protection::Passphrase => "a passphrase (Argon2id)",
             Protection::KeyFile => "a key file",
+            Protection::Keyring => "the operating system's keyring",
         })
     }
 }
@@ -96,6 +101,9 @@ pub struct KeyParams {
     /// Argon2id's cost and salt (hex), for a passphrase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub argon2id: Option<Argon2idParams>,
+    /// The keyring entry that holds the key, for [`Protection::Keyring`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyring_entry: Option<String>,
     /// A change of key under way (`muster store rekey`): until it is recorded as done, the
     /// store is under either these parameters or the pending ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -128,6 +136,8 @@ pub enum KeyError {
          or on a terminal; a key file with --key-file or MUSTER_KEY_FILE)"
     )]
     NoKey { needs: Protection },
+    #[error("the operating system's keyring: {0}")]
+    Keyring(String),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -160,6 +170,7 @@ impl KeyParams {
                 parallelism: PARALLELISM,
                 salt: hex::encode(salt),
             }),
+            keyring_entry: None,
             pending: None,
         }
     }
@@ -170,8 +181,44 @@ impl KeyParams {
             protection: Protection::KeyFile,
             encrypted: false,
             argon2id: None,
+            keyring_entry: None,
             pending: None,
         }
+    }
+
+    /// Parameters for a key kept in the OS keyring under a new entry name; returns them
+    /// and the key, already stored there.
+    pub fn new_keyring() -> Result<(Self, StoreKey), KeyError> {
+        use ring::rand::SecureRandom as _;
+        let mut id = [0u8; 16];
+        ring::rand::SystemRandom::new()
+            .fill(&mut id)
+            .expect("the system's random source works");
+        let entry = format!("store-{}", hex::encode(id));
+        let key = os_keyring::create(&entry)?;
+        Ok((
+            Self {
+                version: 1,
+                protection: Protection::Keyring,
+                encrypted: false,
+                argon2id: None,
+                keyring_entry: Some(entry),
+                pending: None,
+            },
+            key,
+        ))
+    }
+
+    /// The key these parameters keep in the OS keyring.
+    pub fn keyring_key(&self) -> Result<StoreKey, KeyError> {
+        let entry = self
+            .keyring_entry
+            .as_deref()
+            .ok_or_else(|| KeyError::BadParams {
+                path: PathBuf::from(PARAMS_FILE),
+                reason: "a keyring store without its entry's name".into(),
+            })?;
+        os_keyring::load(entry)
     }
 
     /// The parameters beside the store in `home`, if it has any.

@@ -26,6 +26,7 @@ use serde::Serialize;
 mod checkpoints;
 mod enrolment;
 mod organisation;
+#[cfg(test)]
 pub(crate) use organisation::store_policy_in;
 mod profiles;
 pub mod root_backup;
