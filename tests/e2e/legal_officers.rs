@@ -125,6 +125,19 @@ fn only_k_of_n_legal_officers_together_open_the_archive_and_its_host_reads_nothi
     );
     bob.ok(&["send", "deal-room", SECRET]);
     bob.ok(&["send", "deal-room", SECOND]);
+    // A file of bytes that are not text, over two chunks.
+    let report: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let report_path = org.dir.path().join("term-sheet.bin");
+    std::fs::write(&report_path, &report).unwrap();
+    bob.ok(&[
+        "send",
+        "deal-room",
+        "term sheet attached",
+        "--file",
+        report_path.to_str().unwrap(),
+    ]);
     let mut chat = bob.chat("deal-room", &[]);
     chat.wait_for("readable only by 2 of 3 legal officers");
     let _ = chat.child.kill();
@@ -141,7 +154,16 @@ fn only_k_of_n_legal_officers_together_open_the_archive_and_its_host_reads_nothi
                     |r| r.get::<_, i64>(0),
                 )
                 .unwrap()
-                >= 2
+                >= 3
+                && archive
+                    .open_store()
+                    .query_row(
+                        "SELECT count(*) FROM archive_blobs WHERE stored_at IS NOT NULL",
+                        [],
+                        |r| r.get::<_, i64>(0),
+                    )
+                    .unwrap()
+                    >= 1
         },
     );
     let _ = server.kill();
@@ -157,7 +179,9 @@ fn only_k_of_n_legal_officers_together_open_the_archive_and_its_host_reads_nothi
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(records.len(), 2);
+    assert_eq!(records.len(), 3);
+    // The attachment is kept as the relay held it: encrypted, its key inside a sealed entry.
+    assert!(!dir_contains(&archive.home, &report[1000..1064]));
     let texts: Vec<String> = archive
         .open_store()
         .prepare("SELECT coalesce(body, '') FROM messages")
@@ -280,6 +304,16 @@ fn only_k_of_n_legal_officers_together_open_the_archive_and_its_host_reads_nothi
     assert!(
         exported.contains(SECRET) && exported.contains(SECOND),
         "{exported}"
+    );
+    let file = exported
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find_map(|e| e["file"].as_str().map(str::to_string))
+        .expect("the attachment is exported");
+    assert_eq!(
+        std::fs::read(file).unwrap(),
+        report,
+        "the attachment as sent"
     );
     let log = archive.ok(&["archive", "access-log"]);
     assert!(

@@ -184,12 +184,18 @@ const ENROL_CONCURRENCY: usize = 32;
 pub static ENCRYPTED_STORES: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
 
+/// The key of the stores the harness encrypts: one random key for the run (each real
+/// device has its own; what is measured is SQLCipher's work, which is the same).
+pub fn store_key() -> Option<&'static muster_keystore::StoreKey> {
+    static KEY: std::sync::OnceLock<muster_keystore::StoreKey> = std::sync::OnceLock::new();
+    ENCRYPTED_STORES
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .then(|| KEY.get_or_init(muster_keystore::StoreKey::generate))
+}
+
 /// Opens (creating) the device store in `home`, encrypted when [`ENCRYPTED_STORES`] says so.
 pub fn open_engine(home: &Path) -> Result<Engine, HarnessError> {
-    let key = ENCRYPTED_STORES
-        .load(std::sync::atomic::Ordering::Relaxed)
-        .then(muster_keystore::StoreKey::generate);
-    Ok(Engine::open_with_key(home, key.as_ref())?)
+    Ok(Engine::open_with_key(home, store_key())?)
 }
 
 pub struct Org {

@@ -277,6 +277,10 @@ pub struct Queued {
 pub fn queued(home: &std::path::Path) -> Result<Vec<Queued>, HarnessError> {
     let failed = |e: rusqlite::Error| HarnessError::Setup(format!("cannot read an outbox: {e}"));
     let db = rusqlite::Connection::open(home.join("muster.db")).map_err(failed)?;
+    if let Some(key) = crate::harness::store_key() {
+        db.pragma_update(None, "key", key.sqlcipher_pragma().as_str())
+            .map_err(failed)?;
+    }
     let mut stmt = db
         .prepare("SELECT message_id, client_id, ciphertext FROM outbox ORDER BY position")
         .map_err(failed)?;
