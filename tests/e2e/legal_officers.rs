@@ -320,6 +320,46 @@ fn only_k_of_n_legal_officers_together_open_the_archive_and_its_host_reads_nothi
         log.contains("export  messages of bob  approved by carl, dora"),
         "{log}"
     );
+    // The sample dora approved opens with carl's approval too.
+    let carl_for_sample = work.join("approval-carl-sample.json");
+    carl.ok(&[
+        "archive",
+        "approve",
+        sample_request.to_str().unwrap(),
+        "--out",
+        carl_for_sample.to_str().unwrap(),
+    ]);
+    let sampled = run_in(
+        &archive,
+        &work,
+        &[
+            "archive",
+            "sample",
+            "--count",
+            "1",
+            "--seed",
+            "7",
+            "--approval",
+            carl_for_sample.to_str().unwrap(),
+            "--approval",
+            dora_for_sample.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        sampled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sampled.stderr)
+    );
+    let drawn = String::from_utf8_lossy(&sampled.stdout);
+    assert_eq!(drawn.lines().count(), 1, "{drawn}");
+    assert!(drawn.contains("\"sender\":\"bob\""), "{drawn}");
+    let log = archive.ok(&["archive", "access-log"]);
+    assert!(
+        log.contains("approved by carl, dora") && log.contains("sample"),
+        "{log}"
+    );
+    // The group's name is in no file of the archive host either (its store is encrypted).
+    assert!(!dir_contains(&archive.home, b"deal-room"));
     // The request is used up: the same approvals do not open a second export.
     std::fs::remove_file(&out).unwrap();
     let again = run_in(&archive, &work, &with_two);

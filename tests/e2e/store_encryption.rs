@@ -115,6 +115,8 @@ fn a_conversation_leaves_nothing_readable_in_an_encrypted_home_and_a_wrong_passp
         .with_env("MUSTER_PASSPHRASE", "not the passphrase");
     let refused = wrong.fails(&["sync"]);
     assert!(refused.contains("wrong passphrase"), "{refused}");
+    // Said once, in Muster's words: no SQLCipher log lines.
+    assert_eq!(refused.trim().lines().count(), 1, "{refused}");
     let locked = Device::new(&org.dir, "bob")
         .without_key_file()
         .fails(&["groups"]);

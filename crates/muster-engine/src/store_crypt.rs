@@ -173,10 +173,12 @@ pub fn rekey(path: &Path, old: &StoreKey, new: &StoreKey) -> Result<(), EngineEr
 }
 
 fn apply_key(db: &Connection, key: &StoreKey) -> Result<(), EngineError> {
-    // A wrong key is reported as an error here; SQLCipher's own log would print it to
-    // stderr as well.
-    db.pragma_update(None, "cipher_log_level", "NONE")?;
     db.pragma_update(None, "key", key.sqlcipher_pragma().as_str())?;
+    // A wrong key is reported as an error here; SQLCipher's own log would print it to
+    // stderr as well. Set after the key: SQLCipher turns its log on (at WARN, to stderr)
+    // when its first key is given in the process, unless a level was set since.
+    db.pragma_update(None, "cipher_log_level", "NONE")?;
+    db.pragma_update(None, "cipher_log", "off")?;
     // Not `cipher_memory_security`: wiping all freed memory is process-wide and made
     // the store 10-200x slower (muster-bench store, BENCHMARKS.md), against an attacker
     // who can read this process's memory and so holds the key anyway.
