@@ -21,6 +21,7 @@ mod archive;
 mod cli;
 mod conversation;
 mod live;
+mod os_keyring;
 mod people;
 mod print;
 mod store_key;

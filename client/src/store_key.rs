@@ -41,7 +41,7 @@ impl Secret<'_> {
         match (self, params.protection) {
             (Secret::Passphrase(p), Protection::Passphrase) => Ok(params.derive(p)?),
             (Secret::KeyFile(path), Protection::KeyFile) => Ok(KeyFile::load(path, home)?),
-            (Secret::Keyring, Protection::Keyring) => Ok(params.keyring_key()?),
+            (Secret::Keyring, Protection::Keyring) => Ok(crate::os_keyring::key_of(params)?),
             (_, Protection::Keyring) => Err(EngineError::Invalid(format!(
                 "this device's store keeps its key in the operating system's keyring: unset \
                  {PASSPHRASE_VARIABLE} and give no key file"
@@ -193,7 +193,7 @@ fn protect_new(
         return Ok(key);
     }
     // The OS keyring, where there is one that answers.
-    let keyring = KeyParams::new_keyring();
+    let keyring = crate::os_keyring::new_params();
     if let Ok((params, key)) = keyring {
         params.save(home)?;
         return Ok(key);
@@ -273,7 +273,7 @@ pub(crate) fn rekey(
             }
             (KeyParams::key_file(), KeyFile::create(&file)?)
         }
-        NewProtection::Keyring => KeyParams::new_keyring()?,
+        NewProtection::Keyring => crate::os_keyring::new_params()?,
     };
     next.encrypted = true;
     let mut current = KeyParams::load(home)?.ok_or_else(missing_params)?;
@@ -284,7 +284,7 @@ pub(crate) fn rekey(
     // The old key in the keyring opens nothing now.
     if let Some(entry) = current.keyring_entry.as_deref() {
         if next.keyring_entry.as_deref() != Some(entry) {
-            if let Err(e) = muster_keystore::os_keyring::remove(entry) {
+            if let Err(e) = crate::os_keyring::remove(entry) {
                 eprintln!("warning: the old key is still in the keyring: {e}");
             }
         }

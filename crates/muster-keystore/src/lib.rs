@@ -13,8 +13,6 @@
 //!   the store without the key file), but anyone who can read the key file can read the
 //!   store; for servers, kept on another volume or a secrets mount.
 
-pub mod os_keyring;
-
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use zeroize::{Zeroize, ZeroizeOnDrop};
@@ -60,6 +58,11 @@ impl StoreKey {
     pub fn sqlcipher_pragma(&self) -> zeroize::Zeroizing<String> {
         let hex = zeroize::Zeroizing::new(hex::encode(self.0));
         zeroize::Zeroizing::new(format!("x'{}'", hex.as_str()))
+    }
+
+    /// A key from its raw bytes (as kept in a keyring).
+    pub fn from_bytes(bytes: [u8; KEY_BYTES]) -> Self {
+        Self(bytes)
     }
 
     pub fn as_bytes(&self) -> &[u8; KEY_BYTES] {
@@ -186,39 +189,16 @@ impl KeyParams {
         }
     }
 
-    /// Parameters for a key kept in the OS keyring under a new entry name; returns them
-    /// and the key, already stored there.
-    pub fn new_keyring() -> Result<(Self, StoreKey), KeyError> {
-        use ring::rand::SecureRandom as _;
-        let mut id = [0u8; 16];
-        ring::rand::SystemRandom::new()
-            .fill(&mut id)
-            .expect("the system's random source works");
-        let entry = format!("store-{}", hex::encode(id));
-        let key = os_keyring::create(&entry)?;
-        Ok((
-            Self {
-                version: 1,
-                protection: Protection::Keyring,
-                encrypted: false,
-                argon2id: None,
-                keyring_entry: Some(entry),
-                pending: None,
-            },
-            key,
-        ))
-    }
-
-    /// The key these parameters keep in the OS keyring.
-    pub fn keyring_key(&self) -> Result<StoreKey, KeyError> {
-        let entry = self
-            .keyring_entry
-            .as_deref()
-            .ok_or_else(|| KeyError::BadParams {
-                path: PathBuf::from(PARAMS_FILE),
-                reason: "a keyring store without its entry's name".into(),
-            })?;
-        os_keyring::load(entry)
+    /// Parameters for a key kept in the OS keyring under the entry `entry`.
+    pub fn keyring(entry: String) -> Self {
+        Self {
+            version: 1,
+            protection: Protection::Keyring,
+            encrypted: false,
+            argon2id: None,
+            keyring_entry: Some(entry),
+            pending: None,
+        }
     }
 
     /// The parameters beside the store in `home`, if it has any.

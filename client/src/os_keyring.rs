@@ -1,6 +1,6 @@
 //! The operating system's keyring (Secret Service on Linux, Keychain on macOS) as the
 //! home of a store's key: a random key kept there, under the entry named in
-//! [`crate::PARAMS_FILE`], and unlocked with the user's login. A copy of the home
+//! `muster.key.json`, and unlocked with the user's login. A copy of the home
 //! directory is useless without it; a program running as the user while the keyring is
 //! unlocked can read it, as it can read the user's other secrets.
 //!
@@ -8,7 +8,7 @@
 //! must not run on an async runtime's thread, and a session bus with no keyring behind
 //! it can leave a call waiting for D-Bus's own timeout.
 
-use crate::{KeyError, StoreKey};
+use muster_keystore::{KeyError, KeyParams, StoreKey};
 use std::time::Duration;
 
 /// The keyring's service name for Muster's entries.
@@ -40,7 +40,7 @@ fn on_own_thread<T: Send + 'static>(
 }
 
 /// Keeps a new random key in the keyring under `entry`; returns it.
-pub fn create(entry: &str) -> Result<StoreKey, KeyError> {
+pub(crate) fn create(entry: &str) -> Result<StoreKey, KeyError> {
     let key = StoreKey::generate();
     let secret = zeroize::Zeroizing::new(hex::encode(key.as_bytes()));
     let entry = entry.to_string();
@@ -62,7 +62,7 @@ pub fn create(entry: &str) -> Result<StoreKey, KeyError> {
 }
 
 /// The key kept in the keyring under `entry`.
-pub fn load(entry: &str) -> Result<StoreKey, KeyError> {
+pub(crate) fn load(entry: &str) -> Result<StoreKey, KeyError> {
     let entry = entry.to_string();
     let text = zeroize::Zeroizing::new(on_own_thread(move || {
         keyring::Entry::new(SERVICE, &entry)?.get_password()
@@ -75,11 +75,29 @@ pub fn load(entry: &str) -> Result<StoreKey, KeyError> {
         .as_slice()
         .try_into()
         .map_err(|_| KeyError::Keyring("the keyring's entry is not a store key".into()))?;
-    Ok(StoreKey(key))
+    Ok(StoreKey::from_bytes(key))
 }
 
 /// Removes the entry (after the store moved to another key).
-pub fn remove(entry: &str) -> Result<(), KeyError> {
+pub(crate) fn remove(entry: &str) -> Result<(), KeyError> {
     let entry = entry.to_string();
     on_own_thread(move || keyring::Entry::new(SERVICE, &entry)?.delete_credential())
+}
+
+/// Parameters for a new store key kept in the keyring under a new entry; returns them and
+/// the key, already stored there.
+pub(crate) fn new_params() -> Result<(KeyParams, StoreKey), KeyError> {
+    let id = StoreKey::generate();
+    let entry = format!("store-{}", hex::encode(&id.as_bytes()[..16]));
+    let key = create(&entry)?;
+    Ok((KeyParams::keyring(entry), key))
+}
+
+/// The key `params` keep in the keyring.
+pub(crate) fn key_of(params: &KeyParams) -> Result<StoreKey, KeyError> {
+    let entry = params
+        .keyring_entry
+        .as_deref()
+        .ok_or_else(|| KeyError::Keyring("muster.key.json names no keyring entry".into()))?;
+    load(entry)
 }
