@@ -247,35 +247,30 @@ impl Engine {
             return Ok(Unsealed::Open(None));
         };
         if approvals.is_empty() {
-            let stale: Vec<(String, String)> = self
+            // One pass: forget requests past their time, and reuse a pending one for this read.
+            let stored: Vec<(String, String)> = self
                 .db
                 .prepare("SELECT id, request FROM archive_requests")?
                 .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<Result<_, _>>()?;
-            for (id, text) in stale {
-                let expired = serde_json::from_str::<legal::ApprovalRequest>(&text)
-                    .map_or(true, |r| {
-                        now_ms() - r.created_at > legal::REQUEST_LIFETIME_MS
-                    });
-                if expired {
-                    self.db
-                        .execute("DELETE FROM archive_requests WHERE id = ?1", [id])?;
-                }
-            }
-            let pending: Vec<String> = self
-                .db
-                .prepare("SELECT request FROM archive_requests")?
-                .query_map([], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
-            for text in pending {
-                if let Ok(request) = serde_json::from_str::<legal::ApprovalRequest>(&text) {
-                    if request.action == action
-                        && request.what == what
-                        && request.key_id == officers.key_id
-                    {
-                        return Ok(Unsealed::NeedsApproval(Box::new(request)));
+            let mut pending = None;
+            for (id, text) in stored {
+                match serde_json::from_str::<legal::ApprovalRequest>(&text) {
+                    Ok(r) if now_ms() - r.created_at <= legal::REQUEST_LIFETIME_MS => {
+                        let this_read =
+                            r.action == action && r.what == what && r.key_id == officers.key_id;
+                        if this_read && pending.is_none() {
+                            pending = Some(r);
+                        }
+                    }
+                    _ => {
+                        self.db
+                            .execute("DELETE FROM archive_requests WHERE id = ?1", [id])?;
                     }
                 }
+            }
+            if let Some(request) = pending {
+                return Ok(Unsealed::NeedsApproval(Box::new(request)));
             }
             let certificate = device
                 .certificate
@@ -342,6 +337,29 @@ impl Engine {
         Ok(Unsealed::Open(Some(key)))
     }
 
+    /// Starts a read of the archive: unseals it for `asked` (see [`Self::unseal_for`]),
+    /// then, once it may go ahead, records `logged` in the access log with the approving
+    /// officers and publishes that record, before anything is read.
+    async fn begin_read(
+        &mut self,
+        conn: &impl Link,
+        action: &str,
+        asked: &str,
+        logged: String,
+        approvals: &[legal::Approval],
+    ) -> Result<Unsealed, EngineError> {
+        let unsealed = self.unseal_for(action, asked, approvals)?;
+        if let Unsealed::Open(key) = &unsealed {
+            let approved_by = key
+                .as_ref()
+                .map(|k| k.approved_by.clone())
+                .unwrap_or_default();
+            self.record_approved_access(action, logged, approved_by)?;
+            self.archive_publish(conn).await?;
+        }
+        Ok(unsealed)
+    }
+
     /// (archive) The archived messages of one account, oldest first. The export is
     /// recorded in the access log, and the record published to the relay, before
     /// anything is returned. A sealed archive needs its legal officers' approvals.
@@ -362,16 +380,13 @@ impl Engine {
         if let Some(to) = filter.to_ms {
             what.push_str(&format!(" to {}", rfc3339_ms(to)));
         }
-        let key = match self.unseal_for("export", &what, approvals)? {
+        let key = match self
+            .begin_read(conn, "export", &what, what.clone(), approvals)
+            .await?
+        {
             Unsealed::NeedsApproval(request) => return Ok(ArchiveRead::NeedsApproval(request)),
             Unsealed::Open(key) => key,
         };
-        let approved_by = key
-            .as_ref()
-            .map(|k| k.approved_by.clone())
-            .unwrap_or_default();
-        self.record_approved_access("export", what, approved_by)?;
-        self.archive_publish(conn).await?;
         let open = opener(key.as_ref());
         Ok(ArchiveRead::Done(archive::messages(
             &self.db, filter, &open,
@@ -425,16 +440,13 @@ impl Engine {
         chosen.sort_unstable();
         let asked = format!("{count} messages drawn with seed {seed}");
         let what = format!("{count} of {total} messages, seed {seed}");
-        let key = match self.unseal_for("sample", &asked, approvals)? {
+        let key = match self
+            .begin_read(conn, "sample", &asked, what, approvals)
+            .await?
+        {
             Unsealed::NeedsApproval(request) => return Ok(ArchiveRead::NeedsApproval(request)),
             Unsealed::Open(key) => key,
         };
-        let approved_by = key
-            .as_ref()
-            .map(|k| k.approved_by.clone())
-            .unwrap_or_default();
-        self.record_approved_access("sample", what, approved_by)?;
-        self.archive_publish(conn).await?;
         let open = opener(key.as_ref());
         let sample = chosen
             .into_iter()

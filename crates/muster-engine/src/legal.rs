@@ -326,6 +326,13 @@ pub fn open_share(
     })
 }
 
+/// What a device signs: `context`, then `unsigned` (its signature field empty) as JSON.
+fn signed_form(context: &[u8], unsigned: &impl Serialize) -> Vec<u8> {
+    let mut out = context.to_vec();
+    out.extend(serde_json::to_vec(unsigned).expect("a signed document serialises"));
+    out
+}
+
 /// The archive's request to read, signed by the archive device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApprovalRequest {
@@ -350,9 +357,7 @@ impl ApprovalRequest {
     fn signed_bytes(&self) -> Vec<u8> {
         let mut unsigned = self.clone();
         unsigned.signature.clear();
-        let mut out = b"muster archive request v1\0".to_vec();
-        out.extend(serde_json::to_vec(&unsigned).expect("request serialises"));
-        out
+        signed_form(b"muster archive request v1\0", &unsigned)
     }
 
     /// Checks the request on an officer's device: from this organisation's archive device
@@ -458,9 +463,7 @@ impl Approval {
     fn signed_bytes(&self) -> Vec<u8> {
         let mut unsigned = self.clone();
         unsigned.signature.clear();
-        let mut out = b"muster archive approval v1\0".to_vec();
-        out.extend(serde_json::to_vec(&unsigned).expect("approval serialises"));
-        out
+        signed_form(b"muster archive approval v1\0", &unsigned)
     }
 
     fn aad(request: &ApprovalRequest, officer: &str, index: u8) -> Vec<u8> {

@@ -57,11 +57,7 @@ pub fn open(path: &Path, key: Option<&StoreKey>) -> Result<(Connection, StoreLoc
             path.display()
         )));
     }
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(sidecar(path, ".lock"))?;
+    let lock = lock_file(path)?;
     let state = state(path)?;
     let Some(key) = key else {
         if state == StoreState::Encrypted {
@@ -87,11 +83,7 @@ pub fn open(path: &Path, key: Option<&StoreKey>) -> Result<(Connection, StoreLoc
                 // In use: wait for whoever is encrypting it, then look again.
                 lock.lock_shared()?;
                 if self::state(path)? == StoreState::Plaintext {
-                    return Err(EngineError::Invalid(
-                        "another muster process has this device's store open: stop it (chat, \
-                         ui, archive serve), then encrypt the store"
-                            .into(),
-                    ));
+                    return Err(in_use("encrypt the store"));
                 }
                 lock.unlock()?;
             }
@@ -100,58 +92,71 @@ pub fn open(path: &Path, key: Option<&StoreKey>) -> Result<(Connection, StoreLoc
     }
     lock.lock_shared()?;
     let db = Connection::open(path)?;
-    apply_key(&db, key)?;
-    match readable(&db) {
-        Ok(()) => Ok((db, StoreLock(lock))),
-        Err(e) if not_a_database(&e) => Err(EngineError::WrongStoreKey),
-        Err(e) => Err(e.into()),
+    if !unlocks(&db, key)? {
+        return Err(EngineError::WrongStoreKey);
     }
+    Ok((db, StoreLock(lock)))
 }
 
 /// Whether `key` opens the encrypted store at `path` (nothing is changed either way).
 pub fn key_opens(path: &Path, key: &StoreKey) -> Result<bool, EngineError> {
     let db = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)?;
-    apply_key(&db, key)?;
-    match readable(&db) {
+    unlocks(&db, key)
+}
+
+/// Gives `db` the key, and says whether the store reads with it.
+fn unlocks(db: &Connection, key: &StoreKey) -> Result<bool, EngineError> {
+    apply_key(db, key)?;
+    match readable(db) {
         Ok(()) => Ok(true),
         Err(e) if not_a_database(&e) => Ok(false),
         Err(e) => Err(e.into()),
     }
 }
 
-/// Re-encrypts the store at `path` from `old` to `new`, while no other process has it
-/// open. SQLCipher rewrites every page in one transaction under a rollback journal, so a
-/// crash leaves the store whole under one key or the other.
-pub fn rekey(path: &Path, old: &StoreKey, new: &StoreKey) -> Result<(), EngineError> {
-    let lock = std::fs::OpenOptions::new()
+/// The lock file beside the store at `path` (see [`StoreLock`]).
+fn lock_file(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(sidecar(path, ".lock"))?;
-    match lock.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            return Err(EngineError::Invalid(
-                "another muster process has this device's store open: stop it (chat, ui, \
-                 archive serve), then change the key"
-                    .into(),
-            ))
-        }
-        Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
-    }
-    let db = Connection::open(path)?;
-    apply_key(&db, old)?;
-    match readable(&db) {
-        Ok(()) => {}
-        Err(e) if not_a_database(&e) => return Err(EngineError::WrongStoreKey),
-        Err(e) => return Err(e.into()),
-    }
+        .open(sidecar(path, ".lock"))
+}
+
+/// Why the store cannot be rewritten now: another process has it open.
+fn in_use(then: &str) -> EngineError {
+    EngineError::Invalid(format!(
+        "another muster process has this device's store open: stop it (chat, ui, archive \
+         serve), then {then}"
+    ))
+}
+
+/// Moves everything in the store's write-ahead log into the file and empties the log.
+fn empty_log(db: &Connection) -> Result<(), EngineError> {
     let busy: i64 = db.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
     if busy != 0 {
         return Err(EngineError::Invalid(
             "the store's log could not be emptied (another process is using it)".into(),
         ));
     }
+    Ok(())
+}
+
+/// Re-encrypts the store at `path` from `old` to `new`, while no other process has it
+/// open. SQLCipher rewrites every page in one transaction under a rollback journal, so a
+/// crash leaves the store whole under one key or the other.
+pub fn rekey(path: &Path, old: &StoreKey, new: &StoreKey) -> Result<(), EngineError> {
+    let lock = lock_file(path)?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => return Err(in_use("change the key")),
+        Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+    }
+    let db = Connection::open(path)?;
+    if !unlocks(&db, old)? {
+        return Err(EngineError::WrongStoreKey);
+    }
+    empty_log(&db)?;
     let mode: String = db.query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("delete") {
         return Err(EngineError::Invalid(format!(
@@ -212,12 +217,7 @@ fn encrypt_in_place(path: &Path, key: &StoreKey) -> Result<(), EngineError> {
     {
         let plain = Connection::open(path)?;
         // Everything in the log goes into the file first.
-        let busy: i64 = plain.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
-        if busy != 0 {
-            return Err(EngineError::Invalid(
-                "the store's log could not be emptied (another process is using it)".into(),
-            ));
-        }
+        empty_log(&plain)?;
         let version: i64 = plain.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         plain.execute(
             "ATTACH DATABASE ?1 AS encrypted KEY ?2",
