@@ -91,8 +91,12 @@ pub(crate) enum Command {
         #[arg(long)]
         device: Option<String>,
         /// Make this device the organisation's compliance archive (archive role only).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "bot")]
         archive: bool,
+        /// Make this a bot: a service account that posts texts and alerts to the groups it
+        /// is in (`muster bot serve`) and administers nothing (bot role only).
+        #[arg(long)]
+        bot: bool,
     },
     /// (admin) Reject a user's enrolment request.
     Reject {
@@ -252,6 +256,9 @@ pub(crate) enum Command {
     /// Your profile as colleagues see it.
     #[command(subcommand)]
     Profile(ProfileCommand),
+    /// A bot account: its intake tokens and `bot serve` (run on the bot's device).
+    #[command(subcommand)]
+    Bot(crate::bot::BotCommand),
     /// The organisation's compliance archive (run on the archive device).
     #[command(subcommand)]
     Archive(crate::archive::ArchiveCommand),

@@ -18,6 +18,7 @@ macro_rules! print {
 }
 
 mod archive;
+mod bot;
 mod cli;
 mod conversation;
 mod live;
@@ -152,6 +153,7 @@ fn store_command(
 async fn run_command(engine: &mut Engine, command: Command) -> Result<(), EngineError> {
     let command = match command {
         Command::Archive(command) => return archive::run(engine, command).await,
+        Command::Bot(command) => return bot::run(engine, command).await,
         command => command,
     };
     let Some(command) = people::run(engine, command).await? else {

@@ -4,7 +4,7 @@ use crate::cli::*;
 use crate::online;
 use crate::print::*;
 use muster_driver::Connection;
-use muster_engine::{Engine, EngineError};
+use muster_engine::{AccountKind, Engine, EngineError};
 use muster_proto::Profile;
 
 /// Runs `command` if it is one of this module's; hands it back otherwise.
@@ -119,17 +119,25 @@ pub(crate) async fn run(
             user,
             device,
             archive,
+            bot,
         } => {
+            let kind = match (archive, bot) {
+                (true, _) => AccountKind::Archive,
+                (_, true) => AccountKind::Bot,
+                _ => AccountKind::Person,
+            };
             let id = online(engine, async |engine, conn| {
-                engine
-                    .approve(conn, &user, device.as_deref(), archive)
-                    .await
+                engine.approve(conn, &user, device.as_deref(), kind).await
             })
             .await?;
-            if archive {
-                println!("approved {user} (device {id}) as the organisation's compliance archive");
-            } else {
-                println!("approved {user} (device {id})");
+            match kind {
+                AccountKind::Archive => println!(
+                    "approved {user} (device {id}) as the organisation's compliance archive"
+                ),
+                AccountKind::Bot => println!(
+                    "approved {user} (device {id}) as a bot: add it to the groups it may post to"
+                ),
+                AccountKind::Person => println!("approved {user} (device {id})"),
             }
         }
         Command::Reject { user, device } => {

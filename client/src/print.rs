@@ -143,11 +143,22 @@ pub(crate) fn print_group(g: &GroupView) {
     } else if g.notify_level != "all" {
         state.push_str(&format!(" [notify: {}]", g.notify_level));
     }
+    let members: Vec<String> = g
+        .members
+        .iter()
+        .map(|m| {
+            if g.bot_members.contains(m) {
+                format!("{m} (bot)")
+            } else {
+                m.clone()
+            }
+        })
+        .collect();
     println!(
         "{}{state}  ({} members: {})  id {}  epoch {}",
         g.name,
         g.members.len(),
-        g.members.join(", "),
+        members.join(", "),
         g.id,
         g.epoch
     );

@@ -3,6 +3,7 @@
 mod admin;
 mod archive;
 mod attachments;
+mod bots;
 mod conversation;
 mod crisis;
 mod delegation;

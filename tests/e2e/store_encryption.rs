@@ -2,31 +2,10 @@
 //! reads in plaintext, a wrong passphrase changes nothing, the key can be changed, and a
 //! plaintext store from an earlier version is encrypted in place with nothing lost.
 
-use muster_e2e::{dir_contains, Device, Org};
+use muster_e2e::{decrypted_copy, dir_contains, Device, Org};
 
 const PASSPHRASE: &str = "correct horse battery staple";
 const NEW_PASSPHRASE: &str = "tide tables for the night shift";
-
-/// A decrypted copy of `device`'s store, outside its home: what the needles would be
-/// found in, were the store readable (so the greps below can fail).
-fn decrypted_copy(
-    org: &Org,
-    device: &Device,
-    key: &muster_keystore::StoreKey,
-) -> std::path::PathBuf {
-    let plain = org.dir.path().join(format!("{}-decrypted.db", device.name));
-    let _ = std::fs::remove_file(&plain);
-    let db = muster_e2e::open_encrypted(&device.home.join("muster.db"), key);
-    db.execute(
-        "ATTACH DATABASE ?1 AS plain KEY ''",
-        [plain.to_string_lossy()],
-    )
-    .unwrap();
-    db.query_row("SELECT sqlcipher_export('plain')", [], |_| Ok(()))
-        .unwrap();
-    db.execute_batch("DETACH DATABASE plain").unwrap();
-    plain
-}
 
 fn file_contains(path: &std::path::Path, needle: &[u8]) -> bool {
     std::fs::read(path)
@@ -94,7 +73,7 @@ fn a_conversation_leaves_nothing_readable_in_an_encrypted_home_and_a_wrong_passp
         })
         .unwrap();
     let key_hex = hex::encode(admin_key.as_bytes());
-    let plain = decrypted_copy(&org, &org.admin, &admin_key);
+    let plain = decrypted_copy(org.dir.path(), &org.admin, &admin_key);
     for needle in needles.iter().copied().chain([signing_key.as_slice()]) {
         assert!(
             file_contains(&plain, needle),
@@ -200,7 +179,7 @@ fn a_plaintext_store_from_the_previous_version_is_encrypted_in_place_and_keeps_e
     let groups_before = bob.ok(&["groups"]);
 
     // The previous version kept the same store in plaintext, with no key parameters.
-    let plain = decrypted_copy(&org, &bob, &bob.store_key());
+    let plain = decrypted_copy(org.dir.path(), &bob, &bob.store_key());
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(bob.home.join(format!("muster.db{suffix}")));
     }

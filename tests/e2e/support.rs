@@ -618,3 +618,68 @@ pub fn relay_certificate(org: &Org, user: &str) -> muster_proto::Certificate {
         .unwrap();
     muster_proto::Certificate::from_bytes(&bytes).unwrap()
 }
+
+/// One HTTP/1.1 request to `addr` (host:port) on loopback; the status and the body.
+pub fn http_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the HTTP server");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    // A server may answer (413) before taking the whole body.
+    let _ = stream.write_all(body);
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer).to_string();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"));
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A port on 127.0.0.1 that was free a moment ago (for servers that cannot take port 0).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A decrypted copy of `device`'s store in `dir`: what needles would be found in were
+/// the store readable (so that greps of the encrypted one can fail).
+pub fn decrypted_copy(dir: &Path, device: &Device, key: &muster_keystore::StoreKey) -> PathBuf {
+    let plain = dir.join(format!("{}-decrypted.db", device.name));
+    let _ = std::fs::remove_file(&plain);
+    let db = open_encrypted(&device.home.join("muster.db"), key);
+    db.execute(
+        "ATTACH DATABASE ?1 AS plain KEY ''",
+        [plain.to_string_lossy()],
+    )
+    .unwrap();
+    db.query_row("SELECT sqlcipher_export('plain')", [], |_| Ok(()))
+        .unwrap();
+    db.execute_batch("DETACH DATABASE plain").unwrap();
+    plain
+}

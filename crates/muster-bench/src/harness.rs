@@ -276,7 +276,12 @@ impl Org {
         let mut engine = open_engine(&dir.join(user))?;
         muster_driver::join(&mut engine, &code, profile(user)).await?;
         self.admin
-            .approve(&self.admin_conn, user, None, false)
+            .approve(
+                &self.admin_conn,
+                user,
+                None,
+                muster_engine::AccountKind::Person,
+            )
             .await?;
         // The first connection picks up the certificate and uploads KeyPackages.
         muster_driver::connect(&mut engine).await?.close().await;
@@ -311,7 +316,12 @@ impl Org {
         .await?;
         for user in users {
             self.admin
-                .approve(&self.admin_conn, user, None, false)
+                .approve(
+                    &self.admin_conn,
+                    user,
+                    None,
+                    muster_engine::AccountKind::Person,
+                )
                 .await?;
         }
         // The first connection picks up the certificate and uploads KeyPackages.

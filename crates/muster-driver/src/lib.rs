@@ -3,6 +3,8 @@
 //! connects to the relay over QUIC, proves the device's key, carries the engine's
 //! requests, waits for the relay's wake-ups and reconnects with one backoff policy.
 
+pub mod live;
+
 use muster_engine::{Engine, EngineError, Link, LinkError, NewOrg, SyncReport};
 use muster_net::client::PushHandle;
 use muster_net::{NetError, RelayConnection};

@@ -29,16 +29,16 @@ pub mod store_crypt;
 
 pub use acks::HeldAcks;
 pub use admin::root_backup::{RootBackup, RootBackupError};
-pub use admin::ProfileChangeView;
+pub use admin::{AccountKind, ProfileChangeView};
 pub use archiving::ArchiveRead;
 pub use attachments::{AttachmentError, AttachmentRef};
 pub use content::{describe_duration, Body, Envelope};
 pub use conversation::BoardEntry;
-pub use engine::{leaf_capabilities, rfc3339_ms, wipe_store, CIPHERSUITE};
+pub use engine::{leaf_capabilities, rfc3339_ms, wipe_store, CIPHERSUITE, MAX_IDEMPOTENCY_KEY};
 pub use engine::{
-    AttachmentView, AuditView, DeviceView, DirectoryEntry, Engine, GroupState, GroupView, Identity,
-    MessageView, NewOrg, Notification, PendingView, QueuedMessage, Rollcall, RollcallEntry,
-    SyncReport,
+    AttachmentView, AuditView, BotPost, BotPostKind, BotPosted, BotRefusal, BotRollcall, BotScope,
+    BotTokenView, DeviceView, DirectoryEntry, Engine, GroupState, GroupView, Identity, MessageView,
+    NewOrg, Notification, PendingView, QueuedMessage, Rollcall, RollcallEntry, SyncReport,
 };
 pub use error::EngineError;
 pub use link::{Link, LinkError};

@@ -112,6 +112,17 @@ CREATE TABLE IF NOT EXISTS pending_members (
     group_id BLOB NOT NULL, user TEXT NOT NULL, since INTEGER NOT NULL,
     PRIMARY KEY (group_id, user));
 CREATE TABLE IF NOT EXISTS pending_commits (group_id BLOB PRIMARY KEY, commit_hash BLOB NOT NULL);
+-- a bot's intake: its bearer tokens (SHA-256 of the secret, never the secret), the posts
+-- it stored by their client-given key, and the alert each unresolved alarm group became
+CREATE TABLE IF NOT EXISTS bot_tokens (
+    id TEXT PRIMARY KEY, group_id BLOB NOT NULL, digest BLOB NOT NULL, label TEXT,
+    created_at INTEGER NOT NULL, revoked_at INTEGER);
+CREATE TABLE IF NOT EXISTS bot_requests (
+    group_id BLOB NOT NULL, key TEXT NOT NULL, message_id TEXT NOT NULL, at INTEGER NOT NULL,
+    PRIMARY KEY (group_id, key));
+CREATE TABLE IF NOT EXISTS bot_alarms (
+    group_id BLOB NOT NULL, alarm TEXT NOT NULL, message_id TEXT NOT NULL,
+    PRIMARY KEY (group_id, alarm));
 "#;
 
 use rusqlite::OptionalExtension;

@@ -88,6 +88,9 @@ pub enum Role {
     /// The organisation's compliance archive: a headless device that keeps a copy of every
     /// archived group's conversation. Members see it in the group.
     Archive,
+    /// A service account (`muster bot serve`): it sends texts and alerts to the groups it
+    /// is in and administers nothing. Members see it marked as a bot.
+    Bot,
 }
 
 /// The attributes a user chose and an admin approves.
@@ -306,6 +309,10 @@ impl Certificate {
 
     pub fn is_archive(&self) -> bool {
         self.body.roles.contains(&Role::Archive)
+    }
+
+    pub fn is_bot(&self) -> bool {
+        self.body.roles.contains(&Role::Bot)
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {

@@ -13,6 +13,8 @@
 //!   waiting to join, which whoever may add (or remove) a person may change for them;
 //! - in a managed group only admins add or remove people; a member may add their own
 //!   other devices and remove revoked devices, or devices whose certificate ran out;
+//! - a bot (a service account) administers nothing: it adds only its own devices,
+//!   removes only its own devices and revoked or lapsed ones, and changes no group context;
 //! - while a group is archived, nobody removes an unrevoked archive device;
 //! - an external join comes from a device already in the group replacing its own leaf,
 //!   or from a device of someone the group lists as waiting to join, and does nothing
@@ -68,6 +70,8 @@ pub enum Refusal {
     NotFromMember,
     #[error("{by} may not {what} in this managed group: only an admin may")]
     Managed { by: String, what: &'static str },
+    #[error("{by} is a bot, and a bot may not {what}")]
+    Bot { by: String, what: &'static str },
     #[error("{by} may not change this group's policy: only an admin may")]
     Policy { by: String },
     #[error("{by}'s change removes the compliance archive from an archived group; archiving must be turned off first")]
@@ -176,6 +180,12 @@ fn check_context_change(
             "a list of people waiting to join that is too long or names an invalid handle",
         ));
     }
+    if proposer.is_bot() {
+        return Err(Refusal::Bot {
+            by: proposer.body.user.clone(),
+            what: "change the group's settings or who waits to join",
+        });
+    }
     if proposer.is_admin() {
         return Ok(());
     }
@@ -260,6 +270,13 @@ fn check_one(
         let revoked = cert.as_ref().is_some_and(|c| {
             (ctx.revoked)(c) || (lapsed(c, ctx.now) && !(ctx.renewed)(&c.body.device_id))
         });
+        let own_device = cert.as_ref().is_some_and(|c| c.body.user == *by);
+        if proposer.is_bot() && !revoked && !own_device {
+            return Err(Refusal::Bot {
+                by: by.clone(),
+                what: "remove people",
+            });
+        }
         if policy.managed && !proposer.is_admin() && !revoked {
             return Err(Refusal::Managed {
                 by: by.clone(),
@@ -280,6 +297,12 @@ fn check_one(
             let leaf = add.key_package().leaf_node();
             let added =
                 verified_certificate(ctx, leaf.credential(), leaf.signature_key().as_slice())?;
+            if proposer.is_bot() && added.body.user != *by {
+                return Err(Refusal::Bot {
+                    by: by.clone(),
+                    what: "add people",
+                });
+            }
             if policy.managed && !proposer.is_admin() && added.body.user != *by {
                 return Err(Refusal::Managed {
                     by: by.clone(),

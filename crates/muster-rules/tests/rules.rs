@@ -610,3 +610,78 @@ fn people_waiting_to_join_come_in_from_outside_and_only_those_who_may_add_them_l
         Ok(())
     );
 }
+
+#[test]
+fn a_bot_in_an_open_group_adds_removes_and_changes_nothing_but_sends_and_updates() {
+    let w = World::new();
+    let alice = w.member("alice", vec![Role::Admin, Role::Member]);
+    let bob = w.member("bob", vec![Role::Member]);
+    let pager = w.member("pager", vec![Role::Bot]);
+    let dave = w.member("dave", vec![Role::Member]);
+    let (mut alices, mut joined) = group(&alice, &[&bob, &pager], GroupPolicy::default());
+    let mut pagers = joined.pop().unwrap();
+    let mut bobs = joined.pop().unwrap();
+    // A member of an open group may add dave; the bot may not.
+    let (commit, _, _) = bobs
+        .add_members(&bob.provider, &bob.signer, &[dave.key_package()])
+        .unwrap();
+    assert_eq!(
+        judge(&w, &alice, &mut alices, bytes_of(&commit), &[]),
+        Ok(())
+    );
+    bobs.clear_pending_commit(bob.provider.storage()).unwrap();
+    let (commit, _, _) = pagers
+        .add_members(&pager.provider, &pager.signer, &[dave.key_package()])
+        .unwrap();
+    assert!(matches!(
+        judge(&w, &alice, &mut alices, bytes_of(&commit), &[]),
+        Err(Refusal::Bot {
+            what: "add people",
+            ..
+        })
+    ));
+    pagers
+        .clear_pending_commit(pager.provider.storage())
+        .unwrap();
+    let leaf = leaf_of(&pagers, &bob.cert);
+    let (commit, _, _) = pagers
+        .remove_members(&pager.provider, &pager.signer, &[leaf])
+        .unwrap();
+    assert!(matches!(
+        judge(&w, &alice, &mut alices, bytes_of(&commit), &[]),
+        Err(Refusal::Bot {
+            what: "remove people",
+            ..
+        })
+    ));
+    pagers
+        .clear_pending_commit(pager.provider.storage())
+        .unwrap();
+    let (commit, _, _) = pagers
+        .update_group_context_extensions(
+            &pager.provider,
+            waiting_extensions(GroupPolicy::default(), &["dave"]),
+            &pager.signer,
+        )
+        .unwrap();
+    assert!(matches!(
+        judge(&w, &alice, &mut alices, bytes_of(&commit), &[]),
+        Err(Refusal::Bot { .. })
+    ));
+    pagers
+        .clear_pending_commit(pager.provider.storage())
+        .unwrap();
+    // Its own key update is a member's ordinary housekeeping.
+    let (commit, _, _) = pagers
+        .self_update(
+            &pager.provider,
+            &pager.signer,
+            LeafNodeParameters::default(),
+        )
+        .unwrap()
+        .into_contents();
+    assert_eq!(
+        judge(&w, &alice, &mut alices, bytes_of(&commit), &[]),
+        Ok(())
+    );
+}

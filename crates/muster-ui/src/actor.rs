@@ -3,7 +3,7 @@
 //! actions and the relay's deliveries never touch the store at once. Every change is
 //! announced on the event channel for the pages to refetch.
 
-use crate::link::{fatal, Link, Status, Woke};
+use muster_driver::live::{fatal, Link, Status, Woke};
 use muster_driver::{Connection, Wake};
 use muster_engine::provision::OrgSpec;
 use muster_engine::{
@@ -417,7 +417,14 @@ async fn online(
             reply,
         } => {
             let decided = if approve {
-                engine.approve(conn, &user, Some(&device), false).await
+                engine
+                    .approve(
+                        conn,
+                        &user,
+                        Some(&device),
+                        muster_engine::AccountKind::Person,
+                    )
+                    .await
             } else {
                 engine.reject(conn, &user, Some(&device)).await
             };

@@ -5,7 +5,6 @@
 mod actor;
 mod admin;
 mod guard;
-mod link;
 mod provision;
 mod server;
 

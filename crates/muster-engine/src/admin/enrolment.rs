@@ -204,14 +204,15 @@ impl Engine {
     /// Signs the identity certificate of `user`'s pending device, after checking that it
     /// was made with a code this organisation issued. A new user gets the profile their
     /// device signed; another device of a known user gets that user's profile and roles
-    /// from this device's own record. With `archive`, a new account becomes the
-    /// organisation's compliance archive (archive role only).
+    /// from this device's own record. A new account of `kind` archive becomes the
+    /// organisation's compliance archive, and one of kind bot a service account (each with
+    /// that role only).
     pub async fn approve(
         &mut self,
         conn: &impl Link,
         user: &str,
         device: Option<&str>,
-        archive: bool,
+        kind: AccountKind,
     ) -> Result<String, EngineError> {
         let me = self.device()?;
         let signing = self.signing(&me)?;
@@ -221,9 +222,11 @@ impl Engine {
         let pending = self.pending_for(conn, user, device).await?;
         let proven = self.proven(&pending)?;
         let (profile, roles) = match self.record_of(user)? {
-            Some((_, roles)) if archive && !roles.contains(&Role::Archive) => {
+            Some((_, roles)) if kind.role().is_some_and(|role| !roles.contains(&role)) => {
                 return Err(EngineError::Invalid(format!(
-                    "{user} is an enrolled person; an archive needs an account of its own"
+                    "{user} is an enrolled account without the {} role; a {} needs an account of its own",
+                    kind.name(),
+                    kind.name()
                 )))
             }
             Some(record) => record,
@@ -232,8 +235,10 @@ impl Engine {
                     "this device has no verified record of {user}, so it cannot tell which roles a new device of theirs should carry"
                 )))
             }
-            None if archive => (proven.profile.clone(), vec![Role::Archive]),
-            None => (proven.profile.clone(), vec![Role::Member]),
+            None => (
+                proven.profile.clone(),
+                vec![kind.role().unwrap_or(Role::Member)],
+            ),
         };
         self.issue(conn, &me, &signing, &proven, profile, roles)
             .await?;
@@ -451,4 +456,35 @@ pub(crate) struct ProvenEnrolment {
     pub code_key: Vec<u8>,
     /// Who made the code.
     pub issued_by: String,
+}
+
+/// What a newly approved account is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AccountKind {
+    /// A person: the member role.
+    #[default]
+    Person,
+    /// The organisation's compliance archive.
+    Archive,
+    /// A service account that turns other systems' alarms into messages.
+    Bot,
+}
+
+impl AccountKind {
+    /// The one role an account of this kind carries, when it is not a person.
+    fn role(self) -> Option<Role> {
+        match self {
+            AccountKind::Person => None,
+            AccountKind::Archive => Some(Role::Archive),
+            AccountKind::Bot => Some(Role::Bot),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            AccountKind::Person => "member",
+            AccountKind::Archive => "archive",
+            AccountKind::Bot => "bot",
+        }
+    }
 }

@@ -42,6 +42,7 @@ pub(crate) fn shamir_combine(shares: &[(u8, Vec<u8>)]) -> Option<Vec<u8>> {
     shamir::combine(shares)
 }
 
+pub use enrolment::AccountKind;
 pub use profiles::ProfileChangeView;
 
 /// How far back a new certificate's validity starts, for devices whose clocks run behind.
@@ -575,6 +576,7 @@ impl Engine {
                             Role::Admin => "admin".to_string(),
                             Role::Member => "member".to_string(),
                             Role::Archive => "archive".to_string(),
+                            Role::Bot => "bot".to_string(),
                         })
                         .collect(),
                     devices: 1,

@@ -160,8 +160,14 @@ impl Engine {
             managed,
             archived: false,
         };
+        let me = self.device()?;
+        if me.certificate.as_ref().is_some_and(|c| c.is_bot()) {
+            return Err(EngineError::Invalid(
+                "a bot cannot create groups: a person creates the group and adds the bot".into(),
+            ));
+        }
         if managed {
-            Self::require_admin(&self.device()?)?;
+            Self::require_admin(&me)?;
         }
         let name = name.trim();
         if name.is_empty() || name.len() > 64 {

@@ -6,18 +6,18 @@ use super::*;
 impl Engine {
     /// Encrypts `body` for the group and queues it in the outbox, in one transaction.
     pub(super) fn enqueue(&mut self, group_id: &[u8], body: Body) -> Result<String, EngineError> {
-        let mut ids = self.enqueue_all(group_id, vec![body], |_, _| Ok(()))?;
+        let mut ids = self.enqueue_all(group_id, vec![body], |_, _, _| Ok(()))?;
         Ok(ids.pop().unwrap_or_default())
     }
 
     /// Encrypts each of `bodies` into the outbox in one transaction, reading the group
-    /// once; `with_each(tx, i)` stores what goes with the `i`th in the same transaction.
-    /// Returns their message ids.
+    /// once; `with_each(tx, i, id)` stores what goes with the `i`th (message `id`) in the
+    /// same transaction. Returns their message ids.
     pub(super) fn enqueue_all(
         &mut self,
         group_id: &[u8],
         bodies: Vec<Body>,
-        mut with_each: impl FnMut(&Connection, usize) -> Result<(), EngineError>,
+        mut with_each: impl FnMut(&Connection, usize, &str) -> Result<(), EngineError>,
     ) -> Result<Vec<String>, EngineError> {
         let device = self.device()?;
         if let Some(cert) = &device.certificate {
@@ -38,8 +38,9 @@ impl Engine {
         for (i, body) in bodies.into_iter().enumerate() {
             let envelope = Envelope::new(random_hex(16), now_ms(), body);
             ids.push(envelope.id.clone());
+            let id = envelope.id.clone();
             queue_in(&provider, &mut group, &signer, &device, envelope)?;
-            with_each(&tx, i)?;
+            with_each(&tx, i, &id)?;
         }
         tx.commit()?;
         Ok(ids)
@@ -58,6 +59,20 @@ impl Engine {
         text: &str,
         reply_to: Option<&str>,
     ) -> Result<QueuedMessage, EngineError> {
+        let body = self.text_body(group, text, reply_to)?;
+        let (group_id, _) = self.active_group(group)?;
+        let id = self.enqueue(&group_id, body)?;
+        Ok(QueuedMessage { group_id, id })
+    }
+
+    /// The body of a text to `group`, checked, quoting `reply_to` (an id or id prefix of
+    /// a message of the same group).
+    pub(super) fn text_body(
+        &self,
+        group: &str,
+        text: &str,
+        reply_to: Option<&str>,
+    ) -> Result<Body, EngineError> {
         if text.trim().is_empty() {
             return Err(EngineError::Invalid("message is empty".into()));
         }
@@ -80,15 +95,11 @@ impl Engine {
             }
             None => None,
         };
-        let id = self.enqueue(
-            &group_id,
-            Body::Text {
-                text: text.to_string(),
-                reply_to,
-                mentions: mentions_in(text),
-            },
-        )?;
-        Ok(QueuedMessage { group_id, id })
+        Ok(Body::Text {
+            text: text.to_string(),
+            reply_to,
+            mentions: mentions_in(text),
+        })
     }
 
     /// Finds a message by id or unique id prefix (at least 6 characters) in any group.
@@ -224,19 +235,9 @@ impl Engine {
         text: &str,
         ack_required: bool,
     ) -> Result<QueuedMessage, EngineError> {
-        if text.trim().is_empty() || text.len() > MAX_TEXT_BYTES {
-            return Err(EngineError::Invalid(format!(
-                "an alert must be 1 to {MAX_TEXT_BYTES} bytes"
-            )));
-        }
+        let body = alert_body(text, ack_required)?;
         let (group_id, _) = self.active_group(group)?;
-        let id = self.enqueue(
-            &group_id,
-            Body::Alert {
-                text: text.to_string(),
-                ack_required,
-            },
-        )?;
+        let id = self.enqueue(&group_id, body)?;
         Ok(QueuedMessage { group_id, id })
     }
 
@@ -384,7 +385,7 @@ impl Engine {
             })
             .collect();
         // Each receipt and the messages it covers no longer owing one are stored together.
-        let queued = self.enqueue_all(group_id, receipts, |tx, i| {
+        let queued = self.enqueue_all(group_id, receipts, |tx, i, _| {
             let mut settle =
                 tx.prepare_cached(&format!("UPDATE messages SET {column} = 0 WHERE seq = ?1"))?;
             let mut settle_delivered =
@@ -567,4 +568,17 @@ struct Owed {
     id: String,
     sender: String,
     seq: i64,
+}
+
+/// The body of an alert, checked.
+pub(super) fn alert_body(text: &str, ack_required: bool) -> Result<Body, EngineError> {
+    if text.trim().is_empty() || text.len() > MAX_TEXT_BYTES {
+        return Err(EngineError::Invalid(format!(
+            "an alert must be 1 to {MAX_TEXT_BYTES} bytes"
+        )));
+    }
+    Ok(Body::Alert {
+        text: text.to_string(),
+        ack_required,
+    })
 }

@@ -30,6 +30,7 @@ use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
+mod bots;
 mod commits;
 mod delivery;
 mod directed;
@@ -45,6 +46,10 @@ mod trees;
 mod views;
 mod waiting;
 
+pub use bots::{
+    BotPost, BotPostKind, BotPosted, BotRefusal, BotRollcall, BotScope, BotTokenView,
+    MAX_IDEMPOTENCY_KEY,
+};
 use commits::*;
 use inbound::*;
 #[cfg(feature = "fuzzing")]
@@ -236,6 +241,8 @@ pub struct GroupView {
     pub archived: bool,
     /// Members whose certificate carries the archive role (valid ones only).
     pub archive_members: Vec<String>,
+    /// Members that are bots (service accounts that post other systems' alarms).
+    pub bot_members: Vec<String>,
     /// Who can read what the archive keeps: "readable only by 2 of 3 legal officers
     /// (...)", or its host where the organisation has none.
     pub archive_readable_by: String,

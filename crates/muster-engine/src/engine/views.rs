@@ -45,6 +45,7 @@ impl Engine {
         let group = MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))
             .map_err(EngineError::mls)?;
         let mut member_names = std::collections::BTreeMap::new();
+        let mut bot_members = Vec::new();
         let (members, epoch) = match &group {
             Some(g) if state == GroupState::Active => {
                 let mut certs: Vec<Certificate> = g
@@ -54,7 +55,11 @@ impl Engine {
                 certs.sort_by_key(|c| c.body.not_before);
                 for c in &certs {
                     member_names.insert(c.body.user.clone(), c.body.profile.display_name.clone());
+                    if c.is_bot() && !bot_members.contains(&c.body.user) {
+                        bot_members.push(c.body.user.clone());
+                    }
                 }
+                bot_members.sort();
                 let mut users: Vec<String> = certs.into_iter().map(|c| c.body.user).collect();
                 users.sort();
                 users.dedup();
@@ -95,6 +100,7 @@ impl Engine {
                 .map(|o| o.describe())
                 .unwrap_or_else(|| "readable by the archive's host".into()),
             archive_members,
+            bot_members,
             disappear_secs: disappear_secs.map(|v| v as u64),
             retain_secs: retain_secs.map(|v| v as u64),
             muted: view.muted,

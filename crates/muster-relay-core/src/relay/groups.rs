@@ -67,6 +67,15 @@ impl Relay {
         ratchet_tree: &[u8],
     ) -> Result<Outcome, Failure> {
         let org = self.require_org()?;
+        if self
+            .certificate_of_device(&session.device_id)?
+            .is_some_and(|c| c.is_bot())
+        {
+            return Err(refuse(
+                ErrorCode::Forbidden,
+                "a bot cannot create groups: a person creates the group and adds the bot",
+            ));
+        }
         let bad = |why: String| refuse(ErrorCode::InvalidMessage, why);
         let info = MlsMessageIn::tls_deserialize_exact(group_info)
             .map_err(|e| bad(format!("GroupInfo: {e}")))?;

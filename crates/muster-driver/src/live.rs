@@ -1,9 +1,9 @@
-//! The UI's relay connection and what the page is told about it: enrolling, waiting for
+//! A long-running device's relay connection and where it stands: enrolling, waiting for
 //! approval, rejected, offline or online. Connections are opened in the background, so
-//! a slow or unreachable relay never holds up the page's requests; only a revocation or
-//! a failing store ends the UI.
+//! a slow or unreachable relay never holds up the requests the device serves (the UI's
+//! page, a bot's intake); only a revocation or a failing store ends it.
 
-use muster_driver::{Backoff, Connection, Session, Wake};
+use crate::{Backoff, Connection, Session, Wake};
 use muster_engine::{Engine, EngineError};
 use muster_proto::ErrorCode;
 use serde::Serialize;

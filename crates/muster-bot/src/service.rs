@@ -1,0 +1,334 @@
+//! The bot's device, kept online: one task owns the engine and its relay connection
+//! ([`muster_driver::live::Link`]), syncs on every wake-up (acknowledgements come in that
+//! way), and takes the intake's requests one at a time. A post is queued in the outbox
+//! and answered at once; sending it follows, and whoever waits for the relay to store it
+//! is told when it has.
+
+use crate::alertmanager::{self, Notification};
+use crate::IntakeError;
+use muster_driver::live::{fatal, Link, Status, Woke};
+use muster_driver::Wake;
+use muster_engine::{
+    BotPost, BotPostKind, BotPosted, BotRefusal, BotRollcall, BotScope, Engine, EngineError,
+};
+use tokio::sync::{mpsc, oneshot};
+
+/// The answer to a request.
+pub type Reply<T> = oneshot::Sender<Result<T, IntakeError>>;
+
+/// What a post became, for the intake's answer.
+#[derive(Debug, Clone)]
+pub struct Posted {
+    pub id: String,
+    pub group_id: Vec<u8>,
+    pub group: String,
+    pub duplicate: bool,
+    /// The relay has stored it already.
+    pub stored: bool,
+}
+
+/// What the intake asks of the bot's device.
+pub enum Command {
+    /// Posts a text or an alert to `group` (a name or id) with `token`.
+    Post {
+        token: String,
+        group: String,
+        post: BotPost,
+        reply: Reply<Posted>,
+    },
+    /// Turns an Alertmanager notification into an alert, an update or a resolution.
+    Alarm {
+        token: String,
+        group: String,
+        notification: Box<Notification>,
+        reply: Reply<Posted>,
+    },
+    /// Who has acknowledged one of the bot's alerts.
+    Rollcall {
+        token: String,
+        id: String,
+        reply: Reply<BotRollcall>,
+    },
+    /// Answers once the relay has stored message `id` (never, if it is not).
+    WhenStored {
+        group_id: Vec<u8>,
+        id: String,
+        reply: oneshot::Sender<()>,
+    },
+    /// Whether the bot is online.
+    Status(oneshot::Sender<Status>),
+}
+
+impl Command {
+    /// Whoever asked has stopped waiting: nothing is to be done.
+    fn abandoned(&self) -> bool {
+        match self {
+            Command::Post { reply, .. } | Command::Alarm { reply, .. } => reply.is_closed(),
+            Command::Rollcall { reply, .. } => reply.is_closed(),
+            Command::WhenStored { reply, .. } => reply.is_closed(),
+            Command::Status(reply) => reply.is_closed(),
+        }
+    }
+}
+
+/// What the bot's owner chose.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Alarms of these severities (lower case) ask every member to acknowledge them.
+    pub ack_severities: Vec<String>,
+}
+
+struct Waiter {
+    group_id: Vec<u8>,
+    id: String,
+    reply: oneshot::Sender<()>,
+}
+
+/// Runs the bot's device until `commands` closes or `stop` resolves.
+pub async fn run(
+    engine: &mut Engine,
+    settings: Settings,
+    mut commands: mpsc::Receiver<Command>,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), EngineError> {
+    let mut link = Link::new(engine)?;
+    let mut waiters: Vec<Waiter> = Vec::new();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            command = commands.recv() => {
+                let Some(command) = command else { break };
+                if command.abandoned() {
+                    continue;
+                }
+                let queued = handle(engine, &link, &settings, command, &mut waiters);
+                if queued {
+                    send_outbox(engine, &mut link).await;
+                }
+            }
+            woke = link.next() => {
+                match woke {
+                    Woke::Relay(Wake::Lost) => link.lost("the connection to the relay was lost".into()),
+                    Woke::Relay(Wake::Pushed) => sync(&mut link, engine, true).await?,
+                    Woke::Relay(_) => sync(&mut link, engine, false).await?,
+                    Woke::TimeToConnect => link.start_opening(engine)?,
+                    Woke::Opened(opened) => {
+                        link.opened(engine, opened).await?;
+                        if link.session.is_some() {
+                            tracing::info!("bot online");
+                            sync(&mut link, engine, false).await?;
+                        }
+                    }
+                }
+            }
+            _ = &mut stop => break,
+        }
+        settle(engine, &mut waiters);
+    }
+    if let Some(session) = &link.session {
+        muster_driver::send_held_receipts(engine, session.link()).await;
+    }
+    link.close().await;
+    Ok(())
+}
+
+/// Tells those waiting which of their messages the relay has stored.
+fn settle(engine: &Engine, waiters: &mut Vec<Waiter>) {
+    waiters.retain(|w| !w.reply.is_closed());
+    let mut still = Vec::with_capacity(waiters.len());
+    for w in waiters.drain(..) {
+        if engine.relay_stored(&w.group_id, &w.id).unwrap_or(false) {
+            let _ = w.reply.send(());
+        } else {
+            still.push(w);
+        }
+    }
+    *waiters = still;
+}
+
+/// Sends the outbox now, when online; what the relay does not take waits for the next sync.
+async fn send_outbox(engine: &mut Engine, link: &mut Link) {
+    let Some(session) = &link.session else {
+        return;
+    };
+    match engine.flush(session.link()).await {
+        Err(EngineError::Link(e)) => link.lost(e.to_string()),
+        Err(e) => tracing::debug!(error = %e, "outbox not sent yet"),
+        Ok(()) => {}
+    }
+}
+
+async fn sync(link: &mut Link, engine: &mut Engine, woken: bool) -> Result<(), EngineError> {
+    link.syncing();
+    let Some(session) = link.session.as_mut() else {
+        return Ok(());
+    };
+    let synced = session.step(engine, woken).await;
+    if let Some(due) = muster_driver::receipts_due_in(engine) {
+        link.sync_by(tokio::time::Instant::now() + due);
+    }
+    match synced {
+        Ok(_) => link.synced(),
+        Err(e) if fatal(&e) => return Err(e),
+        Err(EngineError::Link(e)) => link.lost(e.to_string()),
+        Err(e) => tracing::warn!(error = %e, "sync failed; trying again at the next wake-up"),
+    }
+    Ok(())
+}
+
+/// Whether the bot may act at all: enrolled and approved.
+fn enrolled(link: &Link) -> Result<(), IntakeError> {
+    match &link.status {
+        Status::Online | Status::Offline { .. } => Ok(()),
+        Status::Rejected { why, .. } => Err(IntakeError::Unavailable(format!(
+            "this bot's enrolment was rejected: {why}"
+        ))),
+        _ => Err(IntakeError::Unavailable(
+            "this bot is not enrolled and approved yet".into(),
+        )),
+    }
+}
+
+/// Handles one command; true when it queued something to send.
+fn handle(
+    engine: &mut Engine,
+    link: &Link,
+    settings: &Settings,
+    command: Command,
+    waiters: &mut Vec<Waiter>,
+) -> bool {
+    match command {
+        Command::Status(reply) => {
+            let _ = reply.send(link.status.clone());
+            false
+        }
+        Command::WhenStored {
+            group_id,
+            id,
+            reply,
+        } => {
+            waiters.push(Waiter {
+                group_id,
+                id,
+                reply,
+            });
+            false
+        }
+        Command::Rollcall { token, id, reply } => {
+            let answer = enrolled(link).and_then(|()| {
+                let scope = engine.bot_authorize(&token, None)?;
+                Ok(engine.bot_rollcall(&scope, &id)?)
+            });
+            let _ = reply.send(answer);
+            false
+        }
+        Command::Post {
+            token,
+            group,
+            post,
+            reply,
+        } => {
+            let answer = enrolled(link).and_then(|()| {
+                let scope = engine.bot_authorize(&token, Some(&group))?;
+                let posted = engine.bot_post(&scope, post).map_err(refused)?;
+                Ok(answer_for(engine, &scope, posted))
+            });
+            let queued = answer.as_ref().is_ok_and(|p| !p.duplicate);
+            if let Ok(p) = &answer {
+                tracing::info!(id = %p.id, duplicate = p.duplicate, "post queued");
+            }
+            let _ = reply.send(answer);
+            queued
+        }
+        Command::Alarm {
+            token,
+            group,
+            notification,
+            reply,
+        } => {
+            let answer = enrolled(link).and_then(|()| {
+                let scope = engine.bot_authorize(&token, Some(&group))?;
+                let posted = alarm(engine, &scope, &notification, settings).map_err(refused)?;
+                Ok(answer_for(engine, &scope, posted))
+            });
+            let queued = answer.as_ref().is_ok_and(|p| !p.duplicate);
+            if let Ok(p) = &answer {
+                tracing::info!(id = %p.id, duplicate = p.duplicate, "alarm notification queued");
+            }
+            let _ = reply.send(answer);
+            queued
+        }
+    }
+}
+
+fn answer_for(engine: &Engine, scope: &BotScope, posted: BotPosted) -> Posted {
+    Posted {
+        stored: engine
+            .relay_stored(&posted.group_id, &posted.id)
+            .unwrap_or(false),
+        id: posted.id,
+        group_id: posted.group_id,
+        group: scope.group.clone(),
+        duplicate: posted.duplicate,
+    }
+}
+
+/// An engine error as the intake reports it: what the caller sent was wrong, or the bot
+/// failed.
+fn refused(e: EngineError) -> IntakeError {
+    match e {
+        EngineError::Invalid(why) => IntakeError::BadRequest(why),
+        EngineError::NotActive(group) => IntakeError::Refused(BotRefusal::NotMember(group)),
+        other => IntakeError::Failed(other.to_string()),
+    }
+}
+
+/// A notification becomes a new alert while its group has none open, a reply to that
+/// alert while it fires on (alerts joining or ending), and a "resolved" reply that closes
+/// it. Each delivery of the same notification is stored once.
+fn alarm(
+    engine: &mut Engine,
+    scope: &BotScope,
+    notification: &Notification,
+    settings: &Settings,
+) -> Result<BotPosted, EngineError> {
+    let key = Some(notification.idempotency_key());
+    let open = engine.bot_alarm(scope, &notification.group_key)?;
+    let reply = |engine: &mut Engine, text: String, key: Option<String>| {
+        let post = |reply_to: Option<String>| BotPost {
+            kind: BotPostKind::Text { reply_to },
+            text: text.clone(),
+            idempotency_key: key.clone(),
+        };
+        match engine.bot_post(scope, post(open.clone())) {
+            // The alert it answers is gone from this device (retention): post it alone.
+            Err(EngineError::Invalid(_)) if open.is_some() => engine.bot_post(scope, post(None)),
+            other => other,
+        }
+    };
+    match notification.status {
+        alertmanager::Status::Firing if open.is_none() => {
+            let ack_required = notification
+                .severity()
+                .is_some_and(|s| settings.ack_severities.contains(&s));
+            let posted = engine.bot_post(
+                scope,
+                BotPost {
+                    kind: BotPostKind::Alert { ack_required },
+                    text: notification.render("FIRING"),
+                    idempotency_key: key,
+                },
+            )?;
+            if !posted.duplicate {
+                engine.set_bot_alarm(scope, &notification.group_key, Some(&posted.id))?;
+            }
+            Ok(posted)
+        }
+        alertmanager::Status::Firing => reply(engine, notification.render("UPDATE"), key),
+        alertmanager::Status::Resolved => {
+            let posted = reply(engine, notification.render("RESOLVED"), key)?;
+            engine.set_bot_alarm(scope, &notification.group_key, None)?;
+            Ok(posted)
+        }
+    }
+}
