@@ -146,6 +146,21 @@ fn cert_for(
     key: &[u8],
     admin: bool,
 ) -> Certificate {
+    let roles = if admin {
+        vec![Role::Admin, Role::Member]
+    } else {
+        vec![Role::Member]
+    };
+    cert_with_roles(root, org, user, key, roles)
+}
+
+fn cert_with_roles(
+    root: &OrgRootKey,
+    org: &OrgDescriptor,
+    user: &str,
+    key: &[u8],
+    roles: Vec<Role>,
+) -> Certificate {
     let now = now_unix();
     root.sign(CertificateBody {
         org_id: org.org_id.clone(),
@@ -156,11 +171,7 @@ fn cert_for(
             display_name: user.into(),
             ..Default::default()
         },
-        roles: if admin {
-            vec![Role::Admin, Role::Member]
-        } else {
-            vec![Role::Member]
-        },
+        roles,
         not_before: now - 10,
         not_after: now + 3600,
     })
@@ -301,6 +312,11 @@ impl World {
 
     /// Invites, enrols and approves a device for `user`, with KeyPackages uploaded.
     fn enrol(&mut self, user: &str) -> Device {
+        self.enrol_as(user, vec![Role::Member])
+    }
+
+    /// [`World::enrol`], with a certificate carrying `roles`.
+    fn enrol_as(&mut self, user: &str, roles: Vec<Role>) -> Device {
         let (secret, grant) = grant_by(&self.admin, &self.org, InvitePurpose::NewUser, user);
         ok(self
             .relay
@@ -312,7 +328,7 @@ impl World {
             login(&self.relay, &signer).unwrap_err().code,
             ErrorCode::EnrolmentPending
         );
-        let cert = cert_for(&self.root, &self.org, user, signer.public(), false);
+        let cert = cert_with_roles(&self.root, &self.org, user, signer.public(), roles);
         ok(self.relay.handle(
             &self.admin.session,
             Request::Approve {
@@ -1544,3 +1560,24 @@ mod audience;
 mod changes;
 mod migrate;
 mod trees;
+
+#[test]
+fn a_bot_cannot_create_groups() {
+    let mut w = World::new();
+    let pager = w.enrol_as("pager", vec![Role::Bot]);
+    let group = MlsGroup::new(
+        &pager.provider,
+        &pager.signer,
+        &config(),
+        pager.credential(),
+    )
+    .unwrap();
+    let out = w
+        .relay
+        .handle(&pager.session, pager.create_group_request(&group));
+    assert_eq!(refused(out), ErrorCode::Forbidden);
+    // A person may.
+    let bob = w.enrol("bob");
+    let own = MlsGroup::new(&bob.provider, &bob.signer, &config(), bob.credential()).unwrap();
+    ok(w.relay.handle(&bob.session, bob.create_group_request(&own)));
+}
