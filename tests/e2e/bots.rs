@@ -120,6 +120,13 @@ fn the_intake_refuses_what_it_must_and_stores_each_post_once() {
     assert!(refused.contains("a bot cannot create groups"), "{refused}");
     let refused = pager.fails(&["group", "remove", "ops", "bob"]);
     assert!(refused.contains("bot"), "{refused}");
+    for args in [
+        &["group", "rename", "ops", "bots-rule"][..],
+        &["group", "policy", "ops", "--disappear", "1m"],
+    ] {
+        let refused = pager.fails(args);
+        assert!(refused.contains("a bot may not"), "{refused}");
+    }
     let refused = pager.fails(&["invite", "mallory"]);
     assert!(refused.contains("admin"), "{refused}");
 
@@ -222,6 +229,47 @@ fn the_intake_refuses_what_it_must_and_stores_each_post_once() {
         "{answer}"
     );
 
+    // A member cannot steer the token to another group by naming one after the token's
+    // group's id.
+    let ops_id = hex::encode(group_id(&bob, "ops"));
+    bob.ok(&["group", "create", "decoy", "--members", "pager"]);
+    bob.ok(&["group", "rename", "decoy", &ops_id]);
+    let (status, answer) = post(
+        &format!("/v1/groups/{ops_id}/messages"),
+        &ops,
+        r#"{"text":"BOT-STEER-MARK"}"#,
+    );
+    assert_eq!(status, 201, "{answer}");
+    let (status, answer) = post(
+        "/v1/groups/ops/messages",
+        &ops,
+        r#"{"text":"BOT-STEER-MARK again"}"#,
+    );
+    assert_eq!(status, 201, "{answer}");
+    wait_until(Duration::from_secs(30), "both posts in ops", || {
+        messages(&bob, &ops_id)
+            .iter()
+            .filter(|m| {
+                m["text"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("BOT-STEER-MARK"))
+            })
+            .count()
+            == 2
+    });
+    let elsewhere: Vec<Value> = bob
+        .json(&["groups"])
+        .into_iter()
+        .filter(|g| g["id"] != ops_id.as_str())
+        .flat_map(|g| bob.json(&["read", g["id"].as_str().unwrap()]))
+        .filter(|m| {
+            m["text"]
+                .as_str()
+                .is_some_and(|t| t.contains("BOT-STEER-MARK"))
+        })
+        .collect();
+    assert!(elsewhere.is_empty(), "{elsewhere:?}");
+
     // Bodies: oversized, malformed, unknown fields, empty text.
     let big = format!(r#"{{"text":"{}"}}"#, "a".repeat(300 * 1024));
     let (status, answer) = post("/v1/groups/ops/messages", &ops, &big);
@@ -302,6 +350,65 @@ fn the_intake_refuses_what_it_must_and_stores_each_post_once() {
             let (status, body) = server.get(&format!("/v1/alerts/{alert_id}/rollcall"), Some(&ops));
             status == 200 && body.contains("\"user\":\"bob\"")
         },
+    );
+
+    // Alertmanager's episodes: the same alarm firing again after a resolution that never
+    // came is a new alert; a late resolution of the first episode closes nothing.
+    let notification = |status: &str, starts: &str| {
+        format!(
+            r#"{{"version":"4","groupKey":"{{}}:{{alertname=\"EPISODE-MARK\"}}","status":"{status}",
+               "commonLabels":{{"alertname":"EPISODE-MARK"}},
+               "alerts":[{{"status":"{status}","labels":{{"alertname":"EPISODE-MARK","severity":"warning"}},
+                 "annotations":{{}},"startsAt":"{starts}","endsAt":"2026-12-02T10:00:00Z","fingerprint":"ep1"}}]}}"#
+        )
+    };
+    let am = |status: &str, starts: &str| {
+        post(
+            "/v1/groups/ops/alertmanager",
+            &ops,
+            &notification(status, starts),
+        )
+    };
+    let (status, first) = am("firing", "2026-12-02T08:00:00Z");
+    assert_eq!(status, 201, "{first}");
+    let (status, second) = am("firing", "2026-12-02T09:00:00Z");
+    assert_eq!(status, 201, "{second}");
+    assert_ne!(first["id"], second["id"]);
+    let (status, late) = am("resolved", "2026-12-02T08:00:00Z");
+    assert_eq!(
+        (status, late["status"].as_str()),
+        (200, Some("ignored")),
+        "{late}"
+    );
+    let (status, resolved) = am("resolved", "2026-12-02T09:00:00Z");
+    assert_eq!(status, 201, "{resolved}");
+    let seen = messages(&bob, "ops");
+    let episode: Vec<&Value> = seen
+        .iter()
+        .filter(|m| {
+            m["text"]
+                .as_str()
+                .is_some_and(|t| t.contains("EPISODE-MARK"))
+        })
+        .collect();
+    let kinds: Vec<(&str, &str)> = episode
+        .iter()
+        .map(|m| {
+            (
+                m["kind"].as_str().unwrap(),
+                &m["text"].as_str().unwrap()[..6],
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [("alert", "FIRING"), ("alert", "FIRING"), ("text", "RESOLV")],
+        "{episode:?}"
+    );
+    assert_eq!(episode[2]["reply_to"], second["id"]);
+    assert_eq!(
+        episode[1]["ack_required"], false,
+        "a warning asks for no acknowledgement"
     );
 
     // With the relay down the intake answers within its timeout, and the post waits in

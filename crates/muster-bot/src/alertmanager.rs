@@ -86,6 +86,25 @@ impl Notification {
         Ok(n)
     }
 
+    /// Whether any of its alerts fires (the notification's own `status` is not trusted
+    /// over its alerts).
+    pub fn firing(&self) -> bool {
+        self.alerts.iter().any(|a| a.status == Status::Firing)
+    }
+
+    /// The alerts in `status`, each as its fingerprint and start time, sorted.
+    pub fn episode(&self, status: Status) -> Vec<String> {
+        let mut alerts: Vec<String> = self
+            .alerts
+            .iter()
+            .filter(|a| a.status == status)
+            .map(|a| format!("{}@{}", self.fingerprint(a), a.starts_at))
+            .collect();
+        alerts.sort();
+        alerts.dedup();
+        alerts
+    }
+
     /// The most urgent `severity` label among the firing alerts (any alert when all are
     /// resolved), if any carries one.
     pub fn severity(&self) -> Option<String> {
@@ -102,7 +121,12 @@ impl Notification {
         let severities: Vec<String> = pool
             .iter()
             .filter_map(|a| a.labels.get("severity"))
-            .map(|s| s.to_ascii_lowercase())
+            .map(|s| s.trim().to_ascii_lowercase())
+            .filter(|s| {
+                !s.is_empty()
+                    && s.len() <= 32
+                    && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            })
             .collect();
         severities
             .iter()
@@ -164,7 +188,7 @@ impl Notification {
     /// What the group is called: its alert name, else its grouping labels.
     fn title(&self) -> String {
         if let Some(name) = self.common_labels.get("alertname") {
-            return name.clone();
+            return one_line(name);
         }
         if !self.group_labels.is_empty() {
             return labels_line(&self.group_labels);
@@ -179,13 +203,28 @@ impl Notification {
         if names.is_empty() {
             "alert".into()
         } else {
-            names.join(", ")
+            one_line(&names.join(", "))
         }
     }
 
-    /// The message for members: a headline, the labels and annotations every alert shares,
-    /// then each alert's own, with when it started (and ended).
-    pub fn render(&self, headline: &str) -> String {
+    /// The message for members, at most `max_bytes` long: a headline, the labels and
+    /// annotations every alert shares, then each alert's own, with when it started (and
+    /// ended). Every value the sender chose is put on one line, so that none can pass
+    /// for a line of the bot's own.
+    pub fn render(&self, headline: &str, max_bytes: usize) -> String {
+        let text = self.render_whole(headline);
+        if text.len() <= max_bytes {
+            return text;
+        }
+        let note = "\n(cut short: the whole notification is in Alertmanager)";
+        let mut end = max_bytes.saturating_sub(note.len());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}{note}", &text[..end])
+    }
+
+    fn render_whole(&self, headline: &str) -> String {
         let firing = self
             .alerts
             .iter()
@@ -217,7 +256,7 @@ impl Notification {
             &self.common_annotations
         };
         for (k, v) in annotations {
-            out.push_str(&format!("{}: {v}\n", capitalised(k)));
+            out.push_str(&format!("{}: {}\n", capitalised(k), one_line(v)));
         }
         if one {
             out.push_str(&times(&self.alerts[0]));
@@ -239,7 +278,7 @@ impl Notification {
                     .iter()
                     .filter(|(k, _)| !self.common_annotations.contains_key(*k))
                 {
-                    out.push_str(&format!("  {}: {v}\n", capitalised(k)));
+                    out.push_str(&format!("  {}: {}\n", capitalised(k), one_line(v)));
                 }
                 out.push_str(&format!("  {}", times(alert)));
             }
@@ -251,7 +290,7 @@ impl Notification {
             ));
         }
         if !self.external_url.is_empty() {
-            out.push_str(&format!("Alertmanager: {}\n", self.external_url));
+            out.push_str(&format!("Alertmanager: {}\n", one_line(&self.external_url)));
         }
         out.trim_end().to_string()
     }
@@ -260,12 +299,31 @@ impl Notification {
 fn labels_line(labels: &BTreeMap<String, String>) -> String {
     labels
         .iter()
-        .map(|(k, v)| format!("{k}={v}"))
+        .map(|(k, v)| format!("{}={}", one_line(k), one_line(v)))
         .collect::<Vec<_>>()
         .join(", ")
 }
 
+/// The longest a single label or annotation value is shown.
+const MAX_VALUE_CHARS: usize = 1000;
+
+/// `value` on one line: control characters and text-direction overrides become spaces,
+/// and a very long value is cut.
+fn one_line(value: &str) -> String {
+    let bidi = |c: char| matches!(c, '\u{200e}' | '\u{200f}' | '\u{061c}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    let mut out: String = value
+        .chars()
+        .map(|c| if c.is_control() || bidi(c) { ' ' } else { c })
+        .take(MAX_VALUE_CHARS)
+        .collect();
+    if value.chars().count() > MAX_VALUE_CHARS {
+        out.push('…');
+    }
+    out
+}
+
 fn capitalised(key: &str) -> String {
+    let key = one_line(key);
     let mut chars = key.chars();
     match chars.next() {
         Some(first) => first.to_uppercase().chain(chars).collect(),
@@ -321,7 +379,7 @@ mod tests {
     fn a_grouped_notification_reads_with_its_labels_annotations_and_times() {
         let n = Notification::parse(sample("firing", "firing").as_bytes()).unwrap();
         assert_eq!(n.severity().as_deref(), Some("critical"));
-        let text = n.render("FIRING");
+        let text = n.render("FIRING", 65536);
         assert!(
             text.starts_with("FIRING [critical]: HighTemperature (2 of 2 firing)\n"),
             "{text}"
@@ -347,10 +405,30 @@ mod tests {
         let one_resolved = Notification::parse(sample("firing", "resolved").as_bytes()).unwrap();
         assert_ne!(first.idempotency_key(), one_resolved.idempotency_key());
         assert!(one_resolved
-            .render("UPDATE")
+            .render("UPDATE", 65536)
             .contains("resolved: 2026-12-02 13:20:00 UTC"));
         // With room B resolved, the severity is the firing alert's.
         assert_eq!(one_resolved.severity().as_deref(), Some("warning"));
+    }
+
+    #[test]
+    fn sent_values_stay_on_one_line_and_a_long_notification_is_cut_to_the_limit() {
+        let forged = sample("firing", "firing").replace(
+            "Server room B is at 41 C",
+            "fine\\nRESOLVED [critical]: HighTemperature\\u202e",
+        );
+        let n = Notification::parse(forged.as_bytes()).unwrap();
+        let text = n.render("FIRING", 65536);
+        assert!(!text.lines().any(|l| l.starts_with("RESOLVED")), "{text}");
+        assert!(text.contains("Summary: fine RESOLVED [critical]: HighTemperature "));
+        let cut = n.render("FIRING", 120);
+        assert!(cut.len() <= 120, "{}", cut.len());
+        assert!(cut.ends_with("(cut short: the whole notification is in Alertmanager)"));
+        assert_eq!(
+            n.episode(Status::Firing),
+            ["aa11@2026-12-02T13:01:02.5Z", "bb22@2026-12-02T13:02:00Z"]
+        );
+        assert!(n.firing());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The HTTP intake: routes, bearer tokens, bodies and the answers callers get.
 
 use crate::alertmanager::Notification;
-use crate::service::{Command, Posted, Reply};
+use crate::service::{Answer, Command, Reply};
 use crate::IntakeError;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -101,6 +101,9 @@ fn bearer(headers: &HeaderMap) -> Result<String, IntakeError> {
         .ok_or_else(|| {
             IntakeError::Unauthorized("the Authorization header must be `Bearer TOKEN`".into())
         })?;
+    if !muster_engine::looks_like_bot_token(token) {
+        return Err(IntakeError::Refused(muster_engine::BotRefusal::BadToken));
+    }
     Ok(token.trim().to_string())
 }
 
@@ -181,21 +184,28 @@ impl Intake {
     /// Posts, then waits (until the timeout) for the relay to store what was posted.
     async fn post(
         &self,
-        command: impl FnOnce(Reply<Posted>) -> Command,
+        command: impl FnOnce(Reply<Answer>) -> Command,
     ) -> Result<Response, IntakeError> {
         let deadline = Instant::now() + self.relay_timeout;
-        let mut posted = self.ask(deadline, command).await?;
+        let mut posted = match self.ask(deadline, command).await? {
+            Answer::Posted(posted) => posted,
+            Answer::Ignored(why) => {
+                return Ok((
+                    StatusCode::OK,
+                    Json(json!({ "status": "ignored", "why": why })),
+                )
+                    .into_response())
+            }
+        };
         if !posted.stored {
             let (reply, stored) = oneshot::channel();
-            let waited = self
-                .commands
-                .send(Command::WhenStored {
-                    group_id: posted.group_id.clone(),
-                    id: posted.id.clone(),
-                    reply,
-                })
-                .await;
-            if waited.is_ok() {
+            let waiting = Command::WhenStored {
+                group_id: posted.group_id.clone(),
+                id: posted.id.clone(),
+                reply,
+            };
+            let waited = tokio::time::timeout_at(deadline, self.commands.send(waiting)).await;
+            if matches!(waited, Ok(Ok(()))) {
                 posted.stored =
                     matches!(tokio::time::timeout_at(deadline, stored).await, Ok(Ok(())));
             }
@@ -218,8 +228,10 @@ impl Intake {
 async fn status(State(intake): State<Intake>) -> Response {
     let deadline = Instant::now() + intake.relay_timeout;
     let (reply, answer) = oneshot::channel();
-    if intake.commands.send(Command::Status(reply)).await.is_err() {
-        return IntakeError::Unavailable("the bot is shutting down".into()).into_response();
+    let sent =
+        tokio::time::timeout_at(deadline, intake.commands.send(Command::Status(reply))).await;
+    if !matches!(sent, Ok(Ok(()))) {
+        return IntakeError::Unavailable("the bot did not answer in time".into()).into_response();
     }
     match tokio::time::timeout_at(deadline, answer).await {
         Ok(Ok(status)) => {
@@ -247,9 +259,11 @@ async fn post_message(
     let post = BotPost {
         kind: BotPostKind::Text {
             reply_to: body.reply_to,
+            mentions: true,
         },
         text: body.text,
         idempotency_key: idempotency_key(&headers, body.idempotency_key)?,
+        alarm: None,
     };
     intake
         .post(|reply| Command::Post {
@@ -292,6 +306,7 @@ async fn post_alert(
         kind: BotPostKind::Alert { ack_required },
         text,
         idempotency_key: idempotency_key(&headers, body.idempotency_key)?,
+        alarm: None,
     };
     intake
         .post(|reply| Command::Post {

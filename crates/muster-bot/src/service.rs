@@ -9,12 +9,20 @@ use crate::IntakeError;
 use muster_driver::live::{fatal, Link, Status, Woke};
 use muster_driver::Wake;
 use muster_engine::{
-    BotPost, BotPostKind, BotPosted, BotRefusal, BotRollcall, BotScope, Engine, EngineError,
+    AlarmChange, BotPost, BotPostKind, BotPosted, BotRefusal, BotRollcall, BotScope, Engine,
+    EngineError, MAX_TEXT_BYTES,
 };
 use tokio::sync::{mpsc, oneshot};
 
 /// The answer to a request.
 pub type Reply<T> = oneshot::Sender<Result<T, IntakeError>>;
+
+/// What a request came to: a post, or nothing to post (and why).
+#[derive(Debug, Clone)]
+pub enum Answer {
+    Posted(Posted),
+    Ignored(String),
+}
 
 /// What a post became, for the intake's answer.
 #[derive(Debug, Clone)]
@@ -34,14 +42,14 @@ pub enum Command {
         token: String,
         group: String,
         post: BotPost,
-        reply: Reply<Posted>,
+        reply: Reply<Answer>,
     },
     /// Turns an Alertmanager notification into an alert, an update or a resolution.
     Alarm {
         token: String,
         group: String,
         notification: Box<Notification>,
-        reply: Reply<Posted>,
+        reply: Reply<Answer>,
     },
     /// Who has acknowledged one of the bot's alerts.
     Rollcall {
@@ -231,14 +239,9 @@ fn handle(
             let answer = enrolled(link).and_then(|()| {
                 let scope = engine.bot_authorize(&token, Some(&group))?;
                 let posted = engine.bot_post(&scope, post).map_err(refused)?;
-                Ok(answer_for(engine, &scope, posted))
+                Ok(Answer::Posted(answer_for(engine, &scope, posted)))
             });
-            let queued = answer.as_ref().is_ok_and(|p| !p.duplicate);
-            if let Ok(p) = &answer {
-                tracing::info!(id = %p.id, duplicate = p.duplicate, "post queued");
-            }
-            let _ = reply.send(answer);
-            queued
+            answered(reply, answer)
         }
         Command::Alarm {
             token,
@@ -248,17 +251,28 @@ fn handle(
         } => {
             let answer = enrolled(link).and_then(|()| {
                 let scope = engine.bot_authorize(&token, Some(&group))?;
-                let posted = alarm(engine, &scope, &notification, settings).map_err(refused)?;
-                Ok(answer_for(engine, &scope, posted))
+                Ok(
+                    match alarm(engine, &scope, &notification, settings).map_err(refused)? {
+                        Ok(posted) => Answer::Posted(answer_for(engine, &scope, posted)),
+                        Err(why) => Answer::Ignored(why),
+                    },
+                )
             });
-            let queued = answer.as_ref().is_ok_and(|p| !p.duplicate);
-            if let Ok(p) = &answer {
-                tracing::info!(id = %p.id, duplicate = p.duplicate, "alarm notification queued");
-            }
-            let _ = reply.send(answer);
-            queued
+            answered(reply, answer)
         }
     }
+}
+
+/// Sends the answer; true when a new post was queued.
+fn answered(reply: Reply<Answer>, answer: Result<Answer, IntakeError>) -> bool {
+    let queued = matches!(&answer, Ok(Answer::Posted(p)) if !p.duplicate);
+    match &answer {
+        Ok(Answer::Posted(p)) => tracing::info!(id = %p.id, duplicate = p.duplicate, "post queued"),
+        Ok(Answer::Ignored(why)) => tracing::info!(why = %why, "notification ignored"),
+        Err(e) => tracing::info!(error = %e, "request refused"),
+    }
+    let _ = reply.send(answer);
+    queued
 }
 
 fn answer_for(engine: &Engine, scope: &BotScope, posted: BotPosted) -> Posted {
@@ -283,52 +297,73 @@ fn refused(e: EngineError) -> IntakeError {
     }
 }
 
-/// A notification becomes a new alert while its group has none open, a reply to that
-/// alert while it fires on (alerts joining or ending), and a "resolved" reply that closes
-/// it. Each delivery of the same notification is stored once.
+/// A notification becomes a new alert when its group has none open, or when an alert
+/// fires that the open one did not cover (a new alert, or the same one firing again); a
+/// reply to the open alert when only some of its alerts ended; and a "resolved" reply
+/// that closes it when every alert it covered has ended. A resolution of anything else (an
+/// earlier episode, delivered late) is ignored. Each delivery of the same notification is
+/// stored once, and the record of open alarms changes with the post, in one transaction.
 fn alarm(
     engine: &mut Engine,
     scope: &BotScope,
     notification: &Notification,
     settings: &Settings,
-) -> Result<BotPosted, EngineError> {
+) -> Result<Result<BotPosted, String>, EngineError> {
     let key = Some(notification.idempotency_key());
-    let open = engine.bot_alarm(scope, &notification.group_key)?;
-    let reply = |engine: &mut Engine, text: String, key: Option<String>| {
+    let alarm = notification.group_key.clone();
+    let open = engine.bot_alarm(scope, &alarm)?;
+    let covered: Vec<&str> = open
+        .as_ref()
+        .map(|o| o.episode.split('\n').collect())
+        .unwrap_or_default();
+    let text = |headline: &str| notification.render(headline, MAX_TEXT_BYTES);
+    let reply = |engine: &mut Engine, text: String, change: Option<AlarmChange>| {
         let post = |reply_to: Option<String>| BotPost {
-            kind: BotPostKind::Text { reply_to },
+            kind: BotPostKind::Text {
+                reply_to,
+                mentions: false,
+            },
             text: text.clone(),
             idempotency_key: key.clone(),
+            alarm: change.clone(),
         };
-        match engine.bot_post(scope, post(open.clone())) {
+        let original = open.as_ref().map(|o| o.message_id.clone());
+        match engine.bot_post(scope, post(original.clone())) {
             // The alert it answers is gone from this device (retention): post it alone.
-            Err(EngineError::Invalid(_)) if open.is_some() => engine.bot_post(scope, post(None)),
+            Err(EngineError::Invalid(_)) if original.is_some() => {
+                engine.bot_post(scope, post(None))
+            }
             other => other,
         }
     };
-    match notification.status {
-        alertmanager::Status::Firing if open.is_none() => {
-            let ack_required = notification
-                .severity()
-                .is_some_and(|s| settings.ack_severities.contains(&s));
-            let posted = engine.bot_post(
+    if notification.firing() {
+        let firing = notification.episode(alertmanager::Status::Firing);
+        if open.is_some() && firing.iter().all(|a| covered.contains(&a.as_str())) {
+            return reply(engine, text("UPDATE"), None).map(Ok);
+        }
+        let ack_required = notification
+            .severity()
+            .is_some_and(|s| settings.ack_severities.contains(&s));
+        return engine
+            .bot_post(
                 scope,
                 BotPost {
                     kind: BotPostKind::Alert { ack_required },
-                    text: notification.render("FIRING"),
+                    text: text("FIRING"),
                     idempotency_key: key,
+                    alarm: Some(AlarmChange::Open {
+                        alarm,
+                        episode: firing.join("\n"),
+                    }),
                 },
-            )?;
-            if !posted.duplicate {
-                engine.set_bot_alarm(scope, &notification.group_key, Some(&posted.id))?;
-            }
-            Ok(posted)
-        }
-        alertmanager::Status::Firing => reply(engine, notification.render("UPDATE"), key),
-        alertmanager::Status::Resolved => {
-            let posted = reply(engine, notification.render("RESOLVED"), key)?;
-            engine.set_bot_alarm(scope, &notification.group_key, None)?;
-            Ok(posted)
-        }
+            )
+            .map(Ok);
     }
+    let ended = notification.episode(alertmanager::Status::Resolved);
+    if open.is_some() && !covered.iter().all(|a| ended.iter().any(|e| e == a)) {
+        return Ok(Err(
+            "this resolution is of an earlier episode: the alarm it would close fires on".into(),
+        ));
+    }
+    reply(engine, text("RESOLVED"), Some(AlarmChange::Close { alarm })).map(Ok)
 }

@@ -12,6 +12,21 @@ pub(crate) struct Author<'a> {
     pub user: &'a str,
     pub device: &'a str,
     pub admin: bool,
+    /// A bot changes nothing about a group (its name, its retention).
+    pub bot: bool,
+}
+
+impl Author<'_> {
+    /// Why this author may not change the group's name or retention, if they may not.
+    fn may_not_change(&self, managed: bool) -> Option<&'static str> {
+        if self.bot {
+            Some("a bot changes no group's settings")
+        } else if managed && !self.admin {
+            Some("only an admin changes a managed group")
+        } else {
+            None
+        }
+    }
 }
 
 /// Whether the envelope is this device's own send or came from the relay at `seq`.
@@ -418,15 +433,12 @@ pub(crate) fn apply(
             retain_secs,
             disappear_secs,
         } => {
-            if managed && !author.admin {
+            if let Some(why) = author.may_not_change(managed) {
                 if let Origin::Received { seq, .. } = origin {
                     insert_system(
                         db,
                         group_id,
-                        &format!(
-                            "ignored {}'s retention change in this managed group",
-                            author.user
-                        ),
+                        &format!("ignored {}'s retention change: {why}", author.user),
                         Some(order_key(seq, 0)),
                     )?;
                 }
@@ -556,11 +568,14 @@ fn apply_group_name(
     if name.trim().is_empty() || name == current {
         return Ok(());
     }
-    if managed && !author.admin && !still_placeholder {
+    let refused = author
+        .may_not_change(managed)
+        .filter(|_| !still_placeholder || author.bot);
+    if let Some(why) = refused {
         return insert_system(
             db,
             group_id,
-            &format!("ignored {}'s rename of this managed group", author.user),
+            &format!("ignored {}'s rename of this group: {why}", author.user),
             Some(order_key(seq, 0)),
         );
     }
@@ -656,7 +671,67 @@ pub(crate) fn enforce_retention(db: &Connection, now_ms: i64) -> Result<usize, E
 
 #[cfg(test)]
 mod tests {
-    use super::usable_reaction;
+    use super::*;
+    use crate::engine::GroupState;
+
+    #[test]
+    fn a_bots_rename_or_retention_change_is_ignored_by_every_member() {
+        const GROUP: &[u8] = b"ops-group";
+        let db = Connection::open_in_memory().unwrap();
+        db.execute_batch(crate::store::SCHEMA).unwrap();
+        db.execute(
+            "INSERT INTO groups (group_id, name, state, created_at) VALUES (?1, 'ops', ?2, 0)",
+            rusqlite::params![GROUP, GroupState::Active],
+        )
+        .unwrap();
+        let pager = Author {
+            user: "pager",
+            device: "p1",
+            admin: false,
+            bot: true,
+        };
+        for (seq, body) in [
+            (
+                1,
+                Body::GroupMeta {
+                    name: "taken over".into(),
+                },
+            ),
+            (
+                2,
+                Body::Retention {
+                    retain_secs: None,
+                    disappear_secs: Some(60),
+                },
+            ),
+        ] {
+            let envelope = Envelope::new(format!("{seq:08x}"), 1_000, body);
+            let origin = Origin::Received { seq, at_ms: 1_000 };
+            apply(&db, "bob", GROUP, &envelope, &pager, origin, false).unwrap();
+        }
+        let (name, disappear): (String, Option<i64>) = db
+            .query_row(
+                "SELECT name, disappear_secs FROM groups WHERE group_id = ?1",
+                [GROUP],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((name.as_str(), disappear), ("ops", None));
+        let notes: Vec<String> = db
+            .prepare("SELECT body FROM messages WHERE kind = 'system' ORDER BY sort_key")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            notes,
+            [
+                "ignored pager's rename of this group: a bot changes no group's settings",
+                "ignored pager's retention change: a bot changes no group's settings"
+            ]
+        );
+    }
 
     #[test]
     fn a_reaction_is_an_emoji_not_words_or_invisible_marks() {

@@ -533,11 +533,13 @@ fn content(data: &[u8]) {
         user: "alice",
         device: "a1",
         admin: true,
+        bot: false,
     };
     let bob = Author {
         user: "bob",
         device: "b1",
         admin: false,
+        bot: false,
     };
     // Messages for the fuzzed envelope to refer to: "aaaa0001" by alice, "bbbb0002" by bob.
     for (seq, id, author) in [(1, "aaaa0001", &alice), (2, "bbbb0002", &bob)] {

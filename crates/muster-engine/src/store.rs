@@ -121,7 +121,7 @@ CREATE TABLE IF NOT EXISTS bot_requests (
     group_id BLOB NOT NULL, key TEXT NOT NULL, message_id TEXT NOT NULL, at INTEGER NOT NULL,
     PRIMARY KEY (group_id, key));
 CREATE TABLE IF NOT EXISTS bot_alarms (
-    group_id BLOB NOT NULL, alarm TEXT NOT NULL, message_id TEXT NOT NULL,
+    group_id BLOB NOT NULL, alarm TEXT NOT NULL, message_id TEXT NOT NULL, episode TEXT NOT NULL,
     PRIMARY KEY (group_id, alarm));
 "#;
 

@@ -180,15 +180,6 @@ fn check_context_change(
             "a list of people waiting to join that is too long or names an invalid handle",
         ));
     }
-    if proposer.is_bot() {
-        return Err(Refusal::Bot {
-            by: proposer.body.user.clone(),
-            what: "change the group's settings or who waits to join",
-        });
-    }
-    if proposer.is_admin() {
-        return Ok(());
-    }
     let by = &proposer.body.user;
     let others = |e: &Extensions<GroupContext>| -> Vec<Extension> {
         e.iter()
@@ -197,10 +188,25 @@ fn check_context_change(
             .collect()
     };
     let policy = policy_in(before);
+    let was = pending_in(before);
+    if proposer.is_bot() {
+        // A bot added before it was ever online strikes itself off the list, and does
+        // nothing else.
+        let only_itself = was.iter().filter(|u| *u != by).eq(pending.iter());
+        if policy_in(after) != policy || others(before) != others(after) || !only_itself {
+            return Err(Refusal::Bot {
+                by: by.clone(),
+                what: "change the group's settings or who waits to join",
+            });
+        }
+        return Ok(());
+    }
+    if proposer.is_admin() {
+        return Ok(());
+    }
     if policy_in(after) != policy || others(before) != others(after) {
         return Err(Refusal::Policy { by: by.clone() });
     }
-    let was = pending_in(before);
     if policy.managed {
         let in_group = |user: &String| {
             members

@@ -671,6 +671,29 @@ fn a_bot_in_an_open_group_adds_removes_and_changes_nothing_but_sends_and_updates
     pagers
         .clear_pending_commit(pager.provider.storage())
         .unwrap();
+    // Listed as waiting (it was added before it was ever online), it strikes off itself
+    // alone.
+    let listed = waiting_extensions(GroupPolicy::default(), &["pager", "dave"]);
+    let (mut alices, mut joined) = group_with(&alice, &[&pager], listed);
+    let mut pagers = joined.pop().unwrap();
+    for (waiting, allowed) in [
+        (vec!["dave"], true),
+        (vec![], false),
+        (vec!["pager"], false),
+    ] {
+        let (commit, _, _) = pagers
+            .update_group_context_extensions(
+                &pager.provider,
+                waiting_extensions(GroupPolicy::default(), &waiting),
+                &pager.signer,
+            )
+            .unwrap();
+        let judged = judge(&w, &alice, &mut alices, bytes_of(&commit), &[]);
+        assert_eq!(judged.is_ok(), allowed, "{waiting:?}: {judged:?}");
+        pagers
+            .clear_pending_commit(pager.provider.storage())
+            .unwrap();
+    }
     // Its own key update is a member's ordinary housekeeping.
     let (commit, _, _) = pagers
         .self_update(

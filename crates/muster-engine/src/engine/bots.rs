@@ -53,8 +53,34 @@ pub enum BotRefusal {
 /// What a bot posts: a text, or an alert.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BotPostKind {
-    Text { reply_to: Option<String> },
-    Alert { ack_required: bool },
+    /// A text; `mentions` lets `@handle` in it mention members (not in text that came
+    /// from a monitoring system's labels).
+    Text {
+        reply_to: Option<String>,
+        mentions: bool,
+    },
+    Alert {
+        ack_required: bool,
+    },
+}
+
+/// What a post does to the record of a monitoring system's open alarms, in the same
+/// transaction as the post.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AlarmChange {
+    /// The post opens alarm `alarm` (its group key), of which `episode` fires.
+    Open { alarm: String, episode: String },
+    /// The post resolves alarm `alarm`.
+    Close { alarm: String },
+}
+
+/// An alarm the bot has posted and that has not been resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenAlarm {
+    /// The alert it became.
+    pub message_id: String,
+    /// What fired, as the intake described it when it opened.
+    pub episode: String,
 }
 
 /// A post through a bot's intake.
@@ -64,6 +90,7 @@ pub struct BotPost {
     pub text: String,
     /// The same key (per group) is stored once: a repeat answers with the first message.
     pub idempotency_key: Option<String>,
+    pub alarm: Option<AlarmChange>,
 }
 
 /// What a post became.
@@ -103,6 +130,11 @@ fn split_token(token: &str) -> Option<(&str, &str)> {
     let (id, secret) = token.strip_prefix(TOKEN_PREFIX)?.split_once('_')?;
     let hex = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_hexdigit());
     (hex(id) && id.len() == 12 && hex(secret) && secret.len() == 64).then_some((id, secret))
+}
+
+/// Whether `token` has the shape of a bot token (checked before anything is looked up).
+pub fn looks_like_bot_token(token: &str) -> bool {
+    split_token(token.trim()).is_some()
 }
 
 impl Engine {
@@ -218,20 +250,18 @@ impl Engine {
         let own = self
             .resolve_group(&group_hex(&group_id))
             .map_err(|_| BotRefusal::NotMember("(a group this device no longer knows)".into()))?;
-        if let Some(asked) = group {
-            let known = match self.resolve_group(asked) {
-                Ok(known) => known,
+        // The path names the token's group by its name or id; anything else is refused
+        // (another group, or one this bot does not know).
+        if let Some(asked) = group.filter(|a| *a != own.name && *a != group_hex(&group_id)) {
+            return match self.resolve_group(asked) {
                 Err(EngineError::UnknownGroup(_)) => {
-                    return Err(BotRefusal::UnknownGroup(asked.to_string()))
+                    Err(BotRefusal::UnknownGroup(asked.to_string()))
                 }
-                Err(e) => return Err(BotRefusal::Invalid(e.to_string())),
-            };
-            if known.id != group_id {
-                return Err(BotRefusal::OtherGroup {
+                _ => Err(BotRefusal::OtherGroup {
                     allowed: own.name,
                     asked: asked.to_string(),
-                });
-            }
+                }),
+            };
         }
         if own.state != GroupState::Active {
             return Err(BotRefusal::NotMember(own.name));
@@ -275,25 +305,44 @@ impl Engine {
         }
         let group = group_hex(&scope.group_id);
         let body = match post.kind {
-            BotPostKind::Text { reply_to } => {
-                self.text_body(&group, &post.text, reply_to.as_deref())?
+            BotPostKind::Text { reply_to, mentions } => {
+                let mut body = self.text_body(&group, &post.text, reply_to.as_deref())?;
+                if let Body::Text {
+                    mentions: found, ..
+                } = &mut body
+                {
+                    if !mentions {
+                        found.clear();
+                    }
+                }
+                body
             }
             BotPostKind::Alert { ack_required } => alert_body(&post.text, ack_required)?,
         };
         let (group_id, _) = self.active_group(&group)?;
         let key = post.idempotency_key;
+        let alarm = post.alarm;
         let now = now_ms();
         let mut ids = self.enqueue_all(&group_id, vec![body], |tx, _, id| {
             if let Some(key) = &key {
                 tx.execute(
                     "INSERT INTO bot_requests (group_id, key, message_id, at) VALUES (?1, ?2, ?3, ?4)",
                     params![group_id, key, id, now],
-                )
-                .map(|_| ())
-                .map_err(EngineError::from)
-            } else {
-                Ok(())
+                )?;
             }
+            match &alarm {
+                Some(AlarmChange::Open { alarm, episode }) => tx.execute(
+                    "INSERT OR REPLACE INTO bot_alarms (group_id, alarm, message_id, episode)
+                     VALUES (?1, ?2, ?3, ?4)",
+                    params![group_id, alarm, id, episode],
+                )?,
+                Some(AlarmChange::Close { alarm }) => tx.execute(
+                    "DELETE FROM bot_alarms WHERE group_id = ?1 AND alarm = ?2",
+                    params![group_id, alarm],
+                )?,
+                None => 0,
+            };
+            Ok(())
         })?;
         let id = ids.pop().unwrap_or_default();
         self.db.execute(
@@ -328,36 +377,24 @@ impl Engine {
     }
 
     /// (bot) The alert a monitoring system's alarm group became, while it is unresolved.
-    pub fn bot_alarm(&self, scope: &BotScope, alarm: &str) -> Result<Option<String>, EngineError> {
-        Ok(self
-            .db
-            .query_row(
-                "SELECT message_id FROM bot_alarms WHERE group_id = ?1 AND alarm = ?2",
-                params![scope.group_id, alarm],
-                |r| r.get(0),
-            )
-            .optional()?)
-    }
-
-    /// (bot) Records (`Some`) or forgets (`None`, once resolved) the alert an alarm group
-    /// became.
-    pub fn set_bot_alarm(
+    pub fn bot_alarm(
         &self,
         scope: &BotScope,
         alarm: &str,
-        message: Option<&str>,
-    ) -> Result<(), EngineError> {
-        match message {
-            Some(id) => self.db.execute(
-                "INSERT OR REPLACE INTO bot_alarms (group_id, alarm, message_id) VALUES (?1, ?2, ?3)",
-                params![scope.group_id, alarm, id],
-            )?,
-            None => self.db.execute(
-                "DELETE FROM bot_alarms WHERE group_id = ?1 AND alarm = ?2",
+    ) -> Result<Option<OpenAlarm>, EngineError> {
+        Ok(self
+            .db
+            .query_row(
+                "SELECT message_id, episode FROM bot_alarms WHERE group_id = ?1 AND alarm = ?2",
                 params![scope.group_id, alarm],
-            )?,
-        };
-        Ok(())
+                |r| {
+                    Ok(OpenAlarm {
+                        message_id: r.get(0)?,
+                        episode: r.get(1)?,
+                    })
+                },
+            )
+            .optional()?)
     }
 
     /// (bot) Who has acknowledged one of this bot's alerts in the scope's group.

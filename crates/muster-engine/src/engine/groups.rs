@@ -3,7 +3,7 @@
 use super::*;
 
 impl Engine {
-    /// Finds a group by name, or by (a prefix of) its hex id.
+    /// Finds a group by its whole hex id, by name, or by a prefix of its id.
     pub(super) fn resolve_group(&self, name_or_id: &str) -> Result<KnownGroup, EngineError> {
         let mut stmt = self
             .db
@@ -17,6 +17,11 @@ impl Engine {
                 })
             })?
             .collect::<Result<Vec<KnownGroup>, _>>()?;
+        // A whole id names its group whatever others are called: a member may rename a
+        // group to another group's id.
+        if let Some(g) = all.iter().find(|g| group_hex(&g.id) == name_or_id) {
+            return Ok(g.clone());
+        }
         let by_name: Vec<_> = all.iter().filter(|g| g.name == name_or_id).collect();
         let active: Vec<_> = by_name
             .iter()
@@ -61,10 +66,15 @@ impl Engine {
 
     /// [`Self::check_may_manage`] for a group already loaded.
     fn check_may_manage_group(&self, group: &MlsGroup, what: &str) -> Result<(), EngineError> {
+        let device = self.device()?;
+        if device.certificate.as_ref().is_some_and(|c| c.is_bot()) {
+            return Err(EngineError::Invalid(format!(
+                "this device is a bot, and a bot may not {what}: it only posts to the groups it is in"
+            )));
+        }
         if !policy_of(group).managed {
             return Ok(());
         }
-        let device = self.device()?;
         if device.certificate.as_ref().is_some_and(|c| c.is_admin()) {
             Ok(())
         } else {

@@ -562,6 +562,7 @@ pub(super) fn process_group_message(
             user: &cert.body.user,
             device: &cert.body.device_id,
             admin: cert.is_admin(),
+            bot: cert.is_bot(),
         };
         let origin = Origin::Received {
             seq,

@@ -492,6 +492,7 @@ pub(super) fn queue_unchecked(
             user: &device.user,
             device: &device.device_id,
             admin: device.certificate.as_ref().is_some_and(|c| c.is_admin()),
+            bot: device.certificate.as_ref().is_some_and(|c| c.is_bot()),
         };
         conversation::apply(
             db,

@@ -47,8 +47,8 @@ mod views;
 mod waiting;
 
 pub use bots::{
-    BotPost, BotPostKind, BotPosted, BotRefusal, BotRollcall, BotScope, BotTokenView,
-    MAX_IDEMPOTENCY_KEY,
+    looks_like_bot_token, AlarmChange, BotPost, BotPostKind, BotPosted, BotRefusal, BotRollcall,
+    BotScope, BotTokenView, OpenAlarm, MAX_IDEMPOTENCY_KEY,
 };
 use commits::*;
 use inbound::*;
