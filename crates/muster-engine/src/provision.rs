@@ -242,6 +242,12 @@ pub fn plan(spec: &OrgSpec, state: &OrgState) -> (Vec<Action>, Vec<String>) {
     for user in &spec.users {
         let handle = &user.handle;
         if let Some((profile, roles)) = state.enrolled.get(handle) {
+            if roles.contains(&Role::Bot) || roles.contains(&Role::Archive) {
+                problems.push(format!(
+                    "not changing {handle}: it is a service account (bot or archive), which the file does not manage; take it out of [[users]]"
+                ));
+                continue;
+            }
             if *profile != user.profile() || *roles != user.roles() {
                 actions.push(Action::UpdateCertificates {
                     user: handle.clone(),
@@ -430,6 +436,25 @@ managed = true
                 },
             ]
         );
+    }
+
+    #[test]
+    fn a_service_account_listed_as_a_user_keeps_its_role() {
+        let spec = parse_spec("[[users]]\nhandle = \"pager\"\ndisplay_name = \"Pager\"\n").unwrap();
+        let mut state = OrgState::default();
+        state.enrolled.insert(
+            "pager".into(),
+            (
+                Profile {
+                    display_name: "Pager bot".into(),
+                    ..Default::default()
+                },
+                vec![Role::Bot],
+            ),
+        );
+        let (actions, problems) = plan(&spec, &state);
+        assert!(actions.is_empty(), "{actions:?}");
+        assert!(problems[0].contains("service account"), "{problems:?}");
     }
 
     #[test]

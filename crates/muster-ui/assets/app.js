@@ -134,6 +134,7 @@ function renderHeader() {
   const days = (secs) => (secs >= 86400 ? Math.round(secs / 86400) + " d" : secs >= 3600 ? Math.round(secs / 3600) + " h" : secs + " s");
   if (group && group.disappear_secs) document.getElementById("title").append(el("span", "messages disappear after " + days(group.disappear_secs), "tag"));
   if (group && group.retain_secs) document.getElementById("title").append(el("span", "messages kept " + days(group.retain_secs), "tag"));
+  if (group && group.bot_members.length) document.getElementById("title").append(el("span", "bots here: " + group.bot_members.join(", "), "tag"));
   if (group) document.getElementById("title").append(el("span", group.members.length + " members", "count"));
 }
 
@@ -147,6 +148,7 @@ async function refreshMessages() {
   const messages = await api("/api/groups/" + encodeURIComponent(group) + "/messages");
   const list = document.createElement("ol");
   const byId = new Map(messages.map((m) => [m.id, m]));
+  const bots = (state.groups.find((g) => g.id === group) || { bot_members: [] }).bot_members;
   let day = null;
   for (const m of messages) {
     const on = new Date(m.sent_at).toLocaleDateString(undefined, { weekday: "long", year: "numeric", month: "long", day: "numeric" });
@@ -163,7 +165,7 @@ async function refreshMessages() {
       if (quoted) item.append(el("span", "↪ " + quoted.sender + ": " + (quoted.deleted ? "(deleted)" : quoted.text), "quote"));
       if (m.kind === "alert") item.append(el("span", "ALERT", "alert-tag"));
       const caption = m.attachment && m.text === m.attachment.name ? "" : m.text;
-      item.append(el("span", m.sender, "who"), withMentions(m.deleted ? "(deleted)" : caption));
+      item.append(el("span", bots.includes(m.sender) ? m.sender + " (bot)" : m.sender, "who"), withMentions(m.deleted ? "(deleted)" : caption));
       if ((m.mentions || []).includes(state.me)) item.classList.add("mentions-me");
       if (m.attachment) item.append(attachmentView(m));
       const at = el("time", new Date(m.sent_at).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }), "when");
