@@ -127,12 +127,23 @@ pub(crate) enum Command {
         group: String,
         text: String,
         /// Ask every member to acknowledge it (`muster ack ID`); see `muster rollcall ID`.
+        /// It offers the answers "acknowledged" and "need help" (urgent).
         #[arg(long)]
         ack_required: bool,
+        /// Ask every member to answer with one of these, comma-separated; a trailing `!`
+        /// marks an urgent answer, which raises an alert in the group when given
+        /// (e.g. "safe,need help!,on my way").
+        #[arg(long, value_name = "LIST")]
+        options: Option<String>,
     },
     /// Acknowledge an alert.
     Ack {
         id: String,
+    },
+    /// Answer an alert with one of its answers (again, to change it).
+    Answer {
+        id: String,
+        answer: String,
     },
     /// Who has acknowledged an alert, and who has not.
     Rollcall {

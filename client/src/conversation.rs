@@ -141,8 +141,16 @@ pub(crate) async fn run(
             group,
             text,
             ack_required,
+            options,
         } => {
-            let queued = engine.queue_alert(&group, &text, ack_required)?;
+            let queued = match options {
+                Some(list) => {
+                    let options = muster_engine::AnswerOption::parse_list(&list)
+                        .map_err(EngineError::Invalid)?;
+                    engine.queue_alert_asking(&group, &text, true, options)?
+                }
+                None => engine.queue_alert(&group, &text, ack_required)?,
+            };
             deliver_queued(engine, &queued).await?;
             println!("alert sent {}", queued.id);
         }
@@ -150,6 +158,11 @@ pub(crate) async fn run(
             let queued = engine.queue_ack(&id)?;
             deliver_queued(engine, &queued).await?;
             println!("acknowledged {id}");
+        }
+        Command::Answer { id, answer } => {
+            let queued = engine.queue_answer(&id, Some(&answer))?;
+            deliver_queued(engine, &queued).await?;
+            println!("answered {id}: {}", answer.trim());
         }
         Command::Rollcall { id, watch, json } => live::rollcall(engine, &id, watch, json).await?,
         Command::Search {

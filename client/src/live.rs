@@ -21,21 +21,53 @@ pub(crate) async fn rollcall(
             eprintln!("warning: {p}");
         }
         let r = engine.rollcall(id)?;
-        let summary = (r.acknowledged, r.members.len());
-        if last_shown != Some(summary) {
+        let summary = serde_json::to_string(&r.members).unwrap_or_default();
+        if last_shown.as_ref() != Some(&summary) {
             if json {
                 print_json(&r);
             } else {
+                let asks_only_ack = r.alert.options.is_empty()
+                    || r.alert.options == muster_engine::AnswerOption::default_pair();
                 println!(
-                    "{} of {} acknowledged: {}",
+                    "{} of {} {}: {}",
                     r.acknowledged,
                     r.members.len(),
+                    if asks_only_ack {
+                        "acknowledged"
+                    } else {
+                        "answered"
+                    },
                     r.alert.text
                 );
+                for a in &r.answers {
+                    let urgent = if a.urgent { " (urgent)" } else { "" };
+                    println!(
+                        "  {}{urgent}: {} — {}",
+                        a.answer,
+                        a.users.len(),
+                        if a.users.is_empty() {
+                            "nobody".to_string()
+                        } else {
+                            a.users.join(", ")
+                        }
+                    );
+                }
+                if !r.answers.is_empty() {
+                    println!(
+                        "  not answered: {} — {}",
+                        r.not_answered.len(),
+                        if r.not_answered.is_empty() {
+                            "nobody".to_string()
+                        } else {
+                            r.not_answered.join(", ")
+                        }
+                    );
+                }
                 for m in &r.members {
-                    match &m.acked_at {
-                        Some(at) => println!("  ✓ {:<16} {at}", m.user),
-                        None => println!("  … {:<16} waiting", m.user),
+                    match (&m.acked_at, &m.answer) {
+                        (Some(at), Some(answer)) => println!("  ✓ {:<16} {at}  {answer}", m.user),
+                        (Some(at), None) => println!("  ✓ {:<16} {at}", m.user),
+                        (None, _) => println!("  … {:<16} waiting", m.user),
                     }
                 }
             }
@@ -204,7 +236,7 @@ pub(crate) async fn chat(engine: &mut Engine, group: &str) -> Result<(), EngineE
         }
     }
     println!(
-        "--- chatting in {group}: type a message and press Enter; /ack ID acknowledges an alert; /quit or Ctrl-D to leave ---"
+        "--- chatting in {group}: type a message and press Enter; /ack ID acknowledges an alert, /answer ID ANSWER answers one; /quit or Ctrl-D to leave ---"
     );
     remind_unacknowledged(engine)?;
     let _ = std::io::stdout().flush();
@@ -254,6 +286,15 @@ pub(crate) async fn chat(engine: &mut Engine, group: &str) -> Result<(), EngineE
                             println!("acknowledged {}", id.trim());
                         }
                         Err(e) => eprintln!("not acknowledged: {e}"),
+                    }
+                } else if let Some(rest) = line.strip_prefix("/answer ") {
+                    let (id, answer) = rest.trim().split_once(' ').unwrap_or((rest.trim(), ""));
+                    match engine.queue_answer(id, Some(answer)) {
+                        Ok(_) => {
+                            engine.flush(session.link()).await?;
+                            println!("answered {id}: {}", answer.trim());
+                        }
+                        Err(e) => eprintln!("not answered: {e}"),
                     }
                 } else if !line.is_empty() {
                     if let Err(e) = engine.send_text(session.link(), group, line).await {

@@ -1,7 +1,7 @@
 //! How things look on a terminal: messages, groups, profiles, JSON lines, escaped control
 //! characters, and the user's notification command.
 
-use muster_engine::{Engine, GroupView, MessageView};
+use muster_engine::{AnswerOption, Engine, GroupView, MessageView};
 use muster_proto::Profile;
 
 pub(crate) const NOTIFY_COMMAND: &str = "notify-command";
@@ -92,11 +92,23 @@ pub(crate) fn print_message(m: &MessageView) {
     for (emoji, users) in &m.reactions {
         line.push_str(&format!("  {emoji} {}", users.len()));
     }
-    if m.ack_required {
+    if m.ack_required && (m.options.is_empty() || m.options == AnswerOption::default_pair()) {
         line.push_str(&format!(
             "  [acknowledged by {} of {}; `muster ack {short}`]",
             m.acked_by.len(),
             m.audience
+        ));
+    } else if !m.options.is_empty() {
+        let answers: Vec<String> = m
+            .options
+            .iter()
+            .map(|o| format!("{}{}", o.label, if o.urgent { "!" } else { "" }))
+            .collect();
+        line.push_str(&format!(
+            "  [answered by {} of {}; `muster answer {short} ANSWER`: {}]",
+            m.acked_by.len(),
+            m.audience,
+            answers.join(" | ")
         ));
     }
     if m.audience > 0 && (m.status == "sent" || m.status == "sending") {

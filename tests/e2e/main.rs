@@ -1,6 +1,7 @@
 //! End-to-end tests: a real relay process and real `muster` devices on loopback.
 
 mod admin;
+mod answers;
 mod archive;
 mod attachments;
 mod bots;

@@ -99,7 +99,11 @@ pub async fn serve(
             tracing::error!(error = %e, "the bot's intake stopped");
         }
     });
-    let result = service::run(engine, service::Settings { ack_severities }, inbox, stop).await;
+    let settings = service::Settings {
+        ack_severities,
+        relay_timeout: options.relay_timeout,
+    };
+    let result = service::run(engine, settings, inbox, stop).await;
     server.abort();
     result
 }

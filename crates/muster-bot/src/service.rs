@@ -12,6 +12,7 @@ use muster_engine::{
     AlarmChange, BotPost, BotPostKind, BotPosted, BotRefusal, BotRollcall, BotScope, Engine,
     EngineError, MAX_TEXT_BYTES,
 };
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 /// The answer to a request.
@@ -84,6 +85,8 @@ impl Command {
 pub struct Settings {
     /// Alarms of these severities (lower case) ask every member to acknowledge them.
     pub ack_severities: Vec<String>,
+    /// The longest the intake waits for the bot's device to answer.
+    pub relay_timeout: Duration,
 }
 
 struct Waiter {
@@ -99,7 +102,10 @@ pub async fn run(
     mut commands: mpsc::Receiver<Command>,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), EngineError> {
-    let mut link = Link::new(engine)?;
+    // A relay that leaves a request unanswered for half the intake's timeout counts as
+    // unreachable, so that a post is still queued and answered within the timeout.
+    let mut link = Link::new(engine)?
+        .answering_within((settings.relay_timeout / 2).max(Duration::from_millis(500)));
     let mut waiters: Vec<Waiter> = Vec::new();
     tokio::pin!(stop);
     loop {

@@ -34,6 +34,13 @@ impl Connection {
         })
     }
 
+    /// Counts the relay as unreachable when it leaves a request unanswered for `limit`
+    /// (instead of [`Connection::ANSWER_WITHIN`]): for a device that promises its own
+    /// callers an answer within a time.
+    pub fn set_answer_within(&mut self, limit: Duration) {
+        self.answer_within = limit;
+    }
+
     /// Sends one request and waits for the relay's answer (the [`Link`] method, callable
     /// from spawned tasks).
     pub async fn request(&self, request: &Request) -> Result<Response, LinkError> {

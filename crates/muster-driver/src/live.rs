@@ -81,6 +81,9 @@ pub struct Link {
     online_since: Option<Instant>,
     /// When an online device syncs next without being woken.
     resync_at: Instant,
+    /// How long the relay may leave a request unanswered before it counts as unreachable
+    /// (the driver's default when `None`).
+    answer_within: Option<Duration>,
 }
 
 impl Link {
@@ -94,6 +97,7 @@ impl Link {
             opening: None,
             online_since: None,
             resync_at: Instant::now() + RESYNC,
+            answer_within: None,
         };
         match engine.whoami() {
             Err(EngineError::NotEnrolled) => {}
@@ -110,6 +114,13 @@ impl Link {
             }
         }
         Ok(link)
+    }
+
+    /// Counts the relay as unreachable (offline, what is sent waits in the outbox) when
+    /// it leaves a request unanswered for `limit`.
+    pub fn answering_within(mut self, limit: Duration) -> Self {
+        self.answer_within = Some(limit);
+        self
     }
 
     /// Tries to connect now (after enrolling, or at start).
@@ -164,6 +175,12 @@ impl Link {
         engine: &mut Engine,
         opened: Result<Connection, EngineError>,
     ) -> Result<(), EngineError> {
+        let opened = opened.map(|mut conn| {
+            if let Some(limit) = self.answer_within {
+                conn.set_answer_within(limit);
+            }
+            conn
+        });
         let authenticated = match opened {
             Ok(conn) => match engine.authenticate(&conn).await {
                 Ok(()) => Ok(conn),

@@ -24,6 +24,86 @@ pub struct Envelope {
     pub n: Option<u64>,
 }
 
+/// One answer an alert offers. An urgent one (such as "need help") raises an alert in
+/// the group when someone gives it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnswerOption {
+    pub label: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub urgent: bool,
+}
+
+/// The most answers an alert offers.
+pub const MAX_ANSWER_OPTIONS: usize = 8;
+/// The longest answer, in characters.
+pub const MAX_ANSWER_CHARS: usize = 40;
+
+impl AnswerOption {
+    /// The answers an alert asking for acknowledgement offers unless it names its own.
+    pub fn default_pair() -> Vec<AnswerOption> {
+        vec![
+            AnswerOption {
+                label: "acknowledged".into(),
+                urgent: false,
+            },
+            AnswerOption {
+                label: "need help".into(),
+                urgent: true,
+            },
+        ]
+    }
+
+    /// `safe, need help!, on my way`: answers separated by commas, `!` marking urgent ones.
+    pub fn parse_list(list: &str) -> Result<Vec<AnswerOption>, String> {
+        let options: Vec<AnswerOption> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .map(|o| match o.strip_suffix('!') {
+                Some(label) => AnswerOption {
+                    label: label.trim().to_string(),
+                    urgent: true,
+                },
+                None => AnswerOption {
+                    label: o.to_string(),
+                    urgent: false,
+                },
+            })
+            .collect();
+        check_options(&options)?;
+        Ok(options)
+    }
+}
+
+/// Checks an alert's answers: at most [`MAX_ANSWER_OPTIONS`], each 1 to
+/// [`MAX_ANSWER_CHARS`] characters without control or direction characters, all different.
+pub fn check_options(options: &[AnswerOption]) -> Result<(), String> {
+    if options.len() > MAX_ANSWER_OPTIONS {
+        return Err(format!(
+            "an alert offers at most {MAX_ANSWER_OPTIONS} answers"
+        ));
+    }
+    for (i, o) in options.iter().enumerate() {
+        let chars = o.label.chars().count();
+        let bad_char = o.label.chars().any(|c| {
+            c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        });
+        if chars == 0 || chars > MAX_ANSWER_CHARS || bad_char || o.label.trim() != o.label {
+            return Err(format!(
+                "an answer is 1 to {MAX_ANSWER_CHARS} characters of plain text: {:?} is not",
+                o.label
+            ));
+        }
+        if options[..i]
+            .iter()
+            .any(|p| p.label.eq_ignore_ascii_case(&o.label))
+        {
+            return Err(format!("the answer {:?} is offered twice", o.label));
+        }
+    }
+    Ok(())
+}
+
 /// The typed payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -59,14 +139,22 @@ pub enum Body {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         authors: Vec<AuthorSpan>,
     },
-    /// An urgent message, optionally asking every member to acknowledge it.
+    /// An urgent message, optionally asking every member to acknowledge it, or to answer
+    /// with one of `options`.
     Alert {
         text: String,
         #[serde(default)]
         ack_required: bool,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        options: Vec<AnswerOption>,
     },
-    /// Acknowledges an alert.
-    Ack { target: String },
+    /// Acknowledges an alert, with one of its options when it offers some; a later
+    /// answer replaces an earlier one.
+    Ack {
+        target: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        answer: Option<String>,
+    },
     /// Sets (or, with an empty value, clears) an entry of the group's situation board.
     BoardSet { key: String, value: String },
     /// A file, encrypted on the sender's device and stored as a blob on the relay.
@@ -218,7 +306,7 @@ impl Envelope {
             Body::Edit { target, .. }
             | Body::Delete { target }
             | Body::Reaction { target, .. }
-            | Body::Ack { target } => vec![target],
+            | Body::Ack { target, .. } => vec![target],
             Body::Receipt { targets, .. } => targets.iter().collect(),
             Body::Attachment { attachment, .. } => {
                 let blob = &attachment.blob_id;

@@ -209,6 +209,8 @@ struct Extras<'a> {
     mentions: &'a [String],
     ack_required: bool,
     attachment: Option<String>,
+    /// An alert's answers, as JSON.
+    options: Option<String>,
 }
 
 /// Stores a message the user reads (text, alert or attachment). Returns whether it was received.
@@ -226,8 +228,8 @@ fn insert_message(
     cached_execute(db,
         "INSERT OR IGNORE INTO messages (id, group_id, kind, sender, sender_device, body, sent_at, received_at,
              relay_seq, status, sort_key, reply_to, mentions, ack_required, attachment,
-             delivered_receipt_due, read_receipt_due)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?16)",
+             delivered_receipt_due, read_receipt_due, options)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?16, ?17)",
         params![
             envelope.id,
             group_id,
@@ -244,10 +246,18 @@ fn insert_message(
             serde_json::to_string(extras.mentions).expect("serialises"),
             extras.ack_required,
             extras.attachment,
-            placement.receipts_due
+            placement.receipts_due,
+            extras.options
         ],
     )?;
     Ok(placement.received)
+}
+
+/// An alert's answers as stored (none when it offers none).
+pub(crate) fn alert_options(stored: Option<&str>) -> Vec<crate::content::AnswerOption> {
+    stored
+        .and_then(|json| serde_json::from_str(json).ok())
+        .unwrap_or_default()
 }
 
 /// Applies one envelope to the store, on the device of `local_user`. Returns whether it
@@ -384,7 +394,11 @@ pub(crate) fn apply(
             apply_group_name(db, group_id, name, author, origin, managed)?;
             Ok(false)
         }
-        Body::Alert { text, ack_required } => insert_message(
+        Body::Alert {
+            text,
+            ack_required,
+            options,
+        } => insert_message(
             db,
             group_id,
             envelope,
@@ -394,6 +408,9 @@ pub(crate) fn apply(
             text,
             Extras {
                 ack_required: *ack_required,
+                // Answers that break the limits are not offered (the alert stays).
+                options: (!options.is_empty() && crate::content::check_options(options).is_ok())
+                    .then(|| serde_json::to_string(options).expect("serialises")),
                 ..Extras::default()
             },
         ),
@@ -413,20 +430,34 @@ pub(crate) fn apply(
                 ..Extras::default()
             },
         ),
-        Body::Ack { target } => {
-            let alert_by: Option<String> = db
+        Body::Ack { target, answer } => {
+            let alert: Option<(String, Option<String>)> = db
                 .query_row(
-                    "SELECT sender FROM messages WHERE group_id = ?1 AND id = ?2 AND kind = 'alert'",
+                    "SELECT sender, options FROM messages WHERE group_id = ?1 AND id = ?2 AND kind = 'alert'",
                     params![group_id, target],
-                    |r| r.get(0),
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()?;
-            if alert_by.is_some_and(|by| by != author.user) {
-                cached_execute(db,
-                    "INSERT OR IGNORE INTO acks (group_id, message_id, user, at) VALUES (?1, ?2, ?3, ?4)",
-                    params![group_id, target, author.user, envelope.sent_at],
-                )?;
-            }
+            let Some((_, options)) = alert.filter(|(by, _)| by != author.user) else {
+                return Ok(false);
+            };
+            let options = alert_options(options.as_deref());
+            // An answer the alert does not offer counts for nothing; a plain
+            // acknowledgement (an older client's) keeps any answer given before.
+            let answer = match answer {
+                None => None,
+                Some(given) => match options.iter().find(|o| o.label == *given) {
+                    Some(o) => Some(o.label.clone()),
+                    None => return Ok(false),
+                },
+            };
+            cached_execute(
+                db,
+                "INSERT INTO acks (group_id, message_id, user, at, answer) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (group_id, message_id, user)
+                 DO UPDATE SET answer = COALESCE(excluded.answer, acks.answer)",
+                params![group_id, target, author.user, envelope.sent_at, answer],
+            )?;
             Ok(false)
         }
         Body::Retention {
@@ -673,6 +704,57 @@ pub(crate) fn enforce_retention(db: &Connection, now_ms: i64) -> Result<usize, E
 mod tests {
     use super::*;
     use crate::engine::GroupState;
+
+    #[test]
+    fn an_answer_counts_only_if_the_alert_offers_it_and_the_latest_one_stands() {
+        const GROUP: &[u8] = b"site-group";
+        let db = Connection::open_in_memory().unwrap();
+        db.execute_batch(crate::store::SCHEMA).unwrap();
+        db.execute(
+            "INSERT INTO groups (group_id, name, state, created_at) VALUES (?1, 'site', ?2, 0)",
+            rusqlite::params![GROUP, GroupState::Active],
+        )
+        .unwrap();
+        let author = |user: &'static str| Author {
+            user,
+            device: user,
+            admin: false,
+            bot: false,
+        };
+        let mut seq = 0;
+        let mut apply_as = |user: &'static str, body: Body| {
+            seq += 1;
+            let envelope = Envelope::new(format!("{seq:08x}"), 1_000 + seq as i64, body);
+            let origin = Origin::Received { seq, at_ms: 1_000 };
+            apply(&db, "carol", GROUP, &envelope, &author(user), origin, false).unwrap();
+        };
+        apply_as(
+            "alice",
+            Body::Alert {
+                text: "flooding".into(),
+                ack_required: true,
+                options: crate::content::AnswerOption::parse_list("safe,need help!").unwrap(),
+            },
+        );
+        let answer = |given: Option<&str>| Body::Ack {
+            target: "00000001".into(),
+            answer: given.map(str::to_string),
+        };
+        apply_as("bob", answer(Some("on a boat")));
+        apply_as("alice", answer(Some("safe")));
+        apply_as("dave", answer(Some("need help")));
+        apply_as("dave", answer(Some("safe")));
+        apply_as("dave", answer(None));
+        let answers: Vec<(String, Option<String>)> = db
+            .prepare("SELECT user, answer FROM acks ORDER BY user")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        // Bob's answer is not offered, alice sent the alert; dave's latest answer stands.
+        assert_eq!(answers, [("dave".to_string(), Some("safe".to_string()))]);
+    }
 
     #[test]
     fn a_bots_rename_or_retention_change_is_ignored_by_every_member() {

@@ -32,17 +32,17 @@ pub use admin::root_backup::{RootBackup, RootBackupError};
 pub use admin::{AccountKind, ProfileChangeView};
 pub use archiving::ArchiveRead;
 pub use attachments::{AttachmentError, AttachmentRef};
-pub use content::{describe_duration, Body, Envelope};
+pub use content::{describe_duration, AnswerOption, Body, Envelope};
 pub use conversation::BoardEntry;
 pub use engine::{
     leaf_capabilities, looks_like_bot_token, rfc3339_ms, wipe_store, CIPHERSUITE,
     MAX_IDEMPOTENCY_KEY, MAX_TEXT_BYTES,
 };
 pub use engine::{
-    AlarmChange, AttachmentView, AuditView, BotPost, BotPostKind, BotPosted, BotRefusal,
-    BotRollcall, BotScope, BotTokenView, DeviceView, DirectoryEntry, Engine, GroupState, GroupView,
-    Identity, MessageView, NewOrg, Notification, OpenAlarm, PendingView, QueuedMessage, Rollcall,
-    RollcallEntry, SyncReport,
+    AlarmChange, AnswerTally, AttachmentView, AuditView, BotPost, BotPostKind, BotPosted,
+    BotRefusal, BotRollcall, BotScope, BotTokenView, DeviceView, DirectoryEntry, Engine,
+    GroupState, GroupView, Identity, MessageView, NewOrg, Notification, OpenAlarm, PendingView,
+    QueuedMessage, Rollcall, RollcallEntry, SyncReport,
 };
 pub use error::EngineError;
 pub use link::{Link, LinkError};

@@ -28,6 +28,8 @@ CREATE TABLE IF NOT EXISTS messages (
     -- receipts this device still owes the sender (received messages only)
     delivered_receipt_due INTEGER NOT NULL DEFAULT 0,
     read_receipt_due INTEGER NOT NULL DEFAULT 0,
+    -- an alert's answers (JSON), when it offers some
+    options TEXT,
     UNIQUE (group_id, id));
 CREATE TABLE IF NOT EXISTS reactions (
     group_id BLOB NOT NULL, message_id TEXT NOT NULL, user TEXT NOT NULL, emoji TEXT NOT NULL,
@@ -35,8 +37,10 @@ CREATE TABLE IF NOT EXISTS reactions (
 -- full-text index of message bodies; deleted and expired content leaves it too
 CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts USING fts5(
     body, content='messages', content_rowid='seq', tokenize='unicode61 remove_diacritics 2');
+-- who answered an alert, first when, and their latest answer (NULL: a plain acknowledgement)
 CREATE TABLE IF NOT EXISTS acks (
     group_id BLOB NOT NULL, message_id TEXT NOT NULL, user TEXT NOT NULL, at INTEGER NOT NULL,
+    answer TEXT,
     PRIMARY KEY (group_id, message_id, user));
 -- every board update; the board shows, per key, the one the relay sequenced last
 CREATE TABLE IF NOT EXISTS board_log (
@@ -154,6 +158,8 @@ END;
 /// Adds what later versions need to a store made by an older version.
 pub(crate) fn migrate(db: &rusqlite::Connection) -> rusqlite::Result<()> {
     add_column(db, "outbox", "audience", "TEXT")?;
+    add_column(db, "messages", "options", "TEXT")?;
+    add_column(db, "acks", "answer", "TEXT")?;
     // Triggers from before batches indexed their messages at their end are replaced.
     // They keep their names, so an older version opening the store finds them there and
     // does not add its own beside them.

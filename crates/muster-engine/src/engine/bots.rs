@@ -317,7 +317,14 @@ impl Engine {
                 }
                 body
             }
-            BotPostKind::Alert { ack_required } => alert_body(&post.text, ack_required)?,
+            BotPostKind::Alert { ack_required } => {
+                let options = if ack_required {
+                    AnswerOption::default_pair()
+                } else {
+                    Vec::new()
+                };
+                alert_body(&post.text, ack_required, options)?
+            }
         };
         let (group_id, _) = self.active_group(&group)?;
         let key = post.idempotency_key;

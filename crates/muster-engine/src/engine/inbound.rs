@@ -587,7 +587,9 @@ pub(super) fn process_group_message(
                 Body::Text { text, mentions, .. } => {
                     ("text", text.clone(), mentions.contains(&device.user), false)
                 }
-                Body::Alert { text, ack_required } => ("alert", text.clone(), false, *ack_required),
+                Body::Alert {
+                    text, ack_required, ..
+                } => ("alert", text.clone(), false, *ack_required),
                 _ => ("text", String::new(), false, false),
             };
             let notification = Notification {

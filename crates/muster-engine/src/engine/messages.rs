@@ -228,28 +228,60 @@ impl Engine {
         Ok(QueuedMessage { group_id, id })
     }
 
-    /// Queues an urgent alert for the group.
+    /// Queues an urgent alert for the group. One asking for acknowledgement offers
+    /// [`AnswerOption::default_pair`].
     pub fn queue_alert(
         &mut self,
         group: &str,
         text: &str,
         ack_required: bool,
     ) -> Result<QueuedMessage, EngineError> {
-        let body = alert_body(text, ack_required)?;
+        let options = if ack_required {
+            AnswerOption::default_pair()
+        } else {
+            Vec::new()
+        };
+        self.queue_alert_asking(group, text, ack_required, options)
+    }
+
+    /// Queues an alert that asks every member to answer with one of `options` (when
+    /// there are some).
+    pub fn queue_alert_asking(
+        &mut self,
+        group: &str,
+        text: &str,
+        ack_required: bool,
+        options: Vec<AnswerOption>,
+    ) -> Result<QueuedMessage, EngineError> {
+        crate::content::check_options(&options).map_err(EngineError::Invalid)?;
+        let body = alert_body(text, ack_required || !options.is_empty(), options)?;
         let (group_id, _) = self.active_group(group)?;
         let id = self.enqueue(&group_id, body)?;
         Ok(QueuedMessage { group_id, id })
     }
 
-    /// Acknowledges an alert; the sender sees it in the roll-call.
+    /// Acknowledges an alert; the sender sees it in the roll-call. An alert that offers
+    /// its own answers needs one ([`Engine::queue_answer`]).
     pub fn queue_ack(&mut self, id: &str) -> Result<QueuedMessage, EngineError> {
+        self.queue_answer(id, None)
+    }
+
+    /// Answers an alert with one of its options (`None`: acknowledges it, which for an
+    /// alert offering the default pair is "acknowledged"). A later answer replaces an
+    /// earlier one. An urgent answer also raises an alert in the group, naming who gave it.
+    pub fn queue_answer(
+        &mut self,
+        id: &str,
+        answer: Option<&str>,
+    ) -> Result<QueuedMessage, EngineError> {
         let (group_id, target) = self.find_message(id)?;
         let me = self.device()?;
-        let (kind, sender): (String, String) = self.db.query_row(
-            "SELECT kind, sender FROM messages WHERE group_id = ?1 AND id = ?2",
-            params![group_id, target],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
+        let (kind, sender, text, stored): (String, String, String, Option<String>) =
+            self.db.query_row(
+                "SELECT kind, sender, body, options FROM messages WHERE group_id = ?1 AND id = ?2",
+                params![group_id, target],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )?;
         if kind != "alert" {
             return Err(EngineError::Invalid(format!(
                 "message {target} is not an alert"
@@ -262,17 +294,58 @@ impl Engine {
         if state != GroupState::Active {
             return Err(EngineError::NotActive(name));
         }
-        let id = self.enqueue(
-            &group_id,
-            Body::Ack {
-                target: target.clone(),
-            },
-        )?;
-        self.db.execute(
-            "INSERT OR IGNORE INTO acks (group_id, message_id, user, at) VALUES (?1, ?2, ?3, ?4)",
-            params![group_id, target, me.user, now_ms()],
-        )?;
-        Ok(QueuedMessage { group_id, id })
+        let options = conversation::alert_options(stored.as_deref());
+        let listed = || {
+            options
+                .iter()
+                .map(|o| o.label.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let chosen = match answer {
+            Some(given) => Some(
+                options
+                    .iter()
+                    .find(|o| o.label.eq_ignore_ascii_case(given.trim()))
+                    .cloned()
+                    .ok_or_else(|| {
+                        EngineError::Invalid(if options.is_empty() {
+                            "this alert offers no answers: acknowledge it with `muster ack`".into()
+                        } else {
+                            format!("{given:?} is not one of this alert's answers: {}", listed())
+                        })
+                    })?,
+            ),
+            None if options.is_empty() => None,
+            None if options == AnswerOption::default_pair() => options.first().cloned(),
+            None => {
+                return Err(EngineError::Invalid(format!(
+                    "this alert asks for an answer: one of {} (`muster answer ID ANSWER`)",
+                    listed()
+                )))
+            }
+        };
+        let mut bodies = vec![Body::Ack {
+            target: target.clone(),
+            answer: chosen.as_ref().map(|o| o.label.clone()),
+        }];
+        if let Some(urgent) = chosen.as_ref().filter(|o| o.urgent) {
+            let quoted: String = text.chars().take(200).collect();
+            bodies.push(alert_body(
+                &format!(
+                    "{} answered \"{}\" to {sender}'s alert: {quoted}",
+                    me.user, urgent.label
+                ),
+                false,
+                Vec::new(),
+            )?);
+        }
+        let mut ids = self.enqueue_all(&group_id, bodies, |_, _, _| Ok(()))?;
+        ids.truncate(1);
+        Ok(QueuedMessage {
+            group_id,
+            id: ids.pop().unwrap_or_default(),
+        })
     }
 
     /// Sets (or, with an empty value, clears) an entry of the group's situation board.
@@ -572,7 +645,11 @@ struct Owed {
 }
 
 /// The body of an alert, checked.
-pub(super) fn alert_body(text: &str, ack_required: bool) -> Result<Body, EngineError> {
+pub(super) fn alert_body(
+    text: &str,
+    ack_required: bool,
+    options: Vec<AnswerOption>,
+) -> Result<Body, EngineError> {
     if text.trim().is_empty() || text.len() > MAX_TEXT_BYTES {
         return Err(EngineError::Invalid(format!(
             "an alert must be 1 to {MAX_TEXT_BYTES} bytes"
@@ -581,5 +658,6 @@ pub(super) fn alert_body(text: &str, ack_required: bool) -> Result<Body, EngineE
     Ok(Body::Alert {
         text: text.to_string(),
         ack_required,
+        options,
     })
 }

@@ -4,7 +4,7 @@
 
 use crate::archive::{self, ArchivedMessage};
 use crate::attachments::{mime_for, AttachmentRef, ChunkCipher};
-use crate::content::{mentions_in, AuthorSpan, Body, Envelope, ReceiptKind};
+use crate::content::{mentions_in, AnswerOption, AuthorSpan, Body, Envelope, ReceiptKind};
 use crate::conversation::{
     self, insert_system, order_key, placeholder_name, Author, BoardEntry, Origin,
 };
@@ -202,6 +202,8 @@ pub struct MessageView {
     pub ack_required: bool,
     /// Members who acknowledged this alert.
     pub acked_by: Vec<String>,
+    /// The answers this alert offers.
+    pub options: Vec<AnswerOption>,
     /// Someone else's message this user has not read yet (its read receipt is due).
     pub unread: bool,
     /// A file attached to this message (fetch it with `fetch ID`).
@@ -333,7 +335,18 @@ pub struct DeviceView {
 #[derive(Debug, Clone, Serialize)]
 pub struct RollcallEntry {
     pub user: String,
+    /// When they first answered.
     pub acked_at: Option<String>,
+    /// Their latest answer, when the alert offers answers.
+    pub answer: Option<String>,
+}
+
+/// Who gave one of an alert's answers.
+#[derive(Debug, Clone, Serialize)]
+pub struct AnswerTally {
+    pub answer: String,
+    pub urgent: bool,
+    pub users: Vec<String>,
 }
 
 /// Who acknowledged an alert.
@@ -342,6 +355,10 @@ pub struct Rollcall {
     pub alert: MessageView,
     pub acknowledged: usize,
     pub members: Vec<RollcallEntry>,
+    /// The alert's answers, in its order, with who gave each.
+    pub answers: Vec<AnswerTally>,
+    /// Members who have not answered.
+    pub not_answered: Vec<String>,
 }
 
 /// Something that arrived and may deserve the user's attention.

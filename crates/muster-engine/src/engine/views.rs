@@ -183,7 +183,7 @@ impl Engine {
 
     // ---- messages -----------------------------------------------------------------
 
-    /// Who has and has not acknowledged an alert.
+    /// Who has and has not acknowledged an alert, and who gave which answer.
     pub fn rollcall(&self, id: &str) -> Result<Rollcall, EngineError> {
         let (group_id, target) = self.find_message(id)?;
         let alert = self.message_by_id(&group_id, &target)?;
@@ -192,12 +192,14 @@ impl Engine {
                 "message {target} is not an alert"
             )));
         }
-        let acks: Vec<(String, i64)> = {
-            let mut stmt = self
-                .db
-                .prepare("SELECT user, at FROM acks WHERE group_id = ?1 AND message_id = ?2")?;
+        let acks: Vec<(String, i64, Option<String>)> = {
+            let mut stmt = self.db.prepare(
+                "SELECT user, at, answer FROM acks WHERE group_id = ?1 AND message_id = ?2",
+            )?;
             let rows = stmt
-                .query_map(params![group_id, target], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .query_map(params![group_id, target], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?
                 .collect::<Result<Vec<_>, _>>()?;
             rows
         };
@@ -206,17 +208,37 @@ impl Engine {
             .into_iter()
             .filter(|u| *u != alert.sender)
             .map(|user| {
-                let at = acks
-                    .iter()
-                    .find(|(u, _)| *u == user)
-                    .map(|(_, at)| rfc3339_ms(*at));
-                RollcallEntry { user, acked_at: at }
+                let ack = acks.iter().find(|(u, _, _)| *u == user);
+                RollcallEntry {
+                    user,
+                    acked_at: ack.map(|(_, at, _)| rfc3339_ms(*at)),
+                    answer: ack.and_then(|(_, _, answer)| answer.clone()),
+                }
             })
             .collect();
         entries
             .sort_by(|a, b| (a.acked_at.is_none(), &a.user).cmp(&(b.acked_at.is_none(), &b.user)));
+        let answers = alert
+            .options
+            .iter()
+            .map(|o| AnswerTally {
+                answer: o.label.clone(),
+                urgent: o.urgent,
+                users: entries
+                    .iter()
+                    .filter(|e| e.answer.as_deref() == Some(o.label.as_str()))
+                    .map(|e| e.user.clone())
+                    .collect(),
+            })
+            .collect();
         Ok(Rollcall {
             acknowledged: entries.iter().filter(|e| e.acked_at.is_some()).count(),
+            not_answered: entries
+                .iter()
+                .filter(|e| e.acked_at.is_none())
+                .map(|e| e.user.clone())
+                .collect(),
+            answers,
             members: entries,
             alert,
         })
@@ -285,7 +307,7 @@ impl Engine {
         let sql = format!(
             "SELECT m.seq, m.id, g.name, m.group_id, m.kind, m.sender, m.sender_device, m.body, m.sent_at, m.received_at, m.status,
                     m.reply_to, m.mentions, m.edited_at IS NOT NULL, m.deleted, m.ack_required,
-                    m.attachment, m.saved_to, m.read_receipt_due
+                    m.attachment, m.saved_to, m.read_receipt_due, m.options
              FROM messages m JOIN groups g ON g.group_id = m.group_id {filter}"
         );
         let mut stmt = self.db.prepare(&sql)?;
@@ -313,6 +335,9 @@ impl Engine {
                     audience: 0,
                     ack_required: r.get(15)?,
                     acked_by: Vec::new(),
+                    options: conversation::alert_options(
+                        r.get::<_, Option<String>>(19)?.as_deref(),
+                    ),
                     unread: r.get(18)?,
                     attachment: r
                         .get::<_, Option<String>>(16)?
