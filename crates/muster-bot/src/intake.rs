@@ -181,6 +181,22 @@ impl Intake {
         }
     }
 
+    /// Posts `post` to `group` with `token` ([`Intake::post`]).
+    async fn post_to(
+        &self,
+        token: String,
+        group: String,
+        post: BotPost,
+    ) -> Result<Response, IntakeError> {
+        self.post(|reply| Command::Post {
+            token,
+            group,
+            post,
+            reply,
+        })
+        .await
+    }
+
     /// Posts, then waits (until the timeout) for the relay to store what was posted.
     async fn post(
         &self,
@@ -265,14 +281,7 @@ async fn post_message(
         idempotency_key: idempotency_key(&headers, body.idempotency_key)?,
         alarm: None,
     };
-    intake
-        .post(|reply| Command::Post {
-            token,
-            group,
-            post,
-            reply,
-        })
-        .await
+    intake.post_to(token, group, post).await
 }
 
 async fn post_alert(
@@ -308,14 +317,7 @@ async fn post_alert(
         idempotency_key: idempotency_key(&headers, body.idempotency_key)?,
         alarm: None,
     };
-    intake
-        .post(|reply| Command::Post {
-            token,
-            group,
-            post,
-            reply,
-        })
-        .await
+    intake.post_to(token, group, post).await
 }
 
 async fn post_alertmanager(

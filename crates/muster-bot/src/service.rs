@@ -6,7 +6,7 @@
 
 use crate::alertmanager::{self, Notification};
 use crate::IntakeError;
-use muster_driver::live::{fatal, Link, Status, Woke};
+use muster_driver::live::{Link, Status, Woke};
 use muster_driver::Wake;
 use muster_engine::{
     AlarmChange, BotPost, BotPostKind, BotPosted, BotRefusal, BotRollcall, BotScope, Engine,
@@ -117,20 +117,20 @@ pub async fn run(
                 }
                 let queued = handle(engine, &link, &settings, command, &mut waiters);
                 if queued {
-                    send_outbox(engine, &mut link).await;
+                    link.send_outbox(engine).await;
                 }
             }
             woke = link.next() => {
                 match woke {
                     Woke::Relay(Wake::Lost) => link.lost("the connection to the relay was lost".into()),
-                    Woke::Relay(Wake::Pushed) => sync(&mut link, engine, true).await?,
-                    Woke::Relay(_) => sync(&mut link, engine, false).await?,
+                    Woke::Relay(Wake::Pushed) => drop(link.sync(engine, true).await?),
+                    Woke::Relay(_) => drop(link.sync(engine, false).await?),
                     Woke::TimeToConnect => link.start_opening(engine)?,
                     Woke::Opened(opened) => {
                         link.opened(engine, opened).await?;
                         if link.session.is_some() {
                             tracing::info!("bot online");
-                            sync(&mut link, engine, false).await?;
+                            link.sync(engine, false).await?;
                         }
                     }
                 }
@@ -158,36 +158,6 @@ fn settle(engine: &Engine, waiters: &mut Vec<Waiter>) {
         }
     }
     *waiters = still;
-}
-
-/// Sends the outbox now, when online; what the relay does not take waits for the next sync.
-async fn send_outbox(engine: &mut Engine, link: &mut Link) {
-    let Some(session) = &link.session else {
-        return;
-    };
-    match engine.flush(session.link()).await {
-        Err(EngineError::Link(e)) => link.lost(e.to_string()),
-        Err(e) => tracing::debug!(error = %e, "outbox not sent yet"),
-        Ok(()) => {}
-    }
-}
-
-async fn sync(link: &mut Link, engine: &mut Engine, woken: bool) -> Result<(), EngineError> {
-    link.syncing();
-    let Some(session) = link.session.as_mut() else {
-        return Ok(());
-    };
-    let synced = session.step(engine, woken).await;
-    if let Some(due) = muster_driver::receipts_due_in(engine) {
-        link.sync_by(tokio::time::Instant::now() + due);
-    }
-    match synced {
-        Ok(_) => link.synced(),
-        Err(e) if fatal(&e) => return Err(e),
-        Err(EngineError::Link(e)) => link.lost(e.to_string()),
-        Err(e) => tracing::warn!(error = %e, "sync failed; trying again at the next wake-up"),
-    }
-    Ok(())
 }
 
 /// Whether the bot may act at all: enrolled and approved.

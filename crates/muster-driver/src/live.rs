@@ -4,7 +4,7 @@
 //! page, a bot's intake); only a revocation or a failing store ends it.
 
 use crate::{Backoff, Connection, Session, Wake};
-use muster_engine::{Engine, EngineError};
+use muster_engine::{Engine, EngineError, SyncReport};
 use muster_proto::ErrorCode;
 use serde::Serialize;
 use std::time::Duration;
@@ -255,6 +255,55 @@ impl Link {
             .is_some_and(|since| since.elapsed() >= STABLE)
         {
             self.backoff.reset();
+        }
+    }
+
+    /// Syncs with the relay, as a wake-up needs when `woken`, else whole; schedules the
+    /// next sync for held delivery receipts. The report, unless the connection was lost
+    /// (the device is then offline until a later one works) or the step failed (it is
+    /// tried again at the next wake-up; the connection stays). Only a fatal error is an
+    /// error.
+    pub async fn sync(
+        &mut self,
+        engine: &mut Engine,
+        woken: bool,
+    ) -> Result<Option<SyncReport>, EngineError> {
+        self.syncing();
+        let Some(session) = self.session.as_mut() else {
+            return Ok(None);
+        };
+        let synced = session.step(engine, woken).await;
+        // Held delivery receipts go out when they fall due, even while nothing arrives.
+        if let Some(due) = crate::receipts_due_in(engine) {
+            self.sync_by(Instant::now() + due);
+        }
+        match synced {
+            Ok(report) => {
+                self.synced();
+                Ok(Some(report))
+            }
+            Err(e) if fatal(&e) => Err(e),
+            Err(EngineError::Link(e)) => {
+                self.lost(e.to_string());
+                Ok(None)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "sync failed; trying again at the next wake-up");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Sends the outbox now, when online; what the relay does not take stays queued for
+    /// the next sync, and a lost connection leaves the device offline.
+    pub async fn send_outbox(&mut self, engine: &mut Engine) {
+        let Some(session) = &self.session else {
+            return;
+        };
+        match engine.flush(session.link()).await {
+            Err(EngineError::Link(e)) => self.lost(e.to_string()),
+            Err(e) => tracing::debug!(error = %e, "outbox not sent yet"),
+            Ok(()) => {}
         }
     }
 

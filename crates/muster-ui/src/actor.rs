@@ -3,7 +3,7 @@
 //! actions and the relay's deliveries never touch the store at once. Every change is
 //! announced on the event channel for the pages to refetch.
 
-use muster_driver::live::{fatal, Link, Status, Woke};
+use muster_driver::live::{Link, Status, Woke};
 use muster_driver::{Connection, Wake};
 use muster_engine::provision::OrgSpec;
 use muster_engine::{
@@ -222,31 +222,9 @@ async fn sync(
     events: &broadcast::Sender<Event>,
     woken: bool,
 ) -> Result<(), EngineError> {
-    link.syncing();
-    let Some(session) = link.session.as_mut() else {
+    let Some(report) = link.sync(engine, woken).await? else {
         return Ok(());
     };
-    let synced = session.step(engine, woken).await;
-    // Held delivery receipts go out when they fall due, even while nothing arrives.
-    if let Some(due) = muster_driver::receipts_due_in(engine) {
-        link.sync_by(tokio::time::Instant::now() + due);
-    }
-    let report = match synced {
-        Ok(report) => report,
-        Err(e) if fatal(&e) => return Err(e),
-        // The connection failed: offline (reading what it stores) until a later one works.
-        Err(EngineError::Link(e)) => {
-            link.lost(e.to_string());
-            return Ok(());
-        }
-        // A step that failed (a refusal, an answer that makes no sense, a group that cannot
-        // be processed yet) is tried again at the next wake-up; the connection stays.
-        Err(e) => {
-            tracing::warn!(error = %e, "sync failed; trying again at the next wake-up");
-            return Ok(());
-        }
-    };
-    link.synced();
     if !report.problems.is_empty() {
         tracing::debug!(problems = report.problems.len(), "sync met problems");
     }
@@ -357,19 +335,8 @@ async fn handle(
         }
         Command::Queue { act, reply } => {
             let queued = act(engine);
-            let mut gone = None;
             if queued.is_ok() {
-                // What the relay does not take now stays queued for the next sync.
-                if let Ok(conn) = connected(link) {
-                    match engine.flush(conn).await {
-                        Err(EngineError::Link(e)) => gone = Some(e.to_string()),
-                        Err(e) => tracing::debug!(error = %e, "outbox not sent yet"),
-                        Ok(_) => {}
-                    }
-                }
-            }
-            if let Some(why) = gone {
-                link.lost(why);
+                link.send_outbox(engine).await;
             }
             let _ = reply.send(queued.map_err(text));
             let _ = events.send(Event::changed());

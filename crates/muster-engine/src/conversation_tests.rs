@@ -1,0 +1,134 @@
+//! Tests of the conversation model: how received envelopes change a device's store.
+
+use super::*;
+use crate::engine::GroupState;
+
+#[test]
+fn an_answer_counts_only_if_the_alert_offers_it_and_the_latest_one_stands() {
+    const GROUP: &[u8] = b"site-group";
+    let db = Connection::open_in_memory().unwrap();
+    db.execute_batch(crate::store::SCHEMA).unwrap();
+    db.execute(
+        "INSERT INTO groups (group_id, name, state, created_at) VALUES (?1, 'site', ?2, 0)",
+        rusqlite::params![GROUP, GroupState::Active],
+    )
+    .unwrap();
+    let author = |user: &'static str| Author {
+        user,
+        device: user,
+        admin: false,
+        bot: false,
+    };
+    let mut seq = 0;
+    let mut apply_as = |user: &'static str, body: Body| {
+        seq += 1;
+        let envelope = Envelope::new(format!("{seq:08x}"), 1_000 + seq as i64, body);
+        let origin = Origin::Received { seq, at_ms: 1_000 };
+        apply(&db, "carol", GROUP, &envelope, &author(user), origin, false).unwrap();
+    };
+    apply_as(
+        "alice",
+        Body::Alert {
+            text: "flooding".into(),
+            ack_required: true,
+            options: crate::content::AnswerOption::parse_list("safe,need help!").unwrap(),
+        },
+    );
+    let answer = |given: Option<&str>| Body::Ack {
+        target: "00000001".into(),
+        answer: given.map(str::to_string),
+    };
+    apply_as("bob", answer(Some("on a boat")));
+    apply_as("alice", answer(Some("safe")));
+    apply_as("dave", answer(Some("need help")));
+    apply_as("dave", answer(Some("safe")));
+    apply_as("dave", answer(None));
+    let answers: Vec<(String, Option<String>)> = db
+        .prepare("SELECT user, answer FROM acks ORDER BY user")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    // Bob's answer is not offered, alice sent the alert; dave's latest answer stands.
+    assert_eq!(answers, [("dave".to_string(), Some("safe".to_string()))]);
+}
+
+#[test]
+fn a_bots_rename_or_retention_change_is_ignored_by_every_member() {
+    const GROUP: &[u8] = b"ops-group";
+    let db = Connection::open_in_memory().unwrap();
+    db.execute_batch(crate::store::SCHEMA).unwrap();
+    db.execute(
+        "INSERT INTO groups (group_id, name, state, created_at) VALUES (?1, 'ops', ?2, 0)",
+        rusqlite::params![GROUP, GroupState::Active],
+    )
+    .unwrap();
+    let pager = Author {
+        user: "pager",
+        device: "p1",
+        admin: false,
+        bot: true,
+    };
+    for (seq, body) in [
+        (
+            1,
+            Body::GroupMeta {
+                name: "taken over".into(),
+            },
+        ),
+        (
+            2,
+            Body::Retention {
+                retain_secs: None,
+                disappear_secs: Some(60),
+            },
+        ),
+    ] {
+        let envelope = Envelope::new(format!("{seq:08x}"), 1_000, body);
+        let origin = Origin::Received { seq, at_ms: 1_000 };
+        apply(&db, "bob", GROUP, &envelope, &pager, origin, false).unwrap();
+    }
+    let (name, disappear): (String, Option<i64>) = db
+        .query_row(
+            "SELECT name, disappear_secs FROM groups WHERE group_id = ?1",
+            [GROUP],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((name.as_str(), disappear), ("ops", None));
+    let notes: Vec<String> = db
+        .prepare("SELECT body FROM messages WHERE kind = 'system' ORDER BY sort_key")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        notes,
+        [
+            "ignored pager's rename of this group: a bot changes no group's settings",
+            "ignored pager's retention change: a bot changes no group's settings"
+        ]
+    );
+}
+
+#[test]
+fn a_reaction_is_an_emoji_not_words_or_invisible_marks() {
+    for ok in ["👍", "❤️", "👨‍👩‍👧‍👦", "👍🏽", "1️⃣", "🇩🇪", "✅"]
+    {
+        assert!(usable_reaction(ok), "{ok:?}");
+    }
+    for bad in [
+        "",
+        "ok",
+        "fired",
+        "👍 👍",
+        "\u{202e}👍",
+        "👍\u{200b}",
+        "a\nb",
+        "👍👍👍👍👍👍👍👍👍👍👍👍👍👍👍👍👍",
+    ] {
+        assert!(!usable_reaction(bad), "{bad:?}");
+    }
+}
