@@ -3,16 +3,22 @@
 use super::*;
 use crate::engine::GroupState;
 
-#[test]
-fn an_answer_counts_only_if_the_alert_offers_it_and_the_latest_one_stands() {
-    const GROUP: &[u8] = b"site-group";
+/// An empty device store that knows one active group.
+fn store_with_group(group_id: &[u8], name: &str) -> Connection {
     let db = Connection::open_in_memory().unwrap();
     db.execute_batch(crate::store::SCHEMA).unwrap();
     db.execute(
-        "INSERT INTO groups (group_id, name, state, created_at) VALUES (?1, 'site', ?2, 0)",
-        rusqlite::params![GROUP, GroupState::Active],
+        "INSERT INTO groups (group_id, name, state, created_at) VALUES (?1, ?2, ?3, 0)",
+        rusqlite::params![group_id, name, GroupState::Active],
     )
     .unwrap();
+    db
+}
+
+#[test]
+fn an_answer_counts_only_if_the_alert_offers_it_and_the_latest_one_stands() {
+    const GROUP: &[u8] = b"site-group";
+    let db = store_with_group(GROUP, "site");
     let author = |user: &'static str| Author {
         user,
         device: user,
@@ -57,13 +63,7 @@ fn an_answer_counts_only_if_the_alert_offers_it_and_the_latest_one_stands() {
 #[test]
 fn a_bots_rename_or_retention_change_is_ignored_by_every_member() {
     const GROUP: &[u8] = b"ops-group";
-    let db = Connection::open_in_memory().unwrap();
-    db.execute_batch(crate::store::SCHEMA).unwrap();
-    db.execute(
-        "INSERT INTO groups (group_id, name, state, created_at) VALUES (?1, 'ops', ?2, 0)",
-        rusqlite::params![GROUP, GroupState::Active],
-    )
-    .unwrap();
+    let db = store_with_group(GROUP, "ops");
     let pager = Author {
         user: "pager",
         device: "p1",
