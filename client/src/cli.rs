@@ -135,7 +135,49 @@ pub(crate) enum Command {
         /// (e.g. "safe,need help!,on my way").
         #[arg(long, value_name = "LIST")]
         options: Option<String>,
+        /// Remind members who have not answered after WAIT and, after the second WAIT
+        /// (twice the first unless given), raise the alert in --escalate-to naming them:
+        /// "5m" or "5m,15m".
+        #[arg(long, value_name = "WAIT[,WAIT]", requires = "escalate_to")]
+        escalate_after: Option<String>,
+        /// Where the alert is raised: a group, or a user (the smallest group you share).
+        #[arg(long, value_name = "GROUP_OR_USER", requires = "escalate_after")]
+        escalate_to: Option<String>,
+        /// An exercise: shown as a drill everywhere.
+        #[arg(long)]
+        drill: bool,
     },
+    /// Assign a task to a member of a group, e.g. `task ops "Secure pier 4" --assign bob --due 30m`.
+    Task {
+        group: String,
+        title: String,
+        #[arg(long, value_name = "USER")]
+        assign: String,
+        /// Due after this long (e.g. 30m); an overdue task is flagged to the group.
+        #[arg(long, value_name = "WAIT", value_parser = parse_duration)]
+        due: Option<u64>,
+    },
+    /// Tasks of a group (or of every group), open ones first.
+    Tasks {
+        group: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Accept a task assigned to you.
+    Accept {
+        task: String,
+    },
+    /// Decline a task assigned to you.
+    Decline {
+        task: String,
+    },
+    /// Mark a task done (its assignee, or whoever set it).
+    Done {
+        task: String,
+    },
+    /// Incidents: open, close, list, and the after-action report.
+    #[command(subcommand)]
+    Incident(IncidentCommand),
     /// Acknowledge an alert.
     Ack {
         id: String,
@@ -501,6 +543,43 @@ pub(crate) enum GroupCommand {
     Remove { group: String, user: String },
     /// Leave a group.
     Leave { group: String },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum IncidentCommand {
+    /// Mark the start of an incident in a group (one open at a time).
+    Open {
+        group: String,
+        title: String,
+        /// An exercise: the incident and every alert and task in it show as a drill.
+        #[arg(long)]
+        drill: bool,
+    },
+    /// Mark its end: an incident id, or a group's open incident by the group's name.
+    Close { incident: String },
+    /// Incidents of a group (or of every group), newest first.
+    List {
+        group: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The after-action report, built on this device from its own store.
+    Report {
+        /// An incident id, or a group's latest incident by the group's name.
+        incident: String,
+        #[arg(long, value_enum, default_value_t = ReportFormat::Md)]
+        format: ReportFormat,
+        /// Write it to this new file instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ReportFormat {
+    Md,
+    Html,
+    Json,
 }
 
 pub(crate) fn parse_duration(s: &str) -> Result<u64, String> {

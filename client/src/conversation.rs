@@ -137,23 +137,6 @@ pub(crate) async fn run(
             deliver_queued(engine, &queued).await?;
             println!("sent {}", queued.id);
         }
-        Command::Alert {
-            group,
-            text,
-            ack_required,
-            options,
-        } => {
-            let queued = match options {
-                Some(list) => {
-                    let options = muster_engine::AnswerOption::parse_list(&list)
-                        .map_err(EngineError::Invalid)?;
-                    engine.queue_alert_asking(&group, &text, true, options)?
-                }
-                None => engine.queue_alert(&group, &text, ack_required)?,
-            };
-            deliver_queued(engine, &queued).await?;
-            println!("alert sent {}", queued.id);
-        }
         Command::Ack { id } => {
             let queued = engine.queue_ack(&id)?;
             deliver_queued(engine, &queued).await?;
@@ -209,6 +192,19 @@ pub(crate) async fn run(
                     if e.pending { ", not yet sent" } else { "" }
                 );
             });
+            // Tasks show on the board with their owner and state.
+            let tasks = engine.tasks(Some(&group))?;
+            if !tasks.is_empty() {
+                if json {
+                    print_json(&serde_json::json!({ "tasks": tasks }));
+                } else {
+                    println!("tasks:");
+                    for t in &tasks {
+                        print!("  ");
+                        crate::incident::print_task(t);
+                    }
+                }
+            }
         }
         Command::Mute { target, user } => set_mute(engine, &target, user, true)?,
         Command::Unmute { target, user } => set_mute(engine, &target, user, false)?,

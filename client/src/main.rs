@@ -21,6 +21,7 @@ mod archive;
 mod bot;
 mod cli;
 mod conversation;
+mod incident;
 mod live;
 mod os_keyring;
 mod people;
@@ -155,6 +156,9 @@ async fn run_command(engine: &mut Engine, command: Command) -> Result<(), Engine
         Command::Archive(command) => return archive::run(engine, command).await,
         Command::Bot(command) => return bot::run(engine, command).await,
         command => command,
+    };
+    let Some(command) = incident::run(engine, command).await? else {
+        return Ok(());
     };
     let Some(command) = people::run(engine, command).await? else {
         return Ok(());

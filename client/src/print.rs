@@ -64,8 +64,11 @@ pub(crate) fn print_message(m: &MessageView) {
         println!("[{time}] {}: (message deleted)  #{short}", m.sender);
         return;
     }
+    let drill = if m.drill { "[DRILL] " } else { "" };
     let mut line = if m.kind == "alert" {
-        format!("[{time}] 🚨 ALERT from {}: ", m.sender)
+        format!("[{time}] 🚨 {drill}ALERT from {}: ", m.sender)
+    } else if m.kind == "task" {
+        format!("[{time}] 📋 {}: ", m.sender)
     } else {
         format!("[{time}] {}: ", m.sender)
     };

@@ -17,6 +17,7 @@ mod hostile;
 mod hostile_enrolment;
 mod hostile_relay;
 mod hostile_revocation;
+mod incidents;
 mod legal_officers;
 mod network;
 mod provision;

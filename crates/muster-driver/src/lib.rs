@@ -212,19 +212,25 @@ pub async fn online<T>(
     result
 }
 
-/// When the delivery receipts ([`Engine::delivery_receipts_due_in`]) or acknowledgements
-/// ([`Engine::held_acks_due_in`]) a live device holds fall due; a store that cannot say
+/// When the delivery receipts ([`Engine::delivery_receipts_due_in`]), acknowledgements
+/// ([`Engine::held_acks_due_in`]) or duties ([`Engine::duties_due_in`]) a live device
+/// holds fall due; a store that cannot say
 /// leaves the receipts to the next wake-up rather than ending the session.
 pub fn receipts_due_in(engine: &mut Engine) -> Option<Duration> {
     let receipts = engine.delivery_receipts_due_in().unwrap_or_else(|e| {
         tracing::warn!(error = %e, "cannot tell when held delivery receipts fall due");
         None
     });
-    // Held acknowledgements of pushed messages fall due the same way.
-    match (receipts, engine.held_acks_due_in()) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
+    // Held acknowledgements of pushed messages fall due the same way, and so do the
+    // timed duties of incident command (reminders, escalations, overdue tasks).
+    let duties = engine.duties_due_in().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot tell when duties fall due");
+        None
+    });
+    [receipts, engine.held_acks_due_in(), duties]
+        .into_iter()
+        .flatten()
+        .min()
 }
 
 /// Sends the delivery receipts a device held back, before it goes offline; one that

@@ -118,11 +118,18 @@ pub enum Body {
         mentions: Vec<String>,
     },
     /// The group's display name, sent after adding members so they learn it.
-    GroupMeta { name: String },
+    GroupMeta {
+        name: String,
+    },
     /// The author replaces the text of one of their messages.
-    Edit { target: String, text: String },
+    Edit {
+        target: String,
+        text: String,
+    },
     /// The author withdraws one of their messages; every device deletes its content.
-    Delete { target: String },
+    Delete {
+        target: String,
+    },
     Reaction {
         target: String,
         emoji: String,
@@ -147,6 +154,12 @@ pub enum Body {
         ack_required: bool,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         options: Vec<AnswerOption>,
+        /// Who is reminded, and where silence is reported, when members do not answer.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        escalation: Option<Escalation>,
+        /// An exercise, shown as one everywhere.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        drill: bool,
     },
     /// Acknowledges an alert, with one of its options when it offers some; a later
     /// answer replaces an earlier one.
@@ -156,7 +169,10 @@ pub enum Body {
         answer: Option<String>,
     },
     /// Sets (or, with an empty value, clears) an entry of the group's situation board.
-    BoardSet { key: String, value: String },
+    BoardSet {
+        key: String,
+        value: String,
+    },
     /// A file, encrypted on the sender's device and stored as a blob on the relay.
     Attachment {
         attachment: crate::attachments::AttachmentRef,
@@ -168,6 +184,103 @@ pub enum Body {
         retain_secs: Option<u64>,
         disappear_secs: Option<u64>,
     },
+    /// A task for one member; its id is this message's.
+    Task {
+        title: String,
+        assignee: String,
+        /// When it is due, milliseconds since the Unix epoch.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        due_at: Option<i64>,
+    },
+    /// The assignee accepts, declines or finishes a task (the one who set it may also
+    /// mark it done).
+    TaskUpdate {
+        task: String,
+        state: TaskState,
+    },
+    /// Opens an incident in the group; its id is this message's.
+    IncidentOpen {
+        title: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        drill: bool,
+    },
+    IncidentClose {
+        incident: String,
+    },
+    /// A device takes on a timed duty about `subject` (an alert or a task). Several
+    /// devices may; the one the relay sequenced first is the one that counts.
+    Duty {
+        subject: String,
+        duty: DutyKind,
+        /// The members who had not answered, when the claim was made.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        silent: Vec<String>,
+    },
+}
+
+/// When an alert's silent members are reminded, and where their silence is raised.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Escalation {
+    /// Seconds after the alert until members who have not answered are reminded.
+    pub remind_after: u64,
+    /// Seconds after the alert until the alert is raised in `to_group`.
+    pub raise_after: u64,
+    /// The group (hex id) the alert is raised in.
+    pub to_group: String,
+    /// Its name when the alert was sent, to show.
+    pub to_name: String,
+}
+
+/// The longest wait an escalation or a task's due time may name: 30 days.
+pub const MAX_WAIT_SECS: u64 = 30 * 86_400;
+
+/// Where a task stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    Open,
+    Accepted,
+    Declined,
+    Done,
+}
+
+impl TaskState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Open => "open",
+            TaskState::Accepted => "accepted",
+            TaskState::Declined => "declined",
+            TaskState::Done => "done",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Open, Self::Accepted, Self::Declined, Self::Done]
+            .into_iter()
+            .find(|t| t.as_str() == s)
+    }
+}
+
+/// A timed duty one device carries out for the group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DutyKind {
+    /// Re-sends an alert to those who have not answered it.
+    Remind,
+    /// Raises an alert in its escalation group, naming who is silent.
+    Raise,
+    /// Flags a task past its due time.
+    Overdue,
+}
+
+impl DutyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DutyKind::Remind => "remind",
+            DutyKind::Raise => "raise",
+            DutyKind::Overdue => "overdue",
+        }
+    }
 }
 
 /// A run of consecutive receipt targets written by one user.
@@ -269,6 +382,15 @@ impl Envelope {
         if self.n.is_some_and(|n| n > i64::MAX as u64) {
             return Err("message number out of range".into());
         }
+        if let Body::Alert {
+            escalation: Some(e),
+            ..
+        } = &self.body
+        {
+            if e.remind_after > MAX_WAIT_SECS || e.raise_after > MAX_WAIT_SECS {
+                return Err("an escalation waits at most 30 days".into());
+            }
+        }
         if let Body::Retention {
             retain_secs,
             disappear_secs,
@@ -318,10 +440,21 @@ impl Envelope {
                 }
                 vec![]
             }
+            Body::TaskUpdate { task, .. } => vec![task],
+            Body::IncidentClose { incident } => vec![incident],
+            Body::Duty { subject, .. } => vec![subject],
+            Body::Alert {
+                escalation: Some(e),
+                ..
+            } if hex::decode(&e.to_group).map_or(true, |g| g.is_empty() || g.len() > 64) => {
+                return Err("an escalation names its group by hex id".into())
+            }
             Body::GroupMeta { .. }
             | Body::Alert { .. }
             | Body::BoardSet { .. }
-            | Body::Retention { .. } => vec![],
+            | Body::Retention { .. }
+            | Body::Task { .. }
+            | Body::IncidentOpen { .. } => vec![],
         };
         match targets.into_iter().find(|t| !is_message_id(t)) {
             Some(t) => bad("referenced message id", t),

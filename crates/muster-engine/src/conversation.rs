@@ -60,7 +60,7 @@ pub(crate) fn insert_system(
 }
 
 /// A notice with a chosen id, so what caused it can remove it again.
-fn insert_notice(
+pub(crate) fn insert_notice(
     db: &Connection,
     group_id: &[u8],
     id: &str,
@@ -145,7 +145,7 @@ pub fn usable_reaction(emoji: &str) -> bool {
 
 /// Runs a statement kept in the connection's statement cache: these run for every
 /// message received, and preparing them anew each time is a large share of the work.
-fn cached_execute(
+pub(crate) fn cached_execute(
     db: &Connection,
     sql: &str,
     params: impl rusqlite::Params,
@@ -169,18 +169,18 @@ fn author_of(db: &Connection, group_id: &[u8], id: &str) -> Result<Option<String
 }
 
 /// Where a stored message sits: its status, relay sequence and display order.
-struct Placement {
-    status: &'static str,
+pub(crate) struct Placement {
+    pub status: &'static str,
     relay_seq: Option<i64>,
-    sort_key: Option<i64>,
+    pub sort_key: Option<i64>,
     received_at: i64,
     /// Receipts this device owes the sender (1 for received messages).
-    receipts_due: i64,
+    pub receipts_due: i64,
     received: bool,
 }
 
 impl Placement {
-    fn of(envelope: &Envelope, origin: Origin) -> Self {
+    pub(crate) fn of(envelope: &Envelope, origin: Origin) -> Self {
         match origin {
             Origin::Own => Self {
                 status: "sending",
@@ -204,18 +204,21 @@ impl Placement {
 
 /// What only some kinds of message carry.
 #[derive(Default)]
-struct Extras<'a> {
-    reply_to: Option<&'a str>,
-    mentions: &'a [String],
-    ack_required: bool,
-    attachment: Option<String>,
+pub(crate) struct Extras<'a> {
+    pub reply_to: Option<&'a str>,
+    pub mentions: &'a [String],
+    pub ack_required: bool,
+    pub attachment: Option<String>,
     /// An alert's answers, as JSON.
-    options: Option<String>,
+    pub options: Option<String>,
+    pub drill: bool,
+    /// An alert's escalation, as JSON.
+    pub escalation: Option<String>,
 }
 
 /// Stores a message the user reads (text, alert or attachment). Returns whether it was received.
 #[allow(clippy::too_many_arguments)]
-fn insert_message(
+pub(crate) fn insert_message(
     db: &Connection,
     group_id: &[u8],
     envelope: &Envelope,
@@ -228,8 +231,8 @@ fn insert_message(
     cached_execute(db,
         "INSERT OR IGNORE INTO messages (id, group_id, kind, sender, sender_device, body, sent_at, received_at,
              relay_seq, status, sort_key, reply_to, mentions, ack_required, attachment,
-             delivered_receipt_due, read_receipt_due, options)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?16, ?17)",
+             delivered_receipt_due, read_receipt_due, options, drill, escalation)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?16, ?17, ?18, ?19)",
         params![
             envelope.id,
             group_id,
@@ -247,7 +250,9 @@ fn insert_message(
             extras.ack_required,
             extras.attachment,
             placement.receipts_due,
-            extras.options
+            extras.options,
+            extras.drill,
+            extras.escalation
         ],
     )?;
     Ok(placement.received)
@@ -320,7 +325,7 @@ pub(crate) fn apply(
                      WHERE group_id = ?1 AND id = ?2",
                     params![group_id, target],
                 )?;
-                for table in ["reactions", "receipts", "acks"] {
+                for table in ["reactions", "receipts", "acks", "answer_log"] {
                     cached_execute(
                         db,
                         &format!("DELETE FROM {table} WHERE group_id = ?1 AND message_id = ?2"),
@@ -398,6 +403,8 @@ pub(crate) fn apply(
             text,
             ack_required,
             options,
+            escalation,
+            drill,
         } => insert_message(
             db,
             group_id,
@@ -411,8 +418,41 @@ pub(crate) fn apply(
                 // Answers that break the limits are not offered (the alert stays).
                 options: (!options.is_empty() && crate::content::check_options(options).is_ok())
                     .then(|| serde_json::to_string(options).expect("serialises")),
+                // During a drill incident every alert is a drill, whatever its sender said.
+                drill: *drill || crate::crisis::in_drill(db, group_id)?,
+                escalation: escalation
+                    .as_ref()
+                    .map(|e| serde_json::to_string(e).expect("serialises")),
                 ..Extras::default()
             },
+        ),
+        Body::Task {
+            title,
+            assignee,
+            due_at,
+        } => crate::crisis::apply_task(
+            db, group_id, envelope, author, origin, title, assignee, *due_at,
+        ),
+        Body::TaskUpdate { task, state } => {
+            crate::crisis::apply_task_update(db, group_id, envelope, author, origin, task, *state)?;
+            Ok(false)
+        }
+        Body::IncidentOpen { title, drill } => {
+            crate::crisis::apply_incident_open(
+                db, group_id, envelope, author, origin, title, *drill,
+            )?;
+            Ok(false)
+        }
+        Body::IncidentClose { incident } => {
+            crate::crisis::apply_incident_close(db, group_id, envelope, author, origin, incident)?;
+            Ok(false)
+        }
+        Body::Duty {
+            subject,
+            duty,
+            silent,
+        } => crate::crisis::apply_duty(
+            db, group_id, envelope, author, origin, subject, *duty, silent,
         ),
         Body::Attachment {
             attachment,
@@ -451,6 +491,19 @@ pub(crate) fn apply(
                     None => return Ok(false),
                 },
             };
+            cached_execute(
+                db,
+                "INSERT OR IGNORE INTO answer_log (group_id, message_id, ack_id, user, answer, at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    group_id,
+                    target,
+                    envelope.id,
+                    author.user,
+                    answer,
+                    envelope.sent_at
+                ],
+            )?;
             cached_execute(
                 db,
                 "INSERT INTO acks (group_id, message_id, user, at, answer) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -686,7 +739,7 @@ pub(crate) fn enforce_retention(db: &Connection, now_ms: i64) -> Result<usize, E
         [now_ms],
     )?;
     if deleted > 0 {
-        for table in ["reactions", "receipts", "acks"] {
+        for table in ["reactions", "receipts", "acks", "answer_log"] {
             cached_execute(
                 db,
                 &format!(

@@ -38,6 +38,8 @@ fn an_answer_counts_only_if_the_alert_offers_it_and_the_latest_one_stands() {
             text: "flooding".into(),
             ack_required: true,
             options: crate::content::AnswerOption::parse_list("safe,need help!").unwrap(),
+            escalation: None,
+            drill: false,
         },
     );
     let answer = |given: Option<&str>| Body::Ack {
@@ -58,6 +60,77 @@ fn an_answer_counts_only_if_the_alert_offers_it_and_the_latest_one_stands() {
         .unwrap();
     // Bob's answer is not offered, alice sent the alert; dave's latest answer stands.
     assert_eq!(answers, [("dave".to_string(), Some("safe".to_string()))]);
+}
+
+#[test]
+fn of_two_claims_of_one_duty_only_the_first_the_relay_sequenced_counts() {
+    use crate::content::{DutyKind, Escalation};
+    const GROUP: &[u8] = b"pier-group";
+    let db = store_with_group(GROUP, "pier");
+    let author = |user: &'static str| Author {
+        user,
+        device: user,
+        admin: false,
+        bot: false,
+    };
+    let apply_at = |seq: u64, user: &'static str, body: Body| {
+        let envelope = Envelope::new(format!("{seq:08x}"), 1_000 + seq as i64, body);
+        let origin = Origin::Received { seq, at_ms: 1_000 };
+        apply(&db, "erin", GROUP, &envelope, &author(user), origin, false).unwrap()
+    };
+    let alert = |escalation: Option<Escalation>| Body::Alert {
+        text: "fire".into(),
+        ack_required: true,
+        options: crate::content::AnswerOption::default_pair(),
+        escalation,
+        drill: false,
+    };
+    apply_at(
+        1,
+        "alice",
+        alert(Some(Escalation {
+            remind_after: 60,
+            raise_after: 120,
+            to_group: "abcd".into(),
+            to_name: "leads".into(),
+        })),
+    );
+    apply_at(2, "alice", alert(None));
+    let claim = |subject: &str| Body::Duty {
+        subject: subject.into(),
+        duty: DutyKind::Remind,
+        silent: vec!["erin".into()],
+    };
+    // Bob's claim came first in the relay's order; carol's, a moment later, is kept unshown.
+    assert!(apply_at(3, "bob", claim("00000001")));
+    assert!(!apply_at(4, "carol", claim("00000001")));
+    // A claim about an alert without an escalation is about nothing.
+    assert!(!apply_at(5, "carol", claim("00000002")));
+    let shown: Vec<(String, String)> = db
+        .prepare("SELECT sender, body FROM messages WHERE body LIKE 'REMINDER%'")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0).unwrap(), r.get(1).unwrap())))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        shown,
+        [(
+            "bob".to_string(),
+            "REMINDER of alice's alert, no answer within 1m from erin: fire".to_string()
+        )]
+    );
+    let won: Vec<(String, bool)> = db
+        .prepare("SELECT by_user, won FROM duty_claims ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0).unwrap(), r.get(1).unwrap())))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        won,
+        [("bob".to_string(), true), ("carol".to_string(), false)]
+    );
 }
 
 #[test]

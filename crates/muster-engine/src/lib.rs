@@ -15,6 +15,7 @@ mod archiving;
 mod attachments;
 mod content;
 pub mod conversation;
+mod crisis;
 mod engine;
 mod error;
 #[cfg(feature = "fuzzing")]
@@ -32,17 +33,18 @@ pub use admin::root_backup::{RootBackup, RootBackupError};
 pub use admin::{AccountKind, ProfileChangeView};
 pub use archiving::ArchiveRead;
 pub use attachments::{AttachmentError, AttachmentRef};
-pub use content::{describe_duration, AnswerOption, Body, Envelope};
+pub use content::{describe_duration, AnswerOption, Body, DutyKind, Envelope, TaskState};
 pub use conversation::BoardEntry;
 pub use engine::{
     leaf_capabilities, looks_like_bot_token, rfc3339_ms, wipe_store, CIPHERSUITE,
     MAX_IDEMPOTENCY_KEY, MAX_TEXT_BYTES,
 };
 pub use engine::{
-    AlarmChange, AnswerTally, AttachmentView, AuditView, BotPost, BotPostKind, BotPosted,
-    BotRefusal, BotRollcall, BotScope, BotTokenView, DeviceView, DirectoryEntry, Engine,
-    GroupState, GroupView, Identity, MessageView, NewOrg, Notification, OpenAlarm, PendingView,
-    QueuedMessage, Rollcall, RollcallEntry, SyncReport,
+    AlarmChange, AlertRequest, AnswerTally, AttachmentView, AuditView, BotPost, BotPostKind,
+    BotPosted, BotRefusal, BotRollcall, BotScope, BotTokenView, DeviceView, DirectoryEntry, Engine,
+    GroupState, GroupView, Identity, IncidentView, MessageView, NewOrg, Notification, OpenAlarm,
+    PendingView, QueuedMessage, Rollcall, RollcallEntry, SyncReport, TaskView,
 };
 pub use error::EngineError;
 pub use link::{Link, LinkError};
+pub use muster_report as report;

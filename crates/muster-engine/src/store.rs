@@ -30,6 +30,10 @@ CREATE TABLE IF NOT EXISTS messages (
     read_receipt_due INTEGER NOT NULL DEFAULT 0,
     -- an alert's answers (JSON), when it offers some
     options TEXT,
+    -- an exercise (an alert marked as a drill, or sent during a drill incident)
+    drill INTEGER NOT NULL DEFAULT 0,
+    -- an alert's escalation (JSON), when it has one
+    escalation TEXT,
     UNIQUE (group_id, id));
 CREATE TABLE IF NOT EXISTS reactions (
     group_id BLOB NOT NULL, message_id TEXT NOT NULL, user TEXT NOT NULL, emoji TEXT NOT NULL,
@@ -118,6 +122,29 @@ CREATE TABLE IF NOT EXISTS pending_members (
 CREATE TABLE IF NOT EXISTS pending_commits (group_id BLOB PRIMARY KEY, commit_hash BLOB NOT NULL);
 -- a bot's intake: its bearer tokens (SHA-256 of the secret, never the secret), the posts
 -- it stored by their client-given key, and the alert each unresolved alarm group became
+-- every answer given to an alert, in the order given (acks keeps only the latest)
+CREATE TABLE IF NOT EXISTS answer_log (
+    group_id BLOB NOT NULL, message_id TEXT NOT NULL, ack_id TEXT NOT NULL, user TEXT NOT NULL,
+    answer TEXT, at INTEGER NOT NULL, PRIMARY KEY (group_id, ack_id));
+-- claims of timed duties (reminding, raising, flagging an overdue task) about a subject;
+-- the first one the relay sequenced counts (seq is NULL while this device's own is unsent)
+CREATE TABLE IF NOT EXISTS duty_claims (
+    group_id BLOB NOT NULL, message_id TEXT NOT NULL, subject TEXT NOT NULL, duty TEXT NOT NULL,
+    by_user TEXT NOT NULL, mine INTEGER NOT NULL, silent TEXT NOT NULL, at INTEGER NOT NULL,
+    seq INTEGER, settled INTEGER NOT NULL DEFAULT 0, won INTEGER NOT NULL DEFAULT 0,
+    acted INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (group_id, message_id));
+CREATE INDEX IF NOT EXISTS duty_claims_subject ON duty_claims(group_id, subject, duty, seq);
+CREATE TABLE IF NOT EXISTS tasks (
+    group_id BLOB NOT NULL, id TEXT NOT NULL, title TEXT NOT NULL, creator TEXT NOT NULL,
+    assignee TEXT NOT NULL, due_at INTEGER, state TEXT NOT NULL, created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL, drill INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (group_id, id));
+CREATE TABLE IF NOT EXISTS task_log (
+    group_id BLOB NOT NULL, message_id TEXT NOT NULL, task_id TEXT NOT NULL, state TEXT NOT NULL,
+    by_user TEXT NOT NULL, at INTEGER NOT NULL, PRIMARY KEY (group_id, message_id));
+CREATE TABLE IF NOT EXISTS incidents (
+    group_id BLOB NOT NULL, id TEXT NOT NULL, title TEXT NOT NULL, drill INTEGER NOT NULL,
+    opened_by TEXT NOT NULL, opened_at INTEGER NOT NULL, closed_by TEXT, closed_at INTEGER,
+    PRIMARY KEY (group_id, id));
 CREATE TABLE IF NOT EXISTS bot_tokens (
     id TEXT PRIMARY KEY, group_id BLOB NOT NULL, digest BLOB NOT NULL, label TEXT,
     created_at INTEGER NOT NULL, revoked_at INTEGER);
@@ -160,6 +187,8 @@ pub(crate) fn migrate(db: &rusqlite::Connection) -> rusqlite::Result<()> {
     add_column(db, "outbox", "audience", "TEXT")?;
     add_column(db, "messages", "options", "TEXT")?;
     add_column(db, "acks", "answer", "TEXT")?;
+    add_column(db, "messages", "drill", "INTEGER NOT NULL DEFAULT 0")?;
+    add_column(db, "messages", "escalation", "TEXT")?;
     // Triggers from before batches indexed their messages at their end are replaced.
     // They keep their names, so an older version opening the store finds them there and
     // does not add its own beside them.

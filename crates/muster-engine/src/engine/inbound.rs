@@ -583,22 +583,26 @@ pub(super) fn process_group_message(
             let group: String = tx
                 .prepare_cached("SELECT name FROM groups WHERE group_id = ?1")?
                 .query_row([group_id], |r| r.get(0))?;
-            let (kind, text, mentions_me, ack_required) = match &envelope.body {
-                Body::Text { text, mentions, .. } => {
-                    ("text", text.clone(), mentions.contains(&device.user), false)
-                }
-                Body::Alert {
-                    text, ack_required, ..
-                } => ("alert", text.clone(), false, *ack_required),
-                _ => ("text", String::new(), false, false),
-            };
+            // As stored: a claim of a duty, say, shows as the reminder it became.
+            let (kind, text, mentions, ack_required, drill): (String, String, String, bool, bool) = tx
+                .prepare_cached(
+                    "SELECT kind, body, mentions, ack_required, drill FROM messages WHERE group_id = ?1 AND id = ?2",
+                )?
+                .query_row(params![group_id, envelope.id], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                })?;
+            let mentions: Vec<String> = serde_json::from_str(&mentions).unwrap_or_default();
             let notification = Notification {
                 id: envelope.id.clone(),
                 group,
                 sender: cert.body.user.clone(),
-                kind: kind.into(),
-                text,
-                mentions_me,
+                kind: if kind == "alert" { kind } else { "text".into() },
+                text: if drill && !text.starts_with("[DRILL]") {
+                    format!("[DRILL] {text}")
+                } else {
+                    text
+                },
+                mentions_me: mentions.contains(&device.user),
                 ack_required,
             };
             if should_notify(tx, group_id, &notification)? {

@@ -253,11 +253,15 @@ impl Engine {
         ack_required: bool,
         options: Vec<AnswerOption>,
     ) -> Result<QueuedMessage, EngineError> {
-        crate::content::check_options(&options).map_err(EngineError::Invalid)?;
-        let body = alert_body(text, ack_required || !options.is_empty(), options)?;
-        let (group_id, _) = self.active_group(group)?;
-        let id = self.enqueue(&group_id, body)?;
-        Ok(QueuedMessage { group_id, id })
+        self.queue_alert_request(
+            group,
+            text,
+            AlertRequest {
+                ack_required,
+                options,
+                ..AlertRequest::default()
+            },
+        )
     }
 
     /// Acknowledges an alert; the sender sees it in the roll-call. An alert that offers
@@ -659,5 +663,7 @@ pub(super) fn alert_body(
         text: text.to_string(),
         ack_required,
         options,
+        escalation: None,
+        drill: false,
     })
 }

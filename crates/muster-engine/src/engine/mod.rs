@@ -37,9 +37,11 @@ mod directed;
 mod groups;
 mod identity;
 mod inbound;
+mod incidents;
 mod messages;
 mod outbox;
 mod posting;
+mod report;
 mod sync;
 mod transfers;
 mod trees;
@@ -54,6 +56,7 @@ use commits::*;
 use inbound::*;
 #[cfg(feature = "fuzzing")]
 pub(crate) use inbound::{receive_for_fuzzing, welcome_for_fuzzing};
+pub use incidents::{AlertRequest, IncidentView, TaskView};
 use messages::*;
 use outbox::*;
 use posting::*;
@@ -174,7 +177,7 @@ pub struct MessageView {
     pub id: String,
     pub group: String,
     pub group_id: String,
-    /// `text` or `system` (membership changes and notices).
+    /// `text`, `alert`, `attachment`, `task` or `system` (membership changes and notices).
     pub kind: String,
     pub sender: String,
     pub sender_device: String,
@@ -208,6 +211,9 @@ pub struct MessageView {
     pub unread: bool,
     /// A file attached to this message (fetch it with `fetch ID`).
     pub attachment: Option<AttachmentView>,
+    /// An exercise: an alert or task of a drill.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub drill: bool,
     #[serde(skip)]
     pub local_seq: i64,
 }

@@ -240,6 +240,7 @@ impl Engine {
                             params![group_id, message_id, seq as i64],
                         )?;
                         conversation::forget_cleared_board_values(&tx, &group_id, &message_id)?;
+                        crate::crisis::claim_sequenced(&tx, &group_id, &message_id, seq)?;
                         tx.execute(
                             "UPDATE messages SET status = 'sent', relay_seq = ?3, sort_key = ?4 WHERE group_id = ?1 AND id = ?2",
                             params![group_id, message_id, seq as i64, order_key(seq, 0)],

@@ -25,6 +25,7 @@ impl Engine {
     pub async fn sync(&mut self, conn: &impl Link) -> Result<SyncReport, EngineError> {
         self.sync_steps(conn).await?;
         self.last_full_sync = Some(std::time::Instant::now());
+        self.run_duties(conn).await?;
         Ok(self.take_activity())
     }
 
@@ -35,6 +36,7 @@ impl Engine {
         self.fetch_and_process(conn).await?;
         self.queue_delivery_receipts()?;
         self.flush_outbox(conn).await?;
+        self.run_duties(conn).await?;
         Ok(self.take_activity())
     }
 
@@ -123,6 +125,7 @@ impl Engine {
         }
         self.queue_delivery_receipts()?;
         self.flush_outbox(conn).await?;
+        self.run_duties(conn).await?;
         Ok(self.take_activity())
     }
 

@@ -203,10 +203,9 @@ impl Engine {
                 .collect::<Result<Vec<_>, _>>()?;
             rows
         };
-        let members = self.group_view(&group_id)?.members;
-        let mut entries: Vec<RollcallEntry> = members
+        let mut entries: Vec<RollcallEntry> = self
+            .asked_members(&group_id, &alert.sender)?
             .into_iter()
-            .filter(|u| *u != alert.sender)
             .map(|user| {
                 let ack = acks.iter().find(|(u, _, _)| *u == user);
                 RollcallEntry {
@@ -307,7 +306,7 @@ impl Engine {
         let sql = format!(
             "SELECT m.seq, m.id, g.name, m.group_id, m.kind, m.sender, m.sender_device, m.body, m.sent_at, m.received_at, m.status,
                     m.reply_to, m.mentions, m.edited_at IS NOT NULL, m.deleted, m.ack_required,
-                    m.attachment, m.saved_to, m.read_receipt_due, m.options
+                    m.attachment, m.saved_to, m.read_receipt_due, m.options, m.drill
              FROM messages m JOIN groups g ON g.group_id = m.group_id {filter}"
         );
         let mut stmt = self.db.prepare(&sql)?;
@@ -339,6 +338,7 @@ impl Engine {
                         r.get::<_, Option<String>>(19)?.as_deref(),
                     ),
                     unread: r.get(18)?,
+                    drill: r.get(20)?,
                     attachment: r
                         .get::<_, Option<String>>(16)?
                         .and_then(|a| serde_json::from_str::<AttachmentRef>(&a).ok())

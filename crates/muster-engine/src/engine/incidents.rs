@@ -1,0 +1,668 @@
+//! Incident command: alerts that escalate, tasks, incidents and drills, and the timed
+//! duties devices carry out for them (see [`crate::crisis`] for how a claim is decided).
+//!
+//! Which device runs an escalation's timer: every member device that is online keeps it.
+//! The alert's sender's devices act when it falls due; every other member device (for
+//! raising: every one that is also in the escalation group) acts [`takeover_after_ms`]
+//! later, so a sender who is offline is covered. Acting means posting a claim to the
+//! group; the first claim the relay sequences is the one that counts on every device, so
+//! a reminder and a raise each happen once however many devices acted. When no eligible
+//! device is online, the first one to come online or sync acts.
+
+// Rows are read from SQL straight into tuples, one per query.
+#![allow(clippy::type_complexity)]
+
+use super::*;
+use crate::content::{describe_duration, DutyKind, Escalation, TaskState, MAX_WAIT_SECS};
+use crate::crisis::{self, takeover_after_ms, MAX_INCIDENT_TITLE_CHARS, MAX_TASK_TITLE_CHARS};
+
+/// What an alert asks for beyond its text.
+#[derive(Debug, Clone, Default)]
+pub struct AlertRequest {
+    pub ack_required: bool,
+    pub options: Vec<AnswerOption>,
+    /// Remind the silent after the first wait, raise in the group or with the user named
+    /// after the second.
+    pub escalate: Option<(std::time::Duration, std::time::Duration, String)>,
+    pub drill: bool,
+}
+
+/// A task as this device knows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskView {
+    pub id: String,
+    pub group: String,
+    pub title: String,
+    pub creator: String,
+    pub assignee: String,
+    pub state: String,
+    pub due_at: Option<String>,
+    pub overdue: bool,
+    pub drill: bool,
+}
+
+/// An incident as this device knows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct IncidentView {
+    pub id: String,
+    pub group: String,
+    pub title: String,
+    pub drill: bool,
+    pub opened_by: String,
+    pub opened_at: String,
+    pub closed_at: Option<String>,
+}
+
+/// A duty that falls due on this device.
+struct DueDuty {
+    group_id: Vec<u8>,
+    subject: String,
+    duty: DutyKind,
+    due_at: i64,
+}
+
+impl Engine {
+    /// Queues an alert with answers, an escalation or the drill mark. An escalation needs
+    /// answers: without options it offers [`AnswerOption::default_pair`].
+    pub fn queue_alert_request(
+        &mut self,
+        group: &str,
+        text: &str,
+        request: AlertRequest,
+    ) -> Result<QueuedMessage, EngineError> {
+        let AlertRequest {
+            mut ack_required,
+            mut options,
+            escalate,
+            drill,
+        } = request;
+        crate::content::check_options(&options).map_err(EngineError::Invalid)?;
+        let (group_id, _) = self.active_group(group)?;
+        let escalation = match escalate {
+            None => None,
+            Some((remind, raise, to)) => Some(self.escalation(&group_id, remind, raise, &to)?),
+        };
+        if (ack_required || escalation.is_some()) && options.is_empty() {
+            options = AnswerOption::default_pair();
+        }
+        ack_required |= !options.is_empty();
+        let drill = drill || crisis::in_drill(&self.db, &group_id)?;
+        let Body::Alert { text, .. } = super::messages::alert_body(text, ack_required, Vec::new())?
+        else {
+            unreachable!("an alert body")
+        };
+        let id = self.enqueue(
+            &group_id,
+            Body::Alert {
+                text,
+                ack_required,
+                options,
+                escalation,
+                drill,
+            },
+        )?;
+        Ok(QueuedMessage { group_id, id })
+    }
+
+    /// Checks an escalation and finds the group it raises in: a group by name or id, or
+    /// for a user the smallest group this user shares with them.
+    fn escalation(
+        &self,
+        group_id: &[u8],
+        remind: std::time::Duration,
+        raise: std::time::Duration,
+        to: &str,
+    ) -> Result<Escalation, EngineError> {
+        let (remind, raise) = (remind.as_secs(), raise.as_secs());
+        if remind == 0 || raise <= remind || raise > MAX_WAIT_SECS {
+            return Err(EngineError::Invalid(format!(
+                "an escalation reminds after at least 1s and raises later, within {}",
+                describe_duration(MAX_WAIT_SECS)
+            )));
+        }
+        let target = match self.resolve_group(to) {
+            Ok(g) if g.state == GroupState::Active => g.id,
+            Ok(g) => return Err(EngineError::NotActive(g.name)),
+            Err(_) => {
+                let me = self.device()?.user;
+                let mut shared: Vec<(usize, Vec<u8>)> = Vec::new();
+                for id in self.active_group_ids()? {
+                    let members = self.group_view(&id)?.members;
+                    if members.iter().any(|m| m == to) && members.contains(&me) {
+                        shared.push((members.len(), id));
+                    }
+                }
+                shared.sort();
+                shared.into_iter().next().map(|(_, id)| id).ok_or_else(|| {
+                    EngineError::Invalid(format!(
+                        "{to:?} is neither a group of yours nor someone you share a group with: create a group with them to escalate to them"
+                    ))
+                })?
+            }
+        };
+        if target == group_id {
+            return Err(EngineError::Invalid(
+                "an alert escalates to another group than its own".into(),
+            ));
+        }
+        Ok(Escalation {
+            remind_after: remind,
+            raise_after: raise,
+            to_name: self.group_label(&target),
+            to_group: group_hex(&target),
+        })
+    }
+
+    /// Assigns a task to a member of the group, due after `due` if given.
+    pub fn queue_task(
+        &mut self,
+        group: &str,
+        title: &str,
+        assignee: &str,
+        due: Option<std::time::Duration>,
+    ) -> Result<QueuedMessage, EngineError> {
+        let title = title.trim();
+        if title.is_empty() || title.chars().count() > MAX_TASK_TITLE_CHARS {
+            return Err(EngineError::Invalid(format!(
+                "a task title is 1 to {MAX_TASK_TITLE_CHARS} characters"
+            )));
+        }
+        if due.is_some_and(|d| d.as_secs() == 0 || d.as_secs() > MAX_WAIT_SECS) {
+            return Err(EngineError::Invalid(
+                "a task is due within 1 second to 30 days".into(),
+            ));
+        }
+        let (group_id, name) = self.active_group(group)?;
+        if !self
+            .group_view(&group_id)?
+            .members
+            .iter()
+            .any(|m| m == assignee)
+        {
+            return Err(EngineError::Invalid(format!(
+                "{assignee} is not a member of {name}"
+            )));
+        }
+        let id = self.enqueue(
+            &group_id,
+            Body::Task {
+                title: title.to_string(),
+                assignee: assignee.to_string(),
+                due_at: due.map(|d| now_ms() + d.as_millis() as i64),
+            },
+        )?;
+        Ok(QueuedMessage { group_id, id })
+    }
+
+    /// Accepts, declines or finishes a task (an id or id prefix).
+    pub fn queue_task_update(
+        &mut self,
+        task: &str,
+        state: TaskState,
+    ) -> Result<QueuedMessage, EngineError> {
+        let (group_id, id, creator, assignee, current) = self.find_task(task)?;
+        let me = self.device()?.user;
+        let current = TaskState::parse(&current).unwrap_or(TaskState::Open);
+        if let Some(why) = crisis::task_change_refused(&creator, &assignee, current, &me, state) {
+            return Err(EngineError::Invalid(why));
+        }
+        self.active_group(&group_hex(&group_id))?;
+        let id = self.enqueue(&group_id, Body::TaskUpdate { task: id, state })?;
+        Ok(QueuedMessage { group_id, id })
+    }
+
+    fn find_task(
+        &self,
+        task: &str,
+    ) -> Result<(Vec<u8>, String, String, String, String), EngineError> {
+        let task = task.trim().to_ascii_lowercase();
+        if task.len() < 6 || !task.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(EngineError::Invalid(format!(
+                "{task:?} is not a task id (at least 6 hex characters, as `muster tasks` shows)"
+            )));
+        }
+        let found: Vec<(Vec<u8>, String, String, String, String)> = self
+            .db
+            .prepare("SELECT group_id, id, creator, assignee, state FROM tasks WHERE id LIKE ?1 || '%' LIMIT 2")?
+            .query_map([&task], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
+            .collect::<Result<_, _>>()?;
+        match found.len() {
+            0 => Err(EngineError::Invalid(format!(
+                "no task {task} on this device"
+            ))),
+            1 => Ok(found.into_iter().next().expect("one")),
+            _ => Err(EngineError::Invalid(format!(
+                "{task} matches several tasks; give more of the id"
+            ))),
+        }
+    }
+
+    /// The tasks of a group (all groups when `None`), open ones first.
+    pub fn tasks(&self, group: Option<&str>) -> Result<Vec<TaskView>, EngineError> {
+        let only = match group {
+            Some(g) => Some(self.resolve_group(g)?.id),
+            None => None,
+        };
+        let now = now_ms();
+        let rows: Vec<(
+            Vec<u8>,
+            String,
+            String,
+            String,
+            String,
+            String,
+            Option<i64>,
+            bool,
+        )> = self
+            .db
+            .prepare(
+                "SELECT group_id, id, title, creator, assignee, state, due_at, drill FROM tasks
+                 WHERE ?1 IS NULL OR group_id = ?1
+                 ORDER BY state IN ('done', 'declined'), COALESCE(due_at, created_at), created_at",
+            )?
+            .query_map([&only], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                ))
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(g, id, title, creator, assignee, state, due_at, drill)| TaskView {
+                    group: self.group_label(&g),
+                    overdue: due_at.is_some_and(|d| d <= now)
+                        && matches!(state.as_str(), "open" | "accepted"),
+                    due_at: due_at.map(rfc3339_ms),
+                    id,
+                    title,
+                    creator,
+                    assignee,
+                    state,
+                    drill,
+                },
+            )
+            .collect())
+    }
+
+    /// Opens an incident in a group (one at a time); `drill` marks it and every alert and
+    /// task in it as an exercise.
+    pub fn open_incident(
+        &mut self,
+        group: &str,
+        title: &str,
+        drill: bool,
+    ) -> Result<QueuedMessage, EngineError> {
+        let title = title.trim();
+        if title.is_empty() || title.chars().count() > MAX_INCIDENT_TITLE_CHARS {
+            return Err(EngineError::Invalid(format!(
+                "an incident title is 1 to {MAX_INCIDENT_TITLE_CHARS} characters"
+            )));
+        }
+        let (group_id, name) = self.active_group(group)?;
+        let open: Option<String> = self
+            .db
+            .query_row(
+                "SELECT id FROM incidents WHERE group_id = ?1 AND closed_at IS NULL",
+                [&group_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(open) = open {
+            return Err(EngineError::Invalid(format!(
+                "{name} has an open incident ({}): close it first",
+                &open[..8]
+            )));
+        }
+        let id = self.enqueue(
+            &group_id,
+            Body::IncidentOpen {
+                title: title.to_string(),
+                drill,
+            },
+        )?;
+        Ok(QueuedMessage { group_id, id })
+    }
+
+    /// Closes an incident: by id, or a group's open one by the group's name.
+    pub fn close_incident(&mut self, which: &str) -> Result<QueuedMessage, EngineError> {
+        let (group_id, id, closed) = self.find_incident(which)?;
+        if closed {
+            return Err(EngineError::Invalid(format!(
+                "incident {} is closed already",
+                &id[..8]
+            )));
+        }
+        self.active_group(&group_hex(&group_id))?;
+        let id = self.enqueue(&group_id, Body::IncidentClose { incident: id })?;
+        Ok(QueuedMessage { group_id, id })
+    }
+
+    /// An incident by id prefix, or a group's latest incident by the group's name or id.
+    pub(super) fn find_incident(
+        &self,
+        which: &str,
+    ) -> Result<(Vec<u8>, String, bool), EngineError> {
+        let which = which.trim();
+        let by_id: Vec<(Vec<u8>, String, bool)> = if which.len() >= 6
+            && which.chars().all(|c| c.is_ascii_hexdigit())
+        {
+            self.db
+                .prepare("SELECT group_id, id, closed_at IS NOT NULL FROM incidents WHERE id LIKE ?1 || '%' LIMIT 2")?
+                .query_map([which.to_ascii_lowercase()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<Result<_, _>>()?
+        } else {
+            Vec::new()
+        };
+        match by_id.len() {
+            1 => return Ok(by_id.into_iter().next().expect("one")),
+            2 => {
+                return Err(EngineError::Invalid(format!(
+                    "{which} matches several incidents; give more of the id"
+                )))
+            }
+            _ => {}
+        }
+        let group = self.resolve_group(which).map_err(|_| {
+            EngineError::Invalid(format!("no incident or group {which:?} on this device"))
+        })?;
+        self.db
+            .query_row(
+                "SELECT group_id, id, closed_at IS NOT NULL FROM incidents WHERE group_id = ?1
+                 ORDER BY closed_at IS NULL DESC, opened_at DESC LIMIT 1",
+                [&group.id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?
+            .ok_or_else(|| EngineError::Invalid(format!("{} has no incident", group.name)))
+    }
+
+    /// The incidents of a group (all groups when `None`), newest first.
+    pub fn incidents(&self, group: Option<&str>) -> Result<Vec<IncidentView>, EngineError> {
+        let only = match group {
+            Some(g) => Some(self.resolve_group(g)?.id),
+            None => None,
+        };
+        let rows: Vec<(Vec<u8>, String, String, bool, String, i64, Option<i64>)> = self
+            .db
+            .prepare(
+                "SELECT group_id, id, title, drill, opened_by, opened_at, closed_at FROM incidents
+                 WHERE ?1 IS NULL OR group_id = ?1 ORDER BY opened_at DESC",
+            )?
+            .query_map([&only], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                ))
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(g, id, title, drill, opened_by, opened_at, closed_at)| IncidentView {
+                    group: self.group_label(&g),
+                    id,
+                    title,
+                    drill,
+                    opened_by,
+                    opened_at: rfc3339_ms(opened_at),
+                    closed_at: closed_at.map(rfc3339_ms),
+                },
+            )
+            .collect())
+    }
+
+    /// Members of the group asked to answer an alert by `sender`: everyone but the sender
+    /// and service accounts (bots, the archive).
+    pub(super) fn asked_members(
+        &self,
+        group_id: &[u8],
+        sender: &str,
+    ) -> Result<Vec<String>, EngineError> {
+        let view = self.group_view(group_id)?;
+        Ok(view
+            .members
+            .into_iter()
+            .filter(|u| {
+                u != sender && !view.bot_members.contains(u) && !view.archive_members.contains(u)
+            })
+            .collect())
+    }
+
+    fn silent_members(
+        &self,
+        group_id: &[u8],
+        alert: &str,
+        sender: &str,
+    ) -> Result<Vec<String>, EngineError> {
+        let answered: Vec<String> = self
+            .db
+            .prepare_cached("SELECT user FROM acks WHERE group_id = ?1 AND message_id = ?2")?
+            .query_map(params![group_id, alert], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(self
+            .asked_members(group_id, sender)?
+            .into_iter()
+            .filter(|u| !answered.contains(u))
+            .collect())
+    }
+
+    /// The duties this device may carry out, with when each falls due for it.
+    fn pending_duties(&self) -> Result<Vec<(DueDuty, Vec<String>)>, EngineError> {
+        let me = self.device()?.user;
+        let since = now_ms() - 2 * MAX_WAIT_SECS as i64 * 1000;
+        let alerts: Vec<(Vec<u8>, String, String, i64, String, bool, bool)> = self
+            .db
+            .prepare_cached(
+                "SELECT m.group_id, m.id, m.sender, m.sent_at, m.escalation,
+                     EXISTS (SELECT 1 FROM duty_claims c WHERE c.group_id = m.group_id AND c.subject = m.id AND c.duty = 'remind'),
+                     EXISTS (SELECT 1 FROM duty_claims c WHERE c.group_id = m.group_id AND c.subject = m.id AND c.duty = 'remind' AND c.won = 1)
+                 FROM messages m JOIN groups g ON g.group_id = m.group_id AND g.state = ?1
+                 WHERE m.kind = 'alert' AND m.escalation IS NOT NULL AND m.deleted = 0 AND m.sent_at > ?2
+                   AND NOT EXISTS (SELECT 1 FROM duty_claims c WHERE c.group_id = m.group_id AND c.subject = m.id AND c.duty = 'raise')",
+            )?
+            .query_map(params![GroupState::Active, since], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut due = Vec::new();
+        for (group_id, id, sender, sent_at, escalation, remind_claimed, reminded) in alerts {
+            let Ok(e) = serde_json::from_str::<Escalation>(&escalation) else {
+                continue;
+            };
+            let (duty, wait) = match (remind_claimed, reminded) {
+                (false, _) => (DutyKind::Remind, e.remind_after),
+                (true, true) => {
+                    // Only a device in the escalation group can raise there.
+                    let target = hex::decode(&e.to_group).unwrap_or_default();
+                    if !matches!(self.resolve_group(&e.to_group), Ok(g) if g.state == GroupState::Active && g.id == target)
+                    {
+                        continue;
+                    }
+                    (DutyKind::Raise, e.raise_after)
+                }
+                // Our own reminder's claim, not decided yet.
+                (true, false) => continue,
+            };
+            let silent = self.silent_members(&group_id, &id, &sender)?;
+            if silent.is_empty() {
+                continue;
+            }
+            let mut due_at = sent_at.saturating_add(wait as i64 * 1000);
+            if sender != me {
+                due_at += takeover_after_ms(wait);
+            }
+            due.push((
+                DueDuty {
+                    group_id,
+                    subject: id,
+                    duty,
+                    due_at,
+                },
+                silent,
+            ));
+        }
+        let tasks: Vec<(Vec<u8>, String, String, i64, i64)> = self
+            .db
+            .prepare_cached(
+                "SELECT t.group_id, t.id, t.creator, t.created_at, t.due_at FROM tasks t
+                 JOIN groups g ON g.group_id = t.group_id AND g.state = ?1
+                 WHERE t.due_at IS NOT NULL AND t.state IN ('open', 'accepted') AND t.due_at > ?2
+                   AND NOT EXISTS (SELECT 1 FROM duty_claims c WHERE c.group_id = t.group_id AND c.subject = t.id AND c.duty = 'overdue')",
+            )?
+            .query_map(params![GroupState::Active, since], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        for (group_id, id, creator, created_at, due_at) in tasks {
+            let wait = ((due_at - created_at).max(0) / 1000) as u64;
+            let due_at = if creator == me {
+                due_at
+            } else {
+                due_at + takeover_after_ms(wait)
+            };
+            due.push((
+                DueDuty {
+                    group_id,
+                    subject: id,
+                    duty: DutyKind::Overdue,
+                    due_at,
+                },
+                Vec::new(),
+            ));
+        }
+        Ok(due)
+    }
+
+    /// How long until this device has a duty to carry out (a reminder, a raise, an overdue
+    /// flag), or a claim of its own to decide; a live device syncs then.
+    pub fn duties_due_in(&self) -> Result<Option<std::time::Duration>, EngineError> {
+        let unsettled = self
+            .db
+            .prepare_cached(
+                "SELECT 1 FROM duty_claims WHERE mine = 1
+                   AND ((settled = 0 AND seq IS NOT NULL) OR (won = 1 AND duty = 'raise' AND acted = 0))",
+            )?
+            .exists([])?;
+        // Not at once: what cannot be decided now (the relay is away) is not retried in a
+        // tight loop.
+        if unsettled {
+            return Ok(Some(std::time::Duration::from_secs(1)));
+        }
+        let now = now_ms();
+        Ok(self
+            .pending_duties()?
+            .iter()
+            .map(|(d, _)| d.due_at)
+            .min()
+            .map(|at| std::time::Duration::from_millis((at - now).max(0) as u64)))
+    }
+
+    /// Claims the duties that fell due, then decides this device's claims once the relay
+    /// sequenced them and everything before them was fetched; a raise this device won is
+    /// posted in the escalation group, in the transaction that records it.
+    pub(crate) async fn run_duties(&mut self, conn: &impl Link) -> Result<(), EngineError> {
+        let now = now_ms();
+        let due: Vec<(DueDuty, Vec<String>)> = self
+            .pending_duties()?
+            .into_iter()
+            .filter(|(d, _)| d.due_at <= now)
+            .collect();
+        for (duty, silent) in due {
+            self.enqueue(
+                &duty.group_id,
+                Body::Duty {
+                    subject: duty.subject,
+                    duty: duty.duty,
+                    silent,
+                },
+            )?;
+        }
+        let waiting = self
+            .db
+            .prepare_cached("SELECT 1 FROM duty_claims WHERE mine = 1 AND settled = 0")?
+            .exists([])?;
+        if waiting {
+            self.flush_outbox(conn).await?;
+            // Fetched after our claims were sequenced: every claim before them is here now.
+            self.fetch_and_process(conn).await?;
+            crisis::settle_own_claims(&self.db)?;
+        }
+        let raises: Vec<(Vec<u8>, String, String)> = self
+            .db
+            .prepare_cached(
+                "SELECT group_id, message_id, subject FROM duty_claims
+                 WHERE mine = 1 AND won = 1 AND duty = 'raise' AND acted = 0",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        for (group_id, claim, alert) in &raises {
+            self.raise(group_id, claim, alert)?;
+        }
+        if !raises.is_empty() {
+            self.flush_outbox(conn).await?;
+        }
+        Ok(())
+    }
+
+    /// Posts the alert `alert` of `group_id` in its escalation group, naming the members the
+    /// winning claim `claim` found silent.
+    fn raise(&mut self, group_id: &[u8], claim: &str, alert: &str) -> Result<(), EngineError> {
+        let (sender, text, drill, escalation): (String, String, bool, String) = self.db.query_row(
+            "SELECT sender, body, drill, escalation FROM messages WHERE group_id = ?1 AND id = ?2",
+            params![group_id, alert],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )?;
+        let silent: String = self.db.query_row(
+            "SELECT silent FROM duty_claims WHERE group_id = ?1 AND message_id = ?2",
+            params![group_id, claim],
+            |r| r.get(0),
+        )?;
+        let silent: Vec<String> = serde_json::from_str(&silent).unwrap_or_default();
+        let e: Escalation = serde_json::from_str(&escalation)
+            .map_err(|e| EngineError::Invalid(format!("stored escalation: {e}")))?;
+        let acted = |db: &Connection| -> Result<(), EngineError> {
+            db.execute(
+                "UPDATE duty_claims SET acted = 1 WHERE group_id = ?1 AND message_id = ?2",
+                params![group_id, claim],
+            )?;
+            Ok(())
+        };
+        let target = hex::decode(&e.to_group).unwrap_or_default();
+        if !matches!(self.resolve_group(&e.to_group), Ok(g) if g.state == GroupState::Active && g.id == target)
+        {
+            self.activity.problems.push(format!(
+                "could not raise an alert in {}: this device is no longer in it",
+                e.to_name
+            ));
+            return acted(&self.db);
+        }
+        let quoted: String = text.chars().take(500).collect();
+        let body = Body::Alert {
+            text: format!(
+                "ESCALATED from {}: no answer within {} from {} to {sender}'s alert: {quoted}",
+                self.group_label(group_id),
+                describe_duration(e.raise_after),
+                silent.join(", ")
+            ),
+            ack_required: true,
+            options: AnswerOption::default_pair(),
+            escalation: None,
+            drill,
+        };
+        self.enqueue_all(&target, vec![body], |tx, _, _| acted(tx))?;
+        Ok(())
+    }
+}
