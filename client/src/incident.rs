@@ -188,8 +188,12 @@ async fn incident(engine: &mut Engine, command: IncidentCommand) -> Result<(), E
                     std::io::Write::write_all(&mut file, text.as_bytes())?;
                     println!("report written to {}", path.display());
                 }
-                // The report is the user's own: printed as it is, not escaped line by line.
-                None => std::print!("{text}"),
+                // What members wrote cannot reach the terminal as escape sequences.
+                None => {
+                    for line in text.lines() {
+                        std::println!("{}", crate::print::terminal_safe(line));
+                    }
+                }
             }
         }
     }

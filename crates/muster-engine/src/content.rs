@@ -160,6 +160,10 @@ pub enum Body {
         /// An exercise, shown as one everywhere.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         drill: bool,
+        /// This alert raises another group's alert whose members did not answer; the
+        /// group shows the first raise of each alert only.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        raises: Option<Raised>,
     },
     /// Acknowledges an alert, with one of its options when it offers some; a later
     /// answer replaces an earlier one.
@@ -191,6 +195,9 @@ pub enum Body {
         /// When it is due, milliseconds since the Unix epoch.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         due_at: Option<i64>,
+        /// Part of a drill.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        drill: bool,
     },
     /// The assignee accepts, declines or finishes a task (the one who set it may also
     /// mark it done).
@@ -230,6 +237,23 @@ pub struct Escalation {
     /// Its name when the alert was sent, to show.
     pub to_name: String,
 }
+
+/// The alert a raised alert escalates: its group (hex id) and id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Raised {
+    pub group: String,
+    pub alert: String,
+}
+
+impl Raised {
+    /// How raises of one alert are told apart from others.
+    pub fn key(&self) -> String {
+        format!("{}:{}", self.group, self.alert)
+    }
+}
+
+/// The latest time a task may be due: 1 January 2100.
+pub const LATEST_DUE_MS: i64 = 4_102_444_800_000;
 
 /// The longest wait an escalation or a task's due time may name: 30 days.
 pub const MAX_WAIT_SECS: u64 = 30 * 86_400;
@@ -389,6 +413,24 @@ impl Envelope {
         {
             if e.remind_after > MAX_WAIT_SECS || e.raise_after > MAX_WAIT_SECS {
                 return Err("an escalation waits at most 30 days".into());
+            }
+        }
+        if let Body::Task {
+            due_at: Some(due), ..
+        } = &self.body
+        {
+            if !(0..=LATEST_DUE_MS).contains(due) {
+                return Err("a task's due time is out of range".into());
+            }
+        }
+        if let Body::Alert {
+            raises: Some(r), ..
+        } = &self.body
+        {
+            if !is_message_id(&r.alert)
+                || hex::decode(&r.group).map_or(true, |g| g.is_empty() || g.len() > 64)
+            {
+                return Err("a raised alert names its alert by group and message id".into());
             }
         }
         if let Body::Retention {

@@ -214,6 +214,8 @@ pub(crate) struct Extras<'a> {
     pub drill: bool,
     /// An alert's escalation, as JSON.
     pub escalation: Option<String>,
+    /// The alert a raised alert raises ([`crate::content::Raised::key`]).
+    pub raises: Option<String>,
 }
 
 /// Stores a message the user reads (text, alert or attachment). Returns whether it was received.
@@ -228,11 +230,11 @@ pub(crate) fn insert_message(
     body: &str,
     extras: Extras,
 ) -> Result<bool, EngineError> {
-    cached_execute(db,
+    let inserted = cached_execute(db,
         "INSERT OR IGNORE INTO messages (id, group_id, kind, sender, sender_device, body, sent_at, received_at,
              relay_seq, status, sort_key, reply_to, mentions, ack_required, attachment,
-             delivered_receipt_due, read_receipt_due, options, drill, escalation)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?16, ?17, ?18, ?19)",
+             delivered_receipt_due, read_receipt_due, options, drill, escalation, raises)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?16, ?17, ?18, ?19, ?20)",
         params![
             envelope.id,
             group_id,
@@ -252,10 +254,12 @@ pub(crate) fn insert_message(
             placement.receipts_due,
             extras.options,
             extras.drill,
-            extras.escalation
+            extras.escalation,
+            extras.raises
         ],
     )?;
-    Ok(placement.received)
+    // A message reusing an id already here is not a new message (and notifies nobody).
+    Ok(inserted == 1 && placement.received)
 }
 
 /// An alert's answers as stored (none when it offers none).
@@ -405,33 +409,58 @@ pub(crate) fn apply(
             options,
             escalation,
             drill,
-        } => insert_message(
-            db,
-            group_id,
-            envelope,
-            author,
-            &placement,
-            "alert",
-            text,
-            Extras {
-                ack_required: *ack_required,
-                // Answers that break the limits are not offered (the alert stays).
-                options: (!options.is_empty() && crate::content::check_options(options).is_ok())
+            raises,
+        } => {
+            let raises = raises.as_ref().map(crate::content::Raised::key);
+            // The first raise of an alert in the relay's order is the one shown.
+            if let Some(key) = &raises {
+                let raised_already = db
+                    .prepare_cached("SELECT 1 FROM messages WHERE group_id = ?1 AND raises = ?2")?
+                    .exists(params![group_id, key])?;
+                if raised_already {
+                    return Ok(false);
+                }
+            }
+            insert_message(
+                db,
+                group_id,
+                envelope,
+                author,
+                &placement,
+                "alert",
+                text,
+                Extras {
+                    ack_required: *ack_required,
+                    // Answers that break the limits are not offered (the alert stays).
+                    options: (!options.is_empty()
+                        && crate::content::check_options(options).is_ok())
                     .then(|| serde_json::to_string(options).expect("serialises")),
-                // During a drill incident every alert is a drill, whatever its sender said.
-                drill: *drill || crate::crisis::in_drill(db, group_id)?,
-                escalation: escalation
-                    .as_ref()
-                    .map(|e| serde_json::to_string(e).expect("serialises")),
-                ..Extras::default()
-            },
-        ),
+                    drill: *drill,
+                    escalation: escalation
+                        .as_ref()
+                        .map(|e| serde_json::to_string(e).expect("serialises")),
+                    raises,
+                    ..Extras::default()
+                },
+            )
+        }
         Body::Task {
             title,
             assignee,
             due_at,
+            drill,
         } => crate::crisis::apply_task(
-            db, group_id, envelope, author, origin, title, assignee, *due_at,
+            db,
+            group_id,
+            envelope,
+            author,
+            origin,
+            crate::crisis::NewTask {
+                title,
+                assignee,
+                due_at: *due_at,
+                drill: *drill,
+            },
         ),
         Body::TaskUpdate { task, state } => {
             crate::crisis::apply_task_update(db, group_id, envelope, author, origin, task, *state)?;
@@ -739,6 +768,7 @@ pub(crate) fn enforce_retention(db: &Connection, now_ms: i64) -> Result<usize, E
         [now_ms],
     )?;
     if deleted > 0 {
+        crate::crisis::forget_expired(db, now_ms)?;
         for table in ["reactions", "receipts", "acks", "answer_log"] {
             cached_execute(
                 db,

@@ -40,6 +40,7 @@ fn an_answer_counts_only_if_the_alert_offers_it_and_the_latest_one_stands() {
             options: crate::content::AnswerOption::parse_list("safe,need help!").unwrap(),
             escalation: None,
             drill: false,
+            raises: None,
         },
     );
     let answer = |given: Option<&str>| Body::Ack {
@@ -73,8 +74,9 @@ fn of_two_claims_of_one_duty_only_the_first_the_relay_sequenced_counts() {
         admin: false,
         bot: false,
     };
+    // Messages 100 seconds apart.
     let apply_at = |seq: u64, user: &'static str, body: Body| {
-        let envelope = Envelope::new(format!("{seq:08x}"), 1_000 + seq as i64, body);
+        let envelope = Envelope::new(format!("{seq:08x}"), seq as i64 * 100_000, body);
         let origin = Origin::Received { seq, at_ms: 1_000 };
         apply(&db, "erin", GROUP, &envelope, &author(user), origin, false).unwrap()
     };
@@ -84,6 +86,7 @@ fn of_two_claims_of_one_duty_only_the_first_the_relay_sequenced_counts() {
         options: crate::content::AnswerOption::default_pair(),
         escalation,
         drill: false,
+        raises: None,
     };
     apply_at(
         1,
@@ -106,6 +109,18 @@ fn of_two_claims_of_one_duty_only_the_first_the_relay_sequenced_counts() {
     assert!(!apply_at(4, "carol", claim("00000001")));
     // A claim about an alert without an escalation is about nothing.
     assert!(!apply_at(5, "carol", claim("00000002")));
+    // One made before the reminder was due counts for nothing either.
+    apply_at(
+        6,
+        "alice",
+        alert(Some(Escalation {
+            remind_after: 3600,
+            raise_after: 7200,
+            to_group: "abcd".into(),
+            to_name: "leads".into(),
+        })),
+    );
+    assert!(!apply_at(7, "carol", claim("00000006")));
     let shown: Vec<(String, String)> = db
         .prepare("SELECT sender, body FROM messages WHERE body LIKE 'REMINDER%'")
         .unwrap()

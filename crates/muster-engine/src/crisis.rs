@@ -55,18 +55,29 @@ fn order(origin: Origin) -> Option<i64> {
     }
 }
 
+/// What a task message says.
+pub(crate) struct NewTask<'a> {
+    pub title: &'a str,
+    pub assignee: &'a str,
+    pub due_at: Option<i64>,
+    pub drill: bool,
+}
+
 /// A new task: stored, and shown as a message that mentions its assignee.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn apply_task(
     db: &Connection,
     group_id: &[u8],
     envelope: &Envelope,
     author: &Author,
     origin: Origin,
-    title: &str,
-    assignee: &str,
-    due_at: Option<i64>,
+    task: NewTask,
 ) -> Result<bool, EngineError> {
+    let NewTask {
+        title,
+        assignee,
+        due_at,
+        drill,
+    } = task;
     let title: String = title.chars().take(MAX_TASK_TITLE_CHARS).collect();
     if title.trim().is_empty() || muster_proto::validate_handle(assignee).is_err() {
         tracing::warn!(
@@ -75,8 +86,7 @@ pub(crate) fn apply_task(
         );
         return Ok(false);
     }
-    let drill = in_drill(db, group_id)?;
-    cached_execute(
+    let inserted = cached_execute(
         db,
         "INSERT OR IGNORE INTO tasks (group_id, id, title, creator, assignee, due_at, state,
              created_at, updated_at, drill)
@@ -92,6 +102,9 @@ pub(crate) fn apply_task(
             drill
         ],
     )?;
+    if inserted == 0 {
+        return Ok(false);
+    }
     log_task(
         db,
         group_id,
@@ -231,6 +244,17 @@ pub(crate) fn apply_incident_open(
     drill: bool,
 ) -> Result<(), EngineError> {
     let title: String = title.chars().take(MAX_INCIDENT_TITLE_CHARS).collect();
+    // One incident at a time: a second one opened before the first closed is ignored.
+    let open = db
+        .prepare_cached("SELECT 1 FROM incidents WHERE group_id = ?1 AND closed_at IS NULL")?
+        .exists([group_id])?;
+    if open {
+        tracing::warn!(
+            user = author.user,
+            "ignored an incident opened while another is open"
+        );
+        return Ok(());
+    }
     cached_execute(
         db,
         "INSERT OR IGNORE INTO incidents (group_id, id, title, drill, opened_by, opened_at)
@@ -266,8 +290,14 @@ pub(crate) fn apply_incident_close(
     let closed = cached_execute(
         db,
         "UPDATE incidents SET closed_by = ?3, closed_at = MAX(?4, opened_at)
-         WHERE group_id = ?1 AND id = ?2 AND closed_at IS NULL",
-        params![group_id, incident, author.user, envelope.sent_at],
+         WHERE group_id = ?1 AND id = ?2 AND closed_at IS NULL AND (opened_by = ?3 OR ?5)",
+        params![
+            group_id,
+            incident,
+            author.user,
+            envelope.sent_at,
+            author.admin
+        ],
     )?;
     if closed == 1 {
         let (title, drill): (String, bool) = db.query_row(
@@ -289,6 +319,8 @@ pub(crate) fn apply_incident_close(
 /// What a duty is about, as stored: an alert with an escalation, or a task with a due time.
 struct Subject {
     sender: String,
+    /// The alert's or task's own time (sent, by its sender's clock).
+    sent_at: i64,
     text: String,
     drill: bool,
     /// Remind and raise: the escalation; overdue: the assignee and due time.
@@ -305,12 +337,13 @@ fn subject(
     Ok(match duty {
         DutyKind::Remind | DutyKind::Raise => db
             .prepare_cached(
-                "SELECT sender, body, drill, escalation FROM messages
+                "SELECT sender, body, drill, escalation, sent_at FROM messages
                  WHERE group_id = ?1 AND id = ?2 AND kind = 'alert' AND deleted = 0",
             )?
             .query_row(params![group_id, id], |r| {
                 Ok(Subject {
                     sender: r.get(0)?,
+                    sent_at: r.get(4)?,
                     text: r.get(1)?,
                     drill: r.get(2)?,
                     escalation: r
@@ -323,12 +356,13 @@ fn subject(
             .filter(|s| s.escalation.is_some()),
         DutyKind::Overdue => db
             .prepare_cached(
-                "SELECT creator, title, drill, assignee, due_at FROM tasks
+                "SELECT creator, title, drill, assignee, due_at, created_at FROM tasks
                  WHERE group_id = ?1 AND id = ?2 AND due_at IS NOT NULL",
             )?
             .query_row(params![group_id, id], |r| {
                 Ok(Subject {
                     sender: r.get(0)?,
+                    sent_at: r.get(5)?,
                     text: r.get(1)?,
                     drill: r.get(2)?,
                     escalation: None,
@@ -353,16 +387,27 @@ pub(crate) fn apply_duty(
     duty: DutyKind,
     silent: &[String],
 ) -> Result<bool, EngineError> {
-    if subject(db, group_id, subject_id, duty)?.is_none() {
+    let Some(about) = subject(db, group_id, subject_id, duty)? else {
         tracing::warn!(
             user = author.user,
             "ignored a claim of a duty about nothing it could be"
         );
         return Ok(false);
+    };
+    if let Some(why) = claim_refused(db, group_id, envelope, subject_id, duty, &about)? {
+        tracing::warn!(user = author.user, why, "ignored a claim of a duty");
+        return Ok(false);
     }
+    // Only those this device also knows to be silent are named.
+    let answered: Vec<String> = db
+        .prepare_cached("SELECT user FROM acks WHERE group_id = ?1 AND message_id = ?2")?
+        .query_map(params![group_id, subject_id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
     let silent: Vec<&String> = silent
         .iter()
-        .filter(|u| muster_proto::validate_handle(u).is_ok())
+        .filter(|u| {
+            muster_proto::validate_handle(u).is_ok() && !answered.contains(u) && **u != about.sender
+        })
         .take(1000)
         .collect();
     let (mine, seq) = match origin {
@@ -372,8 +417,8 @@ pub(crate) fn apply_duty(
     cached_execute(
         db,
         "INSERT OR IGNORE INTO duty_claims (group_id, message_id, subject, duty, by_user, mine,
-             silent, at, seq)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+             silent, at, seq, seen_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         params![
             group_id,
             envelope.id,
@@ -383,13 +428,89 @@ pub(crate) fn apply_duty(
             mine,
             serde_json::to_string(&silent).expect("serialises"),
             envelope.sent_at,
-            seq
+            seq,
+            crate::engine::now_ms()
         ],
     )?;
     match origin {
         Origin::Own => Ok(false),
         Origin::Received { at_ms, .. } => settle(db, group_id, &envelope.id, at_ms, false),
     }
+}
+
+/// Why a claim does not count, if it does not: it names a message id in use, came
+/// before the duty was due by its own and the subject's times, raises an alert nobody
+/// was reminded of, or flags a task that is finished.
+fn claim_refused(
+    db: &Connection,
+    group_id: &[u8],
+    envelope: &Envelope,
+    subject_id: &str,
+    duty: DutyKind,
+    about: &Subject,
+) -> Result<Option<&'static str>, EngineError> {
+    let id_in_use = db
+        .prepare_cached("SELECT 1 FROM messages WHERE group_id = ?1 AND id = ?2")?
+        .exists(params![group_id, envelope.id])?;
+    if id_in_use {
+        return Ok(Some("its id is another message's"));
+    }
+    let due_at = match (duty, &about.escalation, &about.task_due) {
+        (DutyKind::Remind, Some(e), _) => {
+            about.sent_at.saturating_add(e.remind_after as i64 * 1000)
+        }
+        (DutyKind::Raise, Some(e), _) => about.sent_at.saturating_add(e.raise_after as i64 * 1000),
+        (DutyKind::Overdue, _, Some((_, due))) => *due,
+        _ => return Ok(Some("it is not about what it claims")),
+    };
+    if envelope.sent_at < due_at {
+        return Ok(Some("it came before the duty was due"));
+    }
+    if duty == DutyKind::Raise {
+        let reminded = db
+            .prepare_cached(
+                "SELECT 1 FROM duty_claims WHERE group_id = ?1 AND subject = ?2 AND duty = 'remind' AND won = 1",
+            )?
+            .exists(params![group_id, subject_id])?;
+        if !reminded {
+            return Ok(Some("nobody was reminded yet"));
+        }
+    }
+    if duty == DutyKind::Overdue {
+        let finished = db
+            .prepare_cached(
+                "SELECT 1 FROM tasks WHERE group_id = ?1 AND id = ?2 AND state IN ('done', 'declined')",
+            )?
+            .exists(params![group_id, subject_id])?;
+        if finished {
+            return Ok(Some("the task is finished"));
+        }
+    }
+    Ok(None)
+}
+
+/// Drops what retention removed the messages of: tasks, their changes, claims about
+/// subjects gone, and closed incidents older than their group keeps messages.
+pub(crate) fn forget_expired(db: &Connection, now_ms: i64) -> Result<(), EngineError> {
+    db.execute_batch(
+        "DELETE FROM tasks WHERE NOT EXISTS (SELECT 1 FROM messages m
+             WHERE m.group_id = tasks.group_id AND m.id = tasks.id);
+         DELETE FROM task_log WHERE NOT EXISTS (SELECT 1 FROM tasks t
+             WHERE t.group_id = task_log.group_id AND t.id = task_log.task_id);
+         DELETE FROM duty_claims WHERE NOT EXISTS (SELECT 1 FROM messages m
+                 WHERE m.group_id = duty_claims.group_id AND m.id = duty_claims.subject)
+             AND NOT EXISTS (SELECT 1 FROM tasks t
+                 WHERE t.group_id = duty_claims.group_id AND t.id = duty_claims.subject);",
+    )?;
+    cached_execute(
+        db,
+        "DELETE FROM incidents WHERE closed_at IS NOT NULL
+           AND closed_at < ?1 - 1000 * (SELECT MIN(COALESCE(g.disappear_secs, g.retain_secs),
+                                                  COALESCE(g.retain_secs, g.disappear_secs))
+                                       FROM groups g WHERE g.group_id = incidents.group_id)",
+        [now_ms],
+    )?;
+    Ok(())
 }
 
 /// Decides a sequenced claim: the first of its duty wins and shows; the others are kept,
@@ -494,10 +615,22 @@ fn settle(
             )
         }
         (DutyKind::Raise, Some(e), _) => {
+            // The group's name as this device knows it, when it is in it.
+            let to_name: String = hex::decode(&e.to_group)
+                .ok()
+                .and_then(|g| {
+                    db.query_row("SELECT name FROM groups WHERE group_id = ?1", [g], |r| {
+                        r.get(0)
+                    })
+                    .optional()
+                    .ok()
+                    .flatten()
+                })
+                .unwrap_or(e.to_name);
             let text = format!(
                 "{tag}{by} raised {}'s alert in {}: no answer within {} from {named}",
                 subject.sender,
-                e.to_name,
+                to_name,
                 describe_duration(e.raise_after)
             );
             insert_notice(db, group_id, claim, &text, placement.sort_key)?;

@@ -34,6 +34,8 @@ CREATE TABLE IF NOT EXISTS messages (
     drill INTEGER NOT NULL DEFAULT 0,
     -- an alert's escalation (JSON), when it has one
     escalation TEXT,
+    -- a raised alert: the alert it raises, as 'group hex:alert id'
+    raises TEXT,
     UNIQUE (group_id, id));
 CREATE TABLE IF NOT EXISTS reactions (
     group_id BLOB NOT NULL, message_id TEXT NOT NULL, user TEXT NOT NULL, emoji TEXT NOT NULL,
@@ -132,7 +134,8 @@ CREATE TABLE IF NOT EXISTS duty_claims (
     group_id BLOB NOT NULL, message_id TEXT NOT NULL, subject TEXT NOT NULL, duty TEXT NOT NULL,
     by_user TEXT NOT NULL, mine INTEGER NOT NULL, silent TEXT NOT NULL, at INTEGER NOT NULL,
     seq INTEGER, settled INTEGER NOT NULL DEFAULT 0, won INTEGER NOT NULL DEFAULT 0,
-    acted INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (group_id, message_id));
+    acted INTEGER NOT NULL DEFAULT 0, seen_at INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (group_id, message_id));
 CREATE INDEX IF NOT EXISTS duty_claims_subject ON duty_claims(group_id, subject, duty, seq);
 CREATE TABLE IF NOT EXISTS tasks (
     group_id BLOB NOT NULL, id TEXT NOT NULL, title TEXT NOT NULL, creator TEXT NOT NULL,
@@ -189,6 +192,11 @@ pub(crate) fn migrate(db: &rusqlite::Connection) -> rusqlite::Result<()> {
     add_column(db, "acks", "answer", "TEXT")?;
     add_column(db, "messages", "drill", "INTEGER NOT NULL DEFAULT 0")?;
     add_column(db, "messages", "escalation", "TEXT")?;
+    add_column(db, "messages", "raises", "TEXT")?;
+    db.execute_batch(
+        "CREATE INDEX IF NOT EXISTS messages_escalating ON messages(group_id) WHERE escalation IS NOT NULL;
+         CREATE INDEX IF NOT EXISTS messages_raises ON messages(group_id, raises) WHERE raises IS NOT NULL;",
+    )?;
     // Triggers from before batches indexed their messages at their end are replaced.
     // They keep their names, so an older version opening the store finds them there and
     // does not add its own beside them.

@@ -93,7 +93,10 @@ pub fn median(sorted: &[i64]) -> Option<i64> {
     match sorted.len() {
         0 => None,
         n if n % 2 == 1 => Some(sorted[n / 2]),
-        n => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2),
+        n => {
+            let (a, b) = (sorted[n / 2 - 1], sorted[n / 2]);
+            Some(a + (b - a) / 2)
+        }
     }
 }
 

@@ -4,12 +4,24 @@ use crate::{local, or_dash, span, utc, Incident};
 use chrono::TimeZone;
 use std::fmt::{Display, Write};
 
-/// Text safe inside a Markdown table cell: one line, pipes escaped.
+/// Text safe inside a Markdown table cell or heading: one line, with what Markdown
+/// would read as markup (table cells, links, emphasis, code, raw HTML) escaped.
 fn cell(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect::<String>()
-        .replace('|', "\\|")
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            c if c.is_control() => out.push(' '),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '\\' | '|' | '[' | ']' | '*' | '_' | '`' | '#' | '!' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn at_or_dash<Tz: TimeZone>(ms: Option<i64>, tz: &Tz) -> String
@@ -240,8 +252,11 @@ mod tests {
             ),
             "{md}"
         );
-        // The timeline's text cannot break the table.
-        assert!(md.contains("opened <b>incident</b> \\| pipes"));
+        // The timeline's text cannot break the table or bring markup.
+        assert!(
+            md.contains("opened &lt;b&gt;incident&lt;/b&gt; \\| pipes"),
+            "{md}"
+        );
         assert!(md.contains("| [DRILL] Evacuate | 2025-12-02 10:00:10 UTC | 2 of 3 | 7s | 10s | safe: 1, need help: 1 | dave |"), "{md}");
         assert!(
             md.contains("| Fire drill | 2025-12-01 10:00:00 UTC | 1 | 2 of 3 | 20s | 30s |"),

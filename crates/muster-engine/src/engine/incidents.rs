@@ -53,11 +53,20 @@ pub struct IncidentView {
     pub closed_at: Option<String>,
 }
 
+/// What a device does when a duty falls due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    /// Claims it in the group; the first claim the relay sequences counts.
+    Claim(DutyKind),
+    /// Raises the alert at once: another device's claim won, and its raise never came.
+    RaiseNow,
+}
+
 /// A duty that falls due on this device.
 struct DueDuty {
     group_id: Vec<u8>,
     subject: String,
-    duty: DutyKind,
+    action: Action,
     due_at: i64,
 }
 
@@ -99,6 +108,7 @@ impl Engine {
                 options,
                 escalation,
                 drill,
+                raises: None,
             },
         )?;
         Ok(QueuedMessage { group_id, id })
@@ -189,6 +199,7 @@ impl Engine {
                 title: title.to_string(),
                 assignee: assignee.to_string(),
                 due_at: due.map(|d| now_ms() + d.as_millis() as i64),
+                drill: crisis::in_drill(&self.db, &group_id)?,
             },
         )?;
         Ok(QueuedMessage { group_id, id })
@@ -462,53 +473,42 @@ impl Engine {
     /// The duties this device may carry out, with when each falls due for it.
     fn pending_duties(&self) -> Result<Vec<(DueDuty, Vec<String>)>, EngineError> {
         let me = self.device()?.user;
-        let since = now_ms() - 2 * MAX_WAIT_SECS as i64 * 1000;
-        let alerts: Vec<(Vec<u8>, String, String, i64, String, bool, bool)> = self
+        let now = now_ms();
+        let since = now.saturating_sub(2 * MAX_WAIT_SECS as i64 * 1000);
+        let alerts: Vec<(Vec<u8>, String, String, i64, String)> = self
             .db
             .prepare_cached(
-                "SELECT m.group_id, m.id, m.sender, m.sent_at, m.escalation,
-                     EXISTS (SELECT 1 FROM duty_claims c WHERE c.group_id = m.group_id AND c.subject = m.id AND c.duty = 'remind'),
-                     EXISTS (SELECT 1 FROM duty_claims c WHERE c.group_id = m.group_id AND c.subject = m.id AND c.duty = 'remind' AND c.won = 1)
+                "SELECT m.group_id, m.id, m.sender, m.sent_at, m.escalation
                  FROM messages m JOIN groups g ON g.group_id = m.group_id AND g.state = ?1
-                 WHERE m.kind = 'alert' AND m.escalation IS NOT NULL AND m.deleted = 0 AND m.sent_at > ?2
-                   AND NOT EXISTS (SELECT 1 FROM duty_claims c WHERE c.group_id = m.group_id AND c.subject = m.id AND c.duty = 'raise')",
+                 WHERE m.escalation IS NOT NULL AND m.kind = 'alert' AND m.deleted = 0 AND m.sent_at > ?2",
             )?
             .query_map(params![GroupState::Active, since], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
             })?
             .collect::<Result<_, _>>()?;
         let mut due = Vec::new();
-        for (group_id, id, sender, sent_at, escalation, remind_claimed, reminded) in alerts {
+        for (group_id, id, sender, sent_at, escalation) in alerts {
             let Ok(e) = serde_json::from_str::<Escalation>(&escalation) else {
                 continue;
             };
-            let (duty, wait) = match (remind_claimed, reminded) {
-                (false, _) => (DutyKind::Remind, e.remind_after),
-                (true, true) => {
-                    // Only a device in the escalation group can raise there.
-                    let target = hex::decode(&e.to_group).unwrap_or_default();
-                    if !matches!(self.resolve_group(&e.to_group), Ok(g) if g.state == GroupState::Active && g.id == target)
-                    {
-                        continue;
-                    }
-                    (DutyKind::Raise, e.raise_after)
-                }
-                // Our own reminder's claim, not decided yet.
-                (true, false) => continue,
+            let Some((action, wait, from)) = self.next_step(&group_id, &id, &sender, &e)? else {
+                continue;
             };
             let silent = self.silent_members(&group_id, &id, &sender)?;
             if silent.is_empty() {
                 continue;
             }
-            let mut due_at = sent_at.saturating_add(wait as i64 * 1000);
-            if sender != me {
-                due_at += takeover_after_ms(wait);
-            }
+            let from = from.unwrap_or(sent_at.saturating_add(wait as i64 * 1000));
+            let due_at = if sender == me && action != Action::RaiseNow {
+                from
+            } else {
+                from.saturating_add(takeover_after_ms(wait))
+            };
             due.push((
                 DueDuty {
                     group_id,
                     subject: id,
-                    duty,
+                    action,
                     due_at,
                 },
                 silent,
@@ -527,17 +527,17 @@ impl Engine {
             })?
             .collect::<Result<_, _>>()?;
         for (group_id, id, creator, created_at, due_at) in tasks {
-            let wait = ((due_at - created_at).max(0) / 1000) as u64;
+            let wait = (due_at.saturating_sub(created_at).max(0) / 1000) as u64;
             let due_at = if creator == me {
                 due_at
             } else {
-                due_at + takeover_after_ms(wait)
+                due_at.saturating_add(takeover_after_ms(wait))
             };
             due.push((
                 DueDuty {
                     group_id,
                     subject: id,
-                    duty: DutyKind::Overdue,
+                    action: Action::Claim(DutyKind::Overdue),
                     due_at,
                 },
                 Vec::new(),
@@ -546,9 +546,90 @@ impl Engine {
         Ok(due)
     }
 
+    /// An escalated alert's next step on this device, with its wait and, for taking over
+    /// a raise that was claimed but never came, when the claim was seen.
+    fn next_step(
+        &self,
+        group_id: &[u8],
+        alert: &str,
+        sender: &str,
+        e: &Escalation,
+    ) -> Result<Option<(Action, u64, Option<i64>)>, EngineError> {
+        let claims: Vec<(String, bool, bool, bool, i64)> = self
+            .db
+            .prepare_cached(
+                "SELECT duty, mine, settled, won, seen_at FROM duty_claims WHERE group_id = ?1 AND subject = ?2",
+            )?
+            .query_map(params![group_id, alert], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        let of = |duty: &'static str| claims.iter().filter(move |c| c.0 == duty);
+        if of("remind").next().is_none() {
+            return Ok(Some((
+                Action::Claim(DutyKind::Remind),
+                e.remind_after,
+                None,
+            )));
+        }
+        if !of("remind").any(|c| c.3) {
+            return Ok(None);
+        }
+        // Raising needs this device in the escalation group, with the alert's sender in it.
+        let Some(target) = self.escalation_target(e, sender)? else {
+            return Ok(None);
+        };
+        let raised = self
+            .db
+            .prepare_cached("SELECT 1 FROM messages WHERE group_id = ?1 AND raises = ?2")?
+            .exists(params![target, raise_key(group_id, alert)])?;
+        if raised || of("raise").any(|c| c.1 && !c.2) {
+            return Ok(None);
+        }
+        // Someone else's claim won, and their raise has not come: take it over.
+        if let Some(seen_at) = of("raise").filter(|c| c.3 && !c.1).map(|c| c.4).next() {
+            return Ok(Some((Action::RaiseNow, e.raise_after, Some(seen_at))));
+        }
+        if of("raise").next().is_none() {
+            return Ok(Some((Action::Claim(DutyKind::Raise), e.raise_after, None)));
+        }
+        Ok(None)
+    }
+
+    /// The escalation group's id, when this device is in it and so is the alert's sender.
+    fn escalation_target(
+        &self,
+        e: &Escalation,
+        sender: &str,
+    ) -> Result<Option<Vec<u8>>, EngineError> {
+        let Ok(target) = hex::decode(&e.to_group) else {
+            return Ok(None);
+        };
+        let known = self
+            .db
+            .prepare_cached("SELECT 1 FROM groups WHERE group_id = ?1 AND state = ?2")?
+            .exists(params![target, GroupState::Active])?;
+        if !known
+            || !self
+                .group_view(&target)?
+                .members
+                .iter()
+                .any(|m| m == sender)
+        {
+            return Ok(None);
+        }
+        Ok(Some(target))
+    }
+
     /// How long until this device has a duty to carry out (a reminder, a raise, an overdue
     /// flag), or a claim of its own to decide; a live device syncs then.
     pub fn duties_due_in(&self) -> Result<Option<std::time::Duration>, EngineError> {
+        if let Some(until) = self.duties_paused_until {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            if !left.is_zero() {
+                return Ok(Some(left));
+            }
+        }
         let unsettled = self
             .db
             .prepare_cached(
@@ -567,88 +648,137 @@ impl Engine {
             .iter()
             .map(|(d, _)| d.due_at)
             .min()
-            .map(|at| std::time::Duration::from_millis((at - now).max(0) as u64)))
+            .map(|at| std::time::Duration::from_millis(at.saturating_sub(now).max(0) as u64)))
+    }
+
+    /// Carries out the duties that fell due ([`Engine::run_due_duties`]). One that fails
+    /// for another reason than the connection pauses them all for a minute, with a
+    /// problem reported, rather than failing every sync.
+    pub(crate) async fn run_duties(&mut self, conn: &impl Link) -> Result<(), EngineError> {
+        if self
+            .duties_paused_until
+            .is_some_and(|until| std::time::Instant::now() < until)
+        {
+            return Ok(());
+        }
+        match self.run_due_duties(conn).await {
+            Err(e @ EngineError::Link(_)) => Err(e),
+            Err(e) => {
+                self.activity.problems.push(format!(
+                    "reminders, escalations and overdue flags paused for a minute: {e}"
+                ));
+                self.duties_paused_until =
+                    Some(std::time::Instant::now() + std::time::Duration::from_secs(60));
+                Ok(())
+            }
+            Ok(()) => Ok(()),
+        }
     }
 
     /// Claims the duties that fell due, then decides this device's claims once the relay
-    /// sequenced them and everything before them was fetched; a raise this device won is
-    /// posted in the escalation group, in the transaction that records it.
-    pub(crate) async fn run_duties(&mut self, conn: &impl Link) -> Result<(), EngineError> {
+    /// sequenced them and everything before them was fetched; a raise this device won (or
+    /// takes over) is posted in the escalation group, in the transaction that records it.
+    async fn run_due_duties(&mut self, conn: &impl Link) -> Result<(), EngineError> {
         let now = now_ms();
         let due: Vec<(DueDuty, Vec<String>)> = self
             .pending_duties()?
             .into_iter()
             .filter(|(d, _)| d.due_at <= now)
             .collect();
+        let mut claimed = false;
+        let mut raised = false;
         for (duty, silent) in due {
-            self.enqueue(
-                &duty.group_id,
-                Body::Duty {
-                    subject: duty.subject,
-                    duty: duty.duty,
-                    silent,
-                },
-            )?;
+            match duty.action {
+                Action::Claim(kind) => {
+                    self.enqueue(
+                        &duty.group_id,
+                        Body::Duty {
+                            subject: duty.subject,
+                            duty: kind,
+                            silent,
+                        },
+                    )?;
+                    claimed = true;
+                }
+                Action::RaiseNow => {
+                    self.raise(&duty.group_id, None, &duty.subject, silent)?;
+                    raised = true;
+                }
+            }
         }
-        let waiting = self
-            .db
-            .prepare_cached("SELECT 1 FROM duty_claims WHERE mine = 1 AND settled = 0")?
-            .exists([])?;
-        if waiting {
+        let to_settle = claimed
+            || self
+                .db
+                .prepare_cached(
+                    "SELECT 1 FROM duty_claims WHERE mine = 1 AND settled = 0 AND seq IS NOT NULL",
+                )?
+                .exists([])?;
+        if to_settle {
             self.flush_outbox(conn).await?;
             // Fetched after our claims were sequenced: every claim before them is here now.
             self.fetch_and_process(conn).await?;
             crisis::settle_own_claims(&self.db)?;
         }
-        let raises: Vec<(Vec<u8>, String, String)> = self
+        let raises: Vec<(Vec<u8>, String, String, String)> = self
             .db
             .prepare_cached(
-                "SELECT group_id, message_id, subject FROM duty_claims
+                "SELECT group_id, message_id, subject, silent FROM duty_claims
                  WHERE mine = 1 AND won = 1 AND duty = 'raise' AND acted = 0",
             )?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
             .collect::<Result<_, _>>()?;
-        for (group_id, claim, alert) in &raises {
-            self.raise(group_id, claim, alert)?;
+        for (group_id, claim, alert, silent) in raises {
+            let silent = serde_json::from_str(&silent).unwrap_or_default();
+            self.raise(&group_id, Some(&claim), &alert, silent)?;
+            raised = true;
         }
-        if !raises.is_empty() {
+        if raised {
             self.flush_outbox(conn).await?;
         }
         Ok(())
     }
 
-    /// Posts the alert `alert` of `group_id` in its escalation group, naming the members the
-    /// winning claim `claim` found silent.
-    fn raise(&mut self, group_id: &[u8], claim: &str, alert: &str) -> Result<(), EngineError> {
-        let (sender, text, drill, escalation): (String, String, bool, String) = self.db.query_row(
-            "SELECT sender, body, drill, escalation FROM messages WHERE group_id = ?1 AND id = ?2",
-            params![group_id, alert],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )?;
-        let silent: String = self.db.query_row(
-            "SELECT silent FROM duty_claims WHERE group_id = ?1 AND message_id = ?2",
-            params![group_id, claim],
-            |r| r.get(0),
-        )?;
-        let silent: Vec<String> = serde_json::from_str(&silent).unwrap_or_default();
-        let e: Escalation = serde_json::from_str(&escalation)
-            .map_err(|e| EngineError::Invalid(format!("stored escalation: {e}")))?;
+    /// Posts the alert `alert` of `group_id` in its escalation group, naming the `silent`
+    /// members; `claim`, the winning claim it acts on, is marked acted in the same
+    /// transaction. One that cannot be raised any more is marked acted with a problem.
+    fn raise(
+        &mut self,
+        group_id: &[u8],
+        claim: Option<&str>,
+        alert: &str,
+        silent: Vec<String>,
+    ) -> Result<(), EngineError> {
         let acted = |db: &Connection| -> Result<(), EngineError> {
-            db.execute(
-                "UPDATE duty_claims SET acted = 1 WHERE group_id = ?1 AND message_id = ?2",
-                params![group_id, claim],
-            )?;
+            if let Some(claim) = claim {
+                db.execute(
+                    "UPDATE duty_claims SET acted = 1 WHERE group_id = ?1 AND message_id = ?2",
+                    params![group_id, claim],
+                )?;
+            }
             Ok(())
         };
-        let target = hex::decode(&e.to_group).unwrap_or_default();
-        if !matches!(self.resolve_group(&e.to_group), Ok(g) if g.state == GroupState::Active && g.id == target)
-        {
+        let row: Option<(String, String, bool, Option<String>)> = self
+            .db
+            .query_row(
+                "SELECT sender, body, drill, escalation FROM messages WHERE group_id = ?1 AND id = ?2 AND deleted = 0",
+                params![group_id, alert],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?;
+        let found = row.and_then(|(sender, text, drill, e)| {
+            let e: Escalation = serde_json::from_str(&e?).ok()?;
+            Some((sender, text, drill, e))
+        });
+        let Some((sender, text, drill, e)) = found else {
+            return acted(&self.db);
+        };
+        let Some(target) = self.escalation_target(&e, &sender)? else {
             self.activity.problems.push(format!(
-                "could not raise an alert in {}: this device is no longer in it",
+                "could not raise {sender}'s alert in {}: this device or {sender} is not in it",
                 e.to_name
             ));
             return acted(&self.db);
-        }
+        };
         let quoted: String = text.chars().take(500).collect();
         let body = Body::Alert {
             text: format!(
@@ -661,8 +791,20 @@ impl Engine {
             options: AnswerOption::default_pair(),
             escalation: None,
             drill,
+            raises: Some(crate::content::Raised {
+                group: group_hex(group_id),
+                alert: alert.to_string(),
+            }),
         };
         self.enqueue_all(&target, vec![body], |tx, _, _| acted(tx))?;
         Ok(())
     }
+}
+
+fn raise_key(group_id: &[u8], alert: &str) -> String {
+    crate::content::Raised {
+        group: group_hex(group_id),
+        alert: alert.to_string(),
+    }
+    .key()
 }

@@ -665,5 +665,6 @@ pub(super) fn alert_body(
         options,
         escalation: None,
         drill: false,
+        raises: None,
     })
 }

@@ -478,6 +478,8 @@ pub struct Engine {
     pub(crate) activity: SyncReport,
     /// When [`Engine::sync`] last ran whole, for [`Engine::sync_on_wake`].
     last_full_sync: Option<std::time::Instant>,
+    /// After a duty could not be carried out, none is tried again before this.
+    duties_paused_until: Option<std::time::Instant>,
     /// The relay handed this device messages it has not processed (a fetch or pushed
     /// messages failed part-way): pushed messages wait for a fetch that brings them.
     unprocessed_handover: bool,
@@ -698,6 +700,7 @@ impl Engine {
             verified_certificates: VerifiedCertificates::default(),
             activity: SyncReport::default(),
             last_full_sync: None,
+            duties_paused_until: None,
             unprocessed_handover: false,
             strict_signatures_until: None,
             held_acks: Default::default(),

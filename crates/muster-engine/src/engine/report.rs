@@ -70,7 +70,7 @@ impl Engine {
                 "SELECT m.id, m.kind, m.sender, m.body, m.sent_at, m.drill, m.ack_required FROM messages m
                  WHERE m.group_id = ?1 AND m.kind IN ('text', 'alert', 'attachment', 'task')
                    AND m.deleted = 0 AND m.sent_at BETWEEN ?2 AND ?3
-                   AND NOT EXISTS (SELECT 1 FROM duty_claims c WHERE c.group_id = m.group_id AND c.message_id = m.id)
+                   AND NOT EXISTS (SELECT 1 FROM duty_claims c WHERE c.group_id = m.group_id AND c.message_id = m.id AND c.won = 1)
                  ORDER BY m.sent_at",
             )?
             .query_map(params![group_id, opened_at, until], |r| {
@@ -345,7 +345,7 @@ impl Engine {
             .filter(|(u, _, _)| u != sender)
             .map(|(user, at, answer)| Response {
                 user: user.clone(),
-                after_ms: (at - sent_at).max(0),
+                after_ms: at.saturating_sub(sent_at).max(0),
                 answer: answer.clone().unwrap_or_else(|| "acknowledged".into()),
             })
             .collect();
@@ -395,7 +395,7 @@ impl Engine {
                     "SELECT m.id, m.sender, m.body, m.sent_at FROM messages m
                      WHERE m.group_id = ?1 AND m.kind = 'alert' AND m.ack_required = 1 AND m.deleted = 0
                        AND m.sent_at BETWEEN ?2 AND ?3
-                       AND NOT EXISTS (SELECT 1 FROM duty_claims c WHERE c.group_id = m.group_id AND c.message_id = m.id)",
+                       AND NOT EXISTS (SELECT 1 FROM duty_claims c WHERE c.group_id = m.group_id AND c.message_id = m.id AND c.won = 1)",
                 )?
                 .query_map(params![group_id, from, to], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
