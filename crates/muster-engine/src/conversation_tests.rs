@@ -149,6 +149,103 @@ fn of_two_claims_of_one_duty_only_the_first_the_relay_sequenced_counts() {
 }
 
 #[test]
+fn a_group_shows_one_raise_per_alert_and_only_the_opener_closes_an_incident() {
+    use crate::content::Raised;
+    const GROUP: &[u8] = b"leads-group";
+    let db = store_with_group(GROUP, "leads");
+    let author = |user: &'static str, admin: bool| Author {
+        user,
+        device: user,
+        admin,
+        bot: false,
+    };
+    let apply_at = |seq: u64, user: &'static str, admin: bool, body: Body| {
+        let envelope = Envelope::new(format!("{seq:08x}"), seq as i64 * 1000, body);
+        let origin = Origin::Received { seq, at_ms: 1_000 };
+        apply(
+            &db,
+            "dave",
+            GROUP,
+            &envelope,
+            &author(user, admin),
+            origin,
+            false,
+        )
+        .unwrap()
+    };
+    let raise = || Body::Alert {
+        text: "ESCALATED".into(),
+        ack_required: true,
+        options: crate::content::AnswerOption::default_pair(),
+        escalation: None,
+        drill: false,
+        raises: Some(Raised {
+            group: "abcd".into(),
+            alert: "0123456789abcdef".into(),
+        }),
+    };
+    assert!(apply_at(1, "bob", false, raise()));
+    assert!(
+        !apply_at(2, "carol", false, raise()),
+        "a second raise of the alert is not shown"
+    );
+    let count = |sql: &str| -> i64 { db.query_row(sql, [], |r| r.get(0)).unwrap() };
+    assert_eq!(
+        count("SELECT COUNT(*) FROM messages WHERE kind = 'alert'"),
+        1
+    );
+
+    apply_at(
+        3,
+        "alice",
+        false,
+        Body::IncidentOpen {
+            title: "Flooding".into(),
+            drill: true,
+        },
+    );
+    // A second incident while one is open is ignored.
+    apply_at(
+        4,
+        "carol",
+        false,
+        Body::IncidentOpen {
+            title: "Other".into(),
+            drill: false,
+        },
+    );
+    assert_eq!(count("SELECT COUNT(*) FROM incidents"), 1);
+    let close = || Body::IncidentClose {
+        incident: "00000003".into(),
+    };
+    apply_at(5, "carol", false, close());
+    assert_eq!(
+        count("SELECT COUNT(*) FROM incidents WHERE closed_at IS NULL"),
+        1
+    );
+    // An alert during the drill is a drill only when it says so.
+    apply_at(
+        6,
+        "carol",
+        false,
+        Body::Alert {
+            text: "real fire".into(),
+            ack_required: false,
+            options: vec![],
+            escalation: None,
+            drill: false,
+            raises: None,
+        },
+    );
+    assert_eq!(count("SELECT drill FROM messages WHERE id = '00000006'"), 0);
+    apply_at(7, "erin", true, close());
+    assert_eq!(
+        count("SELECT COUNT(*) FROM incidents WHERE closed_at IS NULL"),
+        0
+    );
+}
+
+#[test]
 fn a_bots_rename_or_retention_change_is_ignored_by_every_member() {
     const GROUP: &[u8] = b"ops-group";
     let db = store_with_group(GROUP, "ops");

@@ -351,6 +351,18 @@ impl Engine {
                 &id[..8]
             )));
         }
+        let opened_by: String = self.db.query_row(
+            "SELECT opened_by FROM incidents WHERE group_id = ?1 AND id = ?2",
+            params![group_id, id],
+            |r| r.get(0),
+        )?;
+        let me = self.device()?;
+        let admin = me.certificate.as_ref().is_some_and(|c| c.is_admin());
+        if opened_by != me.user && !admin {
+            return Err(EngineError::Invalid(format!(
+                "only {opened_by}, who opened it, or an admin closes this incident"
+            )));
+        }
         self.active_group(&group_hex(&group_id))?;
         let id = self.enqueue(&group_id, Body::IncidentClose { incident: id })?;
         Ok(QueuedMessage { group_id, id })
