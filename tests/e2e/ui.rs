@@ -399,6 +399,50 @@ fn two_people_chat_in_their_browsers() {
 }
 
 #[test]
+fn incident_command_works_in_the_browser() {
+    if let Some(why) = browser_missing() {
+        println!("SKIPPED: {why}");
+        return;
+    }
+    let org = Org::new("ui-incident");
+    let alice = &org.admin;
+    let bob = org.enrol("bob");
+    alice.ok(&["group", "create", "levee", "--members", "bob"]);
+    bob.ok(&["sync"]);
+    let (alice_ui, bob_ui) = (Ui::start(alice), Ui::start(&bob));
+    let link = |ui: &Ui| format!("http://127.0.0.1:{}/#token={}", ui.port, ui.token);
+    let report = org.dir.path().join("report.md");
+    let out = std::process::Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/browser/incident.py"))
+        .args([&link(&alice_ui), &link(&bob_ui), "levee", &screenshots()])
+        .arg(&report)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/browser"))
+        .output()
+        .expect("run the browser test");
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "browser test failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = std::fs::read_to_string(&report).unwrap();
+    assert!(
+        report.starts_with("# After-action report: DRILL: Levee drill"),
+        "{report}"
+    );
+    assert!(report.contains("| [DRILL] LEVEE-UI check in |"), "{report}");
+    assert!(report.contains("| 1 of 1 |"), "{report}");
+    assert!(
+        report.contains("| Sandbags to gate 2 | bob | alice |"),
+        "{report}"
+    );
+    // The CLI on bob's device agrees with what his browser did.
+    bob.ok(&["sync"]);
+    let tasks = bob.json(&["tasks", "levee"]);
+    assert_eq!(tasks[0]["state"], "done");
+}
+
+#[test]
 fn a_newcomer_joins_in_her_browser_is_let_in_live_and_files_travel() {
     if let Some(why) = browser_missing() {
         println!("SKIPPED: {why}");

@@ -711,6 +711,8 @@ fn apply_group_name(
 /// Reactions and receipts of one message, for display.
 pub(crate) struct Decorations {
     pub acked_by: Vec<String>,
+    /// Who gave which answer (their latest), for an alert that offers answers.
+    pub answers: BTreeMap<String, String>,
     pub reactions: BTreeMap<String, Vec<String>>,
     pub read_by: Vec<String>,
     pub delivered_to: Vec<String>,
@@ -741,13 +743,17 @@ pub(crate) fn decorations(
         Ok(users)
     };
     let mut stmt = db.prepare_cached(
-        "SELECT user FROM acks WHERE group_id = ?1 AND message_id = ?2 ORDER BY user",
+        "SELECT user, answer FROM acks WHERE group_id = ?1 AND message_id = ?2 ORDER BY user",
     )?;
-    let acked_by = stmt
-        .query_map(params![group_id, id], |r| r.get(0))?
-        .collect::<Result<Vec<String>, _>>()?;
+    let acks = stmt
+        .query_map(params![group_id, id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<Vec<(String, Option<String>)>, _>>()?;
     Ok(Decorations {
-        acked_by,
+        answers: acks
+            .iter()
+            .filter_map(|(user, answer)| Some((user.clone(), answer.clone()?)))
+            .collect(),
+        acked_by: acks.into_iter().map(|(user, _)| user).collect(),
         reactions,
         read_by: receipts("read")?,
         delivered_to: receipts("delivered")?,

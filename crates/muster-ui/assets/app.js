@@ -69,6 +69,7 @@ function status(text) {
 async function refreshGroups() {
   const overview = await api("/api/overview");
   state.me = overview.me.user;
+  state.admin = overview.me.admin;
   document.getElementById("show-admin").hidden = !overview.me.admin;
   document.getElementById("me").textContent = overview.me.user + " · " + overview.me.org;
   state.groups = overview.groups.filter((g) => g.state === "active");
@@ -99,7 +100,12 @@ async function refreshAlerts() {
   for (const a of alerts) {
     const row = el("div", undefined, "alert");
     row.dataset.id = a.id;
-    row.append(el("strong", "ALERT"), el("span", a.group + " · " + a.sender + ":"), el("span", a.text, "text"));
+    row.append(el("strong", a.drill ? "DRILL ALERT" : "ALERT"), el("span", a.group + " · " + a.sender + ":"), el("span", a.text, "text"));
+    if (asksForAnswers(a)) {
+      row.append(answerButtons(a, refresh));
+      box.append(row);
+      continue;
+    }
     const ack = el("button", "Acknowledge");
     ack.addEventListener("click", async () => {
       try {
@@ -164,6 +170,8 @@ async function refreshMessages() {
       const quoted = m.reply_to && [...byId.values()].find((q) => q.id.startsWith(m.reply_to));
       if (quoted) item.append(el("span", "↪ " + quoted.sender + ": " + (quoted.deleted ? "(deleted)" : quoted.text), "quote"));
       if (m.kind === "alert") item.append(el("span", "ALERT", "alert-tag"));
+      if (m.drill) item.append(el("span", "DRILL", "drill-tag"));
+      if (m.kind === "task") item.append(el("span", "TASK", "task-tag"));
       const caption = m.attachment && m.text === m.attachment.name ? "" : m.text;
       item.append(el("span", bots.includes(m.sender) ? m.sender + " (bot)" : m.sender, "who"), withMentions(m.deleted ? "(deleted)" : caption));
       if ((m.mentions || []).includes(state.me)) item.classList.add("mentions-me");
@@ -183,6 +191,7 @@ async function refreshMessages() {
           refreshMessages();
         });
         item.append(acks);
+        if (m.sender !== state.me && !m.deleted && asksForAnswers(m)) item.append(answerButtons(m, refreshMessages));
         if (state.rollcall === m.id) item.append(await rollcall(m.id));
       }
       if (m.sender === state.me && !m.ack_required && !m.deleted && m.audience > 0 && m.status !== "failed") item.append(receipts(m));
@@ -289,13 +298,7 @@ function react(m, emoji, remove) {
 
 // Who acknowledged an alert and who has not yet.
 async function rollcall(id) {
-  const r = await api("/api/rollcall/" + encodeURIComponent(id));
-  const list = el("ul", undefined, "rollcall");
-  for (const member of r.members) {
-    const done = member.acked_at !== null;
-    list.append(el("li", (done ? "✓ " : "… ") + member.user + (done ? " acknowledged" : " has not acknowledged yet"), done ? "acked" : "waiting"));
-  }
-  return list;
+  return rollcallByAnswer(await api("/api/rollcall/" + encodeURIComponent(id)));
 }
 
 function actions(m) {
@@ -328,7 +331,7 @@ function actions(m) {
     if (!more.hidden) more.querySelector("button").focus();
   });
   box.append(more);
-  if (m.sender === state.me) {
+  if (m.sender === state.me && m.kind !== "task") {
     add("Edit", "Edit your message", () => setContext("edit", m));
     add("Delete", "Delete your message", () => act("/api/messages/" + encodeURIComponent(m.id) + "/delete", {}));
   }
@@ -370,6 +373,7 @@ async function refreshBoard() {
     value.append(el("span", e.author + ", " + new Date(e.at_ms).toLocaleString() + (e.pending ? " (sending)" : ""), "by"));
     list.append(el("dt", e.key), value);
   }
+  await refreshCrisis();
 }
 
 // Search results and the directory take the conversation's place.
@@ -575,6 +579,13 @@ function notify(n) {
   if (state.shown.length > 50) state.shown.shift();
 }
 
+// An alert's answers and drill mark are asked for only when sending an alert.
+function showAlertFields() {
+  const on = document.getElementById("as-alert").checked;
+  document.getElementById("alert-options").hidden = !on;
+  document.getElementById("alert-drill-label").hidden = !on;
+}
+
 // Nothing of what the device showed stays in the page (nor its notifications), nor the
 // session in the tab.
 function clearPage() {
@@ -582,10 +593,10 @@ function clearPage() {
   state.session = null;
   state.groups = [];
   state.group = null;
-  for (const id of ["groups", "messages", "listing", "board-entries", "alerts", "title", "me", "context-text", "upload-text", "mention-suggestions"]) {
+  for (const id of ["groups", "messages", "listing", "board-entries", "alerts", "title", "me", "context-text", "upload-text", "mention-suggestions", "incident-now", "task-list"]) {
     document.getElementById(id).replaceChildren();
   }
-  for (const id of ["text", "search-text", "board-key", "board-value"]) document.getElementById(id).value = "";
+  for (const id of ["text", "search-text", "board-key", "board-value", "alert-options", "incident-title", "task-title", "task-assignee", "task-due"]) document.getElementById(id).value = "";
   for (const n of state.shown || []) n.close();
   state.shown = [];
 }
@@ -689,8 +700,13 @@ document.addEventListener("DOMContentLoaded", async () => {
       if (state.editing) {
         await api("/api/messages/" + encodeURIComponent(state.editing) + "/edit", { method: "POST", body: JSON.stringify({ text }) });
       } else if (asAlert.checked) {
-        await api(path + "/alerts", { method: "POST", body: JSON.stringify({ text, ack_required: true }) });
+        const options = document.getElementById("alert-options");
+        const drill = document.getElementById("alert-drill");
+        await api(path + "/alerts", { method: "POST", body: JSON.stringify({ text, ack_required: true, options: options.value, drill: drill.checked }) });
         asAlert.checked = false;
+        options.value = "";
+        drill.checked = false;
+        showAlertFields();
       } else {
         await api(path + "/messages", { method: "POST", body: JSON.stringify({ text, reply_to: state.replyTo }) });
       }
@@ -742,6 +758,7 @@ document.addEventListener("DOMContentLoaded", async () => {
       notifications.hidden = true;
     });
   }
+  document.getElementById("as-alert").addEventListener("change", showAlertFields);
   document.getElementById("board-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     const key = document.getElementById("board-key");

@@ -5,6 +5,7 @@
 mod actor;
 mod admin;
 mod guard;
+mod incidents;
 mod provision;
 mod server;
 

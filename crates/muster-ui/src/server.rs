@@ -26,6 +26,7 @@ const SCRIPT: &str = include_str!("../assets/app.js");
 const ENROL_SCRIPT: &str = include_str!("../assets/enrol.js");
 const FILES_SCRIPT: &str = include_str!("../assets/files.js");
 const ADMIN_SCRIPT: &str = include_str!("../assets/admin.js");
+const CRISIS_SCRIPT: &str = include_str!("../assets/crisis.js");
 const STYLE: &str = include_str!("../assets/app.css");
 
 /// What every handler shares.
@@ -39,7 +40,7 @@ pub struct App {
 }
 
 /// What is served without a session: the page, its assets and the token exchange.
-const PUBLIC_PATHS: [&str; 8] = [
+const PUBLIC_PATHS: [&str; 9] = [
     "/",
     "/api/session",
     "/assets/app.css",
@@ -47,6 +48,7 @@ const PUBLIC_PATHS: [&str; 8] = [
     "/assets/enrol.js",
     "/assets/files.js",
     "/assets/admin.js",
+    "/assets/crisis.js",
     "/favicon.ico",
 ];
 
@@ -59,6 +61,7 @@ pub fn router(app: App) -> Router {
         .route("/assets/enrol.js", get(|| script(ENROL_SCRIPT)))
         .route("/assets/files.js", get(|| script(FILES_SCRIPT)))
         .route("/assets/admin.js", get(|| script(ADMIN_SCRIPT)))
+        .route("/assets/crisis.js", get(|| script(CRISIS_SCRIPT)))
         .route("/assets/app.css", get(style))
         .route("/api/status", get(status))
         .route("/api/join", post(join))
@@ -88,6 +91,7 @@ pub fn router(app: App) -> Router {
         .route("/api/rollcall/{id}", get(rollcall))
         .route("/api/events", get(events))
         .merge(crate::admin::routes())
+        .merge(crate::incidents::routes())
         .layer(middleware::from_fn_with_state(app.clone(), guard))
         .with_state(app)
 }
@@ -292,15 +296,15 @@ pub(crate) fn json<T: serde::Serialize>(value: T) -> serde_json::Value {
 }
 
 /// A queued message as the page sees it: its id.
-fn queued(message: muster_engine::QueuedMessage) -> serde_json::Value {
+pub(crate) fn queued(message: muster_engine::QueuedMessage) -> serde_json::Value {
     serde_json::json!({ "id": message.id })
 }
 
-async fn view(app: &App, look: Look) -> Response {
+pub(crate) async fn view(app: &App, look: Look) -> Response {
     ask(app, |reply| Command::View { look, reply }).await
 }
 
-async fn queue(app: &App, act: Look) -> Response {
+pub(crate) async fn queue(app: &App, act: Look) -> Response {
     ask(app, |reply| Command::Queue { act, reply }).await
 }
 
@@ -441,6 +445,11 @@ struct NewAlert {
     text: String,
     #[serde(default)]
     ack_required: bool,
+    /// Answers, comma-separated, `!` marking urgent ones.
+    #[serde(default)]
+    options: Option<String>,
+    #[serde(default)]
+    drill: bool,
 }
 
 async fn alert(
@@ -449,8 +458,22 @@ async fn alert(
     Json(alert): Json<NewAlert>,
 ) -> Response {
     let act = move |engine: &mut Engine| {
+        let options = match alert.options.as_deref().map(str::trim) {
+            Some(list) if !list.is_empty() => muster_engine::AnswerOption::parse_list(list)
+                .map_err(muster_engine::EngineError::Invalid)?,
+            _ => Vec::new(),
+        };
         engine
-            .queue_alert(&group, &alert.text, alert.ack_required)
+            .queue_alert_request(
+                &group,
+                &alert.text,
+                muster_engine::AlertRequest {
+                    ack_required: alert.ack_required,
+                    options,
+                    escalate: None,
+                    drill: alert.drill,
+                },
+            )
             .map(queued)
     };
     queue(&app, Box::new(act)).await

@@ -205,6 +205,9 @@ pub struct MessageView {
     pub ack_required: bool,
     /// Members who acknowledged this alert.
     pub acked_by: Vec<String>,
+    /// Each member's latest answer to this alert.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub answers: std::collections::BTreeMap<String, String>,
     /// The answers this alert offers.
     pub options: Vec<AnswerOption>,
     /// Someone else's message this user has not read yet (its read receipt is due).

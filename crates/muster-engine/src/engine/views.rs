@@ -334,6 +334,7 @@ impl Engine {
                     audience: 0,
                     ack_required: r.get(15)?,
                     acked_by: Vec::new(),
+                    answers: Default::default(),
                     options: conversation::alert_options(
                         r.get::<_, Option<String>>(19)?.as_deref(),
                     ),
@@ -367,6 +368,7 @@ impl Engine {
             m.read_by = d.read_by;
             m.delivered_to = d.delivered_to;
             m.acked_by = d.acked_by;
+            m.answers = d.answers;
             if !audiences.contains_key(&m.group_id) {
                 let members = self
                     .group_view(&group_id)
