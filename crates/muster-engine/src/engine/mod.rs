@@ -34,6 +34,7 @@ mod bots;
 mod commits;
 mod delivery;
 mod directed;
+mod duties;
 mod groups;
 mod identity;
 mod inbound;
