@@ -47,6 +47,19 @@ fn an_unanswered_alert_is_re_sent_then_raised_once_though_two_devices_run_the_ti
         "pier",
     ]);
     assert!(refused.contains("another group"), "{refused}");
+    let refused = alice.fails(&[
+        "alert",
+        "pier",
+        "x",
+        "--escalate-after",
+        "2s",
+        "--escalate-to",
+        "zed",
+    ]);
+    assert!(
+        refused.contains("nor someone you share a group with"),
+        "{refused}"
+    );
 
     // Bob and carol are online (chatting) and both in the escalation group: either device
     // could run the timer. Alice sends and goes offline; erin is offline throughout.
