@@ -1,7 +1,8 @@
 //! The report as one self-contained HTML page (no scripts, no outside resources), with a
 //! chart of answers over time.
 
-use crate::{local, or_dash, span, utc, Incident};
+use crate::sections::{self, Table};
+use crate::{span, Incident};
 use chrono::TimeZone;
 use std::fmt::{Display, Write};
 
@@ -86,6 +87,27 @@ fn chart(incident: &Incident) -> String {
     svg
 }
 
+/// A table in HTML, or `empty` when it has no rows.
+fn table(out: &mut String, table: &Table, empty: &str) {
+    if table.rows.is_empty() {
+        let _ = write!(out, "<p>{empty}</p>");
+        return;
+    }
+    out.push_str("<table><tr>");
+    for h in table.headers {
+        let _ = write!(out, "<th>{h}</th>");
+    }
+    out.push_str("</tr>");
+    for row in &table.rows {
+        out.push_str("<tr>");
+        for c in row {
+            let _ = write!(out, "<td>{}{}</td>", c.lead, esc(&c.text));
+        }
+        out.push_str("</tr>");
+    }
+    out.push_str("</table>");
+}
+
 /// The report as an HTML page, times in UTC and in `tz`.
 pub fn render_html<Tz: TimeZone>(incident: &Incident, tz: &Tz) -> String
 where
@@ -110,131 +132,43 @@ where
             "<p class=\"drill\">DRILL: this incident was an exercise, not a real emergency.</p>",
         );
     }
-    let (median, slowest) = i.response_figures();
-    let _ = write!(
-        out,
-        "<ul><li>Group: {}</li><li>Incident: {}</li><li>Opened: {} ({}) by {}</li>",
-        esc(&i.group),
-        esc(&i.id),
-        utc(i.opened_at_ms),
-        local(i.opened_at_ms, tz),
-        esc(&i.opened_by)
-    );
-    match (&i.closed_by, i.closed_at_ms) {
-        (Some(by), Some(at)) => {
-            let _ = write!(
-                out,
-                "<li>Closed: {} ({}) by {}</li><li>Duration: {}</li>",
-                utc(at),
-                local(at, tz),
-                esc(by),
-                span(at - i.opened_at_ms)
-            );
-        }
-        _ => out.push_str("<li>Closed: not yet</li>"),
+    out.push_str("<ul>");
+    for line in sections::overview(i, tz) {
+        let _ = write!(out, "<li>{}{}</li>", line.lead, esc(&line.text));
     }
-    let _ = write!(
-        out,
-        "<li>Alerts: {}; median first answer {}, slowest {}</li></ul>",
-        i.alerts.len(),
-        or_dash(median),
-        or_dash(slowest)
-    );
-    out.push_str("<h2>Answers over time</h2>");
+    out.push_str("</ul><h2>Answers over time</h2>");
     out.push_str(&chart(i));
-    out.push_str("<h2>Timeline</h2><table><tr><th>Time (UTC)</th><th>Local time</th><th>Who</th><th>Event</th><th>What</th></tr>");
-    for e in &i.timeline {
-        let _ = write!(
-            out,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            utc(e.at_ms),
-            local(e.at_ms, tz),
-            esc(&e.who),
-            esc(&e.kind),
-            esc(&e.text)
-        );
+    out.push_str("<h2>Timeline</h2>");
+    table(&mut out, &sections::timeline(i, tz), "Nothing happened.");
+    out.push_str("<h2>Roll-call</h2>");
+    table(&mut out, &sections::rollcall(i), "No alerts.");
+    out.push_str("<h2>Escalations</h2>");
+    if i.escalations.is_empty() {
+        out.push_str("<p>None.</p>");
+    } else {
+        out.push_str("<ul>");
+        for e in &i.escalations {
+            let _ = write!(out, "<li>{}</li>", esc(&sections::escalation(e)));
+        }
+        out.push_str("</ul>");
     }
-    out.push_str("</table><h2>Roll-call</h2><table><tr><th>Alert</th><th>Sent (UTC)</th><th>Answered</th><th>Median</th><th>Slowest</th><th>Answers</th><th>Not answered</th></tr>");
-    for a in &i.alerts {
-        let answers = a
-            .answers
-            .iter()
-            .map(|(label, n)| format!("{label}: {n}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let _ = write!(
-            out,
-            "<tr><td>{}{}</td><td>{}</td><td>{} of {}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            if a.drill { "[DRILL] " } else { "" },
-            esc(&a.text),
-            utc(a.sent_at_ms),
-            a.responses.len(),
-            a.asked,
-            or_dash(a.median_ms()),
-            or_dash(a.slowest_ms()),
-            esc(&answers),
-            esc(&a.not_answered.join(", "))
-        );
+    out.push_str("<h2>Tasks</h2>");
+    table(&mut out, &sections::tasks(i), "No tasks.");
+    out.push_str("<h2>Board</h2>");
+    if i.board.is_empty() {
+        out.push_str("<p>No board changes.</p>");
     }
-    out.push_str("</table><h2>Escalations</h2><ul>");
-    for e in &i.escalations {
-        let _ = write!(
-            out,
-            "<li>{}: {} {}{} (silent: {})</li>",
-            utc(e.at_ms),
-            esc(&e.by),
-            esc(&e.action),
-            e.to.as_ref()
-                .map(|t| format!(" in {}", esc(t)))
-                .unwrap_or_default(),
-            esc(&e.silent.join(", "))
-        );
-    }
-    out.push_str("</ul><h2>Tasks</h2><table><tr><th>Task</th><th>Assignee</th><th>Set</th><th>Due</th><th>Accepted</th><th>Done</th><th>Overdue</th><th>State</th></tr>");
-    let time = |ms: Option<i64>| ms.map(utc).unwrap_or_else(|| "–".into());
-    for t in &i.tasks {
-        let _ = write!(
-            out,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&t.title),
-            esc(&t.assignee),
-            utc(t.created_at_ms),
-            time(t.due_at_ms),
-            time(t.accepted_at_ms),
-            time(t.done_at_ms),
-            time(t.overdue_at_ms),
-            esc(&t.state)
-        );
-    }
-    out.push_str("</table><h2>Board</h2>");
     for b in &i.board {
-        let _ = write!(
-            out,
-            "<h3>{}: {} {} {}</h3><table>",
-            utc(b.at_ms),
-            esc(&b.who),
-            if b.value.is_empty() { "cleared" } else { "set" },
-            esc(&b.key)
-        );
-        for (k, v) in &b.entries {
-            let _ = write!(out, "<tr><td>{}</td><td>{}</td></tr>", esc(k), esc(v));
-        }
-        out.push_str("</table>");
+        let _ = write!(out, "<h3>{}</h3>", esc(&sections::board_change(b)));
+        table(&mut out, &sections::board(b), "(the board is empty)");
     }
-    if i.drill && !i.earlier_drills.is_empty() {
-        out.push_str("<h2>Compared with earlier drills</h2><table><tr><th>Drill</th><th>Opened (UTC)</th><th>Alerts</th><th>Median</th><th>Slowest</th></tr>");
-        for d in &i.earlier_drills {
-            let _ = write!(
-                out,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                esc(&d.title),
-                utc(d.opened_at_ms),
-                d.alerts,
-                or_dash(d.median_ms),
-                or_dash(d.slowest_ms)
-            );
+    if i.drill {
+        out.push_str("<h2>Compared with earlier drills</h2>");
+        if i.earlier_drills.is_empty() {
+            out.push_str("<p>This is the group's first drill.</p>");
+        } else {
+            table(&mut out, &sections::drills(i), "");
         }
-        out.push_str("</table>");
     }
     out.push_str("</html>\n");
     out

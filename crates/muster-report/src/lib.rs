@@ -8,6 +8,7 @@ use std::fmt::Display;
 
 mod html;
 mod markdown;
+mod sections;
 
 pub use html::render_html;
 pub use markdown::render_markdown;

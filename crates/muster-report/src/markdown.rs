@@ -1,6 +1,7 @@
 //! The report as Markdown.
 
-use crate::{local, or_dash, span, utc, Incident};
+use crate::sections::{self, Table};
+use crate::Incident;
 use chrono::TimeZone;
 use std::fmt::{Display, Write};
 
@@ -24,12 +25,21 @@ fn cell(text: &str) -> String {
     out
 }
 
-fn at_or_dash<Tz: TimeZone>(ms: Option<i64>, tz: &Tz) -> String
-where
-    Tz::Offset: Display,
-{
-    ms.map(|ms| format!("{} ({})", utc(ms), local(ms, tz)))
-        .unwrap_or_else(|| "–".into())
+/// A table in Markdown, or `empty` when it has no rows.
+fn table(out: &mut String, table: &Table, empty: &str) {
+    if table.rows.is_empty() {
+        let _ = writeln!(out, "{empty}");
+        return;
+    }
+    let _ = writeln!(out, "| {} |", table.headers.join(" | "));
+    let _ = writeln!(out, "|{}", "---|".repeat(table.headers.len()));
+    for row in &table.rows {
+        let cells: Vec<String> = row
+            .iter()
+            .map(|c| format!("{}{}", c.lead, cell(&c.text)))
+            .collect();
+        let _ = writeln!(out, "| {} |", cells.join(" | "));
+    }
 }
 
 /// The report in Markdown, times in UTC and in `tz`.
@@ -47,187 +57,37 @@ where
             "> **DRILL**: this incident was an exercise, not a real emergency.\n"
         );
     }
-    let _ = writeln!(out, "- Group: {}", cell(&i.group));
-    let _ = writeln!(out, "- Incident: {}", i.id);
-    let _ = writeln!(
-        out,
-        "- Opened: {} by {}",
-        at_or_dash(Some(i.opened_at_ms), tz),
-        i.opened_by
-    );
-    match (&i.closed_by, i.closed_at_ms) {
-        (Some(by), Some(at)) => {
-            let _ = writeln!(out, "- Closed: {} by {by}", at_or_dash(Some(at), tz));
-            let _ = writeln!(out, "- Duration: {}", span(at - i.opened_at_ms));
-        }
-        _ => {
-            let _ = writeln!(out, "- Closed: not yet (the report runs to now)");
-        }
+    for line in sections::overview(i, tz) {
+        let _ = writeln!(out, "- {}{}", line.lead, cell(&line.text));
     }
-    let (median, slowest) = i.response_figures();
-    let _ = writeln!(
-        out,
-        "- Alerts: {}; median first answer {}, slowest {}",
-        i.alerts.len(),
-        or_dash(median),
-        or_dash(slowest)
-    );
-
     let _ = writeln!(out, "\n## Timeline\n");
-    let _ = writeln!(out, "| Time (UTC) | Local time | Who | What | Event |");
-    let _ = writeln!(out, "|---|---|---|---|---|");
-    for e in &i.timeline {
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {} | {} |",
-            utc(e.at_ms),
-            local(e.at_ms, tz),
-            cell(&e.who),
-            e.kind,
-            cell(&e.text)
-        );
-    }
-
+    table(&mut out, &sections::timeline(i, tz), "Nothing happened.");
     let _ = writeln!(out, "\n## Roll-call\n");
-    if i.alerts.is_empty() {
-        let _ = writeln!(out, "No alerts.");
-    } else {
-        let _ = writeln!(
-            out,
-            "| Alert | Sent (UTC) | Answered | Median | Slowest | Answers | Not answered |"
-        );
-        let _ = writeln!(out, "|---|---|---|---|---|---|---|");
-        for a in &i.alerts {
-            let answers = a
-                .answers
-                .iter()
-                .map(|(label, n)| format!("{label}: {n}"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let _ = writeln!(
-                out,
-                "| {}{} | {} | {} of {} | {} | {} | {} | {} |",
-                if a.drill { "[DRILL] " } else { "" },
-                cell(&a.text),
-                utc(a.sent_at_ms),
-                a.responses.len(),
-                a.asked,
-                or_dash(a.median_ms()),
-                or_dash(a.slowest_ms()),
-                cell(&answers),
-                if a.not_answered.is_empty() {
-                    "nobody".into()
-                } else {
-                    a.not_answered.join(", ")
-                }
-            );
-        }
-    }
-
+    table(&mut out, &sections::rollcall(i), "No alerts.");
     let _ = writeln!(out, "\n## Escalations\n");
     if i.escalations.is_empty() {
         let _ = writeln!(out, "None.");
     }
     for e in &i.escalations {
-        let to =
-            e.to.as_ref()
-                .map(|t| format!(" in {}", cell(t)))
-                .unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "- {}: {} {}{to} alert {}, silent: {}",
-            utc(e.at_ms),
-            e.by,
-            e.action,
-            &e.alert_id[..8.min(e.alert_id.len())],
-            e.silent.join(", ")
-        );
+        let _ = writeln!(out, "- {}", cell(&sections::escalation(e)));
     }
-
     let _ = writeln!(out, "\n## Tasks\n");
-    if i.tasks.is_empty() {
-        let _ = writeln!(out, "No tasks.");
-    } else {
-        let _ = writeln!(
-            out,
-            "| Task | Assignee | Set by | Set (UTC) | Due | Accepted | Declined | Done | Overdue | State |"
-        );
-        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
-        for t in &i.tasks {
-            let time = |ms: Option<i64>| ms.map(utc).unwrap_or_else(|| "–".into());
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                cell(&t.title),
-                t.assignee,
-                t.creator,
-                utc(t.created_at_ms),
-                time(t.due_at_ms),
-                time(t.accepted_at_ms),
-                time(t.declined_at_ms),
-                time(t.done_at_ms),
-                time(t.overdue_at_ms),
-                t.state
-            );
-        }
-    }
-
+    table(&mut out, &sections::tasks(i), "No tasks.");
     let _ = writeln!(out, "\n## Board\n");
     if i.board.is_empty() {
         let _ = writeln!(out, "No board changes.");
     }
     for b in &i.board {
-        let change = if b.value.is_empty() {
-            format!("{} cleared {}", b.who, cell(&b.key))
-        } else {
-            format!("{} set {} to {}", b.who, cell(&b.key), cell(&b.value))
-        };
-        let _ = writeln!(out, "### {}: {change}\n", utc(b.at_ms));
-        if b.entries.is_empty() {
-            let _ = writeln!(out, "(the board is empty)\n");
-            continue;
-        }
-        let _ = writeln!(out, "| Entry | Value |\n|---|---|");
-        for (k, v) in &b.entries {
-            let _ = writeln!(out, "| {} | {} |", cell(k), cell(v));
-        }
+        let _ = writeln!(out, "### {}\n", cell(&sections::board_change(b)));
+        table(&mut out, &sections::board(b), "(the board is empty)");
         let _ = writeln!(out);
     }
-
     if i.drill {
         let _ = writeln!(out, "\n## Compared with earlier drills\n");
         if i.earlier_drills.is_empty() {
             let _ = writeln!(out, "This is the group's first drill.");
         } else {
-            let _ = writeln!(
-                out,
-                "| Drill | Opened (UTC) | Alerts | Answered | Median | Slowest |"
-            );
-            let _ = writeln!(out, "|---|---|---|---|---|---|");
-            let _ = writeln!(
-                out,
-                "| this drill: {} | {} | {} | {} of {} | {} | {} |",
-                cell(&i.title),
-                utc(i.opened_at_ms),
-                i.alerts.len(),
-                i.alerts.iter().map(|a| a.responses.len()).sum::<usize>(),
-                i.alerts.iter().map(|a| a.asked).sum::<usize>(),
-                or_dash(median),
-                or_dash(slowest)
-            );
-            for d in &i.earlier_drills {
-                let _ = writeln!(
-                    out,
-                    "| {} | {} | {} | {} of {} | {} | {} |",
-                    cell(&d.title),
-                    utc(d.opened_at_ms),
-                    d.alerts,
-                    d.answered,
-                    d.asked,
-                    or_dash(d.median_ms),
-                    or_dash(d.slowest_ms)
-                );
-            }
+            table(&mut out, &sections::drills(i), "");
         }
     }
     out
