@@ -136,17 +136,22 @@ fn an_unanswered_alert_is_re_sent_then_raised_once_though_two_devices_run_the_ti
     }
 }
 
-#[test]
-fn a_task_is_accepted_and_done_and_an_overdue_one_is_flagged_to_the_group() {
-    let org = Org::new("tasks");
-    let alice = &org.admin;
-    let bob = org.enrol("bob");
-    let carol = org.enrol("carol");
-    let erin = org.enrol("erin");
-    alice.ok(&["group", "create", "pier", "--members", "bob,carol,erin"]);
+/// An organisation whose admin alice made `group` with bob, carol and erin, all synced.
+fn team(label: &str, group: &str) -> (Org, Device, Device, Device) {
+    let org = Org::new(label);
+    let (bob, carol, erin) = (org.enrol("bob"), org.enrol("carol"), org.enrol("erin"));
+    org.admin
+        .ok(&["group", "create", group, "--members", "bob,carol,erin"]);
     for d in [&bob, &carol, &erin] {
         d.ok(&["sync"]);
     }
+    (org, bob, carol, erin)
+}
+
+#[test]
+fn a_task_is_accepted_and_done_and_an_overdue_one_is_flagged_to_the_group() {
+    let (org, bob, carol, erin) = team("tasks", "pier");
+    let alice = &org.admin;
     let refused = alice.fails(&["task", "pier", "Secure pier 4", "--assign", "zed"]);
     assert!(refused.contains("not a member of pier"), "{refused}");
     let out = alice.ok(&[
@@ -243,15 +248,8 @@ fn span(ms: i64) -> String {
 
 #[test]
 fn a_drill_incident_is_labelled_everywhere_and_its_report_matches_what_happened() {
-    let org = Org::new("incident");
+    let (org, bob, carol, erin) = team("incident", "site");
     let alice = &org.admin;
-    let bob = org.enrol("bob");
-    let carol = org.enrol("carol");
-    let erin = org.enrol("erin");
-    alice.ok(&["group", "create", "site", "--members", "bob,carol,erin"]);
-    for d in [&bob, &carol, &erin] {
-        d.ok(&["sync"]);
-    }
     // An earlier drill, for comparison.
     alice.ok(&["incident", "open", "site", "Fire drill", "--drill"]);
     let out = alice.ok(&["alert", "site", "ASSEMBLE-POINT now", "--ack-required"]);

@@ -15,22 +15,45 @@ fn store_with_group(group_id: &[u8], name: &str) -> Connection {
     db
 }
 
+/// Applies `body`, sent by `from` (a user, and whether an admin) at `sent_at`, as the
+/// relay's message `seq` (its id too) reaching `me`'s device; whether it is one to read.
+fn receive(
+    db: &Connection,
+    me: &str,
+    group_id: &[u8],
+    seq: u64,
+    sent_at: i64,
+    from: (&str, bool),
+    body: Body,
+) -> bool {
+    let (user, admin) = from;
+    let author = Author {
+        user,
+        device: user,
+        admin,
+        bot: false,
+    };
+    let envelope = Envelope::new(format!("{seq:08x}"), sent_at, body);
+    let origin = Origin::Received { seq, at_ms: 1_000 };
+    apply(db, me, group_id, &envelope, &author, origin, false).unwrap()
+}
+
 #[test]
 fn an_answer_counts_only_if_the_alert_offers_it_and_the_latest_one_stands() {
     const GROUP: &[u8] = b"site-group";
     let db = store_with_group(GROUP, "site");
-    let author = |user: &'static str| Author {
-        user,
-        device: user,
-        admin: false,
-        bot: false,
-    };
     let mut seq = 0;
     let mut apply_as = |user: &'static str, body: Body| {
         seq += 1;
-        let envelope = Envelope::new(format!("{seq:08x}"), 1_000 + seq as i64, body);
-        let origin = Origin::Received { seq, at_ms: 1_000 };
-        apply(&db, "carol", GROUP, &envelope, &author(user), origin, false).unwrap();
+        receive(
+            &db,
+            "carol",
+            GROUP,
+            seq,
+            1_000 + seq as i64,
+            (user, false),
+            body,
+        );
     };
     apply_as(
         "alice",
@@ -68,17 +91,17 @@ fn of_two_claims_of_one_duty_only_the_first_the_relay_sequenced_counts() {
     use crate::content::{DutyKind, Escalation};
     const GROUP: &[u8] = b"pier-group";
     let db = store_with_group(GROUP, "pier");
-    let author = |user: &'static str| Author {
-        user,
-        device: user,
-        admin: false,
-        bot: false,
-    };
     // Messages 100 seconds apart.
     let apply_at = |seq: u64, user: &'static str, body: Body| {
-        let envelope = Envelope::new(format!("{seq:08x}"), seq as i64 * 100_000, body);
-        let origin = Origin::Received { seq, at_ms: 1_000 };
-        apply(&db, "erin", GROUP, &envelope, &author(user), origin, false).unwrap()
+        receive(
+            &db,
+            "erin",
+            GROUP,
+            seq,
+            seq as i64 * 100_000,
+            (user, false),
+            body,
+        )
     };
     let alert = |escalation: Option<Escalation>| Body::Alert {
         text: "fire".into(),
@@ -153,25 +176,16 @@ fn a_group_shows_one_raise_per_alert_and_only_the_opener_closes_an_incident() {
     use crate::content::Raised;
     const GROUP: &[u8] = b"leads-group";
     let db = store_with_group(GROUP, "leads");
-    let author = |user: &'static str, admin: bool| Author {
-        user,
-        device: user,
-        admin,
-        bot: false,
-    };
     let apply_at = |seq: u64, user: &'static str, admin: bool, body: Body| {
-        let envelope = Envelope::new(format!("{seq:08x}"), seq as i64 * 1000, body);
-        let origin = Origin::Received { seq, at_ms: 1_000 };
-        apply(
+        receive(
             &db,
             "dave",
             GROUP,
-            &envelope,
-            &author(user, admin),
-            origin,
-            false,
+            seq,
+            seq as i64 * 1000,
+            (user, admin),
+            body,
         )
-        .unwrap()
     };
     let raise = || Body::Alert {
         text: "ESCALATED".into(),

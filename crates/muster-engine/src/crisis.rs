@@ -192,9 +192,7 @@ pub(crate) fn apply_task_update(
         .prepare_cached(
             "SELECT title, creator, assignee, state, drill FROM tasks WHERE group_id = ?1 AND id = ?2",
         )?
-        .query_row(params![group_id, task], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-        })
+        .query_row(params![group_id, task], |r| r.try_into())
         .optional()?;
     let Some((title, creator, assignee, current, drill)) = row else {
         return Ok(());
@@ -527,16 +525,7 @@ fn settle(
             "SELECT subject, duty, by_user, silent, at, seq FROM duty_claims
              WHERE group_id = ?1 AND message_id = ?2 AND seq IS NOT NULL",
         )?
-        .query_row(params![group_id, claim], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-            ))
-        })?;
+        .query_row(params![group_id, claim], |r| r.try_into())?;
     let earlier = db
         .prepare_cached(
             "SELECT 1 FROM duty_claims WHERE group_id = ?1 AND subject = ?2 AND duty = ?3
@@ -591,29 +580,18 @@ fn settle(
         placement.status = "sent";
         placement.receipts_due = 0;
     }
-    match (duty, subject.escalation, subject.task_due) {
-        (DutyKind::Remind, Some(e), _) => {
-            let text = format!(
+    // A reminder and an overdue flag show as alerts naming who they are about; a raise,
+    // posted in another group, as a notice here.
+    let (text, mentions) = match (duty, subject.escalation, subject.task_due) {
+        (DutyKind::Remind, Some(e), _) => (
+            format!(
                 "{tag}REMINDER of {}'s alert, no answer within {} from {named}: {}",
                 subject.sender,
                 describe_duration(e.remind_after),
                 subject.text
-            );
-            insert_message(
-                db,
-                group_id,
-                &envelope,
-                &author,
-                &placement,
-                "alert",
-                &text,
-                Extras {
-                    mentions: &silent,
-                    drill: subject.drill,
-                    ..Extras::default()
-                },
-            )
-        }
+            ),
+            silent,
+        ),
         (DutyKind::Raise, Some(e), _) => {
             // The group's name as this device knows it, when it is in it.
             let to_name: String = hex::decode(&e.to_group)
@@ -634,31 +612,32 @@ fn settle(
                 describe_duration(e.raise_after)
             );
             insert_notice(db, group_id, claim, &text, placement.sort_key)?;
-            Ok(false)
+            return Ok(false);
         }
-        (DutyKind::Overdue, _, Some((assignee, due_at))) => {
-            let text = format!(
+        (DutyKind::Overdue, _, Some((assignee, due_at))) => (
+            format!(
                 "{tag}OVERDUE task for @{assignee} (due {}): {}",
                 clock_utc(due_at),
                 subject.text
-            );
-            insert_message(
-                db,
-                group_id,
-                &envelope,
-                &author,
-                &placement,
-                "alert",
-                &text,
-                Extras {
-                    mentions: &[assignee],
-                    drill: subject.drill,
-                    ..Extras::default()
-                },
-            )
-        }
-        _ => Ok(false),
-    }
+            ),
+            vec![assignee],
+        ),
+        _ => return Ok(false),
+    };
+    insert_message(
+        db,
+        group_id,
+        &envelope,
+        &author,
+        &placement,
+        "alert",
+        &text,
+        Extras {
+            mentions: &mentions,
+            drill: subject.drill,
+            ..Extras::default()
+        },
+    )
 }
 
 /// This device's own claim that the relay sequenced at `seq`.

@@ -75,9 +75,7 @@ impl Engine {
                  FROM messages m JOIN groups g ON g.group_id = m.group_id AND g.state = ?1
                  WHERE m.escalation IS NOT NULL AND m.kind = 'alert' AND m.deleted = 0 AND m.sent_at > ?2",
             )?
-            .query_map(params![GroupState::Active, since], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-            })?
+            .query_map(params![GroupState::Active, since], |r| r.try_into())?
             .collect::<Result<_, _>>()?;
         let mut due = Vec::new();
         for (group_id, id, sender, sent_at, escalation) in alerts {
@@ -111,9 +109,7 @@ impl Engine {
                  WHERE t.due_at IS NOT NULL AND t.state IN ('open', 'accepted') AND t.due_at > ?2
                    AND NOT EXISTS (SELECT 1 FROM duty_claims c WHERE c.group_id = t.group_id AND c.subject = t.id AND c.duty = 'overdue')",
             )?
-            .query_map(params![GroupState::Active, since], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-            })?
+            .query_map(params![GroupState::Active, since], |r| r.try_into())?
             .collect::<Result<_, _>>()?;
         for (group_id, id, creator, created_at, due_at) in tasks {
             let wait = (due_at.saturating_sub(created_at).max(0) / 1000) as u64;
@@ -144,9 +140,7 @@ impl Engine {
             .prepare_cached(
                 "SELECT duty, mine, settled, won, seen_at FROM duty_claims WHERE group_id = ?1 AND subject = ?2",
             )?
-            .query_map(params![group_id, alert], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-            })?
+            .query_map(params![group_id, alert], |r| r.try_into())?
             .collect::<Result<_, _>>()?;
         let of = |duty: &'static str| claims.iter().filter(move |c| c.0 == duty);
         if of("remind").next().is_none() {
@@ -309,7 +303,7 @@ impl Engine {
                 "SELECT group_id, message_id, subject, silent FROM duty_claims
                  WHERE mine = 1 AND won = 1 AND duty = 'raise' AND acted = 0",
             )?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .query_map([], |r| r.try_into())?
             .collect::<Result<_, _>>()?;
         for (group_id, claim, alert, silent) in raises {
             let silent = serde_json::from_str(&silent).unwrap_or_default();
@@ -346,7 +340,7 @@ impl Engine {
             .query_row(
                 "SELECT sender, body, drill, escalation FROM messages WHERE group_id = ?1 AND id = ?2 AND deleted = 0",
                 params![group_id, alert],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                |r| r.try_into(),
             )
             .optional()?;
         let found = row.and_then(|(sender, text, drill, e)| {

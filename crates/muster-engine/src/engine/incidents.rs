@@ -79,14 +79,11 @@ impl Engine {
         }
         ack_required |= !options.is_empty();
         let drill = drill || crisis::in_drill(&self.db, &group_id)?;
-        let Body::Alert { text, .. } = super::messages::alert_body(text, ack_required, Vec::new())?
-        else {
-            unreachable!("an alert body")
-        };
+        super::messages::check_alert_text(text)?;
         let id = self.enqueue(
             &group_id,
             Body::Alert {
-                text,
+                text: text.to_string(),
                 ack_required,
                 options,
                 escalation,
@@ -209,26 +206,12 @@ impl Engine {
         &self,
         task: &str,
     ) -> Result<(Vec<u8>, String, String, String, String), EngineError> {
-        let task = task.trim().to_ascii_lowercase();
-        if task.len() < 6 || !task.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(EngineError::Invalid(format!(
-                "{task:?} is not a task id (at least 6 hex characters, as `muster tasks` shows)"
-            )));
-        }
-        let found: Vec<(Vec<u8>, String, String, String, String)> = self
-            .db
-            .prepare("SELECT group_id, id, creator, assignee, state FROM tasks WHERE id LIKE ?1 || '%' LIMIT 2")?
-            .query_map([&task], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
-            .collect::<Result<_, _>>()?;
-        match found.len() {
-            0 => Err(EngineError::Invalid(format!(
-                "no task {task} on this device"
-            ))),
-            1 => Ok(found.into_iter().next().expect("one")),
-            _ => Err(EngineError::Invalid(format!(
-                "{task} matches several tasks; give more of the id"
-            ))),
-        }
+        self.one_by_prefix(
+            "SELECT group_id, id, creator, assignee, state FROM tasks WHERE id LIKE ?1 || '%' LIMIT 2",
+            task,
+            "task",
+            "at least 6 hex characters, as `muster tasks` shows",
+        )
     }
 
     /// The tasks of a group (all groups when `None`), open ones first.
@@ -254,18 +237,7 @@ impl Engine {
                  WHERE ?1 IS NULL OR group_id = ?1
                  ORDER BY state IN ('done', 'declined'), COALESCE(due_at, created_at), created_at",
             )?
-            .query_map([&only], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                    r.get(7)?,
-                ))
-            })?
+            .query_map([&only], |r| r.try_into())?
             .collect::<Result<_, _>>()?;
         Ok(rows
             .into_iter()
@@ -357,13 +329,11 @@ impl Engine {
         which: &str,
     ) -> Result<(Vec<u8>, String, bool), EngineError> {
         let which = which.trim();
-        let by_id: Vec<(Vec<u8>, String, bool)> = if which.len() >= 6
-            && which.chars().all(|c| c.is_ascii_hexdigit())
-        {
-            self.db
-                .prepare("SELECT group_id, id, closed_at IS NOT NULL FROM incidents WHERE id LIKE ?1 || '%' LIMIT 2")?
-                .query_map([which.to_ascii_lowercase()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect::<Result<_, _>>()?
+        let by_id: Vec<(Vec<u8>, String, bool)> = if super::messages::is_id_prefix(which) {
+            self.rows_by_prefix(
+                "SELECT group_id, id, closed_at IS NOT NULL FROM incidents WHERE id LIKE ?1 || '%' LIMIT 2",
+                &which.to_ascii_lowercase(),
+            )?
         } else {
             Vec::new()
         };
@@ -384,7 +354,7 @@ impl Engine {
                 "SELECT group_id, id, closed_at IS NOT NULL FROM incidents WHERE group_id = ?1
                  ORDER BY closed_at IS NULL DESC, opened_at DESC LIMIT 1",
                 [&group.id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| r.try_into(),
             )
             .optional()?
             .ok_or_else(|| EngineError::Invalid(format!("{} has no incident", group.name)))
@@ -402,17 +372,7 @@ impl Engine {
                 "SELECT group_id, id, title, drill, opened_by, opened_at, closed_at FROM incidents
                  WHERE ?1 IS NULL OR group_id = ?1 ORDER BY opened_at DESC",
             )?
-            .query_map([&only], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                ))
-            })?
+            .query_map([&only], |r| r.try_into())?
             .collect::<Result<_, _>>()?;
         Ok(rows
             .into_iter()

@@ -104,29 +104,59 @@ impl Engine {
 
     /// Finds a message by id or unique id prefix (at least 6 characters) in any group.
     pub(super) fn find_message(&self, id: &str) -> Result<(Vec<u8>, String), EngineError> {
-        let id = id.trim().to_ascii_lowercase();
-        if id.len() < 6 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+        self.one_by_prefix(
+            "SELECT group_id, id FROM messages WHERE kind != 'system' AND id LIKE ?1 || '%' LIMIT 2",
+            id,
+            "message",
+            "use at least 6 hex characters, as `read --json` shows",
+        )
+    }
+
+    /// The one row `select` finds for an id prefix of 6 or more hex characters (`select`
+    /// takes the prefix as ?1 and finds at most 2 rows); `what` names the kind of thing,
+    /// and `hint` where its ids are shown.
+    pub(super) fn one_by_prefix<T>(
+        &self,
+        select: &str,
+        prefix: &str,
+        what: &str,
+        hint: &str,
+    ) -> Result<T, EngineError>
+    where
+        T: for<'r> TryFrom<&'r rusqlite::Row<'r>, Error = rusqlite::Error>,
+    {
+        let prefix = prefix.trim().to_ascii_lowercase();
+        if !is_id_prefix(&prefix) {
             return Err(EngineError::Invalid(format!(
-                "{id:?} is not a message id (use at least 6 hex characters, as `read --json` shows)"
+                "{prefix:?} is not a {what} id ({hint})"
             )));
         }
-        let mut stmt = self.db.prepare(
-            "SELECT group_id, id FROM messages WHERE kind != 'system' AND id LIKE ?1 || '%' LIMIT 2",
-        )?;
-        let found = stmt
-            .query_map([&id], |r| {
-                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?))
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut found: Vec<T> = self.rows_by_prefix(select, &prefix)?;
         match found.len() {
             0 => Err(EngineError::Invalid(format!(
-                "no message {id} on this device"
+                "no {what} {prefix} on this device"
             ))),
-            1 => Ok(found.into_iter().next().expect("one")),
+            1 => Ok(found.remove(0)),
             _ => Err(EngineError::Invalid(format!(
-                "{id} matches several messages; give more of the id"
+                "{prefix} matches several {what}s; give more of the id"
             ))),
         }
+    }
+
+    /// The rows `select` finds for `prefix` (see [`Engine::one_by_prefix`]).
+    pub(super) fn rows_by_prefix<T>(
+        &self,
+        select: &str,
+        prefix: &str,
+    ) -> Result<Vec<T>, EngineError>
+    where
+        T: for<'r> TryFrom<&'r rusqlite::Row<'r>, Error = rusqlite::Error>,
+    {
+        Ok(self
+            .db
+            .prepare(select)?
+            .query_map([prefix], |r| T::try_from(r))?
+            .collect::<Result<_, _>>()?)
     }
 
     /// Finds one of this user's own messages of one of `kinds` that still has content.
@@ -649,16 +679,26 @@ struct Owed {
 }
 
 /// The body of an alert, checked.
-pub(super) fn alert_body(
-    text: &str,
-    ack_required: bool,
-    options: Vec<AnswerOption>,
-) -> Result<Body, EngineError> {
+/// Whether `s` can be the start of an id: 6 or more hex characters.
+pub(super) fn is_id_prefix(s: &str) -> bool {
+    s.len() >= 6 && s.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+pub(super) fn check_alert_text(text: &str) -> Result<(), EngineError> {
     if text.trim().is_empty() || text.len() > MAX_TEXT_BYTES {
         return Err(EngineError::Invalid(format!(
             "an alert must be 1 to {MAX_TEXT_BYTES} bytes"
         )));
     }
+    Ok(())
+}
+
+pub(super) fn alert_body(
+    text: &str,
+    ack_required: bool,
+    options: Vec<AnswerOption>,
+) -> Result<Body, EngineError> {
+    check_alert_text(text)?;
     Ok(Body::Alert {
         text: text.to_string(),
         ack_required,

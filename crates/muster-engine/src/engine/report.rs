@@ -31,16 +31,7 @@ impl Engine {
             "SELECT title, drill, opened_by, opened_at, closed_by, closed_at FROM incidents
              WHERE group_id = ?1 AND id = ?2",
             params![group_id, id],
-            |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
-            },
+            |r| r.try_into(),
         )?;
         let until = closed_at.unwrap_or_else(now_ms);
         let mut report = Incident {
@@ -73,9 +64,7 @@ impl Engine {
                    AND NOT EXISTS (SELECT 1 FROM duty_claims c WHERE c.group_id = m.group_id AND c.message_id = m.id AND c.won = 1)
                  ORDER BY m.sent_at",
             )?
-            .query_map(params![group_id, opened_at, until], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
-            })?
+            .query_map(params![group_id, opened_at, until], |r| r.try_into())?
             .collect::<Result<_, _>>()?;
         for (mid, kind, sender, body, at, alert_drill, asks) in &said {
             timeline.push(Event {
@@ -116,9 +105,7 @@ impl Engine {
                  JOIN messages m ON m.group_id = a.group_id AND m.id = a.message_id
                  WHERE a.group_id = ?1 AND a.at BETWEEN ?2 AND ?3 ORDER BY a.at",
             )?
-            .query_map(params![group_id, opened_at, until], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-            })?
+            .query_map(params![group_id, opened_at, until], |r| r.try_into())?
             .collect::<Result<_, _>>()?;
         for (alert, user, answer, at, sender) in answers {
             timeline.push(Event {
@@ -139,9 +126,7 @@ impl Engine {
                 "SELECT subject, duty, by_user, silent, at FROM duty_claims
                  WHERE group_id = ?1 AND won = 1 AND at BETWEEN ?2 AND ?3 ORDER BY seq",
             )?
-            .query_map(params![group_id, opened_at, until], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-            })?
+            .query_map(params![group_id, opened_at, until], |r| r.try_into())?
             .collect::<Result<_, _>>()?;
         for (subject, duty, by, silent, at) in claims {
             let silent: Vec<String> = serde_json::from_str(&silent).unwrap_or_default();
@@ -201,9 +186,7 @@ impl Engine {
                  JOIN tasks t ON t.group_id = l.group_id AND t.id = l.task_id
                  WHERE l.group_id = ?1 AND l.at BETWEEN ?2 AND ?3 AND l.state != 'open' ORDER BY l.at",
             )?
-            .query_map(params![group_id, opened_at, until], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
-            })?
+            .query_map(params![group_id, opened_at, until], |r| r.try_into())?
             .collect::<Result<_, _>>()?;
         for (task, state, by, at, title, _) in &changes {
             timeline.push(Event {
@@ -219,17 +202,7 @@ impl Engine {
                 "SELECT id, title, creator, assignee, state, created_at, due_at FROM tasks
                  WHERE group_id = ?1 AND created_at BETWEEN ?2 AND ?3 ORDER BY created_at",
             )?
-            .query_map(params![group_id, opened_at, until], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                ))
-            })?
+            .query_map(params![group_id, opened_at, until], |r| r.try_into())?
             .collect::<Result<_, _>>()?;
         for (tid, title, creator, assignee, state, created_at, due_at) in tasks {
             let first = |s: &str| {
@@ -268,9 +241,7 @@ impl Engine {
                 "SELECT key, value, author, at FROM board_log WHERE group_id = ?1 AND at <= ?2
                  ORDER BY seq IS NULL, seq, at",
             )?
-            .query_map(params![group_id, until], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })?
+            .query_map(params![group_id, until], |r| r.try_into())?
             .collect::<Result<_, _>>()?;
         let mut state: std::collections::BTreeMap<String, String> = Default::default();
         for (key, value, who, at) in board {
@@ -332,7 +303,7 @@ impl Engine {
                  LEFT JOIN acks k ON k.group_id = a.group_id AND k.message_id = a.message_id AND k.user = a.user
                  WHERE a.group_id = ?1 AND a.message_id = ?2 GROUP BY a.user ORDER BY MIN(a.at)",
             )?
-            .query_map(params![group_id, alert], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .query_map(params![group_id, alert], |r| r.try_into())?
             .collect::<Result<_, _>>()?;
         let options: Option<String> = self.db.query_row(
             "SELECT options FROM messages WHERE group_id = ?1 AND id = ?2",
@@ -382,9 +353,7 @@ impl Engine {
                 "SELECT id, title, opened_at, closed_at FROM incidents
                  WHERE group_id = ?1 AND drill = 1 AND opened_at < ?2 ORDER BY opened_at DESC LIMIT 10",
             )?
-            .query_map(params![group_id, before], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })?
+            .query_map(params![group_id, before], |r| r.try_into())?
             .collect::<Result<_, _>>()?;
         let mut figures = Vec::new();
         for (id, title, from, to) in drills {
@@ -397,9 +366,7 @@ impl Engine {
                        AND m.sent_at BETWEEN ?2 AND ?3
                        AND NOT EXISTS (SELECT 1 FROM duty_claims c WHERE c.group_id = m.group_id AND c.message_id = m.id AND c.won = 1)",
                 )?
-                .query_map(params![group_id, from, to], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-                })?
+                .query_map(params![group_id, from, to], |r| r.try_into())?
                 .collect::<Result<_, _>>()?;
             let mut times = Vec::new();
             let (mut answered, mut asked) = (0, 0);
