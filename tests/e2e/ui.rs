@@ -44,6 +44,11 @@ impl Ui {
         }
     }
 
+    /// The link `muster ui` printed, as the browser opens it.
+    fn link(&self) -> String {
+        format!("http://127.0.0.1:{}/#token={}", self.port, self.token)
+    }
+
     fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
@@ -364,12 +369,11 @@ fn two_people_chat_in_their_browsers() {
     alice.ok(&["group", "create", "lunch", "--members", "bob"]);
     bob.ok(&["sync"]);
     let (alice_ui, bob_ui) = (Ui::start(alice), Ui::start(&bob));
-    let link = |ui: &Ui| format!("http://127.0.0.1:{}/#token={}", ui.port, ui.token);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/browser/chat.py");
     let shots = screenshots();
     let out = std::process::Command::new("python3")
         .arg(script)
-        .args([&link(&alice_ui), &link(&bob_ui), "ops", &shots])
+        .args([&alice_ui.link(), &bob_ui.link(), "ops", &shots])
         .arg(muster_e2e::bin("muster"))
         .arg(org.dir.path().join("carol"))
         .env(
@@ -410,13 +414,11 @@ fn incident_command_works_in_the_browser() {
     alice.ok(&["group", "create", "levee", "--members", "bob"]);
     bob.ok(&["sync"]);
     let (alice_ui, bob_ui) = (Ui::start(alice), Ui::start(&bob));
-    let link = |ui: &Ui| format!("http://127.0.0.1:{}/#token={}", ui.port, ui.token);
     let report = org.dir.path().join("report.md");
     let out = std::process::Command::new("python3")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/browser/incident.py"))
-        .args([&link(&alice_ui), &link(&bob_ui), "levee", &screenshots()])
+        .args([&alice_ui.link(), &bob_ui.link(), "levee", &screenshots()])
         .arg(&report)
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/browser"))
         .output()
         .expect("run the browser test");
     println!("{}", String::from_utf8_lossy(&out.stdout));
@@ -457,7 +459,6 @@ fn a_newcomer_joins_in_her_browser_is_let_in_live_and_files_travel() {
     // Her second device, set up later in the test with a link code from her first.
     let carol_phone = Device::new(&org.dir, "carol-phone");
     let second_ui = Ui::start(&carol_phone);
-    let link = |ui: &Ui| format!("http://127.0.0.1:{}/#token={}", ui.port, ui.token);
     // A file of several chunks and an odd length, of bytes that are not text.
     let file = org.dir.path().join("site-plan.bin");
     let mut seed = 0x2545_f491_u32;
@@ -473,12 +474,12 @@ fn a_newcomer_joins_in_her_browser_is_let_in_live_and_files_travel() {
     let shots = screenshots();
     let out = std::process::Command::new("python3")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/browser/newcomer.py"))
-        .args([&link(&alice_ui), &link(&carol_ui), "ops", &shots])
+        .args([&alice_ui.link(), &carol_ui.link(), "ops", &shots])
         .arg(muster_e2e::bin("muster"))
         .arg(&alice.home)
         .env("MUSTER_KEY_FILE", alice.env_var("MUSTER_KEY_FILE").unwrap())
         .arg(&file)
-        .arg(link(&second_ui))
+        .arg(second_ui.link())
         .output()
         .expect("run the browser test");
     println!("{}", String::from_utf8_lossy(&out.stdout));
